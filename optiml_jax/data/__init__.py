@@ -1,0 +1,1 @@
+"""OPT-IML Bench: source readers, task catalog, SeqIO registration, formatting and packing."""
