@@ -1,0 +1,1 @@
+"""Training: optimizer (the OPT-IML recipe), train state and step, checkpoints, metrics, the loop."""

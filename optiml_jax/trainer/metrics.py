@@ -1,0 +1,127 @@
+"""What the user sees of a training run: metrics.jsonl, TensorBoard events, MFU and a loss-curve PNG.
+
+The loop hands each logged step's scalars to `MetricsWriter.write(step, scalars)`; at the end
+`plot_loss_curve` reads `metrics.jsonl` back and draws the PNG. `model_flops_utilization` turns tokens/s into
+MFU from the model's FLOPs per token and the accelerator's peak.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Mapping
+
+import jax
+
+# Dense bf16 peak FLOP/s per chip, by `device_kind` prefix (vendor figures). CPU has no meaningful peak.
+PEAK_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,
+    "NVIDIA A100": 312e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA H200": 989e12,
+}
+
+
+def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
+  """The device's dense bf16 peak, or None when unknown (CPU)."""
+  kind = (device or jax.devices()[0]).device_kind
+  for prefix, flops in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
+    if kind.startswith(prefix):
+      return flops
+  return None
+
+
+def model_flops_utilization(tokens_per_second: float, flops_per_token: float, num_devices: int,
+                            peak_per_device: float | None) -> float | None:
+  """Model FLOPs per second over the devices' total peak (None when the peak is unknown)."""
+  if not peak_per_device:
+    return None
+  return tokens_per_second * flops_per_token / (num_devices * peak_per_device)
+
+
+class MetricsWriter:
+  """Appends one JSON object per logged step to `<model_dir>/metrics.jsonl` and mirrors it to TensorBoard.
+
+  Only process 0 writes. Lines are flushed as written, so a killed run keeps what it logged; on resume,
+  lines for steps after the restored step are dropped so the file reads as one run.
+  """
+
+  def __init__(self, model_dir: str, *, resume_step: int = 0, tensorboard: bool = True):
+    self.path = os.path.join(model_dir, "metrics.jsonl")
+    self._active = jax.process_index() == 0
+    self._tb = None
+    if not self._active:
+      return
+    os.makedirs(model_dir, exist_ok=True)
+    _truncate_after(self.path, resume_step)
+    self._file = open(self.path, "a", encoding="utf-8")
+    if tensorboard:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      self._tb = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard", "train"))
+
+  def write(self, step: int, scalars: Mapping[str, float | None]) -> None:
+    if not self._active:
+      return
+    record = {"step": int(step)}
+    record.update({k: (None if v is None else float(v)) for k, v in scalars.items()})
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+    if self._tb is not None:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      with self._tb.as_default(step=int(step)):
+        for key, value in scalars.items():
+          if value is not None and math.isfinite(float(value)):
+            tf.summary.scalar(key, float(value))
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._active:
+      self._file.close()
+      if self._tb is not None:
+        self._tb.close()
+
+
+def read_metrics(path: str) -> list[dict]:
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _truncate_after(path: str, step: int) -> None:
+  if not os.path.exists(path):
+    return
+  kept = [r for r in read_metrics(path) if r["step"] <= step]
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r) + "\n" for r in kept)
+  os.replace(tmp, path)
+
+
+def plot_loss_curve(metrics_path: str, out_png: str, title: str = "training loss") -> str:
+  """Draws loss (and learning rate on a second axis) against step from metrics.jsonl into `out_png`."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  records = [r for r in read_metrics(metrics_path) if r.get("loss") is not None]
+  if not records:
+    raise ValueError(f"{metrics_path}: no logged loss to plot")
+  fig, ax = plt.subplots(figsize=(7, 4))
+  ax.plot([r["step"] for r in records], [r["loss"] for r in records], color="tab:blue", label="loss")
+  ax.set_xlabel("step")
+  ax.set_ylabel("loss (per target token)")
+  if any(r.get("learning_rate") is not None for r in records):
+    ax2 = ax.twinx()
+    ax2.plot([r["step"] for r in records], [r.get("learning_rate") or 0.0 for r in records],
+             color="tab:orange", alpha=0.6, label="learning rate")
+    ax2.set_ylabel("learning rate")
+  ax.set_title(title)
+  fig.tight_layout()
+  fig.savefig(out_png, dpi=100)
+  plt.close(fig)
+  return out_png
