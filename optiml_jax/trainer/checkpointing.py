@@ -15,9 +15,9 @@ only finalised ones. A tree holding a non-finite value is refused before anythin
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Mapping
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,9 +36,9 @@ def _all_finite(tree: Any) -> bool:
   return bool(jax.device_get(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))))
 
 
-@dataclasses.dataclass
+@flax.struct.dataclass
 class TrainState:
-  """What a checkpoint holds besides its JSON metadata."""
+  """What a checkpoint holds besides its JSON metadata (a pytree, so it passes through `jax.jit`)."""
 
   step: Any  # int32 scalar array: number of updates applied
   params: Any

@@ -1,0 +1,96 @@
+"""The train step: target-only loss, exact gradient accumulation, NaN guard."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optiml_jax.trainer import checkpointing
+from optiml_jax.trainer import step as step_lib
+
+VOCAB = 11
+
+
+class TinyLM(nn.Module):
+  """A causal bag-of-previous-tokens model with t5x's decoder-only call signature."""
+
+  @nn.compact
+  def __call__(self, decoder_input_tokens, decoder_target_tokens=None, decoder_segment_ids=None,
+               decoder_positions=None, decoder_causal_attention=None, *, enable_dropout=True, decode=False,
+               max_decode_length=None, prefill=False, prefill_lengths=None):
+    x = nn.Embed(VOCAB, 8)(decoder_input_tokens)
+    x = jnp.cumsum(x, axis=1)
+    x = nn.Dropout(0.5, deterministic=not enable_dropout)(x)
+    return nn.Dense(VOCAB)(x).astype(jnp.float32)
+
+
+def _batch(rng, batch=4, length=6):
+  tokens = jax.random.randint(rng, (batch, length + 1), 3, VOCAB)
+  weights = np.zeros((batch, length), np.float32)
+  weights[:, 3:] = 1.0  # the last three positions are target tokens
+  weights[0, :] = 0.0
+  weights[0, -1] = 1.0  # uneven counts across rows, so a per-row mean would differ
+  return {
+      "decoder_input_tokens": tokens[:, :-1],
+      "decoder_target_tokens": tokens[:, 1:],
+      "decoder_loss_weights": jnp.asarray(weights),
+  }
+
+
+def _state(model, tx, batch):
+  params = model.init(jax.random.PRNGKey(0), batch["decoder_input_tokens"], enable_dropout=False)["params"]
+  return checkpointing.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params))
+
+
+def test_loss_is_mean_over_target_tokens_and_ignores_prompt_targets():
+  model, tx = TinyLM(), optax.sgd(0.1)
+  batch = _batch(jax.random.PRNGKey(1))
+  state = _state(model, tx, batch)
+  _, metrics = step_lib.train_step(state, batch, jax.random.PRNGKey(2), model=model, tx=tx,
+                                   enable_dropout=False)
+  logits = model.apply({"params": state.params}, batch["decoder_input_tokens"], enable_dropout=False)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["decoder_target_tokens"])
+  w = batch["decoder_loss_weights"]
+  np.testing.assert_allclose(metrics["loss"], jnp.sum(ce * w) / jnp.sum(w), rtol=1e-6)
+  assert float(metrics["target_tokens"]) == float(jnp.sum(w))
+  # Changing the target of a prompt position (weight 0) changes nothing.
+  changed = dict(batch, decoder_target_tokens=batch["decoder_target_tokens"].at[1, 0].set(3))
+  _, metrics2 = step_lib.train_step(state, changed, jax.random.PRNGKey(2), model=model, tx=tx,
+                                    enable_dropout=False)
+  assert float(metrics2["loss"]) == float(metrics["loss"])
+
+
+def test_microbatches_give_the_same_update_as_one_batch():
+  model, tx = TinyLM(), optax.adam(1e-2)
+  batch = _batch(jax.random.PRNGKey(3))
+  state = _state(model, tx, batch)
+  one, m1 = step_lib.train_step(state, batch, jax.random.PRNGKey(0), model=model, tx=tx,
+                                enable_dropout=False, num_microbatches=1)
+  four, m4 = step_lib.train_step(state, batch, jax.random.PRNGKey(0), model=model, tx=tx,
+                                 enable_dropout=False, num_microbatches=4)
+  np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                         one.params, four.params)
+
+
+def test_non_finite_loss_leaves_state_unchanged():
+  model, tx = TinyLM(), optax.sgd(0.1)
+  batch = _batch(jax.random.PRNGKey(4))
+  state = _state(model, tx, batch)
+  poisoned = jax.tree_util.tree_map(lambda p: p.at[(0,) * p.ndim].set(jnp.nan), state.params)
+  bad_state = state.replace(params=poisoned)
+  new_state, metrics = jax.jit(lambda s, b, r: step_lib.train_step(
+      s, b, r, model=model, tx=tx, enable_dropout=False))(bad_state, batch, jax.random.PRNGKey(0))
+  assert int(metrics["finite"]) == 0
+  assert int(new_state.step) == 1
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(a, b), new_state.params, poisoned)
+
+
+def test_dropout_differs_per_step_but_is_reproducible():
+  model, tx = TinyLM(), optax.sgd(0.1)
+  batch = _batch(jax.random.PRNGKey(5))
+  state = _state(model, tx, batch)
+  run = lambda s: step_lib.train_step(s, batch, jax.random.PRNGKey(9), model=model, tx=tx)[1]["loss"]
+  assert float(run(state)) == float(run(state))
+  assert float(run(state)) != float(run(state.replace(step=jnp.int32(1))))
