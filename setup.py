@@ -36,7 +36,7 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["optiml_jax", "optiml_jax.*"]),
-    package_data={"optiml_jax": ["py.typed"]},
+    package_data={"optiml_jax": ["py.typed", "data/tokenizer_opt/*.json", "data/tokenizer_opt/*.txt"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},

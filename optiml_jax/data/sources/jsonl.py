@@ -1,0 +1,217 @@
+"""Generic JSONL reader (one task per file) and the line-by-line JSONL helpers the other readers share.
+
+Where it sits: first stage of the data flow. `iter_tasks(dir, benchmark)` turns every `*.jsonl` file directly
+inside `dir` into one `records.TaskSource` of the benchmark the caller names (CrossFit, ExMix, T5,
+UnifiedSKG or FLAN exports, metaseq-style instruction data, ...); the catalog assigns roles.
+
+Accepted line schemas (one JSON object per line; blank lines are ignored):
+
+  {"src": str, "tgt": str | [str, ...]}                 metaseq's instruction-tuning files
+  {"inputs": str, "targets": str | [str, ...]}          seqio / FLAN style exports
+
+Optional keys on any line: "id" (the instance id; default `<file stem>-<line number>`), "options" (a list of
+answer candidates: rank classification). Numbers in text fields are read as their decimal string. The task's
+kind is "multiple_choice" when the first line carries "options", else "generation"; its `dataset` (the
+de-duplication key) is the first line's "dataset" value if present, else the file stem.
+
+Streaming and errors: `read_task` validates the first non-blank line eagerly (so an empty file, undecodable
+bytes or a malformed first line become a `records.SourceError` and `iter_tasks` yields `records.Skipped`);
+later lines are checked when `open_instances()` reaches them, and a bad one raises `records.SourceError`
+naming the file and line number. Each `open_instances()` call reopens the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any, Callable, Iterator, Mapping
+
+from optiml_jax.data import records
+
+FORMAT = "jsonl"
+
+# Converts one parsed line into an instance: `convert(obj, path, line_number, local_name)`; returns None to drop
+# the line (a reader documents when), raises SourceError (via the helpers below) on bad fields.
+Converter = Callable[[Mapping[str, Any], str, int, str], "records.Instance | None"]
+
+
+def load_json(path: str) -> dict[str, Any]:
+  """Parses one task file; undecodable bytes, invalid JSON or a non-object raise `records.SourceError`."""
+  with open(path, "rb") as f:
+    raw = f.read()
+  try:
+    text = raw.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    raise records.SourceError(path, f"not valid UTF-8 ({e.reason} at byte {e.start})") from e
+  try:
+    obj = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise records.SourceError(path, f"invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from e
+  if not isinstance(obj, dict):
+    raise records.SourceError(path, f"expected a JSON object at the top level, got {type(obj).__name__}")
+  return obj
+
+
+def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+  """Streams `(line_number, object)` for every non-blank line of a JSONL file (line numbers from 1).
+
+  Raises:
+    records.SourceError: on bytes that are not UTF-8, invalid JSON or a line that is not a JSON object;
+      the reason names the line.
+  """
+  path = str(path)
+  with open(path, "rb") as f:
+    for line_number, raw in enumerate(f, 1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise records.SourceError(
+            path, f"line {line_number}: not valid UTF-8 ({e.reason} at byte {e.start} of the line)") from e
+      if line_number == 1:
+        line = line.lstrip("\ufeff")
+      if not line.strip():
+        continue
+      try:
+        obj = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise records.SourceError(path, f"line {line_number}: invalid JSON ({e.msg} at column {e.colno})") from e
+      if not isinstance(obj, dict):
+        raise records.SourceError(path, f"line {line_number}: expected a JSON object, got {type(obj).__name__}")
+      yield line_number, obj
+
+
+def as_text(value: Any, path: str, where: str) -> str:
+  """A text field: strings as they are, numbers as their decimal string (SNI has integer outputs)."""
+  if isinstance(value, str):
+    return value
+  if isinstance(value, (int, float)) and not isinstance(value, bool):
+    return str(value)
+  raise records.SourceError(path, f"{where}: expected a string, got {type(value).__name__}")
+
+
+def as_text_list(value: Any, path: str, where: str, allow_empty: bool = False) -> tuple[str, ...]:
+  """A field holding one text or a list of texts, as a tuple of strings."""
+  if isinstance(value, list):
+    texts = tuple(as_text(v, path, f"{where}[{i}]") for i, v in enumerate(value))
+  else:
+    texts = (as_text(value, path, where),)
+  if not texts and not allow_empty:
+    raise records.SourceError(path, f"{where}: expected at least one string, got an empty list")
+  return texts
+
+
+def required(obj: Mapping[str, Any], field: str, path: str, where: str) -> Any:
+  """`obj[field]`, or a SourceError naming the missing field."""
+  if field not in obj:
+    raise records.SourceError(path, f"{where}: missing required field '{field}'")
+  return obj[field]
+
+
+def instance_id(obj: Mapping[str, Any], path: str, line_number: int, local_name: str) -> str:
+  """The line's own "id" if it has one, else `<local name>-<line number>`."""
+  if "id" in obj:
+    return as_text(obj["id"], path, f"line {line_number}: field 'id'")
+  return f"{local_name}-{line_number}"
+
+
+def instance_from_record(obj: Mapping[str, Any], path: str, line_number: int, local_name: str) -> records.Instance:
+  """One generic JSONL line (`src`/`tgt` or `inputs`/`targets`, optional `id`, `options`) -> Instance."""
+  where = f"line {line_number}"
+  if "src" in obj or "tgt" in obj:
+    input_key, target_key = "src", "tgt"
+  elif "inputs" in obj or "targets" in obj:
+    input_key, target_key = "inputs", "targets"
+  else:
+    raise records.SourceError(
+        path, f"{where}: expected fields 'src' and 'tgt' or 'inputs' and 'targets', found {sorted(obj)}")
+  text = as_text(required(obj, input_key, path, where), path, f"{where}: field '{input_key}'")
+  targets = as_text_list(required(obj, target_key, path, where), path, f"{where}: field '{target_key}'")
+  options: tuple[str, ...] = ()
+  if "options" in obj:
+    options = as_text_list(obj["options"], path, f"{where}: field 'options'")
+  return records.Instance(id=instance_id(obj, path, line_number, local_name), input=text, targets=targets,
+                          options=options)
+
+
+def stream(path: str, local_name: str, convert: Converter) -> Iterator[records.Instance]:
+  """Converts the lines of `path` lazily, in file order, skipping those `convert` drops."""
+  for line_number, obj in iter_json_lines(path):
+    instance = convert(obj, path, line_number, local_name)
+    if instance is not None:
+      yield instance
+
+
+def first_record(path: str, local_name: str, convert: Converter,
+                 dropped: str = "every line is dropped") -> dict[str, Any]:
+  """The first line that `convert` accepts (validated), read eagerly.
+
+  Raises:
+    records.SourceError: "no instances: the file is empty", or "no instances: <dropped>" when it has lines but
+      `convert` drops them all; or the error of the first malformed line.
+  """
+  seen = False
+  for line_number, obj in iter_json_lines(path):
+    seen = True
+    if convert(obj, path, line_number, local_name) is not None:
+      return obj
+  raise records.SourceError(path, f"no instances: {dropped}" if seen else "no instances: the file is empty")
+
+
+def read_task(path: str | os.PathLike, benchmark: str) -> records.TaskSource:
+  """Reads one generic JSONL task file (see the module docstring for the schemas).
+
+  Args:
+    path: a `.jsonl` file; its stem is the task's local name.
+    benchmark: the benchmark the caller declares for this folder ("crossfit", "t5", ...).
+
+  Returns:
+    The task; its instances stream from the file on each `open_instances()` call.
+
+  Raises:
+    records.SourceError: the file is empty, not UTF-8, or its first line is malformed.
+  """
+  path = str(path)
+  local_name = pathlib.Path(path).stem
+  first = first_record(path, local_name, instance_from_record)
+  dataset = as_text(first["dataset"], path, "line 1: field 'dataset'") if "dataset" in first else local_name
+  kind = records.MULTIPLE_CHOICE if "options" in first else records.GENERATION
+  return records.TaskSource(
+      name=records.task_name(benchmark, local_name),
+      benchmark=benchmark,
+      dataset=dataset,
+      categories=(),
+      definition="",
+      demonstrations=(),
+      path=path,
+      kind=kind,
+      open_instances=lambda: stream(path, local_name, instance_from_record),
+      format=FORMAT,
+  )
+
+
+def task_files(directory: str | os.PathLike, suffixes: tuple[str, ...]) -> list[pathlib.Path]:
+  """Files directly inside `directory` with one of `suffixes`, sorted by name.
+
+  Raises:
+    FileNotFoundError: `directory` is not a folder.
+  """
+  root = pathlib.Path(directory)
+  if not root.is_dir():
+    raise FileNotFoundError(f"source folder not found: {root} (expected a folder of {'/'.join(suffixes)} files)")
+  return sorted(p for p in root.iterdir() if p.is_file() and p.name.endswith(suffixes))
+
+
+def iter_task_files(files: list[pathlib.Path],
+                    read: Callable[[str], records.TaskSource]) -> Iterator[records.TaskSource | records.Skipped]:
+  """Reads each file with `read`; a malformed one becomes `records.Skipped` instead of stopping the walk."""
+  for path in files:
+    try:
+      yield read(str(path))
+    except records.SourceError as e:
+      yield records.Skipped(path=str(path), reason=e.reason)
+
+
+def iter_tasks(directory: str | os.PathLike, benchmark: str) -> Iterator[records.TaskSource | records.Skipped]:
+  """One task per `*.jsonl` file directly inside `directory`, in name order; bad files -> `Skipped`."""
+  return iter_task_files(task_files(directory, (".jsonl",)), lambda p: read_task(p, benchmark))

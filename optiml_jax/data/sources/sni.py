@@ -1,0 +1,164 @@
+"""Super-NaturalInstructions reader: `tasks/*.json` -> `records.TaskSource`, `splits/` -> task-name lists.
+
+Where it sits: first stage of the data flow; the catalog combines these records with `read_split` to assign
+roles (SNI's default split: 756 train / 119 test tasks).
+
+Task JSON fields read (SNI v2; older files are accepted too):
+  Definition         list of strings (joined with a blank line) or, in older files, one string. Required.
+  Instances          non-empty list of {"id", "input", "output"}; `output` is a list of references (or one
+                     string in older files); numbers (task1759_gsm, task1761_svamp) become strings. Required.
+                     An instance without an "id" gets `<task>-<index>`.
+  Positive Examples  -> `demonstrations` ({"input", "output"}; "explanation" is not used). Optional.
+  Categories         -> `categories`. Optional.
+  Source             -> `dataset` (the de-duplication key; several sources are joined with "+"); the task's
+                     own name when absent.
+SNI tasks carry no answer candidates, so `options` stay empty and the kind is "generation".
+
+The whole JSON of one task is parsed and validated by `read_task` (a malformed file raises
+`records.SourceError` naming the field; `iter_tasks` turns it into `records.Skipped`); the record keeps only
+metadata, and each `open_instances()` call parses the file again and streams its instances.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any, Iterator
+
+from optiml_jax.data import records
+from optiml_jax.data.sources import jsonl
+
+FORMAT = "sni"
+BENCHMARK = "sni"
+DEFINITION_SEPARATOR = "\n\n"
+
+
+def tasks_folder(sni_dir: str | os.PathLike) -> pathlib.Path:
+  """The folder of task JSON files: `<sni_dir>/tasks` for a checkout root, else `sni_dir` itself."""
+  root = pathlib.Path(sni_dir)
+  return root / "tasks" if (root / "tasks").is_dir() else root
+
+
+def _definition(task: dict[str, Any], path: str) -> str:
+  value = jsonl.required(task, "Definition", path, "task")
+  parts = jsonl.as_text_list(value, path, "field 'Definition'")
+  return DEFINITION_SEPARATOR.join(p.strip() for p in parts)
+
+
+def _string_list(task: dict[str, Any], field: str, path: str) -> tuple[str, ...]:
+  value = task.get(field, [])
+  if value is None:
+    return ()
+  return jsonl.as_text_list(value, path, f"field '{field}'", allow_empty=True)
+
+
+def _instance(obj: Any, path: str, where: str, default_id: str) -> records.Instance:
+  if not isinstance(obj, dict):
+    raise records.SourceError(path, f"{where}: expected an object with 'input' and 'output', got {type(obj).__name__}")
+  text = jsonl.as_text(jsonl.required(obj, "input", path, where), path, f"{where}.input")
+  outputs = jsonl.as_text_list(jsonl.required(obj, "output", path, where), path, f"{where}.output")
+  instance_id = jsonl.as_text(obj["id"], path, f"{where}.id") if "id" in obj else default_id
+  return records.Instance(id=instance_id, input=text, targets=outputs)
+
+
+def _instances(task: dict[str, Any], path: str, local_name: str) -> Iterator[records.Instance]:
+  for i, obj in enumerate(task["Instances"]):
+    yield _instance(obj, path, f"Instances[{i}]", f"{local_name}-{i}")
+
+
+def _instance_list(task: dict[str, Any], path: str) -> list[Any]:
+  value = jsonl.required(task, "Instances", path, "task")
+  if not isinstance(value, list):
+    raise records.SourceError(path, f"field 'Instances': expected a list, got {type(value).__name__}")
+  if not value:
+    raise records.SourceError(path, "field 'Instances': empty list (a task needs at least one instance)")
+  return value
+
+
+def _stream(path: str, local_name: str) -> Iterator[records.Instance]:
+  task = jsonl.load_json(path)
+  _instance_list(task, path)
+  yield from _instances(task, path, local_name)
+
+
+def read_task(path: str | os.PathLike, benchmark: str = BENCHMARK) -> records.TaskSource:
+  """Reads and validates one SNI task JSON (current or older format; see the module docstring).
+
+  Args:
+    path: `<checkout>/tasks/<task name>.json`; the file stem is the task's local name.
+    benchmark: the benchmark name ("sni").
+
+  Raises:
+    records.SourceError: the file is not UTF-8 or not JSON, or a required field is missing or malformed.
+  """
+  path = str(path)
+  local_name = pathlib.Path(path).stem
+  task = jsonl.load_json(path)
+  definition = _definition(task, path)
+  for _ in _instances({"Instances": _instance_list(task, path)}, path, local_name):
+    pass  # Validates every instance now, so a bad one is reported when the catalog is built.
+  positives = task.get("Positive Examples", [])
+  if not isinstance(positives, list):
+    raise records.SourceError(path, f"field 'Positive Examples': expected a list, got {type(positives).__name__}")
+  demonstrations = tuple(
+      _instance(obj, path, f"Positive Examples[{i}]", f"{local_name}-positive-{i}")
+      for i, obj in enumerate(positives))
+  sources = _string_list(task, "Source", path)
+  return records.TaskSource(
+      name=records.task_name(benchmark, local_name),
+      benchmark=benchmark,
+      dataset="+".join(sources) if sources else local_name,
+      categories=_string_list(task, "Categories", path),
+      definition=definition,
+      demonstrations=demonstrations,
+      path=path,
+      kind=records.GENERATION,
+      open_instances=lambda: _stream(path, local_name),
+      format=FORMAT,
+  )
+
+
+def iter_tasks(sni_dir: str | os.PathLike,
+               benchmark: str = BENCHMARK) -> Iterator[records.TaskSource | records.Skipped]:
+  """Every `*.json` task of a checkout (root with `tasks/`, or the tasks folder), in name order.
+
+  Yields:
+    A `records.TaskSource` per readable task, a `records.Skipped` per malformed file.
+
+  Raises:
+    FileNotFoundError: the folder does not exist.
+  """
+  folder = tasks_folder(sni_dir)
+  return jsonl.iter_task_files(jsonl.task_files(folder, (".json",)), lambda p: read_task(p, benchmark))
+
+
+def read_split(sni_dir: str | os.PathLike, split: str = "default") -> dict[str, list[str]]:
+  """Reads `<checkout>/splits/<split>/<part>_tasks.txt` into `{part: [task names]}`.
+
+  The default split has `train` and `test`; every `*_tasks.txt` present is read (e.g. `dev`). Names are the
+  local SNI task names ("task020_mctaco_span_based_question"); blank lines are skipped and a trailing
+  ".json" is dropped. Names of tasks absent from the checkout are kept: the catalog reports them.
+
+  Args:
+    sni_dir: the checkout root (or its `tasks/` folder: the splits are then looked up beside it).
+    split: the split folder's name.
+
+  Raises:
+    FileNotFoundError: the split folder or its `train_tasks.txt`/`test_tasks.txt` is missing.
+  """
+  root = pathlib.Path(sni_dir)
+  if not (root / "splits").is_dir() and root.name == "tasks":
+    root = root.parent
+  folder = root / "splits" / split
+  if not folder.is_dir():
+    raise FileNotFoundError(f"SNI split folder not found: {folder} (expected splits/{split}/train_tasks.txt "
+                            "and test_tasks.txt in the natural-instructions checkout)")
+  parts: dict[str, list[str]] = {}
+  for path in sorted(folder.glob("*_tasks.txt")):
+    with open(path, encoding="utf-8") as f:
+      names = [line.strip() for line in f]
+    parts[path.name[:-len("_tasks.txt")]] = [n[:-len(".json")] if n.endswith(".json") else n for n in names if n]
+  for required_part in ("train", "test"):
+    if required_part not in parts:
+      raise FileNotFoundError(f"SNI split file not found: {folder / (required_part + '_tasks.txt')}")
+  return parts

@@ -1,0 +1,141 @@
+"""Tests for the BIG-bench JSON task reader (real samples in ../shared and tasks written here)."""
+
+import json
+import pathlib
+
+import pytest
+
+from optiml_jax.data import records
+from optiml_jax.data.sources import bigbench
+
+
+def _bigbench_dir(shared_dir: pathlib.Path) -> pathlib.Path:
+  return shared_dir / "data" / "bigbench"
+
+
+def _raw(task: records.TaskSource) -> dict:
+  return json.loads(pathlib.Path(task.path).read_text(encoding="utf-8"))
+
+
+def _write_task(folder: pathlib.Path, obj) -> pathlib.Path:
+  folder.mkdir(parents=True, exist_ok=True)
+  path = folder / "task.json"
+  path.write_text(json.dumps(obj), encoding="utf-8")
+  return path
+
+
+def _toy(**overrides):
+  task = {"name": "toy", "description": "Answer.", "keywords": ["arithmetic"],
+          "examples": [{"input": "1 + 1 =", "target": "2"}]}
+  task.update(overrides)
+  return task
+
+
+def test_every_real_task_reads(shared_dir):
+  results = list(bigbench.iter_tasks(_bigbench_dir(shared_dir)))
+  assert [r for r in results if isinstance(r, records.Skipped)] == []
+  assert len(results) == len(list(_bigbench_dir(shared_dir).glob("*/task.json"))) == 85
+  kinds = {r.kind for r in results}
+  assert kinds == {records.MULTIPLE_CHOICE, records.GENERATION}
+  for task in results:
+    raw = _raw(task)
+    assert task.name == f"bigbench:{pathlib.Path(task.path).parent.name}" and task.format == "bigbench"
+    assert task.categories == tuple(raw["keywords"])
+    all_scored = all("target_scores" in e for e in raw["examples"])
+    assert task.kind == (records.MULTIPLE_CHOICE if all_scored else records.GENERATION)
+    first = next(task.instances())
+    assert first.targets and (first.input or first.options)  # misconceptions_russian: choices only.
+
+
+def test_multiple_choice_task(shared_dir):
+  task = bigbench.read_task(_bigbench_dir(shared_dir) / "anachronisms" / "task.json")
+  raw = _raw(task)
+  assert task.kind == records.MULTIPLE_CHOICE
+  assert task.definition == raw["description"]  # No task_prefix: the description instructs.
+  instances = list(task.instances())
+  assert len(instances) == len(raw["examples"]) and instances == list(task.open_instances())
+  for instance, example in zip(instances, raw["examples"]):
+    scores = example["target_scores"]
+    assert sorted(instance.options) == sorted(scores)
+    assert instance.targets == tuple(o for o in instance.options if scores[o] == max(scores.values()))
+    # anachronisms sets append_choices_to_input false, input prefix "\n" and an output prefix question.
+    assert "choice:" not in instance.input
+    assert instance.input == (example["input"] + raw["example_output_prefix"]).strip()
+  # The choice order is shuffled (fixed per example), so the answer's position carries no signal.
+  assert len({i.options for i in instances}) > 1
+
+
+def test_choices_are_appended_with_the_default_prefixes(shared_dir):
+  task = bigbench.read_task(_bigbench_dir(shared_dir) / "general_knowledge" / "task.json")
+  raw = _raw(task)
+  assert "example_input_prefix" not in raw and "append_choices_to_input" in raw
+  instance, example = next(task.instances()), raw["examples"][0]
+  assert instance.input == "Q: " + example["input"] + "".join(
+      "\n  choice: " + o for o in instance.options) + "\nA:"
+
+
+def test_string_flag_false_keeps_choices_out(shared_dir):
+  task = bigbench.read_task(_bigbench_dir(shared_dir) / "identify_odd_metaphor" / "task.json")
+  assert _raw(task)["append_choices_to_input"] == "false"
+  assert all("choice:" not in i.input for i in task.instances())
+
+
+def test_generation_task_with_several_references(shared_dir):
+  task = bigbench.read_task(_bigbench_dir(shared_dir) / "simple_arithmetic_multiple_targets_json" / "task.json")
+  raw = _raw(task)
+  assert task.kind == records.GENERATION
+  instances = list(task.instances())
+  references = [[e["target"]] if isinstance(e["target"], str) else e["target"] for e in raw["examples"]]
+  assert [i.targets for i in instances] == [tuple(r) for r in references]
+  assert any(len(r) > 1 for r in references)
+  assert all(i.options == () for i in instances)
+  assert instances[0].id == "simple_arithmetic_multiple_targets_json-0"
+
+
+def test_task_prefix_is_the_definition_and_example_prefix_stays(shared_dir):
+  task = bigbench.read_task(_bigbench_dir(shared_dir) / "word_sorting" / "task.json")
+  raw = _raw(task)
+  assert task.definition == raw["task_prefix"].strip()
+  instance = next(task.instances())
+  assert instance.input == f"List: {raw['examples'][0]['input']}\nSorted:"
+  tense = bigbench.read_task(_bigbench_dir(shared_dir) / "tense" / "task.json")
+  with_prefix = [(i, e) for i, e in zip(tense.instances(), _raw(tense)["examples"]) if "task_prefix" in e]
+  assert with_prefix and all(i.input.startswith(e["task_prefix"]) for i, e in with_prefix)
+
+
+def test_composite_task_names(tmp_path):
+  root = tmp_path / "benchmark_tasks"
+  _write_task(root / "arith", {"name": "arith", "description": "Composite.", "keywords": ["mathematics"]})
+  _write_task(root / "arith" / "add", _toy(name="add"))
+  _write_task(root / "arith" / "sub", _toy(name="sub"))
+  _write_task(root / "plain", _toy(name="plain"))
+  tasks = list(bigbench.iter_tasks(tmp_path))  # Descends into benchmark_tasks/.
+  assert [(t.name, t.dataset) for t in tasks] == [
+      ("bigbench:arith:add", "arith"), ("bigbench:arith:sub", "arith"), ("bigbench:plain", "plain")]
+  assert bigbench.read_task(root / "arith" / "add" / "task.json").name == "bigbench:arith:add"
+
+
+@pytest.mark.parametrize("task, expected", [
+    ({"name": "x", "description": "d", "keywords": []}, "missing required field 'examples'"),
+    (_toy(examples=[]), "'examples': empty list"),
+    (_toy(examples=[{"input": "a", "target": "b"}, {"input": "c"}]),
+     "examples[1]: missing required field 'target' or 'target_scores'"),
+    (_toy(examples=[{"target": "b"}]), "examples[0]: missing required field 'input'"),
+    (_toy(examples=[{"input": "a", "target_scores": {"x": "high"}}]), "examples[0].target_scores['x']"),
+    (_toy(examples=[{"input": "a", "target_scores": {}}]), "examples[0].target_scores"),
+    (_toy(append_choices_to_input="maybe"), "'append_choices_to_input'"),
+])
+def test_bad_tasks_are_skipped_with_the_field(tmp_path, task, expected):
+  _write_task(tmp_path / "a_good", _toy())
+  path = _write_task(tmp_path / "b_bad", task)
+  results = list(bigbench.iter_tasks(tmp_path))
+  assert isinstance(results[0], records.TaskSource)
+  assert results[1] == records.Skipped(str(path), results[1].reason) and expected in results[1].reason
+
+
+def test_invalid_json_is_skipped(tmp_path):
+  path = tmp_path / "broken" / "task.json"
+  path.parent.mkdir()
+  path.write_text('{"examples": [', encoding="utf-8")
+  (skipped,) = bigbench.iter_tasks(tmp_path)
+  assert isinstance(skipped, records.Skipped) and "invalid JSON" in skipped.reason

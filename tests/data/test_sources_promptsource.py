@@ -1,0 +1,154 @@
+"""Tests for the PromptSource / P3 per-template reader (real samples in ../shared and files written here)."""
+
+import json
+import pathlib
+
+import pytest
+
+from optiml_jax.data import records
+from optiml_jax.data.sources import promptsource
+
+END = promptsource.END_OF_TEXT
+
+
+def _p3_dir(shared_dir: pathlib.Path) -> pathlib.Path:
+  return shared_dir / "data" / "p3"
+
+
+def _write_lines(path: pathlib.Path, lines) -> pathlib.Path:
+  path.write_text("".join((json.dumps(l) if not isinstance(l, str) else l) + "\n" for l in lines), encoding="utf-8")
+  return path
+
+
+def _has_usable_line(path: pathlib.Path) -> bool:
+  for line in path.read_text(encoding="utf-8").splitlines():
+    if line.strip() and json.loads(line)["completion"].replace(END, "").strip():
+      return True
+  return False
+
+
+def test_every_real_template_is_read_or_reported(shared_dir):
+  folder = _p3_dir(shared_dir) / "data_per_template"
+  files = sorted(folder.glob("*.jsonl"))
+  assert len(files) == 279
+  results = list(promptsource.iter_tasks(_p3_dir(shared_dir)))
+  assert [r.path for r in results] == [str(p) for p in files]
+  for result, path in zip(results, files):
+    # The sample's empty files and the trec templates whose completions are all empty are the only skips.
+    if _has_usable_line(path):
+      assert isinstance(result, records.TaskSource), result
+      assert result.benchmark == "promptsource" and result.format == "p3" and result.template
+      assert result.name == records.task_name("promptsource", path.stem)
+      assert next(result.instances()).targets[0]
+    else:
+      assert isinstance(result, records.Skipped) and result.reason.startswith("no instances")
+  tasks = [r for r in results if isinstance(r, records.TaskSource)]
+  assert len(tasks) > 250
+
+
+@pytest.mark.parametrize("stem, dataset, template", [
+    ("adversarial_qa_dbidaf_based_on", "adversarial_qa/dbidaf", "based_on"),
+    ("cnn_dailymail_3_0_0_2_or_3_sentences", "cnn_dailymail/3.0.0", "2_or_3_sentences"),
+    ("wiki_hop_original_choose_best_object_affirmative_1", "wiki_hop/original", "choose_best_object_affirmative_1"),
+    ("wiki_qa_Is_This_True_", "wiki_qa", "Is_This_True_"),
+    ("wiki_bio_who", "wiki_bio", "who"),
+    ("kilt_tasks_hotpotqa_final_exam", "kilt_tasks/hotpotqa", "final_exam"),
+    ("social_i_qa_Generate_answer", "social_i_qa", "Generate_answer"),
+    ("paws_labeled_final_Concatenation_no_label", "paws/labeled_final", "Concatenation_no_label"),
+    ("duorc_ParaphraseRC_answer_question", "duorc/ParaphraseRC", "answer_question"),
+    ("glue_mrpc_same_thing", "glue/mrpc", "same_thing"),
+    ("common_gen_Put_together", "common_gen", "Put_together"),
+    ("commonsense_qa_answer_to_question", "commonsense_qa", "answer_to_question"),
+    ("trec_fine_grained_ABBR_context_first", "trec", "fine_grained_ABBR_context_first"),
+    ("yelp_review_full_on_a_scale", "yelp_review_full", "on_a_scale"),
+])
+def test_real_names_split_at_the_dataset(shared_dir, stem, dataset, template):
+  path = _p3_dir(shared_dir) / "data_per_template" / f"{stem}.jsonl"
+  assert path.is_file()
+  assert promptsource.split_template_name(stem) == (dataset, template)
+  if _has_usable_line(path):
+    task = promptsource.read_task(path)
+    assert (task.dataset, task.template) == (dataset, template)
+
+
+@pytest.mark.parametrize("stem, siblings, expected", [
+    ("super_glue_wsc.fixed_GPT_3_Style", (), ("super_glue/wsc.fixed", "GPT_3_Style")),
+    ("ai2_arc_ARC_Challenge_pick_the_most_correct_option", (),
+     ("ai2_arc/ARC-Challenge", "pick_the_most_correct_option")),
+    ("glue_sst2_positive_negative", (), ("glue/sst2", "positive_negative")),  # Known dataset, unknown subset.
+    ("squad_v2_Questions_with_Context", (), ("squad_v2", "Questions_with_Context")),
+    # Unknown datasets: the "_" words that every file starting with the same word shares.
+    ("my_data_set_ask", ("my_data_set_ask", "my_data_set_tell_me", "adversarial_qa_dbert_x"), ("my_data_set", "ask")),
+    ("my_data_set_ask", ("my_data_set", "my_data_set_ask"), ("my_data", "set_ask")),  # Templates stay non-empty.
+    ("my_data_set_ask", ("my_data_set_ask", "my_other_x"), ("my", "data_set_ask")),  # Two datasets share "my".
+    ("solo_template_name", (), ("solo", "template_name")),
+    ("single", (), ("single", "")),
+])
+def test_name_heuristics(stem, siblings, expected):
+  assert promptsource.split_template_name(stem, siblings) == expected
+
+
+def test_instances_and_streaming(shared_dir):
+  path = _p3_dir(shared_dir) / "data_per_template" / "ag_news_classify_with_choices.jsonl"
+  raw = [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
+  task = promptsource.read_task(path)
+  assert (task.dataset, task.template, task.kind, task.definition) == (
+      "ag_news", "classify_with_choices", records.GENERATION, "")
+  instances = list(task.instances())
+  assert instances == list(task.open_instances())
+  assert len(instances) == len(raw)
+  assert instances[0].id == "ag_news_classify_with_choices-1"
+  assert instances[0].input == raw[0]["prompt"].rstrip()
+  assert instances[0].targets == (raw[0]["completion"][:-len(END)].strip(),)
+  assert not any(END in i.targets[0] for i in instances)
+
+
+def test_empty_completions_are_dropped(tmp_path):
+  path = _write_lines(tmp_path / "ag_news_toy.jsonl", [
+      {"prompt": "a\n", "completion": END},
+      {"prompt": "b", "completion": " World" + END},
+  ])
+  task = promptsource.read_task(path)
+  assert [(i.id, i.input, i.targets) for i in task.instances()] == [("ag_news_toy-2", "b", ("World",))]
+
+
+def test_p3_columns_with_answer_choices(tmp_path):
+  path = _write_lines(tmp_path / "super_glue_rte_does_it_follow.jsonl", [
+      {"inputs_pretokenized": "Does it follow? ", "targets_pretokenized": "yes", "answer_choices": ["yes", "no"]},
+  ])
+  task = promptsource.read_task(path)
+  assert (task.dataset, task.template, task.kind) == ("super_glue/rte", "does_it_follow", records.MULTIPLE_CHOICE)
+  assert next(task.instances()).options == ("yes", "no")
+
+
+@pytest.mark.parametrize("lines, expected", [
+    ([], "no instances: the file is empty"),
+    (["", "  "], "no instances: the file is empty"),
+    ([{"prompt": "a", "completion": END}], "every completion is empty"),
+    (['{"prompt": "a", '], "line 1: invalid JSON"),
+    ([{"prompt": "a"}], "line 1: missing required field 'completion'"),
+    ([{"question": "a"}], "line 1: expected fields 'prompt' and 'completion'"),
+    ([{"prompt": "a", "completion": ["x"]}], "line 1: field 'completion': expected a string"),
+])
+def test_bad_files_are_skipped(tmp_path, lines, expected):
+  _write_lines(tmp_path / "ag_news_good.jsonl", [{"prompt": "p", "completion": "c"}])
+  _write_lines(tmp_path / "ag_news_zbad.jsonl", lines)
+  results = list(promptsource.iter_tasks(tmp_path))
+  assert isinstance(results[0], records.TaskSource)
+  assert isinstance(results[1], records.Skipped) and expected in results[1].reason, results[1]
+
+
+def test_undecodable_bytes_are_skipped(tmp_path):
+  (tmp_path / "ag_news_bytes.jsonl").write_bytes(b'{"prompt": "caf\xe9", "completion": "x"}\n')
+  (skipped,) = promptsource.iter_tasks(tmp_path)
+  assert isinstance(skipped, records.Skipped) and "line 1: not valid UTF-8" in skipped.reason
+
+
+def test_bad_later_line_is_reported_while_streaming(tmp_path):
+  path = _write_lines(tmp_path / "ag_news_lazy.jsonl", [
+      {"prompt": "a", "completion": "b"}, "", "{not json", {"prompt": "c", "completion": "d"}])
+  task = promptsource.read_task(path)  # The first line is valid: the file is accepted.
+  stream = task.instances()
+  assert next(stream).targets == ("b",)
+  with pytest.raises(records.SourceError, match=r"ag_news_lazy.jsonl: line 3: invalid JSON"):
+    next(stream)

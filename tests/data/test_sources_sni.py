@@ -1,0 +1,155 @@
+"""Tests for the Super-NaturalInstructions reader (real samples in ../shared and files written here)."""
+
+import json
+import pathlib
+
+import pytest
+
+from optiml_jax.data import records
+from optiml_jax.data.sources import sni
+
+
+def _sni_dir(shared_dir: pathlib.Path) -> pathlib.Path:
+  return shared_dir / "data" / "natural-instructions"
+
+
+def _write(path: pathlib.Path, obj) -> pathlib.Path:
+  path.write_text(json.dumps(obj), encoding="utf-8")
+  return path
+
+
+def _task(**overrides):
+  task = {
+      "Definition": ["Answer the question."],
+      "Categories": ["Question Answering"],
+      "Source": ["toyqa"],
+      "Positive Examples": [{"input": "2+2?", "output": "4", "explanation": "arithmetic"}],
+      "Negative Examples": [],
+      "Instances": [
+          {"id": "task900_toy-1", "input": "1+1?", "output": ["2"]},
+          {"id": "task900_toy-2", "input": "3+3?", "output": ["6", "six"]},
+      ],
+  }
+  task.update(overrides)
+  return task
+
+
+def test_every_real_task_reads(shared_dir):
+  folder = _sni_dir(shared_dir) / "tasks"
+  results = list(sni.iter_tasks(_sni_dir(shared_dir)))
+  skipped = [r for r in results if isinstance(r, records.Skipped)]
+  assert skipped == []
+  assert len(results) == len(list(folder.glob("*.json"))) == 291
+  for task in results:
+    assert task.benchmark == "sni" and task.format == "sni" and task.kind == records.GENERATION
+    assert task.name == records.task_name("sni", pathlib.Path(task.path).stem)
+    assert task.definition and task.categories
+    first = next(task.instances())
+    assert first.targets and all(isinstance(t, str) for t in first.targets)
+    assert first.options == ()
+
+
+def test_tasks_folder_gives_the_same_tasks(shared_dir):
+  from_root = [t.name for t in sni.iter_tasks(_sni_dir(shared_dir))]
+  from_tasks = [t.name for t in sni.iter_tasks(_sni_dir(shared_dir) / "tasks")]
+  assert from_root == from_tasks
+
+
+def test_real_task_fields_follow_the_json(shared_dir):
+  path = _sni_dir(shared_dir) / "tasks" / "task1290_xsum_summarization.json"
+  raw = json.loads(path.read_text(encoding="utf-8"))
+  task = sni.read_task(path)
+  assert task.name == "sni:task1290_xsum_summarization"
+  assert task.dataset == "xsum"
+  assert task.categories == tuple(raw["Categories"])
+  assert task.definition == raw["Definition"][0].strip()
+  assert len(task.demonstrations) == len(raw["Positive Examples"])
+  assert task.demonstrations[0].targets == (raw["Positive Examples"][0]["output"],)
+  instances = list(task.instances())
+  assert [i.id for i in instances] == [r["id"] for r in raw["Instances"]]
+  assert [i.targets for i in instances] == [tuple(r["output"]) for r in raw["Instances"]]
+
+
+def test_integer_outputs_become_strings(shared_dir):
+  task = sni.read_task(_sni_dir(shared_dir) / "tasks" / "task1759_gsm.json")
+  raw = json.loads(pathlib.Path(task.path).read_text(encoding="utf-8"))
+  assert any(isinstance(o, int) for r in raw["Instances"] for o in r["output"])
+  for instance, record in zip(task.instances(), raw["Instances"]):
+    assert instance.targets == tuple(str(o) for o in record["output"])
+  assert task.dataset == "task1759_gsm"  # No "Source" field: the task's own name.
+
+
+def test_open_instances_twice_yields_the_same(shared_dir):
+  task = sni.read_task(_sni_dir(shared_dir) / "tasks" / "task1761_svamp.json")
+  first, second = list(task.instances()), list(task.open_instances())
+  assert first == second and len(first) == 64
+
+
+def test_read_split(shared_dir):
+  splits = sni.read_split(_sni_dir(shared_dir))
+  assert len(splits["train"]) == 756 and len(splits["test"]) == 119
+  assert all(name.startswith("task") and not name.endswith(".json") for name in splits["train"] + splits["test"])
+  assert not set(splits["train"]) & set(splits["test"])
+  assert splits == sni.read_split(_sni_dir(shared_dir) / "tasks")
+  present = {p.stem for p in (_sni_dir(shared_dir) / "tasks").glob("*.json")}
+  assert set(splits["train"]) - present  # Most split tasks are absent from the sample: tolerated.
+
+
+def test_read_split_missing(tmp_path):
+  with pytest.raises(FileNotFoundError, match="splits/default"):
+    sni.read_split(tmp_path)
+  (tmp_path / "splits" / "default").mkdir(parents=True)
+  (tmp_path / "splits" / "default" / "train_tasks.txt").write_text("task1_a\n\ntask2_b.json\n")
+  with pytest.raises(FileNotFoundError, match="test_tasks.txt"):
+    sni.read_split(tmp_path)
+  (tmp_path / "splits" / "default" / "test_tasks.txt").write_text("task3_c\n")
+  assert sni.read_split(tmp_path) == {"train": ["task1_a", "task2_b"], "test": ["task3_c"]}
+
+
+def test_older_format_with_string_definition(tmp_path):
+  path = _write(tmp_path / "task001_old.json", {
+      "Definition": "Copy the input.",
+      "Positive Examples": [{"input": "a", "output": ["a"]}],
+      "Instances": [{"input": "b", "output": "b"}, {"input": "c", "output": ["c"]}],
+  })
+  task = sni.read_task(path)
+  assert task.definition == "Copy the input."
+  assert task.categories == () and task.dataset == "task001_old"
+  assert task.demonstrations[0].targets == ("a",)
+  assert [(i.id, i.input, i.targets) for i in task.instances()] == [
+      ("task001_old-0", "b", ("b",)), ("task001_old-1", "c", ("c",))]
+
+
+def test_list_definition_is_joined(tmp_path):
+  task = sni.read_task(_write(tmp_path / "task002_two.json", _task(Definition=["Part one.", "Part two. "])))
+  assert task.definition == "Part one.\n\nPart two."
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("task010_badjson.json", b'{"Definition": ["x"], "Instances": [', "invalid JSON"),
+    ("task011_bytes.json", b'{"Definition": ["caf\xe9"], "Instances": []}', "not valid UTF-8"),
+    ("task012_nodef.json", json.dumps({"Instances": [{"input": "a", "output": ["b"]}]}).encode(), "'Definition'"),
+    ("task013_empty.json", json.dumps(_task(Instances=[])).encode(), "'Instances': empty list"),
+    ("task014_noinst.json", json.dumps({"Definition": ["x"]}).encode(), "'Instances'"),
+    ("task015_nooutput.json", json.dumps(_task(Instances=[{"input": "a", "output": ["b"]}, {"input": "c"}])).encode(),
+     "Instances[1]: missing required field 'output'"),
+    ("task016_badoutput.json", json.dumps(_task(Instances=[{"input": "a", "output": [["b"]]}])).encode(),
+     "Instances[0].output[0]"),
+    ("task017_array.json", b"[1, 2]", "JSON object"),
+    ("task018_badexample.json", json.dumps(_task(**{"Positive Examples": [{"input": "a"}]})).encode(),
+     "Positive Examples[0]: missing required field 'output'"),
+])
+def test_bad_files_are_skipped_with_the_field(tmp_path, name, content, expected):
+  _write(tmp_path / "task001_good.json", _task())
+  (tmp_path / name).write_bytes(content)
+  results = list(sni.iter_tasks(tmp_path))
+  assert [type(r) for r in results] == [records.TaskSource, records.Skipped]
+  assert results[1].path == str(tmp_path / name)
+  assert expected in results[1].reason
+  with pytest.raises(records.SourceError, match=name):
+    sni.read_task(tmp_path / name)
+
+
+def test_missing_folder(tmp_path):
+  with pytest.raises(FileNotFoundError, match="does_not_exist"):
+    list(sni.iter_tasks(tmp_path / "does_not_exist"))
