@@ -1,0 +1,730 @@
+"""The bench catalog: every task with its benchmark, category, role, example counts and sampling rate.
+
+Where it sits: after the source readers (`optiml_jax.data.sources`), before formatting and registration.
+`build(config, sources, sni_splits)` takes the `records.TaskSource` stream of the readers and the bench
+definition (`tasks/optiml_bench.yaml`, loaded by `load_config`) and
+
+  1. counts each task's instances (unreadable or empty tasks go to `skipped` with the file and reason);
+  2. maps the source's raw categories / dataset / keywords onto the flat taxonomy (`categorize`);
+  3. assigns a role (`assign_role`): `held_out_category` (category fully held out: no task of it is trained
+     on), `held_out_task` (unseen task of a seen category: SNI's official test split, eval-only benchmarks,
+     listed tasks), else `train`;
+  4. de-duplicates source datasets offered by secondary benchmarks (CrossFit, ExMix, T5);
+  5. runs the 13-gram leakage audit (`leakage`) between train and held-out tasks and applies its policy;
+  6. computes sampling rates (`rates`) over the training tasks.
+
+Held-out instances rule (used by every later stage through `eval_instances` / `train_instances`): a task
+with role `train` keeps its FIRST `num_eval_instances` instances (source order) for evaluation (the third
+generalization level) and trains on the rest, at most `num_examples`; a held-out task evaluates on its
+first `num_eval_instances` instances (SNI protocol: first 100) and has no training stream.
+
+`Catalog.save(out_dir)` writes `out_dir/catalog.json` atomically; `load(out_dir)` reads it back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import hashlib
+import itertools
+import json
+import os
+import pathlib
+import re
+import shutil
+import tempfile
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import tqdm
+import yaml
+
+from optiml_jax.data import leakage
+from optiml_jax.data import rates
+from optiml_jax.data import records
+
+TRAIN = "train"
+HELD_OUT_CATEGORY = "held_out_category"
+HELD_OUT_TASK = "held_out_task"
+ROLES = (TRAIN, HELD_OUT_CATEGORY, HELD_OUT_TASK)
+CATALOG_FILE = "catalog.json"
+FORMAT_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# The bench definition (tasks/*.yaml).
+
+KNOWN_BENCHMARKS = ("sni", "promptsource", "flan", "crossfit", "exmix", "t5", "unifiedskg", "bigbench",
+                    "reasoning", "pretraining")
+RATE_METHODS = ("examples_proportional", "uniform")
+_REQUIRED = object()
+
+
+class ConfigError(ValueError):
+  """A malformed bench definition; the message names the file and the key."""
+
+  def __init__(self, path: str, key: str, message: str):
+    super().__init__(f"{path}: {key}: {message}")
+
+
+def normalize(name: str) -> str:
+  """Dataset / keyword key: lower case, runs of other characters -> `_` ("glue/mrpc" -> "glue_mrpc")."""
+  return re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkConfig:
+  share: float  # share of the training mixture (percent; only ratios matter unless fixed_share)
+  fixed_share: bool = False  # share is an absolute percentage of the mixture (reasoning, pre-training)
+  eval_only: bool = False  # every task is a held-out task (e.g. BIG-bench)
+  max_examples_per_task: int | None = None  # overrides limits.max_examples_per_task (FLAN: 30k)
+  category: str = ""  # every task of the benchmark gets this category
+  custom: bool = False  # a benchmark name of the user's own (a `--jsonl_dir NAME=DIR` folder)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldOutConfig:
+  categories: tuple[str, ...]  # level 1: fully held-out categories
+  sni_test_split: bool  # level 2: SNI's official test tasks are held-out tasks
+  sni_train: str  # "all": every other SNI task trains; "split": only those of the train split
+  tasks: tuple[str, ...]  # level 2: more held-out tasks (fnmatch patterns over task names)
+  datasets: frozenset[str]  # level 2: every task of these datasets is held out (normalized)
+
+
+@dataclasses.dataclass(frozen=True)
+class RatesConfig:
+  method: str
+  cap: int
+  temperature: float
+
+
+@dataclasses.dataclass(frozen=True)
+class LeakageConfig:
+  ngram: int
+  threshold: float
+  policy: str
+  template_fraction: float
+  max_train_instances: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Taxonomy:
+  categories: tuple[str, ...]
+  fallback: str
+  overrides: Mapping[str, str]  # task-name pattern -> category
+  datasets: Mapping[str, str]  # normalized dataset -> category
+  keywords: Mapping[str, str]  # normalized raw category / keyword -> category, in priority order
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+  """A parsed, validated bench definition."""
+
+  path: str
+  name: str
+  sha256: str
+  data: Mapping[str, Any]  # the YAML as read (echoed into the catalog)
+  benchmarks: Mapping[str, BenchmarkConfig]
+  max_examples_per_task: int
+  max_eval_instances: int
+  held_out_instances_per_task: int
+  rates: RatesConfig
+  held_out: HeldOutConfig
+  dedup_secondary: tuple[str, ...]
+  leakage: LeakageConfig
+  taxonomy: Taxonomy
+
+  def echo(self) -> dict[str, Any]:
+    return {"path": self.path, "name": self.name, "sha256": self.sha256, "data": self.data}
+
+
+class _Reader:
+  """Typed access to one YAML mapping; errors name the file and the dotted key."""
+
+  def __init__(self, path: str, key: str, value: Any, allowed: Sequence[str] | None = None):
+    if not isinstance(value, dict):
+      raise ConfigError(path, key or "(top level)", f"expected a mapping, got {type(value).__name__}")
+    if allowed is not None:
+      unknown = sorted(set(value) - set(allowed))
+      if unknown:
+        raise ConfigError(path, self._join(key, str(unknown[0])), f"unknown key (expected one of {list(allowed)})")
+    self.path, self.key, self.value = path, key, value
+
+  @staticmethod
+  def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+  def where(self, name: str) -> str:
+    return self._join(self.key, name)
+
+  def get(self, name: str, kind: str, default: Any = _REQUIRED) -> Any:
+    """`kind` in int, number, bool, str, str_list, str_map, map, optional_int."""
+    if name not in self.value or (self.value[name] is None and kind != "optional_int"):
+      if default is _REQUIRED:
+        raise ConfigError(self.path, self.where(name), "missing required key")
+      return default
+    v, where = self.value[name], self.where(name)
+    checks = {
+        "int": lambda: isinstance(v, int) and not isinstance(v, bool),
+        "optional_int": lambda: v is None or (isinstance(v, int) and not isinstance(v, bool)),
+        "number": lambda: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "bool": lambda: isinstance(v, bool),
+        "str": lambda: isinstance(v, str),
+        "str_list": lambda: isinstance(v, list) and all(isinstance(x, str) for x in v),
+        "str_map": lambda: isinstance(v, dict) and all(isinstance(x, str) for x in (*v, *v.values())),
+        "map": lambda: isinstance(v, dict),
+    }
+    if not checks[kind]():
+      raise ConfigError(self.path, where, f"expected {kind.replace('_', ' ')}, got {v!r:.80}")
+    return v
+
+  def sub(self, name: str, allowed: Sequence[str]) -> _Reader:
+    return _Reader(self.path, self.where(name), self.value.get(name) or {}, allowed)
+
+
+def _check_categories(path: str, key: str, values: Iterable[str], categories: Sequence[str]) -> None:
+  known = set(categories)
+  for value in values:
+    if value not in known:
+      raise ConfigError(path, key, f"category {value!r} is not in taxonomy.categories")
+
+
+def _normalized_map(path: str, key: str, mapping: Mapping[str, str]) -> dict[str, str]:
+  out, origin = {}, {}
+  for name, category in mapping.items():
+    norm = normalize(name)
+    if not norm:
+      raise ConfigError(path, f"{key}.{name}", "empty key after normalization")
+    if norm in origin:
+      raise ConfigError(path, f"{key}.{name}", f"same key as {origin[norm]!r} once normalized ({norm!r})")
+    out[norm], origin[norm] = category, name
+  return out
+
+
+def load_config(path: str | os.PathLike) -> BenchConfig:
+  """Reads and validates a bench definition (see tasks/optiml_bench.yaml for every key).
+
+  Raises:
+    ConfigError: malformed YAML, a missing or unknown key, a wrong type, an unknown benchmark or category.
+  """
+  path = str(path)
+  with open(path, "rb") as f:
+    raw_bytes = f.read()
+  try:
+    data = yaml.safe_load(raw_bytes.decode("utf-8"))
+  except (yaml.YAMLError, UnicodeDecodeError) as e:
+    raise ConfigError(path, "(file)", f"not valid YAML: {e}") from e
+  top = _Reader(path, "", data, ("name", "benchmarks", "limits", "rates", "held_out", "dedup", "leakage",
+                                 "taxonomy"))
+
+  tax = top.sub("taxonomy", ("categories", "fallback", "overrides", "datasets", "keywords"))
+  categories = tuple(tax.get("categories", "str_list"))
+  if not categories or len(set(categories)) != len(categories):
+    raise ConfigError(path, "taxonomy.categories", "expected a non-empty list of distinct category names")
+  taxonomy = Taxonomy(
+      categories=categories,
+      fallback=tax.get("fallback", "str"),
+      overrides=dict(tax.get("overrides", "str_map", {})),
+      datasets=_normalized_map(path, "taxonomy.datasets", tax.get("datasets", "str_map", {})),
+      keywords=_normalized_map(path, "taxonomy.keywords", tax.get("keywords", "str_map", {})))
+  _check_categories(path, "taxonomy.fallback", [taxonomy.fallback], categories)
+  for key in ("overrides", "datasets", "keywords"):
+    _check_categories(path, f"taxonomy.{key}", getattr(taxonomy, key).values(), categories)
+
+  benchmarks = {}
+  bench_fields = [f.name for f in dataclasses.fields(BenchmarkConfig)]
+  for name, value in top.get("benchmarks", "map").items():
+    entry = _Reader(path, f"benchmarks.{name}", value, bench_fields)
+    custom = entry.get("custom", "bool", False)
+    if name not in KNOWN_BENCHMARKS and not custom:
+      raise ConfigError(path, f"benchmarks.{name}", f"unknown benchmark (known: {', '.join(KNOWN_BENCHMARKS)}; "
+                        "mark a JSONL folder of your own with `custom: true`)")
+    if not re.fullmatch(r"\w+", str(name)):
+      raise ConfigError(path, f"benchmarks.{name}", "benchmark names are letters, digits and _")
+    share = entry.get("share", "number", 0.0)
+    if share < 0:
+      raise ConfigError(path, entry.where("share"), f"must be >= 0, got {share}")
+    cap = entry.get("max_examples_per_task", "int", None)
+    if cap is not None and cap <= 0:
+      raise ConfigError(path, entry.where("max_examples_per_task"), f"must be positive, got {cap}")
+    benchmarks[name] = BenchmarkConfig(share=float(share), fixed_share=entry.get("fixed_share", "bool", False),
+                                       eval_only=entry.get("eval_only", "bool", False), max_examples_per_task=cap,
+                                       category=entry.get("category", "str", ""), custom=custom)
+    if benchmarks[name].category:
+      _check_categories(path, entry.where("category"), [benchmarks[name].category], categories)
+  if not any(b.share > 0 and not b.eval_only for b in benchmarks.values()):
+    raise ConfigError(path, "benchmarks", "no benchmark with a positive share: nothing would be trained on")
+
+  limit_keys = ("max_examples_per_task", "max_eval_instances", "held_out_instances_per_task")
+  limits = top.sub("limits", limit_keys)
+  numbers = {k: limits.get(k, "int") for k in limit_keys}
+  for k, v in numbers.items():
+    minimum = 0 if k == "held_out_instances_per_task" else 1
+    if v < minimum:
+      raise ConfigError(path, f"limits.{k}", f"must be >= {minimum}, got {v}")
+
+  rate = top.sub("rates", ("method", "cap", "temperature"))
+  rates_config = RatesConfig(rate.get("method", "str", "examples_proportional"), rate.get("cap", "int", 4096),
+                             float(rate.get("temperature", "number", 1.0)))
+  if rates_config.method not in RATE_METHODS:
+    raise ConfigError(path, "rates.method", f"{rates_config.method!r} is not one of {RATE_METHODS}")
+  if rates_config.cap <= 0 or rates_config.temperature <= 0:
+    raise ConfigError(path, "rates", "cap and temperature must be positive")
+
+  held = top.sub("held_out", ("categories", "sni_test_split", "sni_train", "tasks", "datasets"))
+  held_out = HeldOutConfig(
+      categories=tuple(held.get("categories", "str_list", [])),
+      sni_test_split=held.get("sni_test_split", "bool", True),
+      sni_train=held.get("sni_train", "str", "all"),
+      tasks=tuple(held.get("tasks", "str_list", [])),
+      datasets=frozenset(normalize(d) for d in held.get("datasets", "str_list", [])))
+  _check_categories(path, "held_out.categories", held_out.categories, categories)
+  if held_out.sni_train not in ("all", "split"):
+    raise ConfigError(path, "held_out.sni_train", f"expected 'all' or 'split', got {held_out.sni_train!r}")
+
+  dedup = top.sub("dedup", ("secondary",))
+  secondary = tuple(dedup.get("secondary", "str_list", []))
+  for name in secondary:
+    if name not in benchmarks:
+      raise ConfigError(path, "dedup.secondary", f"benchmark {name!r} is not declared under 'benchmarks'")
+
+  leak = top.sub("leakage", ("ngram", "threshold", "policy", "template_fraction", "max_train_instances"))
+  leakage_config = LeakageConfig(
+      ngram=leak.get("ngram", "int", leakage.NGRAM), threshold=float(leak.get("threshold", "number", 0.01)),
+      policy=leak.get("policy", "str", "drop_train"),
+      template_fraction=float(leak.get("template_fraction", "number", 0.5)),
+      max_train_instances=leak.get("max_train_instances", "optional_int", None))
+  if leakage_config.policy not in leakage.POLICIES:
+    raise ConfigError(path, "leakage.policy", f"{leakage_config.policy!r} is not one of {leakage.POLICIES}")
+  if leakage_config.ngram < 1 or not 0 <= leakage_config.threshold < 1:
+    raise ConfigError(path, "leakage", "ngram must be >= 1 and threshold in [0, 1)")
+  if not 0 < leakage_config.template_fraction <= 1:
+    raise ConfigError(path, "leakage.template_fraction", "must be in (0, 1]")
+  if leakage_config.max_train_instances is not None and leakage_config.max_train_instances < 1:
+    raise ConfigError(path, "leakage.max_train_instances", "must be positive or null")
+
+  return BenchConfig(
+      path=path, name=top.get("name", "str", pathlib.Path(path).stem),
+      sha256=hashlib.sha256(raw_bytes).hexdigest(), data=data, benchmarks=benchmarks,
+      max_examples_per_task=numbers["max_examples_per_task"], max_eval_instances=numbers["max_eval_instances"],
+      held_out_instances_per_task=numbers["held_out_instances_per_task"], rates=rates_config, held_out=held_out,
+      dedup_secondary=secondary, leakage=leakage_config, taxonomy=taxonomy)
+
+
+@dataclasses.dataclass(frozen=True)
+class CatalogEntry:
+  """One task of the bench as the later stages see it (`sources.reopen(format, path, benchmark)`)."""
+
+  name: str
+  benchmark: str
+  category: str
+  role: str  # one of ROLES
+  num_examples: int  # training examples (0 for held-out roles)
+  num_eval_instances: int  # the first instances of the task, reserved for evaluation
+  rate: float  # sampling rate in the training mixture (0 unless role == "train")
+  format: str
+  path: str
+  dataset: str
+  template: str
+  kind: str
+  num_instances: int  # instances in the source
+  raw_categories: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass
+class Catalog:
+  """The built bench: tasks plus what was left out and why."""
+
+  tasks: list[CatalogEntry]
+  leakage: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  skipped: list[records.Skipped] = dataclasses.field(default_factory=list)
+  dropped: list[dict[str, str]] = dataclasses.field(default_factory=list)
+  missing_split_tasks: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+  unmapped: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  config: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def to_json(self) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "config": self.config,
+        "tasks": [dataclasses.asdict(t) for t in self.tasks],
+        "leakage": self.leakage,
+        "skipped": [dataclasses.asdict(s) for s in self.skipped],
+        "dropped": self.dropped,
+        "missing_split_tasks": self.missing_split_tasks,
+        "unmapped": self.unmapped,
+    }
+
+  def save(self, out_dir: str | os.PathLike) -> pathlib.Path:
+    """Writes `out_dir/catalog.json`: into a temporary folder beside `out_dir`, then moved into place."""
+    out = pathlib.Path(out_dir).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+      with open(tmp / CATALOG_FILE, "w", encoding="utf-8") as f:
+        json.dump(self.to_json(), f, indent=1, ensure_ascii=False)
+        f.write("\n")
+      with open(tmp / "summary.txt", "w", encoding="utf-8") as f:
+        f.write(summary(self) + "\n")
+      backup = None
+      if out.exists():
+        backup = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, backup / out.name)
+      os.replace(tmp, out)
+      if backup is not None:
+        shutil.rmtree(backup)
+    finally:
+      if tmp.exists():
+        shutil.rmtree(tmp)
+    return out / CATALOG_FILE
+
+  def by_name(self) -> dict[str, CatalogEntry]:
+    return {t.name: t for t in self.tasks}
+
+
+def load(catalog_dir: str | os.PathLike) -> Catalog:
+  """Reads `catalog_dir/catalog.json` (or that file itself) written by `Catalog.save`."""
+  path = pathlib.Path(catalog_dir)
+  if path.is_dir():
+    path = path / CATALOG_FILE
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: no catalog here (build one with `python -m optiml_jax.bench build`)")
+  with open(path, encoding="utf-8") as f:
+    data = json.load(f)
+  if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
+    raise ValueError(f"{path}: expected a JSON object with a 'tasks' list")
+  fields = {f.name for f in dataclasses.fields(CatalogEntry)}
+  tasks = []
+  for i, task in enumerate(data["tasks"]):
+    missing = fields - set(task) - {"raw_categories"}
+    if missing:
+      raise ValueError(f"{path}: tasks[{i}] lacks field(s) {sorted(missing)}")
+    if task["role"] not in ROLES:
+      raise ValueError(f"{path}: tasks[{i}] ({task['name']}): role {task['role']!r} is not one of {ROLES}")
+    task = {k: v for k, v in task.items() if k in fields}
+    task["raw_categories"] = tuple(task.get("raw_categories", ()))
+    tasks.append(CatalogEntry(**task))
+  return Catalog(
+      tasks=tasks,
+      leakage=data.get("leakage", []),
+      skipped=[records.Skipped(**s) for s in data.get("skipped", [])],
+      dropped=data.get("dropped", []),
+      missing_split_tasks=data.get("missing_split_tasks", {}),
+      unmapped=data.get("unmapped", []),
+      config=data.get("config", {}),
+  )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Held-out instances rule.
+
+
+def eval_instances(entry: CatalogEntry, task: records.TaskSource) -> list[records.Instance]:
+  """The evaluation instances of a task: its first `entry.num_eval_instances` instances."""
+  return list(itertools.islice(task.instances(), entry.num_eval_instances))
+
+
+def train_instances(entry: CatalogEntry, task: records.TaskSource) -> Iterator[records.Instance]:
+  """The training stream of a task: the instances after the evaluation ones, at most `num_examples`."""
+  if entry.role != TRAIN:
+    return iter(())
+  return itertools.islice(task.instances(), entry.num_eval_instances,
+                          entry.num_eval_instances + entry.num_examples)
+
+
+def split_counts(role: str, kind: str, num_instances: int, held_out_per_task: int, max_examples: int,
+                 max_eval_instances: int) -> tuple[int, int]:
+  """(num_examples, num_eval_instances) of a task under the held-out instances rule.
+
+  A training task holds out `held_out_per_task` instances, never more than half of them (and none for
+  language-modeling text); a held-out task evaluates on up to `max_eval_instances` and trains on none.
+  """
+  if role != TRAIN:
+    return 0, min(num_instances, max_eval_instances)
+  num_eval = 0 if kind == records.LANGUAGE_MODELING else min(held_out_per_task, num_instances // 2)
+  return min(num_instances - num_eval, max_examples), num_eval
+
+
+# ---------------------------------------------------------------------------------------------------
+# Categories and roles.
+
+
+def _dataset_category(dataset: str, datasets: Mapping[str, str]) -> str | None:
+  """Longest mapping key equal to the normalized dataset or a prefix of it ending at a `_` boundary."""
+  key = normalize(dataset)
+  while key:
+    if key in datasets:
+      return datasets[key]
+    key = key.rpartition("_")[0]
+  return None
+
+
+def categorize(task: records.TaskSource, config: BenchConfig) -> tuple[str, bool]:
+  """The task's bench category, and whether it came from a mapping (False: the fallback was used).
+
+  Order: a task override (name pattern) > the benchmark's fixed category > a raw category that is a
+  taxonomy category (SNI) > the dataset map (longest `_`-prefix) > the keyword map, in its priority order
+  (BIG-bench keywords, FLAN clusters) > the fallback category.
+  """
+  taxonomy = config.taxonomy
+  for pattern, category in taxonomy.overrides.items():
+    if fnmatch.fnmatchcase(task.name, pattern):
+      return category, True
+  fixed = config.benchmarks[task.benchmark].category
+  if fixed:
+    return fixed, True
+  by_lower = {c.lower(): c for c in taxonomy.categories}
+  for raw in task.categories:
+    if raw.strip().lower() in by_lower:
+      return by_lower[raw.strip().lower()], True
+  if task.dataset:
+    category = _dataset_category(task.dataset, taxonomy.datasets)
+    if category:
+      return category, True
+  raw_keys = {normalize(raw) for raw in task.categories}
+  for keyword, category in taxonomy.keywords.items():
+    if keyword in raw_keys:
+      return category, True
+  return taxonomy.fallback, False
+
+
+def assign_role(task: records.TaskSource, category: str, config: BenchConfig,
+                sni_test: frozenset[str]) -> str:
+  """`held_out_category` > `held_out_task` > `train` (see the module docstring)."""
+  held = config.held_out
+  if category in held.categories:
+    return HELD_OUT_CATEGORY
+  if (config.benchmarks[task.benchmark].eval_only or task.name in sni_test or
+      any(fnmatch.fnmatchcase(task.name, p) for p in held.tasks) or
+      (task.dataset and normalize(task.dataset) in held.datasets)):
+    return HELD_OUT_TASK
+  return TRAIN
+
+
+def deduplicate(tasks: Sequence[records.TaskSource],
+                secondary: Sequence[str]) -> tuple[list[records.TaskSource], list[dict[str, str]]]:
+  """Keeps each source dataset of a secondary benchmark once (OPT-IML: CrossFit, ExMix, T5).
+
+  A task of a secondary benchmark is dropped when its dataset (compared by `normalize`) also appears in
+  any non-secondary benchmark, or in a secondary benchmark listed before its own. Datasets shared between
+  primary benchmarks (SNI, PromptSource, FLAN, ...) are different tasks (own instructions, templates) and
+  are all kept, as in OPT-IML; list every benchmark under `dedup.secondary` to keep each dataset once.
+  """
+  owners: dict[str, set[str]] = {}
+  for task in tasks:
+    if task.dataset:
+      owners.setdefault(normalize(task.dataset), set()).add(task.benchmark)
+  rank = {b: i for i, b in enumerate(secondary)}
+  kept, dropped = [], []
+  for task in tasks:
+    key = normalize(task.dataset) if task.dataset else ""
+    if task.benchmark in rank and key:
+      better = sorted(b for b in owners[key] if rank.get(b, -1) < rank[task.benchmark])
+      if better:
+        dropped.append({"name": task.name, "benchmark": task.benchmark, "dataset": task.dataset,
+                        "reason": f"duplicate dataset: {task.dataset!r} is also in {', '.join(better)}"})
+        continue
+    kept.append(task)
+  return kept, dropped
+
+
+# ---------------------------------------------------------------------------------------------------
+# Build.
+
+
+def _count_instances(task: records.TaskSource) -> int:
+  return sum(1 for _ in task.instances())
+
+
+def instance_text(instance: records.Instance) -> str:
+  """The text the leakage audit compares: input, then targets."""
+  return "\n".join((instance.input,) + tuple(instance.targets))
+
+
+def _read_sources(sources: Iterable[records.TaskSource | records.Skipped], config: BenchConfig,
+                  progress: bool) -> tuple[list[tuple[records.TaskSource, int]], list[records.Skipped]]:
+  """Counts every task's instances; unreadable, empty or duplicate tasks become `Skipped`."""
+  tasks, skipped, seen = [], [], {}
+  for item in tqdm.tqdm(sources, desc="reading tasks", unit="task", disable=not progress):
+    if isinstance(item, records.Skipped):
+      skipped.append(item)
+      continue
+    if item.benchmark not in config.benchmarks:
+      raise ValueError(f"{item.path}: task {item.name} is of benchmark {item.benchmark!r}, which "
+                       f"{config.path} does not declare under 'benchmarks' ({sorted(config.benchmarks)})")
+    if item.name in seen:
+      skipped.append(records.Skipped(item.path, f"duplicate task name {item.name} (first: {seen[item.name]})"))
+      continue
+    try:
+      count = _count_instances(item)
+    except (ValueError, OSError, KeyError, TypeError) as e:  # SourceError, bad JSON, bad bytes, bad fields
+      skipped.append(records.Skipped(item.path, getattr(e, "reason", f"{type(e).__name__}: {e}")))
+      continue
+    if count == 0:
+      skipped.append(records.Skipped(item.path, "no instances"))
+      continue
+    seen[item.name] = item.path
+    tasks.append((item, count))
+  return tasks, skipped
+
+
+def _missing_split_tasks(sni_splits: Mapping[str, Sequence[str]] | None, read: set[str],
+                         skipped: Sequence[records.Skipped]) -> dict[str, list[str]]:
+  if not sni_splits:
+    return {}
+  skipped_stems = {records.task_name("sni", pathlib.Path(s.path).stem) for s in skipped}
+  return {
+      split: sorted(n for n in names if records.task_name("sni", n) not in read | skipped_stems)
+      for split, names in sni_splits.items()
+  }
+
+
+def build(config: BenchConfig, sources: Iterable[records.TaskSource | records.Skipped],
+          sni_splits: Mapping[str, Sequence[str]] | None = None, progress: bool = False) -> Catalog:
+  """Builds the catalog (see the module docstring for the steps).
+
+  Args:
+    config: the bench definition (`load_config`).
+    sources: tasks and skipped files from the readers (`sources.iter_all(...)`).
+    sni_splits: SNI's split lists, `{"train": [...], "test": [...]}` of local task names, or None.
+    progress: show tqdm progress bars on stderr.
+  """
+  read, skipped = _read_sources(sources, config, progress)
+  counts = {task.name: n for task, n in read}
+  sni_splits = sni_splits or {}
+  sni_test = frozenset(records.task_name("sni", n) for n in sni_splits.get("test", ())
+                       if config.held_out.sni_test_split)
+  sni_train = frozenset(records.task_name("sni", n) for n in sni_splits.get("train", ()))
+
+  tasks, dropped, unmapped = [], [], {}
+  for task, _ in read:
+    if (config.held_out.sni_train == "split" and sni_splits and task.benchmark == "sni" and
+        task.name not in sni_train | sni_test):
+      dropped.append({"name": task.name, "benchmark": task.benchmark, "dataset": task.dataset,
+                      "reason": "not in the SNI train or test split (held_out.sni_train: split)"})
+      continue
+    tasks.append(task)
+  tasks, dedup_dropped = deduplicate(tasks, config.dedup_secondary)
+  dropped += dedup_dropped
+
+  category, role = {}, {}
+  for task in tasks:
+    category[task.name], mapped = categorize(task, config)
+    if not mapped:
+      key = f"{task.benchmark}: {task.dataset or '/'.join(task.categories) or task.name}"
+      unmapped.setdefault(key, []).append(task.name)
+    role[task.name] = assign_role(task, category[task.name], config, sni_test)
+
+  entries = {}
+  for task in tasks:
+    bench = config.benchmarks[task.benchmark]
+    num_examples, num_eval = split_counts(
+        role[task.name], task.kind, counts[task.name], config.held_out_instances_per_task,
+        bench.max_examples_per_task or config.max_examples_per_task, config.max_eval_instances)
+    entries[task.name] = CatalogEntry(
+        name=task.name, benchmark=task.benchmark, category=category[task.name], role=role[task.name],
+        num_examples=num_examples, num_eval_instances=num_eval, rate=0.0, format=task.format,
+        path=task.path, dataset=task.dataset, template=task.template, kind=task.kind,
+        num_instances=counts[task.name], raw_categories=tuple(task.categories))
+
+  leakage_report, drop = _audit(tasks, entries, config, progress)
+  for name in sorted(drop):
+    entry = entries.pop(name)
+    dropped.append({"name": name, "benchmark": entry.benchmark, "dataset": entry.dataset,
+                    "reason": f"13-gram leakage (policy {config.leakage.policy})"})
+
+  train = {n: e for n, e in entries.items() if e.role == TRAIN and e.num_examples > 0}
+  task_rates = {}
+  if train:
+    shares = {b: c.share for b, c in config.benchmarks.items()}
+    fixed = [b for b, c in config.benchmarks.items() if c.fixed_share]
+    counts_train = {n: e.num_examples for n, e in train.items()}
+    benchmark_of = {n: e.benchmark for n, e in train.items()}
+    if config.rates.method == "uniform":
+      task_rates = rates.uniform(counts_train, benchmark_of, shares, fixed)
+    else:
+      task_rates = rates.examples_proportional(counts_train, benchmark_of, shares, config.rates.cap,
+                                               config.rates.temperature, fixed)
+  final = [dataclasses.replace(e, rate=task_rates.get(n, 0.0)) for n, e in entries.items()]
+  return Catalog(
+      tasks=final,
+      leakage=leakage_report,
+      skipped=skipped,
+      dropped=dropped,
+      missing_split_tasks=_missing_split_tasks(sni_splits, set(counts), skipped),
+      unmapped=[{"key": k, "category": config.taxonomy.fallback, "tasks": len(v), "examples": v[:5]}
+                for k, v in sorted(unmapped.items())],
+      config=config.echo(),
+  )
+
+
+def _audit(tasks: Sequence[records.TaskSource], entries: Mapping[str, CatalogEntry], config: BenchConfig,
+           progress: bool) -> tuple[list[dict[str, Any]], set[str]]:
+  """Runs the 13-gram audit; returns the report and the names of the tasks to drop."""
+  by_name = {t.name: t for t in tasks}
+  eval_texts = {
+      n: [instance_text(i) for i in eval_instances(e, by_name[n])]
+      for n, e in entries.items() if e.role != TRAIN and e.num_eval_instances > 0
+  }
+  train_names = [n for n, e in entries.items() if e.role == TRAIN and e.num_examples > 0]
+  if not eval_texts or not train_names:
+    return [], set()
+  cfg = config.leakage
+  limit = cfg.max_train_instances
+
+  def train_texts():
+    for name in tqdm.tqdm(train_names, desc="13-gram audit", unit="task", disable=not progress):
+      stream = train_instances(entries[name], by_name[name])
+      if limit is not None:
+        stream = itertools.islice(stream, limit)
+      yield name, (instance_text(i) for i in stream)
+
+  found = leakage.audit(eval_texts, train_texts(), cfg.threshold, cfg.ngram, cfg.template_fraction)
+  drop_train, drop_eval = leakage.resolve(found, cfg.policy)
+  report = []
+  for o in sorted(found, key=lambda o: (-o.fraction, o.train_task, o.eval_task)):
+    action = ("dropped train task" if o.train_task in drop_train else
+              "dropped eval task" if o.eval_task in drop_eval else "reported")
+    report.append(dict(dataclasses.asdict(o), action=action))
+  return report, drop_train | drop_eval
+
+
+# ---------------------------------------------------------------------------------------------------
+# Summary.
+
+
+def summary(catalog: Catalog) -> str:
+  """A plain-text table: tasks, categories, training examples, eval instances and rate per benchmark and role."""
+  rows: dict[tuple[str, str], list[Any]] = {}
+  for t in catalog.tasks:
+    row = rows.setdefault((t.benchmark, t.role), [0, set(), 0, 0, 0.0])
+    row[0] += 1
+    row[1].add(t.category)
+    row[2] += t.num_examples
+    row[3] += t.num_eval_instances
+    row[4] += t.rate
+  header = ("benchmark", "role", "tasks", "categories", "train examples", "eval instances", "rate")
+  lines = [[*k, str(v[0]), str(len(v[1])), str(v[2]), str(v[3]), f"{v[4]:.4f}"] for k, v in sorted(rows.items())]
+  totals = ["total", "", str(len(catalog.tasks)), str(len({t.category for t in catalog.tasks})),
+            str(sum(t.num_examples for t in catalog.tasks)), str(sum(t.num_eval_instances for t in catalog.tasks)),
+            f"{sum(t.rate for t in catalog.tasks):.4f}"]
+  widths = [max(len(r[i]) for r in [header, *lines, totals]) for i in range(len(header))]
+  fmt = lambda r: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+  out = [fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines), fmt(totals), ""]
+  by_role = {r: sorted({t.category for t in catalog.tasks if t.role == r}) for r in ROLES}
+  out.append(f"held-out categories present: {', '.join(by_role[HELD_OUT_CATEGORY]) or 'none'}")
+  out.append(f"skipped files: {len(catalog.skipped)}")
+  for s in catalog.skipped[:20]:
+    out.append(f"  {s.path}: {s.reason}")
+  reasons: dict[str, int] = {}
+  for d in catalog.dropped:
+    reason = d["reason"].split(":")[0]
+    reasons[reason] = reasons.get(reason, 0) + 1
+  out.append(f"dropped tasks: {len(catalog.dropped)}" +
+             "".join(f"\n  {r}: {n}" for r, n in sorted(reasons.items())))
+  out.append(f"leakage pairs over threshold: {len(catalog.leakage)}")
+  for split, names in sorted(catalog.missing_split_tasks.items()):
+    out.append(f"SNI {split} split: {len(names)} listed task(s) absent from the checkout")
+  out.append(f"unmapped (fallback category): {sum(u['tasks'] for u in catalog.unmapped)} task(s)")
+  for u in catalog.unmapped:
+    out.append(f"  {u['key']} -> {u['category']} ({u['tasks']} task(s))")
+  return "\n".join(out)

@@ -1,0 +1,327 @@
+"""The toy bench: a few dozen synthetic instruction tasks written in Super-NaturalInstructions' format.
+
+Where it sits: a stand-in for the source checkouts on a machine with no downloads (`make quickstart`,
+tests). `write(out_dir, seed)` writes `out_dir/tasks/<task>.json` (SNI's JSON task format) and
+`out_dir/splits/default/{train,test}_tasks.txt`; the SNI reader and the catalog then treat it exactly like
+a natural-instructions checkout, with `tasks/toybench.yaml` as its bench definition (`CONFIG_PATH`).
+
+The tasks are short (inputs of a few words, one- or two-word targets) so a tiny model learns the training
+tasks in a few hundred CPU steps. Categories follow SNI's names; "Textual Entailment" and "Coreference
+Resolution" are fully held out (as in SNI), and one task of several seen categories is in the test split
+(held-out tasks of seen categories). Output is deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import random
+from typing import Callable
+
+# The bench definition of the toy bench (in the repository's tasks/ folder, beside optiml_bench.yaml).
+CONFIG_PATH = pathlib.Path(__file__).resolve().parents[2] / "tasks" / "toybench.yaml"
+NUM_INSTANCES = 200
+NUM_DEMONSTRATIONS = 2
+
+_COLORS = ("red", "blue", "green", "yellow", "black", "white", "pink", "brown")
+_NAMES = ("Anna", "Tom", "Mia", "Leo", "Sara", "Ben", "Lily", "Max", "Eva", "Sam")
+_PLACES = ("kitchen", "garden", "park", "school", "library", "office", "beach", "market")
+_OBJECTS = ("ball", "car", "hat", "cup", "box", "kite", "book", "lamp")
+_ANIMALS = ("cat", "dog", "horse", "mouse", "lion", "bird", "frog", "sheep", "goat", "duck")
+_FRUITS = ("apple", "banana", "cherry", "grape", "lemon", "mango", "peach", "pear", "plum", "melon")
+_CONSONANTS = "bdfgklmnprtv"
+_FINAL_CONSONANTS = "bdgklmnprt"
+_VOWELS = "aeiou"
+_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_SUBJECTS = ("film", "book", "show", "play", "song", "game")
+_MEALS = ("dinner", "lunch", "soup", "cake", "pizza", "salad")
+_ADVERBS = ("really", "quite", "very", "truly")
+_ANTONYMS = (("hot", "cold"), ("big", "small"), ("fast", "slow"), ("happy", "sad"), ("old", "new"),
+             ("up", "down"), ("open", "closed"), ("light", "dark"), ("early", "late"), ("full", "empty"),
+             ("high", "low"), ("hard", "soft"), ("wet", "dry"), ("long", "short"), ("rich", "poor"))
+_GOOD = ("great", "wonderful", "excellent", "amazing", "lovely", "fantastic")
+_BAD = ("terrible", "awful", "boring", "horrible", "dull", "dreadful")
+_TOPICS = {
+    "sports": ("won the match", "scored a goal", "ran a marathon", "played tennis", "trained the team",
+               "swam ten laps"),
+    "food": ("baked fresh bread", "made hot soup", "cooked pasta", "ate rice and beans", "grilled some fish",
+             "cut a cake"),
+    "weather": ("saw heavy rain", "felt the hot sun", "watched the snow fall", "felt a strong wind",
+                "heard a storm coming", "saw a cloudy sky"),
+}
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+Generator = Callable[[random.Random], tuple[str, str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyTask:
+  slug: str
+  category: str
+  definition: str
+  generate: Generator
+  test: bool = False  # in the test split (a held-out task), else in the train split
+
+
+def _word(rng: random.Random) -> str:
+  """A pronounceable made-up word of 3 to 6 letters ending in a consonant ("bado" is not; "kelim" is)."""
+  length = rng.randint(3, 6)
+  letters = [rng.choice(_CONSONANTS if (length - k) % 2 else _VOWELS) for k in range(length)]
+  letters[-1] = rng.choice(_FINAL_CONSONANTS)
+  return "".join(letters)
+
+
+def _plural(noun: str) -> str:
+  return noun + ("es" if noun.endswith(("s", "x", "ch", "sh")) else "s")
+
+
+def _digit_list(rng: random.Random) -> list[int]:
+  return [rng.randrange(10) for _ in range(rng.randint(3, 5))]
+
+
+def _add_small(rng: random.Random) -> tuple[str, str]:
+  a, b = rng.randint(0, 19), rng.randint(0, 19)
+  return f"{a} + {b}", str(a + b)
+
+
+def _add_large(rng: random.Random) -> tuple[str, str]:
+  a, b = rng.randint(10, 49), rng.randint(10, 49)
+  return f"{a} plus {b}", str(a + b)
+
+
+def _subtract(rng: random.Random) -> tuple[str, str]:
+  a = rng.randint(0, 19)
+  b = rng.randint(0, a)
+  return f"{a} - {b}", str(a - b)
+
+
+def _double(rng: random.Random) -> tuple[str, str]:
+  a = rng.randint(0, 499)
+  return str(a), str(2 * a)
+
+
+def _successor(rng: random.Random) -> tuple[str, str]:
+  a = rng.randint(0, 199)
+  return str(a), str(a + 1)
+
+
+def _on_word(transform: Callable[[str], str]) -> Generator:
+  def generate(rng: random.Random) -> tuple[str, str]:
+    word = _word(rng)
+    return word, transform(word)
+  return generate
+
+
+def _on_digits(transform: Callable[[list[int]], str]) -> Generator:
+  def generate(rng: random.Random) -> tuple[str, str]:
+    digits = _digit_list(rng)
+    return " ".join(map(str, digits)), transform(digits)
+  return generate
+
+
+def _joined(digits: list[int]) -> str:
+  return " ".join(map(str, digits))
+
+
+def _sentiment(subjects: tuple[str, ...]) -> Generator:
+  def generate(rng: random.Random) -> tuple[str, str]:
+    positive = rng.random() < 0.5
+    adjective = rng.choice(_GOOD if positive else _BAD)
+    text = f"{rng.choice(_NAMES)} said the {rng.choice(subjects)} was {rng.choice(_ADVERBS)} {adjective}."
+    return text, "positive" if positive else "negative"
+  return generate
+
+
+def _topic(rng: random.Random) -> tuple[str, str]:
+  topic = rng.choice(sorted(_TOPICS))
+  return f"{rng.choice(_NAMES)} {rng.choice(_TOPICS[topic])} on {rng.choice(_DAYS)}.", topic
+
+
+def _animal_or_fruit(rng: random.Random) -> tuple[str, str]:
+  word = rng.choice(_ANIMALS + _FRUITS)
+  return f"{rng.choice(_NAMES)} has a {rng.choice(_COLORS)} {word}.", "animal" if word in _ANIMALS else "fruit"
+
+
+def _antonym(reverse: bool) -> Generator:
+  def generate(rng: random.Random) -> tuple[str, str]:
+    a, b = rng.choice(_ANTONYMS)
+    word, answer = (b, a) if reverse else (a, b)
+    return f"{rng.choice(_NAMES)}'s {rng.choice(_OBJECTS)} is {word}.", answer
+  return generate
+
+
+def _color_question(rng: random.Random) -> tuple[str, str]:
+  name, obj, color = rng.choice(_NAMES), rng.choice(_OBJECTS), rng.choice(_COLORS)
+  return f"{name}'s {obj} is {color}. What color is {name}'s {obj}?", color
+
+
+def _owner_question(rng: random.Random) -> tuple[str, str]:
+  name, color, animal = rng.choice(_NAMES), rng.choice(_COLORS), rng.choice(_ANIMALS)
+  return f"{name} has a {color} {animal}. Who has a {color} {animal}?", name
+
+
+def _place_question(rng: random.Random) -> tuple[str, str]:
+  name, place, animal = rng.choice(_NAMES), rng.choice(_PLACES), rng.choice(_ANIMALS)
+  return f"{name} is in the {place} with a {animal}. Where is {name}?", place
+
+
+def _number_blank(rng: random.Random) -> tuple[str, str]:
+  start = rng.randint(0, 195)
+  numbers = [str(start + k) for k in range(4)]
+  k = rng.randrange(4)
+  answer, numbers[k] = numbers[k], "___"
+  return " ".join(numbers), answer
+
+
+def _letter_blank(rng: random.Random) -> tuple[str, str]:
+  length = rng.randint(2, 5)
+  start = rng.randint(0, 25 - length)
+  letters = _LETTERS if rng.random() < 0.5 else _LETTERS.upper()
+  return " ".join(letters[start:start + length]) + " ___", letters[start + length]
+
+
+def _entail_color(rng: random.Random) -> tuple[str, str]:
+  name, obj, color = rng.choice(_NAMES), rng.choice(_OBJECTS), rng.choice(_COLORS)
+  other = color if rng.random() < 0.5 else rng.choice([c for c in _COLORS if c != color])
+  return (f"Premise: {name} has a {color} {obj}. Hypothesis: {name} has a {other} {obj}.",
+          "yes" if other == color else "no")
+
+
+def _entail_place(rng: random.Random) -> tuple[str, str]:
+  name, place = rng.choice(_NAMES), rng.choice(_PLACES)
+  other = place if rng.random() < 0.5 else rng.choice([p for p in _PLACES if p != place])
+  return (f"Premise: {name} is in the {place}. Hypothesis: {name} is in the {other}.",
+          "yes" if other == place else "no")
+
+
+def _entail_count(rng: random.Random) -> tuple[str, str]:
+  name, fruit, n, m = rng.choice(_NAMES), rng.choice(_FRUITS), rng.randint(2, 9), rng.randint(1, 9)
+  return (f"Premise: {name} has {n} {_plural(fruit)}. Hypothesis: {name} has more than {m}.",
+          "yes" if n > m else "no")
+
+
+def _coref_animal(rng: random.Random) -> tuple[str, str]:
+  name, animal = rng.choice(_NAMES), rng.choice(_ANIMALS)
+  if rng.random() < 0.5:
+    return f"{name} saw the {animal}. It ran away. What ran away?", animal
+  return f"{name} saw the {animal}. They waved. Who waved?", name
+
+
+def _coref_object(rng: random.Random) -> tuple[str, str]:
+  name, color, obj = rng.choice(_NAMES), rng.choice(_COLORS), rng.choice(_OBJECTS)
+  if rng.random() < 0.5:
+    return f"{name} dropped the {color} {obj}. It broke. What does it refer to?", obj
+  return f"{name} dropped the {color} {obj}. They cried. Who does they refer to?", name
+
+
+TASKS: tuple[ToyTask, ...] = (
+    ToyTask("add_small", "Mathematics", "Add the two numbers. Answer with the sum.", _add_small),
+    ToyTask("subtract", "Mathematics", "Subtract the second number from the first.", _subtract),
+    ToyTask("double", "Mathematics", "Double the number.", _double),
+    ToyTask("successor", "Mathematics", "What number comes right after the given number?", _successor),
+    ToyTask("add_large", "Mathematics", "Compute the sum of the two numbers.", _add_large, test=True),
+    ToyTask("count_letters", "Mathematics", "How many letters does the word have?", _on_word(lambda w: str(len(w)))),
+    ToyTask("reverse_word", "Program Execution", "Write the word backwards.", _on_word(lambda w: w[::-1])),
+    ToyTask("uppercase", "Program Execution", "Write the word in capital letters.", _on_word(str.upper)),
+    ToyTask("first_letter", "Program Execution", "Give the first letter of the word.", _on_word(lambda w: w[0])),
+    ToyTask("last_letter", "Program Execution", "Give the last letter of the word.", _on_word(lambda w: w[-1])),
+    ToyTask("sort_ascending", "Program Execution", "Sort the digits from smallest to largest.",
+            _on_digits(lambda d: _joined(sorted(d)))),
+    ToyTask("sort_descending", "Program Execution", "Sort the digits from largest to smallest.",
+            _on_digits(lambda d: _joined(sorted(d, reverse=True))), test=True),
+    ToyTask("list_max", "Program Execution", "Find the largest digit in the list.", _on_digits(lambda d: str(max(d)))),
+    ToyTask("list_min", "Program Execution", "Find the smallest digit in the list.", _on_digits(lambda d: str(min(d)))),
+    ToyTask("copy_word", "Misc.", "Copy the input exactly.", _on_word(lambda w: w)),
+    ToyTask("repeat_twice", "Misc.", "Repeat the word two times.", _on_word(lambda w: f"{w} {w}")),
+    ToyTask("movie_sentiment", "Sentiment Analysis", "Is the review positive or negative?",
+            _sentiment(_SUBJECTS[:3])),
+    ToyTask("book_sentiment", "Sentiment Analysis", "Classify the sentiment of the sentence as positive or negative.",
+            _sentiment(_SUBJECTS[3:])),
+    ToyTask("food_sentiment", "Sentiment Analysis", "Did the writer like the meal? Answer positive or negative.",
+            _sentiment(_MEALS), test=True),
+    ToyTask("topic", "Text Categorization", "Is the sentence about sports, food or weather?", _topic),
+    ToyTask("animal_or_fruit", "Text Categorization", "Is the thing in the sentence an animal or a fruit?",
+            _animal_or_fruit),
+    ToyTask("antonym", "Word Semantics", "Give the opposite of the adjective in the sentence.",
+            _antonym(reverse=False)),
+    ToyTask("antonym_reverse", "Word Semantics", "Write the antonym of the last word.", _antonym(reverse=True)),
+    ToyTask("plural", "Word Semantics", "Write the plural of the made-up noun.", _on_word(_plural)),
+    ToyTask("color_question", "Question Answering", "Answer the question using the sentence.", _color_question),
+    ToyTask("owner_question", "Question Answering", "Read the sentence and answer the question.", _owner_question),
+    ToyTask("place_question", "Question Answering", "Answer the question about where someone is.", _place_question,
+            test=True),
+    ToyTask("number_blank", "Fill in The Blank", "Fill in the missing number.", _number_blank),
+    ToyTask("letter_blank", "Fill in The Blank", "Write the letter that comes next.", _letter_blank),
+    ToyTask("entail_color", "Textual Entailment", "Does the premise entail the hypothesis? Answer yes or no.",
+            _entail_color, test=True),
+    ToyTask("entail_place", "Textual Entailment", "Is the hypothesis true given the premise? Answer yes or no.",
+            _entail_place, test=True),
+    ToyTask("entail_count", "Textual Entailment", "Does the hypothesis follow from the premise? Answer yes or no.",
+            _entail_count, test=True),
+    ToyTask("coref_animal", "Coreference Resolution", "Answer the question about the pronoun.", _coref_animal,
+            test=True),
+    ToyTask("coref_object", "Coreference Resolution", "Say who or what the pronoun refers to.", _coref_object,
+            test=True),
+)
+
+
+def task_names() -> list[str]:
+  """Local SNI-style names of the toy tasks, in order ("task001_toy_add_small", ...)."""
+  return [f"task{i:03d}_toy_{t.slug}" for i, t in enumerate(TASKS, 1)]
+
+
+def _instances(task: ToyTask, rng: random.Random, count: int) -> list[tuple[str, str]]:
+  """Up to `count` pairs with distinct inputs (fewer when the task has fewer distinct inputs)."""
+  pairs, seen = [], set()
+  for _ in range(count * 20):
+    text, target = task.generate(rng)
+    if text not in seen:
+      seen.add(text)
+      pairs.append((text, target))
+      if len(pairs) == count:
+        break
+  return pairs
+
+
+def task_json(task: ToyTask, name: str, seed: int, num_instances: int = NUM_INSTANCES) -> dict:
+  """One task in SNI's JSON format (the fields every SNI v2 task file carries)."""
+  rng = random.Random(f"{seed}:{name}")
+  pairs = _instances(task, rng, num_instances + NUM_DEMONSTRATIONS)
+  demos, instances = pairs[:NUM_DEMONSTRATIONS], pairs[NUM_DEMONSTRATIONS:]
+  return {
+      "Contributors": ["optiml-jax toy bench"],
+      "Source": [f"toy_{task.slug}"],
+      "URL": [],
+      "Categories": [task.category],
+      "Reasoning": [],
+      "Definition": [task.definition],
+      "Input_language": ["English"],
+      "Output_language": ["English"],
+      "Instruction_language": ["English"],
+      "Domains": ["Synthetic"],
+      "Positive Examples": [{"input": i, "output": o, "explanation": "This is the correct answer."}
+                            for i, o in demos],
+      "Negative Examples": [],
+      "Instances": [{"id": f"{name}-{k}", "input": i, "output": [o]} for k, (i, o) in enumerate(instances)],
+      "Instance License": ["Apache 2.0"],
+  }
+
+
+def write(out_dir: str | os.PathLike, seed: int = 0, num_instances: int = NUM_INSTANCES) -> pathlib.Path:
+  """Writes the toy bench as a natural-instructions checkout; returns `out_dir`.
+
+  Layout: `tasks/<name>.json` per task, `splits/default/train_tasks.txt` and `test_tasks.txt`.
+  """
+  out = pathlib.Path(out_dir)
+  (out / "tasks").mkdir(parents=True, exist_ok=True)
+  (out / "splits" / "default").mkdir(parents=True, exist_ok=True)
+  names = task_names()
+  for task, name in zip(TASKS, names):
+    with open(out / "tasks" / f"{name}.json", "w", encoding="utf-8") as f:
+      json.dump(task_json(task, name, seed, num_instances), f, indent=1)
+  for split, in_test in (("train", False), ("test", True)):
+    listed = [n for t, n in zip(TASKS, names) if t.test == in_test]
+    (out / "splits" / "default" / f"{split}_tasks.txt").write_text("\n".join(listed) + "\n", encoding="utf-8")
+  return out

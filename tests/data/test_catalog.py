@@ -1,0 +1,378 @@
+"""Tests for optiml_jax.data.catalog: config, categories, roles, de-duplication, leakage, rates, save/load."""
+
+import copy
+import json
+import pathlib
+
+import pytest
+import yaml
+
+from optiml_jax.data import catalog
+from optiml_jax.data import leakage
+from optiml_jax.data import records
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+BENCH_YAML = REPO / "tasks" / "optiml_bench.yaml"
+
+BASE_CONFIG = {
+    "name": "test_bench",
+    "benchmarks": {
+        "sni": {"share": 25}, "promptsource": {"share": 45}, "crossfit": {"share": 4}, "exmix": {"share": 2},
+        "t5": {"share": 2}, "bigbench": {"share": 0, "eval_only": True},
+        "pretraining": {"share": 5, "fixed_share": True, "category": "Language Modeling"},
+    },
+    "limits": {"max_examples_per_task": 30, "max_eval_instances": 4, "held_out_instances_per_task": 3},
+    "rates": {"method": "examples_proportional", "cap": 4096, "temperature": 1.0},
+    "held_out": {"categories": ["Textual Entailment"], "sni_test_split": True, "sni_train": "all",
+                 "tasks": ["promptsource:held_*"], "datasets": []},
+    "dedup": {"secondary": ["crossfit", "exmix", "t5"]},
+    "leakage": {"ngram": 13, "threshold": 0.01, "policy": "drop_train", "template_fraction": 0.5,
+                "max_train_instances": None},
+    "taxonomy": {
+        "categories": ["Question Answering", "Textual Entailment", "Paraphrasing", "Misc.", "Logical Reasoning",
+                       "Sentiment Analysis", "Language Modeling"],
+        "fallback": "Misc.",
+        "overrides": {"bigbench:special_*": "Sentiment Analysis"},
+        "datasets": {"super_glue": "Question Answering", "super_glue/rte": "Textual Entailment",
+                     "glue_mrpc": "Paraphrasing"},
+        "keywords": {"logical reasoning": "Logical Reasoning", "reading comprehension": "Question Answering"},
+    },
+}
+
+
+def _config(tmp_path, changes=None, name="bench.yaml"):
+  data = copy.deepcopy(BASE_CONFIG)
+  for dotted, value in (changes or {}).items():
+    *parents, last = dotted.split(".")
+    node = data
+    for key in parents:
+      node = node[key]
+    if value is _DELETE:
+      del node[last]
+    else:
+      node[last] = value
+  path = tmp_path / name
+  path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+  return catalog.load_config(path)
+
+
+_DELETE = object()
+
+
+def _words(tag, i, n=14):
+  """A distinct n-word text for instance i of a task."""
+  return " ".join(f"{tag}{i}x{k}" for k in range(n))
+
+
+def make_task(benchmark, local, num, dataset="", categories=(), kind=records.GENERATION, texts=None, fail_at=None):
+  texts = texts or [_words(local, i) for i in range(num)]
+  instances = tuple(records.Instance(id=f"{local}-{i}", input=t, targets=(f"answer {i}",))
+                    for i, t in enumerate(texts))
+
+  def open_instances():
+    for i, instance in enumerate(instances):
+      if fail_at is not None and i == fail_at:
+        raise records.SourceError(f"/src/{benchmark}/{local}", f"instance {i}: missing field 'output'")
+      yield instance
+
+  return records.TaskSource(
+      name=records.task_name(benchmark, local), benchmark=benchmark, dataset=dataset or local,
+      categories=tuple(categories), definition="", demonstrations=(), path=f"/src/{benchmark}/{local}", kind=kind,
+      open_instances=open_instances, format="test")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Config.
+
+
+def test_bench_yaml_declares_the_opt_iml_recipe():
+  config = catalog.load_config(BENCH_YAML)
+  shares = {b: c.share for b, c in config.benchmarks.items()}
+  assert shares == {"sni": 25, "promptsource": 45, "flan": 20, "crossfit": 4, "exmix": 2, "t5": 2,
+                    "unifiedskg": 2, "reasoning": 1, "pretraining": 5, "bigbench": 0}
+  assert {b for b, c in config.benchmarks.items() if c.fixed_share} == {"reasoning", "pretraining"}
+  assert config.benchmarks["flan"].max_examples_per_task == 30_000
+  assert (config.max_examples_per_task, config.max_eval_instances) == (100_000, 100)
+  assert (config.rates.method, config.rates.cap) == ("examples_proportional", 4096)
+  assert set(config.held_out.categories) == {"Textual Entailment", "Coreference Resolution",
+                                             "Dialogue Act Recognition"}
+  assert (config.leakage.ngram, config.leakage.threshold, config.leakage.policy) == (13, 0.01, "drop_train")
+  assert config.dedup_secondary == ("crossfit", "exmix", "t5")
+  assert len(config.taxonomy.categories) == 76 + 3  # SNI's 76 task types + three for other sources
+  assert config.echo()["sha256"] and config.echo()["data"]["name"] == "optiml_bench"
+
+
+def test_bench_yaml_covers_the_real_p3_datasets_and_sni_categories(shared_dir):
+  config = catalog.load_config(BENCH_YAML)
+  sni_categories = set()
+  for path in (shared_dir / "data" / "natural-instructions" / "tasks").glob("*.json"):
+    sni_categories.update(json.loads(path.read_text(encoding="utf-8"))["Categories"])
+  assert sni_categories <= set(config.taxonomy.categories)
+  for stem in ("glue_mrpc_equivalent", "cnn_dailymail_3_0_0_tldr_summary", "paws_labeled_final_Meaning"):
+    task = make_task("promptsource", stem, 1, dataset=stem)
+    assert catalog.categorize(task, config)[1], stem
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"benchmarks.foo": {"share": 3}}, r"benchmarks\.foo: unknown benchmark"),
+    ({"colour": 1}, r"colour: unknown key"),
+    ({"benchmarks.sni": {"share": "a lot"}}, r"benchmarks\.sni\.share: expected number"),
+    ({"benchmarks.sni": {"share": 1, "weight": 2}}, r"benchmarks\.sni\.weight: unknown key"),
+    ({"held_out.categories": ["Dialogue Act Recognition"]}, r"held_out\.categories: category 'Dialogue Act"),
+    ({"leakage.policy": "drop_both"}, r"leakage\.policy: 'drop_both' is not one of"),
+    ({"dedup.secondary": ["unifiedskg"]}, r"dedup\.secondary: benchmark 'unifiedskg' is not declared"),
+    ({"limits.max_eval_instances": 0}, r"limits\.max_eval_instances: must be >= 1"),
+    ({"taxonomy.datasets": {"glue/mrpc": "Paraphrasing", "glue_mrpc": "Paraphrasing"}}, r"same key as"),
+    ({"taxonomy.categories": _DELETE}, r"taxonomy\.categories: missing required key"),
+    ({"rates.method": "temperature"}, r"rates\.method"),
+])
+def test_config_errors_name_the_key(tmp_path, change, message):
+  with pytest.raises(catalog.ConfigError, match=message) as info:
+    _config(tmp_path, change)
+  assert str(tmp_path / "bench.yaml") in str(info.value)
+
+
+def test_malformed_yaml(tmp_path):
+  path = tmp_path / "bad.yaml"
+  path.write_text("benchmarks: [unclosed\n", encoding="utf-8")
+  with pytest.raises(catalog.ConfigError, match="not valid YAML"):
+    catalog.load_config(path)
+
+
+def test_custom_benchmark_must_be_marked(tmp_path):
+  config = _config(tmp_path, {"benchmarks.mydata": {"share": 3, "custom": True}})
+  assert config.benchmarks["mydata"].custom
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Categories and roles.
+
+
+def test_categorize_order(tmp_path):
+  config = _config(tmp_path)
+  cases = [
+      (make_task("bigbench", "special_x", 1, categories=["logical reasoning"]), "Sentiment Analysis"),  # override
+      (make_task("pretraining", "web", 1, categories=["Question Answering"]), "Language Modeling"),  # fixed
+      (make_task("sni", "task1", 1, categories=["question answering"]), "Question Answering"),  # raw = taxonomy
+      (make_task("promptsource", "rte_t", 1, dataset="super_glue/rte"), "Textual Entailment"),  # longest prefix
+      (make_task("promptsource", "cb_t", 1, dataset="super_glue/cb"), "Question Answering"),  # shorter prefix
+      (make_task("promptsource", "m", 1, dataset="GLUE-MRPC"), "Paraphrasing"),  # normalized
+      (make_task("bigbench", "b", 1, categories=["reading comprehension", "logical reasoning"]),
+       "Logical Reasoning"),  # keyword priority follows the config, not the task
+  ]
+  for task, expected in cases:
+    assert catalog.categorize(task, config) == (expected, True), task.name
+  assert catalog.categorize(make_task("bigbench", "z", 1, categories=["zero-shot"]), config) == ("Misc.", False)
+
+
+def test_split_counts_rule():
+  assert catalog.split_counts("train", records.GENERATION, 100, 3, 30, 4) == (30, 3)
+  assert catalog.split_counts("train", records.GENERATION, 4, 3, 30, 4) == (2, 2)  # at most half held out
+  assert catalog.split_counts("train", records.LANGUAGE_MODELING, 10, 3, 30, 4) == (10, 0)
+  assert catalog.split_counts("held_out_task", records.GENERATION, 100, 3, 30, 4) == (0, 4)
+  assert catalog.split_counts("held_out_category", records.GENERATION, 2, 3, 30, 4) == (0, 2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Build.
+
+
+def _sources():
+  leaked_eval = _words("task_test", 1)
+  return [
+      make_task("sni", "task_train_a", 100, dataset="quoref", categories=["Question Answering"]),
+      make_task("sni", "task_train_b", 10, categories=["Question Answering"]),
+      make_task("sni", "task_test", 8, categories=["Question Answering"]),
+      make_task("sni", "task_te", 6, categories=["Textual Entailment"]),
+      make_task("promptsource", "rte_template", 9, dataset="super_glue/rte"),
+      make_task("promptsource", "mrpc_template", 12, dataset="glue/mrpc"),
+      make_task("promptsource", "held_one", 5, dataset="glue/mrpc"),
+      make_task("crossfit", "glue-mrpc", 20, dataset="glue-mrpc"),  # PromptSource has it: dropped
+      make_task("crossfit", "rare", 20, dataset="rare_data"),
+      make_task("t5", "rare_t5", 20, dataset="rare-data"),  # CrossFit (earlier secondary) has it: dropped
+      make_task("exmix", "unique", 20, dataset="unique_data"),
+      make_task("bigbench", "puzzle", 7, categories=["logical reasoning"]),
+      make_task("pretraining", "web", 50, kind=records.LANGUAGE_MODELING),
+      # Its training stream repeats an eval instance of sni:task_test.
+      make_task("sni", "task_leaky", 10, categories=["Question Answering"],
+                texts=[_words("leaky", i) for i in range(9)] + [leaked_eval]),
+      make_task("sni", "task_broken", 5, categories=["Question Answering"], fail_at=3),
+      make_task("sni", "task_empty", 0, categories=["Question Answering"]),
+      make_task("sni", "task_train_b", 10, categories=["Question Answering"]),  # duplicate name
+      records.Skipped("/src/sni/task_bad.json", "invalid JSON"),
+  ]
+
+
+SPLITS = {"train": ["task_train_a", "task_missing_1"], "test": ["task_test", "task_te", "task_missing_2"]}
+
+
+@pytest.fixture
+def built(tmp_path):
+  return catalog.build(_config(tmp_path), _sources(), SPLITS), {t.name: t for t in _sources()
+                                                                if isinstance(t, records.TaskSource)}
+
+
+def test_roles(built):
+  cat, _ = built
+  roles = {t.name: t.role for t in cat.tasks}
+  assert roles["sni:task_te"] == roles["promptsource:rte_template"] == "held_out_category"
+  assert roles["sni:task_test"] == roles["bigbench:puzzle"] == roles["promptsource:held_one"] == "held_out_task"
+  for name in ("sni:task_train_a", "sni:task_train_b", "promptsource:mrpc_template", "crossfit:rare",
+               "exmix:unique", "pretraining:web"):
+    assert roles[name] == "train", name
+
+
+def test_held_out_tasks_never_trained_and_rates_sum_to_one(built):
+  cat, _ = built
+  for t in cat.tasks:
+    if t.role != "train":
+      assert (t.rate, t.num_examples) == (0.0, 0), t.name
+      assert t.num_eval_instances == min(t.num_instances, 4)
+    else:
+      assert t.rate > 0, t.name
+  assert sum(t.rate for t in cat.tasks) == pytest.approx(1.0)
+  assert sum(t.rate for t in cat.tasks if t.benchmark == "pretraining") == pytest.approx(0.05)
+
+
+def test_held_out_instances_never_in_the_training_stream(built):
+  cat, sources = built
+  for entry in cat.tasks:
+    task = sources[entry.name]
+    evals = [i.id for i in catalog.eval_instances(entry, task)]
+    trains = [i.id for i in catalog.train_instances(entry, task)]
+    all_ids = [i.id for i in task.instances()]
+    assert evals == all_ids[:entry.num_eval_instances]
+    assert not set(evals) & set(trains)
+    assert len(trains) == entry.num_examples
+    if entry.role == "train":
+      assert trains == all_ids[entry.num_eval_instances:entry.num_eval_instances + entry.num_examples]
+  big = cat.by_name()["sni:task_train_a"]
+  assert (big.num_eval_instances, big.num_examples) == (3, 30)  # capped at max_examples_per_task
+
+
+def test_dataset_of_secondary_benchmarks_kept_once(built):
+  cat, _ = built
+  names = {t.name for t in cat.tasks}
+  assert "crossfit:glue-mrpc" not in names and "crossfit:glue_mrpc" not in names
+  assert "t5:rare_t5" not in names and "crossfit:rare" in names
+  reasons = {d["name"]: d["reason"] for d in cat.dropped}
+  assert "promptsource" in reasons["crossfit:glue_mrpc"]
+  assert "crossfit" in reasons["t5:rare_t5"]
+  secondary_datasets = [catalog.normalize(t.dataset) for t in cat.tasks if t.benchmark in ("crossfit", "exmix", "t5")]
+  all_other = {catalog.normalize(t.dataset) for t in cat.tasks if t.benchmark not in ("crossfit", "exmix", "t5")}
+  assert len(secondary_datasets) == len(set(secondary_datasets)) and not set(secondary_datasets) & all_other
+
+
+def test_leakage_drops_the_train_task(built):
+  cat, _ = built
+  assert "sni:task_leaky" not in cat.by_name()
+  (pair,) = cat.leakage
+  assert (pair["train_task"], pair["eval_task"], pair["hit_instances"], pair["eval_instances"]) == (
+      "sni:task_leaky", "sni:task_test", 1, 4)
+  assert pair["action"] == "dropped train task"
+  assert any(d["name"] == "sni:task_leaky" and "leakage" in d["reason"] for d in cat.dropped)
+
+
+def test_leakage_report_policy_keeps_both(tmp_path):
+  cat = catalog.build(_config(tmp_path, {"leakage.policy": "report"}), _sources(), SPLITS)
+  assert cat.by_name()["sni:task_leaky"].rate > 0 and cat.leakage[0]["action"] == "reported"
+
+
+def test_skipped_and_missing_split_tasks(built):
+  cat, _ = built
+  reasons = {s.path: s.reason for s in cat.skipped}
+  assert reasons["/src/sni/task_broken"] == "instance 3: missing field 'output'"
+  assert reasons["/src/sni/task_empty"] == "no instances"
+  assert reasons["/src/sni/task_bad.json"] == "invalid JSON"
+  assert "duplicate task name sni:task_train_b" in reasons["/src/sni/task_train_b"]
+  assert cat.missing_split_tasks == {"train": ["task_missing_1"], "test": ["task_missing_2"]}
+  assert "SNI test split: 1 listed task(s) absent" in catalog.summary(cat)
+
+
+def test_undeclared_benchmark_is_an_error(tmp_path):
+  with pytest.raises(ValueError, match="benchmark 'flan', which .* does not declare"):
+    catalog.build(_config(tmp_path), [make_task("flan", "anli_t1", 3)])
+
+
+def test_sni_train_split_only(tmp_path):
+  cat = catalog.build(_config(tmp_path, {"held_out.sni_train": "split"}), _sources(), SPLITS)
+  assert "sni:task_train_b" not in cat.by_name() and "sni:task_train_a" in cat.by_name()
+
+
+def test_save_is_atomic_and_load_round_trips(built, tmp_path):
+  cat, _ = built
+  out = tmp_path / "out" / "catalog"
+  out.mkdir(parents=True)
+  (out / "stale.txt").write_text("old")
+  path = cat.save(out)
+  assert path == out / "catalog.json" and not (out / "stale.txt").exists()
+  assert sorted(p.name for p in out.parent.iterdir()) == ["catalog"]  # no temporary folder left
+  data = json.loads(path.read_text(encoding="utf-8"))
+  assert set(data) >= {"tasks", "leakage", "skipped", "dropped", "missing_split_tasks", "unmapped", "config"}
+  assert set(data["tasks"][0]) >= {"name", "benchmark", "category", "role", "num_examples", "num_eval_instances",
+                                   "rate", "format", "path", "dataset", "template", "kind"}
+  loaded = catalog.load(out)
+  assert loaded.tasks == cat.tasks and loaded.skipped == cat.skipped and loaded.leakage == cat.leakage
+
+
+def test_load_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no catalog here"):
+    catalog.load(tmp_path)
+  (tmp_path / "catalog.json").write_text(json.dumps({"tasks": [{"name": "x"}]}))
+  with pytest.raises(ValueError, match=r"tasks\[0\] lacks field"):
+    catalog.load(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Real data: SNI + P3 + BIG-bench samples.
+
+
+def test_real_data_catalog(shared_dir):
+  from optiml_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from optiml_jax.data.sources import sni  # pylint: disable=g-import-not-at-top
+
+  data = shared_dir / "data"
+  config = catalog.load_config(BENCH_YAML)
+  splits = sni.read_split(data / "natural-instructions")
+  cat = catalog.build(config, sources.iter_all(sni_dir=data / "natural-instructions", p3_dir=data / "p3",
+                                               bigbench_dir=data / "bigbench"), splits)
+  by_name = cat.by_name()
+  assert {t.benchmark for t in cat.tasks} == {"sni", "promptsource", "bigbench"}
+  assert sum(t.rate for t in cat.tasks) == pytest.approx(1.0)
+  held_categories = set(config.held_out.categories)
+  for t in cat.tasks:
+    assert t.role in catalog.ROLES
+    assert (t.role == "held_out_category") == (t.category in held_categories), t.name
+    if t.role != "train":
+      assert t.rate == 0.0 and t.num_examples == 0
+    assert t.category in config.taxonomy.categories
+  assert all(t.role != "train" for t in cat.tasks if t.benchmark == "bigbench")
+  # Every SNI test task present is held out; absent ones are reported.
+  present = {t.name for t in cat.tasks} | {d["name"] for d in cat.dropped}
+  for name in splits["test"]:
+    full = records.task_name("sni", name)
+    if full in by_name:
+      assert by_name[full].role != "train"
+    else:
+      assert name in cat.missing_split_tasks["test"] or full in present
+  assert len(cat.missing_split_tasks["test"]) > 50  # the sample holds few of the 119 test tasks
+  # Benchmark shares renormalised over the two present training benchmarks.
+  rate_of = lambda b: sum(t.rate for t in cat.tasks if t.benchmark == b)
+  assert rate_of("sni") == pytest.approx(25 / 70) and rate_of("promptsource") == pytest.approx(45 / 70)
+  # The audit found the BIG-bench Hard copies inside SNI and dropped those training tasks.
+  assert any(p["train_task"].startswith("sni:task17") and p["eval_task"].startswith("bigbench:")
+             for p in cat.leakage)
+  dropped = {d["name"] for d in cat.dropped}
+  assert all(p["train_task"] in dropped and p["train_task"] not in by_name for p in cat.leakage)
+  # Re-auditing the final catalog finds nothing over the threshold.
+  reopened = {t.name: t for t in sources.iter_all(sni_dir=data / "natural-instructions", p3_dir=data / "p3",
+                                                  bigbench_dir=data / "bigbench")
+              if isinstance(t, records.TaskSource)}
+  eval_texts = {t.name: [catalog.instance_text(i) for i in catalog.eval_instances(t, reopened[t.name])]
+                for t in cat.tasks if t.role != "train"}
+  train_texts = ((t.name, map(catalog.instance_text, catalog.train_instances(t, reopened[t.name])))
+                 for t in cat.tasks if t.role == "train")
+  assert leakage.audit(eval_texts, train_texts, config.leakage.threshold) == []
+  text = catalog.summary(cat)
+  assert "bigbench" in text and "held_out_category" in text and "unmapped (fallback category)" in text
+  assert any("few_shot_nlg" in u["key"] for u in cat.unmapped)

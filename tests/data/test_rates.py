@@ -1,0 +1,90 @@
+"""Tests for optiml_jax.data.rates: examples-proportional mixing with a cap and benchmark shares."""
+
+import math
+
+import pytest
+
+from optiml_jax.data import rates
+
+SHARES = {"sni": 25, "promptsource": 45, "flan": 20, "crossfit": 4, "exmix": 2, "t5": 2, "unifiedskg": 2,
+          "reasoning": 1, "pretraining": 5}
+FIXED = ("reasoning", "pretraining")
+
+
+def _per_benchmark(task_rates, benchmark_of):
+  totals = {}
+  for task, rate in task_rates.items():
+    totals[benchmark_of[task]] = totals.get(benchmark_of[task], 0.0) + rate
+  return totals
+
+
+def test_cap_and_proportions_within_a_benchmark():
+  num = {"a": 100, "b": 300, "c": 10_000, "d": 4096}
+  bench = {t: "sni" for t in num}
+  out = rates.examples_proportional(num, bench, {"sni": 25})
+  assert math.isclose(sum(out.values()), 1.0)
+  # weights 100, 300, 4096 (capped), 4096
+  total = 100 + 300 + 4096 + 4096
+  assert out["a"] == pytest.approx(100 / total)
+  assert out["b"] == pytest.approx(300 / total)
+  assert out["c"] == pytest.approx(out["d"])
+
+
+def test_benchmark_totals_equal_shares_when_all_present():
+  num = {"s1": 50, "s2": 5000, "p1": 7, "p2": 70, "p3": 700, "f1": 1, "c1": 9}
+  bench = {"s1": "sni", "s2": "sni", "p1": "promptsource", "p2": "promptsource", "p3": "promptsource",
+           "f1": "flan", "c1": "crossfit"}
+  shares = {"sni": 25, "promptsource": 45, "flan": 20, "crossfit": 10}
+  totals = _per_benchmark(rates.examples_proportional(num, bench, shares), bench)
+  assert totals == pytest.approx({"sni": 0.25, "promptsource": 0.45, "flan": 0.20, "crossfit": 0.10})
+
+
+def test_absent_benchmarks_are_renormalised_over_present_ones():
+  num = {"s": 10, "p": 10}
+  bench = {"s": "sni", "p": "promptsource"}
+  totals = _per_benchmark(rates.examples_proportional(num, bench, SHARES), bench)
+  assert totals["sni"] == pytest.approx(25 / 70)
+  assert totals["promptsource"] == pytest.approx(45 / 70)
+
+
+def test_fixed_shares_are_absolute_fractions():
+  num = {"s": 10, "p": 20, "r": 5, "t": 1000}
+  bench = {"s": "sni", "p": "promptsource", "r": "reasoning", "t": "pretraining"}
+  totals = _per_benchmark(rates.examples_proportional(num, bench, SHARES, fixed=FIXED), bench)
+  assert totals["reasoning"] == pytest.approx(0.01)
+  assert totals["pretraining"] == pytest.approx(0.05)
+  assert totals["sni"] == pytest.approx(0.94 * 25 / 70)
+  assert totals["promptsource"] == pytest.approx(0.94 * 45 / 70)
+
+
+def test_tasks_without_examples_get_zero_and_temperature_flattens():
+  num = {"a": 0, "b": 16, "c": 4096}
+  bench = {t: "sni" for t in num}
+  t1 = rates.examples_proportional(num, bench, {"sni": 1})
+  t2 = rates.examples_proportional(num, bench, {"sni": 1}, temperature=2.0)
+  assert t1["a"] == 0.0 and t2["a"] == 0.0
+  assert t1["b"] == pytest.approx(16 / (16 + 4096))
+  assert t2["b"] == pytest.approx(4 / (4 + 64))
+  assert t2["b"] > t1["b"]
+
+
+def test_uniform_within_benchmarks():
+  num = {"a": 1, "b": 1000, "c": 50, "d": 0}
+  bench = {"a": "sni", "b": "sni", "c": "flan", "d": "flan"}
+  out = rates.uniform(num, bench, {"sni": 3, "flan": 1})
+  assert out == pytest.approx({"a": 0.375, "b": 0.375, "c": 0.25, "d": 0.0})
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"shares": {"sni": 1}}, "no share given for benchmark 'flan'"),
+    ({"shares": {"sni": 1, "flan": 1}, "cap": 0}, "cap must be positive"),
+    ({"shares": {"sni": 0, "flan": 0}}, "share 0"),
+])
+def test_errors_name_the_problem(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    rates.examples_proportional({"a": 1, "b": 2}, {"a": "sni", "b": "flan"}, **kwargs)
+
+
+def test_no_examples_at_all_is_an_error():
+  with pytest.raises(ValueError, match="no task has training examples"):
+    rates.examples_proportional({"a": 0}, {"a": "sni"}, {"sni": 1})

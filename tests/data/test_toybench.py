@@ -1,0 +1,75 @@
+"""Tests for optiml_jax.data.toybench: the synthetic bench in SNI's format and its catalog."""
+
+import collections
+import json
+
+import pytest
+
+from optiml_jax.data import catalog
+from optiml_jax.data import records
+from optiml_jax.data import toybench
+
+
+@pytest.fixture(scope="module")
+def toy_dir(tmp_path_factory):
+  return toybench.write(tmp_path_factory.mktemp("toy"), seed=0)
+
+
+def test_layout_and_sni_fields(toy_dir):
+  names = toybench.task_names()
+  assert 30 <= len(names) <= 60 and len(set(names)) == len(names)
+  assert sorted(p.stem for p in (toy_dir / "tasks").glob("*.json")) == sorted(names)
+  train = (toy_dir / "splits" / "default" / "train_tasks.txt").read_text().split()
+  test = (toy_dir / "splits" / "default" / "test_tasks.txt").read_text().split()
+  assert sorted(train + test) == sorted(names) and not set(train) & set(test)
+  for name in names:
+    task = json.loads((toy_dir / "tasks" / f"{name}.json").read_text(encoding="utf-8"))
+    assert {"Definition", "Positive Examples", "Negative Examples", "Instances", "Categories", "Source",
+            "Input_language", "Output_language", "Instruction_language", "Domains", "Instance License"} <= set(task)
+    instances = task["Instances"]
+    assert 150 <= len(instances) <= 200, name
+    inputs = [i["input"] for i in instances]
+    assert len(set(inputs)) == len(inputs), f"{name}: repeated inputs would leak held-out instances"
+    assert not {d["input"] for d in task["Positive Examples"]} & set(inputs)
+    assert all(len(i["input"].split()) <= 16 and len(i["output"][0].split()) <= 5 for i in instances), name
+
+
+def test_deterministic_per_seed(tmp_path):
+  a = toybench.write(tmp_path / "a", seed=3)
+  b = toybench.write(tmp_path / "b", seed=3)
+  c = toybench.write(tmp_path / "c", seed=4)
+  name = toybench.task_names()[0] + ".json"
+  assert (a / "tasks" / name).read_bytes() == (b / "tasks" / name).read_bytes()
+  assert (a / "tasks" / name).read_bytes() != (c / "tasks" / name).read_bytes()
+
+
+def test_answers_are_correct(toy_dir):
+  def instances(slug):
+    (name,) = [n for n in toybench.task_names() if n.endswith(f"_toy_{slug}")]
+    return json.loads((toy_dir / "tasks" / f"{name}.json").read_text())["Instances"]
+  for i in instances("add_small"):
+    a, b = i["input"].split(" + ")
+    assert int(i["output"][0]) == int(a) + int(b)
+  for i in instances("reverse_word"):
+    assert i["output"][0] == i["input"][::-1]
+  for i in instances("sort_descending"):
+    assert i["output"][0].split() == sorted(i["input"].split(), reverse=True)
+  labels = collections.Counter(i["output"][0] for i in instances("entail_place"))
+  assert set(labels) == {"yes", "no"} and min(labels.values()) > 50
+
+
+def test_toy_catalog_roles(toy_dir):
+  from optiml_jax.data.sources import sni  # pylint: disable=g-import-not-at-top
+
+  config = catalog.load_config(toybench.CONFIG_PATH)
+  cat = catalog.build(config, sni.iter_tasks(toy_dir), sni.read_split(toy_dir))
+  assert not cat.skipped and not cat.dropped and not cat.unmapped and not cat.leakage
+  roles = collections.Counter(t.role for t in cat.tasks)
+  assert roles["held_out_category"] == 5 and roles["held_out_task"] == 4 and roles["train"] == 25
+  held_categories = {t.category for t in cat.tasks if t.role == "held_out_category"}
+  assert held_categories == {"Textual Entailment", "Coreference Resolution"}
+  train_categories = {t.category for t in cat.tasks if t.role == "train"}
+  assert {t.category for t in cat.tasks if t.role == "held_out_task"} <= train_categories
+  assert sum(t.rate for t in cat.tasks) == pytest.approx(1.0)
+  assert all(t.num_eval_instances == 20 for t in cat.tasks if t.role == "train")
+  assert all(t.format == "sni" and t.benchmark == "sni" and t.kind == records.GENERATION for t in cat.tasks)
