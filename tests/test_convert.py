@@ -1,0 +1,316 @@
+"""Tests for optiml_jax.convert: Hugging Face <-> Flax params <-> Orbax, bitwise, and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from optiml_jax import convert
+from optiml_jax.models import opt as opt_lib
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# Tiny shapes: "125m" style (pre-LN, no projection) and "350m" style (post-LN, project_in/out).
+TINY = dict(vocab_size=64, hidden_size=16, num_hidden_layers=2, ffn_dim=24, num_attention_heads=2,
+            max_position_embeddings=20)
+TINY_350M = dict(TINY, word_embed_proj_dim=8, do_layer_norm_before=False)
+
+
+def _hf_model(seed: int = 0, dtype=None, **overrides):
+  """A random tiny OPTForCausalLM; every parameter random so that mixing two tensors up cannot go unseen."""
+  config = transformers.OPTConfig(**{**TINY, **overrides})
+  torch.manual_seed(seed)
+  model = transformers.OPTForCausalLM(config).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.normal_()
+  return model.to(dtype) if dtype is not None else model
+
+
+def _save_torch_bin(model, path: pathlib.Path, shards: int = 1) -> None:
+  """pytorch_model.bin (transformers 5 no longer writes it): torch.save, sharded with an index if asked.
+
+  The sharded variant keeps the tied `lm_head.weight`, as some older hub checkpoints do.
+  """
+  model.config.save_pretrained(path)
+  state = {k: v.clone() for k, v in model.state_dict().items() if shards > 1 or k != "lm_head.weight"}
+  if shards == 1:
+    torch.save(state, path / convert.TORCH_WEIGHTS_NAME)
+    return
+  keys = list(state)
+  weight_map = {}
+  for i in range(shards):
+    name = f"pytorch_model-{i + 1:05d}-of-{shards:05d}.bin"
+    part = {k: state[k] for k in keys[i::shards]}
+    torch.save(part, path / name)
+    weight_map.update({k: name for k in part})
+  (path / convert.TORCH_WEIGHTS_INDEX_NAME).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def _write_hf(model, path: pathlib.Path, fmt: str) -> pathlib.Path:
+  if fmt == "safetensors":
+    model.save_pretrained(path)
+    assert (path / convert.SAFE_WEIGHTS_NAME).is_file()
+  elif fmt == "sharded_safetensors":
+    model.save_pretrained(path, max_shard_size="20KB")
+    assert (path / convert.SAFE_WEIGHTS_INDEX_NAME).is_file()
+  elif fmt == "bin":
+    _save_torch_bin(model, path)
+  elif fmt == "sharded_bin":
+    _save_torch_bin(model, path, shards=3)
+  else:
+    raise ValueError(fmt)
+  return path
+
+
+def _assert_state_dicts_equal(expected, actual) -> None:
+  assert set(expected) == set(actual)
+  for key, value in expected.items():
+    assert actual[key].dtype == value.dtype, key
+    assert torch.equal(actual[key], value), key
+
+
+@pytest.mark.parametrize(
+    "fmt, scan_layers, dtype, overrides, max_shard_size",
+    [
+        ("safetensors", True, None, {}, "5GB"),
+        ("sharded_safetensors", False, None, {}, "10KB"),
+        ("bin", True, None, TINY_350M, "5GB"),
+        ("sharded_bin", False, None, TINY_350M, "5GB"),
+        ("safetensors", False, torch.bfloat16, {"enable_bias": False}, "5GB"),
+    ],
+)
+def test_hf_orbax_hf_round_trip_is_bitwise(tmp_path, fmt, scan_layers, dtype, overrides, max_shard_size):
+  model = _hf_model(dtype=dtype, **overrides)
+  hf_dir = _write_hf(model, tmp_path / "hf", fmt)
+  config, params = convert.load_hf(hf_dir, {"scan_layers": scan_layers})
+  assert config.scan_layers == scan_layers
+  assert convert.is_scanned(params) == scan_layers
+  convert.save_orbax(params, tmp_path / "orbax", config)
+  assert sorted(p.name for p in (tmp_path / "orbax").iterdir()) == ["config.json", "params"]
+
+  restored_config, restored = convert.restore_orbax(tmp_path / "orbax")
+  assert restored_config == config
+  for path, value in convert._flatten(params).items():
+    got = convert._flatten(restored)[path]
+    assert isinstance(got, np.ndarray) and got.dtype == value.dtype and np.array_equal(got, value), path
+
+  out = convert.save_hf(restored_config, restored, tmp_path / "hf_out", max_shard_size=max_shard_size)
+  if max_shard_size == "10KB":
+    index = json.loads((out / convert.SAFE_WEIGHTS_INDEX_NAME).read_text())
+    assert len(set(index["weight_map"].values())) > 1
+  # Every tensor of the written files equals the original's, dtype included.
+  original, _ = convert.read_hf_weights(hf_dir)
+  written, _ = convert.read_hf_weights(out)
+  assert set(written) == set(original) - {"lm_head.weight"}
+  for key, value in written.items():
+    assert value.dtype == original[key].dtype and value.tobytes() == original[key].tobytes(), key
+
+  loaded, info = transformers.OPTForCausalLM.from_pretrained(out, output_loading_info=True)
+  assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+  _assert_state_dicts_equal(model.state_dict(), loaded.state_dict())
+
+
+def test_kernels_are_transposed_and_layers_stacked(tmp_path):
+  model = _hf_model(**TINY_350M)
+  hf_dir = _write_hf(model, tmp_path / "hf", "safetensors")
+  config, params = convert.load_hf(hf_dir, {"scan_layers": True})
+  hf = {k: v.numpy() for k, v in model.state_dict().items()}
+  np.testing.assert_array_equal(params["layers"]["self_attn"]["q_proj"]["kernel"][1],
+                                hf["model.decoder.layers.1.self_attn.q_proj.weight"].T)
+  np.testing.assert_array_equal(params["layers"]["fc1"]["kernel"][0], hf["model.decoder.layers.0.fc1.weight"].T)
+  np.testing.assert_array_equal(params["project_in"]["kernel"], hf["model.decoder.project_in.weight"].T)
+  np.testing.assert_array_equal(params["layers"]["final_layer_norm"]["scale"][1],
+                                hf["model.decoder.layers.1.final_layer_norm.weight"])
+  assert "final_layer_norm" not in params  # post-LN (350m): no final layer norm.
+  assert {path: value.shape for path, value in convert._flatten(params).items()} == convert.param_shapes(config)
+
+
+def test_param_shapes_match_the_flax_model():
+  """The contract with models/opt.py: the converter's table is exactly what OPT(config).init creates."""
+  for overrides, scan in ((TINY, True), (TINY_350M, False)):
+    config = opt_lib.OPTConfig.from_hf(transformers.OPTConfig(**overrides).to_dict())
+    config = dataclasses.replace(config, scan_layers=scan)
+    model = opt_lib.OPT(config)
+    tokens = jax.ShapeDtypeStruct((1, 4), np.int32)
+    variables = jax.eval_shape(lambda t: model.init(jax.random.key(0), t, enable_dropout=False), tokens)
+    shapes = {p: tuple(v.shape) for p, v in convert._flatten(variables["params"]).items()}
+    assert shapes == convert.param_shapes(config)
+
+
+@pytest.mark.parametrize("prefix", ["model.decoder.", "decoder."])
+def test_state_dict_prefixes_and_tied_head(tmp_path, prefix):
+  model = _hf_model()
+  config = opt_lib.OPTConfig.from_hf(model.config.to_dict())
+  state = {prefix + k[len("model.decoder."):]: v.numpy() for k, v in model.state_dict().items()
+           if k.startswith("model.decoder.")}
+  state["lm_head.weight"] = model.lm_head.weight.detach().numpy()
+  params = convert.params_from_hf_state_dict(config, state, "x.safetensors")
+  back = convert.hf_state_dict_from_params(config, params, prefix=prefix)
+  assert set(back) == set(state) - {"lm_head.weight"}
+  state["lm_head.weight"] = state["lm_head.weight"] + 1.0
+  with pytest.raises(convert.ConversionError, match=r"x\.safetensors: tensor lm_head\.weight differs"):
+    convert.params_from_hf_state_dict(config, state, "x.safetensors")
+
+
+def test_restore_with_shardings_on_a_one_device_mesh(tmp_path):
+  config, params = convert.load_hf(_write_hf(_hf_model(), tmp_path / "hf", "safetensors"), {"scan_layers": True})
+  convert.save_orbax(params, tmp_path / "orbax", config)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  by_row = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  # A tree of ShapeDtypeStructs with shardings, one leaf a bare Sharding; and one Sharding for every array.
+  tree = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=by_row), params)
+  tree["embed_positions"]["embedding"] = replicated
+  expected_tree = jax.tree.map(lambda x: by_row, params)
+  expected_tree["embed_positions"]["embedding"] = replicated
+  for shardings, expected in ((tree, expected_tree), (replicated, jax.tree.map(lambda x: replicated, params))):
+    _, restored = convert.restore_orbax(tmp_path / "orbax", shardings=shardings)
+    restored, expected = convert._flatten(restored), convert._flatten(expected)
+    for path, value in convert._flatten(params).items():
+      assert isinstance(restored[path], jax.Array), path
+      assert restored[path].sharding == expected[path], path
+      np.testing.assert_array_equal(np.asarray(restored[path]), value)
+
+
+def test_restore_from_checkpoint_manager_steps(tmp_path):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  model = _hf_model()
+  config, params = convert.load_hf(_write_hf(model, tmp_path / "hf", "safetensors"), {"scan_layers": False})
+  root = tmp_path / "run"
+  with ocp.CheckpointManager(root) as manager:
+    for step in (5, 7):
+      step_params = jax.tree.map(lambda x, s=step: (x * s).astype(x.dtype), params)
+      manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(step_params)))
+    manager.wait_until_finished()
+  with pytest.raises(convert.ConversionError, match="no config.json"):
+    convert.restore_orbax(root)
+  (root / "config.json").write_text(json.dumps(config.to_hf()))
+  for path, step in ((root, 7), (root / "5", 5), (root / "5" / "params", 5)):
+    restored_config, restored = convert.restore_orbax(path)
+    assert restored_config.scan_layers is False
+    np.testing.assert_array_equal(restored["layers_1"]["fc2"]["kernel"], params["layers_1"]["fc2"]["kernel"] * step)
+
+
+def test_bad_inputs_name_file_and_key(tmp_path):
+  with pytest.raises(convert.ConversionError, match=r"empty: no config\.json"):
+    (tmp_path / "empty").mkdir()
+    convert.load_hf(tmp_path / "empty")
+
+  hf_dir = _write_hf(_hf_model(), tmp_path / "hf", "safetensors")
+  weights = hf_dir / convert.SAFE_WEIGHTS_NAME
+  tensors = safetensors.numpy.load_file(str(weights))
+
+  gelu = tmp_path / "gelu"
+  gelu.mkdir()
+  hf_config = json.loads((hf_dir / "config.json").read_text())
+  (gelu / "config.json").write_text(json.dumps({**hf_config, "activation_function": "gelu"}))
+  with pytest.raises(convert.ConversionError, match=r"gelu/config\.json: .*activation_function.*gelu"):
+    convert.load_hf(gelu)
+
+  key = "model.decoder.layers.1.fc1.weight"
+  safetensors.numpy.save_file({**tensors, key: tensors[key][:, :-1].copy()}, str(weights))
+  with pytest.raises(convert.ConversionError,
+                     match=rf"model\.safetensors: tensor {key}: expected shape \(24, 16\), got \(24, 15\)"):
+    convert.load_hf(hf_dir)
+
+  key = "model.decoder.layers.0.self_attn.k_proj.bias"
+  safetensors.numpy.save_file({k: v for k, v in tensors.items() if k != key}, str(weights))
+  with pytest.raises(convert.ConversionError, match=rf"model\.safetensors: missing tensor {key} "):
+    convert.load_hf(hf_dir)
+
+  safetensors.numpy.save_file({**tensors, "model.decoder.layers.2.fc1.weight": tensors[key[:-4] + "weight"]},
+                              str(weights))
+  with pytest.raises(convert.ConversionError, match=r"unexpected tensor model\.decoder\.layers\.2\.fc1\.weight"):
+    convert.load_hf(hf_dir)
+
+  (hf_dir / convert.SAFE_WEIGHTS_NAME).unlink()
+  with pytest.raises(convert.ConversionError, match="no weights found"):
+    convert.load_hf(hf_dir)
+
+
+def test_save_hf_is_atomic_and_refuses_to_overwrite(tmp_path, monkeypatch):
+  model = _hf_model()
+  config, params = convert.load_hf(_write_hf(model, tmp_path / "hf", "safetensors"))
+  tokenizer = tmp_path / "tok"
+  tokenizer.mkdir()
+  (tokenizer / "vocab.json").write_text("{}")
+
+  def fail(*args, **kwargs):
+    raise OSError("disk full")
+
+  monkeypatch.setattr(convert.shutil, "copyfile", fail)
+  with pytest.raises(OSError, match="disk full"):
+    convert.save_hf(config, params, tmp_path / "new" / "out", tokenizer_dir=tokenizer)
+  assert not (tmp_path / "new").exists()
+  monkeypatch.undo()
+
+  existing = tmp_path / "existing"
+  existing.mkdir()
+  (existing / "keep.txt").write_text("mine")
+  with pytest.raises(convert.ConversionError, match="not an empty folder"):
+    convert.save_hf(config, params, existing)
+  assert [p.name for p in existing.iterdir()] == ["keep.txt"]
+  convert.save_hf(config, params, existing, tokenizer_dir=tokenizer, overwrite=True)
+  assert sorted(p.name for p in existing.iterdir()) == ["config.json", "model.safetensors", "vocab.json"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["existing", "hf", "tok"]  # No temporary leftovers.
+
+
+def test_parse_size():
+  assert convert.parse_size("5GB") == 5 * 10**9
+  assert convert.parse_size("500MiB") == 500 * 2**20
+  assert convert.parse_size(123) == 123
+  with pytest.raises(convert.ConversionError, match="max_shard_size"):
+    convert.parse_size("five")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "optiml_jax.convert", *map(str, args)], cwd=REPO_ROOT, env=env,
+                        capture_output=True, text=True, timeout=120)
+
+
+def test_cli_both_directions_and_failure(tmp_path):
+  model = _hf_model(**TINY_350M)
+  hf_dir = _write_hf(model, tmp_path / "hf", "safetensors")
+  tokenizer = tmp_path / "tok"
+  tokenizer.mkdir()
+  (tokenizer / "vocab.json").write_text("{}")
+  (tokenizer / "merges.txt").write_text("#version: 0.2\n")
+
+  result = _cli("hf-to-orbax", hf_dir, tmp_path / "ckpt", "--no-scan_layers")
+  assert result.returncode == 0, result.stderr
+  assert (tmp_path / "ckpt" / "params").is_dir()
+  result = _cli("orbax-to-hf", tmp_path / "ckpt", tmp_path / "out", "--tokenizer_dir", tokenizer)
+  assert result.returncode == 0, result.stderr
+  assert (tmp_path / "out" / "merges.txt").is_file()
+  loaded = transformers.OPTForCausalLM.from_pretrained(tmp_path / "out")
+  _assert_state_dicts_equal(model.state_dict(), loaded.state_dict())
+
+  weights = hf_dir / convert.SAFE_WEIGHTS_NAME
+  tensors = safetensors.numpy.load_file(str(weights))
+  del tensors["model.decoder.project_out.weight"]
+  safetensors.numpy.save_file(tensors, str(weights))
+  result = _cli("hf-to-orbax", hf_dir, tmp_path / "bad")
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+  assert "model.safetensors: missing tensor model.decoder.project_out.weight" in result.stderr
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "hf", "out", "tok"]
+
+  # Refusing a non-empty OUT_DIR, in-process (same code path as the subprocess).
+  assert convert.main(["orbax-to-hf", str(tmp_path / "ckpt"), str(tmp_path / "out")]) == 1
+  assert convert.main(["orbax-to-hf", str(tmp_path / "ckpt"), str(tmp_path / "out"), "--overwrite"]) == 0
+  assert not (tmp_path / "out" / "merges.txt").exists()
