@@ -1,4 +1,4 @@
-"""Tests for optiml_jax.convert: Hugging Face <-> Flax params <-> Orbax, bitwise, and the CLI."""
+"""Tests for optiml_jax.convert and optiml_jax.checkpoints: HF <-> Flax params <-> Orbax, bitwise, the CLI."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +16,8 @@ import pytest
 import safetensors.numpy
 
 from optiml_jax import convert
+from optiml_jax.checkpoints import hf as hf_lib
+from optiml_jax.checkpoints import layout
 from optiml_jax.models import opt as opt_lib
 
 torch = pytest.importorskip("torch")
@@ -47,7 +50,7 @@ def _save_torch_bin(model, path: pathlib.Path, shards: int = 1) -> None:
   model.config.save_pretrained(path)
   state = {k: v.clone() for k, v in model.state_dict().items() if shards > 1 or k != "lm_head.weight"}
   if shards == 1:
-    torch.save(state, path / convert.TORCH_WEIGHTS_NAME)
+    torch.save(state, path / hf_lib.TORCH_WEIGHTS_NAME)
     return
   keys = list(state)
   weight_map = {}
@@ -56,16 +59,16 @@ def _save_torch_bin(model, path: pathlib.Path, shards: int = 1) -> None:
     part = {k: state[k] for k in keys[i::shards]}
     torch.save(part, path / name)
     weight_map.update({k: name for k in part})
-  (path / convert.TORCH_WEIGHTS_INDEX_NAME).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+  (path / hf_lib.TORCH_WEIGHTS_INDEX_NAME).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
 
 
 def _write_hf(model, path: pathlib.Path, fmt: str) -> pathlib.Path:
   if fmt == "safetensors":
     model.save_pretrained(path)
-    assert (path / convert.SAFE_WEIGHTS_NAME).is_file()
+    assert (path / hf_lib.SAFE_WEIGHTS_NAME).is_file()
   elif fmt == "sharded_safetensors":
     model.save_pretrained(path, max_shard_size="20KB")
-    assert (path / convert.SAFE_WEIGHTS_INDEX_NAME).is_file()
+    assert (path / hf_lib.SAFE_WEIGHTS_INDEX_NAME).is_file()
   elif fmt == "bin":
     _save_torch_bin(model, path)
   elif fmt == "sharded_bin":
@@ -97,23 +100,23 @@ def test_hf_orbax_hf_round_trip_is_bitwise(tmp_path, fmt, scan_layers, dtype, ov
   hf_dir = _write_hf(model, tmp_path / "hf", fmt)
   config, params = convert.load_hf(hf_dir, {"scan_layers": scan_layers})
   assert config.scan_layers == scan_layers
-  assert convert.is_scanned(params) == scan_layers
+  assert layout.is_scanned(params) == scan_layers
   convert.save_orbax(params, tmp_path / "orbax", config)
   assert sorted(p.name for p in (tmp_path / "orbax").iterdir()) == ["config.json", "params"]
 
   restored_config, restored = convert.restore_orbax(tmp_path / "orbax")
   assert restored_config == config
-  for path, value in convert._flatten(params).items():
-    got = convert._flatten(restored)[path]
+  for path, value in layout.flatten(params).items():
+    got = layout.flatten(restored)[path]
     assert isinstance(got, np.ndarray) and got.dtype == value.dtype and np.array_equal(got, value), path
 
   out = convert.save_hf(restored_config, restored, tmp_path / "hf_out", max_shard_size=max_shard_size)
   if max_shard_size == "10KB":
-    index = json.loads((out / convert.SAFE_WEIGHTS_INDEX_NAME).read_text())
+    index = json.loads((out / hf_lib.SAFE_WEIGHTS_INDEX_NAME).read_text())
     assert len(set(index["weight_map"].values())) > 1
   # Every tensor of the written files equals the original's, dtype included.
-  original, _ = convert.read_hf_weights(hf_dir)
-  written, _ = convert.read_hf_weights(out)
+  original, _ = hf_lib.read_hf_weights(hf_dir)
+  written, _ = hf_lib.read_hf_weights(out)
   assert set(written) == set(original) - {"lm_head.weight"}
   for key, value in written.items():
     assert value.dtype == original[key].dtype and value.tobytes() == original[key].tobytes(), key
@@ -135,7 +138,7 @@ def test_kernels_are_transposed_and_layers_stacked(tmp_path):
   np.testing.assert_array_equal(params["layers"]["final_layer_norm"]["scale"][1],
                                 hf["model.decoder.layers.1.final_layer_norm.weight"])
   assert "final_layer_norm" not in params  # post-LN (350m): no final layer norm.
-  assert {path: value.shape for path, value in convert._flatten(params).items()} == convert.param_shapes(config)
+  assert {path: value.shape for path, value in layout.flatten(params).items()} == layout.param_shapes(config)
 
 
 def test_param_shapes_match_the_flax_model():
@@ -146,8 +149,8 @@ def test_param_shapes_match_the_flax_model():
     model = opt_lib.OPT(config)
     tokens = jax.ShapeDtypeStruct((1, 4), np.int32)
     variables = jax.eval_shape(lambda t: model.init(jax.random.key(0), t, enable_dropout=False), tokens)
-    shapes = {p: tuple(v.shape) for p, v in convert._flatten(variables["params"]).items()}
-    assert shapes == convert.param_shapes(config)
+    shapes = {p: tuple(v.shape) for p, v in layout.flatten(variables["params"]).items()}
+    assert shapes == layout.param_shapes(config)
 
 
 @pytest.mark.parametrize("prefix", ["model.decoder.", "decoder."])
@@ -178,8 +181,8 @@ def test_restore_with_shardings_on_a_one_device_mesh(tmp_path):
   expected_tree["embed_positions"]["embedding"] = replicated
   for shardings, expected in ((tree, expected_tree), (replicated, jax.tree.map(lambda x: replicated, params))):
     _, restored = convert.restore_orbax(tmp_path / "orbax", shardings=shardings)
-    restored, expected = convert._flatten(restored), convert._flatten(expected)
-    for path, value in convert._flatten(params).items():
+    restored, expected = layout.flatten(restored), layout.flatten(expected)
+    for path, value in layout.flatten(params).items():
       assert isinstance(restored[path], jax.Array), path
       assert restored[path].sharding == expected[path], path
       np.testing.assert_array_equal(np.asarray(restored[path]), value)
@@ -211,7 +214,7 @@ def test_bad_inputs_name_file_and_key(tmp_path):
     convert.load_hf(tmp_path / "empty")
 
   hf_dir = _write_hf(_hf_model(), tmp_path / "hf", "safetensors")
-  weights = hf_dir / convert.SAFE_WEIGHTS_NAME
+  weights = hf_dir / hf_lib.SAFE_WEIGHTS_NAME
   tensors = safetensors.numpy.load_file(str(weights))
 
   gelu = tmp_path / "gelu"
@@ -237,7 +240,7 @@ def test_bad_inputs_name_file_and_key(tmp_path):
   with pytest.raises(convert.ConversionError, match=r"unexpected tensor model\.decoder\.layers\.2\.fc1\.weight"):
     convert.load_hf(hf_dir)
 
-  (hf_dir / convert.SAFE_WEIGHTS_NAME).unlink()
+  (hf_dir / hf_lib.SAFE_WEIGHTS_NAME).unlink()
   with pytest.raises(convert.ConversionError, match="no weights found"):
     convert.load_hf(hf_dir)
 
@@ -252,7 +255,7 @@ def test_save_hf_is_atomic_and_refuses_to_overwrite(tmp_path, monkeypatch):
   def fail(*args, **kwargs):
     raise OSError("disk full")
 
-  monkeypatch.setattr(convert.shutil, "copyfile", fail)
+  monkeypatch.setattr(shutil, "copyfile", fail)
   with pytest.raises(OSError, match="disk full"):
     convert.save_hf(config, params, tmp_path / "new" / "out", tokenizer_dir=tokenizer)
   assert not (tmp_path / "new").exists()
@@ -270,11 +273,11 @@ def test_save_hf_is_atomic_and_refuses_to_overwrite(tmp_path, monkeypatch):
 
 
 def test_parse_size():
-  assert convert.parse_size("5GB") == 5 * 10**9
-  assert convert.parse_size("500MiB") == 500 * 2**20
-  assert convert.parse_size(123) == 123
+  assert hf_lib.parse_size("5GB") == 5 * 10**9
+  assert hf_lib.parse_size("500MiB") == 500 * 2**20
+  assert hf_lib.parse_size(123) == 123
   with pytest.raises(convert.ConversionError, match="max_shard_size"):
-    convert.parse_size("five")
+    hf_lib.parse_size("five")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -300,7 +303,7 @@ def test_cli_both_directions_and_failure(tmp_path):
   loaded = transformers.OPTForCausalLM.from_pretrained(tmp_path / "out")
   _assert_state_dicts_equal(model.state_dict(), loaded.state_dict())
 
-  weights = hf_dir / convert.SAFE_WEIGHTS_NAME
+  weights = hf_dir / hf_lib.SAFE_WEIGHTS_NAME
   tensors = safetensors.numpy.load_file(str(weights))
   del tensors["model.decoder.project_out.weight"]
   safetensors.numpy.save_file(tensors, str(weights))
