@@ -2,7 +2,8 @@
 
 Where it sits: the entry point of the data side. `build` reads the source checkouts with the readers in
 `optiml_jax.data.sources`, builds the catalog (`optiml_jax.data.catalog`) from a bench definition
-(`tasks/optiml_bench.yaml`) and writes `CATALOG_DIR/catalog.json`, which the registry and the trainer read.
+(`tasks/optiml_bench.yaml`, read by `optiml_jax.data.bench_config`) and writes `CATALOG_DIR/catalog.json`,
+which the registry and the trainer read.
 
   python -m optiml_jax.bench build --config tasks/optiml_bench.yaml --sni_dir D [--sni_split default]
       [--p3_dir D] [--bigbench_dir D] [--jsonl_dir BENCH=D ...] [--cot_dir D] [--text_dir D]
@@ -21,6 +22,7 @@ import os
 import sys
 from typing import Sequence
 
+from optiml_jax.data import bench_config
 from optiml_jax.data import catalog
 from optiml_jax.data import toybench
 
@@ -69,7 +71,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-def _sources(args: argparse.Namespace, config: catalog.BenchConfig):
+def _sources(args: argparse.Namespace, config: bench_config.BenchConfig):
   """Checks the source flags against the config and folders; returns (iterator, SNI splits)."""
   from optiml_jax.data import sources  # pylint: disable=g-import-not-at-top
   from optiml_jax.data.sources import sni  # pylint: disable=g-import-not-at-top
@@ -98,7 +100,7 @@ def _sources(args: argparse.Namespace, config: catalog.BenchConfig):
 
 
 def run_build(args: argparse.Namespace) -> int:
-  config = catalog.load_config(args.config)
+  config = bench_config.load_config(args.config)
   iterator, splits = _sources(args, config)
   try:
     built = catalog.build(config, iterator, splits, progress=not args.no_progress)
@@ -143,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   commands = {"build": run_build, "show": run_show, "toy": run_toy}
   try:
     return commands[args.command](args)
-  except (UsageError, catalog.ConfigError) as e:
+  except (UsageError, bench_config.ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
 

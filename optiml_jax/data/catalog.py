@@ -2,7 +2,7 @@
 
 Where it sits: after the source readers (`optiml_jax.data.sources`), before formatting and registration.
 `build(config, sources, sni_splits)` takes the `records.TaskSource` stream of the readers and the bench
-definition (`tasks/optiml_bench.yaml`, loaded by `load_config`) and
+definition (`tasks/optiml_bench.yaml`, read by `bench_config.load_config`) and
 
   1. counts each task's instances (unreadable or empty tasks go to `skipped` with the file and reason);
   2. maps the source's raw categories / dataset / keywords onto the flat taxonomy (`categorize`);
@@ -25,19 +25,17 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import hashlib
 import itertools
 import json
 import os
 import pathlib
-import re
 import shutil
 import tempfile
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import tqdm
-import yaml
 
+from optiml_jax.data import bench_config
 from optiml_jax.data import leakage
 from optiml_jax.data import rates
 from optiml_jax.data import records
@@ -48,266 +46,6 @@ HELD_OUT_TASK = "held_out_task"
 ROLES = (TRAIN, HELD_OUT_CATEGORY, HELD_OUT_TASK)
 CATALOG_FILE = "catalog.json"
 FORMAT_VERSION = 1
-
-
-# ---------------------------------------------------------------------------------------------------
-# The bench definition (tasks/*.yaml).
-
-KNOWN_BENCHMARKS = ("sni", "promptsource", "flan", "crossfit", "exmix", "t5", "unifiedskg", "bigbench",
-                    "reasoning", "pretraining")
-RATE_METHODS = ("examples_proportional", "uniform")
-_REQUIRED = object()
-
-
-class ConfigError(ValueError):
-  """A malformed bench definition; the message names the file and the key."""
-
-  def __init__(self, path: str, key: str, message: str):
-    super().__init__(f"{path}: {key}: {message}")
-
-
-def normalize(name: str) -> str:
-  """Dataset / keyword key: lower case, runs of other characters -> `_` ("glue/mrpc" -> "glue_mrpc")."""
-  return re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
-
-
-@dataclasses.dataclass(frozen=True)
-class BenchmarkConfig:
-  share: float  # share of the training mixture (percent; only ratios matter unless fixed_share)
-  fixed_share: bool = False  # share is an absolute percentage of the mixture (reasoning, pre-training)
-  eval_only: bool = False  # every task is a held-out task (e.g. BIG-bench)
-  max_examples_per_task: int | None = None  # overrides limits.max_examples_per_task (FLAN: 30k)
-  category: str = ""  # every task of the benchmark gets this category
-  custom: bool = False  # a benchmark name of the user's own (a `--jsonl_dir NAME=DIR` folder)
-
-
-@dataclasses.dataclass(frozen=True)
-class HeldOutConfig:
-  categories: tuple[str, ...]  # level 1: fully held-out categories
-  sni_test_split: bool  # level 2: SNI's official test tasks are held-out tasks
-  sni_train: str  # "all": every other SNI task trains; "split": only those of the train split
-  tasks: tuple[str, ...]  # level 2: more held-out tasks (fnmatch patterns over task names)
-  datasets: frozenset[str]  # level 2: every task of these datasets is held out (normalized)
-
-
-@dataclasses.dataclass(frozen=True)
-class RatesConfig:
-  method: str
-  cap: int
-  temperature: float
-
-
-@dataclasses.dataclass(frozen=True)
-class LeakageConfig:
-  ngram: int
-  threshold: float
-  policy: str
-  template_fraction: float
-  max_train_instances: int | None
-
-
-@dataclasses.dataclass(frozen=True)
-class Taxonomy:
-  categories: tuple[str, ...]
-  fallback: str
-  overrides: Mapping[str, str]  # task-name pattern -> category
-  datasets: Mapping[str, str]  # normalized dataset -> category
-  keywords: Mapping[str, str]  # normalized raw category / keyword -> category, in priority order
-
-
-@dataclasses.dataclass(frozen=True)
-class BenchConfig:
-  """A parsed, validated bench definition."""
-
-  path: str
-  name: str
-  sha256: str
-  data: Mapping[str, Any]  # the YAML as read (echoed into the catalog)
-  benchmarks: Mapping[str, BenchmarkConfig]
-  max_examples_per_task: int
-  max_eval_instances: int
-  held_out_instances_per_task: int
-  rates: RatesConfig
-  held_out: HeldOutConfig
-  dedup_secondary: tuple[str, ...]
-  leakage: LeakageConfig
-  taxonomy: Taxonomy
-
-  def echo(self) -> dict[str, Any]:
-    return {"path": self.path, "name": self.name, "sha256": self.sha256, "data": self.data}
-
-
-class _Reader:
-  """Typed access to one YAML mapping; errors name the file and the dotted key."""
-
-  def __init__(self, path: str, key: str, value: Any, allowed: Sequence[str] | None = None):
-    if not isinstance(value, dict):
-      raise ConfigError(path, key or "(top level)", f"expected a mapping, got {type(value).__name__}")
-    if allowed is not None:
-      unknown = sorted(set(value) - set(allowed))
-      if unknown:
-        raise ConfigError(path, self._join(key, str(unknown[0])), f"unknown key (expected one of {list(allowed)})")
-    self.path, self.key, self.value = path, key, value
-
-  @staticmethod
-  def _join(key: str, name: str) -> str:
-    return f"{key}.{name}" if key else name
-
-  def where(self, name: str) -> str:
-    return self._join(self.key, name)
-
-  def get(self, name: str, kind: str, default: Any = _REQUIRED) -> Any:
-    """`kind` in int, number, bool, str, str_list, str_map, map, optional_int."""
-    if name not in self.value or (self.value[name] is None and kind != "optional_int"):
-      if default is _REQUIRED:
-        raise ConfigError(self.path, self.where(name), "missing required key")
-      return default
-    v, where = self.value[name], self.where(name)
-    checks = {
-        "int": lambda: isinstance(v, int) and not isinstance(v, bool),
-        "optional_int": lambda: v is None or (isinstance(v, int) and not isinstance(v, bool)),
-        "number": lambda: isinstance(v, (int, float)) and not isinstance(v, bool),
-        "bool": lambda: isinstance(v, bool),
-        "str": lambda: isinstance(v, str),
-        "str_list": lambda: isinstance(v, list) and all(isinstance(x, str) for x in v),
-        "str_map": lambda: isinstance(v, dict) and all(isinstance(x, str) for x in (*v, *v.values())),
-        "map": lambda: isinstance(v, dict),
-    }
-    if not checks[kind]():
-      raise ConfigError(self.path, where, f"expected {kind.replace('_', ' ')}, got {v!r:.80}")
-    return v
-
-  def sub(self, name: str, allowed: Sequence[str]) -> _Reader:
-    return _Reader(self.path, self.where(name), self.value.get(name) or {}, allowed)
-
-
-def _check_categories(path: str, key: str, values: Iterable[str], categories: Sequence[str]) -> None:
-  known = set(categories)
-  for value in values:
-    if value not in known:
-      raise ConfigError(path, key, f"category {value!r} is not in taxonomy.categories")
-
-
-def _normalized_map(path: str, key: str, mapping: Mapping[str, str]) -> dict[str, str]:
-  out, origin = {}, {}
-  for name, category in mapping.items():
-    norm = normalize(name)
-    if not norm:
-      raise ConfigError(path, f"{key}.{name}", "empty key after normalization")
-    if norm in origin:
-      raise ConfigError(path, f"{key}.{name}", f"same key as {origin[norm]!r} once normalized ({norm!r})")
-    out[norm], origin[norm] = category, name
-  return out
-
-
-def load_config(path: str | os.PathLike) -> BenchConfig:
-  """Reads and validates a bench definition (see tasks/optiml_bench.yaml for every key).
-
-  Raises:
-    ConfigError: malformed YAML, a missing or unknown key, a wrong type, an unknown benchmark or category.
-  """
-  path = str(path)
-  with open(path, "rb") as f:
-    raw_bytes = f.read()
-  try:
-    data = yaml.safe_load(raw_bytes.decode("utf-8"))
-  except (yaml.YAMLError, UnicodeDecodeError) as e:
-    raise ConfigError(path, "(file)", f"not valid YAML: {e}") from e
-  top = _Reader(path, "", data, ("name", "benchmarks", "limits", "rates", "held_out", "dedup", "leakage",
-                                 "taxonomy"))
-
-  tax = top.sub("taxonomy", ("categories", "fallback", "overrides", "datasets", "keywords"))
-  categories = tuple(tax.get("categories", "str_list"))
-  if not categories or len(set(categories)) != len(categories):
-    raise ConfigError(path, "taxonomy.categories", "expected a non-empty list of distinct category names")
-  taxonomy = Taxonomy(
-      categories=categories,
-      fallback=tax.get("fallback", "str"),
-      overrides=dict(tax.get("overrides", "str_map", {})),
-      datasets=_normalized_map(path, "taxonomy.datasets", tax.get("datasets", "str_map", {})),
-      keywords=_normalized_map(path, "taxonomy.keywords", tax.get("keywords", "str_map", {})))
-  _check_categories(path, "taxonomy.fallback", [taxonomy.fallback], categories)
-  for key in ("overrides", "datasets", "keywords"):
-    _check_categories(path, f"taxonomy.{key}", getattr(taxonomy, key).values(), categories)
-
-  benchmarks = {}
-  bench_fields = [f.name for f in dataclasses.fields(BenchmarkConfig)]
-  for name, value in top.get("benchmarks", "map").items():
-    entry = _Reader(path, f"benchmarks.{name}", value, bench_fields)
-    custom = entry.get("custom", "bool", False)
-    if name not in KNOWN_BENCHMARKS and not custom:
-      raise ConfigError(path, f"benchmarks.{name}", f"unknown benchmark (known: {', '.join(KNOWN_BENCHMARKS)}; "
-                        "mark a JSONL folder of your own with `custom: true`)")
-    if not re.fullmatch(r"\w+", str(name)):
-      raise ConfigError(path, f"benchmarks.{name}", "benchmark names are letters, digits and _")
-    share = entry.get("share", "number", 0.0)
-    if share < 0:
-      raise ConfigError(path, entry.where("share"), f"must be >= 0, got {share}")
-    cap = entry.get("max_examples_per_task", "int", None)
-    if cap is not None and cap <= 0:
-      raise ConfigError(path, entry.where("max_examples_per_task"), f"must be positive, got {cap}")
-    benchmarks[name] = BenchmarkConfig(share=float(share), fixed_share=entry.get("fixed_share", "bool", False),
-                                       eval_only=entry.get("eval_only", "bool", False), max_examples_per_task=cap,
-                                       category=entry.get("category", "str", ""), custom=custom)
-    if benchmarks[name].category:
-      _check_categories(path, entry.where("category"), [benchmarks[name].category], categories)
-  if not any(b.share > 0 and not b.eval_only for b in benchmarks.values()):
-    raise ConfigError(path, "benchmarks", "no benchmark with a positive share: nothing would be trained on")
-
-  limit_keys = ("max_examples_per_task", "max_eval_instances", "held_out_instances_per_task")
-  limits = top.sub("limits", limit_keys)
-  numbers = {k: limits.get(k, "int") for k in limit_keys}
-  for k, v in numbers.items():
-    minimum = 0 if k == "held_out_instances_per_task" else 1
-    if v < minimum:
-      raise ConfigError(path, f"limits.{k}", f"must be >= {minimum}, got {v}")
-
-  rate = top.sub("rates", ("method", "cap", "temperature"))
-  rates_config = RatesConfig(rate.get("method", "str", "examples_proportional"), rate.get("cap", "int", 4096),
-                             float(rate.get("temperature", "number", 1.0)))
-  if rates_config.method not in RATE_METHODS:
-    raise ConfigError(path, "rates.method", f"{rates_config.method!r} is not one of {RATE_METHODS}")
-  if rates_config.cap <= 0 or rates_config.temperature <= 0:
-    raise ConfigError(path, "rates", "cap and temperature must be positive")
-
-  held = top.sub("held_out", ("categories", "sni_test_split", "sni_train", "tasks", "datasets"))
-  held_out = HeldOutConfig(
-      categories=tuple(held.get("categories", "str_list", [])),
-      sni_test_split=held.get("sni_test_split", "bool", True),
-      sni_train=held.get("sni_train", "str", "all"),
-      tasks=tuple(held.get("tasks", "str_list", [])),
-      datasets=frozenset(normalize(d) for d in held.get("datasets", "str_list", [])))
-  _check_categories(path, "held_out.categories", held_out.categories, categories)
-  if held_out.sni_train not in ("all", "split"):
-    raise ConfigError(path, "held_out.sni_train", f"expected 'all' or 'split', got {held_out.sni_train!r}")
-
-  dedup = top.sub("dedup", ("secondary",))
-  secondary = tuple(dedup.get("secondary", "str_list", []))
-  for name in secondary:
-    if name not in benchmarks:
-      raise ConfigError(path, "dedup.secondary", f"benchmark {name!r} is not declared under 'benchmarks'")
-
-  leak = top.sub("leakage", ("ngram", "threshold", "policy", "template_fraction", "max_train_instances"))
-  leakage_config = LeakageConfig(
-      ngram=leak.get("ngram", "int", leakage.NGRAM), threshold=float(leak.get("threshold", "number", 0.01)),
-      policy=leak.get("policy", "str", "drop_train"),
-      template_fraction=float(leak.get("template_fraction", "number", 0.5)),
-      max_train_instances=leak.get("max_train_instances", "optional_int", None))
-  if leakage_config.policy not in leakage.POLICIES:
-    raise ConfigError(path, "leakage.policy", f"{leakage_config.policy!r} is not one of {leakage.POLICIES}")
-  if leakage_config.ngram < 1 or not 0 <= leakage_config.threshold < 1:
-    raise ConfigError(path, "leakage", "ngram must be >= 1 and threshold in [0, 1)")
-  if not 0 < leakage_config.template_fraction <= 1:
-    raise ConfigError(path, "leakage.template_fraction", "must be in (0, 1]")
-  if leakage_config.max_train_instances is not None and leakage_config.max_train_instances < 1:
-    raise ConfigError(path, "leakage.max_train_instances", "must be positive or null")
-
-  return BenchConfig(
-      path=path, name=top.get("name", "str", pathlib.Path(path).stem),
-      sha256=hashlib.sha256(raw_bytes).hexdigest(), data=data, benchmarks=benchmarks,
-      max_examples_per_task=numbers["max_examples_per_task"], max_eval_instances=numbers["max_eval_instances"],
-      held_out_instances_per_task=numbers["held_out_instances_per_task"], rates=rates_config, held_out=held_out,
-      dedup_secondary=secondary, leakage=leakage_config, taxonomy=taxonomy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -450,7 +188,7 @@ def split_counts(role: str, kind: str, num_instances: int, held_out_per_task: in
 
 def _dataset_category(dataset: str, datasets: Mapping[str, str]) -> str | None:
   """Longest mapping key equal to the normalized dataset or a prefix of it ending at a `_` boundary."""
-  key = normalize(dataset)
+  key = bench_config.normalize(dataset)
   while key:
     if key in datasets:
       return datasets[key]
@@ -458,7 +196,7 @@ def _dataset_category(dataset: str, datasets: Mapping[str, str]) -> str | None:
   return None
 
 
-def categorize(task: records.TaskSource, config: BenchConfig) -> tuple[str, bool]:
+def categorize(task: records.TaskSource, config: bench_config.BenchConfig) -> tuple[str, bool]:
   """The task's bench category, and whether it came from a mapping (False: the fallback was used).
 
   Order: a task override (name pattern) > the benchmark's fixed category > a raw category that is a
@@ -480,14 +218,14 @@ def categorize(task: records.TaskSource, config: BenchConfig) -> tuple[str, bool
     category = _dataset_category(task.dataset, taxonomy.datasets)
     if category:
       return category, True
-  raw_keys = {normalize(raw) for raw in task.categories}
+  raw_keys = {bench_config.normalize(raw) for raw in task.categories}
   for keyword, category in taxonomy.keywords.items():
     if keyword in raw_keys:
       return category, True
   return taxonomy.fallback, False
 
 
-def assign_role(task: records.TaskSource, category: str, config: BenchConfig,
+def assign_role(task: records.TaskSource, category: str, config: bench_config.BenchConfig,
                 sni_test: frozenset[str]) -> str:
   """`held_out_category` > `held_out_task` > `train` (see the module docstring)."""
   held = config.held_out
@@ -495,7 +233,7 @@ def assign_role(task: records.TaskSource, category: str, config: BenchConfig,
     return HELD_OUT_CATEGORY
   if (config.benchmarks[task.benchmark].eval_only or task.name in sni_test or
       any(fnmatch.fnmatchcase(task.name, p) for p in held.tasks) or
-      (task.dataset and normalize(task.dataset) in held.datasets)):
+      (task.dataset and bench_config.normalize(task.dataset) in held.datasets)):
     return HELD_OUT_TASK
   return TRAIN
 
@@ -512,11 +250,11 @@ def deduplicate(tasks: Sequence[records.TaskSource],
   owners: dict[str, set[str]] = {}
   for task in tasks:
     if task.dataset:
-      owners.setdefault(normalize(task.dataset), set()).add(task.benchmark)
+      owners.setdefault(bench_config.normalize(task.dataset), set()).add(task.benchmark)
   rank = {b: i for i, b in enumerate(secondary)}
   kept, dropped = [], []
   for task in tasks:
-    key = normalize(task.dataset) if task.dataset else ""
+    key = bench_config.normalize(task.dataset) if task.dataset else ""
     if task.benchmark in rank and key:
       better = sorted(b for b in owners[key] if rank.get(b, -1) < rank[task.benchmark])
       if better:
@@ -540,7 +278,7 @@ def instance_text(instance: records.Instance) -> str:
   return "\n".join((instance.input,) + tuple(instance.targets))
 
 
-def _read_sources(sources: Iterable[records.TaskSource | records.Skipped], config: BenchConfig,
+def _read_sources(sources: Iterable[records.TaskSource | records.Skipped], config: bench_config.BenchConfig,
                   progress: bool) -> tuple[list[tuple[records.TaskSource, int]], list[records.Skipped]]:
   """Counts every task's instances; unreadable, empty or duplicate tasks become `Skipped`."""
   tasks, skipped, seen = [], [], {}
@@ -578,12 +316,12 @@ def _missing_split_tasks(sni_splits: Mapping[str, Sequence[str]] | None, read: s
   }
 
 
-def build(config: BenchConfig, sources: Iterable[records.TaskSource | records.Skipped],
+def build(config: bench_config.BenchConfig, sources: Iterable[records.TaskSource | records.Skipped],
           sni_splits: Mapping[str, Sequence[str]] | None = None, progress: bool = False) -> Catalog:
   """Builds the catalog (see the module docstring for the steps).
 
   Args:
-    config: the bench definition (`load_config`).
+    config: the bench definition (`bench_config.load_config`).
     sources: tasks and skipped files from the readers (`sources.iter_all(...)`).
     sni_splits: SNI's split lists, `{"train": [...], "test": [...]}` of local task names, or None.
     progress: show tqdm progress bars on stderr.
@@ -657,7 +395,7 @@ def build(config: BenchConfig, sources: Iterable[records.TaskSource | records.Sk
   )
 
 
-def _audit(tasks: Sequence[records.TaskSource], entries: Mapping[str, CatalogEntry], config: BenchConfig,
+def _audit(tasks: Sequence[records.TaskSource], entries: Mapping[str, CatalogEntry], config: bench_config.BenchConfig,
            progress: bool) -> tuple[list[dict[str, Any]], set[str]]:
   """Runs the 13-gram audit; returns the report and the names of the tasks to drop."""
   by_name = {t.name: t for t in tasks}

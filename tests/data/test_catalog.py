@@ -7,6 +7,7 @@ import pathlib
 import pytest
 import yaml
 
+from optiml_jax.data import bench_config
 from optiml_jax.data import catalog
 from optiml_jax.data import leakage
 from optiml_jax.data import records
@@ -53,7 +54,7 @@ def _config(tmp_path, changes=None, name="bench.yaml"):
       node[last] = value
   path = tmp_path / name
   path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-  return catalog.load_config(path)
+  return bench_config.load_config(path)
 
 
 _DELETE = object()
@@ -86,7 +87,7 @@ def make_task(benchmark, local, num, dataset="", categories=(), kind=records.GEN
 
 
 def test_bench_yaml_declares_the_opt_iml_recipe():
-  config = catalog.load_config(BENCH_YAML)
+  config = bench_config.load_config(BENCH_YAML)
   shares = {b: c.share for b, c in config.benchmarks.items()}
   assert shares == {"sni": 25, "promptsource": 45, "flan": 20, "crossfit": 4, "exmix": 2, "t5": 2,
                     "unifiedskg": 2, "reasoning": 1, "pretraining": 5, "bigbench": 0}
@@ -103,7 +104,7 @@ def test_bench_yaml_declares_the_opt_iml_recipe():
 
 
 def test_bench_yaml_covers_the_real_p3_datasets_and_sni_categories(shared_dir):
-  config = catalog.load_config(BENCH_YAML)
+  config = bench_config.load_config(BENCH_YAML)
   sni_categories = set()
   for path in (shared_dir / "data" / "natural-instructions" / "tasks").glob("*.json"):
     sni_categories.update(json.loads(path.read_text(encoding="utf-8"))["Categories"])
@@ -127,7 +128,7 @@ def test_bench_yaml_covers_the_real_p3_datasets_and_sni_categories(shared_dir):
     ({"rates.method": "temperature"}, r"rates\.method"),
 ])
 def test_config_errors_name_the_key(tmp_path, change, message):
-  with pytest.raises(catalog.ConfigError, match=message) as info:
+  with pytest.raises(bench_config.ConfigError, match=message) as info:
     _config(tmp_path, change)
   assert str(tmp_path / "bench.yaml") in str(info.value)
 
@@ -135,8 +136,8 @@ def test_config_errors_name_the_key(tmp_path, change, message):
 def test_malformed_yaml(tmp_path):
   path = tmp_path / "bad.yaml"
   path.write_text("benchmarks: [unclosed\n", encoding="utf-8")
-  with pytest.raises(catalog.ConfigError, match="not valid YAML"):
-    catalog.load_config(path)
+  with pytest.raises(bench_config.ConfigError, match="not valid YAML"):
+    bench_config.load_config(path)
 
 
 def test_custom_benchmark_must_be_marked(tmp_path):
@@ -258,8 +259,9 @@ def test_dataset_of_secondary_benchmarks_kept_once(built):
   reasons = {d["name"]: d["reason"] for d in cat.dropped}
   assert "promptsource" in reasons["crossfit:glue_mrpc"]
   assert "crossfit" in reasons["t5:rare_t5"]
-  secondary_datasets = [catalog.normalize(t.dataset) for t in cat.tasks if t.benchmark in ("crossfit", "exmix", "t5")]
-  all_other = {catalog.normalize(t.dataset) for t in cat.tasks if t.benchmark not in ("crossfit", "exmix", "t5")}
+  secondary_datasets = [bench_config.normalize(t.dataset) for t in cat.tasks
+                        if t.benchmark in ("crossfit", "exmix", "t5")]
+  all_other = {bench_config.normalize(t.dataset) for t in cat.tasks if t.benchmark not in ("crossfit", "exmix", "t5")}
   assert len(secondary_datasets) == len(set(secondary_datasets)) and not set(secondary_datasets) & all_other
 
 
@@ -332,7 +334,7 @@ def test_real_data_catalog(shared_dir):
   from optiml_jax.data.sources import sni  # pylint: disable=g-import-not-at-top
 
   data = shared_dir / "data"
-  config = catalog.load_config(BENCH_YAML)
+  config = bench_config.load_config(BENCH_YAML)
   splits = sni.read_split(data / "natural-instructions")
   cat = catalog.build(config, sources.iter_all(sni_dir=data / "natural-instructions", p3_dir=data / "p3",
                                                bigbench_dir=data / "bigbench"), splits)

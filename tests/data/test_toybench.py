@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from optiml_jax.data import bench_config
 from optiml_jax.data import catalog
 from optiml_jax.data import records
 from optiml_jax.data import toybench
@@ -61,7 +62,7 @@ def test_answers_are_correct(toy_dir):
 def test_toy_catalog_roles(toy_dir):
   from optiml_jax.data.sources import sni  # pylint: disable=g-import-not-at-top
 
-  config = catalog.load_config(toybench.CONFIG_PATH)
+  config = bench_config.load_config(toybench.CONFIG_PATH)
   cat = catalog.build(config, sni.iter_tasks(toy_dir), sni.read_split(toy_dir))
   assert not cat.skipped and not cat.dropped and not cat.unmapped and not cat.leakage
   roles = collections.Counter(t.role for t in cat.tasks)
