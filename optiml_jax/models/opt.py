@@ -1,0 +1,548 @@
+"""Flax OPT (Zhang et al. 2022) with t5x's decoder-only call signature.
+
+Where it sits: the trainer and evaluation call `OPT(config)` on the packed features that data/packing
+produces (`decoder_input_tokens`, `decoder_target_tokens`, `decoder_segment_ids`, `decoder_positions`);
+convert.py maps Hugging Face OPT weights onto the parameter tree defined here; models/partitioning.py maps
+the logical axis names that every parameter and activation carries onto a device mesh.
+
+Masks and packing, a worked example (t5x convention: token 0 is padding):
+
+  decoder_input_tokens   [[ 2, 11, 12,  2, 21,  0]]
+  decoder_target_tokens  [[11, 12,  2, 21,  2,  0]]
+  decoder_segment_ids    [[ 1,  1,  1,  2,  2,  0]]
+  decoder_positions      [[ 0,  1,  2,  0,  1,  0]]
+
+  Query i attends key j iff j <= i, segment[i] == segment[j] and target[j] != 0 (or j == i, so that no row
+  is empty). Positions index OPT's learned table at position + 2 (Hugging Face's offset). Without segment ids
+  the row is one sequence; without positions they are 0..L-1 (restarting at each segment when segment ids
+  are given). Hugging Face derives positions from the attention mask (cumsum); for unpadded input that is
+  the same 0..L-1.
+
+Decoding (t5x contract): `decode=True` on a model without a "cache" collection creates a zero cache of
+`max_decode_length` slots (default: the input length) and runs a normal forward pass; `prefill=True` runs a
+normal forward pass over a prompt and writes its keys/values into slots 0..T-1, setting each example's cache
+index to its `prefill_lengths` entry; every later `decode=True` call feeds one token per example, at position
+= slot = that example's cache index, attends to slots <= it, and increments the index. Callers stop before
+an index reaches `max_decode_length` (a full cache is not detected inside jit).
+
+`decoder_causal_attention` (t5x's prefix-LM inputs mask) is accepted and ignored by design: OPT and OPT-IML
+are purely causal language models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.linen import partitioning as nn_partitioning
+
+Array = jax.Array
+param_with_axes = nn_partitioning.param_with_axes
+
+LAYER_NORM_EPS = 1e-5  # Hugging Face / metaseq OPT.
+POSITION_OFFSET = 2  # OPT's learned position table is indexed at position + 2.
+REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
+ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
+
+# Keys a Hugging Face config.json must have; the others fall back to Hugging Face's OPTConfig defaults.
+_HF_REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "ffn_dim",
+                "max_position_embeddings")
+_HF_DEFAULTS = {"word_embed_proj_dim": None, "do_layer_norm_before": True, "enable_bias": True,
+                "layer_norm_elementwise_affine": True, "dropout": 0.1, "attention_dropout": 0.0,
+                "activation_function": "relu", "init_std": 0.02}
+
+# Published OPT sizes (Hugging Face facebook/opt-*): all use vocab 50272 and 2048 positions.
+_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, ffn_dim=256),
+    "opt-125m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, ffn_dim=3072),
+    "opt-350m": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, ffn_dim=4096,
+                     word_embed_proj_dim=512, do_layer_norm_before=False),
+    "opt-1.3b": dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=32, ffn_dim=8192),
+    "opt-2.7b": dict(hidden_size=2560, num_hidden_layers=32, num_attention_heads=32, ffn_dim=10240),
+    "opt-6.7b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, ffn_dim=16384),
+    "opt-13b": dict(hidden_size=5120, num_hidden_layers=40, num_attention_heads=40, ffn_dim=20480),
+    "opt-30b": dict(hidden_size=7168, num_hidden_layers=48, num_attention_heads=56, ffn_dim=28672),
+    "opt-66b": dict(hidden_size=9216, num_hidden_layers=64, num_attention_heads=72, ffn_dim=36864),
+    "opt-175b": dict(hidden_size=12288, num_hidden_layers=96, num_attention_heads=96, ffn_dim=49152),
+}
+PRESETS = tuple(_PRESETS)
+
+
+@dataclasses.dataclass(frozen=True)
+class OPTConfig:
+  """OPT hyper-parameters (Hugging Face OPTConfig names) plus how to compute.
+
+  Attributes:
+    vocab_size: rows of the token embedding (and the tied LM head); OPT pads its 50265 BPE ids to 50272.
+    hidden_size: model width d.
+    num_hidden_layers: decoder layers L.
+    num_attention_heads: attention heads; hidden_size must be a multiple.
+    ffn_dim: width of the feed-forward block.
+    max_position_embeddings: longest sequence; the position table has this + 2 rows.
+    word_embed_proj_dim: token-embedding width; None means hidden_size. When it differs (opt-350m),
+      `project_in`/`project_out` map between it and hidden_size.
+    do_layer_norm_before: pre-LN (True, every OPT but 350m) or post-LN (350m). Pre-LN also has a final norm.
+    enable_bias: biases on the q/k/v/out projections and fc1/fc2.
+    layer_norm_elementwise_affine: layer norms have scale and bias parameters.
+    dropout: on the embeddings and on the attention and feed-forward residual branches (when enabled);
+      the embeddings as metaseq and OPT-IML do (transformers' OPT leaves them out).
+    attention_dropout: on the attention probabilities (when enabled).
+    activation_function: feed-forward activation; OPT uses "relu" only.
+    init_std: standard deviation of the normal initializer of kernels and embeddings.
+    dtype: compute dtype ("float32", "bfloat16", ...); logits are always returned as float32.
+    param_dtype: dtype of created parameters.
+    scan_layers: stack the layers on a leading "layers" axis and run them with nn.scan (fast compiles).
+    remat_policy: rematerialization of each layer in the backward pass: "none", "full" (save nothing),
+      "dots" (save matmul outputs), "dots_with_no_batch_dims" (save matmuls without batch dimensions).
+    attention_impl: `implementation` of jax.nn.dot_product_attention: None (JAX picks; XLA in jax 0.10),
+      "xla", or "cudnn" (fused flash attention on NVIDIA GPUs, bf16/fp16 only).
+  """
+
+  vocab_size: int = 50272
+  hidden_size: int = 768
+  num_hidden_layers: int = 12
+  num_attention_heads: int = 12
+  ffn_dim: int = 3072
+  max_position_embeddings: int = 2048
+  word_embed_proj_dim: int | None = None
+  do_layer_norm_before: bool = True
+  enable_bias: bool = True
+  layer_norm_elementwise_affine: bool = True
+  dropout: float = 0.1
+  attention_dropout: float = 0.0
+  activation_function: str = "relu"
+  init_std: float = 0.02
+  dtype: Any = "float32"
+  param_dtype: Any = "float32"
+  scan_layers: bool = True
+  remat_policy: str = "none"
+  attention_impl: str | None = None
+
+  def __post_init__(self):
+    if self.word_embed_proj_dim is None:
+      object.__setattr__(self, "word_embed_proj_dim", self.hidden_size)
+    if self.activation_function != "relu":
+      raise ValueError(f"OPTConfig.activation_function: OPT uses 'relu' only, got {self.activation_function!r}")
+    for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "ffn_dim",
+                 "max_position_embeddings", "word_embed_proj_dim"):
+      if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+        raise ValueError(f"OPTConfig.{name}: expected a positive int, got {getattr(self, name)!r}")
+    if self.hidden_size % self.num_attention_heads:
+      raise ValueError(f"OPTConfig.hidden_size: {self.hidden_size} is not a multiple of "
+                       f"num_attention_heads={self.num_attention_heads}")
+    for name in ("dropout", "attention_dropout"):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise ValueError(f"OPTConfig.{name}: expected a rate in [0, 1), got {getattr(self, name)!r}")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"OPTConfig.remat_policy: expected one of {REMAT_POLICIES}, got {self.remat_policy!r}")
+    if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(f"OPTConfig.attention_impl: expected one of {ATTENTION_IMPLEMENTATIONS}, "
+                       f"got {self.attention_impl!r}")
+    for name in ("dtype", "param_dtype"):
+      try:
+        jnp.dtype(getattr(self, name))
+      except TypeError as e:
+        raise ValueError(f"OPTConfig.{name}: not a dtype: {getattr(self, name)!r}") from e
+    if self.attention_impl == "cudnn" and jnp.dtype(self.dtype) not in (jnp.bfloat16, jnp.float16):
+      raise ValueError(f"OPTConfig.attention_impl: 'cudnn' needs dtype bfloat16 or float16, got {self.dtype!r}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_attention_heads
+
+  @property
+  def has_projections(self) -> bool:
+    """Whether the model has project_in / project_out (token embeddings narrower than the model)."""
+    return self.word_embed_proj_dim != self.hidden_size
+
+  @property
+  def has_final_layer_norm(self) -> bool:
+    """Pre-LN models normalize the last hidden state (it has parameters only when elementwise-affine)."""
+    return self.do_layer_norm_before
+
+  @classmethod
+  def preset(cls, name: str, **overrides: Any) -> OPTConfig:
+    """A published OPT size ("opt-125m" ... "opt-175b") or "tiny", with fields replaced by `overrides`."""
+    if name not in _PRESETS:
+      raise ValueError(f"OPTConfig.preset: unknown preset {name!r}; expected one of {PRESETS}")
+    return cls(**{**_PRESETS[name], **overrides})
+
+  @classmethod
+  def from_hf(cls, hf_config: Mapping[str, Any], **overrides: Any) -> OPTConfig:
+    """Reads a Hugging Face OPT config.json dict; `overrides` set the other fields (dtype, scan_layers...).
+
+    Raises:
+      ValueError: naming the key, for a missing shape key, another model_type, an activation other than
+        relu, a non-zero layerdrop, or `_remove_final_layer_norm` (pre-v4.20 fine-tunes; unsupported).
+    """
+    if hf_config.get("model_type", "opt") != "opt":
+      raise ValueError(f"config.json: model_type is {hf_config['model_type']!r}, expected 'opt'")
+    missing = [key for key in _HF_REQUIRED if key not in hf_config]
+    if missing:
+      raise ValueError(f"config.json: missing key(s) {', '.join(missing)} for an OPT config")
+    if hf_config.get("activation_function", "relu") != "relu":
+      raise ValueError(f"config.json: activation_function is {hf_config['activation_function']!r}; "
+                       "OPT uses 'relu' only")
+    if hf_config.get("layerdrop", 0.0):
+      raise ValueError(f"config.json: layerdrop is {hf_config['layerdrop']!r}; only 0 is supported")
+    if hf_config.get("_remove_final_layer_norm", False):
+      raise ValueError("config.json: _remove_final_layer_norm is true (checkpoints fine-tuned before "
+                       "transformers 4.20); unsupported")
+    fields = {key: hf_config[key] for key in _HF_REQUIRED}
+    fields.update({key: hf_config.get(key, default) for key, default in _HF_DEFAULTS.items()})
+    fields.update(overrides)
+    return cls(**fields)
+
+  def to_hf(self) -> dict[str, Any]:
+    """A config.json dict (model_type "opt") that transformers' OPTConfig / AutoConfig loads."""
+    fields = {key: getattr(self, key) for key in _HF_REQUIRED + tuple(_HF_DEFAULTS)}
+    return {"model_type": "opt", "architectures": ["OPTForCausalLM"], **fields,
+            "_remove_final_layer_norm": False, "layerdrop": 0.0, "bos_token_id": 2, "eos_token_id": 2,
+            "pad_token_id": 1, "tie_word_embeddings": True, "use_cache": True}
+
+  def num_params(self) -> int:
+    """Number of parameters (the tied LM head counted once), computed from the shapes."""
+    d, f, p = self.hidden_size, self.ffn_dim, self.word_embed_proj_dim
+    affine = self.layer_norm_elementwise_affine
+    per_layer = 4 * d * d + 2 * d * f + (5 * d + f if self.enable_bias else 0) + (4 * d if affine else 0)
+    total = self.vocab_size * p + (self.max_position_embeddings + POSITION_OFFSET) * d
+    total += 2 * p * d if self.has_projections else 0
+    total += 2 * d if self.has_final_layer_norm and affine else 0
+    return total + self.num_hidden_layers * per_layer
+
+  def num_matmul_params(self) -> int:
+    """Weights used in matrix multiplies per token: layer kernels, projections and the tied LM head."""
+    d, p = self.hidden_size, self.word_embed_proj_dim
+    layers = self.num_hidden_layers * (4 * d * d + 2 * d * self.ffn_dim)
+    return layers + self.vocab_size * p + (2 * p * d if self.has_projections else 0)
+
+  def flops_per_token(self, seq_len: int) -> int:
+    """Training FLOPs per token (forward + backward), PaLM appendix B: 6 N + 12 L d S."""
+    return 6 * self.num_matmul_params() + 12 * self.num_hidden_layers * self.hidden_size * seq_len
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Masks and positions: small pure functions.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def positions_from_segment_ids(segment_ids: Array) -> Array:
+  """0, 1, 2, ... restarting wherever the segment id changes: [batch, length] int32."""
+  length = segment_ids.shape[-1]
+  index = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), segment_ids.shape)
+  starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], dtype=bool),
+                            segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+  return index - jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
+
+
+def attention_mask(decoder_target_tokens: Array | None, decoder_segment_ids: Array | None) -> Array | None:
+  """The non-causal part of the training mask, [batch, 1, q_len, kv_len] bool, or None when unrestricted.
+
+  A key is visible when it is not padding (target != 0) and in the query's segment; a query always sees
+  itself, so no row is empty (padding rows then give finite, ignored values). Causality is applied by
+  `jax.nn.dot_product_attention(is_causal=True)`, which lets cuDNN skip the masked half.
+  """
+  mask = None
+  if decoder_target_tokens is not None:
+    batch, length = decoder_target_tokens.shape
+    mask = jnp.broadcast_to((decoder_target_tokens > 0)[:, None, None, :], (batch, 1, length, length))
+  if decoder_segment_ids is not None:
+    same = decoder_segment_ids[:, None, :, None] == decoder_segment_ids[:, None, None, :]
+    mask = same if mask is None else mask & same
+  if mask is None:
+    return None
+  return mask | jnp.eye(mask.shape[-1], dtype=bool)
+
+
+def decode_mask(cache_index: Array, cache_length: int) -> Array:
+  """[batch, 1, 1, cache_length] bool: slots 0..cache_index (inclusive) of each example."""
+  return (jnp.arange(cache_length)[None, :] <= cache_index[:, None])[:, None, None, :]
+
+
+def dot_product_attention(query: Array, key: Array, value: Array, mask: Array | None, is_causal: bool,
+                          dropout_rate: float = 0.0, dropout_rng: Array | None = None,
+                          implementation: str | None = None) -> Array:
+  """Softmax attention over [batch, length, heads, head_dim] inputs, scaled by 1/sqrt(head_dim).
+
+  Without dropout this is `jax.nn.dot_product_attention` (cuDNN flash attention when implementation is
+  "cudnn"); it has no attention dropout, so with `dropout_rng` the probabilities are formed explicitly.
+  """
+  if dropout_rng is None or dropout_rate == 0.0:
+    return jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=is_causal,
+                                        implementation=implementation)
+  logits = jnp.einsum("btnh,bsnh->bnts", query, key, preferred_element_type=jnp.float32)
+  logits = logits / math.sqrt(query.shape[-1])
+  visible = jnp.ones(logits.shape[-2:], dtype=bool)
+  if is_causal:
+    visible = jnp.tril(visible)
+  if mask is not None:
+    visible = visible & mask
+  logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1)
+  keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+  probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0).astype(value.dtype)
+  return jnp.einsum("bnts,bsnh->btnh", probs, value)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Layers.
+# ----------------------------------------------------------------------------------------------------------
+
+
+class Dense(nn.Module):
+  """x @ kernel (+ bias), kernel [in, out] with logical axes `kernel_axes`; computes in `dtype`."""
+
+  features: int
+  kernel_axes: tuple[str, str]
+  use_bias: bool
+  dtype: Any
+  param_dtype: Any
+  init_std: float
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = param_with_axes("kernel", nn.initializers.normal(self.init_std), (x.shape[-1], self.features),
+                             self.param_dtype, axes=self.kernel_axes)
+    y = jnp.matmul(x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      bias = param_with_axes("bias", nn.initializers.zeros_init(), (self.features,), self.param_dtype,
+                             axes=self.kernel_axes[1:])
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class LayerNorm(nn.Module):
+  """Layer norm over the last axis (eps 1e-5), computed in float32, returned in `dtype`."""
+
+  use_affine: bool
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = x.astype(jnp.float32)
+    mean = x.mean(-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(jnp.square(x - mean).mean(-1, keepdims=True) + LAYER_NORM_EPS)
+    if self.use_affine:
+      features = (x.shape[-1],)
+      scale = param_with_axes("scale", nn.initializers.ones_init(), features, self.param_dtype, axes=("embed",))
+      bias = param_with_axes("bias", nn.initializers.zeros_init(), features, self.param_dtype, axes=("embed",))
+      y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+    return y.astype(self.dtype)
+
+
+class Embed(nn.Module):
+  """An embedding table [num_embeddings, features] with logical axes; `attend` is the tied output layer."""
+
+  num_embeddings: int
+  features: int
+  axes: tuple[str, str]
+  dtype: Any
+  param_dtype: Any
+  init_std: float
+
+  def setup(self):
+    self.embedding = param_with_axes("embedding", nn.initializers.normal(self.init_std),
+                                     (self.num_embeddings, self.features), self.param_dtype, axes=self.axes,
+                                     module=self)
+
+  def __call__(self, ids: Array) -> Array:
+    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+  def attend(self, x: Array) -> Array:
+    """x @ embedding.T with float32 output (the LM head)."""
+    return jnp.einsum("...d,vd->...v", x, self.embedding.astype(self.dtype), preferred_element_type=jnp.float32)
+
+
+class Attention(nn.Module):
+  """OPT self-attention with fused [hidden, hidden] q/k/v/out projections and a t5x-style KV cache.
+
+  Cache variables ("cache" collection): cached_key and cached_value [batch, cache_length, heads, head_dim].
+  The slot index (= position) of the token being decoded comes from the caller (`OPT`'s cache_index).
+  """
+
+  config: OPTConfig
+  enable_dropout: bool
+  decode: bool
+  prefill: bool
+  max_decode_length: int | None
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array | None, decode_index: Array | None) -> Array:
+    cfg = self.config
+    dense = functools.partial(Dense, features=cfg.hidden_size, use_bias=cfg.enable_bias, dtype=cfg.dtype,
+                              param_dtype=cfg.param_dtype, init_std=cfg.init_std)
+
+    def heads(y: Array) -> Array:
+      y = y.reshape(y.shape[:2] + (cfg.num_attention_heads, cfg.head_dim))
+      return nn.with_logical_constraint(y, ("batch", "length", "heads", "kv"))
+
+    query = heads(dense(kernel_axes=("embed", "joined_kv"), name="q_proj")(x))
+    key = heads(dense(kernel_axes=("embed", "joined_kv"), name="k_proj")(x))
+    value = heads(dense(kernel_axes=("embed", "joined_kv"), name="v_proj")(x))
+
+    is_causal, implementation = True, cfg.attention_impl
+    if self.decode or self.prefill:
+      stepping = self.decode and self.has_variable("cache", "cached_key")
+      length = self.max_decode_length or key.shape[1]
+      cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape[:1] + (length,) + key.shape[2:],
+                                 key.dtype)
+      cached_value = self.variable("cache", "cached_value", jnp.zeros, cached_key.value.shape, value.dtype)
+      if stepping:
+        length = cached_key.value.shape[1]
+        if x.shape[1] != 1:
+          raise ValueError(f"OPT decode: feed one token per example per call, got length {x.shape[1]}")
+        slot = (jnp.arange(length)[None, :] == decode_index[:, None])[:, :, None, None]
+        key = jnp.where(slot, key, cached_key.value)
+        value = jnp.where(slot, value, cached_value.value)
+        cached_key.value, cached_value.value = key, value
+        # One query per example: nothing for a fused flash kernel to gain.
+        mask, is_causal, implementation = decode_mask(decode_index, length), False, "xla"
+      elif self.prefill:
+        if key.shape[1] > cached_key.value.shape[1]:
+          raise ValueError(f"OPT prefill: prompt length {key.shape[1]} exceeds the cache length "
+                           f"{cached_key.value.shape[1]}")
+        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, 0, 0, 0))
+        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, 0, 0, 0))
+
+    dropout_rng = None
+    if self.enable_dropout and cfg.attention_dropout > 0.0:
+      dropout_rng = self.make_rng("dropout")
+    out = dot_product_attention(query, key, value, mask, is_causal, cfg.attention_dropout, dropout_rng,
+                                implementation)
+    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+    out = out.reshape(out.shape[:2] + (cfg.hidden_size,))
+    return dense(kernel_axes=("joined_kv", "embed"), name="out_proj")(out)
+
+
+class DecoderLayer(nn.Module):
+  """One OPT block: self-attention and ReLU feed-forward, each a residual branch, pre- or post-LN."""
+
+  config: OPTConfig
+  enable_dropout: bool = False
+  decode: bool = False
+  prefill: bool = False
+  max_decode_length: int | None = None
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array | None, decode_index: Array | None) -> tuple[Array, None]:
+    cfg = self.config
+    norm = functools.partial(LayerNorm, use_affine=cfg.layer_norm_elementwise_affine, dtype=cfg.dtype,
+                             param_dtype=cfg.param_dtype)
+    dense = functools.partial(Dense, use_bias=cfg.enable_bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                              init_std=cfg.init_std)
+    dropout = nn.Dropout(rate=cfg.dropout, deterministic=not self.enable_dropout)
+    embed_axes = ("batch", "length", "embed")
+    pre_ln = cfg.do_layer_norm_before
+
+    residual = x
+    h = norm(name="self_attn_layer_norm")(x) if pre_ln else x
+    h = Attention(cfg, self.enable_dropout, self.decode, self.prefill, self.max_decode_length,
+                  name="self_attn")(h, mask, decode_index)
+    x = residual + dropout(h)
+    x = x if pre_ln else norm(name="self_attn_layer_norm")(x)
+    x = nn.with_logical_constraint(x, embed_axes)
+
+    residual = x
+    h = norm(name="final_layer_norm")(x) if pre_ln else x
+    h = nn.relu(dense(features=cfg.ffn_dim, kernel_axes=("embed", "mlp"), name="fc1")(h))
+    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    h = dense(features=cfg.hidden_size, kernel_axes=("mlp", "embed"), name="fc2")(h)
+    x = residual + dropout(h)
+    x = x if pre_ln else norm(name="final_layer_norm")(x)
+    return nn.with_logical_constraint(x, embed_axes), None
+
+
+def _remat_policy(name: str) -> Any:
+  return {"full": None, "dots": jax.checkpoint_policies.dots_saveable,
+          "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[name]
+
+
+class OPT(nn.Module):
+  """OPT decoder with the tied LM head; returns float32 logits [batch, length, vocab_size].
+
+  Call signature of t5x's decoder-only models (see the module docstring for masks, packing and decoding).
+  """
+
+  config: OPTConfig
+
+  @nn.compact
+  def __call__(self, decoder_input_tokens: Array, decoder_target_tokens: Array | None = None,
+               decoder_segment_ids: Array | None = None, decoder_positions: Array | None = None,
+               decoder_causal_attention: Array | None = None, *, enable_dropout: bool = True,
+               decode: bool = False, max_decode_length: int | None = None, prefill: bool = False,
+               prefill_lengths: Array | None = None) -> Array:
+    del decoder_causal_attention  # OPT is purely causal (module docstring).
+    cfg = self.config
+    if decode and prefill:
+      raise ValueError("OPT: decode and prefill cannot both be true; prefill first, then decode")
+    batch, length = decoder_input_tokens.shape
+
+    decode_index, mask, stepping = None, None, False
+    if decode or prefill:
+      stepping = decode and self.has_variable("cache", "cache_index")
+      cache_index = self.variable("cache", "cache_index", jnp.zeros, (batch,), jnp.int32)
+    if stepping:
+      decode_index = cache_index.value
+      positions = decode_index[:, None]
+    else:
+      mask = attention_mask(decoder_target_tokens, decoder_segment_ids)
+      if decoder_positions is not None:
+        positions = decoder_positions
+      elif decoder_segment_ids is not None:
+        positions = positions_from_segment_ids(decoder_segment_ids)
+      else:
+        positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+
+    embed_tokens = Embed(cfg.vocab_size, cfg.word_embed_proj_dim,
+                         ("vocab", "proj") if cfg.has_projections else ("vocab", "embed"), cfg.dtype,
+                         cfg.param_dtype, cfg.init_std, name="embed_tokens")
+    x = embed_tokens(decoder_input_tokens)
+    if cfg.has_projections:
+      x = Dense(cfg.hidden_size, ("proj", "embed"), False, cfg.dtype, cfg.param_dtype, cfg.init_std,
+                name="project_in")(x)
+    x = x + Embed(cfg.max_position_embeddings + POSITION_OFFSET, cfg.hidden_size, ("abspos", "embed"),
+                  cfg.dtype, cfg.param_dtype, cfg.init_std, name="embed_positions")(positions + POSITION_OFFSET)
+    x = nn.Dropout(rate=cfg.dropout, deterministic=not enable_dropout)(x)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+    layer_cls = DecoderLayer
+    if cfg.remat_policy != "none":
+      layer_cls = nn.remat(layer_cls, policy=_remat_policy(cfg.remat_policy), prevent_cse=not cfg.scan_layers)
+    layer_args = (cfg, enable_dropout, decode, prefill, max_decode_length)
+    if cfg.scan_layers:  # Params and caches stacked on a leading axis, named "layers" in params_axes.
+      scanned = nn_partitioning.scan_with_axes(
+          layer_cls, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
+          in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_hidden_layers, axis_name="layers")
+      x, _ = scanned(*layer_args, name="layers")(x, mask, decode_index)
+    else:
+      for i in range(cfg.num_hidden_layers):
+        x, _ = layer_cls(*layer_args, name=f"layers_{i}")(x, mask, decode_index)
+
+    if cfg.has_final_layer_norm:
+      x = LayerNorm(cfg.layer_norm_elementwise_affine, cfg.dtype, cfg.param_dtype, name="final_layer_norm")(x)
+    if cfg.has_projections:
+      x = Dense(cfg.word_embed_proj_dim, ("embed", "proj"), False, cfg.dtype, cfg.param_dtype, cfg.init_std,
+                name="project_out")(x)
+    logits = embed_tokens.attend(x).astype(jnp.float32)
+
+    if stepping:
+      cache_index.value = decode_index + 1
+    elif prefill:
+      lengths = length if prefill_lengths is None else prefill_lengths
+      cache_index.value = jnp.broadcast_to(jnp.asarray(lengths, jnp.int32), (batch,))
+    return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+
+
+def init_decode_cache(config: OPTConfig, batch_size: int, max_decode_length: int) -> Any:
+  """A zero "cache" collection for `batch_size` examples of up to `max_decode_length` tokens (no params)."""
+  tokens = jnp.ones((batch_size, max_decode_length), jnp.int32)
+  shapes = jax.eval_shape(
+      lambda: OPT(config).init(jax.random.PRNGKey(0), tokens, enable_dropout=False, decode=True,
+                               max_decode_length=max_decode_length))["cache"]
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)

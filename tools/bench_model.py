@@ -1,0 +1,113 @@
+"""Forward-pass throughput of the Flax OPT (models/opt.py) against transformers' PyTorch OPT.
+
+Where it sits: a developer tool beside the model; nothing imports it. Both models get the same weights (the
+PyTorch model's random init, mapped with convert.params_from_hf_state_dict), so the printed max |logit
+difference| also checks that they compute the same function. Warm-up steps (and JAX compilation) are not
+timed; the timed steps alternate between the two and the median step time is reported.
+Example:
+
+  python tools/bench_model.py --preset opt-125m --batch 1 --seq 128 --steps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import transformers
+
+from optiml_jax import convert
+from optiml_jax.models import opt
+
+_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+  name: str
+  tokens_per_s: float
+  seconds_per_step: float
+
+
+def _time_alternating(runs: dict[str, Callable[[], Any]], tokens_per_step: int, steps: int,
+                      warmup: int) -> tuple[dict[str, Result], dict[str, Any]]:
+  """Runs each function warmup times, then `steps` rounds of one call each, alternating.
+
+  Alternating and taking the median per-step time keeps both sides under the same background load.
+  Returns the timings and each function's last output.
+  """
+  outputs = {}
+  for name, run in runs.items():
+    for _ in range(warmup):
+      outputs[name] = run()
+  times = {name: [] for name in runs}
+  for _ in range(steps):
+    for name, run in runs.items():
+      start = time.perf_counter()
+      outputs[name] = run()
+      times[name].append(time.perf_counter() - start)
+  results = {name: Result(name, tokens_per_step / float(np.median(t)), float(np.median(t)))
+             for name, t in times.items()}
+  return results, outputs
+
+
+def bench(preset: str, batch: int, seq: int, dtype: str, steps: int, warmup: int, scan_layers: bool,
+          seed: int = 0) -> tuple[Result, Result, float]:
+  """(jax result, torch result, max |logit difference|) for one config."""
+  config = opt.OPTConfig.preset(preset, dtype=dtype, scan_layers=scan_layers, dropout=0.0)
+  if seq > config.max_position_embeddings:
+    raise ValueError(f"--seq {seq} exceeds max_position_embeddings={config.max_position_embeddings}")
+  torch.manual_seed(seed)
+  hf_model = transformers.OPTForCausalLM(transformers.OPTConfig(**config.to_hf())).eval()
+  state = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
+  params = jax.device_put(convert.params_from_hf_state_dict(config, state))
+  del state
+  hf_model = hf_model.to(_TORCH_DTYPES[dtype])
+  tokens = np.random.default_rng(seed).integers(3, config.vocab_size, size=(batch, seq))
+
+  model = opt.OPT(config)
+  forward = jax.jit(lambda p, x: model.apply({"params": p}, x, enable_dropout=False))
+  jax_tokens = jnp.asarray(tokens, jnp.int32)
+  torch_tokens = torch.from_numpy(tokens)
+
+  def torch_forward():
+    with torch.inference_mode():
+      return hf_model(torch_tokens).logits
+
+  results, outputs = _time_alternating(
+      {"jax": lambda: forward(params, jax_tokens).block_until_ready(), "torch": torch_forward},
+      batch * seq, steps, warmup)
+  diff = float(np.abs(np.asarray(outputs["jax"]) - outputs["torch"].float().numpy()).max())
+  return results["jax"], results["torch"], diff
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--preset", default="opt-125m", choices=opt.PRESETS, help="model size")
+  parser.add_argument("--batch", type=int, default=1, help="sequences per forward pass")
+  parser.add_argument("--seq", type=int, default=128, help="tokens per sequence")
+  parser.add_argument("--dtype", default="float32", choices=sorted(_TORCH_DTYPES), help="compute dtype")
+  parser.add_argument("--steps", type=int, default=10, help="timed forward passes")
+  parser.add_argument("--warmup", type=int, default=2, help="untimed forward passes (JAX compiles here)")
+  parser.add_argument("--scan_layers", action=argparse.BooleanOptionalAction, default=True,
+                      help="run the Flax layers with nn.scan")
+  args = parser.parse_args(argv)
+  jax_result, torch_result, diff = bench(args.preset, args.batch, args.seq, args.dtype, args.steps,
+                                         args.warmup, args.scan_layers)
+  print(f"preset={args.preset} batch={args.batch} seq={args.seq} dtype={args.dtype} steps={args.steps} "
+        f"jax={jax.__version__} ({jax.devices()[0].platform}) torch={torch.__version__} "
+        f"(threads={torch.get_num_threads()})")
+  for r in (jax_result, torch_result):
+    print(f"  {r.name:6s} {r.tokens_per_s:12.1f} tokens/s  {1000 * r.seconds_per_step:9.2f} ms/step (median)")
+  print(f"  jax/torch throughput ratio: {jax_result.tokens_per_s / torch_result.tokens_per_s:.2f}")
+  print(f"  max |logit difference|: {diff:.2e}")
+
+
+if __name__ == "__main__":
+  main()
