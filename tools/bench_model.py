@@ -24,6 +24,7 @@ import transformers
 
 from optiml_jax import convert
 from optiml_jax.models import opt
+from optiml_jax.models import opt_config
 
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -89,7 +90,7 @@ def bench(preset: str, batch: int, seq: int, dtype: str, steps: int, warmup: int
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--preset", default="opt-125m", choices=opt.PRESETS, help="model size")
+  parser.add_argument("--preset", default="opt-125m", choices=opt_config.PRESETS, help="model size")
   parser.add_argument("--batch", type=int, default=1, help="sequences per forward pass")
   parser.add_argument("--seq", type=int, default=128, help="tokens per sequence")
   parser.add_argument("--dtype", default="float32", choices=sorted(_TORCH_DTYPES), help="compute dtype")
