@@ -1,0 +1,339 @@
+"""Inference for evaluation: rank-classification scores and the seqio adapters, batched, jit-ed, sharded.
+
+Where it sits: the evaluator (`evaluation/evaluator.py`) runs `seqio.Evaluator` over the registry's Tasks and
+hands it `make_score_fn(...)` / `make_predict_fn(...)` from here; metrics and the report come after. This
+module (with `decoding.py` for greedy decoding and `batching.py` for shapes and devices, both re-exported
+here) knows the model (`models/opt.py`), the mesh machinery and seqio's model features, nothing of catalogs
+or metrics.
+
+Tokens. A prompt is the exact token sequence the model reads before the continuation, BOS included: OPT's
+tokenizer and `data/packing.py` start every example with </s> (2), so a registry example's prompt is
+[2] + inputs and its option j is scored as the continuation `options[j]` (each ends with </s>):
+
+  prompt [2, 7, 8], option [3, 2]  ->  model reads [2, 7, 8, 3]; score = log p(3 | 2 7 8) + log p(2 | 2 7 8 3)
+
+Batches. Rows (prompt + one option) are padded to bucket shapes (`batching.py`); the options of one example
+are kept in one batch (an example with more options than `batch_size` fills consecutive batches).
+
+Context. A row longer than `max_length` (default: the model's context) keeps its last `max_length` tokens
+(left truncation: the prompt loses its start); greedy decoding keeps the last `max_length - max_new_tokens`
+prompt tokens. Each such example is counted once in `InferenceStats.truncated`.
+
+seqio. `make_score_fn` / `make_predict_fn` return the callables `seqio.Evaluator.evaluate(score_fn=...,
+predict_fn=...)` calls with the enumerated model dataset. They read the unpacked decoder features of
+`feature_converter()` (OPT rows: BOS 2, then inputs, then targets) or of `seqio.PrefixLMFeatureConverter`;
+a score is t5x's `DecoderOnlyModel.score_batch`: the sum of the target tokens' log-likelihoods weighted by
+`decoder_loss_weights`. Pass the Evaluator `sequence_length={}` (or lengths that fit every example) so that
+the Task does not cut prompts itself: then truncation is done, and counted, here.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, Callable, Hashable, Iterator, Mapping, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from optiml_jax.evaluation import batching
+from optiml_jax.evaluation import decoding
+from optiml_jax.models import opt as opt_lib
+from optiml_jax.models import opt_config
+
+# Re-exported: the whole inference API is reachable from this module.
+DEFAULT_BATCH_SIZE = batching.DEFAULT_BATCH_SIZE
+DEFAULT_MAX_NEW_TOKENS = decoding.DEFAULT_MAX_NEW_TOKENS
+EOS_ID = decoding.EOS_ID
+InferenceStats = batching.InferenceStats
+place_params = batching.place_params
+greedy_decode = decoding.greedy_decode
+
+IndexedResult = list[tuple[int, Any]]
+
+
+class ScoreRow(NamedTuple):
+  """One scored sequence: the model reads `inputs` and `targets[t]` is scored with `weights[t]`.
+
+  inputs, targets: int32 [n] (targets = inputs shifted left by one); weights: float32 [n];
+  group: the example the row belongs to (rows of one group share a prompt and a batch).
+  """
+
+  inputs: np.ndarray
+  targets: np.ndarray
+  weights: np.ndarray
+  group: Hashable
+
+
+def left_truncate(row: ScoreRow, max_length: int) -> tuple[ScoreRow, bool]:
+  """`row` cut to its last `max_length` positions, and whether anything was cut."""
+  if len(row.inputs) <= max_length:
+    return row, False
+  return ScoreRow(row.inputs[-max_length:], row.targets[-max_length:], row.weights[-max_length:], row.group), True
+
+
+def option_rows(prompt_tokens: Sequence[Sequence[int]],
+                options_tokens: Sequence[Sequence[Sequence[int]]]) -> list[ScoreRow]:
+  """One ScoreRow per (example, option): the prompt read as context, the option's tokens scored."""
+  if len(prompt_tokens) != len(options_tokens):
+    raise ValueError(f"score_options: {len(prompt_tokens)} prompts but {len(options_tokens)} option lists")
+  rows = []
+  for i, (prompt, options) in enumerate(zip(prompt_tokens, options_tokens)):
+    prompt = np.asarray(prompt, np.int32).reshape(-1)
+    if prompt.size == 0:
+      raise ValueError(f"score_options: prompt of example {i} is empty; expected at least one token "
+                       "(OPT's BOS </s> = 2)")
+    for j, option in enumerate(options):
+      option = np.asarray(option, np.int32).reshape(-1)
+      if option.size == 0:
+        raise ValueError(f"score_options: option {j} of example {i} is empty; expected at least one token")
+      tokens = np.concatenate([prompt, option])
+      weights = np.zeros(tokens.size - 1, np.float32)
+      weights[prompt.size - 1:] = 1.0
+      rows.append(ScoreRow(tokens[:-1], tokens[1:], weights, i))
+  return rows
+
+
+@functools.lru_cache(maxsize=None)
+def score_step(model: nn.Module, mesh: jax.sharding.Mesh | None = None) -> Callable[..., Any]:
+  """jit-ed (params, inputs, targets, weights) -> (weighted log-likelihood sums [B], weight sums [B]).
+
+  The device program of `score_rows` for one padded [B, L] batch (cached per model and mesh).
+  """
+
+  def step(params, inputs, targets, weights):
+    # Right padding only: causal attention keeps it away from the real tokens, so no mask is needed (and
+    # none keeps fused attention kernels usable).
+    logits = model.apply({"params": params}, inputs, enable_dropout=False)
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return jnp.sum((picked - log_z) * weights, axis=-1), jnp.sum(weights, axis=-1)
+
+  return batching.jit(step, mesh)
+
+
+def score_rows(model: nn.Module, params: Any, rows: Sequence[ScoreRow], length_normalize: bool = False, *,
+               batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None,
+               mesh: jax.sharding.Mesh | None = None, stats: InferenceStats | None = None,
+               progress: bool = False, desc: str = "scoring") -> list[float]:
+  """Weighted log-likelihood of each row's targets (divided by its weight sum with `length_normalize`).
+
+  Rows of one `group` (an example's options) share a batch. Rows longer than `max_length` keep their last
+  `max_length` positions; each group with such a row counts once in `stats.truncated`. The progress bar
+  counts groups (examples). Other arguments: as `score_options`.
+  """
+  start = time.perf_counter()
+  max_length = batching.context_length(model, max_length)
+  stats = stats if stats is not None else InferenceStats()
+  params = place_params(model, params, mesh)
+  multiple = batching.data_parallel_size(mesh)
+  batch_size = batching.round_batch_size(batch_size, multiple)
+  cut = [left_truncate(row, max_length) for row in rows]
+  rows = [row for row, _ in cut]
+  groups = {row.group for row in rows}
+  stats.examples += len(groups)
+  stats.truncated += len({row.group for row, was_cut in cut if was_cut})
+  stats.rows += len(rows)
+  stats.tokens += sum(len(row.inputs) for row in rows)
+
+  plan = batching.plan_batches([len(row.inputs) for row in rows], [row.group for row in rows], batch_size)
+  last_row_of_group = {row.group: i for i, row in enumerate(rows)}
+  finishing = set(last_row_of_group.values())
+  buckets = batching.length_buckets(max_length)
+  step = score_step(model, mesh)
+  sums, counts = np.zeros(len(rows), np.float64), np.zeros(len(rows), np.float64)
+
+  def dispatch(batch: Sequence[int]) -> Any:
+    members = [rows[i] for i in batch]
+    length = batching.bucket_for(max(len(r.inputs) for r in members), buckets)
+    size = batching.padded_batch_rows(len(batch), batch_size, multiple)
+    arrays = (batching.pad_rows([r.inputs for r in members], size, length, np.int32),
+              batching.pad_rows([r.targets for r in members], size, length, np.int32),
+              batching.pad_rows([r.weights for r in members], size, length, np.float32))
+    return step(params, *(batching.to_device(a, mesh) for a in arrays))
+
+  def collect(batch: Sequence[int], outputs: Any) -> int:
+    batch_sums, batch_counts = (np.asarray(x) for x in outputs)
+    sums[list(batch)] = batch_sums[:len(batch)]
+    counts[list(batch)] = batch_counts[:len(batch)]
+    return sum(i in finishing for i in batch)
+
+  with batching.mesh_context(mesh), tqdm.tqdm(total=len(groups), desc=desc, unit="ex",
+                                               disable=not progress) as bar:
+    batching.run_batches(plan, dispatch, collect, bar)
+  stats.seconds += time.perf_counter() - start
+  if length_normalize:
+    return [float(s / c) if c else 0.0 for s, c in zip(sums, counts)]
+  return [float(s) for s in sums]
+
+
+def score_options(model: nn.Module, params: Any, prompt_tokens: Sequence[Sequence[int]],
+                  options_tokens: Sequence[Sequence[Sequence[int]]], length_normalize: bool = False, *,
+                  batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None,
+                  mesh: jax.sharding.Mesh | None = None, stats: InferenceStats | None = None,
+                  progress: bool = False, desc: str = "scoring") -> list[list[float]]:
+  """Log-likelihood of each option given its example's prompt (rank classification).
+
+  Args:
+    model: an `OPT` module; params: its parameters (see `place_params`).
+    prompt_tokens: per example, the tokens read before an option, BOS included ([2] + inputs).
+    options_tokens: per example, its options' tokens (each non-empty; the registry's end with </s>).
+    length_normalize: divide each sum by the option's number of tokens.
+    batch_size: rows (prompt + one option) per batch, rounded up to a multiple of the mesh's
+      data-parallel size.
+    max_length: the context (default: the model's); longer rows are left-truncated and counted.
+    mesh: run sharded on this mesh (`partitioning.make_mesh`); None: the default device.
+    stats: counters to add to; progress: show a tqdm bar over examples, labelled `desc`.
+
+  Returns:
+    scores[i][j] for option j of example i; argmax over j is the predicted option.
+  """
+  rows = option_rows(prompt_tokens, options_tokens)
+  flat = score_rows(model, params, rows, length_normalize, batch_size=batch_size, max_length=max_length,
+                    mesh=mesh, stats=stats, progress=progress, desc=desc)
+  scores, start = [], 0
+  for options in options_tokens:
+    scores.append(flat[start:start + len(options)])
+    start += len(options)
+  return scores
+
+
+# ----------------------------------------------------------------------------------------------------------
+# seqio adapters.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def feature_converter() -> Any:
+  """The converter to give `seqio.Evaluator`: OPT rows ([2] + inputs + targets), unpacked."""
+  from optiml_jax.data import packing  # pylint: disable=g-import-not-at-top  (TensorFlow: only when asked)
+  return packing.OptimlFeatureConverter(pack=False)
+
+
+def _examples(dataset: Any) -> Iterator[tuple[int, Mapping[str, np.ndarray]]]:
+  """(index, features) pairs of an enumerated seqio model dataset (tf.data or any iterable)."""
+  items = dataset.as_numpy_iterator() if hasattr(dataset, "as_numpy_iterator") else dataset
+  for index, features in items:
+    yield int(index), features
+
+
+def _real_length(index: int, features: Mapping[str, np.ndarray]) -> int:
+  used = np.flatnonzero((np.asarray(features["decoder_target_tokens"]) != 0)
+                        | (np.asarray(features["decoder_loss_weights"]) != 0))
+  if used.size == 0:
+    raise ValueError(f"example {index}: decoder_target_tokens are all padding (an empty example)")
+  return int(used[-1]) + 1
+
+
+def prompt_length(index: int, features: Mapping[str, np.ndarray]) -> int:
+  """Tokens of `decoder_input_tokens` read before the first target is predicted (BOS included).
+
+  From `decoder_causal_attention` when present (seqio's prefix-LM convention), else one past the first
+  position with a positive `decoder_loss_weights`.
+  """
+  if "decoder_causal_attention" in features:
+    length = int(np.sum(features["decoder_causal_attention"]))
+  else:
+    weighted = np.flatnonzero(np.asarray(features["decoder_loss_weights"]) > 0)
+    length = int(weighted[0]) + 1 if weighted.size else 0
+  if length == 0:
+    raise ValueError(f"example {index}: decoder_loss_weights are all 0, so its prompt cannot be told "
+                     "from its target")
+  return length
+
+
+def row_from_features(index: int, features: Mapping[str, np.ndarray], group: Hashable) -> ScoreRow:
+  """A ScoreRow of one unpacked seqio decoder example, padding removed."""
+  n = _real_length(index, features)
+  return ScoreRow(np.asarray(features["decoder_input_tokens"][:n], np.int32),
+                  np.asarray(features["decoder_target_tokens"][:n], np.int32),
+                  np.asarray(features["decoder_loss_weights"][:n], np.float32), group)
+
+
+def make_score_fn(model: nn.Module, params: Any, *, length_normalize: bool = False,
+                  batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None,
+                  mesh: jax.sharding.Mesh | None = None, stats: InferenceStats | None = None,
+                  progress: bool = True) -> Callable[..., IndexedResult]:
+  """seqio `score_fn`: (enumerated model dataset) -> [(index, score)], t5x's sequence score.
+
+  Consecutive examples with the same prompt (rank classification's one row per option) count as one
+  example and share a batch.
+  """
+  params = place_params(model, params, mesh)
+
+  def score_fn(dataset: Any, model_feature_shapes: Mapping[str, Any] | None = None) -> IndexedResult:
+    del model_feature_shapes  # Shapes come from the examples themselves (bucketed).
+    indices, rows, previous, group = [], [], None, -1
+    for index, features in _examples(dataset):
+      key = np.asarray(features["decoder_input_tokens"][:prompt_length(index, features)]).tobytes()
+      if key != previous:
+        group, previous = group + 1, key
+      indices.append(index)
+      rows.append(row_from_features(index, features, group))
+    scores = score_rows(model, params, rows, length_normalize, batch_size=batch_size, max_length=max_length,
+                        mesh=mesh, stats=stats, progress=progress)
+    return list(zip(indices, scores))
+
+  return score_fn
+
+
+def make_predict_fn(model: nn.Module, params: Any, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                    eos_id: int = EOS_ID, batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None,
+                    mesh: jax.sharding.Mesh | None = None, stats: InferenceStats | None = None,
+                    progress: bool = True) -> Callable[..., IndexedResult]:
+  """seqio `predict_fn`: (enumerated model dataset) -> [(index, greedy tokens before </s>)]."""
+  params = place_params(model, params, mesh)
+
+  def predict_fn(dataset: Any, model_feature_shapes: Mapping[str, Any] | None = None) -> IndexedResult:
+    del model_feature_shapes
+    indices, prompts = [], []
+    for index, features in _examples(dataset):
+      indices.append(index)
+      prompts.append(np.asarray(features["decoder_input_tokens"][:prompt_length(index, features)], np.int32))
+    outputs = greedy_decode(model, params, prompts, max_new_tokens, eos_id, batch_size=batch_size,
+                            max_length=max_length, mesh=mesh, stats=stats, progress=progress)
+    return list(zip(indices, outputs))
+
+  return predict_fn
+
+
+class Scorer:
+  """A model, its placed params and the inference settings, with one `stats` for every call.
+
+  `Scorer(config, params)` places the params once; its methods are the module's functions with those
+  arguments filled in.
+  """
+
+  def __init__(self, config: opt_config.OPTConfig, params: Any, mesh: jax.sharding.Mesh | None = None,
+               batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None, progress: bool = True):
+    self.model = opt_lib.OPT(config)
+    self.mesh = mesh
+    self.batch_size = batch_size
+    self.max_length = batching.context_length(self.model, max_length)
+    self.progress = progress
+    self.stats = InferenceStats()
+    self.params = place_params(self.model, params, mesh)
+
+  def _settings(self) -> dict[str, Any]:
+    return dict(batch_size=self.batch_size, max_length=self.max_length, mesh=self.mesh, stats=self.stats,
+                progress=self.progress)
+
+  def score_options(self, prompt_tokens: Sequence[Sequence[int]],
+                    options_tokens: Sequence[Sequence[Sequence[int]]],
+                    length_normalize: bool = False) -> list[list[float]]:
+    return score_options(self.model, self.params, prompt_tokens, options_tokens, length_normalize,
+                         **self._settings())
+
+  def greedy_decode(self, prompt_tokens: Sequence[Sequence[int]], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                    eos_id: int = EOS_ID) -> list[list[int]]:
+    return greedy_decode(self.model, self.params, prompt_tokens, max_new_tokens, eos_id, **self._settings())
+
+  def score_fn(self, length_normalize: bool = False) -> Callable[..., IndexedResult]:
+    return make_score_fn(self.model, self.params, length_normalize=length_normalize, **self._settings())
+
+  def predict_fn(self, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                 eos_id: int = EOS_ID) -> Callable[..., IndexedResult]:
+    return make_predict_fn(self.model, self.params, max_new_tokens=max_new_tokens, eos_id=eos_id,
+                           **self._settings())
