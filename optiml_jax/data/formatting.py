@@ -1,0 +1,192 @@
+"""Formatting: a task record + an instance -> the (source, target) text pair, then its tokens.
+
+Where it sits: `sources/` readers yield `TaskSource`/`Instance` records, the catalog decides which
+instances are for training and which for evaluation, and `registry.py` calls the functions here for every
+example before handing tokens to `packing.py`. Everything here is a pure function of its arguments.
+
+The recipe (OPT-IML, Iyer et al. 2022, "Formatting and tokens"):
+
+  source = [definition] [demonstrations] instance + delimiter        (blocks separated by a blank line)
+  tokens = [</s>] + BPE(source.rstrip(" ") + " " + target.rstrip()) + [</s>]
+
+* The delimiter is drawn per example from `DELIMITERS` by a hash of (seed, task name, instance id), so it is
+  the same on every run, host and epoch; none is added when the text already ends with ":".
+* SNI places demonstrations after the task definition; FLAN and PromptSource put them before the example
+  (their prompts carry the instruction inline). Each demonstration is formatted like the example itself,
+  with the same delimiter, followed by its first reference output.
+* Demonstrations come from the task's own `demonstrations` (SNI positive examples), topped up from its
+  training instances when it has fewer than k, never from its evaluation instances: the caller passes both
+  pools (see `registry.py`).
+* `lm` tasks (pre-training text) have no source: the whole text is the target and is trained on.
+* Token ids are split into `inputs` = BPE(source) and `targets` = BPE(" " + target) + [</s>]. Because the
+  source never ends in whitespace, GPT-2's pre-tokenizer always cuts before the space that starts the
+  target, so inputs + targets equals BPE of the joined text (checked against the Hugging Face tokenizer in
+  tests/data/test_formatting.py).
+* Over-long examples lose tokens from the left of the inputs, so the target always fits; a target longer than
+  its own budget keeps its first tokens and its final </s>.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from optiml_jax.data import records
+
+# The paper's delimiter list; one is drawn per example.
+DELIMITERS: tuple[str, ...] = (
+    "\nAnswer:",
+    " Answer:",
+    "\nA:",
+    " A:",
+    "\nOutput:",
+    " Output:",
+    "\nanswer:",
+    "\noutput:",
+)
+# Between the definition, each demonstration and the example.
+BLOCK_SEPARATOR = "\n\n"
+# Benchmarks whose prompts carry the instruction inline: demonstrations go before the whole example.
+DEMONSTRATIONS_FIRST_BENCHMARKS = frozenset({"promptsource", "p3", "flan"})
+
+
+class Encoder(Protocol):
+  """What tokenization needs from a vocabulary (a `seqio.Vocabulary` has both)."""
+
+  def encode(self, s: str) -> Sequence[int]:
+    ...
+
+  @property
+  def eos_id(self) -> int:
+    ...
+
+
+def stable_hash(*parts: object) -> int:
+  """A stable 64-bit integer from the parts (Python's `hash` is salted per process)."""
+  digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode("utf-8")).digest()
+  return int.from_bytes(digest[:8], "little")
+
+
+def choose_delimiter(seed: int, task_name: str, instance_id: str,
+                     delimiters: Sequence[str] = DELIMITERS) -> str:
+  """The delimiter of one example: a deterministic draw from (seed, task name, instance id)."""
+  if not delimiters:
+    raise ValueError("choose_delimiter: the delimiter list is empty")
+  return delimiters[stable_hash("delimiter", seed, task_name, instance_id) % len(delimiters)]
+
+
+def choose_demonstrations(seed: int, task_name: str, instance_id: str, pool: Sequence[records.Instance],
+                          k: int, fallback: Sequence[records.Instance] = ()) -> tuple[records.Instance, ...]:
+  """k demonstrations drawn without replacement from `pool`, topped up from `fallback` when `pool` is short.
+
+  The draw depends only on (seed, task name, instance id) and the pools, so an example is formatted the same
+  way wherever and whenever it is read. The instance itself and entries without a reference output are
+  passed over. Returns fewer than k when both pools together are smaller (an empty tuple for k=0).
+  """
+  if k < 0:
+    raise ValueError(f"task {task_name}: number of demonstrations must be >= 0, got {k}")
+  rng = np.random.default_rng(stable_hash("demonstrations", seed, task_name, instance_id))
+  chosen: list[records.Instance] = []
+  for candidates in (pool, fallback):
+    candidates = [d for d in candidates if d.id != instance_id and d.targets and d not in chosen]
+    want = min(k - len(chosen), len(candidates))
+    if want > 0:
+      chosen += [candidates[i] for i in rng.choice(len(candidates), size=want, replace=False)]
+  return tuple(chosen)
+
+
+def with_delimiter(text: str, delimiter: str) -> str:
+  """`text` (trailing whitespace removed) + delimiter, or just `text` when it already ends with ":"."""
+  text = text.rstrip()
+  if text.endswith(":"):
+    return text
+  return text + delimiter
+
+
+def _demonstration_block(demo: records.Instance, delimiter: str) -> str:
+  return with_delimiter(demo.input, delimiter) + " " + demo.targets[0].strip()
+
+
+def demonstrations_first(task: records.TaskSource) -> bool:
+  """Whether demonstrations go before the example (FLAN, PromptSource) rather than after the definition."""
+  return task.benchmark in DEMONSTRATIONS_FIRST_BENCHMARKS or task.format in ("p3", "promptsource", "flan")
+
+
+def format_example(task: records.TaskSource, instance: records.Instance,
+                   demonstrations: Sequence[records.Instance] = (), delimiter: str = "") -> tuple[str, str]:
+  """The (source_text, target_text) of one example.
+
+  Args:
+    task: the task record (its definition, kind and benchmark decide the layout).
+    instance: the example to format; `instance.targets[0]` is the target.
+    demonstrations: worked examples to show first (from `choose_demonstrations`).
+    delimiter: appended to the instance (and to each demonstration) unless the text ends with ":".
+
+  Returns:
+    (source_text, target_text). For `lm` tasks the source is "" and the target is the whole text.
+
+  Raises:
+    ValueError: the instance (or a demonstration) of a non-`lm` task has no reference output.
+  """
+  if task.kind == records.LANGUAGE_MODELING:
+    return "", instance.input
+  if not instance.targets:
+    raise ValueError(f"{task.path}: task {task.name}, instance {instance.id}: field 'targets' is empty; "
+                     "expected at least one reference output")
+  for demo in demonstrations:
+    if not demo.targets:
+      raise ValueError(f"{task.path}: task {task.name}, demonstration {demo.id}: field 'targets' is empty; "
+                       "expected at least one reference output")
+  demo_blocks = [_demonstration_block(d, delimiter) for d in demonstrations]
+  definition = task.definition.strip()
+  query = with_delimiter(instance.input, delimiter)
+  if demonstrations_first(task):
+    blocks = demo_blocks + [definition, query]
+  else:
+    blocks = [definition] + demo_blocks + [query]
+  return BLOCK_SEPARATOR.join(b for b in blocks if b), instance.targets[0]
+
+
+def token_texts(source_text: str, target_text: str) -> tuple[str, str]:
+  """The two strings whose BPE are the `inputs` and (before </s>) the `targets` of an example.
+
+  Their concatenation is `source.rstrip(" ") + " " + target.rstrip()` (no space when the source is empty,
+  as for `lm` tasks; nothing for an empty target).
+  """
+  source = source_text.rstrip(" ")
+  target = target_text.rstrip()
+  if not target:
+    return source, ""
+  if not source:
+    return "", target
+  return source, " " + target
+
+
+def tokenize_example(vocabulary: Encoder, source_text: str,
+                     target_text: str) -> tuple[np.ndarray, np.ndarray]:
+  """(inputs, targets) token ids of an example: BPE(source), BPE(" " + target) + [</s>] (int32).
+
+  The leading BOS (also </s>) is not included here: the feature converter adds it to each example.
+  """
+  source, target = token_texts(source_text, target_text)
+  inputs = list(vocabulary.encode(source)) if source else []
+  targets = (list(vocabulary.encode(target)) if target else []) + [vocabulary.eos_id]
+  return np.asarray(inputs, dtype=np.int32), np.asarray(targets, dtype=np.int32)
+
+
+def truncate_tokens(inputs: np.ndarray, targets: np.ndarray, inputs_length: int | None,
+                    targets_length: int | None, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Fits an example into its budgets: inputs keep their LAST `inputs_length` tokens (left truncation),
+  targets their first `targets_length - 1` tokens plus the final </s>. `None` leaves a side untouched.
+  """
+  if inputs_length is not None:
+    if inputs_length < 0:
+      raise ValueError(f"inputs length must be >= 0, got {inputs_length}")
+    inputs = inputs[len(inputs) - inputs_length:] if len(inputs) > inputs_length else inputs
+  if targets_length is not None and len(targets) > targets_length:
+    if targets_length < 1:
+      raise ValueError(f"targets length must be >= 1 to hold </s>, got {targets_length}")
+    targets = np.concatenate([targets[:targets_length - 1], np.asarray([eos_id], dtype=targets.dtype)])
+  return inputs, targets

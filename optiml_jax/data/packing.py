@@ -1,0 +1,319 @@
+"""Packing: tokenized (inputs, targets) examples -> fixed-length decoder rows with target-only loss.
+
+Where it sits: `registry.py` Tasks yield examples with int32 `inputs` = BPE(source) and `targets` =
+BPE(" " + target) + [</s>]; this module turns them into the t5x/seqio decoder features the trainer consumes.
+The core is a pure numpy packer (`pack_examples`); `OptimlFeatureConverter` wraps it as a
+`seqio.FeatureConverter` so `seqio.get_dataset(..., feature_converter=...)` and t5x configs can use it.
+
+One example becomes the OPT token sequence [BOS=</s>] + inputs + targets; the model reads all but the last
+token and predicts all but the first (BOS and EOS are both id 2 in OPT):
+
+  inputs = [7, 8], targets = [3, 2]     ->  decoder_input_tokens  [2, 7, 8, 3]
+                                            decoder_target_tokens [7, 8, 3, 2]
+                                            decoder_loss_weights  [0, 0, 1, 1]   (target and its </s> only)
+
+Whole examples are packed greedily (first fit over a few open rows), never split across rows; each keeps its
+own segment id and positions restart at 0, so with a block-diagonal causal mask no example sees another.
+Packing the example above with an `lm` example (inputs = [], targets = [5, 6, 2]: loss on every token)
+into length 8 gives
+
+  decoder_input_tokens  [2, 7, 8, 3, 2, 5, 6, 0]
+  decoder_target_tokens [7, 8, 3, 2, 5, 6, 2, 0]
+  decoder_loss_weights  [0, 0, 1, 1, 1, 1, 1, 0]
+  decoder_segment_ids   [1, 1, 1, 1, 2, 2, 2, 0]
+  decoder_positions     [0, 1, 2, 3, 0, 1, 2, 0]
+
+Padding is 0 everywhere (seqio's convention; OPT's own <pad> is 1 but id 0 = <s> never occurs in BPE
+output, and padded positions carry loss weight 0 and segment id 0). Without packing each row holds one
+example, padded, and only the first three features are produced (seqio's contract).
+
+Lengths follow seqio's prefix-LM convention: task feature lengths {"inputs": Li, "targets": Lt} give rows of
+Li + Lt tokens (e.g. {"inputs": 1536, "targets": 512} for OPT-IML's 2048); the Task has already cut inputs
+from the left to Li and targets to Lt (keeping </s>), see `formatting.truncate_tokens`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Mapping
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+OPT_BOS_ID = 2  # OPT's </s>: both BOS and EOS.
+
+MODEL_FEATURE_NAMES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
+PACKING_FEATURE_NAMES = ("decoder_segment_ids", "decoder_positions")
+
+
+def example_features(inputs: np.ndarray, targets: np.ndarray, bos_id: int = OPT_BOS_ID) -> dict[str, np.ndarray]:
+  """Unpadded decoder features of one example (length len(inputs) + len(targets)).
+
+  Raises:
+    ValueError: `targets` is empty (every example ends with </s>, so its target has at least one token).
+  """
+  inputs = np.asarray(inputs, dtype=np.int32).reshape(-1)
+  targets = np.asarray(targets, dtype=np.int32).reshape(-1)
+  if targets.size == 0:
+    raise ValueError("example has empty 'targets'; expected at least the final </s>")
+  tokens = np.concatenate([np.asarray([bos_id], np.int32), inputs, targets])
+  n = inputs.size + targets.size
+  weights = np.zeros(n, np.int32)
+  weights[inputs.size:] = 1
+  return {
+      "decoder_input_tokens": tokens[:-1],
+      "decoder_target_tokens": tokens[1:],
+      "decoder_loss_weights": weights,
+      "decoder_positions": np.arange(n, dtype=np.int32),
+  }
+
+
+FEATURE_ORDER = MODEL_FEATURE_NAMES + PACKING_FEATURE_NAMES  # the rows of a packed row's [5, length] array
+_INDEX = {name: i for i, name in enumerate(FEATURE_ORDER)}
+
+
+class Packer:
+  """The streaming state of `pack_examples`: its open rows, oldest first, as dense arrays.
+
+  `add` places one example and returns the rows it completed; `flush` returns the open rows. The state can
+  be exported to and rebuilt from plain arrays (`state` / `from_state`), which is how the feature converter
+  carries it through `tf.data.Dataset.scan`.
+  """
+
+  def __init__(self, length: int, bos_id: int = OPT_BOS_ID, max_open_rows: int = 8):
+    if length < 1:
+      raise ValueError(f"packing: length must be >= 1, got {length}")
+    if max_open_rows < 1:
+      raise ValueError(f"packing: max_open_rows must be >= 1, got {max_open_rows}")
+    self.length, self.bos_id, self.max_open_rows = length, bos_id, max_open_rows
+    self._rows: list[np.ndarray] = []  # each [len(FEATURE_ORDER), length] int32
+    self._used: list[int] = []
+    self._segments: list[int] = []
+    self._count = 0  # examples added so far (for error messages)
+
+  def add(self, inputs: np.ndarray, targets: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """Places one example (first fit); returns the rows this completed (0, 1 or 2)."""
+    features = _checked_features(inputs, targets, self.length, self.bos_id, self._count)
+    self._count += 1
+    n = features["decoder_target_tokens"].size
+    done = []
+    slot = next((i for i, used in enumerate(self._used) if used + n <= self.length), None)
+    if slot is None:
+      if len(self._rows) == self.max_open_rows:
+        done.append(self._pop(0))
+      self._rows.append(np.zeros((len(FEATURE_ORDER), self.length), np.int32))
+      self._used.append(0)
+      self._segments.append(0)
+      slot = len(self._rows) - 1
+    row, start = self._rows[slot], self._used[slot]
+    self._segments[slot] += 1
+    for name in MODEL_FEATURE_NAMES + ("decoder_positions",):
+      row[_INDEX[name], start:start + n] = features[name]
+    row[_INDEX["decoder_segment_ids"], start:start + n] = self._segments[slot]
+    self._used[slot] += n
+    if self._used[slot] == self.length:
+      done.append(self._pop(slot))
+    return done
+
+  def flush(self) -> list[dict[str, np.ndarray]]:
+    """Emits every open row, oldest first, and empties the state."""
+    return [self._pop(0) for _ in range(len(self._rows))]
+
+  def _pop(self, slot: int) -> dict[str, np.ndarray]:
+    row = self._rows.pop(slot)
+    self._used.pop(slot)
+    self._segments.pop(slot)
+    return {name: row[i] for i, name in enumerate(FEATURE_ORDER)}
+
+  def state(self) -> tuple[np.ndarray, np.ndarray]:
+    """(rows [max_open_rows, 5, length], meta [max_open_rows, 3] = (open, used, segments)) int32 arrays."""
+    rows = np.zeros((self.max_open_rows, len(FEATURE_ORDER), self.length), np.int32)
+    meta = np.zeros((self.max_open_rows, 3), np.int32)
+    for i, row in enumerate(self._rows):
+      rows[i] = row
+      meta[i] = (1, self._used[i], self._segments[i])
+    return rows, meta
+
+  @classmethod
+  def from_state(cls, rows: np.ndarray, meta: np.ndarray, bos_id: int = OPT_BOS_ID) -> Packer:
+    """Rebuilds a packer from `state()` arrays."""
+    packer = cls(rows.shape[2], bos_id, rows.shape[0])
+    for i in range(rows.shape[0]):
+      if meta[i, 0]:
+        packer._rows.append(np.array(rows[i], np.int32))
+        packer._used.append(int(meta[i, 1]))
+        packer._segments.append(int(meta[i, 2]))
+    return packer
+
+
+def _checked_features(inputs: np.ndarray, targets: np.ndarray, length: int, bos_id: int,
+                      index: int) -> dict[str, np.ndarray]:
+  features = example_features(inputs, targets, bos_id)
+  n = features["decoder_target_tokens"].size
+  if n > length:
+    raise ValueError(f"example {index} needs {n} positions (inputs {np.size(inputs)} + targets "
+                     f"{np.size(targets)}) but rows hold {length}; truncate it first "
+                     "(formatting.truncate_tokens)")
+  return features
+
+
+def pack_examples(examples: Iterable[tuple[np.ndarray, np.ndarray]], length: int, bos_id: int = OPT_BOS_ID,
+                  max_open_rows: int = 8) -> Iterator[dict[str, np.ndarray]]:
+  """Packs whole (inputs, targets) examples greedily into rows of `length` positions.
+
+  First fit: an example goes into the oldest open row with room for it; when none has room, a new row is
+  opened, and if `max_open_rows` rows are already open the oldest is emitted first. A row is emitted as soon
+  as it is exactly full, and the remaining open rows, oldest first, when the input ends. Deterministic: the
+  same examples in the same order give the same rows.
+
+  Args:
+    examples: (inputs, targets) int arrays per example; targets end with </s>.
+    length: positions per row; an example takes len(inputs) + len(targets).
+    bos_id: the token fed before each example's first token (OPT: 2).
+    max_open_rows: rows kept open for later, shorter examples (1 = next fit).
+
+  Yields:
+    dicts of int32 arrays of shape [length]: decoder_input_tokens, decoder_target_tokens,
+    decoder_loss_weights, decoder_segment_ids (1, 2, ... per example, 0 = padding), decoder_positions.
+
+  Raises:
+    ValueError: an example does not fit in one row, or bad `length` / `max_open_rows`.
+  """
+  packer = Packer(length, bos_id, max_open_rows)
+  for inputs, targets in examples:
+    yield from packer.add(inputs, targets)
+  yield from packer.flush()
+
+
+def pad_examples(examples: Iterable[tuple[np.ndarray, np.ndarray]], length: int,
+                 bos_id: int = OPT_BOS_ID) -> Iterator[dict[str, np.ndarray]]:
+  """One example per row, padded to `length`: decoder_input_tokens, decoder_target_tokens,
+  decoder_loss_weights only (seqio's unpacked contract). Raises ValueError if an example does not fit."""
+  for index, (inputs, targets) in enumerate(examples):
+    features = _checked_features(inputs, targets, length, bos_id, index)
+    n = features["decoder_target_tokens"].size
+    yield {name: np.pad(features[name], (0, length - n)) for name in MODEL_FEATURE_NAMES}
+
+
+def _pack_window(rows: np.ndarray, meta: np.ndarray, inputs: np.ndarray, inputs_length: np.ndarray,
+                 targets: np.ndarray, targets_length: np.ndarray, flush: np.ndarray,
+                 bos_id: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """One `scan` step of the converter: adds a padded window of examples to the packer state."""
+  packer = Packer.from_state(rows, meta, int(bos_id))
+  done = []
+  for i in range(inputs.shape[0]):
+    done += packer.add(inputs[i, :inputs_length[i]], targets[i, :targets_length[i]])
+  if flush:
+    done += packer.flush()
+  out = np.zeros((len(done), len(FEATURE_ORDER), packer.length), np.int32)
+  for j, row in enumerate(done):
+    out[j] = np.stack([row[name] for name in FEATURE_ORDER])
+  new_rows, new_meta = packer.state()
+  return new_rows, new_meta, out
+
+
+def truncate_tf(ex: Mapping[str, tf.Tensor], inputs_length: int | None, targets_length: int | None,
+                eos_id: int) -> dict[str, tf.Tensor]:
+  """TF twin of `formatting.truncate_tokens` on an example's "inputs" / "targets" (other keys kept)."""
+  ex = dict(ex)
+  if inputs_length is not None:
+    ex["inputs"] = ex["inputs"][tf.maximum(tf.size(ex["inputs"]) - inputs_length, 0):]
+  if targets_length is not None:
+    if targets_length < 1:
+      raise ValueError(f"targets length must be >= 1 to hold </s>, got {targets_length}")
+    t = ex["targets"]
+    ex["targets"] = tf.cond(tf.size(t) > targets_length,
+                            lambda: tf.concat([t[:targets_length - 1], tf.constant([eos_id], t.dtype)], 0),
+                            lambda: t)
+  return ex
+
+
+def pad_example_tf(inputs: tf.Tensor, targets: tf.Tensor, length: int, bos_id: int) -> dict[str, tf.Tensor]:
+  """TF twin of `pad_examples` for one example (the unpacked converter)."""
+  tokens = tf.concat([tf.constant([bos_id], tf.int32), inputs, targets], 0)
+  weights = tf.concat([tf.zeros_like(inputs), tf.ones_like(targets)], 0)
+  n = tf.size(inputs) + tf.size(targets)
+  with tf.control_dependencies([tf.debugging.assert_less_equal(
+      n, length, message=f"an example does not fit in {length} positions")]):
+    pad = [[0, length - n]]
+  out = {
+      "decoder_input_tokens": tf.pad(tokens[:-1], pad),
+      "decoder_target_tokens": tf.pad(tokens[1:], pad),
+      "decoder_loss_weights": tf.pad(weights, pad),
+  }
+  return {k: tf.ensure_shape(v, [length]) for k, v in out.items()}
+
+
+class OptimlFeatureConverter(seqio.FeatureConverter):
+  """seqio FeatureConverter for OPT-IML: BOS-prefixed decoder rows, target-only loss, whole-example packing.
+
+  Task features: "inputs" and "targets" (int32, rank 1; `lm` tasks have empty inputs). Model features:
+  decoder_input_tokens, decoder_target_tokens, decoder_loss_weights, plus decoder_segment_ids and
+  decoder_positions when packing. Row length = task_feature_lengths["inputs"] + ["targets"].
+
+  Packing is `pack_examples` itself, run inside the tf.data graph: examples are gathered in windows of
+  `window_size`, and `tf.data.Dataset.scan` carries the packer's open rows from one window to the next (a
+  `tf.numpy_function` per window), so the rows equal `pack_examples` over the whole stream and the pipeline
+  stays a single tf.data graph (no Python generator reading another dataset).
+  """
+
+  TASK_FEATURES = {
+      "inputs": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+      "targets": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+  }
+  MODEL_FEATURES = {name: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32) for name in MODEL_FEATURE_NAMES}
+  PACKING_FEATURE_DTYPES = {name: tf.int32 for name in PACKING_FEATURE_NAMES}
+
+  def __init__(self, pack: bool = True, bos_id: int = OPT_BOS_ID, max_open_rows: int = 8,
+               window_size: int = 256, apply_length_check: bool = True):
+    if max_open_rows < 1 or window_size < 1:
+      raise ValueError(f"max_open_rows and window_size must be >= 1, got {max_open_rows}, {window_size}")
+    self._max_open_rows = max_open_rows
+    self._window_size = window_size
+    super().__init__(pack=pack, use_custom_packing_ops=False, apply_length_check=apply_length_check,
+                     bos_id=bos_id)
+
+  def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
+    """Every model feature has length inputs + targets."""
+    length = task_feature_lengths["inputs"] + task_feature_lengths["targets"]
+    names = MODEL_FEATURE_NAMES + (PACKING_FEATURE_NAMES if self.pack else ())
+    return {name: length for name in names}
+
+  def _convert_features(self, ds: tf.data.Dataset,
+                        task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    inputs_length = task_feature_lengths["inputs"]
+    targets_length = task_feature_lengths["targets"]
+    length = inputs_length + targets_length
+    bos_id = self.bos_id
+    ds = ds.map(lambda ex: truncate_tf({"inputs": ex["inputs"], "targets": ex["targets"]}, inputs_length,
+                                       targets_length, eos_id=bos_id),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    if not self.pack:
+      return ds.map(lambda ex: pad_example_tf(ex["inputs"], ex["targets"], length, bos_id),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+    return self._pack_rows(ds, length)
+
+  def _pack_rows(self, ds: tf.data.Dataset, length: int) -> tf.data.Dataset:
+    k, features = self._max_open_rows, len(FEATURE_ORDER)
+    ds = ds.map(lambda ex: {**ex, "inputs_length": tf.size(ex["inputs"]), "targets_length": tf.size(ex["targets"])})
+    windows = ds.padded_batch(self._window_size).map(lambda w: (w, False))
+    last = {"inputs": tf.zeros([0, 0], tf.int32), "targets": tf.zeros([0, 0], tf.int32),
+            "inputs_length": tf.zeros([0], tf.int32), "targets_length": tf.zeros([0], tf.int32)}
+    windows = windows.concatenate(tf.data.Dataset.from_tensors((last, True)))  # flushes a finite stream
+    bos_id = self.bos_id
+
+    def step(state, element):
+      window, flush = element
+      rows, meta, out = tf.numpy_function(
+          _pack_window, [state[0], state[1], window["inputs"], window["inputs_length"], window["targets"],
+                         window["targets_length"], flush, bos_id], [tf.int32, tf.int32, tf.int32],
+          stateful=False)
+      rows = tf.ensure_shape(rows, [k, features, length])
+      meta = tf.ensure_shape(meta, [k, 3])
+      out = tf.ensure_shape(out, [None, features, length])
+      return (rows, meta), out
+
+    initial = (tf.zeros([k, features, length], tf.int32), tf.zeros([k, 3], tf.int32))
+    rows = windows.scan(initial, step).unbatch()
+    return rows.map(lambda r: {name: r[i] for i, name in enumerate(FEATURE_ORDER)},
+                    num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,0 +1,418 @@
+"""SeqIO registration: one Task per catalog task (0-shot and k-shot variants) and the training mixtures.
+
+Where it sits: after the catalog (`catalog.py`, which fixed every task's role, held-out instances and
+sampling rate) and before the feature converter (`packing.py`). Each Task streams its instances again from
+the original file (`sources.reopen`), formats them (`formatting.py`) and tokenizes them with the OPT
+vocabulary; nothing is cached on disk.
+
+Tasks, for a catalog task named `<name>` (e.g. "sni:task1292_yelp_review_full_text_categorization"):
+  `<name>`          0-shot;  `<name>.<k>shot`  k demonstrations (the `shots` argument of `register_catalog`).
+  splits: "train"       the training stream (`catalog.train_instances`; train-role tasks only),
+          "validation"  the held-out instances (`catalog.eval_instances`; every task that has some: `lm`
+                        text has none).
+  order: source order without shuffling; with it (training), each pass over a task reads its instances in a
+         block-shuffled order drawn from (seed, task, pass), then a small per-Task shuffle buffer mixes them.
+Features of every example:
+  inputs, targets              int32 token ids: BPE(source), BPE(" " + target) + [</s>] (the OUTPUT features;
+                               `lm` tasks have empty inputs, so their loss covers the whole text);
+  inputs_pretokenized, targets_pretokenized   the source and target text;
+  references                   every reference output (string list; ROUGE-L / exact match take the best);
+  options_pretokenized, options   answer candidates of multiple-choice tasks as text and as ragged int32
+                               token ids, each tokenized like a target (for rank classification; empty for
+                               other tasks; "validation" split only);
+  instance_id                  the instance's id in its source.
+A preprocessor cuts each example to `sequence_length` when one is given: inputs from the LEFT to
+sequence_length["inputs"], targets to sequence_length["targets"] keeping the final </s>.
+Metrics: each Task carries the evaluation's metric functions for its kind (`evaluation.metrics
+.task_metric_args`: ROUGE-L and exact match against every reference for generation tasks; multiple-choice
+tasks are scored through their rank-classification companion `<name>.score_eval`, registered with them by
+`metrics.register_score_eval_task`).
+
+Mixtures:
+  `optiml_bench_train`          train-role tasks (0-shot) at the catalog's rates: min(examples, 4096)
+                                rescaled to the benchmark shares (`rates.examples_proportional`).
+  `optiml_bench_train_uniform`  the same tasks, uniform within each benchmark, same shares.
+  Your own: `add_mixture(name, ["sni", "flan:some_task"], shares=..., temperature=2.0)`.
+
+Registering from a gin file, as in t5x: put the calls in a module of your own,
+
+    # my_tasks.py
+    from optiml_jax.data import registry
+    registry.register_catalog("/data/optiml_bench", shots=(0, 5))
+    registry.add_mixture("sni_flan", ["sni", "flan"], shares={"sni": 1, "flan": 1})
+
+and start the gin file with `import my_tasks`; `MIXTURE_OR_TASK_NAME = "sni_flan"` then names it.
+Registration is idempotent: registering a name again replaces the previous Task or Mixture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import logging
+import os
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from optiml_jax.data import catalog as catalog_lib
+from optiml_jax.data import formatting
+from optiml_jax.data import packing
+from optiml_jax.data import rates
+from optiml_jax.data import records
+from optiml_jax.data import sources
+from optiml_jax.data import vocab
+from optiml_jax.evaluation import metrics
+
+TRAIN_SPLIT = "train"
+EVAL_SPLIT = "validation"
+TRAIN_MIXTURE = "optiml_bench_train"
+TRAIN_MIXTURE_UNIFORM = "optiml_bench_train_uniform"
+DEFAULT_SEED = 0  # formatting seed: delimiters and demonstrations
+DEMONSTRATION_POOL_SIZE = 256  # first instances after the eval ones, when a task has no demonstrations
+# Each Task's shuffle buffer holds tokenized examples and must fill before the first one comes out, for every
+# task of a mixture at once: kept small. The source itself reads instances in a seeded random order within
+# blocks of SHUFFLE_BLOCK_SIZE raw instances (cheap: nothing is tokenized until an example is drawn).
+SHUFFLE_BUFFER_SIZE = 64
+SHUFFLE_BLOCK_SIZE = 1024
+STRATEGIES = ("examples_proportional", "uniform")
+
+# Catalog entries of the registered tasks, by 0-shot task name (for `add_mixture`).
+_ENTRIES: dict[str, catalog_lib.CatalogEntry] = {}
+
+
+def default_vocabulary() -> seqio.Vocabulary:
+  """OPT's byte-level BPE (the copy shipped in the package)."""
+  return vocab.OPTVocabulary()
+
+
+def variant_name(task_name: str, shots: int) -> str:
+  """`<name>` for 0 shots, `<name>.<k>shot` otherwise."""
+  if shots < 0:
+    raise ValueError(f"task {task_name}: shots must be >= 0, got {shots}")
+  return task_name if shots == 0 else f"{task_name}.{shots}shot"
+
+
+def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
+  """"inputs" and "targets": int32 ids in the OPT vocabulary; "targets" end with </s>."""
+  return {
+      "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=False, dtype=tf.int32),
+      "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True, dtype=tf.int32),
+  }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Examples of one task: plain Python, testable without TF.
+
+
+def demonstration_pool(entry: catalog_lib.CatalogEntry, task: records.TaskSource,
+                       size: int = DEMONSTRATION_POOL_SIZE) -> tuple[records.Instance, ...]:
+  """Every demonstration a k-shot example of the task may draw: the task's own demonstrations (SNI positive
+  examples) first, then, to top them up when k is larger, the first `size` instances after its evaluation
+  instances (training instances of a train-role task, unused instances of a held-out one). Never an
+  evaluation instance."""
+  start = entry.num_eval_instances
+  return tuple(task.demonstrations) + tuple(itertools.islice(task.instances(), start, start + size))
+
+
+def split_instances(entry: catalog_lib.CatalogEntry, task: records.TaskSource,
+                    split: str) -> Iterable[records.Instance]:
+  """The instances of a split, by the catalog's held-out instances rule."""
+  if split == TRAIN_SPLIT:
+    return catalog_lib.train_instances(entry, task)
+  if split == EVAL_SPLIT:
+    return catalog_lib.eval_instances(entry, task)
+  raise ValueError(f"task {entry.name}: unknown split {split!r}; expected {TRAIN_SPLIT!r} or {EVAL_SPLIT!r}")
+
+
+def shuffled_blocks(items: Iterable[Any], block_size: int, seed: int) -> Iterator[Any]:
+  """`items` in a random order within consecutive blocks of `block_size` (deterministic for a seed)."""
+  if block_size < 1:
+    raise ValueError(f"block_size must be >= 1, got {block_size}")
+  iterator = iter(items)
+  for block_index in itertools.count():
+    block = list(itertools.islice(iterator, block_size))
+    if not block:
+      return
+    order = np.random.default_rng(formatting.stable_hash("block", seed, block_index)).permutation(len(block))
+    for i in order:
+      yield block[i]
+
+
+def _tokens(vocabulary: formatting.Encoder, text: str) -> list[int]:
+  return list(vocabulary.encode(text)) if text else []
+
+
+def iter_examples(entry: catalog_lib.CatalogEntry, task: records.TaskSource, split: str, shots: int,
+                  vocabulary: formatting.Encoder, seed: int = DEFAULT_SEED,
+                  pool_size: int = DEMONSTRATION_POOL_SIZE,
+                  order_seed: int | None = None) -> Iterator[dict[str, Any]]:
+  """Formatted, tokenized examples of one task and split (numpy / Python values).
+
+  Source order when `order_seed` is None, else shuffled within blocks of `SHUFFLE_BLOCK_SIZE` instances.
+  `seed` is the formatting seed (delimiters, demonstrations): it does not depend on the order.
+  """
+  own = tuple(task.demonstrations)
+  fallback = demonstration_pool(entry, task, pool_size)[len(own):] if len(own) < shots else ()
+  eos = vocabulary.eos_id
+  instances = split_instances(entry, task, split)
+  if order_seed is not None:
+    instances = shuffled_blocks(instances, SHUFFLE_BLOCK_SIZE, order_seed)
+  for instance in instances:
+    delimiter = formatting.choose_delimiter(seed, task.name, instance.id)
+    demos = formatting.choose_demonstrations(seed, task.name, instance.id, own, shots, fallback)
+    source, target = formatting.format_example(task, instance, demos, delimiter)
+    input_text, target_text = formatting.token_texts(source, target)
+    options = [formatting.token_texts(source, o)[1] for o in instance.options]
+    option_ids = [_tokens(vocabulary, o) + [eos] for o in options]
+    yield {
+        "inputs": np.asarray(_tokens(vocabulary, input_text), np.int32),
+        "targets": np.asarray(_tokens(vocabulary, target_text) + [eos], np.int32),
+        "inputs_pretokenized": source,
+        "targets_pretokenized": target,
+        "references": np.asarray(instance.targets or ("",), dtype=object),
+        "options_pretokenized": np.asarray(instance.options, dtype=object),
+        "options_values": np.asarray([t for ids in option_ids for t in ids], np.int32),
+        "options_lengths": np.asarray([len(ids) for ids in option_ids], np.int64),
+        "instance_id": instance.id,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# SeqIO plumbing.
+
+_SIGNATURE = {
+    "inputs": tf.TensorSpec([None], tf.int32),
+    "targets": tf.TensorSpec([None], tf.int32),
+    "inputs_pretokenized": tf.TensorSpec([], tf.string),
+    "targets_pretokenized": tf.TensorSpec([], tf.string),
+    "references": tf.TensorSpec([None], tf.string),
+    "options_pretokenized": tf.TensorSpec([None], tf.string),
+    "options_values": tf.TensorSpec([None], tf.int32),
+    "options_lengths": tf.TensorSpec([None], tf.int64),
+    "instance_id": tf.TensorSpec([], tf.string),
+}
+
+
+def _ragged_options(ex: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+  out = {k: v for k, v in ex.items() if k not in ("options_values", "options_lengths")}
+  out["options"] = tf.RaggedTensor.from_row_lengths(ex["options_values"], ex["options_lengths"])
+  return out
+
+
+def _dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *, entry: catalog_lib.CatalogEntry,
+                shots: int, vocabulary: seqio.Vocabulary, format_seed: int, pool_size: int) -> tf.data.Dataset:
+  """seqio.FunctionDataSource's dataset_fn: streams the task from its source file.
+
+  With `shuffle_files`, every pass over the task (each repetition calls the generator again) reads the
+  instances in a new block-shuffled order drawn from (seed, task name, pass number), so the stream is the
+  same on every run with the same seed. Without it: source order.
+  """
+  passes = itertools.count()
+
+  def generate():
+    epoch = next(passes)
+    order_seed = formatting.stable_hash("order", seed, entry.name, shots, split, epoch) if shuffle_files else None
+    task = _reopen(entry)
+    yield from iter_examples(entry, task, split, shots, vocabulary, format_seed, pool_size, order_seed)
+
+  if split == TRAIN_SPLIT:  # training never ranks options: skip them (and a map per task at start-up)
+    signature = {k: v for k, v in _SIGNATURE.items() if not k.startswith("options")}
+    return tf.data.Dataset.from_generator(
+        lambda: ({k: ex[k] for k in signature} for ex in generate()), output_signature=signature)
+  ds = tf.data.Dataset.from_generator(generate, output_signature=_SIGNATURE)
+  return ds.map(_ragged_options, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _reopen(entry: catalog_lib.CatalogEntry) -> records.TaskSource:
+  task = sources.reopen(entry.format, entry.path, entry.benchmark)
+  if task.name != entry.name:
+    raise ValueError(f"{entry.path}: the catalog lists task {entry.name!r} but the file now reads as "
+                     f"{task.name!r}; rebuild the catalog")
+  return task
+
+
+def truncate(dataset: tf.data.Dataset, sequence_length: Mapping[str, int] | None,
+             output_features: Mapping[str, seqio.Feature]) -> tf.data.Dataset:
+  """Task preprocessor: inputs keep their last sequence_length["inputs"] tokens, targets their first
+  sequence_length["targets"] - 1 tokens and </s> (see `formatting.truncate_tokens`); no-op without lengths."""
+  if not sequence_length:
+    return dataset
+  inputs_length = sequence_length.get("inputs")
+  targets_length = sequence_length.get("targets")
+  eos = output_features["targets"].vocabulary.eos_id
+  return dataset.map(lambda ex: packing.truncate_tf(ex, inputs_length, targets_length, eos),
+                     num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _splits(entry: catalog_lib.CatalogEntry) -> dict[str, int]:
+  splits = {}
+  if entry.role == catalog_lib.TRAIN and entry.num_examples > 0:
+    splits[TRAIN_SPLIT] = entry.num_examples
+  if entry.num_eval_instances > 0:
+    splits[EVAL_SPLIT] = entry.num_eval_instances
+  return splits
+
+
+def register_task(entry: catalog_lib.CatalogEntry, vocabulary: seqio.Vocabulary | None = None, shots: int = 0,
+                  seed: int = DEFAULT_SEED, pool_size: int = DEMONSTRATION_POOL_SIZE,
+                  shuffle_buffer_size: int = SHUFFLE_BUFFER_SIZE) -> seqio.Task | None:
+  """Registers (or replaces) the seqio Task of one catalog entry and number of demonstrations.
+
+  Returns None (and registers nothing) for an entry with neither training examples nor eval instances.
+  """
+  splits = _splits(entry)
+  if not splits:
+    return None
+  vocabulary = vocabulary or default_vocabulary()
+  name = variant_name(entry.name, shots)
+  source = seqio.FunctionDataSource(
+      dataset_fn=functools.partial(_dataset_fn, entry=entry, shots=shots, vocabulary=vocabulary,
+                                   format_seed=seed, pool_size=pool_size),
+      splits=tuple(splits), num_input_examples=splits)
+  seqio.TaskRegistry.remove(name)
+  _ENTRIES[entry.name] = entry
+  task = seqio.TaskRegistry.add(name, source=source, output_features=output_features(vocabulary),
+                                preprocessors=[truncate], shuffle_buffer_size=shuffle_buffer_size,
+                                **metrics.task_metric_args(entry.kind))
+  if entry.kind == records.MULTIPLE_CHOICE:
+    metrics.register_score_eval_task(task)  # `<name>.score_eval`: one row per option, for rank classification
+  return task
+
+
+@dataclasses.dataclass(frozen=True)
+class Registered:
+  """What `register_catalog` registered."""
+
+  tasks: tuple[str, ...]  # every Task name, all variants
+  mixtures: tuple[str, ...]
+
+
+def register_catalog(catalog_dir: str | os.PathLike, vocabulary: seqio.Vocabulary | None = None,
+                     shots: Sequence[int] = (0,), seed: int = DEFAULT_SEED,
+                     pool_size: int = DEMONSTRATION_POOL_SIZE, shuffle_buffer_size: int = SHUFFLE_BUFFER_SIZE,
+                     mixtures: bool = True) -> Registered:
+  """Registers a Task per catalog task and number of demonstrations, plus the training mixtures.
+
+  Args:
+    catalog_dir: folder written by `Catalog.save` (or its catalog.json).
+    vocabulary: defaults to `vocab.OPTVocabulary()`.
+    shots: numbers of demonstrations; 0 registers `<name>`, k registers `<name>.<k>shot`.
+    seed: formatting seed (delimiter and demonstrations of each example).
+    pool_size: fallback demonstrations of tasks with fewer own ones than shots (see `demonstration_pool`).
+    shuffle_buffer_size: each Task's shuffle buffer.
+    mixtures: also register `optiml_bench_train` and `optiml_bench_train_uniform`.
+
+  Idempotent: calling it again re-registers the same names.
+  """
+  bench = catalog_lib.load(catalog_dir)
+  vocabulary = vocabulary or default_vocabulary()
+  names = []
+  for entry in bench.tasks:
+    for k in shots:
+      task = register_task(entry, vocabulary, k, seed, pool_size, shuffle_buffer_size)
+      if task is not None:
+        names.append(task.name)
+  mixture_names = []
+  if mixtures:
+    train = {e.name: e.rate for e in bench.tasks if e.role == catalog_lib.TRAIN and e.rate > 0 and
+             e.num_examples > 0}
+    if train:
+      _replace_mixture(TRAIN_MIXTURE, train)
+      shares, fixed = config_shares(bench)
+      entries = [e for e in bench.tasks if e.name in train]
+      _replace_mixture(TRAIN_MIXTURE_UNIFORM, rates.uniform(
+          {e.name: e.num_examples for e in entries}, {e.name: e.benchmark for e in entries}, shares, fixed))
+      mixture_names = [TRAIN_MIXTURE, TRAIN_MIXTURE_UNIFORM]
+    else:
+      logging.warning("%s: no training task with a positive rate: mixtures not registered", catalog_dir)
+  return Registered(tuple(names), tuple(mixture_names))
+
+
+def config_shares(bench: catalog_lib.Catalog) -> tuple[dict[str, float], tuple[str, ...]]:
+  """The benchmark shares and fixed-share benchmarks of the bench definition recorded in a catalog."""
+  benchmarks = (bench.config.get("data") or {}).get("benchmarks") or {}
+  if not benchmarks:
+    raise ValueError("the catalog records no bench definition ('config.data.benchmarks'); pass shares")
+  shares = {name: float((b or {}).get("share", 0.0)) for name, b in benchmarks.items()}
+  fixed = tuple(name for name, b in benchmarks.items() if (b or {}).get("fixed_share"))
+  return shares, fixed
+
+
+def _replace_mixture(name: str, task_rates: Mapping[str, float]) -> seqio.Mixture:
+  seqio.MixtureRegistry.remove(name)
+  return seqio.MixtureRegistry.add(name, sorted((t, r) for t, r in task_rates.items() if r > 0))
+
+
+def _base_name(name: str) -> tuple[str, str]:
+  """(0-shot task name, variant suffix) of a registered Task name."""
+  base, dot, suffix = name.rpartition(".")
+  if dot and suffix.endswith("shot") and suffix[:-4].isdigit() and base in _ENTRIES:
+    return base, "." + suffix
+  return name, ""
+
+
+def mixture_rates(items: Sequence[str], shares: Mapping[str, float] | None = None, cap: int = rates.DEFAULT_CAP,
+                  temperature: float = 1.0, strategy: str = "examples_proportional",
+                  fixed: Sequence[str] = ()) -> dict[str, float]:
+  """Rates of a mixture over registered catalog tasks (see `add_mixture`); pure apart from the registry."""
+  if strategy not in STRATEGIES:
+    raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+  if not items:
+    raise ValueError("a mixture needs at least one task or benchmark name")
+  benchmarks = {e.benchmark for e in _ENTRIES.values()}
+  chosen: dict[str, catalog_lib.CatalogEntry] = {}
+  for item in items:
+    if item in benchmarks:
+      for entry in _ENTRIES.values():
+        if entry.benchmark == item and entry.role == catalog_lib.TRAIN and entry.num_examples > 0:
+          chosen[entry.name] = entry
+      continue
+    base, suffix = _base_name(item)
+    if item not in seqio.TaskRegistry.names() or base not in _ENTRIES:
+      raise ValueError(f"{item!r} is neither a registered catalog task nor a benchmark of one "
+                       f"(benchmarks: {sorted(benchmarks)}; register the catalog first)")
+    entry = _ENTRIES[base]
+    if entry.num_examples <= 0:
+      raise ValueError(f"task {item!r} has no training examples (role {entry.role}): it cannot be mixed")
+    chosen[item] = dataclasses.replace(entry, name=base + suffix)
+  if not chosen:
+    raise ValueError(f"no training task in {list(items)}")
+  counts = {n: e.num_examples for n, e in chosen.items()}
+  if shares is None:
+    benchmark_of = {n: "all" for n in chosen}
+    shares, fixed = {"all": 1.0}, ()
+  else:
+    benchmark_of = {n: e.benchmark for n, e in chosen.items()}
+  if strategy == "uniform":
+    return rates.uniform(counts, benchmark_of, shares, fixed)
+  return rates.examples_proportional(counts, benchmark_of, shares, cap, temperature, fixed)
+
+
+def add_mixture(name: str, tasks_or_benchmarks: Sequence[str], shares: Mapping[str, float] | None = None,
+                cap: int = rates.DEFAULT_CAP, temperature: float = 1.0, strategy: str = "examples_proportional",
+                fixed: Sequence[str] = ()) -> seqio.Mixture:
+  """Registers (or replaces) a training mixture over registered catalog tasks.
+
+  Args:
+    name: the mixture's name.
+    tasks_or_benchmarks: Task names (any registered variant, e.g. "sni:task001_x.5shot") and benchmark
+      names ("sni": every train-role task of it, 0-shot).
+    shares: share per benchmark (see `rates`); None mixes all chosen tasks by their own weight alone.
+    cap: examples beyond the cap do not raise a task's weight (OPT-IML: 4096).
+    temperature: weight = min(n, cap) ** (1 / temperature).
+    strategy: "examples_proportional" or "uniform" (equal weights within each benchmark).
+    fixed: benchmarks whose share is an absolute percentage of the mixture (reasoning, pre-training text).
+  """
+  return _replace_mixture(name, mixture_rates(tasks_or_benchmarks, shares, cap, temperature, strategy, fixed))
+
+
+def registered_entry(task_name: str) -> catalog_lib.CatalogEntry:
+  """The catalog entry behind a registered Task name (any variant)."""
+  base, _ = _base_name(task_name)
+  if base not in _ENTRIES:
+    raise KeyError(f"{task_name!r} is not a registered catalog task")
+  return _ENTRIES[base]

@@ -1,0 +1,172 @@
+"""Tests of optiml_jax.data.formatting: layout, delimiters, demonstrations, tokens and truncation."""
+
+import collections
+import itertools
+
+import numpy as np
+import pytest
+
+from optiml_jax.data import formatting
+from optiml_jax.data import records
+from optiml_jax.data import vocab as vocab_lib
+from optiml_jax.data.sources import promptsource
+from optiml_jax.data.sources import sni
+
+EOS = 2
+
+
+@pytest.fixture(scope="module")
+def vocabulary():
+  return vocab_lib.OPTVocabulary()
+
+
+def _task(benchmark="sni", definition="Do the thing.", demonstrations=(), kind=records.GENERATION, fmt="sni"):
+  return records.TaskSource(name=records.task_name(benchmark, "t1"), benchmark=benchmark, dataset="d",
+                            categories=(), definition=definition, demonstrations=tuple(demonstrations),
+                            path="/data/t1.json", kind=kind, open_instances=lambda: iter(()), format=fmt)
+
+
+def test_delimiter_is_deterministic_and_uses_the_whole_list():
+  picks = [formatting.choose_delimiter(0, "sni:t1", f"id-{i}") for i in range(400)]
+  assert picks == [formatting.choose_delimiter(0, "sni:t1", f"id-{i}") for i in range(400)]
+  counts = collections.Counter(picks)
+  assert set(counts) == set(formatting.DELIMITERS)
+  assert min(counts.values()) > 400 / len(formatting.DELIMITERS) / 3  # roughly uniform
+  other_seed = [formatting.choose_delimiter(1, "sni:t1", f"id-{i}") for i in range(400)]
+  other_task = [formatting.choose_delimiter(0, "sni:t2", f"id-{i}") for i in range(400)]
+  assert picks != other_seed and picks != other_task
+
+
+def test_sni_layout_definition_demonstrations_then_instance():
+  demos = [records.Instance("p0", "2 + 2", ("4",)), records.Instance("p1", "1 + 5 ", ("6 ",))]
+  task = _task(definition="  Add the numbers. ", demonstrations=demos)
+  source, target = formatting.format_example(task, records.Instance("i7", "3 + 4\n", ("7", "seven")), demos,
+                                             "\nAnswer:")
+  assert source == ("Add the numbers.\n\n2 + 2\nAnswer: 4\n\n1 + 5\nAnswer: 6\n\n3 + 4\nAnswer:")
+  assert target == "7"
+
+
+def test_promptsource_layout_demonstrations_before_the_example():
+  demos = [records.Instance("d0", "Is it red? Options: yes, no", ("yes",))]
+  task = _task(benchmark="promptsource", definition="", fmt="p3")
+  source, _ = formatting.format_example(task, records.Instance("x", "Is it blue? Options: yes, no", ("no",)),
+                                        demos, " A:")
+  assert source == "Is it red? Options: yes, no A: yes\n\nIs it blue? Options: yes, no A:"
+
+
+def test_no_delimiter_when_the_text_ends_with_a_colon():
+  task = _task(definition="")
+  source, _ = formatting.format_example(task, records.Instance("x", "Question: who?\nAnswer:  ", ("me",)), (),
+                                        " Output:")
+  assert source == "Question: who?\nAnswer:"
+  demo = records.Instance("d", "Q: why?\nA:", ("because",))
+  source, _ = formatting.format_example(task, records.Instance("x", "Q: how?", ("so",)), [demo], "\noutput:")
+  assert source == "Q: why?\nA: because\n\nQ: how?\noutput:"
+
+
+def test_lm_task_has_no_source_and_trains_on_the_whole_text(vocabulary):
+  task = _task(benchmark="pretraining", definition="", kind=records.LANGUAGE_MODELING, fmt="text")
+  text = "The cat sat on the mat.\n"
+  assert formatting.format_example(task, records.Instance("x", text), (), " A:") == ("", text)
+  inputs, targets = formatting.tokenize_example(vocabulary, "", text)
+  assert inputs.size == 0
+  assert targets.tolist() == vocabulary.encode("The cat sat on the mat.") + [EOS]
+
+
+def test_missing_target_is_an_error_naming_task_and_instance():
+  with pytest.raises(ValueError, match=r"/data/t1.json: task sni:t1, instance i3: field 'targets' is empty"):
+    formatting.format_example(_task(), records.Instance("i3", "text"), (), " A:")
+
+
+def test_demonstrations_are_deterministic_and_never_the_instance_itself():
+  pool = [records.Instance(f"p{i}", f"in {i}", (f"out {i}",)) for i in range(10)]
+  pool.append(records.Instance("no-target", "x"))
+  for instance_id in ("p3", "q"):
+    picks = formatting.choose_demonstrations(7, "sni:t1", instance_id, pool, 5)
+    assert picks == formatting.choose_demonstrations(7, "sni:t1", instance_id, pool, 5)
+    assert len(picks) == 5 and len({p.id for p in picks}) == 5
+    assert all(p.id not in (instance_id, "no-target") for p in picks)
+  draws = {formatting.choose_demonstrations(7, "sni:t1", f"i{j}", pool, 2) for j in range(30)}
+  assert len(draws) > 5  # varies with the instance
+  assert formatting.choose_demonstrations(7, "sni:t1", "p1", pool[:3], 5) == tuple(
+      p for p in formatting.choose_demonstrations(7, "sni:t1", "p1", pool[:3], 5))
+  assert len(formatting.choose_demonstrations(7, "sni:t1", "p1", pool[:3], 5)) == 2
+  assert formatting.choose_demonstrations(7, "sni:t1", "p1", pool, 0) == ()
+  # Too few own demonstrations: all of them, then the rest from the fallback pool.
+  own = pool[:2]
+  fallback = [records.Instance(f"f{i}", f"train {i}", (f"t {i}",)) for i in range(6)]
+  picks = formatting.choose_demonstrations(7, "sni:t1", "x", own, 5, fallback)
+  assert len(picks) == 5 and set(own) <= set(picks) and set(picks) - set(own) <= set(fallback)
+  assert formatting.choose_demonstrations(7, "sni:t1", "x", pool, 2, fallback)[0] in pool
+
+
+def test_tokens_are_bpe_of_joined_text_plus_eos(vocabulary):
+  inputs, targets = formatting.tokenize_example(vocabulary, "Is it red?\nAnswer: ", "yes \n")
+  joined = vocabulary.encode("Is it red?\nAnswer: yes")
+  assert inputs.tolist() + targets.tolist() == joined + [EOS]
+  assert targets.tolist() == vocabulary.encode(" yes") + [EOS]
+  assert inputs.dtype == np.int32 and targets.dtype == np.int32
+  # The recipe only right-strips the target: a leading space stays (two spaces after the source).
+  inputs, targets = formatting.tokenize_example(vocabulary, "Q:", " no")
+  assert inputs.tolist() + targets.tolist() == vocabulary.encode("Q:  no") + [EOS]
+  inputs, targets = formatting.tokenize_example(vocabulary, "Q:", "")
+  assert targets.tolist() == [EOS]
+
+
+def test_truncation_keeps_the_target_and_cuts_inputs_from_the_left():
+  inputs = np.arange(10, 30, dtype=np.int32)
+  targets = np.asarray([5, 6, EOS], np.int32)
+  cut_inputs, cut_targets = formatting.truncate_tokens(inputs, targets, 8, 4, EOS)
+  assert cut_inputs.tolist() == list(range(22, 30))  # the last 8 tokens: the end of the prompt stays
+  assert cut_targets.tolist() == [5, 6, EOS]
+  long_targets = np.asarray([5, 6, 7, 8, 9, EOS], np.int32)
+  _, cut_targets = formatting.truncate_tokens(inputs, long_targets, 8, 4, EOS)
+  assert cut_targets.tolist() == [5, 6, 7, EOS]
+  same = formatting.truncate_tokens(inputs, targets, None, None, EOS)
+  assert same[0] is inputs and same[1] is targets
+  with pytest.raises(ValueError, match="targets length must be >= 1"):
+    formatting.truncate_tokens(inputs, long_targets, 8, 0, EOS)
+
+
+SNI_SAMPLE = ("task1292_yelp_review_full_text_categorization", "task1759_gsm", "task1761_svamp")
+
+
+def test_real_sni_tasks_format_and_tokenize_like_hugging_face(shared_dir, opt_tokenizer_dir, vocabulary):
+  transformers = pytest.importorskip("transformers")
+  hf = transformers.AutoTokenizer.from_pretrained(str(opt_tokenizer_dir))
+  tasks_dir = shared_dir / "data" / "natural-instructions" / "tasks"
+  paths = [tasks_dir / f"{name}.json" for name in SNI_SAMPLE]
+  paths += sorted(tasks_dir.glob("*.json"))[:12]
+  checked = 0
+  for path in paths:
+    task = sni.read_task(path)
+    assert task.definition
+    instances = list(itertools.islice(task.instances(), 4))
+    for instance in instances:
+      delimiter = formatting.choose_delimiter(0, task.name, instance.id)
+      demos = formatting.choose_demonstrations(0, task.name, instance.id, task.demonstrations, 2)
+      source, target = formatting.format_example(task, instance, demos, delimiter)
+      assert source.startswith(task.definition.strip())
+      assert source.endswith(":")
+      if not instance.input.rstrip().endswith(":"):
+        assert source.endswith(instance.input.rstrip() + delimiter)
+      for demo in demos:
+        position = source.index(demo.input.rstrip())
+        assert len(task.definition.strip()) <= position < source.rindex(instance.input.rstrip())
+      assert target == instance.targets[0] and isinstance(target, str)
+      inputs, targets = formatting.tokenize_example(vocabulary, source, target)
+      expected = hf(source.rstrip(" ") + " " + target.rstrip())["input_ids"]
+      assert expected[0] == EOS  # Hugging Face's OPT tokenizer starts with </s> as BOS
+      assert [EOS] + inputs.tolist() + targets.tolist() == expected + [EOS], (task.name, instance.id)
+      checked += 1
+  assert checked >= 50
+
+
+def test_real_p3_template_has_no_definition_and_keeps_the_prompt(shared_dir):
+  folder = shared_dir / "data" / "p3" / "data_per_template"
+  task = promptsource.read_task(sorted(folder.glob("*.jsonl"))[0])
+  instance = next(task.instances())
+  source, target = formatting.format_example(task, instance, (), "\nAnswer:")
+  assert formatting.demonstrations_first(task)
+  assert source.startswith(instance.input.rstrip()[:50])
+  assert target == instance.targets[0]

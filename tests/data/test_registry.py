@@ -1,0 +1,280 @@
+"""Tests of optiml_jax.data.registry: seqio Tasks from a catalog, splits, features, mixtures and their rates."""
+
+import json
+import pathlib
+import sys
+
+import gin
+import numpy as np
+import pytest
+import seqio
+
+from optiml_jax.data import bench_config
+from optiml_jax.data import catalog
+from optiml_jax.data import formatting
+from optiml_jax.data import packing
+from optiml_jax.data import rates
+from optiml_jax.data import records
+from optiml_jax.data import registry
+from optiml_jax.data import sources
+from optiml_jax.data import toybench
+from optiml_jax.data import vocab as vocab_lib
+from optiml_jax.data.sources import sni
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+EOS = 2
+MC_TASK = "crossfit:quiz_mc"
+GEN_TASK = "crossfit:capitals"
+LM_TASK = "pretraining:web"
+
+
+def _write_jsonl(path: pathlib.Path, rows) -> None:
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+  """A small bench of three benchmarks (toy SNI tasks, a JSONL benchmark with a multiple-choice task, and
+  pre-training text), built with the repository's tasks/optiml_bench.yaml and registered with 0 and 2 shots."""
+  root = tmp_path_factory.mktemp("bench")
+  sni_dir = toybench.write(root / "sni", seed=0, num_instances=60)
+  jsonl_dir = root / "crossfit"
+  jsonl_dir.mkdir()
+  _write_jsonl(jsonl_dir / "quiz_mc.jsonl", [
+      {"src": f"Quiz {i}: which colour is item number {i} painted in the catalogue?",
+       "tgt": ["red", "blue", "green"][i % 3], "options": ["red", "blue", "green"]} for i in range(40)])
+  _write_jsonl(jsonl_dir / "capitals.jsonl", [
+      {"inputs": f"Country code {i} of the registry list: name its capital city please.", "targets": f"City {i}"}
+      for i in range(30)])
+  text_dir = root / "text"
+  text_dir.mkdir()
+  (text_dir / "web.txt").write_text("\n\n".join(
+      f"Document {i} talks about the weather in town number {i}.\nIt has two lines." for i in range(30)) + "\n",
+      encoding="utf-8")
+  config = bench_config.load_config(REPO / "tasks" / "optiml_bench.yaml")
+  built = catalog.build(config, sources.iter_all(sni_dir=sni_dir, jsonl_dirs=[("crossfit", jsonl_dir)],
+                                                 text_dir=text_dir), sni.read_split(sni_dir))
+  built.save(root / "catalog")
+  vocabulary = vocab_lib.OPTVocabulary()
+  registered = registry.register_catalog(root / "catalog", vocabulary, shots=(0, 2))
+  return {"catalog": built, "dir": root / "catalog", "config": config, "vocab": vocabulary,
+          "registered": registered, "entries": built.by_name()}
+
+
+def _examples(name, split, sequence_length=None):
+  ds = seqio.get_mixture_or_task(name).get_dataset(sequence_length=sequence_length, split=split, shuffle=False)
+  return list(ds.as_numpy_iterator())
+
+
+def _source_instances(entry):
+  return list(sources.reopen(entry.format, entry.path, entry.benchmark).instances())
+
+
+def test_every_catalog_task_is_registered_with_its_variants_and_registration_is_idempotent(bench):
+  names = set(bench["registered"].tasks)
+  for entry in bench["catalog"].tasks:
+    assert entry.name in names and f"{entry.name}.2shot" in names
+    task = seqio.TaskRegistry.get(entry.name)
+    expected = (({"validation"} if entry.num_eval_instances else set()) |
+                ({"train"} if entry.role == catalog.TRAIN else set()))
+    assert set(task.splits) == expected, entry.name
+  assert {e.role for e in bench["catalog"].tasks} == set(catalog.ROLES)
+  # The evaluation's metrics ride on the Tasks: generation tasks are decoded and scored; others are not.
+  assert seqio.TaskRegistry.get(GEN_TASK).predict_metric_fns
+  assert not seqio.TaskRegistry.get(MC_TASK).metric_fns
+  assert seqio.TaskRegistry.get(f"{MC_TASK}.2shot.score_eval").score_metric_fns
+  again = registry.register_catalog(bench["dir"], bench["vocab"], shots=(0, 2))
+  assert again == bench["registered"]
+  assert set(bench["registered"].mixtures) == {registry.TRAIN_MIXTURE, registry.TRAIN_MIXTURE_UNIFORM}
+
+
+def test_held_out_instances_never_reach_the_train_split(bench):
+  for name in ("sni:task001_toy_add_small", GEN_TASK, MC_TASK):
+    entry = bench["entries"][name]
+    assert entry.role == catalog.TRAIN and entry.num_eval_instances > 0
+    instances = _source_instances(entry)
+    for variant in (name, f"{name}.2shot"):
+      train = _examples(variant, "train")
+      evals = _examples(variant, "validation")
+      train_ids = [e["instance_id"].decode() for e in train]
+      eval_ids = [e["instance_id"].decode() for e in evals]
+      assert eval_ids == [i.id for i in instances[:entry.num_eval_instances]]
+      assert train_ids == [i.id for i in instances[entry.num_eval_instances:][:entry.num_examples]]
+      # Neither the training stream nor any demonstration ever shows an evaluation instance: no block of a
+      # source (definition, demonstrations, example) is an evaluation instance other than the example itself.
+      prompts = {i.id: {formatting.with_delimiter(i.input, d) for d in formatting.DELIMITERS}
+                 for i in instances[:entry.num_eval_instances]}
+      for example in train + evals:
+        own = example["instance_id"].decode()
+        blocks = example["inputs_pretokenized"].decode().split(formatting.BLOCK_SEPARATOR)
+        for instance_id, forbidden in prompts.items():
+          if instance_id != own:
+            for block in blocks:
+              assert not any(block == f or block.startswith(f + " ") for f in forbidden), (variant, own, instance_id)
+      if variant.endswith("shot"):
+        assert all(len(e["inputs_pretokenized"].decode().split(formatting.BLOCK_SEPARATOR)) >= 3 for e in evals)
+
+
+def test_held_out_task_has_only_validation(bench):
+  entry = bench["entries"]["sni:task005_toy_add_large"]
+  assert entry.role == catalog.HELD_OUT_TASK
+  assert seqio.TaskRegistry.get(entry.name).splits == ("validation",)
+  examples = _examples(f"{entry.name}.2shot", "validation")
+  assert len(examples) == entry.num_eval_instances
+  task = sources.reopen(entry.format, entry.path, entry.benchmark)
+  # SNI demonstrations come from the task's positive examples, after the definition.
+  text = examples[0]["inputs_pretokenized"].decode()
+  assert text.startswith(task.definition)
+  assert sum(d.input in text for d in task.demonstrations) == 2
+
+
+def test_example_features_match_formatting_and_tokenization(bench):
+  vocabulary = bench["vocab"]
+  entry = bench["entries"][MC_TASK]
+  task = sources.reopen(entry.format, entry.path, entry.benchmark)
+  assert task.kind == records.MULTIPLE_CHOICE
+  instances = _source_instances(entry)
+  for example, instance in zip(_examples(MC_TASK, "validation"), instances):
+    delimiter = formatting.choose_delimiter(registry.DEFAULT_SEED, MC_TASK, instance.id)
+    source, target = formatting.format_example(task, instance, (), delimiter)
+    inputs, targets = formatting.tokenize_example(vocabulary, source, target)
+    assert example["inputs_pretokenized"].decode() == source
+    assert example["targets_pretokenized"].decode() == target
+    np.testing.assert_array_equal(example["inputs"], inputs)
+    np.testing.assert_array_equal(example["targets"], targets)
+    assert [r.decode() for r in example["references"]] == list(instance.targets)
+    assert [o.decode() for o in example["options_pretokenized"]] == list(instance.options)
+    options = example["options"]
+    assert len(options) == len(instance.options) == 3
+    for option_ids, option in zip(options, instance.options):
+      assert list(option_ids) == vocabulary.encode(" " + option) + [EOS]
+    assert any(list(o) == list(example["targets"]) for o in options)
+
+
+def test_lm_task_trains_on_the_whole_text(bench):
+  entry = bench["entries"][LM_TASK]
+  assert entry.kind == records.LANGUAGE_MODELING and entry.role == catalog.TRAIN
+  example = _examples(LM_TASK, "train")[0]
+  assert example["inputs"].size == 0
+  text = example["targets_pretokenized"].decode()
+  assert text.startswith("Document 0 talks")
+  assert list(example["targets"]) == bench["vocab"].encode(text.rstrip()) + [EOS]
+  rows = list(packing.pad_examples([(example["inputs"], example["targets"])], 64))
+  assert rows[0]["decoder_loss_weights"].sum() == example["targets"].size
+
+
+def test_sequence_length_cuts_inputs_from_the_left_and_keeps_eos(bench):
+  name = "sni:task001_toy_add_small.2shot"
+  full = _examples(name, "train")
+  cut = _examples(name, "train", {"inputs": 12, "targets": 3})
+  assert len(full) == len(cut)
+  assert any(f["inputs"].size > 12 for f in full)
+  for f, c in zip(full, cut):
+    np.testing.assert_array_equal(c["inputs"], f["inputs"][-12:])
+    if f["targets"].size <= 3:
+      np.testing.assert_array_equal(c["targets"], f["targets"])
+    else:
+      np.testing.assert_array_equal(c["targets"], np.r_[f["targets"][:2], EOS])
+
+
+def test_mixture_through_seqio_and_the_feature_converter(bench):
+  # A few tasks of each kind (the whole training mixture reads the same way, only slower to start).
+  registry.add_mixture("e_small_mix", ["sni:task001_toy_add_small.2shot", "sni:task022_toy_antonym", MC_TASK,
+                                       LM_TASK], shares={"sni": 2, "crossfit": 1, "pretraining": 1})
+  lengths = {"inputs": 48, "targets": 16}
+  ds = seqio.get_dataset("e_small_mix", lengths, packing.OptimlFeatureConverter(pack=True),
+                         dataset_split="train", shuffle=True, num_epochs=None, seed=3, batch_size=4)
+  batches = list(ds.take(3).as_numpy_iterator())
+  for batch in batches:
+    assert set(batch) == set(packing.MODEL_FEATURE_NAMES + packing.PACKING_FEATURE_NAMES)
+    assert batch["decoder_target_tokens"].shape == (4, 64)
+    assert (batch["decoder_segment_ids"].max(axis=1) >= 2).all()  # short examples share rows
+    first = batch["decoder_positions"] == 0
+    assert (batch["decoder_input_tokens"][first & (batch["decoder_segment_ids"] > 0)] == EOS).all()
+  unpacked = seqio.get_mixture_or_task("e_small_mix").get_dataset(
+      sequence_length=lengths, split="train", shuffle=True, seed=3, num_epochs=None)
+  examples = list(unpacked.take(300).as_numpy_iterator())
+  assert set(examples[0]) == {"inputs", "targets"}
+  rows = list(packing.pad_examples([(e["inputs"], e["targets"]) for e in examples], 64))
+  for e, row in zip(examples, rows):
+    assert row["decoder_loss_weights"].sum() == e["targets"].size  # target tokens and </s> only
+
+
+def test_training_mixture_rates_are_the_catalog_rates(bench):
+  train = [e for e in bench["catalog"].tasks if e.role == catalog.TRAIN and e.num_examples > 0]
+  assert {e.benchmark for e in train} == {"sni", "crossfit", "pretraining"}
+  config = bench["config"]
+  shares = {b: c.share for b, c in config.benchmarks.items()}
+  fixed = [b for b, c in config.benchmarks.items() if c.fixed_share]
+  expected = rates.examples_proportional({e.name: e.num_examples for e in train},
+                                         {e.name: e.benchmark for e in train}, shares, config.rates.cap,
+                                         config.rates.temperature, fixed)
+  mixture = seqio.MixtureRegistry.get(registry.TRAIN_MIXTURE)
+  assert {t.name for t in mixture.tasks} == set(expected)
+  for task in mixture.tasks:
+    assert mixture.get_rate(task) == pytest.approx(expected[task.name])
+    assert mixture.get_rate(task) == pytest.approx(bench["entries"][task.name].rate)
+  # Pre-training text is a fixed 5% of the mixture.
+  assert sum(mixture.get_rate(t) for t in mixture.tasks if t.name.startswith("pretraining:")) == pytest.approx(0.05)
+  uniform = seqio.MixtureRegistry.get(registry.TRAIN_MIXTURE_UNIFORM)
+  expected_uniform = rates.uniform({e.name: e.num_examples for e in train}, {e.name: e.benchmark for e in train},
+                                   shares, fixed)
+  for task in uniform.tasks:
+    assert uniform.get_rate(task) == pytest.approx(expected_uniform[task.name])
+
+
+def test_add_mixture_by_benchmark_and_task_with_strategies(bench):
+  sni_train = {e.name: e for e in bench["catalog"].tasks if e.benchmark == "sni" and e.role == catalog.TRAIN}
+  mixture = registry.add_mixture("e_test_mix", ["sni", f"{GEN_TASK}.2shot"], shares={"sni": 3, "crossfit": 1},
+                                 cap=100, temperature=2.0)
+  names = {t.name for t in mixture.tasks}
+  assert names == set(sni_train) | {f"{GEN_TASK}.2shot"}
+  counts = {n: e.num_examples for n, e in sni_train.items()}
+  counts[f"{GEN_TASK}.2shot"] = bench["entries"][GEN_TASK].num_examples
+  benchmark_of = {n: ("crossfit" if n.startswith("crossfit") else "sni") for n in counts}
+  expected = rates.examples_proportional(counts, benchmark_of, {"sni": 3, "crossfit": 1}, 100, 2.0)
+  for task in mixture.tasks:
+    assert mixture.get_rate(task) == pytest.approx(expected[task.name])
+  assert mixture.get_rate(seqio.TaskRegistry.get(f"{GEN_TASK}.2shot")) == pytest.approx(0.25)
+
+  plain = registry.add_mixture("e_test_mix", [GEN_TASK, MC_TASK])  # same name again: replaced
+  n_gen, n_mc = bench["entries"][GEN_TASK].num_examples, bench["entries"][MC_TASK].num_examples
+  assert plain.get_rate(seqio.TaskRegistry.get(GEN_TASK)) == pytest.approx(n_gen / (n_gen + n_mc))
+  uniform = registry.add_mixture("e_test_uniform", [GEN_TASK, MC_TASK], strategy="uniform")
+  assert uniform.get_rate(seqio.TaskRegistry.get(MC_TASK)) == pytest.approx(0.5)
+
+  with pytest.raises(ValueError, match="neither a registered catalog task nor a benchmark"):
+    registry.add_mixture("e_bad", ["no_such_task"])
+  with pytest.raises(ValueError, match="no training examples"):
+    registry.add_mixture("e_bad", ["sni:task005_toy_add_large"])
+  with pytest.raises(ValueError, match="unknown strategy"):
+    registry.add_mixture("e_bad", ["sni"], strategy="random")
+
+
+def test_mixture_registered_from_a_module_imported_by_gin(bench, tmp_path, monkeypatch):
+  module = tmp_path / "e_user_mixtures.py"
+  module.write_text(
+      "from optiml_jax.data import registry\n"
+      f"registry.register_catalog({str(bench['dir'])!r}, shots=(0,), mixtures=False)\n"
+      "registry.add_mixture('e_gin_mix', ['crossfit'], shares={'crossfit': 1})\n", encoding="utf-8")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  seqio.MixtureRegistry.remove("e_gin_mix")
+  try:
+    gin.parse_config("import e_user_mixtures")
+  finally:
+    gin.clear_config()
+    sys.modules.pop("e_user_mixtures", None)
+  mixture = seqio.get_mixture_or_task("e_gin_mix")
+  assert {t.name for t in mixture.tasks} == {GEN_TASK, MC_TASK}
+
+
+def test_shuffled_blocks_permutes_within_blocks_deterministically():
+  items = list(range(25))
+  out = list(registry.shuffled_blocks(items, 10, seed=4))
+  assert out == list(registry.shuffled_blocks(items, 10, seed=4))
+  assert out != list(registry.shuffled_blocks(items, 10, seed=5))
+  for start in (0, 10, 20):
+    assert sorted(out[start:start + 10]) == items[start:start + 10]
+  assert out[:10] != items[:10]
+  with pytest.raises(ValueError, match="block_size"):
+    list(registry.shuffled_blocks(items, 0, seed=0))
