@@ -1,0 +1,249 @@
+r"""Entry point: `python -m optiml_jax.eval --gin_file=gin/eval.gin --gin.CHECKPOINT_PATH=P --gin.EVAL_OUTPUT_DIR=O`.
+
+The only place evaluation meets gin (t5x flags: --gin_file, --gin.KEY=VALUE, --gin_bindings,
+--gin_search_paths). `evaluate(...)` registers the catalog's seqio Tasks (with `SHOTS` demonstrations),
+picks the tasks of the generalization `LEVELS`, evaluates every checkpoint that CHECKPOINT_PATH names through
+`evaluation.evaluator` and writes the report (`evaluation.report`):
+
+  CHECKPOINT_PATH  an Orbax step folder (MODEL_DIR/<step>), a `convert` / `save_orbax` folder, a MODEL_DIR
+                   (CHECKPOINT_STEPS: 'latest', 'all' or a list of steps) or a Hugging Face OPT folder.
+  OUT/metrics.json, OUT/report.md, OUT/<level>.png      one checkpoint;
+  OUT/step_<n>/...  and OUT/steps.md, OUT/steps.json    several (a MODEL_DIR with CHECKPOINT_STEPS='all');
+  OUT/baseline/...                                      BASELINE_PATH (a checkpoint, or the OUT folder of an
+                                                        earlier evaluation), shown side by side with deltas.
+
+Exit status: 0 when the report was written (tasks that failed are listed in it and on stderr); 1 when no
+checkpoint could be read; 2 on a configuration error (gin, unknown level, no tasks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import pathlib
+import sys
+from typing import Any, Sequence
+
+import gin
+import jax
+
+from optiml_jax import gin_utils
+from optiml_jax import train as train_entry  # pylint: disable=unused-import  (registers @opt_model for gin)
+from optiml_jax.evaluation import evaluator
+from optiml_jax.evaluation import report as report_lib
+from optiml_jax.models import opt as opt_lib
+from optiml_jax.models import partitioning
+
+REQUIRED_MACROS = ("CHECKPOINT_PATH", "EVAL_OUTPUT_DIR")
+STEPS_FILE = "steps.json"
+_LOG = logging.getLogger(__name__)
+INFERENCES_DIR = "inferences"  # seqio JSONLogger output: inputs, targets, predictions or scores per Task
+
+
+class ConfigError(ValueError):
+  """The evaluation settings are inconsistent: exit status 2."""
+
+
+@dataclasses.dataclass
+class Summary:
+  """What `evaluate` did: report folders, and counts of evaluated and failed (task, shots) pairs."""
+
+  outputs: list[str]
+  evaluated: int
+  failed: int
+  problems: list[str]
+
+
+def _model_info(label: str, checkpoint: evaluator.Checkpoint, config: opt_lib.OPTConfig) -> dict[str, Any]:
+  return {"label": label, "checkpoint": checkpoint.path, "step": checkpoint.step, "format": checkpoint.format,
+          "num_params": config.num_params(), "config": config.to_hf()}
+
+
+def _evaluate_checkpoint(checkpoint: evaluator.Checkpoint, specs: Sequence[evaluator.EvalTask],
+                         failed: Sequence[report_lib.TaskResult], label: str, settings: dict[str, Any],
+                         out_dir: pathlib.Path, *,
+                         model: opt_lib.OPTConfig | None, overrides: dict[str, Any], mesh: jax.sharding.Mesh,
+                         batch_size: int, max_length: int | None, max_new_tokens: int, length_normalize: bool,
+                         progress: bool) -> report_lib.Report:
+  """Loads one checkpoint, evaluates every spec and returns its report (without baseline)."""
+  from optiml_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
+
+  config, params = evaluator.load_checkpoint(checkpoint, model, overrides)
+  _LOG.info("evaluating %s (step %s): %d task variant(s)", checkpoint.path, checkpoint.step, len(specs))
+  try:
+    scorer = inference.Scorer(config, params, mesh=mesh, batch_size=batch_size, max_length=max_length,
+                              progress=progress)
+  except ValueError as e:  # max_length beyond the context, params that do not fit the model.
+    raise ConfigError(f"{checkpoint.path}: {e}") from e
+  del params
+  if not 1 <= max_new_tokens < scorer.max_length:
+    raise ConfigError(f"max_new_tokens={max_new_tokens} must be in [1, {scorer.max_length - 1}] (the context "
+                      f"{scorer.max_length} minus one)")
+  log_dir = out_dir / INFERENCES_DIR if jax.process_index() == 0 else None
+  results = evaluator.evaluate_tasks(specs, scorer, max_new_tokens, length_normalize, log_dir, checkpoint.step)
+  settings = dict(settings, max_length=scorer.max_length, inference=scorer.stats.as_dict())
+  return report_lib.build_report(list(results) + list(failed), _model_info(label, checkpoint, config), settings)
+
+
+def _write(report: report_lib.Report, out_dir: pathlib.Path) -> None:
+  if jax.process_index() == 0:
+    report_lib.write(report, out_dir)
+    print(f"\n{report_lib.summary_table(report)}\n\nreport: {out_dir}/{report_lib.REPORT_FILE}")
+
+
+def _baseline_report(baseline_path: str, evaluate_one, out_dir: pathlib.Path) -> report_lib.Report:
+  """An earlier evaluation's metrics.json, or a fresh evaluation of the baseline checkpoint."""
+  path = pathlib.Path(baseline_path)
+  if (path / report_lib.METRICS_FILE).is_file() or path.name == report_lib.METRICS_FILE:
+    return report_lib.load(path)
+  checkpoints, _ = evaluator.find_checkpoints(path, "latest")
+  report = evaluate_one(checkpoints[0], out_dir)
+  _write(report, out_dir)
+  return report
+
+
+def _as_list(value: str | Sequence[str] | None) -> list[str] | None:
+  """A gin value given as one string (`--gin.TASKS=bigbench:*`) becomes a one-element list."""
+  if value is None:
+    return None
+  return [value] if isinstance(value, str) else list(value)
+
+
+@gin.configurable
+def evaluate(*,
+             checkpoint_path: str = gin.REQUIRED,
+             eval_output_dir: str = gin.REQUIRED,
+             catalog_dir: str | None = None,
+             levels: Sequence[str] = evaluator.LEVELS,
+             shots: Sequence[int] = (0,),
+             tasks: Sequence[str] | None = None,
+             benchmarks: Sequence[str] | None = None,
+             max_instances: int | None = None,
+             checkpoint_steps: str | Sequence[int] = "latest",
+             baseline_path: str | None = None,
+             model: opt_lib.OPTConfig | None = None,
+             dtype: str | None = None,
+             mesh_shape: Sequence[int] = (-1, 1, 1),
+             batch_size: int = 32,
+             max_length: int | None = None,
+             max_new_tokens: int = 256,
+             length_normalize: bool = False,
+             label: str = "model",
+             baseline_label: str = "baseline",
+             progress: bool = True) -> Summary:
+  """Evaluates the checkpoint(s) at `checkpoint_path` and writes the report into `eval_output_dir`.
+
+  Args: see gin/eval.gin, where every binding is commented.
+  """
+  from optiml_jax.data import catalog as catalog_lib  # pylint: disable=g-import-not-at-top
+  from optiml_jax.data import registry  # pylint: disable=g-import-not-at-top
+
+  levels, tasks, benchmarks = _as_list(levels), _as_list(tasks), _as_list(benchmarks)
+  if isinstance(shots, int):
+    shots = [shots]
+  if catalog_dir is None and tasks is None:
+    raise ConfigError("nothing to evaluate: set CATALOG_DIR (the bench catalog) or TASKS (registered seqio Tasks)")
+  checkpoints, problems = evaluator.find_checkpoints(checkpoint_path, checkpoint_steps)
+  for problem in problems:
+    _LOG.warning("%s", problem)
+  shots = [int(k) for k in shots]
+  if catalog_dir is not None:
+    registry.register_catalog(catalog_dir, shots=shots, mixtures=False)
+    bench = catalog_lib.load(catalog_dir)
+  else:
+    bench = catalog_lib.Catalog(tasks=[])
+  try:
+    specs, failed = evaluator.select_tasks(bench, levels, shots, tasks, benchmarks, max_instances)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  specs = evaluator.note_missing_demonstrations(specs, bench)
+  if not specs:
+    raise ConfigError("no task to evaluate: " + ("; ".join(r.error for r in failed if r.error) or
+                                                 f"the catalog has no task at levels {list(levels)}"))
+  settings = {"catalog_dir": catalog_dir, "levels": list(levels), "shots": shots, "tasks": tasks,
+              "benchmarks": benchmarks, "max_instances": max_instances, "batch_size": batch_size,
+              "max_new_tokens": max_new_tokens, "length_normalize": length_normalize,
+              "checkpoint_problems": problems}
+  mesh = partitioning.make_mesh(*mesh_shape)
+  overrides = {"dtype": dtype} if dtype else {}
+
+  def evaluate_one(checkpoint: evaluator.Checkpoint, target: pathlib.Path,
+                   name: str = label) -> report_lib.Report:
+    return _evaluate_checkpoint(checkpoint, specs, failed, name, settings, target, model=model,
+                                overrides=overrides, mesh=mesh, batch_size=batch_size, max_length=max_length,
+                                max_new_tokens=max_new_tokens, length_normalize=length_normalize,
+                                progress=progress)
+
+  out = pathlib.Path(eval_output_dir)
+  baseline = None
+  if baseline_path:
+    baseline = _baseline_report(baseline_path, lambda c, t: evaluate_one(c, t, baseline_label), out / "baseline")
+
+  reports, outputs = {}, []
+  for checkpoint in checkpoints:
+    target = out if len(checkpoints) == 1 else out / f"step_{checkpoint.step}"
+    try:
+      report = evaluate_one(checkpoint, target)
+    except evaluator.CheckpointError as e:
+      if len(checkpoints) == 1:
+        raise
+      problems.append(str(e))
+      _LOG.error("%s", e)
+      continue
+    if baseline is not None:
+      report = report_lib.with_baseline(report, baseline)
+    _write(report, target)
+    reports[checkpoint.step] = report
+    outputs.append(str(target))
+  if not reports:
+    raise evaluator.CheckpointError(f"{checkpoint_path}: no checkpoint could be read: " + "; ".join(problems))
+  if len(checkpoints) > 1 and jax.process_index() == 0:
+    (out / "steps.md").write_text(report_lib.steps_table(reports) + "\n", encoding="utf-8")
+    (out / STEPS_FILE).write_text(json.dumps({str(s): r["levels"] for s, r in reports.items()}, indent=1) + "\n",
+                                  encoding="utf-8")
+    print(f"\n{report_lib.steps_table(reports)}")
+  all_results = [r for rep in reports.values() for t in rep["tasks"].values() for r in t["shots"].values()]
+  return Summary(outputs=outputs, evaluated=sum(1 for r in all_results if r["error"] is None),
+                 failed=sum(1 for r in all_results if r["error"] is not None), problems=problems)
+
+
+def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog="python -m optiml_jax.eval", description=__doc__.splitlines()[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  gin_utils.add_gin_flags(parser)
+  parser.add_argument("--multihost", action="store_true", help="call jax.distributed.initialize() first")
+  return parser.parse_args(gin_utils.rewrite_gin_args(argv))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+  logging.getLogger("optiml_jax").setLevel(logging.INFO)  # One line per task even when a library set up logging.
+  args = parse_flags(sys.argv[1:] if argv is None else argv)
+  if args.multihost:
+    jax.distributed.initialize()
+  try:
+    gin_utils.parse(args.gin_file, args.gin_bindings, args.gin_search_paths)
+    gin_utils.check_required_macros(REQUIRED_MACROS)
+  except gin_utils.GinConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  try:
+    summary = evaluate()
+  except (ConfigError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except evaluator.CheckpointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  if summary.failed:
+    print(f"warning: {summary.failed} task evaluation(s) failed; see the Errors section of the report",
+          file=sys.stderr)
+  for problem in summary.problems:
+    print(f"warning: {problem}", file=sys.stderr)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

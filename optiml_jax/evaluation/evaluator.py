@@ -1,0 +1,409 @@
+"""The evaluator: a checkpoint + the catalog's seqio Tasks -> one `report.TaskResult` per task and shots.
+
+Where it sits: after the registry (which registered each catalog task, its k-shot variants and, for
+multiple-choice tasks, the `.score_eval` rank-classification companion, all carrying their metric functions;
+see `metrics.py`) and before the report. Each task runs through `seqio.Evaluator` with the unpacked OPT
+feature converter and the model's `score_fn` / `predict_fn` from `inference.py`, so the metric values are
+the Tasks' own metric functions applied to t5x-style model outputs (scores = summed target log-likelihoods,
+predictions = greedy tokens); a user's own registered seqio Task is evaluated the same way ("custom").
+
+  checkpoint --find_checkpoints/load_checkpoint--> (OPTConfig, params)
+  catalog    --select_tasks--> [EvalTask]  (+ TaskResults with an error for names that cannot be evaluated)
+  evaluate_tasks(tasks, inference.Scorer(...)) --> [TaskResult]  --report.build_report--> metrics.json
+
+Failures stay local: a task that cannot be read, is empty, or fails in the model becomes a TaskResult with
+`error` set and the run goes on. Prompts longer than the context are cut from the left by the inference
+code and counted per task (`num_truncated`); the Tasks themselves are asked for no cut (sequence_length={}).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import logging
+import math
+import pathlib
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import seqio
+
+from optiml_jax.data import catalog as catalog_lib
+from optiml_jax.data import records
+from optiml_jax.data import registry
+from optiml_jax.evaluation import inference
+from optiml_jax.evaluation import metrics as metrics_lib
+from optiml_jax.evaluation import report as report_lib
+from optiml_jax.models import opt as opt_lib
+
+EVAL_SPLIT = registry.EVAL_SPLIT
+LEVEL_OF_ROLE = {
+    catalog_lib.HELD_OUT_CATEGORY: "held_out_category",  # 1: categories never trained on
+    catalog_lib.HELD_OUT_TASK: "held_out_task",  # 2: unseen tasks of seen categories
+    catalog_lib.TRAIN: "held_out_instances",  # 3: held-out instances of training tasks
+}
+LEVELS = report_lib.LEVELS
+CUSTOM = report_lib.CUSTOM_LEVEL
+# The metric each kind of task is judged by (the paper: accuracy for rank classification, ROUGE-L else).
+HEADLINE_METRICS = {records.MULTIPLE_CHOICE: "accuracy", records.GENERATION: "rougeL"}
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalTask:
+  """One seqio Task to evaluate and its labels in the report.
+
+  Attributes:
+    task: catalog task name (0-shot), or the seqio name of a custom Task.
+    shots: number of demonstrations of the variant.
+    seqio_name: the Task `seqio.Evaluator` runs (`<task>[.<k>shot][.score_eval]`, or the custom name).
+    benchmark, category, level, kind: labels from the catalog ("custom" outside it).
+    max_instances: evaluate at most the first this many instances (None: all of the split).
+    note: a caveat carried into the report (e.g. fewer demonstrations than `shots` exist).
+  """
+
+  task: str
+  shots: int
+  seqio_name: str
+  benchmark: str
+  category: str
+  level: str
+  kind: str
+  max_instances: int | None = None
+  note: str = ""
+
+
+def seqio_task_name(task: str, kind: str, shots: int) -> str:
+  """The registered Task that evaluates a catalog task: its k-shot variant, `.score_eval` for multiple choice."""
+  name = registry.variant_name(task, shots)
+  return metrics_lib.score_eval_name(name) if kind == records.MULTIPLE_CHOICE else name
+
+
+def _failed(task: str, shots: int, error: str, entry: catalog_lib.CatalogEntry | None = None) -> report_lib.TaskResult:
+  if entry is None:
+    unknown = report_lib.UNKNOWN_LEVEL
+    return report_lib.TaskResult(task, shots, unknown, unknown, unknown, unknown, error=error)
+  return report_lib.TaskResult(task, shots, entry.benchmark, entry.category, LEVEL_OF_ROLE[entry.role],
+                               entry.kind, error=error)
+
+
+def select_tasks(bench: catalog_lib.Catalog, levels: Sequence[str] = LEVELS, shots: Sequence[int] = (0,),
+                 tasks: Sequence[str] | None = None, benchmarks: Sequence[str] | None = None,
+                 max_instances: int | None = None) -> tuple[list[EvalTask], list[report_lib.TaskResult]]:
+  """The (task, shots) pairs to evaluate, and an error result for each name that cannot be evaluated.
+
+  Args:
+    bench: the catalog.
+    levels: generalization levels to include (catalog tasks outside them are left out).
+    shots: numbers of demonstrations; each catalog task is evaluated once per entry.
+    tasks: None for every catalog task of `levels`; else catalog task names or fnmatch patterns
+      ("bigbench:*"), or names of registered seqio Tasks outside the catalog (evaluated once, as "custom").
+    benchmarks: None for all, else only catalog tasks of these benchmarks.
+    max_instances: cap on instances per task (None: the catalog's `num_eval_instances`).
+  """
+  unknown = [lv for lv in levels if lv not in LEVELS]
+  if unknown:
+    raise ValueError(f"unknown level(s) {unknown}; expected some of {LEVELS}")
+  if max_instances is not None and max_instances < 1:
+    raise ValueError(f"max_instances must be >= 1 or None, got {max_instances}")
+  entries = {e.name: e for e in bench.tasks}
+  chosen: list[catalog_lib.CatalogEntry] = []
+  custom: list[str] = []
+  failed: list[report_lib.TaskResult] = []
+  if tasks is None:
+    chosen = list(entries.values())
+  else:
+    for pattern in tasks:
+      matches = [e for n, e in entries.items() if fnmatch.fnmatchcase(n, pattern)]
+      if matches:
+        chosen += [e for e in matches if e not in chosen]
+      elif pattern in seqio.TaskRegistry.names():
+        custom.append(pattern)
+      else:
+        failed.append(_failed(pattern, 0, f"task {pattern!r} is absent from the catalog ({len(entries)} tasks) "
+                                          "and is not a registered seqio Task"))
+  out = []
+  for entry in chosen:
+    level = LEVEL_OF_ROLE[entry.role]
+    explicit = tasks is not None and entry.name in tasks
+    if level not in levels or (benchmarks is not None and entry.benchmark not in benchmarks):
+      if explicit:
+        failed.append(_failed(entry.name, 0, f"task {entry.name} is at level {level} (benchmark "
+                                             f"{entry.benchmark}), which this run excludes", entry))
+      continue
+    if entry.kind == records.LANGUAGE_MODELING:
+      if explicit:
+        failed.append(_failed(entry.name, 0, f"task {entry.name} is plain text (kind 'lm'): nothing to "
+                                             "evaluate", entry))
+      continue
+    for k in shots:
+      if entry.num_eval_instances <= 0:
+        failed.append(_failed(entry.name, k, f"task {entry.name} has no evaluation instances (empty task)", entry))
+        continue
+      out.append(EvalTask(entry.name, k, seqio_task_name(entry.name, entry.kind, k), entry.benchmark,
+                          entry.category, level, entry.kind, max_instances))
+  for name in custom:
+    out.append(EvalTask(name, 0, name, CUSTOM, CUSTOM, CUSTOM, CUSTOM, max_instances))
+  return out, failed
+
+
+def demonstrations_available(entry: catalog_lib.CatalogEntry,
+                             pool_size: int = registry.DEMONSTRATION_POOL_SIZE) -> int:
+  """How many demonstrations the registry can draw for the task's k-shot variants (`registry.demonstration_pool`)."""
+  from optiml_jax.data import sources  # pylint: disable=g-import-not-at-top
+  task = sources.reopen(entry.format, entry.path, entry.benchmark)
+  return sum(1 for d in registry.demonstration_pool(entry, task, pool_size) if d.targets)
+
+
+def note_missing_demonstrations(specs: Sequence[EvalTask], bench: catalog_lib.Catalog,
+                                pool_size: int = registry.DEMONSTRATION_POOL_SIZE) -> list[EvalTask]:
+  """`specs` with a note on each k-shot catalog variant whose task offers fewer than k demonstrations.
+
+  A held-out task whose every instance is an evaluation instance, and which has no worked examples of its
+  own, gets none: its k-shot variant is then the 0-shot prompt, and the report says so.
+  """
+  entries = {e.name: e for e in bench.tasks}
+  available: dict[str, int | None] = {}
+  out = []
+  for spec in specs:
+    entry = entries.get(spec.task)
+    if spec.shots == 0 or entry is None:
+      out.append(spec)
+      continue
+    if spec.task not in available:
+      try:
+        available[spec.task] = demonstrations_available(entry, pool_size)
+      except (ValueError, OSError) as e:
+        _LOG.warning("task %s: cannot count its demonstrations: %s", spec.task, e)
+        available[spec.task] = None
+    n = available[spec.task]
+    if n is not None and n < spec.shots:
+      note = (f"{spec.shots}-shot asked but only {n} demonstration(s) exist" if n else
+              f"{spec.shots}-shot asked but no demonstration exists (every instance is an evaluation "
+              "instance and the task has no worked examples): this variant is the 0-shot prompt")
+      spec = dataclasses.replace(spec, note=note)
+    out.append(spec)
+  return out
+
+
+def count_rows(task: seqio.Task, max_instances: int | None) -> tuple[int, int]:
+  """(instances, rows) of the task's validation split, up to `max_instances` instances.
+
+  Rank-classification rows (with an `idx` feature) count one instance per distinct idx[0]; other Tasks
+  have one row per instance.
+  """
+  ds = task.get_dataset(sequence_length=None, split=EVAL_SPLIT, shuffle=False, num_epochs=1)
+  instances = rows = 0
+  last = None
+  for ex in ds.as_numpy_iterator():
+    key = int(np.asarray(ex["idx"]).reshape(-1)[0]) if "idx" in ex else rows
+    if key != last:
+      if max_instances is not None and instances >= max_instances:
+        break
+      instances, last = instances + 1, key
+    rows += 1
+  return instances, rows
+
+
+def _finite_metrics(values: Mapping[str, Any]) -> dict[str, float]:
+  out = {}
+  for key, value in values.items():
+    value = getattr(value, "value", value)  # seqio.metrics.Scalar
+    try:
+      value = float(np.asarray(value))
+    except (TypeError, ValueError):
+      continue
+    if math.isfinite(value):
+      out[key] = value
+  return out
+
+
+def headline_metric(kind: str, values: Mapping[str, float], length_normalize: bool = False) -> str:
+  """The metric a task is judged by: `HEADLINE_METRICS[kind]` ("accuracy_norm" with length normalisation),
+  else the first metric the Task returned."""
+  name = HEADLINE_METRICS.get(kind)
+  if name == "accuracy" and length_normalize:
+    name = "accuracy_norm"
+  if name in values:
+    return name
+  return next(iter(values), "")
+
+
+def evaluate_task(spec: EvalTask, scorer: inference.Scorer, max_new_tokens: int = 256,
+                  length_normalize: bool = False, log_dir: str | pathlib.Path | None = None,
+                  step: int | None = None) -> report_lib.TaskResult:
+  """Runs one Task through `seqio.Evaluator` with the scorer's score_fn and predict_fn (never raises).
+
+  With `log_dir`, seqio's JSONLogger writes the Task's inputs, targets and predictions or scores to
+  `log_dir/<seqio name>-<step>.jsonl` (and its metrics to `<seqio name>-metrics.jsonl`); step 0 for a
+  checkpoint without one (a Hugging Face folder).
+  """
+  start = time.time()
+  result = report_lib.TaskResult(spec.task, spec.shots, spec.benchmark, spec.category, spec.level, spec.kind,
+                                 note=spec.note)
+  truncated_before = scorer.stats.truncated
+  try:
+    if spec.seqio_name not in seqio.TaskRegistry.names():
+      raise ValueError(f"seqio Task {spec.seqio_name!r} is not registered (register the catalog with shots "
+                       f"including {spec.shots})")
+    task = seqio.TaskRegistry.get(spec.seqio_name)
+    if EVAL_SPLIT not in task.splits:
+      raise ValueError(f"seqio Task {spec.seqio_name} has no {EVAL_SPLIT!r} split")
+    if not task.metric_fns and not task.metric_objs:
+      raise ValueError(f"seqio Task {spec.seqio_name} has no metric functions")
+    instances, rows = count_rows(task, spec.max_instances)
+    if instances == 0:
+      raise ValueError(f"task {spec.task}: the {EVAL_SPLIT!r} split of {spec.seqio_name} is empty")
+    loggers = ()
+    if log_dir is not None:
+      pathlib.Path(log_dir).mkdir(parents=True, exist_ok=True)
+      loggers = (seqio.JSONLogger,)
+    evaluator = seqio.Evaluator(spec.seqio_name, feature_converter=inference.feature_converter(),
+                                eval_split=EVAL_SPLIT, sequence_length={}, num_examples=rows,
+                                use_memory_cache=True, async_compute_metrics=False, logger_cls=loggers,
+                                log_dir=None if log_dir is None else str(log_dir))
+    future, _ = evaluator.evaluate(compute_metrics=True, step=0 if step is None else step,
+                                   score_fn=scorer.score_fn(), predict_fn=scorer.predict_fn(max_new_tokens))
+    values = _finite_metrics(future.result()[spec.seqio_name])
+    result.metrics = values
+    result.metric = headline_metric(spec.kind, values, length_normalize)
+    result.score = values.get(result.metric)
+    result.num_instances = instances
+  except (ValueError, KeyError) as e:  # Bad input: the message says what is wrong.
+    _LOG.warning("task %s (%d-shot) failed: %s", spec.task, spec.shots, e)
+    result.error = f"{type(e).__name__}: {e}"
+  except Exception as e:  # pylint: disable=broad-except  One task must not end the run.
+    _LOG.exception("task %s (%d-shot) failed", spec.task, spec.shots)
+    result.error = f"{type(e).__name__}: {e}"
+  result.num_truncated = scorer.stats.truncated - truncated_before
+  result.seconds = time.time() - start
+  return result
+
+
+def evaluate_tasks(specs: Sequence[EvalTask], scorer: inference.Scorer, max_new_tokens: int = 256,
+                   length_normalize: bool = False, log_dir: str | pathlib.Path | None = None,
+                   step: int | None = None) -> list[report_lib.TaskResult]:
+  """`evaluate_task` for each spec, logging one line per task."""
+  results = []
+  for i, spec in enumerate(specs):
+    result = evaluate_task(spec, scorer, max_new_tokens, length_normalize, log_dir, step)
+    if result.error:
+      status = f"failed: {result.error}"
+    else:
+      status = f"{result.metric} = {result.score:.2f}" if result.score is not None else "no score"
+    _LOG.info("[%d/%d] %s (%d-shot, %s): %s", i + 1, len(specs), spec.task, spec.shots, spec.level, status)
+    results.append(result)
+  return results
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoints.
+
+
+class CheckpointError(ValueError):
+  """A checkpoint path is missing, partial or unreadable; the message names the path."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+  """One loadable checkpoint: `format` "orbax" (a step or save_orbax folder) or "hf" (Hugging Face OPT)."""
+
+  path: str
+  format: str
+  step: int | None = None
+
+
+def _has_params(folder: pathlib.Path) -> bool:
+  item = folder / "params"
+  return item.is_dir() and any(item.iterdir())
+
+
+def _is_orbax_item(folder: pathlib.Path) -> bool:
+  return (folder / "_METADATA").is_file() or (folder / "manifest.ocdbt").is_file()
+
+
+def find_checkpoints(path: str | pathlib.Path, steps: str | Sequence[int] = "latest"
+                     ) -> tuple[list[Checkpoint], list[str]]:
+  """The checkpoints a CHECKPOINT_PATH names, and the problems found on the way (partial step folders).
+
+  Args:
+    path: an Orbax step folder (`MODEL_DIR/<step>` with `params/`), a `save_orbax` folder, a `MODEL_DIR`
+      (its numbered step folders), or a Hugging Face OPT folder (config.json + weights).
+    steps: for a MODEL_DIR, "latest", "all", or a list of step numbers.
+
+  Raises:
+    CheckpointError: the path does not exist, holds no checkpoint, or no requested step is complete.
+  """
+  folder = pathlib.Path(path)
+  if not folder.exists():
+    raise CheckpointError(f"{folder}: checkpoint path not found")
+  if not folder.is_dir():
+    raise CheckpointError(f"{folder}: expected a folder (an Orbax step folder, a MODEL_DIR or a Hugging Face "
+                          "OPT folder)")
+  step = int(folder.name) if folder.name.isdigit() else None
+  if _has_params(folder) or _is_orbax_item(folder):
+    return [Checkpoint(str(folder), "orbax", step)], []
+  if (folder / "config.json").is_file():
+    return [Checkpoint(str(folder), "hf", None)], []
+  numbered = sorted((p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+  if step is not None and (folder / "params").exists():
+    raise CheckpointError(f"{folder}: partial checkpoint (its 'params' item is empty)")
+  if not numbered:
+    if step is not None:
+      raise CheckpointError(f"{folder}: partial checkpoint (step folder without a 'params' item)")
+    raise CheckpointError(f"{folder}: no checkpoint here (expected params/ (Orbax), numbered step folders "
+                          "<step>/params/ (a MODEL_DIR) or config.json + weights (Hugging Face))")
+  complete = [p for p in numbered if _has_params(p)]
+  problems = [f"{p}: partial checkpoint (no complete 'params' item); skipped" for p in numbered
+              if not _has_params(p)]
+  by_step = {int(p.name): p for p in complete}
+  if not by_step:
+    raise CheckpointError(f"{folder}: every step folder is partial ({', '.join(p.name for p in numbered)}): "
+                          "none has a 'params' item")
+  if steps == "latest":
+    wanted = [max(by_step)]
+  elif steps == "all":
+    wanted = sorted(by_step)
+  elif isinstance(steps, str):
+    raise CheckpointError(f"checkpoint steps must be 'latest', 'all' or a list of steps, got {steps!r}")
+  else:
+    wanted = [int(s) for s in steps if int(s) in by_step]
+    problems += [f"{folder}: step {s} not found among complete steps {sorted(by_step)}"
+                 for s in steps if int(s) not in by_step]
+    if not wanted:
+      raise CheckpointError(f"{folder}: none of the steps {list(steps)} is a complete checkpoint "
+                            f"(complete: {sorted(by_step)})")
+  return [Checkpoint(str(by_step[s]), "orbax", s) for s in wanted], problems
+
+
+def load_checkpoint(checkpoint: Checkpoint, model: opt_lib.OPTConfig | None = None,
+                    overrides: Mapping[str, Any] | None = None) -> tuple[opt_lib.OPTConfig, Any]:
+  """(OPTConfig, params as numpy) of a checkpoint; raises CheckpointError naming the path.
+
+  The config comes from config.json beside the params (Hugging Face folders, `save_orbax` folders) or,
+  for a trainer's MODEL_DIR step without one, from `model` (the gin-configured model). `overrides`
+  replaces config fields that do not change the parameters (e.g. {"dtype": "bfloat16"}).
+  """
+  from optiml_jax import convert  # pylint: disable=g-import-not-at-top
+  from optiml_jax.checkpoints import orbax_io  # pylint: disable=g-import-not-at-top
+
+  overrides = dict(overrides or {})
+  try:
+    if checkpoint.format == "hf":
+      config, params = convert.load_hf(checkpoint.path, overrides)
+      return config, params
+    _, config_dirs = orbax_io.find_params_item(checkpoint.path)
+    has_config = any((d / "config.json").is_file() for d in config_dirs)
+    if not has_config and model is None:
+      raise CheckpointError(f"{checkpoint.path}: no config.json beside the checkpoint and no model configured "
+                            "(bind `evaluate.model`, e.g. include 'models/opt_tiny.gin' in the gin file)")
+    config, params = convert.restore_orbax(checkpoint.path, config=None if has_config else model)
+  except CheckpointError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  Orbax and file errors of all kinds.
+    raise CheckpointError(f"{checkpoint.path}: cannot read the checkpoint ({type(e).__name__}: {e})") from e
+  scan = config.scan_layers
+  config = dataclasses.replace(config, **{**overrides, "scan_layers": scan})
+  return config, params

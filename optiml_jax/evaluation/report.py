@@ -1,0 +1,385 @@
+"""The evaluation report: per-task results -> metrics.json, Markdown tables and one PNG chart per level.
+
+Where it sits: last stage of the flow. `evaluator.py` turns a checkpoint into one `TaskResult` per (task,
+shots); this module aggregates them from the catalog's labels (benchmark, category, generalization level)
+and writes them. Everything here works on plain values (no JAX, no seqio), so a report can be rebuilt from
+a metrics.json alone.
+
+metrics.json (`build_report`), with `shots` keys as strings ("0", "5"):
+
+  {"format_version": 1,
+   "model":    {"label", "checkpoint", "step", "format", ...},
+   "settings": {"shots": [0, 5], "levels": [...], ...},
+   "tasks":    {task: {"benchmark", "category", "level", "kind",
+                       "shots": {"0": {"score", "metric", "metrics": {...}, "num_instances", "num_truncated",
+                                       "error", "seconds", "note"}}}},
+   "levels":     {level: {"0": AGG, ...}},
+   "benchmarks": {level: {benchmark: {"0": AGG}}},
+   "categories": {level: {category: {"0": AGG}}},
+   "errors":   [{"task", "shots", "error"}],  (names outside the catalog and seqio: level "unknown", never
+               aggregated)
+   "notes":    [{"task", "shots", "note"}],  (caveats, e.g. a k-shot variant with fewer demonstrations)
+   "baseline": <the baseline's report, same layout>  (only with a baseline)
+   "deltas":   {"levels": ..., "benchmarks": ..., "categories": ...}  (model - baseline, same nesting)}
+
+  AGG = {"score": mean of the tasks' headline scores, "num_tasks": tasks with a score,
+         "num_failed": tasks that failed, "num_truncated": prompts cut, "metrics": {name: mean over tasks}}
+
+A task's headline `score` is the metric its kind is judged by (accuracy for rank classification, ROUGE-L for
+generation; see `evaluator.HEADLINE_METRICS`); aggregates are unweighted means over tasks, as the paper
+averages its benchmarks. Levels: held_out_category (1: fully held-out categories), held_out_task (2: unseen
+tasks of seen categories), held_out_instances (3: held-out instances of training tasks), and "custom" for
+seqio Tasks that are not in the catalog.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+from typing import Any, Iterable, Mapping, Sequence
+
+FORMAT_VERSION = 1
+LEVELS = ("held_out_category", "held_out_task", "held_out_instances")
+CUSTOM_LEVEL = "custom"
+UNKNOWN_LEVEL = "unknown"  # names that are neither catalog tasks nor seqio Tasks: listed, never aggregated
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
+
+Report = dict[str, Any]
+
+
+@dataclasses.dataclass
+class TaskResult:
+  """The evaluation of one task with one number of demonstrations.
+
+  Attributes:
+    task: the catalog task name (0-shot name) or the seqio Task name of a custom task.
+    shots: number of demonstrations.
+    benchmark, category, level, kind: the catalog's labels ("custom" for tasks outside the catalog).
+    metrics: every metric the Task's metric functions returned (0-100 scale).
+    metric: the name of the headline metric; `score` is its value (None when the task failed or lacks it).
+    num_instances: instances evaluated.
+    num_truncated: prompts longer than the context, cut from the left.
+    error: why the task could not be evaluated (None when it was).
+    seconds: wall time of the task.
+    note: a caveat on an evaluated task (e.g. fewer demonstrations than `shots` exist).
+  """
+
+  task: str
+  shots: int
+  benchmark: str
+  category: str
+  level: str
+  kind: str
+  metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+  metric: str = ""
+  score: float | None = None
+  num_instances: int = 0
+  num_truncated: int = 0
+  error: str | None = None
+  seconds: float = 0.0
+  note: str = ""
+
+
+def _mean(values: Sequence[float]) -> float | None:
+  values = [v for v in values if v is not None and not math.isnan(v)]
+  return sum(values) / len(values) if values else None
+
+
+def aggregate(results: Iterable[TaskResult]) -> dict[str, Any]:
+  """AGG of a group of task results (see the module docstring)."""
+  results = list(results)
+  scored = [r for r in results if r.error is None and r.score is not None]
+  names = sorted({k for r in scored for k in r.metrics})
+  return {
+      "score": _mean([r.score for r in scored]),
+      "num_tasks": len(scored),
+      "num_failed": sum(1 for r in results if r.error is not None),
+      "num_truncated": sum(r.num_truncated for r in results),
+      "metrics": {k: _mean([r.metrics[k] for r in scored if k in r.metrics]) for k in names},
+  }
+
+
+def _group(results: Sequence[TaskResult], *keys: str) -> dict[tuple[Any, ...], list[TaskResult]]:
+  groups: dict[tuple[Any, ...], list[TaskResult]] = {}
+  for r in results:
+    groups.setdefault(tuple(getattr(r, k) for k in keys), []).append(r)
+  return groups
+
+
+def _level_order(level: str) -> tuple[int, str]:
+  return (LEVELS.index(level) if level in LEVELS else len(LEVELS), level)
+
+
+def build_report(results: Sequence[TaskResult], model: Mapping[str, Any] | None = None,
+                 settings: Mapping[str, Any] | None = None) -> Report:
+  """The metrics.json dict of one model's results (tasks, then aggregates per level, benchmark, category)."""
+  all_results = sorted(results, key=lambda r: (_level_order(r.level), r.task, r.shots))
+  tasks: dict[str, Any] = {}
+  for r in all_results:
+    entry = tasks.setdefault(r.task, {"benchmark": r.benchmark, "category": r.category, "level": r.level,
+                                      "kind": r.kind, "shots": {}})
+    entry["shots"][str(r.shots)] = {
+        "score": r.score, "metric": r.metric, "metrics": dict(r.metrics), "num_instances": r.num_instances,
+        "num_truncated": r.num_truncated, "error": r.error, "seconds": round(r.seconds, 3), "note": r.note}
+  results = [r for r in results if r.level != UNKNOWN_LEVEL]
+  levels: dict[str, Any] = {}
+  for (level, shots), group in _group(results, "level", "shots").items():
+    levels.setdefault(level, {})[str(shots)] = aggregate(group)
+  benchmarks: dict[str, Any] = {}
+  for (level, benchmark, shots), group in _group(results, "level", "benchmark", "shots").items():
+    benchmarks.setdefault(level, {}).setdefault(benchmark, {})[str(shots)] = aggregate(group)
+  categories: dict[str, Any] = {}
+  for (level, category, shots), group in _group(results, "level", "category", "shots").items():
+    categories.setdefault(level, {}).setdefault(category, {})[str(shots)] = aggregate(group)
+  return {
+      "format_version": FORMAT_VERSION,
+      "model": dict(model or {}),
+      "settings": dict(settings or {}),
+      "tasks": tasks,
+      "levels": _sorted_levels(levels),
+      "benchmarks": _sorted_levels({k: dict(sorted(v.items())) for k, v in benchmarks.items()}),
+      "categories": _sorted_levels({k: dict(sorted(v.items())) for k, v in categories.items()}),
+      "errors": [{"task": r.task, "shots": r.shots, "error": r.error} for r in all_results if r.error],
+      "notes": [{"task": r.task, "shots": r.shots, "note": r.note} for r in all_results if r.note],
+  }
+
+
+def _sorted_levels(by_level: Mapping[str, Any]) -> dict[str, Any]:
+  return {k: by_level[k] for k in sorted(by_level, key=_level_order)}
+
+
+def _delta(a: float | None, b: float | None) -> float | None:
+  return None if a is None or b is None else a - b
+
+
+def with_baseline(report: Report, baseline: Report) -> Report:
+  """`report` plus "baseline" and "deltas" (report score - baseline score for every aggregate both have)."""
+
+  def diff(mine: Mapping[str, Any], theirs: Mapping[str, Any], depth: int) -> dict[str, Any]:
+    out = {}
+    for key, value in mine.items():
+      if key not in theirs:
+        continue
+      if depth == 0:
+        out[key] = _delta(value.get("score"), theirs[key].get("score"))
+      else:
+        out[key] = diff(value, theirs[key], depth - 1)
+    return out
+
+  out = dict(report)
+  out["baseline"] = {k: v for k, v in baseline.items() if k not in ("baseline", "deltas")}
+  out["deltas"] = {"levels": diff(report["levels"], baseline["levels"], 1),
+                   "benchmarks": diff(report["benchmarks"], baseline["benchmarks"], 2),
+                   "categories": diff(report["categories"], baseline["categories"], 2)}
+  return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Markdown.
+
+
+def _fmt(value: float | None) -> str:
+  return "-" if value is None else f"{value:.1f}"
+
+
+def _fmt_delta(value: float | None) -> str:
+  return "-" if value is None else f"{value:+.1f}"
+
+
+def _shots(report: Report) -> list[str]:
+  keys = {s for t in report["tasks"].values() for s in t["shots"]}
+  return sorted(keys, key=int)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+  lines += ["| " + " | ".join(row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def _score_cells(mine: Mapping[str, Any] | None, theirs: Mapping[str, Any] | None, shots: Sequence[str],
+                 with_base: bool) -> list[str]:
+  cells = []
+  for s in shots:
+    a = (mine or {}).get(s, {}).get("score")
+    if with_base:
+      b = (theirs or {}).get(s, {}).get("score")
+      cells += [_fmt(a), _fmt(b), _fmt_delta(_delta(a, b))]
+    else:
+      cells.append(_fmt(a))
+  return cells
+
+
+def _score_header(shots: Sequence[str], with_base: bool, label: str, base_label: str) -> list[str]:
+  if not with_base:
+    return [f"{s}-shot" for s in shots]
+  return [h for s in shots for h in (f"{label} {s}-shot", f"{base_label} {s}-shot", "Δ")]
+
+
+def summary_table(report: Report) -> str:
+  """Markdown: one row per level, per benchmark within it and per category within it; a column per shots
+  (three per shots with a baseline: model, baseline, delta)."""
+  base = report.get("baseline")
+  shots = _shots(report)
+  label = report.get("model", {}).get("label") or "model"
+  base_label = (base or {}).get("model", {}).get("label") or "baseline"
+  header = ["level", "group", "tasks"] + _score_header(shots, base is not None, label, base_label)
+  rows = []
+
+  def count(aggs: Mapping[str, Any]) -> str:
+    return str(max((a["num_tasks"] for a in aggs.values()), default=0))
+
+  for level, aggs in report["levels"].items():
+    theirs = (base or {}).get("levels", {}).get(level)
+    rows.append([level, "**all**", count(aggs)] + _score_cells(aggs, theirs, shots, base is not None))
+    for kind, key in (("benchmark", "benchmarks"), ("category", "categories")):
+      for name, group in report[key].get(level, {}).items():
+        theirs = (base or {}).get(key, {}).get(level, {}).get(name)
+        rows.append([level, f"{kind}: {name}", count(group)] + _score_cells(group, theirs, shots, base is not None))
+  return _table(header, rows)
+
+
+def task_table(report: Report) -> str:
+  """Markdown: one row per task with its headline metric per shots, truncated prompts and errors."""
+  base = report.get("baseline")
+  shots = _shots(report)
+  label = report.get("model", {}).get("label") or "model"
+  base_label = (base or {}).get("model", {}).get("label") or "baseline"
+  header = (["task", "level", "category", "metric"] + _score_header(shots, base is not None, label, base_label) +
+            ["truncated", "errors / notes"])
+  rows = []
+  for name, task in report["tasks"].items():
+    theirs = (base or {}).get("tasks", {}).get(name, {}).get("shots")
+    metric = next((r["metric"] for r in task["shots"].values() if r.get("metric")), "")
+    truncated = sum(r["num_truncated"] for r in task["shots"].values())
+    errors = "; ".join(f"{s}-shot: {r.get('error') or r.get('note')}" for s, r in task["shots"].items()
+                       if r.get("error") or r.get("note"))
+    rows.append([name, task["level"], task["category"], metric] +
+                _score_cells(task["shots"], theirs, shots, base is not None) +
+                [str(truncated), errors.replace("|", "/")])
+  return _table(header, rows)
+
+
+def markdown(report: Report) -> str:
+  """The whole report.md: model, summary table, per-task table, truncation and errors."""
+  model = report.get("model", {})
+  lines = [f"# Evaluation of {model.get('label') or 'model'}: {model.get('checkpoint', '')}"]
+  if model.get("step") is not None:
+    lines.append(f"step {model['step']}")
+  base = report.get("baseline")
+  if base:
+    lines.append(f"baseline ({base.get('model', {}).get('label') or 'baseline'}): "
+                 f"{base.get('model', {}).get('checkpoint', '')}")
+  lines += ["", "## Summary (mean headline score per group)", "", summary_table(report), "",
+            "## Tasks", "", task_table(report), ""]
+  truncated = sum(r["num_truncated"] for t in report["tasks"].values() for r in t["shots"].values())
+  lines.append(f"Prompts longer than the context, cut from the left: {truncated}.")
+  if report.get("notes"):
+    lines += ["", "## Notes", ""] + [f"- {n['task']} ({n['shots']}-shot): {n['note']}" for n in report["notes"]]
+  if report["errors"]:
+    lines += ["", "## Errors", ""] + [f"- {e['task']} ({e['shots']}-shot): {e['error']}" for e in report["errors"]]
+  return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Charts.
+
+
+def plot_level(report: Report, level: str, out_png: str | os.PathLike) -> pathlib.Path:
+  """A bar chart of one level: its categories (and "all"), one bar per shots (and baseline)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  base = report.get("baseline")
+  shots = _shots(report)
+  groups = {"all": report["levels"][level], **report["categories"].get(level, {})}
+  label = report.get("model", {}).get("label") or "model"
+  series = [(f"{label} {s}-shot" if base else f"{s}-shot", {g: a.get(s, {}).get("score") for g, a in groups.items()})
+            for s in shots]
+  if base:
+    base_groups = {"all": base["levels"].get(level, {}), **base["categories"].get(level, {})}
+    base_label = base.get("model", {}).get("label") or "baseline"
+    series += [(f"{base_label} {s}-shot", {g: base_groups.get(g, {}).get(s, {}).get("score") for g in groups})
+               for s in shots]
+  names = list(groups)
+  width = 0.8 / max(len(series), 1)
+  fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + 0.9 * len(names) * max(1, len(series)) ** 0.5), 4.5))
+  for i, (label, values) in enumerate(series):
+    xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(names))]
+    ys = [values.get(n) or 0.0 for n in names]
+    ax.bar(xs, ys, width=width, label=label, hatch="//" if base and i >= len(shots) else None)
+  ax.set_xticks(range(len(names)))
+  ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+  ax.set_ylabel("mean headline score (0-100)")
+  ax.set_title(f"{level} ({label})")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  out = pathlib.Path(out_png)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
+  return out
+
+
+def write(report: Report, out_dir: str | os.PathLike) -> dict[str, pathlib.Path]:
+  """Writes metrics.json, report.md and `<level>.png` per level into `out_dir`; returns their paths."""
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  paths = {"metrics": out / METRICS_FILE, "markdown": out / REPORT_FILE}
+  tmp = out / (METRICS_FILE + ".tmp")
+  tmp.write_text(json.dumps(_finite(report), indent=1, ensure_ascii=False, allow_nan=False,
+                            default=_json_default) + "\n", encoding="utf-8")
+  os.replace(tmp, paths["metrics"])
+  paths["markdown"].write_text(markdown(report), encoding="utf-8")
+  for level, aggs in report["levels"].items():
+    if any(a["score"] is not None for a in aggs.values()):  # Nothing to draw for a level whose tasks all failed.
+      paths[level] = plot_level(report, level, out / f"{level}.png")
+  return paths
+
+
+def _finite(value: Any) -> Any:
+  """NaN and infinities become null (JSON has neither)."""
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if isinstance(value, dict):
+    return {k: _finite(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_finite(v) for v in value]
+  return value
+
+
+def _json_default(value: Any) -> Any:
+  if hasattr(value, "item"):
+    return value.item()
+  raise TypeError(f"metrics.json: cannot write {type(value).__name__} {value!r}")
+
+
+def load(path: str | os.PathLike) -> Report:
+  """Reads a metrics.json (or the folder holding one) written by `write`."""
+  path = pathlib.Path(path)
+  if path.is_dir():
+    path = path / METRICS_FILE
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: no evaluation report here")
+  with open(path, encoding="utf-8") as f:
+    data = json.load(f)
+  for key in ("tasks", "levels", "benchmarks", "categories"):
+    if not isinstance(data, dict) or not isinstance(data.get(key), dict):
+      raise ValueError(f"{path}: expected an evaluation report with a {key!r} object (metrics.json of "
+                       "python -m optiml_jax.eval)")
+  return data
+
+
+def steps_table(reports: Mapping[int, Report]) -> str:
+  """Markdown: the level scores of several checkpoints of one run, a row per step."""
+  shots = sorted({s for r in reports.values() for s in _shots(r)}, key=int)
+  levels = sorted({lv for r in reports.values() for lv in r["levels"]}, key=_level_order)
+  header = ["step"] + [f"{lv} {s}-shot" for lv in levels for s in shots]
+  rows = [[str(step)] + [_fmt(r["levels"].get(lv, {}).get(s, {}).get("score")) for lv in levels for s in shots]
+          for step, r in sorted(reports.items())]
+  return _table(header, rows)

@@ -1,0 +1,100 @@
+"""Tests of optiml_jax.evaluation.report: aggregation by level, benchmark and category, Markdown, charts."""
+
+import json
+
+import pytest
+
+from optiml_jax.evaluation import report
+from optiml_jax.evaluation.report import TaskResult
+
+
+def _results(offset=0.0):
+  """Five tasks at three levels, two shots; one failed task and truncated prompts."""
+  rows = []
+  for shots, bonus in ((0, 0.0), (5, 10.0)):
+    rows += [
+        TaskResult("sni:te1", shots, "sni", "Textual Entailment", "held_out_category", "generation",
+                   {"rougeL": 40.0 + bonus + offset, "exact_match": 20.0}, "rougeL", 40.0 + bonus + offset,
+                   num_instances=100, num_truncated=2),
+        TaskResult("bigbench:te2", shots, "bigbench", "Textual Entailment", "held_out_category",
+                   "multiple_choice", {"accuracy": 60.0 + bonus + offset, "accuracy_norm": 55.0}, "accuracy",
+                   60.0 + bonus + offset, num_instances=50),
+        TaskResult("bigbench:cr", shots, "bigbench", "Coreference Resolution", "held_out_category",
+                   "multiple_choice", {"accuracy": 30.0 + offset}, "accuracy", 30.0 + offset, num_instances=50),
+        TaskResult("sni:qa", shots, "sni", "Question Answering", "held_out_task", "generation",
+                   {"rougeL": 70.0 + offset}, "rougeL", 70.0 + offset, num_instances=100, num_truncated=1),
+        TaskResult("sni:broken", shots, "sni", "Question Answering", "held_out_task", "generation",
+                   error="ValueError: the 'validation' split is empty"),
+        TaskResult("sni:train1", shots, "sni", "Mathematics", "held_out_instances", "generation",
+                   {"rougeL": 90.0 + offset}, "rougeL", 90.0 + offset, num_instances=20),
+    ]
+  return rows
+
+
+def test_aggregates_per_level_benchmark_and_category_with_shots():
+  rep = report.build_report(_results(), {"label": "tuned", "checkpoint": "/ckpt"}, {"shots": [0, 5]})
+  assert list(rep["levels"]) == ["held_out_category", "held_out_task", "held_out_instances"]
+  level1 = rep["levels"]["held_out_category"]
+  assert level1["0"]["score"] == pytest.approx((40 + 60 + 30) / 3)
+  assert level1["5"]["score"] == pytest.approx((50 + 70 + 30) / 3)
+  assert level1["0"]["num_tasks"] == 3 and level1["0"]["num_truncated"] == 2
+  assert level1["0"]["metrics"]["accuracy"] == pytest.approx(45.0)  # mean over the tasks that have it
+  level2 = rep["levels"]["held_out_task"]["0"]
+  assert (level2["score"], level2["num_tasks"], level2["num_failed"]) == (70.0, 1, 1)
+  assert rep["benchmarks"]["held_out_category"]["bigbench"]["5"]["score"] == pytest.approx((70 + 30) / 2)
+  assert rep["categories"]["held_out_category"]["Textual Entailment"]["0"]["score"] == pytest.approx(50.0)
+  assert rep["tasks"]["sni:te1"]["shots"]["5"]["metrics"] == {"rougeL": 50.0, "exact_match": 20.0}
+  assert rep["tasks"]["sni:te1"]["level"] == "held_out_category"
+  assert {(e["task"], e["shots"]) for e in rep["errors"]} == {("sni:broken", 0), ("sni:broken", 5)}
+
+
+def test_notes_and_unknown_tasks_are_listed_but_not_aggregated():
+  results = _results()
+  results[3].note = "5-shot asked but no demonstration exists"
+  results.append(TaskResult("nope", 0, "unknown", "unknown", "unknown", "unknown", error="absent from the catalog"))
+  rep = report.build_report(results)
+  assert "unknown" not in rep["levels"] and rep["tasks"]["nope"]["level"] == "unknown"
+  assert rep["notes"] == [{"task": "sni:qa", "shots": 0, "note": "5-shot asked but no demonstration exists"}]
+  text = report.markdown(rep)
+  assert "## Notes" in text and "- nope (0-shot): absent from the catalog" in text
+
+
+def test_baseline_deltas_and_side_by_side_tables():
+  tuned = report.build_report(_results(offset=5.0), {"label": "tuned"})
+  base = report.build_report(_results(), {"label": "base"})
+  rep = report.with_baseline(tuned, base)
+  assert rep["deltas"]["levels"]["held_out_category"]["0"] == pytest.approx(5.0)
+  assert rep["deltas"]["categories"]["held_out_instances"]["Mathematics"]["5"] == pytest.approx(5.0)
+  summary = report.summary_table(rep)
+  assert "| tuned 0-shot | base 0-shot | Δ |" in summary
+  assert "| held_out_task | **all** | 1 | 75.0 | 70.0 | +5.0 |" in summary
+  tasks = report.task_table(rep)
+  row = "| sni:train1 | held_out_instances | Mathematics | rougeL | 95.0 | 90.0 | +5.0 | 95.0 | 90.0 | +5.0 | 0 |"
+  assert row in tasks
+  assert "ValueError" in tasks and "truncated" in tasks.splitlines()[0]
+
+
+def test_write_load_round_trip_markdown_and_one_png_per_level(tmp_path):
+  results = _results()
+  results[0].metrics["broken_metric"] = float("nan")
+  rep = report.with_baseline(report.build_report(results, {"label": "tuned", "checkpoint": "/c", "step": 7}),
+                             report.build_report(_results(), {"label": "base"}))
+  paths = report.write(rep, tmp_path)
+  loaded = report.load(tmp_path)
+  assert loaded["levels"] == json.loads(json.dumps(rep["levels"]))
+  assert loaded["tasks"]["sni:te1"]["shots"]["0"]["metrics"]["broken_metric"] is None  # NaN -> null
+  for level in report.LEVELS:
+    png = paths[level].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+  text = (tmp_path / "report.md").read_text()
+  assert "step 7" in text and "## Errors" in text and "cut from the left: 6" in text
+  with pytest.raises(ValueError, match="evaluation report"):
+    (tmp_path / "bad.json").write_text("{}")
+    report.load(tmp_path / "bad.json")
+
+
+def test_steps_table_lists_level_scores_by_step():
+  reports = {200: report.build_report(_results(offset=2.0)), 100: report.build_report(_results())}
+  table = report.steps_table(reports).splitlines()
+  assert table[0].startswith("| step | held_out_category 0-shot | held_out_category 5-shot |")
+  assert table[2].startswith("| 100 | 43.3 | 50.0 |") and table[3].startswith("| 200 | 45.3 | 52.0 |")

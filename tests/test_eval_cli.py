@@ -1,0 +1,107 @@
+"""Tests of `python -m optiml_jax.eval`: a trainer's MODEL_DIR and a Hugging Face baseline on the toy bench."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from optiml_jax import bench
+from optiml_jax import convert
+from optiml_jax import eval as eval_entry
+from optiml_jax.models import opt
+from optiml_jax.trainer import checkpointing
+
+TASKS = ["sni:task030_toy_entail_color", "sni:task001_toy_add_small", "sni:nope"]
+COMMON = ["--gin_file=eval.gin", "--gin.MAX_INSTANCES=2", "--gin.evaluate.max_new_tokens=3",
+          "--gin.evaluate.progress=False", "--gin.evaluate.batch_size=4"]
+
+
+CONFIG = opt.OPTConfig.preset("tiny", dropout=0.0)  # what gin/models/opt_tiny.gin configures
+_INIT = jax.jit(lambda key: opt.OPT(CONFIG).init(key, jnp.ones((1, 4), jnp.int32))["params"])
+
+
+def _params(seed):
+  return CONFIG, jax.device_get(_INIT(jax.random.PRNGKey(seed)))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp("eval_cli")
+  assert bench.main(["toy", "--out", str(root / "toy"), "--catalog", str(root / "catalog")]) == 0
+  ckpt = checkpointing.Checkpointer(str(root / "run"), save_interval_steps=1, async_save=False)
+  for step in (100, 200):
+    _, params = _params(step)
+    state = checkpointing.TrainState(step=np.int32(step), params=params, opt_state={"count": np.zeros((), np.int32)})
+    ckpt.save(step, state, {"data": {}}, force=True)
+  ckpt.close()
+  (root / "run" / "300").mkdir()  # a partial step: no params item
+  config, params = _params(7)
+  convert.save_hf(config, params, root / "hf_base")
+  return root
+
+
+def _run(setup, out, *flags):
+  return eval_entry.main(COMMON + [f"--gin.CATALOG_DIR={setup / 'catalog'}", f"--gin.EVAL_OUTPUT_DIR={out}",
+                                   *flags])
+
+
+def test_latest_step_of_a_model_dir_with_a_hugging_face_baseline_and_two_shots(setup, tmp_path, capsys):
+  out = tmp_path / "out"
+  code = _run(setup, out, f"--gin.CHECKPOINT_PATH={setup / 'run'}", f"--gin.TASKS={TASKS!r}",
+              "--gin.SHOTS=[0, 2]", f"--gin.BASELINE_PATH={setup / 'hf_base'}")
+  assert code == 0
+  captured = capsys.readouterr()
+  assert "| level | group | tasks | model 0-shot | baseline 0-shot | Δ |" in captured.out
+  assert "300: partial checkpoint" in captured.err and "1 task evaluation(s) failed" in captured.err
+  report = json.loads((out / "metrics.json").read_text())
+  assert report["model"]["step"] == 200 and report["model"]["format"] == "orbax"
+  assert list(report["levels"]) == ["held_out_category", "held_out_instances"]  # sni:nope is in no level
+  for name in TASKS[:2]:
+    task = report["tasks"][name]
+    assert set(task["shots"]) == {"0", "2"}
+    for result in task["shots"].values():
+      assert result["error"] is None and result["metric"] == "rougeL" and result["num_instances"] == 2
+      assert set(result["metrics"]) == {"rougeL", "exact_match"}
+  assert report["tasks"]["sni:task001_toy_add_small"]["level"] == "held_out_instances"
+  assert "absent from the catalog" in report["errors"][0]["error"] and report["errors"][0]["task"] == "sni:nope"
+  assert report["baseline"]["model"]["format"] == "hf"
+  level = report["levels"]["held_out_instances"]["2"]["score"]
+  base = report["baseline"]["levels"]["held_out_instances"]["2"]["score"]
+  assert report["deltas"]["levels"]["held_out_instances"]["2"] == pytest.approx(level - base)
+  assert (out / "baseline" / "metrics.json").is_file()
+  for level in ("held_out_category", "held_out_instances"):
+    assert (out / f"{level}.png").stat().st_size > 1000
+  assert report["tasks"]["sni:nope"]["level"] == "unknown" and not report["notes"]
+  assert "## Errors" in (out / "report.md").read_text()
+  lines = (out / "inferences" / "sni:task001_toy_add_small.2shot-000200.jsonl").read_text().splitlines()
+  assert len(lines) == 2 and "prediction" in json.loads(lines[0])  # seqio's JSONLogger
+
+
+def test_every_step_of_a_model_dir_and_an_earlier_report_as_baseline(setup, tmp_path):
+  out = tmp_path / "all"
+  code = _run(setup, out, f"--gin.CHECKPOINT_PATH={setup / 'run'}", "--gin.CHECKPOINT_STEPS='all'",
+              "--gin.TASKS=sni:task030_toy_entail_color")
+  assert code == 0
+  assert (out / "step_100" / "metrics.json").is_file() and (out / "step_200" / "metrics.json").is_file()
+  assert set(json.loads((out / "steps.json").read_text())) == {"100", "200"}
+  assert (out / "steps.md").read_text().startswith("| step | held_out_category 0-shot |")
+  again = tmp_path / "again"
+  code = _run(setup, again, f"--gin.CHECKPOINT_PATH={setup / 'run' / '100'}",
+              "--gin.TASKS=sni:task030_toy_entail_color", f"--gin.BASELINE_PATH={out / 'step_200'}")
+  assert code == 0
+  report = json.loads((again / "metrics.json").read_text())
+  assert report["model"]["step"] == 100 and report["baseline"]["model"]["step"] == 200
+
+
+def test_bad_input_gives_clear_messages_and_exit_codes(setup, tmp_path, capsys):
+  assert _run(setup, tmp_path / "o", f"--gin.CHECKPOINT_PATH={tmp_path / 'missing'}") == 1
+  assert "checkpoint path not found" in capsys.readouterr().err
+  assert eval_entry.main(["--gin_file=eval.gin", f"--gin.EVAL_OUTPUT_DIR={tmp_path}"]) == 2
+  assert "CHECKPOINT_PATH" in capsys.readouterr().err
+  code = eval_entry.main(COMMON + [f"--gin.CHECKPOINT_PATH={setup / 'hf_base'}", f"--gin.EVAL_OUTPUT_DIR={tmp_path}",
+                                   f"--gin.CATALOG_DIR={tmp_path / 'no_catalog'}"])
+  assert code == 2 and "no catalog here" in capsys.readouterr().err
+  assert _run(setup, tmp_path / "o", f"--gin.CHECKPOINT_PATH={setup / 'hf_base'}", "--gin.TASKS=['sni:nope']") == 2
+  assert "absent from the catalog" in capsys.readouterr().err
