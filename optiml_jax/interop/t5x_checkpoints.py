@@ -1,0 +1,212 @@
+r"""Checkpoints between t5x and optiml-jax: t5x's `checkpoint_<step>/state` <-> our Orbax `params` folders.
+
+Where it sits: beside `checkpoints/orbax_io.py`. A t5x run (`python -m t5x.train` with gin/t5x/) writes
+t5x checkpoints; `import` turns one into the folder our evaluator, `convert` and the trainer's
+INITIAL_CHECKPOINT_PATH read. `export` turns our checkpoint (an OPT converted from Hugging Face, or one our
+trainer wrote) into a t5x checkpoint that `t5x.train` (fine-tuning), `t5x.eval` and `t5x.infer` restore.
+Needs orbax only, not t5x.
+
+Layouts (both Orbax; the parameter trees are the same, since t5x's module is our OPT):
+  t5x   MODEL_DIR/checkpoint_<step>/state   one PyTree item {"target": params,
+                                            "state": {"step": int32, "param_states": t5x's optimizer state}}
+  ours  OUT/config.json + OUT/params        `save_orbax` (the trainer writes MODEL_DIR/<step>/params)
+
+What carries over: the parameters, bit for bit, and the step. What does not: optimizer state (t5x stores
+optax's state flattened as `param_states/<index>/...` without its empty members; our trainer stores optax's
+own tree) and the data-stream position. `import` reads `target` only; `export` writes `target` and
+`state/step` only, so t5x must restore it with `RestoreCheckpointConfig.fallback_to_scratch = True`, which
+creates a fresh optimizer state (gin/t5x/optiml_*.gin set that for INITIAL_CHECKPOINT_PATH).
+
+  python -m optiml_jax.interop.t5x_checkpoints import MODEL_DIR/checkpoint_8000 OUT --preset opt-30b
+  python -m optiml_jax.interop.t5x_checkpoints export OPT_ORBAX_DIR T5X_DIR [--step 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import re
+import sys
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from optiml_jax.checkpoints import hf
+from optiml_jax.checkpoints import layout
+from optiml_jax.checkpoints import orbax_io
+from optiml_jax.models import opt_config
+
+STATE_ITEM = "state"  # t5x's Orbax item name
+TARGET_KEY = "target"  # the parameters inside it
+STEP_PREFIX = "checkpoint"  # t5x's step folders: checkpoint_<step>
+_STEP_DIR = re.compile(rf"{STEP_PREFIX}_(\d+)")
+_LAYER = re.compile(r"layers_(\d+)")
+
+
+def find_state_item(path: str | pathlib.Path) -> pathlib.Path:
+  """The `state` item of a t5x checkpoint: `path` may be the item, a `checkpoint_<step>` folder or a t5x
+  MODEL_DIR (its highest step).
+
+  Raises:
+    layout.ConversionError: naming `path`, when none of these is found.
+  """
+  path = pathlib.Path(path).absolute()
+  if not path.is_dir():
+    raise layout.ConversionError(f"{path}: t5x checkpoint folder not found")
+  if path.name == STATE_ITEM and (path / "_METADATA").is_file():
+    return path
+  if (path / STATE_ITEM).is_dir():
+    return path / STATE_ITEM
+  steps = [p for p in path.iterdir() if _STEP_DIR.fullmatch(p.name) and (p / STATE_ITEM).is_dir()]
+  if steps:
+    return max(steps, key=lambda p: int(_STEP_DIR.fullmatch(p.name).group(1))) / STATE_ITEM
+  raise layout.ConversionError(f"{path}: not a t5x checkpoint (expected {STATE_ITEM}/, "
+                               f"{STEP_PREFIX}_<step>/{STATE_ITEM}/ or a MODEL_DIR holding them)")
+
+
+def _tree_metadata(item: pathlib.Path) -> Any:
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  try:
+    metadata = ocp.PyTreeCheckpointHandler().metadata(item)
+  except (OSError, ValueError) as e:
+    raise layout.ConversionError(f"{item}: cannot read Orbax metadata: {e}") from e
+  return getattr(metadata, "tree", metadata)
+
+
+def read_t5x_params(path: str | pathlib.Path) -> tuple[layout.Params, int]:
+  """(params as numpy arrays, step) of a t5x checkpoint; the optimizer state is not read.
+
+  Raises:
+    layout.ConversionError: not a t5x checkpoint, or its state has no `target`.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  item = find_state_item(path)
+  metadata = _tree_metadata(item)
+  if TARGET_KEY not in metadata:
+    raise layout.ConversionError(f"{item}: no '{TARGET_KEY}' in the t5x state (keys: {sorted(metadata)})")
+  wanted = {TARGET_KEY: metadata[TARGET_KEY]}
+  if "state" in metadata and "step" in metadata["state"]:
+    wanted["state"] = {"step": metadata["state"]["step"]}
+  restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray, dtype=m.dtype), wanted)
+  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+    restored = checkpointer.restore(item, args=ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args,
+                                                                       partial_restore=True))
+  step = int(np.asarray(restored["state"]["step"])) if "state" in restored else _step_of(item)
+  return dict(restored[TARGET_KEY]), step
+
+
+def _step_of(item: pathlib.Path) -> int:
+  match = _STEP_DIR.fullmatch(item.parent.name)
+  return int(match.group(1)) if match else 0
+
+
+def import_t5x(path: str | pathlib.Path, out: str | pathlib.Path, config: opt_config.OPTConfig,
+               overwrite: bool = False) -> pathlib.Path:
+  """Writes the parameters of a t5x checkpoint as our Orbax folder (`OUT/config.json` + `OUT/params`).
+
+  Raises:
+    layout.ConversionError: the checkpoint's parameters do not match `config` (names the parameter).
+  """
+  params, _ = read_t5x_params(path)
+  scanned = layout.validate_params(config, params, source=str(find_state_item(path)))
+  config = dataclasses.replace(config, scan_layers=scanned)
+  return orbax_io.save_orbax(params, out, config, overwrite=overwrite)
+
+
+def stack_layers(params: Mapping[str, Any]) -> dict[str, Any]:
+  """`layers_0/...`, `layers_1/...` (unscanned) -> `layers/...` stacked on a leading axis, in layer order,
+  as gin/t5x/ builds the model (scan_layers=True); an already stacked tree is returned as it is."""
+  params = dict(layout.unwrap(params))
+  names = sorted((k for k in params if _LAYER.fullmatch(k)), key=lambda k: int(_LAYER.fullmatch(k).group(1)))
+  if not names:
+    return params
+  stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *[params.pop(k) for k in names])
+  return {**params, "layers": stacked}
+
+
+def export_t5x(path: str | pathlib.Path, out_dir: str | pathlib.Path, step: int = 0) -> pathlib.Path:
+  """Writes our checkpoint's parameters as t5x's `OUT_DIR/checkpoint_<step>/state` (no optimizer state).
+
+  `path` is anything `orbax_io.restore_orbax` reads (a `save_orbax` folder, a trainer step folder or
+  MODEL_DIR). Unscanned parameters (`layers_{i}`) are stacked first (`stack_layers`). The whole tree is held
+  in host memory as numpy (2 bytes a parameter for bfloat16/float16 files, 4 for float32). Returns the
+  `checkpoint_<step>` folder.
+
+  Raises:
+    layout.ConversionError: `path` is unreadable, or `OUT_DIR` already holds that step.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  _, params = orbax_io.restore_orbax(path)
+  out_dir = pathlib.Path(out_dir).absolute()
+  target = out_dir / f"{STEP_PREFIX}_{step}"
+  if target.exists():
+    raise layout.ConversionError(f"{target}: already exists; choose another --step or folder")
+  options = ocp.CheckpointManagerOptions(step_prefix=STEP_PREFIX, create=True, enable_async_checkpointing=False)
+  with ocp.CheckpointManager(out_dir, options=options, item_names=(STATE_ITEM,)) as manager:
+    state = {TARGET_KEY: stack_layers(params), "state": {"step": np.asarray(step, np.int32)}}
+    manager.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.PyTreeSave(state)}))
+    manager.wait_until_finished()
+  return target
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _config_from_args(args: argparse.Namespace) -> opt_config.OPTConfig:
+  overrides: dict[str, Any] = json.loads(args.overrides) if args.overrides else {}
+  if not isinstance(overrides, Mapping):
+    raise layout.ConversionError(f"--overrides: expected a JSON object, got {args.overrides!r}")
+  if args.config:
+    config_path = pathlib.Path(args.config)
+    if config_path.is_dir():
+      config_path = config_path / hf.CONFIG_NAME
+    return hf.config_from_hf_dict(json.loads(config_path.read_text(encoding="utf-8")), str(config_path))
+  try:
+    return opt_config.OPTConfig.preset(args.preset, **overrides)
+  except (TypeError, ValueError) as e:
+    raise layout.ConversionError(f"--preset {args.preset} / --overrides: {e}") from e
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog="python -m optiml_jax.interop.t5x_checkpoints",
+                                   description=__doc__.splitlines()[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  commands = parser.add_subparsers(dest="command", required=True)
+  imp = commands.add_parser("import", help="t5x checkpoint -> our Orbax folder (config.json + params)")
+  imp.add_argument("t5x_checkpoint", help="checkpoint_<step>/, its state/ item, or a t5x MODEL_DIR (latest)")
+  imp.add_argument("out", help="folder to write (config.json + params/)")
+  source = imp.add_mutually_exclusive_group(required=True)
+  source.add_argument("--preset", help="the model's OPTConfig preset, e.g. opt-30b (as OPT_PRESET in gin)")
+  source.add_argument("--config", help="a Hugging Face config.json (or a folder holding one)")
+  imp.add_argument("--overrides", help="JSON object of OPTConfig fields for --preset, e.g. '{\"dropout\": 0.0}'")
+  imp.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+  exp = commands.add_parser("export", help="our Orbax checkpoint -> t5x checkpoint_<step>/state")
+  exp.add_argument("checkpoint", help="a save_orbax folder, a trainer step folder or a trainer MODEL_DIR")
+  exp.add_argument("out_dir", help="t5x folder to write checkpoint_<step>/ into (INITIAL_CHECKPOINT_PATH)")
+  exp.add_argument("--step", type=int, default=0, help="step number of the written checkpoint (default 0)")
+  return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = parse_args(argv)
+  try:
+    if args.command == "import":
+      written = import_t5x(args.t5x_checkpoint, args.out, _config_from_args(args), overwrite=args.overwrite)
+    else:
+      written = export_t5x(args.checkpoint, args.out_dir, step=args.step)
+  except (layout.ConversionError, OSError, json.JSONDecodeError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"wrote {written}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,158 @@
+"""Our registered seqio Tasks and Mixtures for t5x's entry points: registration from gin, and evaluation.
+
+Where it sits: on the t5x path, between `data/registry.py` (one seqio Task per catalog task) and t5x's
+`train`, `eval` and `infer`, which look tasks up by name; t5x evaluates a Task with `seqio.Evaluator`, and
+only when it has metric functions. The metrics are the evaluation's own (`evaluation/metrics.py`), so
+`t5x.eval` and `python -m optiml_jax.eval` report the same figures. Needs seqio, not t5x.
+
+  registered(catalog_dir, name)       registers the catalog's Tasks and Mixtures (once per catalog) and
+                                      returns `name`; gin binds MIXTURE_OR_TASK_NAME to it.
+  rank_classification_task(task)      `<task>.score_eval`: one row per answer candidate (targets = the
+                                      candidate), scored by t5x's `score_batch`; "accuracy" takes the
+                                      candidate with the highest log-likelihood per instance.
+  generation_task(task)               `<task>.gen`: "rougeL" and "exact_match" on t5x's greedy
+                                      `predict_batch`, best over the references, in percent.
+  eval_mixture(catalog_dir, ...)      registers the catalog and a Mixture of those (by task or role) for one
+                                      `t5x.eval` or `t5x.infer` run.
+
+Rank classification, a worked example (options "red", "blue"; reference "blue"):
+  instance 0  ->  {inputs, targets: BPE(" red") + </s>, idx: [0, 0], is_correct: False}
+                  {inputs, targets: BPE(" blue") + </s>, idx: [0, 1], is_correct: True}
+  scores [-4.1, -2.3] -> option 1 wins -> correct.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import seqio
+import tensorflow as tf
+
+from optiml_jax.data import catalog as catalog_lib
+from optiml_jax.data import records
+from optiml_jax.data import registry
+from optiml_jax.evaluation import metrics
+
+GENERATION_SUFFIX = ".gen"
+EVAL_MIXTURE = "optiml_t5x_eval"
+_REGISTERED_CATALOGS: dict[tuple[str, tuple[int, ...]], registry.Registered] = {}
+
+# ----------------------------------------------------------------------------------------------------------
+# Registration.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def registered(catalog_dir: str, name: str | None = registry.TRAIN_MIXTURE, shots: Sequence[int] = (0,)
+               ) -> str | None:
+  """Registers the catalog's Tasks and Mixtures (the first call per catalog and shots) and returns `name`
+  (None: registration only).
+
+  Raises:
+    ValueError: `name` is not a Task or Mixture once the catalog is registered (lists the mixtures).
+  """
+  key = (os.path.abspath(os.fspath(catalog_dir)), tuple(int(k) for k in shots))
+  if key not in _REGISTERED_CATALOGS:
+    _REGISTERED_CATALOGS[key] = registry.register_catalog(catalog_dir, shots=key[1])
+  if name is not None and name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
+    raise ValueError(f"{name!r} is neither a Task nor a Mixture after registering the catalog {catalog_dir} "
+                     f"(its mixtures: {list(_REGISTERED_CATALOGS[key].mixtures)})")
+  return name
+
+
+def _base_task(task_name: str) -> seqio.Task:
+  if task_name not in seqio.TaskRegistry.names():
+    raise ValueError(f"task {task_name!r} is not registered (register the catalog first: `registered(...)`)")
+  task = seqio.TaskRegistry.get(task_name)
+  if registry.EVAL_SPLIT not in task.splits:
+    raise ValueError(f"task {task_name!r} has no {registry.EVAL_SPLIT!r} split (no evaluation instances)")
+  return task
+
+
+def rank_classification_task(task_name: str) -> str:
+  """Registers (or replaces) the rank-classification companion of a multiple-choice Task and returns its
+  name, `<task_name>.score_eval` (`evaluation.metrics.register_score_eval_task`: one row per candidate,
+  metrics "accuracy" and "accuracy_norm" from t5x's `score_batch`).
+
+  Raises:
+    ValueError: the task is not registered, has no evaluation split or is not multiple-choice.
+  """
+  task = _base_task(task_name)
+  entry = registry.registered_entry(task_name)
+  if entry.kind != records.MULTIPLE_CHOICE:
+    raise ValueError(f"task {task_name!r} is {entry.kind!r}, not {records.MULTIPLE_CHOICE!r}: it has no "
+                     "answer candidates to rank (use generation_task)")
+  return metrics.register_score_eval_task(task).name
+
+
+def generation_task(task_name: str) -> str:
+  """Registers (or replaces) `<task_name>.gen`: the Task without its ragged `options` feature (t5x.infer
+  batches every feature with `padded_batch`, which takes no ragged tensors), with the evaluation's
+  generation metrics ("rougeL" and "exact_match" on t5x's greedy `predict_batch`, best over the
+  references). Returns its name.
+
+  Raises:
+    ValueError: the task is not registered or has no evaluation split.
+  """
+  task = _base_task(task_name)
+  name = task_name + GENERATION_SUFFIX
+  seqio.TaskRegistry.remove(name)
+  seqio.TaskRegistry.add(name, source=task.source, output_features=task.output_features,
+                         preprocessors=[*task.preprocessors, drop_ragged_options],
+                         shuffle_buffer_size=task.shuffle_buffer_size,
+                         **metrics.task_metric_args(records.GENERATION))
+  return name
+
+
+def drop_ragged_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """seqio preprocessor: every feature but `options` (answer candidates as ragged token ids)."""
+  return dataset.map(lambda ex: {k: v for k, v in ex.items() if k != "options"})
+
+
+def eval_mixture(catalog_dir: str, name: str = EVAL_MIXTURE, tasks: Sequence[str] | None = None,
+                 roles: Sequence[str] = catalog_lib.ROLES, shots: int = 0,
+                 rank_multiple_choice: bool = True) -> str:
+  """Registers the catalog, then a Mixture `name` of evaluation Tasks for one `t5x.eval` or `t5x.infer` run;
+  returns `name`. Multiple-choice tasks enter as `rank_classification_task` (scored; decoded like the others
+  when `rank_multiple_choice` is False, e.g. for `t5x.infer`), the others as `generation_task` (decoded);
+  `lm` tasks and tasks without evaluation instances are left out.
+
+  Args:
+    catalog_dir: the bench catalog.
+    name: the mixture's name.
+    tasks: catalog task names (0-shot names); None takes every task whose role is in `roles`.
+    roles: catalog roles to take when `tasks` is None (e.g. ("held_out_category",) for level 1).
+    shots: evaluate the `<task>.<k>shot` variants (registered with the catalog).
+    rank_multiple_choice: score multiple-choice tasks by rank classification (else decode them).
+
+  Raises:
+    ValueError: an unknown task or role, or nothing left to evaluate.
+  """
+  unknown_roles = sorted(set(roles) - set(catalog_lib.ROLES))
+  if unknown_roles:
+    raise ValueError(f"eval mixture {name!r}: unknown roles {unknown_roles} "
+                     f"(expected some of {catalog_lib.ROLES})")
+  registered(catalog_dir, name=None, shots=sorted({0, shots}))
+  bench = {e.name: e for e in catalog_lib.load(catalog_dir).tasks}
+  if tasks is None:
+    chosen = [e for e in bench.values() if e.role in roles]
+  else:
+    missing = [t for t in tasks if t not in bench]
+    if missing:
+      raise ValueError(f"eval mixture {name!r}: tasks {missing} are not in the catalog {catalog_dir}")
+    chosen = [bench[t] for t in tasks]
+  members = []
+  for entry in chosen:
+    if entry.num_eval_instances <= 0 or entry.kind == records.LANGUAGE_MODELING:
+      continue
+    variant = registry.variant_name(entry.name, shots)
+    if entry.kind == records.MULTIPLE_CHOICE and rank_multiple_choice:
+      members.append(rank_classification_task(variant))
+    else:
+      members.append(generation_task(variant))
+  if not members:
+    raise ValueError(f"eval mixture {name!r}: no task with evaluation instances among {len(chosen)} chosen "
+                     f"(roles {list(roles)})")
+  seqio.MixtureRegistry.remove(name)
+  seqio.MixtureRegistry.add(name, [(m, 1.0) for m in sorted(members)])
+  return name

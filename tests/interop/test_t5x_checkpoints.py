@@ -1,0 +1,144 @@
+"""Tests of optiml_jax.interop.t5x_checkpoints: t5x's checkpoint_<step>/state <-> our Orbax folders.
+
+Needs orbax only (t5x's layout is written here directly); tests/interop/test_t5x_cli.py converts checkpoints
+that t5x itself wrote.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from optiml_jax.checkpoints import layout
+from optiml_jax.checkpoints import orbax_io
+from optiml_jax.interop import t5x_checkpoints
+from optiml_jax.models import opt
+from optiml_jax.models import opt_config
+
+CONFIG = opt_config.OPTConfig.preset("tiny", vocab_size=128, max_position_embeddings=32)
+
+
+@pytest.fixture(scope="module")
+def params():
+  init = jax.jit(lambda rng: opt.OPT(CONFIG).init(rng, jnp.ones((1, 8), jnp.int32), enable_dropout=False))
+  return jax.tree.map(np.asarray, init(jax.random.PRNGKey(1))["params"])
+
+
+def _assert_same(a, b):
+  flat_a, flat_b = layout.flatten(dict(a)), layout.flatten(dict(b))
+  assert flat_a.keys() == flat_b.keys()
+  for key in flat_a:
+    assert np.asarray(flat_a[key]).dtype == np.asarray(flat_b[key]).dtype, key
+    np.testing.assert_array_equal(flat_a[key], flat_b[key], err_msg="/".join(key))
+
+
+def _write_t5x_layout(model_dir: pathlib.Path, step: int, params) -> pathlib.Path:
+  """A checkpoint as t5x's OrbaxCheckpointManagerInterface writes it, optimizer state included."""
+  adam = {"count": np.asarray(step, np.int32), "mu": jax.tree.map(np.zeros_like, params),
+          "nu": jax.tree.map(np.ones_like, params)}
+  state = {"target": params,
+           "state": {"step": np.asarray(step, np.int32),
+                     "param_states": {"1": {"0": adam, "2": {"count": np.asarray(step, np.int32)}}}}}
+  options = ocp.CheckpointManagerOptions(step_prefix="checkpoint", create=True, enable_async_checkpointing=False)
+  with ocp.CheckpointManager(model_dir, options=options, item_names=("state",)) as manager:
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state)))
+  return model_dir / f"checkpoint_{step}"
+
+
+def test_import_reads_the_parameters_and_step_of_a_t5x_checkpoint(tmp_path, params):
+  checkpoint = _write_t5x_layout(tmp_path / "t5x", 7, params)
+  read, step = t5x_checkpoints.read_t5x_params(checkpoint)
+  assert step == 7
+  _assert_same(read, params)
+  out = t5x_checkpoints.import_t5x(checkpoint, tmp_path / "ours", CONFIG)
+  config, restored = orbax_io.restore_orbax(out)
+  assert config.hidden_size == CONFIG.hidden_size and config.scan_layers
+  _assert_same(restored, params)
+  assert json.loads((out / "config.json").read_text())["vocab_size"] == 128
+
+
+def test_state_item_is_found_from_model_dir_step_folder_or_item(tmp_path, params):
+  _write_t5x_layout(tmp_path / "t5x", 3, params)
+  latest = _write_t5x_layout(tmp_path / "t5x", 12, params)
+  assert t5x_checkpoints.find_state_item(tmp_path / "t5x") == latest / "state"
+  assert t5x_checkpoints.find_state_item(latest) == latest / "state"
+  assert t5x_checkpoints.find_state_item(latest / "state") == latest / "state"
+  with pytest.raises(layout.ConversionError, match="not a t5x checkpoint"):
+    t5x_checkpoints.find_state_item(tmp_path)
+  with pytest.raises(layout.ConversionError, match="not found"):
+    t5x_checkpoints.find_state_item(tmp_path / "missing")
+
+
+def test_import_refuses_a_config_that_does_not_match(tmp_path, params):
+  checkpoint = _write_t5x_layout(tmp_path / "t5x", 1, params)
+  wider = opt_config.OPTConfig.preset("tiny", vocab_size=256, max_position_embeddings=32)
+  with pytest.raises(layout.ConversionError, match="embed_tokens/embedding: expected shape"):
+    t5x_checkpoints.import_t5x(checkpoint, tmp_path / "ours", wider)
+  assert not (tmp_path / "ours").exists()
+
+
+def test_export_then_import_is_bitwise_and_export_keeps_no_optimizer_state(tmp_path, params):
+  ours = orbax_io.save_orbax(params, tmp_path / "ours", CONFIG)
+  written = t5x_checkpoints.export_t5x(ours, tmp_path / "t5x", step=4)
+  assert written == tmp_path / "t5x" / "checkpoint_4"
+  tree = ocp.PyTreeCheckpointHandler().metadata(written / "state")
+  tree = getattr(tree, "tree", tree)
+  assert set(tree) == {"target", "state"} and set(tree["state"]) == {"step"}
+  read, step = t5x_checkpoints.read_t5x_params(tmp_path / "t5x")
+  assert step == 4
+  _assert_same(read, params)
+  with pytest.raises(layout.ConversionError, match="already exists"):
+    t5x_checkpoints.export_t5x(ours, tmp_path / "t5x", step=4)
+
+
+def test_export_stacks_unscanned_layers_in_layer_order(tmp_path):
+  config = opt_config.OPTConfig.preset("tiny", vocab_size=128, max_position_embeddings=32, num_hidden_layers=11,
+                                       scan_layers=False)
+  init = jax.jit(lambda rng: opt.OPT(config).init(rng, jnp.ones((1, 8), jnp.int32), enable_dropout=False))
+  unscanned = jax.tree.map(np.asarray, init(jax.random.PRNGKey(2))["params"])
+  assert "layers_10" in unscanned
+  ours = orbax_io.save_orbax(unscanned, tmp_path / "ours", config)
+  read, _ = t5x_checkpoints.read_t5x_params(t5x_checkpoints.export_t5x(ours, tmp_path / "t5x"))
+  assert "layers_0" not in read and read["layers"]["fc1"]["kernel"].shape == (11, 64, 256)
+  for i in range(11):
+    np.testing.assert_array_equal(read["layers"]["fc1"]["kernel"][i], unscanned[f"layers_{i}"]["fc1"]["kernel"])
+  _assert_same(t5x_checkpoints.stack_layers(read), read)  # stacked trees pass through
+
+
+def test_command_line(tmp_path, params, capsys):
+  checkpoint = _write_t5x_layout(tmp_path / "t5x", 2, params)
+  overrides = json.dumps({"vocab_size": 128, "max_position_embeddings": 32})
+  assert t5x_checkpoints.main(["import", str(checkpoint), str(tmp_path / "ours"), "--preset", "tiny",
+                               "--overrides", overrides]) == 0
+  assert "wrote" in capsys.readouterr().out
+  _assert_same(orbax_io.restore_orbax(tmp_path / "ours")[1], params)
+  assert t5x_checkpoints.main(["import", str(checkpoint), str(tmp_path / "again"), "--config",
+                               str(tmp_path / "ours")]) == 0
+  assert t5x_checkpoints.main(["export", str(tmp_path / "ours"), str(tmp_path / "back"), "--step", "9"]) == 0
+  _assert_same(t5x_checkpoints.read_t5x_params(tmp_path / "back")[0], params)
+  assert t5x_checkpoints.main(["import", str(checkpoint), str(tmp_path / "bad"), "--preset", "tiny"]) == 2
+  assert "expected shape" in capsys.readouterr().err
+
+
+def test_the_package_does_not_import_t5x_off_the_t5x_path():
+  """Only gin/t5x/ files import `interop.t5x_model` (which imports t5x); nothing else pulls t5x in, even where
+  t5x is importable ($OPTIML_T5X_DIR checkouts are put on the path when set)."""
+  root = os.environ.get("OPTIML_T5X_DIR")
+  paths = [os.path.join(root, name) for name in ("t5x", "airio", "jestimator")] if root else []
+  code = ("import sys\n"
+          "import optiml_jax.train, optiml_jax.eval, optiml_jax.convert, optiml_jax.bench\n"
+          "import optiml_jax.interop.t5x_tasks, optiml_jax.interop.t5x_checkpoints\n"
+          "print(sorted(m for m in sys.modules if m == 't5x' or m.startswith('t5x.')))\n")
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]),
+             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+  done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                        check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -1,0 +1,228 @@
+"""Tests of optiml_jax.interop.t5x_model inside t5x's DecoderOnlyModel: features, scoring, greedy decoding
+with the cache, several decodes per example, axis rules and the optimizer.
+
+Needs t5x: importable already, or checkouts of t5x, airio and jestimator under $OPTIML_T5X_DIR (README,
+"Using t5x"); skipped otherwise.
+"""
+
+import functools
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+T5X_ENV = "OPTIML_T5X_DIR"
+T5X_CHECKOUTS = ("t5x", "airio", "jestimator")
+
+
+def _add_t5x_checkouts() -> None:
+  root = os.environ.get(T5X_ENV)
+  if root:
+    for name in reversed(T5X_CHECKOUTS):
+      path = os.path.join(root, name)
+      if os.path.isdir(path) and path not in sys.path:
+        sys.path.insert(0, path)
+
+
+_add_t5x_checkouts()
+t5x_models = pytest.importorskip(
+    "t5x.models", reason=f"t5x is not importable: set {T5X_ENV} to a folder holding checkouts of t5x, airio and "
+    "jestimator (README, 'Using t5x')")
+
+import seqio  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
+from t5x import decoding  # pylint: disable=g-import-not-at-top,wrong-import-position
+from t5x import optimizers as t5x_optimizers  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from optiml_jax.data import packing  # pylint: disable=g-import-not-at-top,wrong-import-position
+from optiml_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from optiml_jax.interop import t5x_model  # pylint: disable=g-import-not-at-top,wrong-import-position
+from optiml_jax.models import opt  # pylint: disable=g-import-not-at-top,wrong-import-position
+from optiml_jax.models import opt_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from optiml_jax.models import partitioning  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+EOS = 2
+LENGTHS = {"inputs": 8, "targets": 8}  # rows of 16 positions
+# init_std 0.5 makes the logits of a random model peaked, so greedy choices are far from ties.
+CONFIG = opt_config.OPTConfig.preset("tiny", vocab_size=128, max_position_embeddings=32, dropout=0.0,
+                                     init_std=0.5)
+EXAMPLES = [([11, 12, 13], [21, 22, EOS]), ([31, 32, 33, 34, 35, 36], [41, EOS]), ([51], [61, 62, 63, EOS])]
+
+
+def _greedy_decode_fn(**decode_kwargs):
+  sampler = functools.partial(decoding.temperature_sample, temperature=0.0)
+  return functools.partial(t5x_model.decode, sampler=sampler, **decode_kwargs)
+
+
+def _model(config=CONFIG, **decode_kwargs):
+  return t5x_models.DecoderOnlyModel(
+      module=t5x_model.OPTForT5x(config), vocabulary=vocab_lib.OPTVocabulary(), optimizer_def=None,
+      decode_fn=_greedy_decode_fn(**decode_kwargs), feature_converter_cls=t5x_model.FeatureConverter,
+      loss_normalizing_factor="NUM_REAL_TARGET_TOKENS")
+
+
+def _dataset(examples):
+  return tf.data.Dataset.from_generator(
+      lambda: ({"inputs": np.asarray(i, np.int32), "targets": np.asarray(t, np.int32)} for i, t in examples),
+      output_signature={"inputs": tf.TensorSpec([None], tf.int32), "targets": tf.TensorSpec([None], tf.int32)})
+
+
+def _batch(pack=False, examples=EXAMPLES):
+  converter = t5x_model.FeatureConverter(pack=pack)
+  rows = list(converter(_dataset(examples), LENGTHS).as_numpy_iterator())
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+@pytest.fixture(scope="module")
+def params():
+  model = _model()
+  shapes, types = {"decoder_input_tokens": (1, 16)}, {"decoder_input_tokens": jnp.int32}
+  init = jax.jit(lambda rng: model.get_initial_variables(rng, shapes, types)["params"])
+  return init(jax.random.PRNGKey(0))
+
+
+@pytest.fixture(scope="module")
+def batch():
+  return {k: jnp.asarray(v) for k, v in _batch().items()}
+
+
+@pytest.fixture(scope="module")
+def greedy(params, batch):
+  """t5x's predict_batch with one (greedy) decode per example."""
+  return np.asarray(jax.jit(_model().predict_batch)(params, batch))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(config, params, tokens):
+  return opt.OPT(config).apply({"params": params}, tokens, enable_dropout=False)
+
+
+def test_unpacked_rows_carry_the_prompt_as_decoder_causal_attention():
+  batch = _batch()
+  assert set(batch) == {"decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
+                        "decoder_causal_attention"}
+  np.testing.assert_array_equal(batch["decoder_input_tokens"][0], [2, 11, 12, 13, 21, 22] + [0] * 10)
+  np.testing.assert_array_equal(batch["decoder_causal_attention"][0], [1, 1, 1, 1] + [0] * 12)
+  np.testing.assert_array_equal(batch["decoder_causal_attention"][2], [1, 1] + [0] * 14)
+  # t5x's prefill: inputs = tokens * mask; the prompt length excludes BOS.
+  inputs = batch["decoder_input_tokens"] * batch["decoder_causal_attention"]
+  np.testing.assert_array_equal(np.sum(inputs[:, 1:] != 0, axis=-1), [3, 6, 1])
+
+
+def test_packed_rows_are_those_of_our_converter():
+  ours = packing.OptimlFeatureConverter(pack=True)(_dataset(EXAMPLES), LENGTHS)
+  theirs = t5x_model.FeatureConverter(pack=True, use_custom_packing_ops=False)(_dataset(EXAMPLES), LENGTHS)
+  for a, b in zip(ours.as_numpy_iterator(), theirs.as_numpy_iterator(), strict=True):
+    assert set(a) == set(b) and "decoder_causal_attention" not in b
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_score_batch_is_the_log_likelihood_of_the_targets(params, batch):
+  scores = np.asarray(jax.jit(_model().score_batch)(params, batch))
+  logits = _logits(CONFIG, params, batch["decoder_input_tokens"])
+  log_probs = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+  expected = []
+  for row in range(len(EXAMPLES)):
+    n_in, n_tgt = len(EXAMPLES[row][0]), len(EXAMPLES[row][1])
+    positions = range(n_in, n_in + n_tgt)
+    expected.append(sum(log_probs[row, p, int(batch["decoder_target_tokens"][row, p])] for p in positions))
+  np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-4)
+
+
+def _check_greedy(params, batch, decoded, max_steps=None):
+  """Each decoded token is an argmax of the full (cache-free) forward pass over the tokens before it."""
+  row_length = batch["decoder_input_tokens"].shape[1]
+  for row, (prompt, _) in enumerate(EXAMPLES):
+    tokens = [EOS] + list(prompt)
+    budget = row_length - len(prompt) if max_steps is None else min(max_steps, row_length - len(prompt))
+    generated = []
+    for _ in range(budget):
+      padded = tokens + [0] * (row_length + 1 - len(tokens))  # one shape, one compile; causal: no effect
+      logits = np.asarray(_logits(CONFIG, params, jnp.asarray([padded])))[0, len(tokens) - 1]
+      token = int(decoded[row][len(generated)])
+      assert logits[token] >= logits.max() - 1e-4, (row, len(generated), token, int(logits.argmax()))
+      generated.append(token)
+      tokens.append(token)
+      if token == EOS:
+        break
+    np.testing.assert_array_equal(decoded[row][:len(generated)], generated)
+    assert not np.any(decoded[row][len(generated):]), "padding after </s> or the budget"
+
+
+def test_predict_batch_is_greedy_decoding_with_the_prefilled_cache(params, batch, greedy):
+  assert greedy.shape == batch["decoder_input_tokens"].shape
+  assert np.count_nonzero(greedy) >= len(EXAMPLES), "a random model should produce tokens"
+  _check_greedy(params, batch, greedy)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_max_decode_steps_counts_new_tokens(params, batch, greedy, steps):
+  decoded = np.asarray(jax.jit(_model(max_decode_steps=steps).predict_batch)(params, batch))
+  _check_greedy(params, batch, decoded, max_steps=steps)
+  np.testing.assert_array_equal(decoded[:, :steps], greedy[:, :steps])
+  assert not np.any(decoded[:, steps:])
+
+
+def test_max_decode_steps_must_be_positive(params, batch):
+  with pytest.raises(ValueError, match="max_decode_steps must be >= 1"):
+    _model(max_decode_steps=0).predict_batch(params, batch)
+
+
+def test_several_decodes_per_example_with_the_scanned_cache(params, batch, greedy):
+  predict = functools.partial(_model().predict_batch_with_aux, num_decodes=2, return_all_decodes=True)
+  several, _ = jax.jit(predict)(params, batch)
+  several = np.asarray(several)
+  assert several.shape == (len(EXAMPLES), 2, greedy.shape[1])
+  for k in range(2):  # temperature 0: every decode is the greedy one
+    np.testing.assert_array_equal(several[:, k], greedy)
+
+
+def test_swap_layer_axis_swaps_stacked_arrays_only():
+  cache = {"cache_index": jnp.arange(3), "layers": {"self_attn": {"cached_key": jnp.zeros((2, 3, 5, 4, 1))}}}
+  swapped = t5x_model.swap_layer_axis(cache)
+  assert swapped["cache_index"].shape == (3,)
+  assert swapped["layers"]["self_attn"]["cached_key"].shape == (3, 2, 5, 4, 1)
+  back = t5x_model.swap_layer_axis(swapped)
+  assert back["layers"]["self_attn"]["cached_key"].shape == (2, 3, 5, 4, 1)
+
+
+def test_t5x_init_with_float_tokens_gives_our_parameter_tree(params):
+  model = _model()
+  variables = jax.eval_shape(
+      lambda: model.get_initial_variables(jax.random.PRNGKey(0), {"decoder_input_tokens": (1, 16)}))
+  ours = jax.eval_shape(lambda: opt.OPT(CONFIG).init(jax.random.PRNGKey(0), jnp.ones((1, 16), jnp.int32),
+                                                     enable_dropout=False))
+  assert jax.tree.map(jnp.shape, variables["params"]) == jax.tree.map(jnp.shape, ours["params"])
+  assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, ours["params"])
+
+
+def test_logical_axis_rules_on_t5x_mesh_cover_every_parameter_axis():
+  rules = dict(t5x_model.logical_axis_rules(fsdp=True))
+  assert rules["batch"] == "data" and rules["embed"] == "data"
+  assert rules["mlp"] == rules["vocab"] == rules["joined_kv"] == rules["heads"] == "model"
+  assert rules["layers"] is None and rules["kv"] is None
+  assert dict(t5x_model.logical_axis_rules(fsdp=False))["embed"] is None
+  _, axes = partitioning.abstract_variables(opt.OPT(CONFIG), jnp.ones((1, 8), jnp.int32), enable_dropout=False)
+  partitioning.check_rules_cover(axes, t5x_model.logical_axis_rules())
+  with pytest.raises(ValueError, match="'seq'.*no t5x counterpart"):
+    t5x_model.logical_axis_rules(rules=(("seq", "sequence"),))
+
+
+def test_optimizer_is_the_recipe_chain_wrapped_for_t5x():
+  wrapped = t5x_model.optimizer(total_steps=100, learning_rate=1e-3, warmup_steps=10, weight_decay=0.0)
+  assert isinstance(wrapped, t5x_optimizers.OptaxWrapper)
+  params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros((2,))}
+  state = wrapped.init_state(params)
+  step = jax.jit(lambda p, s: wrapped.apply_gradient(wrapped.hyper_params, p, s, jax.tree.map(jnp.ones_like, p)))
+  new_params, state = step(params, state)  # update 0 of a warmup schedule has learning rate 0
+  jax.tree.map(np.testing.assert_array_equal, new_params, params)
+  new_params, state = step(new_params, state)  # update 1: Adam's first step moves each weight by the rate
+  np.testing.assert_allclose(new_params["kernel"], 1.0 - 1e-4, rtol=1e-5)
+  assert int(state.step) == 2
+  schedule = t5x_model.learning_rate_fn(total_steps=100, learning_rate=1e-3, warmup_steps=10)
+  np.testing.assert_allclose([schedule(0), schedule(10), schedule(55), schedule(100)], [0, 1e-3, 5e-4, 0],
+                             atol=1e-9)
