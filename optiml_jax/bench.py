@@ -39,7 +39,7 @@ def _jsonl_pair(value: str) -> tuple[str, str]:
   benchmark, sep, folder = value.partition("=")
   if not sep or not benchmark or not folder:
     raise argparse.ArgumentTypeError(f"expected BENCH=DIR (e.g. crossfit=/data/crossfit), got {value!r}")
-  return benchmark, folder
+  return benchmark, os.path.abspath(folder)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -48,14 +48,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
   build = commands.add_parser("build", help="read the sources and write CATALOG_DIR/catalog.json")
   build.add_argument("--config", required=True, help="bench definition, e.g. tasks/optiml_bench.yaml")
-  build.add_argument("--sni_dir", help="natural-instructions checkout (tasks/ and splits/)")
+  build.add_argument("--sni_dir", type=os.path.abspath, help="natural-instructions checkout (tasks/ and splits/)")
   build.add_argument("--sni_split", default="default", help="SNI split folder under splits/ (default: default)")
-  build.add_argument("--p3_dir", help="P3 per-template JSONL folder (PromptSource)")
-  build.add_argument("--bigbench_dir", help="folder of BIG-bench task folders")
+  build.add_argument("--p3_dir", type=os.path.abspath, help="P3 per-template JSONL folder (PromptSource)")
+  build.add_argument("--bigbench_dir", type=os.path.abspath, help="folder of BIG-bench task folders")
   build.add_argument("--jsonl_dir", type=_jsonl_pair, action="append", default=[], metavar="BENCH=DIR",
                      help="generic JSONL folder of a benchmark declared in the config (repeatable)")
-  build.add_argument("--cot_dir", help="chain-of-thought JSONL folder (benchmark 'reasoning')")
-  build.add_argument("--text_dir", help="pre-training text folder (benchmark 'pretraining')")
+  build.add_argument("--cot_dir", type=os.path.abspath, help="chain-of-thought JSONL folder (benchmark 'reasoning')")
+  build.add_argument("--text_dir", type=os.path.abspath, help="pre-training text folder (benchmark 'pretraining')")
   build.add_argument("--strict", action="store_true", help="exit 1, writing nothing, if any file is skipped")
   build.add_argument("--no_progress", action="store_true", help="no progress bars")
   build.add_argument("--out", required=True, help="catalog folder to write (replaced atomically)")
@@ -131,7 +131,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_toy(args: argparse.Namespace) -> int:
-  out = toybench.write(args.out, seed=args.seed)
+  out = toybench.write(os.path.abspath(args.out), seed=args.seed)
   print(f"wrote the toy bench to {out} ({len(toybench.TASKS)} tasks)")
   if args.catalog:
     return run_build(argparse.Namespace(

@@ -112,3 +112,12 @@ def test_toy_command_writes_bench_and_catalog(tmp_path):
   assert len(list((tmp_path / "toy" / "tasks").glob("*.json"))) == len(toybench.TASKS)
   data = json.loads((tmp_path / "catalog" / "catalog.json").read_text(encoding="utf-8"))
   assert {t["role"] for t in data["tasks"]} == {"train", "held_out_task", "held_out_category"}
+
+
+def test_relative_folders_are_recorded_as_absolute_paths(tmp_path):
+  # The catalog is read later from other working directories (the trainer, eval, every pod worker).
+  result = bench("toy", "--out", "toy", "--catalog", "catalog", cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  data = json.loads((tmp_path / "catalog" / "catalog.json").read_text(encoding="utf-8"))
+  assert all(pathlib.Path(t["path"]).is_absolute() for t in data["tasks"])
+  assert all(pathlib.Path(t["path"]).is_file() for t in data["tasks"])
