@@ -1,17 +1,26 @@
 """t5x-style gin flags for the entry points: `--gin_file`, `--gin.KEY=VALUE`, `--gin_bindings`, `--gin_search_paths`.
 
-Only the entry points (`train`, `eval`) use gin; this module parses their flags and loads the files. A value
-given as `--gin.MODEL_DIR=/tmp/run` that is not a gin literal is taken as a string, so paths need no quoting.
-Unknown configurables or parameters, and required macros left unset, are reported as `GinConfigError` with
-the binding named, before anything is built or compiled.
+Only the entry points (`train`, `eval`) use gin; this module parses their flags, loads the files and checks
+the result before anything is built or compiled:
+  - an unknown configurable or parameter, a syntax error or a missing file: `parse` raises GinConfigError
+    with gin's message, which names the binding and the file line;
+  - a required macro left unset: `check_required_macros(names)`;
+  - anything a configurable needs that is unbound, `%gin.REQUIRED`, or a macro that no file defines:
+    `check_bindings(name, fn)` walks the configurable and every configurable it references.
+A value given as `--gin.MODEL_DIR=/tmp/run` that is not a gin literal is taken as a string, so paths need no
+quoting. Gin files are looked up as given, then in `--gin_search_paths`, the repo's gin/ folder and the
+working directory (also for `include` lines inside them).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import inspect
+import logging
 import os
 import pathlib
-from typing import Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import gin
 
@@ -48,22 +57,58 @@ def _as_gin_value(value: str) -> str:
     return repr(value)
 
 
-def parse(gin_files: Sequence[str], bindings: Sequence[str], search_paths: str | Sequence[str] = "") -> None:
-  """Loads `gin_files` then `bindings`, searching `search_paths`, the repo's gin/ and the working directory."""
+class _DropGinPathNoise(logging.Filter):
+  """gin logs an ERROR for every search-path miss before it finds a file; those are not errors."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Path not found")
+
+
+@contextlib.contextmanager
+def _quiet_search() -> Iterator[None]:
+  noise = _DropGinPathNoise()
+  logging.getLogger().addFilter(noise)
+  try:
+    yield
+  finally:
+    logging.getLogger().removeFilter(noise)
+
+
+def search_paths_for(search_paths: str | Sequence[str] = "") -> list[str]:
+  """The folders gin files are looked up in: the given ones, the repo's gin/ and the working directory."""
   if isinstance(search_paths, str):
     search_paths = [p for p in search_paths.split(",") if p]
-  for path in [*search_paths, str(REPO_GIN_DIR), os.getcwd()]:
+  return [*search_paths, str(REPO_GIN_DIR), os.getcwd()]
+
+
+def resolve_gin_file(name: str, search_paths: Sequence[str]) -> str:
+  """`name` as given if it exists, else the first `search_paths` entry that holds it."""
+  if os.path.isfile(name):
+    return os.path.abspath(name)
+  for folder in search_paths:
+    candidate = os.path.join(folder, name)
+    if os.path.isfile(candidate):
+      return os.path.abspath(candidate)
+  raise GinConfigError(f"gin file {name!r} not found (looked in: {', '.join(['.', *search_paths])})")
+
+
+def parse(gin_files: Sequence[str], bindings: Sequence[str], search_paths: str | Sequence[str] = "") -> None:
+  """Loads `gin_files` then `bindings` (later ones win). Raises GinConfigError naming what is wrong."""
+  paths = search_paths_for(search_paths)
+  for path in paths:
     gin.add_config_file_search_path(path)
   if not gin_files:
     raise GinConfigError("no --gin_file given (e.g. --gin_file=gin/quickstart.gin)")
+  files = [resolve_gin_file(f, paths) for f in gin_files]
   try:
-    gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)
-  except (ValueError, KeyError, SyntaxError, IOError) as e:
+    with _quiet_search():
+      gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
+  except (ValueError, KeyError, SyntaxError, IOError, TypeError) as e:
     raise GinConfigError(f"gin configuration: {e}") from e
 
 
-def check_required_macros(names: Sequence[str]) -> None:
-  """Raises GinConfigError naming every macro in `names` that is unset or still `%gin.REQUIRED`."""
+def missing_macros(names: Sequence[str]) -> list[str]:
+  """The macros in `names` that are unset or still `%gin.REQUIRED`."""
   missing = []
   for name in names:
     try:
@@ -71,8 +116,84 @@ def check_required_macros(names: Sequence[str]) -> None:
     except ValueError:
       missing.append(name)
       continue
-    if repr(value) == "%gin.REQUIRED":
+    if _is_required_marker(value):
       missing.append(name)
+  return missing
+
+
+def check_required_macros(names: Sequence[str]) -> None:
+  """Raises GinConfigError naming every macro in `names` that is unset or still `%gin.REQUIRED`."""
+  missing = missing_macros(names)
   if missing:
     raise GinConfigError("missing required gin macro(s): " + ", ".join(missing) +
                          " (set them with --gin.NAME=VALUE)")
+
+
+def _is_required_marker(value: Any) -> bool:
+  if value is gin.REQUIRED:
+    return True
+  return (isinstance(value, gin.config.ConfigurableReference) and value.configurable.name == "constant"
+          and "/".join(value.scopes) == "gin.REQUIRED")
+
+
+def _is_macro(ref: gin.config.ConfigurableReference) -> bool:
+  return ref.configurable.wrapped is gin.config.macro
+
+
+def _value_problems(value: Any, where: str, seen: set[str]) -> list[str]:
+  problems = []
+  for ref in gin.config.iterate_references(value):
+    if _is_required_marker(ref):
+      problems.append(f"{where} is %gin.REQUIRED: give it a value")
+    elif _is_macro(ref):
+      macro = "/".join(ref.scopes)
+      try:
+        bound = gin.query_parameter(f"%{macro}")
+      except ValueError:
+        problems.append(f"{where} uses the macro %{macro}, which no gin file or flag defines")
+        continue
+      if _is_required_marker(bound):
+        problems.append(f"{where} needs the macro {macro}: set it with --gin.{macro}=VALUE")
+      else:
+        problems += _value_problems(bound, f"{where} (via %{macro})", seen)
+    elif ref.evaluate:
+      problems += _configurable_problems(ref.configurable.name, ref.configurable.wrapped, seen,
+                                         scope="/".join(ref.scopes))
+  return problems
+
+
+def _configurable_problems(name: str, fn: Callable[..., Any], seen: set[str], scope: str = "") -> list[str]:
+  key = f"{scope}/{name}" if scope else name
+  if key in seen:
+    return []
+  seen.add(key)
+  problems = []
+  for param in inspect.signature(fn).parameters.values():
+    if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD) or param.name == "self":
+      continue
+    try:
+      bound = gin.query_parameter(f"{key}.{param.name}")
+    except ValueError:
+      if param.default is gin.REQUIRED:
+        problems.append(f"{key}.{param.name} is required but no gin file or flag binds it")
+      continue
+    problems += _value_problems(bound, f"{key}.{param.name}", seen)
+  return problems
+
+
+def binding_problems(name: str, fn: Callable[..., Any]) -> list[str]:
+  """What configurable `name` (function `fn`) would be missing, one line each (see `check_bindings`)."""
+  return _configurable_problems(name, fn, set())
+
+
+def check_bindings(name: str, fn: Callable[..., Any], required_macros: Sequence[str] = ()) -> None:
+  """Raises GinConfigError listing every value configurable `name` (function `fn`) would be missing.
+
+  Looks at `fn`'s parameters and, through `@configurable()` references, at those of every configurable it
+  would call; macros are followed to their values. Nothing is called or built. `required_macros` are
+  checked too (see `check_required_macros`), so one message lists everything.
+  """
+  problems = [f"macro {m} is required: set it with --gin.{m}=VALUE" for m in missing_macros(required_macros)]
+  problems += [p for p in binding_problems(name, fn) if not any(f"macro {m}:" in p for m in required_macros)]
+  if problems:
+    raise GinConfigError("gin configuration incomplete:\n  " + "\n  ".join(problems))

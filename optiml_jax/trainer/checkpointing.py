@@ -6,7 +6,8 @@ step folder per saved step:
 
     MODEL_DIR/<step>/params      float32 master weights (Orbax StandardSave; what eval and convert read)
     MODEL_DIR/<step>/opt_state   optimizer state
-    MODEL_DIR/<step>/meta        JSON: step, data-stream position, model config, anything JSON-able
+    MODEL_DIR/<step>/meta        JSON: step and "data", the stream position of every process (a list)
+    MODEL_DIR/config.json        the model's Hugging Face config (written by the loop at the start)
 
 Orbax writes each step into a temporary folder and renames it when every item (and, in an asynchronous save,
 every process) has finished, so a killed save never leaves a step folder that restores; `all_steps()` lists
@@ -28,12 +29,21 @@ class NonFiniteCheckpointError(ValueError):
   """Refusing to write a checkpoint that holds NaN or infinity."""
 
 
-def _all_finite(tree: Any) -> bool:
+@jax.jit
+def _all_finite_jit(leaves: list[Any]) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def all_finite(tree: Any) -> bool:
+  """Whether every floating-point leaf of `tree` (numpy or jax arrays, sharded across processes or not)
+  is free of NaN and infinity. Every process must call it (it runs one small jit-ed reduction)."""
   leaves = [x for x in jax.tree_util.tree_leaves(tree)
             if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
   if not leaves:
     return True
-  return bool(jax.device_get(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))))
+  flag = _all_finite_jit(leaves)
+  # The result is replicated; on several processes it is not fully addressable, so read the local copy.
+  return bool(np.asarray(flag.addressable_data(0)))
 
 
 @flax.struct.dataclass
@@ -67,6 +77,10 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def should_save(self, step: int) -> bool:
+    """Whether `step` is on the save interval."""
+    return step % self.save_interval_steps == 0
+
   def save(self, step: int, state: TrainState, meta: Mapping[str, Any], *, force: bool = False) -> bool:
     """Saves `state` and `meta` at `step` when `step` is a multiple of the interval, or when `force`.
 
@@ -74,9 +88,9 @@ class Checkpointer:
 
     Raises NonFiniteCheckpointError, writing nothing, when params or optimizer state are not finite.
     """
-    if not force and step % self.save_interval_steps != 0:
+    if not force and not self.should_save(step):
       return False
-    if not (_all_finite(state.params) and _all_finite(state.opt_state)):
+    if not all_finite((state.params, state.opt_state)):
       raise NonFiniteCheckpointError(
           f"step {step}: parameters or optimizer state hold NaN/inf; not writing a checkpoint to "
           f"{self.directory}")

@@ -1,0 +1,213 @@
+"""Run-time helpers of the loop: per-step bookkeeping, preemption, progress bar, multi-process data states.
+
+Sits beside `trainer.loop`, which owns the order of a run; everything here is one small job:
+  StepTracker     fetches each step's metrics one step late, applies the NaN policy, writes metrics.jsonl
+                  lines (via `trainer.metrics.MetricsWriter`) and drives the progress bar;
+  Preemption      turns SIGTERM into a flag that every process agrees on;
+  gather_json     collects one JSON-able value per process (the data positions a checkpoint records);
+  data_state_of_this_process, write_model_config, count_tokens, progress_bar.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import tqdm
+from jax.experimental import multihost_utils
+
+from optiml_jax.models import opt as opt_lib
+from optiml_jax.trainer import metrics as metrics_lib
+
+
+class NonFiniteLossError(RuntimeError):
+  """Training stopped on a non-finite loss or gradient (nan_policy="stop"); the message names the step."""
+
+
+def count_tokens(batch: Mapping[str, np.ndarray]) -> int:
+  """Non-padding tokens of a batch (t5x convention: target id 0 is padding)."""
+  return int(np.count_nonzero(np.asarray(batch["decoder_target_tokens"])))
+
+
+def progress_bar(total: int, initial: int, enabled: bool) -> tqdm.tqdm:
+  """The run's tqdm bar (process 0 only): step n/total, elapsed<ETA, and loss / lr / tokens/s as postfix."""
+  return tqdm.tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True,
+                   mininterval=1.0, disable=not enabled or jax.process_index() != 0)
+
+
+class StepTracker:
+  """Bookkeeping for every step, one step late (see `trainer.loop`'s docstring for why that is safe).
+
+  `push(step, metrics, tokens)` hands over the device metrics of a just-queued step and processes the
+  previous one; `flush()` processes the last pushed step (before a checkpoint and at the end). A step's
+  metrics.jsonl line is written every `log_every` steps, at `last_step`, and for every non-finite step.
+  """
+
+  def __init__(self, *, writer: metrics_lib.MetricsWriter, log_every: int, last_step: int, nan_policy: str,
+               flops_per_token: float, positions_per_step: int, num_devices: int, peak_flops: float | None,
+               progress: tqdm.tqdm):
+    self._writer, self._log_every, self._last_step = writer, max(1, log_every), last_step
+    self._nan_policy = nan_policy
+    self._flops_per_token, self._positions_per_step = flops_per_token, positions_per_step
+    self._num_devices, self._peak_flops = num_devices, peak_flops
+    self._bar = progress
+    self._pending: tuple[int, Any, int] | None = None
+    self._window_tokens, self._window_steps, self._window_start = 0, 0, time.time()
+    self.skipped: list[int] = []
+    self.losses: list[float] = []
+    self.total_tokens = 0
+
+  def push(self, step: int, metrics: Any, tokens: int) -> None:
+    previous, self._pending = self._pending, (step, metrics, tokens)
+    if previous is not None:
+      self._process(*previous)
+
+  def flush(self) -> None:
+    previous, self._pending = self._pending, None
+    if previous is not None:
+      self._process(*previous)
+
+  def _process(self, step: int, metrics: Any, tokens: int) -> None:
+    values = jax.device_get(metrics)
+    self.total_tokens += tokens
+    self._window_tokens += tokens
+    self._window_steps += 1
+    finite = bool(int(values["finite"]))
+    if not finite:
+      message = (f"step {step}: non-finite loss ({float(values['loss'])}) or gradient norm "
+                 f"({float(values['grad_norm'])})")
+      if self._nan_policy == "stop":
+        raise NonFiniteLossError(message + "; stopping (nan_policy='stop'); this step is not checkpointed")
+      logging.warning("%s; update skipped (nan_policy='skip')", message)
+      self.skipped.append(step)
+    if finite and step % self._log_every and step != self._last_step:
+      self._bar.update(1)
+      return
+    elapsed = max(time.time() - self._window_start, 1e-9)
+    tokens_per_second = self._window_tokens / elapsed
+    positions_per_second = self._window_steps * self._positions_per_step / elapsed
+    record = {
+        "loss": _finite_or_none(values["loss"]),
+        "learning_rate": _finite_or_none(values.get("learning_rate")),
+        "grad_norm": _finite_or_none(values["grad_norm"]),
+        "tokens_per_second": tokens_per_second,
+        "mfu": metrics_lib.model_flops_utilization(positions_per_second, self._flops_per_token,
+                                                   self._num_devices, self._peak_flops),
+        "target_tokens": float(values["target_tokens"]),
+    }
+    if not finite:
+      record["skipped"] = 1.0
+    self._writer.write(step, record)
+    if finite:
+      self.losses.append(record["loss"])
+      postfix = dict(loss=f"{record['loss']:.4f}", tok_s=f"{tokens_per_second:,.0f}")
+      if record["learning_rate"] is not None:
+        postfix["lr"] = f"{record['learning_rate']:.2e}"
+      if record["mfu"] is not None:
+        postfix["mfu"] = f"{record['mfu']:.1%}"
+      self._bar.set_postfix(postfix, refresh=False)
+    self._bar.update(1)
+    self._window_tokens, self._window_steps, self._window_start = 0, 0, time.time()
+
+  def close(self) -> None:
+    self._bar.close()
+
+
+def _finite_or_none(value: Any) -> float | None:
+  if value is None:
+    return None
+  value = float(value)
+  return value if math.isfinite(value) else None
+
+
+class Preemption:
+  """Turns SIGTERM into a flag the loop polls after each step (installed only in the main thread)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self) -> Preemption:
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame) -> None:  # pylint: disable=unused-argument
+    logging.warning("SIGTERM received: saving a checkpoint after the current step, then exiting")
+    self.requested = True
+
+  def __exit__(self, *exc) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def agreed(self) -> bool:
+    """Whether any process was asked to stop (a collective: every process must call it each step)."""
+    if jax.process_count() == 1:
+      return self.requested
+    flags = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
+    return bool(np.any(flags))
+
+
+def gather_json(value: Any) -> list[Any]:
+  """[value of process 0, value of process 1, ...]: every process must call it with a JSON-able value."""
+  if jax.process_count() == 1:
+    return [value]
+  data = np.frombuffer(json.dumps(value, sort_keys=True).encode("utf-8"), np.uint8)
+  lengths = np.asarray(multihost_utils.process_allgather(np.asarray(len(data), np.int32))).reshape(-1)
+  padded = np.zeros((int(lengths.max()),), np.uint8)
+  padded[:len(data)] = data
+  gathered = np.asarray(multihost_utils.process_allgather(padded))
+  return [json.loads(bytes(gathered[i, :lengths[i]]).decode("utf-8")) for i in range(len(lengths))]
+
+
+class ResumeError(ValueError):
+  """A checkpoint in MODEL_DIR cannot be resumed by this run (e.g. another number of processes)."""
+
+
+def data_state_of_this_process(meta: Mapping[str, Any], model_dir: str) -> Any:
+  """This process's stream state from a checkpoint's metadata (one state per process, see `gather_json`)."""
+  states = meta.get("data")
+  if not isinstance(states, list) or len(states) != jax.process_count():
+    count = len(states) if isinstance(states, list) else "an unknown number of"
+    raise ResumeError(f"checkpoint {model_dir}/{meta.get('step')}: its data positions come from {count} "
+                     f"process(es), this run has {jax.process_count()}; resume with the same number of "
+                     "processes (or start a new MODEL_DIR from it with INITIAL_CHECKPOINT_PATH)")
+  return states[jax.process_index()]
+
+
+def replicated_scalar(value: int, sharding: jax.sharding.Sharding) -> jax.Array:
+  """An int32 scalar on every device of `sharding` (also when they span several processes)."""
+  return jax.make_array_from_callback((), sharding, lambda _: np.asarray(value, np.int32))
+
+
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+  """`jax.distributed.initialize`, with CPU collectives over gloo (they have no other implementation here;
+  the setting does nothing on GPU and TPU). Call before anything else touches JAX devices."""
+  try:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  except (AttributeError, KeyError, ValueError):  # a JAX without the option: nothing to choose
+    pass
+  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                             process_id=process_id)
+
+
+def write_model_config(model_dir: str, config: opt_lib.OPTConfig) -> None:
+  """MODEL_DIR/config.json (Hugging Face OPT config), so evaluation and conversion need no model gin file."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(model_dir, exist_ok=True)
+  path = os.path.join(model_dir, "config.json")
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(config.to_hf(), f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)

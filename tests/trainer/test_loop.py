@@ -1,0 +1,217 @@
+"""The training loop: exact resume, NaN guard, float32 master weights under bfloat16 compute, data positions.
+
+Everything runs in this process on a tiny OPT with short rows, so each test takes seconds; compiled steps are
+shared between tests with the same configuration (trainer.loop caches them).
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from optiml_jax.models import opt as opt_lib
+from optiml_jax.trainer import checkpointing
+from optiml_jax.trainer import loop
+from optiml_jax.trainer import prefetch
+from optiml_jax.trainer import runtime
+from optiml_jax.trainer import state as state_lib
+from optiml_jax.trainer import step as step_lib
+from optiml_jax.trainer import synthetic
+
+SEQ_LEN, VOCAB = 32, 512
+TINY = opt_lib.OPTConfig.preset("tiny", vocab_size=VOCAB, max_position_embeddings=SEQ_LEN, dropout=0.1)
+
+
+def _losses(model_dir):
+  return {r["step"]: r["loss"] for r in map(json.loads, open(os.path.join(model_dir, "metrics.jsonl")))}
+
+
+def _run_synthetic(model_dir, config=TINY, **kwargs):
+  args = dict(train_steps=6, batch_size=4, seq_len=SEQ_LEN, log_every=1, save_every=3, progress=False,
+              tensorboard=False, optimizer=loop.OptimizerArgs(learning_rate=1e-2, warmup_steps=1))
+  args.update(kwargs)
+  return loop.run(config, synthetic.factory(SEQ_LEN, config.vocab_size), model_dir=str(model_dir), **args)
+
+
+def _restore(model_dir, config, step, train_steps=6):
+  model = opt_lib.OPT(config)
+  tx, _ = loop.optimizer_lib.make_optimizer(learning_rate=1e-2, warmup_steps=1, total_steps=train_steps)
+  layout = state_lib.state_layout(model, tx, loop.partitioning.make_mesh(-1, 1, 1), SEQ_LEN)
+  ckpt = checkpointing.Checkpointer(str(model_dir))
+  restored = ckpt.restore(step, layout.abstract)
+  ckpt.close()
+  return restored
+
+
+def test_resumed_run_sees_the_same_batches_and_gives_identical_losses(tmp_path):
+  # Dropout is on, so the per-step rng is checked too; checkpoints are asynchronous. (The real toy-bench
+  # stream is checked the same way, across processes, in tests/test_train_cli.py.)
+  whole = _run_synthetic(tmp_path / "whole", save_every=100)
+  first = _run_synthetic(tmp_path / "split", save_every=100, stop_at_step=3)
+  assert (first.last_step, first.checkpoint_steps) == (3, [3])
+  _, meta = _restore(tmp_path / "split", TINY, 3)
+  assert [s["batches_consumed"] for s in meta["data"]] == [3]  # the data position travels with the state
+  second = _run_synthetic(tmp_path / "split", save_every=100)
+  assert (second.first_step, second.last_step, second.checkpoint_steps) == (3, 6, [3, 6])
+  whole_losses, split_losses = _losses(tmp_path / "whole"), _losses(tmp_path / "split")
+  assert sorted(split_losses) == [1, 2, 3, 4, 5, 6]
+  assert [split_losses[s] for s in (4, 5, 6)] == [whole_losses[s] for s in (4, 5, 6)]
+  assert len(set(whole_losses.values())) == 6  # the batches do change from step to step
+  assert whole.checkpoint_steps == [6]
+
+
+def test_rerunning_a_finished_run_does_nothing(tmp_path):
+  _run_synthetic(tmp_path)
+  again = _run_synthetic(tmp_path)
+  assert (again.first_step, again.last_step, again.checkpoint_steps) == (6, 6, [3, 6])
+  assert "nothing to do" in again.describe()
+
+
+def test_nan_skip_goes_on_and_never_checkpoints_nan(tmp_path):
+  huge = loop.OptimizerArgs(learning_rate=1e30, warmup_steps=1)
+  summary = _run_synthetic(tmp_path, optimizer=huge, nan_policy="skip", save_every=1)
+  assert summary.last_step == 6 and summary.skipped_steps, summary
+  records = {r["step"]: r for r in map(json.loads, open(tmp_path / "metrics.jsonl"))}
+  for step in summary.skipped_steps:
+    assert records[step]["skipped"] == 1.0 and records[step]["loss"] is None
+  state, _ = _restore(tmp_path, TINY, 6)
+  assert checkpointing.all_finite((state.params, state.opt_state))
+
+
+def test_nan_stop_names_the_step_and_writes_no_checkpoint_from_it(tmp_path):
+  huge = loop.OptimizerArgs(learning_rate=1e30, warmup_steps=1)
+  with pytest.raises(loop.NonFiniteLossError, match=r"step (\d+): non-finite") as error:
+    _run_synthetic(tmp_path, optimizer=huge, nan_policy="stop", save_every=1)
+  bad_step = int(error.value.args[0].split()[1].rstrip(":"))
+  saved = sorted(int(name) for name in os.listdir(tmp_path) if name.isdigit())
+  assert saved and max(saved) < bad_step
+
+
+def test_poisoned_initial_checkpoint_is_refused_before_training(tmp_path):
+  from optiml_jax import convert  # pylint: disable=g-import-not-at-top
+  params = opt_lib.OPT(TINY).init(jax.random.PRNGKey(0), jnp.ones((1, 8), jnp.int32),
+                                  enable_dropout=False)["params"]
+  params = jax.tree_util.tree_map(np.array, params)
+  params["embed_tokens"]["embedding"][3, 5] = np.nan
+  convert.save_orbax(params, tmp_path / "poisoned", config=TINY)
+  with pytest.raises(state_lib.InitialCheckpointError, match="poisoned.*NaN"):
+    _run_synthetic(tmp_path / "run", initial_checkpoint=str(tmp_path / "poisoned"))
+  assert not any(name.isdigit() for name in os.listdir(tmp_path / "run"))
+
+
+def test_initial_checkpoint_from_a_model_dir_or_a_hugging_face_folder(tmp_path):
+  from optiml_jax import convert  # pylint: disable=g-import-not-at-top
+  _run_synthetic(tmp_path / "previous", train_steps=2, save_every=2, stop_at_step=2)
+  trained, _ = _restore(tmp_path / "previous", TINY, 2, train_steps=2)
+  convert.save_hf(TINY, jax.device_get(trained.params), tmp_path / "hf")
+  mesh = loop.partitioning.make_mesh(-1, 1, 1)
+  program = loop.build_program(TINY, loop.OptimizerArgs(learning_rate=1e-2, warmup_steps=1), 6, 1, mesh, SEQ_LEN)
+  for source in (tmp_path / "previous", tmp_path / "previous" / "2", tmp_path / "hf"):
+    state = state_lib.initial_state(opt_lib.OPT(TINY), program.tx, program.layout, mesh, seed=0, seq_len=SEQ_LEN,
+                                    initial_checkpoint=str(source))
+    assert int(state.step) == 0
+    jax.tree_util.tree_map(np.testing.assert_array_equal, state.params, trained.params)
+    assert all(float(np.abs(x).max()) == 0 for x in jax.tree_util.tree_leaves(state.opt_state[1][0].mu))
+  wrong = opt_lib.OPTConfig.preset("tiny", vocab_size=VOCAB * 2, max_position_embeddings=SEQ_LEN)
+  with pytest.raises(state_lib.InitialCheckpointError, match="previous"):
+    wrong_program = loop.build_program(wrong, loop.OptimizerArgs(warmup_steps=1), 6, 1, mesh, SEQ_LEN)
+    state_lib.load_initial_params(str(tmp_path / "previous"), wrong, wrong_program.layout)
+
+
+def test_master_weights_and_optimizer_state_stay_float32_under_bfloat16_compute():
+  bf16 = opt_lib.OPTConfig.preset("tiny", vocab_size=VOCAB, max_position_embeddings=SEQ_LEN, dropout=0.0,
+                                  dtype="bfloat16", param_dtype="bfloat16")
+  mesh = loop.partitioning.make_mesh(-1, 1, 1)
+  program = loop.build_program(bf16, loop.OptimizerArgs(warmup_steps=1), 10, 1, mesh, SEQ_LEN)
+  batch = next(synthetic.SyntheticStream(2, SEQ_LEN, VOCAB))
+  # The state the loop creates and the state its step returns (traced, not run) are float32 throughout...
+  created = jax.eval_shape(program.init_fn, jax.random.PRNGKey(0))
+  stepped, _ = jax.eval_shape(program.train_fn, created, batch, jax.random.PRNGKey(0))
+  for tree in (program.layout.abstract, created, stepped):
+    leaves = jax.tree_util.tree_leaves((tree.params, tree.opt_state))
+    assert {x.dtype for x in leaves if x.ndim} == {jnp.dtype(jnp.float32)}
+  # ...while every matrix multiply of the step has a bfloat16 operand: weights are cast before use.
+  jaxpr = jax.make_jaxpr(program.train_fn)(created, batch, jax.random.PRNGKey(0))
+  dots = [e for e in _equations(jaxpr.jaxpr) if e.primitive.name == "dot_general"]
+  assert dots and all(any(v.aval.dtype == jnp.bfloat16 for v in e.invars) for e in dots)
+
+
+def _equations(jaxpr):
+  """Every equation of `jaxpr`, inside scans, remat and custom-vjp bodies too."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for value in eqn.params.values():
+      for item in value if isinstance(value, (tuple, list)) else (value,):
+        inner = getattr(item, "jaxpr", item)
+        if hasattr(inner, "eqns"):
+          yield from _equations(inner)
+
+
+def test_resume_with_another_process_count_is_a_clear_error():
+  with pytest.raises(runtime.ResumeError, match="2 process"):
+    runtime.data_state_of_this_process({"step": 5, "data": [{}, {}]}, "/runs/x")
+  assert runtime.data_state_of_this_process({"step": 5, "data": [{"a": 1}]}, "/runs/x") == {"a": 1}
+
+
+def test_prefetcher_reports_the_position_of_the_last_batch_taken():
+  stream = synthetic.SyntheticStream(2, 8, 50)
+  batches = prefetch.Prefetcher(stream, depth=3)
+  expected = [synthetic.global_batch(0, p, 2, 8, 50) for p in range(3)]
+  assert batches.state()["batches_consumed"] == 0
+  for position in range(3):
+    got = next(batches)
+    np.testing.assert_array_equal(got["decoder_input_tokens"], expected[position]["decoder_input_tokens"])
+    assert batches.state()["batches_consumed"] == position + 1  # not the thread's, which runs ahead
+  batches.close()
+
+
+def test_prefetcher_passes_errors_and_the_end_through():
+  class Failing:
+    def __init__(self):
+      self.n = 0
+
+    def __next__(self):
+      self.n += 1
+      if self.n == 2:
+        raise RuntimeError("source file vanished")
+      return self.n
+
+    def state(self):
+      return {"n": self.n}
+
+  batches = prefetch.Prefetcher(Failing())
+  assert next(batches) == 1
+  with pytest.raises(RuntimeError, match="vanished"):
+    next(batches)
+  with pytest.raises(StopIteration):
+    next(batches)
+  batches.close()
+
+
+def test_synthetic_stream_splits_one_global_batch_by_process_and_resumes():
+  full = synthetic.global_batch(7, 1, 4, 16, 100)
+  parts = []
+  for index in range(2):
+    stream = synthetic.SyntheticStream(2, 16, 100, seed=7, shard_index=index, shard_count=2)
+    next(stream)
+    parts.append(next(stream))
+  np.testing.assert_array_equal(np.concatenate([p["decoder_target_tokens"] for p in parts]),
+                                full["decoder_target_tokens"])
+  resumed = synthetic.SyntheticStream(2, 16, 100, seed=7, shard_index=1, shard_count=2)
+  resumed.restore({**resumed.state(), "batches_consumed": 1})
+  np.testing.assert_array_equal(next(resumed)["decoder_input_tokens"], parts[1]["decoder_input_tokens"])
+  with pytest.raises(ValueError, match="different stream"):
+    resumed.restore({**resumed.state(), "seed": 8})
+  # Only targets carry loss weight, and each row holds two packed examples.
+  assert 0 < full["decoder_loss_weights"].mean() < 1
+  assert set(np.unique(full["decoder_segment_ids"])) == {1, 2}
+
+
+def test_bad_arguments_are_named(tmp_path):
+  with pytest.raises(ValueError, match="nan_policy"):
+    _run_synthetic(tmp_path, nan_policy="ignore")
+  with pytest.raises(ValueError, match="num_microbatches=3"):
+    _run_synthetic(tmp_path, num_microbatches=3)

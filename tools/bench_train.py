@@ -1,0 +1,207 @@
+r"""Train-step throughput of our trainer against Hugging Face PyTorch on the same OPT, machine and batch.
+
+Measures, in one process and on the same random token batch shape:
+  ours      the jit-ed, mesh-sharded step that `trainer.loop.run` runs (`loop.build_program`): the OPT-IML
+            AdamW (betas 0.9/0.95, eps 1e-8, weight decay 0.1, clipping at 1.0), float32 master weights and
+            optimizer state, compute in --dtype;
+  hf_torch  `transformers.OPTForCausalLM` (sdpa attention) with `torch.optim.AdamW` (same figures, fused on
+            GPU) and the same clipping; float32 weights, bf16 autocast when --dtype bfloat16;
+as /work/shared/tools/gpu_anchor_bench.py measures its anchors: dropout off, a few warm-up steps (compilation
+included), then --steps timed steps with a device sync at the end; MFU = tokens/s x (6 N + 12 L d S) / peak,
+N = matmul parameters including the tied LM head. Prints a line per part and one JSON line with the ratio.
+
+  python tools/bench_train.py                        # CPU: opt-125m cut to 2 layers, 1 x 256, ~1 minute
+  python tools/bench_train.py --preset opt-125m --batch 16 --seq 2048             # GPU: bf16 compute
+  python tools/bench_train.py --preset opt-1.3b --batch 8 --seq 2048 --attention_impl cudnn
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--preset", default="opt-125m", help="OPT preset (tiny, opt-125m, opt-1.3b, ...)")
+  parser.add_argument("--layers", type=int, default=None,
+                      help="number of layers; 0: the preset's (default: 2 on a CPU, the preset's on a GPU)")
+  parser.add_argument("--batch", type=int, default=1, help="sequences per step")
+  parser.add_argument("--seq", type=int, default=256, help="tokens per sequence")
+  parser.add_argument("--steps", type=int, default=3, help="timed steps")
+  parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation included)")
+  parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
+                      help="compute dtype (default: bfloat16 on a GPU, float32 on a CPU)")
+  parser.add_argument("--remat", default="none", help="our remat policy: none, full, dots, dots_with_no_batch_dims")
+  parser.add_argument("--attention_impl", default=None, choices=("xla", "cudnn"), help="our attention kernel")
+  parser.add_argument("--microbatches", type=int, default=1, help="our gradient accumulation")
+  parser.add_argument("--parts", default="hf,ours", help="comma-separated: hf, ours (HF runs first: JAX "
+                      "preallocates GPU memory when it starts)")
+  parser.add_argument("--hf_compile", action="store_true", help="torch.compile the Hugging Face model")
+  return parser.parse_args(argv)
+
+
+def model_config(args: argparse.Namespace, dtype: str):
+  from optiml_jax.models import opt as opt_lib  # pylint: disable=g-import-not-at-top
+  overrides: dict[str, Any] = dict(dtype=dtype, param_dtype="float32", dropout=0.0, attention_dropout=0.0,
+                                   remat_policy=args.remat, attention_impl=args.attention_impl,
+                                   max_position_embeddings=max(2048, args.seq))
+  if args.layers:
+    overrides["num_hidden_layers"] = args.layers
+  return opt_lib.OPTConfig.preset(args.preset, **overrides)
+
+
+def token_batch(batch: int, seq: int, vocab: int, seed: int = 0) -> np.ndarray:
+  """Random ids [batch, seq + 1] (as the anchor: ids from 4 up); rows are single sequences."""
+  return np.random.default_rng(seed).integers(4, vocab, size=(batch, seq + 1), dtype=np.int64)
+
+
+def _result(what: str, args: argparse.Namespace, step_s: float, warmup_s: float, loss: float,
+            flops_per_token: float, peak: float | None, device: str, **extra: Any) -> dict[str, Any]:
+  tokens_per_s = args.batch * args.seq / step_s
+  return dict(what=what, batch=args.batch, seq=args.seq, step_s=round(step_s, 4), tokens_per_s=round(tokens_per_s),
+              tflops=round(tokens_per_s * flops_per_token / 1e12, 2),
+              mfu=None if not peak else round(tokens_per_s * flops_per_token / peak, 4),
+              warmup_s=round(warmup_s, 1), loss=loss, device=device, **extra)
+
+
+def bench_ours(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from optiml_jax.models import partitioning  # pylint: disable=g-import-not-at-top
+  from optiml_jax.trainer import loop  # pylint: disable=g-import-not-at-top
+  from optiml_jax.trainer import metrics  # pylint: disable=g-import-not-at-top
+
+  config = model_config(args, dtype)
+  mesh = partitioning.make_mesh(-1, 1, 1, devices=jax.devices()[:1])
+  optimizer = loop.OptimizerArgs(learning_rate=1e-5, warmup_steps=0)
+  program = loop.build_program(config, optimizer, 1000, args.microbatches, mesh, args.seq)
+  ids = token_batch(args.batch, args.seq, config.vocab_size).astype(np.int32)
+  host = {"decoder_input_tokens": ids[:, :-1], "decoder_target_tokens": ids[:, 1:],
+          "decoder_loss_weights": np.ones((args.batch, args.seq), np.int32),
+          "decoder_segment_ids": np.ones((args.batch, args.seq), np.int32),
+          "decoder_positions": np.broadcast_to(np.arange(args.seq, dtype=np.int32), (args.batch, args.seq))}
+  batch = {k: jax.device_put(v, program.batch_sharding) for k, v in host.items()}
+  rng = jax.random.PRNGKey(0)
+  with partitioning.mesh_context(mesh):
+    state = program.init_fn(rng)
+    started = time.perf_counter()
+    for _ in range(args.warmup):
+      state, out = program.train_fn(state, batch, rng)
+    jax.block_until_ready(out)
+    warmup_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(args.steps):
+      state, out = program.train_fn(state, batch, rng)
+    jax.block_until_ready(out)
+    step_s = (time.perf_counter() - started) / args.steps
+  device = jax.devices()[0]
+  result = _result("ours_jax_train", args, step_s, warmup_s, float(out["loss"]), config.flops_per_token(args.seq),
+                   metrics.peak_flops_per_device(device), device.device_kind, dtype=dtype, jax=jax.__version__,
+                   remat=args.remat, attention_impl=args.attention_impl, microbatches=args.microbatches)
+  del state, out, batch
+  gc.collect()
+  return result
+
+
+def bench_hf(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  from optiml_jax.trainer import metrics  # pylint: disable=g-import-not-at-top
+
+  config = model_config(args, "float32")
+  hf_config = transformers.OPTConfig(**{k: v for k, v in config.to_hf().items() if k not in ("architectures",)})
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  torch.manual_seed(0)
+  model = transformers.AutoModelForCausalLM.from_config(hf_config, attn_implementation="sdpa").to(device)
+  model.train()
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1,
+                          fused=device == "cuda")
+  step_model = torch.compile(model) if args.hf_compile else model
+  ids = torch.from_numpy(token_batch(args.batch, args.seq, config.vocab_size)).to(device)
+  inputs, labels = ids[:, :-1], ids[:, 1:]
+  autocast = dtype == "bfloat16"
+  loss_fn = torch.nn.CrossEntropyLoss()
+
+  def step():
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+      logits = step_model(input_ids=inputs).logits
+      loss = loss_fn(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+  def sync():
+    if device == "cuda":
+      torch.cuda.synchronize()
+
+  started = time.perf_counter()
+  for _ in range(args.warmup):
+    loss = step()
+  sync()
+  warmup_s = time.perf_counter() - started
+  started = time.perf_counter()
+  for _ in range(args.steps):
+    loss = step()
+  sync()
+  step_s = (time.perf_counter() - started) / args.steps
+  peak = None
+  kind = "cpu"
+  if device == "cuda":
+    kind = torch.cuda.get_device_name(0)
+    peak = next((f for prefix, f in sorted(metrics.PEAK_FLOPS.items(), key=lambda kv: -len(kv[0]))
+                 if kind.startswith(prefix)), None)
+  result = _result("hf_torch_train" + ("_compiled" if args.hf_compile else ""), args, step_s, warmup_s,
+                   float(loss.detach()), config.flops_per_token(args.seq), peak, kind, dtype=dtype,
+                   torch=torch.__version__, transformers=transformers.__version__)
+  del model, opt, step_model
+  gc.collect()
+  if device == "cuda":
+    torch.cuda.empty_cache()
+  return result
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = parse_args(argv)
+  import torch  # pylint: disable=g-import-not-at-top  (asked first: JAX would claim the GPU's memory)
+  on_gpu = torch.cuda.is_available()
+  dtype = args.dtype or ("bfloat16" if on_gpu else "float32")
+  if args.layers is None:
+    args.layers = 0 if on_gpu else 2
+  config = model_config(args, dtype)
+  print(f"model: {args.preset} with {config.num_hidden_layers} layers ({config.num_params() / 1e6:.0f}M params), "
+        f"batch {args.batch} x {args.seq}, compute {dtype}, {args.warmup} warm-up + {args.steps} timed steps",
+        flush=True)
+  results: dict[str, dict[str, Any]] = {}
+  for part in [p.strip() for p in args.parts.split(",") if p.strip()]:
+    if part not in ("hf", "ours"):
+      print(f"error: --parts: unknown part {part!r} (expected hf, ours)", file=sys.stderr)
+      return 2
+    results[part] = (bench_hf if part == "hf" else bench_ours)(args, dtype)
+    r = results[part]
+    print(f"{r['what']:>16}: {r['tokens_per_s']:>10,} tokens/s  {r['step_s']:.3f} s/step  {r['tflops']} TFLOP/s  "
+          f"MFU {'n/a' if r['mfu'] is None else format(r['mfu'], '.1%')}  (warm-up {r['warmup_s']} s, loss "
+          f"{r['loss']:.3f}, {r['device']})", flush=True)
+  ratio = None
+  if "hf" in results and "ours" in results:
+    ratio = round(results["ours"]["tokens_per_s"] / results["hf"]["tokens_per_s"], 3)
+    print(f"ours / Hugging Face tokens/s: {ratio}")
+  print(json.dumps({"what": "bench_train", "preset": args.preset, "layers": config.num_hidden_layers,
+                    "batch": args.batch, "seq": args.seq, "dtype": dtype, "ours": results.get("ours"),
+                    "hf_torch": results.get("hf"), "ratio_ours_over_hf": ratio}))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
