@@ -1,25 +1,34 @@
 """`make quickstart`: the whole flow on the embedded toy bench, on this machine, with no downloads.
 
 1. writes the synthetic toy bench (SNI format) and builds its catalog (`python -m optiml_jax.bench toy`),
-2. trains a tiny OPT from scratch on the `optiml_bench_train` mixture with gin/quickstart.gin,
-3. prints where everything went: checkpoints, metrics.jsonl, TensorBoard events and the loss plot.
+2. trains a tiny OPT from scratch on the `optiml_bench_train` mixture with gin/quickstart.gin
+   (checkpoints, metrics.jsonl, TensorBoard events and loss.png under model/),
+3. evaluates the last checkpoint at the three generalization levels with gin/eval.gin (greedy decoding,
+   ROUGE-L per task, category and level; report.md and one chart per level under eval/).
 
-Everything goes under `--workdir` (default `quickstart_out/`): toybench/, catalog/, model/ and jax_cache/
-(compiled programs, so a second run starts faster). Safe to run twice: the toy bench is rebuilt identically
-and the previous run's model folder is replaced. Two to four minutes on two CPU cores.
+Everything goes under `--workdir` (default `quickstart_out/`): toybench/, catalog/, model/, eval/ and
+jax_cache/ (compiled programs, so a second run starts faster). Safe to run twice: the toy bench is rebuilt
+identically and the previous run's model and eval folders are replaced. Two to four minutes on two CPU cores.
+The evaluation runs in a fresh process, so its gin configuration starts clean.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import shutil
+import subprocess
 import sys
 import time
 from typing import Sequence
 
 from optiml_jax import bench
 from optiml_jax import train as train_entry
+
+
+EVAL_INSTANCES = 20  # evaluation instances per task (the toy catalog holds 20 to 50)
+EVAL_NEW_TOKENS = 16  # toy answers are a few tokens long
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,13 +40,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   started = time.time()
   workdir = pathlib.Path(args.workdir).resolve()
   toy_dir, catalog_dir, model_dir = workdir / "toybench", workdir / "catalog", workdir / "model"
-  print(f"[1/2] toy bench -> {toy_dir}, catalog -> {catalog_dir}", flush=True)
+  print(f"[1/3] toy bench -> {toy_dir}, catalog -> {catalog_dir}", flush=True)
   code = bench.main(["toy", "--out", str(toy_dir), "--catalog", str(catalog_dir)])
   if code:
     return code
   if model_dir.exists():
     shutil.rmtree(model_dir)
-  print(f"[2/2] training a tiny OPT from scratch -> {model_dir}", flush=True)
+  print(f"[2/3] training a tiny OPT from scratch -> {model_dir}", flush=True)
   flags = ["--gin_file=quickstart.gin", f"--gin.MODEL_DIR={model_dir}", f"--gin.CATALOG_DIR={catalog_dir}",
            f"--gin.train.compilation_cache_dir={workdir / 'jax_cache'}"]
   if args.train_steps:
@@ -45,9 +54,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   code = train_entry.main(flags)
   if code:
     return code
-  print(f"\nquickstart done in {time.time() - started:.0f} s. Next: evaluate the model with\n"
-        f"  python -m optiml_jax.eval --gin_file=gin/eval.gin --gin.CHECKPOINT_PATH={model_dir} "
-        f"--gin.EVAL_OUTPUT_DIR={workdir / 'eval'} --gin.CATALOG_DIR={catalog_dir}")
+  eval_dir = workdir / "eval"
+  if eval_dir.exists():
+    shutil.rmtree(eval_dir)
+  print(f"[3/3] evaluating the last checkpoint -> {eval_dir}", flush=True)
+  code = subprocess.call([sys.executable, "-m", "optiml_jax.eval", "--gin_file=eval.gin",
+                          f"--gin.CHECKPOINT_PATH={model_dir}", f"--gin.EVAL_OUTPUT_DIR={eval_dir}",
+                          f"--gin.CATALOG_DIR={catalog_dir}", f"--gin.MAX_INSTANCES={EVAL_INSTANCES}",
+                          f"--gin.evaluate.max_new_tokens={EVAL_NEW_TOKENS}", "--gin.evaluate.progress=False"],
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})  # TensorFlow's C++ warnings off
+  if code:
+    return code
+  print(f"\nquickstart done in {time.time() - started:.0f} s: loss curve {model_dir / 'loss.png'}, "
+        f"report {eval_dir / 'report.md'}")
   return 0
 
 

@@ -13,6 +13,7 @@ the tokenizer files, into a temporary sibling of the destination renamed into pl
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -32,6 +33,7 @@ SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 TORCH_WEIGHTS_NAME = "pytorch_model.bin"
 TORCH_WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
+WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, TORCH_WEIGHTS_NAME, TORCH_WEIGHTS_INDEX_NAME)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "added_tokens.json")
 DEFAULT_MAX_SHARD_SIZE = "5GB"
@@ -207,3 +209,12 @@ def save_hf(config: opt_lib.OPTConfig, params: Mapping[str, Any], path: Path, to
     for file in tokenizer_files:
       shutil.copyfile(file, tmp / file.name)
   return pathlib.Path(path).absolute()
+
+
+def is_hf_folder(path: str | os.PathLike) -> bool:
+  """Whether `path` holds a Hugging Face model: config.json and a weights file (or index) beside it.
+
+  A trainer's MODEL_DIR also has a config.json (the model's), but its weights are in Orbax step folders.
+  """
+  folder = pathlib.Path(path)
+  return (folder / CONFIG_NAME).is_file() and any((folder / name).is_file() for name in WEIGHT_FILES)

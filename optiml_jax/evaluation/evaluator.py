@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import seqio
 
+from optiml_jax.checkpoints import hf as hf_lib
 from optiml_jax.data import catalog as catalog_lib
 from optiml_jax.data import records
 from optiml_jax.data import registry
@@ -345,9 +346,10 @@ def find_checkpoints(path: str | pathlib.Path, steps: str | Sequence[int] = "lat
   step = int(folder.name) if folder.name.isdigit() else None
   if _has_params(folder) or _is_orbax_item(folder):
     return [Checkpoint(str(folder), "orbax", step)], []
-  if (folder / "config.json").is_file():
-    return [Checkpoint(str(folder), "hf", None)], []
   numbered = sorted((p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+  # A trainer's MODEL_DIR has a config.json too (its model's), beside numbered step folders.
+  if hf_lib.is_hf_folder(folder) or ((folder / hf_lib.CONFIG_NAME).is_file() and not numbered):
+    return [Checkpoint(str(folder), "hf", None)], []
   if step is not None and (folder / "params").exists():
     raise CheckpointError(f"{folder}: partial checkpoint (its 'params' item is empty)")
   if not numbered:

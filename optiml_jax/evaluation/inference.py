@@ -283,7 +283,12 @@ def make_predict_fn(model: nn.Module, params: Any, *, max_new_tokens: int = DEFA
                     eos_id: int = EOS_ID, batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None,
                     mesh: jax.sharding.Mesh | None = None, stats: InferenceStats | None = None,
                     progress: bool = True) -> Callable[..., IndexedResult]:
-  """seqio `predict_fn`: (enumerated model dataset) -> [(index, greedy tokens before </s>)]."""
+  """seqio `predict_fn`: (enumerated model dataset) -> [(index, greedy tokens)].
+
+  Each prediction is an int32 array of `max_new_tokens` ids: the greedy tokens, then `</s>` repeated (as t5x
+  returns fixed-length decodes). seqio stacks the predictions into one array before its metrics, and the
+  vocabulary's `decode` stops at the first `</s>`.
+  """
   params = place_params(model, params, mesh)
 
   def predict_fn(dataset: Any, model_feature_shapes: Mapping[str, Any] | None = None) -> IndexedResult:
@@ -294,7 +299,8 @@ def make_predict_fn(model: nn.Module, params: Any, *, max_new_tokens: int = DEFA
       prompts.append(np.asarray(features["decoder_input_tokens"][:prompt_length(index, features)], np.int32))
     outputs = greedy_decode(model, params, prompts, max_new_tokens, eos_id, batch_size=batch_size,
                             max_length=max_length, mesh=mesh, stats=stats, progress=progress)
-    return list(zip(indices, outputs))
+    padded = [np.asarray(list(out) + [eos_id] * (max_new_tokens - len(out)), np.int32) for out in outputs]
+    return list(zip(indices, padded))
 
   return predict_fn
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optiml_jax.checkpoints import hf as hf_lib
 from optiml_jax.models import opt as opt_lib
 from optiml_jax.models import partitioning
 from optiml_jax.trainer import checkpointing
@@ -124,10 +125,8 @@ def load_initial_params(path: str, config: opt_lib.OPTConfig, layout: StateLayou
     raise InitialCheckpointError(f"initial checkpoint {path}: folder not found")
   # A Hugging Face folder has weight files; anything else (a convert/save_orbax folder, another run's
   # MODEL_DIR or one of its step folders) is read as Orbax.
-  is_hf = any(name.endswith(".safetensors") or (name.startswith("pytorch_model") and name.endswith(".bin"))
-              for name in os.listdir(path))
   try:
-    if is_hf:
+    if hf_lib.is_hf_folder(path):
       _, params = convert.load_hf(path, config_overrides={"scan_layers": config.scan_layers})
     else:
       _, params = convert.restore_orbax(path, shardings=layout.abstract.params, config=config)

@@ -118,6 +118,7 @@ def test_find_checkpoints_in_every_layout(tmp_path):
     (run / str(step) / ("params" if complete else "opt_state")).mkdir(parents=True)
     if complete:
       (run / str(step) / "params" / "_METADATA").write_text("{}")
+  (run / "config.json").write_text("{}")  # the trainer writes its model's config beside the steps
   found, problems = evaluator.find_checkpoints(run)
   assert [(c.step, c.format) for c in found] == [(200, "orbax")]
   assert "300: partial checkpoint" in problems[0]

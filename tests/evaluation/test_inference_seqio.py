@@ -110,7 +110,9 @@ def test_seqio_evaluator_scores_and_predictions_equal_transformers(hf_and_flax, 
     expected = _hf_log_likelihood(hf_model, row[-(context + 1):], len(example["targets"]))
     assert score == pytest.approx(expected, rel=1e-5, abs=1e-4)
     prompt = [2] + example["inputs"].tolist()
-    assert list(prediction) == _hf_greedy(hf_model, prompt[-(context - MAX_NEW_TOKENS):], MAX_NEW_TOKENS)
+    assert len(prediction) == MAX_NEW_TOKENS  # fixed length, </s>-padded, as t5x returns decodes
+    generated = list(prediction)[:list(prediction).index(2)] if 2 in list(prediction) else list(prediction)
+    assert generated == _hf_greedy(hf_model, prompt[-(context - MAX_NEW_TOKENS):], MAX_NEW_TOKENS)
   assert metrics.result()[registered_task]["mean_score"] == pytest.approx(np.mean(scores), rel=1e-6)
   # Consecutive rows with one prompt are one example when scoring; the 44-token prompt does not fit: its
   # 2 rows count once when scoring (one example), twice when decoding (every row is an example there).
@@ -133,3 +135,16 @@ def test_prompt_length_reads_both_seqio_conventions():
     inference.prompt_length(7, dict(ours, decoder_loss_weights=np.zeros(5, np.int32)))
   with pytest.raises(ValueError, match="example 3: decoder_target_tokens are all padding"):
     inference.row_from_features(3, {k: np.zeros(5, np.int32) for k in ours}, group=0)
+
+
+def test_predictions_of_different_lengths_stack_for_seqio_metrics(monkeypatch):
+  # seqio turns the predictions into one numpy array before its metrics; ragged lists fail there.
+  monkeypatch.setattr(inference, "greedy_decode", lambda *args, **kwargs: [[5], [6, 7, 8], []])
+  monkeypatch.setattr(inference, "place_params", lambda model, params, mesh=None: params)
+  features = {"decoder_input_tokens": np.array([2, 9, 9]), "decoder_target_tokens": np.array([9, 9, 4]),
+              "decoder_loss_weights": np.array([0, 1, 1])}
+  predict_fn = inference.make_predict_fn(None, {}, max_new_tokens=4, progress=False)
+  outputs = predict_fn(list(enumerate([features] * 3)))
+  stacked = np.array([prediction for _, prediction in outputs])
+  assert stacked.shape == (3, 4)
+  np.testing.assert_array_equal(stacked, [[5, 2, 2, 2], [6, 7, 8, 2], [2, 2, 2, 2]])
