@@ -3,16 +3,21 @@
 The loop hands each logged step's scalars to `MetricsWriter.write(step, scalars)`; at the end
 `plot_loss_curve` reads `metrics.jsonl` back and draws the PNG. `model_flops_utilization` turns tokens/s into
 MFU from the model's FLOPs per token and the accelerator's peak.
+
+Files go through `tf.io.gfile`, so MODEL_DIR may be local or a bucket (`gs://...`). Object stores cannot
+append: there metrics.jsonl is rewritten whole at each logged step (it stays small: one line per log).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 from typing import Mapping
 
 import jax
+import tensorflow as tf
 
 # Dense bf16 peak FLOP/s per chip, by `device_kind` prefix (vendor figures). CPU has no meaningful peak.
 PEAK_FLOPS = {
@@ -56,13 +61,14 @@ class MetricsWriter:
     self.path = os.path.join(model_dir, "metrics.jsonl")
     self._active = jax.process_index() == 0
     self._tb = None
+    self._file = None
     if not self._active:
       return
-    os.makedirs(model_dir, exist_ok=True)
-    _truncate_after(self.path, resume_step)
-    self._file = open(self.path, "a", encoding="utf-8")
+    tf.io.gfile.makedirs(model_dir)
+    self._records = _truncate_after(self.path, resume_step)
+    if not _is_remote(self.path):
+      self._file = tf.io.gfile.GFile(self.path, "a")
     if tensorboard:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
       self._tb = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard", "train"))
 
   def write(self, step: int, scalars: Mapping[str, float | None]) -> None:
@@ -70,10 +76,13 @@ class MetricsWriter:
       return
     record = {"step": int(step)}
     record.update({k: (None if v is None else float(v)) for k, v in scalars.items()})
-    self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
+    if self._file is not None:
+      self._file.write(json.dumps(record) + "\n")
+      self._file.flush()
+    else:
+      self._records.append(record)
+      _write_records(self.path, self._records)
     if self._tb is not None:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
       with self._tb.as_default(step=int(step)):
         for key, value in scalars.items():
           if value is not None and math.isfinite(float(value)):
@@ -82,24 +91,36 @@ class MetricsWriter:
 
   def close(self) -> None:
     if self._active:
-      self._file.close()
+      if self._file is not None:
+        self._file.close()
       if self._tb is not None:
         self._tb.close()
 
 
-def read_metrics(path: str) -> list[dict]:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+def _is_remote(path: str) -> bool:
+  return "://" in path
 
 
-def _truncate_after(path: str, step: int) -> None:
-  if not os.path.exists(path):
-    return
-  kept = [r for r in read_metrics(path) if r["step"] <= step]
+def _write_records(path: str, records: list[dict]) -> None:
+  """Replaces `path` with `records`, one JSON line each (written beside it, then renamed)."""
   tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.writelines(json.dumps(r) + "\n" for r in kept)
-  os.replace(tmp, path)
+  with tf.io.gfile.GFile(tmp, "w") as f:
+    f.write("".join(json.dumps(r) + "\n" for r in records))
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def read_metrics(path: str) -> list[dict]:
+  with tf.io.gfile.GFile(path, "r") as f:
+    return [json.loads(line) for line in f.read().splitlines() if line.strip()]
+
+
+def _truncate_after(path: str, step: int) -> list[dict]:
+  """Drops the lines logged after `step` (by a run killed after its last checkpoint); returns the rest."""
+  if not tf.io.gfile.exists(path):
+    return []
+  kept = [r for r in read_metrics(path) if r["step"] <= step]
+  _write_records(path, kept)
+  return kept
 
 
 def plot_loss_curve(metrics_path: str, out_png: str, title: str = "training loss") -> str:
@@ -122,6 +143,9 @@ def plot_loss_curve(metrics_path: str, out_png: str, title: str = "training loss
     ax2.set_ylabel("learning rate")
   ax.set_title(title)
   fig.tight_layout()
-  fig.savefig(out_png, dpi=100)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=100)
   plt.close(fig)
+  with tf.io.gfile.GFile(out_png, "wb") as f:
+    f.write(buffer.getvalue())
   return out_png

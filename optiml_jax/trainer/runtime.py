@@ -204,10 +204,11 @@ def write_model_config(model_dir: str, config: opt_lib.OPTConfig) -> None:
   """MODEL_DIR/config.json (Hugging Face OPT config), so evaluation and conversion need no model gin file."""
   if jax.process_index() != 0:
     return
-  os.makedirs(model_dir, exist_ok=True)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile: MODEL_DIR may be a bucket)
+
+  tf.io.gfile.makedirs(model_dir)
   path = os.path.join(model_dir, "config.json")
   tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(config.to_hf(), f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
+  with tf.io.gfile.GFile(tmp, "w") as f:
+    f.write(json.dumps(config.to_hf(), indent=2, sort_keys=True) + "\n")
+  tf.io.gfile.rename(tmp, path, overwrite=True)

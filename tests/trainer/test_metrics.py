@@ -46,3 +46,21 @@ def test_plot_without_loss_is_a_clear_error(tmp_path):
   (tmp_path / "metrics.jsonl").write_text("")
   with pytest.raises(ValueError, match="no logged loss"):
     metrics.plot_loss_curve(str(tmp_path / "metrics.jsonl"), str(tmp_path / "x.png"))
+
+
+def test_writer_works_on_a_filesystem_that_cannot_append():
+  # TensorFlow's in-memory filesystem stands in for a bucket (gs://): MODEL_DIR need not be local.
+  model_dir = "ram://optiml_metrics_test/run"
+  writer = metrics.MetricsWriter(model_dir, tensorboard=False)
+  for step in (1, 2, 3):
+    writer.write(step, {"loss": 4.0 - step})
+  writer.close()
+  assert [r["step"] for r in metrics.read_metrics(writer.path)] == [1, 2, 3]
+  writer = metrics.MetricsWriter(model_dir, resume_step=2, tensorboard=False)
+  writer.write(3, {"loss": 0.5})
+  writer.close()
+  assert [(r["step"], r["loss"]) for r in metrics.read_metrics(writer.path)] == [(1, 3.0), (2, 2.0), (3, 0.5)]
+  png = metrics.plot_loss_curve(writer.path, model_dir + "/loss.png")
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  with tf.io.gfile.GFile(png, "rb") as f:
+    assert f.read(4) == b"\x89PNG"
