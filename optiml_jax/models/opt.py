@@ -175,8 +175,13 @@ class Embed(nn.Module):
     return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
 
   def attend(self, x: Array) -> Array:
-    """x @ embedding.T with float32 output (the LM head)."""
-    return jnp.einsum("...d,vd->...v", x, self.embedding.astype(self.dtype), preferred_element_type=jnp.float32)
+    """x @ embedding.T (the LM head), computed in `dtype` and returned as float32.
+
+    The matmul's output stays in `dtype` (as under PyTorch autocast) so that its two backward matmuls also run
+    in `dtype`; asking for a float32 output instead would push them to float32 inputs, ~30% of opt-125m's
+    FLOPs. Softmax and loss then work on the float32 cast.
+    """
+    return jnp.einsum("...d,vd->...v", x, self.embedding.astype(self.dtype)).astype(jnp.float32)
 
 
 class Attention(nn.Module):
