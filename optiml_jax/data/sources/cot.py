@@ -69,18 +69,8 @@ def read_task(path: str | os.PathLike, benchmark: str = BENCHMARK) -> records.Ta
   path = str(path)
   local_name = pathlib.Path(path).stem
   jsonl.first_record(path, local_name, instance_from_record)
-  return records.TaskSource(
-      name=records.task_name(benchmark, local_name),
-      benchmark=benchmark,
-      dataset=local_name,
-      categories=(),
-      definition="",
-      demonstrations=(),
-      path=path,
-      kind=records.GENERATION,
-      open_instances=lambda: jsonl.stream(path, local_name, instance_from_record),
-      format=FORMAT,
-  )
+  return jsonl.inline_task(path, benchmark, local_name, records.GENERATION,
+                           lambda: jsonl.stream(path, local_name, instance_from_record), FORMAT)
 
 
 def iter_tasks(directory: str | os.PathLike,

@@ -53,12 +53,11 @@ def load_json(path: str) -> dict[str, Any]:
   return obj
 
 
-def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
-  """Streams `(line_number, object)` for every non-blank line of a JSONL file (line numbers from 1).
+def iter_text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+  """Streams `(line_number, line)` of a UTF-8 text file (line numbers from 1, a leading BOM dropped).
 
   Raises:
-    records.SourceError: on bytes that are not UTF-8, invalid JSON or a line that is not a JSON object;
-      the reason names the line.
+    records.SourceError: on bytes that are not UTF-8, naming the line.
   """
   path = str(path)
   with open(path, "rb") as f:
@@ -68,17 +67,47 @@ def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, An
       except UnicodeDecodeError as e:
         raise records.SourceError(
             path, f"line {line_number}: not valid UTF-8 ({e.reason} at byte {e.start} of the line)") from e
-      if line_number == 1:
-        line = line.lstrip("\ufeff")
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise records.SourceError(path, f"line {line_number}: invalid JSON ({e.msg} at column {e.colno})") from e
-      if not isinstance(obj, dict):
-        raise records.SourceError(path, f"line {line_number}: expected a JSON object, got {type(obj).__name__}")
-      yield line_number, obj
+      yield line_number, (line.lstrip("\ufeff") if line_number == 1 else line)
+
+
+def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+  """Streams `(line_number, object)` for every non-blank line of a JSONL file (line numbers from 1).
+
+  Raises:
+    records.SourceError: on bytes that are not UTF-8, invalid JSON or a line that is not a JSON object;
+      the reason names the line.
+  """
+  path = str(path)
+  for line_number, line in iter_text_lines(path):
+    if not line.strip():
+      continue
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise records.SourceError(path, f"line {line_number}: invalid JSON ({e.msg} at column {e.colno})") from e
+    if not isinstance(obj, dict):
+      raise records.SourceError(path, f"line {line_number}: expected a JSON object, got {type(obj).__name__}")
+    yield line_number, obj
+
+
+def inline_task(path: str, benchmark: str, local_name: str, kind: str,
+                open_instances: Callable[[], Iterator[records.Instance]], fmt: str, dataset: str | None = None,
+                template: str = "") -> records.TaskSource:
+  """A task whose prompts carry their instruction inline: no definition and no demonstrations (JSONL,
+  P3, chain-of-thought and text sources)."""
+  return records.TaskSource(
+      name=records.task_name(benchmark, local_name),
+      benchmark=benchmark,
+      dataset=dataset or local_name,
+      categories=(),
+      definition="",
+      demonstrations=(),
+      path=path,
+      kind=kind,
+      open_instances=open_instances,
+      template=template,
+      format=fmt,
+  )
 
 
 def as_text(value: Any, path: str, where: str) -> str:
@@ -176,18 +205,8 @@ def read_task(path: str | os.PathLike, benchmark: str) -> records.TaskSource:
   first = first_record(path, local_name, instance_from_record)
   dataset = as_text(first["dataset"], path, "line 1: field 'dataset'") if "dataset" in first else local_name
   kind = records.MULTIPLE_CHOICE if "options" in first else records.GENERATION
-  return records.TaskSource(
-      name=records.task_name(benchmark, local_name),
-      benchmark=benchmark,
-      dataset=dataset,
-      categories=(),
-      definition="",
-      demonstrations=(),
-      path=path,
-      kind=kind,
-      open_instances=lambda: stream(path, local_name, instance_from_record),
-      format=FORMAT,
-  )
+  return inline_task(path, benchmark, local_name, kind,
+                     lambda: stream(path, local_name, instance_from_record), FORMAT, dataset=dataset)
 
 
 def task_files(directory: str | os.PathLike, suffixes: tuple[str, ...]) -> list[pathlib.Path]:

@@ -220,19 +220,9 @@ def read_task(path: str | os.PathLike, benchmark: str = BENCHMARK,
   dataset, template = split_template_name(local_name, sibling_stems)
   first = jsonl.first_record(path, local_name, instance_from_record, dropped="every completion is empty")
   kind = records.MULTIPLE_CHOICE if first.get("answer_choices") else records.GENERATION
-  return records.TaskSource(
-      name=records.task_name(benchmark, local_name),
-      benchmark=benchmark,
-      dataset=dataset,
-      categories=(),
-      definition="",
-      demonstrations=(),
-      path=path,
-      kind=kind,
-      open_instances=lambda: jsonl.stream(path, local_name, instance_from_record),
-      template=template,
-      format=FORMAT,
-  )
+  return jsonl.inline_task(path, benchmark, local_name, kind,
+                           lambda: jsonl.stream(path, local_name, instance_from_record), FORMAT,
+                           dataset=dataset, template=template)
 
 
 def iter_tasks(p3_dir: str | os.PathLike,

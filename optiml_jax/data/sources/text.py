@@ -33,22 +33,14 @@ def iter_paragraphs(path: str) -> Iterator[tuple[int, str]]:
   """Streams `(first_line_number, document)` for each blank-line-separated paragraph of a text file."""
   lines: list[str] = []
   start = 0
-  with open(path, "rb") as f:
-    for line_number, raw in enumerate(f, 1):
-      try:
-        line = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        raise records.SourceError(
-            path, f"line {line_number}: not valid UTF-8 ({e.reason} at byte {e.start} of the line)") from e
-      if line_number == 1:
-        line = line.lstrip("\ufeff")
-      if line.strip():
-        if not lines:
-          start = line_number
-        lines.append(line.rstrip("\r\n"))
-      elif lines:
-        yield start, "\n".join(lines)
-        lines = []
+  for line_number, line in jsonl.iter_text_lines(path):
+    if line.strip():
+      if not lines:
+        start = line_number
+      lines.append(line.rstrip("\r\n"))
+    elif lines:
+      yield start, "\n".join(lines)
+      lines = []
   if lines:
     yield start, "\n".join(lines)
 
@@ -83,18 +75,7 @@ def read_task(path: str | os.PathLike, benchmark: str = BENCHMARK) -> records.Ta
     open_instances = lambda: jsonl.stream(path, local_name, instance_from_record)
   else:
     raise records.SourceError(path, f"unknown text file type: expected one of {SUFFIXES}")
-  return records.TaskSource(
-      name=records.task_name(benchmark, local_name),
-      benchmark=benchmark,
-      dataset=local_name,
-      categories=(),
-      definition="",
-      demonstrations=(),
-      path=path,
-      kind=records.LANGUAGE_MODELING,
-      open_instances=open_instances,
-      format=FORMAT,
-  )
+  return jsonl.inline_task(path, benchmark, local_name, records.LANGUAGE_MODELING, open_instances, FORMAT)
 
 
 def iter_tasks(directory: str | os.PathLike,
