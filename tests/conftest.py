@@ -40,3 +40,29 @@ def opt_tokenizer_dir(shared_dir) -> pathlib.Path:
   if not (path / "vocab.json").is_file():
     pytest.skip(f"OPT tokenizer not found at {path}")
   return path
+
+
+@pytest.fixture(scope="session")
+def random_hf_opt():
+  """A builder of transformers' PyTorch OPTForCausalLM with random weights for an `OPTConfig`.
+
+  Eager attention (exact reference); biases ~ N(0, 0.1) and layer-norm scales ~ N(1, 0.1) as well, so that
+  a mix-up of any parameter changes the logits.
+  """
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+
+  def build(config, seed: int = 0):
+    torch.manual_seed(seed)
+    hf_config = transformers.OPTConfig(**config.to_hf())
+    hf_config._attn_implementation = "eager"  # pylint: disable=protected-access
+    model = transformers.OPTForCausalLM(hf_config).eval()
+    with torch.no_grad():
+      for name, param in model.named_parameters():
+        if name.endswith("bias"):
+          param.normal_(0.0, 0.1)
+        elif "layer_norm" in name:
+          param.normal_(1.0, 0.1)
+    return model
+
+  return build

@@ -30,20 +30,11 @@ SMALL = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_h
 
 
 @pytest.fixture(scope="module")
-def hf_and_flax(tmp_path_factory):
+def hf_and_flax(tmp_path_factory, random_hf_opt):
   """A random transformers OPTForCausalLM saved with save_pretrained, and (OPT module, params) read back
   with convert.load_hf; biases and norms are random too, so a mix-up cannot go unseen."""
   config = opt_config.OPTConfig(**SMALL)
-  torch.manual_seed(0)
-  hf_config = transformers.OPTConfig(**config.to_hf())
-  hf_config._attn_implementation = "eager"  # pylint: disable=protected-access
-  hf_model = transformers.OPTForCausalLM(hf_config).eval()
-  with torch.no_grad():
-    for name, param in hf_model.named_parameters():
-      if name.endswith("bias"):
-        param.normal_(0.0, 0.1)
-      elif "layer_norm" in name:
-        param.normal_(1.0, 0.1)
+  hf_model = random_hf_opt(config)
   path = tmp_path_factory.mktemp("hf_opt")
   hf_model.save_pretrained(path)
   loaded_config, params = convert.load_hf(path)

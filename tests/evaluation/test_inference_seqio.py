@@ -23,13 +23,10 @@ MAX_NEW_TOKENS = 6
 
 
 @pytest.fixture(scope="module")
-def hf_and_flax(tmp_path_factory):
+def hf_and_flax(tmp_path_factory, random_hf_opt):
   """A random transformers OPT saved with save_pretrained and read back with convert.load_hf."""
   config = opt_config.OPTConfig(**SMALL)
-  torch.manual_seed(1)
-  hf_config = transformers.OPTConfig(**config.to_hf())
-  hf_config._attn_implementation = "eager"  # pylint: disable=protected-access
-  hf_model = transformers.OPTForCausalLM(hf_config).eval()
+  hf_model = random_hf_opt(config, seed=1)
   path = tmp_path_factory.mktemp("hf_opt")
   hf_model.save_pretrained(path)
   loaded_config, params = convert.load_hf(path)

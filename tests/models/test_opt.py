@@ -49,19 +49,10 @@ def _init_params(config):
 
 
 @pytest.fixture(scope="module", params=list(HF_CASES))
-def hf_model_dir(request, tmp_path_factory):
+def hf_model_dir(request, tmp_path_factory, random_hf_opt):
   """A random transformers OPTForCausalLM saved with save_pretrained; all biases and norms randomized too."""
   config = opt.OPTConfig(**SMALL, **HF_CASES[request.param])
-  torch.manual_seed(0)
-  hf_config = transformers.OPTConfig(**config.to_hf())
-  hf_config._attn_implementation = "eager"  # pylint: disable=protected-access
-  model = transformers.OPTForCausalLM(hf_config).eval()
-  with torch.no_grad():
-    for name, param in model.named_parameters():
-      if name.endswith("bias"):
-        param.normal_(0.0, 0.1)
-      elif "layer_norm" in name:
-        param.normal_(1.0, 0.1)
+  model = random_hf_opt(config)
   path = tmp_path_factory.mktemp(request.param)
   model.save_pretrained(path)
   return path, model
