@@ -23,6 +23,10 @@ the arguments, and `restore` refuses a state taken from a different stream.
 
 Sharding: process `shard_index` of `shard_count` keeps every `shard_count`-th example of each task (seqio's
 `ShardInfo`), then packs and batches its share, so each process builds its own per-host batch.
+A checkpoint written by N processes and resumed by M != N processes (another slice size) therefore cannot
+continue the same example order: `trainer.runtime.data_state_of_this_process` gives each new stream (shard
+i of M, same global batch) the saved `batches_consumed` B, so it skips B of its own batches (as many global
+batches as were consumed) and logs a warning that the examples differ from an uninterrupted run.
 """
 
 from __future__ import annotations

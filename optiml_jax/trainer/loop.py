@@ -5,9 +5,11 @@ Sits under the gin entry point (`optiml_jax.train`), which turns gin bindings in
 
 Order of a run: build the ("data", "fsdp", "tensor") mesh; derive every array's sharding from the model's
 logical axis names and the one rule table (`trainer.state`); restore the latest checkpoint under `model_dir`
-(state and every process's data position) or else initialise (from `initial_checkpoint` if given) directly in
-the sharded layout; then step. Each process feeds its own `batch_size / process_count` rows, prepared by a
-background thread (`trainer.prefetch`) while the device runs the previous step.
+(state and every process's data position; with another number of processes Orbax reshards the state onto
+this mesh and `runtime.data_state_of_this_process` says where each new process's data continues) or else
+initialise (from `initial_checkpoint` if given) directly in the sharded layout; then step. Each process
+feeds its own `batch_size / process_count` rows, prepared by a background thread (`trainer.prefetch`) while
+the device runs the previous step.
 
 Metrics are fetched one step late, so the host never waits for the device between steps; a non-finite loss
 or gradient is therefore noticed after the next step is queued, which changes nothing: the step itself keeps
@@ -210,7 +212,7 @@ def run(model_config: opt_lib.OPTConfig,
     if restored is not None:
       state, meta = restored
       state = state.replace(step=runtime.replicated_scalar(meta["step"], program.layout.shardings.step))
-      stream.restore(runtime.data_state_of_this_process(meta, model_dir))
+      stream.restore(runtime.data_state_of_this_process(meta, model_dir, stream.state()))
       logging.info("resumed from %s at step %d", model_dir, meta["step"])
     else:
       state = state_lib.initial_state(model, program.tx, program.layout, mesh, seed=seed, seq_len=seq_len,

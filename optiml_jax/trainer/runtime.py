@@ -5,7 +5,10 @@ Sits beside `trainer.loop`, which owns the order of a run; everything here is on
                   lines (via `trainer.metrics.MetricsWriter`) and drives the progress bar;
   Preemption      turns SIGTERM into a flag that every process agrees on;
   gather_json     collects one JSON-able value per process (the data positions a checkpoint records);
-  data_state_of_this_process, write_model_config, count_tokens, progress_bar.
+  data_state_of_this_process
+                  picks this process's data position from a checkpoint, resharding the positions when
+                  the run has another number of processes than the one that wrote it;
+  write_model_config, count_tokens, progress_bar.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from jax.experimental import multihost_utils
 
 from optiml_jax.models import opt as opt_lib
 from optiml_jax.trainer import metrics as metrics_lib
+from optiml_jax.trainer import synthetic
 
 
 class NonFiniteLossError(RuntimeError):
@@ -169,18 +173,79 @@ def gather_json(value: Any) -> list[Any]:
 
 
 class ResumeError(ValueError):
-  """A checkpoint in MODEL_DIR cannot be resumed by this run (e.g. another number of processes)."""
+  """A checkpoint in MODEL_DIR cannot be resumed by this run (the message says why and what to do)."""
 
 
-def data_state_of_this_process(meta: Mapping[str, Any], model_dir: str) -> Any:
-  """This process's stream state from a checkpoint's metadata (one state per process, see `gather_json`)."""
+# Data-state fields that describe how the global batch is split over processes; the others name the stream.
+SHARDING_FIELDS = ("batches_consumed", "batch_size", "shard_index", "shard_count")
+
+
+def data_state_of_this_process(meta: Mapping[str, Any], model_dir: str,
+                               fresh_state: Mapping[str, Any] | None = None) -> Any:
+  """This process's stream state from a checkpoint's metadata (one state per process, see `gather_json`).
+
+  Same number of processes as the checkpoint: the state this process saved (the stream's `restore` then
+  checks that its arguments did not change).
+
+  Another number of processes (another slice size): the states are resharded, which needs `fresh_state`,
+  the `state()` of this process's newly built stream, and states that record `batches_consumed`,
+  `batch_size`, `shard_index` and `shard_count` (`data.pipeline.BatchStream` and `trainer.synthetic` do).
+  Every saved process must have consumed the same number B of batches (they step together), the global
+  batch (batch_size * shard_count) must not change, and every other field (name, seed, lengths, ...) must
+  be equal. The result is `fresh_state` with `batches_consumed = B`: each new process continues its own
+  shard after B of its batches, i.e. at global batch B.
+    * A stream whose state says `"sharding": "row_blocks_of_global_batch"` (`trainer.synthetic`: global
+      batch p is a pure function of the seed and p, process i takes row block i) continues exactly: the
+      batches, and so the losses, are those of an uninterrupted run.
+    * Any other stream (`BatchStream` shards examples per process, so another process count is another
+      set of streams) skips B batches of each new per-process stream: as many global batches as were
+      consumed, but not the same examples; a warning says the example order differs from an uninterrupted
+      run (some examples of the current epoch may be seen twice and others not at all).
+
+  Raises:
+    ResumeError: the checkpoint cannot be continued by this run; the message says why and what to do.
+  """
   states = meta.get("data")
-  if not isinstance(states, list) or len(states) != jax.process_count():
-    count = len(states) if isinstance(states, list) else "an unknown number of"
-    raise ResumeError(f"checkpoint {model_dir}/{meta.get('step')}: its data positions come from {count} "
-                     f"process(es), this run has {jax.process_count()}; resume with the same number of "
-                     "processes (or start a new MODEL_DIR from it with INITIAL_CHECKPOINT_PATH)")
-  return states[jax.process_index()]
+  where = f"checkpoint {model_dir}/{meta.get('step')}"
+  if isinstance(states, list) and len(states) == jax.process_count():
+    return states[jax.process_index()]
+  count = len(states) if isinstance(states, list) and states else "an unknown number of"
+  restart = ("resume with the same number of processes, or start a new MODEL_DIR from it with "
+             "INITIAL_CHECKPOINT_PATH (the data then restarts from the beginning)")
+  head = (f"{where}: its data positions come from {count} process(es), this run has "
+          f"{jax.process_count()}")
+  if count == "an unknown number of" or fresh_state is None:
+    raise ResumeError(f"{head}; {restart}")
+  saved = states[0]
+  missing = [f for f in SHARDING_FIELDS if not all(isinstance(s, Mapping) and isinstance(s.get(f), int)
+                                                   for s in states + [fresh_state])]
+  if missing:
+    raise ResumeError(f"{head}, and the stream states lack the integer field(s) {missing} needed to "
+                      f"reshard them; {restart}")
+  consumed = sorted({s["batches_consumed"] for s in states})
+  if len(consumed) != 1:
+    raise ResumeError(f"{head}, and its processes consumed different numbers of batches {consumed} "
+                      f"(a damaged checkpoint?); {restart}")
+  if [(s["shard_index"], s["shard_count"]) for s in states] != [(i, len(states)) for i in range(len(states))]:
+    raise ResumeError(f"{head}, but its states are not shards 0..{len(states) - 1} of {len(states)}; {restart}")
+  saved_rows = saved["batch_size"] * saved["shard_count"]
+  rows = fresh_state["batch_size"] * fresh_state["shard_count"]
+  if saved_rows != rows:
+    raise ResumeError(f"{where}: its global batch has {saved_rows} rows, this run's has {rows}; resume "
+                      f"with batch_size={saved_rows}, or {restart}")
+  fields = (set(saved) | set(fresh_state)) - set(SHARDING_FIELDS)
+  differing = sorted(f for f in fields if saved.get(f) != fresh_state.get(f))
+  if differing:
+    details = ", ".join(f"{f}: saved {saved.get(f)!r}, now {fresh_state.get(f)!r}" for f in differing)
+    raise ResumeError(f"{where}: its data stream differs from this run's ({details}); resume with the "
+                      "same data arguments, or start a new MODEL_DIR from it with INITIAL_CHECKPOINT_PATH")
+  if fresh_state.get("sharding") != synthetic.ROW_BLOCKS_OF_GLOBAL_BATCH and jax.process_index() == 0:
+    logging.warning(
+        "%s was written by %d processes and this run has %d: each process continues its new shard of the "
+        "data after skipping %d of its batches (as many global batches as were consumed), but the examples "
+        "and their order differ from an uninterrupted run", where, len(states), jax.process_count(),
+        consumed[0])
+  return dict(fresh_state, batches_consumed=consumed[0])
 
 
 def replicated_scalar(value: int, sharding: jax.sharding.Sharding) -> jax.Array:

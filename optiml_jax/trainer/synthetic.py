@@ -4,7 +4,10 @@ Sits where `data.pipeline.BatchStream` sits (a `make_stream` factory for `traine
 `state()` / `restore()` contract, but needs no catalog, seqio or TensorFlow: batch `p` of the GLOBAL batch is
 a pure function of (seed, p), and process `shard_index` of `shard_count` takes its contiguous block of rows.
 So runs on 1 device, 8 devices or 2 processes see exactly the same global batches, which is what the
-multi-device and multi-process tests compare, and what tools/bench_train.py feeds.
+multi-device and multi-process tests compare, and what tools/bench_train.py feeds. For the same reason a
+checkpoint written by N processes resumes exactly with M processes: the state declares
+`"sharding": ROW_BLOCKS_OF_GLOBAL_BATCH`, and `trainer.runtime.data_state_of_this_process` then hands each
+new process its new row block of global batch `batches_consumed`.
 
 Each row holds two packed examples (segment ids 1 and 2, positions restarting at 0), each a prompt followed
 by a target; only target tokens carry loss weight. Token ids are drawn from [3, vocab_size).
@@ -17,6 +20,9 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 STATE_KIND = "synthetic"
+# A stream state's "sharding": process i of n takes row block i of global batch p, itself a pure function of
+# the stream's arguments and p (not of n), so the position carries over to any number of processes.
+ROW_BLOCKS_OF_GLOBAL_BATCH = "row_blocks_of_global_batch"
 
 
 def global_batch(seed: int, position: int, batch_size: int, seq_len: int, vocab_size: int,
@@ -74,7 +80,7 @@ class SyntheticStream(Iterator[dict[str, np.ndarray]]):
     return {k: v[rows] for k, v in full.items()}
 
   def state(self) -> dict[str, Any]:
-    return {"batches_consumed": self._position, **self._config}
+    return {"batches_consumed": self._position, "sharding": ROW_BLOCKS_OF_GLOBAL_BATCH, **self._config}
 
   def restore(self, state: Mapping[str, Any]) -> None:
     """Continues after `state["batches_consumed"]` batches; refuses a state of a different stream."""
