@@ -36,6 +36,7 @@ import jax
 
 from optiml_jax import gin_utils
 from optiml_jax.models import opt as opt_lib
+from optiml_jax.models import partitioning
 from optiml_jax.trainer import checkpointing
 from optiml_jax.trainer import loop
 from optiml_jax.trainer import runtime
@@ -80,6 +81,7 @@ class TrainConfig:
   optimizer: loop.OptimizerArgs = loop.OptimizerArgs()
   mesh_shape: tuple[int, int, int] = (-1, 1, 1)
   num_microbatches: int = 1
+  sequence_parallel: bool = False
   seed: int = 0
   pack: bool = True
   save_every: int = 1000
@@ -117,6 +119,7 @@ def train_config(*,
                  optimizer: loop.OptimizerArgs = loop.OptimizerArgs(),
                  mesh_shape: Sequence[int] = (-1, 1, 1),
                  num_microbatches: int = 1,
+                 sequence_parallel: bool = False,
                  seed: int = 0,
                  pack: bool = True,
                  save_every: int = 1000,
@@ -166,7 +169,8 @@ def train_config(*,
       model_dir=str(model_dir), train_steps=train_steps, mixture_or_task_name=str(mixture_or_task_name),
       task_feature_lengths=lengths, batch_size=batch_size, model=model, catalog_dir=catalog_dir,
       initial_checkpoint_path=initial_checkpoint_path, optimizer=optimizer,
-      mesh_shape=tuple(int(x) for x in mesh_shape), num_microbatches=num_microbatches, seed=seed, pack=pack,
+      mesh_shape=tuple(int(x) for x in mesh_shape), num_microbatches=num_microbatches,
+      sequence_parallel=bool(sequence_parallel), seed=seed, pack=pack,
       save_every=save_every, keep_checkpoints=keep_checkpoints, async_checkpoints=async_checkpoints,
       log_every=log_every, nan_policy=nan_policy, stop_at_step=stop_at_step, progress=progress,
       tensorboard=tensorboard, prefetch_depth=prefetch_depth, compilation_cache_dir=compilation_cache_dir)
@@ -206,7 +210,13 @@ def run(config: TrainConfig) -> loop.Summary:
       initial_checkpoint=config.initial_checkpoint_path, save_every=config.save_every,
       keep_checkpoints=config.keep_checkpoints, async_checkpoints=config.async_checkpoints,
       log_every=config.log_every, nan_policy=config.nan_policy, stop_at_step=config.stop_at_step,
-      progress=config.progress, tensorboard=config.tensorboard, prefetch_depth=config.prefetch_depth)
+      progress=config.progress, tensorboard=config.tensorboard, prefetch_depth=config.prefetch_depth,
+      rules=rules_for(config))
+
+
+def rules_for(config: TrainConfig) -> partitioning.LogicalRules:
+  """The logical-axis rule table of a run: the one table, or its sequence-parallel variant."""
+  return partitioning.SEQUENCE_PARALLEL_RULES if config.sequence_parallel else partitioning.LOGICAL_AXIS_RULES
 
 
 def parse_flags(argv: Sequence[str]) -> argparse.Namespace:

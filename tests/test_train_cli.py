@@ -157,3 +157,12 @@ def test_sigterm_checkpoints_and_the_same_command_resumes_to_identical_losses(tm
   losses = lambda d: [(r["step"], r["loss"]) for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]
   assert losses(tmp_path / "run") == losses(tmp_path / "ref")
   assert [step for step, _ in losses(tmp_path / "run")] == list(range(1, 31))
+
+
+def test_sequence_parallel_binding_selects_the_sequence_parallel_rule_table():
+  from optiml_jax.models import partitioning  # pylint: disable=g-import-not-at-top
+  base = _configure(["optiml_175b.gin"], PATHS)
+  assert train_entry.rules_for(base) == partitioning.LOGICAL_AXIS_RULES
+  sp = _configure(["optiml_175b.gin"], PATHS + ["--gin.train.sequence_parallel=True"])
+  assert train_entry.rules_for(sp) == partitioning.SEQUENCE_PARALLEL_RULES
+  assert sp.sequence_parallel and ("length", "tensor") in train_entry.rules_for(sp)

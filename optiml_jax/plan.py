@@ -1,0 +1,331 @@
+r"""Entry point: `python -m optiml_jax.plan --gin_file=FILE --topology=NAME [overrides]`: will a run fit?
+
+Plans a training run on a slice without the slice: simulates `--topology`'s chips as CPU devices (the
+process sets `XLA_FLAGS=--xla_force_host_platform_device_count=<chips>` and `JAX_PLATFORMS=cpu` before JAX
+is imported, re-running itself in a subprocess when JAX already is), builds the trainer's real train step
+from the same gin files `python -m optiml_jax.train` reads, lowers and compiles it ahead of time with
+abstract inputs (nothing is allocated) and prints, per device: parameter, optimizer-state, gradient and
+activation bytes from the analytic model (`planning.analytic`) beside XLA's own memory analysis (argument,
+output, temporary and generated-code bytes), FLOPs per step (analytic 6N + 12·L·d·S, and XLA's count with
+the layers probed, see `planning.compiled`), and whether the step fits the chip's HBM.
+
+    python -m optiml_jax.plan --gin_file=gin/optiml_175b.gin --topology=v4-256 --mesh=1,8,16 \
+        --microbatches=16 --sequence_parallel
+    python -m optiml_jax.plan --gin_file=gin/optiml_30b.gin --topology=a100-40gb:8x8 --json_out=plan.json
+
+The mesh comes from `train.mesh_shape` (a -1 takes the remaining chips; a gin mesh for another chip count
+is rescaled along fsdp) unless `--mesh=data,fsdp,tensor` is given; `--batch` and `--microbatches` replace
+BATCH_SIZE and `train.num_microbatches`; any `--gin.KEY=VALUE` works too (e.g.
+`--gin.opt_model.remat_policy='dots'`); `--sequence_parallel` plans with `models.partitioning.SEQUENCE_PARALLEL_RULES` (also
+taken from a `train.sequence_parallel` binding where the trainer has one). Macros that only a real run
+needs (MODEL_DIR, CATALOG_DIR, INITIAL_CHECKPOINT_PATH) may stay unset. `--no_compile` gives the analytic
+figures alone in seconds; `--no_flops_probe` skips the two small extra compiles that count FLOPs.
+
+The verdict uses the compiled peak by default (`--fit_by=analytic` for the model's): XLA:CPU keeps some
+bfloat16 buffers in float32, so for bfloat16 models its figure is an upper bound of a TPU's or GPU's.
+Usable memory is `--hbm_fraction` (0.95) of the chip's HBM.
+
+Exit codes: 0 fits, 1 does not fit, 2 configuration error (topology, gin, mesh, batch that cannot be laid out),
+3 anything else that went wrong (the traceback is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import traceback
+from typing import Any, Sequence
+
+from optiml_jax import gin_utils
+from optiml_jax.planning import topology as topology_lib
+
+EXIT_FITS, EXIT_DOES_NOT_FIT, EXIT_CONFIG_ERROR, EXIT_INTERNAL_ERROR = 0, 1, 2, 3
+# Macros a real run needs that planning does not read; bound to a placeholder unless given.
+UNUSED_MACROS = ("MODEL_DIR", "CATALOG_DIR", "INITIAL_CHECKPOINT_PATH")
+GIB = 2**30
+
+
+class PlanError(ValueError):
+  """The plan cannot be built (mesh, batch, sharding); the message names the figure."""
+
+
+def plan_environment(chips: int, environ: dict[str, str] | None = None) -> dict[str, str]:
+  """`environ` (default os.environ) with JAX forced onto `chips` CPU devices; other XLA flags kept."""
+  env = dict(os.environ if environ is None else environ)
+  flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "", env.get("XLA_FLAGS", "")).split()
+  env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={chips}"])
+  env["JAX_PLATFORMS"] = "cpu"
+  env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # XLA's C++ warnings (SPMD notes) would bury the report
+  return env
+
+
+def parse_mesh(text: str) -> tuple[int, int, int]:
+  """'data,fsdp,tensor' -> three ints (one may be -1). Raises PlanError naming the flag."""
+  try:
+    sizes = tuple(int(part) for part in text.split(","))
+  except ValueError:
+    sizes = ()
+  if len(sizes) != 3 or any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
+    raise PlanError(f"--mesh {text!r}: expected data,fsdp,tensor as three positive integers (one may be -1), "
+                    "e.g. 1,16,8")
+  return sizes  # type: ignore[return-value]
+
+
+def resolve_mesh(shape: Sequence[int], chips: int, rescale: bool) -> tuple[tuple[int, int, int], str | None]:
+  """The (data, fsdp, tensor) sizes for `chips` devices and a note when they differ from `shape`.
+
+  A -1 takes the remaining chips. A fixed shape for another chip count is rescaled along fsdp (keeping
+  data and tensor) when `rescale`; otherwise, or when that cannot work, PlanError.
+  """
+  data, fsdp, tensor = (int(s) for s in shape)
+  sizes = [data, fsdp, tensor]
+  if -1 in sizes:
+    known = abs(data * fsdp * tensor)
+    if chips % known:
+      raise PlanError(f"mesh {tuple(shape)}: {chips} chips are not divisible by {known}")
+    sizes[sizes.index(-1)] = chips // known
+    return tuple(sizes), None  # type: ignore[return-value]
+  if data * fsdp * tensor == chips:
+    return (data, fsdp, tensor), None
+  if rescale and chips % (data * tensor) == 0:
+    resolved = (data, chips // (data * tensor), tensor)
+    return resolved, (f"train.mesh_shape {tuple(shape)} is for {data * fsdp * tensor} chips; planned as "
+                      f"{resolved} for {chips}")
+  raise PlanError(f"mesh {tuple(shape)} has {data * fsdp * tensor} devices but the topology has {chips} chips")
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanInputs:
+  """Plain figures of one plan, from gin and the flags."""
+
+  model: Any  # OPTConfig
+  optimizer: Any  # trainer.loop.OptimizerArgs
+  train_steps: int
+  batch_size: int
+  seq_len: int
+  num_microbatches: int
+  mesh: tuple[int, int, int]
+  sequence_parallel: bool
+  notes: tuple[str, ...]
+
+
+def load_inputs(args: argparse.Namespace, topo: topology_lib.Topology) -> PlanInputs:
+  """Reads the gin files as `python -m optiml_jax.train` does and applies the overrides."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from optiml_jax import train  # pylint: disable=g-import-not-at-top  (imports JAX)
+
+  gin.clear_config()
+  placeholders = [f"{name} = 'unused-by-plan'" for name in UNUSED_MACROS]
+  bindings = placeholders + list(args.gin_bindings)
+  if args.batch is not None:
+    bindings.append(f"BATCH_SIZE = {args.batch}")
+  if args.microbatches is not None:
+    bindings.append(f"train.num_microbatches = {args.microbatches}")
+  config = train.configure(args.gin_file, bindings, args.gin_search_paths)
+  notes = []
+  if args.mesh:
+    mesh, _ = resolve_mesh(parse_mesh(args.mesh), topo.chips, rescale=False)
+  else:
+    mesh, note = resolve_mesh(config.mesh_shape, topo.chips, rescale=True)
+    notes += [note] if note else []
+  if topo.kind == "gpu" and topo.chips_per_host % mesh[2]:
+    notes.append(f"the tensor axis ({mesh[2]}) spans hosts of {topo.chips_per_host} GPUs: its collectives "
+                 "cross the inter-host network")
+  return PlanInputs(model=config.model, optimizer=config.optimizer, train_steps=config.train_steps,
+                    batch_size=config.batch_size, seq_len=config.seq_len,
+                    num_microbatches=config.num_microbatches, mesh=mesh,
+                    sequence_parallel=args.sequence_parallel or getattr(config, "sequence_parallel", False),
+                    notes=tuple(notes))
+
+
+def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: bool = True,
+              probe_flops: bool = True, hbm_fraction: float = 0.95, fit_by: str = "compiled",
+              mfu: float = 0.4) -> dict[str, Any]:
+  """Builds, lowers and (optionally) compiles the step for `inputs` on `topo`; returns the report dict."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from optiml_jax.models import partitioning  # pylint: disable=g-import-not-at-top
+  from optiml_jax.planning import analytic  # pylint: disable=g-import-not-at-top
+  from optiml_jax.planning import compiled as compiled_lib  # pylint: disable=g-import-not-at-top
+
+  if jax.device_count() != topo.chips:
+    raise PlanError(f"{jax.device_count()} devices visible but {topo.name} has {topo.chips} chips: run "
+                    "through `python -m optiml_jax.plan` (which sets XLA_FLAGS) or `main()`")
+  cfg = inputs.model
+  shape = analytic.StepShape(inputs.batch_size, inputs.seq_len, inputs.num_microbatches, *inputs.mesh,
+                             sequence_parallel=inputs.sequence_parallel)
+  try:
+    analytic.check_step_shape(shape)
+  except ValueError as e:
+    raise PlanError(str(e)) from e
+  rules = partitioning.SEQUENCE_PARALLEL_RULES if inputs.sequence_parallel else partitioning.LOGICAL_AXIS_RULES
+  mesh = partitioning.make_mesh(*inputs.mesh)
+  figures = dict(train_steps=inputs.train_steps, batch_size=inputs.batch_size, seq_len=inputs.seq_len,
+                 num_microbatches=inputs.num_microbatches, mesh=mesh, rules=rules)
+  try:
+    lowered, program = compiled_lib.lower_train_step(cfg, inputs.optimizer, **figures)
+  except ValueError as e:  # e.g. a dimension the mesh axis does not divide
+    raise PlanError(f"cannot build the step of {describe_model(cfg)} on mesh {inputs.mesh}: {e}") from e
+  state = program.layout.abstract
+  estimate = analytic.estimate_memory(cfg, shape, params_bytes=analytic.sharded_bytes(state.params),
+                                      opt_state_bytes=analytic.sharded_bytes((state.opt_state, state.step)))
+  flops = analytic.estimate_flops(cfg, shape)
+  xla = compiled_lib.compiled_figures(lowered) if compile_step else None
+  probed = compiled_lib.probe_step_flops(cfg, inputs.optimizer, **figures) if compile_step and probe_flops \
+      else None
+
+  usable = int(topo.hbm_bytes * hbm_fraction)
+  compiled_peak = xla.peak_bytes if xla else None
+  verdict_bytes = compiled_peak if fit_by == "compiled" and compiled_peak is not None else estimate.total
+  seconds_per_step = flops.model_per_device / (mfu * topo.peak_flops)
+  return {
+      "topology": dataclasses.asdict(topo),
+      "model": {"shape": describe_model(cfg), "num_params": cfg.num_params(), "dtype": str(cfg.dtype),
+                "remat_policy": cfg.remat_policy, "scan_layers": cfg.scan_layers,
+                "attention_impl": cfg.attention_impl},
+      "plan": {"batch_size": inputs.batch_size, "seq_len": inputs.seq_len,
+               "num_microbatches": inputs.num_microbatches, "rows_per_device": shape.rows_per_device,
+               "mesh": dict(zip(partitioning.MESH_AXES, inputs.mesh)),
+               "sequence_parallel": inputs.sequence_parallel, "train_steps": inputs.train_steps,
+               "notes": list(inputs.notes)},
+      "analytic": {**dataclasses.asdict(estimate), "arguments": estimate.arguments,
+                   "temporaries": estimate.temporaries, "working": estimate.working, "peak": estimate.total},
+      "compiled": None if xla is None else {**dataclasses.asdict(xla), "peak": compiled_peak,
+                                            "backend": jax.default_backend()},
+      "flops_per_device": {"model_analytic": flops.model_per_device,
+                           "hardware_analytic": flops.hardware_per_device, "compiled_probe": probed},
+      "hbm_bytes": topo.hbm_bytes, "usable_bytes": usable, "hbm_fraction": hbm_fraction,
+      "fit_by": fit_by if compiled_peak is not None else "analytic",
+      "fits_analytic": estimate.total <= usable,
+      "fits_compiled": None if compiled_peak is None else compiled_peak <= usable,
+      "fits": verdict_bytes <= usable,
+      "mfu": mfu, "seconds_per_step_at_mfu": seconds_per_step,
+      "hours_at_mfu": seconds_per_step * inputs.train_steps / 3600,
+  }
+
+
+def describe_model(cfg: Any) -> str:
+  return (f"{cfg.num_params() / 1e9:.1f}B params (L={cfg.num_hidden_layers}, d={cfg.hidden_size}, "
+          f"heads={cfg.num_attention_heads}, ffn={cfg.ffn_dim})")
+
+
+def _gib(value: float | None) -> str:
+  return "-" if value is None else f"{value / GIB:.2f} GiB"
+
+
+def format_report(report: dict[str, Any]) -> str:
+  """The human-readable report of `make_plan`'s dict."""
+  topo, plan, est, xla = report["topology"], report["plan"], report["analytic"], report["compiled"]
+  mesh = plan["mesh"]
+  lines = [
+      f"topology   {topo['name']}: {topo['chips']} chips on {topo['hosts']} hosts, "
+      f"{topo['hbm_bytes'] / GIB:g} GiB HBM each",
+      f"model      {report['model']['shape']}, {report['model']['dtype']} compute, "
+      f"remat {report['model']['remat_policy']}",
+      f"step       batch {plan['batch_size']} x {plan['seq_len']}, {plan['num_microbatches']} microbatch(es) "
+      f"-> {plan['rows_per_device']} row(s) per device per pass; mesh data={mesh['data']} fsdp={mesh['fsdp']} "
+      f"tensor={mesh['tensor']}; sequence parallel {'on' if plan['sequence_parallel'] else 'off'}",
+      *[f"note       {note}" for note in plan["notes"]],
+      "",
+      f"{'per device':<34}{'analytic':>14}{'compiled (XLA:CPU)':>22}",
+  ]
+  get = lambda key: None if xla is None else xla[key]
+  rows = [("parameters (float32)", est["params"], None), ("optimizer state (float32)", est["opt_state"], None),
+          ("gradients (float32)", est["grads"], None), ("saved activations", est["saved_activations"], None),
+          ("working set (layer or LM head)", est["working"], None),
+          ("arguments (state + batch)", est["arguments"], get("argument_bytes")),
+          ("temporaries", est["temporaries"], get("temp_bytes")),
+          ("outputs not aliased to inputs", None,
+           None if xla is None else get("output_bytes") - get("alias_bytes")),
+          ("generated code", None, get("generated_code_bytes")),
+          ("peak", est["peak"], get("peak"))]
+  lines += [f"  {name:<32}{_gib(a):>14}{_gib(c):>22}" for name, a, c in rows]
+  lines.append(f"  {'usable HBM':<32}{_gib(report['usable_bytes']):>14}  "
+               f"({report['hbm_fraction']:.0%} of {topo['hbm_bytes'] / GIB:g} GiB)")
+  flops = report["flops_per_device"]
+  probe = flops["compiled_probe"]
+  lines += [
+      "",
+      f"FLOPs per step per device: {flops['model_analytic']:.3e} model (6N + 12LdS), "
+      f"{flops['hardware_analytic']:.3e} with remat (analytic)"
+      + (f", {probe:.3e} XLA (layers probed)" if probe else ""),
+      f"time at {report['mfu']:.0%} MFU: {report['seconds_per_step_at_mfu']:.2f} s/step, "
+      f"{report['hours_at_mfu']:.1f} h for {plan['train_steps']} steps",
+  ]
+  if xla is not None:
+    lines.append(f"compiled in {xla['compile_seconds']:.1f} s")
+  verdict = "FITS" if report["fits"] else "DOES NOT FIT"
+  used = xla["peak"] if report["fit_by"] == "compiled" else est["peak"]
+  lines.append(f"{verdict}: {report['fit_by']} peak {_gib(used)} vs usable {_gib(report['usable_bytes'])} "
+               f"(analytic {'fits' if report['fits_analytic'] else 'does not fit'}"
+               + ("" if report["fits_compiled"] is None else
+                  f", compiled {'fits' if report['fits_compiled'] else 'does not fit'}") + ")")
+  return "\n".join(lines)
+
+
+def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog="python -m optiml_jax.plan", description=__doc__.splitlines()[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  gin_utils.add_gin_flags(parser)
+  parser.add_argument("--topology", required=True,
+                      help=f"slice or GPU cluster, e.g. {', '.join(topology_lib.EXAMPLES)}")
+  parser.add_argument("--mesh", help="data,fsdp,tensor (one may be -1); default: train.mesh_shape")
+  parser.add_argument("--batch", type=int, help="sequences per step (replaces BATCH_SIZE)")
+  parser.add_argument("--microbatches", type=int, help="replaces train.num_microbatches")
+  parser.add_argument("--sequence_parallel", action="store_true",
+                      help="shard the residual stream over the tensor axis too (models/partitioning.py)")
+  parser.add_argument("--no_compile", action="store_true", help="analytic figures only (no XLA compile)")
+  parser.add_argument("--no_flops_probe", action="store_true",
+                      help="skip the two small compiles that count FLOPs per layer")
+  parser.add_argument("--fit_by", choices=("compiled", "analytic"), default="compiled",
+                      help="which peak decides the verdict and exit code (default compiled)")
+  parser.add_argument("--hbm_fraction", type=float, default=0.95, help="usable share of each chip's HBM")
+  parser.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilization for the time estimate")
+  parser.add_argument("--json_out", help="also write the report as JSON to this path ('-': stdout only)")
+  return parser.parse_args(gin_utils.rewrite_gin_args(argv))
+
+
+def _run(args: argparse.Namespace, topo: topology_lib.Topology) -> int:
+  try:
+    inputs = load_inputs(args, topo)
+    report = make_plan(inputs, topo, compile_step=not args.no_compile, probe_flops=not args.no_flops_probe,
+                       hbm_fraction=args.hbm_fraction, fit_by=args.fit_by, mfu=args.mfu)
+  except (gin_utils.GinConfigError, PlanError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return EXIT_CONFIG_ERROR
+  except Exception:  # pylint: disable=broad-except  (a crash must not read as "does not fit")
+    traceback.print_exc()
+    return EXIT_INTERNAL_ERROR
+  if args.json_out == "-":
+    print(json.dumps(report, indent=1))
+  else:
+    print(format_report(report))
+    if args.json_out:
+      with open(args.json_out, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1)
+  return EXIT_FITS if report["fits"] else EXIT_DOES_NOT_FIT
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  args = parse_flags(argv)
+  try:
+    topo = topology_lib.parse_topology(args.topology)
+    if not 0 < args.hbm_fraction <= 1 or not 0 < args.mfu <= 1:
+      raise PlanError(f"--hbm_fraction and --mfu must be in (0, 1], got {args.hbm_fraction} and {args.mfu}")
+  except (topology_lib.TopologyError, PlanError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return EXIT_CONFIG_ERROR
+  env = plan_environment(topo.chips)
+  if "jax" in sys.modules:  # too late to choose its devices here: plan in a fresh process
+    return subprocess.call([sys.executable, "-m", "optiml_jax.plan", *argv], env=env)
+  os.environ.update(env)
+  return _run(args, topo)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

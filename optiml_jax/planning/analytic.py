@@ -1,0 +1,277 @@
+"""The analytic memory and FLOP model of one training step, per device, without compiling anything.
+
+Sits under the planner (`optiml_jax.plan`), beside `planning.compiled`, whose XLA figures it is checked
+against (tests/planning/test_analytic.py). Inputs are plain values: an `OPTConfig`, the step's figures
+(`StepShape`) and the per-device bytes of parameters and optimizer state, which the planner reads from the
+trainer's sharded state layout (exact: `sharded_bytes`).
+
+Memory at the peak of a step (per device):
+  params + optimizer state    float32 master weights and Adam's two float32 moments, sharded by the rule table;
+  gradients                   float32, sharded like the params; x2 with microbatches (accumulator + current);
+  saved activations           what the forward pass keeps for the backward pass, over all layers; depends on
+                              the remat policy: "full" keeps each layer's input only ([rows, seq, hidden]);
+  working set                 the larger of (one layer's backward: its recomputed activations, their
+                              gradients and its all-gathered weights and weight gradients) and (the LM head:
+                              float32 logits, softmax and logit gradients over the local vocabulary slice,
+                              and the tied embedding's gradients before their reduce-scatter).
+`rows` is the rows of one microbatch on one device: batch / microbatches / (data x fsdp). Tensors of the
+residual stream [rows, seq, hidden] are replicated over the tensor axis unless sequence parallelism shards
+them over it; the attention scores [rows, heads, seq, seq] (float32) exist unless the attention is fused
+(cuDNN flash attention).
+
+FLOPs per step: model FLOPs 6N + 12·L·d·S per token (PaLM; `OPTConfig.flops_per_token`) times the tokens of
+the global batch, and hardware FLOPs, which add what rematerialization recomputes (one more forward pass of
+the layers but fc2 under "full").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import numpy as np
+
+from optiml_jax.models import opt_config
+
+FLOAT32_BYTES = 4
+DROPOUT_MASK_BYTES = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class StepShape:
+  """The figures of a step that memory depends on, besides the model.
+
+  Attributes:
+    batch_size: sequences per step (global).
+    seq_len: tokens per sequence.
+    num_microbatches: gradient-accumulation passes per step.
+    data, fsdp, tensor: mesh axis sizes.
+    sequence_parallel: residual-stream activations sharded over the tensor axis too.
+  """
+
+  batch_size: int
+  seq_len: int
+  num_microbatches: int
+  data: int
+  fsdp: int
+  tensor: int
+  sequence_parallel: bool = False
+
+  @property
+  def devices(self) -> int:
+    return self.data * self.fsdp * self.tensor
+
+  @property
+  def rows_per_device(self) -> int:
+    """Sequences of one microbatch on one device (examples are split over data x fsdp)."""
+    return self.batch_size // self.num_microbatches // (self.data * self.fsdp)
+
+
+def check_step_shape(shape: StepShape) -> None:
+  """Raises ValueError naming the figure when the batch cannot be laid out on the mesh."""
+  shards = shape.data * shape.fsdp
+  if shape.num_microbatches < 1 or shape.batch_size % shape.num_microbatches:
+    raise ValueError(f"batch_size {shape.batch_size} is not divisible by num_microbatches="
+                     f"{shape.num_microbatches}")
+  per_pass = shape.batch_size // shape.num_microbatches
+  if per_pass % shards:
+    raise ValueError(f"a microbatch of {per_pass} rows (batch_size {shape.batch_size} / num_microbatches "
+                     f"{shape.num_microbatches}) does not divide over data x fsdp = {shards} devices; use fewer "
+                     "microbatches or a smaller data x fsdp")
+
+
+def sharded_bytes(tree: Any) -> int:
+  """Bytes one device holds of a tree of ShapeDtypeStructs that carry NamedShardings (the largest shard)."""
+  total = 0
+  for leaf in jax.tree_util.tree_leaves(tree):
+    shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
+    total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
+  return total
+
+
+def layer_param_count(config: opt_config.OPTConfig) -> int:
+  """Parameters of one decoder layer."""
+  two = dataclasses.replace(config, num_hidden_layers=2).num_params()
+  return two - dataclasses.replace(config, num_hidden_layers=1).num_params()
+
+
+def _fused_attention(config: opt_config.OPTConfig) -> bool:
+  return config.attention_impl == "cudnn"
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerTensors:
+  """Bytes per device of the tensors one decoder layer produces for one microbatch (see `layer_tensors`)."""
+
+  residual: int  # one [rows, seq, hidden] tensor of the residual stream (sharded over tensor under SP)
+  normed: int  # a layer-norm output fed to tensor-parallel matmuls: whole hidden, replicated over tensor
+  heads: int  # q, k, v or the attention output: [rows, seq, hidden / tensor]
+  mlp: int  # fc1 output: [rows, seq, ffn / tensor]
+  scores: int  # float32 attention logits [rows, heads / tensor, seq, seq]; 0 when fused
+  probs: int  # attention probabilities in the compute dtype; 0 when fused
+  norm_f32: int  # the float32 copy a layer norm computes in (sharded like the residual stream)
+  dropout_mask: int  # one dropout mask on the residual stream, 0 without dropout
+
+  def everything(self) -> int:
+    """All a layer's backward needs when nothing is recomputed (remat "none")."""
+    return (4 * self.residual  # layer input, out_proj output, the sum after attention, fc2 output
+            + 2 * self.normed  # the two layer-norm outputs
+            + 4 * self.heads  # q, k, v, attention output
+            + 2 * self.mlp  # fc1 output and its ReLU
+            + self.scores + self.probs
+            + 2 * self.norm_f32  # each layer norm computes in float32
+            + 2 * self.dropout_mask)  # the attention and feed-forward branches
+
+  def dots(self) -> int:
+    """Matmul outputs (remat "dots"): q, k, v, scores, attention output, out_proj, fc1, fc2."""
+    return 4 * self.heads + self.scores + 2 * self.normed + self.mlp
+
+  def dots_without_batch_dims(self) -> int:
+    """Weight matmul outputs only (remat "dots_with_no_batch_dims"): q, k, v, out_proj, fc1, fc2."""
+    return 3 * self.heads + 2 * self.normed + self.mlp
+
+  def largest(self) -> int:
+    return max(self.residual, self.normed, self.heads, self.mlp, self.scores, self.probs, self.norm_f32)
+
+
+def layer_tensors(config: opt_config.OPTConfig, rows: int, seq_len: int, tensor: int,
+                  sequence_parallel: bool) -> LayerTensors:
+  """The per-device sizes of one layer's activations for `rows` sequences of `seq_len` tokens."""
+  item = np.dtype(config.dtype).itemsize
+  tokens = rows * seq_len
+  hidden = config.hidden_size
+  residual_shards = tensor if sequence_parallel else 1
+  local_heads = max(1, config.num_attention_heads // tensor)
+  fused = _fused_attention(config)
+  return LayerTensors(
+      residual=tokens * hidden * item // residual_shards,
+      normed=tokens * hidden * item,
+      heads=tokens * hidden * item // tensor,
+      mlp=tokens * config.ffn_dim * item // tensor,
+      scores=0 if fused else rows * local_heads * seq_len * seq_len * FLOAT32_BYTES,
+      probs=0 if fused else rows * local_heads * seq_len * seq_len * item,
+      norm_f32=tokens * hidden * FLOAT32_BYTES // residual_shards,
+      dropout_mask=tokens * hidden * DROPOUT_MASK_BYTES // residual_shards if config.dropout > 0 else 0,
+  )
+
+
+def saved_per_layer(config: opt_config.OPTConfig, layer: LayerTensors) -> int:
+  """What the forward pass keeps per layer for the backward pass, by remat policy."""
+  policy = config.remat_policy
+  if policy == "full":
+    return layer.residual
+  if policy == "dots":
+    return layer.residual + layer.dots()
+  if policy == "dots_with_no_batch_dims":
+    return layer.residual + layer.dots_without_batch_dims()
+  return layer.everything()
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+  """Per-device bytes at the peak of a step (see the module docstring)."""
+
+  params: int
+  opt_state: int
+  batch: int
+  grads: int
+  saved_activations: int
+  layer_working: int
+  gathered_weights: int
+  logits_working: int
+
+  @property
+  def working(self) -> int:
+    return max(self.layer_working + self.gathered_weights, self.logits_working)
+
+  @property
+  def arguments(self) -> int:
+    """What the step takes in: the train state and the batch (compare XLA's argument bytes)."""
+    return self.params + self.opt_state + self.batch
+
+  @property
+  def temporaries(self) -> int:
+    """What the step allocates besides its arguments (compare XLA's temp bytes)."""
+    return self.grads + self.saved_activations + self.working
+
+  @property
+  def total(self) -> int:
+    return self.arguments + self.temporaries
+
+
+def estimate_memory(config: opt_config.OPTConfig, shape: StepShape, *, params_bytes: int, opt_state_bytes: int,
+                    num_features: int = 5) -> MemoryEstimate:
+  """The per-device memory model of one step.
+
+  Args:
+    config: the model.
+    shape: batch, microbatches and mesh.
+    params_bytes, opt_state_bytes: per-device bytes of the master weights and the optimizer state (read
+      from the sharded state layout with `sharded_bytes`).
+    num_features: int32 [batch, seq] features in a batch (the five decoder_* features when packed).
+  """
+  check_step_shape(shape)
+  rows = shape.rows_per_device
+  layer = layer_tensors(config, rows, shape.seq_len, shape.tensor, shape.sequence_parallel)
+  layers = config.num_hidden_layers
+  saved = layers * saved_per_layer(config, layer)
+  # The backward pass of one layer: its activations (recomputed unless all were saved) and their gradients,
+  # about as large again at the layer's widest point.
+  layer_working = layer.everything() + 2 * layer.largest()
+  gathered = 2 * layer_param_count(config) * FLOAT32_BYTES // shape.tensor  # weights + weight gradients
+  tokens = rows * shape.seq_len
+  local_vocab = -(-config.vocab_size // shape.tensor)
+  # float32 logits, their log-softmax, its exponent and their gradient; the tied embedding's
+  # [vocab / tensor, width] gradients (from the LM head, from the lookup, and their sum) before they are
+  # reduce-scattered over fsdp; the final hidden state and its gradient.
+  logits_working = (4 * tokens * local_vocab * FLOAT32_BYTES +
+                    3 * local_vocab * config.word_embed_proj_dim * FLOAT32_BYTES +
+                    2 * tokens * config.hidden_size * FLOAT32_BYTES)
+  grads = params_bytes * (2 if shape.num_microbatches > 1 else 1)
+  # Batches are laid out as ("batch", "length"): over data x fsdp, and along the sequence over tensor too
+  # under sequence parallelism.
+  batch_shards = shape.data * shape.fsdp * (shape.tensor if shape.sequence_parallel else 1)
+  batch = num_features * shape.batch_size * shape.seq_len * 4 // batch_shards
+  return MemoryEstimate(params=params_bytes, opt_state=opt_state_bytes, batch=batch, grads=grads,
+                        saved_activations=saved, layer_working=layer_working, gathered_weights=gathered,
+                        logits_working=logits_working)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlopEstimate:
+  """FLOPs of one step: `model` (6N + 12LdS per token) and `hardware` (with what remat recomputes)."""
+
+  model_total: float
+  hardware_total: float
+  devices: int
+
+  @property
+  def model_per_device(self) -> float:
+    return self.model_total / self.devices
+
+  @property
+  def hardware_per_device(self) -> float:
+    return self.hardware_total / self.devices
+
+
+def recompute_flops_per_token(config: opt_config.OPTConfig, seq_len: int) -> float:
+  """FLOPs the backward pass spends recomputing the forward pass, per token, by remat policy."""
+  d, layers = config.hidden_size, config.num_hidden_layers
+  # fc2's output feeds only the residual sum, which the next layer keeps, so its matmul is not recomputed.
+  recomputed_matmuls = layers * (4 * d * d + d * config.ffn_dim)
+  attention = 4 * layers * d * seq_len  # QK^T and PV, forward
+  policy = config.remat_policy
+  if policy == "full":
+    return 2 * recomputed_matmuls + attention
+  if policy == "dots_with_no_batch_dims":
+    return attention
+  return 0.0
+
+
+def estimate_flops(config: opt_config.OPTConfig, shape: StepShape) -> FlopEstimate:
+  tokens = shape.batch_size * shape.seq_len
+  model = float(config.flops_per_token(shape.seq_len)) * tokens
+  hardware = model + recompute_flops_per_token(config, shape.seq_len) * tokens
+  return FlopEstimate(model_total=model, hardware_total=hardware, devices=shape.devices)
