@@ -21,8 +21,9 @@ install: $(STAMP)
 quickstart: install
 	$(PY) -m optiml_jax.quickstart --workdir=quickstart_out
 
+# PYTEST_ARGS: extra pytest flags, e.g. --runslow (what CI passes) or -k PATTERN.
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 
 # Also the tests marked `slow`.
 test-all: install
