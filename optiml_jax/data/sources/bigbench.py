@@ -131,19 +131,10 @@ def _instance(example: Any, index: int, fmt: PromptFormat, path: str, local_name
   return records.Instance(id=instance_id, input=text.strip(), targets=targets, options=options)
 
 
-def _examples(task: dict[str, Any], path: str) -> list[Any]:
-  examples = jsonl.required(task, "examples", path, "task")
-  if not isinstance(examples, list):
-    raise records.SourceError(path, f"field 'examples': expected a list, got {type(examples).__name__}")
-  if not examples:
-    raise records.SourceError(path, "field 'examples': empty list (a task needs at least one example)")
-  return examples
-
-
 def _stream(path: str, local_name: str) -> Iterator[records.Instance]:
   task = jsonl.load_json(path)
   fmt = prompt_format(task, path)
-  for index, example in enumerate(_examples(task, path)):
+  for index, example in enumerate(jsonl.required_list(task, "examples", path, "task", "example")):
     yield _instance(example, index, fmt, path, local_name)
 
 
@@ -157,7 +148,7 @@ def read_task(path: str | os.PathLike, benchmark: str = BENCHMARK) -> records.Ta
   path = str(path)
   local_name, dataset = task_names(path_obj)
   task = jsonl.load_json(path)
-  examples = _examples(task, path)
+  examples = jsonl.required_list(task, "examples", path, "task", "example")
   fmt = prompt_format(task, path)
   for index, example in enumerate(examples):
     _instance(example, index, fmt, path, local_name)  # Validates every example now; streamed again later.

@@ -137,6 +137,16 @@ def required(obj: Mapping[str, Any], field: str, path: str, where: str) -> Any:
   return obj[field]
 
 
+def required_list(obj: Mapping[str, Any], field: str, path: str, where: str, items: str) -> list[Any]:
+  """`obj[field]` as a non-empty list, or a SourceError naming the field (`items` names what it holds)."""
+  value = required(obj, field, path, where)
+  if not isinstance(value, list):
+    raise records.SourceError(path, f"field '{field}': expected a list, got {type(value).__name__}")
+  if not value:
+    raise records.SourceError(path, f"field '{field}': empty list (a task needs at least one {items})")
+  return value
+
+
 def instance_id(obj: Mapping[str, Any], path: str, line_number: int, local_name: str) -> str:
   """The line's own "id" if it has one, else `<local name>-<line number>`."""
   if "id" in obj:

@@ -66,18 +66,9 @@ def _instances(task: dict[str, Any], path: str, local_name: str) -> Iterator[rec
     yield _instance(obj, path, f"Instances[{i}]", f"{local_name}-{i}")
 
 
-def _instance_list(task: dict[str, Any], path: str) -> list[Any]:
-  value = jsonl.required(task, "Instances", path, "task")
-  if not isinstance(value, list):
-    raise records.SourceError(path, f"field 'Instances': expected a list, got {type(value).__name__}")
-  if not value:
-    raise records.SourceError(path, "field 'Instances': empty list (a task needs at least one instance)")
-  return value
-
-
 def _stream(path: str, local_name: str) -> Iterator[records.Instance]:
   task = jsonl.load_json(path)
-  _instance_list(task, path)
+  jsonl.required_list(task, "Instances", path, "task", "instance")
   yield from _instances(task, path, local_name)
 
 
@@ -95,7 +86,8 @@ def read_task(path: str | os.PathLike, benchmark: str = BENCHMARK) -> records.Ta
   local_name = pathlib.Path(path).stem
   task = jsonl.load_json(path)
   definition = _definition(task, path)
-  for _ in _instances({"Instances": _instance_list(task, path)}, path, local_name):
+  instances = jsonl.required_list(task, "Instances", path, "task", "instance")
+  for _ in _instances({"Instances": instances}, path, local_name):
     pass  # Validates every instance now, so a bad one is reported when the catalog is built.
   positives = task.get("Positive Examples", [])
   if not isinstance(positives, list):
