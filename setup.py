@@ -8,6 +8,7 @@ INSTALL_REQUIRES = [
     "flax>=0.10.0,<0.13",
     "optax>=0.2.4,<0.3",
     "orbax-checkpoint>=0.11.0,<0.13",
+    "etils[epath]",  # MODEL_DIR files (metrics, config.json) on local disks or buckets, as Orbax writes
     "seqio>=0.0.19",
     "tensorflow-datasets>=4.9.6",
     "transformers>=4.45,<6",

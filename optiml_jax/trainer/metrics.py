@@ -4,20 +4,23 @@ The loop hands each logged step's scalars to `MetricsWriter.write(step, scalars)
 `plot_loss_curve` reads `metrics.jsonl` back and draws the PNG. `model_flops_utilization` turns tokens/s into
 MFU from the model's FLOPs per token and the accelerator's peak.
 
-Files go through `tf.io.gfile`, so MODEL_DIR may be local or a bucket (`gs://...`). Object stores cannot
-append: there metrics.jsonl is rewritten whole at each logged step (it stays small: one line per log).
+Files go through `etils.epath` (as Orbax's do), so MODEL_DIR may be local or a bucket (`gs://...`). Object
+stores cannot append: there metrics.jsonl is rewritten whole at each logged step (it stays small: one line per
+log). TensorFlow is imported only to write TensorBoard events; without it the run logs that and goes on, so the
+training step itself (and `tools/bench_train.py`) needs no TensorFlow.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import os
 from typing import Mapping
 
+from etils import epath
 import jax
-import tensorflow as tf
 
 # Dense bf16 peak FLOP/s per chip, by `device_kind` prefix (vendor figures). CPU has no meaningful peak.
 PEAK_FLOPS = {
@@ -64,12 +67,12 @@ class MetricsWriter:
     self._file = None
     if not self._active:
       return
-    tf.io.gfile.makedirs(model_dir)
+    epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
     self._records = _truncate_after(self.path, resume_step)
     if not _is_remote(self.path):
-      self._file = tf.io.gfile.GFile(self.path, "a")
+      self._file = open(self.path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
     if tensorboard:
-      self._tb = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard", "train"))
+      self._tb = _tensorboard_writer(os.path.join(model_dir, "tensorboard", "train"))
 
   def write(self, step: int, scalars: Mapping[str, float | None]) -> None:
     if not self._active:
@@ -83,18 +86,36 @@ class MetricsWriter:
       self._records.append(record)
       _write_records(self.path, self._records)
     if self._tb is not None:
-      with self._tb.as_default(step=int(step)):
+      tf = self._tb.tf
+      with self._tb.writer.as_default(step=int(step)):
         for key, value in scalars.items():
           if value is not None and math.isfinite(float(value)):
             tf.summary.scalar(key, float(value))
-      self._tb.flush()
+      self._tb.writer.flush()
 
   def close(self) -> None:
     if self._active:
       if self._file is not None:
         self._file.close()
       if self._tb is not None:
-        self._tb.close()
+        self._tb.writer.close()
+
+
+class _TensorBoard:
+  """A `tf.summary` file writer and the TensorFlow module that made it."""
+
+  def __init__(self, tf, logdir: str):
+    self.tf = tf
+    self.writer = tf.summary.create_file_writer(logdir)
+
+
+def _tensorboard_writer(logdir: str) -> _TensorBoard | None:
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    logging.warning("TensorFlow is not installed: no TensorBoard events in %s (metrics.jsonl is written)", logdir)
+    return None
+  return _TensorBoard(tf, logdir)
 
 
 def _is_remote(path: str) -> bool:
@@ -103,20 +124,19 @@ def _is_remote(path: str) -> bool:
 
 def _write_records(path: str, records: list[dict]) -> None:
   """Replaces `path` with `records`, one JSON line each (written beside it, then renamed)."""
-  tmp = path + ".tmp"
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    f.write("".join(json.dumps(r) + "\n" for r in records))
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  tmp = epath.Path(path + ".tmp")
+  tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+  tmp.replace(path)
 
 
 def read_metrics(path: str) -> list[dict]:
-  with tf.io.gfile.GFile(path, "r") as f:
-    return [json.loads(line) for line in f.read().splitlines() if line.strip()]
+  text = epath.Path(path).read_text(encoding="utf-8")
+  return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def _truncate_after(path: str, step: int) -> list[dict]:
   """Drops the lines logged after `step` (by a run killed after its last checkpoint); returns the rest."""
-  if not tf.io.gfile.exists(path):
+  if not epath.Path(path).exists():
     return []
   kept = [r for r in read_metrics(path) if r["step"] <= step]
   _write_records(path, kept)
@@ -146,6 +166,5 @@ def plot_loss_curve(metrics_path: str, out_png: str, title: str = "training loss
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png", dpi=100)
   plt.close(fig)
-  with tf.io.gfile.GFile(out_png, "wb") as f:
-    f.write(buffer.getvalue())
+  epath.Path(out_png).write_bytes(buffer.getvalue())
   return out_png

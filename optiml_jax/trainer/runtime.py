@@ -22,6 +22,7 @@ import threading
 import time
 from typing import Any, Mapping
 
+from etils import epath
 import jax
 import numpy as np
 import tqdm
@@ -269,11 +270,7 @@ def write_model_config(model_dir: str, config: opt_lib.OPTConfig) -> None:
   """MODEL_DIR/config.json (Hugging Face OPT config), so evaluation and conversion need no model gin file."""
   if jax.process_index() != 0:
     return
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile: MODEL_DIR may be a bucket)
-
-  tf.io.gfile.makedirs(model_dir)
-  path = os.path.join(model_dir, "config.json")
-  tmp = path + ".tmp"
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    f.write(json.dumps(config.to_hf(), indent=2, sort_keys=True) + "\n")
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  epath.Path(model_dir).mkdir(parents=True, exist_ok=True)  # epath: MODEL_DIR may be a bucket
+  tmp = epath.Path(os.path.join(model_dir, "config.json.tmp"))
+  tmp.write_text(json.dumps(config.to_hf(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+  tmp.replace(os.path.join(model_dir, "config.json"))
