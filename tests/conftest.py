@@ -14,6 +14,10 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: long test, run only with --runslow")
+  # Parity tolerances are float32's. CPUs compute float32 matmuls in float32 anyway; GPUs would use TF32
+  # (~1e-3 relative) unless asked for full precision.
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_default_matmul_precision", "highest")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -84,6 +84,28 @@ def decode_mask(cache_index: Array, cache_length: int) -> Array:
   return (jnp.arange(cache_length)[None, :] <= cache_index[:, None])[:, None, None, :]
 
 
+def resolve_attention_impl(implementation: str | None, dtype: Any, head_dim: int) -> str:
+  """The kernel `jax.nn.dot_product_attention` should use: `implementation` itself when given, else (None)
+  cuDNN flash attention where it runs, XLA elsewhere.
+
+  cuDNN runs on a CUDA GPU of compute capability 8.0 or more (A100, H100, H200) with bf16/fp16 compute and a
+  head_dim that is a multiple of 8 up to 128 (every OPT size). XLA's kernel materializes the [batch, heads,
+  length, length] scores, which at OPT's 2048 tokens costs gigabytes per layer (on an H100, opt-125m at
+  16 x 2048 without remat does not fit), so None never leaves a GPU user on it by accident. Called at trace
+  time; the answer follows the default backend's first device.
+  """
+  if implementation is not None:
+    return implementation
+  if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16) or head_dim % 8 or head_dim > 128:
+    return "xla"
+  device = jax.devices()[0]
+  try:
+    capability = float(getattr(device, "compute_capability", "0") or 0)
+  except ValueError:
+    capability = 0.0
+  return "cudnn" if device.platform == "gpu" and capability >= 8.0 else "xla"
+
+
 def dot_product_attention(query: Array, key: Array, value: Array, mask: Array | None, is_causal: bool,
                           dropout_rate: float = 0.0, dropout_rng: Array | None = None,
                           implementation: str | None = None) -> Array:
@@ -211,7 +233,7 @@ class Attention(nn.Module):
     key = heads(dense(kernel_axes=("embed", "joined_kv"), name="k_proj")(x))
     value = heads(dense(kernel_axes=("embed", "joined_kv"), name="v_proj")(x))
 
-    is_causal, implementation = True, cfg.attention_impl
+    is_causal, implementation = True, resolve_attention_impl(cfg.attention_impl, cfg.dtype, cfg.head_dim)
     if self.decode or self.prefill:
       stepping = self.decode and self.has_variable("cache", "cached_key")
       length = self.max_decode_length or key.shape[1]

@@ -67,8 +67,9 @@ class OPTConfig:
     scan_layers: stack the layers on a leading "layers" axis and run them with nn.scan (fast compiles).
     remat_policy: rematerialization of each layer in the backward pass: "none", "full" (save nothing),
       "dots" (save matmul outputs), "dots_with_no_batch_dims" (save matmuls without batch dimensions).
-    attention_impl: `implementation` of jax.nn.dot_product_attention: None (JAX picks; XLA in jax 0.10),
-      "xla", or "cudnn" (fused flash attention on NVIDIA GPUs, bf16/fp16 only).
+    attention_impl: `implementation` of jax.nn.dot_product_attention: None (cuDNN flash attention on a CUDA
+      GPU with bf16/fp16 compute, XLA elsewhere: `opt.resolve_attention_impl`), "xla", or "cudnn" (fused
+      flash attention on NVIDIA GPUs, bf16/fp16 only).
   """
 
   vocab_size: int = 50272
