@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The GPU benchmarks of README "Benchmarks", in one call: ours and the Hugging Face PyTorch anchor, same card.
+#
+# Where it sits: a developer tool for a session that is lent one GPU for a few minutes. It runs, one process
+# each (so neither framework holds memory the other needs):
+#   1. ../shared/tools/gpu_anchor_bench.py (the peers: matmul peak, HF train opt-125m 16x2048 and opt-1.3b
+#      8x2048, HF scoring opt-1.3b 32x512), from ANCHOR (default: device_carry/gpu_anchor_bench.py);
+#   2. tools/bench_train.py --parts ours at the same shapes (bf16 compute, cuDNN attention);
+#   3. tools/bench_eval.py --parts score at opt-1.3b 32x512 (also times transformers in the same process).
+# If a cuDNN run fails, the same run is repeated with XLA attention, and the log says so. Every JSON line goes
+# to OUT_DIR/bench.jsonl, every log to OUT_DIR/bench.log; a summary table is printed last.
+#
+#   ANCHOR=device_carry/gpu_anchor_bench.py OUT_DIR=$OUT bash tools/gpu_benchmarks.sh
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+ANCHOR=${ANCHOR:-device_carry/gpu_anchor_bench.py}
+OUT_DIR=${OUT_DIR:-gpu_bench_out}
+PYTHON=${PYTHON:-python3}
+STEPS=${STEPS:-10}
+mkdir -p "$OUT_DIR"
+LOG=$OUT_DIR/bench.log
+JSONL=$OUT_DIR/bench.jsonl
+: > "$LOG"
+: > "$JSONL"
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+
+run() {  # run LABEL CMD...: logs the command and its output, keeps its JSON lines tagged with LABEL.
+  local label=$1 start rc
+  shift
+  start=$(date +%s)
+  echo "=== $label: $*" | tee -a "$LOG"
+  "$@" > "$OUT_DIR/run.out" 2>&1
+  rc=$?
+  cat "$OUT_DIR/run.out" >> "$LOG"
+  grep '^{' "$OUT_DIR/run.out" | "$PYTHON" -c '
+import json, sys
+for line in sys.stdin:
+  try:
+    record = json.loads(line)
+  except ValueError:
+    continue
+  print(json.dumps({"label": sys.argv[1], **record}))' "$label" >> "$JSONL"
+  echo "=== $label: exit $rc after $(( $(date +%s) - start )) s" | tee -a "$LOG"
+  rm -f "$OUT_DIR/run.out"
+  return $rc
+}
+
+ours() {  # ours LABEL CMD... (with --attention_impl cudnn): falls back to XLA attention when cuDNN fails.
+  local label=$1
+  shift
+  run "$label" "$@" --attention_impl cudnn || run "$label-xla" "$@" --attention_impl xla
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >> "$LOG" 2>&1
+"$PYTHON" -c 'import jax, flax, optax, torch, transformers; print("jax", jax.__version__, "flax", flax.__version__,
+"optax", optax.__version__, "torch", torch.__version__, "transformers", transformers.__version__, jax.devices())' \
+  2>&1 | tee -a "$LOG"
+
+run anchor-125m "$PYTHON" "$ANCHOR" --size 125m --batch 16 --seq 2048 --steps "$STEPS" --parts torch_peak,hf
+ours train-125m "$PYTHON" tools/bench_train.py --preset opt-125m --layers 0 --batch 16 --seq 2048 \
+  --dtype bfloat16 --steps "$STEPS" --warmup 2 --parts ours
+run anchor-1.3b "$PYTHON" "$ANCHOR" --size 1.3b --batch 8 --seq 2048 --steps "$STEPS" --parts hf
+ours train-1.3b "$PYTHON" tools/bench_train.py --preset opt-1.3b --layers 0 --batch 8 --seq 2048 \
+  --dtype bfloat16 --remat dots --steps "$STEPS" --warmup 2 --parts ours
+run anchor-score "$PYTHON" "$ANCHOR" --size 1.3b --batch 32 --seq 512 --steps "$STEPS" --parts score
+ours score-1.3b "$PYTHON" tools/bench_eval.py --size opt-1.3b --batch 32 --seq 512 --dtype bfloat16 \
+  --steps "$STEPS" --warmup 2 --parts score
+
+"$PYTHON" - "$JSONL" <<'EOF' | tee "$OUT_DIR/summary.txt"
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+def find(label, what):
+  for r in rows:
+    if r["label"].startswith(label) and r.get("what", "").startswith(what):
+      return r
+def tps(r):
+  return None if not r else r.get("tokens_per_s") or (r.get("ours") or {}).get("tokens_per_s")
+print(f"{'measurement':<34}{'ours tok/s':>12}{'HF tok/s':>12}{'ratio':>8}")
+for name, ours_row, hf_row in [
+    ("train opt-125m 16x2048", find("train-125m", "bench_train"), find("anchor-125m", "hf_torch_opt_125m_train")),
+    ("train opt-1.3b 8x2048", find("train-1.3b", "bench_train"), find("anchor-1.3b", "hf_torch_opt_1.3b_train")),
+    ("score opt-1.3b 32x512 (anchor)", find("score-1.3b", "jax_score"), find("anchor-score", "hf_torch_opt_1.3b_score")),
+    ("score opt-1.3b 32x512 (in-proc)", find("score-1.3b", "jax_score"), find("score-1.3b", "torch_score"))]:
+  a, b = tps(ours_row), tps(hf_row)
+  ratio = f"{a / b:.2f}" if a and b else "n/a"
+  label = ours_row["label"] if ours_row else "-"
+  print(f"{name:<34}{a or 'n/a':>12}{b or 'n/a':>12}{ratio:>8}  ({label})")
+EOF
+
+# Last (a timeout here loses nothing above): the same opt-125m step with XLA's own attention, for comparison.
+if [[ "${COMPARE_XLA:-1}" == 1 ]]; then
+  run train-125m-xla-compare "$PYTHON" tools/bench_train.py --preset opt-125m --layers 0 --batch 16 --seq 2048 \
+    --dtype bfloat16 --steps "$STEPS" --warmup 2 --parts ours --attention_impl xla
+  grep '"bench_train"' "$JSONL" | "$PYTHON" -c '
+import json, sys
+for line in sys.stdin:
+  r = json.loads(line)
+  print(r["label"], r["ours"]["tokens_per_s"], "tokens/s", "MFU", r["ours"]["mfu"])'
+fi
