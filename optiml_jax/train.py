@@ -82,6 +82,7 @@ class TrainConfig:
   mesh_shape: tuple[int, int, int] = (-1, 1, 1)
   num_microbatches: int = 1
   sequence_parallel: bool = False
+  lm_head_positions: int | None = None
   seed: int = 0
   pack: bool = True
   save_every: int = 1000
@@ -120,6 +121,7 @@ def train_config(*,
                  mesh_shape: Sequence[int] = (-1, 1, 1),
                  num_microbatches: int = 1,
                  sequence_parallel: bool = False,
+                 lm_head_positions: int | None = None,
                  seed: int = 0,
                  pack: bool = True,
                  save_every: int = 1000,
@@ -153,6 +155,8 @@ def train_config(*,
   _positive_int("train.num_microbatches", num_microbatches)
   _positive_int("train.save_every", save_every)
   _positive_int("train.log_every", log_every)
+  if lm_head_positions is not None:
+    _positive_int("train.lm_head_positions", lm_head_positions)
   if batch_size % num_microbatches:
     raise gin_utils.GinConfigError(f"train.batch_size {batch_size} is not divisible by "
                                    f"train.num_microbatches={num_microbatches}")
@@ -170,7 +174,7 @@ def train_config(*,
       task_feature_lengths=lengths, batch_size=batch_size, model=model, catalog_dir=catalog_dir,
       initial_checkpoint_path=initial_checkpoint_path, optimizer=optimizer,
       mesh_shape=tuple(int(x) for x in mesh_shape), num_microbatches=num_microbatches,
-      sequence_parallel=bool(sequence_parallel), seed=seed, pack=pack,
+      sequence_parallel=bool(sequence_parallel), lm_head_positions=lm_head_positions, seed=seed, pack=pack,
       save_every=save_every, keep_checkpoints=keep_checkpoints, async_checkpoints=async_checkpoints,
       log_every=log_every, nan_policy=nan_policy, stop_at_step=stop_at_step, progress=progress,
       tensorboard=tensorboard, prefetch_depth=prefetch_depth, compilation_cache_dir=compilation_cache_dir)
@@ -211,7 +215,7 @@ def run(config: TrainConfig) -> loop.Summary:
       keep_checkpoints=config.keep_checkpoints, async_checkpoints=config.async_checkpoints,
       log_every=config.log_every, nan_policy=config.nan_policy, stop_at_step=config.stop_at_step,
       progress=config.progress, tensorboard=config.tensorboard, prefetch_depth=config.prefetch_depth,
-      rules=rules_for(config))
+      rules=rules_for(config), lm_head_positions=config.lm_head_positions)
 
 
 def rules_for(config: TrainConfig) -> partitioning.LogicalRules:

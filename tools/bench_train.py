@@ -49,6 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--remat", default="none", help="our remat policy: none, full, dots, dots_with_no_batch_dims")
   parser.add_argument("--attention_impl", default=None, choices=("xla", "cudnn"), help="our attention kernel")
   parser.add_argument("--microbatches", type=int, default=1, help="our gradient accumulation")
+  parser.add_argument("--target_fraction", type=float, default=1.0,
+                      help="share of each row's last positions that carry loss, as targets do in instruction "
+                      "tuning (both sides; HF ignores the others with label -100)")
+  parser.add_argument("--lm_head_positions", type=int, default=None,
+                      help="ours: the LM head only at each row's first k loss positions (trainer/step.py)")
   parser.add_argument("--parts", default="hf,ours", help="comma-separated: hf, ours (HF runs first: JAX "
                       "preallocates GPU memory when it starts)")
   parser.add_argument("--hf_compile", action="store_true", help="torch.compile the Hugging Face model")
@@ -70,6 +75,13 @@ def token_batch(batch: int, seq: int, vocab: int, seed: int = 0) -> np.ndarray:
   return np.random.default_rng(seed).integers(4, vocab, size=(batch, seq + 1), dtype=np.int64)
 
 
+def loss_weights(args: argparse.Namespace) -> np.ndarray:
+  """[batch, seq] 0/1: the last round(target_fraction x seq) positions of each row carry loss."""
+  weights = np.zeros((args.batch, args.seq), np.float32)
+  weights[:, args.seq - max(1, round(args.target_fraction * args.seq)):] = 1.0
+  return weights
+
+
 def _result(what: str, args: argparse.Namespace, step_s: float, warmup_s: float, loss: float,
             flops_per_token: float, peak: float | None, device: str, **extra: Any) -> dict[str, Any]:
   tokens_per_s = args.batch * args.seq / step_s
@@ -89,10 +101,11 @@ def bench_ours(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
   config = model_config(args, dtype)
   mesh = partitioning.make_mesh(-1, 1, 1, devices=jax.devices()[:1])
   optimizer = loop.OptimizerArgs(learning_rate=1e-5, warmup_steps=0)
-  program = loop.build_program(config, optimizer, 1000, args.microbatches, mesh, args.seq)
+  program = loop.build_program(config, optimizer, 1000, args.microbatches, mesh, args.seq,
+                               lm_head_positions=args.lm_head_positions)
   ids = token_batch(args.batch, args.seq, config.vocab_size).astype(np.int32)
   host = {"decoder_input_tokens": ids[:, :-1], "decoder_target_tokens": ids[:, 1:],
-          "decoder_loss_weights": np.ones((args.batch, args.seq), np.int32),
+          "decoder_loss_weights": loss_weights(args).astype(np.int32),
           "decoder_segment_ids": np.ones((args.batch, args.seq), np.int32),
           "decoder_positions": np.broadcast_to(np.arange(args.seq, dtype=np.int32), (args.batch, args.seq))}
   batch = {k: jax.device_put(v, program.batch_sharding) for k, v in host.items()}
@@ -112,7 +125,8 @@ def bench_ours(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
   device = jax.devices()[0]
   result = _result("ours_jax_train", args, step_s, warmup_s, float(out["loss"]), config.flops_per_token(args.seq),
                    metrics.peak_flops_per_device(device), device.device_kind, dtype=dtype, jax=jax.__version__,
-                   remat=args.remat, attention_impl=args.attention_impl, microbatches=args.microbatches)
+                   remat=args.remat, attention_impl=args.attention_impl, microbatches=args.microbatches,
+                   target_fraction=args.target_fraction, lm_head_positions=args.lm_head_positions)
   del state, out, batch
   gc.collect()
   return result
@@ -134,7 +148,8 @@ def bench_hf(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
                           fused=device == "cuda")
   step_model = torch.compile(model) if args.hf_compile else model
   ids = torch.from_numpy(token_batch(args.batch, args.seq, config.vocab_size)).to(device)
-  inputs, labels = ids[:, :-1], ids[:, 1:]
+  inputs = ids[:, :-1]
+  labels = ids[:, 1:].masked_fill(torch.from_numpy(loss_weights(args) == 0).to(device), -100)
   autocast = dtype == "bfloat16"
   loss_fn = torch.nn.CrossEntropyLoss()
 

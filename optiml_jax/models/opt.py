@@ -323,7 +323,10 @@ class OPT(nn.Module):
                decoder_segment_ids: Array | None = None, decoder_positions: Array | None = None,
                decoder_causal_attention: Array | None = None, *, enable_dropout: bool = True,
                decode: bool = False, max_decode_length: int | None = None, prefill: bool = False,
-               prefill_lengths: Array | None = None) -> Array:
+               prefill_lengths: Array | None = None, logit_positions: Array | None = None) -> Array:
+    """Float32 logits [batch, length, vocab_size]; [batch, k, vocab_size] at `logit_positions` ([batch, k]
+    int32 indices along length) when given: the LM head, which dominates small models, then runs only where
+    the trainer needs a loss (trainer/step.py)."""
     del decoder_causal_attention  # OPT is purely causal (module docstring).
     cfg = self.config
     if decode and prefill:
@@ -376,6 +379,8 @@ class OPT(nn.Module):
     if cfg.has_projections:
       x = Dense(cfg.word_embed_proj_dim, ("embed", "proj"), False, cfg.dtype, cfg.param_dtype, cfg.init_std,
                 name="project_out")(x)
+    if logit_positions is not None:
+      x = jnp.take_along_axis(x, logit_positions[:, :, None], axis=1)
     logits = embed_tokens.attend(x).astype(jnp.float32)
 
     if stepping:

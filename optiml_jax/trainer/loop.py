@@ -132,8 +132,10 @@ class Program:
 @functools.lru_cache(maxsize=4)
 def build_program(model_config: opt_lib.OPTConfig, optimizer: OptimizerArgs, train_steps: int,
                   num_microbatches: int, mesh: jax.sharding.Mesh, seq_len: int,
-                  rules: tuple = partitioning.LOGICAL_AXIS_RULES) -> Program:
-  """The step and init functions for these figures; cached, so runs in one process compile once."""
+                  rules: tuple = partitioning.LOGICAL_AXIS_RULES, lm_head_positions: int | None = None
+                  ) -> Program:
+  """The step and init functions for these figures; cached, so runs in one process compile once.
+  `lm_head_positions`: see trainer/step.py (None: the LM head at every position)."""
   model = opt_lib.OPT(model_config)
   tx, schedule = optimizer_lib.make_optimizer(total_steps=train_steps, **dataclasses.asdict(optimizer))
   layout = state_lib.state_layout(model, tx, mesh, seq_len, rules)
@@ -142,7 +144,8 @@ def build_program(model_config: opt_lib.OPTConfig, optimizer: OptimizerArgs, tra
   enable_dropout = model_config.dropout > 0 or model_config.attention_dropout > 0
   train_fn = jax.jit(
       functools.partial(step_lib.train_step, model=model, tx=tx, schedule=schedule,
-                        num_microbatches=num_microbatches, enable_dropout=enable_dropout),
+                        num_microbatches=num_microbatches, enable_dropout=enable_dropout,
+                        lm_head_positions=lm_head_positions),
       in_shardings=(layout.shardings, batch_sharding, replicated),
       out_shardings=(layout.shardings, replicated),
       donate_argnums=(0,))
@@ -187,19 +190,25 @@ def run(model_config: opt_lib.OPTConfig,
         progress: bool = True,
         tensorboard: bool = True,
         prefetch_depth: int = 2,
-        rules: partitioning.LogicalRules = partitioning.LOGICAL_AXIS_RULES) -> Summary:
+        rules: partitioning.LogicalRules = partitioning.LOGICAL_AXIS_RULES,
+        lm_head_positions: int | None = None) -> Summary:
   """Trains `model_config` on batches from `make_stream(per_process_batch, process_index, process_count)`.
 
   The stream must have `state()` and `restore(state)` (see `data.pipeline.BatchStream`) for exact resume;
   its batches are numpy dicts of [per_process_batch, seq_len] arrays with the `decoder_*` features.
   `stop_at_step` ends this invocation early (checkpointing there) without changing the schedule, which is
   always laid out over `train_steps`. Raises NonFiniteLossError (nan_policy="stop") naming the step.
+  `lm_head_positions` runs the LM head only at each row's first k weighted positions when they all fit
+  (trainer/step.py); it changes the speed, not the result.
   """
   started = time.time()
   mesh = partitioning.make_mesh(*mesh_shape)
   _check_args(batch_size, mesh, num_microbatches, nan_policy, train_steps, stop_at_step)
+  if lm_head_positions is not None and (isinstance(lm_head_positions, bool) or lm_head_positions < 1):
+    raise ValueError(f"lm_head_positions must be a positive number of positions per row or None, "
+                     f"got {lm_head_positions!r}")
   program = build_program(model_config, optimizer, train_steps, num_microbatches, mesh, seq_len,
-                     tuple(tuple(r) for r in rules))
+                          tuple(tuple(r) for r in rules), lm_head_positions)
   model = opt_lib.OPT(model_config)
 
   with contextlib.ExitStack() as cleanup:  # closed in reverse order, also when something raises

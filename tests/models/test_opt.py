@@ -175,6 +175,17 @@ def test_dropout_is_random_when_enabled_and_off_otherwise():
                                          params, tokens), atol=1e-6)
 
 
+def test_logit_positions_give_those_rows_of_the_full_logits():
+  config = opt.OPTConfig(**SMALL, dropout=0.0)
+  params = _random_params(config)
+  tokens = np.random.default_rng(8).integers(3, config.vocab_size, size=(2, 10))
+  positions = np.array([[7, 2, 9], [0, 0, 4]], np.int32)
+  full = np.asarray(_apply(config, params, tokens))
+  picked = np.asarray(_apply(config, params, tokens, logit_positions=positions))
+  assert picked.shape == (2, 3, config.vocab_size)
+  np.testing.assert_allclose(picked, np.take_along_axis(full, positions[:, :, None], axis=1), atol=1e-5)
+
+
 @pytest.mark.parametrize("remat_policy", ["full", "dots_with_no_batch_dims"])
 def test_remat_keeps_logits_and_gradients(remat_policy):
   config = opt.OPTConfig(**SMALL, dropout=0.0)

@@ -1,11 +1,15 @@
 """The train step: target-only loss, exact gradient accumulation, NaN guard."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
+from optiml_jax.models import opt
 from optiml_jax.trainer import checkpointing
 from optiml_jax.trainer import step as step_lib
 
@@ -94,3 +98,37 @@ def test_dropout_differs_per_step_but_is_reproducible():
   run = lambda s: step_lib.train_step(s, batch, jax.random.PRNGKey(9), model=model, tx=tx)[1]["loss"]
   assert float(run(state)) == float(run(state))
   assert float(run(state)) != float(run(state.replace(step=jnp.int32(1))))
+
+
+def _opt_with_packed_batch():
+  """A real (small) OPT with dropout and a packed batch whose rows carry 3, 5 and 2 target tokens."""
+  config = opt.OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, ffn_dim=32,
+                         max_position_embeddings=32, dropout=0.1)
+  tokens = np.random.default_rng(0).integers(3, 64, size=(3, 17))
+  segments = np.array([[1] * 8 + [2] * 6 + [0] * 2, [1] * 16, [1] * 5 + [0] * 11])
+  weights = np.zeros((3, 16), np.float32)
+  weights[0, [5, 6, 12]] = 1.0
+  weights[1, [3, 7, 8, 9, 15]] = 1.0
+  weights[2, [3, 4]] = 1.0
+  batch = {"decoder_input_tokens": jnp.asarray(tokens[:, :-1]), "decoder_target_tokens": jnp.asarray(tokens[:, 1:]),
+           "decoder_segment_ids": jnp.asarray(segments), "decoder_loss_weights": jnp.asarray(weights)}
+  model = opt.OPT(config)
+  params = model.init(jax.random.PRNGKey(0), batch["decoder_input_tokens"], enable_dropout=False)["params"]
+  return model, params, batch
+
+
+@pytest.mark.parametrize("k", [5, 8, 3])  # 3: a row has more targets, so the full pass runs
+def test_lm_head_at_weighted_positions_gives_the_full_pass_loss_and_gradients(k):
+  model, params, batch = _opt_with_packed_batch()
+  run = jax.jit(functools.partial(step_lib.gradients, model=model, enable_dropout=True),
+                static_argnames="lm_head_positions")
+  full_grads, full_loss, full_weight = run(params, batch, dropout_rng=jax.random.PRNGKey(3))
+  grads, loss, weight = run(params, batch, dropout_rng=jax.random.PRNGKey(3), lm_head_positions=k)
+  assert float(weight) == float(full_weight) == 10.0
+  np.testing.assert_allclose(loss, full_loss, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads, full_grads)
+
+
+def test_weighted_positions_come_first_in_order():
+  weights = jnp.asarray([[0, 1, 0, 1, 1, 0], [1, 0, 0, 0, 0, 1]], jnp.float32)
+  np.testing.assert_array_equal(step_lib.weighted_positions_first(weights, 4), [[1, 3, 4, 0], [0, 5, 1, 2]])
