@@ -23,10 +23,12 @@ from optiml_jax.trainer import synthetic
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SEQ_LEN, VOCAB, STEPS, BATCH = 32, 512, 4, 8
 
-# Runs in a fresh interpreter: argv = model_dir, mesh "d,f,t", num_microbatches, stop_at_step [, port, process_id].
+# Runs in a fresh interpreter: argv = model_dir, mesh "d,f,t", num_microbatches, stop_at_step [, port, process_id];
+# env LM_HEAD_POSITIONS sets loop.run's lm_head_positions.
 SCRIPT = f"""
-import json, sys
+import json, os, sys
 model_dir, mesh, micro = sys.argv[1], tuple(int(x) for x in sys.argv[2].split(",")), int(sys.argv[3])
+lm_head_positions = int(os.environ["LM_HEAD_POSITIONS"]) if "LM_HEAD_POSITIONS" in os.environ else None
 stop_at_step = int(sys.argv[4])
 if len(sys.argv) > 5:
   from optiml_jax.trainer import runtime
@@ -38,13 +40,14 @@ config = opt_lib.OPTConfig.preset("tiny", vocab_size={VOCAB}, max_position_embed
 summary = loop.run(config, synthetic.factory({SEQ_LEN}, {VOCAB}), model_dir=model_dir, train_steps={STEPS},
                    batch_size={BATCH}, seq_len={SEQ_LEN}, mesh_shape=mesh, num_microbatches=micro, log_every=1,
                    save_every=2, progress=False, tensorboard=False, stop_at_step=stop_at_step,
-                   optimizer=loop.OptimizerArgs(learning_rate=1e-2, warmup_steps=1))
+                   optimizer=loop.OptimizerArgs(learning_rate=1e-2, warmup_steps=1),
+                   lm_head_positions=lm_head_positions)
 print("DEVICES", jax.device_count(), "PROCESSES", jax.process_count(), "FIRST", summary.first_step, flush=True)
 """
 
 
-def _env(xla_flags=None, cache=None):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+def _env(xla_flags=None, cache=None, **extra):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", **extra)
   if cache:
     env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
   env.pop("XLA_FLAGS", None)
@@ -75,11 +78,12 @@ def test_eight_device_mesh_matches_one_device(tmp_path, one_device_losses):
   script = tmp_path / "run.py"
   script.write_text(SCRIPT)
   result = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), "2,2,2", "2", str(STEPS)], cwd=REPO,
-                          env=_env("--xla_force_host_platform_device_count=8"), capture_output=True,
-                          text=True, timeout=300)
+                          env=_env("--xla_force_host_platform_device_count=8", LM_HEAD_POSITIONS=str(SEQ_LEN // 2)),
+                          capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "DEVICES 8 PROCESSES 1" in result.stdout
-  # Two microbatches here, one batch there: the accumulated update is the same.
+  # Two microbatches here, one batch there, and here the LM head only at each row's SEQ_LEN / 2 target
+  # positions (the second half of each of its two segments): the update is the same.
   np.testing.assert_allclose(_losses(tmp_path / "run"), one_device_losses, rtol=2e-5)
 
 
