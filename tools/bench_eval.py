@@ -12,6 +12,8 @@ Parts (--parts, comma-separated):
             log_softmax + gather + sum (the anchor's `--parts score`); also max |score difference|.
   pipeline  `inference.score_options` end to end (host batching, padding, transfers) over `--steps`
             batches of `batch` rows of `seq` tokens.
+  options   `inference.score_options` of `batch` examples (a prompt of `seq` tokens, --options options of
+            --option_tokens tokens each) with prompts shared by their options vs one full row per option.
   decode    `inference.greedy_decode` of `batch` prompts of seq/4 tokens, `--new_tokens` each (never
             stopping early) vs transformers `generate(do_sample=False)`; new tokens per second.
 
@@ -25,6 +27,7 @@ GPU, opt-1.3b shapes, with the anchor in the same call (H200 anchor: 183,270 tok
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -45,7 +48,7 @@ from optiml_jax.models import opt  # pylint: disable=g-import-not-at-top,wrong-i
 from optiml_jax.models import opt_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-PARTS = ("score", "pipeline", "decode")
+PARTS = ("score", "pipeline", "decode", "options")
 
 
 def emit(**fields: Any) -> None:
@@ -130,6 +133,29 @@ def bench_pipeline(model, params, batch: int, seq: int, steps: int) -> None:
        seconds=round(stats.seconds, 3), tokens_per_s=round(len(rows) * seq / stats.seconds))
 
 
+def bench_options(model, params, batch: int, seq: int, num_options: int, option_tokens: int) -> None:
+  """Rank classification as k-shot evaluation runs it: `batch` examples, each a prompt of `seq` tokens and
+  `num_options` options of `option_tokens` tokens; prompts shared by their options vs one row per option."""
+  rng = np.random.default_rng(4)
+  prompts = [[2] + rng.integers(4, 50265, size=seq - 1).tolist() for _ in range(batch)]
+  options = [[rng.integers(4, 50265, size=option_tokens).tolist() for _ in range(num_options)]
+             for _ in range(batch)]
+  seconds, scores = {}, {}
+  for share in (True, False):
+    run = functools.partial(inference.score_options, model, params, prompts, options,
+                            batch_size=batch * num_options, share_prompts=share)
+    run()  # Compiles.
+    stats = inference.InferenceStats()
+    scores[share] = run(stats=stats)
+    seconds[share] = stats.seconds
+    emit(what="jax_score_options_" + ("shared_prompts" if share else "row_per_option"), examples=batch,
+         prompt=seq, options=num_options, option_tokens=option_tokens, seconds=round(stats.seconds, 3),
+         examples_per_s=round(batch / stats.seconds, 1), tokens_read=stats.tokens)
+  diff = max(abs(a - b) for x, y in zip(scores[True], scores[False]) for a, b in zip(x, y))
+  emit(what="options_ratio_shared_over_rows", value=round(seconds[False] / seconds[True], 2),
+       max_abs_score_diff=round(diff, 5))
+
+
 def bench_decode(model, params, hf_model, device, batch: int, prompt_length: int, new_tokens: int,
                  steps: int, warmup: int) -> None:
   tokens = np.random.default_rng(3).integers(4, 50265, size=(batch, prompt_length))
@@ -165,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--warmup", type=int, default=1, help="untimed calls per side (JAX compiles here)")
   parser.add_argument("--new_tokens", type=int, default=32, help="decode: new tokens per prompt")
   parser.add_argument("--parts", default="score,pipeline", help=f"comma-separated, of {PARTS}")
+  parser.add_argument("--options", type=int, default=4, help="options: options per example")
+  parser.add_argument("--option_tokens", type=int, default=4, help="options: tokens per option")
   args = parser.parse_args(argv)
   parts = args.parts.split(",")
   unknown = sorted(set(parts) - set(PARTS))
@@ -180,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
         bench_score(model, params, hf_model, device, args.batch, args.seq, args.steps, args.warmup)
       elif part == "pipeline":
         bench_pipeline(model, params, args.batch, args.seq, args.steps)
+      elif part == "options":
+        bench_options(model, params, args.batch, args.seq, args.options, args.option_tokens)
       else:
         bench_decode(model, params, hf_model, device, args.batch, args.seq // 4, args.new_tokens, args.steps,
                      args.warmup)

@@ -47,7 +47,8 @@ class InferenceStats:
     examples: examples seen (scoring: prompts with their options; decoding: prompts).
     truncated: of those, examples whose prompt was left-truncated to fit the context.
     rows: model rows run (scoring: one per option; decoding: one per prompt), padding rows excluded.
-    tokens: tokens in those rows (scoring: row lengths; decoding: prompt + generated tokens).
+    tokens: tokens the model read (scoring: row lengths, a prompt shared by its options counted once;
+      decoding: prompt + generated tokens).
     generated_tokens: tokens produced by greedy decoding (a final </s> excluded).
     seconds: wall time spent in the calls.
   """

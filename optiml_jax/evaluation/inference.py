@@ -12,12 +12,15 @@ tokenizer and `data/packing.py` start every example with </s> (2), so a registry
 
   prompt [2, 7, 8], option [3, 2]  ->  model reads [2, 7, 8, 3]; score = log p(3 | 2 7 8) + log p(2 | 2 7 8 3)
 
-Batches. Rows (prompt + one option) are padded to bucket shapes (`batching.py`); the options of one example
-are kept in one batch (an example with more options than `batch_size` fills consecutive batches).
+Batches. The options of one example are scored together: by default its prompt is computed once, into the
+key/value cache, and all options continue from it (`prompt_sharing.py`); otherwise (share_prompts=False, or
+an example with more options than `batch_size`) each option is a full row (prompt + option). Shapes are
+padded to buckets (`batching.py`).
 
-Context. A row longer than `max_length` (default: the model's context) keeps its last `max_length` tokens
-(left truncation: the prompt loses its start); greedy decoding keeps the last `max_length - max_new_tokens`
-prompt tokens. Each such example is counted once in `InferenceStats.truncated`.
+Context. What does not fit `max_length` (default: the model's context) loses the start of its prompt (left
+truncation): a shared prompt as much as its longest option needs, a full row down to its last `max_length`
+tokens; greedy decoding keeps the last `max_length - max_new_tokens` prompt tokens. Each such example is
+counted once in `InferenceStats.truncated`.
 
 seqio. `make_score_fn` / `make_predict_fn` return the callables `seqio.Evaluator.evaluate(score_fn=...,
 predict_fn=...)` calls with the enumerated model dataset. They read the unpacked decoder features of
@@ -41,6 +44,7 @@ import tqdm
 
 from optiml_jax.evaluation import batching
 from optiml_jax.evaluation import decoding
+from optiml_jax.evaluation import prompt_sharing
 from optiml_jax.models import opt as opt_lib
 from optiml_jax.models import opt_config
 
@@ -118,12 +122,14 @@ def score_step(model: nn.Module, mesh: jax.sharding.Mesh | None = None) -> Calla
 def score_rows(model: nn.Module, params: Any, rows: Sequence[ScoreRow], length_normalize: bool = False, *,
                batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None,
                mesh: jax.sharding.Mesh | None = None, stats: InferenceStats | None = None,
-               progress: bool = False, desc: str = "scoring") -> list[float]:
+               progress: bool = False, desc: str = "scoring", share_prompts: bool = True) -> list[float]:
   """Weighted log-likelihood of each row's targets (divided by its weight sum with `length_normalize`).
 
-  Rows of one `group` (an example's options) share a batch. Rows longer than `max_length` keep their last
-  `max_length` positions; each group with such a row counts once in `stats.truncated`. The progress bar
-  counts groups (examples). Other arguments: as `score_options`.
+  Rows of one `group` (an example's options) share a batch. With `share_prompts`, a group whose rows share
+  their prompt has it computed once (`prompt_sharing.py`; too long: the prompt loses its start, the same for
+  every option); other rows longer than `max_length` keep their last `max_length` positions. Each group
+  that was cut counts once in `stats.truncated`. The progress bar counts groups (examples). Other
+  arguments: as `score_options`.
   """
   start = time.perf_counter()
   max_length = batching.context_length(model, max_length)
@@ -131,37 +137,58 @@ def score_rows(model: nn.Module, params: Any, rows: Sequence[ScoreRow], length_n
   params = place_params(model, params, mesh)
   multiple = batching.data_parallel_size(mesh)
   batch_size = batching.round_batch_size(batch_size, multiple)
-  cut = [left_truncate(row, max_length) for row in rows]
-  rows = [row for row, _ in cut]
-  groups = {row.group for row in rows}
-  stats.examples += len(groups)
-  stats.truncated += len({row.group for row, was_cut in cut if was_cut})
+  members: dict[Hashable, list[int]] = {}
+  for i, row in enumerate(rows):
+    members.setdefault(row.group, []).append(i)
+  shared, alone = [], []
+  for indices in members.values():
+    group = None
+    if share_prompts and len(indices) <= batch_size:
+      group = prompt_sharing.split_group(rows, indices, max_length)
+    if group is None:
+      alone.extend(indices)
+    else:
+      shared.append(group)
+
+  cut = {i: left_truncate(rows[i], max_length) for i in alone}
+  stats.examples += len(members)
+  stats.truncated += len({rows[i].group for i, (_, was_cut) in cut.items() if was_cut})
+  stats.truncated += sum(group.truncated for group in shared)
   stats.rows += len(rows)
-  stats.tokens += sum(len(row.inputs) for row in rows)
+  stats.tokens += sum(len(row.inputs) for row, _ in cut.values())
+  stats.tokens += sum(len(g.prefix) + sum(len(x) for x in g.inputs) for g in shared)
 
-  plan = batching.plan_batches([len(row.inputs) for row in rows], [row.group for row in rows], batch_size)
-  last_row_of_group = {row.group: i for i, row in enumerate(rows)}
-  finishing = set(last_row_of_group.values())
-  buckets = batching.length_buckets(max_length)
-  step = score_step(model, mesh)
   sums, counts = np.zeros(len(rows), np.float64), np.zeros(len(rows), np.float64)
+  buckets = batching.length_buckets(max_length)
+  finishing = {indices[-1] for indices in members.values()}
+  alone_rows = sorted(alone)
+  plan = [("rows", batch) for batch in batching.plan_batches(
+      [len(cut[i][0].inputs) for i in alone_rows], [rows[i].group for i in alone_rows], batch_size)]
+  plan += [("shared", batch) for batch in prompt_sharing.plan_group_batches(shared, batch_size)]
+  row_step, shared_step = score_step(model, mesh), prompt_sharing.shared_score_step(model, mesh)
 
-  def dispatch(batch: Sequence[int]) -> Any:
-    members = [rows[i] for i in batch]
-    length = batching.bucket_for(max(len(r.inputs) for r in members), buckets)
+  def dispatch(item: tuple[str, Sequence[int]]) -> Any:
+    kind, batch = item
+    if kind == "shared":
+      row_ids, arrays = prompt_sharing.batch_arrays(shared, batch, batch_size, multiple, buckets)
+      return row_ids, shared_step(params, *(batching.to_device(a, mesh) for a in arrays))
+    members_ = [cut[alone_rows[i]][0] for i in batch]
+    length = batching.bucket_for(max(len(r.inputs) for r in members_), buckets)
     size = batching.padded_batch_rows(len(batch), batch_size, multiple)
-    arrays = (batching.pad_rows([r.inputs for r in members], size, length, np.int32),
-              batching.pad_rows([r.targets for r in members], size, length, np.int32),
-              batching.pad_rows([r.weights for r in members], size, length, np.float32))
-    return step(params, *(batching.to_device(a, mesh) for a in arrays))
+    arrays = (batching.pad_rows([r.inputs for r in members_], size, length, np.int32),
+              batching.pad_rows([r.targets for r in members_], size, length, np.int32),
+              batching.pad_rows([r.weights for r in members_], size, length, np.float32))
+    return [alone_rows[i] for i in batch], row_step(params, *(batching.to_device(a, mesh) for a in arrays))
 
-  def collect(batch: Sequence[int], outputs: Any) -> int:
+  def collect(item: tuple[str, Sequence[int]], dispatched: Any) -> int:
+    del item
+    row_ids, outputs = dispatched
     batch_sums, batch_counts = (np.asarray(x) for x in outputs)
-    sums[list(batch)] = batch_sums[:len(batch)]
-    counts[list(batch)] = batch_counts[:len(batch)]
-    return sum(i in finishing for i in batch)
+    sums[row_ids] = batch_sums[:len(row_ids)]
+    counts[row_ids] = batch_counts[:len(row_ids)]
+    return sum(i in finishing for i in row_ids)
 
-  with batching.mesh_context(mesh), tqdm.tqdm(total=len(groups), desc=desc, unit="ex",
+  with batching.mesh_context(mesh), tqdm.tqdm(total=len(members), desc=desc, unit="ex",
                                                disable=not progress) as bar:
     batching.run_batches(plan, dispatch, collect, bar)
   stats.seconds += time.perf_counter() - start
@@ -174,7 +201,8 @@ def score_options(model: nn.Module, params: Any, prompt_tokens: Sequence[Sequenc
                   options_tokens: Sequence[Sequence[Sequence[int]]], length_normalize: bool = False, *,
                   batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None,
                   mesh: jax.sharding.Mesh | None = None, stats: InferenceStats | None = None,
-                  progress: bool = False, desc: str = "scoring") -> list[list[float]]:
+                  progress: bool = False, desc: str = "scoring", share_prompts: bool = True
+                  ) -> list[list[float]]:
   """Log-likelihood of each option given its example's prompt (rank classification).
 
   Args:
@@ -187,13 +215,15 @@ def score_options(model: nn.Module, params: Any, prompt_tokens: Sequence[Sequenc
     max_length: the context (default: the model's); longer rows are left-truncated and counted.
     mesh: run sharded on this mesh (`partitioning.make_mesh`); None: the default device.
     stats: counters to add to; progress: show a tqdm bar over examples, labelled `desc`.
+    share_prompts: compute each prompt once for all its options (`prompt_sharing.py`); False: one full row
+      per option (each row then left-truncated on its own).
 
   Returns:
     scores[i][j] for option j of example i; argmax over j is the predicted option.
   """
   rows = option_rows(prompt_tokens, options_tokens)
   flat = score_rows(model, params, rows, length_normalize, batch_size=batch_size, max_length=max_length,
-                    mesh=mesh, stats=stats, progress=progress, desc=desc)
+                    mesh=mesh, stats=stats, progress=progress, desc=desc, share_prompts=share_prompts)
   scores, start = [], 0
   for options in options_tokens:
     scores.append(flat[start:start + len(options)])
@@ -255,11 +285,11 @@ def row_from_features(index: int, features: Mapping[str, np.ndarray], group: Has
 def make_score_fn(model: nn.Module, params: Any, *, length_normalize: bool = False,
                   batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None,
                   mesh: jax.sharding.Mesh | None = None, stats: InferenceStats | None = None,
-                  progress: bool = True) -> Callable[..., IndexedResult]:
+                  progress: bool = True, share_prompts: bool = True) -> Callable[..., IndexedResult]:
   """seqio `score_fn`: (enumerated model dataset) -> [(index, score)], t5x's sequence score.
 
   Consecutive examples with the same prompt (rank classification's one row per option) count as one
-  example and share a batch.
+  example, share a batch and, with `share_prompts`, one computation of the prompt (see `score_rows`).
   """
   params = place_params(model, params, mesh)
 
@@ -273,7 +303,7 @@ def make_score_fn(model: nn.Module, params: Any, *, length_normalize: bool = Fal
       indices.append(index)
       rows.append(row_from_features(index, features, group))
     scores = score_rows(model, params, rows, length_normalize, batch_size=batch_size, max_length=max_length,
-                        mesh=mesh, stats=stats, progress=progress)
+                        mesh=mesh, stats=stats, progress=progress, share_prompts=share_prompts)
     return list(zip(indices, scores))
 
   return score_fn

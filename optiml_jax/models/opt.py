@@ -23,8 +23,10 @@ Decoding (t5x contract): `decode=True` on a model without a "cache" collection c
 `max_decode_length` slots (default: the input length) and runs a normal forward pass; `prefill=True` runs a
 normal forward pass over a prompt and writes its keys/values into slots 0..T-1, setting each example's cache
 index to its `prefill_lengths` entry; every later `decode=True` call feeds one token per example, at position
-= slot = that example's cache index, attends to slots <= it, and increments the index. Callers stop before
-an index reaches `max_decode_length` (a full cache is not detected inside jit).
+= slot = that example's cache index, attends to slots <= it, and increments the index. A decode call may also
+feed n tokens per example (extending every example by n: slots index .. index + n - 1, each token seeing the
+slots up to its own), which is how the options of a prompt are scored on one prefilled prompt. Callers stop
+before an index reaches `max_decode_length` (a full cache is not detected inside jit).
 
 `decoder_causal_attention` (t5x's prefix-LM inputs mask) is accepted and ignored by design: OPT and OPT-IML
 are purely causal language models.
@@ -79,9 +81,10 @@ def attention_mask(decoder_target_tokens: Array | None, decoder_segment_ids: Arr
   return mask | jnp.eye(mask.shape[-1], dtype=bool)
 
 
-def decode_mask(cache_index: Array, cache_length: int) -> Array:
-  """[batch, 1, 1, cache_length] bool: slots 0..cache_index (inclusive) of each example."""
-  return (jnp.arange(cache_length)[None, :] <= cache_index[:, None])[:, None, None, :]
+def decode_mask(cache_index: Array, cache_length: int, num_queries: int = 1) -> Array:
+  """[batch, 1, num_queries, cache_length] bool: query q of an example sees slots 0..cache_index + q."""
+  last = cache_index[:, None] + jnp.arange(num_queries)[None, :]
+  return (jnp.arange(cache_length)[None, None, :] <= last[:, :, None])[:, None, :, :]
 
 
 def resolve_attention_impl(implementation: str | None, dtype: Any, head_dim: int) -> str:
@@ -242,14 +245,17 @@ class Attention(nn.Module):
       cached_value = self.variable("cache", "cached_value", jnp.zeros, cached_key.value.shape, value.dtype)
       if stepping:
         length = cached_key.value.shape[1]
-        if x.shape[1] != 1:
-          raise ValueError(f"OPT decode: feed one token per example per call, got length {x.shape[1]}")
-        slot = (jnp.arange(length)[None, :] == decode_index[:, None])[:, :, None, None]
-        key = jnp.where(slot, key, cached_key.value)
-        value = jnp.where(slot, value, cached_value.value)
+        if x.shape[1] == 1:
+          slot = (jnp.arange(length)[None, :] == decode_index[:, None])[:, :, None, None]
+          key = jnp.where(slot, key, cached_key.value)
+          value = jnp.where(slot, value, cached_value.value)
+        else:  # several tokens per example: slots decode_index .. decode_index + n - 1
+          write = jax.vmap(lambda cache, new, start: jax.lax.dynamic_update_slice(cache, new, (start, 0, 0)))
+          key = write(cached_key.value, key, decode_index)
+          value = write(cached_value.value, value, decode_index)
         cached_key.value, cached_value.value = key, value
-        # One query per example: nothing for a fused flash kernel to gain.
-        mask, is_causal, implementation = decode_mask(decode_index, length), False, "xla"
+        # A few queries per example: nothing for a fused flash kernel to gain.
+        mask, is_causal, implementation = decode_mask(decode_index, length, x.shape[1]), False, "xla"
       elif self.prefill:
         if key.shape[1] > cached_key.value.shape[1]:
           raise ValueError(f"OPT prefill: prompt length {key.shape[1]} exceeds the cache length "
@@ -339,7 +345,10 @@ class OPT(nn.Module):
       cache_index = self.variable("cache", "cache_index", jnp.zeros, (batch,), jnp.int32)
     if stepping:
       decode_index = cache_index.value
-      positions = decode_index[:, None]
+      # Past the position table only the padding of a multi-token call can go (callers keep real tokens
+      # inside the context): clamp it there rather than read NaN rows that masked attention would spread.
+      positions = jnp.minimum(decode_index[:, None] + jnp.arange(length, dtype=jnp.int32)[None, :],
+                              cfg.max_position_embeddings - 1)
     else:
       mask = attention_mask(decoder_target_tokens, decoder_segment_ids)
       if decoder_positions is not None:
@@ -384,7 +393,7 @@ class OPT(nn.Module):
     logits = embed_tokens.attend(x).astype(jnp.float32)
 
     if stepping:
-      cache_index.value = decode_index + 1
+      cache_index.value = decode_index + length
     elif prefill:
       lengths = length if prefill_lengths is None else prefill_lengths
       cache_index.value = jnp.broadcast_to(jnp.asarray(lengths, jnp.int32), (batch,))

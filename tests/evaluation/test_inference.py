@@ -85,7 +85,23 @@ def test_scores_equal_transformers_log_likelihoods(hf_and_flax):
       assert normalized[i][j] == pytest.approx(expected / len(option), rel=1e-5, abs=1e-4)
   assert max(abs(s) for row in scores for s in row) > 1.0  # Not trivially 0: the comparison can fail.
   assert (stats.examples, stats.truncated, stats.rows) == (3, 0, 8)
-  assert stats.tokens == sum(len(p) + len(o) - 1 for p, opts in zip(prompts, options) for o in opts)
+  # Examples 0 and 2 read their prompt once; example 1 (more options than a batch) row by row.
+  shared = sum(len(prompts[i]) - 1 + sum(map(len, options[i])) for i in (0, 2))
+  assert stats.tokens == shared + sum(len(prompts[1]) + len(o) - 1 for o in options[1])
+
+
+def test_shared_prompt_scores_equal_row_by_row_scores(hf_and_flax):
+  _, model, params = hf_and_flax
+  prompts, options = _random_examples(5, [1, 2, 7, 16, 31, 9, 3], [[2, 1, 4], [1], [5, 5], [1, 2, 3, 4],
+                                                                   [2, 2], [7], [1, 1, 1]])
+  shared_stats, row_stats = inference.InferenceStats(), inference.InferenceStats()
+  shared = inference.score_options(model, params, prompts, options, batch_size=8, stats=shared_stats)
+  rows = inference.score_options(model, params, prompts, options, batch_size=8, stats=row_stats,
+                                 share_prompts=False)
+  for a, b in zip(shared, rows):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+  assert shared_stats.rows == row_stats.rows == 16
+  assert shared_stats.tokens < row_stats.tokens / 1.5  # each prompt read once, not once per option
 
 
 def test_length_normalization_can_change_the_ranking(hf_and_flax):
@@ -117,14 +133,19 @@ def test_greedy_decode_equals_transformers_generate(hf_and_flax):
   assert (stats.examples, stats.truncated) == (5, 0)
 
 
-def test_long_prompts_are_left_truncated_and_counted(hf_and_flax):
+@pytest.mark.parametrize("share_prompts", [True, False])
+def test_long_prompts_are_left_truncated_and_counted(hf_and_flax, share_prompts):
   hf_model, model, params = hf_and_flax
   prompts, options = _random_examples(4, [30, 8, 24], [[3, 2], [2], [1]])
   stats = inference.InferenceStats()
-  scores = inference.score_options(model, params, prompts, options, max_length=20, stats=stats)
+  scores = inference.score_options(model, params, prompts, options, max_length=20, stats=stats,
+                                   share_prompts=share_prompts)
   for i, prompt in enumerate(prompts):
     for j, option in enumerate(options[i]):
-      kept = (prompt + option)[-21:]  # 20 positions read, 21 tokens: the first one is context only.
+      if share_prompts:  # every option reads the same prompt: as much as the longest option leaves room for
+        kept = prompt[-(20 - max(map(len, options[i])) + 1):] + option
+      else:  # each row keeps its last 20 positions (21 tokens: the first one is context only)
+        kept = (prompt + option)[-21:]
       assert scores[i][j] == pytest.approx(_hf_log_likelihood(hf_model, kept, len(option)), rel=1e-5, abs=1e-4)
   assert (stats.examples, stats.truncated) == (3, 2)
 

@@ -153,13 +153,29 @@ def test_prefill_then_decode_with_different_prompt_lengths(scan_layers):
     np.testing.assert_allclose(np.asarray(logits), full[np.arange(2), lengths + k], atol=1e-4, rtol=0)
 
 
-def test_decode_rejects_several_tokens_per_step():
-  config = opt.OPTConfig(**SMALL)
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_several_tokens_per_decode_call_equal_full_forward(scan_layers):
+  # Ragged prompts prefilled, then 3 tokens per example in one call, then 1: what shared-prompt scoring does.
+  config = opt.OPTConfig(**SMALL, scan_layers=scan_layers)
   params = _random_params(config)
-  cache = opt.init_decode_cache(config, batch_size=1, max_decode_length=8)
-  with pytest.raises(ValueError, match="one token"):
-    opt.OPT(config).apply({"params": params, "cache": cache}, jnp.ones((1, 2), jnp.int32),
-                          enable_dropout=False, decode=True, mutable=["cache"])
+  model = opt.OPT(config)
+  tokens = np.random.default_rng(9).integers(3, config.vocab_size, size=(2, 11))
+  full = np.asarray(_apply(config, params, tokens))
+  lengths = np.array([4, 7])
+  prompts = np.where(np.arange(7)[None] < lengths[:, None], tokens[:, :7], 0)
+  cache = opt.init_decode_cache(config, batch_size=2, max_decode_length=11)
+  prefill = jax.jit(lambda p, c, t, n: model.apply({"params": p, "cache": c}, t, enable_dropout=False,
+                                                    prefill=True, prefill_lengths=n, mutable=["cache"]))
+  decode = jax.jit(lambda p, c, t: model.apply({"params": p, "cache": c}, t, enable_dropout=False, decode=True,
+                                               mutable=["cache"]))
+  _, variables = prefill(params, cache, jnp.asarray(prompts), jnp.asarray(lengths))
+  rows = np.arange(2)[:, None]
+  chunk = tokens[rows, lengths[:, None] + np.arange(3)]
+  logits, variables = decode(params, variables["cache"], jnp.asarray(chunk))
+  np.testing.assert_allclose(np.asarray(logits), full[rows, lengths[:, None] + np.arange(3)], atol=1e-4, rtol=0)
+  np.testing.assert_array_equal(variables["cache"]["cache_index"], lengths + 3)
+  logits, _ = decode(params, variables["cache"], jnp.asarray(tokens[np.arange(2), lengths + 3][:, None]))
+  np.testing.assert_allclose(np.asarray(logits)[:, 0], full[np.arange(2), lengths + 3], atol=1e-4, rtol=0)
 
 
 def test_dropout_is_random_when_enabled_and_off_otherwise():
