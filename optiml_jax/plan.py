@@ -112,6 +112,7 @@ class PlanInputs:
   mesh: tuple[int, int, int]
   sequence_parallel: bool
   notes: tuple[str, ...]
+  lm_head_positions: int | None = None
 
 
 def load_inputs(args: argparse.Namespace, topo: topology_lib.Topology) -> PlanInputs:
@@ -140,7 +141,7 @@ def load_inputs(args: argparse.Namespace, topo: topology_lib.Topology) -> PlanIn
                     batch_size=config.batch_size, seq_len=config.seq_len,
                     num_microbatches=config.num_microbatches, mesh=mesh,
                     sequence_parallel=args.sequence_parallel or getattr(config, "sequence_parallel", False),
-                    notes=tuple(notes))
+                    notes=tuple(notes), lm_head_positions=config.lm_head_positions)
 
 
 def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: bool = True,
@@ -165,7 +166,8 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
   rules = partitioning.SEQUENCE_PARALLEL_RULES if inputs.sequence_parallel else partitioning.LOGICAL_AXIS_RULES
   mesh = partitioning.make_mesh(*inputs.mesh)
   figures = dict(train_steps=inputs.train_steps, batch_size=inputs.batch_size, seq_len=inputs.seq_len,
-                 num_microbatches=inputs.num_microbatches, mesh=mesh, rules=rules)
+                 num_microbatches=inputs.num_microbatches, mesh=mesh, rules=rules,
+                 lm_head_positions=inputs.lm_head_positions)
   try:
     lowered, program = compiled_lib.lower_train_step(cfg, inputs.optimizer, **figures)
   except ValueError as e:  # e.g. a dimension the mesh axis does not divide
@@ -188,7 +190,8 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
                 "remat_policy": cfg.remat_policy, "scan_layers": cfg.scan_layers,
                 "attention_impl": cfg.attention_impl},
       "plan": {"batch_size": inputs.batch_size, "seq_len": inputs.seq_len,
-               "num_microbatches": inputs.num_microbatches, "rows_per_device": shape.rows_per_device,
+               "num_microbatches": inputs.num_microbatches, "lm_head_positions": inputs.lm_head_positions,
+               "rows_per_device": shape.rows_per_device,
                "mesh": dict(zip(partitioning.MESH_AXES, inputs.mesh)),
                "sequence_parallel": inputs.sequence_parallel, "train_steps": inputs.train_steps,
                "notes": list(inputs.notes)},

@@ -53,6 +53,7 @@ def test_fitting_plan_exits_0_and_writes_json(tmp_path, capfd):
   assert report["topology"]["chips"] == 8 and report["plan"]["mesh"] == {"data": 1, "fsdp": 4, "tensor": 2}
   assert report["plan"]["num_microbatches"] == 2 and report["plan"]["rows_per_device"] == 2
   assert report["plan"]["seq_len"] == 128  # TASK_FEATURE_LENGTHS of quickstart.gin
+  assert report["plan"]["lm_head_positions"] == 32  # compiled as the trainer runs it (quickstart.gin)
   assert report["model"]["remat_policy"] == "full"  # the --gin. override
   assert report["fits"] and report["fit_by"] == "compiled"
   assert report["compiled"]["argument_bytes"] > report["analytic"]["params"] > 0

@@ -42,11 +42,12 @@ def abstract_batch(batch_size: int, seq_len: int, sharding: jax.sharding.Shardin
 
 def lower_train_step(model_config: opt_lib.OPTConfig, optimizer: loop.OptimizerArgs, *, train_steps: int,
                      batch_size: int, seq_len: int, num_microbatches: int, mesh: jax.sharding.Mesh,
-                     rules: partitioning.LogicalRules = partitioning.LOGICAL_AXIS_RULES
-                     ) -> tuple[jax.stages.Lowered, loop.Program]:
+                     rules: partitioning.LogicalRules = partitioning.LOGICAL_AXIS_RULES,
+                     lm_head_positions: int | None = None) -> tuple[jax.stages.Lowered, loop.Program]:
   """Lowers the trainer's jit-ed step for these figures with abstract state, batch and rng."""
   rules = tuple(tuple(rule) for rule in rules)
-  program = loop.build_program(model_config, optimizer, train_steps, num_microbatches, mesh, seq_len, rules)
+  program = loop.build_program(model_config, optimizer, train_steps, num_microbatches, mesh, seq_len, rules,
+                               lm_head_positions)
   batch = abstract_batch(batch_size, seq_len, program.batch_sharding)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated)
@@ -105,11 +106,14 @@ def compiled_figures(lowered: jax.stages.Lowered) -> CompiledFigures:
 
 def probe_step_flops(model_config: opt_lib.OPTConfig, optimizer: loop.OptimizerArgs, *, train_steps: int,
                      batch_size: int, seq_len: int, num_microbatches: int, mesh: jax.sharding.Mesh,
-                     rules: partitioning.LogicalRules = partitioning.LOGICAL_AXIS_RULES) -> float | None:
+                     rules: partitioning.LogicalRules = partitioning.LOGICAL_AXIS_RULES,
+                     lm_head_positions: int | None = None) -> float | None:
   """Per-device FLOPs of a whole step by XLA's count, from unrolled 1- and 2-layer compilations.
 
-  None when the backend gives no cost analysis.
+  None when the backend gives no cost analysis. Counted for the LM head at every position (what a step
+  with `lm_head_positions` does when a row holds more targets): an upper bound.
   """
+  del lm_head_positions
   rows = batch_size // num_microbatches
   counts = []
   for layers in (1, 2):
