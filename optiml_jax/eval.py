@@ -66,7 +66,7 @@ def _evaluate_checkpoint(checkpoint: evaluator.Checkpoint, specs: Sequence[evalu
                          out_dir: pathlib.Path, *,
                          model: opt_lib.OPTConfig | None, overrides: dict[str, Any], mesh: jax.sharding.Mesh,
                          batch_size: int, max_length: int | None, max_new_tokens: int, length_normalize: bool,
-                         progress: bool) -> report_lib.Report:
+                         progress: bool, share_prompts: bool = True) -> report_lib.Report:
   """Loads one checkpoint, evaluates every spec and returns its report (without baseline)."""
   from optiml_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
 
@@ -74,7 +74,7 @@ def _evaluate_checkpoint(checkpoint: evaluator.Checkpoint, specs: Sequence[evalu
   _LOG.info("evaluating %s (step %s): %d task variant(s)", checkpoint.path, checkpoint.step, len(specs))
   try:
     scorer = inference.Scorer(config, params, mesh=mesh, batch_size=batch_size, max_length=max_length,
-                              progress=progress)
+                              progress=progress, share_prompts=share_prompts)
   except ValueError as e:  # max_length beyond the context, params that do not fit the model.
     raise ConfigError(f"{checkpoint.path}: {e}") from e
   del params
@@ -130,6 +130,7 @@ def evaluate(*,
              max_length: int | None = None,
              max_new_tokens: int = 256,
              length_normalize: bool = False,
+             share_prompts: bool = True,
              label: str = "model",
              baseline_label: str = "baseline",
              progress: bool = True) -> Summary:
@@ -165,7 +166,7 @@ def evaluate(*,
   settings = {"catalog_dir": catalog_dir, "levels": list(levels), "shots": shots, "tasks": tasks,
               "benchmarks": benchmarks, "max_instances": max_instances, "batch_size": batch_size,
               "max_new_tokens": max_new_tokens, "length_normalize": length_normalize,
-              "checkpoint_problems": problems}
+              "share_prompts": share_prompts, "checkpoint_problems": problems}
   mesh = partitioning.make_mesh(*mesh_shape)
   overrides = {"dtype": dtype} if dtype else {}
 
@@ -174,7 +175,7 @@ def evaluate(*,
     return _evaluate_checkpoint(checkpoint, specs, failed, name, settings, target, model=model,
                                 overrides=overrides, mesh=mesh, batch_size=batch_size, max_length=max_length,
                                 max_new_tokens=max_new_tokens, length_normalize=length_normalize,
-                                progress=progress)
+                                progress=progress, share_prompts=share_prompts)
 
   out = pathlib.Path(eval_output_dir)
   baseline = None

@@ -343,8 +343,10 @@ class Scorer:
   """
 
   def __init__(self, config: opt_config.OPTConfig, params: Any, mesh: jax.sharding.Mesh | None = None,
-               batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None, progress: bool = True):
+               batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None, progress: bool = True,
+               share_prompts: bool = True):
     self.model = opt_lib.OPT(config)
+    self.share_prompts = share_prompts
     self.mesh = mesh
     self.batch_size = batch_size
     self.max_length = batching.context_length(self.model, max_length)
@@ -360,14 +362,15 @@ class Scorer:
                     options_tokens: Sequence[Sequence[Sequence[int]]],
                     length_normalize: bool = False) -> list[list[float]]:
     return score_options(self.model, self.params, prompt_tokens, options_tokens, length_normalize,
-                         **self._settings())
+                         share_prompts=self.share_prompts, **self._settings())
 
   def greedy_decode(self, prompt_tokens: Sequence[Sequence[int]], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                     eos_id: int = EOS_ID) -> list[list[int]]:
     return greedy_decode(self.model, self.params, prompt_tokens, max_new_tokens, eos_id, **self._settings())
 
   def score_fn(self, length_normalize: bool = False) -> Callable[..., IndexedResult]:
-    return make_score_fn(self.model, self.params, length_normalize=length_normalize, **self._settings())
+    return make_score_fn(self.model, self.params, length_normalize=length_normalize,
+                         share_prompts=self.share_prompts, **self._settings())
 
   def predict_fn(self, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                  eos_id: int = EOS_ID) -> Callable[..., IndexedResult]:
