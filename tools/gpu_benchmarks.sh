@@ -3,10 +3,12 @@
 #
 # Where it sits: a developer tool for a session that is lent one GPU for a few minutes. It runs, one process
 # each (so neither framework holds memory the other needs):
+#   0. the GPU-only tests and the model/inference tests (TESTS=0 skips them; log in OUT_DIR/bench.log);
 #   1. ../shared/tools/gpu_anchor_bench.py (the peers: matmul peak, HF train opt-125m 16x2048 and opt-1.3b
 #      8x2048, HF scoring opt-1.3b 32x512), from ANCHOR (default: device_carry/gpu_anchor_bench.py);
 #   2. tools/bench_train.py --parts ours at the same shapes (bf16 compute, cuDNN attention);
-#   3. tools/bench_eval.py --parts score at opt-1.3b 32x512 (also times transformers in the same process).
+#   3. tools/bench_eval.py --parts score at opt-1.3b 32x512 (also times transformers in the same process),
+#      then --parts options (16 prompts of 1024 tokens, 4 options each: shared prompts vs a row per option).
 # If a cuDNN run fails, the same run is repeated with XLA attention, and the log says so. Every JSON line goes
 # to OUT_DIR/bench.jsonl, every log to OUT_DIR/bench.log; a summary table is printed last.
 #
@@ -57,6 +59,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 "optax", optax.__version__, "torch", torch.__version__, "transformers", transformers.__version__, jax.devices())' \
   2>&1 | tee -a "$LOG"
 
+# First the tests that only a GPU runs (cuDNN attention against a float32 reference) and the model and
+# inference tests on the GPU's kernels; TESTS=0 skips them. A failure is logged and the benchmarks go on.
+if [[ "${TESTS:-1}" == 1 ]]; then
+  run tests "$PYTHON" -m pytest -q -rs tests/models/test_opt.py tests/evaluation/test_inference.py
+  grep -E "passed|failed|^FAILED|^SKIPPED" "$LOG" | tail -8
+fi
+
 run anchor-125m "$PYTHON" "$ANCHOR" --size 125m --batch 16 --seq 2048 --steps "$STEPS" --parts torch_peak,hf
 ours train-125m "$PYTHON" tools/bench_train.py --preset opt-125m --layers 0 --batch 16 --seq 2048 \
   --dtype bfloat16 --steps "$STEPS" --warmup 2 --parts ours
@@ -66,6 +75,8 @@ ours train-1.3b "$PYTHON" tools/bench_train.py --preset opt-1.3b --layers 0 --ba
 run anchor-score "$PYTHON" "$ANCHOR" --size 1.3b --batch 32 --seq 512 --steps "$STEPS" --parts score
 ours score-1.3b "$PYTHON" tools/bench_eval.py --size opt-1.3b --batch 32 --seq 512 --dtype bfloat16 \
   --steps "$STEPS" --warmup 2 --parts score
+run options-1.3b "$PYTHON" tools/bench_eval.py --size opt-1.3b --batch 16 --seq 1024 --dtype bfloat16 \
+  --options 4 --option_tokens 8 --parts options
 
 "$PYTHON" - "$JSONL" <<'EOF' | tee "$OUT_DIR/summary.txt"
 import json, sys
@@ -75,13 +86,17 @@ def find(label, what):
     if r["label"].startswith(label) and r.get("what", "").startswith(what):
       return r
 def tps(r):
+  if r and "examples_per_s" in r:
+    return r["examples_per_s"]
   return None if not r else r.get("tokens_per_s") or (r.get("ours") or {}).get("tokens_per_s")
-print(f"{'measurement':<34}{'ours tok/s':>12}{'HF tok/s':>12}{'ratio':>8}")
+print(f"{'measurement (options: examples/s)':<34}{'ours tok/s':>12}{'HF tok/s':>12}{'ratio':>8}")
 for name, ours_row, hf_row in [
     ("train opt-125m 16x2048", find("train-125m", "bench_train"), find("anchor-125m", "hf_torch_opt_125m_train")),
     ("train opt-1.3b 8x2048", find("train-1.3b", "bench_train"), find("anchor-1.3b", "hf_torch_opt_1.3b_train")),
     ("score opt-1.3b 32x512 (anchor)", find("score-1.3b", "jax_score"), find("anchor-score", "hf_torch_opt_1.3b_score")),
-    ("score opt-1.3b 32x512 (in-proc)", find("score-1.3b", "jax_score"), find("score-1.3b", "torch_score"))]:
+    ("score opt-1.3b 32x512 (in-proc)", find("score-1.3b", "jax_score"), find("score-1.3b", "torch_score")),
+    ("options opt-1.3b, shared vs rows", find("options-1.3b", "jax_score_options_shared"),
+     find("options-1.3b", "jax_score_options_row"))]:
   a, b = tps(ours_row), tps(hf_row)
   ratio = f"{a / b:.2f}" if a and b else "n/a"
   label = ours_row["label"] if ours_row else "-"
