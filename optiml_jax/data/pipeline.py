@@ -18,7 +18,7 @@ use the registry's fixed formatting seed; packing is deterministic; tf.data keep
 position is just the number of batches already handed out. `restore` rebuilds the same pipeline and skips
 that many batches. tf.data's own iterator checkpoints cannot be used because the Tasks and the packer are
 Python generators. The skip re-reads, formats and packs the skipped examples, so resuming takes about as
-long as producing those batches did (`tools/bench_data.py` measures the rate); the state also records
+long as producing those batches did (`tools/benchmarks/data.py` measures the rate); the state also records
 the arguments, and `restore` refuses a state taken from a different stream.
 
 Sharding: process `shard_index` of `shard_count` keeps every `shard_count`-th example of each task (seqio's

@@ -7,7 +7,7 @@ MFU from the model's FLOPs per token and the accelerator's peak.
 Files go through `etils.epath` (as Orbax's do), so MODEL_DIR may be local or a bucket (`gs://...`). Object
 stores cannot append: there metrics.jsonl is rewritten whole at each logged step (it stays small: one line per
 log). TensorFlow is imported only to write TensorBoard events; without it the run logs that and goes on, so the
-training step itself (and `tools/bench_train.py`) needs no TensorFlow.
+training step itself (and `tools/benchmarks/train.py`) needs no TensorFlow.
 """
 
 from __future__ import annotations

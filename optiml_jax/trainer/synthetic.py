@@ -4,7 +4,7 @@ Sits where `data.pipeline.BatchStream` sits (a `make_stream` factory for `traine
 `state()` / `restore()` contract, but needs no catalog, seqio or TensorFlow: batch `p` of the GLOBAL batch is
 a pure function of (seed, p), and process `shard_index` of `shard_count` takes its contiguous block of rows.
 So runs on 1 device, 8 devices or 2 processes see exactly the same global batches, which is what the
-multi-device and multi-process tests compare, and what tools/bench_train.py feeds. For the same reason a
+multi-device and multi-process tests compare, and what tools/benchmarks/train.py feeds. For the same reason a
 checkpoint written by N processes resumes exactly with M processes: the state declares
 `"sharding": ROW_BLOCKS_OF_GLOBAL_BATCH`, and `trainer.runtime.data_state_of_this_process` then hands each
 new process its new row block of global batch `batches_consumed`.

@@ -6,16 +6,16 @@
 #   0. the GPU-only tests and the model/inference tests (TESTS=0 skips them; log in OUT_DIR/bench.log);
 #   1. ../shared/tools/gpu_anchor_bench.py (the peers: matmul peak, HF train opt-125m 16x2048 and opt-1.3b
 #      8x2048, HF scoring opt-1.3b 32x512), from ANCHOR (default: device_carry/gpu_anchor_bench.py);
-#   2. tools/bench_train.py --parts ours at the same shapes (bf16 compute, cuDNN attention);
-#   3. tools/bench_eval.py --parts score at opt-1.3b 32x512 (also times transformers in the same process),
+#   2. tools/benchmarks/train.py --parts ours at the same shapes (bf16 compute, cuDNN attention);
+#   3. tools/benchmarks/eval.py --parts score at opt-1.3b 32x512 (also times transformers in the same process),
 #      then --parts options (16 prompts of 1024 tokens, 4 options each: shared prompts vs a row per option).
 # If a cuDNN run fails, the same run is repeated with XLA attention, and the log says so. Every JSON line goes
 # to OUT_DIR/bench.jsonl, every log to OUT_DIR/bench.log; a summary table is printed last.
 #
-#   ANCHOR=device_carry/gpu_anchor_bench.py OUT_DIR=$OUT bash tools/gpu_benchmarks.sh
+#   ANCHOR=device_carry/gpu_anchor_bench.py OUT_DIR=$OUT bash tools/benchmarks/gpu.sh
 set -uo pipefail
 
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 ANCHOR=${ANCHOR:-device_carry/gpu_anchor_bench.py}
 OUT_DIR=${OUT_DIR:-gpu_bench_out}
 PYTHON=${PYTHON:-python3}
@@ -67,15 +67,15 @@ if [[ "${TESTS:-1}" == 1 ]]; then
 fi
 
 run anchor-125m "$PYTHON" "$ANCHOR" --size 125m --batch 16 --seq 2048 --steps "$STEPS" --parts torch_peak,hf
-ours train-125m "$PYTHON" tools/bench_train.py --preset opt-125m --layers 0 --batch 16 --seq 2048 \
+ours train-125m "$PYTHON" tools/benchmarks/train.py --preset opt-125m --layers 0 --batch 16 --seq 2048 \
   --dtype bfloat16 --steps "$STEPS" --warmup 2 --parts ours
 run anchor-1.3b "$PYTHON" "$ANCHOR" --size 1.3b --batch 8 --seq 2048 --steps "$STEPS" --parts hf
-ours train-1.3b "$PYTHON" tools/bench_train.py --preset opt-1.3b --layers 0 --batch 8 --seq 2048 \
+ours train-1.3b "$PYTHON" tools/benchmarks/train.py --preset opt-1.3b --layers 0 --batch 8 --seq 2048 \
   --dtype bfloat16 --remat dots --steps "$STEPS" --warmup 2 --parts ours
 run anchor-score "$PYTHON" "$ANCHOR" --size 1.3b --batch 32 --seq 512 --steps "$STEPS" --parts score
-ours score-1.3b "$PYTHON" tools/bench_eval.py --size opt-1.3b --batch 32 --seq 512 --dtype bfloat16 \
+ours score-1.3b "$PYTHON" tools/benchmarks/eval.py --size opt-1.3b --batch 32 --seq 512 --dtype bfloat16 \
   --steps "$STEPS" --warmup 2 --parts score
-run options-1.3b "$PYTHON" tools/bench_eval.py --size opt-1.3b --batch 16 --seq 1024 --dtype bfloat16 \
+run options-1.3b "$PYTHON" tools/benchmarks/eval.py --size opt-1.3b --batch 16 --seq 1024 --dtype bfloat16 \
   --options 4 --option_tokens 8 --parts options
 
 "$PYTHON" - "$JSONL" <<'EOF' | tee "$OUT_DIR/summary.txt"
@@ -105,7 +105,7 @@ EOF
 
 # Last (a timeout here loses nothing above): the same opt-125m step with XLA's own attention, for comparison.
 if [[ "${COMPARE_XLA:-1}" == 1 ]]; then
-  run train-125m-xla-compare "$PYTHON" tools/bench_train.py --preset opt-125m --layers 0 --batch 16 --seq 2048 \
+  run train-125m-xla-compare "$PYTHON" tools/benchmarks/train.py --preset opt-125m --layers 0 --batch 16 --seq 2048 \
     --dtype bfloat16 --steps "$STEPS" --warmup 2 --parts ours --attention_impl xla
   grep '"bench_train"' "$JSONL" | "$PYTHON" -c '
 import json, sys

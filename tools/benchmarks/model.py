@@ -6,7 +6,7 @@ difference| also checks that they compute the same function. Warm-up steps (and 
 timed; the timed steps alternate between the two and the median step time is reported.
 Example:
 
-  python tools/bench_model.py --preset opt-125m --batch 1 --seq 128 --steps 10
+  python tools/benchmarks/model.py --preset opt-125m --batch 1 --seq 128 --steps 10
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ examples/s counts source examples (segments, for packed rows), tokens/s the non-
 (inputs + targets of each example). The ratio hf_tokenizer / pipeline is the cost the pipeline adds.
 Example:
 
-  python tools/bench_data.py --max_tasks 40 --batches 30
+  python tools/benchmarks/data.py --max_tasks 40 --batches 30
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from optiml_jax.data import toybench
 from optiml_jax.data import vocab as vocab_lib
 from optiml_jax.data.sources import sni
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_SNI = REPO.parent / "shared" / "data" / "natural-instructions"
 
 

@@ -6,13 +6,13 @@ Measures, in one process and on the same random token batch shape:
             optimizer state, compute in --dtype;
   hf_torch  `transformers.OPTForCausalLM` (sdpa attention) with `torch.optim.AdamW` (same figures, fused on
             GPU) and the same clipping; float32 weights, bf16 autocast when --dtype bfloat16;
-as /work/shared/tools/gpu_anchor_bench.py measures its anchors: dropout off, a few warm-up steps (compilation
+as ../shared/tools/gpu_anchor_bench.py measures its anchors: dropout off, a few warm-up steps (compilation
 included), then --steps timed steps with a device sync at the end; MFU = tokens/s x (6 N + 12 L d S) / peak,
 N = matmul parameters including the tied LM head. Prints a line per part and one JSON line with the ratio.
 
-  python tools/bench_train.py                        # CPU: opt-125m cut to 2 layers, 1 x 256, ~1 minute
-  python tools/bench_train.py --preset opt-125m --batch 16 --seq 2048             # GPU: bf16 compute
-  python tools/bench_train.py --preset opt-1.3b --batch 8 --seq 2048 --attention_impl cudnn
+  python tools/benchmarks/train.py                        # CPU: opt-125m cut to 2 layers, 1 x 256, ~1 minute
+  python tools/benchmarks/train.py --preset opt-125m --batch 16 --seq 2048             # GPU: bf16 compute
+  python tools/benchmarks/train.py --preset opt-1.3b --batch 8 --seq 2048 --attention_impl cudnn
 """
 
 from __future__ import annotations

@@ -18,9 +18,9 @@ Parts (--parts, comma-separated):
             stopping early) vs transformers `generate(do_sample=False)`; new tokens per second.
 
 CPU (small shapes):
-  python tools/bench_eval.py --size opt-125m --batch 4 --seq 128 --steps 3
+  python tools/benchmarks/eval.py --size opt-125m --batch 4 --seq 128 --steps 3
 GPU, opt-1.3b shapes, with the anchor in the same call (H200 anchor: 183,270 tokens/s at 32 x 512):
-  python tools/bench_eval.py --size opt-1.3b --batch 32 --seq 512 --dtype bfloat16 --attention_impl cudnn \\
+  python tools/benchmarks/eval.py --size opt-1.3b --batch 32 --seq 512 --dtype bfloat16 --attention_impl cudnn \\
     && python ../shared/tools/gpu_anchor_bench.py --size 1.3b --batch 32 --seq 512 --parts score
 """
 

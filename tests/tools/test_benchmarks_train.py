@@ -1,4 +1,4 @@
-"""tools/bench_train.py runs both parts on a tiny model and reports comparable figures."""
+"""tools/benchmarks/train.py runs both parts on a tiny model and reports comparable figures."""
 
 import json
 import pathlib
@@ -12,7 +12,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_bench_train_reports_ours_hf_and_their_ratio():
-  result = subprocess.run([sys.executable, "tools/bench_train.py", "--preset", "tiny", "--layers", "0", "--batch",
+  result = subprocess.run([sys.executable, "tools/benchmarks/train.py", "--preset", "tiny", "--layers", "0", "--batch",
                            "2", "--seq", "32", "--steps", "1", "--warmup", "1"], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
