@@ -1,12 +1,19 @@
-"""Tests of models/partitioning.py: the rule table covers the model, meshes, and 8-device sharded logits."""
+"""Tests of models/partitioning.py: the rule tables cover the logical axes the traced model uses, meshes,
+and, on 8 simulated devices, sharded logits and the sequence-parallel table's equal results."""
 
+from __future__ import annotations
+
+import collections
+import contextlib
 import json
 import os
 import pathlib
 import subprocess
 import sys
 import textwrap
+from typing import Any, Callable, Iterator
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
@@ -18,7 +25,8 @@ from optiml_jax.models import partitioning
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 SMALL = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
              max_position_embeddings=40)
-ACTIVATION_AXES = ("batch", "length", "embed", "heads", "kv", "mlp", "vocab")
+RULE_TABLES = {"LOGICAL_AXIS_RULES": partitioning.LOGICAL_AXIS_RULES,
+               "SEQUENCE_PARALLEL_RULES": partitioning.SEQUENCE_PARALLEL_RULES}
 
 
 def _abstract(config):
@@ -40,8 +48,135 @@ def test_every_param_has_logical_axes_in_the_rule_table(overrides):
   partitioning.check_rules_cover(axes)
 
 
-def test_activation_axes_are_in_the_rule_table():
-  assert set(ACTIVATION_AXES) <= {name for name, _ in partitioning.LOGICAL_AXIS_RULES}
+# ----------------------------------------------------------------------------------------------------------
+# The logical axis names a traced model uses, parameters and activations, each with a rule.
+# ----------------------------------------------------------------------------------------------------------
+
+AxesInUse = dict[str, list[str]]  # logical axis name -> where it is used ("param ...", "activation file:line")
+
+
+@contextlib.contextmanager
+def _recording_logical_constraints(record: AxesInUse) -> Iterator[None]:
+  """Wraps flax's `with_logical_constraint` (also bound as `nn_partitioning.with_sharding_constraint`) in
+  every loaded module that holds it, so that each activation constraint traced inside records its names."""
+  original = nn.with_logical_constraint
+
+  def recording(x, logical_axis_resources, *args, **kwargs):
+    caller = sys._getframe(1)  # pylint: disable=protected-access
+    where = f"activation {pathlib.Path(caller.f_code.co_filename).name}:{caller.f_lineno}"
+    specs = jax.tree_util.tree_leaves(logical_axis_resources, is_leaf=lambda s: isinstance(s, tuple))
+    for spec in specs:
+      for name in spec if isinstance(spec, tuple) else (spec,):
+        if isinstance(name, str):
+          record[name].append(where)
+    return original(x, logical_axis_resources, *args, **kwargs)
+
+  holders = [(module, attr) for module in list(sys.modules.values()) if module is not None
+             for attr, value in list(vars(module).items()) if value is original]
+  assert holders, "flax's with_logical_constraint is bound nowhere: the recorder would see nothing"
+  for module, attr in holders:
+    setattr(module, attr, recording)
+  try:
+    yield
+  finally:
+    for module, attr in holders:
+      setattr(module, attr, original)
+
+
+def activation_axes_in_use(fn: Callable[[], Any]) -> AxesInUse:
+  """The logical names of every activation constraint traced when `fn()` is evaluated abstractly."""
+  record: AxesInUse = collections.defaultdict(list)
+  with _recording_logical_constraints(record):
+    jax.eval_shape(fn)
+  return dict(record)
+
+
+def logical_axes_in_use(module: nn.Module, *args: Any, **kwargs: Any) -> AxesInUse:
+  """The logical axis names `module.init(rng, *args, **kwargs)` gives its parameters (the t5x-style
+  "params_axes" collection) and its activation constraints, each with where it is used. Any flax module."""
+  record: AxesInUse = collections.defaultdict(list)
+  with _recording_logical_constraints(record):
+    variables = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *args, **kwargs))
+  if "params" not in variables:
+    return dict(record)
+  assert "params_axes" in variables, f"{type(module).__name__} has params but no parameter axes (params_axes)"
+  axes = partitioning.params_logical_axes(variables)
+  for path, spec in jax.tree_util.tree_flatten_with_path(axes, is_leaf=lambda s: isinstance(s, P))[0]:
+    for name in spec:
+      if name is not None:
+        record[name].append(f"param {jax.tree_util.keystr(path)}")
+  return dict(record)
+
+
+def assert_rules_cover(in_use: AxesInUse) -> None:
+  """Every name in use has a rule in both rule tables (a name meant to stay whole is listed with None)."""
+  for table_name, table in RULE_TABLES.items():
+    known = {name for name, _ in table}
+    missing = {name: sorted(set(where)) for name, where in in_use.items() if name not in known}
+    assert not missing, f"logical axes without a rule in partitioning.{table_name}: {missing}"
+
+
+def _tokens(batch=2, length=6):
+  return jnp.ones((batch, length), jnp.int32)
+
+
+CONFIG_VARIANTS = {"scanned": {}, "unscanned": {"scan_layers": False},
+                   "projections": {"word_embed_proj_dim": 16},
+                   "no_bias_no_affine": {"enable_bias": False, "layer_norm_elementwise_affine": False},
+                   "remat_dots": {"remat_policy": "dots"}, "remat_none_unscanned": {"remat_policy": "none",
+                                                                                   "scan_layers": False}}
+
+
+@pytest.mark.parametrize("variant", CONFIG_VARIANTS)
+def test_traced_opt_axes_have_rules(variant):
+  model = opt.OPT(opt.OPTConfig(**SMALL, **CONFIG_VARIANTS[variant]))
+  in_use = logical_axes_in_use(model, _tokens(), _tokens(), decoder_segment_ids=_tokens(), enable_dropout=False)
+  assert_rules_cover(in_use)
+  # And the recorder saw the forward pass constrain its residual stream, heads, feed-forward and logits.
+  activations = {name for name, where in in_use.items() if any(w.startswith("activation") for w in where)}
+  assert {"batch", "length", "embed", "heads", "kv", "mlp", "vocab"} <= activations, sorted(activations)
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_traced_opt_decode_axes_have_rules(scan_layers):
+  model = opt.OPT(opt.OPTConfig(**SMALL, scan_layers=scan_layers))
+  prompt = _tokens(length=4)
+  in_use = logical_axes_in_use(model, prompt, enable_dropout=False, decode=True, max_decode_length=8)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), prompt, enable_dropout=False, decode=True,
+                                                max_decode_length=8))
+  variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), variables)
+  for tokens, kwargs in [(prompt, {"prefill": True}), (_tokens(length=1), {"decode": True}),
+                         (_tokens(length=3), {"decode": True})]:
+    step = activation_axes_in_use(lambda t=tokens, k=kwargs: model.apply(
+        variables, t, enable_dropout=False, max_decode_length=8, mutable=["cache"], **k))
+    assert_rules_cover(step)
+    assert {"heads", "kv", "mlp", "vocab"} <= step.keys(), (kwargs, sorted(step))
+  assert_rules_cover(in_use)
+
+
+def test_every_rule_is_used_by_some_model():
+  """No stale rules: each rule table entry names an axis that some traced variant uses."""
+  used = set()
+  for overrides in CONFIG_VARIANTS.values():
+    model = opt.OPT(opt.OPTConfig(**SMALL, **overrides))
+    used |= logical_axes_in_use(model, _tokens(), enable_dropout=False).keys()
+  for table_name, table in RULE_TABLES.items():
+    assert {name for name, _ in table} <= used, (table_name, sorted({name for name, _ in table} - used))
+
+
+def test_axes_recorder_sees_a_renamed_activation_axis():
+  """The recorder catches what it is for: an activation axis the rule table does not know."""
+
+  class Renamed(nn.Module):
+
+    @nn.compact
+    def __call__(self, x):
+      return nn.with_logical_constraint(x * 2, ("batch", "mlp_act"))
+
+  in_use = logical_axes_in_use(Renamed(), jnp.ones((2, 3)))
+  assert in_use.keys() == {"batch", "mlp_act"}
+  with pytest.raises(AssertionError, match="mlp_act"):
+    assert_rules_cover(in_use)
 
 
 def test_rule_table_maps_kernels_as_documented():
@@ -118,12 +253,18 @@ _EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_eight_device_mesh_gives_single_device_logits():
+def _run_on_eight_cpu_devices(script: str) -> str:
+  """Runs `script` in a fresh Python on 8 simulated CPU devices; returns its stdout."""
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, "-c", _EIGHT_DEVICE_SCRIPT], cwd=REPO_ROOT, env=env,
-                        capture_output=True, text=True, timeout=300, check=False)
+  proc = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                        timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+  return proc.stdout
+
+
+def test_eight_device_mesh_gives_single_device_logits():
+  stdout = _run_on_eight_cpu_devices(_EIGHT_DEVICE_SCRIPT)
+  line = [l for l in stdout.splitlines() if l.startswith("RESULT ")][-1]
   result = json.loads(line[len("RESULT "):])
   for shape, r in result.items():
     data, fsdp, tensor = json.loads(shape.replace("(", "[").replace(")", "]"))
@@ -135,3 +276,50 @@ def test_eight_device_mesh_gives_single_device_logits():
     assert r["logits_shards"] == data * fsdp * tensor, (shape, r)
     assert r["created_spec"] == str(P(None, "fsdp", "tensor")), (shape, r)
     assert r["created_diff"] < 1e-6, (shape, r)
+
+
+# The sequence-parallel rule table changes where activations live, not what the model computes: the tiny OPT
+# on a (data=1, fsdp=2, tensor=4) mesh, once per rule table, compared on logits and parameter gradients.
+_SEQUENCE_PARALLEL_SCRIPT = textwrap.dedent("""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from optiml_jax.models import opt as opt_lib
+    from optiml_jax.models import partitioning
+
+    config = opt_lib.OPTConfig.preset("tiny", dropout=0.0, remat_policy="full")
+    model = opt_lib.OPT(config)
+    mesh = partitioning.make_mesh(1, 2, 4)
+    rng = np.random.RandomState(0)
+    tokens = jnp.asarray(rng.randint(3, 1000, (4, 64)), jnp.int32)
+    segments = jnp.asarray(np.repeat([[1] * 40 + [2] * 24], 4, axis=0), jnp.int32)
+    params, _ = partitioning.init_sharded_params(model, jax.random.PRNGKey(0), mesh, tokens, enable_dropout=False)
+
+    def loss(p):
+      logits = model.apply({"params": p}, tokens, tokens, decoder_segment_ids=segments, enable_dropout=False)
+      return jnp.mean(jax.nn.logsumexp(logits, axis=-1)), logits
+
+    results = {}
+    tables = (("base", partitioning.LOGICAL_AXIS_RULES),
+              ("sequence_parallel", partitioning.SEQUENCE_PARALLEL_RULES))
+    for name, table in tables:
+      with partitioning.mesh_context(mesh, table):
+        step = jax.jit(jax.value_and_grad(loss, has_aux=True)).lower(params).compile()
+        (_, logits), grads = step(params)
+      results[name] = (np.asarray(logits), jax.tree_util.tree_map(np.asarray, grads), step.as_text())
+
+    (base_logits, base_grads, base_hlo) = results["base"]
+    (sp_logits, sp_grads, sp_hlo) = results["sequence_parallel"]
+    np.testing.assert_allclose(sp_logits, base_logits, rtol=1e-5, atol=1e-5)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), sp_grads,
+                           base_grads)
+    # The residual stream [4, 64, 64] is split over data x fsdp (2) and, under the sequence-parallel rules,
+    # over tensor (4) along the sequence too: the layer inputs that full remat keeps, stacked over the 2
+    # layers, are per-device [2, 2, 16, 64] buffers instead of [2, 2, 64, 64].
+    print("SP_SHARD", "f32[2,2,16,64]" in sp_hlo, "f32[2,2,16,64]" in base_hlo)
+""")
+
+
+def test_sequence_parallel_rules_compute_the_same_logits_and_gradients():
+  stdout = _run_on_eight_cpu_devices(_SEQUENCE_PARALLEL_SCRIPT)
+  assert "SP_SHARD True False" in stdout, stdout
