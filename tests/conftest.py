@@ -1,4 +1,12 @@
-"""Shared fixtures: the `../shared` sample data (skipped when absent) and the `slow` marker."""
+"""Shared fixtures and marker handling for the whole suite.
+
+Markers (registered in pytest.ini, which runs with --strict-markers): `slow` tests are skipped unless pytest is
+given --runslow (`make test PYTEST_ARGS=--runslow`, what CI runs, or `make test-all`); `gpu` tests are skipped,
+with the backend named, when JAX's default backend is not a GPU. Fixtures: the `../shared` sample data
+and OPT tokenizer (skipped when absent) and a random-weight PyTorch OPT builder.
+"""
+
+from __future__ import annotations
 
 import pathlib
 
@@ -12,21 +20,28 @@ def pytest_addoption(parser):
   parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
 
 
-def pytest_configure(config):
-  config.addinivalue_line("markers", "slow: long test, run only with --runslow")
-  # Parity tolerances are float32's. CPUs compute float32 matmuls in float32 anyway; GPUs would use TF32
-  # (~1e-3 relative) unless asked for full precision.
+def pytest_configure():
+  # (Markers are registered in pytest.ini.) Parity tolerances are float32's. CPUs compute float32 matmuls in
+  # float32 anyway; GPUs would use TF32 (~1e-3 relative) unless asked for full precision.
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_default_matmul_precision", "highest")
 
 
 def pytest_collection_modifyitems(config, items):
-  if config.getoption("--runslow"):
-    return
-  skip_slow = pytest.mark.skip(reason="slow: run with --runslow (make test-all)")
+  run_slow = config.getoption("--runslow")
+  skip_slow = pytest.mark.skip(reason="slow: run with --runslow (make test PYTEST_ARGS=--runslow, make test-all)")
+  skip_gpu = None
   for item in items:
-    if "slow" in item.keywords:
+    if item.get_closest_marker("slow") and not run_slow:
       item.add_marker(skip_slow)
+    if item.get_closest_marker("gpu"):
+      if skip_gpu is None:  # Asks JAX for its backend only when a gpu test was collected.
+        import jax  # pylint: disable=g-import-not-at-top
+        backend = jax.default_backend()
+        skip_gpu = False if backend == "gpu" else pytest.mark.skip(
+            reason=f"gpu: needs a GPU backend, but JAX's default backend is {backend!r}")
+      if skip_gpu:
+        item.add_marker(skip_gpu)
 
 
 @pytest.fixture(scope="session")

@@ -370,7 +370,7 @@ def _loss_and_grads_on_packed_padded_batch(config, params):
   return float(value), logits, grads
 
 
-@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN flash attention needs a CUDA GPU")
+@pytest.mark.gpu  # cuDNN flash attention runs on CUDA GPUs only.
 def test_cudnn_attention_is_as_close_to_float32_as_xla_in_bfloat16():
   # Two bf16 kernels round differently, so they are compared with a float32 reference, not with each other
   # (on an H100 they differed by 5% on a feed-forward bias gradient, all of it bf16 rounding). A masking
