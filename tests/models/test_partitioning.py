@@ -194,6 +194,20 @@ def test_rule_table_maps_kernels_as_documented():
   assert specs["logits"].spec == P(("data", "fsdp"), None, "tensor")
 
 
+def test_sequence_parallel_rules_shard_the_residual_stream_only():
+  sp = partitioning.SEQUENCE_PARALLEL_RULES
+  as_mesh = lambda names, table: tuple(nn.logical_to_mesh_axes(names, table))
+  assert as_mesh(("batch", "length", "embed"), sp) == (("data", "fsdp"), "tensor", None)
+  assert as_mesh(("batch", "length", "embed"), partitioning.LOGICAL_AXIS_RULES) == (("data", "fsdp"), None, None)
+  assert as_mesh(("batch", "length", "heads", "kv"), sp) == (("data", "fsdp"), None, "tensor", None)
+  assert as_mesh(("batch", "length", "mlp"), sp) == (("data", "fsdp"), None, "tensor")
+  assert as_mesh(("batch", "length", "vocab"), sp) == (("data", "fsdp"), None, "tensor")
+  for weight in (("layers", "embed", "joined_kv"), ("layers", "mlp", "embed"), ("vocab", "embed")):
+    assert as_mesh(weight, sp) == as_mesh(weight, partitioning.LOGICAL_AXIS_RULES)
+  with pytest.raises(ValueError, match="no 'embed' rule"):
+    partitioning.sequence_parallel_rules((("batch", "data"),))
+
+
 def test_unknown_logical_axis_is_named():
   with pytest.raises(ValueError, match="mystery"):
     partitioning.check_rules_cover({"w": P("embed", "mystery")})

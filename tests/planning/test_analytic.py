@@ -1,4 +1,4 @@
-"""The analytic memory and FLOP model (optiml_jax.planning.analytic) and the sequence-parallel rules.
+"""The analytic memory and FLOP model (optiml_jax.planning.analytic), checked against XLA's own figures.
 
 The check against XLA's own figures compiles the real train step on 8 simulated CPU devices in a subprocess
 (the device count is fixed when JAX starts).
@@ -11,14 +11,12 @@ import pathlib
 import subprocess
 import sys
 
-import flax.linen as nn
 import jax
 import pytest
 from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec
 
 from optiml_jax import plan
 from optiml_jax.models import opt_config
-from optiml_jax.models import partitioning
 from optiml_jax.planning import analytic
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -99,20 +97,6 @@ def test_sharded_bytes_reads_shard_shapes():
   tree = {"w": jax.ShapeDtypeStruct((8, 16), "float32", sharding=split),
           "b": jax.ShapeDtypeStruct((16,), "bfloat16", sharding=NamedSharding(mesh, PartitionSpec()))}
   assert analytic.sharded_bytes(tree) == 4 * 4 * 4 + 16 * 2
-
-
-def test_sequence_parallel_rules_shard_the_residual_stream_only():
-  sp = partitioning.SEQUENCE_PARALLEL_RULES
-  as_mesh = lambda names, table: tuple(nn.logical_to_mesh_axes(names, table))
-  assert as_mesh(("batch", "length", "embed"), sp) == (("data", "fsdp"), "tensor", None)
-  assert as_mesh(("batch", "length", "embed"), partitioning.LOGICAL_AXIS_RULES) == (("data", "fsdp"), None, None)
-  assert as_mesh(("batch", "length", "heads", "kv"), sp) == (("data", "fsdp"), None, "tensor", None)
-  assert as_mesh(("batch", "length", "mlp"), sp) == (("data", "fsdp"), None, "tensor")
-  assert as_mesh(("batch", "length", "vocab"), sp) == (("data", "fsdp"), None, "tensor")
-  for weight in (("layers", "embed", "joined_kv"), ("layers", "mlp", "embed"), ("vocab", "embed")):
-    assert as_mesh(weight, sp) == as_mesh(weight, partitioning.LOGICAL_AXIS_RULES)
-  with pytest.raises(ValueError, match="no 'embed' rule"):
-    partitioning.sequence_parallel_rules((("batch", "data"),))
 
 
 _AGREEMENT_SCRIPT = """
