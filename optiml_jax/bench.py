@@ -5,11 +5,14 @@ Where it sits: the entry point of the data side. `build` reads the source checko
 (`tasks/optiml_bench.yaml`, read by `optiml_jax.data.bench_config`) and writes `CATALOG_DIR/catalog.json`,
 which the registry and the trainer read.
 
-  python -m optiml_jax.bench build --config tasks/optiml_bench.yaml --sni_dir D [--sni_split default]
+  python -m optiml_jax.bench build --config optiml_bench.yaml --sni_dir D [--sni_split default]
       [--p3_dir D] [--bigbench_dir D] [--jsonl_dir BENCH=D ...] [--cot_dir D] [--text_dir D]
       [--strict] [--no_progress] --out CATALOG_DIR
   python -m optiml_jax.bench show CATALOG_DIR [--tasks]
   python -m optiml_jax.bench toy --out DIR [--seed 0] [--catalog CATALOG_DIR]
+
+`--config` is a path, or the name of a bench definition shipped with the package (`optiml_bench.yaml`,
+`toybench.yaml`; `tasks/optiml_bench.yaml` from a checkout): see `optiml_jax.resources`.
 
 Exit status: 0 on success; 1 when `--strict` and a source file was skipped (nothing is written); 2 on a
 usage or configuration error (malformed config, unknown benchmark, missing folder; nothing is written).
@@ -22,6 +25,7 @@ import os
 import sys
 from typing import Sequence
 
+from optiml_jax import resources
 from optiml_jax.data import bench_config
 from optiml_jax.data import catalog
 from optiml_jax.data import toybench
@@ -47,7 +51,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   commands = parser.add_subparsers(dest="command", required=True)
 
   build = commands.add_parser("build", help="read the sources and write CATALOG_DIR/catalog.json")
-  build.add_argument("--config", required=True, help="bench definition, e.g. tasks/optiml_bench.yaml")
+  build.add_argument("--config", required=True,
+                     help="bench definition: a path, or a shipped one by name (e.g. optiml_bench.yaml)")
   build.add_argument("--sni_dir", type=os.path.abspath, help="natural-instructions checkout (tasks/ and splits/)")
   build.add_argument("--sni_split", default="default", help="SNI split folder under splits/ (default: default)")
   build.add_argument("--p3_dir", type=os.path.abspath, help="P3 per-template JSONL folder (PromptSource)")
@@ -100,7 +105,11 @@ def _sources(args: argparse.Namespace, config: bench_config.BenchConfig):
 
 
 def run_build(args: argparse.Namespace) -> int:
-  config = bench_config.load_config(args.config)
+  try:
+    config_path = resources.find_task_file(args.config)
+  except resources.ResourceError as e:
+    raise UsageError(str(e)) from e
+  config = bench_config.load_config(config_path)
   iterator, splits = _sources(args, config)
   try:
     built = catalog.build(config, iterator, splits, progress=not args.no_progress)

@@ -8,8 +8,17 @@ the result before anything is built or compiled:
   - anything a configurable needs that is unbound, `%gin.REQUIRED`, or a macro that no file defines:
     `check_bindings(name, fn)` walks the configurable and every configurable it references.
 A value given as `--gin.MODEL_DIR=/tmp/run` that is not a gin literal is taken as a string, so paths need no
-quoting. Gin files are looked up as given, then in `--gin_search_paths`, the repo's gin/ folder and the
-working directory (also for `include` lines inside them).
+quoting.
+
+Where gin files are found (`--gin_file` values and `include` lines inside gin files alike), first match wins:
+  1. the path as given (absolute, or relative to the working directory): `--gin_file=gin/optiml_30b.gin`
+     from a checkout;
+  2. each `--gin_search_paths` folder, in order;
+  3. the gin folder shipped with the package (`resources.gin_dir()`): `--gin_file=optiml_30b.gin`, and
+     `include 'models/opt_1.3b.gin'` or `include 't5x/...'` inside shipped files, from any directory;
+  4. the working directory.
+A `--gin_file` written for a checkout (`gin/optiml_30b.gin`) that matches none of these finds the shipped
+file of the same name, so the README's commands also work from an installed package.
 """
 
 from __future__ import annotations
@@ -19,12 +28,11 @@ import contextlib
 import inspect
 import logging
 import os
-import pathlib
 from typing import Any, Callable, Iterator, Sequence
 
 import gin
 
-REPO_GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin"
+from optiml_jax import resources
 
 
 class GinConfigError(ValueError):
@@ -75,33 +83,79 @@ def _quiet_search() -> Iterator[None]:
 
 
 def search_paths_for(search_paths: str | Sequence[str] = "") -> list[str]:
-  """The folders gin files are looked up in: the given ones, the repo's gin/ and the working directory."""
+  """The folders gin files are looked up in: the given ones, the shipped gin folder, the working directory."""
   if isinstance(search_paths, str):
     search_paths = [p for p in search_paths.split(",") if p]
-  return [*search_paths, str(REPO_GIN_DIR), os.getcwd()]
+  try:
+    shipped = resources.gin_dir()
+  except resources.ResourceError as e:
+    raise GinConfigError(str(e)) from e
+  return [*search_paths, str(shipped), os.getcwd()]
+
+
+def _shipped_name(name: str) -> str | None:
+  """`gin/X` (a checkout path) -> `X`, the name of the shipped file; None for other names."""
+  prefix = resources.GIN + "/"
+  return name[len(prefix):] if name.startswith(prefix) and len(name) > len(prefix) else None
 
 
 def resolve_gin_file(name: str, search_paths: Sequence[str]) -> str:
-  """`name` as given if it exists, else the first `search_paths` entry that holds it."""
+  """The path of gin file `name`: as given, else in the first `search_paths` folder, else (`gin/X`) shipped X.
+
+  Raises:
+    GinConfigError: naming `name` and every place looked at.
+  """
   if os.path.isfile(name):
     return os.path.abspath(name)
-  for folder in search_paths:
-    candidate = os.path.join(folder, name)
-    if os.path.isfile(candidate):
-      return os.path.abspath(candidate)
-  raise GinConfigError(f"gin file {name!r} not found (looked in: {', '.join(['.', *search_paths])})")
+  looked = [os.path.abspath(name)]
+  if not os.path.isabs(name):
+    for folder in search_paths:
+      candidate = os.path.join(folder, name)
+      if os.path.isfile(candidate):
+        return os.path.abspath(candidate)
+      looked.append(os.path.abspath(candidate))
+    shipped_name = _shipped_name(name)
+    if shipped_name is not None:
+      candidate = os.path.join(resources.gin_dir(), shipped_name)
+      if os.path.isfile(candidate):
+        return os.path.abspath(candidate)
+      looked.append(os.path.abspath(candidate))
+  looked = list(dict.fromkeys(looked))  # the working directory is also where "as given" looks
+  raise GinConfigError(f"gin file {name!r} not found (looked at: {', '.join(looked)})")
+
+
+@contextlib.contextmanager
+def _include_search_paths(paths: Sequence[str]) -> Iterator[None]:
+  """Makes gin resolve `include` lines as given, then in `paths`, for one parse only.
+
+  gin keeps one global, append-only list of folders; without the reset, a second parse in the same process
+  (tests, the planner) would search the first one's `--gin_search_paths` before its own.
+  """
+  prefixes = getattr(gin.config, "_LOCATION_PREFIXES", None)
+  if not isinstance(prefixes, list):  # another gin release: fall back to its public, append-only API
+    for path in paths:
+      gin.add_config_file_search_path(path)
+    yield
+    return
+  saved = list(prefixes)
+  prefixes[:] = ["", *paths]  # "": the include as given (absolute, or relative to the working directory)
+  try:
+    yield
+  finally:
+    prefixes[:] = saved
 
 
 def parse(gin_files: Sequence[str], bindings: Sequence[str], search_paths: str | Sequence[str] = "") -> None:
-  """Loads `gin_files` then `bindings` (later ones win). Raises GinConfigError naming what is wrong."""
-  paths = search_paths_for(search_paths)
-  for path in paths:
-    gin.add_config_file_search_path(path)
+  """Loads `gin_files` then `bindings` (later ones win). Raises GinConfigError naming what is wrong.
+
+  Files and their `include` lines are looked up as the module docstring says.
+  """
   if not gin_files:
-    raise GinConfigError("no --gin_file given (e.g. --gin_file=gin/quickstart.gin)")
+    raise GinConfigError("no --gin_file given (e.g. --gin_file=quickstart.gin)")
+  paths = search_paths_for(search_paths)
   files = [resolve_gin_file(f, paths) for f in gin_files]
   try:
-    with _quiet_search():
+    with _include_search_paths(paths), _quiet_search():
       gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
   except (ValueError, KeyError, SyntaxError, IOError, TypeError) as e:
     raise GinConfigError(f"gin configuration: {e}") from e

@@ -20,8 +20,10 @@ import pathlib
 import random
 from typing import Callable
 
-# The bench definition of the toy bench (in the repository's tasks/ folder, beside optiml_bench.yaml).
-CONFIG_PATH = pathlib.Path(__file__).resolve().parents[2] / "tasks" / "toybench.yaml"
+from optiml_jax import resources
+
+# The bench definition of the toy bench: tasks/toybench.yaml, shipped with the package (optiml_jax.resources).
+CONFIG_PATH = resources.task_file("toybench.yaml")
 NUM_INSTANCES = 200
 NUM_DEMONSTRATIONS = 2
 

@@ -1,0 +1,180 @@
+"""Where gin files are found (`gin_utils.search_paths_for`, `resolve_gin_file`, `parse`).
+
+The order is: the path as given, `--gin_search_paths`, the gin folder shipped with the package, the working
+directory; `include` lines inside gin files follow the same order. A probe configurable defined here tells
+which copy of a file gin read; the real shipped files are checked from a directory outside the checkout.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+
+import gin
+import pytest
+
+from optiml_jax import gin_utils
+from optiml_jax import resources
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+# An include of t5x's own run files resolves from the t5x checkout (t5x's --gin_search_paths), not from ours.
+T5X_OWN_PREFIX = "t5x/configs/"
+INCLUDE = re.compile(r"^include\s+'([^']+)'", re.MULTILINE)
+
+
+@gin.configurable("gin_lookup_probe")
+def _probe(source: str = "unset") -> str:
+  return source
+
+
+def _probe_source() -> str:
+  return gin.query_parameter("gin_lookup_probe.source")
+
+
+def _write(path: pathlib.Path, text: str) -> pathlib.Path:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(text, encoding="utf-8")
+  return path
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch) -> pathlib.Path:
+  """A stand-in for the shipped gin folder, so each copy of a file can say where it came from."""
+  folder = tmp_path / "shipped_gin"
+  folder.mkdir()
+  monkeypatch.setattr(resources, "gin_dir", lambda: folder)
+  return folder
+
+
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch) -> pathlib.Path:
+  """A working directory outside the checkout."""
+  folder = tmp_path / "elsewhere"
+  folder.mkdir()
+  monkeypatch.chdir(folder)
+  return folder
+
+
+def test_search_paths_are_given_then_shipped_then_working_directory(shipped, elsewhere):
+  assert gin_utils.search_paths_for("/a,/b") == ["/a", "/b", str(shipped), str(elsewhere)]
+  assert gin_utils.search_paths_for(["/a"]) == ["/a", str(shipped), str(elsewhere)]
+  assert gin_utils.search_paths_for("") == [str(shipped), str(elsewhere)]
+
+
+def test_the_path_as_given_wins_over_search_paths_and_shipped(shipped, elsewhere, tmp_path):
+  search = tmp_path / "search"
+  for folder, source in ((elsewhere, "given"), (search, "search"), (shipped, "shipped")):
+    _write(folder / "sub" / "run.gin", f"gin_lookup_probe.source = '{source}'\n")
+  gin_utils.parse(["sub/run.gin"], [], str(search))
+  assert _probe_source() == "given"
+
+
+def test_search_paths_win_over_shipped_in_the_order_given(shipped, elsewhere, tmp_path):
+  first, second = tmp_path / "first", tmp_path / "second"
+  for folder, source in ((first, "first"), (second, "second"), (shipped, "shipped")):
+    _write(folder / "run.gin", f"gin_lookup_probe.source = '{source}'\n")
+  gin_utils.parse(["run.gin"], [], f"{second},{first}")
+  assert _probe_source() == "second"
+  gin.clear_config()
+  gin_utils.parse(["run.gin"], [], [str(first), str(second)])
+  assert _probe_source() == "first"
+
+
+def test_a_bare_name_finds_the_shipped_file_from_any_directory(shipped, elsewhere):
+  _write(shipped / "run.gin", "gin_lookup_probe.source = 'shipped'\n")
+  assert gin_utils.resolve_gin_file("run.gin", gin_utils.search_paths_for()) == str(shipped / "run.gin")
+  gin_utils.parse(["run.gin"], [])
+  assert _probe_source() == "shipped"
+
+
+def test_a_checkout_path_finds_the_shipped_file_outside_the_checkout(shipped, elsewhere):
+  _write(shipped / "models" / "m.gin", "gin_lookup_probe.source = 'shipped'\n")
+  gin_utils.parse(["gin/models/m.gin"], [])
+  assert _probe_source() == "shipped"
+  # ...but a gin/ folder of the working directory is the path as given, and wins.
+  _write(elsewhere / "gin" / "models" / "m.gin", "gin_lookup_probe.source = 'mine'\n")
+  gin.clear_config()
+  gin_utils.parse(["gin/models/m.gin"], [])
+  assert _probe_source() == "mine"
+
+
+def test_includes_follow_the_same_order(shipped, elsewhere, tmp_path):
+  _write(shipped / "run.gin", "include 'models/m.gin'\n")
+  _write(shipped / "models" / "m.gin", "gin_lookup_probe.source = 'shipped'\n")
+  gin_utils.parse(["run.gin"], [])
+  assert _probe_source() == "shipped"
+
+  override = tmp_path / "override"
+  _write(override / "models" / "m.gin", "gin_lookup_probe.source = 'override'\n")
+  gin.clear_config()
+  gin_utils.parse(["run.gin"], [], str(override))
+  assert _probe_source() == "override"
+
+  _write(elsewhere / "models" / "m.gin", "gin_lookup_probe.source = 'given'\n")
+  gin.clear_config()
+  gin_utils.parse(["run.gin"], [], str(override))
+  assert _probe_source() == "given"
+
+
+def test_search_paths_of_one_parse_do_not_leak_into_the_next(shipped, elsewhere, tmp_path):
+  _write(shipped / "run.gin", "include 'models/m.gin'\n")
+  _write(shipped / "models" / "m.gin", "gin_lookup_probe.source = 'shipped'\n")
+  old = tmp_path / "old"
+  _write(old / "models" / "m.gin", "gin_lookup_probe.source = 'old'\n")
+  gin_utils.parse(["run.gin"], [], str(old))
+  assert _probe_source() == "old"
+  gin.clear_config()
+  gin_utils.parse(["run.gin"], [])
+  assert _probe_source() == "shipped"
+
+
+def test_a_missing_file_names_every_place_looked_at(shipped, elsewhere, tmp_path):
+  with pytest.raises(gin_utils.GinConfigError) as error:
+    gin_utils.parse(["gin/nope.gin"], [], str(tmp_path / "search"))
+  message = str(error.value)
+  assert "'gin/nope.gin' not found" in message
+  for looked in (elsewhere / "gin" / "nope.gin", tmp_path / "search" / "gin" / "nope.gin", shipped / "nope.gin"):
+    assert str(looked) in message
+
+
+def test_a_missing_include_names_it(shipped, elsewhere):
+  _write(shipped / "run.gin", "include 'models/absent.gin'\n")
+  with pytest.raises(gin_utils.GinConfigError, match="models/absent.gin"):
+    gin_utils.parse(["run.gin"], [])
+
+
+def test_the_shipped_gin_folder_is_the_checkouts_in_a_checkout():
+  # This suite runs from an editable install or a checkout: the files are read where the wheel is built from.
+  assert resources.gin_dir() == REPO / "gin"
+  assert resources.task_file("toybench.yaml") == REPO / "tasks" / "toybench.yaml"
+
+
+def test_every_include_of_a_shipped_file_resolves_to_a_shipped_file_from_elsewhere(elsewhere):
+  gin_dir = resources.gin_dir()
+  files = sorted(gin_dir.rglob("*.gin"))
+  assert files and {p.relative_to(gin_dir).parts[0] for p in files} >= {"models", "t5x", "quickstart.gin"}
+  checked = 0
+  for path in files:
+    for name in INCLUDE.findall(path.read_text(encoding="utf-8")):
+      if name.startswith(T5X_OWN_PREFIX):
+        continue
+      found = gin_utils.resolve_gin_file(name, gin_utils.search_paths_for())
+      assert pathlib.Path(found) == gin_dir / name, f"{path.relative_to(gin_dir)}: include '{name}' -> {found}"
+      checked += 1
+  assert checked >= 10  # the run files include models/ and recipe.gin; t5x files include t5x/...
+
+
+def test_a_shipped_run_file_parses_with_its_includes_from_elsewhere(elsewhere):
+  from optiml_jax import train  # pylint: disable=g-import-not-at-top,unused-import  (registers configurables)
+
+  gin_utils.parse(["optiml_30b.gin"], [])  # includes models/opt_30b.gin and recipe.gin
+  assert "'opt-30b'" in gin.config_str()
+  assert not any(os.path.exists(elsewhere / name) for name in ("models", "recipe.gin"))
