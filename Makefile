@@ -1,32 +1,44 @@
 # Two commands do everything on a fresh machine: `make quickstart` and `make test`.
+# `make install` installs the package (editable) for training, evaluation, the bench and planning: no torch.
+# `make test` adds the test extra, with PyTorch's CPU build (the tests compare against transformers' OPT).
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+# A bare `torch` from PyPI is a CUDA build of several GB; this pin takes the CPU build (from this machine's
+# disk). The test extra's range (setup.py) admits it, so pip installs nothing more for torch.
+TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install quickstart test test-all clean
+.PHONY: install install-test quickstart test test-all clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip setuptools wheel
 
-# Idempotent: reinstalls only when setup.py changes.
+# Idempotent: each stamp is redone only when setup.py changes (or the venv is new).
 $(STAMP): setup.py | $(PY)
-	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install -e .
 	touch $(STAMP)
 
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install $(TORCH_CPU)
+	$(PY) -m pip install -e '.[test]'
+	touch $(TEST_STAMP)
+
 install: $(STAMP)
+
+install-test: $(TEST_STAMP)
 
 quickstart: install
 	$(PY) -m optiml_jax.quickstart --workdir=quickstart_out
 
 # PYTEST_ARGS: extra pytest flags, e.g. --runslow (what CI passes) or -k PATTERN.
-test: install
+test: install-test
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 
 # Also the tests marked `slow`.
-test-all: install
+test-all: install-test
 	$(PY) -m pytest -q --runslow tests
 
 clean:

@@ -23,11 +23,29 @@ INSTALL_REQUIRES = [
     "tensorboard>=2.16",
 ]
 
+# Training, evaluation, the bench and planning never import torch. The tests compare against transformers'
+# PyTorch OPT, so torch is a test dependency only; `make test` installs the CPU build (torch==2.13.0) first,
+# because a bare `torch` from PyPI is a CUDA build of several GB. Converting a PyTorch `.bin` checkpoint
+# (not safetensors) also needs torch: `pip install torch`.
 TEST_REQUIRES = [
     "pytest>=8.0",
     "pytest-timeout>=2.3",
-    # CPU build, served from this machine's disk; any 2.x with OPT works.
-    "torch>=2.4,<=2.13.0",
+    "torch>=2.4,<=2.13.0",  # any 2.x with OPT works
+]
+
+# The repository keeps its gin files and bench definitions at its top level (gin/, tasks/); the wheel ships
+# them inside the package, as optiml_jax/gin/ and optiml_jax/tasks/ (found by optiml_jax/resources.py).
+CONFIG_PACKAGES = {"optiml_jax.gin": "gin", "optiml_jax.tasks": "tasks"}
+
+# One command per entry point, beside `python -m optiml_jax.<module>`: each calls the module's main(),
+# which reads sys.argv and returns the exit status.
+CONSOLE_SCRIPTS = [
+    "optiml-train = optiml_jax.train:main",
+    "optiml-eval = optiml_jax.eval:main",
+    "optiml-bench = optiml_jax.bench:main",
+    "optiml-plan = optiml_jax.plan:main",
+    "optiml-convert = optiml_jax.convert:main",
+    "optiml-quickstart = optiml_jax.quickstart:main",
 ]
 
 setuptools.setup(
@@ -36,8 +54,14 @@ setuptools.setup(
     description="OPT-IML instruction meta-learning for OPT models on JAX, TPUs and GPUs.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=setuptools.find_packages(include=["optiml_jax", "optiml_jax.*"]),
-    package_data={"optiml_jax": ["py.typed", "data/tokenizer_opt/*.json", "data/tokenizer_opt/*.txt"]},
+    packages=setuptools.find_packages(include=["optiml_jax", "optiml_jax.*"]) + list(CONFIG_PACKAGES),
+    package_dir=CONFIG_PACKAGES,
+    package_data={
+        "optiml_jax": ["py.typed", "data/tokenizer_opt/*.json", "data/tokenizer_opt/*.txt"],
+        "optiml_jax.gin": ["*.gin", "models/*.gin", "t5x/*.gin", "t5x/models/*.gin"],
+        "optiml_jax.tasks": ["*.yaml"],
+    },
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
