@@ -83,10 +83,11 @@ def find_task_file(name: str) -> pathlib.Path:
   given = pathlib.Path(name)
   if given.is_file():
     return given
+  if given.is_absolute():
+    raise ResourceError(f"bench definition {name!r} not found")
   parts = given.parts
-  shipped_name = pathlib.Path(*parts[1:]) if len(parts) > 1 and parts[0] == TASKS else given
-  shipped = tasks_dir() / shipped_name
-  if not given.is_absolute() and shipped.is_file():
+  shipped = tasks_dir() / (pathlib.Path(*parts[1:]) if len(parts) > 1 and parts[0] == TASKS else given)
+  if shipped.is_file():
     return shipped
   raise ResourceError(f"bench definition {name!r} not found (looked at {given.resolve()} and {shipped})")
 
