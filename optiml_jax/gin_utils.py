@@ -228,7 +228,7 @@ def _configurable_problems(name: str, fn: Callable[..., Any], seen: set[str], sc
     try:
       bound = gin.query_parameter(f"{key}.{param.name}")
     except ValueError:
-      if param.default is gin.REQUIRED:
+      if param.default is gin.REQUIRED or param.default is param.empty:  # a dataclass field without default
         problems.append(f"{key}.{param.name} is required but no gin file or flag binds it")
       continue
     problems += _value_problems(bound, f"{key}.{param.name}", seen)

@@ -13,12 +13,14 @@ the layers probed, see `planning.compiled`), and whether the step fits the chip'
         --microbatches=16 --sequence_parallel
     python -m optiml_jax.plan --gin_file=gin/optiml_30b.gin --topology=a100-40gb:8x8 --json_out=plan.json
 
-The mesh comes from `train.mesh_shape` (a -1 takes the remaining chips; a gin mesh for another chip count
-is rescaled along fsdp) unless `--mesh=data,fsdp,tensor` is given; `--batch` and `--microbatches` replace
-BATCH_SIZE and `train.num_microbatches`; any `--gin.KEY=VALUE` works too (e.g.
-`--gin.opt_model.remat_policy='dots'`); `--sequence_parallel` plans with `models.partitioning.SEQUENCE_PARALLEL_RULES` (also
-taken from a `train.sequence_parallel` binding where the trainer has one). Macros that only a real run
-needs (MODEL_DIR, CATALOG_DIR, INITIAL_CHECKPOINT_PATH) may stay unset. `--no_compile` gives the analytic
+The run's settings are the trainer's own `trainer.config.TrainConfig`, built from the gin files as
+`python -m optiml_jax.train` builds it (`gin_registry.configure_training`). The mesh comes from
+`PartitioningArgs.mesh_shape` (a -1 takes the remaining chips; a gin mesh for another chip count is rescaled
+along fsdp) unless `--mesh=data,fsdp,tensor` is given; `--batch` and `--microbatches` replace BATCH_SIZE and
+`PartitioningArgs.num_microbatches`; any `--gin.KEY=VALUE` works too (e.g. `--gin.opt_model.remat_policy='dots'`);
+`--sequence_parallel` (or `PartitioningArgs.sequence_parallel = True`) plans with
+`models.partitioning.SEQUENCE_PARALLEL_RULES`. Macros that only a real run needs (MODEL_DIR, CATALOG_DIR,
+INITIAL_CHECKPOINT_PATH) may stay unset. `--no_compile` gives the analytic
 figures alone in seconds; `--no_flops_probe` skips the two small extra compiles that count FLOPs.
 
 The verdict uses the compiled peak by default (`--fit_by=analytic` for the model's): XLA:CPU keeps some
@@ -43,6 +45,7 @@ from typing import Any, Sequence
 
 from optiml_jax import gin_utils
 from optiml_jax.planning import topology as topology_lib
+from optiml_jax.trainer import config as config_lib
 
 EXIT_FITS, EXIT_DOES_NOT_FIT, EXIT_CONFIG_ERROR, EXIT_INTERNAL_ERROR = 0, 1, 2, 3
 # Macros a real run needs that planning does not read; bound to a placeholder unless given.
@@ -94,7 +97,7 @@ def resolve_mesh(shape: Sequence[int], chips: int, rescale: bool) -> tuple[tuple
     return (data, fsdp, tensor), None
   if rescale and chips % (data * tensor) == 0:
     resolved = (data, chips // (data * tensor), tensor)
-    return resolved, (f"train.mesh_shape {tuple(shape)} is for {data * fsdp * tensor} chips; planned as "
+    return resolved, (f"PartitioningArgs.mesh_shape {tuple(shape)} is for {data * fsdp * tensor} chips; planned as "
                       f"{resolved} for {chips}")
   raise PlanError(f"mesh {tuple(shape)} has {data * fsdp * tensor} devices but the topology has {chips} chips")
 
@@ -103,8 +106,8 @@ def resolve_mesh(shape: Sequence[int], chips: int, rescale: bool) -> tuple[tuple
 class PlanInputs:
   """Plain figures of one plan, from gin and the flags."""
 
-  model: Any  # OPTConfig
-  optimizer: Any  # trainer.loop.OptimizerArgs
+  model: config_lib.ModelConfig
+  optimizer: config_lib.OptimizerArgs
   train_steps: int
   batch_size: int
   seq_len: int
@@ -118,7 +121,7 @@ class PlanInputs:
 def load_inputs(args: argparse.Namespace, topo: topology_lib.Topology) -> PlanInputs:
   """Reads the gin files as `python -m optiml_jax.train` does and applies the overrides."""
   import gin  # pylint: disable=g-import-not-at-top
-  from optiml_jax import train  # pylint: disable=g-import-not-at-top  (imports JAX)
+  from optiml_jax import gin_registry  # pylint: disable=g-import-not-at-top  (imports JAX)
 
   gin.clear_config()
   placeholders = [f"{name} = 'unused-by-plan'" for name in UNUSED_MACROS]
@@ -126,22 +129,23 @@ def load_inputs(args: argparse.Namespace, topo: topology_lib.Topology) -> PlanIn
   if args.batch is not None:
     bindings.append(f"BATCH_SIZE = {args.batch}")
   if args.microbatches is not None:
-    bindings.append(f"train.num_microbatches = {args.microbatches}")
-  config = train.configure(args.gin_file, bindings, args.gin_search_paths)
+    bindings.append(f"PartitioningArgs.num_microbatches = {args.microbatches}")
+  config = gin_registry.configure_training(args.gin_file, bindings, args.gin_search_paths)
+  layout = config.partitioning
   notes = []
   if args.mesh:
     mesh, _ = resolve_mesh(parse_mesh(args.mesh), topo.chips, rescale=False)
   else:
-    mesh, note = resolve_mesh(config.mesh_shape, topo.chips, rescale=True)
+    mesh, note = resolve_mesh(layout.mesh_shape, topo.chips, rescale=True)
     notes += [note] if note else []
   if topo.kind == "gpu" and topo.chips_per_host % mesh[2]:
     notes.append(f"the tensor axis ({mesh[2]}) spans hosts of {topo.chips_per_host} GPUs: its collectives "
                  "cross the inter-host network")
-  return PlanInputs(model=config.model, optimizer=config.optimizer, train_steps=config.train_steps,
-                    batch_size=config.batch_size, seq_len=config.seq_len,
-                    num_microbatches=config.num_microbatches, mesh=mesh,
-                    sequence_parallel=args.sequence_parallel or getattr(config, "sequence_parallel", False),
-                    notes=tuple(notes), lm_head_positions=config.lm_head_positions)
+  return PlanInputs(model=config.model.config, optimizer=config.optimizer, train_steps=config.run.train_steps,
+                    batch_size=config.data.batch_size, seq_len=config.seq_len,
+                    num_microbatches=layout.num_microbatches, mesh=mesh,
+                    sequence_parallel=args.sequence_parallel or layout.sequence_parallel,
+                    notes=tuple(notes), lm_head_positions=layout.lm_head_positions)
 
 
 def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: bool = True,
@@ -163,13 +167,13 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
     analytic.check_step_shape(shape)
   except ValueError as e:
     raise PlanError(str(e)) from e
-  rules = partitioning.SEQUENCE_PARALLEL_RULES if inputs.sequence_parallel else partitioning.LOGICAL_AXIS_RULES
+  layout = config_lib.PartitioningArgs(mesh_shape=inputs.mesh, num_microbatches=inputs.num_microbatches,
+                                       sequence_parallel=inputs.sequence_parallel,
+                                       lm_head_positions=inputs.lm_head_positions)
   mesh = partitioning.make_mesh(*inputs.mesh)
-  figures = dict(train_steps=inputs.train_steps, batch_size=inputs.batch_size, seq_len=inputs.seq_len,
-                 num_microbatches=inputs.num_microbatches, mesh=mesh, rules=rules,
-                 lm_head_positions=inputs.lm_head_positions)
+  figures = dict(train_steps=inputs.train_steps, batch_size=inputs.batch_size, seq_len=inputs.seq_len, mesh=mesh)
   try:
-    lowered, program = compiled_lib.lower_train_step(cfg, inputs.optimizer, **figures)
+    lowered, program = compiled_lib.lower_train_step(cfg, inputs.optimizer, layout, **figures)
   except ValueError as e:  # e.g. a dimension the mesh axis does not divide
     raise PlanError(f"cannot build the step of {describe_model(cfg)} on mesh {inputs.mesh}: {e}") from e
   state = program.layout.abstract
@@ -177,7 +181,7 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
                                       opt_state_bytes=analytic.sharded_bytes((state.opt_state, state.step)))
   flops = analytic.estimate_flops(cfg, shape)
   xla = compiled_lib.compiled_figures(lowered) if compile_step else None
-  probed = compiled_lib.probe_step_flops(cfg, inputs.optimizer, **figures) if compile_step and probe_flops \
+  probed = compiled_lib.probe_step_flops(cfg, inputs.optimizer, layout, **figures) if compile_step and probe_flops \
       else None
 
   usable = int(topo.hbm_bytes * hbm_fraction)
@@ -276,9 +280,9 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
   gin_utils.add_gin_flags(parser)
   parser.add_argument("--topology", required=True,
                       help=f"slice or GPU cluster, e.g. {', '.join(topology_lib.EXAMPLES)}")
-  parser.add_argument("--mesh", help="data,fsdp,tensor (one may be -1); default: train.mesh_shape")
+  parser.add_argument("--mesh", help="data,fsdp,tensor (one may be -1); default: PartitioningArgs.mesh_shape")
   parser.add_argument("--batch", type=int, help="sequences per step (replaces BATCH_SIZE)")
-  parser.add_argument("--microbatches", type=int, help="replaces train.num_microbatches")
+  parser.add_argument("--microbatches", type=int, help="replaces PartitioningArgs.num_microbatches")
   parser.add_argument("--sequence_parallel", action="store_true",
                       help="shard the residual stream over the tensor axis too (models/partitioning.py)")
   parser.add_argument("--no_compile", action="store_true", help="analytic figures only (no XLA compile)")

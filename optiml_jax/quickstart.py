@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shutil.rmtree(model_dir)
   print(f"[2/3] training a tiny OPT from scratch -> {model_dir}", flush=True)
   flags = ["--gin_file=quickstart.gin", f"--gin.MODEL_DIR={model_dir}", f"--gin.CATALOG_DIR={catalog_dir}",
-           f"--gin.train.compilation_cache_dir={workdir / 'jax_cache'}"]
+           f"--gin.RunArgs.compilation_cache_dir={workdir / 'jax_cache'}"]
   if args.train_steps:
     flags.append(f"--gin.TRAIN_STEPS={args.train_steps}")
   code = train_entry.main(flags)

@@ -1,7 +1,8 @@
-"""`python -m optiml_jax.train`: every gin file builds its config; configuration errors exit 2 before any
-compilation; SIGTERM checkpoints and exits 0, and the same command resumes to the same losses as a run that
-was never stopped."""
+"""`python -m optiml_jax.train`: every gin file builds its TrainConfig; configuration errors exit 2 before any
+compilation, naming the binding; SIGTERM checkpoints and exits 0, and the same command resumes to the same
+losses as a run that was never stopped; the other entry points do not import this one."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -15,9 +16,12 @@ import gin
 import pytest
 
 from optiml_jax import bench
+from optiml_jax import gin_registry
 from optiml_jax import gin_utils
 from optiml_jax import train as train_entry
 from optiml_jax.models import opt as opt_lib
+from optiml_jax.trainer import config as config_lib
+from optiml_jax.trainer import loop
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 GIN_DIR = REPO / "gin"
@@ -37,37 +41,71 @@ def clean_gin():
 
 def _configure(files, flags=()):
   args = train_entry.parse_flags([f"--gin_file={f}" for f in files] + list(flags))
-  return train_entry.configure(args.gin_file, args.gin_bindings, args.gin_search_paths)
+  return gin_registry.configure_training(args.gin_file, args.gin_bindings, args.gin_search_paths)
 
 
 @pytest.mark.parametrize("name", RUN_FILES)
 def test_every_run_file_builds_its_config(name):
   config = _configure([name], PATHS)
-  assert config.model_dir == "/runs/x" and isinstance(config.model, opt_lib.OPTConfig)
-  assert config.seq_len <= config.model.max_position_embeddings
-  rows_per_pass = config.batch_size // config.num_microbatches
-  data, fsdp, tensor = config.mesh_shape
-  if -1 not in config.mesh_shape:  # pod-slice meshes: the batch divides over data x fsdp, heads over tensor
-    assert rows_per_pass % (data * fsdp) == 0 and config.model.num_attention_heads % tensor == 0
-    assert config.model.vocab_size % tensor == 0 and config.model.hidden_size % fsdp == 0
+  assert isinstance(config, config_lib.TrainConfig)
+  model = config.model.config
+  assert config.checkpoint.model_dir == "/runs/x" and isinstance(model, opt_lib.OPTConfig)
+  assert config.data.catalog_dir == "/data/catalog" and config.data.mixture_or_task_name == "optiml_bench_train"
+  assert config.seq_len <= model.max_position_embeddings
+  rows_per_pass = config.data.batch_size // config.partitioning.num_microbatches
+  data, fsdp, tensor = config.partitioning.mesh_shape
+  if -1 not in config.partitioning.mesh_shape:  # pod slices: the batch divides over data x fsdp, heads over tensor
+    assert rows_per_pass % (data * fsdp) == 0 and model.num_attention_heads % tensor == 0
+    assert model.vocab_size % tensor == 0 and model.hidden_size % fsdp == 0
   if name.startswith("optiml_"):
     size = name[len("optiml_"):-len(".gin")]
-    assert config.model == opt_lib.OPTConfig.preset(
+    assert model == opt_lib.OPTConfig.preset(
         f"opt-{size}", dtype="bfloat16", param_dtype="float32", scan_layers=True,
-        remat_policy=config.model.remat_policy, dropout=0.1, attention_dropout=0.0)
-    assert config.optimizer == train_entry.loop.OptimizerArgs()  # the paper's figures are the defaults
-    assert config.seq_len == 2048 and config.initial_checkpoint_path == "/ckpt/opt"
-  expected = {"optiml_30b.gin": (4000, 256, 64), "optiml_175b.gin": (8000, 128, 256)}
+        remat_policy=model.remat_policy, dropout=0.1, attention_dropout=0.0)
+    assert config.optimizer == config_lib.OptimizerArgs()  # the paper's figures are the defaults
+    assert config.seq_len == 2048 and config.model.initial_checkpoint_path == "/ckpt/opt"
+    assert (config.checkpoint.keep_checkpoints, config.logging.log_every, config.run.nan_policy) == (3, 10, "skip")
+  expected = {"optiml_30b.gin": (4000, 256, 64, 500), "optiml_175b.gin": (8000, 128, 256, 250)}
   if name in expected:
-    steps, batch, chips = expected[name]
-    assert (config.train_steps, config.batch_size, data * fsdp * tensor) == (steps, batch, chips)
+    steps, batch, chips, save_every = expected[name]
+    assert (config.run.train_steps, config.data.batch_size, data * fsdp * tensor,
+            config.checkpoint.save_every) == (steps, batch, chips, save_every)
+
+
+def _bound_value(key):
+  """What gin binds `key` to, macros followed; None when unbound or bound to a configurable (`@opt_model()`)."""
+  try:
+    value = gin.query_parameter(key)
+  except ValueError:
+    return None
+  while isinstance(value, gin.config.ConfigurableReference):
+    if value.configurable.wrapped is not gin.config.macro:
+      return None
+    value = gin.query_parameter(f"%{'/'.join(value.scopes)}")
+  return (value,)
+
+
+@pytest.mark.parametrize("name", RUN_FILES)
+def test_every_binding_of_a_run_file_reaches_its_group(name):
+  config = _configure([name], PATHS)
+  compared = set()
+  for field, cls in config_lib.GROUPS:
+    group = getattr(config, field)
+    for f in dataclasses.fields(cls):
+      bound = _bound_value(f"{cls.__name__}.{f.name}")
+      if bound is not None:
+        expected = tuple(bound[0]) if isinstance(bound[0], list) else bound[0]
+        assert getattr(group, f.name) == expected, (f"{cls.__name__}.{f.name}", getattr(group, f.name), expected)
+        compared.add(cls.__name__)
+  # The run files bind fields of every group (OptimizerArgs through the recipe or quickstart's rates).
+  assert compared == {cls.__name__ for _, cls in config_lib.GROUPS}, compared
 
 
 @pytest.mark.parametrize("name", MODEL_FILES)
 def test_every_model_file_builds_its_preset(name):
   config = _configure(["recipe.gin", f"models/{name}"], PATHS + ["--gin.TRAIN_STEPS=100", "--gin.BATCH_SIZE=8"])
   preset = "tiny" if name == "opt_tiny.gin" else "opt-" + name[len("opt_"):-len(".gin")]
-  assert (config.model.hidden_size, config.model.num_hidden_layers) == (
+  assert (config.model.config.hidden_size, config.model.config.num_hidden_layers) == (
       opt_lib.OPTConfig.preset(preset).hidden_size, opt_lib.OPTConfig.preset(preset).num_hidden_layers)
 
 
@@ -86,7 +124,7 @@ def _run_cli(*flags, timeout=120):
 def test_unknown_binding_exits_2_naming_it_before_anything_is_built(tmp_path):
   started = time.time()
   result = _run_cli("--gin_file=quickstart.gin", f"--gin.MODEL_DIR={tmp_path}/run",
-                    "--gin.CATALOG_DIR=/nowhere", "--gin.train.learning_rat=0.1")
+                    "--gin.CATALOG_DIR=/nowhere", "--gin.OptimizerArgs.learning_rat=0.1")
   assert result.returncode == 2, result.stderr
   assert "learning_rat" in result.stderr and "Traceback" not in result.stderr
   assert not (tmp_path / "run").exists()
@@ -97,9 +135,17 @@ def test_unknown_binding_exits_2_naming_it_before_anything_is_built(tmp_path):
     ([], "MODEL_DIR"),  # a required macro left unset
     (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.TASK_FEATURE_LENGTHS={'inputs': 4000, 'targets': 512}"],
      "max_position_embeddings=2048"),
-    (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.train.nan_policy='ignore'"], "train.nan_policy"),
+    (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.RunArgs.nan_policy='ignore'"], "RunArgs.nan_policy"),
     (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.opt_model.preset='opt-7b'"], "opt-7b"),
-    (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.train.batch_size=%BATCH"], "%BATCH"),
+    (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.DataArgs.batch_size=%BATCH"], "%BATCH"),
+    # A value a group refuses: the field, and the macro that set it.
+    (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.BATCH_SIZE=0"],
+     "DataArgs.batch_size: expected a positive integer, got 0 (set by the macro BATCH_SIZE)"),
+    (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.PartitioningArgs.num_microbatches=3"],
+     "PartitioningArgs.num_microbatches=3"),
+    # A binding of the former `train` configurable names where it went.
+    (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.train.mesh_shape=(1, 8, 16)"],
+     "train.mesh_shape is now PartitioningArgs.mesh_shape"),
 ])
 def test_configuration_errors_exit_2_naming_the_binding(flags, message, capsys):
   assert train_entry.main(["--gin_file=quickstart.gin", *flags]) == 2
@@ -113,12 +159,15 @@ def test_a_run_file_names_the_macro_it_still_needs(capsys):
 
 
 def test_check_bindings_follows_references_and_macros():
-  gin.parse_config("train.model = @opt_model()\nopt_model.preset = %PRESET\nPRESET = %gin.REQUIRED")
+  gin.parse_config("ModelArgs.config = @opt_model()\nopt_model.preset = %PRESET\nPRESET = %gin.REQUIRED")
   with pytest.raises(gin_utils.GinConfigError) as error:
-    gin_utils.check_bindings("train", train_entry.train_config)
+    gin_registry.check_training_bindings()
   message = str(error.value)
   assert "opt_model.preset needs the macro PRESET" in message
-  assert "train.model_dir is required" in message
+  assert "macro MODEL_DIR is required" in message
+  # Fields without a default that nothing binds, in every group, in the same message.
+  for field in ("CheckpointArgs.model_dir", "DataArgs.batch_size", "RunArgs.train_steps"):
+    assert f"{field} is required but no gin file or flag binds it" in message
 
 
 def test_sigterm_checkpoints_and_the_same_command_resumes_to_identical_losses(tmp_path):
@@ -127,9 +176,10 @@ def test_sigterm_checkpoints_and_the_same_command_resumes_to_identical_losses(tm
   flags = ["--gin_file=quickstart.gin", f"--gin.MODEL_DIR={tmp_path / 'run'}", f"--gin.CATALOG_DIR={catalog}",
            "--gin.TRAIN_STEPS=30", "--gin.BATCH_SIZE=2", "--gin.TASK_FEATURE_LENGTHS={'inputs': 48, 'targets': 16}",
            "--gin.opt_model.max_position_embeddings=64", "--gin.opt_model.dropout=0.1",
-           "--gin.OptimizerArgs.warmup_steps=2", "--gin.train.log_every=1", "--gin.train.save_every=1000",
-           "--gin.train.tensorboard=False", "--gin.train.progress=False"]
-  cache = [f"--gin.train.compilation_cache_dir={tmp_path / 'jax_cache'}"]
+           "--gin.OptimizerArgs.warmup_steps=2", "--gin.LoggingArgs.log_every=1",
+           "--gin.CheckpointArgs.save_every=1000",
+           "--gin.LoggingArgs.tensorboard=False", "--gin.LoggingArgs.progress=False"]
+  cache = [f"--gin.RunArgs.compilation_cache_dir={tmp_path / 'jax_cache'}"]
   metrics = tmp_path / "run" / "metrics.jsonl"
   process = subprocess.Popen([sys.executable, "-m", "optiml_jax.train", *flags, *cache], cwd=REPO,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -162,7 +212,25 @@ def test_sigterm_checkpoints_and_the_same_command_resumes_to_identical_losses(tm
 def test_sequence_parallel_binding_selects_the_sequence_parallel_rule_table():
   from optiml_jax.models import partitioning  # pylint: disable=g-import-not-at-top
   base = _configure(["optiml_175b.gin"], PATHS)
-  assert train_entry.rules_for(base) == partitioning.LOGICAL_AXIS_RULES
-  sp = _configure(["optiml_175b.gin"], PATHS + ["--gin.train.sequence_parallel=True"])
-  assert train_entry.rules_for(sp) == partitioning.SEQUENCE_PARALLEL_RULES
-  assert sp.sequence_parallel and ("length", "tensor") in train_entry.rules_for(sp)
+  assert loop.rules_for(base.partitioning) == partitioning.LOGICAL_AXIS_RULES
+  sp = _configure(["optiml_175b.gin"], PATHS + ["--gin.PartitioningArgs.sequence_parallel=True"])
+  assert loop.rules_for(sp.partitioning) == partitioning.SEQUENCE_PARALLEL_RULES
+  assert sp.partitioning.sequence_parallel and ("length", "tensor") in loop.rules_for(sp.partitioning)
+
+
+@pytest.mark.parametrize("module", ["optiml_jax.eval", "optiml_jax.plan"])
+def test_other_entry_points_do_not_import_the_train_entry_point(module):
+  # They share the gin registrations (gin_registry) and the config (trainer.config), not train.py.
+  code = (f"import sys, {module}, optiml_jax.gin_registry, optiml_jax.trainer.config\n"
+          "print('optiml_jax.train' in sys.modules)")
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip() == "False"
+
+
+def test_every_entry_point_in_one_process_registers_each_configurable_once():
+  code = ("import optiml_jax.train, optiml_jax.eval, optiml_jax.plan, optiml_jax.quickstart, gin\n"
+          "gin.parse_config('ModelArgs.config = @opt_model()\\nopt_model.preset = \"tiny\"')\n"
+          "print('ok')")
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

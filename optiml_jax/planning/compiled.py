@@ -1,7 +1,8 @@
 """Ahead-of-time compilation of the trainer's real train step with abstract inputs, and XLA's own figures.
 
 Sits under the planner (`optiml_jax.plan`): `lower_train_step` takes the step and the sharded state layout
-from `trainer.loop.build_program` (the same function a training run jit-s) and lowers it with
+from `trainer.loop.build_program` (the same function a training run jit-s, from the same
+`trainer.config` groups: the model config, `OptimizerArgs` and `PartitioningArgs`) and lowers it with
 ShapeDtypeStructs, so nothing is allocated; `compiled_figures` compiles it and reads
 `memory_analysis()` (per-device argument, output, alias, temporary and generated-code bytes) and
 `cost_analysis()` FLOPs. The caller provides the devices: the planner simulates a slice with
@@ -26,8 +27,8 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from optiml_jax.models import opt as opt_lib
 from optiml_jax.models import partitioning
+from optiml_jax.trainer import config as config_lib
 from optiml_jax.trainer import loop
 
 FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_segment_ids",
@@ -40,18 +41,15 @@ def abstract_batch(batch_size: int, seq_len: int, sharding: jax.sharding.Shardin
   return {name: jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32, sharding=sharding) for name in FEATURES}
 
 
-def lower_train_step(model_config: opt_lib.OPTConfig, optimizer: loop.OptimizerArgs, *, train_steps: int,
-                     batch_size: int, seq_len: int, num_microbatches: int, mesh: jax.sharding.Mesh,
-                     rules: partitioning.LogicalRules = partitioning.LOGICAL_AXIS_RULES,
-                     lm_head_positions: int | None = None) -> tuple[jax.stages.Lowered, loop.Program]:
-  """Lowers the trainer's jit-ed step for these figures with abstract state, batch and rng."""
-  rules = tuple(tuple(rule) for rule in rules)
-  program = loop.build_program(model_config, optimizer, train_steps, num_microbatches, mesh, seq_len, rules,
-                               lm_head_positions)
+def lower_train_step(model_config: config_lib.ModelConfig, optimizer: config_lib.OptimizerArgs,
+                     partitioning_args: config_lib.PartitioningArgs, *, train_steps: int, batch_size: int,
+                     seq_len: int, mesh: jax.sharding.Mesh) -> tuple[jax.stages.Lowered, loop.Program]:
+  """Lowers the trainer's jit-ed step for these settings on `mesh` with abstract state, batch and rng."""
+  program = loop.build_program(model_config, optimizer, partitioning_args, train_steps, seq_len, mesh)
   batch = abstract_batch(batch_size, seq_len, program.batch_sharding)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated)
-  with partitioning.mesh_context(mesh, rules):
+  with partitioning.mesh_context(mesh, program.rules):
     lowered = program.train_fn.lower(program.layout.abstract, batch, rng)
   return lowered, program
 
@@ -104,22 +102,22 @@ def compiled_figures(lowered: jax.stages.Lowered) -> CompiledFigures:
                          compile_seconds=seconds)
 
 
-def probe_step_flops(model_config: opt_lib.OPTConfig, optimizer: loop.OptimizerArgs, *, train_steps: int,
-                     batch_size: int, seq_len: int, num_microbatches: int, mesh: jax.sharding.Mesh,
-                     rules: partitioning.LogicalRules = partitioning.LOGICAL_AXIS_RULES,
-                     lm_head_positions: int | None = None) -> float | None:
+def probe_step_flops(model_config: config_lib.ModelConfig, optimizer: config_lib.OptimizerArgs,
+                     partitioning_args: config_lib.PartitioningArgs, *, train_steps: int, batch_size: int,
+                     seq_len: int, mesh: jax.sharding.Mesh) -> float | None:
   """Per-device FLOPs of a whole step by XLA's count, from unrolled 1- and 2-layer compilations.
 
   None when the backend gives no cost analysis. Counted for the LM head at every position (what a step
   with `lm_head_positions` does when a row holds more targets): an upper bound.
   """
-  del lm_head_positions
+  num_microbatches = partitioning_args.num_microbatches
   rows = batch_size // num_microbatches
+  one_pass = dataclasses.replace(partitioning_args, num_microbatches=1, lm_head_positions=None)
   counts = []
   for layers in (1, 2):
     probe = dataclasses.replace(model_config, num_hidden_layers=layers, scan_layers=False)
-    lowered, _ = lower_train_step(probe, optimizer, train_steps=train_steps, batch_size=rows, seq_len=seq_len,
-                                  num_microbatches=1, mesh=mesh, rules=rules)
+    lowered, _ = lower_train_step(probe, optimizer, one_pass, train_steps=train_steps, batch_size=rows,
+                                  seq_len=seq_len, mesh=mesh)
     figures = compiled_figures(lowered)
     if figures.flops is None:
       return None

@@ -1,13 +1,13 @@
 """The training loop: mesh, sharded state, the jit-ed step, checkpoints, resume, preemption, logging.
 
-Sits under the gin entry point (`optiml_jax.train`), which turns gin bindings into the plain arguments of
-`run`. Everything here takes ordinary values: a model config, a batch-stream factory and figures.
+Sits under the gin entry point (`optiml_jax.train`), which turns gin bindings into a `trainer.config.TrainConfig`
+and calls `run(config, make_stream)`. Everything here takes that plain config and a batch-stream factory.
 
 Order of a run: build the ("data", "fsdp", "tensor") mesh; derive every array's sharding from the model's
-logical axis names and the one rule table (`trainer.state`); restore the latest checkpoint under `model_dir`
+logical axis names and the one rule table (`trainer.state`); restore the latest checkpoint under MODEL_DIR
 (state and every process's data position; with another number of processes Orbax reshards the state onto
 this mesh and `runtime.data_state_of_this_process` says where each new process's data continues) or else
-initialise (from `initial_checkpoint` if given) directly in the sharded layout; then step. Each process
+initialise (from the initial checkpoint if given) directly in the sharded layout; then step. Each process
 feeds its own `batch_size / process_count` rows, prepared by a background thread (`trainer.prefetch`) while
 the device runs the previous step.
 
@@ -38,6 +38,7 @@ import optax
 from optiml_jax.models import opt as opt_lib
 from optiml_jax.models import partitioning
 from optiml_jax.trainer import checkpointing
+from optiml_jax.trainer import config as config_lib
 from optiml_jax.trainer import metrics as metrics_lib
 from optiml_jax.trainer import optimizer as optimizer_lib
 from optiml_jax.trainer import prefetch
@@ -45,28 +46,12 @@ from optiml_jax.trainer import runtime
 from optiml_jax.trainer import state as state_lib
 from optiml_jax.trainer import step as step_lib
 
-NAN_POLICIES = ("skip", "stop")
 BATCH_AXES = ("batch", "length")
 
 StreamFactory = Callable[[int, int, int], Iterator[Mapping[str, np.ndarray]]]
 
 
 NonFiniteLossError = runtime.NonFiniteLossError
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerArgs:
-  """The recipe's optimizer figures (see `trainer.optimizer.make_optimizer`)."""
-
-  learning_rate: float = 5e-5
-  warmup_steps: int = 60
-  end_learning_rate: float = 0.0
-  b1: float = 0.9
-  b2: float = 0.95
-  eps: float = 1e-8
-  weight_decay: float = 0.1
-  decay_matrices_only: bool = False
-  clip_norm: float | None = 1.0
 
 
 @dataclasses.dataclass
@@ -119,6 +104,7 @@ class Program:
     train_fn: `(state, global batch, rng) -> (state, metrics)`, state donated.
     init_fn: `rng -> TrainState` at step 0, created in place (call inside `partitioning.mesh_context`).
     batch_sharding: how global batches are laid out ("batch" over data x fsdp).
+    mesh, rules: the device mesh and the logical-axis rule table the step is laid out with.
   """
 
   layout: state_lib.StateLayout
@@ -127,16 +113,34 @@ class Program:
   train_fn: Any
   init_fn: Any
   batch_sharding: jax.sharding.NamedSharding
+  mesh: jax.sharding.Mesh
+  rules: partitioning.LogicalRules
+
+
+def make_model(model_config: config_lib.ModelConfig) -> Any:
+  """The Flax module of a model config: the one place the trainer names a model family."""
+  return opt_lib.OPT(model_config)
+
+
+def rules_for(args: config_lib.PartitioningArgs) -> partitioning.LogicalRules:
+  """The logical-axis rule table of a run: the one table, or its sequence-parallel variant."""
+  return partitioning.SEQUENCE_PARALLEL_RULES if args.sequence_parallel else partitioning.LOGICAL_AXIS_RULES
 
 
 @functools.lru_cache(maxsize=4)
-def build_program(model_config: opt_lib.OPTConfig, optimizer: OptimizerArgs, train_steps: int,
-                  num_microbatches: int, mesh: jax.sharding.Mesh, seq_len: int,
-                  rules: tuple = partitioning.LOGICAL_AXIS_RULES, lm_head_positions: int | None = None
-                  ) -> Program:
-  """The step and init functions for these figures; cached, so runs in one process compile once.
-  `lm_head_positions`: see trainer/step.py (None: the LM head at every position)."""
-  model = opt_lib.OPT(model_config)
+def build_program(model_config: config_lib.ModelConfig, optimizer: config_lib.OptimizerArgs,
+                  partitioning_args: config_lib.PartitioningArgs, train_steps: int, seq_len: int,
+                  mesh: jax.sharding.Mesh | None = None) -> Program:
+  """The step and init functions of a run; cached, so runs in one process compile once.
+
+  Takes only what the compiled step depends on (a TrainConfig's `model.config`, `optimizer`, `partitioning`,
+  `run.train_steps` and `seq_len`), so runs that differ in anything else share it. `mesh`: the devices to lay
+  the step over; None makes one of `partitioning_args.mesh_shape` from all devices.
+  """
+  if mesh is None:
+    mesh = partitioning.make_mesh(*partitioning_args.mesh_shape)
+  rules = rules_for(partitioning_args)
+  model = make_model(model_config)
   tx, schedule = optimizer_lib.make_optimizer(total_steps=train_steps, **dataclasses.asdict(optimizer))
   layout = state_lib.state_layout(model, tx, mesh, seq_len, rules)
   batch_sharding = partitioning.logical_to_mesh_sharding(jax.sharding.PartitionSpec(*BATCH_AXES), mesh, rules)
@@ -144,77 +148,54 @@ def build_program(model_config: opt_lib.OPTConfig, optimizer: OptimizerArgs, tra
   enable_dropout = model_config.dropout > 0 or model_config.attention_dropout > 0
   train_fn = jax.jit(
       functools.partial(step_lib.train_step, model=model, tx=tx, schedule=schedule,
-                        num_microbatches=num_microbatches, enable_dropout=enable_dropout,
-                        lm_head_positions=lm_head_positions),
+                        num_microbatches=partitioning_args.num_microbatches, enable_dropout=enable_dropout,
+                        lm_head_positions=partitioning_args.lm_head_positions),
       in_shardings=(layout.shardings, batch_sharding, replicated),
       out_shardings=(layout.shardings, replicated),
       donate_argnums=(0,))
   init_fn = state_lib.make_init_fn(model, tx, layout, seq_len)
-  return Program(layout, tx, schedule, train_fn, init_fn, batch_sharding)
+  return Program(layout, tx, schedule, train_fn, init_fn, batch_sharding, mesh, rules)
 
 
-def _check_args(batch_size: int, mesh: jax.sharding.Mesh, num_microbatches: int, nan_policy: str,
-                train_steps: int, stop_at_step: int | None) -> None:
-  if nan_policy not in NAN_POLICIES:
-    raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
-  if train_steps < 1:
-    raise ValueError(f"train_steps must be >= 1, got {train_steps}")
-  if stop_at_step is not None and stop_at_step < 1:
-    raise ValueError(f"stop_at_step must be >= 1 or None, got {stop_at_step}")
+def _check_layout(config: config_lib.TrainConfig, mesh: jax.sharding.Mesh) -> None:
+  """What the config alone cannot check: the batch over the processes and over data x fsdp."""
+  batch_size, num_microbatches = config.data.batch_size, config.partitioning.num_microbatches
   if batch_size % jax.process_count():
-    raise ValueError(f"batch_size {batch_size} is not divisible by the {jax.process_count()} processes")
+    raise config_lib.ConfigError(f"DataArgs.batch_size: {batch_size} rows do not divide over the "
+                                 f"{jax.process_count()} processes")
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if num_microbatches < 1 or batch_size % num_microbatches or (batch_size // num_microbatches) % shards:
-    raise ValueError(f"batch_size {batch_size} must split into num_microbatches={num_microbatches} "
-                     f"microbatches whose rows divide over data x fsdp = {shards} devices")
+  if (batch_size // num_microbatches) % shards:
+    raise config_lib.ConfigError(
+        f"DataArgs.batch_size: {batch_size} rows must split into PartitioningArgs.num_microbatches="
+        f"{num_microbatches} microbatches whose rows divide over data x fsdp = {shards} devices")
 
 
-def run(model_config: opt_lib.OPTConfig,
-        make_stream: StreamFactory,
-        *,
-        model_dir: str,
-        train_steps: int,
-        batch_size: int,
-        seq_len: int,
-        mesh_shape: tuple[int, int, int] = (-1, 1, 1),
-        num_microbatches: int = 1,
-        optimizer: OptimizerArgs = OptimizerArgs(),
-        seed: int = 0,
-        initial_checkpoint: str | None = None,
-        save_every: int = 1000,
-        keep_checkpoints: int | None = 3,
-        async_checkpoints: bool = True,
-        log_every: int = 10,
-        nan_policy: str = "skip",
-        stop_at_step: int | None = None,
-        progress: bool = True,
-        tensorboard: bool = True,
-        prefetch_depth: int = 2,
-        rules: partitioning.LogicalRules = partitioning.LOGICAL_AXIS_RULES,
-        lm_head_positions: int | None = None) -> Summary:
-  """Trains `model_config` on batches from `make_stream(per_process_batch, process_index, process_count)`.
+def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
+  """Trains as `config` says on batches from `make_stream(per_process_batch, process_index, process_count)`.
 
   The stream must have `state()` and `restore(state)` (see `data.pipeline.BatchStream`) for exact resume;
-  its batches are numpy dicts of [per_process_batch, seq_len] arrays with the `decoder_*` features.
-  `stop_at_step` ends this invocation early (checkpointing there) without changing the schedule, which is
-  always laid out over `train_steps`. Raises NonFiniteLossError (nan_policy="stop") naming the step.
-  `lm_head_positions` runs the LM head only at each row's first k weighted positions when they all fit
-  (trainer/step.py); it changes the speed, not the result.
+  its batches are numpy dicts of [per_process_batch, seq_len] arrays with the `decoder_*` features (the
+  stream, not the loop, reads `config.data`'s mixture, catalog and packing). `RunArgs.stop_at_step` ends
+  this invocation early (checkpointing there) without changing the schedule, which is always laid out over
+  `RunArgs.train_steps`. Raises NonFiniteLossError (nan_policy="stop") naming the step, ConfigError when the
+  batch cannot be laid out over these devices.
   """
+  data, ckpt_args, log_args, run_args = config.data, config.checkpoint, config.logging, config.run
+  model_config, model_dir, seq_len = config.model.config, ckpt_args.model_dir, config.seq_len
+  train_steps, batch_size, seed = run_args.train_steps, data.batch_size, run_args.seed
+  if run_args.compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", run_args.compilation_cache_dir)
   started = time.time()
-  mesh = partitioning.make_mesh(*mesh_shape)
-  _check_args(batch_size, mesh, num_microbatches, nan_policy, train_steps, stop_at_step)
-  if lm_head_positions is not None and (isinstance(lm_head_positions, bool) or lm_head_positions < 1):
-    raise ValueError(f"lm_head_positions must be a positive number of positions per row or None, "
-                     f"got {lm_head_positions!r}")
-  program = build_program(model_config, optimizer, train_steps, num_microbatches, mesh, seq_len,
-                          tuple(tuple(r) for r in rules), lm_head_positions)
-  model = opt_lib.OPT(model_config)
+  mesh = partitioning.make_mesh(*config.partitioning.mesh_shape)
+  _check_layout(config, mesh)
+  program = build_program(model_config, config.optimizer, config.partitioning, train_steps, seq_len, mesh)
+  rules = program.rules
+  model = make_model(model_config)
 
   with contextlib.ExitStack() as cleanup:  # closed in reverse order, also when something raises
     preemption = cleanup.enter_context(runtime.Preemption())
-    ckpt = checkpointing.Checkpointer(model_dir, save_interval_steps=save_every, max_to_keep=keep_checkpoints,
-                                      async_save=async_checkpoints)
+    ckpt = checkpointing.Checkpointer(model_dir, save_interval_steps=ckpt_args.save_every,
+                                      max_to_keep=ckpt_args.keep_checkpoints, async_save=ckpt_args.async_checkpoints)
     cleanup.callback(ckpt.close)
     stream = make_stream(batch_size // jax.process_count(), jax.process_index(), jax.process_count())
     restored = ckpt.restore_latest(program.layout.abstract)
@@ -225,22 +206,22 @@ def run(model_config: opt_lib.OPTConfig,
       logging.info("resumed from %s at step %d", model_dir, meta["step"])
     else:
       state = state_lib.initial_state(model, program.tx, program.layout, mesh, seed=seed, seq_len=seq_len,
-                                      initial_checkpoint=initial_checkpoint, rules=rules,
+                                      initial_checkpoint=config.model.initial_checkpoint_path, rules=rules,
                                       init_fn=program.init_fn)
       runtime.write_model_config(model_dir, model_config)
     first_step = int(state.step)
-    last_step = min(train_steps, stop_at_step if stop_at_step is not None else train_steps)
+    last_step = min(train_steps, run_args.stop_at_step or train_steps)
 
-    batches = prefetch.Prefetcher(stream, depth=prefetch_depth)
+    batches = prefetch.Prefetcher(stream, depth=data.prefetch_depth)
     del stream
     cleanup.callback(batches.close)
-    writer = metrics_lib.MetricsWriter(model_dir, resume_step=first_step, tensorboard=tensorboard)
+    writer = metrics_lib.MetricsWriter(model_dir, resume_step=first_step, tensorboard=log_args.tensorboard)
     cleanup.callback(writer.close)
     tracker = runtime.StepTracker(
-        writer=writer, log_every=log_every, last_step=last_step, nan_policy=nan_policy,
+        writer=writer, log_every=log_args.log_every, last_step=last_step, nan_policy=run_args.nan_policy,
         flops_per_token=model_config.flops_per_token(seq_len), positions_per_step=batch_size * seq_len,
         num_devices=mesh.devices.size, peak_flops=metrics_lib.peak_flops_per_device(),
-        progress=runtime.progress_bar(train_steps, first_step, progress))
+        progress=runtime.progress_bar(train_steps, first_step, log_args.progress))
     cleanup.callback(tracker.close)
     saved_step = first_step if restored is not None else None
     step = first_step

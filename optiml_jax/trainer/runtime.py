@@ -28,7 +28,7 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
-from optiml_jax.models import opt as opt_lib
+from optiml_jax.trainer import config as config_lib
 from optiml_jax.trainer import metrics as metrics_lib
 from optiml_jax.trainer import synthetic
 
@@ -266,8 +266,8 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
                              process_id=process_id)
 
 
-def write_model_config(model_dir: str, config: opt_lib.OPTConfig) -> None:
-  """MODEL_DIR/config.json (Hugging Face OPT config), so evaluation and conversion need no model gin file."""
+def write_model_config(model_dir: str, config: config_lib.ModelConfig) -> None:
+  """MODEL_DIR/config.json (the model's Hugging Face config), so evaluation and conversion need no model gin file."""
   if jax.process_index() != 0:
     return
   epath.Path(model_dir).mkdir(parents=True, exist_ok=True)  # epath: MODEL_DIR may be a bucket

@@ -104,7 +104,7 @@ import json
 from optiml_jax import plan
 from optiml_jax.models import opt_config
 from optiml_jax.planning import topology
-from optiml_jax.trainer import loop
+from optiml_jax.trainer import config as config_lib
 
 cases = [
     ("tiny", dict(remat_policy="none"), (1, 4, 2), 16, 2, False, True),
@@ -114,7 +114,7 @@ cases = [
 reports = []
 for preset, overrides, mesh, batch, micro, sequence_parallel, probe in cases:
   inputs = plan.PlanInputs(model=opt_config.OPTConfig.preset(preset, **overrides),
-                           optimizer=loop.OptimizerArgs(), train_steps=100, batch_size=batch, seq_len=512,
+                           optimizer=config_lib.OptimizerArgs(), train_steps=100, batch_size=batch, seq_len=512,
                            num_microbatches=micro, mesh=mesh, sequence_parallel=sequence_parallel, notes=())
   reports.append(plan.make_plan(inputs, topology.parse_topology("v5e-8"), probe_flops=probe))
 print("REPORTS" + json.dumps(reports))

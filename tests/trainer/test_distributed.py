@@ -17,6 +17,7 @@ import pytest
 
 from optiml_jax.models import opt as opt_lib
 from optiml_jax.trainer import checkpointing
+from optiml_jax.trainer import config as config_lib
 from optiml_jax.trainer import loop
 from optiml_jax.trainer import synthetic
 
@@ -24,7 +25,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 SEQ_LEN, VOCAB, STEPS, BATCH = 32, 512, 4, 8
 
 # Runs in a fresh interpreter: argv = model_dir, mesh "d,f,t", num_microbatches, stop_at_step [, port, process_id];
-# env LM_HEAD_POSITIONS sets loop.run's lm_head_positions.
+# env LM_HEAD_POSITIONS sets PartitioningArgs.lm_head_positions.
 SCRIPT = f"""
 import json, os, sys
 model_dir, mesh, micro = sys.argv[1], tuple(int(x) for x in sys.argv[2].split(",")), int(sys.argv[3])
@@ -35,15 +36,20 @@ if len(sys.argv) > 5:
   runtime.initialize_distributed(f"127.0.0.1:{{sys.argv[5]}}", 2, int(sys.argv[6]))
 import jax
 from optiml_jax.models import opt as opt_lib
-from optiml_jax.trainer import loop, synthetic
-config = opt_lib.OPTConfig.preset("tiny", vocab_size={VOCAB}, max_position_embeddings={SEQ_LEN}, dropout=0.0)
-summary = loop.run(config, synthetic.factory({SEQ_LEN}, {VOCAB}), model_dir=model_dir, train_steps={STEPS},
-                   batch_size={BATCH}, seq_len={SEQ_LEN}, mesh_shape=mesh, num_microbatches=micro, log_every=1,
-                   save_every=2, progress=False, tensorboard=False, stop_at_step=stop_at_step,
-                   optimizer=loop.OptimizerArgs(learning_rate=1e-2, warmup_steps=1),
-                   lm_head_positions=lm_head_positions)
+from optiml_jax.trainer import config as c, loop, synthetic
+model = opt_lib.OPTConfig.preset("tiny", vocab_size={VOCAB}, max_position_embeddings={SEQ_LEN}, dropout=0.0)
+config = c.TrainConfig(
+    data=c.DataArgs("synthetic", {{"inputs": {SEQ_LEN // 2}, "targets": {SEQ_LEN // 2}}}, {BATCH}),
+    model=c.ModelArgs(model), checkpoint=c.CheckpointArgs(model_dir, save_every=2),
+    run=c.RunArgs({STEPS}, stop_at_step=stop_at_step),
+    optimizer=c.OptimizerArgs(learning_rate=1e-2, warmup_steps=1),
+    partitioning=c.PartitioningArgs(mesh, num_microbatches=micro, lm_head_positions=lm_head_positions),
+    logging=c.LoggingArgs(log_every=1, progress=False, tensorboard=False))
+summary = loop.run(config, synthetic.factory({SEQ_LEN}, {VOCAB}))
 print("DEVICES", jax.device_count(), "PROCESSES", jax.process_count(), "FIRST", summary.first_step, flush=True)
 """
+MODEL = opt_lib.OPTConfig.preset("tiny", vocab_size=VOCAB, max_position_embeddings=SEQ_LEN, dropout=0.0)
+OPTIMIZER = config_lib.OptimizerArgs(learning_rate=1e-2, warmup_steps=1)
 
 
 def _env(xla_flags=None, cache=None, **extra):
@@ -63,12 +69,14 @@ def _losses(model_dir):
 @pytest.fixture(scope="module")
 def one_device_losses(tmp_path_factory):
   model_dir = tmp_path_factory.mktemp("one_device")
-  config = opt_lib.OPTConfig.preset("tiny", vocab_size=VOCAB, max_position_embeddings=SEQ_LEN, dropout=0.0)
   import jax  # pylint: disable=g-import-not-at-top
-  devices = jax.device_count()
-  loop.run(config, synthetic.factory(SEQ_LEN, VOCAB), model_dir=str(model_dir), train_steps=STEPS,
-           batch_size=BATCH, seq_len=SEQ_LEN, mesh_shape=(devices, 1, 1), log_every=1, save_every=2,
-           progress=False, tensorboard=False, optimizer=loop.OptimizerArgs(learning_rate=1e-2, warmup_steps=1))
+  config = config_lib.TrainConfig(
+      data=config_lib.DataArgs("synthetic", {"inputs": SEQ_LEN // 2, "targets": SEQ_LEN // 2}, BATCH),
+      model=config_lib.ModelArgs(MODEL), checkpoint=config_lib.CheckpointArgs(str(model_dir), save_every=2),
+      run=config_lib.RunArgs(STEPS), optimizer=OPTIMIZER,
+      partitioning=config_lib.PartitioningArgs(mesh_shape=(jax.device_count(), 1, 1)),
+      logging=config_lib.LoggingArgs(log_every=1, progress=False, tensorboard=False))
+  loop.run(config, synthetic.factory(SEQ_LEN, VOCAB))
   losses = _losses(model_dir)
   assert len(losses) == STEPS and len(set(losses)) == STEPS
   return losses
@@ -110,9 +118,8 @@ def test_two_processes_train_checkpoint_and_resume_together_like_one(tmp_path, o
   # Both processes' data positions are in every checkpoint, which holds the whole (finite) state.
   ckpt = checkpointing.Checkpointer(str(tmp_path / "run"))
   assert ckpt.all_steps() == [2, 4]
-  config = opt_lib.OPTConfig.preset("tiny", vocab_size=VOCAB, max_position_embeddings=SEQ_LEN, dropout=0.0)
-  program = loop.build_program(config, loop.OptimizerArgs(learning_rate=1e-2, warmup_steps=1), STEPS, 1,
-                               loop.partitioning.make_mesh(-1, 1, 1), SEQ_LEN)
+  program = loop.build_program(MODEL, OPTIMIZER, config_lib.PartitioningArgs(), STEPS, SEQ_LEN,
+                               loop.partitioning.make_mesh(-1, 1, 1))
   state, meta = ckpt.restore(4, program.layout.abstract)
   ckpt.close()
   assert [(s["shard_index"], s["batches_consumed"]) for s in meta["data"]] == [(0, 4), (1, 4)]

@@ -4,8 +4,10 @@ Everything runs in this process on a tiny OPT with short rows, so each test take
 shared between tests with the same configuration (trainer.loop caches them).
 """
 
+import dataclasses
 import json
 import os
+import types
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +16,7 @@ import pytest
 
 from optiml_jax.models import opt as opt_lib
 from optiml_jax.trainer import checkpointing
+from optiml_jax.trainer import config as config_lib
 from optiml_jax.trainer import loop
 from optiml_jax.trainer import prefetch
 from optiml_jax.trainer import runtime
@@ -23,17 +26,27 @@ from optiml_jax.trainer import synthetic
 
 SEQ_LEN, VOCAB = 32, 512
 TINY = opt_lib.OPTConfig.preset("tiny", vocab_size=VOCAB, max_position_embeddings=SEQ_LEN, dropout=0.1)
+OPTIMIZER = config_lib.OptimizerArgs(learning_rate=1e-2, warmup_steps=1)
+ONE_PASS = config_lib.PartitioningArgs()
 
 
 def _losses(model_dir):
   return {r["step"]: r["loss"] for r in map(json.loads, open(os.path.join(model_dir, "metrics.jsonl")))}
 
 
+def _train_config(model_dir, model=TINY, *, train_steps=6, save_every=3, stop_at_step=None, nan_policy="skip",
+                  optimizer=OPTIMIZER, initial_checkpoint=None, batch_size=4):
+  """A TrainConfig for SEQ_LEN-token rows of the synthetic stream (which reads no mixture)."""
+  return config_lib.TrainConfig(
+      data=config_lib.DataArgs("synthetic", {"inputs": SEQ_LEN // 2, "targets": SEQ_LEN // 2}, batch_size),
+      model=config_lib.ModelArgs(model, initial_checkpoint_path=initial_checkpoint),
+      checkpoint=config_lib.CheckpointArgs(str(model_dir), save_every=save_every),
+      run=config_lib.RunArgs(train_steps, nan_policy=nan_policy, stop_at_step=stop_at_step),
+      optimizer=optimizer, logging=config_lib.LoggingArgs(log_every=1, progress=False, tensorboard=False))
+
+
 def _run_synthetic(model_dir, config=TINY, **kwargs):
-  args = dict(train_steps=6, batch_size=4, seq_len=SEQ_LEN, log_every=1, save_every=3, progress=False,
-              tensorboard=False, optimizer=loop.OptimizerArgs(learning_rate=1e-2, warmup_steps=1))
-  args.update(kwargs)
-  return loop.run(config, synthetic.factory(SEQ_LEN, config.vocab_size), model_dir=str(model_dir), **args)
+  return loop.run(_train_config(model_dir, config, **kwargs), synthetic.factory(SEQ_LEN, config.vocab_size))
 
 
 def _restore(model_dir, config, step, train_steps=6):
@@ -71,7 +84,7 @@ def test_rerunning_a_finished_run_does_nothing(tmp_path):
 
 
 def test_nan_skip_goes_on_and_never_checkpoints_nan(tmp_path):
-  huge = loop.OptimizerArgs(learning_rate=1e30, warmup_steps=1)
+  huge = config_lib.OptimizerArgs(learning_rate=1e30, warmup_steps=1)
   summary = _run_synthetic(tmp_path, optimizer=huge, nan_policy="skip", save_every=1)
   assert summary.last_step == 6 and summary.skipped_steps, summary
   records = {r["step"]: r for r in map(json.loads, open(tmp_path / "metrics.jsonl"))}
@@ -82,7 +95,7 @@ def test_nan_skip_goes_on_and_never_checkpoints_nan(tmp_path):
 
 
 def test_nan_stop_names_the_step_and_writes_no_checkpoint_from_it(tmp_path):
-  huge = loop.OptimizerArgs(learning_rate=1e30, warmup_steps=1)
+  huge = config_lib.OptimizerArgs(learning_rate=1e30, warmup_steps=1)
   with pytest.raises(loop.NonFiniteLossError, match=r"step (\d+): non-finite") as error:
     _run_synthetic(tmp_path, optimizer=huge, nan_policy="stop", save_every=1)
   bad_step = int(error.value.args[0].split()[1].rstrip(":"))
@@ -108,7 +121,7 @@ def test_initial_checkpoint_from_a_model_dir_or_a_hugging_face_folder(tmp_path):
   trained, _ = _restore(tmp_path / "previous", TINY, 2, train_steps=2)
   convert.save_hf(TINY, jax.device_get(trained.params), tmp_path / "hf")
   mesh = loop.partitioning.make_mesh(-1, 1, 1)
-  program = loop.build_program(TINY, loop.OptimizerArgs(learning_rate=1e-2, warmup_steps=1), 6, 1, mesh, SEQ_LEN)
+  program = loop.build_program(TINY, OPTIMIZER, ONE_PASS, 6, SEQ_LEN, mesh)
   for source in (tmp_path / "previous", tmp_path / "previous" / "2", tmp_path / "hf"):
     state = state_lib.initial_state(opt_lib.OPT(TINY), program.tx, program.layout, mesh, seed=0, seq_len=SEQ_LEN,
                                     initial_checkpoint=str(source))
@@ -117,7 +130,7 @@ def test_initial_checkpoint_from_a_model_dir_or_a_hugging_face_folder(tmp_path):
     assert all(float(np.abs(x).max()) == 0 for x in jax.tree_util.tree_leaves(state.opt_state[1][0].mu))
   wrong = opt_lib.OPTConfig.preset("tiny", vocab_size=VOCAB * 2, max_position_embeddings=SEQ_LEN)
   with pytest.raises(state_lib.InitialCheckpointError, match="previous"):
-    wrong_program = loop.build_program(wrong, loop.OptimizerArgs(warmup_steps=1), 6, 1, mesh, SEQ_LEN)
+    wrong_program = loop.build_program(wrong, config_lib.OptimizerArgs(warmup_steps=1), ONE_PASS, 6, SEQ_LEN, mesh)
     state_lib.load_initial_params(str(tmp_path / "previous"), wrong, wrong_program.layout)
 
 
@@ -125,7 +138,7 @@ def test_master_weights_and_optimizer_state_stay_float32_under_bfloat16_compute(
   bf16 = opt_lib.OPTConfig.preset("tiny", vocab_size=VOCAB, max_position_embeddings=SEQ_LEN, dropout=0.0,
                                   dtype="bfloat16", param_dtype="bfloat16")
   mesh = loop.partitioning.make_mesh(-1, 1, 1)
-  program = loop.build_program(bf16, loop.OptimizerArgs(warmup_steps=1), 10, 1, mesh, SEQ_LEN)
+  program = loop.build_program(bf16, config_lib.OptimizerArgs(warmup_steps=1), ONE_PASS, 10, SEQ_LEN, mesh)
   batch = next(synthetic.SyntheticStream(2, SEQ_LEN, VOCAB))
   # The state the loop creates and the state its step returns (traced, not run) are float32 throughout...
   created = jax.eval_shape(program.init_fn, jax.random.PRNGKey(0))
@@ -210,8 +223,19 @@ def test_synthetic_stream_splits_one_global_batch_by_process_and_resumes():
   assert set(np.unique(full["decoder_segment_ids"])) == {1, 2}
 
 
-def test_bad_arguments_are_named(tmp_path):
-  with pytest.raises(ValueError, match="nan_policy"):
-    _run_synthetic(tmp_path, nan_policy="ignore")
-  with pytest.raises(ValueError, match="num_microbatches=3"):
-    _run_synthetic(tmp_path, num_microbatches=3)
+def test_a_batch_that_cannot_be_laid_out_on_the_mesh_is_named_before_anything_is_built(tmp_path):
+  # The config's own checks (tests/trainer/test_config.py) cannot know the mesh: 2 microbatches of 2 rows do not
+  # divide over data x fsdp = 4 devices.
+  config = dataclasses.replace(_train_config(tmp_path), partitioning=config_lib.PartitioningArgs(num_microbatches=2))
+  with pytest.raises(config_lib.ConfigError, match=r"num_microbatches=2 microbatches whose rows divide over data "
+                                                    r"x fsdp = 4 devices"):
+    loop._check_layout(config, types.SimpleNamespace(shape={"data": 2, "fsdp": 2, "tensor": 1}))
+  loop._check_layout(config, types.SimpleNamespace(shape={"data": 2, "fsdp": 1, "tensor": 2}))
+
+
+def test_build_program_is_shared_by_runs_that_differ_only_outside_the_step(tmp_path):
+  mesh = loop.partitioning.make_mesh(-1, 1, 1)
+  program = loop.build_program(TINY, OPTIMIZER, ONE_PASS, 6, SEQ_LEN, mesh)
+  assert loop.build_program(TINY, OPTIMIZER, config_lib.PartitioningArgs(), 6, SEQ_LEN, mesh) is program
+  assert loop.build_program(TINY, OPTIMIZER, config_lib.PartitioningArgs(sequence_parallel=True), 6, SEQ_LEN,
+                            mesh).rules == loop.partitioning.SEQUENCE_PARALLEL_RULES

@@ -22,6 +22,7 @@ import pytest
 
 from optiml_jax.models import opt as opt_lib
 from optiml_jax.trainer import checkpointing
+from optiml_jax.trainer import config as config_lib
 from optiml_jax.trainer import loop
 from optiml_jax.trainer import runtime
 from optiml_jax.trainer import synthetic
@@ -29,7 +30,7 @@ from optiml_jax.trainer import synthetic
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SEQ_LEN, VOCAB, BATCH = 32, 512, 8
 STEPS, HALF = 4, 2  # the 4-process run stops (and checkpoints) after HALF steps; 2 processes do the rest
-OPTIMIZER = loop.OptimizerArgs(learning_rate=1e-2, warmup_steps=1)
+OPTIMIZER = config_lib.OptimizerArgs(learning_rate=1e-2, warmup_steps=1)
 PROCESS_TIMEOUT_S = 420
 
 # Runs in a fresh interpreter: argv = model_dir, mesh "d,f,t", stop_at_step, num_processes, process_id, port.
@@ -41,13 +42,15 @@ from optiml_jax.trainer import runtime
 runtime.initialize_distributed(f"127.0.0.1:{{port}}", count, index)
 import jax
 from optiml_jax.models import opt as opt_lib
-from optiml_jax.trainer import loop, synthetic
-config = opt_lib.OPTConfig.preset("tiny", vocab_size={VOCAB}, max_position_embeddings={SEQ_LEN}, dropout=0.0)
-summary = loop.run(config, synthetic.factory({SEQ_LEN}, {VOCAB}), model_dir=model_dir, train_steps={STEPS},
-                   batch_size={BATCH}, seq_len={SEQ_LEN}, mesh_shape=mesh, log_every=1, save_every={HALF},
-                   progress=False, tensorboard=False, stop_at_step=stop_at_step,
-                   optimizer=loop.OptimizerArgs(learning_rate={OPTIMIZER.learning_rate},
-                                                warmup_steps={OPTIMIZER.warmup_steps}))
+from optiml_jax.trainer import config as c, loop, synthetic
+model = opt_lib.OPTConfig.preset("tiny", vocab_size={VOCAB}, max_position_embeddings={SEQ_LEN}, dropout=0.0)
+config = c.TrainConfig(
+    data=c.DataArgs("synthetic", {{"inputs": {SEQ_LEN // 2}, "targets": {SEQ_LEN // 2}}}, {BATCH}),
+    model=c.ModelArgs(model), checkpoint=c.CheckpointArgs(model_dir, save_every={HALF}),
+    run=c.RunArgs({STEPS}, stop_at_step=stop_at_step), partitioning=c.PartitioningArgs(mesh),
+    optimizer=c.OptimizerArgs(learning_rate={OPTIMIZER.learning_rate}, warmup_steps={OPTIMIZER.warmup_steps}),
+    logging=c.LoggingArgs(log_every=1, progress=False, tensorboard=False))
+summary = loop.run(config, synthetic.factory({SEQ_LEN}, {VOCAB}))
 print("DEVICES", jax.device_count(), "LOCAL", jax.local_device_count(), "PROCESSES", jax.process_count(),
       "FIRST", summary.first_step, "LAST", summary.last_step, flush=True)
 """
@@ -104,16 +107,20 @@ def _run_processes(tmp_path, name, count, devices_each, mesh, stop_at_step):
 def reference(tmp_path_factory):
   """The uninterrupted run in this process (1 device unless XLA_FLAGS says more): its dir and losses."""
   model_dir = tmp_path_factory.mktemp("one_process")
-  loop.run(_config(), synthetic.factory(SEQ_LEN, VOCAB), model_dir=str(model_dir), train_steps=STEPS,
-           batch_size=BATCH, seq_len=SEQ_LEN, mesh_shape=(-1, 1, 1), log_every=1, save_every=HALF,
-           progress=False, tensorboard=False, optimizer=OPTIMIZER)
+  config = config_lib.TrainConfig(
+      data=config_lib.DataArgs("synthetic", {"inputs": SEQ_LEN // 2, "targets": SEQ_LEN // 2}, BATCH),
+      model=config_lib.ModelArgs(_config()), checkpoint=config_lib.CheckpointArgs(str(model_dir), save_every=HALF),
+      run=config_lib.RunArgs(STEPS), optimizer=OPTIMIZER,
+      logging=config_lib.LoggingArgs(log_every=1, progress=False, tensorboard=False))
+  loop.run(config, synthetic.factory(SEQ_LEN, VOCAB))
   losses = _losses(model_dir)
   assert len(losses) == STEPS and len(set(losses)) == STEPS
   return model_dir, losses
 
 
 def _restore(model_dir, step):
-  program = loop.build_program(_config(), OPTIMIZER, STEPS, 1, loop.partitioning.make_mesh(-1, 1, 1), SEQ_LEN)
+  program = loop.build_program(_config(), OPTIMIZER, config_lib.PartitioningArgs(), STEPS, SEQ_LEN,
+                               loop.partitioning.make_mesh(-1, 1, 1))
   ckpt = checkpointing.Checkpointer(str(model_dir))
   try:
     return ckpt.all_steps(), *ckpt.restore(step, program.layout.abstract)

@@ -95,14 +95,15 @@ def bench_ours(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
 
   from optiml_jax.models import partitioning  # pylint: disable=g-import-not-at-top
+  from optiml_jax.trainer import config as config_lib  # pylint: disable=g-import-not-at-top
   from optiml_jax.trainer import loop  # pylint: disable=g-import-not-at-top
   from optiml_jax.trainer import metrics  # pylint: disable=g-import-not-at-top
 
   config = model_config(args, dtype)
   mesh = partitioning.make_mesh(-1, 1, 1, devices=jax.devices()[:1])
-  optimizer = loop.OptimizerArgs(learning_rate=1e-5, warmup_steps=0)
-  program = loop.build_program(config, optimizer, 1000, args.microbatches, mesh, args.seq,
-                               lm_head_positions=args.lm_head_positions)
+  optimizer = config_lib.OptimizerArgs(learning_rate=1e-5, warmup_steps=0)
+  layout = config_lib.PartitioningArgs(num_microbatches=args.microbatches, lm_head_positions=args.lm_head_positions)
+  program = loop.build_program(config, optimizer, layout, 1000, args.seq, mesh)
   ids = token_batch(args.batch, args.seq, config.vocab_size).astype(np.int32)
   host = {"decoder_input_tokens": ids[:, :-1], "decoder_target_tokens": ids[:, 1:],
           "decoder_loss_weights": loss_weights(args).astype(np.int32),
