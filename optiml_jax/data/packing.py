@@ -40,7 +40,9 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-OPT_BOS_ID = 2  # OPT's </s>: both BOS and EOS.
+from optiml_jax.data import special_tokens
+
+OPT_BOS_ID = special_tokens.OPT.bos_id  # OPT's </s> (2): both BOS and EOS, from the shipped tokenizer.
 
 MODEL_FEATURE_NAMES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
 PACKING_FEATURE_NAMES = ("decoder_segment_ids", "decoder_positions")

@@ -1,18 +1,20 @@
 """The OPT vocabulary: a `seqio.Vocabulary` over OPT's byte-level BPE (GPT-2 merges, RoBERTa/fairseq ids).
 
-Where it sits: used by `registry.py` (SeqIO tasks tokenize with it), `formatting.py` (BOS/EOS ids) and
-evaluation (decoding). It reads any Hugging Face tokenizer folder holding `vocab.json` and `merges.txt`; the
+Where it sits: used by `registry.py` (SeqIO tasks tokenize with it) and `formatting.py` (BOS/EOS ids). Its
+special ids come from `special_tokens.py`, the light module that also gives them to packing, evaluation and
+the model's config.json. It reads any Hugging Face tokenizer folder holding `vocab.json` and `merges.txt`; the
 default is the copy shipped inside the package (`optiml_jax/data/tokenizer_opt/`, MIT / Apache-2.0), so no
 download and no `../shared` is needed. Tokenization uses the `tokenizers` library directly (Rust, fast).
 
-Ids and conventions:
+Ids and conventions (`special_tokens.OPT`, read from the folder's special_tokens_map.json and vocab.json):
   `</s>` = 2    EOS, and also OPT's BOS. `encode` returns ids WITHOUT a leading BOS (seqio convention);
                 the formatting stage prepends `bos_id` (2) itself, as Hugging Face's OPT tokenizer does.
   `<pad>` = 1   OPT's padding token, exposed as `opt_pad_id` (Hugging Face batches pad with it).
   `<s>` = 0     never produced by the BPE. seqio's `pad_id` is 0 by convention, and the packed features
                 (`decoder_*`) pad with 0 at loss weight 0, so 0 is this vocabulary's `pad_id`: padding
                 positions are masked, never trained on and dropped by `decode`.
-  `<unk>` = 3   `unk_id` (byte-level BPE never needs it; seqio maps out-of-range ids to it when decoding).
+  `<unk>` = 3   `unk_id` (byte-level BPE never needs it; seqio maps out-of-range ids to it when decoding, so it
+                must not be the EOS: see special_tokens.py).
 `decode` stops at the first EOS (seqio) and drops these four special tokens, like Hugging Face's
 `skip_special_tokens=True`. Text is never parsed for special tokens: the string "</s>" in data is BPE-encoded
 as ordinary text (as metaseq's GPT-2 encoder does), so data cannot inject an EOS; Hugging Face's tokenizer
@@ -26,7 +28,6 @@ uses; t5x users set the model's vocabulary size separately from the seqio vocabu
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pathlib
 from typing import Any, Iterable
@@ -39,14 +40,11 @@ from tokenizers import decoders
 from tokenizers import models
 from tokenizers import pre_tokenizers
 
-DEFAULT_TOKENIZER_DIR = pathlib.Path(__file__).resolve().parent / "tokenizer_opt"
-VOCAB_FILE = "vocab.json"
+from optiml_jax.data import special_tokens
+
+DEFAULT_TOKENIZER_DIR = special_tokens.OPT_TOKENIZER_DIR
+VOCAB_FILE = special_tokens.VOCAB_FILE
 MERGES_FILE = "merges.txt"
-SPECIAL_TOKENS_FILE = "special_tokens_map.json"
-EOS_TOKEN = "</s>"
-BOS_TOKEN = "</s>"  # OPT starts every sequence with </s> (id 2); <s> (id 0) is unused.
-PAD_TOKEN = "<pad>"
-UNK_TOKEN = "<unk>"
 FAIRSEQ_SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")
 EMBEDDING_MULTIPLE = 8  # OPT pads its embedding table to a multiple of 8 rows: 50265 -> 50272.
 
@@ -56,15 +54,6 @@ def _file_digest(paths: Iterable[pathlib.Path]) -> str:
   for path in paths:
     digest.update(path.read_bytes())
   return digest.hexdigest()
-
-
-def _token_name(value: Any) -> str | None:
-  """A token string from special_tokens_map.json (a string or {"content": ...})."""
-  if isinstance(value, str):
-    return value
-  if isinstance(value, dict) and isinstance(value.get("content"), str):
-    return value["content"]
-  return None
 
 
 def build_tokenizer(vocab_path: str, merges_path: str) -> tokenizers.Tokenizer:
@@ -91,7 +80,8 @@ class OPTVocabulary(seqio.Vocabulary):
 
     Args:
       tokenizer_dir: a Hugging Face tokenizer folder with `vocab.json` and `merges.txt` (and optionally
-        `special_tokens_map.json`, whose `eos_token` is honoured); None = the copy shipped in the package.
+        `special_tokens_map.json`, whose tokens are honoured: `special_tokens.read`); None = the copy shipped in
+        the package.
 
     Raises:
       FileNotFoundError: a tokenizer file is missing.
@@ -110,24 +100,15 @@ class OPTVocabulary(seqio.Vocabulary):
                                 f"with {VOCAB_FILE} and {MERGES_FILE})")
     self._digest = _file_digest((vocab_path, merges_path))
     self._tokenizer = build_tokenizer(str(vocab_path), str(merges_path))
-    eos_token = EOS_TOKEN
-    special_path = folder / SPECIAL_TOKENS_FILE
-    if special_path.is_file():
-      with open(special_path, encoding="utf-8") as f:
-        eos_token = _token_name(json.load(f).get("eos_token")) or EOS_TOKEN
-    self._eos_id = self._token_id(eos_token)
-    self._bos_id = self._token_id(BOS_TOKEN)
-    self._opt_pad_id = self._token_id(PAD_TOKEN)
-    self._unk_id = self._token_id(UNK_TOKEN)
+    tokens = special_tokens.read(folder)
+    self._eos_id = tokens.eos_id
+    self._bos_id = tokens.bos_id
+    self._opt_pad_id = tokens.pad_id
+    self._unk_id = tokens.unk_id
     vocab = self._tokenizer.get_vocab()
-    self._special_ids = frozenset(vocab[t] for t in FAIRSEQ_SPECIAL_TOKENS + (eos_token,) if t in vocab)
+    self._special_ids = frozenset(vocab[t] for t in FAIRSEQ_SPECIAL_TOKENS + (tokens.bos, tokens.eos, tokens.pad)
+                                  if t in vocab)
     self._size = self._tokenizer.get_vocab_size()
-
-  def _token_id(self, token: str) -> int:
-    token_id = self._tokenizer.token_to_id(token)
-    if token_id is None:
-      raise ValueError(f"{self._tokenizer_dir / VOCAB_FILE}: special token {token!r} is not in the vocabulary")
-    return token_id
 
   # --- Ids ---------------------------------------------------------------------------------------------
 

@@ -31,11 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from optiml_jax.data import special_tokens
 from optiml_jax.evaluation import batching
 
 Array = jax.Array
 DEFAULT_MAX_NEW_TOKENS = 256  # OPT-IML's generation limit
-EOS_ID = 2  # OPT's </s>
+EOS_ID = special_tokens.OPT.eos_id  # OPT's </s> (2), from the shipped tokenizer
 
 
 def greedy_generate(model: nn.Module, params: Any, prompts: Array, lengths: Array, cache_length: int,

@@ -38,6 +38,7 @@ from t5x import decoding as t5x_decoding
 from t5x import optimizers as t5x_optimizers
 
 from optiml_jax.data import packing
+from optiml_jax.data import special_tokens
 from optiml_jax.models import opt as opt_lib
 from optiml_jax.models import opt_config
 from optiml_jax.models import partitioning
@@ -100,12 +101,12 @@ class FeatureConverter(packing.OptimlFeatureConverter):
     pack: pack whole examples (training) or one example per row (evaluation, inference).
     use_custom_packing_ops: accepted because t5x passes it; our packer never uses seqio's TF ops.
     apply_length_check: seqio's length check.
-    bos_id: the token before each example (OPT: 2).
+    bos_id: the token before each example (OPT's </s>, 2: `special_tokens.OPT`).
     max_open_rows: rows the packer keeps open (see `packing.pack_examples`).
   """
 
   def __init__(self, pack: bool = True, use_custom_packing_ops: bool = False, apply_length_check: bool = True,
-               bos_id: int = packing.OPT_BOS_ID, max_open_rows: int = 8):
+               bos_id: int = special_tokens.OPT.bos_id, max_open_rows: int = 8):
     del use_custom_packing_ops  # Packing is `packing.pack_examples`, in Python.
     super().__init__(pack=pack, bos_id=bos_id, max_open_rows=max_open_rows,
                      apply_length_check=apply_length_check)

@@ -12,6 +12,8 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
+from optiml_jax.data import special_tokens
+
 LAYER_NORM_EPS = 1e-5  # Hugging Face / metaseq OPT.
 POSITION_OFFSET = 2  # OPT's learned position table is indexed at position + 2.
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
@@ -168,11 +170,15 @@ class OPTConfig:
     return cls(**fields)
 
   def to_hf(self) -> dict[str, Any]:
-    """A config.json dict (model_type "opt") that transformers' OPTConfig / AutoConfig loads."""
+    """A config.json dict (model_type "opt") that transformers' OPTConfig / AutoConfig loads.
+
+    Its bos/eos/pad token ids are the shipped OPT tokenizer's (`data/special_tokens.py`, a standard-library
+    module: models/ imports nothing else of the data side).
+    """
     fields = {key: getattr(self, key) for key in _HF_REQUIRED + tuple(_HF_DEFAULTS)}
     return {"model_type": "opt", "architectures": ["OPTForCausalLM"], **fields,
-            "_remove_final_layer_norm": False, "layerdrop": 0.0, "bos_token_id": 2, "eos_token_id": 2,
-            "pad_token_id": 1, "tie_word_embeddings": True, "use_cache": True}
+            "_remove_final_layer_norm": False, "layerdrop": 0.0, **special_tokens.OPT.hf_config_ids(),
+            "tie_word_embeddings": True, "use_cache": True}
 
   def num_params(self) -> int:
     """Number of parameters (the tied LM head counted once), computed from the shapes."""
