@@ -13,7 +13,6 @@ the tokenizer files, into a temporary sibling of the destination renamed into pl
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import re
 import shutil
@@ -210,11 +209,3 @@ def save_hf(config: opt_lib.OPTConfig, params: Mapping[str, Any], path: Path, to
       shutil.copyfile(file, tmp / file.name)
   return pathlib.Path(path).absolute()
 
-
-def is_hf_folder(path: str | os.PathLike) -> bool:
-  """Whether `path` holds a Hugging Face model: config.json and a weights file (or index) beside it.
-
-  A trainer's MODEL_DIR also has a config.json (the model's), but its weights are in Orbax step folders.
-  """
-  folder = pathlib.Path(path)
-  return (folder / CONFIG_NAME).is_file() and any((folder / name).is_file() for name in WEIGHT_FILES)

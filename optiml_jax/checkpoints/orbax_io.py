@@ -8,7 +8,8 @@ Layout written by `save_orbax` and read by `restore_orbax`:
   OUT_DIR/config.json   the Hugging Face config of the model (`OPTConfig.to_hf()`), so nothing else is needed
   OUT_DIR/params/       one Orbax PyTree item holding the `params` tree
 The trainer's CheckpointManager writes `ROOT/<step>/params/`; `restore_orbax` accepts `ROOT/<step>` (config.json
-looked up in the step folder, then in ROOT) and `ROOT` itself (its latest step).
+looked up in the step folder, then in ROOT) and `ROOT` itself (its latest complete step): `discovery.py` says
+which folder is which.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from optiml_jax.checkpoints import discovery
 from optiml_jax.checkpoints import fileio
 from optiml_jax.checkpoints import hf
 from optiml_jax.checkpoints import layout
@@ -27,7 +29,7 @@ from optiml_jax.models import opt as opt_lib
 
 Path = pathlib.Path | str
 
-PARAMS_ITEM = "params"
+PARAMS_ITEM = discovery.PARAMS_ITEM
 
 
 def save_orbax(params: Mapping[str, Any], path: Path, config: opt_lib.OPTConfig | None = None,
@@ -50,31 +52,6 @@ def save_orbax(params: Mapping[str, Any], path: Path, config: opt_lib.OPTConfig 
   return pathlib.Path(path).absolute()
 
 
-def _is_orbax_item(path: pathlib.Path) -> bool:
-  return (path / "_METADATA").is_file() or (path / "manifest.ocdbt").is_file()
-
-
-def find_params_item(path: Path) -> tuple[pathlib.Path, list[pathlib.Path]]:
-  """The Orbax `params` item under `path` and the folders to look for config.json in, nearest first.
-
-  `path` may be a `save_orbax` folder, the `params` item itself, a CheckpointManager step folder, or a
-  CheckpointManager root (its highest numbered step that has a `params` item).
-  """
-  path = pathlib.Path(path).absolute()
-  if not path.is_dir():
-    raise layout.ConversionError(f"{path}: checkpoint folder not found")
-  if (path / PARAMS_ITEM).is_dir():
-    return path / PARAMS_ITEM, [path, path.parent]
-  if _is_orbax_item(path):
-    return path, [path, path.parent, path.parent.parent]
-  steps = [p for p in path.iterdir() if p.name.isdigit() and (p / PARAMS_ITEM).is_dir()]
-  if steps:
-    step = max(steps, key=lambda p: int(p.name))
-    return step / PARAMS_ITEM, [step, path]
-  raise layout.ConversionError(f"{path}: no Orbax '{PARAMS_ITEM}' item here (expected {path}/{PARAMS_ITEM}/, "
-                               f"or step folders <step>/{PARAMS_ITEM}/)")
-
-
 def _sharding_of(spec: Any) -> Any:
   return getattr(spec, "sharding", spec)
 
@@ -84,7 +61,8 @@ def restore_orbax(path: Path, shardings: Any = None, config: opt_lib.OPTConfig |
   """Reads params written by `save_orbax` or a CheckpointManager; returns (OPTConfig, params).
 
   Args:
-    path: see `find_params_item`.
+    path: a save_orbax folder, a step folder, the `params` item or a MODEL_DIR (its latest complete step);
+      see `discovery.find_params_item`.
     shardings: None for numpy arrays; one `jax.sharding.Sharding` for every array; or a tree like params
       whose leaves are shardings or `jax.ShapeDtypeStruct`s with a sharding. Arrays then come back as
       jax.Arrays with those shardings.
@@ -95,7 +73,7 @@ def restore_orbax(path: Path, shardings: Any = None, config: opt_lib.OPTConfig |
   import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
-  item, config_dirs = find_params_item(path)
+  item, config_dirs = discovery.find_params_item(path)
   if config is None:
     found = [d / hf.CONFIG_NAME for d in config_dirs if (d / hf.CONFIG_NAME).is_file()]
     if not found:

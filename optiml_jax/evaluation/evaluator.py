@@ -7,7 +7,7 @@ feature converter and the model's `score_fn` / `predict_fn` from `inference.py`,
 the Tasks' own metric functions applied to t5x-style model outputs (scores = summed target log-likelihoods,
 predictions = greedy tokens); a user's own registered seqio Task is evaluated the same way ("custom").
 
-  checkpoint --find_checkpoints/load_checkpoint--> (OPTConfig, params)
+  checkpoint --find_checkpoints (checkpoints/discovery.py)/load_checkpoint--> (OPTConfig, params)
   catalog    --select_tasks--> [EvalTask]  (+ TaskResults with an error for names that cannot be evaluated)
   evaluate_tasks(tasks, inference.Scorer(...)) --> [TaskResult]  --report.build_report--> metrics.json
 
@@ -29,7 +29,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import seqio
 
+from optiml_jax.checkpoints import discovery
 from optiml_jax.checkpoints import hf as hf_lib
+from optiml_jax.checkpoints import orbax_io
 from optiml_jax.data import catalog as catalog_lib
 from optiml_jax.data import records
 from optiml_jax.data import registry
@@ -48,6 +50,10 @@ LEVELS = report_lib.LEVELS
 CUSTOM = report_lib.CUSTOM_LEVEL
 # The metric each kind of task is judged by (the paper: accuracy for rank classification, ROUGE-L else).
 HEADLINE_METRICS = {records.MULTIPLE_CHOICE: "accuracy", records.GENERATION: "rougeL"}
+# Checkpoint discovery lives in checkpoints/discovery.py; these names stay the evaluator's public API.
+Checkpoint = discovery.Checkpoint
+CheckpointError = discovery.CheckpointError
+find_checkpoints = discovery.find_checkpoints
 
 _LOG = logging.getLogger(__name__)
 
@@ -303,83 +309,6 @@ def evaluate_tasks(specs: Sequence[EvalTask], scorer: inference.Scorer, max_new_
 # Checkpoints.
 
 
-class CheckpointError(ValueError):
-  """A checkpoint path is missing, partial or unreadable; the message names the path."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Checkpoint:
-  """One loadable checkpoint: `format` "orbax" (a step or save_orbax folder) or "hf" (Hugging Face OPT)."""
-
-  path: str
-  format: str
-  step: int | None = None
-
-
-def _has_params(folder: pathlib.Path) -> bool:
-  item = folder / "params"
-  return item.is_dir() and any(item.iterdir())
-
-
-def _is_orbax_item(folder: pathlib.Path) -> bool:
-  return (folder / "_METADATA").is_file() or (folder / "manifest.ocdbt").is_file()
-
-
-def find_checkpoints(path: str | pathlib.Path, steps: str | Sequence[int] = "latest"
-                     ) -> tuple[list[Checkpoint], list[str]]:
-  """The checkpoints a CHECKPOINT_PATH names, and the problems found on the way (partial step folders).
-
-  Args:
-    path: an Orbax step folder (`MODEL_DIR/<step>` with `params/`), a `save_orbax` folder, a `MODEL_DIR`
-      (its numbered step folders), or a Hugging Face OPT folder (config.json + weights).
-    steps: for a MODEL_DIR, "latest", "all", or a list of step numbers.
-
-  Raises:
-    CheckpointError: the path does not exist, holds no checkpoint, or no requested step is complete.
-  """
-  folder = pathlib.Path(path)
-  if not folder.exists():
-    raise CheckpointError(f"{folder}: checkpoint path not found")
-  if not folder.is_dir():
-    raise CheckpointError(f"{folder}: expected a folder (an Orbax step folder, a MODEL_DIR or a Hugging Face "
-                          "OPT folder)")
-  step = int(folder.name) if folder.name.isdigit() else None
-  if _has_params(folder) or _is_orbax_item(folder):
-    return [Checkpoint(str(folder), "orbax", step)], []
-  numbered = sorted((p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
-  # A trainer's MODEL_DIR has a config.json too (its model's), beside numbered step folders.
-  if hf_lib.is_hf_folder(folder) or ((folder / hf_lib.CONFIG_NAME).is_file() and not numbered):
-    return [Checkpoint(str(folder), "hf", None)], []
-  if step is not None and (folder / "params").exists():
-    raise CheckpointError(f"{folder}: partial checkpoint (its 'params' item is empty)")
-  if not numbered:
-    if step is not None:
-      raise CheckpointError(f"{folder}: partial checkpoint (step folder without a 'params' item)")
-    raise CheckpointError(f"{folder}: no checkpoint here (expected params/ (Orbax), numbered step folders "
-                          "<step>/params/ (a MODEL_DIR) or config.json + weights (Hugging Face))")
-  complete = [p for p in numbered if _has_params(p)]
-  problems = [f"{p}: partial checkpoint (no complete 'params' item); skipped" for p in numbered
-              if not _has_params(p)]
-  by_step = {int(p.name): p for p in complete}
-  if not by_step:
-    raise CheckpointError(f"{folder}: every step folder is partial ({', '.join(p.name for p in numbered)}): "
-                          "none has a 'params' item")
-  if steps == "latest":
-    wanted = [max(by_step)]
-  elif steps == "all":
-    wanted = sorted(by_step)
-  elif isinstance(steps, str):
-    raise CheckpointError(f"checkpoint steps must be 'latest', 'all' or a list of steps, got {steps!r}")
-  else:
-    wanted = [int(s) for s in steps if int(s) in by_step]
-    problems += [f"{folder}: step {s} not found among complete steps {sorted(by_step)}"
-                 for s in steps if int(s) not in by_step]
-    if not wanted:
-      raise CheckpointError(f"{folder}: none of the steps {list(steps)} is a complete checkpoint "
-                            f"(complete: {sorted(by_step)})")
-  return [Checkpoint(str(by_step[s]), "orbax", s) for s in wanted], problems
-
-
 def load_checkpoint(checkpoint: Checkpoint, model: opt_lib.OPTConfig | None = None,
                     overrides: Mapping[str, Any] | None = None) -> tuple[opt_lib.OPTConfig, Any]:
   """(OPTConfig, params as numpy) of a checkpoint; raises CheckpointError naming the path.
@@ -388,20 +317,17 @@ def load_checkpoint(checkpoint: Checkpoint, model: opt_lib.OPTConfig | None = No
   for a trainer's MODEL_DIR step without one, from `model` (the gin-configured model). `overrides`
   replaces config fields that do not change the parameters (e.g. {"dtype": "bfloat16"}).
   """
-  from optiml_jax import convert  # pylint: disable=g-import-not-at-top
-  from optiml_jax.checkpoints import orbax_io  # pylint: disable=g-import-not-at-top
-
   overrides = dict(overrides or {})
   try:
     if checkpoint.format == "hf":
-      config, params = convert.load_hf(checkpoint.path, overrides)
+      config, params = hf_lib.load_hf(checkpoint.path, overrides)
       return config, params
-    _, config_dirs = orbax_io.find_params_item(checkpoint.path)
-    has_config = any((d / "config.json").is_file() for d in config_dirs)
+    _, config_dirs = discovery.find_params_item(checkpoint.path)
+    has_config = any((d / hf_lib.CONFIG_NAME).is_file() for d in config_dirs)
     if not has_config and model is None:
       raise CheckpointError(f"{checkpoint.path}: no config.json beside the checkpoint and no model configured "
                             "(bind `evaluate.model`, e.g. include 'models/opt_tiny.gin' in the gin file)")
-    config, params = convert.restore_orbax(checkpoint.path, config=None if has_config else model)
+    config, params = orbax_io.restore_orbax(checkpoint.path, config=None if has_config else model)
   except CheckpointError:
     raise
   except Exception as e:  # pylint: disable=broad-except  Orbax and file errors of all kinds.

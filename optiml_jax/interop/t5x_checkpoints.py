@@ -34,6 +34,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
+from optiml_jax.checkpoints import discovery
 from optiml_jax.checkpoints import hf
 from optiml_jax.checkpoints import layout
 from optiml_jax.checkpoints import orbax_io
@@ -56,7 +57,7 @@ def find_state_item(path: str | pathlib.Path) -> pathlib.Path:
   path = pathlib.Path(path).absolute()
   if not path.is_dir():
     raise layout.ConversionError(f"{path}: t5x checkpoint folder not found")
-  if path.name == STATE_ITEM and (path / "_METADATA").is_file():
+  if path.name == STATE_ITEM and discovery.is_orbax_item(path):
     return path
   if (path / STATE_ITEM).is_dir():
     return path / STATE_ITEM

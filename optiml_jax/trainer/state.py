@@ -21,7 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optiml_jax.checkpoints import discovery
 from optiml_jax.checkpoints import hf as hf_lib
+from optiml_jax.checkpoints import layout as layout_lib
+from optiml_jax.checkpoints import orbax_io
 from optiml_jax.models import opt as opt_lib
 from optiml_jax.models import partitioning
 from optiml_jax.trainer import checkpointing
@@ -116,21 +119,19 @@ def initial_state(model: opt_lib.OPT, tx: optax.GradientTransformation, layout: 
 
 
 def load_initial_params(path: str, config: opt_lib.OPTConfig, layout: StateLayout) -> Any:
-  """float32 params from an Orbax checkpoint (`convert.restore_orbax`: a save_orbax folder, a MODEL_DIR or one
+  """float32 params from an Orbax checkpoint (`orbax_io.restore_orbax`: a save_orbax folder, a MODEL_DIR or one
   of its step folders; read shard by shard into `layout`) or a Hugging Face OPT folder, checked against the
   configured model."""
-  from optiml_jax import convert  # pylint: disable=g-import-not-at-top
-
   if not os.path.isdir(path):
     raise InitialCheckpointError(f"initial checkpoint {path}: folder not found")
   # A Hugging Face folder has weight files; anything else (a convert/save_orbax folder, another run's
   # MODEL_DIR or one of its step folders) is read as Orbax.
   try:
-    if hf_lib.is_hf_folder(path):
-      _, params = convert.load_hf(path, config_overrides={"scan_layers": config.scan_layers})
+    if discovery.is_hf_folder(path):
+      _, params = hf_lib.load_hf(path, config_overrides={"scan_layers": config.scan_layers})
     else:
-      _, params = convert.restore_orbax(path, shardings=layout.abstract.params, config=config)
-  except convert.ConversionError as e:
+      _, params = orbax_io.restore_orbax(path, shardings=layout.abstract.params, config=config)
+  except layout_lib.ConversionError as e:
     raise InitialCheckpointError(f"initial checkpoint {path}: {e}") from e
   expected = jax.tree_util.tree_map(lambda a: tuple(a.shape), layout.abstract.params)
   got = jax.tree_util.tree_map(lambda a: tuple(np.shape(a)), dict(params))

@@ -110,32 +110,6 @@ def test_select_tasks_by_level_pattern_and_benchmark_with_clear_errors():
     evaluator.select_tasks(bench, ["level_four"])
 
 
-def test_find_checkpoints_in_every_layout(tmp_path):
-  with pytest.raises(evaluator.CheckpointError, match="not found"):
-    evaluator.find_checkpoints(tmp_path / "nowhere")
-  run = tmp_path / "run"
-  for step, complete in ((100, True), (200, True), (300, False)):
-    (run / str(step) / ("params" if complete else "opt_state")).mkdir(parents=True)
-    if complete:
-      (run / str(step) / "params" / "_METADATA").write_text("{}")
-  (run / "config.json").write_text("{}")  # the trainer writes its model's config beside the steps
-  found, problems = evaluator.find_checkpoints(run)
-  assert [(c.step, c.format) for c in found] == [(200, "orbax")]
-  assert "300: partial checkpoint" in problems[0]
-  assert [c.step for c in evaluator.find_checkpoints(run, "all")[0]] == [100, 200]
-  found, problems = evaluator.find_checkpoints(run, [100, 400])
-  assert [c.step for c in found] == [100] and "step 400 not found" in problems[-1]
-  assert evaluator.find_checkpoints(run / "200")[0] == [evaluator.Checkpoint(str(run / "200"), "orbax", 200)]
-  with pytest.raises(evaluator.CheckpointError, match="partial checkpoint"):
-    evaluator.find_checkpoints(run / "300")
-  (tmp_path / "hf").mkdir()
-  (tmp_path / "hf" / "config.json").write_text("{}")
-  assert evaluator.find_checkpoints(tmp_path / "hf")[0][0].format == "hf"
-  (tmp_path / "empty").mkdir()
-  with pytest.raises(evaluator.CheckpointError, match="no checkpoint here"):
-    evaluator.find_checkpoints(tmp_path / "empty")
-
-
 def test_load_checkpoint_with_config_json_with_the_configured_model_and_partial(model, tmp_path):
   config, params = model
   convert.save_orbax(params, tmp_path / "with_config", config)
