@@ -23,10 +23,10 @@ Features of every example:
   instance_id                  the instance's id in its source.
 A preprocessor cuts each example to `sequence_length` when one is given: inputs from the LEFT to
 sequence_length["inputs"], targets to sequence_length["targets"] keeping the final </s>.
-Metrics: each Task carries the evaluation's metric functions for its kind (`evaluation.metrics
-.task_metric_args`: ROUGE-L and exact match against every reference for generation tasks; multiple-choice
-tasks are scored through their rank-classification companion `<name>.score_eval`, registered with them by
-`metrics.register_score_eval_task`).
+Metrics: each Task carries the metric functions of its kind (`eval_tasks.task_metric_args`: ROUGE-L and
+exact match against every reference for generation tasks, from `metrics.py`); multiple-choice tasks are scored
+through their rank-classification companion `<name>.score_eval`, registered with them by
+`eval_tasks.register_score_eval_task`. The evaluation only runs these Tasks by name.
 
 Mixtures:
   `optiml_bench_train`          train-role tasks (0-shot) at the catalog's rates: min(examples, 4096)
@@ -59,16 +59,16 @@ import seqio
 import tensorflow as tf
 
 from optiml_jax.data import catalog as catalog_lib
+from optiml_jax.data import eval_tasks
 from optiml_jax.data import formatting
 from optiml_jax.data import packing
 from optiml_jax.data import rates
 from optiml_jax.data import records
 from optiml_jax.data import sources
 from optiml_jax.data import vocab
-from optiml_jax.evaluation import metrics
 
 TRAIN_SPLIT = "train"
-EVAL_SPLIT = "validation"
+EVAL_SPLIT = eval_tasks.EVAL_SPLIT  # "validation"
 TRAIN_MIXTURE = "optiml_bench_train"
 TRAIN_MIXTURE_UNIFORM = "optiml_bench_train_uniform"
 DEFAULT_SEED = 0  # formatting seed: delimiters and demonstrations
@@ -277,9 +277,9 @@ def register_task(entry: catalog_lib.CatalogEntry, vocabulary: seqio.Vocabulary 
   _ENTRIES[entry.name] = entry
   task = seqio.TaskRegistry.add(name, source=source, output_features=output_features(vocabulary),
                                 preprocessors=[truncate], shuffle_buffer_size=shuffle_buffer_size,
-                                **metrics.task_metric_args(entry.kind))
+                                **eval_tasks.task_metric_args(entry.kind))
   if entry.kind == records.MULTIPLE_CHOICE:
-    metrics.register_score_eval_task(task)  # `<name>.score_eval`: one row per option, for rank classification
+    eval_tasks.register_score_eval_task(task)  # `<name>.score_eval`: one row per option, for rank classification
   return task
 
 

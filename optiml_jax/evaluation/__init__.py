@@ -1,7 +1,9 @@
 """Offline evaluation: rank classification and greedy decoding through seqio, metrics, and the report.
 
-Modules, in the order of the flow: `metrics` (metric functions and the seqio glue the registry attaches to
-each catalog Task), `inference`, `batching` and `decoding` (the model's score_fn / predict_fn), `evaluator`
-(checkpoints, and seqio.Evaluator per task), `report` (metrics.json, Markdown, charts). The entry point is
+Modules, in the order of the flow: `inference`, `batching`, `prompt_sharing` and `decoding` (the model's
+score_fn / predict_fn), `evaluator` (loads a checkpoint, runs seqio.Evaluator per task), `metrics` (the
+headline metric of each task; the metric functions themselves are the Tasks', from `data/metrics.py`),
+`report` (metrics.json, Markdown, charts). The evaluation imports the data side (the registry's Tasks) and
+`checkpoints/` (discovery and loading); nothing on the data side imports it. The entry point is
 `python -m optiml_jax.eval`.
 """

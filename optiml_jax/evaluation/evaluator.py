@@ -2,7 +2,7 @@
 
 Where it sits: after the registry (which registered each catalog task, its k-shot variants and, for
 multiple-choice tasks, the `.score_eval` rank-classification companion, all carrying their metric functions;
-see `metrics.py`) and before the report. Each task runs through `seqio.Evaluator` with the unpacked OPT
+see `data/eval_tasks.py`) and before the report. Each task runs through `seqio.Evaluator` with the unpacked OPT
 feature converter and the model's `score_fn` / `predict_fn` from `inference.py`, so the metric values are
 the Tasks' own metric functions applied to t5x-style model outputs (scores = summed target log-likelihoods,
 predictions = greedy tokens); a user's own registered seqio Task is evaluated the same way ("custom").
@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import logging
-import math
 import pathlib
 import time
 from typing import Any, Mapping, Sequence
@@ -33,6 +32,7 @@ from optiml_jax.checkpoints import discovery
 from optiml_jax.checkpoints import hf as hf_lib
 from optiml_jax.checkpoints import orbax_io
 from optiml_jax.data import catalog as catalog_lib
+from optiml_jax.data import eval_tasks
 from optiml_jax.data import records
 from optiml_jax.data import registry
 from optiml_jax.evaluation import inference
@@ -48,8 +48,6 @@ LEVEL_OF_ROLE = {
 }
 LEVELS = report_lib.LEVELS
 CUSTOM = report_lib.CUSTOM_LEVEL
-# The metric each kind of task is judged by (the paper: accuracy for rank classification, ROUGE-L else).
-HEADLINE_METRICS = {records.MULTIPLE_CHOICE: "accuracy", records.GENERATION: "rougeL"}
 # Checkpoint discovery lives in checkpoints/discovery.py; these names stay the evaluator's public API.
 Checkpoint = discovery.Checkpoint
 CheckpointError = discovery.CheckpointError
@@ -85,7 +83,7 @@ class EvalTask:
 def seqio_task_name(task: str, kind: str, shots: int) -> str:
   """The registered Task that evaluates a catalog task: its k-shot variant, `.score_eval` for multiple choice."""
   name = registry.variant_name(task, shots)
-  return metrics_lib.score_eval_name(name) if kind == records.MULTIPLE_CHOICE else name
+  return eval_tasks.score_eval_name(name) if kind == records.MULTIPLE_CHOICE else name
 
 
 def _failed(task: str, shots: int, error: str, entry: catalog_lib.CatalogEntry | None = None) -> report_lib.TaskResult:
@@ -214,30 +212,6 @@ def count_rows(task: seqio.Task, max_instances: int | None) -> tuple[int, int]:
   return instances, rows
 
 
-def _finite_metrics(values: Mapping[str, Any]) -> dict[str, float]:
-  out = {}
-  for key, value in values.items():
-    value = getattr(value, "value", value)  # seqio.metrics.Scalar
-    try:
-      value = float(np.asarray(value))
-    except (TypeError, ValueError):
-      continue
-    if math.isfinite(value):
-      out[key] = value
-  return out
-
-
-def headline_metric(kind: str, values: Mapping[str, float], length_normalize: bool = False) -> str:
-  """The metric a task is judged by: `HEADLINE_METRICS[kind]` ("accuracy_norm" with length normalisation),
-  else the first metric the Task returned."""
-  name = HEADLINE_METRICS.get(kind)
-  if name == "accuracy" and length_normalize:
-    name = "accuracy_norm"
-  if name in values:
-    return name
-  return next(iter(values), "")
-
-
 def evaluate_task(spec: EvalTask, scorer: inference.Scorer, max_new_tokens: int = 256,
                   length_normalize: bool = False, log_dir: str | pathlib.Path | None = None,
                   step: int | None = None) -> report_lib.TaskResult:
@@ -273,9 +247,9 @@ def evaluate_task(spec: EvalTask, scorer: inference.Scorer, max_new_tokens: int 
                                 log_dir=None if log_dir is None else str(log_dir))
     future, _ = evaluator.evaluate(compute_metrics=True, step=0 if step is None else step,
                                    score_fn=scorer.score_fn(), predict_fn=scorer.predict_fn(max_new_tokens))
-    values = _finite_metrics(future.result()[spec.seqio_name])
+    values = metrics_lib.finite_metrics(future.result()[spec.seqio_name])
     result.metrics = values
-    result.metric = headline_metric(spec.kind, values, length_normalize)
+    result.metric = metrics_lib.headline_metric(spec.kind, values, length_normalize)
     result.score = values.get(result.metric)
     result.num_instances = instances
   except (ValueError, KeyError) as e:  # Bad input: the message says what is wrong.

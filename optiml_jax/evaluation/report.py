@@ -26,7 +26,7 @@ metrics.json (`build_report`), with `shots` keys as strings ("0", "5"):
          "num_failed": tasks that failed, "num_truncated": prompts cut, "metrics": {name: mean over tasks}}
 
 A task's headline `score` is the metric its kind is judged by (accuracy for rank classification, ROUGE-L for
-generation; see `evaluator.HEADLINE_METRICS`); aggregates are unweighted means over tasks, as the paper
+generation; see `metrics.HEADLINE_METRICS`); aggregates are unweighted means over tasks, as the paper
 averages its benchmarks. Levels: held_out_category (1: fully held-out categories), held_out_task (2: unseen
 tasks of seen categories), held_out_instances (3: held-out instances of training tasks), and "custom" for
 seqio Tasks that are not in the catalog.

@@ -2,8 +2,8 @@
 
 Where it sits: on the t5x path, between `data/registry.py` (one seqio Task per catalog task) and t5x's
 `train`, `eval` and `infer`, which look tasks up by name; t5x evaluates a Task with `seqio.Evaluator`, and
-only when it has metric functions. The metrics are the evaluation's own (`evaluation/metrics.py`), so
-`t5x.eval` and `python -m optiml_jax.eval` report the same figures. Needs seqio, not t5x.
+only when it has metric functions. The metrics are the ones the registry attaches (`data/eval_tasks.py`,
+`data/metrics.py`), so `t5x.eval` and `python -m optiml_jax.eval` report the same figures. Needs seqio, not t5x.
 
   registered(catalog_dir, name)       registers the catalog's Tasks and Mixtures (once per catalog) and
                                       returns `name`; gin binds MIXTURE_OR_TASK_NAME to it.
@@ -30,9 +30,9 @@ import seqio
 import tensorflow as tf
 
 from optiml_jax.data import catalog as catalog_lib
+from optiml_jax.data import eval_tasks
 from optiml_jax.data import records
 from optiml_jax.data import registry
-from optiml_jax.evaluation import metrics
 
 GENERATION_SUFFIX = ".gen"
 EVAL_MIXTURE = "optiml_t5x_eval"
@@ -71,7 +71,7 @@ def _base_task(task_name: str) -> seqio.Task:
 
 def rank_classification_task(task_name: str) -> str:
   """Registers (or replaces) the rank-classification companion of a multiple-choice Task and returns its
-  name, `<task_name>.score_eval` (`evaluation.metrics.register_score_eval_task`: one row per candidate,
+  name, `<task_name>.score_eval` (`data.eval_tasks.register_score_eval_task`: one row per candidate,
   metrics "accuracy" and "accuracy_norm" from t5x's `score_batch`).
 
   Raises:
@@ -82,14 +82,13 @@ def rank_classification_task(task_name: str) -> str:
   if entry.kind != records.MULTIPLE_CHOICE:
     raise ValueError(f"task {task_name!r} is {entry.kind!r}, not {records.MULTIPLE_CHOICE!r}: it has no "
                      "answer candidates to rank (use generation_task)")
-  return metrics.register_score_eval_task(task).name
+  return eval_tasks.register_score_eval_task(task).name
 
 
 def generation_task(task_name: str) -> str:
   """Registers (or replaces) `<task_name>.gen`: the Task without its ragged `options` feature (t5x.infer
-  batches every feature with `padded_batch`, which takes no ragged tensors), with the evaluation's
-  generation metrics ("rougeL" and "exact_match" on t5x's greedy `predict_batch`, best over the
-  references). Returns its name.
+  batches every feature with `padded_batch`, which takes no ragged tensors), with the generation metrics
+  ("rougeL" and "exact_match" on t5x's greedy `predict_batch`, best over the references). Returns its name.
 
   Raises:
     ValueError: the task is not registered or has no evaluation split.
@@ -100,7 +99,7 @@ def generation_task(task_name: str) -> str:
   seqio.TaskRegistry.add(name, source=task.source, output_features=task.output_features,
                          preprocessors=[*task.preprocessors, drop_ragged_options],
                          shuffle_buffer_size=task.shuffle_buffer_size,
-                         **metrics.task_metric_args(records.GENERATION))
+                         **eval_tasks.task_metric_args(records.GENERATION))
   return name
 
 
