@@ -109,7 +109,7 @@ from optiml_jax.trainer import config as config_lib
 cases = [
     ("tiny", dict(remat_policy="none"), (1, 4, 2), 16, 2, False, True),
     ("opt-125m", dict(remat_policy="full"), (1, 4, 2), 16, 2, False, True),
-    ("opt-125m", dict(remat_policy="full", dtype="bfloat16"), (1, 2, 4), 8, 1, True, False),
+    ("opt-125m", dict(remat_policy="full", dtype="bfloat16"), (1, 2, 4), 8, 1, True, True),
 ]
 reports = []
 for preset, overrides, mesh, batch, micro, sequence_parallel, probe in cases:
@@ -131,11 +131,14 @@ def test_analytic_figures_agree_with_the_compiled_step_on_8_devices():
   for report in reports:
     est, xla, flops = report["analytic"], report["compiled"], report["flops_per_device"]
     where = f"{report['model']['shape']} {report['plan']}"
+    # The README's figures ("Will it fit?"); measured on JAX 0.10.2: arguments +0.0002%, temporaries -0.9% to
+    # -7.3% (8% leaves room for XLA:CPU's buffer assignment between versions), FLOPs +1.3% to +2.3%.
     # State + batch: the analytic bytes are what jit allocates; XLA adds nothing but the rng key.
-    assert math.isclose(xla["argument_bytes"], est["arguments"], rel_tol=0.01), where
-    assert xla["alias_bytes"] >= 0.99 * (est["params"] + est["opt_state"]), where  # the state is donated
-    # Temporaries: within a factor of two (XLA:CPU's buffer assignment differs from any accelerator's).
-    assert 0.5 < xla["temp_bytes"] / est["temporaries"] < 2.0, (where, xla["temp_bytes"], est["temporaries"])
+    assert math.isclose(xla["argument_bytes"], est["arguments"], rel_tol=1e-3), (where, xla, est)
+    # The state is donated: XLA aliases exactly the parameters and optimizer state.
+    assert math.isclose(xla["alias_bytes"], est["params"] + est["opt_state"], rel_tol=1e-3), (where, xla, est)
+    assert math.isclose(xla["temp_bytes"], est["temporaries"], rel_tol=0.08), (where, xla["temp_bytes"],
+                                                                                est["temporaries"])
     if flops["compiled_probe"] is not None:
-      assert math.isclose(flops["compiled_probe"], flops["hardware_analytic"], rel_tol=0.08), (where, flops)
+      assert math.isclose(flops["compiled_probe"], flops["hardware_analytic"], rel_tol=0.025), (where, flops)
   assert reports[1]["flops_per_device"]["compiled_probe"] > reports[1]["flops_per_device"]["model_analytic"]
