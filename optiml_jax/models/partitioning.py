@@ -61,7 +61,7 @@ def sequence_parallel_rules(rules: LogicalRules = LOGICAL_AXIS_RULES) -> tuple[t
   that full remat keeps for the backward pass are split over the tensor axis instead of replicated on it;
   heads, feed-forward and logits keep "tensor" on their own axis (it is ranked first). Parameters carry no
   "length" axis, so their shardings do not change. What lets 175B fit 32 GiB chips (`python -m
-  optiml_jax.plan`); `train.sequence_parallel = True` trains with it.
+  optiml_jax.plan`); `PartitioningArgs.sequence_parallel = True` trains with it.
 
   Raises:
     ValueError: when `rules` has no "embed" rule to rank against.
