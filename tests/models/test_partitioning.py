@@ -120,11 +120,14 @@ def _tokens(batch=2, length=6):
   return jnp.ones((batch, length), jnp.int32)
 
 
-CONFIG_VARIANTS = {"scanned": {}, "unscanned": {"scan_layers": False},
-                   "projections": {"word_embed_proj_dim": 16},
-                   "no_bias_no_affine": {"enable_bias": False, "layer_norm_elementwise_affine": False},
-                   "remat_dots": {"remat_policy": "dots"}, "remat_none_unscanned": {"remat_policy": "none",
-                                                                                   "scan_layers": False}}
+CONFIG_VARIANTS = {
+    "scanned": {},
+    "unscanned": {"scan_layers": False},
+    "projections": {"word_embed_proj_dim": 16},
+    "no_bias_no_affine": {"enable_bias": False, "layer_norm_elementwise_affine": False},
+    "remat_dots": {"remat_policy": "dots"},
+    "remat_none_unscanned": {"remat_policy": "none", "scan_layers": False},
+}
 
 
 @pytest.mark.parametrize("variant", CONFIG_VARIANTS)
