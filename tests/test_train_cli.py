@@ -4,7 +4,6 @@ losses as a run that was never stopped; the other entry points do not import thi
 
 import dataclasses
 import json
-import os
 import pathlib
 import re
 import signal

@@ -21,7 +21,6 @@ from optiml_jax.trainer import loop
 from optiml_jax.trainer import prefetch
 from optiml_jax.trainer import runtime
 from optiml_jax.trainer import state as state_lib
-from optiml_jax.trainer import step as step_lib
 from optiml_jax.trainer import synthetic
 
 SEQ_LEN, VOCAB = 32, 512
