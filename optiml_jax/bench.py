@@ -31,8 +31,13 @@ from optiml_jax.data import catalog
 from optiml_jax.data import toybench
 
 # Source flag -> the benchmark its tasks belong to (must be declared in the config).
-_DIR_BENCHMARKS = {"sni_dir": "sni", "p3_dir": "promptsource", "bigbench_dir": "bigbench",
-                   "cot_dir": "reasoning", "text_dir": "pretraining"}
+_DIR_BENCHMARKS = {
+    "sni_dir": "sni",
+    "p3_dir": "promptsource",
+    "bigbench_dir": "bigbench",
+    "cot_dir": "reasoning",
+    "text_dir": "pretraining"
+}
 
 
 class UsageError(Exception):
@@ -143,9 +148,10 @@ def run_toy(args: argparse.Namespace) -> int:
   out = toybench.write(os.path.abspath(args.out), seed=args.seed)
   print(f"wrote the toy bench to {out} ({len(toybench.TASKS)} tasks)")
   if args.catalog:
-    return run_build(argparse.Namespace(
-        config=str(toybench.CONFIG_PATH), sni_dir=str(out), sni_split="default", p3_dir=None, bigbench_dir=None,
-        jsonl_dir=[], cot_dir=None, text_dir=None, strict=True, no_progress=True, out=args.catalog))
+    return run_build(
+        argparse.Namespace(config=str(toybench.CONFIG_PATH), sni_dir=str(out), sni_split="default", p3_dir=None,
+                           bigbench_dir=None, jsonl_dir=[], cot_dir=None, text_dir=None, strict=True, no_progress=True,
+                           out=args.catalog))
   return 0
 
 

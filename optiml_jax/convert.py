@@ -31,8 +31,10 @@ from optiml_jax.checkpoints import hf
 from optiml_jax.checkpoints import layout
 from optiml_jax.checkpoints import orbax_io
 
-__all__ = ["ConversionError", "hf_state_dict_from_params", "load_hf", "main", "params_from_hf_state_dict",
-           "restore_orbax", "save_hf", "save_orbax"]
+__all__ = [
+    "ConversionError", "hf_state_dict_from_params", "load_hf", "main", "params_from_hf_state_dict", "restore_orbax",
+    "save_hf", "save_orbax"
+]
 
 ConversionError = layout.ConversionError
 params_from_hf_state_dict = layout.params_from_hf_state_dict

@@ -57,16 +57,21 @@ class Summary:
 
 
 def _model_info(label: str, checkpoint: evaluator.Checkpoint, config: opt_lib.OPTConfig) -> dict[str, Any]:
-  return {"label": label, "checkpoint": checkpoint.path, "step": checkpoint.step, "format": checkpoint.format,
-          "num_params": config.num_params(), "config": config.to_hf()}
+  return {
+      "label": label,
+      "checkpoint": checkpoint.path,
+      "step": checkpoint.step,
+      "format": checkpoint.format,
+      "num_params": config.num_params(),
+      "config": config.to_hf()
+  }
 
 
 def _evaluate_checkpoint(checkpoint: evaluator.Checkpoint, specs: Sequence[evaluator.EvalTask],
                          failed: Sequence[report_lib.TaskResult], label: str, settings: dict[str, Any],
-                         out_dir: pathlib.Path, *,
-                         model: opt_lib.OPTConfig | None, overrides: dict[str, Any], mesh: jax.sharding.Mesh,
-                         batch_size: int, max_length: int | None, max_new_tokens: int, length_normalize: bool,
-                         progress: bool, share_prompts: bool = True) -> report_lib.Report:
+                         out_dir: pathlib.Path, *, model: opt_lib.OPTConfig | None, overrides: dict[str, Any],
+                         mesh: jax.sharding.Mesh, batch_size: int, max_length: int | None, max_new_tokens: int,
+                         length_normalize: bool, progress: bool, share_prompts: bool = True) -> report_lib.Report:
   """Loads one checkpoint, evaluates every spec and returns its report (without baseline)."""
   from optiml_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
 
@@ -112,28 +117,14 @@ def _as_list(value: str | Sequence[str] | None) -> list[str] | None:
 
 
 @gin.configurable
-def evaluate(*,
-             checkpoint_path: str = gin.REQUIRED,
-             eval_output_dir: str = gin.REQUIRED,
-             catalog_dir: str | None = None,
-             levels: Sequence[str] = evaluator.LEVELS,
-             shots: Sequence[int] = (0,),
-             tasks: Sequence[str] | None = None,
-             benchmarks: Sequence[str] | None = None,
-             max_instances: int | None = None,
-             checkpoint_steps: str | Sequence[int] = "latest",
-             baseline_path: str | None = None,
-             model: opt_lib.OPTConfig | None = None,
-             dtype: str | None = None,
-             mesh_shape: Sequence[int] = (-1, 1, 1),
-             batch_size: int = 32,
-             max_length: int | None = None,
-             max_new_tokens: int = 256,
-             length_normalize: bool = False,
-             share_prompts: bool = True,
-             label: str = "model",
-             baseline_label: str = "baseline",
-             progress: bool = True) -> Summary:
+def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.REQUIRED,
+             catalog_dir: str | None = None, levels: Sequence[str] = evaluator.LEVELS, shots: Sequence[int] = (0,),
+             tasks: Sequence[str] | None = None, benchmarks: Sequence[str] | None = None,
+             max_instances: int | None = None, checkpoint_steps: str | Sequence[int] = "latest",
+             baseline_path: str | None = None, model: opt_lib.OPTConfig | None = None, dtype: str | None = None,
+             mesh_shape: Sequence[int] = (-1, 1, 1), batch_size: int = 32, max_length: int | None = None,
+             max_new_tokens: int = 256, length_normalize: bool = False, share_prompts: bool = True,
+             label: str = "model", baseline_label: str = "baseline", progress: bool = True) -> Summary:
   """Evaluates the checkpoint(s) at `checkpoint_path` and writes the report into `eval_output_dir`.
 
   Args: see gin/eval.gin, where every binding is commented.
@@ -161,21 +152,28 @@ def evaluate(*,
     raise ConfigError(str(e)) from e
   specs = evaluator.note_missing_demonstrations(specs, bench)
   if not specs:
-    raise ConfigError("no task to evaluate: " + ("; ".join(r.error for r in failed if r.error) or
-                                                 f"the catalog has no task at levels {list(levels)}"))
-  settings = {"catalog_dir": catalog_dir, "levels": list(levels), "shots": shots, "tasks": tasks,
-              "benchmarks": benchmarks, "max_instances": max_instances, "batch_size": batch_size,
-              "max_new_tokens": max_new_tokens, "length_normalize": length_normalize,
-              "share_prompts": share_prompts, "checkpoint_problems": problems}
+    raise ConfigError("no task to evaluate: " + ("; ".join(
+        r.error for r in failed if r.error) or f"the catalog has no task at levels {list(levels)}"))
+  settings = {
+      "catalog_dir": catalog_dir,
+      "levels": list(levels),
+      "shots": shots,
+      "tasks": tasks,
+      "benchmarks": benchmarks,
+      "max_instances": max_instances,
+      "batch_size": batch_size,
+      "max_new_tokens": max_new_tokens,
+      "length_normalize": length_normalize,
+      "share_prompts": share_prompts,
+      "checkpoint_problems": problems
+  }
   mesh = partitioning.make_mesh(*mesh_shape)
   overrides = {"dtype": dtype} if dtype else {}
 
-  def evaluate_one(checkpoint: evaluator.Checkpoint, target: pathlib.Path,
-                   name: str = label) -> report_lib.Report:
-    return _evaluate_checkpoint(checkpoint, specs, failed, name, settings, target, model=model,
-                                overrides=overrides, mesh=mesh, batch_size=batch_size, max_length=max_length,
-                                max_new_tokens=max_new_tokens, length_normalize=length_normalize,
-                                progress=progress, share_prompts=share_prompts)
+  def evaluate_one(checkpoint: evaluator.Checkpoint, target: pathlib.Path, name: str = label) -> report_lib.Report:
+    return _evaluate_checkpoint(checkpoint, specs, failed, name, settings, target, model=model, overrides=overrides,
+                                mesh=mesh, batch_size=batch_size, max_length=max_length, max_new_tokens=max_new_tokens,
+                                length_normalize=length_normalize, progress=progress, share_prompts=share_prompts)
 
   out = pathlib.Path(eval_output_dir)
   baseline = None
@@ -202,8 +200,10 @@ def evaluate(*,
     raise evaluator.CheckpointError(f"{checkpoint_path}: no checkpoint could be read: " + "; ".join(problems))
   if len(checkpoints) > 1 and jax.process_index() == 0:
     (out / "steps.md").write_text(report_lib.steps_table(reports) + "\n", encoding="utf-8")
-    (out / STEPS_FILE).write_text(json.dumps({str(s): r["levels"] for s, r in reports.items()}, indent=1) + "\n",
-                                  encoding="utf-8")
+    (out / STEPS_FILE).write_text(
+        json.dumps({
+            str(s): r["levels"] for s, r in reports.items()
+        }, indent=1) + "\n", encoding="utf-8")
     print(f"\n{report_lib.steps_table(reports)}")
   all_results = [r for rep in reports.values() for t in rep["tasks"].values() for r in t["shots"].values()]
   return Summary(outputs=outputs, evaluated=sum(1 for r in all_results if r["error"] is None),
@@ -239,8 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 1
   if summary.failed:
-    print(f"warning: {summary.failed} task evaluation(s) failed; see the Errors section of the report",
-          file=sys.stderr)
+    print(f"warning: {summary.failed} task evaluation(s) failed; see the Errors section of the report", file=sys.stderr)
   for problem in summary.problems:
     print(f"warning: {problem}", file=sys.stderr)
   return 0

@@ -32,19 +32,18 @@ TRAIN_REQUIRED_MACROS = ("MODEL_DIR", "TRAIN_STEPS", "MIXTURE_OR_TASK_NAME", "TA
 
 
 @gin.configurable
-def opt_model(preset: str = "tiny", dtype: str = "float32", param_dtype: str = "float32",
-              scan_layers: bool = True, remat_policy: str = "none", dropout: float | None = None,
-              attention_dropout: float | None = None, attention_impl: str | None = None,
-              max_position_embeddings: int | None = None, num_hidden_layers: int | None = None,
-              hidden_size: int | None = None, num_attention_heads: int | None = None,
-              ffn_dim: int | None = None, vocab_size: int | None = None) -> opt_config.OPTConfig:
+def opt_model(preset: str = "tiny", dtype: str = "float32", param_dtype: str = "float32", scan_layers: bool = True,
+              remat_policy: str = "none", dropout: float | None = None, attention_dropout: float | None = None,
+              attention_impl: str | None = None, max_position_embeddings: int | None = None,
+              num_hidden_layers: int | None = None, hidden_size: int | None = None,
+              num_attention_heads: int | None = None, ffn_dim: int | None = None,
+              vocab_size: int | None = None) -> opt_config.OPTConfig:
   """An OPTConfig from a preset ("tiny", "opt-125m" ... "opt-175b") with the given fields replaced."""
   overrides = dict(dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers, remat_policy=remat_policy,
                    attention_impl=attention_impl)
-  optional = dict(dropout=dropout, attention_dropout=attention_dropout,
-                  max_position_embeddings=max_position_embeddings, num_hidden_layers=num_hidden_layers,
-                  hidden_size=hidden_size, num_attention_heads=num_attention_heads, ffn_dim=ffn_dim,
-                  vocab_size=vocab_size)
+  optional = dict(dropout=dropout, attention_dropout=attention_dropout, max_position_embeddings=max_position_embeddings,
+                  num_hidden_layers=num_hidden_layers, hidden_size=hidden_size, num_attention_heads=num_attention_heads,
+                  ffn_dim=ffn_dim, vocab_size=vocab_size)
   overrides.update({k: v for k, v in optional.items() if v is not None})
   return opt_config.OPTConfig.preset(preset, **overrides)
 
@@ -58,8 +57,9 @@ def training_binding_problems(required_macros: Sequence[str] = TRAIN_REQUIRED_MA
   """Every required macro or group field the parsed gin config leaves unset, one line each (nothing is built)."""
   problems = [f"macro {m} is required: set it with --gin.{m}=VALUE" for m in gin_utils.missing_macros(required_macros)]
   for _, cls, _ in _GROUPS:
-    problems += [p for p in gin_utils.binding_problems(cls.__name__, cls)
-                 if not any(f"macro {m}:" in p for m in required_macros)]
+    problems += [
+        p for p in gin_utils.binding_problems(cls.__name__, cls) if not any(f"macro {m}:" in p for m in required_macros)
+    ]
   return problems
 
 
@@ -111,8 +111,7 @@ def _moved_from_train(message: str) -> str:
   return f"train.{name} is now {new} (the groups of trainer/config.py)" if new else ""
 
 
-def configure_training(gin_files: Sequence[str], bindings: Sequence[str] = (),
-                       search_paths: str | Sequence[str] = "",
+def configure_training(gin_files: Sequence[str], bindings: Sequence[str] = (), search_paths: str | Sequence[str] = "",
                        required_macros: Sequence[str] = TRAIN_REQUIRED_MACROS) -> config_lib.TrainConfig:
   """Parses gin files and bindings, checks them and returns the TrainConfig (raises GinConfigError)."""
   try:
@@ -124,4 +123,3 @@ def configure_training(gin_files: Sequence[str], bindings: Sequence[str] = (),
     raise
   check_training_bindings(required_macros)
   return train_config()
-

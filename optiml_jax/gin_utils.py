@@ -179,15 +179,14 @@ def check_required_macros(names: Sequence[str]) -> None:
   """Raises GinConfigError naming every macro in `names` that is unset or still `%gin.REQUIRED`."""
   missing = missing_macros(names)
   if missing:
-    raise GinConfigError("missing required gin macro(s): " + ", ".join(missing) +
-                         " (set them with --gin.NAME=VALUE)")
+    raise GinConfigError("missing required gin macro(s): " + ", ".join(missing) + " (set them with --gin.NAME=VALUE)")
 
 
 def _is_required_marker(value: Any) -> bool:
   if value is gin.REQUIRED:
     return True
-  return (isinstance(value, gin.config.ConfigurableReference) and value.configurable.name == "constant"
-          and "/".join(value.scopes) == "gin.REQUIRED")
+  return (isinstance(value, gin.config.ConfigurableReference) and value.configurable.name == "constant" and
+          "/".join(value.scopes) == "gin.REQUIRED")
 
 
 def _is_macro(ref: gin.config.ConfigurableReference) -> bool:

@@ -142,15 +142,13 @@ def load_inputs(args: argparse.Namespace, topo: topology_lib.Topology) -> PlanIn
     notes.append(f"the tensor axis ({mesh[2]}) spans hosts of {topo.chips_per_host} GPUs: its collectives "
                  "cross the inter-host network")
   return PlanInputs(model=config.model.config, optimizer=config.optimizer, train_steps=config.run.train_steps,
-                    batch_size=config.data.batch_size, seq_len=config.seq_len,
-                    num_microbatches=layout.num_microbatches, mesh=mesh,
-                    sequence_parallel=args.sequence_parallel or layout.sequence_parallel,
-                    notes=tuple(notes), lm_head_positions=layout.lm_head_positions)
+                    batch_size=config.data.batch_size, seq_len=config.seq_len, num_microbatches=layout.num_microbatches,
+                    mesh=mesh, sequence_parallel=args.sequence_parallel or layout.sequence_parallel, notes=tuple(notes),
+                    lm_head_positions=layout.lm_head_positions)
 
 
-def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: bool = True,
-              probe_flops: bool = True, hbm_fraction: float = 0.95, fit_by: str = "compiled",
-              mfu: float = 0.4) -> dict[str, Any]:
+def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: bool = True, probe_flops: bool = True,
+              hbm_fraction: float = 0.95, fit_by: str = "compiled", mfu: float = 0.4) -> dict[str, Any]:
   """Builds, lowers and (optionally) compiles the step for `inputs` on `topo`; returns the report dict."""
   import jax  # pylint: disable=g-import-not-at-top
   from optiml_jax.models import partitioning  # pylint: disable=g-import-not-at-top
@@ -190,27 +188,49 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
   seconds_per_step = flops.model_per_device / (mfu * topo.peak_flops)
   return {
       "topology": dataclasses.asdict(topo),
-      "model": {"shape": describe_model(cfg), "num_params": cfg.num_params(), "dtype": str(cfg.dtype),
-                "remat_policy": cfg.remat_policy, "scan_layers": cfg.scan_layers,
-                "attention_impl": cfg.attention_impl},
-      "plan": {"batch_size": inputs.batch_size, "seq_len": inputs.seq_len,
-               "num_microbatches": inputs.num_microbatches, "lm_head_positions": inputs.lm_head_positions,
-               "rows_per_device": shape.rows_per_device,
-               "mesh": dict(zip(partitioning.MESH_AXES, inputs.mesh)),
-               "sequence_parallel": inputs.sequence_parallel, "train_steps": inputs.train_steps,
-               "notes": list(inputs.notes)},
-      "analytic": {**dataclasses.asdict(estimate), "arguments": estimate.arguments,
-                   "temporaries": estimate.temporaries, "working": estimate.working, "peak": estimate.total},
-      "compiled": None if xla is None else {**dataclasses.asdict(xla), "peak": compiled_peak,
-                                            "backend": jax.default_backend()},
-      "flops_per_device": {"model_analytic": flops.model_per_device,
-                           "hardware_analytic": flops.hardware_per_device, "compiled_probe": probed},
-      "hbm_bytes": topo.hbm_bytes, "usable_bytes": usable, "hbm_fraction": hbm_fraction,
+      "model": {
+          "shape": describe_model(cfg),
+          "num_params": cfg.num_params(),
+          "dtype": str(cfg.dtype),
+          "remat_policy": cfg.remat_policy,
+          "scan_layers": cfg.scan_layers,
+          "attention_impl": cfg.attention_impl
+      },
+      "plan": {
+          "batch_size": inputs.batch_size,
+          "seq_len": inputs.seq_len,
+          "num_microbatches": inputs.num_microbatches,
+          "lm_head_positions": inputs.lm_head_positions,
+          "rows_per_device": shape.rows_per_device,
+          "mesh": dict(zip(partitioning.MESH_AXES, inputs.mesh)),
+          "sequence_parallel": inputs.sequence_parallel,
+          "train_steps": inputs.train_steps,
+          "notes": list(inputs.notes)
+      },
+      "analytic": {
+          **dataclasses.asdict(estimate), "arguments": estimate.arguments,
+          "temporaries": estimate.temporaries,
+          "working": estimate.working,
+          "peak": estimate.total
+      },
+      "compiled": None if xla is None else {
+          **dataclasses.asdict(xla), "peak": compiled_peak,
+          "backend": jax.default_backend()
+      },
+      "flops_per_device": {
+          "model_analytic": flops.model_per_device,
+          "hardware_analytic": flops.hardware_per_device,
+          "compiled_probe": probed
+      },
+      "hbm_bytes": topo.hbm_bytes,
+      "usable_bytes": usable,
+      "hbm_fraction": hbm_fraction,
       "fit_by": fit_by if compiled_peak is not None else "analytic",
       "fits_analytic": estimate.total <= usable,
       "fits_compiled": None if compiled_peak is None else compiled_peak <= usable,
       "fits": verdict_bytes <= usable,
-      "mfu": mfu, "seconds_per_step_at_mfu": seconds_per_step,
+      "mfu": mfu,
+      "seconds_per_step_at_mfu": seconds_per_step,
       "hours_at_mfu": seconds_per_step * inputs.train_steps / 3600,
   }
 
@@ -246,10 +266,8 @@ def format_report(report: dict[str, Any]) -> str:
           ("working set (layer or LM head)", est["working"], None),
           ("arguments (state + batch)", est["arguments"], get("argument_bytes")),
           ("temporaries", est["temporaries"], get("temp_bytes")),
-          ("outputs not aliased to inputs", None,
-           None if xla is None else get("output_bytes") - get("alias_bytes")),
-          ("generated code", None, get("generated_code_bytes")),
-          ("peak", est["peak"], get("peak"))]
+          ("outputs not aliased to inputs", None, None if xla is None else get("output_bytes") - get("alias_bytes")),
+          ("generated code", None, get("generated_code_bytes")), ("peak", est["peak"], get("peak"))]
   lines += [f"  {name:<32}{_gib(a):>14}{_gib(c):>22}" for name, a, c in rows]
   lines.append(f"  {'usable HBM':<32}{_gib(report['usable_bytes']):>14}  "
                f"({report['hbm_fraction']:.0%} of {topo['hbm_bytes'] / GIB:g} GiB)")
@@ -258,8 +276,8 @@ def format_report(report: dict[str, Any]) -> str:
   lines += [
       "",
       f"FLOPs per step per device: {flops['model_analytic']:.3e} model (6N + 12LdS), "
-      f"{flops['hardware_analytic']:.3e} with remat (analytic)"
-      + (f", {probe:.3e} XLA (layers probed)" if probe else ""),
+      f"{flops['hardware_analytic']:.3e} with remat (analytic)" +
+      (f", {probe:.3e} XLA (layers probed)" if probe else ""),
       f"time at {report['mfu']:.0%} MFU: {report['seconds_per_step_at_mfu']:.2f} s/step, "
       f"{report['hours_at_mfu']:.1f} h for {plan['train_steps']} steps",
   ]
@@ -268,9 +286,9 @@ def format_report(report: dict[str, Any]) -> str:
   verdict = "FITS" if report["fits"] else "DOES NOT FIT"
   used = xla["peak"] if report["fit_by"] == "compiled" else est["peak"]
   lines.append(f"{verdict}: {report['fit_by']} peak {_gib(used)} vs usable {_gib(report['usable_bytes'])} "
-               f"(analytic {'fits' if report['fits_analytic'] else 'does not fit'}"
-               + ("" if report["fits_compiled"] is None else
-                  f", compiled {'fits' if report['fits_compiled'] else 'does not fit'}") + ")")
+               f"(analytic {'fits' if report['fits_analytic'] else 'does not fit'}" +
+               ("" if report["fits_compiled"] is
+                None else f", compiled {'fits' if report['fits_compiled'] else 'does not fit'}") + ")")
   return "\n".join(lines)
 
 

@@ -26,8 +26,8 @@ def toy_dir(tmp_path_factory):
 def test_build_and_show_real_data(shared_dir, tmp_path):
   data = shared_dir / "data"
   out = tmp_path / "catalog"
-  result = bench("build", "--config", "tasks/optiml_bench.yaml", "--sni_dir", data / "natural-instructions",
-                 "--p3_dir", data / "p3", "--bigbench_dir", data / "bigbench", "--out", out)
+  result = bench("build", "--config", "tasks/optiml_bench.yaml", "--sni_dir", data / "natural-instructions", "--p3_dir",
+                 data / "p3", "--bigbench_dir", data / "bigbench", "--out", out)
   assert result.returncode == 0, result.stderr
   assert "benchmark" in result.stdout and "held_out_category" in result.stdout
   assert "reading tasks" in result.stderr  # the progress bar
@@ -52,16 +52,24 @@ def test_strict_bad_file_and_custom_jsonl(toy_dir, tmp_path):
   jsonl_dir = tmp_path / "crossfit"
   jsonl_dir.mkdir()
   (jsonl_dir / "copy_of_sni.jsonl").write_text(
-      json.dumps({"src": "3 + 4", "tgt": "7", "dataset": "toy_add_small"}) + "\n", encoding="utf-8")
+      json.dumps({
+          "src": "3 + 4",
+          "tgt": "7",
+          "dataset": "toy_add_small"
+      }) + "\n", encoding="utf-8")
   (jsonl_dir / "unique.jsonl").write_text(
-      "".join(json.dumps({"src": f"q{i}", "tgt": f"a{i}"}) + "\n" for i in range(10)), encoding="utf-8")
+      "".join(json.dumps({
+          "src": f"q{i}",
+          "tgt": f"a{i}"
+      }) + "\n" for i in range(10)), encoding="utf-8")
   config = yaml.safe_load(toybench.CONFIG_PATH.read_text(encoding="utf-8"))
   config["benchmarks"]["crossfit"] = {"share": 10}
   config["dedup"]["secondary"] = ["crossfit"]
   config_path = tmp_path / "toy_plus_crossfit.yaml"
   config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-  args = ["build", "--config", config_path, "--sni_dir", bad_dir, "--jsonl_dir", f"crossfit={jsonl_dir}",
-          "--no_progress"]
+  args = [
+      "build", "--config", config_path, "--sni_dir", bad_dir, "--jsonl_dir", f"crossfit={jsonl_dir}", "--no_progress"
+  ]
 
   strict = bench(*args, "--strict", "--out", tmp_path / "strict_out")
   assert strict.returncode == 1
@@ -80,8 +88,21 @@ def test_strict_bad_file_and_custom_jsonl(toy_dir, tmp_path):
 
 
 @pytest.mark.parametrize("change, flags, message", [
-    ({"benchmarks": {"sni": {"share": 100}, "foo": {"share": 1}}}, [], "benchmarks.foo: unknown benchmark"),
-    ({"rates": {"method": "magic"}}, [], "rates.method"),
+    ({
+        "benchmarks": {
+            "sni": {
+                "share": 100
+            },
+            "foo": {
+                "share": 1
+            }
+        }
+    }, [], "benchmarks.foo: unknown benchmark"),
+    ({
+        "rates": {
+            "method": "magic"
+        }
+    }, [], "rates.method"),
     ({}, ["--jsonl_dir", "t5=DIR"], "benchmarks.t5: not declared"),
     ({}, ["--p3_dir", "/nonexistent/p3"], "benchmarks.promptsource: not declared"),
 ])

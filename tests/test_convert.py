@@ -92,7 +92,9 @@ def _assert_state_dicts_equal(expected, actual) -> None:
         ("sharded_safetensors", False, None, {}, "10KB"),
         ("bin", True, None, TINY_350M, "5GB"),
         ("sharded_bin", False, None, TINY_350M, "5GB"),
-        ("safetensors", False, torch.bfloat16, {"enable_bias": False}, "5GB"),
+        ("safetensors", False, torch.bfloat16, {
+            "enable_bias": False
+        }, "5GB"),
     ],
 )
 def test_hf_orbax_hf_round_trip_is_bitwise(tmp_path, fmt, scan_layers, dtype, overrides, max_shard_size):
@@ -157,8 +159,11 @@ def test_param_shapes_match_the_flax_model():
 def test_state_dict_prefixes_and_tied_head(tmp_path, prefix):
   model = _hf_model()
   config = opt_lib.OPTConfig.from_hf(model.config.to_dict())
-  state = {prefix + k[len("model.decoder."):]: v.numpy() for k, v in model.state_dict().items()
-           if k.startswith("model.decoder.")}
+  state = {
+      prefix + k[len("model.decoder."):]: v.numpy()
+      for k, v in model.state_dict().items()
+      if k.startswith("model.decoder.")
+  }
   state["lm_head.weight"] = model.lm_head.weight.detach().numpy()
   params = convert.params_from_hf_state_dict(config, state, "x.safetensors")
   back = convert.hf_state_dict_from_params(config, params, prefix=prefix)
@@ -235,8 +240,9 @@ def test_bad_inputs_name_file_and_key(tmp_path):
   with pytest.raises(convert.ConversionError, match=rf"model\.safetensors: missing tensor {key} "):
     convert.load_hf(hf_dir)
 
-  safetensors.numpy.save_file({**tensors, "model.decoder.layers.2.fc1.weight": tensors[key[:-4] + "weight"]},
-                              str(weights))
+  safetensors.numpy.save_file({
+      **tensors, "model.decoder.layers.2.fc1.weight": tensors[key[:-4] + "weight"]
+  }, str(weights))
   with pytest.raises(convert.ConversionError, match=r"unexpected tensor model\.decoder\.layers\.2\.fc1\.weight"):
     convert.load_hf(hf_dir)
 

@@ -14,9 +14,10 @@ from optiml_jax.models import opt
 from optiml_jax.trainer import checkpointing
 
 TASKS = ["sni:task030_toy_entail_color", "sni:task001_toy_add_small", "sni:nope"]
-COMMON = ["--gin_file=eval.gin", "--gin.MAX_INSTANCES=2", "--gin.evaluate.max_new_tokens=3",
-          "--gin.evaluate.progress=False", "--gin.evaluate.batch_size=4"]
-
+COMMON = [
+    "--gin_file=eval.gin", "--gin.MAX_INSTANCES=2", "--gin.evaluate.max_new_tokens=3", "--gin.evaluate.progress=False",
+    "--gin.evaluate.batch_size=4"
+]
 
 CONFIG = opt.OPTConfig.preset("tiny", dropout=0.0)  # what gin/models/opt_tiny.gin configures
 _INIT = jax.jit(lambda key: opt.OPT(CONFIG).init(key, jnp.ones((1, 4), jnp.int32))["params"])
@@ -43,14 +44,13 @@ def setup(tmp_path_factory):
 
 
 def _run(setup, out, *flags):
-  return eval_entry.main(COMMON + [f"--gin.CATALOG_DIR={setup / 'catalog'}", f"--gin.EVAL_OUTPUT_DIR={out}",
-                                   *flags])
+  return eval_entry.main(COMMON + [f"--gin.CATALOG_DIR={setup / 'catalog'}", f"--gin.EVAL_OUTPUT_DIR={out}", *flags])
 
 
 def test_latest_step_of_a_model_dir_with_a_hugging_face_baseline_and_two_shots(setup, tmp_path, capsys):
   out = tmp_path / "out"
-  code = _run(setup, out, f"--gin.CHECKPOINT_PATH={setup / 'run'}", f"--gin.TASKS={TASKS!r}",
-              "--gin.SHOTS=[0, 2]", f"--gin.BASELINE_PATH={setup / 'hf_base'}")
+  code = _run(setup, out, f"--gin.CHECKPOINT_PATH={setup / 'run'}", f"--gin.TASKS={TASKS!r}", "--gin.SHOTS=[0, 2]",
+              f"--gin.BASELINE_PATH={setup / 'hf_base'}")
   assert code == 0
   captured = capsys.readouterr()
   assert "| level | group | tasks | model 0-shot | baseline 0-shot | Δ |" in captured.out
@@ -100,8 +100,10 @@ def test_bad_input_gives_clear_messages_and_exit_codes(setup, tmp_path, capsys):
   assert "checkpoint path not found" in capsys.readouterr().err
   assert eval_entry.main(["--gin_file=eval.gin", f"--gin.EVAL_OUTPUT_DIR={tmp_path}"]) == 2
   assert "CHECKPOINT_PATH" in capsys.readouterr().err
-  code = eval_entry.main(COMMON + [f"--gin.CHECKPOINT_PATH={setup / 'hf_base'}", f"--gin.EVAL_OUTPUT_DIR={tmp_path}",
-                                   f"--gin.CATALOG_DIR={tmp_path / 'no_catalog'}"])
+  code = eval_entry.main(COMMON + [
+      f"--gin.CHECKPOINT_PATH={setup / 'hf_base'}", f"--gin.EVAL_OUTPUT_DIR={tmp_path}",
+      f"--gin.CATALOG_DIR={tmp_path / 'no_catalog'}"
+  ])
   assert code == 2 and "no catalog here" in capsys.readouterr().err
   assert _run(setup, tmp_path / "o", f"--gin.CHECKPOINT_PATH={setup / 'hf_base'}", "--gin.TASKS=['sni:nope']") == 2
   assert "absent from the catalog" in capsys.readouterr().err

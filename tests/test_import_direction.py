@@ -13,12 +13,11 @@ import sys
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "optiml_jax"
-ENTRY_POINTS = ("optiml_jax.train", "optiml_jax.eval", "optiml_jax.plan", "optiml_jax.bench",
-                "optiml_jax.quickstart", "optiml_jax.convert")
+ENTRY_POINTS = ("optiml_jax.train", "optiml_jax.eval", "optiml_jax.plan", "optiml_jax.bench", "optiml_jax.quickstart",
+                "optiml_jax.convert")
 # Folder of the package -> packages its modules must not import (a prefix matches its sub-modules).
 FORBIDDEN = {
-    "data": ("optiml_jax.evaluation", "optiml_jax.trainer", "optiml_jax.planning", "optiml_jax.interop",
-             *ENTRY_POINTS),
+    "data": ("optiml_jax.evaluation", "optiml_jax.trainer", "optiml_jax.planning", "optiml_jax.interop", *ENTRY_POINTS),
     "models": ("optiml_jax.data", "optiml_jax.trainer", "optiml_jax.evaluation", "optiml_jax.checkpoints",
                "optiml_jax.planning", "optiml_jax.interop", *ENTRY_POINTS),
     "checkpoints": ("optiml_jax.data", "optiml_jax.trainer", "optiml_jax.evaluation", "optiml_jax.planning",
@@ -31,9 +30,8 @@ FORBIDDEN = {
 ALLOWED = {"models": ("optiml_jax.data.special_tokens",)}
 # Modules that GPU images import without TensorFlow and seqio.
 LIGHT_MODULES = ("optiml_jax.data.special_tokens", "optiml_jax.data.metrics", "optiml_jax.models.opt",
-                 "optiml_jax.models.partitioning", "optiml_jax.checkpoints.discovery",
-                 "optiml_jax.evaluation.decoding", "optiml_jax.evaluation.inference",
-                 "optiml_jax.evaluation.prompt_sharing")
+                 "optiml_jax.models.partitioning", "optiml_jax.checkpoints.discovery", "optiml_jax.evaluation.decoding",
+                 "optiml_jax.evaluation.inference", "optiml_jax.evaluation.prompt_sharing")
 
 
 def imported_modules(path: pathlib.Path) -> list[tuple[int, str]]:
@@ -68,16 +66,16 @@ def test_no_stage_imports_a_later_one(folder):
 def test_the_scan_sees_every_kind_of_import(tmp_path, monkeypatch):
   # The check itself: each way of writing an import of the evaluation from data/ is caught.
   (tmp_path / "data").mkdir()
-  (tmp_path / "data" / "bad.py").write_text(
-      "import optiml_jax.evaluation.metrics\n"
-      "from optiml_jax.evaluation import metrics\n"
-      "from optiml_jax import trainer\n"
-      "def f():\n"
-      "  from optiml_jax import convert\n"
-      "from optiml_jax.data import special_tokens\n")
+  (tmp_path / "data" / "bad.py").write_text("import optiml_jax.evaluation.metrics\n"
+                                            "from optiml_jax.evaluation import metrics\n"
+                                            "from optiml_jax import trainer\n"
+                                            "def f():\n"
+                                            "  from optiml_jax import convert\n"
+                                            "from optiml_jax.data import special_tokens\n")
   monkeypatch.setitem(globals(), "PACKAGE", tmp_path)
   assert [v.split(" imports ")[1] for v in violations("data")] == [
-      "optiml_jax.evaluation.metrics", "optiml_jax.evaluation.metrics", "optiml_jax.trainer", "optiml_jax.convert"]
+      "optiml_jax.evaluation.metrics", "optiml_jax.evaluation.metrics", "optiml_jax.trainer", "optiml_jax.convert"
+  ]
 
 
 def test_light_modules_import_without_tensorflow_or_seqio():
@@ -85,7 +83,6 @@ def test_light_modules_import_without_tensorflow_or_seqio():
           f"for name in {LIGHT_MODULES!r}:\n"
           "  __import__(name)\n"
           "print(sorted(m for m in ('tensorflow', 'seqio') if m in sys.modules))\n")
-  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
-                          cwd=PACKAGE.parent)
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=PACKAGE.parent)
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip().splitlines()[-1] == "[]"

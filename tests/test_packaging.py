@@ -53,8 +53,10 @@ def wheel(tmp_path_factory) -> pathlib.Path:
       shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     else:
       shutil.copy2(path, src / name)
-  done = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-               "--wheel-dir", work / "dist", src], cwd=work)
+  done = _run([
+      sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "--wheel-dir",
+      work / "dist", src
+  ], cwd=work)
   assert done.returncode == 0, done.stdout + done.stderr
   wheels = list((work / "dist").glob("optiml_jax-*.whl"))
   assert len(wheels) == 1, wheels
@@ -154,8 +156,10 @@ def test_the_installed_bench_builds_the_toy_catalog_from_elsewhere(venv, elsewhe
   assert shown.returncode == 0, shown.stderr
   assert "held_out_category" in shown.stdout and "held-out categories present" in shown.stdout
   # A bench definition by its shipped name, as `--config tasks/optiml_bench.yaml` reads it in a checkout.
-  built = _run([venv / "bin" / "optiml-bench", "build", "--config", "tasks/toybench.yaml", "--sni_dir", "toy",
-                "--no_progress", "--out", "rebuilt"], cwd=cwd, env=env)
+  built = _run([
+      venv / "bin" / "optiml-bench", "build", "--config", "tasks/toybench.yaml", "--sni_dir", "toy", "--no_progress",
+      "--out", "rebuilt"
+  ], cwd=cwd, env=env)
   assert built.returncode == 0, built.stdout + built.stderr
   assert (cwd / "rebuilt" / "catalog.json").read_bytes() == (cwd / "catalog" / "catalog.json").read_bytes()
 
@@ -167,9 +171,10 @@ def test_the_installed_package_trains_five_steps_from_elsewhere(venv, elsewhere)
               cwd=cwd, env=env)
   assert done.returncode == 0, done.stdout + done.stderr
   model_dir = cwd / "model"
-  done = _run([venv / "bin" / "python", "-m", "optiml_jax.train", "--gin_file=quickstart.gin",
-               f"--gin.MODEL_DIR={model_dir}", f"--gin.CATALOG_DIR={cwd / 'catalog'}", *FIVE_STEPS], cwd=cwd, env=env,
-              timeout=600)
+  done = _run([
+      venv / "bin" / "python", "-m", "optiml_jax.train", "--gin_file=quickstart.gin", f"--gin.MODEL_DIR={model_dir}",
+      f"--gin.CATALOG_DIR={cwd / 'catalog'}", *FIVE_STEPS
+  ], cwd=cwd, env=env, timeout=600)
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
   last = json.loads((model_dir / "metrics.jsonl").read_text().strip().splitlines()[-1])
   assert last["step"] == 5

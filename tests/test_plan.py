@@ -18,8 +18,10 @@ QUICKSTART = str(REPO_ROOT / "gin" / "quickstart.gin")
 
 
 def test_plan_environment_forces_cpu_devices_and_keeps_other_flags():
-  env = plan.plan_environment(128, {"XLA_FLAGS": "--xla_force_host_platform_device_count=4 --xla_foo=1",
-                                    "PATH": "/bin"})
+  env = plan.plan_environment(128, {
+      "XLA_FLAGS": "--xla_force_host_platform_device_count=4 --xla_foo=1",
+      "PATH": "/bin"
+  })
   assert env["XLA_FLAGS"].split() == ["--xla_foo=1", "--xla_force_host_platform_device_count=128"]
   assert env["JAX_PLATFORMS"] == "cpu" and env["PATH"] == "/bin"
   assert plan.plan_environment(8, {})["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8"
@@ -43,9 +45,10 @@ def test_mesh_flag_and_resolution():
 def test_fitting_plan_exits_0_and_writes_json(tmp_path, capfd):
   assert "jax" in sys.modules and jax.device_count() < 8  # so plan.main must re-execute itself
   out = tmp_path / "plan.json"
-  code = plan.main([f"--gin_file={QUICKSTART}", "--topology=v5e-8", "--mesh=1,4,2", "--batch=16",
-                    "--microbatches=2", "--gin.opt_model.remat_policy='full'", "--no_flops_probe",
-                    f"--json_out={out}"])
+  code = plan.main([
+      f"--gin_file={QUICKSTART}", "--topology=v5e-8", "--mesh=1,4,2", "--batch=16", "--microbatches=2",
+      "--gin.opt_model.remat_policy='full'", "--no_flops_probe", f"--json_out={out}"
+  ])
   printed = capfd.readouterr().out
   assert code == 0, printed
   assert "FITS" in printed and "compiled (XLA:CPU)" in printed
@@ -61,8 +64,8 @@ def test_fitting_plan_exits_0_and_writes_json(tmp_path, capfd):
 
 
 def test_plan_that_does_not_fit_exits_1(capfd):
-  code = plan.main([f"--gin_file={QUICKSTART}", "--topology=v5e-4", "--no_compile", "--hbm_fraction=0.0001",
-                    "--json_out=-"])
+  code = plan.main(
+      [f"--gin_file={QUICKSTART}", "--topology=v5e-4", "--no_compile", "--hbm_fraction=0.0001", "--json_out=-"])
   printed = capfd.readouterr().out
   assert code == 1, printed
   report = json.loads(printed)

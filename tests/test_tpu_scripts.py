@@ -88,14 +88,13 @@ def env(tmp_path) -> dict[str, str]:
   (tmp_path / "tmp").mkdir()
   (tmp_path / "home").mkdir()
   keep = {k: v for k, v in os.environ.items() if not k.startswith("TPU_") and k not in ("FAKE_POD", "DRY_RUN")}
-  return dict(keep, PATH=f"{bin_dir}:{os.environ['PATH']}", HOME=str(tmp_path / "home"),
-              TMPDIR=str(tmp_path / "tmp"), FAKE_GCLOUD_LOG=str(tmp_path / "gcloud.jsonl"))
+  return dict(keep, PATH=f"{bin_dir}:{os.environ['PATH']}", HOME=str(tmp_path / "home"), TMPDIR=str(tmp_path / "tmp"),
+              FAKE_GCLOUD_LOG=str(tmp_path / "gcloud.jsonl"))
 
 
-def run(script: str, *args: str, env: dict[str, str],
-        scripts: pathlib.Path = SCRIPTS) -> subprocess.CompletedProcess:
-  return subprocess.run(["bash", str(scripts / script), *args], env=env, capture_output=True, text=True,
-                        timeout=60, check=False)
+def run(script: str, *args: str, env: dict[str, str], scripts: pathlib.Path = SCRIPTS) -> subprocess.CompletedProcess:
+  return subprocess.run(["bash", str(scripts / script), *args], env=env, capture_output=True, text=True, timeout=60,
+                        check=False)
 
 
 def commands(result: subprocess.CompletedProcess) -> list[str]:
@@ -123,26 +122,31 @@ def test_create_dry_run_prints_the_gcloud_command_and_runs_nothing(env):
                   env=env))
   assert commands(result) == [
       "gcloud compute tpus tpu-vm create optiml-175b --zone=us-central2-b --project=my-proj "
-      "--accelerator-type=v4-512 --version=tpu-ubuntu2204-base --spot"]
+      "--accelerator-type=v4-512 --version=tpu-ubuntu2204-base --spot"
+  ]
   assert gcloud_calls(env) == []
 
 
-@pytest.mark.parametrize("accelerator, runtime", [
-    ("v3-32", "tpu-ubuntu2204-base"), ("v5p-512", "v2-alpha-tpuv5"), ("v5litepod-16", "v2-alpha-tpuv5-lite"),
-    ("v6e-256", "v2-alpha-tpuv6e")])
+@pytest.mark.parametrize("accelerator, runtime", [("v3-32", "tpu-ubuntu2204-base"), ("v5p-512", "v2-alpha-tpuv5"),
+                                                  ("v5litepod-16", "v2-alpha-tpuv5-lite"),
+                                                  ("v6e-256", "v2-alpha-tpuv6e")])
 def test_create_picks_the_runtime_of_the_generation(env, accelerator, runtime):
   result = ok(run("create.sh", *SLICE, f"--accelerator_type={accelerator}", "--dry_run", env=env))
-  assert commands(result) == [f"gcloud compute tpus tpu-vm create optiml-175b --zone=us-central2-b "
-                              f"--accelerator-type={accelerator} --version={runtime}"]
+  assert commands(result) == [
+      f"gcloud compute tpus tpu-vm create optiml-175b --zone=us-central2-b "
+      f"--accelerator-type={accelerator} --version={runtime}"
+  ]
 
 
 def test_create_reads_the_environment_and_passes_extra_flags(env):
   env = dict(env, TPU_NAME="pod-a", TPU_ZONE="us-east5-a", TPU_PROJECT="p1", TPU_ACCELERATOR_TYPE="v5p-128")
-  result = ok(run("create.sh", "--version", "v2-alpha-tpuv5-custom", "--preemptible", "--dry_run", "--",
-                  "--network=my net", "--data-disk=source=d,mode=read-only", env=env))
+  result = ok(
+      run("create.sh", "--version", "v2-alpha-tpuv5-custom", "--preemptible", "--dry_run", "--", "--network=my net",
+          "--data-disk=source=d,mode=read-only", env=env))
   assert commands(result) == [
       "gcloud compute tpus tpu-vm create pod-a --zone=us-east5-a --project=p1 --accelerator-type=v5p-128 "
-      "--version=v2-alpha-tpuv5-custom --preemptible '--network=my net' --data-disk=source=d,mode=read-only"]
+      "--version=v2-alpha-tpuv5-custom --preemptible '--network=my net' --data-disk=source=d,mode=read-only"
+  ]
 
 
 @pytest.mark.parametrize("script, args, message", [
@@ -161,8 +165,8 @@ def test_create_reads_the_environment_and_passes_extra_flags(env):
     ("launch.sh", [*SLICE, "--gin.MODEL_DIR=gs://b/r"], "no --gin_file"),
     ("launch.sh", [*SLICE, "--gin_file=g.gin", "--gin.MODEL_DIR", "gs://b"], "write gin bindings as --gin.KEY=VALUE"),
     ("launch.sh", [*SLICE, "--gin_file=g.gin", "--env=1X=2"], "--env=1X=2: expected NAME=VALUE"),
-    ("launch.sh", [*SLICE, "--gin_file=g.gin", "--model_dir=gs://b"],
-     "unknown option '--model_dir'; other flags of the trainer go after --"),
+    ("launch.sh", [*SLICE, "--gin_file=g.gin", "--model_dir=gs://b"
+                  ], "unknown option '--model_dir'; other flags of the trainer go after --"),
     ("logs.sh", [*SLICE, "--worker=two"], "--worker=two: expected 'all' or a worker index"),
     ("logs.sh", [f"--name={NAME}"], "no zone"),
     ("stop.sh", [f"--zone={ZONE}"], "no TPU name"),
@@ -193,7 +197,8 @@ def test_install_dry_run_ships_a_git_archive_to_every_worker(env):
   assert printed[:3] == [
       f"git -C {REPO_ROOT} archive --format=tar.gz --output={tarball} HEAD",
       f"gcloud compute tpus tpu-vm scp {tarball} optiml-175b:optiml-jax-src.tar.gz --zone=us-central2-b --worker=all",
-      f"rm -f {tarball}"]
+      f"rm -f {tarball}"
+  ]
   assert len(printed) == 4
   argv = shlex.split(printed[3])
   assert argv[:-1] == [*SSH, "--worker=all", "--command"]
@@ -207,8 +212,9 @@ def test_install_dry_run_ships_a_git_archive_to_every_worker(env):
 
 
 def test_install_dry_run_with_a_git_url_fetches_on_every_worker(env):
-  result = ok(run("install.sh", *SLICE, "--git_url=https://example.com/o/optiml-jax.git", "--ref=v1.0",
-                  "--python=/opt/py/bin/python3", "--remote_dir=~/runs/code", "--dry_run", env=env))
+  result = ok(
+      run("install.sh", *SLICE, "--git_url=https://example.com/o/optiml-jax.git", "--ref=v1.0",
+          "--python=/opt/py/bin/python3", "--remote_dir=~/runs/code", "--dry_run", env=env))
   [printed] = commands(result)
   argv = shlex.split(printed)
   assert argv[:-1] == [*SSH, "--worker=all", "--command"]
@@ -220,12 +226,16 @@ def test_install_dry_run_with_a_git_url_fetches_on_every_worker(env):
       "[ -x .venv/bin/python ] || /opt/py/bin/python3 -m venv .venv;")
 
 
-TRAIN_FLAGS = ["--gin_file", "gin/optiml_175b.gin", "--gin.MODEL_DIR=gs://my-bucket/optiml-175b",
-               "--gin.CATALOG_DIR=/data/optiml_bench", "--gin.MIXTURE_OR_TASK_NAME='my mix'",
-               "--gin_bindings=train.run_name = \"it's $HOME\""]
-EXPECTED_TRAIN_ARGS = ["--gin_file=gin/optiml_175b.gin", "--gin.MODEL_DIR=gs://my-bucket/optiml-175b",
-                       "--gin.CATALOG_DIR=/data/optiml_bench", "--gin.MIXTURE_OR_TASK_NAME='my mix'",
-                       "--gin_bindings=train.run_name = \"it's $HOME\"", "--gin.SEED=1", "--multihost"]
+TRAIN_FLAGS = [
+    "--gin_file", "gin/optiml_175b.gin", "--gin.MODEL_DIR=gs://my-bucket/optiml-175b",
+    "--gin.CATALOG_DIR=/data/optiml_bench", "--gin.MIXTURE_OR_TASK_NAME='my mix'",
+    "--gin_bindings=train.run_name = \"it's $HOME\""
+]
+EXPECTED_TRAIN_ARGS = [
+    "--gin_file=gin/optiml_175b.gin", "--gin.MODEL_DIR=gs://my-bucket/optiml-175b",
+    "--gin.CATALOG_DIR=/data/optiml_bench", "--gin.MIXTURE_OR_TASK_NAME='my mix'",
+    "--gin_bindings=train.run_name = \"it's $HOME\"", "--gin.SEED=1", "--multihost"
+]
 
 
 def remote_train_args(remote: str) -> list[str]:
@@ -247,16 +257,19 @@ def test_launch_dry_run_runs_the_same_command_on_every_worker_with_quoting_kept(
                            "~/optiml-jax/.venv/bin/python: run tpu_scripts/install.sh first\" >&2; exit 1; }; "
                            "mkdir -p logs; running() {")
   notes = [line for line in result.stdout.splitlines() if line.startswith("# launch ")]
-  assert notes == ["# launch on every worker of optiml-175b, in ~/optiml-jax: .venv/bin/python -m optiml_jax.train "
-                   "--gin_file=gin/optiml_175b.gin --gin.MODEL_DIR=gs://my-bucket/optiml-175b "
-                   "--gin.CATALOG_DIR=/data/optiml_bench '--gin.MIXTURE_OR_TASK_NAME='\\''my mix'\\''' "
-                   "'--gin_bindings=train.run_name = \"it'\\''s $HOME\"' --gin.SEED=1 --multihost"]
+  assert notes == [
+      "# launch on every worker of optiml-175b, in ~/optiml-jax: .venv/bin/python -m optiml_jax.train "
+      "--gin_file=gin/optiml_175b.gin --gin.MODEL_DIR=gs://my-bucket/optiml-175b "
+      "--gin.CATALOG_DIR=/data/optiml_bench '--gin.MIXTURE_OR_TASK_NAME='\\''my mix'\\''' "
+      "'--gin_bindings=train.run_name = \"it'\\''s $HOME\"' --gin.SEED=1 --multihost"
+  ]
   assert gcloud_calls(env) == []
 
 
 def test_launch_keeps_a_given_multihost_flag_and_sets_env(env):
-  result = ok(run("launch.sh", *SLICE, "--project=p", "--internal_ip", "--gin_file=a.gin", "--env=EXTRA=x y",
-                  "--check_seconds=0", "--remote_dir=/opt/optiml", "--dry_run", "--", "--multihost", env=env))
+  result = ok(
+      run("launch.sh", *SLICE, "--project=p", "--internal_ip", "--gin_file=a.gin", "--env=EXTRA=x y",
+          "--check_seconds=0", "--remote_dir=/opt/optiml", "--dry_run", "--", "--multihost", env=env))
   argv = shlex.split(commands(result)[0])
   assert argv[:-1] == [*SSH, "--project=p", "--worker=all", "--internal-ip", "--command"]
   assert remote_train_args(argv[-1]) == ["--gin_file=a.gin", "--multihost"]
@@ -269,8 +282,10 @@ def test_logs_dry_run(env):
   one = ok(run("logs.sh", *SLICE, "--worker=3", "--lines", "10", "--no_follow", "--dry_run", env=env))
   assert commands(one) == [f"{shlex.join(SSH)} --worker=3 --command 'cd optiml-jax && tail -n 10 logs/train.log'"]
   every = ok(run("logs.sh", *SLICE, "--worker=all", "--dry_run", env=env))
-  assert commands(every) == [f"{shlex.join(SSH)} --worker=all --command 'cd optiml-jax && tail -n 50 -F "
-                             "logs/train.log | sed -u \"s/^/$(hostname): /\"'"]
+  assert commands(every) == [
+      f"{shlex.join(SSH)} --worker=all --command 'cd optiml-jax && tail -n 50 -F "
+      "logs/train.log | sed -u \"s/^/$(hostname): /\"'"
+  ]
   assert gcloud_calls(env) == []
 
 
@@ -289,8 +304,7 @@ def test_stop_dry_run_stops_every_worker_then_deletes(env):
 
 def test_ssh_dry_run_keeps_the_command_text(env):
   result = ok(run("ssh.sh", *SLICE, "--dry_run", "--", "mkdir -p ~/data &&", "echo \"a b\" 'c'", env=env))
-  assert commands(result) == [
-      f"{shlex.join(SSH)} --worker=all --command 'mkdir -p ~/data && echo \"a b\" '\\''c'\\'''"]
+  assert commands(result) == [f"{shlex.join(SSH)} --worker=all --command 'mkdir -p ~/data && echo \"a b\" '\\''c'\\'''"]
 
 
 def _trainer_pids(worker: pathlib.Path) -> list[int]:
@@ -351,8 +365,9 @@ def test_fake_pod_install_launch_logs_stop(pod):
 
   # launch: the same flags reach the trainer on both workers, word for word.
   calls = len(gcloud_calls(env))
-  result = ok(run("launch.sh", *SLICE, *TRAIN_FLAGS, "--check_seconds=1", "--env=EXTRA=x y", "--",
-                  "--gin.SEED=1", env=env, scripts=scripts))
+  result = ok(
+      run("launch.sh", *SLICE, *TRAIN_FLAGS, "--check_seconds=1", "--env=EXTRA=x y", "--", "--gin.SEED=1", env=env,
+          scripts=scripts))
   _assert_ran_what_it_printed(result, env, calls)
   for w in workers:
     records = [json.loads(line) for line in (w / "python_calls.jsonl").read_text().splitlines()]
@@ -365,8 +380,7 @@ def test_fake_pod_install_launch_logs_stop(pod):
   assert worker_output(result).count("training, pid ") == 2
 
   # a second launch is refused while the trainers run.
-  again = run("launch.sh", *SLICE, "--gin_file=gin/optiml_175b.gin", "--check_seconds=0", env=env,
-              scripts=scripts)
+  again = run("launch.sh", *SLICE, "--gin_file=gin/optiml_175b.gin", "--check_seconds=0", env=env, scripts=scripts)
   assert again.returncode == 1
   assert "a trainer launched here still runs" in again.stderr and "tpu_scripts/stop.sh" in again.stderr
 
@@ -404,8 +418,8 @@ def test_fake_pod_launch_fails_when_the_trainer_exits_at_once(pod):
   assert before.returncode == 1
   assert before.stderr.count("no ~/optiml-jax/.venv/bin/python: run tpu_scripts/install.sh first") == 2
   ok(run("install.sh", *SLICE, env=env, scripts=scripts))
-  result = run("launch.sh", *SLICE, "--gin_file=gin/optiml_175b.gin", "--gin.FAKE_EXIT=2", "--check_seconds=1",
-               env=env, scripts=scripts)
+  result = run("launch.sh", *SLICE, "--gin_file=gin/optiml_175b.gin", "--gin.FAKE_EXIT=2", "--check_seconds=1", env=env,
+               scripts=scripts)
   assert result.returncode == 1
   assert result.stderr.count("the trainer exited within 1 s") == 2
   assert result.stderr.count("fake trainer: exit 2") == 2

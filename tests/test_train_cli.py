@@ -58,9 +58,8 @@ def test_every_run_file_builds_its_config(name):
     assert model.vocab_size % tensor == 0 and model.hidden_size % fsdp == 0
   if name.startswith("optiml_"):
     size = name[len("optiml_"):-len(".gin")]
-    assert model == opt_lib.OPTConfig.preset(
-        f"opt-{size}", dtype="bfloat16", param_dtype="float32", scan_layers=True,
-        remat_policy=model.remat_policy, dropout=0.1, attention_dropout=0.0)
+    assert model == opt_lib.OPTConfig.preset(f"opt-{size}", dtype="bfloat16", param_dtype="float32", scan_layers=True,
+                                             remat_policy=model.remat_policy, dropout=0.1, attention_dropout=0.0)
     assert config.optimizer == config_lib.OptimizerArgs()  # the paper's figures are the defaults
     assert config.seq_len == 2048 and config.model.initial_checkpoint_path == "/ckpt/opt"
     assert (config.checkpoint.keep_checkpoints, config.logging.log_every, config.run.nan_policy) == (3, 10, "skip")
@@ -104,8 +103,9 @@ def test_every_binding_of_a_run_file_reaches_its_group(name):
 def test_every_model_file_builds_its_preset(name):
   config = _configure(["recipe.gin", f"models/{name}"], PATHS + ["--gin.TRAIN_STEPS=100", "--gin.BATCH_SIZE=8"])
   preset = "tiny" if name == "opt_tiny.gin" else "opt-" + name[len("opt_"):-len(".gin")]
-  assert (config.model.config.hidden_size, config.model.config.num_hidden_layers) == (
-      opt_lib.OPTConfig.preset(preset).hidden_size, opt_lib.OPTConfig.preset(preset).num_hidden_layers)
+  assert (config.model.config.hidden_size,
+          config.model.config.num_hidden_layers) == (opt_lib.OPTConfig.preset(preset).hidden_size,
+                                                     opt_lib.OPTConfig.preset(preset).num_hidden_layers)
 
 
 @pytest.mark.parametrize("name", TRAINER_FILES)
@@ -116,36 +116,41 @@ def test_every_binding_is_commented(name):
 
 
 def _run_cli(*flags, timeout=120):
-  return subprocess.run([sys.executable, "-m", "optiml_jax.train", *flags], cwd=REPO, capture_output=True,
-                        text=True, timeout=timeout)
+  return subprocess.run([sys.executable, "-m", "optiml_jax.train", *flags], cwd=REPO, capture_output=True, text=True,
+                        timeout=timeout)
 
 
 def test_unknown_binding_exits_2_naming_it_before_anything_is_built(tmp_path):
   started = time.time()
-  result = _run_cli("--gin_file=quickstart.gin", f"--gin.MODEL_DIR={tmp_path}/run",
-                    "--gin.CATALOG_DIR=/nowhere", "--gin.OptimizerArgs.learning_rat=0.1")
+  result = _run_cli("--gin_file=quickstart.gin", f"--gin.MODEL_DIR={tmp_path}/run", "--gin.CATALOG_DIR=/nowhere",
+                    "--gin.OptimizerArgs.learning_rat=0.1")
   assert result.returncode == 2, result.stderr
   assert "learning_rat" in result.stderr and "Traceback" not in result.stderr
   assert not (tmp_path / "run").exists()
   assert time.time() - started < 60
 
 
-@pytest.mark.parametrize("flags,message", [
-    ([], "MODEL_DIR"),  # a required macro left unset
-    (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.TASK_FEATURE_LENGTHS={'inputs': 4000, 'targets': 512}"],
-     "max_position_embeddings=2048"),
-    (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.RunArgs.nan_policy='ignore'"], "RunArgs.nan_policy"),
-    (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.opt_model.preset='opt-7b'"], "opt-7b"),
-    (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.DataArgs.batch_size=%BATCH"], "%BATCH"),
-    # A value a group refuses: the field, and the macro that set it.
-    (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.BATCH_SIZE=0"],
-     "DataArgs.batch_size: expected a positive integer, got 0 (set by the macro BATCH_SIZE)"),
-    (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.PartitioningArgs.num_microbatches=3"],
-     "PartitioningArgs.num_microbatches=3"),
-    # A binding of the former `train` configurable names where it went.
-    (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.train.mesh_shape=(1, 8, 16)"],
-     "train.mesh_shape is now PartitioningArgs.mesh_shape"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        ([], "MODEL_DIR"),  # a required macro left unset
+        ([
+            "--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 4000, 'targets': 512}"
+        ], "max_position_embeddings=2048"),
+        (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.RunArgs.nan_policy='ignore'"
+         ], "RunArgs.nan_policy"),
+        (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.opt_model.preset='opt-7b'"], "opt-7b"),
+        (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.DataArgs.batch_size=%BATCH"], "%BATCH"),
+        # A value a group refuses: the field, and the macro that set it.
+        (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.BATCH_SIZE=0"
+         ], "DataArgs.batch_size: expected a positive integer, got 0 (set by the macro BATCH_SIZE)"),
+        (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.PartitioningArgs.num_microbatches=3"
+         ], "PartitioningArgs.num_microbatches=3"),
+        # A binding of the former `train` configurable names where it went.
+        (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.train.mesh_shape=(1, 8, 16)"
+         ], "train.mesh_shape is now PartitioningArgs.mesh_shape"),
+    ])
 def test_configuration_errors_exit_2_naming_the_binding(flags, message, capsys):
   assert train_entry.main(["--gin_file=quickstart.gin", *flags]) == 2
   err = capsys.readouterr().err
@@ -172,12 +177,13 @@ def test_check_bindings_follows_references_and_macros():
 def test_sigterm_checkpoints_and_the_same_command_resumes_to_identical_losses(tmp_path):
   catalog = tmp_path / "catalog"
   assert bench.main(["toy", "--out", str(tmp_path / "toy"), "--catalog", str(catalog)]) == 0
-  flags = ["--gin_file=quickstart.gin", f"--gin.MODEL_DIR={tmp_path / 'run'}", f"--gin.CATALOG_DIR={catalog}",
-           "--gin.TRAIN_STEPS=30", "--gin.BATCH_SIZE=2", "--gin.TASK_FEATURE_LENGTHS={'inputs': 48, 'targets': 16}",
-           "--gin.opt_model.max_position_embeddings=64", "--gin.opt_model.dropout=0.1",
-           "--gin.OptimizerArgs.warmup_steps=2", "--gin.LoggingArgs.log_every=1",
-           "--gin.CheckpointArgs.save_every=1000",
-           "--gin.LoggingArgs.tensorboard=False", "--gin.LoggingArgs.progress=False"]
+  flags = [
+      "--gin_file=quickstart.gin", f"--gin.MODEL_DIR={tmp_path / 'run'}", f"--gin.CATALOG_DIR={catalog}",
+      "--gin.TRAIN_STEPS=30", "--gin.BATCH_SIZE=2", "--gin.TASK_FEATURE_LENGTHS={'inputs': 48, 'targets': 16}",
+      "--gin.opt_model.max_position_embeddings=64", "--gin.opt_model.dropout=0.1", "--gin.OptimizerArgs.warmup_steps=2",
+      "--gin.LoggingArgs.log_every=1", "--gin.CheckpointArgs.save_every=1000", "--gin.LoggingArgs.tensorboard=False",
+      "--gin.LoggingArgs.progress=False"
+  ]
   cache = [f"--gin.RunArgs.compilation_cache_dir={tmp_path / 'jax_cache'}"]
   metrics = tmp_path / "run" / "metrics.jsonl"
   process = subprocess.Popen([sys.executable, "-m", "optiml_jax.train", *flags, *cache], cwd=REPO,
@@ -200,8 +206,7 @@ def test_sigterm_checkpoints_and_the_same_command_resumes_to_identical_losses(tm
   assert (summary["first_step"], summary["last_step"]) == (reached, 30)
 
   # The same command never stopped (another MODEL_DIR): the same loss at every step.
-  reference = _run_cli(*[f.replace(str(tmp_path / "run"), str(tmp_path / "ref")) for f in flags], *cache,
-                       timeout=150)
+  reference = _run_cli(*[f.replace(str(tmp_path / "run"), str(tmp_path / "ref")) for f in flags], *cache, timeout=150)
   assert reference.returncode == 0, reference.stderr[-2000:]
   losses = lambda d: [(r["step"], r["loss"]) for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]
   assert losses(tmp_path / "run") == losses(tmp_path / "ref")

@@ -180,8 +180,10 @@ def find_checkpoints(path: Path, steps: str | Sequence[int] = "latest") -> tuple
     raise _partial_step_error(folder)
   numbered = step_folders(folder)
   by_step = complete_steps(folder)
-  problems = [f"{p}: partial checkpoint (no complete '{PARAMS_ITEM}' item); skipped" for p in numbered
-              if int(p.name) not in by_step]
+  problems = [
+      f"{p}: partial checkpoint (no complete '{PARAMS_ITEM}' item); skipped" for p in numbered
+      if int(p.name) not in by_step
+  ]
   if not by_step:
     raise CheckpointError(f"{folder}: every step folder is partial ({', '.join(p.name for p in numbered)}): "
                           f"none has a '{PARAMS_ITEM}' item")
@@ -193,8 +195,9 @@ def find_checkpoints(path: Path, steps: str | Sequence[int] = "latest") -> tuple
     raise CheckpointError(f"checkpoint steps must be 'latest', 'all' or a list of steps, got {steps!r}")
   else:
     wanted = [int(s) for s in steps if int(s) in by_step]
-    problems += [f"{folder}: step {s} not found among complete steps {sorted(by_step)}"
-                 for s in steps if int(s) not in by_step]
+    problems += [
+        f"{folder}: step {s} not found among complete steps {sorted(by_step)}" for s in steps if int(s) not in by_step
+    ]
     if not wanted:
       raise CheckpointError(f"{folder}: none of the steps {list(steps)} is a complete checkpoint "
                             f"(complete: {sorted(by_step)})")

@@ -33,8 +33,8 @@ SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 TORCH_WEIGHTS_NAME = "pytorch_model.bin"
 TORCH_WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
 WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, TORCH_WEIGHTS_NAME, TORCH_WEIGHTS_INDEX_NAME)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                   "merges.txt", "added_tokens.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "added_tokens.json")
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 
 
@@ -115,8 +115,7 @@ def read_hf_weights(hf_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, str]
                                f"{TORCH_WEIGHTS_NAME} or {TORCH_WEIGHTS_INDEX_NAME})")
 
 
-def load_hf(path: Path, config_overrides: Mapping[str, Any] | None = None
-            ) -> tuple[opt_lib.OPTConfig, layout.Params]:
+def load_hf(path: Path, config_overrides: Mapping[str, Any] | None = None) -> tuple[opt_lib.OPTConfig, layout.Params]:
   """Reads a local Hugging Face OPT folder into (OPTConfig, params); arrays keep the file's dtype.
 
   Args:
@@ -134,8 +133,7 @@ def load_hf(path: Path, config_overrides: Mapping[str, Any] | None = None
   state, origin = read_hf_weights(path)
   untied = hf_config.get("tie_word_embeddings", True) is False
   if untied and layout.LM_HEAD not in {layout.strip_hf_prefix(k) for k in state}:
-    raise layout.ConversionError(
-        f"{path / CONFIG_NAME}: tie_word_embeddings is false but there is no {layout.LM_HEAD}")
+    raise layout.ConversionError(f"{path / CONFIG_NAME}: tie_word_embeddings is false but there is no {layout.LM_HEAD}")
   return config, layout.params_from_hf_state_dict(config, state, origin)
 
 
@@ -148,7 +146,7 @@ def parse_size(size: int | str) -> int:
     raise layout.ConversionError(f"max_shard_size: cannot parse {size!r}; expected e.g. 5GB, 500MB or a byte count")
   unit = match.group(2) or "B"
   base = 1024 if "I" in unit else 1000
-  return int(float(match.group(1)) * base ** "BKMGT".index(unit[0]))
+  return int(float(match.group(1)) * base**"BKMGT".index(unit[0]))
 
 
 def _shards(state: Mapping[str, np.ndarray], max_bytes: int) -> list[dict[str, np.ndarray]]:
@@ -208,4 +206,3 @@ def save_hf(config: opt_lib.OPTConfig, params: Mapping[str, Any], path: Path, to
     for file in tokenizer_files:
       shutil.copyfile(file, tmp / file.name)
   return pathlib.Path(path).absolute()
-

@@ -201,6 +201,7 @@ def params_from_hf_state_dict(config: opt_lib.OPTConfig, state_dict: Mapping[str
   Raises:
     ConversionError: a missing, unexpected or misshapen tensor, or an untied `lm_head.weight`.
   """
+
   def where(key: str) -> str:
     if not isinstance(source, Mapping):
       return source
@@ -225,8 +226,9 @@ def params_from_hf_state_dict(config: opt_lib.OPTConfig, state_dict: Mapping[str
 
   flat = {path: take(name, path, shape) for path, (name, shape) in _top_table(config).items()}
   layer_table = _layer_table(config)
-  layers = [{path: take(f"layers.{i}.{name}", path, shape) for path, (name, shape) in layer_table.items()}
-            for i in range(config.num_hidden_layers)]
+  layers = [{
+      path: take(f"layers.{i}.{name}", path, shape) for path, (name, shape) in layer_table.items()
+  } for i in range(config.num_hidden_layers)]
   if config.scan_layers:
     for path in layer_table:
       flat[("layers",) + path] = np.stack([layer[path] for layer in layers])

@@ -45,8 +45,7 @@ def save_orbax(params: Mapping[str, Any], path: Path, config: opt_lib.OPTConfig 
     layout.validate_params(config, params, source=f"params for {path}")
   with fileio.staged_dir(path, overwrite) as tmp:
     if config is not None:
-      (tmp / hf.CONFIG_NAME).write_text(json.dumps(config.to_hf(), indent=2, sort_keys=True) + "\n",
-                                        encoding="utf-8")
+      (tmp / hf.CONFIG_NAME).write_text(json.dumps(config.to_hf(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
       checkpointer.save(tmp / PARAMS_ITEM, args=ocp.args.PyTreeSave(dict(params)))
   return pathlib.Path(path).absolute()
@@ -56,8 +55,8 @@ def _sharding_of(spec: Any) -> Any:
   return getattr(spec, "sharding", spec)
 
 
-def restore_orbax(path: Path, shardings: Any = None, config: opt_lib.OPTConfig | None = None
-                  ) -> tuple[opt_lib.OPTConfig, layout.Params]:
+def restore_orbax(path: Path, shardings: Any = None,
+                  config: opt_lib.OPTConfig | None = None) -> tuple[opt_lib.OPTConfig, layout.Params]:
   """Reads params written by `save_orbax` or a CheckpointManager; returns (OPTConfig, params).
 
   Args:
@@ -94,8 +93,8 @@ def restore_orbax(path: Path, shardings: Any = None, config: opt_lib.OPTConfig |
     else:
       sharding_tree = dict(layout.unwrap(shardings))
     try:
-      target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=_sharding_of(s)),
-                            metadata, sharding_tree)
+      target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=_sharding_of(s)), metadata,
+                            sharding_tree)
     except ValueError as e:
       raise layout.ConversionError(f"{item}: shardings do not match the stored tree: {e}") from e
     restore_args = ocp.checkpoint_utils.construct_restore_args(target)

@@ -24,8 +24,8 @@ import yaml
 
 from optiml_jax.data import leakage
 
-KNOWN_BENCHMARKS = ("sni", "promptsource", "flan", "crossfit", "exmix", "t5", "unifiedskg", "bigbench",
-                    "reasoning", "pretraining")
+KNOWN_BENCHMARKS = ("sni", "promptsource", "flan", "crossfit", "exmix", "t5", "unifiedskg", "bigbench", "reasoning",
+                    "pretraining")
 RATE_METHODS = ("examples_proportional", "uniform")
 _REQUIRED = object()
 
@@ -184,19 +184,17 @@ def load_config(path: str | os.PathLike) -> BenchConfig:
     data = yaml.safe_load(raw_bytes.decode("utf-8"))
   except (yaml.YAMLError, UnicodeDecodeError) as e:
     raise ConfigError(path, "(file)", f"not valid YAML: {e}") from e
-  top = _Reader(path, "", data, ("name", "benchmarks", "limits", "rates", "held_out", "dedup", "leakage",
-                                 "taxonomy"))
+  top = _Reader(path, "", data, ("name", "benchmarks", "limits", "rates", "held_out", "dedup", "leakage", "taxonomy"))
 
   tax = top.sub("taxonomy", ("categories", "fallback", "overrides", "datasets", "keywords"))
   categories = tuple(tax.get("categories", "str_list"))
   if not categories or len(set(categories)) != len(categories):
     raise ConfigError(path, "taxonomy.categories", "expected a non-empty list of distinct category names")
-  taxonomy = Taxonomy(
-      categories=categories,
-      fallback=tax.get("fallback", "str"),
-      overrides=dict(tax.get("overrides", "str_map", {})),
-      datasets=_normalized_map(path, "taxonomy.datasets", tax.get("datasets", "str_map", {})),
-      keywords=_normalized_map(path, "taxonomy.keywords", tax.get("keywords", "str_map", {})))
+  taxonomy = Taxonomy(categories=categories, fallback=tax.get("fallback", "str"),
+                      overrides=dict(tax.get("overrides", "str_map",
+                                             {})), datasets=_normalized_map(path, "taxonomy.datasets",
+                                                                            tax.get("datasets", "str_map", {})),
+                      keywords=_normalized_map(path, "taxonomy.keywords", tax.get("keywords", "str_map", {})))
   _check_categories(path, "taxonomy.fallback", [taxonomy.fallback], categories)
   for key in ("overrides", "datasets", "keywords"):
     _check_categories(path, f"taxonomy.{key}", getattr(taxonomy, key).values(), categories)
@@ -207,8 +205,9 @@ def load_config(path: str | os.PathLike) -> BenchConfig:
     entry = _Reader(path, f"benchmarks.{name}", value, bench_fields)
     custom = entry.get("custom", "bool", False)
     if name not in KNOWN_BENCHMARKS and not custom:
-      raise ConfigError(path, f"benchmarks.{name}", f"unknown benchmark (known: {', '.join(KNOWN_BENCHMARKS)}; "
-                        "mark a JSONL folder of your own with `custom: true`)")
+      raise ConfigError(
+          path, f"benchmarks.{name}", f"unknown benchmark (known: {', '.join(KNOWN_BENCHMARKS)}; "
+          "mark a JSONL folder of your own with `custom: true`)")
     if not re.fullmatch(r"\w+", str(name)):
       raise ConfigError(path, f"benchmarks.{name}", "benchmark names are letters, digits and _")
     share = entry.get("share", "number", 0.0)
@@ -242,12 +241,11 @@ def load_config(path: str | os.PathLike) -> BenchConfig:
     raise ConfigError(path, "rates", "cap and temperature must be positive")
 
   held = top.sub("held_out", ("categories", "sni_test_split", "sni_train", "tasks", "datasets"))
-  held_out = HeldOutConfig(
-      categories=tuple(held.get("categories", "str_list", [])),
-      sni_test_split=held.get("sni_test_split", "bool", True),
-      sni_train=held.get("sni_train", "str", "all"),
-      tasks=tuple(held.get("tasks", "str_list", [])),
-      datasets=frozenset(normalize(d) for d in held.get("datasets", "str_list", [])))
+  held_out = HeldOutConfig(categories=tuple(held.get("categories", "str_list",
+                                                     [])), sni_test_split=held.get("sni_test_split", "bool", True),
+                           sni_train=held.get("sni_train", "str", "all"), tasks=tuple(held.get("tasks", "str_list",
+                                                                                               [])),
+                           datasets=frozenset(normalize(d) for d in held.get("datasets", "str_list", [])))
   _check_categories(path, "held_out.categories", held_out.categories, categories)
   if held_out.sni_train not in ("all", "split"):
     raise ConfigError(path, "held_out.sni_train", f"expected 'all' or 'split', got {held_out.sni_train!r}")
@@ -259,11 +257,11 @@ def load_config(path: str | os.PathLike) -> BenchConfig:
       raise ConfigError(path, "dedup.secondary", f"benchmark {name!r} is not declared under 'benchmarks'")
 
   leak = top.sub("leakage", ("ngram", "threshold", "policy", "template_fraction", "max_train_instances"))
-  leakage_config = LeakageConfig(
-      ngram=leak.get("ngram", "int", leakage.NGRAM), threshold=float(leak.get("threshold", "number", 0.01)),
-      policy=leak.get("policy", "str", "drop_train"),
-      template_fraction=float(leak.get("template_fraction", "number", 0.5)),
-      max_train_instances=leak.get("max_train_instances", "optional_int", None))
+  leakage_config = LeakageConfig(ngram=leak.get("ngram", "int",
+                                                leakage.NGRAM), threshold=float(leak.get("threshold", "number", 0.01)),
+                                 policy=leak.get("policy", "str", "drop_train"),
+                                 template_fraction=float(leak.get("template_fraction", "number", 0.5)),
+                                 max_train_instances=leak.get("max_train_instances", "optional_int", None))
   if leakage_config.policy not in leakage.POLICIES:
     raise ConfigError(path, "leakage.policy", f"{leakage_config.policy!r} is not one of {leakage.POLICIES}")
   if leakage_config.ngram < 1 or not 0 <= leakage_config.threshold < 1:
@@ -273,9 +271,9 @@ def load_config(path: str | os.PathLike) -> BenchConfig:
   if leakage_config.max_train_instances is not None and leakage_config.max_train_instances < 1:
     raise ConfigError(path, "leakage.max_train_instances", "must be positive or null")
 
-  return BenchConfig(
-      path=path, name=top.get("name", "str", pathlib.Path(path).stem),
-      sha256=hashlib.sha256(raw_bytes).hexdigest(), data=data, benchmarks=benchmarks,
-      max_examples_per_task=numbers["max_examples_per_task"], max_eval_instances=numbers["max_eval_instances"],
-      held_out_instances_per_task=numbers["held_out_instances_per_task"], rates=rates_config, held_out=held_out,
-      dedup_secondary=secondary, leakage=leakage_config, taxonomy=taxonomy)
+  return BenchConfig(path=path, name=top.get("name", "str",
+                                             pathlib.Path(path).stem), sha256=hashlib.sha256(raw_bytes).hexdigest(),
+                     data=data, benchmarks=benchmarks, max_examples_per_task=numbers["max_examples_per_task"],
+                     max_eval_instances=numbers["max_eval_instances"],
+                     held_out_instances_per_task=numbers["held_out_instances_per_task"], rates=rates_config,
+                     held_out=held_out, dedup_secondary=secondary, leakage=leakage_config, taxonomy=taxonomy)

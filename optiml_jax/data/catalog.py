@@ -165,8 +165,7 @@ def train_instances(entry: CatalogEntry, task: records.TaskSource) -> Iterator[r
   """The training stream of a task: the instances after the evaluation ones, at most `num_examples`."""
   if entry.role != TRAIN:
     return iter(())
-  return itertools.islice(task.instances(), entry.num_eval_instances,
-                          entry.num_eval_instances + entry.num_examples)
+  return itertools.islice(task.instances(), entry.num_eval_instances, entry.num_eval_instances + entry.num_examples)
 
 
 def split_counts(role: str, kind: str, num_instances: int, held_out_per_task: int, max_examples: int,
@@ -258,8 +257,12 @@ def deduplicate(tasks: Sequence[records.TaskSource],
     if task.benchmark in rank and key:
       better = sorted(b for b in owners[key] if rank.get(b, -1) < rank[task.benchmark])
       if better:
-        dropped.append({"name": task.name, "benchmark": task.benchmark, "dataset": task.dataset,
-                        "reason": f"duplicate dataset: {task.dataset!r} is also in {', '.join(better)}"})
+        dropped.append({
+            "name": task.name,
+            "benchmark": task.benchmark,
+            "dataset": task.dataset,
+            "reason": f"duplicate dataset: {task.dataset!r} is also in {', '.join(better)}"
+        })
         continue
     kept.append(task)
   return kept, dropped
@@ -329,16 +332,20 @@ def build(config: bench_config.BenchConfig, sources: Iterable[records.TaskSource
   read, skipped = _read_sources(sources, config, progress)
   counts = {task.name: n for task, n in read}
   sni_splits = sni_splits or {}
-  sni_test = frozenset(records.task_name("sni", n) for n in sni_splits.get("test", ())
-                       if config.held_out.sni_test_split)
+  sni_test = frozenset(
+      records.task_name("sni", n) for n in sni_splits.get("test", ()) if config.held_out.sni_test_split)
   sni_train = frozenset(records.task_name("sni", n) for n in sni_splits.get("train", ()))
 
   tasks, dropped, unmapped = [], [], {}
   for task, _ in read:
     if (config.held_out.sni_train == "split" and sni_splits and task.benchmark == "sni" and
         task.name not in sni_train | sni_test):
-      dropped.append({"name": task.name, "benchmark": task.benchmark, "dataset": task.dataset,
-                      "reason": "not in the SNI train or test split (held_out.sni_train: split)"})
+      dropped.append({
+          "name": task.name,
+          "benchmark": task.benchmark,
+          "dataset": task.dataset,
+          "reason": "not in the SNI train or test split (held_out.sni_train: split)"
+      })
       continue
     tasks.append(task)
   tasks, dedup_dropped = deduplicate(tasks, config.dedup_secondary)
@@ -355,20 +362,24 @@ def build(config: bench_config.BenchConfig, sources: Iterable[records.TaskSource
   entries = {}
   for task in tasks:
     bench = config.benchmarks[task.benchmark]
-    num_examples, num_eval = split_counts(
-        role[task.name], task.kind, counts[task.name], config.held_out_instances_per_task,
-        bench.max_examples_per_task or config.max_examples_per_task, config.max_eval_instances)
-    entries[task.name] = CatalogEntry(
-        name=task.name, benchmark=task.benchmark, category=category[task.name], role=role[task.name],
-        num_examples=num_examples, num_eval_instances=num_eval, rate=0.0, format=task.format,
-        path=task.path, dataset=task.dataset, template=task.template, kind=task.kind,
-        num_instances=counts[task.name], raw_categories=tuple(task.categories))
+    num_examples, num_eval = split_counts(role[task.name], task.kind, counts[task.name],
+                                          config.held_out_instances_per_task, bench.max_examples_per_task or
+                                          config.max_examples_per_task, config.max_eval_instances)
+    entries[task.name] = CatalogEntry(name=task.name, benchmark=task.benchmark, category=category[task.name],
+                                      role=role[task.name], num_examples=num_examples, num_eval_instances=num_eval,
+                                      rate=0.0, format=task.format, path=task.path, dataset=task.dataset,
+                                      template=task.template, kind=task.kind, num_instances=counts[task.name],
+                                      raw_categories=tuple(task.categories))
 
   leakage_report, drop = _audit(tasks, entries, config, progress)
   for name in sorted(drop):
     entry = entries.pop(name)
-    dropped.append({"name": name, "benchmark": entry.benchmark, "dataset": entry.dataset,
-                    "reason": f"13-gram leakage (policy {config.leakage.policy})"})
+    dropped.append({
+        "name": name,
+        "benchmark": entry.benchmark,
+        "dataset": entry.dataset,
+        "reason": f"13-gram leakage (policy {config.leakage.policy})"
+    })
 
   train = {n: e for n, e in entries.items() if e.role == TRAIN and e.num_examples > 0}
   task_rates = {}
@@ -389,8 +400,12 @@ def build(config: bench_config.BenchConfig, sources: Iterable[records.TaskSource
       skipped=skipped,
       dropped=dropped,
       missing_split_tasks=_missing_split_tasks(sni_splits, set(counts), skipped),
-      unmapped=[{"key": k, "category": config.taxonomy.fallback, "tasks": len(v), "examples": v[:5]}
-                for k, v in sorted(unmapped.items())],
+      unmapped=[{
+          "key": k,
+          "category": config.taxonomy.fallback,
+          "tasks": len(v),
+          "examples": v[:5]
+      } for k, v in sorted(unmapped.items())],
       config=config.echo(),
   )
 
@@ -401,7 +416,8 @@ def _audit(tasks: Sequence[records.TaskSource], entries: Mapping[str, CatalogEnt
   by_name = {t.name: t for t in tasks}
   eval_texts = {
       n: [instance_text(i) for i in eval_instances(e, by_name[n])]
-      for n, e in entries.items() if e.role != TRAIN and e.num_eval_instances > 0
+      for n, e in entries.items()
+      if e.role != TRAIN and e.num_eval_instances > 0
   }
   train_names = [n for n, e in entries.items() if e.role == TRAIN and e.num_examples > 0]
   if not eval_texts or not train_names:
@@ -420,8 +436,8 @@ def _audit(tasks: Sequence[records.TaskSource], entries: Mapping[str, CatalogEnt
   drop_train, drop_eval = leakage.resolve(found, cfg.policy)
   report = []
   for o in sorted(found, key=lambda o: (-o.fraction, o.train_task, o.eval_task)):
-    action = ("dropped train task" if o.train_task in drop_train else
-              "dropped eval task" if o.eval_task in drop_eval else "reported")
+    action = ("dropped train task"
+              if o.train_task in drop_train else "dropped eval task" if o.eval_task in drop_eval else "reported")
     report.append(dict(dataclasses.asdict(o), action=action))
   return report, drop_train | drop_eval
 
@@ -442,9 +458,13 @@ def summary(catalog: Catalog) -> str:
     row[4] += t.rate
   header = ("benchmark", "role", "tasks", "categories", "train examples", "eval instances", "rate")
   lines = [[*k, str(v[0]), str(len(v[1])), str(v[2]), str(v[3]), f"{v[4]:.4f}"] for k, v in sorted(rows.items())]
-  totals = ["total", "", str(len(catalog.tasks)), str(len({t.category for t in catalog.tasks})),
-            str(sum(t.num_examples for t in catalog.tasks)), str(sum(t.num_eval_instances for t in catalog.tasks)),
-            f"{sum(t.rate for t in catalog.tasks):.4f}"]
+  totals = [
+      "total", "",
+      str(len(catalog.tasks)),
+      str(len({t.category for t in catalog.tasks})),
+      str(sum(t.num_examples for t in catalog.tasks)),
+      str(sum(t.num_eval_instances for t in catalog.tasks)), f"{sum(t.rate for t in catalog.tasks):.4f}"
+  ]
   widths = [max(len(r[i]) for r in [header, *lines, totals]) for i in range(len(header))]
   fmt = lambda r: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
   out = [fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines), fmt(totals), ""]
@@ -457,8 +477,7 @@ def summary(catalog: Catalog) -> str:
   for d in catalog.dropped:
     reason = d["reason"].split(":")[0]
     reasons[reason] = reasons.get(reason, 0) + 1
-  out.append(f"dropped tasks: {len(catalog.dropped)}" +
-             "".join(f"\n  {r}: {n}" for r, n in sorted(reasons.items())))
+  out.append(f"dropped tasks: {len(catalog.dropped)}" + "".join(f"\n  {r}: {n}" for r, n in sorted(reasons.items())))
   out.append(f"leakage pairs over threshold: {len(catalog.leakage)}")
   for split, names in sorted(catalog.missing_split_tasks.items()):
     out.append(f"SNI {split} split: {len(names)} listed task(s) absent from the checkout")

@@ -36,8 +36,7 @@ SCORE_EVAL_SUFFIX = ".score_eval"
 EVAL_SPLIT = "validation"  # the held-out instances of every Task (the registry's split name)
 
 
-def references_postprocessor(output: Any, example: Mapping[str, Any] | None = None,
-                             is_target: bool = False) -> Any:
+def references_postprocessor(output: Any, example: Mapping[str, Any] | None = None, is_target: bool = False) -> Any:
   """Task postprocess_fn of generation tasks: targets -> every reference; predictions -> stripped text."""
   if is_target:
     if example is not None and "references" in example:
@@ -124,14 +123,13 @@ def register_score_eval_task(task: seqio.Task) -> seqio.Task | None:
   source = task.source
   num = getattr(source, "num_input_examples", None)
   splits = {EVAL_SPLIT: num(EVAL_SPLIT) if callable(num) else None}
-  companion_source = seqio.FunctionDataSource(
-      dataset_fn=functools.partial(_validation_only, source=source), splits=tuple(splits))
+  companion_source = seqio.FunctionDataSource(dataset_fn=functools.partial(_validation_only, source=source),
+                                              splits=tuple(splits))
   seqio.TaskRegistry.remove(name)
-  return seqio.TaskRegistry.add(
-      name, source=companion_source, output_features=task.output_features,
-      preprocessors=[rank_classification_examples, *task.preprocessors],
-      metric_fns=list(RANK_METRIC_FNS), postprocess_fn=rank_classification_postprocessor,
-      shuffle_buffer_size=task.shuffle_buffer_size)
+  return seqio.TaskRegistry.add(name, source=companion_source, output_features=task.output_features,
+                                preprocessors=[rank_classification_examples, *task.preprocessors],
+                                metric_fns=list(RANK_METRIC_FNS), postprocess_fn=rank_classification_postprocessor,
+                                shuffle_buffer_size=task.shuffle_buffer_size)
 
 
 def _validation_only(split: str, shuffle_files: bool, seed: int | None = None, *,

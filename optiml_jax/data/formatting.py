@@ -69,16 +69,15 @@ def stable_hash(*parts: object) -> int:
   return int.from_bytes(digest[:8], "little")
 
 
-def choose_delimiter(seed: int, task_name: str, instance_id: str,
-                     delimiters: Sequence[str] = DELIMITERS) -> str:
+def choose_delimiter(seed: int, task_name: str, instance_id: str, delimiters: Sequence[str] = DELIMITERS) -> str:
   """The delimiter of one example: a deterministic draw from (seed, task name, instance id)."""
   if not delimiters:
     raise ValueError("choose_delimiter: the delimiter list is empty")
   return delimiters[stable_hash("delimiter", seed, task_name, instance_id) % len(delimiters)]
 
 
-def choose_demonstrations(seed: int, task_name: str, instance_id: str, pool: Sequence[records.Instance],
-                          k: int, fallback: Sequence[records.Instance] = ()) -> tuple[records.Instance, ...]:
+def choose_demonstrations(seed: int, task_name: str, instance_id: str, pool: Sequence[records.Instance], k: int,
+                          fallback: Sequence[records.Instance] = ()) -> tuple[records.Instance, ...]:
   """k demonstrations drawn without replacement from `pool`, topped up from `fallback` when `pool` is short.
 
   The draw depends only on (seed, task name, instance id) and the pools, so an example is formatted the same
@@ -164,8 +163,7 @@ def token_texts(source_text: str, target_text: str) -> tuple[str, str]:
   return source, " " + target
 
 
-def tokenize_example(vocabulary: Encoder, source_text: str,
-                     target_text: str) -> tuple[np.ndarray, np.ndarray]:
+def tokenize_example(vocabulary: Encoder, source_text: str, target_text: str) -> tuple[np.ndarray, np.ndarray]:
   """(inputs, targets) token ids of an example: BPE(source), BPE(" " + target) + [</s>] (int32).
 
   The leading BOS (also </s>) is not included here: the feature converter adds it to each example.
@@ -176,8 +174,8 @@ def tokenize_example(vocabulary: Encoder, source_text: str,
   return np.asarray(inputs, dtype=np.int32), np.asarray(targets, dtype=np.int32)
 
 
-def truncate_tokens(inputs: np.ndarray, targets: np.ndarray, inputs_length: int | None,
-                    targets_length: int | None, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+def truncate_tokens(inputs: np.ndarray, targets: np.ndarray, inputs_length: int | None, targets_length: int | None,
+                    eos_id: int) -> tuple[np.ndarray, np.ndarray]:
   """Fits an example into its budgets: inputs keep their LAST `inputs_length` tokens (left truncation),
   targets their first `targets_length - 1` tokens plus the final </s>. `None` leaves a side untouched.
   """

@@ -94,8 +94,7 @@ def _distinct_pairs(hashes: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, 
 class EvalIndex:
   """N-gram index of the evaluation instances: hash -> (eval task, instance index) postings."""
 
-  def __init__(self, eval_texts: Mapping[str, Sequence[str]], n: int = NGRAM,
-               template_fraction: float = 0.5):
+  def __init__(self, eval_texts: Mapping[str, Sequence[str]], n: int = NGRAM, template_fraction: float = 0.5):
     self.n = n
     self.tasks = list(eval_texts)
     self.num_instances = np.asarray([len(eval_texts[t]) for t in self.tasks], dtype=np.int64)
@@ -160,8 +159,7 @@ def audit(eval_texts: Mapping[str, Sequence[str]], train_texts: Iterable[tuple[s
   index = EvalIndex(eval_texts, n, template_fraction)
   found = []
   for train_task, texts in train_texts:
-    found.extend(o for o in index.overlaps(train_task, texts) if o.eval_task != train_task and
-                 o.fraction > threshold)
+    found.extend(o for o in index.overlaps(train_task, texts) if o.eval_task != train_task and o.fraction > threshold)
   return found
 
 

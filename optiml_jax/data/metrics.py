@@ -74,8 +74,11 @@ def exact_match(targets: Sequence[str | Sequence[str]], predictions: Sequence[st
   references = _reference_lists(targets, predictions)
   if not references:
     return {"exact_match": float("nan")}
-  hits = [max(float(normalize_answer(as_text(p)) == normalize_answer(r)) for r in refs)
-          for refs, p in zip(references, predictions)]
+  hits = [
+      max(float(normalize_answer(as_text(p)) == normalize_answer(r))
+          for r in refs)
+      for refs, p in zip(references, predictions)
+  ]
   return {"exact_match": 100.0 * float(np.mean(hits))}
 
 

@@ -197,8 +197,8 @@ def pad_examples(examples: Iterable[tuple[np.ndarray, np.ndarray]], length: int,
     yield {name: np.pad(features[name], (0, length - n)) for name in MODEL_FEATURE_NAMES}
 
 
-def _pack_window(rows: np.ndarray, meta: np.ndarray, inputs: np.ndarray, inputs_length: np.ndarray,
-                 targets: np.ndarray, targets_length: np.ndarray, flush: np.ndarray,
+def _pack_window(rows: np.ndarray, meta: np.ndarray, inputs: np.ndarray, inputs_length: np.ndarray, targets: np.ndarray,
+                 targets_length: np.ndarray, flush: np.ndarray,
                  bos_id: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """One `scan` step of the converter: adds a padded window of examples to the packer state."""
   packer = Packer.from_state(rows, meta, int(bos_id))
@@ -224,9 +224,9 @@ def truncate_tf(ex: Mapping[str, tf.Tensor], inputs_length: int | None, targets_
     if targets_length < 1:
       raise ValueError(f"targets length must be >= 1 to hold </s>, got {targets_length}")
     t = ex["targets"]
-    ex["targets"] = tf.cond(tf.size(t) > targets_length,
-                            lambda: tf.concat([t[:targets_length - 1], tf.constant([eos_id], t.dtype)], 0),
-                            lambda: t)
+    ex["targets"] = tf.cond(
+        tf.size(t) > targets_length,
+        lambda: tf.concat([t[:targets_length - 1], tf.constant([eos_id], t.dtype)], 0), lambda: t)
   return ex
 
 
@@ -235,8 +235,8 @@ def pad_example_tf(inputs: tf.Tensor, targets: tf.Tensor, length: int, bos_id: i
   tokens = tf.concat([tf.constant([bos_id], tf.int32), inputs, targets], 0)
   weights = tf.concat([tf.zeros_like(inputs), tf.ones_like(targets)], 0)
   n = tf.size(inputs) + tf.size(targets)
-  with tf.control_dependencies([tf.debugging.assert_less_equal(
-      n, length, message=f"an example does not fit in {length} positions")]):
+  with tf.control_dependencies(
+      [tf.debugging.assert_less_equal(n, length, message=f"an example does not fit in {length} positions")]):
     pad = [[0, length - n]]
   out = {
       "decoder_input_tokens": tf.pad(tokens[:-1], pad),
@@ -266,14 +266,13 @@ class OptimlFeatureConverter(seqio.FeatureConverter):
   MODEL_FEATURES = {name: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32) for name in MODEL_FEATURE_NAMES}
   PACKING_FEATURE_DTYPES = {name: tf.int32 for name in PACKING_FEATURE_NAMES}
 
-  def __init__(self, pack: bool = True, bos_id: int = OPT_BOS_ID, max_open_rows: int = 8,
-               window_size: int = 256, apply_length_check: bool = True):
+  def __init__(self, pack: bool = True, bos_id: int = OPT_BOS_ID, max_open_rows: int = 8, window_size: int = 256,
+               apply_length_check: bool = True):
     if max_open_rows < 1 or window_size < 1:
       raise ValueError(f"max_open_rows and window_size must be >= 1, got {max_open_rows}, {window_size}")
     self._max_open_rows = max_open_rows
     self._window_size = window_size
-    super().__init__(pack=pack, use_custom_packing_ops=False, apply_length_check=apply_length_check,
-                     bos_id=bos_id)
+    super().__init__(pack=pack, use_custom_packing_ops=False, apply_length_check=apply_length_check, bos_id=bos_id)
 
   def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
     """Every model feature has length inputs + targets."""
@@ -281,15 +280,16 @@ class OptimlFeatureConverter(seqio.FeatureConverter):
     names = MODEL_FEATURE_NAMES + (PACKING_FEATURE_NAMES if self.pack else ())
     return {name: length for name in names}
 
-  def _convert_features(self, ds: tf.data.Dataset,
-                        task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+  def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
     inputs_length = task_feature_lengths["inputs"]
     targets_length = task_feature_lengths["targets"]
     length = inputs_length + targets_length
     bos_id = self.bos_id
-    ds = ds.map(lambda ex: truncate_tf({"inputs": ex["inputs"], "targets": ex["targets"]}, inputs_length,
-                                       targets_length, eos_id=bos_id),
-                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(
+        lambda ex: truncate_tf({
+            "inputs": ex["inputs"],
+            "targets": ex["targets"]
+        }, inputs_length, targets_length, eos_id=bos_id), num_parallel_calls=tf.data.AUTOTUNE)
     if not self.pack:
       return ds.map(lambda ex: pad_example_tf(ex["inputs"], ex["targets"], length, bos_id),
                     num_parallel_calls=tf.data.AUTOTUNE)
@@ -299,17 +299,21 @@ class OptimlFeatureConverter(seqio.FeatureConverter):
     k, features = self._max_open_rows, len(FEATURE_ORDER)
     ds = ds.map(lambda ex: {**ex, "inputs_length": tf.size(ex["inputs"]), "targets_length": tf.size(ex["targets"])})
     windows = ds.padded_batch(self._window_size).map(lambda w: (w, False))
-    last = {"inputs": tf.zeros([0, 0], tf.int32), "targets": tf.zeros([0, 0], tf.int32),
-            "inputs_length": tf.zeros([0], tf.int32), "targets_length": tf.zeros([0], tf.int32)}
+    last = {
+        "inputs": tf.zeros([0, 0], tf.int32),
+        "targets": tf.zeros([0, 0], tf.int32),
+        "inputs_length": tf.zeros([0], tf.int32),
+        "targets_length": tf.zeros([0], tf.int32)
+    }
     windows = windows.concatenate(tf.data.Dataset.from_tensors((last, True)))  # flushes a finite stream
     bos_id = self.bos_id
 
     def step(state, element):
       window, flush = element
-      rows, meta, out = tf.numpy_function(
-          _pack_window, [state[0], state[1], window["inputs"], window["inputs_length"], window["targets"],
-                         window["targets_length"], flush, bos_id], [tf.int32, tf.int32, tf.int32],
-          stateful=False)
+      rows, meta, out = tf.numpy_function(_pack_window, [
+          state[0], state[1], window["inputs"], window["inputs_length"], window["targets"], window["targets_length"],
+          flush, bos_id
+      ], [tf.int32, tf.int32, tf.int32], stateful=False)
       rows = tf.ensure_shape(rows, [k, features, length])
       meta = tf.ensure_shape(meta, [k, 3])
       out = tf.ensure_shape(out, [None, features, length])
@@ -317,5 +321,4 @@ class OptimlFeatureConverter(seqio.FeatureConverter):
 
     initial = (tf.zeros([k, features, length], tf.int32), tf.zeros([k, 3], tf.int32))
     rows = windows.scan(initial, step).unbatch()
-    return rows.map(lambda r: {name: r[i] for i, name in enumerate(FEATURE_ORDER)},
-                    num_parallel_calls=tf.data.AUTOTUNE)
+    return rows.map(lambda r: {name: r[i] for i, name in enumerate(FEATURE_ORDER)}, num_parallel_calls=tf.data.AUTOTUNE)

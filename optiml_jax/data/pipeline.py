@@ -72,11 +72,20 @@ class BatchStream(Iterator[dict[str, np.ndarray]]):
     if not 0 <= shard_index < shard_count:
       raise ValueError(f"shard_index must be in [0, shard_count={shard_count}), got {shard_index}")
     self._config = {
-        "name": name, "split": split,
-        "feature_lengths": {k: int(v) for k, v in sorted(feature_lengths.items())},
-        "batch_size": int(batch_size), "seed": int(seed), "shard_index": int(shard_index),
-        "shard_count": int(shard_count), "pack": bool(pack), "shuffle": bool(shuffle),
-        "num_epochs": num_epochs, "drop_remainder": bool(drop_remainder), "max_open_rows": int(max_open_rows),
+        "name": name,
+        "split": split,
+        "feature_lengths": {
+            k: int(v) for k, v in sorted(feature_lengths.items())
+        },
+        "batch_size": int(batch_size),
+        "seed": int(seed),
+        "shard_index": int(shard_index),
+        "shard_count": int(shard_count),
+        "pack": bool(pack),
+        "shuffle": bool(shuffle),
+        "num_epochs": num_epochs,
+        "drop_remainder": bool(drop_remainder),
+        "max_open_rows": int(max_open_rows),
         "window_size": int(window_size),
     }
     self._try_in_mem_cache = try_in_mem_cache
@@ -88,9 +97,9 @@ class BatchStream(Iterator[dict[str, np.ndarray]]):
     """The batched tf.data pipeline from the start (what the iterator walks)."""
     c = self._config
     shard_info = seqio.ShardInfo(c["shard_index"], c["shard_count"]) if c["shard_count"] > 1 else None
-    ds = self._provider.get_dataset(
-        sequence_length=c["feature_lengths"], split=c["split"], shuffle=c["shuffle"], seed=c["seed"],
-        shard_info=shard_info, num_epochs=c["num_epochs"], try_in_mem_cache=self._try_in_mem_cache)
+    ds = self._provider.get_dataset(sequence_length=c["feature_lengths"], split=c["split"], shuffle=c["shuffle"],
+                                    seed=c["seed"], shard_info=shard_info, num_epochs=c["num_epochs"],
+                                    try_in_mem_cache=self._try_in_mem_cache)
     converter = packing.OptimlFeatureConverter(pack=c["pack"], max_open_rows=c["max_open_rows"],
                                                window_size=c["window_size"])
     ds = converter(ds, c["feature_lengths"])

@@ -55,8 +55,8 @@ def _benchmark_fractions(present: Collection[str], shares: Mapping[str, float],
   return fractions
 
 
-def _rescale(weights: Mapping[str, float], benchmark_of: Mapping[str, str],
-             shares: Mapping[str, float], fixed: Collection[str]) -> dict[str, float]:
+def _rescale(weights: Mapping[str, float], benchmark_of: Mapping[str, str], shares: Mapping[str, float],
+             fixed: Collection[str]) -> dict[str, float]:
   """Turns per-task weights into rates whose per-benchmark totals equal the benchmark fractions."""
   totals: dict[str, float] = {}
   for task, weight in weights.items():
@@ -73,8 +73,8 @@ def _rescale(weights: Mapping[str, float], benchmark_of: Mapping[str, str],
   }
 
 
-def examples_proportional(num_examples: Mapping[str, int], benchmark_of: Mapping[str, str],
-                          shares: Mapping[str, float], cap: int = DEFAULT_CAP, temperature: float = 1.0,
+def examples_proportional(num_examples: Mapping[str, int], benchmark_of: Mapping[str, str], shares: Mapping[str, float],
+                          cap: int = DEFAULT_CAP, temperature: float = 1.0,
                           fixed: Collection[str] = ()) -> dict[str, float]:
   """Examples-proportional rates with a cap and benchmark shares (OPT-IML's mixing).
 
@@ -98,12 +98,12 @@ def examples_proportional(num_examples: Mapping[str, int], benchmark_of: Mapping
   for task, n in num_examples.items():
     if n < 0:
       raise ValueError(f"task {task!r} has a negative number of examples: {n}")
-    weights[task] = float(min(n, cap)) ** (1.0 / temperature) if n > 0 else 0.0
+    weights[task] = float(min(n, cap))**(1.0 / temperature) if n > 0 else 0.0
   return _rescale(weights, benchmark_of, shares, fixed)
 
 
-def uniform(num_examples: Mapping[str, int], benchmark_of: Mapping[str, str],
-            shares: Mapping[str, float], fixed: Collection[str] = ()) -> dict[str, float]:
+def uniform(num_examples: Mapping[str, int], benchmark_of: Mapping[str, str], shares: Mapping[str, float],
+            fixed: Collection[str] = ()) -> dict[str, float]:
   """Every task with examples weighs the same within its benchmark; benchmark shares still apply."""
   weights = {task: (1.0 if n > 0 else 0.0) for task, n in num_examples.items()}
   return _rescale(weights, benchmark_of, shares, fixed)

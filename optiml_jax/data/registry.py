@@ -147,8 +147,7 @@ def _tokens(vocabulary: formatting.Encoder, text: str) -> list[int]:
 
 
 def iter_examples(entry: catalog_lib.CatalogEntry, task: records.TaskSource, split: str, shots: int,
-                  vocabulary: formatting.Encoder, seed: int = DEFAULT_SEED,
-                  pool_size: int = DEMONSTRATION_POOL_SIZE,
+                  vocabulary: formatting.Encoder, seed: int = DEFAULT_SEED, pool_size: int = DEMONSTRATION_POOL_SIZE,
                   order_seed: int | None = None) -> Iterator[dict[str, Any]]:
   """Formatted, tokenized examples of one task and split (numpy / Python values).
 
@@ -221,8 +220,9 @@ def _dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *, ent
 
   if split == TRAIN_SPLIT:  # training never ranks options: skip them (and a map per task at start-up)
     signature = {k: v for k, v in _SIGNATURE.items() if not k.startswith("options")}
-    return tf.data.Dataset.from_generator(
-        lambda: ({k: ex[k] for k in signature} for ex in generate()), output_signature=signature)
+    return tf.data.Dataset.from_generator(lambda: ({
+        k: ex[k] for k in signature
+    } for ex in generate()), output_signature=signature)
   ds = tf.data.Dataset.from_generator(generate, output_signature=_SIGNATURE)
   return ds.map(_ragged_options, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -270,9 +270,8 @@ def register_task(entry: catalog_lib.CatalogEntry, vocabulary: seqio.Vocabulary 
   vocabulary = vocabulary or default_vocabulary()
   name = variant_name(entry.name, shots)
   source = seqio.FunctionDataSource(
-      dataset_fn=functools.partial(_dataset_fn, entry=entry, shots=shots, vocabulary=vocabulary,
-                                   format_seed=seed, pool_size=pool_size),
-      splits=tuple(splits), num_input_examples=splits)
+      dataset_fn=functools.partial(_dataset_fn, entry=entry, shots=shots, vocabulary=vocabulary, format_seed=seed,
+                                   pool_size=pool_size), splits=tuple(splits), num_input_examples=splits)
   seqio.TaskRegistry.remove(name)
   _ENTRIES[entry.name] = entry
   task = seqio.TaskRegistry.add(name, source=source, output_features=output_features(vocabulary),
@@ -292,9 +291,8 @@ class Registered:
 
 
 def register_catalog(catalog_dir: str | os.PathLike, vocabulary: seqio.Vocabulary | None = None,
-                     shots: Sequence[int] = (0,), seed: int = DEFAULT_SEED,
-                     pool_size: int = DEMONSTRATION_POOL_SIZE, shuffle_buffer_size: int = SHUFFLE_BUFFER_SIZE,
-                     mixtures: bool = True) -> Registered:
+                     shots: Sequence[int] = (0,), seed: int = DEFAULT_SEED, pool_size: int = DEMONSTRATION_POOL_SIZE,
+                     shuffle_buffer_size: int = SHUFFLE_BUFFER_SIZE, mixtures: bool = True) -> Registered:
   """Registers a Task per catalog task and number of demonstrations, plus the training mixtures.
 
   Args:
@@ -318,14 +316,15 @@ def register_catalog(catalog_dir: str | os.PathLike, vocabulary: seqio.Vocabular
         names.append(task.name)
   mixture_names = []
   if mixtures:
-    train = {e.name: e.rate for e in bench.tasks if e.role == catalog_lib.TRAIN and e.rate > 0 and
-             e.num_examples > 0}
+    train = {e.name: e.rate for e in bench.tasks if e.role == catalog_lib.TRAIN and e.rate > 0 and e.num_examples > 0}
     if train:
       _replace_mixture(TRAIN_MIXTURE, train)
       shares, fixed = config_shares(bench)
       entries = [e for e in bench.tasks if e.name in train]
-      _replace_mixture(TRAIN_MIXTURE_UNIFORM, rates.uniform(
-          {e.name: e.num_examples for e in entries}, {e.name: e.benchmark for e in entries}, shares, fixed))
+      _replace_mixture(
+          TRAIN_MIXTURE_UNIFORM,
+          rates.uniform({e.name: e.num_examples for e in entries}, {e.name: e.benchmark for e in entries}, shares,
+                        fixed))
       mixture_names = [TRAIN_MIXTURE, TRAIN_MIXTURE_UNIFORM]
     else:
       logging.warning("%s: no training task with a positive rate: mixtures not registered", catalog_dir)

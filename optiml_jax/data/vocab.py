@@ -106,8 +106,8 @@ class OPTVocabulary(seqio.Vocabulary):
     self._opt_pad_id = tokens.pad_id
     self._unk_id = tokens.unk_id
     vocab = self._tokenizer.get_vocab()
-    self._special_ids = frozenset(vocab[t] for t in FAIRSEQ_SPECIAL_TOKENS + (tokens.bos, tokens.eos, tokens.pad)
-                                  if t in vocab)
+    self._special_ids = frozenset(
+        vocab[t] for t in FAIRSEQ_SPECIAL_TOKENS + (tokens.bos, tokens.eos, tokens.pad) if t in vocab)
     self._size = self._tokenizer.get_vocab_size()
 
   # --- Ids ---------------------------------------------------------------------------------------------

@@ -176,8 +176,8 @@ def place_params(model: nn.Module, params: Any, mesh: jax.sharding.Mesh | None =
     return jax.device_put(params)
   shardings = _param_shardings(model, mesh)
   try:
-    return jax.tree.map(lambda x, s: jax.device_put(x if isinstance(x, jax.Array) else np.asarray(x), s),
-                        params, shardings)
+    return jax.tree.map(lambda x, s: jax.device_put(x if isinstance(x, jax.Array) else np.asarray(x), s), params,
+                        shardings)
   except ValueError as e:
     raise ValueError(f"place_params: the params tree does not match the model's parameters ({e})") from e
 

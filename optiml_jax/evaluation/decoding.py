@@ -71,8 +71,10 @@ def greedy_generate(model: nn.Module, params: Any, prompts: Array, lengths: Arra
 
   def one_token(state):
     step, previous, cache, tokens, done = state
-    logits, variables = model.apply({"params": params, "cache": cache}, previous[:, None], enable_dropout=False,
-                                    decode=True, mutable=["cache"])
+    logits, variables = model.apply({
+        "params": params,
+        "cache": cache
+    }, previous[:, None], enable_dropout=False, decode=True, mutable=["cache"])
     token = jnp.where(done, eos_id, jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32))
     tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, step))
     return step + 1, token, variables["cache"], tokens, done | (token == eos_id)
@@ -155,8 +157,7 @@ def greedy_decode(model: nn.Module, params: Any, prompt_tokens: Sequence[Sequenc
       stats.tokens += int(prompts[i].size + num_tokens[row])
     return len(batch)
 
-  with batching.mesh_context(mesh), tqdm.tqdm(total=len(prompts), desc=desc, unit="ex",
-                                               disable=not progress) as bar:
+  with batching.mesh_context(mesh), tqdm.tqdm(total=len(prompts), desc=desc, unit="ex", disable=not progress) as bar:
     batching.run_batches(plan, dispatch, collect, bar)
   stats.seconds += time.perf_counter() - start
   return outputs

@@ -90,8 +90,8 @@ def _failed(task: str, shots: int, error: str, entry: catalog_lib.CatalogEntry |
   if entry is None:
     unknown = report_lib.UNKNOWN_LEVEL
     return report_lib.TaskResult(task, shots, unknown, unknown, unknown, unknown, error=error)
-  return report_lib.TaskResult(task, shots, entry.benchmark, entry.category, LEVEL_OF_ROLE[entry.role],
-                               entry.kind, error=error)
+  return report_lib.TaskResult(task, shots, entry.benchmark, entry.category, LEVEL_OF_ROLE[entry.role], entry.kind,
+                               error=error)
 
 
 def select_tasks(bench: catalog_lib.Catalog, levels: Sequence[str] = LEVELS, shots: Sequence[int] = (0,),
@@ -127,35 +127,39 @@ def select_tasks(bench: catalog_lib.Catalog, levels: Sequence[str] = LEVELS, sho
       elif pattern in seqio.TaskRegistry.names():
         custom.append(pattern)
       else:
-        failed.append(_failed(pattern, 0, f"task {pattern!r} is absent from the catalog ({len(entries)} tasks) "
-                                          "and is not a registered seqio Task"))
+        failed.append(
+            _failed(
+                pattern, 0, f"task {pattern!r} is absent from the catalog ({len(entries)} tasks) "
+                "and is not a registered seqio Task"))
   out = []
   for entry in chosen:
     level = LEVEL_OF_ROLE[entry.role]
     explicit = tasks is not None and entry.name in tasks
     if level not in levels or (benchmarks is not None and entry.benchmark not in benchmarks):
       if explicit:
-        failed.append(_failed(entry.name, 0, f"task {entry.name} is at level {level} (benchmark "
-                                             f"{entry.benchmark}), which this run excludes", entry))
+        failed.append(
+            _failed(entry.name, 0, f"task {entry.name} is at level {level} (benchmark "
+                    f"{entry.benchmark}), which this run excludes", entry))
       continue
     if entry.kind == records.LANGUAGE_MODELING:
       if explicit:
-        failed.append(_failed(entry.name, 0, f"task {entry.name} is plain text (kind 'lm'): nothing to "
-                                             "evaluate", entry))
+        failed.append(
+            _failed(entry.name, 0, f"task {entry.name} is plain text (kind 'lm'): nothing to "
+                    "evaluate", entry))
       continue
     for k in shots:
       if entry.num_eval_instances <= 0:
         failed.append(_failed(entry.name, k, f"task {entry.name} has no evaluation instances (empty task)", entry))
         continue
-      out.append(EvalTask(entry.name, k, seqio_task_name(entry.name, entry.kind, k), entry.benchmark,
-                          entry.category, level, entry.kind, max_instances))
+      out.append(
+          EvalTask(entry.name, k, seqio_task_name(entry.name, entry.kind, k), entry.benchmark, entry.category, level,
+                   entry.kind, max_instances))
   for name in custom:
     out.append(EvalTask(name, 0, name, CUSTOM, CUSTOM, CUSTOM, CUSTOM, max_instances))
   return out, failed
 
 
-def demonstrations_available(entry: catalog_lib.CatalogEntry,
-                             pool_size: int = registry.DEMONSTRATION_POOL_SIZE) -> int:
+def demonstrations_available(entry: catalog_lib.CatalogEntry, pool_size: int = registry.DEMONSTRATION_POOL_SIZE) -> int:
   """How many demonstrations the registry can draw for the task's k-shot variants (`registry.demonstration_pool`)."""
   from optiml_jax.data import sources  # pylint: disable=g-import-not-at-top
   task = sources.reopen(entry.format, entry.path, entry.benchmark)
@@ -185,8 +189,8 @@ def note_missing_demonstrations(specs: Sequence[EvalTask], bench: catalog_lib.Ca
         available[spec.task] = None
     n = available[spec.task]
     if n is not None and n < spec.shots:
-      note = (f"{spec.shots}-shot asked but only {n} demonstration(s) exist" if n else
-              f"{spec.shots}-shot asked but no demonstration exists (every instance is an evaluation "
+      note = (f"{spec.shots}-shot asked but only {n} demonstration(s) exist"
+              if n else f"{spec.shots}-shot asked but no demonstration exists (every instance is an evaluation "
               "instance and the task has no worked examples): this variant is the 0-shot prompt")
       spec = dataclasses.replace(spec, note=note)
     out.append(spec)
@@ -212,9 +216,8 @@ def count_rows(task: seqio.Task, max_instances: int | None) -> tuple[int, int]:
   return instances, rows
 
 
-def evaluate_task(spec: EvalTask, scorer: inference.Scorer, max_new_tokens: int = 256,
-                  length_normalize: bool = False, log_dir: str | pathlib.Path | None = None,
-                  step: int | None = None) -> report_lib.TaskResult:
+def evaluate_task(spec: EvalTask, scorer: inference.Scorer, max_new_tokens: int = 256, length_normalize: bool = False,
+                  log_dir: str | pathlib.Path | None = None, step: int | None = None) -> report_lib.TaskResult:
   """Runs one Task through `seqio.Evaluator` with the scorer's score_fn and predict_fn (never raises).
 
   With `log_dir`, seqio's JSONLogger writes the Task's inputs, targets and predictions or scores to
@@ -241,12 +244,12 @@ def evaluate_task(spec: EvalTask, scorer: inference.Scorer, max_new_tokens: int 
     if log_dir is not None:
       pathlib.Path(log_dir).mkdir(parents=True, exist_ok=True)
       loggers = (seqio.JSONLogger,)
-    evaluator = seqio.Evaluator(spec.seqio_name, feature_converter=inference.feature_converter(),
-                                eval_split=EVAL_SPLIT, sequence_length={}, num_examples=rows,
-                                use_memory_cache=True, async_compute_metrics=False, logger_cls=loggers,
+    evaluator = seqio.Evaluator(spec.seqio_name, feature_converter=inference.feature_converter(), eval_split=EVAL_SPLIT,
+                                sequence_length={}, num_examples=rows, use_memory_cache=True,
+                                async_compute_metrics=False, logger_cls=loggers,
                                 log_dir=None if log_dir is None else str(log_dir))
-    future, _ = evaluator.evaluate(compute_metrics=True, step=0 if step is None else step,
-                                   score_fn=scorer.score_fn(), predict_fn=scorer.predict_fn(max_new_tokens))
+    future, _ = evaluator.evaluate(compute_metrics=True, step=0 if step is None else step, score_fn=scorer.score_fn(),
+                                   predict_fn=scorer.predict_fn(max_new_tokens))
     values = metrics_lib.finite_metrics(future.result()[spec.seqio_name])
     result.metrics = values
     result.metric = metrics_lib.headline_metric(spec.kind, values, length_normalize)

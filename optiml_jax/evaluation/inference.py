@@ -121,8 +121,8 @@ def score_step(model: nn.Module, mesh: jax.sharding.Mesh | None = None) -> Calla
 
 def score_rows(model: nn.Module, params: Any, rows: Sequence[ScoreRow], length_normalize: bool = False, *,
                batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None,
-               mesh: jax.sharding.Mesh | None = None, stats: InferenceStats | None = None,
-               progress: bool = False, desc: str = "scoring", share_prompts: bool = True) -> list[float]:
+               mesh: jax.sharding.Mesh | None = None, stats: InferenceStats | None = None, progress: bool = False,
+               desc: str = "scoring", share_prompts: bool = True) -> list[float]:
   """Weighted log-likelihood of each row's targets (divided by its weight sum with `length_normalize`).
 
   Rows of one `group` (an example's options) share a batch. With `share_prompts`, a group whose rows share
@@ -162,8 +162,8 @@ def score_rows(model: nn.Module, params: Any, rows: Sequence[ScoreRow], length_n
   buckets = batching.length_buckets(max_length)
   finishing = {indices[-1] for indices in members.values()}
   alone_rows = sorted(alone)
-  plan = [("rows", batch) for batch in batching.plan_batches(
-      [len(cut[i][0].inputs) for i in alone_rows], [rows[i].group for i in alone_rows], batch_size)]
+  plan = [("rows", batch) for batch in batching.plan_batches([len(cut[i][0].inputs) for i in alone_rows
+                                                             ], [rows[i].group for i in alone_rows], batch_size)]
   plan += [("shared", batch) for batch in prompt_sharing.plan_group_batches(shared, batch_size)]
   row_step, shared_step = score_step(model, mesh), prompt_sharing.shared_score_step(model, mesh)
 
@@ -175,8 +175,8 @@ def score_rows(model: nn.Module, params: Any, rows: Sequence[ScoreRow], length_n
     members_ = [cut[alone_rows[i]][0] for i in batch]
     length = batching.bucket_for(max(len(r.inputs) for r in members_), buckets)
     size = batching.padded_batch_rows(len(batch), batch_size, multiple)
-    arrays = (batching.pad_rows([r.inputs for r in members_], size, length, np.int32),
-              batching.pad_rows([r.targets for r in members_], size, length, np.int32),
+    arrays = (batching.pad_rows([r.inputs for r in members_], size, length,
+                                np.int32), batching.pad_rows([r.targets for r in members_], size, length, np.int32),
               batching.pad_rows([r.weights for r in members_], size, length, np.float32))
     return [alone_rows[i] for i in batch], row_step(params, *(batching.to_device(a, mesh) for a in arrays))
 
@@ -188,8 +188,7 @@ def score_rows(model: nn.Module, params: Any, rows: Sequence[ScoreRow], length_n
     counts[row_ids] = batch_counts[:len(row_ids)]
     return sum(i in finishing for i in row_ids)
 
-  with batching.mesh_context(mesh), tqdm.tqdm(total=len(members), desc=desc, unit="ex",
-                                               disable=not progress) as bar:
+  with batching.mesh_context(mesh), tqdm.tqdm(total=len(members), desc=desc, unit="ex", disable=not progress) as bar:
     batching.run_batches(plan, dispatch, collect, bar)
   stats.seconds += time.perf_counter() - start
   if length_normalize:
@@ -200,9 +199,8 @@ def score_rows(model: nn.Module, params: Any, rows: Sequence[ScoreRow], length_n
 def score_options(model: nn.Module, params: Any, prompt_tokens: Sequence[Sequence[int]],
                   options_tokens: Sequence[Sequence[Sequence[int]]], length_normalize: bool = False, *,
                   batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None,
-                  mesh: jax.sharding.Mesh | None = None, stats: InferenceStats | None = None,
-                  progress: bool = False, desc: str = "scoring", share_prompts: bool = True
-                  ) -> list[list[float]]:
+                  mesh: jax.sharding.Mesh | None = None, stats: InferenceStats | None = None, progress: bool = False,
+                  desc: str = "scoring", share_prompts: bool = True) -> list[list[float]]:
   """Log-likelihood of each option given its example's prompt (rank classification).
 
   Args:
@@ -222,8 +220,8 @@ def score_options(model: nn.Module, params: Any, prompt_tokens: Sequence[Sequenc
     scores[i][j] for option j of example i; argmax over j is the predicted option.
   """
   rows = option_rows(prompt_tokens, options_tokens)
-  flat = score_rows(model, params, rows, length_normalize, batch_size=batch_size, max_length=max_length,
-                    mesh=mesh, stats=stats, progress=progress, desc=desc, share_prompts=share_prompts)
+  flat = score_rows(model, params, rows, length_normalize, batch_size=batch_size, max_length=max_length, mesh=mesh,
+                    stats=stats, progress=progress, desc=desc, share_prompts=share_prompts)
   scores, start = [], 0
   for options in options_tokens:
     scores.append(flat[start:start + len(options)])
@@ -250,8 +248,8 @@ def _examples(dataset: Any) -> Iterator[tuple[int, Mapping[str, np.ndarray]]]:
 
 
 def _real_length(index: int, features: Mapping[str, np.ndarray]) -> int:
-  used = np.flatnonzero((np.asarray(features["decoder_target_tokens"]) != 0)
-                        | (np.asarray(features["decoder_loss_weights"]) != 0))
+  used = np.flatnonzero((np.asarray(features["decoder_target_tokens"]) != 0) |
+                        (np.asarray(features["decoder_loss_weights"]) != 0))
   if used.size == 0:
     raise ValueError(f"example {index}: decoder_target_tokens are all padding (an empty example)")
   return int(used[-1]) + 1
@@ -284,8 +282,8 @@ def row_from_features(index: int, features: Mapping[str, np.ndarray], group: Has
 
 def make_score_fn(model: nn.Module, params: Any, *, length_normalize: bool = False,
                   batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None,
-                  mesh: jax.sharding.Mesh | None = None, stats: InferenceStats | None = None,
-                  progress: bool = True, share_prompts: bool = True) -> Callable[..., IndexedResult]:
+                  mesh: jax.sharding.Mesh | None = None, stats: InferenceStats | None = None, progress: bool = True,
+                  share_prompts: bool = True) -> Callable[..., IndexedResult]:
   """seqio `score_fn`: (enumerated model dataset) -> [(index, score)], t5x's sequence score.
 
   Consecutive examples with the same prompt (rank classification's one row per option) count as one
@@ -302,8 +300,8 @@ def make_score_fn(model: nn.Module, params: Any, *, length_normalize: bool = Fal
         group, previous = group + 1, key
       indices.append(index)
       rows.append(row_from_features(index, features, group))
-    scores = score_rows(model, params, rows, length_normalize, batch_size=batch_size, max_length=max_length,
-                        mesh=mesh, stats=stats, progress=progress, share_prompts=share_prompts)
+    scores = score_rows(model, params, rows, length_normalize, batch_size=batch_size, max_length=max_length, mesh=mesh,
+                        stats=stats, progress=progress, share_prompts=share_prompts)
     return list(zip(indices, scores))
 
   return score_fn
@@ -358,8 +356,7 @@ class Scorer:
     return dict(batch_size=self.batch_size, max_length=self.max_length, mesh=self.mesh, stats=self.stats,
                 progress=self.progress)
 
-  def score_options(self, prompt_tokens: Sequence[Sequence[int]],
-                    options_tokens: Sequence[Sequence[Sequence[int]]],
+  def score_options(self, prompt_tokens: Sequence[Sequence[int]], options_tokens: Sequence[Sequence[Sequence[int]]],
                     length_normalize: bool = False) -> list[list[float]]:
     return score_options(self.model, self.params, prompt_tokens, options_tokens, length_normalize,
                          share_prompts=self.share_prompts, **self._settings())
@@ -369,10 +366,9 @@ class Scorer:
     return greedy_decode(self.model, self.params, prompt_tokens, max_new_tokens, eos_id, **self._settings())
 
   def score_fn(self, length_normalize: bool = False) -> Callable[..., IndexedResult]:
-    return make_score_fn(self.model, self.params, length_normalize=length_normalize,
-                         share_prompts=self.share_prompts, **self._settings())
+    return make_score_fn(self.model, self.params, length_normalize=length_normalize, share_prompts=self.share_prompts,
+                         **self._settings())
 
   def predict_fn(self, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                  eos_id: int = EOS_ID) -> Callable[..., IndexedResult]:
-    return make_predict_fn(self.model, self.params, max_new_tokens=max_new_tokens, eos_id=eos_id,
-                           **self._settings())
+    return make_predict_fn(self.model, self.params, max_new_tokens=max_new_tokens, eos_id=eos_id, **self._settings())

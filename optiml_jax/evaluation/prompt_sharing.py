@@ -65,8 +65,7 @@ def split_group(rows: Sequence[Any], indices: Sequence[int], max_length: int) ->
 
 def plan_group_batches(groups: Sequence[SharedGroup], batch_size: int) -> list[list[int]]:
   """Group indices per batch: at most `batch_size` rows in all, longest prefix + continuation first."""
-  order = sorted(range(len(groups)),
-                 key=lambda g: -(len(groups[g].prefix) + max(len(x) for x in groups[g].inputs)))
+  order = sorted(range(len(groups)), key=lambda g: -(len(groups[g].prefix) + max(len(x) for x in groups[g].inputs)))
   batches, current, rows = [], [], 0
   for g in order:
     n = len(groups[g].rows)
@@ -83,9 +82,11 @@ def plan_group_batches(groups: Sequence[SharedGroup], batch_size: int) -> list[l
 def select_cache_rows(cache: Any, rows: jax.Array, scan_layers: bool) -> Any:
   """The decode cache of `rows` (an index per new row into the cached batch): the batch axis is 1 for
   the stacked per-layer caches of a scanned model, else 0."""
+
   def take(path, leaf):
     stacked = scan_layers and any(getattr(k, "key", None) == "layers" for k in path)
     return jnp.take(leaf, rows, axis=1 if stacked else 0)
+
   return jax.tree_util.tree_map_with_path(take, cache)
 
 
@@ -97,12 +98,16 @@ def shared_score_step(model: nn.Module, mesh: jax.sharding.Mesh | None = None) -
 
   def step(params, prefixes, prefix_lengths, row_group, inputs, targets, weights):
     cache = opt_lib.init_decode_cache(config, prefixes.shape[0], prefixes.shape[1] + inputs.shape[1])
-    _, variables = model.apply({"params": params, "cache": cache}, prefixes, enable_dropout=False, prefill=True,
-                               prefill_lengths=prefix_lengths, mutable=["cache"],
+    _, variables = model.apply({
+        "params": params,
+        "cache": cache
+    }, prefixes, enable_dropout=False, prefill=True, prefill_lengths=prefix_lengths, mutable=["cache"],
                                logit_positions=jnp.zeros((prefixes.shape[0], 1), jnp.int32))
     cache = select_cache_rows(variables["cache"], row_group, config.scan_layers)
-    logits, _ = model.apply({"params": params, "cache": cache}, inputs, enable_dropout=False, decode=True,
-                            mutable=["cache"])
+    logits, _ = model.apply({
+        "params": params,
+        "cache": cache
+    }, inputs, enable_dropout=False, decode=True, mutable=["cache"])
     log_z = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     return jnp.sum((picked - log_z) * weights, axis=-1), jnp.sum(weights, axis=-1)
@@ -130,8 +135,8 @@ def batch_arrays(groups: Sequence[SharedGroup], batch: Sequence[int], batch_size
   lengths[:len(members)] = [len(group.prefix) for group in members]
   row_groups = np.zeros(num_rows, np.int32)
   row_groups[:len(row_group)] = row_group
-  arrays = (batching.pad_rows([group.prefix for group in members], num_groups, prefix_length, np.int32),
-            lengths, row_groups,
+  arrays = (batching.pad_rows([group.prefix for group in members], num_groups, prefix_length,
+                              np.int32), lengths, row_groups,
             batching.pad_rows([x for group in members for x in group.inputs], num_rows, length, np.int32),
             batching.pad_rows([x for group in members for x in group.targets], num_rows, length, np.int32),
             batching.pad_rows([x for group in members for x in group.weights], num_rows, length, np.float32))

@@ -94,8 +94,8 @@ def read_t5x_params(path: str | pathlib.Path) -> tuple[layout.Params, int]:
     wanted["state"] = {"step": metadata["state"]["step"]}
   restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray, dtype=m.dtype), wanted)
   with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
-    restored = checkpointer.restore(item, args=ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args,
-                                                                       partial_restore=True))
+    restored = checkpointer.restore(
+        item, args=ocp.args.PyTreeRestore(item=wanted, restore_args=restore_args, partial_restore=True))
   step = int(np.asarray(restored["state"]["step"])) if "state" in restored else _step_of(item)
   return dict(restored[TARGET_KEY]), step
 

@@ -65,8 +65,8 @@ class OPTForT5x(opt_lib.OPT):
   types), so token ids are cast to int32 here.
   """
 
-  def __call__(self, decoder_input_tokens: jax.Array, decoder_target_tokens: jax.Array | None = None,
-               *args: Any, **kwargs: Any) -> jax.Array:
+  def __call__(self, decoder_input_tokens: jax.Array, decoder_target_tokens: jax.Array | None = None, *args: Any,
+               **kwargs: Any) -> jax.Array:
     tokens = jnp.asarray(decoder_input_tokens).astype(jnp.int32)
     targets = None if decoder_target_tokens is None else jnp.asarray(decoder_target_tokens).astype(jnp.int32)
     return super().__call__(tokens, targets, *args, **kwargs)
@@ -108,11 +108,12 @@ class FeatureConverter(packing.OptimlFeatureConverter):
   def __init__(self, pack: bool = True, use_custom_packing_ops: bool = False, apply_length_check: bool = True,
                bos_id: int = special_tokens.OPT.bos_id, max_open_rows: int = 8):
     del use_custom_packing_ops  # Packing is `packing.pack_examples`, in Python.
-    super().__init__(pack=pack, bos_id=bos_id, max_open_rows=max_open_rows,
-                     apply_length_check=apply_length_check)
+    super().__init__(pack=pack, bos_id=bos_id, max_open_rows=max_open_rows, apply_length_check=apply_length_check)
     if not pack:  # seqio checks the output against MODEL_FEATURES exactly.
-      self.MODEL_FEATURES = {**packing.OptimlFeatureConverter.MODEL_FEATURES,
-                             CAUSAL_ATTENTION: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)}
+      self.MODEL_FEATURES = {
+          **packing.OptimlFeatureConverter.MODEL_FEATURES, CAUSAL_ATTENTION:
+              seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
+      }
 
   def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
     lengths = dict(super().get_model_feature_lengths(task_feature_lengths))
@@ -124,8 +125,9 @@ class FeatureConverter(packing.OptimlFeatureConverter):
     ds = super()._convert_features(ds, task_feature_lengths)
     if self.pack:
       return ds
-    return ds.map(lambda ex: {**ex, CAUSAL_ATTENTION: causal_attention_from_weights(ex["decoder_loss_weights"])},
-                  num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(lambda ex: {
+        **ex, CAUSAL_ATTENTION: causal_attention_from_weights(ex["decoder_loss_weights"])
+    }, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -133,19 +135,18 @@ class FeatureConverter(packing.OptimlFeatureConverter):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def optimizer(total_steps: int, learning_rate: float = 5e-5, warmup_steps: int = 60,
-              end_learning_rate: float = 0.0, b1: float = 0.9, b2: float = 0.95, eps: float = 1e-8,
-              weight_decay: float = 0.1, decay_matrices_only: bool = False,
-              clip_norm: float | None = 1.0) -> t5x_optimizers.OptaxWrapper:
+def optimizer(total_steps: int, learning_rate: float = 5e-5, warmup_steps: int = 60, end_learning_rate: float = 0.0,
+              b1: float = 0.9, b2: float = 0.95, eps: float = 1e-8, weight_decay: float = 0.1,
+              decay_matrices_only: bool = False, clip_norm: float | None = 1.0) -> t5x_optimizers.OptaxWrapper:
   """The recipe's AdamW + clipping + warmup/linear decay (`trainer.optimizer.make_optimizer`) for t5x.
 
   The schedule lives inside the optax chain, so t5x's `learning_rate_fn` does not drive it: bind
   `Trainer.learning_rate_fn` to `learning_rate_fn(...)` with the same figures to log the rate applied.
   """
-  tx, _ = optimizer_lib.make_optimizer(learning_rate=learning_rate, warmup_steps=warmup_steps,
-                                       total_steps=total_steps, end_learning_rate=end_learning_rate, b1=b1,
-                                       b2=b2, eps=eps, weight_decay=weight_decay,
-                                       decay_matrices_only=decay_matrices_only, clip_norm=clip_norm)
+  tx, _ = optimizer_lib.make_optimizer(learning_rate=learning_rate, warmup_steps=warmup_steps, total_steps=total_steps,
+                                       end_learning_rate=end_learning_rate, b1=b1, b2=b2, eps=eps,
+                                       weight_decay=weight_decay, decay_matrices_only=decay_matrices_only,
+                                       clip_norm=clip_norm)
   return t5x_optimizers.OptaxWrapper(tx)
 
 
@@ -155,9 +156,9 @@ def learning_rate_fn(total_steps: int, learning_rate: float = 5e-5, warmup_steps
   return optimizer_lib.warmup_linear_decay(learning_rate, warmup_steps, total_steps, end_learning_rate)
 
 
-def logical_axis_rules(fsdp: bool = True,
-                       rules: partitioning.LogicalRules = partitioning.LOGICAL_AXIS_RULES
-                       ) -> tuple[tuple[str, str | None], ...]:
+def logical_axis_rules(
+    fsdp: bool = True,
+    rules: partitioning.LogicalRules = partitioning.LOGICAL_AXIS_RULES) -> tuple[tuple[str, str | None], ...]:
   """Our rule table on t5x's ("data", "model") mesh.
 
   "data" and "fsdp" both become "data", "tensor" becomes "model". With `fsdp` the weights' "embed" axis
@@ -191,12 +192,11 @@ def swap_layer_axis(cache: Any) -> Any:
 
   The top-level `cache_index` [batch] is not stacked and stays as it is.
   """
-  return jax.tree_util.tree_map_with_path(
-      lambda path, x: x if _is_index(path) else jnp.swapaxes(x, 0, 1), cache)
+  return jax.tree_util.tree_map_with_path(lambda path, x: x if _is_index(path) else jnp.swapaxes(x, 0, 1), cache)
 
 
-def decode(*, inputs: jax.Array, cache: Any, tokens_to_logits: Callable[..., Any], eos_id: int,
-           num_decodes: int = 1, cache_offset: int = 0, max_decode_steps: int | None = None,
+def decode(*, inputs: jax.Array, cache: Any, tokens_to_logits: Callable[..., Any], eos_id: int, num_decodes: int = 1,
+           cache_offset: int = 0, max_decode_steps: int | None = None,
            sampler: Callable[..., Any] = t5x_decoding.temperature_sample, **kwargs: Any) -> Any:
   """t5x's `decode_fn` for OPT: `sampler` (default `temperature_sample`; gin/t5x/ sets temperature 0, greedy).
 
@@ -223,5 +223,5 @@ def decode(*, inputs: jax.Array, cache: Any, tokens_to_logits: Callable[..., Any
     logits, new_cache = tokens_to_logits(state.replace(cache=swap_layer_axis(state.cache)))
     return logits, swap_layer_axis(new_cache)
 
-  return sampler(inputs=inputs, cache=swap_layer_axis(cache), tokens_to_logits=batch_major_step,
-                 eos_id=eos_id, num_decodes=num_decodes, cache_offset=0, **kwargs)
+  return sampler(inputs=inputs, cache=swap_layer_axis(cache), tokens_to_logits=batch_major_step, eos_id=eos_id,
+                 num_decodes=num_decodes, cache_offset=0, **kwargs)

@@ -43,8 +43,7 @@ _REGISTERED_CATALOGS: dict[tuple[str, tuple[int, ...]], registry.Registered] = {
 # ----------------------------------------------------------------------------------------------------------
 
 
-def registered(catalog_dir: str, name: str | None = registry.TRAIN_MIXTURE, shots: Sequence[int] = (0,)
-               ) -> str | None:
+def registered(catalog_dir: str, name: str | None = registry.TRAIN_MIXTURE, shots: Sequence[int] = (0,)) -> str | None:
   """Registers the catalog's Tasks and Mixtures (the first call per catalog and shots) and returns `name`
   (None: registration only).
 
@@ -97,8 +96,8 @@ def generation_task(task_name: str) -> str:
   name = task_name + GENERATION_SUFFIX
   seqio.TaskRegistry.remove(name)
   seqio.TaskRegistry.add(name, source=task.source, output_features=task.output_features,
-                         preprocessors=[*task.preprocessors, drop_ragged_options],
-                         shuffle_buffer_size=task.shuffle_buffer_size,
+                         preprocessors=[*task.preprocessors,
+                                        drop_ragged_options], shuffle_buffer_size=task.shuffle_buffer_size,
                          **eval_tasks.task_metric_args(records.GENERATION))
   return name
 
@@ -109,8 +108,7 @@ def drop_ragged_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
 
 
 def eval_mixture(catalog_dir: str, name: str = EVAL_MIXTURE, tasks: Sequence[str] | None = None,
-                 roles: Sequence[str] = catalog_lib.ROLES, shots: int = 0,
-                 rank_multiple_choice: bool = True) -> str:
+                 roles: Sequence[str] = catalog_lib.ROLES, shots: int = 0, rank_multiple_choice: bool = True) -> str:
   """Registers the catalog, then a Mixture `name` of evaluation Tasks for one `t5x.eval` or `t5x.infer` run;
   returns `name`. Multiple-choice tasks enter as `rank_classification_task` (scored; decoded like the others
   when `rank_multiple_choice` is False, e.g. for `t5x.infer`), the others as `generation_task` (decoded);

@@ -57,8 +57,8 @@ def positions_from_segment_ids(segment_ids: Array) -> Array:
   """0, 1, 2, ... restarting wherever the segment id changes: [batch, length] int32."""
   length = segment_ids.shape[-1]
   index = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), segment_ids.shape)
-  starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], dtype=bool),
-                            segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+  starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], dtype=bool), segment_ids[:, 1:] != segment_ids[:, :-1]],
+                           axis=1)
   return index - jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
 
 
@@ -240,8 +240,7 @@ class Attention(nn.Module):
     if self.decode or self.prefill:
       stepping = self.decode and self.has_variable("cache", "cached_key")
       length = self.max_decode_length or key.shape[1]
-      cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape[:1] + (length,) + key.shape[2:],
-                                 key.dtype)
+      cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape[:1] + (length,) + key.shape[2:], key.dtype)
       cached_value = self.variable("cache", "cached_value", jnp.zeros, cached_key.value.shape, value.dtype)
       if stepping:
         length = cached_key.value.shape[1]
@@ -266,8 +265,7 @@ class Attention(nn.Module):
     dropout_rng = None
     if self.enable_dropout and cfg.attention_dropout > 0.0:
       dropout_rng = self.make_rng("dropout")
-    out = dot_product_attention(query, key, value, mask, is_causal, cfg.attention_dropout, dropout_rng,
-                                implementation)
+    out = dot_product_attention(query, key, value, mask, is_causal, cfg.attention_dropout, dropout_rng, implementation)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
     out = out.reshape(out.shape[:2] + (cfg.hidden_size,))
     return dense(kernel_axes=("joined_kv", "embed"), name="out_proj")(out)
@@ -312,8 +310,11 @@ class DecoderLayer(nn.Module):
 
 
 def _remat_policy(name: str) -> Any:
-  return {"full": None, "dots": jax.checkpoint_policies.dots_saveable,
-          "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[name]
+  return {
+      "full": None,
+      "dots": jax.checkpoint_policies.dots_saveable,
+      "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+  }[name]
 
 
 class OPT(nn.Module):
@@ -327,9 +328,9 @@ class OPT(nn.Module):
   @nn.compact
   def __call__(self, decoder_input_tokens: Array, decoder_target_tokens: Array | None = None,
                decoder_segment_ids: Array | None = None, decoder_positions: Array | None = None,
-               decoder_causal_attention: Array | None = None, *, enable_dropout: bool = True,
-               decode: bool = False, max_decode_length: int | None = None, prefill: bool = False,
-               prefill_lengths: Array | None = None, logit_positions: Array | None = None) -> Array:
+               decoder_causal_attention: Array | None = None, *, enable_dropout: bool = True, decode: bool = False,
+               max_decode_length: int | None = None, prefill: bool = False, prefill_lengths: Array | None = None,
+               logit_positions: Array | None = None) -> Array:
     """Float32 logits [batch, length, vocab_size]; [batch, k, vocab_size] at `logit_positions` ([batch, k]
     int32 indices along length) when given: the LM head, which dominates small models, then runs only where
     the trainer needs a loss (trainer/step.py)."""
@@ -358,15 +359,14 @@ class OPT(nn.Module):
       else:
         positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
 
-    embed_tokens = Embed(cfg.vocab_size, cfg.word_embed_proj_dim,
-                         ("vocab", "proj") if cfg.has_projections else ("vocab", "embed"), cfg.dtype,
-                         cfg.param_dtype, cfg.init_std, name="embed_tokens")
+    embed_tokens = Embed(cfg.vocab_size, cfg.word_embed_proj_dim, ("vocab", "proj") if cfg.has_projections else
+                         ("vocab", "embed"), cfg.dtype, cfg.param_dtype, cfg.init_std, name="embed_tokens")
     x = embed_tokens(decoder_input_tokens)
     if cfg.has_projections:
       x = Dense(cfg.hidden_size, ("proj", "embed"), False, cfg.dtype, cfg.param_dtype, cfg.init_std,
                 name="project_in")(x)
-    x = x + Embed(cfg.max_position_embeddings + POSITION_OFFSET, cfg.hidden_size, ("abspos", "embed"),
-                  cfg.dtype, cfg.param_dtype, cfg.init_std, name="embed_positions")(positions + POSITION_OFFSET)
+    x = x + Embed(cfg.max_position_embeddings + POSITION_OFFSET, cfg.hidden_size, ("abspos", "embed"), cfg.dtype,
+                  cfg.param_dtype, cfg.init_std, name="embed_positions")(positions + POSITION_OFFSET)
     x = nn.Dropout(rate=cfg.dropout, deterministic=not enable_dropout)(x)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
@@ -375,9 +375,13 @@ class OPT(nn.Module):
       layer_cls = nn.remat(layer_cls, policy=_remat_policy(cfg.remat_policy), prevent_cse=not cfg.scan_layers)
     layer_args = (cfg, enable_dropout, decode, prefill, max_decode_length)
     if cfg.scan_layers:  # Params and caches stacked on a leading axis, named "layers" in params_axes.
-      scanned = nn_partitioning.scan_with_axes(
-          layer_cls, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
-          in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_hidden_layers, axis_name="layers")
+      scanned = nn_partitioning.scan_with_axes(layer_cls, variable_axes={
+          "params": 0,
+          "cache": 0
+      }, split_rngs={
+          "params": True,
+          "dropout": True
+      }, in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_hidden_layers, axis_name="layers")
       x, _ = scanned(*layer_args, name="layers")(x, mask, decode_index)
     else:
       for i in range(cfg.num_hidden_layers):
@@ -403,7 +407,6 @@ class OPT(nn.Module):
 def init_decode_cache(config: OPTConfig, batch_size: int, max_decode_length: int) -> Any:
   """A zero "cache" collection for `batch_size` examples of up to `max_decode_length` tokens (no params)."""
   tokens = jnp.ones((batch_size, max_decode_length), jnp.int32)
-  shapes = jax.eval_shape(
-      lambda: OPT(config).init(jax.random.PRNGKey(0), tokens, enable_dropout=False, decode=True,
-                               max_decode_length=max_decode_length))["cache"]
+  shapes = jax.eval_shape(lambda: OPT(config).init(jax.random.PRNGKey(0), tokens, enable_dropout=False, decode=True,
+                                                   max_decode_length=max_decode_length))["cache"]
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)

@@ -22,9 +22,16 @@ ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
 # Keys a Hugging Face config.json must have; the others fall back to Hugging Face's OPTConfig defaults.
 _HF_REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "ffn_dim",
                 "max_position_embeddings")
-_HF_DEFAULTS = {"word_embed_proj_dim": None, "do_layer_norm_before": True, "enable_bias": True,
-                "layer_norm_elementwise_affine": True, "dropout": 0.1, "attention_dropout": 0.0,
-                "activation_function": "relu", "init_std": 0.02}
+_HF_DEFAULTS = {
+    "word_embed_proj_dim": None,
+    "do_layer_norm_before": True,
+    "enable_bias": True,
+    "layer_norm_elementwise_affine": True,
+    "dropout": 0.1,
+    "attention_dropout": 0.0,
+    "activation_function": "relu",
+    "init_std": 0.02
+}
 
 # Published OPT sizes (Hugging Face facebook/opt-*): all use vocab 50272 and 2048 positions.
 _PRESETS: dict[str, dict[str, Any]] = {
@@ -176,9 +183,14 @@ class OPTConfig:
     module: models/ imports nothing else of the data side).
     """
     fields = {key: getattr(self, key) for key in _HF_REQUIRED + tuple(_HF_DEFAULTS)}
-    return {"model_type": "opt", "architectures": ["OPTForCausalLM"], **fields,
-            "_remove_final_layer_norm": False, "layerdrop": 0.0, **special_tokens.OPT.hf_config_ids(),
-            "tie_word_embeddings": True, "use_cache": True}
+    return {
+        "model_type": "opt",
+        "architectures": ["OPTForCausalLM"],
+        **fields, "_remove_final_layer_norm": False,
+        "layerdrop": 0.0,
+        **special_tokens.OPT.hf_config_ids(), "tie_word_embeddings": True,
+        "use_cache": True
+    }
 
   def num_params(self) -> int:
     """Number of parameters (the tied LM head counted once), computed from the shapes."""

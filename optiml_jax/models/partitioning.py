@@ -52,7 +52,6 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
-
 def sequence_parallel_rules(rules: LogicalRules = LOGICAL_AXIS_RULES) -> tuple[tuple[str, Any], ...]:
   """`rules` with "length" mapped to "tensor", ranked just before the first "embed" rule.
 
@@ -75,6 +74,7 @@ def sequence_parallel_rules(rules: LogicalRules = LOGICAL_AXIS_RULES) -> tuple[t
 
 
 SEQUENCE_PARALLEL_RULES = sequence_parallel_rules()
+
 
 def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1,
               devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
@@ -114,8 +114,7 @@ def check_rules_cover(axes_tree: Any, rules: LogicalRules = LOGICAL_AXIS_RULES) 
                        f"(known: {sorted(known)})")
 
 
-def logical_to_mesh_sharding(axes_tree: Any, mesh: jax.sharding.Mesh,
-                             rules: LogicalRules = LOGICAL_AXIS_RULES) -> Any:
+def logical_to_mesh_sharding(axes_tree: Any, mesh: jax.sharding.Mesh, rules: LogicalRules = LOGICAL_AXIS_RULES) -> Any:
   """A tree of logical PartitionSpecs (e.g. `params_logical_axes(...)`) -> a tree of NamedShardings."""
   check_rules_cover(axes_tree, rules)
   return nn.logical_to_mesh_sharding(axes_tree, mesh, tuple(rules))
@@ -140,12 +139,11 @@ def abstract_variables(model: nn.Module, *args: Any, **kwargs: Any) -> tuple[Any
   return variables["params"], params_logical_axes(variables)
 
 
-def shard_params(params: Any, axes_tree: Any, mesh: jax.sharding.Mesh,
-                 rules: LogicalRules = LOGICAL_AXIS_RULES) -> Any:
+def shard_params(params: Any, axes_tree: Any, mesh: jax.sharding.Mesh, rules: LogicalRules = LOGICAL_AXIS_RULES) -> Any:
   """Places an existing params tree (numpy or jax arrays) onto `mesh` by the rule table."""
   shardings = logical_to_mesh_sharding(axes_tree, mesh, rules)
-  return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x) if not isinstance(x, jax.Array) else x, s),
-                      params, shardings)
+  return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x)
+                                                  if not isinstance(x, jax.Array) else x, s), params, shardings)
 
 
 def init_sharded_params(model: nn.Module, rng: jax.Array, mesh: jax.sharding.Mesh, *args: Any,

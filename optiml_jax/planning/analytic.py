@@ -120,8 +120,7 @@ class LayerTensors:
             + 2 * self.normed  # the two layer-norm outputs
             + 4 * self.heads  # q, k, v, attention output
             + 2 * self.mlp  # fc1 output and its ReLU
-            + self.scores + self.probs
-            + 2 * self.norm_f32  # each layer norm computes in float32
+            + self.scores + self.probs + 2 * self.norm_f32  # each layer norm computes in float32
             + 2 * self.dropout_mask)  # the attention and feed-forward branches
 
   def dots(self) -> int:

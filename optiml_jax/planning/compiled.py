@@ -35,15 +35,14 @@ FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weigh
             "decoder_positions")
 
 
-def abstract_batch(batch_size: int, seq_len: int, sharding: jax.sharding.Sharding
-                   ) -> dict[str, jax.ShapeDtypeStruct]:
+def abstract_batch(batch_size: int, seq_len: int, sharding: jax.sharding.Sharding) -> dict[str, jax.ShapeDtypeStruct]:
   """The packed int32 `decoder_*` features of a global batch, as ShapeDtypeStructs."""
   return {name: jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32, sharding=sharding) for name in FEATURES}
 
 
 def lower_train_step(model_config: config_lib.ModelConfig, optimizer: config_lib.OptimizerArgs,
-                     partitioning_args: config_lib.PartitioningArgs, *, train_steps: int, batch_size: int,
-                     seq_len: int, mesh: jax.sharding.Mesh) -> tuple[jax.stages.Lowered, loop.Program]:
+                     partitioning_args: config_lib.PartitioningArgs, *, train_steps: int, batch_size: int, seq_len: int,
+                     mesh: jax.sharding.Mesh) -> tuple[jax.stages.Lowered, loop.Program]:
   """Lowers the trainer's jit-ed step for these settings on `mesh` with abstract state, batch and rng."""
   program = loop.build_program(model_config, optimizer, partitioning_args, train_steps, seq_len, mesh)
   batch = abstract_batch(batch_size, seq_len, program.batch_sharding)
@@ -98,13 +97,12 @@ def compiled_figures(lowered: jax.stages.Lowered) -> CompiledFigures:
   flops = None if not cost or "flops" not in cost else float(cost["flops"])
   return CompiledFigures(argument_bytes=get("argument_size_in_bytes"), output_bytes=get("output_size_in_bytes"),
                          alias_bytes=get("alias_size_in_bytes"), temp_bytes=get("temp_size_in_bytes"),
-                         generated_code_bytes=get("generated_code_size_in_bytes"), flops=flops,
-                         compile_seconds=seconds)
+                         generated_code_bytes=get("generated_code_size_in_bytes"), flops=flops, compile_seconds=seconds)
 
 
 def probe_step_flops(model_config: config_lib.ModelConfig, optimizer: config_lib.OptimizerArgs,
-                     partitioning_args: config_lib.PartitioningArgs, *, train_steps: int, batch_size: int,
-                     seq_len: int, mesh: jax.sharding.Mesh) -> float | None:
+                     partitioning_args: config_lib.PartitioningArgs, *, train_steps: int, batch_size: int, seq_len: int,
+                     mesh: jax.sharding.Mesh) -> float | None:
   """Per-device FLOPs of a whole step by XLA's count, from unrolled 1- and 2-layer compilations.
 
   None when the backend gives no cost analysis. Counted for the LM head at every position (what a step
@@ -116,8 +114,8 @@ def probe_step_flops(model_config: config_lib.ModelConfig, optimizer: config_lib
   counts = []
   for layers in (1, 2):
     probe = dataclasses.replace(model_config, num_hidden_layers=layers, scan_layers=False)
-    lowered, _ = lower_train_step(probe, optimizer, one_pass, train_steps=train_steps, batch_size=rows,
-                                  seq_len=seq_len, mesh=mesh)
+    lowered, _ = lower_train_step(probe, optimizer, one_pass, train_steps=train_steps, batch_size=rows, seq_len=seq_len,
+                                  mesh=mesh)
     figures = compiled_figures(lowered)
     if figures.flops is None:
       return None

@@ -38,8 +38,8 @@ _GPUS: dict[str, tuple[float, float]] = {
     "h200": (141, 989e12),
 }
 
-EXAMPLES = ("v4-256", "v5e-256", "v5litepod-64", "v5p-256", "v6e-128", "a100-40gb:8x8", "a100-80gb:16x8",
-            "h100:16x8", "h200:8x8")
+EXAMPLES = ("v4-256", "v5e-256", "v5litepod-64", "v5p-256", "v6e-128", "a100-40gb:8x8", "a100-80gb:16x8", "h100:16x8",
+            "h200:8x8")
 
 
 class TopologyError(ValueError):
@@ -113,8 +113,8 @@ def parse_topology(name: str) -> Topology:
     if hosts < 1 or per_host < 1:
       raise TopologyError(f"topology {name!r}: hosts and GPUs per host must be positive; {_expected()}")
     hbm, peak = _GPUS[family]
-    return Topology(name=text, family=family, chips=hosts * per_host, hosts=hosts,
-                    hbm_bytes=int(hbm * GIB), peak_flops=peak)
+    return Topology(name=text, family=family, chips=hosts * per_host, hosts=hosts, hbm_bytes=int(hbm * GIB),
+                    peak_flops=peak)
   tpu = re.fullmatch(r"(v4|v5e|v5litepod|v5p|v6e)-(\d+)", text)
   if tpu:
     family = _TPU_ALIASES.get(tpu.group(1), tpu.group(1))

@@ -37,8 +37,7 @@ def _all_finite_jit(leaves: list[Any]) -> jax.Array:
 def all_finite(tree: Any) -> bool:
   """Whether every floating-point leaf of `tree` (numpy or jax arrays, sharded across processes or not)
   is free of NaN and infinity. Every process must call it (it runs one small jit-ed reduction)."""
-  leaves = [x for x in jax.tree_util.tree_leaves(tree)
-            if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
+  leaves = [x for x in jax.tree_util.tree_leaves(tree) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
   if not leaves:
     return True
   flag = _all_finite_jit(leaves)
@@ -68,8 +67,7 @@ class Checkpointer:
         enable_async_checkpointing=async_save,
         create=True,
     )
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("params", "opt_state", "meta"))
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("params", "opt_state", "meta"))
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -116,8 +114,7 @@ class Checkpointer:
         ),
     )
     meta = dict(restored["meta"])
-    state = TrainState(step=np.int32(meta["step"]), params=restored["params"],
-                       opt_state=restored["opt_state"])
+    state = TrainState(step=np.int32(meta["step"]), params=restored["params"], opt_state=restored["opt_state"])
     return state, meta
 
   def restore_latest(self, abstract_state: TrainState) -> tuple[TrainState, dict[str, Any]] | None:

@@ -176,8 +176,8 @@ class PartitioningArgs:
 
   def __post_init__(self):
     shape = self.mesh_shape
-    if (not isinstance(shape, (tuple, list)) or len(shape) != 3 or not all(_is_int(s) for s in shape)
-        or any(s == 0 or s < -1 for s in shape) or list(shape).count(-1) > 1):
+    if (not isinstance(shape, (tuple, list)) or len(shape) != 3 or not all(_is_int(s) for s in shape) or
+        any(s == 0 or s < -1 for s in shape) or list(shape).count(-1) > 1):
       raise ConfigError(f"PartitioningArgs.mesh_shape: expected (data, fsdp, tensor), positive integers of which "
                         f"one may be -1, got {shape!r}")
     object.__setattr__(self, "mesh_shape", tuple(int(s) for s in shape))
@@ -271,6 +271,13 @@ class TrainConfig:
     return self.data.seq_len
 
 
-_GROUPS = {"data": DataArgs, "model": ModelArgs, "checkpoint": CheckpointArgs, "run": RunArgs,
-           "optimizer": OptimizerArgs, "partitioning": PartitioningArgs, "logging": LoggingArgs}
+_GROUPS = {
+    "data": DataArgs,
+    "model": ModelArgs,
+    "checkpoint": CheckpointArgs,
+    "run": RunArgs,
+    "optimizer": OptimizerArgs,
+    "partitioning": PartitioningArgs,
+    "logging": LoggingArgs
+}
 GROUPS = tuple(_GROUPS.items())  # (TrainConfig field, group class), in TrainConfig's order

@@ -50,7 +50,6 @@ BATCH_AXES = ("batch", "length")
 
 StreamFactory = Callable[[int, int, int], Iterator[Mapping[str, np.ndarray]]]
 
-
 NonFiniteLossError = runtime.NonFiniteLossError
 
 
@@ -77,8 +76,7 @@ class Summary:
       head = f"nothing to do: {self.model_dir} is already at step {self.last_step} of {self.train_steps}"
     else:
       head = (f"trained steps {self.first_step + 1}..{self.last_step} of {self.train_steps} in "
-              f"{self.seconds:.0f} s" + (" (preempted: rerun the same command to resume)" if self.preempted
-                                          else ""))
+              f"{self.seconds:.0f} s" + (" (preempted: rerun the same command to resume)" if self.preempted else ""))
     lines = [head]
     if self.first_loss is not None:
       lines.append(f"loss {self.first_loss:.4f} (first logged) -> {self.last_loss:.4f} (last logged)")
@@ -150,8 +148,7 @@ def build_program(model_config: config_lib.ModelConfig, optimizer: config_lib.Op
       functools.partial(step_lib.train_step, model=model, tx=tx, schedule=schedule,
                         num_microbatches=partitioning_args.num_microbatches, enable_dropout=enable_dropout,
                         lm_head_positions=partitioning_args.lm_head_positions),
-      in_shardings=(layout.shardings, batch_sharding, replicated),
-      out_shardings=(layout.shardings, replicated),
+      in_shardings=(layout.shardings, batch_sharding, replicated), out_shardings=(layout.shardings, replicated),
       donate_argnums=(0,))
   init_fn = state_lib.make_init_fn(model, tx, layout, seq_len)
   return Program(layout, tx, schedule, train_fn, init_fn, batch_sharding, mesh, rules)
@@ -217,11 +214,11 @@ def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
     cleanup.callback(batches.close)
     writer = metrics_lib.MetricsWriter(model_dir, resume_step=first_step, tensorboard=log_args.tensorboard)
     cleanup.callback(writer.close)
-    tracker = runtime.StepTracker(
-        writer=writer, log_every=log_args.log_every, last_step=last_step, nan_policy=run_args.nan_policy,
-        flops_per_token=model_config.flops_per_token(seq_len), positions_per_step=batch_size * seq_len,
-        num_devices=mesh.devices.size, peak_flops=metrics_lib.peak_flops_per_device(),
-        progress=runtime.progress_bar(train_steps, first_step, log_args.progress))
+    tracker = runtime.StepTracker(writer=writer, log_every=log_args.log_every, last_step=last_step,
+                                  nan_policy=run_args.nan_policy, flops_per_token=model_config.flops_per_token(seq_len),
+                                  positions_per_step=batch_size * seq_len, num_devices=mesh.devices.size,
+                                  peak_flops=metrics_lib.peak_flops_per_device(),
+                                  progress=runtime.progress_bar(train_steps, first_step, log_args.progress))
     cleanup.callback(tracker.close)
     saved_step = first_step if restored is not None else None
     step = first_step
@@ -229,8 +226,9 @@ def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
     with partitioning.mesh_context(mesh, rules):
       while step < last_step and not preempted:
         local = next(batches)
-        global_batch = {k: jax.make_array_from_process_local_data(program.batch_sharding, np.asarray(v))
-                        for k, v in local.items()}
+        global_batch = {
+            k: jax.make_array_from_process_local_data(program.batch_sharding, np.asarray(v)) for k, v in local.items()
+        }
         state, metrics = program.train_fn(state, global_batch, jax.random.PRNGKey(seed))
         step += 1
         tracker.push(step, metrics, runtime.count_tokens(local) * jax.process_count())

@@ -158,8 +158,8 @@ def plot_loss_curve(metrics_path: str, out_png: str, title: str = "training loss
   ax.set_ylabel("loss (per target token)")
   if any(r.get("learning_rate") is not None for r in records):
     ax2 = ax.twinx()
-    ax2.plot([r["step"] for r in records], [r.get("learning_rate") or 0.0 for r in records],
-             color="tab:orange", alpha=0.6, label="learning rate")
+    ax2.plot([r["step"] for r in records], [r.get("learning_rate") or 0.0 for r in records], color="tab:orange",
+             alpha=0.6, label="learning rate")
     ax2.set_ylabel("learning rate")
   ax.set_title(title)
   fig.tight_layout()

@@ -44,15 +44,9 @@ def decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
-def make_optimizer(learning_rate: float = 5e-5,
-                   warmup_steps: int = 60,
-                   total_steps: int = 4000,
-                   end_learning_rate: float = 0.0,
-                   b1: float = 0.9,
-                   b2: float = 0.95,
-                   eps: float = 1e-8,
-                   weight_decay: float = 0.1,
-                   decay_matrices_only: bool = False,
+def make_optimizer(learning_rate: float = 5e-5, warmup_steps: int = 60, total_steps: int = 4000,
+                   end_learning_rate: float = 0.0, b1: float = 0.9, b2: float = 0.95, eps: float = 1e-8,
+                   weight_decay: float = 0.1, decay_matrices_only: bool = False,
                    clip_norm: float | None = 1.0) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """Returns `(optimizer, schedule)` for the recipe; all figures configurable.
 

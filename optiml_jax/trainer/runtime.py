@@ -44,8 +44,8 @@ def count_tokens(batch: Mapping[str, np.ndarray]) -> int:
 
 def progress_bar(total: int, initial: int, enabled: bool) -> tqdm.tqdm:
   """The run's tqdm bar (process 0 only): step n/total, elapsed<ETA, and loss / lr / tokens/s as postfix."""
-  return tqdm.tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True,
-                   mininterval=1.0, disable=not enabled or jax.process_index() != 0)
+  return tqdm.tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0,
+                   disable=not enabled or jax.process_index() != 0)
 
 
 class StepTracker:
@@ -104,8 +104,8 @@ class StepTracker:
         "learning_rate": _finite_or_none(values.get("learning_rate")),
         "grad_norm": _finite_or_none(values["grad_norm"]),
         "tokens_per_second": tokens_per_second,
-        "mfu": metrics_lib.model_flops_utilization(positions_per_second, self._flops_per_token,
-                                                   self._num_devices, self._peak_flops),
+        "mfu": metrics_lib.model_flops_utilization(positions_per_second, self._flops_per_token, self._num_devices,
+                                                   self._peak_flops),
         "target_tokens": float(values["target_tokens"]),
     }
     if not finite:
@@ -218,8 +218,10 @@ def data_state_of_this_process(meta: Mapping[str, Any], model_dir: str,
   if count == "an unknown number of" or fresh_state is None:
     raise ResumeError(f"{head}; {restart}")
   saved = states[0]
-  missing = [f for f in SHARDING_FIELDS if not all(isinstance(s, Mapping) and isinstance(s.get(f), int)
-                                                   for s in states + [fresh_state])]
+  missing = [
+      f for f in SHARDING_FIELDS
+      if not all(isinstance(s, Mapping) and isinstance(s.get(f), int) for s in states + [fresh_state])
+  ]
   if missing:
     raise ResumeError(f"{head}, and the stream states lack the integer field(s) {missing} needed to "
                       f"reshard them; {restart}")
@@ -244,8 +246,7 @@ def data_state_of_this_process(meta: Mapping[str, Any], model_dir: str,
     logging.warning(
         "%s was written by %d processes and this run has %d: each process continues its new shard of the "
         "data after skipping %d of its batches (as many global batches as were consumed), but the examples "
-        "and their order differ from an uninterrupted run", where, len(states), jax.process_count(),
-        consumed[0])
+        "and their order differ from an uninterrupted run", where, len(states), jax.process_count(), consumed[0])
   return dict(fresh_state, batches_consumed=consumed[0])
 
 

@@ -51,9 +51,8 @@ class StateLayout:
   param_axes: Any
 
 
-def state_layout(model: opt_lib.OPT, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
-                 seq_len: int, rules: partitioning.LogicalRules = partitioning.LOGICAL_AXIS_RULES
-                 ) -> StateLayout:
+def state_layout(model: opt_lib.OPT, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, seq_len: int,
+                 rules: partitioning.LogicalRules = partitioning.LOGICAL_AXIS_RULES) -> StateLayout:
   """Traces `model.init` and `tx.init` (allocating nothing) and shards them by the rule table.
 
   Optimizer leaves shaped like a parameter (Adam's mu and nu) follow that parameter's sharding; the others
@@ -61,8 +60,7 @@ def state_layout(model: opt_lib.OPT, tx: optax.GradientTransformation, mesh: jax
   """
   dummy = jnp.ones((1, seq_len), jnp.int32)
   abstract_params, axes = partitioning.abstract_variables(model, dummy, enable_dropout=False)
-  abstract_params = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, MASTER_DTYPE),
-                                           abstract_params)
+  abstract_params = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, MASTER_DTYPE), abstract_params)
   param_shardings = partitioning.logical_to_mesh_sharding(axes, mesh, rules)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -71,13 +69,13 @@ def state_layout(model: opt_lib.OPT, tx: optax.GradientTransformation, mesh: jax
   shardings = checkpointing.TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings)
   abstract = checkpointing.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
                                       opt_state=abstract_opt)
-  abstract = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                    abstract, shardings)
+  abstract = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+                                    shardings)
   return StateLayout(abstract=abstract, shardings=shardings, param_axes=axes)
 
 
-def make_init_fn(model: opt_lib.OPT, tx: optax.GradientTransformation, layout: StateLayout, seq_len: int
-                 ) -> Callable[[jax.Array], checkpointing.TrainState]:
+def make_init_fn(model: opt_lib.OPT, tx: optax.GradientTransformation, layout: StateLayout,
+                 seq_len: int) -> Callable[[jax.Array], checkpointing.TrainState]:
   """A jit-ed `rng -> TrainState` that creates params (float32) and optimizer state in `layout`'s shardings.
 
   Call it inside `partitioning.mesh_context(mesh, rules)`.
@@ -92,11 +90,10 @@ def make_init_fn(model: opt_lib.OPT, tx: optax.GradientTransformation, layout: S
   return jax.jit(init, out_shardings=layout.shardings)
 
 
-def initial_state(model: opt_lib.OPT, tx: optax.GradientTransformation, layout: StateLayout,
-                  mesh: jax.sharding.Mesh, *, seed: int, seq_len: int, initial_checkpoint: str | None = None,
+def initial_state(model: opt_lib.OPT, tx: optax.GradientTransformation, layout: StateLayout, mesh: jax.sharding.Mesh, *,
+                  seed: int, seq_len: int, initial_checkpoint: str | None = None,
                   rules: partitioning.LogicalRules = partitioning.LOGICAL_AXIS_RULES,
-                  init_fn: Callable[[jax.Array], checkpointing.TrainState] | None = None
-                  ) -> checkpointing.TrainState:
+                  init_fn: Callable[[jax.Array], checkpointing.TrainState] | None = None) -> checkpointing.TrainState:
   """Step 0 in the sharded layout: params from `initial_checkpoint` if given, else random (`seed`).
 
   `init_fn` is `make_init_fn(model, tx, layout, seq_len)`, made here when not given (pass one to reuse

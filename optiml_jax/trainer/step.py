@@ -38,9 +38,8 @@ def weighted_positions_first(weights: jax.Array, k: int) -> jax.Array:
   return jnp.argsort(weights <= 0, axis=1, stable=True)[:, :k].astype(jnp.int32)
 
 
-def loss_sums(params: Any, batch: Batch, model: nn.Module, dropout_rng: jax.Array | None,
-              enable_dropout: bool, lm_head_positions: int | None = None
-              ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+def loss_sums(params: Any, batch: Batch, model: nn.Module, dropout_rng: jax.Array | None, enable_dropout: bool,
+              lm_head_positions: int | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
   """Returns (sum of weighted token cross-entropy, (same, sum of weights)) for `jax.value_and_grad`.
 
   `lm_head_positions`: see the module docstring (None: the LM head runs at every position).
@@ -49,15 +48,10 @@ def loss_sums(params: Any, batch: Batch, model: nn.Module, dropout_rng: jax.Arra
   weights = batch["decoder_loss_weights"].astype(jnp.float32)
 
   def logits(**kwargs):
-    return model.apply(
-        {"params": params},
-        batch["decoder_input_tokens"],
-        targets,
-        decoder_segment_ids=batch.get("decoder_segment_ids"),
-        decoder_positions=batch.get("decoder_positions"),
-        enable_dropout=enable_dropout,
-        rngs={"dropout": dropout_rng} if enable_dropout else None,
-        **kwargs)
+    return model.apply({"params": params}, batch["decoder_input_tokens"], targets,
+                       decoder_segment_ids=batch.get("decoder_segment_ids"),
+                       decoder_positions=batch.get("decoder_positions"), enable_dropout=enable_dropout,
+                       rngs={"dropout": dropout_rng} if enable_dropout else None, **kwargs)
 
   def everywhere():
     return _weighted_cross_entropy(logits(), targets, weights)
@@ -65,6 +59,7 @@ def loss_sums(params: Any, batch: Batch, model: nn.Module, dropout_rng: jax.Arra
   if lm_head_positions is None or lm_head_positions >= targets.shape[1]:
     total = everywhere()
   else:
+
     def at_weighted_positions():
       order = weighted_positions_first(weights, lm_head_positions)
       take = lambda x: jnp.take_along_axis(x, order, axis=1)
@@ -76,6 +71,7 @@ def loss_sums(params: Any, batch: Batch, model: nn.Module, dropout_rng: jax.Arra
 
 
 def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
+
   def split(x):
     if x.shape[0] % num_microbatches:
       raise ValueError(f"batch size {x.shape[0]} is not divisible by num_microbatches={num_microbatches}")
@@ -84,9 +80,8 @@ def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
   return {k: split(v) for k, v in batch.items()}
 
 
-def gradients(params: Any, batch: Batch, model: nn.Module, dropout_rng: jax.Array, *,
-              enable_dropout: bool = True, num_microbatches: int = 1, lm_head_positions: int | None = None
-              ) -> tuple[Any, jax.Array, jax.Array]:
+def gradients(params: Any, batch: Batch, model: nn.Module, dropout_rng: jax.Array, *, enable_dropout: bool = True,
+              num_microbatches: int = 1, lm_head_positions: int | None = None) -> tuple[Any, jax.Array, jax.Array]:
   """Returns (summed float32 gradients, summed loss, summed weights) over the batch's microbatches."""
   grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
   if num_microbatches <= 1:
@@ -110,16 +105,15 @@ def gradients(params: Any, batch: Batch, model: nn.Module, dropout_rng: jax.Arra
 
 
 def train_step(state: checkpointing.TrainState, batch: Batch, rng: jax.Array, *, model: nn.Module,
-               tx: optax.GradientTransformation, schedule: optax.Schedule | None = None,
-               num_microbatches: int = 1, enable_dropout: bool = True, lm_head_positions: int | None = None
-               ) -> tuple[checkpointing.TrainState, dict[str, jax.Array]]:
+               tx: optax.GradientTransformation, schedule: optax.Schedule | None = None, num_microbatches: int = 1,
+               enable_dropout: bool = True,
+               lm_head_positions: int | None = None) -> tuple[checkpointing.TrainState, dict[str, jax.Array]]:
   """Applies one update. A non-finite loss or gradient leaves params and optimizer state unchanged
   (the step counter still advances, so the schedule and the data stay aligned) and reports `finite=0`;
   the loop decides whether to skip on or stop."""
   dropout_rng = jax.random.fold_in(rng, state.step)
-  grads, loss_sum, weight_sum = gradients(state.params, batch, model, dropout_rng,
-                                          enable_dropout=enable_dropout, num_microbatches=num_microbatches,
-                                          lm_head_positions=lm_head_positions)
+  grads, loss_sum, weight_sum = gradients(state.params, batch, model, dropout_rng, enable_dropout=enable_dropout,
+                                          num_microbatches=num_microbatches, lm_head_positions=lm_head_positions)
   denom = jnp.maximum(weight_sum, 1.0)
   grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
   loss = loss_sum / denom

@@ -63,9 +63,8 @@ class SyntheticStream(Iterator[dict[str, np.ndarray]]):
                        f"{batch_size}, {seq_len}, {vocab_size}")
     if not 0 <= shard_index < shard_count:
       raise ValueError(f"SyntheticStream: shard_index must be in [0, {shard_count}), got {shard_index}")
-    self._config = dict(kind=STATE_KIND, batch_size=batch_size, seq_len=seq_len, vocab_size=vocab_size,
-                        seed=seed, shard_index=shard_index, shard_count=shard_count,
-                        target_fraction=target_fraction)
+    self._config = dict(kind=STATE_KIND, batch_size=batch_size, seq_len=seq_len, vocab_size=vocab_size, seed=seed,
+                        shard_index=shard_index, shard_count=shard_count, target_fraction=target_fraction)
     self._position = 0
 
   def __iter__(self) -> SyntheticStream:
@@ -73,8 +72,8 @@ class SyntheticStream(Iterator[dict[str, np.ndarray]]):
 
   def __next__(self) -> dict[str, np.ndarray]:
     c = self._config
-    full = global_batch(c["seed"], self._position, c["batch_size"] * c["shard_count"], c["seq_len"],
-                        c["vocab_size"], c["target_fraction"])
+    full = global_batch(c["seed"], self._position, c["batch_size"] * c["shard_count"], c["seq_len"], c["vocab_size"],
+                        c["target_fraction"])
     self._position += 1
     rows = slice(c["shard_index"] * c["batch_size"], (c["shard_index"] + 1) * c["batch_size"])
     return {k: v[rows] for k, v in full.items()}

@@ -67,7 +67,7 @@ def test_find_params_item_and_where_config_json_is_looked_for(tmp_path):
   assert discovery.find_params_item(run) == (run / "200" / "params", [run / "200", run])
   assert discovery.find_params_item(run / "100") == (run / "100" / "params", [run / "100", run])
   assert discovery.find_params_item(run / "100" / "params") == (run / "100" / "params",
-                                                                 [run / "100" / "params", run / "100", run])
+                                                                [run / "100" / "params", run / "100", run])
   with pytest.raises(discovery.CheckpointError, match=r"400: partial checkpoint \(its 'params' item is empty\)"):
     discovery.find_params_item(run / "400")
   hf = tmp_path / "hf"

@@ -18,25 +18,76 @@ BENCH_YAML = REPO / "tasks" / "optiml_bench.yaml"
 BASE_CONFIG = {
     "name": "test_bench",
     "benchmarks": {
-        "sni": {"share": 25}, "promptsource": {"share": 45}, "crossfit": {"share": 4}, "exmix": {"share": 2},
-        "t5": {"share": 2}, "bigbench": {"share": 0, "eval_only": True},
-        "pretraining": {"share": 5, "fixed_share": True, "category": "Language Modeling"},
+        "sni": {
+            "share": 25
+        },
+        "promptsource": {
+            "share": 45
+        },
+        "crossfit": {
+            "share": 4
+        },
+        "exmix": {
+            "share": 2
+        },
+        "t5": {
+            "share": 2
+        },
+        "bigbench": {
+            "share": 0,
+            "eval_only": True
+        },
+        "pretraining": {
+            "share": 5,
+            "fixed_share": True,
+            "category": "Language Modeling"
+        },
     },
-    "limits": {"max_examples_per_task": 30, "max_eval_instances": 4, "held_out_instances_per_task": 3},
-    "rates": {"method": "examples_proportional", "cap": 4096, "temperature": 1.0},
-    "held_out": {"categories": ["Textual Entailment"], "sni_test_split": True, "sni_train": "all",
-                 "tasks": ["promptsource:held_*"], "datasets": []},
-    "dedup": {"secondary": ["crossfit", "exmix", "t5"]},
-    "leakage": {"ngram": 13, "threshold": 0.01, "policy": "drop_train", "template_fraction": 0.5,
-                "max_train_instances": None},
+    "limits": {
+        "max_examples_per_task": 30,
+        "max_eval_instances": 4,
+        "held_out_instances_per_task": 3
+    },
+    "rates": {
+        "method": "examples_proportional",
+        "cap": 4096,
+        "temperature": 1.0
+    },
+    "held_out": {
+        "categories": ["Textual Entailment"],
+        "sni_test_split": True,
+        "sni_train": "all",
+        "tasks": ["promptsource:held_*"],
+        "datasets": []
+    },
+    "dedup": {
+        "secondary": ["crossfit", "exmix", "t5"]
+    },
+    "leakage": {
+        "ngram": 13,
+        "threshold": 0.01,
+        "policy": "drop_train",
+        "template_fraction": 0.5,
+        "max_train_instances": None
+    },
     "taxonomy": {
-        "categories": ["Question Answering", "Textual Entailment", "Paraphrasing", "Misc.", "Logical Reasoning",
-                       "Sentiment Analysis", "Language Modeling"],
+        "categories": [
+            "Question Answering", "Textual Entailment", "Paraphrasing", "Misc.", "Logical Reasoning",
+            "Sentiment Analysis", "Language Modeling"
+        ],
         "fallback": "Misc.",
-        "overrides": {"bigbench:special_*": "Sentiment Analysis"},
-        "datasets": {"super_glue": "Question Answering", "super_glue/rte": "Textual Entailment",
-                     "glue_mrpc": "Paraphrasing"},
-        "keywords": {"logical reasoning": "Logical Reasoning", "reading comprehension": "Question Answering"},
+        "overrides": {
+            "bigbench:special_*": "Sentiment Analysis"
+        },
+        "datasets": {
+            "super_glue": "Question Answering",
+            "super_glue/rte": "Textual Entailment",
+            "glue_mrpc": "Paraphrasing"
+        },
+        "keywords": {
+            "logical reasoning": "Logical Reasoning",
+            "reading comprehension": "Question Answering"
+        },
     },
 }
 
@@ -67,8 +118,7 @@ def _words(tag, i, n=14):
 
 def make_task(benchmark, local, num, dataset="", categories=(), kind=records.GENERATION, texts=None, fail_at=None):
   texts = texts or [_words(local, i) for i in range(num)]
-  instances = tuple(records.Instance(id=f"{local}-{i}", input=t, targets=(f"answer {i}",))
-                    for i, t in enumerate(texts))
+  instances = tuple(records.Instance(id=f"{local}-{i}", input=t, targets=(f"answer {i}",)) for i, t in enumerate(texts))
 
   def open_instances():
     for i, instance in enumerate(instances):
@@ -76,10 +126,9 @@ def make_task(benchmark, local, num, dataset="", categories=(), kind=records.GEN
         raise records.SourceError(f"/src/{benchmark}/{local}", f"instance {i}: missing field 'output'")
       yield instance
 
-  return records.TaskSource(
-      name=records.task_name(benchmark, local), benchmark=benchmark, dataset=dataset or local,
-      categories=tuple(categories), definition="", demonstrations=(), path=f"/src/{benchmark}/{local}", kind=kind,
-      open_instances=open_instances, format="test")
+  return records.TaskSource(name=records.task_name(benchmark, local), benchmark=benchmark, dataset=dataset or local,
+                            categories=tuple(categories), definition="", demonstrations=(),
+                            path=f"/src/{benchmark}/{local}", kind=kind, open_instances=open_instances, format="test")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -89,14 +138,23 @@ def make_task(benchmark, local, num, dataset="", categories=(), kind=records.GEN
 def test_bench_yaml_declares_the_opt_iml_recipe():
   config = bench_config.load_config(BENCH_YAML)
   shares = {b: c.share for b, c in config.benchmarks.items()}
-  assert shares == {"sni": 25, "promptsource": 45, "flan": 20, "crossfit": 4, "exmix": 2, "t5": 2,
-                    "unifiedskg": 2, "reasoning": 1, "pretraining": 5, "bigbench": 0}
+  assert shares == {
+      "sni": 25,
+      "promptsource": 45,
+      "flan": 20,
+      "crossfit": 4,
+      "exmix": 2,
+      "t5": 2,
+      "unifiedskg": 2,
+      "reasoning": 1,
+      "pretraining": 5,
+      "bigbench": 0
+  }
   assert {b for b, c in config.benchmarks.items() if c.fixed_share} == {"reasoning", "pretraining"}
   assert config.benchmarks["flan"].max_examples_per_task == 30_000
   assert (config.max_examples_per_task, config.max_eval_instances) == (100_000, 100)
   assert (config.rates.method, config.rates.cap) == ("examples_proportional", 4096)
-  assert set(config.held_out.categories) == {"Textual Entailment", "Coreference Resolution",
-                                             "Dialogue Act Recognition"}
+  assert set(config.held_out.categories) == {"Textual Entailment", "Coreference Resolution", "Dialogue Act Recognition"}
   assert (config.leakage.ngram, config.leakage.threshold, config.leakage.policy) == (13, 0.01, "drop_train")
   assert config.dedup_secondary == ("crossfit", "exmix", "t5")
   assert len(config.taxonomy.categories) == 76 + 3  # SNI's 76 task types + three for other sources
@@ -115,17 +173,49 @@ def test_bench_yaml_covers_the_real_p3_datasets_and_sni_categories(shared_dir):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"benchmarks.foo": {"share": 3}}, r"benchmarks\.foo: unknown benchmark"),
-    ({"colour": 1}, r"colour: unknown key"),
-    ({"benchmarks.sni": {"share": "a lot"}}, r"benchmarks\.sni\.share: expected number"),
-    ({"benchmarks.sni": {"share": 1, "weight": 2}}, r"benchmarks\.sni\.weight: unknown key"),
-    ({"held_out.categories": ["Dialogue Act Recognition"]}, r"held_out\.categories: category 'Dialogue Act"),
-    ({"leakage.policy": "drop_both"}, r"leakage\.policy: 'drop_both' is not one of"),
-    ({"dedup.secondary": ["unifiedskg"]}, r"dedup\.secondary: benchmark 'unifiedskg' is not declared"),
-    ({"limits.max_eval_instances": 0}, r"limits\.max_eval_instances: must be >= 1"),
-    ({"taxonomy.datasets": {"glue/mrpc": "Paraphrasing", "glue_mrpc": "Paraphrasing"}}, r"same key as"),
-    ({"taxonomy.categories": _DELETE}, r"taxonomy\.categories: missing required key"),
-    ({"rates.method": "temperature"}, r"rates\.method"),
+    ({
+        "benchmarks.foo": {
+            "share": 3
+        }
+    }, r"benchmarks\.foo: unknown benchmark"),
+    ({
+        "colour": 1
+    }, r"colour: unknown key"),
+    ({
+        "benchmarks.sni": {
+            "share": "a lot"
+        }
+    }, r"benchmarks\.sni\.share: expected number"),
+    ({
+        "benchmarks.sni": {
+            "share": 1,
+            "weight": 2
+        }
+    }, r"benchmarks\.sni\.weight: unknown key"),
+    ({
+        "held_out.categories": ["Dialogue Act Recognition"]
+    }, r"held_out\.categories: category 'Dialogue Act"),
+    ({
+        "leakage.policy": "drop_both"
+    }, r"leakage\.policy: 'drop_both' is not one of"),
+    ({
+        "dedup.secondary": ["unifiedskg"]
+    }, r"dedup\.secondary: benchmark 'unifiedskg' is not declared"),
+    ({
+        "limits.max_eval_instances": 0
+    }, r"limits\.max_eval_instances: must be >= 1"),
+    ({
+        "taxonomy.datasets": {
+            "glue/mrpc": "Paraphrasing",
+            "glue_mrpc": "Paraphrasing"
+        }
+    }, r"same key as"),
+    ({
+        "taxonomy.categories": _DELETE
+    }, r"taxonomy\.categories: missing required key"),
+    ({
+        "rates.method": "temperature"
+    }, r"rates\.method"),
 ])
 def test_config_errors_name_the_key(tmp_path, change, message):
   with pytest.raises(bench_config.ConfigError, match=message) as info:
@@ -209,8 +299,9 @@ SPLITS = {"train": ["task_train_a", "task_missing_1"], "test": ["task_test", "ta
 
 @pytest.fixture
 def built(tmp_path):
-  return catalog.build(_config(tmp_path), _sources(), SPLITS), {t.name: t for t in _sources()
-                                                                if isinstance(t, records.TaskSource)}
+  return catalog.build(_config(tmp_path), _sources(), SPLITS), {
+      t.name: t for t in _sources() if isinstance(t, records.TaskSource)
+  }
 
 
 def test_roles(built):
@@ -218,8 +309,8 @@ def test_roles(built):
   roles = {t.name: t.role for t in cat.tasks}
   assert roles["sni:task_te"] == roles["promptsource:rte_template"] == "held_out_category"
   assert roles["sni:task_test"] == roles["bigbench:puzzle"] == roles["promptsource:held_one"] == "held_out_task"
-  for name in ("sni:task_train_a", "sni:task_train_b", "promptsource:mrpc_template", "crossfit:rare",
-               "exmix:unique", "pretraining:web"):
+  for name in ("sni:task_train_a", "sni:task_train_b", "promptsource:mrpc_template", "crossfit:rare", "exmix:unique",
+               "pretraining:web"):
     assert roles[name] == "train", name
 
 
@@ -259,8 +350,9 @@ def test_dataset_of_secondary_benchmarks_kept_once(built):
   reasons = {d["name"]: d["reason"] for d in cat.dropped}
   assert "promptsource" in reasons["crossfit:glue_mrpc"]
   assert "crossfit" in reasons["t5:rare_t5"]
-  secondary_datasets = [bench_config.normalize(t.dataset) for t in cat.tasks
-                        if t.benchmark in ("crossfit", "exmix", "t5")]
+  secondary_datasets = [
+      bench_config.normalize(t.dataset) for t in cat.tasks if t.benchmark in ("crossfit", "exmix", "t5")
+  ]
   all_other = {bench_config.normalize(t.dataset) for t in cat.tasks if t.benchmark not in ("crossfit", "exmix", "t5")}
   assert len(secondary_datasets) == len(set(secondary_datasets)) and not set(secondary_datasets) & all_other
 
@@ -269,8 +361,8 @@ def test_leakage_drops_the_train_task(built):
   cat, _ = built
   assert "sni:task_leaky" not in cat.by_name()
   (pair,) = cat.leakage
-  assert (pair["train_task"], pair["eval_task"], pair["hit_instances"], pair["eval_instances"]) == (
-      "sni:task_leaky", "sni:task_test", 1, 4)
+  assert (pair["train_task"], pair["eval_task"], pair["hit_instances"],
+          pair["eval_instances"]) == ("sni:task_leaky", "sni:task_test", 1, 4)
   assert pair["action"] == "dropped train task"
   assert any(d["name"] == "sni:task_leaky" and "leakage" in d["reason"] for d in cat.dropped)
 
@@ -311,8 +403,10 @@ def test_save_is_atomic_and_load_round_trips(built, tmp_path):
   assert sorted(p.name for p in out.parent.iterdir()) == ["catalog"]  # no temporary folder left
   data = json.loads(path.read_text(encoding="utf-8"))
   assert set(data) >= {"tasks", "leakage", "skipped", "dropped", "missing_split_tasks", "unmapped", "config"}
-  assert set(data["tasks"][0]) >= {"name", "benchmark", "category", "role", "num_examples", "num_eval_instances",
-                                   "rate", "format", "path", "dataset", "template", "kind"}
+  assert set(data["tasks"][0]) >= {
+      "name", "benchmark", "category", "role", "num_examples", "num_eval_instances", "rate", "format", "path",
+      "dataset", "template", "kind"
+  }
   loaded = catalog.load(out)
   assert loaded.tasks == cat.tasks and loaded.skipped == cat.skipped and loaded.leakage == cat.leakage
 
@@ -336,8 +430,9 @@ def test_real_data_catalog(shared_dir):
   data = shared_dir / "data"
   config = bench_config.load_config(BENCH_YAML)
   splits = sni.read_split(data / "natural-instructions")
-  cat = catalog.build(config, sources.iter_all(sni_dir=data / "natural-instructions", p3_dir=data / "p3",
-                                               bigbench_dir=data / "bigbench"), splits)
+  cat = catalog.build(
+      config, sources.iter_all(sni_dir=data / "natural-instructions", p3_dir=data / "p3",
+                               bigbench_dir=data / "bigbench"), splits)
   by_name = cat.by_name()
   assert {t.benchmark for t in cat.tasks} == {"sni", "promptsource", "bigbench"}
   assert sum(t.rate for t in cat.tasks) == pytest.approx(1.0)
@@ -362,18 +457,21 @@ def test_real_data_catalog(shared_dir):
   rate_of = lambda b: sum(t.rate for t in cat.tasks if t.benchmark == b)
   assert rate_of("sni") == pytest.approx(25 / 70) and rate_of("promptsource") == pytest.approx(45 / 70)
   # The audit found the BIG-bench Hard copies inside SNI and dropped those training tasks.
-  assert any(p["train_task"].startswith("sni:task17") and p["eval_task"].startswith("bigbench:")
-             for p in cat.leakage)
+  assert any(p["train_task"].startswith("sni:task17") and p["eval_task"].startswith("bigbench:") for p in cat.leakage)
   dropped = {d["name"] for d in cat.dropped}
   assert all(p["train_task"] in dropped and p["train_task"] not in by_name for p in cat.leakage)
   # Re-auditing the final catalog finds nothing over the threshold.
-  reopened = {t.name: t for t in sources.iter_all(sni_dir=data / "natural-instructions", p3_dir=data / "p3",
-                                                  bigbench_dir=data / "bigbench")
-              if isinstance(t, records.TaskSource)}
-  eval_texts = {t.name: [catalog.instance_text(i) for i in catalog.eval_instances(t, reopened[t.name])]
-                for t in cat.tasks if t.role != "train"}
+  reopened = {
+      t.name: t for t in sources.iter_all(sni_dir=data / "natural-instructions", p3_dir=data / "p3", bigbench_dir=data /
+                                          "bigbench") if isinstance(t, records.TaskSource)
+  }
+  eval_texts = {
+      t.name: [catalog.instance_text(i)
+               for i in catalog.eval_instances(t, reopened[t.name])] for t in cat.tasks if t.role != "train"
+  }
   train_texts = ((t.name, map(catalog.instance_text, catalog.train_instances(t, reopened[t.name])))
-                 for t in cat.tasks if t.role == "train")
+                 for t in cat.tasks
+                 if t.role == "train")
   assert leakage.audit(eval_texts, train_texts, config.leakage.threshold) == []
   text = catalog.summary(cat)
   assert "bigbench" in text and "held_out_category" in text and "unmapped (fallback category)" in text

@@ -11,10 +11,20 @@ from optiml_jax.data import metrics
 def _mc_dataset():
   """Two registry-style multiple-choice examples: 2 and 3 options, one and two references."""
   examples = [
-      {"inputs": [5, 6, 7], "options": [[11, 2], [12, 13, 2]], "options_pretokenized": ["yes", "no way"],
-       "references": ["no way"], "inputs_pretokenized": "Q1"},
-      {"inputs": [8], "options": [[21, 2], [22, 2], [23, 2]], "options_pretokenized": ["a", "b", "c"],
-       "references": ["c", "a"], "inputs_pretokenized": "Q2"},
+      {
+          "inputs": [5, 6, 7],
+          "options": [[11, 2], [12, 13, 2]],
+          "options_pretokenized": ["yes", "no way"],
+          "references": ["no way"],
+          "inputs_pretokenized": "Q1"
+      },
+      {
+          "inputs": [8],
+          "options": [[21, 2], [22, 2], [23, 2]],
+          "options_pretokenized": ["a", "b", "c"],
+          "references": ["c", "a"],
+          "inputs_pretokenized": "Q2"
+      },
   ]
   signature = {
       "inputs": tf.TensorSpec([None], tf.int32),
@@ -38,8 +48,8 @@ def test_rank_classification_examples_expand_options_in_order_and_mark_the_corre
   assert [r["inputs"].tolist() for r in rows] == [[5, 6, 7]] * 2 + [[8]] * 3
   assert [bool(r["is_correct"]) for r in rows] == [False, True, True, False, True]
   assert [r["targets_pretokenized"] for r in rows] == [b"yes", b"no way", b"a", b"b", b"c"]
-  assert eval_tasks.rank_classification_postprocessor("ignored", example=rows[1], is_target=True) == (
-      (0, 1), True, 1.0, 3)
+  assert eval_tasks.rank_classification_postprocessor("ignored", example=rows[1],
+                                                      is_target=True) == ((0, 1), True, 1.0, 3)
   assert eval_tasks.rank_classification_postprocessor(-1.5, example=rows[1], is_target=False) == -1.5
 
 
@@ -50,17 +60,19 @@ def test_references_postprocessor_returns_every_reference_and_strips_predictions
 
 
 def test_score_eval_companion_task_and_metric_args_by_kind():
-  source = seqio.FunctionDataSource(dataset_fn=lambda split, shuffle_files: _mc_dataset(),
-                                    splits=("validation",), num_input_examples={"validation": 2})
+  source = seqio.FunctionDataSource(dataset_fn=lambda split, shuffle_files: _mc_dataset(), splits=("validation",),
+                                    num_input_examples={"validation": 2})
   vocab = seqio.PassThroughVocabulary(size=100, eos_id=2)
-  features = {"inputs": seqio.Feature(vocab, add_eos=False, dtype=tf.int32),
-              "targets": seqio.Feature(vocab, add_eos=True, dtype=tf.int32)}
+  features = {
+      "inputs": seqio.Feature(vocab, add_eos=False, dtype=tf.int32),
+      "targets": seqio.Feature(vocab, add_eos=True, dtype=tf.int32)
+  }
   seqio.TaskRegistry.remove("test_eval_tasks:mc")
   task = seqio.TaskRegistry.add("test_eval_tasks:mc", source=source, output_features=features, preprocessors=[])
   companion = eval_tasks.register_score_eval_task(task)
   assert companion.name == "test_eval_tasks:mc.score_eval" == eval_tasks.score_eval_name(task.name)
-  assert [f.__name__ for f in companion.score_metric_fns] == ["rank_classification",
-                                                              "rank_classification_length_normalized"]
+  assert [f.__name__ for f in companion.score_metric_fns
+         ] == ["rank_classification", "rank_classification_length_normalized"]
   rows = list(companion.get_dataset(None, split="validation", shuffle=False).as_numpy_iterator())
   assert len(rows) == 5 and tuple(rows[-1]["idx"]) == (1, 2)
   assert eval_tasks.task_metric_args("generation")["metric_fns"] == [metrics.rouge_l, metrics.exact_match]

@@ -21,9 +21,9 @@ def vocabulary():
 
 
 def _task(benchmark="sni", definition="Do the thing.", demonstrations=(), kind=records.GENERATION, fmt="sni"):
-  return records.TaskSource(name=records.task_name(benchmark, "t1"), benchmark=benchmark, dataset="d",
-                            categories=(), definition=definition, demonstrations=tuple(demonstrations),
-                            path="/data/t1.json", kind=kind, open_instances=lambda: iter(()), format=fmt)
+  return records.TaskSource(name=records.task_name(benchmark, "t1"), benchmark=benchmark, dataset="d", categories=(),
+                            definition=definition, demonstrations=tuple(demonstrations), path="/data/t1.json",
+                            kind=kind, open_instances=lambda: iter(()), format=fmt)
 
 
 def test_delimiter_is_deterministic_and_uses_the_whole_list():
@@ -49,8 +49,8 @@ def test_sni_layout_definition_demonstrations_then_instance():
 def test_promptsource_layout_demonstrations_before_the_example():
   demos = [records.Instance("d0", "Is it red? Options: yes, no", ("yes",))]
   task = _task(benchmark="promptsource", definition="", fmt="p3")
-  source, _ = formatting.format_example(task, records.Instance("x", "Is it blue? Options: yes, no", ("no",)),
-                                        demos, " A:")
+  source, _ = formatting.format_example(task, records.Instance("x", "Is it blue? Options: yes, no", ("no",)), demos,
+                                        " A:")
   assert source == "Is it red? Options: yes, no A: yes\n\nIs it blue? Options: yes, no A:"
 
 

@@ -59,8 +59,15 @@ def test_rank_classification_argmax_ties_multiple_answers_weights_and_normalizat
   # Instance 0: option 0 (wrong, 1 token, -1.0) beats option 1 (right, 4 tokens, -3.0) unless normalised
   #   (-1.0 vs -0.75). Instance 1: a tie goes to the first option (right). Instance 2: two right options,
   #   the better one (-4) wins. Rows arrive out of order.
-  targets = [_row(2, 2, False, 1), _row(0, 1, True, 4), _row(1, 0, True, 2), _row(1, 1, False, 2),
-             _row(0, 0, False, 1), _row(2, 0, True, 1), _row(2, 1, True, 1)]
+  targets = [
+      _row(2, 2, False, 1),
+      _row(0, 1, True, 4),
+      _row(1, 0, True, 2),
+      _row(1, 1, False, 2),
+      _row(0, 0, False, 1),
+      _row(2, 0, True, 1),
+      _row(2, 1, True, 1)
+  ]
   scores = [-6.0, -3.0, -2.0, -2.0, -1.0, -5.0, -4.0]
   assert metrics.rank_classification(targets, scores) == {"accuracy": pytest.approx(100 * 2 / 3)}
   assert metrics.rank_classification_length_normalized(targets, scores) == {"accuracy_norm": pytest.approx(100.0)}

@@ -146,13 +146,21 @@ def test_pad_examples_one_example_per_row():
 
 
 def _dataset(examples):
+
   def gen():
     for inputs, targets in examples:
-      yield {"inputs": np.asarray(inputs, np.int32), "targets": np.asarray(targets, np.int32),
-             "inputs_pretokenized": "x"}
-  return tf.data.Dataset.from_generator(gen, output_signature={
-      "inputs": tf.TensorSpec([None], tf.int32), "targets": tf.TensorSpec([None], tf.int32),
-      "inputs_pretokenized": tf.TensorSpec([], tf.string)})
+      yield {
+          "inputs": np.asarray(inputs, np.int32),
+          "targets": np.asarray(targets, np.int32),
+          "inputs_pretokenized": "x"
+      }
+
+  return tf.data.Dataset.from_generator(
+      gen, output_signature={
+          "inputs": tf.TensorSpec([None], tf.int32),
+          "targets": tf.TensorSpec([None], tf.int32),
+          "inputs_pretokenized": tf.TensorSpec([], tf.string)
+      })
 
 
 @pytest.mark.parametrize("pack,window_size", [(True, 1), (True, 7), (True, 256), (False, 256)])

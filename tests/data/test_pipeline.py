@@ -64,8 +64,8 @@ def test_batches_have_the_model_features(reference):
 def test_same_seed_same_stream_other_seed_other_stream(reference):
   _assert_same(reference[:4], list(itertools.islice(_stream(), 4)))
   other = list(itertools.islice(_stream(seed=1), 4))
-  assert any(not np.array_equal(a["decoder_target_tokens"], b["decoder_target_tokens"])
-             for a, b in zip(reference, other))
+  assert any(
+      not np.array_equal(a["decoder_target_tokens"], b["decoder_target_tokens"]) for a, b in zip(reference, other))
 
 
 def test_resume_from_saved_state_gives_the_same_next_batches(reference):
@@ -103,8 +103,8 @@ def test_shards_differ_and_are_each_deterministic(toy_catalog):
 
 def test_finite_unpacked_validation_stream_covers_every_eval_instance(toy_catalog):
   entry = toy_catalog.by_name()[TASKS[0]]
-  stream = _stream(name=TASKS[0], split="validation", pack=False, shuffle=False, num_epochs=1,
-                   drop_remainder=False, batch_size=8)
+  stream = _stream(name=TASKS[0], split="validation", pack=False, shuffle=False, num_epochs=1, drop_remainder=False,
+                   batch_size=8)
   batches = list(stream)
   rows = np.concatenate([b["decoder_target_tokens"] for b in batches])
   assert set(batches[0]) == set(packing.MODEL_FEATURE_NAMES)

@@ -6,8 +6,17 @@ import pytest
 
 from optiml_jax.data import rates
 
-SHARES = {"sni": 25, "promptsource": 45, "flan": 20, "crossfit": 4, "exmix": 2, "t5": 2, "unifiedskg": 2,
-          "reasoning": 1, "pretraining": 5}
+SHARES = {
+    "sni": 25,
+    "promptsource": 45,
+    "flan": 20,
+    "crossfit": 4,
+    "exmix": 2,
+    "t5": 2,
+    "unifiedskg": 2,
+    "reasoning": 1,
+    "pretraining": 5
+}
 FIXED = ("reasoning", "pretraining")
 
 
@@ -32,8 +41,15 @@ def test_cap_and_proportions_within_a_benchmark():
 
 def test_benchmark_totals_equal_shares_when_all_present():
   num = {"s1": 50, "s2": 5000, "p1": 7, "p2": 70, "p3": 700, "f1": 1, "c1": 9}
-  bench = {"s1": "sni", "s2": "sni", "p1": "promptsource", "p2": "promptsource", "p3": "promptsource",
-           "f1": "flan", "c1": "crossfit"}
+  bench = {
+      "s1": "sni",
+      "s2": "sni",
+      "p1": "promptsource",
+      "p2": "promptsource",
+      "p3": "promptsource",
+      "f1": "flan",
+      "c1": "crossfit"
+  }
   shares = {"sni": 25, "promptsource": 45, "flan": 20, "crossfit": 10}
   totals = _per_benchmark(rates.examples_proportional(num, bench, shares), bench)
   assert totals == pytest.approx({"sni": 0.25, "promptsource": 0.45, "flan": 0.20, "crossfit": 0.10})
@@ -76,9 +92,24 @@ def test_uniform_within_benchmarks():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"shares": {"sni": 1}}, "no share given for benchmark 'flan'"),
-    ({"shares": {"sni": 1, "flan": 1}, "cap": 0}, "cap must be positive"),
-    ({"shares": {"sni": 0, "flan": 0}}, "share 0"),
+    ({
+        "shares": {
+            "sni": 1
+        }
+    }, "no share given for benchmark 'flan'"),
+    ({
+        "shares": {
+            "sni": 1,
+            "flan": 1
+        },
+        "cap": 0
+    }, "cap must be positive"),
+    ({
+        "shares": {
+            "sni": 0,
+            "flan": 0
+        }
+    }, "share 0"),
 ])
 def test_errors_name_the_problem(kwargs, message):
   with pytest.raises(ValueError, match=message):

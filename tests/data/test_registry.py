@@ -40,25 +40,35 @@ def bench(tmp_path_factory):
   sni_dir = toybench.write(root / "sni", seed=0, num_instances=60)
   jsonl_dir = root / "crossfit"
   jsonl_dir.mkdir()
-  _write_jsonl(jsonl_dir / "quiz_mc.jsonl", [
-      {"src": f"Quiz {i}: which colour is item number {i} painted in the catalogue?",
-       "tgt": ["red", "blue", "green"][i % 3], "options": ["red", "blue", "green"]} for i in range(40)])
-  _write_jsonl(jsonl_dir / "capitals.jsonl", [
-      {"inputs": f"Country code {i} of the registry list: name its capital city please.", "targets": f"City {i}"}
-      for i in range(30)])
+  _write_jsonl(jsonl_dir / "quiz_mc.jsonl", [{
+      "src": f"Quiz {i}: which colour is item number {i} painted in the catalogue?",
+      "tgt": ["red", "blue", "green"][i % 3],
+      "options": ["red", "blue", "green"]
+  } for i in range(40)])
+  _write_jsonl(jsonl_dir / "capitals.jsonl", [{
+      "inputs": f"Country code {i} of the registry list: name its capital city please.",
+      "targets": f"City {i}"
+  } for i in range(30)])
   text_dir = root / "text"
   text_dir.mkdir()
-  (text_dir / "web.txt").write_text("\n\n".join(
-      f"Document {i} talks about the weather in town number {i}.\nIt has two lines." for i in range(30)) + "\n",
-      encoding="utf-8")
+  (text_dir / "web.txt").write_text(
+      "\n\n".join(f"Document {i} talks about the weather in town number {i}.\nIt has two lines." for i in range(30)) +
+      "\n", encoding="utf-8")
   config = bench_config.load_config(REPO / "tasks" / "optiml_bench.yaml")
-  built = catalog.build(config, sources.iter_all(sni_dir=sni_dir, jsonl_dirs=[("crossfit", jsonl_dir)],
-                                                 text_dir=text_dir), sni.read_split(sni_dir))
+  built = catalog.build(config,
+                        sources.iter_all(sni_dir=sni_dir, jsonl_dirs=[("crossfit", jsonl_dir)], text_dir=text_dir),
+                        sni.read_split(sni_dir))
   built.save(root / "catalog")
   vocabulary = vocab_lib.OPTVocabulary()
   registered = registry.register_catalog(root / "catalog", vocabulary, shots=(0, 2))
-  return {"catalog": built, "dir": root / "catalog", "config": config, "vocab": vocabulary,
-          "registered": registered, "entries": built.by_name()}
+  return {
+      "catalog": built,
+      "dir": root / "catalog",
+      "config": config,
+      "vocab": vocabulary,
+      "registered": registered,
+      "entries": built.by_name()
+  }
 
 
 def _examples(name, split, sequence_length=None):
@@ -102,8 +112,10 @@ def test_held_out_instances_never_reach_the_train_split(bench):
       assert train_ids == [i.id for i in instances[entry.num_eval_instances:][:entry.num_examples]]
       # Neither the training stream nor any demonstration ever shows an evaluation instance: no block of a
       # source (definition, demonstrations, example) is an evaluation instance other than the example itself.
-      prompts = {i.id: {formatting.with_delimiter(i.input, d) for d in formatting.DELIMITERS}
-                 for i in instances[:entry.num_eval_instances]}
+      prompts = {
+          i.id: {formatting.with_delimiter(i.input, d) for d in formatting.DELIMITERS}
+          for i in instances[:entry.num_eval_instances]
+      }
       for example in train + evals:
         own = example["instance_id"].decode()
         blocks = example["inputs_pretokenized"].decode().split(formatting.BLOCK_SEPARATOR)
@@ -179,11 +191,15 @@ def test_sequence_length_cuts_inputs_from_the_left_and_keeps_eos(bench):
 
 def test_mixture_through_seqio_and_the_feature_converter(bench):
   # A few tasks of each kind (the whole training mixture reads the same way, only slower to start).
-  registry.add_mixture("e_small_mix", ["sni:task001_toy_add_small.2shot", "sni:task022_toy_antonym", MC_TASK,
-                                       LM_TASK], shares={"sni": 2, "crossfit": 1, "pretraining": 1})
+  registry.add_mixture("e_small_mix", ["sni:task001_toy_add_small.2shot", "sni:task022_toy_antonym", MC_TASK, LM_TASK],
+                       shares={
+                           "sni": 2,
+                           "crossfit": 1,
+                           "pretraining": 1
+                       })
   lengths = {"inputs": 48, "targets": 16}
-  ds = seqio.get_dataset("e_small_mix", lengths, packing.OptimlFeatureConverter(pack=True),
-                         dataset_split="train", shuffle=True, num_epochs=None, seed=3, batch_size=4)
+  ds = seqio.get_dataset("e_small_mix", lengths, packing.OptimlFeatureConverter(pack=True), dataset_split="train",
+                         shuffle=True, num_epochs=None, seed=3, batch_size=4)
   batches = list(ds.take(3).as_numpy_iterator())
   for batch in batches:
     assert set(batch) == set(packing.MODEL_FEATURE_NAMES + packing.PACKING_FEATURE_NAMES)
@@ -191,8 +207,8 @@ def test_mixture_through_seqio_and_the_feature_converter(bench):
     assert (batch["decoder_segment_ids"].max(axis=1) >= 2).all()  # short examples share rows
     first = batch["decoder_positions"] == 0
     assert (batch["decoder_input_tokens"][first & (batch["decoder_segment_ids"] > 0)] == EOS).all()
-  unpacked = seqio.get_mixture_or_task("e_small_mix").get_dataset(
-      sequence_length=lengths, split="train", shuffle=True, seed=3, num_epochs=None)
+  unpacked = seqio.get_mixture_or_task("e_small_mix").get_dataset(sequence_length=lengths, split="train", shuffle=True,
+                                                                  seed=3, num_epochs=None)
   examples = list(unpacked.take(300).as_numpy_iterator())
   assert set(examples[0]) == {"inputs", "targets"}
   rows = list(packing.pad_examples([(e["inputs"], e["targets"]) for e in examples], 64))
@@ -206,9 +222,8 @@ def test_training_mixture_rates_are_the_catalog_rates(bench):
   config = bench["config"]
   shares = {b: c.share for b, c in config.benchmarks.items()}
   fixed = [b for b, c in config.benchmarks.items() if c.fixed_share]
-  expected = rates.examples_proportional({e.name: e.num_examples for e in train},
-                                         {e.name: e.benchmark for e in train}, shares, config.rates.cap,
-                                         config.rates.temperature, fixed)
+  expected = rates.examples_proportional({e.name: e.num_examples for e in train}, {e.name: e.benchmark for e in train},
+                                         shares, config.rates.cap, config.rates.temperature, fixed)
   mixture = seqio.MixtureRegistry.get(registry.TRAIN_MIXTURE)
   assert {t.name for t in mixture.tasks} == set(expected)
   for task in mixture.tasks:
@@ -225,8 +240,10 @@ def test_training_mixture_rates_are_the_catalog_rates(bench):
 
 def test_add_mixture_by_benchmark_and_task_with_strategies(bench):
   sni_train = {e.name: e for e in bench["catalog"].tasks if e.benchmark == "sni" and e.role == catalog.TRAIN}
-  mixture = registry.add_mixture("e_test_mix", ["sni", f"{GEN_TASK}.2shot"], shares={"sni": 3, "crossfit": 1},
-                                 cap=100, temperature=2.0)
+  mixture = registry.add_mixture("e_test_mix", ["sni", f"{GEN_TASK}.2shot"], shares={
+      "sni": 3,
+      "crossfit": 1
+  }, cap=100, temperature=2.0)
   names = {t.name for t in mixture.tasks}
   assert names == set(sni_train) | {f"{GEN_TASK}.2shot"}
   counts = {n: e.num_examples for n, e in sni_train.items()}

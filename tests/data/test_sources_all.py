@@ -24,9 +24,10 @@ def _write_local_sources(root: pathlib.Path) -> dict[str, pathlib.Path]:
 def test_iter_all_walks_every_source_in_order(shared_dir, tmp_path):
   folders = _write_local_sources(tmp_path)
   data = shared_dir / "data"
-  results = list(sources.iter_all(
-      sni_dir=data / "natural-instructions", p3_dir=data / "p3", bigbench_dir=data / "bigbench",
-      jsonl_dirs=[("crossfit", folders["crossfit"])], cot_dir=folders["cot"], text_dir=folders["text"]))
+  results = list(
+      sources.iter_all(sni_dir=data / "natural-instructions", p3_dir=data / "p3", bigbench_dir=data / "bigbench",
+                       jsonl_dirs=[("crossfit", folders["crossfit"])], cot_dir=folders["cot"],
+                       text_dir=folders["text"]))
   tasks = [r for r in results if isinstance(r, records.TaskSource)]
   skipped = [r for r in results if isinstance(r, records.Skipped)]
   order = [benchmark for benchmark, _ in itertools.groupby(t.benchmark for t in tasks)]

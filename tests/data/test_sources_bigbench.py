@@ -25,8 +25,15 @@ def _write_task(folder: pathlib.Path, obj) -> pathlib.Path:
 
 
 def _toy(**overrides):
-  task = {"name": "toy", "description": "Answer.", "keywords": ["arithmetic"],
-          "examples": [{"input": "1 + 1 =", "target": "2"}]}
+  task = {
+      "name": "toy",
+      "description": "Answer.",
+      "keywords": ["arithmetic"],
+      "examples": [{
+          "input": "1 + 1 =",
+          "target": "2"
+      }]
+  }
   task.update(overrides)
   return task
 
@@ -70,8 +77,7 @@ def test_choices_are_appended_with_the_default_prefixes(shared_dir):
   raw = _raw(task)
   assert "example_input_prefix" not in raw and "append_choices_to_input" in raw
   instance, example = next(task.instances()), raw["examples"][0]
-  assert instance.input == "Q: " + example["input"] + "".join(
-      "\n  choice: " + o for o in instance.options) + "\nA:"
+  assert instance.input == "Q: " + example["input"] + "".join("\n  choice: " + o for o in instance.options) + "\nA:"
 
 
 def test_string_flag_false_keeps_choices_out(shared_dir):
@@ -110,19 +116,37 @@ def test_composite_task_names(tmp_path):
   _write_task(root / "arith" / "sub", _toy(name="sub"))
   _write_task(root / "plain", _toy(name="plain"))
   tasks = list(bigbench.iter_tasks(tmp_path))  # Descends into benchmark_tasks/.
-  assert [(t.name, t.dataset) for t in tasks] == [
-      ("bigbench:arith:add", "arith"), ("bigbench:arith:sub", "arith"), ("bigbench:plain", "plain")]
+  assert [(t.name, t.dataset) for t in tasks] == [("bigbench:arith:add", "arith"), ("bigbench:arith:sub", "arith"),
+                                                  ("bigbench:plain", "plain")]
   assert bigbench.read_task(root / "arith" / "add" / "task.json").name == "bigbench:arith:add"
 
 
 @pytest.mark.parametrize("task, expected", [
-    ({"name": "x", "description": "d", "keywords": []}, "missing required field 'examples'"),
+    ({
+        "name": "x",
+        "description": "d",
+        "keywords": []
+    }, "missing required field 'examples'"),
     (_toy(examples=[]), "'examples': empty list"),
-    (_toy(examples=[{"input": "a", "target": "b"}, {"input": "c"}]),
-     "examples[1]: missing required field 'target' or 'target_scores'"),
-    (_toy(examples=[{"target": "b"}]), "examples[0]: missing required field 'input'"),
-    (_toy(examples=[{"input": "a", "target_scores": {"x": "high"}}]), "examples[0].target_scores['x']"),
-    (_toy(examples=[{"input": "a", "target_scores": {}}]), "examples[0].target_scores"),
+    (_toy(examples=[{
+        "input": "a",
+        "target": "b"
+    }, {
+        "input": "c"
+    }]), "examples[1]: missing required field 'target' or 'target_scores'"),
+    (_toy(examples=[{
+        "target": "b"
+    }]), "examples[0]: missing required field 'input'"),
+    (_toy(examples=[{
+        "input": "a",
+        "target_scores": {
+            "x": "high"
+        }
+    }]), "examples[0].target_scores['x']"),
+    (_toy(examples=[{
+        "input": "a",
+        "target_scores": {}
+    }]), "examples[0].target_scores"),
     (_toy(append_choices_to_input="maybe"), "'append_choices_to_input'"),
 ])
 def test_bad_tasks_are_skipped_with_the_field(tmp_path, task, expected):

@@ -21,17 +21,33 @@ def _write_lines(path: pathlib.Path, lines) -> pathlib.Path:
 
 def test_generic_jsonl_both_schemas(tmp_path):
   _write_lines(tmp_path / "metaseq_task.jsonl", [
-      {"src": "Translate: chat", "tgt": "cat"},
-      {"src": "Translate: chien", "tgt": ["dog", "hound"], "id": "x7"},
+      {
+          "src": "Translate: chat",
+          "tgt": "cat"
+      },
+      {
+          "src": "Translate: chien",
+          "tgt": ["dog", "hound"],
+          "id": "x7"
+      },
   ])
   _write_lines(tmp_path / "seqio_task.jsonl", [
-      {"inputs": "Is 3 odd?", "targets": "yes", "options": ["yes", "no"], "dataset": "glue/odd"},
-      {"inputs": "Is 4 odd?", "targets": "no", "options": ["yes", "no"]},
+      {
+          "inputs": "Is 3 odd?",
+          "targets": "yes",
+          "options": ["yes", "no"],
+          "dataset": "glue/odd"
+      },
+      {
+          "inputs": "Is 4 odd?",
+          "targets": "no",
+          "options": ["yes", "no"]
+      },
   ])
   (tmp_path / "README.md").write_text("not a task")
   metaseq_task, seqio_task = jsonl.iter_tasks(tmp_path, "crossfit")
-  assert (metaseq_task.name, metaseq_task.benchmark, metaseq_task.dataset, metaseq_task.kind) == (
-      "crossfit:metaseq_task", "crossfit", "metaseq_task", records.GENERATION)
+  assert (metaseq_task.name, metaseq_task.benchmark, metaseq_task.dataset,
+          metaseq_task.kind) == ("crossfit:metaseq_task", "crossfit", "metaseq_task", records.GENERATION)
   assert list(metaseq_task.instances()) == [
       records.Instance(id="metaseq_task-1", input="Translate: chat", targets=("cat",)),
       records.Instance(id="x7", input="Translate: chien", targets=("dog", "hound")),
@@ -43,10 +59,22 @@ def test_generic_jsonl_both_schemas(tmp_path):
 
 @pytest.mark.parametrize("lines, expected", [
     ([], "no instances: the file is empty"),
-    ([{"src": "a"}], "line 1: missing required field 'tgt'"),
-    ([{"question": "a"}], "line 1: expected fields 'src' and 'tgt' or 'inputs' and 'targets'"),
-    ([{"inputs": "a", "targets": []}], "line 1: field 'targets': expected at least one string"),
-    ([{"inputs": "a", "targets": {"x": 1}}], "line 1: field 'targets': expected a string, got dict"),
+    ([{
+        "src": "a"
+    }], "line 1: missing required field 'tgt'"),
+    ([{
+        "question": "a"
+    }], "line 1: expected fields 'src' and 'tgt' or 'inputs' and 'targets'"),
+    ([{
+        "inputs": "a",
+        "targets": []
+    }], "line 1: field 'targets': expected at least one string"),
+    ([{
+        "inputs": "a",
+        "targets": {
+            "x": 1
+        }
+    }], "line 1: field 'targets': expected a string, got dict"),
     (["", "[1, 2]"], "line 2: expected a JSON object, got list"),
 ])
 def test_generic_jsonl_bad_files_are_skipped(tmp_path, lines, expected):
@@ -72,15 +100,34 @@ def test_missing_folder_is_an_error(tmp_path):
 
 def test_cot_schemas(tmp_path):
   path = _write_lines(tmp_path / "gsm8k_cot.jsonl", [
-      {"question": "Tom has 2 apples and buys 3. How many?", "rationale": "2 + 3 = 5.", "answer": "5"},
-      {"question": "Is the sky green?", "rationale": "The sky is blue. ", "answer": "no."},
-      {"question": "Capital of France?", "answer": "Paris"},
-      {"inputs": "Q: 1+1?", "targets": "1 plus 1 is 2. So the answer is 2.", "id": "flan-9"},
-      {"question": "How many legs?", "rationale": "Spiders have eight.", "answer": 8},
+      {
+          "question": "Tom has 2 apples and buys 3. How many?",
+          "rationale": "2 + 3 = 5.",
+          "answer": "5"
+      },
+      {
+          "question": "Is the sky green?",
+          "rationale": "The sky is blue. ",
+          "answer": "no."
+      },
+      {
+          "question": "Capital of France?",
+          "answer": "Paris"
+      },
+      {
+          "inputs": "Q: 1+1?",
+          "targets": "1 plus 1 is 2. So the answer is 2.",
+          "id": "flan-9"
+      },
+      {
+          "question": "How many legs?",
+          "rationale": "Spiders have eight.",
+          "answer": 8
+      },
   ])
   (task,) = cot.iter_tasks(tmp_path)
-  assert (task.name, task.benchmark, task.kind, task.format) == (
-      "reasoning:gsm8k_cot", "reasoning", records.GENERATION, "cot")
+  assert (task.name, task.benchmark, task.kind, task.format) == ("reasoning:gsm8k_cot", "reasoning", records.GENERATION,
+                                                                 "cot")
   assert [(i.id, i.targets[0]) for i in task.instances()] == [
       ("gsm8k_cot-1", "2 + 3 = 5. So the answer is 5."),
       ("gsm8k_cot-2", "The sky is blue. So the answer is no."),
@@ -92,10 +139,20 @@ def test_cot_schemas(tmp_path):
 
 
 @pytest.mark.parametrize("line, expected", [
-    ({"question": "q", "rationale": "r"}, "line 1: missing required field 'answer'"),
-    ({"question": "q", "answer": " "}, "line 1: field 'answer' is empty"),
-    ({"inputs": "q"}, "line 1: missing required field 'targets'"),
-    ({"prompt": "q"}, "line 1: expected fields 'inputs' and 'targets' or 'question'"),
+    ({
+        "question": "q",
+        "rationale": "r"
+    }, "line 1: missing required field 'answer'"),
+    ({
+        "question": "q",
+        "answer": " "
+    }, "line 1: field 'answer' is empty"),
+    ({
+        "inputs": "q"
+    }, "line 1: missing required field 'targets'"),
+    ({
+        "prompt": "q"
+    }, "line 1: expected fields 'inputs' and 'targets' or 'question'"),
 ])
 def test_cot_bad_first_line_is_skipped(tmp_path, line, expected):
   _write_lines(tmp_path / "bad.jsonl", [line])
@@ -107,20 +164,20 @@ def test_cot_bad_first_line_is_skipped(tmp_path, line, expected):
 
 
 def test_text_paragraphs_and_jsonl(tmp_path):
-  (tmp_path / "books.txt").write_text(
-      "First document,\nsecond line.\n\n\n  \nSecond document.\r\n\r\nThird\n", encoding="utf-8")
+  (tmp_path / "books.txt").write_text("First document,\nsecond line.\n\n\n  \nSecond document.\r\n\r\nThird\n",
+                                      encoding="utf-8")
   _write_lines(tmp_path / "web.jsonl", [{"text": "A web page."}, "", {"text": "Another.", "id": "doc-b"}])
   books, web = text.iter_tasks(tmp_path)
-  assert (books.name, books.benchmark, books.kind, books.format) == (
-      "pretraining:books", "pretraining", records.LANGUAGE_MODELING, "text")
+  assert (books.name, books.benchmark, books.kind, books.format) == ("pretraining:books", "pretraining",
+                                                                     records.LANGUAGE_MODELING, "text")
   assert list(books.instances()) == [
       records.Instance(id="books-1", input="First document,\nsecond line."),
       records.Instance(id="books-6", input="Second document."),
       records.Instance(id="books-8", input="Third"),
   ]
   assert list(books.instances()) == list(books.open_instances())
-  assert [(i.id, i.input, i.targets) for i in web.instances()] == [
-      ("web-1", "A web page.", ()), ("doc-b", "Another.", ())]
+  assert [(i.id, i.input, i.targets) for i in web.instances()] == [("web-1", "A web page.", ()),
+                                                                   ("doc-b", "Another.", ())]
 
 
 def test_text_bad_files_are_skipped(tmp_path):

@@ -71,19 +71,22 @@ def test_real_names_split_at_the_dataset(shared_dir, stem, dataset, template):
     assert (task.dataset, task.template) == (dataset, template)
 
 
-@pytest.mark.parametrize("stem, siblings, expected", [
-    ("super_glue_wsc.fixed_GPT_3_Style", (), ("super_glue/wsc.fixed", "GPT_3_Style")),
-    ("ai2_arc_ARC_Challenge_pick_the_most_correct_option", (),
-     ("ai2_arc/ARC-Challenge", "pick_the_most_correct_option")),
-    ("glue_sst2_positive_negative", (), ("glue/sst2", "positive_negative")),  # Known dataset, unknown subset.
-    ("squad_v2_Questions_with_Context", (), ("squad_v2", "Questions_with_Context")),
-    # Unknown datasets: the "_" words that every file starting with the same word shares.
-    ("my_data_set_ask", ("my_data_set_ask", "my_data_set_tell_me", "adversarial_qa_dbert_x"), ("my_data_set", "ask")),
-    ("my_data_set_ask", ("my_data_set", "my_data_set_ask"), ("my_data", "set_ask")),  # Templates stay non-empty.
-    ("my_data_set_ask", ("my_data_set_ask", "my_other_x"), ("my", "data_set_ask")),  # Two datasets share "my".
-    ("solo_template_name", (), ("solo", "template_name")),
-    ("single", (), ("single", "")),
-])
+@pytest.mark.parametrize(
+    "stem, siblings, expected",
+    [
+        ("super_glue_wsc.fixed_GPT_3_Style", (), ("super_glue/wsc.fixed", "GPT_3_Style")),
+        ("ai2_arc_ARC_Challenge_pick_the_most_correct_option", (),
+         ("ai2_arc/ARC-Challenge", "pick_the_most_correct_option")),
+        ("glue_sst2_positive_negative", (), ("glue/sst2", "positive_negative")),  # Known dataset, unknown subset.
+        ("squad_v2_Questions_with_Context", (), ("squad_v2", "Questions_with_Context")),
+        # Unknown datasets: the "_" words that every file starting with the same word shares.
+        ("my_data_set_ask", ("my_data_set_ask", "my_data_set_tell_me", "adversarial_qa_dbert_x"),
+         ("my_data_set", "ask")),
+        ("my_data_set_ask", ("my_data_set", "my_data_set_ask"), ("my_data", "set_ask")),  # Templates stay non-empty.
+        ("my_data_set_ask", ("my_data_set_ask", "my_other_x"), ("my", "data_set_ask")),  # Two datasets share "my".
+        ("solo_template_name", (), ("solo", "template_name")),
+        ("single", (), ("single", "")),
+    ])
 def test_name_heuristics(stem, siblings, expected):
   assert promptsource.split_template_name(stem, siblings) == expected
 
@@ -92,8 +95,8 @@ def test_instances_and_streaming(shared_dir):
   path = _p3_dir(shared_dir) / "data_per_template" / "ag_news_classify_with_choices.jsonl"
   raw = [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
   task = promptsource.read_task(path)
-  assert (task.dataset, task.template, task.kind, task.definition) == (
-      "ag_news", "classify_with_choices", records.GENERATION, "")
+  assert (task.dataset, task.template, task.kind, task.definition) == ("ag_news", "classify_with_choices",
+                                                                       records.GENERATION, "")
   instances = list(task.instances())
   assert instances == list(task.open_instances())
   assert len(instances) == len(raw)
@@ -105,8 +108,14 @@ def test_instances_and_streaming(shared_dir):
 
 def test_empty_completions_are_dropped(tmp_path):
   path = _write_lines(tmp_path / "ag_news_toy.jsonl", [
-      {"prompt": "a\n", "completion": END},
-      {"prompt": "b", "completion": " World" + END},
+      {
+          "prompt": "a\n",
+          "completion": END
+      },
+      {
+          "prompt": "b",
+          "completion": " World" + END
+      },
   ])
   task = promptsource.read_task(path)
   assert [(i.id, i.input, i.targets) for i in task.instances()] == [("ag_news_toy-2", "b", ("World",))]
@@ -114,7 +123,11 @@ def test_empty_completions_are_dropped(tmp_path):
 
 def test_p3_columns_with_answer_choices(tmp_path):
   path = _write_lines(tmp_path / "super_glue_rte_does_it_follow.jsonl", [
-      {"inputs_pretokenized": "Does it follow? ", "targets_pretokenized": "yes", "answer_choices": ["yes", "no"]},
+      {
+          "inputs_pretokenized": "Does it follow? ",
+          "targets_pretokenized": "yes",
+          "answer_choices": ["yes", "no"]
+      },
   ])
   task = promptsource.read_task(path)
   assert (task.dataset, task.template, task.kind) == ("super_glue/rte", "does_it_follow", records.MULTIPLE_CHOICE)
@@ -124,11 +137,21 @@ def test_p3_columns_with_answer_choices(tmp_path):
 @pytest.mark.parametrize("lines, expected", [
     ([], "no instances: the file is empty"),
     (["", "  "], "no instances: the file is empty"),
-    ([{"prompt": "a", "completion": END}], "every completion is empty"),
+    ([{
+        "prompt": "a",
+        "completion": END
+    }], "every completion is empty"),
     (['{"prompt": "a", '], "line 1: invalid JSON"),
-    ([{"prompt": "a"}], "line 1: missing required field 'completion'"),
-    ([{"question": "a"}], "line 1: expected fields 'prompt' and 'completion'"),
-    ([{"prompt": "a", "completion": ["x"]}], "line 1: field 'completion': expected a string"),
+    ([{
+        "prompt": "a"
+    }], "line 1: missing required field 'completion'"),
+    ([{
+        "question": "a"
+    }], "line 1: expected fields 'prompt' and 'completion'"),
+    ([{
+        "prompt": "a",
+        "completion": ["x"]
+    }], "line 1: field 'completion': expected a string"),
 ])
 def test_bad_files_are_skipped(tmp_path, lines, expected):
   _write_lines(tmp_path / "ag_news_good.jsonl", [{"prompt": "p", "completion": "c"}])
@@ -145,8 +168,13 @@ def test_undecodable_bytes_are_skipped(tmp_path):
 
 
 def test_bad_later_line_is_reported_while_streaming(tmp_path):
-  path = _write_lines(tmp_path / "ag_news_lazy.jsonl", [
-      {"prompt": "a", "completion": "b"}, "", "{not json", {"prompt": "c", "completion": "d"}])
+  path = _write_lines(tmp_path / "ag_news_lazy.jsonl", [{
+      "prompt": "a",
+      "completion": "b"
+  }, "", "{not json", {
+      "prompt": "c",
+      "completion": "d"
+  }])
   task = promptsource.read_task(path)  # The first line is valid: the file is accepted.
   stream = task.instances()
   assert next(stream).targets == ("b",)

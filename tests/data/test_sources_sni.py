@@ -23,11 +23,23 @@ def _task(**overrides):
       "Definition": ["Answer the question."],
       "Categories": ["Question Answering"],
       "Source": ["toyqa"],
-      "Positive Examples": [{"input": "2+2?", "output": "4", "explanation": "arithmetic"}],
+      "Positive Examples": [{
+          "input": "2+2?",
+          "output": "4",
+          "explanation": "arithmetic"
+      }],
       "Negative Examples": [],
       "Instances": [
-          {"id": "task900_toy-1", "input": "1+1?", "output": ["2"]},
-          {"id": "task900_toy-2", "input": "3+3?", "output": ["6", "six"]},
+          {
+              "id": "task900_toy-1",
+              "input": "1+1?",
+              "output": ["2"]
+          },
+          {
+              "id": "task900_toy-2",
+              "input": "3+3?",
+              "output": ["6", "six"]
+          },
       ],
   }
   task.update(overrides)
@@ -107,17 +119,27 @@ def test_read_split_missing(tmp_path):
 
 
 def test_older_format_with_string_definition(tmp_path):
-  path = _write(tmp_path / "task001_old.json", {
-      "Definition": "Copy the input.",
-      "Positive Examples": [{"input": "a", "output": ["a"]}],
-      "Instances": [{"input": "b", "output": "b"}, {"input": "c", "output": ["c"]}],
-  })
+  path = _write(
+      tmp_path / "task001_old.json", {
+          "Definition": "Copy the input.",
+          "Positive Examples": [{
+              "input": "a",
+              "output": ["a"]
+          }],
+          "Instances": [{
+              "input": "b",
+              "output": "b"
+          }, {
+              "input": "c",
+              "output": ["c"]
+          }],
+      })
   task = sni.read_task(path)
   assert task.definition == "Copy the input."
   assert task.categories == () and task.dataset == "task001_old"
   assert task.demonstrations[0].targets == ("a",)
-  assert [(i.id, i.input, i.targets) for i in task.instances()] == [
-      ("task001_old-0", "b", ("b",)), ("task001_old-1", "c", ("c",))]
+  assert [(i.id, i.input, i.targets) for i in task.instances()] == [("task001_old-0", "b", ("b",)),
+                                                                    ("task001_old-1", "c", ("c",))]
 
 
 def test_list_definition_is_joined(tmp_path):
@@ -128,16 +150,30 @@ def test_list_definition_is_joined(tmp_path):
 @pytest.mark.parametrize("name, content, expected", [
     ("task010_badjson.json", b'{"Definition": ["x"], "Instances": [', "invalid JSON"),
     ("task011_bytes.json", b'{"Definition": ["caf\xe9"], "Instances": []}', "not valid UTF-8"),
-    ("task012_nodef.json", json.dumps({"Instances": [{"input": "a", "output": ["b"]}]}).encode(), "'Definition'"),
+    ("task012_nodef.json", json.dumps({
+        "Instances": [{
+            "input": "a",
+            "output": ["b"]
+        }]
+    }).encode(), "'Definition'"),
     ("task013_empty.json", json.dumps(_task(Instances=[])).encode(), "'Instances': empty list"),
-    ("task014_noinst.json", json.dumps({"Definition": ["x"]}).encode(), "'Instances'"),
-    ("task015_nooutput.json", json.dumps(_task(Instances=[{"input": "a", "output": ["b"]}, {"input": "c"}])).encode(),
-     "Instances[1]: missing required field 'output'"),
-    ("task016_badoutput.json", json.dumps(_task(Instances=[{"input": "a", "output": [["b"]]}])).encode(),
-     "Instances[0].output[0]"),
+    ("task014_noinst.json", json.dumps({
+        "Definition": ["x"]
+    }).encode(), "'Instances'"),
+    ("task015_nooutput.json", json.dumps(_task(Instances=[{
+        "input": "a",
+        "output": ["b"]
+    }, {
+        "input": "c"
+    }])).encode(), "Instances[1]: missing required field 'output'"),
+    ("task016_badoutput.json", json.dumps(_task(Instances=[{
+        "input": "a",
+        "output": [["b"]]
+    }])).encode(), "Instances[0].output[0]"),
     ("task017_array.json", b"[1, 2]", "JSON object"),
-    ("task018_badexample.json", json.dumps(_task(**{"Positive Examples": [{"input": "a"}]})).encode(),
-     "Positive Examples[0]: missing required field 'output'"),
+    ("task018_badexample.json", json.dumps(_task(**{"Positive Examples": [{
+        "input": "a"
+    }]})).encode(), "Positive Examples[0]: missing required field 'output'"),
 ])
 def test_bad_files_are_skipped_with_the_field(tmp_path, name, content, expected):
   _write(tmp_path / "task001_good.json", _task())

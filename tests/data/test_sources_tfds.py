@@ -20,9 +20,19 @@ _MOCKABLE = [d for d in flan_templates.DATASETS if d.tfds_name not in _NEEDS_REA
 
 # SNI category names the templates may map onto (a subset of SNI's 76 task types).
 _SNI_CATEGORIES = {
-    "Textual Entailment", "Question Answering", "Cause Effect Classification", "Sentiment Analysis",
-    "Text Categorization", "Coreference Resolution", "Commonsense Classification", "Text Completion",
-    "Text Matching", "Summarization", "Translation", "Grammar Error Detection", "Answer Verification",
+    "Textual Entailment",
+    "Question Answering",
+    "Cause Effect Classification",
+    "Sentiment Analysis",
+    "Text Categorization",
+    "Coreference Resolution",
+    "Commonsense Classification",
+    "Text Completion",
+    "Text Matching",
+    "Summarization",
+    "Translation",
+    "Grammar Error Detection",
+    "Answer Verification",
     "Word Semantics",
 }
 
@@ -91,10 +101,16 @@ def test_every_template_formats_mock_examples(spec, mock_tfds):
 
 def test_squad_keeps_every_distinct_reference():
   spec = flan_templates.lookup("squad/v1.1", flan_templates.FLAN)
-  example = {"id": b"q1", "title": b"Rivers", "context": b"The Nile flows north into the sea.",
-             "question": b"Which way does the Nile flow?",
-             "answers": {"text": np.array([b"north", b"north ", b"northward"], dtype=object),
-                         "answer_start": np.array([14, 14, 14], dtype=np.int32)}}
+  example = {
+      "id": b"q1",
+      "title": b"Rivers",
+      "context": b"The Nile flows north into the sea.",
+      "question": b"Which way does the Nile flow?",
+      "answers": {
+          "text": np.array([b"north", b"north ", b"northward"], dtype=object),
+          "answer_start": np.array([14, 14, 14], dtype=np.int32)
+      }
+  }
   formatted = flan_templates.format_example(spec, spec.templates[0], example)
   assert formatted.targets == ("north", "northward") and formatted.options == ()
   assert "Which way does the Nile flow?" in formatted.inputs
@@ -105,21 +121,33 @@ def test_squad_keeps_every_distinct_reference():
 
 def test_copa_and_arc_on_hand_written_examples():
   copa = flan_templates.lookup("super_glue/copa", flan_templates.FLAN)
-  example = {"premise": b"The glass fell off the table.", "question": b"effect",
-             "choice1": b"It shattered.", "choice2": b"It was refilled.", "label": np.int64(0), "idx": 3}
+  example = {
+      "premise": b"The glass fell off the table.",
+      "question": b"effect",
+      "choice1": b"It shattered.",
+      "choice2": b"It was refilled.",
+      "label": np.int64(0),
+      "idx": 3
+  }
   for template in copa.templates:
     formatted = flan_templates.format_example(copa, template, example)
     assert formatted.targets == ("It shattered.",)
     assert formatted.options == ("It shattered.", "It was refilled.")
-  assert "The glass fell off the table so" in flan_templates.format_example(
-      copa, copa.template("template_5"), example).inputs
+  assert "The glass fell off the table so" in flan_templates.format_example(copa, copa.template("template_5"),
+                                                                            example).inputs
   cause = dict(example, question=b"cause")
   assert "because" in flan_templates.format_example(copa, copa.template("template_2"), cause).inputs
 
   arc = flan_templates.lookup("ai2_arc/ARC-Easy", flan_templates.FLAN)
-  example = {"id": b"x", "question": b"Which is a liquid at room temperature?", "answerKey": np.int64(3),
-             "choices": {"text": np.array([b"iron", b"salt", b"sand", b"water"], dtype=object),
-                         "label": np.array([0, 1, 2, 3])}}
+  example = {
+      "id": b"x",
+      "question": b"Which is a liquid at room temperature?",
+      "answerKey": np.int64(3),
+      "choices": {
+          "text": np.array([b"iron", b"salt", b"sand", b"water"], dtype=object),
+          "label": np.array([0, 1, 2, 3])
+      }
+  }
   formatted = flan_templates.format_example(arc, arc.templates[0], example)
   assert formatted.targets == ("water",) and formatted.options == ("iron", "salt", "sand", "water")
   # The answer key is matched against the choice labels, not taken as a position.
@@ -148,8 +176,7 @@ def test_bad_examples_name_the_dataset_template_and_field():
   with pytest.raises(records.SourceError, match=r"glue/rte:2.0.0.*'sentence2'"):
     flan_templates.format_example(rte, rte.templates[0], {"sentence1": b"A.", "label": np.int64(0)})
   with pytest.raises(records.SourceError, match=r"label 7 outside \[0, 2\)"):
-    flan_templates.format_example(rte, rte.templates[0],
-                                  {"sentence1": b"A.", "sentence2": b"B.", "label": np.int64(7)})
+    flan_templates.format_example(rte, rte.templates[0], {"sentence1": b"A.", "sentence2": b"B.", "label": np.int64(7)})
   broken = flan_templates.Template(name="broken", inputs="{premise} {nonexistent}")
   with pytest.raises(records.SourceError, match="'nonexistent'"):
     flan_templates.format_example(rte, broken, {"sentence1": b"A.", "sentence2": b"B.", "label": 0})
@@ -171,15 +198,14 @@ def test_paths_names_and_reopen(mock_tfds):
   assert sum(len(d.templates) for d in flan_templates.DATASETS) == len(sources)
   rte = next(s for s in sources if s.name == "flan:glue_rte_template_3")
   assert rte.path == "glue/rte:2.0.0@train#template_3"
-  assert {s.name for s in sources if s.dataset == "cnn_dailymail"} == {
-      "t5:cnn_dailymail", *(f"flan:cnn_dailymail_template_{i}" for i in range(6))}
+  assert {s.name for s in sources if s.dataset == "cnn_dailymail"
+         } == {"t5:cnn_dailymail", *(f"flan:cnn_dailymail_template_{i}" for i in range(6))}
   for source in (rte, next(s for s in sources if s.name == "t5:glue_cola")):
     again = tfds_source.reopen(source.path, source.benchmark, data_dir=mock_tfds)
     assert again == source
     assert list(again.instances()) == list(source.instances())
   assert tfds_source.parse_path("glue/rte:2.0.0#template_3") == ("glue/rte:2.0.0", "train", "template_3")
-  assert tfds_source.parse_path("glue/rte:2.0.0@validation[:10]#t5") == (
-      "glue/rte:2.0.0", "validation[:10]", "t5")
+  assert tfds_source.parse_path("glue/rte:2.0.0@validation[:10]#t5") == ("glue/rte:2.0.0", "validation[:10]", "t5")
   validation = tfds_source.reopen("glue/rte:2.0.0@validation#template_0", "flan", data_dir=mock_tfds)
   assert next(validation.instances()).id == "validation-0"
 
@@ -214,7 +240,8 @@ def test_apply_template_drops_unlabelled_and_caps():
       "sentence1": ["It rained all day.", "Unlabelled.", "The shop is closed.", "Third."],
       "sentence2": ["The ground got wet.", "Unknown.", "The shop is open.", "Fourth."],
       "label": np.array([0, -1, 1, 0], dtype=np.int64),
-      "idx": np.arange(4, dtype=np.int32)})
+      "idx": np.arange(4, dtype=np.int32)
+  })
   out = list(tfds_source.apply_template(dataset, rte, max_examples=2, with_options=True).as_numpy_iterator())
   assert [ex["targets_pretokenized"] for ex in out] == [b"yes", b"no"]
   assert out[0]["inputs"] == out[0]["inputs_pretokenized"]
@@ -222,8 +249,15 @@ def test_apply_template_drops_unlabelled_and_caps():
   assert list(out[1]["options"]) == [b"yes", b"no"]
   squad = flan_templates.prompts(flan_templates.lookup("squad/v1.1", flan_templates.FLAN))[0]
   nested = tf.data.Dataset.from_tensors({
-      "id": "q", "title": "T", "context": "C.", "question": "Q?",
-      "answers": {"text": ["a", "b"], "answer_start": np.array([0, 1], dtype=np.int32)}})
+      "id": "q",
+      "title": "T",
+      "context": "C.",
+      "question": "Q?",
+      "answers": {
+          "text": ["a", "b"],
+          "answer_start": np.array([0, 1], dtype=np.int32)
+      }
+  })
   out = list(tfds_source.apply_template(nested, squad, with_options=True).as_numpy_iterator())
   assert out[0]["targets"] == b"a" and out[0]["options"].shape == (0,)
 
@@ -238,13 +272,19 @@ def test_seqio_task_over_tfds_data_source_matches_the_task_source(mock_tfds):
   seqio.TaskRegistry.add(
       name, source=source, output_features={
           "inputs": seqio.Feature(vocabulary, add_eos=False),
-          "targets": seqio.Feature(vocabulary, add_eos=True)},
-      preprocessors=[functools.partial(tfds_source.apply_template, prompt=prompt, max_examples=3),
-                     seqio.preprocessors.tokenize, seqio.preprocessors.append_eos])
+          "targets": seqio.Feature(vocabulary, add_eos=True)
+      }, preprocessors=[
+          functools.partial(tfds_source.apply_template, prompt=prompt, max_examples=3), seqio.preprocessors.tokenize,
+          seqio.preprocessors.append_eos
+      ])
   try:
-    examples = list(seqio.get_mixture_or_task(name).get_dataset(
-        # Mocked builders have no split sizes, which seqio's in-memory caching check reads.
-        sequence_length=None, split="train", shuffle=False, try_in_mem_cache=False).as_numpy_iterator())
+    examples = list(
+        seqio.get_mixture_or_task(name).get_dataset(
+            # Mocked builders have no split sizes, which seqio's in-memory caching check reads.
+            sequence_length=None,
+            split="train",
+            shuffle=False,
+            try_in_mem_cache=False).as_numpy_iterator())
   finally:
     seqio.TaskRegistry.remove(name)
   instances = list(tfds_source.task_source(prompt, data_dir=mock_tfds, max_examples=3).instances())

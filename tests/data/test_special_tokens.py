@@ -52,8 +52,15 @@ def test_another_tokenizer_folder_gives_its_own_ids(tmp_path):
   folder.mkdir()
   (folder / "vocab.json").write_text(json.dumps({"<unk>": 0, "<s>": 1, "</s>": 2, "[PAD]": 7, "a": 3}))
   # tokenizer_config.json only (newer Hugging Face folders), tokens as {"content": ...} objects.
-  (folder / "tokenizer_config.json").write_text(json.dumps(
-      {"bos_token": {"content": "<s>"}, "eos_token": "</s>", "pad_token": "[PAD]", "unk_token": "<unk>"}))
+  (folder / "tokenizer_config.json").write_text(
+      json.dumps({
+          "bos_token": {
+              "content": "<s>"
+          },
+          "eos_token": "</s>",
+          "pad_token": "[PAD]",
+          "unk_token": "<unk>"
+      }))
   tokens = special_tokens.read(folder)
   assert (tokens.bos_id, tokens.eos_id, tokens.pad_id, tokens.unk_id) == (1, 2, 7, 0)
   assert tokens.hf_config_ids() == {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 7}

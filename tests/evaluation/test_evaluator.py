@@ -76,33 +76,38 @@ def bigbench_catalog(shared_dir, tmp_path_factory, vocabulary):
 
 def _entry(name, role, kind="generation", num_eval=10, benchmark="sni", category="Misc."):
   return catalog.CatalogEntry(name=name, benchmark=benchmark, category=category, role=role, num_examples=0,
-                              num_eval_instances=num_eval, rate=0.0, format="sni", path=f"/x/{name}.json",
-                              dataset="", template="", kind=kind, num_instances=num_eval)
+                              num_eval_instances=num_eval, rate=0.0, format="sni", path=f"/x/{name}.json", dataset="",
+                              template="", kind=kind, num_instances=num_eval)
 
 
 def test_select_tasks_by_level_pattern_and_benchmark_with_clear_errors():
   seqio.TaskRegistry.remove("test_evaluator:user_task")
-  seqio.TaskRegistry.add("test_evaluator:user_task", source=seqio.FunctionDataSource(
-      lambda split, shuffle_files: tf.data.Dataset.from_tensors({"x": 1}), splits=("validation",)),
-                         output_features={})
+  seqio.TaskRegistry.add(
+      "test_evaluator:user_task",
+      source=seqio.FunctionDataSource(lambda split, shuffle_files: tf.data.Dataset.from_tensors({"x": 1}),
+                                      splits=("validation",)), output_features={})
   bench = catalog.Catalog(tasks=[
-      _entry("sni:a", catalog.TRAIN), _entry("sni:b", catalog.HELD_OUT_TASK),
+      _entry("sni:a", catalog.TRAIN),
+      _entry("sni:b", catalog.HELD_OUT_TASK),
       _entry("bigbench:c", catalog.HELD_OUT_CATEGORY, "multiple_choice", benchmark="bigbench"),
-      _entry("sni:empty", catalog.HELD_OUT_TASK, num_eval=0), _entry("pretraining:web", catalog.TRAIN, "lm", 0)])
+      _entry("sni:empty", catalog.HELD_OUT_TASK, num_eval=0),
+      _entry("pretraining:web", catalog.TRAIN, "lm", 0)
+  ])
   specs, failed = evaluator.select_tasks(bench, ["held_out_category", "held_out_task"], (0, 5))
-  assert [(s.task, s.shots, s.level) for s in specs] == [
-      ("sni:b", 0, "held_out_task"), ("sni:b", 5, "held_out_task"),
-      ("bigbench:c", 0, "held_out_category"), ("bigbench:c", 5, "held_out_category")]
-  assert [s.seqio_name for s in specs] == ["sni:b", "sni:b.5shot", "bigbench:c.score_eval",
-                                           "bigbench:c.5shot.score_eval"]
+  assert [(s.task, s.shots, s.level) for s in specs] == [("sni:b", 0, "held_out_task"), ("sni:b", 5, "held_out_task"),
+                                                         ("bigbench:c", 0, "held_out_category"),
+                                                         ("bigbench:c", 5, "held_out_category")]
+  assert [s.seqio_name for s in specs
+         ] == ["sni:b", "sni:b.5shot", "bigbench:c.score_eval", "bigbench:c.5shot.score_eval"]
   assert [(r.task, r.shots) for r in failed] == [("sni:empty", 0), ("sni:empty", 5)]
   assert "no evaluation instances" in failed[0].error
 
-  specs, failed = evaluator.select_tasks(bench, evaluator.LEVELS, (0,), tasks=[
-      "sni:*", "test_evaluator:user_task", "sni:missing", "pretraining:web"], benchmarks=["sni"],
-      max_instances=3)
-  assert [(s.task, s.level, s.max_instances) for s in specs] == [
-      ("sni:a", "held_out_instances", 3), ("sni:b", "held_out_task", 3), ("test_evaluator:user_task", "custom", 3)]
+  specs, failed = evaluator.select_tasks(bench, evaluator.LEVELS, (0,),
+                                         tasks=["sni:*", "test_evaluator:user_task", "sni:missing",
+                                                "pretraining:web"], benchmarks=["sni"], max_instances=3)
+  assert [(s.task, s.level, s.max_instances) for s in specs] == [("sni:a", "held_out_instances", 3),
+                                                                 ("sni:b", "held_out_task", 3),
+                                                                 ("test_evaluator:user_task", "custom", 3)]
   errors = {r.task: r.error for r in failed}
   assert "absent from the catalog" in errors["sni:missing"]
   assert "kind 'lm'" in errors["pretraining:web"] and "no evaluation instances" in errors["sni:empty"]
@@ -147,8 +152,9 @@ def test_bigbench_multiple_choice_tasks_run_end_to_end_as_t5x_would_score_them(b
     expected = {}
     for normalize, key in ((False, "accuracy"), (True, "accuracy_norm")):
       scores = inference.score_options(scorer.model, scorer.params, prompts, options, normalize)
-      right = [ex["options_pretokenized"][int(np.argmax(s))] in set(ex["references"])
-               for ex, s in zip(examples, scores)]
+      right = [
+          ex["options_pretokenized"][int(np.argmax(s))] in set(ex["references"]) for ex, s in zip(examples, scores)
+      ]
       expected[key] = 100.0 * np.mean(right)
     assert result.num_instances == MAX_INSTANCES
     assert result.metrics == pytest.approx(expected), spec.task
@@ -179,8 +185,8 @@ def test_generation_task_scores_the_greedy_decoding_and_counts_truncated_prompts
 
 def test_k_shot_variants_without_demonstrations_are_noted(bigbench_catalog, toy_catalog):
   bench = catalog.Catalog(tasks=bigbench_catalog.tasks + toy_catalog.tasks)
-  specs, _ = evaluator.select_tasks(bench, evaluator.LEVELS, (0, 2), tasks=[
-      "bigbench:human_organs_senses", "sni:task030_toy_entail_color"])
+  specs, _ = evaluator.select_tasks(bench, evaluator.LEVELS, (0, 2),
+                                    tasks=["bigbench:human_organs_senses", "sni:task030_toy_entail_color"])
   notes = {(s.task, s.shots): s.note for s in evaluator.note_missing_demonstrations(specs, bench)}
   assert "no demonstration exists" in notes[("bigbench:human_organs_senses", 2)]  # all 42 instances are eval ones
   assert notes[("bigbench:human_organs_senses", 0)] == ""
@@ -188,21 +194,29 @@ def test_k_shot_variants_without_demonstrations_are_noted(bigbench_catalog, toy_
 
 
 def _user_task(name, rows, vocabulary, metric_fns):
+
   def dataset_fn(split, shuffle_files, seed=None):
     del split, shuffle_files, seed
     return tf.data.Dataset.from_generator(
-        lambda: ({"inputs": vocabulary.encode(i), "targets": vocabulary.encode(t) + [2]} for i, t in rows),
-        output_signature={"inputs": tf.TensorSpec([None], tf.int32), "targets": tf.TensorSpec([None], tf.int32)})
+        lambda: ({
+            "inputs": vocabulary.encode(i),
+            "targets": vocabulary.encode(t) + [2]
+        } for i, t in rows), output_signature={
+            "inputs": tf.TensorSpec([None], tf.int32),
+            "targets": tf.TensorSpec([None], tf.int32)
+        })
 
   seqio.TaskRegistry.remove(name)
-  features = {"inputs": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32),
-              "targets": seqio.Feature(vocabulary, add_eos=True, dtype=tf.int32)}
+  features = {
+      "inputs": seqio.Feature(vocabulary, add_eos=False, dtype=tf.int32),
+      "targets": seqio.Feature(vocabulary, add_eos=True, dtype=tf.int32)
+  }
   return seqio.TaskRegistry.add(name, source=seqio.FunctionDataSource(dataset_fn, splits=("validation",)),
                                 output_features=features, metric_fns=metric_fns)
 
 
-def test_a_users_own_seqio_task_is_scored_with_its_own_metric_and_bad_tasks_do_not_stop_the_run(
-    scorer, vocabulary):
+def test_a_users_own_seqio_task_is_scored_with_its_own_metric_and_bad_tasks_do_not_stop_the_run(scorer, vocabulary):
+
   def mean_log_likelihood(targets, scores):
     del targets
     return {"mean_log_likelihood": float(np.mean(scores))}
@@ -210,13 +224,14 @@ def test_a_users_own_seqio_task_is_scored_with_its_own_metric_and_bad_tasks_do_n
   rows = [("The capital of France is", " Paris"), ("Two plus two is", " four"), ("Red, green and", " blue")]
   _user_task("test_evaluator:own", rows, vocabulary, [mean_log_likelihood])
   _user_task("test_evaluator:empty", [], vocabulary, [mean_log_likelihood])
-  specs = [evaluator.EvalTask(n, 0, n, "custom", "custom", "custom", "custom")
-           for n in ("test_evaluator:not_registered", "test_evaluator:empty", "test_evaluator:own")]
+  specs = [
+      evaluator.EvalTask(n, 0, n, "custom", "custom", "custom", "custom")
+      for n in ("test_evaluator:not_registered", "test_evaluator:empty", "test_evaluator:own")
+  ]
   missing, empty, own = evaluator.evaluate_tasks(specs, scorer)
   assert "is not registered" in missing.error and "is empty" in empty.error
   assert own.error is None, own.error
-  expected = inference.score_options(scorer.model, scorer.params,
-                                     [[2] + vocabulary.encode(i) for i, _ in rows],
+  expected = inference.score_options(scorer.model, scorer.params, [[2] + vocabulary.encode(i) for i, _ in rows],
                                      [[vocabulary.encode(t) + [2]] for _, t in rows])
   assert own.metric == "mean_log_likelihood"
   assert own.score == pytest.approx(np.mean([s[0] for s in expected]), rel=1e-5)

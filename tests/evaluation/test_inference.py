@@ -56,8 +56,8 @@ def _hf_greedy(hf_model, prompt, max_new_tokens, eos_id):
   """transformers' greedy `generate`: the new tokens before the first eos_id."""
   ids = torch.tensor([list(prompt)])
   with torch.no_grad():
-    out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                            max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=1)
+    out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new_tokens,
+                            eos_token_id=eos_id, pad_token_id=1)
   new = out[0, len(prompt):].tolist()
   return new[:new.index(eos_id)] if eos_id in new else new
 
@@ -65,8 +65,7 @@ def _hf_greedy(hf_model, prompt, max_new_tokens, eos_id):
 def _random_examples(seed, prompt_lengths, option_lengths):
   rng = np.random.default_rng(seed)
   prompts = [[2] + rng.integers(3, SMALL["vocab_size"], size=n - 1).tolist() for n in prompt_lengths]
-  options = [[rng.integers(3, SMALL["vocab_size"], size=k).tolist() for k in lengths]
-             for lengths in option_lengths]
+  options = [[rng.integers(3, SMALL["vocab_size"], size=k).tolist() for k in lengths] for lengths in option_lengths]
   return prompts, options
 
 
@@ -92,12 +91,11 @@ def test_scores_equal_transformers_log_likelihoods(hf_and_flax):
 
 def test_shared_prompt_scores_equal_row_by_row_scores(hf_and_flax):
   _, model, params = hf_and_flax
-  prompts, options = _random_examples(5, [1, 2, 7, 16, 31, 9, 3], [[2, 1, 4], [1], [5, 5], [1, 2, 3, 4],
-                                                                   [2, 2], [7], [1, 1, 1]])
+  prompts, options = _random_examples(5, [1, 2, 7, 16, 31, 9, 3],
+                                      [[2, 1, 4], [1], [5, 5], [1, 2, 3, 4], [2, 2], [7], [1, 1, 1]])
   shared_stats, row_stats = inference.InferenceStats(), inference.InferenceStats()
   shared = inference.score_options(model, params, prompts, options, batch_size=8, stats=shared_stats)
-  rows = inference.score_options(model, params, prompts, options, batch_size=8, stats=row_stats,
-                                 share_prompts=False)
+  rows = inference.score_options(model, params, prompts, options, batch_size=8, stats=row_stats, share_prompts=False)
   for a, b in zip(shared, rows):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
   assert shared_stats.rows == row_stats.rows == 16
@@ -124,8 +122,7 @@ def test_greedy_decode_equals_transformers_generate(hf_and_flax):
   # Stopping: make a token that example 1 emits mid-way the end token; both stop right before it.
   stop = next(t for t in free[1][1:] if t != free[1][0])
   stats = inference.InferenceStats()
-  stopped = inference.greedy_decode(model, params, prompts, max_new_tokens=7, eos_id=stop, batch_size=4,
-                                    stats=stats)
+  stopped = inference.greedy_decode(model, params, prompts, max_new_tokens=7, eos_id=stop, batch_size=4, stats=stats)
   assert len(stopped[1]) < 7 and stop not in stopped[1]
   for prompt, tokens in zip(prompts, stopped):
     assert tokens == _hf_greedy(hf_model, prompt, 7, eos_id=stop)
@@ -255,7 +252,7 @@ print("OK", stats.examples)
 
 def test_sharded_on_a_data_and_tensor_mesh_equals_one_device():
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], cwd=REPO_ROOT, env=env, capture_output=True,
-                        text=True, timeout=300, check=False)
+  proc = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                        timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "OK 4" in proc.stdout

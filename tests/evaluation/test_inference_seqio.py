@@ -81,16 +81,16 @@ def _hf_log_likelihood(hf_model, tokens, num_scored):
 def _hf_greedy(hf_model, prompt, max_new_tokens):
   ids = torch.tensor([list(prompt)])
   with torch.no_grad():
-    out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                            max_new_tokens=max_new_tokens, eos_token_id=2, pad_token_id=1)
+    out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new_tokens,
+                            eos_token_id=2, pad_token_id=1)
   new = out[0, len(prompt):].tolist()
   return new[:new.index(2)] if 2 in new else new
 
 
 def test_seqio_evaluator_scores_and_predictions_equal_transformers(hf_and_flax, registered_task):
   hf_model, model, params = hf_and_flax
-  evaluator = seqio.Evaluator(registered_task, feature_converter=inference.feature_converter(),
-                              eval_split="validation", sequence_length={})
+  evaluator = seqio.Evaluator(registered_task, feature_converter=inference.feature_converter(), eval_split="validation",
+                              sequence_length={})
   score_stats, predict_stats = inference.InferenceStats(), inference.InferenceStats()
   score_fn = inference.make_score_fn(model, params, batch_size=4, stats=score_stats, progress=False)
   predict_fn = inference.make_predict_fn(model, params, max_new_tokens=MAX_NEW_TOKENS, batch_size=4,
@@ -120,15 +120,20 @@ def test_seqio_evaluator_scores_and_predictions_equal_transformers(hf_and_flax, 
 
 
 def test_prompt_length_reads_both_seqio_conventions():
-  ours = {"decoder_input_tokens": np.array([2, 7, 8, 3, 0]), "decoder_target_tokens": np.array([7, 8, 3, 2, 0]),
-          "decoder_loss_weights": np.array([0, 0, 1, 1, 0])}
+  ours = {
+      "decoder_input_tokens": np.array([2, 7, 8, 3, 0]),
+      "decoder_target_tokens": np.array([7, 8, 3, 2, 0]),
+      "decoder_loss_weights": np.array([0, 0, 1, 1, 0])
+  }
   assert inference.prompt_length(0, ours) == 3
   row = inference.row_from_features(0, ours, group=0)
   assert row.inputs.tolist() == [2, 7, 8, 3] and row.weights.tolist() == [0, 0, 1, 1]
-  prefix_lm = {"decoder_input_tokens": np.array([0, 9, 4, 6, 1, 3, 9, 1, 0]),
-               "decoder_target_tokens": np.array([9, 4, 6, 1, 3, 9, 1, 0, 0]),
-               "decoder_loss_weights": np.array([0, 0, 0, 0, 1, 1, 1, 0, 0]),
-               "decoder_causal_attention": np.array([1, 1, 1, 1, 1, 0, 0, 0, 0])}
+  prefix_lm = {
+      "decoder_input_tokens": np.array([0, 9, 4, 6, 1, 3, 9, 1, 0]),
+      "decoder_target_tokens": np.array([9, 4, 6, 1, 3, 9, 1, 0, 0]),
+      "decoder_loss_weights": np.array([0, 0, 0, 0, 1, 1, 1, 0, 0]),
+      "decoder_causal_attention": np.array([1, 1, 1, 1, 1, 0, 0, 0, 0])
+  }
   assert inference.prompt_length(0, prefix_lm) == 5
   with pytest.raises(ValueError, match="example 7: decoder_loss_weights are all 0"):
     inference.prompt_length(7, dict(ours, decoder_loss_weights=np.zeros(5, np.int32)))
@@ -140,8 +145,11 @@ def test_predictions_of_different_lengths_stack_for_seqio_metrics(monkeypatch):
   # seqio turns the predictions into one numpy array before its metrics; ragged lists fail there.
   monkeypatch.setattr(inference, "greedy_decode", lambda *args, **kwargs: [[5], [6, 7, 8], []])
   monkeypatch.setattr(inference, "place_params", lambda model, params, mesh=None: params)
-  features = {"decoder_input_tokens": np.array([2, 9, 9]), "decoder_target_tokens": np.array([9, 9, 4]),
-              "decoder_loss_weights": np.array([0, 1, 1])}
+  features = {
+      "decoder_input_tokens": np.array([2, 9, 9]),
+      "decoder_target_tokens": np.array([9, 9, 4]),
+      "decoder_loss_weights": np.array([0, 1, 1])
+  }
   predict_fn = inference.make_predict_fn(None, {}, max_new_tokens=4, progress=False)
   outputs = predict_fn(list(enumerate([features] * 3)))
   stacked = np.array([prediction for _, prediction in outputs])

@@ -20,8 +20,15 @@ def test_headline_metric_by_kind_with_length_normalization_and_custom_tasks():
 
 
 def test_finite_metrics_unwraps_scalars_and_drops_the_rest():
-  values = {"accuracy": seqio.metrics.Scalar(62.5), "rougeL": np.float32(12.5), "n": 3,
-            "empty": float("nan"), "inf": float("inf"), "text": seqio.metrics.Text("a sample"), "name": "x"}
+  values = {
+      "accuracy": seqio.metrics.Scalar(62.5),
+      "rougeL": np.float32(12.5),
+      "n": 3,
+      "empty": float("nan"),
+      "inf": float("inf"),
+      "text": seqio.metrics.Text("a sample"),
+      "name": "x"
+  }
   assert metrics.finite_metrics(values) == {"accuracy": 62.5, "rougeL": 12.5, "n": 3.0}
 
 

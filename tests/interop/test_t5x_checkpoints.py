@@ -41,11 +41,25 @@ def _assert_same(a, b):
 
 def _write_t5x_layout(model_dir: pathlib.Path, step: int, params) -> pathlib.Path:
   """A checkpoint as t5x's OrbaxCheckpointManagerInterface writes it, optimizer state included."""
-  adam = {"count": np.asarray(step, np.int32), "mu": jax.tree.map(np.zeros_like, params),
-          "nu": jax.tree.map(np.ones_like, params)}
-  state = {"target": params,
-           "state": {"step": np.asarray(step, np.int32),
-                     "param_states": {"1": {"0": adam, "2": {"count": np.asarray(step, np.int32)}}}}}
+  adam = {
+      "count": np.asarray(step, np.int32),
+      "mu": jax.tree.map(np.zeros_like, params),
+      "nu": jax.tree.map(np.ones_like, params)
+  }
+  state = {
+      "target": params,
+      "state": {
+          "step": np.asarray(step, np.int32),
+          "param_states": {
+              "1": {
+                  "0": adam,
+                  "2": {
+                      "count": np.asarray(step, np.int32)
+                  }
+              }
+          }
+      }
+  }
   options = ocp.CheckpointManagerOptions(step_prefix="checkpoint", create=True, enable_async_checkpointing=False)
   with ocp.CheckpointManager(model_dir, options=options, item_names=("state",)) as manager:
     manager.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state)))
@@ -115,11 +129,14 @@ def test_export_stacks_unscanned_layers_in_layer_order(tmp_path):
 def test_command_line(tmp_path, params, capsys):
   checkpoint = _write_t5x_layout(tmp_path / "t5x", 2, params)
   overrides = json.dumps({"vocab_size": 128, "max_position_embeddings": 32})
-  assert t5x_checkpoints.main(["import", str(checkpoint), str(tmp_path / "ours"), "--preset", "tiny",
-                               "--overrides", overrides]) == 0
+  assert t5x_checkpoints.main(
+      ["import", str(checkpoint),
+       str(tmp_path / "ours"), "--preset", "tiny", "--overrides", overrides]) == 0
   assert "wrote" in capsys.readouterr().out
   _assert_same(orbax_io.restore_orbax(tmp_path / "ours")[1], params)
-  assert t5x_checkpoints.main(["import", str(checkpoint), str(tmp_path / "again"), "--config",
+  assert t5x_checkpoints.main(["import",
+                               str(checkpoint),
+                               str(tmp_path / "again"), "--config",
                                str(tmp_path / "ours")]) == 0
   assert t5x_checkpoints.main(["export", str(tmp_path / "ours"), str(tmp_path / "back"), "--step", "9"]) == 0
   _assert_same(t5x_checkpoints.read_t5x_params(tmp_path / "back")[0], params)
@@ -136,9 +153,8 @@ def test_the_package_does_not_import_t5x_off_the_t5x_path():
           "import optiml_jax.train, optiml_jax.eval, optiml_jax.convert, optiml_jax.bench\n"
           "import optiml_jax.interop.t5x_tasks, optiml_jax.interop.t5x_checkpoints\n"
           "print(sorted(m for m in sys.modules if m == 't5x' or m.startswith('t5x.')))\n")
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]),
-             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-  done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
-                        check=False)
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]), JAX_PLATFORMS="cpu",
+             TF_CPP_MIN_LOG_LEVEL="2")
+  done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=False)
   assert done.returncode == 0, done.stderr[-3000:]
   assert done.stdout.strip().splitlines()[-1] == "[]"

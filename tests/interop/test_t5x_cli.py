@@ -58,8 +58,9 @@ def _t5x_pythonpath() -> str | None:
 
 
 PYTHONPATH = _t5x_pythonpath()
-pytestmark = pytest.mark.skipif(PYTHONPATH is None, reason=f"t5x is not importable: set {T5X_ENV} to a folder "
-                                "holding checkouts of t5x, airio and jestimator (README, 'Using t5x')")
+pytestmark = pytest.mark.skipif(
+    PYTHONPATH is None, reason=f"t5x is not importable: set {T5X_ENV} to a folder "
+    "holding checkouts of t5x, airio and jestimator (README, 'Using t5x')")
 
 # Parses a training gin file as `t5x.train` does and builds the train state's shapes and partitioning
 # (jax.eval_shape: nothing is allocated).
@@ -94,8 +95,7 @@ for gin_file in sys.argv[2:]:
 """
 
 
-def _run_t5x(entry: str, gin_files: list[str], bindings: dict[str, str], cwd: pathlib.Path,
-             log: pathlib.Path) -> str:
+def _run_t5x(entry: str, gin_files: list[str], bindings: dict[str, str], cwd: pathlib.Path, log: pathlib.Path) -> str:
   """Runs `python -m t5x.<entry>` from `cwd` (not the t5x checkout) and returns its log; fails on rc != 0."""
   args = [sys.executable, "-m", f"t5x.{entry}", f"--gin_search_paths={REPO / 'gin'}"]
   args += [f"--gin_file={f}" for f in gin_files]
@@ -113,8 +113,9 @@ def _quote(value) -> str:
 
 
 def _train_losses(log: str) -> dict[int, float]:
-  return {int(step): float(loss) for step, loss in
-          re.findall(r"\[(\d+)\] collection=train .*?\bloss=([-+0-9.eEnaif]+)", log)}
+  return {
+      int(step): float(loss) for step, loss in re.findall(r"\[(\d+)\] collection=train .*?\bloss=([-+0-9.eEnaif]+)", log)
+  }
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +125,11 @@ def bench(tmp_path_factory):
   sni_dir = toybench.write(root / "sni", seed=0, num_instances=60)
   jsonl_dir = root / "crossfit"
   jsonl_dir.mkdir()
-  rows = [{"src": f"Quiz {i}: which colour is item number {i} painted in?", "tgt": ["red", "blue", "green"][i % 3],
-           "options": ["red", "blue", "green"]} for i in range(40)]
+  rows = [{
+      "src": f"Quiz {i}: which colour is item number {i} painted in?",
+      "tgt": ["red", "blue", "green"][i % 3],
+      "options": ["red", "blue", "green"]
+  } for i in range(40)]
   (jsonl_dir / "quiz_mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
   config = bench_config.load_config(REPO / "tasks" / "optiml_bench.yaml")
   built = catalog.build(config, sources.iter_all(sni_dir=sni_dir, jsonl_dirs=[("crossfit", jsonl_dir)]),
@@ -143,8 +147,11 @@ def test_recipe_gin_files_build_sharded_train_states_for_every_size(tmp_path):
   assert done.returncode == 0, done.stderr[-4000:]
   found = {m.group(1): json.loads(m.group(2)) for m in re.finditer(r"^PROBE (\S+) (.*)$", done.stdout, re.M)}
   assert set(found) == set(files)
-  expected = {"t5x/optiml_1.3b.gin": (24, 1, 256, 4000), "t5x/optiml_30b.gin": (48, 4, 256, 4000),
-              "t5x/optiml_175b.gin": (96, 8, 128, 8000)}
+  expected = {
+      "t5x/optiml_1.3b.gin": (24, 1, 256, 4000),
+      "t5x/optiml_30b.gin": (48, 4, 256, 4000),
+      "t5x/optiml_175b.gin": (96, 8, 128, 8000)
+  }
   for name, (layers, model_axis, batch_size, steps) in expected.items():
     got = found[name]
     assert got["params"] == got["expected"] and got["layers"] == layers, name
@@ -158,8 +165,10 @@ def trained(tmp_path_factory, bench):
   """`python -m t5x.train --gin_file=t5x/optiml_tiny.gin`: 5 steps of the tiny OPT from scratch."""
   work = tmp_path_factory.mktemp("t5x_train")
   model_dir = work / "model"
-  log = _run_t5x("train", ["t5x/optiml_tiny.gin"], {"MODEL_DIR": _quote(model_dir), "CATALOG_DIR": _quote(bench)},
-                 work, work / "train.log")
+  log = _run_t5x("train", ["t5x/optiml_tiny.gin"], {
+      "MODEL_DIR": _quote(model_dir),
+      "CATALOG_DIR": _quote(bench)
+  }, work, work / "train.log")
   return model_dir, log
 
 
@@ -175,8 +184,11 @@ def test_train_runs_five_steps_and_checkpoints(trained):
 @pytest.mark.slow
 def test_train_resumes_from_its_latest_checkpoint(trained, bench, tmp_path):
   model_dir, _ = trained
-  log = _run_t5x("train", ["t5x/optiml_tiny.gin"], {"MODEL_DIR": _quote(model_dir), "CATALOG_DIR": _quote(bench),
-                                                   "TRAIN_STEPS": "7"}, tmp_path, tmp_path / "resume.log")
+  log = _run_t5x("train", ["t5x/optiml_tiny.gin"], {
+      "MODEL_DIR": _quote(model_dir),
+      "CATALOG_DIR": _quote(bench),
+      "TRAIN_STEPS": "7"
+  }, tmp_path, tmp_path / "resume.log")
   assert re.search(r"Restoring checkpoint from \S*checkpoint_5", log)
   assert "Not restoring param=state/param_states" not in log  # the optimizer state is restored too
   losses = _train_losses(log)
@@ -198,8 +210,10 @@ def test_train_on_a_mixture_registered_by_a_module_the_gin_file_imports(bench, t
       "TRAIN_MIXTURE = 'sni_quiz'\n"
       "TRAIN_STEPS = 2\n", encoding="utf-8")
   model_dir = tmp_path / "model"
-  log = _run_t5x("train", [str(tmp_path / "my_run.gin")],
-                 {"MODEL_DIR": _quote(model_dir), "CATALOG_DIR": _quote(bench)}, tmp_path, tmp_path / "mine.log")
+  log = _run_t5x("train", [str(tmp_path / "my_run.gin")], {
+      "MODEL_DIR": _quote(model_dir),
+      "CATALOG_DIR": _quote(bench)
+  }, tmp_path, tmp_path / "mine.log")
   assert "Initializing dataset for task 'sni_quiz'" in log
   assert 2 in _train_losses(log) and (model_dir / "checkpoint_2").is_dir()
 
@@ -227,16 +241,19 @@ def _log_probs(params, tokens):
 def test_eval_scores_rank_classification_as_our_model_does(trained, bench, tmp_path):
   model_dir, _ = trained
   out = tmp_path / "eval"
-  _run_t5x("eval", ["t5x/models/opt_tiny.gin", "t5x/eval.gin"],
-           {"CHECKPOINT_PATH": _quote(model_dir / "checkpoint_5"), "EVAL_OUTPUT_DIR": _quote(out),
-            "CATALOG_DIR": _quote(bench), "EVAL_TASKS": repr([MC_TASK, GEN_TASK]),
-            "TASK_FEATURE_LENGTHS": SMALL_LENGTHS, "utils.DatasetConfig.batch_size": "8"},
-           tmp_path, tmp_path / "eval.log")  # MAX_DECODE_STEPS stays 256: more than a row holds
+  _run_t5x(
+      "eval", ["t5x/models/opt_tiny.gin", "t5x/eval.gin"], {
+          "CHECKPOINT_PATH": _quote(model_dir / "checkpoint_5"),
+          "EVAL_OUTPUT_DIR": _quote(out),
+          "CATALOG_DIR": _quote(bench),
+          "EVAL_TASKS": repr([MC_TASK, GEN_TASK]),
+          "TASK_FEATURE_LENGTHS": SMALL_LENGTHS,
+          "utils.DatasetConfig.batch_size": "8"
+      }, tmp_path, tmp_path / "eval.log")  # MAX_DECODE_STEPS stays 256: more than a row holds
   results = out / "inference_eval"
   generated = json.loads((results / f"{GEN_TASK}.gen-metrics.jsonl").read_text().splitlines()[-1])
   assert {"rougeL", "exact_match"} <= set(generated) and generated["step"] == 5
-  metrics = [json.loads(line) for line in
-             (results / f"{MC_TASK}.score_eval-metrics.jsonl").read_text().splitlines()]
+  metrics = [json.loads(line) for line in (results / f"{MC_TASK}.score_eval-metrics.jsonl").read_text().splitlines()]
   assert metrics[-1]["step"] == 5
   rows = [json.loads(line) for line in (results / f"{MC_TASK}.score_eval-000005.jsonl").read_text().splitlines()]
   assert len(rows) == 20 * 3  # 20 evaluation instances x 3 candidates
@@ -274,12 +291,24 @@ def exported(tmp_path_factory):
 def test_finetune_recipe_starts_from_an_exported_checkpoint_with_fresh_optimizer_state(bench, exported, tmp_path):
   params, checkpoint = exported
   model_dir = tmp_path / "model"
-  tiny = {"OPT_PRESET": "'tiny'", "ACTIVATION_DTYPE": "'float32'", "DROPOUT_RATE": "0.0", "REMAT_POLICY": "'none'",
-          "FSDP": "False", "NUM_PARTITIONS": "1", "TASK_FEATURE_LENGTHS": SMALL_LENGTHS, "BATCH_SIZE": "4",
-          "TRAIN_STEPS": "2", "WARMUP_STEPS": "1"}  # the 1.3B recipe file, on the tiny model
-  log = _run_t5x("train", ["t5x/optiml_1.3b.gin"],
-                 {"MODEL_DIR": _quote(model_dir), "CATALOG_DIR": _quote(bench),
-                  "INITIAL_CHECKPOINT_PATH": _quote(checkpoint), **tiny}, tmp_path, tmp_path / "finetune.log")
+  tiny = {
+      "OPT_PRESET": "'tiny'",
+      "ACTIVATION_DTYPE": "'float32'",
+      "DROPOUT_RATE": "0.0",
+      "REMAT_POLICY": "'none'",
+      "FSDP": "False",
+      "NUM_PARTITIONS": "1",
+      "TASK_FEATURE_LENGTHS": SMALL_LENGTHS,
+      "BATCH_SIZE": "4",
+      "TRAIN_STEPS": "2",
+      "WARMUP_STEPS": "1"
+  }  # the 1.3B recipe file, on the tiny model
+  log = _run_t5x("train", ["t5x/optiml_1.3b.gin"], {
+      "MODEL_DIR": _quote(model_dir),
+      "CATALOG_DIR": _quote(bench),
+      "INITIAL_CHECKPOINT_PATH": _quote(checkpoint),
+      **tiny
+  }, tmp_path, tmp_path / "finetune.log")
   assert re.search(r"Restoring checkpoint from \S*t5x_export\S*checkpoint_0", log)
   assert "Not restoring param=state/param_states" in log  # Adam's moments start fresh
   assert 2 in _train_losses(log) and math.isfinite(_train_losses(log)[2])
@@ -293,11 +322,17 @@ def test_infer_decodes_an_exported_checkpoint_greedily(bench, exported, tmp_path
   params, checkpoint = exported
   config = EXPORTED_CONFIG
   out = tmp_path / "infer"
-  _run_t5x("infer", ["t5x/models/opt_tiny.gin", "t5x/infer.gin"],
-           {"CHECKPOINT_PATH": _quote(checkpoint), "INFER_OUTPUT_DIR": _quote(out), "CATALOG_DIR": _quote(bench),
-            "INFER_TASKS": repr([GEN_TASK]), "TASK_FEATURE_LENGTHS": SMALL_LENGTHS, "MAX_DECODE_STEPS": "4",
-            "utils.RestoreCheckpointConfig.dtype": "'float32'", "utils.DatasetConfig.batch_size": "16"},
-           tmp_path, tmp_path / "infer.log")
+  _run_t5x(
+      "infer", ["t5x/models/opt_tiny.gin", "t5x/infer.gin"], {
+          "CHECKPOINT_PATH": _quote(checkpoint),
+          "INFER_OUTPUT_DIR": _quote(out),
+          "CATALOG_DIR": _quote(bench),
+          "INFER_TASKS": repr([GEN_TASK]),
+          "TASK_FEATURE_LENGTHS": SMALL_LENGTHS,
+          "MAX_DECODE_STEPS": "4",
+          "utils.RestoreCheckpointConfig.dtype": "'float32'",
+          "utils.DatasetConfig.batch_size": "16"
+      }, tmp_path, tmp_path / "infer.log")
   [predictions] = list(out.glob(f"{GEN_TASK}*-predict.jsonl-00000-of-00001"))
   rows = [json.loads(line) for line in predictions.read_text().splitlines()]
   assert len(rows) == 60 and sum(bool(row["prediction"]) for row in rows) > 30

@@ -47,8 +47,7 @@ from optiml_jax.models import partitioning  # pylint: disable=g-import-not-at-to
 EOS = 2
 LENGTHS = {"inputs": 8, "targets": 8}  # rows of 16 positions
 # init_std 0.5 makes the logits of a random model peaked, so greedy choices are far from ties.
-CONFIG = opt_config.OPTConfig.preset("tiny", vocab_size=128, max_position_embeddings=32, dropout=0.0,
-                                     init_std=0.5)
+CONFIG = opt_config.OPTConfig.preset("tiny", vocab_size=128, max_position_embeddings=32, dropout=0.0, init_std=0.5)
 EXAMPLES = [([11, 12, 13], [21, 22, EOS]), ([31, 32, 33, 34, 35, 36], [41, EOS]), ([51], [61, 62, 63, EOS])]
 
 
@@ -58,16 +57,21 @@ def _greedy_decode_fn(**decode_kwargs):
 
 
 def _model(config=CONFIG, **decode_kwargs):
-  return t5x_models.DecoderOnlyModel(
-      module=t5x_model.OPTForT5x(config), vocabulary=vocab_lib.OPTVocabulary(), optimizer_def=None,
-      decode_fn=_greedy_decode_fn(**decode_kwargs), feature_converter_cls=t5x_model.FeatureConverter,
-      loss_normalizing_factor="NUM_REAL_TARGET_TOKENS")
+  return t5x_models.DecoderOnlyModel(module=t5x_model.OPTForT5x(config), vocabulary=vocab_lib.OPTVocabulary(),
+                                     optimizer_def=None, decode_fn=_greedy_decode_fn(**decode_kwargs),
+                                     feature_converter_cls=t5x_model.FeatureConverter,
+                                     loss_normalizing_factor="NUM_REAL_TARGET_TOKENS")
 
 
 def _dataset(examples):
   return tf.data.Dataset.from_generator(
-      lambda: ({"inputs": np.asarray(i, np.int32), "targets": np.asarray(t, np.int32)} for i, t in examples),
-      output_signature={"inputs": tf.TensorSpec([None], tf.int32), "targets": tf.TensorSpec([None], tf.int32)})
+      lambda: ({
+          "inputs": np.asarray(i, np.int32),
+          "targets": np.asarray(t, np.int32)
+      } for i, t in examples), output_signature={
+          "inputs": tf.TensorSpec([None], tf.int32),
+          "targets": tf.TensorSpec([None], tf.int32)
+      })
 
 
 def _batch(pack=False, examples=EXAMPLES):
@@ -102,8 +106,9 @@ def _logits(config, params, tokens):
 
 def test_unpacked_rows_carry_the_prompt_as_decoder_causal_attention():
   batch = _batch()
-  assert set(batch) == {"decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
-                        "decoder_causal_attention"}
+  assert set(batch) == {
+      "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_causal_attention"
+  }
   np.testing.assert_array_equal(batch["decoder_input_tokens"][0], [2, 11, 12, 13, 21, 22] + [0] * 10)
   np.testing.assert_array_equal(batch["decoder_causal_attention"][0], [1, 1, 1, 1] + [0] * 12)
   np.testing.assert_array_equal(batch["decoder_causal_attention"][2], [1, 1] + [0] * 14)
@@ -194,8 +199,8 @@ def test_t5x_init_with_float_tokens_gives_our_parameter_tree(params):
   model = _model()
   variables = jax.eval_shape(
       lambda: model.get_initial_variables(jax.random.PRNGKey(0), {"decoder_input_tokens": (1, 16)}))
-  ours = jax.eval_shape(lambda: opt.OPT(CONFIG).init(jax.random.PRNGKey(0), jnp.ones((1, 16), jnp.int32),
-                                                     enable_dropout=False))
+  ours = jax.eval_shape(lambda: opt.OPT(CONFIG).init(jax.random.PRNGKey(0), jnp.ones(
+      (1, 16), jnp.int32), enable_dropout=False))
   assert jax.tree.map(jnp.shape, variables["params"]) == jax.tree.map(jnp.shape, ours["params"])
   assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, ours["params"])
 
@@ -224,5 +229,4 @@ def test_optimizer_is_the_recipe_chain_wrapped_for_t5x():
   np.testing.assert_allclose(new_params["kernel"], 1.0 - 1e-4, rtol=1e-5)
   assert int(state.step) == 2
   schedule = t5x_model.learning_rate_fn(total_steps=100, learning_rate=1e-3, warmup_steps=10)
-  np.testing.assert_allclose([schedule(0), schedule(10), schedule(55), schedule(100)], [0, 1e-3, 5e-4, 0],
-                             atol=1e-9)
+  np.testing.assert_allclose([schedule(0), schedule(10), schedule(55), schedule(100)], [0, 1e-3, 5e-4, 0], atol=1e-9)

@@ -29,8 +29,11 @@ def catalog_dir(tmp_path_factory):
   sni_dir = toybench.write(root / "sni", seed=0, num_instances=30)
   jsonl_dir = root / "crossfit"
   jsonl_dir.mkdir()
-  rows = [{"src": f"Quiz {i}: which colour is item {i}?", "tgt": ["red", "blue"][i % 2], "options": ["red", "blue"]}
-          for i in range(30)]
+  rows = [{
+      "src": f"Quiz {i}: which colour is item {i}?",
+      "tgt": ["red", "blue"][i % 2],
+      "options": ["red", "blue"]
+  } for i in range(30)]
   (jsonl_dir / "quiz_mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
   config = bench_config.load_config(REPO / "tasks" / "optiml_bench.yaml")
   built = catalog.build(config, sources.iter_all(sni_dir=sni_dir, jsonl_dirs=[("crossfit", jsonl_dir)]),
@@ -54,8 +57,7 @@ def test_eval_mixture_picks_tasks_by_role_or_name(catalog_dir):
   expected = sorted(n + ".gen" for n, e in bench.items() if e.role == "held_out_category")
   assert sorted(members) == expected and expected
   mixed = t5x_tasks.eval_mixture(catalog_dir, name="two", tasks=[MC_TASK, GEN_TASK])
-  assert sorted(t.name for t in seqio.get_mixture_or_task(mixed).tasks) == [f"{MC_TASK}.score_eval",
-                                                                           f"{GEN_TASK}.gen"]
+  assert sorted(t.name for t in seqio.get_mixture_or_task(mixed).tasks) == [f"{MC_TASK}.score_eval", f"{GEN_TASK}.gen"]
   decoded = t5x_tasks.eval_mixture(catalog_dir, name="dec", tasks=[MC_TASK], rank_multiple_choice=False, shots=2)
   assert [t.name for t in seqio.get_mixture_or_task(decoded).tasks] == [f"{MC_TASK}.2shot.gen"]
   with pytest.raises(ValueError, match="unknown roles \\['level9'\\]"):
@@ -76,8 +78,8 @@ def test_generation_task_has_dense_features_and_the_evaluation_metrics(catalog_d
 def test_rank_classification_task_needs_answer_candidates(catalog_dir):
   t5x_tasks.registered(catalog_dir)
   name = t5x_tasks.rank_classification_task(MC_TASK)
-  rows = list(seqio.TaskRegistry.get(name).get_dataset(None, split="validation", shuffle=False)
-              .take(4).as_numpy_iterator())
+  rows = list(
+      seqio.TaskRegistry.get(name).get_dataset(None, split="validation", shuffle=False).take(4).as_numpy_iterator())
   np.testing.assert_array_equal([r["idx"] for r in rows], [[0, 0], [0, 1], [1, 0], [1, 1]])
   assert [bool(r["is_correct"]) for r in rows[:2]].count(True) == 1
   with pytest.raises(ValueError, match="not 'multiple_choice'"):

@@ -38,8 +38,8 @@ def _apply(config, params, tokens, **kwargs):
 
 def _random_params(config):
   """Random params of OPT(config); configs that differ only in how they compute share them."""
-  return _init_params(dataclasses.replace(config, dropout=0.0, attention_dropout=0.0, dtype="float32",
-                                          remat_policy="none"))
+  return _init_params(
+      dataclasses.replace(config, dropout=0.0, attention_dropout=0.0, dtype="float32", remat_policy="none"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -80,8 +80,9 @@ def test_packed_segments_equal_separate_rows():
   segments = np.array([[1] * 5 + [2] * 7 + [0, 0]])
   positions = np.array([list(range(5)) + list(range(7)) + [0, 0]])
   targets = np.concatenate([first[1:], [2], second[1:], [2], [0, 0]])[None]
-  logits = np.asarray(_apply(config, params, packed[None], decoder_target_tokens=targets,
-                             decoder_segment_ids=segments, decoder_positions=positions))
+  logits = np.asarray(
+      _apply(config, params, packed[None], decoder_target_tokens=targets, decoder_segment_ids=segments,
+             decoder_positions=positions))
   # Trailing padding cannot change earlier logits of a causal model, so one batch holds the references.
   rows = np.stack([np.pad(first, (0, 9)), np.pad(second, (0, 7)), packed])
   separate = np.asarray(_apply(config, params, rows))
@@ -96,8 +97,7 @@ def test_packed_segments_equal_separate_rows():
 
 def test_positions_from_segment_ids():
   segments = jnp.array([[1, 1, 1, 2, 2, 3, 0, 0], [4, 4, 4, 4, 4, 4, 4, 4]])
-  np.testing.assert_array_equal(opt.positions_from_segment_ids(segments),
-                                [[0, 1, 2, 0, 1, 0, 0, 1], list(range(8))])
+  np.testing.assert_array_equal(opt.positions_from_segment_ids(segments), [[0, 1, 2, 0, 1, 0, 0, 1], list(range(8))])
 
 
 def _decode_step(config):
@@ -105,9 +105,12 @@ def _decode_step(config):
 
   @jax.jit
   def step(params, cache, token):
-    logits, variables = model.apply({"params": params, "cache": cache}, token, enable_dropout=False,
-                                    decode=True, mutable=["cache"])
+    logits, variables = model.apply({
+        "params": params,
+        "cache": cache
+    }, token, enable_dropout=False, decode=True, mutable=["cache"])
     return logits[:, 0], variables["cache"]
+
   return step
 
 
@@ -127,8 +130,7 @@ def test_token_by_token_decoding_equals_full_forward(scan_layers):
 
 @pytest.mark.parametrize("scan_layers", [True, False])
 def test_prefill_then_decode_with_different_prompt_lengths(scan_layers):
-  config = opt.OPTConfig(**SMALL, scan_layers=scan_layers, do_layer_norm_before=False,
-                         word_embed_proj_dim=16)
+  config = opt.OPTConfig(**SMALL, scan_layers=scan_layers, do_layer_norm_before=False, word_embed_proj_dim=16)
   params = _random_params(config)
   model = opt.OPT(config)
   tokens = np.random.default_rng(4).integers(3, config.vocab_size, size=(2, 10))
@@ -136,11 +138,12 @@ def test_prefill_then_decode_with_different_prompt_lengths(scan_layers):
   lengths = np.array([3, 6])
   prompts = np.where(np.arange(6)[None] < lengths[:, None], tokens[:, :6], 0)  # Padded after each prompt.
   # t5x: a decode=True call without a cache creates it, then prefill fills it.
-  create = jax.jit(lambda p: model.apply({"params": p}, jnp.ones((2, 10), jnp.int32), enable_dropout=False,
-                                         decode=True, max_decode_length=10, mutable=["cache"])[1])
-  prefill = jax.jit(lambda p, cache, prompt, n: model.apply(
-      {"params": p, "cache": cache}, prompt, enable_dropout=False, prefill=True, prefill_lengths=n,
-      mutable=["cache"]))
+  create = jax.jit(lambda p: model.apply({"params": p}, jnp.ones(
+      (2, 10), jnp.int32), enable_dropout=False, decode=True, max_decode_length=10, mutable=["cache"])[1])
+  prefill = jax.jit(lambda p, cache, prompt, n: model.apply({
+      "params": p,
+      "cache": cache
+  }, prompt, enable_dropout=False, prefill=True, prefill_lengths=n, mutable=["cache"]))
   logits, variables = prefill(params, create(params)["cache"], jnp.asarray(prompts), jnp.asarray(lengths))
   for b, n in enumerate(lengths):
     np.testing.assert_allclose(np.asarray(logits)[b, :n], full[b, :n], atol=1e-4, rtol=0)
@@ -164,10 +167,14 @@ def test_several_tokens_per_decode_call_equal_full_forward(scan_layers):
   lengths = np.array([4, 7])
   prompts = np.where(np.arange(7)[None] < lengths[:, None], tokens[:, :7], 0)
   cache = opt.init_decode_cache(config, batch_size=2, max_decode_length=11)
-  prefill = jax.jit(lambda p, c, t, n: model.apply({"params": p, "cache": c}, t, enable_dropout=False,
-                                                    prefill=True, prefill_lengths=n, mutable=["cache"]))
-  decode = jax.jit(lambda p, c, t: model.apply({"params": p, "cache": c}, t, enable_dropout=False, decode=True,
-                                               mutable=["cache"]))
+  prefill = jax.jit(lambda p, c, t, n: model.apply({
+      "params": p,
+      "cache": c
+  }, t, enable_dropout=False, prefill=True, prefill_lengths=n, mutable=["cache"]))
+  decode = jax.jit(lambda p, c, t: model.apply({
+      "params": p,
+      "cache": c
+  }, t, enable_dropout=False, decode=True, mutable=["cache"]))
   _, variables = prefill(params, cache, jnp.asarray(prompts), jnp.asarray(lengths))
   rows = np.arange(2)[:, None]
   chunk = tokens[rows, lengths[:, None] + np.arange(3)]
@@ -187,8 +194,8 @@ def test_dropout_is_random_when_enabled_and_off_otherwise():
   runs = [np.asarray(apply(jax.random.PRNGKey(s))) for s in (0, 1)]
   assert np.abs(runs[0] - runs[1]).max() > 1e-3
   off = np.asarray(_apply(config, params, tokens))
-  np.testing.assert_allclose(off, _apply(dataclasses.replace(config, dropout=0.0, attention_dropout=0.0),
-                                         params, tokens), atol=1e-6)
+  np.testing.assert_allclose(off, _apply(dataclasses.replace(config, dropout=0.0, attention_dropout=0.0), params,
+                                         tokens), atol=1e-6)
 
 
 def test_logit_positions_give_those_rows_of_the_full_logits():
@@ -210,6 +217,7 @@ def test_remat_keeps_logits_and_gradients(remat_policy):
 
   def loss(p, cfg):
     return opt.OPT(cfg).apply({"params": p}, tokens, enable_dropout=False).mean()
+
   grad = jax.jit(jax.grad(loss), static_argnums=1)
   plain = grad(params, config)
   remat = grad(params, dataclasses.replace(config, remat_policy=remat_policy))
@@ -256,10 +264,14 @@ def _count(tree):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
-@pytest.mark.parametrize("name,overrides", [
-    ("opt-125m", {}), ("opt-350m", {}), ("tiny", {"enable_bias": False}),
-    ("tiny", {"layer_norm_elementwise_affine": False, "scan_layers": False}),
-    ("tiny", {"word_embed_proj_dim": 32})])
+@pytest.mark.parametrize("name,overrides", [("opt-125m", {}), ("opt-350m", {}), ("tiny", {
+    "enable_bias": False
+}), ("tiny", {
+    "layer_norm_elementwise_affine": False,
+    "scan_layers": False
+}), ("tiny", {
+    "word_embed_proj_dim": 32
+})])
 def test_num_params_counts_the_model(name, overrides):
   config = opt.OPTConfig.preset(name, **overrides)
   shapes = jax.eval_shape(lambda: opt.OPT(config).init(jax.random.PRNGKey(0), jnp.ones((1, 2), jnp.int32)))
@@ -283,8 +295,7 @@ def test_flops_per_token():
   config = opt.OPTConfig.preset("opt-350m")
   shapes = jax.eval_shape(lambda: opt.OPT(config).init(jax.random.PRNGKey(0), jnp.ones((1, 2), jnp.int32)))
   flat = jax.tree_util.tree_flatten_with_path(shapes["params"])[0]
-  matmul = sum(int(np.prod(x.shape)) for path, x in flat
-               if path[-1].key == "kernel" or path[0].key == "embed_tokens")
+  matmul = sum(int(np.prod(x.shape)) for path, x in flat if path[-1].key == "kernel" or path[0].key == "embed_tokens")
   assert config.num_matmul_params() == matmul
   assert config.flops_per_token(2048) == 6 * matmul + 12 * 24 * 1024 * 2048
 
@@ -297,9 +308,16 @@ def test_bad_activation_names_the_field():
     opt.OPTConfig.from_hf({**hf, "activation_function": "gelu"})
 
 
-@pytest.mark.parametrize("field,value", [("remat_policy", "sometimes"), ("attention_impl", "flash"),
-                                         ("attention_impl", "cudnn"),  # cuDNN needs bf16/fp16 compute.
-                                         ("hidden_size", 30), ("dropout", 1.5), ("dtype", "float77")])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("remat_policy", "sometimes"),
+        ("attention_impl", "flash"),
+        ("attention_impl", "cudnn"),  # cuDNN needs bf16/fp16 compute.
+        ("hidden_size", 30),
+        ("dropout", 1.5),
+        ("dtype", "float77")
+    ])
 def test_bad_config_fields_are_named(field, value):
   with pytest.raises(ValueError, match=field):
     opt.OPTConfig(**{**SMALL, field: value})
@@ -307,12 +325,31 @@ def test_bad_config_fields_are_named(field, value):
 
 def test_from_hf_reads_a_real_config_and_names_problems():
   # facebook/opt-350m's config.json (older files lack enable_bias / layer_norm_elementwise_affine).
-  hf = {"_remove_final_layer_norm": False, "activation_dropout": 0.0, "activation_function": "relu",
-        "architectures": ["OPTForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 2,
-        "do_layer_norm_before": False, "dropout": 0.1, "eos_token_id": 2, "ffn_dim": 4096, "hidden_size": 1024,
-        "init_std": 0.02, "layerdrop": 0.0, "max_position_embeddings": 2048, "model_type": "opt",
-        "num_attention_heads": 16, "num_hidden_layers": 24, "pad_token_id": 1, "prefix": "</s>",
-        "torch_dtype": "float16", "use_cache": True, "vocab_size": 50272, "word_embed_proj_dim": 512}
+  hf = {
+      "_remove_final_layer_norm": False,
+      "activation_dropout": 0.0,
+      "activation_function": "relu",
+      "architectures": ["OPTForCausalLM"],
+      "attention_dropout": 0.0,
+      "bos_token_id": 2,
+      "do_layer_norm_before": False,
+      "dropout": 0.1,
+      "eos_token_id": 2,
+      "ffn_dim": 4096,
+      "hidden_size": 1024,
+      "init_std": 0.02,
+      "layerdrop": 0.0,
+      "max_position_embeddings": 2048,
+      "model_type": "opt",
+      "num_attention_heads": 16,
+      "num_hidden_layers": 24,
+      "pad_token_id": 1,
+      "prefix": "</s>",
+      "torch_dtype": "float16",
+      "use_cache": True,
+      "vocab_size": 50272,
+      "word_embed_proj_dim": 512
+  }
   config = opt.OPTConfig.from_hf(hf, dtype="bfloat16")
   assert config == opt.OPTConfig.preset("opt-350m", dtype="bfloat16")
   del hf["ffn_dim"]
@@ -338,17 +375,19 @@ def test_attention_impl_none_picks_cudnn_only_where_it_runs(monkeypatch):
   assert opt.resolve_attention_impl("cudnn", "bfloat16", 64) == "cudnn"
 
   class FakeDevice:
+
     def __init__(self, platform, compute_capability=None):
       self.platform, self.compute_capability = platform, compute_capability
 
   for device, dtype, head_dim, expected in [
-      (FakeDevice("gpu", "9.0"), "bfloat16", 64, "cudnn"),    # H100: flash attention
-      (FakeDevice("gpu", "8.0"), "float16", 128, "cudnn"),    # A100
-      (FakeDevice("gpu", "7.0"), "bfloat16", 64, "xla"),      # V100: no cuDNN flash attention
-      (FakeDevice("gpu", "9.0"), "float32", 64, "xla"),       # cuDNN needs bf16/fp16
-      (FakeDevice("gpu", "9.0"), "bfloat16", 160, "xla"),     # head_dim over 128
+      (FakeDevice("gpu", "9.0"), "bfloat16", 64, "cudnn"),  # H100: flash attention
+      (FakeDevice("gpu", "8.0"), "float16", 128, "cudnn"),  # A100
+      (FakeDevice("gpu", "7.0"), "bfloat16", 64, "xla"),  # V100: no cuDNN flash attention
+      (FakeDevice("gpu", "9.0"), "float32", 64, "xla"),  # cuDNN needs bf16/fp16
+      (FakeDevice("gpu", "9.0"), "bfloat16", 160, "xla"),  # head_dim over 128
       (FakeDevice("cpu"), "bfloat16", 64, "xla"),
-      (FakeDevice("tpu"), "bfloat16", 128, "xla")]:
+      (FakeDevice("tpu"), "bfloat16", 128, "xla")
+  ]:
     monkeypatch.setattr(jax, "devices", lambda d=device: [d])
     assert opt.resolve_attention_impl(None, dtype, head_dim) == expected, (device.platform, dtype, head_dim)
 
@@ -361,8 +400,8 @@ def _loss_and_grads_on_packed_padded_batch(config, params):
   targets = np.where(segments > 0, np.roll(tokens, -1, axis=1), 0)
 
   def loss(p):
-    logits = opt.OPT(config).apply({"params": p}, jnp.asarray(tokens), jnp.asarray(targets),
-                                   jnp.asarray(segments), enable_dropout=False)
+    logits = opt.OPT(config).apply({"params": p}, jnp.asarray(tokens), jnp.asarray(targets), jnp.asarray(segments),
+                                   enable_dropout=False)
     ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.asarray(targets)[..., None], -1)[..., 0]
     return (ce * (targets > 0)).sum() / (targets > 0).sum(), logits[segments > 0]
 
@@ -375,8 +414,8 @@ def test_cudnn_attention_is_as_close_to_float32_as_xla_in_bfloat16():
   # Two bf16 kernels round differently, so they are compared with a float32 reference, not with each other
   # (on an H100 they differed by 5% on a feed-forward bias gradient, all of it bf16 rounding). A masking
   # error (a segment or padding key seen) would put cuDNN's error far above XLA's.
-  config = opt.OPTConfig(vocab_size=512, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
-                         ffn_dim=512, max_position_embeddings=256, dropout=0.0)
+  config = opt.OPTConfig(vocab_size=512, hidden_size=256, num_hidden_layers=2, num_attention_heads=4, ffn_dim=512,
+                         max_position_embeddings=256, dropout=0.0)
   params = _random_params(config)
   reference = _loss_and_grads_on_packed_padded_batch(dataclasses.replace(config, attention_impl="xla"), params)
   xla, cudnn = (_loss_and_grads_on_packed_padded_batch(
@@ -387,7 +426,7 @@ def test_cudnn_attention_is_as_close_to_float32_as_xla_in_bfloat16():
 
   assert abs(cudnn[0] - reference[0]) <= 2 * abs(xla[0] - reference[0]) + 1e-3 * reference[0]
   assert error(cudnn[1], reference[1]) <= 2 * error(xla[1], reference[1]) + 1e-3 * jnp.linalg.norm(reference[1])
-  for (path, ref), g_xla, g_cudnn in zip(jax.tree_util.tree_leaves_with_path(reference[2]),
-                                         jax.tree.leaves(xla[2]), jax.tree.leaves(cudnn[2])):
+  for (path, ref), g_xla, g_cudnn in zip(jax.tree_util.tree_leaves_with_path(reference[2]), jax.tree.leaves(xla[2]),
+                                         jax.tree.leaves(cudnn[2])):
     bound = 3 * error(g_xla, ref) + 1e-2 * float(jnp.linalg.norm(ref)) + 1e-6
     assert error(g_cudnn, ref) <= bound, (jax.tree_util.keystr(path), error(g_cudnn, ref), error(g_xla, ref))

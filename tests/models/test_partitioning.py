@@ -25,17 +25,26 @@ from optiml_jax.models import partitioning
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 SMALL = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
              max_position_embeddings=40)
-RULE_TABLES = {"LOGICAL_AXIS_RULES": partitioning.LOGICAL_AXIS_RULES,
-               "SEQUENCE_PARALLEL_RULES": partitioning.SEQUENCE_PARALLEL_RULES}
+RULE_TABLES = {
+    "LOGICAL_AXIS_RULES": partitioning.LOGICAL_AXIS_RULES,
+    "SEQUENCE_PARALLEL_RULES": partitioning.SEQUENCE_PARALLEL_RULES
+}
 
 
 def _abstract(config):
   return partitioning.abstract_variables(opt.OPT(config), jnp.ones((1, 4), jnp.int32), enable_dropout=False)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"scan_layers": False}, {"word_embed_proj_dim": 16},
-                                       {"enable_bias": False, "layer_norm_elementwise_affine": False},
-                                       {"remat_policy": "dots"}])
+@pytest.mark.parametrize("overrides", [{}, {
+    "scan_layers": False
+}, {
+    "word_embed_proj_dim": 16
+}, {
+    "enable_bias": False,
+    "layer_norm_elementwise_affine": False
+}, {
+    "remat_policy": "dots"
+}])
 def test_every_param_has_logical_axes_in_the_rule_table(overrides):
   params, axes = _abstract(opt.OPTConfig(**SMALL, **overrides))
   flat_params = dict(jax.tree_util.tree_flatten_with_path(params)[0])
@@ -122,11 +131,23 @@ def _tokens(batch=2, length=6):
 
 CONFIG_VARIANTS = {
     "scanned": {},
-    "unscanned": {"scan_layers": False},
-    "projections": {"word_embed_proj_dim": 16},
-    "no_bias_no_affine": {"enable_bias": False, "layer_norm_elementwise_affine": False},
-    "remat_dots": {"remat_policy": "dots"},
-    "remat_none_unscanned": {"remat_policy": "none", "scan_layers": False},
+    "unscanned": {
+        "scan_layers": False
+    },
+    "projections": {
+        "word_embed_proj_dim": 16
+    },
+    "no_bias_no_affine": {
+        "enable_bias": False,
+        "layer_norm_elementwise_affine": False
+    },
+    "remat_dots": {
+        "remat_policy": "dots"
+    },
+    "remat_none_unscanned": {
+        "remat_policy": "none",
+        "scan_layers": False
+    },
 }
 
 
@@ -145,13 +166,18 @@ def test_traced_opt_decode_axes_have_rules(scan_layers):
   model = opt.OPT(opt.OPTConfig(**SMALL, scan_layers=scan_layers))
   prompt = _tokens(length=4)
   in_use = logical_axes_in_use(model, prompt, enable_dropout=False, decode=True, max_decode_length=8)
-  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), prompt, enable_dropout=False, decode=True,
-                                                max_decode_length=8))
+  variables = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), prompt, enable_dropout=False, decode=True, max_decode_length=8))
   variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), variables)
-  for tokens, kwargs in [(prompt, {"prefill": True}), (_tokens(length=1), {"decode": True}),
-                         (_tokens(length=3), {"decode": True})]:
-    step = activation_axes_in_use(lambda t=tokens, k=kwargs: model.apply(
-        variables, t, enable_dropout=False, max_decode_length=8, mutable=["cache"], **k))
+  for tokens, kwargs in [(prompt, {
+      "prefill": True
+  }), (_tokens(length=1), {
+      "decode": True
+  }), (_tokens(length=3), {
+      "decode": True
+  })]:
+    step = activation_axes_in_use(lambda t=tokens, k=kwargs: model.apply(variables, t, enable_dropout=False,
+                                                                         max_decode_length=8, mutable=["cache"], **k))
     assert_rules_cover(step)
     assert {"heads", "kv", "mlp", "vocab"} <= step.keys(), (kwargs, sorted(step))
   assert_rules_cover(in_use)

@@ -52,22 +52,22 @@ def test_full_remat_keeps_one_layer_input_per_layer_and_sequence_parallel_splits
 
 def test_remat_policies_order_saved_activations_and_microbatches_shrink_them():
   shape = analytic.StepShape(16, 512, 1, 1, 2, 2)
-  saved = {policy: analytic.estimate_memory(_config(remat_policy=policy), shape, params_bytes=0,
-                                            opt_state_bytes=0).saved_activations
-           for policy in opt_config.REMAT_POLICIES}
+  saved = {
+      policy: analytic.estimate_memory(_config(remat_policy=policy), shape, params_bytes=0,
+                                       opt_state_bytes=0).saved_activations for policy in opt_config.REMAT_POLICIES
+  }
   assert saved["full"] < saved["dots_with_no_batch_dims"] < saved["dots"] < saved["none"]
   one = analytic.estimate_memory(_config(remat_policy="none"), shape, params_bytes=8, opt_state_bytes=16)
-  four = analytic.estimate_memory(_config(remat_policy="none"), analytic.StepShape(16, 512, 4, 1, 2, 2),
-                                  params_bytes=8, opt_state_bytes=16)
+  four = analytic.estimate_memory(_config(remat_policy="none"), analytic.StepShape(16, 512, 4, 1, 2, 2), params_bytes=8,
+                                  opt_state_bytes=16)
   assert four.saved_activations * 4 == one.saved_activations
   assert (one.grads, four.grads) == (8, 16)
 
 
 def test_fused_attention_has_no_quadratic_scores():
-  xla = analytic.layer_tensors(_config(dtype="bfloat16"), rows=2, seq_len=2048, tensor=2,
-                               sequence_parallel=False)
-  fused = analytic.layer_tensors(_config(dtype="bfloat16", attention_impl="cudnn"), rows=2, seq_len=2048,
-                                 tensor=2, sequence_parallel=False)
+  xla = analytic.layer_tensors(_config(dtype="bfloat16"), rows=2, seq_len=2048, tensor=2, sequence_parallel=False)
+  fused = analytic.layer_tensors(_config(dtype="bfloat16", attention_impl="cudnn"), rows=2, seq_len=2048, tensor=2,
+                                 sequence_parallel=False)
   assert xla.scores == 2 * 6 * 2048 * 2048 * 4 and fused.scores == fused.probs == 0
   assert fused.everything() < xla.everything()
 
@@ -94,8 +94,10 @@ def test_layer_param_count_matches_the_preset_totals():
 def test_sharded_bytes_reads_shard_shapes():
   mesh = AbstractMesh((2, 4), ("fsdp", "tensor"))
   split = NamedSharding(mesh, PartitionSpec("fsdp", "tensor"))
-  tree = {"w": jax.ShapeDtypeStruct((8, 16), "float32", sharding=split),
-          "b": jax.ShapeDtypeStruct((16,), "bfloat16", sharding=NamedSharding(mesh, PartitionSpec()))}
+  tree = {
+      "w": jax.ShapeDtypeStruct((8, 16), "float32", sharding=split),
+      "b": jax.ShapeDtypeStruct((16,), "bfloat16", sharding=NamedSharding(mesh, PartitionSpec()))
+  }
   assert analytic.sharded_bytes(tree) == 4 * 4 * 4 + 16 * 2
 
 
@@ -124,8 +126,8 @@ print("REPORTS" + json.dumps(reports))
 def test_analytic_figures_agree_with_the_compiled_step_on_8_devices():
   env = plan.plan_environment(8)
   env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
-  result = subprocess.run([sys.executable, "-c", _AGREEMENT_SCRIPT], env=env, cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=300)
+  result = subprocess.run([sys.executable, "-c", _AGREEMENT_SCRIPT], env=env, cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   reports = json.loads(result.stdout.split("REPORTS", 1)[1])
   for report in reports:
@@ -137,8 +139,8 @@ def test_analytic_figures_agree_with_the_compiled_step_on_8_devices():
     assert math.isclose(xla["argument_bytes"], est["arguments"], rel_tol=1e-3), (where, xla, est)
     # The state is donated: XLA aliases exactly the parameters and optimizer state.
     assert math.isclose(xla["alias_bytes"], est["params"] + est["opt_state"], rel_tol=1e-3), (where, xla, est)
-    assert math.isclose(xla["temp_bytes"], est["temporaries"], rel_tol=0.08), (where, xla["temp_bytes"],
-                                                                                est["temporaries"])
+    assert math.isclose(xla["temp_bytes"], est["temporaries"],
+                        rel_tol=0.08), (where, xla["temp_bytes"], est["temporaries"])
     if flops["compiled_probe"] is not None:
       assert math.isclose(flops["compiled_probe"], flops["hardware_analytic"], rel_tol=0.025), (where, flops)
   assert reports[1]["flops_per_device"]["compiled_probe"] > reports[1]["flops_per_device"]["model_analytic"]

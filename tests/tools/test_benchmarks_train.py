@@ -12,9 +12,10 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_bench_train_reports_ours_hf_and_their_ratio():
-  result = subprocess.run([sys.executable, "tools/benchmarks/train.py", "--preset", "tiny", "--layers", "0", "--batch",
-                           "2", "--seq", "32", "--steps", "1", "--warmup", "1"], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+  result = subprocess.run([
+      sys.executable, "tools/benchmarks/train.py", "--preset", "tiny", "--layers", "0", "--batch", "2", "--seq", "32",
+      "--steps", "1", "--warmup", "1"
+  ], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads(result.stdout.strip().splitlines()[-1])
   ours, hf = report["ours"], report["hf_torch"]

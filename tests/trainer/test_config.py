@@ -12,54 +12,74 @@ TINY = opt_config.OPTConfig.preset("tiny", max_position_embeddings=64)
 
 
 def _data(**kwargs):
-  return config_lib.DataArgs(**{"mixture_or_task_name": "mix", "task_feature_lengths": {"inputs": 24, "targets": 8},
-                                "batch_size": 8, **kwargs})
+  return config_lib.DataArgs(**{
+      "mixture_or_task_name": "mix",
+      "task_feature_lengths": {
+          "inputs": 24,
+          "targets": 8
+      },
+      "batch_size": 8,
+      **kwargs
+  })
 
 
 def _config(**groups):
-  return config_lib.TrainConfig(**{"data": _data(), "model": config_lib.ModelArgs(TINY),
-                                   "checkpoint": config_lib.CheckpointArgs("/runs/x"),
-                                   "run": config_lib.RunArgs(train_steps=100), **groups})
+  return config_lib.TrainConfig(
+      **{
+          "data": _data(),
+          "model": config_lib.ModelArgs(TINY),
+          "checkpoint": config_lib.CheckpointArgs("/runs/x"),
+          "run": config_lib.RunArgs(train_steps=100),
+          **groups
+      })
 
 
-@pytest.mark.parametrize("build,message", [
-    (lambda: _data(mixture_or_task_name=""), "DataArgs.mixture_or_task_name: expected a non-empty string"),
-    (lambda: _data(task_feature_lengths={"inputs": 8}), "DataArgs.task_feature_lengths: expected keys"),
-    (lambda: _data(task_feature_lengths={"inputs": 8, "targets": -1}), "DataArgs.task_feature_lengths['targets']"),
-    (lambda: _data(batch_size=0), "DataArgs.batch_size: expected a positive integer, got 0"),
-    (lambda: _data(batch_size=True), "DataArgs.batch_size: expected a positive integer, got True"),
-    (lambda: _data(pack="yes"), "DataArgs.pack: expected True or False"),
-    (lambda: _data(prefetch_depth=0), "DataArgs.prefetch_depth"),
-    (lambda: config_lib.ModelArgs({"preset": "tiny"}), "ModelArgs.config: expected a model config"),
-    (lambda: config_lib.ModelArgs(TINY, initial_checkpoint_path=""), "ModelArgs.initial_checkpoint_path"),
-    (lambda: config_lib.OptimizerArgs(learning_rate=-1.0), "OptimizerArgs.learning_rate: expected a non-negative"),
-    (lambda: config_lib.OptimizerArgs(warmup_steps=1.5), "OptimizerArgs.warmup_steps: expected a non-negative integer"),
-    (lambda: config_lib.OptimizerArgs(b2=1.0), "OptimizerArgs.b2: expected a number in [0, 1)"),
-    (lambda: config_lib.OptimizerArgs(eps=0.0), "OptimizerArgs.eps: expected a positive number"),
-    (lambda: config_lib.OptimizerArgs(clip_norm=-1.0), "OptimizerArgs.clip_norm"),
-    (lambda: config_lib.PartitioningArgs(mesh_shape=(1, 8)), "PartitioningArgs.mesh_shape: expected (data, fsdp"),
-    (lambda: config_lib.PartitioningArgs(mesh_shape=(-1, -1, 2)), "PartitioningArgs.mesh_shape"),
-    (lambda: config_lib.PartitioningArgs(num_microbatches=0), "PartitioningArgs.num_microbatches"),
-    (lambda: config_lib.PartitioningArgs(lm_head_positions=0), "PartitioningArgs.lm_head_positions"),
-    (lambda: config_lib.PartitioningArgs(sequence_parallel=1), "PartitioningArgs.sequence_parallel"),
-    (lambda: config_lib.CheckpointArgs(""), "CheckpointArgs.model_dir: expected a non-empty string"),
-    (lambda: config_lib.CheckpointArgs("/r", save_every=0), "CheckpointArgs.save_every"),
-    (lambda: config_lib.CheckpointArgs("/r", keep_checkpoints=0), "CheckpointArgs.keep_checkpoints"),
-    (lambda: config_lib.LoggingArgs(log_every=0), "LoggingArgs.log_every"),
-    (lambda: config_lib.LoggingArgs(tensorboard=None), "LoggingArgs.tensorboard"),
-    (lambda: config_lib.RunArgs(train_steps=0), "RunArgs.train_steps: expected a positive integer"),
-    (lambda: config_lib.RunArgs(train_steps=10, nan_policy="ignore"), "RunArgs.nan_policy: expected one of"),
-    (lambda: config_lib.RunArgs(train_steps=10, stop_at_step=0), "RunArgs.stop_at_step"),
-    (lambda: config_lib.RunArgs(train_steps=10, seed="0"), "RunArgs.seed: expected an integer"),
-    # What spans groups.
-    (lambda: _config(data=_data(task_feature_lengths={"inputs": 60, "targets": 8})),
-     "add up to 68 tokens, more than the model's max_position_embeddings=64"),
-    (lambda: _config(optimizer=config_lib.OptimizerArgs(warmup_steps=100)),
-     "OptimizerArgs.warmup_steps: expected fewer than RunArgs.train_steps=100, got 100"),
-    (lambda: _config(partitioning=config_lib.PartitioningArgs(num_microbatches=3)),
-     "PartitioningArgs.num_microbatches=3"),
-    (lambda: _config(logging=config_lib.OptimizerArgs()), "TrainConfig.logging: expected a LoggingArgs"),
-])
+@pytest.mark.parametrize(
+    "build,message",
+    [
+        (lambda: _data(mixture_or_task_name=""), "DataArgs.mixture_or_task_name: expected a non-empty string"),
+        (lambda: _data(task_feature_lengths={"inputs": 8}), "DataArgs.task_feature_lengths: expected keys"),
+        (lambda: _data(task_feature_lengths={
+            "inputs": 8,
+            "targets": -1
+        }), "DataArgs.task_feature_lengths['targets']"),
+        (lambda: _data(batch_size=0), "DataArgs.batch_size: expected a positive integer, got 0"),
+        (lambda: _data(batch_size=True), "DataArgs.batch_size: expected a positive integer, got True"),
+        (lambda: _data(pack="yes"), "DataArgs.pack: expected True or False"),
+        (lambda: _data(prefetch_depth=0), "DataArgs.prefetch_depth"),
+        (lambda: config_lib.ModelArgs({"preset": "tiny"}), "ModelArgs.config: expected a model config"),
+        (lambda: config_lib.ModelArgs(TINY, initial_checkpoint_path=""), "ModelArgs.initial_checkpoint_path"),
+        (lambda: config_lib.OptimizerArgs(learning_rate=-1.0), "OptimizerArgs.learning_rate: expected a non-negative"),
+        (lambda: config_lib.OptimizerArgs(warmup_steps=1.5),
+         "OptimizerArgs.warmup_steps: expected a non-negative integer"),
+        (lambda: config_lib.OptimizerArgs(b2=1.0), "OptimizerArgs.b2: expected a number in [0, 1)"),
+        (lambda: config_lib.OptimizerArgs(eps=0.0), "OptimizerArgs.eps: expected a positive number"),
+        (lambda: config_lib.OptimizerArgs(clip_norm=-1.0), "OptimizerArgs.clip_norm"),
+        (lambda: config_lib.PartitioningArgs(mesh_shape=(1, 8)), "PartitioningArgs.mesh_shape: expected (data, fsdp"),
+        (lambda: config_lib.PartitioningArgs(mesh_shape=(-1, -1, 2)), "PartitioningArgs.mesh_shape"),
+        (lambda: config_lib.PartitioningArgs(num_microbatches=0), "PartitioningArgs.num_microbatches"),
+        (lambda: config_lib.PartitioningArgs(lm_head_positions=0), "PartitioningArgs.lm_head_positions"),
+        (lambda: config_lib.PartitioningArgs(sequence_parallel=1), "PartitioningArgs.sequence_parallel"),
+        (lambda: config_lib.CheckpointArgs(""), "CheckpointArgs.model_dir: expected a non-empty string"),
+        (lambda: config_lib.CheckpointArgs("/r", save_every=0), "CheckpointArgs.save_every"),
+        (lambda: config_lib.CheckpointArgs("/r", keep_checkpoints=0), "CheckpointArgs.keep_checkpoints"),
+        (lambda: config_lib.LoggingArgs(log_every=0), "LoggingArgs.log_every"),
+        (lambda: config_lib.LoggingArgs(tensorboard=None), "LoggingArgs.tensorboard"),
+        (lambda: config_lib.RunArgs(train_steps=0), "RunArgs.train_steps: expected a positive integer"),
+        (lambda: config_lib.RunArgs(train_steps=10, nan_policy="ignore"), "RunArgs.nan_policy: expected one of"),
+        (lambda: config_lib.RunArgs(train_steps=10, stop_at_step=0), "RunArgs.stop_at_step"),
+        (lambda: config_lib.RunArgs(train_steps=10, seed="0"), "RunArgs.seed: expected an integer"),
+        # What spans groups.
+        (lambda: _config(data=_data(task_feature_lengths={
+            "inputs": 60,
+            "targets": 8
+        })), "add up to 68 tokens, more than the model's max_position_embeddings=64"),
+        (lambda: _config(optimizer=config_lib.OptimizerArgs(warmup_steps=100)),
+         "OptimizerArgs.warmup_steps: expected fewer than RunArgs.train_steps=100, got 100"),
+        (lambda: _config(partitioning=config_lib.PartitioningArgs(num_microbatches=3)),
+         "PartitioningArgs.num_microbatches=3"),
+        (lambda: _config(logging=config_lib.OptimizerArgs()), "TrainConfig.logging: expected a LoggingArgs"),
+    ])
 def test_a_bad_value_is_refused_naming_its_field(build, message):
   with pytest.raises(config_lib.ConfigError) as error:
     build()
@@ -68,8 +88,10 @@ def test_a_bad_value_is_refused_naming_its_field(build, message):
 
 
 def test_a_good_config_is_frozen_hashable_and_normalised():
-  config = _config(data=_data(task_feature_lengths={"targets": 8, "inputs": 24}),
-                   partitioning=config_lib.PartitioningArgs(mesh_shape=[1, -1, 2]))
+  config = _config(data=_data(task_feature_lengths={
+      "targets": 8,
+      "inputs": 24
+  }), partitioning=config_lib.PartitioningArgs(mesh_shape=[1, -1, 2]))
   assert config.seq_len == config.data.seq_len == 32
   assert list(config.data.task_feature_lengths) == ["inputs", "targets"]
   assert config.partitioning.mesh_shape == (1, -1, 2)  # a gin list becomes the tuple a cache key needs
@@ -98,8 +120,10 @@ class _OtherFamily:
 
 
 def test_the_model_group_takes_any_family_with_the_protocol():
-  config = _config(model=config_lib.ModelArgs(_OtherFamily()),
-                   data=_data(task_feature_lengths={"inputs": 100, "targets": 28}))
+  config = _config(model=config_lib.ModelArgs(_OtherFamily()), data=_data(task_feature_lengths={
+      "inputs": 100,
+      "targets": 28
+  }))
   assert config.seq_len == 128 and isinstance(config.model.config, config_lib.ModelConfig)
   with pytest.raises(config_lib.ConfigError, match="max_position_embeddings=128"):
     _config(model=config_lib.ModelArgs(_OtherFamily()), data=_data(task_feature_lengths={"inputs": 100, "targets": 29}))

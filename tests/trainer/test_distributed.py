@@ -71,8 +71,10 @@ def one_device_losses(tmp_path_factory):
   model_dir = tmp_path_factory.mktemp("one_device")
   import jax  # pylint: disable=g-import-not-at-top
   config = config_lib.TrainConfig(
-      data=config_lib.DataArgs("synthetic", {"inputs": SEQ_LEN // 2, "targets": SEQ_LEN // 2}, BATCH),
-      model=config_lib.ModelArgs(MODEL), checkpoint=config_lib.CheckpointArgs(str(model_dir), save_every=2),
+      data=config_lib.DataArgs("synthetic", {
+          "inputs": SEQ_LEN // 2,
+          "targets": SEQ_LEN // 2
+      }, BATCH), model=config_lib.ModelArgs(MODEL), checkpoint=config_lib.CheckpointArgs(str(model_dir), save_every=2),
       run=config_lib.RunArgs(STEPS), optimizer=OPTIMIZER,
       partitioning=config_lib.PartitioningArgs(mesh_shape=(jax.device_count(), 1, 1)),
       logging=config_lib.LoggingArgs(log_every=1, progress=False, tensorboard=False))
@@ -85,9 +87,10 @@ def one_device_losses(tmp_path_factory):
 def test_eight_device_mesh_matches_one_device(tmp_path, one_device_losses):
   script = tmp_path / "run.py"
   script.write_text(SCRIPT)
-  result = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), "2,2,2", "2", str(STEPS)], cwd=REPO,
-                          env=_env("--xla_force_host_platform_device_count=8", LM_HEAD_POSITIONS=str(SEQ_LEN // 2)),
-                          capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+      [sys.executable, str(script), str(tmp_path / "run"), "2,2,2", "2",
+       str(STEPS)], cwd=REPO, env=_env("--xla_force_host_platform_device_count=8", LM_HEAD_POSITIONS=str(SEQ_LEN // 2)),
+      capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "DEVICES 8 PROCESSES 1" in result.stdout
   # Two microbatches here, one batch there, and here the LM head only at each row's SEQ_LEN / 2 target
@@ -106,10 +109,17 @@ def test_two_processes_train_checkpoint_and_resume_together_like_one(tmp_path, o
   script.write_text(SCRIPT)
   for stop_at_step, first_step in ((2, 0), (STEPS, 2)):  # stopped after step 2, then the same command resumes
     port = _free_port()
-    processes = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "run"), "-1,1,1", "1",
-                                   str(stop_at_step), str(port), str(index)], cwd=REPO,
-                                  env=_env(cache=tmp_path / "jax_cache"), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for index in range(2)]
+    processes = [
+        subprocess.Popen([
+            sys.executable,
+            str(script),
+            str(tmp_path / "run"), "-1,1,1", "1",
+            str(stop_at_step),
+            str(port),
+            str(index)
+        ], cwd=REPO, env=_env(cache=tmp_path / "jax_cache"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for index in range(2)
+    ]
     outputs = [p.communicate(timeout=300) for p in processes]
     for p, (out, err) in zip(processes, outputs):
       assert p.returncode == 0, err[-3000:]

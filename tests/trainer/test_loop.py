@@ -37,11 +37,13 @@ def _train_config(model_dir, model=TINY, *, train_steps=6, save_every=3, stop_at
                   optimizer=OPTIMIZER, initial_checkpoint=None, batch_size=4):
   """A TrainConfig for SEQ_LEN-token rows of the synthetic stream (which reads no mixture)."""
   return config_lib.TrainConfig(
-      data=config_lib.DataArgs("synthetic", {"inputs": SEQ_LEN // 2, "targets": SEQ_LEN // 2}, batch_size),
-      model=config_lib.ModelArgs(model, initial_checkpoint_path=initial_checkpoint),
+      data=config_lib.DataArgs("synthetic", {
+          "inputs": SEQ_LEN // 2,
+          "targets": SEQ_LEN // 2
+      }, batch_size), model=config_lib.ModelArgs(model, initial_checkpoint_path=initial_checkpoint),
       checkpoint=config_lib.CheckpointArgs(str(model_dir), save_every=save_every),
-      run=config_lib.RunArgs(train_steps, nan_policy=nan_policy, stop_at_step=stop_at_step),
-      optimizer=optimizer, logging=config_lib.LoggingArgs(log_every=1, progress=False, tensorboard=False))
+      run=config_lib.RunArgs(train_steps, nan_policy=nan_policy, stop_at_step=stop_at_step), optimizer=optimizer,
+      logging=config_lib.LoggingArgs(log_every=1, progress=False, tensorboard=False))
 
 
 def _run_synthetic(model_dir, config=TINY, **kwargs):
@@ -104,8 +106,7 @@ def test_nan_stop_names_the_step_and_writes_no_checkpoint_from_it(tmp_path):
 
 def test_poisoned_initial_checkpoint_is_refused_before_training(tmp_path):
   from optiml_jax import convert  # pylint: disable=g-import-not-at-top
-  params = opt_lib.OPT(TINY).init(jax.random.PRNGKey(0), jnp.ones((1, 8), jnp.int32),
-                                  enable_dropout=False)["params"]
+  params = opt_lib.OPT(TINY).init(jax.random.PRNGKey(0), jnp.ones((1, 8), jnp.int32), enable_dropout=False)["params"]
   params = jax.tree_util.tree_map(np.array, params)
   params["embed_tokens"]["embedding"][3, 5] = np.nan
   convert.save_orbax(params, tmp_path / "poisoned", config=TINY)
@@ -181,7 +182,9 @@ def test_prefetcher_reports_the_position_of_the_last_batch_taken():
 
 
 def test_prefetcher_passes_errors_and_the_end_through():
+
   class Failing:
+
     def __init__(self):
       self.n = 0
 
@@ -227,7 +230,7 @@ def test_a_batch_that_cannot_be_laid_out_on_the_mesh_is_named_before_anything_is
   # divide over data x fsdp = 4 devices.
   config = dataclasses.replace(_train_config(tmp_path), partitioning=config_lib.PartitioningArgs(num_microbatches=2))
   with pytest.raises(config_lib.ConfigError, match=r"num_microbatches=2 microbatches whose rows divide over data "
-                                                    r"x fsdp = 4 devices"):
+                     r"x fsdp = 4 devices"):
     loop._check_layout(config, types.SimpleNamespace(shape={"data": 2, "fsdp": 2, "tensor": 1}))
   loop._check_layout(config, types.SimpleNamespace(shape={"data": 2, "fsdp": 1, "tensor": 2}))
 

@@ -58,8 +58,8 @@ def _bucket_in(folder):
   local = epath.backend.os_backend
 
   def on_disk(fn):
-    return lambda _, path, *args, **kwargs: fn(os.path.join(folder, os.fspath(path).split("://", 1)[1]), *args,
-                                               **kwargs)
+    return lambda _, path, *args, **kwargs: fn(os.path.join(folder,
+                                                            os.fspath(path).split("://", 1)[1]), *args, **kwargs)
 
   def open_no_append(_, path, mode="r", **kwargs):
     if "a" in mode:
@@ -68,13 +68,16 @@ def _bucket_in(folder):
 
   def replace(_, path, dst, **kwargs):
     del kwargs
-    local.replace(os.path.join(folder, os.fspath(path).split("://", 1)[1]),
-                  os.path.join(folder, os.fspath(dst).split("://", 1)[1]))
+    local.replace(os.path.join(folder,
+                               os.fspath(path).split("://", 1)[1]),
+                  os.path.join(folder,
+                               os.fspath(dst).split("://", 1)[1]))
 
   # With TensorFlow installed, epath sends gs:// to tf.io.gfile whatever is mocked: make it pick the mock.
-  with mock.patch.object(epath.gpath, "_is_tf_installed", lambda: False), epath.testing.mock_epath(
-      open=open_no_append, exists=on_disk(local.exists), makedirs=on_disk(local.makedirs),
-      mkdir=on_disk(local.mkdir), replace=replace):
+  with mock.patch.object(epath.gpath, "_is_tf_installed",
+                         lambda: False), epath.testing.mock_epath(open=open_no_append, exists=on_disk(local.exists),
+                                                                  makedirs=on_disk(local.makedirs),
+                                                                  mkdir=on_disk(local.mkdir), replace=replace):
     yield
 
 

@@ -82,9 +82,16 @@ def _run_processes(tmp_path, name, count, devices_each, mesh, stop_at_step):
       out, err = tmp_path / f"{name}.{index}.out", tmp_path / f"{name}.{index}.err"
       logs.append((out, err))
       with open(out, "w") as stdout, open(err, "w") as stderr:  # files, so no pipe can fill up and block
-        processes.append(subprocess.Popen(
-            [sys.executable, str(script), str(tmp_path / "run"), mesh, str(stop_at_step), str(count), str(index),
-             str(port)], cwd=REPO, env=env, stdout=stdout, stderr=stderr))
+        processes.append(
+            subprocess.Popen([
+                sys.executable,
+                str(script),
+                str(tmp_path / "run"), mesh,
+                str(stop_at_step),
+                str(count),
+                str(index),
+                str(port)
+            ], cwd=REPO, env=env, stdout=stdout, stderr=stderr))
     deadline = time.time() + PROCESS_TIMEOUT_S
     while any(p.poll() is None for p in processes):
       failed = [i for i, p in enumerate(processes) if p.poll() not in (None, 0)]
@@ -108,10 +115,12 @@ def reference(tmp_path_factory):
   """The uninterrupted run in this process (1 device unless XLA_FLAGS says more): its dir and losses."""
   model_dir = tmp_path_factory.mktemp("one_process")
   config = config_lib.TrainConfig(
-      data=config_lib.DataArgs("synthetic", {"inputs": SEQ_LEN // 2, "targets": SEQ_LEN // 2}, BATCH),
-      model=config_lib.ModelArgs(_config()), checkpoint=config_lib.CheckpointArgs(str(model_dir), save_every=HALF),
-      run=config_lib.RunArgs(STEPS), optimizer=OPTIMIZER,
-      logging=config_lib.LoggingArgs(log_every=1, progress=False, tensorboard=False))
+      data=config_lib.DataArgs("synthetic", {
+          "inputs": SEQ_LEN // 2,
+          "targets": SEQ_LEN // 2
+      }, BATCH), model=config_lib.ModelArgs(_config()),
+      checkpoint=config_lib.CheckpointArgs(str(model_dir), save_every=HALF), run=config_lib.RunArgs(STEPS),
+      optimizer=OPTIMIZER, logging=config_lib.LoggingArgs(log_every=1, progress=False, tensorboard=False))
   loop.run(config, synthetic.factory(SEQ_LEN, VOCAB))
   losses = _losses(model_dir)
   assert len(losses) == STEPS and len(set(losses)) == STEPS
@@ -151,8 +160,8 @@ def test_four_processes_match_one_and_two_processes_resume_their_checkpoint(tmp_
   np.testing.assert_allclose(_losses(tmp_path / "run"), reference_losses[:HALF], rtol=2e-5)
   steps, state, meta = _restore(tmp_path / "run", HALF)
   assert steps == [HALF]
-  assert [(s["shard_index"], s["shard_count"], s["batch_size"], s["batches_consumed"]) for s in meta["data"]] == [
-      (i, 4, BATCH // 4, HALF) for i in range(4)]
+  assert [(s["shard_index"], s["shard_count"], s["batch_size"], s["batches_consumed"]) for s in meta["data"]
+         ] == [(i, 4, BATCH // 4, HALF) for i in range(4)]
   _assert_same_state(state, _restore(reference_dir, HALF)[1])
   four_seconds = time.time() - started
 
@@ -163,8 +172,8 @@ def test_four_processes_match_one_and_two_processes_resume_their_checkpoint(tmp_
   np.testing.assert_allclose(_losses(tmp_path / "run"), reference_losses, rtol=2e-5)
   steps, state, meta = _restore(tmp_path / "run", STEPS)
   assert steps == [HALF, STEPS]
-  assert [(s["shard_index"], s["shard_count"], s["batch_size"], s["batches_consumed"]) for s in meta["data"]] == [
-      (i, 2, BATCH // 2, STEPS) for i in range(2)]
+  assert [(s["shard_index"], s["shard_count"], s["batch_size"], s["batches_consumed"]) for s in meta["data"]
+         ] == [(i, 2, BATCH // 2, STEPS) for i in range(2)]
   _assert_same_state(state, _restore(reference_dir, STEPS)[1])
   print(f"4 processes: {four_seconds:.0f} s, 2 processes: {time.time() - started - four_seconds:.0f} s")
 
@@ -172,8 +181,7 @@ def test_four_processes_match_one_and_two_processes_resume_their_checkpoint(tmp_
 def _synthetic_states(count, consumed, **overrides):
   states = []
   for index in range(count):
-    stream = synthetic.SyntheticStream(BATCH // count, SEQ_LEN, VOCAB, seed=3, shard_index=index,
-                                       shard_count=count)
+    stream = synthetic.SyntheticStream(BATCH // count, SEQ_LEN, VOCAB, seed=3, shard_index=index, shard_count=count)
     stream.restore({**stream.state(), "batches_consumed": consumed})
     states.append(json.loads(json.dumps({**stream.state(), **overrides})))  # as stored in a checkpoint
   return states
@@ -189,22 +197,44 @@ def test_synthetic_positions_continue_exactly_with_another_process_count(caplog)
   expected = synthetic.global_batch(3, 5, BATCH, SEQ_LEN, VOCAB)
   np.testing.assert_array_equal(next(stream)["decoder_input_tokens"], expected["decoder_input_tokens"])
   # The same number of processes keeps the saved state as it is.
-  assert runtime.data_state_of_this_process({"step": 5, "data": _synthetic_states(1, 5)}, "/runs/x",
-                                            stream.state()) == _synthetic_states(1, 5)[0]
+  assert runtime.data_state_of_this_process({
+      "step": 5,
+      "data": _synthetic_states(1, 5)
+  }, "/runs/x", stream.state()) == _synthetic_states(1, 5)[0]
 
 
 def test_positions_that_cannot_be_continued_are_refused_with_what_to_do():
   fresh = synthetic.SyntheticStream(BATCH, SEQ_LEN, VOCAB, seed=3).state()
   cases = [
-      ({"step": 5, "data": _synthetic_states(2, 5)}, None, "resume with the same number of processes"),
-      ({"step": 5, "data": [{}, {}]}, fresh, "lack the integer field"),
-      ({"step": 5, "data": _synthetic_states(2, 5)[:1] + _synthetic_states(2, 4)[1:]}, fresh,
-       r"different numbers of batches \[4, 5\]"),
-      ({"step": 5, "data": _synthetic_states(2, 5)[::-1]}, fresh, "not shards 0..1 of 2"),
-      ({"step": 5, "data": _synthetic_states(2, 5)}, {**fresh, "batch_size": BATCH // 2},
-       "global batch has 8 rows, this run's has 4; resume with batch_size=8"),
-      ({"step": 5, "data": _synthetic_states(2, 5, seed=4)}, fresh, "seed: saved 4, now 3"),
-      ({"step": 5}, fresh, "an unknown number of process"),
+      ({
+          "step": 5,
+          "data": _synthetic_states(2, 5)
+      }, None, "resume with the same number of processes"),
+      ({
+          "step": 5,
+          "data": [{}, {}]
+      }, fresh, "lack the integer field"),
+      ({
+          "step": 5,
+          "data": _synthetic_states(2, 5)[:1] + _synthetic_states(2, 4)[1:]
+      }, fresh, r"different numbers of batches \[4, 5\]"),
+      ({
+          "step": 5,
+          "data": _synthetic_states(2, 5)[::-1]
+      }, fresh, "not shards 0..1 of 2"),
+      ({
+          "step": 5,
+          "data": _synthetic_states(2, 5)
+      }, {
+          **fresh, "batch_size": BATCH // 2
+      }, "global batch has 8 rows, this run's has 4; resume with batch_size=8"),
+      ({
+          "step": 5,
+          "data": _synthetic_states(2, 5, seed=4)
+      }, fresh, "seed: saved 4, now 3"),
+      ({
+          "step": 5
+      }, fresh, "an unknown number of process"),
   ]
   for meta, fresh_state, message in cases:
     with pytest.raises(runtime.ResumeError, match=message) as error:
@@ -231,8 +261,10 @@ def test_batch_stream_positions_continue_approximately_with_a_warning(tmp_path, 
   registry.register_catalog(tmp_path / "catalog", mixtures=False)
 
   def stream(batch_size, index=0, count=1):
-    return pipeline.BatchStream("sni:task001_toy_add_small", "train", {"inputs": 40, "targets": 8}, batch_size,
-                                seed=0, shard_index=index, shard_count=count, window_size=16)
+    return pipeline.BatchStream("sni:task001_toy_add_small", "train", {
+        "inputs": 40,
+        "targets": 8
+    }, batch_size, seed=0, shard_index=index, shard_count=count, window_size=16)
 
   saved = []
   for index in range(2):  # two processes of 3 rows each consumed 2 batches

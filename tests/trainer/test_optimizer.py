@@ -45,8 +45,11 @@ def _grad_sequence():
   for norm in (1e3, 0.3, 50.0, 0.8, 5.0):
     kernel, bias = rng.normal(size=(2, 2)), rng.normal(size=(2,))
     scale = norm / np.sqrt(np.sum(kernel**2) + np.sum(bias**2))
-    grads.append({"fc1": {"kernel": jnp.asarray(kernel * scale, jnp.float32),
-                          "bias": jnp.asarray(bias * scale, jnp.float32)}})
+    grads.append(
+        {"fc1": {
+            "kernel": jnp.asarray(kernel * scale, jnp.float32),
+            "bias": jnp.asarray(bias * scale, jnp.float32)
+        }})
   return grads
 
 
@@ -104,16 +107,15 @@ def _assert_updates_close(actual, expected, rtol=2e-5, atol=1e-7):
 @pytest.mark.parametrize("clip_norm", [1.0, None])
 def test_built_optimizer_matches_numpy_adamw(clip_norm, decay_matrices_only):
   # eps is large enough that Adam is not scale invariant, so a clipping fault shows even in the first update.
-  kwargs = dict(learning_rate=0.5, warmup_steps=2, total_steps=5, end_learning_rate=0.1, b1=0.8, b2=0.9,
-                eps=0.05, weight_decay=0.3, decay_matrices_only=decay_matrices_only, clip_norm=clip_norm)
+  kwargs = dict(learning_rate=0.5, warmup_steps=2, total_steps=5, end_learning_rate=0.1, b1=0.8, b2=0.9, eps=0.05,
+                weight_decay=0.3, decay_matrices_only=decay_matrices_only, clip_norm=clip_norm)
   tx, schedule = optimizer.make_optimizer(**kwargs)
   # Warm-up 0 -> 0.5 over 2 updates, then linear decay to 0.1 at update 5.
   learning_rates = [0.0, 0.25, 0.5, 0.5 - 0.4 / 3, 0.5 - 0.8 / 3]
   np.testing.assert_allclose([float(schedule(t)) for t in range(5)], learning_rates, rtol=1e-6)
   grads, params = _grad_sequence(), _params()
-  expected = _numpy_adamw(grads, params, learning_rates=learning_rates, b1=0.8, b2=0.9, eps=0.05,
-                          weight_decay=0.3, clip_norm=clip_norm,
-                          decayed=lambda k: not decay_matrices_only or k.endswith("['kernel']"))
+  expected = _numpy_adamw(grads, params, learning_rates=learning_rates, b1=0.8, b2=0.9, eps=0.05, weight_decay=0.3,
+                          clip_norm=clip_norm, decayed=lambda k: not decay_matrices_only or k.endswith("['kernel']"))
   _assert_updates_close(_run(tx, grads, params), expected)
 
 
@@ -152,8 +154,7 @@ def test_clipping_changes_the_updates():
 def test_gradient_below_clip_norm_is_not_clipped():
   grads = [_scaled_to(g, 0.9) for g in _grad_sequence()]
   params = _params()
-  clipped_tx, _ = optimizer.make_optimizer(learning_rate=1e-2, warmup_steps=0, total_steps=10, eps=0.05,
-                                           clip_norm=1.0)
+  clipped_tx, _ = optimizer.make_optimizer(learning_rate=1e-2, warmup_steps=0, total_steps=10, eps=0.05, clip_norm=1.0)
   unclipped_tx, _ = optimizer.make_optimizer(learning_rate=1e-2, warmup_steps=0, total_steps=10, eps=0.05,
                                              clip_norm=None)
   _assert_updates_close(_run(clipped_tx, grads, params), _run(unclipped_tx, grads, params), rtol=1e-6)
@@ -177,8 +178,8 @@ def test_clip_norm_none_disables_clipping():
 
 @pytest.mark.parametrize("decay_matrices_only", [True, False])
 def test_update_follows_schedule_and_decays_as_configured(decay_matrices_only):
-  tx, _ = optimizer.make_optimizer(learning_rate=1.0, warmup_steps=1, total_steps=10, weight_decay=0.5,
-                                   clip_norm=1.0, decay_matrices_only=decay_matrices_only)
+  tx, _ = optimizer.make_optimizer(learning_rate=1.0, warmup_steps=1, total_steps=10, weight_decay=0.5, clip_norm=1.0,
+                                   decay_matrices_only=decay_matrices_only)
   params = {"fc1": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}}
   grads = {"fc1": {"kernel": jnp.full((2, 2), 100.0), "bias": jnp.zeros((2,))}}
   state = tx.init(params)
@@ -194,13 +195,37 @@ def test_update_follows_schedule_and_decays_as_configured(decay_matrices_only):
 
 
 def test_decay_mask_exempts_biases_and_norms_of_scanned_layers():
-  params = {"layers": {"fc1": {"kernel": jnp.ones((2, 3, 3)), "bias": jnp.ones((2, 3))},
-                       "final_layer_norm": {"scale": jnp.ones((2, 3)), "bias": jnp.ones((2, 3))}},
-            "embed_tokens": {"embedding": jnp.ones((5, 3))}}
+  params = {
+      "layers": {
+          "fc1": {
+              "kernel": jnp.ones((2, 3, 3)),
+              "bias": jnp.ones((2, 3))
+          },
+          "final_layer_norm": {
+              "scale": jnp.ones((2, 3)),
+              "bias": jnp.ones((2, 3))
+          }
+      },
+      "embed_tokens": {
+          "embedding": jnp.ones((5, 3))
+      }
+  }
   mask = optimizer.decay_mask(params)
-  assert mask == {"layers": {"fc1": {"kernel": True, "bias": False},
-                             "final_layer_norm": {"scale": False, "bias": False}},
-                  "embed_tokens": {"embedding": True}}
+  assert mask == {
+      "layers": {
+          "fc1": {
+              "kernel": True,
+              "bias": False
+          },
+          "final_layer_norm": {
+              "scale": False,
+              "bias": False
+          }
+      },
+      "embed_tokens": {
+          "embedding": True
+      }
+  }
 
 
 def test_optimizer_state_is_float32_for_bfloat16_params():

@@ -20,9 +20,9 @@ class TinyLM(nn.Module):
   """A causal bag-of-previous-tokens model with t5x's decoder-only call signature."""
 
   @nn.compact
-  def __call__(self, decoder_input_tokens, decoder_target_tokens=None, decoder_segment_ids=None,
-               decoder_positions=None, decoder_causal_attention=None, *, enable_dropout=True, decode=False,
-               max_decode_length=None, prefill=False, prefill_lengths=None):
+  def __call__(self, decoder_input_tokens, decoder_target_tokens=None, decoder_segment_ids=None, decoder_positions=None,
+               decoder_causal_attention=None, *, enable_dropout=True, decode=False, max_decode_length=None,
+               prefill=False, prefill_lengths=None):
     x = nn.Embed(VOCAB, 8)(decoder_input_tokens)
     x = jnp.cumsum(x, axis=1)
     x = nn.Dropout(0.5, deterministic=not enable_dropout)(x)
@@ -51,8 +51,7 @@ def test_loss_is_mean_over_target_tokens_and_ignores_prompt_targets():
   model, tx = TinyLM(), optax.sgd(0.1)
   batch = _batch(jax.random.PRNGKey(1))
   state = _state(model, tx, batch)
-  _, metrics = step_lib.train_step(state, batch, jax.random.PRNGKey(2), model=model, tx=tx,
-                                   enable_dropout=False)
+  _, metrics = step_lib.train_step(state, batch, jax.random.PRNGKey(2), model=model, tx=tx, enable_dropout=False)
   logits = model.apply({"params": state.params}, batch["decoder_input_tokens"], enable_dropout=False)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["decoder_target_tokens"])
   w = batch["decoder_loss_weights"]
@@ -60,8 +59,7 @@ def test_loss_is_mean_over_target_tokens_and_ignores_prompt_targets():
   assert float(metrics["target_tokens"]) == float(jnp.sum(w))
   # Changing the target of a prompt position (weight 0) changes nothing.
   changed = dict(batch, decoder_target_tokens=batch["decoder_target_tokens"].at[1, 0].set(3))
-  _, metrics2 = step_lib.train_step(state, changed, jax.random.PRNGKey(2), model=model, tx=tx,
-                                    enable_dropout=False)
+  _, metrics2 = step_lib.train_step(state, changed, jax.random.PRNGKey(2), model=model, tx=tx, enable_dropout=False)
   assert float(metrics2["loss"]) == float(metrics["loss"])
 
 
@@ -69,13 +67,12 @@ def test_microbatches_give_the_same_update_as_one_batch():
   model, tx = TinyLM(), optax.adam(1e-2)
   batch = _batch(jax.random.PRNGKey(3))
   state = _state(model, tx, batch)
-  one, m1 = step_lib.train_step(state, batch, jax.random.PRNGKey(0), model=model, tx=tx,
-                                enable_dropout=False, num_microbatches=1)
-  four, m4 = step_lib.train_step(state, batch, jax.random.PRNGKey(0), model=model, tx=tx,
-                                 enable_dropout=False, num_microbatches=4)
+  one, m1 = step_lib.train_step(state, batch, jax.random.PRNGKey(0), model=model, tx=tx, enable_dropout=False,
+                                num_microbatches=1)
+  four, m4 = step_lib.train_step(state, batch, jax.random.PRNGKey(0), model=model, tx=tx, enable_dropout=False,
+                                 num_microbatches=4)
   np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
-                         one.params, four.params)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), one.params, four.params)
 
 
 def test_non_finite_loss_leaves_state_unchanged():
@@ -84,8 +81,8 @@ def test_non_finite_loss_leaves_state_unchanged():
   state = _state(model, tx, batch)
   poisoned = jax.tree_util.tree_map(lambda p: p.at[(0,) * p.ndim].set(jnp.nan), state.params)
   bad_state = state.replace(params=poisoned)
-  new_state, metrics = jax.jit(lambda s, b, r: step_lib.train_step(
-      s, b, r, model=model, tx=tx, enable_dropout=False))(bad_state, batch, jax.random.PRNGKey(0))
+  new_state, metrics = jax.jit(lambda s, b, r: step_lib.train_step(s, b, r, model=model, tx=tx, enable_dropout=False))(
+      bad_state, batch, jax.random.PRNGKey(0))
   assert int(metrics["finite"]) == 0
   assert int(new_state.step) == 1
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(a, b), new_state.params, poisoned)
@@ -110,8 +107,12 @@ def _opt_with_packed_batch():
   weights[0, [5, 6, 12]] = 1.0
   weights[1, [3, 7, 8, 9, 15]] = 1.0
   weights[2, [3, 4]] = 1.0
-  batch = {"decoder_input_tokens": jnp.asarray(tokens[:, :-1]), "decoder_target_tokens": jnp.asarray(tokens[:, 1:]),
-           "decoder_segment_ids": jnp.asarray(segments), "decoder_loss_weights": jnp.asarray(weights)}
+  batch = {
+      "decoder_input_tokens": jnp.asarray(tokens[:, :-1]),
+      "decoder_target_tokens": jnp.asarray(tokens[:, 1:]),
+      "decoder_segment_ids": jnp.asarray(segments),
+      "decoder_loss_weights": jnp.asarray(weights)
+  }
   model = opt.OPT(config)
   params = model.init(jax.random.PRNGKey(0), batch["decoder_input_tokens"], enable_dropout=False)["params"]
   return model, params, batch

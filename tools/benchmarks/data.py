@@ -101,9 +101,10 @@ def main() -> None:
   hf_seconds = time.perf_counter() - start
   hf_tokens += len(texts)  # + </s>, as the pipeline counts it
 
-  stream = pipeline.BatchStream("bench_data_mix", "train",
-                                {"inputs": args.inputs_length, "targets": args.targets_length},
-                                args.batch_size, seed=0)
+  stream = pipeline.BatchStream("bench_data_mix", "train", {
+      "inputs": args.inputs_length,
+      "targets": args.targets_length
+  }, args.batch_size, seed=0)
   start = time.perf_counter()
   next(stream)
   first_seconds = time.perf_counter() - start

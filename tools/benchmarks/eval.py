@@ -79,8 +79,7 @@ def time_alternating(runs: dict[str, Callable[[], Any]], steps: int,
 
 def build(size: str, dtype: str, attention_impl: str | None, seed: int = 0) -> tuple[Any, Any, Any, str]:
   """(OPT module, its params on the device, the transformers model with the same weights, torch device)."""
-  config = opt_config.OPTConfig.preset(size, dtype=dtype, param_dtype=dtype, dropout=0.0,
-                                attention_impl=attention_impl)
+  config = opt_config.OPTConfig.preset(size, dtype=dtype, param_dtype=dtype, dropout=0.0, attention_impl=attention_impl)
   torch.manual_seed(seed)
   hf_config = transformers.OPTConfig(**config.to_hf())
   hf_model = transformers.OPTForCausalLM._from_config(  # pylint: disable=protected-access
@@ -109,8 +108,10 @@ def bench_score(model, params, hf_model, device, batch: int, seq: int, steps: in
     return scores
 
   seconds, outputs = time_alternating(
-      {"jax": lambda: jax.block_until_ready(step(params, inputs, targets, weights)), "torch": torch_score},
-      steps, warmup)
+      {
+          "jax": lambda: jax.block_until_ready(step(params, inputs, targets, weights)),
+          "torch": torch_score
+      }, steps, warmup)
   diff = float(np.abs(np.asarray(outputs["jax"][0]) - outputs["torch"].float().cpu().numpy()).max())
   forward_flops = model.config.flops_per_token(seq) / 3
   for name, s in seconds.items():
@@ -129,8 +130,8 @@ def bench_pipeline(model, params, batch: int, seq: int, steps: int) -> None:
   inference.score_options(model, params, prompts[:batch], options[:batch], batch_size=batch)  # Compiles.
   stats = inference.InferenceStats()
   inference.score_options(model, params, prompts, options, batch_size=batch, stats=stats)
-  emit(what="jax_score_options_end_to_end", batch=batch, seq=seq, rows=len(rows),
-       seconds=round(stats.seconds, 3), tokens_per_s=round(len(rows) * seq / stats.seconds))
+  emit(what="jax_score_options_end_to_end", batch=batch, seq=seq, rows=len(rows), seconds=round(stats.seconds, 3),
+       tokens_per_s=round(len(rows) * seq / stats.seconds))
 
 
 def bench_options(model, params, batch: int, seq: int, num_options: int, option_tokens: int) -> None:
@@ -138,26 +139,25 @@ def bench_options(model, params, batch: int, seq: int, num_options: int, option_
   `num_options` options of `option_tokens` tokens; prompts shared by their options vs one row per option."""
   rng = np.random.default_rng(4)
   prompts = [[2] + rng.integers(4, 50265, size=seq - 1).tolist() for _ in range(batch)]
-  options = [[rng.integers(4, 50265, size=option_tokens).tolist() for _ in range(num_options)]
-             for _ in range(batch)]
+  options = [[rng.integers(4, 50265, size=option_tokens).tolist() for _ in range(num_options)] for _ in range(batch)]
   seconds, scores = {}, {}
   for share in (True, False):
-    run = functools.partial(inference.score_options, model, params, prompts, options,
-                            batch_size=batch * num_options, share_prompts=share)
+    run = functools.partial(inference.score_options, model, params, prompts, options, batch_size=batch * num_options,
+                            share_prompts=share)
     run()  # Compiles.
     stats = inference.InferenceStats()
     scores[share] = run(stats=stats)
     seconds[share] = stats.seconds
-    emit(what="jax_score_options_" + ("shared_prompts" if share else "row_per_option"), examples=batch,
-         prompt=seq, options=num_options, option_tokens=option_tokens, seconds=round(stats.seconds, 3),
+    emit(what="jax_score_options_" + ("shared_prompts" if share else "row_per_option"), examples=batch, prompt=seq,
+         options=num_options, option_tokens=option_tokens, seconds=round(stats.seconds, 3),
          examples_per_s=round(batch / stats.seconds, 1), tokens_read=stats.tokens)
   diff = max(abs(a - b) for x, y in zip(scores[True], scores[False]) for a, b in zip(x, y))
   emit(what="options_ratio_shared_over_rows", value=round(seconds[False] / seconds[True], 2),
        max_abs_score_diff=round(diff, 5))
 
 
-def bench_decode(model, params, hf_model, device, batch: int, prompt_length: int, new_tokens: int,
-                 steps: int, warmup: int) -> None:
+def bench_decode(model, params, hf_model, device, batch: int, prompt_length: int, new_tokens: int, steps: int,
+                 warmup: int) -> None:
   tokens = np.random.default_rng(3).integers(4, 50265, size=(batch, prompt_length))
   prompts = [[2] + t.tolist() for t in tokens]
   torch_ids = torch.from_numpy(np.asarray(prompts)).to(device)
@@ -171,11 +171,13 @@ def bench_decode(model, params, hf_model, device, batch: int, prompt_length: int
 
   # eos_id -1 never matches: every example runs the full new_tokens, as with min_new_tokens on the torch side.
   seconds, _ = time_alternating(
-      {"jax": lambda: inference.greedy_decode(model, params, prompts, new_tokens, eos_id=-1, batch_size=batch),
-       "torch": torch_generate}, steps, warmup)
+      {
+          "jax": lambda: inference.greedy_decode(model, params, prompts, new_tokens, eos_id=-1, batch_size=batch),
+          "torch": torch_generate
+      }, steps, warmup)
   for name, s in seconds.items():
-    emit(what=f"{name}_greedy_decode", batch=batch, prompt=prompt_length + 1,
-         new_tokens=new_tokens, seconds=round(s, 3), new_tokens_per_s=round(batch * new_tokens / s))
+    emit(what=f"{name}_greedy_decode", batch=batch, prompt=prompt_length + 1, new_tokens=new_tokens,
+         seconds=round(s, 3), new_tokens_per_s=round(batch * new_tokens / s))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -183,8 +185,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--size", default="opt-125m", choices=opt_config.PRESETS, help="model shape (random weights)")
   parser.add_argument("--batch", type=int, default=4, help="rows per batch")
   parser.add_argument("--seq", type=int, default=128, help="tokens read per row")
-  parser.add_argument("--dtype", default="float32", choices=sorted(_TORCH_DTYPES),
-                      help="compute and weight dtype")
+  parser.add_argument("--dtype", default="float32", choices=sorted(_TORCH_DTYPES), help="compute and weight dtype")
   parser.add_argument("--attention_impl", default=None, choices=("xla", "cudnn"),
                       help="JAX attention kernel (cudnn: NVIDIA GPUs, bf16/fp16)")
   parser.add_argument("--steps", type=int, default=3, help="timed calls per side")

@@ -53,8 +53,7 @@ def _time_alternating(runs: dict[str, Callable[[], Any]], tokens_per_step: int, 
       start = time.perf_counter()
       outputs[name] = run()
       times[name].append(time.perf_counter() - start)
-  results = {name: Result(name, tokens_per_step / float(np.median(t)), float(np.median(t)))
-             for name, t in times.items()}
+  results = {name: Result(name, tokens_per_step / float(np.median(t)), float(np.median(t))) for name, t in times.items()}
   return results, outputs
 
 
@@ -82,8 +81,10 @@ def bench(preset: str, batch: int, seq: int, dtype: str, steps: int, warmup: int
       return hf_model(torch_tokens).logits
 
   results, outputs = _time_alternating(
-      {"jax": lambda: forward(params, jax_tokens).block_until_ready(), "torch": torch_forward},
-      batch * seq, steps, warmup)
+      {
+          "jax": lambda: forward(params, jax_tokens).block_until_ready(),
+          "torch": torch_forward
+      }, batch * seq, steps, warmup)
   diff = float(np.abs(np.asarray(outputs["jax"]) - outputs["torch"].float().numpy()).max())
   return results["jax"], results["torch"], diff
 
@@ -99,8 +100,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--scan_layers", action=argparse.BooleanOptionalAction, default=True,
                       help="run the Flax layers with nn.scan")
   args = parser.parse_args(argv)
-  jax_result, torch_result, diff = bench(args.preset, args.batch, args.seq, args.dtype, args.steps,
-                                         args.warmup, args.scan_layers)
+  jax_result, torch_result, diff = bench(args.preset, args.batch, args.seq, args.dtype, args.steps, args.warmup,
+                                         args.scan_layers)
   print(f"preset={args.preset} batch={args.batch} seq={args.seq} dtype={args.dtype} steps={args.steps} "
         f"jax={jax.__version__} ({jax.devices()[0].platform}) torch={torch.__version__} "
         f"(threads={torch.get_num_threads()})")

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-
 # On a GPU, JAX's pool takes 75% of memory by default; HF's run (first) hands its memory back before JAX
 # starts, so let JAX have what transformers may use.
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.9")
@@ -49,9 +48,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--remat", default="none", help="our remat policy: none, full, dots, dots_with_no_batch_dims")
   parser.add_argument("--attention_impl", default=None, choices=("xla", "cudnn"), help="our attention kernel")
   parser.add_argument("--microbatches", type=int, default=1, help="our gradient accumulation")
-  parser.add_argument("--target_fraction", type=float, default=1.0,
-                      help="share of each row's last positions that carry loss, as targets do in instruction "
-                      "tuning (both sides; HF ignores the others with label -100)")
+  parser.add_argument(
+      "--target_fraction", type=float, default=1.0,
+      help="share of each row's last positions that carry loss, as targets do in instruction "
+      "tuning (both sides; HF ignores the others with label -100)")
   parser.add_argument("--lm_head_positions", type=int, default=None,
                       help="ours: the LM head only at each row's first k loss positions (trainer/step.py)")
   parser.add_argument("--parts", default="hf,ours", help="comma-separated: hf, ours (HF runs first: JAX "
@@ -82,12 +82,12 @@ def loss_weights(args: argparse.Namespace) -> np.ndarray:
   return weights
 
 
-def _result(what: str, args: argparse.Namespace, step_s: float, warmup_s: float, loss: float,
-            flops_per_token: float, peak: float | None, device: str, **extra: Any) -> dict[str, Any]:
+def _result(what: str, args: argparse.Namespace, step_s: float, warmup_s: float, loss: float, flops_per_token: float,
+            peak: float | None, device: str, **extra: Any) -> dict[str, Any]:
   tokens_per_s = args.batch * args.seq / step_s
   return dict(what=what, batch=args.batch, seq=args.seq, step_s=round(step_s, 4), tokens_per_s=round(tokens_per_s),
-              tflops=round(tokens_per_s * flops_per_token / 1e12, 2),
-              mfu=None if not peak else round(tokens_per_s * flops_per_token / peak, 4),
+              tflops=round(tokens_per_s * flops_per_token / 1e12,
+                           2), mfu=None if not peak else round(tokens_per_s * flops_per_token / peak, 4),
               warmup_s=round(warmup_s, 1), loss=loss, device=device, **extra)
 
 
@@ -105,10 +105,13 @@ def bench_ours(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
   layout = config_lib.PartitioningArgs(num_microbatches=args.microbatches, lm_head_positions=args.lm_head_positions)
   program = loop.build_program(config, optimizer, layout, 1000, args.seq, mesh)
   ids = token_batch(args.batch, args.seq, config.vocab_size).astype(np.int32)
-  host = {"decoder_input_tokens": ids[:, :-1], "decoder_target_tokens": ids[:, 1:],
-          "decoder_loss_weights": loss_weights(args).astype(np.int32),
-          "decoder_segment_ids": np.ones((args.batch, args.seq), np.int32),
-          "decoder_positions": np.broadcast_to(np.arange(args.seq, dtype=np.int32), (args.batch, args.seq))}
+  host = {
+      "decoder_input_tokens": ids[:, :-1],
+      "decoder_target_tokens": ids[:, 1:],
+      "decoder_loss_weights": loss_weights(args).astype(np.int32),
+      "decoder_segment_ids": np.ones((args.batch, args.seq), np.int32),
+      "decoder_positions": np.broadcast_to(np.arange(args.seq, dtype=np.int32), (args.batch, args.seq))
+  }
   batch = {k: jax.device_put(v, program.batch_sharding) for k, v in host.items()}
   rng = jax.random.PRNGKey(0)
   with partitioning.mesh_context(mesh):
@@ -182,8 +185,9 @@ def bench_hf(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
   kind = "cpu"
   if device == "cuda":
     kind = torch.cuda.get_device_name(0)
-    peak = next((f for prefix, f in sorted(metrics.PEAK_FLOPS.items(), key=lambda kv: -len(kv[0]))
-                 if kind.startswith(prefix)), None)
+    peak = next(
+        (f for prefix, f in sorted(metrics.PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])) if kind.startswith(prefix)),
+        None)
   result = _result("hf_torch_train" + ("_compiled" if args.hf_compile else ""), args, step_s, warmup_s,
                    float(loss.detach()), config.flops_per_token(args.seq), peak, kind, dtype=dtype,
                    torch=torch.__version__, transformers=transformers.__version__)
@@ -202,9 +206,9 @@ def main(argv: list[str] | None = None) -> int:
   if args.layers is None:
     args.layers = 0 if on_gpu else 2
   config = model_config(args, dtype)
-  print(f"model: {args.preset} with {config.num_hidden_layers} layers ({config.num_params() / 1e6:.0f}M params), "
-        f"batch {args.batch} x {args.seq}, compute {dtype}, {args.warmup} warm-up + {args.steps} timed steps",
-        flush=True)
+  print(
+      f"model: {args.preset} with {config.num_hidden_layers} layers ({config.num_params() / 1e6:.0f}M params), "
+      f"batch {args.batch} x {args.seq}, compute {dtype}, {args.warmup} warm-up + {args.steps} timed steps", flush=True)
   results: dict[str, dict[str, Any]] = {}
   for part in [p.strip() for p in args.parts.split(",") if p.strip()]:
     if part not in ("hf", "ours"):
@@ -212,16 +216,26 @@ def main(argv: list[str] | None = None) -> int:
       return 2
     results[part] = (bench_hf if part == "hf" else bench_ours)(args, dtype)
     r = results[part]
-    print(f"{r['what']:>16}: {r['tokens_per_s']:>10,} tokens/s  {r['step_s']:.3f} s/step  {r['tflops']} TFLOP/s  "
-          f"MFU {'n/a' if r['mfu'] is None else format(r['mfu'], '.1%')}  (warm-up {r['warmup_s']} s, loss "
-          f"{r['loss']:.3f}, {r['device']})", flush=True)
+    print(
+        f"{r['what']:>16}: {r['tokens_per_s']:>10,} tokens/s  {r['step_s']:.3f} s/step  {r['tflops']} TFLOP/s  "
+        f"MFU {'n/a' if r['mfu'] is None else format(r['mfu'], '.1%')}  (warm-up {r['warmup_s']} s, loss "
+        f"{r['loss']:.3f}, {r['device']})", flush=True)
   ratio = None
   if "hf" in results and "ours" in results:
     ratio = round(results["ours"]["tokens_per_s"] / results["hf"]["tokens_per_s"], 3)
     print(f"ours / Hugging Face tokens/s: {ratio}")
-  print(json.dumps({"what": "bench_train", "preset": args.preset, "layers": config.num_hidden_layers,
-                    "batch": args.batch, "seq": args.seq, "dtype": dtype, "ours": results.get("ours"),
-                    "hf_torch": results.get("hf"), "ratio_ours_over_hf": ratio}))
+  print(
+      json.dumps({
+          "what": "bench_train",
+          "preset": args.preset,
+          "layers": config.num_hidden_layers,
+          "batch": args.batch,
+          "seq": args.seq,
+          "dtype": dtype,
+          "ours": results.get("ours"),
+          "hf_torch": results.get("hf"),
+          "ratio_ours_over_hf": ratio
+      }))
   return 0
 
 

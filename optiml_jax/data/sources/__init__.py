@@ -46,11 +46,8 @@ _REOPEN_MODULES = {"tfds": "optiml_jax.data.sources.tfds"}
 FORMATS = tuple(_FILE_READERS) + tuple(_REOPEN_MODULES)
 
 
-def iter_all(sni_dir: PathLike | None = None,
-             p3_dir: PathLike | None = None,
-             bigbench_dir: PathLike | None = None,
-             jsonl_dirs: Iterable[tuple[str, PathLike]] = (),
-             cot_dir: PathLike | None = None,
+def iter_all(sni_dir: PathLike | None = None, p3_dir: PathLike | None = None, bigbench_dir: PathLike | None = None,
+             jsonl_dirs: Iterable[tuple[str, PathLike]] = (), cot_dir: PathLike | None = None,
              text_dir: PathLike | None = None) -> Iterator[records.TaskSource | records.Skipped]:
   """Every task of the given sources, in the order of the arguments; unreadable files -> `records.Skipped`.
 
@@ -82,8 +79,11 @@ def iter_all(sni_dir: PathLike | None = None,
     yield from text.iter_tasks(text_dir)
 
 
-def reopen(format: str, path: PathLike, benchmark: str,  # pylint: disable=redefined-builtin
-           **options: Any) -> records.TaskSource:
+def reopen(
+    format: str,
+    path: PathLike,
+    benchmark: str,  # pylint: disable=redefined-builtin
+    **options: Any) -> records.TaskSource:
   """Reads one task again from what the catalog stored (`CatalogEntry.format`, `.path`, `.benchmark`).
 
   Args:

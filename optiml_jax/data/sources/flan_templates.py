@@ -132,8 +132,7 @@ def _unique(items: Iterable[str]) -> tuple[str, ...]:
   return tuple(dict.fromkeys(items))
 
 
-def format_example(spec: DatasetTemplates, template: Template,
-                   example: Mapping[str, Any]) -> Formatted | None:
+def format_example(spec: DatasetTemplates, template: Template, example: Mapping[str, Any]) -> Formatted | None:
   """Formats one TFDS numpy example with `template`.
 
   Returns:
@@ -146,9 +145,8 @@ def format_example(spec: DatasetTemplates, template: Template,
   try:
     fields = spec.extract(example)
   except (KeyError, IndexError, ValueError, TypeError) as e:
-    raise records.SourceError(
-        spec.tfds_name, f"cannot read example for template {template.name!r}: {type(e).__name__}: {e}"
-    ) from e
+    raise records.SourceError(spec.tfds_name,
+                              f"cannot read example for template {template.name!r}: {type(e).__name__}: {e}") from e
   answers = tuple(a for a in fields.answers if a) if fields is not None else ()
   if not answers:
     return None
@@ -157,8 +155,7 @@ def format_example(spec: DatasetTemplates, template: Template,
   try:
     inputs = template.inputs.format(answer=answers[0], **values)
     targets = _unique(template.targets.format(answer=a, **values) for a in answers)
-    options = () if template.inverted else _unique(
-        template.targets.format(answer=o, **values) for o in fields.options)
+    options = () if template.inverted else _unique(template.targets.format(answer=o, **values) for o in fields.options)
   except KeyError as e:
     raise records.SourceError(
         spec.tfds_name, f"template {template.name!r} uses field {e} that the dataset's fields "
@@ -253,8 +250,12 @@ def _copa(example: Mapping[str, Any]) -> Fields | None:
 
 def _squad(example: Mapping[str, Any]) -> Fields:
   answers = _unique(_texts(example["answers"]["text"]))
-  return Fields(text={"title": _text(example["title"]), "context": _text(example["context"]),
-                      "question": _text(example["question"])}, answers=answers)
+  return Fields(
+      text={
+          "title": _text(example["title"]),
+          "context": _text(example["context"]),
+          "question": _text(example["question"])
+      }, answers=answers)
 
 
 def _winogrande(example: Mapping[str, Any]) -> Fields | None:
@@ -293,17 +294,22 @@ def _stsb(example: Mapping[str, Any]) -> Fields | None:
     return None
   if not math.isfinite(score) or score > 5:
     raise ValueError(f"feature 'label': similarity {score} outside [0, 5]")
-  return Fields(text={"sentence1": _text(example["sentence1"]), "sentence2": _text(example["sentence2"])},
-                answers=(f"{round(score * 5) / 5:.1f}",))  # T5 rounds STS-B scores to steps of 0.2
+  return Fields(text={
+      "sentence1": _text(example["sentence1"]),
+      "sentence2": _text(example["sentence2"])
+  }, answers=(f"{round(score * 5) / 5:.1f}",))  # T5 rounds STS-B scores to steps of 0.2
 
 
 def _multirc(example: Mapping[str, Any]) -> Fields | None:
   label = _label(example, 2)
   if label is None:
     return None
-  return Fields(text={"question": _text(example["question"]), "answer_text": _text(example["answer"]),
-                      "paragraph": _text(example["paragraph"])},
-                answers=(("False", "True")[label],), options=("False", "True"))
+  return Fields(
+      text={
+          "question": _text(example["question"]),
+          "answer_text": _text(example["answer"]),
+          "paragraph": _text(example["paragraph"])
+      }, answers=(("False", "True")[label],), options=("False", "True"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -328,8 +334,7 @@ _A = "{answer}"
 _RTE = _templates(
     ("{premise}\n\nIf the passage above is true, is it also true that \"{hypothesis}\"?\n{options}", _A),
     ("Read this text:\n{premise}\n\nDoes it follow that {hypothesis}\nAnswer with one of:\n{options}", _A),
-    ("Premise: {premise}\nHypothesis: {hypothesis}\nIs the hypothesis entailed by the premise?\n{options}",
-     _A),
+    ("Premise: {premise}\nHypothesis: {hypothesis}\nIs the hypothesis entailed by the premise?\n{options}", _A),
     ("{premise}\nBased on what you just read, can we say \"{hypothesis}\"?\n\n{options}", _A),
     ("Assume this is accurate: \"{premise}\"\n\nThen must the following also be accurate? {hypothesis}\n"
      "Possible answers:\n{options}", _A),
@@ -367,8 +372,7 @@ _BOOLQ = _templates(
 _IMDB = _templates(
     ("{text}\n\nIs this movie review positive or negative?\n{options}", _A),
     ("Review:\n{text}\n\nWhat is the sentiment of this review?\n{options}", _A),
-    ("Here is a film review: {text}\nDid the reviewer like the movie? Reply with the sentiment.\n{options}",
-     _A),
+    ("Here is a film review: {text}\nDid the reviewer like the movie? Reply with the sentiment.\n{options}", _A),
     ("{text}\nHow would you describe the tone of this review?\n{options}", _A),
     ("Read this opinion about a movie and tell me whether it is favorable.\n\n{text}\n\n{options}", _A),
     ("Classify the sentiment of the following movie review.\n{text}\nSentiment:\n{options}", _A),
@@ -382,11 +386,9 @@ _SQUAD = _templates(
     ("Here is an article about {title}:\n{context}\n\n{question}", _A),
     ("Passage: {context}\nQ: {question}\nA short answer taken from the passage:", _A),
     ("{question}\n\nFind the answer in this text:\n{context}", _A),
-    ("Answer the question about {title} using the paragraph.\nParagraph: {context}\nQuestion: {question}",
-     _A),
+    ("Answer the question about {title} using the paragraph.\nParagraph: {context}\nQuestion: {question}", _A),
     ("Context: {context}\n\nWhat is the answer to \"{question}\"? Quote the passage.", _A),
-    ("Write a question about the passage whose answer is \"{answer}\".\n\nPassage: {context}", "{question}",
-     True),
+    ("Write a question about the passage whose answer is \"{answer}\".\n\nPassage: {context}", "{question}", True),
 )
 
 _COPA = _templates(
@@ -445,8 +447,7 @@ _XSUM = _templates(
     ("Write a one-sentence summary of this text:\n\n{document}", _A),
     ("Article: {document}\n\nIn a single sentence, what is it about?", _A),
     ("{document}\nTL;DR in one line:", _A),
-    ("Write an article that this one-sentence summary could describe.\n\nSummary: {summary}", "{document}",
-     True),
+    ("Write an article that this one-sentence summary could describe.\n\nSummary: {summary}", "{document}", True),
 )
 
 _WMT_DE = _templates(
@@ -505,32 +506,29 @@ DATASETS: tuple[DatasetTemplates, ...] = (
                      _classify(_NLI3, premise="context", hypothesis="hypothesis"), _NLI3_TEMPLATES,
                      labels=("e", "n", "c")),
     DatasetTemplates("super_glue/cb:1.0.2", FLAN, "Textual Entailment", records.MULTIPLE_CHOICE,
-                     _classify(("yes", "no", "it is not possible to tell"), premise="premise",
-                               hypothesis="hypothesis"), _NLI3_TEMPLATES[:5],
-                     labels=("entailment", "contradiction", "neutral")),
+                     _classify(("yes", "no", "it is not possible to tell"), premise="premise", hypothesis="hypothesis"),
+                     _NLI3_TEMPLATES[:5], labels=("entailment", "contradiction", "neutral")),
     DatasetTemplates("super_glue/boolq:1.0.2", FLAN, "Question Answering", records.MULTIPLE_CHOICE,
                      _classify(("no", "yes"), passage="passage", question="question"), _BOOLQ,
                      labels=("False", "True")),
-    DatasetTemplates("super_glue/copa:1.0.2", FLAN, "Cause Effect Classification", records.MULTIPLE_CHOICE,
-                     _copa, _COPA, labels=("choice1", "choice2")),
+    DatasetTemplates("super_glue/copa:1.0.2", FLAN, "Cause Effect Classification", records.MULTIPLE_CHOICE, _copa,
+                     _COPA, labels=("choice1", "choice2")),
     DatasetTemplates("imdb_reviews:1.0.0", FLAN, "Sentiment Analysis", records.MULTIPLE_CHOICE,
                      _classify(("negative", "positive"), text="text"), _IMDB, labels=("neg", "pos")),
     DatasetTemplates("glue/sst2:2.0.0", FLAN, "Sentiment Analysis", records.MULTIPLE_CHOICE,
-                     _classify(("negative", "positive"), sentence="sentence"), _SST2,
-                     labels=("negative", "positive")),
-    DatasetTemplates("ag_news_subset:1.0.0", FLAN, "Text Categorization", records.MULTIPLE_CHOICE,
-                     _classify(("World", "Sports", "Business", "Science and technology"), title="title",
-                               description="description"), _AG_NEWS,
-                     labels=("World", "Sports", "Business", "Sci/Tech")),
+                     _classify(("negative", "positive"), sentence="sentence"), _SST2, labels=("negative", "positive")),
+    DatasetTemplates(
+        "ag_news_subset:1.0.0", FLAN, "Text Categorization", records.MULTIPLE_CHOICE,
+        _classify(("World", "Sports", "Business", "Science and technology"), title="title", description="description"),
+        _AG_NEWS, labels=("World", "Sports", "Business", "Sci/Tech")),
     DatasetTemplates("squad/v1.1:3.0.0", FLAN, "Question Answering", records.GENERATION, _squad, _SQUAD),
-    DatasetTemplates("winogrande:1.2.0", FLAN, "Coreference Resolution", records.MULTIPLE_CHOICE,
-                     _winogrande, _WINOGRANDE, labels=("1", "2")),
+    DatasetTemplates("winogrande:1.2.0", FLAN, "Coreference Resolution", records.MULTIPLE_CHOICE, _winogrande,
+                     _WINOGRANDE, labels=("1", "2")),
     DatasetTemplates("piqa:1.0.0", FLAN, "Commonsense Classification", records.MULTIPLE_CHOICE, _piqa, _PIQA,
                      labels=("0", "1")),
-    DatasetTemplates("ai2_arc/ARC-Easy:1.0.0", FLAN, "Question Answering", records.MULTIPLE_CHOICE, _arc,
-                     _ARC, labels=("A", "B", "C", "D", "E"), label_feature="answerKey"),
-    DatasetTemplates("hellaswag:1.1.0", FLAN, "Text Completion", records.MULTIPLE_CHOICE, _hellaswag,
-                     _HELLASWAG),
+    DatasetTemplates("ai2_arc/ARC-Easy:1.0.0", FLAN, "Question Answering", records.MULTIPLE_CHOICE, _arc, _ARC,
+                     labels=("A", "B", "C", "D", "E"), label_feature="answerKey"),
+    DatasetTemplates("hellaswag:1.1.0", FLAN, "Text Completion", records.MULTIPLE_CHOICE, _hellaswag, _HELLASWAG),
     DatasetTemplates("glue/mrpc:2.0.0", FLAN, "Text Matching", records.MULTIPLE_CHOICE,
                      _classify(("no", "yes"), sentence1="sentence1", sentence2="sentence2"), _MRPC,
                      labels=("not_equivalent", "equivalent")),
@@ -546,28 +544,25 @@ DATASETS: tuple[DatasetTemplates, ...] = (
     # T5: one template each, in T5's text-to-text format. A dataset that FLAN also has (cnn_dailymail) is
     # de-duplicated by the catalog on `DatasetTemplates.dataset` (T5 tasks are kept only when unique).
     DatasetTemplates("glue/cola:2.0.0", T5, "Grammar Error Detection", records.MULTIPLE_CHOICE,
-                     _classify(("unacceptable", "acceptable"), sentence="sentence"),
-                     _t5("cola sentence: {sentence}"), labels=("unacceptable", "acceptable")),
+                     _classify(("unacceptable", "acceptable"), sentence="sentence"), _t5("cola sentence: {sentence}"),
+                     labels=("unacceptable", "acceptable")),
     DatasetTemplates("glue/stsb:2.0.0", T5, "Text Matching", records.GENERATION, _stsb,
                      _t5("stsb sentence1: {sentence1} sentence2: {sentence2}")),
     DatasetTemplates("glue/mnli:2.0.0", T5, "Textual Entailment", records.MULTIPLE_CHOICE,
-                     _classify(("entailment", "neutral", "contradiction"), premise="premise",
-                               hypothesis="hypothesis"),
+                     _classify(("entailment", "neutral", "contradiction"), premise="premise", hypothesis="hypothesis"),
                      _t5("mnli hypothesis: {hypothesis} premise: {premise}"),
                      labels=("entailment", "neutral", "contradiction")),
     DatasetTemplates("glue/qnli:2.0.0", T5, "Answer Verification", records.MULTIPLE_CHOICE,
                      _classify(("entailment", "not_entailment"), question="question", sentence="sentence"),
-                     _t5("qnli question: {question} sentence: {sentence}"),
-                     labels=("entailment", "not_entailment")),
+                     _t5("qnli question: {question} sentence: {sentence}"), labels=("entailment", "not_entailment")),
     DatasetTemplates("super_glue/wic:1.0.2", T5, "Word Semantics", records.MULTIPLE_CHOICE,
                      _classify(("False", "True"), sentence1="sentence1", sentence2="sentence2", word="word"),
-                     _t5("wic sentence1: {sentence1} sentence2: {sentence2} word: {word}"),
-                     labels=("False", "True")),
-    DatasetTemplates("super_glue/multirc:1.0.2", T5, "Answer Verification", records.MULTIPLE_CHOICE,
-                     _multirc, _t5("multirc question: {question} answer: {answer_text} "
-                                   "paragraph: {paragraph}"), labels=("False", "True")),
-    DatasetTemplates("wmt16_translate/ro-en:1.0.0", T5, "Translation", records.GENERATION,
-                     _generate("ro", en="en"), _t5("translate English to Romanian: {en}")),
+                     _t5("wic sentence1: {sentence1} sentence2: {sentence2} word: {word}"), labels=("False", "True")),
+    DatasetTemplates("super_glue/multirc:1.0.2", T5, "Answer Verification", records.MULTIPLE_CHOICE, _multirc,
+                     _t5("multirc question: {question} answer: {answer_text} "
+                         "paragraph: {paragraph}"), labels=("False", "True")),
+    DatasetTemplates("wmt16_translate/ro-en:1.0.0", T5, "Translation", records.GENERATION, _generate("ro", en="en"),
+                     _t5("translate English to Romanian: {en}")),
     DatasetTemplates("cnn_dailymail:3.4.0", T5, "Summarization", records.GENERATION,
                      _generate("highlights", article="article"), _t5("summarize: {article}")),
 )
@@ -584,9 +579,8 @@ def datasets(benchmarks: Sequence[str] = BENCHMARKS) -> tuple[DatasetTemplates, 
 def find(tfds_name: str, benchmark: str | None = None) -> tuple[DatasetTemplates, ...]:
   """Registered datasets matching a TFDS name (with or without version) and, if given, a benchmark."""
   name, _, version = tfds_name.partition(":")
-  return tuple(d for d in DATASETS
-               if d.dataset == name and (not version or d.tfds_name == tfds_name)
-               and (benchmark is None or d.benchmark == benchmark))
+  return tuple(d for d in DATASETS if d.dataset == name and (not version or d.tfds_name == tfds_name) and
+               (benchmark is None or d.benchmark == benchmark))
 
 
 def lookup(tfds_name: str, benchmark: str) -> DatasetTemplates:

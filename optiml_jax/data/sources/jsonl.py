@@ -215,8 +215,8 @@ def read_task(path: str | os.PathLike, benchmark: str) -> records.TaskSource:
   first = first_record(path, local_name, instance_from_record)
   dataset = as_text(first["dataset"], path, "line 1: field 'dataset'") if "dataset" in first else local_name
   kind = records.MULTIPLE_CHOICE if "options" in first else records.GENERATION
-  return inline_task(path, benchmark, local_name, kind,
-                     lambda: stream(path, local_name, instance_from_record), FORMAT, dataset=dataset)
+  return inline_task(path, benchmark, local_name, kind, lambda: stream(path, local_name, instance_from_record), FORMAT,
+                     dataset=dataset)
 
 
 def task_files(directory: str | os.PathLike, suffixes: tuple[str, ...]) -> list[pathlib.Path]:

@@ -151,8 +151,7 @@ def split_template_name(stem: str, sibling_stems: Iterable[str] = ()) -> tuple[s
   words = stem.split("_")
   if len(words) < 2:
     return stem, ""
-  group = [s.split("_") for s in set(sibling_stems) | {stem}
-           if s.split("_")[0] == words[0] and _match_known(s) is None]
+  group = [s.split("_") for s in set(sibling_stems) | {stem} if s.split("_")[0] == words[0] and _match_known(s) is None]
   shared = 1
   if len(group) > 1:
     limit = min(len(g) for g in group) - 1  # Every template keeps at least one word.
@@ -221,12 +220,11 @@ def read_task(path: str | os.PathLike, benchmark: str = BENCHMARK,
   first = jsonl.first_record(path, local_name, instance_from_record, dropped="every completion is empty")
   kind = records.MULTIPLE_CHOICE if first.get("answer_choices") else records.GENERATION
   return jsonl.inline_task(path, benchmark, local_name, kind,
-                           lambda: jsonl.stream(path, local_name, instance_from_record), FORMAT,
-                           dataset=dataset, template=template)
+                           lambda: jsonl.stream(path, local_name, instance_from_record), FORMAT, dataset=dataset,
+                           template=template)
 
 
-def iter_tasks(p3_dir: str | os.PathLike,
-               benchmark: str = BENCHMARK) -> Iterator[records.TaskSource | records.Skipped]:
+def iter_tasks(p3_dir: str | os.PathLike, benchmark: str = BENCHMARK) -> Iterator[records.TaskSource | records.Skipped]:
   """One task per template file in `p3_dir` (or its `data_per_template/`), in name order; bad -> `Skipped`."""
   files = jsonl.task_files(p3_folder(p3_dir), (".jsonl",))
   stems = [p.stem for p in files]

@@ -93,8 +93,7 @@ def read_task(path: str | os.PathLike, benchmark: str = BENCHMARK) -> records.Ta
   if not isinstance(positives, list):
     raise records.SourceError(path, f"field 'Positive Examples': expected a list, got {type(positives).__name__}")
   demonstrations = tuple(
-      _instance(obj, path, f"Positive Examples[{i}]", f"{local_name}-positive-{i}")
-      for i, obj in enumerate(positives))
+      _instance(obj, path, f"Positive Examples[{i}]", f"{local_name}-positive-{i}") for i, obj in enumerate(positives))
   sources = _string_list(task, "Source", path)
   return records.TaskSource(
       name=records.task_name(benchmark, local_name),

@@ -52,8 +52,9 @@ def parse_path(path: str) -> tuple[str, str, str]:
   """
   location, sep, template = path.rpartition("#")
   if not sep or not location or not template:
-    raise records.SourceError(path, 'expected "<tfds name>:<version>[@<split>]#<template>", e.g. '
-                              '"glue/rte:2.0.0@train#template_3"')
+    raise records.SourceError(
+        path, 'expected "<tfds name>:<version>[@<split>]#<template>", e.g. '
+        '"glue/rte:2.0.0@train#template_3"')
   tfds_name, _, split = location.partition("@")
   if ":" not in tfds_name:
     raise records.SourceError(path, f"TFDS name {tfds_name!r} has no version (e.g. \"glue/rte:2.0.0\")")
@@ -65,8 +66,7 @@ def _check_max_examples(max_examples: int | None) -> None:
     raise ValueError(f"max_examples must be a positive number or None, got {max_examples}")
 
 
-def read_examples(tfds_name: str, split: str = DEFAULT_SPLIT,
-                  data_dir: str | None = None) -> Iterator[dict[str, Any]]:
+def read_examples(tfds_name: str, split: str = DEFAULT_SPLIT, data_dir: str | None = None) -> Iterator[dict[str, Any]]:
   """Streams a prepared TFDS split as numpy feature dicts (bytes for text), in file order.
 
   Raises:
@@ -152,8 +152,7 @@ def is_prepared(tfds_name: str, data_dir: str | None = None) -> bool:
 
 
 def iter_tasks(data_dir: str | None = None, *, split: str = DEFAULT_SPLIT,
-               benchmarks: Sequence[str] = flan_templates.BENCHMARKS,
-               max_examples: int | None = MAX_EXAMPLES_PER_TASK,
+               benchmarks: Sequence[str] = flan_templates.BENCHMARKS, max_examples: int | None = MAX_EXAMPLES_PER_TASK,
                skip_unprepared: bool = True) -> Iterator[records.TaskSource | records.Skipped]:
   """Every registered FLAN/T5 task, like the other readers' `iter_tasks`.
 
@@ -189,8 +188,7 @@ def reopen(path: str, benchmark: str, *, data_dir: str | None = None,
     template = spec.template(template_name)
   except KeyError as e:
     raise records.SourceError(path, str(e.args[0])) from e
-  return task_source(flan_templates.Prompt(spec, template), split, data_dir=data_dir,
-                     max_examples=max_examples)
+  return task_source(flan_templates.Prompt(spec, template), split, data_dir=data_dir, max_examples=max_examples)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -224,8 +222,7 @@ def _drop_flag(features: Mapping[str, tf.Tensor], labelled: tf.Tensor) -> Mappin
 
 
 def apply_template(dataset: tf.data.Dataset, prompt: flan_templates.Prompt,
-                   max_examples: int | None = MAX_EXAMPLES_PER_TASK,
-                   with_options: bool = False) -> tf.data.Dataset:
+                   max_examples: int | None = MAX_EXAMPLES_PER_TASK, with_options: bool = False) -> tf.data.Dataset:
   """seqio preprocessor: TFDS examples -> formatted text features.
 
   Produces string features "inputs" and "targets" (which `seqio.preprocessors.tokenize` turns into ids)
@@ -249,14 +246,13 @@ def apply_template(dataset: tf.data.Dataset, prompt: flan_templates.Prompt,
             tf.constant(np.array(formatted.options, dtype=object), tf.string), tf.constant(True))
 
   def to_features(example: Mapping[str, tf.Tensor]) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-    inputs, targets, options, labelled = tf.py_function(
-        format_numpy, tf.nest.flatten(example), Tout=[tf.string, tf.string, tf.string, tf.bool])
+    inputs, targets, options, labelled = tf.py_function(format_numpy, tf.nest.flatten(example),
+                                                        Tout=[tf.string, tf.string, tf.string, tf.bool])
     inputs.set_shape([])
     targets.set_shape([])
     options.set_shape([None])
     labelled.set_shape([])
-    features = {"inputs": inputs, "targets": targets,
-                "inputs_pretokenized": inputs, "targets_pretokenized": targets}
+    features = {"inputs": inputs, "targets": targets, "inputs_pretokenized": inputs, "targets_pretokenized": targets}
     if with_options:
       features["options"] = options
     return features, labelled
