@@ -1,5 +1,7 @@
 """Installs optiml-jax: OPT-IML instruction meta-learning on JAX (see README.md)."""
 
+import pathlib
+
 import setuptools
 
 INSTALL_REQUIRES = [
@@ -52,7 +54,7 @@ setuptools.setup(
     name="optiml-jax",
     version="0.1.0",
     description="OPT-IML instruction meta-learning for OPT models on JAX, TPUs and GPUs.",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=pathlib.Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["optiml_jax", "optiml_jax.*"]) + list(CONFIG_PACKAGES),
     package_dir=CONFIG_PACKAGES,

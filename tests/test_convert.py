@@ -150,7 +150,7 @@ def test_param_shapes_match_the_flax_model():
     config = dataclasses.replace(config, scan_layers=scan)
     model = opt_lib.OPT(config)
     tokens = jax.ShapeDtypeStruct((1, 4), np.int32)
-    variables = jax.eval_shape(lambda t: model.init(jax.random.key(0), t, enable_dropout=False), tokens)
+    variables = jax.eval_shape(lambda t, m=model: m.init(jax.random.key(0), t, enable_dropout=False), tokens)
     shapes = {p: tuple(v.shape) for p, v in layout.flatten(variables["params"]).items()}
     assert shapes == layout.param_shapes(config)
 

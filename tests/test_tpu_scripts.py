@@ -413,7 +413,7 @@ def test_fake_pod_install_launch_logs_stop(pod):
 
 
 def test_fake_pod_launch_fails_when_the_trainer_exits_at_once(pod):
-  env, workers, scripts = pod
+  env, _, scripts = pod
   before = run("launch.sh", *SLICE, "--gin_file=gin/optiml_175b.gin", env=env, scripts=scripts)
   assert before.returncode == 1
   assert before.stderr.count("no ~/optiml-jax/.venv/bin/python: run tpu_scripts/install.sh first") == 2

@@ -71,7 +71,7 @@ def _read_weight_file(path: pathlib.Path) -> dict[str, np.ndarray]:
 
     try:
       with safe_open(str(path), framework="np") as f:
-        return {key: f.get_tensor(key) for key in f.keys()}
+        return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118  (safe_open is not a dict)
     except Exception as e:  # safetensors raises its own error types for corrupt files.
       raise layout.ConversionError(f"{path}: cannot read safetensors: {e}") from e
   try:

@@ -141,10 +141,8 @@ def format_example(task: records.TaskSource, instance: records.Instance,
   demo_blocks = [_demonstration_block(d, delimiter) for d in demonstrations]
   definition = task.definition.strip()
   query = with_delimiter(instance.input, delimiter)
-  if demonstrations_first(task):
-    blocks = demo_blocks + [definition, query]
-  else:
-    blocks = [definition] + demo_blocks + [query]
+  first = demonstrations_first(task)
+  blocks = demo_blocks + [definition, query] if first else [definition] + demo_blocks + [query]
   return BLOCK_SEPARATOR.join(b for b in blocks if b), instance.targets[0]
 
 

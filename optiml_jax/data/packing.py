@@ -34,7 +34,7 @@ from the left to Li and targets to Lt (keeping </s>), see `formatting.truncate_t
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Mapping
+from typing import ClassVar, Iterable, Iterator, Mapping
 
 import numpy as np
 import seqio
@@ -259,12 +259,14 @@ class OptimlFeatureConverter(seqio.FeatureConverter):
   stays a single tf.data graph (no Python generator reading another dataset).
   """
 
-  TASK_FEATURES = {
+  TASK_FEATURES: ClassVar[dict[str, seqio.FeatureConverter.FeatureSpec]] = {
       "inputs": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
       "targets": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
   }
-  MODEL_FEATURES = {name: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32) for name in MODEL_FEATURE_NAMES}
-  PACKING_FEATURE_DTYPES = {name: tf.int32 for name in PACKING_FEATURE_NAMES}
+  MODEL_FEATURES: ClassVar[dict[str, seqio.FeatureConverter.FeatureSpec]] = {
+      name: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32) for name in MODEL_FEATURE_NAMES
+  }
+  PACKING_FEATURE_DTYPES: ClassVar[dict[str, tf.DType]] = {name: tf.int32 for name in PACKING_FEATURE_NAMES}
 
   def __init__(self, pack: bool = True, bos_id: int = OPT_BOS_ID, max_open_rows: int = 8, window_size: int = 256,
                apply_length_check: bool = True):

@@ -20,9 +20,9 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import flax
 import flax.linen as nn
+from flax.linen import partitioning as nn_partitioning
 import jax
 import numpy as np
-from flax.linen import partitioning as nn_partitioning
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -126,7 +126,7 @@ def params_logical_axes(variables: Mapping[str, Any]) -> Any:
   `variables` is what `model.init` returns (it holds "params" and the t5x-style "params_axes"
   collection that `param_with_axes` sows), or the "params_axes" collection itself.
   """
-  axes = variables["params_axes"] if "params_axes" in variables else variables
+  axes = variables.get("params_axes", variables)
   return flax.core.unfreeze(nn_partitioning.get_axis_names(axes))
 
 

@@ -70,7 +70,8 @@ class MetricsWriter:
     epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
     self._records = _truncate_after(self.path, resume_step)
     if not _is_remote(self.path):
-      self._file = open(self.path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+      # Open for the writer's lifetime; close() closes it.
+      self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
     if tensorboard:
       self._tb = _tensorboard_writer(os.path.join(model_dir, "tensorboard", "train"))
 

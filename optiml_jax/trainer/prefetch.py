@@ -13,6 +13,7 @@ reports the position of the last batch the loop actually took, never of the batc
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from typing import Any, Iterator, Mapping
@@ -83,10 +84,8 @@ class Prefetcher(Iterator[Any]):
     """Stops the thread and drops the inner stream, so its resources go before the interpreter does."""
     self._stop.set()
     while self._thread.is_alive():
-      try:
+      with contextlib.suppress(queue.Empty):
         self._queue.get(timeout=0.1)
-      except queue.Empty:
-        pass
       self._thread.join(timeout=0.1)
     inner_close = getattr(self._stream, "close", None)
     if callable(inner_close):

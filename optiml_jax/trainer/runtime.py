@@ -13,6 +13,7 @@ Sits beside `trainer.loop`, which owns the order of a run; everything here is on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -24,9 +25,9 @@ from typing import Any, Mapping
 
 from etils import epath
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import tqdm
-from jax.experimental import multihost_utils
 
 from optiml_jax.trainer import config as config_lib
 from optiml_jax.trainer import metrics as metrics_lib
@@ -259,10 +260,8 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
                            process_id: int | None = None) -> None:
   """`jax.distributed.initialize`, with CPU collectives over gloo (they have no other implementation here;
   the setting does nothing on GPU and TPU). Call before anything else touches JAX devices."""
-  try:
+  with contextlib.suppress(AttributeError, KeyError, ValueError):  # a JAX without the option: nothing to choose
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  except (AttributeError, KeyError, ValueError):  # a JAX without the option: nothing to choose
-    pass
   jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                              process_id=process_id)
 

@@ -34,7 +34,7 @@ def test_delimiter_is_deterministic_and_uses_the_whole_list():
   assert min(counts.values()) > 400 / len(formatting.DELIMITERS) / 3  # roughly uniform
   other_seed = [formatting.choose_delimiter(1, "sni:t1", f"id-{i}") for i in range(400)]
   other_task = [formatting.choose_delimiter(0, "sni:t2", f"id-{i}") for i in range(400)]
-  assert picks != other_seed and picks != other_task
+  assert picks not in (other_seed, other_task)
 
 
 def test_sni_layout_definition_demonstrations_then_instance():

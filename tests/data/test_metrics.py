@@ -36,9 +36,9 @@ def test_exact_match_hand_computed_cases():
       ["something"],  # empty prediction: no match
       "a b",  # white space collapsed: match
       "answer",  # articles are NOT removed (SNI, unlike SQuAD): no match
-      "cafés",  # "’" is not ASCII punctuation, so it stays: no match
+      "cafés",  # "\u2019" (a curly apostrophe) is not ASCII punctuation, so it stays: no match
   ]
-  predictions = ["The Answer.", " yes ", "", "a   b", "the answer", "café’s"]
+  predictions = ["The Answer.", " yes ", "", "a   b", "the answer", "caf\u00e9\u2019s"]
   assert metrics.exact_match(targets, predictions)["exact_match"] == pytest.approx(100 * 3 / 6)
   assert metrics.normalize_answer("  Hello,\tWorld!! ") == "hello world"
 

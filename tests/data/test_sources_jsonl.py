@@ -12,7 +12,7 @@ from optiml_jax.data.sources import text
 
 
 def _write_lines(path: pathlib.Path, lines) -> pathlib.Path:
-  path.write_text("".join((json.dumps(l) if not isinstance(l, str) else l) + "\n" for l in lines), encoding="utf-8")
+  path.write_text("".join((json.dumps(x) if not isinstance(x, str) else x) + "\n" for x in lines), encoding="utf-8")
   return path
 
 
@@ -99,7 +99,7 @@ def test_missing_folder_is_an_error(tmp_path):
 
 
 def test_cot_schemas(tmp_path):
-  path = _write_lines(tmp_path / "gsm8k_cot.jsonl", [
+  _write_lines(tmp_path / "gsm8k_cot.jsonl", [
       {
           "question": "Tom has 2 apples and buys 3. How many?",
           "rationale": "2 + 3 = 5.",

@@ -16,7 +16,7 @@ def _p3_dir(shared_dir: pathlib.Path) -> pathlib.Path:
 
 
 def _write_lines(path: pathlib.Path, lines) -> pathlib.Path:
-  path.write_text("".join((json.dumps(l) if not isinstance(l, str) else l) + "\n" for l in lines), encoding="utf-8")
+  path.write_text("".join((json.dumps(x) if not isinstance(x, str) else x) + "\n" for x in lines), encoding="utf-8")
   return path
 
 
@@ -93,7 +93,7 @@ def test_name_heuristics(stem, siblings, expected):
 
 def test_instances_and_streaming(shared_dir):
   path = _p3_dir(shared_dir) / "data_per_template" / "ag_news_classify_with_choices.jsonl"
-  raw = [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
+  raw = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
   task = promptsource.read_task(path)
   assert (task.dataset, task.template, task.kind, task.definition) == ("ag_news", "classify_with_choices",
                                                                        records.GENERATION, "")

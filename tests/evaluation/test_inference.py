@@ -139,10 +139,10 @@ def test_long_prompts_are_left_truncated_and_counted(hf_and_flax, share_prompts)
                                    share_prompts=share_prompts)
   for i, prompt in enumerate(prompts):
     for j, option in enumerate(options[i]):
-      if share_prompts:  # every option reads the same prompt: as much as the longest option leaves room for
-        kept = prompt[-(20 - max(map(len, options[i])) + 1):] + option
-      else:  # each row keeps its last 20 positions (21 tokens: the first one is context only)
-        kept = (prompt + option)[-21:]
+      # Shared: every option reads the same prompt, as much as the longest option leaves room for. Not shared:
+      # each row keeps its last 20 positions (21 tokens: the first one is context only).
+      shared = prompt[-(20 - max(map(len, options[i])) + 1):] + option
+      kept = shared if share_prompts else (prompt + option)[-21:]
       assert scores[i][j] == pytest.approx(_hf_log_likelihood(hf_model, kept, len(option)), rel=1e-5, abs=1e-4)
   assert (stats.examples, stats.truncated) == (3, 2)
 

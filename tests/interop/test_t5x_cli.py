@@ -113,9 +113,8 @@ def _quote(value) -> str:
 
 
 def _train_losses(log: str) -> dict[int, float]:
-  return {
-      int(step): float(loss) for step, loss in re.findall(r"\[(\d+)\] collection=train .*?\bloss=([-+0-9.eEnaif]+)", log)
-  }
+  pattern = r"\[(\d+)\] collection=train .*?\bloss=([-+0-9.eEnaif]+)"
+  return {int(step): float(loss) for step, loss in re.findall(pattern, log)}
 
 
 @pytest.fixture(scope="module")

@@ -32,10 +32,9 @@ t5x_models = pytest.importorskip(
     "t5x.models", reason=f"t5x is not importable: set {T5X_ENV} to a folder holding checkouts of t5x, airio and "
     "jestimator (README, 'Using t5x')")
 
-import seqio  # pylint: disable=g-import-not-at-top,wrong-import-position
-import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
 from t5x import decoding  # pylint: disable=g-import-not-at-top,wrong-import-position
 from t5x import optimizers as t5x_optimizers  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from optiml_jax.data import packing  # pylint: disable=g-import-not-at-top,wrong-import-position
 from optiml_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -16,8 +16,8 @@ from typing import Any, Callable, Iterator
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import pytest
 from jax.sharding import PartitionSpec as P
+import pytest
 
 from optiml_jax.models import opt
 from optiml_jax.models import partitioning
@@ -307,7 +307,7 @@ def _run_on_eight_cpu_devices(script: str) -> str:
 
 def test_eight_device_mesh_gives_single_device_logits():
   stdout = _run_on_eight_cpu_devices(_EIGHT_DEVICE_SCRIPT)
-  line = [l for l in stdout.splitlines() if l.startswith("RESULT ")][-1]
+  line = [x for x in stdout.splitlines() if x.startswith("RESULT ")][-1]
   result = json.loads(line[len("RESULT "):])
   for shape, r in result.items():
     data, fsdp, tensor = json.loads(shape.replace("(", "[").replace(")", "]"))

@@ -88,7 +88,8 @@ def test_nan_skip_goes_on_and_never_checkpoints_nan(tmp_path):
   huge = config_lib.OptimizerArgs(learning_rate=1e30, warmup_steps=1)
   summary = _run_synthetic(tmp_path, optimizer=huge, nan_policy="skip", save_every=1)
   assert summary.last_step == 6 and summary.skipped_steps, summary
-  records = {r["step"]: r for r in map(json.loads, open(tmp_path / "metrics.jsonl"))}
+  lines = (tmp_path / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+  records = {r["step"]: r for r in map(json.loads, lines)}
   for step in summary.skipped_steps:
     assert records[step]["skipped"] == 1.0 and records[step]["loss"] is None
   state, _ = _restore(tmp_path, TINY, 6)

@@ -27,7 +27,7 @@ def test_writer_appends_jsonl_and_tensorboard_and_truncates_on_resume(tmp_path):
   writer.write(3, {"loss": 0.5})
   writer.close()
   lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-  assert [json.loads(l)["step"] for l in lines] == [1, 2, 3]
+  assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
   assert json.loads(lines[-1])["loss"] == 0.5
 
 

@@ -103,7 +103,7 @@ def _run_processes(tmp_path, name, count, devices_each, mesh, stop_at_step):
       if p.poll() is None:
         p.kill()
       p.wait()
-  for index, (p, (out, err)) in enumerate(zip(processes, logs)):
+  for index, (p, (_, err)) in enumerate(zip(processes, logs)):
     assert p.returncode == 0, (f"{name} process {index} of {count} exited with {p.returncode} (killed if "
                                f"negative: another failed or {PROCESS_TIMEOUT_S} s passed):\n"
                                f"{err.read_text()[-3000:]}")

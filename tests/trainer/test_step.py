@@ -85,7 +85,7 @@ def test_non_finite_loss_leaves_state_unchanged():
       bad_state, batch, jax.random.PRNGKey(0))
   assert int(metrics["finite"]) == 0
   assert int(new_state.step) == 1
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(a, b), new_state.params, poisoned)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, new_state.params, poisoned)
 
 
 def test_dropout_differs_per_step_but_is_reproducible():

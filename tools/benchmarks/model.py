@@ -53,7 +53,8 @@ def _time_alternating(runs: dict[str, Callable[[], Any]], tokens_per_step: int, 
       start = time.perf_counter()
       outputs[name] = run()
       times[name].append(time.perf_counter() - start)
-  results = {name: Result(name, tokens_per_step / float(np.median(t)), float(np.median(t))) for name, t in times.items()}
+  medians = {name: float(np.median(t)) for name, t in times.items()}
+  results = {name: Result(name, tokens_per_step / median, median) for name, median in medians.items()}
   return results, outputs
 
 

@@ -18,7 +18,6 @@ N = matmul parameters including the tied LM head. Prints a line per part and one
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
 import os
@@ -191,7 +190,7 @@ def bench_hf(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
   result = _result("hf_torch_train" + ("_compiled" if args.hf_compile else ""), args, step_s, warmup_s,
                    float(loss.detach()), config.flops_per_token(args.seq), peak, kind, dtype=dtype,
                    torch=torch.__version__, transformers=transformers.__version__)
-  del model, opt, step_model
+  model = opt = step_model = None  # the step closure holds them: release the GPU memory before empty_cache
   gc.collect()
   if device == "cuda":
     torch.cuda.empty_cache()
