@@ -29,8 +29,8 @@ from typing import Any, Sequence
 import gin
 import jax
 
+from optiml_jax import gin_registry  # noqa: F401  (registers the configurables, @opt_model, for gin)
 from optiml_jax import gin_utils
-from optiml_jax import gin_registry  # pylint: disable=unused-import  (registers @opt_model for gin)
 from optiml_jax.evaluation import evaluator
 from optiml_jax.evaluation import report as report_lib
 from optiml_jax.models import opt as opt_lib

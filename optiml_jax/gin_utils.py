@@ -157,7 +157,7 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str], search_paths: str |
   try:
     with _include_search_paths(paths), _quiet_search():
       gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
-  except (ValueError, KeyError, SyntaxError, IOError, TypeError) as e:
+  except (OSError, ValueError, KeyError, SyntaxError, TypeError) as e:
     raise GinConfigError(f"gin configuration: {e}") from e
 
 

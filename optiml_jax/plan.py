@@ -121,6 +121,7 @@ class PlanInputs:
 def load_inputs(args: argparse.Namespace, topo: topology_lib.Topology) -> PlanInputs:
   """Reads the gin files as `python -m optiml_jax.train` does and applies the overrides."""
   import gin  # pylint: disable=g-import-not-at-top
+
   from optiml_jax import gin_registry  # pylint: disable=g-import-not-at-top  (imports JAX)
 
   gin.clear_config()
@@ -151,6 +152,7 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
               hbm_fraction: float = 0.95, fit_by: str = "compiled", mfu: float = 0.4) -> dict[str, Any]:
   """Builds, lowers and (optionally) compiles the step for `inputs` on `topo`; returns the report dict."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from optiml_jax.models import partitioning  # pylint: disable=g-import-not-at-top
   from optiml_jax.planning import analytic  # pylint: disable=g-import-not-at-top
   from optiml_jax.planning import compiled as compiled_lib  # pylint: disable=g-import-not-at-top

@@ -173,7 +173,7 @@ def test_every_include_of_a_shipped_file_resolves_to_a_shipped_file_from_elsewhe
 
 
 def test_a_shipped_run_file_parses_with_its_includes_from_elsewhere(elsewhere):
-  from optiml_jax import train  # pylint: disable=g-import-not-at-top,unused-import  (registers configurables)
+  from optiml_jax import train  # noqa: F401  (registers the configurables)
 
   gin_utils.parse(["optiml_30b.gin"], [])  # includes models/opt_30b.gin and recipe.gin
   assert "'opt-30b'" in gin.config_str()

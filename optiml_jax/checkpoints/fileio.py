@@ -11,8 +11,8 @@ import contextlib
 import json
 import pathlib
 import shutil
-import uuid
 from typing import Any, Iterator
+import uuid
 
 from optiml_jax.checkpoints import layout
 

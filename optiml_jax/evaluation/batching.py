@@ -160,7 +160,7 @@ def data_parallel_size(mesh: jax.sharding.Mesh | None,
   return math.prod(mesh.shape[a] for a in axes if a in mesh.shape)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _param_shardings(model: nn.Module, mesh: jax.sharding.Mesh) -> Any:
   _, axes = partitioning.abstract_variables(model, jnp.ones((1, 2), jnp.int32), enable_dropout=False)
   return partitioning.logical_to_mesh_sharding(axes, mesh)

@@ -86,7 +86,7 @@ def greedy_generate(model: nn.Module, params: Any, prompts: Array, lengths: Arra
   return tokens, num_tokens
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _generate_step(model: nn.Module, mesh: jax.sharding.Mesh | None) -> Callable[..., Any]:
   return batching.jit(functools.partial(greedy_generate, model), mesh,
                       static_argnames=("cache_length", "max_new_tokens", "eos_id"))

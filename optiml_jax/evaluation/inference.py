@@ -101,7 +101,7 @@ def option_rows(prompt_tokens: Sequence[Sequence[int]],
   return rows
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def score_step(model: nn.Module, mesh: jax.sharding.Mesh | None = None) -> Callable[..., Any]:
   """jit-ed (params, inputs, targets, weights) -> (weighted log-likelihood sums [B], weight sums [B]).
 

@@ -90,7 +90,7 @@ def select_cache_rows(cache: Any, rows: jax.Array, scan_layers: bool) -> Any:
   return jax.tree_util.tree_map_with_path(take, cache)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def shared_score_step(model: nn.Module, mesh: jax.sharding.Mesh | None = None) -> Callable[..., Any]:
   """jit-ed (params, prefixes [G, P], prefix_lengths [G], row_group [R], inputs [R, L], targets [R, L],
   weights [R, L]) -> (weighted log-likelihood sums [R], weight sums [R]); cached per model and mesh."""

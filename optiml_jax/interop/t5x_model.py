@@ -33,9 +33,9 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 import seqio
-import tensorflow as tf
 from t5x import decoding as t5x_decoding
 from t5x import optimizers as t5x_optimizers
+import tensorflow as tf
 
 from optiml_jax.data import packing
 from optiml_jax.data import special_tokens

@@ -39,11 +39,13 @@ import math
 from typing import Any
 
 import flax.linen as nn
+from flax.linen import partitioning as nn_partitioning
 import jax
 import jax.numpy as jnp
-from flax.linen import partitioning as nn_partitioning
 
-from optiml_jax.models.opt_config import LAYER_NORM_EPS, POSITION_OFFSET, OPTConfig
+from optiml_jax.models.opt_config import LAYER_NORM_EPS
+from optiml_jax.models.opt_config import POSITION_OFFSET
+from optiml_jax.models.opt_config import OPTConfig
 
 Array = jax.Array
 param_with_axes = nn_partitioning.param_with_axes

@@ -42,7 +42,7 @@ def _random_params(config):
       dataclasses.replace(config, dropout=0.0, attention_dropout=0.0, dtype="float32", remat_policy="none"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _init_params(config):
   init = jax.jit(lambda rng: opt.OPT(config).init(rng, jnp.ones((1, 4), jnp.int32), enable_dropout=False))
   return init(jax.random.PRNGKey(0))["params"]

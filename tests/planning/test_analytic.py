@@ -12,8 +12,10 @@ import subprocess
 import sys
 
 import jax
+from jax.sharding import AbstractMesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 import pytest
-from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec
 
 from optiml_jax import plan
 from optiml_jax.models import opt_config

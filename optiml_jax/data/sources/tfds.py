@@ -78,7 +78,7 @@ def read_examples(tfds_name: str, split: str = DEFAULT_SPLIT, data_dir: str | No
     where = data_dir or "the default TFDS data folder"
     raise records.SourceError(
         tfds_name, f"split {split!r} not prepared in {where}; prepare it first with "
-        f"`tfds build {tfds_name.split(':')[0]} --data_dir=...` ({e})") from e
+        f"`tfds build {tfds_name.split(':', maxsplit=1)[0]} --data_dir=...` ({e})") from e
   return iter(tfds.as_numpy(dataset))
 
 
