@@ -76,7 +76,7 @@ def parse_mesh(text: str) -> tuple[int, int, int]:
   if len(sizes) != 3 or any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
     raise PlanError(f"--mesh {text!r}: expected data,fsdp,tensor as three positive integers (one may be -1), "
                     "e.g. 1,16,8")
-  return sizes  # type: ignore[return-value]
+  return sizes
 
 
 def resolve_mesh(shape: Sequence[int], chips: int, rescale: bool) -> tuple[tuple[int, int, int], str | None]:
@@ -153,6 +153,7 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
   """Builds, lowers and (optionally) compiles the step for `inputs` on `topo`; returns the report dict."""
   import jax  # pylint: disable=g-import-not-at-top
 
+  from optiml_jax.models import opt_config  # pylint: disable=g-import-not-at-top
   from optiml_jax.models import partitioning  # pylint: disable=g-import-not-at-top
   from optiml_jax.planning import analytic  # pylint: disable=g-import-not-at-top
   from optiml_jax.planning import compiled as compiled_lib  # pylint: disable=g-import-not-at-top
@@ -161,6 +162,9 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
     raise PlanError(f"{jax.device_count()} devices visible but {topo.name} has {topo.chips} chips: run "
                     "through `python -m optiml_jax.plan` (which sets XLA_FLAGS) or `main()`")
   cfg = inputs.model
+  if not isinstance(cfg, opt_config.OPTConfig):
+    raise PlanError(f"the planner models OPT only (its memory and FLOP estimates read OPT's shapes), but the gin "
+                    f"files configure a {type(cfg).__name__}")
   shape = analytic.StepShape(inputs.batch_size, inputs.seq_len, inputs.num_microbatches, *inputs.mesh,
                              sequence_parallel=inputs.sequence_parallel)
   try:
@@ -171,9 +175,9 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
                                        sequence_parallel=inputs.sequence_parallel,
                                        lm_head_positions=inputs.lm_head_positions)
   mesh = partitioning.make_mesh(*inputs.mesh)
-  figures = dict(train_steps=inputs.train_steps, batch_size=inputs.batch_size, seq_len=inputs.seq_len, mesh=mesh)
   try:
-    lowered, program = compiled_lib.lower_train_step(cfg, inputs.optimizer, layout, **figures)
+    lowered, program = compiled_lib.lower_train_step(cfg, inputs.optimizer, layout, train_steps=inputs.train_steps,
+                                                     batch_size=inputs.batch_size, seq_len=inputs.seq_len, mesh=mesh)
   except ValueError as e:  # e.g. a dimension the mesh axis does not divide
     raise PlanError(f"cannot build the step of {describe_model(cfg)} on mesh {inputs.mesh}: {e}") from e
   state = program.layout.abstract
@@ -181,8 +185,10 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
                                       opt_state_bytes=analytic.sharded_bytes((state.opt_state, state.step)))
   flops = analytic.estimate_flops(cfg, shape)
   xla = compiled_lib.compiled_figures(lowered) if compile_step else None
-  probed = compiled_lib.probe_step_flops(cfg, inputs.optimizer, layout, **figures) if compile_step and probe_flops \
-      else None
+  probed = None
+  if compile_step and probe_flops:
+    probed = compiled_lib.probe_step_flops(cfg, inputs.optimizer, layout, train_steps=inputs.train_steps,
+                                           batch_size=inputs.batch_size, seq_len=inputs.seq_len, mesh=mesh)
 
   usable = int(topo.hbm_bytes * hbm_fraction)
   compiled_peak = xla.peak_bytes if xla else None
@@ -268,7 +274,7 @@ def format_report(report: dict[str, Any]) -> str:
           ("working set (layer or LM head)", est["working"], None),
           ("arguments (state + batch)", est["arguments"], get("argument_bytes")),
           ("temporaries", est["temporaries"], get("temp_bytes")),
-          ("outputs not aliased to inputs", None, None if xla is None else get("output_bytes") - get("alias_bytes")),
+          ("outputs not aliased to inputs", None, None if xla is None else xla["output_bytes"] - xla["alias_bytes"]),
           ("generated code", None, get("generated_code_bytes")), ("peak", est["peak"], get("peak"))]
   lines += [f"  {name:<32}{_gib(a):>14}{_gib(c):>22}" for name, a, c in rows]
   lines.append(f"  {'usable HBM':<32}{_gib(report['usable_bytes']):>14}  "

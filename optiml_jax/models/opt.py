@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, Literal
 
 import flax.linen as nn
 from flax.linen import partitioning as nn_partitioning
@@ -89,7 +89,7 @@ def decode_mask(cache_index: Array, cache_length: int, num_queries: int = 1) -> 
   return (jnp.arange(cache_length)[None, None, :] <= last[:, :, None])[:, None, :, :]
 
 
-def resolve_attention_impl(implementation: str | None, dtype: Any, head_dim: int) -> str:
+def resolve_attention_impl(implementation: str | None, dtype: Any, head_dim: int) -> Literal["xla", "cudnn"]:
   """The kernel `jax.nn.dot_product_attention` should use: `implementation` itself when given, else (None)
   cuDNN flash attention where it runs, XLA elsewhere.
 
@@ -99,8 +99,12 @@ def resolve_attention_impl(implementation: str | None, dtype: Any, head_dim: int
   16 x 2048 without remat does not fit), so None never leaves a GPU user on it by accident. Called at trace
   time; the answer follows the default backend's first device.
   """
+  if implementation == "xla":
+    return "xla"
+  if implementation == "cudnn":
+    return "cudnn"
   if implementation is not None:
-    return implementation
+    raise ValueError(f"attention implementation: expected None, 'xla' or 'cudnn', got {implementation!r}")
   if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16) or head_dim % 8 or head_dim > 128:
     return "xla"
   device = jax.devices()[0]
@@ -113,7 +117,7 @@ def resolve_attention_impl(implementation: str | None, dtype: Any, head_dim: int
 
 def dot_product_attention(query: Array, key: Array, value: Array, mask: Array | None, is_causal: bool,
                           dropout_rate: float = 0.0, dropout_rng: Array | None = None,
-                          implementation: str | None = None) -> Array:
+                          implementation: Literal["xla", "cudnn"] | None = None) -> Array:
   """Softmax attention over [batch, length, heads, head_dim] inputs, scaled by 1/sqrt(head_dim).
 
   Without dropout this is `jax.nn.dot_product_attention` (cuDNN flash attention when implementation is
@@ -245,6 +249,8 @@ class Attention(nn.Module):
       cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape[:1] + (length,) + key.shape[2:], key.dtype)
       cached_value = self.variable("cache", "cached_value", jnp.zeros, cached_key.value.shape, value.dtype)
       if stepping:
+        if decode_index is None:
+          raise ValueError("OPT attention: decoding from a filled cache needs its index (decode_index), got None")
         length = cached_key.value.shape[1]
         if x.shape[1] == 1:
           slot = (jnp.arange(length)[None, :] == decode_index[:, None])[:, :, None, None]
@@ -361,7 +367,7 @@ class OPT(nn.Module):
       else:
         positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
 
-    embed_tokens = Embed(cfg.vocab_size, cfg.word_embed_proj_dim, ("vocab", "proj") if cfg.has_projections else
+    embed_tokens = Embed(cfg.vocab_size, cfg.embed_dim, ("vocab", "proj") if cfg.has_projections else
                          ("vocab", "embed"), cfg.dtype, cfg.param_dtype, cfg.init_std, name="embed_tokens")
     x = embed_tokens(decoder_input_tokens)
     if cfg.has_projections:
@@ -392,13 +398,13 @@ class OPT(nn.Module):
     if cfg.has_final_layer_norm:
       x = LayerNorm(cfg.layer_norm_elementwise_affine, cfg.dtype, cfg.param_dtype, name="final_layer_norm")(x)
     if cfg.has_projections:
-      x = Dense(cfg.word_embed_proj_dim, ("embed", "proj"), False, cfg.dtype, cfg.param_dtype, cfg.init_std,
+      x = Dense(cfg.embed_dim, ("embed", "proj"), False, cfg.dtype, cfg.param_dtype, cfg.init_std,
                 name="project_out")(x)
     if logit_positions is not None:
       x = jnp.take_along_axis(x, logit_positions[:, :, None], axis=1)
     logits = embed_tokens.attend(x).astype(jnp.float32)
 
-    if stepping:
+    if decode_index is not None:  # stepping: the index was read from the cache
       cache_index.value = decode_index + length
     elif prefill:
       lengths = length if prefill_lengths is None else prefill_lengths

@@ -134,6 +134,11 @@ class OPTConfig:
     return self.hidden_size // self.num_attention_heads
 
   @property
+  def embed_dim(self) -> int:
+    """Token-embedding width: word_embed_proj_dim, which None leaves at hidden_size (as `__post_init__` sets it)."""
+    return self.hidden_size if self.word_embed_proj_dim is None else self.word_embed_proj_dim
+
+  @property
   def has_projections(self) -> bool:
     """Whether the model has project_in / project_out (token embeddings narrower than the model)."""
     return self.word_embed_proj_dim != self.hidden_size
@@ -194,7 +199,7 @@ class OPTConfig:
 
   def num_params(self) -> int:
     """Number of parameters (the tied LM head counted once), computed from the shapes."""
-    d, f, p = self.hidden_size, self.ffn_dim, self.word_embed_proj_dim
+    d, f, p = self.hidden_size, self.ffn_dim, self.embed_dim
     affine = self.layer_norm_elementwise_affine
     per_layer = 4 * d * d + 2 * d * f + (5 * d + f if self.enable_bias else 0) + (4 * d if affine else 0)
     total = self.vocab_size * p + (self.max_position_embeddings + POSITION_OFFSET) * d
@@ -204,7 +209,7 @@ class OPTConfig:
 
   def num_matmul_params(self) -> int:
     """Weights used in matrix multiplies per token: layer kernels, projections and the tied LM head."""
-    d, p = self.hidden_size, self.word_embed_proj_dim
+    d, p = self.hidden_size, self.embed_dim
     layers = self.num_hidden_layers * (4 * d * d + 2 * d * self.ffn_dim)
     return layers + self.vocab_size * p + (2 * p * d if self.has_projections else 0)
 

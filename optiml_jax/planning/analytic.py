@@ -225,8 +225,7 @@ def estimate_memory(config: opt_config.OPTConfig, shape: StepShape, *, params_by
   # float32 logits, their log-softmax, its exponent and their gradient; the tied embedding's
   # [vocab / tensor, width] gradients (from the LM head, from the lookup, and their sum) before they are
   # reduce-scattered over fsdp; the final hidden state and its gradient.
-  logits_working = (4 * tokens * local_vocab * FLOAT32_BYTES +
-                    3 * local_vocab * config.word_embed_proj_dim * FLOAT32_BYTES +
+  logits_working = (4 * tokens * local_vocab * FLOAT32_BYTES + 3 * local_vocab * config.embed_dim * FLOAT32_BYTES +
                     2 * tokens * config.hidden_size * FLOAT32_BYTES)
   grads = params_bytes * (2 if shape.num_microbatches > 1 else 1)
   # Batches are laid out as ("batch", "length"): over data x fsdp, and along the sequence over tensor too
