@@ -73,12 +73,21 @@ def _flag(field: str, value: Any) -> None:
 class ModelConfig(Protocol):
   """What the trainer needs of a model config, whatever the family (OPT's `models.opt_config.OPTConfig` has it).
 
-  A family's config must also be a frozen (hashable) dataclass: compiled steps are cached by it.
+  A family's config must also be a frozen (hashable) dataclass: compiled steps are cached by it. Its fields
+  are read-only here (properties), as a frozen dataclass's are.
   """
 
-  max_position_embeddings: int  # the longest row the model can read
-  dropout: float  # > 0 turns dropout on in training (with attention_dropout)
-  attention_dropout: float
+  @property
+  def max_position_embeddings(self) -> int:
+    """The longest row the model can read."""
+
+  @property
+  def dropout(self) -> float:
+    """> 0 turns dropout on in training (with attention_dropout)."""
+
+  @property
+  def attention_dropout(self) -> float:
+    """Dropout on the attention probabilities."""
 
   def num_params(self) -> int:
     """Parameter count."""
@@ -88,6 +97,9 @@ class ModelConfig(Protocol):
 
   def to_hf(self) -> dict[str, Any]:
     """The Hugging Face config.json written to MODEL_DIR."""
+
+  def __hash__(self) -> int:
+    """A frozen dataclass's: `trainer.loop.build_program` caches compiled steps by the config."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +143,8 @@ class ModelArgs:
 
   def __post_init__(self):
     if not isinstance(self.config, ModelConfig):
-      raise ConfigError(f"ModelArgs.config: expected a model config (e.g. @opt_model()), got {self.config!r}")
+      raise ConfigError(f"ModelArgs.config: expected a model config, a frozen dataclass with ModelConfig's members "
+                        f"(e.g. @opt_model()), got {self.config!r}")
     _text("ModelArgs.initial_checkpoint_path", self.initial_checkpoint_path, optional=True)
 
 

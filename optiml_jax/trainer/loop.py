@@ -29,13 +29,14 @@ import functools
 import logging
 import os
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 import jax
 import numpy as np
 import optax
 
 from optiml_jax.models import opt as opt_lib
+from optiml_jax.models import opt_config
 from optiml_jax.models import partitioning
 from optiml_jax.trainer import checkpointing
 from optiml_jax.trainer import config as config_lib
@@ -48,7 +49,18 @@ from optiml_jax.trainer import step as step_lib
 
 BATCH_AXES = ("batch", "length")
 
-StreamFactory = Callable[[int, int, int], Iterator[Mapping[str, np.ndarray]]]
+
+class ResumableStream(Iterator[Mapping[str, np.ndarray]], Protocol):
+  """A batch stream `run` can checkpoint and resume (`data.pipeline.BatchStream`, `trainer.synthetic`)."""
+
+  def state(self) -> dict[str, Any]:
+    """The position (JSON-able), stored in each checkpoint's metadata."""
+
+  def restore(self, state: Mapping[str, Any]) -> None:
+    """Continues from a `state()`."""
+
+
+StreamFactory = Callable[[int, int, int], ResumableStream]
 
 NonFiniteLossError = runtime.NonFiniteLossError
 
@@ -117,6 +129,9 @@ class Program:
 
 def make_model(model_config: config_lib.ModelConfig) -> Any:
   """The Flax module of a model config: the one place the trainer names a model family."""
+  if not isinstance(model_config, opt_config.OPTConfig):
+    raise config_lib.ConfigError(f"ModelArgs.config: the trainer builds OPT models only (an OPTConfig, e.g. "
+                                 f"@opt_model()), got a {type(model_config).__name__}")
   return opt_lib.OPT(model_config)
 
 
@@ -198,7 +213,7 @@ def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
     restored = ckpt.restore_latest(program.layout.abstract)
     if restored is not None:
       state, meta = restored
-      state = state.replace(step=runtime.replicated_scalar(meta["step"], program.layout.shardings.step))
+      state = dataclasses.replace(state, step=runtime.replicated_scalar(meta["step"], program.layout.shardings.step))
       stream.restore(runtime.data_state_of_this_process(meta, model_dir, stream.state()))
       logging.info("resumed from %s at step %d", model_dir, meta["step"])
     else:

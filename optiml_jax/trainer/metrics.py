@@ -78,7 +78,7 @@ class MetricsWriter:
   def write(self, step: int, scalars: Mapping[str, float | None]) -> None:
     if not self._active:
       return
-    record = {"step": int(step)}
+    record: dict[str, float | None] = {"step": int(step)}
     record.update({k: (None if v is None else float(v)) for k, v in scalars.items()})
     if self._file is not None:
       self._file.write(json.dumps(record) + "\n")

@@ -113,7 +113,7 @@ class StepTracker:
       record["skipped"] = 1.0
     self._writer.write(step, record)
     if finite:
-      self.losses.append(record["loss"])
+      self.losses.append(float(values["loss"]))  # finite: the step checked its loss and gradient norm
       postfix = dict(loss=f"{record['loss']:.4f}", tok_s=f"{tokens_per_second:,.0f}")
       if record["learning_rate"] is not None:
         postfix["lr"] = f"{record['learning_rate']:.2e}"
@@ -216,7 +216,7 @@ def data_state_of_this_process(meta: Mapping[str, Any], model_dir: str,
              "INITIAL_CHECKPOINT_PATH (the data then restarts from the beginning)")
   head = (f"{where}: its data positions come from {count} process(es), this run has "
           f"{jax.process_count()}")
-  if count == "an unknown number of" or fresh_state is None:
+  if not isinstance(states, list) or not states or fresh_state is None:  # the count is unknown, or no fresh state
     raise ResumeError(f"{head}; {restart}")
   saved = states[0]
   missing = [

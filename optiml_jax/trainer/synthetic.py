@@ -15,7 +15,7 @@ by a target; only target tokens carry loss weight. Token ids are drawn from [3, 
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, TypedDict
 
 import numpy as np
 
@@ -23,6 +23,19 @@ STATE_KIND = "synthetic"
 # A stream state's "sharding": process i of n takes row block i of global batch p, itself a pure function of
 # the stream's arguments and p (not of n), so the position carries over to any number of processes.
 ROW_BLOCKS_OF_GLOBAL_BATCH = "row_blocks_of_global_batch"
+
+
+class _StreamArgs(TypedDict):
+  """A stream's arguments, as its state records them (a plain dict at run time)."""
+
+  kind: str
+  batch_size: int
+  seq_len: int
+  vocab_size: int
+  seed: int
+  shard_index: int
+  shard_count: int
+  target_fraction: float
 
 
 def global_batch(seed: int, position: int, batch_size: int, seq_len: int, vocab_size: int,
@@ -63,8 +76,9 @@ class SyntheticStream(Iterator[dict[str, np.ndarray]]):
                        f"{batch_size}, {seq_len}, {vocab_size}")
     if not 0 <= shard_index < shard_count:
       raise ValueError(f"SyntheticStream: shard_index must be in [0, {shard_count}), got {shard_index}")
-    self._config = dict(kind=STATE_KIND, batch_size=batch_size, seq_len=seq_len, vocab_size=vocab_size, seed=seed,
-                        shard_index=shard_index, shard_count=shard_count, target_fraction=target_fraction)
+    self._config = _StreamArgs(kind=STATE_KIND, batch_size=batch_size, seq_len=seq_len, vocab_size=vocab_size,
+                               seed=seed, shard_index=shard_index, shard_count=shard_count,
+                               target_fraction=target_fraction)
     self._position = 0
 
   def __iter__(self) -> SyntheticStream:

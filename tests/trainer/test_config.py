@@ -127,3 +127,13 @@ def test_the_model_group_takes_any_family_with_the_protocol():
   assert config.seq_len == 128 and isinstance(config.model.config, config_lib.ModelConfig)
   with pytest.raises(config_lib.ConfigError, match="max_position_embeddings=128"):
     _config(model=config_lib.ModelArgs(_OtherFamily()), data=_data(task_feature_lengths={"inputs": 100, "targets": 29}))
+
+
+def test_the_model_group_refuses_an_unhashable_config():
+
+  class Unhashable(_OtherFamily):
+    __hash__ = None  # as a dataclass that is not frozen has: no compiled step could be cached by it
+
+  assert isinstance(_OtherFamily(), config_lib.ModelConfig)
+  with pytest.raises(config_lib.ConfigError, match="ModelArgs.config: .*frozen dataclass"):
+    config_lib.ModelArgs(Unhashable())

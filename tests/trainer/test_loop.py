@@ -236,6 +236,29 @@ def test_a_batch_that_cannot_be_laid_out_on_the_mesh_is_named_before_anything_is
   loop._check_layout(config, types.SimpleNamespace(shape={"data": 2, "fsdp": 1, "tensor": 2}))
 
 
+def test_make_model_names_the_one_family_it_builds():
+
+  @dataclasses.dataclass(frozen=True)
+  class OtherFamily:  # has ModelConfig's members, so the config groups take it
+    max_position_embeddings: int = SEQ_LEN
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+
+    def num_params(self):
+      return 1
+
+    def flops_per_token(self, seq_len):
+      return 6.0
+
+    def to_hf(self):
+      return {"model_type": "other"}
+
+  assert isinstance(loop.make_model(TINY), opt_lib.OPT)
+  with pytest.raises(config_lib.ConfigError,
+                     match="ModelArgs.config: the trainer builds OPT models only .*OtherFamily"):
+    loop.make_model(config_lib.ModelArgs(OtherFamily()).config)
+
+
 def test_build_program_is_shared_by_runs_that_differ_only_outside_the_step(tmp_path):
   mesh = loop.partitioning.make_mesh(-1, 1, 1)
   program = loop.build_program(TINY, OPTIMIZER, ONE_PASS, 6, SEQ_LEN, mesh)

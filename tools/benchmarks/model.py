@@ -47,7 +47,7 @@ def _time_alternating(runs: dict[str, Callable[[], Any]], tokens_per_step: int, 
   for name, run in runs.items():
     for _ in range(warmup):
       outputs[name] = run()
-  times = {name: [] for name in runs}
+  times: dict[str, list[float]] = {name: [] for name in runs}
   for _ in range(steps):
     for name, run in runs.items():
       start = time.perf_counter()

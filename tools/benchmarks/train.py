@@ -23,9 +23,12 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # imported where used: JAX must not start before the memory fraction below is set
+  from optiml_jax.models import opt_config
 
 # On a GPU, JAX's pool takes 75% of memory by default; HF's run (first) hands its memory back before JAX
 # starts, so let JAX have what transformers may use.
@@ -59,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-def model_config(args: argparse.Namespace, dtype: str):
+def model_config(args: argparse.Namespace, dtype: str) -> opt_config.OPTConfig:
   from optiml_jax.models import opt as opt_lib  # pylint: disable=g-import-not-at-top
   overrides: dict[str, Any] = dict(dtype=dtype, param_dtype="float32", dropout=0.0, attention_dropout=0.0,
                                    remat_policy=args.remat, attention_impl=args.attention_impl,
@@ -142,8 +145,32 @@ def bench_hf(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
   from optiml_jax.trainer import metrics  # pylint: disable=g-import-not-at-top
 
   config = model_config(args, "float32")
-  hf_config = transformers.OPTConfig(**{k: v for k, v in config.to_hf().items() if k not in ("architectures",)})
   device = "cuda" if torch.cuda.is_available() else "cpu"
+  # The model, its optimizer and the step closure live in _time_hf_steps only: its return releases them.
+  step_s, warmup_s, loss = _time_hf_steps(args, config, device, autocast=dtype == "bfloat16")
+  peak = None
+  kind = "cpu"
+  if device == "cuda":
+    kind = torch.cuda.get_device_name(0)
+    peak = next(
+        (f for prefix, f in sorted(metrics.PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])) if kind.startswith(prefix)),
+        None)
+  result = _result("hf_torch_train" + ("_compiled" if args.hf_compile else ""), args, step_s, warmup_s, loss,
+                   config.flops_per_token(args.seq), peak, kind, dtype=dtype, torch=torch.__version__,
+                   transformers=transformers.__version__)
+  gc.collect()  # free the GPU memory the step held before empty_cache
+  if device == "cuda":
+    torch.cuda.empty_cache()
+  return result
+
+
+def _time_hf_steps(args: argparse.Namespace, config: opt_config.OPTConfig, device: str,
+                   autocast: bool) -> tuple[float, float, float]:
+  """(seconds per step, warmup seconds, last loss) of transformers' OPT training on `device`."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  hf_config = transformers.OPTConfig(**{k: v for k, v in config.to_hf().items() if k not in ("architectures",)})
   torch.manual_seed(0)
   model = transformers.AutoModelForCausalLM.from_config(hf_config, attn_implementation="sdpa").to(device)
   model.train()
@@ -153,7 +180,6 @@ def bench_hf(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
   ids = torch.from_numpy(token_batch(args.batch, args.seq, config.vocab_size)).to(device)
   inputs = ids[:, :-1]
   labels = ids[:, 1:].masked_fill(torch.from_numpy(loss_weights(args) == 0).to(device), -100)
-  autocast = dtype == "bfloat16"
   loss_fn = torch.nn.CrossEntropyLoss()
 
   def step():
@@ -180,21 +206,7 @@ def bench_hf(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
     loss = step()
   sync()
   step_s = (time.perf_counter() - started) / args.steps
-  peak = None
-  kind = "cpu"
-  if device == "cuda":
-    kind = torch.cuda.get_device_name(0)
-    peak = next(
-        (f for prefix, f in sorted(metrics.PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])) if kind.startswith(prefix)),
-        None)
-  result = _result("hf_torch_train" + ("_compiled" if args.hf_compile else ""), args, step_s, warmup_s,
-                   float(loss.detach()), config.flops_per_token(args.seq), peak, kind, dtype=dtype,
-                   torch=torch.__version__, transformers=transformers.__version__)
-  model = opt = step_model = None  # the step closure holds them: release the GPU memory before empty_cache
-  gc.collect()
-  if device == "cuda":
-    torch.cuda.empty_cache()
-  return result
+  return step_s, warmup_s, float(loss.detach())
 
 
 def main(argv: list[str] | None = None) -> int:
