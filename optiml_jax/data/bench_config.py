@@ -160,7 +160,8 @@ def _check_categories(path: str, key: str, values: Iterable[str], categories: Se
 
 
 def _normalized_map(path: str, key: str, mapping: Mapping[str, str]) -> dict[str, str]:
-  out, origin = {}, {}
+  out: dict[str, str] = {}
+  origin: dict[str, str] = {}  # normalized key -> the key as written
   for name, category in mapping.items():
     norm = normalize(name)
     if not norm:

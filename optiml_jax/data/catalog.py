@@ -214,9 +214,9 @@ def categorize(task: records.TaskSource, config: bench_config.BenchConfig) -> tu
     if raw.strip().lower() in by_lower:
       return by_lower[raw.strip().lower()], True
   if task.dataset:
-    category = _dataset_category(task.dataset, taxonomy.datasets)
-    if category:
-      return category, True
+    from_dataset = _dataset_category(task.dataset, taxonomy.datasets)
+    if from_dataset:
+      return from_dataset, True
   raw_keys = {bench_config.normalize(raw) for raw in task.categories}
   for keyword, category in taxonomy.keywords.items():
     if keyword in raw_keys:
@@ -284,7 +284,8 @@ def instance_text(instance: records.Instance) -> str:
 def _read_sources(sources: Iterable[records.TaskSource | records.Skipped], config: bench_config.BenchConfig,
                   progress: bool) -> tuple[list[tuple[records.TaskSource, int]], list[records.Skipped]]:
   """Counts every task's instances; unreadable, empty or duplicate tasks become `Skipped`."""
-  tasks, skipped, seen = [], [], {}
+  tasks, skipped = [], []
+  seen: dict[str, str] = {}  # task name -> the file it was first read from
   for item in tqdm.tqdm(sources, desc="reading tasks", unit="task", disable=not progress):
     if isinstance(item, records.Skipped):
       skipped.append(item)
@@ -336,7 +337,8 @@ def build(config: bench_config.BenchConfig, sources: Iterable[records.TaskSource
       records.task_name("sni", n) for n in sni_splits.get("test", ()) if config.held_out.sni_test_split)
   sni_train = frozenset(records.task_name("sni", n) for n in sni_splits.get("train", ()))
 
-  tasks, dropped, unmapped = [], [], {}
+  tasks, dropped = [], []
+  unmapped: dict[str, list[str]] = {}  # 'benchmark: dataset' -> its tasks given the fallback category
   for task, _ in read:
     if (config.held_out.sni_train == "split" and sni_splits and task.benchmark == "sni" and
         task.name not in sni_train | sni_test):

@@ -157,7 +157,7 @@ def audit(eval_texts: Mapping[str, Sequence[str]], train_texts: Iterable[tuple[s
     template_fraction: grams in more than this fraction of an eval task's instances are ignored.
   """
   index = EvalIndex(eval_texts, n, template_fraction)
-  found = []
+  found: list[Overlap] = []
   for train_task, texts in train_texts:
     found.extend(o for o in index.overlaps(train_task, texts) if o.eval_task != train_task and o.fraction > threshold)
   return found

@@ -51,8 +51,8 @@ def _reference_lists(targets: Sequence[Any], predictions: Sequence[Any]) -> list
                      "prediction per target")
   out = []
   for i, target in enumerate(targets):
-    refs = [target] if isinstance(target, (str, bytes)) else list(target)
-    refs = [r.decode("utf-8") if isinstance(r, bytes) else str(r) for r in refs]
+    raw = [target] if isinstance(target, (str, bytes)) else list(target)
+    refs = [r.decode("utf-8") if isinstance(r, bytes) else str(r) for r in raw]
     if not refs:
       raise ValueError(f"metrics: target {i} has no reference string; expected at least one")
     out.append(refs)
@@ -143,8 +143,8 @@ def rank_classification(targets: Sequence[tuple[Sequence[int], bool, float, int]
     rows.append(((int(idx[0]), int(idx[1])), bool(is_correct), float(weight), score))
   rows.sort(key=lambda r: r[0])
   correct = total = 0.0
-  for _, group in itertools.groupby(rows, key=lambda r: r[0][0]):
-    group = list(group)
+  for _, grouped in itertools.groupby(rows, key=lambda r: r[0][0]):
+    group = list(grouped)
     best = int(np.argmax([r[3] for r in group]))
     correct += group[best][1] * group[best][2]
     total += group[best][2]

@@ -263,7 +263,8 @@ class OptimlFeatureConverter(seqio.FeatureConverter):
       "inputs": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
       "targets": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
   }
-  MODEL_FEATURES: ClassVar[dict[str, seqio.FeatureConverter.FeatureSpec]] = {
+  # Not a ClassVar: the t5x adapter's unpacked converter (interop/t5x_model.py) sets its own per instance.
+  MODEL_FEATURES: Mapping[str, seqio.FeatureConverter.FeatureSpec] = {
       name: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32) for name in MODEL_FEATURE_NAMES
   }
   PACKING_FEATURE_DTYPES: ClassVar[dict[str, tf.DType]] = {name: tf.int32 for name in PACKING_FEATURE_NAMES}

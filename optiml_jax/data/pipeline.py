@@ -31,7 +31,7 @@ batches as were consumed) and logs a warning that the examples differ from an un
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, TypedDict
 
 import numpy as np
 import seqio
@@ -40,6 +40,24 @@ import tensorflow as tf
 from optiml_jax.data import packing
 
 STATE_VERSION = 1
+
+
+class _StreamArgs(TypedDict):
+  """A stream's arguments, as its state records them (a plain, JSON-able dict at run time)."""
+
+  name: str
+  split: str
+  feature_lengths: dict[str, int]
+  batch_size: int
+  seed: int
+  shard_index: int
+  shard_count: int
+  pack: bool
+  shuffle: bool
+  num_epochs: int | None
+  drop_remainder: bool
+  max_open_rows: int
+  window_size: int
 
 
 class BatchStream(Iterator[dict[str, np.ndarray]]):
@@ -71,7 +89,7 @@ class BatchStream(Iterator[dict[str, np.ndarray]]):
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not 0 <= shard_index < shard_count:
       raise ValueError(f"shard_index must be in [0, shard_count={shard_count}), got {shard_index}")
-    self._config = {
+    self._config: _StreamArgs = {
         "name": name,
         "split": split,
         "feature_lengths": {
@@ -139,9 +157,10 @@ class BatchStream(Iterator[dict[str, np.ndarray]]):
       raise ValueError(f"stream state version {state.get('version')!r} is not {STATE_VERSION}")
     if "batches_consumed" not in state or int(state["batches_consumed"]) < 0:
       raise ValueError(f"stream state lacks a valid 'batches_consumed': {state.get('batches_consumed')!r}")
-    differing = sorted(k for k, v in self._config.items() if _normalized(state.get(k)) != _normalized(v))
+    config: Mapping[str, Any] = self._config  # looked up by the names the saved state has
+    differing = sorted(k for k, v in config.items() if _normalized(state.get(k)) != _normalized(v))
     if differing:
-      details = ", ".join(f"{k}: saved {state.get(k)!r}, this stream {self._config[k]!r}" for k in differing)
+      details = ", ".join(f"{k}: saved {state.get(k)!r}, this stream {config[k]!r}" for k in differing)
       raise ValueError(f"stream state is from a different stream ({details})")
     self._batches = int(state["batches_consumed"])
     self._iterator = None  # rebuilt, skipping the consumed batches, on the next `next`

@@ -117,7 +117,8 @@ def read(tokenizer_dir: str | os.PathLike) -> SpecialTokens:
     if token not in vocab:
       raise ValueError(f"{vocab_path}: special token {token!r} ({role}) is not in the vocabulary")
     ids[f"{role}_id"] = int(vocab[token])
-  return SpecialTokens(**tokens, **ids)
+  return SpecialTokens(bos=tokens["bos"], eos=tokens["eos"], pad=tokens["pad"], unk=tokens["unk"], bos_id=ids["bos_id"],
+                       eos_id=ids["eos_id"], pad_id=ids["pad_id"], unk_id=ids["unk_id"])
 
 
 OPT = read(OPT_TOKENIZER_DIR)  # read once, when the module is first imported

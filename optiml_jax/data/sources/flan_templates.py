@@ -147,7 +147,9 @@ def format_example(spec: DatasetTemplates, template: Template, example: Mapping[
   except (KeyError, IndexError, ValueError, TypeError) as e:
     raise records.SourceError(spec.tfds_name,
                               f"cannot read example for template {template.name!r}: {type(e).__name__}: {e}") from e
-  answers = tuple(a for a in fields.answers if a) if fields is not None else ()
+  if fields is None:
+    return None
+  answers = tuple(a for a in fields.answers if a)
   if not answers:
     return None
   values = dict(fields.text)

@@ -107,7 +107,7 @@ def _normalize(name: str) -> str:
 
 def _known_prefixes() -> list[tuple[str, str, str]]:
   """(normalized prefix, dataset key, dataset), longest prefix first."""
-  prefixes = []
+  prefixes: list[tuple[str, str, str]] = []
   for dataset, subsets in P3_DATASETS.items():
     if subsets:
       prefixes.extend((_normalize(f"{dataset}_{s}"), f"{dataset}/{s}", dataset) for s in subsets)
