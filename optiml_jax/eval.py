@@ -24,7 +24,7 @@ import json
 import logging
 import pathlib
 import sys
-from typing import Any, Sequence
+from typing import Any, Sequence, overload
 
 import gin
 import jax
@@ -109,6 +109,16 @@ def _baseline_report(baseline_path: str, evaluate_one, out_dir: pathlib.Path) ->
   return report
 
 
+@overload
+def _as_list(value: str | Sequence[str]) -> list[str]:
+  ...
+
+
+@overload
+def _as_list(value: None) -> None:
+  ...
+
+
 def _as_list(value: str | Sequence[str] | None) -> list[str] | None:
   """A gin value given as one string (`--gin.TASKS=bigbench:*`) becomes a one-element list."""
   if value is None:
@@ -167,7 +177,10 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
       "share_prompts": share_prompts,
       "checkpoint_problems": problems
   }
-  mesh = partitioning.make_mesh(*mesh_shape)
+  if len(mesh_shape) != 3:
+    raise ConfigError(f"evaluate.mesh_shape: expected (data, fsdp, tensor), got {mesh_shape!r}")
+  data, fsdp, tensor = mesh_shape
+  mesh = partitioning.make_mesh(data, fsdp, tensor)
   overrides = {"dtype": dtype} if dtype else {}
 
   def evaluate_one(checkpoint: evaluator.Checkpoint, target: pathlib.Path, name: str = label) -> report_lib.Report:
@@ -199,12 +212,13 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
   if not reports:
     raise evaluator.CheckpointError(f"{checkpoint_path}: no checkpoint could be read: " + "; ".join(problems))
   if len(checkpoints) > 1 and jax.process_index() == 0:
-    (out / "steps.md").write_text(report_lib.steps_table(reports) + "\n", encoding="utf-8")
+    by_step = {s: r for s, r in reports.items() if s is not None}  # several checkpoints: a MODEL_DIR's steps
+    (out / "steps.md").write_text(report_lib.steps_table(by_step) + "\n", encoding="utf-8")
     (out / STEPS_FILE).write_text(
         json.dumps({
-            str(s): r["levels"] for s, r in reports.items()
+            str(s): r["levels"] for s, r in by_step.items()
         }, indent=1) + "\n", encoding="utf-8")
-    print(f"\n{report_lib.steps_table(reports)}")
+    print(f"\n{report_lib.steps_table(by_step)}")
   all_results = [r for rep in reports.values() for t in rep["tasks"].values() for r in t["shots"].values()]
   return Summary(outputs=outputs, evaluated=sum(1 for r in all_results if r["error"] is None),
                  failed=sum(1 for r in all_results if r["error"] is not None), problems=problems)

@@ -24,7 +24,7 @@ import contextlib
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any, Callable, Hashable, Sequence, TypeVar
 
 import flax.linen as nn
 import jax
@@ -37,6 +37,10 @@ from optiml_jax.models import partitioning
 DEFAULT_BATCH_SIZE = 32  # rows per batch (scoring: prompt + one option; decoding: one prompt)
 MIN_BUCKET = 16  # shortest padded row length
 PIPELINE_DEPTH = 2  # batches in flight on the device while the host prepares the next one
+
+# The token ids of one prompt or option as callers pass them: a list or a numpy array (read with np.asarray).
+TokenIds = np.ndarray | Sequence[int]
+BatchT = TypeVar("BatchT")  # what a batch plan lists per batch (`run_batches`)
 
 
 @dataclasses.dataclass
@@ -113,7 +117,8 @@ def plan_batches(lengths: Sequence[int], groups: Sequence[Hashable], batch_size:
   for i, group in enumerate(groups):
     members[group].append(i)
   ordered = sorted(members.values(), key=lambda rows: -max(lengths[i] for i in rows))
-  batches, current = [], []
+  batches: list[list[int]] = []
+  current: list[int] = []
   for rows in ordered:
     if current and len(current) + len(rows) > batch_size:
       batches.append(current)
@@ -127,7 +132,8 @@ def plan_batches(lengths: Sequence[int], groups: Sequence[Hashable], batch_size:
   return batches
 
 
-def pad_rows(arrays: Sequence[Sequence[Any]], rows: int, length: int, dtype: Any, fill: Any = 0) -> np.ndarray:
+def pad_rows(arrays: Sequence[np.ndarray | Sequence[Any]], rows: int, length: int, dtype: Any,
+             fill: Any = 0) -> np.ndarray:
   """[rows, length] array: arrays[i] left-aligned in row i, `fill` elsewhere (padding rows included)."""
   out = np.full((rows, length), fill, dtype)
   for i, array in enumerate(arrays):
@@ -203,8 +209,8 @@ def jit(fn: Callable[..., Any], mesh: jax.sharding.Mesh | None, **kwargs: Any) -
   return jax.jit(fn, **kwargs)
 
 
-def run_batches(plan: Sequence[Sequence[int]], dispatch: Callable[[Sequence[int]], Any],
-                collect: Callable[[Sequence[int], Any], int], progress: tqdm.tqdm) -> None:
+def run_batches(plan: Sequence[BatchT], dispatch: Callable[[BatchT], Any], collect: Callable[[BatchT, Any], int],
+                progress: tqdm.tqdm) -> None:
   """Dispatches batches ahead of collecting them (PIPELINE_DEPTH in flight), so that the host prepares
   the next batch while the device computes; `collect` returns how far to advance `progress`."""
   pending: collections.deque = collections.deque()

@@ -92,7 +92,7 @@ def _generate_step(model: nn.Module, mesh: jax.sharding.Mesh | None) -> Callable
                       static_argnames=("cache_length", "max_new_tokens", "eos_id"))
 
 
-def greedy_decode(model: nn.Module, params: Any, prompt_tokens: Sequence[Sequence[int]],
+def greedy_decode(model: nn.Module, params: Any, prompt_tokens: Sequence[batching.TokenIds],
                   max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, eos_id: int = EOS_ID, *,
                   batch_size: int = batching.DEFAULT_BATCH_SIZE, max_length: int | None = None,
                   mesh: jax.sharding.Mesh | None = None, stats: batching.InferenceStats | None = None,
@@ -121,9 +121,9 @@ def greedy_decode(model: nn.Module, params: Any, prompt_tokens: Sequence[Sequenc
   stats = stats if stats is not None else batching.InferenceStats()
   params = batching.place_params(model, params, mesh)
   limit = max_length - max_new_tokens
-  prompts = []
-  for i, prompt in enumerate(prompt_tokens):
-    prompt = np.asarray(prompt, np.int32).reshape(-1)
+  prompts: list[np.ndarray] = []
+  for i, prompt_ids in enumerate(prompt_tokens):
+    prompt = np.asarray(prompt_ids, np.int32).reshape(-1)
     if prompt.size == 0:
       raise ValueError(f"greedy_decode: prompt of example {i} is empty; expected at least one token "
                        "(OPT's BOS </s> = 2)")

@@ -240,7 +240,7 @@ def evaluate_task(spec: EvalTask, scorer: inference.Scorer, max_new_tokens: int 
     instances, rows = count_rows(task, spec.max_instances)
     if instances == 0:
       raise ValueError(f"task {spec.task}: the {EVAL_SPLIT!r} split of {spec.seqio_name} is empty")
-    loggers = ()
+    loggers: tuple[type[seqio.Logger], ...] = ()
     if log_dir is not None:
       pathlib.Path(log_dir).mkdir(parents=True, exist_ok=True)
       loggers = (seqio.JSONLogger,)

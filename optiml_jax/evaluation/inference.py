@@ -79,19 +79,19 @@ def left_truncate(row: ScoreRow, max_length: int) -> tuple[ScoreRow, bool]:
   return ScoreRow(row.inputs[-max_length:], row.targets[-max_length:], row.weights[-max_length:], row.group), True
 
 
-def option_rows(prompt_tokens: Sequence[Sequence[int]],
-                options_tokens: Sequence[Sequence[Sequence[int]]]) -> list[ScoreRow]:
+def option_rows(prompt_tokens: Sequence[batching.TokenIds],
+                options_tokens: Sequence[Sequence[batching.TokenIds]]) -> list[ScoreRow]:
   """One ScoreRow per (example, option): the prompt read as context, the option's tokens scored."""
   if len(prompt_tokens) != len(options_tokens):
     raise ValueError(f"score_options: {len(prompt_tokens)} prompts but {len(options_tokens)} option lists")
   rows = []
-  for i, (prompt, options) in enumerate(zip(prompt_tokens, options_tokens)):
-    prompt = np.asarray(prompt, np.int32).reshape(-1)
+  for i, (prompt_ids, options) in enumerate(zip(prompt_tokens, options_tokens)):
+    prompt = np.asarray(prompt_ids, np.int32).reshape(-1)
     if prompt.size == 0:
       raise ValueError(f"score_options: prompt of example {i} is empty; expected at least one token "
                        "(OPT's BOS </s> = 2)")
-    for j, option in enumerate(options):
-      option = np.asarray(option, np.int32).reshape(-1)
+    for j, option_ids in enumerate(options):
+      option = np.asarray(option_ids, np.int32).reshape(-1)
       if option.size == 0:
         raise ValueError(f"score_options: option {j} of example {i} is empty; expected at least one token")
       tokens = np.concatenate([prompt, option])
@@ -196,8 +196,8 @@ def score_rows(model: nn.Module, params: Any, rows: Sequence[ScoreRow], length_n
   return [float(s) for s in sums]
 
 
-def score_options(model: nn.Module, params: Any, prompt_tokens: Sequence[Sequence[int]],
-                  options_tokens: Sequence[Sequence[Sequence[int]]], length_normalize: bool = False, *,
+def score_options(model: nn.Module, params: Any, prompt_tokens: Sequence[batching.TokenIds],
+                  options_tokens: Sequence[Sequence[batching.TokenIds]], length_normalize: bool = False, *,
                   batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None,
                   mesh: jax.sharding.Mesh | None = None, stats: InferenceStats | None = None, progress: bool = False,
                   desc: str = "scoring", share_prompts: bool = True) -> list[list[float]]:
@@ -356,12 +356,13 @@ class Scorer:
     return dict(batch_size=self.batch_size, max_length=self.max_length, mesh=self.mesh, stats=self.stats,
                 progress=self.progress)
 
-  def score_options(self, prompt_tokens: Sequence[Sequence[int]], options_tokens: Sequence[Sequence[Sequence[int]]],
+  def score_options(self, prompt_tokens: Sequence[batching.TokenIds],
+                    options_tokens: Sequence[Sequence[batching.TokenIds]],
                     length_normalize: bool = False) -> list[list[float]]:
     return score_options(self.model, self.params, prompt_tokens, options_tokens, length_normalize,
                          share_prompts=self.share_prompts, **self._settings())
 
-  def greedy_decode(self, prompt_tokens: Sequence[Sequence[int]], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+  def greedy_decode(self, prompt_tokens: Sequence[batching.TokenIds], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                     eos_id: int = EOS_ID) -> list[list[int]]:
     return greedy_decode(self.model, self.params, prompt_tokens, max_new_tokens, eos_id, **self._settings())
 

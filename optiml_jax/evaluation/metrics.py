@@ -61,6 +61,6 @@ def headline_metric(kind: str, values: Mapping[str, float], length_normalize: bo
   name = HEADLINE_METRICS.get(kind)
   if name == "accuracy" and length_normalize:
     name = "accuracy_norm"
-  if name in values:
+  if name is not None and name in values:
     return name
   return next(iter(values), "")

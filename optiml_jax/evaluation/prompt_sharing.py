@@ -66,7 +66,9 @@ def split_group(rows: Sequence[Any], indices: Sequence[int], max_length: int) ->
 def plan_group_batches(groups: Sequence[SharedGroup], batch_size: int) -> list[list[int]]:
   """Group indices per batch: at most `batch_size` rows in all, longest prefix + continuation first."""
   order = sorted(range(len(groups)), key=lambda g: -(len(groups[g].prefix) + max(len(x) for x in groups[g].inputs)))
-  batches, current, rows = [], [], 0
+  batches: list[list[int]] = []
+  current: list[int] = []
+  rows = 0
   for g in order:
     n = len(groups[g].rows)
     if current and rows + n > batch_size:
