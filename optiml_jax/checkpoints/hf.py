@@ -89,18 +89,21 @@ def read_hf_weights(hf_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, str]
   """Tensors of a Hugging Face folder and the file each came from (safetensors preferred, index or not)."""
   hf_dir = pathlib.Path(hf_dir)
   for single, index in ((SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME), (TORCH_WEIGHTS_NAME, TORCH_WEIGHTS_INDEX_NAME)):
+    files: Mapping[str, list[str] | None]  # file -> the tensors its index lists (None: a single file, all)
     if (hf_dir / single).is_file():
       files = {single: None}
     elif (hf_dir / index).is_file():
       weight_map = fileio.read_json(hf_dir / index).get("weight_map")
       if not isinstance(weight_map, dict) or not weight_map:
         raise layout.ConversionError(f"{hf_dir / index}: expected a non-empty 'weight_map' of tensor name -> file")
-      files = {}
+      listed: dict[str, list[str]] = {}
       for key, name in weight_map.items():
-        files.setdefault(name, []).append(key)
+        listed.setdefault(name, []).append(key)
+      files = listed
     else:
       continue
-    state, origin = {}, {}
+    state: dict[str, np.ndarray] = {}
+    origin: dict[str, str] = {}  # tensor name -> the file it came from
     for name, keys in files.items():
       tensors = _read_weight_file(hf_dir / name)
       for key in keys or ():
@@ -151,7 +154,9 @@ def parse_size(size: int | str) -> int:
 
 def _shards(state: Mapping[str, np.ndarray], max_bytes: int) -> list[dict[str, np.ndarray]]:
   """Tensors in order, cut into groups of at most `max_bytes` (a larger tensor gets a group of its own)."""
-  shards, current, size = [], {}, 0
+  shards: list[dict[str, np.ndarray]] = []
+  current: dict[str, np.ndarray] = {}
+  size = 0
   for key, value in state.items():
     if current and size + value.nbytes > max_bytes:
       shards.append(current)

@@ -46,7 +46,7 @@ def _has_final_layer_norm(config: opt_lib.OPTConfig) -> bool:
 def _layer_table(config: opt_lib.OPTConfig) -> dict[tuple[str, ...], tuple[str, tuple[int, ...]]]:
   """Parameters of one decoder layer: Flax path -> (HF name inside `layers.{i}.`, Flax shape)."""
   hidden, ffn = config.hidden_size, config.ffn_dim
-  table = {}
+  table: dict[tuple[str, ...], tuple[str, tuple[int, ...]]] = {}
 
   def linear(path: tuple[str, ...], d_in: int, d_out: int) -> None:
     table[path + ("kernel",)] = (".".join(path) + ".weight", (d_in, d_out))
@@ -66,8 +66,8 @@ def _layer_table(config: opt_lib.OPTConfig) -> dict[tuple[str, ...], tuple[str, 
 
 def _top_table(config: opt_lib.OPTConfig) -> dict[tuple[str, ...], tuple[str, tuple[int, ...]]]:
   """Parameters outside the layers: Flax path -> (HF name after `model.decoder.`, Flax shape)."""
-  hidden, proj = config.hidden_size, config.word_embed_proj_dim
-  table = {
+  hidden, proj = config.hidden_size, config.embed_dim
+  table: dict[tuple[str, ...], tuple[str, tuple[int, ...]]] = {
       ("embed_tokens", "embedding"): ("embed_tokens.weight", (config.vocab_size, proj)),
       ("embed_positions", "embedding"): ("embed_positions.weight", (config.max_position_embeddings + 2, hidden)),
   }

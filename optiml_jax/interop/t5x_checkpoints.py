@@ -61,9 +61,11 @@ def find_state_item(path: str | pathlib.Path) -> pathlib.Path:
     return path
   if (path / STATE_ITEM).is_dir():
     return path / STATE_ITEM
-  steps = [p for p in path.iterdir() if _STEP_DIR.fullmatch(p.name) and (p / STATE_ITEM).is_dir()]
+  steps = [
+      (int(m.group(1)), p) for p in path.iterdir() if (m := _STEP_DIR.fullmatch(p.name)) and (p / STATE_ITEM).is_dir()
+  ]
   if steps:
-    return max(steps, key=lambda p: int(_STEP_DIR.fullmatch(p.name).group(1))) / STATE_ITEM
+    return max(steps, key=lambda step: step[0])[1] / STATE_ITEM
   raise layout.ConversionError(f"{path}: not a t5x checkpoint (expected {STATE_ITEM}/, "
                                f"{STEP_PREFIX}_<step>/{STATE_ITEM}/ or a MODEL_DIR holding them)")
 
@@ -122,7 +124,8 @@ def stack_layers(params: Mapping[str, Any]) -> dict[str, Any]:
   """`layers_0/...`, `layers_1/...` (unscanned) -> `layers/...` stacked on a leading axis, in layer order,
   as gin/t5x/ builds the model (scan_layers=True); an already stacked tree is returned as it is."""
   params = dict(layout.unwrap(params))
-  names = sorted((k for k in params if _LAYER.fullmatch(k)), key=lambda k: int(_LAYER.fullmatch(k).group(1)))
+  numbered = [(int(m.group(1)), k) for k in params if (m := _LAYER.fullmatch(k))]
+  names = [k for _, k in sorted(numbered, key=lambda layer: layer[0])]
   if not names:
     return params
   stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *[params.pop(k) for k in names])

@@ -157,8 +157,8 @@ def learning_rate_fn(total_steps: int, learning_rate: float = 5e-5, warmup_steps
 
 
 def logical_axis_rules(
-    fsdp: bool = True,
-    rules: partitioning.LogicalRules = partitioning.LOGICAL_AXIS_RULES) -> tuple[tuple[str, str | None], ...]:
+    fsdp: bool = True, rules: partitioning.LogicalRules = partitioning.LOGICAL_AXIS_RULES
+) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
   """Our rule table on t5x's ("data", "model") mesh.
 
   "data" and "fsdp" both become "data", "tensor" becomes "model". With `fsdp` the weights' "embed" axis
@@ -173,7 +173,8 @@ def logical_axis_rules(
     if unknown:
       raise ValueError(f"logical axis {name!r}: mesh axes {unknown} have no t5x counterpart "
                        f"(known: {sorted(mapping)})")
-    renamed = tuple(dict.fromkeys(mapping[a] for a in axes if mapping[a] is not None))
+    targets = [mapping[a] for a in axes]
+    renamed = tuple(dict.fromkeys(t for t in targets if t is not None))
     out.append((name, renamed[0] if len(renamed) == 1 else (renamed or None)))
   return tuple(out)
 

@@ -81,7 +81,10 @@ def rank_classification_task(task_name: str) -> str:
   if entry.kind != records.MULTIPLE_CHOICE:
     raise ValueError(f"task {task_name!r} is {entry.kind!r}, not {records.MULTIPLE_CHOICE!r}: it has no "
                      "answer candidates to rank (use generation_task)")
-  return eval_tasks.register_score_eval_task(task).name
+  companion = eval_tasks.register_score_eval_task(task)
+  if companion is None:  # what _base_task checks first: None only without an evaluation split
+    raise ValueError(f"task {task_name!r} has no {registry.EVAL_SPLIT!r} split (no evaluation instances)")
+  return companion.name
 
 
 def generation_task(task_name: str) -> str:
