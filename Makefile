@@ -10,7 +10,7 @@ TEST_STAMP := $(VENV)/.installed-test
 # disk). The test extra's range (setup.py) admits it, so pip installs nothing more for torch.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install install-test quickstart test test-all clean
+.PHONY: install install-test quickstart lint format test test-all clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,12 +33,24 @@ install-test: $(TEST_STAMP)
 quickstart: install
 	$(PY) -m optiml_jax.quickstart --workdir=quickstart_out
 
+# The formatter (yapf, Google style), the linter (ruff) and the type checker (mypy); `make format` fixes
+# what the first two can.
+LINTED := optiml_jax tests tools setup.py
+lint: install-test
+	$(PY) -m yapf --diff --recursive --parallel $(LINTED)
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m mypy optiml_jax tools setup.py
+
+format: install-test
+	$(PY) -m yapf --in-place --recursive --parallel $(LINTED)
+	$(PY) -m ruff check --fix $(LINTED)
+
 # PYTEST_ARGS: extra pytest flags, e.g. --runslow (what CI passes) or -k PATTERN.
-test: install-test
+test: lint
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 
 # Also the tests marked `slow`.
-test-all: install-test
+test-all: lint
 	$(PY) -m pytest -q --runslow tests
 
 clean:

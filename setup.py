@@ -33,6 +33,10 @@ TEST_REQUIRES = [
     "pytest>=8.0",
     "pytest-timeout>=2.3",
     "torch>=2.4,<=2.13.0",  # any 2.x with OPT works
+    # `make lint` (part of `make test`): pinned, so a new release cannot turn a clean tree red.
+    "yapf==0.43.0",  # the formatter, Google style (setup.cfg [yapf])
+    "ruff==0.17.6",  # the linter (ruff.toml)
+    "mypy==2.4.1",  # the type checker (setup.cfg [mypy])
 ]
 
 # The repository keeps its gin files and bench definitions at its top level (gin/, tasks/); the wheel ships
