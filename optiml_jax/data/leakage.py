@@ -4,7 +4,7 @@ Where it sits: `catalog.build` assigns roles, then gives this module the evaluat
 held-out task and the training stream of every training task; pairs that overlap too much are resolved
 by the configured policy before sampling rates are computed. Plain strings in, plain records out.
 
-Overlap measure (README-ready wording):
+Overlap measure (as docs/bench.md states it):
   Text is lower-cased and split into words (maximal runs of letters, digits and `_`); an instance's text
   is its input followed by its targets. G(x) is the set of word 13-grams of x. For an evaluation task E
   with evaluation instances e_1..e_m, a 13-gram is *template text* of E when it occurs in at least 2 and

@@ -2,8 +2,8 @@
 `t5x.eval` (rank-classification scores checked against our model) and `t5x.infer` (greedy decoding checked
 against ours), plus checkpoints converted both ways.
 
-Needs t5x: importable already, or checkouts of t5x, airio and jestimator under $OPTIML_T5X_DIR (README,
-"Using t5x"); skipped otherwise. The t5x runs are subprocesses of 15-60 s on two CPU cores, so they are
+Needs t5x: importable already, or checkouts of t5x, airio and jestimator under $OPTIML_T5X_DIR (docs/t5x.md,
+"Installing t5x from source"); skipped otherwise. The t5x runs are subprocesses of 15-60 s on two CPU cores, so they are
 marked slow (`pytest --runslow`); the gin files of every size are checked without --runslow.
 """
 
@@ -60,7 +60,7 @@ def _t5x_pythonpath() -> str | None:
 PYTHONPATH = _t5x_pythonpath()
 pytestmark = pytest.mark.skipif(
     PYTHONPATH is None, reason=f"t5x is not importable: set {T5X_ENV} to a folder "
-    "holding checkouts of t5x, airio and jestimator (README, 'Using t5x')")
+    "holding checkouts of t5x, airio and jestimator (docs/t5x.md)")
 
 # Parses a training gin file as `t5x.train` does and builds the train state's shapes and partitioning
 # (jax.eval_shape: nothing is allocated).

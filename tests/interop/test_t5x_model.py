@@ -1,8 +1,8 @@
 """Tests of optiml_jax.interop.t5x_model inside t5x's DecoderOnlyModel: features, scoring, greedy decoding
 with the cache, several decodes per example, axis rules and the optimizer.
 
-Needs t5x: importable already, or checkouts of t5x, airio and jestimator under $OPTIML_T5X_DIR (README,
-"Using t5x"); skipped otherwise.
+Needs t5x: importable already, or checkouts of t5x, airio and jestimator under $OPTIML_T5X_DIR (docs/t5x.md,
+"Installing t5x from source"); skipped otherwise.
 """
 
 import functools
@@ -30,7 +30,7 @@ def _add_t5x_checkouts() -> None:
 _add_t5x_checkouts()
 t5x_models = pytest.importorskip(
     "t5x.models", reason=f"t5x is not importable: set {T5X_ENV} to a folder holding checkouts of t5x, airio and "
-    "jestimator (README, 'Using t5x')")
+    "jestimator (docs/t5x.md)")
 
 from t5x import decoding  # pylint: disable=g-import-not-at-top,wrong-import-position
 from t5x import optimizers as t5x_optimizers  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU benchmarks of README "Benchmarks", in one call: ours and the Hugging Face PyTorch anchor, same card.
+# The GPU benchmarks of docs/benchmarks.md, in one call: ours and the Hugging Face PyTorch anchor, same card.
 #
 # Where it sits: a developer tool for a session that is lent one GPU for a few minutes. It runs, one process
 # each (so neither framework holds memory the other needs):
