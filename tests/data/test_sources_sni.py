@@ -174,6 +174,22 @@ def test_list_definition_is_joined(tmp_path):
     ("task018_badexample.json", json.dumps(_task(**{"Positive Examples": [{
         "input": "a"
     }]})).encode(), "Positive Examples[0]: missing required field 'output'"),
+    ("task019_optionswithoutanswer.json",
+     json.dumps(_task(Instances=[{
+         "input": "a",
+         "output": ["b"],
+         "options": ["c", "d"]
+     }])).encode(), "Instances[0].options: none of ['c', 'd'] is a reference output ['b']"),
+    ("task020_someoptions.json",
+     json.dumps(
+         _task(Instances=[{
+             "input": "a",
+             "output": ["b"],
+             "options": ["b", "c"]
+         }, {
+             "input": "c",
+             "output": ["d"]
+         }])).encode(), "1 of 2 instances have 'options'"),
 ])
 def test_bad_files_are_skipped_with_the_field(tmp_path, name, content, expected):
   _write(tmp_path / "task001_good.json", _task())
@@ -189,3 +205,21 @@ def test_bad_files_are_skipped_with_the_field(tmp_path, name, content, expected)
 def test_missing_folder(tmp_path):
   with pytest.raises(FileNotFoundError, match="does_not_exist"):
     list(sni.iter_tasks(tmp_path / "does_not_exist"))
+
+
+def test_instances_with_options_make_a_multiple_choice_task(tmp_path):
+  instances = [{
+      "id": "x-1",
+      "input": "Is 1 odd?",
+      "output": ["yes"],
+      "options": ["yes", "no"]
+  }, {
+      "id": "x-2",
+      "input": "Is 2 odd?",
+      "output": ["no"],
+      "options": ["yes", "no"]
+  }]
+  task = sni.read_task(_write(tmp_path / "task900_mc.json", _task(Instances=instances)))
+  assert task.kind == records.MULTIPLE_CHOICE
+  assert [(i.targets, i.options) for i in task.instances()] == [(("yes",), ("yes", "no")), (("no",), ("yes", "no"))]
+  assert sni.read_task(_write(tmp_path / "task901_gen.json", _task())).kind == records.GENERATION

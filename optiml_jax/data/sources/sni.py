@@ -12,7 +12,9 @@ Task JSON fields read (SNI v2; older files are accepted too):
   Categories         -> `categories`. Optional.
   Source             -> `dataset` (the de-duplication key; several sources are joined with "+"); the task's
                      own name when absent.
-SNI tasks carry no answer candidates, so `options` stay empty and the kind is "generation".
+  options            per instance, optional: a list of answer candidates including a reference output (not an
+                     SNI field; the toy bench writes it). A task whose every instance has options is
+                     "multiple_choice" (rank classification); without options (all of SNI) it is "generation".
 
 The whole JSON of one task is parsed and validated by `read_task` (a malformed file raises
 `records.SourceError` naming the field; `iter_tasks` turns it into `records.Skipped`); the record keeps only
@@ -58,7 +60,10 @@ def _instance(obj: Any, path: str, where: str, default_id: str) -> records.Insta
   text = jsonl.as_text(jsonl.required(obj, "input", path, where), path, f"{where}.input")
   outputs = jsonl.as_text_list(jsonl.required(obj, "output", path, where), path, f"{where}.output")
   instance_id = jsonl.as_text(obj["id"], path, f"{where}.id") if "id" in obj else default_id
-  return records.Instance(id=instance_id, input=text, targets=outputs)
+  options = jsonl.as_text_list(obj["options"], path, f"{where}.options") if "options" in obj else ()
+  if options and not set(options) & set(outputs):
+    raise records.SourceError(path, f"{where}.options: none of {list(options)} is a reference output {list(outputs)}")
+  return records.Instance(id=instance_id, input=text, targets=outputs, options=options)
 
 
 def _instances(task: dict[str, Any], path: str, local_name: str) -> Iterator[records.Instance]:
@@ -87,8 +92,12 @@ def read_task(path: str | os.PathLike, benchmark: str = BENCHMARK) -> records.Ta
   task = jsonl.load_json(path)
   definition = _definition(task, path)
   instances = jsonl.required_list(task, "Instances", path, "task", "instance")
-  for _ in _instances({"Instances": instances}, path, local_name):
-    pass  # Validates every instance now, so a bad one is reported when the catalog is built.
+  # Validates every instance now, so a bad one is reported when the catalog is built.
+  with_options = sum(1 for i in _instances({"Instances": instances}, path, local_name) if i.options)
+  if 0 < with_options < len(instances):
+    raise records.SourceError(
+        path, f"field 'Instances': {with_options} of {len(instances)} instances have 'options'; a multiple-choice "
+        "task needs them on every instance")
   positives = task.get("Positive Examples", [])
   if not isinstance(positives, list):
     raise records.SourceError(path, f"field 'Positive Examples': expected a list, got {type(positives).__name__}")
@@ -103,7 +112,7 @@ def read_task(path: str | os.PathLike, benchmark: str = BENCHMARK) -> records.Ta
       definition=definition,
       demonstrations=demonstrations,
       path=path,
-      kind=records.GENERATION,
+      kind=records.MULTIPLE_CHOICE if with_options else records.GENERATION,
       open_instances=lambda: _stream(path, local_name),
       format=FORMAT,
   )
