@@ -123,13 +123,16 @@ def rank_classification(targets: Sequence[tuple[Sequence[int], bool, float, int]
   Returns:
     {"accuracy": 100 * weighted fraction of instances whose best-scoring option is correct} (key
     "accuracy_norm" when normalised). Ties go to the first option; an instance with several correct
-    options counts as right when any of them wins.
+    options counts as right when any of them wins. Without normalisation also "chance": 100 * the weighted
+    mean over instances of (correct options / options), the expected accuracy of a uniform guess (the report's
+    chance baseline); only once, as seqio refuses a key that two metric functions of a Task both return.
   """
   if len(targets) != len(scores):
     raise ValueError(f"rank_classification: {len(targets)} targets but {len(scores)} scores")
   key = "accuracy_norm" if normalize_by_target_length else "accuracy"
+  chance_key = () if normalize_by_target_length else ("chance",)
   if not targets:
-    return {key: float("nan")}
+    return {k: float("nan") for k in (key, *chance_key)}
   rows = []
   for target, score in zip(targets, scores):
     if len(target) != 4:
@@ -142,13 +145,16 @@ def rank_classification(targets: Sequence[tuple[Sequence[int], bool, float, int]
       score /= length
     rows.append(((int(idx[0]), int(idx[1])), bool(is_correct), float(weight), score))
   rows.sort(key=lambda r: r[0])
-  correct = total = 0.0
+  correct = total = chance = 0.0
   for _, grouped in itertools.groupby(rows, key=lambda r: r[0][0]):
     group = list(grouped)
     best = int(np.argmax([r[3] for r in group]))
     correct += group[best][1] * group[best][2]
     total += group[best][2]
-  return {key: 100.0 * correct / total if total else float("nan")}
+    chance += group[best][2] * sum(r[1] for r in group) / len(group)
+  if not total:
+    return {k: float("nan") for k in (key, *chance_key)}
+  return {key: 100.0 * correct / total, **{k: 100.0 * chance / total for k in chance_key}}
 
 
 def rank_classification_length_normalized(targets: Sequence[tuple[Sequence[int], bool, float, int]],

@@ -69,9 +69,15 @@ def test_rank_classification_argmax_ties_multiple_answers_weights_and_normalizat
       _row(2, 1, True, 1)
   ]
   scores = [-6.0, -3.0, -2.0, -2.0, -1.0, -5.0, -4.0]
-  assert metrics.rank_classification(targets, scores) == {"accuracy": pytest.approx(100 * 2 / 3)}
+  # Chance: 1/2, 1/2 and 2/3 of the options are right.
+  chance = pytest.approx(100 * (1 / 2 + 1 / 2 + 2 / 3) / 3)
+  assert metrics.rank_classification(targets, scores) == {"accuracy": pytest.approx(100 * 2 / 3), "chance": chance}
+  # Only once: seqio refuses a metric key that two metric functions of one Task both return.
   assert metrics.rank_classification_length_normalized(targets, scores) == {"accuracy_norm": pytest.approx(100.0)}
   weighted = [_row(i, j, c, n, 2.0 if i == 2 else 1.0) for (i, j), c, _, n in targets]
-  assert metrics.rank_classification(weighted, scores)["accuracy"] == pytest.approx(100 * 3 / 4)
+  assert metrics.rank_classification(weighted, scores) == {
+      "accuracy": pytest.approx(100 * 3 / 4),
+      "chance": pytest.approx(100 * (1 / 2 + 1 / 2 + 2 * 2 / 3) / 4)
+  }
   with pytest.raises(ValueError, match=r"\(idx, is_correct, weight, length\)"):
     metrics.rank_classification([((0, 0), True, 1.0)], [0.0])

@@ -156,6 +156,9 @@ def test_bigbench_multiple_choice_tasks_run_end_to_end_as_t5x_would_score_them(b
           ex["options_pretokenized"][int(np.argmax(s))] in set(ex["references"]) for ex, s in zip(examples, scores)
       ]
       expected[key] = 100.0 * np.mean(right)
+    # The accuracy of a uniform guess: the share of right options, averaged over instances.
+    expected["chance"] = 100.0 * np.mean(
+        [np.mean([o in set(ex["references"]) for o in ex["options_pretokenized"]]) for ex in examples])
     assert result.num_instances == MAX_INSTANCES
     assert result.metrics == pytest.approx(expected), spec.task
     assert (result.metric, result.score) == ("accuracy", pytest.approx(expected["accuracy"]))
