@@ -23,13 +23,19 @@ metrics.json (`build_report`), with `shots` keys as strings ("0", "5"):
    "deltas":   {"levels": ..., "benchmarks": ..., "categories": ...}  (model - baseline, same nesting)}
 
   AGG = {"score": mean of the tasks' headline scores, "num_tasks": tasks with a score,
-         "num_failed": tasks that failed, "num_truncated": prompts cut, "metrics": {name: mean over tasks}}
+         "num_failed": tasks that failed, "num_truncated": prompts cut, "metrics": {name: mean over tasks},
+         "chance": mean of the tasks' chance scores (`task_chance`), None when one is unknown}
 
 A task's headline `score` is the metric its kind is judged by (accuracy for rank classification, ROUGE-L for
 generation; see `metrics.HEADLINE_METRICS`); aggregates are unweighted means over tasks, as the paper
 averages its benchmarks. Levels: held_out_category (1: fully held-out categories), held_out_task (2: unseen
 tasks of seen categories), held_out_instances (3: held-out instances of training tasks), and "custom" for
 seqio Tasks that are not in the catalog.
+
+Chance: what guessing scores, the baseline a score is read against. A rank-classification task's is its
+"chance" metric (`data/metrics.rank_classification`: the mean over instances of correct options / options,
+1 / number of options for one answer); a generation task's is 0 (ROUGE-L and exact match of an empty or
+unrelated answer). Tables and charts show it when some task of the report has a "chance" metric.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ import pathlib
 from typing import Any, Iterable, Mapping, Sequence
 
 FORMAT_VERSION = 1
+GENERATION = "generation"  # the kind of free-text tasks (records.GENERATION), whose chance score is 0
+CHANCE = "chance"  # the metric that holds a rank-classification task's chance score
 LEVELS = ("held_out_category", "held_out_task", "held_out_instances")
 CUSTOM_LEVEL = "custom"
 UNKNOWN_LEVEL = "unknown"  # names that are neither catalog tasks nor seqio Tasks: listed, never aggregated
@@ -84,9 +92,17 @@ class TaskResult:
   note: str = ""
 
 
-def _mean(values: Sequence[float]) -> float | None:
-  values = [v for v in values if v is not None and not math.isnan(v)]
-  return sum(values) / len(values) if values else None
+def _mean(values: Sequence[float | None]) -> float | None:
+  finite = [v for v in values if v is not None and not math.isnan(v)]
+  return sum(finite) / len(finite) if finite else None
+
+
+def task_chance(kind: str, metrics: Mapping[str, float]) -> float | None:
+  """The score of guessing on a task (see the module docstring): its "chance" metric, 0 for a generation
+  task, None when unknown (e.g. a custom task judged by a metric of its own)."""
+  if CHANCE in metrics:
+    return metrics[CHANCE]
+  return 0.0 if kind == GENERATION else None
 
 
 def aggregate(results: Iterable[TaskResult]) -> dict[str, Any]:
@@ -94,12 +110,16 @@ def aggregate(results: Iterable[TaskResult]) -> dict[str, Any]:
   results = list(results)
   scored = [r for r in results if r.error is None and r.score is not None]
   names = sorted({k for r in scored for k in r.metrics})
+  chances = [task_chance(r.kind, r.metrics) for r in scored]
   return {
       "score": _mean([r.score for r in scored]),
       "num_tasks": len(scored),
       "num_failed": sum(1 for r in results if r.error is not None),
       "num_truncated": sum(r.num_truncated for r in results),
-      "metrics": {k: _mean([r.metrics[k] for r in scored if k in r.metrics]) for k in names},
+      "metrics": {
+          k: _mean([r.metrics[k] for r in scored if k in r.metrics]) for k in names
+      },
+      CHANCE: None if None in chances else _mean(chances),
   }
 
 
@@ -120,11 +140,23 @@ def build_report(results: Sequence[TaskResult], model: Mapping[str, Any] | None 
   all_results = sorted(results, key=lambda r: (_level_order(r.level), r.task, r.shots))
   tasks: dict[str, Any] = {}
   for r in all_results:
-    entry = tasks.setdefault(r.task, {"benchmark": r.benchmark, "category": r.category, "level": r.level,
-                                      "kind": r.kind, "shots": {}})
+    entry = tasks.setdefault(r.task, {
+        "benchmark": r.benchmark,
+        "category": r.category,
+        "level": r.level,
+        "kind": r.kind,
+        "shots": {}
+    })
     entry["shots"][str(r.shots)] = {
-        "score": r.score, "metric": r.metric, "metrics": dict(r.metrics), "num_instances": r.num_instances,
-        "num_truncated": r.num_truncated, "error": r.error, "seconds": round(r.seconds, 3), "note": r.note}
+        "score": r.score,
+        "metric": r.metric,
+        "metrics": dict(r.metrics),
+        "num_instances": r.num_instances,
+        "num_truncated": r.num_truncated,
+        "error": r.error,
+        "seconds": round(r.seconds, 3),
+        "note": r.note
+    }
   results = [r for r in results if r.level != UNKNOWN_LEVEL]
   levels: dict[str, Any] = {}
   for (level, shots), group in _group(results, "level", "shots").items():
@@ -141,10 +173,22 @@ def build_report(results: Sequence[TaskResult], model: Mapping[str, Any] | None 
       "settings": dict(settings or {}),
       "tasks": tasks,
       "levels": _sorted_levels(levels),
-      "benchmarks": _sorted_levels({k: dict(sorted(v.items())) for k, v in benchmarks.items()}),
-      "categories": _sorted_levels({k: dict(sorted(v.items())) for k, v in categories.items()}),
-      "errors": [{"task": r.task, "shots": r.shots, "error": r.error} for r in all_results if r.error],
-      "notes": [{"task": r.task, "shots": r.shots, "note": r.note} for r in all_results if r.note],
+      "benchmarks": _sorted_levels({
+          k: dict(sorted(v.items())) for k, v in benchmarks.items()
+      }),
+      "categories": _sorted_levels({
+          k: dict(sorted(v.items())) for k, v in categories.items()
+      }),
+      "errors": [{
+          "task": r.task,
+          "shots": r.shots,
+          "error": r.error
+      } for r in all_results if r.error],
+      "notes": [{
+          "task": r.task,
+          "shots": r.shots,
+          "note": r.note
+      } for r in all_results if r.note],
   }
 
 
@@ -160,7 +204,7 @@ def with_baseline(report: Report, baseline: Report) -> Report:
   """`report` plus "baseline" and "deltas" (report score - baseline score for every aggregate both have)."""
 
   def diff(mine: Mapping[str, Any], theirs: Mapping[str, Any], depth: int) -> dict[str, Any]:
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in mine.items():
       if key not in theirs:
         continue
@@ -172,9 +216,11 @@ def with_baseline(report: Report, baseline: Report) -> Report:
 
   out = dict(report)
   out["baseline"] = {k: v for k, v in baseline.items() if k not in ("baseline", "deltas")}
-  out["deltas"] = {"levels": diff(report["levels"], baseline["levels"], 1),
-                   "benchmarks": diff(report["benchmarks"], baseline["benchmarks"], 2),
-                   "categories": diff(report["categories"], baseline["categories"], 2)}
+  out["deltas"] = {
+      "levels": diff(report["levels"], baseline["levels"], 1),
+      "benchmarks": diff(report["benchmarks"], baseline["benchmarks"], 2),
+      "categories": diff(report["categories"], baseline["categories"], 2)
+  }
   return out
 
 
@@ -214,6 +260,21 @@ def _score_cells(mine: Mapping[str, Any] | None, theirs: Mapping[str, Any] | Non
   return cells
 
 
+def shows_chance(report: Report) -> bool:
+  """Whether the tables and charts show a chance column: some task has a "chance" metric."""
+  return any(CHANCE in (r.get("metrics") or {}) for t in report["tasks"].values() for r in t["shots"].values())
+
+
+def _group_chance(aggs: Mapping[str, Any], shots: Sequence[str]) -> float | None:
+  """A group's chance score (the same for every number of shots: the instances are the same)."""
+  return next((aggs[s].get(CHANCE) for s in shots if s in aggs), None)
+
+
+def _task_chance_cell(task: Mapping[str, Any]) -> str:
+  scored = [r for r in task["shots"].values() if r.get("score") is not None]
+  return _fmt(task_chance(task["kind"], scored[0].get("metrics") or {})) if scored else "-"
+
+
 def _score_header(shots: Sequence[str], with_base: bool, label: str, base_label: str) -> list[str]:
   if not with_base:
     return [f"{s}-shot" for s in shots]
@@ -227,19 +288,22 @@ def summary_table(report: Report) -> str:
   shots = _shots(report)
   label = report.get("model", {}).get("label") or "model"
   base_label = (base or {}).get("model", {}).get("label") or "baseline"
-  header = ["level", "group", "tasks"] + _score_header(shots, base is not None, label, base_label)
+  chance = shows_chance(report)
+  header = (["level", "group", "tasks"] + (["chance"] if chance else []) +
+            _score_header(shots, base is not None, label, base_label))
   rows = []
 
-  def count(aggs: Mapping[str, Any]) -> str:
-    return str(max((a["num_tasks"] for a in aggs.values()), default=0))
+  def first_cells(level: str, group: str, aggs: Mapping[str, Any]) -> list[str]:
+    cells = [level, group, str(max((a["num_tasks"] for a in aggs.values()), default=0))]
+    return cells + ([_fmt(_group_chance(aggs, shots))] if chance else [])
 
   for level, aggs in report["levels"].items():
     theirs = (base or {}).get("levels", {}).get(level)
-    rows.append([level, "**all**", count(aggs)] + _score_cells(aggs, theirs, shots, base is not None))
+    rows.append(first_cells(level, "**all**", aggs) + _score_cells(aggs, theirs, shots, base is not None))
     for kind, key in (("benchmark", "benchmarks"), ("category", "categories")):
       for name, group in report[key].get(level, {}).items():
         theirs = (base or {}).get(key, {}).get(level, {}).get(name)
-        rows.append([level, f"{kind}: {name}", count(group)] + _score_cells(group, theirs, shots, base is not None))
+        rows.append(first_cells(level, f"{kind}: {name}", group) + _score_cells(group, theirs, shots, base is not None))
   return _table(header, rows)
 
 
@@ -249,8 +313,9 @@ def task_table(report: Report) -> str:
   shots = _shots(report)
   label = report.get("model", {}).get("label") or "model"
   base_label = (base or {}).get("model", {}).get("label") or "baseline"
-  header = (["task", "level", "category", "metric"] + _score_header(shots, base is not None, label, base_label) +
-            ["truncated", "errors / notes"])
+  chance = shows_chance(report)
+  header = (["task", "level", "category", "metric"] + (["chance"] if chance else []) +
+            _score_header(shots, base is not None, label, base_label) + ["truncated", "errors / notes"])
   rows = []
   for name, task in report["tasks"].items():
     theirs = (base or {}).get("tasks", {}).get(name, {}).get("shots")
@@ -258,7 +323,7 @@ def task_table(report: Report) -> str:
     truncated = sum(r["num_truncated"] for r in task["shots"].values())
     errors = "; ".join(f"{s}-shot: {r.get('error') or r.get('note')}" for s, r in task["shots"].items()
                        if r.get("error") or r.get("note"))
-    rows.append([name, task["level"], task["category"], metric] +
+    rows.append([name, task["level"], task["category"], metric] + ([_task_chance_cell(task)] if chance else []) +
                 _score_cells(task["shots"], theirs, shots, base is not None) +
                 [str(truncated), errors.replace("|", "/")])
   return _table(header, rows)
@@ -274,8 +339,14 @@ def markdown(report: Report) -> str:
   if base:
     lines.append(f"baseline ({base.get('model', {}).get('label') or 'baseline'}): "
                  f"{base.get('model', {}).get('checkpoint', '')}")
-  lines += ["", "## Summary (mean headline score per group)", "", summary_table(report), "",
-            "## Tasks", "", task_table(report), ""]
+  lines += ["", "## Summary (mean headline score per group)", "", summary_table(report), ""]
+  if shows_chance(report):
+    lines += [
+        "chance: what guessing scores, to read each score against: on a rank-classification task the mean "
+        "of 1 / (number of options), on a generation task 0. A score near chance means nothing was learned "
+        "there.", ""
+    ]
+  lines += ["## Tasks", "", task_table(report), ""]
   truncated = sum(r["num_truncated"] for t in report["tasks"].values() for r in t["shots"].values())
   lines.append(f"Prompts longer than the context, cut from the left: {truncated}.")
   if report.get("notes"):
@@ -299,20 +370,28 @@ def plot_level(report: Report, level: str, out_png: str | os.PathLike) -> pathli
   shots = _shots(report)
   groups = {"all": report["levels"][level], **report["categories"].get(level, {})}
   label = report.get("model", {}).get("label") or "model"
-  series = [(f"{label} {s}-shot" if base else f"{s}-shot", {g: a.get(s, {}).get("score") for g, a in groups.items()})
-            for s in shots]
+  series = [(f"{label} {s}-shot" if base else f"{s}-shot", {
+      g: a.get(s, {}).get("score") for g, a in groups.items()
+  }) for s in shots]
   if base:
     base_groups = {"all": base["levels"].get(level, {}), **base["categories"].get(level, {})}
     base_label = base.get("model", {}).get("label") or "baseline"
-    series += [(f"{base_label} {s}-shot", {g: base_groups.get(g, {}).get(s, {}).get("score") for g in groups})
-               for s in shots]
+    series += [(f"{base_label} {s}-shot", {
+        g: base_groups.get(g, {}).get(s, {}).get("score") for g in groups
+    }) for s in shots]
   names = list(groups)
   width = 0.8 / max(len(series), 1)
-  fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + 0.9 * len(names) * max(1, len(series)) ** 0.5), 4.5))
+  fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + 0.9 * len(names) * max(1, len(series))**0.5), 4.5))
   for i, (label, values) in enumerate(series):
     xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(names))]
     ys = [values.get(n) or 0.0 for n in names]
     ax.bar(xs, ys, width=width, label=label, hatch="//" if base and i >= len(shots) else None)
+  if shows_chance(report):
+    chances = [(j, _group_chance(groups[n], shots)) for j, n in enumerate(names)]
+    known = [(j, c) for j, c in chances if c is not None]
+    if known:
+      ax.hlines([c for _, c in known], [j - 0.45 for j, _ in known], [j + 0.45 for j, _ in known], colors="black",
+                linestyles="dashed", label="chance")
   ax.set_xticks(range(len(names)))
   ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
   ax.set_ylabel("mean headline score (0-100)")
@@ -332,8 +411,9 @@ def write(report: Report, out_dir: str | os.PathLike) -> dict[str, pathlib.Path]
   out.mkdir(parents=True, exist_ok=True)
   paths = {"metrics": out / METRICS_FILE, "markdown": out / REPORT_FILE}
   tmp = out / (METRICS_FILE + ".tmp")
-  tmp.write_text(json.dumps(_finite(report), indent=1, ensure_ascii=False, allow_nan=False,
-                            default=_json_default) + "\n", encoding="utf-8")
+  tmp.write_text(
+      json.dumps(_finite(report), indent=1, ensure_ascii=False, allow_nan=False, default=_json_default) + "\n",
+      encoding="utf-8")
   os.replace(tmp, paths["metrics"])
   paths["markdown"].write_text(markdown(report), encoding="utf-8")
   for level, aggs in report["levels"].items():
@@ -380,6 +460,8 @@ def steps_table(reports: Mapping[int, Report]) -> str:
   shots = sorted({s for r in reports.values() for s in _shots(r)}, key=int)
   levels = sorted({lv for r in reports.values() for lv in r["levels"]}, key=_level_order)
   header = ["step"] + [f"{lv} {s}-shot" for lv in levels for s in shots]
-  rows = [[str(step)] + [_fmt(r["levels"].get(lv, {}).get(s, {}).get("score")) for lv in levels for s in shots]
+  rows = [[str(step)] + [_fmt(r["levels"].get(lv, {}).get(s, {}).get("score"))
+                         for lv in levels
+                         for s in shots]
           for step, r in sorted(reports.items())]
   return _table(header, rows)

@@ -13,14 +13,16 @@ def _results(offset=0.0):
   rows = []
   for shots, bonus in ((0, 0.0), (5, 10.0)):
     rows += [
-        TaskResult("sni:te1", shots, "sni", "Textual Entailment", "held_out_category", "generation",
-                   {"rougeL": 40.0 + bonus + offset, "exact_match": 20.0}, "rougeL", 40.0 + bonus + offset,
-                   num_instances=100, num_truncated=2),
-        TaskResult("bigbench:te2", shots, "bigbench", "Textual Entailment", "held_out_category",
-                   "multiple_choice", {"accuracy": 60.0 + bonus + offset, "accuracy_norm": 55.0}, "accuracy",
-                   60.0 + bonus + offset, num_instances=50),
-        TaskResult("bigbench:cr", shots, "bigbench", "Coreference Resolution", "held_out_category",
-                   "multiple_choice", {"accuracy": 30.0 + offset}, "accuracy", 30.0 + offset, num_instances=50),
+        TaskResult("sni:te1", shots, "sni", "Textual Entailment", "held_out_category", "generation", {
+            "rougeL": 40.0 + bonus + offset,
+            "exact_match": 20.0
+        }, "rougeL", 40.0 + bonus + offset, num_instances=100, num_truncated=2),
+        TaskResult("bigbench:te2", shots, "bigbench", "Textual Entailment", "held_out_category", "multiple_choice", {
+            "accuracy": 60.0 + bonus + offset,
+            "accuracy_norm": 55.0
+        }, "accuracy", 60.0 + bonus + offset, num_instances=50),
+        TaskResult("bigbench:cr", shots, "bigbench", "Coreference Resolution", "held_out_category", "multiple_choice",
+                   {"accuracy": 30.0 + offset}, "accuracy", 30.0 + offset, num_instances=50),
         TaskResult("sni:qa", shots, "sni", "Question Answering", "held_out_task", "generation",
                    {"rougeL": 70.0 + offset}, "rougeL", 70.0 + offset, num_instances=100, num_truncated=1),
         TaskResult("sni:broken", shots, "sni", "Question Answering", "held_out_task", "generation",
@@ -77,8 +79,11 @@ def test_baseline_deltas_and_side_by_side_tables():
 def test_write_load_round_trip_markdown_and_one_png_per_level(tmp_path):
   results = _results()
   results[0].metrics["broken_metric"] = float("nan")
-  rep = report.with_baseline(report.build_report(results, {"label": "tuned", "checkpoint": "/c", "step": 7}),
-                             report.build_report(_results(), {"label": "base"}))
+  rep = report.with_baseline(report.build_report(results, {
+      "label": "tuned",
+      "checkpoint": "/c",
+      "step": 7
+  }), report.build_report(_results(), {"label": "base"}))
   paths = report.write(rep, tmp_path)
   loaded = report.load(tmp_path)
   assert loaded["levels"] == json.loads(json.dumps(rep["levels"]))
@@ -98,3 +103,48 @@ def test_steps_table_lists_level_scores_by_step():
   table = report.steps_table(reports).splitlines()
   assert table[0].startswith("| step | held_out_category 0-shot | held_out_category 5-shot |")
   assert table[2].startswith("| 100 | 43.3 | 50.0 |") and table[3].startswith("| 200 | 45.3 | 52.0 |")
+
+
+def _chance_results():
+  """Level 1: a 2-option task (chance 50) and a generation task (chance 0); level 2: a 4-option task (25) and
+  a multiple-choice task without a chance metric (unknown)."""
+
+  def mc(task, level, accuracy, chance=None):
+    metrics = {"accuracy": accuracy} if chance is None else {"accuracy": accuracy, "chance": chance}
+    return TaskResult(task, 0, "sni", "Sentiment Analysis", level, "multiple_choice", metrics, "accuracy", accuracy,
+                      num_instances=20)
+
+  return [
+      mc("sni:yes_no", "held_out_category", 90.0, chance=50.0),
+      TaskResult("sni:gen", 0, "sni", "Mathematics", "held_out_category", "generation", {"rougeL": 30.0}, "rougeL",
+                 30.0, num_instances=20),
+      mc("sni:four", "held_out_task", 40.0, chance=25.0),
+      mc("custom:acc", "held_out_task", 70.0),
+  ]
+
+
+def test_chance_baseline_per_task_group_table_and_chart(tmp_path):
+  rep = report.build_report(_chance_results())
+  assert rep["levels"]["held_out_category"]["0"]["chance"] == pytest.approx((50.0 + 0.0) / 2)
+  assert rep["categories"]["held_out_category"]["Sentiment Analysis"]["0"]["chance"] == pytest.approx(50.0)
+  assert rep["levels"]["held_out_task"]["0"]["chance"] is None  # one task's chance is unknown
+  assert rep["categories"]["held_out_task"]["Sentiment Analysis"]["0"]["chance"] is None
+  summary = report.summary_table(rep)
+  assert summary.splitlines()[0] == "| level | group | tasks | chance | 0-shot |"
+  assert "| held_out_category | **all** | 2 | 25.0 | 60.0 |" in summary
+  assert "| held_out_task | **all** | 2 | - | 55.0 |" in summary
+  tasks = report.task_table(rep)
+  assert "| sni:yes_no | held_out_category | Sentiment Analysis | accuracy | 50.0 | 90.0 |" in tasks
+  assert "| sni:gen | held_out_category | Mathematics | rougeL | 0.0 | 30.0 |" in tasks
+  assert "| custom:acc | held_out_task | Sentiment Analysis | accuracy | - | 70.0 |" in tasks
+  assert "chance: what guessing scores" in report.markdown(rep)
+  paths = report.write(rep, tmp_path)
+  assert paths["held_out_category"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_chance_column_without_a_chance_metric():
+  rep = report.build_report(_results())
+  assert rep["levels"]["held_out_instances"]["0"]["chance"] == 0.0  # a generation task only
+  assert rep["levels"]["held_out_category"]["0"]["chance"] is None  # accuracy tasks without a chance metric
+  assert "chance" not in report.summary_table(rep) and "chance" not in report.task_table(rep)
+  assert "what guessing scores" not in report.markdown(rep)
