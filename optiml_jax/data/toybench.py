@@ -5,10 +5,20 @@ tests). `write(out_dir, seed)` writes `out_dir/tasks/<task>.json` (SNI's JSON ta
 `out_dir/splits/default/{train,test}_tasks.txt`; the SNI reader and the catalog then treat it exactly like
 a natural-instructions checkout, with `tasks/toybench.yaml` as its bench definition (`CONFIG_PATH`).
 
-The tasks are short (inputs of a few words, one- or two-word targets) so a tiny model learns the training
-tasks in a few hundred CPU steps. Categories follow SNI's names; "Textual Entailment" and "Coreference
-Resolution" are fully held out (as in SNI), and one task of several seen categories is in the test split
-(held-out tasks of seen categories). Output is deterministic for a given seed.
+The tasks are short (inputs of a few words, one- or two-word targets). Categories follow SNI's names;
+"Textual Entailment" and "Coreference Resolution" are fully held out (as in SNI), and one task of several seen
+categories is in the test split (held-out tasks of seen categories). Output is deterministic for a given seed.
+
+What a tiny model trained from scratch for a minute can learn (`make quickstart`): a label that a word or two
+of the input decide. The four core tasks (movie and book sentiment, topic, animal or fruit) are such
+classifications and have `CORE_SCALE` times the instances of the others, so the examples-proportional mixture
+gives them 70% of the training examples; the others (arithmetic, string edits, lookups) need far more training
+and mostly show the generation path. Classification tasks are multiple choice: each instance carries its
+answer candidates in an "options" field (not an SNI field; the SNI reader reads it), so the evaluation ranks
+them and reports accuracy beside the chance of guessing. Their answers are drawn evenly over the options, so
+that chance is 1 / (number of options). The held-out food sentiment task shares the core sentiment tasks'
+adjectives and nearly their instruction, about a new subject (meals): the one held-out task a quickstart model
+transfers to.
 """
 
 from __future__ import annotations
@@ -24,7 +34,8 @@ from optiml_jax import resources
 
 # The bench definition of the toy bench: tasks/toybench.yaml, shipped with the package (optiml_jax.resources).
 CONFIG_PATH = resources.task_file("toybench.yaml")
-NUM_INSTANCES = 200
+NUM_INSTANCES = 100
+CORE_SCALE = 10  # the core tasks have 10x the instances of the others
 NUM_DEMONSTRATIONS = 2
 
 _COLORS = ("red", "blue", "green", "yellow", "black", "white", "pink", "brown")
@@ -40,22 +51,25 @@ _DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Su
 _SUBJECTS = ("film", "book", "show", "play", "song", "game")
 _MEALS = ("dinner", "lunch", "soup", "cake", "pizza", "salad")
 _ADVERBS = ("really", "quite", "very", "truly")
-_ANTONYMS = (("hot", "cold"), ("big", "small"), ("fast", "slow"), ("happy", "sad"), ("old", "new"),
-             ("up", "down"), ("open", "closed"), ("light", "dark"), ("early", "late"), ("full", "empty"),
-             ("high", "low"), ("hard", "soft"), ("wet", "dry"), ("long", "short"), ("rich", "poor"))
+_ANTONYMS = (("hot", "cold"), ("big", "small"), ("fast", "slow"), ("happy", "sad"), ("old", "new"), ("up", "down"),
+             ("open", "closed"), ("light", "dark"), ("early", "late"), ("full", "empty"), ("high", "low"),
+             ("hard", "soft"), ("wet", "dry"), ("long", "short"), ("rich", "poor"))
 _GOOD = ("great", "wonderful", "excellent", "amazing", "lovely", "fantastic")
 _BAD = ("terrible", "awful", "boring", "horrible", "dull", "dreadful")
 _TOPICS = {
-    "sports": ("won the match", "scored a goal", "ran a marathon", "played tennis", "trained the team",
-               "swam ten laps"),
-    "food": ("baked fresh bread", "made hot soup", "cooked pasta", "ate rice and beans", "grilled some fish",
-             "cut a cake"),
+    "sports":
+        ("won the match", "scored a goal", "ran a marathon", "played tennis", "trained the team", "swam ten laps"),
+    "food":
+        ("baked fresh bread", "made hot soup", "cooked pasta", "ate rice and beans", "grilled some fish", "cut a cake"),
     "weather": ("saw heavy rain", "felt the hot sun", "watched the snow fall", "felt a strong wind",
                 "heard a storm coming", "saw a cloudy sky"),
 }
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
-Generator = Callable[[random.Random], tuple[str, str]]
+# An instance: (input, output), or (input, output, option, option, ...) when its answer candidates depend on it.
+Generator = Callable[[random.Random], tuple[str, ...]]
+_SENTIMENTS = ("positive", "negative")
+_YES_NO = ("yes", "no")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +79,8 @@ class ToyTask:
   definition: str
   generate: Generator
   test: bool = False  # in the test split (a held-out task), else in the train split
+  options: tuple[str, ...] = ()  # the answer candidates of every instance (a multiple-choice task), if fixed
+  scale: int = 1  # instances: `num_instances` x scale (examples-proportional mixing then samples it more)
 
 
 def _word(rng: random.Random) -> str:
@@ -73,6 +89,11 @@ def _word(rng: random.Random) -> str:
   letters = [rng.choice(_CONSONANTS if (length - k) % 2 else _VOWELS) for k in range(length)]
   letters[-1] = rng.choice(_FINAL_CONSONANTS)
   return "".join(letters)
+
+
+def _in_order(*options: str) -> tuple[str, ...]:
+  """Answer candidates in alphabetical order, so an answer's position says nothing about it."""
+  return tuple(sorted(options, key=str.lower))
 
 
 def _plural(noun: str) -> str:
@@ -110,16 +131,20 @@ def _successor(rng: random.Random) -> tuple[str, str]:
 
 
 def _on_word(transform: Callable[[str], str]) -> Generator:
+
   def generate(rng: random.Random) -> tuple[str, str]:
     word = _word(rng)
     return word, transform(word)
+
   return generate
 
 
 def _on_digits(transform: Callable[[list[int]], str]) -> Generator:
+
   def generate(rng: random.Random) -> tuple[str, str]:
     digits = _digit_list(rng)
     return " ".join(map(str, digits)), transform(digits)
+
   return generate
 
 
@@ -127,18 +152,33 @@ def _joined(digits: list[int]) -> str:
   return " ".join(map(str, digits))
 
 
+def _extreme_digit(largest: bool) -> Generator:
+  """A list whose largest (or smallest) digit is drawn uniformly first, so every answer is equally likely."""
+
+  def generate(rng: random.Random) -> tuple[str, str]:
+    answer = rng.randrange(10)
+    others = range(answer + 1) if largest else range(answer, 10)
+    digits = [rng.choice(others) for _ in range(rng.randint(3, 5))]
+    digits[rng.randrange(len(digits))] = answer
+    return _joined(digits), str(answer)
+
+  return generate
+
+
 def _sentiment(subjects: tuple[str, ...]) -> Generator:
+
   def generate(rng: random.Random) -> tuple[str, str]:
     positive = rng.random() < 0.5
     adjective = rng.choice(_GOOD if positive else _BAD)
     text = f"{rng.choice(_NAMES)} said the {rng.choice(subjects)} was {rng.choice(_ADVERBS)} {adjective}."
     return text, "positive" if positive else "negative"
+
   return generate
 
 
 def _topic(rng: random.Random) -> tuple[str, str]:
   topic = rng.choice(sorted(_TOPICS))
-  return f"{rng.choice(_NAMES)} {rng.choice(_TOPICS[topic])} on {rng.choice(_DAYS)}.", topic
+  return f"On {rng.choice(_DAYS)}, {rng.choice(_NAMES)} {rng.choice(_TOPICS[topic])}.", topic
 
 
 def _animal_or_fruit(rng: random.Random) -> tuple[str, str]:
@@ -147,10 +187,12 @@ def _animal_or_fruit(rng: random.Random) -> tuple[str, str]:
 
 
 def _antonym(reverse: bool) -> Generator:
-  def generate(rng: random.Random) -> tuple[str, str]:
+
+  def generate(rng: random.Random) -> tuple[str, ...]:
     a, b = rng.choice(_ANTONYMS)
     word, answer = (b, a) if reverse else (a, b)
     return f"{rng.choice(_NAMES)}'s {rng.choice(_OBJECTS)} is {word}.", answer
+
   return generate
 
 
@@ -200,22 +242,21 @@ def _entail_place(rng: random.Random) -> tuple[str, str]:
 
 def _entail_count(rng: random.Random) -> tuple[str, str]:
   name, fruit, n, m = rng.choice(_NAMES), rng.choice(_FRUITS), rng.randint(2, 9), rng.randint(1, 9)
-  return (f"Premise: {name} has {n} {_plural(fruit)}. Hypothesis: {name} has more than {m}.",
-          "yes" if n > m else "no")
+  return (f"Premise: {name} has {n} {_plural(fruit)}. Hypothesis: {name} has more than {m}.", "yes" if n > m else "no")
 
 
-def _coref_animal(rng: random.Random) -> tuple[str, str]:
+def _coref_animal(rng: random.Random) -> tuple[str, ...]:
   name, animal = rng.choice(_NAMES), rng.choice(_ANIMALS)
   if rng.random() < 0.5:
-    return f"{name} saw the {animal}. It ran away. What ran away?", animal
-  return f"{name} saw the {animal}. They waved. Who waved?", name
+    return f"{name} saw the {animal}. It ran away. What ran away?", animal, *_in_order(name, animal)
+  return f"{name} saw the {animal}. They waved. Who waved?", name, *_in_order(name, animal)
 
 
-def _coref_object(rng: random.Random) -> tuple[str, str]:
+def _coref_object(rng: random.Random) -> tuple[str, ...]:
   name, color, obj = rng.choice(_NAMES), rng.choice(_COLORS), rng.choice(_OBJECTS)
   if rng.random() < 0.5:
-    return f"{name} dropped the {color} {obj}. It broke. What does it refer to?", obj
-  return f"{name} dropped the {color} {obj}. They cried. Who does they refer to?", name
+    return f"{name} dropped the {color} {obj}. It broke. What does it refer to?", obj, *_in_order(name, obj)
+  return f"{name} dropped the {color} {obj}. They cried. Who does they refer to?", name, *_in_order(name, obj)
 
 
 TASKS: tuple[ToyTask, ...] = (
@@ -233,19 +274,21 @@ TASKS: tuple[ToyTask, ...] = (
             _on_digits(lambda d: _joined(sorted(d)))),
     ToyTask("sort_descending", "Program Execution", "Sort the digits from largest to smallest.",
             _on_digits(lambda d: _joined(sorted(d, reverse=True))), test=True),
-    ToyTask("list_max", "Program Execution", "Find the largest digit in the list.", _on_digits(lambda d: str(max(d)))),
-    ToyTask("list_min", "Program Execution", "Find the smallest digit in the list.", _on_digits(lambda d: str(min(d)))),
+    ToyTask("list_max", "Program Execution", "Find the largest digit in the list.", _extreme_digit(largest=True)),
+    ToyTask("list_min", "Program Execution", "Find the smallest digit in the list.", _extreme_digit(largest=False)),
     ToyTask("copy_word", "Misc.", "Copy the input exactly.", _on_word(lambda w: w)),
     ToyTask("repeat_twice", "Misc.", "Repeat the word two times.", _on_word(lambda w: f"{w} {w}")),
-    ToyTask("movie_sentiment", "Sentiment Analysis", "Is the review positive or negative?",
-            _sentiment(_SUBJECTS[:3])),
+    ToyTask("movie_sentiment", "Sentiment Analysis", "Is the review positive or negative?", _sentiment(_SUBJECTS[:3]),
+            options=_SENTIMENTS, scale=CORE_SCALE),
     ToyTask("book_sentiment", "Sentiment Analysis", "Classify the sentiment of the sentence as positive or negative.",
-            _sentiment(_SUBJECTS[3:])),
-    ToyTask("food_sentiment", "Sentiment Analysis", "Did the writer like the meal? Answer positive or negative.",
-            _sentiment(_MEALS), test=True),
-    ToyTask("topic", "Text Categorization", "Is the sentence about sports, food or weather?", _topic),
+            _sentiment(_SUBJECTS[3:]), options=_SENTIMENTS, scale=CORE_SCALE),
+    ToyTask("food_sentiment",
+            "Sentiment Analysis", "Classify the sentiment of the sentence about food as positive or negative.",
+            _sentiment(_MEALS), test=True, options=_SENTIMENTS),
+    ToyTask("topic", "Text Categorization", "Is the sentence about sports, food or weather?", _topic,
+            options=tuple(sorted(_TOPICS)), scale=CORE_SCALE),
     ToyTask("animal_or_fruit", "Text Categorization", "Is the thing in the sentence an animal or a fruit?",
-            _animal_or_fruit),
+            _animal_or_fruit, options=("animal", "fruit"), scale=CORE_SCALE),
     ToyTask("antonym", "Word Semantics", "Give the opposite of the adjective in the sentence.",
             _antonym(reverse=False)),
     ToyTask("antonym_reverse", "Word Semantics", "Write the antonym of the last word.", _antonym(reverse=True)),
@@ -259,9 +302,9 @@ TASKS: tuple[ToyTask, ...] = (
     ToyTask("entail_color", "Textual Entailment", "Does the premise entail the hypothesis? Answer yes or no.",
             _entail_color, test=True),
     ToyTask("entail_place", "Textual Entailment", "Is the hypothesis true given the premise? Answer yes or no.",
-            _entail_place, test=True),
+            _entail_place, test=True, options=_YES_NO),
     ToyTask("entail_count", "Textual Entailment", "Does the hypothesis follow from the premise? Answer yes or no.",
-            _entail_count, test=True),
+            _entail_count, test=True, options=_YES_NO),
     ToyTask("coref_animal", "Coreference Resolution", "Answer the question about the pronoun.", _coref_animal,
             test=True),
     ToyTask("coref_object", "Coreference Resolution", "Say who or what the pronoun refers to.", _coref_object,
@@ -274,24 +317,34 @@ def task_names() -> list[str]:
   return [f"task{i:03d}_toy_{t.slug}" for i, t in enumerate(TASKS, 1)]
 
 
-def _instances(task: ToyTask, rng: random.Random, count: int) -> list[tuple[str, str]]:
-  """Up to `count` pairs with distinct inputs (fewer when the task has fewer distinct inputs)."""
-  pairs, seen = [], set()
+def _instances(task: ToyTask, rng: random.Random, count: int) -> list[tuple[str, str, tuple[str, ...]]]:
+  """Up to `count` (input, output, options) with distinct inputs (fewer when the task has fewer distinct inputs).
+
+  `options` are the task's fixed candidates, those the generator gave, or () for a generation task.
+  """
+  triples, seen = [], set()
   for _ in range(count * 20):
-    text, target = task.generate(rng)
+    text, target, *options = task.generate(rng)
     if text not in seen:
       seen.add(text)
-      pairs.append((text, target))
-      if len(pairs) == count:
+      triples.append((text, target, tuple(options) or task.options))
+      if len(triples) == count:
         break
-  return pairs
+  return triples
+
+
+def _instance(name: str, k: int, text: str, target: str, options: tuple[str, ...]) -> dict:
+  instance = {"id": f"{name}-{k}", "input": text, "output": [target]}
+  if options:
+    instance["options"] = list(options)
+  return instance
 
 
 def task_json(task: ToyTask, name: str, seed: int, num_instances: int = NUM_INSTANCES) -> dict:
   """One task in SNI's JSON format (the fields every SNI v2 task file carries)."""
   rng = random.Random(f"{seed}:{name}")
-  pairs = _instances(task, rng, num_instances + NUM_DEMONSTRATIONS)
-  demos, instances = pairs[:NUM_DEMONSTRATIONS], pairs[NUM_DEMONSTRATIONS:]
+  triples = _instances(task, rng, num_instances * task.scale + NUM_DEMONSTRATIONS)
+  demos, instances = triples[:NUM_DEMONSTRATIONS], triples[NUM_DEMONSTRATIONS:]
   return {
       "Contributors": ["optiml-jax toy bench"],
       "Source": [f"toy_{task.slug}"],
@@ -303,10 +356,13 @@ def task_json(task: ToyTask, name: str, seed: int, num_instances: int = NUM_INST
       "Output_language": ["English"],
       "Instruction_language": ["English"],
       "Domains": ["Synthetic"],
-      "Positive Examples": [{"input": i, "output": o, "explanation": "This is the correct answer."}
-                            for i, o in demos],
+      "Positive Examples": [{
+          "input": i,
+          "output": o,
+          "explanation": "This is the correct answer."
+      } for i, o, _ in demos],
       "Negative Examples": [],
-      "Instances": [{"id": f"{name}-{k}", "input": i, "output": [o]} for k, (i, o) in enumerate(instances)],
+      "Instances": [_instance(name, k, *triple) for k, triple in enumerate(instances)],
       "Instance License": ["Apache 2.0"],
   }
 

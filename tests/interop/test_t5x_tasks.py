@@ -54,7 +54,11 @@ def test_eval_mixture_picks_tasks_by_role_or_name(catalog_dir):
   name = t5x_tasks.eval_mixture(catalog_dir, name="level1", roles=("held_out_category",))
   members = [t.name for t in seqio.get_mixture_or_task(name).tasks]
   bench = {e.name: e for e in catalog.load(catalog_dir).tasks}
-  expected = sorted(n + ".gen" for n, e in bench.items() if e.role == "held_out_category")
+  # Rank classification for multiple-choice tasks (the toy bench's yes/no and coreference tasks), decoding else.
+  expected = sorted(n + (".score_eval" if e.kind == "multiple_choice" else ".gen")
+                    for n, e in bench.items()
+                    if e.role == "held_out_category")
+  assert {e.rsplit(".", 1)[1] for e in expected} == {"gen", "score_eval"}
   assert sorted(members) == expected and expected
   mixed = t5x_tasks.eval_mixture(catalog_dir, name="two", tasks=[MC_TASK, GEN_TASK])
   assert sorted(t.name for t in seqio.get_mixture_or_task(mixed).tasks) == [f"{MC_TASK}.score_eval", f"{GEN_TASK}.gen"]
