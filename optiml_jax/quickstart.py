@@ -3,12 +3,13 @@
 1. writes the synthetic toy bench (SNI format) and builds its catalog (`python -m optiml_jax.bench toy`),
 2. trains a tiny OPT from scratch on the `optiml_bench_train` mixture with gin/quickstart.gin
    (checkpoints, metrics.jsonl, TensorBoard events and loss.png under model/),
-3. evaluates the last checkpoint at the three generalization levels with gin/eval.gin (greedy decoding,
-   ROUGE-L per task, category and level; report.md and one chart per level under eval/).
+3. evaluates the last checkpoint at the three generalization levels with gin/eval.gin (rank classification
+   accuracy for the multiple-choice tasks, greedy decoding and ROUGE-L for the others; per task, category and
+   level beside the chance of guessing; report.md and one chart per level under eval/).
 
 Everything goes under `--workdir` (default `quickstart_out/`): toybench/, catalog/, model/, eval/ and
 jax_cache/ (compiled programs, so a second run starts faster). Safe to run twice: the toy bench is rebuilt
-identically and the previous run's model and eval folders are replaced. Two to four minutes on two CPU cores.
+identically and the previous run's model and eval folders are replaced. About 100 s on two idle CPU cores.
 The evaluation runs in a fresh process, so its gin configuration starts clean.
 """
 
