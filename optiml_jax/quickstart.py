@@ -27,7 +27,6 @@ from typing import Sequence
 from optiml_jax import bench
 from optiml_jax import train as train_entry
 
-
 EVAL_INSTANCES = 20  # evaluation instances per task (the toy catalog holds 20 to 50)
 EVAL_NEW_TOKENS = 16  # toy answers are a few tokens long
 
@@ -48,8 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   if model_dir.exists():
     shutil.rmtree(model_dir)
   print(f"[2/3] training a tiny OPT from scratch -> {model_dir}", flush=True)
-  flags = ["--gin_file=quickstart.gin", f"--gin.MODEL_DIR={model_dir}", f"--gin.CATALOG_DIR={catalog_dir}",
-           f"--gin.RunArgs.compilation_cache_dir={workdir / 'jax_cache'}"]
+  flags = [
+      "--gin_file=quickstart.gin", f"--gin.MODEL_DIR={model_dir}", f"--gin.CATALOG_DIR={catalog_dir}",
+      f"--gin.RunArgs.compilation_cache_dir={workdir / 'jax_cache'}"
+  ]
   if args.train_steps:
     flags.append(f"--gin.TRAIN_STEPS={args.train_steps}")
   code = train_entry.main(flags)
@@ -59,11 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   if eval_dir.exists():
     shutil.rmtree(eval_dir)
   print(f"[3/3] evaluating the last checkpoint -> {eval_dir}", flush=True)
-  code = subprocess.call([sys.executable, "-m", "optiml_jax.eval", "--gin_file=eval.gin",
-                          f"--gin.CHECKPOINT_PATH={model_dir}", f"--gin.EVAL_OUTPUT_DIR={eval_dir}",
-                          f"--gin.CATALOG_DIR={catalog_dir}", f"--gin.MAX_INSTANCES={EVAL_INSTANCES}",
-                          f"--gin.evaluate.max_new_tokens={EVAL_NEW_TOKENS}", "--gin.evaluate.progress=False"],
-                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})  # TensorFlow's C++ warnings off
+  command = [
+      sys.executable, "-m", "optiml_jax.eval", "--gin_file=eval.gin", f"--gin.CHECKPOINT_PATH={model_dir}",
+      f"--gin.EVAL_OUTPUT_DIR={eval_dir}", f"--gin.CATALOG_DIR={catalog_dir}", f"--gin.MAX_INSTANCES={EVAL_INSTANCES}",
+      f"--gin.evaluate.max_new_tokens={EVAL_NEW_TOKENS}", "--gin.evaluate.progress=False"
+  ]
+  quiet_tensorflow = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}  # TensorFlow's C++ warnings off
+  code = subprocess.call(command, env=quiet_tensorflow)
   if code:
     return code
   print(f"\nquickstart done in {time.time() - started:.0f} s: loss curve {model_dir / 'loss.png'}, "
