@@ -30,8 +30,7 @@ import argparse
 import functools
 import json
 import os
-import time
-from typing import Any, Callable
+from typing import Any
 
 # JAX and PyTorch share the accelerator: keep JAX from taking 75% of its memory up front.
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")
@@ -47,6 +46,8 @@ from optiml_jax.evaluation import inference  # pylint: disable=g-import-not-at-t
 from optiml_jax.models import opt  # pylint: disable=g-import-not-at-top,wrong-import-position
 from optiml_jax.models import opt_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+import timing  # pylint: disable=g-import-not-at-top,wrong-import-position  (this folder)
+
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PARTS = ("score", "pipeline", "decode", "options")
 
@@ -58,23 +59,6 @@ def emit(**fields: Any) -> None:
 def _sync() -> None:
   if torch.cuda.is_available():
     torch.cuda.synchronize()
-
-
-def time_alternating(runs: dict[str, Callable[[], Any]], steps: int,
-                     warmup: int) -> tuple[dict[str, float], dict[str, Any]]:
-  """Median seconds per call of each function (warm-up calls untimed; timed calls alternate), and each
-  function's last output. Each function must block until its result is ready."""
-  outputs = {}
-  for name, run in runs.items():
-    for _ in range(warmup):
-      outputs[name] = run()
-  times: dict[str, list[float]] = {name: [] for name in runs}
-  for _ in range(steps):
-    for name, run in runs.items():
-      start = time.perf_counter()
-      outputs[name] = run()
-      times[name].append(time.perf_counter() - start)
-  return {name: float(np.median(t)) for name, t in times.items()}, outputs
 
 
 def build(size: str, dtype: str, attention_impl: str | None, seed: int = 0) -> tuple[Any, Any, Any, str]:
@@ -107,7 +91,7 @@ def bench_score(model, params, hf_model, device, batch: int, seq: int, steps: in
     _sync()
     return scores
 
-  seconds, outputs = time_alternating(
+  seconds, outputs = timing.time_alternating(
       {
           "jax": lambda: jax.block_until_ready(step(params, inputs, targets, weights)),
           "torch": torch_score
@@ -170,7 +154,7 @@ def bench_decode(model, params, hf_model, device, batch: int, prompt_length: int
     return out
 
   # eos_id -1 never matches: every example runs the full new_tokens, as with min_new_tokens on the torch side.
-  seconds, _ = time_alternating(
+  seconds, _ = timing.time_alternating(
       {
           "jax": lambda: inference.greedy_decode(model, params, prompts, new_tokens, eos_id=-1, batch_size=batch),
           "torch": torch_generate

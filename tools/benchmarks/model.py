@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
-from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +24,8 @@ from optiml_jax import convert
 from optiml_jax.models import opt
 from optiml_jax.models import opt_config
 
+import timing  # this folder (on the path as the script's)
+
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -34,28 +34,6 @@ class Result:
   name: str
   tokens_per_s: float
   seconds_per_step: float
-
-
-def _time_alternating(runs: dict[str, Callable[[], Any]], tokens_per_step: int, steps: int,
-                      warmup: int) -> tuple[dict[str, Result], dict[str, Any]]:
-  """Runs each function warmup times, then `steps` rounds of one call each, alternating.
-
-  Alternating and taking the median per-step time keeps both sides under the same background load.
-  Returns the timings and each function's last output.
-  """
-  outputs = {}
-  for name, run in runs.items():
-    for _ in range(warmup):
-      outputs[name] = run()
-  times: dict[str, list[float]] = {name: [] for name in runs}
-  for _ in range(steps):
-    for name, run in runs.items():
-      start = time.perf_counter()
-      outputs[name] = run()
-      times[name].append(time.perf_counter() - start)
-  medians = {name: float(np.median(t)) for name, t in times.items()}
-  results = {name: Result(name, tokens_per_step / median, median) for name, median in medians.items()}
-  return results, outputs
 
 
 def bench(preset: str, batch: int, seq: int, dtype: str, steps: int, warmup: int, scan_layers: bool,
@@ -81,11 +59,9 @@ def bench(preset: str, batch: int, seq: int, dtype: str, steps: int, warmup: int
     with torch.inference_mode():
       return hf_model(torch_tokens).logits
 
-  results, outputs = _time_alternating(
-      {
-          "jax": lambda: forward(params, jax_tokens).block_until_ready(),
-          "torch": torch_forward
-      }, batch * seq, steps, warmup)
+  runs = {"jax": lambda: forward(params, jax_tokens).block_until_ready(), "torch": torch_forward}
+  seconds, outputs = timing.time_alternating(runs, steps, warmup)
+  results = {name: Result(name, batch * seq / s, s) for name, s in seconds.items()}
   diff = float(np.abs(np.asarray(outputs["jax"]) - outputs["torch"].float().numpy()).max())
   return results["jax"], results["torch"], diff
 
