@@ -86,10 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   except config_lib.ConfigError as e:  # the batch cannot be laid out over these devices or processes
     print(f"error: {e}", file=sys.stderr)
     return 2
-  except (loop.NonFiniteLossError, checkpointing.NonFiniteCheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  except (state_lib.InitialCheckpointError, runtime.ResumeError) as e:
+  except (loop.NonFiniteLossError, checkpointing.NonFiniteCheckpointError, state_lib.InitialCheckpointError,
+          runtime.ResumeError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   if jax.process_index() == 0:

@@ -109,6 +109,7 @@ class Program:
   """The jit-ed functions of a run and the layout they use (see `build_program`).
 
   Attributes:
+    model: the Flax module the step applies (`make_model` of the run's model config).
     layout: shardings of the train state (`trainer.state.StateLayout`).
     tx, schedule: the optimizer and its learning-rate schedule.
     train_fn: `(state, global batch, rng) -> (state, metrics)`, state donated.
@@ -117,6 +118,7 @@ class Program:
     mesh, rules: the device mesh and the logical-axis rule table the step is laid out with.
   """
 
+  model: Any
   layout: state_lib.StateLayout
   tx: optax.GradientTransformation
   schedule: optax.Schedule
@@ -166,7 +168,7 @@ def build_program(model_config: config_lib.ModelConfig, optimizer: config_lib.Op
       in_shardings=(layout.shardings, batch_sharding, replicated), out_shardings=(layout.shardings, replicated),
       donate_argnums=(0,))
   init_fn = state_lib.make_init_fn(model, tx, layout, seq_len)
-  return Program(layout, tx, schedule, train_fn, init_fn, batch_sharding, mesh, rules)
+  return Program(model, layout, tx, schedule, train_fn, init_fn, batch_sharding, mesh, rules)
 
 
 def _check_layout(config: config_lib.TrainConfig, mesh: jax.sharding.Mesh) -> None:
@@ -201,8 +203,7 @@ def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
   mesh = partitioning.make_mesh(*config.partitioning.mesh_shape)
   _check_layout(config, mesh)
   program = build_program(model_config, config.optimizer, config.partitioning, train_steps, seq_len, mesh)
-  rules = program.rules
-  model = make_model(model_config)
+  model, rules = program.model, program.rules
 
   with contextlib.ExitStack() as cleanup:  # closed in reverse order, also when something raises
     preemption = cleanup.enter_context(runtime.Preemption())
