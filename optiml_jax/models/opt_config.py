@@ -8,7 +8,7 @@ overrides fields; MFU figures use `flops_per_token`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import jax.numpy as jnp
 
@@ -81,6 +81,8 @@ class OPTConfig:
       flash attention on NVIDIA GPUs, bf16/fp16 only).
   """
 
+  family: ClassVar[str] = "opt"
+
   vocab_size: int = 50272
   hidden_size: int = 768
   num_hidden_layers: int = 12
@@ -128,6 +130,11 @@ class OPTConfig:
         raise ValueError(f"OPTConfig.{name}: not a dtype: {getattr(self, name)!r}") from e
     if self.attention_impl == "cudnn" and jnp.dtype(self.dtype) not in (jnp.bfloat16, jnp.float16):
       raise ValueError(f"OPTConfig.attention_impl: 'cudnn' needs dtype bfloat16 or float16, got {self.dtype!r}")
+
+  @property
+  def eos_ids(self) -> tuple[int, ...]:
+    """The ids that end a generation: OPT's `</s>` (`data/special_tokens.py`)."""
+    return (special_tokens.OPT.eos_id,)
 
   @property
   def head_dim(self) -> int:
