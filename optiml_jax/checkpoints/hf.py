@@ -1,10 +1,12 @@
-"""Hugging Face OPT folders: read one into (OPTConfig, params), write params back as one.
+"""Hugging Face folders of any model family: read one into (config, params), write params back as one.
 
 Where it sits: in `optiml_jax.checkpoints`, between a Hugging Face checkpoint on disk and the in-memory
 `params` tree (`layout`); `optiml_jax.convert` re-exports `load_hf` / `save_hf` and drives them from its CLI.
+The config class comes from config.json's `model_type` (`models/registry.py`: opt, llama, mistral, qwen2).
 
   HF folder (config.json + model.safetensors | sharded safetensors | pytorch_model.bin [+ index])
-    --load_hf--> (OPTConfig, params) --save_hf--> HF folder that `OPTForCausalLM.from_pretrained` loads
+    --load_hf--> (config, params) --save_hf--> HF folder that `AutoModelForCausalLM.from_pretrained` loads
+                                               (OPTForCausalLM, LlamaForCausalLM, MistralForCausalLM, ...)
 
 `save_hf` writes config.json, model.safetensors (sharded with an index above `max_shard_size`) and, if given,
 the tokenizer files, into a temporary sibling of the destination renamed into place when complete.
@@ -23,7 +25,7 @@ import numpy as np
 
 from optiml_jax.checkpoints import fileio
 from optiml_jax.checkpoints import layout
-from optiml_jax.models import opt as opt_lib
+from optiml_jax.models import registry
 
 Path = pathlib.Path | str
 
@@ -33,21 +35,23 @@ SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 TORCH_WEIGHTS_NAME = "pytorch_model.bin"
 TORCH_WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
 WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, TORCH_WEIGHTS_NAME, TORCH_WEIGHTS_INDEX_NAME)
+# What `save_pretrained` of a tokenizer writes: fast tokenizers, GPT-2 BPE files, SentencePiece models, chat templates.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-                   "added_tokens.json")
+                   "added_tokens.json", "tokenizer.model", "chat_template.jinja", "chat_template.json")
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 
 
 def config_from_hf_dict(hf_config: Mapping[str, Any], source: str,
-                        overrides: Mapping[str, Any] | None = None) -> opt_lib.OPTConfig:
-  """An OPTConfig from a Hugging Face config dict, with `overrides` (OPTConfig fields) applied.
+                        overrides: Mapping[str, Any] | None = None) -> layout.ModelConfig:
+  """The config (OPTConfig, LlamaConfig) of a Hugging Face config dict, by its `model_type`, with `overrides`.
 
   Raises:
-    layout.ConversionError: naming `source`, for what `OPTConfig.from_hf` rejects (another model_type, an
-      activation other than relu, a missing shape key, ...) or an unknown override.
+    layout.ConversionError: naming `source`, for an unsupported model_type (the supported ones are named),
+      what the family's `from_hf` rejects (an activation it lacks, a missing shape key, ...) or an unknown
+      override.
   """
   try:
-    return opt_lib.OPTConfig.from_hf(dict(hf_config), **dict(overrides or {}))
+    return registry.config_from_hf(dict(hf_config), **dict(overrides or {}))
   except (ValueError, TypeError, KeyError) as e:
     message = str(e).removeprefix(f"{CONFIG_NAME}: ")
     raise layout.ConversionError(f"{source}: {message}") from e
@@ -118,24 +122,27 @@ def read_hf_weights(hf_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, str]
                                f"{TORCH_WEIGHTS_NAME} or {TORCH_WEIGHTS_INDEX_NAME})")
 
 
-def load_hf(path: Path, config_overrides: Mapping[str, Any] | None = None) -> tuple[opt_lib.OPTConfig, layout.Params]:
-  """Reads a local Hugging Face OPT folder into (OPTConfig, params); arrays keep the file's dtype.
+def load_hf(path: Path, config_overrides: Mapping[str, Any] | None = None) -> tuple[layout.ModelConfig, layout.Params]:
+  """Reads a local Hugging Face folder of any supported family into (config, params); arrays keep the file's dtype.
 
   Args:
     path: folder with config.json and model.safetensors, sharded safetensors with an index, or
       pytorch_model.bin (sharded or not).
-    config_overrides: OPTConfig fields to replace, e.g. {"scan_layers": True, "dtype": "bfloat16"}.
+    config_overrides: config fields to replace, e.g. {"scan_layers": True, "dtype": "bfloat16"}.
   """
   path = pathlib.Path(path)
   if not path.is_dir():
     raise layout.ConversionError(f"{path}: Hugging Face checkpoint folder not found")
   if not (path / CONFIG_NAME).is_file():
-    raise layout.ConversionError(f"{path}: no {CONFIG_NAME} in this folder (is it a Hugging Face OPT checkpoint?)")
+    raise layout.ConversionError(f"{path}: no {CONFIG_NAME} in this folder (is it a Hugging Face checkpoint?)")
   hf_config = fileio.read_json(path / CONFIG_NAME)
+  if not isinstance(hf_config, dict):
+    raise layout.ConversionError(f"{path / CONFIG_NAME}: expected a JSON object")
   config = config_from_hf_dict(hf_config, str(path / CONFIG_NAME), config_overrides)
   state, origin = read_hf_weights(path)
+  # OPT always ties its head: a config.json that says otherwise must at least carry one (checked to be tied).
   untied = hf_config.get("tie_word_embeddings", True) is False
-  if untied and layout.LM_HEAD not in {layout.strip_hf_prefix(k) for k in state}:
+  if untied and layout.family_layout(config).ties_head(config) and layout.LM_HEAD not in state:
     raise layout.ConversionError(f"{path / CONFIG_NAME}: tie_word_embeddings is false but there is no {layout.LM_HEAD}")
   return config, layout.params_from_hf_state_dict(config, state, origin)
 
@@ -172,9 +179,9 @@ def _dtype_name(state: Mapping[str, np.ndarray]) -> str | None:
   return str(dtypes.pop()) if len(dtypes) == 1 else None
 
 
-def save_hf(config: opt_lib.OPTConfig, params: Mapping[str, Any], path: Path, tokenizer_dir: Path | None = None,
+def save_hf(config: layout.ModelConfig, params: Mapping[str, Any], path: Path, tokenizer_dir: Path | None = None,
             max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, overwrite: bool = False) -> pathlib.Path:
-  """Writes a folder that `transformers.OPTForCausalLM.from_pretrained` loads; returns its path.
+  """Writes a folder that `transformers.AutoModelForCausalLM.from_pretrained` loads; returns its path.
 
   Contents: config.json (`config.to_hf()`), model.safetensors (or model-0000i-of-0000n.safetensors with
   model.safetensors.index.json when larger than `max_shard_size`), and the tokenizer files of `tokenizer_dir`.

@@ -1,18 +1,20 @@
-"""The parameter tree of `OPT(config)` and its mapping to Hugging Face OPT tensor names.
+"""Parameter trees of every model family and their mapping to Hugging Face tensor names.
 
-Where it sits: the base of `optiml_jax.checkpoints`, beside the model (`models/opt.py`); `hf` (folders) and
+Where it sits: the base of `optiml_jax.checkpoints`, beside the models (`models/`); `hf` (folders) and
 `orbax_io` (Orbax items) read and write through it, and `optiml_jax.convert` re-exports its public API.
-Pure and in memory: no files are read or written here.
+Pure and in memory: no files are read or written here. Each family's names and shapes are tables in
+`checkpoints/layouts/` (`opt.py`, `llama.py`), picked by `config.family`; this module is the machinery they share.
 
   HF state dict {"model.decoder.layers.0.fc1.weight": [out, in], ...}
     --params_from_hf_state_dict--> params {"layers": {"fc1": {"kernel": [layers, in, out]}}, ...}
-    --hf_state_dict_from_params--> HF state dict (without the tied `lm_head.weight`)
+    --hf_state_dict_from_params--> HF state dict (without a tied `lm_head.weight`)
 
-Parameter names follow Hugging Face's OPT (`model.decoder.` stripped, `.weight` -> kernel/embedding/scale);
-linear kernels are stored [in, out] where Hugging Face stores [out, in]. Layers are either stacked on a
-leading axis (`layers/...`, `config.scan_layers`) or one subtree each (`layers_{i}/...`). The LM head is tied
-to `embed_tokens/embedding`, so `lm_head.weight` is only checked on reading and never written. Arrays keep
-their dtype (bfloat16 as `ml_dtypes.bfloat16`), so a round trip is bitwise identical.
+Parameter names follow Hugging Face's (the family's prefix, "model.decoder." or "model.", stripped and
+`.weight` -> kernel/embedding/scale); linear kernels are stored [in, out] where Hugging Face stores [out, in].
+Layers are either stacked on a leading axis (`layers/...`, `config.scan_layers`) or one subtree each
+(`layers_{i}/...`). A tied LM head is the token embedding `embed_tokens/embedding`, so `lm_head.weight` is then
+only checked on reading and never written; an untied one is `lm_head/kernel`. Arrays keep their dtype (bfloat16
+as `ml_dtypes.bfloat16`), so a round trip is bitwise identical.
 """
 
 from __future__ import annotations
@@ -22,62 +24,25 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from optiml_jax.models import opt as opt_lib
+from optiml_jax.checkpoints import layouts
 
 Params = dict[str, Any]
+ModelConfig = Any  # an OPTConfig or a LlamaConfig (`models/registry.py`)
 
 LM_HEAD = "lm_head.weight"
-_HF_PREFIXES = ("model.decoder.", "decoder.")  # OPTForCausalLM, OPTModel.
+EMBEDDING = ("embed_tokens", "embedding")  # What a tied head is, in every family.
 
 
 class ConversionError(ValueError):
   """A checkpoint does not match what the config implies, or cannot be read or written."""
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The name and shape table: one entry per parameter, for one layer or for the whole decoder.
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _has_final_layer_norm(config: opt_lib.OPTConfig) -> bool:
-  return bool(config.do_layer_norm_before and config.layer_norm_elementwise_affine)
-
-
-def _layer_table(config: opt_lib.OPTConfig) -> dict[tuple[str, ...], tuple[str, tuple[int, ...]]]:
-  """Parameters of one decoder layer: Flax path -> (HF name inside `layers.{i}.`, Flax shape)."""
-  hidden, ffn = config.hidden_size, config.ffn_dim
-  table: dict[tuple[str, ...], tuple[str, tuple[int, ...]]] = {}
-
-  def linear(path: tuple[str, ...], d_in: int, d_out: int) -> None:
-    table[path + ("kernel",)] = (".".join(path) + ".weight", (d_in, d_out))
-    if config.enable_bias:
-      table[path + ("bias",)] = (".".join(path) + ".bias", (d_out,))
-
-  for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
-    linear(("self_attn", name), hidden, hidden)
-  linear(("fc1",), hidden, ffn)
-  linear(("fc2",), ffn, hidden)
-  if config.layer_norm_elementwise_affine:
-    for norm in ("self_attn_layer_norm", "final_layer_norm"):
-      table[(norm, "scale")] = (f"{norm}.weight", (hidden,))
-      table[(norm, "bias")] = (f"{norm}.bias", (hidden,))
-  return table
-
-
-def _top_table(config: opt_lib.OPTConfig) -> dict[tuple[str, ...], tuple[str, tuple[int, ...]]]:
-  """Parameters outside the layers: Flax path -> (HF name after `model.decoder.`, Flax shape)."""
-  hidden, proj = config.hidden_size, config.embed_dim
-  table: dict[tuple[str, ...], tuple[str, tuple[int, ...]]] = {
-      ("embed_tokens", "embedding"): ("embed_tokens.weight", (config.vocab_size, proj)),
-      ("embed_positions", "embedding"): ("embed_positions.weight", (config.max_position_embeddings + 2, hidden)),
-  }
-  if proj != hidden:
-    table[("project_in", "kernel")] = ("project_in.weight", (proj, hidden))
-    table[("project_out", "kernel")] = ("project_out.weight", (hidden, proj))
-  if _has_final_layer_norm(config):
-    table[("final_layer_norm", "scale")] = ("final_layer_norm.weight", (hidden,))
-    table[("final_layer_norm", "bias")] = ("final_layer_norm.bias", (hidden,))
-  return table
+def family_layout(config: ModelConfig) -> layouts.FamilyLayout:
+  """The Hugging Face tables of `config`'s family; ConversionError for a config of no known family."""
+  try:
+    return layouts.for_config(config)
+  except ValueError as e:
+    raise ConversionError(str(e)) from e
 
 
 def _to_hf_shape(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -85,11 +50,19 @@ def _to_hf_shape(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ..
   return tuple(reversed(shape)) if path[-1] == "kernel" else shape
 
 
-def param_shapes(config: opt_lib.OPTConfig, scan_layers: bool | None = None) -> dict[tuple[str, ...], tuple]:
-  """Flat Flax path -> shape of every parameter that `OPT(config)` has (scanned layers stacked)."""
+def _outside_layers(config: ModelConfig) -> layouts.Table:
+  """Flax path -> (full HF name, shape) of the parameters outside the layers, head included."""
+  family = family_layout(config)
+  table = {path: (family.prefix + name, shape) for path, (name, shape) in family.top(config).items()}
+  table.update(family.head(config))
+  return table
+
+
+def param_shapes(config: ModelConfig, scan_layers: bool | None = None) -> dict[tuple[str, ...], tuple]:
+  """Flat Flax path -> shape of every parameter the model of `config` has (scanned layers stacked)."""
   scan = config.scan_layers if scan_layers is None else scan_layers
-  shapes = {path: shape for path, (_, shape) in _top_table(config).items()}
-  for path, (_, shape) in _layer_table(config).items():
+  shapes = {path: shape for path, (_, shape) in _outside_layers(config).items()}
+  for path, (_, shape) in family_layout(config).layer(config).items():
     if scan:
       shapes[("layers",) + path] = (config.num_hidden_layers,) + shape
     else:
@@ -141,7 +114,7 @@ def is_scanned(params: Mapping[str, Any]) -> bool | None:
   return None
 
 
-def validate_params(config: opt_lib.OPTConfig, params: Mapping[str, Any], source: str = "params") -> bool:
+def validate_params(config: ModelConfig, params: Mapping[str, Any], source: str = "params") -> bool:
   """Checks that `params` has exactly the paths and shapes `config` implies; returns whether it is scanned.
 
   The layer layout (stacked or not) is read from the tree, so either layout validates. Leaves only need a
@@ -173,9 +146,13 @@ def validate_params(config: opt_lib.OPTConfig, params: Mapping[str, Any], source
 # ----------------------------------------------------------------------------------------------------------
 
 
-def strip_hf_prefix(key: str) -> str:
-  """`model.decoder.x` or `decoder.x` -> `x`; other names unchanged."""
-  for prefix in _HF_PREFIXES:
+def strip_hf_prefix(key: str, config: ModelConfig) -> str:
+  """`key` without a prefix of `config`'s family (OPT: `model.decoder.x`, `decoder.x`; Llama: `model.x`) -> `x`.
+
+  Other names (`lm_head.weight`, bare names) are returned unchanged.
+  """
+  family = family_layout(config)
+  for prefix in (family.prefix,) + family.read_prefixes:
     if key.startswith(prefix):
       return key[len(prefix):]
   return key
@@ -188,46 +165,49 @@ def _same_tensor(a: np.ndarray, b: np.ndarray) -> bool:
   return np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
 
 
-def params_from_hf_state_dict(config: opt_lib.OPTConfig, state_dict: Mapping[str, np.ndarray],
+def params_from_hf_state_dict(config: ModelConfig, state_dict: Mapping[str, np.ndarray],
                               source: str | Mapping[str, str] = "state dict") -> Params:
-  """Hugging Face OPT tensors -> the nested `params` dict of `OPT(config)` (numpy, dtypes kept).
+  """Hugging Face tensors -> the nested `params` dict of the model of `config` (numpy, dtypes kept).
 
   Args:
-    config: the model config; `config.scan_layers` picks stacked `layers/...` or `layers_{i}/...`.
-    state_dict: HF name -> array, names as in OPTForCausalLM (`model.decoder.`), OPTModel (`decoder.`) or bare.
+    config: the model config (any family); `config.scan_layers` picks stacked `layers/...` or `layers_{i}/...`.
+    state_dict: HF name -> array, names as the family's `*ForCausalLM` writes them (`model.decoder.` for OPT,
+      `model.` for Llama), as its bare model does (`decoder.` for OPTModel, none for LlamaModel), or bare.
     source: where the tensors come from, for error messages: one name, or HF name -> file name (a missing
       tensor then names every file).
 
   Raises:
-    ConversionError: a missing, unexpected or misshapen tensor, or an untied `lm_head.weight`.
+    ConversionError: a missing, unexpected or misshapen tensor, or a `lm_head.weight` that differs from the
+      embedding it is tied to.
   """
+  family = family_layout(config)
+  head_names = {name for name, _ in family.head(config).values()} | {LM_HEAD}
 
   def where(key: str) -> str:
     if not isinstance(source, Mapping):
       return source
     return source.get(key) or ", ".join(sorted(set(source.values()))) or "state dict"
 
-  tensors: dict[str, tuple[str, np.ndarray]] = {}
+  tensors: dict[str, tuple[str, np.ndarray]] = {}  # full canonical name -> (name as given, array)
   for key, value in state_dict.items():
-    name = strip_hf_prefix(key)
+    name = key if key in head_names else family.prefix + strip_hf_prefix(key, config)
     if name in tensors:
       raise ConversionError(f"{where(key)}: tensor {key} given twice (also as {tensors[name][0]})")
     tensors[name] = (key, value)
 
   def take(name: str, path: tuple[str, ...], shape: tuple[int, ...]) -> np.ndarray:
-    if name not in tensors:
-      raise ConversionError(f"{where('model.decoder.' + name)}: missing tensor model.decoder.{name} "
-                            f"(expected shape {_to_hf_shape(path, shape)})")
-    key, value = tensors.pop(name)
     hf_shape = _to_hf_shape(path, shape)
+    if name not in tensors:
+      raise ConversionError(f"{where(name)}: missing tensor {name} (expected shape {hf_shape})")
+    key, value = tensors.pop(name)
     if tuple(value.shape) != hf_shape:
       raise ConversionError(f"{where(key)}: tensor {key}: expected shape {hf_shape}, got {tuple(value.shape)}")
     return np.ascontiguousarray(value.T) if path[-1] == "kernel" else np.asarray(value)
 
-  flat = {path: take(name, path, shape) for path, (name, shape) in _top_table(config).items()}
-  layer_table = _layer_table(config)
+  flat = {path: take(name, path, shape) for path, (name, shape) in _outside_layers(config).items()}
+  layer_table = family.layer(config)
   layers = [{
-      path: take(f"layers.{i}.{name}", path, shape) for path, (name, shape) in layer_table.items()
+      path: take(f"{family.prefix}layers.{i}.{name}", path, shape) for path, (name, shape) in layer_table.items()
   } for i in range(config.num_hidden_layers)]
   if config.scan_layers:
     for path in layer_table:
@@ -236,11 +216,11 @@ def params_from_hf_state_dict(config: opt_lib.OPTConfig, state_dict: Mapping[str
     for i, layer in enumerate(layers):
       flat.update({(f"layers_{i}",) + path: value for path, value in layer.items()})
 
-  if LM_HEAD in tensors:
+  if LM_HEAD in tensors and family.ties_head(config):
     key, head = tensors.pop(LM_HEAD)
-    if not _same_tensor(np.asarray(head), flat[("embed_tokens", "embedding")]):
-      raise ConversionError(f"{where(key)}: tensor {key} differs from model.decoder.embed_tokens.weight; "
-                            "this OPT ties the LM head to the token embedding")
+    if not _same_tensor(np.asarray(head), flat[EMBEDDING]):
+      raise ConversionError(f"{where(key)}: tensor {key} differs from {family.prefix}embed_tokens.weight; "
+                            f"this {family.family} config ties the LM head to the token embedding")
   if tensors:
     key = next(iter(tensors.values()))[0]
     raise ConversionError(f"{where(key)}: unexpected tensor {key} for this config; "
@@ -257,12 +237,16 @@ def _to_numpy(x: Any) -> np.ndarray:
   return np.asarray(x)
 
 
-def hf_state_dict_from_params(config: opt_lib.OPTConfig, params: Mapping[str, Any],
-                              prefix: str = "model.decoder.") -> dict[str, np.ndarray]:
-  """The `params` of `OPT(config)` (either layer layout) -> Hugging Face tensors named `{prefix}...`.
+def hf_state_dict_from_params(config: ModelConfig, params: Mapping[str, Any],
+                              prefix: str | None = None) -> dict[str, np.ndarray]:
+  """The `params` of the model of `config` (either layer layout) -> Hugging Face tensors.
 
-  `lm_head.weight` is left out: OPT ties it to the token embedding and `from_pretrained` re-ties it.
+  Names are as the family's `*ForCausalLM` has them, with `prefix` (default: the family's, "model.decoder." or
+  "model.") in place of the family's prefix; an untied head is `lm_head.weight`. A tied head is left out:
+  `from_pretrained` re-ties it.
   """
+  family = family_layout(config)
+  prefix = family.prefix if prefix is None else prefix
   scanned = validate_params(config, params)
   flat = flatten(unwrap(params))
 
@@ -270,10 +254,11 @@ def hf_state_dict_from_params(config: opt_lib.OPTConfig, params: Mapping[str, An
     value = _to_numpy(value)
     return np.ascontiguousarray(value.T if path[-1] == "kernel" else value)
 
-  state = {prefix + name: hf_array(path, flat[path]) for path, (name, _) in _top_table(config).items()}
-  layer_table = _layer_table(config)
+  state = {prefix + name: hf_array(path, flat[path]) for path, (name, _) in family.top(config).items()}
+  layer_table = family.layer(config)
   for i in range(config.num_hidden_layers):
     for path, (name, _) in layer_table.items():
       value = flat[("layers",) + path][i] if scanned else flat[(f"layers_{i}",) + path]
       state[f"{prefix}layers.{i}.{name}"] = hf_array(path, value)
+  state.update({name: hf_array(path, flat[path]) for path, (name, _) in family.head(config).items()})
   return state

@@ -1,11 +1,11 @@
-"""Orbax checkpoints of the OPT `params` tree: write one, and read one back, sharded or as numpy.
+"""Orbax checkpoints of the `params` tree of any model family: write one, and read one back, sharded or as numpy.
 
 Where it sits: in `optiml_jax.checkpoints`, between the in-memory `params` tree (`layout`) and the Orbax
 checkpoints that training and evaluation start from; `optiml_jax.convert` re-exports `save_orbax` /
 `restore_orbax` and the trainer restores its initial parameters with them.
 
 Layout written by `save_orbax` and read by `restore_orbax`:
-  OUT_DIR/config.json   the Hugging Face config of the model (`OPTConfig.to_hf()`), so nothing else is needed
+  OUT_DIR/config.json   the Hugging Face config of the model (`config.to_hf()`), so nothing else is needed
   OUT_DIR/params/       one Orbax PyTree item holding the `params` tree
 The trainer's CheckpointManager writes `ROOT/<step>/params/`; `restore_orbax` accepts `ROOT/<step>` (config.json
 looked up in the step folder, then in ROOT) and `ROOT` itself (its latest complete step): `discovery.py` says
@@ -25,14 +25,13 @@ from optiml_jax.checkpoints import discovery
 from optiml_jax.checkpoints import fileio
 from optiml_jax.checkpoints import hf
 from optiml_jax.checkpoints import layout
-from optiml_jax.models import opt as opt_lib
 
 Path = pathlib.Path | str
 
 PARAMS_ITEM = discovery.PARAMS_ITEM
 
 
-def save_orbax(params: Mapping[str, Any], path: Path, config: opt_lib.OPTConfig | None = None,
+def save_orbax(params: Mapping[str, Any], path: Path, config: layout.ModelConfig | None = None,
                overwrite: bool = False) -> pathlib.Path:
   """Writes `path/params` (an Orbax PyTree item) and, given `config`, `path/config.json`; returns `path`.
 
@@ -56,8 +55,8 @@ def _sharding_of(spec: Any) -> Any:
 
 
 def restore_orbax(path: Path, shardings: Any = None,
-                  config: opt_lib.OPTConfig | None = None) -> tuple[opt_lib.OPTConfig, layout.Params]:
-  """Reads params written by `save_orbax` or a CheckpointManager; returns (OPTConfig, params).
+                  config: layout.ModelConfig | None = None) -> tuple[layout.ModelConfig, layout.Params]:
+  """Reads params written by `save_orbax` or a CheckpointManager; returns (config, params).
 
   Args:
     path: a save_orbax folder, a step folder, the `params` item or a MODEL_DIR (its latest complete step);
@@ -65,7 +64,8 @@ def restore_orbax(path: Path, shardings: Any = None,
     shardings: None for numpy arrays; one `jax.sharding.Sharding` for every array; or a tree like params
       whose leaves are shardings or `jax.ShapeDtypeStruct`s with a sharding. Arrays then come back as
       jax.Arrays with those shardings.
-    config: the model config; by default read from config.json beside the item.
+    config: the model config; by default read from config.json beside the item (its `model_type` picks
+      the family).
 
   The returned config's `scan_layers` follows the stored tree (stacked `layers/` or `layers_{i}/`).
   """
