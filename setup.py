@@ -33,10 +33,20 @@ TEST_REQUIRES = [
     "pytest>=8.0",
     "pytest-timeout>=2.3",
     "torch>=2.4,<=2.13.0",  # any 2.x with OPT works
+    "gguf>=0.10.0",  # tests/checkpoints/test_gguf.py writes tiny GGUF files and converts them
+    "accelerate>=1.1.0",  # transformers loads GGUF files only with it
     # `make lint` (part of `make test`): pinned, so a new release cannot turn a clean tree red.
     "yapf==0.43.0",  # the formatter, Google style (setup.cfg [yapf])
     "ruff==0.17.6",  # the linter (ruff.toml)
     "mypy==2.4.1",  # the type checker (setup.cfg [mypy])
+]
+
+# `python -m optiml_jax.convert gguf-to-hf` / `fetch-smollm2` read GGUF files through transformers' own loader, which
+# needs torch, the `gguf` package and accelerate. Only those commands import them.
+GGUF_REQUIRES = [
+    "torch>=2.4,<=2.13.0",
+    "gguf>=0.10.0",
+    "accelerate>=1.1.0",
 ]
 
 # The repository keeps its gin files and bench definitions at its top level (gin/, tasks/); the wheel ships
@@ -70,6 +80,9 @@ setuptools.setup(
     entry_points={"console_scripts": CONSOLE_SCRIPTS},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={
+        "test": TEST_REQUIRES,
+        "gguf": GGUF_REQUIRES
+    },
     license="Apache-2.0",
 )

