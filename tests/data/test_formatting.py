@@ -170,3 +170,64 @@ def test_real_p3_template_has_no_definition_and_keeps_the_prompt(shared_dir):
   assert formatting.demonstrations_first(task)
   assert source.startswith(instance.input.rstrip()[:50])
   assert target == instance.targets[0]
+
+
+# --- Other tokenizers: their own BOS policy and EOS ------------------------------------------------------------
+
+PAIRS = [("Is it red?\nAnswer:", "yes \n"), ("Q:", " no"), ("What is 40 + 2?\nA:", "42"),
+         ("Review: great!\nOutput:", "5"), ("", "Plain pre-training text, the whole of it a target."),
+         ("Say nothing:", "")]
+
+
+def _sni_examples(shared_dir, count):
+  tasks_dir = shared_dir / "data" / "natural-instructions" / "tasks"
+  for path in [tasks_dir / f"{name}.json" for name in SNI_SAMPLE] + sorted(tasks_dir.glob("*.json"))[:count]:
+    task = sni.read_task(path)
+    for instance in itertools.islice(task.instances(), 3):
+      delimiter = formatting.choose_delimiter(0, task.name, instance.id)
+      demos = formatting.choose_demonstrations(0, task.name, instance.id, task.demonstrations, 2)
+      yield formatting.format_example(task, instance, demos, delimiter)
+
+
+def _assert_tokens_match(vocab, reference, source, target):
+  """[BOS where the tokenizer adds one] + inputs + targets == transformers' ids of the joined text + [EOS]."""
+  inputs, targets = formatting.tokenize_example(vocab, source, target)
+  joined = (source.rstrip(" ") + " " + target.rstrip()) if source and target.strip() else source + target.rstrip()
+  assert list(
+      vocab.prefix_ids) + inputs.tolist() + targets.tolist() == reference(joined)["input_ids"] + [vocab.eos_id], (
+          source[-40:], target)
+  assert targets[-1] == vocab.eos_id
+
+
+@pytest.mark.parametrize("style", ["smollm2", "llama3"])
+def test_tokens_follow_each_tokenizers_own_bos_and_eos(tiny_tokenizer, style):
+  transformers = pytest.importorskip("transformers")
+  folder = tiny_tokenizer(style)
+  vocab = vocab_lib.HFVocabulary(folder)
+  reference = transformers.AutoTokenizer.from_pretrained(str(folder))
+  assert reference.eos_token_id == vocab.eos_id
+  for source, target in PAIRS:
+    _assert_tokens_match(vocab, reference, source, target)
+
+
+@pytest.mark.parametrize("style", ["smollm2", "llama3"])
+def test_real_sni_tasks_tokenize_like_hugging_face_with_other_tokenizers(shared_dir, tiny_tokenizer, style):
+  transformers = pytest.importorskip("transformers")
+  folder = tiny_tokenizer(style)
+  vocab = vocab_lib.HFVocabulary(folder)
+  reference = transformers.AutoTokenizer.from_pretrained(str(folder))
+  examples = list(_sni_examples(shared_dir, 8))
+  for source, target in examples:
+    _assert_tokens_match(vocab, reference, source, target)
+  assert len(examples) >= 25
+
+
+@pytest.mark.slow
+def test_real_sni_tasks_tokenize_like_hugging_face_with_smollm2(shared_dir, smollm2_tokenizer_dir):
+  transformers = pytest.importorskip("transformers")
+  vocab = vocab_lib.HFVocabulary(smollm2_tokenizer_dir)
+  reference = transformers.AutoTokenizer.from_pretrained(str(smollm2_tokenizer_dir))
+  assert vocab.prefix_ids == () and vocab.eos_id == reference.eos_token_id == 2
+  examples = list(_sni_examples(shared_dir, 12)) + PAIRS
+  for source, target in examples:
+    _assert_tokens_match(vocab, reference, source, target)

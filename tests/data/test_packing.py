@@ -201,3 +201,108 @@ def test_packer_state_round_trip_continues_identically():
   for a, b in zip(rows, reference):
     for name in b:
       np.testing.assert_array_equal(a[name], b[name])
+
+
+# --- A tokenizer that adds no BOS (SmolLM2, Qwen2), and id 0 as a real token ----------------------------------
+
+EOS = 7  # an EOS other than OPT's, as a Llama-family tokenizer has
+
+
+def _examples_with_zeros(rng, count, max_inputs, max_targets):
+  """Random examples whose tokens include 0 (a real token, e.g. Llama 3's "!"); targets end with EOS."""
+  examples = []
+  for _ in range(count):
+    inputs = rng.integers(0, 5, size=int(rng.integers(0, max_inputs + 1))).astype(np.int32)
+    body = rng.integers(0, 5, size=int(rng.integers(0, max_targets)))
+    examples.append((inputs, np.concatenate([body, [EOS]]).astype(np.int32)))
+  return examples
+
+
+def _unpack_without_bos(rows):
+  """Examples recovered from rows packed with bos_id=None, padding told by segment ids only."""
+  recovered = []
+  for row in rows:
+    seg = row["decoder_segment_ids"]
+    used = int(np.count_nonzero(seg))
+    assert np.all(seg[used:] == 0) and not row["decoder_loss_weights"][used:].any()
+    for s in range(1, int(seg.max(initial=0)) + 1):
+      idx = np.nonzero(seg == s)[0]
+      inp, tgt, w = (
+          row[name][idx] for name in ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights"))
+      np.testing.assert_array_equal(row["decoder_positions"][idx], np.arange(idx.size))
+      np.testing.assert_array_equal(inp[1:], tgt[:-1])
+      tokens = np.r_[inp[:1], tgt]  # the whole example: no BOS in front
+      first_target = int(np.argmax(w)) + 1  # position t predicts tokens[t + 1]
+      np.testing.assert_array_equal(w, np.r_[np.zeros(first_target - 1), np.ones(idx.size - first_target + 1)])
+      assert tgt[-1] == EOS
+      recovered.append((tuple(tokens[:first_target].tolist()), tuple(tokens[first_target:].tolist())))
+  return recovered
+
+
+def test_without_a_bos_the_example_starts_with_its_first_input_token():
+  rows = list(packing.pack_examples([([7, 8], [3, 2]), ([], [5, 6, 2]), ([], [2])], 8, bos_id=None))
+  assert len(rows) == 1  # the one-token example has nothing to predict and is dropped
+  row = rows[0]
+  np.testing.assert_array_equal(row["decoder_input_tokens"], [7, 8, 3, 5, 6, 0, 0, 0])
+  np.testing.assert_array_equal(row["decoder_target_tokens"], [8, 3, 2, 6, 2, 0, 0, 0])
+  np.testing.assert_array_equal(row["decoder_loss_weights"], [0, 1, 1, 1, 1, 0, 0, 0])
+  np.testing.assert_array_equal(row["decoder_segment_ids"], [1, 1, 1, 2, 2, 0, 0, 0])
+  np.testing.assert_array_equal(row["decoder_positions"], [0, 1, 2, 0, 1, 0, 0, 0])
+  (padded,) = packing.pad_examples([([7, 8], [3, 2])], 4, bos_id=None)
+  np.testing.assert_array_equal(padded["decoder_input_tokens"], [7, 8, 3, 0])
+  np.testing.assert_array_equal(padded["decoder_loss_weights"], [0, 1, 1, 0])
+  # Llama 3's BOS is its own id, not the EOS.
+  (row,) = packing.pack_examples([([7, 8], [3, EOS])], 4, bos_id=128000)
+  np.testing.assert_array_equal(row["decoder_input_tokens"], [128000, 7, 8, 3])
+  np.testing.assert_array_equal(row["decoder_target_tokens"], [7, 8, 3, EOS])
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_packing_without_bos_keeps_every_example_and_id_0_is_data(seed):
+  rng = np.random.default_rng(seed)
+  length = int(rng.integers(6, 30))
+  examples = _examples_with_zeros(rng, 30, length // 2, length // 2)
+  rows = list(packing.pack_examples(examples, length, bos_id=None, max_open_rows=3))
+  expected = [(tuple(i.tolist()), tuple(t.tolist())) for i, t in examples if len(i) + len(t) > 1]
+  got = _unpack_without_bos(rows)
+  # An example without inputs reads its first target token and is scored from the second one on.
+  normalized = [(i, t) if i else (t[:1], t[1:]) for i, t in expected]
+  assert sorted(got) == sorted(normalized)
+  assert any(0 in row["decoder_target_tokens"][row["decoder_segment_ids"] > 0] for row in rows)
+
+
+@pytest.mark.parametrize("pack,window_size", [(True, 3), (False, 256)])
+def test_feature_converter_without_bos_matches_the_numpy_packer(pack, window_size):
+  rng = np.random.default_rng(4)
+  examples = [e for e in _examples_with_zeros(rng, 25, 10, 6) if len(e[0]) + len(e[1]) > 1]
+  converter = packing.OptimlFeatureConverter(pack=pack, bos_id=None, eos_id=EOS, max_open_rows=4,
+                                             window_size=window_size)
+  assert converter.bos_id is None and converter.eos_id == EOS
+  got = list(converter(_dataset(examples), {"inputs": 10, "targets": 6}).as_numpy_iterator())
+  expected = list(
+      packing.pack_examples(examples, 16, None, 4) if pack else packing.pad_examples(examples, 16, bos_id=None))
+  assert len(got) == len(expected)
+  for a, b in zip(got, expected):
+    assert set(a) == set(b)
+    for name in a:
+      np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_the_converter_cuts_targets_to_their_length_keeping_its_eos():
+  converter = packing.OptimlFeatureConverter(pack=False, bos_id=None, eos_id=EOS, apply_length_check=False)
+  (row,) = converter(_dataset([([1, 2], [3, 4, 5, 6, EOS])]), {"inputs": 2, "targets": 3}).as_numpy_iterator()
+  np.testing.assert_array_equal(row["decoder_target_tokens"], [2, 3, 4, EOS, 0])
+  np.testing.assert_array_equal(row["decoder_loss_weights"], [0, 1, 1, 1, 0])
+
+
+def test_for_vocabulary_follows_the_tokenizer(tiny_tokenizer):
+  from optiml_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  opt = packing.OptimlFeatureConverter.for_vocabulary(vocab_lib.OPTVocabulary(), pack=False)
+  assert (opt.bos_id, opt.eos_id, opt.pack) == (BOS, BOS, False)
+  smollm2 = packing.OptimlFeatureConverter.for_vocabulary(vocab_lib.HFVocabulary(tiny_tokenizer("smollm2")))
+  assert (smollm2.bos_id, smollm2.eos_id, smollm2.pack) == (None, 2, True)
+  llama3 = vocab_lib.HFVocabulary(tiny_tokenizer("llama3"))
+  converter = packing.OptimlFeatureConverter.for_vocabulary(llama3)
+  assert (converter.bos_id, converter.eos_id) == (llama3.prefix_ids[0], llama3.eos_id)
+  with pytest.raises(ValueError, match="bos_id must be a token id >= 0 or None"):
+    packing.OptimlFeatureConverter(bos_id=-1)

@@ -295,3 +295,31 @@ def test_shuffled_blocks_permutes_within_blocks_deterministically():
   assert out[:10] != items[:10]
   with pytest.raises(ValueError, match="block_size"):
     list(registry.shuffled_blocks(items, 0, seed=0))
+
+
+@pytest.mark.parametrize("style", ["smollm2", "llama3"])
+def test_tasks_tokenize_with_another_tokenizer_and_its_bos_policy(bench, tiny_tokenizer, style):
+  vocabulary = registry.default_vocabulary(tiny_tokenizer(style))
+  assert isinstance(vocabulary, vocab_lib.HFVocabulary) and registry.default_vocabulary() == bench["vocab"]
+  entry = bench["entries"][GEN_TASK]
+  try:
+    registry.register_task(entry, vocabulary)
+    lengths = {"inputs": 64, "targets": 16}
+    examples = _examples(GEN_TASK, registry.EVAL_SPLIT, lengths)  # inputs cut from the left, as the rows are
+    converter = packing.OptimlFeatureConverter.for_vocabulary(vocabulary, pack=False)
+    rows = list(
+        seqio.get_dataset(GEN_TASK, lengths, converter, dataset_split=registry.EVAL_SPLIT,
+                          shuffle=False).as_numpy_iterator())
+  finally:
+    registry.register_task(entry, bench["vocab"])  # the other tests read the OPT registration
+  assert len(rows) == len(examples) > 0
+  for example, row in zip(examples, rows):
+    assert example["targets"][-1] == vocabulary.eos_id and vocabulary.eos_id not in example["inputs"]
+    assert example["inputs"].tolist() == vocabulary.encode(example["inputs_pretokenized"].decode())[-64:]
+    sequence = list(vocabulary.prefix_ids) + example["inputs"].tolist() + example["targets"].tolist()
+    n = len(sequence) - 1
+    assert row["decoder_input_tokens"][:n].tolist() == sequence[:-1]
+    assert row["decoder_target_tokens"][:n].tolist() == sequence[1:]
+    scored = len(vocabulary.prefix_ids) + len(example["inputs"]) - 1
+    assert row["decoder_loss_weights"][:n].tolist() == [0] * scored + [1] * (n - scored)
+  assert seqio.get_mixture_or_task(GEN_TASK).output_features["targets"].vocabulary == bench["vocab"]

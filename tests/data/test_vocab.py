@@ -114,3 +114,119 @@ def test_missing_files_are_named(tmp_path):
 def test_package_ships_the_tokenizer_files():
   names = {p.name for p in pathlib.Path(vocab_lib.DEFAULT_TOKENIZER_DIR).iterdir()}
   assert {"vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"} <= names
+
+
+# --- Any Hugging Face tokenizer folder: tokenizer.json (transformers 5's format) ------------------------------
+
+TOKENIZER_TEXTS = TEXTS + ["Answer: yes", "Q: what? A: that", "!!! 42 + 7 = 49!"]
+
+
+@pytest.mark.parametrize("style", ["smollm2", "llama3"])
+def test_a_tokenizer_json_folder_encodes_as_transformers_does(tiny_tokenizer, style):
+  transformers = pytest.importorskip("transformers")
+  folder = tiny_tokenizer(style)
+  vocab = vocab_lib.HFVocabulary(folder)
+  reference = transformers.AutoTokenizer.from_pretrained(str(folder))
+  assert vocab.prefix_ids == ((vocab.bos_id,) if style == "llama3" else ())
+  assert vocab.add_bos == (style == "llama3") and vocab.eos_id == reference.eos_token_id
+  for text in TOKENIZER_TEXTS:
+    assert list(vocab.prefix_ids) + vocab.encode(text) == reference(text)["input_ids"], text
+    assert vocab.decode(vocab.encode(text)) == text
+  assert vocab.vocab_size == max(reference.get_vocab().values()) + 1
+
+
+def test_a_smollm2_style_vocabulary(tiny_tokenizer):
+  vocab = vocab_lib.HFVocabulary(tiny_tokenizer("smollm2"))
+  assert (vocab.bos_id, vocab.eos_id, vocab.unk_id, vocab.tokenizer_pad_id, vocab.pad_id) == (None, 2, 0, None, 0)
+  assert vocab.special_tokens.bos_id == 1  # named, but not added
+  # Special-token text in data is ordinary text; decoding drops the special ids and stops at the EOS.
+  ids = vocab.encode("a <|im_end|> b")
+  assert not set(ids) & {0, 1, 2} and vocab.decode(ids) == "a <|im_end|> b"
+  hello = vocab.encode("Hello, world")
+  assert vocab.decode([0, 1] + hello + [2] + vocab.encode(" more")) == "Hello, world"
+
+
+def test_id_0_is_a_real_token_of_a_llama3_style_vocabulary(tiny_tokenizer):
+  vocab = vocab_lib.HFVocabulary(tiny_tokenizer("llama3"))
+  assert vocab.encode("!") == [0]
+  answer = vocab.encode(" yes")
+  assert vocab.decode([0] + answer + [0]) == "! yes!"
+  # After the EOS comes padding (0 here too): cut at the EOS, not read as "!".
+  row = [0] + answer + [vocab.eos_id, 0, 0, 0]
+  assert vocab.decode(row) == "! yes"
+  assert vocab.decode(row + [vocab.vocab_size + 5]) == "! yes"
+  decoded = vocab.decode_tf(tf.constant([row, [0, 0, vocab.eos_id, 0, 0, 0, 0][:len(row)]]))
+  assert [t.decode("utf-8") for t in decoded.numpy()] == ["! yes", "!!"]
+  assert vocab.decode_tf(tf.constant(row)).numpy().decode("utf-8") == "! yes"
+  dataset = tf.data.Dataset.from_tensor_slices(["! yes", "!"]).map(vocab.encode_tf)
+  assert [ids.tolist() for ids in dataset.as_numpy_iterator()] == [[0] + answer, [0]]
+
+
+def test_transformers_5_copy_of_opt_reads_like_the_vocab_json_folder(tmp_path):
+  transformers = pytest.importorskip("transformers")
+  transformers.AutoTokenizer.from_pretrained(str(vocab_lib.DEFAULT_TOKENIZER_DIR)).save_pretrained(str(tmp_path))
+  assert (tmp_path / "tokenizer.json").is_file() and not (tmp_path / "vocab.json").exists()
+  saved, shipped = vocab_lib.HFVocabulary(tmp_path), vocab_lib.OPTVocabulary()
+  assert saved.special_tokens == shipped.special_tokens  # </s> BOS added (its post-processor), <unk> kept
+  for text in TEXTS:
+    assert saved.encode(text) == shipped.encode(text)
+    assert saved.decode(saved.encode(text) + [2, 5]) == text
+  assert saved.vocab_size == shipped.vocab_size
+  assert saved != shipped  # other files: equality follows the file contents
+
+
+def test_tokenizer_json_equality_hash_and_pickle(tiny_tokenizer, tmp_path):
+  folder = tiny_tokenizer("smollm2")
+  vocab = vocab_lib.HFVocabulary(folder)
+  copy = tmp_path / "copy"
+  shutil.copytree(folder, copy)
+  same = vocab_lib.HFVocabulary(copy)
+  assert same == vocab and hash(same) == hash(vocab) and vocab != vocab_lib.OPTVocabulary()
+  assert vocab != vocab_lib.HFVocabulary(tiny_tokenizer("llama3"))
+  again = pickle.loads(pickle.dumps(vocab))
+  assert again == vocab and type(again) is vocab_lib.HFVocabulary and again.encode(HELLO) == vocab.encode(HELLO)
+  (copy / "special_tokens_map.json").write_text('{"eos_token": "<|endoftext|>"}')  # same files, another EOS
+  assert vocab_lib.HFVocabulary(copy) != vocab and vocab_lib.HFVocabulary(copy).eos_id == 0
+  assert vocab_lib.load(copy) == vocab_lib.HFVocabulary(copy) and vocab_lib.load() == vocab_lib.OPTVocabulary()
+
+
+def test_a_folder_without_eos_or_files_is_named(tiny_tokenizer, tmp_path):
+  folder = tmp_path / "no_eos"
+  shutil.copytree(tiny_tokenizer("smollm2"), folder)
+  (folder / "tokenizer_config.json").write_text('{"bos_token": "<|im_start|>"}')
+  with pytest.raises(ValueError, match=f"{folder}: the tokenizer names no eos_token"):
+    vocab_lib.HFVocabulary(folder)
+  (folder / "tokenizer.json").write_text("{not json")
+  with pytest.raises(ValueError, match=r"tokenizer\.json: cannot"):
+    vocab_lib.HFVocabulary(folder)
+  with pytest.raises(FileNotFoundError, match="tokenizer.json, or vocab.json"):
+    vocab_lib.HFVocabulary(tmp_path / "nothing")
+
+
+def test_check_vocab_covers_names_the_folder_and_both_sizes(tiny_tokenizer):
+  vocab_lib.check_vocab_covers(50272, vocab_lib.OPTVocabulary())
+  vocab_lib.check_vocab_covers(50265, vocab_lib.OPTVocabulary())
+  with pytest.raises(
+      ValueError, match=r"config\.json: vocab_size 50264 does not cover the tokenizer in .*tokenizer_opt"
+      r", whose ids go up to 50264 \(vocab_size >= 50265 needed\)"):
+    vocab_lib.check_vocab_covers(50264, vocab_lib.OPTVocabulary(), "config.json")
+  llama3 = vocab_lib.HFVocabulary(tiny_tokenizer("llama3"))
+  top = max(llama3.prefix_ids[0], llama3.eos_id)  # the special tokens sit above the BPE ids
+  vocab_lib.check_vocab_covers(top + 1, llama3)
+  with pytest.raises(ValueError, match=f"vocab_size {top} does not cover the tokenizer in {llama3.tokenizer_dir}"):
+    vocab_lib.check_vocab_covers(top, llama3, "gin binding LlamaConfig.vocab_size")
+
+
+@pytest.mark.slow
+def test_smollm2_tokenizer(smollm2_tokenizer_dir):
+  transformers = pytest.importorskip("transformers")
+  vocab = vocab_lib.HFVocabulary(smollm2_tokenizer_dir)
+  reference = transformers.AutoTokenizer.from_pretrained(str(smollm2_tokenizer_dir))
+  tokens = vocab.special_tokens
+  assert (tokens.eos, tokens.eos_id, tokens.bos_id, vocab.bos_id, vocab.prefix_ids) == ("<|im_end|>", 2, 1, None, ())
+  assert reference.convert_ids_to_tokens([0, 1, 2]) == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+  assert vocab.vocab_size == 49152 and vocab.eos_id == reference.eos_token_id
+  for text in TOKENIZER_TEXTS:
+    assert vocab.encode(text) == reference(text)["input_ids"], text
+    assert vocab.decode(vocab.encode(text) + [2, 0]) == text
+  vocab_lib.check_vocab_covers(49152, vocab, "SmolLM2-135M config.json")
