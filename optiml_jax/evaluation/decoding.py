@@ -2,10 +2,15 @@
 
 Where it sits: `inference.make_predict_fn` (the seqio `predict_fn`) and the evaluator call `greedy_decode`
 (re-exported by `inference.py`); it pads prompts into bucket shapes with `batching.py` and runs
-`greedy_generate` under jit, on the mesh when one is given. Greedy until </s> or `max_new_tokens` (256 in
-OPT-IML). It uses the decode contract of `models/opt.py` (t5x's): a `prefill=True` pass writes a whole
-prompt's keys/values into cache slots 0..T-1 and sets each example's cache index to its own prompt length;
-then every `decode=True` call feeds one token per example at position = slot = that example's cache index.
+`greedy_generate` under jit, on the mesh when one is given. Greedy until an EOS or `max_new_tokens` (256 in
+OPT-IML). It uses the decode contract every model family keeps (`models/registry.py`, t5x's): a `prefill=True`
+pass writes a whole prompt's keys/values into cache slots 0..T-1 and sets each example's cache index to its own
+prompt length; then every `decode=True` call feeds one token per example at position = slot = that example's
+cache index.
+
+EOS. A decoding stops at any of several ids (`eos_id` takes one id or a sequence): OPT's </s> = 2, or a
+Llama-family model's `config.eos_ids` (config.json may list several, e.g. Llama 3.1 Instruct) together with
+its tokenizer's EOS. Prompts start with the tokenizer's BOS where it adds one, else with the first input token.
 
 A worked example, two right-padded prompts (0 = padding), `max_new_tokens` 3, cache of 3 + 3 - 1 = 5 slots
 (the last new token is never fed back):
@@ -15,8 +20,9 @@ A worked example, two right-padded prompts (0 = padding), `max_new_tokens` 3, ca
   step 1   feeds [a0, b0] at slots [3, 2] -> a1, b1 (b0 overwrites the padding's slot 2; slots past an
            example's index are never attended)
   step 2   feeds [a1, b1] at slots [4, 3] -> a2, b2
-  tokens   [[a0, a1, a2], [b0, b1, b2]]; an example stops at </s> (later entries stay `eos_id`), and the
-           loop ends as soon as every example has stopped.
+  tokens   [[a0, a1, a2], [b0, b1, b2]]; an example stops at an EOS (later entries are the first EOS id),
+           and the loop ends as soon as every example has stopped. Padding is known from `lengths`, never
+           from its id (0 is a real token in some vocabularies).
 """
 
 from __future__ import annotations
@@ -36,15 +42,25 @@ from optiml_jax.evaluation import batching
 
 Array = jax.Array
 DEFAULT_MAX_NEW_TOKENS = 256  # OPT-IML's generation limit
-EOS_ID = special_tokens.OPT.eos_id  # OPT's </s> (2), from the shipped tokenizer
+EOS_ID = special_tokens.OPT_EOS_ID  # OPT's </s> (2), from the shipped tokenizer
+
+
+def eos_tuple(eos_id: int | Sequence[int]) -> tuple[int, ...]:
+  """`eos_id` as a non-empty tuple of distinct ints, in order (one id or a sequence of ids)."""
+  ids = (eos_id,) if isinstance(eos_id, (int, np.integer)) else tuple(eos_id)
+  out = tuple(dict.fromkeys(int(i) for i in ids))
+  if not out:
+    raise ValueError("greedy decoding needs at least one EOS id; got none (a config with no eos_token_id: pass "
+                     "the tokenizer's)")
+  return out
 
 
 def greedy_generate(model: nn.Module, params: Any, prompts: Array, lengths: Array, cache_length: int,
-                    max_new_tokens: int, eos_id: int) -> tuple[Array, Array]:
+                    max_new_tokens: int, eos_id: int | tuple[int, ...]) -> tuple[Array, Array]:
   """Greedy continuation of right-padded prompts with the KV cache (jit with the last three static).
 
   Args:
-    model: an `OPT` module (t5x decode signature).
+    model: a model of any family (`models.registry.make_model`; t5x decode signature).
     params: its parameters.
     prompts: [batch, prompt_length] int32, each prompt left-aligned and padded with anything after
       `lengths[b]` tokens (padding is never attended by the real tokens: attention is causal).
@@ -52,18 +68,25 @@ def greedy_generate(model: nn.Module, params: Any, prompts: Array, lengths: Arra
     cache_length: cache slots; at least prompt_length and max(lengths) + max_new_tokens - 1, and at most
       the model's context (positions beyond it have no embedding).
     max_new_tokens: tokens to generate at most (>= 1).
-    eos_id: the token that ends an example (OPT's </s> = 2).
+    eos_id: the token, or tuple of tokens, that ends an example (OPT's </s> = 2).
 
   Returns:
-    (tokens [batch, max_new_tokens] int32, num_tokens [batch] int32): the greedy tokens, `eos_id` from an
-    example's first </s> on; num_tokens counts the tokens before it (the </s> excluded).
+    (tokens [batch, max_new_tokens] int32, num_tokens [batch] int32): the greedy tokens, the first EOS id from
+    an example's first EOS on; num_tokens counts the tokens before it (the EOS excluded).
   """
+  eos = jnp.asarray(eos_tuple(eos_id), jnp.int32)
+  fill = eos[0]
+
+  def is_eos(token):
+    return jnp.any(token[..., None] == eos, axis=-1)
+
   batch = prompts.shape[0]
   logits, variables = model.apply({"params": params}, prompts, enable_dropout=False, prefill=True,
                                   max_decode_length=cache_length, prefill_lengths=lengths, mutable=["cache"])
   first = jnp.argmax(logits[jnp.arange(batch), lengths - 1], axis=-1).astype(jnp.int32)
-  tokens = jnp.full((batch, max_new_tokens), eos_id, jnp.int32).at[:, 0].set(first)
-  done = first == eos_id
+  first = jnp.where(is_eos(first), fill, first)
+  tokens = jnp.full((batch, max_new_tokens), fill, jnp.int32).at[:, 0].set(first)
+  done = first == fill
 
   def keep_going(state):
     step, _, _, _, done = state
@@ -75,14 +98,15 @@ def greedy_generate(model: nn.Module, params: Any, prompts: Array, lengths: Arra
         "params": params,
         "cache": cache
     }, previous[:, None], enable_dropout=False, decode=True, mutable=["cache"])
-    token = jnp.where(done, eos_id, jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32))
+    token = jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32)
+    token = jnp.where(done | is_eos(token), fill, token)
     tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, step))
-    return step + 1, token, variables["cache"], tokens, done | (token == eos_id)
+    return step + 1, token, variables["cache"], tokens, done | (token == fill)
 
   state = (jnp.asarray(1, jnp.int32), first, variables["cache"], tokens, done)
   _, _, _, tokens, _ = jax.lax.while_loop(keep_going, one_token, state)
-  is_eos = tokens == eos_id
-  num_tokens = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1), max_new_tokens).astype(jnp.int32)
+  ended = tokens == fill
+  num_tokens = jnp.where(jnp.any(ended, axis=1), jnp.argmax(ended, axis=1), max_new_tokens).astype(jnp.int32)
   return tokens, num_tokens
 
 
@@ -93,17 +117,19 @@ def _generate_step(model: nn.Module, mesh: jax.sharding.Mesh | None) -> Callable
 
 
 def greedy_decode(model: nn.Module, params: Any, prompt_tokens: Sequence[batching.TokenIds],
-                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, eos_id: int = EOS_ID, *,
+                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, eos_id: int | Sequence[int] = EOS_ID, *,
                   batch_size: int = batching.DEFAULT_BATCH_SIZE, max_length: int | None = None,
                   mesh: jax.sharding.Mesh | None = None, stats: batching.InferenceStats | None = None,
                   progress: bool = False, desc: str = "decoding") -> list[list[int]]:
   """Greedy continuations of the prompts, batched, with the KV cache (prefill, then token by token).
 
   Args:
-    model: an `OPT` module; params: its parameters (`batching.place_params` places them once).
-    prompt_tokens: per example, the tokens to continue, BOS included ([2] + inputs); each non-empty.
+    model: a model of any family (`models.registry.make_model`); params: its parameters
+      (`batching.place_params` places them once).
+    prompt_tokens: per example, the tokens to continue, the BOS included where the tokenizer adds one (OPT:
+      [2] + inputs; SmolLM2: inputs); each non-empty.
     max_new_tokens: at most this many new tokens per example.
-    eos_id: an example stops at this token.
+    eos_id: an example stops at this token, or at any of these tokens.
     batch_size: prompts per batch (rounded up to a multiple of the mesh's data-parallel size).
     max_length: the context (default: the model's). A prompt longer than `max_length - max_new_tokens`
       keeps its last tokens (left truncation) and is counted in `stats.truncated`.
@@ -111,9 +137,10 @@ def greedy_decode(model: nn.Module, params: Any, prompt_tokens: Sequence[batchin
     stats: counters to add to; progress: show a tqdm bar over examples, labelled `desc`.
 
   Returns:
-    per example, the new tokens before the first `eos_id` (which is not included).
+    per example, the new tokens before the first EOS (which is not included).
   """
   start = time.perf_counter()
+  eos = eos_tuple(eos_id)
   max_length = batching.context_length(model, max_length)
   if not 1 <= max_new_tokens < max_length:
     raise ValueError(f"greedy_decode: max_new_tokens must be in [1, {max_length - 1}] (max_length - 1), "
@@ -125,8 +152,8 @@ def greedy_decode(model: nn.Module, params: Any, prompt_tokens: Sequence[batchin
   for i, prompt_ids in enumerate(prompt_tokens):
     prompt = np.asarray(prompt_ids, np.int32).reshape(-1)
     if prompt.size == 0:
-      raise ValueError(f"greedy_decode: prompt of example {i} is empty; expected at least one token "
-                       "(OPT's BOS </s> = 2)")
+      raise ValueError(f"greedy_decode: prompt of example {i} is empty; expected at least one token (the "
+                       "tokenizer's BOS, OPT's </s> = 2, or else the first input token)")
     stats.truncated += int(prompt.size > limit)
     prompts.append(prompt[-limit:])
   stats.examples += len(prompts)
@@ -147,7 +174,7 @@ def greedy_decode(model: nn.Module, params: Any, prompt_tokens: Sequence[batchin
     lengths = batching.pad_rows([[p.size] for p in members], size, 1, np.int32, fill=1)[:, 0]
     # Slots: the longest prompt (<= limit) plus every new token but the last, which is never fed back.
     return step(params, batching.to_device(tokens, mesh), batching.to_device(lengths, mesh),
-                cache_length=length + max_new_tokens - 1, max_new_tokens=max_new_tokens, eos_id=eos_id)
+                cache_length=length + max_new_tokens - 1, max_new_tokens=max_new_tokens, eos_id=eos)
 
   def collect(batch: Sequence[int], result: Any) -> int:
     tokens, num_tokens = (np.asarray(x) for x in result)

@@ -3,14 +3,20 @@
 Where it sits: the evaluator (`evaluation/evaluator.py`) runs `seqio.Evaluator` over the registry's Tasks and
 hands it `make_score_fn(...)` / `make_predict_fn(...)` from here; metrics and the report come after. This
 module (with `decoding.py` for greedy decoding and `batching.py` for shapes and devices, both re-exported
-here) knows the model (`models/opt.py`), the mesh machinery and seqio's model features, nothing of catalogs
-or metrics.
+here) knows the models (any family, through `models/registry.py`), the mesh machinery and seqio's model
+features, nothing of catalogs or metrics.
 
-Tokens. A prompt is the exact token sequence the model reads before the continuation, BOS included: OPT's
-tokenizer and `data/packing.py` start every example with </s> (2), so a registry example's prompt is
-[2] + inputs and its option j is scored as the continuation `options[j]` (each ends with </s>):
+Tokens. A prompt is the exact token sequence the model reads before the continuation, the BOS included where
+the tokenizer adds one: OPT's tokenizer and `data/packing.py` start every example with </s> (2), so a registry
+example's prompt is [2] + inputs and its option j is scored as the continuation `options[j]` (each ends with
+the EOS):
 
   prompt [2, 7, 8], option [3, 2]  ->  model reads [2, 7, 8, 3]; score = log p(3 | 2 7 8) + log p(2 | 2 7 8 3)
+
+A tokenizer that adds no BOS (SmolLM2, Qwen2) gives the prompt [7, 8]: the first input token is read first.
+The converter follows the vocabulary's policy (`feature_converter(vocabulary)`), and the prompt is read back
+from the loss weights, so scoring and decoding need no BOS id. Padding is told from lengths and loss weights,
+never from `token == 0` (a real token in some vocabularies).
 
 Batches. The options of one example are scored together: by default its prompt is computed once, into the
 key/value cache, and all options continue from it (`prompt_sharing.py`); otherwise (share_prompts=False, or
@@ -24,7 +30,8 @@ counted once in `InferenceStats.truncated`.
 
 seqio. `make_score_fn` / `make_predict_fn` return the callables `seqio.Evaluator.evaluate(score_fn=...,
 predict_fn=...)` calls with the enumerated model dataset. They read the unpacked decoder features of
-`feature_converter()` (OPT rows: BOS 2, then inputs, then targets) or of `seqio.PrefixLMFeatureConverter`;
+`feature_converter(vocabulary)` ([BOS] + inputs + targets; OPT's by default) or of
+`seqio.PrefixLMFeatureConverter`;
 a score is t5x's `DecoderOnlyModel.score_batch`: the sum of the target tokens' log-likelihoods weighted by
 `decoder_loss_weights`. Pass the Evaluator `sequence_length={}` (or lengths that fit every example) so that
 the Task does not cut prompts itself: then truncation is done, and counted, here.
@@ -46,7 +53,6 @@ from optiml_jax.evaluation import batching
 from optiml_jax.evaluation import decoding
 from optiml_jax.evaluation import prompt_sharing
 from optiml_jax.models import opt as opt_lib
-from optiml_jax.models import opt_config
 
 # Re-exported: the whole inference API is reachable from this module.
 DEFAULT_BATCH_SIZE = batching.DEFAULT_BATCH_SIZE
@@ -88,8 +94,8 @@ def option_rows(prompt_tokens: Sequence[batching.TokenIds],
   for i, (prompt_ids, options) in enumerate(zip(prompt_tokens, options_tokens)):
     prompt = np.asarray(prompt_ids, np.int32).reshape(-1)
     if prompt.size == 0:
-      raise ValueError(f"score_options: prompt of example {i} is empty; expected at least one token "
-                       "(OPT's BOS </s> = 2)")
+      raise ValueError(f"score_options: prompt of example {i} is empty; expected at least one token (the "
+                       "tokenizer's BOS, OPT's </s> = 2, or else the first input token)")
     for j, option_ids in enumerate(options):
       option = np.asarray(option_ids, np.int32).reshape(-1)
       if option.size == 0:
@@ -204,9 +210,10 @@ def score_options(model: nn.Module, params: Any, prompt_tokens: Sequence[batchin
   """Log-likelihood of each option given its example's prompt (rank classification).
 
   Args:
-    model: an `OPT` module; params: its parameters (see `place_params`).
-    prompt_tokens: per example, the tokens read before an option, BOS included ([2] + inputs).
-    options_tokens: per example, its options' tokens (each non-empty; the registry's end with </s>).
+    model: a model of any family (`models.registry.make_model`); params: its parameters (see `place_params`).
+    prompt_tokens: per example, the tokens read before an option, the BOS included where the tokenizer adds
+      one (OPT: [2] + inputs; SmolLM2: inputs).
+    options_tokens: per example, its options' tokens (each non-empty; the registry's end with the EOS).
     length_normalize: divide each sum by the option's number of tokens.
     batch_size: rows (prompt + one option) per batch, rounded up to a multiple of the mesh's
       data-parallel size.
@@ -234,10 +241,13 @@ def score_options(model: nn.Module, params: Any, prompt_tokens: Sequence[batchin
 # ----------------------------------------------------------------------------------------------------------
 
 
-def feature_converter() -> Any:
-  """The converter to give `seqio.Evaluator`: OPT rows ([2] + inputs + targets), unpacked."""
+def feature_converter(vocabulary: Any = None) -> Any:
+  """The converter to give `seqio.Evaluator`: unpacked rows [BOS] + inputs + targets, with the BOS and EOS of
+  `vocabulary` (`data.vocab.HFVocabulary`: no BOS when its tokenizer adds none); None: OPT's ([2] + ...)."""
   from optiml_jax.data import packing  # pylint: disable=g-import-not-at-top  (TensorFlow: only when asked)
-  return packing.OptimlFeatureConverter(pack=False)
+  if vocabulary is None:
+    return packing.OptimlFeatureConverter(pack=False)
+  return packing.OptimlFeatureConverter.for_vocabulary(vocabulary, pack=False)
 
 
 def _examples(dataset: Any) -> Iterator[tuple[int, Mapping[str, np.ndarray]]]:
@@ -248,10 +258,12 @@ def _examples(dataset: Any) -> Iterator[tuple[int, Mapping[str, np.ndarray]]]:
 
 
 def _real_length(index: int, features: Mapping[str, np.ndarray]) -> int:
-  used = np.flatnonzero((np.asarray(features["decoder_target_tokens"]) != 0) |
-                        (np.asarray(features["decoder_loss_weights"]) != 0))
+  """One past the last scored position: an example ends with its weighted target (its EOS), and what follows
+  is padding. Not read from the tokens: id 0 is a real token in some vocabularies."""
+  used = np.flatnonzero(np.asarray(features["decoder_loss_weights"]) != 0)
   if used.size == 0:
-    raise ValueError(f"example {index}: decoder_target_tokens are all padding (an empty example)")
+    raise ValueError(f"example {index}: decoder_target_tokens are all padding (decoder_loss_weights are all 0: "
+                     "an empty example)")
   return int(used[-1]) + 1
 
 
@@ -308,16 +320,18 @@ def make_score_fn(model: nn.Module, params: Any, *, length_normalize: bool = Fal
 
 
 def make_predict_fn(model: nn.Module, params: Any, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                    eos_id: int = EOS_ID, batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None,
-                    mesh: jax.sharding.Mesh | None = None, stats: InferenceStats | None = None,
-                    progress: bool = True) -> Callable[..., IndexedResult]:
+                    eos_id: int | Sequence[int] = EOS_ID, batch_size: int = DEFAULT_BATCH_SIZE,
+                    max_length: int | None = None, mesh: jax.sharding.Mesh | None = None,
+                    stats: InferenceStats | None = None, progress: bool = True) -> Callable[..., IndexedResult]:
   """seqio `predict_fn`: (enumerated model dataset) -> [(index, greedy tokens)].
 
-  Each prediction is an int32 array of `max_new_tokens` ids: the greedy tokens, then `</s>` repeated (as t5x
-  returns fixed-length decodes). seqio stacks the predictions into one array before its metrics, and the
-  vocabulary's `decode` stops at the first `</s>`.
+  Each prediction is an int32 array of `max_new_tokens` ids: the greedy tokens, then the first EOS id repeated
+  (as t5x returns fixed-length decodes). seqio stacks the predictions into one array before its metrics, and
+  the vocabulary's `decode` stops at its EOS and drops special tokens. `eos_id`: one id or several (any ends a
+  decoding); put the tokenizer's EOS first so that the padding is the one its `decode` stops at.
   """
   params = place_params(model, params, mesh)
+  fill = decoding.eos_tuple(eos_id)[0]
 
   def predict_fn(dataset: Any, model_feature_shapes: Mapping[str, Any] | None = None) -> IndexedResult:
     del model_feature_shapes
@@ -327,7 +341,7 @@ def make_predict_fn(model: nn.Module, params: Any, *, max_new_tokens: int = DEFA
       prompts.append(np.asarray(features["decoder_input_tokens"][:prompt_length(index, features)], np.int32))
     outputs = greedy_decode(model, params, prompts, max_new_tokens, eos_id, batch_size=batch_size,
                             max_length=max_length, mesh=mesh, stats=stats, progress=progress)
-    padded = [np.asarray(list(out) + [eos_id] * (max_new_tokens - len(out)), np.int32) for out in outputs]
+    padded = [np.asarray(list(out) + [fill] * (max_new_tokens - len(out)), np.int32) for out in outputs]
     return list(zip(indices, padded))
 
   return predict_fn
@@ -337,13 +351,16 @@ class Scorer:
   """A model, its placed params and the inference settings, with one `stats` for every call.
 
   `Scorer(config, params)` places the params once; its methods are the module's functions with those
-  arguments filled in.
+  arguments filled in. `config` is any family's (`models.registry`); `eos_ids` end a greedy decoding (one id or
+  several; None: `config.eos_ids`, OPT's </s>). For a Llama-family model pass the tokenizer's EOS first, then
+  the config's: `(vocabulary.eos_id, *config.eos_ids)`.
   """
 
-  def __init__(self, config: opt_config.OPTConfig, params: Any, mesh: jax.sharding.Mesh | None = None,
+  def __init__(self, config: Any, params: Any, mesh: jax.sharding.Mesh | None = None,
                batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None, progress: bool = True,
-               share_prompts: bool = True):
+               share_prompts: bool = True, eos_ids: int | Sequence[int] | None = None):
     self.model = opt_lib.OPT(config)
+    self.eos_ids = tuple(config.eos_ids) if eos_ids is None else decoding.eos_tuple(eos_ids)
     self.share_prompts = share_prompts
     self.mesh = mesh
     self.batch_size = batch_size
@@ -363,13 +380,15 @@ class Scorer:
                          share_prompts=self.share_prompts, **self._settings())
 
   def greedy_decode(self, prompt_tokens: Sequence[batching.TokenIds], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                    eos_id: int = EOS_ID) -> list[list[int]]:
-    return greedy_decode(self.model, self.params, prompt_tokens, max_new_tokens, eos_id, **self._settings())
+                    eos_id: int | Sequence[int] | None = None) -> list[list[int]]:
+    eos = self.eos_ids if eos_id is None else eos_id
+    return greedy_decode(self.model, self.params, prompt_tokens, max_new_tokens, eos, **self._settings())
 
   def score_fn(self, length_normalize: bool = False) -> Callable[..., IndexedResult]:
     return make_score_fn(self.model, self.params, length_normalize=length_normalize, share_prompts=self.share_prompts,
                          **self._settings())
 
   def predict_fn(self, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                 eos_id: int = EOS_ID) -> Callable[..., IndexedResult]:
-    return make_predict_fn(self.model, self.params, max_new_tokens=max_new_tokens, eos_id=eos_id, **self._settings())
+                 eos_id: int | Sequence[int] | None = None) -> Callable[..., IndexedResult]:
+    eos = self.eos_ids if eos_id is None else eos_id
+    return make_predict_fn(self.model, self.params, max_new_tokens=max_new_tokens, eos_id=eos, **self._settings())

@@ -1,0 +1,172 @@
+"""Tests of the evaluation's token conventions for any tokenizer: prompts without a BOS (SmolLM2, Qwen2), id 0 as
+a real token, several EOS ids ending a greedy decoding; checked against transformers on the same random weights,
+through the seqio adapters (`feature_converter(vocabulary)`, `make_score_fn`, `make_predict_fn`) and `Scorer`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from optiml_jax import convert
+from optiml_jax.data import packing
+from optiml_jax.data import vocab as vocab_lib
+from optiml_jax.evaluation import inference
+from optiml_jax.models import opt_config
+from optiml_jax.models import registry
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+tf = pytest.importorskip("tensorflow")
+
+OPT_SMALL = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
+                 max_position_embeddings=40, init_std=0.3)
+EOS = 5  # a target's EOS in the rows built here (not OPT's 2: nothing may assume it)
+
+
+@pytest.fixture(scope="module")
+def opt_pair(tmp_path_factory, random_hf_opt):
+  """A random transformers OPT and (module, params) read back with convert.load_hf."""
+  config = opt_config.OPTConfig(**OPT_SMALL)
+  hf_model = random_hf_opt(config, seed=3)
+  path = tmp_path_factory.mktemp("hf_opt")
+  hf_model.save_pretrained(path)
+  loaded, params = convert.load_hf(path)
+  model = registry.make_model(loaded)
+  return hf_model, model, inference.place_params(model, params)
+
+
+def _hf_log_likelihood(hf_model, tokens, num_scored):
+  ids = torch.tensor([list(tokens)[:-1]])
+  with torch.no_grad():
+    log_probs = torch.log_softmax(hf_model(ids).logits[0].double(), dim=-1)
+  return float(sum(log_probs[t - 1, tokens[t]] for t in range(len(tokens) - num_scored, len(tokens))))
+
+
+def _hf_greedy(hf_model, prompt, max_new_tokens, eos_ids):
+  ids = torch.tensor([list(prompt)])
+  with torch.no_grad():
+    out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new_tokens,
+                            eos_token_id=list(eos_ids), pad_token_id=eos_ids[0])
+  new = out[0, len(prompt):].tolist()
+  stops = [i for i, t in enumerate(new) if t in eos_ids]
+  return new[:stops[0]] if stops else new
+
+
+def _rank_rows(vocab_size, seed=0):
+  """Rank-classification examples (inputs, one target per option ending with EOS) whose tokens include 0."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for prompt_length, option_lengths in ((1, (2, 3)), (6, (1, 2, 4)), (9, (3,)), (4, (2, 2))):
+    inputs = rng.integers(0, vocab_size, size=prompt_length).astype(np.int32)
+    inputs[rng.integers(prompt_length)] = 0
+    for k in option_lengths:
+      body = rng.integers(0, vocab_size, size=k - 1)
+      rows.append((inputs, np.append(np.where(body == EOS, 0, body), EOS).astype(np.int32)))
+  return rows
+
+
+def _converted(rows, bos_id, eos_id=EOS):
+  """The rows through the evaluation's feature converter, unpacked, enumerated as seqio hands them over."""
+  spec = {"inputs": tf.TensorSpec([None], tf.int32), "targets": tf.TensorSpec([None], tf.int32)}
+  ds = tf.data.Dataset.from_generator(lambda: ({"inputs": i, "targets": t} for i, t in rows), output_signature=spec)
+  converter = packing.OptimlFeatureConverter(pack=False, bos_id=bos_id, eos_id=eos_id)
+  return list(enumerate(converter(ds, {"inputs": 16, "targets": 8}).as_numpy_iterator()))
+
+
+@pytest.mark.parametrize("bos_id", [None, 2])
+def test_seqio_scores_read_the_prompt_each_tokenizer_feeds(opt_pair, bos_id):
+  hf_model, model, params = opt_pair
+  rows = _rank_rows(OPT_SMALL["vocab_size"])
+  features = _converted(rows, bos_id)
+  prefix = [] if bos_id is None else [bos_id]
+  for index, feature in features:  # the prompt is [BOS] + inputs, or the inputs alone
+    inputs = rows[index][0]
+    assert inference.prompt_length(index, feature) == len(prefix) + len(inputs)
+    row = inference.row_from_features(index, feature, group=0)
+    assert len(row.inputs) == len(prefix) + len(inputs) + len(rows[index][1]) - 1
+  stats = inference.InferenceStats()
+  scores = dict(inference.make_score_fn(model, params, batch_size=4, stats=stats, progress=False)(features))
+  for index, (inputs, target) in enumerate(rows):
+    expected = _hf_log_likelihood(hf_model, prefix + inputs.tolist() + target.tolist(), len(target))
+    assert scores[index] == pytest.approx(expected, rel=1e-5, abs=1e-4)
+  assert stats.examples == 4  # rows of one example share their prompt, 0s included
+  direct = inference.score_options(model, params, [prefix + rows[0][0].tolist()], [[rows[0][1], rows[1][1]]])
+  np.testing.assert_allclose(direct[0], [scores[0], scores[1]], rtol=1e-6)
+
+
+def test_an_eos_of_id_0_ends_a_row_and_padding_is_not_read_from_tokens(opt_pair):
+  _, model, params = opt_pair
+  rows = [(np.asarray([7, 0, 9], np.int32), np.asarray([0, 3, 0], np.int32)),
+          (np.asarray([0], np.int32), np.asarray([0], np.int32))]
+  features = _converted(rows, bos_id=None, eos_id=0)  # SmolLM2 base's EOS <|endoftext|> is id 0
+  lengths = [len(inference.row_from_features(i, f, group=i).inputs) for i, f in features]
+  assert lengths == [5, 1]
+  scores = dict(inference.make_score_fn(model, params, progress=False)(features))
+  expected = inference.score_options(model, params, [[7, 0, 9], [0]], [[[0, 3, 0]], [[0]]])
+  np.testing.assert_allclose([scores[0], scores[1]], [expected[0][0], expected[1][0]], rtol=1e-6)
+
+
+def test_several_eos_ids_end_a_decoding_as_transformers_does(opt_pair):
+  hf_model, model, params = opt_pair
+  rng = np.random.default_rng(7)
+  prompts = [rng.integers(0, OPT_SMALL["vocab_size"], size=n).tolist() for n in (1, 4, 9, 3)]
+  free = inference.greedy_decode(model, params, prompts, max_new_tokens=8, eos_id=-1)
+  assert all(len(tokens) == 8 for tokens in free)
+  # Two ids that examples emit mid-way, the second one earlier in some example than the first.
+  first = free[0][3]
+  second = next(t for tokens in free[1:] for t in tokens[1:4] if t != first)
+  eos_ids = (first, second)
+  stats = inference.InferenceStats()
+  stopped = inference.greedy_decode(model, params, prompts, max_new_tokens=8, eos_id=eos_ids, batch_size=2, stats=stats)
+  for prompt, tokens, full in zip(prompts, stopped, free):
+    assert tokens == _hf_greedy(hf_model, prompt, 8, eos_ids)
+    assert not set(tokens) & set(eos_ids) and full[:len(tokens)] == tokens
+  assert len(stopped[0]) <= 3 and any(len(t) < 4 for t in stopped[1:])
+  assert stats.generated_tokens == sum(map(len, stopped))
+  with pytest.raises(ValueError, match="at least one EOS id"):
+    inference.greedy_decode(model, params, prompts, max_new_tokens=3, eos_id=())
+
+
+def test_predictions_stop_at_any_eos_and_pad_with_the_first(opt_pair, tiny_tokenizer):
+  hf_model, model, params = opt_pair
+  rows = [(np.asarray(p, np.int32), np.asarray([1, EOS], np.int32)) for p in ([4, 0, 8], [0], [9, 9, 1, 0, 3])]
+  features = _converted(rows, bos_id=None)
+  free = inference.greedy_decode(model, params, [r[0] for r in rows], max_new_tokens=6, eos_id=-1)
+  eos_ids = (EOS, free[2][2])
+  predictions = dict(
+      inference.make_predict_fn(model, params, max_new_tokens=6, eos_id=eos_ids, progress=False)(features))
+  for index, (inputs, _) in enumerate(rows):  # prompt = the inputs alone: no BOS
+    new = _hf_greedy(hf_model, inputs.tolist(), 6, eos_ids)
+    assert predictions[index].tolist() == new + [EOS] * (6 - len(new))
+  assert len(_hf_greedy(hf_model, rows[2][0].tolist(), 6, eos_ids)) == 2
+  # The padding is the vocabulary's EOS, which its decode stops at.
+  vocabulary = vocab_lib.HFVocabulary(tiny_tokenizer("smollm2"))
+  assert vocabulary.decode(np.asarray([40, 41, vocabulary.eos_id, 7, vocabulary.eos_id])) == vocabulary.decode([40, 41])
+
+
+def test_scorer_ends_decodings_at_its_config_eos_ids_unless_told(opt_pair):
+  _, model, params = opt_pair
+  scorer = inference.Scorer(model.config, params, batch_size=4, progress=False)
+  assert scorer.eos_ids == model.config.eos_ids == (2,)
+  prompts = [[3, 0, 7], [0]]
+  assert scorer.greedy_decode(prompts, 5) == inference.greedy_decode(model, params, prompts, 5, eos_id=2)
+  free = inference.greedy_decode(model, params, prompts, 5, eos_id=-1)
+  stop = next(t for t in free[0][1:] if t != free[0][0])
+
+  def before(tokens, ends):
+    return tokens[:min([tokens.index(e) for e in ends if e in tokens] + [len(tokens)])]
+
+  told = inference.Scorer(model.config, params, progress=False, eos_ids=[stop, 2])
+  assert told.eos_ids == (stop, 2) and told.greedy_decode(prompts, 5) == [before(t, (stop, 2)) for t in free]
+  assert len(told.greedy_decode(prompts, 5)[0]) < 5
+  assert scorer.greedy_decode(prompts, 5, eos_id=stop) == [before(t, (stop,)) for t in free]
+
+
+def test_feature_converter_follows_the_vocabulary(tiny_tokenizer):
+  opt = inference.feature_converter()
+  assert (opt.bos_id, opt.eos_id, opt.pack) == (2, 2, False)
+  smollm2 = inference.feature_converter(vocab_lib.HFVocabulary(tiny_tokenizer("smollm2")))
+  assert (smollm2.bos_id, smollm2.eos_id, smollm2.pack) == (None, 2, False)
+  llama3 = vocab_lib.HFVocabulary(tiny_tokenizer("llama3"))
+  converter = inference.feature_converter(llama3)
+  assert (converter.bos_id, converter.eos_id) == (llama3.bos_id, llama3.eos_id) and llama3.bos_id is not None
