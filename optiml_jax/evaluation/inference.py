@@ -52,7 +52,7 @@ import tqdm
 from optiml_jax.evaluation import batching
 from optiml_jax.evaluation import decoding
 from optiml_jax.evaluation import prompt_sharing
-from optiml_jax.models import opt as opt_lib
+from optiml_jax.models import registry
 
 # Re-exported: the whole inference API is reachable from this module.
 DEFAULT_BATCH_SIZE = batching.DEFAULT_BATCH_SIZE
@@ -359,7 +359,7 @@ class Scorer:
   def __init__(self, config: Any, params: Any, mesh: jax.sharding.Mesh | None = None,
                batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None, progress: bool = True,
                share_prompts: bool = True, eos_ids: int | Sequence[int] | None = None):
-    self.model = opt_lib.OPT(config)
+    self.model = registry.make_model(config)
     self.eos_ids = tuple(config.eos_ids) if eos_ids is None else decoding.eos_tuple(eos_ids)
     self.share_prompts = share_prompts
     self.mesh = mesh

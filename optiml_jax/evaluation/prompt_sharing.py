@@ -2,9 +2,10 @@
 
 Where it sits: `inference.score_rows` hands this module the rows of each example (group) whose options share
 a prompt; it prefills the prompt into the model's key/value cache once, copies that cache to every option
-row, and runs all option tokens of each row in one multi-token decode call (models/opt.py). A k-shot
-prompt of 1,000 tokens with four one-word options then costs ~1,000 + 4 x few token positions instead of
-~4,000. The scores are the row-wise ones (the same log-likelihoods; tested).
+row, and runs all option tokens of each row in one multi-token decode call (the decode contract every model
+family keeps: models/registry.py). A k-shot prompt of 1,000 tokens with four one-word options then costs
+~1,000 + 4 x few token positions instead of ~4,000. The scores are the row-wise ones (the same
+log-likelihoods; tested).
 
 Rows and their split. A group's rows are prompt + option sequences (`inference.ScoreRow`): inputs, targets
 and weights, with weights zero before the first scored target. The shared prefix is `inputs[:p]`, p being
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optiml_jax.evaluation import batching
-from optiml_jax.models import opt as opt_lib
+from optiml_jax.models import registry
 
 
 class SharedGroup(NamedTuple):
@@ -99,7 +100,7 @@ def shared_score_step(model: nn.Module, mesh: jax.sharding.Mesh | None = None) -
   config = model.config
 
   def step(params, prefixes, prefix_lengths, row_group, inputs, targets, weights):
-    cache = opt_lib.init_decode_cache(config, prefixes.shape[0], prefixes.shape[1] + inputs.shape[1])
+    cache = registry.init_decode_cache(config, prefixes.shape[0], prefixes.shape[1] + inputs.shape[1])
     _, variables = model.apply({
         "params": params,
         "cache": cache
@@ -122,7 +123,8 @@ def batch_arrays(groups: Sequence[SharedGroup], batch: Sequence[int], batch_size
   """(the caller's row indices in batch order, the padded arrays of `shared_score_step`).
 
   Shapes come from few buckets: groups and rows padded to powers of two, prefix and continuation lengths
-  to length buckets (padding tokens past the position table read its last row: models/opt.py).
+  to length buckets (padding tokens past OPT's position table read its last row: models/opt.py; rotary
+  positions need no table).
   """
   members = [groups[g] for g in batch]
   row_ids = [r for group in members for r in group.rows]

@@ -170,3 +170,66 @@ def test_feature_converter_follows_the_vocabulary(tiny_tokenizer):
   llama3 = vocab_lib.HFVocabulary(tiny_tokenizer("llama3"))
   converter = inference.feature_converter(llama3)
   assert (converter.bos_id, converter.eos_id) == (llama3.bos_id, llama3.eos_id) and llama3.bos_id is not None
+
+
+# --- A Llama-family model through the registry (GQA, untied head), no BOS, id 0 in prompts ---------------------
+
+LLAMA_SMALL = dict(vocab_size=80, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=48, rms_norm_eps=1e-6, rope_theta=10000.0,
+                   tie_word_embeddings=False, bos_token_id=1, eos_token_id=[2, 7])
+
+
+@pytest.fixture(scope="module")
+def llama_pair(tmp_path_factory):
+  """A random transformers LlamaForCausalLM (norm scales random too) and what convert.load_hf reads back."""
+  torch.manual_seed(0)
+  hf_config = transformers.LlamaConfig(**LLAMA_SMALL)
+  hf_config._attn_implementation = "eager"  # pylint: disable=protected-access
+  hf_model = transformers.LlamaForCausalLM(hf_config).eval()
+  with torch.no_grad():
+    for name, param in hf_model.named_parameters():
+      if "norm" in name:
+        param.normal_(1.0, 0.1)
+  path = tmp_path_factory.mktemp("hf_llama")
+  hf_model.save_pretrained(path)
+  config, params = convert.load_hf(path)
+  assert config.family == "llama" and config.eos_ids == (2, 7)
+  model = registry.make_model(config)
+  return hf_model, model, inference.place_params(model, params)
+
+
+def test_llama_scores_without_a_bos_equal_transformers(llama_pair):
+  hf_model, model, params = llama_pair
+  rng = np.random.default_rng(11)
+  prompts = [rng.integers(0, 80, size=n).tolist() for n in (1, 5, 12, 7)]
+  prompts[1][2] = prompts[2][0] = 0  # id 0 is data, also first
+  options = [[rng.integers(0, 80, size=k).tolist() + [7] for k in ks] for ks in ((0, 2), (1, 3, 0), (4,), (2, 2))]
+  shared = inference.score_options(model, params, prompts, options, batch_size=4)
+  rows = inference.score_options(model, params, prompts, options, batch_size=4, share_prompts=False)
+  for i, prompt in enumerate(prompts):
+    for j, option in enumerate(options[i]):
+      expected = _hf_log_likelihood(hf_model, prompt + option, len(option))
+      assert shared[i][j] == pytest.approx(expected, rel=1e-5, abs=1e-4)
+      assert rows[i][j] == pytest.approx(expected, rel=1e-5, abs=1e-4)
+  rows_ = [(np.asarray(p, np.int32), np.asarray(o, np.int32)) for p, opts in zip(prompts, options) for o in opts]
+  features = _converted(rows_, bos_id=None, eos_id=7)
+  scores = dict(inference.make_score_fn(model, params, batch_size=4, progress=False)(features))
+  np.testing.assert_allclose([scores[k] for k in range(len(rows_))], [s for row in shared for s in row], rtol=1e-5)
+
+
+def test_llama_greedy_decoding_stops_at_its_eos_ids_as_transformers_does(llama_pair):
+  hf_model, model, params = llama_pair
+  rng = np.random.default_rng(12)
+  prompts = [rng.integers(0, 80, size=n).tolist() for n in (2, 6, 3)]
+  prompts[0][0] = 0
+  scorer = inference.Scorer(model.config, params, batch_size=2, progress=False)
+  assert scorer.eos_ids == (2, 7)
+  free = inference.greedy_decode(model, params, prompts, max_new_tokens=10, eos_id=-1)
+  stop = next(t for t in free[1][1:] if t != free[1][0])
+  eos_ids = (stop, *model.config.eos_ids)
+  decoded = scorer.greedy_decode(prompts, 10, eos_id=eos_ids)
+  for prompt, tokens in zip(prompts, decoded):
+    assert tokens == _hf_greedy(hf_model, prompt, 10, eos_ids)
+  assert len(decoded[1]) < 10
+  for prompt, tokens in zip(prompts, scorer.greedy_decode(prompts, 10)):
+    assert tokens == _hf_greedy(hf_model, prompt, 10, (2, 7))
