@@ -1,15 +1,17 @@
 """Logical axis names -> device mesh axes: the one rule table, mesh construction and parameter sharding.
 
-Where it sits: models/opt.py names every parameter axis (the `params_axes` collection) and activation axis
-logically; the trainer and evaluation build a ("data", "fsdp", "tensor") mesh with `make_mesh`, turn the
-logical names into `NamedSharding`s with `LOGICAL_AXIS_RULES`, place or create the parameters with them,
-and run the model inside `mesh_context` so that activation constraints take effect.
+Where it sits: the family modules (models/opt.py, models/llama.py, built from models/layers.py) name every
+parameter axis (the `params_axes` collection) and activation axis logically; the trainer and evaluation build
+a ("data", "fsdp", "tensor") mesh with `make_mesh`, turn the logical names into `NamedSharding`s with
+`LOGICAL_AXIS_RULES`, place or create the parameters with them, and run the model inside `mesh_context` so
+that activation constraints take effect.
 
 How the table reads (rules are tried in order; a mesh axis is used at most once per array, so for
 activations [batch, length, embed] "batch" takes data+fsdp first and "embed" stays unsharded):
   q_proj/kernel ("layers", "embed", "joined_kv") -> (None, "fsdp", "tensor")
   fc2/kernel    ("layers", "mlp", "embed")       -> (None, "tensor", "fsdp")
   logits        ("batch", "length", "vocab")     -> (("data", "fsdp"), None, "tensor")
+  Llama keys    ("batch", "length", "kv_heads", "kv") -> (("data", "fsdp"), None, "tensor", None)
 """
 
 from __future__ import annotations
@@ -37,8 +39,13 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("mlp", "tensor"),
     # the fused q/k/v output columns and out_proj input rows (whole heads, since heads are contiguous),
     ("joined_kv", "tensor"),
-    # and the heads of the [batch, length, heads, kv] attention activations.
+    # the heads of the [batch, length, heads, kv] attention activations,
     ("heads", "tensor"),
+    # and the key/value heads of grouped-query attention ([batch, length, kv_heads, kv] keys, values and their
+    # decode cache; the Llama family): each tensor shard keeps the kv heads its query heads read, as the
+    # k_proj/v_proj columns ("joined_kv") are split the same way. Best with kv_heads a multiple of the tensor
+    # size; otherwise (2 kv heads on tensor=4) results are the same but XLA regathers keys and values.
+    ("kv_heads", "tensor"),
     # FSDP: the model dimension of every weight; activations' embed loses to "batch" (listed first).
     ("embed", "fsdp"),
     # Kept whole: the narrow token-embedding width of opt-350m (512), the position table rows, the
