@@ -30,8 +30,9 @@ FORBIDDEN = {
 ALLOWED = {"models": ("optiml_jax.data.special_tokens",)}
 # Modules that GPU images import without TensorFlow and seqio.
 LIGHT_MODULES = ("optiml_jax.data.special_tokens", "optiml_jax.data.metrics", "optiml_jax.models.opt",
-                 "optiml_jax.models.partitioning", "optiml_jax.checkpoints.discovery", "optiml_jax.evaluation.decoding",
-                 "optiml_jax.evaluation.inference", "optiml_jax.evaluation.prompt_sharing")
+                 "optiml_jax.models.registry", "optiml_jax.models.partitioning", "optiml_jax.checkpoints.discovery",
+                 "optiml_jax.evaluation.decoding", "optiml_jax.evaluation.inference",
+                 "optiml_jax.evaluation.prompt_sharing")
 
 
 def imported_modules(path: pathlib.Path) -> list[tuple[int, str]]:

@@ -19,12 +19,16 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 import pytest
 
+from optiml_jax.models import llama
+from optiml_jax.models import llama_config
 from optiml_jax.models import opt
 from optiml_jax.models import partitioning
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 SMALL = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
              max_position_embeddings=40)
+LLAMA_SMALL = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=40)
 RULE_TABLES = {
     "LOGICAL_AXIS_RULES": partitioning.LOGICAL_AXIS_RULES,
     "SEQUENCE_PARALLEL_RULES": partitioning.SEQUENCE_PARALLEL_RULES
@@ -183,11 +187,59 @@ def test_traced_opt_decode_axes_have_rules(scan_layers):
   assert_rules_cover(in_use)
 
 
+LLAMA_VARIANTS = {
+    "scanned_tied": {
+        "tie_word_embeddings": True
+    },
+    "unscanned_untied_biases": {
+        "scan_layers": False,
+        "attention_bias": True,
+        "attention_out_bias": True,
+        "mlp_bias": True
+    },
+    "remat_window": {
+        "remat_policy": "full",
+        "sliding_window": 3
+    },
+}
+
+
+@pytest.mark.parametrize("variant", LLAMA_VARIANTS)
+def test_traced_llama_axes_have_rules(variant):
+  model = llama.Llama(llama_config.LlamaConfig(**LLAMA_SMALL, **LLAMA_VARIANTS[variant]))
+  in_use = logical_axes_in_use(model, _tokens(), _tokens(), decoder_segment_ids=_tokens(), enable_dropout=False)
+  assert_rules_cover(in_use)
+  activations = {name for name, where in in_use.items() if any(w.startswith("activation") for w in where)}
+  assert {"batch", "length", "embed", "heads", "kv_heads", "kv", "mlp", "vocab"} <= activations, sorted(activations)
+
+
+def test_traced_llama_decode_axes_have_rules():
+  model = llama.Llama(llama_config.LlamaConfig(**LLAMA_SMALL))
+  prompt = _tokens(length=4)
+  variables = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), prompt, enable_dropout=False, decode=True, max_decode_length=8))
+  variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), variables)
+  for tokens, kwargs in [(prompt, {
+      "prefill": True
+  }), (_tokens(length=1), {
+      "decode": True
+  }), (_tokens(length=3), {
+      "decode": True
+  })]:
+    step = activation_axes_in_use(lambda t=tokens, k=kwargs: model.apply(variables, t, enable_dropout=False,
+                                                                         max_decode_length=8, mutable=["cache"], **k))
+    assert_rules_cover(step)
+    assert {"heads", "kv_heads", "kv", "mlp", "vocab"} <= step.keys(), (kwargs, sorted(step))
+
+
 def test_every_rule_is_used_by_some_model():
-  """No stale rules: each rule table entry names an axis that some traced variant uses."""
+  """No stale rules: each rule table entry names an axis that some traced variant of some family uses."""
   used = set()
   for overrides in CONFIG_VARIANTS.values():
     model = opt.OPT(opt.OPTConfig(**SMALL, **overrides))
+    used |= logical_axes_in_use(model, _tokens(), enable_dropout=False).keys()
+  for overrides in LLAMA_VARIANTS.values():
+    model = llama.Llama(llama_config.LlamaConfig(**LLAMA_SMALL, **overrides))
     used |= logical_axes_in_use(model, _tokens(), enable_dropout=False).keys()
   for table_name, table in RULE_TABLES.items():
     assert {name for name, _ in table} <= used, (table_name, sorted({name for name, _ in table} - used))
@@ -217,10 +269,25 @@ def test_rule_table_maps_kernels_as_documented():
   assert shardings["layers"]["fc2"]["kernel"].spec == P(None, "tensor", "fsdp")
   assert shardings["embed_tokens"]["embedding"].spec == P("tensor", "fsdp")
   assert shardings["embed_positions"]["embedding"].spec == P(None, "fsdp")
-  activations = {"x": P("batch", "length", "embed"), "logits": P("batch", "length", "vocab")}
+  _, llama_axes = partitioning.abstract_variables(llama.Llama(llama_config.LlamaConfig(**LLAMA_SMALL)),
+                                                  jnp.ones((1, 4), jnp.int32), enable_dropout=False)
+  shardings = partitioning.logical_to_mesh_sharding(llama_axes, partitioning.make_mesh(1, 1, 1))
+  for name in ("q_proj", "k_proj", "v_proj"):
+    assert shardings["layers"]["self_attn"][name]["kernel"].spec == P(None, "fsdp", "tensor")
+  assert shardings["layers"]["self_attn"]["o_proj"]["kernel"].spec == P(None, "tensor", "fsdp")
+  assert shardings["layers"]["mlp"]["gate_proj"]["kernel"].spec == P(None, "fsdp", "tensor")
+  assert shardings["layers"]["mlp"]["down_proj"]["kernel"].spec == P(None, "tensor", "fsdp")
+  assert shardings["layers"]["input_layernorm"]["scale"].spec == P(None, "fsdp")
+  assert shardings["lm_head"]["kernel"].spec == P("fsdp", "tensor")
+  activations = {
+      "x": P("batch", "length", "embed"),
+      "logits": P("batch", "length", "vocab"),
+      "keys": P("batch", "length", "kv_heads", "kv")
+  }
   specs = partitioning.logical_to_mesh_sharding(activations, partitioning.make_mesh(1, 1, 1))
   assert specs["x"].spec == P(("data", "fsdp"), None, None)  # "batch" took fsdp before "embed".
   assert specs["logits"].spec == P(("data", "fsdp"), None, "tensor")
+  assert specs["keys"].spec == P(("data", "fsdp"), None, "tensor", None)
 
 
 def test_sequence_parallel_rules_shard_the_residual_stream_only():
