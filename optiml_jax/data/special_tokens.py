@@ -197,6 +197,13 @@ def _leading_special(processor: Any) -> tuple[str, int | None] | None:
   return None
 
 
+def is_tokenizer_folder(path: str | os.PathLike) -> bool:
+  """Whether `path` holds a Hugging Face tokenizer (tokenizer.json, or vocab.json and merges.txt): a converted
+  checkpoint folder usually does, so it can serve as its own tokenizer folder."""
+  folder = pathlib.Path(path)
+  return (folder / TOKENIZER_FILE).is_file() or ((folder / VOCAB_FILE).is_file() and (folder / "merges.txt").is_file())
+
+
 def read(tokenizer_dir: str | os.PathLike) -> SpecialTokens:
   """The special tokens and BOS policy of a Hugging Face tokenizer folder (see the module docstring).
 

@@ -298,6 +298,9 @@ class OPTVocabulary(HFVocabulary):
     return self.tokenizer_pad_id
 
 
+is_tokenizer_folder = special_tokens.is_tokenizer_folder
+
+
 def load(tokenizer_dir: str | os.PathLike | None = None) -> HFVocabulary:
   """The vocabulary of a Hugging Face tokenizer folder; None: OPT's (the copy shipped in the package)."""
   return OPTVocabulary() if tokenizer_dir is None else HFVocabulary(tokenizer_dir)

@@ -188,6 +188,9 @@ def test_tokenizer_json_equality_hash_and_pickle(tiny_tokenizer, tmp_path):
   (copy / "special_tokens_map.json").write_text('{"eos_token": "<|endoftext|>"}')  # same files, another EOS
   assert vocab_lib.HFVocabulary(copy) != vocab and vocab_lib.HFVocabulary(copy).eos_id == 0
   assert vocab_lib.load(copy) == vocab_lib.HFVocabulary(copy) and vocab_lib.load() == vocab_lib.OPTVocabulary()
+  assert vocab_lib.is_tokenizer_folder(copy) and vocab_lib.is_tokenizer_folder(vocab_lib.DEFAULT_TOKENIZER_DIR)
+  (copy / "tokenizer.json").unlink()
+  assert not vocab_lib.is_tokenizer_folder(copy)
 
 
 def test_a_folder_without_eos_or_files_is_named(tiny_tokenizer, tmp_path):

@@ -65,12 +65,12 @@ def _rank_rows(vocab_size, seed=0):
   return rows
 
 
-def _converted(rows, bos_id, eos_id=EOS):
+def _converted(rows, bos_id, eos_id=EOS, inputs_length=16):
   """The rows through the evaluation's feature converter, unpacked, enumerated as seqio hands them over."""
   spec = {"inputs": tf.TensorSpec([None], tf.int32), "targets": tf.TensorSpec([None], tf.int32)}
   ds = tf.data.Dataset.from_generator(lambda: ({"inputs": i, "targets": t} for i, t in rows), output_signature=spec)
   converter = packing.OptimlFeatureConverter(pack=False, bos_id=bos_id, eos_id=eos_id)
-  return list(enumerate(converter(ds, {"inputs": 16, "targets": 8}).as_numpy_iterator()))
+  return list(enumerate(converter(ds, {"inputs": inputs_length, "targets": 8}).as_numpy_iterator()))
 
 
 @pytest.mark.parametrize("bos_id", [None, 2])
@@ -233,3 +233,40 @@ def test_llama_greedy_decoding_stops_at_its_eos_ids_as_transformers_does(llama_p
   assert len(decoded[1]) < 10
   for prompt, tokens in zip(prompts, scorer.greedy_decode(prompts, 10)):
     assert tokens == _hf_greedy(hf_model, prompt, 10, (2, 7))
+
+
+# --- The real SmolLM2-135M-Instruct (slow): its tokenizer adds no BOS, <|im_end|> ends a target --------------
+
+REAL_EXAMPLES = [("Question: What is the capital of France?\nAnswer:", ["Paris", "London", "Berlin"]),
+                 ("Review: I loved this movie, it was wonderful.\nIs the review positive or negative?\nAnswer:",
+                  ["positive", "negative"]), ("Translate to French: cat\nOutput:", ["chat", "chien"]),
+                 ("2 + 2 =", ["4", "5"])]
+
+
+@pytest.mark.slow
+def test_real_smollm2_scores_and_decodes_like_transformers(smollm2_hf_dir):
+  from optiml_jax.data import formatting  # pylint: disable=g-import-not-at-top
+  config, params = convert.load_hf(smollm2_hf_dir)
+  vocabulary = vocab_lib.HFVocabulary(smollm2_hf_dir)
+  vocab_lib.check_vocab_covers(config.vocab_size, vocabulary, f"{smollm2_hf_dir}/config.json")
+  assert vocabulary.prefix_ids == () and vocabulary.eos_id == 2 and config.family == "llama"
+  hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(smollm2_hf_dir), dtype=torch.float32).eval()
+  reference = transformers.AutoTokenizer.from_pretrained(str(smollm2_hf_dir))
+  rows = []
+  for source, options in REAL_EXAMPLES:
+    for option in options:
+      inputs, targets = formatting.tokenize_example(vocabulary, source, option)
+      assert inputs.tolist() + targets.tolist() == reference(source + " " + option)["input_ids"] + [2]
+      rows.append((inputs, targets))
+  scorer = inference.Scorer(config, params, batch_size=4, progress=False, eos_ids=(vocabulary.eos_id, *config.eos_ids))
+  features = _converted(rows, bos_id=vocabulary.bos_id, eos_id=vocabulary.eos_id, inputs_length=64)
+  scores = dict(scorer.score_fn()(features))
+  for index, (inputs, targets) in enumerate(rows):
+    expected = _hf_log_likelihood(hf_model, inputs.tolist() + targets.tolist(), len(targets))
+    assert scores[index] == pytest.approx(expected, abs=2e-3), index
+  assert scorer.stats.examples == len(REAL_EXAMPLES)
+  prompts = [formatting.tokenize_example(vocabulary, source, "")[0].tolist() for source, _ in REAL_EXAMPLES]
+  decoded = scorer.greedy_decode(prompts, 16)
+  for prompt, tokens in zip(prompts, decoded):
+    assert tokens == _hf_greedy(hf_model, prompt, 16, scorer.eos_ids)
+  assert any(len(tokens) > 3 for tokens in decoded)
