@@ -413,3 +413,46 @@ def test_eight_device_mesh_gives_single_device_logits():
     assert r["decode_diff"] < 1e-4, (shape, r)
     assert r["kernel_spec"] == str(P(None, "fsdp", "tensor")), (shape, r)
     assert r["kernel_shard_shape"] == [2, 32 // fsdp, 16 // tensor], (shape, r)
+
+
+def _loss_and_grads_on_packed_padded_batch(config, params):
+  """(loss, logits, grads) of a GPU training step's kind: packed rows (two segments), trailing padding."""
+  rng = np.random.default_rng(11)
+  tokens = rng.integers(0, config.vocab_size, size=(4, 128))
+  segments = np.concatenate([np.ones((4, 70), int), np.full((4, 40), 2), np.zeros((4, 18), int)], axis=1)
+  targets = np.roll(tokens, -1, axis=1)
+  weights = (segments > 0) & (np.roll(segments, -1, axis=1) == segments)
+
+  def loss(p):
+    logits = llama.Llama(config).apply({"params": p}, jnp.asarray(tokens), decoder_segment_ids=jnp.asarray(segments),
+                                       enable_dropout=False)
+    ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.asarray(targets)[..., None], -1)[..., 0]
+    return (ce * weights).sum() / weights.sum(), logits[segments > 0]
+
+  (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+  return float(value), logits, grads
+
+
+@pytest.mark.gpu  # cuDNN flash attention runs on CUDA GPUs only.
+@pytest.mark.parametrize("sliding_window", [None, 48])
+def test_cudnn_attention_is_as_close_to_float32_as_xla_in_bfloat16(sliding_window):
+  # As OPT's test (tests/models/test_opt.py): two bf16 kernels are compared with a float32 reference; a masking
+  # error (a key of another segment, of the window's outside, or of the wrong kv head) would put cuDNN's error far
+  # above XLA's.
+  config = llama_config.LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                    sliding_window=sliding_window, model_type="mistral")
+  params = _random_params(config)
+  reference = _loss_and_grads_on_packed_padded_batch(dataclasses.replace(config, attention_impl="xla"), params)
+  xla, cudnn = (_loss_and_grads_on_packed_padded_batch(
+      dataclasses.replace(config, dtype="bfloat16", attention_impl=impl), params) for impl in ("xla", "cudnn"))
+
+  def error(a, b):
+    return float(jnp.linalg.norm(a.astype(jnp.float32) - b))
+
+  assert abs(cudnn[0] - reference[0]) <= 2 * abs(xla[0] - reference[0]) + 1e-3 * reference[0]
+  assert error(cudnn[1], reference[1]) <= 2 * error(xla[1], reference[1]) + 1e-3 * jnp.linalg.norm(reference[1])
+  for (path, ref), g_xla, g_cudnn in zip(jax.tree_util.tree_leaves_with_path(reference[2]), jax.tree.leaves(xla[2]),
+                                         jax.tree.leaves(cudnn[2])):
+    bound = 3 * error(g_xla, ref) + 1e-2 * float(jnp.linalg.norm(ref)) + 1e-6
+    assert error(g_cudnn, ref) <= bound, (jax.tree_util.keystr(path), error(g_cudnn, ref), error(g_xla, ref))
