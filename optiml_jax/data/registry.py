@@ -15,7 +15,8 @@ Tasks, for a catalog task named `<name>` (e.g. "sni:task1292_yelp_review_full_te
   order: source order without shuffling; with it (training), each pass over a task reads its instances in a
          block-shuffled order drawn from (seed, task, pass), then a small per-Task shuffle buffer mixes them.
 Features of every example:
-  inputs, targets              int32 token ids: BPE(source), BPE(" " + target) + [EOS] (the OUTPUT features;
+  inputs, targets              int32 token ids: BPE(source), the target's tokens after it + [EOS]
+                               (`formatting.tokenize_example`; the OUTPUT features;
                                `lm` tasks have empty inputs, so their loss covers the whole text);
   inputs_pretokenized, targets_pretokenized   the source and target text;
   references                   every reference output (string list; ROUGE-L / exact match take the best);
@@ -168,10 +169,12 @@ def iter_examples(entry: catalog_lib.CatalogEntry, task: records.TaskSource, spl
     source, target = formatting.format_example(task, instance, demos, delimiter)
     input_text, target_text = formatting.token_texts(source, target)
     options = [formatting.token_texts(source, o)[1] for o in instance.options]
-    option_ids = [_tokens(vocabulary, o) + [eos] for o in options]
+    inputs = _tokens(vocabulary, input_text)
+    option_ids = [formatting.continuation_tokens(vocabulary, input_text, inputs, o) + [eos] for o in options]
     yield {
-        "inputs": np.asarray(_tokens(vocabulary, input_text), np.int32),
-        "targets": np.asarray(_tokens(vocabulary, target_text) + [eos], np.int32),
+        "inputs": np.asarray(inputs, np.int32),
+        "targets": np.asarray(
+            formatting.continuation_tokens(vocabulary, input_text, inputs, target_text) + [eos], np.int32),
         "inputs_pretokenized": source,
         "targets_pretokenized": target,
         "references": np.asarray(instance.targets or ("",), dtype=object),

@@ -62,6 +62,12 @@ VOCAB_FILE = special_tokens.VOCAB_FILE
 MERGES_FILE = "merges.txt"
 FAIRSEQ_SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")
 EMBEDDING_MULTIPLE = 8  # OPT pads its embedding table to a multiple of 8 rows: 50265 -> 50272.
+# (source, continuation) pairs at the boundaries formatting makes (a source ends without whitespace, a target
+# starts with a space): a tokenizer that encodes each continuation alone as the joined text's tail is trusted to
+# do so always (byte-level BPE: its pre-tokenizer cuts before the space), so `formatting.continuation_tokens`
+# need not encode the joined text. Sentencepiece-style tokenizers ("▁" prepended to any text) fail the probe.
+CONTINUATION_PROBES = (("Answer:", " yes"), ("Q: 12", " 34"), ("Output:", " Paris, France."), ("a", " b"),
+                       ("x\n", " y"), ("end.", " \"Start\""))
 
 
 def _file_digest(paths: Iterable[pathlib.Path]) -> str:
@@ -145,6 +151,8 @@ class HFVocabulary(seqio.Vocabulary):
     special |= {vocab[t] for t in FAIRSEQ_SPECIAL_TOKENS if t in vocab and files[0].name == VOCAB_FILE}
     self._special_ids = frozenset(special | {i for i in roles if i is not None})
     self._size = max(vocab.values()) + 1 if vocab else 0
+    self._continuations_alone = all(
+        self._encode(a) + self._encode(b) == self._encode(a + b) for a, b in CONTINUATION_PROBES)
 
   # --- Ids ---------------------------------------------------------------------------------------------
 
@@ -196,6 +204,13 @@ class HFVocabulary(seqio.Vocabulary):
   @property
   def tokenizer_dir(self) -> pathlib.Path:
     return self._tokenizer_dir
+
+  @property
+  def continuations_encode_alone(self) -> bool:
+    """Whether a target encoded alone (" " + target) gives the tokens it has after its source (see
+    `CONTINUATION_PROBES`): true for byte-level BPE (OPT, SmolLM2, Llama 3, Qwen2), false for sentencepiece-style
+    tokenizers (Llama 2, Mistral), whose targets `formatting.continuation_tokens` then cuts from the joined text."""
+    return self._continuations_alone
 
   # --- Python ------------------------------------------------------------------------------------------
 

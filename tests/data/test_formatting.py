@@ -199,7 +199,7 @@ def _assert_tokens_match(vocab, reference, source, target):
   assert targets[-1] == vocab.eos_id
 
 
-@pytest.mark.parametrize("style", ["smollm2", "llama3"])
+@pytest.mark.parametrize("style", ["smollm2", "llama3", "llama2"])
 def test_tokens_follow_each_tokenizers_own_bos_and_eos(tiny_tokenizer, style):
   transformers = pytest.importorskip("transformers")
   folder = tiny_tokenizer(style)
@@ -210,7 +210,7 @@ def test_tokens_follow_each_tokenizers_own_bos_and_eos(tiny_tokenizer, style):
     _assert_tokens_match(vocab, reference, source, target)
 
 
-@pytest.mark.parametrize("style", ["smollm2", "llama3"])
+@pytest.mark.parametrize("style", ["smollm2", "llama3", "llama2"])
 def test_real_sni_tasks_tokenize_like_hugging_face_with_other_tokenizers(shared_dir, tiny_tokenizer, style):
   transformers = pytest.importorskip("transformers")
   folder = tiny_tokenizer(style)
@@ -231,3 +231,20 @@ def test_real_sni_tasks_tokenize_like_hugging_face_with_smollm2(shared_dir, smol
   examples = list(_sni_examples(shared_dir, 12)) + PAIRS
   for source, target in examples:
     _assert_tokens_match(vocab, reference, source, target)
+
+
+def test_a_target_is_tokenized_as_it_follows_its_source(tiny_tokenizer, vocabulary):
+  # Sentencepiece-style tokenizers prepend "▁" to any text: " yes" alone gets a stray "▁" that the joined text
+  # has not. The target's tokens are the joined encoding's tail.
+  llama2 = vocab_lib.HFVocabulary(tiny_tokenizer("llama2"))
+  assert not llama2.continuations_encode_alone and vocabulary.continuations_encode_alone
+  assert all(
+      vocab_lib.HFVocabulary(tiny_tokenizer(style)).continuations_encode_alone for style in ("smollm2", "llama3"))
+  inputs, targets = formatting.tokenize_example(llama2, "Answer:", "yes")
+  tail = llama2.encode("Answer: yes")[len(inputs):]
+  assert targets.tolist() == tail + [llama2.eos_id] and llama2.encode(" yes") != tail
+  assert formatting.continuation_tokens(llama2, "Answer:", inputs.tolist(), " yes") == tail
+  # A boundary the source's own tokens do not survive: the text is encoded alone.
+  assert formatting.continuation_tokens(llama2, "Answer:", [1, 2], " yes") == llama2.encode(" yes")
+  assert formatting.continuation_tokens(vocabulary, "", [], " yes") == vocabulary.encode(" yes")
+  assert formatting.continuation_tokens(vocabulary, "Answer:", vocabulary.encode("Answer:"), "") == []

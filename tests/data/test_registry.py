@@ -297,7 +297,7 @@ def test_shuffled_blocks_permutes_within_blocks_deterministically():
     list(registry.shuffled_blocks(items, 0, seed=0))
 
 
-@pytest.mark.parametrize("style", ["smollm2", "llama3"])
+@pytest.mark.parametrize("style", ["smollm2", "llama3", "llama2"])
 def test_tasks_tokenize_with_another_tokenizer_and_its_bos_policy(bench, tiny_tokenizer, style):
   vocabulary = registry.default_vocabulary(tiny_tokenizer(style))
   assert isinstance(vocabulary, vocab_lib.HFVocabulary) and registry.default_vocabulary() == bench["vocab"]
@@ -316,6 +316,10 @@ def test_tasks_tokenize_with_another_tokenizer_and_its_bos_policy(bench, tiny_to
   for example, row in zip(examples, rows):
     assert example["targets"][-1] == vocabulary.eos_id and vocabulary.eos_id not in example["inputs"]
     assert example["inputs"].tolist() == vocabulary.encode(example["inputs_pretokenized"].decode())[-64:]
+    _, targets = formatting.tokenize_example(vocabulary, example["inputs_pretokenized"].decode(),
+                                             example["targets_pretokenized"].decode())
+    expected = targets.tolist() if len(targets) <= 16 else targets[:15].tolist() + [vocabulary.eos_id]
+    assert example["targets"].tolist() == expected
     sequence = list(vocabulary.prefix_ids) + example["inputs"].tolist() + example["targets"].tolist()
     n = len(sequence) - 1
     assert row["decoder_input_tokens"][:n].tolist() == sequence[:-1]

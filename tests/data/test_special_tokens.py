@@ -104,7 +104,7 @@ def test_a_llama3_style_folder_adds_the_bos_its_post_processor_adds(tiny_tokeniz
   assert data["model"]["vocab"]["!"] == 0  # id 0 is an ordinary token here
 
 
-@pytest.mark.parametrize("style", ["smollm2", "llama3"])
+@pytest.mark.parametrize("style", ["smollm2", "llama3", "llama2"])
 def test_add_bos_token_beside_a_tokenizer_json_is_ignored_as_transformers_5_does(tiny_tokenizer, style):
   policy = special_tokens.read(tiny_tokenizer(style)).add_bos
   assert special_tokens.read(tiny_tokenizer(style, add_bos_token=not policy)).add_bos == policy

@@ -121,14 +121,14 @@ def test_package_ships_the_tokenizer_files():
 TOKENIZER_TEXTS = TEXTS + ["Answer: yes", "Q: what? A: that", "!!! 42 + 7 = 49!"]
 
 
-@pytest.mark.parametrize("style", ["smollm2", "llama3"])
+@pytest.mark.parametrize("style", ["smollm2", "llama3", "llama2"])
 def test_a_tokenizer_json_folder_encodes_as_transformers_does(tiny_tokenizer, style):
   transformers = pytest.importorskip("transformers")
   folder = tiny_tokenizer(style)
   vocab = vocab_lib.HFVocabulary(folder)
   reference = transformers.AutoTokenizer.from_pretrained(str(folder))
-  assert vocab.prefix_ids == ((vocab.bos_id,) if style == "llama3" else ())
-  assert vocab.add_bos == (style == "llama3") and vocab.eos_id == reference.eos_token_id
+  assert vocab.prefix_ids == (() if style == "smollm2" else (vocab.bos_id,))
+  assert vocab.add_bos == (style != "smollm2") and vocab.eos_id == reference.eos_token_id
   for text in TOKENIZER_TEXTS:
     assert list(vocab.prefix_ids) + vocab.encode(text) == reference(text)["input_ids"], text
     assert vocab.decode(vocab.encode(text)) == text
@@ -229,6 +229,7 @@ def test_smollm2_tokenizer(smollm2_tokenizer_dir):
   assert (tokens.eos, tokens.eos_id, tokens.bos_id, vocab.bos_id, vocab.prefix_ids) == ("<|im_end|>", 2, 1, None, ())
   assert reference.convert_ids_to_tokens([0, 1, 2]) == ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
   assert vocab.vocab_size == 49152 and vocab.eos_id == reference.eos_token_id
+  assert vocab.continuations_encode_alone  # byte-level BPE
   for text in TOKENIZER_TEXTS:
     assert vocab.encode(text) == reference(text)["input_ids"], text
     assert vocab.decode(vocab.encode(text) + [2, 0]) == text
