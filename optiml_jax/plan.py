@@ -17,7 +17,7 @@ The run's settings are the trainer's own `trainer.config.TrainConfig`, built fro
 `python -m optiml_jax.train` builds it (`gin_registry.configure_training`). The mesh comes from
 `PartitioningArgs.mesh_shape` (a -1 takes the remaining chips; a gin mesh for another chip count is rescaled
 along fsdp) unless `--mesh=data,fsdp,tensor` is given; `--batch` and `--microbatches` replace BATCH_SIZE and
-`PartitioningArgs.num_microbatches`; any `--gin.KEY=VALUE` works too (e.g. `--gin.opt_model.remat_policy='dots'`);
+`PartitioningArgs.num_microbatches`; any `--gin.KEY=VALUE` works too (e.g. `--gin.model_config.remat_policy='dots'`);
 `--sequence_parallel` (or `PartitioningArgs.sequence_parallel = True`) plans with
 `models.partitioning.SEQUENCE_PARALLEL_RULES`. Macros that only a real run needs (MODEL_DIR, CATALOG_DIR,
 INITIAL_CHECKPOINT_PATH) may stay unset. `--no_compile` gives the analytic
@@ -153,7 +153,6 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
   """Builds, lowers and (optionally) compiles the step for `inputs` on `topo`; returns the report dict."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  from optiml_jax.models import opt_config  # pylint: disable=g-import-not-at-top
   from optiml_jax.models import partitioning  # pylint: disable=g-import-not-at-top
   from optiml_jax.planning import analytic  # pylint: disable=g-import-not-at-top
   from optiml_jax.planning import compiled as compiled_lib  # pylint: disable=g-import-not-at-top
@@ -162,9 +161,6 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
     raise PlanError(f"{jax.device_count()} devices visible but {topo.name} has {topo.chips} chips: run "
                     "through `python -m optiml_jax.plan` (which sets XLA_FLAGS) or `main()`")
   cfg = inputs.model
-  if not isinstance(cfg, opt_config.OPTConfig):
-    raise PlanError(f"the planner models OPT only (its memory and FLOP estimates read OPT's shapes), but the gin "
-                    f"files configure a {type(cfg).__name__}")
   shape = analytic.StepShape(inputs.batch_size, inputs.seq_len, inputs.num_microbatches, *inputs.mesh,
                              sequence_parallel=inputs.sequence_parallel)
   try:
@@ -244,8 +240,11 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
 
 
 def describe_model(cfg: Any) -> str:
-  return (f"{cfg.num_params() / 1e9:.1f}B params (L={cfg.num_hidden_layers}, d={cfg.hidden_size}, "
-          f"heads={cfg.num_attention_heads}, ffn={cfg.ffn_dim})")
+  """'1.3B params (opt, L=24, d=2048, heads=32, ffn=8192)'; GQA models also show their key/value heads."""
+  widths = cfg.layer_shapes()
+  kv = "" if widths.kv_width == widths.q_width else f", kv_heads={widths.heads * widths.kv_width // widths.q_width}"
+  return (f"{cfg.num_params() / 1e9:.1f}B params ({cfg.family}, L={cfg.num_hidden_layers}, d={cfg.hidden_size}, "
+          f"heads={cfg.num_attention_heads}{kv}, ffn={widths.mlp_width})")
 
 
 def _gib(value: float | None) -> str:

@@ -47,7 +47,7 @@ def test_fitting_plan_exits_0_and_writes_json(tmp_path, capfd):
   out = tmp_path / "plan.json"
   code = plan.main([
       f"--gin_file={QUICKSTART}", "--topology=v5e-8", "--mesh=1,4,2", "--batch=16", "--microbatches=2",
-      "--gin.opt_model.remat_policy='full'", "--no_flops_probe", f"--json_out={out}"
+      "--gin.model_config.remat_policy='full'", "--no_flops_probe", f"--json_out={out}"
   ])
   printed = capfd.readouterr().out
   assert code == 0, printed

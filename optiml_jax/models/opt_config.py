@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Mapping
 import jax.numpy as jnp
 
 from optiml_jax.data import special_tokens
+from optiml_jax.models import shapes
 
 LAYER_NORM_EPS = 1e-5  # Hugging Face / metaseq OPT.
 POSITION_OFFSET = 2  # OPT's learned position table is indexed at position + 2.
@@ -134,7 +135,7 @@ class OPTConfig:
   @property
   def eos_ids(self) -> tuple[int, ...]:
     """The ids that end a generation: OPT's `</s>` (`data/special_tokens.py`)."""
-    return (special_tokens.OPT.eos_id,)
+    return (special_tokens.OPT_EOS_ID,)
 
   @property
   def head_dim(self) -> int:
@@ -203,6 +204,12 @@ class OPTConfig:
         **special_tokens.OPT.hf_config_ids(), "tie_word_embeddings": True,
         "use_cache": True
     }
+
+  def layer_shapes(self) -> shapes.LayerShapes:
+    """The widths the planner's memory and FLOP model reads (`planning/analytic.py`)."""
+    d = self.hidden_size
+    return shapes.LayerShapes(hidden=d, heads=self.num_attention_heads, q_width=d, kv_width=d, mlp_width=self.ffn_dim,
+                              mlp_in_matmuls=1, embed_width=self.embed_dim)
 
   def num_params(self) -> int:
     """Number of parameters (the tied LM head counted once), computed from the shapes."""

@@ -1,7 +1,8 @@
 """The analytic memory and FLOP model of one training step, per device, without compiling anything.
 
 Sits under the planner (`optiml_jax.plan`), beside `planning.compiled`, whose XLA figures it is checked
-against (tests/planning/test_analytic.py). Inputs are plain values: an `OPTConfig`, the step's figures
+against (tests/planning/test_analytic.py). Inputs are plain values: a model config of any family (what it reads
+of the model is its `layer_shapes()`, `models/shapes.py`, plus sizes and settings every config has), the step's figures
 (`StepShape`) and the per-device bytes of parameters and optimizer state, which the planner reads from the
 trainer's sharded state layout (exact: `sharded_bytes`).
 
@@ -19,9 +20,9 @@ residual stream [rows, seq, hidden] are replicated over the tensor axis unless s
 them over it; the attention scores [rows, heads, seq, seq] (float32) exist unless the attention is fused
 (cuDNN flash attention).
 
-FLOPs per step: model FLOPs 6N + 12·L·d·S per token (PaLM; `OPTConfig.flops_per_token`) times the tokens of
+FLOPs per step: model FLOPs 6N + 12·L·d·S per token (PaLM; the config's `flops_per_token`) times the tokens of
 the global batch, and hardware FLOPs, which add what rematerialization recomputes (one more forward pass of
-the layers but fc2 under "full").
+the layers but the last projection (fc2, down_proj) under "full").
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from optiml_jax.models import opt_config
+ModelConfig = Any  # a family's config (`models/registry.py`): OPTConfig, LlamaConfig
 
 FLOAT32_BYTES = 4
 DROPOUT_MASK_BYTES = 1
@@ -91,13 +92,13 @@ def sharded_bytes(tree: Any) -> int:
   return total
 
 
-def layer_param_count(config: opt_config.OPTConfig) -> int:
+def layer_param_count(config: ModelConfig) -> int:
   """Parameters of one decoder layer."""
   two = dataclasses.replace(config, num_hidden_layers=2).num_params()
   return two - dataclasses.replace(config, num_hidden_layers=1).num_params()
 
 
-def _fused_attention(config: opt_config.OPTConfig) -> bool:
+def _fused_attention(config: ModelConfig) -> bool:
   return config.attention_impl == "cudnn"
 
 
@@ -106,49 +107,53 @@ class LayerTensors:
   """Bytes per device of the tensors one decoder layer produces for one microbatch (see `layer_tensors`)."""
 
   residual: int  # one [rows, seq, hidden] tensor of the residual stream (sharded over tensor under SP)
-  normed: int  # a layer-norm output fed to tensor-parallel matmuls: whole hidden, replicated over tensor
-  heads: int  # q, k, v or the attention output: [rows, seq, hidden / tensor]
-  mlp: int  # fc1 output: [rows, seq, ffn / tensor]
+  normed: int  # a norm's output fed to tensor-parallel matmuls: whole hidden, replicated over tensor
+  heads: int  # q or the attention output: [rows, seq, q_width / tensor]
+  kv: int  # k or v: [rows, seq, kv_width / tensor] (smaller than heads under grouped-query attention)
+  mlp: int  # one feed-forward inner tensor: [rows, seq, mlp_width / tensor]
+  mlp_in: int  # matmuls into the feed-forward width: 1 (fc1) or 2 (SwiGLU's gate and up)
   scores: int  # float32 attention logits [rows, heads / tensor, seq, seq]; 0 when fused
   probs: int  # attention probabilities in the compute dtype; 0 when fused
-  norm_f32: int  # the float32 copy a layer norm computes in (sharded like the residual stream)
+  norm_f32: int  # the float32 copy a norm computes in (sharded like the residual stream)
   dropout_mask: int  # one dropout mask on the residual stream, 0 without dropout
 
   def everything(self) -> int:
     """All a layer's backward needs when nothing is recomputed (remat "none")."""
-    return (4 * self.residual  # layer input, out_proj output, the sum after attention, fc2 output
-            + 2 * self.normed  # the two layer-norm outputs
-            + 4 * self.heads  # q, k, v, attention output
-            + 2 * self.mlp  # fc1 output and its ReLU
-            + self.scores + self.probs + 2 * self.norm_f32  # each layer norm computes in float32
+    return (4 * self.residual  # layer input, attention projection output, the sum after attention, mlp output
+            + 2 * self.normed  # the two norm outputs
+            + 2 * self.heads + 2 * self.kv  # q, k, v, attention output
+            + 2 * self.mlp_in * self.mlp  # fc1 and its ReLU; or gate, up, SiLU(gate) and the product
+            + self.scores + self.probs + 2 * self.norm_f32  # each norm computes in float32
             + 2 * self.dropout_mask)  # the attention and feed-forward branches
 
   def dots(self) -> int:
-    """Matmul outputs (remat "dots"): q, k, v, scores, attention output, out_proj, fc1, fc2."""
-    return 4 * self.heads + self.scores + 2 * self.normed + self.mlp
+    """Matmul outputs (remat "dots"): q, k, v, scores, attention output, its projection, the mlp matmuls."""
+    return 2 * self.heads + 2 * self.kv + self.scores + 2 * self.normed + self.mlp_in * self.mlp
 
   def dots_without_batch_dims(self) -> int:
-    """Weight matmul outputs only (remat "dots_with_no_batch_dims"): q, k, v, out_proj, fc1, fc2."""
-    return 3 * self.heads + 2 * self.normed + self.mlp
+    """Weight matmul outputs only (remat "dots_with_no_batch_dims"): q, k, v, out projection, the mlp matmuls."""
+    return self.heads + 2 * self.kv + 2 * self.normed + self.mlp_in * self.mlp
 
   def largest(self) -> int:
     return max(self.residual, self.normed, self.heads, self.mlp, self.scores, self.probs, self.norm_f32)
 
 
-def layer_tensors(config: opt_config.OPTConfig, rows: int, seq_len: int, tensor: int,
-                  sequence_parallel: bool) -> LayerTensors:
+def layer_tensors(config: ModelConfig, rows: int, seq_len: int, tensor: int, sequence_parallel: bool) -> LayerTensors:
   """The per-device sizes of one layer's activations for `rows` sequences of `seq_len` tokens."""
+  widths = config.layer_shapes()
   item = np.dtype(config.dtype).itemsize
   tokens = rows * seq_len
-  hidden = config.hidden_size
+  hidden = widths.hidden
   residual_shards = tensor if sequence_parallel else 1
-  local_heads = max(1, config.num_attention_heads // tensor)
+  local_heads = max(1, widths.heads // tensor)
   fused = _fused_attention(config)
   return LayerTensors(
       residual=tokens * hidden * item // residual_shards,
       normed=tokens * hidden * item,
-      heads=tokens * hidden * item // tensor,
-      mlp=tokens * config.ffn_dim * item // tensor,
+      heads=tokens * widths.q_width * item // tensor,
+      kv=tokens * widths.kv_width * item // tensor,
+      mlp=tokens * widths.mlp_width * item // tensor,
+      mlp_in=widths.mlp_in_matmuls,
       scores=0 if fused else rows * local_heads * seq_len * seq_len * FLOAT32_BYTES,
       probs=0 if fused else rows * local_heads * seq_len * seq_len * item,
       norm_f32=tokens * hidden * FLOAT32_BYTES // residual_shards,
@@ -156,7 +161,7 @@ def layer_tensors(config: opt_config.OPTConfig, rows: int, seq_len: int, tensor:
   )
 
 
-def saved_per_layer(config: opt_config.OPTConfig, layer: LayerTensors) -> int:
+def saved_per_layer(config: ModelConfig, layer: LayerTensors) -> int:
   """What the forward pass keeps per layer for the backward pass, by remat policy."""
   policy = config.remat_policy
   if policy == "full":
@@ -200,7 +205,7 @@ class MemoryEstimate:
     return self.arguments + self.temporaries
 
 
-def estimate_memory(config: opt_config.OPTConfig, shape: StepShape, *, params_bytes: int, opt_state_bytes: int,
+def estimate_memory(config: ModelConfig, shape: StepShape, *, params_bytes: int, opt_state_bytes: int,
                     num_features: int = 5) -> MemoryEstimate:
   """The per-device memory model of one step.
 
@@ -225,7 +230,8 @@ def estimate_memory(config: opt_config.OPTConfig, shape: StepShape, *, params_by
   # float32 logits, their log-softmax, its exponent and their gradient; the tied embedding's
   # [vocab / tensor, width] gradients (from the LM head, from the lookup, and their sum) before they are
   # reduce-scattered over fsdp; the final hidden state and its gradient.
-  logits_working = (4 * tokens * local_vocab * FLOAT32_BYTES + 3 * local_vocab * config.embed_dim * FLOAT32_BYTES +
+  embed_width = config.layer_shapes().embed_width
+  logits_working = (4 * tokens * local_vocab * FLOAT32_BYTES + 3 * local_vocab * embed_width * FLOAT32_BYTES +
                     2 * tokens * config.hidden_size * FLOAT32_BYTES)
   grads = params_bytes * (2 if shape.num_microbatches > 1 else 1)
   # Batches are laid out as ("batch", "length"): over data x fsdp, and along the sequence over tensor too
@@ -254,12 +260,13 @@ class FlopEstimate:
     return self.hardware_total / self.devices
 
 
-def recompute_flops_per_token(config: opt_config.OPTConfig, seq_len: int) -> float:
+def recompute_flops_per_token(config: ModelConfig, seq_len: int) -> float:
   """FLOPs the backward pass spends recomputing the forward pass, per token, by remat policy."""
-  d, layers = config.hidden_size, config.num_hidden_layers
-  # fc2's output feeds only the residual sum, which the next layer keeps, so its matmul is not recomputed.
-  recomputed_matmuls = layers * (4 * d * d + d * config.ffn_dim)
-  attention = 4 * layers * d * seq_len  # QK^T and PV, forward
+  widths, layers = config.layer_shapes(), config.num_hidden_layers
+  # The last projection's output (fc2, down_proj) feeds only the residual sum, which the next layer keeps, so its
+  # matmul is not recomputed.
+  recomputed_matmuls = layers * widths.recomputed_matmul_params()
+  attention = 4 * layers * widths.q_width * seq_len  # QK^T and PV, forward
   policy = config.remat_policy
   if policy == "full":
     return 2 * recomputed_matmuls + attention
@@ -268,7 +275,7 @@ def recompute_flops_per_token(config: opt_config.OPTConfig, seq_len: int) -> flo
   return 0.0
 
 
-def estimate_flops(config: opt_config.OPTConfig, shape: StepShape) -> FlopEstimate:
+def estimate_flops(config: ModelConfig, shape: StepShape) -> FlopEstimate:
   tokens = shape.batch_size * shape.seq_len
   model = float(config.flops_per_token(shape.seq_len)) * tokens
   hardware = model + recompute_flops_per_token(config, shape.seq_len) * tokens

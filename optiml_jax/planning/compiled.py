@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import jax
 import jax.numpy as jnp
 
-from optiml_jax.models import opt_config
 from optiml_jax.models import partitioning
 from optiml_jax.trainer import config as config_lib
 from optiml_jax.trainer import loop
@@ -101,21 +100,21 @@ def compiled_figures(lowered: jax.stages.Lowered) -> CompiledFigures:
                          generated_code_bytes=get("generated_code_size_in_bytes"), flops=flops, compile_seconds=seconds)
 
 
-def probe_step_flops(model_config: opt_config.OPTConfig, optimizer: config_lib.OptimizerArgs,
+def probe_step_flops(model_config: config_lib.ModelConfig, optimizer: config_lib.OptimizerArgs,
                      partitioning_args: config_lib.PartitioningArgs, *, train_steps: int, batch_size: int, seq_len: int,
                      mesh: jax.sharding.Mesh) -> float | None:
   """Per-device FLOPs of a whole step by XLA's count, from unrolled 1- and 2-layer compilations.
 
   None when the backend gives no cost analysis. Counted for the LM head at every position (what a step
-  with `lm_head_positions` does when a row holds more targets): an upper bound. OPT's config (its layer count
-  and `scan_layers` are replaced), as the planner's analytic model is.
+  with `lm_head_positions` does when a row holds more targets): an upper bound. Any family: the probes are the
+  model's config with its layer count and `scan_layers` replaced.
   """
   num_microbatches = partitioning_args.num_microbatches
   rows = batch_size // num_microbatches
   one_pass = dataclasses.replace(partitioning_args, num_microbatches=1, lm_head_positions=None)
   counts = []
   for layers in (1, 2):
-    probe = dataclasses.replace(model_config, num_hidden_layers=layers, scan_layers=False)
+    probe = dataclasses.replace(cast(Any, model_config), num_hidden_layers=layers, scan_layers=False)
     lowered, _ = lower_train_step(probe, optimizer, one_pass, train_steps=train_steps, batch_size=rows, seq_len=seq_len,
                                   mesh=mesh)
     figures = compiled_figures(lowered)

@@ -4,6 +4,7 @@ The check against XLA's own figures compiles the real train step on 8 simulated 
 (the device count is fixed when JAX starts).
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -18,6 +19,7 @@ from jax.sharding import PartitionSpec
 import pytest
 
 from optiml_jax import plan
+from optiml_jax.models import llama_config
 from optiml_jax.models import opt_config
 from optiml_jax.planning import analytic
 
@@ -93,6 +95,20 @@ def test_layer_param_count_matches_the_preset_totals():
   assert cfg.num_params() - cfg.num_hidden_layers * per_layer < 0.01 * cfg.num_params()
 
 
+def test_grouped_query_attention_and_swiglu_widths_come_from_the_family():
+  llama = llama_config.LlamaConfig.preset("llama-3.1-8b", dtype="bfloat16")
+  layer = analytic.layer_tensors(llama, rows=1, seq_len=2048, tensor=8, sequence_parallel=False)
+  assert layer.heads == 2048 * 4096 * 2 // 8 and layer.kv == layer.heads // 4  # 32 query heads, 8 key/value heads
+  assert (layer.mlp, layer.mlp_in) == (2048 * 14336 * 2 // 8, 2)  # gate and up
+  assert analytic.layer_param_count(llama) == llama.layer_shapes().matmul_params() + 2 * 4096  # + two RMSNorm scales
+  full = analytic.estimate_flops(dataclasses.replace(llama, remat_policy="full"),
+                                 analytic.StepShape(8, 2048, 1, 8, 1, 1))
+  # Full remat recomputes every matmul of the layers but down_proj, and the attention's two products.
+  recomputed = 32 * (2 * (llama.layer_shapes().matmul_params() - 14336 * 4096) + 4 * 4096 * 2048)
+  assert math.isclose(full.hardware_total - full.model_total, recomputed * 8 * 2048)
+  assert "kv_heads=8" in plan.describe_model(llama) and "llama" in plan.describe_model(llama)
+
+
 def test_sharded_bytes_reads_shard_shapes():
   mesh = AbstractMesh((2, 4), ("fsdp", "tensor"))
   split = NamedSharding(mesh, PartitionSpec("fsdp", "tensor"))
@@ -106,7 +122,7 @@ def test_sharded_bytes_reads_shard_shapes():
 _AGREEMENT_SCRIPT = """
 import json
 from optiml_jax import plan
-from optiml_jax.models import opt_config
+from optiml_jax.models import registry
 from optiml_jax.planning import topology
 from optiml_jax.trainer import config as config_lib
 
@@ -114,10 +130,11 @@ cases = [
     ("tiny", dict(remat_policy="none"), (1, 4, 2), 16, 2, False, True),
     ("opt-125m", dict(remat_policy="full"), (1, 4, 2), 16, 2, False, True),
     ("opt-125m", dict(remat_policy="full", dtype="bfloat16"), (1, 2, 4), 8, 1, True, True),
+    ("llama-tiny", dict(remat_policy="none"), (1, 4, 2), 16, 2, False, True),
 ]
 reports = []
 for preset, overrides, mesh, batch, micro, sequence_parallel, probe in cases:
-  inputs = plan.PlanInputs(model=opt_config.OPTConfig.preset(preset, **overrides),
+  inputs = plan.PlanInputs(model=registry.preset(preset, **overrides),
                            optimizer=config_lib.OptimizerArgs(), train_steps=100, batch_size=batch, seq_len=512,
                            num_microbatches=micro, mesh=mesh, sequence_parallel=sequence_parallel, notes=())
   reports.append(plan.make_plan(inputs, topology.parse_topology("v5e-8"), probe_flops=probe))
