@@ -3,8 +3,10 @@
 Where it sits: between the gin files (gin/) and the library. The entry points (`optiml_jax.train`,
 `optiml_jax.eval`, `optiml_jax.plan`) import this module, so importing several of them in one process
 registers each configurable once; library modules never import gin. Registered here:
-  opt_model             an OPT model config from a preset with fields replaced (`ModelArgs.config`,
-                        `evaluate.model`; bound in gin/models/opt_*.gin);
+  model_config          a model config of any family from a preset with fields replaced (`ModelArgs.config`,
+                        `evaluate.model`; bound in gin/models/*.gin): `model_config.preset = 'smollm2-135m'`;
+  opt_model             the same for OPT presets with OPT's field names listed (gin files written before the
+                        Llama family came; `model_config` takes them too);
   DataArgs, ModelArgs, OptimizerArgs, PartitioningArgs, CheckpointArgs, LoggingArgs, RunArgs
                         the groups of `trainer.config.TrainConfig`, under their class names.
 
@@ -18,17 +20,33 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Sequence
+from typing import Any, Sequence
 
 import gin
 
 from optiml_jax import gin_utils
 from optiml_jax.models import opt_config
+from optiml_jax.models import registry
 from optiml_jax.trainer import config as config_lib
 
 # Macros a training gin file must set (t5x's names); CATALOG_DIR and INITIAL_CHECKPOINT_PATH are required where
 # a run file says so (`%gin.REQUIRED`), which check_training_bindings reports too.
 TRAIN_REQUIRED_MACROS = ("MODEL_DIR", "TRAIN_STEPS", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "BATCH_SIZE")
+
+
+@gin.configurable
+def model_config(preset: str = "tiny", **overrides: Any) -> registry.ModelConfig:
+  """The config of a preset of any family (`models/registry.py`: "opt-1.3b", "smollm2-135m", "llama-3.1-8b", ...)
+  with fields of its config class replaced, e.g. `model_config.dtype = 'bfloat16'`.
+
+  Raises:
+    ValueError: an unknown preset (naming the known ones), or a field the preset's config class does not have
+      (naming the class and its fields).
+  """
+  try:
+    return registry.preset(preset, **overrides)
+  except ValueError as e:
+    raise ValueError(f"model_config.{e}") from None
 
 
 @gin.configurable

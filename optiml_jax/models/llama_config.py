@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, cast
 
 import jax.numpy as jnp
 
 from optiml_jax.models import opt_config
+from optiml_jax.models import shapes
 
 REMAT_POLICIES = opt_config.REMAT_POLICIES
 ATTENTION_IMPLEMENTATIONS = opt_config.ATTENTION_IMPLEMENTATIONS
@@ -76,53 +77,52 @@ class RopeScaling:
 # Published shapes (Hugging Face config.json of each model). "llama-tiny" is for tests and toy runs: it uses
 # the OPT tokenizer shipped with the package (vocabulary 50272, </s> = 2 as BOS and EOS, <pad> = 1).
 _PRESETS: dict[str, dict[str, Any]] = {
-    "llama-tiny":
-        dict(vocab_size=50272, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
-             tie_word_embeddings=True, bos_token_id=2, eos_token_id=2, pad_token_id=1),
-    "smollm2-135m":
-        dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-             num_key_value_heads=3, max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=100000.0,
-             tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2),
-    "smollm2-360m":
-        dict(vocab_size=49152, hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15,
-             num_key_value_heads=5, max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=100000.0,
-             tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2),
-    "smollm2-1.7b":
-        dict(vocab_size=49152, hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
-             num_key_value_heads=32, max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=130000.0,
-             tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2),
-    "llama-3.2-1b":
-        dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-             num_key_value_heads=8, head_dim=64, max_position_embeddings=131072, rms_norm_eps=1e-5,
-             rope_theta=500000.0, rope_scaling=RopeScaling("llama3", 32.0, 1.0, 4.0, 8192), tie_word_embeddings=True,
-             bos_token_id=128000, eos_token_id=128001),
-    "llama-3.2-3b":
-        dict(vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
-             num_key_value_heads=8, head_dim=128, max_position_embeddings=131072, rms_norm_eps=1e-5,
-             rope_theta=500000.0, rope_scaling=RopeScaling("llama3", 32.0, 1.0, 4.0, 8192), tie_word_embeddings=True,
-             bos_token_id=128000, eos_token_id=128001),
-    "llama-3.1-8b":
-        dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-             num_key_value_heads=8, max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
-             rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 8192), bos_token_id=128000, eos_token_id=128001),
-    "llama-3.1-70b":
-        dict(vocab_size=128256, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
-             num_key_value_heads=8, max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
-             rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 8192), bos_token_id=128000, eos_token_id=128001),
-    "mistral-7b":  # Mistral-7B-v0.3: no sliding window, the extended 32768-token vocabulary.
-        dict(model_type="mistral", vocab_size=32768, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-             num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=32768,
-             rms_norm_eps=1e-5, rope_theta=1000000.0, bos_token_id=1, eos_token_id=2),
-    "qwen2.5-0.5b":
-        dict(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-             num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6,
-             rope_theta=1000000.0, attention_bias=True, tie_word_embeddings=True, bos_token_id=151643,
-             eos_token_id=151643),
-    "qwen2.5-7b":
-        dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-             num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768, rms_norm_eps=1e-6,
-             rope_theta=1000000.0, attention_bias=True, bos_token_id=151643, eos_token_id=151643),
+    "llama-tiny": dict(vocab_size=50272, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, rms_norm_eps=1e-5,
+                       rope_theta=10000.0, tie_word_embeddings=True, bos_token_id=2, eos_token_id=2, pad_token_id=1),
+    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rms_norm_eps=1e-5,
+                         rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2),
+    "smollm2-360m": dict(vocab_size=49152, hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
+                         num_attention_heads=15, num_key_value_heads=5, max_position_embeddings=8192, rms_norm_eps=1e-5,
+                         rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2),
+    "smollm2-1.7b": dict(vocab_size=49152, hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
+                         num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=8192,
+                         rms_norm_eps=1e-5, rope_theta=130000.0, tie_word_embeddings=True, bos_token_id=1,
+                         eos_token_id=2, pad_token_id=2),
+    "llama-3.2-1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                         num_attention_heads=32, num_key_value_heads=8, head_dim=64, max_position_embeddings=131072,
+                         rms_norm_eps=1e-5, rope_theta=500000.0,
+                         rope_scaling=RopeScaling("llama3", 32.0, 1.0, 4.0, 8192), tie_word_embeddings=True,
+                         bos_token_id=128000, eos_token_id=128001),
+    "llama-3.2-3b": dict(vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
+                         num_attention_heads=24, num_key_value_heads=8, head_dim=128, max_position_embeddings=131072,
+                         rms_norm_eps=1e-5, rope_theta=500000.0,
+                         rope_scaling=RopeScaling("llama3", 32.0, 1.0, 4.0, 8192), tie_word_embeddings=True,
+                         bos_token_id=128000, eos_token_id=128001),
+    "llama-3.1-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
+                         rms_norm_eps=1e-5, rope_theta=500000.0,
+                         rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0,
+                                                  8192), bos_token_id=128000, eos_token_id=128001),
+    "llama-3.1-70b": dict(vocab_size=128256, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                          num_attention_heads=64, num_key_value_heads=8, max_position_embeddings=131072,
+                          rms_norm_eps=1e-5, rope_theta=500000.0,
+                          rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0,
+                                                   8192), bos_token_id=128000, eos_token_id=128001),
+    # Mistral-7B-v0.3: no sliding window, the extended 32768-token vocabulary.
+    "mistral-7b": dict(model_type="mistral", vocab_size=32768, hidden_size=4096, intermediate_size=14336,
+                       num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                       max_position_embeddings=32768, rms_norm_eps=1e-5, rope_theta=1000000.0, bos_token_id=1,
+                       eos_token_id=2),
+    "qwen2.5-0.5b": dict(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
+                         num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                         max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1000000.0, attention_bias=True,
+                         tie_word_embeddings=True, bos_token_id=151643, eos_token_id=151643),
+    "qwen2.5-7b": dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                       num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                       max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1000000.0, attention_bias=True,
+                       bos_token_id=151643, eos_token_id=151643),
 }
 PRESETS = tuple(_PRESETS)
 
@@ -206,6 +206,10 @@ class LlamaConfig:
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"LlamaConfig.{name}: expected a positive int, got {value!r}")
+    if self.model_type == "qwen2" and (not self.attention_bias or self.attention_out_bias):
+      raise ValueError("LlamaConfig: a qwen2 model has q/k/v biases and no o_proj bias (Hugging Face's Qwen2 has no "
+                       "switch for them): set attention_bias=True, attention_out_bias=False, or another model_type; "
+                       f"got attention_bias={self.attention_bias}, attention_out_bias={self.attention_out_bias}")
     if self.num_attention_heads % self.num_key_value_heads:
       raise ValueError(f"LlamaConfig.num_attention_heads: {self.num_attention_heads} is not a multiple of "
                        f"num_key_value_heads={self.num_key_value_heads}")
@@ -235,14 +239,24 @@ class LlamaConfig:
       raise ValueError(f"LlamaConfig.attention_impl: 'cudnn' needs dtype bfloat16 or float16, got {self.dtype!r}")
 
   @property
+  def head_size(self) -> int:
+    """`head_dim` once `__post_init__` has filled it in (typed as an int)."""
+    return cast(int, self.head_dim)
+
+  @property
+  def kv_heads(self) -> int:
+    """`num_key_value_heads` once `__post_init__` has filled it in (typed as an int)."""
+    return cast(int, self.num_key_value_heads)
+
+  @property
   def q_width(self) -> int:
     """Columns of q_proj (and rows of o_proj): num_attention_heads * head_dim."""
-    return self.num_attention_heads * self.head_dim
+    return self.num_attention_heads * self.head_size
 
   @property
   def kv_width(self) -> int:
     """Columns of k_proj and v_proj: num_key_value_heads * head_dim."""
-    return self.num_key_value_heads * self.head_dim
+    return self.kv_heads * self.head_size
 
   @property
   def eos_ids(self) -> tuple[int, ...]:
@@ -290,9 +304,9 @@ class LlamaConfig:
     fields.update(model_type=model_type, rope_theta=float(rope_theta), rope_scaling=rope_scaling,
                   num_key_value_heads=hf_config.get("num_key_value_heads"), head_dim=hf_config.get("head_dim"),
                   rms_norm_eps=hf_config.get("rms_norm_eps", 1e-6),
-                  tie_word_embeddings=bool(hf_config.get("tie_word_embeddings", False)),
-                  bos_token_id=hf_config.get("bos_token_id"), eos_token_id=hf_config.get("eos_token_id"),
-                  pad_token_id=hf_config.get("pad_token_id"),
+                  tie_word_embeddings=bool(hf_config.get("tie_word_embeddings",
+                                                         False)), bos_token_id=hf_config.get("bos_token_id"),
+                  eos_token_id=hf_config.get("eos_token_id"), pad_token_id=hf_config.get("pad_token_id"),
                   initializer_range=hf_config.get("initializer_range", 0.02),
                   attention_dropout=float(hf_config.get("attention_dropout", 0.0)))
     if model_type == "qwen2":  # Qwen2 always has q/k/v biases and no o_proj bias.
@@ -314,7 +328,9 @@ class LlamaConfig:
     hf: dict[str, Any] = {
         "model_type": self.model_type,
         "architectures": [_ARCHITECTURES[self.model_type]],
-        **{key: getattr(self, key) for key in _HF_REQUIRED},
+        **{
+            key: getattr(self, key) for key in _HF_REQUIRED
+        },
         "num_key_value_heads": self.num_key_value_heads,
         "head_dim": self.head_dim,
         "hidden_act": "silu",
@@ -347,10 +363,15 @@ class LlamaConfig:
   # Sizes.
   # ------------------------------------------------------------------------------------------------------
 
+  def layer_shapes(self) -> shapes.LayerShapes:
+    """The widths the planner's memory and FLOP model reads (`planning/analytic.py`)."""
+    return shapes.LayerShapes(hidden=self.hidden_size, heads=self.num_attention_heads, q_width=self.q_width,
+                              kv_width=self.kv_width, mlp_width=self.intermediate_size, mlp_in_matmuls=2,
+                              embed_width=self.hidden_size)
+
   def layer_matmul_params(self) -> int:
     """Weights of one layer's matmuls: q, k, v, o and the three SwiGLU projections."""
-    d = self.hidden_size
-    return d * (2 * self.q_width + 2 * self.kv_width) + 3 * d * self.intermediate_size
+    return self.layer_shapes().matmul_params()
 
   def num_params(self) -> int:
     """Number of parameters (a tied LM head counted once), computed from the shapes."""
@@ -372,8 +393,8 @@ class LlamaConfig:
 
   def rope_inv_freq(self) -> tuple[float, ...]:
     """The rotary inverse frequencies (head_dim / 2 of them) after `rope_scaling`, as Hugging Face computes them."""
-    half = self.head_dim // 2
-    inv = [1.0 / (self.rope_theta**(2 * i / self.head_dim)) for i in range(half)]
+    half = self.head_size // 2
+    inv = [1.0 / (self.rope_theta**(2 * i / self.head_size)) for i in range(half)]
     scaling = self.rope_scaling
     if scaling is None:
       return tuple(inv)

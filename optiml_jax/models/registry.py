@@ -94,11 +94,21 @@ def config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> ModelConfi
 
 
 def preset(name: str, **overrides: Any) -> ModelConfig:
-  """A preset of any family ("opt-125m", "smollm2-135m", "llama-3.1-8b", ...) with fields replaced."""
-  for family in FAMILIES:
-    if name in family.presets:
-      return family.config_cls.preset(name, **overrides)
-  raise ValueError(f"unknown model preset {name!r}; expected one of {', '.join(PRESETS)}")
+  """A preset of any family ("opt-125m", "smollm2-135m", "llama-3.1-8b", ...) with fields replaced.
+
+  Raises:
+    ValueError: an unknown preset (naming the known ones), or a field the preset's config class does not have
+      (naming the class and its fields: `ffn_dim` is OPT's, `intermediate_size` Llama's).
+  """
+  family = next((f for f in FAMILIES if name in f.presets), None)
+  if family is None:
+    raise ValueError(f"preset: unknown model preset {name!r}; expected one of {', '.join(PRESETS)}")
+  fields = sorted(f.name for f in dataclasses.fields(family.config_cls))
+  unknown = sorted(set(overrides) - set(fields))
+  if unknown:
+    raise ValueError(f"{unknown[0]}: {family.config_cls.__name__} (preset {name!r}) has no such field; its fields: "
+                     f"{', '.join(fields)}")
+  return family.config_cls.preset(name, **overrides)
 
 
 def make_model(config: ModelConfig) -> nn.Module:

@@ -84,6 +84,13 @@ def test_unknown_preset_names_the_presets():
   assert "opt-125m" in str(e.value) and "llama-7b" in str(e.value)
 
 
+def test_a_field_of_another_family_is_named_with_the_fields_there_are():
+  with pytest.raises(ValueError, match=r"^ffn_dim: LlamaConfig \(preset 'smollm2-135m'\) has no such field.*"
+                     "intermediate_size"):
+    registry.preset("smollm2-135m", ffn_dim=128)
+  assert registry.preset("opt-125m", ffn_dim=128).ffn_dim == 128
+
+
 def test_make_model_returns_the_family_module():
   opt_model = registry.make_model(opt_config.OPTConfig(**OPT_SMALL))
   llama_model = registry.make_model(llama_config.LlamaConfig(**LLAMA_SMALL))
