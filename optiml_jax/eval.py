@@ -6,7 +6,11 @@ picks the tasks of the generalization `LEVELS`, evaluates every checkpoint that 
 `evaluation.evaluator` and writes the report (`evaluation.report`):
 
   CHECKPOINT_PATH  an Orbax step folder (MODEL_DIR/<step>), a `convert` / `save_orbax` folder, a MODEL_DIR
-                   (CHECKPOINT_STEPS: 'latest', 'all' or a list of steps) or a Hugging Face OPT folder.
+                   (CHECKPOINT_STEPS: 'latest', 'all' or a list of steps) or a Hugging Face folder (OPT, Llama,
+                   Mistral, Qwen2, SmolLM2: `models/registry.py`).
+  TOKENIZER_DIR    the tokenizer the tasks are tokenized with; None: the one the checkpoint carries (a Hugging
+                   Face folder's, or what the trainer copied into MODEL_DIR), else OPT's. The model must embed
+                   every id of it; decoding stops at its EOS or the config's.
   OUT/metrics.json, OUT/report.md, OUT/<level>.png      one checkpoint;
   OUT/step_<n>/...  and OUT/steps.md, OUT/steps.json    several (a MODEL_DIR with CHECKPOINT_STEPS='all');
   OUT/baseline/...                                      BASELINE_PATH (a checkpoint, or the OUT folder of an
@@ -29,12 +33,12 @@ from typing import Any, Sequence, overload
 import gin
 import jax
 
-from optiml_jax import gin_registry  # noqa: F401  (registers the configurables, @opt_model, for gin)
+from optiml_jax import gin_registry  # noqa: F401  (registers the configurables, @model_config, for gin)
 from optiml_jax import gin_utils
 from optiml_jax.evaluation import evaluator
 from optiml_jax.evaluation import report as report_lib
-from optiml_jax.models import opt as opt_lib
 from optiml_jax.models import partitioning
+from optiml_jax.models import registry as model_registry
 
 REQUIRED_MACROS = ("CHECKPOINT_PATH", "EVAL_OUTPUT_DIR")
 STEPS_FILE = "steps.json"
@@ -56,7 +60,7 @@ class Summary:
   problems: list[str]
 
 
-def _model_info(label: str, checkpoint: evaluator.Checkpoint, config: opt_lib.OPTConfig) -> dict[str, Any]:
+def _model_info(label: str, checkpoint: evaluator.Checkpoint, config: model_registry.ModelConfig) -> dict[str, Any]:
   return {
       "label": label,
       "checkpoint": checkpoint.path,
@@ -69,17 +73,29 @@ def _model_info(label: str, checkpoint: evaluator.Checkpoint, config: opt_lib.OP
 
 def _evaluate_checkpoint(checkpoint: evaluator.Checkpoint, specs: Sequence[evaluator.EvalTask],
                          failed: Sequence[report_lib.TaskResult], label: str, settings: dict[str, Any],
-                         out_dir: pathlib.Path, *, model: opt_lib.OPTConfig | None, overrides: dict[str, Any],
+                         out_dir: pathlib.Path, *, model: model_registry.ModelConfig | None, overrides: dict[str, Any],
                          mesh: jax.sharding.Mesh, batch_size: int, max_length: int | None, max_new_tokens: int,
-                         length_normalize: bool, progress: bool, share_prompts: bool = True) -> report_lib.Report:
-  """Loads one checkpoint, evaluates every spec and returns its report (without baseline)."""
+                         length_normalize: bool, progress: bool, share_prompts: bool = True,
+                         vocabularies: Sequence[Any] = ()) -> report_lib.Report:
+  """Loads one checkpoint, evaluates every spec and returns its report (without baseline).
+
+  `vocabularies`: those the specs' Tasks tokenize with; the model must embed all their ids, and greedy decoding
+  stops at any of their EOS ids or the model config's own (`eos_token_id`, possibly several).
+  """
+  from optiml_jax.data import vocab  # pylint: disable=g-import-not-at-top
   from optiml_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
 
   config, params = evaluator.load_checkpoint(checkpoint, model, overrides)
+  try:
+    for vocabulary in vocabularies:
+      vocab.check_vocab_covers(config.vocab_size, vocabulary, f"{checkpoint.path} (its config)")
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  eos_ids = tuple(dict.fromkeys([*(v.eos_id for v in vocabularies if v.eos_id is not None), *config.eos_ids]))
   _LOG.info("evaluating %s (step %s): %d task variant(s)", checkpoint.path, checkpoint.step, len(specs))
   try:
     scorer = inference.Scorer(config, params, mesh=mesh, batch_size=batch_size, max_length=max_length,
-                              progress=progress, share_prompts=share_prompts)
+                              progress=progress, share_prompts=share_prompts, eos_ids=eos_ids)
   except ValueError as e:  # max_length beyond the context, params that do not fit the model.
     raise ConfigError(f"{checkpoint.path}: {e}") from e
   del params
@@ -109,6 +125,47 @@ def _baseline_report(baseline_path: str, evaluate_one, out_dir: pathlib.Path) ->
   return report
 
 
+def _tokenizer_dir(explicit: str | None, checkpoint_path: str, baseline_path: str | None) -> str | None:
+  """The tokenizer folder the tasks tokenize with: `explicit` (TOKENIZER_DIR), else the one the checkpoint carries
+  (a Hugging Face folder's own, the tokenizer a trainer copied into MODEL_DIR), else None: OPT's.
+
+  Raises:
+    ConfigError: a baseline checkpoint carries another tokenizer than the evaluated one (one registration of the
+      tasks serves both): evaluate the baseline on its own and pass its report folder as BASELINE_PATH.
+  """
+  if explicit:
+    return explicit
+  found = evaluator.tokenizer_folder(checkpoint_path)
+  if baseline_path:
+    theirs = evaluator.tokenizer_folder(baseline_path)
+    if theirs is not None and not _same_tokenizer(found, theirs):
+      ours = found or "none: OPT's"
+      raise ConfigError(f"the baseline {baseline_path} carries another tokenizer ({theirs}) than {checkpoint_path} "
+                        f"({ours}); evaluate the baseline on its own and pass its output folder "
+                        "as BASELINE_PATH, or set TOKENIZER_DIR")
+  return None if found is None else str(found)
+
+
+def _same_tokenizer(a: pathlib.Path | None, b: pathlib.Path | None) -> bool:
+  from optiml_jax.data import vocab  # pylint: disable=g-import-not-at-top
+  try:
+    return vocab.load(a) == vocab.load(b)
+  except (OSError, ValueError) as e:  # a folder whose tokenizer cannot be read (no EOS named, a broken file)
+    raise ConfigError(f"cannot read a checkpoint's tokenizer: {e}") from e
+
+
+def _task_vocabularies(specs: Sequence[evaluator.EvalTask]) -> list[Any]:
+  """The distinct vocabularies of the specs' registered Tasks ("targets"), in order."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  found: list[Any] = []
+  for spec in specs:
+    if spec.seqio_name in seqio.TaskRegistry.names():
+      vocabulary = seqio.TaskRegistry.get(spec.seqio_name).output_features["targets"].vocabulary
+      if vocabulary not in found:
+        found.append(vocabulary)
+  return found
+
+
 @overload
 def _as_list(value: str | Sequence[str]) -> list[str]:
   ...
@@ -131,10 +188,11 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
              catalog_dir: str | None = None, levels: Sequence[str] = evaluator.LEVELS, shots: Sequence[int] = (0,),
              tasks: Sequence[str] | None = None, benchmarks: Sequence[str] | None = None,
              max_instances: int | None = None, checkpoint_steps: str | Sequence[int] = "latest",
-             baseline_path: str | None = None, model: opt_lib.OPTConfig | None = None, dtype: str | None = None,
-             mesh_shape: Sequence[int] = (-1, 1, 1), batch_size: int = 32, max_length: int | None = None,
-             max_new_tokens: int = 256, length_normalize: bool = False, share_prompts: bool = True,
-             label: str = "model", baseline_label: str = "baseline", progress: bool = True) -> Summary:
+             baseline_path: str | None = None, model: model_registry.ModelConfig | None = None,
+             tokenizer_dir: str | None = None, dtype: str | None = None, mesh_shape: Sequence[int] = (-1, 1, 1),
+             batch_size: int = 32, max_length: int | None = None, max_new_tokens: int = 256,
+             length_normalize: bool = False, share_prompts: bool = True, label: str = "model",
+             baseline_label: str = "baseline", progress: bool = True) -> Summary:
   """Evaluates the checkpoint(s) at `checkpoint_path` and writes the report into `eval_output_dir`.
 
   Args: see gin/eval.gin, where every binding is commented.
@@ -151,8 +209,14 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
   for problem in problems:
     _LOG.warning("%s", problem)
   shots = [int(k) for k in shots]
+  tokenizer_dir = _tokenizer_dir(tokenizer_dir, checkpoint_path, baseline_path)
+  try:
+    vocabulary = registry.default_vocabulary(tokenizer_dir)
+  except (OSError, ValueError) as e:  # a missing folder, one without tokenizer files, a tokenizer without EOS
+    raise ConfigError(f"evaluate.tokenizer_dir (TOKENIZER_DIR) {tokenizer_dir}: {e}") from e
+  _LOG.info("tokenizer: %s", tokenizer_dir or "OPT's (shipped in the package)")
   if catalog_dir is not None:
-    registry.register_catalog(catalog_dir, shots=shots, mixtures=False)
+    registry.register_catalog(catalog_dir, vocabulary, shots=shots, mixtures=False)
     bench = catalog_lib.load(catalog_dir)
   else:
     bench = catalog_lib.Catalog(tasks=[])
@@ -164,8 +228,10 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
   if not specs:
     raise ConfigError("no task to evaluate: " + ("; ".join(
         r.error for r in failed if r.error) or f"the catalog has no task at levels {list(levels)}"))
+  vocabularies = _task_vocabularies(specs) or [vocabulary]
   settings = {
       "catalog_dir": catalog_dir,
+      "tokenizer_dir": tokenizer_dir,
       "levels": list(levels),
       "shots": shots,
       "tasks": tasks,
@@ -186,7 +252,8 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
   def evaluate_one(checkpoint: evaluator.Checkpoint, target: pathlib.Path, name: str = label) -> report_lib.Report:
     return _evaluate_checkpoint(checkpoint, specs, failed, name, settings, target, model=model, overrides=overrides,
                                 mesh=mesh, batch_size=batch_size, max_length=max_length, max_new_tokens=max_new_tokens,
-                                length_normalize=length_normalize, progress=progress, share_prompts=share_prompts)
+                                length_normalize=length_normalize, progress=progress, share_prompts=share_prompts,
+                                vocabularies=vocabularies)
 
   out = pathlib.Path(eval_output_dir)
   baseline = None

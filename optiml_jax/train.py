@@ -9,7 +9,7 @@ positions) ends the command with exit code 2 before anything is compiled, naming
 
 Macros, with t5x's names: MODEL_DIR, TRAIN_STEPS, MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, BATCH_SIZE,
 INITIAL_CHECKPOINT_PATH, and CATALOG_DIR (the bench catalog whose tasks to register). The model preset is
-chosen by including one of gin/models/opt_<size>.gin (or `--gin.opt_model.preset='opt-1.3b'`).
+chosen by including one of gin/models/opt_<size>.gin (or `--gin.model_config.preset='opt-1.3b'`).
 
     python -m optiml_jax.train --gin_file=gin/optiml_30b.gin --gin.MODEL_DIR=gs://bucket/run \
         --gin.CATALOG_DIR=/data/optiml_bench --gin.INITIAL_CHECKPOINT_PATH=/ckpt/opt-30b
@@ -44,13 +44,27 @@ from optiml_jax.trainer import state as state_lib
 
 
 def run(config: config_lib.TrainConfig) -> loop.Summary:
-  """Registers the catalog, builds each process's batch stream from `config.data` and trains (`loop.run`)."""
+  """Registers the catalog with the tokenizer of `config.data.tokenizer_dir` (OPT's when unset), checks that the
+  model's embedding covers that vocabulary, builds each process's batch stream and trains (`loop.run`)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+
   from optiml_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from optiml_jax.data import registry  # pylint: disable=g-import-not-at-top
+  from optiml_jax.data import vocab  # pylint: disable=g-import-not-at-top
 
   data = config.data
+  try:
+    vocabulary = registry.default_vocabulary(data.tokenizer_dir)
+  except (OSError, ValueError) as e:  # a missing folder, a folder without tokenizer files, no EOS
+    raise config_lib.ConfigError(f"DataArgs.tokenizer_dir (TOKENIZER_DIR): {e}") from e
   if data.catalog_dir:
-    registry.register_catalog(data.catalog_dir)
+    registry.register_catalog(data.catalog_dir, vocabulary)
+  try:  # The model must embed every id the data can hold: said now, not as a gather out of range later.
+    provider = seqio.get_mixture_or_task(data.mixture_or_task_name)
+    vocab.check_vocab_covers(config.model.config.vocab_size, provider.output_features["targets"].vocabulary,
+                             f"the model config ({type(config.model.config).__name__})")
+  except ValueError as e:
+    raise config_lib.ConfigError(f"{data.mixture_or_task_name}: {e}") from e
 
   def make_stream(per_process_batch: int, index: int, count: int) -> pipeline.BatchStream:
     return pipeline.BatchStream(data.mixture_or_task_name, "train", data.task_feature_lengths, per_process_batch,

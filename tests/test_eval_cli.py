@@ -107,3 +107,20 @@ def test_bad_input_gives_clear_messages_and_exit_codes(setup, tmp_path, capsys):
   assert code == 2 and "no catalog here" in capsys.readouterr().err
   assert _run(setup, tmp_path / "o", f"--gin.CHECKPOINT_PATH={setup / 'hf_base'}", "--gin.TASKS=['sni:nope']") == 2
   assert "absent from the catalog" in capsys.readouterr().err
+
+
+def test_tokenizer_settings_that_cannot_work_exit_2_before_any_model_runs(setup, tmp_path, tiny_tokenizer, capsys):
+  import shutil  # pylint: disable=g-import-not-at-top
+  assert _run(setup, tmp_path / "o", f"--gin.CHECKPOINT_PATH={setup / 'hf_base'}",
+              f"--gin.TOKENIZER_DIR='{tmp_path / 'no_tokenizer'}'") == 2
+  assert "evaluate.tokenizer_dir (TOKENIZER_DIR)" in capsys.readouterr().err
+  # A baseline that carries another tokenizer than the model (OPT's, by default) cannot share its Tasks.
+  other = tmp_path / "hf_other"
+  shutil.copytree(setup / "hf_base", other)
+  for name in ("tokenizer.json", "tokenizer_config.json"):
+    shutil.copy(tiny_tokenizer("smollm2") / name, other / name)
+  assert _run(setup, tmp_path / "o", f"--gin.CHECKPOINT_PATH={setup / 'run'}", f"--gin.BASELINE_PATH={other}",
+              "--gin.TASKS=sni:task030_toy_entail_color") == 2
+  err = capsys.readouterr().err
+  assert "carries another tokenizer" in err and "BASELINE_PATH" in err
+  assert not (tmp_path / "o").exists()

@@ -19,6 +19,7 @@ from optiml_jax import gin_registry
 from optiml_jax import gin_utils
 from optiml_jax import train as train_entry
 from optiml_jax.models import opt as opt_lib
+from optiml_jax.models import registry
 from optiml_jax.trainer import config as config_lib
 from optiml_jax.trainer import loop
 
@@ -26,7 +27,13 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 GIN_DIR = REPO / "gin"
 # Files of other entry points (evaluation, t5x) live in gin/ too; these are the trainer's.
 RUN_FILES = ["quickstart.gin", "optiml_1.3b.gin", "optiml_30b.gin", "optiml_175b.gin"]
-MODEL_FILES = sorted(p.name for p in (GIN_DIR / "models").glob("opt_*.gin"))
+MODEL_FILES = sorted(p.name for p in (GIN_DIR / "models").glob("*.gin"))
+LLAMA_MODEL_FILES = {
+    "llama_tiny.gin": "llama-tiny",
+    "smollm2_135m.gin": "smollm2-135m",
+    "llama3.2_1b.gin": "llama-3.2-1b",
+    "llama3_8b.gin": "llama-3.1-8b"
+}
 TRAINER_FILES = RUN_FILES + ["recipe.gin"] + [f"models/{name}" for name in MODEL_FILES]
 PATHS = ["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/data/catalog", "--gin.INITIAL_CHECKPOINT_PATH=/ckpt/opt"]
 
@@ -71,7 +78,7 @@ def test_every_run_file_builds_its_config(name):
 
 
 def _bound_value(key):
-  """What gin binds `key` to, macros followed; None when unbound or bound to a configurable (`@opt_model()`)."""
+  """What gin binds `key` to, macros followed; None when unbound or bound to a configurable (`@model_config()`)."""
   try:
     value = gin.query_parameter(key)
   except ValueError:
@@ -102,10 +109,15 @@ def test_every_binding_of_a_run_file_reaches_its_group(name):
 @pytest.mark.parametrize("name", MODEL_FILES)
 def test_every_model_file_builds_its_preset(name):
   config = _configure(["recipe.gin", f"models/{name}"], PATHS + ["--gin.TRAIN_STEPS=100", "--gin.BATCH_SIZE=8"])
-  preset = "tiny" if name == "opt_tiny.gin" else "opt-" + name[len("opt_"):-len(".gin")]
-  assert (config.model.config.hidden_size,
-          config.model.config.num_hidden_layers) == (opt_lib.OPTConfig.preset(preset).hidden_size,
-                                                     opt_lib.OPTConfig.preset(preset).num_hidden_layers)
+  preset = LLAMA_MODEL_FILES.get(name) or ("tiny" if name == "opt_tiny.gin" else "opt-" + name[4:-len(".gin")])
+  assert gin.query_parameter("model_config.preset") == preset
+  built = config.model.config
+  assert type(built) is type(registry.preset(preset))
+  assert (built.hidden_size, built.num_hidden_layers) == (registry.preset(preset).hidden_size,
+                                                          registry.preset(preset).num_hidden_layers)
+  if built.family != "opt" and preset != "llama-tiny":
+    # A real Llama-family model tokenizes with its own tokenizer, the one in its converted folder.
+    assert config.data.tokenizer_dir == config.model.initial_checkpoint_path == "/ckpt/opt"
 
 
 @pytest.mark.parametrize("name", TRAINER_FILES)
@@ -140,7 +152,10 @@ def test_unknown_binding_exits_2_naming_it_before_anything_is_built(tmp_path):
         ], "max_position_embeddings=2048"),
         (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.RunArgs.nan_policy='ignore'"
          ], "RunArgs.nan_policy"),
-        (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.opt_model.preset='opt-7b'"], "opt-7b"),
+        (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.model_config.preset='opt-7b'"], "opt-7b"),
+        # A field of another family's config: named, with the fields the preset's class has.
+        (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.model_config.intermediate_size=64"
+         ], "model_config.intermediate_size: OPTConfig (preset 'tiny') has no such field"),
         (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.DataArgs.batch_size=%BATCH"], "%BATCH"),
         # A value a group refuses: the field, and the macro that set it.
         (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.BATCH_SIZE=0"
@@ -163,11 +178,11 @@ def test_a_run_file_names_the_macro_it_still_needs(capsys):
 
 
 def test_check_bindings_follows_references_and_macros():
-  gin.parse_config("ModelArgs.config = @opt_model()\nopt_model.preset = %PRESET\nPRESET = %gin.REQUIRED")
+  gin.parse_config("ModelArgs.config = @model_config()\nmodel_config.preset = %PRESET\nPRESET = %gin.REQUIRED")
   with pytest.raises(gin_utils.GinConfigError) as error:
     gin_registry.check_training_bindings()
   message = str(error.value)
-  assert "opt_model.preset needs the macro PRESET" in message
+  assert "model_config.preset needs the macro PRESET" in message
   assert "macro MODEL_DIR is required" in message
   # Fields without a default that nothing binds, in every group, in the same message.
   for field in ("CheckpointArgs.model_dir", "DataArgs.batch_size", "RunArgs.train_steps"):
@@ -180,9 +195,9 @@ def test_sigterm_checkpoints_and_the_same_command_resumes_to_identical_losses(tm
   flags = [
       "--gin_file=quickstart.gin", f"--gin.MODEL_DIR={tmp_path / 'run'}", f"--gin.CATALOG_DIR={catalog}",
       "--gin.TRAIN_STEPS=30", "--gin.BATCH_SIZE=2", "--gin.TASK_FEATURE_LENGTHS={'inputs': 48, 'targets': 16}",
-      "--gin.opt_model.max_position_embeddings=64", "--gin.opt_model.dropout=0.1", "--gin.OptimizerArgs.warmup_steps=2",
-      "--gin.LoggingArgs.log_every=1", "--gin.CheckpointArgs.save_every=1000", "--gin.LoggingArgs.tensorboard=False",
-      "--gin.LoggingArgs.progress=False"
+      "--gin.model_config.max_position_embeddings=64", "--gin.model_config.dropout=0.1",
+      "--gin.OptimizerArgs.warmup_steps=2", "--gin.LoggingArgs.log_every=1", "--gin.CheckpointArgs.save_every=1000",
+      "--gin.LoggingArgs.tensorboard=False", "--gin.LoggingArgs.progress=False"
   ]
   cache = [f"--gin.RunArgs.compilation_cache_dir={tmp_path / 'jax_cache'}"]
   metrics = tmp_path / "run" / "metrics.jsonl"
@@ -213,6 +228,52 @@ def test_sigterm_checkpoints_and_the_same_command_resumes_to_identical_losses(tm
   assert [step for step, _ in losses(tmp_path / "run")] == list(range(1, 31))
 
 
+def test_a_llama_run_tokenizes_with_its_own_tokenizer_and_carries_it_to_evaluation(tmp_path, tiny_tokenizer, capsys):
+  from optiml_jax import eval as eval_entry  # pylint: disable=g-import-not-at-top
+  tokenizer = tiny_tokenizer("smollm2")  # ~330 ids: no BOS added, <|im_end|> (2) ends each target
+  catalog = tmp_path / "catalog"
+  assert bench.main(["toy", "--out", str(tmp_path / "toy"), "--catalog", str(catalog)]) == 0
+  flags = [
+      "--gin_file=quickstart.gin", "--gin_file=models/llama_tiny.gin", f"--gin.MODEL_DIR={tmp_path / 'run'}",
+      f"--gin.CATALOG_DIR={catalog}", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=2", "--gin.OptimizerArgs.warmup_steps=1",
+      "--gin.TASK_FEATURE_LENGTHS={'inputs': 48, 'targets': 16}", "--gin.model_config.max_position_embeddings=64",
+      "--gin.LoggingArgs.progress=False", "--gin.LoggingArgs.tensorboard=False"
+  ]
+  # OPT's tokenizer (the default) has ids up to 50264: a 330-row embedding is refused before anything compiles.
+  assert train_entry.main([*flags, "--gin.model_config.vocab_size=330"]) == 2
+  err = capsys.readouterr().err
+  assert "vocab_size 330 does not cover" in err and "50265" in err and "Traceback" not in err
+  assert not (tmp_path / "run" / "config.json").exists()
+
+  gin.clear_config()
+  assert train_entry.main([*flags, "--gin.model_config.vocab_size=330",
+                           f"--gin.DataArgs.tokenizer_dir='{tokenizer}'"]) == 0
+  run = tmp_path / "run"
+  assert (run / "tokenizer.json").read_bytes() == (tokenizer / "tokenizer.json").read_bytes()
+  assert json.loads((run / "config.json").read_text())["model_type"] == "llama"
+
+  # Evaluation finds the tokenizer in MODEL_DIR: no TOKENIZER_DIR, no model gin file.
+  gin.clear_config()
+  out = tmp_path / "eval"
+  assert eval_entry.main([
+      "--gin_file=eval.gin", f"--gin.CHECKPOINT_PATH={run}", f"--gin.EVAL_OUTPUT_DIR={out}",
+      f"--gin.CATALOG_DIR={catalog}", "--gin.TASKS=['sni:task001_toy_add_small']", "--gin.MAX_INSTANCES=2",
+      "--gin.evaluate.max_new_tokens=3", "--gin.evaluate.progress=False"
+  ]) == 0
+  report = json.loads((out / "metrics.json").read_text())
+  assert report["settings"]["tokenizer_dir"] == str(run)
+  assert report["tasks"]["sni:task001_toy_add_small"]["shots"]["0"]["error"] is None
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--gin.DataArgs.tokenizer_dir='/nowhere/tok'"], "DataArgs.tokenizer_dir (TOKENIZER_DIR)"),
+])
+def test_a_missing_tokenizer_folder_exits_2_naming_the_binding(flags, message, capsys):
+  assert train_entry.main(["--gin_file=quickstart.gin", "--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", *flags]) == 2
+  err = capsys.readouterr().err
+  assert message in err and "/nowhere/tok" in err, err
+
+
 def test_sequence_parallel_binding_selects_the_sequence_parallel_rule_table():
   from optiml_jax.models import partitioning  # pylint: disable=g-import-not-at-top
   base = _configure(["optiml_175b.gin"], PATHS)
@@ -234,7 +295,7 @@ def test_other_entry_points_do_not_import_the_train_entry_point(module):
 
 def test_every_entry_point_in_one_process_registers_each_configurable_once():
   code = ("import optiml_jax.train, optiml_jax.eval, optiml_jax.plan, optiml_jax.quickstart, gin\n"
-          "gin.parse_config('ModelArgs.config = @opt_model()\\nopt_model.preset = \"tiny\"')\n"
+          "gin.parse_config('ModelArgs.config = @model_config()\\nmodel_config.preset = \"tiny\"')\n"
           "print('ok')")
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

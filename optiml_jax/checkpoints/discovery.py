@@ -41,6 +41,9 @@ Path = pathlib.Path | str | os.PathLike
 PARAMS_ITEM = "params"  # the Orbax item holding the parameter tree
 ORBAX_ITEM_FILES = ("_METADATA", "manifest.ocdbt")  # one of them is in every Orbax PyTree item
 
+TOKENIZER_JSON = "tokenizer.json"  # a tokenizer folder has this, or both BPE_FILES (OPT's GPT-2 style files)
+BPE_FILES = ("vocab.json", "merges.txt")
+
 HF = "hf"
 ORBAX = "orbax"
 PARAMS_ITEM_KIND = "params_item"
@@ -157,6 +160,32 @@ def find_params_item(path: Path) -> tuple[pathlib.Path, list[pathlib.Path]]:
     raise _partial_step_error(path)
   raise CheckpointError(f"{path}: no Orbax '{PARAMS_ITEM}' item here (expected {path}/{PARAMS_ITEM}/, "
                         f"or step folders <step>/{PARAMS_ITEM}/)")
+
+
+def tokenizer_folder(path: Path) -> pathlib.Path | None:
+  """The folder of a checkpoint path that holds its tokenizer files, or None.
+
+  A Hugging Face folder usually holds its tokenizer, a trainer's MODEL_DIR the one its run tokenized with
+  (`trainer.runtime.write_model_config`), a `convert` folder the one it was given; a step folder or `params`
+  item looks in the folders around it, nearest first. Tokenizer files: tokenizer.json, or vocab.json and
+  merges.txt (`data/special_tokens.is_tokenizer_folder`, read here by name only).
+  """
+  path = pathlib.Path(path).absolute()
+  try:
+    kind = kind_of(path)
+  except CheckpointError:
+    return None
+  candidates = [path]
+  if kind == PARAMS_ITEM_KIND:
+    candidates = [path.parent] + ([path.parent.parent] if step_of(path.parent) is not None else [])
+  elif kind == ORBAX and step_of(path) is not None:  # a trainer's step folder: its MODEL_DIR
+    candidates = [path, path.parent]
+  for folder in candidates:
+    if (folder / TOKENIZER_JSON).is_file() or all((folder / name).is_file() for name in BPE_FILES):
+      return folder
+    if (folder / hf.CONFIG_NAME).is_file():  # the checkpoint's own folder: do not look above it
+      return None
+  return None
 
 
 def find_checkpoints(path: Path, steps: str | Sequence[int] = "latest") -> tuple[list[Checkpoint], list[str]]:

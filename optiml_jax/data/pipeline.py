@@ -111,6 +111,11 @@ class BatchStream(Iterator[dict[str, np.ndarray]]):
     self._batches = 0
     self._iterator: Iterator[dict[str, np.ndarray]] | None = None  # built on the first `next`
 
+  @property
+  def vocabulary(self) -> seqio.Vocabulary:
+    """The vocabulary of the provider's "targets" (every Task of a mixture shares it: seqio checks)."""
+    return self._provider.output_features["targets"].vocabulary
+
   def dataset(self) -> tf.data.Dataset:
     """The batched tf.data pipeline from the start (what the iterator walks)."""
     c = self._config
@@ -118,8 +123,10 @@ class BatchStream(Iterator[dict[str, np.ndarray]]):
     ds = self._provider.get_dataset(sequence_length=c["feature_lengths"], split=c["split"], shuffle=c["shuffle"],
                                     seed=c["seed"], shard_info=shard_info, num_epochs=c["num_epochs"],
                                     try_in_mem_cache=self._try_in_mem_cache)
-    converter = packing.OptimlFeatureConverter(pack=c["pack"], max_open_rows=c["max_open_rows"],
-                                               window_size=c["window_size"])
+    # BOS and EOS follow the tokenizer the Tasks tokenize with (OPT: </s>; SmolLM2: no BOS, <|im_end|>).
+    converter = packing.OptimlFeatureConverter.for_vocabulary(self.vocabulary, pack=c["pack"],
+                                                              max_open_rows=c["max_open_rows"],
+                                                              window_size=c["window_size"])
     ds = converter(ds, c["feature_lengths"])
     return ds.batch(c["batch_size"], drop_remainder=c["drop_remainder"])
 

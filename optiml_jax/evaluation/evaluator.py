@@ -2,12 +2,12 @@
 
 Where it sits: after the registry (which registered each catalog task, its k-shot variants and, for
 multiple-choice tasks, the `.score_eval` rank-classification companion, all carrying their metric functions;
-see `data/eval_tasks.py`) and before the report. Each task runs through `seqio.Evaluator` with the unpacked OPT
+see `data/eval_tasks.py`) and before the report. Each task runs through `seqio.Evaluator` with the unpacked
 feature converter and the model's `score_fn` / `predict_fn` from `inference.py`, so the metric values are
 the Tasks' own metric functions applied to t5x-style model outputs (scores = summed target log-likelihoods,
 predictions = greedy tokens); a user's own registered seqio Task is evaluated the same way ("custom").
 
-  checkpoint --find_checkpoints (checkpoints/discovery.py)/load_checkpoint--> (OPTConfig, params)
+  checkpoint --find_checkpoints (checkpoints/discovery.py)/load_checkpoint--> (model config, params)
   catalog    --select_tasks--> [EvalTask]  (+ TaskResults with an error for names that cannot be evaluated)
   evaluate_tasks(tasks, inference.Scorer(...)) --> [TaskResult]  --report.build_report--> metrics.json
 
@@ -38,7 +38,7 @@ from optiml_jax.data import registry
 from optiml_jax.evaluation import inference
 from optiml_jax.evaluation import metrics as metrics_lib
 from optiml_jax.evaluation import report as report_lib
-from optiml_jax.models import opt as opt_lib
+from optiml_jax.models import registry as model_registry
 
 EVAL_SPLIT = registry.EVAL_SPLIT
 LEVEL_OF_ROLE = {
@@ -52,6 +52,7 @@ CUSTOM = report_lib.CUSTOM_LEVEL
 Checkpoint = discovery.Checkpoint
 CheckpointError = discovery.CheckpointError
 find_checkpoints = discovery.find_checkpoints
+tokenizer_folder = discovery.tokenizer_folder
 
 _LOG = logging.getLogger(__name__)
 
@@ -244,10 +245,11 @@ def evaluate_task(spec: EvalTask, scorer: inference.Scorer, max_new_tokens: int 
     if log_dir is not None:
       pathlib.Path(log_dir).mkdir(parents=True, exist_ok=True)
       loggers = (seqio.JSONLogger,)
-    evaluator = seqio.Evaluator(spec.seqio_name, feature_converter=inference.feature_converter(), eval_split=EVAL_SPLIT,
-                                sequence_length={}, num_examples=rows, use_memory_cache=True,
-                                async_compute_metrics=False, logger_cls=loggers,
-                                log_dir=None if log_dir is None else str(log_dir))
+    # BOS and EOS as the Task's tokenizer has them (OPT: </s> before each example; SmolLM2: none).
+    converter = inference.feature_converter(task.output_features["targets"].vocabulary)
+    evaluator = seqio.Evaluator(spec.seqio_name, feature_converter=converter, eval_split=EVAL_SPLIT, sequence_length={},
+                                num_examples=rows, use_memory_cache=True, async_compute_metrics=False,
+                                logger_cls=loggers, log_dir=None if log_dir is None else str(log_dir))
     future, _ = evaluator.evaluate(compute_metrics=True, step=0 if step is None else step, score_fn=scorer.score_fn(),
                                    predict_fn=scorer.predict_fn(max_new_tokens))
     values = metrics_lib.finite_metrics(future.result()[spec.seqio_name])
@@ -286,9 +288,9 @@ def evaluate_tasks(specs: Sequence[EvalTask], scorer: inference.Scorer, max_new_
 # Checkpoints.
 
 
-def load_checkpoint(checkpoint: Checkpoint, model: opt_lib.OPTConfig | None = None,
-                    overrides: Mapping[str, Any] | None = None) -> tuple[opt_lib.OPTConfig, Any]:
-  """(OPTConfig, params as numpy) of a checkpoint; raises CheckpointError naming the path.
+def load_checkpoint(checkpoint: Checkpoint, model: model_registry.ModelConfig | None = None,
+                    overrides: Mapping[str, Any] | None = None) -> tuple[model_registry.ModelConfig, Any]:
+  """(model config of its family, params as numpy) of a checkpoint; raises CheckpointError naming the path.
 
   The config comes from config.json beside the params (Hugging Face folders, `save_orbax` folders) or,
   for a trainer's MODEL_DIR step without one, from `model` (the gin-configured model). `overrides`

@@ -82,6 +82,30 @@ class ModelConfig(Protocol):
     """The longest row the model can read."""
 
   @property
+  def vocab_size(self) -> int:
+    """Embedding rows: must cover every id of the tokenizer the data uses."""
+
+  @property
+  def num_hidden_layers(self) -> int:
+    """Decoder layers."""
+
+  @property
+  def dtype(self) -> str:
+    """Compute dtype of activations."""
+
+  @property
+  def scan_layers(self) -> bool:
+    """One scanned layer stack (True) or unrolled layers."""
+
+  @property
+  def remat_policy(self) -> str:
+    """What the backward pass recomputes (models.opt_config.REMAT_POLICIES)."""
+
+  @property
+  def attention_impl(self) -> str:
+    """Which attention kernel runs (models.opt_config.ATTENTION_IMPLEMENTATIONS)."""
+
+  @property
   def dropout(self) -> float:
     """> 0 turns dropout on in training (with attention_dropout)."""
 
@@ -113,6 +137,9 @@ class DataArgs:
   catalog_dir: str | None = None  # bench catalog whose tasks and mixtures to register first (CATALOG_DIR)
   pack: bool = True  # several whole examples per row, each attending only to itself
   prefetch_depth: int = 2  # batches prepared ahead in a background thread while the device steps
+  # the Hugging Face tokenizer folder the tasks tokenize with: the model's own (TOKENIZER_DIR, e.g. the converted
+  # model folder); None: OPT's, shipped in the package
+  tokenizer_dir: str | None = None
 
   def __post_init__(self):
     _text("DataArgs.mixture_or_task_name", self.mixture_or_task_name)
@@ -126,6 +153,7 @@ class DataArgs:
     _text("DataArgs.catalog_dir", self.catalog_dir, optional=True)
     _flag("DataArgs.pack", self.pack)
     _positive_int("DataArgs.prefetch_depth", self.prefetch_depth)
+    _text("DataArgs.tokenizer_dir", self.tokenizer_dir, optional=True)
 
   @property
   def seq_len(self) -> int:
@@ -137,14 +165,14 @@ class DataArgs:
 class ModelArgs:
   """The model to train and the weights it starts from."""
 
-  config: ModelConfig  # the architecture and how to compute (e.g. @opt_model() in gin)
+  config: ModelConfig  # the architecture and how to compute (e.g. @model_config() in gin)
   # Hugging Face or Orbax weights to start from (ignored once MODEL_DIR has a checkpoint); None: random init
   initial_checkpoint_path: str | None = None  # INITIAL_CHECKPOINT_PATH
 
   def __post_init__(self):
     if not isinstance(self.config, ModelConfig):
       raise ConfigError(f"ModelArgs.config: expected a model config, a frozen dataclass with ModelConfig's members "
-                        f"(e.g. @opt_model()), got {self.config!r}")
+                        f"(e.g. @model_config()), got {self.config!r}")
     _text("ModelArgs.initial_checkpoint_path", self.initial_checkpoint_path, optional=True)
 
 

@@ -35,9 +35,8 @@ import jax
 import numpy as np
 import optax
 
-from optiml_jax.models import opt as opt_lib
-from optiml_jax.models import opt_config
 from optiml_jax.models import partitioning
+from optiml_jax.models import registry
 from optiml_jax.trainer import checkpointing
 from optiml_jax.trainer import config as config_lib
 from optiml_jax.trainer import metrics as metrics_lib
@@ -130,11 +129,11 @@ class Program:
 
 
 def make_model(model_config: config_lib.ModelConfig) -> Any:
-  """The Flax module of a model config: the one place the trainer names a model family."""
-  if not isinstance(model_config, opt_config.OPTConfig):
-    raise config_lib.ConfigError(f"ModelArgs.config: the trainer builds OPT models only (an OPTConfig, e.g. "
-                                 f"@opt_model()), got a {type(model_config).__name__}")
-  return opt_lib.OPT(model_config)
+  """The Flax module of a model config of any family (`models.registry`); ConfigError for anything else."""
+  try:
+    return registry.make_model(model_config)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"ModelArgs.config: {e}") from e
 
 
 def rules_for(args: config_lib.PartitioningArgs) -> partitioning.LogicalRules:
@@ -221,7 +220,7 @@ def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
       state = state_lib.initial_state(model, program.tx, program.layout, mesh, seed=seed, seq_len=seq_len,
                                       initial_checkpoint=config.model.initial_checkpoint_path, rules=rules,
                                       init_fn=program.init_fn)
-      runtime.write_model_config(model_dir, model_config)
+      runtime.write_model_config(model_dir, model_config, data.tokenizer_dir)
     first_step = int(state.step)
     last_step = min(train_steps, run_args.stop_at_step or train_steps)
 

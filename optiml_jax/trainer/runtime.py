@@ -8,7 +8,7 @@ Sits beside `trainer.loop`, which owns the order of a run; everything here is on
   data_state_of_this_process
                   picks this process's data position from a checkpoint, resharding the positions when
                   the run has another number of processes than the one that wrote it;
-  write_model_config, count_tokens, progress_bar.
+  write_model_config (config.json and the tokenizer files), count_tokens, progress_bar.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 import tqdm
 
+from optiml_jax.checkpoints import hf as hf_lib
 from optiml_jax.trainer import config as config_lib
 from optiml_jax.trainer import metrics as metrics_lib
 from optiml_jax.trainer import synthetic
@@ -266,11 +267,19 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
                              process_id=process_id)
 
 
-def write_model_config(model_dir: str, config: config_lib.ModelConfig) -> None:
-  """MODEL_DIR/config.json (the model's Hugging Face config), so evaluation and conversion need no model gin file."""
+def write_model_config(model_dir: str, config: config_lib.ModelConfig, tokenizer_dir: str | None = None) -> None:
+  """MODEL_DIR/config.json (the model's Hugging Face config) and, given `tokenizer_dir`, the tokenizer files the
+  run tokenized with (`checkpoints.hf.TOKENIZER_FILES`): evaluation and conversion then need neither a model gin
+  file nor the tokenizer's path. Each file is written whole under a temporary name, then renamed into place."""
   if jax.process_index() != 0:
     return
   epath.Path(model_dir).mkdir(parents=True, exist_ok=True)  # epath: MODEL_DIR may be a bucket
-  tmp = epath.Path(os.path.join(model_dir, "config.json.tmp"))
-  tmp.write_text(json.dumps(config.to_hf(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-  tmp.replace(os.path.join(model_dir, "config.json"))
+  files = {"config.json": (json.dumps(config.to_hf(), indent=2, sort_keys=True) + "\n").encode("utf-8")}
+  for name in hf_lib.TOKENIZER_FILES if tokenizer_dir else ():
+    source = epath.Path(tokenizer_dir) / name
+    if source.exists():
+      files[name] = source.read_bytes()
+  for name, data in files.items():
+    tmp = epath.Path(os.path.join(model_dir, name + ".tmp"))
+    tmp.write_bytes(data)
+    tmp.replace(os.path.join(model_dir, name))

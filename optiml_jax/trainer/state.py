@@ -4,7 +4,7 @@ Sits under the loop: `state_layout(...)` turns the model's logical axis names in
 every array of the `TrainState` (params, optimizer state, step) with the one rule table
 (`models.partitioning.LOGICAL_AXIS_RULES`); `initial_state(...)` then creates the state directly in that
 layout, either at random (`model.init` under `jax.jit` with those out_shardings, so no full copy ever lives
-on one device) or from an initial checkpoint (an Orbax params folder or a Hugging Face OPT folder).
+on one device) or from an initial checkpoint (an Orbax params folder or a Hugging Face folder of the model's family).
 
 Master weights and the optimizer state are float32 whatever the model's `param_dtype`; the model casts
 weights to `config.dtype` (e.g. bfloat16) as it computes.
@@ -16,6 +16,7 @@ import dataclasses
 import os
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,7 +26,6 @@ from optiml_jax.checkpoints import discovery
 from optiml_jax.checkpoints import hf as hf_lib
 from optiml_jax.checkpoints import layout as layout_lib
 from optiml_jax.checkpoints import orbax_io
-from optiml_jax.models import opt as opt_lib
 from optiml_jax.models import partitioning
 from optiml_jax.trainer import checkpointing
 
@@ -51,7 +51,7 @@ class StateLayout:
   param_axes: Any
 
 
-def state_layout(model: opt_lib.OPT, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, seq_len: int,
+def state_layout(model: nn.Module, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, seq_len: int,
                  rules: partitioning.LogicalRules = partitioning.LOGICAL_AXIS_RULES) -> StateLayout:
   """Traces `model.init` and `tx.init` (allocating nothing) and shards them by the rule table.
 
@@ -74,7 +74,7 @@ def state_layout(model: opt_lib.OPT, tx: optax.GradientTransformation, mesh: jax
   return StateLayout(abstract=abstract, shardings=shardings, param_axes=axes)
 
 
-def make_init_fn(model: opt_lib.OPT, tx: optax.GradientTransformation, layout: StateLayout,
+def make_init_fn(model: nn.Module, tx: optax.GradientTransformation, layout: StateLayout,
                  seq_len: int) -> Callable[[jax.Array], checkpointing.TrainState]:
   """A jit-ed `rng -> TrainState` that creates params (float32) and optimizer state in `layout`'s shardings.
 
@@ -90,7 +90,7 @@ def make_init_fn(model: opt_lib.OPT, tx: optax.GradientTransformation, layout: S
   return jax.jit(init, out_shardings=layout.shardings)
 
 
-def initial_state(model: opt_lib.OPT, tx: optax.GradientTransformation, layout: StateLayout, mesh: jax.sharding.Mesh, *,
+def initial_state(model: nn.Module, tx: optax.GradientTransformation, layout: StateLayout, mesh: jax.sharding.Mesh, *,
                   seed: int, seq_len: int, initial_checkpoint: str | None = None,
                   rules: partitioning.LogicalRules = partitioning.LOGICAL_AXIS_RULES,
                   init_fn: Callable[[jax.Array], checkpointing.TrainState] | None = None) -> checkpointing.TrainState:
@@ -115,9 +115,9 @@ def initial_state(model: opt_lib.OPT, tx: optax.GradientTransformation, layout: 
     return init_fn(jax.random.PRNGKey(seed))
 
 
-def load_initial_params(path: str, config: opt_lib.OPTConfig, layout: StateLayout) -> Any:
+def load_initial_params(path: str, config: Any, layout: StateLayout) -> Any:
   """float32 params from an Orbax checkpoint (`orbax_io.restore_orbax`: a save_orbax folder, a MODEL_DIR or one
-  of its step folders; read shard by shard into `layout`) or a Hugging Face OPT folder, checked against the
+  of its step folders; read shard by shard into `layout`) or a Hugging Face folder, checked against the
   configured model."""
   if not os.path.isdir(path):
     raise InitialCheckpointError(f"initial checkpoint {path}: folder not found")

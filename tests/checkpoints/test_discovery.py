@@ -104,3 +104,25 @@ def test_find_checkpoints_in_every_layout(tmp_path):
   (partial_run / "5").mkdir(parents=True)
   with pytest.raises(discovery.CheckpointError, match="every step folder is partial"):
     discovery.find_checkpoints(partial_run)
+
+
+def test_tokenizer_folder_is_the_checkpoint_s_own_or_its_model_dir_s(tmp_path):
+  run = _model_dir(tmp_path / "run")
+  assert discovery.tokenizer_folder(run) is None  # a MODEL_DIR of a run that tokenized with OPT's default
+  (run / "tokenizer.json").write_text("{}")
+  for path in (run, run / "200", run / "200" / "params"):  # a step and its params item look up to MODEL_DIR
+    assert discovery.tokenizer_folder(path) == run.absolute()
+  hf = tmp_path / "hf"
+  hf.mkdir()
+  (hf / "config.json").write_text("{}")
+  (hf / "model.safetensors").write_bytes(b"")
+  assert discovery.tokenizer_folder(hf) is None
+  (hf / "vocab.json").write_text("{}")
+  assert discovery.tokenizer_folder(hf) is None  # OPT's files come in pairs
+  (hf / "merges.txt").write_text("")
+  assert discovery.tokenizer_folder(hf) == hf.absolute()
+  # A folder with its own config.json never borrows the tokenizer of the folder around it.
+  saved = _item(run / "export" / "params").parent
+  (saved / "config.json").write_text("{}")
+  assert discovery.tokenizer_folder(saved) is None
+  assert discovery.tokenizer_folder(tmp_path / "missing") is None

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import seqio
 
 from optiml_jax.data import bench_config
 from optiml_jax.data import catalog
@@ -111,3 +112,28 @@ def test_finite_unpacked_validation_stream_covers_every_eval_instance(toy_catalo
   assert rows.shape[0] == entry.num_eval_instances
   weights = np.concatenate([b["decoder_loss_weights"] for b in batches])
   assert (weights.sum(axis=1) >= 2).all()  # every row trains on its target and </s>
+
+
+def test_rows_follow_the_bos_and_eos_of_the_task_s_tokenizer(toy_catalog, tiny_tokenizer):
+  from optiml_jax.data import vocab  # pylint: disable=g-import-not-at-top
+  name = TASKS[0]
+  # OPT's tokenizer (the catalog's default) feeds its </s> (2) before every example.
+  assert (next(_stream(name=name, pack=False, shuffle=False))["decoder_input_tokens"][:, 0] == packing.OPT_BOS_ID).all()
+  vocabulary = vocab.HFVocabulary(tiny_tokenizer("smollm2"))  # adds no BOS; <|im_end|> (2) ends each target
+  entry = next(e for e in toy_catalog.tasks if e.name == name)
+  registry.register_task(entry, vocabulary)
+  try:
+    stream = _stream(name=name, pack=False, shuffle=False, batch_size=2)
+    assert stream.vocabulary == vocabulary
+    batch = next(stream)
+    first = next(
+        seqio.get_mixture_or_task(name).get_dataset(sequence_length=LENGTHS, split="train",
+                                                    shuffle=False).as_numpy_iterator())
+  finally:
+    registry.register_task(entry)  # back to OPT's, as the other tests registered it
+  # The row is the prompt itself (no BOS before it), then the target, which ends with the tokenizer's EOS.
+  n = len(first["inputs"])
+  np.testing.assert_array_equal(batch["decoder_input_tokens"][0, :n], first["inputs"])
+  weighted = batch["decoder_target_tokens"][0][batch["decoder_loss_weights"][0] > 0]
+  np.testing.assert_array_equal(weighted, first["targets"])
+  assert weighted[-1] == vocabulary.eos_id == 2

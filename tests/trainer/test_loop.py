@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from optiml_jax.models import llama as llama_lib
+from optiml_jax.models import llama_config
 from optiml_jax.models import opt as opt_lib
 from optiml_jax.trainer import checkpointing
 from optiml_jax.trainer import config as config_lib
@@ -25,6 +27,7 @@ from optiml_jax.trainer import synthetic
 
 SEQ_LEN, VOCAB = 32, 512
 TINY = opt_lib.OPTConfig.preset("tiny", vocab_size=VOCAB, max_position_embeddings=SEQ_LEN, dropout=0.1)
+TINY_LLAMA = llama_config.LlamaConfig.preset("llama-tiny", vocab_size=VOCAB, max_position_embeddings=SEQ_LEN)
 OPTIMIZER = config_lib.OptimizerArgs(learning_rate=1e-2, warmup_steps=1)
 ONE_PASS = config_lib.PartitioningArgs()
 
@@ -51,7 +54,7 @@ def _run_synthetic(model_dir, config=TINY, **kwargs):
 
 
 def _restore(model_dir, config, step, train_steps=6):
-  model = opt_lib.OPT(config)
+  model = loop.make_model(config)
   tx, _ = loop.optimizer_lib.make_optimizer(learning_rate=1e-2, warmup_steps=1, total_steps=train_steps)
   layout = state_lib.state_layout(model, tx, loop.partitioning.make_mesh(-1, 1, 1), SEQ_LEN)
   ckpt = checkpointing.Checkpointer(str(model_dir))
@@ -75,6 +78,31 @@ def test_resumed_run_sees_the_same_batches_and_gives_identical_losses(tmp_path):
   assert [split_losses[s] for s in (4, 5, 6)] == [whole_losses[s] for s in (4, 5, 6)]
   assert len(set(whole_losses.values())) == 6  # the batches do change from step to step
   assert whole.checkpoint_steps == [6]
+
+
+def test_a_tiny_llama_trains_resumes_exactly_and_starts_from_its_hugging_face_folder(tmp_path):
+  from optiml_jax import convert  # pylint: disable=g-import-not-at-top
+  _run_synthetic(tmp_path / "whole", TINY_LLAMA, save_every=100)
+  _run_synthetic(tmp_path / "split", TINY_LLAMA, save_every=100, stop_at_step=3)
+  _run_synthetic(tmp_path / "split", TINY_LLAMA, save_every=100)
+  whole_losses, split_losses = _losses(tmp_path / "whole"), _losses(tmp_path / "split")
+  assert [split_losses[s] for s in (4, 5, 6)] == [whole_losses[s] for s in (4, 5, 6)]
+  # Random tokens: the loss stays near ln(vocab), but every step moves the weights.
+  assert all(abs(loss - np.log(VOCAB)) < 0.5 for loss in whole_losses.values()), whole_losses
+  at_3, _ = _restore(tmp_path / "split", TINY_LLAMA, 3)
+  at_6, _ = _restore(tmp_path / "split", TINY_LLAMA, 6)
+  moved = jax.tree_util.tree_map(lambda a, b: not np.array_equal(a, b), at_3.params, at_6.params)
+  assert all(jax.tree_util.tree_leaves(moved))
+  written = json.loads((tmp_path / "whole" / "config.json").read_text(encoding="utf-8"))
+  assert loop.registry.config_from_hf(written) == TINY_LLAMA
+
+  trained, _ = _restore(tmp_path / "whole", TINY_LLAMA, 6)
+  convert.save_hf(TINY_LLAMA, jax.device_get(trained.params), tmp_path / "hf")
+  mesh = loop.partitioning.make_mesh(-1, 1, 1)
+  program = loop.build_program(TINY_LLAMA, OPTIMIZER, ONE_PASS, 6, SEQ_LEN, mesh)
+  state = state_lib.initial_state(program.model, program.tx, program.layout, mesh, seed=0, seq_len=SEQ_LEN,
+                                  initial_checkpoint=str(tmp_path / "hf"))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, state.params, trained.params)
 
 
 def test_rerunning_a_finished_run_does_nothing(tmp_path):
@@ -236,13 +264,19 @@ def test_a_batch_that_cannot_be_laid_out_on_the_mesh_is_named_before_anything_is
   loop._check_layout(config, types.SimpleNamespace(shape={"data": 2, "fsdp": 1, "tensor": 2}))
 
 
-def test_make_model_names_the_one_family_it_builds():
+def test_make_model_builds_every_family_and_names_them_for_anything_else():
 
   @dataclasses.dataclass(frozen=True)
   class OtherFamily:  # has ModelConfig's members, so the config groups take it
     max_position_embeddings: int = SEQ_LEN
     dropout: float = 0.0
     attention_dropout: float = 0.0
+    vocab_size: int = VOCAB
+    num_hidden_layers: int = 1
+    dtype: str = "float32"
+    scan_layers: bool = False
+    remat_policy: str = "none"
+    attention_impl: str | None = None
 
     def num_params(self):
       return 1
@@ -254,8 +288,9 @@ def test_make_model_names_the_one_family_it_builds():
       return {"model_type": "other"}
 
   assert isinstance(loop.make_model(TINY), opt_lib.OPT)
+  assert isinstance(loop.make_model(TINY_LLAMA), llama_lib.Llama)
   with pytest.raises(config_lib.ConfigError,
-                     match="ModelArgs.config: the trainer builds OPT models only .*OtherFamily"):
+                     match="ModelArgs.config: not a model config: OtherFamily .*OPTConfig, LlamaConfig"):
     loop.make_model(config_lib.ModelArgs(OtherFamily()).config)
 
 
