@@ -2,11 +2,11 @@ r"""Checkpoints between t5x and optiml-jax: t5x's `checkpoint_<step>/state` <-> 
 
 Where it sits: beside `checkpoints/orbax_io.py`. A t5x run (`python -m t5x.train` with gin/t5x/) writes
 t5x checkpoints; `import` turns one into the folder our evaluator, `convert` and the trainer's
-INITIAL_CHECKPOINT_PATH read. `export` turns our checkpoint (an OPT converted from Hugging Face, or one our
-trainer wrote) into a t5x checkpoint that `t5x.train` (fine-tuning), `t5x.eval` and `t5x.infer` restore.
-Needs orbax only, not t5x.
+INITIAL_CHECKPOINT_PATH read. `export` turns our checkpoint (a model of any family converted from Hugging Face,
+or one our trainer wrote) into a t5x checkpoint that `t5x.train` (fine-tuning), `t5x.eval` and `t5x.infer`
+restore. Needs orbax only, not t5x.
 
-Layouts (both Orbax; the parameter trees are the same, since t5x's module is our OPT):
+Layouts (both Orbax; the parameter trees are the same, since t5x's module is ours: `t5x_model.DecoderForT5x`):
   t5x   MODEL_DIR/checkpoint_<step>/state   one PyTree item {"target": params,
                                             "state": {"step": int32, "param_states": t5x's optimizer state}}
   ours  OUT/config.json + OUT/params        `save_orbax` (the trainer writes MODEL_DIR/<step>/params)
@@ -18,7 +18,12 @@ own tree) and the data-stream position. `import` reads `target` only; `export` w
 creates a fresh optimizer state (gin/t5x/optiml_*.gin set that for INITIAL_CHECKPOINT_PATH).
 
   python -m optiml_jax.interop.t5x_checkpoints import MODEL_DIR/checkpoint_8000 OUT --preset opt-30b
-  python -m optiml_jax.interop.t5x_checkpoints export OPT_ORBAX_DIR T5X_DIR [--step 0]
+  python -m optiml_jax.interop.t5x_checkpoints import MODEL_DIR/checkpoint_2000 OUT --preset smollm2-135m
+  python -m optiml_jax.interop.t5x_checkpoints import MODEL_DIR/checkpoint_2000 OUT --config HF_DIR
+  python -m optiml_jax.interop.t5x_checkpoints export ORBAX_DIR T5X_DIR [--step 0]
+
+`--preset` takes any preset of `models/registry.py` (the MODEL_PRESET the t5x gin file sets), `--overrides`
+the fields of that preset's config class; `--config` any Hugging Face config.json of a supported model_type.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from optiml_jax.checkpoints import discovery
 from optiml_jax.checkpoints import hf
 from optiml_jax.checkpoints import layout
 from optiml_jax.checkpoints import orbax_io
-from optiml_jax.models import opt_config
+from optiml_jax.models import registry
 
 STATE_ITEM = "state"  # t5x's Orbax item name
 TARGET_KEY = "target"  # the parameters inside it
@@ -107,9 +112,11 @@ def _step_of(item: pathlib.Path) -> int:
   return int(match.group(1)) if match else 0
 
 
-def import_t5x(path: str | pathlib.Path, out: str | pathlib.Path, config: opt_config.OPTConfig,
+def import_t5x(path: str | pathlib.Path, out: str | pathlib.Path, config: registry.ModelConfig,
                overwrite: bool = False) -> pathlib.Path:
   """Writes the parameters of a t5x checkpoint as our Orbax folder (`OUT/config.json` + `OUT/params`).
+
+  `config` is the model's config, of any family (`registry.preset`, or read from a Hugging Face config.json).
 
   Raises:
     layout.ConversionError: the checkpoint's parameters do not match `config` (names the parameter).
@@ -163,7 +170,7 @@ def export_t5x(path: str | pathlib.Path, out_dir: str | pathlib.Path, step: int 
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _config_from_args(args: argparse.Namespace) -> opt_config.OPTConfig:
+def _config_from_args(args: argparse.Namespace) -> registry.ModelConfig:
   overrides: dict[str, Any] = json.loads(args.overrides) if args.overrides else {}
   if not isinstance(overrides, Mapping):
     raise layout.ConversionError(f"--overrides: expected a JSON object, got {args.overrides!r}")
@@ -173,7 +180,7 @@ def _config_from_args(args: argparse.Namespace) -> opt_config.OPTConfig:
       config_path = config_path / hf.CONFIG_NAME
     return hf.config_from_hf_dict(json.loads(config_path.read_text(encoding="utf-8")), str(config_path))
   try:
-    return opt_config.OPTConfig.preset(args.preset, **overrides)
+    return registry.preset(args.preset, **overrides)
   except (TypeError, ValueError) as e:
     raise layout.ConversionError(f"--preset {args.preset} / --overrides: {e}") from e
 
@@ -187,9 +194,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   imp.add_argument("t5x_checkpoint", help="checkpoint_<step>/, its state/ item, or a t5x MODEL_DIR (latest)")
   imp.add_argument("out", help="folder to write (config.json + params/)")
   source = imp.add_mutually_exclusive_group(required=True)
-  source.add_argument("--preset", help="the model's OPTConfig preset, e.g. opt-30b (as OPT_PRESET in gin)")
+  source.add_argument(
+      "--preset", help="the model's preset, e.g. opt-30b or smollm2-135m (as MODEL_PRESET in gin); "
+      "any of models/registry.py")
   source.add_argument("--config", help="a Hugging Face config.json (or a folder holding one)")
-  imp.add_argument("--overrides", help="JSON object of OPTConfig fields for --preset, e.g. '{\"dropout\": 0.0}'")
+  imp.add_argument("--overrides",
+                   help="JSON object of the preset's config fields for --preset, e.g. '{\"vocab_size\": 49152}'")
   imp.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
   exp = commands.add_parser("export", help="our Orbax checkpoint -> t5x checkpoint_<step>/state")
   exp.add_argument("checkpoint", help="a save_orbax folder, a trainer step folder or a trainer MODEL_DIR")

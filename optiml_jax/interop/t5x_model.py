@@ -1,16 +1,25 @@
-"""Our OPT module, feature converter, optimizer and axis rules in the shapes `t5x.models.DecoderOnlyModel` wants.
+"""Our model modules, feature converter, optimizer and axis rules in the shapes t5x's `DecoderOnlyModel` wants.
 
 Where it sits: on the t5x path only. The gin files in `gin/t5x/` import this module (gin dynamic registration)
-and bind `t5x.models.DecoderOnlyModel` to `OPTForT5x`, `FeatureConverter`, `optimizer()` and `decode`, and
+and bind t5x's model to `DecoderOnlyModel`, `DecoderForT5x`, `FeatureConverter`, `optimizer()` and `decode`, and
 t5x's `PjitPartitioner` to `logical_axis_rules()`. It imports t5x, so nothing else in the package imports it.
+Every model family of `models/registry.py` (OPT, Llama, Mistral, Qwen2, SmolLM2) goes through the same pieces.
 
 What each piece adapts:
-  OPTForT5x         `models.opt.OPT` plus the `scan_layers` attribute t5x reads to find the layer axis of the
-                    decode cache (`cache_offset`). The call signature and the decoding contract (`decode`,
-                    `prefill`, `prefill_lengths`, per-example cache index) are the module's own.
-  FeatureConverter  `data.packing.OptimlFeatureConverter` (BOS-prefixed rows, target-only loss, whole-example
-                    packing) with the constructor arguments t5x passes and, unpacked, the
-                    `decoder_causal_attention` feature `predict_batch` needs to find the prompt:
+  model_config_for_t5x  `registry.preset(preset, **overrides)`: a config of any family ("opt-1.3b",
+                    "smollm2-135m", "llama-3.1-8b"); gin binds the overrides (dtype, dropout, scan_layers, ...).
+  DecoderForT5x     the family's module (`registry.make_model(config)`) with the same parameter tree and decode
+                    cache (it shares the wrapper's scope), token ids cast to int32, and the `scan_layers`
+                    attribute t5x reads to find the layer axis of the decode cache (`cache_offset`). The call
+                    signature and the decoding contract (`decode`, `prefill`, `prefill_lengths`, per-example
+                    cache index) are the module's own.
+  DecoderOnlyModel  t5x's `DecoderOnlyModel`, except that a prompt's length is read from
+                    `decoder_causal_attention` instead of counted as its non-zero ids: id 0 is a real token in
+                    Llama-family vocabularies (Llama 3's "!", SmolLM2's <|endoftext|>).
+  FeatureConverter  `data.packing.OptimlFeatureConverter` (rows that start with the tokenizer's BOS, or with
+                    the prompt when it adds none; target-only loss; whole-example packing) with the constructor
+                    arguments t5x passes and, unpacked, the `decoder_causal_attention` feature `predict_batch`
+                    needs to find the prompt:
                       inputs [7, 8], targets [3, 2]  ->  decoder_input_tokens     [2, 7, 8, 3, 0]
                                                          decoder_target_tokens    [7, 8, 3, 2, 0]
                                                          decoder_loss_weights     [0, 0, 1, 1, 0]
@@ -22,26 +31,32 @@ What each piece adapts:
                     `learning_rate_fn` is the same schedule, for t5x's learning-rate summaries.
   logical_axis_rules  our one rule table (`models.partitioning`) with its mesh axes renamed to t5x's
                     ("data", "model"): data and fsdp -> "data", tensor -> "model".
-  decode            t5x's sampler (greedy by default) with the scanned decode cache made batch-major when
-                    t5x must expand it for several decodes per example.
+  decode            t5x's sampler (greedy by default) with `max_decode_steps` counted as new tokens, and the
+                    scanned decode cache made batch-major when t5x must expand it for several decodes per
+                    example.
+
+`OPTForT5x` and `opt_config_for_t5x` are the names gin files written for OPT alone bind; they are the same as
+`DecoderForT5x` and `model_config_for_t5x`.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import seqio
 from t5x import decoding as t5x_decoding
+from t5x import models as t5x_models
 from t5x import optimizers as t5x_optimizers
 import tensorflow as tf
 
 from optiml_jax.data import packing
 from optiml_jax.data import special_tokens
-from optiml_jax.models import opt as opt_lib
-from optiml_jax.models import opt_config
+from optiml_jax.data import vocab as vocab_lib
 from optiml_jax.models import partitioning
+from optiml_jax.models import registry
 from optiml_jax.trainer import optimizer as optimizer_lib
 
 # Our mesh axes -> t5x's mesh axes (t5x builds a ("data", "model") mesh).
@@ -53,28 +68,92 @@ CAUSAL_ATTENTION = "decoder_causal_attention"
 # ----------------------------------------------------------------------------------------------------------
 
 
-def opt_config_for_t5x(preset: str = "opt-1.3b", **overrides: Any) -> opt_config.OPTConfig:
-  """`OPTConfig.preset(preset, **overrides)`; gin binds the overrides (dtype, scan_layers, dropout, ...)."""
-  return opt_config.OPTConfig.preset(preset, **overrides)
+def model_config_for_t5x(preset: str = "opt-1.3b", **overrides: Any) -> registry.ModelConfig:
+  """`registry.preset(preset, **overrides)`: a preset of any family; gin binds the overrides (dtype, dropout, ...).
+
+  Raises:
+    ValueError: an unknown preset (naming the known ones), or a field its config class does not have (naming the
+      class and its fields).
+  """
+  try:
+    return registry.preset(preset, **overrides)
+  except ValueError as e:
+    raise ValueError(f"model_config_for_t5x.{e}") from None
 
 
-class OPTForT5x(opt_lib.OPT):
-  """`OPT` as t5x's `DecoderOnlyModel.module`: the same parameters, call signature and decode cache.
+def opt_config_for_t5x(preset: str = "opt-1.3b", **overrides: Any) -> registry.ModelConfig:
+  """`model_config_for_t5x`, under the name gin files written for OPT alone bind."""
+  return model_config_for_t5x(preset, **overrides)
+
+
+class DecoderForT5x(nn.Module):
+  """The module of `config`'s family as t5x's `DecoderOnlyModel.module`: the same parameters, call signature
+  and decode cache (`registry.make_model(config)` shares this module's scope, so nothing is nested under it).
 
   t5x's `t5x.eval` initializes the module with float32 token ids (`get_initial_variables` without input
   types), so token ids are cast to int32 here.
+
+  Attributes:
+    config: a config of any family (`model_config_for_t5x`).
   """
+
+  config: Any
+
+  def setup(self):
+    self.decoder = registry.make_model(self.config)
+    nn.share_scope(self, self.decoder)
 
   def __call__(self, decoder_input_tokens: jax.Array, decoder_target_tokens: jax.Array | None = None, *args: Any,
                **kwargs: Any) -> jax.Array:
     tokens = jnp.asarray(decoder_input_tokens).astype(jnp.int32)
     targets = None if decoder_target_tokens is None else jnp.asarray(decoder_target_tokens).astype(jnp.int32)
-    return super().__call__(tokens, targets, *args, **kwargs)
+    return self.decoder(tokens, targets, *args, **kwargs)
 
   @property
   def scan_layers(self) -> bool:
     """Read by `DecoderOnlyModel.predict_batch`: scanned layers put the cache's batch axis at 1."""
-    return self.config.scan_layers
+    return bool(self.config.scan_layers)
+
+
+class OPTForT5x(DecoderForT5x):
+  """`DecoderForT5x`, under the name gin files written for OPT alone bind (any family's config works)."""
+
+
+class DecoderOnlyModel(t5x_models.DecoderOnlyModel):
+  """t5x's `DecoderOnlyModel` with the prompt's length read from `decoder_causal_attention`.
+
+  t5x counts a prompt's tokens as its non-zero ids after position 0; in Llama-family vocabularies id 0 is a real
+  token, so a prompt holding it would be cut short. `decoder_causal_attention` marks BOS (when the tokenizer adds
+  one) and the prompt plus the position that predicts the first target: its last 1 is the last prompt token,
+  the index decoding starts from, whatever the ids are.
+
+  It also refuses, before anything compiles, a vocabulary with ids beyond the model's embedding rows.
+
+  Raises:
+    ValueError: the module's `config.vocab_size` does not cover `vocabulary` (naming both sizes).
+  """
+
+  def __init__(self, module: nn.Module, vocabulary: seqio.Vocabulary, *args: Any, **kwargs: Any):
+    config = getattr(module, "config", None)
+    if config is not None:
+      vocab_lib.check_vocab_covers(config.vocab_size, vocabulary,
+                                   source=f"t5x model {type(module).__name__} (preset config)")
+    super().__init__(module, vocabulary, *args, **kwargs)
+
+  def _compute_kv_cache(self, params: Any, inputs: jax.Array,
+                        causal_attention_mask: jax.Array) -> tuple[Any, jax.Array]:
+    """(the cache prefilled with every prompt position but the last, the index of the last prompt token)."""
+    last_prompt_index = jnp.sum(causal_attention_mask != 0, axis=-1).astype(jnp.int32) - 1
+    _, empty = self.module.apply({"params": params}, jnp.ones_like(inputs), jnp.ones_like(inputs), enable_dropout=False,
+                                 decode=True, mutable=["cache"])
+    # Prefill reads the prompt positions (decoder_target_tokens = the mask: t5x's convention) and caches all but
+    # the last one, which decoding feeds first to get the logits of the first new token.
+    variables = {"params": params, "cache": empty["cache"]}
+    causal = self._get_decoder_causal_attention({"decoder_causal_attention": causal_attention_mask})
+    _, filled = self.module.apply(variables, decoder_input_tokens=inputs, decoder_target_tokens=causal_attention_mask,
+                                  decoder_causal_attention=causal, enable_dropout=False, prefill=True,
+                                  prefill_lengths=last_prompt_index, mutable=["cache"])
+    return filled["cache"], last_prompt_index
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -101,14 +180,22 @@ class FeatureConverter(packing.OptimlFeatureConverter):
     pack: pack whole examples (training) or one example per row (evaluation, inference).
     use_custom_packing_ops: accepted because t5x passes it; our packer never uses seqio's TF ops.
     apply_length_check: seqio's length check.
-    bos_id: the token before each example (OPT's </s>, 2: `special_tokens.OPT`).
+    bos_id: the token before each example: the tokenizer's BOS (OPT's </s>, 2: `special_tokens.OPT`), or None
+      where the tokenizer adds none (the row then starts with the prompt).
     max_open_rows: rows the packer keeps open (see `packing.pack_examples`).
+    eos_id: the token that ends every target, kept when a target is cut to its length (OPT's </s>, 2).
+    vocabulary: when given (gin/t5x/models/decoder_base.gin binds the model's), its `bos_id` and `eos_id` replace
+      the two above: the BOS its tokenizer adds (None: none) and its EOS (`vocab.HFVocabulary`).
   """
 
   def __init__(self, pack: bool = True, use_custom_packing_ops: bool = False, apply_length_check: bool = True,
-               bos_id: int = special_tokens.OPT.bos_id, max_open_rows: int = 8):
+               bos_id: int | None = special_tokens.OPT.bos_id, max_open_rows: int = 8,
+               eos_id: int = special_tokens.OPT_EOS_ID, vocabulary: seqio.Vocabulary | None = None):
     del use_custom_packing_ops  # Packing is `packing.pack_examples`, in Python.
-    super().__init__(pack=pack, bos_id=bos_id, max_open_rows=max_open_rows, apply_length_check=apply_length_check)
+    if vocabulary is not None:
+      bos_id, eos_id = vocabulary.bos_id, vocabulary.eos_id
+    super().__init__(pack=pack, bos_id=bos_id, max_open_rows=max_open_rows, apply_length_check=apply_length_check,
+                     eos_id=eos_id)
     if not pack:  # seqio checks the output against MODEL_FEATURES exactly.
       self.MODEL_FEATURES = {
           **packing.OptimlFeatureConverter.MODEL_FEATURES, CAUSAL_ATTENTION:
@@ -196,26 +283,44 @@ def swap_layer_axis(cache: Any) -> Any:
   return jax.tree_util.tree_map_with_path(lambda path, x: x if _is_index(path) else jnp.swapaxes(x, 0, 1), cache)
 
 
+def sampler_decode_steps(inputs: jax.Array, initial_index: jax.Array | None, new_tokens: int,
+                         num_decodes: int = 1) -> jax.Array | int:
+  """The `max_decode_steps` to give t5x's sampler for `new_tokens` new tokens per example.
+
+  The sampler ends an example at position (its non-zero ids in `inputs`) + max_decode_steps, assuming a BOS 0
+  before the prompt. Here a row starts with the tokenizer's BOS or with the prompt itself, and the prompt may hold
+  id 0 (a real token in Llama-family vocabularies), so the count is replaced by the index of the last prompt
+  token, `initial_index`: per example, initial_index + new_tokens - non-zero ids (t5x's sampler does not
+  expand this argument for several decodes per example, so it is expanded here). Without `initial_index` (no
+  prefill), one step fewer than `new_tokens`, for the row's non-zero first token. The sampler stops every row at
+  its length.
+  """
+  if initial_index is None:
+    return min(new_tokens - 1, inputs.shape[1])
+  steps = jnp.asarray(initial_index, jnp.int32) + new_tokens - jnp.sum(inputs != 0, axis=-1).astype(jnp.int32)
+  return t5x_decoding.flat_batch_beam_expand(steps, num_decodes) if num_decodes > 1 else steps
+
+
 def decode(*, inputs: jax.Array, cache: Any, tokens_to_logits: Callable[..., Any], eos_id: int, num_decodes: int = 1,
-           cache_offset: int = 0, max_decode_steps: int | None = None,
+           cache_offset: int = 0, initial_index: jax.Array | None = None, max_decode_steps: int | None = None,
            sampler: Callable[..., Any] = t5x_decoding.temperature_sample, **kwargs: Any) -> Any:
-  """t5x's `decode_fn` for OPT: `sampler` (default `temperature_sample`; gin/t5x/ sets temperature 0, greedy).
+  """t5x's `decode_fn` for our models: `sampler` (default `temperature_sample`; gin/t5x/ sets temperature 0, greedy).
 
   `max_decode_steps` (bound here in gin, or passed in t5x's `decoder_params`) is the number of new tokens
   per example, at most what the row (inputs + targets) holds; None decodes until the row is full.
+  `initial_index` (t5x's `predict_batch` passes it) is each example's last prompt position.
 
   t5x expands the cache along axis `cache_offset` to make several decodes per example; our scanned cache
   holds stacked layers [layers, batch, ...] beside an unstacked `cache_index` [batch], so for
   `num_decodes > 1` the stacked arrays are made batch-major for the sampler and layer-major again for
   each model step. One decode per example (the recipe's greedy decoding) passes straight through.
   """
+  if initial_index is not None:
+    kwargs["initial_index"] = initial_index
   if max_decode_steps is not None:
     if max_decode_steps < 1:
       raise ValueError(f"decode: max_decode_steps must be >= 1, got {max_decode_steps}")
-    # t5x's samplers count a prompt's tokens as its non-zero ids, assuming BOS 0; OPT's BOS is 2 and
-    # counts, so one step fewer gives `max_decode_steps` new tokens. No row holds more than its length
-    # (t5x refuses a larger figure).
-    kwargs["max_decode_steps"] = min(max_decode_steps - 1, inputs.shape[1])
+    kwargs["max_decode_steps"] = sampler_decode_steps(inputs, initial_index, max_decode_steps, num_decodes)
   if num_decodes == 1 or cache_offset == 0:
     return sampler(inputs=inputs, cache=cache, tokens_to_logits=tokens_to_logits, eos_id=eos_id,
                    num_decodes=num_decodes, cache_offset=cache_offset, **kwargs)

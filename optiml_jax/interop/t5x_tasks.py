@@ -5,8 +5,10 @@ Where it sits: on the t5x path, between `data/registry.py` (one seqio Task per c
 only when it has metric functions. The metrics are the ones the registry attaches (`data/eval_tasks.py`,
 `data/metrics.py`), so `t5x.eval` and `python -m optiml_jax.eval` report the same figures. Needs seqio, not t5x.
 
-  registered(catalog_dir, name)       registers the catalog's Tasks and Mixtures (once per catalog) and
-                                      returns `name`; gin binds MIXTURE_OR_TASK_NAME to it.
+  registered(catalog_dir, name)       registers the catalog's Tasks and Mixtures (once per catalog, shots and
+                                      vocabulary) and returns `name`; gin binds MIXTURE_OR_TASK_NAME to it.
+                                      `vocabulary` is the model's (gin/t5x/models/*.gin: VOCABULARY), so the
+                                      tasks tokenize with the model's own tokenizer; None: OPT's.
   rank_classification_task(task)      `<task>.score_eval`: one row per answer candidate (targets = the
                                       candidate), scored by t5x's `score_batch`; "accuracy" takes the
                                       candidate with the highest log-likelihood per instance.
@@ -15,16 +17,16 @@ only when it has metric functions. The metrics are the ones the registry attache
   eval_mixture(catalog_dir, ...)      registers the catalog and a Mixture of those (by task or role) for one
                                       `t5x.eval` or `t5x.infer` run.
 
-Rank classification, a worked example (options "red", "blue"; reference "blue"):
-  instance 0  ->  {inputs, targets: BPE(" red") + </s>, idx: [0, 0], is_correct: False}
-                  {inputs, targets: BPE(" blue") + </s>, idx: [0, 1], is_correct: True}
+Rank classification, a worked example (options "red", "blue"; reference "blue"; EOS the tokenizer's, OPT's </s>):
+  instance 0  ->  {inputs, targets: tokens(" red") + EOS, idx: [0, 0], is_correct: False}
+                  {inputs, targets: tokens(" blue") + EOS, idx: [0, 1], is_correct: True}
   scores [-4.1, -2.3] -> option 1 wins -> correct.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import seqio
 import tensorflow as tf
@@ -36,26 +38,35 @@ from optiml_jax.data import registry
 
 GENERATION_SUFFIX = ".gen"
 EVAL_MIXTURE = "optiml_t5x_eval"
-_REGISTERED_CATALOGS: dict[tuple[str, tuple[int, ...]], registry.Registered] = {}
+# catalog folder -> (shots, vocabulary, what registration returned): the Tasks now in seqio's registry.
+_REGISTERED_CATALOGS: dict[str, tuple[tuple[int, ...], Any, registry.Registered]] = {}
 
 # ----------------------------------------------------------------------------------------------------------
 # Registration.
 # ----------------------------------------------------------------------------------------------------------
 
 
-def registered(catalog_dir: str, name: str | None = registry.TRAIN_MIXTURE, shots: Sequence[int] = (0,)) -> str | None:
-  """Registers the catalog's Tasks and Mixtures (the first call per catalog and shots) and returns `name`
-  (None: registration only).
+def registered(catalog_dir: str, name: str | None = registry.TRAIN_MIXTURE, shots: Sequence[int] = (0,),
+               vocabulary: seqio.Vocabulary | None = None) -> str | None:
+  """Registers the catalog's Tasks and Mixtures and returns `name` (None: registration only). The tasks tokenize
+  with `vocabulary`, the model's (None: OPT's). A catalog is registered again only for another vocabulary or
+  for shots not registered yet.
 
   Raises:
     ValueError: `name` is not a Task or Mixture once the catalog is registered (lists the mixtures).
   """
-  key = (os.path.abspath(os.fspath(catalog_dir)), tuple(int(k) for k in shots))
-  if key not in _REGISTERED_CATALOGS:
-    _REGISTERED_CATALOGS[key] = registry.register_catalog(catalog_dir, shots=key[1])
+  path = os.path.abspath(os.fspath(catalog_dir))
+  wanted = tuple(sorted({int(k) for k in shots}))
+  last = _REGISTERED_CATALOGS.get(path)
+  if last is None or last[1] != vocabulary or not set(wanted) <= set(last[0]):
+    # Another vocabulary replaces the catalog's Tasks (same names); more shots add to them.
+    if last is not None and last[1] == vocabulary:
+      wanted = tuple(sorted(set(wanted) | set(last[0])))
+    registered_now = registry.register_catalog(catalog_dir, vocabulary=vocabulary, shots=wanted)
+    _REGISTERED_CATALOGS[path] = (wanted, vocabulary, registered_now)
   if name is not None and name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
     raise ValueError(f"{name!r} is neither a Task nor a Mixture after registering the catalog {catalog_dir} "
-                     f"(its mixtures: {list(_REGISTERED_CATALOGS[key].mixtures)})")
+                     f"(its mixtures: {list(_REGISTERED_CATALOGS[path][2].mixtures)})")
   return name
 
 
@@ -111,7 +122,8 @@ def drop_ragged_options(dataset: tf.data.Dataset) -> tf.data.Dataset:
 
 
 def eval_mixture(catalog_dir: str, name: str = EVAL_MIXTURE, tasks: Sequence[str] | None = None,
-                 roles: Sequence[str] = catalog_lib.ROLES, shots: int = 0, rank_multiple_choice: bool = True) -> str:
+                 roles: Sequence[str] = catalog_lib.ROLES, shots: int = 0, rank_multiple_choice: bool = True,
+                 vocabulary: seqio.Vocabulary | None = None) -> str:
   """Registers the catalog, then a Mixture `name` of evaluation Tasks for one `t5x.eval` or `t5x.infer` run;
   returns `name`. Multiple-choice tasks enter as `rank_classification_task` (scored; decoded like the others
   when `rank_multiple_choice` is False, e.g. for `t5x.infer`), the others as `generation_task` (decoded);
@@ -124,6 +136,7 @@ def eval_mixture(catalog_dir: str, name: str = EVAL_MIXTURE, tasks: Sequence[str
     roles: catalog roles to take when `tasks` is None (e.g. ("held_out_category",) for level 1).
     shots: evaluate the `<task>.<k>shot` variants (registered with the catalog).
     rank_multiple_choice: score multiple-choice tasks by rank classification (else decode them).
+    vocabulary: the model's, which the tasks tokenize with (None: OPT's).
 
   Raises:
     ValueError: an unknown task or role, or nothing left to evaluate.
@@ -132,7 +145,7 @@ def eval_mixture(catalog_dir: str, name: str = EVAL_MIXTURE, tasks: Sequence[str
   if unknown_roles:
     raise ValueError(f"eval mixture {name!r}: unknown roles {unknown_roles} "
                      f"(expected some of {catalog_lib.ROLES})")
-  registered(catalog_dir, name=None, shots=sorted({0, shots}))
+  registered(catalog_dir, name=None, shots=sorted({0, shots}), vocabulary=vocabulary)
   bench = {e.name: e for e in catalog_lib.load(catalog_dir).tasks}
   if tasks is None:
     chosen = [e for e in bench.values() if e.role in roles]

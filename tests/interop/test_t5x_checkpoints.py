@@ -1,4 +1,5 @@
-"""Tests of optiml_jax.interop.t5x_checkpoints: t5x's checkpoint_<step>/state <-> our Orbax folders.
+"""Tests of optiml_jax.interop.t5x_checkpoints: t5x's checkpoint_<step>/state <-> our Orbax folders, for a tiny
+OPT and a tiny Llama.
 
 Needs orbax only (t5x's layout is written here directly); tests/interop/test_t5x_cli.py converts checkpoints
 that t5x itself wrote.
@@ -19,16 +20,26 @@ import pytest
 from optiml_jax.checkpoints import layout
 from optiml_jax.checkpoints import orbax_io
 from optiml_jax.interop import t5x_checkpoints
-from optiml_jax.models import opt
-from optiml_jax.models import opt_config
+from optiml_jax.models import registry
 
-CONFIG = opt_config.OPTConfig.preset("tiny", vocab_size=128, max_position_embeddings=32)
+CONFIG = registry.preset("tiny", vocab_size=128, max_position_embeddings=32)
+LLAMA = registry.preset("llama-tiny", vocab_size=128, max_position_embeddings=32)
+
+
+def _init(config, seed):
+  model = registry.make_model(config)
+  init = jax.jit(lambda rng: model.init(rng, jnp.ones((1, 8), jnp.int32), enable_dropout=False))
+  return jax.tree.map(np.asarray, init(jax.random.PRNGKey(seed))["params"])
 
 
 @pytest.fixture(scope="module")
 def params():
-  init = jax.jit(lambda rng: opt.OPT(CONFIG).init(rng, jnp.ones((1, 8), jnp.int32), enable_dropout=False))
-  return jax.tree.map(np.asarray, init(jax.random.PRNGKey(1))["params"])
+  return _init(CONFIG, 1)
+
+
+@pytest.fixture(scope="module")
+def llama_params():
+  return _init(LLAMA, 1)
 
 
 def _assert_same(a, b):
@@ -92,7 +103,7 @@ def test_state_item_is_found_from_model_dir_step_folder_or_item(tmp_path, params
 
 def test_import_refuses_a_config_that_does_not_match(tmp_path, params):
   checkpoint = _write_t5x_layout(tmp_path / "t5x", 1, params)
-  wider = opt_config.OPTConfig.preset("tiny", vocab_size=256, max_position_embeddings=32)
+  wider = registry.preset("tiny", vocab_size=256, max_position_embeddings=32)
   with pytest.raises(layout.ConversionError, match="embed_tokens/embedding: expected shape"):
     t5x_checkpoints.import_t5x(checkpoint, tmp_path / "ours", wider)
   assert not (tmp_path / "ours").exists()
@@ -113,10 +124,8 @@ def test_export_then_import_is_bitwise_and_export_keeps_no_optimizer_state(tmp_p
 
 
 def test_export_stacks_unscanned_layers_in_layer_order(tmp_path):
-  config = opt_config.OPTConfig.preset("tiny", vocab_size=128, max_position_embeddings=32, num_hidden_layers=11,
-                                       scan_layers=False)
-  init = jax.jit(lambda rng: opt.OPT(config).init(rng, jnp.ones((1, 8), jnp.int32), enable_dropout=False))
-  unscanned = jax.tree.map(np.asarray, init(jax.random.PRNGKey(2))["params"])
+  config = registry.preset("tiny", vocab_size=128, max_position_embeddings=32, num_hidden_layers=11, scan_layers=False)
+  unscanned = _init(config, 2)
   assert "layers_10" in unscanned
   ours = orbax_io.save_orbax(unscanned, tmp_path / "ours", config)
   read, _ = t5x_checkpoints.read_t5x_params(t5x_checkpoints.export_t5x(ours, tmp_path / "t5x"))
@@ -142,6 +151,46 @@ def test_command_line(tmp_path, params, capsys):
   _assert_same(t5x_checkpoints.read_t5x_params(tmp_path / "back")[0], params)
   assert t5x_checkpoints.main(["import", str(checkpoint), str(tmp_path / "bad"), "--preset", "tiny"]) == 2
   assert "expected shape" in capsys.readouterr().err
+
+
+def test_a_llama_goes_both_ways_bitwise_and_its_unscanned_layers_stack(tmp_path, llama_params):
+  checkpoint = _write_t5x_layout(tmp_path / "t5x", 3, llama_params)
+  out = t5x_checkpoints.import_t5x(checkpoint, tmp_path / "ours", LLAMA)
+  config, restored = orbax_io.restore_orbax(out)
+  assert config == LLAMA and config.family == "llama"
+  _assert_same(restored, llama_params)
+  with pytest.raises(layout.ConversionError, match="expected shape"):
+    t5x_checkpoints.import_t5x(checkpoint, tmp_path / "opt", CONFIG)  # an OPT config does not fit a Llama tree
+  read, step = t5x_checkpoints.read_t5x_params(t5x_checkpoints.export_t5x(out, tmp_path / "back", step=3))
+  assert step == 3
+  _assert_same(read, llama_params)
+  unscanned_config = registry.preset("llama-tiny", vocab_size=128, num_hidden_layers=3, scan_layers=False)
+  unscanned = _init(unscanned_config, 4)
+  ours = orbax_io.save_orbax(unscanned, tmp_path / "unscanned", unscanned_config)
+  read, _ = t5x_checkpoints.read_t5x_params(t5x_checkpoints.export_t5x(ours, tmp_path / "stacked"))
+  assert read["layers"]["mlp"]["gate_proj"]["kernel"].shape == (3, 64, 160)
+  for i in range(3):
+    np.testing.assert_array_equal(read["layers"]["self_attn"]["k_proj"]["kernel"][i],
+                                  unscanned[f"layers_{i}"]["self_attn"]["k_proj"]["kernel"])
+
+
+def test_command_line_takes_any_family_preset(tmp_path, llama_params, capsys):
+  checkpoint = _write_t5x_layout(tmp_path / "t5x", 2, llama_params)
+  overrides = json.dumps({"vocab_size": 128, "max_position_embeddings": 32})
+  assert t5x_checkpoints.main(
+      ["import", str(checkpoint),
+       str(tmp_path / "ours"), "--preset", "llama-tiny", "--overrides", overrides]) == 0
+  config, restored = orbax_io.restore_orbax(tmp_path / "ours")
+  assert config.family == "llama"
+  _assert_same(restored, llama_params)
+  assert t5x_checkpoints.main(["import",
+                               str(checkpoint),
+                               str(tmp_path / "again"), "--config",
+                               str(tmp_path / "ours")]) == 0
+  assert orbax_io.restore_orbax(tmp_path / "again")[0] == config
+  capsys.readouterr()
+  assert t5x_checkpoints.main(["import", str(checkpoint), str(tmp_path / "bad"), "--preset", "llama-9b"]) == 2
+  assert "unknown model preset 'llama-9b'" in capsys.readouterr().err
 
 
 def test_the_package_does_not_import_t5x_off_the_t5x_path():

@@ -1,6 +1,6 @@
-"""End-to-end runs of t5x's own entry points with gin/t5x/: `python -m t5x.train` (5 steps and a resume),
-`t5x.eval` (rank-classification scores checked against our model) and `t5x.infer` (greedy decoding checked
-against ours), plus checkpoints converted both ways.
+"""End-to-end runs of t5x's own entry points with gin/t5x/: `python -m t5x.train` (5 steps and a resume, for a
+tiny OPT and a tiny Llama), `t5x.eval` (rank-classification scores checked against our model) and `t5x.infer`
+(greedy decoding checked against ours, for both families), plus checkpoints converted both ways.
 
 Needs t5x: importable already, or checkouts of t5x, airio and jestimator under $OPTIML_T5X_DIR (docs/t5x.md,
 "Installing t5x from source"); skipped otherwise. The t5x runs are subprocesses of 15-60 s on two CPU cores, so they are
@@ -32,8 +32,7 @@ from optiml_jax.data import vocab as vocab_lib
 from optiml_jax.data.sources import sni
 from optiml_jax.evaluation import evaluator
 from optiml_jax.interop import t5x_checkpoints
-from optiml_jax.models import opt
-from optiml_jax.models import opt_config
+from optiml_jax.models import registry
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 T5X_ENV = "OPTIML_T5X_DIR"
@@ -41,7 +40,7 @@ T5X_CHECKOUTS = ("t5x", "airio", "jestimator")
 MC_TASK = "crossfit:quiz_mc"
 GEN_TASK = "sni:task005_toy_add_large"
 EOS = 2
-TINY = opt_config.OPTConfig.preset("tiny", dropout=0.0)  # gin/t5x/models/opt_tiny.gin
+TINY = registry.preset("tiny", dropout=0.0)  # gin/t5x/models/opt_tiny.gin
 SMALL_LENGTHS = "{'inputs': 96, 'targets': 32}"
 
 
@@ -78,15 +77,18 @@ def probe(model=gin.REQUIRED, partitioner=gin.REQUIRED, batch_size=gin.REQUIRED,
                                      {"decoder_input_tokens": (batch_size, sum(lengths.values()))}, partitioner,
                                      {"decoder_input_tokens": np.int32})
   config = model.module.config
+  layers = init.train_state_axes.params["layers"]
+  mlp_in = layers["fc1"] if "fc1" in layers else layers["mlp"]["gate_proj"]  # OPT's, a Llama's
   return {"params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(init.global_train_state_shape.params)),
-          "expected": config.num_params(), "layers": config.num_hidden_layers,
+          "expected": config.num_params(), "layers": config.num_hidden_layers, "family": config.family,
           "num_partitions": gin.query_parameter("%NUM_PARTITIONS"),
-          "fc1": [str(a) for a in init.train_state_axes.params["layers"]["fc1"]["kernel"]],
+          "mlp_in": [str(a) for a in mlp_in["kernel"]],
           "optimizer": type(model.optimizer_def).__name__, "batch_size": batch_size, "steps": steps}
 
-for gin_file in sys.argv[2:]:
+for gin_file in sys.argv[3:]:
   gin.clear_config()
   bindings = ["MODEL_DIR = '/unused'", "CATALOG_DIR = '/unused'", "INITIAL_CHECKPOINT_PATH = '/unused'",
+              "TOKENIZER_DIR = '/unused'", "include %r" % sys.argv[2],
               "probe.model = %MODEL", "probe.partitioner = @partitioning.PjitPartitioner()",
               "probe.batch_size = %BATCH_SIZE", "probe.lengths = %TASK_FEATURE_LENGTHS",
               "probe.steps = %TRAIN_STEPS"]
@@ -137,25 +139,41 @@ def bench(tmp_path_factory):
   return root / "catalog"
 
 
+# The probe's vocabulary: a few ids, so no tokenizer folder is read (nothing is tokenized).
+_PROBE_VOCABULARY = """
+from __gin__ import dynamic_registration
+import seqio
+VOCABULARY = @seqio.PassThroughVocabulary()
+seqio.PassThroughVocabulary.size = 3
+seqio.PassThroughVocabulary.eos_id = 2
+"""
+
+
 def test_recipe_gin_files_build_sharded_train_states_for_every_size(tmp_path):
-  files = ["t5x/optiml_1.3b.gin", "t5x/optiml_30b.gin", "t5x/optiml_175b.gin"]
+  files = ["t5x/optiml_1.3b.gin", "t5x/optiml_30b.gin", "t5x/optiml_175b.gin", "t5x/optiml_smollm2_135m.gin"]
   env = dict(os.environ, PYTHONPATH=PYTHONPATH, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
              XLA_FLAGS="--xla_force_host_platform_device_count=8")  # 'data' and 'model' of 8 CPU devices
-  done = subprocess.run([sys.executable, "-c", _PROBE, str(REPO / "gin"), *files], cwd=tmp_path, env=env,
-                        capture_output=True, text=True, timeout=600, check=False)
+  (tmp_path / "probe_vocabulary.gin").write_text(_PROBE_VOCABULARY, encoding="utf-8")
+  done = subprocess.run(
+      [sys.executable, "-c", _PROBE,
+       str(REPO / "gin"),
+       str(tmp_path / "probe_vocabulary.gin"), *files], cwd=tmp_path, env=env, capture_output=True, text=True,
+      timeout=600, check=False)
   assert done.returncode == 0, done.stderr[-4000:]
   found = {m.group(1): json.loads(m.group(2)) for m in re.finditer(r"^PROBE (\S+) (.*)$", done.stdout, re.M)}
   assert set(found) == set(files)
   expected = {
-      "t5x/optiml_1.3b.gin": (24, 1, 256, 4000),
-      "t5x/optiml_30b.gin": (48, 4, 256, 4000),
-      "t5x/optiml_175b.gin": (96, 8, 128, 8000)
+      "t5x/optiml_1.3b.gin": ("opt", 24, 1, 256, 4000),
+      "t5x/optiml_30b.gin": ("opt", 48, 4, 256, 4000),
+      "t5x/optiml_175b.gin": ("opt", 96, 8, 128, 8000),
+      "t5x/optiml_smollm2_135m.gin": ("llama", 30, 1, 256, 4000),
   }
-  for name, (layers, model_axis, batch_size, steps) in expected.items():
+  for name, (family, layers, model_axis, batch_size, steps) in expected.items():
     got = found[name]
+    assert got["family"] == family, name
     assert got["params"] == got["expected"] and got["layers"] == layers, name
     assert got["num_partitions"] == model_axis, name  # (on CPU t5x builds a trivial mesh whatever this is)
-    assert got["fc1"] == ["None", "data", "model"], name  # layers, embed (FSDP), mlp (tensor)
+    assert got["mlp_in"] == ["None", "data", "model"], name  # layers, embed (FSDP), mlp (tensor)
     assert (got["optimizer"], got["batch_size"], got["steps"]) == ("OptaxWrapper", batch_size, steps), name
 
 
@@ -233,7 +251,7 @@ def test_t5x_checkpoint_imports_into_what_our_evaluator_loads(trained, tmp_path)
 
 @jax.jit
 def _log_probs(params, tokens):
-  return jax.nn.log_softmax(opt.OPT(TINY).apply({"params": params}, tokens, enable_dropout=False), axis=-1)
+  return jax.nn.log_softmax(registry.make_model(TINY).apply({"params": params}, tokens, enable_dropout=False), axis=-1)
 
 
 @pytest.mark.slow
@@ -272,18 +290,55 @@ def test_eval_scores_rank_classification_as_our_model_does(trained, bench, tmp_p
   assert metrics[-1]["accuracy"] == pytest.approx(100.0 * np.mean([c for _, c in best.values()]))
 
 
-# Our own random tiny OPT; init_std 0.5 makes its logits peaked, so greedy choices are far from ties.
-EXPORTED_CONFIG = opt_config.OPTConfig.preset("tiny", dropout=0.0, init_std=0.5)
+@pytest.mark.slow
+def test_a_tiny_llama_trains_five_steps_and_its_checkpoint_imports(bench, tmp_path):
+  """`python -m t5x.train --gin_file=t5x/optiml_llama_tiny.gin`, then the checkpoint as our evaluator loads it."""
+  model_dir = tmp_path / "model"
+  log = _run_t5x("train", ["t5x/optiml_llama_tiny.gin"], {
+      "MODEL_DIR": _quote(model_dir),
+      "CATALOG_DIR": _quote(bench)
+  }, tmp_path, tmp_path / "train.log")
+  losses = _train_losses(log)
+  config = registry.preset("llama-tiny")
+  assert 5 in losses and math.isfinite(losses[5]) and 0 < losses[5] < math.log(config.vocab_size) + 1
+  out = t5x_checkpoints.import_t5x(model_dir / "checkpoint_5", tmp_path / "ours", config)
+  [checkpoint], problems = evaluator.find_checkpoints(out)
+  restored_config, restored = evaluator.load_checkpoint(checkpoint)
+  assert not problems and restored_config.family == "llama"
+  params, _ = t5x_checkpoints.read_t5x_params(model_dir / "checkpoint_5")
+  assert "gate_proj" in params["layers"]["mlp"]
+  for key, value in layout.flatten(restored).items():
+    np.testing.assert_array_equal(value, layout.flatten(params)[key])
+
+
+# Our own random tiny models; a large initializer scale makes their logits peaked, so greedy choices are far from
+# ties. (t5x model gin file, config)
+EXPORTED = {
+    "opt": ("t5x/models/opt_tiny.gin", registry.preset("tiny", dropout=0.0, init_std=0.5)),
+    "llama": ("t5x/models/llama_tiny.gin", registry.preset("llama-tiny", initializer_range=0.5)),
+}
+EXPORTED_CONFIG = EXPORTED["opt"][1]
+
+
+def _export(work: pathlib.Path, config) -> tuple:
+  """(params, t5x checkpoint folder) of a random model of `config` saved by us and exported to t5x's layout."""
+  model = registry.make_model(config)
+  init = jax.jit(lambda rng: model.init(rng, jnp.ones((1, 8), jnp.int32), enable_dropout=False))
+  params = jax.tree.map(np.asarray, init(jax.random.PRNGKey(3))["params"])
+  ours = orbax_io.save_orbax(params, work / "ours", config)
+  return params, t5x_checkpoints.export_t5x(ours, work / "t5x", step=0)
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-  """(params, t5x checkpoint folder) of a random tiny OPT saved by us and exported to t5x's layout."""
-  work = tmp_path_factory.mktemp("t5x_export")
-  init = jax.jit(lambda rng: opt.OPT(EXPORTED_CONFIG).init(rng, jnp.ones((1, 8), jnp.int32), enable_dropout=False))
-  params = jax.tree.map(np.asarray, init(jax.random.PRNGKey(3))["params"])
-  ours = orbax_io.save_orbax(params, work / "ours", EXPORTED_CONFIG)
-  return params, t5x_checkpoints.export_t5x(ours, work / "t5x", step=0)
+  """(params, t5x checkpoint folder) of a random tiny OPT."""
+  return _export(tmp_path_factory.mktemp("t5x_export"), EXPORTED_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def exported_llama(tmp_path_factory):
+  """(params, t5x checkpoint folder) of a random tiny Llama."""
+  return _export(tmp_path_factory.mktemp("t5x_export_llama"), EXPORTED["llama"][1])
 
 
 @pytest.mark.slow
@@ -317,12 +372,13 @@ def test_finetune_recipe_starts_from_an_exported_checkpoint_with_fresh_optimizer
 
 
 @pytest.mark.slow
-def test_infer_decodes_an_exported_checkpoint_greedily(bench, exported, tmp_path):
-  params, checkpoint = exported
-  config = EXPORTED_CONFIG
+@pytest.mark.parametrize("family", sorted(EXPORTED))
+def test_infer_decodes_an_exported_checkpoint_greedily(bench, family, request, tmp_path):
+  params, checkpoint = request.getfixturevalue("exported" if family == "opt" else "exported_llama")
+  model_gin, config = EXPORTED[family]
   out = tmp_path / "infer"
   _run_t5x(
-      "infer", ["t5x/models/opt_tiny.gin", "t5x/infer.gin"], {
+      "infer", [model_gin, "t5x/infer.gin"], {
           "CHECKPOINT_PATH": _quote(checkpoint),
           "INFER_OUTPUT_DIR": _quote(out),
           "CATALOG_DIR": _quote(bench),
@@ -339,7 +395,7 @@ def test_infer_decodes_an_exported_checkpoint_greedily(bench, exported, tmp_path
 
   @jax.jit
   def logits_at(tokens, position):
-    return opt.OPT(config).apply({"params": params}, tokens, enable_dropout=False)[0, position]
+    return registry.make_model(config).apply({"params": params}, tokens, enable_dropout=False)[0, position]
 
   for row in rows[:8]:  # our greedy decoding of the same prompt, without a cache
     source, target = row["inputs"]["inputs_pretokenized"], row["inputs"]["targets_pretokenized"]

@@ -1,5 +1,6 @@
-"""Tests of optiml_jax.interop.t5x_model inside t5x's DecoderOnlyModel: features, scoring, greedy decoding
-with the cache, several decodes per example, axis rules and the optimizer.
+"""Tests of optiml_jax.interop.t5x_model inside t5x's DecoderOnlyModel, for a tiny OPT and a tiny Llama: features,
+scoring, greedy decoding with the cache (prompts holding id 0 included), several decodes per example, axis rules
+and the optimizer.
 
 Needs t5x: importable already, or checkouts of t5x, airio and jestimator under $OPTIML_T5X_DIR (docs/t5x.md,
 "Installing t5x from source"); skipped otherwise.
@@ -8,11 +9,15 @@ Needs t5x: importable already, or checkouts of t5x, airio and jestimator under $
 import functools
 import os
 import sys
+import types
 
+import flax
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import seqio
 
 T5X_ENV = "OPTIML_T5X_DIR"
 T5X_CHECKOUTS = ("t5x", "airio", "jestimator")
@@ -39,15 +44,24 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-posi
 from optiml_jax.data import packing  # pylint: disable=g-import-not-at-top,wrong-import-position
 from optiml_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from optiml_jax.interop import t5x_model  # pylint: disable=g-import-not-at-top,wrong-import-position
-from optiml_jax.models import opt  # pylint: disable=g-import-not-at-top,wrong-import-position
-from optiml_jax.models import opt_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from optiml_jax.models import partitioning  # pylint: disable=g-import-not-at-top,wrong-import-position
+from optiml_jax.models import registry  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 EOS = 2
 LENGTHS = {"inputs": 8, "targets": 8}  # rows of 16 positions
-# init_std 0.5 makes the logits of a random model peaked, so greedy choices are far from ties.
-CONFIG = opt_config.OPTConfig.preset("tiny", vocab_size=128, max_position_embeddings=32, dropout=0.0, init_std=0.5)
-EXAMPLES = [([11, 12, 13], [21, 22, EOS]), ([31, 32, 33, 34, 35, 36], [41, EOS]), ([51], [61, 62, 63, EOS])]
+# A large initializer scale makes the logits of a random model peaked, so greedy choices are far from ties.
+CONFIGS = {
+    "opt": t5x_model.model_config_for_t5x("tiny", vocab_size=128, max_position_embeddings=32, dropout=0.0,
+                                          init_std=0.5),
+    "llama": t5x_model.model_config_for_t5x("llama-tiny", vocab_size=128, max_position_embeddings=32,
+                                            initializer_range=0.5),
+}
+# Id 0 is a real token in Llama-family vocabularies: the third Llama prompt holds it, inside and last (t5x alone
+# counts a prompt by its non-zero ids). OPT never produces its id 0 (<s>) and treats it as padding.
+EXAMPLES = {
+    "opt": [([11, 12, 13], [21, 22, EOS]), ([31, 32, 33, 34, 35, 36], [41, EOS]), ([51], [61, 62, 63, EOS])],
+    "llama": [([11, 12, 13], [21, 22, EOS]), ([31, 32, 33, 34, 35, 36], [41, EOS]), ([51, 0, 52, 0], [61, 62, 63, EOS])]
+}
 
 
 def _greedy_decode_fn(**decode_kwargs):
@@ -55,11 +69,11 @@ def _greedy_decode_fn(**decode_kwargs):
   return functools.partial(t5x_model.decode, sampler=sampler, **decode_kwargs)
 
 
-def _model(config=CONFIG, **decode_kwargs):
-  return t5x_models.DecoderOnlyModel(module=t5x_model.OPTForT5x(config), vocabulary=vocab_lib.OPTVocabulary(),
-                                     optimizer_def=None, decode_fn=_greedy_decode_fn(**decode_kwargs),
-                                     feature_converter_cls=t5x_model.FeatureConverter,
-                                     loss_normalizing_factor="NUM_REAL_TARGET_TOKENS")
+def _model(config, model_cls=t5x_model.DecoderOnlyModel, **decode_kwargs):
+  vocabulary = seqio.PassThroughVocabulary(size=config.vocab_size, eos_id=EOS)
+  return model_cls(module=t5x_model.DecoderForT5x(config), vocabulary=vocabulary, optimizer_def=None,
+                   decode_fn=_greedy_decode_fn(**decode_kwargs), feature_converter_cls=t5x_model.FeatureConverter,
+                   loss_normalizing_factor="NUM_REAL_TARGET_TOKENS")
 
 
 def _dataset(examples):
@@ -73,80 +87,97 @@ def _dataset(examples):
       })
 
 
-def _batch(pack=False, examples=EXAMPLES):
-  converter = t5x_model.FeatureConverter(pack=pack)
+def _batch(examples, pack=False, **converter_args):
+  converter = t5x_model.FeatureConverter(pack=pack, **converter_args)
   rows = list(converter(_dataset(examples), LENGTHS).as_numpy_iterator())
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def family(request):
+  return request.param
+
+
 @pytest.fixture(scope="module")
-def params():
-  model = _model()
+def config(family):
+  return CONFIGS[family]
+
+
+@pytest.fixture(scope="module")
+def examples(family):
+  return EXAMPLES[family]
+
+
+@pytest.fixture(scope="module")
+def params(config):
+  model = _model(config)
   shapes, types = {"decoder_input_tokens": (1, 16)}, {"decoder_input_tokens": jnp.int32}
   init = jax.jit(lambda rng: model.get_initial_variables(rng, shapes, types)["params"])
   return init(jax.random.PRNGKey(0))
 
 
 @pytest.fixture(scope="module")
-def batch():
-  return {k: jnp.asarray(v) for k, v in _batch().items()}
+def batch(examples):
+  return {k: jnp.asarray(v) for k, v in _batch(examples).items()}
 
 
 @pytest.fixture(scope="module")
-def greedy(params, batch):
+def greedy(config, params, batch):
   """t5x's predict_batch with one (greedy) decode per example."""
-  return np.asarray(jax.jit(_model().predict_batch)(params, batch))
+  return np.asarray(jax.jit(_model(config).predict_batch)(params, batch))
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _logits(config, params, tokens):
-  return opt.OPT(config).apply({"params": params}, tokens, enable_dropout=False)
+  return registry.make_model(config).apply({"params": params}, tokens, enable_dropout=False)
 
 
 def test_unpacked_rows_carry_the_prompt_as_decoder_causal_attention():
-  batch = _batch()
+  batch = _batch(EXAMPLES["llama"])
   assert set(batch) == {
       "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_causal_attention"
   }
   np.testing.assert_array_equal(batch["decoder_input_tokens"][0], [2, 11, 12, 13, 21, 22] + [0] * 10)
   np.testing.assert_array_equal(batch["decoder_causal_attention"][0], [1, 1, 1, 1] + [0] * 12)
-  np.testing.assert_array_equal(batch["decoder_causal_attention"][2], [1, 1] + [0] * 14)
-  # t5x's prefill: inputs = tokens * mask; the prompt length excludes BOS.
-  inputs = batch["decoder_input_tokens"] * batch["decoder_causal_attention"]
-  np.testing.assert_array_equal(np.sum(inputs[:, 1:] != 0, axis=-1), [3, 6, 1])
+  np.testing.assert_array_equal(batch["decoder_causal_attention"][2], [1] * 5 + [0] * 11)
+  # The prompt length excludes BOS: the last 1 of the mask is the last prompt token, id 0 or not (t5x's own count
+  # of non-zero ids gives 2 for the third row).
+  np.testing.assert_array_equal(np.sum(batch["decoder_causal_attention"], axis=-1) - 1, [3, 6, 4])
 
 
 def test_packed_rows_are_those_of_our_converter():
-  ours = packing.OptimlFeatureConverter(pack=True)(_dataset(EXAMPLES), LENGTHS)
-  theirs = t5x_model.FeatureConverter(pack=True, use_custom_packing_ops=False)(_dataset(EXAMPLES), LENGTHS)
+  examples = EXAMPLES["llama"]
+  ours = packing.OptimlFeatureConverter(pack=True)(_dataset(examples), LENGTHS)
+  theirs = t5x_model.FeatureConverter(pack=True, use_custom_packing_ops=False)(_dataset(examples), LENGTHS)
   for a, b in zip(ours.as_numpy_iterator(), theirs.as_numpy_iterator(), strict=True):
     assert set(a) == set(b) and "decoder_causal_attention" not in b
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
 
 
-def test_score_batch_is_the_log_likelihood_of_the_targets(params, batch):
-  scores = np.asarray(jax.jit(_model().score_batch)(params, batch))
-  logits = _logits(CONFIG, params, batch["decoder_input_tokens"])
+def test_score_batch_is_the_log_likelihood_of_the_targets(config, params, batch, examples):
+  scores = np.asarray(jax.jit(_model(config).score_batch)(params, batch))
+  logits = _logits(config, params, batch["decoder_input_tokens"])
   log_probs = np.asarray(jax.nn.log_softmax(logits, axis=-1))
   expected = []
-  for row in range(len(EXAMPLES)):
-    n_in, n_tgt = len(EXAMPLES[row][0]), len(EXAMPLES[row][1])
+  for row, (prompt, target) in enumerate(examples):
+    n_in, n_tgt = len(prompt), len(target)
     positions = range(n_in, n_in + n_tgt)
     expected.append(sum(log_probs[row, p, int(batch["decoder_target_tokens"][row, p])] for p in positions))
   np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-4)
 
 
-def _check_greedy(params, batch, decoded, max_steps=None):
+def _check_greedy(config, params, batch, decoded, examples, max_steps=None, bos=(EOS,)):
   """Each decoded token is an argmax of the full (cache-free) forward pass over the tokens before it."""
   row_length = batch["decoder_input_tokens"].shape[1]
-  for row, (prompt, _) in enumerate(EXAMPLES):
-    tokens = [EOS] + list(prompt)
-    budget = row_length - len(prompt) if max_steps is None else min(max_steps, row_length - len(prompt))
+  for row, (prompt, _) in enumerate(examples):
+    tokens = list(bos) + list(prompt)
+    room = row_length + 1 - len(tokens)  # t5x decodes until position `row_length` (one past the row) is written
+    budget = room if max_steps is None else min(max_steps, room)
     generated = []
     for _ in range(budget):
       padded = tokens + [0] * (row_length + 1 - len(tokens))  # one shape, one compile; causal: no effect
-      logits = np.asarray(_logits(CONFIG, params, jnp.asarray([padded])))[0, len(tokens) - 1]
+      logits = np.asarray(_logits(config, params, jnp.asarray([padded])))[0, len(tokens) - 1]
       token = int(decoded[row][len(generated)])
       assert logits[token] >= logits.max() - 1e-4, (row, len(generated), token, int(logits.argmax()))
       generated.append(token)
@@ -157,32 +188,73 @@ def _check_greedy(params, batch, decoded, max_steps=None):
     assert not np.any(decoded[row][len(generated):]), "padding after </s> or the budget"
 
 
-def test_predict_batch_is_greedy_decoding_with_the_prefilled_cache(params, batch, greedy):
+def test_predict_batch_is_greedy_decoding_with_the_prefilled_cache(config, params, batch, greedy, examples):
   assert greedy.shape == batch["decoder_input_tokens"].shape
-  assert np.count_nonzero(greedy) >= len(EXAMPLES), "a random model should produce tokens"
-  _check_greedy(params, batch, greedy)
+  assert np.count_nonzero(greedy) >= len(examples), "a random model should produce tokens"
+  _check_greedy(config, params, batch, greedy, examples)
+
+
+def test_rows_without_a_bos_start_with_the_prompt_and_decode_after_it(family, config, params):
+  """A tokenizer that adds no BOS (SmolLM2, Qwen2): the row is prompt + target, the prompt ends one position
+  earlier, and decoding continues the prompt itself."""
+  examples = EXAMPLES[family]
+  batch = _batch(examples, bos_id=None)
+  np.testing.assert_array_equal(batch["decoder_input_tokens"][0], [11, 12, 13, 21, 22] + [0] * 11)
+  np.testing.assert_array_equal(batch["decoder_loss_weights"][0], [0, 0, 1, 1, 1] + [0] * 11)
+  np.testing.assert_array_equal(batch["decoder_causal_attention"][0], [1, 1, 1] + [0] * 13)
+  batch = {k: jnp.asarray(v) for k, v in batch.items()}
+  decoded = np.asarray(jax.jit(_model(config).predict_batch)(params, batch))
+  _check_greedy(config, params, batch, decoded, examples, bos=())
+  limited = np.asarray(jax.jit(_model(config, max_decode_steps=2).predict_batch)(params, batch))
+  np.testing.assert_array_equal(limited[:, :2], decoded[:, :2])
+  assert not np.any(limited[:, 2:])
+
+
+def test_the_converter_takes_bos_and_eos_from_the_vocabulary():
+  opt_vocab = t5x_model.FeatureConverter(pack=False, vocabulary=vocab_lib.OPTVocabulary())
+  assert (opt_vocab.bos_id, opt_vocab.eos_id) == (2, 2)
+  no_bos = types.SimpleNamespace(bos_id=None, eos_id=7)  # what vocab.HFVocabulary gives for SmolLM2's tokenizer
+  converter = t5x_model.FeatureConverter(pack=False, bos_id=2, vocabulary=no_bos, apply_length_check=False)
+  assert (converter.bos_id, converter.eos_id) == (None, 7)
+  rows = list(converter(_dataset([([11, 12, 13], [21, 22, 23, 24, 7])]), {"inputs": 8, "targets": 3}))
+  np.testing.assert_array_equal(rows[0]["decoder_input_tokens"], [11, 12, 13, 21, 22] + [0] * 6)
+  np.testing.assert_array_equal(rows[0]["decoder_target_tokens"], [12, 13, 21, 22, 7] + [0] * 6)  # cut, EOS kept
+
+
+@pytest.mark.parametrize("family", ["llama"], indirect=True)  # only the Llama prompts hold id 0
+def test_t5x_alone_cuts_a_prompt_at_id_0(config, params, batch, greedy):
+  """What DecoderOnlyModel fixes: t5x's own model takes the third prompt for [51, 0, 52] and decodes after 52."""
+  stock = np.asarray(jax.jit(_model(config, model_cls=t5x_models.DecoderOnlyModel).predict_batch)(params, batch))
+  np.testing.assert_array_equal(stock[:2], greedy[:2])
+  assert not np.array_equal(stock[2], greedy[2])
 
 
 @pytest.mark.parametrize("steps", [1, 3])
-def test_max_decode_steps_counts_new_tokens(params, batch, greedy, steps):
-  decoded = np.asarray(jax.jit(_model(max_decode_steps=steps).predict_batch)(params, batch))
-  _check_greedy(params, batch, decoded, max_steps=steps)
+def test_max_decode_steps_counts_new_tokens(config, params, batch, greedy, examples, steps):
+  decoded = np.asarray(jax.jit(_model(config, max_decode_steps=steps).predict_batch)(params, batch))
+  _check_greedy(config, params, batch, decoded, examples, max_steps=steps)
   np.testing.assert_array_equal(decoded[:, :steps], greedy[:, :steps])
   assert not np.any(decoded[:, steps:])
 
 
-def test_max_decode_steps_must_be_positive(params, batch):
+def test_max_decode_steps_must_be_positive(config, params, batch):
   with pytest.raises(ValueError, match="max_decode_steps must be >= 1"):
-    _model(max_decode_steps=0).predict_batch(params, batch)
+    _model(config, max_decode_steps=0).predict_batch(params, batch)
 
 
-def test_several_decodes_per_example_with_the_scanned_cache(params, batch, greedy):
-  predict = functools.partial(_model().predict_batch_with_aux, num_decodes=2, return_all_decodes=True)
+def test_several_decodes_per_example_with_the_scanned_cache(config, params, batch, greedy):
+  predict = functools.partial(_model(config).predict_batch_with_aux, num_decodes=2, return_all_decodes=True)
   several, _ = jax.jit(predict)(params, batch)
   several = np.asarray(several)
-  assert several.shape == (len(EXAMPLES), 2, greedy.shape[1])
+  assert several.shape == (greedy.shape[0], 2, greedy.shape[1])
   for k in range(2):  # temperature 0: every decode is the greedy one
     np.testing.assert_array_equal(several[:, k], greedy)
+  limited = functools.partial(
+      _model(config, max_decode_steps=2).predict_batch_with_aux, num_decodes=2, return_all_decodes=True)
+  several, _ = jax.jit(limited)(params, batch)
+  for k in range(2):
+    np.testing.assert_array_equal(np.asarray(several)[:, k, :2], greedy[:, :2])
+    assert not np.any(np.asarray(several)[:, k, 2:])
 
 
 def test_swap_layer_axis_swaps_stacked_arrays_only():
@@ -194,23 +266,50 @@ def test_swap_layer_axis_swaps_stacked_arrays_only():
   assert back["layers"]["self_attn"]["cached_key"].shape == (2, 3, 5, 4, 1)
 
 
-def test_t5x_init_with_float_tokens_gives_our_parameter_tree(params):
-  model = _model()
+def test_t5x_init_with_float_tokens_gives_our_parameter_tree(config, params):
+  model = _model(config)
   variables = jax.eval_shape(
       lambda: model.get_initial_variables(jax.random.PRNGKey(0), {"decoder_input_tokens": (1, 16)}))
-  ours = jax.eval_shape(lambda: opt.OPT(CONFIG).init(jax.random.PRNGKey(0), jnp.ones(
+  ours = jax.eval_shape(lambda: registry.make_model(config).init(jax.random.PRNGKey(0), jnp.ones(
       (1, 16), jnp.int32), enable_dropout=False))
   assert jax.tree.map(jnp.shape, variables["params"]) == jax.tree.map(jnp.shape, ours["params"])
   assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, ours["params"])
+  assert jax.tree.map(jnp.shape, variables["params_axes"]) == jax.tree.map(jnp.shape, ours["params_axes"])
+  # The same parameters for the same key: the wrapper adds no scope of its own.
+  ours_params = jax.jit(lambda rng: registry.make_model(config).init(rng, jnp.ones(
+      (1, 16), jnp.int32), enable_dropout=False)["params"])(jax.random.PRNGKey(0))
+  ours_flat = traverse_util.flatten_dict(flax.core.unfreeze(ours_params))
+  theirs_flat = traverse_util.flatten_dict(flax.core.unfreeze(params))
+  assert ours_flat.keys() == theirs_flat.keys()
+  for key, value in ours_flat.items():
+    np.testing.assert_array_equal(theirs_flat[key], value, err_msg="/".join(key))
 
 
-def test_logical_axis_rules_on_t5x_mesh_cover_every_parameter_axis():
+def test_a_vocabulary_beyond_the_embedding_is_refused(config):
+  with pytest.raises(ValueError, match="vocab_size 128 does not cover .*tokenizer_opt.*50264"):
+    t5x_model.DecoderOnlyModel(module=t5x_model.DecoderForT5x(config), vocabulary=vocab_lib.OPTVocabulary(),
+                               optimizer_def=None)
+
+
+def test_model_config_for_t5x_takes_any_family_and_names_bad_fields():
+  assert isinstance(t5x_model.model_config_for_t5x("smollm2-135m", dtype="bfloat16"), type(CONFIGS["llama"]))
+  assert t5x_model.model_config_for_t5x("smollm2-135m").hidden_size == 576
+  assert t5x_model.opt_config_for_t5x("opt-125m", dropout=0.0) == registry.preset("opt-125m", dropout=0.0)
+  assert issubclass(t5x_model.OPTForT5x, t5x_model.DecoderForT5x)  # the name OPT gin files bind
+  with pytest.raises(ValueError, match="model_config_for_t5x.preset: unknown model preset 'opt-9b'.*smollm2-135m"):
+    t5x_model.model_config_for_t5x("opt-9b")
+  with pytest.raises(ValueError, match="model_config_for_t5x.ffn_dim: LlamaConfig .* no such field"):
+    t5x_model.model_config_for_t5x("llama-tiny", ffn_dim=128)
+
+
+def test_logical_axis_rules_on_t5x_mesh_cover_every_parameter_axis(config):
   rules = dict(t5x_model.logical_axis_rules(fsdp=True))
   assert rules["batch"] == "data" and rules["embed"] == "data"
   assert rules["mlp"] == rules["vocab"] == rules["joined_kv"] == rules["heads"] == "model"
   assert rules["layers"] is None and rules["kv"] is None
   assert dict(t5x_model.logical_axis_rules(fsdp=False))["embed"] is None
-  _, axes = partitioning.abstract_variables(opt.OPT(CONFIG), jnp.ones((1, 8), jnp.int32), enable_dropout=False)
+  _, axes = partitioning.abstract_variables(registry.make_model(config), jnp.ones((1, 8), jnp.int32),
+                                            enable_dropout=False)
   partitioning.check_rules_cover(axes, t5x_model.logical_axis_rules())
   with pytest.raises(ValueError, match="'seq'.*no t5x counterpart"):
     t5x_model.logical_axis_rules(rules=(("seq", "sequence"),))

@@ -9,12 +9,14 @@ import pathlib
 import numpy as np
 import pytest
 import seqio
+import tokenizers
 
 from optiml_jax.data import bench_config
 from optiml_jax.data import catalog
 from optiml_jax.data import registry
 from optiml_jax.data import sources
 from optiml_jax.data import toybench
+from optiml_jax.data import vocab
 from optiml_jax.data.sources import sni
 from optiml_jax.interop import t5x_tasks
 
@@ -90,3 +92,42 @@ def test_rank_classification_task_needs_answer_candidates(catalog_dir):
     t5x_tasks.rank_classification_task(GEN_TASK)
   with pytest.raises(ValueError, match="is not registered"):
     t5x_tasks.rank_classification_task("crossfit:missing")
+
+
+def _char_tokenizer(folder: pathlib.Path) -> pathlib.Path:
+  """A tokenizer.json folder (one id per printable character, `</s>` = 3 its EOS, no BOS added): a model's own
+  tokenizer that is not OPT's."""
+  folder.mkdir()
+  tokens = ["<unk>", "<|endoftext|>", "<s>", "</s>"] + [chr(c) for c in range(32, 127)]
+  tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token="<unk>"))
+  tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Split("", "isolated")
+  tokenizer.decoder = tokenizers.decoders.Fuse()
+  tokenizer.add_special_tokens(tokens[:4])
+  tokenizer.save(str(folder / "tokenizer.json"))
+  (folder / "tokenizer_config.json").write_text(
+      json.dumps({
+          "bos_token": "<s>",
+          "eos_token": "</s>",
+          "unk_token": "<unk>",
+          "add_bos_token": False
+      }), encoding="utf-8")
+  return folder
+
+
+def test_tasks_tokenize_with_the_model_vocabulary_and_switch_back(catalog_dir, tmp_path):
+  chars = vocab.HFVocabulary(_char_tokenizer(tmp_path / "chars"))
+
+  def first_targets():
+    task = seqio.TaskRegistry.get(MC_TASK)
+    return next(task.get_dataset(None, split="validation", shuffle=False).as_numpy_iterator())["targets"]
+
+  assert t5x_tasks.registered(catalog_dir, name=MC_TASK, vocabulary=chars) == MC_TASK
+  assert seqio.TaskRegistry.get(MC_TASK).output_features["targets"].vocabulary == chars
+  targets = first_targets()
+  assert targets[-1] == chars.eos_id == 3 and chars.decode(targets) in (" red", " blue")
+  mixture = t5x_tasks.eval_mixture(catalog_dir, name="chars", tasks=[MC_TASK], vocabulary=chars)
+  scored = seqio.get_mixture_or_task(mixture).tasks[0]
+  assert scored.output_features["targets"].vocabulary == chars
+  t5x_tasks.registered(catalog_dir, name=MC_TASK)  # OPT's again: the catalog is registered anew
+  targets = first_targets()
+  assert targets[-1] == 2 and vocab.OPTVocabulary().decode(targets) in (" red", " blue")

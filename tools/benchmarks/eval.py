@@ -1,11 +1,12 @@
-"""Evaluation throughput: rank-classification scoring (and greedy decoding) against transformers' PyTorch OPT.
+"""Evaluation throughput: rank-classification scoring (and greedy decoding) against transformers' PyTorch model.
 
-Where it sits: a developer tool beside `optiml_jax/evaluation/inference.py`; nothing imports it. Both sides
-get the same weights (the PyTorch model's random init, mapped with convert.params_from_hf_state_dict) and
-the same tokens, and compute the same thing: the summed log-likelihood of every token of each row given
-the ones before it (the forward-only work of rank classification). Warm-up calls (JAX compiles there) are
-not timed; timed calls alternate between the two sides and the median is reported. One JSON line per
-measurement, as `../shared/tools/gpu_anchor_bench.py` prints them.
+Where it sits: a developer tool beside `optiml_jax/evaluation/inference.py`; nothing imports it. It takes a preset
+of any family (models/registry.py); the transformers peer is the same architecture built from the config's
+`to_hf()` (hf_peer.py). Both sides get the same weights (the PyTorch model's random init, mapped with
+convert.params_from_hf_state_dict) and the same tokens, and compute the same thing: the summed log-likelihood
+of every token of each row given the ones before it (the forward-only work of rank classification). Warm-up
+calls (JAX compiles there) are not timed; timed calls alternate between the two sides and the median is
+reported. One JSON line per measurement, as `../shared/tools/gpu_anchor_bench.py` prints them.
 
 Parts (--parts, comma-separated):
   score     the jit-ed scoring step on one device-resident [batch, seq] batch vs PyTorch forward +
@@ -16,12 +17,16 @@ Parts (--parts, comma-separated):
             --option_tokens tokens each) with prompts shared by their options vs one full row per option.
   decode    `inference.greedy_decode` of `batch` prompts of seq/4 tokens, `--new_tokens` each (never
             stopping early) vs transformers `generate(do_sample=False)`; new tokens per second.
+Token ids are random, from 4 up to the model's vocabulary size.
 
 CPU (small shapes):
-  python tools/benchmarks/eval.py --size opt-125m --batch 4 --seq 128 --steps 3
+  python tools/benchmarks/eval.py --preset opt-125m --batch 4 --seq 128 --steps 3
+  python tools/benchmarks/eval.py --preset llama-tiny --batch 4 --seq 64 --parts score,decode
 GPU, opt-1.3b shapes, with the anchor in the same call (H200 anchor: 183,270 tokens/s at 32 x 512):
-  python tools/benchmarks/eval.py --size opt-1.3b --batch 32 --seq 512 --dtype bfloat16 --attention_impl cudnn \\
+  python tools/benchmarks/eval.py --preset opt-1.3b --batch 32 --seq 512 --dtype bfloat16 --attention_impl cudnn \\
     && python ../shared/tools/gpu_anchor_bench.py --size 1.3b --batch 32 --seq 512 --parts score
+GPU, a Llama 3.2 1B shape (the anchor has no Llama: the in-process transformers run is the peer):
+  python tools/benchmarks/eval.py --preset llama-3.2-1b --batch 32 --seq 512 --dtype bfloat16 --attention_impl cudnn
 """
 
 from __future__ import annotations
@@ -39,13 +44,12 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import torch  # pylint: disable=g-import-not-at-top,wrong-import-position
-import transformers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from optiml_jax import convert  # pylint: disable=g-import-not-at-top,wrong-import-position
 from optiml_jax.evaluation import inference  # pylint: disable=g-import-not-at-top,wrong-import-position
-from optiml_jax.models import opt  # pylint: disable=g-import-not-at-top,wrong-import-position
-from optiml_jax.models import opt_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from optiml_jax.models import registry  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+import hf_peer  # pylint: disable=g-import-not-at-top,wrong-import-position  (this folder)
 import timing  # pylint: disable=g-import-not-at-top,wrong-import-position  (this folder)
 
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -61,24 +65,22 @@ def _sync() -> None:
     torch.cuda.synchronize()
 
 
-def build(size: str, dtype: str, attention_impl: str | None, seed: int = 0) -> tuple[Any, Any, Any, str]:
-  """(OPT module, its params on the device, the transformers model with the same weights, torch device)."""
-  config = opt_config.OPTConfig.preset(size, dtype=dtype, param_dtype=dtype, dropout=0.0, attention_impl=attention_impl)
+def build(preset: str, dtype: str, attention_impl: str | None, seed: int = 0) -> tuple[Any, Any, Any, str]:
+  """(our module, its params on the device, the transformers model with the same weights, torch device)."""
+  config = registry.preset(preset, dtype=dtype, param_dtype=dtype, dropout=0.0, attention_impl=attention_impl)
   torch.manual_seed(seed)
-  hf_config = transformers.OPTConfig(**config.to_hf())
-  hf_model = transformers.OPTForCausalLM._from_config(  # pylint: disable=protected-access
-      hf_config, attn_implementation="sdpa").eval()
+  hf_model = hf_peer.hf_model_of(config, attn_implementation="sdpa").eval()
   state = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
   params = convert.params_from_hf_state_dict(config, state)
   del state
   params = jax.device_put(jax.tree.map(lambda x: np.asarray(x).astype(jnp.dtype(dtype)), params))
   device = "cuda" if torch.cuda.is_available() else "cpu"
   hf_model = hf_model.to(device=device, dtype=_TORCH_DTYPES[dtype])
-  return opt.OPT(config), params, hf_model, device
+  return registry.make_model(config), params, hf_model, device
 
 
 def bench_score(model, params, hf_model, device, batch: int, seq: int, steps: int, warmup: int) -> None:
-  tokens = np.random.default_rng(1).integers(4, 50265, size=(batch, seq + 1)).astype(np.int32)
+  tokens = np.random.default_rng(1).integers(4, model.config.vocab_size, size=(batch, seq + 1)).astype(np.int32)
   inputs, targets = jnp.asarray(tokens[:, :-1]), jnp.asarray(tokens[:, 1:])
   weights = jnp.ones(inputs.shape, jnp.float32)
   step = inference.score_step(model)
@@ -108,7 +110,7 @@ def bench_score(model, params, hf_model, device, batch: int, seq: int, steps: in
 
 
 def bench_pipeline(model, params, batch: int, seq: int, steps: int) -> None:
-  rows = np.random.default_rng(2).integers(4, 50265, size=(batch * steps, seq + 1))
+  rows = np.random.default_rng(2).integers(4, model.config.vocab_size, size=(batch * steps, seq + 1))
   prompts = [[int(r[0])] for r in rows]
   options = [[r[1:].tolist()] for r in rows]
   inference.score_options(model, params, prompts[:batch], options[:batch], batch_size=batch)  # Compiles.
@@ -121,9 +123,11 @@ def bench_pipeline(model, params, batch: int, seq: int, steps: int) -> None:
 def bench_options(model, params, batch: int, seq: int, num_options: int, option_tokens: int) -> None:
   """Rank classification as k-shot evaluation runs it: `batch` examples, each a prompt of `seq` tokens and
   `num_options` options of `option_tokens` tokens; prompts shared by their options vs one row per option."""
-  rng = np.random.default_rng(4)
-  prompts = [[2] + rng.integers(4, 50265, size=seq - 1).tolist() for _ in range(batch)]
-  options = [[rng.integers(4, 50265, size=option_tokens).tolist() for _ in range(num_options)] for _ in range(batch)]
+  rng, vocab_size = np.random.default_rng(4), model.config.vocab_size
+  prompts = [rng.integers(4, vocab_size, size=seq).tolist() for _ in range(batch)]
+  options = [
+      [rng.integers(4, vocab_size, size=option_tokens).tolist() for _ in range(num_options)] for _ in range(batch)
+  ]
   seconds, scores = {}, {}
   for share in (True, False):
     run = functools.partial(inference.score_options, model, params, prompts, options, batch_size=batch * num_options,
@@ -142,14 +146,14 @@ def bench_options(model, params, batch: int, seq: int, num_options: int, option_
 
 def bench_decode(model, params, hf_model, device, batch: int, prompt_length: int, new_tokens: int, steps: int,
                  warmup: int) -> None:
-  tokens = np.random.default_rng(3).integers(4, 50265, size=(batch, prompt_length))
-  prompts = [[2] + t.tolist() for t in tokens]
+  tokens = np.random.default_rng(3).integers(4, model.config.vocab_size, size=(batch, prompt_length + 1))
+  prompts = [t.tolist() for t in tokens]
   torch_ids = torch.from_numpy(np.asarray(prompts)).to(device)
 
   @torch.inference_mode()
   def torch_generate():
     out = hf_model.generate(torch_ids, attention_mask=torch.ones_like(torch_ids), do_sample=False,
-                            max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=1)
+                            max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
     _sync()
     return out
 
@@ -166,7 +170,10 @@ def bench_decode(model, params, hf_model, device, batch: int, prompt_length: int
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--size", default="opt-125m", choices=opt_config.PRESETS, help="model shape (random weights)")
+  parser.add_argument(
+      "--preset", "--size", dest="preset", default="opt-125m", choices=registry.PRESETS,
+      help="model shape (random weights): a preset of any family (models/registry.py); --size is "
+      "its old name")
   parser.add_argument("--batch", type=int, default=4, help="rows per batch")
   parser.add_argument("--seq", type=int, default=128, help="tokens read per row")
   parser.add_argument("--dtype", default="float32", choices=sorted(_TORCH_DTYPES), help="compute and weight dtype")
@@ -184,9 +191,9 @@ def main(argv: list[str] | None = None) -> None:
   if unknown:
     parser.error(f"--parts: unknown {unknown}; expected some of {PARTS}")
   emit(what="setup", jax=jax.__version__, backend=jax.default_backend(), device=str(jax.devices()[0]),
-       torch=torch.__version__, torch_threads=torch.get_num_threads(), size=args.size, dtype=args.dtype,
+       torch=torch.__version__, torch_threads=torch.get_num_threads(), preset=args.preset, dtype=args.dtype,
        attention_impl=args.attention_impl)
-  model, params, hf_model, device = build(args.size, args.dtype, args.attention_impl)
+  model, params, hf_model, device = build(args.preset, args.dtype, args.attention_impl)
   for part in parts:
     try:
       if part == "score":

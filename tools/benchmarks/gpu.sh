@@ -8,11 +8,15 @@
 #      8x2048, HF scoring opt-1.3b 32x512), from ANCHOR (default: device_carry/gpu_anchor_bench.py);
 #   2. tools/benchmarks/train.py --parts ours at the same shapes (bf16 compute, cuDNN attention);
 #   3. tools/benchmarks/eval.py --parts score at opt-1.3b 32x512 (also times transformers in the same process),
-#      then --parts options (16 prompts of 1024 tokens, 4 options each: shared prompts vs a row per option).
+#      then --parts options (16 prompts of 1024 tokens, 4 options each: shared prompts vs a row per option);
+#   4. the Llama family, which the anchor lacks, each against transformers in the same call: a Llama 3.2
+#      1B-shaped train step (tools/benchmarks/train.py --preset llama-3.2-1b --parts hf,ours, 8 x 2048) and
+#      scoring (eval.py --preset llama-3.2-1b --parts score, 32 x 512), random weights.
 # If a cuDNN run fails, the same run is repeated with XLA attention, and the log says so. Every JSON line goes
 # to OUT_DIR/bench.jsonl, every log to OUT_DIR/bench.log; a summary table is printed last.
 #
 #   ANCHOR=device_carry/gpu_anchor_bench.py OUT_DIR=$OUT bash tools/benchmarks/gpu.sh
+#   OPT=0 TESTS=0 COMPARE_XLA=0 OUT_DIR=$OUT bash tools/benchmarks/gpu.sh   # the Llama runs alone
 set -uo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -62,21 +66,34 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 # First the tests that only a GPU runs (cuDNN attention against a float32 reference) and the model and
 # inference tests on the GPU's kernels; TESTS=0 skips them. A failure is logged and the benchmarks go on.
 if [[ "${TESTS:-1}" == 1 ]]; then
-  run tests "$PYTHON" -m pytest -q -rs tests/models/test_opt.py tests/evaluation/test_inference.py
+  tests=(tests/models/test_opt.py tests/evaluation/test_inference.py)
+  [[ -f tests/models/test_llama.py ]] && tests+=(tests/models/test_llama.py)
+  run tests "$PYTHON" -m pytest -q -rs "${tests[@]}"
   grep -E "passed|failed|^FAILED|^SKIPPED" "$LOG" | tail -8
 fi
 
-run anchor-125m "$PYTHON" "$ANCHOR" --size 125m --batch 16 --seq 2048 --steps "$STEPS" --parts torch_peak,hf
-ours train-125m "$PYTHON" tools/benchmarks/train.py --preset opt-125m --layers 0 --batch 16 --seq 2048 \
-  --dtype bfloat16 --steps "$STEPS" --warmup 2 --parts ours
-run anchor-1.3b "$PYTHON" "$ANCHOR" --size 1.3b --batch 8 --seq 2048 --steps "$STEPS" --parts hf
-ours train-1.3b "$PYTHON" tools/benchmarks/train.py --preset opt-1.3b --layers 0 --batch 8 --seq 2048 \
-  --dtype bfloat16 --remat dots --steps "$STEPS" --warmup 2 --parts ours
-run anchor-score "$PYTHON" "$ANCHOR" --size 1.3b --batch 32 --seq 512 --steps "$STEPS" --parts score
-ours score-1.3b "$PYTHON" tools/benchmarks/eval.py --size opt-1.3b --batch 32 --seq 512 --dtype bfloat16 \
-  --steps "$STEPS" --warmup 2 --parts score
-run options-1.3b "$PYTHON" tools/benchmarks/eval.py --size opt-1.3b --batch 16 --seq 1024 --dtype bfloat16 \
-  --options 4 --option_tokens 8 --parts options
+# OPT=0 or LLAMA=0 leave out that family's runs (a short lease can measure one family per call).
+if [[ "${OPT:-1}" == 1 ]]; then
+  run anchor-125m "$PYTHON" "$ANCHOR" --size 125m --batch 16 --seq 2048 --steps "$STEPS" --parts torch_peak,hf
+  ours train-125m "$PYTHON" tools/benchmarks/train.py --preset opt-125m --layers 0 --batch 16 --seq 2048 \
+    --dtype bfloat16 --steps "$STEPS" --warmup 2 --parts ours
+  run anchor-1.3b "$PYTHON" "$ANCHOR" --size 1.3b --batch 8 --seq 2048 --steps "$STEPS" --parts hf
+  ours train-1.3b "$PYTHON" tools/benchmarks/train.py --preset opt-1.3b --layers 0 --batch 8 --seq 2048 \
+    --dtype bfloat16 --remat dots --steps "$STEPS" --warmup 2 --parts ours
+  run anchor-score "$PYTHON" "$ANCHOR" --size 1.3b --batch 32 --seq 512 --steps "$STEPS" --parts score
+  ours score-1.3b "$PYTHON" tools/benchmarks/eval.py --preset opt-1.3b --batch 32 --seq 512 --dtype bfloat16 \
+    --steps "$STEPS" --warmup 2 --parts score
+  run options-1.3b "$PYTHON" tools/benchmarks/eval.py --preset opt-1.3b --batch 16 --seq 1024 --dtype bfloat16 \
+    --options 4 --option_tokens 8 --parts options
+fi
+if [[ "${LLAMA:-1}" == 1 ]]; then
+  # Llama 3.2 1B shapes (16 layers, width 2048, 32 query heads over 8 key/value heads, 128256-token tied
+  # vocabulary): transformers runs first in the same process, then ours, on the same batch.
+  ours train-llama-1b "$PYTHON" tools/benchmarks/train.py --preset llama-3.2-1b --layers 0 --batch 8 --seq 2048 \
+    --dtype bfloat16 --remat dots --steps "$STEPS" --warmup 2 --parts hf,ours
+  ours score-llama-1b "$PYTHON" tools/benchmarks/eval.py --preset llama-3.2-1b --batch 32 --seq 512 --dtype bfloat16 \
+    --steps "$STEPS" --warmup 2 --parts score
+fi
 
 "$PYTHON" - "$JSONL" <<'EOF' | tee "$OUT_DIR/summary.txt"
 import json, sys
@@ -85,22 +102,26 @@ def find(label, what):
   for r in rows:
     if r["label"].startswith(label) and r.get("what", "").startswith(what):
       return r
-def tps(r):
+def tps(r, side="ours"):
   if r and "examples_per_s" in r:
     return r["examples_per_s"]
-  return None if not r else r.get("tokens_per_s") or (r.get("ours") or {}).get("tokens_per_s")
-print(f"{'measurement (options: examples/s)':<34}{'ours tok/s':>12}{'HF tok/s':>12}{'ratio':>8}")
+  return None if not r else r.get("tokens_per_s") or (r.get(side) or {}).get("tokens_per_s")
+print(f"{'measurement (options: examples/s)':<38}{'ours tok/s':>12}{'HF tok/s':>12}{'ratio':>8}")
 for name, ours_row, hf_row in [
     ("train opt-125m 16x2048", find("train-125m", "bench_train"), find("anchor-125m", "hf_torch_opt_125m_train")),
     ("train opt-1.3b 8x2048", find("train-1.3b", "bench_train"), find("anchor-1.3b", "hf_torch_opt_1.3b_train")),
     ("score opt-1.3b 32x512 (anchor)", find("score-1.3b", "jax_score"), find("anchor-score", "hf_torch_opt_1.3b_score")),
     ("score opt-1.3b 32x512 (in-proc)", find("score-1.3b", "jax_score"), find("score-1.3b", "torch_score")),
     ("options opt-1.3b, shared vs rows", find("options-1.3b", "jax_score_options_shared"),
-     find("options-1.3b", "jax_score_options_row"))]:
-  a, b = tps(ours_row), tps(hf_row)
+     find("options-1.3b", "jax_score_options_row")),
+    ("train llama-3.2-1b 8x2048 (in-proc)", find("train-llama-1b", "bench_train"),
+     find("train-llama-1b", "bench_train")),
+    ("score llama-3.2-1b 32x512 (in-proc)", find("score-llama-1b", "jax_score"),
+     find("score-llama-1b", "torch_score"))]:
+  a, b = tps(ours_row), tps(hf_row, "hf_torch")
   ratio = f"{a / b:.2f}" if a and b else "n/a"
   label = ours_row["label"] if ours_row else "-"
-  print(f"{name:<34}{a or 'n/a':>12}{b or 'n/a':>12}{ratio:>8}  ({label})")
+  print(f"{name:<38}{a or 'n/a':>12}{b or 'n/a':>12}{ratio:>8}  ({label})")
 EOF
 
 # Last (a timeout here loses nothing above): the same opt-125m step with XLA's own attention, for comparison.

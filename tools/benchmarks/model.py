@@ -1,12 +1,14 @@
-"""Forward-pass throughput of the Flax OPT (models/opt.py) against transformers' PyTorch OPT.
+"""Forward-pass throughput of our Flax model (any family of models/registry.py) against transformers' PyTorch one.
 
-Where it sits: a developer tool beside the model; nothing imports it. Both models get the same weights (the
-PyTorch model's random init, mapped with convert.params_from_hf_state_dict), so the printed max |logit
-difference| also checks that they compute the same function. Warm-up steps (and JAX compilation) are not
-timed; the timed steps alternate between the two and the median step time is reported.
-Example:
+Where it sits: a developer tool beside the models; nothing imports it. The transformers peer is built from the
+preset's `config.to_hf()` (`AutoConfig.for_model`, `AutoModelForCausalLM.from_config`: OPTForCausalLM,
+LlamaForCausalLM, Qwen2ForCausalLM, ...). Both models get the same weights (the PyTorch model's random init,
+mapped with convert.params_from_hf_state_dict), so the printed max |logit difference| also checks that they
+compute the same function. Warm-up steps (and JAX compilation) are not timed; the timed steps alternate between
+the two and the median step time is reported. Examples:
 
   python tools/benchmarks/model.py --preset opt-125m --batch 1 --seq 128 --steps 10
+  python tools/benchmarks/model.py --preset smollm2-135m --batch 1 --seq 128 --steps 10
 """
 
 from __future__ import annotations
@@ -18,13 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-import transformers
 
 from optiml_jax import convert
-from optiml_jax.models import opt
-from optiml_jax.models import opt_config
+from optiml_jax.models import registry
 
-import timing  # this folder (on the path as the script's)
+import hf_peer  # this folder (on the path as the script's)
+import timing
 
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -39,18 +40,18 @@ class Result:
 def bench(preset: str, batch: int, seq: int, dtype: str, steps: int, warmup: int, scan_layers: bool,
           seed: int = 0) -> tuple[Result, Result, float]:
   """(jax result, torch result, max |logit difference|) for one config."""
-  config = opt.OPTConfig.preset(preset, dtype=dtype, scan_layers=scan_layers, dropout=0.0)
+  config = registry.preset(preset, dtype=dtype, scan_layers=scan_layers, dropout=0.0)
   if seq > config.max_position_embeddings:
     raise ValueError(f"--seq {seq} exceeds max_position_embeddings={config.max_position_embeddings}")
   torch.manual_seed(seed)
-  hf_model = transformers.OPTForCausalLM(transformers.OPTConfig(**config.to_hf())).eval()
+  hf_model = hf_peer.hf_model_of(config).eval()
   state = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
   params = jax.device_put(convert.params_from_hf_state_dict(config, state))
   del state
   hf_model = hf_model.to(_TORCH_DTYPES[dtype])
   tokens = np.random.default_rng(seed).integers(3, config.vocab_size, size=(batch, seq))
 
-  model = opt.OPT(config)
+  model = registry.make_model(config)
   forward = jax.jit(lambda p, x: model.apply({"params": p}, x, enable_dropout=False))
   jax_tokens = jnp.asarray(tokens, jnp.int32)
   torch_tokens = torch.from_numpy(tokens)
@@ -68,7 +69,8 @@ def bench(preset: str, batch: int, seq: int, dtype: str, steps: int, warmup: int
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--preset", default="opt-125m", choices=opt_config.PRESETS, help="model size")
+  parser.add_argument("--preset", default="opt-125m", choices=registry.PRESETS,
+                      help="a preset of any family (models/registry.py), e.g. opt-125m, smollm2-135m")
   parser.add_argument("--batch", type=int, default=1, help="sequences per forward pass")
   parser.add_argument("--seq", type=int, default=128, help="tokens per sequence")
   parser.add_argument("--dtype", default="float32", choices=sorted(_TORCH_DTYPES), help="compute dtype")

@@ -1,18 +1,23 @@
-r"""Train-step throughput of our trainer against Hugging Face PyTorch on the same OPT, machine and batch.
+r"""Train-step throughput of our trainer against Hugging Face PyTorch on the same model, machine and batch.
 
-Measures, in one process and on the same random token batch shape:
+Measures, in one process and on the same random token batch shape, for a preset of any family
+(models/registry.py: OPT, Llama, Mistral, Qwen2, SmolLM2):
   ours      the jit-ed, mesh-sharded step that `trainer.loop.run` runs (`loop.build_program`): the OPT-IML
             AdamW (betas 0.9/0.95, eps 1e-8, weight decay 0.1, clipping at 1.0), float32 master weights and
             optimizer state, compute in --dtype;
-  hf_torch  `transformers.OPTForCausalLM` (sdpa attention) with `torch.optim.AdamW` (same figures, fused on
-            GPU) and the same clipping; float32 weights, bf16 autocast when --dtype bfloat16;
+  hf_torch  transformers' causal LM of the same architecture, built from the config's `to_hf()` (hf_peer.py:
+            OPTForCausalLM, LlamaForCausalLM, ...; sdpa attention) with `torch.optim.AdamW` (same figures, fused
+            on GPU) and the same clipping; float32 weights, bf16 autocast when --dtype bfloat16;
 as ../shared/tools/gpu_anchor_bench.py measures its anchors: dropout off, a few warm-up steps (compilation
-included), then --steps timed steps with a device sync at the end; MFU = tokens/s x (6 N + 12 L d S) / peak,
-N = matmul parameters including the tied LM head. Prints a line per part and one JSON line with the ratio.
+included), then --steps timed steps with a device sync at the end; MFU = tokens/s x the config's
+`flops_per_token` (6 N + 12 L x attention width x S, N = matmul parameters including the LM head) / peak.
+Prints a line per part and one JSON line with the ratio.
 
   python tools/benchmarks/train.py                        # CPU: opt-125m cut to 2 layers, 1 x 256, ~1 minute
+  python tools/benchmarks/train.py --preset llama-tiny --batch 2 --seq 64                 # CPU: a tiny Llama
   python tools/benchmarks/train.py --preset opt-125m --batch 16 --seq 2048             # GPU: bf16 compute
   python tools/benchmarks/train.py --preset opt-1.3b --batch 8 --seq 2048 --attention_impl cudnn
+  python tools/benchmarks/train.py --preset llama-3.2-1b --batch 8 --seq 2048 --attention_impl cudnn
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # imported where used: JAX must not start before the memory fraction below is set
-  from optiml_jax.models import opt_config
+  from optiml_jax.models import registry
 
 # On a GPU, JAX's pool takes 75% of memory by default; HF's run (first) hands its memory back before JAX
 # starts, so let JAX have what transformers may use.
@@ -38,7 +43,10 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.9")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--preset", default="opt-125m", help="OPT preset (tiny, opt-125m, opt-1.3b, ...)")
+  parser.add_argument(
+      "--preset", default="opt-125m",
+      help="a preset of any family (models/registry.py: tiny, opt-1.3b, llama-tiny, smollm2-135m, "
+      "llama-3.2-1b, qwen2.5-0.5b, ...)")
   parser.add_argument("--layers", type=int, default=None,
                       help="number of layers; 0: the preset's (default: 2 on a CPU, the preset's on a GPU)")
   parser.add_argument("--batch", type=int, default=1, help="sequences per step")
@@ -62,14 +70,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-def model_config(args: argparse.Namespace, dtype: str) -> opt_config.OPTConfig:
-  from optiml_jax.models import opt as opt_lib  # pylint: disable=g-import-not-at-top
+def model_config(args: argparse.Namespace, dtype: str) -> registry.ModelConfig:
+  """The preset's config (any family) with the benchmark's compute settings; positions extended to --seq."""
+  from optiml_jax.models import registry  # pylint: disable=g-import-not-at-top
   overrides: dict[str, Any] = dict(dtype=dtype, param_dtype="float32", dropout=0.0, attention_dropout=0.0,
-                                   remat_policy=args.remat, attention_impl=args.attention_impl,
-                                   max_position_embeddings=max(2048, args.seq))
+                                   remat_policy=args.remat, attention_impl=args.attention_impl)
   if args.layers:
     overrides["num_hidden_layers"] = args.layers
-  return opt_lib.OPTConfig.preset(args.preset, **overrides)
+  config = registry.preset(args.preset, **overrides)
+  if args.seq > config.max_position_embeddings:
+    config = registry.preset(args.preset, **overrides, max_position_embeddings=args.seq)
+  return config
 
 
 def token_batch(batch: int, seq: int, vocab: int, seed: int = 0) -> np.ndarray:
@@ -164,15 +175,15 @@ def bench_hf(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
   return result
 
 
-def _time_hf_steps(args: argparse.Namespace, config: opt_config.OPTConfig, device: str,
+def _time_hf_steps(args: argparse.Namespace, config: registry.ModelConfig, device: str,
                    autocast: bool) -> tuple[float, float, float]:
-  """(seconds per step, warmup seconds, last loss) of transformers' OPT training on `device`."""
+  """(seconds per step, warmup seconds, last loss) of transformers' training of the same model on `device`."""
   import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
 
-  hf_config = transformers.OPTConfig(**{k: v for k, v in config.to_hf().items() if k not in ("architectures",)})
+  import hf_peer  # pylint: disable=g-import-not-at-top  (this folder, on the path as the script's)
+
   torch.manual_seed(0)
-  model = transformers.AutoModelForCausalLM.from_config(hf_config, attn_implementation="sdpa").to(device)
+  model = hf_peer.hf_model_of(config, attn_implementation="sdpa").to(device)
   model.train()
   opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1,
                           fused=device == "cuda")
