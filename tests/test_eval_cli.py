@@ -124,3 +124,55 @@ def test_tokenizer_settings_that_cannot_work_exit_2_before_any_model_runs(setup,
   err = capsys.readouterr().err
   assert "carries another tokenizer" in err and "BASELINE_PATH" in err
   assert not (tmp_path / "o").exists()
+
+
+BIGBENCH_TASKS = ("bigbench:anachronisms", "bigbench:entailed_polarity", "bigbench:winowhy")
+
+
+@pytest.mark.slow
+def test_real_smollm2_accuracies_on_bigbench_equal_transformers_scoring(shared_dir, smollm2_hf_dir, tmp_path):
+  """`python -m optiml_jax.eval` on SmolLM2-135M-Instruct (its own tokenizer, found in its folder) over real
+  BIG-bench tasks gives the accuracies that transformers' PyTorch model gives on the same rows."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  catalog = tmp_path / "catalog"
+  assert bench.main([
+      "build", "--config", "optiml_bench.yaml", "--bigbench_dir",
+      str(shared_dir / "data" / "bigbench"), "--no_progress", "--out",
+      str(catalog)
+  ]) == 0
+  out, n = tmp_path / "out", 12
+  assert eval_entry.main([
+      "--gin_file=eval.gin", f"--gin.CHECKPOINT_PATH={smollm2_hf_dir}", f"--gin.EVAL_OUTPUT_DIR={out}",
+      f"--gin.CATALOG_DIR={catalog}", f"--gin.TASKS={list(BIGBENCH_TASKS)!r}", f"--gin.MAX_INSTANCES={n}",
+      "--gin.evaluate.progress=False", "--gin.evaluate.batch_size=8"
+  ]) == 0
+  report = json.loads((out / "metrics.json").read_text())
+  assert report["settings"]["tokenizer_dir"] == str(smollm2_hf_dir)
+
+  model = transformers.AutoModelForCausalLM.from_pretrained(str(smollm2_hf_dir), dtype=torch.float32).eval()
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(smollm2_hf_dir))
+  for name in BIGBENCH_TASKS:
+    rows = seqio.TaskRegistry.get(f"{name}.score_eval").get_dataset(sequence_length=None, split="validation",
+                                                                    shuffle=False).as_numpy_iterator()
+    options: dict[int, list[tuple[float, bool]]] = {}
+    for row in rows:
+      instance = int(row["idx"][0])
+      if instance >= n:
+        break
+      # Our tokens are transformers' tokens of the same text (SmolLM2 adds no BOS).
+      prompt = row["inputs_pretokenized"].decode()
+      assert list(row["inputs"]) == tokenizer(prompt, add_special_tokens=False).input_ids
+      ids = torch.tensor([list(row["inputs"]) + list(row["targets"])])
+      with torch.no_grad():
+        logprobs = torch.log_softmax(model(ids).logits[0].double(), -1)
+      start = len(row["inputs"])
+      score = sum(float(logprobs[start + i - 1, t]) for i, t in enumerate(row["targets"]))
+      options.setdefault(instance, []).append((score, bool(row["is_correct"])))
+    assert len(options) == n
+    correct = [max(o)[1] for o in options.values()]
+    near_ties = sum(1 for o in options.values() if len(o) > 1 and np.diff(sorted(s for s, _ in o))[-1] < 2e-3)
+    ours = report["tasks"][name]["shots"]["0"]
+    assert ours["error"] is None and ours["num_instances"] == n and ours["metric"] == "accuracy", ours
+    assert ours["score"] == pytest.approx(100 * np.mean(correct), abs=100 * near_ties / n + 1e-9), (name, correct)
