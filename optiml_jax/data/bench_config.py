@@ -27,6 +27,9 @@ from optiml_jax.data import leakage
 KNOWN_BENCHMARKS = ("sni", "promptsource", "flan", "crossfit", "exmix", "t5", "unifiedskg", "bigbench", "reasoning",
                     "pretraining")
 RATE_METHODS = ("examples_proportional", "uniform")
+# A definition may start from another: `extends: optiml_bench.yaml` (relative to the file) reads that one first
+# and lays this file's keys over it, mapping by mapping (a list, e.g. held_out.categories, is replaced whole).
+EXTENDS = "extends"
 _REQUIRED = object()
 
 
@@ -172,6 +175,44 @@ def _normalized_map(path: str, key: str, mapping: Mapping[str, str]) -> dict[str
   return out
 
 
+def _read_yaml(path: str) -> tuple[Any, bytes]:
+  with open(path, "rb") as f:
+    raw_bytes = f.read()
+  try:
+    return yaml.safe_load(raw_bytes.decode("utf-8")), raw_bytes
+  except (yaml.YAMLError, UnicodeDecodeError) as e:
+    raise ConfigError(path, "(file)", f"not valid YAML: {e}") from e
+
+
+def _merged(base: Any, override: Any) -> Any:
+  """`override` on top of `base`: mappings merge key by key (recursively), anything else is replaced."""
+  if isinstance(base, Mapping) and isinstance(override, Mapping):
+    out = dict(base)
+    for key, value in override.items():
+      out[key] = _merged(base[key], value) if key in base else value
+    return out
+  return override
+
+
+def _read_with_extends(path: str, seen: tuple[str, ...]) -> tuple[Any, bytes]:
+  """The YAML of `path` with its `extends:` chain applied (the named file first, this one's keys on top), and
+  the bytes of every file read (so the catalog's sha256 changes when any of them does)."""
+  data, raw_bytes = _read_yaml(path)
+  if not isinstance(data, Mapping) or EXTENDS not in data:
+    return data, raw_bytes
+  parent = data[EXTENDS]
+  if not isinstance(parent, str) or not parent:
+    raise ConfigError(path, EXTENDS, f"expected the path of another bench definition, got {parent!r}")
+  parent_path = os.path.join(os.path.dirname(os.path.abspath(path)), parent)
+  if not os.path.isfile(parent_path):
+    raise ConfigError(path, EXTENDS, f"{parent_path} not found (a path relative to this file)")
+  if os.path.abspath(parent_path) in seen + (os.path.abspath(path),):
+    raise ConfigError(path, EXTENDS, f"{parent} extends itself through {', '.join(seen)}")
+  base, base_bytes = _read_with_extends(parent_path, seen + (os.path.abspath(path),))
+  child = {k: v for k, v in data.items() if k != EXTENDS}
+  return _merged(base, child), base_bytes + raw_bytes
+
+
 def load_config(path: str | os.PathLike) -> BenchConfig:
   """Reads and validates a bench definition (see tasks/optiml_bench.yaml for every key).
 
@@ -179,12 +220,7 @@ def load_config(path: str | os.PathLike) -> BenchConfig:
     ConfigError: malformed YAML, a missing or unknown key, a wrong type, an unknown benchmark or category.
   """
   path = str(path)
-  with open(path, "rb") as f:
-    raw_bytes = f.read()
-  try:
-    data = yaml.safe_load(raw_bytes.decode("utf-8"))
-  except (yaml.YAMLError, UnicodeDecodeError) as e:
-    raise ConfigError(path, "(file)", f"not valid YAML: {e}") from e
+  data, raw_bytes = _read_with_extends(path, ())
   top = _Reader(path, "", data, ("name", "benchmarks", "limits", "rates", "held_out", "dedup", "leakage", "taxonomy"))
 
   tax = top.sub("taxonomy", ("categories", "fallback", "overrides", "datasets", "keywords"))

@@ -7,6 +7,7 @@ import pathlib
 import pytest
 import yaml
 
+from optiml_jax import resources
 from optiml_jax.data import bench_config
 from optiml_jax.data import catalog
 from optiml_jax.data import leakage
@@ -228,6 +229,28 @@ def test_malformed_yaml(tmp_path):
   path.write_text("benchmarks: [unclosed\n", encoding="utf-8")
   with pytest.raises(bench_config.ConfigError, match="not valid YAML"):
     bench_config.load_config(path)
+
+
+def test_a_definition_extends_another_and_overrides_what_it_names(tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copy(resources.find_task_file("optiml_bench.yaml"), tmp_path / "optiml_bench.yaml")
+  (tmp_path / "child.yaml").write_text(
+      "extends: optiml_bench.yaml\nname: child\nheld_out:\n  categories: [Paraphrasing]\nrates:\n  cap: 10\n",
+      encoding="utf-8")
+  base, child = (bench_config.load_config(tmp_path / n) for n in ("optiml_bench.yaml", "child.yaml"))
+  assert child.name == "child" and child.held_out.categories == ("Paraphrasing",)  # a list is replaced whole
+  assert child.rates.cap == 10 and child.rates.method == base.rates.method  # a mapping merges key by key
+  assert child.benchmarks == base.benchmarks and child.taxonomy == base.taxonomy
+  assert child.sha256 != base.sha256
+  # The shipped one: the paper's bench with more categories held out.
+  shipped = bench_config.load_config(resources.find_task_file("reproduce_small.yaml"))
+  assert set(base.held_out.categories) < set(shipped.held_out.categories)
+  (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n", encoding="utf-8")
+  with pytest.raises(bench_config.ConfigError, match=r"loop.yaml: extends: .*extends itself"):
+    bench_config.load_config(tmp_path / "loop.yaml")
+  (tmp_path / "orphan.yaml").write_text("extends: nowhere.yaml\n", encoding="utf-8")
+  with pytest.raises(bench_config.ConfigError, match=r"orphan.yaml: extends: .*nowhere.yaml not found"):
+    bench_config.load_config(tmp_path / "orphan.yaml")
 
 
 def test_custom_benchmark_must_be_marked(tmp_path):
