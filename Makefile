@@ -6,11 +6,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+GGUF_STAMP := $(VENV)/.installed-gguf
 # A bare `torch` from PyPI is a CUDA build of several GB; this pin takes the CPU build (from this machine's
 # disk). The test extra's range (setup.py) admits it, so pip installs nothing more for torch.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install install-test quickstart lint format test test-all clean
+.PHONY: install install-test install-gguf quickstart reproduce lint format test test-all clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,12 +27,24 @@ $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -e '.[test]'
 	touch $(TEST_STAMP)
 
+$(GGUF_STAMP): $(STAMP)
+	$(PY) -m pip install $(TORCH_CPU)
+	$(PY) -m pip install -e '.[gguf]'
+	touch $(GGUF_STAMP)
+
 install: $(STAMP)
+
+install-gguf: $(GGUF_STAMP)
 
 install-test: $(TEST_STAMP)
 
 quickstart: install
 	$(PY) -m optiml_jax.quickstart --workdir=quickstart_out
+
+# OPT-IML's claim on a real model (SmolLM2-135M-Instruct, base vs tuned): docs/reproducing.md. The gguf extra reads
+# the model's GGUF file. REPRODUCE_ARGS: e.g. --setting cpu (the small run), --data_dir DIR (default ../shared/data).
+reproduce: $(GGUF_STAMP)
+	$(PY) -m optiml_jax.reproduce --out=reproduce_out $(REPRODUCE_ARGS)
 
 # The formatter (yapf, Google style), the linter (ruff) and the type checker (mypy); `make format` fixes
 # what the first two can.
@@ -54,4 +67,4 @@ test-all: lint
 	$(PY) -m pytest -q --runslow tests
 
 clean:
-	rm -rf $(VENV) quickstart_out .pytest_cache
+	rm -rf $(VENV) quickstart_out reproduce_out .pytest_cache

@@ -62,6 +62,7 @@ CONSOLE_SCRIPTS = [
     "optiml-plan = optiml_jax.plan:main",
     "optiml-convert = optiml_jax.convert:main",
     "optiml-quickstart = optiml_jax.quickstart:main",
+    "optiml-reproduce = optiml_jax.reproduce:main",
 ]
 
 setuptools.setup(

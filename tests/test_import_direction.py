@@ -14,7 +14,7 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "optiml_jax"
 ENTRY_POINTS = ("optiml_jax.train", "optiml_jax.eval", "optiml_jax.plan", "optiml_jax.bench", "optiml_jax.quickstart",
-                "optiml_jax.convert")
+                "optiml_jax.reproduce", "optiml_jax.convert")
 # Folder of the package -> packages its modules must not import (a prefix matches its sub-modules).
 FORBIDDEN = {
     "data": ("optiml_jax.evaluation", "optiml_jax.trainer", "optiml_jax.planning", "optiml_jax.interop", *ENTRY_POINTS),

@@ -1,0 +1,152 @@
+"""`python -m optiml_jax.reproduce`: the task pick, the claim table, and the whole flow (bench, base evaluation,
+tuning, tuned evaluation against the base) on a tiny random Llama with its own tokenizer and the toy bench; the
+same flow on the real SmolLM2-135M-Instruct over ../shared (slow)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from optiml_jax import bench
+from optiml_jax import convert
+from optiml_jax import reproduce
+from optiml_jax.data import catalog as catalog_lib
+from optiml_jax.models import llama
+from optiml_jax.models import llama_config
+
+
+def _entry(name, category, role, eval_instances=10):
+  return catalog_lib.CatalogEntry(name=name, benchmark=name.split(":")[0], category=category, role=role, num_examples=0,
+                                  num_eval_instances=eval_instances, rate=0.0, format="sni", path="", dataset="",
+                                  template="", kind="generation", num_instances=eval_instances)
+
+
+def test_pick_tasks_spreads_each_level_over_its_categories():
+  tasks = [
+      _entry("sni:a1", "A", catalog_lib.HELD_OUT_CATEGORY),
+      _entry("sni:a2", "A", catalog_lib.HELD_OUT_CATEGORY),
+      _entry("sni:a3", "A", catalog_lib.HELD_OUT_CATEGORY),
+      _entry("sni:b1", "B", catalog_lib.HELD_OUT_CATEGORY),
+      _entry("sni:c1", "C", catalog_lib.HELD_OUT_TASK),
+      _entry("sni:c2", "C", catalog_lib.HELD_OUT_TASK, eval_instances=0),  # nothing to evaluate
+      _entry("sni:t1", "T", catalog_lib.TRAIN),
+  ]
+  picked = reproduce.pick_tasks(catalog_lib.Catalog(tasks=tasks), per_level=3)
+  assert picked == {
+      "held_out_category": ["sni:a1", "sni:b1", "sni:a2"],  # one per category before a second of any
+      "held_out_task": ["sni:c1"],
+      "held_out_instances": ["sni:t1"]
+  }
+
+
+def _task(level, kind, scores):
+  return {"level": level, "kind": kind, "shots": {k: {"score": v} for k, v in scores.items()}}
+
+
+def test_claim_table_means_each_level_and_kind_over_the_tasks_both_models_scored():
+  report = {
+      "tasks": {
+          "x": _task("held_out_task", "generation", {
+              "0": 30.0,
+              "5": 40.0
+          }),
+          "y": _task("held_out_task", "generation", {
+              "0": 50.0,
+              "5": None
+          }),  # failed at 5-shot
+          "z": _task("held_out_task", "multiple_choice", {"0": 60.0}),
+      },
+      "baseline": {
+          "tasks": {
+              "x": _task("held_out_task", "generation", {
+                  "0": 10.0,
+                  "5": 20.0
+              }),
+              "y": _task("held_out_task", "generation", {
+                  "0": 20.0,
+                  "5": 30.0
+              }),
+              "z": _task("held_out_task", "multiple_choice", {"0": 50.0}),
+          }
+      }
+  }
+  table = reproduce.claim_table(report)
+  assert table["held_out_task"]["generation"]["0"] == {"base": 15.0, "tuned": 40.0, "delta": 25.0, "tasks": 2}
+  assert table["held_out_task"]["generation"]["5"] == {"base": 20.0, "tuned": 40.0, "delta": 20.0, "tasks": 1}
+  assert table["held_out_task"]["multiple_choice"]["0"]["delta"] == 10.0
+  markdown = reproduce.claim_markdown(table)
+  assert "| held_out_task | ROUGE-L (2) | 15.0 | 40.0 | +25.0 | 20.0 | 40.0 | +20.0 |" in markdown
+  assert "| held_out_task | accuracy (1) | 50.0 | 60.0 | +10.0 | - | - | - |" in markdown
+
+
+def _read_params(folder):
+  _, params = convert.load_hf(folder)
+  return params
+
+
+def test_the_whole_flow_on_a_tiny_llama_writes_a_base_vs_tuned_report(tmp_path, tiny_tokenizer):
+  tokenizer = tiny_tokenizer("smollm2")
+  config = llama_config.LlamaConfig.preset("llama-tiny", vocab_size=330, eos_token_id=2, bos_token_id=1)
+  params = jax.jit(lambda key: llama.Llama(config).init(key, jnp.ones((1, 4), jnp.int32))["params"])(
+      jax.random.PRNGKey(0))
+  base = tmp_path / "base_model"
+  convert.save_hf(config, jax.device_get(params), base)
+  for name in ("tokenizer.json", "tokenizer_config.json"):
+    (base / name).write_bytes((tokenizer / name).read_bytes())
+  assert bench.main(["toy", "--out", str(tmp_path / "toy")]) == 0
+  out = tmp_path / "out"
+  code = reproduce.main([
+      "--out",
+      str(out), "--setting", "cpu", "--data_dir",
+      str(tmp_path / "none"), "--sni_dir",
+      str(tmp_path / "toy"), "--config", "toybench.yaml", "--base_model",
+      str(base), "--tasks_per_level", "2", "--max_instances", "2",
+      "--train_flag=--gin.model_config.preset='llama-tiny'", "--train_flag=--gin.model_config.vocab_size=330",
+      "--train_flag=--gin.TRAIN_STEPS=2", "--train_flag=--gin.OptimizerArgs.warmup_steps=1",
+      "--train_flag=--gin.CheckpointArgs.save_every=2",
+      "--train_flag=--gin.TASK_FEATURE_LENGTHS={'inputs': 96, 'targets': 32}",
+      "--train_flag=--gin.LoggingArgs.progress=False"
+  ])
+  assert code == 0
+  tasks = json.loads((out / "tasks.json").read_text())
+  claim = json.loads((out / "report" / "claim.json").read_text())
+  for level, names in tasks.items():
+    if not names:
+      continue
+    assert len(names) <= 2
+    for cells in claim["table"][level].values():  # both models, 0- and 5-shot, every level evaluated
+      assert set(cells) == {"0", "5"} and all(c["base"] is not None and c["tuned"] is not None for c in cells.values())
+  report = json.loads((out / "report" / "metrics.json").read_text())
+  assert report["model"]["label"] == "tuned" and report["baseline"]["model"]["label"] == "base"
+  assert (out / "report" / "loss.png").is_file() and (out / "report" / "claim.md").is_file()
+  assert (out / "report" / "held_out_category.png").is_file()
+  # The tuned checkpoint is not the base model.
+  from optiml_jax.checkpoints import orbax_io  # pylint: disable=g-import-not-at-top
+  _, tuned = orbax_io.restore_orbax(str(out / "model"))
+  moved = jax.tree_util.tree_map(lambda a, b: not np.array_equal(a, b), jax.device_get(params), tuned)
+  assert all(jax.tree_util.tree_leaves(moved))
+
+
+@pytest.mark.slow
+def test_the_whole_flow_on_the_real_smollm2(shared_dir, smollm2_hf_dir, tmp_path):
+  out = tmp_path / "out"
+  code = reproduce.main([
+      "--out",
+      str(out), "--setting", "cpu", "--data_dir",
+      str(shared_dir / "data"), "--base_model",
+      str(smollm2_hf_dir), "--tasks_per_level", "1", "--max_instances", "2", "--train_flag=--gin.TRAIN_STEPS=2",
+      "--train_flag=--gin.OptimizerArgs.warmup_steps=1", "--train_flag=--gin.CheckpointArgs.save_every=2",
+      "--train_flag=--gin.BATCH_SIZE=2", "--train_flag=--gin.LoggingArgs.progress=False"
+  ])
+  assert code == 0
+  claim = json.loads((out / "report" / "claim.json").read_text())
+  assert set(claim["table"]) == {"held_out_category", "held_out_task", "held_out_instances"}
+  for kinds in claim["table"].values():
+    for cells in kinds.values():
+      assert set(cells) == {"0", "5"}
+  from optiml_jax.checkpoints import orbax_io  # pylint: disable=g-import-not-at-top
+  _, tuned = orbax_io.restore_orbax(str(out / "model"))
+  _, base = convert.load_hf(smollm2_hf_dir)
+  assert not np.array_equal(base["embed_tokens"]["embedding"], tuned["embed_tokens"]["embedding"])
