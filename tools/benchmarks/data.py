@@ -4,7 +4,8 @@ Where it sits: a developer tool beside optiml_jax/data; nothing imports it. It b
 tasks (the real sample in ../shared/data/natural-instructions by default, else the toy bench), registers it
 and times, on the same training examples:
 
-  hf_tokenizer   transformers' fast OPT tokenizer on the joined texts, source.rstrip(" ") + " " + target
+  hf_tokenizer   transformers' fast tokenizer (OPT's, or --tokenizer_dir's) on the joined texts,
+                 source.rstrip(" ") + " " + target
                  (the floor: tokenization alone, texts prepared beforehand, batched calls);
   format+tok     registry.iter_examples: reading, formatting (delimiter, demonstrations) and tokenizing, in Python;
   pipeline       pipeline.BatchStream over a mixture of the tasks: the above inside seqio/tf.data, plus
@@ -15,6 +16,7 @@ examples/s counts source examples (segments, for packed rows), tokens/s the non-
 Example:
 
   python tools/benchmarks/data.py --max_tasks 40 --batches 30
+  python tools/benchmarks/data.py --tokenizer_dir ~/.cache/optiml_jax/smollm2/SmolLM2-135M-Instruct
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ def main() -> None:
   parser.add_argument("--targets_length", type=int, default=512)
   parser.add_argument("--batch_size", type=int, default=8)
   parser.add_argument("--batches", type=int, default=30, help="timed batches (after the first)")
+  parser.add_argument(
+      "--tokenizer_dir", help="a Hugging Face tokenizer folder (e.g. a converted SmolLM2 folder); "
+      "default: OPT's, shipped in the package")
   args = parser.parse_args()
 
   work = pathlib.Path(tempfile.mkdtemp(prefix="bench_data_"))
@@ -73,7 +78,7 @@ def main() -> None:
     print(f"{sni_dir} not found: using the toy bench")
     sni_dir = toybench.write(work / "toy", seed=0)
   built = _build(sni_dir, args.max_tasks, work / "catalog")
-  vocabulary = vocab_lib.OPTVocabulary()
+  vocabulary = vocab_lib.load(args.tokenizer_dir)
   registry.register_catalog(work / "catalog", vocabulary, shots=(args.shots,), mixtures=False)
   train = [e for e in built.tasks if e.role == catalog.TRAIN and e.num_examples > 0]
   names = [registry.variant_name(e.name, args.shots) for e in train]
@@ -93,13 +98,13 @@ def main() -> None:
       texts.append(source + target)
   format_seconds = time.perf_counter() - start
 
-  hf = transformers.AutoTokenizer.from_pretrained(str(vocab_lib.DEFAULT_TOKENIZER_DIR))
+  hf = transformers.AutoTokenizer.from_pretrained(str(args.tokenizer_dir or vocab_lib.DEFAULT_TOKENIZER_DIR))
   start = time.perf_counter()
   hf_tokens = 0
   for i in range(0, len(texts), 64):
     hf_tokens += sum(len(ids) for ids in hf(texts[i:i + 64], add_special_tokens=False)["input_ids"])
   hf_seconds = time.perf_counter() - start
-  hf_tokens += len(texts)  # + </s>, as the pipeline counts it
+  hf_tokens += len(texts) * (1 + len(vocabulary.prefix_ids))  # + EOS (and BOS), as the pipeline counts them
 
   stream = pipeline.BatchStream("bench_data_mix", "train", {
       "inputs": args.inputs_length,
