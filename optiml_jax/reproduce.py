@@ -61,7 +61,7 @@ class Setting:
 SETTINGS = {
     "gpu": Setting("reproduce_smollm2.gin", tasks_per_level=12, max_instances=20, max_new_tokens=64, dtype="bfloat16",
                    batch_size=32),
-    "cpu": Setting("reproduce_smollm2_cpu.gin", tasks_per_level=4, max_instances=5, max_new_tokens=32, dtype="float32",
+    "cpu": Setting("reproduce_smollm2_cpu.gin", tasks_per_level=3, max_instances=5, max_new_tokens=32, dtype="float32",
                    batch_size=8),
 }
 

@@ -30,7 +30,7 @@ DOCS = REPO_ROOT / "docs"
 PACKAGE = REPO_ROOT / "optiml_jax"
 # One page per capability (issue 11), each linked from the README.
 CAPABILITY_PAGES = ("bench.md", "training.md", "evaluation.md", "planning.md", "tpu_pods.md", "t5x.md", "converting.md",
-                    "model.md", "benchmarks.md")
+                    "model.md", "benchmarks.md", "reproducing.md")
 LAYOUT_HEADING = "## Layout"
 # Folders the layout table need not list: caches and build output (also git-ignored), and tests/'s subfolders,
 # which mirror the package.

@@ -20,10 +20,8 @@ from __future__ import annotations
 from typing import Any
 
 
-def __getattr__(name: str) -> Any:
-  # `make_model` is the registry's, loaded on first use: importing a config module (opt_config, llama_config)
-  # does not load every family's Flax module, and the registry's own imports of this package cannot cycle.
-  if name == "make_model":
-    from optiml_jax.models import registry  # pylint: disable=g-import-not-at-top
-    return registry.make_model
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def make_model(config: Any) -> Any:
+  """The Flax module of a model config of any family: `registry.make_model`, imported on the first call so that
+  importing a config module (opt_config, llama_config) does not load every family's module."""
+  from optiml_jax.models import registry  # pylint: disable=g-import-not-at-top
+  return registry.make_model(config)
