@@ -89,9 +89,14 @@ def test_from_hf_reads_transformers_4_and_5_rope_forms_alike(rope):
   assert LlamaConfig.from_hf(written) == from_v4
 
 
-def test_from_hf_reads_the_older_type_key_of_rope_scaling():
-  old = {**SHAPE, "rope_theta": 10000.0, "rope_scaling": {"type": "linear", "factor": 2.0}}
-  assert LlamaConfig.from_hf(old).rope_scaling == RopeScaling("linear", 2.0)
+@pytest.mark.parametrize("rope", [LINEAR, LLAMA3], ids=["linear", "llama3"])
+def test_from_hf_reads_the_older_type_key_of_rope_scaling(rope):
+  params = {k: v for k, v in rope.items() if k != "rope_type"}
+  only_type = {**params, "type": rope["rope_type"]}  # the key Llama 2-era config.json files use
+  both = {**rope, "type": rope["rope_type"]}  # transformers 4 adds rope_type beside a given type and saves both
+  for rope_scaling in (only_type, both):
+    config = LlamaConfig.from_hf({**SHAPE, "rope_theta": 10000.0, "rope_scaling": rope_scaling})
+    assert config.rope_scaling == RopeScaling(**rope)
 
 
 def test_from_hf_of_transformers_llama_config_keeps_the_fields_set():
