@@ -6,7 +6,7 @@ config.json's `model_type`) into the Flax `params` tree of `models.make_model(co
 Orbax checkpoints that training and evaluation start from, and converts GGUF files through transformers:
 
   HF folder (config.json + model.safetensors | sharded safetensors | pytorch_model.bin [+ index])
-    --load_hf--> (config, params) --save_orbax--> OUT_DIR/{config.json, params/}
+    --load_hf--> (config, params) --save_orbax--> OUT_DIR/{config.json, params/, the tokenizer files}
   OUT_DIR, or a CheckpointManager step folder or root
     --restore_orbax--> (config, params) --save_hf--> HF folder that `AutoModelForCausalLM.from_pretrained` loads
   FILE.gguf --gguf_to_hf--> HF folder (dequantized float32, config.json, tokenizer files)
@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "hf-to-orbax":
       overrides = {} if args.scan_layers is None else {"scan_layers": args.scan_layers}
       config, params = hf.load_hf(args.hf_dir, overrides)
-      out = orbax_io.save_orbax(params, args.out_dir, config, overwrite=args.overwrite)
+      # The tokenizer travels with the weights, so the folder is its own TOKENIZER_DIR.
+      out = orbax_io.save_orbax(params, args.out_dir, config, overwrite=args.overwrite, tokenizer_dir=args.hf_dir)
     else:
       config, params = orbax_io.restore_orbax(args.ckpt_dir)
       out = hf.save_hf(config, params, args.out_dir, args.tokenizer_dir, args.max_shard_size, args.overwrite)

@@ -86,6 +86,12 @@ def _evaluate_checkpoint(checkpoint: evaluator.Checkpoint, specs: Sequence[evalu
   from optiml_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
 
   config, params = evaluator.load_checkpoint(checkpoint, model, overrides)
+  if config.family != "opt" and any(
+      getattr(v, "tokenizer_dir", None) == vocab.DEFAULT_TOKENIZER_DIR for v in vocabularies):
+    raise ConfigError(
+        f"{checkpoint.path}: a {config.family}-family model ({type(config).__name__}) and OPT's tokenizer "
+        "(no tokenizer files beside the checkpoint or in its MODEL_DIR): set TOKENIZER_DIR to the "
+        "model's own tokenizer folder, e.g. the Hugging Face folder it was converted from")
   try:
     for vocabulary in vocabularies:
       vocab.check_vocab_covers(config.vocab_size, vocabulary, f"{checkpoint.path} (its config)")

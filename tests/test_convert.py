@@ -300,9 +300,12 @@ def test_cli_both_directions_and_failure(tmp_path):
   (tokenizer / "vocab.json").write_text("{}")
   (tokenizer / "merges.txt").write_text("#version: 0.2\n")
 
+  for name in ("vocab.json", "merges.txt"):  # the Hugging Face folder's tokenizer travels into the Orbax folder
+    (hf_dir / name).write_bytes((tokenizer / name).read_bytes())
   result = _cli("hf-to-orbax", hf_dir, tmp_path / "ckpt", "--no-scan_layers")
   assert result.returncode == 0, result.stderr
   assert (tmp_path / "ckpt" / "params").is_dir()
+  assert (tmp_path / "ckpt" / "merges.txt").read_text() == "#version: 0.2\n"
   result = _cli("orbax-to-hf", tmp_path / "ckpt", tmp_path / "out", "--tokenizer_dir", tokenizer)
   assert result.returncode == 0, result.stderr
   assert (tmp_path / "out" / "merges.txt").is_file()

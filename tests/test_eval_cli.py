@@ -124,6 +124,16 @@ def test_tokenizer_settings_that_cannot_work_exit_2_before_any_model_runs(setup,
   err = capsys.readouterr().err
   assert "carries another tokenizer" in err and "BASELINE_PATH" in err
   assert not (tmp_path / "o").exists()
+  # A Llama-family model with no tokenizer of its own is not silently read with OPT's.
+  from optiml_jax.models import llama_config  # pylint: disable=g-import-not-at-top
+  from optiml_jax.models import registry  # pylint: disable=g-import-not-at-top
+  llama = llama_config.LlamaConfig.preset("llama-tiny")
+  params = jax.jit(lambda k: registry.make_model(llama).init(k, jnp.ones((1, 4), jnp.int32))["params"])(
+      jax.random.PRNGKey(0))
+  convert.save_hf(llama, jax.device_get(params), tmp_path / "llama_no_tokenizer")
+  assert _run(setup, tmp_path / "o", f"--gin.CHECKPOINT_PATH={tmp_path / 'llama_no_tokenizer'}",
+              "--gin.TASKS=sni:task030_toy_entail_color") == 2
+  assert "set TOKENIZER_DIR" in capsys.readouterr().err
 
 
 BIGBENCH_TASKS = ("bigbench:anachronisms", "bigbench:entailed_polarity", "bigbench:winowhy")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import shutil
 from typing import Any, Mapping
 
 import numpy as np
@@ -31,9 +32,11 @@ Path = pathlib.Path | str
 PARAMS_ITEM = discovery.PARAMS_ITEM
 
 
-def save_orbax(params: Mapping[str, Any], path: Path, config: layout.ModelConfig | None = None,
-               overwrite: bool = False) -> pathlib.Path:
-  """Writes `path/params` (an Orbax PyTree item) and, given `config`, `path/config.json`; returns `path`.
+def save_orbax(params: Mapping[str, Any], path: Path, config: layout.ModelConfig | None = None, overwrite: bool = False,
+               tokenizer_dir: Path | None = None) -> pathlib.Path:
+  """Writes `path/params` (an Orbax PyTree item), given `config` `path/config.json`, and given `tokenizer_dir` the
+  tokenizer files found there (`hf.TOKENIZER_FILES`: the folder then serves as its own TOKENIZER_DIR); returns
+  `path`.
 
   Single-process: it stages into a temporary sibling of `path` and renames it into place when complete.
   """
@@ -42,7 +45,12 @@ def save_orbax(params: Mapping[str, Any], path: Path, config: layout.ModelConfig
   params = layout.unwrap(params)
   if config is not None:
     layout.validate_params(config, params, source=f"params for {path}")
+  tokenizer_files = [] if tokenizer_dir is None else [
+      pathlib.Path(tokenizer_dir) / n for n in hf.TOKENIZER_FILES if (pathlib.Path(tokenizer_dir) / n).is_file()
+  ]
   with fileio.staged_dir(path, overwrite) as tmp:
+    for source in tokenizer_files:
+      shutil.copyfile(source, tmp / source.name)
     if config is not None:
       (tmp / hf.CONFIG_NAME).write_text(json.dumps(config.to_hf(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:

@@ -30,6 +30,7 @@ import numpy as np
 import tqdm
 
 from optiml_jax.checkpoints import hf as hf_lib
+from optiml_jax.data import special_tokens
 from optiml_jax.trainer import config as config_lib
 from optiml_jax.trainer import metrics as metrics_lib
 from optiml_jax.trainer import synthetic
@@ -268,14 +269,16 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
 
 
 def write_model_config(model_dir: str, config: config_lib.ModelConfig, tokenizer_dir: str | None = None) -> None:
-  """MODEL_DIR/config.json (the model's Hugging Face config) and, given `tokenizer_dir`, the tokenizer files the
-  run tokenized with (`checkpoints.hf.TOKENIZER_FILES`): evaluation and conversion then need neither a model gin
-  file nor the tokenizer's path. Each file is written whole under a temporary name, then renamed into place."""
+  """MODEL_DIR/config.json (the model's Hugging Face config) and the tokenizer files the run tokenized with
+  (`checkpoints.hf.TOKENIZER_FILES` of `tokenizer_dir`; None: OPT's, shipped in the package): evaluation and
+  conversion then need neither a model gin file nor the tokenizer's path. Each file is written whole under a
+  temporary name, then renamed into place."""
+  tokenizer_dir = tokenizer_dir or str(special_tokens.OPT_TOKENIZER_DIR)
   if jax.process_index() != 0:
     return
   epath.Path(model_dir).mkdir(parents=True, exist_ok=True)  # epath: MODEL_DIR may be a bucket
   files = {"config.json": (json.dumps(config.to_hf(), indent=2, sort_keys=True) + "\n").encode("utf-8")}
-  for name in hf_lib.TOKENIZER_FILES if tokenizer_dir else ():
+  for name in hf_lib.TOKENIZER_FILES:
     source = epath.Path(tokenizer_dir) / name
     if source.exists():
       files[name] = source.read_bytes()

@@ -93,6 +93,8 @@ def test_a_tiny_llama_trains_resumes_exactly_and_starts_from_its_hugging_face_fo
   at_6, _ = _restore(tmp_path / "split", TINY_LLAMA, 6)
   moved = jax.tree_util.tree_map(lambda a, b: not np.array_equal(a, b), at_3.params, at_6.params)
   assert all(jax.tree_util.tree_leaves(moved))
+  # MODEL_DIR carries the tokenizer the run used (OPT's by default), so evaluation needs no TOKENIZER_DIR.
+  assert (tmp_path / "whole" / "vocab.json").is_file() and (tmp_path / "whole" / "merges.txt").is_file()
   written = json.loads((tmp_path / "whole" / "config.json").read_text(encoding="utf-8"))
   assert loop.registry.config_from_hf(written) == TINY_LLAMA
 
