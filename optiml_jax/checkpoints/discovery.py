@@ -166,7 +166,7 @@ def tokenizer_folder(path: Path) -> pathlib.Path | None:
   """The folder of a checkpoint path that holds its tokenizer files, or None.
 
   A Hugging Face folder usually holds its tokenizer, a trainer's MODEL_DIR the one its run tokenized with
-  (`trainer.runtime.write_model_config`), a `convert` folder the one it was given; a step folder or `params`
+  (`trainer.runtime.write_model_config`), an `hf-to-orbax` folder its Hugging Face folder's; a step folder or `params`
   item looks in the folders around it, nearest first. Tokenizer files: tokenizer.json, or vocab.json and
   merges.txt (`data/special_tokens.is_tokenizer_folder`, read here by name only).
   """
