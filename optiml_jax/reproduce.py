@@ -33,7 +33,7 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 from optiml_jax import bench
 from optiml_jax.data import catalog as catalog_lib
@@ -105,10 +105,11 @@ def _level_of(role: str) -> str | None:
   }.get(role)
 
 
-def claim_table(report: Mapping[str, Any]) -> dict[str, Any]:
+def claim_table(report: Mapping[str, Any], without_demonstrations: Collection[str] = ()) -> dict[str, Any]:
   """Per level and kind of task (ROUGE-L for generation, accuracy for multiple choice) and per shots: the mean
   score of the base model (the report's baseline) and of the tuned one over the tasks both scored, and the
-  difference. {level: {kind: {shots: {"base", "tuned", "delta", "tasks"}}}}."""
+  difference. {level: {kind: {shots: {"base", "tuned", "delta", "tasks"}}}}. The k-shot (k > 0) scores of the
+  tasks in `without_demonstrations` are left out: their k-shot prompt is the 0-shot one."""
   base_tasks = (report.get("baseline") or {}).get("tasks", {})
   table: dict[str, Any] = {}
   for level in LEVELS:
@@ -117,6 +118,8 @@ def claim_table(report: Mapping[str, Any]) -> dict[str, Any]:
         if task.get("level") != level or task.get("kind") != kind or name not in base_tasks:
           continue
         for shots, tuned in task["shots"].items():
+          if shots != "0" and name in without_demonstrations:
+            continue
           base = base_tasks[name]["shots"].get(shots)
           if tuned.get("score") is None or not base or base.get("score") is None:
             continue
@@ -252,7 +255,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
        str(catalog_dir)])
   if code:
     raise ReproduceError(f"bench: `python -m optiml_jax.bench build` exited with status {code}")
-  tasks = pick_tasks(catalog_lib.load(catalog_dir), setting.tasks_per_level)
+  bench_catalog = catalog_lib.load(catalog_dir)
+  tasks = pick_tasks(bench_catalog, setting.tasks_per_level)
   (out / "tasks.json").write_text(json.dumps(tasks, indent=1) + "\n", encoding="utf-8")
   names = [name for level in LEVELS for name in tasks[level]]
   for level in LEVELS:
@@ -283,7 +287,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     shutil.rmtree(report_dir)
   _run("tuned evaluation", _eval_command(model_dir, report_dir, catalog_dir, names, setting, "tuned", base_dir))
   report = report_lib.load(report_dir)
-  table = claim_table(report)
+  from optiml_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top  (seqio: only here)
+  no_demonstrations = {
+      e.name for e in bench_catalog.tasks if e.name in names and evaluator.demonstrations_available(e) == 0
+  }
+  table = claim_table(report, no_demonstrations)
   seconds = time.time() - started
   markdown = claim_markdown(table)
   (report_dir / "claim.json").write_text(
@@ -296,7 +304,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   (report_dir / "claim.md").write_text(
       f"# Base vs instruction-tuned ({setting_name} setting, {seconds / 60:.1f} min)\n\n{markdown}\n\n"
       "ROUGE-L for generation tasks, accuracy for multiple-choice tasks (rank classification); mean over the "
-      "tasks both models scored. The full report: report.md.\n", encoding="utf-8")
+      "tasks both models scored; 5-shot over the tasks that have demonstrations. The full report: report.md.\n",
+      encoding="utf-8")
   if (model_dir / "loss.png").is_file():
     shutil.copy(model_dir / "loss.png", report_dir / "loss.png")
   print(f"\n{markdown}\n\nreproduce done in {seconds / 60:.1f} min: {report_dir / 'claim.md'}, "

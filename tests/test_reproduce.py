@@ -76,6 +76,9 @@ def test_claim_table_means_each_level_and_kind_over_the_tasks_both_models_scored
   assert table["held_out_task"]["generation"]["0"] == {"base": 15.0, "tuned": 40.0, "delta": 25.0, "tasks": 2}
   assert table["held_out_task"]["generation"]["5"] == {"base": 20.0, "tuned": 40.0, "delta": 20.0, "tasks": 1}
   assert table["held_out_task"]["multiple_choice"]["0"]["delta"] == 10.0
+  # A task without demonstrations counts at 0-shot only (its 5-shot prompt is the 0-shot one).
+  without_x = reproduce.claim_table(report, without_demonstrations={"x"})["held_out_task"]["generation"]
+  assert without_x["0"]["tasks"] == 2 and "5" not in without_x
   markdown = reproduce.claim_markdown(table)
   assert "| held_out_task | ROUGE-L (2) | 15.0 | 40.0 | +25.0 | 20.0 | 40.0 | +20.0 |" in markdown
   assert "| held_out_task | accuracy (1) | 50.0 | 60.0 | +10.0 | - | - | - |" in markdown
