@@ -30,10 +30,11 @@ CONSOLE_SCRIPTS = {
     "optiml-plan": "optiml_jax.plan:main",
     "optiml-convert": "optiml_jax.convert:main",
     "optiml-quickstart": "optiml_jax.quickstart:main",
+    "optiml-reproduce": "optiml_jax.reproduce:main",
 }
 # Entry points that users who only train, evaluate, build the bench or plan run: none may import torch.
 NO_TORCH_MODULES = ("optiml_jax.train", "optiml_jax.eval", "optiml_jax.bench", "optiml_jax.plan",
-                    "optiml_jax.quickstart", "optiml_jax.convert")
+                    "optiml_jax.quickstart", "optiml_jax.reproduce", "optiml_jax.convert")
 # Five steps of the quickstart configuration: warmup must end before the last step.
 FIVE_STEPS = ["--gin.TRAIN_STEPS=5", "--gin.OptimizerArgs.warmup_steps=1"]
 

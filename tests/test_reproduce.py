@@ -146,9 +146,9 @@ def test_the_whole_flow_on_the_real_smollm2(shared_dir, smollm2_hf_dir, tmp_path
   assert code == 0
   claim = json.loads((out / "report" / "claim.json").read_text())
   assert set(claim["table"]) == {"held_out_category", "held_out_task", "held_out_instances"}
-  for kinds in claim["table"].values():
-    for cells in kinds.values():
-      assert set(cells) == {"0", "5"}
+  report = json.loads((out / "report" / "metrics.json").read_text())
+  for level in claim["table"]:  # both models, 0- and 5-shot, at every level
+    assert set(report["levels"][level]) == {"0", "5"} and set(report["baseline"]["levels"][level]) == {"0", "5"}
   from optiml_jax.checkpoints import orbax_io  # pylint: disable=g-import-not-at-top
   _, tuned = orbax_io.restore_orbax(str(out / "model"))
   _, base = convert.load_hf(smollm2_hf_dir)

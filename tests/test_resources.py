@@ -42,7 +42,7 @@ def test_a_missing_bench_definition_names_where_it_was_looked_for(elsewhere, nam
 
 
 def test_a_missing_shipped_file_lists_the_shipped_ones():
-  with pytest.raises(resources.ResourceError, match="optiml_bench.yaml, toybench.yaml"):
+  with pytest.raises(resources.ResourceError, match="optiml_bench.yaml, reproduce_small.yaml, toybench.yaml"):
     resources.task_file("nope.yaml")
 
 

@@ -127,7 +127,7 @@ def test_kernels_transposed_layers_stacked_and_head_untied(tmp_path):
 def test_param_shapes_match_the_flax_model():
   """The contract with models/llama.py: the layout's table is exactly what make_model(config).init creates."""
   for overrides, scan in ((dict(tie_word_embeddings=True), True), (dict(attention_bias=True, mlp_bias=True), False),
-                          (dict(model_type="qwen2", head_dim=16), True)):
+                          (dict(model_type="qwen2", attention_bias=True, head_dim=16), True)):
     config = llama_config.LlamaConfig(**{**TINY, **overrides}, scan_layers=scan)
     model = registry.make_model(config)
     tokens = jax.ShapeDtypeStruct((1, 4), np.int32)

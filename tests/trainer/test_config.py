@@ -108,6 +108,12 @@ class _OtherFamily:
   max_position_embeddings: int = 128
   dropout: float = 0.0
   attention_dropout: float = 0.0
+  vocab_size: int = 512
+  num_hidden_layers: int = 1
+  dtype: str = "float32"
+  scan_layers: bool = False
+  remat_policy: str = "none"
+  attention_impl: str | None = None
 
   def num_params(self) -> int:
     return 1
