@@ -86,12 +86,14 @@ def _evaluate_checkpoint(checkpoint: evaluator.Checkpoint, specs: Sequence[evalu
   from optiml_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
 
   config, params = evaluator.load_checkpoint(checkpoint, model, overrides)
-  if config.family != "opt" and any(
-      getattr(v, "tokenizer_dir", None) == vocab.DEFAULT_TOKENIZER_DIR for v in vocabularies):
+  # OPT's tokenizer is the fallback when the checkpoint carries none: a model whose config ends generations with
+  # other ids was made for another tokenizer (Llama 3's 128256 rows cover OPT's ids, so no size check catches it).
+  fallback = [v for v in vocabularies if getattr(v, "tokenizer_dir", None) == vocab.DEFAULT_TOKENIZER_DIR]
+  if any(v.eos_id not in config.eos_ids for v in fallback):
     raise ConfigError(
-        f"{checkpoint.path}: a {config.family}-family model ({type(config).__name__}) and OPT's tokenizer "
-        "(no tokenizer files beside the checkpoint or in its MODEL_DIR): set TOKENIZER_DIR to the "
-        "model's own tokenizer folder, e.g. the Hugging Face folder it was converted from")
+        f"{checkpoint.path}: no tokenizer files beside the checkpoint or in its MODEL_DIR, and its config's EOS ids "
+        f"{list(config.eos_ids)} are not those of OPT's tokenizer, the fallback: set TOKENIZER_DIR to the model's "
+        "own tokenizer folder, e.g. the Hugging Face folder it was converted from")
   try:
     for vocabulary in vocabularies:
       vocab.check_vocab_covers(config.vocab_size, vocabulary, f"{checkpoint.path} (its config)")

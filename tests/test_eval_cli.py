@@ -124,16 +124,21 @@ def test_tokenizer_settings_that_cannot_work_exit_2_before_any_model_runs(setup,
   err = capsys.readouterr().err
   assert "carries another tokenizer" in err and "BASELINE_PATH" in err
   assert not (tmp_path / "o").exists()
-  # A Llama-family model with no tokenizer of its own is not silently read with OPT's.
+  # A model made for another tokenizer (its EOS ids say so) is not silently read with OPT's, the fallback.
   from optiml_jax.models import llama_config  # pylint: disable=g-import-not-at-top
   from optiml_jax.models import registry  # pylint: disable=g-import-not-at-top
-  llama = llama_config.LlamaConfig.preset("llama-tiny")
+  llama = llama_config.LlamaConfig.preset("llama-tiny", bos_token_id=50000, eos_token_id=50001)  # not OPT's ids
   params = jax.jit(lambda k: registry.make_model(llama).init(k, jnp.ones((1, 4), jnp.int32))["params"])(
       jax.random.PRNGKey(0))
   convert.save_hf(llama, jax.device_get(params), tmp_path / "llama_no_tokenizer")
   assert _run(setup, tmp_path / "o", f"--gin.CHECKPOINT_PATH={tmp_path / 'llama_no_tokenizer'}",
               "--gin.TASKS=sni:task030_toy_entail_color") == 2
   assert "set TOKENIZER_DIR" in capsys.readouterr().err
+  # llama-tiny is made for OPT's tokenizer (its ids): without tokenizer files it evaluates with that one.
+  tiny = llama_config.LlamaConfig.preset("llama-tiny")
+  convert.save_hf(tiny, jax.device_get(params), tmp_path / "llama_tiny_opt_ids")
+  assert _run(setup, tmp_path / "ok", f"--gin.CHECKPOINT_PATH={tmp_path / 'llama_tiny_opt_ids'}",
+              "--gin.TASKS=sni:task030_toy_entail_color") == 0
 
 
 BIGBENCH_TASKS = ("bigbench:anachronisms", "bigbench:entailed_polarity", "bigbench:winowhy")
