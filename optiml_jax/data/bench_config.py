@@ -9,6 +9,9 @@ categories, de-duplication order, leakage and rate settings) and raises `ConfigE
 the dotted key. The result is immutable; `BenchConfig.echo()` is what the catalog records of it.
 `normalize` is the key form of datasets and keywords: the taxonomy and held-out maps are stored normalized,
 and the catalog normalizes a task's dataset / raw categories the same way before looking them up.
+`BenchConfig.canonical` goes one step further: it turns every spelling listed under `aliases` (CrossFit's
+"superglue-rte", P3's "super_glue/rte", T5's "glue/rte", ...) into one canonical dataset key, which the catalog
+uses for de-duplication, the dataset map and `held_out.datasets`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from optiml_jax.data import leakage
 KNOWN_BENCHMARKS = ("sni", "promptsource", "flan", "crossfit", "exmix", "t5", "unifiedskg", "bigbench", "reasoning",
                     "pretraining")
 RATE_METHODS = ("examples_proportional", "uniform")
+# What the catalog does with a training task that falls back to `taxonomy.fallback` while its dataset (through
+# an alias) belongs to a held-out category: stop the build naming it, or hold the task out in that category.
+UNMAPPED_POLICIES = ("error", "hold_out")
 # A definition may start from another: `extends: optiml_bench.yaml` (relative to the file) reads that one first
 # and lays this file's keys over it, mapping by mapping (a list, e.g. held_out.categories, is replaced whole).
 EXTENDS = "extends"
@@ -61,7 +67,8 @@ class HeldOutConfig:
   sni_test_split: bool  # level 2: SNI's official test tasks are held-out tasks
   sni_train: str  # "all": every other SNI task trains; "split": only those of the train split
   tasks: tuple[str, ...]  # level 2: more held-out tasks (fnmatch patterns over task names)
-  datasets: frozenset[str]  # level 2: every task of these datasets is held out (normalized)
+  datasets: frozenset[str]  # level 2: every task of these datasets is held out (canonical keys)
+  unmapped_policy: str = "error"  # one of UNMAPPED_POLICIES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +76,7 @@ class RatesConfig:
   method: str
   cap: int
   temperature: float
+  caps: Mapping[str, int] = dataclasses.field(default_factory=dict)  # benchmark -> its own cap (else `cap`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +114,12 @@ class BenchConfig:
   dedup_secondary: tuple[str, ...]
   leakage: LeakageConfig
   taxonomy: Taxonomy
+  aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)  # normalized spelling -> canonical key
+
+  def canonical(self, dataset: str) -> str:
+    """The dataset's canonical key: `normalize(dataset)`, then the `aliases` table (exact match)."""
+    key = normalize(dataset)
+    return self.aliases.get(key, key)
 
   def echo(self) -> dict[str, Any]:
     return {"path": self.path, "name": self.name, "sha256": self.sha256, "data": self.data}
@@ -175,6 +189,35 @@ def _normalized_map(path: str, key: str, mapping: Mapping[str, str]) -> dict[str
   return out
 
 
+def _aliases(path: str, table: Mapping[str, Any]) -> dict[str, str]:
+  """`aliases: {canonical: [spelling, ...]}` -> {normalized spelling: normalized canonical}.
+
+  Every spelling (and each canonical name itself) may belong to one canonical dataset only, and a spelling may
+  not be another entry's canonical name (no chains).
+  """
+  out: dict[str, str] = {}
+  origin: dict[str, str] = {}  # normalized spelling -> the canonical entry that lists it
+  canonicals = {normalize(str(c)) for c in table}
+  for canonical, spellings in table.items():
+    key = f"aliases.{canonical}"
+    target = normalize(str(canonical))
+    if not target:
+      raise ConfigError(path, key, "empty dataset name after normalization")
+    if not isinstance(spellings, list) or not all(isinstance(x, str) for x in spellings):
+      raise ConfigError(path, key, f"expected a list of dataset spellings, got {spellings!r:.80}")
+    for spelling in [str(canonical), *spellings]:
+      norm = normalize(spelling)
+      if not norm:
+        raise ConfigError(path, key, f"spelling {spelling!r} is empty after normalization")
+      if norm != target and norm in canonicals:
+        raise ConfigError(path, key, f"spelling {spelling!r} is itself a canonical entry of `aliases`; "
+                          "merge the two entries")
+      if origin.get(norm, canonical) != canonical:
+        raise ConfigError(path, key, f"spelling {spelling!r} ({norm!r}) is already an alias of {origin[norm]!r}")
+      out[norm], origin[norm] = target, str(canonical)
+  return out
+
+
 def _read_yaml(path: str) -> tuple[Any, bytes]:
   with open(path, "rb") as f:
     raw_bytes = f.read()
@@ -221,7 +264,8 @@ def load_config(path: str | os.PathLike) -> BenchConfig:
   """
   path = str(path)
   data, raw_bytes = _read_with_extends(path, ())
-  top = _Reader(path, "", data, ("name", "benchmarks", "limits", "rates", "held_out", "dedup", "leakage", "taxonomy"))
+  top = _Reader(path, "", data,
+                ("name", "benchmarks", "limits", "rates", "held_out", "dedup", "leakage", "taxonomy", "aliases"))
 
   tax = top.sub("taxonomy", ("categories", "fallback", "overrides", "datasets", "keywords"))
   categories = tuple(tax.get("categories", "str_list"))
@@ -269,23 +313,35 @@ def load_config(path: str | os.PathLike) -> BenchConfig:
     if v < minimum:
       raise ConfigError(path, f"limits.{k}", f"must be >= {minimum}, got {v}")
 
-  rate = top.sub("rates", ("method", "cap", "temperature"))
+  rate = top.sub("rates", ("method", "cap", "caps", "temperature"))
+  caps = rate.get("caps", "map", {})
+  for name, value in caps.items():
+    if name not in benchmarks:
+      raise ConfigError(path, f"rates.caps.{name}", "not a benchmark declared under 'benchmarks'")
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+      raise ConfigError(path, f"rates.caps.{name}", f"expected a positive int, got {value!r:.80}")
   rates_config = RatesConfig(rate.get("method", "str", "examples_proportional"), rate.get("cap", "int", 4096),
-                             float(rate.get("temperature", "number", 1.0)))
+                             float(rate.get("temperature", "number", 1.0)), dict(caps))
   if rates_config.method not in RATE_METHODS:
     raise ConfigError(path, "rates.method", f"{rates_config.method!r} is not one of {RATE_METHODS}")
   if rates_config.cap <= 0 or rates_config.temperature <= 0:
     raise ConfigError(path, "rates", "cap and temperature must be positive")
 
-  held = top.sub("held_out", ("categories", "sni_test_split", "sni_train", "tasks", "datasets"))
+  aliases = _aliases(path, top.get("aliases", "map", {}))
+
+  held = top.sub("held_out", ("categories", "sni_test_split", "sni_train", "tasks", "datasets", "unmapped_policy"))
+  held_datasets = frozenset(aliases.get(normalize(d), normalize(d)) for d in held.get("datasets", "str_list", []))
   held_out = HeldOutConfig(categories=tuple(held.get("categories", "str_list",
                                                      [])), sni_test_split=held.get("sni_test_split", "bool", True),
                            sni_train=held.get("sni_train", "str", "all"), tasks=tuple(held.get("tasks", "str_list",
                                                                                                [])),
-                           datasets=frozenset(normalize(d) for d in held.get("datasets", "str_list", [])))
+                           datasets=held_datasets, unmapped_policy=held.get("unmapped_policy", "str", "error"))
   _check_categories(path, "held_out.categories", held_out.categories, categories)
   if held_out.sni_train not in ("all", "split"):
     raise ConfigError(path, "held_out.sni_train", f"expected 'all' or 'split', got {held_out.sni_train!r}")
+  if held_out.unmapped_policy not in UNMAPPED_POLICIES:
+    raise ConfigError(path, "held_out.unmapped_policy",
+                      f"expected one of {UNMAPPED_POLICIES}, got {held_out.unmapped_policy!r}")
 
   dedup = top.sub("dedup", ("secondary",))
   secondary = tuple(dedup.get("secondary", "str_list", []))
@@ -313,4 +369,5 @@ def load_config(path: str | os.PathLike) -> BenchConfig:
                      data=data, benchmarks=benchmarks, max_examples_per_task=numbers["max_examples_per_task"],
                      max_eval_instances=numbers["max_eval_instances"],
                      held_out_instances_per_task=numbers["held_out_instances_per_task"], rates=rates_config,
-                     held_out=held_out, dedup_secondary=secondary, leakage=leakage_config, taxonomy=taxonomy)
+                     held_out=held_out, dedup_secondary=secondary, leakage=leakage_config, taxonomy=taxonomy,
+                     aliases=aliases)

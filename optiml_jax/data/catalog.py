@@ -5,13 +5,18 @@ Where it sits: after the source readers (`optiml_jax.data.sources`), before form
 definition (`tasks/optiml_bench.yaml`, read by `bench_config.load_config`) and
 
   1. counts each task's instances (unreadable or empty tasks go to `skipped` with the file and reason);
-  2. maps the source's raw categories / dataset / keywords onto the flat taxonomy (`categorize`);
-  3. assigns a role (`assign_role`): `held_out_category` (category fully held out: no task of it is trained
+  2. de-duplicates source datasets offered by secondary benchmarks (CrossFit, ExMix, T5), comparing datasets
+     by their canonical key (`BenchConfig.canonical`: the definition's `aliases` table);
+  3. maps the source's raw categories / dataset / keywords onto the flat taxonomy (`categorize`), and checks
+     that no training task falls back to the fallback category while its dataset is known under a held-out
+     category (`held_out.unmapped_policy`: an error naming the task, or holding the task out);
+  4. assigns a role (`assign_role`): `held_out_category` (category fully held out: no task of it is trained
      on), `held_out_task` (unseen task of a seen category: SNI's official test split, eval-only benchmarks,
-     listed tasks), else `train`;
-  4. de-duplicates source datasets offered by secondary benchmarks (CrossFit, ExMix, T5);
+     listed tasks), else `train`; a held-out task whose template is not the dataset's original task
+     (`TaskSource.original_task` False: an inverted template) is dropped, as OPT-IML removed such templates from
+     its evaluation sources (training tasks keep them);
   5. runs the 13-gram leakage audit (`leakage`) between train and held-out tasks and applies its policy;
-  6. computes sampling rates (`rates`) over the training tasks.
+  6. computes sampling rates (`rates`) over the training tasks (global cap, or the benchmark's `rates.caps`).
 
 Held-out instances rule (used by every later stage through `eval_instances` / `train_instances`): a task
 with role `train` keeps its FIRST `num_eval_instances` instances (source order) for evaluation (the third
@@ -31,7 +36,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import tqdm
 
@@ -199,8 +204,9 @@ def categorize(task: records.TaskSource, config: bench_config.BenchConfig) -> tu
   """The task's bench category, and whether it came from a mapping (False: the fallback was used).
 
   Order: a task override (name pattern) > the benchmark's fixed category > a raw category that is a
-  taxonomy category (SNI) > the dataset map (longest `_`-prefix) > the keyword map, in its priority order
-  (BIG-bench keywords, FLAN clusters) > the fallback category.
+  taxonomy category (SNI) > the dataset map (longest `_`-prefix of the canonical dataset key, then of the
+  dataset as spelled) > the keyword map, in its priority order (BIG-bench keywords, FLAN clusters) > the
+  fallback category.
   """
   taxonomy = config.taxonomy
   for pattern, category in taxonomy.overrides.items():
@@ -214,7 +220,8 @@ def categorize(task: records.TaskSource, config: bench_config.BenchConfig) -> tu
     if raw.strip().lower() in by_lower:
       return by_lower[raw.strip().lower()], True
   if task.dataset:
-    from_dataset = _dataset_category(task.dataset, taxonomy.datasets)
+    from_dataset = (_dataset_category(config.canonical(task.dataset), taxonomy.datasets) or
+                    _dataset_category(task.dataset, taxonomy.datasets))
     if from_dataset:
       return from_dataset, True
   raw_keys = {bench_config.normalize(raw) for raw in task.categories}
@@ -232,44 +239,78 @@ def assign_role(task: records.TaskSource, category: str, config: bench_config.Be
     return HELD_OUT_CATEGORY
   if (config.benchmarks[task.benchmark].eval_only or task.name in sni_test or
       any(fnmatch.fnmatchcase(task.name, p) for p in held.tasks) or
-      (task.dataset and bench_config.normalize(task.dataset) in held.datasets)):
+      (task.dataset and config.canonical(task.dataset) in held.datasets)):
     return HELD_OUT_TASK
   return TRAIN
 
 
-def deduplicate(tasks: Sequence[records.TaskSource],
-                secondary: Sequence[str]) -> tuple[list[records.TaskSource], list[dict[str, str]]]:
-  """Keeps each source dataset of a secondary benchmark once (OPT-IML: CrossFit, ExMix, T5).
+def deduplicate(
+    tasks: Sequence[records.TaskSource], secondary: Sequence[str],
+    canonical: Callable[[str], str] = bench_config.normalize) -> tuple[list[records.TaskSource], list[dict[str, str]]]:
+  """Keeps each source dataset of the secondary benchmarks once (OPT-IML: CrossFit, ExMix, T5).
 
-  A task of a secondary benchmark is dropped when its dataset (compared by `normalize`) also appears in
-  any non-secondary benchmark, or in a secondary benchmark listed before its own. Datasets shared between
-  primary benchmarks (SNI, PromptSource, FLAN, ...) are different tasks (own instructions, templates) and
-  are all kept, as in OPT-IML; list every benchmark under `dedup.secondary` to keep each dataset once.
+  Datasets are compared by `canonical` (the definition's alias table: CrossFit's "superglue-rte" is P3's
+  "super_glue/rte"). A task of a secondary benchmark is dropped when its dataset also appears in a
+  non-secondary benchmark; a dataset that only secondary benchmarks offer is kept once: by the first task of it
+  in the benchmark listed first under `dedup.secondary` (source order within a benchmark), and every other
+  task of it is dropped, naming the one kept. Datasets shared between primary benchmarks (SNI, PromptSource,
+  FLAN, ...) are different tasks (own instructions, templates) and are all kept, as in OPT-IML; list every
+  benchmark under `dedup.secondary` to keep each dataset once.
   """
-  owners: dict[str, set[str]] = {}
-  for task in tasks:
-    if task.dataset:
-      owners.setdefault(bench_config.normalize(task.dataset), set()).add(task.benchmark)
   rank = {b: i for i, b in enumerate(secondary)}
-  kept, dropped = [], []
+  primary: dict[str, set[str]] = {}  # canonical dataset -> the non-secondary benchmarks that offer it
   for task in tasks:
-    key = bench_config.normalize(task.dataset) if task.dataset else ""
-    if task.benchmark in rank and key:
-      better = sorted(b for b in owners[key] if rank.get(b, -1) < rank[task.benchmark])
-      if better:
-        dropped.append({
-            "name": task.name,
-            "benchmark": task.benchmark,
-            "dataset": task.dataset,
-            "reason": f"duplicate dataset: {task.dataset!r} is also in {', '.join(better)}"
-        })
-        continue
-    kept.append(task)
+    if task.dataset and task.benchmark not in rank:
+      primary.setdefault(canonical(task.dataset), set()).add(task.benchmark)
+  order = sorted((i for i, t in enumerate(tasks) if t.benchmark in rank and t.dataset), key=lambda i:
+                 (rank[tasks[i].benchmark], i))
+  winner: dict[str, str] = {}  # canonical dataset -> the secondary task that keeps it
+  drop: dict[int, str] = {}
+  for i in order:
+    task = tasks[i]
+    key = canonical(task.dataset)
+    if key in primary:
+      drop[i] = f"duplicate dataset: {task.dataset!r} is also in {', '.join(sorted(primary[key]))}"
+    elif key in winner:
+      drop[i] = f"duplicate dataset: {task.dataset!r} is kept once, as {winner[key]}"
+    else:
+      winner[key] = task.name
+  kept = [t for i, t in enumerate(tasks) if i not in drop]
+  dropped = [{
+      "name": tasks[i].name,
+      "benchmark": tasks[i].benchmark,
+      "dataset": tasks[i].dataset,
+      "reason": drop[i]
+  } for i in sorted(drop)]
   return kept, dropped
 
 
 # ---------------------------------------------------------------------------------------------------
 # Build.
+
+
+class UnmappedHeldOutError(ValueError):
+  """A training task fell back to the fallback category while its dataset is known under a held-out one."""
+
+
+def _held_out_datasets(tasks: Sequence[records.TaskSource], category: Mapping[str, str],
+                       config: bench_config.BenchConfig) -> dict[str, tuple[str, str]]:
+  """Canonical dataset -> (held-out category, how it is known) for every dataset the build knows to be held out.
+
+  Known from the taxonomy's dataset map (through the alias table) and from the categories of the tasks read
+  (an SNI task of a held-out category names its source dataset, e.g. winogrande).
+  """
+  held = set(config.held_out.categories)
+  known: dict[str, tuple[str, str]] = {}
+  for spelling, canonical in config.aliases.items():
+    for key in (canonical, spelling):
+      mapped = _dataset_category(key, config.taxonomy.datasets)
+      if mapped in held and canonical not in known:
+        known[canonical] = (mapped, f"taxonomy.datasets, through aliases.{canonical}")
+  for task in tasks:
+    if task.dataset and category[task.name] in held:
+      known.setdefault(config.canonical(task.dataset), (category[task.name], f"as the dataset of task {task.name}"))
+  return known
 
 
 def _count_instances(task: records.TaskSource) -> int:
@@ -350,16 +391,42 @@ def build(config: bench_config.BenchConfig, sources: Iterable[records.TaskSource
       })
       continue
     tasks.append(task)
-  tasks, dedup_dropped = deduplicate(tasks, config.dedup_secondary)
+  tasks, dedup_dropped = deduplicate(tasks, config.dedup_secondary, config.canonical)
   dropped += dedup_dropped
 
-  category, role = {}, {}
+  category, role, fell_back = {}, {}, []
   for task in tasks:
     category[task.name], mapped = categorize(task, config)
     if not mapped:
-      key = f"{task.benchmark}: {task.dataset or '/'.join(task.categories) or task.name}"
-      unmapped.setdefault(key, []).append(task.name)
+      fell_back.append(task)
     role[task.name] = assign_role(task, category[task.name], config, sni_test)
+  held_datasets = _held_out_datasets(tasks, category, config)
+  for task in fell_back:
+    known = held_datasets.get(config.canonical(task.dataset)) if task.dataset else None
+    if known is not None and role[task.name] == TRAIN:
+      held_category, via = known
+      if config.held_out.unmapped_policy == "error":
+        raise UnmappedHeldOutError(
+            f"{task.path}: training task {task.name} falls back to category {config.taxonomy.fallback!r}, but its "
+            f"dataset {task.dataset!r} (canonical {config.canonical(task.dataset)!r}) is known under the held-out "
+            f"category {held_category!r} ({via}); map it in {config.path} (taxonomy.datasets, taxonomy.overrides "
+            "or aliases), or set held_out.unmapped_policy: hold_out")
+      category[task.name], role[task.name] = held_category, HELD_OUT_CATEGORY
+    key = f"{task.benchmark}: {task.dataset or '/'.join(task.categories) or task.name}"
+    unmapped.setdefault(key, []).append(task.name)
+
+  kept_tasks = []
+  for task in tasks:
+    if not task.original_task and role[task.name] != TRAIN:
+      dropped.append({
+          "name": task.name,
+          "benchmark": task.benchmark,
+          "dataset": task.dataset,
+          "reason": f"not the original task: template {task.template!r} inverts it (evaluation keeps original tasks)"
+      })
+      continue
+    kept_tasks.append(task)
+  tasks = kept_tasks
 
   entries = {}
   for task in tasks:
@@ -394,7 +461,7 @@ def build(config: bench_config.BenchConfig, sources: Iterable[records.TaskSource
       task_rates = rates.uniform(counts_train, benchmark_of, shares, fixed)
     else:
       task_rates = rates.examples_proportional(counts_train, benchmark_of, shares, config.rates.cap,
-                                               config.rates.temperature, fixed)
+                                               config.rates.temperature, fixed, caps=config.rates.caps)
   final = [dataclasses.replace(e, rate=task_rates.get(n, 0.0)) for n, e in entries.items()]
   return Catalog(
       tasks=final,
@@ -404,7 +471,7 @@ def build(config: bench_config.BenchConfig, sources: Iterable[records.TaskSource
       missing_split_tasks=_missing_split_tasks(sni_splits, set(counts), skipped),
       unmapped=[{
           "key": k,
-          "category": config.taxonomy.fallback,
+          "category": category.get(v[0], config.taxonomy.fallback),
           "tasks": len(v),
           "examples": v[:5]
       } for k, v in sorted(unmapped.items())],

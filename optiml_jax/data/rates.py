@@ -7,7 +7,9 @@ plain mappings: nothing here reads files.
 OPT-IML recipe (Iyer et al. 2022, section 3): examples-proportional sampling with a cap, rescaled so
 that every source benchmark contributes a fixed share of the mixture.
 
-  1. weight(task) = min(num training examples, cap) ** (1 / temperature)      (cap = 4096, T = 1)
+  1. weight(task) = min(num training examples, cap(b)) ** (1 / temperature)   (cap = 4096, T = 1)
+     cap(b) is the task's benchmark's own cap when `caps` names it (metaseq's opt_instruct keeps such a
+     per-benchmark mapping beside the global cap), else the global cap.
   2. within a benchmark b, rate(task) = share'(b) * weight(task) / sum of weights in b
   3. share'(b): the configured shares of the benchmarks *present* (at least one task with examples),
      renormalised to sum to 1. A benchmark absent from the checkout gives its share to the present
@@ -74,8 +76,8 @@ def _rescale(weights: Mapping[str, float], benchmark_of: Mapping[str, str], shar
 
 
 def examples_proportional(num_examples: Mapping[str, int], benchmark_of: Mapping[str, str], shares: Mapping[str, float],
-                          cap: int = DEFAULT_CAP, temperature: float = 1.0,
-                          fixed: Collection[str] = ()) -> dict[str, float]:
+                          cap: int = DEFAULT_CAP, temperature: float = 1.0, fixed: Collection[str] = (),
+                          caps: Mapping[str, int] | None = None) -> dict[str, float]:
   """Examples-proportional rates with a cap and benchmark shares (OPT-IML's mixing).
 
   Args:
@@ -86,19 +88,25 @@ def examples_proportional(num_examples: Mapping[str, int], benchmark_of: Mapping
     cap: examples beyond the cap do not raise a task's weight (OPT-IML: 4096).
     temperature: weight = min(n, cap) ** (1 / temperature); T > 1 flattens the mixture towards uniform.
     fixed: benchmarks whose share is an absolute percentage (OPT-IML: reasoning 1, pre-training 5).
+    caps: per-benchmark caps that replace `cap` for the tasks of the benchmarks they name.
 
   Returns:
     rate per task, summing to 1; 0 for tasks with no examples.
   """
+  caps = dict(caps or {})
   if cap <= 0:
     raise ValueError(f"cap must be positive, got {cap}")
+  for benchmark, benchmark_cap in caps.items():
+    if benchmark_cap <= 0:
+      raise ValueError(f"cap of benchmark {benchmark!r} must be positive, got {benchmark_cap}")
   if temperature <= 0:
     raise ValueError(f"temperature must be positive, got {temperature}")
   weights = {}
   for task, n in num_examples.items():
     if n < 0:
       raise ValueError(f"task {task!r} has a negative number of examples: {n}")
-    weights[task] = float(min(n, cap))**(1.0 / temperature) if n > 0 else 0.0
+    task_cap = caps.get(benchmark_of.get(task, ""), cap)
+    weights[task] = float(min(n, task_cap))**(1.0 / temperature) if n > 0 else 0.0
   return _rescale(weights, benchmark_of, shares, fixed)
 
 

@@ -63,6 +63,9 @@ class TaskSource:
       `optiml_jax.data.sources.reopen(format, path, benchmark)` can read the same task again later.
     open_instances: a zero-argument callable returning a fresh iterator over the instances, read lazily
       from `path` in source order.
+    original_task: False when the template does not pose the dataset's original task (it inverts it, e.g.
+      answer -> question: promptsource's `metadata.original_task`, FLAN's inverted templates); the catalog
+      trains on such tasks but never evaluates on them.
   """
 
   name: str
@@ -76,6 +79,7 @@ class TaskSource:
   open_instances: Callable[[], Iterator[Instance]] = dataclasses.field(compare=False, repr=False)
   template: str = ""
   format: str = ""
+  original_task: bool = True
 
   def instances(self) -> Iterator[Instance]:
     """Streams the instances in source order."""

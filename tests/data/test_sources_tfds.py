@@ -10,6 +10,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from optiml_jax.data import records
+from optiml_jax.data import sources as all_sources
 from optiml_jax.data.sources import flan_templates
 from optiml_jax.data.sources import tfds as tfds_source
 
@@ -197,13 +198,15 @@ def test_paths_names_and_reopen(mock_tfds):
   assert len({s.name for s in sources}) == len(sources)
   assert sum(len(d.templates) for d in flan_templates.DATASETS) == len(sources)
   rte = next(s for s in sources if s.name == "flan:glue_rte_template_3")
-  assert rte.path == "glue/rte:2.0.0@train#template_3"
+  assert rte.path == f"glue/rte:2.0.0@train#template_3|data_dir={mock_tfds}"  # self-contained for reopen
   assert {s.name for s in sources if s.dataset == "cnn_dailymail"
          } == {"t5:cnn_dailymail", *(f"flan:cnn_dailymail_template_{i}" for i in range(6))}
   for source in (rte, next(s for s in sources if s.name == "t5:glue_cola")):
     again = tfds_source.reopen(source.path, source.benchmark, data_dir=mock_tfds)
     assert again == source
     assert list(again.instances()) == list(source.instances())
+    # What the registry and the evaluator call: the path alone carries the data folder.
+    assert all_sources.reopen("tfds", source.path, source.benchmark) == source
   assert tfds_source.parse_path("glue/rte:2.0.0#template_3") == ("glue/rte:2.0.0", "train", "template_3")
   assert tfds_source.parse_path("glue/rte:2.0.0@validation[:10]#t5") == ("glue/rte:2.0.0", "validation[:10]", "t5")
   validation = tfds_source.reopen("glue/rte:2.0.0@validation#template_0", "flan", data_dir=mock_tfds)

@@ -46,9 +46,10 @@ _REOPEN_MODULES = {"tfds": "optiml_jax.data.sources.tfds"}
 FORMATS = tuple(_FILE_READERS) + tuple(_REOPEN_MODULES)
 
 
-def iter_all(sni_dir: PathLike | None = None, p3_dir: PathLike | None = None, bigbench_dir: PathLike | None = None,
-             jsonl_dirs: Iterable[tuple[str, PathLike]] = (), cot_dir: PathLike | None = None,
-             text_dir: PathLike | None = None) -> Iterator[records.TaskSource | records.Skipped]:
+def iter_all(
+    sni_dir: PathLike | None = None, p3_dir: PathLike | None = None, bigbench_dir: PathLike | None = None,
+    jsonl_dirs: Iterable[tuple[str, PathLike]] = (), cot_dir: PathLike | None = None, text_dir: PathLike | None = None,
+    p3_metadata: promptsource.TemplateMetadata | None = None) -> Iterator[records.TaskSource | records.Skipped]:
   """Every task of the given sources, in the order of the arguments; unreadable files -> `records.Skipped`.
 
   Args:
@@ -58,6 +59,8 @@ def iter_all(sni_dir: PathLike | None = None, p3_dir: PathLike | None = None, bi
     jsonl_dirs: `(benchmark, folder)` pairs of generic JSONL folders, e.g. `(("crossfit", "/data/crossfit"),)`.
     cot_dir: a folder of chain-of-thought JSONL files.
     text_dir: a folder of pre-training `.txt` / `.jsonl` files.
+    p3_metadata: promptsource's template metadata (`promptsource.read_metadata`), which marks the P3 templates
+      that are not the original task.
 
   Raises:
     FileNotFoundError: a given folder does not exist (a configuration error, not a bad file).
@@ -65,7 +68,7 @@ def iter_all(sni_dir: PathLike | None = None, p3_dir: PathLike | None = None, bi
   if sni_dir is not None:
     yield from sni.iter_tasks(sni_dir)
   if p3_dir is not None:
-    yield from promptsource.iter_tasks(p3_dir)
+    yield from promptsource.iter_tasks(p3_dir, metadata=p3_metadata)
   if bigbench_dir is not None:
     yield from bigbench.iter_tasks(bigbench_dir)
   for pair in jsonl_dirs:

@@ -15,13 +15,28 @@ options. FLAN datasets carry several templates each (the paper: 8.5 prompts per 
 in T5's own "<task> field: value" text format. The wording is this project's own, written in FLAN's style.
 
 Templates marked `inverted` swap the task's direction (e.g. answer -> question); OPT-IML removes such
-templates from evaluation sources, so the catalog should use them for training only.
+templates from evaluation sources, so the catalog uses them for training only (`TaskSource.original_task`).
+
+FLAN's own templates: `load_flan_patterns(path)` reads the `PATTERNS` dict of a checkout of google-research/FLAN
+(`flan/templates.py`: `{"rte": [("<inputs pattern>", "<targets pattern>"), ...], ...}`) as data: the file is
+parsed with `ast` and only the literal value of its `PATTERNS` assignment is evaluated (`ast.literal_eval`);
+nothing of it is imported or run. `with_flan_patterns(patterns)` then gives every FLAN dataset that has a
+`FLAN_BINDINGS` entry FLAN's templates instead of ours (named "flan_template_<i>", i = FLAN's own index):
+FLAN's field names are renamed to this module's (`FlanBinding.fields`), FLAN's constants written in
+(`FlanBinding.constants`, e.g. the languages of a translation pair), and `{options_}` is FLAN's
+"OPTIONS:\n- a\n- b". A FLAN template whose target is not the reference (`{answer}` once renamed), e.g. RTE's
+"Generate a context and a hypothesis." or CNN/DM's highlights -> article, is marked `inverted`. A template
+using a field the TFDS dataset cannot fill (FLAN read some datasets from other TFDS builds) is left out and
+reported; a dataset without a binding, or whose key the file lacks, keeps this module's templates.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import math
+import os
+import string
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from optiml_jax.data import records
@@ -154,6 +169,7 @@ def format_example(spec: DatasetTemplates, template: Template, example: Mapping[
     return None
   values = dict(fields.text)
   values["options"] = "\n".join(f"- {option}" for option in fields.options)
+  values.setdefault("options_", "OPTIONS:\n" + values["options"])  # FLAN's rendering (flan/preprocessors.py)
   try:
     inputs = template.inputs.format(answer=answers[0], **values)
     targets = _unique(template.targets.format(answer=a, **values) for a in answers)
@@ -247,7 +263,8 @@ def _copa(example: Mapping[str, Any]) -> Fields | None:
   choices = (_text(example["choice1"]), _text(example["choice2"]))
   asks = "What was the cause?" if question == "cause" else "What happened as a result?"
   return _choose(choices, label, premise=_text(example["premise"]).rstrip("."),
-                 connector="because" if question == "cause" else "so", asks=asks, relation=question)
+                 connector="because" if question == "cause" else "so", asks=asks, relation=question,
+                 sentence=_text(example["premise"]))
 
 
 def _squad(example: Mapping[str, Any]) -> Fields:
@@ -570,24 +587,26 @@ DATASETS: tuple[DatasetTemplates, ...] = (
 )
 
 
-def datasets(benchmarks: Sequence[str] = BENCHMARKS) -> tuple[DatasetTemplates, ...]:
-  """The registered datasets of the given benchmarks, in registration order."""
+def datasets(benchmarks: Sequence[str] = BENCHMARKS,
+             specs: Sequence[DatasetTemplates] | None = None) -> tuple[DatasetTemplates, ...]:
+  """The registered datasets (or `specs`, e.g. with FLAN's templates) of the given benchmarks, in order."""
   unknown = set(benchmarks) - set(BENCHMARKS)
   if unknown:
     raise ValueError(f"unknown benchmark(s) {sorted(unknown)}; expected some of {BENCHMARKS}")
-  return tuple(d for d in DATASETS if d.benchmark in benchmarks)
+  return tuple(d for d in (DATASETS if specs is None else specs) if d.benchmark in benchmarks)
 
 
-def find(tfds_name: str, benchmark: str | None = None) -> tuple[DatasetTemplates, ...]:
-  """Registered datasets matching a TFDS name (with or without version) and, if given, a benchmark."""
+def find(tfds_name: str, benchmark: str | None = None,
+         specs: Sequence[DatasetTemplates] | None = None) -> tuple[DatasetTemplates, ...]:
+  """Registered datasets (or of `specs`) matching a TFDS name (with or without version) and a benchmark."""
   name, _, version = tfds_name.partition(":")
-  return tuple(d for d in DATASETS if d.dataset == name and (not version or d.tfds_name == tfds_name) and
-               (benchmark is None or d.benchmark == benchmark))
+  return tuple(d for d in (DATASETS if specs is None else specs) if d.dataset == name and
+               (not version or d.tfds_name == tfds_name) and (benchmark is None or d.benchmark == benchmark))
 
 
-def lookup(tfds_name: str, benchmark: str) -> DatasetTemplates:
+def lookup(tfds_name: str, benchmark: str, specs: Sequence[DatasetTemplates] | None = None) -> DatasetTemplates:
   """The one registered dataset for a TFDS name and benchmark; KeyError naming the choices otherwise."""
-  found = find(tfds_name, benchmark)
+  found = find(tfds_name, benchmark, specs)
   if len(found) != 1:
     known = sorted(f"{d.tfds_name} ({d.benchmark})" for d in DATASETS)
     raise KeyError(f"no FLAN/T5 templates for TFDS dataset {tfds_name!r} in benchmark {benchmark!r}; "
@@ -598,3 +617,208 @@ def lookup(tfds_name: str, benchmark: str) -> DatasetTemplates:
 def prompts(spec: DatasetTemplates) -> tuple[Prompt, ...]:
   """The dataset bound to each of its templates."""
   return tuple(Prompt(spec, template) for template in spec.templates)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# FLAN's own templates, read as data from a checkout of google-research/FLAN.
+
+FLAN_TEMPLATES_FILE = os.path.join("flan", "templates.py")
+FLAN_TEMPLATE_PREFIX = "flan_template_"
+
+
+@dataclasses.dataclass(frozen=True)
+class FlanBinding:
+  """How FLAN's patterns of one dataset map onto a `DatasetTemplates` of this module.
+
+  Attributes:
+    key: the dataset's key in FLAN's `PATTERNS` ("rte", "bool_q", "squad_v1", ...).
+    fields: FLAN field name -> this module's field name ("answer" for the reference).
+    constants: FLAN field name -> fixed text written into the pattern (e.g. {"lang1": "German"}).
+  """
+
+  key: str
+  fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  constants: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+# TFDS dataset (without version) of a FLAN entry of `DATASETS` -> its FLAN binding. winogrande is not bound:
+# FLAN splits its sentence at the blank and renders the options with the rest of the sentence, which these
+# fields do not carry.
+FLAN_BINDINGS: dict[str, FlanBinding] = {
+    "glue/rte": FlanBinding("rte"),
+    "anli/r1": FlanBinding("anli", {"context": "premise"}),
+    "super_glue/cb": FlanBinding("cb"),
+    "super_glue/boolq": FlanBinding("bool_q", {"text": "passage"}),  # FLAN's bool_q build also has a title
+    "super_glue/copa": FlanBinding("copa", {
+        "premise": "sentence",
+        "question": "relation"
+    }),
+    "imdb_reviews": FlanBinding("imdb_reviews"),
+    "glue/sst2": FlanBinding("sst2"),
+    "ag_news_subset": FlanBinding("ag_news_subset", {"text": "description"}),
+    "squad/v1.1": FlanBinding("squad_v1"),
+    "piqa": FlanBinding("piqa"),
+    "ai2_arc/ARC-Easy": FlanBinding("arc"),
+    "hellaswag": FlanBinding("hellaswag"),
+    "glue/mrpc": FlanBinding("glue_mrpc"),
+    "glue/qqp": FlanBinding("glue_qqp"),
+    "cnn_dailymail": FlanBinding("cnn_dailymail", {
+        "text": "article",
+        "highlights": "answer"
+    }),
+    "xsum": FlanBinding("xsum", {
+        "text": "document",
+        "summary": "answer"
+    }),
+    # FLAN pairs English (sent1) with German (sent2); this dataset translates German into English.
+    "wmt16_translate/de-en": FlanBinding("wmt16_translate", {
+        "sent1": "de",
+        "sent2": "answer"
+    }, {
+        "lang1": "German",
+        "lang2": "English"
+    }),
+}
+
+
+def flan_templates_path(flan_dir: str | os.PathLike) -> str:
+  """`flan/templates.py` of a FLAN checkout, or the path itself when it is a file."""
+  path = os.fspath(flan_dir)
+  return path if os.path.isfile(path) else os.path.join(path, FLAN_TEMPLATES_FILE)
+
+
+def load_flan_patterns(flan_dir: str | os.PathLike) -> dict[str, tuple[tuple[str, str], ...]]:
+  """FLAN's `PATTERNS` from a checkout (or its `templates.py`), read as data: `ast`, never imported.
+
+  Raises:
+    FileNotFoundError: no `flan/templates.py` there.
+    ValueError: the file is not Python, has no top-level `PATTERNS = {...}` of literals, or an entry is not a
+      list of (inputs, targets) string pairs (the message names the file and the key).
+  """
+  path = flan_templates_path(flan_dir)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"FLAN templates not found: {path} (expected a checkout of google-research/FLAN "
+                            f"with {FLAN_TEMPLATES_FILE}, or that file)")
+  with open(path, encoding="utf-8") as f:
+    source = f.read()
+  try:
+    tree = ast.parse(source, filename=path)
+  except SyntaxError as e:
+    raise ValueError(f"{path}: not a Python file ({e})") from e
+  value: ast.expr | None = None
+  for node in tree.body:
+    targets: list[ast.expr] = []
+    assigned: ast.expr | None = None
+    if isinstance(node, ast.Assign):
+      targets, assigned = node.targets, node.value
+    elif isinstance(node, ast.AnnAssign):
+      targets, assigned = [node.target], node.value
+    if any(isinstance(t, ast.Name) and t.id == "PATTERNS" for t in targets) and assigned is not None:
+      value = assigned
+  if value is None:
+    raise ValueError(f"{path}: no top-level `PATTERNS = {{...}}` assignment")
+  try:
+    patterns = ast.literal_eval(value)
+  except ValueError as e:
+    raise ValueError(f"{path}: PATTERNS (line {value.lineno}) is not a literal: {e}") from e
+  if not isinstance(patterns, dict):
+    raise ValueError(f"{path}: PATTERNS is a {type(patterns).__name__}, expected a dict of dataset -> list")
+  out = {}
+  for key, pairs in patterns.items():
+    if not isinstance(key, str) or not isinstance(pairs, (list, tuple)):
+      raise ValueError(f"{path}: PATTERNS[{key!r}]: expected a list of (inputs, targets) pairs")
+    for i, pair in enumerate(pairs):
+      if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+        raise ValueError(f"{path}: PATTERNS[{key!r}][{i}]: expected an (inputs, targets) pair of strings, "
+                         f"got {pair!r:.80}")
+    out[key] = tuple((str(a), str(b)) for a, b in pairs)
+  return out
+
+
+def _rewrite(pattern: str, binding: FlanBinding) -> tuple[str, set[str]]:
+  """A FLAN pattern with fields renamed and constants written in; and the field names it then uses."""
+  out, used = [], set()
+  for literal, field, spec, conversion in string.Formatter().parse(pattern):
+    out.append(literal.replace("{", "{{").replace("}", "}}"))
+    if field is None:
+      continue
+    if field in binding.constants:
+      out.append(binding.constants[field].replace("{", "{{").replace("}", "}}"))
+      continue
+    name = binding.fields.get(field, field)
+    used.add(name)
+    out.append("{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}")
+  return "".join(out), used
+
+
+def _known_fields(spec: DatasetTemplates, binding: FlanBinding) -> set[str]:
+  """The fields a pattern of `spec` may use: those of its own templates, the binding's targets, and the extras."""
+  known = {"answer", "options", "options_", *binding.fields.values()}
+  for template in spec.templates:
+    for pattern in (template.inputs, template.targets):
+      known |= {field for _, field, _, _ in string.Formatter().parse(pattern) if field}
+  return known
+
+
+@dataclasses.dataclass(frozen=True)
+class FlanPatterns:
+  """The datasets with FLAN's templates where a binding applies, and what could not be used.
+
+  Attributes:
+    datasets: every registered dataset; the bound FLAN ones with FLAN's templates.
+    unusable: FLAN templates left out, each with the reason.
+    missing_keys: bound FLAN keys the file lacks (those datasets keep this module's templates).
+    path: the `templates.py` read.
+  """
+
+  datasets: tuple[DatasetTemplates, ...]
+  unusable: tuple[str, ...]
+  missing_keys: tuple[str, ...] = ()
+  path: str = ""
+
+  @property
+  def num_templates(self) -> int:
+    """How many of FLAN's templates are used."""
+    return sum(t.name.startswith(FLAN_TEMPLATE_PREFIX) for d in self.datasets for t in d.templates)
+
+
+def with_flan_patterns(patterns: Mapping[str, Sequence[tuple[str, str]]], path: str = "",
+                       specs: Sequence[DatasetTemplates] | None = None) -> FlanPatterns:
+  """`specs` with FLAN's own templates for the bound FLAN datasets (see the module docstring)."""
+  out, unusable, missing_keys = [], [], []
+  for spec in DATASETS if specs is None else specs:
+    binding = FLAN_BINDINGS.get(spec.dataset) if spec.benchmark == FLAN else None
+    if binding is None:
+      out.append(spec)
+      continue
+    if binding.key not in patterns:
+      missing_keys.append(binding.key)
+      out.append(spec)
+      continue
+    known, templates = _known_fields(spec, binding), []
+    for i, (inputs, targets) in enumerate(patterns[binding.key]):
+      try:
+        new_inputs, used_inputs = _rewrite(inputs, binding)
+        new_targets, used_targets = _rewrite(targets, binding)
+      except ValueError as e:  # unbalanced braces
+        unusable.append(f"{spec.tfds_name}: PATTERNS[{binding.key!r}][{i}]: not a format pattern ({e})")
+        continue
+      missing = sorted((used_inputs | used_targets) - known)
+      if missing:
+        unusable.append(f"{spec.tfds_name}: PATTERNS[{binding.key!r}][{i}] uses {missing}, which "
+                        f"{spec.tfds_name} does not have")
+        continue
+      templates.append(
+          Template(name=f"{FLAN_TEMPLATE_PREFIX}{i}", inputs=new_inputs, targets=new_targets, inverted=new_targets
+                   != "{answer}"))
+    if not templates:
+      unusable.append(f"{spec.tfds_name}: no usable template in PATTERNS[{binding.key!r}]; our templates kept")
+      out.append(spec)
+      continue
+    out.append(dataclasses.replace(spec, templates=tuple(templates)))
+  return FlanPatterns(datasets=tuple(out), unusable=tuple(unusable), missing_keys=tuple(missing_keys), path=path)
+
+
+def load_flan_datasets(flan_dir: str | os.PathLike) -> FlanPatterns:
+  """`with_flan_patterns(load_flan_patterns(flan_dir))`: every dataset, FLAN's templates where bound."""
+  return with_flan_patterns(load_flan_patterns(flan_dir), flan_templates_path(flan_dir))

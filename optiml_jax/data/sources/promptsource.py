@@ -25,14 +25,26 @@ non-empty); a file alone with its first word takes that word as the dataset.
 Validation: `read_task` reads lines up to the first usable one eagerly (an empty file, undecodable bytes or a
 malformed line before it become a `records.SourceError`); later lines are checked while streaming and a bad
 one raises `records.SourceError` naming its line number.
+
+Original tasks: P3's exported files do not say whether a template poses the dataset's original task or inverts
+it (e.g. answer -> question); promptsource's own `templates.yaml` files do (`metadata.original_task`). Given a
+promptsource checkout (`read_metadata(promptsource_dir)`: `promptsource/templates/<dataset>[/<subset>]/
+templates.yaml`, read with a safe YAML loader that knows only promptsource's `!Template` and
+`!TemplateMetadata` tags), `iter_tasks` sets `TaskSource.original_task` from it, matching a P3 file to its
+template by `<dataset>_<subset>_<template name>` with every run of other characters than letters and digits
+taken as one "_" (case-insensitive). A template without the metadata, or absent from the checkout, counts as
+an original task.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import re
 from typing import Any, Iterable, Iterator, Mapping
+
+import yaml
 
 from optiml_jax.data import records
 from optiml_jax.data.sources import jsonl
@@ -197,8 +209,8 @@ def _sibling_stems(path: pathlib.Path) -> list[str]:
   return [p.stem for p in path.parent.glob("*.jsonl")]
 
 
-def read_task(path: str | os.PathLike, benchmark: str = BENCHMARK,
-              sibling_stems: Iterable[str] | None = None) -> records.TaskSource:
+def read_task(path: str | os.PathLike, benchmark: str = BENCHMARK, sibling_stems: Iterable[str] | None = None,
+              original_task: bool = True) -> records.TaskSource:
   """Reads one P3 per-template JSONL file.
 
   Args:
@@ -206,6 +218,7 @@ def read_task(path: str | os.PathLike, benchmark: str = BENCHMARK,
     benchmark: the benchmark name ("promptsource").
     sibling_stems: the stems of the folder's `.jsonl` files (listed from the folder when None); only
       used to split names of unknown datasets.
+    original_task: False when the template is known not to pose the dataset's original task.
 
   Raises:
     records.SourceError: no line with a non-empty completion, bytes that are not UTF-8, or a malformed line
@@ -219,13 +232,155 @@ def read_task(path: str | os.PathLike, benchmark: str = BENCHMARK,
   dataset, template = split_template_name(local_name, sibling_stems)
   first = jsonl.first_record(path, local_name, instance_from_record, dropped="every completion is empty")
   kind = records.MULTIPLE_CHOICE if first.get("answer_choices") else records.GENERATION
-  return jsonl.inline_task(path, benchmark, local_name, kind,
+  task = jsonl.inline_task(path, benchmark, local_name, kind,
                            lambda: jsonl.stream(path, local_name, instance_from_record), FORMAT, dataset=dataset,
                            template=template)
+  return task if original_task else dataclasses.replace(task, original_task=False)
 
 
-def iter_tasks(p3_dir: str | os.PathLike, benchmark: str = BENCHMARK) -> Iterator[records.TaskSource | records.Skipped]:
-  """One task per template file in `p3_dir` (or its `data_per_template/`), in name order; bad -> `Skipped`."""
+def iter_tasks(p3_dir: str | os.PathLike, benchmark: str = BENCHMARK,
+               metadata: TemplateMetadata | None = None) -> Iterator[records.TaskSource | records.Skipped]:
+  """One task per template file in `p3_dir` (or its `data_per_template/`), in name order; bad -> `Skipped`.
+
+  With `metadata` (`read_metadata`), its unreadable `templates.yaml` files come first as `Skipped`, and each
+  task's `original_task` is the template's `metadata.original_task` (True when unknown).
+  """
   files = jsonl.task_files(p3_folder(p3_dir), (".jsonl",))
   stems = [p.stem for p in files]
-  return jsonl.iter_task_files(files, lambda p: read_task(p, benchmark, stems))
+  if metadata is None:
+    return jsonl.iter_task_files(files, lambda p: read_task(p, benchmark, stems))
+  tasks = jsonl.iter_task_files(
+      files,
+      lambda p: read_task(p, benchmark, stems, original_task=metadata.original_task(pathlib.Path(p).stem) is not False))
+  return _chain(metadata.skipped, tasks)
+
+
+def _chain(first: Iterable[records.Skipped],
+           then: Iterable[records.TaskSource | records.Skipped]) -> Iterator[records.TaskSource | records.Skipped]:
+  yield from first
+  yield from then
+
+
+# ---------------------------------------------------------------------------------------------------------
+# promptsource's templates.yaml: which templates pose the original task.
+
+TEMPLATES_FILE = "templates.yaml"
+
+
+def template_key(*parts: str) -> str:
+  """The matching key of a P3 file stem or of (dataset, subset, template name): alphanumeric runs, lower case."""
+  return re.sub(r"[^0-9a-z]+", "_", "_".join(p for p in parts if p).lower()).strip("_")
+
+
+@dataclasses.dataclass
+class TemplateMetadata:
+  """promptsource's per-template `original_task` flags, keyed by `template_key(dataset, subset, name)`.
+
+  Attributes:
+    root: the folder the `templates.yaml` files were read from.
+    flags: key -> `metadata.original_task` (None when the template does not say).
+    skipped: unreadable `templates.yaml` files (bad YAML, an unknown tag, a malformed entry).
+    files: how many `templates.yaml` files were read.
+    matched, unmatched: P3 stems looked up with and without an entry (counted by `original_task`).
+  """
+
+  root: str
+  flags: dict[str, bool | None] = dataclasses.field(default_factory=dict)
+  skipped: list[records.Skipped] = dataclasses.field(default_factory=list)
+  files: int = 0
+  matched: int = 0
+  unmatched: int = 0
+
+  def original_task(self, stem: str) -> bool | None:
+    """`metadata.original_task` of the template a P3 file stem was made with (None: unknown)."""
+    key = template_key(stem)
+    if key not in self.flags:
+      self.unmatched += 1
+      return None
+    self.matched += 1
+    return self.flags[key]
+
+  def not_original(self) -> list[str]:
+    return sorted(k for k, v in self.flags.items() if v is False)
+
+
+class _TemplatesLoader(yaml.SafeLoader):  # pylint: disable=too-many-ancestors
+  """A safe loader that reads promptsource's `!Template` / `!TemplateMetadata` objects as plain mappings."""
+
+
+def _as_mapping(loader: yaml.SafeLoader, node: yaml.Node) -> dict[Any, Any]:
+  if not isinstance(node, yaml.MappingNode):
+    raise yaml.constructor.ConstructorError(None, None, f"expected a mapping after {node.tag}", node.start_mark)
+  return loader.construct_mapping(node, deep=True)
+
+
+_TemplatesLoader.add_constructor("!Template", _as_mapping)
+_TemplatesLoader.add_constructor("!TemplateMetadata", _as_mapping)
+
+
+def templates_folder(promptsource_dir: str | os.PathLike) -> pathlib.Path:
+  """`<dir>/promptsource/templates` of a checkout, else `<dir>/templates`, else `<dir>` itself."""
+  root = pathlib.Path(promptsource_dir)
+  for candidate in (root / "promptsource" / "templates", root / "templates"):
+    if candidate.is_dir():
+      return candidate
+  return root
+
+
+def read_templates_file(path: str | os.PathLike) -> dict[str, bool | None]:
+  """The `original_task` flag of every template of one promptsource `templates.yaml`, by `template_key`.
+
+  Raises:
+    records.SourceError: not UTF-8 or not YAML, a tag other than promptsource's, or a missing field (the
+      message names the file and the template).
+  """
+  path = str(path)
+  try:
+    with open(path, encoding="utf-8") as f:
+      data = yaml.load(f, Loader=_TemplatesLoader)  # a SafeLoader with two mapping tags
+  except (yaml.YAMLError, UnicodeDecodeError) as e:
+    raise records.SourceError(path, f"not a promptsource templates file: {type(e).__name__}: {e}") from e
+  if not isinstance(data, dict) or not isinstance(data.get("dataset"), str):
+    raise records.SourceError(path, "expected a mapping with 'dataset', ['subset'] and 'templates'")
+  subset = data.get("subset") or ""
+  templates = data.get("templates") or {}
+  if not isinstance(subset, str) or not isinstance(templates, dict):
+    raise records.SourceError(path, "'subset' must be a string and 'templates' a mapping of template id -> !Template")
+  flags: dict[str, bool | None] = {}
+  for template_id, template in templates.items():
+    if not isinstance(template, dict) or not isinstance(template.get("name"), str):
+      raise records.SourceError(path, f"templates.{template_id}: expected a !Template with a 'name'")
+    metadata = template.get("metadata") or {}
+    if not isinstance(metadata, dict):
+      raise records.SourceError(path, f"templates.{template_id} ({template['name']}): 'metadata' is not a mapping")
+    flag = metadata.get("original_task")
+    if flag is not None and not isinstance(flag, bool):
+      raise records.SourceError(
+          path, f"templates.{template_id} ({template['name']}): metadata.original_task must be true, false or "
+          f"absent, got {flag!r}")
+    flags[template_key(data["dataset"], subset, template["name"])] = flag
+  return flags
+
+
+def read_metadata(promptsource_dir: str | os.PathLike) -> TemplateMetadata:
+  """Reads every `templates.yaml` under a promptsource checkout (see `templates_folder`).
+
+  Raises:
+    FileNotFoundError: the folder does not exist or holds no `templates.yaml`.
+  """
+  folder = templates_folder(promptsource_dir)
+  if not folder.is_dir():
+    raise FileNotFoundError(f"promptsource folder not found: {promptsource_dir}")
+  paths = sorted(folder.rglob(TEMPLATES_FILE))
+  if not paths:
+    raise FileNotFoundError(f"{folder}: no {TEMPLATES_FILE} found (expected promptsource/templates/<dataset>/"
+                            f"[<subset>/]{TEMPLATES_FILE} of a promptsource checkout)")
+  metadata = TemplateMetadata(root=str(folder))
+  for path in paths:
+    try:
+      metadata.flags.update(read_templates_file(path))
+    except records.SourceError as e:
+      metadata.skipped.append(records.Skipped(e.path, e.reason))
+      continue
+    metadata.files += 1
+  return metadata

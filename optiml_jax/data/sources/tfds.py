@@ -12,10 +12,18 @@ so instance order and ids are stable. Unlabelled examples (GLUE/SuperGLUE test s
 skipped; at most `max_examples` labelled examples are kept per task (the recipe: FLAN 30k).
 
 Task paths (what the catalog stores and `reopen` reads back):
-  "<tfds name>:<version>@<split>#<template>", e.g. "glue/rte:2.0.0@train#template_3".
-"@<split>" may be left out (then "train"); the split may be a TFDS slice ("train[:50%]"). The TFDS data
-folder is not part of the path: `reopen` takes it as `data_dir` (default: TFDS's own, `$TFDS_DATA_DIR` or
-~/tensorflow_datasets).
+  "<tfds name>:<version>@<split>#<template>[|<option>=<value>...]", e.g. "glue/rte:2.0.0@train#template_3".
+"@<split>" may be left out (then "train"); the split may be a TFDS slice ("train[:50%]"). The options make a
+path self-contained, so that `sources.reopen(format, path, benchmark)` (the registry, the evaluator) reads the
+same task without being told more: `data_dir` (the TFDS data folder; default TFDS's own, `$TFDS_DATA_DIR` or
+~/tensorflow_datasets), `flan` (the FLAN `templates.py` whose patterns the template comes from) and `max`
+(the cap on labelled examples when it is not `MAX_EXAMPLES_PER_TASK`; "none" for no cap). Keyword arguments
+of `reopen` override them.
+
+FLAN's own templates: `iter_tasks(..., flan=flan_templates.load_flan_datasets(checkout))` uses the patterns of
+a FLAN checkout for the datasets bound in `flan_templates.FLAN_BINDINGS` (see there); a template that inverts
+the task (`Template.inverted`) gives a task with `original_task` False, which the catalog trains on but never
+evaluates on.
 
 Task names: `records.task_name(benchmark, local)` with local = "<dataset>_<template>"
 ("flan:glue_rte_template_3"), or "<dataset>" for single-template datasets ("t5:glue_cola").
@@ -38,19 +46,44 @@ FORMAT = "tfds"
 DEFAULT_SPLIT = "train"
 MAX_EXAMPLES_PER_TASK = 30_000  # OPT-IML caps FLAN tasks at 30k examples.
 
+PATH_OPTIONS = ("data_dir", "flan", "max")
 
-def task_path(tfds_name: str, template: str, split: str = DEFAULT_SPLIT) -> str:
-  """The path a `TaskSource` of this reader carries: "<tfds name>@<split>#<template>"."""
-  return f"{tfds_name}@{split}#{template}"
+
+def task_path(tfds_name: str, template: str, split: str = DEFAULT_SPLIT,
+              options: Mapping[str, str] | None = None) -> str:
+  """The path a `TaskSource` of this reader carries: "<tfds name>@<split>#<template>[|<key>=<value>...]"."""
+  path = f"{tfds_name}@{split}#{template}"
+  for key, value in sorted((options or {}).items()):
+    if key not in PATH_OPTIONS:
+      raise ValueError(f"task path option {key!r} is not one of {PATH_OPTIONS}")
+    if "|" in value:
+      raise ValueError(f"task path option {key}={value!r}: values cannot contain '|'")
+    path += f"|{key}={value}"
+  return path
+
+
+def path_options(path: str) -> dict[str, str]:
+  """The `|key=value` options of a task path (see the module docstring).
+
+  Raises:
+    records.SourceError: an option is not `key=value` or not one of `PATH_OPTIONS`.
+  """
+  options = {}
+  for part in path.split("|")[1:]:
+    key, sep, value = part.partition("=")
+    if not sep or key not in PATH_OPTIONS:
+      raise records.SourceError(path, f"bad option {part!r}: expected <key>=<value> with key in {PATH_OPTIONS}")
+    options[key] = value
+  return options
 
 
 def parse_path(path: str) -> tuple[str, str, str]:
-  """(tfds name, split, template) of a task path; the split defaults to "train".
+  """(tfds name, split, template) of a task path (its options left out); the split defaults to "train".
 
   Raises:
     records.SourceError: the path lacks "#<template>" or a versioned TFDS name.
   """
-  location, sep, template = path.rpartition("#")
+  location, sep, template = path.split("|", 1)[0].rpartition("#")
   if not sep or not location or not template:
     raise records.SourceError(
         path, 'expected "<tfds name>:<version>[@<split>]#<template>", e.g. '
@@ -98,11 +131,21 @@ def _iter_instances(prompt: flan_templates.Prompt, split: str, data_dir: str | N
 
 
 def task_source(prompt: flan_templates.Prompt, split: str = DEFAULT_SPLIT, *, data_dir: str | None = None,
-                max_examples: int | None = MAX_EXAMPLES_PER_TASK) -> records.TaskSource:
-  """The `TaskSource` of one dataset and template; instances are read lazily when streamed."""
+                max_examples: int | None = MAX_EXAMPLES_PER_TASK, flan_file: str | None = None) -> records.TaskSource:
+  """The `TaskSource` of one dataset and template; instances are read lazily when streamed.
+
+  `flan_file`: the FLAN `templates.py` the template was read from (recorded in the path for `reopen`).
+  """
   _check_max_examples(max_examples)
   spec, template = prompt.dataset, prompt.template
   local_name = spec.dataset if len(spec.templates) == 1 else f"{spec.dataset}_{template.name}"
+  options = {}
+  if data_dir:
+    options["data_dir"] = data_dir
+  if flan_file and template.name.startswith(flan_templates.FLAN_TEMPLATE_PREFIX):
+    options["flan"] = flan_file
+  if max_examples != MAX_EXAMPLES_PER_TASK:
+    options["max"] = "none" if max_examples is None else str(max_examples)
   return records.TaskSource(
       name=records.task_name(spec.benchmark, local_name),
       benchmark=spec.benchmark,
@@ -110,17 +153,19 @@ def task_source(prompt: flan_templates.Prompt, split: str = DEFAULT_SPLIT, *, da
       categories=(spec.category,),
       definition="",  # the templates carry the instruction inline, as in P3
       demonstrations=(),
-      path=task_path(spec.tfds_name, template.name, split),
+      path=task_path(spec.tfds_name, template.name, split, options),
       kind=prompt.kind,
       open_instances=functools.partial(_iter_instances, prompt, split, data_dir, max_examples),
       template=template.name,
       format=FORMAT,
+      original_task=not template.inverted,
   )
 
 
 def task_sources(dataset: str | flan_templates.DatasetTemplates, split: str = DEFAULT_SPLIT, *,
                  benchmark: str | None = None, data_dir: str | None = None,
-                 max_examples: int | None = MAX_EXAMPLES_PER_TASK) -> Iterator[records.TaskSource]:
+                 max_examples: int | None = MAX_EXAMPLES_PER_TASK,
+                 flan: flan_templates.FlanPatterns | None = None) -> Iterator[records.TaskSource]:
   """One `TaskSource` per template of a dataset (format "tfds"), without reading any data yet.
 
   Args:
@@ -130,20 +175,23 @@ def task_sources(dataset: str | flan_templates.DatasetTemplates, split: str = DE
     benchmark: "flan" or "t5" to restrict a name lookup.
     data_dir: the TFDS data folder (None: TFDS's default).
     max_examples: cap on labelled examples per task (None: no cap).
+    flan: FLAN's own templates (`flan_templates.load_flan_datasets`) for a dataset given by name.
 
   Raises:
     KeyError: no registered dataset matches the name.
   """
   _check_max_examples(max_examples)
+  registry = flan.datasets if flan is not None else None
   if isinstance(dataset, str):
-    specs = flan_templates.find(dataset, benchmark)
+    specs = flan_templates.find(dataset, benchmark, registry)
     if not specs:
       flan_templates.lookup(dataset, benchmark or flan_templates.FLAN)  # raises, listing known datasets
   else:
     specs = (dataset,)
   for spec in specs:
     for prompt in flan_templates.prompts(spec):
-      yield task_source(prompt, split, data_dir=data_dir, max_examples=max_examples)
+      yield task_source(prompt, split, data_dir=data_dir, max_examples=max_examples,
+                        flan_file=flan.path if flan is not None else None)
 
 
 def is_prepared(tfds_name: str, data_dir: str | None = None) -> bool:
@@ -151,15 +199,52 @@ def is_prepared(tfds_name: str, data_dir: str | None = None) -> bool:
   return tfds.builder(tfds_name, data_dir=data_dir).is_prepared()
 
 
+def select(
+    names: Sequence[str] | None, benchmarks: Sequence[str] = flan_templates.BENCHMARKS,
+    specs: Sequence[flan_templates.DatasetTemplates] | None = None) -> tuple[flan_templates.DatasetTemplates, ...]:
+  """The registered datasets of `benchmarks` whose TFDS name (with or without version) is in `names` (None: all).
+
+  Raises:
+    KeyError: a name matches no registered dataset of those benchmarks (the message lists the known ones).
+  """
+  registered = flan_templates.datasets(benchmarks, specs)
+  if names is None:
+    return registered
+  chosen: list[flan_templates.DatasetTemplates] = []
+  for name in names:
+    found = [d for d in registered if d.dataset == name.split(":")[0] and (":" not in name or d.tfds_name == name)]
+    if not found:
+      known = ", ".join(sorted({d.dataset for d in registered}))
+      raise KeyError(f"no FLAN/T5 dataset {name!r} in benchmark(s) {', '.join(benchmarks)}; known: {known}")
+    chosen.extend(d for d in found if d not in chosen)
+  return tuple(d for d in registered if d in chosen)
+
+
 def iter_tasks(data_dir: str | None = None, *, split: str = DEFAULT_SPLIT,
-               benchmarks: Sequence[str] = flan_templates.BENCHMARKS, max_examples: int | None = MAX_EXAMPLES_PER_TASK,
-               skip_unprepared: bool = True) -> Iterator[records.TaskSource | records.Skipped]:
+               benchmarks: Sequence[str] = flan_templates.BENCHMARKS,
+               max_examples: int | Mapping[str, int | None] | None = MAX_EXAMPLES_PER_TASK,
+               skip_unprepared: bool = True, datasets: Sequence[str] | None = None,
+               flan: flan_templates.FlanPatterns | None = None) -> Iterator[records.TaskSource | records.Skipped]:
   """Every registered FLAN/T5 task, like the other readers' `iter_tasks`.
 
   Datasets not prepared in `data_dir` are reported as `records.Skipped` (one per dataset) when
   `skip_unprepared`; pass False when the data is provided otherwise (e.g. `tfds.testing.mock_data`).
+
+  Args:
+    data_dir: the TFDS data folder (None: TFDS's default).
+    split: the TFDS split (or slice) the instances come from.
+    benchmarks: "flan" and/or "t5".
+    max_examples: cap on labelled examples per task, or a mapping benchmark -> cap (a benchmark it lacks
+      gets `MAX_EXAMPLES_PER_TASK`).
+    skip_unprepared: report unprepared datasets as `Skipped` instead of failing when streamed.
+    datasets: only these TFDS names (with or without version; `select`); None: every registered one.
+    flan: FLAN's own templates (`flan_templates.load_flan_datasets`); None: this package's templates.
+
+  Raises:
+    KeyError: a name of `datasets` is not registered.
   """
-  for spec in flan_templates.datasets(benchmarks):
+  chosen = select(datasets, benchmarks, flan.datasets if flan is not None else None)
+  for spec in chosen:
     if skip_unprepared:
       try:
         prepared = is_prepared(spec.tfds_name, data_dir)
@@ -170,25 +255,53 @@ def iter_tasks(data_dir: str | None = None, *, split: str = DEFAULT_SPLIT,
         where = data_dir or "the default TFDS data folder"
         yield records.Skipped(spec.tfds_name, f"not prepared in {where}; run `tfds build {spec.dataset}`")
         continue
-    yield from task_sources(spec, split, data_dir=data_dir, max_examples=max_examples)
+    cap = max_examples.get(spec.benchmark, MAX_EXAMPLES_PER_TASK) if isinstance(max_examples, Mapping) else max_examples
+    yield from task_sources(spec, split, data_dir=data_dir, max_examples=cap, flan=flan)
 
 
-def reopen(path: str, benchmark: str, *, data_dir: str | None = None,
-           max_examples: int | None = MAX_EXAMPLES_PER_TASK) -> records.TaskSource:
+@functools.lru_cache(maxsize=8)
+def _flan_patterns(path: str) -> flan_templates.FlanPatterns:
+  return flan_templates.load_flan_datasets(path)
+
+
+_FROM_PATH: Any = object()
+
+
+def reopen(path: str, benchmark: str, *, data_dir: str | None = _FROM_PATH, max_examples: int | None = _FROM_PATH,
+           flan_dir: str | None = _FROM_PATH) -> records.TaskSource:
   """The `TaskSource` a catalog entry points to: `path` as written by `task_path`.
 
-  `optiml_jax.data.sources.reopen("tfds", path, benchmark)` dispatches here.
+  `optiml_jax.data.sources.reopen("tfds", path, benchmark)` dispatches here. `data_dir`, `max_examples` and
+  `flan_dir` default to the path's options (see the module docstring).
 
   Raises:
-    records.SourceError: malformed path, or no such dataset/template for the benchmark.
+    records.SourceError: malformed path, or no such dataset/template for the benchmark, or an unreadable FLAN
+      templates file.
   """
   tfds_name, split, template_name = parse_path(path)
+  options = path_options(path)
+  if data_dir is _FROM_PATH:
+    data_dir = options.get("data_dir")
+  if max_examples is _FROM_PATH:
+    max_value = options.get("max")
+    try:
+      max_examples = (MAX_EXAMPLES_PER_TASK if max_value is None else None if max_value == "none" else int(max_value))
+    except ValueError as e:
+      raise records.SourceError(path, f"option max={max_value!r} is not a number or 'none'") from e
+  if flan_dir is _FROM_PATH:
+    flan_dir = options.get("flan")
+  flan = None
   try:
-    spec = flan_templates.lookup(tfds_name, benchmark)
+    if flan_dir:
+      flan = _flan_patterns(flan_templates.flan_templates_path(flan_dir))
+    spec = flan_templates.lookup(tfds_name, benchmark, flan.datasets if flan is not None else None)
     template = spec.template(template_name)
   except KeyError as e:
     raise records.SourceError(path, str(e.args[0])) from e
-  return task_source(flan_templates.Prompt(spec, template), split, data_dir=data_dir, max_examples=max_examples)
+  except (OSError, ValueError) as e:
+    raise records.SourceError(path, f"FLAN templates: {e}") from e
+  return task_source(flan_templates.Prompt(spec, template), split, data_dir=data_dir, max_examples=max_examples,
+                     flan_file=flan.path if flan is not None else None)
 
 
 # ---------------------------------------------------------------------------------------------------------
