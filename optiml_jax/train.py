@@ -8,7 +8,8 @@ unknown binding, a macro left unset, a value a group refuses, a feature length l
 positions) ends the command with exit code 2 before anything is compiled, naming the binding.
 
 Macros, with t5x's names: MODEL_DIR, TRAIN_STEPS, MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, BATCH_SIZE,
-INITIAL_CHECKPOINT_PATH, and CATALOG_DIR (the bench catalog whose tasks to register). The model preset is
+INITIAL_CHECKPOINT_PATH, CATALOG_DIR (the bench catalog whose tasks to register) and CACHE_DIR (its pre-tokenized
+cache, `python -m optiml_jax.bench cache`: fast start, resume without replay). The model preset is
 chosen by including one of gin/models/opt_<size>.gin (or `--gin.model_config.preset='opt-1.3b'`).
 
     python -m optiml_jax.train --gin_file=gin/optiml_30b.gin --gin.MODEL_DIR=gs://bucket/run \
@@ -19,8 +20,15 @@ Multi-host: run the same command on every host; with `--multihost` (or `--coordi
 process then feeds its own share of every batch. Restarting the same command resumes from the newest
 checkpoint in MODEL_DIR; SIGTERM saves one at the current step and exits with code 0.
 
+Storage faults (docs/training.md): a damaged or uncommitted newest checkpoint is reported in a few lines and
+set aside, and the run resumes from the newest step that restores (`CheckpointArgs.on_bad_checkpoint='stop'`
+exits 1 instead); a save that fails (a full disk, a write error) exits 1 naming the step and its path
+(`CheckpointArgs.on_save_error='retry'` trains on and saves again at the next save step). Tracebacks of the
+libraries behind such faults go to a log file (`--log_file`, by default under $TMPDIR/optiml_jax/), not to the
+screen; `--debug` shows them there too (`cli_logging`). An unexpected error still prints its traceback.
+
 Exit codes: 0 done (or preempted and checkpointed), 1 training stopped (non-finite loss with
-nan_policy='stop', an unusable initial checkpoint or checkpoint to resume), 2 configuration error.
+nan_policy='stop', an unusable initial checkpoint or checkpoint to resume, a failed save), 2 configuration error.
 """
 
 from __future__ import annotations
@@ -28,12 +36,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import sys
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 
+from optiml_jax import cli_logging
 from optiml_jax import gin_registry
 from optiml_jax import gin_utils
 from optiml_jax.trainer import checkpointing
@@ -45,9 +53,14 @@ from optiml_jax.trainer import state as state_lib
 
 def run(config: config_lib.TrainConfig) -> loop.Summary:
   """Registers the catalog with the tokenizer of `config.data.tokenizer_dir` (OPT's when unset), checks that the
-  model's embedding covers that vocabulary, builds each process's batch stream and trains (`loop.run`)."""
+  model's embedding covers that vocabulary, builds each process's batch stream and trains (`loop.run`).
+
+  With `config.data.cache_dir`, the tasks read the bench cache (the catalog too when `catalog_dir` is unset) and
+  the batches come from `cached_stream.CachedBatchStream`; otherwise from `pipeline.BatchStream`."""
   import seqio  # pylint: disable=g-import-not-at-top
 
+  from optiml_jax.data import cache  # pylint: disable=g-import-not-at-top
+  from optiml_jax.data import cached_stream  # pylint: disable=g-import-not-at-top
   from optiml_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from optiml_jax.data import registry  # pylint: disable=g-import-not-at-top
   from optiml_jax.data import vocab  # pylint: disable=g-import-not-at-top
@@ -57,8 +70,11 @@ def run(config: config_lib.TrainConfig) -> loop.Summary:
     vocabulary = registry.default_vocabulary(data.tokenizer_dir)
   except (OSError, ValueError) as e:  # a missing folder, a folder without tokenizer files, no EOS
     raise config_lib.ConfigError(f"DataArgs.tokenizer_dir (TOKENIZER_DIR): {e}") from e
-  if data.catalog_dir:
-    registry.register_catalog(data.catalog_dir, vocabulary)
+  if data.catalog_dir or data.cache_dir:
+    try:
+      registry.register_catalog(data.catalog_dir, vocabulary, cache_dir=data.cache_dir)
+    except cache.CacheError as e:
+      raise config_lib.ConfigError(f"DataArgs.cache_dir (CACHE_DIR): {e}") from e
   try:  # The model must embed every id the data can hold: said now, not as a gather out of range later.
     provider = seqio.get_mixture_or_task(data.mixture_or_task_name)
     vocab.check_vocab_covers(config.model.config.vocab_size, provider.output_features["targets"].vocabulary,
@@ -66,7 +82,11 @@ def run(config: config_lib.TrainConfig) -> loop.Summary:
   except ValueError as e:
     raise config_lib.ConfigError(f"{data.mixture_or_task_name}: {e}") from e
 
-  def make_stream(per_process_batch: int, index: int, count: int) -> pipeline.BatchStream:
+  def make_stream(per_process_batch: int, index: int, count: int) -> Iterator[dict[str, Any]]:
+    if data.cache_dir:
+      return cached_stream.CachedBatchStream(data.mixture_or_task_name, data.task_feature_lengths, per_process_batch,
+                                             config.run.seed, cache_dir=data.cache_dir, shard_index=index,
+                                             shard_count=count, pack=data.pack)
     return pipeline.BatchStream(data.mixture_or_task_name, "train", data.task_feature_lengths, per_process_batch,
                                 config.run.seed, shard_index=index, shard_count=count, pack=data.pack)
 
@@ -82,12 +102,19 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--coordinator_address", help="host:port of process 0, for --multihost off a TPU pod")
   parser.add_argument("--num_processes", type=int)
   parser.add_argument("--process_id", type=int)
+  parser.add_argument("--log_file", default=None,
+                      help="where library tracebacks go (default: $TMPDIR/optiml_jax/train-<time>-<pid>.log)")
+  parser.add_argument("--debug", action="store_true", help="print library tracebacks on the screen too")
   return parser.parse_args(gin_utils.rewrite_gin_args(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
   args = parse_flags(sys.argv[1:] if argv is None else argv)
+  with cli_logging.session("train", args.log_file, args.debug) as log:
+    return _main(args, log)
+
+
+def _main(args: argparse.Namespace, log: cli_logging.Session) -> int:
   try:
     config = gin_registry.configure_training(args.gin_file, args.gin_bindings, args.gin_search_paths)
   except gin_utils.GinConfigError as e:
@@ -101,8 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except (loop.NonFiniteLossError, checkpointing.NonFiniteCheckpointError, state_lib.InitialCheckpointError,
-          runtime.ResumeError) as e:
-    print(f"error: {e}", file=sys.stderr)
+          runtime.ResumeError, checkpointing.CheckpointError) as e:
+    log.report(e)
     return 1
   if jax.process_index() == 0:
     print(summary.describe())
@@ -111,4 +138,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli_logging.exit_quietly(main())

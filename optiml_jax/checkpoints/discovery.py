@@ -17,7 +17,13 @@ The kinds of path (`kind_of`):
 Anything else (missing, a file, a folder with none of these) raises `CheckpointError` naming the path.
 
 A `params` item is complete when it is a non-empty folder. Orbax writes a step under a temporary name
-(`<step>.orbax-checkpoint-tmp-<n>`) and renames it when complete, so such folders are never steps.
+(`<step>.orbax-checkpoint-tmp-<n>`) and renames it when complete, so such folders are never steps. A step is
+committed when its folder holds Orbax's commit marker `commit_success.txt` (written last, before the rename on
+local disks, as the commit itself on buckets without atomic rename). A MODEL_DIR where some step folder has the
+marker was written by an Orbax that writes it, so a step folder there without it did not commit (or was copied
+incompletely): it is skipped, with a problem naming it. (Where no step has one, as with Orbax versions that
+write none, the marker is not asked for.) The trainer sets a step it could not restore aside as
+`<step>.unrestorable` (`trainer/checkpointing.py`); such folders are listed as problems, never read.
 
   MODEL_DIR/              kind_of -> MODEL_DIR      find_params_item -> (MODEL_DIR/200/params,
     config.json                                                          [MODEL_DIR/200, MODEL_DIR])
@@ -40,6 +46,8 @@ Path = pathlib.Path | str | os.PathLike
 
 PARAMS_ITEM = "params"  # the Orbax item holding the parameter tree
 ORBAX_ITEM_FILES = ("_METADATA", "manifest.ocdbt")  # one of them is in every Orbax PyTree item
+COMMIT_FILE = "commit_success.txt"  # Orbax's commit marker in a finished step folder
+UNRESTORABLE_SUFFIX = ".unrestorable"  # a step folder the trainer could not restore, set aside (files unchanged)
 
 TOKENIZER_JSON = "tokenizer.json"  # a tokenizer folder has this, or both BPE_FILES (OPT's GPT-2 style files)
 BPE_FILES = ("vocab.json", "merges.txt")
@@ -97,9 +105,28 @@ def step_folders(folder: Path) -> list[pathlib.Path]:
   return sorted((p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
 
 
+def commit_marker_expected(model_dir: Path) -> bool:
+  """Whether the step folders of `model_dir` carry Orbax's commit marker (some step folder has one)."""
+  return any((p / COMMIT_FILE).is_file() for p in step_folders(model_dir))
+
+
+# Why a step folder without its commit marker is not a checkpoint (one line).
+UNCOMMITTED_REASON = f"not committed (no {COMMIT_FILE}: the save never finished, or the folder was copied incompletely)"
+
+
 def complete_steps(model_dir: Path) -> dict[int, pathlib.Path]:
-  """Step -> folder, for the step folders of `model_dir` with a complete `params` item, in step order."""
-  return {int(p.name): p for p in step_folders(model_dir) if has_params(p)}
+  """Step -> folder, for the committed step folders of `model_dir` with a complete `params` item, in step order."""
+  marker = commit_marker_expected(model_dir)
+  return {
+      int(p.name): p for p in step_folders(model_dir) if has_params(p) and (not marker or (p / COMMIT_FILE).is_file())
+  }
+
+
+def unrestorable_folders(model_dir: Path) -> list[pathlib.Path]:
+  """The step folders the trainer set aside as unrestorable (`<step>.unrestorable[-n]`), by name."""
+  folder = pathlib.Path(model_dir)
+  return sorted(
+      p for p in folder.iterdir() if p.is_dir() and UNRESTORABLE_SUFFIX in p.name and p.name.split(".")[0].isdigit())
 
 
 def kind_of(path: Path) -> str:
@@ -210,12 +237,17 @@ def find_checkpoints(path: Path, steps: str | Sequence[int] = "latest") -> tuple
   numbered = step_folders(folder)
   by_step = complete_steps(folder)
   problems = [
-      f"{p}: partial checkpoint (no complete '{PARAMS_ITEM}' item); skipped" for p in numbered
-      if int(p.name) not in by_step
+      f"{p}: partial checkpoint (no complete '{PARAMS_ITEM}' item); skipped"
+      if not has_params(p) else f"{p}: {UNCOMMITTED_REASON}; skipped" for p in numbered if int(p.name) not in by_step
   ]
-  if not by_step:
+  problems += [
+      f"{p}: set aside by the trainer, which could not restore it; skipped" for p in unrestorable_folders(folder)
+  ]
+  if not by_step and not any(has_params(p) for p in numbered):
     raise CheckpointError(f"{folder}: every step folder is partial ({', '.join(p.name for p in numbered)}): "
                           f"none has a '{PARAMS_ITEM}' item")
+  if not by_step:
+    raise CheckpointError(f"{folder}: no step folder is a complete, committed checkpoint: " + "; ".join(problems))
   if steps == "latest":
     wanted = [max(by_step)]
   elif steps == "all":

@@ -10,13 +10,20 @@ Layout written by `save_orbax` and read by `restore_orbax`:
 The trainer's CheckpointManager writes `ROOT/<step>/params/`; `restore_orbax` accepts `ROOT/<step>` (config.json
 looked up in the step folder, then in ROOT) and `ROOT` itself (its latest complete step): `discovery.py` says
 which folder is which.
+
+A stored array that cannot be read (a data file cut short or deleted, a missing `_METADATA`) raises
+`UnreadableCheckpointError`, one line naming the item, the tensor and what the storage layer said
+(`describe_error`, which the trainer's resume uses too); the library's own traceback goes to the log
+(logger `optiml_jax.details`), not into the message.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import pathlib
+import re
 import shutil
 from typing import Any, Mapping
 
@@ -30,6 +37,95 @@ from optiml_jax.checkpoints import layout
 Path = pathlib.Path | str
 
 PARAMS_ITEM = discovery.PARAMS_ITEM
+DETAILS_LOG = logging.getLogger("optiml_jax.details")  # tracebacks behind one-line errors: the log file only
+
+# Errors of our own code or of the Python runtime, never a sign of a damaged file: they keep their traceback.
+PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, AssertionError, NotImplementedError, RecursionError)
+
+# TensorStore's messages (through Orbax): 'OUT_OF_RANGE: Error reading "decoder.embed_tokens.embedding/0.0" in
+# OCDBT database at local file "/run/30/params/": Requested byte range ...', 'Metadata at "fc1.bias/.zarray" in
+# OCDBT database ... does not exist', 'Error reading local file "/ckpt/params/fc1.kernel/0.0"'.
+_STATUS = re.compile(r"^[A-Z][A-Z_]{2,}: ")
+_KEY_IN_DATABASE = re.compile(r'(?:Error (?:reading|writing|opening)|Metadata at) "([^"]+)" in \w+ database at '
+                              r'(?:local file )?"([^"]+)"')
+_LOCAL_FILE = re.compile(r'(?:reading|writing|opening|Failed writing:|Failed reading:) (?:local file )?"([^"]+)"')
+_BRACKETED = re.compile(r"\s*\[(?:tensorstore_spec|source locations|os_error_code).*$", re.MULTILINE)  # trailers
+
+
+class UnreadableCheckpointError(discovery.CheckpointError):
+  """An Orbax item exists but one of its arrays (or its metadata) cannot be read; the message is one line."""
+
+  def __init__(self, message: str, *, tensor: str | None = None, reason: str = ""):
+    super().__init__(message)
+    self.tensor = tensor
+    self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorDescription:
+  """What a storage error says, in one line: the tensor (Orbax's dotted key) and the file it names, if any."""
+
+  reason: str
+  tensor: str | None = None
+  file: str | None = None
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+  found: list[BaseException] = []
+  while error is not None and error not in found and len(found) < 16:
+    found.append(error)
+    error = error.__cause__ or error.__context__  # type: ignore[assignment]
+  return found
+
+
+def describe_error(error: BaseException, limit: int = 300) -> ErrorDescription:
+  """One line for an exception of Orbax / TensorStore / the file system, with the tensor and file it names.
+
+  The innermost TensorStore status ("OUT_OF_RANGE: ...") is preferred over Orbax's wrapper, which repeats the
+  whole TensorStore spec; anything else is `Type: first line`. Never raises.
+  """
+  chain = _chain(error)
+  tensor = file = None
+  for e in chain:
+    match = _KEY_IN_DATABASE.search(str(e))
+    if match:
+      key, database = match.group(1), match.group(2)
+      tensor = key.rsplit("/", 1)[0] if "/" in key else key
+      file = database
+      break
+  if file is None:
+    for e in chain:
+      match = _LOCAL_FILE.search(str(e))
+      if match:
+        file = match.group(1)
+        break
+  if file is None:
+    for e in chain:
+      if isinstance(e, OSError) and e.filename:
+        file = str(e.filename)
+        break
+  statuses = [e for e in chain if _STATUS.match(str(e))]
+  chosen = statuses[-1] if statuses else chain[-1] if chain else error
+  text = _BRACKETED.sub("", str(chosen)).strip().splitlines()
+  first = text[0] if text else ""
+  match = _KEY_IN_DATABASE.search(first)
+  if statuses and match:  # the tensor and the file are named apart: keep the status and what follows them
+    rest = first[match.end():].lstrip(": ")
+    first = first.split(":", 1)[0] + (f": {rest}" if rest else "")
+  if not statuses:
+    first = f"{type(chosen).__name__}: {first}" if first else type(chosen).__name__
+  if len(first) > limit:
+    first = first[:limit - 3] + "..."
+  return ErrorDescription(first, tensor, file)
+
+
+def _unreadable(item: pathlib.Path, error: Exception) -> UnreadableCheckpointError:
+  """The one-line error for an item that cannot be read; the traceback goes to the details log."""
+  described = describe_error(error)
+  DETAILS_LOG.info("%s: cannot be read", item, exc_info=error)
+  where = f"tensor '{described.tensor}'" if described.tensor else "its metadata or arrays"
+  return UnreadableCheckpointError(f"{item}: cannot read {where}: {described.reason}", tensor=described.tensor,
+                                   reason=described.reason)
 
 
 def save_orbax(params: Mapping[str, Any], path: Path, config: layout.ModelConfig | None = None, overwrite: bool = False,
@@ -88,8 +184,10 @@ def restore_orbax(path: Path, shardings: Any = None,
     config = hf.config_from_hf_dict(fileio.read_json(found[0]), str(found[0]))
   try:
     metadata = ocp.PyTreeCheckpointHandler().metadata(item)
-  except (OSError, ValueError) as e:
-    raise layout.ConversionError(f"{item}: cannot read Orbax metadata: {e}") from e
+  except PROGRAMMING_ERRORS:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  Orbax and TensorStore raise bare Exceptions too.
+    raise _unreadable(item, e) from e
   metadata = getattr(metadata, "tree", metadata)  # Newer orbax wraps the tree in a TreeMetadata.
   scanned = layout.validate_params(config, metadata, source=str(item))
   if shardings is None:
@@ -106,6 +204,11 @@ def restore_orbax(path: Path, shardings: Any = None,
     except ValueError as e:
       raise layout.ConversionError(f"{item}: shardings do not match the stored tree: {e}") from e
     restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
-    params = checkpointer.restore(item, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args))
+  try:
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+      params = checkpointer.restore(item, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args))
+  except PROGRAMMING_ERRORS:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  a data file cut short or missing, a corrupt chunk, ...
+    raise _unreadable(item, e) from e
   return dataclasses.replace(config, scan_layers=scanned), params

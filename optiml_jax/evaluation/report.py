@@ -353,7 +353,17 @@ def markdown(report: Report) -> str:
     lines += ["", "## Notes", ""] + [f"- {n['task']} ({n['shots']}-shot): {n['note']}" for n in report["notes"]]
   if report["errors"]:
     lines += ["", "## Errors", ""] + [f"- {e['task']} ({e['shots']}-shot): {e['error']}" for e in report["errors"]]
+  skipped = problems_section(report.get("settings", {}).get("checkpoint_problems") or [])
+  if skipped:
+    lines += ["", skipped.rstrip("\n")]
   return "\n".join(lines) + "\n"
+
+
+def problems_section(problems: Sequence[str]) -> str:
+  """Markdown: the checkpoints that were not evaluated (partial, uncommitted, unreadable), one line each."""
+  if not problems:
+    return ""
+  return "\n".join(["## Checkpoints skipped", ""] + [f"- {p}" for p in problems]) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------

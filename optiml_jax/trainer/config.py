@@ -30,6 +30,8 @@ import numbers
 from typing import Any, Mapping, Protocol, runtime_checkable
 
 NAN_POLICIES = ("skip", "stop")
+ON_BAD_CHECKPOINT = ("skip", "stop")  # CheckpointArgs.on_bad_checkpoint (trainer/checkpointing.py)
+ON_SAVE_ERROR = ("stop", "retry")  # CheckpointArgs.on_save_error
 FEATURES = ("inputs", "targets")  # the keys of TASK_FEATURE_LENGTHS (decoder-only, t5x's names)
 
 
@@ -140,6 +142,9 @@ class DataArgs:
   # the Hugging Face tokenizer folder the tasks tokenize with: the model's own (TOKENIZER_DIR, e.g. the converted
   # model folder); None: OPT's, shipped in the package
   tokenizer_dir: str | None = None
+  # a pre-tokenized bench cache (CACHE_DIR, `python -m optiml_jax.bench cache`): the tasks read their shards
+  # there and the batches are drawn by index (fast start, resume without replay); None: format on the fly
+  cache_dir: str | None = None
 
   def __post_init__(self):
     _text("DataArgs.mixture_or_task_name", self.mixture_or_task_name)
@@ -154,6 +159,7 @@ class DataArgs:
     _flag("DataArgs.pack", self.pack)
     _positive_int("DataArgs.prefetch_depth", self.prefetch_depth)
     _text("DataArgs.tokenizer_dir", self.tokenizer_dir, optional=True)
+    _text("DataArgs.cache_dir", self.cache_dir, optional=True)
 
   @property
   def seq_len(self) -> int:
@@ -235,12 +241,23 @@ class CheckpointArgs:
   save_every: int = 1000  # a checkpoint every this many steps
   keep_checkpoints: int | None = 3  # the newest this many are kept; None: all
   async_checkpoints: bool = True  # write in the background while training goes on
+  # A newest step that does not restore (damaged, uncommitted): 'skip' (warn, set it aside, resume from the newest
+  # step that restores) or 'stop' (exit code 1, nothing moved)
+  on_bad_checkpoint: str = "skip"
+  # A save that fails (disk full, write error): 'stop' (exit code 1 naming step and path) or 'retry' (warn, train on,
+  # save again at the next save step; the run still exits 1 if its last save fails)
+  on_save_error: str = "stop"
 
   def __post_init__(self):
     _text("CheckpointArgs.model_dir", self.model_dir)
     _positive_int("CheckpointArgs.save_every", self.save_every)
     _positive_int("CheckpointArgs.keep_checkpoints", self.keep_checkpoints, optional=True)
     _flag("CheckpointArgs.async_checkpoints", self.async_checkpoints)
+    if self.on_bad_checkpoint not in ON_BAD_CHECKPOINT:
+      raise ConfigError(f"CheckpointArgs.on_bad_checkpoint: expected one of {ON_BAD_CHECKPOINT}, got "
+                        f"{self.on_bad_checkpoint!r}")
+    if self.on_save_error not in ON_SAVE_ERROR:
+      raise ConfigError(f"CheckpointArgs.on_save_error: expected one of {ON_SAVE_ERROR}, got {self.on_save_error!r}")
 
 
 @dataclasses.dataclass(frozen=True)

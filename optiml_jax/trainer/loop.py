@@ -16,6 +16,11 @@ or gradient is therefore noticed after the next step is queued, which changes no
 params and optimizer state unchanged when its loss or gradient is not finite (`trainer.step`), and pending
 metrics are always checked before a checkpoint is written.
 
+Storage faults (`trainer.checkpointing`): a newest step that does not restore is reported and set aside, and
+the run resumes from the newest step that does (CheckpointArgs.on_bad_checkpoint='skip'), or stops
+('stop'); a save that fails stops the run naming step and path (CheckpointArgs.on_save_error='stop'), or is
+reported and tried again at the next save step ('retry'; a failed last save still raises).
+
 Preemption: SIGTERM sets a flag; after the current step the loop saves a checkpoint at that step and returns
 with `preempted=True` (every process agrees through an all-gather of the flag). Restarting the same command
 resumes from it and sees exactly the batches it would have seen.
@@ -80,6 +85,8 @@ class Summary:
   tokens_per_second: float | None
   checkpoint_steps: list[int]
   loss_plot: str | None
+  bad_checkpoints: list[str] = dataclasses.field(default_factory=list)  # skipped at resume, newest first
+  failed_saves: list[int] = dataclasses.field(default_factory=list)  # steps whose save failed (on_save_error='retry')
 
   def describe(self) -> str:
     """A few human-readable lines."""
@@ -95,6 +102,10 @@ class Summary:
       lines.append(f"{self.tokens_per_second:,.0f} tokens/s overall (start-up included)")
     if self.skipped_steps:
       lines.append(f"skipped non-finite steps: {self.skipped_steps}")
+    for bad in self.bad_checkpoints:
+      lines.append(f"unrestorable checkpoint set aside: {bad}")
+    if self.failed_saves:
+      lines.append(f"failed saves (not checkpointed): steps {self.failed_saves}")
     lines.append(f"checkpoints: {self.checkpoint_steps} under {self.model_dir}")
     lines.append(f"metrics: {os.path.join(self.model_dir, 'metrics.jsonl')}  TensorBoard: "
                  f"{os.path.join(self.model_dir, 'tensorboard')}")
@@ -191,7 +202,9 @@ def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
   stream, not the loop, reads `config.data`'s mixture, catalog and packing). `RunArgs.stop_at_step` ends
   this invocation early (checkpointing there) without changing the schedule, which is always laid out over
   `RunArgs.train_steps`. Raises NonFiniteLossError (nan_policy="stop") naming the step, ConfigError when the
-  batch cannot be laid out over these devices.
+  batch cannot be laid out over these devices, `checkpointing.UnrestorableCheckpointError` when the checkpoint to
+  resume from does not restore (see CheckpointArgs.on_bad_checkpoint) and `checkpointing.CheckpointSaveError`
+  naming the step and path when a save fails (CheckpointArgs.on_save_error).
   """
   data, ckpt_args, log_args, run_args = config.data, config.checkpoint, config.logging, config.run
   model_config, model_dir, seq_len = config.model.config, ckpt_args.model_dir, config.seq_len
@@ -210,7 +223,7 @@ def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
                                       max_to_keep=ckpt_args.keep_checkpoints, async_save=ckpt_args.async_checkpoints)
     cleanup.callback(ckpt.close)
     stream = make_stream(batch_size // jax.process_count(), jax.process_index(), jax.process_count())
-    restored = ckpt.restore_latest(program.layout.abstract)
+    restored = ckpt.restore_latest(program.layout.abstract, on_bad=ckpt_args.on_bad_checkpoint)
     if restored is not None:
       state, meta = restored
       state = dataclasses.replace(state, step=runtime.replicated_scalar(meta["step"], program.layout.shardings.step))
@@ -236,6 +249,25 @@ def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
                                   progress=runtime.progress_bar(train_steps, first_step, log_args.progress))
     cleanup.callback(tracker.close)
     saved_step = first_step if restored is not None else None
+    failed_saves: list[int] = []
+
+    def save(at: int) -> None:
+      """Saves at step `at`; a failed save raises (on_save_error='stop') or is reported (and so retried at the next
+      save step). An earlier asynchronous save that failed is reported by this call, then this one is tried."""
+      for _ in range(2):
+        try:
+          ckpt.save(at, state, {"data": runtime.gather_json(batches.state())}, force=True)
+          return
+        except checkpointing.CheckpointSaveError as e:
+          if ckpt_args.on_save_error == "stop":
+            raise
+          failed_saves.append(e.step)
+          logging.warning(
+              "%s; training goes on and the next save tries again (CheckpointArgs.on_save_error="
+              "'retry')", e)
+          if e.step == at:
+            return
+
     step = first_step
     preempted = preemption.agreed()  # SIGTERM during start-up: nothing trained yet, nothing to save
     with partitioning.mesh_context(mesh, rules):
@@ -250,14 +282,24 @@ def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
         preempted = preemption.agreed()
         if preempted or ckpt.should_save(step):
           tracker.flush()  # a pending non-finite step stops the run (nan_policy="stop") before this save
-          ckpt.save(step, state, {"data": runtime.gather_json(batches.state())}, force=True)
+          save(step)
           saved_step = step
       tracker.flush()
     if step != saved_step and step > first_step:
-      ckpt.save(step, state, {"data": runtime.gather_json(batches.state())}, force=True)
+      save(step)
+    try:
+      ckpt.wait_until_finished()
+    except checkpointing.CheckpointSaveError as e:
+      if ckpt_args.on_save_error == "stop" or e.step != step:
+        raise
+      failed_saves.append(e.step)
+      logging.warning("%s", e)
+    if failed_saves and failed_saves[-1] == step and step > first_step:  # nothing left to retry it
+      raise checkpointing.CheckpointSaveError(
+          step, ckpt.step_path(step), f"the run's last save failed (steps that failed: {failed_saves}); the newest "
+          f"committed step is {ckpt.latest_step()}: free space or fix the storage, then rerun the same command")
     if preempted:
       logging.warning("preempted at step %d (checkpointed); rerun the same command to resume", step)
-    ckpt.wait_until_finished()
     checkpoint_steps = ckpt.all_steps()
   plot = None
   if jax.process_index() == 0 and tracker.losses:
@@ -268,4 +310,5 @@ def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
                  first_loss=tracker.losses[0] if tracker.losses else None,
                  last_loss=tracker.losses[-1] if tracker.losses else None, seconds=seconds,
                  tokens_per_second=tracker.total_tokens / seconds if tracker.total_tokens else None,
-                 checkpoint_steps=checkpoint_steps, loss_plot=plot)
+                 checkpoint_steps=checkpoint_steps, loss_plot=plot, bad_checkpoints=[str(b) for b in ckpt.bad_steps
+                                                                                    ], failed_saves=failed_saves)

@@ -1,0 +1,153 @@
+"""Logging of the command-line entry points: short lines on the screen, tracebacks of libraries in a log file.
+
+Where it sits: under `python -m optiml_jax.train`, `optiml_jax.eval` and `optiml_jax.convert`, which open a
+`session(command, log_file, debug)` around their work. Library code only logs (the standard `logging` module)
+and raises errors whose message is one line; this module decides what reaches the screen:
+
+  screen (stderr)   this package's records (INFO and up) as `LEVEL message`, and other libraries' warnings
+                    and errors as their first line; never a traceback of a library (Orbax, TensorStore,
+                    asyncio's "Future exception was never retrieved", "Exception ignored in" of a coroutine);
+  log file          everything above plus those tracebacks and the ones behind this package's one-line
+                    errors (logger `optiml_jax.details`): by default `$TMPDIR/optiml_jax/<command>-<time>-<pid>.log`,
+                    created on its first record only; `--log_file PATH` chooses it.
+  --debug           every record and traceback on the screen as well (and `report` prints the traceback of an
+                    expected error too).
+
+An error the entry point does not expect is not caught there, so Python prints its traceback as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import sys
+import tempfile
+import time
+import traceback
+from typing import Any, Iterator
+
+DETAILS = "optiml_jax.details"  # tracebacks behind one-line errors: the log file (and --debug) only
+_OURS = ("optiml_jax", "__main__")
+LINE_LIMIT = 300  # characters of a library's warning shown on the screen
+
+
+def _ours(name: str) -> bool:
+  return name == "root" or any(name == n or name.startswith(n + ".") for n in _OURS)
+
+
+class _ScreenFilter(logging.Filter):
+  """This package's records but its details logger; other libraries' warnings without their traceback."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.name == DETAILS or record.name.startswith(DETAILS + "."):
+      return False
+    if _ours(record.name):
+      return True
+    return record.levelno >= logging.WARNING and not record.exc_info and not record.stack_info
+
+
+class _ScreenFormatter(logging.Formatter):
+
+  def format(self, record: logging.LogRecord) -> str:
+    text = super().format(record)
+    if _ours(record.name):
+      return text
+    first = text.splitlines()[0] if text else ""
+    return first if len(first) <= LINE_LIMIT else first[:LINE_LIMIT - 3] + "..."
+
+
+class _FileFilter(logging.Filter):
+  """This package's records from INFO, other libraries' from WARNING (Orbax logs every save at INFO)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return _ours(record.name) or record.levelno >= logging.WARNING
+
+
+class _QuietFileHandler(logging.FileHandler):
+  """A log file that goes silent when it cannot be written (a full disk must not print logging's own errors)."""
+
+  def handleError(self, record: logging.LogRecord) -> None:
+    self.addFilter(lambda _: False)
+
+
+def default_log_file(command: str) -> str:
+  stamp = time.strftime("%Y%m%d-%H%M%S")
+  return os.path.join(tempfile.gettempdir(), "optiml_jax", f"{command}-{stamp}-{os.getpid()}.log")
+
+
+class Session:
+  """What `session` set up: the log file, and whether tracebacks go to the screen (`debug`)."""
+
+  def __init__(self, log_file: str, debug: bool, handler: logging.FileHandler | None):
+    self.log_file = log_file
+    self.debug = debug
+    self._handler = handler
+
+  def log_written(self) -> bool:
+    """Whether the log file was created (it is, on its first record)."""
+    return self._handler is not None and self._handler.stream is not None
+
+  def report(self, error: BaseException, prefix: str = "error") -> None:
+    """Prints an expected error as one line (plus where its details are); its traceback goes to the log."""
+    logging.getLogger(DETAILS).info("%s: %s", prefix, error, exc_info=error)
+    hint = f" (details: {self.log_file})" if self.log_written() and not self.debug else ""
+    if self.debug:
+      traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+    print(f"{prefix}: {error}{hint}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def session(command: str, log_file: str | None = None, debug: bool = False,
+            level: int = logging.INFO) -> Iterator[Session]:
+  """Sets up the screen and the log file for one command; everything is put back when the block ends."""
+  root = logging.getLogger()
+  previous_level = root.level
+  previous_hook = sys.unraisablehook
+  screen = logging.StreamHandler(sys.stderr)
+  screen.setFormatter(_ScreenFormatter("%(levelname)s %(message)s"))
+  if not debug:
+    screen.addFilter(_ScreenFilter())
+  path = log_file or default_log_file(command)
+  file_handler: logging.FileHandler | None
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    file_handler = _QuietFileHandler(path, delay=True, encoding="utf-8")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    file_handler.addFilter(_FileFilter())
+  except OSError:  # no writable temporary folder: the screen only
+    file_handler = None
+  handlers: list[logging.Handler] = [screen] + ([file_handler] if file_handler is not None else [])
+  # Screen handlers someone installed before (a library's logging.basicConfig) would print tracebacks: set aside.
+  streams = (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
+  displaced = [h for h in root.handlers if type(h) is logging.StreamHandler and getattr(h, "stream", None) in streams]
+  for handler in displaced:
+    root.removeHandler(handler)
+  for handler in handlers:
+    root.addHandler(handler)
+  root.setLevel(level)
+
+  def unraisable(info: Any) -> None:  # "Exception ignored in: <coroutine ...>" of a library's dropped future
+    logging.getLogger(DETAILS).warning("%s: %r", info.err_msg or "Exception ignored in", info.object,
+                                       exc_info=(info.exc_type, info.exc_value, info.exc_traceback))
+
+  sys.unraisablehook = unraisable
+  try:
+    yield Session(path, debug, file_handler)
+  finally:
+    gc.collect()  # dropped futures report their exceptions now, while these handlers still route them
+    sys.unraisablehook = previous_hook
+    for handler in handlers:
+      root.removeHandler(handler)
+      handler.close()
+    for handler in displaced:
+      root.addHandler(handler)
+    root.setLevel(previous_level)
+
+
+def exit_quietly(code: int) -> None:
+  """`sys.exit(code)` for an entry point's `__main__`: what a library's abandoned coroutines report while the
+  interpreter shuts down (after the command has finished and said everything) is dropped, not printed."""
+  sys.unraisablehook = lambda _: None
+  sys.exit(code)
