@@ -8,6 +8,7 @@ import sys
 import pytest
 import yaml
 
+from optiml_jax import resources
 from optiml_jax.data import toybench
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -142,3 +143,159 @@ def test_relative_folders_are_recorded_as_absolute_paths(tmp_path):
   data = json.loads((tmp_path / "catalog" / "catalog.json").read_text(encoding="utf-8"))
   assert all(pathlib.Path(t["path"]).is_absolute() for t in data["tasks"])
   assert all(pathlib.Path(t["path"]).is_file() for t in data["tasks"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FLAN and T5 from TFDS, promptsource's original-task metadata, dataset aliases.
+
+_FLAN_PY = '''"""Templates for FLAN."""
+
+PATTERNS = {
+    "rte": [
+        ("{premise}\\n\\nCan we infer the following?\\n{hypothesis}\\n\\n{options_}", "{answer}"),
+        ("Generate a context and a hypothesis.", "Context: {premise}\\n\\nHypothesis: {hypothesis}"),
+    ],
+}
+'''
+
+
+def test_build_flan_and_t5_from_tfds(tmp_path, monkeypatch, capsys):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  from optiml_jax import bench as bench_cli  # pylint: disable=g-import-not-at-top
+  from optiml_jax.data.sources import tfds as tfds_source  # pylint: disable=g-import-not-at-top
+  # Mock data stands in for prepared datasets (it serves examples without files in the data folder).
+  monkeypatch.setattr(tfds_source, "is_prepared", lambda *args, **kwargs: True)
+  flan_file = tmp_path / "templates.py"
+  flan_file.write_text(_FLAN_PY, encoding="utf-8")
+  data_dir = tmp_path / "tfds"
+  data_dir.mkdir()
+  args = ["build", "--config", "tasks/optiml_bench.yaml", "--tfds_data_dir", data_dir, "--no_progress"]
+  with tfds.testing.mock_data(num_examples=30, max_value=2, policy=tfds.testing.MockPolicy.USE_CODE):
+    code = bench_cli.main([
+        *map(str, args), "--tfds_datasets", "glue/rte,super_glue/boolq,glue/cola,cnn_dailymail", "--flan_dir",
+        str(flan_file), "--out",
+        str(tmp_path / "out")
+    ])
+  out = capsys.readouterr()
+  assert code == 0, out.err
+  assert f"FLAN templates: 2 from {flan_file}" in out.err
+  data = json.loads((tmp_path / "out" / "catalog.json").read_text(encoding="utf-8"))
+  tasks = {t["name"]: t for t in data["tasks"]}
+  # FLAN's RTE template (Textual Entailment: held out), our BoolQ templates (no bool_q entry in the file),
+  # T5's CoLA; T5's CNN/DM is FLAN's dataset too, so the secondary copy is dropped.
+  assert tasks["flan:glue_rte_flan_template_0"]["role"] == "held_out_category"
+  assert {t["role"] for n, t in tasks.items() if n.startswith("flan:super_glue_boolq_template_")} == {"train"}
+  assert tasks["t5:glue_cola"]["role"] == "train" and tasks["t5:glue_cola"]["rate"] > 0
+  assert "t5:cnn_dailymail" not in tasks
+  reasons = {d["name"]: d["reason"] for d in data["dropped"]}
+  assert reasons["t5:cnn_dailymail"].startswith("duplicate dataset: 'cnn_dailymail' is also in flan")
+  # FLAN's inverted RTE template would be evaluated on: the paper removed such templates from evaluation.
+  assert reasons["flan:glue_rte_flan_template_1"].startswith("not the original task")
+  assert sum(t["rate"] for t in tasks.values() if t["benchmark"] == "flan") > 0.8  # FLAN 20 against T5 2
+  assert tasks["flan:glue_rte_flan_template_0"]["path"].endswith(f"|data_dir={data_dir}|flan={flan_file}|max=30100")
+
+  with tfds.testing.mock_data(num_examples=3, policy=tfds.testing.MockPolicy.USE_CODE):
+    code = bench_cli.main([*map(str, args), "--tfds_datasets", "glue/nope", "--out", str(tmp_path / "o2")])
+  assert code == 2 and "--tfds_datasets: no FLAN/T5 dataset 'glue/nope'" in capsys.readouterr().err
+  code = bench_cli.main([*map(str, args), "--flan_dir", str(tmp_path / "no_flan"), "--out", str(tmp_path / "o3")])
+  assert code == 2 and "FLAN templates not found" in capsys.readouterr().err
+  assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+
+
+def test_toybench_has_no_tfds_benchmark(toy_dir, tmp_path):
+  result = bench("build", "--config", toybench.CONFIG_PATH, "--sni_dir", toy_dir, "--tfds_data_dir", tmp_path, "--out",
+                 tmp_path / "o")
+  assert result.returncode == 2 and "declares neither flan nor t5" in result.stderr
+
+
+def _promptsource_checkout(root):
+  """promptsource/templates/glue/mrpc/templates.yaml as promptsource writes it (two of its templates)."""
+  folder = root / "promptsource" / "templates" / "glue" / "mrpc"
+  folder.mkdir(parents=True)
+  entries = []
+  for uid, name, original in [("a1", "paraphrase", "true"), ("b2", "generate_paraphrase", "false")]:
+    entries.append(f"""  {uid}: !Template
+    answer_choices: no ||| yes
+    id: {uid}
+    jinja: '{{{{sentence1}}}} ||| {{{{sentence2}}}}'
+    metadata: !TemplateMetadata
+      choices_in_prompt: false
+      languages:
+      - en
+      metrics:
+      - BLEU
+      original_task: {original}
+    name: {name}
+    reference: ''
+""")
+  (folder / "templates.yaml").write_text("dataset: glue\nsubset: mrpc\ntemplates:\n" + "".join(entries),
+                                         encoding="utf-8")
+  return root
+
+
+def test_promptsource_dir_drops_inverted_templates_from_evaluation(shared_dir, tmp_path):
+  checkout = _promptsource_checkout(tmp_path / "promptsource_checkout")
+  # reproduce_small.yaml holds Paraphrasing out, so P3's glue/mrpc templates are evaluation tasks.
+  args = ["build", "--config", "reproduce_small.yaml", "--p3_dir", shared_dir / "data" / "p3", "--no_progress"]
+  result = bench(*args, "--promptsource_dir", checkout, "--out", tmp_path / "out")
+  assert result.returncode == 0, result.stderr
+  assert "promptsource metadata: 1 templates.yaml file(s)" in result.stderr
+  assert "1 not the original task" in result.stderr
+  data = json.loads((tmp_path / "out" / "catalog.json").read_text(encoding="utf-8"))
+  roles = {t["name"]: t["role"] for t in data["tasks"]}
+  assert roles["promptsource:glue_mrpc_paraphrase"] == "held_out_category"
+  assert "promptsource:glue_mrpc_generate_paraphrase" not in roles
+  assert any(d["name"] == "promptsource:glue_mrpc_generate_paraphrase" and "not the original task" in d["reason"]
+             for d in data["dropped"])
+  # Without it (P3's exported files do not carry the metadata) the inverted template is evaluated on.
+  plain = bench(*args, "--out", tmp_path / "plain")
+  assert plain.returncode == 0, plain.stderr
+  plain_roles = {t["name"]: t["role"] for t in json.loads((tmp_path / "plain" / "catalog.json").read_text())["tasks"]}
+  assert plain_roles["promptsource:glue_mrpc_generate_paraphrase"] == "held_out_category"
+  no_p3 = bench("build", "--config", "reproduce_small.yaml", "--sni_dir", shared_dir / "data" / "natural-instructions",
+                "--promptsource_dir", checkout, "--out", tmp_path / "o")
+  assert no_p3.returncode == 2 and "--promptsource_dir marks P3 templates: it needs --p3_dir" in no_p3.stderr
+
+
+def test_aliases_on_real_sni_data(shared_dir, tmp_path):
+  # CrossFit spells Winogrande "wino_grande": it is SNI's task033 dataset, so the secondary copy is dropped.
+  # A UnifiedSKG-style folder offers GAP under another spelling: SNI's task891 makes it Coreference
+  # Resolution (held out), so once the alias says they are the same, training on it is an error.
+  crossfit, skg = tmp_path / "crossfit", tmp_path / "unifiedskg"
+  for folder, stem, dataset in [(crossfit, "wino_grande", "wino_grande"), (skg, "gap_pronouns", "gap-pronouns")]:
+    folder.mkdir()
+    (folder / f"{stem}.jsonl").write_text(
+        "".join(json.dumps({
+            "src": f"q{i}",
+            "tgt": f"a{i}",
+            "dataset": dataset
+        }) + "\n" for i in range(50)), encoding="utf-8")
+  sni_tasks = tmp_path / "sni" / "tasks"
+  sni_tasks.mkdir(parents=True)
+  (tmp_path / "sni" / "splits").symlink_to(shared_dir / "data" / "natural-instructions" / "splits")
+  for name in ("task033_winogrande_answer_generation", "task891_gap_coreference_resolution",
+               "task003_mctaco_question_generation_event_duration"):
+    (sni_tasks / f"{name}.json").symlink_to(shared_dir / "data" / "natural-instructions" / "tasks" / f"{name}.json")
+  config = tmp_path / "bench.yaml"
+  config.write_text(f"extends: {resources.find_task_file('optiml_bench.yaml')}\naliases:\n  gap: [gap-pronouns]\n",
+                    encoding="utf-8")
+  args = [
+      "build", "--config", config, "--sni_dir", tmp_path / "sni", "--jsonl_dir", f"crossfit={crossfit}", "--jsonl_dir",
+      f"unifiedskg={skg}", "--no_progress"
+  ]
+  result = bench(*args, "--out", tmp_path / "out")
+  assert result.returncode == 2, result.stdout
+  for part in ("unifiedskg:gap_pronouns", "'gap-pronouns'", "'Coreference Resolution'",
+               "sni:task891_gap_coreference_resolution"):
+    assert part in result.stderr, part
+  assert not (tmp_path / "out").exists()
+  config.write_text(config.read_text() + "held_out:\n  unmapped_policy: hold_out\n", encoding="utf-8")
+  result = bench(*args, "--out", tmp_path / "out")
+  assert result.returncode == 0, result.stderr
+  data = json.loads((tmp_path / "out" / "catalog.json").read_text(encoding="utf-8"))
+  tasks = {t["name"]: t for t in data["tasks"]}
+  assert (tasks["unifiedskg:gap_pronouns"]["role"],
+          tasks["unifiedskg:gap_pronouns"]["category"]) == ("held_out_category", "Coreference Resolution")
+  assert "crossfit:wino_grande" not in tasks and not data["skipped"]
+  assert any(d["name"] == "crossfit:wino_grande" and d["reason"] == "duplicate dataset: 'wino_grande' is also in sni"
+             for d in data["dropped"])

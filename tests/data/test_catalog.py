@@ -499,3 +499,182 @@ def test_real_data_catalog(shared_dir):
   text = catalog.summary(cat)
   assert "bigbench" in text and "held_out_category" in text and "unmapped (fallback category)" in text
   assert any("few_shot_nlg" in u["key"] for u in cat.unmapped)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Aliases, per-benchmark caps, secondary datasets kept once, fallback into a held-out category, original tasks.
+
+ALIASES = {
+    "super_glue/rte": ["superglue-rte", "glue/rte", "glue_rte_v002"],
+    "glue/qqp": ["glue-qqp", "qqp", "glue_qqp_v002"],
+    "some_nli": ["some-nli-v2"],
+}
+
+
+def test_shipped_alias_table_joins_the_benchmarks_spellings():
+  config = bench_config.load_config(BENCH_YAML)
+  rte = config.canonical("super_glue/rte")
+  for spelling in ("superglue-rte", "glue/rte", "glue-rte", "rte", "glue_rte_v002", "super_glue_rte_v102"):
+    assert config.canonical(spelling) == rte, spelling  # CrossFit, TFDS/FLAN, ExMix/T5 spellings
+  assert config.canonical("wino_grande") == config.canonical("winogrande/winogrande_xl") == "winogrande"
+  assert config.canonical("not_aliased") == "not_aliased"
+  # Every canonical name lands in the taxonomy through the dataset map (none falls back to Misc.).
+  for canonical in set(config.aliases.values()):
+    assert catalog._dataset_category(canonical, config.taxonomy.datasets), canonical  # pylint: disable=protected-access
+  # The issue's example: a CrossFit superglue-rte is Textual Entailment, a fully held-out category.
+  task = make_task("crossfit", "superglue-rte", 30, dataset="superglue-rte")
+  assert catalog.categorize(task, config) == ("Textual Entailment", True)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({
+        "aliases": {
+            "a": ["x"],
+            "b": ["X"]
+        }
+    }, r"aliases\.b: spelling 'X' \('x'\) is already an alias of 'a'"),
+    ({
+        "aliases": {
+            "a": ["b"],
+            "b": ["c"]
+        }
+    }, r"aliases\.a: spelling 'b' is itself a canonical entry"),
+    ({
+        "aliases": {
+            "a": "x"
+        }
+    }, r"aliases\.a: expected a list of dataset spellings"),
+    ({
+        "rates.caps": {
+            "flan": 10
+        }
+    }, r"rates\.caps\.flan: not a benchmark declared"),
+    ({
+        "rates.caps": {
+            "sni": 0
+        }
+    }, r"rates\.caps\.sni: expected a positive int, got 0"),
+    ({
+        "held_out.unmapped_policy": "ignore"
+    }, r"held_out\.unmapped_policy: expected one of \('error', 'hold_out'\)"),
+])
+def test_alias_cap_and_policy_errors_name_the_key(tmp_path, change, message):
+  with pytest.raises(bench_config.ConfigError, match=message):
+    _config(tmp_path, change)
+
+
+def test_aliases_drive_dedup_categories_and_held_out_datasets(tmp_path):
+  config = _config(tmp_path, {"aliases": ALIASES, "held_out.datasets": ["qqp"]})
+  tasks = [
+      make_task("promptsource", "rte_t", 9, dataset="super_glue/rte"),
+      make_task("crossfit", "superglue-rte", 20, dataset="superglue-rte"),  # P3's RTE: dropped
+      make_task("exmix", "glue_rte_v002", 20, dataset="glue_rte_v002"),  # also P3's RTE: dropped
+      make_task("promptsource", "qqp_t", 9, dataset="glue/qqp"),
+      make_task("sni", "task_q", 10, categories=["Question Answering"]),
+  ]
+  cat = catalog.build(config, tasks)
+  assert set(cat.by_name()) == {"promptsource:rte_t", "promptsource:qqp_t", "sni:task_q"}
+  reasons = {d["name"]: d["reason"] for d in cat.dropped}
+  assert reasons["crossfit:superglue_rte"] == "duplicate dataset: 'superglue-rte' is also in promptsource"
+  assert reasons["exmix:glue_rte_v002"] == "duplicate dataset: 'glue_rte_v002' is also in promptsource"
+  # held_out.datasets names qqp: P3's glue/qqp is the same dataset.
+  assert cat.by_name()["promptsource:qqp_t"].role == "held_out_task"
+  # Without the alias table the CrossFit copy is neither de-duplicated nor mapped: it trains, in the fallback.
+  plain = catalog.build(_config(tmp_path, name="plain.yaml"), tasks)
+  assert plain.by_name()["crossfit:superglue_rte"].role == "train"
+  assert plain.by_name()["crossfit:superglue_rte"].category == "Misc."
+  assert "crossfit: superglue-rte" in [u["key"] for u in plain.unmapped]
+
+
+def test_a_dataset_only_secondary_benchmarks_offer_is_kept_once(tmp_path):
+  config = _config(tmp_path, {"aliases": ALIASES})
+  tasks = [
+      make_task("t5", "qqp", 20, dataset="qqp"),
+      make_task("exmix", "glue_qqp_v002", 20, dataset="glue_qqp_v002"),
+      make_task("crossfit", "glue-qqp", 20, dataset="glue-qqp"),
+      make_task("crossfit", "qqp_again", 20, dataset="glue/qqp"),  # the same benchmark offering it twice
+      make_task("sni", "task_q", 10, categories=["Question Answering"]),
+  ]
+  cat = catalog.build(config, tasks)
+  kept = [t.name for t in cat.tasks if t.benchmark != "sni"]
+  assert kept == ["crossfit:glue_qqp"]  # the first-listed secondary benchmark, its first task
+  reasons = {d["name"]: d["reason"] for d in cat.dropped}
+  assert reasons == {
+      n: f"duplicate dataset: {d!r} is kept once, as crossfit:glue_qqp"
+      for n, d in [("t5:qqp", "qqp"), ("exmix:glue_qqp_v002", "glue_qqp_v002"), ("crossfit:qqp_again", "glue/qqp")]
+  }
+  # Without CrossFit the next secondary benchmark keeps it; it is never dropped from all of them.
+  cat = catalog.build(config, [t for t in tasks if t.benchmark != "crossfit"])
+  assert [t.name for t in cat.tasks if t.benchmark != "sni"] == ["exmix:glue_qqp_v002"]
+
+
+def test_training_task_falling_back_while_its_dataset_is_held_out_is_an_error(tmp_path):
+  tasks = [
+      # An SNI task of the held-out category names its source dataset ...
+      make_task("sni", "task_nli", 10, dataset="some_nli", categories=["Textual Entailment"]),
+      # ... which P3 spells differently; no dataset map covers it, so it falls back to Misc. (a secondary
+      # benchmark's copy would be dropped as a duplicate of the SNI task's dataset first).
+      make_task("promptsource", "some-nli-v2_t", 20, dataset="some-nli-v2"),
+      make_task("sni", "task_q", 10, categories=["Question Answering"]),
+  ]
+  with pytest.raises(catalog.UnmappedHeldOutError) as info:
+    catalog.build(_config(tmp_path, {"aliases": ALIASES}), tasks)
+  message = str(info.value)
+  for part in ("promptsource:some_nli_v2_t", "'some-nli-v2'", "'Textual Entailment'", "sni:task_nli", "Misc."):
+    assert part in message, part
+  # The documented alternative: hold the task out in that category.
+  cat = catalog.build(_config(tmp_path, {"aliases": ALIASES, "held_out.unmapped_policy": "hold_out"}), tasks)
+  entry = cat.by_name()["promptsource:some_nli_v2_t"]
+  assert (entry.role, entry.category, entry.rate) == ("held_out_category", "Textual Entailment", 0.0)
+  assert cat.unmapped == [{
+      "key": "promptsource: some-nli-v2",
+      "category": "Textual Entailment",
+      "tasks": 1,
+      "examples": ["promptsource:some_nli_v2_t"]
+  }]
+  # Known through the alias table alone: a spelling the taxonomy maps to the held-out category.
+  aliases = {"rte_data": ["super_glue/rte", "rte-crossfit"]}
+  with pytest.raises(catalog.UnmappedHeldOutError, match=r"crossfit:rte_crossfit.*'Textual Entailment'"):
+    catalog.build(_config(tmp_path, {"aliases": aliases}), [
+        make_task("crossfit", "rte-crossfit", 20, dataset="rte-crossfit"),
+        make_task("sni", "task_q", 10, categories=["Question Answering"])
+    ])
+
+
+def test_templates_that_are_not_the_original_task_are_never_evaluated_on(tmp_path):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  inverted = lambda task: dataclasses.replace(task, original_task=False, template="question_from_answer")
+  tasks = [
+      make_task("promptsource", "rte_answer", 9, dataset="super_glue/rte"),
+      inverted(make_task("promptsource", "rte_question", 9, dataset="super_glue/rte")),  # held-out category
+      inverted(make_task("promptsource", "held_question", 9, dataset="glue/mrpc")),  # held-out task
+      inverted(make_task("promptsource", "mrpc_question", 9, dataset="glue/mrpc")),  # a training task
+      make_task("sni", "task_q", 10, categories=["Question Answering"]),
+  ]
+  cat = catalog.build(_config(tmp_path), tasks)
+  roles = {t.name: t.role for t in cat.tasks}
+  assert roles == {
+      "promptsource:rte_answer": "held_out_category",
+      "promptsource:mrpc_question": "train",
+      "sni:task_q": "train"
+  }
+  reasons = {d["name"]: d["reason"] for d in cat.dropped}
+  assert set(reasons) == {"promptsource:rte_question", "promptsource:held_question"}
+  assert all(r.startswith("not the original task: template 'question_from_answer'") for r in reasons.values())
+  assert "not the original task: 2" in catalog.summary(cat)
+
+
+def test_rates_caps_reach_the_catalog(tmp_path):
+  tasks = [
+      make_task("sni", "a", 13, categories=["Question Answering"]),
+      make_task("sni", "b", 33, categories=["Question Answering"]),
+      make_task("promptsource", "c", 13, dataset="glue/mrpc"),
+      make_task("promptsource", "d", 33, dataset="glue/mrpc")
+  ]
+  # 3 held-out instances each: 10 and 30 training examples.
+  rates_of = lambda cat: {t.name: t.rate for t in cat.tasks}
+  plain = rates_of(catalog.build(_config(tmp_path), tasks))
+  capped = rates_of(catalog.build(_config(tmp_path, {"rates.caps": {"promptsource": 10}}, name="c.yaml"), tasks))
+  assert plain["sni:b"] / plain["sni:a"] == pytest.approx(3) == capped["sni:b"] / capped["sni:a"]
+  assert plain["promptsource:d"] / plain["promptsource:c"] == pytest.approx(3)
+  assert capped["promptsource:d"] == pytest.approx(capped["promptsource:c"])

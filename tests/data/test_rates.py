@@ -119,3 +119,28 @@ def test_errors_name_the_problem(kwargs, message):
 def test_no_examples_at_all_is_an_error():
   with pytest.raises(ValueError, match="no task has training examples"):
     rates.examples_proportional({"a": 0}, {"a": "sni"}, {"sni": 1})
+
+
+def test_per_benchmark_caps_replace_the_global_cap_for_their_tasks():
+  num = {"p_small": 5, "p_mid": 50, "p_big": 5000, "s_small": 5, "s_big": 5000}
+  benchmark_of = {
+      "p_small": "promptsource",
+      "p_mid": "promptsource",
+      "p_big": "promptsource",
+      "s_small": "sni",
+      "s_big": "sni"
+  }
+  shares = {"promptsource": 1, "sni": 1}
+  capped = rates.examples_proportional(num, benchmark_of, shares, cap=4096, caps={"promptsource": 10})
+  # promptsource weights 5 : 10 : 10 (its own cap); sni keeps the global one, 5 : 4096.
+  assert capped["p_small"] / capped["p_mid"] == pytest.approx(0.5)
+  assert capped["p_mid"] == pytest.approx(capped["p_big"])
+  assert capped["s_small"] / capped["s_big"] == pytest.approx(5 / 4096)
+  assert sum(capped.values()) == pytest.approx(1.0)
+  # Benchmark totals still follow the shares; without caps the global cap applies to both.
+  totals = _per_benchmark(capped, benchmark_of)
+  assert totals["promptsource"] == pytest.approx(totals["sni"])
+  plain = rates.examples_proportional(num, benchmark_of, shares, cap=4096)
+  assert plain["p_small"] / plain["p_mid"] == pytest.approx(0.1)
+  with pytest.raises(ValueError, match="cap of benchmark 'sni' must be positive"):
+    rates.examples_proportional(num, benchmark_of, shares, caps={"sni": 0})

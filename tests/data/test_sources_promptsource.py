@@ -180,3 +180,92 @@ def test_bad_later_line_is_reported_while_streaming(tmp_path):
   assert next(stream).targets == ("b",)
   with pytest.raises(records.SourceError, match=r"ag_news_lazy.jsonl: line 3: invalid JSON"):
     next(stream)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# promptsource's templates.yaml: metadata.original_task.
+
+
+def _template_yaml(dataset, subset, templates):
+  """A templates.yaml as promptsource writes it: `!Template` objects with `!TemplateMetadata`."""
+  lines = [f"dataset: {dataset}"] + ([f"subset: {subset}"] if subset else []) + ["templates:"]
+  for i, (name, original) in enumerate(templates):
+    uid = f"{i:08d}-0000-4000-8000-{abs(hash(name)) % 10**12:012d}"
+    lines += [
+        f"  {uid}: !Template", "    answer_choices: No ||| Yes", f"    id: {uid}",
+        "    jinja: '{{sentence1}} ||| {{ answer_choices[label] }}'", "    metadata: !TemplateMetadata",
+        "      choices_in_prompt: false", "      languages:", "      - en", "      metrics:", "      - Accuracy"
+    ]
+    if original is not None:
+      lines.append(f"      original_task: {'true' if original else 'false'}")
+    lines += [f"    name: {name}", "    reference: ''"]
+  return "\n".join(lines) + "\n"
+
+
+def _write_promptsource(root: pathlib.Path, entries) -> pathlib.Path:
+  """`root/promptsource/templates/<dataset>[/<subset>]/templates.yaml` for each (dataset, subset, templates)."""
+  for dataset, subset, templates in entries:
+    folder = root / "promptsource" / "templates" / dataset / (subset or "")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "templates.yaml").write_text(_template_yaml(dataset, subset, templates), encoding="utf-8")
+  return root
+
+
+# Template names and flags as promptsource has them for these datasets of the P3 sample.
+_PROMPTSOURCE = [
+    ("glue", "mrpc", [("want to know", True), ("paraphrase", True), ("equivalent", True), ("replace", True),
+                      ("same thing", True), ("generate_paraphrase", False), ("generate_sentence", False)]),
+    ("wiki_qa", None, [("Is This True?", True), ("Jeopardy style", False), ("Generate Question from Topic", False),
+                       ("found_on_google", None)]),
+]
+
+
+def test_templates_yaml_is_read_safely(tmp_path):
+  root = _write_promptsource(tmp_path, _PROMPTSOURCE)
+  flags = promptsource.read_templates_file(root / "promptsource/templates/glue/mrpc/templates.yaml")
+  assert flags["glue_mrpc_generate_paraphrase"] is False and flags["glue_mrpc_want_to_know"] is True
+  metadata = promptsource.read_metadata(root)
+  assert metadata.files == 2 and not metadata.skipped
+  assert metadata.not_original() == [
+      "glue_mrpc_generate_paraphrase", "glue_mrpc_generate_sentence", "wiki_qa_generate_question_from_topic",
+      "wiki_qa_jeopardy_style"
+  ]
+  assert metadata.flags["wiki_qa_found_on_google"] is None  # no metadata: counts as original
+  # A tag other than promptsource's two is refused (no arbitrary objects), as is a malformed flag.
+  evil = tmp_path / "other" / "x" / "templates.yaml"
+  evil.parent.mkdir(parents=True)
+  evil.write_text("dataset: x\ntemplates:\n  a: !!python/object/apply:os.system ['echo hacked']\n", encoding="utf-8")
+  with pytest.raises(records.SourceError, match="not a promptsource templates file"):
+    promptsource.read_templates_file(evil)
+  bad = tmp_path / "other" / "y" / "templates.yaml"
+  bad.parent.mkdir(parents=True)
+  bad.write_text(
+      _template_yaml("y", None, [("t", True)]).replace("original_task: true", "original_task: maybe"), encoding="utf-8")
+  with pytest.raises(records.SourceError, match=r"\(t\): metadata.original_task must be true, false or absent"):
+    promptsource.read_templates_file(bad)
+  (tmp_path / "other" / "z").mkdir()
+  (tmp_path / "other" / "z" / "templates.yaml").write_text(_template_yaml("z", None, [("t", False)]), encoding="utf-8")
+  mixed = promptsource.read_metadata(tmp_path / "other")  # bad files are reported, the good one read
+  assert sorted(pathlib.Path(s.path).parent.name for s in mixed.skipped) == ["x", "y"]
+  assert (mixed.files, mixed.not_original()) == (1, ["z_t"])
+  with pytest.raises(FileNotFoundError, match="promptsource folder not found"):
+    promptsource.read_metadata(tmp_path / "other" / "x" / "nothing")
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match="no templates.yaml found"):
+    promptsource.read_metadata(tmp_path / "empty")
+
+
+def test_original_task_marks_the_real_p3_templates(shared_dir, tmp_path):
+  metadata = promptsource.read_metadata(_write_promptsource(tmp_path, _PROMPTSOURCE))
+  results = list(promptsource.iter_tasks(_p3_dir(shared_dir), metadata=metadata))
+  tasks = {r.name: r for r in results if isinstance(r, records.TaskSource)}
+  not_original = sorted(n for n, t in tasks.items() if not t.original_task)
+  assert not_original == [
+      "promptsource:glue_mrpc_generate_paraphrase", "promptsource:wiki_qa_Generate_Question_from_Topic",
+      "promptsource:wiki_qa_Jeopardy_style"
+  ]
+  assert tasks["promptsource:wiki_qa_Is_This_True_"].original_task  # "Is This True?" in promptsource
+  assert metadata.matched == 6 + 4  # the sample's glue/mrpc files, and its wiki_qa files that have an entry
+  assert metadata.unmatched == len(results) - metadata.matched
+  # Without metadata every template counts as an original task (P3's exported files carry no such field).
+  assert all(r.original_task for r in promptsource.iter_tasks(_p3_dir(shared_dir)) if isinstance(r, records.TaskSource))

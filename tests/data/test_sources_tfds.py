@@ -299,3 +299,128 @@ def test_seqio_task_over_tfds_data_source_matches_the_task_source(mock_tfds):
     assert example["targets"][-1] == vocabulary.eos_id
   with pytest.raises(ValueError, match="needs a version"):
     tfds_source.data_source("glue/rte")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FLAN's own templates, read as data from a checkout of google-research/FLAN (flan/templates.py).
+
+# The layout of FLAN's file: a licence header, a docstring, then `PATTERNS = {key: [(inputs, targets), ...]}`.
+# The statement after PATTERNS would fail if the file were run: reading it must never execute it.
+_FLAN_TEMPLATES_PY = '''# Copyright 2021 The FLAN Authors.
+"""Templates for FLAN."""
+
+# pylint: disable=line-too-long
+
+PATTERNS = {
+    "rte": [
+        ("{premise}\\n\\nBased on the paragraph above can we conclude that \\"{hypothesis}\\"?\\n\\n{options_}",
+         "{answer}"),
+        ("{premise}\\nCan we infer the following?\\n{hypothesis}\\n\\n{options_}", "{answer}"),
+        ("Generate a context and a hypothesis.", "Context: {premise}\\n\\nHypothesis: {hypothesis}"),
+    ],
+    "bool_q": [
+        ("{title}\\n\\n{text}\\n\\nIs it true that {question}?\\n\\n{options_}", "{answer}"),
+        ("Text: {text}\\n\\nQuestion: {question}?\\n\\n{options_}", "{answer}"),
+    ],
+    "cnn_dailymail": [
+        ("Write highlights for this article:\\n\\n{text}", "{highlights}"),
+        ("Write an article using the following points:\\n\\n{highlights}", "{text}"),
+    ],
+    "wmt16_translate": [
+        ("{sent1}\\n\\nTranslate to {lang2}", "{sent2}"),
+        ("{sent2}\\n\\nTranslate to {lang1}", "{sent1}"),
+    ],
+}
+
+raise RuntimeError("flan/templates.py was executed")
+'''
+
+
+@pytest.fixture
+def flan_checkout(tmp_path):
+  (tmp_path / "FLAN" / "flan").mkdir(parents=True)
+  (tmp_path / "FLAN" / "flan" / "templates.py").write_text(_FLAN_TEMPLATES_PY, encoding="utf-8")
+  return tmp_path / "FLAN"
+
+
+def test_flan_patterns_are_read_as_data(flan_checkout, tmp_path):
+  patterns = flan_templates.load_flan_patterns(flan_checkout)  # the checkout, or the file itself
+  assert patterns == flan_templates.load_flan_patterns(flan_checkout / "flan" / "templates.py")
+  assert list(patterns) == ["rte", "bool_q", "cnn_dailymail", "wmt16_translate"]
+  assert patterns["rte"][2] == ("Generate a context and a hypothesis.",
+                                "Context: {premise}\n\nHypothesis: {hypothesis}")
+  for text, message in [
+      ("X = 1\n", "no top-level `PATTERNS"),
+      ("PATTERNS = dict(rte=[])\n", r"PATTERNS \(line 1\) is not a literal"),
+      ("PATTERNS = {'rte': [('only one',)]}\n", r"PATTERNS\['rte'\]\[0\]: expected an \(inputs, targets\) pair"),
+      ("PATTERNS = {'rte': 'x'}\n", r"PATTERNS\['rte'\]: expected a list"),
+      ("PATTERNS = {\n", "not a Python file"),
+  ]:
+    bad = tmp_path / "bad_templates.py"
+    bad.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=message) as info:
+      flan_templates.load_flan_patterns(bad)
+    assert str(bad) in str(info.value)
+  with pytest.raises(FileNotFoundError, match=r"flan/templates.py"):
+    flan_templates.load_flan_patterns(tmp_path / "no_checkout")
+
+
+def test_flan_patterns_replace_our_templates_where_bound(flan_checkout):
+  flan = flan_templates.load_flan_datasets(flan_checkout)
+  assert flan.path == str(flan_checkout / "flan" / "templates.py")
+  rte = flan_templates.lookup("glue/rte", "flan", flan.datasets)
+  assert [(t.name, t.inverted) for t in rte.templates] == [("flan_template_0", False), ("flan_template_1", False),
+                                                           ("flan_template_2", True)]
+  # Bound datasets the file lacks keep our templates; T5 and unbound datasets are untouched.
+  assert "anli" in flan.missing_keys
+  assert flan_templates.lookup("anli/r1", "flan", flan.datasets) == flan_templates.lookup("anli/r1", "flan")
+  assert flan_templates.lookup("glue/cola", "t5", flan.datasets) == flan_templates.lookup("glue/cola", "t5")
+  # FLAN read BoolQ from a TFDS build with titles: the template using {title} is left out, and said so.
+  boolq = flan_templates.lookup("super_glue/boolq", "flan", flan.datasets)
+  assert [t.name for t in boolq.templates] == ["flan_template_1"]
+  assert flan.unusable == ("super_glue/boolq:1.0.2: PATTERNS['bool_q'][0] uses ['title'], which "
+                           "super_glue/boolq:1.0.2 does not have",)
+  assert flan.num_templates == 3 + 1 + 2 + 2
+
+  example = {"sentence1": b"It rained all day.", "sentence2": b"The ground is wet.", "label": np.int64(0)}
+  formatted = flan_templates.format_example(rte, rte.templates[0], example)
+  assert formatted.inputs == ("It rained all day.\n\nBased on the paragraph above can we conclude that "
+                              "\"The ground is wet.\"?\n\nOPTIONS:\n- yes\n- no")  # FLAN's own options block
+  assert formatted.targets == ("yes",) and formatted.options == ("yes", "no")
+  inverted = flan_templates.format_example(rte, rte.templates[2], example)
+  assert inverted.targets == ("Context: It rained all day.\n\nHypothesis: The ground is wet.",)
+  assert inverted.options == () and flan_templates.Prompt(rte, rte.templates[2]).kind == records.GENERATION
+  cnn = flan_templates.lookup("cnn_dailymail", "flan", flan.datasets)
+  article = {"article": b"Long story.", "highlights": b"Short points."}
+  assert flan_templates.format_example(cnn, cnn.templates[0], article).targets == ("Short points.",)
+  assert flan_templates.format_example(cnn, cnn.templates[1], article).targets == ("Long story.",)
+  assert cnn.templates[1].inverted and not cnn.templates[0].inverted
+  wmt = flan_templates.lookup("wmt16_translate/de-en", "flan", flan.datasets)
+  pair = {"de": b"Guten Morgen", "en": b"Good morning"}
+  forward = flan_templates.format_example(wmt, wmt.templates[0], pair)
+  assert (forward.inputs, forward.targets) == ("Guten Morgen\n\nTranslate to English", ("Good morning",))
+  assert wmt.templates[1].inverted  # English -> German: the other direction
+
+
+def test_flan_tasks_on_mock_data_reopen_from_their_path(flan_checkout, mock_tfds):
+  flan = flan_templates.load_flan_datasets(flan_checkout)
+  sources = list(
+      tfds_source.iter_tasks(mock_tfds, skip_unprepared=False, datasets=["glue/rte", "glue/cola"], flan=flan,
+                             max_examples={"flan": 3}))
+  assert [s.name for s in sources] == [
+      "flan:glue_rte_flan_template_0", "flan:glue_rte_flan_template_1", "flan:glue_rte_flan_template_2", "t5:glue_cola"
+  ]
+  assert [s.original_task for s in sources] == [True, True, False, True]
+  assert sources[0].path == (f"glue/rte:2.0.0@train#flan_template_0|data_dir={mock_tfds}"
+                             f"|flan={flan.path}|max=3")
+  assert sources[3].path == f"glue/cola:2.0.0@train#t5|data_dir={mock_tfds}"  # T5's cap is the default
+  for source in sources:
+    instances = list(source.instances())
+    assert len(instances) == (3 if source.benchmark == "flan" else 5)
+    again = all_sources.reopen("tfds", source.path, source.benchmark)
+    assert again == source and list(again.instances()) == instances
+  assert "OPTIONS:\n- yes\n- no" in next(sources[0].instances()).input
+  with pytest.raises(KeyError, match=r"no FLAN/T5 dataset 'glue/nope'.*known: .*glue/rte"):
+    tfds_source.select(["glue/nope"])
+  with pytest.raises(records.SourceError, match="bad option 'colour=red'"):
+    tfds_source.reopen("glue/rte:2.0.0#template_0|colour=red", "flan")
