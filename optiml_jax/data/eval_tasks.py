@@ -12,7 +12,9 @@ and every multiple-choice Task gets its companion; the evaluator (`evaluation/ev
                          convention: features `idx` = [instance, option], `inputs`, `targets` = the option's
                          tokens, `is_correct`), with the score metrics `rank_classification` and
                          `rank_classification_length_normalized`;
-  `lm` tasks             no metrics (plain text is trained on, never evaluated).
+  `lm` tasks             no metrics (plain text is trained on, never evaluated);
+  decoded Tasks          `truncate_for_decoding` (t5x's `.gen` Tasks, `interop/t5x_tasks.py`): the prompt cut
+                         to the "inputs" length so that the "targets" length is left for decoding.
 
 A worked example (options "red", "blue"; reference "blue"):
   instance 0  ->  {inputs, targets: BPE(" red") + </s>,  idx: [0, 0], is_correct: False}
@@ -30,6 +32,7 @@ import seqio
 import tensorflow as tf
 
 from optiml_jax.data import metrics
+from optiml_jax.data import packing
 from optiml_jax.data import records
 
 SCORE_EVAL_SUFFIX = ".score_eval"
@@ -90,6 +93,22 @@ def rank_classification_examples(dataset: tf.data.Dataset) -> tf.data.Dataset:
   return dataset.enumerate().flat_map(expand)
 
 
+def truncate_for_decoding(dataset: tf.data.Dataset, sequence_length: Mapping[str, int] | None,
+                          output_features: Mapping[str, seqio.Feature]) -> tf.data.Dataset:
+  """seqio preprocessor of Tasks that are decoded from (t5x's `predict_batch`, which generates into the rest of
+  the prompt's row): the prompt keeps its last sequence_length["inputs"] tokens, so that
+  sequence_length["targets"] positions stay free for the generated tokens, and the reference target its first
+  sequence_length["targets"] - 1 tokens and the EOS (`formatting.truncate_tokens`). Training and scoring
+  fit a whole example to the row instead (`registry.truncate`), where the split does not matter; here it is
+  the decoding budget. No-op without lengths."""
+  if not sequence_length:
+    return dataset
+  eos = output_features["targets"].vocabulary.eos_id
+  return dataset.map(
+      lambda ex: packing.truncate_tf(ex, sequence_length.get("inputs"), sequence_length.get("targets"), eos),
+      num_parallel_calls=tf.data.AUTOTUNE)
+
+
 GENERATION_METRIC_FNS = (metrics.rouge_l, metrics.exact_match)
 RANK_METRIC_FNS = (metrics.rank_classification, metrics.rank_classification_length_normalized)
 
@@ -113,9 +132,10 @@ def score_eval_name(task_name: str) -> str:
 def register_score_eval_task(task: seqio.Task) -> seqio.Task | None:
   """Registers (or replaces) `<task>.score_eval`: the task's validation split as rank-classification rows.
 
-  Same source and output features; `rank_classification_examples` runs before the task's own
-  preprocessors (so inputs are cut from the left as usual); the score metrics are attached. Returns None
-  when the task has no validation split.
+  Same source, output features and Task class; `rank_classification_examples` runs before the task's own
+  preprocessors, so with a sequence length each row (prompt + one option) is fitted to the row as training
+  examples are: the option kept whole, the prompt cut from the left (`registry.truncate`). The score metrics
+  are attached. Returns None when the task has no validation split.
   """
   if EVAL_SPLIT not in task.splits:
     return None
@@ -127,7 +147,7 @@ def register_score_eval_task(task: seqio.Task) -> seqio.Task | None:
                                               splits=tuple(splits))
   seqio.TaskRegistry.remove(name)
   return seqio.TaskRegistry.add(name, source=companion_source, output_features=task.output_features,
-                                preprocessors=[rank_classification_examples, *task.preprocessors],
+                                task_cls=type(task), preprocessors=[rank_classification_examples, *task.preprocessors],
                                 metric_fns=list(RANK_METRIC_FNS), postprocess_fn=rank_classification_postprocessor,
                                 shuffle_buffer_size=task.shuffle_buffer_size)
 

@@ -31,8 +31,12 @@ The recipe (OPT-IML, Iyer et al. 2022, "Formatting and tokens"):
   target (the source never ends in whitespace); sentencepiece-style tokenizers (Llama 2, Mistral: "▁" prepended
   to the text) would give a stray "▁" token to a target encoded alone. Checked against the Hugging Face
   tokenizers in tests/data/test_formatting.py.
-* Over-long examples lose tokens from the left of the inputs, so the target always fits; a target longer than
-  its own budget keeps its first tokens and its final EOS.
+* Truncation is the paper's: one sequence length L (positions per row), and an example that does not fit
+  loses tokens from the LEFT of its inputs, so the target is kept whole (`fit_to_row`). Only a target longer
+  than the row by itself is cut, then from the end, keeping its final EOS (and no input token is left).
+  Pre-training text (`lm`: no inputs) is not cut but split into row-sized chunks (`split_text`), each trained
+  on every token. `truncate_tokens` keeps the older two-budget cut, for decoding, where the budget after the
+  prompt is room for the generated tokens.
 """
 
 from __future__ import annotations
@@ -200,10 +204,76 @@ def tokenize_example(vocabulary: Encoder, source_text: str, target_text: str) ->
   return np.asarray(inputs, dtype=np.int32), np.asarray(targets, dtype=np.int32)
 
 
+def row_token_budget(length: int, with_bos: bool = True) -> int:
+  """How many tokens (inputs + targets, the BOS not counted) fill a row of `length` positions.
+
+  A row reads every token of an example but its last and predicts every token but its first
+  (`packing.example_features`): with a BOS in front that is `length` tokens; without one the first input token
+  takes the BOS's place, so `length + 1` (the paper's 2049-token blocks for 2048 positions).
+  """
+  if length < 1:
+    raise ValueError(f"sequence length must be >= 1, got {length}")
+  return length + (0 if with_bos else 1)
+
+
+def fit_to_row(inputs: np.ndarray, targets: np.ndarray, length: int, eos_id: int,
+               with_bos: bool = True) -> tuple[np.ndarray, np.ndarray]:
+  """Fits an example into a row of `length` positions, the paper's way (left truncation of the prompt).
+
+  The target is kept whole and the inputs keep their LAST tokens, as many as the row has room for after the
+  target (BOS counted when `with_bos`: see `row_token_budget`). A target that alone is longer than the row is
+  cut from the end to its first budget - 1 tokens plus `eos_id`, and the inputs are then dropped. An example
+  that fits is returned as it is (the same arrays).
+
+  >>> fit_to_row(np.arange(10, 20), np.asarray([5, 6, 2]), length=8, eos_id=2)
+  (array([15, 16, 17, 18, 19]), array([5, 6, 2]))
+  """
+  budget = row_token_budget(length, with_bos)
+  if len(targets) > budget:
+    return inputs[:0], np.concatenate([targets[:budget - 1], np.asarray([eos_id], dtype=targets.dtype)])
+  keep = budget - len(targets)
+  if len(inputs) > keep:
+    inputs = inputs[len(inputs) - keep:]
+  return inputs, targets
+
+
+def split_text(targets: np.ndarray, length: int, with_bos: bool = True) -> list[np.ndarray]:
+  """Row-sized chunks of a pre-training text's tokens (an `lm` example: no inputs, loss on every token).
+
+  A text that fits one row is one chunk, itself. A longer one is cut every `length` tokens into chunks of
+  `row_token_budget(length, with_bos)` tokens, the last one shorter: with a BOS each chunk starts at the next
+  token; without one each starts with the last token of the chunk before, which is read again but not
+  predicted again. Either way every token of the text is predicted exactly once (but the first without a BOS);
+  only the final chunk ends with the EOS. Each chunk is a whole example for the packer, so short final chunks
+  pack with other examples.
+
+  >>> [c.tolist() for c in split_text(np.arange(1, 8), 3)]
+  [[1, 2, 3], [4, 5, 6], [7]]
+  >>> [c.tolist() for c in split_text(np.arange(1, 8), 3, with_bos=False)]
+  [[1, 2, 3, 4], [4, 5, 6, 7]]
+  """
+  budget = row_token_budget(length, with_bos)
+  if len(targets) <= budget:
+    return [targets]
+  overlap = budget - length
+  return [targets[start:start + budget] for start in range(0, len(targets) - overlap, length)]
+
+
+def row_examples(inputs: np.ndarray, targets: np.ndarray, length: int, eos_id: int,
+                 with_bos: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+  """What the Task preprocessor makes of one example for rows of `length` positions (`registry.truncate`):
+  pre-training text (no inputs) split into row-sized chunks (`split_text`), any other example fitted to the
+  row by cutting its prompt from the left (`fit_to_row`)."""
+  if len(inputs) == 0:
+    return [(inputs, chunk) for chunk in split_text(targets, length, with_bos)]
+  return [fit_to_row(inputs, targets, length, eos_id, with_bos)]
+
+
 def truncate_tokens(inputs: np.ndarray, targets: np.ndarray, inputs_length: int | None, targets_length: int | None,
                     eos_id: int) -> tuple[np.ndarray, np.ndarray]:
-  """Fits an example into its budgets: inputs keep their LAST `inputs_length` tokens (left truncation),
-  targets their first `targets_length - 1` tokens plus the final EOS (`eos_id`). `None` leaves a side untouched.
+  """Fits an example into two budgets, for decoding (training uses `fit_to_row`): inputs keep their LAST
+  `inputs_length` tokens (left truncation), targets their first `targets_length - 1` tokens plus the final EOS
+  (`eos_id`), so `targets_length` positions stay free after the prompt. `None` leaves a side untouched.
   """
   if inputs_length is not None:
     if inputs_length < 0:

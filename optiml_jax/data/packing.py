@@ -40,9 +40,13 @@ Padding is 0 everywhere (seqio's convention) with loss weight 0 and segment id 0
 lengths, never by `token == 0`. Without packing each row holds one example, padded, and only the first three
 features are produced (seqio's contract).
 
-Lengths follow seqio's prefix-LM convention: task feature lengths {"inputs": Li, "targets": Lt} give rows of
-Li + Lt tokens (e.g. {"inputs": 1536, "targets": 512} for OPT-IML's 2048); the Task has already cut inputs
-from the left to Li and targets to Lt (keeping the EOS), see `formatting.truncate_tokens`.
+Lengths: task feature lengths {"inputs": Li, "targets": Lt} (seqio's and t5x's TASK_FEATURE_LENGTHS) give rows
+of L = Li + Lt positions, and only the sum counts: {"inputs": 1536, "targets": 512} and {"inputs": 2000,
+"targets": 48} both mean OPT-IML's 2048. An example fits when its positions (above: len(inputs) + len(targets),
+one less without a BOS) are at most L, whatever its inputs / targets split: the Task has already cut its prompt
+from the left so that the whole target fits (`registry.truncate`, `formatting.fit_to_row`; `lm` text is split
+into row-sized chunks there). The converter's own length check is that joint one, and it fits every example
+again the same way (a no-op for the registry's Tasks), so a Task of someone else's reaches the packer fitted.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from optiml_jax.data import formatting
 from optiml_jax.data import special_tokens
 
 OPT_BOS_ID = special_tokens.OPT_BOS_ID  # OPT's </s> (2): both BOS and EOS, from the shipped tokenizer.
@@ -61,6 +66,7 @@ NO_BOS = -1  # how `bos_id=None` travels through tf.numpy_function (an int argum
 
 MODEL_FEATURE_NAMES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
 PACKING_FEATURE_NAMES = ("decoder_segment_ids", "decoder_positions")
+TASK_FEATURES_NAMES = ("inputs", "targets")
 
 
 def example_features(inputs: np.ndarray, targets: np.ndarray, bos_id: int | None = OPT_BOS_ID) -> dict[str, np.ndarray]:
@@ -179,8 +185,7 @@ def _checked_features(inputs: np.ndarray, targets: np.ndarray, length: int, bos_
   n = features["decoder_target_tokens"].size
   if n > length:
     raise ValueError(f"example {index} needs {n} positions (inputs {np.size(inputs)} + targets "
-                     f"{np.size(targets)}) but rows hold {length}; truncate it first "
-                     "(formatting.truncate_tokens)")
+                     f"{np.size(targets)}) but rows hold {length}; fit it first (formatting.fit_to_row)")
   return features
 
 
@@ -240,9 +245,37 @@ def _pack_window(rows: np.ndarray, meta: np.ndarray, inputs: np.ndarray, inputs_
   return new_rows, new_meta, out
 
 
+def fit_to_row_tf(ex: Mapping[str, tf.Tensor], length: int, eos_id: int, with_bos: bool = True) -> dict[str, tf.Tensor]:
+  """TF twin of `formatting.fit_to_row` on an example's "inputs" / "targets" (other keys kept)."""
+  budget = formatting.row_token_budget(length, with_bos)
+  ex = dict(ex)
+  inputs, targets = ex["inputs"], ex["targets"]
+  too_long = tf.size(targets) > budget
+  ex["targets"] = tf.cond(
+      too_long, lambda: tf.concat([targets[:budget - 1], tf.constant([eos_id], targets.dtype)], 0), lambda: targets)
+  keep = budget - tf.size(ex["targets"])  # 0 when the target alone filled the row
+  ex["inputs"] = inputs[tf.maximum(tf.size(inputs) - keep, 0):]
+  return ex
+
+
+def row_examples_tf(ex: Mapping[str, tf.Tensor], length: int, eos_id: int, with_bos: bool = True) -> tf.data.Dataset:
+  """TF twin of `formatting.row_examples`, for `Dataset.flat_map`: pre-training text (empty "inputs") as one
+  example per row-sized chunk of its "targets", any other example fitted to the row (other keys repeated)."""
+  budget = formatting.row_token_budget(length, with_bos)
+  overlap = budget - length
+  fitted = fit_to_row_tf(ex, length, eos_id, with_bos)
+  # Text keeps all of its tokens for the chunks; a fitted target is at most `budget` long, so one chunk.
+  targets = tf.cond(tf.size(ex["inputs"]) > 0, lambda: fitted["targets"], lambda: ex["targets"])
+  starts = tf.range(0, tf.maximum(tf.size(targets) - overlap, 1), length)
+  return tf.data.Dataset.from_tensor_slices(starts).map(lambda start: {
+      **fitted, "targets": targets[start:start + budget]
+  })
+
+
 def truncate_tf(ex: Mapping[str, tf.Tensor], inputs_length: int | None, targets_length: int | None,
                 eos_id: int) -> dict[str, tf.Tensor]:
-  """TF twin of `formatting.truncate_tokens` on an example's "inputs" / "targets" (other keys kept)."""
+  """TF twin of `formatting.truncate_tokens` (two budgets: decoding) on an example's "inputs" / "targets"
+  (other keys kept)."""
   ex = dict(ex)
   if inputs_length is not None:
     ex["inputs"] = ex["inputs"][tf.maximum(tf.size(ex["inputs"]) - inputs_length, 0):]
@@ -279,7 +312,10 @@ class OptimlFeatureConverter(seqio.FeatureConverter):
 
   Task features: "inputs" and "targets" (int32, rank 1; `lm` tasks have empty inputs). Model features:
   decoder_input_tokens, decoder_target_tokens, decoder_loss_weights, plus decoder_segment_ids and
-  decoder_positions when packing. Row length = task_feature_lengths["inputs"] + ["targets"].
+  decoder_positions when packing. Row length L = task_feature_lengths["inputs"] + ["targets"]; an example
+  must fit L as a whole, its inputs may be longer than "inputs" (see the module docstring). With
+  `apply_length_check`, an example that does not fit is an error (the Task should have fitted it); without,
+  the converter fits it (`fit_to_row_tf`: prompt cut from the left).
 
   Packing is `pack_examples` itself, run inside the tf.data graph: examples are gathered in windows of
   `window_size`, and `tf.data.Dataset.scan` carries the packer's open rows from one window to the next (a
@@ -292,7 +328,7 @@ class OptimlFeatureConverter(seqio.FeatureConverter):
       `for_vocabulary` reads it from a vocabulary.
     max_open_rows, window_size: the packer's open rows, and examples per `scan` step.
     apply_length_check: seqio's check of the task features against their lengths.
-    eos_id: the token that ends every target, kept when the converter cuts a target to its length (OPT: 2).
+    eos_id: the token that ends every target, kept when the converter cuts a target to the row (OPT: 2).
   """
 
   TASK_FEATURES: ClassVar[dict[str, seqio.FeatureConverter.FeatureSpec]] = {
@@ -340,16 +376,36 @@ class OptimlFeatureConverter(seqio.FeatureConverter):
     names = MODEL_FEATURE_NAMES + (PACKING_FEATURE_NAMES if self.pack else ())
     return {name: length for name in names}
 
+  def _validate_dataset(self, ds: tf.data.Dataset, expected_features: Mapping[str, seqio.FeatureConverter.FeatureSpec],
+                        expected_lengths: Mapping[str, int], strict: bool, error_label: str) -> tf.data.Dataset:
+    """seqio's checks, but the input check is on the whole example: inputs + targets fit a row of L positions
+    (each feature alone may be longer than its task feature length)."""
+    if error_label != "input_validation" or not set(TASK_FEATURES_NAMES) <= set(expected_lengths):
+      return super()._validate_dataset(ds, expected_features, expected_lengths, strict, error_label)
+    length = sum(expected_lengths[name] for name in TASK_FEATURES_NAMES)
+    budget = formatting.row_token_budget(length, self.bos_id is not None)
+    joint = {**expected_lengths, **{name: budget for name in TASK_FEATURES_NAMES}}
+    ds = super()._validate_dataset(ds, expected_features, joint, strict, error_label)
+    if not self._apply_length_check:
+      return ds
+    message = (f"an example has more tokens (inputs + targets) than a row of {length} positions holds ({budget}); "
+               "fit it first (registry.truncate, formatting.fit_to_row)")
+
+    def check(ex):
+      with tf.control_dependencies(
+          [tf.debugging.assert_less_equal(tf.size(ex["inputs"]) + tf.size(ex["targets"]), budget, message=message)]):
+        return {**ex, "inputs": tf.identity(ex["inputs"])}
+
+    return ds.map(check, num_parallel_calls=tf.data.AUTOTUNE)
+
   def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
-    inputs_length = task_feature_lengths["inputs"]
-    targets_length = task_feature_lengths["targets"]
-    length = inputs_length + targets_length
+    length = task_feature_lengths["inputs"] + task_feature_lengths["targets"]
     bos_id, eos_id = self.bos_id, self.eos_id
     ds = ds.map(
-        lambda ex: truncate_tf({
+        lambda ex: fit_to_row_tf({
             "inputs": ex["inputs"],
             "targets": ex["targets"]
-        }, inputs_length, targets_length, eos_id=eos_id), num_parallel_calls=tf.data.AUTOTUNE)
+        }, length, eos_id, bos_id is not None), num_parallel_calls=tf.data.AUTOTUNE)
     if not self.pack:
       return ds.map(lambda ex: pad_example_tf(ex["inputs"], ex["targets"], length, bos_id),
                     num_parallel_calls=tf.data.AUTOTUNE)

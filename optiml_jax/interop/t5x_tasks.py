@@ -102,6 +102,8 @@ def generation_task(task_name: str) -> str:
   """Registers (or replaces) `<task_name>.gen`: the Task without its ragged `options` feature (t5x.infer
   batches every feature with `padded_batch`, which takes no ragged tensors), with the generation metrics
   ("rougeL" and "exact_match" on t5x's greedy `predict_batch`, best over the references). Returns its name.
+  Its prompts keep their last TASK_FEATURE_LENGTHS["inputs"] tokens, so the "targets" length stays free for
+  decoding (`eval_tasks.truncate_for_decoding`; the row's split matters here, not in training).
 
   Raises:
     ValueError: the task is not registered or has no evaluation split.
@@ -110,8 +112,8 @@ def generation_task(task_name: str) -> str:
   name = task_name + GENERATION_SUFFIX
   seqio.TaskRegistry.remove(name)
   seqio.TaskRegistry.add(name, source=task.source, output_features=task.output_features,
-                         preprocessors=[*task.preprocessors,
-                                        drop_ragged_options], shuffle_buffer_size=task.shuffle_buffer_size,
+                         preprocessors=[*task.preprocessors, drop_ragged_options,
+                                        eval_tasks.truncate_for_decoding], shuffle_buffer_size=task.shuffle_buffer_size,
                          **eval_tasks.task_metric_args(records.GENERATION))
   return name
 

@@ -2,7 +2,9 @@
 
 Where it sits: first stage of the data flow. The OPT-IML recipe keeps 5% of pre-training text in the
 mixture, trained with the loss on the whole sequence; formatting treats an `lm` instance's `input` as the
-whole text and `targets` is empty.
+whole text and `targets` is empty. A document stays whole here, one instance however long: the Task
+preprocessor, which knows the row length, splits a long one into row-sized chunks, one training example each,
+and short ones pack together with other examples (`registry.truncate`, `formatting.split_text`).
 
 Each file directly inside the folder is one task (its stem is the local name and the de-duplication key):
 
