@@ -113,7 +113,65 @@ def test_tokens_are_bpe_of_joined_text_plus_eos(vocabulary):
   assert targets.tolist() == [EOS]
 
 
-def test_truncation_keeps_the_target_and_cuts_inputs_from_the_left():
+def _positions(inputs, targets, with_bos):
+  """Row positions an example takes: every token but the last is read, with a BOS in front when there is one."""
+  return len(inputs) + len(targets) - (0 if with_bos else 1)
+
+
+@pytest.mark.parametrize("with_bos", [True, False])
+def test_fit_to_row_keeps_the_whole_target_and_cuts_the_prompt_from_the_left(with_bos):
+  inputs = np.arange(10, 30, dtype=np.int32)  # a 20-token prompt
+  targets = np.asarray([5, 6, 7, 8, 9, EOS], np.int32)
+  # Rows of 16 positions: with a BOS, 16 tokens fit (the paper's 2048 + its leading </s>); without, 17.
+  cut_inputs, cut_targets = formatting.fit_to_row(inputs, targets, 16, EOS, with_bos)
+  budget = 16 if with_bos else 17
+  assert cut_targets is targets  # whole, although longer than any "targets" budget of the old 12 / 4 split
+  assert cut_inputs.tolist() == list(range(30 - (budget - 6), 30))  # the prompt's end stays
+  assert _positions(cut_inputs, cut_targets, with_bos) == 16
+  # Only the sum counts: the same example in any inputs / targets split of 16 gives this.
+  short = np.asarray([5, EOS], np.int32)
+  assert formatting.fit_to_row(inputs, short, 16, EOS, with_bos)[0].tolist() == list(range(30 - (budget - 2), 30))
+  # An example that fits is left as it is.
+  same = formatting.fit_to_row(inputs[:3], targets, 16, EOS, with_bos)
+  assert same[0].tolist() == [10, 11, 12] and same[1] is targets
+  # A target longer than the row by itself: cut from the end, keeping its EOS; no prompt is left.
+  long_targets = np.arange(40, 40 + 30, dtype=np.int32)
+  long_targets[-1] = EOS
+  cut_inputs, cut_targets = formatting.fit_to_row(inputs, long_targets, 16, EOS, with_bos)
+  assert cut_inputs.size == 0
+  assert cut_targets.tolist() == list(range(40, 40 + budget - 1)) + [EOS]
+  assert _positions(cut_inputs, cut_targets, with_bos) == 16
+  with pytest.raises(ValueError, match="sequence length must be >= 1"):
+    formatting.fit_to_row(inputs, targets, 0, EOS)
+
+
+@pytest.mark.parametrize("with_bos", [True, False])
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 16, 17, 25, 33])
+def test_split_text_predicts_every_token_once_in_row_sized_chunks(with_bos, n):
+  length = 8
+  text = np.arange(100, 100 + n, dtype=np.int32)
+  text[-1] = EOS
+  chunks = formatting.split_text(text, length, with_bos)
+  assert all(_positions([], c, with_bos) <= length for c in chunks)
+  assert all(c.size for c in chunks)
+  # The tokens each chunk predicts (all of them with a BOS; all but the first without) tile the text once.
+  predicted = np.concatenate([c if with_bos else c[1:] for c in chunks])
+  assert predicted.tolist() == (text if with_bos else text[1:]).tolist()
+  # Chunks follow the text in order; without a BOS each starts with the token the chunk before ended on.
+  assert np.concatenate([chunks[0]] + [c if with_bos else c[1:] for c in chunks[1:]]).tolist() == text.tolist()
+  if len(chunks) > 1:
+    assert all(_positions([], c, with_bos) == length for c in chunks[:-1])  # full rows but the last
+    assert not any(EOS in c for c in chunks[:-1]) and chunks[-1][-1] == EOS
+  else:
+    assert chunks[0] is text
+  # What the Task preprocessor does: text is split, an example with a prompt is fitted, never split.
+  assert [t.tolist() for _, t in formatting.row_examples(text[:0], text, length, EOS, with_bos)
+         ] == [c.tolist() for c in chunks]
+  fitted = formatting.row_examples(np.asarray([3, 4], np.int32), text, length, EOS, with_bos)
+  assert len(fitted) == 1 and _positions(*fitted[0], with_bos) <= length
+
+
+def test_truncate_tokens_for_decoding_keeps_two_budgets():
   inputs = np.arange(10, 30, dtype=np.int32)
   targets = np.asarray([5, 6, EOS], np.int32)
   cut_inputs, cut_targets = formatting.truncate_tokens(inputs, targets, 8, 4, EOS)
@@ -160,6 +218,28 @@ def test_real_sni_tasks_format_and_tokenize_like_hugging_face(shared_dir, opt_to
       assert [EOS] + inputs.tolist() + targets.tolist() == expected + [EOS], (task.name, instance.id)
       checked += 1
   assert checked >= 50
+
+
+def test_real_sni_examples_fit_the_row_with_their_whole_target(shared_dir, vocabulary):
+  """Real SNI tasks with long prompts (yelp reviews, math word problems), 2-shot, in rows of 128 positions:
+  the fitted example is the end of BPE(source + " " + target) + </s>, target whole, prompt cut at its start."""
+  tasks_dir = shared_dir / "data" / "natural-instructions" / "tasks"
+  cut = 0
+  for name in SNI_SAMPLE:
+    task = sni.read_task(tasks_dir / f"{name}.json")
+    for instance in itertools.islice(task.instances(), 6):
+      delimiter = formatting.choose_delimiter(0, task.name, instance.id)
+      demos = formatting.choose_demonstrations(0, task.name, instance.id, task.demonstrations, 2)
+      source, target = formatting.format_example(task, instance, demos, delimiter)
+      inputs, targets = formatting.tokenize_example(vocabulary, source, target)
+      fitted_inputs, fitted_targets = formatting.fit_to_row(inputs, targets, 128, EOS)
+      whole = inputs.tolist() + targets.tolist()
+      if len(targets) <= 128:
+        assert fitted_targets.tolist() == targets.tolist()
+        assert fitted_inputs.tolist() + fitted_targets.tolist() == whole[-min(len(whole), 128):]
+        assert vocabulary.decode(fitted_inputs.tolist()) in source  # the end of the prompt, delimiter included
+      cut += len(inputs) + len(targets) > 128
+  assert cut >= 10  # most of these prompts are longer than the row
 
 
 def test_real_p3_template_has_no_definition_and_keeps_the_prompt(shared_dir):

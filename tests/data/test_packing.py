@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from optiml_jax.data import formatting
 from optiml_jax.data import packing
 
 BOS = 2
@@ -179,11 +180,34 @@ def test_feature_converter_matches_numpy_packer(pack, window_size):
       np.testing.assert_array_equal(a[name], b[name])
 
 
-def test_feature_converter_rejects_examples_over_the_task_lengths():
+@pytest.mark.parametrize("lengths", [{"inputs": 13, "targets": 3}, {"inputs": 1, "targets": 15}])
+def test_only_the_sum_of_the_task_lengths_counts(lengths):
+  """Rows of Li + Lt = 16 positions take examples whose inputs or targets exceed Li or Lt, whatever the split."""
+  rng = np.random.default_rng(5)
+  examples = _random_examples(rng, 25, max_inputs=12, max_targets=12)
+  examples = [formatting.fit_to_row(i, t, 16, BOS) for i, t in examples]
+  assert any(len(i) > 13 for i, _ in examples) or any(len(t) > 3 for _, t in examples)
+  converter = packing.OptimlFeatureConverter(pack=True, max_open_rows=4, window_size=5)
+  got = list(converter(_dataset(examples), lengths).as_numpy_iterator())
+  expected = list(packing.pack_examples(examples, 16, BOS, 4))
+  assert len(got) == len(expected) and sorted(_unpack(got)) == sorted(_key(e) for e in examples)
+  for a, b in zip(got, expected):
+    for name in b:
+      np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_feature_converter_rejects_examples_over_the_row():
   converter = packing.OptimlFeatureConverter()
-  # seqio's input validation (inside the packer's generator, so TF reports it wrapped).
-  with pytest.raises(tf.errors.OpError, match="has length not less than or equal to the expected length of 4"):
-    list(converter(_dataset([([5] * 7, [2])]), {"inputs": 4, "targets": 4}).as_numpy_iterator())
+  # 7 inputs + 1 target take 8 positions: they fit rows of 4 + 4 although the inputs are over 4.
+  (row,) = converter(_dataset([([5] * 7, [2])]), {"inputs": 4, "targets": 4}).as_numpy_iterator()
+  np.testing.assert_array_equal(row["decoder_target_tokens"], [5] * 7 + [2])
+  # 8 + 1 do not: the converter's length check is on the whole example (in the packer's graph, so TF wraps it).
+  with pytest.raises(tf.errors.OpError, match="more tokens .inputs . targets. than a row of 8 positions holds .8."):
+    list(converter(_dataset([([5] * 8, [2])]), {"inputs": 4, "targets": 4}).as_numpy_iterator())
+  # Without a BOS the first input token takes its place: 9 tokens fill 8 positions.
+  no_bos = packing.OptimlFeatureConverter(bos_id=None)
+  (row,) = no_bos(_dataset([([5] * 8, [2])]), {"inputs": 4, "targets": 4}).as_numpy_iterator()
+  np.testing.assert_array_equal(row["decoder_target_tokens"], [5] * 7 + [2])
 
 
 def test_packer_state_round_trip_continues_identically():
@@ -288,11 +312,69 @@ def test_feature_converter_without_bos_matches_the_numpy_packer(pack, window_siz
       np.testing.assert_array_equal(a[name], b[name])
 
 
-def test_the_converter_cuts_targets_to_their_length_keeping_its_eos():
+def test_the_converter_fits_examples_to_the_row_cutting_the_prompt_from_the_left():
   converter = packing.OptimlFeatureConverter(pack=False, bos_id=None, eos_id=EOS, apply_length_check=False)
-  (row,) = converter(_dataset([([1, 2], [3, 4, 5, 6, EOS])]), {"inputs": 2, "targets": 3}).as_numpy_iterator()
-  np.testing.assert_array_equal(row["decoder_target_tokens"], [2, 3, 4, EOS, 0])
-  np.testing.assert_array_equal(row["decoder_loss_weights"], [0, 1, 1, 1, 0])
+  lengths = {"inputs": 2, "targets": 3}  # rows of 5 positions: 6 tokens without a BOS
+  # The target (5 tokens, over its "targets" length of 3) stays whole; the prompt keeps its last token.
+  (row,) = converter(_dataset([([1, 2], [3, 4, 5, 6, EOS])]), lengths).as_numpy_iterator()
+  np.testing.assert_array_equal(row["decoder_input_tokens"], [2, 3, 4, 5, 6])
+  np.testing.assert_array_equal(row["decoder_target_tokens"], [3, 4, 5, 6, EOS])
+  np.testing.assert_array_equal(row["decoder_loss_weights"], [1, 1, 1, 1, 1])
+  # A target longer than the row alone is cut from the end, keeping its EOS, and the prompt is gone.
+  (row,) = converter(_dataset([([1, 2], [3, 4, 5, 6, 8, 9, EOS])]), lengths).as_numpy_iterator()
+  np.testing.assert_array_equal(row["decoder_input_tokens"], [3, 4, 5, 6, 8])
+  np.testing.assert_array_equal(row["decoder_target_tokens"], [4, 5, 6, 8, EOS])
+
+
+@pytest.mark.parametrize("with_bos", [True, False])
+def test_tf_row_examples_match_the_numpy_ones(with_bos):
+  """`row_examples_tf` (the Task preprocessor's flat_map) against `formatting.row_examples`: prompts cut from the
+  left, targets kept whole, text split into chunks; then every example fits a row and packs."""
+  rng = np.random.default_rng(6)
+  length = 12
+  examples = _random_examples(rng, 60, max_inputs=20, max_targets=30)
+  examples += [(np.zeros(0, np.int32), t) for _, t in _random_examples(rng, 20, 0, 40)]  # pre-training text
+  ds = _dataset(examples).flat_map(lambda ex: packing.row_examples_tf(ex, length, BOS, with_bos))
+  got = [(ex["inputs"].tolist(), ex["targets"].tolist()) for ex in ds.as_numpy_iterator()]
+  expected = [(i.tolist(), t.tolist())
+              for inputs, targets in examples
+              for i, t in formatting.row_examples(inputs, targets, length, BOS, with_bos)]
+  assert got == expected
+  assert len(got) > len(examples)  # some text was split
+  fitted = [formatting.fit_to_row(i, t, length, BOS, with_bos) for i, t in examples]
+  assert [(i.tolist(), t.tolist()) for i, t in fitted
+         ] == [(i.tolist(), t.tolist()) for i, t in [(ex["inputs"], ex["targets"]) for ex in _dataset(examples).map(
+             lambda ex: packing.fit_to_row_tf(ex, length, BOS, with_bos)).as_numpy_iterator()]]
+  rows = list(packing.pack_examples(got, length, BOS if with_bos else None))
+  assert sum(int(r["decoder_loss_weights"].sum()) for r in rows) > 0
+
+
+def test_first_target_token_sees_what_metaseq_s_stream_gives_it():
+  """metaseq concatenates examples, each BPE(src + " " + tgt) + </s>, and the first token of an example is
+  predicted from the </s> that ends the one before. We feed </s> as BOS instead: the tokens before every
+  example's first target token are the same, [</s>] + its inputs, and the first example of a row (which in
+  metaseq's stream follows nothing or a cut-off block) gets the same context as the others."""
+  rng = np.random.default_rng(7)
+  examples = _random_examples(rng, 40, max_inputs=10, max_targets=6)
+  examples = [(i, t) for i, t in examples if i.size]  # an instruction example always has a prompt
+  stream = np.concatenate([np.r_[i, t] for i, t in examples]).astype(np.int32)  # metaseq: one token stream
+  starts = np.cumsum([0] + [len(i) + len(t) for i, t in examples])
+  rows = list(packing.pack_examples(examples, 32, BOS, max_open_rows=1))  # next fit: the order is kept
+  index = 0
+  for row in rows:
+    seg = row["decoder_segment_ids"]
+    for s in range(1, int(seg.max()) + 1):
+      idx = np.nonzero(seg == s)[0]
+      inputs, targets = examples[index]
+      first = int(np.argmax(row["decoder_loss_weights"][idx]))  # the position that predicts the first target token
+      assert row["decoder_target_tokens"][idx][first] == targets[0]
+      ours = row["decoder_input_tokens"][idx][:first + 1]  # what that position and the ones before it read
+      start = starts[index]
+      previous_eos = stream[start - 1] if index else None  # the </s> the example follows in metaseq's stream
+      theirs = np.r_[[previous_eos] if index else [BOS], stream[start:start + len(inputs)]]
+      np.testing.assert_array_equal(ours, theirs)
+      index += 1
+  assert index == len(examples)
 
 
 def test_for_vocabulary_follows_the_tokenizer(tiny_tokenizer):

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -79,6 +80,51 @@ def test_resume_from_saved_state_gives_the_same_next_batches(reference):
   resumed.restore(state)
   _assert_same([next(resumed) for _ in range(3)], reference[4:])
   assert resumed.state()["batches_consumed"] == 7
+
+
+def test_only_the_sum_of_the_feature_lengths_counts(reference):
+  # Rows of 48 positions either way; the state still records the lengths as given.
+  _assert_same(reference[:3], list(itertools.islice(_stream(feature_lengths={"inputs": 8, "targets": 40}), 3)))
+
+
+@pytest.fixture(scope="module")
+def text_task(tmp_path_factory):
+  """A catalog of one pre-training text file whose documents are longer than the rows, registered."""
+  root = tmp_path_factory.mktemp("text")
+  text_dir = root / "text"
+  text_dir.mkdir()
+  rng = np.random.default_rng(0)
+  words = ("river", "stone", "light", "market", "winter", "garden", "engine", "letter", "harbor", "forest")
+  documents = [" ".join(rng.choice(words, size=int(rng.integers(5, 80)))) + "." for _ in range(40)]
+  (text_dir / "docs.txt").write_text("\n\n".join(documents) + "\n", encoding="utf-8")
+  config = bench_config.load_config(pathlib.Path(__file__).resolve().parents[2] / "tasks" / "optiml_bench.yaml")
+  built = catalog.build(config, sources.iter_all(text_dir=text_dir))
+  built.save(root / "catalog")
+  registry.register_catalog(root / "catalog", mixtures=False)
+  (entry,) = built.tasks
+  return entry
+
+
+def test_long_documents_fill_whole_rows_and_resume_exactly(text_task):
+  name = text_task.name
+  args = dict(name=name, feature_lengths={"inputs": 16, "targets": 16}, batch_size=2, window_size=8)
+  reference = list(itertools.islice(_stream(**args), 6))
+  rows = np.concatenate([b["decoder_segment_ids"] for b in reference])
+  weights = np.concatenate([b["decoder_loss_weights"] for b in reference])
+  # Chunks of long documents fill rows of 32 by themselves, trained on every token.
+  np.testing.assert_array_equal(weights, rows > 0)
+  assert ((rows == 1).all(axis=1)).sum() >= 6
+  # One pass: every token of every document is trained on once, and the short ends pack together.
+  documents = seqio.get_mixture_or_task(name).get_dataset(sequence_length=None, split="train", shuffle=False)
+  tokens = sum(ex["targets"].size for ex in documents.as_numpy_iterator())
+  one_pass = list(_stream(**args, num_epochs=1, drop_remainder=False))
+  assert sum(int(b["decoder_loss_weights"].sum()) for b in one_pass) == tokens
+  assert any((b["decoder_segment_ids"].max(axis=1) >= 2).any() for b in one_pass)
+  stream = _stream(**args)
+  _assert_same([next(stream) for _ in range(3)], reference[:3])
+  resumed = _stream(**args)
+  resumed.restore(json.loads(json.dumps(stream.state())))
+  _assert_same([next(resumed) for _ in range(3)], reference[3:])
 
 
 def test_restore_refuses_a_state_of_another_stream(toy_catalog):

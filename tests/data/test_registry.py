@@ -1,5 +1,6 @@
 """Tests of optiml_jax.data.registry: seqio Tasks from a catalog, splits, features, mixtures and their rates."""
 
+import itertools
 import json
 import pathlib
 import sys
@@ -175,18 +176,63 @@ def test_lm_task_trains_on_the_whole_text(bench):
   assert rows[0]["decoder_loss_weights"].sum() == example["targets"].size
 
 
-def test_sequence_length_cuts_inputs_from_the_left_and_keeps_eos(bench):
+def test_sequence_length_fits_each_example_to_one_row_cutting_the_prompt_from_the_left(bench):
   name = "sni:task001_toy_add_small.2shot"
   full = _examples(name, "train")
-  cut = _examples(name, "train", {"inputs": 12, "targets": 3})
+  cut = _examples(name, "train", {"inputs": 12, "targets": 3})  # rows of 15 positions; OPT feeds </s> first
   assert len(full) == len(cut)
-  assert any(f["inputs"].size > 12 for f in full)
+  assert isinstance(seqio.TaskRegistry.get(name), registry.OptimlTask)
+  assert any(f["inputs"].size + f["targets"].size > 15 for f in full)
   for f, c in zip(full, cut):
-    np.testing.assert_array_equal(c["inputs"], f["inputs"][-12:])
-    if f["targets"].size <= 3:
-      np.testing.assert_array_equal(c["targets"], f["targets"])
-    else:
-      np.testing.assert_array_equal(c["targets"], np.r_[f["targets"][:2], EOS])
+    np.testing.assert_array_equal(c["targets"], f["targets"])  # the whole target (these are short)
+    np.testing.assert_array_equal(c["inputs"], f["inputs"][-(15 - f["targets"].size):])  # the prompt's end
+  # More than 12 prompt tokens are kept (seqio's own trim would have cut inputs[:12] from the start), and any
+  # split of the same 15 positions gives the same examples: only the sum counts.
+  assert any(c["inputs"].size > 12 for c in cut)
+  other_split = _examples(name, "train", {"inputs": 1, "targets": 14})
+  for c, o in zip(cut, other_split):
+    np.testing.assert_array_equal(c["inputs"], o["inputs"])
+    np.testing.assert_array_equal(c["targets"], o["targets"])
+  # A target longer than the row alone keeps its first tokens and its </s>, and no prompt ("City 7": 3 tokens).
+  capitals = _examples(GEN_TASK, "train")
+  for f, c in zip(capitals, _examples(GEN_TASK, "train", {"inputs": 1, "targets": 1})):
+    assert f["targets"].size > 2
+    assert c["inputs"].size == 0 and c["targets"].tolist() == [f["targets"][0], EOS]
+
+
+def test_pre_training_text_is_split_into_row_sized_chunks(bench):
+  entry = bench["entries"][LM_TASK]
+  full = _examples(LM_TASK, "train")
+  lengths = {"inputs": 3, "targets": 5}  # rows of 8 positions, BOS included: 8 tokens of text each
+  chunked = _examples(LM_TASK, "train", lengths)
+  assert len(full) == entry.num_examples and len(chunked) > 2 * len(full)
+  by_document: dict[str, list] = {}
+  for c in chunked:
+    assert c["inputs"].size == 0 and 0 < c["targets"].size <= 8
+    by_document.setdefault(c["instance_id"].decode(), []).append(c["targets"].tolist())
+  assert list(by_document) == [f["instance_id"].decode() for f in full]  # documents in order, chunks together
+  for f in full:
+    chunks = by_document[f["instance_id"].decode()]
+    assert list(itertools.chain(*chunks)) == f["targets"].tolist()  # the whole document, </s> at the very end only
+    assert all(len(c) == 8 for c in chunks[:-1]) and all(EOS not in c for c in chunks[:-1])
+  again = [c["targets"].tolist() for c in _examples(LM_TASK, "train", lengths)]
+  assert again == list(itertools.chain(*by_document.values()))  # deterministic
+  # Every token of the text is trained on, in rows of whole chunks: short last chunks pack together.
+  rows = list(packing.pack_examples([(c["inputs"], c["targets"]) for c in chunked], 8))
+  assert sum(int(r["decoder_loss_weights"].sum()) for r in rows) == sum(f["targets"].size for f in full)
+  assert any(r["decoder_segment_ids"].max() >= 2 for r in rows)
+
+
+def test_score_eval_rows_keep_each_option_whole(bench):
+  name = f"{MC_TASK}.score_eval"
+  assert isinstance(seqio.TaskRegistry.get(name), registry.OptimlTask)
+  full = _examples(name, "validation")
+  cut = _examples(name, "validation", {"inputs": 2, "targets": 4})  # rows of 6 positions
+  assert len(full) == len(cut) > 0
+  for f, c in zip(full, cut):
+    np.testing.assert_array_equal(c["targets"], f["targets"])
+    np.testing.assert_array_equal(c["inputs"], f["inputs"][-(6 - f["targets"].size):])
+    assert c["inputs"].size > 2
 
 
 def test_mixture_through_seqio_and_the_feature_converter(bench):
@@ -305,7 +351,7 @@ def test_tasks_tokenize_with_another_tokenizer_and_its_bos_policy(bench, tiny_to
   try:
     registry.register_task(entry, vocabulary)
     lengths = {"inputs": 64, "targets": 16}
-    examples = _examples(GEN_TASK, registry.EVAL_SPLIT, lengths)  # inputs cut from the left, as the rows are
+    examples = _examples(GEN_TASK, registry.EVAL_SPLIT, lengths)  # fitted to rows of 80, as the converter's
     converter = packing.OptimlFeatureConverter.for_vocabulary(vocabulary, pack=False)
     rows = list(
         seqio.get_dataset(GEN_TASK, lengths, converter, dataset_split=registry.EVAL_SPLIT,
@@ -313,13 +359,13 @@ def test_tasks_tokenize_with_another_tokenizer_and_its_bos_policy(bench, tiny_to
   finally:
     registry.register_task(entry, bench["vocab"])  # the other tests read the OPT registration
   assert len(rows) == len(examples) > 0
+  budget = 80 if vocabulary.bos_id is not None else 81  # tokens in 80 positions: the BOS takes one, if any
   for example, row in zip(examples, rows):
     assert example["targets"][-1] == vocabulary.eos_id and vocabulary.eos_id not in example["inputs"]
-    assert example["inputs"].tolist() == vocabulary.encode(example["inputs_pretokenized"].decode())[-64:]
-    _, targets = formatting.tokenize_example(vocabulary, example["inputs_pretokenized"].decode(),
-                                             example["targets_pretokenized"].decode())
-    expected = targets.tolist() if len(targets) <= 16 else targets[:15].tolist() + [vocabulary.eos_id]
-    assert example["targets"].tolist() == expected
+    inputs, targets = formatting.tokenize_example(vocabulary, example["inputs_pretokenized"].decode(),
+                                                  example["targets_pretokenized"].decode())
+    assert example["targets"].tolist() == targets.tolist()  # short targets: whole
+    assert example["inputs"].tolist() == inputs.tolist()[-(budget - len(targets)):]
     sequence = list(vocabulary.prefix_ids) + example["inputs"].tolist() + example["targets"].tolist()
     n = len(sequence) - 1
     assert row["decoder_input_tokens"][:n].tolist() == sequence[:-1]

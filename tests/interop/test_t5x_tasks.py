@@ -81,6 +81,24 @@ def test_generation_task_has_dense_features_and_the_evaluation_metrics(catalog_d
   assert task.postprocess_fn("  42 ", example=examples[0], is_target=False) == "42"
 
 
+def test_generation_task_leaves_the_targets_length_free_for_decoding(catalog_dir):
+  """A decoded prompt keeps its last "inputs" tokens (t5x generates into the rest of the row), while the base Task,
+  for training and scoring, fits prompt + target to the whole row."""
+  t5x_tasks.registered(catalog_dir)
+  name = t5x_tasks.generation_task(GEN_TASK)
+  lengths = {"inputs": 6, "targets": 10}
+  full = list(seqio.get_mixture_or_task(GEN_TASK).get_dataset(None, split="validation", shuffle=False).take(8))
+  decoded = list(seqio.TaskRegistry.get(name).get_dataset(lengths, split="validation", shuffle=False).take(8))
+  fitted = list(seqio.get_mixture_or_task(GEN_TASK).get_dataset(lengths, split="validation", shuffle=False).take(8))
+  assert len(full) == len(decoded) == len(fitted) == 8
+  for f, d, r in zip(full, decoded, fitted):
+    f_inputs, f_targets = f["inputs"].numpy(), f["targets"].numpy()
+    assert f_inputs.size > 6 and f_targets.size <= 10
+    np.testing.assert_array_equal(d["inputs"].numpy(), f_inputs[-6:])
+    np.testing.assert_array_equal(d["targets"].numpy(), f_targets)
+    np.testing.assert_array_equal(r["inputs"].numpy(), f_inputs[-(16 - f_targets.size):])  # BOS + 16 - 1 tokens
+
+
 def test_rank_classification_task_needs_answer_candidates(catalog_dir):
   t5x_tasks.registered(catalog_dir)
   name = t5x_tasks.rank_classification_task(MC_TASK)
