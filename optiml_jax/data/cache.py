@@ -1,0 +1,337 @@
+"""The pre-tokenized bench cache: one committed shard per (task, number of demonstrations, split) under CACHE_DIR.
+
+Where it sits: between the catalog (`catalog.py`) and everything that reads examples. `cache_beam.py` writes it
+with an Apache Beam pipeline (`python -m optiml_jax.bench cache`); `registry.register_catalog(cache_dir=...)` serves
+the same seqio Tasks from it, and `cached_stream.CachedBatchStream` draws training batches from it by index.
+The examples are those `registry.iter_examples` yields (same formatting seed, demonstrations, delimiters and
+tokens), in source order and untruncated: truncation and packing happen when a stream reads them, so one cache
+serves every sequence length.
+
+Layout:
+
+    CACHE_DIR/cache.json                    what was asked for: tokenizer, formatting seed, shots, shard names
+    CACHE_DIR/catalog.json                  the catalog the cache was built from (registers without CATALOG_DIR)
+    CACHE_DIR/shards/<task>.<k>shot.<split>/
+        tokens.npy     int32 [total]        inputs then targets of every example, concatenated
+        index.npy      int64 [n, 4]         (offset into tokens, input tokens, target tokens, byte offset of the
+                                            example's line in examples.jsonl)
+        examples.jsonl                      one line per example: instance_id, inputs_pretokenized,
+                                            targets_pretokenized, references, options_pretokenized, options
+        stats.json                          the commit marker, written last: counts, fingerprint, file sizes
+
+A shard is written into a staging folder (`<shard>.tmp-<random>`) and renamed into place once `stats.json` is in
+it, so a reader never sees a half-written shard; `read_shard` also checks every file's size against
+`stats.json` and names the file that differs. A shard's fingerprint covers its catalog entry, the tokenizer
+files, the formatting seed, the demonstration pool and this format's version: a rebuild skips shards whose
+fingerprint matches and rewrites the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from optiml_jax.data import catalog as catalog_lib
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "cache.json"
+CATALOG_FILE = catalog_lib.CATALOG_FILE
+SHARDS_DIR = "shards"
+TOKENS_FILE = "tokens.npy"
+INDEX_FILE = "index.npy"
+EXAMPLES_FILE = "examples.jsonl"
+STATS_FILE = "stats.json"
+SHARD_FILES = (TOKENS_FILE, INDEX_FILE, EXAMPLES_FILE)
+INDEX_COLUMNS = 4
+TRAIN_SPLIT, EVAL_SPLIT = "train", "validation"
+TEXT_FIELDS = ("inputs_pretokenized", "targets_pretokenized")
+# `truncations` in a shard's statistics counts the examples longer than a row of this many tokens (OPT-IML's).
+DEFAULT_STATS_LENGTH = 2048
+
+
+class CacheError(ValueError):
+  """A cache that cannot be read as asked: missing, partial, corrupt or built for something else."""
+
+
+def shard_name(task_name: str, shots: int, split: str) -> str:
+  """`<task>.<k>shot.<split>` with the task name made safe for a file name (":" and "/" become "__")."""
+  safe = task_name.replace("/", "__").replace(":", "__")
+  return f"{safe}.{shots}shot.{split}"
+
+
+def shard_dir(cache_dir: str | os.PathLike, task_name: str, shots: int, split: str) -> pathlib.Path:
+  return pathlib.Path(cache_dir) / SHARDS_DIR / shard_name(task_name, shots, split)
+
+
+def fingerprint(entry: catalog_lib.CatalogEntry, shots: int, split: str, vocabulary_fingerprint: str, seed: int,
+                pool_size: int) -> str:
+  """What a shard's content depends on, hashed (see the module docstring)."""
+  parts = {
+      "format_version": FORMAT_VERSION,
+      "entry": dataclasses.asdict(entry),
+      "shots": shots,
+      "split": split,
+      "vocabulary": vocabulary_fingerprint,
+      "seed": seed,
+      "pool_size": pool_size,
+  }
+  return hashlib.sha256(json.dumps(parts, sort_keys=True, default=list).encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing one shard.
+
+
+def _row_length(example: Mapping[str, Any], bos: int) -> int:
+  return bos + len(example["inputs"]) + len(example["targets"])
+
+
+def write_shard(out: pathlib.Path, examples: Iterable[Mapping[str, Any]], *, task: str, shots: int, split: str,
+                shard_fingerprint: str, stats_length: int = DEFAULT_STATS_LENGTH, bos: int = 1) -> dict[str, Any]:
+  """Writes one shard from `registry.iter_examples`-style examples and returns its statistics.
+
+  The files go to a staging folder beside `out`, `stats.json` last, and the folder is then renamed to `out`
+  (replacing an older shard). Nothing is left behind if an example fails.
+  """
+  out.parent.mkdir(parents=True, exist_ok=True)
+  staging = pathlib.Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+  try:
+    chunks: list[np.ndarray] = []
+    index: list[tuple[int, int, int, int]] = []
+    offset = input_tokens = target_tokens = truncations = longest = text_offset = 0
+    with open(staging / EXAMPLES_FILE, "wb") as text:
+      for ex in examples:
+        inputs = np.asarray(ex["inputs"], np.int32)
+        targets = np.asarray(ex["targets"], np.int32)
+        chunks += [inputs, targets]
+        index.append((offset, inputs.size, targets.size, text_offset))
+        offset += inputs.size + targets.size
+        input_tokens += inputs.size
+        target_tokens += targets.size
+        length = _row_length(ex, bos)
+        longest = max(longest, length)
+        truncations += length > stats_length
+        line = (json.dumps(_text_record(ex), ensure_ascii=False) + "\n").encode("utf-8")
+        text.write(line)
+        text_offset += len(line)
+    np.save(staging / TOKENS_FILE, np.concatenate(chunks) if chunks else np.zeros(0, np.int32))
+    np.save(staging / INDEX_FILE, np.asarray(index, np.int64).reshape(-1, INDEX_COLUMNS))
+    stats = {
+        "format_version": FORMAT_VERSION,
+        "task": task,
+        "shots": shots,
+        "split": split,
+        "fingerprint": shard_fingerprint,
+        "examples": len(index),
+        "input_tokens": int(input_tokens),
+        "target_tokens": int(target_tokens),
+        "longest": int(longest),
+        "stats_length": stats_length,
+        "truncations": int(truncations),
+        "file_sizes": {
+            name: (staging / name).stat().st_size for name in SHARD_FILES
+        },
+    }
+    with open(staging / STATS_FILE, "w", encoding="utf-8") as f:
+      json.dump(stats, f, indent=1)
+    if out.exists():
+      shutil.rmtree(out)
+    os.replace(staging, out)
+    return stats
+  finally:
+    if staging.exists():
+      shutil.rmtree(staging)
+
+
+def _text_record(ex: Mapping[str, Any]) -> dict[str, Any]:
+  values = np.asarray(ex.get("options_values", np.zeros(0, np.int32)))
+  lengths = np.asarray(ex.get("options_lengths", np.zeros(0, np.int64)))
+  options, start = [], 0
+  for n in lengths.tolist():
+    options.append(values[start:start + n].tolist())
+    start += n
+  return {
+      "instance_id": str(ex["instance_id"]),
+      "inputs_pretokenized": str(ex["inputs_pretokenized"]),
+      "targets_pretokenized": str(ex["targets_pretokenized"]),
+      "references": [str(r) for r in np.asarray(ex["references"], dtype=object).tolist()],
+      "options_pretokenized": [str(o) for o in np.asarray(ex["options_pretokenized"], dtype=object).tolist()],
+      "options": options,
+  }
+
+
+def read_stats(out: pathlib.Path) -> dict[str, Any] | None:
+  """A committed shard's statistics, or None when the shard is absent or was never committed."""
+  path = out / STATS_FILE
+  if not path.is_file():
+    return None
+  try:
+    with open(path, encoding="utf-8") as f:
+      stats = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return stats if isinstance(stats, dict) else None
+
+
+def is_complete(out: pathlib.Path, shard_fingerprint: str) -> bool:
+  """Whether `out` holds a committed shard of this fingerprint whose files have their recorded sizes."""
+  stats = read_stats(out)
+  if stats is None or stats.get("fingerprint") != shard_fingerprint:
+    return False
+  sizes = stats.get("file_sizes") or {}
+  return all((out / name).is_file() and (out / name).stat().st_size == sizes.get(name) for name in SHARD_FILES)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading.
+
+
+class Shard:
+  """A committed shard, opened for random access (the token arrays are memory-mapped)."""
+
+  def __init__(self, path: pathlib.Path, stats: Mapping[str, Any], tokens: np.ndarray, index: np.ndarray):
+    self.path, self.stats, self.tokens, self.index = path, dict(stats), tokens, index
+
+  def __len__(self) -> int:
+    return int(self.index.shape[0])
+
+  def tokens_of(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets) of example `i`, untruncated."""
+    offset, n_in, n_tg = (int(v) for v in self.index[i, :3])
+    return self.tokens[offset:offset + n_in], self.tokens[offset + n_in:offset + n_in + n_tg]
+
+  def lengths(self) -> tuple[np.ndarray, np.ndarray]:
+    """(input lengths, target lengths) of every example."""
+    return self.index[:, 1], self.index[:, 2]
+
+  def texts(self, order: Iterable[int] | None = None) -> Iterator[dict[str, Any]]:
+    """The text fields (see `_text_record`) of the examples in `order` (default: all, in order)."""
+    path = self.path / EXAMPLES_FILE
+    with open(path, "rb") as f:
+      for i in (range(len(self)) if order is None else order):
+        f.seek(int(self.index[i, 3]))
+        line = f.readline()
+        try:
+          yield json.loads(line)
+        except ValueError as e:
+          raise CacheError(f"{path}: example {i} is not a JSON line ({e}); rebuild this shard") from e
+
+
+def read_shard(cache_dir: str | os.PathLike, task_name: str, shots: int, split: str,
+               expected_fingerprint: str | None = None) -> Shard:
+  """Opens the committed shard of a task variant and split.
+
+  Raises:
+    CacheError: the shard is missing or uncommitted, a file's size differs from its statistics (a partial copy
+      or a corrupt disk), an array cannot be read, or the fingerprint is not the expected one; the message names
+      the shard or file and says to rebuild it with `python -m optiml_jax.bench cache`.
+  """
+  path = shard_dir(cache_dir, task_name, shots, split)
+  rebuild = f"rebuild it with `python -m optiml_jax.bench cache` (CACHE_DIR {cache_dir})"
+  stats = read_stats(path)
+  if stats is None:
+    raise CacheError(f"{path}: no committed shard for task {task_name!r} ({shots}-shot, split {split!r}); {rebuild}")
+  if stats.get("format_version") != FORMAT_VERSION:
+    raise CacheError(f"{path}: cache format {stats.get('format_version')!r}, this version reads {FORMAT_VERSION}; "
+                     f"{rebuild}")
+  if expected_fingerprint is not None and stats.get("fingerprint") != expected_fingerprint:
+    raise CacheError(f"{path}: built from another catalog entry, tokenizer or formatting seed than this run's; "
+                     f"{rebuild}")
+  for name in SHARD_FILES:
+    file = path / name
+    want = (stats.get("file_sizes") or {}).get(name)
+    have = file.stat().st_size if file.is_file() else None
+    if have != want:
+      raise CacheError(f"{file}: {'missing' if have is None else f'{have} bytes'}, the shard's {STATS_FILE} records "
+                       f"{want} bytes (a partial copy or a corrupt disk); {rebuild}")
+  try:
+    tokens = np.load(path / TOKENS_FILE, mmap_mode="r")
+    index = np.load(path / INDEX_FILE)
+  except (OSError, ValueError) as e:
+    raise CacheError(f"{path}: cannot read the shard's arrays ({e}); {rebuild}") from e
+  if index.ndim != 2 or index.shape[1] != INDEX_COLUMNS or index.shape[0] != stats.get("examples"):
+    raise CacheError(f"{path / INDEX_FILE}: shape {index.shape}, expected ({stats.get('examples')}, {INDEX_COLUMNS}); "
+                     f"{rebuild}")
+  total = int(index[-1, 0] + index[-1, 1] + index[-1, 2]) if len(index) else 0
+  if tokens.ndim != 1 or tokens.shape[0] != total:
+    raise CacheError(f"{path / TOKENS_FILE}: {tokens.shape[0]} tokens, its index needs {total}; {rebuild}")
+  return Shard(path, stats, tokens, index)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The manifest.
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+  """CACHE_DIR/cache.json: how the cache was built and which shards it holds."""
+
+  vocabulary: str  # the tokenizer's fingerprint (`vocab.HFVocabulary.fingerprint`)
+  tokenizer_dir: str | None
+  seed: int
+  pool_size: int
+  shots: tuple[int, ...]
+  shards: Mapping[str, Mapping[str, Any]]  # shard name -> {"task", "shots", "split", "fingerprint", "examples"}
+  failed: Mapping[str, str] = dataclasses.field(default_factory=dict)  # task -> reason
+
+  def to_json(self) -> dict[str, Any]:
+    return {"format_version": FORMAT_VERSION, **dataclasses.asdict(self), "shots": list(self.shots)}
+
+
+def write_manifest(cache_dir: str | os.PathLike, manifest: Manifest) -> pathlib.Path:
+  """Writes cache.json atomically (a temporary file renamed into place)."""
+  path = pathlib.Path(cache_dir) / MANIFEST_FILE
+  fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_FILE}.tmp-", dir=path.parent)
+  with os.fdopen(fd, "w", encoding="utf-8") as f:
+    json.dump(manifest.to_json(), f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+  return path
+
+
+def read_manifest(cache_dir: str | os.PathLike) -> Manifest:
+  """Reads CACHE_DIR/cache.json.
+
+  Raises:
+    CacheError: no cache here, an unreadable file, or another format version.
+  """
+  path = pathlib.Path(cache_dir) / MANIFEST_FILE
+  if not path.is_file():
+    raise CacheError(f"{path}: no bench cache here (build one with `python -m optiml_jax.bench cache CATALOG_DIR "
+                     f"--out {cache_dir}`)")
+  try:
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+  except (OSError, ValueError) as e:
+    raise CacheError(f"{path}: unreadable ({e}); rebuild the cache") from e
+  if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+    raise CacheError(f"{path}: cache format {data.get('format_version') if isinstance(data, dict) else None!r}, this "
+                     f"version reads {FORMAT_VERSION}; rebuild the cache")
+  try:
+    return Manifest(vocabulary=data["vocabulary"], tokenizer_dir=data.get("tokenizer_dir"), seed=int(data["seed"]),
+                    pool_size=int(data["pool_size"]), shots=tuple(int(k) for k in data["shots"]),
+                    shards=dict(data["shards"]), failed=dict(data.get("failed") or {}))
+  except (KeyError, TypeError, ValueError) as e:
+    raise CacheError(f"{path}: malformed manifest ({e!r}); rebuild the cache") from e
+
+
+def check_vocabulary(manifest: Manifest, vocabulary_fingerprint: str, cache_dir: str | os.PathLike) -> None:
+  """Refuses a cache tokenized with another tokenizer than the run's."""
+  if manifest.vocabulary != vocabulary_fingerprint:
+    raise CacheError(f"{cache_dir}: the cache was tokenized with another tokenizer "
+                     f"({manifest.tokenizer_dir or 'OPT, shipped'}) than this run's; rebuild it with this run's "
+                     "--tokenizer_dir or point TOKENIZER_DIR at the cache's tokenizer")
+
+
+def variants(shots: Sequence[int]) -> tuple[int, ...]:
+  """Sorted, de-duplicated numbers of demonstrations (0 = the 0-shot Task)."""
+  if not shots or any(k < 0 for k in shots):
+    raise ValueError(f"shots must be non-negative integers, got {list(shots)}")
+  return tuple(sorted(set(int(k) for k in shots)))

@@ -1,0 +1,244 @@
+"""Builds the pre-tokenized bench cache (`cache.py`) with an Apache Beam pipeline: `python -m optiml_jax.bench cache`.
+
+Where it sits: after `bench build` (the catalog) and before training or evaluation from CACHE_DIR. One Beam
+element per (task, number of demonstrations); each worker formats and tokenizes the task's splits exactly as the
+uncached Tasks do (`registry.iter_examples`, same seed) and commits one shard per split (`cache.write_shard`).
+The driver then writes CACHE_DIR/cache.json listing every committed shard and every task that failed, with its
+reason. Nothing is collected through Beam itself: workers write shards (or a small error file) into CACHE_DIR,
+so any runner whose workers can read the catalog's source files and write CACHE_DIR works:
+
+    DirectRunner (default): local processes (`--direct_num_workers`, default every core,
+                            `--direct_running_mode multi_processing`);
+    DataflowRunner, FlinkRunner, SparkRunner, PortableRunner: pass Beam's own options after the command's.
+
+Re-running skips shards already committed with the same fingerprint (`cache.is_complete`), so an interrupted or
+partly failed build is finished by running the same command again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import shutil
+import tempfile
+import traceback
+from typing import Any, Iterable, Sequence
+
+from optiml_jax.data import cache
+from optiml_jax.data import catalog as catalog_lib
+
+ERROR_SUFFIX = ".error.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkItem:
+  """One Beam element: a catalog task and a number of demonstrations (every split of it that has examples)."""
+
+  entry: dict[str, Any]  # `dataclasses.asdict(CatalogEntry)`: plain values, pickles and serialises anywhere
+  shots: int
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildResult:
+  """What a build did: shard names written now, already complete, and failed tasks with their reasons."""
+
+  written: tuple[str, ...]
+  skipped: tuple[str, ...]
+  failed: dict[str, str]
+  manifest: pathlib.Path
+
+  def describe(self) -> str:
+    lines = [
+        f"cache: {len(self.written)} shard(s) written, {len(self.skipped)} already complete, "
+        f"{len(self.failed)} task variant(s) failed; manifest {self.manifest}"
+    ]
+    lines += [f"  failed: {name}: {reason}" for name, reason in sorted(self.failed.items())]
+    return "\n".join(lines)
+
+
+def splits_of(entry: catalog_lib.CatalogEntry) -> tuple[str, ...]:
+  """The splits a task's Task has (the registry's rule): train for training tasks, validation for eval instances."""
+  splits = []
+  if entry.role == catalog_lib.TRAIN and entry.num_examples > 0:
+    splits.append(cache.TRAIN_SPLIT)
+  if entry.num_eval_instances > 0:
+    splits.append(cache.EVAL_SPLIT)
+  return tuple(splits)
+
+
+def _entry(data: dict[str, Any]) -> catalog_lib.CatalogEntry:
+  return catalog_lib.CatalogEntry(**{**data, "raw_categories": tuple(data.get("raw_categories", ()))})
+
+
+def _error_path(cache_dir: str, name: str, shots: int) -> pathlib.Path:
+  return pathlib.Path(cache_dir) / cache.SHARDS_DIR / (cache.shard_name(name, shots, "all") + ERROR_SUFFIX)
+
+
+def write_task(item: WorkItem, cache_dir: str, vocabulary: Any, seed: int, pool_size: int,
+               stats_length: int = cache.DEFAULT_STATS_LENGTH) -> list[str]:
+  """Writes the shards of one task variant that are not already complete; returns their names.
+
+  A failure writes `<shard>.error.json` (the reason, for the driver's report) instead of raising, so one bad task
+  does not stop the others; a later success removes it.
+  """
+  from optiml_jax.data import registry  # pylint: disable=g-import-not-at-top  (TF and seqio: on workers only)
+
+  entry = _entry(item.entry)
+  error_file = _error_path(cache_dir, entry.name, item.shots)
+  written = []
+  try:
+    task = None
+    for split in splits_of(entry):
+      out = cache.shard_dir(cache_dir, entry.name, item.shots, split)
+      fp = cache.fingerprint(entry, item.shots, split, vocabulary.fingerprint, seed, pool_size)
+      if cache.is_complete(out, fp):
+        continue
+      task = task or registry.reopen_task(entry)
+      examples = registry.iter_examples(entry, task, split, item.shots, vocabulary, seed, pool_size)
+      bos = 0 if vocabulary.bos_id is None else 1
+      cache.write_shard(out, examples, task=entry.name, shots=item.shots, split=split, shard_fingerprint=fp,
+                        stats_length=stats_length, bos=bos)
+      written.append(out.name)
+  except Exception as e:  # pylint: disable=broad-except  (reported per task; the other tasks go on)
+    error_file.parent.mkdir(parents=True, exist_ok=True)
+    reason = f"{type(e).__name__}: {e}"
+    error_file.write_text(
+        json.dumps({
+            "task": entry.name,
+            "shots": item.shots,
+            "reason": reason,
+            "traceback": traceback.format_exc()
+        }), encoding="utf-8")
+    logging.error("cache: task %s (%d-shot) failed: %s", entry.name, item.shots, reason)
+    return written
+  if error_file.exists():
+    error_file.unlink()
+  return written
+
+
+def _beam_pipeline(items: Sequence[WorkItem], cache_dir: str, tokenizer_dir: str | None, seed: int, pool_size: int,
+                   stats_length: int, pipeline_args: Sequence[str]) -> None:
+  try:
+    import apache_beam as beam  # pylint: disable=g-import-not-at-top
+    from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise RuntimeError("building the cache needs Apache Beam: pip install 'optiml-jax[cache]' "
+                       "(or apache-beam)") from e
+
+  class WriteShards(beam.DoFn):
+    """Formats, tokenizes and commits the shards of one task variant per element."""
+
+    def setup(self):
+      from optiml_jax.data import vocab  # pylint: disable=g-import-not-at-top
+      self._vocabulary = vocab.load(tokenizer_dir)
+
+    def process(self, item: WorkItem) -> Iterable[str]:
+      yield from write_task(item, cache_dir, self._vocabulary, seed, pool_size, stats_length)
+
+  options = pipeline_options.PipelineOptions(list(default_direct_options(pipeline_args)))
+  with beam.Pipeline(options=options) as pipeline:
+    _ = (pipeline | "Tasks" >> beam.Create(list(items)) | "Spread" >> beam.Reshuffle() |
+         "WriteShards" >> beam.ParDo(WriteShards()))
+
+
+def default_direct_options(pipeline_args: Sequence[str]) -> list[str]:
+  """Beam options with, for the DirectRunner (the default), every core as a separate process unless set."""
+  args = list(pipeline_args)
+  runner = next((a.split("=", 1)[1] for a in args if a.startswith("--runner=")), None)
+  if runner is None and "--runner" in args:
+    runner = args[args.index("--runner") + 1]
+  if runner not in (None, "DirectRunner", "direct"):
+    return args
+  if not any(a.startswith("--direct_num_workers") for a in args):
+    args.append(f"--direct_num_workers={os.cpu_count() or 1}")
+  if not any(a.startswith("--direct_running_mode") for a in args):
+    args.append("--direct_running_mode=multi_processing")
+  if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
+    args.append("--default_sdk_harness_log_level=WARNING")  # the local workers' INFO lines drown the report
+  return args
+
+
+def build(catalog_dir: str | os.PathLike, cache_dir: str | os.PathLike, tokenizer_dir: str | None = None,
+          shots: Sequence[int] = (0,), seed: int | None = None, pool_size: int | None = None,
+          stats_length: int = cache.DEFAULT_STATS_LENGTH, pipeline_args: Sequence[str] = (),
+          tasks: Sequence[str] | None = None) -> BuildResult:
+  """Builds (or completes) CACHE_DIR from a catalog; see the module docstring.
+
+  Args:
+    catalog_dir: the catalog folder (`bench build --out`).
+    cache_dir: where the cache goes (created; an existing cache of the same tokenizer is completed).
+    tokenizer_dir: the Hugging Face tokenizer folder to tokenize with; None: OPT's (shipped).
+    shots: numbers of demonstrations to cache (the Tasks `<name>` and `<name>.<k>shot`).
+    seed, pool_size: the registry's formatting seed and demonstration pool (defaults: the registry's).
+    stats_length: row length the per-shard `truncations` statistic counts against.
+    pipeline_args: Beam pipeline options (`--runner=...` and the runner's own).
+    tasks: only these catalog task names (default: every task with examples).
+
+  Raises:
+    cache.CacheError: CACHE_DIR holds a cache of another tokenizer, formatting seed or pool.
+    ValueError: bad `shots`, or `tasks` names a task the catalog lacks.
+  """
+  from optiml_jax.data import registry  # pylint: disable=g-import-not-at-top
+  from optiml_jax.data import vocab  # pylint: disable=g-import-not-at-top
+
+  seed = registry.DEFAULT_SEED if seed is None else seed
+  pool_size = registry.DEMONSTRATION_POOL_SIZE if pool_size is None else pool_size
+  variants = cache.variants(shots)
+  bench = catalog_lib.load(catalog_dir)
+  vocabulary = vocab.load(tokenizer_dir)
+  out = pathlib.Path(cache_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  if (out / cache.MANIFEST_FILE).is_file():
+    old = cache.read_manifest(out)
+    cache.check_vocabulary(old, vocabulary.fingerprint, out)
+    if (old.seed, old.pool_size) != (seed, pool_size):
+      raise cache.CacheError(f"{out}: built with formatting seed {old.seed} and pool {old.pool_size}, not {seed} and "
+                             f"{pool_size}; use another CACHE_DIR")
+  _copy_catalog(catalog_dir, out)
+  entries = [e for e in bench.tasks if splits_of(e)]
+  if tasks is not None:
+    unknown = sorted(set(tasks) - {e.name for e in entries})
+    if unknown:
+      raise ValueError(f"{catalog_dir}: no task(s) with examples named {unknown}")
+    entries = [e for e in entries if e.name in set(tasks)]
+  expected = {}  # shard name -> (entry, shots, split, fingerprint)
+  for entry in entries:
+    for k in variants:
+      for split in splits_of(entry):
+        fp = cache.fingerprint(entry, k, split, vocabulary.fingerprint, seed, pool_size)
+        expected[cache.shard_name(entry.name, k, split)] = (entry, k, split, fp)
+  complete = {n for n, (e, k, s, fp) in expected.items() if cache.is_complete(out / cache.SHARDS_DIR / n, fp)}
+  todo = sorted({(e.name, k) for n, (e, k, _, _) in expected.items() if n not in complete})
+  by_name = {e.name: e for e in entries}
+  items = [WorkItem(dataclasses.asdict(by_name[name]), k) for name, k in todo]
+  if items:
+    _beam_pipeline(items, str(out), tokenizer_dir, seed, pool_size, stats_length, pipeline_args)
+  shards, failed, written = {}, {}, []
+  for name, (entry, k, split, fp) in sorted(expected.items()):
+    stats = cache.read_stats(out / cache.SHARDS_DIR / name)
+    if cache.is_complete(out / cache.SHARDS_DIR / name, fp) and stats is not None:
+      shards[name] = {"task": entry.name, "shots": k, "split": split, "fingerprint": fp, "examples": stats["examples"]}
+      if name not in complete:
+        written.append(name)
+      continue
+    error = _error_path(str(out), entry.name, k)
+    reason = "the worker wrote nothing (killed?)"
+    if error.is_file():
+      reason = json.loads(error.read_text(encoding="utf-8")).get("reason", reason)
+    failed[f"{entry.name} ({k}-shot)"] = reason
+  manifest = cache.Manifest(vocabulary=vocabulary.fingerprint, tokenizer_dir=tokenizer_dir, seed=seed,
+                            pool_size=pool_size, shots=variants, shards=shards, failed=failed)
+  path = cache.write_manifest(out, manifest)
+  return BuildResult(tuple(written), tuple(sorted(complete)), failed, path)
+
+
+def _copy_catalog(catalog_dir: str | os.PathLike, out: pathlib.Path) -> None:
+  source = pathlib.Path(catalog_dir)
+  source = source / cache.CATALOG_FILE if source.is_dir() else source
+  fd, tmp = tempfile.mkstemp(prefix=f".{cache.CATALOG_FILE}.tmp-", dir=out)
+  os.close(fd)
+  shutil.copyfile(source, tmp)
+  os.replace(tmp, out / cache.CATALOG_FILE)

@@ -1,0 +1,210 @@
+"""Tests of optiml_jax.data.cache and cache_beam: the Beam-built cache holds exactly the uncached examples,
+serves the same seqio Tasks, is rebuilt idempotently, reports a failing task, and names a corrupt file."""
+
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+import seqio
+
+from optiml_jax import bench as bench_cli
+from optiml_jax.data import bench_config
+from optiml_jax.data import cache
+from optiml_jax.data import cache_beam
+from optiml_jax.data import catalog
+from optiml_jax.data import pipeline
+from optiml_jax.data import registry
+from optiml_jax.data import sources
+from optiml_jax.data import toybench
+from optiml_jax.data.sources import sni
+
+pytest.importorskip("apache_beam", reason="the cache is built with Apache Beam (the test extra installs it)")
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+IN_PROCESS = ["--direct_num_workers=1", "--direct_running_mode=in_memory"]  # the fast DirectRunner mode for tests
+LENGTHS = {"inputs": 96, "targets": 32}
+
+
+def _write_jsonl(path: pathlib.Path, rows) -> None:
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def make_bench(root: pathlib.Path) -> pathlib.Path:
+  """Toy SNI tasks, a multiple-choice JSONL task and pre-training text long enough to be split into rows."""
+  sni_dir = toybench.write(root / "sni", seed=0, num_instances=40)
+  jsonl_dir = root / "crossfit"
+  jsonl_dir.mkdir()
+  _write_jsonl(jsonl_dir / "quiz_mc.jsonl", [{
+      "src": f"Quiz {i}: which colour is item number {i} painted in the catalogue?",
+      "tgt": ["red", "blue", "green"][i % 3],
+      "options": ["red", "blue", "green"]
+  } for i in range(30)])
+  text_dir = root / "text"
+  text_dir.mkdir()
+  (text_dir / "web.txt").write_text(
+      "\n\n".join(" ".join(f"Document {i} sentence {j} about the weather in town {i}."
+                           for j in range(12))
+                  for i in range(20)) + "\n", encoding="utf-8")
+  config = bench_config.load_config(REPO / "tasks" / "optiml_bench.yaml")
+  built = catalog.build(config,
+                        sources.iter_all(sni_dir=sni_dir, jsonl_dirs=[("crossfit", jsonl_dir)], text_dir=text_dir),
+                        sni.read_split(sni_dir))
+  built.save(root / "catalog")
+  return root / "catalog"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+  root = tmp_path_factory.mktemp("cache_bench")
+  catalog_dir = make_bench(root)
+  result = cache_beam.build(catalog_dir, root / "cache", shots=(0, 2), pipeline_args=IN_PROCESS)
+  return catalog_dir, root / "cache", result
+
+
+def _task_examples(name, split):
+  ds = seqio.get_mixture_or_task(name).get_dataset(None, split=split, shuffle=False)
+  return list(ds.as_numpy_iterator())
+
+
+def _same(a, b) -> bool:
+  a = a.to_list() if hasattr(a, "to_list") else a
+  b = b.to_list() if hasattr(b, "to_list") else b
+  return np.array_equal(np.asarray(a, dtype=object), np.asarray(b, dtype=object))
+
+
+def test_build_writes_a_committed_shard_per_task_variant_and_split(built):
+  catalog_dir, cache_dir, result = built
+  bench = catalog.load(catalog_dir)
+  expected = {cache.shard_name(e.name, k, s) for e in bench.tasks for k in (0, 2) for s in cache_beam.splits_of(e)}
+  assert not result.failed and set(result.written) == expected
+  manifest = cache.read_manifest(cache_dir)
+  assert set(manifest.shards) == expected and manifest.shots == (0, 2)
+  assert (cache_dir / cache.CATALOG_FILE).read_bytes() == (catalog_dir / catalog.CATALOG_FILE).read_bytes()
+  leftovers = [p.name for p in (cache_dir / cache.SHARDS_DIR).iterdir() if ".tmp-" in p.name or p.suffix == ".json"]
+  assert not leftovers
+  stats = cache.read_stats(cache_dir / cache.SHARDS_DIR / cache.shard_name("pretraining:web", 0, "train"))
+  assert stats["examples"] > 0 and stats["target_tokens"] > stats["examples"] and stats["input_tokens"] == 0
+
+
+def test_cached_tasks_give_the_uncached_examples_byte_for_byte(built):
+  catalog_dir, cache_dir, _ = built
+  registry.register_catalog(catalog_dir, shots=(0, 2))
+  names = ["sni:task001_toy_add_small", "sni:task001_toy_add_small.2shot", "crossfit:quiz_mc", "pretraining:web"]
+  splits = {n: [s for s in ("train", "validation") if s in seqio.get_mixture_or_task(n).splits] for n in names}
+  uncached = {(n, s): _task_examples(n, s) for n in names for s in splits[n]}
+  registry.register_catalog(catalog_dir, shots=(0, 2), cache_dir=cache_dir)
+  for (name, split), want in uncached.items():
+    got = _task_examples(name, split)
+    assert len(got) == len(want) > 0, (name, split)
+    for a, b in zip(want, got):
+      assert a.keys() == b.keys()
+      for key in a:
+        assert _same(a[key], b[key]), (name, split, key)
+
+
+def test_training_batches_from_cached_tasks_equal_uncached_ones(built):
+  catalog_dir, cache_dir, _ = built
+
+  def batches(cache_dir):
+    registry.register_catalog(catalog_dir, cache_dir=cache_dir)
+    stream = pipeline.BatchStream(registry.TRAIN_MIXTURE, "train", LENGTHS, 4, seed=5)
+    return [next(stream) for _ in range(6)]
+
+  for a, b in zip(batches(None), batches(cache_dir)):
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_registering_from_the_cache_alone_uses_its_catalog_copy(built):
+  _, cache_dir, _ = built
+  registered = registry.register_catalog(None, cache_dir=cache_dir)
+  assert registry.TRAIN_MIXTURE in registered.mixtures and "crossfit:quiz_mc" in registered.tasks
+
+
+def test_rerun_is_idempotent_and_completes_a_partial_cache(built, tmp_path):
+  catalog_dir, cache_dir, _ = built
+  again = cache_beam.build(catalog_dir, cache_dir, shots=(0, 2), pipeline_args=IN_PROCESS)
+  assert again.written == () and len(again.skipped) == len(cache.read_manifest(cache_dir).shards)
+  # A shard lost (deleted) and a staging folder left by a killed worker: the rerun rewrites only that shard.
+  name = cache.shard_name("crossfit:quiz_mc", 0, "validation")
+  shard = cache_dir / cache.SHARDS_DIR / name
+  before = (shard / cache.TOKENS_FILE).read_bytes()
+  other = cache_dir / cache.SHARDS_DIR / cache.shard_name("sni:task001_toy_add_small", 0, "train")
+  other_mtime = os.stat(other / cache.STATS_FILE).st_mtime_ns
+  (shard / cache.STATS_FILE).unlink()
+  (cache_dir / cache.SHARDS_DIR / f"{name}.tmp-killed").mkdir()
+  fixed = cache_beam.build(catalog_dir, cache_dir, shots=(0, 2), pipeline_args=IN_PROCESS)
+  assert fixed.written == (name,) and not fixed.failed
+  assert (shard / cache.TOKENS_FILE).read_bytes() == before
+  assert os.stat(other / cache.STATS_FILE).st_mtime_ns == other_mtime
+
+
+def test_a_failing_task_is_reported_and_the_others_are_written(tmp_path, capsys):
+  catalog_dir = make_bench(tmp_path)
+  broken = next(e for e in catalog.load(catalog_dir).tasks if e.name == "sni:task002_toy_subtract")
+  pathlib.Path(broken.path).write_text("{ not json", encoding="utf-8")
+  code = bench_cli.main(["cache", str(catalog_dir), "--out", str(tmp_path / "cache"), *IN_PROCESS])
+  out, err = capsys.readouterr()
+  assert code == 1
+  assert "sni:task002_toy_subtract (0-shot)" in out and "failed" in err
+  manifest = cache.read_manifest(tmp_path / "cache")
+  assert "sni:task002_toy_subtract (0-shot)" in manifest.failed
+  assert cache.shard_name("sni:task001_toy_add_small", 0, "train") in manifest.shards
+  with pytest.raises(cache.CacheError, match="task002_toy_subtract"):
+    registry.register_catalog(catalog_dir, cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("damage", ["truncate_tokens", "delete_index", "uncommitted"])
+def test_a_corrupt_or_partial_shard_is_named_in_a_clear_error(built, tmp_path, damage):
+  catalog_dir, cache_dir, _ = built
+  copy = tmp_path / "cache"
+  import shutil  # pylint: disable=import-outside-toplevel
+  shutil.copytree(cache_dir, copy)
+  shard = copy / cache.SHARDS_DIR / cache.shard_name("sni:task001_toy_add_small", 0, "train")
+  if damage == "truncate_tokens":
+    data = (shard / cache.TOKENS_FILE).read_bytes()
+    (shard / cache.TOKENS_FILE).write_bytes(data[:len(data) // 2])
+    match = r"tokens\.npy: \d+ bytes, the shard's stats\.json records"
+  elif damage == "delete_index":
+    (shard / cache.INDEX_FILE).unlink()
+    match = r"index\.npy: missing"
+  else:
+    (shard / cache.STATS_FILE).unlink()
+    match = "no committed shard"
+  with pytest.raises(cache.CacheError, match=match):
+    cache.read_shard(copy, "sni:task001_toy_add_small", 0, "train")
+  with pytest.raises(cache.CacheError, match="task001_toy_add_small"):
+    registry.register_catalog(catalog_dir, cache_dir=copy)
+
+
+def test_a_cache_of_another_tokenizer_is_refused(built, tiny_tokenizer):
+  catalog_dir, cache_dir, _ = built
+  other = registry.default_vocabulary(tiny_tokenizer("smollm2"))
+  with pytest.raises(cache.CacheError, match="another tokenizer"):
+    registry.register_catalog(catalog_dir, other, cache_dir=cache_dir)
+  with pytest.raises(cache.CacheError, match="another tokenizer"):
+    cache_beam.build(catalog_dir, cache_dir, tokenizer_dir=str(tiny_tokenizer("smollm2")), pipeline_args=IN_PROCESS)
+
+
+def test_cli_builds_over_local_processes_and_reports(tmp_path, capsys):
+  """The default runner mode: DirectRunner over separate worker processes (as on a workstation)."""
+  root = tmp_path
+  sni_dir = toybench.write(root / "sni", seed=0, num_instances=20)
+  assert bench_cli.main([
+      "build", "--config", "toybench.yaml", "--sni_dir",
+      str(sni_dir), "--out",
+      str(root / "catalog"), "--no_progress"
+  ]) == 0
+  capsys.readouterr()
+  tasks = "sni:task001_toy_add_small,sni:task002_toy_subtract"
+  code = bench_cli.main([
+      "cache",
+      str(root / "catalog"), "--out",
+      str(root / "cache"), "--tasks", tasks, "--shots", "0,1", "--direct_num_workers=2"
+  ])
+  out = capsys.readouterr().out
+  assert code == 0, out
+  assert "8 shard(s) written" in out
+  with pytest.raises(SystemExit):  # argparse: a bad --shots is a usage error
+    bench_cli.main(["cache", str(root / "catalog"), "--out", str(root / "cache"), "--shots", "x"])

@@ -1,0 +1,212 @@
+"""Tests of optiml_jax.data.cached_stream: batches drawn by index from the bench cache resume without replay, do
+not depend on the number of processes, and sample tasks as the uncached seqio stream does."""
+
+import collections
+import json
+
+import numpy as np
+import pytest
+
+from optiml_jax.data import cache
+from optiml_jax.data import cache_beam
+from optiml_jax.data import cached_stream
+from optiml_jax.data import catalog
+from optiml_jax.data import formatting
+from optiml_jax.data import pipeline
+from optiml_jax.data import registry
+from optiml_jax.trainer import runtime
+
+pytest.importorskip("apache_beam", reason="the cache is built with Apache Beam (the test extra installs it)")
+
+LENGTHS = {"inputs": 96, "targets": 32}
+ROW = sum(LENGTHS.values())
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory):
+  from tests.data import test_cache  # pylint: disable=import-outside-toplevel  (the same small bench)
+  root = tmp_path_factory.mktemp("cached_stream")
+  catalog_dir = test_cache.make_bench(root)
+  cache_beam.build(catalog_dir, root / "cache", pipeline_args=test_cache.IN_PROCESS)
+  registry.register_catalog(None, cache_dir=root / "cache")
+  return catalog_dir, str(root / "cache")
+
+
+def _stream(cache_dir, batch_size=4, index=0, count=1, seed=3, pack=True):
+  return cached_stream.CachedBatchStream(registry.TRAIN_MIXTURE, LENGTHS, batch_size, seed, cache_dir=cache_dir,
+                                         shard_index=index, shard_count=count, pack=pack)
+
+
+def _equal(a, b) -> bool:
+  return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_rows_are_packed_decoder_features_with_target_only_loss(cached):
+  _, cache_dir = cached
+  batch = next(_stream(cache_dir))
+  assert set(batch) == set(pipeline_features()) and all(v.shape == (4, ROW) for v in batch.values())
+  tokens, targets, weights = (
+      batch[k] for k in ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights"))
+  segments, positions = batch["decoder_segment_ids"], batch["decoder_positions"]
+  for row in range(4):
+    starts = np.flatnonzero((positions[row] == 0) & (segments[row] > 0))
+    assert len(starts) >= 1 and tokens[row, starts[0]] == 2  # OPT's BOS before every example
+    real = segments[row] > 0
+    assert weights[row][~real].sum() == 0 and weights[row][real].sum() > 0
+    within = real[1:] & (segments[row, 1:] == segments[row, :-1])  # next position of the same example
+    assert np.array_equal(tokens[row, 1:][within], targets[row, :-1][within])
+  assert (segments > 0).mean() > 0.8  # packed: rows mostly full
+
+
+def pipeline_features():
+  return ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights", "decoder_segment_ids",
+          "decoder_positions")
+
+
+@pytest.mark.parametrize("at", [1, 7])
+def test_resume_from_a_json_state_continues_exactly(cached, at):
+  _, cache_dir = cached
+  reference = _stream(cache_dir)
+  uninterrupted = [next(reference) for _ in range(at + 6)]
+  first = _stream(cache_dir)
+  for _ in range(at):
+    next(first)
+  state = json.loads(json.dumps(first.state()))
+  resumed = _stream(cache_dir)
+  resumed.restore(state)
+  assert resumed.batches_consumed == at
+  for want in uninterrupted[at:]:
+    assert _equal(want, next(resumed))
+
+
+def test_global_batches_do_not_depend_on_the_number_of_processes(cached):
+  _, cache_dir = cached
+  one = _stream(cache_dir, batch_size=4)
+  two = [_stream(cache_dir, batch_size=2, index=i, count=2) for i in range(2)]
+  for _ in range(5):
+    whole, halves = next(one), [next(s) for s in two]
+    assert _equal(whole, {k: np.concatenate([h[k] for h in halves]) for k in whole})
+
+
+def test_a_checkpoint_of_two_processes_resumes_exactly_on_one(cached):
+  """The trainer's reshard path: `runtime.data_state_of_this_process` carries the global position."""
+  _, cache_dir = cached
+  two = [_stream(cache_dir, batch_size=2, index=i, count=2) for i in range(2)]
+  for _ in range(4):
+    for s in two:
+      next(s)
+  meta = {"step": 4, "data": [json.loads(json.dumps(s.state())) for s in two]}
+  resumed = _stream(cache_dir, batch_size=4)
+  resumed.restore(runtime.data_state_of_this_process(meta, "/model_dir", resumed.state()))
+  reference = _stream(cache_dir, batch_size=4)
+  for _ in range(4):
+    next(reference)
+  for _ in range(3):
+    assert _equal(next(reference), next(resumed))
+
+
+def test_a_state_of_another_stream_or_global_batch_is_refused(cached):
+  _, cache_dir = cached
+  state = _stream(cache_dir, seed=3).state()
+  with pytest.raises(ValueError, match="seed"):
+    _stream(cache_dir, seed=4).restore(state)
+  with pytest.raises(ValueError, match="global batch"):
+    _stream(cache_dir, batch_size=8).restore(state)
+
+
+def _task_of_prefix(catalog_dir, vocabulary, k=10):
+  """First k tokens of every training example (and pre-training chunk) -> its task."""
+  owner = {}
+  for entry in catalog.load(catalog_dir).tasks:
+    if entry.role != catalog.TRAIN or entry.num_examples == 0:
+      continue
+    task = registry.reopen_task(entry)
+    for ex in registry.iter_examples(entry, task, "train", 0, vocabulary):
+      for inputs, targets in formatting.row_examples(ex["inputs"], ex["targets"], ROW, vocabulary.eos_id):
+        read = np.concatenate([inputs, targets])[:-1]  # what the row feeds after the BOS (all but the last)
+        owner.setdefault(tuple(read[:k]), set()).add(entry.name)
+  return {key: names.pop() for key, names in owner.items() if len(names) == 1}
+
+
+def _task_counts(batches, owner, k=10):
+  counts = collections.Counter()
+  for batch in batches:
+    tokens, segments, positions = batch["decoder_input_tokens"], batch["decoder_segment_ids"], batch[
+        "decoder_positions"]
+    for row, start in zip(*np.nonzero((positions == 0) & (segments > 0))):
+      own = tokens[row][segments[row] == segments[row, start]]  # this example's tokens, BOS first
+      counts[owner.get(tuple(own[1:1 + k]), "?")] += 1
+  return counts
+
+
+def _distance(a, b) -> float:
+  """Total variation distance of two count distributions."""
+  keys = set(a) | set(b)
+  ta, tb = sum(a.values()), sum(b.values())
+  return 0.5 * sum(abs(a[k] / ta - b[k] / tb) for k in keys)
+
+
+def test_task_frequencies_match_the_uncached_stream_and_the_rates(cached):
+  catalog_dir, cache_dir = cached
+  vocabulary = registry.default_vocabulary()
+  owner = _task_of_prefix(catalog_dir, vocabulary)
+  stream = _stream(cache_dir, batch_size=8, seed=11)
+  cached_counts = _task_counts([next(stream) for _ in range(80)], owner)
+  registry.register_catalog(catalog_dir)  # uncached Tasks, same names and rates
+  try:
+    uncached = pipeline.BatchStream(registry.TRAIN_MIXTURE, "train", LENGTHS, 8, seed=11)
+    uncached_counts = _task_counts([next(uncached) for _ in range(80)], owner)
+  finally:
+    registry.register_catalog(None, cache_dir=cache_dir)
+  assert cached_counts["?"] < 0.02 * sum(cached_counts.values())
+  assert _distance(cached_counts, uncached_counts) < 0.12, (cached_counts, uncached_counts)
+  rates = dict(cached_stream.mixture_tasks(registry.TRAIN_MIXTURE))
+  total = sum(r for name, r in rates.items() if not name.startswith("pretraining"))
+  drawn = sum(v for name, v in cached_counts.items() if name in rates and not name.startswith("pretraining"))
+  for name, rate in rates.items():
+    if not name.startswith("pretraining"):  # (a long document gives several chunks per draw)
+      assert abs(cached_counts[name] / drawn - rate / total) < 0.06, name
+
+
+def test_long_pretraining_documents_are_split_into_row_sized_chunks(cached):
+  _, cache_dir = cached
+  shard = cache.read_shard(cache_dir, "pretraining:web", 0, "train")
+  longest = max(range(len(shard)), key=lambda i: shard.index[i, 2])
+  inputs, targets = shard.tokens_of(longest)
+  chunks = formatting.row_examples(inputs, targets, ROW, 2)
+  assert len(inputs) == 0 and len(chunks) >= 2  # the bench's documents are longer than a row
+  stream = cached_stream.CachedBatchStream("pretraining:web", LENGTHS, 4, 0, cache_dir=cache_dir)
+  segments_seen = []
+  for _ in range(80):  # short final chunks wait in open rows until 8 of them are open: ~200 documents
+    batch = next(stream)
+    for row in range(4):
+      ids = batch["decoder_segment_ids"][row]
+      for segment in set(ids[ids > 0].tolist()):
+        at = ids == segment
+        segments_seen.append((batch["decoder_target_tokens"][row][at], batch["decoder_loss_weights"][row][at]))
+  for _, chunk in chunks:  # every chunk is an example of its own, with loss on every token it predicts
+    found = [w for t, w in segments_seen if len(t) == len(chunk) and np.array_equal(t, chunk)]
+    assert found and all(w.all() for w in found)
+
+
+def test_a_mixture_task_missing_from_the_cache_is_named(cached, tmp_path):
+  _, cache_dir = cached
+  import shutil  # pylint: disable=import-outside-toplevel
+  copy = tmp_path / "cache"
+  shutil.copytree(cache_dir, copy)
+  manifest = cache.read_manifest(copy)
+  dropped = cache.shard_name("sni:task001_toy_add_small", 0, "train")
+  shards = {k: v for k, v in manifest.shards.items() if k != dropped}
+  cache.write_manifest(
+      copy,
+      cache.Manifest(manifest.vocabulary, manifest.tokenizer_dir, manifest.seed, manifest.pool_size, manifest.shots,
+                     shards))
+  with pytest.raises(cache.CacheError, match="task001_toy_add_small"):
+    _stream(str(copy))
+
+
+def test_unpacked_rows_hold_one_example_each(cached):
+  _, cache_dir = cached
+  batch = next(_stream(cache_dir, pack=False))
+  assert set(batch) == {"decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights"}
+  assert (batch["decoder_input_tokens"][:, 0] == 2).all()  # each row starts with its example's BOS
