@@ -269,6 +269,12 @@ class HFVocabulary(seqio.Vocabulary):
 
   # --- Identity ----------------------------------------------------------------------------------------
 
+  @property
+  def fingerprint(self) -> str:
+    """A hex digest of what equality compares (tokenizer file contents, special tokens, BOS policy): stable across
+    processes and copies of the folder, so a cache built with this vocabulary can be recognised (`data.cache`)."""
+    return hashlib.sha256(f"{self._digest}\x1f{self._tokens!r}".encode()).hexdigest()
+
   def __eq__(self, other: object) -> bool:
     """Equal when built from the same tokenizer file contents with the same special tokens and BOS policy."""
     if not isinstance(other, HFVocabulary):

@@ -182,6 +182,9 @@ class ResumeError(ValueError):
 
 # Data-state fields that describe how the global batch is split over processes; the others name the stream.
 SHARDING_FIELDS = ("batches_consumed", "batch_size", "shard_index", "shard_count")
+# Fields of a row-block stream's state that hold its global position beyond the batch count (the cached stream's
+# packing plan, `data.cached_stream`): the same on every process, so carried over as saved when resharding.
+GLOBAL_POSITION_FIELDS = ("position",)
 
 
 def data_state_of_this_process(meta: Mapping[str, Any], model_dir: str,
@@ -199,8 +202,9 @@ def data_state_of_this_process(meta: Mapping[str, Any], model_dir: str,
   be equal. The result is `fresh_state` with `batches_consumed = B`: each new process continues its own
   shard after B of its batches, i.e. at global batch B.
     * A stream whose state says `"sharding": "row_blocks_of_global_batch"` (`trainer.synthetic`: global
-      batch p is a pure function of the seed and p, process i takes row block i) continues exactly: the
-      batches, and so the losses, are those of an uninterrupted run.
+      batch p is a pure function of the seed and p, process i takes row block i; `data.cached_stream`: its
+      global position, GLOBAL_POSITION_FIELDS, is carried over as saved) continues exactly: the batches, and so
+      the losses, are those of an uninterrupted run.
     * Any other stream (`BatchStream` shards examples per process, so another process count is another
       set of streams) skips B batches of each new per-process stream: as many global batches as were
       consumed, but not the same examples; a warning says the example order differs from an uninterrupted
@@ -239,7 +243,7 @@ def data_state_of_this_process(meta: Mapping[str, Any], model_dir: str,
   if saved_rows != rows:
     raise ResumeError(f"{where}: its global batch has {saved_rows} rows, this run's has {rows}; resume "
                       f"with batch_size={saved_rows}, or {restart}")
-  fields = (set(saved) | set(fresh_state)) - set(SHARDING_FIELDS)
+  fields = (set(saved) | set(fresh_state)) - set(SHARDING_FIELDS) - set(GLOBAL_POSITION_FIELDS)
   differing = sorted(f for f in fields if saved.get(f) != fresh_state.get(f))
   if differing:
     details = ", ".join(f"{f}: saved {saved.get(f)!r}, now {fresh_state.get(f)!r}" for f in differing)
@@ -250,7 +254,10 @@ def data_state_of_this_process(meta: Mapping[str, Any], model_dir: str,
         "%s was written by %d processes and this run has %d: each process continues its new shard of the "
         "data after skipping %d of its batches (as many global batches as were consumed), but the examples "
         "and their order differ from an uninterrupted run", where, len(states), jax.process_count(), consumed[0])
-  return dict(fresh_state, batches_consumed=consumed[0])
+  carried = {}
+  if fresh_state.get("sharding") == synthetic.ROW_BLOCKS_OF_GLOBAL_BATCH:
+    carried = {f: saved[f] for f in GLOBAL_POSITION_FIELDS if f in saved}
+  return dict(fresh_state, batches_consumed=consumed[0], **carried)
 
 
 def replicated_scalar(value: int, sharding: jax.sharding.Sharding) -> jax.Array:
