@@ -17,6 +17,16 @@ Example:
 
   python tools/benchmarks/data.py --max_tasks 40 --batches 30
   python tools/benchmarks/data.py --tokenizer_dir ~/.cache/optiml_jax/smollm2/SmolLM2-135M-Instruct
+
+The paper's scale (`--tasks N`): a catalog of N tasks made from the SNI sample copied under new task numbers
+(plus P3's templates when the sample has them), the `optiml_bench_train` mixture over its training tasks, and the
+figures a restarted pod run pays: registration, the first packed batch, steady tokens/s, resuming at a late
+batch, and peak resident memory. `--cache` builds the bench cache first (Apache Beam, DirectRunner over every
+core; timed) and reads batches from it (`cached_stream.CachedBatchStream`); without it, the uncached seqio
+pipeline (`pipeline.BatchStream`, whose resume replays the batches before the position).
+
+  python tools/benchmarks/data.py --tasks 2000 --cache --inputs_length 1536 --targets_length 512 --batches 200
+  python tools/benchmarks/data.py --tasks 2000 --batches 40      # the uncached path (minutes to the first batch)
 """
 
 from __future__ import annotations
@@ -24,12 +34,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import pathlib
+import re
+import resource
+import shutil
 import tempfile
 import time
 
 import transformers
 
 from optiml_jax.data import bench_config
+from optiml_jax.data import cache_beam
+from optiml_jax.data import cached_stream
 from optiml_jax.data import catalog
 from optiml_jax.data import formatting
 from optiml_jax.data import pipeline
@@ -41,6 +56,8 @@ from optiml_jax.data.sources import sni
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_SNI = REPO.parent / "shared" / "data" / "natural-instructions"
+DEFAULT_P3 = REPO.parent / "shared" / "data" / "p3"
+TASK_FILE = re.compile(r"^task(\d+)_(.+)\.json$")
 
 
 def _build(sni_dir: pathlib.Path, max_tasks: int, out_dir: pathlib.Path) -> catalog.Catalog:
@@ -49,6 +66,109 @@ def _build(sni_dir: pathlib.Path, max_tasks: int, out_dir: pathlib.Path) -> cata
   built = catalog.build(config, tasks, sni.read_split(sni_dir))
   built.save(out_dir)
   return built
+
+
+def replicate_sni(sni_dir: pathlib.Path, copies: int, out: pathlib.Path) -> pathlib.Path:
+  """An SNI checkout with every task of `sni_dir` `copies` times, copy k renumbered by k * 10000 (task020_x ->
+  task10020_x), and split files listing the copies where the originals are listed."""
+  numbered = [(m, f) for f in sorted((sni_dir / "tasks").glob("task*.json")) if (m := TASK_FILE.match(f.name))]
+  (out / "tasks").mkdir(parents=True, exist_ok=True)
+  renamed: dict[str, list[str]] = {}
+  for m, f in numbered:
+    for k in range(copies):
+      name = f"task{int(m.group(1)) + 10000 * k}_{m.group(2)}"
+      shutil.copyfile(f, out / "tasks" / f"{name}.json")
+      renamed.setdefault(f.stem, []).append(name)
+  for split_file in (sni_dir / "splits").glob("*/*_tasks.txt"):
+    target = out / "splits" / split_file.parent.name / split_file.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    names = [n.strip().removesuffix(".json") for n in split_file.read_text(encoding="utf-8").splitlines()]
+    target.write_text("\n".join(c for n in names if n for c in renamed.get(n, [n])) + "\n", encoding="utf-8")
+  return out
+
+
+def _build_replicated(sni_dir: pathlib.Path, p3_dir: pathlib.Path | None, tasks: int,
+                      out_dir: pathlib.Path) -> catalog.Catalog:
+  p3_count = len(list((p3_dir / "data_per_template").iterdir())) if p3_dir else 0
+  sni_count = len(list((sni_dir / "tasks").glob("task*.json")))
+  copies = max(1, -(-(tasks - p3_count) // sni_count))
+  replica = replicate_sni(sni_dir, copies, out_dir.parent / "sni_replica")
+  config = bench_config.load_config(REPO / "tasks" / "optiml_bench.yaml")
+  read = itertools.islice(sources.iter_all(sni_dir=replica, p3_dir=p3_dir), tasks)
+  built = catalog.build(config, read, sni.read_split(replica))
+  built.save(out_dir)
+  return built
+
+
+def _peak_rss_gb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def _count(batch: dict) -> tuple[int, int]:
+  segments = batch["decoder_segment_ids"]
+  return int(((batch["decoder_positions"] == 0) & (segments > 0)).sum()), int((segments > 0).sum())
+
+
+def paper_scale(args: argparse.Namespace, work: pathlib.Path) -> None:
+  """The `--tasks N` figures (module docstring)."""
+  sni_dir, p3_dir = pathlib.Path(args.sni_dir), pathlib.Path(args.p3_dir)
+  if not (sni_dir / "tasks").is_dir():
+    raise SystemExit(f"{sni_dir}: no SNI checkout; --tasks needs one (the ../shared sample)")
+  start = time.perf_counter()
+  built = _build_replicated(sni_dir, p3_dir if (p3_dir / "data_per_template").is_dir() else None, args.tasks,
+                            work / "catalog")
+  train = [e for e in built.tasks if e.role == catalog.TRAIN and e.num_examples > 0]
+  print(f"catalog: {len(built.tasks)} tasks ({len(train)} training, {sum(e.num_examples for e in train)} training "
+        f"examples) in {time.perf_counter() - start:.1f} s")
+  cache_dir = None
+  if args.cache:
+    start = time.perf_counter()
+    result = cache_beam.build(
+        work / "catalog", work / "cache", tokenizer_dir=args.tokenizer_dir,
+        pipeline_args=[f"--direct_num_workers={args.cache_workers}"] if args.cache_workers else [])
+    print(f"cache build (Apache Beam, DirectRunner): {time.perf_counter() - start:.1f} s; {result.describe()}")
+    cache_dir = str(work / "cache")
+  vocabulary = vocab_lib.load(args.tokenizer_dir)
+  lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
+
+  def make():
+    if cache_dir:
+      return cached_stream.CachedBatchStream(registry.TRAIN_MIXTURE, lengths, args.batch_size, 0, cache_dir=cache_dir)
+    return pipeline.BatchStream(registry.TRAIN_MIXTURE, "train", lengths, args.batch_size, seed=0)
+
+  start = time.perf_counter()
+  registry.register_catalog(work / "catalog", vocabulary, cache_dir=cache_dir)
+  register_seconds = time.perf_counter() - start
+  stream = make()
+  start = time.perf_counter()
+  next(stream)
+  first_seconds = time.perf_counter() - start
+  # Two windows: the first opens the sources (or shards) of most tasks as they are first drawn; the second is
+  # the steady state a long run sees.
+  windows = []
+  for n in (args.batches // 2, args.batches - args.batches // 2):
+    start = time.perf_counter()
+    examples = tokens = 0
+    for batch in itertools.islice(stream, n):
+      e, t = _count(batch)
+      examples, tokens = examples + e, tokens + t
+    windows.append((n, examples, tokens, time.perf_counter() - start))
+  saved = stream.state()
+  start = time.perf_counter()
+  resumed = make()
+  resumed.restore(saved)
+  next(resumed)
+  resume_seconds = time.perf_counter() - start
+  rows = args.inputs_length + args.targets_length
+  mode = "cached (CachedBatchStream)" if cache_dir else "uncached (seqio BatchStream)"
+  print(f"\n{mode}, {len(train)} training tasks, rows of {rows}, batch {args.batch_size}:")
+  print(f"  register_catalog       {register_seconds:8.1f} s")
+  print(f"  first packed batch     {first_seconds:8.1f} s")
+  for label, (n, examples, tokens, seconds) in zip(("batches 2..", "then"), windows):
+    print(f"  {label:<12} {n:>4d} batches {tokens / seconds:10.0f} tokens/s ({examples / seconds:.0f} examples/s, "
+          f"rows {tokens / (n * args.batch_size * rows):.1%} full)")
+  print(f"  resume at batch {saved['batches_consumed']:<5d}  {resume_seconds:8.1f} s (restore + the next batch)")
+  print(f"  peak resident memory   {_peak_rss_gb():8.2f} GB")
 
 
 def _report(name: str, examples: int, tokens: int, seconds: float) -> tuple[float, float]:
@@ -70,9 +190,16 @@ def main() -> None:
   parser.add_argument(
       "--tokenizer_dir", help="a Hugging Face tokenizer folder (e.g. a converted SmolLM2 folder); "
       "default: OPT's, shipped in the package")
+  parser.add_argument("--tasks", type=int, help="the paper-scale figures over a replicated catalog of this many tasks")
+  parser.add_argument("--p3_dir", default=str(DEFAULT_P3), help="P3 folder added to the replicated catalog")
+  parser.add_argument("--cache", action="store_true", help="with --tasks: build the bench cache and read from it")
+  parser.add_argument("--cache_workers", type=int, default=0, help="DirectRunner processes (default: every core)")
   args = parser.parse_args()
 
   work = pathlib.Path(tempfile.mkdtemp(prefix="bench_data_"))
+  if args.tasks:
+    paper_scale(args, work)
+    return
   sni_dir = pathlib.Path(args.sni_dir)
   if not (sni_dir / "tasks").is_dir():
     print(f"{sni_dir} not found: using the toy bench")
