@@ -245,6 +245,15 @@ def _pack_window(rows: np.ndarray, meta: np.ndarray, inputs: np.ndarray, inputs_
   return new_rows, new_meta, out
 
 
+def row_length(sequence_length: Mapping[str, Any] | None) -> int | None:
+  """Positions per row for seqio's `sequence_length`: "inputs" + "targets" (a missing or None one counts 0);
+  None when neither is given (no truncation)."""
+  lengths = [sequence_length.get(name) for name in TASK_FEATURES_NAMES] if sequence_length else []
+  if all(n is None for n in lengths):
+    return None
+  return sum(int(n) for n in lengths if n is not None)
+
+
 def fit_to_row_tf(ex: Mapping[str, tf.Tensor], length: int, eos_id: int, with_bos: bool = True) -> dict[str, tf.Tensor]:
   """TF twin of `formatting.fit_to_row` on an example's "inputs" / "targets" (other keys kept)."""
   budget = formatting.row_token_budget(length, with_bos)

@@ -196,6 +196,14 @@ def test_only_the_sum_of_the_task_lengths_counts(lengths):
       np.testing.assert_array_equal(a[name], b[name])
 
 
+def test_row_length_is_the_sum_of_the_task_lengths():
+  assert packing.row_length({"inputs": 1536, "targets": 512}) == packing.row_length({"inputs": 48, "targets": 2000})
+  assert packing.row_length({"inputs": 1536, "targets": 512}) == 2048
+  assert packing.row_length({"targets": 2048}) == packing.row_length({"inputs": None, "targets": 2048}) == 2048
+  assert packing.row_length(None) is None and packing.row_length({}) is None
+  assert packing.row_length({"inputs": None, "targets": None}) is None
+
+
 def test_feature_converter_rejects_examples_over_the_row():
   converter = packing.OptimlFeatureConverter()
   # 7 inputs + 1 target take 8 positions: they fit rows of 4 + 4 although the inputs are over 4.
