@@ -242,6 +242,24 @@ def test_real_sni_examples_fit_the_row_with_their_whole_target(shared_dir, vocab
   assert cut >= 10  # most of these prompts are longer than the row
 
 
+def test_real_text_split_into_chunks_decodes_back_to_the_document(shared_dir, vocabulary):
+  """Real reviews (SNI's yelp task) read as pre-training text: chunks of a 64-position row, BOS first."""
+  task = sni.read_task(shared_dir / "data" / "natural-instructions" / "tasks" / f"{SNI_SAMPLE[0]}.json")
+  lm = _task(benchmark="pretraining", definition="", kind=records.LANGUAGE_MODELING, fmt="text")
+  split = 0
+  for instance in itertools.islice(task.instances(), 8):
+    source, target = formatting.format_example(lm, records.Instance(instance.id, instance.input), ())
+    inputs, targets = formatting.tokenize_example(vocabulary, source, target)
+    assert inputs.size == 0
+    pieces = formatting.row_examples(inputs, targets, 64, EOS)
+    assert all(i.size == 0 and t.size <= 64 for i, t in pieces)
+    tokens = np.concatenate([t for _, t in pieces])
+    assert tokens.tolist() == targets.tolist() and tokens[-1] == EOS
+    assert vocabulary.decode(tokens[:-1].tolist()) == instance.input.strip()
+    split += len(pieces) > 1
+  assert split >= 4
+
+
 def test_real_p3_template_has_no_definition_and_keeps_the_prompt(shared_dir):
   folder = shared_dir / "data" / "p3" / "data_per_template"
   task = promptsource.read_task(sorted(folder.glob("*.jsonl"))[0])

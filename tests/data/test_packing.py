@@ -1,5 +1,7 @@
 """Tests of optiml_jax.data.packing: the greedy numpy packer and the seqio feature converter."""
 
+import itertools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -357,17 +359,13 @@ def test_tf_row_examples_match_the_numpy_ones(with_bos):
   assert sum(int(r["decoder_loss_weights"].sum()) for r in rows) > 0
 
 
-def test_first_target_token_sees_what_metaseq_s_stream_gives_it():
-  """metaseq concatenates examples, each BPE(src + " " + tgt) + </s>, and the first token of an example is
-  predicted from the </s> that ends the one before. We feed </s> as BOS instead: the tokens before every
-  example's first target token are the same, [</s>] + its inputs, and the first example of a row (which in
-  metaseq's stream follows nothing or a cut-off block) gets the same context as the others."""
-  rng = np.random.default_rng(7)
-  examples = _random_examples(rng, 40, max_inputs=10, max_targets=6)
-  examples = [(i, t) for i, t in examples if i.size]  # an instruction example always has a prompt
-  stream = np.concatenate([np.r_[i, t] for i, t in examples]).astype(np.int32)  # metaseq: one token stream
-  starts = np.cumsum([0] + [len(i) + len(t) for i, t in examples])
-  rows = list(packing.pack_examples(examples, 32, BOS, max_open_rows=1))  # next fit: the order is kept
+def _assert_metaseq_context(examples, sequences, length):
+  """Packs `examples` (inputs, targets) and checks, for each, that the tokens read up to the position that
+  predicts its first target token are the ones metaseq's concatenated stream of `sequences` (each example's
+  whole token sequence, ending with </s>) gives it: the </s> ending the example before, then its prompt."""
+  stream = np.concatenate(sequences).astype(np.int32)
+  starts = np.cumsum([0] + [len(s) for s in sequences])
+  rows = list(packing.pack_examples(examples, length, BOS, max_open_rows=1))  # next fit: the order is kept
   index = 0
   for row in rows:
     seg = row["decoder_segment_ids"]
@@ -378,11 +376,43 @@ def test_first_target_token_sees_what_metaseq_s_stream_gives_it():
       assert row["decoder_target_tokens"][idx][first] == targets[0]
       ours = row["decoder_input_tokens"][idx][:first + 1]  # what that position and the ones before it read
       start = starts[index]
-      previous_eos = stream[start - 1] if index else None  # the </s> the example follows in metaseq's stream
-      theirs = np.r_[[previous_eos] if index else [BOS], stream[start:start + len(inputs)]]
+      # metaseq: the example follows the </s> of the one before (the stream's first example follows nothing).
+      theirs = np.r_[stream[start - 1:start] if index else [BOS], stream[start:start + len(inputs)]]
       np.testing.assert_array_equal(ours, theirs)
       index += 1
-  assert index == len(examples)
+  assert index == len(examples) > 1
+
+
+def test_first_target_token_sees_what_metaseq_s_stream_gives_it():
+  """metaseq concatenates examples, each BPE(src + " " + tgt) + </s>, and the first token of an example is
+  predicted from the </s> that ends the one before. We feed </s> as BOS instead: the tokens before every
+  example's first target token are the same, [</s>] + its inputs, and the first example of a row (which in
+  metaseq's stream follows nothing or a cut-off block) gets the same context as the others."""
+  rng = np.random.default_rng(7)
+  examples = _random_examples(rng, 40, max_inputs=10, max_targets=6)
+  examples = [(i, t) for i, t in examples if i.size]  # an instruction example always has a prompt
+  _assert_metaseq_context(examples, [np.r_[i, t] for i, t in examples], 32)
+
+
+def test_first_target_token_sees_what_metaseq_s_stream_gives_it_on_real_sni_examples(shared_dir):
+  """The same on real SNI examples: metaseq's sequence is BPE(source + " " + target) + </s> in one piece, its
+  prompt the first len(BPE(source)) tokens; ours is the registry's inputs / targets split of it."""
+  from optiml_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  from optiml_jax.data.sources import sni  # pylint: disable=g-import-not-at-top
+  vocabulary = vocab_lib.OPTVocabulary()
+  tasks_dir = shared_dir / "data" / "natural-instructions" / "tasks"
+  examples, sequences = [], []
+  for path in sorted(tasks_dir.glob("*.json"))[:6]:
+    task = sni.read_task(path)
+    for instance in itertools.islice(task.instances(), 3):
+      source, target = formatting.format_example(task, instance, (),
+                                                 formatting.choose_delimiter(0, task.name, instance.id))
+      inputs, targets = formatting.tokenize_example(vocabulary, source, target)
+      examples.append(formatting.fit_to_row(inputs, targets, 1024, vocabulary.eos_id))
+      whole = vocabulary.encode(source.rstrip(" ") + " " + target.rstrip()) + [vocabulary.eos_id]
+      sequences.append(np.asarray(whole[-len(examples[-1][0]) - len(examples[-1][1]):]))  # as fitted, left-cut
+  assert vocabulary.bos_id == vocabulary.eos_id == BOS
+  _assert_metaseq_context(examples, sequences, 1024)
 
 
 def test_for_vocabulary_follows_the_tokenizer(tiny_tokenizer):
