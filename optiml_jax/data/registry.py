@@ -24,8 +24,12 @@ Features of every example:
                                token ids, each tokenized like a target (for rank classification; empty for
                                other tasks; "validation" split only);
   instance_id                  the instance's id in its source.
-A preprocessor cuts each example to `sequence_length` when one is given: inputs from the LEFT to
-sequence_length["inputs"], targets to sequence_length["targets"] keeping the final EOS.
+A preprocessor (`truncate`) fits each example to ONE row when a `sequence_length` is given: L =
+sequence_length["inputs"] + sequence_length["targets"] positions (t5x's TASK_FEATURE_LENGTHS; only the sum
+counts). As in the paper, the prompt loses tokens from the LEFT until the whole target fits (a target longer
+than the row by itself is cut from the end, keeping its EOS); pre-training text is split into row-sized chunks,
+one example each (so a Task may yield more examples than its source has instances). The Tasks are `OptimlTask`s,
+which trim their output to the row as a whole instead of seqio's feature-by-feature trim.
 Metrics: each Task carries the metric functions of its kind (`eval_tasks.task_metric_args`: ROUGE-L and
 exact match against every reference for generation tasks, from `metrics.py`); multiple-choice tasks are scored
 through their rank-classification companion `<name>.score_eval`, registered with them by
@@ -61,6 +65,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from optiml_jax.data import cache as cache_lib
 from optiml_jax.data import catalog as catalog_lib
 from optiml_jax.data import eval_tasks
 from optiml_jax.data import formatting
@@ -220,7 +225,7 @@ def _dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *, ent
   def generate():
     epoch = next(passes)
     order_seed = formatting.stable_hash("order", seed, entry.name, shots, split, epoch) if shuffle_files else None
-    task = _reopen(entry)
+    task = reopen_task(entry)
     yield from iter_examples(entry, task, split, shots, vocabulary, format_seed, pool_size, order_seed)
 
   if split == TRAIN_SPLIT:  # training never ranks options: skip them (and a map per task at start-up)
@@ -232,7 +237,8 @@ def _dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *, ent
   return ds.map(_ragged_options, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _reopen(entry: catalog_lib.CatalogEntry) -> records.TaskSource:
+def reopen_task(entry: catalog_lib.CatalogEntry) -> records.TaskSource:
+  """The task's source, read again from its file; refuses a file that now holds another task."""
   task = sources.reopen(entry.format, entry.path, entry.benchmark)
   if task.name != entry.name:
     raise ValueError(f"{entry.path}: the catalog lists task {entry.name!r} but the file now reads as "
@@ -240,17 +246,108 @@ def _reopen(entry: catalog_lib.CatalogEntry) -> records.TaskSource:
   return task
 
 
+def _cached_dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *, entry: catalog_lib.CatalogEntry,
+                       shots: int, cache_dir: str, fingerprints: Mapping[str, str]) -> tf.data.Dataset:
+  """`_dataset_fn` over the task's committed cache shard (`cache.py`): the same examples in the same order.
+
+  The shard holds the examples of `iter_examples` in source order, one per instance, so the block-shuffled order
+  of a pass is the same permutation of example indices as the uncached Task's permutation of instances.
+  """
+  shard = cache_lib.read_shard(cache_dir, entry.name, shots, split, fingerprints[split])
+  passes = itertools.count()
+  with_options = split != TRAIN_SPLIT
+
+  def generate():
+    epoch = next(passes)
+    order: Iterable[int] = range(len(shard))
+    if shuffle_files:
+      order = shuffled_blocks(order, SHUFFLE_BLOCK_SIZE, formatting.stable_hash("order", seed, entry.name, shots, split,
+                                                                                epoch))
+    order = list(order)
+    for i, text in zip(order, shard.texts(order)):
+      inputs, targets = shard.tokens_of(i)
+      ex = {
+          "inputs": np.array(inputs),
+          "targets": np.array(targets),
+          "inputs_pretokenized": text["inputs_pretokenized"],
+          "targets_pretokenized": text["targets_pretokenized"],
+          "references": np.asarray(text["references"], dtype=object),
+          "instance_id": text["instance_id"],
+      }
+      if with_options:
+        ex["options_pretokenized"] = np.asarray(text["options_pretokenized"], dtype=object)
+        ex["options_values"] = np.asarray([t for ids in text["options"] for t in ids], np.int32)
+        ex["options_lengths"] = np.asarray([len(ids) for ids in text["options"]], np.int64)
+      yield ex
+
+  if not with_options:
+    signature = {k: v for k, v in _SIGNATURE.items() if not k.startswith("options")}
+    return tf.data.Dataset.from_generator(generate, output_signature=signature)
+  ds = tf.data.Dataset.from_generator(generate, output_signature=_SIGNATURE)
+  return ds.map(_ragged_options, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def cached_fingerprints(entry: catalog_lib.CatalogEntry, shots: int, cache_dir: str | os.PathLike,
+                        vocabulary: seqio.Vocabulary, seed: int, pool_size: int) -> dict[str, str]:
+  """The fingerprint of each split's shard, after checking that CACHE_DIR holds it committed.
+
+  Raises:
+    cache.CacheError: a shard is missing, uncommitted or built from something else (names it).
+  """
+  fingerprint = getattr(vocabulary, "fingerprint", None)
+  if fingerprint is None:
+    raise cache_lib.CacheError(f"{cache_dir}: a cache needs a Hugging Face tokenizer vocabulary (vocab.HFVocabulary), "
+                               f"got {type(vocabulary).__name__}")
+  prints = {}
+  for split in _splits(entry):
+    fp = cache_lib.fingerprint(entry, shots, split, fingerprint, seed, pool_size)
+    path = cache_lib.shard_dir(cache_dir, entry.name, shots, split)
+    if not cache_lib.is_complete(path, fp):
+      state = "is built from another catalog entry, tokenizer or seed" if path.is_dir() else "is missing"
+      raise cache_lib.CacheError(f"{path}: the cache shard of task {entry.name!r} ({shots}-shot, split {split!r}) "
+                                 f"{state}; (re)build it with `python -m optiml_jax.bench cache CATALOG_DIR --out "
+                                 f"{cache_dir} --shots {shots}`")
+    prints[split] = fp
+  return prints
+
+
 def truncate(dataset: tf.data.Dataset, sequence_length: Mapping[str, int] | None,
              output_features: Mapping[str, seqio.Feature]) -> tf.data.Dataset:
-  """Task preprocessor: inputs keep their last sequence_length["inputs"] tokens, targets their first
-  sequence_length["targets"] - 1 tokens and the EOS (see `formatting.truncate_tokens`); no-op without lengths."""
-  if not sequence_length:
+  """Task preprocessor: fits every example into one row of L = sequence_length["inputs"] + ["targets"]
+  positions, the paper's way (only the sum counts; a missing one counts 0); no-op without lengths.
+
+  An example with inputs keeps its whole target and loses prompt tokens from the left until it fits
+  (`formatting.fit_to_row`; a target longer than the row alone is cut from the end, keeping its EOS). An
+  example without inputs is pre-training text (`lm` tasks; every other example has at least its delimiter)
+  and becomes one example per row-sized chunk (`formatting.split_text`), each trained on every token. The
+  BOS counted is the one the vocabulary's tokenizer adds (`bos_id`; None: none), the one the feature
+  converter feeds (`packing.OptimlFeatureConverter.for_vocabulary`). Deterministic: the same examples give
+  the same rows in the same order (`formatting.row_examples` is the same in numpy).
+  """
+  length = packing.row_length(sequence_length)
+  if length is None:
     return dataset
-  inputs_length = sequence_length.get("inputs")
-  targets_length = sequence_length.get("targets")
-  eos = output_features["targets"].vocabulary.eos_id
-  return dataset.map(lambda ex: packing.truncate_tf(ex, inputs_length, targets_length, eos),
-                     num_parallel_calls=tf.data.AUTOTUNE)
+  vocabulary = output_features["targets"].vocabulary
+  eos, with_bos = vocabulary.eos_id, getattr(vocabulary, "bos_id", None) is not None
+  return dataset.flat_map(lambda ex: packing.row_examples_tf(ex, length, eos, with_bos))
+
+
+class OptimlTask(seqio.Task):
+  """A seqio Task whose output is trimmed to the row as a whole, not feature by feature.
+
+  seqio trims each output feature to its own length after the preprocessors (`inputs[:Li]`, `targets[:Lt]`),
+  which would cut the end of a prompt that `truncate` left longer than Li; here the example is fitted to
+  L = Li + Lt instead (`packing.fit_to_row_tf`, a no-op after `truncate`).
+  """
+
+  def _trim_output_features(self, dataset: tf.data.Dataset,
+                            sequence_length: Mapping[str, Any] | None) -> tf.data.Dataset:
+    length = packing.row_length(sequence_length)
+    if length is None:
+      return dataset
+    vocabulary = self.output_features["targets"].vocabulary
+    eos, with_bos = vocabulary.eos_id, getattr(vocabulary, "bos_id", None) is not None
+    return dataset.map(lambda ex: packing.fit_to_row_tf(ex, length, eos, with_bos), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _splits(entry: catalog_lib.CatalogEntry) -> dict[str, int]:
@@ -264,9 +361,12 @@ def _splits(entry: catalog_lib.CatalogEntry) -> dict[str, int]:
 
 def register_task(entry: catalog_lib.CatalogEntry, vocabulary: seqio.Vocabulary | None = None, shots: int = 0,
                   seed: int = DEFAULT_SEED, pool_size: int = DEMONSTRATION_POOL_SIZE,
-                  shuffle_buffer_size: int = SHUFFLE_BUFFER_SIZE) -> seqio.Task | None:
+                  shuffle_buffer_size: int = SHUFFLE_BUFFER_SIZE,
+                  cache_dir: str | os.PathLike | None = None) -> seqio.Task | None:
   """Registers (or replaces) the seqio Task of one catalog entry and number of demonstrations.
 
+  With `cache_dir`, the Task reads its committed shards there (`cache.py`; the same examples, in the same order)
+  instead of formatting and tokenizing the source file; `cache.CacheError` names a missing shard.
   Returns None (and registers nothing) for an entry with neither training examples nor eval instances.
   """
   splits = _splits(entry)
@@ -274,12 +374,17 @@ def register_task(entry: catalog_lib.CatalogEntry, vocabulary: seqio.Vocabulary 
     return None
   vocabulary = vocabulary or default_vocabulary()
   name = variant_name(entry.name, shots)
-  source = seqio.FunctionDataSource(
-      dataset_fn=functools.partial(_dataset_fn, entry=entry, shots=shots, vocabulary=vocabulary, format_seed=seed,
-                                   pool_size=pool_size), splits=tuple(splits), num_input_examples=splits)
+  if cache_dir is None:
+    dataset_fn = functools.partial(_dataset_fn, entry=entry, shots=shots, vocabulary=vocabulary, format_seed=seed,
+                                   pool_size=pool_size)
+  else:
+    fingerprints = cached_fingerprints(entry, shots, cache_dir, vocabulary, seed, pool_size)
+    dataset_fn = functools.partial(_cached_dataset_fn, entry=entry, shots=shots, cache_dir=str(cache_dir),
+                                   fingerprints=fingerprints)
+  source = seqio.FunctionDataSource(dataset_fn=dataset_fn, splits=tuple(splits), num_input_examples=splits)
   seqio.TaskRegistry.remove(name)
   _ENTRIES[entry.name] = entry
-  task = seqio.TaskRegistry.add(name, source=source, output_features=output_features(vocabulary),
+  task = seqio.TaskRegistry.add(name, source=source, output_features=output_features(vocabulary), task_cls=OptimlTask,
                                 preprocessors=[truncate], shuffle_buffer_size=shuffle_buffer_size,
                                 **eval_tasks.task_metric_args(entry.kind))
   if entry.kind == records.MULTIPLE_CHOICE:
@@ -295,9 +400,10 @@ class Registered:
   mixtures: tuple[str, ...]
 
 
-def register_catalog(catalog_dir: str | os.PathLike, vocabulary: seqio.Vocabulary | None = None,
+def register_catalog(catalog_dir: str | os.PathLike | None, vocabulary: seqio.Vocabulary | None = None,
                      shots: Sequence[int] = (0,), seed: int = DEFAULT_SEED, pool_size: int = DEMONSTRATION_POOL_SIZE,
-                     shuffle_buffer_size: int = SHUFFLE_BUFFER_SIZE, mixtures: bool = True) -> Registered:
+                     shuffle_buffer_size: int = SHUFFLE_BUFFER_SIZE, mixtures: bool = True,
+                     cache_dir: str | os.PathLike | None = None) -> Registered:
   """Registers a Task per catalog task and number of demonstrations, plus the training mixtures.
 
   Args:
@@ -308,17 +414,41 @@ def register_catalog(catalog_dir: str | os.PathLike, vocabulary: seqio.Vocabular
     pool_size: fallback demonstrations of tasks with fewer own ones than shots (see `demonstration_pool`).
     shuffle_buffer_size: each Task's shuffle buffer.
     mixtures: also register `optiml_bench_train` and `optiml_bench_train_uniform`.
+    cache_dir: a bench cache (`python -m optiml_jax.bench cache`): every Task whose shards its manifest lists
+      reads them there (the others, e.g. a number of shots not cached, read their source files, with a warning);
+      with `catalog_dir` None, the catalog is the copy inside the cache.
 
   Idempotent: calling it again re-registers the same names.
+
+  Raises:
+    cache.CacheError: the cache was tokenized with another vocabulary, or a shard it lists is missing, partial or
+      built from another catalog entry.
   """
+  if catalog_dir is None:
+    if cache_dir is None:
+      raise ValueError("register_catalog needs a catalog_dir, or a cache_dir holding its catalog")
+    catalog_dir = cache_dir
   bench = catalog_lib.load(catalog_dir)
   vocabulary = vocabulary or default_vocabulary()
-  names = []
+  cached: set[str] = set()
+  if cache_dir is not None:
+    manifest = cache_lib.read_manifest(cache_dir)
+    cache_lib.check_vocabulary(manifest, getattr(vocabulary, "fingerprint", ""), cache_dir)
+    cached = set(manifest.shards)
+  names, uncached = [], []
   for entry in bench.tasks:
     for k in shots:
-      task = register_task(entry, vocabulary, k, seed, pool_size, shuffle_buffer_size)
+      in_cache = all(cache_lib.shard_name(entry.name, k, split) in cached for split in _splits(entry))
+      if cache_dir is not None and not in_cache and _splits(entry):
+        uncached.append(variant_name(entry.name, k))
+      task = register_task(entry, vocabulary, k, seed, pool_size, shuffle_buffer_size,
+                           cache_dir if in_cache else None)
       if task is not None:
         names.append(task.name)
+  if uncached:
+    logging.warning("%s: %d task variant(s) are not in the cache and read their source files: %s%s (build them "
+                    "with `python -m optiml_jax.bench cache`, --shots for k-shot variants)", cache_dir, len(uncached),
+                    ", ".join(uncached[:5]), " ..." if len(uncached) > 5 else "")
   mixture_names = []
   if mixtures:
     train = {e.name: e.rate for e in bench.tasks if e.role == catalog_lib.TRAIN and e.rate > 0 and e.num_examples > 0}

@@ -2,6 +2,7 @@
 serves the same seqio Tasks, is rebuilt idempotently, reports a failing task, and names a corrupt file."""
 
 import json
+import logging
 import os
 import pathlib
 
@@ -140,7 +141,7 @@ def test_rerun_is_idempotent_and_completes_a_partial_cache(built, tmp_path):
   assert os.stat(other / cache.STATS_FILE).st_mtime_ns == other_mtime
 
 
-def test_a_failing_task_is_reported_and_the_others_are_written(tmp_path, capsys):
+def test_a_failing_task_is_reported_and_the_others_are_written(tmp_path, capsys, caplog):
   catalog_dir = make_bench(tmp_path)
   broken = next(e for e in catalog.load(catalog_dir).tasks if e.name == "sni:task002_toy_subtract")
   pathlib.Path(broken.path).write_text("{ not json", encoding="utf-8")
@@ -151,8 +152,11 @@ def test_a_failing_task_is_reported_and_the_others_are_written(tmp_path, capsys)
   manifest = cache.read_manifest(tmp_path / "cache")
   assert "sni:task002_toy_subtract (0-shot)" in manifest.failed
   assert cache.shard_name("sni:task001_toy_add_small", 0, "train") in manifest.shards
-  with pytest.raises(cache.CacheError, match="task002_toy_subtract"):
-    registry.register_catalog(catalog_dir, cache_dir=tmp_path / "cache")
+  # Registering from this cache: the failed task reads its source (with a warning naming it), the rest the cache.
+  with caplog.at_level(logging.WARNING):
+    registry.register_catalog(catalog_dir, shots=(0, 3), cache_dir=tmp_path / "cache")
+  warning = next(r.getMessage() for r in caplog.records if "not in the cache" in r.getMessage())
+  assert "sni:task002_toy_subtract," in warning and "sni:task001_toy_add_small.3shot" in warning
 
 
 @pytest.mark.parametrize("damage", ["truncate_tokens", "delete_index", "uncommitted"])
