@@ -6,9 +6,12 @@ Where it sits: the entry point of the data side. `build` reads the source checko
 which the registry and the trainer read.
 
   python -m optiml_jax.bench build --config optiml_bench.yaml --sni_dir D [--sni_split default]
-      [--p3_dir D] [--bigbench_dir D] [--jsonl_dir BENCH=D ...] [--cot_dir D] [--text_dir D]
+      [--p3_dir D [--promptsource_dir D]] [--bigbench_dir D] [--jsonl_dir BENCH=D ...] [--cot_dir D]
+      [--text_dir D] [--tfds_data_dir D [--tfds_datasets NAME,...] [--tfds_split S] [--flan_dir D]]
       [--strict] [--no_progress] --out CATALOG_DIR
   python -m optiml_jax.bench show CATALOG_DIR [--tasks]
+  python -m optiml_jax.bench cache CATALOG_DIR --out CACHE_DIR [--tokenizer_dir D] [--shots 0,5]
+      [--runner=DirectRunner] [other Apache Beam pipeline options]
   python -m optiml_jax.bench toy --out DIR [--seed 0] [--catalog CATALOG_DIR]
 
 `--config` is a path, or the name of a bench definition shipped with the package (`optiml_bench.yaml`,
@@ -21,6 +24,7 @@ usage or configuration error (malformed config, unknown benchmark, missing folde
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 from typing import Sequence
@@ -51,6 +55,13 @@ def _jsonl_pair(value: str) -> tuple[str, str]:
   return benchmark, os.path.abspath(folder)
 
 
+def _name_list(value: str) -> list[str]:
+  names = [n.strip() for n in value.split(",") if n.strip()]
+  if not names:
+    raise argparse.ArgumentTypeError(f"expected comma-separated TFDS names (e.g. glue/rte,squad), got {value!r}")
+  return names
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="python -m optiml_jax.bench", description=__doc__.split("\n")[0])
   commands = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +77,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                      help="generic JSONL folder of a benchmark declared in the config (repeatable)")
   build.add_argument("--cot_dir", type=os.path.abspath, help="chain-of-thought JSONL folder (benchmark 'reasoning')")
   build.add_argument("--text_dir", type=os.path.abspath, help="pre-training text folder (benchmark 'pretraining')")
+  build.add_argument(
+      "--promptsource_dir", type=os.path.abspath,
+      help="promptsource checkout (promptsource/templates/*/templates.yaml): P3 templates whose "
+      "metadata.original_task is false are never evaluated on (needs --p3_dir)")
+  build.add_argument("--tfds_data_dir", type=os.path.abspath,
+                     help="TFDS data folder with the prepared FLAN / T5 datasets (benchmarks 'flan' and 't5')")
+  build.add_argument(
+      "--tfds_datasets", type=_name_list, metavar="NAME,...",
+      help="only these TFDS datasets, e.g. glue/rte,super_glue/boolq (default: every registered "
+      "one of the declared benchmarks flan and t5)")
+  build.add_argument("--tfds_split", default="train", help="TFDS split (or slice) to read (default: train)")
+  build.add_argument(
+      "--flan_dir", type=os.path.abspath,
+      help="checkout of google-research/FLAN (or its flan/templates.py): FLAN's own templates, read "
+      "as data (default: this package's FLAN-style templates)")
   build.add_argument("--strict", action="store_true", help="exit 1, writing nothing, if any file is skipped")
   build.add_argument("--no_progress", action="store_true", help="no progress bars")
   build.add_argument("--out", required=True, help="catalog folder to write (replaced atomically)")
@@ -74,11 +100,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   show.add_argument("catalog_dir")
   show.add_argument("--tasks", action="store_true", help="also list every task")
 
+  pre = commands.add_parser(
+      "cache", help="pre-tokenize a catalog into CACHE_DIR with Apache Beam",
+      epilog="Other options are Apache Beam's (--runner=DataflowRunner --project=... etc.); "
+      "the DirectRunner default uses every core (--direct_num_workers).")
+  pre.add_argument("catalog_dir", help="the catalog folder (bench build --out)")
+  pre.add_argument("--out", required=True, help="the cache folder (created, or completed when it exists)")
+  pre.add_argument("--tokenizer_dir", help="Hugging Face tokenizer folder (default: OPT's, shipped)")
+  pre.add_argument("--shots", type=_shots, default=(0,), help="demonstrations to cache, comma-separated (default 0)")
+  pre.add_argument("--tasks", type=lambda v: [t for t in v.split(",") if t], help="only these tasks (comma-separated)")
+  pre.add_argument("--stats_length", type=int, default=2048, help="row length the truncation counts refer to")
+
   toy = commands.add_parser("toy", help="write the synthetic toy bench (SNI format)")
   toy.add_argument("--out", required=True, help="folder to write tasks/ and splits/ into")
   toy.add_argument("--seed", type=int, default=0)
   toy.add_argument("--catalog", help="also build its catalog (with tasks/toybench.yaml) into this folder")
-  return parser.parse_args(argv)
+  args, extra = parser.parse_known_args(argv)
+  if extra and args.command != "cache":
+    parser.error(f"unrecognized arguments: {' '.join(extra)}")
+  args.pipeline_args = extra
+  return args
+
+
+def _shots(value: str) -> tuple[int, ...]:
+  try:
+    shots = tuple(int(k) for k in value.split(",") if k.strip())
+  except ValueError:
+    shots = ()
+  if not shots or min(shots) < 0:
+    raise argparse.ArgumentTypeError(f"expected comma-separated numbers of demonstrations >= 0, got {value!r}")
+  return shots
 
 
 def _sources(args: argparse.Namespace, config: bench_config.BenchConfig):
@@ -88,9 +139,10 @@ def _sources(args: argparse.Namespace, config: bench_config.BenchConfig):
 
   given = {flag: getattr(args, flag) for flag in _DIR_BENCHMARKS if getattr(args, flag)}
   pairs = [(_DIR_BENCHMARKS[flag], folder) for flag, folder in given.items()] + list(args.jsonl_dir)
-  if not pairs:
+  tfds_dir = getattr(args, "tfds_data_dir", None)
+  if not pairs and not tfds_dir:
     raise UsageError("no source given: pass at least one of --sni_dir, --p3_dir, --bigbench_dir, "
-                     "--jsonl_dir, --cot_dir, --text_dir")
+                     "--jsonl_dir, --cot_dir, --text_dir, --tfds_data_dir")
   for benchmark, folder in pairs:
     if benchmark not in config.benchmarks:
       raise UsageError(f"{config.path}: benchmarks.{benchmark}: not declared, but a source folder of it was "
@@ -104,9 +156,64 @@ def _sources(args: argparse.Namespace, config: bench_config.BenchConfig):
     except FileNotFoundError as e:
       if config.held_out.sni_test_split:
         raise UsageError(f"{e}; {config.path} holds out SNI's test split (held_out.sni_test_split)") from e
+  metadata = _promptsource_metadata(args)
   iterator = sources.iter_all(sni_dir=args.sni_dir, p3_dir=args.p3_dir, bigbench_dir=args.bigbench_dir,
-                              jsonl_dirs=list(args.jsonl_dir), cot_dir=args.cot_dir, text_dir=args.text_dir)
+                              jsonl_dirs=list(args.jsonl_dir), cot_dir=args.cot_dir, text_dir=args.text_dir,
+                              p3_metadata=metadata)
+  if tfds_dir:
+    iterator = itertools.chain(iterator, _tfds_sources(args, config))
   return iterator, splits
+
+
+def _promptsource_metadata(args: argparse.Namespace):
+  """promptsource's template metadata for `--promptsource_dir` (None without it)."""
+  folder = getattr(args, "promptsource_dir", None)
+  if not folder:
+    return None
+  from optiml_jax.data.sources import promptsource  # pylint: disable=g-import-not-at-top
+  if not args.p3_dir:
+    raise UsageError("--promptsource_dir marks P3 templates: it needs --p3_dir")
+  try:
+    metadata = promptsource.read_metadata(folder)
+  except FileNotFoundError as e:
+    raise UsageError(str(e)) from e
+  print(
+      f"promptsource metadata: {metadata.files} templates.yaml file(s) from {metadata.root}, "
+      f"{len(metadata.flags)} templates, {len(metadata.not_original())} not the original task", file=sys.stderr)
+  return metadata
+
+
+def _tfds_sources(args: argparse.Namespace, config: bench_config.BenchConfig):
+  """The FLAN / T5 tasks of `--tfds_data_dir` (benchmarks the config declares), FLAN's templates if given."""
+  from optiml_jax.data.sources import flan_templates  # pylint: disable=g-import-not-at-top
+  from optiml_jax.data.sources import tfds as tfds_source  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(args.tfds_data_dir):
+    raise UsageError(f"source folder not found: {args.tfds_data_dir} (--tfds_data_dir, benchmarks flan and t5)")
+  benchmarks = [b for b in flan_templates.BENCHMARKS if b in config.benchmarks]
+  if not benchmarks:
+    raise UsageError(f"{config.path}: benchmarks: declares neither flan nor t5, but --tfds_data_dir was given")
+  flan = None
+  if args.flan_dir:
+    try:
+      flan = flan_templates.load_flan_datasets(args.flan_dir)
+    except (OSError, ValueError) as e:
+      raise UsageError(f"--flan_dir: {e}") from e
+    print(f"FLAN templates: {flan.num_templates} from {flan.path}", file=sys.stderr)
+    if flan.missing_keys:
+      print(f"  no PATTERNS entry (our templates kept): {', '.join(flan.missing_keys)}", file=sys.stderr)
+    for note in flan.unusable:
+      print(f"  not used: {note}", file=sys.stderr)
+  # Each task's first held-out instances come on top of its training examples.
+  caps = {
+      b: (config.benchmarks[b].max_examples_per_task or config.max_examples_per_task) +
+         max(config.held_out_instances_per_task, config.max_eval_instances) for b in benchmarks
+  }
+  try:
+    tfds_source.select(args.tfds_datasets, benchmarks, flan.datasets if flan is not None else None)
+  except KeyError as e:
+    raise UsageError(f"--tfds_datasets: {e.args[0]}") from e
+  return tfds_source.iter_tasks(args.tfds_data_dir, split=args.tfds_split, benchmarks=benchmarks, max_examples=caps,
+                                datasets=args.tfds_datasets, flan=flan)
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -144,20 +251,41 @@ def run_show(args: argparse.Namespace) -> int:
   return 0
 
 
+def run_cache(args: argparse.Namespace) -> int:
+  """Builds or completes the cache; exit 1 when a task failed (the others are written and listed)."""
+  import logging  # pylint: disable=g-import-not-at-top
+
+  from optiml_jax.data import cache_beam  # pylint: disable=g-import-not-at-top
+
+  logging.getLogger("apache_beam").setLevel(logging.ERROR)  # our report names failed tasks; Beam's chatter is noise
+  try:
+    result = cache_beam.build(args.catalog_dir, args.out, tokenizer_dir=args.tokenizer_dir, shots=args.shots,
+                              stats_length=args.stats_length, pipeline_args=args.pipeline_args, tasks=args.tasks)
+  except (OSError, ValueError, RuntimeError) as e:  # no catalog, another tokenizer's cache (CacheError), no Beam
+    raise UsageError(str(e)) from e
+  print(result.describe())
+  if result.failed:
+    print(f"error: {len(result.failed)} task variant(s) failed; the other shards are written (rerun to retry)",
+          file=sys.stderr)
+    return 1
+  return 0
+
+
 def run_toy(args: argparse.Namespace) -> int:
   out = toybench.write(os.path.abspath(args.out), seed=args.seed)
   print(f"wrote the toy bench to {out} ({len(toybench.TASKS)} tasks)")
   if args.catalog:
     return run_build(
         argparse.Namespace(config=str(toybench.CONFIG_PATH), sni_dir=str(out), sni_split="default", p3_dir=None,
-                           bigbench_dir=None, jsonl_dir=[], cot_dir=None, text_dir=None, strict=True, no_progress=True,
-                           out=args.catalog))
+                           bigbench_dir=None, jsonl_dir=[], cot_dir=None, text_dir=None, promptsource_dir=None,
+                           tfds_data_dir=None, tfds_datasets=None, tfds_split="train", flan_dir=None, strict=True,
+                           no_progress=True, out=args.catalog))
   return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
-  commands = {"build": run_build, "show": run_show, "toy": run_toy}
+  commands = {"build": run_build, "show": run_show, "cache": run_cache, "toy": run_toy}
   try:
     return commands[args.command](args)
   except (UsageError, bench_config.ConfigError) as e:
