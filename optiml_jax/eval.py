@@ -209,17 +209,19 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
              tokenizer_dir: str | None = None, dtype: str | None = None, mesh_shape: Sequence[int] = (-1, 1, 1),
              batch_size: int = 32, max_length: int | None = None, max_new_tokens: int = 256,
              length_normalize: bool = False, share_prompts: bool = True, label: str = "model",
-             baseline_label: str = "baseline", progress: bool = True) -> Summary:
+             baseline_label: str = "baseline", progress: bool = True, cache_dir: str | None = None) -> Summary:
   """Evaluates the checkpoint(s) at `checkpoint_path` and writes the report into `eval_output_dir`.
 
   Args: see gin/eval.gin, where every binding is commented.
   """
+  from optiml_jax.data import cache  # pylint: disable=g-import-not-at-top
   from optiml_jax.data import catalog as catalog_lib  # pylint: disable=g-import-not-at-top
   from optiml_jax.data import registry  # pylint: disable=g-import-not-at-top
 
   levels, tasks, benchmarks = _as_list(levels), _as_list(tasks), _as_list(benchmarks)
   if isinstance(shots, int):
     shots = [shots]
+  catalog_dir = catalog_dir if catalog_dir is not None else cache_dir  # a cache holds a copy of its catalog
   if catalog_dir is None and tasks is None:
     raise ConfigError("nothing to evaluate: set CATALOG_DIR (the bench catalog) or TASKS (registered seqio Tasks)")
   checkpoints, problems = evaluator.find_checkpoints(checkpoint_path, checkpoint_steps)
@@ -238,7 +240,10 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
     raise ConfigError(f"evaluate.tokenizer_dir (TOKENIZER_DIR) {tokenizer_dir}: {e}") from e
   _LOG.info("tokenizer: %s", tokenizer_dir or "OPT's (shipped in the package)")
   if catalog_dir is not None:
-    registry.register_catalog(catalog_dir, vocabulary, shots=shots, mixtures=False)
+    try:
+      registry.register_catalog(catalog_dir, vocabulary, shots=shots, mixtures=False, cache_dir=cache_dir)
+    except cache.CacheError as e:  # another tokenizer's cache, or a shard it lists is damaged
+      raise ConfigError(f"evaluate.cache_dir (CACHE_DIR): {e}") from e
     bench = catalog_lib.load(catalog_dir)
   else:
     bench = catalog_lib.Catalog(tasks=[])
@@ -253,6 +258,7 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
   vocabularies = _task_vocabularies(specs) or [vocabulary]
   settings = {
       "catalog_dir": catalog_dir,
+      "cache_dir": cache_dir,
       "tokenizer_dir": tokenizer_dir,
       "levels": list(levels),
       "shots": shots,
@@ -282,7 +288,8 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
   if baseline_path:
     baseline = _baseline_report(baseline_path, lambda c, t: evaluate_one(c, t, baseline_label), out / "baseline")
 
-  reports, outputs = {}, []
+  reports: dict[int | None, report_lib.Report] = {}
+  outputs: list[str] = []
   queue = list(checkpoints)
   while queue:
     checkpoint = queue.pop(0)
