@@ -91,8 +91,9 @@ class Session:
 
   def report(self, error: BaseException, prefix: str = "error") -> None:
     """Prints an expected error as one line (plus where its details are); its traceback goes to the log."""
-    logging.getLogger(DETAILS).info("%s: %s", prefix, error, exc_info=error)
+    # The log is named when something went there before (a library's traceback behind this error).
     hint = f" (details: {self.log_file})" if self.log_written() and not self.debug else ""
+    logging.getLogger(DETAILS).info("%s: %s", prefix, error, exc_info=error)
     if self.debug:
       traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
     print(f"{prefix}: {error}{hint}", file=sys.stderr)
@@ -119,11 +120,11 @@ def session(command: str, log_file: str | None = None, debug: bool = False,
   except OSError:  # no writable temporary folder: the screen only
     file_handler = None
   handlers: list[logging.Handler] = [screen] + ([file_handler] if file_handler is not None else [])
-  # Screen handlers someone installed before (a library's logging.basicConfig) would print tracebacks: set aside.
-  streams = (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
-  displaced = [h for h in root.handlers if type(h) is logging.StreamHandler and getattr(h, "stream", None) in streams]
-  for handler in displaced:
-    root.removeHandler(handler)
+  # Screen handlers installed before (logging.basicConfig, also the implicit one of a module-level
+  # `logging.warning` while the root logger had none) would print tracebacks: set aside while the command runs.
+  displaced = [h for h in root.handlers if type(h) is logging.StreamHandler]  # exactly: not file or test handlers
+  for other in displaced:
+    root.removeHandler(other)
   for handler in handlers:
     root.addHandler(handler)
   root.setLevel(level)
@@ -141,8 +142,8 @@ def session(command: str, log_file: str | None = None, debug: bool = False,
     for handler in handlers:
       root.removeHandler(handler)
       handler.close()
-    for handler in displaced:
-      root.addHandler(handler)
+    for other in displaced:
+      root.addHandler(other)
     root.setLevel(previous_level)
 
 

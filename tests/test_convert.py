@@ -326,3 +326,40 @@ def test_cli_both_directions_and_failure(tmp_path):
   assert convert.main(["orbax-to-hf", str(tmp_path / "ckpt"), str(tmp_path / "out")]) == 1
   assert convert.main(["orbax-to-hf", str(tmp_path / "ckpt"), str(tmp_path / "out"), "--overwrite"]) == 0
   assert not (tmp_path / "out" / "merges.txt").exists()
+
+
+def test_orbax_to_hf_of_a_damaged_step_is_one_line_naming_the_tensor_and_writes_nothing(tmp_path):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  config, params = convert.load_hf(_write_hf(_hf_model(), tmp_path / "hf", "safetensors"), {"scan_layers": False})
+  root = tmp_path / "run"
+  with ocp.CheckpointManager(root) as manager:
+    for step in (5, 7):
+      manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
+    manager.wait_until_finished()
+  (root / "config.json").write_text(json.dumps(config.to_hf()))
+  # An interrupted copy leaves one array data file of step 7 at half its size.
+  data = max((p for p in (root / "7" / "params").rglob("*") if p.is_file() and p.parent.name == "d"),
+             key=lambda p: p.stat().st_size)
+  data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])
+  names = {".".join(str(k.key) for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+  result = _cli("orbax-to-hf", root / "7", tmp_path / "out")
+  assert result.returncode == 1, result.stderr
+  lines = result.stderr.strip().splitlines()
+  error = [line for line in lines if line.startswith("error: ")]
+  assert len(error) == 1 and error[0].startswith(f"error: {root / '7' / 'params'}: cannot read tensor '"), lines
+  assert error[0].split("'")[1] in names and len(error[0]) < 600
+  for noise in ("Traceback", "Exception ignored", "Future exception", "TensorStore({"):
+    assert noise not in result.stderr, result.stderr[-3000:]
+  assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run"]
+  # The details are in the log file the error line names.
+  log = pathlib.Path(error[0].rsplit("(details: ", 1)[1].rstrip(")"))
+  assert "Traceback" in log.read_text()
+
+  # The library raises the same one-line error (a CheckpointError, which the evaluator lists as a skipped step).
+  with pytest.raises(convert.ConversionError, match=r"cannot read tensor '[^']+': [A-Z_]+: ") as caught:
+    convert.restore_orbax(root)
+  assert "\n" not in str(caught.value)
+  _, restored = convert.restore_orbax(root / "5")  # the intact step still converts
+  np.testing.assert_array_equal(restored["layers_1"]["fc2"]["kernel"], params["layers_1"]["fc2"]["kernel"])

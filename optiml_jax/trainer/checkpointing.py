@@ -28,7 +28,7 @@ Storage faults (docs/training.md, "When storage fails"):
   * Save: an error of the save (a full disk, a write error, on this process or, with several, on any)
     raises `CheckpointSaveError` naming the step and the step's path. With asynchronous saves it is raised by
     the next `save`, `wait_until_finished` or `close`, still naming the step that failed. The failed step
-    never commits (Orbax's temporary folder, removed when the manager is reopened after the failure), so it
+    never commits (Orbax's temporary folder, removed after the failure, or when a run next starts), so it
     is never restored; older steps are deleted by `max_to_keep` only after a newer one has committed, so a
     failed save never costs an earlier step. The Checkpointer stays usable: the next save is a new attempt.
 """
@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import time
 from typing import Any, Mapping
 
 from etils import epath
@@ -147,13 +148,13 @@ class Checkpointer:
     self._pending: int | None = None  # an asynchronous save not yet known to have committed
     self._manager = self._open()
 
-  def _open(self) -> ocp.CheckpointManager:
+  def _open(self, cleanup: bool = True) -> ocp.CheckpointManager:
     options = dict(save_interval_steps=self.save_interval_steps, max_to_keep=None,
                    enable_async_checkpointing=self.async_save, create=True)
-    # Removes the temporary folders of saves that never finished (Orbax's own convention at start-up).
+    # At start-up, removes the temporary folders of saves that never finished (Orbax's own convention).
     fields = {f.name for f in dataclasses.fields(ocp.CheckpointManagerOptions)}
     if "cleanup_tmp_directories" in fields:
-      options["cleanup_tmp_directories"] = True
+      options["cleanup_tmp_directories"] = cleanup
     return ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(**options), item_names=ITEMS)
 
   def step_path(self, step: int) -> str:
@@ -237,16 +238,33 @@ class Checkpointer:
     return any((root / str(s) / discovery.COMMIT_FILE).exists() for s in self._manager.all_steps())
 
   def _save_failed(self, step: int, error: Exception | None, reason: str | None = None) -> CheckpointSaveError:
-    """The error for a failed save of `step`; reopens the manager (Orbax's keeps the failed save and would
-    raise it again; reopening also removes the failed step's temporary folder)."""
+    """The error for a failed save of `step`. Reopens the manager (Orbax's keeps the failed save and would raise
+    it again) and removes the step's temporary folder, best effort: on a full disk that is the room the next
+    save needs (what is left is removed when a run next starts)."""
     reason = reason or (orbax_io.describe_error(error).reason if error is not None else "unknown error")
     if error is not None:
       DETAILS_LOG.info("saving step %d to %s failed", step, self.directory, exc_info=error)
     with contextlib.suppress(Exception):
       self._manager.close()
     self._pending = None
-    self._manager = self._open()
+    self._manager = self._open(cleanup=False)  # not Orbax's asynchronous clean-up: it would race the writes
+    self._remove_temporary(step)  # still in flight of the failed save, and report their end at the next save
     return CheckpointSaveError(step, self.step_path(step), reason)
+
+  def _remove_temporary(self, step: int) -> None:
+    if jax.process_index() != 0:
+      return
+    root = epath.Path(self.directory)
+    for attempt in range(3):
+      leftovers = [p for p in root.glob(f"{step}.orbax-checkpoint-tmp*") if p.is_dir()]
+      if not leftovers:
+        return
+      for folder in leftovers:
+        try:
+          folder.rmtree()
+        except OSError as e:  # a write of the failed save still landing in it: try again
+          DETAILS_LOG.info("removing %s (attempt %d): %s", folder, attempt + 1, e)
+      time.sleep(0.2)
 
   def _apply_retention(self) -> None:
     if self.max_to_keep is None:
@@ -395,7 +413,7 @@ def _leaf_name(path: Any) -> str:
 
 def _tree_problem(restored: Any, abstract: Any) -> str | None:
   """Why a restored tree is not the expected one (structure, a leaf's shape or dtype, a non-finite leaf)."""
-  if jax.tree_util.tree_structure(restored) != jax.tree_util.tree_structure(abstract):
+  if str(jax.tree_util.tree_structure(restored)) != str(jax.tree_util.tree_structure(abstract)):
     return "its tree differs from this run's state"
   got = jax.tree_util.tree_flatten_with_path(restored)[0]
   want = jax.tree_util.tree_leaves(abstract)

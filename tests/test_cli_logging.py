@@ -1,0 +1,73 @@
+"""What the entry points print: one-line errors and warnings on the screen, library tracebacks in the log file."""
+
+import logging
+import sys
+
+import pytest
+
+from optiml_jax import cli_logging
+from optiml_jax import train as train_entry
+
+
+def _boom() -> ValueError:
+  try:
+    raise ValueError("OUT_OF_RANGE: deep inside a library\n" + "spec line\n" * 50)
+  except ValueError as e:
+    return e
+
+
+def test_library_tracebacks_go_to_the_log_file_and_ours_stay_on_the_screen(tmp_path, capsys):
+  log_file = tmp_path / "logs" / "train.log"
+  hook = sys.unraisablehook
+  with cli_logging.session("train", str(log_file)) as log:
+    assert not log.log_written() and not log_file.exists()  # created on its first record only
+    logging.getLogger("optiml_jax.trainer").info("resumed from step 20")
+    logging.getLogger("absl").error("Checkpointer failed", exc_info=_boom())
+    logging.getLogger("asyncio").error("Future exception was never retrieved", exc_info=_boom())
+    logging.getLogger("absl").warning("a library warning\nwith a second line")
+    logging.getLogger("absl").info("Renaming the tmp folder")  # a library's INFO: neither screen nor file
+    sys.unraisablehook(
+        type(
+            "Unraisable", (), {
+                "err_msg": "Exception ignored in",
+                "object": "coroutine",
+                "exc_type": ValueError,
+                "exc_value": _boom(),
+                "exc_traceback": None
+            })())
+    log.report(RuntimeError("step 30: the checkpoint could not be written to /run/30: disk full"))
+  err = capsys.readouterr().err
+  lines = err.splitlines()
+  assert "INFO resumed from step 20" in lines and "WARNING a library warning" in lines
+  assert lines[-1] == (f"error: step 30: the checkpoint could not be written to /run/30: disk full "
+                       f"(details: {log_file})")
+  for noise in ("Traceback", "Checkpointer failed", "Future exception", "spec line", "Renaming", "second line"):
+    assert noise not in err, err
+  text = log_file.read_text()
+  assert text.count("Traceback") >= 2 and "Future exception was never retrieved" in text and "Renaming" not in text
+  assert "resumed from step 20" in text and "Exception ignored in" in text
+  assert sys.unraisablehook is hook
+  # The session put the handlers back: a record now reaches neither the screen handler nor the file.
+  logging.getLogger("absl").error("after the session", exc_info=_boom())
+  assert "after the session" not in log_file.read_text()
+
+
+def test_debug_shows_everything_on_the_screen(tmp_path, capsys):
+  with cli_logging.session("eval", str(tmp_path / "x.log"), debug=True) as log:
+    logging.getLogger("absl").error("Checkpointer failed", exc_info=_boom())
+    log.report(_boom())
+  err = capsys.readouterr().err
+  assert "Checkpointer failed" in err and err.count("Traceback") == 2 and "(details:" not in err
+
+
+def test_an_unexpected_error_keeps_its_traceback(tmp_path, monkeypatch):
+
+  def run(config):
+    raise KeyError("a bug, not a storage fault")
+
+  monkeypatch.setattr(train_entry, "run", run)
+  with pytest.raises(KeyError, match="a bug"):
+    train_entry.main([
+        "--gin_file=quickstart.gin", f"--gin.MODEL_DIR={tmp_path}", "--gin.CATALOG_DIR=/c",
+        f"--log_file={tmp_path / 'x.log'}"
+    ])
