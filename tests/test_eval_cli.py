@@ -141,6 +141,54 @@ def test_tokenizer_settings_that_cannot_work_exit_2_before_any_model_runs(setup,
               "--gin.TASKS=sni:task030_toy_entail_color") == 0
 
 
+def _damage_latest_params(run) -> None:
+  """Cuts the largest array data file of step 200's `params` to half its size (an interrupted copy)."""
+  data = max((p for p in (run / "200" / "params").rglob("*") if p.is_file() and p.parent.name == "d"),
+             key=lambda p: p.stat().st_size)
+  data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])
+
+
+def test_a_damaged_step_is_listed_with_a_one_line_reason_and_the_others_are_evaluated(setup, tmp_path, capsys):
+  import shutil  # pylint: disable=g-import-not-at-top
+  run = tmp_path / "run"
+  shutil.copytree(setup / "run", run)
+  _damage_latest_params(run)
+  out = tmp_path / "all"
+  code = _run(setup, out, f"--gin.CHECKPOINT_PATH={run}", "--gin.CHECKPOINT_STEPS='all'",
+              "--gin.TASKS=sni:task030_toy_entail_color")
+  assert code == 0
+  err = capsys.readouterr().err
+  for noise in ("Traceback", "Exception ignored", "Future exception", "TensorStore({"):
+    assert noise not in err, err[-3000:]
+  assert (out / "step_100" / "metrics.json").is_file() and not (out / "step_200").exists()
+  assert set(json.loads((out / "steps.json").read_text())) == {"100"}
+  skipped = (out / "steps.md").read_text().split("## Checkpoints skipped")[1].strip().splitlines()
+  bad = [line for line in skipped if "/200/" in line]
+  assert len(bad) == 1 and bad[0].startswith(f"- {run / '200' / 'params'}: cannot read tensor '"), skipped
+  assert bad[0].endswith("; skipped") and len(bad[0]) < 600
+  assert any("300: partial checkpoint" in line for line in skipped)
+  assert f"warning: {run / '200' / 'params'}: cannot read tensor '" in err
+
+  # 'latest': the damaged step 200 gives way to step 100, and the report says why.
+  out = tmp_path / "latest"
+  assert _run(setup, out, f"--gin.CHECKPOINT_PATH={run}", "--gin.TASKS=sni:task030_toy_entail_color") == 0
+  report = json.loads((out / "metrics.json").read_text())
+  assert report["model"]["step"] == 100
+  assert any(
+      p.startswith(f"{run / '200' / 'params'}: cannot read tensor '")
+      for p in report["settings"]["checkpoint_problems"])
+  markdown = (out / "report.md").read_text()
+  assert "## Checkpoints skipped" in markdown and "/200/params: cannot read tensor '" in markdown
+
+  # A step without Orbax's commit marker (the others have one) is not a checkpoint: listed, never read.
+  (run / "100" / "commit_success.txt").unlink()
+  out = tmp_path / "uncommitted"
+  assert _run(setup, out, f"--gin.CHECKPOINT_PATH={run}", "--gin.CHECKPOINT_STEPS='all'",
+              "--gin.TASKS=sni:task030_toy_entail_color") == 1
+  err = capsys.readouterr().err
+  assert "100: not committed (no commit_success.txt" in err and "Traceback" not in err
+
+
 BIGBENCH_TASKS = ("bigbench:anachronisms", "bigbench:entailed_polarity", "bigbench:winowhy")
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import pathlib
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -299,3 +300,103 @@ def test_every_entry_point_in_one_process_registers_each_configurable_once():
           "print('ok')")
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def _toy_flags(tmp_path, model_dir, steps=6):
+  catalog = tmp_path / "catalog"
+  if not catalog.exists():
+    assert bench.main(["toy", "--out", str(tmp_path / "toy"), "--catalog", str(catalog)]) == 0
+  return [
+      "--gin_file=quickstart.gin", f"--gin.MODEL_DIR={model_dir}", f"--gin.CATALOG_DIR={catalog}",
+      f"--gin.TRAIN_STEPS={steps}", "--gin.BATCH_SIZE=2", "--gin.TASK_FEATURE_LENGTHS={'inputs': 48, 'targets': 16}",
+      "--gin.model_config.max_position_embeddings=64", "--gin.OptimizerArgs.warmup_steps=2",
+      "--gin.LoggingArgs.log_every=1", "--gin.CheckpointArgs.save_every=2", "--gin.LoggingArgs.tensorboard=False",
+      "--gin.LoggingArgs.progress=False"
+  ]
+
+
+NOISE = ("Traceback", "Exception ignored", "Future exception", "TensorStore({")
+
+
+@pytest.mark.slow  # three in-process runs of the toy bench: over a minute on 2 cores (tests/trainer/
+# test_checkpoint_faults.py checks every fault, and the losses, on the synthetic stream in seconds)
+def test_a_damaged_newest_checkpoint_warns_in_a_few_lines_and_resumes_or_stops_with_exit_1(tmp_path, capsys):
+  run = tmp_path / "run"
+  flags = _toy_flags(tmp_path, run)
+  assert train_entry.main([*flags, "--gin.RunArgs.stop_at_step=4"]) == 0
+  assert sorted(p.name for p in run.iterdir() if p.name.isdigit()) == ["2", "4"]
+  data = max((p for p in (run / "4" / "params").rglob("*") if p.is_file() and p.parent.name == "d"),
+             key=lambda p: p.stat().st_size)
+  data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])  # cut to half its size
+  capsys.readouterr()
+
+  gin.clear_config()
+  assert train_entry.main([*flags, "--gin.CheckpointArgs.on_bad_checkpoint='stop'"]) == 1
+  err = capsys.readouterr().err
+  assert not any(noise in err for noise in NOISE), err[-3000:]
+  error = [line for line in err.splitlines() if line.startswith("error: ")]
+  assert len(error) == 1 and error[0].startswith(f"error: checkpoint step 4 ({run / '4'}): params: tensor '"), err
+  assert "older steps: [2]" in error[0] and "(details: " in error[0] and (run / "4").is_dir()
+
+  gin.clear_config()
+  assert train_entry.main(flags) == 0
+  captured = capsys.readouterr()
+  assert not any(noise in captured.err for noise in NOISE), captured.err[-3000:]
+  warnings = [line for line in captured.err.splitlines() if line.startswith("WARNING ") and "/run/4" in line]
+  assert len(warnings) == 2, captured.err[-3000:]
+  assert f"checkpoint step 4 ({run / '4'}): params: tensor '" in warnings[0]
+  assert "resuming from step 2" in warnings[1] and f"{run / '4.unrestorable'}" in warnings[1]
+  summary = json.loads(captured.out.strip().splitlines()[-1])
+  assert (summary["first_step"], summary["last_step"], summary["checkpoint_steps"]) == (2, 6, [4, 6])
+  assert "unrestorable checkpoint set aside: step 4" in captured.out
+  steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+  assert steps == list(range(1, 7))
+
+
+def _can_mount_tmpfs() -> bool:
+  try:
+    return subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"], capture_output=True,
+                          timeout=30).returncode == 0
+  except (OSError, subprocess.SubprocessError):
+    return False
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_a_save_exits_1_naming_step_and_path_and_the_rerun_resumes_to_identical_losses(tmp_path):
+  """A real ENOSPC: MODEL_DIR on a small tmpfs (a private mount namespace) that a filler file leaves too little
+  room for the next step's checkpoint."""
+  if not _can_mount_tmpfs():
+    pytest.skip("cannot mount a tmpfs here (unshare -rm; mount -t tmpfs)")
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  run = disk / "run"
+  flags = _toy_flags(tmp_path, run) + [f"--gin.RunArgs.compilation_cache_dir={tmp_path / 'jax_cache'}"]
+  command = " ".join(shlex.quote(f) for f in [sys.executable, "-m", "optiml_jax.train", *flags])
+  # Steps 2 and 4 fit (about 40 MB each with the optimizer state); a filler then leaves 4 MB: step 6 cannot.
+  script = (f"mount -t tmpfs -o size=160m tmpfs '{disk}' && cd '{REPO}' && "
+            f"{command} --gin.RunArgs.stop_at_step=4 > '{tmp_path}/first.out' 2>&1; echo first=$?; "
+            f"avail=$(df -k --output=avail '{disk}' | tail -1); "
+            f"dd if=/dev/zero of='{disk}/filler' bs=1k count=$((avail - 4096)) 2>/dev/null; "
+            f"{command} > '{tmp_path}/full.out' 2> '{tmp_path}/full.err'; echo full=$?; "
+            f"ls '{run}' > '{tmp_path}/after_full.txt'; rm '{disk}/filler'; "
+            f"{command} > '{tmp_path}/resumed.out' 2>&1; echo resumed=$?; "
+            f"cp '{run}/metrics.jsonl' '{tmp_path}/metrics.jsonl'")
+  result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=500)
+  codes = dict(line.split("=") for line in result.stdout.split() if "=" in line)
+  assert codes.get("first") == "0", (tmp_path / "first.out").read_text()[-3000:]
+  err = (tmp_path / "full.err").read_text()
+  assert codes["full"] == "1", err[-3000:]
+  assert not any(noise in err for noise in NOISE), err[-3000:]
+  error = [line for line in err.splitlines() if line.startswith("error: ")]
+  assert len(error) == 1 and error[0].startswith(f"error: step 6: the checkpoint could not be written to {run / '6'}: ")
+  assert "No space left on device" in error[0], error
+  assert sorted(n for n in (tmp_path / "after_full.txt").read_text().split() if n.isdigit()) == ["2", "4"]
+  assert codes["resumed"] == "0", (tmp_path / "resumed.out").read_text()[-3000:]
+  resumed = json.loads((tmp_path / "resumed.out").read_text().strip().splitlines()[-1])
+  assert (resumed["first_step"], resumed["last_step"]) == (4, 6)
+
+  reference = _run_cli(*[f.replace(str(run), str(tmp_path / "ref")) for f in flags], timeout=200)
+  assert reference.returncode == 0, reference.stderr[-2000:]
+  losses = lambda p: [(r["step"], r["loss"]) for r in map(json.loads, p.read_text().splitlines())]
+  assert losses(tmp_path / "metrics.jsonl") == losses(tmp_path / "ref" / "metrics.jsonl")
+
