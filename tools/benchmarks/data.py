@@ -22,8 +22,9 @@ The paper's scale (`--tasks N`): a catalog of N tasks made from the SNI sample c
 (plus P3's templates when the sample has them), the `optiml_bench_train` mixture over its training tasks, and the
 figures a restarted pod run pays: registration, the first packed batch, steady tokens/s, resuming at a late
 batch, and peak resident memory. `--cache` builds the bench cache first (Apache Beam, DirectRunner over every
-core; timed) and reads batches from it (`cached_stream.CachedBatchStream`); without it, the uncached seqio
-pipeline (`pipeline.BatchStream`, whose resume replays the batches before the position).
+core; timed) and reads batches from it (`cached_stream.CachedBatchStream`; `--reader seqio`: the same cache
+through the seqio Tasks, mixture and tf.data instead, as seqio's own cached tasks would run); without it, the
+uncached seqio pipeline (`pipeline.BatchStream`, whose resume replays the batches before the position).
 
   python tools/benchmarks/data.py --tasks 2000 --cache --inputs_length 1536 --targets_length 512 --batches 200
   python tools/benchmarks/data.py --tasks 2000 --batches 40      # the uncached path (minutes to the first batch)
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import pathlib
 import re
 import resource
@@ -132,7 +134,7 @@ def paper_scale(args: argparse.Namespace, work: pathlib.Path) -> None:
   lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
 
   def make():
-    if cache_dir:
+    if cache_dir and args.reader == "index":
       return cached_stream.CachedBatchStream(registry.TRAIN_MIXTURE, lengths, args.batch_size, 0, cache_dir=cache_dir)
     return pipeline.BatchStream(registry.TRAIN_MIXTURE, "train", lengths, args.batch_size, seed=0)
 
@@ -160,7 +162,10 @@ def paper_scale(args: argparse.Namespace, work: pathlib.Path) -> None:
   next(resumed)
   resume_seconds = time.perf_counter() - start
   rows = args.inputs_length + args.targets_length
-  mode = "cached (CachedBatchStream)" if cache_dir else "uncached (seqio BatchStream)"
+  mode = {
+      "index": "cached, drawn by index (CachedBatchStream)",
+      "seqio": "cached Tasks through seqio/tf.data (BatchStream over the cache's Tasks)"
+  }[args.reader] if cache_dir else "uncached (seqio BatchStream)"
   print(f"\n{mode}, {len(train)} training tasks, rows of {rows}, batch {args.batch_size}:")
   print(f"  register_catalog       {register_seconds:8.1f} s")
   print(f"  first packed batch     {first_seconds:8.1f} s")
@@ -169,6 +174,17 @@ def paper_scale(args: argparse.Namespace, work: pathlib.Path) -> None:
           f"rows {tokens / (n * args.batch_size * rows):.1%} full)")
   print(f"  resume at batch {saved['batches_consumed']:<5d}  {resume_seconds:8.1f} s (restore + the next batch)")
   print(f"  peak resident memory   {_peak_rss_gb():8.2f} GB")
+  print(
+      json.dumps({
+          "tasks": len(built.tasks),
+          "training_tasks": len(train),
+          "mode": "uncached" if not cache_dir else args.reader,
+          "register_s": round(register_seconds, 2),
+          "first_batch_s": round(first_seconds, 2),
+          "tokens_per_s": [round(w[2] / w[3]) for w in windows],
+          "resume_s": round(resume_seconds, 2),
+          "peak_rss_gb": round(_peak_rss_gb(), 2),
+      }))
 
 
 def _report(name: str, examples: int, tokens: int, seconds: float) -> tuple[float, float]:
@@ -193,6 +209,10 @@ def main() -> None:
   parser.add_argument("--tasks", type=int, help="the paper-scale figures over a replicated catalog of this many tasks")
   parser.add_argument("--p3_dir", default=str(DEFAULT_P3), help="P3 folder added to the replicated catalog")
   parser.add_argument("--cache", action="store_true", help="with --tasks: build the bench cache and read from it")
+  parser.add_argument(
+      "--reader", choices=("index", "seqio"), default="index",
+      help="with --cache: draw batches by index (the trainer's reader) or run the cache's seqio Tasks "
+      "through seqio's mixture and tf.data (what seqio's own cached tasks would cost)")
   parser.add_argument("--cache_workers", type=int, default=0, help="DirectRunner processes (default: every core)")
   args = parser.parse_args()
 
