@@ -261,8 +261,8 @@ def _cached_dataset_fn(split: str, shuffle_files: bool, seed: int | None = None,
     epoch = next(passes)
     order: Iterable[int] = range(len(shard))
     if shuffle_files:
-      order = shuffled_blocks(order, SHUFFLE_BLOCK_SIZE, formatting.stable_hash("order", seed, entry.name, shots, split,
-                                                                                epoch))
+      order = shuffled_blocks(order, SHUFFLE_BLOCK_SIZE,
+                              formatting.stable_hash("order", seed, entry.name, shots, split, epoch))
     order = list(order)
     for i, text in zip(order, shard.texts(order)):
       inputs, targets = shard.tokens_of(i)
@@ -441,14 +441,14 @@ def register_catalog(catalog_dir: str | os.PathLike | None, vocabulary: seqio.Vo
       in_cache = all(cache_lib.shard_name(entry.name, k, split) in cached for split in _splits(entry))
       if cache_dir is not None and not in_cache and _splits(entry):
         uncached.append(variant_name(entry.name, k))
-      task = register_task(entry, vocabulary, k, seed, pool_size, shuffle_buffer_size,
-                           cache_dir if in_cache else None)
+      task = register_task(entry, vocabulary, k, seed, pool_size, shuffle_buffer_size, cache_dir if in_cache else None)
       if task is not None:
         names.append(task.name)
   if uncached:
-    logging.warning("%s: %d task variant(s) are not in the cache and read their source files: %s%s (build them "
-                    "with `python -m optiml_jax.bench cache`, --shots for k-shot variants)", cache_dir, len(uncached),
-                    ", ".join(uncached[:5]), " ..." if len(uncached) > 5 else "")
+    logging.warning(
+        "%s: %d task variant(s) are not in the cache and read their source files: %s%s (build them "
+        "with `python -m optiml_jax.bench cache`, --shots for k-shot variants)", cache_dir, len(uncached),
+        ", ".join(uncached[:5]), " ..." if len(uncached) > 5 else "")
   mixture_names = []
   if mixtures:
     train = {e.name: e.rate for e in bench.tasks if e.role == catalog_lib.TRAIN and e.rate > 0 and e.num_examples > 0}
