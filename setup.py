@@ -25,6 +25,14 @@ INSTALL_REQUIRES = [
     "tensorboard>=2.16",
 ]
 
+# `python -m optiml_jax.bench cache` builds the pre-tokenized bench with Apache Beam (DirectRunner locally; Dataflow,
+# Flink or Spark on a cluster). Beam caps protobuf below 7, and sentencepiece 0.2.3 (imported by seqio) is generated
+# for protobuf 7 and refuses an older one at import; 0.2.2 and earlier import with either, hence the pin.
+CACHE_REQUIRES = [
+    "apache-beam>=2.60",
+    "sentencepiece<0.2.3",
+]
+
 # Training, evaluation, the bench and planning never import torch. The tests compare against transformers'
 # PyTorch OPT, so torch is a test dependency only; `make test` installs the CPU build (torch==2.13.0) first,
 # because a bare `torch` from PyPI is a CUDA build of several GB. Converting a PyTorch `.bin` checkpoint
@@ -39,6 +47,7 @@ TEST_REQUIRES = [
     "yapf==0.43.0",  # the formatter, Google style (setup.cfg [yapf])
     "ruff==0.17.6",  # the linter (ruff.toml)
     "mypy==2.4.1",  # the type checker (setup.cfg [mypy])
+    *CACHE_REQUIRES,  # tests/data/test_cache.py builds caches with Beam's DirectRunner
 ]
 
 # `python -m optiml_jax.convert gguf-to-hf` / `fetch-smollm2` read GGUF files through transformers' own loader, which
@@ -83,7 +92,8 @@ setuptools.setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "test": TEST_REQUIRES,
-        "gguf": GGUF_REQUIRES
+        "gguf": GGUF_REQUIRES,
+        "cache": CACHE_REQUIRES,
     },
     license="Apache-2.0",
 )
