@@ -26,11 +26,13 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, NoReturn
 
 DETAILS = "optiml_jax.details"  # tracebacks behind one-line errors: the log file (and --debug) only
 _OURS = ("optiml_jax", "__main__")
 LINE_LIMIT = 300  # characters of a library's warning shown on the screen
+_last_log_file: str | None = None  # the log file of the last session that wrote one (for `run_quietly`)
+_quiet_process = False  # set by `run_quietly`: after a session, a library's unraisable exceptions are dropped
 
 
 def _ours(name: str) -> bool:
@@ -70,6 +72,10 @@ class _QuietFileHandler(logging.FileHandler):
 
   def handleError(self, record: logging.LogRecord) -> None:
     self.addFilter(lambda _: False)
+
+
+def _drop(_: Any) -> None:
+  """An unraisable-exception hook that drops it."""
 
 
 def default_log_file(command: str) -> str:
@@ -133,12 +139,21 @@ def session(command: str, log_file: str | None = None, debug: bool = False,
     logging.getLogger(DETAILS).warning("%s: %r", info.err_msg or "Exception ignored in", info.object,
                                        exc_info=(info.exc_type, info.exc_value, info.exc_traceback))
 
+  def excepthook(kind: Any, value: Any, tb: Any) -> None:  # what a library's callback thread prints via PyErr_Print
+    logging.getLogger(DETAILS).warning("an exception in a library callback", exc_info=(kind, value, tb))
+
+  previous_excepthook = sys.excepthook
   sys.unraisablehook = unraisable
+  sys.excepthook = excepthook  # an uncaught error of the command leaves this block first: Python's hook prints it
   try:
     yield Session(path, debug, file_handler)
   finally:
     gc.collect()  # dropped futures report their exceptions now, while these handlers still route them
-    sys.unraisablehook = previous_hook
+    global _last_log_file  # noqa: PLW0603  (what the last session wrote, for run_quietly)
+    if file_handler is not None and file_handler.stream is not None:
+      _last_log_file = path
+    sys.unraisablehook = _drop if _quiet_process else previous_hook
+    sys.excepthook = previous_excepthook
     for handler in handlers:
       root.removeHandler(handler)
       handler.close()
@@ -147,8 +162,22 @@ def session(command: str, log_file: str | None = None, debug: bool = False,
     root.setLevel(previous_level)
 
 
-def exit_quietly(code: int) -> None:
-  """`sys.exit(code)` for an entry point's `__main__`: what a library's abandoned coroutines report while the
-  interpreter shuts down (after the command has finished and said everything) is dropped, not printed."""
-  sys.unraisablehook = lambda _: None
+def run_quietly(main: Callable[[], int]) -> NoReturn:
+  """Runs an entry point's `main()` as its `__main__` and exits with its code. A library's abandoned threads and
+  coroutines keep reporting after the command has said everything ("Exception ignored", "Event loop is
+  closed"), also while the interpreter shuts down: in this process they are dropped once a session has ended,
+  and what is printed at shutdown goes to the last session's log file (or nowhere). An error `main` does not
+  handle is raised as usual, with its traceback."""
+  global _quiet_process  # noqa: PLW0603  (this process is a command line: sessions leave a silent hook behind)
+  _quiet_process = True
+  try:
+    code = main()
+  except BaseException:
+    sys.unraisablehook = sys.__unraisablehook__
+    raise
+  sys.stdout.flush()
+  sys.stderr.flush()
+  with contextlib.suppress(OSError):
+    target = os.open(_last_log_file or os.devnull, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(target, sys.stderr.fileno())
   sys.exit(code)
