@@ -138,4 +138,4 @@ def _main(args: argparse.Namespace, log: cli_logging.Session) -> int:
 
 
 if __name__ == "__main__":
-  cli_logging.exit_quietly(main())
+  cli_logging.run_quietly(main)
