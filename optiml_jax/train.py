@@ -37,7 +37,7 @@ import argparse
 import dataclasses
 import json
 import sys
-from typing import Any, Iterator, Sequence
+from typing import Sequence
 
 import jax
 
@@ -82,7 +82,7 @@ def run(config: config_lib.TrainConfig) -> loop.Summary:
   except ValueError as e:
     raise config_lib.ConfigError(f"{data.mixture_or_task_name}: {e}") from e
 
-  def make_stream(per_process_batch: int, index: int, count: int) -> Iterator[dict[str, Any]]:
+  def make_stream(per_process_batch: int, index: int, count: int) -> loop.ResumableStream:
     if data.cache_dir:
       return cached_stream.CachedBatchStream(data.mixture_or_task_name, data.task_feature_lengths, per_process_batch,
                                              config.run.seed, cache_dir=data.cache_dir, shard_index=index,
