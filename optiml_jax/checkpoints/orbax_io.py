@@ -123,7 +123,7 @@ def _unreadable(item: pathlib.Path, error: Exception) -> UnreadableCheckpointErr
   """The one-line error for an item that cannot be read; the traceback goes to the details log."""
   described = describe_error(error)
   DETAILS_LOG.info("%s: cannot be read", item, exc_info=error)
-  where = f"tensor '{described.tensor}'" if described.tensor else "its metadata or arrays"
+  where = f"the checkpoint's tensor '{described.tensor}'" if described.tensor else "the checkpoint's metadata or arrays"
   return UnreadableCheckpointError(f"{item}: cannot read {where}: {described.reason}", tensor=described.tensor,
                                    reason=described.reason)
 
