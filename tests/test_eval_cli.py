@@ -164,10 +164,11 @@ def test_a_damaged_step_is_listed_with_a_one_line_reason_and_the_others_are_eval
   assert set(json.loads((out / "steps.json").read_text())) == {"100"}
   skipped = (out / "steps.md").read_text().split("## Checkpoints skipped")[1].strip().splitlines()
   bad = [line for line in skipped if "/200/" in line]
-  assert len(bad) == 1 and bad[0].startswith(f"- {run / '200' / 'params'}: cannot read tensor '"), skipped
+  assert len(bad) == 1 and bad[0].startswith(
+      f"- {run / '200' / 'params'}: cannot read the checkpoint's tensor '"), skipped
   assert bad[0].endswith("; skipped") and len(bad[0]) < 600
   assert any("300: partial checkpoint" in line for line in skipped)
-  assert f"warning: {run / '200' / 'params'}: cannot read tensor '" in err
+  assert f"warning: {run / '200' / 'params'}: cannot read the checkpoint's tensor '" in err
 
   # 'latest': the damaged step 200 gives way to step 100, and the report says why.
   out = tmp_path / "latest"
@@ -175,10 +176,10 @@ def test_a_damaged_step_is_listed_with_a_one_line_reason_and_the_others_are_eval
   report = json.loads((out / "metrics.json").read_text())
   assert report["model"]["step"] == 100
   assert any(
-      p.startswith(f"{run / '200' / 'params'}: cannot read tensor '")
+      p.startswith(f"{run / '200' / 'params'}: cannot read the checkpoint's tensor '")
       for p in report["settings"]["checkpoint_problems"])
   markdown = (out / "report.md").read_text()
-  assert "## Checkpoints skipped" in markdown and "/200/params: cannot read tensor '" in markdown
+  assert "## Checkpoints skipped" in markdown and "/200/params: cannot read the checkpoint's tensor '" in markdown
 
   # A step without Orbax's commit marker (the others have one) is not a checkpoint: listed, never read.
   (run / "100" / "commit_success.txt").unlink()
