@@ -240,3 +240,36 @@ def test_real_smollm2_accuracies_on_bigbench_equal_transformers_scoring(shared_d
     ours = report["tasks"][name]["shots"]["0"]
     assert ours["error"] is None and ours["num_instances"] == n and ours["metric"] == "accuracy", ours
     assert ours["score"] == pytest.approx(100 * np.mean(correct), abs=100 * near_ties / n + 1e-9), (name, correct)
+
+
+def test_evaluating_from_the_bench_cache_gives_the_catalog_run_s_scores(setup, tmp_path, tiny_tokenizer, capsys):
+  pytest.importorskip("apache_beam", reason="the cache is built with Apache Beam (the test extra installs it)")
+  tasks = "sni:task030_toy_entail_color,sni:task001_toy_add_small"
+  assert bench.main([
+      "cache",
+      str(setup / "catalog"), "--out",
+      str(tmp_path / "cache"), "--tasks", tasks, "--shots", "0,2", "--direct_num_workers=1",
+      "--direct_running_mode=in_memory"
+  ]) == 0
+  flags = [f"--gin.CHECKPOINT_PATH={setup / 'hf_base'}", f"--gin.TASKS={tasks.split(',')!r}", "--gin.SHOTS=[0, 2]"]
+  assert _run(setup, tmp_path / "catalog_run", *flags) == 0
+  # CACHE_DIR alone: the cache's copy of the catalog, and the Tasks read its shards.
+  assert eval_entry.main(
+      COMMON + [f"--gin.CACHE_DIR={tmp_path / 'cache'}", f"--gin.EVAL_OUTPUT_DIR={tmp_path / 'c'}", *flags]) == 0
+
+  def scores(out):  # every figure of every task and shot, timings aside
+    tasks = json.loads((out / "metrics.json").read_text())["tasks"]
+    return {
+        (n, k): {
+            f: v for f, v in r.items() if f != "seconds"
+        } for n, t in tasks.items() for k, r in t["shots"].items()
+    }
+
+  assert scores(tmp_path / "c") == scores(tmp_path / "catalog_run")
+  # A cache of another tokenizer is refused before any model runs.
+  capsys.readouterr()
+  assert eval_entry.main(COMMON + [
+      f"--gin.CACHE_DIR={tmp_path / 'cache'}", f"--gin.EVAL_OUTPUT_DIR={tmp_path / 'other'}", *flags,
+      f"--gin.TOKENIZER_DIR='{tiny_tokenizer('smollm2')}'"
+  ]) == 2
+  assert "CACHE_DIR" in capsys.readouterr().err

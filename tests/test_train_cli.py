@@ -7,6 +7,7 @@ import json
 import pathlib
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -400,3 +401,33 @@ def test_a_full_disk_during_a_save_exits_1_naming_step_and_path_and_the_rerun_re
   losses = lambda p: [(r["step"], r["loss"]) for r in map(json.loads, p.read_text().splitlines())]
   assert losses(tmp_path / "metrics.jsonl") == losses(tmp_path / "ref" / "metrics.jsonl")
 
+
+def test_a_run_from_the_bench_cache_resumes_to_the_uninterrupted_losses(tmp_path):
+  pytest.importorskip("apache_beam", reason="the cache is built with Apache Beam (the test extra installs it)")
+  catalog = tmp_path / "catalog"
+  assert bench.main(["toy", "--out", str(tmp_path / "toy"), "--catalog", str(catalog)]) == 0
+  assert bench.main([
+      "cache",
+      str(catalog), "--out",
+      str(tmp_path / "cache"), "--direct_num_workers=1", "--direct_running_mode=in_memory"
+  ]) == 0
+  flags = [
+      "--gin_file=quickstart.gin", f"--gin.MODEL_DIR={tmp_path / 'run'}", "--gin.CATALOG_DIR=None",
+      f"--gin.CACHE_DIR={tmp_path / 'cache'}", "--gin.TRAIN_STEPS=8", "--gin.BATCH_SIZE=2",
+      "--gin.model_config.max_position_embeddings=128", "--gin.LoggingArgs.log_every=1",
+      "--gin.CheckpointArgs.save_every=4", "--gin.CheckpointArgs.async_checkpoints=False",
+      "--gin.OptimizerArgs.warmup_steps=2", "--gin.LoggingArgs.tensorboard=False", "--gin.LoggingArgs.progress=False",
+      f"--gin.RunArgs.compilation_cache_dir={tmp_path / 'jax_cache'}"
+  ]
+  first = _run_cli(*flags, timeout=180)
+  assert first.returncode == 0, first.stderr[-3000:]
+  metrics = tmp_path / "run" / "metrics.jsonl"
+  uninterrupted = [json.loads(line) for line in metrics.read_text().splitlines()]
+  shutil.rmtree(tmp_path / "run" / "8")  # as if the run had stopped after its step-4 checkpoint
+  resumed = _run_cli(*flags, timeout=180)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  summary = json.loads(resumed.stdout.strip().splitlines()[-1])
+  assert (summary["first_step"], summary["last_step"]) == (4, 8)
+  rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+  assert [r["step"] for r in uninterrupted] == [r["step"] for r in rows] == list(range(1, 9))
+  assert [r["loss"] for r in rows] == [r["loss"] for r in uninterrupted]  # the same batches after the resume
