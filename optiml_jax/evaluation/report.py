@@ -9,7 +9,7 @@ metrics.json (`build_report`), with `shots` keys as strings ("0", "5"):
 
   {"format_version": 1,
    "model":    {"label", "checkpoint", "step", "format", ...},
-   "settings": {"shots": [0, 5], "levels": [...], ...},
+   "settings": {"shots": [0, 5], "levels": [...], "checkpoint_problems": [one line per step skipped], ...},
    "tasks":    {task: {"benchmark", "category", "level", "kind",
                        "shots": {"0": {"score", "metric", "metrics": {...}, "num_instances", "num_truncated",
                                        "error", "seconds", "note"}}}},
@@ -25,6 +25,10 @@ metrics.json (`build_report`), with `shots` keys as strings ("0", "5"):
   AGG = {"score": mean of the tasks' headline scores, "num_tasks": tasks with a score,
          "num_failed": tasks that failed, "num_truncated": prompts cut, "metrics": {name: mean over tasks},
          "chance": mean of the tasks' chance scores (`task_chance`), None when one is unknown}
+
+report.md ends with "Checkpoints skipped" (`problems_section`) when steps of the evaluated MODEL_DIR could not
+be used (partial, not committed, unreadable), one line each; `python -m optiml_jax.eval` adds the same section to
+steps.md.
 
 A task's headline `score` is the metric its kind is judged by (accuracy for rank classification, ROUGE-L for
 generation; see `metrics.HEADLINE_METRICS`); aggregates are unweighted means over tasks, as the paper
