@@ -35,6 +35,7 @@ import seqio
 from optiml_jax.data import cache as cache_lib
 from optiml_jax.data import formatting
 from optiml_jax.data import packing
+from optiml_jax.data import pipeline
 from optiml_jax.data import registry
 
 STATE_VERSION = 1
@@ -123,10 +124,10 @@ class _Plan:
     if not self.pack:
       self.ready.append([ref])
       return
-    slot = next((i for i, (used, _) in enumerate(self.open) if used + positions <= self.length), None)
+    slot, evict = packing.first_fit([used for used, _ in self.open], positions, self.length, self.max_open_rows)
+    if evict:
+      self.ready.append(self.open.pop(0)[1])
     if slot is None:
-      if len(self.open) == self.max_open_rows:
-        self.ready.append(self.open.pop(0)[1])
       self.open.append([0, []])
       slot = len(self.open) - 1
     self.open[slot][0] += positions
@@ -151,11 +152,7 @@ class CachedBatchStream(Iterator[dict[str, np.ndarray]]):
 
   def __init__(self, name: str, feature_lengths: Mapping[str, int], batch_size: int, seed: int, *, cache_dir: str,
                shard_index: int = 0, shard_count: int = 1, pack: bool = True, max_open_rows: int = 8):
-    if set(feature_lengths) != {"inputs", "targets"}:
-      raise ValueError(f"feature_lengths must have exactly 'inputs' and 'targets', got {dict(feature_lengths)}")
-    if batch_size < 1 or not 0 <= shard_index < shard_count:
-      raise ValueError(f"need batch_size >= 1 and 0 <= shard_index < shard_count, got {batch_size}, {shard_index}, "
-                       f"{shard_count}")
+    pipeline.check_stream_args(feature_lengths, batch_size, shard_index, shard_count)
     tasks = mixture_tasks(name)
     self._config: _StreamArgs = {
         "kind": STATE_KIND,

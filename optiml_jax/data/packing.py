@@ -51,7 +51,7 @@ again the same way (a no-op for the registry's Tasks), so a Task of someone else
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterable, Iterator, Mapping
+from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import seqio
@@ -100,6 +100,17 @@ FEATURE_ORDER = MODEL_FEATURE_NAMES + PACKING_FEATURE_NAMES  # the rows of a pac
 _INDEX = {name: i for i, name in enumerate(FEATURE_ORDER)}
 
 
+def first_fit(used: Sequence[int], positions: int, length: int, max_open_rows: int) -> tuple[int | None, bool]:
+  """The packing rule on lengths alone: where an example of `positions` goes among open rows holding `used`.
+
+  Returns (slot, evict_oldest): the index of the oldest row with room, or None for a new row, and whether the oldest
+  open row must be emitted first to make room for that new one (`max_open_rows` are open). `Packer` places tokens
+  with it; `cached_stream` plans global batches with it from lengths only.
+  """
+  slot = next((i for i, u in enumerate(used) if u + positions <= length), None)
+  return slot, slot is None and len(used) == max_open_rows
+
+
 class Packer:
   """The streaming state of `pack_examples`: its open rows, oldest first, as dense arrays.
 
@@ -130,10 +141,10 @@ class Packer:
     if n == 0:
       return []
     done = []
-    slot = next((i for i, used in enumerate(self._used) if used + n <= self.length), None)
+    slot, evict = first_fit(self._used, n, self.length, self.max_open_rows)
+    if evict:
+      done.append(self._pop(0))
     if slot is None:
-      if len(self._rows) == self.max_open_rows:
-        done.append(self._pop(0))
       self._rows.append(np.zeros((len(FEATURE_ORDER), self.length), np.int32))
       self._used.append(0)
       self._segments.append(0)
