@@ -5,8 +5,9 @@ Where it sits: under `python -m optiml_jax.train`, `optiml_jax.eval` and `optiml
 and raises errors whose message is one line; this module decides what reaches the screen:
 
   screen (stderr)   this package's records (INFO and up) as `LEVEL message`, and other libraries' warnings
-                    and errors as their first line; never a traceback of a library (Orbax, TensorStore,
-                    asyncio's "Future exception was never retrieved", "Exception ignored in" of a coroutine);
+                    and errors as their first line, each text once (a count of the repeats at the end); never
+                    a traceback of a library (Orbax, TensorStore, asyncio's "Future exception was never
+                    retrieved", "Exception ignored in" of a coroutine);
   log file          everything above plus those tracebacks and the ones behind this package's one-line
                     errors (logger `optiml_jax.details`): by default `$TMPDIR/optiml_jax/<command>-<time>-<pid>.log`,
                     created on its first record only; `--log_file PATH` chooses it.
@@ -40,14 +41,27 @@ def _ours(name: str) -> bool:
 
 
 class _ScreenFilter(logging.Filter):
-  """This package's records but its details logger; other libraries' warnings without their traceback."""
+  """This package's records but its details logger; other libraries' warnings without their traceback, each
+  text once (seqio warns once per Task it opens: thousands of times at the paper's scale)."""
+
+  def __init__(self) -> None:
+    super().__init__()
+    self.shown: set[tuple[str, str]] = set()
+    self.repeats = 0
 
   def filter(self, record: logging.LogRecord) -> bool:
     if record.name == DETAILS or record.name.startswith(DETAILS + "."):
       return False
     if _ours(record.name):
       return True
-    return record.levelno >= logging.WARNING and not record.exc_info and not record.stack_info
+    if record.levelno < logging.WARNING or record.exc_info or record.stack_info:
+      return False
+    key = (record.name, record.getMessage())
+    if key in self.shown:
+      self.repeats += 1
+      return False
+    self.shown.add(key)
+    return True
 
 
 class _ScreenFormatter(logging.Formatter):
@@ -114,8 +128,9 @@ def session(command: str, log_file: str | None = None, debug: bool = False,
   previous_hook = sys.unraisablehook
   screen = logging.StreamHandler(sys.stderr)
   screen.setFormatter(_ScreenFormatter("%(levelname)s %(message)s"))
+  screen_filter = _ScreenFilter()
   if not debug:
-    screen.addFilter(_ScreenFilter())
+    screen.addFilter(screen_filter)
   path = log_file or default_log_file(command)
   file_handler: logging.FileHandler | None
   try:
@@ -149,6 +164,9 @@ def session(command: str, log_file: str | None = None, debug: bool = False,
     yield Session(path, debug, file_handler)
   finally:
     gc.collect()  # dropped futures report their exceptions now, while these handlers still route them
+    if screen_filter.repeats:
+      where = f"in {path}" if file_handler is not None and file_handler.stream is not None else "not kept"
+      print(f"({screen_filter.repeats} repeats of library warnings shown once above; all {where})", file=sys.stderr)
     global _last_log_file  # noqa: PLW0603  (what the last session wrote, for run_quietly)
     if file_handler is not None and file_handler.stream is not None:
       _last_log_file = path

@@ -71,3 +71,19 @@ def test_an_unexpected_error_keeps_its_traceback(tmp_path, monkeypatch):
         "--gin_file=quickstart.gin", f"--gin.MODEL_DIR={tmp_path}", "--gin.CATALOG_DIR=/c",
         f"--log_file={tmp_path / 'x.log'}"
     ])
+
+
+def test_a_repeated_library_warning_is_shown_once_and_counted(tmp_path, capsys):
+  log_file = tmp_path / "train.log"
+  message = "Using an uncached FunctionDataset for training is not recommended"
+  with cli_logging.session("train", str(log_file)):
+    for _ in range(500):  # seqio, once per Task a 500-task mixture opens
+      logging.getLogger("absl").warning(message)
+    logging.getLogger("absl").warning("another warning")
+    logging.getLogger("optiml_jax.trainer").info("step 1")
+    logging.getLogger("optiml_jax.trainer").info("step 1")  # ours are never folded
+  lines = capsys.readouterr().err.splitlines()
+  assert lines.count(f"WARNING {message}") == 1 and "WARNING another warning" in lines
+  assert lines.count("INFO step 1") == 2
+  assert lines[-1] == f"(499 repeats of library warnings shown once above; all in {log_file})"
+  assert log_file.read_text().count(message) == 500
