@@ -17,13 +17,11 @@ import dataclasses
 import math
 from typing import Any, ClassVar, Mapping, cast
 
-import jax.numpy as jnp
-
-from optiml_jax.models import opt_config
+from optiml_jax.models import config_checks
 from optiml_jax.models import shapes
 
-REMAT_POLICIES = opt_config.REMAT_POLICIES
-ATTENTION_IMPLEMENTATIONS = opt_config.ATTENTION_IMPLEMENTATIONS
+REMAT_POLICIES = config_checks.REMAT_POLICIES
+ATTENTION_IMPLEMENTATIONS = config_checks.ATTENTION_IMPLEMENTATIONS
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 ROPE_TYPES = ("default", "linear", "llama3")
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
@@ -201,11 +199,9 @@ class LlamaConfig:
       object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
     if self.model_type not in MODEL_TYPES:
       raise ValueError(f"LlamaConfig.model_type: expected one of {MODEL_TYPES}, got {self.model_type!r}")
-    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                 "num_key_value_heads", "head_dim", "max_position_embeddings"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"LlamaConfig.{name}: expected a positive int, got {value!r}")
+    config_checks.check_positive_ints(
+        self, ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "head_dim", "max_position_embeddings"))
     if self.model_type == "qwen2" and (not self.attention_bias or self.attention_out_bias):
       raise ValueError("LlamaConfig: a qwen2 model has q/k/v biases and no o_proj bias (Hugging Face's Qwen2 has no "
                        "switch for them): set attention_bias=True, attention_out_bias=False, or another model_type; "
@@ -222,21 +218,7 @@ class LlamaConfig:
         raise ValueError(f"LlamaConfig.{name}: expected a positive number, got {getattr(self, name)!r}")
     if self.sliding_window is not None and (not isinstance(self.sliding_window, int) or self.sliding_window <= 0):
       raise ValueError(f"LlamaConfig.sliding_window: expected None or a positive int, got {self.sliding_window!r}")
-    for name in ("dropout", "attention_dropout"):
-      if not 0.0 <= getattr(self, name) < 1.0:
-        raise ValueError(f"LlamaConfig.{name}: expected a rate in [0, 1), got {getattr(self, name)!r}")
-    if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f"LlamaConfig.remat_policy: expected one of {REMAT_POLICIES}, got {self.remat_policy!r}")
-    if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
-      raise ValueError(f"LlamaConfig.attention_impl: expected one of {ATTENTION_IMPLEMENTATIONS}, "
-                       f"got {self.attention_impl!r}")
-    for name in ("dtype", "param_dtype"):
-      try:
-        jnp.dtype(getattr(self, name))
-      except TypeError as e:
-        raise ValueError(f"LlamaConfig.{name}: not a dtype: {getattr(self, name)!r}") from e
-    if self.attention_impl == "cudnn" and jnp.dtype(self.dtype) not in (jnp.bfloat16, jnp.float16):
-      raise ValueError(f"LlamaConfig.attention_impl: 'cudnn' needs dtype bfloat16 or float16, got {self.dtype!r}")
+    config_checks.check_shared_fields(self)
 
   @property
   def head_size(self) -> int:

@@ -10,15 +10,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Mapping
 
-import jax.numpy as jnp
-
 from optiml_jax.data import special_tokens
+from optiml_jax.models import config_checks
 from optiml_jax.models import shapes
 
 LAYER_NORM_EPS = 1e-5  # Hugging Face / metaseq OPT.
 POSITION_OFFSET = 2  # OPT's learned position table is indexed at position + 2.
-REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
-ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
+REMAT_POLICIES = config_checks.REMAT_POLICIES
+ATTENTION_IMPLEMENTATIONS = config_checks.ATTENTION_IMPLEMENTATIONS
 
 # Keys a Hugging Face config.json must have; the others fall back to Hugging Face's OPTConfig defaults.
 _HF_REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "ffn_dim",
@@ -109,28 +108,12 @@ class OPTConfig:
       object.__setattr__(self, "word_embed_proj_dim", self.hidden_size)
     if self.activation_function != "relu":
       raise ValueError(f"OPTConfig.activation_function: OPT uses 'relu' only, got {self.activation_function!r}")
-    for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "ffn_dim",
-                 "max_position_embeddings", "word_embed_proj_dim"):
-      if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-        raise ValueError(f"OPTConfig.{name}: expected a positive int, got {getattr(self, name)!r}")
+    config_checks.check_positive_ints(self, ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                                             "ffn_dim", "max_position_embeddings", "word_embed_proj_dim"))
     if self.hidden_size % self.num_attention_heads:
       raise ValueError(f"OPTConfig.hidden_size: {self.hidden_size} is not a multiple of "
                        f"num_attention_heads={self.num_attention_heads}")
-    for name in ("dropout", "attention_dropout"):
-      if not 0.0 <= getattr(self, name) < 1.0:
-        raise ValueError(f"OPTConfig.{name}: expected a rate in [0, 1), got {getattr(self, name)!r}")
-    if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f"OPTConfig.remat_policy: expected one of {REMAT_POLICIES}, got {self.remat_policy!r}")
-    if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
-      raise ValueError(f"OPTConfig.attention_impl: expected one of {ATTENTION_IMPLEMENTATIONS}, "
-                       f"got {self.attention_impl!r}")
-    for name in ("dtype", "param_dtype"):
-      try:
-        jnp.dtype(getattr(self, name))
-      except TypeError as e:
-        raise ValueError(f"OPTConfig.{name}: not a dtype: {getattr(self, name)!r}") from e
-    if self.attention_impl == "cudnn" and jnp.dtype(self.dtype) not in (jnp.bfloat16, jnp.float16):
-      raise ValueError(f"OPTConfig.attention_impl: 'cudnn' needs dtype bfloat16 or float16, got {self.dtype!r}")
+    config_checks.check_shared_fields(self)
 
   @property
   def eos_ids(self) -> tuple[int, ...]:

@@ -101,11 +101,11 @@ class ModelConfig(Protocol):
 
   @property
   def remat_policy(self) -> str:
-    """What the backward pass recomputes (models.opt_config.REMAT_POLICIES)."""
+    """What the backward pass recomputes (models.config_checks.REMAT_POLICIES)."""
 
   @property
   def attention_impl(self) -> str:
-    """Which attention kernel runs (models.opt_config.ATTENTION_IMPLEMENTATIONS)."""
+    """Which attention kernel runs (models.config_checks.ATTENTION_IMPLEMENTATIONS)."""
 
   @property
   def dropout(self) -> float:
