@@ -29,8 +29,9 @@ Batch = Mapping[str, jax.Array]
 
 
 def _weighted_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
-  token_loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-  return jnp.sum(token_loss * weights)
+  with jax.named_scope("cross_entropy"):  # names the loss's ops in a profile (tools/benchmarks/profile_step.py)
+    token_loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    return jnp.sum(token_loss * weights)
 
 
 def weighted_positions_first(weights: jax.Array, k: int) -> jax.Array:

@@ -11,7 +11,8 @@
 #      then --parts options (16 prompts of 1024 tokens, 4 options each: shared prompts vs a row per option);
 #   4. the Llama family, which the anchor lacks, each against transformers in the same call: a Llama 3.2
 #      1B-shaped train step (tools/benchmarks/train.py --preset llama-3.2-1b --parts hf,ours, 8 x 2048) and
-#      scoring (eval.py --preset llama-3.2-1b --parts score, 32 x 512), random weights.
+#      scoring (eval.py --preset llama-3.2-1b --parts score, 32 x 512), random weights;
+#   5. tools/benchmarks/profile_step.py on the opt-125m and opt-1.3b steps of 2. (PROFILE=0 skips it).
 # If a cuDNN run fails, the same run is repeated with XLA attention, and the log says so. Every JSON line goes
 # to OUT_DIR/bench.jsonl, every log to OUT_DIR/bench.log; a summary table is printed last.
 #
@@ -123,6 +124,15 @@ for name, ours_row, hf_row in [
   label = ours_row["label"] if ours_row else "-"
   print(f"{name:<38}{a or 'n/a':>12}{b or 'n/a':>12}{ratio:>8}  ({label})")
 EOF
+
+# Where the step's time goes (issue: the profiled step), after the figures: PROFILE=0 leaves it out.
+if [[ "${PROFILE:-1}" == 1 && "${OPT:-1}" == 1 ]]; then
+  ours profile-125m "$PYTHON" tools/benchmarks/profile_step.py --preset opt-125m --layers 0 --batch 16 --seq 2048 \
+    --dtype bfloat16 --steps 3 --warmup 2
+  ours profile-1.3b "$PYTHON" tools/benchmarks/profile_step.py --preset opt-1.3b --layers 0 --batch 8 --seq 2048 \
+    --dtype bfloat16 --remat dots --steps 3 --warmup 2
+  grep -A 12 "^category" "$LOG" | tail -26
+fi
 
 # Last (a timeout here loses nothing above): the same opt-125m step with XLA's own attention, for comparison.
 if [[ "${COMPARE_XLA:-1}" == 1 ]]; then

@@ -104,13 +104,14 @@ def _result(what: str, args: argparse.Namespace, step_s: float, warmup_s: float,
               warmup_s=round(warmup_s, 1), loss=loss, device=device, **extra)
 
 
-def bench_ours(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
+def build_ours(args: argparse.Namespace, dtype: str) -> tuple[Any, registry.ModelConfig, Any, dict[str, Any]]:
+  """(the trainer's program, the model config, the one-device mesh, the batch on the device), as `run` builds
+  them; `program.init_fn` and `program.train_fn` run inside `partitioning.mesh_context(mesh)`."""
   import jax  # pylint: disable=g-import-not-at-top
 
   from optiml_jax.models import partitioning  # pylint: disable=g-import-not-at-top
   from optiml_jax.trainer import config as config_lib  # pylint: disable=g-import-not-at-top
   from optiml_jax.trainer import loop  # pylint: disable=g-import-not-at-top
-  from optiml_jax.trainer import metrics  # pylint: disable=g-import-not-at-top
 
   config = model_config(args, dtype)
   mesh = partitioning.make_mesh(-1, 1, 1, devices=jax.devices()[:1])
@@ -126,6 +127,16 @@ def bench_ours(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
       "decoder_positions": np.broadcast_to(np.arange(args.seq, dtype=np.int32), (args.batch, args.seq))
   }
   batch = {k: jax.device_put(v, program.batch_sharding) for k, v in host.items()}
+  return program, config, mesh, batch
+
+
+def bench_ours(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from optiml_jax.models import partitioning  # pylint: disable=g-import-not-at-top
+  from optiml_jax.trainer import metrics  # pylint: disable=g-import-not-at-top
+
+  program, config, mesh, batch = build_ours(args, dtype)
   rng = jax.random.PRNGKey(0)
   with partitioning.mesh_context(mesh):
     state = program.init_fn(rng)
