@@ -170,9 +170,7 @@ def summarize(events: Iterable[tuple[str, int, int]], instructions: Mapping[str,
                                     list[Instruction]], steps: int, wall_s: float, top: int = 10) -> dict[str, Any]:
   """ms per step and share per category, with host gaps = wall time minus the time any op ran; and the `top`
   instructions by time, each with its category and scope."""
-  per_category: dict[str, float] = dict.fromkeys(CATEGORIES, 0.0)
   per_op: collections.Counter[str] = collections.Counter()
-  unmatched: collections.Counter[str] = collections.Counter()
   intervals = []
   for name, start, duration in events:
     instruction = instructions.get(name)
@@ -180,17 +178,17 @@ def summarize(events: Iterable[tuple[str, int, int]], instructions: Mapping[str,
       continue
     intervals.append((start, start + duration))
     per_op[name] += duration
-    if instruction is None:
-      unmatched[name] += duration
-      per_category["other"] += duration
-    else:
-      per_category[classify(instruction, computations)] += duration
+  # Each distinct instruction is classified once (a trace holds it once per step and layer).
+  category = {name: classify(instructions[name], computations) if name in instructions else "other" for name in per_op}
+  per_category: dict[str, float] = dict.fromkeys(CATEGORIES, 0.0)
+  for name, ns in per_op.items():
+    per_category[category[name]] += ns
+  unmatched_ns = sum(ns for name, ns in per_op.items() if name not in instructions)
   top_ops = []
   for name, ns in per_op.most_common(top):
     instruction = instructions.get(name)
     top_ops.append(
-        dict(op=name, ms_per_step=round(ns / steps / 1e6,
-                                        3), category=classify(instruction, computations) if instruction else "other",
+        dict(op=name, ms_per_step=round(ns / steps / 1e6, 3), category=category[name],
              opcode=instruction.opcode if instruction else "", scope=instruction.op_name if instruction else ""))
   busy_ns = _union_ns(intervals)
   per_category["host gaps"] = max(0.0, wall_s * 1e9 - busy_ns)
@@ -202,8 +200,7 @@ def summarize(events: Iterable[tuple[str, int, int]], instructions: Mapping[str,
       } for c, ns in per_category.items()
   }
   return dict(rows=rows, step_ms=round(wall_s / steps * 1e3, 3), busy_ms_per_step=round(busy_ns / steps / 1e6, 3),
-              ops=len(intervals), unmatched_ms_per_step=round(sum(unmatched.values()) / steps / 1e6,
-                                                              3), top_ops=top_ops)
+              ops=len(intervals), unmatched_ms_per_step=round(unmatched_ns / steps / 1e6, 3), top_ops=top_ops)
 
 
 def format_table(summary: Mapping[str, Any]) -> str:
