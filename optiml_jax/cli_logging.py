@@ -42,12 +42,14 @@ def _ours(name: str) -> bool:
 
 class _ScreenFilter(logging.Filter):
   """This package's records but its details logger; other libraries' warnings without their traceback, each
-  text once (seqio warns once per Task it opens: thousands of times at the paper's scale)."""
+  text once (seqio warns once per Task it opens: thousands of times at the paper's scale). The first repeat prints
+  one note where it happens, so that a failing command's error line stays its last."""
 
-  def __init__(self) -> None:
+  def __init__(self, where: str) -> None:
     super().__init__()
     self.shown: set[tuple[str, str]] = set()
     self.repeats = 0
+    self.where = where
 
   def filter(self, record: logging.LogRecord) -> bool:
     if record.name == DETAILS or record.name.startswith(DETAILS + "."):
@@ -59,6 +61,8 @@ class _ScreenFilter(logging.Filter):
     key = (record.name, record.getMessage())
     if key in self.shown:
       self.repeats += 1
+      if self.repeats == 1:
+        print(f"(a library warning repeated word for word is shown once; {self.where})", file=sys.stderr)
       return False
     self.shown.add(key)
     return True
@@ -128,9 +132,6 @@ def session(command: str, log_file: str | None = None, debug: bool = False,
   previous_hook = sys.unraisablehook
   screen = logging.StreamHandler(sys.stderr)
   screen.setFormatter(_ScreenFormatter("%(levelname)s %(message)s"))
-  screen_filter = _ScreenFilter()
-  if not debug:
-    screen.addFilter(screen_filter)
   path = log_file or default_log_file(command)
   file_handler: logging.FileHandler | None
   try:
@@ -140,6 +141,9 @@ def session(command: str, log_file: str | None = None, debug: bool = False,
     file_handler.addFilter(_FileFilter())
   except OSError:  # no writable temporary folder: the screen only
     file_handler = None
+  if not debug:
+    kept = f"all are in {path}" if file_handler is not None else "no log file keeps the repeats"
+    screen.addFilter(_ScreenFilter(kept))
   handlers: list[logging.Handler] = [screen] + ([file_handler] if file_handler is not None else [])
   # Screen handlers installed before (logging.basicConfig, also the implicit one of a module-level
   # `logging.warning` while the root logger had none) would print tracebacks: set aside while the command runs.
@@ -164,9 +168,6 @@ def session(command: str, log_file: str | None = None, debug: bool = False,
     yield Session(path, debug, file_handler)
   finally:
     gc.collect()  # dropped futures report their exceptions now, while these handlers still route them
-    if screen_filter.repeats:
-      where = f"in {path}" if file_handler is not None and file_handler.stream is not None else "not kept"
-      print(f"({screen_filter.repeats} repeats of library warnings shown once above; all {where})", file=sys.stderr)
     global _last_log_file  # noqa: PLW0603  (what the last session wrote, for run_quietly)
     if file_handler is not None and file_handler.stream is not None:
       _last_log_file = path

@@ -73,7 +73,7 @@ def test_an_unexpected_error_keeps_its_traceback(tmp_path, monkeypatch):
     ])
 
 
-def test_a_repeated_library_warning_is_shown_once_and_counted(tmp_path, capsys):
+def test_a_repeated_library_warning_is_shown_once_with_one_note_where_it_repeats(tmp_path, capsys):
   log_file = tmp_path / "train.log"
   message = "Using an uncached FunctionDataset for training is not recommended"
   with cli_logging.session("train", str(log_file)):
@@ -85,5 +85,7 @@ def test_a_repeated_library_warning_is_shown_once_and_counted(tmp_path, capsys):
   lines = capsys.readouterr().err.splitlines()
   assert lines.count(f"WARNING {message}") == 1 and "WARNING another warning" in lines
   assert lines.count("INFO step 1") == 2
-  assert lines[-1] == f"(499 repeats of library warnings shown once above; all in {log_file})"
+  note = f"(a library warning repeated word for word is shown once; all are in {log_file})"
+  assert lines.count(note) == 1 and lines.index(note) == lines.index(f"WARNING {message}") + 1
+  assert lines[-1] == "INFO step 1"  # nothing after the command's own last line (an error line stays last)
   assert log_file.read_text().count(message) == 500
