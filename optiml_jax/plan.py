@@ -116,6 +116,8 @@ class PlanInputs:
   sequence_parallel: bool
   notes: tuple[str, ...]
   lm_head_positions: int | None = None
+  loss_chunk_size: int | None = None
+  padding_mask: bool = True
 
 
 def load_inputs(args: argparse.Namespace, topo: topology_lib.Topology) -> PlanInputs:
@@ -145,7 +147,8 @@ def load_inputs(args: argparse.Namespace, topo: topology_lib.Topology) -> PlanIn
   return PlanInputs(model=config.model.config, optimizer=config.optimizer, train_steps=config.run.train_steps,
                     batch_size=config.data.batch_size, seq_len=config.seq_len, num_microbatches=layout.num_microbatches,
                     mesh=mesh, sequence_parallel=args.sequence_parallel or layout.sequence_parallel, notes=tuple(notes),
-                    lm_head_positions=layout.lm_head_positions)
+                    lm_head_positions=layout.lm_head_positions, loss_chunk_size=layout.loss_chunk_size,
+                    padding_mask=layout.padding_mask)
 
 
 def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: bool = True, probe_flops: bool = True,
@@ -169,7 +172,8 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
     raise PlanError(str(e)) from e
   layout = config_lib.PartitioningArgs(mesh_shape=inputs.mesh, num_microbatches=inputs.num_microbatches,
                                        sequence_parallel=inputs.sequence_parallel,
-                                       lm_head_positions=inputs.lm_head_positions)
+                                       lm_head_positions=inputs.lm_head_positions,
+                                       loss_chunk_size=inputs.loss_chunk_size, padding_mask=inputs.padding_mask)
   mesh = partitioning.make_mesh(*inputs.mesh)
   try:
     lowered, program = compiled_lib.lower_train_step(cfg, inputs.optimizer, layout, train_steps=inputs.train_steps,
@@ -205,6 +209,7 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
           "seq_len": inputs.seq_len,
           "num_microbatches": inputs.num_microbatches,
           "lm_head_positions": inputs.lm_head_positions,
+          "loss_chunk_size": inputs.loss_chunk_size,
           "rows_per_device": shape.rows_per_device,
           "mesh": dict(zip(partitioning.MESH_AXES, inputs.mesh)),
           "sequence_parallel": inputs.sequence_parallel,

@@ -280,6 +280,25 @@ class Embed(nn.Module):
     return jnp.einsum("...d,vd->...v", x, self.embedding.astype(self.dtype)).astype(jnp.float32)
 
 
+class OutputLayer(nn.Module):
+  """An untied LM head: kernel [width, vocab] (logical axes "embed", "vocab"; the parameter path of a Dense
+  named like it), float32 logits computed in `dtype` as `Embed.attend` does. The kernel is an attribute
+  (`setup`), so a loss that runs the head itself can take it without a call."""
+
+  vocab_size: int
+  width: int
+  dtype: Any
+  param_dtype: Any
+  init_std: float
+
+  def setup(self):
+    self.kernel = param_with_axes("kernel", nn.initializers.normal(self.init_std), (self.width, self.vocab_size),
+                                  self.param_dtype, axes=("embed", "vocab"), module=self)
+
+  def __call__(self, x: Array) -> Array:
+    return jnp.matmul(x.astype(self.dtype), self.kernel.astype(self.dtype)).astype(jnp.float32)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The layer stack: scan or a loop, with rematerialization.
 # ----------------------------------------------------------------------------------------------------------

@@ -191,9 +191,10 @@ class Llama(nn.Module):
                decoder_segment_ids: Array | None = None, decoder_positions: Array | None = None,
                decoder_causal_attention: Array | None = None, *, enable_dropout: bool = True, decode: bool = False,
                max_decode_length: int | None = None, prefill: bool = False, prefill_lengths: Array | None = None,
-               logit_positions: Array | None = None) -> Array:
+               logit_positions: Array | None = None, return_hidden: bool = False) -> Any:
     """Float32 logits [batch, length, vocab_size]; [batch, k, vocab_size] at `logit_positions` ([batch, k]
-    int32 indices along length) when given (the LM head then runs only there)."""
+    int32 indices along length) when given (the LM head then runs only there). `return_hidden=True`: (the
+    final hidden states, the LM head's matrix [vocab_size, hidden_size]) instead, as models/opt.py does."""
     del decoder_target_tokens  # Not a padding signal: token 0 is real here (module docstring).
     del decoder_causal_attention  # Causal language models (module docstring).
     cfg = self.config
@@ -222,10 +223,15 @@ class Llama(nn.Module):
     if logit_positions is not None:
       x = jnp.take_along_axis(x, logit_positions[:, :, None], axis=1)
     if cfg.tie_word_embeddings:
+      if return_hidden:
+        return x, embed_tokens.embedding
       logits = embed_tokens.attend(x)
     else:
-      logits = layers.Dense(cfg.vocab_size, ("embed", "vocab"), False, cfg.dtype, cfg.param_dtype,
-                            cfg.initializer_range, name="lm_head")(x).astype(jnp.float32)
+      lm_head = layers.OutputLayer(cfg.vocab_size, cfg.hidden_size, cfg.dtype, cfg.param_dtype, cfg.initializer_range,
+                                   name="lm_head")
+      if return_hidden:
+        return x, lm_head.kernel.T
+      logits = lm_head(x)
 
     layers.write_cache_index(cache_index, decode_index, prefill, prefill_lengths, length, batch)
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))

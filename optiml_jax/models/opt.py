@@ -180,10 +180,12 @@ class OPT(nn.Module):
                decoder_segment_ids: Array | None = None, decoder_positions: Array | None = None,
                decoder_causal_attention: Array | None = None, *, enable_dropout: bool = True, decode: bool = False,
                max_decode_length: int | None = None, prefill: bool = False, prefill_lengths: Array | None = None,
-               logit_positions: Array | None = None) -> Array:
+               logit_positions: Array | None = None, return_hidden: bool = False) -> Any:
     """Float32 logits [batch, length, vocab_size]; [batch, k, vocab_size] at `logit_positions` ([batch, k]
     int32 indices along length) when given: the LM head, which dominates small models, then runs only where
-    the trainer needs a loss (trainer/step.py)."""
+    the trainer needs a loss (trainer/step.py). `return_hidden=True`: (the final hidden states [batch, length
+    or k, width] in the compute dtype, the LM head's matrix [vocab_size, width]) instead of logits, for a loss
+    that runs the head itself (trainer/chunked_loss.py)."""
     del decoder_causal_attention  # OPT is purely causal (module docstring).
     cfg = self.config
     if decode and prefill:
@@ -223,6 +225,8 @@ class OPT(nn.Module):
                 name="project_out")(x)
     if logit_positions is not None:
       x = jnp.take_along_axis(x, logit_positions[:, :, None], axis=1)
+    if return_hidden:
+      return x, embed_tokens.embedding
     logits = embed_tokens.attend(x).astype(jnp.float32)
 
     layers.write_cache_index(cache_index, decode_index, prefill, prefill_lengths, length, batch)

@@ -106,12 +106,13 @@ def probe_step_flops(model_config: config_lib.ModelConfig, optimizer: config_lib
   """Per-device FLOPs of a whole step by XLA's count, from unrolled 1- and 2-layer compilations.
 
   None when the backend gives no cost analysis. Counted for the LM head at every position (what a step
-  with `lm_head_positions` does when a row holds more targets): an upper bound. Any family: the probes are the
+  with `lm_head_positions` does when a row holds more targets; in one pass, as XLA counts a chunked loss's
+  loop body once): an upper bound. Any family: the probes are the
   model's config with its layer count and `scan_layers` replaced.
   """
   num_microbatches = partitioning_args.num_microbatches
   rows = batch_size // num_microbatches
-  one_pass = dataclasses.replace(partitioning_args, num_microbatches=1, lm_head_positions=None)
+  one_pass = dataclasses.replace(partitioning_args, num_microbatches=1, lm_head_positions=None, loss_chunk_size=None)
   counts = []
   for layers in (1, 2):
     probe = dataclasses.replace(cast(Any, model_config), num_hidden_layers=layers, scan_layers=False)

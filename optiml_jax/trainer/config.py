@@ -220,6 +220,8 @@ class PartitioningArgs:
   num_microbatches: int = 1  # gradient accumulation: the batch in this many passes, one update
   sequence_parallel: bool = False  # also shard the residual stream over "tensor" (the rule table's variant)
   lm_head_positions: int | None = None  # LM head only at each row's first k loss positions when they fit; None: all
+  loss_chunk_size: int | None = None  # LM head and loss this many positions at a time (no whole logits); None: one pass
+  padding_mask: bool = True  # False: padding keys are not masked (rows end in padding: exact at every loss position)
 
   def __post_init__(self):
     shape = self.mesh_shape
@@ -231,6 +233,8 @@ class PartitioningArgs:
     _positive_int("PartitioningArgs.num_microbatches", self.num_microbatches)
     _flag("PartitioningArgs.sequence_parallel", self.sequence_parallel)
     _positive_int("PartitioningArgs.lm_head_positions", self.lm_head_positions, optional=True)
+    _positive_int("PartitioningArgs.loss_chunk_size", self.loss_chunk_size, optional=True)
+    _flag("PartitioningArgs.padding_mask", self.padding_mask)
 
 
 @dataclasses.dataclass(frozen=True)

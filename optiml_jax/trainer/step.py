@@ -11,11 +11,21 @@ so the update equals the one a single large batch would give.
 Instruction tuning puts loss on target tokens only, a small share of a packed row. With `lm_head_positions=k`
 the LM head (the float32 logits over 50272 ids) runs only at the first k weighted positions of each row,
 whenever no row has more than k; a batch that has more takes the full pass, so the loss and the gradients
-are those of the full pass either way (one `lax.cond`, both branches compiled).
+are those of the full pass either way (one `lax.cond`, both branches compiled). With `loss_chunk_size=c` the
+model returns its final hidden states and the head and loss run c positions at a time
+(trainer/chunked_loss.py): the float32 logits of the whole batch are never held; the two combine.
+
+Rows end in padding (data/packing; target 0, weight 0, segment 0). Causal attention keeps every real token
+from the later padding, and packed rows' segment ids keep segments apart, so `padding_mask=False` withholds the
+targets from the model (OPT masks keys whose target is 0): only padding positions, which carry no loss, see
+other keys. An unpacked batch (no segment ids) then needs no attention mask at all, which lets cuDNN run plain
+causal attention instead of reading a dense [batch, 1, length, length] mask. Rows padded elsewhere need the
+default.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -24,6 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from optiml_jax.trainer import checkpointing
+from optiml_jax.trainer import chunked_loss
 
 Batch = Mapping[str, jax.Array]
 
@@ -40,22 +51,31 @@ def weighted_positions_first(weights: jax.Array, k: int) -> jax.Array:
 
 
 def loss_sums(params: Any, batch: Batch, model: nn.Module, dropout_rng: jax.Array | None, enable_dropout: bool,
-              lm_head_positions: int | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+              lm_head_positions: int | None = None, loss_chunk_size: int | None = None,
+              padding_mask: bool = True) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
   """Returns (sum of weighted token cross-entropy, (same, sum of weights)) for `jax.value_and_grad`.
 
-  `lm_head_positions`: see the module docstring (None: the LM head runs at every position).
+  `lm_head_positions`, `loss_chunk_size`, `padding_mask`: see the module docstring (None, None, True: the LM
+  head at every position in one pass, padding keys masked).
   """
   targets = batch["decoder_target_tokens"]
   weights = batch["decoder_loss_weights"].astype(jnp.float32)
+  rngs: Any = {"dropout": dropout_rng} if enable_dropout else None
 
-  def logits(**kwargs):
-    return model.apply({"params": params}, batch["decoder_input_tokens"], targets,
-                       decoder_segment_ids=batch.get("decoder_segment_ids"),
-                       decoder_positions=batch.get("decoder_positions"), enable_dropout=enable_dropout,
-                       rngs={"dropout": dropout_rng} if enable_dropout else None, **kwargs)
+  def weighted_loss(targets_at: jax.Array, weights_at: jax.Array, **kwargs: Any) -> jax.Array:
+    if loss_chunk_size is not None:  # a model of this package's families (t5x's signature has no such flag)
+      kwargs["return_hidden"] = True
+    out: Any = model.apply({"params": params}, batch["decoder_input_tokens"], targets if padding_mask else None,
+                           decoder_segment_ids=batch.get("decoder_segment_ids"),
+                           decoder_positions=batch.get("decoder_positions"), enable_dropout=enable_dropout, rngs=rngs,
+                           **kwargs)
+    if loss_chunk_size is None:
+      return _weighted_cross_entropy(out, targets_at, weights_at)
+    hidden, head = out
+    return chunked_loss.chunked_cross_entropy(hidden, head, targets_at, weights_at, loss_chunk_size)
 
   def everywhere():
-    return _weighted_cross_entropy(logits(), targets, weights)
+    return weighted_loss(targets, weights)
 
   if lm_head_positions is None or lm_head_positions >= targets.shape[1]:
     total = everywhere()
@@ -64,7 +84,7 @@ def loss_sums(params: Any, batch: Batch, model: nn.Module, dropout_rng: jax.Arra
     def at_weighted_positions():
       order = weighted_positions_first(weights, lm_head_positions)
       take = lambda x: jnp.take_along_axis(x, order, axis=1)
-      return _weighted_cross_entropy(logits(logit_positions=order), take(targets), take(weights))
+      return weighted_loss(take(targets), take(weights), logit_positions=order)
 
     fits = jnp.max(jnp.sum(weights > 0, axis=1)) <= lm_head_positions
     total = jax.lax.cond(fits, at_weighted_positions, everywhere)
@@ -82,11 +102,14 @@ def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
 
 
 def gradients(params: Any, batch: Batch, model: nn.Module, dropout_rng: jax.Array, *, enable_dropout: bool = True,
-              num_microbatches: int = 1, lm_head_positions: int | None = None) -> tuple[Any, jax.Array, jax.Array]:
+              num_microbatches: int = 1, lm_head_positions: int | None = None, loss_chunk_size: int | None = None,
+              padding_mask: bool = True) -> tuple[Any, jax.Array, jax.Array]:
   """Returns (summed float32 gradients, summed loss, summed weights) over the batch's microbatches."""
-  grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
+  grad_fn = jax.value_and_grad(
+      functools.partial(loss_sums, lm_head_positions=lm_head_positions, loss_chunk_size=loss_chunk_size,
+                        padding_mask=padding_mask), has_aux=True)
   if num_microbatches <= 1:
-    (_, (loss, weight)), grads = grad_fn(params, batch, model, dropout_rng, enable_dropout, lm_head_positions)
+    (_, (loss, weight)), grads = grad_fn(params, batch, model, dropout_rng, enable_dropout)
     return jax.tree_util.tree_map(lambda g: g.astype(jnp.float32), grads), loss, weight
 
   micro = _split_microbatches(batch, num_microbatches)
@@ -95,7 +118,7 @@ def gradients(params: Any, batch: Batch, model: nn.Module, dropout_rng: jax.Arra
     grad_acc, loss_acc, weight_acc = carry
     index, microbatch = xs
     rng = jax.random.fold_in(dropout_rng, index)
-    (_, (loss, weight)), grads = grad_fn(params, microbatch, model, rng, enable_dropout, lm_head_positions)
+    (_, (loss, weight)), grads = grad_fn(params, microbatch, model, rng, enable_dropout)
     grad_acc = jax.tree_util.tree_map(lambda a, g: a + g.astype(jnp.float32), grad_acc, grads)
     return (grad_acc, loss_acc + loss, weight_acc + weight), None
 
@@ -107,14 +130,15 @@ def gradients(params: Any, batch: Batch, model: nn.Module, dropout_rng: jax.Arra
 
 def train_step(state: checkpointing.TrainState, batch: Batch, rng: jax.Array, *, model: nn.Module,
                tx: optax.GradientTransformation, schedule: optax.Schedule | None = None, num_microbatches: int = 1,
-               enable_dropout: bool = True,
-               lm_head_positions: int | None = None) -> tuple[checkpointing.TrainState, dict[str, jax.Array]]:
+               enable_dropout: bool = True, lm_head_positions: int | None = None, loss_chunk_size: int | None = None,
+               padding_mask: bool = True) -> tuple[checkpointing.TrainState, dict[str, jax.Array]]:
   """Applies one update. A non-finite loss or gradient leaves params and optimizer state unchanged
   (the step counter still advances, so the schedule and the data stay aligned) and reports `finite=0`;
   the loop decides whether to skip on or stop."""
   dropout_rng = jax.random.fold_in(rng, state.step)
   grads, loss_sum, weight_sum = gradients(state.params, batch, model, dropout_rng, enable_dropout=enable_dropout,
-                                          num_microbatches=num_microbatches, lm_head_positions=lm_head_positions)
+                                          num_microbatches=num_microbatches, lm_head_positions=lm_head_positions,
+                                          loss_chunk_size=loss_chunk_size, padding_mask=padding_mask)
   denom = jnp.maximum(weight_sum, 1.0)
   grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
   loss = loss_sum / denom

@@ -1,10 +1,12 @@
 """tools/benchmarks/train.py runs both parts on a tiny model of each family and reports comparable figures."""
 
+import importlib.util
 import json
 import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -27,3 +29,43 @@ def test_bench_train_reports_ours_hf_and_their_ratio(preset):
   # vocabulary).
   assert abs(ours["loss"] - hf["loss"]) < 0.5 and 10 < ours["loss"] < 11.5
   assert ours["tflops"] >= 0 and hf["tflops"] >= 0
+
+
+@pytest.mark.slow
+def test_bench_train_reports_the_compiled_steps_memory_which_a_chunked_loss_lowers():
+
+  def ours(*flags):
+    result = subprocess.run([
+        sys.executable, "tools/benchmarks/train.py", "--preset", "tiny", "--layers", "0", "--batch", "2", "--seq", "64",
+        "--steps", "1", "--warmup", "1", "--parts", "ours", *flags
+    ], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])["ours"]
+
+  plain, chunked = ours(), ours("--loss_chunk_size", "16")
+  assert chunked["loss_chunk_size"] == 16 and plain["loss_chunk_size"] is None
+  assert chunked["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+  # 2 x 64 float32 logits over OPT's 50272 ids are 24.5 MiB, held with their gradient; chunks hold a quarter.
+  assert 0 < chunked["temp_mib"] < plain["temp_mib"] - 20
+
+
+def _tool():
+  spec = importlib.util.spec_from_file_location("bench_train_tool", REPO / "tools" / "benchmarks" / "train.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_packed_rows_get_equal_segments_and_loss_at_each_segments_end():
+  tool = _tool()
+  args = tool.parse_args(["--seq", "10", "--packed", "3", "--target_fraction", "0.5"])
+  np.testing.assert_array_equal(tool.segment_ids(args), [1, 1, 1, 2, 2, 2, 3, 3, 3, 3])
+  np.testing.assert_array_equal(tool.loss_weights(args)[0], [0, 1, 1, 0, 1, 1, 0, 0, 1, 1])
+  unpacked = tool.parse_args(["--seq", "10", "--target_fraction", "0.2"])
+  np.testing.assert_array_equal(tool.loss_weights(unpacked)[0], [0] * 8 + [1, 1])
+
+
+def test_packed_rows_are_refused_for_the_hugging_face_side():
+  result = subprocess.run([sys.executable, "tools/benchmarks/train.py", "--packed", "2"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 2 and "--packed 2" in result.stderr and "--parts ours" in result.stderr

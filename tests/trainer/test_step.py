@@ -133,3 +133,28 @@ def test_lm_head_at_weighted_positions_gives_the_full_pass_loss_and_gradients(k)
 def test_weighted_positions_come_first_in_order():
   weights = jnp.asarray([[0, 1, 0, 1, 1, 0], [1, 0, 0, 0, 0, 1]], jnp.float32)
   np.testing.assert_array_equal(step_lib.weighted_positions_first(weights, 4), [[1, 3, 4, 0], [0, 5, 1, 2]])
+
+
+def _padded(batch):
+  """The batch with its padding as the data pipeline writes it: input and target 0 where the segment is 0."""
+  real = batch["decoder_segment_ids"] > 0
+  return dict(batch, decoder_input_tokens=jnp.where(real, batch["decoder_input_tokens"], 0),
+              decoder_target_tokens=jnp.where(real, batch["decoder_target_tokens"], 0))
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_without_the_padding_mask_rows_that_end_in_padding_train_the_same(packed):
+  model, params, batch = _opt_with_packed_batch()
+  batch = _padded(batch)
+  if not packed:  # rows 1 and 2: one sequence each, the second ending in 11 padding positions; no segment ids
+    batch = {k: v[1:] for k, v in batch.items() if k != "decoder_segment_ids"}
+  run = jax.jit(functools.partial(step_lib.gradients, model=model, enable_dropout=False),
+                static_argnames="padding_mask")
+  masked = run(params, batch, dropout_rng=jax.random.PRNGKey(3))
+  unmasked = run(params, batch, dropout_rng=jax.random.PRNGKey(3), padding_mask=False)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), unmasked, masked)
+  # Unpacked, the step then builds no [batch, 1, length, length] mask at all: attention is causal alone.
+  lowered = lambda **kw: run.lower(params, batch, dropout_rng=jax.random.PRNGKey(3), **kw).as_text()
+  mask_type = f"tensor<{batch['decoder_input_tokens'].shape[0]}x1x16x16xi1>"
+  assert mask_type in lowered()
+  assert (mask_type in lowered(padding_mask=False)) == packed

@@ -12,7 +12,9 @@
 #   4. the Llama family, which the anchor lacks, each against transformers in the same call: a Llama 3.2
 #      1B-shaped train step (tools/benchmarks/train.py --preset llama-3.2-1b --parts hf,ours, 8 x 2048) and
 #      scoring (eval.py --preset llama-3.2-1b --parts score, 32 x 512), random weights;
-#   5. tools/benchmarks/profile_step.py on the opt-125m and opt-1.3b steps of 2. (PROFILE=0 skips it).
+#   5. tools/benchmarks/profile_step.py on the opt-125m and opt-1.3b steps of 2. (PROFILE=0 skips it);
+#   6. the step's levers, ours alone at opt-1.3b 8 x 2048 (LEVERS=0 skips them): no padding mask, a chunked
+#      loss, and packed rows (8 segments, 10% targets) plain and with all three levers.
 # If a cuDNN run fails, the same run is repeated with XLA attention, and the log says so. Every JSON line goes
 # to OUT_DIR/bench.jsonl, every log to OUT_DIR/bench.log; a summary table is printed last.
 #
@@ -132,6 +134,27 @@ if [[ "${PROFILE:-1}" == 1 && "${OPT:-1}" == 1 ]]; then
   ours profile-1.3b "$PYTHON" tools/benchmarks/profile_step.py --preset opt-1.3b --layers 0 --batch 8 --seq 2048 \
     --dtype bfloat16 --remat dots --steps 3 --warmup 2
   grep -A 12 "^category" "$LOG" | tail -26
+fi
+
+# The levers of the step (trainer/step.py), each against the plain opt-1.3b step of 2.: LEVERS=0 leaves them out.
+if [[ "${LEVERS:-1}" == 1 && "${OPT:-1}" == 1 ]]; then
+  lever() {  # lever LABEL FLAGS...: the opt-1.3b step of 2. with FLAGS
+    local label=$1
+    shift
+    ours "$label" "$PYTHON" tools/benchmarks/train.py --preset opt-1.3b --layers 0 --batch 8 --seq 2048 \
+      --dtype bfloat16 --remat dots --steps "$STEPS" --warmup 2 --parts ours "$@"
+  }
+  lever lever-no-padding-mask --no_padding_mask
+  lever lever-chunked-loss --loss_chunk_size 512
+  lever lever-packed --packed 8 --target_fraction 0.1
+  lever lever-packed-all --packed 8 --target_fraction 0.1 --no_padding_mask --loss_chunk_size 512 \
+    --lm_head_positions 512
+  grep '"bench_train"' "$JSONL" | grep -E '"label": "(train-1.3b|lever-)' | "$PYTHON" -c '
+import json, sys
+for line in sys.stdin:
+  r = json.loads(line)["ours"] or {}
+  print(json.loads(line)["label"], r.get("tokens_per_s"), "tokens/s, temp", r.get("temp_mib"), "MiB, peak",
+        r.get("peak_mib"), "MiB")'
 fi
 
 # Last (a timeout here loses nothing above): the same opt-125m step with XLA's own attention, for comparison.

@@ -64,6 +64,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
       "tuning (both sides; HF ignores the others with label -100)")
   parser.add_argument("--lm_head_positions", type=int, default=None,
                       help="ours: the LM head only at each row's first k loss positions (trainer/step.py)")
+  parser.add_argument("--loss_chunk_size", type=int, default=None,
+                      help="ours: the LM head and loss this many positions at a time (trainer/chunked_loss.py)")
+  parser.add_argument("--no_padding_mask", dest="padding_mask", action="store_false",
+                      help="ours: PartitioningArgs.padding_mask=False (trainer/step.py)")
+  parser.add_argument(
+      "--packed", type=int, default=0,
+      help="0: unpacked rows without segment ids (as DataArgs.pack=False feeds them); K >= 1: K equal segments "
+      "per row with their own positions, as packed rows come (ours only for K > 1)")
   parser.add_argument("--parts", default="hf,ours", help="comma-separated: hf, ours (HF runs first: JAX "
                       "preallocates GPU memory when it starts)")
   parser.add_argument("--hf_compile", action="store_true", help="torch.compile the Hugging Face model")
@@ -88,10 +96,19 @@ def token_batch(batch: int, seq: int, vocab: int, seed: int = 0) -> np.ndarray:
   return np.random.default_rng(seed).integers(4, vocab, size=(batch, seq + 1), dtype=np.int64)
 
 
+def segment_ids(args: argparse.Namespace) -> np.ndarray:
+  """[seq] 1..K: --packed K equal segments (the last takes the remainder); ones when unpacked."""
+  parts = max(1, args.packed)
+  return np.minimum(np.arange(args.seq) // (args.seq // parts), parts - 1).astype(np.int32) + 1
+
+
 def loss_weights(args: argparse.Namespace) -> np.ndarray:
-  """[batch, seq] 0/1: the last round(target_fraction x seq) positions of each row carry loss."""
+  """[batch, seq] 0/1: the last round(target_fraction x length) positions of each segment carry loss."""
+  segments = segment_ids(args)
   weights = np.zeros((args.batch, args.seq), np.float32)
-  weights[:, args.seq - max(1, round(args.target_fraction * args.seq)):] = 1.0
+  for segment in np.unique(segments):
+    where = np.flatnonzero(segments == segment)
+    weights[:, where[len(where) - max(1, round(args.target_fraction * len(where))):]] = 1.0
   return weights
 
 
@@ -116,16 +133,20 @@ def build_ours(args: argparse.Namespace, dtype: str) -> tuple[Any, registry.Mode
   config = model_config(args, dtype)
   mesh = partitioning.make_mesh(-1, 1, 1, devices=jax.devices()[:1])
   optimizer = config_lib.OptimizerArgs(learning_rate=1e-5, warmup_steps=0)
-  layout = config_lib.PartitioningArgs(num_microbatches=args.microbatches, lm_head_positions=args.lm_head_positions)
+  layout = config_lib.PartitioningArgs(num_microbatches=args.microbatches, lm_head_positions=args.lm_head_positions,
+                                       loss_chunk_size=args.loss_chunk_size, padding_mask=args.padding_mask)
   program = loop.build_program(config, optimizer, layout, 1000, args.seq, mesh)
   ids = token_batch(args.batch, args.seq, config.vocab_size).astype(np.int32)
   host = {
       "decoder_input_tokens": ids[:, :-1],
       "decoder_target_tokens": ids[:, 1:],
       "decoder_loss_weights": loss_weights(args).astype(np.int32),
-      "decoder_segment_ids": np.ones((args.batch, args.seq), np.int32),
-      "decoder_positions": np.broadcast_to(np.arange(args.seq, dtype=np.int32), (args.batch, args.seq))
   }
+  if args.packed:
+    segments = segment_ids(args)
+    starts = np.searchsorted(segments, segments)  # each position's segment start
+    host["decoder_segment_ids"] = np.broadcast_to(segments, (args.batch, args.seq))
+    host["decoder_positions"] = np.broadcast_to(np.arange(args.seq, dtype=np.int32) - starts, (args.batch, args.seq))
   batch = {k: jax.device_put(v, program.batch_sharding) for k, v in host.items()}
   return program, config, mesh, batch
 
@@ -139,6 +160,7 @@ def bench_ours(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
   program, config, mesh, batch = build_ours(args, dtype)
   rng = jax.random.PRNGKey(0)
   with partitioning.mesh_context(mesh):
+    memory = program.train_fn.lower(program.layout.abstract, batch, rng).compile().memory_analysis()
     state = program.init_fn(rng)
     started = time.perf_counter()
     for _ in range(args.warmup):
@@ -154,10 +176,24 @@ def bench_ours(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
   result = _result("ours_jax_train", args, step_s, warmup_s, float(out["loss"]), config.flops_per_token(args.seq),
                    metrics.peak_flops_per_device(device), device.device_kind, dtype=dtype, jax=jax.__version__,
                    remat=args.remat, attention_impl=args.attention_impl, microbatches=args.microbatches,
-                   target_fraction=args.target_fraction, lm_head_positions=args.lm_head_positions)
+                   target_fraction=args.target_fraction, lm_head_positions=args.lm_head_positions,
+                   loss_chunk_size=args.loss_chunk_size, padding_mask=args.padding_mask, packed=args.packed,
+                   **_memory_figures(memory, device))
   del state, out, batch
   gc.collect()
   return result
+
+
+def _memory_figures(memory: Any, device: Any) -> dict[str, Any]:
+  """The compiled step's temporary buffers (XLA's count: activations, logits, gradients in flight; any backend)
+  and, where the device reports it, the process's peak device memory, in MiB."""
+  figures: dict[str, Any] = {}
+  if memory is not None:
+    figures["temp_mib"] = round(memory.temp_size_in_bytes / 2**20, 1)
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if stats and "peak_bytes_in_use" in stats:
+    figures["peak_mib"] = round(stats["peak_bytes_in_use"] / 2**20, 1)
+  return figures
 
 
 def bench_hf(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
@@ -243,16 +279,22 @@ def main(argv: list[str] | None = None) -> int:
       f"model: {args.preset} with {config.num_hidden_layers} layers ({config.num_params() / 1e6:.0f}M params), "
       f"batch {args.batch} x {args.seq}, compute {dtype}, {args.warmup} warm-up + {args.steps} timed steps", flush=True)
   results: dict[str, dict[str, Any]] = {}
+  if args.packed > 1 and "hf" in args.parts.split(","):
+    print(
+        f"error: --packed {args.packed}: the Hugging Face side has no packed rows here (its block-diagonal mask "
+        "is not built); use --parts ours", file=sys.stderr)
+    return 2
   for part in [p.strip() for p in args.parts.split(",") if p.strip()]:
     if part not in ("hf", "ours"):
       print(f"error: --parts: unknown part {part!r} (expected hf, ours)", file=sys.stderr)
       return 2
     results[part] = (bench_hf if part == "hf" else bench_ours)(args, dtype)
     r = results[part]
+    memory = "".join(f", {k[:-4]} {r[k]:,} MiB" for k in ("temp_mib", "peak_mib") if k in r)
     print(
         f"{r['what']:>16}: {r['tokens_per_s']:>10,} tokens/s  {r['step_s']:.3f} s/step  {r['tflops']} TFLOP/s  "
         f"MFU {'n/a' if r['mfu'] is None else format(r['mfu'], '.1%')}  (warm-up {r['warmup_s']} s, loss "
-        f"{r['loss']:.3f}, {r['device']})", flush=True)
+        f"{r['loss']:.3f}, {r['device']}{memory})", flush=True)
   ratio = None
   if "hf" in results and "ours" in results:
     ratio = round(results["ours"]["tokens_per_s"] / results["hf"]["tokens_per_s"], 3)
