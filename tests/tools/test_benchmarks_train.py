@@ -69,3 +69,10 @@ def test_packed_rows_are_refused_for_the_hugging_face_side():
   result = subprocess.run([sys.executable, "tools/benchmarks/train.py", "--packed", "2"], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
   assert result.returncode == 2 and "--packed 2" in result.stderr and "--parts ours" in result.stderr
+
+
+def test_no_scan_unrolls_the_layers_of_either_family():
+  tool = _tool()
+  for preset in ("tiny", "llama-tiny"):
+    assert tool.model_config(tool.parse_args(["--preset", preset]), "float32").scan_layers
+    assert not tool.model_config(tool.parse_args(["--preset", preset, "--no_scan"]), "float32").scan_layers

@@ -14,7 +14,9 @@
 #      scoring (eval.py --preset llama-3.2-1b --parts score, 32 x 512), random weights;
 #   5. tools/benchmarks/profile_step.py on the opt-125m and opt-1.3b steps of 2. (PROFILE=0 skips it);
 #   6. the step's levers, ours alone at opt-1.3b 8 x 2048 (LEVERS=0 skips them): no padding mask, a chunked
-#      loss, and packed rows (8 segments, 10% targets) plain and with all three levers.
+#      loss, and packed rows (8 segments, 10% targets) plain and with all three levers; MORE_LEVERS=1 (off by
+#      default: a call of its own, see step 6 below) a plain step, unrolled layers and XLA's GPU flags
+#      (latency-hiding scheduler, no command buffers, no Triton GEMMs), each through XLA_FLAGS for that process.
 # If a cuDNN run fails, the same run is repeated with XLA attention, and the log says so. Every JSON line goes
 # to OUT_DIR/bench.jsonl, every log to OUT_DIR/bench.log; a summary table is printed last.
 #
@@ -137,18 +139,31 @@ if [[ "${PROFILE:-1}" == 1 && "${OPT:-1}" == 1 ]]; then
 fi
 
 # The levers of the step (trainer/step.py), each against the plain opt-1.3b step of 2.: LEVERS=0 leaves them out.
-if [[ "${LEVERS:-1}" == 1 && "${OPT:-1}" == 1 ]]; then
+# MORE_LEVERS=1 measures the others against a plain step of its own, so it can run in a call of its own:
+#   OPT=0 LLAMA=0 TESTS=0 LEVERS=0 COMPARE_XLA=0 MORE_LEVERS=1 OUT_DIR=$OUT bash tools/benchmarks/gpu.sh
+if [[ ("${LEVERS:-1}" == 1 && "${OPT:-1}" == 1) || "${MORE_LEVERS:-0}" == 1 ]]; then
   lever() {  # lever LABEL FLAGS...: the opt-1.3b step of 2. with FLAGS
     local label=$1
     shift
     ours "$label" "$PYTHON" tools/benchmarks/train.py --preset opt-1.3b --layers 0 --batch 8 --seq 2048 \
       --dtype bfloat16 --remat dots --steps "$STEPS" --warmup 2 --parts ours "$@"
   }
-  lever lever-no-padding-mask --no_padding_mask
-  lever lever-chunked-loss --loss_chunk_size 512
-  lever lever-packed --packed 8 --target_fraction 0.1
-  lever lever-packed-all --packed 8 --target_fraction 0.1 --no_padding_mask --loss_chunk_size 512 \
-    --lm_head_positions 512
+  if [[ "${LEVERS:-1}" == 1 && "${OPT:-1}" == 1 ]]; then
+    lever lever-no-padding-mask --no_padding_mask
+    lever lever-chunked-loss --loss_chunk_size 512
+    lever lever-packed --packed 8 --target_fraction 0.1
+    lever lever-packed-all --packed 8 --target_fraction 0.1 --no_padding_mask --loss_chunk_size 512 \
+      --lm_head_positions 512
+  fi
+  if [[ "${MORE_LEVERS:-0}" == 1 ]]; then
+    lever lever-plain
+    lever lever-unrolled --no_scan
+    for flag in --xla_gpu_enable_latency_hiding_scheduler=true --xla_gpu_enable_command_buffer= \
+      --xla_gpu_enable_triton_gemm=false; do
+      name=${flag#--xla_gpu_}
+      XLA_FLAGS="${XLA_FLAGS:-} $flag" lever "lever-xla-${name%%=*}"
+    done
+  fi
   grep '"bench_train"' "$JSONL" | grep -E '"label": "(train-1.3b|lever-)' | "$PYTHON" -c '
 import json, sys
 for line in sys.stdin:

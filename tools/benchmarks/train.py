@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                       help="compute dtype (default: bfloat16 on a GPU, float32 on a CPU)")
   parser.add_argument("--remat", default="none", help="our remat policy: none, full, dots, dots_with_no_batch_dims")
+  parser.add_argument("--no_scan", dest="scan_layers", action="store_false",
+                      help="ours: the layers unrolled (scan_layers=False) instead of one scanned layer")
   parser.add_argument("--attention_impl", default=None, choices=("xla", "cudnn"), help="our attention kernel")
   parser.add_argument("--microbatches", type=int, default=1, help="our gradient accumulation")
   parser.add_argument(
@@ -81,8 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def model_config(args: argparse.Namespace, dtype: str) -> registry.ModelConfig:
   """The preset's config (any family) with the benchmark's compute settings; positions extended to --seq."""
   from optiml_jax.models import registry  # pylint: disable=g-import-not-at-top
-  overrides: dict[str, Any] = dict(dtype=dtype, param_dtype="float32", dropout=0.0, attention_dropout=0.0,
-                                   remat_policy=args.remat, attention_impl=args.attention_impl)
+  compute = dict(dtype=dtype, param_dtype="float32", dropout=0.0, attention_dropout=0.0)
+  overrides: dict[str, Any] = dict(compute, remat_policy=args.remat, attention_impl=args.attention_impl,
+                                   scan_layers=args.scan_layers)
   if args.layers:
     overrides["num_hidden_layers"] = args.layers
   config = registry.preset(args.preset, **overrides)
@@ -175,10 +178,10 @@ def bench_ours(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
   device = jax.devices()[0]
   result = _result("ours_jax_train", args, step_s, warmup_s, float(out["loss"]), config.flops_per_token(args.seq),
                    metrics.peak_flops_per_device(device), device.device_kind, dtype=dtype, jax=jax.__version__,
-                   remat=args.remat, attention_impl=args.attention_impl, microbatches=args.microbatches,
-                   target_fraction=args.target_fraction, lm_head_positions=args.lm_head_positions,
-                   loss_chunk_size=args.loss_chunk_size, padding_mask=args.padding_mask, packed=args.packed,
-                   **_memory_figures(memory, device))
+                   remat=args.remat, attention_impl=args.attention_impl, scan_layers=args.scan_layers,
+                   microbatches=args.microbatches, target_fraction=args.target_fraction,
+                   lm_head_positions=args.lm_head_positions, loss_chunk_size=args.loss_chunk_size,
+                   padding_mask=args.padding_mask, packed=args.packed, **_memory_figures(memory, device))
   del state, out, batch
   gc.collect()
   return result
