@@ -118,6 +118,7 @@ class PlanInputs:
   lm_head_positions: int | None = None
   loss_chunk_size: int | None = None
   padding_mask: bool = True
+  nonfinite_guard: str = "auto"
 
 
 def load_inputs(args: argparse.Namespace, topo: topology_lib.Topology) -> PlanInputs:
@@ -148,7 +149,7 @@ def load_inputs(args: argparse.Namespace, topo: topology_lib.Topology) -> PlanIn
                     batch_size=config.data.batch_size, seq_len=config.seq_len, num_microbatches=layout.num_microbatches,
                     mesh=mesh, sequence_parallel=args.sequence_parallel or layout.sequence_parallel, notes=tuple(notes),
                     lm_head_positions=layout.lm_head_positions, loss_chunk_size=layout.loss_chunk_size,
-                    padding_mask=layout.padding_mask)
+                    padding_mask=layout.padding_mask, nonfinite_guard=layout.nonfinite_guard)
 
 
 def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: bool = True, probe_flops: bool = True,
@@ -159,6 +160,7 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
   from optiml_jax.models import partitioning  # pylint: disable=g-import-not-at-top
   from optiml_jax.planning import analytic  # pylint: disable=g-import-not-at-top
   from optiml_jax.planning import compiled as compiled_lib  # pylint: disable=g-import-not-at-top
+  from optiml_jax.trainer import step as step_lib  # pylint: disable=g-import-not-at-top
 
   if jax.device_count() != topo.chips:
     raise PlanError(f"{jax.device_count()} devices visible but {topo.name} has {topo.chips} chips: run "
@@ -170,10 +172,13 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
     analytic.check_step_shape(shape)
   except ValueError as e:
     raise PlanError(str(e)) from e
+  # The step compiles here on CPU devices standing in for the target's: "auto" resolves for the target's kind.
+  guard = step_lib.resolve_nonfinite_guard(inputs.nonfinite_guard, topo.kind)
   layout = config_lib.PartitioningArgs(mesh_shape=inputs.mesh, num_microbatches=inputs.num_microbatches,
                                        sequence_parallel=inputs.sequence_parallel,
                                        lm_head_positions=inputs.lm_head_positions,
-                                       loss_chunk_size=inputs.loss_chunk_size, padding_mask=inputs.padding_mask)
+                                       loss_chunk_size=inputs.loss_chunk_size, padding_mask=inputs.padding_mask,
+                                       nonfinite_guard=guard)
   mesh = partitioning.make_mesh(*inputs.mesh)
   try:
     lowered, program = compiled_lib.lower_train_step(cfg, inputs.optimizer, layout, train_steps=inputs.train_steps,
@@ -210,6 +215,7 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
           "num_microbatches": inputs.num_microbatches,
           "lm_head_positions": inputs.lm_head_positions,
           "loss_chunk_size": inputs.loss_chunk_size,
+          "nonfinite_guard": guard,
           "rows_per_device": shape.rows_per_device,
           "mesh": dict(zip(partitioning.MESH_AXES, inputs.mesh)),
           "sequence_parallel": inputs.sequence_parallel,

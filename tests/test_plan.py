@@ -57,6 +57,7 @@ def test_fitting_plan_exits_0_and_writes_json(tmp_path, capfd):
   assert report["plan"]["num_microbatches"] == 2 and report["plan"]["rows_per_device"] == 2
   assert report["plan"]["seq_len"] == 128  # TASK_FEATURE_LENGTHS of quickstart.gin
   assert report["plan"]["lm_head_positions"] == 32  # compiled as the trainer runs it (quickstart.gin)
+  assert report["plan"]["nonfinite_guard"] == "select"  # "auto" for a TPU, though compiled on CPU devices here
   assert report["model"]["remat_policy"] == "full"  # the --gin. override
   assert report["fits"] and report["fit_by"] == "compiled"
   assert report["compiled"]["argument_bytes"] > report["analytic"]["params"] > 0

@@ -30,6 +30,7 @@ import numbers
 from typing import Any, Mapping, Protocol, runtime_checkable
 
 NAN_POLICIES = ("skip", "stop")
+NONFINITE_GUARDS = ("auto", "cond", "select")  # trainer/step.py's, without importing JAX here
 ON_BAD_CHECKPOINT = ("skip", "stop")  # CheckpointArgs.on_bad_checkpoint (trainer/checkpointing.py)
 ON_SAVE_ERROR = ("stop", "retry")  # CheckpointArgs.on_save_error
 FEATURES = ("inputs", "targets")  # the keys of TASK_FEATURE_LENGTHS (decoder-only, t5x's names)
@@ -222,6 +223,7 @@ class PartitioningArgs:
   lm_head_positions: int | None = None  # LM head only at each row's first k loss positions when they fit; None: all
   loss_chunk_size: int | None = None  # LM head and loss this many positions at a time (no whole logits); None: one pass
   padding_mask: bool = True  # False: padding keys are not masked (rows end in padding: exact at every loss position)
+  nonfinite_guard: str = "auto"  # how a non-finite step keeps the state: 'cond', 'select', 'auto' (trainer/step.py)
 
   def __post_init__(self):
     shape = self.mesh_shape
@@ -235,6 +237,9 @@ class PartitioningArgs:
     _positive_int("PartitioningArgs.lm_head_positions", self.lm_head_positions, optional=True)
     _positive_int("PartitioningArgs.loss_chunk_size", self.loss_chunk_size, optional=True)
     _flag("PartitioningArgs.padding_mask", self.padding_mask)
+    if self.nonfinite_guard not in NONFINITE_GUARDS:
+      raise ConfigError(f"PartitioningArgs.nonfinite_guard: expected one of {NONFINITE_GUARDS}, got "
+                        f"{self.nonfinite_guard!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -172,10 +172,13 @@ def build_program(model_config: config_lib.ModelConfig, optimizer: config_lib.Op
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   enable_dropout = model_config.dropout > 0 or model_config.attention_dropout > 0
   train_fn = jax.jit(
-      functools.partial(step_lib.train_step, model=model, tx=tx, schedule=schedule,
-                        num_microbatches=partitioning_args.num_microbatches, enable_dropout=enable_dropout,
-                        lm_head_positions=partitioning_args.lm_head_positions,
-                        loss_chunk_size=partitioning_args.loss_chunk_size, padding_mask=partitioning_args.padding_mask),
+      functools.partial(
+          step_lib.train_step, model=model, tx=tx, schedule=schedule,
+          num_microbatches=partitioning_args.num_microbatches, enable_dropout=enable_dropout,
+          lm_head_positions=partitioning_args.lm_head_positions, loss_chunk_size=partitioning_args.loss_chunk_size,
+          padding_mask=partitioning_args.padding_mask,
+          nonfinite_guard=step_lib.resolve_nonfinite_guard(partitioning_args.nonfinite_guard,
+                                                           mesh.devices.flat[0].platform)),
       in_shardings=(layout.shardings, batch_sharding, replicated), out_shardings=(layout.shardings, replicated),
       donate_argnums=(0,))
   init_fn = state_lib.make_init_fn(model, tx, layout, seq_len)

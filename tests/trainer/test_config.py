@@ -60,6 +60,7 @@ def _config(**groups):
         (lambda: config_lib.PartitioningArgs(num_microbatches=0), "PartitioningArgs.num_microbatches"),
         (lambda: config_lib.PartitioningArgs(lm_head_positions=0), "PartitioningArgs.lm_head_positions"),
         (lambda: config_lib.PartitioningArgs(sequence_parallel=1), "PartitioningArgs.sequence_parallel"),
+        (lambda: config_lib.PartitioningArgs(nonfinite_guard="where"), "PartitioningArgs.nonfinite_guard: expected"),
         (lambda: config_lib.CheckpointArgs(""), "CheckpointArgs.model_dir: expected a non-empty string"),
         (lambda: config_lib.CheckpointArgs("/r", save_every=0), "CheckpointArgs.save_every"),
         (lambda: config_lib.CheckpointArgs("/r", keep_checkpoints=0), "CheckpointArgs.keep_checkpoints"),

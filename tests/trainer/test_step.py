@@ -75,17 +75,46 @@ def test_microbatches_give_the_same_update_as_one_batch():
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), one.params, four.params)
 
 
-def test_non_finite_loss_leaves_state_unchanged():
-  model, tx = TinyLM(), optax.sgd(0.1)
+@pytest.mark.parametrize("guard", ["cond", "select"])
+def test_non_finite_loss_leaves_params_and_optimizer_state_unchanged(guard):
+  model, tx = TinyLM(), optax.adamw(1e-2, weight_decay=0.1)
   batch = _batch(jax.random.PRNGKey(4))
   state = _state(model, tx, batch)
+  step = jax.jit(
+      lambda s, b, r: step_lib.train_step(s, b, r, model=model, tx=tx, enable_dropout=False, nonfinite_guard=guard))
+  state, _ = step(state, batch, jax.random.PRNGKey(0))  # AdamW's moments and count are no longer zero
   poisoned = jax.tree_util.tree_map(lambda p: p.at[(0,) * p.ndim].set(jnp.nan), state.params)
-  bad_state = state.replace(params=poisoned)
-  new_state, metrics = jax.jit(lambda s, b, r: step_lib.train_step(s, b, r, model=model, tx=tx, enable_dropout=False))(
-      bad_state, batch, jax.random.PRNGKey(0))
+  new_state, metrics = step(state.replace(params=poisoned), batch, jax.random.PRNGKey(0))
   assert int(metrics["finite"]) == 0
-  assert int(new_state.step) == 1
+  assert int(new_state.step) == 2
   jax.tree_util.tree_map(np.testing.assert_array_equal, new_state.params, poisoned)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, new_state.opt_state, state.opt_state)
+
+
+def test_both_guards_apply_the_same_finite_update_to_donated_state():
+  model, tx = TinyLM(), optax.adamw(1e-2, weight_decay=0.1)
+  batch = _batch(jax.random.PRNGKey(5))
+  after = {}
+  for guard in ("cond", "select"):
+    step = jax.jit(
+        functools.partial(step_lib.train_step, model=model, tx=tx, enable_dropout=False, nonfinite_guard=guard),
+        donate_argnums=(0,))
+    state = _state(model, tx, batch)
+    for _ in range(3):
+      state, metrics = step(state, batch, jax.random.PRNGKey(0))
+      assert int(metrics["finite"]) == 1
+    after[guard] = state
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), after["cond"],
+                         after["select"])
+
+
+def test_auto_guard_is_cond_on_the_cpu_only_and_unknown_guards_are_refused():
+  assert step_lib.resolve_nonfinite_guard("auto", "cpu") == "cond"
+  assert step_lib.resolve_nonfinite_guard("auto", "gpu") == "select"
+  assert step_lib.resolve_nonfinite_guard("auto", "tpu") == "select"
+  assert step_lib.resolve_nonfinite_guard("select", "cpu") == "select"
+  with pytest.raises(ValueError, match="nonfinite_guard: expected one of"):
+    step_lib.resolve_nonfinite_guard("where", "cpu")
 
 
 def test_dropout_differs_per_step_but_is_reproducible():

@@ -15,8 +15,9 @@
 #   5. tools/benchmarks/profile_step.py on the opt-125m and opt-1.3b steps of 2. (PROFILE=0 skips it);
 #   6. the step's levers, ours alone at opt-1.3b 8 x 2048 (LEVERS=0 skips them): no padding mask, a chunked
 #      loss, and packed rows (8 segments, 10% targets) plain and with all three levers; MORE_LEVERS=1 (off by
-#      default: a call of its own, see step 6 below) a plain step, unrolled layers and XLA's GPU flags
-#      (latency-hiding scheduler, no command buffers, no Triton GEMMs), each through XLA_FLAGS for that process.
+#      default: a call of its own, see step 6 below) a plain step, unrolled layers, the NaN guard as a lax.cond,
+#      and XLA's GPU flags (latency-hiding scheduler, no command buffers, no Triton GEMMs), each through XLA_FLAGS
+#      for that process.
 # If a cuDNN run fails, the same run is repeated with XLA attention, and the log says so. Every JSON line goes
 # to OUT_DIR/bench.jsonl, every log to OUT_DIR/bench.log; a summary table is printed last.
 #
@@ -158,6 +159,7 @@ if [[ ("${LEVERS:-1}" == 1 && "${OPT:-1}" == 1) || "${MORE_LEVERS:-0}" == 1 ]]; 
   if [[ "${MORE_LEVERS:-0}" == 1 ]]; then
     lever lever-plain
     lever lever-unrolled --no_scan
+    lever lever-guard-cond --nonfinite_guard cond
     for flag in --xla_gpu_enable_latency_hiding_scheduler=true --xla_gpu_enable_command_buffer= \
       --xla_gpu_enable_triton_gemm=false; do
       name=${flag#--xla_gpu_}

@@ -71,6 +71,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--no_padding_mask", dest="padding_mask", action="store_false",
                       help="ours: PartitioningArgs.padding_mask=False (trainer/step.py)")
   parser.add_argument(
+      "--nonfinite_guard", default="auto", choices=("auto", "cond", "select"),
+      help="ours: how a non-finite step keeps the state (PartitioningArgs.nonfinite_guard, "
+      "trainer/step.py); auto: cond on a CPU, select elsewhere")
+  parser.add_argument(
       "--packed", type=int, default=0,
       help="0: unpacked rows without segment ids (as DataArgs.pack=False feeds them); K >= 1: K equal segments "
       "per row with their own positions, as packed rows come (ours only for K > 1)")
@@ -137,7 +141,8 @@ def build_ours(args: argparse.Namespace, dtype: str) -> tuple[Any, registry.Mode
   mesh = partitioning.make_mesh(-1, 1, 1, devices=jax.devices()[:1])
   optimizer = config_lib.OptimizerArgs(learning_rate=1e-5, warmup_steps=0)
   layout = config_lib.PartitioningArgs(num_microbatches=args.microbatches, lm_head_positions=args.lm_head_positions,
-                                       loss_chunk_size=args.loss_chunk_size, padding_mask=args.padding_mask)
+                                       loss_chunk_size=args.loss_chunk_size, padding_mask=args.padding_mask,
+                                       nonfinite_guard=args.nonfinite_guard)
   program = loop.build_program(config, optimizer, layout, 1000, args.seq, mesh)
   ids = token_batch(args.batch, args.seq, config.vocab_size).astype(np.int32)
   host = {
@@ -181,7 +186,8 @@ def bench_ours(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
                    remat=args.remat, attention_impl=args.attention_impl, scan_layers=args.scan_layers,
                    microbatches=args.microbatches, target_fraction=args.target_fraction,
                    lm_head_positions=args.lm_head_positions, loss_chunk_size=args.loss_chunk_size,
-                   padding_mask=args.padding_mask, packed=args.packed, **_memory_figures(memory, device))
+                   padding_mask=args.padding_mask, nonfinite_guard=args.nonfinite_guard, packed=args.packed,
+                   **_memory_figures(memory, device))
   del state, out, batch
   gc.collect()
   return result
