@@ -36,17 +36,18 @@ def test_bench_train_reports_the_compiled_steps_memory_which_a_chunked_loss_lowe
 
   def ours(*flags):
     result = subprocess.run([
-        sys.executable, "tools/benchmarks/train.py", "--preset", "tiny", "--layers", "0", "--batch", "2", "--seq", "64",
-        "--steps", "1", "--warmup", "1", "--parts", "ours", *flags
+        sys.executable, "tools/benchmarks/train.py", "--preset", "tiny", "--layers", "0", "--batch", "2", "--seq",
+        "256", "--steps", "1", "--warmup", "1", "--parts", "ours", *flags
     ], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])["ours"]
 
-  plain, chunked = ours(), ours("--loss_chunk_size", "16")
-  assert chunked["loss_chunk_size"] == 16 and plain["loss_chunk_size"] is None
+  plain, chunked = ours(), ours("--loss_chunk_size", "64")
+  assert chunked["loss_chunk_size"] == 64 and plain["loss_chunk_size"] is None
   assert chunked["loss"] == pytest.approx(plain["loss"], rel=1e-5)
-  # 2 x 64 float32 logits over OPT's 50272 ids are 24.5 MiB, held with their gradient; chunks hold a quarter.
-  assert 0 < chunked["temp_mib"] < plain["temp_mib"] - 20
+  # 2 x 256 float32 logits over OPT's 50272 ids are 98 MiB, which the plain step holds (XLA reuses some of the
+  # buffer for their gradient); chunks hold a quarter of them at a time. Measured: 211 against 101 MiB.
+  assert 0 < chunked["temp_mib"] < plain["temp_mib"] - 70
 
 
 def _tool():
