@@ -14,7 +14,9 @@
 #      scoring (eval.py --preset llama-3.2-1b --parts score, 32 x 512), random weights;
 #   5. tools/benchmarks/profile_step.py on the opt-125m and opt-1.3b steps of 2. (PROFILE=0 skips it);
 #   6. the step's levers, ours alone at opt-1.3b 8 x 2048 (LEVERS=0 skips them): no padding mask, a chunked
-#      loss, and packed rows (8 segments, 10% targets) plain and with all three levers; MORE_LEVERS=1 (off by
+#      loss, and packed rows (8 segments, 10% targets) plain and with all three levers; the packed rows also
+#      against transformers in the same process (its block-diagonal sdpa mask), at opt-1.3b and opt-125m
+#      16 x 2048, the real workload beside the equal work of 2.; MORE_LEVERS=1 (off by
 #      default: a call of its own, see step 6 below) a plain step, unrolled layers, the NaN guard as a lax.cond,
 #      and XLA's GPU flags (latency-hiding scheduler, no command buffers, no Triton GEMMs), each through XLA_FLAGS
 #      for that process.
@@ -152,9 +154,11 @@ if [[ ("${LEVERS:-1}" == 1 && "${OPT:-1}" == 1) || "${MORE_LEVERS:-0}" == 1 ]]; 
   if [[ "${LEVERS:-1}" == 1 && "${OPT:-1}" == 1 ]]; then
     lever lever-no-padding-mask --no_padding_mask
     lever lever-chunked-loss --loss_chunk_size 512
-    lever lever-packed --packed 8 --target_fraction 0.1
+    lever lever-packed --packed 8 --target_fraction 0.1 --parts hf,ours
     lever lever-packed-all --packed 8 --target_fraction 0.1 --no_padding_mask --loss_chunk_size 512 \
       --lm_head_positions 512
+    ours lever-packed-125m "$PYTHON" tools/benchmarks/train.py --preset opt-125m --layers 0 --batch 16 --seq 2048 \
+      --dtype bfloat16 --steps "$STEPS" --warmup 2 --parts hf,ours --packed 8 --target_fraction 0.1
   fi
   if [[ "${MORE_LEVERS:-0}" == 1 ]]; then
     lever lever-plain
@@ -169,9 +173,12 @@ if [[ ("${LEVERS:-1}" == 1 && "${OPT:-1}" == 1) || "${MORE_LEVERS:-0}" == 1 ]]; 
   grep '"bench_train"' "$JSONL" | grep -E '"label": "(train-1.3b|lever-)' | "$PYTHON" -c '
 import json, sys
 for line in sys.stdin:
-  r = json.loads(line)["ours"] or {}
-  print(json.loads(line)["label"], r.get("tokens_per_s"), "tokens/s, temp", r.get("temp_mib"), "MiB, peak",
-        r.get("peak_mib"), "MiB")'
+  record = json.loads(line)
+  r, hf = record["ours"] or {}, record["hf_torch"]
+  peer = "" if not hf else "; HF %s tokens/s, peak %s MiB; ours / HF %s" % (
+      hf.get("tokens_per_s"), hf.get("peak_mib"), record.get("ratio_ours_over_hf"))
+  print(record["label"], r.get("tokens_per_s"), "tokens/s, temp", r.get("temp_mib"), "MiB, peak", r.get("peak_mib"),
+        "MiB" + peer)'
 fi
 
 # Last (a timeout here loses nothing above): the same opt-125m step with XLA's own attention, for comparison.

@@ -7,7 +7,9 @@ Measures, in one process and on the same random token batch shape, for a preset 
             optimizer state, compute in --dtype;
   hf_torch  transformers' causal LM of the same architecture, built from the config's `to_hf()` (hf_peer.py:
             OPTForCausalLM, LlamaForCausalLM, ...; sdpa attention) with `torch.optim.AdamW` (same figures, fused
-            on GPU) and the same clipping; float32 weights, bf16 autocast when --dtype bfloat16;
+            on GPU) and the same clipping; float32 weights, bf16 autocast when --dtype bfloat16; packed rows
+            (--packed K) as transformers takes them for training: `position_ids` that restart at each segment
+            and no attention mask, from which it builds sdpa's block-diagonal causal mask (`masking_utils`);
 as ../shared/tools/gpu_anchor_bench.py measures its anchors: dropout off, a few warm-up steps (compilation
 included), then --steps timed steps with a device sync at the end; MFU = tokens/s x the config's
 `flops_per_token` (6 N + 12 L x attention width x S, N = matmul parameters including the LM head) / peak.
@@ -77,7 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument(
       "--packed", type=int, default=0,
       help="0: unpacked rows without segment ids (as DataArgs.pack=False feeds them); K >= 1: K equal segments "
-      "per row with their own positions, as packed rows come (ours only for K > 1)")
+      "per row with their own positions, as packed rows come (Hugging Face: position ids restarting per segment, "
+      "from which it builds a block-diagonal mask)")
   parser.add_argument("--parts", default="hf,ours", help="comma-separated: hf, ours (HF runs first: JAX "
                       "preallocates GPU memory when it starts)")
   parser.add_argument("--hf_compile", action="store_true", help="torch.compile the Hugging Face model")
@@ -107,6 +110,34 @@ def segment_ids(args: argparse.Namespace) -> np.ndarray:
   """[seq] 1..K: --packed K equal segments (the last takes the remainder); ones when unpacked."""
   parts = max(1, args.packed)
   return np.minimum(np.arange(args.seq) // (args.seq // parts), parts - 1).astype(np.int32) + 1
+
+
+def positions(args: argparse.Namespace) -> np.ndarray:
+  """[seq] each position's index within its segment (0, 1, ... restarting where --packed starts a segment)."""
+  segments = segment_ids(args)
+  return (np.arange(args.seq) - np.searchsorted(segments, segments)).astype(np.int32)
+
+
+def hf_inputs(args: argparse.Namespace, ids: Any) -> dict[str, Any]:
+  """The Hugging Face model's keyword inputs for token ids `ids` ([batch, seq] torch): unpacked rows are plain
+  causal rows (no mask: sdpa's `is_causal`), as the anchor runs them; packed rows add `position_ids` restarting at
+  each segment and a block-diagonal causal mask [batch, 1, seq, seq] (True: may attend), which the models hand to
+  sdpa as it is, so no token attends across segments, as in ours. transformers can also infer that mask from the
+  positions alone, but not for every family (OPT's decoder does not pass them to its mask) and only without a KV
+  cache: the explicit mask is the form all of them take."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  if not args.packed:
+    return {"input_ids": ids}
+  segments = torch.from_numpy(segment_ids(args)).to(ids.device)
+  causal = torch.ones(args.seq, args.seq, dtype=torch.bool, device=ids.device).tril()
+  mask = (segments[:, None] == segments[None, :]) & causal
+  position_ids = torch.from_numpy(positions(args)).to(ids.device).long()
+  return {
+      "input_ids": ids,
+      "position_ids": position_ids.unsqueeze(0).expand(ids.shape[0], -1),
+      "attention_mask": mask.expand(ids.shape[0], 1, -1, -1),
+  }
 
 
 def loss_weights(args: argparse.Namespace) -> np.ndarray:
@@ -151,10 +182,8 @@ def build_ours(args: argparse.Namespace, dtype: str) -> tuple[Any, registry.Mode
       "decoder_loss_weights": loss_weights(args).astype(np.int32),
   }
   if args.packed:
-    segments = segment_ids(args)
-    starts = np.searchsorted(segments, segments)  # each position's segment start
-    host["decoder_segment_ids"] = np.broadcast_to(segments, (args.batch, args.seq))
-    host["decoder_positions"] = np.broadcast_to(np.arange(args.seq, dtype=np.int32) - starts, (args.batch, args.seq))
+    host["decoder_segment_ids"] = np.broadcast_to(segment_ids(args), (args.batch, args.seq))
+    host["decoder_positions"] = np.broadcast_to(positions(args), (args.batch, args.seq))
   batch = {k: jax.device_put(v, program.batch_sharding) for k, v in host.items()}
   return program, config, mesh, batch
 
@@ -164,6 +193,7 @@ def bench_ours(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
 
   from optiml_jax.models import partitioning  # pylint: disable=g-import-not-at-top
   from optiml_jax.trainer import metrics  # pylint: disable=g-import-not-at-top
+  from optiml_jax.trainer import step as step_lib  # pylint: disable=g-import-not-at-top
 
   program, config, mesh, batch = build_ours(args, dtype)
   rng = jax.random.PRNGKey(0)
@@ -186,7 +216,9 @@ def bench_ours(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
                    remat=args.remat, attention_impl=args.attention_impl, scan_layers=args.scan_layers,
                    microbatches=args.microbatches, target_fraction=args.target_fraction,
                    lm_head_positions=args.lm_head_positions, loss_chunk_size=args.loss_chunk_size,
-                   padding_mask=args.padding_mask, nonfinite_guard=args.nonfinite_guard, packed=args.packed,
+                   padding_mask=args.padding_mask,
+                   nonfinite_guard=step_lib.resolve_nonfinite_guard(args.nonfinite_guard,
+                                                                    device.platform), packed=args.packed,
                    **_memory_figures(memory, device))
   del state, out, batch
   gc.collect()
@@ -213,8 +245,12 @@ def bench_hf(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
 
   config = model_config(args, "float32")
   device = "cuda" if torch.cuda.is_available() else "cpu"
+  if device == "cuda":
+    torch.cuda.reset_peak_memory_stats()
   # The model, its optimizer and the step closure live in _time_hf_steps only: its return releases them.
   step_s, warmup_s, loss = _time_hf_steps(args, config, device, autocast=dtype == "bfloat16")
+  # The peak PyTorch's allocator held (weights, AdamW state, activations), as ours reports JAX's.
+  peak_figure = {"peak_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)} if device == "cuda" else {}
   peak = None
   kind = "cpu"
   if device == "cuda":
@@ -224,7 +260,8 @@ def bench_hf(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
         None)
   result = _result("hf_torch_train" + ("_compiled" if args.hf_compile else ""), args, step_s, warmup_s, loss,
                    config.flops_per_token(args.seq), peak, kind, dtype=dtype, torch=torch.__version__,
-                   transformers=transformers.__version__)
+                   transformers=transformers.__version__, target_fraction=args.target_fraction, packed=args.packed,
+                   **peak_figure)
   gc.collect()  # free the GPU memory the step held before empty_cache
   if device == "cuda":
     torch.cuda.empty_cache()
@@ -245,13 +282,13 @@ def _time_hf_steps(args: argparse.Namespace, config: registry.ModelConfig, devic
                           fused=device == "cuda")
   step_model = torch.compile(model) if args.hf_compile else model
   ids = torch.from_numpy(token_batch(args.batch, args.seq, config.vocab_size)).to(device)
-  inputs = ids[:, :-1]
+  inputs = hf_inputs(args, ids[:, :-1])
   labels = ids[:, 1:].masked_fill(torch.from_numpy(loss_weights(args) == 0).to(device), -100)
   loss_fn = torch.nn.CrossEntropyLoss()
 
   def step():
     with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-      logits = step_model(input_ids=inputs).logits
+      logits = step_model(**inputs).logits
       loss = loss_fn(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -288,11 +325,6 @@ def main(argv: list[str] | None = None) -> int:
       f"model: {args.preset} with {config.num_hidden_layers} layers ({config.num_params() / 1e6:.0f}M params), "
       f"batch {args.batch} x {args.seq}, compute {dtype}, {args.warmup} warm-up + {args.steps} timed steps", flush=True)
   results: dict[str, dict[str, Any]] = {}
-  if args.packed > 1 and "hf" in args.parts.split(","):
-    print(
-        f"error: --packed {args.packed}: the Hugging Face side has no packed rows here (its block-diagonal mask "
-        "is not built); use --parts ours", file=sys.stderr)
-    return 2
   for part in [p.strip() for p in args.parts.split(",") if p.strip()]:
     if part not in ("hf", "ours"):
       print(f"error: --parts: unknown part {part!r} (expected hf, ours)", file=sys.stderr)
