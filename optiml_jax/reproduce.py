@@ -75,26 +75,39 @@ class ReproduceError(RuntimeError):
 
 
 def pick_tasks(bench_catalog: catalog_lib.Catalog, per_level: int) -> dict[str, list[str]]:
-  """Up to `per_level` tasks of each generalization level, spread over its categories.
+  """Up to `per_level` tasks of each generalization level, spread over its kinds, categories and benchmarks.
 
-  Categories are taken in turn (sorted by name), one task each per round (tasks sorted by name), so a level's
-  pick covers as many categories as it can; only tasks with evaluation instances count. Deterministic.
+  The claim is read per level and kind of task (ROUGE-L for generation, accuracy for multiple choice), so the
+  kinds take turns (generation first); within a kind, its categories take turns (sorted by name); within a
+  category, its benchmarks take turns (sorted), each benchmark's tasks in name order. A level thus covers both
+  kinds whenever it has both, and as many categories and benchmarks as it can: with 3 tasks, two generation
+  tasks of two categories and one multiple-choice task, rather than the first three categories' BIG-bench tasks.
+  Only tasks with evaluation instances count. Deterministic.
   """
-  by_level: dict[str, dict[str, list[str]]] = {level: {} for level in LEVELS}
+  by_level: dict[str, dict[str, dict[str, dict[str, list[str]]]]] = {level: {} for level in LEVELS}
   for entry in bench_catalog.tasks:
     level = _level_of(entry.role)
     if level in by_level and entry.num_eval_instances > 0:
-      by_level[level].setdefault(entry.category, []).append(entry.name)
+      kinds = by_level[level].setdefault(entry.kind, {})
+      kinds.setdefault(entry.category, {}).setdefault(entry.benchmark, []).append(entry.name)
   picked = {}
-  for level, categories in by_level.items():
-    queues = [sorted(names) for _, names in sorted(categories.items())]
-    chosen: list[str] = []
-    while len(chosen) < per_level and any(queues):
-      for queue in queues:
-        if queue and len(chosen) < per_level:
-          chosen.append(queue.pop(0))
-    picked[level] = chosen
+  for level, kinds in by_level.items():
+    streams = []
+    for _, categories in sorted(kinds.items()):
+      by_benchmark = [
+          [sorted(names) for _, names in sorted(benchmarks.items())] for _, benchmarks in sorted(categories.items())
+      ]
+      streams.append(_round_robin([_round_robin(queues) for queues in by_benchmark]))
+    picked[level] = _round_robin(streams)[:per_level]
   return picked
+
+
+def _round_robin(queues: Sequence[Sequence[str]]) -> list[str]:
+  """The queues' items taken one from each queue in turn: [[a1, a2], [b1]] -> [a1, b1, a2]."""
+  out: list[str] = []
+  for i in range(max((len(q) for q in queues), default=0)):
+    out.extend(q[i] for q in queues if i < len(q))
+  return out
 
 
 def _level_of(role: str) -> str | None:

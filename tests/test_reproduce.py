@@ -17,10 +17,10 @@ from optiml_jax.models import llama
 from optiml_jax.models import llama_config
 
 
-def _entry(name, category, role, eval_instances=10):
+def _entry(name, category, role, eval_instances=10, kind="generation"):
   return catalog_lib.CatalogEntry(name=name, benchmark=name.split(":")[0], category=category, role=role, num_examples=0,
                                   num_eval_instances=eval_instances, rate=0.0, format="sni", path="", dataset="",
-                                  template="", kind="generation", num_instances=eval_instances)
+                                  template="", kind=kind, num_instances=eval_instances)
 
 
 def test_pick_tasks_spreads_each_level_over_its_categories():
@@ -39,6 +39,26 @@ def test_pick_tasks_spreads_each_level_over_its_categories():
       "held_out_task": ["sni:c1"],
       "held_out_instances": ["sni:t1"]
   }
+
+
+def test_pick_tasks_gives_each_level_both_kinds_and_mixes_benchmarks():
+  # As the real sample's held-out tasks: many multiple-choice BIG-bench tasks in categories whose names sort
+  # first, generation tasks of SNI and BIG-bench in others. The claim needs a ROUGE-L and an accuracy row.
+  mc, task = "multiple_choice", catalog_lib.HELD_OUT_TASK
+  tasks = [
+      _entry("bigbench:m1", "A", task, kind=mc),
+      _entry("bigbench:m2", "B", task, kind=mc),
+      _entry("bigbench:m3", "C", task, kind=mc),
+      _entry("bigbench:g1", "D", task),
+      _entry("sni:g2", "D", task),
+      _entry("sni:g3", "D", task),
+      _entry("sni:g4", "E", task),
+  ]
+  picked = reproduce.pick_tasks(catalog_lib.Catalog(tasks=tasks), per_level=3)["held_out_task"]
+  assert picked == ["bigbench:g1", "bigbench:m1", "sni:g4"]  # generation first, then categories take turns
+  everything = reproduce.pick_tasks(catalog_lib.Catalog(tasks=tasks), per_level=10)["held_out_task"]
+  # Within category D the benchmarks take turns (g1 of BIG-bench, then SNI's g2) before SNI's second task.
+  assert everything == ["bigbench:g1", "bigbench:m1", "sni:g4", "bigbench:m2", "sni:g2", "bigbench:m3", "sni:g3"]
 
 
 def _task(level, kind, scores):
