@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import json
 import os
 import pathlib
@@ -33,15 +34,21 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any, Collection, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 from optiml_jax import bench
 from optiml_jax.data import catalog as catalog_lib
+from optiml_jax.data import formatting
+from optiml_jax.data import metrics as metrics_lib
 from optiml_jax.evaluation import report as report_lib
 
 BENCH_CONFIG = "reproduce_small.yaml"
 LEVELS = report_lib.LEVELS
 KINDS = {"generation": "ROUGE-L", "multiple_choice": "accuracy"}  # the headline metric of each kind of task
+# A third row per level: generation scored on each prediction's first answer (`first_answer`), which tells the
+# answer format learned (stopping where the answer ends) from the answers' content.
+FIRST_ANSWER = "generation_first_answer"
+ROWS = {"generation": "ROUGE-L", FIRST_ANSWER: "ROUGE-L, first answer", "multiple_choice": "accuracy"}
 DEFAULT_DATA_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data of a checkout
 DEFAULT_CACHE_DIR = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "optiml_jax"
 
@@ -88,8 +95,8 @@ def pick_tasks(bench_catalog: catalog_lib.Catalog, per_level: int) -> dict[str, 
   for entry in bench_catalog.tasks:
     level = _level_of(entry.role)
     if level in by_level and entry.num_eval_instances > 0:
-      kinds = by_level[level].setdefault(entry.kind, {})
-      kinds.setdefault(entry.category, {}).setdefault(entry.benchmark, []).append(entry.name)
+      categories = by_level[level].setdefault(entry.kind, {})
+      categories.setdefault(entry.category, {}).setdefault(entry.benchmark, []).append(entry.name)
   picked = {}
   for level, kinds in by_level.items():
     streams = []
@@ -126,7 +133,7 @@ def claim_table(report: Mapping[str, Any], without_demonstrations: Collection[st
   base_tasks = (report.get("baseline") or {}).get("tasks", {})
   table: dict[str, Any] = {}
   for level in LEVELS:
-    for kind in KINDS:
+    for kind in ROWS:
       for name, task in report.get("tasks", {}).items():
         if task.get("level") != level or task.get("kind") != kind or name not in base_tasks:
           continue
@@ -152,7 +159,7 @@ def claim_markdown(table: Mapping[str, Any], shots: Sequence[str] = ("0", "5")) 
   header = ["level", "metric (tasks)"] + [f"{c} {k}-shot" for k in shots for c in ("base", "tuned", "Δ")]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for level in LEVELS:
-    for kind, metric in KINDS.items():
+    for kind, metric in ROWS.items():
       cells = table.get(level, {}).get(kind)
       if not cells:
         continue
@@ -163,6 +170,55 @@ def claim_markdown(table: Mapping[str, Any], shots: Sequence[str] = ("0", "5")) 
         row += ["-"] * 3 if c is None else [f"{c['base']:.1f}", f"{c['tuned']:.1f}", f"{c['delta']:+.1f}"]
       lines.append("| " + " | ".join(row) + " |")
   return "\n".join(lines)
+
+
+def first_answer(prediction: str) -> str:
+  """`prediction` up to its first blank line: the answer without what a model writes after it (a chat model
+  given a few-shot prompt often goes on with the next example's input and answer)."""
+  return prediction.split(formatting.BLOCK_SEPARATOR, 1)[0]
+
+
+def first_answer_report(report: Mapping[str, Any], read_log: Callable[[str, str, str], list[dict] | None]) -> dict:
+  """`report` (base as "baseline") reduced to its generation tasks, each scored again as ROUGE-L of its greedy
+  predictions cut by `first_answer`, with kind FIRST_ANSWER, so that `claim_table` makes a row of them.
+
+  read_log(side, task, shots): the inference log records ({"prediction", "target"}) of that task and shots
+  for side "tuned" or "base", or None when there is none (the cell is then left out, as a failed task's).
+  """
+
+  def rescored(tasks: Mapping[str, Any], side: str) -> dict[str, Any]:
+    out = {}
+    for name, task in tasks.items():
+      if task.get("kind") != "generation":
+        continue
+      shots = {}
+      for k in task.get("shots", {}):
+        records = read_log(side, name, k)
+        score = None
+        if records:
+          references = [r["target"] for r in records]
+          predictions = [first_answer(metrics_lib.as_text(r["prediction"])) for r in records]
+          score = metrics_lib.rouge_l(references, predictions)["rougeL"]
+        shots[k] = {"score": score}
+      out[name] = {**task, "kind": FIRST_ANSWER, "shots": shots}
+    return out
+
+  return {
+      "tasks": rescored(report.get("tasks", {}), "tuned"),
+      "baseline": {
+          "tasks": rescored((report.get("baseline") or {}).get("tasks", {}), "base")
+      }
+  }
+
+
+def read_inference_log(inferences_dir: str | os.PathLike, seqio_name: str) -> list[dict] | None:
+  """The records seqio's JSONLogger wrote for Task `seqio_name` (`<name>-<step>.jsonl`; the latest step), or
+  None when it wrote none."""
+  paths = sorted(glob.glob(os.path.join(glob.escape(str(inferences_dir)), glob.escape(seqio_name) + "-[0-9]*.jsonl")))
+  if not paths:
+    return None
+  with open(paths[-1], encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -300,11 +356,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     shutil.rmtree(report_dir)
   _run("tuned evaluation", _eval_command(model_dir, report_dir, catalog_dir, names, setting, "tuned", base_dir))
   report = report_lib.load(report_dir)
-  from optiml_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top  (seqio: only here)
+  from optiml_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top  (seqio: only here)
+  from optiml_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
   no_demonstrations = {
       e.name for e in bench_catalog.tasks if e.name in names and evaluator.demonstrations_available(e) == 0
   }
   table = claim_table(report, no_demonstrations)
+  dirs = {"base": base_dir / eval_lib.INFERENCES_DIR, "tuned": report_dir / eval_lib.INFERENCES_DIR}
+  first = claim_table(
+      first_answer_report(
+          report, lambda side, task, shots: read_inference_log(
+              dirs[side], evaluator.seqio_task_name(task, "generation", int(shots)))), no_demonstrations)
+  for level, kinds in first.items():
+    table.setdefault(level, {}).update(kinds)
   seconds = time.time() - started
   markdown = claim_markdown(table)
   (report_dir / "claim.json").write_text(
@@ -317,7 +381,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   (report_dir / "claim.md").write_text(
       f"# Base vs instruction-tuned ({setting_name} setting, {seconds / 60:.1f} min)\n\n{markdown}\n\n"
       "ROUGE-L for generation tasks, accuracy for multiple-choice tasks (rank classification); mean over the "
-      "tasks both models scored; 5-shot over the tasks that have demonstrations. The full report: report.md.\n",
+      "tasks both models scored; 5-shot over the tasks that have demonstrations. \"ROUGE-L, first answer\": the "
+      "same generation tasks, each prediction cut at its first blank line (where the prompts end an answer), so "
+      "a model that answers and then goes on writing is scored on its answer. The full report: report.md.\n",
       encoding="utf-8")
   if (model_dir / "loss.png").is_file():
     shutil.copy(model_dir / "loss.png", report_dir / "loss.png")

@@ -104,6 +104,61 @@ def test_claim_table_means_each_level_and_kind_over_the_tasks_both_models_scored
   assert "| held_out_task | accuracy (1) | 50.0 | 60.0 | +10.0 | - | - | - |" in markdown
 
 
+def test_first_answer_rows_score_each_prediction_up_to_its_first_blank_line(tmp_path):
+  # A chat model given a few-shot prompt answers, then writes the next example: scored whole, ROUGE-L punishes
+  # the run-on; the first-answer row scores the answer alone, from the evaluator's inference logs.
+  assert reproduce.first_answer("mat\n\nThe _ is too large. Answer: mat") == "mat"
+  assert reproduce.first_answer("one line\nand another") == "one line\nand another"
+  logs = {
+      ("base", "g", "0"): [{
+          "prediction": "mat\n\nInput: x Answer: mat",
+          "target": ["mat"]
+      }],
+      ("tuned", "g", "0"): [{
+          "prediction": "mat",
+          "target": ["mat"]
+      }],
+      ("base", "g", "5"): [{
+          "prediction": "rug",
+          "target": ["mat"]
+      }],
+      ("tuned", "g", "5"): None,  # no log: the cell is left out
+  }
+  report = {
+      "tasks": {
+          "g": _task("held_out_task", "generation", {
+              "0": 100.0,
+              "5": 0.0
+          }),
+          "m": _task("held_out_task", "multiple_choice", {"0": 50.0}),
+      },
+      "baseline": {
+          "tasks": {
+              "g": _task("held_out_task", "generation", {
+                  "0": 40.0,
+                  "5": 0.0
+              }),
+              "m": _task("held_out_task", "multiple_choice", {"0": 50.0}),
+          }
+      }
+  }
+  first = reproduce.first_answer_report(report, lambda side, task, shots: logs[(side, task, shots)])
+  assert set(first["tasks"]) == {"g"} and first["tasks"]["g"]["kind"] == reproduce.FIRST_ANSWER
+  row = reproduce.claim_table(first)["held_out_task"][reproduce.FIRST_ANSWER]
+  assert row == {"0": {"base": 100.0, "tuned": 100.0, "delta": 0.0, "tasks": 1}}
+  assert "| held_out_task | ROUGE-L, first answer (1) | 100.0 | 100.0 | +0.0 | - | - | - |" in (
+      reproduce.claim_markdown(reproduce.claim_table(first)))
+  # The logs as seqio's JSONLogger names them: <seqio name>-<step>.jsonl, the latest step read; a k-shot
+  # variant's log is not the 0-shot task's.
+  (tmp_path / "sni:t.5shot-000000.jsonl").write_text(json.dumps({"prediction": "b", "target": ["b"]}) + "\n")
+  (tmp_path / "sni:t-000000.jsonl").write_text(json.dumps({"prediction": "old", "target": ["a"]}) + "\n")
+  (tmp_path / "sni:t-000020.jsonl").write_text(json.dumps({"prediction": "a", "target": ["a"]}) + "\n")
+  (tmp_path / "sni:t-metrics.jsonl").write_text("{}\n")
+  assert reproduce.read_inference_log(tmp_path, "sni:t") == [{"prediction": "a", "target": ["a"]}]
+  assert reproduce.read_inference_log(tmp_path, "sni:t.5shot") == [{"prediction": "b", "target": ["b"]}]
+  assert reproduce.read_inference_log(tmp_path, "sni:u") is None
+
+
 def _read_params(folder):
   _, params = convert.load_hf(folder)
   return params
@@ -141,6 +196,10 @@ def test_the_whole_flow_on_a_tiny_llama_writes_a_base_vs_tuned_report(tmp_path, 
     assert len(names) <= 2
     for cells in claim["table"][level].values():  # both models, 0- and 5-shot, every level evaluated
       assert set(cells) == {"0", "5"} and all(c["base"] is not None and c["tuned"] is not None for c in cells.values())
+    # Generation is also scored on each prediction's first answer, from the evaluations' inference logs.
+    assert ("generation" in claim["table"][level]) == (reproduce.FIRST_ANSWER in claim["table"][level])
+  assert any("generation" in kinds for kinds in claim["table"].values())
+  assert "ROUGE-L, first answer" in (out / "report" / "claim.md").read_text()
   report = json.loads((out / "report" / "metrics.json").read_text())
   assert report["model"]["label"] == "tuned" and report["baseline"]["model"]["label"] == "base"
   assert (out / "report" / "loss.png").is_file() and (out / "report" / "claim.md").is_file()
