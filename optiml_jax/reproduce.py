@@ -13,8 +13,9 @@ process (printed before it starts, so any stage can be rerun by hand), with its 
               135M; `reproduce_smollm2_cpu.gin` on a CPU) -> OUT/model, with loss.png;
   5. tuned    the same evaluation of the tuned model, with the base as baseline -> OUT/report (metrics.json,
               report.md with deltas per level, benchmark and category, one chart per level), plus the claim
-              table (`claim_table`: per level and metric kind, base and tuned, 0- and 5-shot) in claim.md and
-              claim.json, and a copy of the loss curve.
+              table (`claim_table`: per level and metric kind, base and tuned, 0- and 5-shot; generation also
+              scored on each prediction's first answer, `first_answer_report`) in claim.md and claim.json, and
+              a copy of the loss curve.
 
 `--setting gpu` (the default where JAX finds an accelerator) is the measured run, ~10 minutes on one H200;
 `--setting cpu` is the same flow sized to finish in about half an hour on 2 cores, too short a tuning to
