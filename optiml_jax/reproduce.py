@@ -45,9 +45,9 @@ from optiml_jax.evaluation import report as report_lib
 
 BENCH_CONFIG = "reproduce_small.yaml"
 LEVELS = report_lib.LEVELS
-KINDS = {"generation": "ROUGE-L", "multiple_choice": "accuracy"}  # the headline metric of each kind of task
-# A third row per level: generation scored on each prediction's first answer (`first_answer`), which tells the
-# answer format learned (stopping where the answer ends) from the answers' content.
+# The claim table's rows per level: the headline metric of each kind of task, and generation scored again on
+# each prediction's first answer (`first_answer`), which tells the answer format learned (stopping where the
+# answer ends) from the answers' content.
 FIRST_ANSWER = "generation_first_answer"
 ROWS = {"generation": "ROUGE-L", FIRST_ANSWER: "ROUGE-L, first answer", "multiple_choice": "accuracy"}
 DEFAULT_DATA_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data of a checkout
