@@ -13,18 +13,21 @@
 #      1B-shaped train step (tools/benchmarks/train.py --preset llama-3.2-1b --parts hf,ours, 8 x 2048) and
 #      scoring (eval.py --preset llama-3.2-1b --parts score, 32 x 512), random weights;
 #   5. tools/benchmarks/profile_step.py on the opt-125m and opt-1.3b steps of 2. (PROFILE=0 skips it);
-#   6. the step's levers, ours alone at opt-1.3b 8 x 2048 (LEVERS=0 skips them): no padding mask, a chunked
+#   6. the step's levers, ours alone at opt-1.3b 8 x 2048 (LEVERS=0 skips them; against a plain step of the
+#      same call: 2.'s, or one of their own when OPT=0 leaves 2. out): no padding mask, a chunked
 #      loss, and packed rows (8 segments, 10% targets) plain and with all three levers; the packed rows also
 #      against transformers in the same process (its block-diagonal sdpa mask), at opt-1.3b and opt-125m
-#      16 x 2048, the real workload beside the equal work of 2.; MORE_LEVERS=1 (off by
-#      default: a call of its own, see step 6 below) a plain step, unrolled layers, the NaN guard as a lax.cond,
-#      and XLA's GPU flags (latency-hiding scheduler, no command buffers, no Triton GEMMs), each through XLA_FLAGS
-#      for that process.
+#      16 x 2048, the real workload beside the equal work of 2.; MORE_LEVERS=1 (off by default) unrolled
+#      layers, the NaN guard as a lax.cond, and XLA's GPU flags (latency-hiding scheduler, no command buffers, no
+#      Triton GEMMs), each through XLA_FLAGS for that process.
 # If a cuDNN run fails, the same run is repeated with XLA attention, and the log says so. Every JSON line goes
-# to OUT_DIR/bench.jsonl, every log to OUT_DIR/bench.log; a summary table is printed last.
+# to OUT_DIR/bench.jsonl (as each run ends: a call cut short keeps what finished), every log to
+# OUT_DIR/bench.log; a summary table is printed after 3. Each run logs its seconds. All of it is more than one
+# 10-minute call; the switches OPT, LLAMA, TESTS, PROFILE, LEVERS, MORE_LEVERS and COMPARE_XLA (1 or 0) split it:
 #
-#   ANCHOR=device_carry/gpu_anchor_bench.py OUT_DIR=$OUT bash tools/benchmarks/gpu.sh
-#   OPT=0 TESTS=0 COMPARE_XLA=0 OUT_DIR=$OUT bash tools/benchmarks/gpu.sh   # the Llama runs alone
+#   ANCHOR=device_carry/gpu_anchor_bench.py OUT_DIR=$OUT bash tools/benchmarks/gpu.sh          # everything
+#   TESTS=0 LLAMA=0 LEVERS=0 COMPARE_XLA=0 OUT_DIR=$OUT bash tools/benchmarks/gpu.sh  # OPT figures, profiles
+#   OPT=0 TESTS=0 LEVERS=0 COMPARE_XLA=0 OUT_DIR=$OUT bash tools/benchmarks/gpu.sh    # the Llama runs alone
 set -uo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -141,17 +144,20 @@ if [[ "${PROFILE:-1}" == 1 && "${OPT:-1}" == 1 ]]; then
   grep -A 12 "^category" "$LOG" | tail -26
 fi
 
-# The levers of the step (trainer/step.py), each against the plain opt-1.3b step of 2.: LEVERS=0 leaves them out.
-# MORE_LEVERS=1 measures the others against a plain step of its own, so it can run in a call of its own:
+# The levers of the step (trainer/step.py), each against a plain opt-1.3b step measured in the same call: 2.'s,
+# or lever-plain when 2. did not run (OPT=0), so the levers can take a call of their own. LEVERS=0 leaves them
+# out; MORE_LEVERS=1 (off by default) measures the others:
+#   OPT=0 LLAMA=0 TESTS=0 PROFILE=0 COMPARE_XLA=0 OUT_DIR=$OUT bash tools/benchmarks/gpu.sh     # the levers
 #   OPT=0 LLAMA=0 TESTS=0 LEVERS=0 COMPARE_XLA=0 MORE_LEVERS=1 OUT_DIR=$OUT bash tools/benchmarks/gpu.sh
-if [[ ("${LEVERS:-1}" == 1 && "${OPT:-1}" == 1) || "${MORE_LEVERS:-0}" == 1 ]]; then
+if [[ "${LEVERS:-1}" == 1 || "${MORE_LEVERS:-0}" == 1 ]]; then
   lever() {  # lever LABEL FLAGS...: the opt-1.3b step of 2. with FLAGS
     local label=$1
     shift
     ours "$label" "$PYTHON" tools/benchmarks/train.py --preset opt-1.3b --layers 0 --batch 8 --seq 2048 \
       --dtype bfloat16 --remat dots --steps "$STEPS" --warmup 2 --parts ours "$@"
   }
-  if [[ "${LEVERS:-1}" == 1 && "${OPT:-1}" == 1 ]]; then
+  grep -q '"label": "train-1.3b' "$JSONL" || lever lever-plain  # the baseline of this call
+  if [[ "${LEVERS:-1}" == 1 ]]; then
     lever lever-no-padding-mask --no_padding_mask
     lever lever-chunked-loss --loss_chunk_size 512
     lever lever-packed --packed 8 --target_fraction 0.1 --parts hf,ours
@@ -161,7 +167,6 @@ if [[ ("${LEVERS:-1}" == 1 && "${OPT:-1}" == 1) || "${MORE_LEVERS:-0}" == 1 ]]; 
       --dtype bfloat16 --steps "$STEPS" --warmup 2 --parts hf,ours --packed 8 --target_fraction 0.1
   fi
   if [[ "${MORE_LEVERS:-0}" == 1 ]]; then
-    lever lever-plain
     lever lever-unrolled --no_scan
     lever lever-guard-cond --nonfinite_guard cond
     for flag in --xla_gpu_enable_latency_hiding_scheduler=true --xla_gpu_enable_command_buffer= \
