@@ -1,0 +1,62 @@
+"""tools/benchmarks/gpu.sh, dry-run with a stand-in interpreter: which runs each switch setting makes, and that
+every lever is measured against a plain step of the same command."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+# Inline Python (the script's summaries) runs for real; a benchmark prints one JSON line, with a Hugging Face
+# side when asked for `--parts hf,ours`, as tools/benchmarks/train.py does.
+STUB = f"""#!/usr/bin/env bash
+case "$1" in
+  -c|-|-m) exec {sys.executable} "$@";;
+esac
+if [[ "$*" == *"--parts hf,ours"* ]]; then hf='{{"tokens_per_s": 100, "peak_mib": 5.0}}'; ratio=1.5
+else hf=null; ratio=null; fi
+echo "{{\\"what\\": \\"bench_train\\", \\"ours\\": {{\\"tokens_per_s\\": 150, \\"temp_mib\\": 1.0, \\"mfu\\": 0.1}}, \
+\\"hf_torch\\": $hf, \\"ratio_ours_over_hf\\": $ratio}}"
+"""
+
+
+def _dry_run(tmp_path, **switches):
+  stub = tmp_path / "python"
+  stub.write_text(STUB)
+  stub.chmod(0o755)
+  out = tmp_path / "out"
+  env = {**os.environ, "PYTHON": str(stub), "OUT_DIR": str(out), **switches}
+  result = subprocess.run(["bash", "tools/benchmarks/gpu.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  labels = [json.loads(line)["label"] for line in (out / "bench.jsonl").read_text().splitlines()]
+  return labels, result.stdout
+
+
+def test_the_levers_alone_bring_their_own_plain_step(tmp_path):
+  labels, stdout = _dry_run(tmp_path, OPT="0", LLAMA="0", TESTS="0", PROFILE="0", COMPARE_XLA="0")
+  assert labels == [
+      "lever-plain", "lever-no-padding-mask", "lever-chunked-loss", "lever-packed", "lever-packed-all",
+      "lever-packed-125m"
+  ]
+  # The packed rows run against transformers' packed step in the same process, and the summary says so.
+  assert "lever-packed 150 tokens/s, temp 1.0 MiB, peak None MiB; HF 100 tokens/s, peak 5.0 MiB; ours / HF 1.5" in (
+      stdout)
+
+
+def test_with_the_opt_figures_the_levers_use_their_plain_step(tmp_path):
+  labels, _ = _dry_run(tmp_path, LLAMA="0", TESTS="0", PROFILE="0", COMPARE_XLA="0")
+  assert "train-1.3b" in labels and "lever-plain" not in labels
+  assert labels.index("train-1.3b") < labels.index("lever-no-padding-mask")
+
+
+def test_more_levers_and_llama_take_commands_of_their_own(tmp_path):
+  labels, _ = _dry_run(tmp_path, OPT="0", LLAMA="0", TESTS="0", LEVERS="0", COMPARE_XLA="0", MORE_LEVERS="1")
+  assert labels == [
+      "lever-plain", "lever-unrolled", "lever-guard-cond", "lever-xla-enable_latency_hiding_scheduler",
+      "lever-xla-enable_command_buffer", "lever-xla-enable_triton_gemm"
+  ]
+  labels, _ = _dry_run(tmp_path, OPT="0", TESTS="0", LEVERS="0", COMPARE_XLA="0")
+  assert labels == ["train-llama-1b", "score-llama-1b"]
