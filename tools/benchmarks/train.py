@@ -8,8 +8,8 @@ Measures, in one process and on the same random token batch shape, for a preset 
   hf_torch  transformers' causal LM of the same architecture, built from the config's `to_hf()` (hf_peer.py:
             OPTForCausalLM, LlamaForCausalLM, ...; sdpa attention) with `torch.optim.AdamW` (same figures, fused
             on GPU) and the same clipping; float32 weights, bf16 autocast when --dtype bfloat16; packed rows
-            (--packed K) as transformers takes them for training: `position_ids` that restart at each segment
-            and no attention mask, from which it builds sdpa's block-diagonal causal mask (`masking_utils`);
+            (--packed K) with `position_ids` that restart at each segment and a block-diagonal causal mask for
+            sdpa (`hf_inputs`);
 as ../shared/tools/gpu_anchor_bench.py measures its anchors: dropout off, a few warm-up steps (compilation
 included), then --steps timed steps with a device sync at the end; MFU = tokens/s x the config's
 `flops_per_token` (6 N + 12 L x attention width x S, N = matmul parameters including the LM head) / peak.
@@ -79,8 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument(
       "--packed", type=int, default=0,
       help="0: unpacked rows without segment ids (as DataArgs.pack=False feeds them); K >= 1: K equal segments "
-      "per row with their own positions, as packed rows come (Hugging Face: position ids restarting per segment, "
-      "from which it builds a block-diagonal mask)")
+      "per row with their own positions, as packed rows come (Hugging Face: position ids restarting per segment "
+      "and a block-diagonal attention mask)")
   parser.add_argument("--parts", default="hf,ours", help="comma-separated: hf, ours (HF runs first: JAX "
                       "preallocates GPU memory when it starts)")
   parser.add_argument("--hf_compile", action="store_true", help="torch.compile the Hugging Face model")
@@ -196,6 +196,8 @@ def bench_ours(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
   from optiml_jax.trainer import step as step_lib  # pylint: disable=g-import-not-at-top
 
   program, config, mesh, batch = build_ours(args, dtype)
+  device = jax.devices()[0]
+  guard = step_lib.resolve_nonfinite_guard(args.nonfinite_guard, device.platform)  # as build_program resolves it
   rng = jax.random.PRNGKey(0)
   with partitioning.mesh_context(mesh):
     memory = program.train_fn.lower(program.layout.abstract, batch, rng).compile().memory_analysis()
@@ -210,15 +212,12 @@ def bench_ours(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
       state, out = program.train_fn(state, batch, rng)
     jax.block_until_ready(out)
     step_s = (time.perf_counter() - started) / args.steps
-  device = jax.devices()[0]
   result = _result("ours_jax_train", args, step_s, warmup_s, float(out["loss"]), config.flops_per_token(args.seq),
                    metrics.peak_flops_per_device(device), device.device_kind, dtype=dtype, jax=jax.__version__,
                    remat=args.remat, attention_impl=args.attention_impl, scan_layers=args.scan_layers,
                    microbatches=args.microbatches, target_fraction=args.target_fraction,
                    lm_head_positions=args.lm_head_positions, loss_chunk_size=args.loss_chunk_size,
-                   padding_mask=args.padding_mask,
-                   nonfinite_guard=step_lib.resolve_nonfinite_guard(args.nonfinite_guard,
-                                                                    device.platform), packed=args.packed,
+                   padding_mask=args.padding_mask, nonfinite_guard=guard, packed=args.packed,
                    **_memory_figures(memory, device))
   del state, out, batch
   gc.collect()
