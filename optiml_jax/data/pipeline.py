@@ -38,6 +38,7 @@ import seqio
 import tensorflow as tf
 
 from optiml_jax.data import packing
+from optiml_jax.data import packing_np
 
 STATE_VERSION = 1
 
@@ -83,7 +84,7 @@ class BatchStream(Iterator[dict[str, np.ndarray]]):
                shard_index: int = 0, shard_count: int = 1, pack: bool = True, shuffle: bool = True,
                num_epochs: int | None = None, drop_remainder: bool = True, max_open_rows: int = 8,
                window_size: int = 256, try_in_mem_cache: bool = False):
-    check_stream_args(feature_lengths, batch_size, shard_index, shard_count)
+    packing_np.check_stream_args(feature_lengths, batch_size, shard_index, shard_count)
     self._config: _StreamArgs = {
         "name": name,
         "split": split,
@@ -166,20 +167,6 @@ class BatchStream(Iterator[dict[str, np.ndarray]]):
       raise ValueError(f"stream state is from a different stream ({details})")
     self._batches = int(state["batches_consumed"])
     self._iterator = None  # rebuilt, skipping the consumed batches, on the next `next`
-
-
-def check_stream_args(feature_lengths: Mapping[str, int], batch_size: int, shard_index: int, shard_count: int) -> None:
-  """The checks every batch stream makes of its shape arguments (this one and `cached_stream`'s).
-
-  Raises:
-    ValueError: naming the argument and what was expected.
-  """
-  if set(feature_lengths) != {"inputs", "targets"}:
-    raise ValueError(f"feature_lengths must have exactly 'inputs' and 'targets', got {dict(feature_lengths)}")
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  if not 0 <= shard_index < shard_count:
-    raise ValueError(f"shard_index must be in [0, shard_count={shard_count}), got {shard_index}")
 
 
 def _normalized(value: Any) -> Any:
