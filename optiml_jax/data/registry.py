@@ -35,7 +35,7 @@ exact match against every reference for generation tasks, from `metrics.py`); mu
 through their rank-classification companion `<name>.score_eval`, registered with them by
 `eval_tasks.register_score_eval_task`. The evaluation only runs these Tasks by name.
 
-Mixtures:
+Mixtures (their rates computed by `sampling.catalog_mixtures`, which the TF-free `cached_stream` reads too):
   `optiml_bench_train`          train-role tasks (0-shot) at the catalog's rates: min(examples, 4096)
                                 rescaled to the benchmark shares (`rates.examples_proportional`).
   `optiml_bench_train_uniform`  the same tasks, uniform within each benchmark, same shares.
@@ -72,36 +72,35 @@ from optiml_jax.data import formatting
 from optiml_jax.data import packing
 from optiml_jax.data import rates
 from optiml_jax.data import records
+from optiml_jax.data import sampling
 from optiml_jax.data import sources
 from optiml_jax.data import vocab
 
-TRAIN_SPLIT = "train"
+TRAIN_SPLIT = cache_lib.TRAIN_SPLIT  # "train"
 EVAL_SPLIT = eval_tasks.EVAL_SPLIT  # "validation"
-TRAIN_MIXTURE = "optiml_bench_train"
-TRAIN_MIXTURE_UNIFORM = "optiml_bench_train_uniform"
+TRAIN_MIXTURE = sampling.TRAIN_MIXTURE
+TRAIN_MIXTURE_UNIFORM = sampling.TRAIN_MIXTURE_UNIFORM
 DEFAULT_SEED = 0  # formatting seed: delimiters and demonstrations
 DEMONSTRATION_POOL_SIZE = 256  # first instances after the eval ones, when a task has no demonstrations
 # Each Task's shuffle buffer holds tokenized examples and must fill before the first one comes out, for every
 # task of a mixture at once: kept small. The source itself reads instances in a seeded random order within
 # blocks of SHUFFLE_BLOCK_SIZE raw instances (cheap: nothing is tokenized until an example is drawn).
 SHUFFLE_BUFFER_SIZE = 64
-SHUFFLE_BLOCK_SIZE = 1024
+SHUFFLE_BLOCK_SIZE = sampling.SHUFFLE_BLOCK_SIZE
 STRATEGIES = ("examples_proportional", "uniform")
 
 # Catalog entries of the registered tasks, by 0-shot task name (for `add_mixture`).
 _ENTRIES: dict[str, catalog_lib.CatalogEntry] = {}
 
+# Pure pieces shared with the TF-free cached stream (`sampling.py`), under the names this module has always offered.
+variant_name = sampling.variant_name
+shuffled_blocks = sampling.shuffled_blocks
+config_shares = sampling.config_shares
+
 
 def default_vocabulary(tokenizer_dir: str | os.PathLike | None = None) -> seqio.Vocabulary:
   """The vocabulary of a Hugging Face tokenizer folder; None: OPT's byte-level BPE (the copy in the package)."""
   return vocab.load(tokenizer_dir)
-
-
-def variant_name(task_name: str, shots: int) -> str:
-  """`<name>` for 0 shots, `<name>.<k>shot` otherwise."""
-  if shots < 0:
-    raise ValueError(f"task {task_name}: shots must be >= 0, got {shots}")
-  return task_name if shots == 0 else f"{task_name}.{shots}shot"
 
 
 def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
@@ -136,20 +135,6 @@ def split_instances(entry: catalog_lib.CatalogEntry, task: records.TaskSource,
   raise ValueError(f"task {entry.name}: unknown split {split!r}; expected {TRAIN_SPLIT!r} or {EVAL_SPLIT!r}")
 
 
-def shuffled_blocks(items: Iterable[Any], block_size: int, seed: int) -> Iterator[Any]:
-  """`items` in a random order within consecutive blocks of `block_size` (deterministic for a seed)."""
-  if block_size < 1:
-    raise ValueError(f"block_size must be >= 1, got {block_size}")
-  iterator = iter(items)
-  for block_index in itertools.count():
-    block = list(itertools.islice(iterator, block_size))
-    if not block:
-      return
-    order = np.random.default_rng(formatting.stable_hash("block", seed, block_index)).permutation(len(block))
-    for i in order:
-      yield block[i]
-
-
 def _tokens(vocabulary: formatting.Encoder, text: str) -> list[int]:
   return list(vocabulary.encode(text)) if text else []
 
@@ -167,7 +152,7 @@ def iter_examples(entry: catalog_lib.CatalogEntry, task: records.TaskSource, spl
   eos = vocabulary.eos_id
   instances = split_instances(entry, task, split)
   if order_seed is not None:
-    instances = shuffled_blocks(instances, SHUFFLE_BLOCK_SIZE, order_seed)
+    instances = sampling.shuffled_blocks(instances, SHUFFLE_BLOCK_SIZE, order_seed)
   for instance in instances:
     delimiter = formatting.choose_delimiter(seed, task.name, instance.id)
     demos = formatting.choose_demonstrations(seed, task.name, instance.id, own, shots, fallback)
@@ -261,8 +246,8 @@ def _cached_dataset_fn(split: str, shuffle_files: bool, seed: int | None = None,
     epoch = next(passes)
     order: Iterable[int] = range(len(shard))
     if shuffle_files:
-      order = shuffled_blocks(order, SHUFFLE_BLOCK_SIZE,
-                              formatting.stable_hash("order", seed, entry.name, shots, split, epoch))
+      order = sampling.shuffled_blocks(order, SHUFFLE_BLOCK_SIZE,
+                                       formatting.stable_hash("order", seed, entry.name, shots, split, epoch))
     order = list(order)
     for i, text in zip(order, shard.texts(order)):
       inputs, targets = shard.tokens_of(i)
@@ -449,31 +434,15 @@ def register_catalog(catalog_dir: str | os.PathLike | None, vocabulary: seqio.Vo
         "%s: %d task variant(s) are not in the cache and read their source files: %s%s (build them "
         "with `python -m optiml_jax.bench cache`, --shots for k-shot variants)", cache_dir, len(uncached),
         ", ".join(uncached[:5]), " ..." if len(uncached) > 5 else "")
-  mixture_names = []
+  mixture_names: list[str] = []
   if mixtures:
-    train = {e.name: e.rate for e in bench.tasks if e.role == catalog_lib.TRAIN and e.rate > 0 and e.num_examples > 0}
-    if train:
-      _replace_mixture(TRAIN_MIXTURE, train)
-      shares, fixed = config_shares(bench)
-      entries = [e for e in bench.tasks if e.name in train]
-      _replace_mixture(
-          TRAIN_MIXTURE_UNIFORM,
-          rates.uniform({e.name: e.num_examples for e in entries}, {e.name: e.benchmark for e in entries}, shares,
-                        fixed))
-      mixture_names = [TRAIN_MIXTURE, TRAIN_MIXTURE_UNIFORM]
-    else:
+    catalog_mixtures = sampling.catalog_mixtures(bench)
+    for name, task_rates in catalog_mixtures.items():
+      _replace_mixture(name, task_rates)
+    mixture_names = list(catalog_mixtures)
+    if not catalog_mixtures:
       logging.warning("%s: no training task with a positive rate: mixtures not registered", catalog_dir)
   return Registered(tuple(names), tuple(mixture_names))
-
-
-def config_shares(bench: catalog_lib.Catalog) -> tuple[dict[str, float], tuple[str, ...]]:
-  """The benchmark shares and fixed-share benchmarks of the bench definition recorded in a catalog."""
-  benchmarks = (bench.config.get("data") or {}).get("benchmarks") or {}
-  if not benchmarks:
-    raise ValueError("the catalog records no bench definition ('config.data.benchmarks'); pass shares")
-  shares = {name: float((b or {}).get("share", 0.0)) for name, b in benchmarks.items()}
-  fixed = tuple(name for name, b in benchmarks.items() if (b or {}).get("fixed_share"))
-  return shares, fixed
 
 
 def _replace_mixture(name: str, task_rates: Mapping[str, float]) -> seqio.Mixture:
@@ -483,10 +452,8 @@ def _replace_mixture(name: str, task_rates: Mapping[str, float]) -> seqio.Mixtur
 
 def _base_name(name: str) -> tuple[str, str]:
   """(0-shot task name, variant suffix) of a registered Task name."""
-  base, dot, suffix = name.rpartition(".")
-  if dot and suffix.endswith("shot") and suffix[:-4].isdigit() and base in _ENTRIES:
-    return base, "." + suffix
-  return name, ""
+  base, _ = sampling.parse_variant(name, _ENTRIES)
+  return base, name[len(base):]
 
 
 def mixture_rates(items: Sequence[str], shares: Mapping[str, float] | None = None, cap: int = rates.DEFAULT_CAP,
