@@ -33,7 +33,8 @@ tokenizer differs there (by default it maps a literal "</s>" to its id).
 `vocab_size` is one past the largest id the tokenizer can produce (OPT: 50,265, SmolLM2: 49,152, Llama 3:
 128,256). A model's embedding must cover it: `check_vocab_covers` says so before anything compiles. The OPT
 model embedding is padded to 50,272 rows (a multiple of 8): that is `padded_vocab_size`; t5x users set the
-model's vocabulary size separately from the seqio vocabulary.
+model's vocabulary size separately from the seqio vocabulary. That check and the fingerprint below are computed
+by `vocab_info.py` (standard library only), which training from the bench cache uses without this module.
 
 Equality and hash follow the tokenizer file contents (tokenizer.json, or vocab.json + merges.txt) and the special
 tokens and BOS policy read from the folder, so a copy elsewhere is the same vocabulary.
@@ -41,7 +42,6 @@ tokens and BOS policy read from the folder, so a copy elsewhere is the same voca
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pathlib
 from typing import Any, Iterable
@@ -55,11 +55,12 @@ from tokenizers import models
 from tokenizers import pre_tokenizers
 
 from optiml_jax.data import special_tokens
+from optiml_jax.data import vocab_info
 
 DEFAULT_TOKENIZER_DIR = special_tokens.OPT_TOKENIZER_DIR
 TOKENIZER_FILE = special_tokens.TOKENIZER_FILE
 VOCAB_FILE = special_tokens.VOCAB_FILE
-MERGES_FILE = "merges.txt"
+MERGES_FILE = vocab_info.MERGES_FILE
 FAIRSEQ_SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")
 EMBEDDING_MULTIPLE = 8  # OPT pads its embedding table to a multiple of 8 rows: 50265 -> 50272.
 # (source, continuation) pairs at the boundaries formatting makes (a source ends without whitespace, a target
@@ -68,13 +69,6 @@ EMBEDDING_MULTIPLE = 8  # OPT pads its embedding table to a multiple of 8 rows: 
 # need not encode the joined text. Sentencepiece-style tokenizers ("▁" prepended to any text) fail the probe.
 CONTINUATION_PROBES = (("Answer:", " yes"), ("Q: 12", " 34"), ("Output:", " Paris, France."), ("a", " b"),
                        ("x\n", " y"), ("end.", " \"Start\""))
-
-
-def _file_digest(paths: Iterable[pathlib.Path]) -> str:
-  digest = hashlib.sha256()
-  for path in paths:
-    digest.update(path.read_bytes())
-  return digest.hexdigest()
 
 
 def build_tokenizer(vocab_path: str, merges_path: str) -> tokenizers.Tokenizer:
@@ -124,20 +118,12 @@ class HFVocabulary(seqio.Vocabulary):
 
   def _load(self) -> None:
     folder = self._tokenizer_dir
-    tokenizer_json = folder / TOKENIZER_FILE
-    files: tuple[pathlib.Path, ...]
-    if tokenizer_json.is_file():
-      files = (tokenizer_json,)
-      self._tokenizer = load_tokenizer_json(tokenizer_json)
+    files = vocab_info.tokenizer_files(folder)
+    if files[0].name == TOKENIZER_FILE:
+      self._tokenizer = load_tokenizer_json(files[0])
       special = {i for i, token in self._tokenizer.get_added_tokens_decoder().items() if token.special}
     else:
-      vocab_path, merges_path = folder / VOCAB_FILE, folder / MERGES_FILE
-      for path in (vocab_path, merges_path):
-        if not path.is_file():
-          raise FileNotFoundError(f"tokenizer file not found: {path} (expected a Hugging Face tokenizer folder "
-                                  f"with {TOKENIZER_FILE}, or {VOCAB_FILE} and {MERGES_FILE})")
-      files = (vocab_path, merges_path)
-      self._tokenizer = build_tokenizer(str(vocab_path), str(merges_path))
+      self._tokenizer = build_tokenizer(str(files[0]), str(files[1]))
       special = set()
     tokens = special_tokens.read(folder)
     if tokens.eos_id is None:
@@ -145,7 +131,7 @@ class HFVocabulary(seqio.Vocabulary):
                        f"{special_tokens.TOKENIZER_CONFIG_FILE}); every target ends with it")
     self._tokens = tokens
     self._eos_id: int = tokens.eos_id
-    self._digest = _file_digest(files)
+    self._digest = vocab_info.files_digest(files)
     vocab = self._tokenizer.get_vocab(with_added_tokens=True)
     roles = (tokens.bos_id, tokens.eos_id, tokens.pad_id, tokens.unk_id)
     special |= {vocab[t] for t in FAIRSEQ_SPECIAL_TOKENS if t in vocab and files[0].name == VOCAB_FILE}
@@ -273,7 +259,7 @@ class HFVocabulary(seqio.Vocabulary):
   def fingerprint(self) -> str:
     """A hex digest of what equality compares (tokenizer file contents, special tokens, BOS policy): stable across
     processes and copies of the folder, so a cache built with this vocabulary can be recognised (`data.cache`)."""
-    return hashlib.sha256(f"{self._digest}\x1f{self._tokens!r}".encode()).hexdigest()
+    return vocab_info.fingerprint(self._digest, self._tokens)
 
   def __eq__(self, other: object) -> bool:
     """Equal when built from the same tokenizer file contents with the same special tokens and BOS policy."""
@@ -338,11 +324,6 @@ def check_vocab_covers(model_vocab_size: int, vocabulary: Any, source: str = "th
   Raises:
     ValueError: naming the tokenizer folder, both sizes and `source`.
   """
-  needed = int(vocabulary.vocab_size)
-  if int(model_vocab_size) >= needed:
-    return
   folder = getattr(vocabulary, "tokenizer_dir", None)
   where = f"the tokenizer in {folder}" if folder is not None else f"the vocabulary {vocabulary}"
-  raise ValueError(f"{source}: vocab_size {model_vocab_size} does not cover {where}, whose ids go up to "
-                   f"{needed - 1} (vocab_size >= {needed} needed); use the tokenizer the model was trained with, "
-                   "or a model config whose vocab_size covers it")
+  vocab_info.check_covers(model_vocab_size, int(vocabulary.vocab_size), where, source)

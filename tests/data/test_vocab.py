@@ -10,6 +10,7 @@ import seqio
 import tensorflow as tf
 
 from optiml_jax.data import vocab as vocab_lib
+from optiml_jax.data import vocab_info
 
 HELLO = "Hello, my dog is cute"
 HELLO_IDS = [31414, 6, 127, 2335, 16, 11962]  # facebook/opt-* ids after the leading </s>.
@@ -218,6 +219,25 @@ def test_check_vocab_covers_names_the_folder_and_both_sizes(tiny_tokenizer):
   vocab_lib.check_vocab_covers(top + 1, llama3)
   with pytest.raises(ValueError, match=f"vocab_size {top} does not cover the tokenizer in {llama3.tokenizer_dir}"):
     vocab_lib.check_vocab_covers(top, llama3, "gin binding LlamaConfig.vocab_size")
+
+
+@pytest.mark.parametrize("style", [None, "smollm2", "llama3"])
+def test_a_folder_is_fingerprinted_without_loading_its_tokenizer_as_the_vocabulary_is(style, tiny_tokenizer, tmp_path):
+  """What training from the cache compares against the cache's record, without seqio (`vocab_info`)."""
+  folder = vocab_lib.DEFAULT_TOKENIZER_DIR if style is None else tiny_tokenizer(style)
+  assert vocab_info.folder_fingerprint(folder) == vocab_lib.HFVocabulary(folder).fingerprint
+  copy = tmp_path / "copy"
+  shutil.copytree(folder, copy)
+  assert vocab_info.folder_fingerprint(copy) == vocab_info.folder_fingerprint(folder)
+  if style is None:  # another tokenizer file: one merge fewer, or one more byte of JSON
+    merges = copy / "merges.txt"
+    merges.write_text("".join(merges.read_text(encoding="utf-8").splitlines(True)[:-1]), encoding="utf-8")
+  else:
+    (copy / "tokenizer.json").write_text((copy / "tokenizer.json").read_text(encoding="utf-8") + "\n", encoding="utf-8")
+  assert vocab_info.folder_fingerprint(copy) == vocab_lib.HFVocabulary(copy).fingerprint
+  assert vocab_info.folder_fingerprint(copy) != vocab_info.folder_fingerprint(folder)
+  with pytest.raises(FileNotFoundError, match="tokenizer.json, or vocab.json"):
+    vocab_info.folder_fingerprint(tmp_path / "nothing")
 
 
 @pytest.mark.slow
