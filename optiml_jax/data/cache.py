@@ -2,14 +2,17 @@
 
 Where it sits: between the catalog (`catalog.py`) and everything that reads examples. `cache_beam.py` writes it
 with an Apache Beam pipeline (`python -m optiml_jax.bench cache`); `registry.register_catalog(cache_dir=...)` serves
-the same seqio Tasks from it, and `cached_stream.CachedBatchStream` draws training batches from it by index.
+the same seqio Tasks from it, and `cached_stream.CachedBatchStream` draws training batches from it by index, with
+or without seqio (the manifest records the catalog's copy and the tokenizer's BOS, EOS and vocabulary size, so
+training from a cache needs neither seqio nor TensorFlow: `TokenizerInfo`, `require_tokenizer`).
 The examples are those `registry.iter_examples` yields (same formatting seed, demonstrations, delimiters and
 tokens), in source order and untruncated: truncation and packing happen when a stream reads them, so one cache
 serves every sequence length.
 
 Layout:
 
-    CACHE_DIR/cache.json                    what was asked for: tokenizer, formatting seed, shots, shard names
+    CACHE_DIR/cache.json                    what was asked for: tokenizer (fingerprint, folder; BOS, EOS and
+                                            vocabulary size), formatting seed, shots, shard names
     CACHE_DIR/catalog.json                  the catalog the cache was built from (registers without CATALOG_DIR)
     CACHE_DIR/shards/<task>.<k>shot.<split>/
         tokens.npy     int32 [total]        inputs then targets of every example, concatenated
@@ -271,16 +274,33 @@ def read_shard(cache_dir: str | os.PathLike, task_name: str, shots: int, split: 
 
 
 @dataclasses.dataclass(frozen=True)
+class TokenizerInfo:
+  """What a batch stream needs of the tokenizer a cache was tokenized with, recorded when it is built, so that
+  training from the cache needs neither the seqio vocabulary nor TensorFlow (`cached_stream.cache_tasks`)."""
+
+  bos_id: int | None  # the token fed before each example, None when the tokenizer adds none (`HFVocabulary.bos_id`)
+  eos_id: int  # the token that ends every target
+  vocab_size: int  # one past the largest id: a model's embedding must cover it
+
+  @classmethod
+  def of(cls, vocabulary: Any) -> TokenizerInfo:
+    """The record of a vocabulary (`vocab.HFVocabulary`: `bos_id`, `eos_id`, `vocab_size`)."""
+    bos = vocabulary.bos_id
+    return cls(None if bos is None else int(bos), int(vocabulary.eos_id), int(vocabulary.vocab_size))
+
+
+@dataclasses.dataclass(frozen=True)
 class Manifest:
   """CACHE_DIR/cache.json: how the cache was built and which shards it holds."""
 
-  vocabulary: str  # the tokenizer's fingerprint (`vocab.HFVocabulary.fingerprint`)
+  vocabulary: str  # the tokenizer's fingerprint (`vocab.HFVocabulary.fingerprint`, `vocab_info.folder_fingerprint`)
   tokenizer_dir: str | None
   seed: int
   pool_size: int
   shots: tuple[int, ...]
   shards: Mapping[str, Mapping[str, Any]]  # shard name -> {"task", "shots", "split", "fingerprint", "examples"}
   failed: Mapping[str, str] = dataclasses.field(default_factory=dict)  # task -> reason
+  tokenizer: TokenizerInfo | None = None  # None in caches built before it was recorded (`require_tokenizer`)
 
   def to_json(self) -> dict[str, Any]:
     return {"format_version": FORMAT_VERSION, **dataclasses.asdict(self), "shots": list(self.shots)}
@@ -315,11 +335,42 @@ def read_manifest(cache_dir: str | os.PathLike) -> Manifest:
     raise CacheError(f"{path}: cache format {data.get('format_version') if isinstance(data, dict) else None!r}, this "
                      f"version reads {FORMAT_VERSION}; rebuild the cache")
   try:
+    tokenizer = data.get("tokenizer")
     return Manifest(vocabulary=data["vocabulary"], tokenizer_dir=data.get("tokenizer_dir"), seed=int(data["seed"]),
                     pool_size=int(data["pool_size"]), shots=tuple(int(k) for k in data["shots"]),
-                    shards=dict(data["shards"]), failed=dict(data.get("failed") or {}))
+                    shards=dict(data["shards"]), failed=dict(data.get("failed") or {}),
+                    tokenizer=None if tokenizer is None else _tokenizer_info(tokenizer))
   except (KeyError, TypeError, ValueError) as e:
     raise CacheError(f"{path}: malformed manifest ({e!r}); rebuild the cache") from e
+
+
+def _tokenizer_info(data: Mapping[str, Any]) -> TokenizerInfo:
+  bos = data["bos_id"]
+  return TokenizerInfo(None if bos is None else int(bos), int(data["eos_id"]), int(data["vocab_size"]))
+
+
+def require_tokenizer(manifest: Manifest, cache_dir: str | os.PathLike) -> TokenizerInfo:
+  """The tokenizer's BOS, EOS and vocabulary size the cache recorded.
+
+  Raises:
+    CacheError: a cache built before they were recorded; the message says how to rebuild it (its shards are kept:
+      only cache.json is rewritten) or to train with seqio installed, which reads them from the tokenizer instead.
+  """
+  if manifest.tokenizer is not None:
+    return manifest.tokenizer
+  raise CacheError(f"{pathlib.Path(cache_dir) / MANIFEST_FILE}: this cache was built before it recorded its "
+                   "tokenizer's BOS id, EOS id and vocabulary size, which training from the cache (without TensorFlow "
+                   f"and seqio) needs; record them with `{rebuild_command(manifest, cache_dir)}` (every shard is "
+                   "kept: only cache.json is rewritten; add the build's --tasks if it had any)")
+
+
+def rebuild_command(manifest: Manifest, cache_dir: str | os.PathLike) -> str:
+  """The `bench cache` command that rebuilds a cache from its own catalog copy with the tokenizer and shots it was
+  built with: it commits nothing new when every shard is complete, and rewrites cache.json."""
+  tokenizer = f" --tokenizer_dir {manifest.tokenizer_dir}" if manifest.tokenizer_dir else ""
+  shots = ",".join(str(k) for k in manifest.shots)
+  return (f"python -m optiml_jax.bench cache {pathlib.Path(cache_dir) / CATALOG_FILE} --out {cache_dir}{tokenizer} "
+          f"--shots {shots}")
 
 
 def check_vocabulary(manifest: Manifest, vocabulary_fingerprint: str, cache_dir: str | os.PathLike) -> None:

@@ -230,7 +230,8 @@ def build(catalog_dir: str | os.PathLike, cache_dir: str | os.PathLike, tokenize
       reason = json.loads(error.read_text(encoding="utf-8")).get("reason", reason)
     failed[f"{entry.name} ({k}-shot)"] = reason
   manifest = cache.Manifest(vocabulary=vocabulary.fingerprint, tokenizer_dir=tokenizer_dir, seed=seed,
-                            pool_size=pool_size, shots=variants, shards=shards, failed=failed)
+                            pool_size=pool_size, shots=variants, shards=shards, failed=failed,
+                            tokenizer=cache.TokenizerInfo.of(vocabulary))
   path = cache.write_manifest(out, manifest)
   return BuildResult(tuple(written), tuple(sorted(complete)), failed, path)
 

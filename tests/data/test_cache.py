@@ -1,6 +1,7 @@
 """Tests of optiml_jax.data.cache and cache_beam: the Beam-built cache holds exactly the uncached examples,
 serves the same seqio Tasks, is rebuilt idempotently, reports a failing task, and names a corrupt file."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,6 +20,8 @@ from optiml_jax.data import pipeline
 from optiml_jax.data import registry
 from optiml_jax.data import sources
 from optiml_jax.data import toybench
+from optiml_jax.data import vocab
+from optiml_jax.data import vocab_info
 from optiml_jax.data.sources import sni
 
 pytest.importorskip("apache_beam", reason="the cache is built with Apache Beam (the test extra installs it)")
@@ -82,6 +85,9 @@ def test_build_writes_a_committed_shard_per_task_variant_and_split(built):
   assert not result.failed and set(result.written) == expected
   manifest = cache.read_manifest(cache_dir)
   assert set(manifest.shards) == expected and manifest.shots == (0, 2)
+  # What training without seqio needs of the tokenizer: OPT's BOS and EOS </s> = 2, ids up to 50264.
+  assert manifest.tokenizer == cache.TokenizerInfo(bos_id=2, eos_id=2, vocab_size=50265)
+  assert manifest.vocabulary == vocab_info.folder_fingerprint(vocab.DEFAULT_TOKENIZER_DIR)
   assert (cache_dir / cache.CATALOG_FILE).read_bytes() == (catalog_dir / catalog.CATALOG_FILE).read_bytes()
   leftovers = [p.name for p in (cache_dir / cache.SHARDS_DIR).iterdir() if ".tmp-" in p.name or p.suffix == ".json"]
   assert not leftovers
@@ -189,6 +195,25 @@ def test_a_cache_of_another_tokenizer_is_refused(built, tiny_tokenizer):
     registry.register_catalog(catalog_dir, other, cache_dir=cache_dir)
   with pytest.raises(cache.CacheError, match="another tokenizer"):
     cache_beam.build(catalog_dir, cache_dir, tokenizer_dir=str(tiny_tokenizer("smollm2")), pipeline_args=IN_PROCESS)
+
+
+def test_the_manifest_records_a_tokenizer_without_bos_and_reads_a_manifest_without_the_record(tmp_path):
+  no_bos = cache.TokenizerInfo(bos_id=None, eos_id=2, vocab_size=330)  # SmolLM2 adds no BOS: None, not absent
+  manifest = cache.Manifest("fp", None, 0, 256, (0,), {}, tokenizer=no_bos)
+  cache.write_manifest(tmp_path, manifest)
+  assert cache.read_manifest(tmp_path) == manifest
+  assert cache.require_tokenizer(manifest, tmp_path) == no_bos
+  data = json.loads((tmp_path / cache.MANIFEST_FILE).read_text())
+  del data["tokenizer"]  # as caches built before the record wrote it
+  (tmp_path / cache.MANIFEST_FILE).write_text(json.dumps(data))
+  old = cache.read_manifest(tmp_path)
+  assert old == dataclasses.replace(manifest, tokenizer=None)
+  with pytest.raises(cache.CacheError, match=r"--shots 0`"):
+    cache.require_tokenizer(old, tmp_path)
+  data["tokenizer"] = {"bos_id": None, "eos_id": 2}
+  (tmp_path / cache.MANIFEST_FILE).write_text(json.dumps(data))
+  with pytest.raises(cache.CacheError, match="malformed manifest"):
+    cache.read_manifest(tmp_path)
 
 
 def test_cli_builds_over_local_processes_and_reports(tmp_path, capsys):
