@@ -28,11 +28,12 @@ FORBIDDEN = {
 # The one exception: models/ reads the special token ids of its tokenizer (config.json's bos/eos/pad ids)
 # from this standard-library module of the data side.
 ALLOWED = {"models": ("optiml_jax.data.special_tokens",)}
-# Modules that GPU images import without TensorFlow and seqio.
-LIGHT_MODULES = ("optiml_jax.data.special_tokens", "optiml_jax.data.metrics", "optiml_jax.models.opt",
-                 "optiml_jax.models.registry", "optiml_jax.models.partitioning", "optiml_jax.checkpoints.discovery",
-                 "optiml_jax.evaluation.decoding", "optiml_jax.evaluation.inference",
-                 "optiml_jax.evaluation.prompt_sharing")
+# Modules that GPU images import without TensorFlow and seqio (the data modules: training from the bench cache).
+LIGHT_MODULES = ("optiml_jax.data.special_tokens", "optiml_jax.data.metrics", "optiml_jax.data.cached_stream",
+                 "optiml_jax.data.cache", "optiml_jax.data.packing_np", "optiml_jax.data.sampling",
+                 "optiml_jax.data.vocab_info", "optiml_jax.models.opt", "optiml_jax.models.registry",
+                 "optiml_jax.models.partitioning", "optiml_jax.checkpoints.discovery", "optiml_jax.evaluation.decoding",
+                 "optiml_jax.evaluation.inference", "optiml_jax.evaluation.prompt_sharing")
 
 
 def imported_modules(path: pathlib.Path) -> list[tuple[int, str]]:

@@ -1,15 +1,23 @@
 """Training batches from the bench cache by index: fast start, and a resume that replays nothing.
 
 Where it sits: in place of `pipeline.BatchStream` when the trainer has a CACHE_DIR (`train.run`); it reads the
-shards `cache.py` describes, for the Tasks and rates of a registered seqio Mixture (or one Task), and yields the
-same packed `decoder_*` features. Unlike a tf.data graph per task, nothing is opened before a task is first
-drawn, and the position is a small JSON state, so a restart continues at once.
+shards `cache.py` describes, for the Tasks and rates of a training mixture (or one Task), and yields the same
+packed `decoder_*` features. Unlike a tf.data graph per task, nothing is opened before a task is first drawn, and
+the position is a small JSON state, so a restart continues at once.
+
+Two ways to say what it draws (`StreamTasks`), giving the same batches and states:
+  from the cache alone   `CachedBatchStream.from_cache(cache_dir, name, ...)` (`cache_tasks`): the mixture's rates
+                         from the catalog copy in the cache (`sampling.task_rates`), the BOS and EOS the manifest
+                         recorded (`cache.TokenizerInfo`). Neither seqio nor TensorFlow is imported (a test imports
+                         this module, and trains through `train.run`, with both blocked): what `train.run` uses.
+  from the seqio registry  `CachedBatchStream(name, ..., cache_dir=...)` (`registered_tasks`): a Mixture or Task
+                         that `registry.register_catalog(..., cache_dir=...)` registered, its rates and vocabulary.
 
 The global stream, a pure function of (mixture, seed, sequence length, global batch):
   draw g        the task of draw g is `searchsorted(cdf(rates), u_g)`, u_g from a PCG64 generator seeded by
                 (seed, g // DRAW_CHUNK): any draw can be computed without the ones before it;
   example       the c-th draw of task t reads example `order(t, c)`: pass c // n over the task's n examples,
-                in an order shuffled within blocks of `registry.SHUFFLE_BLOCK_SIZE` examples (seed, task, pass,
+                in an order shuffled within blocks of `sampling.SHUFFLE_BLOCK_SIZE` examples (seed, task, pass,
                 block), as the uncached Tasks read their instances;
   rows          each example goes through `formatting.row_examples` (the Task preprocessor's truncation and
                 pre-training chunks), then first-fit packing over `max_open_rows` open rows, as `packing.Packer`
@@ -25,18 +33,19 @@ with the same global batch (`trainer.runtime.data_state_of_this_process`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 from typing import Any, Iterator, Mapping, Sequence, TypedDict
 
 import numpy as np
-import seqio
 
 from optiml_jax.data import cache as cache_lib
+from optiml_jax.data import catalog as catalog_lib
 from optiml_jax.data import formatting
-from optiml_jax.data import packing
-from optiml_jax.data import pipeline
-from optiml_jax.data import registry
+from optiml_jax.data import packing_np
+from optiml_jax.data import sampling
 
 STATE_VERSION = 1
 STATE_KIND = "cached"
@@ -65,13 +74,88 @@ class _StreamArgs(TypedDict):
   tasks_digest: str
 
 
+@dataclasses.dataclass(frozen=True)
+class StreamTasks:
+  """What a cached stream draws, resolved once (`cache_tasks` or `registered_tasks`): plain values."""
+
+  rates: tuple[tuple[str, float], ...]  # (Task name, rate): positive rates, sorted by name
+  variants: tuple[tuple[catalog_lib.CatalogEntry, int], ...]  # each Task's catalog entry and demonstrations
+  bos_id: int | None  # the token fed before each example; None: the tokenizer adds none
+  eos_id: int
+  manifest: cache_lib.Manifest
+  vocabulary: Any = None  # the registered Tasks' seqio vocabulary; None from the cache alone
+
+
+def cache_tasks(cache_dir: str | os.PathLike, name: str, catalog_dir: str | os.PathLike | None = None) -> StreamTasks:
+  """The tasks of `name` (a training mixture of the catalog, `sampling.TRAIN_MIXTURE` or `TRAIN_MIXTURE_UNIFORM`, or
+  one catalog Task, any variant) read from the cache alone: no seqio, no TensorFlow.
+
+  Args:
+    cache_dir: the bench cache.
+    name: the mixture or Task.
+    catalog_dir: the catalog (default: the copy inside the cache, CACHE_DIR/catalog.json).
+
+  Raises:
+    cache.CacheError: no cache, a cache built before it recorded its tokenizer (`cache.require_tokenizer` says how
+      to rebuild it), or a task of `name` without a training shard.
+    ValueError: `name` is no mixture or training task of the catalog; FileNotFoundError: no catalog.
+  """
+  manifest = cache_lib.read_manifest(cache_dir)
+  tokenizer = cache_lib.require_tokenizer(manifest, cache_dir)
+  bench = catalog_lib.load(cache_dir if catalog_dir is None else catalog_dir)
+  rates = sampling.task_rates(bench, name)
+  entries = {e.name: e for e in bench.tasks}
+  variants = [_variant(task, entries[sampling.parse_variant(task, entries)[0]]) for task, _ in rates]
+  return _checked(StreamTasks(tuple(rates), tuple(variants), tokenizer.bos_id, tokenizer.eos_id, manifest), name,
+                  cache_dir)
+
+
 def mixture_tasks(name: str) -> list[tuple[str, float]]:
   """(Task name, rate) of a registered Mixture's tasks with a positive rate, sorted; (name, 1.0) for a Task."""
+  import seqio  # pylint: disable=g-import-not-at-top  (the registered path only)
+
   provider = seqio.get_mixture_or_task(name)
   if isinstance(provider, seqio.Mixture):
     rates = [(t.name, float(provider.get_rate(t))) for t in provider.tasks]
     return sorted((n, r) for n, r in rates if r > 0)
   return [(provider.name, 1.0)]
+
+
+def registered_tasks(name: str, cache_dir: str | os.PathLike) -> StreamTasks:
+  """The tasks of a seqio Mixture or Task that `registry.register_catalog(..., cache_dir=...)` registered.
+
+  Raises:
+    cache.CacheError: no cache, a cache of another tokenizer than the Tasks', or a task without a training shard.
+  """
+  import seqio  # pylint: disable=g-import-not-at-top  (TensorFlow: the registered path only)
+
+  from optiml_jax.data import registry  # pylint: disable=g-import-not-at-top
+
+  vocabulary = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
+  manifest = cache_lib.read_manifest(cache_dir)
+  cache_lib.check_vocabulary(manifest, getattr(vocabulary, "fingerprint", ""), cache_dir)
+  rates = mixture_tasks(name)
+  variants = [_variant(task, registry.registered_entry(task)) for task, _ in rates]
+  return _checked(
+      StreamTasks(tuple(rates), tuple(variants), vocabulary.bos_id, vocabulary.eos_id, manifest, vocabulary), name,
+      cache_dir)
+
+
+def _variant(task_name: str, entry: catalog_lib.CatalogEntry) -> tuple[catalog_lib.CatalogEntry, int]:
+  return entry, sampling.parse_variant(task_name, (entry.name,))[1]
+
+
+def _checked(tasks: StreamTasks, name: str, cache_dir: str | os.PathLike) -> StreamTasks:
+  """`tasks`, once every one has a training shard in the cache (else a CacheError naming them)."""
+  missing = [
+      task for (task, _), (entry, shots) in zip(tasks.rates, tasks.variants)
+      if cache_lib.shard_name(entry.name, shots, cache_lib.TRAIN_SPLIT) not in tasks.manifest.shards
+  ]
+  if missing:
+    raise cache_lib.CacheError(f"{cache_dir}: no training shard for {len(missing)} task(s) of {name!r}: "
+                               f"{missing[:5]}{' ...' if len(missing) > 5 else ''}; build them with `python -m "
+                               f"optiml_jax.bench cache CATALOG_DIR --out {cache_dir}` (and --shots for k-shot tasks)")
+  return tasks
 
 
 class _Plan:
@@ -124,7 +208,7 @@ class _Plan:
     if not self.pack:
       self.ready.append([ref])
       return
-    slot, evict = packing.first_fit([used for used, _ in self.open], positions, self.length, self.max_open_rows)
+    slot, evict = packing_np.first_fit([used for used, _ in self.open], positions, self.length, self.max_open_rows)
     if evict:
       self.ready.append(self.open.pop(0)[1])
     if slot is None:
@@ -137,10 +221,12 @@ class _Plan:
 
 
 class CachedBatchStream(Iterator[dict[str, np.ndarray]]):
-  """Packed training batches of a registered Mixture or Task, read from a bench cache (module docstring).
+  """Packed training batches of a training mixture or Task, read from a bench cache (module docstring); without
+  seqio: `CachedBatchStream.from_cache`.
 
   Args:
-    name: a registered seqio Mixture or Task (`registry.register_catalog(..., cache_dir=...)` registered it).
+    name: a mixture or Task: registered in seqio (`registry.register_catalog(..., cache_dir=...)` registered it)
+      unless `tasks` says what it draws.
     feature_lengths: {"inputs": Li, "targets": Lt}: rows of Li + Lt positions (only the sum matters).
     batch_size: rows per batch of this process; the global batch is batch_size * shard_count.
     seed: the draws' and shuffling seed.
@@ -148,16 +234,19 @@ class CachedBatchStream(Iterator[dict[str, np.ndarray]]):
     cache_dir: the bench cache.
     pack: pack several examples per row (else one per row, padded).
     max_open_rows: the packer's open rows.
+    tasks: what `name` draws (`cache_tasks`: from the cache alone); None: from the seqio registry
+      (`registered_tasks`). The batches and states are the same either way.
   """
 
-  def __init__(self, name: str, feature_lengths: Mapping[str, int], batch_size: int, seed: int, *, cache_dir: str,
-               shard_index: int = 0, shard_count: int = 1, pack: bool = True, max_open_rows: int = 8):
-    pipeline.check_stream_args(feature_lengths, batch_size, shard_index, shard_count)
-    tasks = mixture_tasks(name)
+  def __init__(self, name: str, feature_lengths: Mapping[str, int], batch_size: int, seed: int, *,
+               cache_dir: str | os.PathLike, shard_index: int = 0, shard_count: int = 1, pack: bool = True,
+               max_open_rows: int = 8, tasks: StreamTasks | None = None):
+    packing_np.check_stream_args(feature_lengths, batch_size, shard_index, shard_count)
+    tasks = registered_tasks(name, cache_dir) if tasks is None else tasks
     self._config: _StreamArgs = {
         "kind": STATE_KIND,
         "name": name,
-        "split": registry.TRAIN_SPLIT,
+        "split": cache_lib.TRAIN_SPLIT,
         "feature_lengths": {
             k: int(v) for k, v in sorted(feature_lengths.items())
         },
@@ -167,32 +256,32 @@ class CachedBatchStream(Iterator[dict[str, np.ndarray]]):
         "shard_count": int(shard_count),
         "pack": bool(pack),
         "max_open_rows": int(max_open_rows),
-        "tasks_digest": hashlib.sha256(json.dumps(tasks).encode()).hexdigest()[:16],
+        "tasks_digest": hashlib.sha256(json.dumps(tasks.rates).encode()).hexdigest()[:16],
     }
     self._cache_dir = str(cache_dir)
-    provider = seqio.get_mixture_or_task(name)
-    self._vocabulary = provider.output_features["targets"].vocabulary
     self._tasks = tasks
-    manifest = cache_lib.read_manifest(cache_dir)
-    cache_lib.check_vocabulary(manifest, getattr(self._vocabulary, "fingerprint", ""), cache_dir)
-    self._manifest = manifest
-    missing = [n for n, _ in self._tasks if _train_shard_name(n) not in manifest.shards]
-    if missing:
-      raise cache_lib.CacheError(
-          f"{cache_dir}: no training shard for {len(missing)} task(s) of {name!r}: "
-          f"{missing[:5]}{' ...' if len(missing) > 5 else ''}; build them with `python -m "
-          f"optiml_jax.bench cache CATALOG_DIR --out {cache_dir}` (and --shots for k-shot tasks)")
     self._length = sum(self._config["feature_lengths"].values())
-    self._bos = self._vocabulary.bos_id
-    self._plan = _Plan([r for _, r in self._tasks], self._length, self._bos is not None, max_open_rows, pack)
+    self._bos = tasks.bos_id
+    self._plan = _Plan([r for _, r in tasks.rates], self._length, self._bos is not None, max_open_rows, pack)
     self._shards: dict[int, cache_lib.Shard] = {}
     self._zeros = np.zeros(self._length + 1, np.int32)
     self._orders: dict[int, tuple[tuple[int, int], np.ndarray]] = {}
     self._batches = 0
 
+  @classmethod
+  def from_cache(cls, cache_dir: str | os.PathLike, name: str, feature_lengths: Mapping[str, int], batch_size: int,
+                 seed: int, *, catalog_dir: str | os.PathLike | None = None, shard_index: int = 0, shard_count: int = 1,
+                 pack: bool = True, max_open_rows: int = 8) -> CachedBatchStream:
+    """The stream of `name` (a training mixture of the cache's catalog, or one of its Tasks) from the cache alone,
+    without seqio or TensorFlow (`cache_tasks`, which says what it raises); other arguments as the constructor's."""
+    return cls(name, feature_lengths, batch_size, seed, cache_dir=cache_dir, shard_index=shard_index,
+               shard_count=shard_count, pack=pack, max_open_rows=max_open_rows,
+               tasks=cache_tasks(cache_dir, name, catalog_dir))
+
   @property
-  def vocabulary(self) -> seqio.Vocabulary:
-    return self._vocabulary
+  def vocabulary(self) -> Any:
+    """The registered Tasks' seqio vocabulary; None for a stream from the cache alone (`from_cache`)."""
+    return self._tasks.vocabulary
 
   @property
   def batches_consumed(self) -> int:
@@ -203,12 +292,12 @@ class CachedBatchStream(Iterator[dict[str, np.ndarray]]):
   def _shard(self, t: int) -> cache_lib.Shard:
     shard = self._shards.get(t)
     if shard is None:
-      task_name = self._tasks[t][0]
-      entry = registry.registered_entry(task_name)
-      shots = _shots_of(task_name, entry.name)
-      fingerprint = cache_lib.fingerprint(entry, shots, registry.TRAIN_SPLIT, self._manifest.vocabulary,
-                                          self._manifest.seed, self._manifest.pool_size)
-      shard = cache_lib.read_shard(self._cache_dir, entry.name, shots, registry.TRAIN_SPLIT, fingerprint)
+      task_name = self._tasks.rates[t][0]
+      entry, shots = self._tasks.variants[t]
+      manifest = self._tasks.manifest
+      fingerprint = cache_lib.fingerprint(entry, shots, cache_lib.TRAIN_SPLIT, manifest.vocabulary, manifest.seed,
+                                          manifest.pool_size)
+      shard = cache_lib.read_shard(self._cache_dir, entry.name, shots, cache_lib.TRAIN_SPLIT, fingerprint)
       if len(shard) == 0:
         raise cache_lib.CacheError(f"{shard.path}: task {task_name!r} has a positive rate but no training examples")
       self._shards[t] = shard
@@ -218,7 +307,7 @@ class CachedBatchStream(Iterator[dict[str, np.ndarray]]):
     """The order of one block of a task's examples in one pass (kept while the pass reads that block)."""
     cached = self._orders.get(t)
     if cached is None or cached[0] != (epoch, block):
-      key = formatting.stable_hash("cached-order", self._config["seed"], self._tasks[t][0], epoch, block)
+      key = formatting.stable_hash("cached-order", self._config["seed"], self._tasks.rates[t][0], epoch, block)
       cached = ((epoch, block), np.random.default_rng(key).permutation(size))
       self._orders[t] = cached
     return cached[1]
@@ -226,7 +315,7 @@ class CachedBatchStream(Iterator[dict[str, np.ndarray]]):
   def _example_index(self, t: int, count: int) -> int:
     n = len(self._shard(t))
     epoch, j = divmod(count, n)
-    block_size = registry.SHUFFLE_BLOCK_SIZE
+    block_size = sampling.SHUFFLE_BLOCK_SIZE
     block, offset = divmod(j, block_size)
     size = min(block_size, n - block * block_size)
     return block * block_size + int(self._block_order(t, epoch, block, size)[offset])
@@ -240,7 +329,7 @@ class CachedBatchStream(Iterator[dict[str, np.ndarray]]):
       inputs, targets = self._zeros[:n_in], self._zeros[:n_tg]
     else:
       inputs, targets = shard.tokens_of(i)
-    return formatting.row_examples(inputs, targets, self._length, self._vocabulary.eos_id, self._bos is not None)
+    return formatting.row_examples(inputs, targets, self._length, self._tasks.eos_id, self._bos is not None)
 
   def _positions(self, inputs: np.ndarray, targets: np.ndarray) -> int:
     return (self._bos is not None) + len(inputs) + len(targets) - 1
@@ -269,8 +358,8 @@ class CachedBatchStream(Iterator[dict[str, np.ndarray]]):
   def _row(self, refs: Sequence[Ref]) -> dict[str, np.ndarray]:
     pieces = [self._pieces(t, i, lengths_only=False)[p] for t, i, p in refs]
     if not self._config["pack"]:
-      return next(packing.pad_examples(pieces, self._length, self._bos))
-    packer = packing.Packer(self._length, self._bos, max_open_rows=1)
+      return next(packing_np.pad_examples(pieces, self._length, self._bos))
+    packer = packing_np.Packer(self._length, self._bos, max_open_rows=1)
     rows = [row for inputs, targets in pieces for row in packer.add(inputs, targets)] + packer.flush()
     if len(rows) != 1:
       raise AssertionError(f"the packing plan's row became {len(rows)} rows")  # a bug, not bad data
@@ -308,13 +397,3 @@ class CachedBatchStream(Iterator[dict[str, np.ndarray]]):
 def _ref(values: Sequence[Any]) -> Ref:
   task, example, piece = (int(v) for v in values)
   return task, example, piece
-
-
-def _train_shard_name(task_name: str) -> str:
-  base = registry.registered_entry(task_name).name
-  return cache_lib.shard_name(base, _shots_of(task_name, base), registry.TRAIN_SPLIT)
-
-
-def _shots_of(task_name: str, base: str) -> int:
-  suffix = task_name[len(base):]
-  return int(suffix[1:-4]) if suffix else 0

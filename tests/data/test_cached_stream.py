@@ -1,12 +1,17 @@
 """Tests of optiml_jax.data.cached_stream: batches drawn by index from the bench cache resume without replay, do
-not depend on the number of processes, and sample tasks as the uncached seqio stream does."""
+not depend on the number of processes, sample tasks as the uncached seqio stream does, and are the same whether
+the stream reads its mixture from the seqio registry or from the cache alone (no seqio)."""
 
 import collections
+import dataclasses
 import json
+import shlex
+import shutil
 
 import numpy as np
 import pytest
 
+from optiml_jax import bench as bench_cli
 from optiml_jax.data import cache
 from optiml_jax.data import cache_beam
 from optiml_jax.data import cached_stream
@@ -14,6 +19,7 @@ from optiml_jax.data import catalog
 from optiml_jax.data import formatting
 from optiml_jax.data import pipeline
 from optiml_jax.data import registry
+from optiml_jax.data import sampling
 from optiml_jax.trainer import runtime
 
 pytest.importorskip("apache_beam", reason="the cache is built with Apache Beam (the test extra installs it)")
@@ -210,3 +216,75 @@ def test_unpacked_rows_hold_one_example_each(cached):
   batch = next(_stream(cache_dir, pack=False))
   assert set(batch) == {"decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights"}
   assert (batch["decoder_input_tokens"][:, 0] == 2).all()  # each row starts with its example's BOS
+
+
+# --- From the cache alone (no seqio): `CachedBatchStream.from_cache`, what `train.run` uses ------------------------
+
+
+@pytest.mark.parametrize("name,pack", [(registry.TRAIN_MIXTURE, True), (registry.TRAIN_MIXTURE_UNIFORM, True),
+                                       ("crossfit:quiz_mc", True), (registry.TRAIN_MIXTURE, False)])
+def test_the_stream_from_the_cache_alone_is_the_registered_stream_batch_for_batch_and_after_a_resume(
+    cached, name, pack):
+  _, cache_dir = cached
+  registered = cached_stream.CachedBatchStream(name, LENGTHS, 2, 5, cache_dir=cache_dir, shard_index=1, shard_count=2,
+                                               pack=pack)
+  alone = cached_stream.CachedBatchStream.from_cache(cache_dir, name, LENGTHS, 2, 5, shard_index=1, shard_count=2,
+                                                     pack=pack)
+  assert alone.vocabulary is None and registered.vocabulary is not None
+  for _ in range(6):
+    assert _equal(next(registered), next(alone))
+  state = json.loads(json.dumps(registered.state()))
+  assert state == alone.state()
+  resumed = cached_stream.CachedBatchStream.from_cache(cache_dir, name, LENGTHS, 2, 5, shard_index=1, shard_count=2,
+                                                       pack=pack)
+  resumed.restore(state)  # a checkpoint of the registered path, resumed without seqio
+  for _ in range(6):
+    assert _equal(next(registered), next(resumed))
+
+
+def test_the_cache_alone_gives_the_registered_tasks_rates_and_token_ids(cached):
+  _, cache_dir = cached
+  for name in (registry.TRAIN_MIXTURE, registry.TRAIN_MIXTURE_UNIFORM, "sni:task001_toy_add_small"):
+    alone, registered = cached_stream.cache_tasks(cache_dir, name), cached_stream.registered_tasks(name, cache_dir)
+    assert dataclasses.replace(registered, vocabulary=None) == alone
+    assert len(alone.rates) > 1 or name.startswith("sni:")
+  assert (alone.bos_id, alone.eos_id) == (2, 2)  # OPT's </s>, as the manifest recorded it
+
+
+def test_a_name_that_is_no_training_mixture_or_task_of_the_catalog_is_refused(cached):
+  _, cache_dir = cached
+  with pytest.raises(ValueError, match="'nope' is neither a training mixture"):
+    cached_stream.CachedBatchStream.from_cache(cache_dir, "nope", LENGTHS, 2, 0)
+  held_out = next(e.name for e in catalog.load(cache_dir).tasks if e.role != catalog.TRAIN)
+  with pytest.raises(ValueError, match="has no training examples"):
+    cached_stream.cache_tasks(cache_dir, held_out)
+  with pytest.raises(cache.CacheError, match=r"no training shard .*task001_toy_add_small\.5shot"):
+    cached_stream.cache_tasks(cache_dir, sampling.variant_name("sni:task001_toy_add_small", 5))
+
+
+def test_an_old_cache_without_its_tokenizer_record_names_the_command_that_adds_it(cached, tmp_path):
+  """A cache built before cache.json recorded BOS, EOS and vocabulary size: the registered path still reads it, the
+  seqio-free one says how to record them, and that command rewrites cache.json only."""
+  from tests.data import test_cache  # pylint: disable=import-outside-toplevel
+  _, cache_dir = cached
+  old = tmp_path / "cache"
+  shutil.copytree(cache_dir, old)
+  data = json.loads((old / cache.MANIFEST_FILE).read_text())
+  del data["tokenizer"]
+  (old / cache.MANIFEST_FILE).write_text(json.dumps(data))
+  assert cache.read_manifest(old).tokenizer is None
+  registered = cached_stream.CachedBatchStream(registry.TRAIN_MIXTURE, LENGTHS, 2, 0, cache_dir=old)
+  with pytest.raises(cache.CacheError, match="built before it recorded its tokenizer's BOS id, EOS id and vocabulary "
+                     "size") as error:
+    cached_stream.CachedBatchStream.from_cache(old, registry.TRAIN_MIXTURE, LENGTHS, 2, 0)
+  message = str(error.value)
+  assert str(old / cache.MANIFEST_FILE) in message and "without TensorFlow and seqio" in message
+  command = message.split("`")[1]
+  assert command.startswith("python -m optiml_jax.bench cache ")
+  shards = {p.name: p.stat().st_mtime_ns for p in (old / cache.SHARDS_DIR).iterdir()}
+  assert bench_cli.main(shlex.split(command)[3:] + test_cache.IN_PROCESS) == 0
+  assert {p.name: p.stat().st_mtime_ns for p in (old / cache.SHARDS_DIR).iterdir()} == shards  # none rewritten
+  assert cache.read_manifest(old).tokenizer == cache.read_manifest(cache_dir).tokenizer
+  alone = cached_stream.CachedBatchStream.from_cache(old, registry.TRAIN_MIXTURE, LENGTHS, 2, 0)
+  for _ in range(3):
+    assert _equal(next(registered), next(alone))
