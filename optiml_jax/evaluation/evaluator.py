@@ -7,7 +7,7 @@ feature converter and the model's `score_fn` / `predict_fn` from `inference.py`,
 the Tasks' own metric functions applied to t5x-style model outputs (scores = summed target log-likelihoods,
 predictions = greedy tokens); a user's own registered seqio Task is evaluated the same way ("custom").
 
-  checkpoint --find_checkpoints (checkpoints/discovery.py)/load_checkpoint--> (model config, params)
+  checkpoint --find_checkpoints (checkpoints/discovery.py)/load_checkpoint (checkpoints/loading.py)--> (config, params)
   catalog    --select_tasks--> [EvalTask]  (+ TaskResults with an error for names that cannot be evaluated)
   evaluate_tasks(tasks, inference.Scorer(...)) --> [TaskResult]  --report.build_report--> metrics.json
 
@@ -23,14 +23,13 @@ import fnmatch
 import logging
 import pathlib
 import time
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import seqio
 
 from optiml_jax.checkpoints import discovery
-from optiml_jax.checkpoints import hf as hf_lib
-from optiml_jax.checkpoints import orbax_io
+from optiml_jax.checkpoints import loading
 from optiml_jax.data import catalog as catalog_lib
 from optiml_jax.data import eval_tasks
 from optiml_jax.data import records
@@ -38,7 +37,6 @@ from optiml_jax.data import registry
 from optiml_jax.evaluation import inference
 from optiml_jax.evaluation import metrics as metrics_lib
 from optiml_jax.evaluation import report as report_lib
-from optiml_jax.models import registry as model_registry
 
 EVAL_SPLIT = registry.EVAL_SPLIT
 LEVEL_OF_ROLE = {
@@ -48,11 +46,13 @@ LEVEL_OF_ROLE = {
 }
 LEVELS = report_lib.LEVELS
 CUSTOM = report_lib.CUSTOM_LEVEL
-# Checkpoint discovery lives in checkpoints/discovery.py; these names stay the evaluator's public API.
+# Checkpoint discovery and loading live in checkpoints/ (discovery.py, loading.py); these names stay the
+# evaluator's public API.
 Checkpoint = discovery.Checkpoint
 CheckpointError = discovery.CheckpointError
 find_checkpoints = discovery.find_checkpoints
 tokenizer_folder = discovery.tokenizer_folder
+load_checkpoint = loading.load_checkpoint
 
 _LOG = logging.getLogger(__name__)
 
@@ -282,35 +282,3 @@ def evaluate_tasks(specs: Sequence[EvalTask], scorer: inference.Scorer, max_new_
     _LOG.info("[%d/%d] %s (%d-shot, %s): %s", i + 1, len(specs), spec.task, spec.shots, spec.level, status)
     results.append(result)
   return results
-
-
-# ---------------------------------------------------------------------------------------------------
-# Checkpoints.
-
-
-def load_checkpoint(checkpoint: Checkpoint, model: model_registry.ModelConfig | None = None,
-                    overrides: Mapping[str, Any] | None = None) -> tuple[model_registry.ModelConfig, Any]:
-  """(model config of its family, params as numpy) of a checkpoint; raises CheckpointError naming the path.
-
-  The config comes from config.json beside the params (Hugging Face folders, `save_orbax` folders) or,
-  for a trainer's MODEL_DIR step without one, from `model` (the gin-configured model). `overrides`
-  replaces config fields that do not change the parameters (e.g. {"dtype": "bfloat16"}).
-  """
-  overrides = dict(overrides or {})
-  try:
-    if checkpoint.format == "hf":
-      config, params = hf_lib.load_hf(checkpoint.path, overrides)
-      return config, params
-    _, config_dirs = discovery.find_params_item(checkpoint.path)
-    has_config = any((d / hf_lib.CONFIG_NAME).is_file() for d in config_dirs)
-    if not has_config and model is None:
-      raise CheckpointError(f"{checkpoint.path}: no config.json beside the checkpoint and no model configured "
-                            "(bind `evaluate.model`, e.g. include 'models/opt_tiny.gin' in the gin file)")
-    config, params = orbax_io.restore_orbax(checkpoint.path, config=None if has_config else model)
-  except CheckpointError:
-    raise
-  except Exception as e:  # pylint: disable=broad-except  Orbax and file errors of all kinds.
-    raise CheckpointError(f"{checkpoint.path}: cannot read the checkpoint ({type(e).__name__}: {e})") from e
-  scan = config.scan_layers
-  config = dataclasses.replace(config, **{**overrides, "scan_layers": scan})
-  return config, params

@@ -14,7 +14,6 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from optiml_jax import convert
 from optiml_jax.data import bench_config
 from optiml_jax.data import catalog
 from optiml_jax.data import registry
@@ -113,25 +112,6 @@ def test_select_tasks_by_level_pattern_and_benchmark_with_clear_errors():
   assert "kind 'lm'" in errors["pretraining:web"] and "no evaluation instances" in errors["sni:empty"]
   with pytest.raises(ValueError, match="unknown level"):
     evaluator.select_tasks(bench, ["level_four"])
-
-
-def test_load_checkpoint_with_config_json_with_the_configured_model_and_partial(model, tmp_path):
-  config, params = model
-  convert.save_orbax(params, tmp_path / "with_config", config)
-  loaded_config, loaded = evaluator.load_checkpoint(evaluator.Checkpoint(str(tmp_path / "with_config"), "orbax"),
-                                                    overrides={"dtype": "bfloat16"})
-  assert loaded_config.dtype == "bfloat16" and loaded_config.hidden_size == config.hidden_size
-  np.testing.assert_array_equal(jax.tree.leaves(loaded)[0], jax.tree.leaves(params)[0])
-  convert.save_orbax(params, tmp_path / "run" / "7")  # a trainer step: no config.json
-  bare = evaluator.Checkpoint(str(tmp_path / "run" / "7"), "orbax", 7)
-  with pytest.raises(evaluator.CheckpointError, match="no config.json .* no model configured"):
-    evaluator.load_checkpoint(bare)
-  assert evaluator.load_checkpoint(bare, model=config)[0].num_hidden_layers == config.num_hidden_layers
-  for path in (tmp_path / "run" / "7" / "params").rglob("*"):
-    if path.is_file() and path.name != "_METADATA":
-      path.unlink()
-  with pytest.raises(evaluator.CheckpointError, match="cannot read the checkpoint"):
-    evaluator.load_checkpoint(bare, model=config)
 
 
 def _validation(name, n):
