@@ -67,6 +67,7 @@ CONFIG_PACKAGES = {"optiml_jax.gin": "gin", "optiml_jax.tasks": "tasks"}
 CONSOLE_SCRIPTS = [
     "optiml-train = optiml_jax.train:main",
     "optiml-eval = optiml_jax.eval:main",
+    "optiml-answer = optiml_jax.answer:main",
     "optiml-bench = optiml_jax.bench:main",
     "optiml-plan = optiml_jax.plan:main",
     "optiml-convert = optiml_jax.convert:main",

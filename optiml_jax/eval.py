@@ -44,8 +44,11 @@ from optiml_jax import cli_logging
 from optiml_jax import gin_registry  # noqa: F401  (registers the configurables, @model_config, for gin)
 from optiml_jax import gin_utils
 from optiml_jax.checkpoints import discovery
+from optiml_jax.checkpoints import loading
+from optiml_jax.evaluation import batching
 from optiml_jax.evaluation import evaluator
 from optiml_jax.evaluation import report as report_lib
+from optiml_jax.evaluation import requests
 from optiml_jax.models import partitioning
 from optiml_jax.models import registry as model_registry
 
@@ -53,6 +56,8 @@ REQUIRED_MACROS = ("CHECKPOINT_PATH", "EVAL_OUTPUT_DIR")
 STEPS_FILE = "steps.json"
 _LOG = logging.getLogger(__name__)
 INFERENCES_DIR = "inferences"  # seqio JSONLogger output: inputs, targets, predictions or scores per Task
+REQUESTS_DIR = "requests"  # record_requests=True: the model calls of every task, to answer elsewhere
+ANSWERS = "answers"  # the format of a CHECKPOINT_PATH that is an answers folder (`python -m optiml_jax.answer`)
 
 
 class ConfigError(ValueError):
@@ -85,8 +90,12 @@ def _evaluate_checkpoint(checkpoint: evaluator.Checkpoint, specs: Sequence[evalu
                          out_dir: pathlib.Path, *, model: model_registry.ModelConfig | None, overrides: dict[str, Any],
                          mesh: jax.sharding.Mesh, batch_size: int, max_length: int | None, max_new_tokens: int,
                          length_normalize: bool, progress: bool, share_prompts: bool = True,
-                         vocabularies: Sequence[Any] = ()) -> report_lib.Report:
+                         vocabularies: Sequence[Any] = (), record_requests: bool = False) -> report_lib.Report:
   """Loads one checkpoint, evaluates every spec and returns its report (without baseline).
+
+  An answers folder (format ANSWERS) is evaluated from its answers (`requests.Replayer`); with `record_requests`
+  the model is not run: the specs' requests are recorded in `out_dir`/requests (`requests.Recorder`) and the
+  returned report's scores are placeholders, not to be written.
 
   `vocabularies`: those the specs' Tasks tokenize with; the model must embed all their ids, and greedy decoding
   stops at any of their EOS ids or the model config's own (`eos_token_id`, possibly several).
@@ -94,7 +103,17 @@ def _evaluate_checkpoint(checkpoint: evaluator.Checkpoint, specs: Sequence[evalu
   from optiml_jax.data import vocab  # pylint: disable=g-import-not-at-top
   from optiml_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
 
-  config, params = evaluator.load_checkpoint(checkpoint, model, overrides)
+  params = None
+  if checkpoint.format == ANSWERS:  # answered elsewhere (`python -m optiml_jax.answer`): the model's config only
+    answered = _answered_model(checkpoint.path)
+    try:
+      config = model_registry.config_from_hf(answered["config"])
+    except (KeyError, TypeError, ValueError) as e:
+      raise evaluator.CheckpointError(f"{checkpoint.path}: answers.json: unusable model config ({e})") from e
+  elif record_requests:  # no params needed: the requests are the same for every model of this tokenizer
+    config = loading.load_config(checkpoint, model, overrides)
+  else:
+    config, params = evaluator.load_checkpoint(checkpoint, model, overrides)
   # OPT's tokenizer is the fallback when the checkpoint carries none: a model whose config ends generations with
   # other ids was made for another tokenizer (Llama 3's 128256 rows cover OPT's ids, so no size check catches it).
   fallback = [v for v in vocabularies if getattr(v, "tokenizer_dir", None) == vocab.DEFAULT_TOKENIZER_DIR]
@@ -109,20 +128,31 @@ def _evaluate_checkpoint(checkpoint: evaluator.Checkpoint, specs: Sequence[evalu
   except ValueError as e:
     raise ConfigError(str(e)) from e
   eos_ids = tuple(dict.fromkeys([*(v.eos_id for v in vocabularies if v.eos_id is not None), *config.eos_ids]))
-  _LOG.info("evaluating %s (step %s): %d task variant(s)", checkpoint.path, checkpoint.step, len(specs))
+  _LOG.info("%s %s (step %s): %d task variant(s)", "recording the requests of" if record_requests else "evaluating",
+            checkpoint.path, checkpoint.step, len(specs))
+  scorer: Any
   try:
-    scorer = inference.Scorer(config, params, mesh=mesh, batch_size=batch_size, max_length=max_length,
-                              progress=progress, share_prompts=share_prompts, eos_ids=eos_ids)
-  except ValueError as e:  # max_length beyond the context, params that do not fit the model.
+    if checkpoint.format == ANSWERS:
+      scorer = requests.Replayer(checkpoint.path, eos_ids)
+    elif record_requests:
+      context = batching.context_length(model_registry.make_model(config), max_length)
+      scorer = requests.Recorder(out_dir / REQUESTS_DIR, context, eos_ids, settings.get("tokenizer_dir"))
+    else:
+      scorer = inference.Scorer(config, params, mesh=mesh, batch_size=batch_size, max_length=max_length,
+                                progress=progress, share_prompts=share_prompts, eos_ids=eos_ids)
+  except ValueError as e:  # max_length beyond the context, params that do not fit the model, unusable answers.
     raise ConfigError(f"{checkpoint.path}: {e}") from e
   del params
   if not 1 <= max_new_tokens < scorer.max_length:
     raise ConfigError(f"max_new_tokens={max_new_tokens} must be in [1, {scorer.max_length - 1}] (the context "
                       f"{scorer.max_length} minus one)")
-  log_dir = out_dir / INFERENCES_DIR if jax.process_index() == 0 else None
+  log_dir = out_dir / INFERENCES_DIR if jax.process_index() == 0 and not record_requests else None
   results = evaluator.evaluate_tasks(specs, scorer, max_new_tokens, length_normalize, log_dir, checkpoint.step)
   settings = dict(settings, max_length=scorer.max_length, inference=scorer.stats.as_dict())
-  return report_lib.build_report(list(results) + list(failed), _model_info(label, checkpoint, config), settings)
+  info = _model_info(label, checkpoint, config)
+  if checkpoint.format == ANSWERS:  # the model that answered, and where its answers are
+    info.update(answers=checkpoint.path, checkpoint=answered.get("checkpoint"), format=answered.get("format"))
+  return report_lib.build_report(list(results) + list(failed), info, settings)
 
 
 def _write(report: report_lib.Report, out_dir: pathlib.Path) -> None:
@@ -131,12 +161,34 @@ def _write(report: report_lib.Report, out_dir: pathlib.Path) -> None:
     print(f"\n{report_lib.summary_table(report)}\n\nreport: {out_dir}/{report_lib.REPORT_FILE}")
 
 
+def _find_checkpoints(path: str | pathlib.Path,
+                      steps: str | Sequence[int]) -> tuple[list[evaluator.Checkpoint], list[str]]:
+  """`evaluator.find_checkpoints`, and an answers folder as one checkpoint of format ANSWERS."""
+  if requests.is_answers_folder(path):
+    return [evaluator.Checkpoint(str(path), ANSWERS, _answered_model(path).get("step"))], []
+  return evaluator.find_checkpoints(path, steps)
+
+
+def _answered_model(path: str | pathlib.Path) -> dict[str, Any]:
+  try:
+    return requests.answered_model(path)
+  except requests.RequestsError as e:
+    raise evaluator.CheckpointError(str(e)) from e
+
+
+def _carried_tokenizer(path: str | pathlib.Path) -> pathlib.Path | None:
+  """The tokenizer folder a checkpoint path (or answers folder) carries, or None."""
+  if requests.is_answers_folder(path):
+    return requests.tokenizer_dir(path)
+  return evaluator.tokenizer_folder(path)
+
+
 def _baseline_report(baseline_path: str, evaluate_one, out_dir: pathlib.Path) -> report_lib.Report:
-  """An earlier evaluation's metrics.json, or a fresh evaluation of the baseline checkpoint."""
+  """An earlier evaluation's metrics.json, or a fresh evaluation of the baseline checkpoint (or answers)."""
   path = pathlib.Path(baseline_path)
   if (path / report_lib.METRICS_FILE).is_file() or path.name == report_lib.METRICS_FILE:
     return report_lib.load(path)
-  checkpoints, _ = evaluator.find_checkpoints(path, "latest")
+  checkpoints, _ = _find_checkpoints(path, "latest")
   report = evaluate_one(checkpoints[0], out_dir)
   _write(report, out_dir)
   return report
@@ -152,9 +204,9 @@ def _tokenizer_dir(explicit: str | None, checkpoint_path: str, baseline_path: st
   """
   if explicit:
     return explicit
-  found = evaluator.tokenizer_folder(checkpoint_path)
+  found = _carried_tokenizer(checkpoint_path)
   if baseline_path:
-    theirs = evaluator.tokenizer_folder(baseline_path)
+    theirs = _carried_tokenizer(baseline_path)
     if theirs is not None and not _same_tokenizer(found, theirs):
       ours = found or "none: OPT's"
       raise ConfigError(f"the baseline {baseline_path} carries another tokenizer ({theirs}) than {checkpoint_path} "
@@ -209,8 +261,13 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
              tokenizer_dir: str | None = None, dtype: str | None = None, mesh_shape: Sequence[int] = (-1, 1, 1),
              batch_size: int = 32, max_length: int | None = None, max_new_tokens: int = 256,
              length_normalize: bool = False, share_prompts: bool = True, label: str = "model",
-             baseline_label: str = "baseline", progress: bool = True, cache_dir: str | None = None) -> Summary:
+             baseline_label: str = "baseline", progress: bool = True, cache_dir: str | None = None,
+             record_requests: bool = False) -> Summary:
   """Evaluates the checkpoint(s) at `checkpoint_path` and writes the report into `eval_output_dir`.
+
+  With `record_requests`, writes instead the model calls of every task into `eval_output_dir`/requests, for
+  `python -m optiml_jax.answer` to answer on another machine (`evaluation/requests.py`); `checkpoint_path` then
+  only says which model config and tokenizer the requests are for, and no model is run.
 
   Args: see gin/eval.gin, where every binding is commented.
   """
@@ -224,10 +281,16 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
   catalog_dir = catalog_dir if catalog_dir is not None else cache_dir  # a cache holds a copy of its catalog
   if catalog_dir is None and tasks is None:
     raise ConfigError("nothing to evaluate: set CATALOG_DIR (the bench catalog) or TASKS (registered seqio Tasks)")
-  checkpoints, problems = evaluator.find_checkpoints(checkpoint_path, checkpoint_steps)
+  if record_requests and baseline_path:
+    raise ConfigError("evaluate.record_requests: the requests serve every model of the tokenizer; unset "
+                      "BASELINE_PATH and answer them once per model")
+  checkpoints, problems = _find_checkpoints(checkpoint_path, checkpoint_steps)
+  if record_requests:
+    checkpoints = checkpoints[-1:]  # one model says which config and tokenizer the requests are for
   # 'latest' of a MODEL_DIR: older committed steps stand in, newest first, if the latest cannot be read.
   older: list[evaluator.Checkpoint] = []
-  if checkpoint_steps == "latest" and discovery.kind_of(checkpoint_path) == discovery.MODEL_DIR:
+  if (checkpoint_steps == "latest" and checkpoints[0].format != ANSWERS and
+      discovery.kind_of(checkpoint_path) == discovery.MODEL_DIR):
     every, _ = evaluator.find_checkpoints(checkpoint_path, "all")
     older = [c for c in reversed(every) if c.step != checkpoints[0].step]
   for problem in problems:
@@ -281,9 +344,11 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
     return _evaluate_checkpoint(checkpoint, specs, failed, name, settings, target, model=model, overrides=overrides,
                                 mesh=mesh, batch_size=batch_size, max_length=max_length, max_new_tokens=max_new_tokens,
                                 length_normalize=length_normalize, progress=progress, share_prompts=share_prompts,
-                                vocabularies=vocabularies)
+                                vocabularies=vocabularies, record_requests=record_requests)
 
   out = pathlib.Path(eval_output_dir)
+  if record_requests:
+    return _record(evaluate_one(checkpoints[0], out), out, problems)
   baseline = None
   if baseline_path:
     baseline = _baseline_report(baseline_path, lambda c, t: evaluate_one(c, t, baseline_label), out / "baseline")
@@ -325,6 +390,20 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
   all_results = [r for rep in reports.values() for t in rep["tasks"].values() for r in t["shots"].values()]
   return Summary(outputs=outputs, evaluated=sum(1 for r in all_results if r["error"] is None),
                  failed=sum(1 for r in all_results if r["error"] is not None), problems=problems)
+
+
+def _record(report: report_lib.Report, out: pathlib.Path, problems: list[str]) -> Summary:
+  """What a recording run reports: the requests folder, and the tasks that could not be recorded."""
+  results = [r for t in report["tasks"].values() for r in t["shots"].values()]
+  failed = [r for r in results if r["error"] is not None]
+  for result in failed:
+    print(f"warning: {result['task']} ({result['shots']}-shot) not recorded: {result['error']}", file=sys.stderr)
+  folder = out / REQUESTS_DIR
+  count = len(requests.recorded(folder)) if folder.is_dir() else 0
+  print(f"\n{count} request(s) of {len(results) - len(failed)} task variant(s) recorded in {folder}; answer them with "
+        f"`python -m optiml_jax.answer {folder} --checkpoint MODEL --out ANSWERS_DIR`, then pass ANSWERS_DIR as "
+        "CHECKPOINT_PATH (or BASELINE_PATH)")
+  return Summary(outputs=[str(folder)], evaluated=len(results) - len(failed), failed=len(failed), problems=problems)
 
 
 def parse_flags(argv: Sequence[str]) -> argparse.Namespace:

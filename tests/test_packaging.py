@@ -26,6 +26,7 @@ SOURCES = ("setup.py", "README.md", "optiml_jax", "gin", "tasks")  # what setup.
 CONSOLE_SCRIPTS = {
     "optiml-train": "optiml_jax.train:main",
     "optiml-eval": "optiml_jax.eval:main",
+    "optiml-answer": "optiml_jax.answer:main",
     "optiml-bench": "optiml_jax.bench:main",
     "optiml-plan": "optiml_jax.plan:main",
     "optiml-convert": "optiml_jax.convert:main",
@@ -33,7 +34,7 @@ CONSOLE_SCRIPTS = {
     "optiml-reproduce": "optiml_jax.reproduce:main",
 }
 # Entry points that users who only train, evaluate, build the bench or plan run: none may import torch.
-NO_TORCH_MODULES = ("optiml_jax.train", "optiml_jax.eval", "optiml_jax.bench", "optiml_jax.plan",
+NO_TORCH_MODULES = ("optiml_jax.train", "optiml_jax.eval", "optiml_jax.answer", "optiml_jax.bench", "optiml_jax.plan",
                     "optiml_jax.quickstart", "optiml_jax.reproduce", "optiml_jax.convert")
 # Five steps of the quickstart configuration: warmup must end before the last step.
 FIVE_STEPS = ["--gin.TRAIN_STEPS=5", "--gin.OptimizerArgs.warmup_steps=1"]

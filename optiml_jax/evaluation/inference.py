@@ -292,6 +292,29 @@ def row_from_features(index: int, features: Mapping[str, np.ndarray], group: Has
                   np.asarray(features["decoder_loss_weights"][:n], np.float32), group)
 
 
+def score_rows_of(dataset: Any) -> tuple[list[int], list[ScoreRow]]:
+  """(indices, rows) of a seqio `score_fn`'s enumerated model dataset: one ScoreRow per example, padding
+  removed; consecutive examples with the same prompt (rank classification's one row per option) share a group."""
+  indices, rows, previous, group = [], [], None, -1
+  for index, features in _examples(dataset):
+    key = np.asarray(features["decoder_input_tokens"][:prompt_length(index, features)]).tobytes()
+    if key != previous:
+      group, previous = group + 1, key
+    indices.append(index)
+    rows.append(row_from_features(index, features, group))
+  return indices, rows
+
+
+def prompts_of(dataset: Any) -> tuple[list[int], list[np.ndarray]]:
+  """(indices, prompts) of a seqio `predict_fn`'s enumerated model dataset: the tokens each example's greedy
+  decoding starts from (`prompt_length`), int32."""
+  indices, prompts = [], []
+  for index, features in _examples(dataset):
+    indices.append(index)
+    prompts.append(np.asarray(features["decoder_input_tokens"][:prompt_length(index, features)], np.int32))
+  return indices, prompts
+
+
 def make_score_fn(model: nn.Module, params: Any, *, length_normalize: bool = False,
                   batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None,
                   mesh: jax.sharding.Mesh | None = None, stats: InferenceStats | None = None, progress: bool = True,
@@ -305,13 +328,7 @@ def make_score_fn(model: nn.Module, params: Any, *, length_normalize: bool = Fal
 
   def score_fn(dataset: Any, model_feature_shapes: Mapping[str, Any] | None = None) -> IndexedResult:
     del model_feature_shapes  # Shapes come from the examples themselves (bucketed).
-    indices, rows, previous, group = [], [], None, -1
-    for index, features in _examples(dataset):
-      key = np.asarray(features["decoder_input_tokens"][:prompt_length(index, features)]).tobytes()
-      if key != previous:
-        group, previous = group + 1, key
-      indices.append(index)
-      rows.append(row_from_features(index, features, group))
+    indices, rows = score_rows_of(dataset)
     scores = score_rows(model, params, rows, length_normalize, batch_size=batch_size, max_length=max_length, mesh=mesh,
                         stats=stats, progress=progress, share_prompts=share_prompts)
     return list(zip(indices, scores))
@@ -331,20 +348,24 @@ def make_predict_fn(model: nn.Module, params: Any, *, max_new_tokens: int = DEFA
   decoding); put the tokenizer's EOS first so that the padding is the one its `decode` stops at.
   """
   params = place_params(model, params, mesh)
-  fill = decoding.eos_tuple(eos_id)[0]
 
   def predict_fn(dataset: Any, model_feature_shapes: Mapping[str, Any] | None = None) -> IndexedResult:
     del model_feature_shapes
-    indices, prompts = [], []
-    for index, features in _examples(dataset):
-      indices.append(index)
-      prompts.append(np.asarray(features["decoder_input_tokens"][:prompt_length(index, features)], np.int32))
+    indices, prompts = prompts_of(dataset)
     outputs = greedy_decode(model, params, prompts, max_new_tokens, eos_id, batch_size=batch_size,
                             max_length=max_length, mesh=mesh, stats=stats, progress=progress)
-    padded = [np.asarray(list(out) + [fill] * (max_new_tokens - len(out)), np.int32) for out in outputs]
-    return list(zip(indices, padded))
+    return list(zip(indices, fixed_length(outputs, max_new_tokens, eos_id)))
 
   return predict_fn
+
+
+def fixed_length(outputs: Sequence[Sequence[int]], max_new_tokens: int, eos_id: int | Sequence[int]) -> np.ndarray:
+  """Greedy outputs as t5x returns them: int32 [n, max_new_tokens], each padded with the first EOS id."""
+  fill = decoding.eos_tuple(eos_id)[0]
+  out = np.full((len(outputs), max_new_tokens), fill, np.int32)
+  for i, tokens in enumerate(outputs):
+    out[i, :len(tokens)] = tokens
+  return out
 
 
 class Scorer:

@@ -1,0 +1,112 @@
+r"""Entry point: `python -m optiml_jax.answer REQUESTS_DIR --checkpoint PATH --out ANSWERS_DIR`.
+
+Answers recorded evaluation requests with a model, without TensorFlow, seqio or gin: the half of an evaluation
+that needs the accelerator, for a machine whose image has jax and flax only (`evaluation/requests.py`).
+
+  1. where seqio runs:  python -m optiml_jax.eval --gin_file=eval.gin --gin.CHECKPOINT_PATH=MODEL \
+                            --gin.EVAL_OUTPUT_DIR=REC --gin.CATALOG_DIR=CATALOG --gin.SHOTS=[0,5] \
+                            --gin.evaluate.record_requests=True             -> REC/requests/
+  2. on the accelerator: python -m optiml_jax.answer REC/requests --checkpoint MODEL --out ANSWERS \
+                            --dtype bfloat16                                 -> ANSWERS/
+  3. where seqio runs:  python -m optiml_jax.eval ... --gin.CHECKPOINT_PATH=ANSWERS --gin.EVAL_OUTPUT_DIR=OUT
+                            [--gin.BASELINE_PATH=BASE_ANSWERS]               -> OUT/metrics.json, report.md
+
+CHECKPOINT_PATH is any checkpoint `python -m optiml_jax.eval` reads (a Hugging Face folder, a `convert` folder, a
+trainer's MODEL_DIR: its latest step, or a step folder). One request is answered after another and the answers
+folder records each as it is written: rerunning the command after an interruption answers the rest.
+
+Exit status: 0 when every request is answered; 1 when the checkpoint cannot be read; 2 when the requests folder,
+the answers folder or a setting cannot be used (the message names it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+import jax
+
+from optiml_jax import cli_logging
+from optiml_jax.checkpoints import discovery
+from optiml_jax.checkpoints import loading
+from optiml_jax.evaluation import inference
+from optiml_jax.evaluation import requests
+from optiml_jax.models import partitioning
+
+
+def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog="python -m optiml_jax.answer", description=__doc__.splitlines()[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("requests_dir", help="a requests folder (`python -m optiml_jax.eval ... record_requests=True`)")
+  parser.add_argument("--checkpoint", required=True, help="the model: a checkpoint path as CHECKPOINT_PATH takes")
+  parser.add_argument("--out", required=True, help="the answers folder (created; an interrupted run's is resumed)")
+  parser.add_argument("--dtype", default=None, help="compute dtype, e.g. bfloat16 on accelerators (default: the "
+                      "checkpoint's)")
+  parser.add_argument("--batch_size", type=int, default=inference.DEFAULT_BATCH_SIZE,
+                      help="rows per batch (scoring: prompt + one option; decoding: one prompt)")
+  parser.add_argument("--max_length", type=int, default=None, help="context in tokens (default: the model's)")
+  parser.add_argument("--mesh_shape", default="-1,1,1", help="data,fsdp,tensor sizes of the device mesh")
+  parser.add_argument("--no_share_prompts", action="store_true",
+                      help="score each option as a full row instead of sharing its prompt's computation")
+  parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+  parser.add_argument("--log_file", default=None,
+                      help="where library tracebacks go (default: $TMPDIR/optiml_jax/answer-<time>-<pid>.log)")
+  parser.add_argument("--debug", action="store_true", help="print library tracebacks on the screen too")
+  return parser.parse_args(argv)
+
+
+def _mesh_shape(text: str) -> tuple[int, int, int]:
+  try:
+    data, fsdp, tensor = (int(x) for x in text.split(","))
+  except ValueError as e:
+    raise ValueError(f"--mesh_shape: expected three integers data,fsdp,tensor, got {text!r}") from e
+  return data, fsdp, tensor
+
+
+def run(args: argparse.Namespace) -> dict:
+  """Loads the model and answers every request; returns answers.json's content."""
+  checkpoints, problems = discovery.find_checkpoints(args.checkpoint, "latest")
+  for problem in problems:
+    print(f"warning: {problem}", file=sys.stderr)
+  checkpoint = checkpoints[0]
+  if not requests.recorded(args.requests_dir):  # said before the model is read
+    raise requests.RequestsError(f"{args.requests_dir}: no requests recorded here (no {requests.REQUESTS_FILE}); "
+                                 "record them with `python -m optiml_jax.eval ... --gin.evaluate.record_requests=True`")
+  overrides = {"dtype": args.dtype} if args.dtype else {}
+  config, params = loading.load_checkpoint(checkpoint, overrides=overrides)
+  mesh = partitioning.make_mesh(*_mesh_shape(args.mesh_shape))
+  scorer = inference.Scorer(config, params, mesh=mesh, batch_size=args.batch_size, max_length=args.max_length,
+                            progress=not args.no_progress, share_prompts=not args.no_share_prompts)
+  del params
+  model = {
+      "checkpoint": checkpoint.path,
+      "step": checkpoint.step,
+      "format": checkpoint.format,
+      "config": config.to_hf()
+  }
+  print(
+      f"answering with {checkpoint.path} (step {checkpoint.step}, {config.num_params() / 1e6:.0f}M parameters, "
+      f"{config.dtype}) on {jax.devices()[0].platform}", flush=True)
+  state = requests.answer(args.requests_dir, scorer, args.out, model, log=lambda line: print(line, flush=True))
+  print(f"{len(state['answers'])} answer(s) in {args.out}: evaluate them with `python -m optiml_jax.eval ... "
+        f"--gin.CHECKPOINT_PATH={args.out}`; inference: {scorer.stats.as_dict()}")
+  return state
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = parse_flags(sys.argv[1:] if argv is None else argv)
+  with cli_logging.session("answer", args.log_file, args.debug) as log:
+    try:
+      run(args)
+    except discovery.CheckpointError as e:
+      log.report(e)
+      return 1
+    except ValueError as e:  # RequestsError, a setting (mesh, max_length) that cannot be used
+      print(f"error: {e}", file=sys.stderr)
+      return 2
+  return 0
+
+
+if __name__ == "__main__":
+  cli_logging.run_quietly(main)

@@ -1,0 +1,397 @@
+"""Evaluation over two machines: requests recorded where seqio runs, answered where the model runs.
+
+Where it sits: at the seam between `seqio.Evaluator` (`evaluator.py`) and the model (`inference.py`). The
+evaluator hands a scorer's `score_fn` / `predict_fn` the enumerated model dataset of each Task; here
+
+  Recorder   records each call's rows (scoring) or prompts (greedy decoding) as a request and answers with
+             placeholders: `python -m optiml_jax.eval ... --gin.evaluate.record_requests=True` on a machine with
+             TensorFlow and seqio, no accelerator needed -> EVAL_OUTPUT_DIR/requests/;
+  answer     runs a model on every request (`inference.score_rows`, `greedy_decode`) without TensorFlow, seqio
+             or gin: `python -m optiml_jax.answer REQUESTS_DIR --checkpoint PATH --out ANSWERS_DIR` where the
+             accelerator is (an image with jax and flax only);
+  Replayer   answers each call from ANSWERS_DIR: `python -m optiml_jax.eval` with CHECKPOINT_PATH (or
+             BASELINE_PATH) the answers folder, back where seqio runs; metrics, report and inference logs are
+             those of a direct evaluation of the answering model.
+
+A request is found again by its digest (`digest`): sha256 of its kind, its settings (length_normalize; or
+max_new_tokens and the EOS ids) and its tokens. The replaying evaluator (same catalog, tokenizer, shots and
+instances) thus asks exactly what was recorded; a request that changed finds no answer and its task fails with
+a message naming the answers folder.
+
+  REQUESTS_DIR/requests.json      {"format_version", "requests": {digest: {"kind", "examples", "settings"}}}
+  REQUESTS_DIR/<digest>.npz       score: inputs, targets, weights (concatenated rows), lengths, groups;
+                                  predict: prompts (concatenated), lengths
+  REQUESTS_DIR/<tokenizer files>  the tokenizer the Tasks were tokenized with (none: OPT's, shipped)
+  ANSWERS_DIR/answers.json        {"format_version", "model": {checkpoint, step, format, config}, "settings",
+                                   "answers": {digest: {"kind", "stats"}}}, rewritten after every request
+  ANSWERS_DIR/<digest>.npz        score: scores float64 [n]; predict: tokens int32 [n, max_new_tokens]
+  ANSWERS_DIR/<tokenizer files>   copied from REQUESTS_DIR, so the folder names its tokenizer as a checkpoint does
+
+Every file is written under a temporary name and renamed into place; an interrupted `answer` resumes at the
+first request that answers.json does not list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+import time
+from typing import Any, Callable, Mapping, Sequence
+import zipfile
+
+import numpy as np
+
+from optiml_jax.checkpoints import discovery
+from optiml_jax.data import special_tokens
+from optiml_jax.evaluation import decoding
+from optiml_jax.evaluation import inference
+
+FORMAT_VERSION = 1
+REQUESTS_FILE = "requests.json"
+ANSWERS_FILE = "answers.json"
+SCORE, PREDICT = "score", "predict"
+# The tokenizer files a requests folder carries (those of a Hugging Face folder's tokenizer).
+TOKENIZER_FILES = (discovery.TOKENIZER_JSON, *discovery.BPE_FILES, "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "tokenizer.model")
+
+Path = str | os.PathLike
+
+
+class RequestsError(ValueError):
+  """A requests or answers folder that cannot be used as asked; the message names it and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """One `score_fn` or `predict_fn` call of the evaluator: its kind, settings and token arrays."""
+
+  kind: str  # SCORE or PREDICT
+  settings: Mapping[str, Any]  # score: {"length_normalize"}; predict: {"max_new_tokens", "eos_ids"}
+  arrays: Mapping[str, np.ndarray]  # see the module docstring
+
+  @property
+  def examples(self) -> int:
+    return int(self.arrays["lengths"].size)
+
+
+def score_request(rows: Sequence[inference.ScoreRow], length_normalize: bool) -> Request:
+  """The request of scoring `rows` (`inference.score_rows_of`): their arrays concatenated, groups numbered."""
+  groups: dict[Any, int] = {}
+  return Request(SCORE, {"length_normalize": bool(length_normalize)}, {
+      "inputs": _concat([r.inputs for r in rows], np.int32),
+      "targets": _concat([r.targets for r in rows], np.int32),
+      "weights": _concat([r.weights for r in rows], np.float32),
+      "lengths": np.asarray([len(r.inputs) for r in rows], np.int64),
+      "groups": np.asarray([groups.setdefault(r.group, len(groups)) for r in rows], np.int64),
+  })
+
+
+def predict_request(prompts: Sequence[np.ndarray], max_new_tokens: int, eos_ids: Sequence[int]) -> Request:
+  """The request of greedy decoding from `prompts` (`inference.prompts_of`)."""
+  return Request(PREDICT, {
+      "max_new_tokens": int(max_new_tokens),
+      "eos_ids": [int(i) for i in eos_ids]
+  }, {
+      "prompts": _concat(prompts, np.int32),
+      "lengths": np.asarray([len(p) for p in prompts], np.int64)
+  })
+
+
+def _concat(arrays: Sequence[Any], dtype: Any) -> np.ndarray:
+  return np.concatenate([np.asarray(a, dtype).reshape(-1) for a in arrays]) if arrays else np.zeros(0, dtype)
+
+
+def _split(flat: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+  return np.split(flat, np.cumsum(lengths)[:-1]) if lengths.size else []
+
+
+def score_rows_of_request(request: Request) -> list[inference.ScoreRow]:
+  a = request.arrays
+  return [
+      inference.ScoreRow(x, y, w, int(g))
+      for x, y, w, g in zip(_split(a["inputs"], a["lengths"]), _split(a["targets"], a["lengths"]),
+                            _split(a["weights"], a["lengths"]), a["groups"])
+  ]
+
+
+def prompts_of_request(request: Request) -> list[np.ndarray]:
+  return _split(request.arrays["prompts"], request.arrays["lengths"])
+
+
+def digest(request: Request) -> str:
+  """sha256 of the request's kind, settings and arrays (names, dtypes, shapes, little-endian bytes)."""
+  h = hashlib.sha256(json.dumps({"kind": request.kind, "settings": dict(request.settings)}, sort_keys=True).encode())
+  for name in sorted(request.arrays):
+    array = np.ascontiguousarray(request.arrays[name])
+    h.update(f"{name}:{array.dtype.newbyteorder('<').str}:{array.shape}".encode())
+    h.update(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+  return h.hexdigest()[:32]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Files: written under a temporary name, renamed into place.
+
+
+def _write_npz(path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -> None:
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+  with os.fdopen(fd, "wb") as f:
+    # numpy's stub types savez's keyword arrays as its `allow_pickle` flag.
+    np.savez(f, **dict(arrays))  # type: ignore[arg-type]
+  os.replace(tmp, path)
+
+
+def _write_json(path: pathlib.Path, value: Any) -> None:
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+  with os.fdopen(fd, "w", encoding="utf-8") as f:
+    json.dump(value, f, indent=1, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def _read_json(path: pathlib.Path, what: str) -> dict[str, Any]:
+  try:
+    value = json.loads(path.read_text(encoding="utf-8"))
+  except FileNotFoundError as e:
+    raise RequestsError(f"{path.parent}: not {what} (no {path.name})") from e
+  except (OSError, ValueError) as e:
+    raise RequestsError(f"{path}: unreadable ({e})") from e
+  if not isinstance(value, dict) or value.get("format_version") != FORMAT_VERSION:
+    raise RequestsError(f"{path}: format {value.get('format_version') if isinstance(value, dict) else None!r}, this "
+                        f"version reads {FORMAT_VERSION}")
+  return value
+
+
+def _read_npz(path: pathlib.Path, names: Sequence[str]) -> dict[str, np.ndarray]:
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      missing = [n for n in names if n not in data.files]
+      if missing:
+        raise RequestsError(f"{path}: no array {missing[0]!r} (expected {', '.join(names)})")
+      return {n: data[n] for n in names}
+  except FileNotFoundError as e:
+    raise RequestsError(f"{path}: missing (the folder was copied incompletely?)") from e
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # cut short, not an .npz
+    raise RequestsError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+
+
+REQUEST_ARRAYS = {SCORE: ("inputs", "targets", "weights", "lengths", "groups"), PREDICT: ("prompts", "lengths")}
+
+
+def copy_tokenizer(source: Path | None, target: Path) -> list[str]:
+  """Copies the tokenizer files of folder `source` (none: OPT's, shipped) into `target`; returns their names."""
+  if source is None:
+    return []
+  names = [n for n in TOKENIZER_FILES if (pathlib.Path(source) / n).is_file()]
+  for name in names:
+    shutil.copyfile(pathlib.Path(source) / name, pathlib.Path(target) / name)
+  return names
+
+
+def tokenizer_dir(folder: Path) -> pathlib.Path | None:
+  """`folder` when it holds tokenizer files (a requests or answers folder made with a tokenizer), else None."""
+  folder = pathlib.Path(folder)
+  return folder if special_tokens.is_tokenizer_folder(folder) else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Recording.
+
+
+class Recorder:
+  """A scorer for `evaluator.evaluate_tasks` that records each call as a request in `out_dir` and answers with
+  placeholders (scores 0, predictions of EOS only), so the seqio evaluation runs through without a model.
+
+  `max_length` is the context the answering model will have (the recording side's checks use it); `eos_ids` end
+  a greedy decoding (recorded in each predict request).
+  """
+
+  def __init__(self, out_dir: Path, max_length: int, eos_ids: Sequence[int], tokenizer_folder: Path | None = None):
+    self.out_dir = pathlib.Path(out_dir)
+    self.out_dir.mkdir(parents=True, exist_ok=True)
+    self.max_length = max_length
+    self.eos_ids = tuple(int(i) for i in eos_ids)
+    self.stats = inference.InferenceStats()
+    self.index = recorded(self.out_dir)
+    copy_tokenizer(tokenizer_folder, self.out_dir)
+
+  def record(self, request: Request) -> str:
+    """Writes the request (once; a request recorded before is kept) and lists it in requests.json."""
+    key = digest(request)
+    if key not in self.index:
+      _write_npz(self.out_dir / f"{key}.npz", request.arrays)
+      self.index[key] = {"kind": request.kind, "examples": request.examples, "settings": dict(request.settings)}
+      _write_json(self.out_dir / REQUESTS_FILE, {"format_version": FORMAT_VERSION, "requests": self.index})
+    return key
+
+  def score_fn(self, length_normalize: bool = False) -> Callable[..., inference.IndexedResult]:
+
+    def score_fn(dataset: Any, model_feature_shapes: Mapping[str, Any] | None = None) -> inference.IndexedResult:
+      del model_feature_shapes
+      indices, rows = inference.score_rows_of(dataset)
+      self.record(score_request(rows, length_normalize))
+      return [(i, 0.0) for i in indices]
+
+    return score_fn
+
+  def predict_fn(self, max_new_tokens: int = inference.DEFAULT_MAX_NEW_TOKENS,
+                 eos_id: int | Sequence[int] | None = None) -> Callable[..., inference.IndexedResult]:
+    eos = self.eos_ids if eos_id is None else decoding.eos_tuple(eos_id)
+
+    def predict_fn(dataset: Any, model_feature_shapes: Mapping[str, Any] | None = None) -> inference.IndexedResult:
+      del model_feature_shapes
+      indices, prompts = inference.prompts_of(dataset)
+      self.record(predict_request(prompts, max_new_tokens, eos))
+      return list(zip(indices, inference.fixed_length([[]] * len(prompts), max_new_tokens, eos)))
+
+    return predict_fn
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Answering (no TensorFlow, seqio or gin).
+
+
+def load_request(requests_dir: Path, key: str, entry: Mapping[str, Any]) -> Request:
+  kind = entry.get("kind")
+  if kind not in REQUEST_ARRAYS:
+    raise RequestsError(f"{requests_dir}/{REQUESTS_FILE}: request {key} has kind {kind!r}, expected {SCORE!r} or "
+                        f"{PREDICT!r}")
+  request = Request(kind, dict(entry.get("settings") or {}),
+                    _read_npz(pathlib.Path(requests_dir) / f"{key}.npz", REQUEST_ARRAYS[kind]))
+  if digest(request) != key:
+    raise RequestsError(f"{requests_dir}/{key}.npz: its content does not match its digest (a damaged or edited file); "
+                        "record the requests again")
+  return request
+
+
+def answer_request(request: Request, scorer: inference.Scorer) -> dict[str, np.ndarray]:
+  """The model's answer to one request: {"scores"} or {"tokens"} (int32 [n, max_new_tokens])."""
+  if request.kind == SCORE:
+    rows = score_rows_of_request(request)
+    scores = inference.score_rows(scorer.model, scorer.params, rows, bool(request.settings["length_normalize"]),
+                                  share_prompts=scorer.share_prompts, **_settings(scorer))
+    return {"scores": np.asarray(scores, np.float64)}
+  max_new_tokens = int(request.settings["max_new_tokens"])
+  eos_ids = tuple(request.settings["eos_ids"]) or scorer.eos_ids
+  outputs = inference.greedy_decode(scorer.model, scorer.params, prompts_of_request(request), max_new_tokens, eos_ids,
+                                    **_settings(scorer))
+  return {"tokens": inference.fixed_length(outputs, max_new_tokens, eos_ids)}
+
+
+def _settings(scorer: inference.Scorer) -> dict[str, Any]:
+  return dict(batch_size=scorer.batch_size, max_length=scorer.max_length, mesh=scorer.mesh, stats=scorer.stats,
+              progress=scorer.progress)
+
+
+def answer(requests_dir: Path, scorer: inference.Scorer, out_dir: Path, model: Mapping[str, Any],
+           log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Answers every request of `requests_dir` with `scorer`'s model into `out_dir`; returns answers.json's content.
+
+  `model`: what answers.json records of the model ({"checkpoint", "step", "format", "config"}: the Hugging Face
+  config dict, from which the replaying evaluator rebuilds the model's config). Requests already answered in
+  `out_dir` by the same model are skipped (an interrupted run resumes); another model's answers there are refused.
+  """
+  requests_dir, out_dir = pathlib.Path(requests_dir), pathlib.Path(out_dir)
+  index = _read_json(
+      requests_dir / REQUESTS_FILE, "a requests folder (record one with `python -m optiml_jax.eval "
+      "... --gin.evaluate.record_requests=True`)")["requests"]
+  out_dir.mkdir(parents=True, exist_ok=True)
+  settings = {"batch_size": scorer.batch_size, "max_length": scorer.max_length, "share_prompts": scorer.share_prompts}
+  answered: dict[str, Any] = {}
+  state = {"format_version": FORMAT_VERSION, "model": dict(model), "settings": settings, "answers": answered}
+  if (out_dir / ANSWERS_FILE).is_file():
+    earlier = _read_json(out_dir / ANSWERS_FILE, "an answers folder")
+    if earlier.get("model") != state["model"]:
+      raise RequestsError(f"{out_dir}: holds the answers of another model ({earlier.get('model', {}).get('checkpoint')}"
+                          f"); answer into an empty folder")
+    answered.update(earlier.get("answers") or {})
+  copy_tokenizer(tokenizer_dir(requests_dir), out_dir)
+  todo = [k for k in sorted(index) if k not in answered]
+  log(f"{len(index)} request(s) in {requests_dir}, {len(index) - len(todo)} answered before")
+  for i, key in enumerate(todo):
+    request = load_request(requests_dir, key, index[key])
+    before = dataclasses.replace(scorer.stats)
+    start = time.time()
+    arrays = answer_request(request, scorer)
+    _write_npz(out_dir / f"{key}.npz", arrays)
+    stats = {k: v - getattr(before, k) for k, v in scorer.stats.as_dict().items()}
+    answered[key] = {"kind": request.kind, "examples": request.examples, "stats": stats}
+    _write_json(out_dir / ANSWERS_FILE, state)
+    log(f"[{i + 1}/{len(todo)}] {request.kind} {key}: {request.examples} example(s), {time.time() - start:.1f} s")
+  _write_json(out_dir / ANSWERS_FILE, state)
+  return state
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Replaying.
+
+
+def is_answers_folder(path: Path) -> bool:
+  return (pathlib.Path(path) / ANSWERS_FILE).is_file()
+
+
+def answered_model(answers_dir: Path) -> dict[str, Any]:
+  """answers.json's record of the model that answered: {"checkpoint", "step", "format", "config"}."""
+  model = _read_json(pathlib.Path(answers_dir) / ANSWERS_FILE, "an answers folder")["model"]
+  if not isinstance(model, dict):
+    raise RequestsError(f"{answers_dir}/{ANSWERS_FILE}: 'model' is not an object")
+  return model
+
+
+def recorded(requests_dir: Path) -> dict[str, Any]:
+  """requests.json's requests: {digest: {"kind", "examples", "settings"}} ({} for a folder without requests)."""
+  path = pathlib.Path(requests_dir) / REQUESTS_FILE
+  return _read_json(path, "a requests folder")["requests"] if path.is_file() else {}
+
+
+class Replayer:
+  """A scorer for `evaluator.evaluate_tasks` that answers each call from an answers folder (`answer`'s).
+
+  `eos_ids`: as the Recorder's (a predict request's digest covers them). Its `stats` add up the answering run's
+  counters of the requests it replays (truncated prompts, tokens, seconds, ...).
+  """
+
+  def __init__(self, answers_dir: Path, eos_ids: Sequence[int]):
+    self.answers_dir = pathlib.Path(answers_dir)
+    self.state = _read_json(self.answers_dir / ANSWERS_FILE, "an answers folder (`python -m optiml_jax.answer`)")
+    self.max_length = int(self.state["settings"]["max_length"])
+    self.eos_ids = tuple(int(i) for i in eos_ids)
+    self.stats = inference.InferenceStats()
+
+  def _answer(self, request: Request, name: str) -> np.ndarray:
+    key = digest(request)
+    entry = self.state["answers"].get(key)
+    if entry is None:
+      raise RequestsError(
+          f"{self.answers_dir}: no answer to this {request.kind} request ({request.examples} example(s), digest {key}):"
+          " the requests were recorded with other tasks, instances, shots, tokenizer or settings, or answering "
+          "stopped before it; record and answer them again")
+    for field, value in entry.get("stats", {}).items():
+      setattr(self.stats, field, getattr(self.stats, field) + value)
+    return _read_npz(self.answers_dir / f"{key}.npz", (name,))[name]
+
+  def score_fn(self, length_normalize: bool = False) -> Callable[..., inference.IndexedResult]:
+
+    def score_fn(dataset: Any, model_feature_shapes: Mapping[str, Any] | None = None) -> inference.IndexedResult:
+      del model_feature_shapes
+      indices, rows = inference.score_rows_of(dataset)
+      scores = self._answer(score_request(rows, length_normalize), "scores")
+      return [(i, float(s)) for i, s in zip(indices, scores)]
+
+    return score_fn
+
+  def predict_fn(self, max_new_tokens: int = inference.DEFAULT_MAX_NEW_TOKENS,
+                 eos_id: int | Sequence[int] | None = None) -> Callable[..., inference.IndexedResult]:
+    eos = self.eos_ids if eos_id is None else decoding.eos_tuple(eos_id)
+
+    def predict_fn(dataset: Any, model_feature_shapes: Mapping[str, Any] | None = None) -> inference.IndexedResult:
+      del model_feature_shapes
+      indices, prompts = inference.prompts_of(dataset)
+      tokens = self._answer(predict_request(prompts, max_new_tokens, eos), "tokens")
+      return list(zip(indices, tokens))
+
+    return predict_fn

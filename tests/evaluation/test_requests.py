@@ -1,0 +1,89 @@
+"""Tests of optiml_jax.evaluation.requests: a request's digest, its files, and replaying answers.
+
+The whole two-machine flow (record with seqio, answer without TensorFlow, replay) is tested end to end in
+tests/test_answer_cli.py; here, the pieces it relies on.
+"""
+
+import numpy as np
+import pytest
+
+from optiml_jax.evaluation import inference
+from optiml_jax.evaluation import requests
+
+
+def _rows():
+  tokens = [np.array([5, 6, 7, 8], np.int32), np.array([5, 6, 9], np.int32), np.array([3, 4, 4], np.int32)]
+  rows = []
+  for group, t in zip(("a", "a", "b"), tokens):
+    weights = np.zeros(len(t) - 1, np.float32)
+    weights[1:] = 1.0
+    rows.append(inference.ScoreRow(t[:-1], t[1:], weights, group))
+  return rows
+
+
+def test_a_score_request_gives_back_its_rows_with_groups_numbered_in_order():
+  request = requests.score_request(_rows(), length_normalize=True)
+  assert request.examples == 3
+  back = requests.score_rows_of_request(request)
+  for got, want in zip(back, _rows()):
+    np.testing.assert_array_equal(got.inputs, want.inputs)
+    np.testing.assert_array_equal(got.targets, want.targets)
+    np.testing.assert_array_equal(got.weights, want.weights)
+  assert [r.group for r in back] == [0, 0, 1]
+  prompts = [np.array([1, 2, 3], np.int32), np.array([4], np.int32)]
+  request = requests.predict_request(prompts, 8, [2, 0])
+  assert [p.tolist() for p in requests.prompts_of_request(request)] == [[1, 2, 3], [4]]
+
+
+def test_the_digest_covers_kind_settings_and_every_token_but_not_group_labels():
+  base = requests.digest(requests.score_request(_rows(), False))
+  relabelled = [r._replace(group={"a": 7, "b": 3}[r.group]) for r in _rows()]
+  assert requests.digest(requests.score_request(relabelled, False)) == base
+  assert requests.digest(requests.score_request(_rows(), True)) != base
+  changed = _rows()
+  changed[2] = changed[2]._replace(targets=np.array([4, 5], np.int32))
+  assert requests.digest(requests.score_request(changed, False)) != base
+  regrouped = [r._replace(group="a") for r in _rows()]
+  assert requests.digest(requests.score_request(regrouped, False)) != base
+  prompts = [np.array([1, 2, 3], np.int32)]
+  one = requests.digest(requests.predict_request(prompts, 8, [2]))
+  assert one != requests.digest(requests.predict_request(prompts, 9, [2]))
+  assert one != requests.digest(requests.predict_request(prompts, 8, [2, 0]))
+  assert one == requests.digest(requests.predict_request([np.array([1, 2, 3], np.int64)], 8, [2]))
+
+
+def test_the_recorder_writes_each_request_once_and_placeholders_keep_seqio_s_shapes(tmp_path):
+  recorder = requests.Recorder(tmp_path / "req", max_length=64, eos_ids=[2])
+  rows = _rows()
+  key = recorder.record(requests.score_request(rows, False))
+  assert recorder.record(requests.score_request(rows, False)) == key
+  assert list(requests.recorded(tmp_path / "req")) == [key]
+  assert requests.recorded(tmp_path / "req")[key] == {
+      "kind": "score",
+      "examples": 3,
+      "settings": {
+          "length_normalize": False
+      }
+  }
+  loaded = requests.load_request(tmp_path / "req", key, requests.recorded(tmp_path / "req")[key])
+  assert requests.digest(loaded) == key
+  features = {"decoder_input_tokens": np.array([2, 5, 6, 0]), "decoder_loss_weights": np.array([0, 1, 1, 0])}
+  outputs = recorder.predict_fn(max_new_tokens=3)([(4, features)])
+  assert outputs[0][0] == 4 and outputs[0][1].tolist() == [2, 2, 2]
+  assert len(requests.recorded(tmp_path / "req")) == 2
+  assert requests.Recorder(tmp_path / "req", 64, [2]).index == requests.recorded(tmp_path / "req")
+
+
+def test_an_edited_request_file_and_a_missing_answer_are_named(tmp_path):
+  recorder = requests.Recorder(tmp_path / "req", max_length=64, eos_ids=[2])
+  key = recorder.record(requests.score_request(_rows(), False))
+  other = requests.score_request(_rows()[:2], False)
+  edited = requests.Recorder(tmp_path / "other", 64, [2])
+  edited_key = edited.record(other)
+  (tmp_path / "other" / f"{edited_key}.npz").replace(tmp_path / "req" / f"{key}.npz")
+  with pytest.raises(requests.RequestsError, match="does not match its digest"):
+    requests.load_request(tmp_path / "req", key, requests.recorded(tmp_path / "req")[key])
+  with pytest.raises(requests.RequestsError, match="not a requests folder"):
+    requests.answer(tmp_path / "nothing", None, tmp_path / "ans", {})
+  with pytest.raises(requests.RequestsError, match="not an answers folder"):
+    requests.Replayer(tmp_path / "nothing", [2])

@@ -1,0 +1,163 @@
+"""Tests of `python -m optiml_jax.answer` and the eval command's two-machine mode (`evaluation/requests.py`).
+
+An evaluation recorded (`record_requests=True`), answered by `optiml_jax.answer` in a process where TensorFlow
+and seqio cannot be imported, and replayed (CHECKPOINT_PATH and BASELINE_PATH the answers folders) must give the
+report a direct evaluation of the same checkpoints gives: same scores, same predictions in the inference logs.
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from optiml_jax import answer
+from optiml_jax import bench
+from optiml_jax import convert
+from optiml_jax import eval as eval_entry
+from optiml_jax.evaluation import requests
+from optiml_jax.models import opt
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# Generation and multiple choice (rank classification), at every level of the toy bench.
+TASKS = [
+    "sni:task030_toy_entail_color", "sni:task031_toy_entail_place", "sni:task005_toy_add_large",
+    "sni:task017_toy_movie_sentiment"
+]
+COMMON = [
+    "--gin_file=eval.gin", "--gin.MAX_INSTANCES=3", "--gin.evaluate.max_new_tokens=4", "--gin.evaluate.progress=False",
+    "--gin.evaluate.batch_size=4", "--gin.SHOTS=[0, 2]", f"--gin.TASKS={TASKS!r}"
+]
+# A fresh interpreter in which importing TensorFlow or seqio fails, as on an image that has neither.
+BLOCKED = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.split('.')[0] in ('tensorflow', 'seqio', 'gin'):
+      raise ImportError(f'{name} is blocked in this test')
+sys.meta_path.insert(0, Block())
+from optiml_jax import answer
+sys.exit(answer.main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp("answer_cli")
+  assert bench.main(["toy", "--out", str(root / "toy"), "--catalog", str(root / "catalog")]) == 0
+  config = opt.OPTConfig.preset("tiny", dropout=0.0)
+  init = jax.jit(lambda key: opt.OPT(config).init(key, jnp.ones((1, 4), jnp.int32))["params"])
+  for name, seed in (("tuned", 1), ("base", 2)):
+    convert.save_hf(config, jax.device_get(init(jax.random.PRNGKey(seed))), root / name)
+  return root
+
+
+def _eval(setup, out, checkpoint, *flags):
+  return eval_entry.main(COMMON + [
+      f"--gin.CATALOG_DIR={setup / 'catalog'}", f"--gin.EVAL_OUTPUT_DIR={out}", f"--gin.CHECKPOINT_PATH={checkpoint}",
+      *flags
+  ])
+
+
+def _answer_blocked(*argv):
+  return subprocess.run([sys.executable, "-c", BLOCKED, *map(str, argv)], capture_output=True, text=True, cwd=REPO,
+                        check=False, timeout=600)
+
+
+def _scores(report):
+  """Every metric value of every task and shots, with its instance and truncation counts."""
+  out = {}
+  for name, task in report["tasks"].items():
+    for k, r in task["shots"].items():
+      out.update({(name, k, metric): value for metric, value in r["metrics"].items()})
+      out[(name, k, "instances")], out[(name, k, "truncated")] = r["num_instances"], r["num_truncated"]
+  return out
+
+
+def test_recorded_answered_without_tensorflow_and_replayed_equals_the_direct_evaluation(setup, tmp_path, capsys):
+  direct = tmp_path / "direct"
+  assert _eval(setup, direct, setup / "tuned", f"--gin.BASELINE_PATH={setup / 'base'}") == 0
+
+  recorded = tmp_path / "recorded"
+  assert _eval(setup, recorded, setup / "tuned", "--gin.evaluate.record_requests=True") == 0
+  assert "recorded in" in capsys.readouterr().out
+  assert not (recorded / "metrics.json").exists() and not (recorded / "inferences").exists()
+  index = requests.recorded(recorded / "requests")
+  kinds = sorted(entry["kind"] for entry in index.values())
+  assert kinds == ["predict"] * 4 + ["score"] * 4  # 4 tasks x 2 shots, each one call of the model
+
+  for name in ("tuned", "base"):
+    done = _answer_blocked(recorded / "requests", "--checkpoint", setup / name, "--out", tmp_path / f"{name}_answers",
+                           "--batch_size", "4", "--no_progress")
+    assert done.returncode == 0, done.stderr
+    assert "8 answer(s)" in done.stdout
+  state = json.loads((tmp_path / "tuned_answers" / requests.ANSWERS_FILE).read_text())
+  assert state["model"]["checkpoint"] == str(setup / "tuned") and set(state["answers"]) == set(index)
+
+  replayed = tmp_path / "replayed"
+  assert _eval(setup, replayed, tmp_path / "tuned_answers", f"--gin.BASELINE_PATH={tmp_path / 'base_answers'}") == 0
+  want = json.loads((direct / "metrics.json").read_text())
+  got = json.loads((replayed / "metrics.json").read_text())
+  assert _scores(got) == pytest.approx(_scores(want))
+  assert _scores(got["baseline"]) == pytest.approx(_scores(want["baseline"]))
+  assert got["levels"] == want["levels"]
+  assert got["model"]["checkpoint"] == str(setup / "tuned") and got["model"]["answers"] == str(
+      tmp_path / "tuned_answers")
+  assert got["model"]["num_params"] == want["model"]["num_params"]
+  assert got["settings"]["inference"]["examples"] == want["settings"]["inference"]["examples"]
+  for log in sorted((direct / "inferences").glob("*-[0-9]*.jsonl")):
+    replay_log = replayed / "inferences" / log.name
+    assert [json.loads(x) for x in replay_log.read_text().splitlines()
+           ] == [json.loads(x) for x in log.read_text().splitlines()], log.name
+
+
+def test_answering_resumes_and_refuses_another_model_s_folder(setup, tmp_path, capsys):
+  recorded = tmp_path / "recorded"
+  assert _eval(setup, recorded, setup / "base", "--gin.TASKS=['sni:task031_toy_entail_place']", "--gin.SHOTS=[0]",
+               "--gin.evaluate.record_requests=True") == 0
+  out = tmp_path / "answers"
+  argv = [str(recorded / "requests"), "--checkpoint", str(setup / "base"), "--out", str(out), "--no_progress"]
+  assert answer.main(argv) == 0
+  first = (out / requests.ANSWERS_FILE).read_text()
+  assert answer.main(argv) == 0  # nothing left to answer: the folder is kept as it is
+  assert "1 answered before" in capsys.readouterr().out
+  assert json.loads((out / requests.ANSWERS_FILE).read_text()) == json.loads(first)
+  assert answer.main([str(recorded / "requests"), "--checkpoint", str(setup / "tuned"), "--out", str(out)]) == 2
+  assert "answers of another model" in capsys.readouterr().err
+
+
+def test_bad_folders_and_changed_requests_give_clear_errors(setup, tmp_path, capsys):
+  assert answer.main([str(tmp_path / "none"), "--checkpoint", str(setup / "base"), "--out", str(tmp_path / "a")]) == 2
+  assert "no requests recorded here" in capsys.readouterr().err
+  assert answer.main([str(tmp_path), "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "a")]) == 1
+  assert "missing" in capsys.readouterr().err
+
+  recorded = tmp_path / "recorded"
+  assert _eval(setup, recorded, setup / "base", "--gin.TASKS=['sni:task031_toy_entail_place']", "--gin.SHOTS=[0]",
+               "--gin.evaluate.record_requests=True") == 0
+  assert _eval(setup, tmp_path / "r", setup / "base", "--gin.evaluate.record_requests=True",
+               f"--gin.BASELINE_PATH={setup / 'tuned'}") == 2
+  assert "unset BASELINE_PATH" in capsys.readouterr().err
+  (key,) = requests.recorded(recorded / "requests")
+  damaged = recorded / "requests" / f"{key}.npz"
+  damaged.write_bytes(damaged.read_bytes()[:-10])
+  assert answer.main([str(recorded / "requests"), "--checkpoint",
+                      str(setup / "base"), "--out",
+                      str(tmp_path / "a")]) == 2
+  assert f"{key}.npz: unreadable" in capsys.readouterr().err
+
+  # Answers to one task replayed for another: that task fails with a message naming the answers folder.
+  fresh = tmp_path / "fresh"
+  assert _eval(setup, fresh, setup / "base", "--gin.TASKS=['sni:task031_toy_entail_place']", "--gin.SHOTS=[0]",
+               "--gin.evaluate.record_requests=True") == 0
+  assert answer.main(
+      [str(fresh / "requests"), "--checkpoint",
+       str(setup / "base"), "--out",
+       str(tmp_path / "b"), "--no_progress"]) == 0
+  assert _eval(setup, tmp_path / "other", tmp_path / "b", "--gin.TASKS=['sni:task017_toy_movie_sentiment']",
+               "--gin.SHOTS=[0]") == 0
+  err = capsys.readouterr().err
+  assert "no answer to this score request" in err and str(tmp_path / "b") in err
