@@ -2,14 +2,16 @@ r"""Entry point: `python -m optiml_jax.train --gin_file=FILE [--gin_file=...] [-
 
 A thin shell around the library: parse the flags and the gin files, build the run's
 `trainer.config.TrainConfig` (`gin_registry.configure_training`: every group of settings bound by gin under its
-class name, e.g. `DataArgs.batch_size`, `PartitioningArgs.mesh_shape`, `OptimizerArgs.learning_rate`), register
-the catalog's seqio tasks, make the batch stream and hand both to `trainer.loop.run`. A configuration error (an
+class name, e.g. `DataArgs.batch_size`, `PartitioningArgs.mesh_shape`, `OptimizerArgs.learning_rate`), make the
+batch stream (the catalog's seqio Tasks; or, with CACHE_DIR, the pre-tokenized cache alone, which needs neither
+seqio nor TensorFlow) and hand both to `trainer.loop.run`. A configuration error (an
 unknown binding, a macro left unset, a value a group refuses, a feature length longer than the model's
 positions) ends the command with exit code 2 before anything is compiled, naming the binding.
 
 Macros, with t5x's names: MODEL_DIR, TRAIN_STEPS, MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, BATCH_SIZE,
 INITIAL_CHECKPOINT_PATH, CATALOG_DIR (the bench catalog whose tasks to register) and CACHE_DIR (its pre-tokenized
-cache, `python -m optiml_jax.bench cache`: fast start, resume without replay). The model preset is
+cache, `python -m optiml_jax.bench cache`: fast start, resume without replay, no TensorFlow or seqio needed; the
+cache carries its catalog, so CATALOG_DIR may be None). The model preset is
 chosen by including one of gin/models/opt_<size>.gin (or `--gin.model_config.preset='opt-1.3b'`).
 
     python -m optiml_jax.train --gin_file=gin/optiml_30b.gin --gin.MODEL_DIR=gs://bucket/run \
@@ -52,15 +54,69 @@ from optiml_jax.trainer import state as state_lib
 
 
 def run(config: config_lib.TrainConfig) -> loop.Summary:
-  """Registers the catalog with the tokenizer of `config.data.tokenizer_dir` (OPT's when unset), checks that the
-  model's embedding covers that vocabulary, builds each process's batch stream and trains (`loop.run`).
+  """Builds each process's batch stream and trains (`loop.run`).
 
-  With `config.data.cache_dir`, the tasks read the bench cache (the catalog too when `catalog_dir` is unset) and
-  the batches come from `cached_stream.CachedBatchStream`; otherwise from `pipeline.BatchStream`."""
-  import seqio  # pylint: disable=g-import-not-at-top
+  With `config.data.cache_dir`, the batches come from the bench cache alone (`cached_streams`): neither seqio nor
+  TensorFlow is imported. Otherwise the catalog is registered as seqio Tasks with the tokenizer of
+  `config.data.tokenizer_dir` (OPT's when unset) and the batches come from `pipeline.BatchStream`
+  (`registered_streams`). Either way the model's embedding must cover the tokenizer's ids (a `ConfigError` says so
+  before anything compiles)."""
+  cache_dir = config.data.cache_dir
+  make_stream = cached_streams(config, cache_dir) if cache_dir else registered_streams(config)
+  return loop.run(config, make_stream)
 
+
+def cached_streams(config: config_lib.TrainConfig, cache_dir: str) -> loop.StreamFactory:
+  """The streams of a run from `cache_dir` (CACHE_DIR), without seqio or TensorFlow: `cached_stream.CachedBatchStream`s
+  of the mixture or Task the cache's catalog (or CATALOG_DIR's, when set) defines.
+
+  Checks first, each a `ConfigError` naming the binding: TOKENIZER_DIR (OPT's when unset) is the tokenizer the cache
+  was built with (their fingerprints, `vocab_info.folder_fingerprint`), the cache recorded that tokenizer's BOS,
+  EOS and vocabulary size (`cache.require_tokenizer`: an older cache is named with the command that records them),
+  the model's vocab_size covers that size, and every task of the mixture has a training shard."""
   from optiml_jax.data import cache  # pylint: disable=g-import-not-at-top
   from optiml_jax.data import cached_stream  # pylint: disable=g-import-not-at-top
+  from optiml_jax.data import special_tokens  # pylint: disable=g-import-not-at-top
+  from optiml_jax.data import vocab_info  # pylint: disable=g-import-not-at-top
+
+  data = config.data
+  tokenizer_dir = data.tokenizer_dir or special_tokens.OPT_TOKENIZER_DIR
+  try:
+    fingerprint = vocab_info.folder_fingerprint(tokenizer_dir)
+  except (OSError, ValueError) as e:  # a missing folder, a folder without tokenizer files
+    raise config_lib.ConfigError(f"DataArgs.tokenizer_dir (TOKENIZER_DIR): {e}") from e
+  try:
+    manifest = cache.read_manifest(cache_dir)
+    cache.check_vocabulary(manifest, fingerprint, cache_dir)
+    tokenizer = cache.require_tokenizer(manifest, cache_dir)
+    tasks = cached_stream.cache_tasks(cache_dir, data.mixture_or_task_name, data.catalog_dir)
+  except cache.CacheError as e:
+    raise config_lib.ConfigError(f"DataArgs.cache_dir (CACHE_DIR): {e}") from e
+  except FileNotFoundError as e:  # no catalog there (with CACHE_DIR, CATALOG_DIR may be None: the cache holds one)
+    where = "DataArgs.catalog_dir (CATALOG_DIR)" if data.catalog_dir else "DataArgs.cache_dir (CACHE_DIR)"
+    raise config_lib.ConfigError(f"{where}: {e}") from e
+  except ValueError as e:  # not a mixture or training task of the catalog
+    raise config_lib.ConfigError(f"DataArgs.mixture_or_task_name (MIXTURE_OR_TASK_NAME): {e}") from e
+  try:  # The model must embed every id the data can hold: said now, not as a gather out of range later.
+    vocab_info.check_covers(config.model.config.vocab_size, tokenizer.vocab_size, f"the tokenizer in {tokenizer_dir}",
+                            f"the model config ({type(config.model.config).__name__})")
+  except ValueError as e:
+    raise config_lib.ConfigError(f"{data.mixture_or_task_name}: {e}") from e
+
+  def make_stream(per_process_batch: int, index: int, count: int) -> loop.ResumableStream:
+    return cached_stream.CachedBatchStream(data.mixture_or_task_name, data.task_feature_lengths, per_process_batch,
+                                           config.run.seed, cache_dir=cache_dir, shard_index=index, shard_count=count,
+                                           pack=data.pack, tasks=tasks)
+
+  return make_stream
+
+
+def registered_streams(config: config_lib.TrainConfig) -> loop.StreamFactory:
+  """The streams of a run from the catalog's source files: registers it (CATALOG_DIR, when set) as seqio Tasks with
+  the tokenizer of TOKENIZER_DIR (OPT's when unset), checks that the model's embedding covers that vocabulary and
+  returns a factory of `pipeline.BatchStream`s."""
+  import seqio  # pylint: disable=g-import-not-at-top
+
   from optiml_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from optiml_jax.data import registry  # pylint: disable=g-import-not-at-top
   from optiml_jax.data import vocab  # pylint: disable=g-import-not-at-top
@@ -70,11 +126,8 @@ def run(config: config_lib.TrainConfig) -> loop.Summary:
     vocabulary = registry.default_vocabulary(data.tokenizer_dir)
   except (OSError, ValueError) as e:  # a missing folder, a folder without tokenizer files, no EOS
     raise config_lib.ConfigError(f"DataArgs.tokenizer_dir (TOKENIZER_DIR): {e}") from e
-  if data.catalog_dir or data.cache_dir:
-    try:
-      registry.register_catalog(data.catalog_dir, vocabulary, cache_dir=data.cache_dir)
-    except cache.CacheError as e:
-      raise config_lib.ConfigError(f"DataArgs.cache_dir (CACHE_DIR): {e}") from e
+  if data.catalog_dir:
+    registry.register_catalog(data.catalog_dir, vocabulary)
   try:  # The model must embed every id the data can hold: said now, not as a gather out of range later.
     provider = seqio.get_mixture_or_task(data.mixture_or_task_name)
     vocab.check_vocab_covers(config.model.config.vocab_size, provider.output_features["targets"].vocabulary,
@@ -83,14 +136,10 @@ def run(config: config_lib.TrainConfig) -> loop.Summary:
     raise config_lib.ConfigError(f"{data.mixture_or_task_name}: {e}") from e
 
   def make_stream(per_process_batch: int, index: int, count: int) -> loop.ResumableStream:
-    if data.cache_dir:
-      return cached_stream.CachedBatchStream(data.mixture_or_task_name, data.task_feature_lengths, per_process_batch,
-                                             config.run.seed, cache_dir=data.cache_dir, shard_index=index,
-                                             shard_count=count, pack=data.pack)
     return pipeline.BatchStream(data.mixture_or_task_name, "train", data.task_feature_lengths, per_process_batch,
                                 config.run.seed, shard_index=index, shard_count=count, pack=data.pack)
 
-  return loop.run(config, make_stream)
+  return make_stream
 
 
 def parse_flags(argv: Sequence[str]) -> argparse.Namespace:

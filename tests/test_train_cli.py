@@ -4,6 +4,7 @@ losses as a run that was never stopped; the other entry points do not import thi
 
 import dataclasses
 import json
+import os
 import pathlib
 import re
 import shlex
@@ -402,18 +403,24 @@ def test_a_full_disk_during_a_save_exits_1_naming_step_and_path_and_the_rerun_re
   assert losses(tmp_path / "metrics.jsonl") == losses(tmp_path / "ref" / "metrics.jsonl")
 
 
-def test_a_run_from_the_bench_cache_resumes_to_the_uninterrupted_losses(tmp_path):
+@pytest.fixture(scope="module")
+def toy_cache(tmp_path_factory):
+  """The toy bench's catalog and its pre-tokenized cache (0-shot), built once for the tests that train from it."""
   pytest.importorskip("apache_beam", reason="the cache is built with Apache Beam (the test extra installs it)")
-  catalog = tmp_path / "catalog"
-  assert bench.main(["toy", "--out", str(tmp_path / "toy"), "--catalog", str(catalog)]) == 0
+  root = tmp_path_factory.mktemp("toy_cache")
+  assert bench.main(["toy", "--out", str(root / "toy"), "--catalog", str(root / "catalog")]) == 0
   assert bench.main([
       "cache",
-      str(catalog), "--out",
-      str(tmp_path / "cache"), "--direct_num_workers=1", "--direct_running_mode=in_memory"
+      str(root / "catalog"), "--out",
+      str(root / "cache"), "--direct_num_workers=1", "--direct_running_mode=in_memory"
   ]) == 0
+  return root / "cache"
+
+
+def test_a_run_from_the_bench_cache_resumes_to_the_uninterrupted_losses(tmp_path, toy_cache):
   flags = [
       "--gin_file=quickstart.gin", f"--gin.MODEL_DIR={tmp_path / 'run'}", "--gin.CATALOG_DIR=None",
-      f"--gin.CACHE_DIR={tmp_path / 'cache'}", "--gin.TRAIN_STEPS=8", "--gin.BATCH_SIZE=2",
+      f"--gin.CACHE_DIR={toy_cache}", "--gin.TRAIN_STEPS=8", "--gin.BATCH_SIZE=2",
       "--gin.model_config.max_position_embeddings=128", "--gin.LoggingArgs.log_every=1",
       "--gin.CheckpointArgs.save_every=4", "--gin.CheckpointArgs.async_checkpoints=False",
       "--gin.OptimizerArgs.warmup_steps=2", "--gin.LoggingArgs.tensorboard=False", "--gin.LoggingArgs.progress=False",
@@ -431,3 +438,71 @@ def test_a_run_from_the_bench_cache_resumes_to_the_uninterrupted_losses(tmp_path
   rows = [json.loads(line) for line in metrics.read_text().splitlines()]
   assert [r["step"] for r in uninterrupted] == [r["step"] for r in rows] == list(range(1, 9))
   assert [r["loss"] for r in rows] == [r["loss"] for r in uninterrupted]  # the same batches after the resume
+
+
+# What a GPU image without TensorFlow and seqio holds: importing them (or the data pipeline's other TF packages)
+# raises ModuleNotFoundError and `importlib.util.find_spec` finds nothing (etils probes for TensorFlow), as where
+# they are not installed (a None in sys.modules is Python's own way to say so). Run as `python -c WITHOUT_TF MODULE
+# FLAG ...`.
+ABSENT = ("tensorflow", "seqio", "tensorflow_text", "tensorflow_datasets", "apache_beam")
+WITHOUT_TF = ("import runpy, sys\n"
+              f"ABSENT = {ABSENT!r}\n"
+              "assert not [m for m in ABSENT if m in sys.modules], 'imported before the block'\n"
+              "sys.modules.update(dict.fromkeys(ABSENT))\n"
+              "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)\n")
+
+
+def _run_without_tf(module, *args, timeout=180):
+  return subprocess.run([sys.executable, "-c", WITHOUT_TF, module, *args], cwd=REPO, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def test_a_run_from_the_bench_cache_needs_neither_tensorflow_nor_seqio(tmp_path, toy_cache):
+  (tmp_path / "probe.py").write_text("from optiml_jax.data import registry\n")  # the block itself: seqio refused
+  probe = subprocess.run([sys.executable, "-c", WITHOUT_TF, "probe"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120, env={
+                             **os.environ, "PYTHONPATH": str(REPO)
+                         })
+  assert probe.returncode == 1 and "ModuleNotFoundError: import of seqio halted" in probe.stderr, probe.stderr[-2000:]
+  flags = [
+      "--gin_file=quickstart.gin", f"--gin.MODEL_DIR={tmp_path / 'run'}", "--gin.CATALOG_DIR=None",
+      f"--gin.CACHE_DIR={toy_cache}", "--gin.TRAIN_STEPS=3", "--gin.BATCH_SIZE=2",
+      "--gin.TASK_FEATURE_LENGTHS={'inputs': 48, 'targets': 16}", "--gin.model_config.max_position_embeddings=64",
+      "--gin.OptimizerArgs.warmup_steps=1", "--gin.CheckpointArgs.async_checkpoints=False",
+      "--gin.LoggingArgs.tensorboard=False", "--gin.LoggingArgs.progress=False"
+  ]
+  result = _run_without_tf("optiml_jax.train", *flags)
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads(result.stdout.strip().splitlines()[-1])
+  assert (summary["first_step"], summary["last_step"], summary["checkpoint_steps"]) == (0, 3, [3])
+  assert (tmp_path / "run" / "3").is_dir() and (tmp_path / "run" / "config.json").is_file()
+
+  # A cache built before cache.json recorded the tokenizer: exit 2, naming it and the command that records it.
+  old = tmp_path / "old_cache"
+  shutil.copytree(toy_cache, old)
+  manifest = json.loads((old / "cache.json").read_text())
+  del manifest["tokenizer"]
+  (old / "cache.json").write_text(json.dumps(manifest))
+  result = _run_without_tf("optiml_jax.train", *[f.replace(str(toy_cache), str(old)) for f in flags])
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert f"error: DataArgs.cache_dir (CACHE_DIR): {old / 'cache.json'}: this cache was built before" in result.stderr
+  assert f"python -m optiml_jax.bench cache {old / 'catalog.json'} --out {old}" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_a_run_from_the_bench_cache_checks_its_tokenizer_and_the_embedding(tmp_path, toy_cache, tiny_tokenizer, capsys):
+  flags = [
+      "--gin_file=quickstart.gin", f"--gin.MODEL_DIR={tmp_path / 'run'}", "--gin.CATALOG_DIR=None",
+      f"--gin.CACHE_DIR={toy_cache}"
+  ]
+  assert train_entry.main([*flags, f"--gin.DataArgs.tokenizer_dir='{tiny_tokenizer('smollm2')}'"]) == 2
+  err = capsys.readouterr().err
+  assert "DataArgs.cache_dir (CACHE_DIR)" in err and "tokenized with another tokenizer" in err, err
+  gin.clear_config()
+  assert train_entry.main([*flags, "--gin.model_config.vocab_size=330"]) == 2
+  err = capsys.readouterr().err
+  assert "vocab_size 330 does not cover the tokenizer in" in err and "50265" in err, err
+  gin.clear_config()
+  assert train_entry.main([*flags, "--gin.MIXTURE_OR_TASK_NAME='nope'"]) == 2
+  assert "MIXTURE_OR_TASK_NAME" in capsys.readouterr().err
+  assert not (tmp_path / "run").exists()

@@ -133,7 +133,7 @@ class ModelConfig(Protocol):
 class DataArgs:
   """The batch stream: which seqio mixture or task, how long its rows are, how many per step."""
 
-  mixture_or_task_name: str  # the registered seqio Task or Mixture to train on (MIXTURE_OR_TASK_NAME)
+  mixture_or_task_name: str  # the Task or Mixture to train on: seqio's, or the cache catalog's (MIXTURE_OR_TASK_NAME)
   # {'inputs': n, 'targets': m}: a row holds n + m tokens, prompts cut from the left (TASK_FEATURE_LENGTHS)
   task_feature_lengths: Mapping[str, int] = dataclasses.field(hash=False)
   batch_size: int  # rows per step over all processes; each feeds batch_size / processes (BATCH_SIZE)
@@ -143,8 +143,9 @@ class DataArgs:
   # the Hugging Face tokenizer folder the tasks tokenize with: the model's own (TOKENIZER_DIR, e.g. the converted
   # model folder); None: OPT's, shipped in the package
   tokenizer_dir: str | None = None
-  # a pre-tokenized bench cache (CACHE_DIR, `python -m optiml_jax.bench cache`): the tasks read their shards
-  # there and the batches are drawn by index (fast start, resume without replay); None: format on the fly
+  # a pre-tokenized bench cache (CACHE_DIR, `python -m optiml_jax.bench cache`): the batches are drawn by index
+  # from its shards alone, without seqio or TensorFlow (fast start, resume without replay; the cache holds its
+  # catalog, so catalog_dir may be None); None: the registered seqio Tasks format on the fly
   cache_dir: str | None = None
 
   def __post_init__(self):
