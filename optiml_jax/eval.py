@@ -130,7 +130,7 @@ def _evaluate_checkpoint(checkpoint: evaluator.Checkpoint, specs: Sequence[evalu
   eos_ids = tuple(dict.fromkeys([*(v.eos_id for v in vocabularies if v.eos_id is not None), *config.eos_ids]))
   _LOG.info("%s %s (step %s): %d task variant(s)", "recording the requests of" if record_requests else "evaluating",
             checkpoint.path, checkpoint.step, len(specs))
-  scorer: Any
+  scorer: inference.ModelCalls
   try:
     if checkpoint.format == ANSWERS:
       scorer = requests.Replayer(checkpoint.path, eos_ids)

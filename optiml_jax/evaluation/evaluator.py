@@ -217,8 +217,9 @@ def count_rows(task: seqio.Task, max_instances: int | None) -> tuple[int, int]:
   return instances, rows
 
 
-def evaluate_task(spec: EvalTask, scorer: inference.Scorer, max_new_tokens: int = 256, length_normalize: bool = False,
-                  log_dir: str | pathlib.Path | None = None, step: int | None = None) -> report_lib.TaskResult:
+def evaluate_task(spec: EvalTask, scorer: inference.ModelCalls, max_new_tokens: int = 256,
+                  length_normalize: bool = False, log_dir: str | pathlib.Path | None = None,
+                  step: int | None = None) -> report_lib.TaskResult:
   """Runs one Task through `seqio.Evaluator` with the scorer's score_fn and predict_fn (never raises).
 
   With `log_dir`, seqio's JSONLogger writes the Task's inputs, targets and predictions or scores to
@@ -253,10 +254,11 @@ def evaluate_task(spec: EvalTask, scorer: inference.Scorer, max_new_tokens: int 
     future, _ = evaluator.evaluate(compute_metrics=True, step=0 if step is None else step, score_fn=scorer.score_fn(),
                                    predict_fn=scorer.predict_fn(max_new_tokens))
     values = metrics_lib.finite_metrics(future.result()[spec.seqio_name])
-    result.metrics = values
-    result.metric = metrics_lib.headline_metric(spec.kind, values, length_normalize)
-    result.score = values.get(result.metric)
     result.num_instances = instances
+    if not getattr(scorer, "placeholder_outputs", False):  # a requests.Recorder's outputs score nothing
+      result.metrics = values
+      result.metric = metrics_lib.headline_metric(spec.kind, values, length_normalize)
+      result.score = values.get(result.metric)
   except (ValueError, KeyError) as e:  # Bad input: the message says what is wrong.
     _LOG.warning("task %s (%d-shot) failed: %s", spec.task, spec.shots, e)
     result.error = f"{type(e).__name__}: {e}"
@@ -268,7 +270,7 @@ def evaluate_task(spec: EvalTask, scorer: inference.Scorer, max_new_tokens: int 
   return result
 
 
-def evaluate_tasks(specs: Sequence[EvalTask], scorer: inference.Scorer, max_new_tokens: int = 256,
+def evaluate_tasks(specs: Sequence[EvalTask], scorer: inference.ModelCalls, max_new_tokens: int = 256,
                    length_normalize: bool = False, log_dir: str | pathlib.Path | None = None,
                    step: int | None = None) -> list[report_lib.TaskResult]:
   """`evaluate_task` for each spec, logging one line per task."""
@@ -279,6 +281,8 @@ def evaluate_tasks(specs: Sequence[EvalTask], scorer: inference.Scorer, max_new_
       status = f"failed: {result.error}"
     else:
       status = f"{result.metric} = {result.score:.2f}" if result.score is not None else "no score"
+      if getattr(scorer, "placeholder_outputs", False):
+        status = f"{result.num_instances} instance(s) recorded"
     _LOG.info("[%d/%d] %s (%d-shot, %s): %s", i + 1, len(specs), spec.task, spec.shots, spec.level, status)
     results.append(result)
   return results

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Callable, Hashable, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Hashable, Iterator, Mapping, NamedTuple, Protocol, Sequence
 
 import flax.linen as nn
 import jax
@@ -366,6 +366,24 @@ def fixed_length(outputs: Sequence[Sequence[int]], max_new_tokens: int, eos_id: 
   for i, tokens in enumerate(outputs):
     out[i, :len(tokens)] = tokens
   return out
+
+
+class ModelCalls(Protocol):
+  """What the evaluator asks of a scorer: seqio's `score_fn` / `predict_fn`, the context and the counters.
+
+  `Scorer` runs the model; `requests.Recorder` records the calls (its `placeholder_outputs` is true: its
+  outputs score nothing) and `requests.Replayer` answers them from an answers folder.
+  """
+
+  stats: InferenceStats
+  max_length: int
+
+  def score_fn(self, length_normalize: bool = False) -> Callable[..., IndexedResult]:
+    ...
+
+  def predict_fn(self, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                 eos_id: int | Sequence[int] | None = None) -> Callable[..., IndexedResult]:
+    ...
 
 
 class Scorer:

@@ -207,8 +207,11 @@ class Recorder:
   placeholders (scores 0, predictions of EOS only), so the seqio evaluation runs through without a model.
 
   `max_length` is the context the answering model will have (the recording side's checks use it); `eos_ids` end
-  a greedy decoding (recorded in each predict request).
+  a greedy decoding (recorded in each predict request). The evaluator reports no score for a task it runs
+  with a scorer whose `placeholder_outputs` is true.
   """
+
+  placeholder_outputs = True
 
   def __init__(self, out_dir: Path, max_length: int, eos_ids: Sequence[int], tokenizer_folder: Path | None = None):
     self.out_dir = pathlib.Path(out_dir)
