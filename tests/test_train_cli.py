@@ -4,7 +4,6 @@ losses as a run that was never stopped; the other entry points do not import thi
 
 import dataclasses
 import json
-import os
 import pathlib
 import re
 import shlex
@@ -440,29 +439,13 @@ def test_a_run_from_the_bench_cache_resumes_to_the_uninterrupted_losses(tmp_path
   assert [r["loss"] for r in rows] == [r["loss"] for r in uninterrupted]  # the same batches after the resume
 
 
-# What a GPU image without TensorFlow and seqio holds: importing them (or the data pipeline's other TF packages)
-# raises ModuleNotFoundError and `importlib.util.find_spec` finds nothing (etils probes for TensorFlow), as where
-# they are not installed (a None in sys.modules is Python's own way to say so). Run as `python -c WITHOUT_TF MODULE
-# FLAG ...`.
-ABSENT = ("tensorflow", "seqio", "tensorflow_text", "tensorflow_datasets", "apache_beam")
-WITHOUT_TF = ("import runpy, sys\n"
-              f"ABSENT = {ABSENT!r}\n"
-              "assert not [m for m in ABSENT if m in sys.modules], 'imported before the block'\n"
-              "sys.modules.update(dict.fromkeys(ABSENT))\n"
-              "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)\n")
-
-
-def _run_without_tf(module, *args, timeout=180):
-  return subprocess.run([sys.executable, "-c", WITHOUT_TF, module, *args], cwd=REPO, capture_output=True, text=True,
+def _run_without_tf(env, module, *args, timeout=180):
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
                         timeout=timeout)
 
 
-def test_a_run_from_the_bench_cache_needs_neither_tensorflow_nor_seqio(tmp_path, toy_cache):
-  (tmp_path / "probe.py").write_text("from optiml_jax.data import registry\n")  # the block itself: seqio refused
-  probe = subprocess.run([sys.executable, "-c", WITHOUT_TF, "probe"], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=120, env={
-                             **os.environ, "PYTHONPATH": str(REPO)
-                         })
+def test_a_run_from_the_bench_cache_needs_neither_tensorflow_nor_seqio(tmp_path, toy_cache, without_tensorflow_env):
+  probe = _run_without_tf(without_tensorflow_env, "optiml_jax.data.registry")  # the block itself: seqio refused
   assert probe.returncode == 1 and "ModuleNotFoundError: import of seqio halted" in probe.stderr, probe.stderr[-2000:]
   flags = [
       "--gin_file=quickstart.gin", f"--gin.MODEL_DIR={tmp_path / 'run'}", "--gin.CATALOG_DIR=None",
@@ -471,7 +454,7 @@ def test_a_run_from_the_bench_cache_needs_neither_tensorflow_nor_seqio(tmp_path,
       "--gin.OptimizerArgs.warmup_steps=1", "--gin.CheckpointArgs.async_checkpoints=False",
       "--gin.LoggingArgs.progress=False"
   ]  # TensorBoard left on, as quickstart.gin has it: without TensorFlow, a warning and no events
-  result = _run_without_tf("optiml_jax.train", *flags)
+  result = _run_without_tf(without_tensorflow_env, "optiml_jax.train", *flags)
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads(result.stdout.strip().splitlines()[-1])
   assert (summary["first_step"], summary["last_step"], summary["checkpoint_steps"]) == (0, 3, [3])
@@ -483,7 +466,8 @@ def test_a_run_from_the_bench_cache_needs_neither_tensorflow_nor_seqio(tmp_path,
   manifest = json.loads((old / "cache.json").read_text())
   del manifest["tokenizer"]
   (old / "cache.json").write_text(json.dumps(manifest))
-  result = _run_without_tf("optiml_jax.train", *[f.replace(str(toy_cache), str(old)) for f in flags])
+  result = _run_without_tf(without_tensorflow_env, "optiml_jax.train",
+                           *[f.replace(str(toy_cache), str(old)) for f in flags])
   assert result.returncode == 2, result.stderr[-3000:]
   assert f"error: DataArgs.cache_dir (CACHE_DIR): {old / 'cache.json'}: this cache was built before" in result.stderr
   assert f"python -m optiml_jax.bench cache {old / 'catalog.json'} --out {old}" in result.stderr
