@@ -12,7 +12,8 @@ from typing import Any, Sequence
 
 import jax.numpy as jnp
 
-REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")  # models/layers.py maps each to jax's policy
+# models/layers.py maps each to jax's policy
+REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "dots_with_no_batch_dims_and_attention")
 ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")  # None: the model picks (models/layers.py)
 
 

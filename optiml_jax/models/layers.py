@@ -22,6 +22,7 @@ from typing import Any, Callable, Literal, Sequence
 import flax.linen as nn
 from flax.linen import partitioning as nn_partitioning
 import jax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 
 Array = jax.Array
@@ -127,8 +128,10 @@ def dot_product_attention(query: Array, key: Array, value: Array, mask: Array | 
   """
   local_window = None if window is None else (window - 1, 0)
   if dropout_rng is None or dropout_rate == 0.0:
-    return jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=is_causal,
-                                        local_window_size=local_window, implementation=implementation)
+    out = jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=is_causal,
+                                       local_window_size=local_window, implementation=implementation)
+    # cuDNN's forward primitive is itself saveable (`remat_policy`); naming its output too would save it twice.
+    return out if implementation == "cudnn" else checkpoint_name(out, ATTENTION_OUTPUT)
   groups = query.shape[2] // key.shape[2]
   if groups > 1:
     key, value = jnp.repeat(key, groups, axis=2), jnp.repeat(value, groups, axis=2)
@@ -147,7 +150,7 @@ def dot_product_attention(query: Array, key: Array, value: Array, mask: Array | 
   probs = jax.nn.softmax(logits, axis=-1)
   keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
   probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0).astype(value.dtype)
-  return jnp.einsum("bnts,bsnh->btnh", probs, value)
+  return checkpoint_name(jnp.einsum("bnts,bsnh->btnh", probs, value), ATTENTION_OUTPUT)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -303,15 +306,38 @@ class OutputLayer(nn.Module):
 # The layer stack: scan or a loop, with rematerialization.
 # ----------------------------------------------------------------------------------------------------------
 
+ATTENTION_OUTPUT = "attention_output"  # the checkpoint_name of attention's output (XLA's path)
+CUDNN_ATTENTION_FORWARD = "dot_product_attention_fwd"  # the prefix of jax's cuDNN forward primitive's name
+
+
+def save_weight_dots_and_attention(prim: Any, *avals: Any, **params: Any) -> bool:
+  """A `jax.checkpoint` policy: the weight matmuls' outputs (as "dots_with_no_batch_dims") and attention's.
+
+  Attention's outputs are the cuDNN forward primitive's (its output and the softmax statistics its backward
+  kernel reads), so the backward pass runs no attention forward at all; on XLA's path, the output named
+  ATTENTION_OUTPUT, so the output projection's gradient needs no recomputed attention (the backward still
+  recomputes the probabilities). Costs one [batch, length, heads * head_dim] tensor per layer (and the
+  statistics, [batch, heads, length] float32).
+  """
+  if getattr(prim, "name", "").startswith(CUDNN_ATTENTION_FORWARD):
+    return True
+  if jax.checkpoint_policies.dots_with_no_batch_dims_saveable(prim, *avals, **params):
+    return True
+  return bool(_SAVE_ATTENTION_OUTPUT(prim, *avals, **params))
+
+
+_SAVE_ATTENTION_OUTPUT = jax.checkpoint_policies.save_only_these_names(ATTENTION_OUTPUT)
+
 REMAT_POLICIES: dict[str, Any] = {
     "full": None,  # save nothing: recompute the whole layer
     "dots": jax.checkpoint_policies.dots_saveable,
     "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots_with_no_batch_dims_and_attention": save_weight_dots_and_attention,
 }
 
 
 def remat_policy(name: str) -> Any:
-  """The `jax.checkpoint` policy of a config's `remat_policy` ("full", "dots", "dots_with_no_batch_dims")."""
+  """The `jax.checkpoint` policy of a config's `remat_policy` (`REMAT_POLICIES`' keys)."""
   if name not in REMAT_POLICIES:
     raise ValueError(f"remat_policy: expected one of {('none', *REMAT_POLICIES)}, got {name!r}")
   return REMAT_POLICIES[name]

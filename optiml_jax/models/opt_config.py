@@ -75,7 +75,9 @@ class OPTConfig:
     param_dtype: dtype of created parameters.
     scan_layers: stack the layers on a leading "layers" axis and run them with nn.scan (fast compiles).
     remat_policy: rematerialization of each layer in the backward pass: "none", "full" (save nothing),
-      "dots" (save matmul outputs), "dots_with_no_batch_dims" (save matmuls without batch dimensions).
+      "dots" (save matmul outputs), "dots_with_no_batch_dims" (save matmuls without batch dimensions),
+      "dots_with_no_batch_dims_and_attention" (those and attention's outputs: no attention forward in the backward
+      pass with cuDNN; `layers.save_weight_dots_and_attention`).
     attention_impl: `implementation` of jax.nn.dot_product_attention: None (cuDNN flash attention on a CUDA
       GPU with bf16/fp16 compute, XLA elsewhere: `opt.resolve_attention_impl`), "xla", or "cudnn" (fused
       flash attention on NVIDIA GPUs, bf16/fp16 only).

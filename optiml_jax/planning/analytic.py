@@ -11,6 +11,8 @@ Memory at the peak of a step (per device):
   gradients                   float32, sharded like the params; x2 with microbatches (accumulator + current);
   saved activations           what the forward pass keeps for the backward pass, over all layers; depends on
                               the remat policy: "full" keeps each layer's input only ([rows, seq, hidden]);
+                              "dots_with_no_batch_dims_and_attention" adds attention's output (and a fused
+                              kernel's softmax statistics) to the weight matmuls' outputs;
   working set                 the larger of (one layer's backward: its recomputed activations, their
                               gradients and its all-gathered weights and weight gradients) and (the LM head:
                               float32 logits, softmax and logit gradients over the local vocabulary slice,
@@ -114,6 +116,7 @@ class LayerTensors:
   mlp_in: int  # matmuls into the feed-forward width: 1 (fc1) or 2 (SwiGLU's gate and up)
   scores: int  # float32 attention logits [rows, heads / tensor, seq, seq]; 0 when fused
   probs: int  # attention probabilities in the compute dtype; 0 when fused
+  softmax_stats: int  # a fused kernel's float32 log-sum-exp per query [rows, heads / tensor, seq]; 0 unfused
   norm_f32: int  # the float32 copy a norm computes in (sharded like the residual stream)
   dropout_mask: int  # one dropout mask on the residual stream, 0 without dropout
 
@@ -133,6 +136,11 @@ class LayerTensors:
   def dots_without_batch_dims(self) -> int:
     """Weight matmul outputs only (remat "dots_with_no_batch_dims"): q, k, v, out projection, the mlp matmuls."""
     return self.heads + 2 * self.kv + 2 * self.normed + self.mlp_in * self.mlp
+
+  def dots_without_batch_dims_and_attention(self) -> int:
+    """Those and attention's outputs (remat "dots_with_no_batch_dims_and_attention"): its output, and a fused
+    kernel's softmax statistics."""
+    return self.dots_without_batch_dims() + self.heads + self.softmax_stats
 
   def largest(self) -> int:
     return max(self.residual, self.normed, self.heads, self.mlp, self.scores, self.probs, self.norm_f32)
@@ -156,6 +164,7 @@ def layer_tensors(config: ModelConfig, rows: int, seq_len: int, tensor: int, seq
       mlp_in=widths.mlp_in_matmuls,
       scores=0 if fused else rows * local_heads * seq_len * seq_len * FLOAT32_BYTES,
       probs=0 if fused else rows * local_heads * seq_len * seq_len * item,
+      softmax_stats=rows * local_heads * seq_len * FLOAT32_BYTES if fused else 0,
       norm_f32=tokens * hidden * FLOAT32_BYTES // residual_shards,
       dropout_mask=tokens * hidden * DROPOUT_MASK_BYTES // residual_shards if config.dropout > 0 else 0,
   )
@@ -170,6 +179,8 @@ def saved_per_layer(config: ModelConfig, layer: LayerTensors) -> int:
     return layer.residual + layer.dots()
   if policy == "dots_with_no_batch_dims":
     return layer.residual + layer.dots_without_batch_dims()
+  if policy == "dots_with_no_batch_dims_and_attention":
+    return layer.residual + layer.dots_without_batch_dims_and_attention()
   return layer.everything()
 
 
@@ -272,6 +283,8 @@ def recompute_flops_per_token(config: ModelConfig, seq_len: int) -> float:
     return 2 * recomputed_matmuls + attention
   if policy == "dots_with_no_batch_dims":
     return attention
+  if policy == "dots_with_no_batch_dims_and_attention":  # fused: none; XLA's probabilities need QK^T again
+    return 0.0 if _fused_attention(config) else attention / 2
   return 0.0
 
 

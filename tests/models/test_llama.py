@@ -300,8 +300,8 @@ def test_logit_positions_give_those_rows_of_the_full_logits():
                              atol=1e-5)
 
 
-@pytest.mark.parametrize("remat_policy,scan_layers",
-                         [("full", True), pytest.param("dots", False, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("remat_policy,scan_layers", [("full", True), ("dots_with_no_batch_dims_and_attention", True),
+                                                      pytest.param("dots", False, marks=pytest.mark.slow)])
 def test_remat_keeps_gradients(remat_policy, scan_layers):
   config = _config(scan_layers=scan_layers)
   params = _random_params(config)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from optiml_jax import convert
+from optiml_jax.models import layers
 from optiml_jax.models import opt
 
 torch = pytest.importorskip("torch")
@@ -209,7 +210,7 @@ def test_logit_positions_give_those_rows_of_the_full_logits():
   np.testing.assert_allclose(picked, np.take_along_axis(full, positions[:, :, None], axis=1), atol=1e-5)
 
 
-@pytest.mark.parametrize("remat_policy", ["full", "dots_with_no_batch_dims"])
+@pytest.mark.parametrize("remat_policy", ["full", "dots_with_no_batch_dims", "dots_with_no_batch_dims_and_attention"])
 def test_remat_keeps_logits_and_gradients(remat_policy):
   config = opt.OPTConfig(**SMALL, dropout=0.0)
   params = _random_params(config)
@@ -222,6 +223,41 @@ def test_remat_keeps_logits_and_gradients(remat_policy):
   plain = grad(params, config)
   remat = grad(params, dataclasses.replace(config, remat_policy=remat_policy))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), plain, remat)
+
+
+def _saved_residuals(config, params, tokens, capsys):
+  """What the forward pass of the loss keeps for its backward pass, as jax prints it: one line per array."""
+  capsys.readouterr()
+  jax.ad_checkpoint.print_saved_residuals(
+      lambda p: opt.OPT(config).apply({
+          "params": p
+      }, tokens, enable_dropout=False).mean(), params)
+  return [line for line in capsys.readouterr().out.splitlines() if "from the argument" not in line]
+
+
+def test_remat_saving_attention_keeps_its_output_and_no_scores(capsys):
+  config = opt.OPTConfig(**SMALL, dropout=0.0, scan_layers=False)
+  params = _random_params(config)
+  tokens = jnp.asarray(np.random.default_rng(6).integers(3, config.vocab_size, size=(2, 8)))
+  saved = {
+      policy: _saved_residuals(dataclasses.replace(config, remat_policy=policy), params, tokens, capsys)
+      for policy in ("dots_with_no_batch_dims", "dots_with_no_batch_dims_and_attention")
+  }
+  named = [line for line in saved["dots_with_no_batch_dims_and_attention"] if "named 'attention_output'" in line]
+  assert len(named) == config.num_hidden_layers and all(line.startswith("f32[2,8,4,8]") for line in named)
+  assert sorted(set(saved["dots_with_no_batch_dims_and_attention"]) - set(named)) == sorted(
+      set(saved["dots_with_no_batch_dims"]))  # the weight matmuls, as before: attention's output is all it adds
+  assert not any(line.startswith("f32[2,4,8,8]") for lines in saved.values() for line in lines)  # no scores
+
+
+def test_remat_saving_attention_saves_cudnns_forward_outputs():
+  # jax's cuDNN attention is a custom_vjp whose forward primitive returns the output and the softmax statistics
+  # its backward kernel reads: saving them leaves no attention forward in the backward pass.
+  policy = layers.remat_policy("dots_with_no_batch_dims_and_attention")
+  cudnn_forward = jax.extend.core.Primitive("dot_product_attention_fwd_wrapper")
+  other = jax.extend.core.Primitive("dot_product_attention_bwd_wrapper")
+  assert policy(cudnn_forward) and not policy(other)
+  assert not layers.remat_policy("dots_with_no_batch_dims")(cudnn_forward)
 
 
 def test_bfloat16_compute_returns_float32_logits():
@@ -430,3 +466,25 @@ def test_cudnn_attention_is_as_close_to_float32_as_xla_in_bfloat16():
                                          jax.tree.leaves(cudnn[2])):
     bound = 3 * error(g_xla, ref) + 1e-2 * float(jnp.linalg.norm(ref)) + 1e-6
     assert error(g_cudnn, ref) <= bound, (jax.tree_util.keystr(path), error(g_cudnn, ref), error(g_xla, ref))
+
+
+@pytest.mark.gpu  # cuDNN flash attention runs on CUDA GPUs only.
+def test_remat_saving_attention_runs_no_cudnn_forward_in_the_backward_pass(capsys):
+  config = opt.OPTConfig(vocab_size=512, hidden_size=256, num_hidden_layers=2, num_attention_heads=4, ffn_dim=512,
+                         max_position_embeddings=256, dropout=0.0, dtype="bfloat16", attention_impl="cudnn",
+                         scan_layers=False)
+  params = _random_params(config)
+  tokens = jnp.asarray(np.random.default_rng(6).integers(3, config.vocab_size, size=(2, 128)))
+  saved = _saved_residuals(dataclasses.replace(config, remat_policy="dots_with_no_batch_dims_and_attention"), params,
+                           tokens, capsys)
+  # Per layer: the output [2, 128, 4, 64] and the softmax statistics, both from cuDNN's forward primitive.
+  assert len([line for line in saved if "output of dot_product_attention_fwd" in line]) == 2 * 2, saved
+  grads = [
+      jax.jit(jax.grad(lambda p, c=c: opt.OPT(c).apply({
+          "params": p
+      }, tokens, enable_dropout=False).mean()))(params)
+      for c in (config, dataclasses.replace(config, remat_policy="dots_with_no_batch_dims_and_attention"))
+  ]
+  for plain, remat in zip(*map(jax.tree.leaves, grads)):  # bf16: fusions may round differently, nothing more
+    difference = float(jnp.linalg.norm(plain.astype(jnp.float32) - remat.astype(jnp.float32)))
+    assert difference <= 1e-2 * float(jnp.linalg.norm(plain.astype(jnp.float32))) + 1e-6

@@ -61,6 +61,7 @@ def test_remat_policies_order_saved_activations_and_microbatches_shrink_them():
                                        opt_state_bytes=0).saved_activations for policy in opt_config.REMAT_POLICIES
   }
   assert saved["full"] < saved["dots_with_no_batch_dims"] < saved["dots"] < saved["none"]
+  assert saved["dots_with_no_batch_dims"] < saved["dots_with_no_batch_dims_and_attention"] < saved["dots"]
   one = analytic.estimate_memory(_config(remat_policy="none"), shape, params_bytes=8, opt_state_bytes=16)
   four = analytic.estimate_memory(_config(remat_policy="none"), analytic.StepShape(16, 512, 4, 1, 2, 2), params_bytes=8,
                                   opt_state_bytes=16)
@@ -74,6 +75,23 @@ def test_fused_attention_has_no_quadratic_scores():
                                  sequence_parallel=False)
   assert xla.scores == 2 * 6 * 2048 * 2048 * 4 and fused.scores == fused.probs == 0
   assert fused.everything() < xla.everything()
+
+
+def test_saving_attention_costs_its_output_and_spares_the_attention_recompute():
+  shape = analytic.StepShape(batch_size=8, seq_len=2048, num_microbatches=1, data=1, fsdp=1, tensor=1)
+  for impl, recomputed in (("cudnn", 0.0), ("xla", 0.5)):  # XLA's backward recomputes QK^T for the probabilities
+    config = _config("opt-1.3b", dtype="bfloat16", attention_impl=impl)
+    dots, saving = (dataclasses.replace(config, remat_policy=policy)
+                    for policy in ("dots_with_no_batch_dims", "dots_with_no_batch_dims_and_attention"))
+    layer = analytic.layer_tensors(config, rows=8, seq_len=2048, tensor=1, sequence_parallel=False)
+    stats = 8 * 32 * 2048 * 4 if impl == "cudnn" else 0  # float32 log-sum-exp per query and head
+    assert layer.heads == 8 * 2048 * 2048 * 2
+    assert analytic.saved_per_layer(saving, layer) - analytic.saved_per_layer(dots, layer) == layer.heads + stats
+    extra = {c.remat_policy: analytic.estimate_flops(c, shape) for c in (dots, saving)}
+    attention = extra["dots_with_no_batch_dims"].hardware_total - extra["dots_with_no_batch_dims"].model_total
+    assert attention == 4 * 24 * 2048 * 2048 * 8 * 2048  # QK^T and PV of every layer, once more
+    assert extra["dots_with_no_batch_dims_and_attention"].hardware_total == (
+        extra["dots_with_no_batch_dims_and_attention"].model_total + recomputed * attention)
 
 
 def test_flops_model_and_remat_recompute():

@@ -14,12 +14,13 @@
 #      scoring (eval.py --preset llama-3.2-1b --parts score, 32 x 512), random weights;
 #   5. tools/benchmarks/profile_step.py on the opt-125m and opt-1.3b steps of 2. (PROFILE=0 skips it);
 #   6. the step's levers, ours alone at opt-1.3b 8 x 2048 (LEVERS=0 skips them; against a plain step of the
-#      same call: 2.'s, or one of their own when OPT=0 leaves 2. out): no padding mask, a chunked
-#      loss, and packed rows (8 segments, 10% targets) plain and with all three levers; the packed rows also
-#      against transformers in the same process (its block-diagonal sdpa mask), at opt-1.3b and opt-125m
-#      16 x 2048, the real workload beside the equal work of 2.; MORE_LEVERS=1 (off by default) unrolled
-#      layers, the NaN guard as a lax.cond, and XLA's GPU flags (latency-hiding scheduler, no command buffers, no
-#      Triton GEMMs), each through XLA_FLAGS for that process.
+#      same call: 2.'s, or one of their own when OPT=0 leaves 2. out): no padding mask, a chunked loss, remat
+#      that also saves attention's output (the backward pass then runs no attention forward), and packed rows
+#      (8 segments, 10% targets) plain and with no mask, a chunked loss and the LM head at 512 positions; the
+#      packed rows also against transformers in the same process (its block-diagonal sdpa mask), at opt-1.3b
+#      and opt-125m 16 x 2048, the real workload beside the equal work of 2.; MORE_LEVERS=1 (off by default)
+#      unrolled layers, the NaN guard as a lax.cond, and XLA's GPU flags (latency-hiding scheduler, no command
+#      buffers, no Triton GEMMs), each through XLA_FLAGS for that process.
 # If a cuDNN run fails, the same run is repeated with XLA attention, and the log says so. Every JSON line goes
 # to OUT_DIR/bench.jsonl (as each run ends: a call cut short keeps what finished), every log to
 # OUT_DIR/bench.log; a summary table is printed after 3. Each run logs its seconds. All of it is more than one
@@ -160,6 +161,7 @@ if [[ "${LEVERS:-1}" == 1 || "${MORE_LEVERS:-0}" == 1 ]]; then
   if [[ "${LEVERS:-1}" == 1 ]]; then
     lever lever-no-padding-mask --no_padding_mask
     lever lever-chunked-loss --loss_chunk_size 512
+    lever lever-remat-attention --remat dots_with_no_batch_dims_and_attention
     lever lever-packed --packed 8 --target_fraction 0.1 --parts hf,ours
     lever lever-packed-all --packed 8 --target_fraction 0.1 --no_padding_mask --loss_chunk_size 512 \
       --lm_head_positions 512

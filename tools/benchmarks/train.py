@@ -57,7 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation included)")
   parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                       help="compute dtype (default: bfloat16 on a GPU, float32 on a CPU)")
-  parser.add_argument("--remat", default="none", help="our remat policy: none, full, dots, dots_with_no_batch_dims")
+  parser.add_argument(
+      "--remat", default="none", help="our remat policy: none, full, dots, dots_with_no_batch_dims, "
+      "dots_with_no_batch_dims_and_attention")
   parser.add_argument("--no_scan", dest="scan_layers", action="store_false",
                       help="ours: the layers unrolled (scan_layers=False) instead of one scanned layer")
   parser.add_argument("--attention_impl", default=None, choices=("xla", "cudnn"), help="our attention kernel")
