@@ -106,7 +106,7 @@ def cached_streams(config: config_lib.TrainConfig, cache_dir: str) -> loop.Strea
   def make_stream(per_process_batch: int, index: int, count: int) -> loop.ResumableStream:
     return cached_stream.CachedBatchStream(data.mixture_or_task_name, data.task_feature_lengths, per_process_batch,
                                            config.run.seed, cache_dir=cache_dir, shard_index=index, shard_count=count,
-                                           pack=data.pack, tasks=tasks)
+                                           pack=data.pack, max_segments_per_row=data.max_segments_per_row, tasks=tasks)
 
   return make_stream
 
@@ -137,7 +137,8 @@ def registered_streams(config: config_lib.TrainConfig) -> loop.StreamFactory:
 
   def make_stream(per_process_batch: int, index: int, count: int) -> loop.ResumableStream:
     return pipeline.BatchStream(data.mixture_or_task_name, "train", data.task_feature_lengths, per_process_batch,
-                                config.run.seed, shard_index=index, shard_count=count, pack=data.pack)
+                                config.run.seed, shard_index=index, shard_count=count, pack=data.pack,
+                                max_segments_per_row=data.max_segments_per_row)
 
   return make_stream
 

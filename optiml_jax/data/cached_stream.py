@@ -21,7 +21,8 @@ The global stream, a pure function of (mixture, seed, sequence length, global ba
                 block), as the uncached Tasks read their instances;
   rows          each example goes through `formatting.row_examples` (the Task preprocessor's truncation and
                 pre-training chunks), then first-fit packing over `max_open_rows` open rows, as `packing.Packer`
-                does; the plan uses only lengths, so every process plans the same global rows cheaply;
+                does (with `max_segments_per_row`, a row is complete once it holds that many examples); the plan
+                uses only lengths, so every process plans the same global rows cheaply;
   batch p       the next `batch_size * shard_count` completed rows; process i materialises (reads the tokens of)
                 only its block of `batch_size` rows.
 So the examples, and their distribution over tasks, follow the mixture's rates as seqio's sampling does (not the
@@ -71,6 +72,7 @@ class _StreamArgs(TypedDict):
   shard_count: int
   pack: bool
   max_open_rows: int
+  max_segments_per_row: int | None
   tasks_digest: str
 
 
@@ -161,11 +163,13 @@ def _checked(tasks: StreamTasks, name: str, cache_dir: str | os.PathLike) -> Str
 class _Plan:
   """The global packing plan: draws, per-task counters, open and completed rows (lengths only)."""
 
-  def __init__(self, rates: Sequence[float], length: int, with_bos: bool, max_open_rows: int, pack: bool):
+  def __init__(self, rates: Sequence[float], length: int, with_bos: bool, max_open_rows: int, pack: bool,
+               max_segments: int | None = None):
     probs = np.asarray(rates, np.float64) / float(np.sum(rates))
     self.cdf = np.cumsum(probs)
     self.cdf[-1] = 1.0
     self.length, self.with_bos, self.max_open_rows, self.pack = length, with_bos, max_open_rows, pack
+    self.max_segments = max_segments  # a row holding this many pieces is complete; None: no cap
     self.draws = 0
     self.counters = np.zeros(len(rates), np.int64)
     self.open: list[list[Any]] = []  # [used positions, [Ref, ...]]
@@ -202,7 +206,7 @@ class _Plan:
     return t
 
   def place(self, ref: Ref, positions: int) -> None:
-    """First fit of one piece of `positions` positions (as `packing.Packer.add`)."""
+    """First fit of one piece of `positions` positions (as `packing.Packer.add`, with its cap on segments)."""
     if positions <= 0:
       return
     if not self.pack:
@@ -216,7 +220,7 @@ class _Plan:
       slot = len(self.open) - 1
     self.open[slot][0] += positions
     self.open[slot][1].append(ref)
-    if self.open[slot][0] == self.length:
+    if self.open[slot][0] == self.length or len(self.open[slot][1]) == self.max_segments:  # full, or at the cap
       self.ready.append(self.open.pop(slot)[1])
 
 
@@ -234,14 +238,17 @@ class CachedBatchStream(Iterator[dict[str, np.ndarray]]):
     cache_dir: the bench cache.
     pack: pack several examples per row (else one per row, padded).
     max_open_rows: the packer's open rows.
+    max_segments_per_row: at most this many examples (pieces) per packed row, the static bound a packed-layout
+      attention kernel needs (`packing.Packer`'s `max_segments`); None: as many as fit.
     tasks: what `name` draws (`cache_tasks`: from the cache alone); None: from the seqio registry
       (`registered_tasks`). The batches and states are the same either way.
   """
 
   def __init__(self, name: str, feature_lengths: Mapping[str, int], batch_size: int, seed: int, *,
                cache_dir: str | os.PathLike, shard_index: int = 0, shard_count: int = 1, pack: bool = True,
-               max_open_rows: int = 8, tasks: StreamTasks | None = None):
+               max_open_rows: int = 8, max_segments_per_row: int | None = None, tasks: StreamTasks | None = None):
     packing_np.check_stream_args(feature_lengths, batch_size, shard_index, shard_count)
+    max_segments_per_row = packing_np.check_max_segments(max_segments_per_row, "max_segments_per_row")
     tasks = registered_tasks(name, cache_dir) if tasks is None else tasks
     self._config: _StreamArgs = {
         "kind": STATE_KIND,
@@ -256,13 +263,15 @@ class CachedBatchStream(Iterator[dict[str, np.ndarray]]):
         "shard_count": int(shard_count),
         "pack": bool(pack),
         "max_open_rows": int(max_open_rows),
+        "max_segments_per_row": max_segments_per_row,
         "tasks_digest": hashlib.sha256(json.dumps(tasks.rates).encode()).hexdigest()[:16],
     }
     self._cache_dir = str(cache_dir)
     self._tasks = tasks
     self._length = sum(self._config["feature_lengths"].values())
     self._bos = tasks.bos_id
-    self._plan = _Plan([r for _, r in tasks.rates], self._length, self._bos is not None, max_open_rows, pack)
+    self._plan = _Plan([r for _, r in tasks.rates], self._length, self._bos is not None, max_open_rows, pack,
+                       max_segments_per_row)
     self._shards: dict[int, cache_lib.Shard] = {}
     self._zeros = np.zeros(self._length + 1, np.int32)
     self._orders: dict[int, tuple[tuple[int, int], np.ndarray]] = {}
@@ -271,12 +280,13 @@ class CachedBatchStream(Iterator[dict[str, np.ndarray]]):
   @classmethod
   def from_cache(cls, cache_dir: str | os.PathLike, name: str, feature_lengths: Mapping[str, int], batch_size: int,
                  seed: int, *, catalog_dir: str | os.PathLike | None = None, shard_index: int = 0, shard_count: int = 1,
-                 pack: bool = True, max_open_rows: int = 8) -> CachedBatchStream:
+                 pack: bool = True, max_open_rows: int = 8,
+                 max_segments_per_row: int | None = None) -> CachedBatchStream:
     """The stream of `name` (a training mixture of the cache's catalog, or one of its Tasks) from the cache alone,
     without seqio or TensorFlow (`cache_tasks`, which says what it raises); other arguments as the constructor's."""
     return cls(name, feature_lengths, batch_size, seed, cache_dir=cache_dir, shard_index=shard_index,
                shard_count=shard_count, pack=pack, max_open_rows=max_open_rows,
-               tasks=cache_tasks(cache_dir, name, catalog_dir))
+               max_segments_per_row=max_segments_per_row, tasks=cache_tasks(cache_dir, name, catalog_dir))
 
   @property
   def vocabulary(self) -> Any:
@@ -359,7 +369,8 @@ class CachedBatchStream(Iterator[dict[str, np.ndarray]]):
     pieces = [self._pieces(t, i, lengths_only=False)[p] for t, i, p in refs]
     if not self._config["pack"]:
       return next(packing_np.pad_examples(pieces, self._length, self._bos))
-    packer = packing_np.Packer(self._length, self._bos, max_open_rows=1)
+    packer = packing_np.Packer(self._length, self._bos, max_open_rows=1,
+                               max_segments=self._config["max_segments_per_row"])
     rows = [row for inputs, targets in pieces for row in packer.add(inputs, targets)] + packer.flush()
     if len(rows) != 1:
       raise AssertionError(f"the packing plan's row became {len(rows)} rows")  # a bug, not bad data

@@ -2,11 +2,12 @@
 
 Where it sits: `registry.py` Tasks yield examples with int32 `inputs` = BPE(source) and `targets` =
 BPE(" " + target) + [EOS]; the converter here turns them into the t5x/seqio decoder features the trainer consumes.
-The row layout (worked examples: BOS, target-only loss, segments, positions, padding, lengths) and the pure numpy
-packer (`pack_examples`, `Packer`, `first_fit`, `pad_examples`) live in `packing_np.py`, which imports neither
-TensorFlow nor seqio; their names are re-exported here. `OptimlFeatureConverter` wraps that packer as a
-`seqio.FeatureConverter` so `seqio.get_dataset(..., feature_converter=...)` and t5x configs can use it; the
-`*_tf` functions are the tf.data twins of `formatting`'s row fitting (`registry.truncate`, `eval_tasks`).
+The row layout (worked examples: BOS, target-only loss, segments, positions, padding, lengths, the cap on
+segments per row) and the pure numpy packer (`pack_examples`, `Packer`, `first_fit`, `pad_examples`,
+`count_segments`) live in `packing_np.py`, which imports neither TensorFlow nor seqio; their names are re-exported
+here. `OptimlFeatureConverter` wraps that packer as a `seqio.FeatureConverter` so `seqio.get_dataset(...,
+feature_converter=...)` and t5x configs can use it; the `*_tf` functions are the tf.data twins of `formatting`'s
+row fitting (`registry.truncate`, `eval_tasks`).
 """
 
 from __future__ import annotations
@@ -33,14 +34,17 @@ row_length = packing_np.row_length
 Packer = packing_np.Packer
 pack_examples = packing_np.pack_examples
 pad_examples = packing_np.pad_examples
+count_segments = packing_np.count_segments
 NO_BOS = -1  # how `bos_id=None` travels through tf.numpy_function (an int argument)
+NO_SEGMENT_CAP = 0  # how `max_segments_per_row=None` (no cap) travels through tf.numpy_function
 
 
 def _pack_window(rows: np.ndarray, meta: np.ndarray, inputs: np.ndarray, inputs_length: np.ndarray, targets: np.ndarray,
-                 targets_length: np.ndarray, flush: np.ndarray,
-                 bos_id: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 targets_length: np.ndarray, flush: np.ndarray, bos_id: np.ndarray,
+                 max_segments: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """One `scan` step of the converter: adds a padded window of examples to the packer state."""
-  packer = Packer.from_state(rows, meta, None if int(bos_id) == NO_BOS else int(bos_id))
+  packer = Packer.from_state(rows, meta, None if int(bos_id) == NO_BOS else int(bos_id),
+                             None if int(max_segments) == NO_SEGMENT_CAP else int(max_segments))
   done = []
   for i in range(inputs.shape[0]):
     done += packer.add(inputs[i, :inputs_length[i]], targets[i, :targets_length[i]])
@@ -135,6 +139,8 @@ class OptimlFeatureConverter(seqio.FeatureConverter):
     bos_id: the token fed before each example (OPT: 2), None when the tokenizer adds none (SmolLM2, Qwen2);
       `for_vocabulary` reads it from a vocabulary.
     max_open_rows, window_size: the packer's open rows, and examples per `scan` step.
+    max_segments_per_row: at most this many examples per packed row (`pack_examples`' `max_segments`: a row
+      is emitted once it holds them), the static bound a packed-layout attention kernel needs; None: no cap.
     apply_length_check: seqio's check of the task features against their lengths.
     eos_id: the token that ends every target, kept when the converter cuts a target to the row (OPT: 2).
   """
@@ -150,11 +156,12 @@ class OptimlFeatureConverter(seqio.FeatureConverter):
   PACKING_FEATURE_DTYPES: ClassVar[dict[str, tf.DType]] = {name: tf.int32 for name in PACKING_FEATURE_NAMES}
 
   def __init__(self, pack: bool = True, bos_id: int | None = OPT_BOS_ID, max_open_rows: int = 8, window_size: int = 256,
-               apply_length_check: bool = True, eos_id: int = OPT_EOS_ID):
+               apply_length_check: bool = True, eos_id: int = OPT_EOS_ID, max_segments_per_row: int | None = None):
     if max_open_rows < 1 or window_size < 1:
       raise ValueError(f"max_open_rows and window_size must be >= 1, got {max_open_rows}, {window_size}")
     if bos_id is not None and bos_id < 0:
       raise ValueError(f"bos_id must be a token id >= 0 or None (no BOS), got {bos_id}")
+    self._max_segments = packing_np.check_max_segments(max_segments_per_row, "max_segments_per_row")
     self._max_open_rows = max_open_rows
     self._window_size = window_size
     self._eos_id = eos_id
@@ -177,6 +184,11 @@ class OptimlFeatureConverter(seqio.FeatureConverter):
   def eos_id(self) -> int:
     """The token that ends every target."""
     return self._eos_id
+
+  @property
+  def max_segments_per_row(self) -> int | None:
+    """The most examples a packed row holds, or None (no cap)."""
+    return self._max_segments
 
   def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]) -> Mapping[str, int]:
     """Every model feature has length inputs + targets (a row without a BOS has one position to spare)."""
@@ -231,12 +243,13 @@ class OptimlFeatureConverter(seqio.FeatureConverter):
     }
     windows = windows.concatenate(tf.data.Dataset.from_tensors((last, True)))  # flushes a finite stream
     bos_id = NO_BOS if self.bos_id is None else self.bos_id
+    max_segments = NO_SEGMENT_CAP if self._max_segments is None else self._max_segments
 
     def step(state, element):
       window, flush = element
       rows, meta, out = tf.numpy_function(_pack_window, [
           state[0], state[1], window["inputs"], window["inputs_length"], window["targets"], window["targets_length"],
-          flush, bos_id
+          flush, bos_id, max_segments
       ], [tf.int32, tf.int32, tf.int32], stateful=False)
       rows = tf.ensure_shape(rows, [k, features, length])
       meta = tf.ensure_shape(meta, [k, 3])

@@ -36,6 +36,12 @@ token is read first and never predicted, and an example takes one position less.
 An `lm` example then cannot predict its first token (nothing precedes it), and an example of a single token has
 nothing to predict at all: the packer drops it (its row would carry no loss).
 
+A cap on segments per row (`max_segments`, M): a row is emitted as soon as it holds M examples, even with room
+left, so no row ever holds more than M segments. An attention kernel that takes each packed row as a static
+list of at most M segments (cuDNN's packed "THD" layout) needs that bound; it costs fill only where short
+examples would have packed more than M to a row. `count_segments` counts the segments of rows already built
+(what the trainer checks a batch with). None (the default) is no cap.
+
 Padding is 0 everywhere (seqio's convention) with loss weight 0 and segment id 0. Id 0 may be a real token
 (Llama 3's "!"; OPT's <s> = 0 never occurs in BPE output), so padding is told by segment ids, loss weights or
 lengths, never by `token == 0`. Without packing each row holds one example, padded, and only the first three
@@ -108,20 +114,54 @@ def first_fit(used: Sequence[int], positions: int, length: int, max_open_rows: i
   return slot, slot is None and len(used) == max_open_rows
 
 
+def check_max_segments(value: Any, name: str = "max_segments") -> int | None:
+  """`value` as a cap on segments per row: an int >= 1, or None (no cap).
+
+  Raises:
+    ValueError: naming `name` (the argument as its caller calls it) and what was expected.
+  """
+  if value is None:
+    return None
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"packing: {name} must be an integer >= 1 or None (no cap), got {value!r}")
+  return int(value)
+
+
+def count_segments(segment_ids: np.ndarray) -> np.ndarray:
+  """Segments (packed examples) per row: the maximal runs of equal nonzero ids along the last axis.
+
+  0 is padding, not a segment; a row of padding only counts 0. For [batch, length] ids the result is [batch]
+  (int64), e.g. [[1, 1, 2, 2, 0], [1, 2, 3, 0, 0], [0, 0, 0, 0, 0]] -> [2, 3, 0]. Pure numpy: the trainer checks
+  a batch against the attention kernel's static bound on segments per row with it.
+
+  Raises:
+    ValueError: `segment_ids` is a scalar.
+  """
+  ids = np.asarray(segment_ids)
+  if ids.ndim < 1:
+    raise ValueError(f"count_segments: expected segment ids of shape [..., length], got a scalar {ids!r}")
+  starts = ids != 0
+  starts[..., 1:] &= ids[..., 1:] != ids[..., :-1]
+  return np.asarray(np.sum(starts, axis=-1, dtype=np.int64))
+
+
 class Packer:
   """The streaming state of `pack_examples`: its open rows, oldest first, as dense arrays.
 
   `add` places one example and returns the rows it completed; `flush` returns the open rows. The state can
   be exported to and rebuilt from plain arrays (`state` / `from_state`), which is how the feature converter
-  carries it through `tf.data.Dataset.scan`.
+  carries it through `tf.data.Dataset.scan`. With `max_segments`, a row is completed when it holds that many
+  examples, so an open row always holds fewer.
   """
 
-  def __init__(self, length: int, bos_id: int | None = OPT_BOS_ID, max_open_rows: int = 8):
+  def __init__(self, length: int, bos_id: int | None = OPT_BOS_ID, max_open_rows: int = 8,
+               max_segments: int | None = None):
     if length < 1:
       raise ValueError(f"packing: length must be >= 1, got {length}")
     if max_open_rows < 1:
       raise ValueError(f"packing: max_open_rows must be >= 1, got {max_open_rows}")
     self.length, self.bos_id, self.max_open_rows = length, bos_id, max_open_rows
+    self.max_segments = check_max_segments(max_segments)
     self._rows: list[np.ndarray] = []  # each [len(FEATURE_ORDER), length] int32
     self._used: list[int] = []
     self._segments: list[int] = []
@@ -152,7 +192,7 @@ class Packer:
       row[_INDEX[name], start:start + n] = features[name]
     row[_INDEX["decoder_segment_ids"], start:start + n] = self._segments[slot]
     self._used[slot] += n
-    if self._used[slot] == self.length:
+    if self._used[slot] == self.length or self._segments[slot] == self.max_segments:  # full, or at the cap
       done.append(self._pop(slot))
     return done
 
@@ -176,11 +216,19 @@ class Packer:
     return rows, meta
 
   @classmethod
-  def from_state(cls, rows: np.ndarray, meta: np.ndarray, bos_id: int | None = OPT_BOS_ID) -> Packer:
-    """Rebuilds a packer from `state()` arrays."""
-    packer = cls(rows.shape[2], bos_id, rows.shape[0])
+  def from_state(cls, rows: np.ndarray, meta: np.ndarray, bos_id: int | None = OPT_BOS_ID,
+                 max_segments: int | None = None) -> Packer:
+    """Rebuilds a packer from `state()` arrays; `bos_id` and `max_segments` as the packer's that wrote them.
+
+    Raises:
+      ValueError: an open row already holds `max_segments` segments or more (a state of a packer without that cap).
+    """
+    packer = cls(rows.shape[2], bos_id, rows.shape[0], max_segments)
     for i in range(rows.shape[0]):
       if meta[i, 0]:
+        if packer.max_segments is not None and meta[i, 2] >= packer.max_segments:
+          raise ValueError(f"packing: the state's open row {i} holds {int(meta[i, 2])} segments, not fewer than "
+                           f"max_segments={packer.max_segments}: a state of a packer with another cap")
         packer._rows.append(np.array(rows[i], np.int32))
         packer._used.append(int(meta[i, 1]))
         packer._segments.append(int(meta[i, 2]))
@@ -198,28 +246,30 @@ def _checked_features(inputs: np.ndarray, targets: np.ndarray, length: int, bos_
 
 
 def pack_examples(examples: Iterable[tuple[np.ndarray, np.ndarray]], length: int, bos_id: int | None = OPT_BOS_ID,
-                  max_open_rows: int = 8) -> Iterator[dict[str, np.ndarray]]:
+                  max_open_rows: int = 8, max_segments: int | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Packs whole (inputs, targets) examples greedily into rows of `length` positions.
 
   First fit: an example goes into the oldest open row with room for it; when none has room, a new row is
   opened, and if `max_open_rows` rows are already open the oldest is emitted first. A row is emitted as soon
-  as it is exactly full, and the remaining open rows, oldest first, when the input ends. Deterministic: the
-  same examples in the same order give the same rows.
+  as it is exactly full or holds `max_segments` examples, and the remaining open rows, oldest first, when the
+  input ends. Deterministic: the same examples in the same order give the same rows.
 
   Args:
     examples: (inputs, targets) int arrays per example; targets end with the EOS.
     length: positions per row; an example takes len(inputs) + len(targets) (one less without a BOS).
     bos_id: the token fed before each example's first token (OPT: 2); None: none (the tokenizer adds none).
     max_open_rows: rows kept open for later, shorter examples (1 = next fit).
+    max_segments: at most this many examples per row (a row reaching it is emitted at once, padded if need
+      be); None: as many as fit.
 
   Yields:
     dicts of int32 arrays of shape [length]: decoder_input_tokens, decoder_target_tokens,
     decoder_loss_weights, decoder_segment_ids (1, 2, ... per example, 0 = padding), decoder_positions.
 
   Raises:
-    ValueError: an example does not fit in one row, or bad `length` / `max_open_rows`.
+    ValueError: an example does not fit in one row, or bad `length` / `max_open_rows` / `max_segments`.
   """
-  packer = Packer(length, bos_id, max_open_rows)
+  packer = Packer(length, bos_id, max_open_rows, max_segments)
   for inputs, targets in examples:
     yield from packer.add(inputs, targets)
   yield from packer.flush()

@@ -59,6 +59,7 @@ class _StreamArgs(TypedDict):
   drop_remainder: bool
   max_open_rows: int
   window_size: int
+  max_segments_per_row: int | None
 
 
 class BatchStream(Iterator[dict[str, np.ndarray]]):
@@ -77,14 +78,17 @@ class BatchStream(Iterator[dict[str, np.ndarray]]):
     drop_remainder: drop a final partial batch (only reachable with a finite `num_epochs`).
     max_open_rows: the packer's open rows (see `packing.pack_examples`).
     window_size: examples the converter packs per step (see `packing.OptimlFeatureConverter`).
+    max_segments_per_row: at most this many examples per packed row (see `packing.OptimlFeatureConverter`);
+      None: as many as fit.
     try_in_mem_cache: let seqio keep small tasks in memory (memory grows with the number of tasks).
   """
 
   def __init__(self, name: str, split: str, feature_lengths: Mapping[str, int], batch_size: int, seed: int,
                shard_index: int = 0, shard_count: int = 1, pack: bool = True, shuffle: bool = True,
                num_epochs: int | None = None, drop_remainder: bool = True, max_open_rows: int = 8,
-               window_size: int = 256, try_in_mem_cache: bool = False):
+               window_size: int = 256, try_in_mem_cache: bool = False, max_segments_per_row: int | None = None):
     packing_np.check_stream_args(feature_lengths, batch_size, shard_index, shard_count)
+    max_segments_per_row = packing_np.check_max_segments(max_segments_per_row, "max_segments_per_row")
     self._config: _StreamArgs = {
         "name": name,
         "split": split,
@@ -101,6 +105,7 @@ class BatchStream(Iterator[dict[str, np.ndarray]]):
         "drop_remainder": bool(drop_remainder),
         "max_open_rows": int(max_open_rows),
         "window_size": int(window_size),
+        "max_segments_per_row": max_segments_per_row,
     }
     self._try_in_mem_cache = try_in_mem_cache
     self._provider = seqio.get_mixture_or_task(name)
@@ -122,7 +127,8 @@ class BatchStream(Iterator[dict[str, np.ndarray]]):
     # BOS and EOS follow the tokenizer the Tasks tokenize with (OPT: </s>; SmolLM2: no BOS, <|im_end|>).
     converter = packing.OptimlFeatureConverter.for_vocabulary(self.vocabulary, pack=c["pack"],
                                                               max_open_rows=c["max_open_rows"],
-                                                              window_size=c["window_size"])
+                                                              window_size=c["window_size"],
+                                                              max_segments_per_row=c["max_segments_per_row"])
     ds = converter(ds, c["feature_lengths"])
     return ds.batch(c["batch_size"], drop_remainder=c["drop_remainder"])
 

@@ -183,6 +183,8 @@ class FeatureConverter(packing.OptimlFeatureConverter):
     bos_id: the token before each example: the tokenizer's BOS (OPT's </s>, 2: `special_tokens.OPT`), or None
       where the tokenizer adds none (the row then starts with the prompt).
     max_open_rows: rows the packer keeps open (see `packing.pack_examples`).
+    max_segments_per_row: at most this many examples per packed row (see `packing.OptimlFeatureConverter`);
+      None: as many as fit.
     eos_id: the token that ends every target, kept when a target is cut to its length (OPT's </s>, 2).
     vocabulary: when given (gin/t5x/models/decoder_base.gin binds the model's), its `bos_id` and `eos_id` replace
       the two above: the BOS its tokenizer adds (None: none) and its EOS (`vocab.HFVocabulary`).
@@ -190,12 +192,13 @@ class FeatureConverter(packing.OptimlFeatureConverter):
 
   def __init__(self, pack: bool = True, use_custom_packing_ops: bool = False, apply_length_check: bool = True,
                bos_id: int | None = special_tokens.OPT.bos_id, max_open_rows: int = 8,
-               eos_id: int = special_tokens.OPT_EOS_ID, vocabulary: seqio.Vocabulary | None = None):
+               eos_id: int = special_tokens.OPT_EOS_ID, vocabulary: seqio.Vocabulary | None = None,
+               max_segments_per_row: int | None = None):
     del use_custom_packing_ops  # Packing is `packing.pack_examples`, in Python.
     if vocabulary is not None:
       bos_id, eos_id = vocabulary.bos_id, vocabulary.eos_id
     super().__init__(pack=pack, bos_id=bos_id, max_open_rows=max_open_rows, apply_length_check=apply_length_check,
-                     eos_id=eos_id)
+                     eos_id=eos_id, max_segments_per_row=max_segments_per_row)
     if not pack:  # seqio checks the output against MODEL_FEATURES exactly.
       self.MODEL_FEATURES = {
           **packing.OptimlFeatureConverter.MODEL_FEATURES, CAUSAL_ATTENTION:

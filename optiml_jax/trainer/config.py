@@ -18,9 +18,10 @@ binding read the same (`DataArgs.batch_size = %BATCH_SIZE`):
   RunArgs           the run itself: steps, seed, NaN policy, an early stop, the compilation cache.
 
 Each group checks its own fields where it is built (`__post_init__`) and `TrainConfig` what spans groups (the
-rows fit the model's positions, the warmup ends before the run, the batch splits into microbatches), raising
-ConfigError that names the field as its gin binding (e.g. `DataArgs.batch_size`) and what was expected. What
-needs the devices (the batch over data x fsdp, the number of processes) is checked by `trainer.loop`.
+rows fit the model's positions, packed rows hold no more segments than the model's packed attention takes, the
+warmup ends before the run, the batch splits into microbatches), raising ConfigError that names the field as its
+gin binding (e.g. `DataArgs.batch_size`) and what was expected. What needs the devices (the batch over data x
+fsdp, the number of processes) is checked by `trainer.loop`.
 """
 
 from __future__ import annotations
@@ -139,6 +140,10 @@ class DataArgs:
   batch_size: int  # rows per step over all processes; each feeds batch_size / processes (BATCH_SIZE)
   catalog_dir: str | None = None  # bench catalog whose tasks and mixtures to register first (CATALOG_DIR)
   pack: bool = True  # several whole examples per row, each attending only to itself
+  # at most this many examples per packed row (a row reaching it is complete, padded if need be): the static bound
+  # the packed-layout (THD) attention kernel needs, at least ModelArgs.config.packed_attention_segments there;
+  # None: as many as fit
+  max_segments_per_row: int | None = None
   prefetch_depth: int = 2  # batches prepared ahead in a background thread while the device steps
   # the Hugging Face tokenizer folder the tasks tokenize with: the model's own (TOKENIZER_DIR, e.g. the converted
   # model folder); None: OPT's, shipped in the package
@@ -159,6 +164,7 @@ class DataArgs:
     _positive_int("DataArgs.batch_size", self.batch_size)
     _text("DataArgs.catalog_dir", self.catalog_dir, optional=True)
     _flag("DataArgs.pack", self.pack)
+    _positive_int("DataArgs.max_segments_per_row", self.max_segments_per_row, optional=True)
     _positive_int("DataArgs.prefetch_depth", self.prefetch_depth)
     _text("DataArgs.tokenizer_dir", self.tokenizer_dir, optional=True)
     _text("DataArgs.cache_dir", self.cache_dir, optional=True)
@@ -329,6 +335,14 @@ class TrainConfig:
     if self.optimizer.warmup_steps >= self.run.train_steps:
       raise ConfigError(f"OptimizerArgs.warmup_steps: expected fewer than RunArgs.train_steps="
                         f"{self.run.train_steps}, got {self.optimizer.warmup_steps}")
+    segments = getattr(model, "packed_attention_segments", 0) or 0  # the model's static segments per row; 0: none
+    if segments > 0 and self.data.pack:
+      cap = self.data.max_segments_per_row
+      if cap is None or cap > segments:
+        raise ConfigError(f"DataArgs.max_segments_per_row: the model's packed attention takes at most "
+                          f"packed_attention_segments={segments} segments per row (ModelArgs.config), but packed rows "
+                          f"may hold {'any number' if cap is None else cap}; set DataArgs.max_segments_per_row to "
+                          f"{segments} (or fewer), or DataArgs.pack = False")
     if self.data.batch_size % self.partitioning.num_microbatches:
       raise ConfigError(f"DataArgs.batch_size: {self.data.batch_size} rows do not split into "
                         f"PartitioningArgs.num_microbatches={self.partitioning.num_microbatches} equal microbatches")

@@ -4,6 +4,7 @@ the stream reads its mixture from the seqio registry or from the cache alone (no
 
 import collections
 import dataclasses
+import itertools
 import json
 import shlex
 import shutil
@@ -17,6 +18,7 @@ from optiml_jax.data import cache_beam
 from optiml_jax.data import cached_stream
 from optiml_jax.data import catalog
 from optiml_jax.data import formatting
+from optiml_jax.data import packing_np
 from optiml_jax.data import pipeline
 from optiml_jax.data import registry
 from optiml_jax.data import sampling
@@ -288,3 +290,53 @@ def test_an_old_cache_without_its_tokenizer_record_names_the_command_that_adds_i
   alone = cached_stream.CachedBatchStream.from_cache(old, registry.TRAIN_MIXTURE, LENGTHS, 2, 0)
   for _ in range(3):
     assert _equal(next(registered), next(alone))
+
+
+# --- A cap on segments per row (`max_segments_per_row`: the packed-layout attention kernel's static bound) ------
+
+
+def _capped(cache_dir, cap, **kwargs):
+  return cached_stream.CachedBatchStream.from_cache(cache_dir, registry.TRAIN_MIXTURE, LENGTHS, 4, 3,
+                                                    max_segments_per_row=cap, **kwargs)
+
+
+def test_the_cap_bounds_the_segments_of_every_row_and_resumes_exactly(cached):
+  _, cache_dir = cached
+  batches = list(itertools.islice(_capped(cache_dir, 3), 6))
+  uncapped = list(itertools.islice(_capped(cache_dir, None), 6))
+  counts = np.stack([packing_np.count_segments(b["decoder_segment_ids"]) for b in batches])
+  free = np.stack([packing_np.count_segments(b["decoder_segment_ids"]) for b in uncapped])
+  assert counts.max() == 3 and counts.min() >= 1 and free.max() > 3  # the toy examples would pack more
+  # A row at the cap is complete with room left: it ends in padding, and rows are less full than without the cap.
+  assert any(((b["decoder_segment_ids"] == 0).any(axis=1) & (c == 3)).any() for b, c in zip(batches, counts))
+  fill = [np.mean([(b["decoder_segment_ids"] > 0).mean() for b in run]) for run in (batches, uncapped)]
+  assert fill[0] < fill[1]
+  for b in batches:  # still whole examples with target-only loss: every segment starts at position 0 with the BOS
+    starts = (b["decoder_positions"] == 0) & (b["decoder_segment_ids"] > 0)
+    assert (b["decoder_input_tokens"][starts] == 2).all()
+  first = _capped(cache_dir, 3)
+  for _ in range(2):
+    next(first)
+  state = json.loads(json.dumps(first.state()))
+  assert state["max_segments_per_row"] == 3
+  resumed = _capped(cache_dir, 3)
+  resumed.restore(state)
+  for want in batches[2:]:
+    assert _equal(want, next(resumed))
+  registered = cached_stream.CachedBatchStream(registry.TRAIN_MIXTURE, LENGTHS, 4, 3, cache_dir=cache_dir,
+                                               max_segments_per_row=3)
+  assert all(_equal(want, next(registered)) for want in batches[:2])  # the registered path takes the cap too
+
+
+def test_no_cap_keeps_the_stream_and_a_state_of_another_cap_is_refused(cached):
+  _, cache_dir = cached
+  for want, got in zip(itertools.islice(_capped(cache_dir, None), 3), itertools.islice(_capped(cache_dir, 10**6), 3)):
+    assert _equal(want, got)  # a cap no row reaches changes nothing
+  state = _capped(cache_dir, None).state()
+  assert state["max_segments_per_row"] is None
+  with pytest.raises(ValueError, match="max_segments_per_row: saved None, this stream 3"):
+    _capped(cache_dir, 3).restore(state)
+  old = {k: v for k, v in state.items() if k != "max_segments_per_row"}  # a checkpoint from before the cap
+  _capped(cache_dir, None).restore(old)
+  with pytest.raises(ValueError, match="max_segments_per_row must be an integer >= 1 or None"):
+    _capped(cache_dir, 0)

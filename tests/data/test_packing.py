@@ -426,3 +426,122 @@ def test_for_vocabulary_follows_the_tokenizer(tiny_tokenizer):
   assert (converter.bos_id, converter.eos_id) == (llama3.prefix_ids[0], llama3.eos_id)
   with pytest.raises(ValueError, match="bos_id must be a token id >= 0 or None"):
     packing.OptimlFeatureConverter(bos_id=-1)
+
+
+# --- A cap on segments per row (the packed-layout attention kernel's static bound) ---------------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("max_segments", [1, 2, 3])
+def test_the_cap_bounds_the_segments_of_every_row_and_keeps_every_example(seed, max_segments):
+  rng = np.random.default_rng(seed)
+  length = int(rng.integers(12, 40))
+  examples = _random_examples(rng, 40, max_inputs=length // 4, max_targets=length // 4)
+  rows = list(packing.pack_examples(examples, length, BOS, max_open_rows=3, max_segments=max_segments))
+  segments = packing.count_segments(np.stack([r["decoder_segment_ids"] for r in rows]))
+  assert segments.max() <= max_segments and segments.min() >= 1
+  assert sorted(_unpack(rows)) == sorted(_key(e) for e in examples)
+  uncapped = list(packing.pack_examples(examples, length, BOS, max_open_rows=3))
+  assert packing.count_segments(np.stack([r["decoder_segment_ids"] for r in uncapped])).max() > max_segments
+  assert len(rows) >= len(uncapped)  # the cap costs fill, never an example
+
+
+def test_a_row_at_the_cap_is_emitted_at_once_with_room_left():
+  # Four examples of 2 positions each fill one row of 8 without a cap; with a cap of 2 each row holds two and
+  # ends in padding, and the first row is emitted as soon as it holds its second example.
+  examples = [([5], [2]), ([6], [2]), ([7], [2]), ([8], [2])]
+  (full,) = packing.pack_examples(examples, 8, BOS)
+  np.testing.assert_array_equal(full["decoder_segment_ids"], [1, 1, 2, 2, 3, 3, 4, 4])
+  packer = packing.Packer(8, BOS, max_open_rows=4, max_segments=2)
+  assert packer.add(*examples[0]) == []
+  (first,) = packer.add(*examples[1])
+  np.testing.assert_array_equal(first["decoder_segment_ids"], [1, 1, 2, 2, 0, 0, 0, 0])
+  np.testing.assert_array_equal(first["decoder_input_tokens"], [BOS, 5, BOS, 6, 0, 0, 0, 0])
+  np.testing.assert_array_equal(first["decoder_loss_weights"], [0, 1, 0, 1, 0, 0, 0, 0])
+  assert packer.add(*examples[2]) == []  # a new row: the emitted one takes nothing more
+  (second,) = packer.add(*examples[3])
+  np.testing.assert_array_equal(second["decoder_target_tokens"], [7, 2, 8, 2, 0, 0, 0, 0])
+  assert packer.flush() == []
+
+
+def test_no_cap_keeps_today_s_rows_byte_for_byte():
+  rng = np.random.default_rng(8)
+  examples = _random_examples(rng, 80, max_inputs=6, max_targets=4)
+  default = list(packing.pack_examples(examples, 32, BOS, 4))
+  assert packing.count_segments(np.stack([r["decoder_segment_ids"] for r in default])).max() > 3
+  for rows in (list(packing.pack_examples(examples, 32, BOS, 4, max_segments=None)),
+               list(packing.pack_examples(examples, 32, BOS, 4, max_segments=32))):  # a cap no row reaches
+    assert len(rows) == len(default)
+    for a, b in zip(rows, default):
+      assert a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a)
+
+
+def test_packer_state_round_trip_with_the_cap_continues_identically():
+  rng = np.random.default_rng(9)
+  examples = _random_examples(rng, 60, max_inputs=5, max_targets=4)
+  reference = list(packing.pack_examples(examples, 24, BOS, 5, max_segments=3))
+  packer = packing.Packer(24, BOS, 5, max_segments=3)
+  rows = []
+  for index, (inputs, targets) in enumerate(examples):
+    if index % 4 == 1:
+      rows_state, meta = packer.state()
+      assert meta[:, 2].max() < 3  # an open row is always under the cap
+      packer = packing.Packer.from_state(rows_state, meta, bos_id=BOS, max_segments=3)
+    rows += packer.add(inputs, targets)
+  rows += packer.flush()
+  assert len(rows) == len(reference)
+  for a, b in zip(rows, reference):
+    for name in b:
+      np.testing.assert_array_equal(a[name], b[name])
+  # A state whose open row is already at the cap (written without it) is refused, not silently overfilled.
+  uncapped = packing.Packer(24, BOS, 5)
+  for inputs, targets in [([5], [2]), ([6], [2]), ([7], [2])]:
+    uncapped.add(inputs, targets)
+  with pytest.raises(ValueError, match="holds 3 segments, not fewer than max_segments=3"):
+    packing.Packer.from_state(*uncapped.state(), bos_id=BOS, max_segments=3)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])
+def test_a_bad_cap_is_refused_naming_it(bad):
+  with pytest.raises(ValueError, match="max_segments must be an integer >= 1 or None"):
+    packing.Packer(8, BOS, max_segments=bad)
+  with pytest.raises(ValueError, match="max_segments must be an integer >= 1 or None"):
+    list(packing.pack_examples([], 8, max_segments=bad))
+  with pytest.raises(ValueError, match="max_segments_per_row must be an integer >= 1 or None"):
+    packing.OptimlFeatureConverter(max_segments_per_row=bad)
+
+
+@pytest.mark.parametrize("window_size", [1, 4])
+def test_feature_converter_output_respects_the_cap(window_size):
+  rng = np.random.default_rng(10)
+  examples = _random_examples(rng, 30, max_inputs=4, max_targets=3)
+  converter = packing.OptimlFeatureConverter(pack=True, max_open_rows=3, window_size=window_size,
+                                             max_segments_per_row=2)
+  assert converter.max_segments_per_row == 2 and packing.OptimlFeatureConverter().max_segments_per_row is None
+  got = list(converter(_dataset(examples), {"inputs": 10, "targets": 6}).as_numpy_iterator())
+  assert packing.count_segments(np.stack([r["decoder_segment_ids"] for r in got])).max() == 2
+  expected = list(packing.pack_examples(examples, 16, BOS, 3, max_segments=2))
+  assert len(got) == len(expected) and sorted(_unpack(got)) == sorted(_key(e) for e in examples)
+  for a, b in zip(got, expected):
+    for name in b:
+      np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_count_segments_counts_runs_of_nonzero_ids_per_row():
+  ids = np.array(
+      [
+          [1, 1, 2, 2, 2, 0, 0],  # two segments, then padding
+          [1, 2, 3, 4, 5, 6, 7],  # one position each
+          [0, 0, 0, 0, 0, 0, 0],  # padding only: no segment
+          [3, 3, 1, 1, 3, 0, 0],  # runs, not distinct ids: an id may come back
+          [1, 1, 0, 1, 1, 1, 1],  # padding between two runs of the same id splits them
+          [5, 5, 5, 5, 5, 5, 5],  # one full-row segment
+      ],
+      np.int32)
+  counts = packing.count_segments(ids)
+  np.testing.assert_array_equal(counts, [2, 7, 0, 3, 2, 1])
+  assert counts.shape == (6,) and counts.dtype == np.int64
+  np.testing.assert_array_equal(packing.count_segments(ids[None]), counts[None])  # leading axes are kept
+  assert packing.count_segments(np.zeros((2, 0), np.int32)).tolist() == [0, 0]
+  with pytest.raises(ValueError, match="scalar"):
+    packing.count_segments(np.int32(1))

@@ -183,3 +183,17 @@ def test_rows_follow_the_bos_and_eos_of_the_task_s_tokenizer(toy_catalog, tiny_t
   weighted = batch["decoder_target_tokens"][0][batch["decoder_loss_weights"][0] > 0]
   np.testing.assert_array_equal(weighted, first["targets"])
   assert weighted[-1] == vocabulary.eos_id == 2
+
+
+def test_the_cap_on_segments_per_row_reaches_the_converter(reference):
+  """`max_segments_per_row` (what `train.run` passes from `DataArgs`): a cap of 1 leaves one example per row,
+  still packed features; the state records the cap and a state without it is refused."""
+  stream = _stream(max_segments_per_row=1)
+  batches = list(itertools.islice(stream, 2))
+  assert set(batches[0]) == set(packing.FEATURE_ORDER)
+  for batch in batches:
+    assert (packing.count_segments(batch["decoder_segment_ids"]) == 1).all()
+  assert (packing.count_segments(reference[0]["decoder_segment_ids"]) >= 2).all()  # uncapped rows hold several
+  assert stream.state()["max_segments_per_row"] == 1 and _stream().state()["max_segments_per_row"] is None
+  with pytest.raises(ValueError, match="max_segments_per_row: saved None, this stream 1"):
+    _stream(max_segments_per_row=1).restore(_stream().state())

@@ -145,10 +145,14 @@ def test_unpacked_rows_carry_the_prompt_as_decoder_causal_attention():
   np.testing.assert_array_equal(np.sum(batch["decoder_causal_attention"], axis=-1) - 1, [3, 6, 4])
 
 
-def test_packed_rows_are_those_of_our_converter():
+@pytest.mark.parametrize("cap", [None, 1])
+def test_packed_rows_are_those_of_our_converter(cap):
   examples = EXAMPLES["llama"]
-  ours = packing.OptimlFeatureConverter(pack=True)(_dataset(examples), LENGTHS)
-  theirs = t5x_model.FeatureConverter(pack=True, use_custom_packing_ops=False)(_dataset(examples), LENGTHS)
+  ours = packing.OptimlFeatureConverter(pack=True, max_segments_per_row=cap)(_dataset(examples), LENGTHS)
+  theirs = t5x_model.FeatureConverter(pack=True, use_custom_packing_ops=False,
+                                      max_segments_per_row=cap)(_dataset(examples), LENGTHS)
+  if cap is not None:  # a cap of 1: one example per row, still packed features
+    assert all(packing.count_segments(r["decoder_segment_ids"][None])[0] == 1 for r in theirs.as_numpy_iterator())
   for a, b in zip(ours.as_numpy_iterator(), theirs.as_numpy_iterator(), strict=True):
     assert set(a) == set(b) and "decoder_causal_attention" not in b
     for key in a:

@@ -47,6 +47,9 @@ def _config(**groups):
         (lambda: _data(batch_size=True), "DataArgs.batch_size: expected a positive integer, got True"),
         (lambda: _data(pack="yes"), "DataArgs.pack: expected True or False"),
         (lambda: _data(prefetch_depth=0), "DataArgs.prefetch_depth"),
+        (lambda: _data(max_segments_per_row=0), "DataArgs.max_segments_per_row: expected a positive integer or None"),
+        (lambda: _data(max_segments_per_row=True), "DataArgs.max_segments_per_row: expected a positive integer"),
+        (lambda: _data(max_segments_per_row=2.0), "DataArgs.max_segments_per_row: expected a positive integer"),
         (lambda: config_lib.ModelArgs({"preset": "tiny"}), "ModelArgs.config: expected a model config"),
         (lambda: config_lib.ModelArgs(TINY, initial_checkpoint_path=""), "ModelArgs.initial_checkpoint_path"),
         (lambda: config_lib.OptimizerArgs(learning_rate=-1.0), "OptimizerArgs.learning_rate: expected a non-negative"),
@@ -144,3 +147,30 @@ def test_the_model_group_refuses_an_unhashable_config():
   assert isinstance(_OtherFamily(), config_lib.ModelConfig)
   with pytest.raises(config_lib.ConfigError, match="ModelArgs.config: .*frozen dataclass"):
     config_lib.ModelArgs(Unhashable())
+
+
+@dataclasses.dataclass(frozen=True)
+class _PackedAttentionFamily(_OtherFamily):
+  """A model config whose attention takes packed rows as at most `packed_attention_segments` segments each."""
+
+  packed_attention_segments: int = 4
+
+
+@pytest.mark.parametrize("cap", [None, 5])
+def test_packed_attention_needs_a_cap_on_segments_per_row_within_its_bound(cap):
+  model = config_lib.ModelArgs(_PackedAttentionFamily())
+  with pytest.raises(config_lib.ConfigError) as error:
+    _config(model=model, data=_data(max_segments_per_row=cap))
+  message = str(error.value)
+  assert message.startswith("DataArgs.max_segments_per_row:")
+  assert "packed_attention_segments=4" in message and "set DataArgs.max_segments_per_row to 4" in message
+
+
+def test_a_cap_within_the_packed_attention_bound_or_no_packing_passes():
+  model = config_lib.ModelArgs(_PackedAttentionFamily())
+  for cap in (4, 1):
+    assert _config(model=model, data=_data(max_segments_per_row=cap)).data.max_segments_per_row == cap
+  assert not _config(model=model, data=_data(pack=False)).data.pack  # one example per row: nothing to bound
+  off = config_lib.ModelArgs(_PackedAttentionFamily(packed_attention_segments=0))
+  assert _config(model=off, data=_data()).data.max_segments_per_row is None  # the kernel is off: no cap needed
+  assert _config(data=_data(max_segments_per_row=2)).data.max_segments_per_row == 2  # a cap is allowed anywhere
