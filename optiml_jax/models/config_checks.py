@@ -26,7 +26,8 @@ def check_positive_ints(config: Any, names: Sequence[str]) -> None:
 
 
 def check_shared_fields(config: Any) -> None:
-  """Dropout rates, `remat_policy`, `attention_impl`, `dtype` and `param_dtype`, and cuDNN's dtype rule."""
+  """Dropout rates, `remat_policy`, `attention_impl`, `packed_attention_segments`, `dtype` and `param_dtype`, and
+  cuDNN's dtype rule."""
   kind = type(config).__name__
   for name in ("dropout", "attention_dropout"):
     if not 0.0 <= getattr(config, name) < 1.0:
@@ -36,6 +37,10 @@ def check_shared_fields(config: Any) -> None:
   if config.attention_impl not in ATTENTION_IMPLEMENTATIONS:
     raise ValueError(f"{kind}.attention_impl: expected one of {ATTENTION_IMPLEMENTATIONS}, "
                      f"got {config.attention_impl!r}")
+  segments = config.packed_attention_segments
+  if not isinstance(segments, int) or isinstance(segments, bool) or segments < 0:
+    raise ValueError(f"{kind}.packed_attention_segments: expected an int >= 0 (0: a dense segment mask), "
+                     f"got {segments!r}")
   for name in ("dtype", "param_dtype"):
     try:
       jnp.dtype(getattr(config, name))

@@ -25,7 +25,10 @@ import jax
 from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 
+from optiml_jax.models import packed_attention
+
 Array = jax.Array
+SegmentLayout = packed_attention.SegmentLayout
 param_with_axes = nn_partitioning.param_with_axes
 
 # ----------------------------------------------------------------------------------------------------------
@@ -73,6 +76,19 @@ def attention_mask(decoder_target_tokens: Array | None, decoder_segment_ids: Arr
   return mask | jnp.eye(mask.shape[-1], dtype=bool)
 
 
+def training_mask(config: Any, decoder_target_tokens: Array | None, decoder_segment_ids: Array | None,
+                  enable_dropout: bool, window: int | None = None) -> Array | SegmentLayout | None:
+  """What a forward pass over whole rows hands its attention layers: cuDNN's packed layout of the segments when
+  `config.packed_attention_segments` is set and the kernel can take it (`packed_attention.training_layout`),
+  else `attention_mask(decoder_target_tokens, decoder_segment_ids)`. `config` is a family's config (its
+  `attention_impl`, `dtype`, `head_dim`, `attention_dropout` and `packed_attention_segments` are read)."""
+  implementation = resolve_attention_impl(config.attention_impl, config.dtype, config.head_dim)
+  dropout = enable_dropout and config.attention_dropout > 0.0
+  layout = packed_attention.training_layout(decoder_segment_ids, config.packed_attention_segments, implementation,
+                                            window, dropout)
+  return layout if layout is not None else attention_mask(decoder_target_tokens, decoder_segment_ids)
+
+
 def decode_mask(cache_index: Array, cache_length: int, num_queries: int = 1, window: int | None = None) -> Array:
   """[batch, 1, num_queries, cache_length] bool: query q of an example sees slots 0..cache_index + q, and with a
   `window` only the last `window` of them (its own slot included)."""
@@ -107,15 +123,10 @@ def resolve_attention_impl(implementation: str | None, dtype: Any, head_dim: int
     raise ValueError(f"attention implementation: expected None, 'xla' or 'cudnn', got {implementation!r}")
   if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16) or head_dim % 8 or head_dim > 128:
     return "xla"
-  device = jax.devices()[0]
-  try:
-    capability = float(getattr(device, "compute_capability", "0") or 0)
-  except ValueError:
-    capability = 0.0
-  return "cudnn" if device.platform == "gpu" and capability >= 8.0 else "xla"
+  return "cudnn" if packed_attention.gpu_compute_capability() >= 8.0 else "xla"
 
 
-def dot_product_attention(query: Array, key: Array, value: Array, mask: Array | None, is_causal: bool,
+def dot_product_attention(query: Array, key: Array, value: Array, mask: Array | SegmentLayout | None, is_causal: bool,
                           dropout_rate: float = 0.0, dropout_rng: Array | None = None,
                           implementation: Literal["xla", "cudnn"] | None = None, window: int | None = None) -> Array:
   """Softmax attention, scaled by 1/sqrt(head_dim): query [batch, q_len, heads, head_dim], key and value
@@ -125,7 +136,11 @@ def dot_product_attention(query: Array, key: Array, value: Array, mask: Array | 
   `window` (with `is_causal`): each query sees at most that many keys, its own included (Mistral's sliding
   window). Without dropout this is `jax.nn.dot_product_attention` (cuDNN flash attention when implementation
   is "cudnn"); it has no attention dropout, so with `dropout_rng` the probabilities are formed explicitly.
+  A `SegmentLayout` for `mask` (packed rows, `packed_attention.training_layout`) runs cuDNN's packed layout:
+  causal within each segment, whatever `is_causal` and `implementation` say.
   """
+  if isinstance(mask, packed_attention.SegmentLayout):
+    return packed_attention.attention(query, key, value, mask)
   local_window = None if window is None else (window - 1, 0)
   if dropout_rng is None or dropout_rate == 0.0:
     out = jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=is_causal,

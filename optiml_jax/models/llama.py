@@ -101,7 +101,8 @@ class Attention(nn.Module):
   max_decode_length: int | None
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array | None, decode_index: Array | None, cos: Array, sin: Array) -> Array:
+  def __call__(self, x: Array, mask: Array | layers.SegmentLayout | None, decode_index: Array | None, cos: Array,
+               sin: Array) -> Array:
     cfg = self.config
     assert cfg.head_dim is not None and cfg.num_key_value_heads is not None  # set by LlamaConfig.__post_init__
     dense = functools.partial(layers.Dense, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
@@ -165,7 +166,7 @@ class DecoderLayer(nn.Module):
   max_decode_length: int | None = None
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array | None, decode_index: Array | None, cos: Array,
+  def __call__(self, x: Array, mask: Array | layers.SegmentLayout | None, decode_index: Array | None, cos: Array,
                sin: Array) -> tuple[Array, None]:
     cfg = self.config
     norm = functools.partial(RMSNorm, cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype)
@@ -207,7 +208,7 @@ class Llama(nn.Module):
     if decode_index is not None:
       positions = decode_index[:, None] + jnp.arange(length, dtype=jnp.int32)[None, :]
     else:
-      mask = layers.attention_mask(None, decoder_segment_ids)
+      mask = layers.training_mask(cfg, None, decoder_segment_ids, enable_dropout, cfg.sliding_window)
       positions = layers.default_positions(batch, length, decoder_positions, decoder_segment_ids)
     cos, sin = rotary_tables(positions, np.asarray(cfg.rope_inv_freq(), np.float32))
 

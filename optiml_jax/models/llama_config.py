@@ -151,7 +151,8 @@ class LlamaConfig:
     initializer_range: standard deviation of the normal initializer.
     dropout: on the attention and feed-forward residual branches when enabled (Llama has none; 0 by default).
     attention_dropout: on the attention probabilities when enabled.
-    dtype, param_dtype, scan_layers, remat_policy, attention_impl: as `OPTConfig`'s.
+    dtype, param_dtype, scan_layers, remat_policy, attention_impl, packed_attention_segments: as `OPTConfig`'s
+      (the packed layout is not used with a sliding window).
   """
 
   family: ClassVar[str] = "llama"
@@ -184,6 +185,7 @@ class LlamaConfig:
   scan_layers: bool = True
   remat_policy: str = "none"
   attention_impl: str | None = None
+  packed_attention_segments: int = 0
 
   def __post_init__(self):
     if self.num_key_value_heads is None:

@@ -100,7 +100,7 @@ class Attention(nn.Module):
   max_decode_length: int | None
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array | None, decode_index: Array | None) -> Array:
+  def __call__(self, x: Array, mask: Array | layers.SegmentLayout | None, decode_index: Array | None) -> Array:
     cfg = self.config
     dense = functools.partial(Dense, features=cfg.hidden_size, use_bias=cfg.enable_bias, dtype=cfg.dtype,
                               param_dtype=cfg.param_dtype, init_std=cfg.init_std)
@@ -139,7 +139,8 @@ class DecoderLayer(nn.Module):
   max_decode_length: int | None = None
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array | None, decode_index: Array | None) -> tuple[Array, None]:
+  def __call__(self, x: Array, mask: Array | layers.SegmentLayout | None,
+               decode_index: Array | None) -> tuple[Array, None]:
     cfg = self.config
     norm = functools.partial(LayerNorm, use_affine=cfg.layer_norm_elementwise_affine, dtype=cfg.dtype,
                              param_dtype=cfg.param_dtype)
@@ -200,7 +201,7 @@ class OPT(nn.Module):
       positions = jnp.minimum(decode_index[:, None] + jnp.arange(length, dtype=jnp.int32)[None, :],
                               cfg.max_position_embeddings - 1)
     else:
-      mask = attention_mask(decoder_target_tokens, decoder_segment_ids)
+      mask = layers.training_mask(cfg, decoder_target_tokens, decoder_segment_ids, enable_dropout)
       positions = layers.default_positions(batch, length, decoder_positions, decoder_segment_ids)
 
     embed_tokens = Embed(cfg.vocab_size, cfg.embed_dim, ("vocab", "proj") if cfg.has_projections else

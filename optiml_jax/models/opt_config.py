@@ -81,6 +81,10 @@ class OPTConfig:
     attention_impl: `implementation` of jax.nn.dot_product_attention: None (cuDNN flash attention on a CUDA
       GPU with bf16/fp16 compute, XLA elsewhere: `opt.resolve_attention_impl`), "xla", or "cudnn" (fused
       flash attention on NVIDIA GPUs, bf16/fp16 only).
+    packed_attention_segments: 0 (default): packed rows' segments reach attention as a dense mask; M > 0:
+      with cuDNN on a Hopper GPU or newer, as each row's first M segments' lengths and offsets in cuDNN's packed
+      layout, which computes only the tiles inside segments (`models/packed_attention.py`; rows must hold at most
+      M segments: `DataArgs.max_segments_per_row`). Elsewhere the dense mask stays.
   """
 
   family: ClassVar[str] = "opt"
@@ -104,6 +108,7 @@ class OPTConfig:
   scan_layers: bool = True
   remat_policy: str = "none"
   attention_impl: str | None = None
+  packed_attention_segments: int = 0
 
   def __post_init__(self):
     if self.word_embed_proj_dim is None:

@@ -220,6 +220,7 @@ def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
   _check_layout(config, mesh)
   program = build_program(model_config, config.optimizer, config.partitioning, train_steps, seq_len, mesh)
   model, rules = program.model, program.rules
+  segment_bound = getattr(model_config, "packed_attention_segments", 0)
 
   with contextlib.ExitStack() as cleanup:  # closed in reverse order, also when something raises
     preemption = cleanup.enter_context(runtime.Preemption())
@@ -277,6 +278,7 @@ def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
     with partitioning.mesh_context(mesh, rules):
       while step < last_step and not preempted:
         local = next(batches)
+        runtime.check_segment_bound(local, segment_bound, step)
         global_batch = {
             k: jax.make_array_from_process_local_data(program.batch_sharding, np.asarray(v)) for k, v in local.items()
         }

@@ -30,6 +30,7 @@ import numpy as np
 import tqdm
 
 from optiml_jax.checkpoints import hf as hf_lib
+from optiml_jax.data import packing_np
 from optiml_jax.data import special_tokens
 from optiml_jax.trainer import config as config_lib
 from optiml_jax.trainer import metrics as metrics_lib
@@ -43,6 +44,21 @@ class NonFiniteLossError(RuntimeError):
 def count_tokens(batch: Mapping[str, np.ndarray]) -> int:
   """Non-padding tokens of a batch (t5x convention: target id 0 is padding)."""
   return int(np.count_nonzero(np.asarray(batch["decoder_target_tokens"])))
+
+
+def check_segment_bound(batch: Mapping[str, np.ndarray], bound: int, step: int) -> None:
+  """Raises ConfigError naming the step when a packed row of `batch` holds more than `bound` segments, the most
+  the model's packed attention takes (`packed_attention_segments`; 0: no bound). The packer caps rows at
+  `DataArgs.max_segments_per_row`, which TrainConfig checks against the bound, so this guards streams from
+  elsewhere; a row over the bound would otherwise lose its last segments' attention without a word."""
+  if not bound or "decoder_segment_ids" not in batch:
+    return
+  most = int(packing_np.count_segments(np.asarray(batch["decoder_segment_ids"])).max(initial=0))
+  if most > bound:
+    raise config_lib.ConfigError(
+        f"decoder_segment_ids: a row of the batch for step {step + 1} holds {most} segments, but the model's "
+        f"packed attention takes at most packed_attention_segments={bound}; cap the packer at it "
+        f"(DataArgs.max_segments_per_row)")
 
 
 def progress_bar(total: int, initial: int, enabled: bool) -> tqdm.tqdm:

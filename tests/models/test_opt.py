@@ -352,7 +352,8 @@ def test_bad_activation_names_the_field():
         ("attention_impl", "cudnn"),  # cuDNN needs bf16/fp16 compute.
         ("hidden_size", 30),
         ("dropout", 1.5),
-        ("dtype", "float77")
+        ("dtype", "float77"),
+        ("packed_attention_segments", -1),
     ])
 def test_bad_config_fields_are_named(field, value):
   with pytest.raises(ValueError, match=field):

@@ -104,3 +104,14 @@ def test_no_scan_unrolls_the_layers_of_either_family():
   for preset in ("tiny", "llama-tiny"):
     assert tool.model_config(tool.parse_args(["--preset", preset]), "float32").scan_layers
     assert not tool.model_config(tool.parse_args(["--preset", preset, "--no_scan"]), "float32").scan_layers
+
+
+def test_packed_attention_bounds_the_models_segments_by_the_packed_rows():
+  tool = _tool()
+  for preset in ("opt-125m", "llama-tiny"):
+    args = tool.parse_args(["--preset", preset, "--packed", "8", "--packed_attention"])
+    assert tool.model_config(args, "bfloat16").packed_attention_segments == 8
+    assert tool.model_config(tool.parse_args(["--preset", preset, "--packed", "8"]),
+                             "bfloat16").packed_attention_segments == 0
+  with pytest.raises(SystemExit):
+    tool.parse_args(["--packed_attention"])  # unpacked rows have no segments

@@ -37,13 +37,14 @@ def _losses(model_dir):
 
 
 def _train_config(model_dir, model=TINY, *, train_steps=6, save_every=3, stop_at_step=None, nan_policy="skip",
-                  optimizer=OPTIMIZER, initial_checkpoint=None, batch_size=4):
+                  optimizer=OPTIMIZER, initial_checkpoint=None, batch_size=4, max_segments_per_row=None):
   """A TrainConfig for SEQ_LEN-token rows of the synthetic stream (which reads no mixture)."""
   return config_lib.TrainConfig(
       data=config_lib.DataArgs("synthetic", {
           "inputs": SEQ_LEN // 2,
           "targets": SEQ_LEN // 2
-      }, batch_size), model=config_lib.ModelArgs(model, initial_checkpoint_path=initial_checkpoint),
+      }, batch_size, max_segments_per_row=max_segments_per_row),
+      model=config_lib.ModelArgs(model, initial_checkpoint_path=initial_checkpoint),
       checkpoint=config_lib.CheckpointArgs(str(model_dir), save_every=save_every),
       run=config_lib.RunArgs(train_steps, nan_policy=nan_policy, stop_at_step=stop_at_step), optimizer=optimizer,
       logging=config_lib.LoggingArgs(log_every=1, progress=False, tensorboard=False))
@@ -302,3 +303,22 @@ def test_build_program_is_shared_by_runs_that_differ_only_outside_the_step(tmp_p
   assert loop.build_program(TINY, OPTIMIZER, config_lib.PartitioningArgs(), 6, SEQ_LEN, mesh) is program
   assert loop.build_program(TINY, OPTIMIZER, config_lib.PartitioningArgs(sequence_parallel=True), 6, SEQ_LEN,
                             mesh).rules == loop.partitioning.SEQUENCE_PARALLEL_RULES
+
+
+def test_a_row_over_the_models_segment_bound_is_named_before_its_step(tmp_path):
+  # The packer caps rows at DataArgs.max_segments_per_row; a stream that does not (the synthetic one packs two
+  # examples a row) is stopped before a step would drop a segment's attention.
+  bounded = dataclasses.replace(TINY, packed_attention_segments=1)
+  config = _train_config(tmp_path, bounded, max_segments_per_row=1)
+  with pytest.raises(config_lib.ConfigError, match=r"decoder_segment_ids: a row of the batch for step 1 holds 2"):
+    loop.run(config, synthetic.factory(SEQ_LEN, bounded.vocab_size))
+  assert not [name for name in os.listdir(tmp_path) if name.isdigit()]
+
+
+def test_segment_bound_check_passes_rows_within_it_and_unpacked_batches():
+  ids = np.array([[1, 1, 2, 0], [1, 2, 3, 3]])
+  runtime.check_segment_bound({"decoder_segment_ids": ids}, 3, 0)
+  runtime.check_segment_bound({"decoder_segment_ids": ids}, 0, 0)  # no bound: the dense mask
+  runtime.check_segment_bound({"decoder_target_tokens": ids}, 1, 0)  # unpacked: no segments
+  with pytest.raises(config_lib.ConfigError, match="step 8 holds 3 segments.*packed_attention_segments=2"):
+    runtime.check_segment_bound({"decoder_segment_ids": ids}, 2, 7)

@@ -16,9 +16,10 @@
 #   6. the step's levers, ours alone at opt-1.3b 8 x 2048 (LEVERS=0 skips them; against a plain step of the
 #      same call: 2.'s, or one of their own when OPT=0 leaves 2. out): no padding mask, a chunked loss, remat
 #      that also saves attention's output (the backward pass then runs no attention forward), and packed rows
-#      (8 segments, 10% targets) plain and with no mask, a chunked loss and the LM head at 512 positions; the
-#      packed rows also against transformers in the same process (its block-diagonal sdpa mask), at opt-1.3b
-#      and opt-125m 16 x 2048, the real workload beside the equal work of 2.; MORE_LEVERS=1 (off by default)
+#      (8 segments, 10% targets) plain, through cuDNN's packed layout instead of a dense mask, and with no mask,
+#      a chunked loss and the LM head at 512 positions; the plain packed rows also against transformers in the
+#      same process (its block-diagonal sdpa mask), at opt-1.3b and opt-125m 16 x 2048 (where the packed layout
+#      runs too), the real workload beside the equal work of 2.; MORE_LEVERS=1 (off by default)
 #      unrolled layers, the NaN guard as a lax.cond, and XLA's GPU flags (latency-hiding scheduler, no command
 #      buffers, no Triton GEMMs), each through XLA_FLAGS for that process.
 # If a cuDNN run fails, the same run is repeated with XLA attention, and the log says so. Every JSON line goes
@@ -163,10 +164,14 @@ if [[ "${LEVERS:-1}" == 1 || "${MORE_LEVERS:-0}" == 1 ]]; then
     lever lever-chunked-loss --loss_chunk_size 512
     lever lever-remat-attention --remat dots_with_no_batch_dims_and_attention
     lever lever-packed --packed 8 --target_fraction 0.1 --parts hf,ours
+    lever lever-packed-cudnn --packed 8 --target_fraction 0.1 --packed_attention
     lever lever-packed-all --packed 8 --target_fraction 0.1 --no_padding_mask --loss_chunk_size 512 \
       --lm_head_positions 512
     ours lever-packed-125m "$PYTHON" tools/benchmarks/train.py --preset opt-125m --layers 0 --batch 16 --seq 2048 \
       --dtype bfloat16 --steps "$STEPS" --warmup 2 --parts hf,ours --packed 8 --target_fraction 0.1
+    ours lever-packed-125m-cudnn "$PYTHON" tools/benchmarks/train.py --preset opt-125m --layers 0 --batch 16 \
+      --seq 2048 --dtype bfloat16 --steps "$STEPS" --warmup 2 --parts ours --packed 8 --target_fraction 0.1 \
+      --packed_attention
   fi
   if [[ "${MORE_LEVERS:-0}" == 1 ]]; then
     lever lever-unrolled --no_scan
@@ -184,8 +189,9 @@ for line in sys.stdin:
   r, hf = record["ours"] or {}, record["hf_torch"]
   peer = "" if not hf else "; HF %s tokens/s, peak %s MiB; ours / HF %s" % (
       hf.get("tokens_per_s"), hf.get("peak_mib"), record.get("ratio_ours_over_hf"))
-  print(record["label"], r.get("tokens_per_s"), "tokens/s, temp", r.get("temp_mib"), "MiB, peak", r.get("peak_mib"),
-        "MiB" + peer)'
+  layout = " (cuDNN packed layout)" if r.get("packed_layout") else ""
+  print(record["label"] + layout, r.get("tokens_per_s"), "tokens/s, temp", r.get("temp_mib"), "MiB, peak",
+        r.get("peak_mib"), "MiB" + peer)'
 fi
 
 # Last (a timeout here loses nothing above): the same opt-125m step with XLA's own attention, for comparison.

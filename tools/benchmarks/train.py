@@ -83,10 +83,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
       help="0: unpacked rows without segment ids (as DataArgs.pack=False feeds them); K >= 1: K equal segments "
       "per row with their own positions, as packed rows come (Hugging Face: position ids restarting per segment "
       "and a block-diagonal attention mask)")
+  parser.add_argument(
+      "--packed_attention", action="store_true",
+      help="ours, with --packed K: the segments reach cuDNN as its packed layout (packed_attention_segments=K, "
+      "models/packed_attention.py) instead of a dense mask; a Hopper GPU or newer, the dense mask elsewhere")
   parser.add_argument("--parts", default="hf,ours", help="comma-separated: hf, ours (HF runs first: JAX "
                       "preallocates GPU memory when it starts)")
   parser.add_argument("--hf_compile", action="store_true", help="torch.compile the Hugging Face model")
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  if args.packed_attention and not args.packed:
+    parser.error("--packed_attention needs --packed K (unpacked rows have no segments)")
+  return args
 
 
 def model_config(args: argparse.Namespace, dtype: str) -> registry.ModelConfig:
@@ -95,6 +102,8 @@ def model_config(args: argparse.Namespace, dtype: str) -> registry.ModelConfig:
   compute = dict(dtype=dtype, param_dtype="float32", dropout=0.0, attention_dropout=0.0)
   overrides: dict[str, Any] = dict(compute, remat_policy=args.remat, attention_impl=args.attention_impl,
                                    scan_layers=args.scan_layers)
+  if args.packed_attention:
+    overrides["packed_attention_segments"] = args.packed
   if args.layers:
     overrides["num_hidden_layers"] = args.layers
   config = registry.preset(args.preset, **overrides)
@@ -193,12 +202,16 @@ def build_ours(args: argparse.Namespace, dtype: str) -> tuple[Any, registry.Mode
 def bench_ours(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
 
+  from optiml_jax.models import layers  # pylint: disable=g-import-not-at-top
   from optiml_jax.models import partitioning  # pylint: disable=g-import-not-at-top
   from optiml_jax.trainer import metrics  # pylint: disable=g-import-not-at-top
   from optiml_jax.trainer import step as step_lib  # pylint: disable=g-import-not-at-top
 
   program, config, mesh, batch = build_ours(args, dtype)
   device = jax.devices()[0]
+  # Whether packed rows reach attention as cuDNN's packed layout: the model's own choice, asked of it.
+  packed_layout = args.packed > 0 and isinstance(
+      layers.training_mask(config, None, jax.numpy.ones((1, 8), np.int32), enable_dropout=False), layers.SegmentLayout)
   guard = step_lib.resolve_nonfinite_guard(args.nonfinite_guard, device.platform)  # as build_program resolves it
   rng = jax.random.PRNGKey(0)
   with partitioning.mesh_context(mesh):
@@ -220,7 +233,7 @@ def bench_ours(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
                    microbatches=args.microbatches, target_fraction=args.target_fraction,
                    lm_head_positions=args.lm_head_positions, loss_chunk_size=args.loss_chunk_size,
                    padding_mask=args.padding_mask, nonfinite_guard=guard, packed=args.packed,
-                   **_memory_figures(memory, device))
+                   packed_layout=packed_layout, **_memory_figures(memory, device))
   del state, out, batch
   gc.collect()
   return result
