@@ -44,11 +44,30 @@ def decay_mask(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
+  """optax's `clip_by_global_norm` (the same empty state, so checkpoints of either restore into the other) as
+  one multiply by max_norm / max(norm, max_norm), taking the norm the train step already has (`grad_norm=`).
+
+  optax picks between each clipped and unclipped leaf with a `select` and computes the norm again; on XLA's CPU
+  backend that kept the AdamW update from fusing into one pass (at opt-125m's widths the update read and wrote
+  1.75x the bytes). The result differs from optax's by at most one rounding of the scaled gradient.
+  """
+
+  def update_fn(updates: Any, state: Any, params: Any = None, *, grad_norm: Any = None, **extra_args: Any) -> Any:
+    del params, extra_args
+    norm = optax.global_norm(updates) if grad_norm is None else grad_norm
+    scale = max_norm / jnp.maximum(norm, max_norm)
+    return jax.tree_util.tree_map(lambda t: t * scale.astype(t.dtype), updates), state
+
+  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+
+
 def make_optimizer(learning_rate: float = 5e-5, warmup_steps: int = 60, total_steps: int = 4000,
                    end_learning_rate: float = 0.0, b1: float = 0.9, b2: float = 0.95, eps: float = 1e-8,
                    weight_decay: float = 0.1, decay_matrices_only: bool = False,
                    clip_norm: float | None = 1.0) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Returns `(optimizer, schedule)` for the recipe; all figures configurable.
+  """Returns `(optimizer, schedule)` for the recipe; all figures configurable. The optimizer's `update` takes
+  `grad_norm=` (the gradients' global norm, when the caller has it) for the clipping.
 
   `decay_matrices_only=False` decays every parameter, as metaseq's (fairseq's) Adam did for OPT and OPT-IML;
   set it to exempt biases and layer-norm parameters, the common modern choice.
@@ -56,7 +75,7 @@ def make_optimizer(learning_rate: float = 5e-5, warmup_steps: int = 60, total_st
   schedule = warmup_linear_decay(learning_rate, warmup_steps, total_steps, end_learning_rate)
   chain = []
   if clip_norm is not None and clip_norm > 0:
-    chain.append(optax.clip_by_global_norm(clip_norm))
+    chain.append(clip_by_global_norm(clip_norm))
   chain.append(
       optax.adamw(schedule, b1=b1, b2=b2, eps=eps, mu_dtype=jnp.float32, weight_decay=weight_decay,
                   mask=decay_mask if decay_matrices_only else None))

@@ -149,6 +149,27 @@ def resolve_nonfinite_guard(guard: str, platform: str) -> str:
   return "cond" if platform == "cpu" else "select"
 
 
+def apply_update(params: Any, opt_state: Any, grads: Any, grad_norm: jax.Array, finite: jax.Array,
+                 tx: optax.GradientTransformation, nonfinite_guard: str = "select") -> tuple[Any, Any]:
+  """(params, opt_state) after `tx`'s update from `grads`, or the ones given where `finite` is False.
+
+  `grad_norm` (the gradients' global norm) reaches `tx` as `grad_norm=`, which the recipe's clipping takes
+  instead of computing its own (trainer/optimizer.py); other transformations ignore it.
+  `nonfinite_guard`: "select" or "cond" (module docstring)."""
+
+  def update(params: Any, opt_state: Any) -> tuple[Any, Any]:
+    updates, new_opt_state = optax.with_extra_args_support(tx).update(grads, opt_state, params, grad_norm=grad_norm)
+    return optax.apply_updates(params, updates), new_opt_state
+
+  if nonfinite_guard == "cond":
+    return jax.lax.cond(finite, update, lambda p, o: (p, o), params, opt_state)
+  if nonfinite_guard == "select":
+    new_params, new_opt_state = update(params, opt_state)
+    keep = lambda new, old: jnp.where(finite, new, old)
+    return jax.tree_util.tree_map(keep, new_params, params), jax.tree_util.tree_map(keep, new_opt_state, opt_state)
+  raise ValueError(f"nonfinite_guard: expected 'cond' or 'select', got {nonfinite_guard!r}")
+
+
 def train_step(state: checkpointing.TrainState, batch: Batch, rng: jax.Array, *, model: nn.Module,
                tx: optax.GradientTransformation, schedule: optax.Schedule | None = None, num_microbatches: int = 1,
                enable_dropout: bool = True, lm_head_positions: int | None = None, loss_chunk_size: int | None = None,
@@ -167,19 +188,7 @@ def train_step(state: checkpointing.TrainState, batch: Batch, rng: jax.Array, *,
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-  def update(params: Any, opt_state: Any) -> tuple[Any, Any]:
-    updates, new_opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), new_opt_state
-
-  if nonfinite_guard == "cond":
-    params, opt_state = jax.lax.cond(finite, update, lambda p, o: (p, o), state.params, state.opt_state)
-  elif nonfinite_guard == "select":
-    new_params, new_opt_state = update(state.params, state.opt_state)
-    keep = lambda new, old: jnp.where(finite, new, old)
-    params = jax.tree_util.tree_map(keep, new_params, state.params)
-    opt_state = jax.tree_util.tree_map(keep, new_opt_state, state.opt_state)
-  else:
-    raise ValueError(f"nonfinite_guard: expected 'cond' or 'select', got {nonfinite_guard!r}")
+  params, opt_state = apply_update(state.params, state.opt_state, grads, grad_norm, finite, tx, nonfinite_guard)
   new_state = checkpointing.TrainState(step=state.step + 1, params=params, opt_state=opt_state)
   metrics = {
       "loss": loss,

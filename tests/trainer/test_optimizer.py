@@ -233,3 +233,26 @@ def test_optimizer_state_is_float32_for_bfloat16_params():
   state = tx.init({"kernel": jnp.ones((3, 3), jnp.bfloat16)})
   mu = state[1][0].mu["kernel"]
   assert mu.dtype == jnp.float32
+
+
+def test_clipping_uses_the_norm_the_step_passes():
+  """The train step hands its gradient norm to the update (`grad_norm=`); the clipping scales by it, so a norm
+  twice the true one halves a clipped gradient."""
+  tx, _ = optimizer.make_optimizer(learning_rate=1e-2, warmup_steps=0, total_steps=10, eps=0.05, clip_norm=1.0)
+  params, grad = _params(), _grad_sequence()[0]  # norm ~1e3: clipped
+  norm = _global_norm(grad)
+  state = tx.init(params)
+  given, _ = tx.update(grad, state, params, grad_norm=jnp.float32(2 * norm))
+  halved, _ = tx.update(_scaled_to(grad, 0.5), state, params)
+  _assert_updates_close([given], [halved], rtol=1e-6)
+
+
+def test_the_state_is_optaxs_so_checkpoints_of_either_clipping_restore():
+  import optax  # pylint: disable=g-import-not-at-top
+  tx, schedule = optimizer.make_optimizer(learning_rate=1e-2, warmup_steps=1, total_steps=10)
+  reference = optax.chain(optax.clip_by_global_norm(1.0),
+                          optax.adamw(schedule, b1=0.9, b2=0.95, eps=1e-8, mu_dtype=jnp.float32, weight_decay=0.1))
+  params = _params()
+  assert jax.tree.structure(tx.init(params)) == jax.tree.structure(reference.init(params))
+  # And optax's clipping gives the same updates, up to one rounding of the scaled gradient.
+  _assert_updates_close(_run(tx, _grad_sequence(), params), _run(reference, _grad_sequence(), params), rtol=1e-5)

@@ -15,7 +15,8 @@
 #   5. tools/benchmarks/profile_step.py on the opt-125m and opt-1.3b steps of 2. (PROFILE=0 skips it);
 #   6. the step's levers, ours alone at opt-1.3b 8 x 2048 (LEVERS=0 skips them; against a plain step of the
 #      same call: 2.'s, or one of their own when OPT=0 leaves 2. out): no padding mask, a chunked loss, remat
-#      that also saves attention's output (the backward pass then runs no attention forward), and packed rows
+#      that also saves attention's output (the backward pass then runs no attention forward), the optimizer
+#      update alone against optax's clipping (tools/benchmarks/update.py), and packed rows
 #      (8 segments, 10% targets) plain, through cuDNN's packed layout instead of a dense mask, and with no mask,
 #      a chunked loss and the LM head at 512 positions; the plain packed rows also against transformers in the
 #      same process (its block-diagonal sdpa mask), at opt-1.3b and opt-125m 16 x 2048 (where the packed layout
@@ -163,6 +164,8 @@ if [[ "${LEVERS:-1}" == 1 || "${MORE_LEVERS:-0}" == 1 ]]; then
     lever lever-no-padding-mask --no_padding_mask
     lever lever-chunked-loss --loss_chunk_size 512
     lever lever-remat-attention --remat dots_with_no_batch_dims_and_attention
+    # The optimizer update alone at opt-1.3b's params: the recipe's clipping against optax's (bench_update).
+    run lever-update-1.3b "$PYTHON" tools/benchmarks/update.py --preset opt-1.3b --guard select
     lever lever-packed --packed 8 --target_fraction 0.1 --parts hf,ours
     lever lever-packed-cudnn --packed 8 --target_fraction 0.1 --packed_attention
     lever lever-packed-all --packed 8 --target_fraction 0.1 --no_padding_mask --loss_chunk_size 512 \

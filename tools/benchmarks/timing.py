@@ -1,6 +1,6 @@
 """Timing shared by the benchmarks in this folder: our code and its peer, alternated under the same load.
 
-Where it sits: imported by `model.py` and `eval.py` (run as scripts, so this folder is on the path).
+Where it sits: imported by `model.py`, `eval.py` and `update.py` (run as scripts, so this folder is on the path).
 """
 
 from __future__ import annotations
