@@ -20,7 +20,9 @@ give the same state: `nonfinite_guard="select"` computes the update and picks ol
 more pass over parameters and AdamW state unless the compiler fuses the pick into the update), "cond" runs the
 update under a `lax.cond` on the one flag, so a finite step reads and writes the state once (on XLA's CPU backend
 10% fewer bytes a step at opt-125m shapes); a GPU's conditional waits on the host for the flag.
-`resolve_nonfinite_guard` picks one per platform for "auto".
+`resolve_nonfinite_guard` picks one per platform for "auto". The gradients reach the update as sums with the
+factor 1 / loss weight, applied inside it (`apply_update`), so scaling, clipping, AdamW and the guard can fuse into
+one pass over each parameter (tools/benchmarks/update.py).
 
 Rows end in padding (data/packing; target 0, weight 0, segment 0). Causal attention keeps every real token
 from the later padding, and packed rows' segment ids keep segments apart, so `padding_mask=False` withholds the
@@ -149,15 +151,20 @@ def resolve_nonfinite_guard(guard: str, platform: str) -> str:
   return "cond" if platform == "cpu" else "select"
 
 
-def apply_update(params: Any, opt_state: Any, grads: Any, grad_norm: jax.Array, finite: jax.Array,
-                 tx: optax.GradientTransformation, nonfinite_guard: str = "select") -> tuple[Any, Any]:
-  """(params, opt_state) after `tx`'s update from `grads`, or the ones given where `finite` is False.
+def apply_update(params: Any, opt_state: Any, grad_sums: Any, grad_scale: jax.Array, grad_norm: jax.Array,
+                 finite: jax.Array, tx: optax.GradientTransformation,
+                 nonfinite_guard: str = "select") -> tuple[Any, Any]:
+  """(params, opt_state) after `tx`'s update from the gradients `grad_sums` x `grad_scale` (summed gradients and
+  1 / the loss weight), or the ones given where `finite` is False.
 
-  `grad_norm` (the gradients' global norm) reaches `tx` as `grad_norm=`, which the recipe's clipping takes
+  The scaling happens inside the update (inside the guard's `lax.cond` too), so the compiler can fuse it, the
+  clipping, AdamW and the guard into one pass over each parameter instead of first writing the mean gradients.
+  `grad_norm` (the mean gradients' global norm) reaches `tx` as `grad_norm=`, which the recipe's clipping takes
   instead of computing its own (trainer/optimizer.py); other transformations ignore it.
   `nonfinite_guard`: "select" or "cond" (module docstring)."""
 
   def update(params: Any, opt_state: Any) -> tuple[Any, Any]:
+    grads = jax.tree_util.tree_map(lambda g: g * grad_scale, grad_sums)
     updates, new_opt_state = optax.with_extra_args_support(tx).update(grads, opt_state, params, grad_norm=grad_norm)
     return optax.apply_updates(params, updates), new_opt_state
 
@@ -182,13 +189,12 @@ def train_step(state: checkpointing.TrainState, batch: Batch, rng: jax.Array, *,
   grads, loss_sum, weight_sum = gradients(state.params, batch, model, dropout_rng, enable_dropout=enable_dropout,
                                           num_microbatches=num_microbatches, lm_head_positions=lm_head_positions,
                                           loss_chunk_size=loss_chunk_size, padding_mask=padding_mask)
-  denom = jnp.maximum(weight_sum, 1.0)
-  grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
-  loss = loss_sum / denom
-  grad_norm = optax.global_norm(grads)
+  scale = 1.0 / jnp.maximum(weight_sum, 1.0)  # the mean over the global batch's loss weights
+  loss = loss_sum * scale
+  grad_norm = optax.global_norm(grads) * scale
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-  params, opt_state = apply_update(state.params, state.opt_state, grads, grad_norm, finite, tx, nonfinite_guard)
+  params, opt_state = apply_update(state.params, state.opt_state, grads, scale, grad_norm, finite, tx, nonfinite_guard)
   new_state = checkpointing.TrainState(step=state.step + 1, params=params, opt_state=opt_state)
   metrics = {
       "loss": loss,

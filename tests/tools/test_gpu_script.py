@@ -39,7 +39,8 @@ def test_the_levers_alone_bring_their_own_plain_step(tmp_path):
   labels, stdout = _dry_run(tmp_path, OPT="0", LLAMA="0", TESTS="0", PROFILE="0", COMPARE_XLA="0")
   assert labels == [
       "lever-plain", "lever-no-padding-mask", "lever-chunked-loss", "lever-remat-attention", "lever-update-1.3b",
-      "lever-packed", "lever-packed-cudnn", "lever-packed-all", "lever-packed-125m", "lever-packed-125m-cudnn"
+      "lever-update-1.3b-cond", "lever-packed", "lever-packed-cudnn", "lever-packed-all", "lever-packed-125m",
+      "lever-packed-125m-cudnn"
   ]
   # The packed rows run against transformers' packed step in the same process, and the summary says so.
   assert "lever-packed 150 tokens/s, temp 1.0 MiB, peak None MiB; HF 100 tokens/s, peak 5.0 MiB; ours / HF 1.5" in (

@@ -164,8 +164,10 @@ if [[ "${LEVERS:-1}" == 1 || "${MORE_LEVERS:-0}" == 1 ]]; then
     lever lever-no-padding-mask --no_padding_mask
     lever lever-chunked-loss --loss_chunk_size 512
     lever lever-remat-attention --remat dots_with_no_batch_dims_and_attention
-    # The optimizer update alone at opt-1.3b's params: the recipe's clipping against optax's (bench_update).
+    # The optimizer update alone at opt-1.3b's params, the recipe's clipping against optax's (bench_update), with
+    # the NaN guard as select (the GPU default) and as cond.
     run lever-update-1.3b "$PYTHON" tools/benchmarks/update.py --preset opt-1.3b --guard select
+    run lever-update-1.3b-cond "$PYTHON" tools/benchmarks/update.py --preset opt-1.3b --guard cond
     lever lever-packed --packed 8 --target_fraction 0.1 --parts hf,ours
     lever lever-packed-cudnn --packed 8 --target_fraction 0.1 --packed_attention
     lever lever-packed-all --packed 8 --target_fraction 0.1 --no_padding_mask --loss_chunk_size 512 \

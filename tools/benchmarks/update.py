@@ -65,15 +65,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       (1, 4), jnp.int32), enable_dropout=False))["params"]
   keys = iter(jax.random.split(jax.random.PRNGKey(1), 2 * len(jax.tree.leaves(shapes))))
   params = jax.tree.map(lambda s: 0.02 * jax.random.normal(next(keys), s.shape, jnp.float32), shapes)
-  grads = jax.tree.map(lambda s: 1e-3 * jax.random.normal(next(keys), s.shape, jnp.float32), shapes)
+  grads = jax.tree.map(lambda s: 4.0 * jax.random.normal(next(keys), s.shape, jnp.float32), shapes)
   ours, schedule = optimizer_lib.make_optimizer(learning_rate=1e-4, warmup_steps=1, total_steps=1000)
   sides = {"ours": ours, "optax_clip": optax_reference(schedule)}
 
   def build(tx):
 
     def update(params, opt_state, grads):
-      grad_norm = optax.global_norm(grads)
-      return step_lib.apply_update(params, opt_state, grads, grad_norm, jnp.isfinite(grad_norm), tx, args.guard)
+      scale = jnp.float32(1 / 4096)  # summed gradients over the loss weights, as the step hands them over
+      grad_norm = optax.global_norm(grads) * scale
+      return step_lib.apply_update(params, opt_state, grads, scale, grad_norm, jnp.isfinite(grad_norm), tx, args.guard)
 
     return jax.jit(update, donate_argnums=(0, 1))
 
