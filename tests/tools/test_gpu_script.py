@@ -61,3 +61,9 @@ def test_more_levers_and_llama_take_commands_of_their_own(tmp_path):
   ]
   labels, _ = _dry_run(tmp_path, OPT="0", TESTS="0", LEVERS="0", COMPARE_XLA="0")
   assert labels == ["train-llama-1b", "score-llama-1b"]
+
+
+def test_lever_labels_pick_levers_for_a_call_of_their_own(tmp_path):
+  labels, _ = _dry_run(tmp_path, OPT="0", LLAMA="0", TESTS="0", PROFILE="0", COMPARE_XLA="0",
+                       LEVER_LABELS="lever-remat-attention,lever-packed-cudnn, lever-update-1.3b-cond")
+  assert labels == ["lever-plain", "lever-remat-attention", "lever-update-1.3b-cond", "lever-packed-cudnn"]

@@ -152,10 +152,16 @@ fi
 # out; MORE_LEVERS=1 (off by default) measures the others:
 #   OPT=0 LLAMA=0 TESTS=0 PROFILE=0 COMPARE_XLA=0 OUT_DIR=$OUT bash tools/benchmarks/gpu.sh     # the levers
 #   OPT=0 LLAMA=0 TESTS=0 LEVERS=0 COMPARE_XLA=0 MORE_LEVERS=1 OUT_DIR=$OUT bash tools/benchmarks/gpu.sh
+# All of them are more than one 10-minute call: LEVER_LABELS (comma-separated labels, e.g.
+# LEVER_LABELS=lever-remat-attention,lever-packed,lever-packed-cudnn) runs only those, beside the plain step.
 if [[ "${LEVERS:-1}" == 1 || "${MORE_LEVERS:-0}" == 1 ]]; then
+  wanted() {  # wanted LABEL: whether LEVER_LABELS (empty: every lever) names it
+    [[ -z "${LEVER_LABELS:-}" || ",${LEVER_LABELS// /}," == *",$1,"* ]]
+  }
   lever() {  # lever LABEL FLAGS...: the opt-1.3b step of 2. with FLAGS
     local label=$1
     shift
+    wanted "$label" || [[ "$label" == lever-plain ]] || return 0
     ours "$label" "$PYTHON" tools/benchmarks/train.py --preset opt-1.3b --layers 0 --batch 8 --seq 2048 \
       --dtype bfloat16 --remat dots --steps "$STEPS" --warmup 2 --parts ours "$@"
   }
@@ -166,15 +172,19 @@ if [[ "${LEVERS:-1}" == 1 || "${MORE_LEVERS:-0}" == 1 ]]; then
     lever lever-remat-attention --remat dots_with_no_batch_dims_and_attention
     # The optimizer update alone at opt-1.3b's params, the recipe's clipping against optax's (bench_update), with
     # the NaN guard as select (the GPU default) and as cond.
-    run lever-update-1.3b "$PYTHON" tools/benchmarks/update.py --preset opt-1.3b --guard select
-    run lever-update-1.3b-cond "$PYTHON" tools/benchmarks/update.py --preset opt-1.3b --guard cond
+    wanted lever-update-1.3b &&
+      run lever-update-1.3b "$PYTHON" tools/benchmarks/update.py --preset opt-1.3b --guard select
+    wanted lever-update-1.3b-cond &&
+      run lever-update-1.3b-cond "$PYTHON" tools/benchmarks/update.py --preset opt-1.3b --guard cond
     lever lever-packed --packed 8 --target_fraction 0.1 --parts hf,ours
     lever lever-packed-cudnn --packed 8 --target_fraction 0.1 --packed_attention
     lever lever-packed-all --packed 8 --target_fraction 0.1 --no_padding_mask --loss_chunk_size 512 \
       --lm_head_positions 512
-    ours lever-packed-125m "$PYTHON" tools/benchmarks/train.py --preset opt-125m --layers 0 --batch 16 --seq 2048 \
+    wanted lever-packed-125m &&
+      ours lever-packed-125m "$PYTHON" tools/benchmarks/train.py --preset opt-125m --layers 0 --batch 16 --seq 2048 \
       --dtype bfloat16 --steps "$STEPS" --warmup 2 --parts hf,ours --packed 8 --target_fraction 0.1
-    ours lever-packed-125m-cudnn "$PYTHON" tools/benchmarks/train.py --preset opt-125m --layers 0 --batch 16 \
+    wanted lever-packed-125m-cudnn &&
+      ours lever-packed-125m-cudnn "$PYTHON" tools/benchmarks/train.py --preset opt-125m --layers 0 --batch 16 \
       --seq 2048 --dtype bfloat16 --steps "$STEPS" --warmup 2 --parts ours --packed 8 --target_fraction 0.1 \
       --packed_attention
   fi
