@@ -186,3 +186,29 @@ def test_cudnns_packed_layout_matches_its_dense_mask_on_a_gpu():
   for a, b in zip(jax.tree.leaves(packed[2]), jax.tree.leaves(dense[2])):
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
     assert np.isfinite(a).all() and np.linalg.norm(a - b) <= 0.05 * np.linalg.norm(b) + 1e-6
+
+
+def test_the_layout_traces_through_jaxs_cudnn_api(monkeypatch):
+  """The call to jax's cuDNN module (a private one: the packed layout has no public API) takes our arguments:
+  traced, not run, with its GPU checks answered as a Hopper GPU would, so a jax upgrade that moves it fails
+  here. Saving attention's output (remat) keeps its forward out of the backward pass."""
+  from jax._src.cudnn import fused_attention_stablehlo as cudnn  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(cudnn, "check_cudnn_version", lambda: 91000)
+  monkeypatch.setattr(cudnn, "check_compute_capability", lambda capability: True)
+  monkeypatch.setattr(cudnn, "is_cuda_compute_capability_equal", lambda capability: False)
+  monkeypatch.setattr(packed_attention, "supported", lambda: True)
+  config = opt.OPTConfig(vocab_size=256, hidden_size=128, num_hidden_layers=2, num_attention_heads=2, ffn_dim=256,
+                         max_position_embeddings=64, dropout=0.0, dtype="bfloat16", attention_impl="cudnn",
+                         packed_attention_segments=4)
+  tokens = jnp.ones((2, 64), jnp.int32)
+  segments = jnp.asarray([[1] * 20 + [2] * 30 + [0] * 14, [1] * 64], jnp.int32)
+
+  def traced(remat_policy):
+    model = opt.OPT(dataclasses.replace(config, remat_policy=remat_policy))
+    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens, enable_dropout=False))["params"]
+    loss = lambda p: model.apply({"params": p}, tokens, tokens, segments, enable_dropout=False).sum()
+    return str(jax.make_jaxpr(jax.grad(loss))(params))
+
+  saving = traced("dots_with_no_batch_dims_and_attention")
+  assert saving.count("dot_product_attention_fwd") == 1 and saving.count("dot_product_attention_bwd") == 1
+  assert traced("dots").count("dot_product_attention_fwd") == 2  # recomputed in the backward pass
