@@ -172,12 +172,37 @@ def _param_shardings(model: nn.Module, mesh: jax.sharding.Mesh) -> Any:
   return partitioning.logical_to_mesh_sharding(axes, mesh)
 
 
-def place_params(model: nn.Module, params: Any, mesh: jax.sharding.Mesh | None = None) -> Any:
-  """`params` on the device (host arrays copied once), or laid out on `mesh` by the rule table.
+MATMUL_WEIGHTS = ("kernel", "embedding")  # the leaves models/layers.py casts to the compute dtype before use
 
-  Arrays already where they belong are not copied, so calling it again is cheap.
+
+def matmul_weights_in_compute_dtype(model: nn.Module, params: Any) -> Any:
+  """`params` with the matmul weights (`kernel` and `embedding` leaves) cast to the model's compute dtype when
+  that is a 16-bit float and they are wider; the rest (biases, norms) as they are.
+
+  The model casts those weights to its compute dtype before every use (Dense, Embed and the LM head), so the
+  outputs are the same bit for bit; what changes is that inference reads half the bytes per weight and keeps
+  half of them in device memory (greedy decoding reads every weight once per new token). Training keeps its
+  float32 master weights: only the inference paths call this (`place_params`).
+  """
+  dtype = jnp.dtype(model.config.dtype)
+  if not jnp.issubdtype(dtype, jnp.floating) or dtype.itemsize != 2:
+    return params
+
+  def cast(path: Any, leaf: Any) -> Any:
+    wider = jnp.issubdtype(leaf.dtype, jnp.floating) and jnp.dtype(leaf.dtype).itemsize > dtype.itemsize
+    return leaf.astype(dtype) if wider and getattr(path[-1], "key", None) in MATMUL_WEIGHTS else leaf
+
+  return jax.tree_util.tree_map_with_path(cast, params)
+
+
+def place_params(model: nn.Module, params: Any, mesh: jax.sharding.Mesh | None = None) -> Any:
+  """`params` on the device (host arrays copied once), or laid out on `mesh` by the rule table, with the
+  matmul weights in a 16-bit compute dtype (`matmul_weights_in_compute_dtype`: the same outputs, half the bytes).
+
+  Arrays already where they belong (and in that dtype) are not copied, so calling it again is cheap.
   Raises ValueError when the tree does not match `model`'s parameters.
   """
+  params = matmul_weights_in_compute_dtype(model, params)
   if mesh is None:
     return jax.device_put(params)
   shardings = _param_shardings(model, mesh)

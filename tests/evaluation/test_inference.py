@@ -256,3 +256,26 @@ def test_sharded_on_a_data_and_tensor_mesh_equals_one_device():
                         timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "OK 4" in proc.stdout
+
+
+@pytest.mark.parametrize("family", ["opt", "llama"])
+def test_bfloat16_inference_keeps_matmul_weights_in_bfloat16_with_the_same_outputs(family):
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from optiml_jax.models import registry  # pylint: disable=g-import-not-at-top
+  config = registry.preset("tiny" if family == "opt" else "llama-tiny", dtype="bfloat16", dropout=0.0)
+  model = registry.make_model(config)
+  params = jax.jit(lambda rng: model.init(rng, jnp.ones((1, 4), jnp.int32), enable_dropout=False))(
+      jax.random.PRNGKey(0))["params"]
+  placed = inference.place_params(model, jax.tree.map(np.asarray, params))  # float32 host arrays, as loaded
+  names = {jax.tree_util.keystr(path): leaf.dtype for path, leaf in jax.tree_util.tree_leaves_with_path(placed)}
+  assert all(dtype == jnp.bfloat16 for name, dtype in names.items() if name.endswith(("['kernel']", "['embedding']")))
+  assert {dtype for name, dtype in names.items() if not name.endswith(("['kernel']", "['embedding']"))
+         } == {jnp.dtype(jnp.float32)}  # biases and norms as they were
+  tokens = jnp.asarray(np.random.default_rng(0).integers(3, config.vocab_size, size=(2, 12)))
+  run = jax.jit(lambda p: model.apply({"params": p}, tokens, enable_dropout=False))
+  np.testing.assert_array_equal(np.asarray(run(placed)), np.asarray(run(params)))  # the model casts them anyway
+  again = inference.place_params(model, placed)  # placing again: nothing to cast or copy
+  assert all(a is b for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(placed)))
+  float32 = registry.make_model(registry.preset("tiny", dropout=0.0))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(inference.place_params(float32, params)))
