@@ -80,7 +80,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 # First the tests that only a GPU runs (cuDNN attention against a float32 reference) and the model and
 # inference tests on the GPU's kernels; TESTS=0 skips them. A failure is logged and the benchmarks go on.
 if [[ "${TESTS:-1}" == 1 ]]; then
-  tests=(tests/models/test_opt.py tests/evaluation/test_inference.py)
+  tests=(tests/models/test_opt.py tests/models/test_packed_attention.py tests/evaluation/test_inference.py)
   [[ -f tests/models/test_llama.py ]] && tests+=(tests/models/test_llama.py)
   run tests "$PYTHON" -m pytest -q -rs "${tests[@]}"
   grep -E "passed|failed|^FAILED|^SKIPPED" "$LOG" | tail -8
