@@ -164,12 +164,20 @@ def test_too_few_segments_in_the_bound_change_the_result(reference_kernel):
 
 
 @pytest.mark.gpu  # cuDNN's packed layout: a Hopper GPU or newer.
-def test_cudnns_packed_layout_matches_its_dense_mask_on_a_gpu():
+@pytest.mark.parametrize("family", ["opt", "llama"])  # Llama: grouped-query attention through the kernel
+def test_cudnns_packed_layout_matches_its_dense_mask_on_a_gpu(family):
   if not packed_attention.supported():
     pytest.skip("cuDNN's packed layout needs compute capability 9.0 (Hopper) or newer")
-  config = opt.OPTConfig(vocab_size=512, hidden_size=256, num_hidden_layers=2, num_attention_heads=4, ffn_dim=512,
-                         max_position_embeddings=256, dropout=0.0, dtype="bfloat16", attention_impl="cudnn")
-  params = jax.jit(lambda rng: opt.OPT(config).init(rng, jnp.ones((1, 4), jnp.int32), enable_dropout=False))(
+  if family == "opt":
+    config = opt.OPTConfig(vocab_size=512, hidden_size=256, num_hidden_layers=2, num_attention_heads=4, ffn_dim=512,
+                           max_position_embeddings=256, dropout=0.0, dtype="bfloat16", attention_impl="cudnn")
+    model_class = opt.OPT
+  else:
+    config = llama.LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                               dtype="bfloat16", attention_impl="cudnn")
+    model_class = llama.Llama
+  params = jax.jit(lambda rng: model_class(config).init(rng, jnp.ones((1, 4), jnp.int32), enable_dropout=False))(
       jax.random.PRNGKey(0))["params"]
   rng = np.random.default_rng(5)
   tokens = rng.integers(3, config.vocab_size, size=(4, 128))
@@ -179,8 +187,8 @@ def test_cudnns_packed_layout_matches_its_dense_mask_on_a_gpu():
                              ]).reshape(4, 128)
   targets = np.where(segments > 0, np.roll(tokens, -1, axis=1), 0)
   batch = (tokens, targets, segments, positions)
-  dense = _loss_logits_grads(opt.OPT(config), params, batch)
-  packed = _loss_logits_grads(opt.OPT(dataclasses.replace(config, packed_attention_segments=4)), params, batch)
+  dense = _loss_logits_grads(model_class(config), params, batch)
+  packed = _loss_logits_grads(model_class(dataclasses.replace(config, packed_attention_segments=4)), params, batch)
   assert abs(float(packed[0]) - float(dense[0])) <= 1e-2 * abs(float(dense[0]))
   assert np.abs(packed[1] - dense[1]).max() <= 0.05 * np.abs(dense[1]).max()  # bf16: two kernels' rounding
   for a, b in zip(jax.tree.leaves(packed[2]), jax.tree.leaves(dense[2])):
