@@ -12,6 +12,14 @@ from optiml_jax.data import packing
 BOS = 2
 
 
+def _assert_same_rows(rows, reference):
+  """The rows a packer emitted equal `reference`'s, feature by feature."""
+  assert len(rows) == len(reference)
+  for a, b in zip(rows, reference):
+    for name in b:
+      np.testing.assert_array_equal(a[name], b[name])
+
+
 def _random_examples(rng: np.random.Generator, count: int, max_inputs: int, max_targets: int):
   examples = []
   for _ in range(count):
@@ -231,10 +239,7 @@ def test_packer_state_round_trip_continues_identically():
       packer = packing.Packer.from_state(*packer.state(), bos_id=BOS)
     rows += packer.add(inputs, targets)
   rows += packer.flush()
-  assert len(rows) == len(reference)
-  for a, b in zip(rows, reference):
-    for name in b:
-      np.testing.assert_array_equal(a[name], b[name])
+  _assert_same_rows(rows, reference)
 
 
 # --- A tokenizer that adds no BOS (SmolLM2, Qwen2), and id 0 as a real token ----------------------------------
@@ -489,10 +494,7 @@ def test_packer_state_round_trip_with_the_cap_continues_identically():
       packer = packing.Packer.from_state(rows_state, meta, bos_id=BOS, max_segments=3)
     rows += packer.add(inputs, targets)
   rows += packer.flush()
-  assert len(rows) == len(reference)
-  for a, b in zip(rows, reference):
-    for name in b:
-      np.testing.assert_array_equal(a[name], b[name])
+  _assert_same_rows(rows, reference)
   # A state whose open row is already at the cap (written without it) is refused, not silently overfilled.
   uncapped = packing.Packer(24, BOS, 5)
   for inputs, targets in [([5], [2]), ([6], [2]), ([7], [2])]:
