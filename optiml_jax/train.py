@@ -170,6 +170,11 @@ def _main(args: argparse.Namespace, log: cli_logging.Session) -> int:
   except gin_utils.GinConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  try:
+    runtime.apply_xla_flags(config.run.xla_flags)  # before anything starts JAX's backend
+  except config_lib.ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   if args.multihost or args.coordinator_address:
     runtime.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
   try:

@@ -439,6 +439,17 @@ def test_a_run_from_the_bench_cache_resumes_to_the_uninterrupted_losses(tmp_path
   assert [r["loss"] for r in rows] == [r["loss"] for r in uninterrupted]  # the same batches after the resume
 
 
+def test_xla_flags_of_the_run_reach_xla(tmp_path, toy_cache):
+  dump = tmp_path / "xla_dump"
+  result = _run_cli("--gin_file=quickstart.gin", f"--gin.MODEL_DIR={tmp_path / 'run'}", "--gin.CATALOG_DIR=None",
+                    f"--gin.CACHE_DIR={toy_cache}", "--gin.TRAIN_STEPS=3", "--gin.BATCH_SIZE=2",
+                    "--gin.model_config.max_position_embeddings=128", "--gin.OptimizerArgs.warmup_steps=1",
+                    "--gin.LoggingArgs.tensorboard=False", "--gin.LoggingArgs.progress=False",
+                    f"--gin.RunArgs.xla_flags=['--xla_dump_to={dump}', '--xla_dump_hlo_as_text']", timeout=180)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert any("train_step" in path.name for path in dump.iterdir()), sorted(p.name for p in dump.iterdir())[:10]
+
+
 def _run_without_tf(env, module, *args, timeout=180):
   return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
                         timeout=timeout)

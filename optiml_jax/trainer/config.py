@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 NAN_POLICIES = ("skip", "stop")
 NONFINITE_GUARDS = ("auto", "cond", "select")  # trainer/step.py's, without importing JAX here
@@ -299,6 +299,9 @@ class RunArgs:
   nan_policy: str = "skip"  # a non-finite step: 'skip' (weights unchanged, go on) or 'stop' (exit code 1)
   stop_at_step: int | None = None  # end this invocation at this step (checkpointed) without changing the schedule
   compilation_cache_dir: str | None = None  # JAX's persistent compilation cache, so a rerun starts faster
+  # XLA flags for this run (e.g. ('--xla_gpu_enable_latency_hiding_scheduler=true',)), added to XLA_FLAGS before
+  # JAX starts its backend (`runtime.apply_xla_flags`; `python -m optiml_jax.train` does it first)
+  xla_flags: Sequence[str] = ()
 
   def __post_init__(self):
     _positive_int("RunArgs.train_steps", self.train_steps)
@@ -308,6 +311,12 @@ class RunArgs:
       raise ConfigError(f"RunArgs.nan_policy: expected one of {NAN_POLICIES}, got {self.nan_policy!r}")
     _positive_int("RunArgs.stop_at_step", self.stop_at_step, optional=True)
     _text("RunArgs.compilation_cache_dir", self.compilation_cache_dir, optional=True)
+    flags = self.xla_flags
+    if isinstance(flags, str) or not all(isinstance(f, str) and f.startswith("--") and " " not in f for f in flags):
+      raise ConfigError(
+          f"RunArgs.xla_flags: expected a list of XLA flags such as '--xla_gpu_enable_triton_gemm=false', "
+          f"got {flags!r}")
+    object.__setattr__(self, "xla_flags", tuple(flags))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -213,6 +213,7 @@ def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
   data, ckpt_args, log_args, run_args = config.data, config.checkpoint, config.logging, config.run
   model_config, model_dir, seq_len = config.model.config, ckpt_args.model_dir, config.seq_len
   train_steps, batch_size, seed = run_args.train_steps, data.batch_size, run_args.seed
+  runtime.apply_xla_flags(run_args.xla_flags)  # a no-op when the entry point applied them already
   if run_args.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", run_args.compilation_cache_dir)
   started = time.time()

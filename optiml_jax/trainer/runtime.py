@@ -21,7 +21,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from etils import epath
 import jax
@@ -279,6 +279,25 @@ def data_state_of_this_process(meta: Mapping[str, Any], model_dir: str,
 def replicated_scalar(value: int, sharding: jax.sharding.Sharding) -> jax.Array:
   """An int32 scalar on every device of `sharding` (also when they span several processes)."""
   return jax.make_array_from_callback((), sharding, lambda _: np.asarray(value, np.int32))
+
+
+def apply_xla_flags(flags: Sequence[str]) -> None:
+  """Adds `flags` (`RunArgs.xla_flags`) to the XLA_FLAGS environment variable, which XLA reads once, when JAX
+  starts its backend. Nothing to do when XLA_FLAGS has them already.
+
+  Raises:
+    ConfigError: naming the flags, when the backend has started without them (they would be ignored silently).
+  """
+  current = os.environ.get("XLA_FLAGS", "").split()
+  missing = [flag for flag in flags if flag not in current]
+  if not missing:
+    return
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top  (no public "has JAX started?")
+  if xla_bridge.backends_are_initialized():
+    raise config_lib.ConfigError(
+        f"RunArgs.xla_flags: JAX's backend started before {' '.join(missing)} could reach XLA; set them before "
+        "anything touches a device (python -m optiml_jax.train does), or put them in XLA_FLAGS yourself")
+  os.environ["XLA_FLAGS"] = " ".join(current + missing)
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,

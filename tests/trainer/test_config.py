@@ -73,6 +73,11 @@ def _config(**groups):
         (lambda: config_lib.RunArgs(train_steps=10, nan_policy="ignore"), "RunArgs.nan_policy: expected one of"),
         (lambda: config_lib.RunArgs(train_steps=10, stop_at_step=0), "RunArgs.stop_at_step"),
         (lambda: config_lib.RunArgs(train_steps=10, seed="0"), "RunArgs.seed: expected an integer"),
+        (lambda: config_lib.RunArgs(train_steps=10, xla_flags="--xla_gpu_enable_triton_gemm=false"),
+         "RunArgs.xla_flags: expected a list of XLA flags"),
+        (lambda: config_lib.RunArgs(train_steps=10, xla_flags=["xla_gpu_enable_triton_gemm=false"]),
+         "RunArgs.xla_flags"),
+        (lambda: config_lib.RunArgs(train_steps=10, xla_flags=["--a=1 --b=2"]), "RunArgs.xla_flags"),
         # What spans groups.
         (lambda: _config(data=_data(task_feature_lengths={
             "inputs": 60,

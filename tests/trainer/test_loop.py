@@ -322,3 +322,13 @@ def test_segment_bound_check_passes_rows_within_it_and_unpacked_batches():
   runtime.check_segment_bound({"decoder_target_tokens": ids}, 1, 0)  # unpacked: no segments
   with pytest.raises(config_lib.ConfigError, match="step 8 holds 3 segments.*packed_attention_segments=2"):
     runtime.check_segment_bound({"decoder_segment_ids": ids}, 2, 7)
+
+
+def test_xla_flags_reach_xla_only_before_its_backend_starts(monkeypatch):
+  # This process has started JAX: a flag XLA_FLAGS lacks would be ignored, so it is refused by name.
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+  with pytest.raises(config_lib.ConfigError, match="RunArgs.xla_flags: .*--xla_dump_hlo_as_text"):
+    runtime.apply_xla_flags(("--xla_cpu_enable_fast_math=false", "--xla_dump_hlo_as_text"))
+  runtime.apply_xla_flags(("--xla_cpu_enable_fast_math=false",))  # already there: nothing to do
+  assert config_lib.RunArgs(train_steps=1,
+                            xla_flags=["--xla_dump_hlo_as_text"]).xla_flags == ("--xla_dump_hlo_as_text",)
