@@ -25,7 +25,7 @@ INSTALL_REQUIRES = [
     "tensorboard>=2.16",
 ]
 
-# `python -m optiml_jax.bench cache` builds the pre-tokenized bench with Apache Beam (DirectRunner locally; Dataflow,
+# `python -m optiml_jax.bench cache` builds the pre-tokenized bench with Apache Beam (FnApiRunner locally; Dataflow,
 # Flink or Spark on a cluster). Beam caps protobuf below 7, and sentencepiece 0.2.3 (imported by seqio) is generated
 # for protobuf 7 and refuses an older one at import; 0.2.2 and earlier import with either, hence the pin.
 CACHE_REQUIRES = [
@@ -47,7 +47,7 @@ TEST_REQUIRES = [
     "yapf==0.43.0",  # the formatter, Google style (setup.cfg [yapf])
     "ruff==0.17.6",  # the linter (ruff.toml)
     "mypy==2.4.1",  # the type checker (setup.cfg [mypy])
-    *CACHE_REQUIRES,  # tests/data/test_cache.py builds caches with Beam's DirectRunner
+    *CACHE_REQUIRES,  # tests/data/test_cache.py builds caches with Beam locally
 ]
 
 # `python -m optiml_jax.convert gguf-to-hf` / `fetch-smollm2` read GGUF files through transformers' own loader, which

@@ -11,7 +11,7 @@ which the registry and the trainer read.
       [--strict] [--no_progress] --out CATALOG_DIR
   python -m optiml_jax.bench show CATALOG_DIR [--tasks]
   python -m optiml_jax.bench cache CATALOG_DIR --out CACHE_DIR [--tokenizer_dir D] [--shots 0,5]
-      [--runner=DirectRunner] [other Apache Beam pipeline options]
+      [--runner=DataflowRunner ...] [other Apache Beam pipeline options]
   python -m optiml_jax.bench toy --out DIR [--seed 0] [--catalog CATALOG_DIR]
 
 `--config` is a path, or the name of a bench definition shipped with the package (`optiml_bench.yaml`,
@@ -103,7 +103,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   pre = commands.add_parser(
       "cache", help="pre-tokenize a catalog into CACHE_DIR with Apache Beam",
       epilog="Other options are Apache Beam's (--runner=DataflowRunner --project=... etc.); "
-      "the DirectRunner default uses every core (--direct_num_workers).")
+      "the local default (Beam's FnApiRunner) uses every core (--direct_num_workers).")
   pre.add_argument("catalog_dir", help="the catalog folder (bench build --out)")
   pre.add_argument("--out", required=True, help="the cache folder (created, or completed when it exists)")
   pre.add_argument("--tokenizer_dir", help="Hugging Face tokenizer folder (default: OPT's, shipped)")

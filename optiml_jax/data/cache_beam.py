@@ -7,8 +7,10 @@ The driver then writes CACHE_DIR/cache.json listing every committed shard and ev
 reason. Nothing is collected through Beam itself: workers write shards (or a small error file) into CACHE_DIR,
 so any runner whose workers can read the catalog's source files and write CACHE_DIR works:
 
-    DirectRunner (default): local processes (`--direct_num_workers`, default every core,
-                            `--direct_running_mode multi_processing`);
+    local (default): Beam's FnApiRunner over local processes (`--direct_num_workers`, default every core,
+                     `--direct_running_mode multi_processing`). Not Beam's DirectRunner default: that one first
+                     downloads Beam's Prism runner from GitHub and runs every worker in one process there;
+                     `--runner=DirectRunner` still asks for it;
     DataflowRunner, FlinkRunner, SparkRunner, PortableRunner: pass Beam's own options after the command's.
 
 Re-running skips shards already committed with the same fingerprint (`cache.is_complete`), so an interrupted or
@@ -31,6 +33,7 @@ from optiml_jax.data import cache
 from optiml_jax.data import catalog as catalog_lib
 
 ERROR_SUFFIX = ".error.json"
+LOCAL_RUNNER = "FnApiRunner"  # the local runner when none is named (`default_direct_options`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,12 +148,20 @@ def _beam_pipeline(items: Sequence[WorkItem], cache_dir: str, tokenizer_dir: str
 
 
 def default_direct_options(pipeline_args: Sequence[str]) -> list[str]:
-  """Beam options with, for the DirectRunner (the default), every core as a separate process unless set."""
+  """Beam options for a local build: the FnApiRunner when no runner is named, every core a process unless set.
+
+  Beam's own default, the DirectRunner, first tries its Prism runner (a binary it downloads from GitHub, which
+  runs every worker of this pipeline in one process) and falls back to the FnApiRunner only when that fails, so a
+  build would hang on, or need, the network and run on one core where GitHub is reachable. Naming the FnApiRunner
+  keeps the build offline and parallel on every machine.
+  """
   args = list(pipeline_args)
   runner = next((a.split("=", 1)[1] for a in args if a.startswith("--runner=")), None)
   if runner is None and "--runner" in args:
     runner = args[args.index("--runner") + 1]
-  if runner not in (None, "DirectRunner", "direct"):
+  if runner is None:
+    args.append(f"--runner={LOCAL_RUNNER}")
+  elif runner not in ("DirectRunner", "direct", LOCAL_RUNNER):
     return args
   if not any(a.startswith("--direct_num_workers") for a in args):
     args.append(f"--direct_num_workers={os.cpu_count() or 1}")

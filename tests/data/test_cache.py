@@ -216,8 +216,28 @@ def test_the_manifest_records_a_tokenizer_without_bos_and_reads_a_manifest_witho
     cache.read_manifest(tmp_path)
 
 
-def test_cli_builds_over_local_processes_and_reports(tmp_path, capsys):
-  """The default runner mode: DirectRunner over separate worker processes (as on a workstation)."""
+def test_local_builds_name_the_fn_api_runner_and_keep_every_option_given():
+  cores = os.cpu_count() or 1
+  assert cache_beam.default_direct_options([]) == [
+      "--runner=FnApiRunner", f"--direct_num_workers={cores}", "--direct_running_mode=multi_processing",
+      "--default_sdk_harness_log_level=WARNING"
+  ]
+  given = ["--runner", "DirectRunner", "--direct_num_workers=1", "--direct_running_mode=in_memory"]
+  assert cache_beam.default_direct_options(given) == given + ["--default_sdk_harness_log_level=WARNING"]
+  dataflow = ["--runner=DataflowRunner", "--project=p"]  # another runner's options are Beam's alone
+  assert cache_beam.default_direct_options(dataflow) == dataflow
+
+
+def test_cli_builds_over_local_processes_and_reports(tmp_path, capsys, monkeypatch):
+  """The default runner mode: the FnApiRunner over separate worker processes (as on a workstation), and never
+  Beam's Prism runner, which the DirectRunner would download from GitHub first."""
+  from apache_beam.runners.portability import prism_runner  # pylint: disable=g-import-not-at-top
+  prism_starts = []
+
+  def record_start(job_server):
+    prism_starts.append(job_server)
+
+  monkeypatch.setattr(prism_runner.PrismJobServer, "start", record_start)
   root = tmp_path
   sni_dir = toybench.write(root / "sni", seed=0, num_instances=20)
   assert bench_cli.main([
@@ -235,5 +255,6 @@ def test_cli_builds_over_local_processes_and_reports(tmp_path, capsys):
   out = capsys.readouterr().out
   assert code == 0, out
   assert "8 shard(s) written" in out
+  assert not prism_starts
   with pytest.raises(SystemExit):  # argparse: a bad --shots is a usage error
     bench_cli.main(["cache", str(root / "catalog"), "--out", str(root / "cache"), "--shots", "x"])

@@ -21,7 +21,7 @@ Example:
 The paper's scale (`--tasks N`): a catalog of N tasks made from the SNI sample copied under new task numbers
 (plus P3's templates when the sample has them), the `optiml_bench_train` mixture over its training tasks, and the
 figures a restarted pod run pays: registration, the first packed batch, steady tokens/s, resuming at a late
-batch, and peak resident memory. `--cache` builds the bench cache first (Apache Beam, DirectRunner over every
+batch, and peak resident memory. `--cache` builds the bench cache first (Apache Beam, FnApiRunner over every
 core; timed) and reads batches from it (`cached_stream.CachedBatchStream`; `--reader seqio`: the same cache
 through the seqio Tasks, mixture and tf.data instead, as seqio's own cached tasks would run); without it, the
 uncached seqio pipeline (`pipeline.BatchStream`, whose resume replays the batches before the position).
@@ -128,7 +128,7 @@ def paper_scale(args: argparse.Namespace, work: pathlib.Path) -> None:
     result = cache_beam.build(
         work / "catalog", work / "cache", tokenizer_dir=args.tokenizer_dir,
         pipeline_args=[f"--direct_num_workers={args.cache_workers}"] if args.cache_workers else [])
-    print(f"cache build (Apache Beam, DirectRunner): {time.perf_counter() - start:.1f} s; {result.describe()}")
+    print(f"cache build (Apache Beam, FnApiRunner): {time.perf_counter() - start:.1f} s; {result.describe()}")
     cache_dir = str(work / "cache")
   vocabulary = vocab_lib.load(args.tokenizer_dir)
   lengths = {"inputs": args.inputs_length, "targets": args.targets_length}
@@ -214,7 +214,7 @@ def main() -> None:
       "--reader", choices=("index", "seqio"), default="index",
       help="with --cache: draw batches by index (the trainer's reader) or run the cache's seqio Tasks "
       "through seqio's mixture and tf.data (what seqio's own cached tasks would cost)")
-  parser.add_argument("--cache_workers", type=int, default=0, help="DirectRunner processes (default: every core)")
+  parser.add_argument("--cache_workers", type=int, default=0, help="local Beam worker processes (default: every core)")
   args = parser.parse_args()
 
   work = pathlib.Path(tempfile.mkdtemp(prefix="bench_data_"))
