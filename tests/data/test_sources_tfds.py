@@ -2,6 +2,7 @@
 
 import functools
 import re
+import tempfile
 
 import numpy as np
 import pytest
@@ -225,8 +226,12 @@ def test_reopen_rejects_bad_paths(path, benchmark, message):
   assert error.value.path == path
 
 
-def test_unprepared_datasets_are_skipped_without_download(tmp_path):
+def test_unprepared_datasets_are_skipped_without_download(tmp_path, monkeypatch):
+  temporary = tmp_path / "tmp"  # where TFDS's builder of an unprepared dataset would leave a folder each
+  temporary.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(temporary))
   results = list(tfds_source.iter_tasks(str(tmp_path), benchmarks=["t5"]))
+  assert not list(temporary.iterdir())
   assert all(isinstance(r, records.Skipped) for r in results)
   assert [r.path for r in results] == [d.tfds_name for d in flan_templates.datasets(["t5"])]
   assert all("not prepared" in r.reason for r in results)

@@ -195,7 +195,16 @@ def task_sources(dataset: str | flan_templates.DatasetTemplates, split: str = DE
 
 
 def is_prepared(tfds_name: str, data_dir: str | None = None) -> bool:
-  """Whether the TFDS dataset's files exist in `data_dir` (no download is attempted)."""
+  """Whether the TFDS dataset's files exist in `data_dir` (no download is attempted).
+
+  A dataset without its folder (`data_dir/<name>[/<config>]`) is not prepared, and no builder is made for it:
+  TFDS's builder of an unprepared dataset looks for its info in TFDS's bucket and leaves an empty temporary
+  folder behind each time, one per dataset of every `bench build --tfds_data_dir`.
+  """
+  if data_dir is not None:
+    name = tfds_name.split(":", maxsplit=1)[0]
+    if not tf.io.gfile.isdir(f"{data_dir.rstrip('/')}/{name}"):
+      return False
   return tfds.builder(tfds_name, data_dir=data_dir).is_prepared()
 
 
