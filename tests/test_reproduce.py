@@ -261,6 +261,24 @@ def test_the_flow_over_two_machines_runs_the_model_without_tensorflow(tiny_base,
   assert (out / "report" / "loss.png").is_file()
 
 
+def test_the_device_stage_names_every_missing_module_before_it_starts(tmp_path, monkeypatch, capsys):
+  # As on an accelerator image that lacks the small wheels: the stage stops at once, naming all of them.
+  monkeypatch.setitem(sys.modules, "gguf", None)
+  monkeypatch.setitem(sys.modules, "accelerate", None)
+  bundle = tmp_path / "bundle"
+  bundle.mkdir()
+  info = {"format_version": reproduce.BUNDLE_VERSION, "model": {"wheel": "w.whl", "parts": [], "sha256": ""}}
+  (bundle / reproduce.BUNDLE_FILE).write_text(json.dumps(info))
+  out = tmp_path / "out"
+  assert reproduce.main(["--stage", "device", "--bundle", str(bundle), "--out", str(out)]) == 1
+  error = capsys.readouterr().err
+  assert "cannot run the device stage: gguf (" in error and "; accelerate (" in error, error
+  assert "pip install --no-deps --target DIR gin-config gguf accelerate psutil" in error
+  assert not (out / "device").exists()  # nothing unpacked
+  # With the model's folder given, the stage needs none of the conversion's modules.
+  reproduce.check_modules(reproduce.DEVICE_MODULES)
+
+
 def test_the_model_wheel_travels_in_parts_that_are_checked_when_joined(tmp_path):
   wheel = tmp_path / "w.whl"
   wheel.write_bytes(bytes(range(256)) * 41)
