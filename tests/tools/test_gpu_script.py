@@ -1,11 +1,15 @@
 """tools/benchmarks/gpu.sh, dry-run with a stand-in interpreter: which runs each switch setting makes, and that
-every lever is measured against a plain step of the same command."""
+every lever is measured against a plain step of the same command; and (slow) every command of it run for real on
+this CPU with its sizes shrunk, so that a GPU call never finds a flag the scripts do not take."""
 
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
+
+import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -67,3 +71,43 @@ def test_lever_labels_pick_levers_for_a_call_of_their_own(tmp_path):
   labels, _ = _dry_run(tmp_path, OPT="0", LLAMA="0", TESTS="0", PROFILE="0", COMPARE_XLA="0",
                        LEVER_LABELS="lever-remat-attention,lever-packed-cudnn, lever-update-1.3b-cond")
   assert labels == ["lever-plain", "lever-remat-attention", "lever-update-1.3b-cond", "lever-packed-cudnn"]
+
+
+# Runs the real interpreter with the GPU's command lines shrunk to tiny models and rows: the flags stay as written.
+SHRINK = f"""#!/usr/bin/env bash
+args=()
+prev=""
+for a in "$@"; do
+  case "$prev" in
+    --preset) case "$a" in llama*) a=llama-tiny;; *) a=tiny;; esac;;
+    --batch) a=2;;
+    --seq) (( a > 256 )) && a=256;;
+    --steps) a=2;;
+    --lm_head_positions|--loss_chunk_size) a=64;;
+  esac
+  args+=("$a")
+  prev=$a
+done
+exec {sys.executable} "${{args[@]}}"
+"""
+
+
+@pytest.mark.slow
+def test_every_command_runs_at_tiny_sizes_and_cudnn_runs_fall_back_to_xla(tmp_path):
+  stub = tmp_path / "python"
+  stub.write_text(SHRINK)
+  stub.chmod(0o755)
+  out = tmp_path / "out"
+  env = dict(os.environ, PYTHON=str(stub), OUT_DIR=str(out), ANCHOR=str(tmp_path / "no_anchor.py"), TESTS="0",
+             MORE_LEVERS="1")
+  result = subprocess.run(["bash", "tools/benchmarks/gpu.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=1500)
+  assert result.returncode == 0, result.stderr[-2000:]
+  log = (out / "bench.log").read_text()
+  exits = dict(re.findall(r"^=== (\S+): exit (\d+) after", log, flags=re.M))
+  ours = [label for label in exits if not label.startswith("anchor-") and not label.endswith("-xla")]
+  assert len(ours) >= 24, sorted(exits)  # every run of every switch, 24 today (the anchor is ../shared's: left out)
+  failed = [label for label in ours if exits[label] != "0" and exits.get(f"{label}-xla") != "0"]
+  assert not failed, [(label, log[log.index(f"=== {label}:"):][:3000]) for label in failed[:2]]
+  recorded = {json.loads(line)["label"] for line in (out / "bench.jsonl").read_text().splitlines()}
+  assert all(label in recorded or f"{label}-xla" in recorded for label in ours), sorted(recorded)
