@@ -609,9 +609,11 @@ def check_modules(names: Sequence[str]) -> None:
     except Exception as e:  # pylint: disable=broad-except  # any failure to import is the same stop
       missing.append(f"{name} ({type(e).__name__}: {e})")
   if missing:
-    raise ReproduceError(f"this machine cannot run the device stage: {'; '.join(missing)}. Install what is missing; "
-                         f"offline, copy the wheels over and `pip install --no-deps --target DIR {DEVICE_WHEELS}` "
-                         "from them, with DIR on PYTHONPATH (docs/reproducing.md)")
+    raise ReproduceError(
+        f"this machine cannot run the device stage: {'; '.join(missing)}. Install what is missing; "
+        f"offline, `pip download --no-deps -d WHEELS {DEVICE_WHEELS}` on a machine with network, "
+        "copy WHEELS here, `pip install --no-deps --target DIR WHEELS/*.whl` and put DIR on PYTHONPATH "
+        "(docs/reproducing.md)")
 
 
 def device(args: argparse.Namespace) -> pathlib.Path:

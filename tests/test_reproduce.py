@@ -273,7 +273,7 @@ def test_the_device_stage_names_every_missing_module_before_it_starts(tmp_path, 
   assert reproduce.main(["--stage", "device", "--bundle", str(bundle), "--out", str(out)]) == 1
   error = capsys.readouterr().err
   assert "cannot run the device stage: gguf (" in error and "; accelerate (" in error, error
-  assert "pip install --no-deps --target DIR gin-config gguf accelerate psutil" in error
+  assert "pip download --no-deps -d WHEELS gin-config gguf accelerate psutil" in error
   assert not (out / "device").exists()  # nothing unpacked
   # With the model's folder given, the stage needs none of the conversion's modules.
   reproduce.check_modules(reproduce.DEVICE_MODULES)
