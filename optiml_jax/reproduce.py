@@ -422,9 +422,13 @@ def _claim(out: pathlib.Path, bench_catalog: catalog_lib.Catalog, tasks: Mapping
           "tasks": tasks,
           "table": table
       }, indent=1) + "\n", encoding="utf-8")
+  ran = ""
+  if device_info is not None:
+    ran = f" on {', '.join(device_info['devices'])}, over two machines"
+    if device_info.get("resumed"):
+      ran += "; the device stage resumed an interrupted attempt, so its time is the last attempt's only"
   (report_dir / "claim.md").write_text(
-      f"# Base vs instruction-tuned ({setting_name} setting, {seconds / 60:.1f} min"
-      f"{'' if device_info is None else ' on ' + ', '.join(device_info['devices']) + ', over two machines'})"
+      f"# Base vs instruction-tuned ({setting_name} setting, {seconds / 60:.1f} min{ran})"
       f"\n\n{markdown}\n\n"
       "ROUGE-L for generation tasks, accuracy for multiple-choice tasks (rank classification); mean over the "
       "tasks both models scored; 5-shot over the tasks that have demonstrations. \"ROUGE-L, first answer\": the "
@@ -626,6 +630,9 @@ def device(args: argparse.Namespace) -> pathlib.Path:
   check_modules(DEVICE_MODULES + (MODEL_MODULES if info.get("model") and not args.base_model else ()))
   sizes = info["sizes"]
   work = out / "device"
+  # A stage cut short (a call's time limit, preemption) is finished by the same command: the model, the answers and
+  # the training resume from what the last attempt left. Its seconds then count this attempt only.
+  resumed = any((work / name).exists() for name in ("base_answers", "model"))
   work.mkdir(parents=True, exist_ok=True)
   _untar(bundle / BUNDLE_DATA, work)
   seconds: dict[str, float] = {}
@@ -690,6 +697,7 @@ def device(args: argparse.Namespace) -> pathlib.Path:
           {
               "seconds": seconds,
               "total_seconds": time.time() - started,
+              "resumed": resumed,
               "devices": [str(d.device_kind) for d in jax.devices()],
           }, indent=1) + "\n", encoding="utf-8")
   results = (args.results or out / RESULTS_FILE).resolve()

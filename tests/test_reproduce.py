@@ -241,21 +241,34 @@ def test_the_flow_over_two_machines_runs_the_model_without_tensorflow(tiny_base,
   assert info["model"] is None and info["sizes"]["dtype"] == "float32"  # --base_model: no wheel in the bundle
 
   device_out = tmp_path / "device_machine"
-  done = subprocess.run([
+  command = [
       sys.executable, "-m", "optiml_jax.reproduce", "--stage", "device", "--bundle",
       str(out / "bundle"), "--out",
       str(device_out), "--base_model",
       str(base), "--results",
       str(tmp_path / "results.tar.gz")
-  ], cwd=tmp_path, env=without_tensorflow_env, capture_output=True, text=True, timeout=900, check=False)
+  ]
+  done = subprocess.run(command, cwd=tmp_path, env=without_tensorflow_env, capture_output=True, text=True, timeout=900,
+                        check=False)
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
   assert "device stages done" in done.stdout
+  answers = sorted((device_out / "device" / "tuned_answers").glob("*.npz"))  # one file a request
+  mtimes = [path.stat().st_mtime_ns for path in answers]
+  assert answers
+  # The same command again (as after a call cut short) finishes from what is there: no answer is made twice, and
+  # the report says the device's time is the last attempt's.
+  again = subprocess.run(command, cwd=tmp_path, env=without_tensorflow_env, capture_output=True, text=True, timeout=900,
+                         check=False)
+  assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+  assert "resumed from" in again.stdout + again.stderr
+  assert [path.stat().st_mtime_ns for path in answers] == mtimes
 
   assert reproduce.main(["--stage", "finish", "--out", str(out), "--results", str(tmp_path / "results.tar.gz")]) == 0
   claim = _check_claim(out)
   assert claim["setting"] == "cpu" and set(
       claim["device"]["seconds"]) == {"model", "base_answers", "training", "tuned_answers"}
-  assert "over two machines" in (out / "report" / "claim.md").read_text().splitlines()[0]
+  title = (out / "report" / "claim.md").read_text().splitlines()[0]
+  assert "over two machines; the device stage resumed an interrupted attempt" in title and claim["device"]["resumed"]
   report = json.loads((out / "report" / "metrics.json").read_text())
   assert report["model"]["answers"].endswith("tuned_answers") and report["baseline"]["model"]["label"] == "base"
   assert (out / "report" / "loss.png").is_file()
