@@ -220,9 +220,15 @@ def test_the_converter_takes_bos_and_eos_from_the_vocabulary():
   no_bos = types.SimpleNamespace(bos_id=None, eos_id=7)  # what vocab.HFVocabulary gives for SmolLM2's tokenizer
   converter = t5x_model.FeatureConverter(pack=False, bos_id=2, vocabulary=no_bos, apply_length_check=False)
   assert (converter.bos_id, converter.eos_id) == (None, 7)
-  rows = list(converter(_dataset([([11, 12, 13], [21, 22, 23, 24, 7])]), {"inputs": 8, "targets": 3}))
-  np.testing.assert_array_equal(rows[0]["decoder_input_tokens"], [11, 12, 13, 21, 22] + [0] * 6)
-  np.testing.assert_array_equal(rows[0]["decoder_target_tokens"], [12, 13, 21, 22, 7] + [0] * 6)  # cut, EOS kept
+  # A row of inputs + targets = 5 positions holds 6 tokens when no BOS comes first (formatting.fit_to_row): the
+  # first prompt loses its first token so that the whole target fits; the second target alone is longer than the
+  # row, so it is cut to its first 5 tokens and the vocabulary's EOS, and its prompt is dropped.
+  examples = [([10, 11, 12, 13], [21, 22, 7]), ([11, 12, 13], [21, 22, 23, 24, 25, 26, 7])]
+  rows = list(converter(_dataset(examples), {"inputs": 2, "targets": 3}))
+  np.testing.assert_array_equal(rows[0]["decoder_input_tokens"], [11, 12, 13, 21, 22])
+  np.testing.assert_array_equal(rows[0]["decoder_target_tokens"], [12, 13, 21, 22, 7])
+  np.testing.assert_array_equal(rows[1]["decoder_input_tokens"], [21, 22, 23, 24, 25])
+  np.testing.assert_array_equal(rows[1]["decoder_target_tokens"], [22, 23, 24, 25, 7])  # cut, EOS kept
 
 
 @pytest.mark.parametrize("family", ["llama"], indirect=True)  # only the Llama prompts hold id 0
