@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import pathlib
 import re
@@ -144,8 +145,13 @@ class _Reader:
   def where(self, name: str) -> str:
     return self._join(self.key, name)
 
-  def get(self, name: str, kind: str, default: Any = _REQUIRED) -> Any:
-    """`kind` in int, number, bool, str, str_list, str_map, map, optional_int."""
+  def get(self, name: str, kind: str, default: Any = _REQUIRED, bounds: str = "") -> Any:
+    """`kind` in int, number, bool, str, str_list, str_map, map, optional_int.
+
+    A number is an int or a float that is finite: YAML's `.inf` and `.nan` are refused here, since they would
+    pass every range check after this one (`nan < 0` is false) and end as NaN rates in the catalog. `bounds`
+    (" >= 0") completes what that error says is expected.
+    """
     if name not in self.value or (self.value[name] is None and kind != "optional_int"):
       if default is _REQUIRED:
         raise ConfigError(self.path, self.where(name), "missing required key")
@@ -163,6 +169,8 @@ class _Reader:
     }
     if not checks[kind]():
       raise ConfigError(self.path, where, f"expected {kind.replace('_', ' ')}, got {v!r:.80}")
+    if kind == "number" and not math.isfinite(v):
+      raise ConfigError(self.path, where, f"expected a finite number{bounds}, got {v!r}")
     return v
 
   def sub(self, name: str, allowed: Sequence[str]) -> _Reader:
@@ -225,6 +233,8 @@ def _read_yaml(path: str) -> tuple[Any, bytes]:
     return yaml.safe_load(raw_bytes.decode("utf-8")), raw_bytes
   except (yaml.YAMLError, UnicodeDecodeError) as e:
     raise ConfigError(path, "(file)", f"not valid YAML: {e}") from e
+  except RecursionError as e:  # e.g. "[[[[...]]]]" deeper than the interpreter's recursion limit
+    raise ConfigError(path, "(file)", f"not valid YAML: nested too deeply to parse ({e})") from e
 
 
 def _merged(base: Any, override: Any) -> Any:
@@ -249,9 +259,13 @@ def _read_with_extends(path: str, seen: tuple[str, ...]) -> tuple[Any, bytes]:
   parent_path = os.path.join(os.path.dirname(os.path.abspath(path)), parent)
   if not os.path.isfile(parent_path):
     raise ConfigError(path, EXTENDS, f"{parent_path} not found (a path relative to this file)")
-  if os.path.abspath(parent_path) in seen + (os.path.abspath(path),):
-    raise ConfigError(path, EXTENDS, f"{parent} extends itself through {', '.join(seen)}")
-  base, base_bytes = _read_with_extends(parent_path, seen + (os.path.abspath(path),))
+  chain, parent_key = seen + (os.path.abspath(path),), os.path.abspath(parent_path)
+  if parent_key == chain[-1]:
+    raise ConfigError(path, EXTENDS, f"{parent}: the file extends itself")
+  if parent_key in chain:  # the cycle: from the parent's first read, through this file, back to the parent
+    cycle = chain[chain.index(parent_key):] + (parent_key,)
+    raise ConfigError(path, EXTENDS, f"{parent}: a cycle of extends: {' -> '.join(cycle)}")
+  base, base_bytes = _read_with_extends(parent_path, chain)
   child = {k: v for k, v in data.items() if k != EXTENDS}
   return _merged(base, child), base_bytes + raw_bytes
 
@@ -291,9 +305,9 @@ def load_config(path: str | os.PathLike) -> BenchConfig:
           "mark a JSONL folder of your own with `custom: true`)")
     if not re.fullmatch(r"\w+", str(name)):
       raise ConfigError(path, f"benchmarks.{name}", "benchmark names are letters, digits and _")
-    share = entry.get("share", "number", 0.0)
+    share = entry.get("share", "number", 0.0, bounds=" >= 0")
     if share < 0:
-      raise ConfigError(path, entry.where("share"), f"must be >= 0, got {share}")
+      raise ConfigError(path, entry.where("share"), f"expected a finite number >= 0, got {share}")
     cap = entry.get("max_examples_per_task", "int", None)
     if cap is not None and cap <= 0:
       raise ConfigError(path, entry.where("max_examples_per_task"), f"must be positive, got {cap}")
@@ -304,6 +318,14 @@ def load_config(path: str | os.PathLike) -> BenchConfig:
       _check_categories(path, entry.where("category"), [benchmarks[name].category], categories)
   if not any(b.share > 0 and not b.eval_only for b in benchmarks.values()):
     raise ConfigError(path, "benchmarks", "no benchmark with a positive share: nothing would be trained on")
+  # A fixed share is a percentage of the whole mixture: together they may not exceed it (data/rates.py would
+  # refuse them at the end of the build, without naming this file).
+  fixed = {n: b.share for n, b in benchmarks.items() if b.fixed_share and not b.eval_only}
+  if sum(fixed.values()) > 100:
+    key = f"benchmarks.{next(iter(fixed))}.share" if len(fixed) == 1 else "benchmarks"
+    raise ConfigError(
+        path, key, f"the fixed shares {', '.join(f'{n}: {v:g}' for n, v in fixed.items())} add up to "
+        f"{sum(fixed.values()):g}%, over 100% of the mixture")
 
   limit_keys = ("max_examples_per_task", "max_eval_instances", "held_out_instances_per_task")
   limits = top.sub("limits", limit_keys)
@@ -321,7 +343,7 @@ def load_config(path: str | os.PathLike) -> BenchConfig:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
       raise ConfigError(path, f"rates.caps.{name}", f"expected a positive int, got {value!r:.80}")
   rates_config = RatesConfig(rate.get("method", "str", "examples_proportional"), rate.get("cap", "int", 4096),
-                             float(rate.get("temperature", "number", 1.0)), dict(caps))
+                             float(rate.get("temperature", "number", 1.0, bounds=" > 0")), dict(caps))
   if rates_config.method not in RATE_METHODS:
     raise ConfigError(path, "rates.method", f"{rates_config.method!r} is not one of {RATE_METHODS}")
   if rates_config.cap <= 0 or rates_config.temperature <= 0:
@@ -350,10 +372,10 @@ def load_config(path: str | os.PathLike) -> BenchConfig:
       raise ConfigError(path, "dedup.secondary", f"benchmark {name!r} is not declared under 'benchmarks'")
 
   leak = top.sub("leakage", ("ngram", "threshold", "policy", "template_fraction", "max_train_instances"))
-  leakage_config = LeakageConfig(ngram=leak.get("ngram", "int",
-                                                leakage.NGRAM), threshold=float(leak.get("threshold", "number", 0.01)),
-                                 policy=leak.get("policy", "str", "drop_train"),
-                                 template_fraction=float(leak.get("template_fraction", "number", 0.5)),
+  threshold = float(leak.get("threshold", "number", 0.01, bounds=" in [0, 1)"))
+  template_fraction = float(leak.get("template_fraction", "number", 0.5, bounds=" in (0, 1]"))
+  leakage_config = LeakageConfig(ngram=leak.get("ngram", "int", leakage.NGRAM), threshold=threshold,
+                                 policy=leak.get("policy", "str", "drop_train"), template_fraction=template_fraction,
                                  max_train_instances=leak.get("max_train_instances", "optional_int", None))
   if leakage_config.policy not in leakage.POLICIES:
     raise ConfigError(path, "leakage.policy", f"{leakage_config.policy!r} is not one of {leakage.POLICIES}")

@@ -90,6 +90,66 @@ def test_generic_jsonl_bad_later_line_names_its_number(tmp_path):
     list(task.instances())
 
 
+@pytest.mark.parametrize("lines, expected", [
+    ([{
+        "src": "Is 3 odd?",
+        "tgt": "yes",
+        "options": ["yes", "no"]
+    }, {
+        "src": "Is 4 odd?",
+        "tgt": "no"
+    }], "line 2: no 'options', but the task is multiple choice (line 1 has 'options')"),
+    ([{
+        "src": "Is 3 odd?",
+        "tgt": "yes"
+    }, {
+        "src": "Is 4 odd?",
+        "tgt": "no",
+        "options": ["yes", "no"]
+    }], "line 2: field 'options' in a generation task (line 1 has no 'options')"),
+    ([{
+        "inputs": "Is 3 odd?",
+        "targets": ["yes", "true"],
+        "options": ["yes", "no"]
+    }, {
+        "inputs": "Is 4 odd?",
+        "targets": "no",
+        "options": ["odd", "even"]
+    }], "line 2: field 'options': none of ['odd', 'even'] is a reference output ['no']"),
+    ([{
+        "src": "Is 3 odd?",
+        "tgt": "yes"
+    }, {
+        "src": "Say nothing.",
+        "tgt": " "
+    }], "line 2: field 'tgt' is empty"),
+    ([{
+        "inputs": "Is 3 odd?",
+        "targets": ["yes", ""]
+    }], "line 1: field 'targets'[1] is empty"),
+    ([{
+        "src": "a",
+        "tgt": "b"
+    }, "[" * 100_000 + "]" * 100_000], "line 2: invalid JSON (nested too deeply"),
+])
+def test_generic_jsonl_inconsistent_tasks_are_skipped_by_the_build(tmp_path, lines, expected):
+  """Such tasks used to be read (an option-less line of a multiple-choice task was dropped by the evaluation, one
+  whose options miss its reference scored 0): now the line is a bad line, and reading the task stops there."""
+  path = _write_lines(tmp_path / "bad.jsonl", lines)
+  with pytest.raises(records.SourceError) as error:
+    list(jsonl.read_task(path, "crossfit").instances())  # what the catalog build does with every task
+  assert str(error.value).startswith(f"{path}: ") and expected in error.value.reason
+
+
+def test_generic_jsonl_too_deep_first_line_is_skipped(tmp_path):
+  (tmp_path / "deep.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n", encoding="utf-8")
+  _write_lines(tmp_path / "good.jsonl", [{"src": "a", "tgt": "b"}])
+  deep, good = jsonl.iter_tasks(tmp_path, "crossfit")  # no RecursionError stops the walk
+  assert isinstance(deep, records.Skipped) and deep.path == str(tmp_path / "deep.jsonl")
+  assert deep.reason.startswith("line 1: invalid JSON (nested too deeply to parse")
+  assert isinstance(good, records.TaskSource)
+
+
 def test_missing_folder_is_an_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="nowhere"):
     list(jsonl.iter_tasks(tmp_path / "nowhere", "t5"))
@@ -151,6 +211,14 @@ def test_cot_schemas(tmp_path):
         "inputs": "q"
     }, "line 1: missing required field 'targets'"),
     ({
+        "inputs": "q",
+        "targets": ""
+    }, "line 1: field 'targets' is empty"),
+    ({
+        "inputs": "q",
+        "targets": " \n"
+    }, "line 1: field 'targets' is empty"),
+    ({
         "prompt": "q"
     }, "line 1: expected fields 'inputs' and 'targets' or 'question'"),
 ])
@@ -158,6 +226,18 @@ def test_cot_bad_first_line_is_skipped(tmp_path, line, expected):
   _write_lines(tmp_path / "bad.jsonl", [line])
   (skipped,) = cot.iter_tasks(tmp_path)
   assert isinstance(skipped, records.Skipped) and expected in skipped.reason, skipped
+
+
+def test_cot_empty_targets_on_a_later_line_names_it(tmp_path):
+  path = _write_lines(tmp_path / "gsm8k.jsonl", [{
+      "inputs": "q1",
+      "targets": "a. So the answer is 1."
+  }, {
+      "inputs": "q2",
+      "targets": ""
+  }])
+  with pytest.raises(records.SourceError, match=r"gsm8k.jsonl: line 2: field 'targets' is empty"):
+    list(cot.read_task(path).instances())
 
 
 # --- Pre-training text ------------------------------------------------------------------------------------------

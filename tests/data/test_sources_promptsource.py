@@ -134,6 +134,68 @@ def test_p3_columns_with_answer_choices(tmp_path):
   assert next(task.instances()).options == ("yes", "no")
 
 
+def _p3_line(inputs: str, target: str, choices=None) -> dict:
+  """A line of bigscience/P3's columns (answer_choices only for templates that have them)."""
+  line = {"inputs_pretokenized": inputs, "targets_pretokenized": target}
+  if choices is not None:
+    line["answer_choices"] = choices
+  return line
+
+
+def test_answer_choices_are_kept_with_a_stripped_completion(tmp_path):
+  path = _write_lines(tmp_path / "super_glue_cb_can_we_infer.jsonl", [
+      _p3_line("Can we infer? ", " Yes\n", ["Yes", "No", "Maybe"]), {
+          "inputs_pretokenized": "Skipped: no reference.",
+          "targets_pretokenized": ""
+      },
+      _p3_line("Can we infer again?", "Maybe", [" Yes", " No", " Maybe"])
+  ])
+  task = promptsource.read_task(path)
+  assert task.kind == records.MULTIPLE_CHOICE
+  assert [(i.targets, i.options) for i in task.instances()] == [(("Yes",), ("Yes", "No", "Maybe")),
+                                                                (("Maybe",), ("Yes", "No", "Maybe"))]
+
+
+@pytest.mark.parametrize("lines, expected", [
+    ([_p3_line("a", "yes", ["yes", "no"]), _p3_line("b", "no")
+     ], "line 2: no 'answer_choices', but the task is multiple choice (line 1 has 'answer_choices')"),
+    ([_p3_line("a", "yes", ["yes", "no"]), _p3_line("b", "no", [])], "line 2: no 'answer_choices'"),
+    ([{
+        "inputs_pretokenized": "a",
+        "targets_pretokenized": ""
+    },
+      _p3_line("b", "sports"),
+      _p3_line("c", "world", ["world", "sports"])
+     ], "line 3: field 'answer_choices' in a generation task (line 2 has no 'answer_choices')"),
+    ([_p3_line("a", "yes", ["yes", "no"]), _p3_line("b", "perhaps", ["yes", "no"])
+     ], "line 2: field 'answer_choices': none of ['yes', 'no'] is a reference output ['perhaps']"),
+])
+def test_inconsistent_answer_choices_are_bad_lines(tmp_path, lines, expected):
+  """Such templates used to be read as multiple choice: the evaluation then dropped the lines without choices and
+  scored 0 where the completion was no choice. Now reading the task stops at the line, naming it, so the catalog
+  build skips the template (as the SNI reader does with a task whose options are partial or miss the answer)."""
+  path = _write_lines(tmp_path / "super_glue_rte_mixed.jsonl", lines)
+  with pytest.raises(records.SourceError) as error:
+    list(promptsource.read_task(path).instances())
+  assert str(error.value).startswith(f"{path}: ") and expected in error.value.reason
+
+
+def test_a_first_line_whose_completion_is_no_choice_is_skipped(tmp_path):
+  _write_lines(tmp_path / "super_glue_rte_bad.jsonl", [_p3_line("a", "maybe", ["yes", "no"])])
+  (skipped,) = promptsource.iter_tasks(tmp_path)
+  assert isinstance(skipped, records.Skipped) and skipped.path == str(tmp_path / "super_glue_rte_bad.jsonl")
+  assert skipped.reason == "line 1: field 'answer_choices': none of ['yes', 'no'] is a reference output ['maybe']"
+
+
+def test_real_templates_read_as_before(shared_dir):
+  """The real P3 sample has no answer_choices: the consistency checks leave every template as it was."""
+  results = list(promptsource.iter_tasks(_p3_dir(shared_dir)))
+  tasks = [r for r in results if isinstance(r, records.TaskSource)]
+  assert (len(results), len(tasks)) == (279, 261)
+  assert {t.kind for t in tasks} == {records.GENERATION}
+  assert sum(1 for t in tasks for _ in t.instances()) == 16_424  # every line streams, none is a bad line
+
+
 @pytest.mark.parametrize("lines, expected", [
     ([], "no instances: the file is empty"),
     (["", "  "], "no instances: the file is empty"),
@@ -152,6 +214,7 @@ def test_p3_columns_with_answer_choices(tmp_path):
         "prompt": "a",
         "completion": ["x"]
     }], "line 1: field 'completion': expected a string"),
+    (["[" * 100_000 + "]" * 100_000], "line 1: invalid JSON (nested too deeply to parse"),
 ])
 def test_bad_files_are_skipped(tmp_path, lines, expected):
   _write_lines(tmp_path / "ag_news_good.jsonl", [{"prompt": "p", "completion": "c"}])
@@ -253,6 +316,18 @@ def test_templates_yaml_is_read_safely(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(FileNotFoundError, match="no templates.yaml found"):
     promptsource.read_metadata(tmp_path / "empty")
+
+
+def test_templates_yaml_nested_too_deeply_is_reported_not_raised(tmp_path):
+  deep = tmp_path / "deep" / "templates.yaml"
+  deep.parent.mkdir()
+  deep.write_text("dataset: deep\ntemplates: " + "[" * 100_000 + "]" * 100_000 + "\n", encoding="utf-8")
+  (tmp_path / "z").mkdir()
+  (tmp_path / "z" / "templates.yaml").write_text(_template_yaml("z", None, [("t", False)]), encoding="utf-8")
+  metadata = promptsource.read_metadata(tmp_path)  # no RecursionError: the file is reported, the other one read
+  assert [(s.path, s.reason.split(":")[0]) for s in metadata.skipped] == [(str(deep),
+                                                                           "not a promptsource templates file")]
+  assert "RecursionError" in metadata.skipped[0].reason and metadata.not_original() == ["z_t"]
 
 
 def test_original_task_marks_the_real_p3_templates(shared_dir, tmp_path):

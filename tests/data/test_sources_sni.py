@@ -118,6 +118,44 @@ def test_read_split_missing(tmp_path):
   assert sni.read_split(tmp_path) == {"train": ["task1_a", "task2_b"], "test": ["task3_c"]}
 
 
+def _copy_split(shared_dir: pathlib.Path, root: pathlib.Path, encode) -> pathlib.Path:
+  """The real default split, each file's text re-encoded by `encode(text) -> bytes`."""
+  folder = root / "splits" / "default"
+  folder.mkdir(parents=True)
+  for name in ("train_tasks.txt", "test_tasks.txt"):
+    text = (_sni_dir(shared_dir) / "splits" / "default" / name).read_text(encoding="utf-8")
+    (folder / name).write_bytes(encode(text))
+  return root
+
+
+@pytest.mark.parametrize("encode", [
+    lambda text: "\ufeff".encode("utf-8") + text.encode("utf-8"),
+    lambda text: text.replace("\n", "\r\n").encode("utf-8"),
+    lambda text: "\ufeff".encode("utf-8") + text.replace("\n", "\r\n").encode("utf-8"),
+    lambda text: text.replace("\n", "\r").encode("utf-8"),
+], ids=["bom", "crlf", "bom+crlf", "cr"])
+def test_read_split_saved_by_a_windows_editor_reads_the_same(shared_dir, tmp_path, encode):
+  """A BOM made the first name '\\ufefftask...': that held-out test task then matched no task and was trained on."""
+  expected = sni.read_split(_sni_dir(shared_dir))
+  splits = sni.read_split(_copy_split(shared_dir, tmp_path, encode))
+  assert splits == expected
+  assert splits["test"][0] == expected["test"][0] and records.task_name("sni", splits["test"][0]).isascii()
+
+
+def test_read_split_that_is_not_utf8_names_the_file_and_line(shared_dir, tmp_path):
+  root = _copy_split(shared_dir, tmp_path, lambda text: text.replace("\n", "\ncaf\u00e9\n", 2).encode("latin-1"))
+  path = root / "splits" / "default" / "test_tasks.txt"
+  with pytest.raises(ValueError) as error:
+    sni.read_split(root)
+  assert not isinstance(error.value, UnicodeDecodeError)  # a plain ValueError: bench turns it into a usage error
+  assert str(error.value).startswith(f"{path}: line 2: not valid UTF-8")
+  assert "expected an SNI split file of UTF-8 text, one task name per line" in str(error.value)
+  # Behind a BOM and CRLF endings the line is still the right one.
+  path.write_bytes(b"\xef\xbb\xbftask1_a\r\ntask2_b\r\ntask3_caf\xe9\r\n")
+  with pytest.raises(ValueError, match=r"test_tasks.txt: line 3: not valid UTF-8"):
+    sni.read_split(root)
+
+
 def test_older_format_with_string_definition(tmp_path):
   path = _write(
       tmp_path / "task001_old.json", {
@@ -180,6 +218,7 @@ def test_list_definition_is_joined(tmp_path):
          "output": ["b"],
          "options": ["c", "d"]
      }])).encode(), "Instances[0].options: none of ['c', 'd'] is a reference output ['b']"),
+    ("task021_deep.json", b'{"Definition": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
     ("task020_someoptions.json",
      json.dumps(
          _task(Instances=[{

@@ -14,6 +14,11 @@ answer candidates: rank classification). Numbers in text fields are read as thei
 kind is "multiple_choice" when the first line carries "options", else "generation"; its `dataset` (the
 de-duplication key) is the first line's "dataset" value if present, else the file stem.
 
+As for SNI, options are all or nothing and hold the answer: in a multiple-choice task every line carries
+"options", in a generation task none does, and a line's options include at least one of its references. A
+reference that is empty (or only whitespace) is a defect too. Such a line is a bad line (below), so the
+catalog build skips the task naming the file, line and field.
+
 Streaming and errors: `read_task` validates the first non-blank line eagerly (so an empty file, undecodable
 bytes or a malformed first line become a `records.SourceError` and `iter_tasks` yields `records.Skipped`);
 later lines are checked when `open_instances()` reaches them, and a bad one raises `records.SourceError`
@@ -36,8 +41,13 @@ FORMAT = "jsonl"
 Converter = Callable[[Mapping[str, Any], str, int, str], "records.Instance | None"]
 
 
+def _too_deep(e: RecursionError) -> str:
+  return f"invalid JSON (nested too deeply to parse: {e})"
+
+
 def load_json(path: str) -> dict[str, Any]:
-  """Parses one task file; undecodable bytes, invalid JSON or a non-object raise `records.SourceError`."""
+  """Parses one task file; undecodable bytes, invalid or too deeply nested JSON, or a non-object raise
+  `records.SourceError`."""
   with open(path, "rb") as f:
     raw = f.read()
   try:
@@ -48,6 +58,8 @@ def load_json(path: str) -> dict[str, Any]:
     obj = json.loads(text)
   except json.JSONDecodeError as e:
     raise records.SourceError(path, f"invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from e
+  except RecursionError as e:  # e.g. "[[[[...]]]]" deeper than the interpreter's recursion limit
+    raise records.SourceError(path, _too_deep(e)) from e
   if not isinstance(obj, dict):
     raise records.SourceError(path, f"expected a JSON object at the top level, got {type(obj).__name__}")
   return obj
@@ -74,8 +86,8 @@ def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, An
   """Streams `(line_number, object)` for every non-blank line of a JSONL file (line numbers from 1).
 
   Raises:
-    records.SourceError: on bytes that are not UTF-8, invalid JSON or a line that is not a JSON object;
-      the reason names the line.
+    records.SourceError: on bytes that are not UTF-8, invalid (or too deeply nested) JSON or a line that is not
+      a JSON object; the reason names the line.
   """
   path = str(path)
   for line_number, line in iter_text_lines(path):
@@ -85,6 +97,8 @@ def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, An
       obj = json.loads(line)
     except json.JSONDecodeError as e:
       raise records.SourceError(path, f"line {line_number}: invalid JSON ({e.msg} at column {e.colno})") from e
+    except RecursionError as e:
+      raise records.SourceError(path, f"line {line_number}: {_too_deep(e)}") from e
     if not isinstance(obj, dict):
       raise records.SourceError(path, f"line {line_number}: expected a JSON object, got {type(obj).__name__}")
     yield line_number, obj
@@ -130,6 +144,43 @@ def as_text_list(value: Any, path: str, where: str, allow_empty: bool = False) -
   return texts
 
 
+def non_empty(texts: tuple[str, ...], path: str, where: str) -> tuple[str, ...]:
+  """`texts` (references), or a SourceError naming the first one that is empty or only whitespace."""
+  for i, text in enumerate(texts):
+    if not text.strip():
+      raise records.SourceError(
+          path, f"{where}{f'[{i}]' if len(texts) > 1 else ''} is empty (expected a non-empty "
+          "reference output)")
+  return texts
+
+
+def check_options(options: tuple[str, ...], targets: tuple[str, ...], path: str, where: str) -> tuple[str, ...]:
+  """`options`, or a SourceError when none of them is a reference (the SNI reader's rule: rank classification
+  could never score the instance right)."""
+  if options and not set(options) & set(targets):
+    raise records.SourceError(path, f"{where}: none of {list(options)} is a reference output {list(targets)}")
+  return options
+
+
+def consistent_options(convert: Converter, multiple_choice: bool, first_line: int, field: str = "options") -> Converter:
+  """`convert`, checking that every line agrees with the task's kind: options on every line of a multiple-choice
+  task (the kind of its first instance, at `first_line`) and on none of a generation task's (as SNI's reader
+  requires of a task's instances). A line that breaks it raises `records.SourceError` naming the line."""
+
+  def checked(obj: Mapping[str, Any], path: str, line_number: int, local_name: str) -> records.Instance | None:
+    instance = convert(obj, path, line_number, local_name)
+    if instance is not None and bool(instance.options) != multiple_choice:
+      if multiple_choice:
+        problem = f"no '{field}', but the task is multiple choice (line {first_line} has '{field}')"
+      else:
+        problem = f"field '{field}' in a generation task (line {first_line} has no '{field}')"
+      raise records.SourceError(path,
+                                f"line {line_number}: {problem}; a multiple-choice task needs '{field}' on every line")
+    return instance
+
+  return checked
+
+
 def required(obj: Mapping[str, Any], field: str, path: str, where: str) -> Any:
   """`obj[field]`, or a SourceError naming the missing field."""
   if field not in obj:
@@ -165,10 +216,12 @@ def instance_from_record(obj: Mapping[str, Any], path: str, line_number: int, lo
     raise records.SourceError(
         path, f"{where}: expected fields 'src' and 'tgt' or 'inputs' and 'targets', found {sorted(obj)}")
   text = as_text(required(obj, input_key, path, where), path, f"{where}: field '{input_key}'")
-  targets = as_text_list(required(obj, target_key, path, where), path, f"{where}: field '{target_key}'")
+  targets = non_empty(as_text_list(required(obj, target_key, path, where), path, f"{where}: field '{target_key}'"),
+                      path, f"{where}: field '{target_key}'")
   options: tuple[str, ...] = ()
   if "options" in obj:
-    options = as_text_list(obj["options"], path, f"{where}: field 'options'")
+    options = check_options(as_text_list(obj["options"], path, f"{where}: field 'options'"), targets, path,
+                            f"{where}: field 'options'")
   return records.Instance(id=instance_id(obj, path, line_number, local_name), input=text, targets=targets,
                           options=options)
 
@@ -181,9 +234,9 @@ def stream(path: str, local_name: str, convert: Converter) -> Iterator[records.I
       yield instance
 
 
-def first_record(path: str, local_name: str, convert: Converter,
-                 dropped: str = "every line is dropped") -> dict[str, Any]:
-  """The first line that `convert` accepts (validated), read eagerly.
+def first_line(path: str, local_name: str, convert: Converter,
+               dropped: str = "every line is dropped") -> tuple[int, dict[str, Any]]:
+  """`(line number, object)` of the first line that `convert` accepts (validated), read eagerly.
 
   Raises:
     records.SourceError: "no instances: the file is empty", or "no instances: <dropped>" when it has lines but
@@ -193,8 +246,14 @@ def first_record(path: str, local_name: str, convert: Converter,
   for line_number, obj in iter_json_lines(path):
     seen = True
     if convert(obj, path, line_number, local_name) is not None:
-      return obj
+      return line_number, obj
   raise records.SourceError(path, f"no instances: {dropped}" if seen else "no instances: the file is empty")
+
+
+def first_record(path: str, local_name: str, convert: Converter,
+                 dropped: str = "every line is dropped") -> dict[str, Any]:
+  """The object of `first_line`."""
+  return first_line(path, local_name, convert, dropped)[1]
 
 
 def read_task(path: str | os.PathLike, benchmark: str) -> records.TaskSource:
@@ -208,15 +267,18 @@ def read_task(path: str | os.PathLike, benchmark: str) -> records.TaskSource:
     The task; its instances stream from the file on each `open_instances()` call.
 
   Raises:
-    records.SourceError: the file is empty, not UTF-8, or its first line is malformed.
+    records.SourceError: the file is empty, not UTF-8, or its first line is malformed. (A later line that is
+      malformed, or whose options disagree with the task's kind, raises it while streaming.)
   """
   path = str(path)
   local_name = pathlib.Path(path).stem
-  first = first_record(path, local_name, instance_from_record)
-  dataset = as_text(first["dataset"], path, "line 1: field 'dataset'") if "dataset" in first else local_name
-  kind = records.MULTIPLE_CHOICE if "options" in first else records.GENERATION
-  return inline_task(path, benchmark, local_name, kind, lambda: stream(path, local_name, instance_from_record), FORMAT,
-                     dataset=dataset)
+  line_number, first = first_line(path, local_name, instance_from_record)
+  dataset = as_text(first["dataset"], path,
+                    f"line {line_number}: field 'dataset'") if "dataset" in first else local_name
+  multiple_choice = "options" in first
+  convert = consistent_options(instance_from_record, multiple_choice, line_number)
+  return inline_task(path, benchmark, local_name, records.MULTIPLE_CHOICE if multiple_choice else records.GENERATION,
+                     lambda: stream(path, local_name, convert), FORMAT, dataset=dataset)
 
 
 def task_files(directory: str | os.PathLike, suffixes: tuple[str, ...]) -> list[pathlib.Path]:

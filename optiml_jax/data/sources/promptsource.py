@@ -12,7 +12,10 @@ Lines (blank lines are ignored):
 The prompt carries the instruction inline (`definition` is empty) and loses its trailing whitespace; the
 completion is stripped. Lines whose completion is empty are dropped: P3 has no reference for them (several
 `trec` templates of the public T0 export have only empty completions). Instance id: `<file stem>-<line>`.
-The kind is "multiple_choice" when the first usable line has answer choices, else "generation".
+The kind is "multiple_choice" when the first usable line has answer choices, else "generation". As for SNI,
+answer choices are all or nothing and hold the answer: every usable line of a multiple-choice template has
+them, no line of a generation template does, and the (stripped) completion is one of the (stripped) choices;
+a line that breaks this is a bad line (below), so the catalog build skips the template naming the line.
 
 File names are `<dataset>[_<subset>]_<template>.jsonl` with non-alphanumerics of the subset replaced by "_"
 ("cnn_dailymail_3_0_0_news_summary"), so the dataset/template boundary is ambiguous. `split_template_name`
@@ -201,6 +204,7 @@ def instance_from_record(obj: Mapping[str, Any], path: str, line_number: int,
     options = tuple(choice.strip() for choice in choices)
   if not completion:
     return None
+  jsonl.check_options(options, (completion,), path, f"{where}: field 'answer_choices'")
   return records.Instance(id=f"{local_name}-{line_number}", input=prompt.rstrip(), targets=(completion,),
                           options=options)
 
@@ -222,7 +226,8 @@ def read_task(path: str | os.PathLike, benchmark: str = BENCHMARK, sibling_stems
 
   Raises:
     records.SourceError: no line with a non-empty completion, bytes that are not UTF-8, or a malformed line
-      before the first usable one.
+      before the first usable one. (A later malformed line, or one whose answer choices disagree with the
+      task's kind, raises it while streaming.)
   """
   path_obj = pathlib.Path(path)
   path = str(path)
@@ -230,11 +235,12 @@ def read_task(path: str | os.PathLike, benchmark: str = BENCHMARK, sibling_stems
   if sibling_stems is None:
     sibling_stems = _sibling_stems(path_obj)
   dataset, template = split_template_name(local_name, sibling_stems)
-  first = jsonl.first_record(path, local_name, instance_from_record, dropped="every completion is empty")
-  kind = records.MULTIPLE_CHOICE if first.get("answer_choices") else records.GENERATION
-  task = jsonl.inline_task(path, benchmark, local_name, kind,
-                           lambda: jsonl.stream(path, local_name, instance_from_record), FORMAT, dataset=dataset,
-                           template=template)
+  line_number, first = jsonl.first_line(path, local_name, instance_from_record, dropped="every completion is empty")
+  multiple_choice = bool(first.get("answer_choices"))
+  convert = jsonl.consistent_options(instance_from_record, multiple_choice, line_number, field="answer_choices")
+  task = jsonl.inline_task(path, benchmark, local_name,
+                           records.MULTIPLE_CHOICE if multiple_choice else records.GENERATION,
+                           lambda: jsonl.stream(path, local_name, convert), FORMAT, dataset=dataset, template=template)
   return task if original_task else dataclasses.replace(task, original_task=False)
 
 
@@ -338,7 +344,7 @@ def read_templates_file(path: str | os.PathLike) -> dict[str, bool | None]:
   try:
     with open(path, encoding="utf-8") as f:
       data = yaml.load(f, Loader=_TemplatesLoader)  # a SafeLoader with two mapping tags
-  except (yaml.YAMLError, UnicodeDecodeError) as e:
+  except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested too deeply
     raise records.SourceError(path, f"not a promptsource templates file: {type(e).__name__}: {e}") from e
   if not isinstance(data, dict) or not isinstance(data.get("dataset"), str):
     raise records.SourceError(path, "expected a mapping with 'dataset', ['subset'] and 'templates'")

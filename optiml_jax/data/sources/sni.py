@@ -132,12 +132,27 @@ def iter_tasks(sni_dir: str | os.PathLike,
   return jsonl.iter_task_files(jsonl.task_files(folder, (".json",)), lambda p: read_task(p, benchmark))
 
 
+def _split_names(path: pathlib.Path) -> list[str]:
+  """The stripped lines of one split file (see `read_split`), or a ValueError naming the file and line."""
+  raw = path.read_bytes()
+  try:
+    text = raw.decode("utf-8")  # (not utf-8-sig: its error offsets do not count the BOM)
+  except UnicodeDecodeError as e:
+    line = len((raw[:e.start].decode("utf-8") + "x").splitlines())  # the bytes before e.start are valid
+    raise ValueError(f"{path}: line {line}: not valid UTF-8 ({e.reason}, byte {raw[e.start:e.start + 1]!r}); "
+                     "expected an SNI split file of UTF-8 text, one task name per line") from e
+  # A BOM (Windows editors write one) is no part of a name: "\ufefftask670_..." would match no task.
+  return [line.replace("\ufeff", "").strip() for line in text.splitlines()]
+
+
 def read_split(sni_dir: str | os.PathLike, split: str = "default") -> dict[str, list[str]]:
   """Reads `<checkout>/splits/<split>/<part>_tasks.txt` into `{part: [task names]}`.
 
-  The default split has `train` and `test`; every `*_tasks.txt` present is read (e.g. `dev`). Names are the
-  local SNI task names ("task020_mctaco_span_based_question"); blank lines are skipped and a trailing
-  ".json" is dropped. Names of tasks absent from the checkout are kept: the catalog reports them.
+  The default split has `train` and `test`; every `*_tasks.txt` present is read (e.g. `dev`). Files are UTF-8
+  text, one local SNI task name per line ("task020_mctaco_span_based_question"); a byte-order mark and
+  Windows (CRLF) or old Mac (CR) line endings are accepted, surrounding whitespace and blank lines are
+  skipped and a trailing ".json" is dropped. Names of tasks absent from the checkout are kept: the catalog
+  reports them.
 
   Args:
     sni_dir: the checkout root (or its `tasks/` folder: the splits are then looked up beside it).
@@ -145,6 +160,7 @@ def read_split(sni_dir: str | os.PathLike, split: str = "default") -> dict[str, 
 
   Raises:
     FileNotFoundError: the split folder or its `train_tasks.txt`/`test_tasks.txt` is missing.
+    ValueError: a split file is not UTF-8 text (the message names the file and line).
   """
   root = pathlib.Path(sni_dir)
   if not (root / "splits").is_dir() and root.name == "tasks":
@@ -155,8 +171,7 @@ def read_split(sni_dir: str | os.PathLike, split: str = "default") -> dict[str, 
                             "and test_tasks.txt in the natural-instructions checkout)")
   parts: dict[str, list[str]] = {}
   for path in sorted(folder.glob("*_tasks.txt")):
-    with open(path, encoding="utf-8") as f:
-      names = [line.strip() for line in f]
+    names = _split_names(path)
     parts[path.name[:-len("_tasks.txt")]] = [n[:-len(".json")] if n.endswith(".json") else n for n in names if n]
   for required_part in ("train", "test"):
     if required_part not in parts:
