@@ -1,4 +1,4 @@
-"""Command line for the bench catalog: `python -m optiml_jax.bench {build,show,toy}`.
+"""Command line for the bench catalog: `python -m optiml_jax.bench {build,show,cache,toy}`.
 
 Where it sits: the entry point of the data side. `build` reads the source checkouts with the readers in
 `optiml_jax.data.sources`, builds the catalog (`optiml_jax.data.catalog`) from a bench definition
@@ -18,7 +18,8 @@ which the registry and the trainer read.
 `toybench.yaml`; `tasks/optiml_bench.yaml` from a checkout): see `optiml_jax.resources`.
 
 Exit status: 0 on success; 1 when `--strict` and a source file was skipped (nothing is written); 2 on a
-usage or configuration error (malformed config, unknown benchmark, missing folder; nothing is written).
+usage or configuration error (malformed config, unknown benchmark, missing folder, a source folder with no
+task in it, an output folder holding anything but an earlier catalog; nothing is written).
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ import argparse
 import itertools
 import os
 import sys
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 from optiml_jax import resources
 from optiml_jax.data import bench_config
 from optiml_jax.data import catalog
+from optiml_jax.data import records
 from optiml_jax.data import toybench
 
 # Source flag -> the benchmark its tasks belong to (must be declared in the config).
@@ -94,7 +96,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
       "as data (default: this package's FLAN-style templates)")
   build.add_argument("--strict", action="store_true", help="exit 1, writing nothing, if any file is skipped")
   build.add_argument("--no_progress", action="store_true", help="no progress bars")
-  build.add_argument("--out", required=True, help="catalog folder to write (replaced atomically)")
+  build.add_argument("--out", required=True,
+                     help="catalog folder to write: new, empty or an earlier catalog (replaced atomically)")
 
   show = commands.add_parser("show", help="print the summary of a built catalog")
   show.add_argument("catalog_dir")
@@ -112,7 +115,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   pre.add_argument("--stats_length", type=int, default=2048, help="row length the truncation counts refer to")
 
   toy = commands.add_parser("toy", help="write the synthetic toy bench (SNI format)")
-  toy.add_argument("--out", required=True, help="folder to write tasks/ and splits/ into")
+  toy.add_argument("--out", required=True,
+                   help="folder to write tasks/ and splits/ into: new, empty or an earlier toy bench (replaced)")
   toy.add_argument("--seed", type=int, default=0)
   toy.add_argument("--catalog", help="also build its catalog (with tasks/toybench.yaml) into this folder")
   args, extra = parser.parse_known_args(argv)
@@ -133,7 +137,7 @@ def _shots(value: str) -> tuple[int, ...]:
 
 
 def _sources(args: argparse.Namespace, config: bench_config.BenchConfig):
-  """Checks the source flags against the config and folders; returns (iterator, SNI splits)."""
+  """Checks the source flags against the config and folders; returns (iterator, SNI splits, `_SourceFolders`)."""
   from optiml_jax.data import sources  # pylint: disable=g-import-not-at-top
   from optiml_jax.data.sources import sni  # pylint: disable=g-import-not-at-top
 
@@ -154,15 +158,62 @@ def _sources(args: argparse.Namespace, config: bench_config.BenchConfig):
     try:
       splits = sni.read_split(args.sni_dir, args.sni_split)
     except FileNotFoundError as e:
-      if config.held_out.sni_test_split:
-        raise UsageError(f"{e}; {config.path} holds out SNI's test split (held_out.sni_test_split)") from e
+      needs = [
+          key for key, needed in (("held_out.sni_test_split", config.held_out.sni_test_split),
+                                  ("held_out.sni_train: split", config.held_out.sni_train == "split")) if needed
+      ]
+      if needs:
+        raise UsageError(f"{e}; {config.path} needs SNI's split ({' and '.join(needs)})") from e
+    except ValueError as e:  # an unreadable split file
+      raise UsageError(str(e)) from e
   metadata = _promptsource_metadata(args)
   iterator = sources.iter_all(sni_dir=args.sni_dir, p3_dir=args.p3_dir, bigbench_dir=args.bigbench_dir,
                               jsonl_dirs=list(args.jsonl_dir), cot_dir=args.cot_dir, text_dir=args.text_dir,
                               p3_metadata=metadata)
+  folders = _SourceFolders(
+      iterator, {
+          **{
+              f"--{flag} {folder}": folder for flag, folder in given.items()
+          },
+          **{
+              f"--jsonl_dir {benchmark}={folder}": folder for benchmark, folder in args.jsonl_dir
+          }
+      })
   if tfds_dir:
-    iterator = itertools.chain(iterator, _tfds_sources(args, config))
-  return iterator, splits
+    return itertools.chain(folders, _tfds_sources(args, config)), splits, folders
+  return folders, splits, folders
+
+
+class _SourceFolders:
+  """The readers' stream, passed through, noting which of the given source folders something was read from.
+
+  Args:
+    stream: what `sources.iter_all` yields (tasks and skipped files, each with its `path`).
+    folders: {the flag as given, e.g. "--p3_dir /data/p3": its folder}.
+  """
+
+  def __init__(self, stream: Iterable[records.TaskSource | records.Skipped], folders: dict[str, str]):
+    self._stream = stream
+    # As given and with links resolved: a folder may be a link, and so may the files in it (to another checkout).
+    self._folders = {
+        flag: {os.path.join(resolve(folder), "") for resolve in (os.path.abspath, os.path.realpath)}
+        for flag, folder in folders.items()
+    }
+    self._seen: set[str] = set()
+
+  def __iter__(self) -> Iterator[records.TaskSource | records.Skipped]:
+    for item in self._stream:
+      paths = (os.path.abspath(item.path), os.path.realpath(item.path))
+      self._seen.update(
+          flag for flag, prefixes in self._folders.items() if any(p.startswith(f) for p in paths for f in prefixes))
+      yield item
+
+  def check(self) -> None:
+    """UsageError naming every given folder that yielded neither a task nor a skipped file."""
+    empty = [flag for flag in self._folders if flag not in self._seen]
+    if empty:
+      raise UsageError(f"no task found in {'; '.join(empty)}: is it the right folder? (each reader's layout: "
+                       "docs/bench.md, 'Readers of the original formats')")
 
 
 def _promptsource_metadata(args: argparse.Namespace):
@@ -222,11 +273,13 @@ def run_build(args: argparse.Namespace) -> int:
   except resources.ResourceError as e:
     raise UsageError(str(e)) from e
   config = bench_config.load_config(config_path)
-  iterator, splits = _sources(args, config)
+  _check_out(args.out)
+  iterator, splits, folders = _sources(args, config)
   try:
     built = catalog.build(config, iterator, splits, progress=not args.no_progress)
   except ValueError as e:  # a task of an undeclared benchmark, no trainable task, ...
     raise UsageError(str(e)) from e
+  folders.check()
   for skipped in built.skipped:
     print(f"skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
   print(catalog.summary(built))
@@ -236,6 +289,13 @@ def run_build(args: argparse.Namespace) -> int:
   path = built.save(args.out)
   print(f"wrote {path}")
   return 0
+
+
+def _check_out(out: str) -> None:
+  try:
+    catalog.check_out_dir(out)
+  except ValueError as e:
+    raise UsageError(f"--out: {e}") from e
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -272,7 +332,14 @@ def run_cache(args: argparse.Namespace) -> int:
 
 
 def run_toy(args: argparse.Namespace) -> int:
-  out = toybench.write(os.path.abspath(args.out), seed=args.seed)
+  if args.catalog:
+    if os.path.realpath(args.catalog) == os.path.realpath(args.out):
+      raise UsageError(f"--catalog and --out are the same folder ({args.out}): the catalog needs one of its own")
+    _check_out(args.catalog)
+  try:
+    out = toybench.write(os.path.abspath(args.out), seed=args.seed)
+  except ValueError as e:
+    raise UsageError(f"--out: {e}") from e
   print(f"wrote the toy bench to {out} ({len(toybench.TASKS)} tasks)")
   if args.catalog:
     return run_build(
@@ -287,10 +354,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
   commands = {"build": run_build, "show": run_show, "cache": run_cache, "toy": run_toy}
   try:
-    return commands[args.command](args)
+    code = commands[args.command](args)
+    sys.stdout.flush()  # here, so that a reader gone early is caught below rather than at exit
+    return code
   except (UsageError, bench_config.ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except BrokenPipeError:  # `bench show --tasks | head`: the reader stopped early, which is no error of ours
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that exiting does not flush into it again
+    return 0
 
 
 if __name__ == "__main__":

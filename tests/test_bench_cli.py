@@ -1,7 +1,9 @@
 """Tests for the bench command line (`python -m optiml_jax.bench`), run in subprocesses."""
 
 import json
+import os
 import pathlib
+import stat
 import subprocess
 import sys
 
@@ -143,6 +145,86 @@ def test_relative_folders_are_recorded_as_absolute_paths(tmp_path):
   data = json.loads((tmp_path / "catalog" / "catalog.json").read_text(encoding="utf-8"))
   assert all(pathlib.Path(t["path"]).is_absolute() for t in data["tasks"])
   assert all(pathlib.Path(t["path"]).is_file() for t in data["tasks"])
+
+
+def test_an_output_folder_holding_anything_else_is_refused_before_the_sources_are_read(toy_dir, tmp_path):
+  """--out is replaced as a whole: a folder of notes, the source checkout itself or a file must survive a typo."""
+  notes = tmp_path / "notes"
+  notes.mkdir()
+  (notes / "notes.txt").write_text("important")
+  args = ["build", "--config", toybench.CONFIG_PATH, "--sni_dir", toy_dir, "--no_progress", "--out"]
+  for out, message in ((notes, "holds files that are not a catalog's (notes.txt)"),
+                       (toy_dir, "holds files that are not a catalog's (splits, tasks)"),
+                       (notes / "notes.txt", "is a file"), (notes / "notes.txt" / "catalog",
+                                                            "is a file, not a folder")):
+    result = bench(*args, out)
+    assert result.returncode == 2 and f"error: --out: {out}" in result.stderr and message in result.stderr, out
+    assert "reading tasks" not in result.stderr and "skipped" not in result.stderr  # refused before reading
+  assert (notes / "notes.txt").read_text() == "important" and (toy_dir / "tasks").is_dir()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
+  # An earlier catalog is replaced, and the files are readable by others as the umask says (a shared bench).
+  for _ in range(2):
+    result = subprocess.run([sys.executable, "-m", "optiml_jax.bench", *map(str, args), tmp_path / "catalog"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120, check=False,
+                            preexec_fn=lambda: os.umask(0o022))
+    assert result.returncode == 0, result.stderr
+  assert stat.S_IMODE((tmp_path / "catalog").stat().st_mode) == 0o755
+  assert stat.S_IMODE((tmp_path / "catalog" / "catalog.json").stat().st_mode) == 0o644
+
+
+def test_toy_refuses_an_output_that_is_not_a_toy_bench_and_its_catalog_in_the_same_folder(tmp_path):
+  result = bench("toy", "--out", tmp_path / "t", "--catalog", tmp_path / "t")
+  assert result.returncode == 2 and "--catalog and --out are the same folder" in result.stderr
+  assert not (tmp_path / "t").exists()
+  (tmp_path / "mine").mkdir()
+  (tmp_path / "mine" / "data.jsonl").write_text("{}")
+  result = bench("toy", "--out", tmp_path / "mine")
+  assert result.returncode == 2 and "holds files that are not the toy bench's (data.jsonl)" in result.stderr
+  assert [p.name for p in (tmp_path / "mine").iterdir()] == ["data.jsonl"]
+  for _ in range(2):  # an earlier toy bench and its catalog are replaced (make quickstart run twice)
+    result = bench("toy", "--out", tmp_path / "toy", "--catalog", tmp_path / "catalog")
+    assert result.returncode == 0, result.stderr
+  assert len(list((tmp_path / "toy" / "tasks").glob("*.json"))) == len(toybench.TASKS)
+
+
+def test_a_source_folder_with_no_task_in_it_is_an_error(toy_dir, tmp_path):
+  empty = tmp_path / "crossfit"
+  empty.mkdir()
+  config = yaml.safe_load(toybench.CONFIG_PATH.read_text(encoding="utf-8"))
+  config["benchmarks"]["crossfit"] = {"share": 10}
+  config_path = tmp_path / "with_crossfit.yaml"
+  config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+  result = bench("build", "--config", config_path, "--sni_dir", toy_dir, "--jsonl_dir", f"crossfit={empty}",
+                 "--no_progress", "--out", tmp_path / "out")
+  assert result.returncode == 2, result.stderr
+  assert f"no task found in --jsonl_dir crossfit={empty}" in result.stderr and "--sni_dir" not in result.stderr
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_config_that_trains_on_the_sni_train_split_needs_the_split(toy_dir, tmp_path):
+  config_path = tmp_path / "split_only.yaml"
+  config_path.write_text(
+      yaml.safe_dump({
+          "extends": str(toybench.CONFIG_PATH),
+          "held_out": {
+              "sni_test_split": False,
+              "sni_train": "split"
+          }
+      }), encoding="utf-8")
+  result = bench("build", "--config", config_path, "--sni_dir", toy_dir, "--sni_split", "defualt", "--no_progress",
+                 "--out", tmp_path / "out")
+  assert result.returncode == 2 and "SNI split folder not found" in result.stderr
+  assert "needs SNI's split (held_out.sni_train: split)" in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_show_into_a_reader_that_stops_early_is_no_error(tmp_path):
+  assert bench("toy", "--out", tmp_path / "toy", "--catalog", tmp_path / "catalog").returncode == 0
+  shown = subprocess.Popen([sys.executable, "-m", "optiml_jax.bench", "show",
+                            str(tmp_path / "catalog"), "--tasks"], cwd=REPO, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+  shown.stdout.close()  # `| head -0`: the reader is gone before the first line
+  _, stderr = shown.communicate(timeout=120)
+  assert shown.returncode == 0 and not stderr, stderr.decode()
 
 
 # ---------------------------------------------------------------------------------------------------------------

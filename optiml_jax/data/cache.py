@@ -37,11 +37,11 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from optiml_jax import tempfiles
 from optiml_jax.data import catalog as catalog_lib
 
 FORMAT_VERSION = 1
@@ -105,7 +105,7 @@ def write_shard(out: pathlib.Path, examples: Iterable[Mapping[str, Any]], *, tas
   (replacing an older shard). Nothing is left behind if an example fails.
   """
   out.parent.mkdir(parents=True, exist_ok=True)
-  staging = pathlib.Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+  staging = pathlib.Path(tempfiles.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
   try:
     chunks: list[np.ndarray] = []
     index: list[tuple[int, int, int, int]] = []
@@ -309,7 +309,7 @@ class Manifest:
 def write_manifest(cache_dir: str | os.PathLike, manifest: Manifest) -> pathlib.Path:
   """Writes cache.json atomically (a temporary file renamed into place)."""
   path = pathlib.Path(cache_dir) / MANIFEST_FILE
-  fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_FILE}.tmp-", dir=path.parent)
+  fd, tmp = tempfiles.mkstemp(prefix=f".{MANIFEST_FILE}.tmp-", dir=path.parent)
   with os.fdopen(fd, "w", encoding="utf-8") as f:
     json.dump(manifest.to_json(), f, indent=1, sort_keys=True)
   os.replace(tmp, path)

@@ -25,10 +25,10 @@ import logging
 import os
 import pathlib
 import shutil
-import tempfile
 import traceback
 from typing import Any, Iterable, Sequence
 
+from optiml_jax import tempfiles
 from optiml_jax.data import cache
 from optiml_jax.data import catalog as catalog_lib
 
@@ -250,7 +250,7 @@ def build(catalog_dir: str | os.PathLike, cache_dir: str | os.PathLike, tokenize
 def _copy_catalog(catalog_dir: str | os.PathLike, out: pathlib.Path) -> None:
   source = pathlib.Path(catalog_dir)
   source = source / cache.CATALOG_FILE if source.is_dir() else source
-  fd, tmp = tempfile.mkstemp(prefix=f".{cache.CATALOG_FILE}.tmp-", dir=out)
+  fd, tmp = tempfiles.mkstemp(prefix=f".{cache.CATALOG_FILE}.tmp-", dir=out)
   os.close(fd)
   shutil.copyfile(source, tmp)
   os.replace(tmp, out / cache.CATALOG_FILE)

@@ -32,14 +32,15 @@ import dataclasses
 import fnmatch
 import itertools
 import json
+import math
 import os
 import pathlib
 import shutil
-import tempfile
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import tqdm
 
+from optiml_jax import tempfiles
 from optiml_jax.data import bench_config
 from optiml_jax.data import leakage
 from optiml_jax.data import rates
@@ -50,6 +51,7 @@ HELD_OUT_CATEGORY = "held_out_category"
 HELD_OUT_TASK = "held_out_task"
 ROLES = (TRAIN, HELD_OUT_CATEGORY, HELD_OUT_TASK)
 CATALOG_FILE = "catalog.json"
+SUMMARY_FILE = "summary.txt"
 FORMAT_VERSION = 1
 
 
@@ -98,23 +100,20 @@ class Catalog:
     }
 
   def save(self, out_dir: str | os.PathLike) -> pathlib.Path:
-    """Writes `out_dir/catalog.json`: into a temporary folder beside `out_dir`, then moved into place."""
-    out = pathlib.Path(out_dir).resolve()
+    """Writes `out_dir/catalog.json`: into a temporary folder beside `out_dir`, then moved into place.
+
+    The folder is replaced as a whole, so it must be new, empty or an earlier catalog (`check_out_dir`).
+    """
+    out = check_out_dir(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = pathlib.Path(tempfiles.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
       with open(tmp / CATALOG_FILE, "w", encoding="utf-8") as f:
         json.dump(self.to_json(), f, indent=1, ensure_ascii=False)
         f.write("\n")
-      with open(tmp / "summary.txt", "w", encoding="utf-8") as f:
+      with open(tmp / SUMMARY_FILE, "w", encoding="utf-8") as f:
         f.write(summary(self) + "\n")
-      backup = None
-      if out.exists():
-        backup = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, backup / out.name)
-      os.replace(tmp, out)
-      if backup is not None:
-        shutil.rmtree(backup)
+      tempfiles.replace_dir(tmp, out)
     finally:
       if tmp.exists():
         shutil.rmtree(tmp)
@@ -124,37 +123,89 @@ class Catalog:
     return {t.name: t for t in self.tasks}
 
 
+def check_out_dir(out_dir: str | os.PathLike) -> pathlib.Path:
+  """`out_dir`, resolved, where a catalog may be written; ValueError naming it and what is in the way otherwise.
+
+  A catalog replaces its folder as a whole, so the folder must be absent, empty or an earlier catalog (nothing
+  but catalog.json and summary.txt): a source checkout, a cache or anything else there would go with it.
+  """
+  out = pathlib.Path(out_dir).resolve()
+  existing = next(p for p in (out, *out.parents) if p.exists())
+  if existing != out and not existing.is_dir():
+    raise ValueError(f"{out}: cannot hold a catalog: {existing} is a file, not a folder")
+  if out.exists():
+    if not out.is_dir():
+      raise ValueError(f"{out}: is a file; a catalog is a folder (OUT/{CATALOG_FILE}): pass a new or empty folder")
+    other = sorted(p.name for p in out.iterdir() if p.name not in (CATALOG_FILE, SUMMARY_FILE))
+    if other:
+      shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+      raise ValueError(f"{out}: holds files that are not a catalog's ({shown}); a catalog replaces its whole folder, "
+                       "so pass a new or empty folder, or an earlier catalog's")
+  return out
+
+
 def load(catalog_dir: str | os.PathLike) -> Catalog:
-  """Reads `catalog_dir/catalog.json` (or that file itself) written by `Catalog.save`."""
+  """Reads `catalog_dir/catalog.json` (or that file itself) written by `Catalog.save`.
+
+  Raises:
+    FileNotFoundError: no catalog there.
+    ValueError: the file is not a catalog: bad JSON, or an entry with a missing field or a value of the wrong type
+      (the message names the file, the entry and the field).
+  """
   path = pathlib.Path(catalog_dir)
   if path.is_dir():
     path = path / CATALOG_FILE
   if not path.is_file():
     raise FileNotFoundError(f"{path}: no catalog here (build one with `python -m optiml_jax.bench build`)")
-  with open(path, encoding="utf-8") as f:
-    data = json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+  except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    raise ValueError(f"{path}: not a catalog's JSON ({e}); rebuild it with `python -m optiml_jax.bench build`") from e
   if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
     raise ValueError(f"{path}: expected a JSON object with a 'tasks' list")
-  fields = {f.name for f in dataclasses.fields(CatalogEntry)}
-  tasks = []
-  for i, task in enumerate(data["tasks"]):
-    missing = fields - set(task) - {"raw_categories"}
-    if missing:
-      raise ValueError(f"{path}: tasks[{i}] lacks field(s) {sorted(missing)}")
-    if task["role"] not in ROLES:
-      raise ValueError(f"{path}: tasks[{i}] ({task['name']}): role {task['role']!r} is not one of {ROLES}")
-    task = {k: v for k, v in task.items() if k in fields}
-    task["raw_categories"] = tuple(task.get("raw_categories", ()))
-    tasks.append(CatalogEntry(**task))
+  tasks = [_entry(path, i, task) for i, task in enumerate(data["tasks"])]
+  skipped = data.get("skipped", [])
+  for i, s in enumerate(skipped if isinstance(skipped, list) else [skipped]):
+    if not (isinstance(s, dict) and isinstance(s.get("path"), str) and isinstance(s.get("reason"), str)):
+      raise ValueError(f"{path}: skipped[{i}]: expected an object with 'path' and 'reason' strings, got {s!r}")
   return Catalog(
       tasks=tasks,
       leakage=data.get("leakage", []),
-      skipped=[records.Skipped(**s) for s in data.get("skipped", [])],
+      skipped=[records.Skipped(path=s["path"], reason=s["reason"]) for s in skipped],
       dropped=data.get("dropped", []),
       missing_split_tasks=data.get("missing_split_tasks", {}),
       unmapped=data.get("unmapped", []),
       config=data.get("config", {}),
   )
+
+
+# The JSON types of CatalogEntry's fields, by their annotation.
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float)}
+
+
+def _entry(path: pathlib.Path, i: int, task: Any) -> CatalogEntry:
+  """tasks[i] of the catalog file `path` as a CatalogEntry; ValueError naming the entry and field if malformed."""
+  if not isinstance(task, dict):
+    raise ValueError(f"{path}: tasks[{i}]: expected an object, got {task!r}")
+  fields = {f.name: f for f in dataclasses.fields(CatalogEntry)}
+  missing = set(fields) - set(task) - {"raw_categories"}
+  if missing:
+    raise ValueError(f"{path}: tasks[{i}] lacks field(s) {sorted(missing)}")
+  where = f"{path}: tasks[{i}] ({task['name']!r})"
+  for name, field in fields.items():
+    kinds = _FIELD_TYPES.get(str(field.type))
+    value = task.get(name)
+    if kinds is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+      raise ValueError(f"{where}: {name}: expected {field.type}, got {value!r}")
+  if not all(math.isfinite(task[n]) and task[n] >= 0 for n in ("rate", "num_examples", "num_eval_instances")):
+    raise ValueError(f"{where}: rate, num_examples and num_eval_instances must be finite and >= 0")
+  if task["role"] not in ROLES:
+    raise ValueError(f"{where}: role {task['role']!r} is not one of {ROLES}")
+  raw = task.get("raw_categories", [])
+  if not (isinstance(raw, list) and all(isinstance(c, str) for c in raw)):
+    raise ValueError(f"{where}: raw_categories: expected a list of strings, got {raw!r}")
+  return CatalogEntry(**{**{k: v for k, v in task.items() if k in fields}, "raw_categories": tuple(raw)})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -370,10 +421,17 @@ def build(config: bench_config.BenchConfig, sources: Iterable[records.TaskSource
     sources: tasks and skipped files from the readers (`sources.iter_all(...)`).
     sni_splits: SNI's split lists, `{"train": [...], "test": [...]}` of local task names, or None.
     progress: show tqdm progress bars on stderr.
+
+  Raises:
+    ValueError: `held_out.sni_train: split` with SNI tasks but no `sni_splits` to choose them by, a task of an
+      undeclared benchmark, or no task left to train on.
   """
   read, skipped = _read_sources(sources, config, progress)
   counts = {task.name: n for task, n in read}
   sni_splits = sni_splits or {}
+  if config.held_out.sni_train == "split" and not sni_splits and any(t.benchmark == "sni" for t, _ in read):
+    raise ValueError(f"{config.path}: held_out.sni_train: split trains only the SNI tasks of the train split, but no "
+                     "split was given (the checkout's splits/<name>/train_tasks.txt)")
   sni_test = frozenset(
       records.task_name("sni", n) for n in sni_splits.get("test", ()) if config.held_out.sni_test_split)
   sni_train = frozenset(records.task_name("sni", n) for n in sni_splits.get("train", ()))
@@ -381,8 +439,7 @@ def build(config: bench_config.BenchConfig, sources: Iterable[records.TaskSource
   tasks, dropped = [], []
   unmapped: dict[str, list[str]] = {}  # 'benchmark: dataset' -> its tasks given the fallback category
   for task, _ in read:
-    if (config.held_out.sni_train == "split" and sni_splits and task.benchmark == "sni" and
-        task.name not in sni_train | sni_test):
+    if (config.held_out.sni_train == "split" and task.benchmark == "sni" and task.name not in sni_train | sni_test):
       dropped.append({
           "name": task.name,
           "benchmark": task.benchmark,

@@ -28,9 +28,12 @@ import json
 import os
 import pathlib
 import random
+import re
+import shutil
 from typing import Callable
 
 from optiml_jax import resources
+from optiml_jax import tempfiles
 
 # The bench definition of the toy bench: tasks/toybench.yaml, shipped with the package (optiml_jax.resources).
 CONFIG_PATH = resources.task_file("toybench.yaml")
@@ -370,16 +373,46 @@ def task_json(task: ToyTask, name: str, seed: int, num_instances: int = NUM_INST
 def write(out_dir: str | os.PathLike, seed: int = 0, num_instances: int = NUM_INSTANCES) -> pathlib.Path:
   """Writes the toy bench as a natural-instructions checkout; returns `out_dir`.
 
-  Layout: `tasks/<name>.json` per task, `splits/default/train_tasks.txt` and `test_tasks.txt`.
+  Layout: `tasks/<name>.json` per task, `splits/default/train_tasks.txt` and `test_tasks.txt`. The folder is
+  written beside `out_dir` and then put in its place, so it must be new, empty or an earlier toy bench.
+
+  Raises:
+    ValueError: `out_dir` holds anything else (it would be replaced), or is a file.
   """
-  out = pathlib.Path(out_dir)
-  (out / "tasks").mkdir(parents=True, exist_ok=True)
-  (out / "splits" / "default").mkdir(parents=True, exist_ok=True)
-  names = task_names()
-  for task, name in zip(TASKS, names):
-    with open(out / "tasks" / f"{name}.json", "w", encoding="utf-8") as f:
-      json.dump(task_json(task, name, seed, num_instances), f, indent=1)
-  for split, in_test in (("train", False), ("test", True)):
-    listed = [n for t, n in zip(TASKS, names) if t.test == in_test]
-    (out / "splits" / "default" / f"{split}_tasks.txt").write_text("\n".join(listed) + "\n", encoding="utf-8")
+  out = pathlib.Path(out_dir).resolve()
+  _check_out_dir(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  staging = pathlib.Path(tempfiles.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+  try:
+    (staging / "tasks").mkdir()
+    (staging / "splits" / "default").mkdir(parents=True)
+    names = task_names()
+    for task, name in zip(TASKS, names):
+      with open(staging / "tasks" / f"{name}.json", "w", encoding="utf-8") as f:
+        json.dump(task_json(task, name, seed, num_instances), f, indent=1)
+    for split, in_test in (("train", False), ("test", True)):
+      listed = [n for t, n in zip(TASKS, names) if t.test == in_test]
+      (staging / "splits" / "default" / f"{split}_tasks.txt").write_text("\n".join(listed) + "\n", encoding="utf-8")
+    tempfiles.replace_dir(staging, out)
+  finally:
+    if staging.exists():
+      shutil.rmtree(staging)
   return out
+
+
+# What an earlier toy bench holds: its folders, task files and split lists.
+_TOY_FILE = re.compile(
+    r"tasks|tasks/task\d{3}_toy_\w+\.json|splits|splits/default|splits/default/(train|test)_tasks\.txt")
+
+
+def _check_out_dir(out: pathlib.Path) -> None:
+  """ValueError unless `out` is absent, an empty folder or an earlier toy bench."""
+  if out.exists() and not out.is_dir():
+    raise ValueError(f"{out}: is a file; the toy bench is a folder (tasks/ and splits/)")
+  if out.is_dir():
+    other = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    other = [name for name in other if not _TOY_FILE.fullmatch(name)]
+    if other:
+      shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+      raise ValueError(f"{out}: holds files that are not the toy bench's ({shown}); it is replaced as a whole, so "
+                       "pass a new or empty folder, or an earlier toy bench's")

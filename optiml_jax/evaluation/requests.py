@@ -39,13 +39,13 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 import time
 from typing import Any, Callable, Mapping, Sequence
 import zipfile
 
 import numpy as np
 
+from optiml_jax import tempfiles
 from optiml_jax.checkpoints import discovery
 from optiml_jax.data import special_tokens
 from optiml_jax.evaluation import decoding
@@ -138,7 +138,7 @@ def digest(request: Request) -> str:
 
 
 def _write_npz(path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -> None:
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+  fd, tmp = tempfiles.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
   with os.fdopen(fd, "wb") as f:
     # numpy's stub types savez's keyword arrays as its `allow_pickle` flag.
     np.savez(f, **dict(arrays))  # type: ignore[arg-type]
@@ -146,7 +146,7 @@ def _write_npz(path: pathlib.Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 
 def _write_json(path: pathlib.Path, value: Any) -> None:
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+  fd, tmp = tempfiles.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
   with os.fdopen(fd, "w", encoding="utf-8") as f:
     json.dump(value, f, indent=1, sort_keys=True)
     f.write("\n")

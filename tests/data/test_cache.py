@@ -6,12 +6,14 @@ import json
 import logging
 import os
 import pathlib
+import stat
 
 import numpy as np
 import pytest
 import seqio
 
 from optiml_jax import bench as bench_cli
+from optiml_jax import tempfiles
 from optiml_jax.data import bench_config
 from optiml_jax.data import cache
 from optiml_jax.data import cache_beam
@@ -93,6 +95,14 @@ def test_build_writes_a_committed_shard_per_task_variant_and_split(built):
   assert not leftovers
   stats = cache.read_stats(cache_dir / cache.SHARDS_DIR / cache.shard_name("pretraining:web", 0, "train"))
   assert stats["examples"] > 0 and stats["target_tokens"] > stats["examples"] and stats["input_tokens"] == 0
+  # Readable by other accounts as the umask allows (hosts that share the cache), though staged in temporary files.
+  umask = tempfiles.umask()
+  shard = cache_dir / cache.SHARDS_DIR / cache.shard_name("pretraining:web", 0, "train")
+  assert {
+      stat.S_IMODE(p.stat().st_mode)
+      for p in (cache_dir / cache.MANIFEST_FILE, cache_dir / cache.CATALOG_FILE, shard / cache.STATS_FILE)
+  } == {0o666 & ~umask}
+  assert stat.S_IMODE(shard.stat().st_mode) == 0o777 & ~umask
 
 
 def test_cached_tasks_give_the_uncached_examples_byte_for_byte(built):

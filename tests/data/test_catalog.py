@@ -1,6 +1,7 @@
 """Tests for optiml_jax.data.catalog: config, categories, roles, de-duplication, leakage, rates, save/load."""
 
 import copy
+import dataclasses
 import json
 import pathlib
 
@@ -414,15 +415,19 @@ def test_undeclared_benchmark_is_an_error(tmp_path):
 def test_sni_train_split_only(tmp_path):
   cat = catalog.build(_config(tmp_path, {"held_out.sni_train": "split"}), _sources(), SPLITS)
   assert "sni:task_train_b" not in cat.by_name() and "sni:task_train_a" in cat.by_name()
+  # Without the split lists it cannot choose: an error rather than every SNI task trained.
+  with pytest.raises(ValueError, match="held_out.sni_train: split .* no split was given"):
+    catalog.build(_config(tmp_path, {"held_out.sni_train": "split"}), _sources(), None)
 
 
 def test_save_is_atomic_and_load_round_trips(built, tmp_path):
   cat, _ = built
   out = tmp_path / "out" / "catalog"
   out.mkdir(parents=True)
-  (out / "stale.txt").write_text("old")
+  (out / "catalog.json").write_text("an earlier catalog")
+  (out / "summary.txt").write_text("its summary")
   path = cat.save(out)
-  assert path == out / "catalog.json" and not (out / "stale.txt").exists()
+  assert path == out / "catalog.json" and (out / "summary.txt").read_text() != "its summary"
   assert sorted(p.name for p in out.parent.iterdir()) == ["catalog"]  # no temporary folder left
   data = json.loads(path.read_text(encoding="utf-8"))
   assert set(data) >= {"tasks", "leakage", "skipped", "dropped", "missing_split_tasks", "unmapped", "config"}
@@ -440,6 +445,66 @@ def test_load_errors(tmp_path):
   (tmp_path / "catalog.json").write_text(json.dumps({"tasks": [{"name": "x"}]}))
   with pytest.raises(ValueError, match=r"tasks\[0\] lacks field"):
     catalog.load(tmp_path)
+
+
+def test_save_never_replaces_a_folder_that_holds_anything_but_a_catalog(built, tmp_path):
+  """A catalog replaces its whole folder: a source checkout or notes given as --out by mistake must survive."""
+  cat, _ = built
+  tmp_path = tmp_path / "work"
+  tmp_path.mkdir()
+  (tmp_path / "notes.txt").write_text("important")
+  with pytest.raises(ValueError, match=r"holds files that are not a catalog's \(notes.txt\)"):
+    cat.save(tmp_path)
+  assert (tmp_path / "notes.txt").read_text() == "important" and not (tmp_path / "catalog.json").exists()
+  with pytest.raises(ValueError, match="is a file"):
+    cat.save(tmp_path / "notes.txt")
+  with pytest.raises(ValueError, match="notes.txt is a file, not a folder"):
+    cat.save(tmp_path / "notes.txt" / "catalog")
+  assert (tmp_path / "notes.txt").read_text() == "important"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no temporary folder left
+  (tmp_path / "empty").mkdir()
+  assert cat.save(tmp_path / "empty") == tmp_path / "empty" / "catalog.json"
+
+
+def _entry_json(built):
+  cat, _ = built
+  return json.loads(json.dumps(dataclasses.asdict(cat.tasks[0])))
+
+
+@pytest.mark.parametrize("data, message", [
+    ("{\"tasks\": [", r"not a catalog's JSON \(Expecting value"),
+    ({
+        "tasks": [5]
+    }, r"tasks\[0\]: expected an object, got 5"),
+    ({
+        "tasks": [],
+        "skipped": [{
+            "path": "a.json"
+        }]
+    }, r"skipped\[0\]: expected an object with 'path' and 'reason'"),
+    ({
+        "num_examples": "many"
+    }, r"num_examples: expected int, got 'many'"),
+    ({
+        "rate": None
+    }, r"rate: expected float, got None"),
+    ({
+        "rate": float("nan")
+    }, r"must be finite and >= 0"),
+    ({
+        "category": 3
+    }, r"category: expected str, got 3"),
+    ({
+        "raw_categories": "Sentiment"
+    }, r"raw_categories: expected a list of strings"),
+])
+def test_load_names_the_file_entry_and_field_of_a_malformed_catalog(built, tmp_path, data, message):
+  if isinstance(data, dict) and "tasks" not in data:
+    data = {"tasks": [{**_entry_json(built), **data}]}
+  (tmp_path / "catalog.json").write_text(data if isinstance(data, str) else json.dumps(data), encoding="utf-8")
+  with pytest.raises(ValueError, match=message) as error:
+    catalog.load(tmp_path)
+  assert str(tmp_path / "catalog.json") in str(error.value)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -678,3 +743,165 @@ def test_rates_caps_reach_the_catalog(tmp_path):
   assert plain["sni:b"] / plain["sni:a"] == pytest.approx(3) == capped["sni:b"] / capped["sni:a"]
   assert plain["promptsource:d"] / plain["promptsource:c"] == pytest.approx(3)
   assert capped["promptsource:d"] == pytest.approx(capped["promptsource:c"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The bench definition's numbers and `extends` chains (bench_config.py), and the readers' inconsistent tasks in a
+# build (sources/). Kept apart from the catalog tests above.
+
+
+@pytest.mark.parametrize("change, key, expected", [
+    ({
+        "benchmarks.sni": {
+            "share": float("inf")
+        }
+    }, "benchmarks.sni.share", "expected a finite number >= 0, got inf"),
+    ({
+        "benchmarks.sni": {
+            "share": float("nan")
+        }
+    }, "benchmarks.sni.share", "expected a finite number >= 0, got nan"),
+    ({
+        "benchmarks.pretraining.share": float("-inf")
+    }, "benchmarks.pretraining.share", "expected a finite number >= 0, got -inf"),
+    ({
+        "benchmarks.sni": {
+            "share": -1
+        }
+    }, "benchmarks.sni.share", "expected a finite number >= 0, got -1"),
+    ({
+        "rates.temperature": float("nan")
+    }, "rates.temperature", "expected a finite number > 0, got nan"),
+    ({
+        "rates.temperature": float("inf")
+    }, "rates.temperature", "expected a finite number > 0, got inf"),
+    ({
+        "leakage.threshold": float("nan")
+    }, "leakage.threshold", "expected a finite number in [0, 1), got nan"),
+    ({
+        "leakage.template_fraction": float("inf")
+    }, "leakage.template_fraction", "expected a finite number in (0, 1], got inf"),
+    ({
+        "rates.cap": float("inf")
+    }, "rates.cap", "expected int, got inf"),
+    ({
+        "rates.caps": {
+            "sni": float("inf")
+        }
+    }, "rates.caps.sni", "expected a positive int, got inf"),
+    ({
+        "limits.max_examples_per_task": float("nan")
+    }, "limits.max_examples_per_task", "expected int, got nan"),
+])
+def test_config_numbers_must_be_finite(tmp_path, change, key, expected):
+  """YAML's .inf / .nan passed `share < 0` (and `temperature <= 0`) and ended as NaN rates in catalog.json."""
+  with pytest.raises(bench_config.ConfigError) as error:
+    _config(tmp_path, change)
+  assert str(error.value) == f"{tmp_path / 'bench.yaml'}: {key}: {expected}"
+
+
+def test_config_fixed_shares_over_the_whole_mixture_name_the_file(tmp_path):
+  path = tmp_path / "bench.yaml"
+  with pytest.raises(bench_config.ConfigError) as error:
+    _config(tmp_path, {"benchmarks.pretraining.share": 101})
+  assert str(error.value) == (f"{path}: benchmarks.pretraining.share: the fixed shares pretraining: 101 add up to "
+                              "101%, over 100% of the mixture")
+  with pytest.raises(bench_config.ConfigError) as error:
+    _config(tmp_path, {
+        "benchmarks.pretraining.share": 50,
+        "benchmarks.reasoning": {
+            "share": 50.5,
+            "fixed_share": True
+        }
+    })
+  assert str(error.value) == (f"{path}: benchmarks: the fixed shares pretraining: 50, reasoning: 50.5 add up to "
+                              "100.5%, over 100% of the mixture")
+  config = _config(tmp_path, {
+      "benchmarks.pretraining.share": 95,
+      "benchmarks.reasoning": {
+          "share": 5,
+          "fixed_share": True
+      }
+  })
+  assert config.benchmarks["reasoning"].share + config.benchmarks["pretraining"].share == 100  # exactly all: allowed
+
+
+def test_config_extends_cycles_name_the_chain(tmp_path):
+  (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n", encoding="utf-8")
+  with pytest.raises(bench_config.ConfigError) as error:
+    bench_config.load_config(tmp_path / "loop.yaml")
+  assert str(error.value) == f"{tmp_path / 'loop.yaml'}: extends: loop.yaml: the file extends itself"
+  (tmp_path / "top.yaml").write_text("extends: a.yaml\n", encoding="utf-8")
+  (tmp_path / "a.yaml").write_text("extends: b.yaml\n", encoding="utf-8")
+  (tmp_path / "b.yaml").write_text("extends: ./a.yaml\n", encoding="utf-8")
+  with pytest.raises(bench_config.ConfigError) as error:
+    bench_config.load_config(tmp_path / "top.yaml")  # top.yaml starts the chain but is no part of the cycle
+  a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+  assert str(error.value) == f"{b}: extends: ./a.yaml: a cycle of extends: {a} -> {b} -> {a}"
+
+
+def test_config_nested_too_deeply_is_a_config_error(tmp_path):
+  (tmp_path / "deep.yaml").write_text("name: " + "[" * 100_000 + "]" * 100_000 + "\n", encoding="utf-8")
+  with pytest.raises(bench_config.ConfigError, match=r"deep.yaml: \(file\): not valid YAML: nested too deeply"):
+    bench_config.load_config(tmp_path / "deep.yaml")
+
+
+def _jsonl_lines(path, rows):
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def test_build_skips_tasks_whose_options_are_partial_or_miss_the_answer(tmp_path):
+  """The generic JSONL and P3 readers now apply the SNI reader's rule, and the build reports such a task in
+  `skipped` (file, line and field) instead of evaluating it as a multiple-choice task it is not."""
+  from optiml_jax.data import sources  # pylint: disable=g-import-not-at-top
+  crossfit, p3 = tmp_path / "crossfit", tmp_path / "p3"
+  crossfit.mkdir()
+  p3.mkdir()
+  colours = ["red", "blue", "green"]
+  _jsonl_lines(crossfit / "colours.jsonl", [{
+      "src": f"Which colour is item {i} of the crossfit quiz?",
+      "tgt": colours[i % 3],
+      "options": colours
+  } for i in range(12)])
+  _jsonl_lines(crossfit / "colours_partial.jsonl", [{
+      "src": f"Partial options quiz question number {i}?",
+      "tgt": colours[i % 3],
+      **({
+          "options": colours
+      } if i != 7 else {})
+  } for i in range(12)])
+  _jsonl_lines(crossfit / "colours_missing.jsonl", [{
+      "src": f"Missing answer quiz question number {i}?",
+      "tgt": "purple" if i == 4 else colours[i % 3],
+      "options": colours
+  } for i in range(12)])
+  topics = ["World", "Sports", "Business"]
+  _jsonl_lines(p3 / "ag_news_classify.jsonl", [{
+      "inputs_pretokenized": f"News article number {i} of the day: which topic?",
+      "targets_pretokenized": topics[i % 3],
+      "answer_choices": topics
+  } for i in range(12)])
+  _jsonl_lines(p3 / "ag_news_recall.jsonl", [{
+      "inputs_pretokenized": f"Recall article number {i}: which topic?",
+      "targets_pretokenized": topics[i % 3],
+      **({
+          "answer_choices": topics
+      } if i < 10 else {})
+  } for i in range(12)])
+  cat = catalog.build(_config(tmp_path), sources.iter_all(p3_dir=p3, jsonl_dirs=[("crossfit", crossfit)]))
+  assert sorted(cat.by_name()) == ["crossfit:colours", "promptsource:ag_news_classify"]
+  assert {t.kind for t in cat.tasks} == {records.MULTIPLE_CHOICE}
+  reasons = {pathlib.Path(s.path).name: s.reason for s in cat.skipped}
+  assert reasons == {
+      "ag_news_recall.jsonl": ("line 11: no 'answer_choices', but the task is multiple choice (line 1 has "
+                               "'answer_choices'); a multiple-choice task needs 'answer_choices' on every line"),
+      "colours_partial.jsonl": ("line 8: no 'options', but the task is multiple choice (line 1 has 'options'); a "
+                                "multiple-choice task needs 'options' on every line"),
+      "colours_missing.jsonl": ("line 5: field 'options': none of ['red', 'blue', 'green'] is a reference output "
+                                "['purple']"),
+  }
+  assert {s.path for s in cat.skipped} == {
+      str(p3 / "ag_news_recall.jsonl"),
+      str(crossfit / "colours_partial.jsonl"),
+      str(crossfit / "colours_missing.jsonl")
+  }
