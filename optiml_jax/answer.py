@@ -16,7 +16,8 @@ trainer's MODEL_DIR: its latest step, or a step folder). One request is answered
 folder records each as it is written: rerunning the command after an interruption answers the rest.
 
 Exit status: 0 when every request is answered; 1 when the checkpoint cannot be read; 2 when the requests folder,
-the answers folder or a setting cannot be used (the message names it).
+the answers folder or a setting cannot be used (the message names it; --out is checked before any model is read:
+a file, the requests folder itself, or a folder holding another model's answers is refused).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from optiml_jax.checkpoints import loading
 from optiml_jax.evaluation import inference
 from optiml_jax.evaluation import requests
 from optiml_jax.models import partitioning
+
+# A checkpoint without config.json: what to do on this command line (it has no gin to configure a model with).
+MISSING_CONFIG_HINT = "copy that model's config.json there (e.g. from the Hugging Face folder it was trained from)"
 
 
 def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
@@ -70,6 +74,7 @@ def _mesh_shape(text: str) -> tuple[int, int, int]:
 
 def run(args: argparse.Namespace) -> dict:
   """Loads the model and answers every request; returns answers.json's content."""
+  requests.check_answers_folder(args.requests_dir, args.out, name="--out")  # said before anything is read
   checkpoints, problems = discovery.find_checkpoints(args.checkpoint, "latest")
   for problem in problems:
     print(f"warning: {problem}", file=sys.stderr)
@@ -77,10 +82,16 @@ def run(args: argparse.Namespace) -> dict:
   if not requests.recorded(args.requests_dir):  # said before the model is read
     raise requests.RequestsError(f"{args.requests_dir}: no requests recorded here (no {requests.REQUESTS_FILE}); "
                                  "record them with `python -m optiml_jax.eval ... --gin.evaluate.record_requests=True`")
+  # Another model's answers in --out: refused now rather than after the model is loaded (its config is compared then).
+  requests.check_answers_folder(args.requests_dir, args.out, {
+      "checkpoint": checkpoint.path,
+      "step": checkpoint.step,
+      "format": checkpoint.format
+  }, name="--out")
   if args.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", args.compilation_cache_dir)
   overrides = {"dtype": args.dtype} if args.dtype else {}
-  config, params = loading.load_checkpoint(checkpoint, overrides=overrides)
+  config, params = loading.load_checkpoint(checkpoint, overrides=overrides, missing_config_hint=MISSING_CONFIG_HINT)
   mesh = partitioning.make_mesh(*_mesh_shape(args.mesh_shape))
   scorer = inference.Scorer(config, params, mesh=mesh, batch_size=args.batch_size, max_length=args.max_length,
                             progress=not args.no_progress, share_prompts=not args.no_share_prompts)

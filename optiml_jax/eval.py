@@ -16,6 +16,12 @@ picks the tasks of the generalization `LEVELS`, evaluates every checkpoint that 
   OUT/baseline/...                                      BASELINE_PATH (a checkpoint, or the OUT folder of an
                                                         earlier evaluation), shown side by side with deltas.
 
+Everything but a recording is written into a fresh folder inside OUT (`.eval-partial-*`) and moved into place when
+complete (`staged_output`): the outputs of an earlier evaluation in OUT (`is_output`) are then replaced as a whole,
+so OUT never mixes two evaluations, and other files there stay; a run that fails leaves OUT as it was. A recording
+(`evaluate.record_requests`) writes OUT/requests/ directly, and a rerun extends it (a request recorded before is
+kept; another tokenizer's requests there are refused). An OUT that is a file is refused before anything is read.
+
 A step of a MODEL_DIR that cannot be used (partial, not committed, set aside by the trainer, or with an array or
 its metadata that cannot be read: a data file cut short or deleted) is skipped with a one-line reason, listed on
 stderr, in report.md ("Checkpoints skipped"), steps.md and metrics.json (`settings.checkpoint_problems`); the
@@ -24,18 +30,23 @@ newest one that can. Tracebacks of the libraries behind such faults go to a log 
 under $TMPDIR/optiml_jax/), or with `--debug` to the screen too (`cli_logging`).
 
 Exit status: 0 when the report was written (tasks that failed are listed in it and on stderr); 1 when no
-checkpoint could be read; 2 on a configuration error (gin, unknown level, no tasks).
+checkpoint could be read; 2 on a configuration error (gin, unknown level, no tasks, an unreadable CATALOG_DIR, an
+EVAL_OUTPUT_DIR that cannot be a folder), printed as one line naming the macro.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
+import os
 import pathlib
+import re
+import shutil
 import sys
-from typing import Any, Sequence, overload
+from typing import Any, Iterator, Sequence, overload
 
 import gin
 import jax
@@ -43,6 +54,7 @@ import jax
 from optiml_jax import cli_logging
 from optiml_jax import gin_registry  # noqa: F401  (registers the configurables, @model_config, for gin)
 from optiml_jax import gin_utils
+from optiml_jax import tempfiles
 from optiml_jax.checkpoints import discovery
 from optiml_jax.checkpoints import loading
 from optiml_jax.evaluation import batching
@@ -54,10 +66,18 @@ from optiml_jax.models import registry as model_registry
 
 REQUIRED_MACROS = ("CHECKPOINT_PATH", "EVAL_OUTPUT_DIR")
 STEPS_FILE = "steps.json"
+STEPS_TABLE = "steps.md"
 _LOG = logging.getLogger(__name__)
 INFERENCES_DIR = "inferences"  # seqio JSONLogger output: inputs, targets, predictions or scores per Task
+BASELINE_DIR = "baseline"  # BASELINE_PATH evaluated as a checkpoint: its report
 REQUESTS_DIR = "requests"  # record_requests=True: the model calls of every task, to answer elsewhere
 ANSWERS = "answers"  # the format of a CHECKPOINT_PATH that is an answers folder (`python -m optiml_jax.answer`)
+# An evaluation writes into a fresh folder inside EVAL_OUTPUT_DIR, moved into place when it is complete.
+STAGING_PREFIX = ".eval-partial-"
+_OUTPUT_NAMES = frozenset({
+    report_lib.METRICS_FILE, report_lib.METRICS_FILE + ".tmp", report_lib.REPORT_FILE, STEPS_TABLE, STEPS_FILE,
+    INFERENCES_DIR, BASELINE_DIR, *(f"{level}.png" for level in (*report_lib.LEVELS, report_lib.CUSTOM_LEVEL))
+})
 
 
 class ConfigError(ValueError):
@@ -136,10 +156,15 @@ def _evaluate_checkpoint(checkpoint: evaluator.Checkpoint, specs: Sequence[evalu
       scorer = requests.Replayer(checkpoint.path, eos_ids)
     elif record_requests:
       context = batching.context_length(model_registry.make_model(config), max_length)
-      scorer = requests.Recorder(out_dir / REQUESTS_DIR, context, eos_ids, settings.get("tokenizer_dir"))
+      try:
+        scorer = requests.Recorder(out_dir / REQUESTS_DIR, context, eos_ids, settings.get("tokenizer_dir"))
+      except requests.RequestsError as e:  # earlier requests of another tokenizer there
+        raise ConfigError(f"EVAL_OUTPUT_DIR: {e}") from e
     else:
       scorer = inference.Scorer(config, params, mesh=mesh, batch_size=batch_size, max_length=max_length,
                                 progress=progress, share_prompts=share_prompts, eos_ids=eos_ids)
+  except ConfigError:
+    raise
   except ValueError as e:  # max_length beyond the context, params that do not fit the model, unusable answers.
     raise ConfigError(f"{checkpoint.path}: {e}") from e
   del params
@@ -155,10 +180,88 @@ def _evaluate_checkpoint(checkpoint: evaluator.Checkpoint, specs: Sequence[evalu
   return report_lib.build_report(list(results) + list(failed), info, settings)
 
 
-def _write(report: report_lib.Report, out_dir: pathlib.Path) -> None:
+def _write(report: report_lib.Report, out_dir: pathlib.Path, shown: pathlib.Path) -> None:
+  """Writes the report into `out_dir` (in the staging folder) and prints it with `shown`, where it will be."""
   if jax.process_index() == 0:
     report_lib.write(report, out_dir)
-    print(f"\n{report_lib.summary_table(report)}\n\nreport: {out_dir}/{report_lib.REPORT_FILE}")
+    print(f"\n{report_lib.summary_table(report)}\n\nreport: {shown}/{report_lib.REPORT_FILE}")
+
+
+def is_output(name: str) -> bool:
+  """Whether `name`, an entry of EVAL_OUTPUT_DIR, is something an evaluation writes there (metrics.json, report.md,
+  the charts, inferences/, baseline/, step_<n>/, steps.md, steps.json): the next evaluation into the folder
+  replaces all of them. Other entries (requests/ of a recording, a user's notes) are kept."""
+  return name in _OUTPUT_NAMES or re.fullmatch(r"step_\d+", name) is not None
+
+
+def check_output_dir(out: pathlib.Path) -> None:
+  """Raises ConfigError unless EVAL_OUTPUT_DIR can be written: a folder, or absent under a writable folder."""
+  if out.exists() and not out.is_dir():
+    raise ConfigError(f"EVAL_OUTPUT_DIR {out}: exists and is not a folder; name a new or existing folder")
+  for parent in (out, *out.parents):
+    if parent.exists():
+      if not parent.is_dir():
+        raise ConfigError(f"EVAL_OUTPUT_DIR {out}: {parent} is a file, not a folder")
+      if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"EVAL_OUTPUT_DIR {out}: cannot write into {parent} (permission denied)")
+      return
+
+
+@contextlib.contextmanager
+def staged_output(out: pathlib.Path) -> Iterator[pathlib.Path]:
+  """Yields a fresh folder inside `out` (made with its parents when absent) for an evaluation to write into.
+
+  When the block completes, an earlier evaluation's outputs in `out` (`is_output`) give way to the new ones, so the
+  folder never holds two evaluations; other files stay. When it fails, the folder is removed (and so are the folders
+  made for it) and `out` is as it was. Only process 0 writes: elsewhere `out` itself is yielded, never written.
+  """
+  if jax.process_index() != 0:
+    yield out
+    return
+  made = [p for p in (*reversed(out.parents), out) if not p.exists()]
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+    work = pathlib.Path(tempfiles.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+  except OSError as e:
+    _remove_empty(made)
+    raise ConfigError(f"EVAL_OUTPUT_DIR {out}: cannot write there ({e})") from e
+  try:
+    yield work
+    _swap_in(work, out)
+  except BaseException:
+    shutil.rmtree(work, ignore_errors=True)
+    _remove_empty(made)
+    raise
+
+
+def _swap_in(work: pathlib.Path, out: pathlib.Path) -> None:
+  """Moves the earlier evaluation's outputs in `out` aside, the entries of `work` in, then deletes the former; a
+  rename that fails puts everything back as it was."""
+  old = pathlib.Path(tempfiles.mkdtemp(prefix=".eval-old-", dir=out))
+  moved: list[tuple[pathlib.Path, pathlib.Path]] = []
+  try:
+    for entry in sorted(out.iterdir()):
+      if is_output(entry.name):
+        os.replace(entry, old / entry.name)
+        moved.append((entry, old / entry.name))
+    for entry in sorted(work.iterdir()):
+      os.replace(entry, out / entry.name)
+      moved.append((entry, out / entry.name))
+  except BaseException:
+    for source, target in reversed(moved):
+      with contextlib.suppress(OSError):
+        os.replace(target, source)
+    with contextlib.suppress(OSError):
+      old.rmdir()
+    raise
+  work.rmdir()
+  shutil.rmtree(old)
+
+
+def _remove_empty(folders: Sequence[pathlib.Path]) -> None:
+  for folder in reversed(folders):
+    with contextlib.suppress(OSError):
+      folder.rmdir()
 
 
 def _find_checkpoints(path: str | pathlib.Path,
@@ -183,15 +286,28 @@ def _carried_tokenizer(path: str | pathlib.Path) -> pathlib.Path | None:
   return evaluator.tokenizer_folder(path)
 
 
-def _baseline_report(baseline_path: str, evaluate_one, out_dir: pathlib.Path) -> report_lib.Report:
+def _baseline_report(baseline_path: str, evaluate_one, out_dir: pathlib.Path, shown: pathlib.Path) -> report_lib.Report:
   """An earlier evaluation's metrics.json, or a fresh evaluation of the baseline checkpoint (or answers)."""
   path = pathlib.Path(baseline_path)
   if (path / report_lib.METRICS_FILE).is_file() or path.name == report_lib.METRICS_FILE:
-    return report_lib.load(path)
+    try:
+      return report_lib.load(path)
+    except (OSError, ValueError) as e:  # not JSON, not a report
+      raise ConfigError(f"BASELINE_PATH {baseline_path}: {e}") from e
   checkpoints, _ = _find_checkpoints(path, "latest")
   report = evaluate_one(checkpoints[0], out_dir)
-  _write(report, out_dir)
+  _write(report, out_dir, shown)
   return report
+
+
+def _load_catalog(catalog_dir: str, macro: str) -> Any:
+  """The bench catalog; ConfigError naming `macro` (CATALOG_DIR, or CACHE_DIR holding its copy) when there is none
+  or it cannot be read."""
+  from optiml_jax.data import catalog as catalog_lib  # pylint: disable=g-import-not-at-top
+  try:
+    return catalog_lib.load(catalog_dir)
+  except (OSError, ValueError) as e:  # absent, unreadable, not JSON, an entry with a missing field
+    raise ConfigError(f"{macro}: {e}") from e
 
 
 def _tokenizer_dir(explicit: str | None, checkpoint_path: str, baseline_path: str | None) -> str | None:
@@ -278,12 +394,16 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
   levels, tasks, benchmarks = _as_list(levels), _as_list(tasks), _as_list(benchmarks)
   if isinstance(shots, int):
     shots = [shots]
+  catalog_macro = "CATALOG_DIR" if catalog_dir is not None else "CACHE_DIR"
   catalog_dir = catalog_dir if catalog_dir is not None else cache_dir  # a cache holds a copy of its catalog
   if catalog_dir is None and tasks is None:
     raise ConfigError("nothing to evaluate: set CATALOG_DIR (the bench catalog) or TASKS (registered seqio Tasks)")
   if record_requests and baseline_path:
     raise ConfigError("evaluate.record_requests: the requests serve every model of the tokenizer; unset "
                       "BASELINE_PATH and answer them once per model")
+  out = pathlib.Path(eval_output_dir)
+  check_output_dir(out)
+  bench = _load_catalog(catalog_dir, catalog_macro) if catalog_dir is not None else catalog_lib.Catalog(tasks=[])
   checkpoints, problems = _find_checkpoints(checkpoint_path, checkpoint_steps)
   if record_requests:
     checkpoints = checkpoints[-1:]  # one model says which config and tokenizer the requests are for
@@ -307,9 +427,8 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
       registry.register_catalog(catalog_dir, vocabulary, shots=shots, mixtures=False, cache_dir=cache_dir)
     except cache.CacheError as e:  # another tokenizer's cache, or a shard it lists is damaged
       raise ConfigError(f"evaluate.cache_dir (CACHE_DIR): {e}") from e
-    bench = catalog_lib.load(catalog_dir)
-  else:
-    bench = catalog_lib.Catalog(tasks=[])
+    except (OSError, ValueError) as e:  # a catalog entry that cannot be registered (its source files, its fields)
+      raise ConfigError(f"{catalog_macro}: {e}") from e
   try:
     specs, failed = evaluator.select_tasks(bench, levels, shots, tasks, benchmarks, max_instances)
   except ValueError as e:
@@ -346,19 +465,29 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
                                 length_normalize=length_normalize, progress=progress, share_prompts=share_prompts,
                                 vocabularies=vocabularies, record_requests=record_requests)
 
-  out = pathlib.Path(eval_output_dir)
-  if record_requests:
+  if record_requests:  # into OUT/requests, which a rerun extends (a request recorded before is kept)
     return _record(evaluate_one(checkpoints[0], out), out, problems)
+  with staged_output(out) as work:
+    return _evaluate_all(checkpoint_path, checkpoints, older, problems, evaluate_one, baseline_path, baseline_label,
+                         out, work)
+
+
+def _evaluate_all(checkpoint_path: str, checkpoints: list[evaluator.Checkpoint], older: list[evaluator.Checkpoint],
+                  problems: list[str], evaluate_one, baseline_path: str | None, baseline_label: str, out: pathlib.Path,
+                  work: pathlib.Path) -> Summary:
+  """Evaluates the baseline and every checkpoint, writing into `work` what will be `out` (`staged_output`)."""
   baseline = None
   if baseline_path:
-    baseline = _baseline_report(baseline_path, lambda c, t: evaluate_one(c, t, baseline_label), out / "baseline")
+    baseline = _baseline_report(baseline_path, lambda c, t: evaluate_one(c, t, baseline_label), work / BASELINE_DIR,
+                                out / BASELINE_DIR)
 
   reports: dict[int | None, report_lib.Report] = {}
   outputs: list[str] = []
   queue = list(checkpoints)
   while queue:
     checkpoint = queue.pop(0)
-    target = out if len(checkpoints) == 1 else out / f"step_{checkpoint.step}"
+    name = "" if len(checkpoints) == 1 else f"step_{checkpoint.step}"
+    target, shown = (work / name, out / name) if name else (work, out)
     try:
       report = evaluate_one(checkpoint, target)
     except evaluator.CheckpointError as e:
@@ -372,17 +501,17 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
       continue
     if baseline is not None:
       report = report_lib.with_baseline(report, baseline)
-    _write(report, target)
+    _write(report, target, shown)
     reports[checkpoint.step] = report
-    outputs.append(str(target))
+    outputs.append(str(shown))
   if not reports:
     raise evaluator.CheckpointError(f"{checkpoint_path}: no checkpoint could be read: " + "; ".join(problems))
   if len(checkpoints) > 1 and jax.process_index() == 0:
     by_step = {s: r for s, r in reports.items() if s is not None}  # several checkpoints: a MODEL_DIR's steps
     skipped = report_lib.problems_section(problems)
-    (out / "steps.md").write_text(
+    (work / STEPS_TABLE).write_text(
         report_lib.steps_table(by_step) + "\n" + (f"\n{skipped}" if skipped else ""), encoding="utf-8")
-    (out / STEPS_FILE).write_text(
+    (work / STEPS_FILE).write_text(
         json.dumps({
             str(s): r["levels"] for s, r in by_step.items()
         }, indent=1) + "\n", encoding="utf-8")
@@ -436,7 +565,7 @@ def _main(args: argparse.Namespace, log: cli_logging.Session) -> int:
   try:
     summary = evaluate()
   except (ConfigError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {cli_logging.message(e)}", file=sys.stderr)
     return 2
   except evaluator.CheckpointError as e:
     log.report(e)

@@ -155,3 +155,79 @@ def test_bad_folders_and_changed_requests_give_clear_errors(setup, tmp_path, cap
                "--gin.SHOTS=[0]") == 0
   err = capsys.readouterr().err
   assert "no answer to this score request" in err and str(tmp_path / "b") in err
+
+
+def _fake_requests(folder):
+  """A requests folder's index (what is checked before a model is read); its requests are never answered here."""
+  folder.mkdir(parents=True)
+  (folder / requests.REQUESTS_FILE).write_text(
+      json.dumps({
+          "format_version": requests.FORMAT_VERSION,
+          "requests": {
+              "0" * 32: {
+                  "kind": "score",
+                  "examples": 1,
+                  "settings": {}
+              }
+          }
+      }))
+  return folder
+
+
+def test_unusable_out_folders_exit_2_before_any_model_is_read(setup, tmp_path, capsys, monkeypatch):
+  from optiml_jax.checkpoints import loading  # pylint: disable=g-import-not-at-top
+
+  def no_model(*args, **kwargs):
+    raise AssertionError("a model was read")
+
+  monkeypatch.setattr(loading, "load_checkpoint", no_model)
+  recorded = _fake_requests(tmp_path / "rec")
+  index = (recorded / requests.REQUESTS_FILE).read_text()
+  afile = tmp_path / "afile"
+  afile.write_text("mine")
+  other = tmp_path / "other_answers"
+  other.mkdir()
+  (other / requests.ANSWERS_FILE).write_text(
+      json.dumps({
+          "format_version": requests.FORMAT_VERSION,
+          "model": {
+              "checkpoint": str(setup / "tuned"),
+              "step": None,
+              "format": "hf",
+              "config": {}
+          },
+          "settings": {},
+          "answers": {}
+      }))
+  for out, reason in ((afile, "exists and is not a folder"), (afile / "sub", f"{afile} is a file, not a folder"),
+                      (recorded, "is the requests folder"), (other, "holds the answers of another model")):
+    code = answer.main([str(recorded), "--checkpoint", str(setup / "base"), "--out", str(out), "--no_progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.splitlines()[-1].startswith(f"error: --out {out}: {reason}"), err
+    assert "Traceback" not in err
+  assert afile.read_text() == "mine" and (recorded / requests.REQUESTS_FILE).read_text() == index
+  assert sorted(p.name for p in recorded.iterdir()) == [requests.REQUESTS_FILE]
+
+
+def test_a_checkpoint_without_config_json_is_told_what_to_do_on_this_command_line(setup, tmp_path, capsys):
+  step = tmp_path / "run" / "7"
+  _, params = convert.load_hf(setup / "base")
+  convert.save_orbax(params, step)  # a trainer step copied without its MODEL_DIR's config.json
+  code = answer.main([str(_fake_requests(tmp_path / "rec")), "--checkpoint", str(step), "--out", str(tmp_path / "a")])
+  err = capsys.readouterr().err
+  assert code == 1 and "no config.json beside the checkpoint" in err and "copy that model's config.json" in err, err
+  assert "evaluate.model" not in err and "gin file" not in err and "config=" not in err
+
+
+def test_recording_into_requests_of_another_tokenizer_exits_2(setup, tmp_path, capsys, tiny_tokenizer):
+  recorded = tmp_path / "recorded"
+  flags = ["--gin.TASKS=['sni:task031_toy_entail_place']", "--gin.SHOTS=[0]", "--gin.evaluate.record_requests=True"]
+  assert _eval(setup, recorded, setup / "base", *flags) == 0
+  listing = sorted(p.name for p in (recorded / "requests").iterdir())
+  assert _eval(setup, recorded, setup / "base", *flags) == 0  # the same tokenizer: a rerun keeps what it recorded
+  assert sorted(p.name for p in (recorded / "requests").iterdir()) == listing
+  capsys.readouterr()
+  assert _eval(setup, recorded, setup / "base", *flags, f"--gin.TOKENIZER_DIR='{tiny_tokenizer('smollm2')}'") == 2
+  err = capsys.readouterr().err
+  assert "EVAL_OUTPUT_DIR" in err and "recorded with another tokenizer" in err, err
+  assert sorted(p.name for p in (recorded / "requests").iterdir()) == listing

@@ -89,3 +89,48 @@ def test_a_repeated_library_warning_is_shown_once_with_one_note_where_it_repeats
   assert lines.count(note) == 1 and lines.index(note) == lines.index(f"WARNING {message}") + 1
   assert lines[-1] == "INFO step 1"  # nothing after the command's own last line (an error line stays last)
   assert log_file.read_text().count(message) == 500
+
+
+def test_an_error_line_drops_the_note_gin_appends_to_errors_of_a_configurable(tmp_path, capsys):
+  import gin  # pylint: disable=g-import-not-at-top
+
+  @gin.configurable("cli_logging_test_fn")
+  def fails():
+    raise ValueError("CATALOG_DIR: /c/catalog.json: not a catalog's JSON")
+
+  try:
+    fails()
+  except ValueError as e:
+    error = e
+  assert "In call to configurable 'cli_logging_test_fn'" in str(error)  # what gin makes of it
+  assert cli_logging.message(error) == "CATALOG_DIR: /c/catalog.json: not a catalog's JSON"
+  with cli_logging.session("eval", str(tmp_path / "x.log")) as log:
+    log.report(error)
+  assert capsys.readouterr().err == "error: CATALOG_DIR: /c/catalog.json: not a catalog's JSON\n"
+
+
+async def _orbax_like_read():
+  """Stands in for a library's coroutine (Orbax's `_read_array_index_and_device_put`)."""
+
+
+def test_a_library_coroutine_dropped_unawaited_warns_in_the_log_file_not_on_the_screen(tmp_path, capsys, monkeypatch):
+  import gc  # pylint: disable=g-import-not-at-top
+  import warnings  # pylint: disable=g-import-not-at-top
+
+  def to_stderr(message, category, filename, lineno, file=None, line=None):  # Python's own, outside pytest
+    del file
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+  monkeypatch.setattr(warnings, "showwarning", to_stderr)
+  log_file = tmp_path / "train.log"
+  with warnings.catch_warnings():
+    warnings.simplefilter("always")
+    with cli_logging.session("train", str(log_file)):
+      reads = [_orbax_like_read(), _orbax_like_read()]  # a restore failed before they were awaited
+      del reads
+      gc.collect()
+      warnings.warn("a library's own warning", UserWarning, stacklevel=1)  # other warnings are shown as before
+  err = capsys.readouterr().err
+  assert "never awaited" not in err and "a library's own warning" in err, err
+  assert "RuntimeWarning: coroutine '_orbax_like_read' was never awaited" in log_file.read_text()
+  assert warnings.showwarning is to_stderr  # put back when the session ended

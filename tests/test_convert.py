@@ -285,6 +285,57 @@ def test_parse_size():
   assert hf_lib.parse_size(123) == 123
   with pytest.raises(convert.ConversionError, match="max_shard_size"):
     hf_lib.parse_size("five")
+  for size in ("0", "0KB", "0.0001KB", 0, -5):  # one tensor per shard, or nothing sensible
+    with pytest.raises(convert.ConversionError, match="max_shard_size: expected a positive size"):
+      hf_lib.parse_size(size)
+
+
+def test_cli_usage_errors_exit_2_before_reading_and_never_delete_the_source(tmp_path, capsys):
+  config, params = convert.load_hf(_write_hf(_hf_model(), tmp_path / "hf", "safetensors"), {"scan_layers": False})
+  run = tmp_path / "run"
+  convert.save_orbax(params, run / "20")  # a trainer step folder, its config.json one level up
+  (run / "config.json").write_text(json.dumps(config.to_hf()))
+  afile = tmp_path / "afile"
+  afile.write_text("mine")
+  gguf = tmp_path / "models" / "model.gguf"  # never read: the usage is refused first
+  gguf.parent.mkdir()
+  gguf.write_bytes(b"GGUF")
+
+  def listing():
+    return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+
+  before = listing()
+  capsys.readouterr()
+  cases = [
+      (["orbax-to-hf", run / "20", tmp_path / "new", "--max_shard_size", "0"], "--max_shard_size: expected a positive"),
+      (["gguf-to-hf", gguf, tmp_path / "new", "--max_shard_size", "0KB"], "--max_shard_size: expected a positive"),
+      (["orbax-to-hf", run / "20", afile, "--overwrite"], f"{afile}: exists and is not a folder"),
+      (["orbax-to-hf", run / "20", afile / "sub"], f"{afile / 'sub'}: {afile} is a file, not a folder"),
+      (["orbax-to-hf", run / "20", run, "--overwrite"], f"{run}: holds the source {run / '20'}"),
+      (["orbax-to-hf", run / "20", run / "20", "--overwrite"], f"{run / '20'}: is the source {run / '20'}"),
+      (["orbax-to-hf", run, tmp_path, "--overwrite"], f"{tmp_path}: holds the source {run}"),
+      (["hf-to-orbax", tmp_path / "hf", tmp_path / "hf", "--overwrite"], f"{tmp_path / 'hf'}: is the source"),
+      (["gguf-to-hf", gguf, gguf.parent, "--overwrite"], f"{gguf.parent}: holds the source {gguf}"),
+  ]
+  for argv, message in cases:
+    assert convert.main([str(a) for a in argv]) == 2, argv
+    err = capsys.readouterr().err
+    assert err.splitlines() == [err.splitlines()[0]] and err.startswith(f"error: {message}"), (argv, err)
+    assert "--overwrite" not in err, err  # no advice that cannot help (or would delete the source)
+    assert listing() == before and afile.read_text() == "mine"
+  from optiml_jax.checkpoints import gguf_io  # pylint: disable=g-import-not-at-top
+  with pytest.raises(convert.ConversionError, match="holds the source"):  # the library refuses it too
+    gguf_io.gguf_to_hf(gguf, gguf.parent, overwrite=True)
+
+
+def test_cli_step_folder_without_config_json_says_what_to_do_on_the_command_line(tmp_path, capsys):
+  _, params = convert.load_hf(_write_hf(_hf_model(), tmp_path / "hf", "safetensors"), {"scan_layers": False})
+  convert.save_orbax(params, tmp_path / "run" / "20")  # a step folder copied without its MODEL_DIR's config.json
+  capsys.readouterr()
+  assert convert.main(["orbax-to-hf", str(tmp_path / "run" / "20"), str(tmp_path / "out")]) == 1
+  err = capsys.readouterr().err
+  assert "config=" not in err and "copy the config.json of that model" in err and str(tmp_path / "run" / "20") in err
+  assert not (tmp_path / "out").exists()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -323,8 +374,8 @@ def test_cli_both_directions_and_failure(tmp_path):
   assert "model.safetensors: missing tensor model.decoder.project_out.weight" in result.stderr
   assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "hf", "out", "tok"]
 
-  # Refusing a non-empty OUT_DIR, in-process (same code path as the subprocess).
-  assert convert.main(["orbax-to-hf", str(tmp_path / "ckpt"), str(tmp_path / "out")]) == 1
+  # Refusing a non-empty OUT_DIR (a usage error: exit 2), in-process (same code path as the subprocess).
+  assert convert.main(["orbax-to-hf", str(tmp_path / "ckpt"), str(tmp_path / "out")]) == 2
   assert convert.main(["orbax-to-hf", str(tmp_path / "ckpt"), str(tmp_path / "out"), "--overwrite"]) == 0
   assert not (tmp_path / "out" / "merges.txt").exists()
 

@@ -273,3 +273,100 @@ def test_evaluating_from_the_bench_cache_gives_the_catalog_run_s_scores(setup, t
       f"--gin.TOKENIZER_DIR='{tiny_tokenizer('smollm2')}'"
   ]) == 2
   assert "CACHE_DIR" in capsys.readouterr().err
+
+
+def test_a_corrupt_catalog_json_exits_2_naming_catalog_dir_in_one_line(setup, tmp_path, capsys):
+  bad = tmp_path / "bad_catalog"
+  bad.mkdir()
+  (bad / "catalog.json").write_text("{bad")
+  code = eval_entry.main(COMMON + [
+      f"--gin.CHECKPOINT_PATH={setup / 'hf_base'}", f"--gin.EVAL_OUTPUT_DIR={tmp_path / 'o'}",
+      f"--gin.CATALOG_DIR={bad}"
+  ])
+  err = capsys.readouterr().err
+  assert code == 2, err
+  assert err.splitlines()[-1].startswith(f"error: CATALOG_DIR: {bad / 'catalog.json'}: not a catalog's JSON")
+  for noise in ("Traceback", "In call to configurable"):  # gin's note on errors of `evaluate` is not printed
+    assert noise not in err, err
+  assert not (tmp_path / "o").exists()
+
+
+def test_an_output_path_through_a_file_exits_2_before_any_model_is_read(setup, tmp_path, capsys, monkeypatch):
+  from optiml_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
+
+  def no_model(*args, **kwargs):
+    raise AssertionError("a model was read")
+
+  monkeypatch.setattr(evaluator, "load_checkpoint", no_model)  # what eval reads a checkpoint with
+  afile = tmp_path / "afile"
+  afile.write_text("mine")
+  for out, reason in ((afile, "exists and is not a folder"), (afile / "sub", f"{afile} is a file, not a folder")):
+    code = _run(setup, out, f"--gin.CHECKPOINT_PATH={setup / 'hf_base'}", "--gin.TASKS=sni:task030_toy_entail_color")
+    err = capsys.readouterr().err
+    assert code == 2 and err.splitlines()[-1] == f"error: EVAL_OUTPUT_DIR {out}: {reason}" + (
+        "; name a new or existing folder" if out == afile else ""), err
+  assert afile.read_text() == "mine"
+
+
+def test_evaluating_into_an_earlier_evaluation_s_folder_replaces_it_as_a_whole(setup, tmp_path, capsys):
+  out = tmp_path / "out"
+  color, add = "sni:task030_toy_entail_color", "sni:task001_toy_add_small"
+  assert _run(setup, out, f"--gin.CHECKPOINT_PATH={setup / 'run'}", "--gin.CHECKPOINT_STEPS='all'",
+              f"--gin.TASKS={color}") == 0
+  assert {p.name for p in out.iterdir()} == {"step_100", "step_200", "steps.md", "steps.json"}
+  (out / "notes.txt").write_text("mine")
+  # One checkpoint now, with another task and the folder's own step 200 as baseline (read before it goes).
+  assert _run(setup, out, f"--gin.CHECKPOINT_PATH={setup / 'run' / '100'}", f"--gin.TASKS={add}",
+              f"--gin.BASELINE_PATH={out / 'step_200'}") == 0
+  assert {p.name for p in out.iterdir()
+         } == {"metrics.json", "report.md", "held_out_instances.png", "inferences", "notes.txt"}
+  report = json.loads((out / "metrics.json").read_text())
+  assert list(report["tasks"]) == [add] and report["baseline"]["model"]["step"] == 200
+  assert sorted(p.name for p in (out / "inferences").iterdir()) == [f"{add}-000100.jsonl", f"{add}-metrics.jsonl"]
+  # A run whose checkpoint cannot be read (after it began writing) leaves the folder as it was, nothing of its own.
+  import shutil  # pylint: disable=g-import-not-at-top
+  damaged = tmp_path / "damaged"
+  shutil.copytree(setup / "hf_base", damaged)
+  (damaged / "model.safetensors").write_bytes(b"not safetensors")
+  before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+  assert _run(setup, out, f"--gin.CHECKPOINT_PATH={damaged}", f"--gin.TASKS={color}") == 1
+  assert "cannot read the checkpoint" in capsys.readouterr().err
+  assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+  assert not list(out.glob(".eval-*"))
+
+
+def test_staged_output_replaces_only_an_evaluation_s_own_files_and_rolls_back_a_failed_swap(tmp_path, monkeypatch):
+  import os  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "new" / "out"
+  with pytest.raises(RuntimeError), eval_entry.staged_output(out) as work:
+    (work / "metrics.json").write_text("{}")
+    raise RuntimeError("a task crashed the run")
+  assert not (tmp_path / "new").exists()  # the folders made for the run went with it
+
+  out = tmp_path / "out"
+  (out / "step_5").mkdir(parents=True)
+  for name in ("steps.md", "report.md", "held_out_task.png", "notes.txt"):
+    (out / name).write_text("earlier")
+
+  def contents():
+    return {str(p.relative_to(out)): p.read_text() for p in out.rglob("*") if p.is_file()}
+
+  before = contents()
+  replace = os.replace
+  calls = []
+
+  def flaky(source, target):
+    calls.append(source)
+    if len(calls) == 6:  # the 4 earlier outputs moved aside, 1 of the 2 new ones in: a rename fails
+      raise OSError("disk gone")
+    replace(source, target)
+
+  monkeypatch.setattr(os, "replace", flaky)
+  with pytest.raises(OSError, match="disk gone"), eval_entry.staged_output(out) as work:
+    for name in ("metrics.json", "report.md"):
+      (work / name).write_text("new")
+  assert contents() == before and sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+  monkeypatch.setattr(os, "replace", replace)
+  with eval_entry.staged_output(out) as work:
+    (work / "report.md").write_text("new")
+  assert contents() == {"notes.txt": "earlier", "report.md": "new"}

@@ -147,7 +147,7 @@ def gguf_to_hf(gguf_path: Path, out_dir: Path, overwrite: bool = False,
 
   Args:
     gguf_path: the .gguf file (quantized or not) of a Llama-family model.
-    out_dir: the folder to create; it must be absent or empty unless `overwrite`.
+    out_dir: the folder to create; it must be absent or empty unless `overwrite`, and must not hold `gguf_path`.
     overwrite: replace a non-empty `out_dir`.
     max_shard_size: above this size the safetensors are sharded with an index (e.g. "5GB").
 
@@ -156,7 +156,8 @@ def gguf_to_hf(gguf_path: Path, out_dir: Path, overwrite: bool = False,
       type that cannot be read, or what transformers or our layout reject. `out_dir` is then left as it was.
   """
   gguf_path = pathlib.Path(gguf_path).absolute()
-  fileio.check_out_dir(out_dir, overwrite)
+  fileio.check_out_dir(out_dir, overwrite, sources=[gguf_path])  # an out_dir holding the file would delete it
+  hf.parse_size(max_shard_size)
   _, first_of_type = check_gguf(gguf_path)
   hf_config, state, tokenizer = _load_with_transformers(gguf_path, first_of_type)
   config = hf.config_from_hf_dict(hf_config, f"{gguf_path} (config read by transformers)")

@@ -150,13 +150,18 @@ def load_hf(path: Path, config_overrides: Mapping[str, Any] | None = None) -> tu
 def parse_size(size: int | str) -> int:
   """Bytes in `size`: an int, or digits with a unit as Hugging Face writes them ("5GB", "500MiB", "10KB")."""
   if isinstance(size, int):
+    if size <= 0:
+      raise layout.ConversionError(f"max_shard_size: expected a positive size (e.g. 5GB, 500MB), got {size!r}")
     return size
   match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]I?B|B)?\s*", size.upper())
   if not match:
     raise layout.ConversionError(f"max_shard_size: cannot parse {size!r}; expected e.g. 5GB, 500MB or a byte count")
   unit = match.group(2) or "B"
   base = 1024 if "I" in unit else 1000
-  return int(float(match.group(1)) * base**"BKMGT".index(unit[0]))
+  value = int(float(match.group(1)) * base**"BKMGT".index(unit[0]))
+  if value <= 0:
+    raise layout.ConversionError(f"max_shard_size: expected a positive size (e.g. 5GB, 500MB), got {size!r}")
+  return value
 
 
 def _shards(state: Mapping[str, np.ndarray], max_bytes: int) -> list[dict[str, np.ndarray]]:

@@ -19,15 +19,20 @@ from optiml_jax.checkpoints import layout
 from optiml_jax.checkpoints import orbax_io
 from optiml_jax.models import registry
 
+# What to do about a checkpoint without config.json, in the evaluator's terms (gin); `optiml_jax.answer` says its own.
+MISSING_CONFIG_HINT = ("bind `evaluate.model` (e.g. include 'models/opt_tiny.gin' in the gin file), or copy that "
+                       "model's config.json there")
+
 
 def load_config(checkpoint: discovery.Checkpoint, model: registry.ModelConfig | None = None,
-                overrides: Mapping[str, Any] | None = None) -> registry.ModelConfig:
+                overrides: Mapping[str, Any] | None = None, *,
+                missing_config_hint: str = MISSING_CONFIG_HINT) -> registry.ModelConfig:
   """The model config of a checkpoint, without reading its params: config.json beside the params (Hugging Face
   folders, `save_orbax` folders, a trainer's MODEL_DIR) or else `model`, with `overrides` applied.
 
   Raises:
-    CheckpointError: naming the path, when it holds no checkpoint, or no config.json and no `model` is given,
-      or a config.json that cannot be read.
+    CheckpointError: naming the path, when it holds no checkpoint, or no config.json and no `model` is given
+      (the message ends with `missing_config_hint`, what to do), or a config.json that cannot be read.
   """
   overrides = dict(overrides or {})
   try:
@@ -43,19 +48,20 @@ def load_config(checkpoint: discovery.Checkpoint, model: registry.ModelConfig | 
   except layout.ConversionError as e:  # an unreadable or unsupported config.json
     raise _unreadable(checkpoint, e) from e
   if model is None:
-    raise discovery.CheckpointError(f"{checkpoint.path}: no config.json beside the checkpoint and no model configured "
-                                    "(bind `evaluate.model`, e.g. include 'models/opt_tiny.gin' in the gin file)")
+    raise discovery.CheckpointError(f"{checkpoint.path}: no config.json beside the checkpoint to say which model it "
+                                    f"holds; {missing_config_hint}")
   return dataclasses.replace(model, **overrides)
 
 
 def load_checkpoint(checkpoint: discovery.Checkpoint, model: registry.ModelConfig | None = None,
-                    overrides: Mapping[str, Any] | None = None) -> tuple[registry.ModelConfig, Any]:
+                    overrides: Mapping[str, Any] | None = None, *,
+                    missing_config_hint: str = MISSING_CONFIG_HINT) -> tuple[registry.ModelConfig, Any]:
   """(model config of its family, params as numpy) of a checkpoint; raises CheckpointError naming the path.
 
   The config is `load_config`'s; `overrides` replaces config fields that do not change the parameters (e.g.
   {"dtype": "bfloat16"}); `scan_layers` follows the stored tree.
   """
-  config = load_config(checkpoint, model, overrides)
+  config = load_config(checkpoint, model, overrides, missing_config_hint=missing_config_hint)
   try:
     if checkpoint.format == "hf":
       return hf.load_hf(checkpoint.path, overrides)

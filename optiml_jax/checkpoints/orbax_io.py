@@ -169,7 +169,7 @@ def restore_orbax(path: Path, shardings: Any = None,
       whose leaves are shardings or `jax.ShapeDtypeStruct`s with a sharding. Arrays then come back as
       jax.Arrays with those shardings.
     config: the model config; by default read from config.json beside the item (its `model_type` picks
-      the family).
+      the family); an item without one is an error saying where to copy it.
 
   The returned config's `scan_layers` follows the stored tree (stacked `layers/` or `layers_{i}/`).
   """
@@ -180,7 +180,9 @@ def restore_orbax(path: Path, shardings: Any = None,
   if config is None:
     found = [d / hf.CONFIG_NAME for d in config_dirs if (d / hf.CONFIG_NAME).is_file()]
     if not found:
-      raise layout.ConversionError(f"{item}: no {hf.CONFIG_NAME} in {', '.join(map(str, config_dirs))}; pass config=")
+      raise layout.ConversionError(
+          f"{item}: no {hf.CONFIG_NAME} in {', '.join(map(str, config_dirs))} to say which model it holds; copy the "
+          f"config.json of that model (e.g. the Hugging Face folder's it was trained from) into {config_dirs[0]}")
     config = hf.config_from_hf_dict(fileio.read_json(found[0]), str(found[0]))
   try:
     metadata = ocp.PyTreeCheckpointHandler().metadata(item)

@@ -192,6 +192,13 @@ def copy_tokenizer(source: Path | None, target: Path) -> list[str]:
   return names
 
 
+def _tokenizer_files(folder: Path | None) -> dict[str, bytes]:
+  """The tokenizer files (TOKENIZER_FILES) of a folder and their bytes; {} for None (OPT's, shipped)."""
+  if folder is None:
+    return {}
+  return {n: (pathlib.Path(folder) / n).read_bytes() for n in TOKENIZER_FILES if (pathlib.Path(folder) / n).is_file()}
+
+
 def tokenizer_dir(folder: Path) -> pathlib.Path | None:
   """`folder` when it holds tokenizer files (a requests or answers folder made with a tokenizer), else None."""
   folder = pathlib.Path(folder)
@@ -215,11 +222,15 @@ class Recorder:
 
   def __init__(self, out_dir: Path, max_length: int, eos_ids: Sequence[int], tokenizer_folder: Path | None = None):
     self.out_dir = pathlib.Path(out_dir)
-    self.out_dir.mkdir(parents=True, exist_ok=True)
     self.max_length = max_length
     self.eos_ids = tuple(int(i) for i in eos_ids)
     self.stats = inference.InferenceStats()
     self.index = recorded(self.out_dir)
+    if self.index and _tokenizer_files(self.out_dir) != _tokenizer_files(tokenizer_folder):
+      ours = tokenizer_folder if tokenizer_folder is not None else "OPT's (shipped)"
+      raise RequestsError(f"{self.out_dir}: holds requests recorded with another tokenizer than this run's ({ours}); "
+                          "record into a new folder")
+    self.out_dir.mkdir(parents=True, exist_ok=True)
     copy_tokenizer(tokenizer_folder, self.out_dir)
 
   def record(self, request: Request) -> str:
@@ -290,6 +301,31 @@ def _settings(scorer: inference.Scorer) -> dict[str, Any]:
               progress=scorer.progress)
 
 
+def check_answers_folder(requests_dir: Path, out_dir: Path, model: Mapping[str, Any] | None = None,
+                         name: str = "answers folder") -> None:
+  """Raises RequestsError unless `out_dir` can receive `model`'s answers to the requests of `requests_dir`.
+
+  Refused: a file, a path under a file, the requests folder itself (an answer is stored under its request's
+  name), and a folder holding answers of another model (those of `model`'s fields that answers.json records
+  differently). `name` says what `out_dir` is in the message (e.g. the flag `--out`).
+  """
+  out = pathlib.Path(out_dir)
+  if out.exists() and not out.is_dir():
+    raise RequestsError(f"{name} {out}: exists and is not a folder; name a new folder, or an interrupted run's")
+  for parent in out.parents:
+    if parent.exists():
+      if not parent.is_dir():
+        raise RequestsError(f"{name} {out}: {parent} is a file, not a folder")
+      break
+  if out.resolve() == pathlib.Path(requests_dir).resolve():
+    raise RequestsError(f"{name} {out}: is the requests folder; answers go into a folder of their own")
+  if model is not None and (out / ANSWERS_FILE).is_file():
+    earlier = _read_json(out / ANSWERS_FILE, "an answers folder").get("model") or {}
+    if any(earlier.get(key) != value for key, value in model.items()):
+      raise RequestsError(f"{name} {out}: holds the answers of another model ({earlier.get('checkpoint')}); answer "
+                          "into an empty folder")
+
+
 def answer(requests_dir: Path, scorer: inference.Scorer, out_dir: Path, model: Mapping[str, Any],
            log: Callable[[str], None] = print) -> dict[str, Any]:
   """Answers every request of `requests_dir` with `scorer`'s model into `out_dir`; returns answers.json's content.
@@ -299,6 +335,7 @@ def answer(requests_dir: Path, scorer: inference.Scorer, out_dir: Path, model: M
   `out_dir` by the same model are skipped (an interrupted run resumes); another model's answers there are refused.
   """
   requests_dir, out_dir = pathlib.Path(requests_dir), pathlib.Path(out_dir)
+  check_answers_folder(requests_dir, out_dir)
   index = _read_json(
       requests_dir / REQUESTS_FILE, "a requests folder (record one with `python -m optiml_jax.eval "
       "... --gin.evaluate.record_requests=True`)")["requests"]

@@ -27,8 +27,11 @@ def test_load_checkpoint_with_config_json_with_the_configured_model_and_partial(
   np.testing.assert_array_equal(jax.tree.leaves(loaded)[0], jax.tree.leaves(params)[0])
   convert.save_orbax(params, tmp_path / "run" / "7")  # a trainer step: no config.json
   bare = discovery.Checkpoint(str(tmp_path / "run" / "7"), "orbax", 7)
-  with pytest.raises(discovery.CheckpointError, match="no config.json .* no model configured"):
+  with pytest.raises(discovery.CheckpointError, match="no config.json beside the checkpoint .* bind `evaluate.model`"):
     loading.load_checkpoint(bare)
+  # A command line without gin says its own remedy (`optiml_jax.answer`), never the gin one.
+  with pytest.raises(discovery.CheckpointError, match="which model it holds; copy it here$"):
+    loading.load_checkpoint(bare, missing_config_hint="copy it here")
   assert loading.load_checkpoint(bare, model=config)[0].num_hidden_layers == config.num_hidden_layers
   for path in (tmp_path / "run" / "7" / "params").rglob("*"):
     if path.is_file() and path.name != "_METADATA":
