@@ -2,8 +2,10 @@
 
 Only the entry points (`train`, `eval`) use gin; this module parses their flags, loads the files and checks
 the result before anything is built or compiled:
-  - an unknown configurable or parameter, a syntax error or a missing file: `parse` raises GinConfigError
-    with gin's message, which names the binding and the file line;
+  - an unknown configurable or parameter, a syntax error (an unclosed bracket too) or a missing file: `parse`
+    raises GinConfigError with gin's message, which names the binding and the file (and line);
+  - a macro set by a binding (`--gin.TRAIN_STEP=5`) that no parsed file or binding uses (`%TRAIN_STEP`): `parse`
+    raises GinConfigError naming it and the macros in use with close names (a mistyped macro would be ignored);
   - a required macro left unset: `check_required_macros(names)`;
   - anything a configurable needs that is unbound, `%gin.REQUIRED`, or a macro that no file defines:
     `check_bindings(name, fn)` walks the configurable and every configurable it references.
@@ -25,12 +27,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import inspect
 import logging
 import os
+import re
+import tokenize
+import types
 from typing import Any, Callable, Iterator, Sequence
 
 import gin
+from gin import config_parser
 
 from optiml_jax import resources
 
@@ -157,8 +164,85 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str], search_paths: str |
   try:
     with _include_search_paths(paths), _quiet_search():
       gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
+  except tokenize.TokenError as e:  # an unclosed bracket or string: Python's tokenizer, which gin's parser uses
+    raise GinConfigError(f"gin configuration: {_token_error(e)}") from e
   except (OSError, ValueError, KeyError, SyntaxError, TypeError) as e:
     raise GinConfigError(f"gin configuration: {e}") from e
+  check_macros_are_used(bindings)
+
+
+def _token_error(error: tokenize.TokenError) -> str:
+  """'FILE: line N: EOF in multi-line statement (...)' for a gin file (or the flags) Python's tokenizer gave up on.
+
+  gin reads each file, included ones too, with `parse_config_file(config_file)`: the innermost such call in the
+  traceback names the file; without one, the text was a binding of the flags. (For an included file gin re-raises
+  a proxy of the error whose text carries the include's location: its first line is the tokenizer's.)
+  """
+  where = "the gin bindings of the flags (--gin.KEY=VALUE, --gin_bindings)"
+  frame: types.TracebackType | None = error.__traceback__
+  while frame is not None:
+    if frame.tb_frame.f_code.co_name == "parse_config_file":
+      local = frame.tb_frame.f_locals
+      where = os.path.abspath(str(local.get("config_file_with_prefix", local.get("config_file", where))))
+    frame = frame.tb_next
+  text = str(error).split("\n")[0]  # "('EOF in multi-line statement', (3, 0))"
+  match = re.match(r"""\(['"](.+)['"], \((\d+), \d+\)\)$""", text)
+  message = f"line {match.group(2)}: {match.group(1)}" if match else text
+  return (f"{where}: {message} (an unclosed bracket, parenthesis or string: every '(', '[', '{{' and quote must be "
+          "closed)")
+
+
+class _NoValues(config_parser.ParserDelegate):
+  """Parses bindings for their names only: references and macros in values become None."""
+
+  def configurable_reference(self, scoped_configurable_name: str, evaluate: bool) -> None:
+    return None
+
+  def macro(self, macro_name: str) -> None:
+    return None
+
+
+def macros_bound_by(bindings: Sequence[str]) -> list[str]:
+  """The macros `bindings` set (`NAME = VALUE`, `scope/NAME = VALUE`), in order, each once."""
+  names = []
+  for statement in config_parser.ConfigParser("\n".join(bindings), _NoValues()):
+    if isinstance(statement, config_parser.BindingStatement) and not statement.arg_name:
+      names.append(f"{statement.scope}/{statement.selector}" if statement.scope else statement.selector)
+  return list(dict.fromkeys(names))
+
+
+def used_macros() -> set[str] | None:
+  """The macros some parsed binding (of a file or a flag, macros' own values included) refers to as `%NAME`; None
+  when this gin release keeps its bindings elsewhere (then nothing can be said)."""
+  config = getattr(gin.config, "_CONFIG", None)
+  if not isinstance(config, dict):
+    return None
+  return {"/".join(ref.scopes) for ref in gin.config.iterate_references(config) if _is_macro(ref)}
+
+
+def check_macros_are_used(bindings: Sequence[str]) -> None:
+  """Raises GinConfigError naming every macro `bindings` set that no parsed file or binding uses.
+
+  gin takes `--gin.TRAIN_STEP=5` as the definition of a new macro TRAIN_STEP; nothing reads it, so the run would
+  go on with the files' TRAIN_STEPS. Call after `gin.parse_config_files_and_bindings` (`parse` does): a macro used
+  only inside an included file counts as used. The message suggests the used macros with close names.
+  """
+  used = used_macros()
+  if used is None or not bindings:
+    return
+  unused = [name for name in macros_bound_by(bindings) if name not in used]
+  if not unused:
+    return
+  problems = []
+  for name in unused:
+    close = difflib.get_close_matches(name, sorted(used), n=3, cutoff=0.6)
+    if close:
+      hint = f"; did you mean {' or '.join(close)}?"
+    else:
+      hint = f"; the macros in use: {', '.join(sorted(used))}" if used else "; the gin files use no macro"
+    problems.append(f"the macro {name} is set by a binding (--gin.{name}=...) but no gin file or binding uses "
+                    f"%{name}{hint}")
+  raise GinConfigError("gin configuration: " + "; ".join(problems))
 
 
 def missing_macros(names: Sequence[str]) -> list[str]:

@@ -29,12 +29,31 @@ from optiml_jax import train as train_entry
 
 EVAL_INSTANCES = 20  # evaluation instances per task (the toy catalog holds 20 to 50)
 EVAL_NEW_TOKENS = 16  # toy answers are a few tokens long
+WARMUP_STEPS = 10  # quickstart.gin's OptimizerArgs.warmup_steps: a --train_steps run warms up at most half its steps
+
+
+def warmup_steps(train_steps: int) -> int:
+  """The warmup of a `--train_steps` run: quickstart.gin's, or half the steps when that is fewer (the warmup must
+  end before the last step)."""
+  return min(WARMUP_STEPS, train_steps // 2)
+
+
+def _positive_int(value: str) -> int:
+  """`--train_steps`: a positive integer (argparse turns the error into a usage error, exit 2)."""
+  try:
+    number = int(value)
+  except ValueError:
+    number = 0
+  if number < 1:
+    raise argparse.ArgumentTypeError(f"expected a positive number of steps, got {value!r}")
+  return number
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m optiml_jax.quickstart", description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", default="quickstart_out", help="folder for everything this writes")
-  parser.add_argument("--train_steps", type=int, default=None, help="override TRAIN_STEPS of quickstart.gin")
+  parser.add_argument("--train_steps", type=_positive_int, default=None,
+                      help="override TRAIN_STEPS of quickstart.gin (the warmup is then at most half of them)")
   args = parser.parse_args(argv)
 
   started = time.time()
@@ -51,8 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
       "--gin_file=quickstart.gin", f"--gin.MODEL_DIR={model_dir}", f"--gin.CATALOG_DIR={catalog_dir}",
       f"--gin.RunArgs.compilation_cache_dir={workdir / 'jax_cache'}"
   ]
-  if args.train_steps:
-    flags.append(f"--gin.TRAIN_STEPS={args.train_steps}")
+  if args.train_steps is not None:
+    flags += [
+        f"--gin.TRAIN_STEPS={args.train_steps}", f"--gin.OptimizerArgs.warmup_steps={warmup_steps(args.train_steps)}"
+    ]
   code = train_entry.main(flags)
   if code:
     return code

@@ -5,8 +5,12 @@ A thin shell around the library: parse the flags and the gin files, build the ru
 class name, e.g. `DataArgs.batch_size`, `PartitioningArgs.mesh_shape`, `OptimizerArgs.learning_rate`), make the
 batch stream (the catalog's seqio Tasks; or, with CACHE_DIR, the pre-tokenized cache alone, which needs neither
 seqio nor TensorFlow) and hand both to `trainer.loop.run`. A configuration error (an
-unknown binding, a macro left unset, a value a group refuses, a feature length longer than the model's
-positions) ends the command with exit code 2 before anything is compiled, naming the binding.
+unknown binding, a gin file that does not parse, a macro set by a flag that no gin file uses, a macro left unset,
+a value a group refuses, a feature length longer than the model's positions, a MODEL_DIR that is a file or another
+model's checkpoint, a model that is not the one MODEL_DIR or the initial checkpoint holds (`trainer.preflight`), a
+catalog that is missing or lists a source file that is gone, `--multihost` without its coordinator) ends the
+command with exit code 2 before anything is compiled, naming the binding or flag. A relative MODEL_DIR is made
+absolute against the working directory.
 
 Macros, with t5x's names: MODEL_DIR, TRAIN_STEPS, MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, BATCH_SIZE,
 INITIAL_CHECKPOINT_PATH, CATALOG_DIR (the bench catalog whose tasks to register) and CACHE_DIR (its pre-tokenized
@@ -29,8 +33,9 @@ exits 1 instead); a save that fails (a full disk, a write error) exits 1 naming 
 libraries behind such faults go to a log file (`--log_file`, by default under $TMPDIR/optiml_jax/), not to the
 screen; `--debug` shows them there too (`cli_logging`). An unexpected error still prints its traceback.
 
-Exit codes: 0 done (or preempted and checkpointed), 1 training stopped (non-finite loss with
-nan_policy='stop', an unusable initial checkpoint or checkpoint to resume, a failed save), 2 configuration error.
+Exit codes: 0 done (or preempted: checkpointed, or during start-up with nothing to save), 1 training stopped
+(non-finite loss with nan_policy='stop', an unusable initial checkpoint or checkpoint to resume, a failed save), 2
+configuration or usage error.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -49,8 +55,12 @@ from optiml_jax import gin_utils
 from optiml_jax.trainer import checkpointing
 from optiml_jax.trainer import config as config_lib
 from optiml_jax.trainer import loop
+from optiml_jax.trainer import preflight
 from optiml_jax.trainer import runtime
 from optiml_jax.trainer import state as state_lib
+
+# Catalog task formats whose `path` names a dataset, not a file (`data.sources.reopen`).
+NON_FILE_FORMATS = ("tfds",)
 
 
 def run(config: config_lib.TrainConfig) -> loop.Summary:
@@ -60,7 +70,8 @@ def run(config: config_lib.TrainConfig) -> loop.Summary:
   TensorFlow is imported. Otherwise the catalog is registered as seqio Tasks with the tokenizer of
   `config.data.tokenizer_dir` (OPT's when unset) and the batches come from `pipeline.BatchStream`
   (`registered_streams`). Either way the model's embedding must cover the tokenizer's ids (a `ConfigError` says so
-  before anything compiles)."""
+  before anything compiles). MODEL_DIR and the checkpoints' models are checked first (`trainer.preflight`)."""
+  preflight.check(config)  # cheap (a few file reads): before the catalog is registered
   cache_dir = config.data.cache_dir
   make_stream = cached_streams(config, cache_dir) if cache_dir else registered_streams(config)
   return loop.run(config, make_stream)
@@ -111,10 +122,30 @@ def cached_streams(config: config_lib.TrainConfig, cache_dir: str) -> loop.Strea
   return make_stream
 
 
+def check_catalog(catalog_dir: str) -> None:
+  """Raises ConfigError naming DataArgs.catalog_dir (CATALOG_DIR) when `catalog_dir` holds no readable catalog, or
+  when a source file its tasks read is gone (the first ones named): said now, not as a TensorFlow traceback once
+  the step has compiled. Datasets that are no file (TFDS tasks) are left to their reader."""
+  from optiml_jax.data import catalog as catalog_lib  # pylint: disable=g-import-not-at-top
+
+  where = "DataArgs.catalog_dir (CATALOG_DIR)"
+  try:
+    bench = catalog_lib.load(catalog_dir)
+  except (OSError, ValueError) as e:  # no catalog.json there, not a catalog's JSON
+    raise config_lib.ConfigError(f"{where}: {e}") from e
+  missing = [t.path for t in bench.tasks if t.format not in NON_FILE_FORMATS and not os.path.exists(t.path)]
+  if missing:
+    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    raise config_lib.ConfigError(
+        f"{where}: {catalog_dir}: {len(missing)} of its {len(bench.tasks)} tasks' source files are missing: {shown}; "
+        "restore them, or rebuild the catalog from the sources at hand (python -m optiml_jax.bench build)")
+
+
 def registered_streams(config: config_lib.TrainConfig) -> loop.StreamFactory:
   """The streams of a run from the catalog's source files: registers it (CATALOG_DIR, when set) as seqio Tasks with
   the tokenizer of TOKENIZER_DIR (OPT's when unset), checks that the model's embedding covers that vocabulary and
-  returns a factory of `pipeline.BatchStream`s."""
+  returns a factory of `pipeline.BatchStream`s. A missing or unreadable catalog, or a task source file that is
+  gone, is a ConfigError naming CATALOG_DIR (`check_catalog`)."""
   import seqio  # pylint: disable=g-import-not-at-top
 
   from optiml_jax.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -127,7 +158,11 @@ def registered_streams(config: config_lib.TrainConfig) -> loop.StreamFactory:
   except (OSError, ValueError) as e:  # a missing folder, a folder without tokenizer files, no EOS
     raise config_lib.ConfigError(f"DataArgs.tokenizer_dir (TOKENIZER_DIR): {e}") from e
   if data.catalog_dir:
-    registry.register_catalog(data.catalog_dir, vocabulary)
+    check_catalog(data.catalog_dir)
+    try:
+      registry.register_catalog(data.catalog_dir, vocabulary)
+    except (OSError, ValueError) as e:  # the catalog, or an entry of it, that cannot be registered
+      raise config_lib.ConfigError(f"DataArgs.catalog_dir (CATALOG_DIR): {e}") from e
   try:  # The model must embed every id the data can hold: said now, not as a gather out of range later.
     provider = seqio.get_mixture_or_task(data.mixture_or_task_name)
     vocab.check_vocab_covers(config.model.config.vocab_size, provider.output_features["targets"].vocabulary,
@@ -176,10 +211,16 @@ def _main(args: argparse.Namespace, log: cli_logging.Session) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   if args.multihost or args.coordinator_address:
-    runtime.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+    try:
+      runtime.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+    except ValueError as e:  # e.g. off a Cloud TPU pod, no coordinator in the environment
+      print(
+          f"error: --multihost: jax.distributed.initialize(): {e}; off a Cloud TPU pod give --coordinator_address="
+          "HOST:PORT (process 0's), --num_processes and --process_id", file=sys.stderr)
+      return 2
   try:
     summary = run(config)
-  except config_lib.ConfigError as e:  # the batch cannot be laid out over these devices or processes
+  except config_lib.ConfigError as e:  # MODEL_DIR, the checkpoints' models, the catalog, the batch over the devices
     print(f"error: {e}", file=sys.stderr)
     return 2
   except (loop.NonFiniteLossError, checkpointing.NonFiniteCheckpointError, state_lib.InitialCheckpointError,

@@ -178,3 +178,64 @@ def test_a_shipped_run_file_parses_with_its_includes_from_elsewhere(elsewhere):
   gin_utils.parse(["optiml_30b.gin"], [])  # includes models/opt_30b.gin and recipe.gin
   assert "'opt-30b'" in gin.config_str()
   assert not any(os.path.exists(elsewhere / name) for name in ("models", "recipe.gin"))
+
+
+@pytest.mark.parametrize(
+    "text", ["gin_lookup_probe.source = 'x'\nTRAIN_STEPS = (5\n", "X = {'a': [1, 2\n", "X = '\'\'unclosed\n"])
+def test_an_unclosed_bracket_or_string_names_the_file(shipped, elsewhere, text):
+  bad = _write(elsewhere / "bad.gin", text)
+  with pytest.raises(gin_utils.GinConfigError) as error:
+    gin_utils.parse([str(bad)], [])
+  assert str(bad) in str(error.value) and "\n" not in str(error.value)
+  # ...also when an included file has it, and in a binding of the flags.
+  _write(shipped / "run.gin", "include 'bad.gin'\n")
+  gin.clear_config()
+  with pytest.raises(gin_utils.GinConfigError, match=str(bad)):
+    gin_utils.parse(["run.gin"], [])
+  gin.clear_config()
+  with pytest.raises(gin_utils.GinConfigError, match="bindings of the flags"):
+    gin_utils.parse([str(_write(elsewhere / "ok.gin", "X = 1\n"))], ["X = (5"])
+
+
+def test_a_macro_no_file_uses_is_refused_with_the_close_names(shipped, elsewhere):
+  _write(shipped / "run.gin", "include 'models/m.gin'\nTRAIN_STEPS = 5\nBATCH_SIZE = 2\n"
+         "gin_lookup_probe.source = %BATCH_SIZE\n")
+  _write(shipped / "models" / "m.gin", "SOURCE = 'file'\nTRAIN_STEPS_NOTE = %TRAIN_STEPS\n")
+  for binding, close in (("TRAIN_STEP = 5", "TRAIN_STEPS"), ("BATCHSIZE = 2", "BATCH_SIZE")):
+    gin.clear_config()
+    with pytest.raises(gin_utils.GinConfigError) as error:
+      gin_utils.parse(["run.gin"], [binding])
+    name = binding.split()[0]
+    assert f"macro {name} is set by a binding" in str(error.value) and f"did you mean {close}?" in str(error.value)
+  gin.clear_config()
+  with pytest.raises(gin_utils.GinConfigError, match="NOT_A_MACRO.*macros in use: BATCH_SIZE, TRAIN_STEPS"):
+    gin_utils.parse(["run.gin"], ["NOT_A_MACRO = 3"])
+  # A macro used by a binding of an included file, by a flag's binding, or by another macro is in use.
+  gin.clear_config()
+  gin_utils.parse(["run.gin"], ["TRAIN_STEPS = 7", "BATCH_SIZE = %MINE", "MINE = 'x'"])
+  assert gin.query_parameter("%MINE") == "x" and str(gin.query_parameter("%BATCH_SIZE")) == "%MINE"
+  # A macro whose every use a flag overrode is not used either: the override is what counts.
+  gin.clear_config()
+  with pytest.raises(gin_utils.GinConfigError, match="macro BATCH_SIZE is set by a binding"):
+    gin_utils.parse(["run.gin"], ["BATCH_SIZE = 3", "gin_lookup_probe.source = 'flag'"])
+  assert gin_utils.macros_bound_by(["A = 1", "s/B = %A", "probe.x = 1\nC = {'k':\n 1}"]) == ["A", "s/B", "C"]
+
+
+def test_every_macro_the_documented_commands_set_is_used_by_their_gin_files(elsewhere):
+  from optiml_jax import train  # noqa: F401  (registers the configurables)
+
+  train_macros = [
+      "MODEL_DIR = '/r'", "CATALOG_DIR = '/c'", "INITIAL_CHECKPOINT_PATH = '/i'", "CACHE_DIR = None", "TRAIN_STEPS = 5",
+      "BATCH_SIZE = 2", "MIXTURE_OR_TASK_NAME = 'm'", "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 8}"
+  ]
+  files = [["quickstart.gin"], ["recipe.gin", "models/smollm2_135m.gin"], ["optiml_30b.gin"], ["optiml_1.3b.gin"],
+           ["optiml_175b.gin"], ["reproduce_smollm2.gin"], ["reproduce_smollm2_cpu.gin"],
+           ["quickstart.gin", "models/llama_tiny.gin"]]
+  for gin_files in files:
+    gin.clear_config()
+    gin_utils.parse(gin_files, train_macros)
+  gin.clear_config()
+  with pytest.raises(gin_utils.GinConfigError, match="TOKENIZER_DIR"):  # quickstart's OPT reads no TOKENIZER_DIR
+    gin_utils.parse(["quickstart.gin"], ["TOKENIZER_DIR = '/t'"])
+  gin.clear_config()
+  gin_utils.parse(["recipe.gin", "models/llama3_8b.gin"], ["TOKENIZER_DIR = '/t'"])

@@ -167,11 +167,35 @@ def test_unknown_binding_exits_2_naming_it_before_anything_is_built(tmp_path):
         # A binding of the former `train` configurable names where it went.
         (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.train.mesh_shape=(1, 8, 16)"
          ], "train.mesh_shape is now PartitioningArgs.mesh_shape"),
+        # A mistyped macro would define a new one that nothing reads: named, with the macros of close names.
+        (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.TRAIN_STEP=5"
+         ], "macro TRAIN_STEP is set by a binding (--gin.TRAIN_STEP=...) but no gin file or binding uses %TRAIN_STEP; "
+         "did you mean TRAIN_STEPS?"),
+        (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.BATCHSIZE=2"], "did you mean BATCH_SIZE?"),
+        (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin_bindings=NOT_A_MACRO = 3"
+         ], "macro NOT_A_MACRO is set by a binding"),
     ])
 def test_configuration_errors_exit_2_naming_the_binding(flags, message, capsys):
   assert train_entry.main(["--gin_file=quickstart.gin", *flags]) == 2
   err = capsys.readouterr().err
   assert message in err, err
+
+
+def test_a_gin_file_with_an_unclosed_bracket_exits_2_naming_it(tmp_path, capsys):
+  bad = tmp_path / "run.gin"
+  bad.write_text("include 'quickstart.gin'\nTRAIN_STEPS = (5\n", encoding="utf-8")
+  assert train_entry.main([f"--gin_file={bad}", "--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c"]) == 2
+  error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+  assert len(error) == 1 and f"{bad}: line 3: EOF in multi-line statement" in error[0], error
+
+
+def test_multihost_off_a_tpu_pod_without_a_coordinator_is_a_usage_error(tmp_path):
+  # A fresh process: jax.distributed's state is global.
+  result = _run_cli("--gin_file=quickstart.gin", f"--gin.MODEL_DIR={tmp_path / 'run'}", "--gin.CATALOG_DIR=/c",
+                    "--multihost")
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert "error: --multihost:" in result.stderr and "--coordinator_address" in result.stderr
+  assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
 
 
 def test_a_run_file_names_the_macro_it_still_needs(capsys):
@@ -500,4 +524,106 @@ def test_a_run_from_the_bench_cache_checks_its_tokenizer_and_the_embedding(tmp_p
   gin.clear_config()
   assert train_entry.main([*flags, "--gin.MIXTURE_OR_TASK_NAME='nope'"]) == 2
   assert "MIXTURE_OR_TASK_NAME" in capsys.readouterr().err
+  assert not (tmp_path / "run").exists()
+
+
+def _never_build(monkeypatch):
+  """Fails the test if the run gets as far as building (and so compiling) its step."""
+  monkeypatch.setattr(loop, "build_program", lambda *args, **kwargs: pytest.fail("the step was built"))
+
+
+def test_a_relative_model_dir_saves_and_resumes_under_its_absolute_path(tmp_path, monkeypatch, capsys):
+  catalog_flags = _toy_flags(tmp_path, "unused", steps=4)  # builds the catalog under tmp_path
+  monkeypatch.chdir(tmp_path)
+  flags = [f for f in catalog_flags if not f.startswith("--gin.MODEL_DIR=")] + ["--gin.MODEL_DIR=run"]
+  assert train_entry.main([*flags, "--gin.RunArgs.stop_at_step=2"]) == 0
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  run = tmp_path / "run"
+  assert (summary["model_dir"], summary["checkpoint_steps"]) == (str(run), [2])
+  assert summary["loss_plot"] == str(run / "loss.png") and (run / "config.json").is_file()
+  gin.clear_config()
+  monkeypatch.chdir(tmp_path / "toy")  # another working directory: the same relative path names another folder
+  assert train_entry.main([*flags[:-1], f"--gin.MODEL_DIR={run}"]) == 0
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert (summary["first_step"], summary["last_step"], summary["checkpoint_steps"]) == (2, 4, [2, 4])
+  assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def _fake_run(model_dir, config, steps=("2",)):
+  """A MODEL_DIR as a run of `config` leaves it (config.json, committed step folders), without training."""
+  for step in steps:
+    (model_dir / step / "params").mkdir(parents=True)
+    (model_dir / step / "params" / "_METADATA").write_text("{}")
+  (model_dir / "config.json").write_text(json.dumps(config.to_hf()), encoding="utf-8")
+  return model_dir
+
+
+def test_a_model_change_that_keeps_every_shape_exits_2_naming_the_fields_before_compiling(
+    tmp_path, monkeypatch, capsys):
+  flags = _toy_flags(tmp_path, tmp_path / "run")
+  quickstart_model = _configure(["quickstart.gin"], flags[1:]).model.config
+  run = _fake_run(tmp_path / "run", quickstart_model)
+  before = sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*"))
+  _never_build(monkeypatch)
+  gin.clear_config()
+  assert train_entry.main([*flags, "--gin.model_config.num_attention_heads=8"]) == 2
+  err = capsys.readouterr().err
+  assert f"error: ModelArgs.config: the model differs from the one the run in {run} was trained with" in err
+  assert "num_attention_heads: 8 configured, 4 there" in err and "Traceback" not in err
+  assert sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*")) == before  # config.json not rewritten
+
+  # The same from an initial checkpoint whose config.json describes another model (here: this run's).
+  gin.clear_config()
+  other = [f.replace(str(run), str(tmp_path / "new")) for f in flags]
+  assert train_entry.main([*other, f"--gin.INITIAL_CHECKPOINT_PATH={run}",
+                           "--gin.model_config.num_attention_heads=8"]) == 2
+  err = capsys.readouterr().err
+  assert "error: ModelArgs.initial_checkpoint_path (INITIAL_CHECKPOINT_PATH)" in err
+  assert "num_attention_heads: 8 configured, 4 there" in err and not (tmp_path / "new").exists()
+
+
+def test_a_model_dir_that_is_a_file_or_a_model_folder_exits_2_before_compiling(tmp_path, monkeypatch, capsys):
+  _never_build(monkeypatch)
+  afile = tmp_path / "afile"
+  afile.write_text("keep")
+  hf = tmp_path / "hf"
+  hf.mkdir()
+  for name in ("config.json", "model.safetensors", "vocab.json", "merges.txt"):
+    (hf / name).write_text(name)
+  converted = tmp_path / "converted"  # as `convert hf-to-orbax` writes it: config.json beside the params item
+  (converted / "params").mkdir(parents=True)
+  (converted / "config.json").write_text(json.dumps(registry.preset("tiny").to_hf()), encoding="utf-8")
+  (converted / "params" / "_METADATA").write_text("{}")
+  for model_dir, what in ((afile, "is a file"), (hf, "is a Hugging Face model folder"), (converted,
+                                                                                         "is an Orbax checkpoint")):
+    gin.clear_config()
+    assert train_entry.main(["--gin_file=quickstart.gin", f"--gin.MODEL_DIR={model_dir}", "--gin.CATALOG_DIR=/c"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: CheckpointArgs.model_dir (MODEL_DIR): {model_dir} {what}" in err, err
+    assert what == "is a file" or "INITIAL_CHECKPOINT_PATH" in err
+  assert afile.read_text() == "keep" and [p.read_text() for p in sorted(hf.iterdir())] == sorted(
+      ["config.json", "merges.txt", "model.safetensors", "vocab.json"])
+
+
+def test_a_missing_or_broken_catalog_or_task_file_exits_2_naming_catalog_dir_before_compiling(
+    tmp_path, monkeypatch, capsys):
+  _toy_flags(tmp_path, "unused")  # the toy catalog
+  _never_build(monkeypatch)
+  corrupt = tmp_path / "corrupt"
+  corrupt.mkdir()
+  (corrupt / "catalog.json").write_text("{not json")
+  gone = tmp_path / "gone"
+  gone.mkdir()
+  catalog = json.loads((tmp_path / "catalog" / "catalog.json").read_text())
+  missing = [catalog["tasks"][i]["path"] + ".gone" for i in (0, 5)]
+  catalog["tasks"][0]["path"], catalog["tasks"][5]["path"] = missing
+  (gone / "catalog.json").write_text(json.dumps(catalog))
+  for catalog_dir, message in ((tmp_path / "nowhere", "no catalog here"), (corrupt, "not a catalog's JSON"),
+                               (gone, f"2 of its {len(catalog['tasks'])} tasks' source files are missing: "
+                                f"{missing[0]}, {missing[1]}")):
+    gin.clear_config()
+    assert train_entry.main(
+        ["--gin_file=quickstart.gin", f"--gin.MODEL_DIR={tmp_path / 'run'}", f"--gin.CATALOG_DIR={catalog_dir}"]) == 2
+    err = capsys.readouterr().err
+    assert "error: DataArgs.catalog_dir (CATALOG_DIR): " in err and message in err and "Traceback" not in err, err
   assert not (tmp_path / "run").exists()

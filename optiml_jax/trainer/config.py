@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import os
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 NAN_POLICIES = ("skip", "stop")
@@ -253,7 +254,9 @@ class PartitioningArgs:
 class CheckpointArgs:
   """Where the run writes and how often it checkpoints (also at the end and on SIGTERM)."""
 
-  model_dir: str  # checkpoints, config.json, metrics.jsonl, TensorBoard, loss.png; a rerun resumes here (MODEL_DIR)
+  # checkpoints, config.json, metrics.jsonl, TensorBoard, loss.png; a rerun resumes here (MODEL_DIR). A relative local
+  # path is made absolute here (against the working directory), as Orbax needs; a bucket (gs://...) is kept as given
+  model_dir: str
   save_every: int = 1000  # a checkpoint every this many steps
   keep_checkpoints: int | None = 3  # the newest this many are kept; None: all
   async_checkpoints: bool = True  # write in the background while training goes on
@@ -266,6 +269,8 @@ class CheckpointArgs:
 
   def __post_init__(self):
     _text("CheckpointArgs.model_dir", self.model_dir)
+    if "://" not in self.model_dir:  # a local path (etils.epath reads a URL such as gs://bucket/run as a bucket)
+      object.__setattr__(self, "model_dir", os.path.abspath(self.model_dir))
     _positive_int("CheckpointArgs.save_every", self.save_every)
     _positive_int("CheckpointArgs.keep_checkpoints", self.keep_checkpoints, optional=True)
     _flag("CheckpointArgs.async_checkpoints", self.async_checkpoints)

@@ -3,7 +3,8 @@
 Sits under the gin entry point (`optiml_jax.train`), which turns gin bindings into a `trainer.config.TrainConfig`
 and calls `run(config, make_stream)`. Everything here takes that plain config and a batch-stream factory.
 
-Order of a run: build the ("data", "fsdp", "tensor") mesh; derive every array's sharding from the model's
+Order of a run: check MODEL_DIR and the model of the checkpoint it resumes or starts from (`trainer.preflight`);
+build the ("data", "fsdp", "tensor") mesh; derive every array's sharding from the model's
 logical axis names and the one rule table (`trainer.state`); restore the latest checkpoint under MODEL_DIR
 (state and every process's data position; with another number of processes Orbax reshards the state onto
 this mesh and `runtime.data_state_of_this_process` says where each new process's data continues) or else
@@ -47,6 +48,7 @@ from optiml_jax.trainer import config as config_lib
 from optiml_jax.trainer import metrics as metrics_lib
 from optiml_jax.trainer import optimizer as optimizer_lib
 from optiml_jax.trainer import prefetch
+from optiml_jax.trainer import preflight
 from optiml_jax.trainer import runtime
 from optiml_jax.trainer import state as state_lib
 from optiml_jax.trainer import step as step_lib
@@ -90,7 +92,10 @@ class Summary:
 
   def describe(self) -> str:
     """A few human-readable lines."""
-    if self.last_step == self.first_step:
+    if self.last_step == self.first_step < self.train_steps and self.preempted:  # SIGTERM during start-up
+      head = (f"preempted during start-up: nothing trained, {self.model_dir} is still at step {self.last_step} of "
+              f"{self.train_steps} (rerun the same command to go on)")
+    elif self.last_step == self.first_step:
       head = f"nothing to do: {self.model_dir} is already at step {self.last_step} of {self.train_steps}"
     else:
       head = (f"trained steps {self.first_step + 1}..{self.last_step} of {self.train_steps} in "
@@ -206,13 +211,15 @@ def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
   stream, not the loop, reads `config.data`'s mixture, catalog and packing). `RunArgs.stop_at_step` ends
   this invocation early (checkpointing there) without changing the schedule, which is always laid out over
   `RunArgs.train_steps`. Raises NonFiniteLossError (nan_policy="stop") naming the step, ConfigError when the
-  batch cannot be laid out over these devices, `checkpointing.UnrestorableCheckpointError` when the checkpoint to
-  resume from does not restore (see CheckpointArgs.on_bad_checkpoint) and `checkpointing.CheckpointSaveError`
-  naming the step and path when a save fails (CheckpointArgs.on_save_error).
+  batch cannot be laid out over these devices or when MODEL_DIR or a checkpoint's model does not fit the run
+  (`trainer.preflight`, checked before anything is built), `checkpointing.UnrestorableCheckpointError` when the
+  checkpoint to resume from does not restore (see CheckpointArgs.on_bad_checkpoint) and
+  `checkpointing.CheckpointSaveError` naming the step and path when a save fails (CheckpointArgs.on_save_error).
   """
   data, ckpt_args, log_args, run_args = config.data, config.checkpoint, config.logging, config.run
   model_config, model_dir, seq_len = config.model.config, ckpt_args.model_dir, config.seq_len
   train_steps, batch_size, seed = run_args.train_steps, data.batch_size, run_args.seed
+  preflight.check(config)  # MODEL_DIR and the checkpoints' models, before anything is built
   runtime.apply_xla_flags(run_args.xla_flags)  # a no-op when the entry point applied them already
   if run_args.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", run_args.compilation_cache_dir)
@@ -305,8 +312,12 @@ def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
       raise checkpointing.CheckpointSaveError(
           step, ckpt.step_path(step), f"the run's last save failed (steps that failed: {failed_saves}); the newest "
           f"committed step is {ckpt.latest_step()}: free space or fix the storage, then rerun the same command")
-    if preempted:
+    if preempted and step > first_step:
       logging.warning("preempted at step %d (checkpointed); rerun the same command to resume", step)
+    elif preempted and step < last_step:  # SIGTERM during start-up: no step ran, so there was nothing to save
+      logging.warning(
+          "preempted during start-up, before step %d: nothing trained and nothing checkpointed%s; rerun "
+          "the same command to %s", step + 1, f" since step {step}" if step else "", "resume" if step else "start")
     checkpoint_steps = ckpt.all_steps()
   plot = None
   if jax.process_index() == 0 and tracker.losses:

@@ -179,3 +179,12 @@ def test_a_cap_within_the_packed_attention_bound_or_no_packing_passes():
   off = config_lib.ModelArgs(_PackedAttentionFamily(packed_attention_segments=0))
   assert _config(model=off, data=_data()).data.max_segments_per_row is None  # the kernel is off: no cap needed
   assert _config(data=_data(max_segments_per_row=2)).data.max_segments_per_row == 2  # a cap is allowed anywhere
+
+
+def test_a_relative_model_dir_is_made_absolute_and_a_bucket_is_kept(tmp_path, monkeypatch):
+  # Orbax refuses a relative path at the first save, after every step of the run: the config holds the absolute one.
+  monkeypatch.chdir(tmp_path)
+  assert config_lib.CheckpointArgs("runs/x").model_dir == str(tmp_path / "runs" / "x")
+  assert config_lib.CheckpointArgs("./x/").model_dir == str(tmp_path / "x")
+  assert config_lib.CheckpointArgs("/runs/x").model_dir == "/runs/x"
+  assert config_lib.CheckpointArgs("gs://bucket/run").model_dir == "gs://bucket/run"

@@ -7,6 +7,7 @@ shared between tests with the same configuration (trainer.loop caches them).
 import dataclasses
 import json
 import os
+import signal
 import types
 
 import jax
@@ -113,6 +114,26 @@ def test_rerunning_a_finished_run_does_nothing(tmp_path):
   again = _run_synthetic(tmp_path)
   assert (again.first_step, again.last_step, again.checkpoint_steps) == (6, 6, [3, 6])
   assert "nothing to do" in again.describe()
+
+
+def test_sigterm_during_start_up_says_nothing_was_trained_or_checkpointed(tmp_path, caplog):
+  caplog.set_level("WARNING")
+  make_stream = synthetic.factory(SEQ_LEN, TINY.vocab_size)
+
+  def preempted_at_start_up(*args):  # SIGTERM once the handler is in place, before the first step
+    os.kill(os.getpid(), signal.SIGTERM)
+    return make_stream(*args)
+
+  summary = loop.run(_train_config(tmp_path), preempted_at_start_up)
+  assert (summary.preempted, summary.first_step, summary.last_step, summary.checkpoint_steps) == (True, 0, 0, [])
+  assert not any(name.isdigit() for name in os.listdir(tmp_path))
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "preempted" in r.getMessage()]
+  assert warnings == [
+      "preempted during start-up, before step 1: nothing trained and nothing checkpointed; rerun the "
+      "same command to start"
+  ], warnings
+  head = summary.describe().splitlines()[0]
+  assert head.startswith("preempted during start-up: nothing trained") and "nothing to do" not in head, head
 
 
 def test_nan_skip_goes_on_and_never_checkpoints_nan(tmp_path):
