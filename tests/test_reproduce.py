@@ -232,6 +232,9 @@ def test_the_whole_flow_on_a_tiny_llama_writes_a_base_vs_tuned_report(tiny_base)
   assert all(jax.tree_util.tree_leaves(moved))
 
 
+# 75 s on 2 cores: slow, so the default suite stays under 20 minutes (CI runs it with --runslow); the whole flow on
+# one machine (test_the_whole_flow_on_a_tiny_llama_writes_a_base_vs_tuned_report) stays in the default suite.
+@pytest.mark.slow
 def test_the_flow_over_two_machines_runs_the_model_without_tensorflow(tiny_base, tmp_path, without_tensorflow_env):
   base, _, toy = tiny_base
   out = tmp_path / "out"
