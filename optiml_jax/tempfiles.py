@@ -63,3 +63,12 @@ def replace_dir(staged: str | os.PathLike, out: str | os.PathLike) -> None:
   os.replace(staged, out)
   if backup is not None:
     shutil.rmtree(backup)
+
+
+def file_in_the_way(path: str | os.PathLike) -> pathlib.Path | None:
+  """The nearest existing one of `path`'s parents when it is a file rather than a folder (so that no folder can be
+  made at `path`), else None. `path` itself may be anything: whether it may be replaced is the caller's rule."""
+  for parent in pathlib.Path(path).absolute().parents:
+    if parent.exists():
+      return None if parent.is_dir() else parent
+  return None

@@ -180,6 +180,8 @@ def test_toy_refuses_an_output_that_is_not_a_toy_bench_and_its_catalog_in_the_sa
   (tmp_path / "mine" / "data.jsonl").write_text("{}")
   result = bench("toy", "--out", tmp_path / "mine")
   assert result.returncode == 2 and "holds files that are not the toy bench's (data.jsonl)" in result.stderr
+  result = bench("toy", "--out", tmp_path / "mine" / "data.jsonl" / "toy")
+  assert result.returncode == 2 and "data.jsonl is a file, not a folder" in result.stderr
   assert [p.name for p in (tmp_path / "mine").iterdir()] == ["data.jsonl"]
   for _ in range(2):  # an earlier toy bench and its catalog are replaced (make quickstart run twice)
     result = bench("toy", "--out", tmp_path / "toy", "--catalog", tmp_path / "catalog")

@@ -32,6 +32,13 @@ def test_staged_files_and_folders_have_the_modes_of_open_and_mkdir(tmp_path, uma
   assert stat.S_IMODE(os.stat(folder).st_mode) == 0o777 & ~umask
 
 
+def test_a_file_in_the_way_is_the_nearest_existing_parent_that_is_not_a_folder(tmp_path):
+  (tmp_path / "notes.txt").write_text("x")
+  assert tempfiles.file_in_the_way(tmp_path / "notes.txt" / "a" / "b") == tmp_path / "notes.txt"
+  assert tempfiles.file_in_the_way(tmp_path / "notes.txt") is None  # itself: the caller's rule
+  assert tempfiles.file_in_the_way(tmp_path / "new" / "out") is None
+
+
 def test_replace_dir_puts_the_staged_folder_in_place_of_the_old_one(tmp_path):
   out = tmp_path / "out"
   for content in ("old", "new"):

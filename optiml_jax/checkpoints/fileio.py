@@ -16,6 +16,7 @@ import shutil
 from typing import Any, Iterator, Sequence
 import uuid
 
+from optiml_jax import tempfiles
 from optiml_jax.checkpoints import layout
 
 Path = pathlib.Path | str
@@ -46,11 +47,9 @@ def check_out_dir(path: Path, overwrite: bool = False, sources: Sequence[Path] =
   path = pathlib.Path(path)
   if path.exists() and not path.is_dir():
     raise OutDirError(f"{path}: exists and is not a folder; name a new or empty folder")
-  for parent in path.parents:
-    if parent.exists():
-      if not parent.is_dir():
-        raise OutDirError(f"{path}: {parent} is a file, not a folder")
-      break
+  blocking = tempfiles.file_in_the_way(path)
+  if blocking is not None:
+    raise OutDirError(f"{path}: {blocking} is a file, not a folder")
   resolved = path.resolve()
   for source in sources:
     source_path = pathlib.Path(source).resolve()

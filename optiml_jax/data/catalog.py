@@ -130,9 +130,9 @@ def check_out_dir(out_dir: str | os.PathLike) -> pathlib.Path:
   but catalog.json and summary.txt): a source checkout, a cache or anything else there would go with it.
   """
   out = pathlib.Path(out_dir).resolve()
-  existing = next(p for p in (out, *out.parents) if p.exists())
-  if existing != out and not existing.is_dir():
-    raise ValueError(f"{out}: cannot hold a catalog: {existing} is a file, not a folder")
+  blocking = tempfiles.file_in_the_way(out)
+  if blocking is not None:
+    raise ValueError(f"{out}: cannot hold a catalog: {blocking} is a file, not a folder")
   if out.exists():
     if not out.is_dir():
       raise ValueError(f"{out}: is a file; a catalog is a folder (OUT/{CATALOG_FILE}): pass a new or empty folder")

@@ -409,6 +409,9 @@ def _check_out_dir(out: pathlib.Path) -> None:
   """ValueError unless `out` is absent, an empty folder or an earlier toy bench."""
   if out.exists() and not out.is_dir():
     raise ValueError(f"{out}: is a file; the toy bench is a folder (tasks/ and splits/)")
+  blocking = tempfiles.file_in_the_way(out)
+  if blocking is not None:
+    raise ValueError(f"{out}: cannot hold the toy bench: {blocking} is a file, not a folder")
   if out.is_dir():
     other = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
     other = [name for name in other if not _TOY_FILE.fullmatch(name)]

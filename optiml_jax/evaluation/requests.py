@@ -312,11 +312,9 @@ def check_answers_folder(requests_dir: Path, out_dir: Path, model: Mapping[str, 
   out = pathlib.Path(out_dir)
   if out.exists() and not out.is_dir():
     raise RequestsError(f"{name} {out}: exists and is not a folder; name a new folder, or an interrupted run's")
-  for parent in out.parents:
-    if parent.exists():
-      if not parent.is_dir():
-        raise RequestsError(f"{name} {out}: {parent} is a file, not a folder")
-      break
+  blocking = tempfiles.file_in_the_way(out)
+  if blocking is not None:
+    raise RequestsError(f"{name} {out}: {blocking} is a file, not a folder")
   if out.resolve() == pathlib.Path(requests_dir).resolve():
     raise RequestsError(f"{name} {out}: is the requests folder; answers go into a folder of their own")
   if model is not None and (out / ANSWERS_FILE).is_file():
