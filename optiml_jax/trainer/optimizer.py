@@ -62,6 +62,26 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArg
   return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
 
 
+def set_schedule_count(opt_state: Any, count: Any) -> Any:
+  """`opt_state` with the step count of every learning-rate schedule in it (optax's `ScaleByScheduleState`) set to
+  `count`; Adam's moments and its bias-correction count are left as they are.
+
+  The train step calls it with the number of updates applied, skipped non-finite steps included, so that the
+  schedule follows the step counter (and `metrics["learning_rate"]`) rather than lagging one step behind for every
+  skipped step, which would leave the decay short of its end value at the last step.
+  """
+
+  def is_schedule_state(x: Any) -> bool:
+    return isinstance(x, optax.ScaleByScheduleState)
+
+  def set_count(x: Any) -> Any:
+    if is_schedule_state(x):
+      return x._replace(count=jnp.asarray(count, x.count.dtype))
+    return x
+
+  return jax.tree_util.tree_map(set_count, opt_state, is_leaf=is_schedule_state)
+
+
 def make_optimizer(learning_rate: float = 5e-5, warmup_steps: int = 60, total_steps: int = 4000,
                    end_learning_rate: float = 0.0, b1: float = 0.9, b2: float = 0.95, eps: float = 1e-8,
                    weight_decay: float = 0.1, decay_matrices_only: bool = False,

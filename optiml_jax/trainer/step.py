@@ -45,6 +45,7 @@ import optax
 from optiml_jax.trainer import checkpointing
 from optiml_jax.trainer import chunked_loss
 from optiml_jax.trainer import config as config_lib
+from optiml_jax.trainer import optimizer as optimizer_lib
 
 Batch = Mapping[str, jax.Array]
 
@@ -183,7 +184,8 @@ def train_step(state: checkpointing.TrainState, batch: Batch, rng: jax.Array, *,
                padding_mask: bool = True,
                nonfinite_guard: str = "select") -> tuple[checkpointing.TrainState, dict[str, jax.Array]]:
   """Applies one update. A non-finite loss or gradient leaves params and optimizer state unchanged
-  (the step counter still advances, so the schedule and the data stay aligned) and reports `finite=0`;
+  (the step counter and the learning-rate schedule's count still advance, so the schedule and the data stay
+  aligned: `optimizer.set_schedule_count`) and reports `finite=0`;
   the loop decides whether to skip on or stop. `nonfinite_guard`: "select" or "cond" (module docstring)."""
   dropout_rng = jax.random.fold_in(rng, state.step)
   grads, loss_sum, weight_sum = gradients(state.params, batch, model, dropout_rng, enable_dropout=enable_dropout,
@@ -195,6 +197,9 @@ def train_step(state: checkpointing.TrainState, batch: Batch, rng: jax.Array, *,
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
   params, opt_state = apply_update(state.params, state.opt_state, grads, scale, grad_norm, finite, tx, nonfinite_guard)
+  # A skipped step still advances the learning-rate schedule (not Adam's moments or bias correction), so the
+  # schedule stays the step counter's: the rate applied at step s is schedule(s), as logged.
+  opt_state = optimizer_lib.set_schedule_count(opt_state, state.step + 1)
   new_state = checkpointing.TrainState(step=state.step + 1, params=params, opt_state=opt_state)
   metrics = {
       "loss": loss,

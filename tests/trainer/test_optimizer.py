@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from optiml_jax.trainer import optimizer
@@ -256,3 +257,24 @@ def test_the_state_is_optaxs_so_checkpoints_of_either_clipping_restore():
   assert jax.tree.structure(tx.init(params)) == jax.tree.structure(reference.init(params))
   # And optax's clipping gives the same updates, up to one rounding of the scaled gradient.
   _assert_updates_close(_run(tx, _grad_sequence(), params), _run(reference, _grad_sequence(), params), rtol=1e-5)
+
+
+def test_set_schedule_count_moves_the_schedule_only():
+  tx, _ = optimizer.make_optimizer(learning_rate=1e-2, warmup_steps=2, total_steps=10, decay_matrices_only=True)
+  params = {"dense": {"kernel": jnp.ones((2, 3)), "bias": jnp.ones((3,))}}
+  grads = jax.tree_util.tree_map(lambda p: 0.5 * p, params)
+  state = tx.init(params)
+  _, state = tx.update(grads, state, params, grad_norm=optax.global_norm(grads))
+  moved = optimizer.set_schedule_count(state, 5)
+  counts = lambda s: [
+      x.count
+      for x in jax.tree_util.tree_leaves(s, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+      if isinstance(x, optax.ScaleByScheduleState)
+  ]
+  assert [int(c) for c in counts(state)] == [1] and [int(c) for c in counts(moved)] == [5]
+  assert counts(moved)[0].dtype == counts(state)[0].dtype
+  adam = lambda s: [
+      x for x in jax.tree_util.tree_leaves(s, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+      if isinstance(x, optax.ScaleByAdamState)
+  ]
+  jax.tree_util.tree_map(np.testing.assert_array_equal, adam(moved), adam(state))  # moments and bias correction

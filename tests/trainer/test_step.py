@@ -91,6 +91,29 @@ def test_non_finite_loss_leaves_params_and_optimizer_state_unchanged(guard):
   jax.tree_util.tree_map(np.testing.assert_array_equal, new_state.opt_state, state.opt_state)
 
 
+@pytest.mark.parametrize("guard", ["cond", "select"])
+def test_a_skipped_step_still_advances_the_learning_rate_schedule(guard):
+  # SGD with learning rate 0.1 x count: the update of step s is -0.1 s x the mean gradient. Without the
+  # schedule's count following the step, a skipped step left every later rate one step behind the logged one.
+  schedule = lambda count: 0.1 * count
+  model, tx = TinyLM(), optax.sgd(schedule)
+  batch = _batch(jax.random.PRNGKey(6))
+  poisoned_batch = dict(batch, decoder_loss_weights=batch["decoder_loss_weights"].at[1, 4].set(jnp.nan))
+  step = jax.jit(lambda s, b: step_lib.train_step(s, b, jax.random.PRNGKey(0), model=model, tx=tx, schedule=schedule,
+                                                  enable_dropout=False, nonfinite_guard=guard))
+  state = _state(model, tx, batch)
+  state, _ = step(state, batch)  # step 0: rate 0
+  state, metrics = step(state, poisoned_batch)  # step 1: skipped
+  assert int(metrics["finite"]) == 0
+  before = state.params
+  state, metrics = step(state, batch)  # step 2: rate 0.2
+  assert int(metrics["finite"]) == 1
+  np.testing.assert_allclose(float(metrics["learning_rate"]), 0.2, rtol=1e-6)
+  grads, _, weight = step_lib.gradients(before, batch, model, jax.random.PRNGKey(0), enable_dropout=False)
+  expected = jax.tree_util.tree_map(lambda p, g: p - 0.2 * g / weight, before, grads)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), state.params, expected)
+
+
 def test_both_guards_apply_the_same_finite_update_to_donated_state():
   model, tx = TinyLM(), optax.adamw(1e-2, weight_decay=0.1)
   batch = _batch(jax.random.PRNGKey(5))
