@@ -45,6 +45,10 @@ from optiml_jax import tempfiles
 from optiml_jax.data import catalog as catalog_lib
 
 FORMAT_VERSION = 1
+# Which rule drew the demonstrations of k-shot shards (`formatting.choose_demonstrations`): 2 passes over a candidate
+# with the example's own input text (1 compared ids only). Part of a k-shot shard's fingerprint only, so a rule
+# change rebuilds the k-shot shards and leaves the 0-shot ones.
+DEMONSTRATIONS_RULE = 2
 MANIFEST_FILE = "cache.json"
 CATALOG_FILE = catalog_lib.CATALOG_FILE
 SHARDS_DIR = "shards"
@@ -86,6 +90,8 @@ def fingerprint(entry: catalog_lib.CatalogEntry, shots: int, split: str, vocabul
       "seed": seed,
       "pool_size": pool_size,
   }
+  if shots > 0:  # k-shot shards built before the rule changed hold other demonstrations: rebuilt, not read
+    parts["demonstrations_rule"] = DEMONSTRATIONS_RULE
   return hashlib.sha256(json.dumps(parts, sort_keys=True, default=list).encode("utf-8")).hexdigest()
 
 

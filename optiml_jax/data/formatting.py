@@ -21,7 +21,8 @@ The recipe (OPT-IML, Iyer et al. 2022, "Formatting and tokens"):
   with the same delimiter, followed by its first reference output.
 * Demonstrations come from the task's own `demonstrations` (SNI positive examples), topped up from its
   training instances when it has fewer than k, never from its evaluation instances: the caller passes both
-  pools (see `registry.py`).
+  pools (see `registry.py`). A candidate with the example's own input text is never drawn (sources repeat
+  instances under other ids).
 * `lm` tasks (pre-training text) have no source: the whole text is the target and is trained on.
 * Token ids are split into `inputs` = BPE(source) and `targets` = the target's tokens as they follow the
   source + [EOS]; the BOS is the packer's to add (`packing.py`). The target's tokens are the tail of
@@ -90,19 +91,27 @@ def choose_delimiter(seed: int, task_name: str, instance_id: str, delimiters: Se
 
 
 def choose_demonstrations(seed: int, task_name: str, instance_id: str, pool: Sequence[records.Instance], k: int,
-                          fallback: Sequence[records.Instance] = ()) -> tuple[records.Instance, ...]:
+                          fallback: Sequence[records.Instance] = (),
+                          instance_input: str | None = None) -> tuple[records.Instance, ...]:
   """k demonstrations drawn without replacement from `pool`, topped up from `fallback` when `pool` is short.
 
   The draw depends only on (seed, task name, instance id) and the pools, so an example is formatted the same
   way wherever and whenever it is read. The instance itself and entries without a reference output are
-  passed over. Returns fewer than k when both pools together are smaller (an empty tuple for k=0).
+  passed over: the instance by its id and, given `instance_input`, by its text too (leading and trailing
+  whitespace aside), since sources repeat instances under other ids (an SNI positive example that is also one
+  of the task's instances, a P3 prompt on two lines), and such a demonstration would show the example's
+  own answer in its prompt. Returns fewer than k when both pools together are smaller (an empty tuple for k=0).
   """
   if k < 0:
     raise ValueError(f"task {task_name}: number of demonstrations must be >= 0, got {k}")
   rng = np.random.default_rng(stable_hash("demonstrations", seed, task_name, instance_id))
+  same_text = None if instance_input is None else instance_input.strip()
   chosen: list[records.Instance] = []
   for candidates in (pool, fallback):
-    candidates = [d for d in candidates if d.id != instance_id and d.targets and d not in chosen]
+    candidates = [
+        d for d in candidates
+        if d.id != instance_id and d.targets and d not in chosen and (same_text is None or d.input.strip() != same_text)
+    ]
     want = min(k - len(chosen), len(candidates))
     if want > 0:
       chosen += [candidates[i] for i in rng.choice(len(candidates), size=want, replace=False)]

@@ -155,7 +155,7 @@ def iter_examples(entry: catalog_lib.CatalogEntry, task: records.TaskSource, spl
     instances = sampling.shuffled_blocks(instances, SHUFFLE_BLOCK_SIZE, order_seed)
   for instance in instances:
     delimiter = formatting.choose_delimiter(seed, task.name, instance.id)
-    demos = formatting.choose_demonstrations(seed, task.name, instance.id, own, shots, fallback)
+    demos = formatting.choose_demonstrations(seed, task.name, instance.id, own, shots, fallback, instance.input)
     source, target = formatting.format_example(task, instance, demos, delimiter)
     input_text, target_text = formatting.token_texts(source, target)
     options = [formatting.token_texts(source, o)[1] for o in instance.options]

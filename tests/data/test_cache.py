@@ -157,6 +157,24 @@ def test_rerun_is_idempotent_and_completes_a_partial_cache(built, tmp_path):
   assert os.stat(other / cache.STATS_FILE).st_mtime_ns == other_mtime
 
 
+def test_a_change_of_the_demonstrations_rule_rebuilds_the_k_shot_shards_only(built, tmp_path, monkeypatch):
+  """k-shot shards drawn by an older rule hold other prompts than the live Tasks: their fingerprint changes, so they
+  are rebuilt (not read), while the 0-shot shards are kept."""
+  catalog_dir, _, _ = built
+  entry = catalog.load(catalog_dir).by_name()["sni:task001_toy_add_small"]
+  before = {k: cache.fingerprint(entry, k, "train", "v", 0, 256) for k in (0, 2)}
+  monkeypatch.setattr(cache, "DEMONSTRATIONS_RULE", cache.DEMONSTRATIONS_RULE - 1)
+  older = {k: cache.fingerprint(entry, k, "train", "v", 0, 256) for k in (0, 2)}
+  assert older[0] == before[0] and older[2] != before[2]
+  # A cache built under the older rule: the rebuild today rewrites exactly its k-shot shards.
+  old_cache = tmp_path / "cache"
+  cache_beam.build(catalog_dir, old_cache, shots=(0, 2), pipeline_args=IN_PROCESS)
+  monkeypatch.undo()
+  again = cache_beam.build(catalog_dir, old_cache, shots=(0, 2), pipeline_args=IN_PROCESS)
+  assert again.written and all(".2shot." in name for name in again.written)
+  assert not any(".2shot." in name for name in again.skipped)
+
+
 def test_a_failing_task_is_reported_and_the_others_are_written(tmp_path, capsys, caplog):
   catalog_dir = make_bench(tmp_path)
   broken = next(e for e in catalog.load(catalog_dir).tasks if e.name == "sni:task002_toy_subtract")

@@ -100,6 +100,33 @@ def test_demonstrations_are_deterministic_and_never_the_instance_itself():
   assert formatting.choose_demonstrations(7, "sni:t1", "x", pool, 2, fallback)[0] in pool
 
 
+def test_demonstrations_never_repeat_the_instance_under_another_id():
+  """Sources repeat an instance under another id (an SNI positive example that is also an instance, a P3 prompt on
+  two lines): such a candidate would show the example's own answer in its prompt."""
+  pool = [records.Instance(f"p{i}", f"in {i}", (f"out {i}",)) for i in range(6)]
+  copy = records.Instance("task-7", "  in 3\n", ("out 3",))  # pool's p3, another id, other outer whitespace
+  fallback = [records.Instance(f"f{i}", "in 3" if i == 0 else f"train {i}", (f"t {i}",)) for i in range(4)]
+  for seed in range(40):
+    picks = formatting.choose_demonstrations(seed, "sni:t1", copy.id, pool, 6, fallback, copy.input)
+    assert len(picks) == 6 and all(p.input.strip() != "in 3" for p in picks)
+  # Without the text only the id is compared (the instance's own id still excluded).
+  assert any(p.id == "p3" for p in formatting.choose_demonstrations(0, "sni:t1", copy.id, pool, 6))
+
+
+def test_real_sni_demonstration_equal_to_an_eval_instance_is_not_drawn(shared_dir):
+  """task697 of the sample: its positive example 1 is also its instance task697-454de825... (one of the first 20,
+  held out for evaluation): its 5-shot prompt must not hold its own answer."""
+  task = sni.read_task(shared_dir / "data" / "natural-instructions" / "tasks" /
+                       "task697_mmmlu_answer_generation_formal_logic.json")
+  instance = next(i for i in task.instances() if i.id == "task697-454de825a3bf470f801d509cf06e8d2c")
+  assert any(d.input.strip() == instance.input.strip() for d in task.demonstrations)  # the sample's repeat
+  for shots in (1, 2, 5):
+    demos = formatting.choose_demonstrations(0, task.name, instance.id, task.demonstrations, shots, (), instance.input)
+    assert len(demos) == min(shots, len(task.demonstrations) - 1)
+    source, _ = formatting.format_example(task, instance, demos, " A:")
+    assert source.count(instance.input.strip()) == 1, shots
+
+
 def test_tokens_are_bpe_of_joined_text_plus_eos(vocabulary):
   inputs, targets = formatting.tokenize_example(vocabulary, "Is it red?\nAnswer: ", "yes \n")
   joined = vocabulary.encode("Is it red?\nAnswer: yes")

@@ -373,3 +373,24 @@ def test_tasks_tokenize_with_another_tokenizer_and_its_bos_policy(bench, tiny_to
     scored = len(vocabulary.prefix_ids) + len(example["inputs"]) - 1
     assert row["decoder_loss_weights"][:n].tolist() == [0] * scored + [1] * (n - scored)
   assert seqio.get_mixture_or_task(GEN_TASK).output_features["targets"].vocabulary == bench["vocab"]
+
+
+def test_k_shot_examples_never_show_their_own_instance_again(tmp_path):
+  """A prompt repeated under two ids (P3 exports some prompts on several lines): the held-out copy's 5-shot prompt
+  must not take the training copy as a demonstration, which would hold its own answer."""
+  path = tmp_path / "repeats.jsonl"
+  rows = [{"src": f"Question {i}: what is the colour of box {i}?", "tgt": f"colour {i}"} for i in range(40)]
+  rows[30] = dict(rows[3])  # a training instance repeating held-out instance 3
+  _write_jsonl(path, rows)
+  task = sources.reopen("jsonl", str(path), "crossfit")
+  entry = catalog.CatalogEntry(name=task.name, benchmark="crossfit", category="Misc.", role=catalog.TRAIN,
+                               num_examples=20, num_eval_instances=20, rate=1.0, format="jsonl", path=str(path),
+                               dataset=task.dataset, template="", kind=task.kind, num_instances=40)
+  vocabulary = vocab_lib.OPTVocabulary()
+  for split in (registry.EVAL_SPLIT, registry.TRAIN_SPLIT):
+    examples = list(registry.iter_examples(entry, task, split, 19, vocabulary))
+    for example in examples:
+      question = example["inputs_pretokenized"].rsplit("\n\n", 1)[-1]
+      question = question[:question.index("?") + 1]
+      assert example["inputs_pretokenized"].count(question) == 1, (split, example["instance_id"])
+    assert len(examples) == 20 and all(ex["inputs_pretokenized"].count("\n\n") == 19 for ex in examples)
