@@ -45,9 +45,10 @@ from optiml_jax import tempfiles
 from optiml_jax.data import catalog as catalog_lib
 
 FORMAT_VERSION = 1
-# Which rule drew the demonstrations of k-shot shards (`formatting.choose_demonstrations`): 2 passes over a candidate
-# with the example's own input text (1 compared ids only). Part of a k-shot shard's fingerprint only, so a rule
-# change rebuilds the k-shot shards and leaves the 0-shot ones.
+# Which rule drew the demonstrations of k-shot shards (`formatting.choose_demonstrations`,
+# `registry.demonstration_pools`): 2 passes over a candidate with the example's own input text and, in a training
+# task, over copies of its held-out instances (1 compared ids only). Part of a k-shot shard's fingerprint only, so a
+# rule change rebuilds the k-shot shards and leaves the 0-shot ones.
 DEMONSTRATIONS_RULE = 2
 MANIFEST_FILE = "cache.json"
 CATALOG_FILE = catalog_lib.CATALOG_FILE

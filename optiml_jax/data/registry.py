@@ -115,14 +115,31 @@ def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
 # Examples of one task: plain Python, testable without TF.
 
 
+def demonstration_pools(entry: catalog_lib.CatalogEntry, task: records.TaskSource, size: int = DEMONSTRATION_POOL_SIZE,
+                        fallback: bool = True) -> tuple[tuple[records.Instance, ...], tuple[records.Instance, ...]]:
+  """(own, fallback): the demonstrations a k-shot example of the task may draw. `own` are the task's own
+  (SNI positive examples); `fallback`, which tops them up when k is larger, the first `size` instances after its
+  evaluation instances (training instances of a train-role task, unused instances of a held-out one; empty when
+  `fallback` is False). Never an evaluation instance, nor, for a train-role task, a copy of the text of one of
+  its held-out instances: sources repeat instances (SNI positive examples that are also instances of their task,
+  e.g. task697's), and a k-shot training prompt would train on that held-out answer."""
+  start = entry.num_eval_instances
+  own: tuple[records.Instance, ...] = tuple(task.demonstrations)
+  rest: tuple[records.Instance,
+              ...] = tuple(itertools.islice(task.instances(), start, start + size)) if fallback else ()
+  if entry.role == catalog_lib.TRAIN and start > 0:
+    held_out = {i.input.strip() for i in itertools.islice(task.instances(), start)}
+    own = tuple(d for d in own if d.input.strip() not in held_out)
+    rest = tuple(d for d in rest if d.input.strip() not in held_out)
+  return own, rest
+
+
 def demonstration_pool(entry: catalog_lib.CatalogEntry, task: records.TaskSource,
                        size: int = DEMONSTRATION_POOL_SIZE) -> tuple[records.Instance, ...]:
-  """Every demonstration a k-shot example of the task may draw: the task's own demonstrations (SNI positive
-  examples) first, then, to top them up when k is larger, the first `size` instances after its evaluation
-  instances (training instances of a train-role task, unused instances of a held-out one). Never an
-  evaluation instance."""
-  start = entry.num_eval_instances
-  return tuple(task.demonstrations) + tuple(itertools.islice(task.instances(), start, start + size))
+  """Every demonstration a k-shot example of the task may draw (`demonstration_pools`): the task's own first,
+  then the fallback instances."""
+  own, rest = demonstration_pools(entry, task, size)
+  return own + rest
 
 
 def split_instances(entry: catalog_lib.CatalogEntry, task: records.TaskSource,
@@ -147,8 +164,9 @@ def iter_examples(entry: catalog_lib.CatalogEntry, task: records.TaskSource, spl
   Source order when `order_seed` is None, else shuffled within blocks of `SHUFFLE_BLOCK_SIZE` instances.
   `seed` is the formatting seed (delimiters, demonstrations): it does not depend on the order.
   """
-  own = tuple(task.demonstrations)
-  fallback = demonstration_pool(entry, task, pool_size)[len(own):] if len(own) < shots else ()
+  own, fallback = demonstration_pools(entry, task, pool_size, fallback=False) if shots else ((), ())
+  if shots > len(own):
+    own, fallback = demonstration_pools(entry, task, pool_size)
   eos = vocabulary.eos_id
   instances = split_instances(entry, task, split)
   if order_seed is not None:

@@ -1,5 +1,6 @@
 """Tests of optiml_jax.data.registry: seqio Tasks from a catalog, splits, features, mixtures and their rates."""
 
+import dataclasses
 import itertools
 import json
 import pathlib
@@ -376,21 +377,48 @@ def test_tasks_tokenize_with_another_tokenizer_and_its_bos_policy(bench, tiny_to
 
 
 def test_k_shot_examples_never_show_their_own_instance_again(tmp_path):
-  """A prompt repeated under two ids (P3 exports some prompts on several lines): the held-out copy's 5-shot prompt
-  must not take the training copy as a demonstration, which would hold its own answer."""
+  """A prompt repeated under two ids (P3 exports some prompts on several lines): an evaluated instance's k-shot
+  prompt must not take its copy, one of the unused instances its demonstrations come from, which would hold its
+  own answer."""
   path = tmp_path / "repeats.jsonl"
   rows = [{"src": f"Question {i}: what is the colour of box {i}?", "tgt": f"colour {i}"} for i in range(40)]
-  rows[30] = dict(rows[3])  # a training instance repeating held-out instance 3
+  rows[20:] = [dict(row) for row in rows[:20]]  # each evaluated instance repeated among the unused ones
   _write_jsonl(path, rows)
   task = sources.reopen("jsonl", str(path), "crossfit")
-  entry = catalog.CatalogEntry(name=task.name, benchmark="crossfit", category="Misc.", role=catalog.TRAIN,
-                               num_examples=20, num_eval_instances=20, rate=1.0, format="jsonl", path=str(path),
+  entry = catalog.CatalogEntry(name=task.name, benchmark="crossfit", category="Misc.", role=catalog.HELD_OUT_TASK,
+                               num_examples=0, num_eval_instances=20, rate=0.0, format="jsonl", path=str(path),
                                dataset=task.dataset, template="", kind=task.kind, num_instances=40)
+  examples = list(registry.iter_examples(entry, task, registry.EVAL_SPLIT, 19, vocab_lib.OPTVocabulary()))
+  for example in examples:
+    question = example["inputs_pretokenized"].rsplit("\n\n", 1)[-1]
+    question = question[:question.index("?") + 1]
+    assert example["inputs_pretokenized"].count(question) == 1, example["instance_id"]
+  assert len(examples) == 20 and all(ex["inputs_pretokenized"].count("\n\n") == 19 for ex in examples)
+
+
+def test_k_shot_training_prompts_never_hold_a_held_out_instance(shared_dir):
+  """task697 of the SNI sample: its positive example 1 is also its instance task697-454de825..., one of the 20
+  held out (level 3) when the task trains. A k-shot training prompt must not show it with its answer."""
+  path = shared_dir / "data" / "natural-instructions" / "tasks" / "task697_mmmlu_answer_generation_formal_logic.json"
+  task = sni.read_task(path)
+  num = sum(1 for _ in task.instances())
+  entry = catalog.CatalogEntry(name=task.name, benchmark="sni", category="Misc.", role=catalog.TRAIN,
+                               num_examples=num - 20, num_eval_instances=20, rate=1.0, format="sni", path=str(path),
+                               dataset=task.dataset, template="", kind=task.kind, num_instances=num)
+  held_out = [i.input.strip() for i in catalog.eval_instances(entry, task)]
+  copies = [d for d in task.demonstrations if d.input.strip() in held_out]
+  assert copies  # the sample's repeat
+  own, fallback = registry.demonstration_pools(entry, task)
+  assert own == tuple(d for d in task.demonstrations if d not in copies) and len(fallback) == num - 20
+  assert not set(registry.demonstration_pool(entry, task)) & set(copies)
   vocabulary = vocab_lib.OPTVocabulary()
-  for split in (registry.EVAL_SPLIT, registry.TRAIN_SPLIT):
-    examples = list(registry.iter_examples(entry, task, split, 19, vocabulary))
-    for example in examples:
-      question = example["inputs_pretokenized"].rsplit("\n\n", 1)[-1]
-      question = question[:question.index("?") + 1]
-      assert example["inputs_pretokenized"].count(question) == 1, (split, example["instance_id"])
-    assert len(examples) == 20 and all(ex["inputs_pretokenized"].count("\n\n") == 19 for ex in examples)
+  inputs = {i.id: i.input.strip() for i in task.instances()}
+  for shots in (2, 5):
+    for split in (registry.TRAIN_SPLIT, registry.EVAL_SPLIT):
+      for example in registry.iter_examples(entry, task, split, shots, vocabulary):
+        own_text = inputs[example["instance_id"]]
+        for c in copies:  # in its own prompt only as the query itself
+          assert example["inputs_pretokenized"].count(c.input.strip()) == (c.input.strip() == own_text), (shots, split)
+  # A held-out task keeps its own demonstrations (SNI's protocol); only the example itself is passed over.
+  held = dataclasses.replace(entry, role=catalog.HELD_OUT_TASK, num_examples=0, num_eval_instances=num)
+  assert registry.demonstration_pools(held, task, fallback=False) == (task.demonstrations, ())
