@@ -120,7 +120,7 @@ def greedy_decode(model: nn.Module, params: Any, prompt_tokens: Sequence[batchin
                   max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, eos_id: int | Sequence[int] = EOS_ID, *,
                   batch_size: int = batching.DEFAULT_BATCH_SIZE, max_length: int | None = None,
                   mesh: jax.sharding.Mesh | None = None, stats: batching.InferenceStats | None = None,
-                  progress: bool = False, desc: str = "decoding") -> list[list[int]]:
+                  progress: bool = False, desc: str = "decoding", bos_id: int | None = None) -> list[list[int]]:
   """Greedy continuations of the prompts, batched, with the KV cache (prefill, then token by token).
 
   Args:
@@ -133,6 +133,8 @@ def greedy_decode(model: nn.Module, params: Any, prompt_tokens: Sequence[batchin
     batch_size: prompts per batch (rounded up to a multiple of the mesh's data-parallel size).
     max_length: the context (default: the model's). A prompt longer than `max_length - max_new_tokens`
       keeps its last tokens (left truncation) and is counted in `stats.truncated`.
+    bos_id: the tokenizer's BOS (OPT: 2; None when it adds none): a cut prompt that starts with it keeps it in
+      front of its last tokens, as training rows do (`formatting.fit_to_row`).
     mesh: run sharded on this mesh (`partitioning.make_mesh`); None: the default device.
     stats: counters to add to; progress: show a tqdm bar over examples, labelled `desc`.
 
@@ -154,8 +156,11 @@ def greedy_decode(model: nn.Module, params: Any, prompt_tokens: Sequence[batchin
     if prompt.size == 0:
       raise ValueError(f"greedy_decode: prompt of example {i} is empty; expected at least one token (the "
                        "tokenizer's BOS, OPT's </s> = 2, or else the first input token)")
-    stats.truncated += int(prompt.size > limit)
-    prompts.append(prompt[-limit:])
+    if prompt.size > limit:
+      stats.truncated += 1
+      keep_bos = bos_id is not None and limit >= 2 and int(prompt[0]) == bos_id
+      prompt = np.concatenate([prompt[:1], prompt[prompt.size - limit + 1:]]) if keep_bos else prompt[-limit:]
+    prompts.append(prompt)
   stats.examples += len(prompts)
   stats.rows += len(prompts)
 

@@ -247,12 +247,15 @@ def evaluate_task(spec: EvalTask, scorer: inference.ModelCalls, max_new_tokens: 
       pathlib.Path(log_dir).mkdir(parents=True, exist_ok=True)
       loggers = (seqio.JSONLogger,)
     # BOS and EOS as the Task's tokenizer has them (OPT: </s> before each example; SmolLM2: none).
+    # A prompt cut to fit the context keeps that BOS in front, as training rows do (formatting.fit_to_row).
     converter = inference.feature_converter(task.output_features["targets"].vocabulary)
+    bos_id = converter.bos_id
     evaluator = seqio.Evaluator(spec.seqio_name, feature_converter=converter, eval_split=EVAL_SPLIT, sequence_length={},
                                 num_examples=rows, use_memory_cache=True, async_compute_metrics=False,
                                 logger_cls=loggers, log_dir=None if log_dir is None else str(log_dir))
-    future, _ = evaluator.evaluate(compute_metrics=True, step=0 if step is None else step, score_fn=scorer.score_fn(),
-                                   predict_fn=scorer.predict_fn(max_new_tokens))
+    future, _ = evaluator.evaluate(compute_metrics=True, step=0 if step is None else step,
+                                   score_fn=scorer.score_fn(bos_id=bos_id),
+                                   predict_fn=scorer.predict_fn(max_new_tokens, bos_id=bos_id))
     values = metrics_lib.finite_metrics(future.result()[spec.seqio_name])
     result.num_instances = instances
     if not getattr(scorer, "placeholder_outputs", False):  # a requests.Recorder's outputs score nothing

@@ -25,8 +25,13 @@ padded to buckets (`batching.py`).
 
 Context. What does not fit `max_length` (default: the model's context) loses the start of its prompt (left
 truncation): a shared prompt as much as its longest option needs, a full row down to its last `max_length`
-tokens; greedy decoding keeps the last `max_length - max_new_tokens` prompt tokens. Each such example is
-counted once in `InferenceStats.truncated`.
+tokens; greedy decoding keeps the last `max_length - max_new_tokens` prompt tokens. Given the tokenizer's BOS
+(`bos_id`; the seqio adapters get it from the evaluator), a prompt that starts with it keeps it and loses the
+tokens after it instead, as a training row keeps its BOS (`formatting.fit_to_row`):
+
+  prompt [2, 7, 8, 9, 10], option [3, 2], max_length 4  ->  model reads [2, 10, 3] (without bos_id: [9, 10, 3])
+
+Each such example is counted once in `InferenceStats.truncated`.
 
 seqio. `make_score_fn` / `make_predict_fn` return the callables `seqio.Evaluator.evaluate(score_fn=...,
 predict_fn=...)` calls with the enumerated model dataset. They read the unpacked decoder features of
@@ -78,11 +83,21 @@ class ScoreRow(NamedTuple):
   group: Hashable
 
 
-def left_truncate(row: ScoreRow, max_length: int) -> tuple[ScoreRow, bool]:
-  """`row` cut to its last `max_length` positions, and whether anything was cut."""
-  if len(row.inputs) <= max_length:
+def left_truncate(row: ScoreRow, max_length: int, bos_id: int | None = None) -> tuple[ScoreRow, bool]:
+  """`row` cut to its last `max_length` positions, and whether anything was cut.
+
+  A row that starts with `bos_id` keeps it in front of its last `max_length - 1` positions, as a training row
+  keeps its BOS when its prompt loses its start (`formatting.fit_to_row`); the BOS then predicts the first
+  token kept, so the same tokens are scored either way.
+  """
+  n = len(row.inputs)
+  if n <= max_length:
     return row, False
-  return ScoreRow(row.inputs[-max_length:], row.targets[-max_length:], row.weights[-max_length:], row.group), True
+  if bos_id is None or max_length < 2 or int(row.inputs[0]) != bos_id:
+    return ScoreRow(row.inputs[-max_length:], row.targets[-max_length:], row.weights[-max_length:], row.group), True
+  start = n - max_length + 1  # the first position kept after the BOS
+  return ScoreRow(np.concatenate([row.inputs[:1], row.inputs[start:]]), row.targets[start - 1:],
+                  row.weights[start - 1:], row.group), True
 
 
 def option_rows(prompt_tokens: Sequence[batching.TokenIds],
@@ -128,14 +143,14 @@ def score_step(model: nn.Module, mesh: jax.sharding.Mesh | None = None) -> Calla
 def score_rows(model: nn.Module, params: Any, rows: Sequence[ScoreRow], length_normalize: bool = False, *,
                batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None,
                mesh: jax.sharding.Mesh | None = None, stats: InferenceStats | None = None, progress: bool = False,
-               desc: str = "scoring", share_prompts: bool = True) -> list[float]:
+               desc: str = "scoring", share_prompts: bool = True, bos_id: int | None = None) -> list[float]:
   """Weighted log-likelihood of each row's targets (divided by its weight sum with `length_normalize`).
 
   Rows of one `group` (an example's options) share a batch. With `share_prompts`, a group whose rows share
   their prompt has it computed once (`prompt_sharing.py`; too long: the prompt loses its start, the same for
-  every option); other rows longer than `max_length` keep their last `max_length` positions. Each group
-  that was cut counts once in `stats.truncated`. The progress bar counts groups (examples). Other
-  arguments: as `score_options`.
+  every option); other rows longer than `max_length` keep their last `max_length` positions. A row that
+  starts with `bos_id` keeps that BOS in front when cut (`left_truncate`). Each group that was cut counts once
+  in `stats.truncated`. The progress bar counts groups (examples). Other arguments: as `score_options`.
   """
   start = time.perf_counter()
   max_length = batching.context_length(model, max_length)
@@ -150,13 +165,13 @@ def score_rows(model: nn.Module, params: Any, rows: Sequence[ScoreRow], length_n
   for indices in members.values():
     group = None
     if share_prompts and len(indices) <= batch_size:
-      group = prompt_sharing.split_group(rows, indices, max_length)
+      group = prompt_sharing.split_group(rows, indices, max_length, bos_id)
     if group is None:
       alone.extend(indices)
     else:
       shared.append(group)
 
-  cut = {i: left_truncate(rows[i], max_length) for i in alone}
+  cut = {i: left_truncate(rows[i], max_length, bos_id) for i in alone}
   stats.examples += len(members)
   stats.truncated += len({rows[i].group for i, (_, was_cut) in cut.items() if was_cut})
   stats.truncated += sum(group.truncated for group in shared)
@@ -206,7 +221,7 @@ def score_options(model: nn.Module, params: Any, prompt_tokens: Sequence[batchin
                   options_tokens: Sequence[Sequence[batching.TokenIds]], length_normalize: bool = False, *,
                   batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None,
                   mesh: jax.sharding.Mesh | None = None, stats: InferenceStats | None = None, progress: bool = False,
-                  desc: str = "scoring", share_prompts: bool = True) -> list[list[float]]:
+                  desc: str = "scoring", share_prompts: bool = True, bos_id: int | None = None) -> list[list[float]]:
   """Log-likelihood of each option given its example's prompt (rank classification).
 
   Args:
@@ -222,13 +237,15 @@ def score_options(model: nn.Module, params: Any, prompt_tokens: Sequence[batchin
     stats: counters to add to; progress: show a tqdm bar over examples, labelled `desc`.
     share_prompts: compute each prompt once for all its options (`prompt_sharing.py`); False: one full row
       per option (each row then left-truncated on its own).
+    bos_id: the tokenizer's BOS (OPT: 2; None when it adds none): a prompt that starts with it keeps it when
+      left-truncated, as training rows do; the cut is made after it.
 
   Returns:
     scores[i][j] for option j of example i; argmax over j is the predicted option.
   """
   rows = option_rows(prompt_tokens, options_tokens)
   flat = score_rows(model, params, rows, length_normalize, batch_size=batch_size, max_length=max_length, mesh=mesh,
-                    stats=stats, progress=progress, desc=desc, share_prompts=share_prompts)
+                    stats=stats, progress=progress, desc=desc, share_prompts=share_prompts, bos_id=bos_id)
   scores, start = [], 0
   for options in options_tokens:
     scores.append(flat[start:start + len(options)])
@@ -318,11 +335,12 @@ def prompts_of(dataset: Any) -> tuple[list[int], list[np.ndarray]]:
 def make_score_fn(model: nn.Module, params: Any, *, length_normalize: bool = False,
                   batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None,
                   mesh: jax.sharding.Mesh | None = None, stats: InferenceStats | None = None, progress: bool = True,
-                  share_prompts: bool = True) -> Callable[..., IndexedResult]:
+                  share_prompts: bool = True, bos_id: int | None = None) -> Callable[..., IndexedResult]:
   """seqio `score_fn`: (enumerated model dataset) -> [(index, score)], t5x's sequence score.
 
   Consecutive examples with the same prompt (rank classification's one row per option) count as one
   example, share a batch and, with `share_prompts`, one computation of the prompt (see `score_rows`).
+  `bos_id`: the BOS the feature converter put in front (`feature_converter(...).bos_id`), kept when a row is cut.
   """
   params = place_params(model, params, mesh)
 
@@ -330,7 +348,7 @@ def make_score_fn(model: nn.Module, params: Any, *, length_normalize: bool = Fal
     del model_feature_shapes  # Shapes come from the examples themselves (bucketed).
     indices, rows = score_rows_of(dataset)
     scores = score_rows(model, params, rows, length_normalize, batch_size=batch_size, max_length=max_length, mesh=mesh,
-                        stats=stats, progress=progress, share_prompts=share_prompts)
+                        stats=stats, progress=progress, share_prompts=share_prompts, bos_id=bos_id)
     return list(zip(indices, scores))
 
   return score_fn
@@ -339,13 +357,15 @@ def make_score_fn(model: nn.Module, params: Any, *, length_normalize: bool = Fal
 def make_predict_fn(model: nn.Module, params: Any, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                     eos_id: int | Sequence[int] = EOS_ID, batch_size: int = DEFAULT_BATCH_SIZE,
                     max_length: int | None = None, mesh: jax.sharding.Mesh | None = None,
-                    stats: InferenceStats | None = None, progress: bool = True) -> Callable[..., IndexedResult]:
+                    stats: InferenceStats | None = None, progress: bool = True,
+                    bos_id: int | None = None) -> Callable[..., IndexedResult]:
   """seqio `predict_fn`: (enumerated model dataset) -> [(index, greedy tokens)].
 
   Each prediction is an int32 array of `max_new_tokens` ids: the greedy tokens, then the first EOS id repeated
   (as t5x returns fixed-length decodes). seqio stacks the predictions into one array before its metrics, and
   the vocabulary's `decode` stops at its EOS and drops special tokens. `eos_id`: one id or several (any ends a
-  decoding); put the tokenizer's EOS first so that the padding is the one its `decode` stops at.
+  decoding); put the tokenizer's EOS first so that the padding is the one its `decode` stops at. `bos_id`: as
+  `make_score_fn`'s (a prompt cut to fit keeps it).
   """
   params = place_params(model, params, mesh)
 
@@ -353,7 +373,7 @@ def make_predict_fn(model: nn.Module, params: Any, *, max_new_tokens: int = DEFA
     del model_feature_shapes
     indices, prompts = prompts_of(dataset)
     outputs = greedy_decode(model, params, prompts, max_new_tokens, eos_id, batch_size=batch_size,
-                            max_length=max_length, mesh=mesh, stats=stats, progress=progress)
+                            max_length=max_length, mesh=mesh, stats=stats, progress=progress, bos_id=bos_id)
     return list(zip(indices, fixed_length(outputs, max_new_tokens, eos_id)))
 
   return predict_fn
@@ -372,17 +392,18 @@ class ModelCalls(Protocol):
   """What the evaluator asks of a scorer: seqio's `score_fn` / `predict_fn`, the context and the counters.
 
   `Scorer` runs the model; `requests.Recorder` records the calls (its `placeholder_outputs` is true: its
-  outputs score nothing) and `requests.Replayer` answers them from an answers folder.
+  outputs score nothing) and `requests.Replayer` answers them from an answers folder. `bos_id`: the BOS the
+  Task's feature converter puts in front of each row (None: none), kept when a prompt is cut to fit.
   """
 
   stats: InferenceStats
   max_length: int
 
-  def score_fn(self, length_normalize: bool = False) -> Callable[..., IndexedResult]:
+  def score_fn(self, length_normalize: bool = False, bos_id: int | None = None) -> Callable[..., IndexedResult]:
     ...
 
-  def predict_fn(self, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                 eos_id: int | Sequence[int] | None = None) -> Callable[..., IndexedResult]:
+  def predict_fn(self, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, eos_id: int | Sequence[int] | None = None,
+                 bos_id: int | None = None) -> Callable[..., IndexedResult]:
     ...
 
 
@@ -413,21 +434,22 @@ class Scorer:
                 progress=self.progress)
 
   def score_options(self, prompt_tokens: Sequence[batching.TokenIds],
-                    options_tokens: Sequence[Sequence[batching.TokenIds]],
-                    length_normalize: bool = False) -> list[list[float]]:
+                    options_tokens: Sequence[Sequence[batching.TokenIds]], length_normalize: bool = False,
+                    bos_id: int | None = None) -> list[list[float]]:
     return score_options(self.model, self.params, prompt_tokens, options_tokens, length_normalize,
-                         share_prompts=self.share_prompts, **self._settings())
+                         share_prompts=self.share_prompts, bos_id=bos_id, **self._settings())
 
   def greedy_decode(self, prompt_tokens: Sequence[batching.TokenIds], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                    eos_id: int | Sequence[int] | None = None) -> list[list[int]]:
+                    eos_id: int | Sequence[int] | None = None, bos_id: int | None = None) -> list[list[int]]:
     eos = self.eos_ids if eos_id is None else eos_id
-    return greedy_decode(self.model, self.params, prompt_tokens, max_new_tokens, eos, **self._settings())
+    return greedy_decode(self.model, self.params, prompt_tokens, max_new_tokens, eos, bos_id=bos_id, **self._settings())
 
-  def score_fn(self, length_normalize: bool = False) -> Callable[..., IndexedResult]:
+  def score_fn(self, length_normalize: bool = False, bos_id: int | None = None) -> Callable[..., IndexedResult]:
     return make_score_fn(self.model, self.params, length_normalize=length_normalize, share_prompts=self.share_prompts,
-                         **self._settings())
+                         bos_id=bos_id, **self._settings())
 
-  def predict_fn(self, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                 eos_id: int | Sequence[int] | None = None) -> Callable[..., IndexedResult]:
+  def predict_fn(self, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, eos_id: int | Sequence[int] | None = None,
+                 bos_id: int | None = None) -> Callable[..., IndexedResult]:
     eos = self.eos_ids if eos_id is None else eos_id
-    return make_predict_fn(self.model, self.params, max_new_tokens=max_new_tokens, eos_id=eos, **self._settings())
+    return make_predict_fn(self.model, self.params, max_new_tokens=max_new_tokens, eos_id=eos, bos_id=bos_id,
+                           **self._settings())

@@ -14,7 +14,8 @@ of each row (`inputs[p:]`, which starts with the prompt's last token) is its con
 not split so, or whose longest continuation alone exceeds the context, is scored row by row instead.
 
 Context. When prefix + longest continuation exceed `max_length`, the prefix loses its start (left
-truncation), the same cut for every option of the example, and the example counts once as truncated.
+truncation), the same cut for every option of the example, and the example counts once as truncated. A prefix
+that starts with the tokenizer's BOS (`bos_id`) keeps it and loses the tokens after it, as training rows do.
 """
 
 from __future__ import annotations
@@ -42,8 +43,12 @@ class SharedGroup(NamedTuple):
   truncated: bool  # the prefix lost its start to fit max_length
 
 
-def split_group(rows: Sequence[Any], indices: Sequence[int], max_length: int) -> SharedGroup | None:
-  """The group's shared prefix and continuations (see the module docstring), or None when it has none."""
+def split_group(rows: Sequence[Any], indices: Sequence[int], max_length: int,
+                bos_id: int | None = None) -> SharedGroup | None:
+  """The group's shared prefix and continuations (see the module docstring), or None when it has none.
+
+  A prefix cut to fit keeps a leading `bos_id` in front of its last tokens (when there is room for it).
+  """
   members = [rows[i] for i in indices]
   starts = [int(np.argmax(r.weights > 0)) if np.any(r.weights > 0) else -1 for r in members]
   p = starts[0]
@@ -58,7 +63,10 @@ def split_group(rows: Sequence[Any], indices: Sequence[int], max_length: int) ->
   keep = max_length - longest
   truncated = len(prefix) > keep
   if truncated:
-    prefix = prefix[len(prefix) - keep:]
+    if bos_id is not None and keep >= 1 and int(prefix[0]) == bos_id:
+      prefix = np.concatenate([prefix[:1], prefix[len(prefix) - keep + 1:]])
+    else:
+      prefix = prefix[len(prefix) - keep:]
   return SharedGroup(tuple(indices), prefix, tuple(np.asarray(r.inputs[p:], np.int32) for r in members),
                      tuple(np.asarray(r.targets[p:], np.int32) for r in members),
                      tuple(np.asarray(r.weights[p:], np.float32) for r in members), truncated)

@@ -14,9 +14,9 @@ evaluator hands a scorer's `score_fn` / `predict_fn` the enumerated model datase
              those of a direct evaluation of the answering model.
 
 A request is found again by its digest (`digest`): sha256 of its kind, its settings (length_normalize; or
-max_new_tokens and the EOS ids) and its tokens. The replaying evaluator (same catalog, tokenizer, shots and
-instances) thus asks exactly what was recorded; a request that changed finds no answer and its task fails with
-a message naming the answers folder.
+max_new_tokens and the EOS ids; and the BOS a prompt cut to fit keeps, when the tokenizer has one) and its tokens.
+The replaying evaluator (same catalog, tokenizer, shots and instances) thus asks exactly what was recorded; a
+request that changed finds no answer and its task fails with a message naming the answers folder.
 
   REQUESTS_DIR/requests.json      {"format_version", "requests": {digest: {"kind", "examples", "settings"}}}
   REQUESTS_DIR/<digest>.npz       score: inputs, targets, weights (concatenated rows), lengths, groups;
@@ -71,7 +71,7 @@ class Request:
   """One `score_fn` or `predict_fn` call of the evaluator: its kind, settings and token arrays."""
 
   kind: str  # SCORE or PREDICT
-  settings: Mapping[str, Any]  # score: {"length_normalize"}; predict: {"max_new_tokens", "eos_ids"}
+  settings: Mapping[str, Any]  # score: {"length_normalize"}; predict: {"max_new_tokens", "eos_ids"}; + {"bos_id"}
   arrays: Mapping[str, np.ndarray]  # see the module docstring
 
   @property
@@ -79,10 +79,18 @@ class Request:
     return int(self.arrays["lengths"].size)
 
 
-def score_request(rows: Sequence[inference.ScoreRow], length_normalize: bool) -> Request:
+def _bos_setting(bos_id: int | None) -> dict[str, int]:
+  """{"bos_id": id} when the tokenizer has a BOS (a prompt cut to fit keeps it), else nothing."""
+  return {} if bos_id is None else {"bos_id": int(bos_id)}
+
+
+def score_request(rows: Sequence[inference.ScoreRow], length_normalize: bool, bos_id: int | None = None) -> Request:
   """The request of scoring `rows` (`inference.score_rows_of`): their arrays concatenated, groups numbered."""
   groups: dict[Any, int] = {}
-  return Request(SCORE, {"length_normalize": bool(length_normalize)}, {
+  return Request(SCORE, {
+      "length_normalize": bool(length_normalize),
+      **_bos_setting(bos_id)
+  }, {
       "inputs": _concat([r.inputs for r in rows], np.int32),
       "targets": _concat([r.targets for r in rows], np.int32),
       "weights": _concat([r.weights for r in rows], np.float32),
@@ -91,11 +99,13 @@ def score_request(rows: Sequence[inference.ScoreRow], length_normalize: bool) ->
   })
 
 
-def predict_request(prompts: Sequence[np.ndarray], max_new_tokens: int, eos_ids: Sequence[int]) -> Request:
+def predict_request(prompts: Sequence[np.ndarray], max_new_tokens: int, eos_ids: Sequence[int],
+                    bos_id: int | None = None) -> Request:
   """The request of greedy decoding from `prompts` (`inference.prompts_of`)."""
   return Request(PREDICT, {
       "max_new_tokens": int(max_new_tokens),
-      "eos_ids": [int(i) for i in eos_ids]
+      "eos_ids": [int(i) for i in eos_ids],
+      **_bos_setting(bos_id)
   }, {
       "prompts": _concat(prompts, np.int32),
       "lengths": np.asarray([len(p) for p in prompts], np.int64)
@@ -242,24 +252,26 @@ class Recorder:
       _write_json(self.out_dir / REQUESTS_FILE, {"format_version": FORMAT_VERSION, "requests": self.index})
     return key
 
-  def score_fn(self, length_normalize: bool = False) -> Callable[..., inference.IndexedResult]:
+  def score_fn(self, length_normalize: bool = False,
+               bos_id: int | None = None) -> Callable[..., inference.IndexedResult]:
 
     def score_fn(dataset: Any, model_feature_shapes: Mapping[str, Any] | None = None) -> inference.IndexedResult:
       del model_feature_shapes
       indices, rows = inference.score_rows_of(dataset)
-      self.record(score_request(rows, length_normalize))
+      self.record(score_request(rows, length_normalize, bos_id))
       return [(i, 0.0) for i in indices]
 
     return score_fn
 
   def predict_fn(self, max_new_tokens: int = inference.DEFAULT_MAX_NEW_TOKENS,
-                 eos_id: int | Sequence[int] | None = None) -> Callable[..., inference.IndexedResult]:
+                 eos_id: int | Sequence[int] | None = None,
+                 bos_id: int | None = None) -> Callable[..., inference.IndexedResult]:
     eos = self.eos_ids if eos_id is None else decoding.eos_tuple(eos_id)
 
     def predict_fn(dataset: Any, model_feature_shapes: Mapping[str, Any] | None = None) -> inference.IndexedResult:
       del model_feature_shapes
       indices, prompts = inference.prompts_of(dataset)
-      self.record(predict_request(prompts, max_new_tokens, eos))
+      self.record(predict_request(prompts, max_new_tokens, eos, bos_id))
       return list(zip(indices, inference.fixed_length([[]] * len(prompts), max_new_tokens, eos)))
 
     return predict_fn
@@ -284,15 +296,17 @@ def load_request(requests_dir: Path, key: str, entry: Mapping[str, Any]) -> Requ
 
 def answer_request(request: Request, scorer: inference.Scorer) -> dict[str, np.ndarray]:
   """The model's answer to one request: {"scores"} or {"tokens"} (int32 [n, max_new_tokens])."""
+  bos_id = request.settings.get("bos_id")
+  bos_id = None if bos_id is None else int(bos_id)
   if request.kind == SCORE:
     rows = score_rows_of_request(request)
     scores = inference.score_rows(scorer.model, scorer.params, rows, bool(request.settings["length_normalize"]),
-                                  share_prompts=scorer.share_prompts, **_settings(scorer))
+                                  share_prompts=scorer.share_prompts, bos_id=bos_id, **_settings(scorer))
     return {"scores": np.asarray(scores, np.float64)}
   max_new_tokens = int(request.settings["max_new_tokens"])
   eos_ids = tuple(request.settings["eos_ids"]) or scorer.eos_ids
   outputs = inference.greedy_decode(scorer.model, scorer.params, prompts_of_request(request), max_new_tokens, eos_ids,
-                                    **_settings(scorer))
+                                    bos_id=bos_id, **_settings(scorer))
   return {"tokens": inference.fixed_length(outputs, max_new_tokens, eos_ids)}
 
 
@@ -412,24 +426,26 @@ class Replayer:
       setattr(self.stats, field, getattr(self.stats, field) + value)
     return _read_npz(self.answers_dir / f"{key}.npz", (name,))[name]
 
-  def score_fn(self, length_normalize: bool = False) -> Callable[..., inference.IndexedResult]:
+  def score_fn(self, length_normalize: bool = False,
+               bos_id: int | None = None) -> Callable[..., inference.IndexedResult]:
 
     def score_fn(dataset: Any, model_feature_shapes: Mapping[str, Any] | None = None) -> inference.IndexedResult:
       del model_feature_shapes
       indices, rows = inference.score_rows_of(dataset)
-      scores = self._answer(score_request(rows, length_normalize), "scores")
+      scores = self._answer(score_request(rows, length_normalize, bos_id), "scores")
       return [(i, float(s)) for i, s in zip(indices, scores)]
 
     return score_fn
 
   def predict_fn(self, max_new_tokens: int = inference.DEFAULT_MAX_NEW_TOKENS,
-                 eos_id: int | Sequence[int] | None = None) -> Callable[..., inference.IndexedResult]:
+                 eos_id: int | Sequence[int] | None = None,
+                 bos_id: int | None = None) -> Callable[..., inference.IndexedResult]:
     eos = self.eos_ids if eos_id is None else decoding.eos_tuple(eos_id)
 
     def predict_fn(dataset: Any, model_feature_shapes: Mapping[str, Any] | None = None) -> inference.IndexedResult:
       del model_feature_shapes
       indices, prompts = inference.prompts_of(dataset)
-      tokens = self._answer(predict_request(prompts, max_new_tokens, eos), "tokens")
+      tokens = self._answer(predict_request(prompts, max_new_tokens, eos, bos_id), "tokens")
       return list(zip(indices, tokens))
 
     return predict_fn

@@ -157,13 +157,36 @@ def test_generation_task_scores_the_greedy_decoding_and_counts_truncated_prompts
   prompts = [[2] + ex["inputs"].tolist() for ex in examples]
   limit = max_length - max_new
   assert result.num_truncated == sum(len(p) > limit for p in prompts) > 0
-  decoded = inference.greedy_decode(short.model, short.params, prompts, max_new, max_length=max_length)
+  # A cut prompt keeps its BOS in front of its last tokens, as a training row does (formatting.fit_to_row).
+  kept = [p if len(p) <= limit else [2] + p[len(p) - limit + 1:] for p in prompts]
+  decoded = inference.greedy_decode(short.model, short.params, kept, max_new, max_length=max_length)
   vocabulary = vocab_lib.OPTVocabulary()
   predictions = [vocabulary.decode(tokens).strip() for tokens in decoded]
   references = [[r.decode() for r in ex["references"]] for ex in examples]
   assert result.metrics["rougeL"] == pytest.approx(metrics.rouge_l(references, predictions)["rougeL"])
   assert result.metrics["exact_match"] == pytest.approx(metrics.exact_match(references, predictions)["exact_match"])
   assert (result.metric, result.num_instances) == ("rougeL", 3)
+
+
+def test_the_evaluator_hands_the_scorer_the_bos_of_the_task_s_tokenizer(toy_catalog, model):
+  config, params = model
+  seen = []
+
+  class Spy(inference.Scorer):
+
+    def score_fn(self, length_normalize=False, bos_id=None):
+      seen.append(("score", bos_id))
+      return super().score_fn(length_normalize, bos_id=bos_id)
+
+    def predict_fn(self, max_new_tokens=256, eos_id=None, bos_id=None):
+      seen.append(("predict", bos_id))
+      return super().predict_fn(max_new_tokens, eos_id, bos_id=bos_id)
+
+  spy = Spy(config, params, batch_size=4, max_length=64, progress=False)
+  spec = evaluator.EvalTask("sni:task030_toy_entail_color", 0, "sni:task030_toy_entail_color", "sni",
+                            "Textual Entailment", "held_out_category", "generation", max_instances=1)
+  assert evaluator.evaluate_task(spec, spy, max_new_tokens=4).error is None
+  assert seen == [("score", 2), ("predict", 2)]  # OPT's </s>, which the feature converter puts first
 
 
 def test_k_shot_variants_without_demonstrations_are_noted(bigbench_catalog, toy_catalog):

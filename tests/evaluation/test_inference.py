@@ -153,6 +153,31 @@ def test_long_prompts_are_left_truncated_and_counted(hf_and_flax, share_prompts)
   assert (stats.examples, stats.truncated) == (3, 2)
 
 
+@pytest.mark.parametrize("share_prompts", [True, False])
+def test_a_cut_prompt_keeps_its_bos_in_front_as_training_rows_do(hf_and_flax, share_prompts):
+  hf_model, model, params = hf_and_flax
+  prompts, options = _random_examples(8, [30, 8, 24], [[3, 2], [2], [1]])
+  scores = inference.score_options(model, params, prompts, options, max_length=20, share_prompts=share_prompts,
+                                   bos_id=2)
+  for i, prompt in enumerate(prompts):
+    for j, option in enumerate(options[i]):
+      if share_prompts:  # </s>, then the prompt's last tokens: as many as the longest option leaves room for
+        room = 20 - max(map(len, options[i])) + 1
+        kept = (prompt if len(prompt) <= room else [2] + prompt[len(prompt) - room + 1:]) + option
+      else:  # </s>, then the row's last 20 tokens (the first of them read, not scored)
+        row = prompt + option
+        kept = row if len(row) <= 21 else [2] + row[len(row) - 20:]
+      assert scores[i][j] == pytest.approx(_hf_log_likelihood(hf_model, kept, len(option)), rel=1e-5, abs=1e-4)
+  outputs = inference.greedy_decode(model, params, prompts, max_new_tokens=6, max_length=20, bos_id=2)
+  for prompt, tokens in zip(prompts, outputs):
+    assert tokens == _hf_greedy(hf_model, prompt if len(prompt) <= 14 else [2] + prompt[len(prompt) - 13:], 6, 2)
+  # A prompt that does not start with the BOS is cut as before.
+  unmarked = [p[1:] for p in prompts]
+  assert inference.score_options(model, params, unmarked, options, max_length=20, share_prompts=share_prompts,
+                                 bos_id=2) == inference.score_options(model, params, unmarked, options, max_length=20,
+                                                                      share_prompts=share_prompts)
+
+
 def test_the_whole_context_is_usable(hf_and_flax):
   hf_model, model, params = hf_and_flax
   context = SMALL["max_position_embeddings"]

@@ -52,6 +52,30 @@ def test_the_digest_covers_kind_settings_and_every_token_but_not_group_labels():
   assert one == requests.digest(requests.predict_request([np.array([1, 2, 3], np.int64)], 8, [2]))
 
 
+def test_the_bos_kept_on_truncation_is_a_setting_of_the_request_and_answers_follow_it(tmp_path, random_hf_opt):
+  from optiml_jax import convert  # pylint: disable=g-import-not-at-top
+  from optiml_jax.models import opt_config  # pylint: disable=g-import-not-at-top
+  prompts = [np.array([2] + list(range(10, 40)), np.int32), np.array([2, 7, 8], np.int32)]
+  plain = requests.predict_request(prompts, 4, [2])
+  with_bos = requests.predict_request(prompts, 4, [2], bos_id=2)
+  assert with_bos.settings["bos_id"] == 2 and "bos_id" not in plain.settings
+  assert requests.digest(plain) != requests.digest(with_bos)
+  assert requests.score_request(_rows(), False, bos_id=2).settings == {"length_normalize": False, "bos_id": 2}
+  config = opt_config.OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=32,
+                                max_position_embeddings=24, init_std=0.3)
+  random_hf_opt(config).save_pretrained(tmp_path / "hf")
+  loaded, params = convert.load_hf(tmp_path / "hf")
+  scorer = inference.Scorer(loaded, params, batch_size=2, progress=False)
+  answered = requests.answer_request(with_bos, scorer)["tokens"]
+  direct = scorer.greedy_decode(prompts, 4, bos_id=2)
+  assert inference.fixed_length(direct, 4, 2).tolist() == answered.tolist()
+  rows = inference.option_rows([prompts[0]], [[[5, 6, 2]]])
+  request = requests.score_request(rows, False, bos_id=2)
+  expected = inference.score_rows(scorer.model, scorer.params, rows, max_length=24, bos_id=2)
+  assert requests.answer_request(request, scorer)["scores"].tolist() == pytest.approx(expected)
+  assert expected != pytest.approx(inference.score_rows(scorer.model, scorer.params, rows, max_length=24))
+
+
 def test_the_recorder_writes_each_request_once_and_placeholders_keep_seqio_s_shapes(tmp_path):
   recorder = requests.Recorder(tmp_path / "req", max_length=64, eos_ids=[2])
   rows = _rows()
