@@ -68,6 +68,9 @@ class EvalTask:
     benchmark, category, level, kind: labels from the catalog ("custom" outside it).
     max_instances: evaluate at most the first this many instances (None: all of the split).
     note: a caveat carried into the report (e.g. fewer demonstrations than `shots` exist).
+    demonstrations: how many demonstrations the task offers its k-shot variant (None: not counted). A k-shot
+      variant (k > 0) with none is its 0-shot prompt: it is evaluated and listed, but left out of the k-shot
+      aggregates (`report.TaskResult.aggregated`).
   """
 
   task: str
@@ -79,6 +82,7 @@ class EvalTask:
   kind: str
   max_instances: int | None = None
   note: str = ""
+  demonstrations: int | None = None
 
 
 def seqio_task_name(task: str, kind: str, shots: int) -> str:
@@ -169,10 +173,12 @@ def demonstrations_available(entry: catalog_lib.CatalogEntry, pool_size: int = r
 
 def note_missing_demonstrations(specs: Sequence[EvalTask], bench: catalog_lib.Catalog,
                                 pool_size: int = registry.DEMONSTRATION_POOL_SIZE) -> list[EvalTask]:
-  """`specs` with a note on each k-shot catalog variant whose task offers fewer than k demonstrations.
+  """`specs` with a note on each k-shot catalog variant whose task offers fewer than k demonstrations, and
+  the number it offers (`EvalTask.demonstrations`).
 
   A held-out task whose every instance is an evaluation instance, and which has no worked examples of its
-  own, gets none: its k-shot variant is then the 0-shot prompt, and the report says so.
+  own, gets none: its k-shot variant is then the 0-shot prompt; the report says so and leaves it out of the
+  k-shot means (as `reproduce`'s claim table does).
   """
   entries = {e.name: e for e in bench.tasks}
   available: dict[str, int | None] = {}
@@ -192,8 +198,11 @@ def note_missing_demonstrations(specs: Sequence[EvalTask], bench: catalog_lib.Ca
     if n is not None and n < spec.shots:
       note = (f"{spec.shots}-shot asked but only {n} demonstration(s) exist"
               if n else f"{spec.shots}-shot asked but no demonstration exists (every instance is an evaluation "
-              "instance and the task has no worked examples): this variant is the 0-shot prompt")
+              "instance and the task has no worked examples): this variant is the 0-shot prompt, left out of the "
+              f"{spec.shots}-shot means")
       spec = dataclasses.replace(spec, note=note)
+    if n is not None:
+      spec = dataclasses.replace(spec, demonstrations=n)
     out.append(spec)
   return out
 
@@ -228,7 +237,7 @@ def evaluate_task(spec: EvalTask, scorer: inference.ModelCalls, max_new_tokens: 
   """
   start = time.time()
   result = report_lib.TaskResult(spec.task, spec.shots, spec.benchmark, spec.category, spec.level, spec.kind,
-                                 note=spec.note)
+                                 note=spec.note, aggregated=not (spec.shots > 0 and spec.demonstrations == 0))
   truncated_before = scorer.stats.truncated
   try:
     if spec.seqio_name not in seqio.TaskRegistry.names():

@@ -12,7 +12,7 @@ metrics.json (`build_report`), with `shots` keys as strings ("0", "5"):
    "settings": {"shots": [0, 5], "levels": [...], "checkpoint_problems": [one line per step skipped], ...},
    "tasks":    {task: {"benchmark", "category", "level", "kind",
                        "shots": {"0": {"score", "metric", "metrics": {...}, "num_instances", "num_truncated",
-                                       "error", "seconds", "note"}}}},
+                                       "error", "seconds", "note", "aggregated"}}}},
    "levels":     {level: {"0": AGG, ...}},
    "benchmarks": {level: {benchmark: {"0": AGG}}},
    "categories": {level: {category: {"0": AGG}}},
@@ -32,7 +32,9 @@ steps.md.
 
 A task's headline `score` is the metric its kind is judged by (accuracy for rank classification, ROUGE-L for
 generation; see `metrics.HEADLINE_METRICS`); aggregates are unweighted means over tasks, as the paper
-averages its benchmarks. Levels: held_out_category (1: fully held-out categories), held_out_task (2: unseen
+averages its benchmarks. A k-shot result whose task has no demonstration to show (`aggregated` false: its
+prompt is the 0-shot one) is listed with its note but left out of the k-shot aggregates, so that a k-shot mean
+is over k-shot prompts only. Levels: held_out_category (1: fully held-out categories), held_out_task (2: unseen
 tasks of seen categories), held_out_instances (3: held-out instances of training tasks), and "custom" for
 seqio Tasks that are not in the catalog.
 
@@ -78,6 +80,8 @@ class TaskResult:
     error: why the task could not be evaluated (None when it was).
     seconds: wall time of the task.
     note: a caveat on an evaluated task (e.g. fewer demonstrations than `shots` exist).
+    aggregated: whether the result counts in the aggregates (False: a k-shot variant that has no
+      demonstration, whose prompt is the 0-shot one; listed per task only).
   """
 
   task: str
@@ -94,6 +98,7 @@ class TaskResult:
   error: str | None = None
   seconds: float = 0.0
   note: str = ""
+  aggregated: bool = True
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -159,9 +164,10 @@ def build_report(results: Sequence[TaskResult], model: Mapping[str, Any] | None 
         "num_truncated": r.num_truncated,
         "error": r.error,
         "seconds": round(r.seconds, 3),
-        "note": r.note
+        "note": r.note,
+        "aggregated": r.aggregated
     }
-  results = [r for r in results if r.level != UNKNOWN_LEVEL]
+  results = [r for r in results if r.level != UNKNOWN_LEVEL and r.aggregated]
   levels: dict[str, Any] = {}
   for (level, shots), group in _group(results, "level", "shots").items():
     levels.setdefault(level, {})[str(shots)] = aggregate(group)

@@ -4,6 +4,7 @@ The model is a tiny randomly initialised OPT; every metric the evaluator reports
 against the same quantity computed directly with `inference.score_options` / `greedy_decode`.
 """
 
+import dataclasses
 import pathlib
 import shutil
 
@@ -197,6 +198,20 @@ def test_k_shot_variants_without_demonstrations_are_noted(bigbench_catalog, toy_
   assert "no demonstration exists" in notes[("bigbench:human_organs_senses", 2)]  # all 42 instances are eval ones
   assert notes[("bigbench:human_organs_senses", 0)] == ""
   assert notes[("sni:task030_toy_entail_color", 2)] == ""  # SNI positive examples
+  counted = {(s.task, s.shots): s.demonstrations for s in evaluator.note_missing_demonstrations(specs, bench)}
+  assert counted[("bigbench:human_organs_senses", 2)] == 0 and counted[("sni:task030_toy_entail_color", 2)] > 0
+  assert counted[("bigbench:human_organs_senses", 0)] is None  # 0-shot: nothing to count
+
+
+def test_a_k_shot_variant_without_demonstrations_is_evaluated_but_not_aggregated(toy_catalog, scorer):
+  spec = evaluator.EvalTask("sni:task030_toy_entail_color", 2, "sni:task030_toy_entail_color.2shot", "sni",
+                            "Textual Entailment", "held_out_category", "generation", max_instances=1)
+  assert evaluator.evaluate_task(spec, scorer, max_new_tokens=2).aggregated
+  bare = dataclasses.replace(spec, demonstrations=0)
+  result = evaluator.evaluate_task(bare, scorer, max_new_tokens=2)
+  assert result.error is None and result.score is not None and not result.aggregated
+  zero = dataclasses.replace(spec, shots=0, seqio_name="sni:task030_toy_entail_color", demonstrations=0)
+  assert evaluator.evaluate_task(zero, scorer, max_new_tokens=2).aggregated
 
 
 def _user_task(name, rows, vocabulary, metric_fns):

@@ -61,6 +61,23 @@ def test_notes_and_unknown_tasks_are_listed_but_not_aggregated():
   assert "## Notes" in text and "- nope (0-shot): absent from the catalog" in text
 
 
+def test_a_k_shot_variant_without_demonstrations_is_left_out_of_the_k_shot_means():
+  results = _results()
+  # bigbench:cr has no demonstration: its 5-shot prompt is the 0-shot one, with the 0-shot score (30).
+  cr5 = next(r for r in results if r.task == "bigbench:cr" and r.shots == 5)
+  cr5.aggregated, cr5.note = False, "5-shot asked but no demonstration exists"
+  rep = report.build_report(results)
+  level1 = rep["levels"]["held_out_category"]
+  assert level1["5"]["score"] == pytest.approx((50 + 70) / 2) and level1["5"]["num_tasks"] == 2
+  assert level1["0"]["score"] == pytest.approx((40 + 60 + 30) / 3) and level1["0"]["num_tasks"] == 3
+  assert "5" not in rep["categories"]["held_out_category"]["Coreference Resolution"]
+  assert rep["benchmarks"]["held_out_category"]["bigbench"]["5"]["score"] == pytest.approx(70.0)
+  listed = rep["tasks"]["bigbench:cr"]["shots"]["5"]
+  assert (listed["score"], listed["aggregated"]) == (30.0, False)
+  assert rep["tasks"]["bigbench:cr"]["shots"]["0"]["aggregated"] is True
+  assert "5-shot: 5-shot asked but no demonstration exists" in report.markdown(rep)
+
+
 def test_baseline_deltas_and_side_by_side_tables():
   tuned = report.build_report(_results(offset=5.0), {"label": "tuned"})
   base = report.build_report(_results(), {"label": "base"})
