@@ -50,6 +50,9 @@ FORMAT_VERSION = 1
 # task, over copies of its held-out instances (1 compared ids only). Part of a k-shot shard's fingerprint only, so a
 # rule change rebuilds the k-shot shards and leaves the 0-shot ones.
 DEMONSTRATIONS_RULE = 2
+# Which instances a training shard holds (`catalog.train_instances`): 2 passes over repeats of a held-out instance,
+# same input and answer (1 took every instance after the held-out ones). Part of a training shard's fingerprint only.
+TRAIN_STREAM_RULE = 2
 MANIFEST_FILE = "cache.json"
 CATALOG_FILE = catalog_lib.CATALOG_FILE
 SHARDS_DIR = "shards"
@@ -93,6 +96,8 @@ def fingerprint(entry: catalog_lib.CatalogEntry, shots: int, split: str, vocabul
   }
   if shots > 0:  # k-shot shards built before the rule changed hold other demonstrations: rebuilt, not read
     parts["demonstrations_rule"] = DEMONSTRATIONS_RULE
+  if split == TRAIN_SPLIT:  # training shards built before the stream's rule changed may hold held-out repeats
+    parts["train_stream_rule"] = TRAIN_STREAM_RULE
   return hashlib.sha256(json.dumps(parts, sort_keys=True, default=list).encode("utf-8")).hexdigest()
 
 

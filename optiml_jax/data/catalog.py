@@ -20,8 +20,9 @@ definition (`tasks/optiml_bench.yaml`, read by `bench_config.load_config`) and
 
 Held-out instances rule (used by every later stage through `eval_instances` / `train_instances`): a task
 with role `train` keeps its FIRST `num_eval_instances` instances (source order) for evaluation (the third
-generalization level) and trains on the rest, at most `num_examples`; a held-out task evaluates on its
-first `num_eval_instances` instances (SNI protocol: first 100) and has no training stream.
+generalization level) and trains on the rest, at most `num_examples`, passing over repeats of a held-out
+instance (same input and answer); a held-out task evaluates on its first `num_eval_instances` instances (SNI
+protocol: first 100) and has no training stream.
 
 `Catalog.save(out_dir)` writes `out_dir/catalog.json` atomically; `load(out_dir)` reads it back.
 """
@@ -217,24 +218,52 @@ def eval_instances(entry: CatalogEntry, task: records.TaskSource) -> list[record
   return list(itertools.islice(task.instances(), entry.num_eval_instances))
 
 
+def held_out_answers(entry: CatalogEntry, task: records.TaskSource) -> frozenset[tuple[str, str]]:
+  """(input, reference) pairs, surrounding whitespace ignored, of a train-role task's held-out instances; empty for
+  other roles. Sources repeat instances under other ids (P3 files repeat lines, SNI positive examples are also
+  instances), and a repeat trained on, or shown as a demonstration, would teach a held-out answer
+  (`repeats_held_out`)."""
+  if entry.role != TRAIN or entry.num_eval_instances == 0:
+    return frozenset()
+  return frozenset((i.input.strip(), target.strip())
+                   for i in itertools.islice(task.instances(), entry.num_eval_instances)
+                   for target in i.targets)
+
+
+def repeats_held_out(instance: records.Instance, held_out: frozenset[tuple[str, str]]) -> bool:
+  """Whether `instance` asks a held-out instance's question with one of its answers (`held_out_answers`). The same
+  input with another answer is another instance (P3's app_reviews templates ask for a 4-star review of one app on
+  every line, each line answered by another review)."""
+  return bool(instance.targets) and (instance.input.strip(), instance.targets[0].strip()) in held_out
+
+
 def train_instances(entry: CatalogEntry, task: records.TaskSource) -> Iterator[records.Instance]:
-  """The training stream of a task: the instances after the evaluation ones, at most `num_examples`."""
+  """The training stream of a task: the instances after the evaluation ones less repeats of a held-out instance
+  (`repeats_held_out`: the third generalization level evaluates answers the model has not trained on), at most
+  `num_examples` of them."""
   if entry.role != TRAIN:
     return iter(())
-  return itertools.islice(task.instances(), entry.num_eval_instances, entry.num_eval_instances + entry.num_examples)
+  rest = itertools.islice(task.instances(), entry.num_eval_instances, None)
+  held_out = held_out_answers(entry, task)
+  if held_out:
+    rest = (i for i in rest if not repeats_held_out(i, held_out))
+  return itertools.islice(rest, entry.num_examples)
 
 
 def split_counts(role: str, kind: str, num_instances: int, held_out_per_task: int, max_examples: int,
-                 max_eval_instances: int) -> tuple[int, int]:
+                 max_eval_instances: int, repeats: Sequence[tuple[int, int]] = ()) -> tuple[int, int]:
   """(num_examples, num_eval_instances) of a task under the held-out instances rule.
 
   A training task holds out `held_out_per_task` instances, never more than half of them (and none for
-  language-modeling text); a held-out task evaluates on up to `max_eval_instances` and trains on none.
+  language-modeling text), and trains on the others less repeats of a held-out one; a held-out task evaluates on
+  up to `max_eval_instances` and trains on none. `repeats`: (k, j) for instance k repeating instance j's input and
+  answer, j the first such and below `held_out_per_task` (`_Count`).
   """
   if role != TRAIN:
     return 0, min(num_instances, max_eval_instances)
   num_eval = 0 if kind == records.LANGUAGE_MODELING else min(held_out_per_task, num_instances // 2)
-  return min(num_instances - num_eval, max_examples), num_eval
+  repeated = sum(1 for k, j in repeats if j < num_eval <= k)
+  return min(num_instances - num_eval - repeated, max_examples), num_eval
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -364,8 +393,29 @@ def _held_out_datasets(tasks: Sequence[records.TaskSource], category: Mapping[st
   return known
 
 
-def _count_instances(task: records.TaskSource) -> int:
-  return sum(1 for _ in task.instances())
+@dataclasses.dataclass(frozen=True)
+class _Count:
+  """A task's instances counted: how many, and `repeats` ((k, j): instance k has the input and an answer of instance
+  j, the first such among the first `held_out_per_task`), from which `split_counts` leaves out the repeats of
+  held-out instances, in one read of the source."""
+  instances: int
+  repeats: tuple[tuple[int, int], ...]
+
+
+def _count_instances(task: records.TaskSource, held_out_per_task: int) -> _Count:
+  first: dict[tuple[str, str], int] = {}  # (input, reference) of the first held_out_per_task instances -> index
+  repeats = []
+  count = 0
+  for count, instance in enumerate(task.instances(), 1):
+    k = count - 1
+    if instance.targets:
+      j = first.get((instance.input.strip(), instance.targets[0].strip()))
+      if j is not None:
+        repeats.append((k, j))
+      if k < held_out_per_task:
+        for target in instance.targets:
+          first.setdefault((instance.input.strip(), target.strip()), k)
+  return _Count(count, tuple(repeats))
 
 
 def instance_text(instance: records.Instance) -> str:
@@ -374,7 +424,7 @@ def instance_text(instance: records.Instance) -> str:
 
 
 def _read_sources(sources: Iterable[records.TaskSource | records.Skipped], config: bench_config.BenchConfig,
-                  progress: bool) -> tuple[list[tuple[records.TaskSource, int]], list[records.Skipped]]:
+                  progress: bool) -> tuple[list[tuple[records.TaskSource, _Count]], list[records.Skipped]]:
   """Counts every task's instances; unreadable, empty or duplicate tasks become `Skipped`."""
   tasks, skipped = [], []
   seen: dict[str, str] = {}  # task name -> the file it was first read from
@@ -389,11 +439,11 @@ def _read_sources(sources: Iterable[records.TaskSource | records.Skipped], confi
       skipped.append(records.Skipped(item.path, f"duplicate task name {item.name} (first: {seen[item.name]})"))
       continue
     try:
-      count = _count_instances(item)
+      count = _count_instances(item, config.held_out_instances_per_task)
     except (ValueError, OSError, KeyError, TypeError) as e:  # SourceError, bad JSON, bad bytes, bad fields
       skipped.append(records.Skipped(item.path, getattr(e, "reason", f"{type(e).__name__}: {e}")))
       continue
-    if count == 0:
+    if count.instances == 0:
       skipped.append(records.Skipped(item.path, "no instances"))
       continue
     seen[item.name] = item.path
@@ -427,7 +477,8 @@ def build(config: bench_config.BenchConfig, sources: Iterable[records.TaskSource
       undeclared benchmark, or no task left to train on.
   """
   read, skipped = _read_sources(sources, config, progress)
-  counts = {task.name: n for task, n in read}
+  counts = {task.name: n.instances for task, n in read}
+  repeats = {task.name: n.repeats for task, n in read}
   sni_splits = sni_splits or {}
   if config.held_out.sni_train == "split" and not sni_splits and any(t.benchmark == "sni" for t, _ in read):
     raise ValueError(f"{config.path}: held_out.sni_train: split trains only the SNI tasks of the train split, but no "
@@ -490,7 +541,7 @@ def build(config: bench_config.BenchConfig, sources: Iterable[records.TaskSource
     bench = config.benchmarks[task.benchmark]
     num_examples, num_eval = split_counts(role[task.name], task.kind, counts[task.name],
                                           config.held_out_instances_per_task, bench.max_examples_per_task or
-                                          config.max_examples_per_task, config.max_eval_instances)
+                                          config.max_examples_per_task, config.max_eval_instances, repeats[task.name])
     entries[task.name] = CatalogEntry(name=task.name, benchmark=task.benchmark, category=category[task.name],
                                       role=role[task.name], num_examples=num_examples, num_eval_instances=num_eval,
                                       rate=0.0, format=task.format, path=task.path, dataset=task.dataset,

@@ -120,17 +120,17 @@ def demonstration_pools(entry: catalog_lib.CatalogEntry, task: records.TaskSourc
   """(own, fallback): the demonstrations a k-shot example of the task may draw. `own` are the task's own
   (SNI positive examples); `fallback`, which tops them up when k is larger, the first `size` instances after its
   evaluation instances (training instances of a train-role task, unused instances of a held-out one; empty when
-  `fallback` is False). Never an evaluation instance, nor, for a train-role task, a copy of the text of one of
-  its held-out instances: sources repeat instances (SNI positive examples that are also instances of their task,
-  e.g. task697's), and a k-shot training prompt would train on that held-out answer."""
+  `fallback` is False). Never an evaluation instance, nor, for a train-role task, a repeat of one of its held-out
+  instances (`catalog.repeats_held_out`): sources repeat instances (SNI positive examples that are also instances
+  of their task, e.g. task697's), and a k-shot training prompt would train on that held-out answer."""
   start = entry.num_eval_instances
   own: tuple[records.Instance, ...] = tuple(task.demonstrations)
   rest: tuple[records.Instance,
               ...] = tuple(itertools.islice(task.instances(), start, start + size)) if fallback else ()
-  if entry.role == catalog_lib.TRAIN and start > 0:
-    held_out = {i.input.strip() for i in itertools.islice(task.instances(), start)}
-    own = tuple(d for d in own if d.input.strip() not in held_out)
-    rest = tuple(d for d in rest if d.input.strip() not in held_out)
+  held_out = catalog_lib.held_out_answers(entry, task)
+  if held_out:
+    own = tuple(d for d in own if not catalog_lib.repeats_held_out(d, held_out))
+    rest = tuple(d for d in rest if not catalog_lib.repeats_held_out(d, held_out))
   return own, rest
 
 

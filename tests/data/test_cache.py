@@ -175,6 +175,19 @@ def test_a_change_of_the_demonstrations_rule_rebuilds_the_k_shot_shards_only(bui
   assert not any(".2shot." in name for name in again.skipped)
 
 
+def test_a_change_of_the_training_stream_rule_rebuilds_the_training_shards_only(built, monkeypatch):
+  """Training shards built before `catalog.train_instances` passed over repeats of held-out instances may hold
+  them: their fingerprint changes, the evaluation shards' does not."""
+  catalog_dir, _, _ = built
+  entry = catalog.load(catalog_dir).by_name()["sni:task001_toy_add_small"]
+  splits = (cache.TRAIN_SPLIT, cache.EVAL_SPLIT)
+  before = {s: cache.fingerprint(entry, 0, s, "v", 0, 256) for s in splits}
+  monkeypatch.setattr(cache, "TRAIN_STREAM_RULE", cache.TRAIN_STREAM_RULE - 1)
+  older = {s: cache.fingerprint(entry, 0, s, "v", 0, 256) for s in splits}
+  assert older[cache.EVAL_SPLIT] == before[cache.EVAL_SPLIT]
+  assert older[cache.TRAIN_SPLIT] != before[cache.TRAIN_SPLIT]
+
+
 def test_a_failing_task_is_reported_and_the_others_are_written(tmp_path, capsys, caplog):
   catalog_dir = make_bench(tmp_path)
   broken = next(e for e in catalog.load(catalog_dir).tasks if e.name == "sni:task002_toy_subtract")

@@ -13,6 +13,7 @@ from optiml_jax.data import bench_config
 from optiml_jax.data import catalog
 from optiml_jax.data import leakage
 from optiml_jax.data import records
+from optiml_jax.data.sources import promptsource
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BENCH_YAML = REPO / "tasks" / "optiml_bench.yaml"
@@ -286,6 +287,10 @@ def test_split_counts_rule():
   assert catalog.split_counts("train", records.LANGUAGE_MODELING, 10, 3, 30, 4) == (10, 0)
   assert catalog.split_counts("held_out_task", records.GENERATION, 100, 3, 30, 4) == (0, 4)
   assert catalog.split_counts("held_out_category", records.GENERATION, 2, 3, 30, 4) == (0, 2)
+  # Repeats (k, j) of a held-out instance j (j < 3) after the held-out ones do not train; others do.
+  repeats = [(1, 0), (5, 0), (6, 2), (7, 3), (9, 1)]  # (1, 0) is held out itself, (7, 3) repeats a trained one
+  assert catalog.split_counts("train", records.GENERATION, 100, 3, 300, 4, repeats) == (94, 3)
+  assert catalog.split_counts("train", records.GENERATION, 100, 3, 30, 4, repeats) == (30, 3)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -557,10 +562,17 @@ def test_real_data_catalog(shared_dir):
       t.name: [catalog.instance_text(i)
                for i in catalog.eval_instances(t, reopened[t.name])] for t in cat.tasks if t.role != "train"
   }
-  train_texts = ((t.name, map(catalog.instance_text, catalog.train_instances(t, reopened[t.name])))
-                 for t in cat.tasks
-                 if t.role == "train")
+  streams = {t.name: list(catalog.train_instances(t, reopened[t.name])) for t in cat.tasks if t.role == "train"}
+  train_texts = ((name, map(catalog.instance_text, stream)) for name, stream in streams.items())
   assert leakage.audit(eval_texts, train_texts, config.leakage.threshold) == []
+  # Each training stream holds num_examples instances, none a repeat of a held-out instance (P3's sample repeats
+  # some held-out lines further down, e.g. duorc's title generation 14 of its 20).
+  for name, stream in streams.items():
+    entry, task = by_name[name], reopened[name]
+    assert len(stream) == entry.num_examples, name
+    held_out = catalog.held_out_answers(entry, task)
+    assert not any(catalog.repeats_held_out(i, held_out) for i in stream), name
+  assert by_name["promptsource:duorc_SelfRC_title_generation"].num_examples == 64 - 20 - 14
   text = catalog.summary(cat)
   assert "bigbench" in text and "held_out_category" in text and "unmapped (fallback category)" in text
   assert any("few_shot_nlg" in u["key"] for u in cat.unmapped)
@@ -626,6 +638,32 @@ def test_shipped_alias_table_joins_the_benchmarks_spellings():
 def test_alias_cap_and_policy_errors_name_the_key(tmp_path, change, message):
   with pytest.raises(bench_config.ConfigError, match=message):
     _config(tmp_path, change)
+
+
+def test_the_training_stream_passes_over_repeats_of_held_out_instances(tmp_path):
+  """Sources repeat instances under other ids (P3 files repeat lines): a training instance with the input and
+  answer of one of the task's held-out instances would train on a third-level evaluation answer, so it is left
+  out; the same input with another answer is another instance, and trains."""
+  texts = [_words("rep", i) for i in range(12)]
+  texts[7] = "  " + texts[1] + "\n"  # the held-out instance 1 again, under another id and with other spacing
+  texts[10] = texts[2]
+  task = make_task("sni", "task_repeats", 12, categories=["Question Answering"], texts=texts)
+  # make_task answers instance i with "answer i": give the repeats their held-out instance's answers, but one.
+  instances = [
+      dataclasses.replace(i, targets=(f"answer {k}",)) if k in (1, 2) else i
+      for i, k in zip(task.instances(), [0, 1, 2, 3, 4, 5, 6, 1, 8, 9, 2, 11])
+  ]
+  instances[5] = dataclasses.replace(instances[5], input=texts[0])  # held-out 0's question, answer 5: trains
+  task = dataclasses.replace(task, open_instances=lambda: iter(instances))
+  cat = catalog.build(_config(tmp_path), [task], {})
+  entry = cat.by_name()["sni:task_repeats"]
+  assert (entry.role, entry.num_eval_instances, entry.num_examples) == ("train", 3, 7)
+  evals = [i.id for i in catalog.eval_instances(entry, task)]
+  trains = [i.id for i in catalog.train_instances(entry, task)]
+  assert evals == [f"task_repeats-{i}" for i in range(3)]
+  assert trains == [f"task_repeats-{i}" for i in (3, 4, 5, 6, 8, 9, 11)]
+  registry_like = [i for i in instances[3:] if catalog.repeats_held_out(i, catalog.held_out_answers(entry, task))]
+  assert [i.id for i in registry_like] == ["task_repeats-7", "task_repeats-10"]
 
 
 def test_aliases_drive_dedup_categories_and_held_out_datasets(tmp_path):
@@ -905,3 +943,20 @@ def test_build_skips_tasks_whose_options_are_partial_or_miss_the_answer(tmp_path
       str(crossfit / "colours_partial.jsonl"),
       str(crossfit / "colours_missing.jsonl")
   }
+
+
+def test_the_sample_s_repeated_p3_lines_never_train_a_held_out_answer(shared_dir):
+  """duorc_SelfRC_title_generation of the P3 sample repeats 14 of its 20 held-out (input, answer) lines further down;
+  they would train on the third level's answers. Its other training lines stay."""
+  path = shared_dir / "data" / "p3" / "data_per_template" / "duorc_SelfRC_title_generation.jsonl"
+  task = promptsource.read_task(path)
+  num = sum(1 for _ in task.instances())
+  entry = catalog.CatalogEntry(name=task.name, benchmark="promptsource", category="Misc.", role=catalog.TRAIN,
+                               num_examples=num - 20, num_eval_instances=20, rate=1.0, format="promptsource",
+                               path=str(path), dataset=task.dataset, template="", kind=task.kind, num_instances=num)
+  held_out = {(i.input.strip(), i.targets[0].strip()) for i in catalog.eval_instances(entry, task)}
+  window = list(task.instances())[20:]
+  trains = list(catalog.train_instances(entry, task))
+  assert sum((i.input.strip(), i.targets[0].strip()) in held_out for i in window) == 14
+  assert not any((i.input.strip(), i.targets[0].strip()) in held_out for i in trains)
+  assert len(trains) == len(window) - 14
