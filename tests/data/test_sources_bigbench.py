@@ -148,6 +148,10 @@ def test_composite_task_names(tmp_path):
         "target_scores": {}
     }]), "examples[0].target_scores"),
     (_toy(append_choices_to_input="maybe"), "'append_choices_to_input'"),
+    (_toy(examples=[{
+        "input": "a",
+        "target": [" ", ""]
+    }]), "no example has a non-empty target"),
 ])
 def test_bad_tasks_are_skipped_with_the_field(tmp_path, task, expected):
   _write_task(tmp_path / "a_good", _toy())
@@ -163,3 +167,64 @@ def test_invalid_json_is_skipped(tmp_path):
   path.write_text('{"examples": [', encoding="utf-8")
   (skipped,) = bigbench.iter_tasks(tmp_path)
   assert isinstance(skipped, records.Skipped) and "invalid JSON" in skipped.reason
+
+
+def test_tied_best_choices_put_big_benchs_own_target_first(shared_dir):
+  # geometric_shapes scores "circle" and "ellipse" both 1 and names "circle" its target: BIG-bench's target (and
+  # the training target, targets[0]) is "circle", and either choice counts as right (multiple_choice_grade).
+  task = bigbench.read_task(_bigbench_dir(shared_dir) / "geometric_shapes" / "task.json")
+  tied = [(i, e) for i, e in zip(task.instances(), _raw(task)["examples"]) if len(i.targets) > 1]
+  assert tied
+  for instance, example in tied:
+    best = {c for c, s in example["target_scores"].items() if s == 1}
+    assert set(instance.targets) == best and instance.targets[0] == example["target"]
+  # Without a "target", the first best choice in target_scores order is BIG-bench's target.
+  proverbs = bigbench.read_task(_bigbench_dir(shared_dir) / "swedish_to_german_proverbs" / "task.json")
+  instance = next(proverbs.instances())
+  assert _raw(proverbs)["examples"][0]["input"] == "Alla vägar bär till Rom."
+  assert instance.targets == ("Alle Wege führen nach Rom.", "Alle Wege sind aus Rom.")
+
+
+def test_tied_choices_in_a_written_task(tmp_path):
+  scores = {"b": 1, "a": 0, "c": 1}
+  path = _write_task(tmp_path / "tie", _toy(examples=[{"input": "x", "target_scores": scores}]))
+  assert next(bigbench.read_task(path).instances()).targets == ("b", "c")
+  path = _write_task(tmp_path / "tie2", _toy(examples=[{"input": "x", "target_scores": scores, "target": "c"}]))
+  assert next(bigbench.read_task(path).instances()).targets == ("c", "b")
+
+
+def test_choices_and_references_lose_surrounding_whitespace(shared_dir, tmp_path):
+  # gre_reading_comprehension has choices that start with a space: joined to the prompt with the formatter's own
+  # space, they would be scored (and trained) after a lone-space token.
+  task = bigbench.read_task(_bigbench_dir(shared_dir) / "gre_reading_comprehension" / "task.json")
+  raw_choices = [c for e in _raw(task)["examples"] for c in e["target_scores"]]
+  assert any(c != c.strip() for c in raw_choices)
+  for instance in task.instances():
+    assert all(o == o.strip() for o in instance.options + instance.targets)
+  path = _write_task(
+      tmp_path / "ws",
+      _toy(examples=[{
+          "input": "a",
+          "target": [" b\n", "c "]
+      }, {
+          "input": "d",
+          "target_scores": {
+              " e": 0.5,
+              "e": 1,
+              "f ": 0
+          }
+      }]))
+  first, second = bigbench.read_task(path).instances()
+  assert first.targets == ("b", "c")
+  assert sorted(second.options) == ["e", "f"] and second.targets == ("e",)
+
+
+def test_example_without_a_reference_is_dropped(shared_dir):
+  task = bigbench.read_task(_bigbench_dir(shared_dir) / "physics_questions" / "task.json")
+  examples = _raw(task)["examples"]
+  empty = [k for k, e in enumerate(examples) if e["input"] == "" and e["target"] == ""]
+  assert len(empty) == 1
+  instances = list(task.instances())
+  assert len(instances) == len(examples) - 1 and all(i.targets and all(i.targets) for i in instances)
+  assert f"physics_questions-{empty[0]}" not in {i.id for i in instances}
+  assert [i.id for i in instances] == [f"physics_questions-{k}" for k in range(len(examples)) if k != empty[0]]

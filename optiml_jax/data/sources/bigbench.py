@@ -15,8 +15,17 @@ Instance input = [example task_prefix] + input prefix + input [+ choice prefix +
 prefix, with the surrounding whitespace stripped (formatting adds the delimiter: none after "A:").
 Multiple choice: `options` are the choices in a fixed pseudo-random order seeded by (task, example index)
 (BIG-bench also shuffles them, so the answer's position carries no signal) and `targets` are the choice(s)
-with the highest score, in that order; the task's kind is "multiple_choice" when every example has
-"target_scores", else "generation". Instance id: the example's "_id" if any, else `<task>-<index>`.
+with the highest score: several when scores tie (BIG-bench's multiple_choice_grade gives full credit to any
+of them). `targets[0]`, the training target, is BIG-bench's own target: the example's "target" when it names
+one of the best choices (geometric_shapes: "circle" of the tied circle/ellipse), else the first best choice
+in "target_scores" order; the other best choices follow in option order. (Graded scores, e.g. 0.5 or the
+emotion weights of emojis_emotion_prediction, are not kept: the best choice is right, every other wrong.)
+Choices and references lose their surrounding whitespace (the formatter joins the target with one space of
+its own; gre_reading_comprehension has choices that start with a space); choices equal after that are one
+choice with the higher score. A generation example whose every reference is empty (physics_questions has an
+example with an empty input and target) is dropped; ids of the others do not change. The task's kind is
+"multiple_choice" when every example has "target_scores", else "generation". Instance id: the example's
+"_id" if any, else `<task>-<index>`.
 
 Task names: the folder of `task.json`; a subtask of a composite task (its parent folder has a task.json
 too) is `<parent>:<subtask>` and its dataset is the parent. A composite's own task.json (a folder whose
@@ -74,11 +83,12 @@ def _prefix(task: dict[str, Any], field: str, default: str, path: str) -> str:
 def _scores(value: Any, path: str, where: str) -> dict[str, float]:
   if not isinstance(value, dict) or not value:
     raise records.SourceError(path, f"{where}.target_scores: expected a non-empty object {{choice: score}}")
-  scores = {}
+  scores: dict[str, float] = {}
   for choice, score in value.items():
     if isinstance(score, bool) or not isinstance(score, (int, float)):
       raise records.SourceError(path, f"{where}.target_scores[{choice!r}]: expected a number, got {score!r}")
-    scores[choice] = float(score)
+    text = choice.strip()
+    scores[text] = max(float(score), scores.get(text, float(score)))
   return scores
 
 
@@ -108,7 +118,17 @@ def prompt_format(task: dict[str, Any], path: str) -> PromptFormat:
   )
 
 
-def _instance(example: Any, index: int, fmt: PromptFormat, path: str, local_name: str) -> records.Instance:
+def _best_choices(scores: dict[str, float], options: tuple[str, ...], own_targets: tuple[str, ...]) -> tuple[str, ...]:
+  """The choices with the highest score, BIG-bench's own target first (see the module docstring)."""
+  best = max(scores.values())
+  first = next((t for t in own_targets if scores.get(t) == best), None)
+  if first is None:
+    first = next(c for c, s in scores.items() if s == best)
+  return (first,) + tuple(o for o in options if scores[o] == best and o != first)
+
+
+def _instance(example: Any, index: int, fmt: PromptFormat, path: str, local_name: str) -> records.Instance | None:
+  """One example -> Instance; None for a generation example without a non-empty reference."""
   where = f"examples[{index}]"
   if not isinstance(example, dict):
     raise records.SourceError(path, f"{where}: expected an object, got {type(example).__name__}")
@@ -117,10 +137,15 @@ def _instance(example: Any, index: int, fmt: PromptFormat, path: str, local_name
   if "target_scores" in example:
     scores = _scores(example["target_scores"], path, where)
     options = tuple(_shuffled(list(scores), local_name, index))
-    best = max(scores.values())
-    targets = tuple(o for o in options if scores[o] == best)
+    own = example.get("target")
+    own_targets = () if own is None else tuple(
+        t.strip() for t in jsonl.as_text_list(own, path, f"{where}.target", allow_empty=True))
+    targets = _best_choices(scores, options, own_targets)
   elif "target" in example:
-    targets = jsonl.as_text_list(example["target"], path, f"{where}.target")
+    targets = tuple(t.strip() for t in jsonl.as_text_list(example["target"], path, f"{where}.target"))
+    targets = tuple(t for t in targets if t)
+    if not targets:
+      return None
   else:
     raise records.SourceError(path, f"{where}: missing required field 'target' or 'target_scores'")
   if options and fmt.append_choices:
@@ -135,7 +160,9 @@ def _stream(path: str, local_name: str) -> Iterator[records.Instance]:
   task = jsonl.load_json(path)
   fmt = prompt_format(task, path)
   for index, example in enumerate(jsonl.required_list(task, "examples", path, "task", "example")):
-    yield _instance(example, index, fmt, path, local_name)
+    instance = _instance(example, index, fmt, path, local_name)
+    if instance is not None:
+      yield instance
 
 
 def read_task(path: str | os.PathLike, benchmark: str = BENCHMARK) -> records.TaskSource:
@@ -150,8 +177,9 @@ def read_task(path: str | os.PathLike, benchmark: str = BENCHMARK) -> records.Ta
   task = jsonl.load_json(path)
   examples = jsonl.required_list(task, "examples", path, "task", "example")
   fmt = prompt_format(task, path)
-  for index, example in enumerate(examples):
-    _instance(example, index, fmt, path, local_name)  # Validates every example now; streamed again later.
+  # Validates every example now; streamed again later.
+  if all([_instance(example, index, fmt, path, local_name) is None for index, example in enumerate(examples)]):
+    raise records.SourceError(path, "field 'examples': no example has a non-empty target")
   multiple_choice = all(isinstance(e, dict) and "target_scores" in e for e in examples)
   definition = _prefix(task, "task_prefix", "", path).strip() or _prefix(task, "description", "", path).strip()
   keywords = task.get("keywords", [])
