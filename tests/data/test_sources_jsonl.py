@@ -84,6 +84,18 @@ def test_generic_jsonl_bad_files_are_skipped(tmp_path, lines, expected):
   assert skipped.path == str(tmp_path / "bad.jsonl")
 
 
+def test_generic_jsonl_references_and_options_lose_surrounding_whitespace(tmp_path):
+  # The formatter joins source and target with its own " ": a target " yes" trained a lone-space token first.
+  _write_lines(tmp_path / "spaced.jsonl", [{
+      "inputs": "Is 3 odd?",
+      "targets": [" yes\n", "Yes "],
+      "options": [" yes", "no "]
+  }])
+  (task,) = jsonl.iter_tasks(tmp_path, "t5")
+  (instance,) = task.instances()
+  assert (instance.targets, instance.options) == (("yes", "Yes"), ("yes", "no"))
+
+
 def test_generic_jsonl_bad_later_line_names_its_number(tmp_path):
   task = jsonl.read_task(_write_lines(tmp_path / "t.jsonl", [{"src": "a", "tgt": "b"}, {"src": "c"}]), "exmix")
   with pytest.raises(records.SourceError, match=r"t.jsonl: line 2: missing required field 'tgt'"):
@@ -176,7 +188,7 @@ def test_cot_schemas(tmp_path):
       },
       {
           "inputs": "Q: 1+1?",
-          "targets": "1 plus 1 is 2. So the answer is 2.",
+          "targets": " 1 plus 1 is 2. So the answer is 2.\n",
           "id": "flan-9"
       },
       {

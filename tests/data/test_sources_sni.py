@@ -5,6 +5,7 @@ import pathlib
 
 import pytest
 
+from optiml_jax.data import formatting
 from optiml_jax.data import records
 from optiml_jax.data.sources import sni
 
@@ -89,6 +90,21 @@ def test_integer_outputs_become_strings(shared_dir):
   for instance, record in zip(task.instances(), raw["Instances"]):
     assert instance.targets == tuple(str(o) for o in record["output"])
   assert task.dataset == "task1759_gsm"  # No "Source" field: the task's own name.
+
+
+def test_outputs_lose_surrounding_whitespace(shared_dir):
+  # task1147_country_currency has outputs like " Australian Dollar": joined to the prompt with the formatter's
+  # own space, the training target started with a lone-space token.
+  task = sni.read_task(_sni_dir(shared_dir) / "tasks" / "task1147_country_currency.json")
+  raw = json.loads(pathlib.Path(task.path).read_text(encoding="utf-8"))
+  assert any(o != o.lstrip() for r in raw["Instances"] for o in r["output"])
+  instances = list(task.instances())
+  assert [i.targets for i in instances] == [tuple(o.strip() for o in r["output"]) for r in raw["Instances"]]
+  for instance in instances:
+    _, target = formatting.token_texts(
+        formatting.format_example(task, instance, delimiter=" A:")[0], instance.targets[0])
+    assert target == " " + instance.targets[0] and not target.startswith("  ")
+  assert all(d.targets[0] == d.targets[0].strip() for d in task.demonstrations)
 
 
 def test_open_instances_twice_yields_the_same(shared_dir):

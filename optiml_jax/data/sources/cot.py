@@ -13,7 +13,8 @@ Accepted line schemas (one JSON object per line; blank lines are ignored; a file
 
 The answer sentence is FLAN's CoT form; its final period is left out when the answer already ends with
 ".", "!" or "?". An optional "id" names the instance (default `<file stem>-<line number>`). Numbers are read
-as their decimal string. An empty (or only whitespace) "targets" or "answer" is a bad line. Validation: the
+as their decimal string. The target loses its surrounding whitespace (the formatter adds its own space before
+it). An empty (or only whitespace) "targets" or "answer" is a bad line. Validation: the
 first line is checked eagerly, later lines when streamed (a bad line raises `records.SourceError` naming its
 line number); see `optiml_jax.data.sources.jsonl`.
 """
@@ -46,8 +47,8 @@ def instance_from_record(obj: Mapping[str, Any], path: str, line_number: int, lo
   where = f"line {line_number}"
   if "inputs" in obj or "targets" in obj:
     text = jsonl.as_text(jsonl.required(obj, "inputs", path, where), path, f"{where}: field 'inputs'")
-    target = jsonl.as_text(jsonl.required(obj, "targets", path, where), path, f"{where}: field 'targets'")
-    if not target.strip():
+    target = jsonl.as_text(jsonl.required(obj, "targets", path, where), path, f"{where}: field 'targets'").strip()
+    if not target:
       raise records.SourceError(path, f"{where}: field 'targets' is empty")
   elif "question" in obj:
     text = jsonl.as_text(obj["question"], path, f"{where}: field 'question'")

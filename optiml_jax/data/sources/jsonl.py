@@ -10,7 +10,9 @@ Accepted line schemas (one JSON object per line; blank lines are ignored):
   {"inputs": str, "targets": str | [str, ...]}          seqio / FLAN style exports
 
 Optional keys on any line: "id" (the instance id; default `<file stem>-<line number>`), "options" (a list of
-answer candidates: rank classification). Numbers in text fields are read as their decimal string. The task's
+answer candidates: rank classification). Numbers in text fields are read as their decimal string. References
+and options lose their surrounding whitespace: the formatter joins the target to the prompt with one space of
+its own, so a target " yes" would train (or be scored after) a lone-space token. The task's
 kind is "multiple_choice" when the first line carries "options", else "generation"; its `dataset` (the
 de-duplication key) is the first line's "dataset" value if present, else the file stem.
 
@@ -144,6 +146,11 @@ def as_text_list(value: Any, path: str, where: str, allow_empty: bool = False) -
   return texts
 
 
+def stripped(texts: tuple[str, ...]) -> tuple[str, ...]:
+  """`texts` without their surrounding whitespace (references and options: see the module docstring)."""
+  return tuple(t.strip() for t in texts)
+
+
 def non_empty(texts: tuple[str, ...], path: str, where: str) -> tuple[str, ...]:
   """`texts` (references), or a SourceError naming the first one that is empty or only whitespace."""
   for i, text in enumerate(texts):
@@ -216,11 +223,11 @@ def instance_from_record(obj: Mapping[str, Any], path: str, line_number: int, lo
     raise records.SourceError(
         path, f"{where}: expected fields 'src' and 'tgt' or 'inputs' and 'targets', found {sorted(obj)}")
   text = as_text(required(obj, input_key, path, where), path, f"{where}: field '{input_key}'")
-  targets = non_empty(as_text_list(required(obj, target_key, path, where), path, f"{where}: field '{target_key}'"),
-                      path, f"{where}: field '{target_key}'")
+  references = as_text_list(required(obj, target_key, path, where), path, f"{where}: field '{target_key}'")
+  targets = non_empty(stripped(references), path, f"{where}: field '{target_key}'")
   options: tuple[str, ...] = ()
   if "options" in obj:
-    options = check_options(as_text_list(obj["options"], path, f"{where}: field 'options'"), targets, path,
+    options = check_options(stripped(as_text_list(obj["options"], path, f"{where}: field 'options'")), targets, path,
                             f"{where}: field 'options'")
   return records.Instance(id=instance_id(obj, path, line_number, local_name), input=text, targets=targets,
                           options=options)

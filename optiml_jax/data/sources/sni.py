@@ -7,8 +7,13 @@ Task JSON fields read (SNI v2; older files are accepted too):
   Definition         list of strings (joined with a blank line) or, in older files, one string. Required.
   Instances          non-empty list of {"id", "input", "output"}; `output` is a list of references (or one
                      string in older files); numbers (task1759_gsm, task1761_svamp) become strings. Required.
-                     An instance without an "id" gets `<task>-<index>`.
-  Positive Examples  -> `demonstrations` ({"input", "output"}; "explanation" is not used). Optional.
+                     Every output is a reference (SNI's official evaluation scores against all of them) and
+                     the first is the training target. An instance without an "id" gets `<task>-<index>`.
+                     Outputs lose their surrounding whitespace: the formatter joins the target to the prompt
+                     with one space of its own, and an output with a leading space (task1147_country_currency:
+                     " Australian Dollar") would train a lone-space token first.
+  Positive Examples  -> `demonstrations` ({"input", "output"}, output stripped as above; "explanation" is not
+                     used, as in SNI's default evaluation). Optional.
   Categories         -> `categories`. Optional.
   Source             -> `dataset` (the de-duplication key; several sources are joined with "+"); the task's
                      own name when absent.
@@ -58,9 +63,11 @@ def _instance(obj: Any, path: str, where: str, default_id: str) -> records.Insta
   if not isinstance(obj, dict):
     raise records.SourceError(path, f"{where}: expected an object with 'input' and 'output', got {type(obj).__name__}")
   text = jsonl.as_text(jsonl.required(obj, "input", path, where), path, f"{where}.input")
-  outputs = jsonl.as_text_list(jsonl.required(obj, "output", path, where), path, f"{where}.output")
+  outputs = tuple(
+      o.strip() for o in jsonl.as_text_list(jsonl.required(obj, "output", path, where), path, f"{where}.output"))
   instance_id = jsonl.as_text(obj["id"], path, f"{where}.id") if "id" in obj else default_id
-  options = jsonl.as_text_list(obj["options"], path, f"{where}.options") if "options" in obj else ()
+  options = tuple(
+      o.strip() for o in jsonl.as_text_list(obj["options"], path, f"{where}.options")) if "options" in obj else ()
   if options and not set(options) & set(outputs):
     raise records.SourceError(path, f"{where}.options: none of {list(options)} is a reference output {list(outputs)}")
   return records.Instance(id=instance_id, input=text, targets=outputs, options=options)
