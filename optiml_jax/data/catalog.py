@@ -243,7 +243,7 @@ def train_instances(entry: CatalogEntry, task: records.TaskSource) -> Iterator[r
   `num_examples` of them."""
   if entry.role != TRAIN:
     return iter(())
-  rest = itertools.islice(task.instances(), entry.num_eval_instances, None)
+  rest: Iterator[records.Instance] = itertools.islice(task.instances(), entry.num_eval_instances, None)
   held_out = held_out_answers(entry, task)
   if held_out:
     rest = (i for i in rest if not repeats_held_out(i, held_out))
