@@ -14,6 +14,7 @@ Sits beside `trainer.loop`, which owns the order of a run; everything here is on
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -192,6 +193,51 @@ def gather_json(value: Any) -> list[Any]:
   return [json.loads(bytes(gathered[i, :lengths[i]]).decode("utf-8")) for i in range(len(lengths))]
 
 
+@dataclasses.dataclass(frozen=True)
+class RowBlock:
+  """The rows of the global batch one process feeds: block `index` of `count` blocks of `rows` rows each."""
+
+  rows: int
+  index: int
+  count: int
+
+
+def process_row_block(batch_sharding: jax.sharding.Sharding, batch_size: int, seq_len: int) -> RowBlock:
+  """The block of global-batch rows that this process's devices hold under `batch_sharding`.
+
+  A process must feed exactly the rows its devices hold (`jax.make_array_from_process_local_data`). That is
+  `batch_size / process_count` rows only when the batch axes (data x fsdp) split the processes apart. When a
+  mesh axis that does not shard the batch spans processes (tensor = 8 over hosts of 4 chips, as 175B on a
+  v4-512 has it, or a mesh with fewer data x fsdp shards than processes), several processes hold the same
+  rows: they must each feed that same block (same `index`, so their streams produce the same rows), and the
+  global batch has `count` < process_count distinct blocks. Feeding `batch_size / process_count` rows of
+  distinct shards instead gives the devices of one tensor group different inputs, which trains on nonsense
+  without an error.
+
+  Raises:
+    ConfigError: the process's rows are not one contiguous block of the global batch (a device order
+      that interleaves processes along the batch), so no stream shard can feed them.
+  """
+  starts_stops = set()
+  for index in batch_sharding.addressable_devices_indices_map((batch_size, seq_len)).values():
+    rows = index[0] if index else slice(None)
+    start, stop, step = rows.indices(batch_size)
+    if step != 1:
+      raise config_lib.ConfigError(f"the batch sharding {batch_sharding} strides the batch rows ({rows})")
+    starts_stops.add((start, stop))
+  start, stop = min(s for s, _ in starts_stops), max(e for _, e in starts_stops)
+  covered = np.zeros((batch_size,), bool)
+  for s, e in starts_stops:
+    covered[s:e] = True
+  size = stop - start
+  if not covered[start:stop].all() or size < 1 or batch_size % size or start % size:
+    raise config_lib.ConfigError(
+        f"process {jax.process_index()}'s devices hold rows {sorted(starts_stops)} of the {batch_size}-row batch, "
+        f"not one contiguous block of it; order the mesh's devices so that each process holds a block of the "
+        f"batch axes (data x fsdp)")
+  return RowBlock(rows=size, index=start // size, count=batch_size // size)
+
+
 class ResumeError(ValueError):
   """A checkpoint in MODEL_DIR cannot be resumed by this run (the message says why and what to do)."""
 
@@ -207,16 +253,18 @@ def data_state_of_this_process(meta: Mapping[str, Any], model_dir: str,
                                fresh_state: Mapping[str, Any] | None = None) -> Any:
   """This process's stream state from a checkpoint's metadata (one state per process, see `gather_json`).
 
-  Same number of processes as the checkpoint: the state this process saved (the stream's `restore` then
-  checks that its arguments did not change).
+  Same number of processes as the checkpoint, each on the same row block (`process_row_block`) as when it
+  saved: the state this process saved (the stream's `restore` then checks that its arguments did not change).
 
-  Another number of processes (another slice size): the states are resharded, which needs `fresh_state`,
-  the `state()` of this process's newly built stream, and states that record `batches_consumed`,
-  `batch_size`, `shard_index` and `shard_count` (`data.pipeline.BatchStream` and `trainer.synthetic` do).
-  Every saved process must have consumed the same number B of batches (they step together), the global
-  batch (batch_size * shard_count) must not change, and every other field (name, seed, lengths, ...) must
-  be equal. The result is `fresh_state` with `batches_consumed = B`: each new process continues its own
-  shard after B of its batches, i.e. at global batch B.
+  Another number of processes (another slice size), or another row block for this process (another mesh): the
+  states are resharded, which needs `fresh_state`, the `state()` of this process's newly built stream, and
+  states that record `batches_consumed`, `batch_size`, `shard_index` and `shard_count`
+  (`data.pipeline.BatchStream` and `trainer.synthetic` do). The saved states must cover shards 0..n-1 of n
+  (processes that held the same rows fed the same shard and saved equal states), every saved process must
+  have consumed the same number B of batches (they step together), the global batch (batch_size *
+  shard_count) must not change, and every other field (name, seed, lengths, ...) must be equal. The result
+  is `fresh_state` with `batches_consumed = B`: each new process continues its own shard after B of its
+  batches, i.e. at global batch B.
     * A stream whose state says `"sharding": "row_blocks_of_global_batch"` (`trainer.synthetic`: global
       batch p is a pure function of the seed and p, process i takes row block i; `data.cached_stream`: its
       global position, GLOBAL_POSITION_FIELDS, is carried over as saved) continues exactly: the batches, and so
@@ -232,7 +280,9 @@ def data_state_of_this_process(meta: Mapping[str, Any], model_dir: str,
   states = meta.get("data")
   where = f"checkpoint {model_dir}/{meta.get('step')}"
   if isinstance(states, list) and len(states) == jax.process_count():
-    return states[jax.process_index()]
+    mine = states[jax.process_index()]
+    if fresh_state is None or not _is_other_block(mine, fresh_state):
+      return mine
   count = len(states) if isinstance(states, list) and states else "an unknown number of"
   restart = ("resume with the same number of processes, or start a new MODEL_DIR from it with "
              "INITIAL_CHECKPOINT_PATH (the data then restarts from the beginning)")
@@ -252,8 +302,16 @@ def data_state_of_this_process(meta: Mapping[str, Any], model_dir: str,
   if len(consumed) != 1:
     raise ResumeError(f"{head}, and its processes consumed different numbers of batches {consumed} "
                       f"(a damaged checkpoint?); {restart}")
-  if [(s["shard_index"], s["shard_count"]) for s in states] != [(i, len(states)) for i in range(len(states))]:
-    raise ResumeError(f"{head}, but its states are not shards 0..{len(states) - 1} of {len(states)}; {restart}")
+  blocks = saved["shard_count"]
+  by_block: dict[int, list[Mapping[str, Any]]] = {}
+  for s in states:
+    by_block.setdefault(s["shard_index"], []).append(s)
+  if any(s["shard_count"] != blocks for s in states) or sorted(by_block) != list(range(blocks)):
+    raise ResumeError(f"{head}, but its states {[(s['shard_index'], s['shard_count']) for s in states]} (shard, of) "
+                      f"are not each of shards 0..{blocks - 1} of {blocks}; {restart}")
+  if any(s != group[0] for group in by_block.values() for s in group):
+    raise ResumeError(f"{head}, and processes that fed the same rows saved different positions (a damaged "
+                      f"checkpoint?); {restart}")
   saved_rows = saved["batch_size"] * saved["shard_count"]
   rows = fresh_state["batch_size"] * fresh_state["shard_count"]
   if saved_rows != rows:
@@ -267,13 +325,22 @@ def data_state_of_this_process(meta: Mapping[str, Any], model_dir: str,
                       "same data arguments, or start a new MODEL_DIR from it with INITIAL_CHECKPOINT_PATH")
   if fresh_state.get("sharding") != synthetic.ROW_BLOCKS_OF_GLOBAL_BATCH and jax.process_index() == 0:
     logging.warning(
-        "%s was written by %d processes and this run has %d: each process continues its new shard of the "
-        "data after skipping %d of its batches (as many global batches as were consumed), but the examples "
-        "and their order differ from an uninterrupted run", where, len(states), jax.process_count(), consumed[0])
+        "%s was written by %d processes feeding %d block(s) of rows, and this run has %d feeding %d: each "
+        "process continues its new shard of the data after skipping %d of its batches (as many global batches "
+        "as were consumed), but the examples and their order differ from an uninterrupted run", where, len(states),
+        blocks, jax.process_count(), fresh_state["shard_count"], consumed[0])
   carried = {}
   if fresh_state.get("sharding") == synthetic.ROW_BLOCKS_OF_GLOBAL_BATCH:
     carried = {f: saved[f] for f in GLOBAL_POSITION_FIELDS if f in saved}
   return dict(fresh_state, batches_consumed=consumed[0], **carried)
+
+
+def _is_other_block(saved: Any, fresh: Mapping[str, Any]) -> bool:
+  """Whether a saved stream state is of another row block (or block size) than this run's fresh one: the mesh put
+  this process on other rows (states without the sharding fields are never)."""
+  if not isinstance(saved, Mapping) or not all(f in saved and f in fresh for f in SHARDING_FIELDS[1:]):
+    return False
+  return any(saved[f] != fresh[f] for f in SHARDING_FIELDS[1:])
 
 
 def replicated_scalar(value: int, sharding: jax.sharding.Sharding) -> jax.Array:

@@ -55,6 +55,41 @@ print("DEVICES", jax.device_count(), "LOCAL", jax.local_device_count(), "PROCESS
       "FIRST", summary.first_step, "LAST", summary.last_step, flush=True)
 """
 
+# Each process's block of rows (`runtime.process_row_block`) on meshes whose tensor axis spans processes, and the
+# global batch that feeding those blocks builds; argv as SCRIPT's (model_dir and stop_at_step unused).
+BLOCKS_SCRIPT = f"""
+import json, sys
+count, index, port = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+from optiml_jax.trainer import runtime
+runtime.initialize_distributed(f"127.0.0.1:{{port}}", count, index)
+import jax, numpy as np
+from jax.experimental import multihost_utils
+from optiml_jax.models import partitioning
+from optiml_jax.trainer import synthetic
+for mesh in [(2, 2, 2), (1, 2, 4), (1, 1, 8), (1, 4, 2)]:
+  sharding = partitioning.logical_to_mesh_sharding(jax.sharding.PartitionSpec("batch", "length"),
+                                                   partitioning.make_mesh(*mesh))
+  block = runtime.process_row_block(sharding, {BATCH}, {SEQ_LEN})
+  local = next(synthetic.SyntheticStream(block.rows, {SEQ_LEN}, {VOCAB}, 3, block.index, block.count))
+  tokens = jax.make_array_from_process_local_data(sharding, local["decoder_input_tokens"], ({BATCH}, {SEQ_LEN}))
+  whole = np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
+  same = bool((whole == synthetic.global_batch(3, 0, {BATCH}, {SEQ_LEN}, {VOCAB})["decoder_input_tokens"]).all())
+  print("BLOCK", json.dumps([list(mesh), block.rows, block.index, block.count, same]), flush=True)
+"""
+
+# SCRIPT, with each process fed the rows its devices hold (`runtime.process_row_block`), as the loop must.
+_LOOP_RUN = f"summary = loop.run(config, synthetic.factory({SEQ_LEN}, {VOCAB}))"
+assert _LOOP_RUN in SCRIPT
+ROW_BLOCK_SCRIPT = SCRIPT.replace(
+    _LOOP_RUN, f"""
+from optiml_jax.models import partitioning
+sharding = partitioning.logical_to_mesh_sharding(jax.sharding.PartitionSpec("batch", "length"),
+                                                 partitioning.make_mesh(*mesh))
+block = runtime.process_row_block(sharding, {BATCH}, {SEQ_LEN})
+factory = synthetic.factory({SEQ_LEN}, {VOCAB})
+summary = loop.run(config, lambda rows, index, count: factory(block.rows, block.index, block.count))
+""")
+
 
 def _config():
   return opt_lib.OPTConfig.preset("tiny", vocab_size=VOCAB, max_position_embeddings=SEQ_LEN, dropout=0.0)
@@ -70,10 +105,10 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _run_processes(tmp_path, name, count, devices_each, mesh, stop_at_step):
-  """Runs SCRIPT in `count` processes; returns their stdouts. Every process is killed if any fails or hangs."""
-  script = tmp_path / "run.py"
-  script.write_text(SCRIPT)
+def _run_processes(tmp_path, name, count, devices_each, mesh, stop_at_step, source=SCRIPT):
+  """Runs `source` in `count` processes; returns their stdouts. Every process is killed if any fails or hangs."""
+  script = tmp_path / f"{name}.py"
+  script.write_text(source)
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_each}")
   port = _free_port()
   logs, processes = [], []
@@ -178,6 +213,45 @@ def test_four_processes_match_one_and_two_processes_resume_their_checkpoint(tmp_
   print(f"4 processes: {four_seconds:.0f} s, 2 processes: {time.time() - started - four_seconds:.0f} s")
 
 
+def test_each_process_feeds_the_rows_its_devices_hold(tmp_path):
+  # 4 processes of 2 devices. With tensor = 4 or 8 the tensor axis spans processes (as tensor = 8 spans two
+  # 4-chip hosts on a v4-512), so processes share rows: each must feed its group's whole block, not
+  # batch / 4 rows of its own; the blocks fed make exactly the global batch.
+  outs = _run_processes(tmp_path, "blocks", count=4, devices_each=2, mesh="-", stop_at_step=0, source=BLOCKS_SCRIPT)
+  got = [[json.loads(line[len("BLOCK "):]) for line in out.splitlines() if line.startswith("BLOCK ")] for out in outs]
+  expected = {
+      (2, 2, 2): [(2, i, 4) for i in range(4)],
+      (1, 2, 4): [(4, 0, 2), (4, 0, 2), (4, 1, 2), (4, 1, 2)],
+      (1, 1, 8): [(8, 0, 1)] * 4,
+      (1, 4, 2): [(2, i, 4) for i in range(4)],
+  }
+  for m, (mesh, blocks) in enumerate(expected.items()):
+    assert [tuple(g[m][0]) for g in got] == [mesh] * 4
+    assert [tuple(g[m][1:4]) for g in got] == blocks, mesh
+    assert all(g[m][4] for g in got), f"{mesh}: the blocks fed do not make the global batch"
+
+
+@pytest.mark.slow
+def test_a_tensor_axis_across_processes_trains_as_one_process_and_resumes(tmp_path, reference):
+  # Mesh (1, 2, 4) over 4 processes of 2 devices: two processes per batch shard. Fed by row block, the run
+  # gives one process's losses; its checkpoint (4 states, 2 distinct blocks) resumes in 2 processes of 4
+  # devices on mesh (1, 2, 4), where each process holds a block alone.
+  _, reference_losses = reference
+  outs = _run_processes(tmp_path, "four", count=4, devices_each=2, mesh="1,2,4", stop_at_step=HALF,
+                        source=ROW_BLOCK_SCRIPT)
+  assert all(f"DEVICES 8 LOCAL 2 PROCESSES 4 FIRST 0 LAST {HALF}" in out for out in outs), outs
+  np.testing.assert_allclose(_losses(tmp_path / "run"), reference_losses[:HALF], rtol=2e-5)
+  _, _, meta = _restore(tmp_path / "run", HALF)
+  assert [(s["shard_index"], s["shard_count"], s["batch_size"]) for s in meta["data"]] == [(0, 2, BATCH // 2),
+                                                                                           (0, 2, BATCH // 2),
+                                                                                           (1, 2, BATCH // 2),
+                                                                                           (1, 2, BATCH // 2)]
+  outs = _run_processes(tmp_path, "two", count=2, devices_each=4, mesh="1,2,4", stop_at_step=STEPS,
+                        source=ROW_BLOCK_SCRIPT)
+  assert all(f"DEVICES 8 LOCAL 4 PROCESSES 2 FIRST {HALF} LAST {STEPS}" in out for out in outs), outs
+  np.testing.assert_allclose(_losses(tmp_path / "run"), reference_losses, rtol=2e-5)
+
+
 def _synthetic_states(count, consumed, **overrides):
   states = []
   for index in range(count):
@@ -203,6 +277,31 @@ def test_synthetic_positions_continue_exactly_with_another_process_count(caplog)
   }, "/runs/x", stream.state()) == _synthetic_states(1, 5)[0]
 
 
+def test_positions_of_processes_that_shared_rows_continue_exactly(caplog):
+  # 4 processes that fed 2 blocks (two per batch shard: a tensor axis across processes) resumed by 2
+  # processes of one block each; the states saved in another order than the blocks (a device order that puts
+  # process 0 on block 1) read the same.
+  saved = [_synthetic_states(2, 5)[i] for i in (1, 1, 0, 0)]
+  for index, count, rows in [(0, 1, BATCH), (1, 2, BATCH // 2), (3, 4, BATCH // 4)]:
+    stream = synthetic.SyntheticStream(rows, SEQ_LEN, VOCAB, seed=3, shard_index=index, shard_count=count)
+    with caplog.at_level("WARNING"):
+      stream.restore(runtime.data_state_of_this_process({"step": 5, "data": saved}, "/runs/x", stream.state()))
+    assert not caplog.records
+    expected = synthetic.global_batch(3, 5, BATCH, SEQ_LEN,
+                                      VOCAB)["decoder_input_tokens"][index * rows:(index + 1) * rows]
+    np.testing.assert_array_equal(next(stream)["decoder_input_tokens"], expected)
+  # The same number of processes on another mesh (this process now on another block): resharded, not the saved
+  # state of another block (which the stream's restore refuses).
+  one = _synthetic_states(1, 5)
+  stream = synthetic.SyntheticStream(BATCH // 2, SEQ_LEN, VOCAB, seed=3, shard_index=1, shard_count=2)
+  assert runtime.data_state_of_this_process({
+      "step": 5,
+      "data": one
+  }, "/runs/x", stream.state()) == {
+      **stream.state(), "batches_consumed": 5
+  }
+
+
 def test_positions_that_cannot_be_continued_are_refused_with_what_to_do():
   fresh = synthetic.SyntheticStream(BATCH, SEQ_LEN, VOCAB, seed=3).state()
   cases = [
@@ -220,8 +319,18 @@ def test_positions_that_cannot_be_continued_are_refused_with_what_to_do():
       }, fresh, r"different numbers of batches \[4, 5\]"),
       ({
           "step": 5,
-          "data": _synthetic_states(2, 5)[::-1]
-      }, fresh, "not shards 0..1 of 2"),
+          "data": _synthetic_states(2, 5)[:1] * 2
+      }, fresh, r"states \[\(0, 2\), \(0, 2\)\] \(shard, of\) are not each of shards 0..1 of 2"),
+      ({
+          "step": 5,
+          "data": [_synthetic_states(2, 5)[0],
+                   _synthetic_states(2, 5)[0],
+                   _synthetic_states(4, 5)[2]]
+      }, fresh, "not each of shards 0..1 of 2"),
+      ({
+          "step": 5,
+          "data": _synthetic_states(2, 5)[:1] + _synthetic_states(2, 5, target_fraction=0.25)
+      }, fresh, "processes that fed the same rows saved different positions"),
       ({
           "step": 5,
           "data": _synthetic_states(2, 5)
@@ -274,7 +383,8 @@ def test_batch_stream_positions_continue_approximately_with_a_warning(tmp_path, 
   resumed = stream(6)
   with caplog.at_level("WARNING"):
     resumed.restore(runtime.data_state_of_this_process({"step": 2, "data": saved}, "/runs/x", resumed.state()))
-  assert "written by 2 processes and this run has 1" in caplog.text and "differ" in caplog.text
+  assert "written by 2 processes feeding 2 block(s) of rows, and this run has 1 feeding 1" in caplog.text
+  assert "differ" in caplog.text
   # The rule: the new process's own stream, after as many of its batches as global batches were consumed.
   uninterrupted_single = stream(6)
   expected = [next(uninterrupted_single) for _ in range(3)][2]
