@@ -93,10 +93,20 @@ def pick_tasks(bench_catalog: catalog_lib.Catalog, per_level: int) -> dict[str, 
   kinds whenever it has both, and as many categories and benchmarks as it can: with 3 tasks, two generation
   tasks of two categories and one multiple-choice task, rather than the first three categories' BIG-bench tasks.
   Only tasks with evaluation instances count. Deterministic.
+
+  Level 2 is held-out tasks of categories that are trained on, so a held-out task counts only when a training
+  task of the mixture (rate > 0) has its category: in a sample of the sources, many of SNI's test tasks and
+  BIG-bench's tasks are of categories no training task has (Cause Effect Classification, Answerability
+  Classification in ../shared/data), which would measure level 1 under level 2's name. Likewise level 3 counts
+  only training tasks the mixture draws.
   """
+  trained = {e.category for e in bench_catalog.tasks if e.role == catalog_lib.TRAIN and e.rate > 0}
   by_level: dict[str, dict[str, dict[str, dict[str, list[str]]]]] = {level: {} for level in LEVELS}
   for entry in bench_catalog.tasks:
     level = _level_of(entry.role)
+    if (level == "held_out_task" and entry.category not in trained) or (level == "held_out_instances" and
+                                                                        entry.rate <= 0):
+      continue  # a category no training task has; a training task the mixture never draws
     if level in by_level and entry.num_eval_instances > 0:
       categories = by_level[level].setdefault(entry.kind, {})
       categories.setdefault(entry.category, {}).setdefault(entry.benchmark, []).append(entry.name)

@@ -22,9 +22,10 @@ from optiml_jax.models import llama_config
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _entry(name, category, role, eval_instances=10, kind="generation"):
+def _entry(name, category, role, eval_instances=10, kind="generation", rate=None):
+  rate = (1.0 if role == catalog_lib.TRAIN else 0.0) if rate is None else rate  # as the catalog sets rates
   return catalog_lib.CatalogEntry(name=name, benchmark=name.split(":")[0], category=category, role=role, num_examples=0,
-                                  num_eval_instances=eval_instances, rate=0.0, format="sni", path="", dataset="",
+                                  num_eval_instances=eval_instances, rate=rate, format="sni", path="", dataset="",
                                   template="", kind=kind, num_instances=eval_instances)
 
 
@@ -37,6 +38,7 @@ def test_pick_tasks_spreads_each_level_over_its_categories():
       _entry("sni:c1", "C", catalog_lib.HELD_OUT_TASK),
       _entry("sni:c2", "C", catalog_lib.HELD_OUT_TASK, eval_instances=0),  # nothing to evaluate
       _entry("sni:t1", "T", catalog_lib.TRAIN),
+      _entry("sni:t2", "C", catalog_lib.TRAIN, eval_instances=0),  # C is trained on
   ]
   picked = reproduce.pick_tasks(catalog_lib.Catalog(tasks=tasks), per_level=3)
   assert picked == {
@@ -58,12 +60,30 @@ def test_pick_tasks_gives_each_level_both_kinds_and_mixes_benchmarks():
       _entry("sni:g2", "D", task),
       _entry("sni:g3", "D", task),
       _entry("sni:g4", "E", task),
-  ]
+  ] + [_entry(f"sni:train_{c}", c, catalog_lib.TRAIN, eval_instances=0) for c in "ABCDE"]  # all trained on
   picked = reproduce.pick_tasks(catalog_lib.Catalog(tasks=tasks), per_level=3)["held_out_task"]
   assert picked == ["bigbench:g1", "bigbench:m1", "sni:g4"]  # generation first, then categories take turns
   everything = reproduce.pick_tasks(catalog_lib.Catalog(tasks=tasks), per_level=10)["held_out_task"]
   # Within category D the benchmarks take turns (g1 of BIG-bench, then SNI's g2) before SNI's second task.
   assert everything == ["bigbench:g1", "bigbench:m1", "sni:g4", "bigbench:m2", "sni:g2", "bigbench:m3", "sni:g3"]
+
+
+def test_pick_tasks_takes_level_2_only_from_categories_that_are_trained_on():
+  # As ../shared/data's sample: SNI's test split and BIG-bench hold tasks of categories no training task has
+  # (Cause Effect Classification: SuperGLUE COPA); measured as level 2, they would be level 1 under its name.
+  task, train = catalog_lib.HELD_OUT_TASK, catalog_lib.TRAIN
+  tasks = [
+      _entry("sni:copa", "Cause Effect Classification", task),
+      _entry("bigbench:known_unknowns", "Answerability Classification", task, kind="multiple_choice"),
+      _entry("sni:web_nlg", "Data to Text", task),
+      _entry("bigbench:qa", "Question Answering", task, kind="multiple_choice"),
+      _entry("sni:wiki_bio", "Data to Text", train),
+      _entry("sni:squad", "Question Answering", train, eval_instances=0),
+      _entry("sni:never_drawn", "Answerability Classification", train, rate=0.0),  # not in the mixture
+  ]
+  picked = reproduce.pick_tasks(catalog_lib.Catalog(tasks=tasks), per_level=3)
+  assert picked["held_out_task"] == ["sni:web_nlg", "bigbench:qa"]
+  assert picked["held_out_instances"] == ["sni:wiki_bio"]  # level 3: tasks the mixture trains on
 
 
 def _task(level, kind, scores):
