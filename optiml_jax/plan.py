@@ -185,6 +185,14 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
                                                      batch_size=inputs.batch_size, seq_len=inputs.seq_len, mesh=mesh)
   except ValueError as e:  # e.g. a dimension the mesh axis does not divide
     raise PlanError(f"cannot build the step of {describe_model(cfg)} on mesh {inputs.mesh}: {e}") from e
+  notes = list(inputs.notes)
+  host_rows = host_row_blocks(program.batch_sharding, topo, inputs.batch_size, inputs.seq_len)
+  if isinstance(host_rows, str):
+    notes.append(host_rows)
+  elif host_rows["row_blocks"] < topo.hosts:
+    notes.append(f"the batch axes (data x fsdp) split each batch into {host_rows['row_blocks']} blocks of "
+                 f"{host_rows['rows_per_host']} rows over {topo.hosts} hosts: {topo.hosts // host_rows['row_blocks']} "
+                 "hosts hold each block and must each feed it whole (trainer.runtime.process_row_block)")
   state = program.layout.abstract
   estimate = analytic.estimate_memory(cfg, shape, params_bytes=analytic.sharded_bytes(state.params),
                                       opt_state_bytes=analytic.sharded_bytes((state.opt_state, state.step)))
@@ -220,7 +228,8 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
           "mesh": dict(zip(partitioning.MESH_AXES, inputs.mesh)),
           "sequence_parallel": inputs.sequence_parallel,
           "train_steps": inputs.train_steps,
-          "notes": list(inputs.notes)
+          "host_rows": host_rows if isinstance(host_rows, dict) else None,
+          "notes": notes
       },
       "analytic": {
           **dataclasses.asdict(estimate), "arguments": estimate.arguments,
@@ -250,6 +259,28 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
   }
 
 
+def host_row_blocks(batch_sharding: Any, topo: topology_lib.Topology, batch_size: int,
+                    seq_len: int) -> dict[str, int] | str:
+  """The rows of each batch one host feeds, with the simulated devices laid out host by host (device i on host
+  i // chips_per_host, as `jax.make_mesh` orders CPU devices): {"rows_per_host", "row_blocks"}, the rows and the
+  number of distinct blocks (fewer than the hosts when a mesh axis that does not shard the batch, such as
+  tensor, spans hosts); or a note when a host's devices hold no single block of rows."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from optiml_jax.trainer import runtime  # pylint: disable=g-import-not-at-top
+
+  devices = sorted(jax.devices(), key=lambda d: d.id)
+  per_host = topo.chips_per_host
+  try:
+    blocks = [
+        runtime.process_row_block(batch_sharding, batch_size, seq_len, devices[h * per_host:(h + 1) * per_host])
+        for h in range(topo.hosts)
+    ]
+  except config_lib.ConfigError as e:
+    return f"a host's chips hold no single block of the batch: {e}"
+  return {"rows_per_host": blocks[0].rows, "row_blocks": blocks[0].count}
+
+
 def describe_model(cfg: Any) -> str:
   """'1.3B params (opt, L=24, d=2048, heads=32, ffn=8192)'; GQA models also show their key/value heads."""
   widths = cfg.layer_shapes()
@@ -274,6 +305,10 @@ def format_report(report: dict[str, Any]) -> str:
       f"step       batch {plan['batch_size']} x {plan['seq_len']}, {plan['num_microbatches']} microbatch(es) "
       f"-> {plan['rows_per_device']} row(s) per device per pass; mesh data={mesh['data']} fsdp={mesh['fsdp']} "
       f"tensor={mesh['tensor']}; sequence parallel {'on' if plan['sequence_parallel'] else 'off'}",
+      *([
+          f"data       each of {topo['hosts']} host(s) feeds {plan['host_rows']['rows_per_host']} rows per step, "
+          f"{plan['host_rows']['row_blocks']} distinct block(s) of the batch"
+      ] if plan.get("host_rows") else []),
       *[f"note       {note}" for note in plan["notes"]],
       "",
       f"{'per device':<34}{'analytic':>14}{'compiled (XLA:CPU)':>22}",

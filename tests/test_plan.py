@@ -64,6 +64,19 @@ def test_fitting_plan_exits_0_and_writes_json(tmp_path, capfd):
   assert report["flops_per_device"]["compiled_probe"] is None  # --no_flops_probe
 
 
+def test_plan_says_which_rows_each_host_feeds(capfd):
+  # v4-32: 4 hosts of 4 chips. Tensor = 8 spans two hosts, so the 2 batch shards are held by 2 hosts each: both
+  # feed the same 8 rows (not 16 / 4 = 4 rows each). Tensor = 4 stays within a host: 4 blocks of 4 rows.
+  for mesh, rows, blocks, shared in [("1,2,8", 8, 2, True), ("1,4,4", 4, 4, False)]:
+    code = plan.main([
+        f"--gin_file={QUICKSTART}", "--topology=v4-32", f"--mesh={mesh}", "--batch=16", "--no_compile", "--json_out=-"
+    ])
+    report = json.loads(capfd.readouterr().out)
+    assert code == 0
+    assert report["plan"]["host_rows"] == {"rows_per_host": rows, "row_blocks": blocks}, mesh
+    assert any("2 hosts hold each block" in note for note in report["plan"]["notes"]) == shared, report["plan"]
+
+
 def test_plan_that_does_not_fit_exits_1(capfd):
   code = plan.main(
       [f"--gin_file={QUICKSTART}", "--topology=v5e-4", "--no_compile", "--hbm_fraction=0.0001", "--json_out=-"])

@@ -202,8 +202,10 @@ class RowBlock:
   count: int
 
 
-def process_row_block(batch_sharding: jax.sharding.Sharding, batch_size: int, seq_len: int) -> RowBlock:
-  """The block of global-batch rows that this process's devices hold under `batch_sharding`.
+def process_row_block(batch_sharding: jax.sharding.Sharding, batch_size: int, seq_len: int,
+                      devices: Sequence[jax.Device] | None = None) -> RowBlock:
+  """The block of global-batch rows that this process's devices (or `devices`: one host's, when planning) hold
+  under `batch_sharding`.
 
   A process must feed exactly the rows its devices hold (`jax.make_array_from_process_local_data`). That is
   `batch_size / process_count` rows only when the batch axes (data x fsdp) split the processes apart. When a
@@ -218,8 +220,11 @@ def process_row_block(batch_sharding: jax.sharding.Sharding, batch_size: int, se
     ConfigError: the process's rows are not one contiguous block of the global batch (a device order
       that interleaves processes along the batch), so no stream shard can feed them.
   """
+  mine = set(batch_sharding.addressable_devices if devices is None else devices)
   starts_stops = set()
-  for index in batch_sharding.addressable_devices_indices_map((batch_size, seq_len)).values():
+  for device, index in batch_sharding.devices_indices_map((batch_size, seq_len)).items():
+    if device not in mine:
+      continue
     rows = index[0] if index else slice(None)
     start, stop, step = rows.indices(batch_size)
     if step != 1:
@@ -232,7 +237,8 @@ def process_row_block(batch_sharding: jax.sharding.Sharding, batch_size: int, se
   size = stop - start
   if not covered[start:stop].all() or size < 1 or batch_size % size or start % size:
     raise config_lib.ConfigError(
-        f"process {jax.process_index()}'s devices hold rows {sorted(starts_stops)} of the {batch_size}-row batch, "
+        f"devices {sorted(d.id for d in mine)} (one process's) hold rows {sorted(starts_stops)} of the "
+        f"{batch_size}-row batch, "
         f"not one contiguous block of it; order the mesh's devices so that each process holds a block of the "
         f"batch axes (data x fsdp)")
   return RowBlock(rows=size, index=start // size, count=batch_size // size)

@@ -75,6 +75,11 @@ for mesh in [(2, 2, 2), (1, 2, 4), (1, 1, 8), (1, 4, 2)]:
   whole = np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
   same = bool((whole == synthetic.global_batch(3, 0, {BATCH}, {SEQ_LEN}, {VOCAB})["decoder_input_tokens"]).all())
   print("BLOCK", json.dumps([list(mesh), block.rows, block.index, block.count, same]), flush=True)
+from optiml_jax.trainer import config
+try:  # devices holding rows 0-1 and 4-5 of (1, 4, 2): no stream shard feeds those
+  runtime.process_row_block(sharding, {BATCH}, {SEQ_LEN}, list(sharding.mesh.devices.flat[[0, 4]]))
+except config.ConfigError as e:
+  print("REFUSED", e, flush=True)
 """
 
 # SCRIPT, with each process fed the rows its devices hold (`runtime.process_row_block`), as the loop must.
@@ -229,6 +234,7 @@ def test_each_process_feeds_the_rows_its_devices_hold(tmp_path):
     assert [tuple(g[m][0]) for g in got] == [mesh] * 4
     assert [tuple(g[m][1:4]) for g in got] == blocks, mesh
     assert all(g[m][4] for g in got), f"{mesh}: the blocks fed do not make the global batch"
+  assert all("REFUSED" in out and "hold rows [(0, 2), (4, 6)] of the 8-row batch" in out for out in outs), outs
 
 
 @pytest.mark.slow
