@@ -86,6 +86,39 @@ def test_pick_tasks_takes_level_2_only_from_categories_that_are_trained_on():
   assert picked["held_out_instances"] == ["sni:wiki_bio"]  # level 3: tasks the mixture trains on
 
 
+@pytest.fixture(scope="module")
+def sample_catalog(shared_dir, tmp_path_factory):
+  """The bench of `make reproduce` built from ../shared/data (a few seconds)."""
+  out = tmp_path_factory.mktemp("reproduce_catalog")
+  data = shared_dir / "data"
+  assert bench.main([
+      "build", "--config", reproduce.BENCH_CONFIG, "--sni_dir",
+      str(data / "natural-instructions"), "--p3_dir",
+      str(data / "p3"), "--bigbench_dir",
+      str(data / "bigbench"), "--no_progress", "--out",
+      str(out)
+  ]) == 0
+  return catalog_lib.load(out)
+
+
+def test_the_gpu_setting_decodes_the_picked_tasks_answers_whole(sample_catalog):
+  # Greedy decoding stops at max_new_tokens: a reference longer than that caps the task's ROUGE-L for both models
+  # alike (P3's wiki_bio_comprehension, a level-3 pick, has references of ~145 tokens; 16 of its 20 were cut at 64).
+  from optiml_jax.data import registry  # pylint: disable=g-import-not-at-top
+  setting = reproduce.SETTINGS["gpu"]
+  picked = reproduce.pick_tasks(sample_catalog, setting.tasks_per_level)
+  entries = {e.name: e for e in sample_catalog.tasks}
+  trained = {e.category for e in sample_catalog.tasks if e.role == catalog_lib.TRAIN and e.rate > 0}
+  assert picked["held_out_task"] and all(entries[n].category in trained for n in picked["held_out_task"])
+  vocabulary = registry.default_vocabulary()
+  lengths = []
+  for name in (n for names in picked.values() for n in names if entries[n].kind == "generation"):
+    examples = registry.iter_examples(entries[name], registry.reopen_task(entries[name]), "validation", 0, vocabulary)
+    lengths += [len(ex["targets"]) for _, ex in zip(range(setting.max_instances), examples)]
+  cut = sum(n > setting.max_new_tokens for n in lengths)
+  assert lengths and cut <= len(lengths) // 50, f"{cut} of {len(lengths)} references longer than the decoding"
+
+
 def _task(level, kind, scores):
   return {"level": level, "kind": kind, "shots": {k: {"score": v} for k, v in scores.items()}}
 
