@@ -114,8 +114,8 @@ def cached_streams(config: config_lib.TrainConfig, cache_dir: str) -> loop.Strea
   except ValueError as e:
     raise config_lib.ConfigError(f"{data.mixture_or_task_name}: {e}") from e
 
-  def make_stream(per_process_batch: int, index: int, count: int) -> loop.ResumableStream:
-    return cached_stream.CachedBatchStream(data.mixture_or_task_name, data.task_feature_lengths, per_process_batch,
+  def make_stream(block_rows: int, index: int, count: int) -> loop.ResumableStream:
+    return cached_stream.CachedBatchStream(data.mixture_or_task_name, data.task_feature_lengths, block_rows,
                                            config.run.seed, cache_dir=cache_dir, shard_index=index, shard_count=count,
                                            pack=data.pack, max_segments_per_row=data.max_segments_per_row, tasks=tasks)
 
@@ -170,8 +170,8 @@ def registered_streams(config: config_lib.TrainConfig) -> loop.StreamFactory:
   except ValueError as e:
     raise config_lib.ConfigError(f"{data.mixture_or_task_name}: {e}") from e
 
-  def make_stream(per_process_batch: int, index: int, count: int) -> loop.ResumableStream:
-    return pipeline.BatchStream(data.mixture_or_task_name, "train", data.task_feature_lengths, per_process_batch,
+  def make_stream(block_rows: int, index: int, count: int) -> loop.ResumableStream:
+    return pipeline.BatchStream(data.mixture_or_task_name, "train", data.task_feature_lengths, block_rows,
                                 config.run.seed, shard_index=index, shard_count=count, pack=data.pack,
                                 max_segments_per_row=data.max_segments_per_row)
 

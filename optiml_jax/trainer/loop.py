@@ -9,8 +9,9 @@ logical axis names and the one rule table (`trainer.state`); restore the latest 
 (state and every process's data position; with another number of processes Orbax reshards the state onto
 this mesh and `runtime.data_state_of_this_process` says where each new process's data continues) or else
 initialise (from the initial checkpoint if given) directly in the sharded layout; then step. Each process
-feeds its own `batch_size / process_count` rows, prepared by a background thread (`trainer.prefetch`) while
-the device runs the previous step.
+feeds the block of rows its devices hold (`runtime.process_row_block`: `batch_size / process_count` rows of its
+own shard, or, where a tensor axis spans processes, the same block as the processes it shares rows with),
+prepared by a background thread (`trainer.prefetch`) while the device runs the previous step.
 
 Metrics are fetched one step late, so the host never waits for the device between steps; a non-finite loss
 or gradient is therefore noticed after the next step is queued, which changes nothing: the step itself keeps
@@ -191,11 +192,8 @@ def build_program(model_config: config_lib.ModelConfig, optimizer: config_lib.Op
 
 
 def _check_layout(config: config_lib.TrainConfig, mesh: jax.sharding.Mesh) -> None:
-  """What the config alone cannot check: the batch over the processes and over data x fsdp."""
+  """What the config alone cannot check: the batch over data x fsdp (over the processes: `process_row_block`)."""
   batch_size, num_microbatches = config.data.batch_size, config.partitioning.num_microbatches
-  if batch_size % jax.process_count():
-    raise config_lib.ConfigError(f"DataArgs.batch_size: {batch_size} rows do not divide over the "
-                                 f"{jax.process_count()} processes")
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if (batch_size // num_microbatches) % shards:
     raise config_lib.ConfigError(
@@ -204,10 +202,12 @@ def _check_layout(config: config_lib.TrainConfig, mesh: jax.sharding.Mesh) -> No
 
 
 def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
-  """Trains as `config` says on batches from `make_stream(per_process_batch, process_index, process_count)`.
+  """Trains as `config` says on batches from `make_stream(block_rows, block_index, block_count)`: the block of the
+  global batch this process's devices hold (`runtime.process_row_block`; processes that share rows get the same
+  block, so their deterministic streams feed the same rows).
 
   The stream must have `state()` and `restore(state)` (see `data.pipeline.BatchStream`) for exact resume;
-  its batches are numpy dicts of [per_process_batch, seq_len] arrays with the `decoder_*` features (the
+  its batches are numpy dicts of [block_rows, seq_len] arrays with the `decoder_*` features (the
   stream, not the loop, reads `config.data`'s mixture, catalog and packing). `RunArgs.stop_at_step` ends
   this invocation early (checkpointing there) without changing the schedule, which is always laid out over
   `RunArgs.train_steps`. Raises NonFiniteLossError (nan_policy="stop") naming the step, ConfigError when the
@@ -235,7 +235,8 @@ def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
     ckpt = checkpointing.Checkpointer(model_dir, save_interval_steps=ckpt_args.save_every,
                                       max_to_keep=ckpt_args.keep_checkpoints, async_save=ckpt_args.async_checkpoints)
     cleanup.callback(ckpt.close)
-    stream = make_stream(batch_size // jax.process_count(), jax.process_index(), jax.process_count())
+    block = runtime.process_row_block(program.batch_sharding, batch_size, seq_len)
+    stream = make_stream(block.rows, block.index, block.count)
     restored = ckpt.restore_latest(program.layout.abstract, on_bad=ckpt_args.on_bad_checkpoint)
     if restored is not None:
       state, meta = restored
@@ -288,11 +289,12 @@ def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
         local = next(batches)
         runtime.check_segment_bound(local, segment_bound, step)
         global_batch = {
-            k: jax.make_array_from_process_local_data(program.batch_sharding, np.asarray(v)) for k, v in local.items()
+            k: jax.make_array_from_process_local_data(program.batch_sharding, np.asarray(v), (batch_size, seq_len))
+            for k, v in local.items()
         }
         state, metrics = program.train_fn(state, global_batch, jax.random.PRNGKey(seed))
         step += 1
-        tracker.push(step, metrics, runtime.count_tokens(local) * jax.process_count())
+        tracker.push(step, metrics, runtime.count_tokens(local) * block.count)
         preempted = preemption.agreed()
         if preempted or ckpt.should_save(step):
           tracker.flush()  # a pending non-finite step stops the run (nan_policy="stop") before this save

@@ -104,9 +104,9 @@ class SyntheticStream(Iterator[dict[str, np.ndarray]]):
 
 
 def factory(seq_len: int, vocab_size: int, seed: int = 0, target_fraction: float = 0.5):
-  """A `make_stream(per_process_batch, process_index, process_count)` for `trainer.loop.run`."""
+  """A `make_stream(block_rows, block_index, block_count)` for `trainer.loop.run` (this process's row block)."""
 
-  def make_stream(per_process_batch: int, index: int, count: int) -> SyntheticStream:
-    return SyntheticStream(per_process_batch, seq_len, vocab_size, seed, index, count, target_fraction)
+  def make_stream(block_rows: int, index: int, count: int) -> SyntheticStream:
+    return SyntheticStream(block_rows, seq_len, vocab_size, seed, index, count, target_fraction)
 
   return make_stream

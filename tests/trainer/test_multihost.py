@@ -82,19 +82,6 @@ except config.ConfigError as e:
   print("REFUSED", e, flush=True)
 """
 
-# SCRIPT, with each process fed the rows its devices hold (`runtime.process_row_block`), as the loop must.
-_LOOP_RUN = f"summary = loop.run(config, synthetic.factory({SEQ_LEN}, {VOCAB}))"
-assert _LOOP_RUN in SCRIPT
-ROW_BLOCK_SCRIPT = SCRIPT.replace(
-    _LOOP_RUN, f"""
-from optiml_jax.models import partitioning
-sharding = partitioning.logical_to_mesh_sharding(jax.sharding.PartitionSpec("batch", "length"),
-                                                 partitioning.make_mesh(*mesh))
-block = runtime.process_row_block(sharding, {BATCH}, {SEQ_LEN})
-factory = synthetic.factory({SEQ_LEN}, {VOCAB})
-summary = loop.run(config, lambda rows, index, count: factory(block.rows, block.index, block.count))
-""")
-
 
 def _config():
   return opt_lib.OPTConfig.preset("tiny", vocab_size=VOCAB, max_position_embeddings=SEQ_LEN, dropout=0.0)
@@ -239,12 +226,11 @@ def test_each_process_feeds_the_rows_its_devices_hold(tmp_path):
 
 @pytest.mark.slow
 def test_a_tensor_axis_across_processes_trains_as_one_process_and_resumes(tmp_path, reference):
-  # Mesh (1, 2, 4) over 4 processes of 2 devices: two processes per batch shard. Fed by row block, the run
-  # gives one process's losses; its checkpoint (4 states, 2 distinct blocks) resumes in 2 processes of 4
-  # devices on mesh (1, 2, 4), where each process holds a block alone.
+  # Mesh (1, 2, 4) over 4 processes of 2 devices: two processes per batch shard. The loop feeds each its row
+  # block (`runtime.process_row_block`), and the run gives one process's losses; its checkpoint (4 states, 2
+  # distinct blocks) resumes in 2 processes of 4 devices on mesh (1, 2, 4), where each process holds a block alone.
   _, reference_losses = reference
-  outs = _run_processes(tmp_path, "four", count=4, devices_each=2, mesh="1,2,4", stop_at_step=HALF,
-                        source=ROW_BLOCK_SCRIPT)
+  outs = _run_processes(tmp_path, "four", count=4, devices_each=2, mesh="1,2,4", stop_at_step=HALF)
   assert all(f"DEVICES 8 LOCAL 2 PROCESSES 4 FIRST 0 LAST {HALF}" in out for out in outs), outs
   np.testing.assert_allclose(_losses(tmp_path / "run"), reference_losses[:HALF], rtol=2e-5)
   _, _, meta = _restore(tmp_path / "run", HALF)
@@ -252,8 +238,7 @@ def test_a_tensor_axis_across_processes_trains_as_one_process_and_resumes(tmp_pa
                                                                                            (0, 2, BATCH // 2),
                                                                                            (1, 2, BATCH // 2),
                                                                                            (1, 2, BATCH // 2)]
-  outs = _run_processes(tmp_path, "two", count=2, devices_each=4, mesh="1,2,4", stop_at_step=STEPS,
-                        source=ROW_BLOCK_SCRIPT)
+  outs = _run_processes(tmp_path, "two", count=2, devices_each=4, mesh="1,2,4", stop_at_step=STEPS)
   assert all(f"DEVICES 8 LOCAL 4 PROCESSES 2 FIRST {HALF} LAST {STEPS}" in out for out in outs), outs
   np.testing.assert_allclose(_losses(tmp_path / "run"), reference_losses, rtol=2e-5)
 
