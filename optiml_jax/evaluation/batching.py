@@ -151,6 +151,15 @@ def context_length(model: nn.Module, max_length: int | None) -> int:
   return max_length
 
 
+def cut_from_left(tokens: np.ndarray, keep: int, bos_id: int | None = None) -> np.ndarray:
+  """`tokens` (longer than `keep`) cut to `keep` tokens from the left. A row that starts with `bos_id` keeps it in
+  front of its last `keep - 1` tokens, as a training row keeps its BOS when its prompt loses its start
+  (`formatting.fit_to_row`); scoring, shared prompts and greedy decoding all cut this way."""
+  if bos_id is not None and keep >= 2 and int(tokens[0]) == bos_id:
+    return np.concatenate([tokens[:1], tokens[len(tokens) - keep + 1:]])
+  return tokens[len(tokens) - keep:]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Devices: params placement, batch placement, jit with replicated outputs, the batch pipeline.
 # ----------------------------------------------------------------------------------------------------------

@@ -158,8 +158,7 @@ def greedy_decode(model: nn.Module, params: Any, prompt_tokens: Sequence[batchin
                        "tokenizer's BOS, OPT's </s> = 2, or else the first input token)")
     if prompt.size > limit:
       stats.truncated += 1
-      keep_bos = bos_id is not None and limit >= 2 and int(prompt[0]) == bos_id
-      prompt = np.concatenate([prompt[:1], prompt[prompt.size - limit + 1:]]) if keep_bos else prompt[-limit:]
+      prompt = batching.cut_from_left(prompt, limit, bos_id)
     prompts.append(prompt)
   stats.examples += len(prompts)
   stats.rows += len(prompts)

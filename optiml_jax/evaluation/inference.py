@@ -90,14 +90,11 @@ def left_truncate(row: ScoreRow, max_length: int, bos_id: int | None = None) -> 
   keeps its BOS when its prompt loses its start (`formatting.fit_to_row`); the BOS then predicts the first
   token kept, so the same tokens are scored either way.
   """
-  n = len(row.inputs)
-  if n <= max_length:
+  if len(row.inputs) <= max_length:
     return row, False
-  if bos_id is None or max_length < 2 or int(row.inputs[0]) != bos_id:
-    return ScoreRow(row.inputs[-max_length:], row.targets[-max_length:], row.weights[-max_length:], row.group), True
-  start = n - max_length + 1  # the first position kept after the BOS
-  return ScoreRow(np.concatenate([row.inputs[:1], row.inputs[start:]]), row.targets[start - 1:],
-                  row.weights[start - 1:], row.group), True
+  first = len(row.inputs) - max_length  # the targets and weights of the last max_length positions are kept
+  inputs = batching.cut_from_left(np.asarray(row.inputs), max_length, bos_id)
+  return ScoreRow(inputs, row.targets[first:], row.weights[first:], row.group), True
 
 
 def option_rows(prompt_tokens: Sequence[batching.TokenIds],

@@ -63,10 +63,7 @@ def split_group(rows: Sequence[Any], indices: Sequence[int], max_length: int,
   keep = max_length - longest
   truncated = len(prefix) > keep
   if truncated:
-    if bos_id is not None and keep >= 1 and int(prefix[0]) == bos_id:
-      prefix = np.concatenate([prefix[:1], prefix[len(prefix) - keep + 1:]])
-    else:
-      prefix = prefix[len(prefix) - keep:]
+    prefix = batching.cut_from_left(prefix, keep, bos_id)
   return SharedGroup(tuple(indices), prefix, tuple(np.asarray(r.inputs[p:], np.int32) for r in members),
                      tuple(np.asarray(r.targets[p:], np.int32) for r in members),
                      tuple(np.asarray(r.weights[p:], np.float32) for r in members), truncated)
