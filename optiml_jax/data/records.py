@@ -34,12 +34,24 @@ class Instance:
     input: the instance text.
     targets: the reference outputs; `targets[0]` is the training target. Empty for `lm` tasks.
     options: answer candidates for rank classification (multiple-choice tasks), else empty.
+    option_scores: a graded score per option, in option order (BIG-bench's `target_scores`: what picking that
+      option earns, e.g. 0.69 for "joy" and 0.28 for "anticipation"); empty when the source grades none, and
+      then an option earns 1 when it is one of `targets`, else 0.
+
+  Raises:
+    ValueError: `option_scores` is neither empty nor one score per option.
   """
 
   id: str
   input: str
   targets: tuple[str, ...] = ()
   options: tuple[str, ...] = ()
+  option_scores: tuple[float, ...] = ()
+
+  def __post_init__(self):
+    if self.option_scores and len(self.option_scores) != len(self.options):
+      raise ValueError(f"instance {self.id!r}: {len(self.option_scores)} option scores for {len(self.options)} "
+                       "options; expected one per option or none")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -228,3 +228,41 @@ def test_example_without_a_reference_is_dropped(shared_dir):
   assert len(instances) == len(examples) - 1 and all(i.targets and all(i.targets) for i in instances)
   assert f"physics_questions-{empty[0]}" not in {i.id for i in instances}
   assert [i.id for i in instances] == [f"physics_questions-{k}" for k in range(len(examples)) if k != empty[0]]
+
+
+def test_graded_scores_are_kept_in_option_order(tmp_path):
+  # BIG-bench's multiple_choice_grade credits the picked choice with its score: the reader keeps every score.
+  scores = {"joy": 0.69, "anticipation": 0.28, "anger": 0.0, "trust": 0.33}
+  path = _write_task(
+      tmp_path / "graded",
+      _toy(examples=[{
+          "input": "x",
+          "target_scores": scores
+      }, {
+          "input": "y",
+          "target_scores": {
+              " e": 0.5,
+              "e": 0.9,
+              "f ": 0
+          }
+      }]))
+  graded, merged = bigbench.read_task(path).instances()
+  assert sorted(graded.options) == sorted(scores) and graded.targets == ("joy",)
+  assert graded.option_scores == tuple(scores[o] for o in graded.options)
+  # Choices equal after stripping are one choice with the higher score.
+  assert dict(zip(merged.options, merged.option_scores)) == {"e": 0.9, "f": 0.0}
+  generation = bigbench.read_task(_write_task(tmp_path / "gen", _toy()))
+  assert next(generation.instances()).option_scores == ()
+
+
+def test_real_graded_task_carries_its_scores(shared_dir):
+  task = bigbench.read_task(_bigbench_dir(shared_dir) / "emojis_emotion_prediction" / "task.json")
+  instances = list(task.instances())
+  examples = _raw(task)["examples"]
+  assert len(instances) == len(examples)
+  for instance, example in zip(instances, examples):
+    assert dict(zip(instance.options, instance.option_scores)) == example["target_scores"]
+  # The first example (a rainbow): "joy" 0.69 is the answer, "anticipation" earns 0.28.
+  first = dict(zip(instances[0].options, instances[0].option_scores))
+  assert instances[0].targets == ("joy",) and first["joy"] == 0.69 and first["anticipation"] == 0.28
+  assert sum(1 for i in instances for s in i.option_scores if 0 < s < 1) > len(instances)

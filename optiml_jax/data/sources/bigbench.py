@@ -15,11 +15,13 @@ Instance input = [example task_prefix] + input prefix + input [+ choice prefix +
 prefix, with the surrounding whitespace stripped (formatting adds the delimiter: none after "A:").
 Multiple choice: `options` are the choices in a fixed pseudo-random order seeded by (task, example index)
 (BIG-bench also shuffles them, so the answer's position carries no signal) and `targets` are the choice(s)
-with the highest score: several when scores tie (BIG-bench's multiple_choice_grade gives full credit to any
+with the highest score: several when scores tie (BIG-bench's multiple_choice_grade gives the top score to any
 of them). `targets[0]`, the training target, is BIG-bench's own target: the example's "target" when it names
 one of the best choices (geometric_shapes: "circle" of the tied circle/ellipse), else the first best choice
-in "target_scores" order; the other best choices follow in option order. (Graded scores, e.g. 0.5 or the
-emotion weights of emojis_emotion_prediction, are not kept: the best choice is right, every other wrong.)
+in "target_scores" order; the other best choices follow in option order. `option_scores` are the choices'
+scores in option order, as given (graded ones kept: 0.69 "joy" / 0.28 "anticipation" in
+emojis_emotion_prediction, 0.5 / 0.9 in swedish_to_german_proverbs), so that rank classification credits the
+picked choice with its score as BIG-bench's multiple_choice_grade does (`data/metrics.rank_classification`).
 Choices and references lose their surrounding whitespace (the formatter joins the target with one space of
 its own; gre_reading_comprehension has choices that start with a space); choices equal after that are one
 choice with the higher score. A generation example whose every reference is empty (physics_questions has an
@@ -134,6 +136,7 @@ def _instance(example: Any, index: int, fmt: PromptFormat, path: str, local_name
     raise records.SourceError(path, f"{where}: expected an object, got {type(example).__name__}")
   text = jsonl.as_text(jsonl.required(example, "input", path, where), path, f"{where}.input")
   options: tuple[str, ...] = ()
+  option_scores: tuple[float, ...] = ()
   if "target_scores" in example:
     scores = _scores(example["target_scores"], path, where)
     options = tuple(_shuffled(list(scores), local_name, index))
@@ -141,6 +144,7 @@ def _instance(example: Any, index: int, fmt: PromptFormat, path: str, local_name
     own_targets = () if own is None else tuple(
         t.strip() for t in jsonl.as_text_list(own, path, f"{where}.target", allow_empty=True))
     targets = _best_choices(scores, options, own_targets)
+    option_scores = tuple(scores[o] for o in options)
   elif "target" in example:
     targets = tuple(t.strip() for t in jsonl.as_text_list(example["target"], path, f"{where}.target"))
     targets = tuple(t for t in targets if t)
@@ -153,7 +157,8 @@ def _instance(example: Any, index: int, fmt: PromptFormat, path: str, local_name
   example_prefix = jsonl.as_text(example.get("task_prefix", ""), path, f"{where}.task_prefix")
   text = example_prefix + fmt.input_prefix + text + fmt.output_prefix
   instance_id = jsonl.as_text(example["_id"], path, f"{where}._id") if "_id" in example else f"{local_name}-{index}"
-  return records.Instance(id=instance_id, input=text.strip(), targets=targets, options=options)
+  return records.Instance(id=instance_id, input=text.strip(), targets=targets, options=options,
+                          option_scores=option_scores)
 
 
 def _stream(path: str, local_name: str) -> Iterator[records.Instance]:
