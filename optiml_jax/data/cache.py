@@ -19,7 +19,8 @@ Layout:
         index.npy      int64 [n, 4]         (offset into tokens, input tokens, target tokens, byte offset of the
                                             example's line in examples.jsonl)
         examples.jsonl                      one line per example: instance_id, inputs_pretokenized,
-                                            targets_pretokenized, references, options_pretokenized, options
+                                            targets_pretokenized, references, options_pretokenized, options,
+                                            and options_scores when the options are graded (BIG-bench)
         stats.json                          the commit marker, written last: counts, fingerprint, file sizes
 
 A shard is written into a staging folder (`<shard>.tmp-<random>`) and renamed into place once `stats.json` is in
@@ -43,6 +44,7 @@ import numpy as np
 
 from optiml_jax import tempfiles
 from optiml_jax.data import catalog as catalog_lib
+from optiml_jax.data import records
 
 FORMAT_VERSION = 1
 # Which rule drew the demonstrations of k-shot shards (`formatting.choose_demonstrations`,
@@ -53,6 +55,10 @@ DEMONSTRATIONS_RULE = 2
 # Which instances a training shard holds (`catalog.train_instances`): 2 passes over repeats of a held-out instance,
 # same input and answer (1 took every instance after the held-out ones). Part of a training shard's fingerprint only.
 TRAIN_STREAM_RULE = 2
+# Which option fields an evaluation shard of a multiple-choice task holds: 1 adds the graded score of each option
+# (`options_scores`, BIG-bench's `target_scores`; before, a BIG-bench shard had none and its options scored 1 or 0).
+# Part of those shards' fingerprint only, so they are rebuilt and every other shard is kept.
+OPTION_SCORES_RULE = 1
 MANIFEST_FILE = "cache.json"
 CATALOG_FILE = catalog_lib.CATALOG_FILE
 SHARDS_DIR = "shards"
@@ -98,6 +104,8 @@ def fingerprint(entry: catalog_lib.CatalogEntry, shots: int, split: str, vocabul
     parts["demonstrations_rule"] = DEMONSTRATIONS_RULE
   if split == TRAIN_SPLIT:  # training shards built before the stream's rule changed may hold held-out repeats
     parts["train_stream_rule"] = TRAIN_STREAM_RULE
+  if split == EVAL_SPLIT and entry.kind == records.MULTIPLE_CHOICE:  # older ones lack the options' graded scores
+    parts["option_scores_rule"] = OPTION_SCORES_RULE
   return hashlib.sha256(json.dumps(parts, sort_keys=True, default=list).encode("utf-8")).hexdigest()
 
 
@@ -173,7 +181,7 @@ def _text_record(ex: Mapping[str, Any]) -> dict[str, Any]:
   for n in lengths.tolist():
     options.append(values[start:start + n].tolist())
     start += n
-  return {
+  record = {
       "instance_id": str(ex["instance_id"]),
       "inputs_pretokenized": str(ex["inputs_pretokenized"]),
       "targets_pretokenized": str(ex["targets_pretokenized"]),
@@ -181,6 +189,10 @@ def _text_record(ex: Mapping[str, Any]) -> dict[str, Any]:
       "options_pretokenized": [str(o) for o in np.asarray(ex["options_pretokenized"], dtype=object).tolist()],
       "options": options,
   }
+  scores = np.asarray(ex.get("options_scores", ()), np.float32)
+  if scores.size:  # graded options only: every other line is as before
+    record["options_scores"] = scores.tolist()
+  return record
 
 
 def read_stats(out: pathlib.Path) -> dict[str, Any] | None:

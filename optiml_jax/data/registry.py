@@ -23,6 +23,9 @@ Features of every example:
   options_pretokenized, options   answer candidates of multiple-choice tasks as text and as ragged int32
                                token ids, each tokenized like a target (for rank classification; empty for
                                other tasks; "validation" split only);
+  options_scores               float32 graded score of each option, in option order (BIG-bench's
+                               `target_scores`, `records.Instance.option_scores`); empty when the source
+                               grades none ("validation" split only);
   instance_id                  the instance's id in its source.
 A preprocessor (`truncate`) fits each example to ONE row when a `sequence_length` is given: L =
 sequence_length["inputs"] + sequence_length["targets"] positions (t5x's TASK_FEATURE_LENGTHS; only the sum
@@ -189,6 +192,7 @@ def iter_examples(entry: catalog_lib.CatalogEntry, task: records.TaskSource, spl
         "options_pretokenized": np.asarray(instance.options, dtype=object),
         "options_values": np.asarray([t for ids in option_ids for t in ids], np.int32),
         "options_lengths": np.asarray([len(ids) for ids in option_ids], np.int64),
+        "options_scores": np.asarray(instance.option_scores, np.float32),
         "instance_id": instance.id,
     }
 
@@ -205,6 +209,7 @@ _SIGNATURE = {
     "options_pretokenized": tf.TensorSpec([None], tf.string),
     "options_values": tf.TensorSpec([None], tf.int32),
     "options_lengths": tf.TensorSpec([None], tf.int64),
+    "options_scores": tf.TensorSpec([None], tf.float32),
     "instance_id": tf.TensorSpec([], tf.string),
 }
 
@@ -281,6 +286,7 @@ def _cached_dataset_fn(split: str, shuffle_files: bool, seed: int | None = None,
         ex["options_pretokenized"] = np.asarray(text["options_pretokenized"], dtype=object)
         ex["options_values"] = np.asarray([t for ids in text["options"] for t in ids], np.int32)
         ex["options_lengths"] = np.asarray([len(ids) for ids in text["options"]], np.int64)
+        ex["options_scores"] = np.asarray(text.get("options_scores", ()), np.float32)
       yield ex
 
   if not with_options:

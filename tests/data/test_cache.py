@@ -37,9 +37,29 @@ def _write_jsonl(path: pathlib.Path, rows) -> None:
   path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
+GRADED_TASK = "bigbench:intent_recognition"
+
+
 def make_bench(root: pathlib.Path) -> pathlib.Path:
-  """Toy SNI tasks, a multiple-choice JSONL task and pre-training text long enough to be split into rows."""
+  """Toy SNI tasks, a multiple-choice JSONL task, a BIG-bench task with graded choices (evaluation only) and
+  pre-training text long enough to be split into rows."""
   sni_dir = toybench.write(root / "sni", seed=0, num_instances=40)
+  graded = root / "bigbench" / "intent_recognition"
+  graded.mkdir(parents=True)
+  (graded / "task.json").write_text(
+      json.dumps({
+          "name": "intent_recognition",
+          "description": "Recognise the intent.",
+          "keywords": ["multiple choice"],
+          "examples": [{
+              "input": f"Utterance {i}: put on some jazz in room {i}",
+              "target_scores": {
+                  "play music": 1.0,
+                  "set an alarm": 0.25,
+                  "book a table": 0.0
+              }
+          } for i in range(6)]
+      }), encoding="utf-8")
   jsonl_dir = root / "crossfit"
   jsonl_dir.mkdir()
   _write_jsonl(jsonl_dir / "quiz_mc.jsonl", [{
@@ -54,9 +74,10 @@ def make_bench(root: pathlib.Path) -> pathlib.Path:
                            for j in range(12))
                   for i in range(20)) + "\n", encoding="utf-8")
   config = bench_config.load_config(REPO / "tasks" / "optiml_bench.yaml")
-  built = catalog.build(config,
-                        sources.iter_all(sni_dir=sni_dir, jsonl_dirs=[("crossfit", jsonl_dir)], text_dir=text_dir),
-                        sni.read_split(sni_dir))
+  built = catalog.build(
+      config,
+      sources.iter_all(sni_dir=sni_dir, bigbench_dir=root / "bigbench", jsonl_dirs=[("crossfit", jsonl_dir)],
+                       text_dir=text_dir), sni.read_split(sni_dir))
   built.save(root / "catalog")
   return root / "catalog"
 
@@ -74,10 +95,17 @@ def _task_examples(name, split):
   return list(ds.as_numpy_iterator())
 
 
+def _plain(value):
+  """Nested Python lists of a feature's value (ragged option tokens come as an object array of arrays)."""
+  if hasattr(value, "to_list"):
+    return value.to_list()
+  if isinstance(value, np.ndarray):
+    return [_plain(v) for v in value] if value.dtype == object else value.tolist()
+  return value
+
+
 def _same(a, b) -> bool:
-  a = a.to_list() if hasattr(a, "to_list") else a
-  b = b.to_list() if hasattr(b, "to_list") else b
-  return np.array_equal(np.asarray(a, dtype=object), np.asarray(b, dtype=object))
+  return _plain(a) == _plain(b)
 
 
 def test_build_writes_a_committed_shard_per_task_variant_and_split(built):
@@ -108,7 +136,9 @@ def test_build_writes_a_committed_shard_per_task_variant_and_split(built):
 def test_cached_tasks_give_the_uncached_examples_byte_for_byte(built):
   catalog_dir, cache_dir, _ = built
   registry.register_catalog(catalog_dir, shots=(0, 2))
-  names = ["sni:task001_toy_add_small", "sni:task001_toy_add_small.2shot", "crossfit:quiz_mc", "pretraining:web"]
+  names = [
+      "sni:task001_toy_add_small", "sni:task001_toy_add_small.2shot", "crossfit:quiz_mc", GRADED_TASK, "pretraining:web"
+  ]
   splits = {n: [s for s in ("train", "validation") if s in seqio.get_mixture_or_task(n).splits] for n in names}
   uncached = {(n, s): _task_examples(n, s) for n in names for s in splits[n]}
   registry.register_catalog(catalog_dir, shots=(0, 2), cache_dir=cache_dir)
@@ -119,6 +149,15 @@ def test_cached_tasks_give_the_uncached_examples_byte_for_byte(built):
       assert a.keys() == b.keys()
       for key in a:
         assert _same(a[key], b[key]), (name, split, key)
+  # The graded choices' scores come back from the cache (float32, in option order); ungraded options have none.
+  graded = _task_examples(GRADED_TASK, "validation")
+  assert graded and all(
+      dict(zip(ex["options_pretokenized"].tolist(), ex["options_scores"].tolist())) == {
+          b"play music": 1.0,
+          b"set an alarm": 0.25,
+          b"book a table": 0.0
+      } for ex in graded)
+  assert all(ex["options_scores"].size == 0 for ex in _task_examples("crossfit:quiz_mc", "validation"))
 
 
 def test_training_batches_from_cached_tasks_equal_uncached_ones(built):
@@ -186,6 +225,22 @@ def test_a_change_of_the_training_stream_rule_rebuilds_the_training_shards_only(
   older = {s: cache.fingerprint(entry, 0, s, "v", 0, 256) for s in splits}
   assert older[cache.EVAL_SPLIT] == before[cache.EVAL_SPLIT]
   assert older[cache.TRAIN_SPLIT] != before[cache.TRAIN_SPLIT]
+
+
+def test_evaluation_shards_of_multiple_choice_tasks_built_before_graded_scores_are_rebuilt(built, monkeypatch):
+  """Evaluation shards of multiple-choice tasks written before they kept the options' graded scores lack them: their
+  fingerprint changes, so they are rebuilt; training shards and the shards of generation tasks keep theirs."""
+  catalog_dir, _, _ = built
+  entries = catalog.load(catalog_dir).by_name()
+  keys = [(GRADED_TASK, cache.EVAL_SPLIT), ("crossfit:quiz_mc", cache.EVAL_SPLIT),
+          ("crossfit:quiz_mc", cache.TRAIN_SPLIT), ("sni:task001_toy_add_small", cache.EVAL_SPLIT)]
+
+  def fingerprints():
+    return [cache.fingerprint(entries[name], 0, split, "v", 0, 256) for name, split in keys]
+
+  now = fingerprints()
+  monkeypatch.setattr(cache, "OPTION_SCORES_RULE", cache.OPTION_SCORES_RULE - 1)
+  assert [a == b for a, b in zip(now, fingerprints())] == [False, False, True, True]
 
 
 def test_a_failing_task_is_reported_and_the_others_are_written(tmp_path, capsys, caplog):

@@ -28,6 +28,8 @@ EOS = 2
 MC_TASK = "crossfit:quiz_mc"
 GEN_TASK = "crossfit:capitals"
 LM_TASK = "pretraining:web"
+GRADED_TASK = "bigbench:intent_recognition"
+GRADED_SCORES = {"play music": 1.0, "set an alarm": 0.25, "book a table": 0.0}
 
 
 def _write_jsonl(path: pathlib.Path, rows) -> None:
@@ -36,8 +38,9 @@ def _write_jsonl(path: pathlib.Path, rows) -> None:
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-  """A small bench of three benchmarks (toy SNI tasks, a JSONL benchmark with a multiple-choice task, and
-  pre-training text), built with the repository's tasks/optiml_bench.yaml and registered with 0 and 2 shots."""
+  """A small bench of four benchmarks (toy SNI tasks, a JSONL benchmark with a multiple-choice task, a BIG-bench
+  task with graded choices, and pre-training text), built with the repository's tasks/optiml_bench.yaml and
+  registered with 0 and 2 shots."""
   root = tmp_path_factory.mktemp("bench")
   sni_dir = toybench.write(root / "sni", seed=0, num_instances=60)
   jsonl_dir = root / "crossfit"
@@ -51,15 +54,28 @@ def bench(tmp_path_factory):
       "inputs": f"Country code {i} of the registry list: name its capital city please.",
       "targets": f"City {i}"
   } for i in range(30)])
+  graded = root / "bigbench" / "intent_recognition"
+  graded.mkdir(parents=True)
+  (graded / "task.json").write_text(
+      json.dumps({
+          "name": "intent_recognition",
+          "description": "Recognise the intent.",
+          "keywords": ["multiple choice"],
+          "examples": [{
+              "input": f"Utterance {i}: put on some jazz in room {i}",
+              "target_scores": GRADED_SCORES
+          } for i in range(6)]
+      }), encoding="utf-8")
   text_dir = root / "text"
   text_dir.mkdir()
   (text_dir / "web.txt").write_text(
       "\n\n".join(f"Document {i} talks about the weather in town number {i}.\nIt has two lines." for i in range(30)) +
       "\n", encoding="utf-8")
   config = bench_config.load_config(REPO / "tasks" / "optiml_bench.yaml")
-  built = catalog.build(config,
-                        sources.iter_all(sni_dir=sni_dir, jsonl_dirs=[("crossfit", jsonl_dir)], text_dir=text_dir),
-                        sni.read_split(sni_dir))
+  built = catalog.build(
+      config,
+      sources.iter_all(sni_dir=sni_dir, bigbench_dir=root / "bigbench", jsonl_dirs=[("crossfit", jsonl_dir)],
+                       text_dir=text_dir), sni.read_split(sni_dir))
   built.save(root / "catalog")
   vocabulary = vocab_lib.OPTVocabulary()
   registered = registry.register_catalog(root / "catalog", vocabulary, shots=(0, 2))
@@ -163,6 +179,25 @@ def test_example_features_match_formatting_and_tokenization(bench):
     for option_ids, option in zip(options, instance.options):
       assert list(option_ids) == vocabulary.encode(" " + option) + [EOS]
     assert any(list(o) == list(example["targets"]) for o in options)
+
+
+def test_graded_option_scores_ride_with_the_options_of_validation_examples(bench):
+  entry = bench["entries"][GRADED_TASK]
+  instances = _source_instances(entry)
+  assert entry.num_eval_instances == len(instances) == 6
+  for variant in (GRADED_TASK, f"{GRADED_TASK}.2shot"):
+    examples = _examples(variant, "validation")
+    assert [e["instance_id"].decode() for e in examples] == [i.id for i in instances]
+    for example, instance in zip(examples, instances):
+      assert example["options_scores"].dtype == np.float32
+      assert example["options_scores"].tolist() == [GRADED_SCORES[o] for o in instance.options]
+      assert [o.decode() for o in example["options_pretokenized"]] == list(instance.options)
+  # Ungraded options carry no scores, and training examples no option features at all.
+  assert all(e["options_scores"].size == 0 for e in _examples(MC_TASK, "validation"))
+  assert not any(k.startswith("options") for k in _examples(MC_TASK, "train")[0])
+  mc = bench["entries"][MC_TASK]
+  plain = next(registry.iter_examples(mc, registry.reopen_task(mc), "validation", 0, bench["vocab"]))
+  assert plain["options_scores"].shape == (0,) and plain["options_scores"].dtype == np.float32
 
 
 def test_lm_task_trains_on_the_whole_text(bench):
