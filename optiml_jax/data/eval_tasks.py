@@ -10,16 +10,20 @@ and every multiple-choice Task gets its companion; the evaluator (`evaluation/ev
   multiple-choice tasks  a companion Task `<name>.score_eval` (`register_score_eval_task`; split "validation"
                          only) expands each instance into one row per answer candidate (the rank-classification
                          convention: features `idx` = [instance, option], `inputs`, `targets` = the option's
-                         tokens, `is_correct`), with the score metrics `rank_classification` and
-                         `rank_classification_length_normalized`;
+                         tokens, `is_correct`, and `option_score`: what picking the option earns, its graded
+                         score from the registry's `options_scores` (BIG-bench) or else 1.0 / 0.0 by
+                         `is_correct`), with the score metrics `rank_classification` and
+                         `rank_classification_length_normalized` (the picked option's `option_score`, averaged:
+                         accuracy, or BIG-bench's multiple_choice_grade with graded options);
   `lm` tasks             no metrics (plain text is trained on, never evaluated);
   decoded Tasks          `truncate_for_decoding` (t5x's `.gen` Tasks, `interop/t5x_tasks.py`): the prompt cut
                          to the "inputs" length so that the "targets" length is left for decoding.
 
 A worked example (options "red", "blue"; reference "blue"):
-  instance 0  ->  {inputs, targets: BPE(" red") + </s>,  idx: [0, 0], is_correct: False}
-                  {inputs, targets: BPE(" blue") + </s>, idx: [0, 1], is_correct: True}
-  scores [-4.1, -2.3] -> option 1 wins -> correct.
+  instance 0  ->  {inputs, targets: BPE(" red") + </s>,  idx: [0, 0], is_correct: False, option_score: 0.0}
+                  {inputs, targets: BPE(" blue") + </s>, idx: [0, 1], is_correct: True,  option_score: 1.0}
+  scores [-4.1, -2.3] -> option 1 wins -> correct (earns 1.0). With graded options (BIG-bench's target_scores
+  "red": 0.4, "blue": 1.0) the rows' option_score are 0.4 and 1.0, and a pick of "red" earns 0.4.
 """
 
 from __future__ import annotations
@@ -50,38 +54,51 @@ def references_postprocessor(output: Any, example: Mapping[str, Any] | None = No
 
 def rank_classification_postprocessor(output: Any, example: Mapping[str, Any] | None = None,
                                       is_target: bool = False) -> Any:
-  """Task postprocess_fn of `.score_eval` tasks: a target becomes (idx, is_correct, weight, target length)."""
+  """Task postprocess_fn of `.score_eval` tasks: a target becomes (idx, is_correct, weight, target length, option
+  score); a row without an `option_score` feature earns 1.0 when correct, else 0.0."""
   if not is_target:
     return output
   if example is None or "idx" not in example:
     raise ValueError("rank_classification_postprocessor: the example has no 'idx'; expected rows of "
                      "`rank_classification_examples`")
   weight = float(example["weight"]) if "weight" in example else 1.0
-  return (tuple(int(i) for i in np.asarray(example["idx"]).reshape(-1)), bool(example["is_correct"]), weight,
-          int(np.asarray(example["targets"]).size))
+  is_correct = bool(example["is_correct"])
+  score = float(example["option_score"]) if "option_score" in example else float(is_correct)
+  return (tuple(int(i) for i in np.asarray(example["idx"]).reshape(-1)), is_correct, weight,
+          int(np.asarray(example["targets"]).size), score)
 
 
 def rank_classification_examples(dataset: tf.data.Dataset) -> tf.data.Dataset:
   """seqio preprocessor: one row per answer candidate of each instance (registry features in, t5 rows out).
 
-  Input examples carry `inputs`, `options` (ragged token ids), `options_pretokenized` and `references`;
-  each becomes len(options) rows with `idx` = [instance index, option index], the same `inputs`, `targets` =
-  the option's tokens, `targets_pretokenized` = the option's text and `is_correct` = whether the option is
-  one of the references. Rows of an instance are consecutive, in option order.
+  Input examples carry `inputs`, `options` (ragged token ids), `options_pretokenized` and `references`, and
+  optionally `options_scores` (one graded score per option, or none); each becomes len(options) rows with
+  `idx` = [instance index, option index], the same `inputs`, `targets` = the option's tokens,
+  `targets_pretokenized` = the option's text, `is_correct` = whether the option is one of the references and
+  `option_score` (float32) = the option's graded score, or 1.0 / 0.0 by `is_correct` when the instance has none.
+  Rows of an instance are consecutive, in option order.
   """
 
   def expand(index, ex):
     options = ex["options"]
     texts = ex["options_pretokenized"]
+    graded = ex.get("options_scores")
 
     def row(j):
       j = tf.cast(j, tf.int32)
+      is_correct = tf.reduce_any(tf.equal(texts[j], ex["references"]))
+      ungraded = tf.cast(is_correct, tf.float32)
+      if graded is None:
+        score = ungraded
+      else:
+        score = tf.cond(tf.size(graded) > 0, lambda: tf.cast(tf.gather(graded, j), tf.float32), lambda: ungraded)
       out = {
           "idx": tf.stack([tf.cast(index, tf.int32), j]),
           "inputs": ex["inputs"],
           "targets": options[j],
           "targets_pretokenized": texts[j],
-          "is_correct": tf.reduce_any(tf.equal(texts[j], ex["references"])),
+          "is_correct": is_correct,
+          "option_score": score,
       }
       for key in ("inputs_pretokenized", "instance_id"):
         if key in ex:

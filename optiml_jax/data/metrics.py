@@ -8,7 +8,8 @@ them and picks the one a task is judged by. Imports no JAX, TensorFlow or seqio.
   generation tasks       `rouge_l` and `exact_match` on the greedy decoding, against every reference of the
                          instance (the maximum over references), as Super-NaturalInstructions computes them;
   multiple-choice tasks  `rank_classification` over one log-likelihood per answer candidate (t5x's `score_fn`:
-                         the sum over target tokens), the argmax per instance scored as accuracy;
+                         the sum over target tokens), the argmax per instance credited with its option's score
+                         (graded: BIG-bench's multiple_choice_grade; else 1 when correct, 0 when not);
                          `rank_classification_length_normalized` divides each by the option's token count.
 
 Conventions are seqio's: `fn(targets, predictions)` or `fn(targets, scores)` returning a dict of floats, on a
@@ -22,7 +23,12 @@ Formulas (checked by hand in tests/data/test_metrics.py):
                stemmer and its default tokenizer (lower-cased [a-z0-9] words: text in other scripts has no
                tokens and scores 0, like SNI without its cross-lingual tokenizer); an empty prediction or
                reference scores 0;
-  accuracy     100 * mean_i [target_i == prediction_i].
+  accuracy     100 * mean_i [target_i == prediction_i];
+  rank classification "accuracy"  100 * sum_i w_i score_i(argmax_j loglik_ij) / sum_i w_i, where score_i(j) is
+               option j's graded score when the instance has graded scores (BIG-bench's `target_scores`, e.g.
+               0.69 / 0.28 / 0 for emojis_emotion_prediction's choices: BIG-bench's multiple_choice_grade, x100),
+               else 1 for a reference and 0 for any other option (plain accuracy); w_i the instance weight (1);
+               "chance" the same with the mean of score_i over the options in place of the argmax's.
 """
 
 from __future__ import annotations
@@ -110,22 +116,32 @@ def accuracy(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, fl
   return {"accuracy": 100.0 * float(np.mean([t == p for t, p in zip(targets, predictions)]))}
 
 
-def rank_classification(targets: Sequence[tuple[Sequence[int], bool, float, int]], scores: Sequence[float],
+RankTarget = tuple[Sequence[int], bool, float, int] | tuple[Sequence[int], bool, float, int, float]
+
+
+def rank_classification(targets: Sequence[RankTarget], scores: Sequence[float],
                         normalize_by_target_length: bool = False) -> dict[str, float]:
-  """Accuracy of rank classification over candidate rows (t5's `rank_classification` convention).
+  """Accuracy of rank classification over candidate rows (t5's `rank_classification` convention), with the
+  graded credit of BIG-bench's multiple_choice_grade where options carry scores.
 
   Args:
     targets: one tuple per candidate row, from `rank_classification_postprocessor`: (idx = (instance index,
-      option index), is_correct, weight, number of target tokens).
+      option index), is_correct, weight, number of target tokens, option score). The option score is what
+      picking the option earns: its graded score (BIG-bench's `target_scores`), else 1.0 when it is correct and
+      0.0 when not; a 4-tuple without it earns 1.0 or 0.0 by `is_correct`.
     scores: the log-likelihood of each row's target given its inputs (seqio score_fn output).
     normalize_by_target_length: divide each score by its number of target tokens first.
 
   Returns:
-    {"accuracy": 100 * weighted fraction of instances whose best-scoring option is correct} (key
-    "accuracy_norm" when normalised). Ties go to the first option; an instance with several correct
-    options counts as right when any of them wins. Without normalisation also "chance": 100 * the weighted
-    mean over instances of (correct options / options), the expected accuracy of a uniform guess (the report's
-    chance baseline); only once, as seqio refuses a key that two metric functions of a Task both return.
+    {"accuracy": 100 * the weighted mean over instances of the option score of the best-scoring option} (key
+    "accuracy_norm" when normalised): without graded scores the weighted fraction of instances whose best option
+    is correct (an instance with several correct options is right when any of them wins); with them BIG-bench's
+    multiple_choice_grade x100 (e.g. 28 for picking "anticipation", scored 0.28, over "joy", 0.69). Exact ties
+    go to the first option in the instance's option order (BIG-bench breaks them pseudo-randomly; the BIG-bench
+    reader's options are already in a seeded random order). Without normalisation also "chance": 100 * the
+    weighted mean over instances of the mean option score (correct options / options when ungraded), the
+    expected score of a uniform guess (the report's chance baseline); only once, as seqio refuses a key that two
+    metric functions of a Task both return.
   """
   if len(targets) != len(scores):
     raise ValueError(f"rank_classification: {len(targets)} targets but {len(scores)} scores")
@@ -133,31 +149,33 @@ def rank_classification(targets: Sequence[tuple[Sequence[int], bool, float, int]
   chance_key = () if normalize_by_target_length else ("chance",)
   if not targets:
     return {k: float("nan") for k in (key, *chance_key)}
-  rows = []
+  rows = []  # (idx, option score, weight, log-likelihood)
   for target, score in zip(targets, scores):
-    if len(target) != 4:
-      raise ValueError(f"rank_classification: target {target!r} should be (idx, is_correct, weight, length)")
-    idx, is_correct, weight, length = target
+    if len(target) not in (4, 5):
+      raise ValueError(f"rank_classification: target {target!r} should be (idx, is_correct, weight, length, "
+                       "option score)")
+    idx, is_correct, weight, length = target[:4]
+    credit = float(target[4]) if len(target) == 5 else float(bool(is_correct))
     score = float(np.asarray(score))
     if normalize_by_target_length:
       if length <= 0:
         raise ValueError(f"rank_classification: row {tuple(idx)} has {length} target tokens; expected > 0")
       score /= length
-    rows.append(((int(idx[0]), int(idx[1])), bool(is_correct), float(weight), score))
+    rows.append(((int(idx[0]), int(idx[1])), credit, float(weight), score))
   rows.sort(key=lambda r: r[0])
-  correct = total = chance = 0.0
+  earned = total = chance = 0.0
   for _, grouped in itertools.groupby(rows, key=lambda r: r[0][0]):
     group = list(grouped)
-    best = int(np.argmax([r[3] for r in group]))
-    correct += group[best][1] * group[best][2]
+    best = int(np.argmax([r[3] for r in group]))  # the first of equal maxima
+    earned += group[best][1] * group[best][2]
     total += group[best][2]
     chance += group[best][2] * sum(r[1] for r in group) / len(group)
   if not total:
     return {k: float("nan") for k in (key, *chance_key)}
-  return {key: 100.0 * correct / total, **{k: 100.0 * chance / total for k in chance_key}}
+  return {key: 100.0 * earned / total, **{k: 100.0 * chance / total for k in chance_key}}
 
 
-def rank_classification_length_normalized(targets: Sequence[tuple[Sequence[int], bool, float, int]],
-                                          scores: Sequence[float]) -> dict[str, float]:
-  """`rank_classification` with each log-likelihood divided by its option's token count ("accuracy_norm")."""
+def rank_classification_length_normalized(targets: Sequence[RankTarget], scores: Sequence[float]) -> dict[str, float]:
+  """`rank_classification` with each log-likelihood divided by its option's token count ("accuracy_norm"); the
+  picked option earns its score (graded or 1 / 0) as there."""
   return rank_classification(targets, scores, normalize_by_target_length=True)

@@ -11,15 +11,16 @@ only when it has metric functions. The metrics are the ones the registry attache
                                       tasks tokenize with the model's own tokenizer; None: OPT's.
   rank_classification_task(task)      `<task>.score_eval`: one row per answer candidate (targets = the
                                       candidate), scored by t5x's `score_batch`; "accuracy" takes the
-                                      candidate with the highest log-likelihood per instance.
+                                      candidate with the highest log-likelihood per instance and credits
+                                      its row's `option_score` (1 / 0, or a BIG-bench choice's graded score).
   generation_task(task)               `<task>.gen`: "rougeL" and "exact_match" on t5x's greedy
                                       `predict_batch`, best over the references, in percent.
   eval_mixture(catalog_dir, ...)      registers the catalog and a Mixture of those (by task or role) for one
                                       `t5x.eval` or `t5x.infer` run.
 
 Rank classification, a worked example (options "red", "blue"; reference "blue"; EOS the tokenizer's, OPT's </s>):
-  instance 0  ->  {inputs, targets: tokens(" red") + EOS, idx: [0, 0], is_correct: False}
-                  {inputs, targets: tokens(" blue") + EOS, idx: [0, 1], is_correct: True}
+  instance 0  ->  {inputs, targets: tokens(" red") + EOS, idx: [0, 0], is_correct: False, option_score: 0.0}
+                  {inputs, targets: tokens(" blue") + EOS, idx: [0, 1], is_correct: True, option_score: 1.0}
   scores [-4.1, -2.3] -> option 1 wins -> correct.
 """
 

@@ -79,5 +79,41 @@ def test_rank_classification_argmax_ties_multiple_answers_weights_and_normalizat
       "accuracy": pytest.approx(100 * 3 / 4),
       "chance": pytest.approx(100 * (1 / 2 + 1 / 2 + 2 * 2 / 3) / 4)
   }
-  with pytest.raises(ValueError, match=r"\(idx, is_correct, weight, length\)"):
+  with pytest.raises(ValueError, match=r"\(idx, is_correct, weight, length, option score\)"):
     metrics.rank_classification([((0, 0), True, 1.0)], [0.0])
+  # The postprocessor's 5-tuples with the ungraded option scores (1.0 / 0.0 by is_correct) score exactly as before.
+  ungraded = [(*t, float(t[1])) for t in targets]
+  assert metrics.rank_classification(ungraded, scores) == metrics.rank_classification(targets, scores)
+  assert metrics.rank_classification_length_normalized(ungraded, scores) == {"accuracy_norm": pytest.approx(100.0)}
+
+
+def test_rank_classification_credits_the_picked_option_s_graded_score():
+  # BIG-bench's multiple_choice_grade: the picked choice's target score. emojis_emotion_prediction's rainbow:
+  # "joy" 0.69 (the top choice), "anticipation" 0.28, "anger" 0. Instance 1 (swedish_to_german_proverbs-like):
+  # 0.9 and 0.5 for near-right choices, 1 for the right one, in the rows' option order.
+  def row(instance, option, score, length, correct=False):
+    return ((instance, option), correct, 1.0, length, score)
+
+  targets = [
+      row(0, 0, 0.28, 1),
+      row(0, 1, 0.69, 1, True),
+      row(0, 2, 0.0, 4),
+      row(1, 0, 0.5, 2),
+      row(1, 1, 1.0, 8, True),
+      row(1, 2, 0.9, 2)
+  ]
+  # Instance 0: "anticipation" (-1.0) beats "joy" (-2.0): 0.28, not 0. Instance 1: option 2 (-3.0) wins: 0.9; per
+  # token, option 1 (-8 / 8 = -1.0 vs -1.5) wins: 1.0, and instance 0's "anger" (-2.0 / 4 = -0.5): 0.
+  scores = [-1.0, -2.0, -2.0, -4.0, -8.0, -3.0]
+  assert metrics.rank_classification(targets, scores) == {
+      "accuracy": pytest.approx(100 * (0.28 + 0.9) / 2),
+      "chance": pytest.approx(100 * ((0.28 + 0.69) / 3 + (0.5 + 1.0 + 0.9) / 3) / 2)
+  }
+  assert metrics.rank_classification_length_normalized(targets, scores) == {
+      "accuracy_norm": pytest.approx(100 * (0.0 + 1.0) / 2)
+  }
+  # A tie goes to the first option in the instance's order, and earns that option's score.
+  assert metrics.rank_classification(targets[:3], [-1.0, -1.0, -1.0])["accuracy"] == pytest.approx(28.0)
+  # Instance weights weigh the credit.
+  weighted = [((i, j), c, 3.0 if i == 1 else 1.0, n, s) for (i, j), c, _, n, s in targets]
+  assert metrics.rank_classification(weighted, scores)["accuracy"] == pytest.approx(100 * (0.28 + 3 * 0.9) / 4)

@@ -200,6 +200,19 @@ def test_graded_option_scores_ride_with_the_options_of_validation_examples(bench
   assert plain["options_scores"].shape == (0,) and plain["options_scores"].dtype == np.float32
 
 
+def test_score_eval_rows_of_a_graded_task_earn_their_option_s_score(bench):
+  rows = _examples(f"{GRADED_TASK}.score_eval", "validation")
+  instances = _source_instances(bench["entries"][GRADED_TASK])
+  assert len(rows) == sum(len(i.options) for i in instances) == 18
+  for row in rows:
+    instance, option = (int(v) for v in row["idx"])
+    text = instances[instance].options[option]
+    assert row["targets_pretokenized"].decode() == text
+    assert float(row["option_score"]) == GRADED_SCORES[text] and bool(row["is_correct"]) == (text == "play music")
+  plain = _examples(f"{MC_TASK}.score_eval", "validation")
+  assert plain and all(float(r["option_score"]) == float(r["is_correct"]) for r in plain)
+
+
 def test_lm_task_trains_on_the_whole_text(bench):
   entry = bench["entries"][LM_TASK]
   assert entry.kind == records.LANGUAGE_MODELING and entry.role == catalog.TRAIN

@@ -28,7 +28,7 @@ from optiml_jax.evaluation import metrics
 from optiml_jax.models import opt
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-BIGBENCH_MC = ("human_organs_senses", "analytic_entailment")
+BIGBENCH_MC = ("human_organs_senses", "analytic_entailment", "emojis_emotion_prediction")  # the last graded
 MAX_INSTANCES = 3
 
 
@@ -120,6 +120,12 @@ def _validation(name, n):
   return list(ds.take(n).as_numpy_iterator())
 
 
+def _option_credit(example):
+  if example["options_scores"].size:
+    return example["options_scores"].tolist()
+  return [float(o in set(example["references"])) for o in example["options_pretokenized"]]
+
+
 def test_bigbench_multiple_choice_tasks_run_end_to_end_as_t5x_would_score_them(bigbench_catalog, scorer):
   specs, failed = evaluator.select_tasks(bigbench_catalog, evaluator.LEVELS, (0,), max_instances=MAX_INSTANCES)
   assert not failed and sorted(s.task for s in specs) == sorted(f"bigbench:{n}" for n in BIGBENCH_MC)
@@ -130,16 +136,16 @@ def test_bigbench_multiple_choice_tasks_run_end_to_end_as_t5x_would_score_them(b
     examples = _validation(spec.task, MAX_INSTANCES)
     prompts = [[2] + ex["inputs"].tolist() for ex in examples]
     options = [[o.tolist() for o in ex["options"]] for ex in examples]
+    # What picking each option earns (`_option_credit`): its graded score (emojis_emotion_prediction's
+    # target_scores, as BIG-bench's multiple_choice_grade credits it), else 1 for a reference and 0 for the others.
+    earns = [_option_credit(ex) for ex in examples]
+    assert any(0 < e < 1 for row in earns for e in row) == (spec.task == "bigbench:emojis_emotion_prediction")
     expected = {}
     for normalize, key in ((False, "accuracy"), (True, "accuracy_norm")):
       scores = inference.score_options(scorer.model, scorer.params, prompts, options, normalize)
-      right = [
-          ex["options_pretokenized"][int(np.argmax(s))] in set(ex["references"]) for ex, s in zip(examples, scores)
-      ]
-      expected[key] = 100.0 * np.mean(right)
-    # The accuracy of a uniform guess: the share of right options, averaged over instances.
-    expected["chance"] = 100.0 * np.mean(
-        [np.mean([o in set(ex["references"]) for o in ex["options_pretokenized"]]) for ex in examples])
+      expected[key] = 100.0 * np.mean([e[int(np.argmax(s))] for e, s in zip(earns, scores)])
+    # The score of a uniform guess: the mean option score (the share of right options when ungraded).
+    expected["chance"] = 100.0 * np.mean([np.mean(e) for e in earns])
     assert result.num_instances == MAX_INSTANCES
     assert result.metrics == pytest.approx(expected), spec.task
     assert (result.metric, result.score) == ("accuracy", pytest.approx(expected["accuracy"]))
