@@ -110,7 +110,8 @@ def _evaluate_checkpoint(checkpoint: evaluator.Checkpoint, specs: Sequence[evalu
                          out_dir: pathlib.Path, *, model: model_registry.ModelConfig | None, overrides: dict[str, Any],
                          mesh: jax.sharding.Mesh, batch_size: int, max_length: int | None, max_new_tokens: int,
                          length_normalize: bool, progress: bool, share_prompts: bool = True,
-                         vocabularies: Sequence[Any] = (), record_requests: bool = False) -> report_lib.Report:
+                         vocabularies: Sequence[Any] = (), record_requests: bool = False,
+                         end_of_turn: int | None = None) -> report_lib.Report:
   """Loads one checkpoint, evaluates every spec and returns its report (without baseline).
 
   An answers folder (format ANSWERS) is evaluated from its answers (`requests.Replayer`); with `record_requests`
@@ -118,7 +119,8 @@ def _evaluate_checkpoint(checkpoint: evaluator.Checkpoint, specs: Sequence[evalu
   returned report's scores are placeholders, not to be written.
 
   `vocabularies`: those the specs' Tasks tokenize with; the model must embed all their ids, and greedy decoding
-  stops at any of their EOS ids or the model config's own (`eos_token_id`, possibly several).
+  stops at any of their EOS ids or the model config's own (`eos_token_id`, possibly several), or at
+  `end_of_turn` (the chat format's, when the prompts are chat turns).
   """
   from optiml_jax.data import vocab  # pylint: disable=g-import-not-at-top
   from optiml_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
@@ -147,7 +149,11 @@ def _evaluate_checkpoint(checkpoint: evaluator.Checkpoint, specs: Sequence[evalu
       vocab.check_vocab_covers(config.vocab_size, vocabulary, f"{checkpoint.path} (its config)")
   except ValueError as e:
     raise ConfigError(str(e)) from e
-  eos_ids = tuple(dict.fromkeys([*(v.eos_id for v in vocabularies if v.eos_id is not None), *config.eos_ids]))
+  eos_ids = tuple(
+      dict.fromkeys([
+          *(v.eos_id for v in vocabularies if v.eos_id is not None), *config.eos_ids,
+          *([] if end_of_turn is None else [end_of_turn])
+      ]))
   _LOG.info("%s %s (step %s): %d task variant(s)", "recording the requests of" if record_requests else "evaluating",
             checkpoint.path, checkpoint.step, len(specs))
   scorer: inference.ModelCalls
@@ -331,6 +337,23 @@ def _tokenizer_dir(explicit: str | None, checkpoint_path: str, baseline_path: st
   return None if found is None else str(found)
 
 
+def _chat_format(tokenizer_dir: str | None, vocabulary: Any, catalog_dir: str | None, cache_dir: str | None) -> Any:
+  """evaluate.chat_template: the chat format of the tokenizer the tasks tokenize with (`data/chat.py`)."""
+  from optiml_jax.data import chat as chat_lib  # pylint: disable=g-import-not-at-top
+  if catalog_dir is None:
+    raise ConfigError("evaluate.chat_template: chat prompts are made from the bench's tasks; set CATALOG_DIR")
+  if cache_dir is not None:
+    raise ConfigError("evaluate.chat_template: CACHE_DIR holds plain prompts, not chat turns; unset it and set "
+                      "CATALOG_DIR (the tasks are then formatted from their source files)")
+  if tokenizer_dir is None:
+    raise ConfigError("evaluate.chat_template: the tokenizer is OPT's, which has no chat template; evaluate a "
+                      "checkpoint that carries its chat model's tokenizer, or set TOKENIZER_DIR to it")
+  try:
+    return chat_lib.ChatFormat.from_tokenizer(tokenizer_dir, vocabulary)
+  except chat_lib.ChatTemplateError as e:
+    raise ConfigError(f"evaluate.chat_template: {e}") from e
+
+
 def _same_tokenizer(a: pathlib.Path | None, b: pathlib.Path | None) -> bool:
   from optiml_jax.data import vocab  # pylint: disable=g-import-not-at-top
   try:
@@ -378,7 +401,7 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
              batch_size: int = 32, max_length: int | None = None, max_new_tokens: int = 256,
              length_normalize: bool = False, share_prompts: bool = True, label: str = "model",
              baseline_label: str = "baseline", progress: bool = True, cache_dir: str | None = None,
-             record_requests: bool = False) -> Summary:
+             record_requests: bool = False, chat_template: bool = False) -> Summary:
   """Evaluates the checkpoint(s) at `checkpoint_path` and writes the report into `eval_output_dir`.
 
   With `record_requests`, writes instead the model calls of every task into `eval_output_dir`/requests, for
@@ -422,9 +445,10 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
   except (OSError, ValueError) as e:  # a missing folder, one without tokenizer files, a tokenizer without EOS
     raise ConfigError(f"evaluate.tokenizer_dir (TOKENIZER_DIR) {tokenizer_dir}: {e}") from e
   _LOG.info("tokenizer: %s", tokenizer_dir or "OPT's (shipped in the package)")
+  chat = _chat_format(tokenizer_dir, vocabulary, catalog_dir, cache_dir) if chat_template else None
   if catalog_dir is not None:
     try:
-      registry.register_catalog(catalog_dir, vocabulary, shots=shots, mixtures=False, cache_dir=cache_dir)
+      registry.register_catalog(catalog_dir, vocabulary, shots=shots, mixtures=False, cache_dir=cache_dir, chat=chat)
     except cache.CacheError as e:  # another tokenizer's cache, or a shard it lists is damaged
       raise ConfigError(f"evaluate.cache_dir (CACHE_DIR): {e}") from e
     except (OSError, ValueError) as e:  # a catalog entry that cannot be registered (its source files, its fields)
@@ -451,6 +475,7 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
       "max_new_tokens": max_new_tokens,
       "length_normalize": length_normalize,
       "share_prompts": share_prompts,
+      "chat_template": chat.source if chat else None,
       "checkpoint_problems": problems
   }
   if len(mesh_shape) != 3:
@@ -463,7 +488,8 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
     return _evaluate_checkpoint(checkpoint, specs, failed, name, settings, target, model=model, overrides=overrides,
                                 mesh=mesh, batch_size=batch_size, max_length=max_length, max_new_tokens=max_new_tokens,
                                 length_normalize=length_normalize, progress=progress, share_prompts=share_prompts,
-                                vocabularies=vocabularies, record_requests=record_requests)
+                                vocabularies=vocabularies, record_requests=record_requests,
+                                end_of_turn=chat.end_of_turn if chat else None)
 
   if record_requests:  # into OUT/requests, which a rerun extends (a request recorded before is kept)
     return _record(evaluate_one(checkpoints[0], out), out, problems)

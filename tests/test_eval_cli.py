@@ -370,3 +370,45 @@ def test_staged_output_replaces_only_an_evaluation_s_own_files_and_rolls_back_a_
   with eval_entry.staged_output(out) as work:
     (work / "report.md").write_text("new")
   assert contents() == {"notes.txt": "earlier", "report.md": "new"}
+
+
+def test_a_chat_model_is_evaluated_in_its_own_chat_template(setup, tmp_path, chat_tokenizer, capsys):
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  from optiml_jax.data import chat  # pylint: disable=g-import-not-at-top
+  from optiml_jax.data import vocab  # pylint: disable=g-import-not-at-top
+  from optiml_jax.models import llama_config  # pylint: disable=g-import-not-at-top
+  from optiml_jax.models import registry  # pylint: disable=g-import-not-at-top
+  config = llama_config.LlamaConfig.preset("llama-tiny", vocab_size=330, bos_token_id=1, eos_token_id=2)
+  params = jax.jit(lambda k: registry.make_model(config).init(k, jnp.ones((1, 4), jnp.int32))["params"])(
+      jax.random.PRNGKey(0))
+  model = tmp_path / "chat_model"
+  convert.save_hf(config, jax.device_get(params), model)
+  for path in chat_tokenizer.iterdir():  # tokenizer.json, tokenizer_config.json, chat_template.jinja
+    (model / path.name).write_bytes(path.read_bytes())
+  out = tmp_path / "chat"
+  assert _run(setup, out, f"--gin.CHECKPOINT_PATH={model}", f"--gin.TASKS={TASKS[:2]!r}", "--gin.SHOTS=[0, 2]",
+              "--gin.evaluate.chat_template=True") == 0
+  report = json.loads((out / "metrics.json").read_text())
+  assert report["settings"]["chat_template"] == str(model)
+  assert f"prompts: each the user turn of the chat template of {model}" in (out / "report.md").read_text()
+  for name in TASKS[:2]:
+    assert all(r["error"] is None and r["num_instances"] == 2 for r in report["tasks"][name]["shots"].values())
+  # The Tasks this evaluation registered read each prompt as the user turn and each answer as the assistant's.
+  fmt = chat.ChatFormat.from_tokenizer(model, vocab.load(model))
+  for task in ("sni:task001_toy_add_small", "sni:task001_toy_add_small.2shot"):
+    example = next(
+        seqio.TaskRegistry.get(task).get_dataset(None, split="validation", shuffle=False).as_numpy_iterator())
+    inputs, targets = list(example["inputs"]), list(example["targets"])
+    assert inputs[:len(fmt.head)] == list(fmt.head) and inputs[-len(fmt.tail):] == list(fmt.tail)
+    assert targets == fmt.answer(vocab.load(model).encode(example["targets_pretokenized"].decode().strip()))
+
+  # A tokenizer without a template (OPT's, the fallback of a checkpoint that carries none), or prompts from a cache
+  # (plain ones), cannot be read in a chat format: exit 2 before any model runs, naming the setting.
+  assert _run(setup, tmp_path / "o", f"--gin.CHECKPOINT_PATH={setup / 'hf_base'}",
+              "--gin.evaluate.chat_template=True") == 2
+  assert "evaluate.chat_template: the tokenizer is OPT's, which has no chat template" in capsys.readouterr().err
+  assert _run(setup, tmp_path / "o", f"--gin.CHECKPOINT_PATH={model}", f"--gin.CACHE_DIR='{tmp_path}'",
+              "--gin.evaluate.chat_template=True") == 2
+  assert "CACHE_DIR holds plain prompts" in capsys.readouterr().err
+  assert not (tmp_path / "o").exists()

@@ -345,10 +345,15 @@ def markdown(report: Report) -> str:
   lines = [f"# Evaluation of {model.get('label') or 'model'}: {model.get('checkpoint', '')}"]
   if model.get("step") is not None:
     lines.append(f"step {model['step']}")
+  chat = report.get("settings", {}).get("chat_template")
+  if chat:
+    lines.append(f"prompts: each the user turn of the chat template of {chat}, answers the assistant's")
   base = report.get("baseline")
   if base:
     lines.append(f"baseline ({base.get('model', {}).get('label') or 'baseline'}): "
                  f"{base.get('model', {}).get('checkpoint', '')}")
+    if (base.get("settings") or {}).get("chat_template") and not chat:
+      lines.append(f"baseline prompts: in the chat template of {base['settings']['chat_template']}")
   lines += ["", "## Summary (mean headline score per group)", "", summary_table(report), ""]
   if shows_chance(report):
     lines += [

@@ -55,9 +55,10 @@ FORMAT_VERSION = 1
 REQUESTS_FILE = "requests.json"
 ANSWERS_FILE = "answers.json"
 SCORE, PREDICT = "score", "predict"
-# The tokenizer files a requests folder carries (those of a Hugging Face folder's tokenizer).
+# The tokenizer files a requests folder carries (those of a Hugging Face folder's tokenizer, its chat template among
+# them: an evaluation in the chat format reads it again from the answers folder).
 TOKENIZER_FILES = (discovery.TOKENIZER_JSON, *discovery.BPE_FILES, "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "tokenizer.model")
+                   "added_tokens.json", "tokenizer.model", "chat_template.jinja", "chat_template.json")
 
 Path = str | os.PathLike
 
