@@ -39,8 +39,9 @@ tasks of seen categories), held_out_instances (3: held-out instances of training
 seqio Tasks that are not in the catalog.
 
 Chance: what guessing scores, the baseline a score is read against. A rank-classification task's is its
-"chance" metric (`data/metrics.rank_classification`: the mean over instances of correct options / options,
-1 / number of options for one answer); a generation task's is 0 (ROUGE-L and exact match of an empty or
+"chance" metric (`data/metrics.rank_classification`: the mean over instances of the options' mean score, which
+is correct options / options, 1 / number of options for one answer, and for BIG-bench's graded target scores
+their mean); a generation task's is 0 (ROUGE-L and exact match of an empty or
 unrelated answer). Tables and charts show it when some task of the report has a "chance" metric.
 """
 
@@ -358,7 +359,8 @@ def markdown(report: Report) -> str:
   if shows_chance(report):
     lines += [
         "chance: what guessing scores, to read each score against: on a rank-classification task the mean "
-        "of 1 / (number of options), on a generation task 0. A score near chance means nothing was learned "
+        "over instances of the options' mean score (1 / number of options for one right answer; graded "
+        "BIG-bench scores averaged), on a generation task 0. A score near chance means nothing was learned "
         "there.", ""
     ]
   lines += ["## Tasks", "", task_table(report), ""]
