@@ -168,6 +168,25 @@ def format_example(task: records.TaskSource, instance: records.Instance,
   return BLOCK_SEPARATOR.join(b for b in blocks if b), instance.targets[0]
 
 
+def chat_turns(task: records.TaskSource, instance: records.Instance, demonstrations: Sequence[records.Instance] = (),
+               delimiter: str = "") -> tuple[list[tuple[str, str]], str]:
+  """The example of `format_example` as chat turns: ([(user text, assistant answer)] per demonstration, the last
+  user message). Each demonstration is a user turn (its input and the delimiter) answered by its first reference;
+  the task's definition opens the first user message, or, where demonstrations come first (FLAN, PromptSource),
+  the last one. Joined with their answers, the texts are `format_example`'s blocks."""
+  source, _ = format_example(task, instance, demonstrations, delimiter)  # its checks: every reference present
+  if not demonstrations:
+    return [], source
+  definition = task.definition.strip()
+  users = [with_delimiter(d.input, delimiter) for d in demonstrations]
+  query = with_delimiter(instance.input, delimiter)
+  if definition and demonstrations_first(task):
+    query = definition + BLOCK_SEPARATOR + query
+  elif definition:
+    users[0] = definition + BLOCK_SEPARATOR + users[0]
+  return [(u, d.targets[0].strip()) for u, d in zip(users, demonstrations)], query
+
+
 def token_texts(source_text: str, target_text: str) -> tuple[str, str]:
   """The two strings whose BPE are the `inputs` and (before the EOS) the `targets` of an example.
 

@@ -162,15 +162,19 @@ def _tokens(vocabulary: formatting.Encoder, text: str) -> list[int]:
   return list(vocabulary.encode(text)) if text else []
 
 
-def example_tokens(vocabulary: formatting.Encoder, source: str, target: str, options: Sequence[str],
-                   chat: chat_lib.ChatFormat | None = None) -> tuple[list[int], list[int], list[list[int]]]:
+def example_tokens(
+    vocabulary: formatting.Encoder, source: str, target: str, options: Sequence[str],
+    chat: chat_lib.ChatFormat | None = None, turns: Sequence[tuple[str, str]] = ()
+) -> tuple[list[int], list[int], list[list[int]]]:
   """(inputs, targets, one id list per option) of a formatted example: the paper's plain text, the target and
-  each option as they continue the source + [EOS] (`formatting`); with `chat`, the source as the model's user
-  turn and the target and options as its answer, each closed by the end of the turn (`chat.py`)."""
+  each option as they continue the source + [EOS] (`formatting`); with `chat`, `source` as the model's last user
+  turn after `turns` (the demonstrations as (user, answer) texts, `formatting.chat_turns`), and the target and
+  options as its answer, each closed by the end of the turn (`chat.py`)."""
   if chat is not None and source:
     answers = [_tokens(vocabulary, a.strip()) for a in (target, *options)]
-    return (chat.inputs(_tokens(vocabulary,
-                                source.strip())), chat.answer(answers[0]), [chat.answer(a) for a in answers[1:]])
+    demonstrations = [(_tokens(vocabulary, u), _tokens(vocabulary, a)) for u, a in turns]
+    return (chat.inputs(_tokens(vocabulary, source.strip()),
+                        demonstrations), chat.answer(answers[0]), [chat.answer(a) for a in answers[1:]])
   eos = vocabulary.eos_id
   input_text, target_text = formatting.token_texts(source, target)
   inputs = _tokens(vocabulary, input_text)
@@ -188,7 +192,8 @@ def iter_examples(entry: catalog_lib.CatalogEntry, task: records.TaskSource, spl
 
   Source order when `order_seed` is None, else shuffled within blocks of `SHUFFLE_BLOCK_SIZE` instances.
   `seed` is the formatting seed (delimiters, demonstrations): it does not depend on the order. `chat`: the
-  prompt as a chat model's user turn (`example_tokens`); the text features stay the plain ones.
+  prompt as a chat model's conversation, demonstrations as earlier turns (`example_tokens`); the text features
+  stay the plain ones.
   """
   own, fallback = demonstration_pools(entry, task, pool_size, fallback=False) if shots else ((), ())
   if shots > len(own):
@@ -200,7 +205,8 @@ def iter_examples(entry: catalog_lib.CatalogEntry, task: records.TaskSource, spl
     delimiter = formatting.choose_delimiter(seed, task.name, instance.id)
     demos = formatting.choose_demonstrations(seed, task.name, instance.id, own, shots, fallback, instance.input)
     source, target = formatting.format_example(task, instance, demos, delimiter)
-    inputs, targets, option_ids = example_tokens(vocabulary, source, target, instance.options, chat)
+    turns, query = formatting.chat_turns(task, instance, demos, delimiter) if chat else ((), source)
+    inputs, targets, option_ids = example_tokens(vocabulary, query, target, instance.options, chat, turns)
     yield {
         "inputs": np.asarray(inputs, np.int32),
         "targets": np.asarray(targets, np.int32),

@@ -37,6 +37,24 @@ def test_a_chat_prompt_is_transformers_apply_chat_template_token_for_token(chat_
   assert inputs[len(fmt.head):len(inputs) - len(fmt.tail)] == plain_inputs
 
 
+def test_a_few_shot_prompt_is_a_conversation_as_transformers_renders_it(chat_tokenizer):
+  # Each demonstration a user turn answered by the assistant, then the example's input: transformers'
+  # apply_chat_template of those messages, token for token (lm-evaluation-harness's --fewshot_as_multiturn).
+  vocabulary = vocab.load(chat_tokenizer)
+  fmt = chat.ChatFormat.from_tokenizer(chat_tokenizer, vocabulary)
+  hf = transformers.AutoTokenizer.from_pretrained(str(chat_tokenizer))
+  turns = [("Definition: Say yes or no.\n\nthe cat sat on the mat?\nAnswer:", "yes"), ("the mat sat?\nA:", "no")]
+  inputs, target, _ = registry.example_tokens(vocabulary, "Hello, world?\nAnswer:", "yes", [], fmt, turns)
+  messages = [{"role": r, "content": c} for u, a in turns for r, c in (("user", u), ("assistant", a))]
+  ids = hf.apply_chat_template(messages + [{
+      "role": "user",
+      "content": "Hello, world?\nAnswer:"
+  }], tokenize=True, add_generation_prompt=True)
+  assert inputs == list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+  assert inputs.count(2) == 1 + 2 * 2 + 1  # <|im_end|>: the system turn, two per demonstration, the last user turn
+  assert target == list(vocabulary.encode("yes")) + [fmt.end_of_turn]
+
+
 def test_text_in_the_message_is_never_read_as_a_special_token(chat_tokenizer):
   vocabulary = vocab.load(chat_tokenizer)
   fmt = chat.ChatFormat.from_tokenizer(chat_tokenizer, vocabulary)
@@ -71,13 +89,13 @@ def test_a_tokenizer_that_merges_text_across_the_template_edges_is_refused(tiny_
   shutil.copytree(tiny_tokenizer("llama2"), folder)
   config = json.loads((folder / "tokenizer_config.json").read_text())
   config["chat_template"] = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + "
-                             "' [/INST]' }}{% else %}{{ ' ' + m['content'] + eos_token }}{% endif %}{% endfor %}")
+                             "' [/INST] ' }}{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}")
   (folder / "tokenizer_config.json").write_text(json.dumps(config))
   with pytest.raises(chat.ChatTemplateError, match="cannot be rebuilt from its parts"):
     chat.ChatFormat.from_tokenizer(folder, vocab.load(folder))
 
 
 def test_chat_prompts_are_not_read_from_a_cache(tmp_path):
-  fmt = chat.ChatFormat((1,), (2,), 2, "x")
+  fmt = chat.ChatFormat((1,), (2,), (2, 1), 2, "x")
   with pytest.raises(ValueError, match="a bench cache holds plain prompts"):
     registry.register_catalog(tmp_path, chat=fmt, cache_dir=tmp_path)

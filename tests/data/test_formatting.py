@@ -54,6 +54,25 @@ def test_promptsource_layout_demonstrations_before_the_example():
   assert source == "Is it red? Options: yes, no A: yes\n\nIs it blue? Options: yes, no A:"
 
 
+def test_chat_turns_make_each_demonstration_a_turn_of_the_same_text():
+  # For a chat model's few-shot prompt (data/chat.py): each demonstration a user turn and its answer; the
+  # definition opens the first user turn (SNI) or the last (demonstrations first: PromptSource, FLAN).
+  demos = [records.Instance("p0", "2 + 2", ("4",)), records.Instance("p1", "1 + 5 ", (" 6 ",))]
+  task = _task(definition="  Add the numbers. ", demonstrations=demos)
+  query = records.Instance("i7", "3 + 4\n", ("7",))
+  turns, last = formatting.chat_turns(task, query, demos, "\nAnswer:")
+  assert turns == [("Add the numbers.\n\n2 + 2\nAnswer:", "4"), ("1 + 5\nAnswer:", "6")]
+  assert last == "3 + 4\nAnswer:"
+  joined = "\n\n".join([f"{u} {a}" for u, a in turns] + [last])  # the plain prompt, the same text in turns
+  assert joined == formatting.format_example(task, query, demos, "\nAnswer:")[0]
+  p3 = _task(benchmark="promptsource", definition="Pick one.", fmt="p3")
+  assert formatting.chat_turns(p3, query, demos[:1], " A:") == ([("2 + 2 A:", "4")], "Pick one.\n\n3 + 4 A:")
+  # 0-shot: the whole prompt is the one user turn.
+  assert formatting.chat_turns(task, query, (), " A:") == ([], "Add the numbers.\n\n3 + 4 A:")
+  with pytest.raises(ValueError, match="demonstration d"):
+    formatting.chat_turns(task, query, [records.Instance("d", "x")], " A:")
+
+
 def test_no_delimiter_when_the_text_ends_with_a_colon():
   task = _task(definition="")
   source, _ = formatting.format_example(task, records.Instance("x", "Question: who?\nAnswer:  ", ("me",)), (),
