@@ -517,10 +517,10 @@ def _claim(out: pathlib.Path, bench_catalog: catalog_lib.Catalog, tasks: Mapping
       "tasks both models scored; 5-shot over the tasks that have demonstrations. \"ROUGE-L, first answer\": the "
       "same generation tasks, each prediction cut at its first blank line (where the prompts end an answer), so "
       "a model that answers and then goes on writing is scored on its answer." +
-      (" \"base, chat\": the base model with each prompt as the user turn of its own chat template, the same "
-       "prompt text inside (base_chat/report.md); \"Δ chat\": tuned minus it. Both other columns read the plain "
-       "prompts the tuned model was trained on." if chat is not None else "") + " The full report: report.md.\n",
-      encoding="utf-8")
+      (" \"base, chat\": the base model prompted in its own chat template, the same text in turns (each "
+       "demonstration a user turn and its answer, the input the last user turn; base_chat/report.md); \"Δ chat\": "
+       "tuned minus it. Both other columns read the plain prompts the tuned model was trained on."
+       if chat is not None else "") + " The full report: report.md.\n", encoding="utf-8")
   if loss_png.is_file():
     shutil.copy(loss_png, report_dir / "loss.png")
   print(f"\n{markdown}\n\nreproduce done in {seconds / 60:.1f} min: {report_dir / 'claim.md'}, "
