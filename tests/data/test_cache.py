@@ -25,6 +25,7 @@ from optiml_jax.data import toybench
 from optiml_jax.data import vocab
 from optiml_jax.data import vocab_info
 from optiml_jax.data.sources import sni
+from tests.data import test_registry  # the graded BIG-bench task both benches hold
 
 pytest.importorskip("apache_beam", reason="the cache is built with Apache Beam (the test extra installs it)")
 
@@ -37,29 +38,14 @@ def _write_jsonl(path: pathlib.Path, rows) -> None:
   path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
-GRADED_TASK = "bigbench:intent_recognition"
+GRADED_TASK = test_registry.GRADED_TASK
 
 
 def make_bench(root: pathlib.Path) -> pathlib.Path:
   """Toy SNI tasks, a multiple-choice JSONL task, a BIG-bench task with graded choices (evaluation only) and
   pre-training text long enough to be split into rows."""
   sni_dir = toybench.write(root / "sni", seed=0, num_instances=40)
-  graded = root / "bigbench" / "intent_recognition"
-  graded.mkdir(parents=True)
-  (graded / "task.json").write_text(
-      json.dumps({
-          "name": "intent_recognition",
-          "description": "Recognise the intent.",
-          "keywords": ["multiple choice"],
-          "examples": [{
-              "input": f"Utterance {i}: put on some jazz in room {i}",
-              "target_scores": {
-                  "play music": 1.0,
-                  "set an alarm": 0.25,
-                  "book a table": 0.0
-              }
-          } for i in range(6)]
-      }), encoding="utf-8")
+  test_registry.write_graded_task(root / "bigbench")
   jsonl_dir = root / "crossfit"
   jsonl_dir.mkdir()
   _write_jsonl(jsonl_dir / "quiz_mc.jsonl", [{

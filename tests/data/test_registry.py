@@ -32,6 +32,23 @@ GRADED_TASK = "bigbench:intent_recognition"
 GRADED_SCORES = {"play music": 1.0, "set an alarm": 0.25, "book a table": 0.0}
 
 
+def write_graded_task(bigbench_dir: pathlib.Path, num_examples: int = 6) -> None:
+  """GRADED_TASK under `bigbench_dir`: a BIG-bench multiple-choice task whose choices carry GRADED_SCORES (an
+  evaluation-only task; also the bench cache's tests' graded task)."""
+  graded = bigbench_dir / "intent_recognition"
+  graded.mkdir(parents=True)
+  (graded / "task.json").write_text(
+      json.dumps({
+          "name": "intent_recognition",
+          "description": "Recognise the intent.",
+          "keywords": ["multiple choice"],
+          "examples": [{
+              "input": f"Utterance {i}: put on some jazz in room {i}",
+              "target_scores": GRADED_SCORES
+          } for i in range(num_examples)]
+      }), encoding="utf-8")
+
+
 def _write_jsonl(path: pathlib.Path, rows) -> None:
   path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
@@ -54,18 +71,7 @@ def bench(tmp_path_factory):
       "inputs": f"Country code {i} of the registry list: name its capital city please.",
       "targets": f"City {i}"
   } for i in range(30)])
-  graded = root / "bigbench" / "intent_recognition"
-  graded.mkdir(parents=True)
-  (graded / "task.json").write_text(
-      json.dumps({
-          "name": "intent_recognition",
-          "description": "Recognise the intent.",
-          "keywords": ["multiple choice"],
-          "examples": [{
-              "input": f"Utterance {i}: put on some jazz in room {i}",
-              "target_scores": GRADED_SCORES
-          } for i in range(6)]
-      }), encoding="utf-8")
+  write_graded_task(root / "bigbench")
   text_dir = root / "text"
   text_dir.mkdir()
   (text_dir / "web.txt").write_text(
