@@ -452,5 +452,8 @@ def test_the_whole_flow_on_the_real_smollm2(shared_dir, smollm2_hf_dir, tmp_path
   report = json.loads((out / "report" / "metrics.json").read_text())
   for level in claim["table"]:  # both models, 0- and 5-shot, at every level
     assert set(report["levels"][level]) == {"0", "5"} and set(report["baseline"]["levels"][level]) == {"0", "5"}
+  # SmolLM2's folder carries its chat template: the base is also read in it, a column of every cell.
+  assert all("chat" in c for kinds in claim["table"].values() for cells in kinds.values() for c in cells.values())
+  assert json.loads((out / reproduce.CHAT_DIR / "metrics.json").read_text())["settings"]["chat_template"]
   _, base = convert.load_hf(smollm2_hf_dir)
   _assert_trained(base, out / "model")
