@@ -19,7 +19,8 @@ Features of every example:
                                (`formatting.tokenize_example`; the OUTPUT features;
                                `lm` tasks have empty inputs, so their loss covers the whole text);
                                registered with `chat=` (evaluating a chat model in its own format), the
-                               source as the model's user turn and the target as its answer (`chat.py`);
+                               prompt as the model's conversation (each demonstration a user turn and its
+                               answer, the input the last user turn) and the target as its answer (`chat.py`);
   inputs_pretokenized, targets_pretokenized   the source and target text;
   references                   every reference output (string list; ROUGE-L / exact match take the best);
   options_pretokenized, options   answer candidates of multiple-choice tasks as text and as ragged int32
