@@ -66,6 +66,8 @@ def _scores(report):
   return out
 
 
+# ~80 s on 2 cores: slow, so the default suite stays under 20 minutes (CI runs it with --runslow).
+@pytest.mark.slow
 def test_recorded_answered_without_tensorflow_and_replayed_equals_the_direct_evaluation(
     setup, tmp_path, capsys, without_tensorflow_env):
   direct = tmp_path / "direct"
