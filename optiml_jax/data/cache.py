@@ -21,13 +21,15 @@ Layout:
         examples.jsonl                      one line per example: instance_id, inputs_pretokenized,
                                             targets_pretokenized, references, options_pretokenized, options,
                                             and options_scores when the options are graded (BIG-bench)
-        stats.json                          the commit marker, written last: counts, fingerprint, file sizes
+        stats.json                          the commit marker, written last: counts, fingerprint and what it
+                                            was made from (made_from), file sizes
 
 A shard is written into a staging folder (`<shard>.tmp-<random>`) and renamed into place once `stats.json` is in
 it, so a reader never sees a half-written shard; `read_shard` also checks every file's size against
 `stats.json` and names the file that differs. A shard's fingerprint covers its catalog entry, the tokenizer
-files, the formatting seed, the demonstration pool and this format's version: a rebuild skips shards whose
-fingerprint matches and rewrites the others.
+files, the formatting seed, the demonstration pool, this format's version and the rules below: a rebuild skips
+shards whose fingerprint matches and rewrites the others, and a run that reads a shard of another fingerprint is
+refused with what differs named (`mismatch`).
 """
 
 from __future__ import annotations
@@ -88,9 +90,10 @@ def shard_dir(cache_dir: str | os.PathLike, task_name: str, shots: int, split: s
   return pathlib.Path(cache_dir) / SHARDS_DIR / shard_name(task_name, shots, split)
 
 
-def fingerprint(entry: catalog_lib.CatalogEntry, shots: int, split: str, vocabulary_fingerprint: str, seed: int,
-                pool_size: int) -> str:
-  """What a shard's content depends on, hashed (see the module docstring)."""
+def fingerprint_parts(entry: catalog_lib.CatalogEntry, shots: int, split: str, vocabulary_fingerprint: str, seed: int,
+                      pool_size: int) -> dict[str, Any]:
+  """What a shard's content depends on (see the module docstring): a shard records them (`made_from` in its
+  statistics), so that a shard of another fingerprint is refused with the part that differs named."""
   parts = {
       "format_version": FORMAT_VERSION,
       "entry": dataclasses.asdict(entry),
@@ -106,7 +109,50 @@ def fingerprint(entry: catalog_lib.CatalogEntry, shots: int, split: str, vocabul
     parts["train_stream_rule"] = TRAIN_STREAM_RULE
   if split == EVAL_SPLIT and entry.kind == records.MULTIPLE_CHOICE:  # older ones lack the options' graded scores
     parts["option_scores_rule"] = OPTION_SCORES_RULE
+  return json.loads(json.dumps(parts, sort_keys=True, default=list))  # as a shard's stats.json reads it back
+
+
+def hash_parts(parts: Mapping[str, Any]) -> str:
+  """A shard's fingerprint: `fingerprint_parts`, hashed."""
   return hashlib.sha256(json.dumps(parts, sort_keys=True, default=list).encode("utf-8")).hexdigest()
+
+
+def fingerprint(entry: catalog_lib.CatalogEntry, shots: int, split: str, vocabulary_fingerprint: str, seed: int,
+                pool_size: int) -> str:
+  """What a shard's content depends on, hashed."""
+  return hash_parts(fingerprint_parts(entry, shots, split, vocabulary_fingerprint, seed, pool_size))
+
+
+_RULES = {
+    "demonstrations_rule": "the rule that draws k-shot demonstrations",
+    "train_stream_rule": "the rule that picks a training shard's instances",
+    "option_scores_rule": "the options' fields of a multiple-choice evaluation shard",
+}
+
+
+def mismatch(stats: Mapping[str, Any], parts: Mapping[str, Any]) -> str:
+  """Why a committed shard (its `stats`) is not the one `parts` describe, in words: each part that differs, or
+  for a shard written before shards recorded their parts, every part it may be."""
+  made_from = stats.get("made_from")
+  if not isinstance(made_from, dict):
+    return ("was built from another catalog entry, tokenizer, seed or demonstration pool, or by an older version of "
+            "optiml_jax whose formatting rules differ")
+  reasons = []
+  for key in sorted(set(parts) | set(made_from)):
+    have, want = made_from.get(key), parts.get(key)
+    if have == want:
+      continue
+    if key in _RULES:
+      reasons.append(f"{_RULES[key]} changed (rule {'none' if have is None else have} when it was built, "
+                     f"{'none' if want is None else want} in this version)")
+    elif key == "entry":
+      fields = sorted(f for f in set(have or {}) | set(want or {}) if (have or {}).get(f) != (want or {}).get(f))
+      reasons.append(f"its catalog entry differs in {', '.join(fields)}")
+    elif key == "vocabulary":
+      reasons.append("another tokenizer built it")
+    else:
+      reasons.append(f"its {key} was {have!r}, this run's is {want!r}")
+  return "is out of date: " + "; ".join(reasons or ["its fingerprint differs"])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -118,8 +164,10 @@ def _row_length(example: Mapping[str, Any], bos: int) -> int:
 
 
 def write_shard(out: pathlib.Path, examples: Iterable[Mapping[str, Any]], *, task: str, shots: int, split: str,
-                shard_fingerprint: str, stats_length: int = DEFAULT_STATS_LENGTH, bos: int = 1) -> dict[str, Any]:
-  """Writes one shard from `registry.iter_examples`-style examples and returns its statistics.
+                shard_fingerprint: str, stats_length: int = DEFAULT_STATS_LENGTH, bos: int = 1,
+                made_from: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """Writes one shard from `registry.iter_examples`-style examples and returns its statistics (with `made_from`,
+  the shard's `fingerprint_parts`, when given).
 
   The files go to a staging folder beside `out`, `stats.json` last, and the folder is then renamed to `out`
   (replacing an older shard). Nothing is left behind if an example fails.
@@ -163,6 +211,8 @@ def write_shard(out: pathlib.Path, examples: Iterable[Mapping[str, Any]], *, tas
             name: (staging / name).stat().st_size for name in SHARD_FILES
         },
     }
+    if made_from is not None:
+      stats["made_from"] = dict(made_from)
     with open(staging / STATS_FILE, "w", encoding="utf-8") as f:
       json.dump(stats, f, indent=1)
     if out.exists():
@@ -217,6 +267,18 @@ def is_complete(out: pathlib.Path, shard_fingerprint: str) -> bool:
   return all((out / name).is_file() and (out / name).stat().st_size == sizes.get(name) for name in SHARD_FILES)
 
 
+def incomplete(out: pathlib.Path, parts: Mapping[str, Any]) -> str | None:
+  """None when `out` holds a committed shard built from `parts` (`fingerprint_parts`), else why not, in words."""
+  stats = read_stats(out)
+  if stats is None:
+    return "was never committed" if out.is_dir() else "is missing"
+  if stats.get("fingerprint") != hash_parts(parts):
+    return mismatch(stats, parts)
+  if not is_complete(out, stats["fingerprint"]):
+    return f"is damaged (a file's size differs from its {STATS_FILE})"
+  return None
+
+
 # ---------------------------------------------------------------------------------------------------
 # Reading.
 
@@ -253,13 +315,15 @@ class Shard:
 
 
 def read_shard(cache_dir: str | os.PathLike, task_name: str, shots: int, split: str,
-               expected_fingerprint: str | None = None) -> Shard:
-  """Opens the committed shard of a task variant and split.
+               expected: Mapping[str, Any] | None = None) -> Shard:
+  """Opens the committed shard of a task variant and split; with `expected` (its `fingerprint_parts`), only if
+  it was built from them.
 
   Raises:
     CacheError: the shard is missing or uncommitted, a file's size differs from its statistics (a partial copy
-      or a corrupt disk), an array cannot be read, or the fingerprint is not the expected one; the message names
-      the shard or file and says to rebuild it with `python -m optiml_jax.bench cache`.
+      or a corrupt disk), an array cannot be read, or its fingerprint is not the expected one (what differs is
+      named, `mismatch`); the message names the shard or file and says to rebuild it with
+      `python -m optiml_jax.bench cache`.
   """
   path = shard_dir(cache_dir, task_name, shots, split)
   rebuild = f"rebuild it with `python -m optiml_jax.bench cache` (CACHE_DIR {cache_dir})"
@@ -269,9 +333,9 @@ def read_shard(cache_dir: str | os.PathLike, task_name: str, shots: int, split: 
   if stats.get("format_version") != FORMAT_VERSION:
     raise CacheError(f"{path}: cache format {stats.get('format_version')!r}, this version reads {FORMAT_VERSION}; "
                      f"{rebuild}")
-  if expected_fingerprint is not None and stats.get("fingerprint") != expected_fingerprint:
-    raise CacheError(f"{path}: built from another catalog entry, tokenizer or formatting seed than this run's; "
-                     f"{rebuild}")
+  if expected is not None and stats.get("fingerprint") != hash_parts(expected):
+    raise CacheError(f"{path}: the shard of task {task_name!r} ({shots}-shot, split {split!r}) "
+                     f"{mismatch(stats, expected)}; {rebuild}")
   for name in SHARD_FILES:
     file = path / name
     want = (stats.get("file_sizes") or {}).get(name)

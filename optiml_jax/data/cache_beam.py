@@ -96,14 +96,15 @@ def write_task(item: WorkItem, cache_dir: str, vocabulary: Any, seed: int, pool_
     task = None
     for split in splits_of(entry):
       out = cache.shard_dir(cache_dir, entry.name, item.shots, split)
-      fp = cache.fingerprint(entry, item.shots, split, vocabulary.fingerprint, seed, pool_size)
+      parts = cache.fingerprint_parts(entry, item.shots, split, vocabulary.fingerprint, seed, pool_size)
+      fp = cache.hash_parts(parts)
       if cache.is_complete(out, fp):
         continue
       task = task or registry.reopen_task(entry)
       examples = registry.iter_examples(entry, task, split, item.shots, vocabulary, seed, pool_size)
       bos = 0 if vocabulary.bos_id is None else 1
       cache.write_shard(out, examples, task=entry.name, shots=item.shots, split=split, shard_fingerprint=fp,
-                        stats_length=stats_length, bos=bos)
+                        stats_length=stats_length, bos=bos, made_from=parts)
       written.append(out.name)
   except Exception as e:  # pylint: disable=broad-except  (reported per task; the other tasks go on)
     error_file.parent.mkdir(parents=True, exist_ok=True)

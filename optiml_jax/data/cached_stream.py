@@ -305,9 +305,9 @@ class CachedBatchStream(Iterator[dict[str, np.ndarray]]):
       task_name = self._tasks.rates[t][0]
       entry, shots = self._tasks.variants[t]
       manifest = self._tasks.manifest
-      fingerprint = cache_lib.fingerprint(entry, shots, cache_lib.TRAIN_SPLIT, manifest.vocabulary, manifest.seed,
+      parts = cache_lib.fingerprint_parts(entry, shots, cache_lib.TRAIN_SPLIT, manifest.vocabulary, manifest.seed,
                                           manifest.pool_size)
-      shard = cache_lib.read_shard(self._cache_dir, entry.name, shots, cache_lib.TRAIN_SPLIT, fingerprint)
+      shard = cache_lib.read_shard(self._cache_dir, entry.name, shots, cache_lib.TRAIN_SPLIT, parts)
       if len(shard) == 0:
         raise cache_lib.CacheError(f"{shard.path}: task {task_name!r} has a positive rate but no training examples")
       self._shards[t] = shard

@@ -281,13 +281,13 @@ def reopen_task(entry: catalog_lib.CatalogEntry) -> records.TaskSource:
 
 
 def _cached_dataset_fn(split: str, shuffle_files: bool, seed: int | None = None, *, entry: catalog_lib.CatalogEntry,
-                       shots: int, cache_dir: str, fingerprints: Mapping[str, str]) -> tf.data.Dataset:
+                       shots: int, cache_dir: str, made_from: Mapping[str, Mapping[str, Any]]) -> tf.data.Dataset:
   """`_dataset_fn` over the task's committed cache shard (`cache.py`): the same examples in the same order.
 
   The shard holds the examples of `iter_examples` in source order, one per instance, so the block-shuffled order
   of a pass is the same permutation of example indices as the uncached Task's permutation of instances.
   """
-  shard = cache_lib.read_shard(cache_dir, entry.name, shots, split, fingerprints[split])
+  shard = cache_lib.read_shard(cache_dir, entry.name, shots, split, made_from[split])
   passes = itertools.count()
   with_options = split != TRAIN_SPLIT
 
@@ -322,9 +322,10 @@ def _cached_dataset_fn(split: str, shuffle_files: bool, seed: int | None = None,
   return ds.map(_ragged_options, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def cached_fingerprints(entry: catalog_lib.CatalogEntry, shots: int, cache_dir: str | os.PathLike,
-                        vocabulary: seqio.Vocabulary, seed: int, pool_size: int) -> dict[str, str]:
-  """The fingerprint of each split's shard, after checking that CACHE_DIR holds it committed.
+def cached_parts(entry: catalog_lib.CatalogEntry, shots: int, cache_dir: str | os.PathLike,
+                 vocabulary: seqio.Vocabulary, seed: int, pool_size: int) -> dict[str, dict[str, Any]]:
+  """What each split's shard must be built from (`cache.fingerprint_parts`), after checking that CACHE_DIR holds
+  it committed.
 
   Raises:
     cache.CacheError: a shard is missing, uncommitted or built from something else (names it).
@@ -333,17 +334,17 @@ def cached_fingerprints(entry: catalog_lib.CatalogEntry, shots: int, cache_dir: 
   if fingerprint is None:
     raise cache_lib.CacheError(f"{cache_dir}: a cache needs a Hugging Face tokenizer vocabulary (vocab.HFVocabulary), "
                                f"got {type(vocabulary).__name__}")
-  prints = {}
+  made_from = {}
   for split in _splits(entry):
-    fp = cache_lib.fingerprint(entry, shots, split, fingerprint, seed, pool_size)
+    parts = cache_lib.fingerprint_parts(entry, shots, split, fingerprint, seed, pool_size)
     path = cache_lib.shard_dir(cache_dir, entry.name, shots, split)
-    if not cache_lib.is_complete(path, fp):
-      state = "is built from another catalog entry, tokenizer or seed" if path.is_dir() else "is missing"
+    state = cache_lib.incomplete(path, parts)
+    if state is not None:
       raise cache_lib.CacheError(f"{path}: the cache shard of task {entry.name!r} ({shots}-shot, split {split!r}) "
                                  f"{state}; (re)build it with `python -m optiml_jax.bench cache CATALOG_DIR --out "
                                  f"{cache_dir} --shots {shots}`")
-    prints[split] = fp
-  return prints
+    made_from[split] = parts
+  return made_from
 
 
 def truncate(dataset: tf.data.Dataset, sequence_length: Mapping[str, int] | None,
@@ -417,9 +418,9 @@ def register_task(entry: catalog_lib.CatalogEntry, vocabulary: seqio.Vocabulary 
     dataset_fn = functools.partial(_dataset_fn, entry=entry, shots=shots, vocabulary=vocabulary, format_seed=seed,
                                    pool_size=pool_size, chat=chat)
   else:
-    fingerprints = cached_fingerprints(entry, shots, cache_dir, vocabulary, seed, pool_size)
+    made_from = cached_parts(entry, shots, cache_dir, vocabulary, seed, pool_size)
     dataset_fn = functools.partial(_cached_dataset_fn, entry=entry, shots=shots, cache_dir=str(cache_dir),
-                                   fingerprints=fingerprints)
+                                   made_from=made_from)
   source = seqio.FunctionDataSource(dataset_fn=dataset_fn, splits=tuple(splits), num_input_examples=splits)
   seqio.TaskRegistry.remove(name)
   _ENTRIES[entry.name] = entry

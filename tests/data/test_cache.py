@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import stat
 
 import numpy as np
@@ -200,6 +201,36 @@ def test_a_change_of_the_demonstrations_rule_rebuilds_the_k_shot_shards_only(bui
   assert not any(".2shot." in name for name in again.skipped)
 
 
+def test_a_shard_of_an_older_rule_is_refused_with_the_rule_named(built, tmp_path, monkeypatch):
+  """A cache kept from before a rule change is refused at registration and by the training stream, and the message
+  says which rule changed; a shard written before shards recorded what they were built from says it may be one."""
+  catalog_dir, cache_dir, _ = built
+  old_cache = tmp_path / "cache"
+  shutil.copytree(cache_dir, old_cache)
+  name, split = "sni:task001_toy_add_small", cache.TRAIN_SPLIT
+  shard = cache.shard_dir(old_cache, name, 2, split)
+  stats = json.loads((shard / cache.STATS_FILE).read_text())
+  assert stats["made_from"]["demonstrations_rule"] == cache.DEMONSTRATIONS_RULE
+  monkeypatch.setattr(cache, "DEMONSTRATIONS_RULE", cache.DEMONSTRATIONS_RULE + 1)
+  rule = (r"task001_toy_add_small.2shot.train: .* the rule that draws k-shot demonstrations changed \(rule "
+          rf"{cache.DEMONSTRATIONS_RULE - 1} when it was built, {cache.DEMONSTRATIONS_RULE} in this version\)")
+  with pytest.raises(cache.CacheError, match=rule):
+    registry.register_catalog(catalog_dir, shots=(2,), cache_dir=old_cache)
+  entry = catalog.load(catalog_dir).by_name()[name]
+  manifest = cache.read_manifest(old_cache)
+  parts = cache.fingerprint_parts(entry, 2, split, manifest.vocabulary, manifest.seed, manifest.pool_size)
+  with pytest.raises(cache.CacheError, match=rule):
+    cache.read_shard(old_cache, name, 2, split, parts)
+  assert cache.incomplete(
+      cache.shard_dir(old_cache, name, 0, split),
+      cache.fingerprint_parts(entry, 0, split, manifest.vocabulary, manifest.seed,
+                              manifest.pool_size)) is None  # 0-shot: no such rule
+  del stats["made_from"]
+  (shard / cache.STATS_FILE).write_text(json.dumps(stats))
+  with pytest.raises(cache.CacheError, match="or by an older version of optiml_jax whose formatting rules differ"):
+    cache.read_shard(old_cache, name, 2, split, parts)
+
+
 def test_a_change_of_the_training_stream_rule_rebuilds_the_training_shards_only(built, monkeypatch):
   """Training shards built before `catalog.train_instances` passed over repeats of held-out instances may hold
   them: their fingerprint changes, the evaluation shards' does not."""
@@ -251,7 +282,6 @@ def test_a_failing_task_is_reported_and_the_others_are_written(tmp_path, capsys,
 def test_a_corrupt_or_partial_shard_is_named_in_a_clear_error(built, tmp_path, damage):
   catalog_dir, cache_dir, _ = built
   copy = tmp_path / "cache"
-  import shutil  # pylint: disable=import-outside-toplevel
   shutil.copytree(cache_dir, copy)
   shard = copy / cache.SHARDS_DIR / cache.shard_name("sni:task001_toy_add_small", 0, "train")
   if damage == "truncate_tokens":
