@@ -227,6 +227,11 @@ def test_sigterm_checkpoints_and_the_same_command_resumes_to_identical_losses(tm
   ]
   cache = [f"--gin.RunArgs.compilation_cache_dir={tmp_path / 'jax_cache'}"]
   metrics = tmp_path / "run" / "metrics.jsonl"
+  # The same command never stopped (another MODEL_DIR), run alongside: the reference losses.
+  reference = subprocess.Popen([
+      sys.executable, "-m", "optiml_jax.train",
+      *[f.replace(str(tmp_path / "run"), str(tmp_path / "ref")) for f in flags], *cache
+  ], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   process = subprocess.Popen([sys.executable, "-m", "optiml_jax.train", *flags, *cache], cwd=REPO,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   deadline = time.time() + 150
@@ -246,9 +251,9 @@ def test_sigterm_checkpoints_and_the_same_command_resumes_to_identical_losses(tm
   summary = json.loads(resumed.stdout.strip().splitlines()[-1])
   assert (summary["first_step"], summary["last_step"]) == (reached, 30)
 
-  # The same command never stopped (another MODEL_DIR): the same loss at every step.
-  reference = _run_cli(*[f.replace(str(tmp_path / "run"), str(tmp_path / "ref")) for f in flags], *cache, timeout=150)
-  assert reference.returncode == 0, reference.stderr[-2000:]
+  # The same loss at every step as the run that never stopped.
+  reference_output, _ = reference.communicate(timeout=150)
+  assert reference.returncode == 0, reference_output[-2000:]
   losses = lambda d: [(r["step"], r["loss"]) for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]
   assert losses(tmp_path / "run") == losses(tmp_path / "ref")
   assert [step for step, _ in losses(tmp_path / "run")] == list(range(1, 31))
