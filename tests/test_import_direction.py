@@ -24,6 +24,7 @@ FORBIDDEN = {
                     "optiml_jax.interop", *ENTRY_POINTS),
     "trainer": ("optiml_jax.evaluation", "optiml_jax.planning", "optiml_jax.interop", *ENTRY_POINTS),
     "evaluation": ("optiml_jax.trainer", "optiml_jax.planning", "optiml_jax.interop", *ENTRY_POINTS),
+    "reproduction": ("optiml_jax.trainer", "optiml_jax.planning", "optiml_jax.interop", *ENTRY_POINTS),
 }
 # The one exception: models/ reads the special token ids of its tokenizer (config.json's bos/eos/pad ids)
 # from this standard-library module of the data side.
@@ -33,7 +34,8 @@ LIGHT_MODULES = ("optiml_jax.data.special_tokens", "optiml_jax.data.metrics", "o
                  "optiml_jax.data.cache", "optiml_jax.data.packing_np", "optiml_jax.data.sampling",
                  "optiml_jax.data.vocab_info", "optiml_jax.models.opt", "optiml_jax.models.registry",
                  "optiml_jax.models.partitioning", "optiml_jax.checkpoints.discovery", "optiml_jax.evaluation.decoding",
-                 "optiml_jax.evaluation.inference", "optiml_jax.evaluation.prompt_sharing")
+                 "optiml_jax.evaluation.inference", "optiml_jax.evaluation.prompt_sharing",
+                 "optiml_jax.reproduction.bundle", "optiml_jax.reproduction.claim")
 
 
 def imported_modules(path: pathlib.Path) -> list[tuple[int, str]]:

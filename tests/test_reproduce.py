@@ -18,72 +18,10 @@ from optiml_jax import reproduce
 from optiml_jax.data import catalog as catalog_lib
 from optiml_jax.models import llama
 from optiml_jax.models import llama_config
+from optiml_jax.reproduction import bundle as bundle_lib
+from optiml_jax.reproduction import claim as claim_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _entry(name, category, role, eval_instances=10, kind="generation", rate=None):
-  rate = (1.0 if role == catalog_lib.TRAIN else 0.0) if rate is None else rate  # as the catalog sets rates
-  return catalog_lib.CatalogEntry(name=name, benchmark=name.split(":")[0], category=category, role=role, num_examples=0,
-                                  num_eval_instances=eval_instances, rate=rate, format="sni", path="", dataset="",
-                                  template="", kind=kind, num_instances=eval_instances)
-
-
-def test_pick_tasks_spreads_each_level_over_its_categories():
-  tasks = [
-      _entry("sni:a1", "A", catalog_lib.HELD_OUT_CATEGORY),
-      _entry("sni:a2", "A", catalog_lib.HELD_OUT_CATEGORY),
-      _entry("sni:a3", "A", catalog_lib.HELD_OUT_CATEGORY),
-      _entry("sni:b1", "B", catalog_lib.HELD_OUT_CATEGORY),
-      _entry("sni:c1", "C", catalog_lib.HELD_OUT_TASK),
-      _entry("sni:c2", "C", catalog_lib.HELD_OUT_TASK, eval_instances=0),  # nothing to evaluate
-      _entry("sni:t1", "T", catalog_lib.TRAIN),
-      _entry("sni:t2", "C", catalog_lib.TRAIN, eval_instances=0),  # C is trained on
-  ]
-  picked = reproduce.pick_tasks(catalog_lib.Catalog(tasks=tasks), per_level=3)
-  assert picked == {
-      "held_out_category": ["sni:a1", "sni:b1", "sni:a2"],  # one per category before a second of any
-      "held_out_task": ["sni:c1"],
-      "held_out_instances": ["sni:t1"]
-  }
-
-
-def test_pick_tasks_gives_each_level_both_kinds_and_mixes_benchmarks():
-  # As the real sample's held-out tasks: many multiple-choice BIG-bench tasks in categories whose names sort
-  # first, generation tasks of SNI and BIG-bench in others. The claim needs a ROUGE-L and an accuracy row.
-  mc, task = "multiple_choice", catalog_lib.HELD_OUT_TASK
-  tasks = [
-      _entry("bigbench:m1", "A", task, kind=mc),
-      _entry("bigbench:m2", "B", task, kind=mc),
-      _entry("bigbench:m3", "C", task, kind=mc),
-      _entry("bigbench:g1", "D", task),
-      _entry("sni:g2", "D", task),
-      _entry("sni:g3", "D", task),
-      _entry("sni:g4", "E", task),
-  ] + [_entry(f"sni:train_{c}", c, catalog_lib.TRAIN, eval_instances=0) for c in "ABCDE"]  # all trained on
-  picked = reproduce.pick_tasks(catalog_lib.Catalog(tasks=tasks), per_level=3)["held_out_task"]
-  assert picked == ["bigbench:g1", "bigbench:m1", "sni:g4"]  # generation first, then categories take turns
-  everything = reproduce.pick_tasks(catalog_lib.Catalog(tasks=tasks), per_level=10)["held_out_task"]
-  # Within category D the benchmarks take turns (g1 of BIG-bench, then SNI's g2) before SNI's second task.
-  assert everything == ["bigbench:g1", "bigbench:m1", "sni:g4", "bigbench:m2", "sni:g2", "bigbench:m3", "sni:g3"]
-
-
-def test_pick_tasks_takes_level_2_only_from_categories_that_are_trained_on():
-  # As ../shared/data's sample: SNI's test split and BIG-bench hold tasks of categories no training task has
-  # (Cause Effect Classification: SuperGLUE COPA); measured as level 2, they would be level 1 under its name.
-  task, train = catalog_lib.HELD_OUT_TASK, catalog_lib.TRAIN
-  tasks = [
-      _entry("sni:copa", "Cause Effect Classification", task),
-      _entry("bigbench:known_unknowns", "Answerability Classification", task, kind="multiple_choice"),
-      _entry("sni:web_nlg", "Data to Text", task),
-      _entry("bigbench:qa", "Question Answering", task, kind="multiple_choice"),
-      _entry("sni:wiki_bio", "Data to Text", train),
-      _entry("sni:squad", "Question Answering", train, eval_instances=0),
-      _entry("sni:never_drawn", "Answerability Classification", train, rate=0.0),  # not in the mixture
-  ]
-  picked = reproduce.pick_tasks(catalog_lib.Catalog(tasks=tasks), per_level=3)
-  assert picked["held_out_task"] == ["sni:web_nlg", "bigbench:qa"]
-  assert picked["held_out_instances"] == ["sni:wiki_bio"]  # level 3: tasks the mixture trains on
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +44,7 @@ def test_the_gpu_setting_decodes_the_picked_tasks_answers_whole(sample_catalog):
   # alike (P3's wiki_bio_comprehension, a level-3 pick, has references of ~145 tokens; 16 of its 20 were cut at 64).
   from optiml_jax.data import registry  # pylint: disable=g-import-not-at-top
   setting = reproduce.SETTINGS["gpu"]
-  picked = reproduce.pick_tasks(sample_catalog, setting.tasks_per_level)
+  picked = claim_lib.pick_tasks(sample_catalog, setting.tasks_per_level)
   entries = {e.name: e for e in sample_catalog.tasks}
   trained = {e.category for e in sample_catalog.tasks if e.role == catalog_lib.TRAIN and e.rate > 0}
   assert picked["held_out_task"] and all(entries[n].category in trained for n in picked["held_out_task"])
@@ -117,141 +55,6 @@ def test_the_gpu_setting_decodes_the_picked_tasks_answers_whole(sample_catalog):
     lengths += [len(ex["targets"]) for _, ex in zip(range(setting.max_instances), examples)]
   cut = sum(n > setting.max_new_tokens for n in lengths)
   assert lengths and cut <= len(lengths) // 50, f"{cut} of {len(lengths)} references longer than the decoding"
-
-
-def _task(level, kind, scores):
-  return {"level": level, "kind": kind, "shots": {k: {"score": v} for k, v in scores.items()}}
-
-
-def test_claim_table_means_each_level_and_kind_over_the_tasks_both_models_scored():
-  report = {
-      "tasks": {
-          "x": _task("held_out_task", "generation", {
-              "0": 30.0,
-              "5": 40.0
-          }),
-          "y": _task("held_out_task", "generation", {
-              "0": 50.0,
-              "5": None
-          }),  # failed at 5-shot
-          "z": _task("held_out_task", "multiple_choice", {"0": 60.0}),
-      },
-      "baseline": {
-          "tasks": {
-              "x": _task("held_out_task", "generation", {
-                  "0": 10.0,
-                  "5": 20.0
-              }),
-              "y": _task("held_out_task", "generation", {
-                  "0": 20.0,
-                  "5": 30.0
-              }),
-              "z": _task("held_out_task", "multiple_choice", {"0": 50.0}),
-          }
-      }
-  }
-  table = reproduce.claim_table(report)
-  assert table["held_out_task"]["generation"]["0"] == {"base": 15.0, "tuned": 40.0, "delta": 25.0, "tasks": 2}
-  assert table["held_out_task"]["generation"]["5"] == {"base": 20.0, "tuned": 40.0, "delta": 20.0, "tasks": 1}
-  assert table["held_out_task"]["multiple_choice"]["0"]["delta"] == 10.0
-  # A task without demonstrations counts at 0-shot only (its 5-shot prompt is the 0-shot one).
-  without_x = reproduce.claim_table(report, without_demonstrations={"x"})["held_out_task"]["generation"]
-  assert without_x["0"]["tasks"] == 2 and "5" not in without_x
-  markdown = reproduce.claim_markdown(table)
-  assert "| held_out_task | ROUGE-L (2) | 15.0 | 40.0 | +25.0 | 20.0 | 40.0 | +20.0 |" in markdown
-  assert "| held_out_task | accuracy (1) | 50.0 | 60.0 | +10.0 | - | - | - |" in markdown
-  # The base in its chat template: a column of its own, over the same tasks, with the tuned model's delta to it.
-  chat = {
-      "tasks": {
-          "x": _task("held_out_task", "generation", {
-              "0": 35.0,
-              "5": 45.0
-          }),
-          "y": _task("held_out_task", "generation", {
-              "0": 25.0,
-              "5": 5.0
-          })
-      }
-  }
-  with_chat = reproduce.claim_table(report, chat=chat)["held_out_task"]
-  assert with_chat["generation"]["0"] == {
-      "base": 15.0,
-      "tuned": 40.0,
-      "delta": 25.0,
-      "tasks": 2,
-      "chat": 30.0,
-      "delta_chat": 10.0
-  }
-  assert with_chat["generation"]["5"]["chat"] == 45.0  # y failed at 5-shot for the tuned model: left out
-  assert "chat" not in with_chat["multiple_choice"]["0"]  # z has no chat score: no mean over other tasks
-  markdown = reproduce.claim_markdown(reproduce.claim_table(report, chat=chat))
-  assert "| level | metric (tasks) | base 0-shot | base, chat 0-shot | tuned 0-shot | Δ 0-shot | Δ chat 0-shot |" in (
-      markdown)
-  assert "| held_out_task | ROUGE-L (2) | 15.0 | 30.0 | 40.0 | +25.0 | +10.0 | 20.0 | 45.0 | 40.0 | +20.0 | -5.0 |" in (
-      markdown)
-  assert "| held_out_task | accuracy (1) | 50.0 | - | 60.0 | +10.0 | - | - | - | - | - | - |" in markdown
-
-
-def test_first_answer_rows_score_each_prediction_up_to_its_first_blank_line(tmp_path):
-  # A chat model given a few-shot prompt answers, then writes the next example: scored whole, ROUGE-L punishes
-  # the run-on; the first-answer row scores the answer alone, from the evaluator's inference logs.
-  assert reproduce.first_answer("mat\n\nThe _ is too large. Answer: mat") == "mat"
-  assert reproduce.first_answer("one line\nand another") == "one line\nand another"
-  logs = {
-      ("base", "g", "0"): [{
-          "prediction": "mat\n\nInput: x Answer: mat",
-          "target": ["mat"]
-      }],
-      ("tuned", "g", "0"): [{
-          "prediction": "mat",
-          "target": ["mat"]
-      }],
-      ("base", "g", "5"): [{
-          "prediction": "rug",
-          "target": ["mat"]
-      }],
-      ("tuned", "g", "5"): None,  # no log: the cell is left out
-  }
-  report = {
-      "tasks": {
-          "g": _task("held_out_task", "generation", {
-              "0": 100.0,
-              "5": 0.0
-          }),
-          "m": _task("held_out_task", "multiple_choice", {"0": 50.0}),
-      },
-      "baseline": {
-          "tasks": {
-              "g": _task("held_out_task", "generation", {
-                  "0": 40.0,
-                  "5": 0.0
-              }),
-              "m": _task("held_out_task", "multiple_choice", {"0": 50.0}),
-          }
-      }
-  }
-  first = reproduce.first_answer_report(report, lambda side, task, shots: logs[(side, task, shots)])
-  assert set(first["tasks"]) == {"g"} and first["tasks"]["g"]["kind"] == reproduce.FIRST_ANSWER
-  row = reproduce.claim_table(first)["held_out_task"][reproduce.FIRST_ANSWER]
-  assert row == {"0": {"base": 100.0, "tuned": 100.0, "delta": 0.0, "tasks": 1}}
-  assert "| held_out_task | ROUGE-L, first answer (1) | 100.0 | 100.0 | +0.0 | - | - | - |" in (
-      reproduce.claim_markdown(reproduce.claim_table(first)))
-  # The base in its chat template is rescored from its own logs (side "chat").
-  logs[("chat", "g", "0")] = [{"prediction": "rug\n\nmore", "target": ["mat"]}]
-  logs[("chat", "g", "5")] = [{"prediction": "mat", "target": ["mat"]}]
-  chat = {"tasks": {"g": _task("held_out_task", "generation", {"0": 0.0, "5": 100.0})}}
-  first = reproduce.first_answer_report(report, lambda side, task, shots: logs[(side, task, shots)], chat)
-  assert first["chat"]["tasks"]["g"]["shots"] == {"0": {"score": 0.0}, "5": {"score": 100.0}}
-  assert reproduce.claim_table(first, chat=first["chat"])["held_out_task"][reproduce.FIRST_ANSWER]["0"]["chat"] == 0.0
-  # The logs as seqio's JSONLogger names them: <seqio name>-<step>.jsonl, the latest step read; a k-shot
-  # variant's log is not the 0-shot task's.
-  (tmp_path / "sni:t.5shot-000000.jsonl").write_text(json.dumps({"prediction": "b", "target": ["b"]}) + "\n")
-  (tmp_path / "sni:t-000000.jsonl").write_text(json.dumps({"prediction": "old", "target": ["a"]}) + "\n")
-  (tmp_path / "sni:t-000020.jsonl").write_text(json.dumps({"prediction": "a", "target": ["a"]}) + "\n")
-  (tmp_path / "sni:t-metrics.jsonl").write_text("{}\n")
-  assert reproduce.read_inference_log(tmp_path, "sni:t") == [{"prediction": "a", "target": ["a"]}]
-  assert reproduce.read_inference_log(tmp_path, "sni:t.5shot") == [{"prediction": "b", "target": ["b"]}]
-  assert reproduce.read_inference_log(tmp_path, "sni:u") is None
 
 
 def _read_params(folder):
@@ -303,7 +106,7 @@ def _check_claim(out):
       assert set(cells) == {"0", "5"} and all(c["base"] is not None and c["tuned"] is not None for c in cells.values())
       assert all(c["chat"] is not None and c["delta_chat"] == c["tuned"] - c["chat"] for c in cells.values())
     # Generation is also scored on each prediction's first answer, from the evaluations' inference logs.
-    assert ("generation" in claim["table"][level]) == (reproduce.FIRST_ANSWER in claim["table"][level])
+    assert ("generation" in claim["table"][level]) == (claim_lib.FIRST_ANSWER in claim["table"][level])
   assert any("generation" in kinds for kinds in claim["table"].values())
   chat = json.loads((out / reproduce.CHAT_DIR / "metrics.json").read_text())
   assert chat["settings"]["chat_template"] and chat["model"]["label"] == "base, chat"
@@ -353,7 +156,7 @@ def test_the_flow_over_two_machines_runs_the_model_without_tensorflow(tiny_base,
   out = tmp_path / "out"
   flags = _tiny_flags(out, base, toy)
   assert reproduce.main(["--stage", "prepare", *flags]) == 0
-  info = json.loads((out / "bundle" / reproduce.BUNDLE_FILE).read_text())
+  info = json.loads((out / "bundle" / bundle_lib.BUNDLE_FILE).read_text())
   assert info["model"] is None and info["sizes"]["dtype"] == "float32"  # --base_model: no wheel in the bundle
 
   device_out = tmp_path / "device_machine"
@@ -410,8 +213,8 @@ def test_the_device_stage_names_every_missing_module_before_it_starts(tmp_path, 
   monkeypatch.setitem(sys.modules, "accelerate", None)
   bundle = tmp_path / "bundle"
   bundle.mkdir()
-  info = {"format_version": reproduce.BUNDLE_VERSION, "model": {"wheel": "w.whl", "parts": [], "sha256": ""}}
-  (bundle / reproduce.BUNDLE_FILE).write_text(json.dumps(info))
+  info = {"format_version": bundle_lib.BUNDLE_VERSION, "model": {"wheel": "w.whl", "parts": [], "sha256": ""}}
+  (bundle / bundle_lib.BUNDLE_FILE).write_text(json.dumps(info))
   out = tmp_path / "out"
   assert reproduce.main(["--stage", "device", "--bundle", str(bundle), "--out", str(out)]) == 1
   error = capsys.readouterr().err
@@ -420,22 +223,6 @@ def test_the_device_stage_names_every_missing_module_before_it_starts(tmp_path, 
   assert not (out / "device").exists()  # nothing unpacked
   # With the model's folder given, the stage needs none of the conversion's modules.
   reproduce.check_modules(reproduce.DEVICE_MODULES)
-
-
-def test_the_model_wheel_travels_in_parts_that_are_checked_when_joined(tmp_path):
-  wheel = tmp_path / "w.whl"
-  wheel.write_bytes(bytes(range(256)) * 41)
-  names = reproduce.split_file(wheel, tmp_path / "parts", part_bytes=4000)
-  assert names == [f"w.whl.part-{i}" for i in range(3)]
-  parts = [tmp_path / "parts" / n for n in names]
-  sha = reproduce._sha256(wheel)  # pylint: disable=protected-access
-  assert reproduce.join_parts(parts, tmp_path / "joined.whl", sha).read_bytes() == wheel.read_bytes()
-  parts[1].write_bytes(parts[1].read_bytes()[:-1])
-  with pytest.raises(reproduce.ReproduceError, match="sha256 differs"):
-    reproduce.join_parts(parts, tmp_path / "again.whl", sha)
-  parts[2].unlink()
-  with pytest.raises(reproduce.ReproduceError, match="missing part"):
-    reproduce.join_parts(parts, tmp_path / "again.whl", sha)
 
 
 @pytest.mark.slow
