@@ -132,11 +132,12 @@ _RULES = {
 
 def mismatch(stats: Mapping[str, Any], parts: Mapping[str, Any]) -> str:
   """Why a committed shard (its `stats`) is not the one `parts` describe, in words: each part that differs, or
-  for a shard written before shards recorded their parts, every part it may be."""
+  for a shard written before shards recorded their parts, every part it may be. Messages say the shard "is out
+  of date: " and this."""
   made_from = stats.get("made_from")
   if not isinstance(made_from, dict):
-    return ("was built from another catalog entry, tokenizer, seed or demonstration pool, or by an older version of "
-            "optiml_jax whose formatting rules differ")
+    return ("it was built from another catalog entry, tokenizer, seed or demonstration pool, or by an older version "
+            "of optiml_jax whose formatting rules differ")
   reasons = []
   for key in sorted(set(parts) | set(made_from)):
     have, want = made_from.get(key), parts.get(key)
@@ -152,7 +153,7 @@ def mismatch(stats: Mapping[str, Any], parts: Mapping[str, Any]) -> str:
       reasons.append("another tokenizer built it")
     else:
       reasons.append(f"its {key} was {have!r}, this run's is {want!r}")
-  return "is out of date: " + "; ".join(reasons or ["its fingerprint differs"])
+  return "; ".join(reasons or ["its fingerprint differs"])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -273,7 +274,7 @@ def incomplete(out: pathlib.Path, parts: Mapping[str, Any]) -> str | None:
   if stats is None:
     return "was never committed" if out.is_dir() else "is missing"
   if stats.get("fingerprint") != hash_parts(parts):
-    return mismatch(stats, parts)
+    return f"is out of date: {mismatch(stats, parts)}"
   if not is_complete(out, stats["fingerprint"]):
     return f"is damaged (a file's size differs from its {STATS_FILE})"
   return None
@@ -335,7 +336,7 @@ def read_shard(cache_dir: str | os.PathLike, task_name: str, shots: int, split: 
                      f"{rebuild}")
   if expected is not None and stats.get("fingerprint") != hash_parts(expected):
     raise CacheError(f"{path}: the shard of task {task_name!r} ({shots}-shot, split {split!r}) "
-                     f"{mismatch(stats, expected)}; {rebuild}")
+                     f"is out of date: {mismatch(stats, expected)}; {rebuild}")
   for name in SHARD_FILES:
     file = path / name
     want = (stats.get("file_sizes") or {}).get(name)

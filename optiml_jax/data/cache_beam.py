@@ -52,11 +52,19 @@ class BuildResult:
   skipped: tuple[str, ...]
   failed: dict[str, str]
   manifest: pathlib.Path
+  outdated: dict[str, str] = dataclasses.field(default_factory=dict)  # shard found out of date -> why (rewritten)
 
   def describe(self) -> str:
     lines = [
         f"cache: {len(self.written)} shard(s) written, {len(self.skipped)} already complete, "
         f"{len(self.failed)} task variant(s) failed; manifest {self.manifest}"
+    ]
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in sorted(self.outdated.items()):
+      by_reason.setdefault(reason, []).append(name)
+    lines += [
+        f"  out of date, rebuilt: {len(names)} shard(s) ({names[0]}{', ...' if len(names) > 1 else ''}): {reason}"
+        for reason, names in by_reason.items()
     ]
     lines += [f"  failed: {name}: {reason}" for name, reason in sorted(self.failed.items())]
     return "\n".join(lines)
@@ -217,11 +225,16 @@ def build(catalog_dir: str | os.PathLike, cache_dir: str | os.PathLike, tokenize
       raise ValueError(f"{catalog_dir}: no task(s) with examples named {unknown}")
     entries = [e for e in entries if e.name in set(tasks)]
   expected = {}  # shard name -> (entry, shots, split, fingerprint)
+  outdated = {}  # shard name -> why the shard there is not this one
   for entry in entries:
     for k in variants:
       for split in splits_of(entry):
-        fp = cache.fingerprint(entry, k, split, vocabulary.fingerprint, seed, pool_size)
-        expected[cache.shard_name(entry.name, k, split)] = (entry, k, split, fp)
+        parts = cache.fingerprint_parts(entry, k, split, vocabulary.fingerprint, seed, pool_size)
+        name = cache.shard_name(entry.name, k, split)
+        expected[name] = (entry, k, split, cache.hash_parts(parts))
+        stats = cache.read_stats(out / cache.SHARDS_DIR / name)
+        if stats is not None and stats.get("fingerprint") != expected[name][3]:
+          outdated[name] = cache.mismatch(stats, parts)
   complete = {n for n, (e, k, s, fp) in expected.items() if cache.is_complete(out / cache.SHARDS_DIR / n, fp)}
   todo = sorted({(e.name, k) for n, (e, k, _, _) in expected.items() if n not in complete})
   by_name = {e.name: e for e in entries}
@@ -245,7 +258,7 @@ def build(catalog_dir: str | os.PathLike, cache_dir: str | os.PathLike, tokenize
                             pool_size=pool_size, shots=variants, shards=shards, failed=failed,
                             tokenizer=cache.TokenizerInfo.of(vocabulary))
   path = cache.write_manifest(out, manifest)
-  return BuildResult(tuple(written), tuple(sorted(complete)), failed, path)
+  return BuildResult(tuple(written), tuple(sorted(complete)), failed, path, outdated)
 
 
 def _copy_catalog(catalog_dir: str | os.PathLike, out: pathlib.Path) -> None:

@@ -199,6 +199,11 @@ def test_a_change_of_the_demonstrations_rule_rebuilds_the_k_shot_shards_only(bui
   again = cache_beam.build(catalog_dir, old_cache, shots=(0, 2), pipeline_args=IN_PROCESS)
   assert again.written and all(".2shot." in name for name in again.written)
   assert not any(".2shot." in name for name in again.skipped)
+  # The report says why they were rewritten.
+  reason = (f"the rule that draws k-shot demonstrations changed (rule {cache.DEMONSTRATIONS_RULE - 1} when it was "
+            f"built, {cache.DEMONSTRATIONS_RULE} in this version)")
+  assert sorted(again.outdated) == sorted(again.written) and set(again.outdated.values()) == {reason}
+  assert f"out of date, rebuilt: {len(again.written)} shard(s) (" in again.describe() and reason in again.describe()
 
 
 def test_a_shard_of_an_older_rule_is_refused_with_the_rule_named(built, tmp_path, monkeypatch):
