@@ -445,6 +445,8 @@ def toy_cache(tmp_path_factory):
   return root / "cache"
 
 
+# slow: two runs (~16 s); the cached stream's exact resume is tested alone in data/test_cached_stream.py
+@pytest.mark.slow
 def test_a_run_from_the_bench_cache_resumes_to_the_uninterrupted_losses(tmp_path, toy_cache):
   flags = [
       "--gin_file=quickstart.gin", f"--gin.MODEL_DIR={tmp_path / 'run'}", "--gin.CATALOG_DIR=None",
@@ -537,6 +539,8 @@ def _never_build(monkeypatch):
   monkeypatch.setattr(loop, "build_program", lambda *args, **kwargs: pytest.fail("the step was built"))
 
 
+# slow: two in-process runs (~31 s); resume itself is in the default suite (SIGTERM test)
+@pytest.mark.slow
 def test_a_relative_model_dir_saves_and_resumes_under_its_absolute_path(tmp_path, monkeypatch, capsys):
   catalog_flags = _toy_flags(tmp_path, "unused", steps=4)  # builds the catalog under tmp_path
   monkeypatch.chdir(tmp_path)
