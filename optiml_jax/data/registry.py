@@ -464,7 +464,7 @@ def register_catalog(catalog_dir: str | os.PathLike | None, vocabulary: seqio.Vo
 
   Raises:
     cache.CacheError: the cache was tokenized with another vocabulary, or a shard it lists is missing, partial or
-      built from another catalog entry.
+      out of date (another catalog entry, an older rule: the message says which, `cache.mismatch`).
     ValueError: `chat` with `cache_dir`.
   """
   if chat is not None and cache_dir is not None:
