@@ -238,7 +238,7 @@ def _bench(args: argparse.Namespace, out: pathlib.Path,
   (out / "tasks.json").write_text(json.dumps(tasks, indent=1) + "\n", encoding="utf-8")
   for level in claim_lib.LEVELS:
     print(f"  {level}: {', '.join(tasks[level]) or '(none)'}", flush=True)
-  return bench_catalog, tasks, [name for level in claim_lib.LEVELS for name in tasks[level]]
+  return bench_catalog, tasks, claim_lib.task_names(tasks)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -291,7 +291,7 @@ def _claim(out: pathlib.Path, bench_catalog: catalog_lib.Catalog, tasks: Mapping
   `device_info`: a run over two machines (`finish`): the device stage's seconds and devices, recorded beside the
   table; `seconds` is then the device stage's wall time."""
   base_dir, report_dir, chat_dir = out / "base", out / "report", out / CHAT_DIR
-  names = [name for level in claim_lib.LEVELS for name in tasks[level]]
+  names = claim_lib.task_names(tasks)
   report = report_lib.load(report_dir)
   chat = report_lib.load(chat_dir) if with_chat else None
   from optiml_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top  (seqio: only here)
@@ -571,7 +571,7 @@ def finish(args: argparse.Namespace) -> dict[str, Any]:
     shutil.rmtree(results)
   bundle_lib.untar((args.results or out / bundle_lib.RESULTS_FILE).resolve(), results)
   tasks = info["tasks"]
-  names = [name for level in claim_lib.LEVELS for name in tasks[level]]
+  names = claim_lib.task_names(tasks)
   catalog_dir = out / "catalog"
   bench_catalog = catalog_lib.load(catalog_dir)
 

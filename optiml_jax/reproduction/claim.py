@@ -65,6 +65,11 @@ def pick_tasks(bench_catalog: catalog_lib.Catalog, per_level: int) -> dict[str, 
   return picked
 
 
+def task_names(tasks: Mapping[str, Sequence[str]]) -> list[str]:
+  """The picked tasks (`pick_tasks`) in one list, level by level."""
+  return [name for level in LEVELS for name in tasks.get(level, ())]
+
+
 def _round_robin(queues: Sequence[Sequence[str]]) -> list[str]:
   """The queues' items taken one from each queue in turn: [[a1, a2], [b1]] -> [a1, b1, a2]."""
   out: list[str] = []

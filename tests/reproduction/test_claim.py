@@ -30,6 +30,7 @@ def test_pick_tasks_spreads_each_level_over_its_categories():
       "held_out_task": ["sni:c1"],
       "held_out_instances": ["sni:t1"]
   }
+  assert claim.task_names(picked) == ["sni:a1", "sni:b1", "sni:a2", "sni:c1", "sni:t1"]  # level by level
 
 
 def test_pick_tasks_gives_each_level_both_kinds_and_mixes_benchmarks():
