@@ -75,33 +75,21 @@ def _task(level, kind, scores):
   return {"level": level, "kind": kind, "shots": {k: {"score": v} for k, v in scores.items()}}
 
 
+def _tasks(**spec):
+  """{"tasks": ...} of held-out tasks, each given as name=(kind, 0-shot score[, 5-shot score])."""
+  tasks = {name: _task("held_out_task", kind, dict(zip(("0", "5"), scores))) for name, (kind, *scores) in spec.items()}
+  return {"tasks": tasks}
+
+
+def _report(tuned, base):
+  """A report (`tuned`) with its baseline (`base`), each a `_tasks(...)`."""
+  return {**tuned, "baseline": base}
+
+
 def test_claim_table_means_each_level_and_kind_over_the_tasks_both_models_scored():
-  report = {
-      "tasks": {
-          "x": _task("held_out_task", "generation", {
-              "0": 30.0,
-              "5": 40.0
-          }),
-          "y": _task("held_out_task", "generation", {
-              "0": 50.0,
-              "5": None
-          }),  # failed at 5-shot
-          "z": _task("held_out_task", "multiple_choice", {"0": 60.0}),
-      },
-      "baseline": {
-          "tasks": {
-              "x": _task("held_out_task", "generation", {
-                  "0": 10.0,
-                  "5": 20.0
-              }),
-              "y": _task("held_out_task", "generation", {
-                  "0": 20.0,
-                  "5": 30.0
-              }),
-              "z": _task("held_out_task", "multiple_choice", {"0": 50.0}),
-          }
-      }
-  }
+  # y failed at 5-shot (no score).
+  report = _report(_tasks(x=("generation", 30.0, 40.0), y=("generation", 50.0, None), z=("multiple_choice", 60.0)),
+                   _tasks(x=("generation", 10.0, 20.0), y=("generation", 20.0, 30.0), z=("multiple_choice", 50.0)))
   table = claim.claim_table(report)
   assert table["held_out_task"]["generation"]["0"] == {"base": 15.0, "tuned": 40.0, "delta": 25.0, "tasks": 2}
   assert table["held_out_task"]["generation"]["5"] == {"base": 20.0, "tuned": 40.0, "delta": 20.0, "tasks": 1}
@@ -113,18 +101,7 @@ def test_claim_table_means_each_level_and_kind_over_the_tasks_both_models_scored
   assert "| held_out_task | ROUGE-L (2) | 15.0 | 40.0 | +25.0 | 20.0 | 40.0 | +20.0 |" in markdown
   assert "| held_out_task | accuracy (1) | 50.0 | 60.0 | +10.0 | - | - | - |" in markdown
   # The base in its chat template: a column of its own, over the same tasks, with the tuned model's delta to it.
-  chat = {
-      "tasks": {
-          "x": _task("held_out_task", "generation", {
-              "0": 35.0,
-              "5": 45.0
-          }),
-          "y": _task("held_out_task", "generation", {
-              "0": 25.0,
-              "5": 5.0
-          })
-      }
-  }
+  chat = _tasks(x=("generation", 35.0, 45.0), y=("generation", 25.0, 5.0))
   with_chat = claim.claim_table(report, chat=chat)["held_out_task"]
   assert with_chat["generation"]["0"] == {
       "base": 15.0,
@@ -164,24 +141,8 @@ def test_first_answer_rows_score_each_prediction_up_to_its_first_blank_line(tmp_
       }],
       ("tuned", "g", "5"): None,  # no log: the cell is left out
   }
-  report = {
-      "tasks": {
-          "g": _task("held_out_task", "generation", {
-              "0": 100.0,
-              "5": 0.0
-          }),
-          "m": _task("held_out_task", "multiple_choice", {"0": 50.0}),
-      },
-      "baseline": {
-          "tasks": {
-              "g": _task("held_out_task", "generation", {
-                  "0": 40.0,
-                  "5": 0.0
-              }),
-              "m": _task("held_out_task", "multiple_choice", {"0": 50.0}),
-          }
-      }
-  }
+  report = _report(_tasks(g=("generation", 100.0, 0.0), m=("multiple_choice", 50.0)),
+                   _tasks(g=("generation", 40.0, 0.0), m=("multiple_choice", 50.0)))
   first = claim.first_answer_report(report, lambda side, task, shots: logs[(side, task, shots)])
   assert set(first["tasks"]) == {"g"} and first["tasks"]["g"]["kind"] == claim.FIRST_ANSWER
   row = claim.claim_table(first)["held_out_task"][claim.FIRST_ANSWER]
@@ -191,7 +152,7 @@ def test_first_answer_rows_score_each_prediction_up_to_its_first_blank_line(tmp_
   # The base in its chat template is rescored from its own logs (side "chat").
   logs[("chat", "g", "0")] = [{"prediction": "rug\n\nmore", "target": ["mat"]}]
   logs[("chat", "g", "5")] = [{"prediction": "mat", "target": ["mat"]}]
-  chat = {"tasks": {"g": _task("held_out_task", "generation", {"0": 0.0, "5": 100.0})}}
+  chat = _tasks(g=("generation", 0.0, 100.0))
   first = claim.first_answer_report(report, lambda side, task, shots: logs[(side, task, shots)], chat)
   assert first["chat"]["tasks"]["g"]["shots"] == {"0": {"score": 0.0}, "5": {"score": 100.0}}
   assert claim.claim_table(first, chat=first["chat"])["held_out_task"][claim.FIRST_ANSWER]["0"]["chat"] == 0.0
