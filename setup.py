@@ -40,6 +40,7 @@ CACHE_REQUIRES = [
 TEST_REQUIRES = [
     "pytest>=8.0",
     "pytest-timeout>=2.3",
+    "pytest-xdist>=3.5",  # `make test` runs the tests in two processes (PYTEST_WORKERS in the Makefile)
     "torch>=2.4,<=2.13.0",  # any 2.x with OPT works
     "gguf>=0.10.0",  # tests/checkpoints/test_gguf.py writes tiny GGUF files and converts them
     "accelerate>=1.1.0",  # transformers loads GGUF files only with it
