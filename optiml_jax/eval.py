@@ -401,7 +401,8 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
              batch_size: int = 32, max_length: int | None = None, max_new_tokens: int = 256,
              length_normalize: bool = False, share_prompts: bool = True, label: str = "model",
              baseline_label: str = "baseline", progress: bool = True, cache_dir: str | None = None,
-             record_requests: bool = False, chat_template: bool = False) -> Summary:
+             record_requests: bool = False, chat_template: bool = False,
+             compilation_cache_dir: str | None = None) -> Summary:
   """Evaluates the checkpoint(s) at `checkpoint_path` and writes the report into `eval_output_dir`.
 
   With `record_requests`, writes instead the model calls of every task into `eval_output_dir`/requests, for
@@ -426,6 +427,8 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
                       "BASELINE_PATH and answer them once per model")
   out = pathlib.Path(eval_output_dir)
   check_output_dir(out)
+  if compilation_cache_dir:  # before anything compiles: JAX reads the setting at its first compilation with a cache
+    jax.config.update("jax_compilation_cache_dir", str(compilation_cache_dir))
   bench = _load_catalog(catalog_dir, catalog_macro) if catalog_dir is not None else catalog_lib.Catalog(tasks=[])
   checkpoints, problems = _find_checkpoints(checkpoint_path, checkpoint_steps)
   if record_requests:

@@ -104,7 +104,8 @@ def detect_setting() -> str:
 
 
 def _eval_command(checkpoint: pathlib.Path, out: pathlib.Path, catalog_dir: pathlib.Path, tasks: Sequence[str],
-                  setting: Setting, label: str, baseline: pathlib.Path | None = None, chat: bool = False) -> list[str]:
+                  setting: Setting, label: str, baseline: pathlib.Path | None = None, chat: bool = False,
+                  compilation_cache: pathlib.Path | None = None) -> list[str]:
   command = [
       sys.executable, "-m", "optiml_jax.eval", "--gin_file=eval.gin", f"--gin.CHECKPOINT_PATH={checkpoint}",
       f"--gin.EVAL_OUTPUT_DIR={out}", f"--gin.CATALOG_DIR={catalog_dir}", f"--gin.TASKS={list(tasks)!r}",
@@ -116,6 +117,8 @@ def _eval_command(checkpoint: pathlib.Path, out: pathlib.Path, catalog_dir: path
     command += [f"--gin.BASELINE_PATH={baseline}", "--gin.evaluate.baseline_label='base'"]
   if chat:
     command.append("--gin.evaluate.chat_template=True")
+  if compilation_cache is not None:  # shared by the base, chat and tuned evaluations (and training)
+    command.append(f"--gin.evaluate.compilation_cache_dir='{compilation_cache}'")
   return command
 
 
@@ -255,29 +258,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   bench_catalog, tasks, names = _bench(args, out, setting)
   catalog_dir = out / "catalog"
 
+  jax_cache = out / "jax_cache"  # JAX's compiled programs, shared by the evaluations and the training run
   print(f"\n[3/5] evaluating the base model ({time.time() - started:.0f} s)", flush=True)
-  _evaluate_once("base evaluation", _eval_command(base_model, out / "base", catalog_dir, names, setting, "base"),
-                 out / "base")
+  _evaluate_once(
+      "base evaluation",
+      _eval_command(base_model, out / "base", catalog_dir, names, setting, "base", compilation_cache=jax_cache),
+      out / "base")
   chat = _chat_baseline(args, base_model)
   if chat:
     print(f"\n[3/5] the base model in its chat template ({time.time() - started:.0f} s)", flush=True)
-    _evaluate_once("base evaluation, chat template",
-                   _eval_command(base_model, out / CHAT_DIR, catalog_dir, names, setting, "base, chat", chat=True),
-                   out / CHAT_DIR)
+    _evaluate_once(
+        "base evaluation, chat template",
+        _eval_command(base_model, out / CHAT_DIR, catalog_dir, names, setting, "base, chat", chat=True,
+                      compilation_cache=jax_cache), out / CHAT_DIR)
 
   print(f"\n[4/5] instruction-tuning ({time.time() - started:.0f} s)", flush=True)
   model_dir = out / "model"
   _run("training", [
       sys.executable, "-m", "optiml_jax.train", f"--gin_file={setting.gin_file}", f"--gin.MODEL_DIR={model_dir}",
       f"--gin.CATALOG_DIR={catalog_dir}", f"--gin.INITIAL_CHECKPOINT_PATH={base_model}",
-      f"--gin.RunArgs.compilation_cache_dir={out / 'jax_cache'}", *args.train_flag
+      f"--gin.RunArgs.compilation_cache_dir={jax_cache}", *args.train_flag
   ])
 
   print(f"\n[5/5] evaluating the tuned model against the base ({time.time() - started:.0f} s)", flush=True)
   report_dir = out / "report"
   if report_dir.exists():
     shutil.rmtree(report_dir)
-  _run("tuned evaluation", _eval_command(model_dir, report_dir, catalog_dir, names, setting, "tuned", out / "base"))
+  _run(
+      "tuned evaluation",
+      _eval_command(model_dir, report_dir, catalog_dir, names, setting, "tuned", out / "base",
+                    compilation_cache=jax_cache))
   return _claim(out, bench_catalog, tasks, setting_name,
                 time.time() - started, model_dir / "loss.png", f"tuned model {model_dir}", with_chat=chat)
 

@@ -128,6 +128,10 @@ def test_the_whole_flow_on_a_tiny_llama_writes_a_base_vs_tuned_report(tiny_base)
   assert (out / "report" / "loss.png").is_file() and (out / "report" / "claim.md").is_file()
   assert (out / "report" / "held_out_category.png").is_file()
   _assert_trained(params, out / "model")
+  # The base evaluations (and the tuned one, and training) share one compilation cache: compiled once per shape.
+  for folder in ("base", reproduce.CHAT_DIR):
+    command = json.loads((out / folder / "command.json").read_text())
+    assert f"--gin.evaluate.compilation_cache_dir='{out.resolve() / 'jax_cache'}'" in command, command
 
 
 def _assert_trained(base, model_dir, weight_decay=0.1):
