@@ -107,6 +107,36 @@ def test_outputs_lose_surrounding_whitespace(shared_dir):
   assert all(d.targets[0] == d.targets[0].strip() for d in task.demonstrations)
 
 
+def test_empty_outputs_are_no_references_and_an_instance_without_any_is_dropped(tmp_path):
+  # An empty output trained the end token alone after the prompt and was scored against as a reference.
+  task = sni.read_task(
+      _write(
+          tmp_path / "task903_blanks.json",
+          _task(
+              **{
+                  "Instances": [{
+                      "input": "capital of France?",
+                      "output": ["", "Paris"]
+                  }, {
+                      "input": "blank",
+                      "output": ["   "]
+                  }, {
+                      "input": "capital of Italy?",
+                      "output": ["Rome"]
+                  }],
+                  "Positive Examples": [{
+                      "input": "no answer",
+                      "output": ""
+                  }, {
+                      "input": "capital of Spain?",
+                      "output": "Madrid"
+                  }],
+              })))
+  assert [(i.id, i.targets) for i in task.instances()] == [("task903_blanks-0", ("Paris",)),
+                                                           ("task903_blanks-2", ("Rome",))]
+  assert [d.targets for d in task.demonstrations] == [("Madrid",)]
+
+
 def test_open_instances_twice_yields_the_same(shared_dir):
   task = sni.read_task(_sni_dir(shared_dir) / "tasks" / "task1761_svamp.json")
   first, second = list(task.instances()), list(task.open_instances())
@@ -211,6 +241,10 @@ def test_list_definition_is_joined(tmp_path):
         }]
     }).encode(), "'Definition'"),
     ("task013_empty.json", json.dumps(_task(Instances=[])).encode(), "'Instances': empty list"),
+    ("task013_blank.json", json.dumps(_task(Instances=[{
+        "input": "a",
+        "output": [" "]
+    }])).encode(), "'Instances': no instance has a non-empty output"),
     ("task014_noinst.json", json.dumps({
         "Definition": ["x"]
     }).encode(), "'Instances'"),

@@ -11,8 +11,11 @@ Task JSON fields read (SNI v2; older files are accepted too):
                      the first is the training target. An instance without an "id" gets `<task>-<index>`.
                      Outputs lose their surrounding whitespace: the formatter joins the target to the prompt
                      with one space of its own, and an output with a leading space (task1147_country_currency:
-                     " Australian Dollar") would train a lone-space token first.
-  Positive Examples  -> `demonstrations` ({"input", "output"}, output stripped as above; "explanation" is not
+                     " Australian Dollar") would train a lone-space token first. An output left empty is no
+                     reference (it would train the end token alone and score against nothing) and is dropped; an
+                     instance with no other is dropped (as BIG-bench's and P3's readers drop theirs), and the ids
+                     of the others do not change; a task with none left is refused.
+  Positive Examples  -> `demonstrations` ({"input", "output"}, outputs as above; "explanation" is not
                      used, as in SNI's default evaluation). Optional.
   Categories         -> `categories`. Optional.
   Source             -> `dataset` (the de-duplication key; several sources are joined with "+"); the task's
@@ -59,12 +62,16 @@ def _string_list(task: dict[str, Any], field: str, path: str) -> tuple[str, ...]
   return jsonl.as_text_list(value, path, f"field '{field}'", allow_empty=True)
 
 
-def _instance(obj: Any, path: str, where: str, default_id: str) -> records.Instance:
+def _instance(obj: Any, path: str, where: str, default_id: str) -> records.Instance | None:
+  """One instance or positive example -> Instance; None when no output is left non-empty once stripped."""
   if not isinstance(obj, dict):
     raise records.SourceError(path, f"{where}: expected an object with 'input' and 'output', got {type(obj).__name__}")
   text = jsonl.as_text(jsonl.required(obj, "input", path, where), path, f"{where}.input")
   outputs = tuple(
       o.strip() for o in jsonl.as_text_list(jsonl.required(obj, "output", path, where), path, f"{where}.output"))
+  outputs = tuple(o for o in outputs if o)
+  if not outputs:
+    return None
   instance_id = jsonl.as_text(obj["id"], path, f"{where}.id") if "id" in obj else default_id
   options = tuple(
       o.strip() for o in jsonl.as_text_list(obj["options"], path, f"{where}.options")) if "options" in obj else ()
@@ -75,7 +82,9 @@ def _instance(obj: Any, path: str, where: str, default_id: str) -> records.Insta
 
 def _instances(task: dict[str, Any], path: str, local_name: str) -> Iterator[records.Instance]:
   for i, obj in enumerate(task["Instances"]):
-    yield _instance(obj, path, f"Instances[{i}]", f"{local_name}-{i}")
+    instance = _instance(obj, path, f"Instances[{i}]", f"{local_name}-{i}")
+    if instance is not None:
+      yield instance
 
 
 def _stream(path: str, local_name: str) -> Iterator[records.Instance]:
@@ -100,16 +109,19 @@ def read_task(path: str | os.PathLike, benchmark: str = BENCHMARK) -> records.Ta
   definition = _definition(task, path)
   instances = jsonl.required_list(task, "Instances", path, "task", "instance")
   # Validates every instance now, so a bad one is reported when the catalog is built.
-  with_options = sum(1 for i in _instances({"Instances": instances}, path, local_name) if i.options)
-  if 0 < with_options < len(instances):
+  kept = list(_instances({"Instances": instances}, path, local_name))
+  if not kept:
+    raise records.SourceError(path, "field 'Instances': no instance has a non-empty output")
+  with_options = sum(1 for i in kept if i.options)
+  if 0 < with_options < len(kept):
     raise records.SourceError(
-        path, f"field 'Instances': {with_options} of {len(instances)} instances have 'options'; a multiple-choice "
+        path, f"field 'Instances': {with_options} of {len(kept)} instances have 'options'; a multiple-choice "
         "task needs them on every instance")
   positives = task.get("Positive Examples", [])
   if not isinstance(positives, list):
     raise records.SourceError(path, f"field 'Positive Examples': expected a list, got {type(positives).__name__}")
-  demonstrations = tuple(
-      _instance(obj, path, f"Positive Examples[{i}]", f"{local_name}-positive-{i}") for i, obj in enumerate(positives))
+  demonstrations = tuple(d for d in (_instance(obj, path, f"Positive Examples[{i}]", f"{local_name}-positive-{i}")
+                                     for i, obj in enumerate(positives)) if d is not None)
   sources = _string_list(task, "Source", path)
   return records.TaskSource(
       name=records.task_name(benchmark, local_name),
