@@ -94,9 +94,12 @@ def fingerprint_parts(entry: catalog_lib.CatalogEntry, shots: int, split: str, v
                       pool_size: int) -> dict[str, Any]:
   """What a shard's content depends on (see the module docstring): a shard records them (`made_from` in its
   statistics), so that a shard of another fingerprint is refused with the part that differs named."""
+  entry_parts = dataclasses.asdict(entry)
+  if not entry.excluded_instances:  # a field added later: a shard of an entry without any keeps its fingerprint
+    del entry_parts["excluded_instances"]
   parts = {
       "format_version": FORMAT_VERSION,
-      "entry": dataclasses.asdict(entry),
+      "entry": entry_parts,
       "shots": shots,
       "split": split,
       "vocabulary": vocabulary_fingerprint,

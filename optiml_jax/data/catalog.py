@@ -15,14 +15,17 @@ definition (`tasks/optiml_bench.yaml`, read by `bench_config.load_config`) and
      listed tasks), else `train`; a held-out task whose template is not the dataset's original task
      (`TaskSource.original_task` False: an inverted template) is dropped, as OPT-IML removed such templates from
      its evaluation sources (training tasks keep them);
-  5. runs the 13-gram leakage audit (`leakage`) between train and held-out tasks and applies its policy;
-  6. computes sampling rates (`rates`) over the training tasks (global cap, or the benchmark's `rates.caps`).
+  5. leaves out of each training stream the lines that share a 13-gram with another task's held-out instance
+     of the same dataset (`held_out_elsewhere`), then runs the 13-gram leakage audit (`leakage`) between train
+     and held-out tasks and applies its policy;
+  6. computes sampling rates (`rates`) over the training tasks (global cap, or the benchmark's `rates.caps`; one
+     dataset's templates share one cap: `template_groups`).
 
 Held-out instances rule (used by every later stage through `eval_instances` / `train_instances`): a task
 with role `train` keeps its FIRST `num_eval_instances` instances (source order) for evaluation (the third
 generalization level) and trains on the rest, at most `num_examples`, passing over repeats of a held-out
-instance (same input and answer); a held-out task evaluates on its first `num_eval_instances` instances (SNI
-protocol: first 100) and has no training stream.
+instance (same input and answer) and its `excluded_instances` (another task's held-out instances); a held-out
+task evaluates on its first `num_eval_instances` instances (SNI protocol: first 100) and has no training stream.
 
 `Catalog.save(out_dir)` writes `out_dir/catalog.json` atomically; `load(out_dir)` reads it back.
 """
@@ -74,6 +77,9 @@ class CatalogEntry:
   kind: str
   num_instances: int  # instances in the source
   raw_categories: tuple[str, ...] = ()
+  # Source indices of instances in the training stream's window that share a 13-gram with a held-out instance of
+  # another task of the same dataset (`held_out_elsewhere`): left out of training, not counted in num_examples.
+  excluded_instances: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass
@@ -190,7 +196,7 @@ def _entry(path: pathlib.Path, i: int, task: Any) -> CatalogEntry:
   if not isinstance(task, dict):
     raise ValueError(f"{path}: tasks[{i}]: expected an object, got {task!r}")
   fields = {f.name: f for f in dataclasses.fields(CatalogEntry)}
-  missing = set(fields) - set(task) - {"raw_categories"}
+  missing = set(fields) - set(task) - {"raw_categories", "excluded_instances"}
   if missing:
     raise ValueError(f"{path}: tasks[{i}] lacks field(s) {sorted(missing)}")
   where = f"{path}: tasks[{i}] ({task['name']!r})"
@@ -206,7 +212,16 @@ def _entry(path: pathlib.Path, i: int, task: Any) -> CatalogEntry:
   raw = task.get("raw_categories", [])
   if not (isinstance(raw, list) and all(isinstance(c, str) for c in raw)):
     raise ValueError(f"{where}: raw_categories: expected a list of strings, got {raw!r}")
-  return CatalogEntry(**{**{k: v for k, v in task.items() if k in fields}, "raw_categories": tuple(raw)})
+  excluded = task.get("excluded_instances", [])
+  if not (isinstance(excluded, list) and
+          all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in excluded)):
+    raise ValueError(f"{where}: excluded_instances: expected a list of instance indices, got {excluded!r}")
+  return CatalogEntry(**{
+      **{
+          k: v for k, v in task.items() if k in fields
+      }, "raw_categories": tuple(raw),
+      "excluded_instances": tuple(excluded)
+  })
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -239,14 +254,23 @@ def repeats_held_out(instance: records.Instance, held_out: frozenset[tuple[str, 
 
 def train_instances(entry: CatalogEntry, task: records.TaskSource) -> Iterator[records.Instance]:
   """The training stream of a task: the instances after the evaluation ones less repeats of a held-out instance
-  (`repeats_held_out`: the third generalization level evaluates answers the model has not trained on), at most
-  `num_examples` of them."""
+  (`repeats_held_out`: the third generalization level evaluates answers the model has not trained on) and less
+  `entry.excluded_instances` (copies of another task's held-out instances), at most `num_examples` of them."""
+  return (instance for _, instance in _indexed_train_instances(entry, task))
+
+
+def _indexed_train_instances(entry: CatalogEntry, task: records.TaskSource) -> Iterator[tuple[int, records.Instance]]:
+  """`train_instances` with each instance's index in the source."""
   if entry.role != TRAIN:
     return iter(())
-  rest: Iterator[records.Instance] = itertools.islice(task.instances(), entry.num_eval_instances, None)
+  rest: Iterator[tuple[int, records.Instance]] = itertools.islice(enumerate(task.instances()), entry.num_eval_instances,
+                                                                  None)
   held_out = held_out_answers(entry, task)
   if held_out:
-    rest = (i for i in rest if not repeats_held_out(i, held_out))
+    rest = ((k, i) for k, i in rest if not repeats_held_out(i, held_out))
+  if entry.excluded_instances:
+    excluded = frozenset(entry.excluded_instances)
+    rest = ((k, i) for k, i in rest if k not in excluded)
   return itertools.islice(rest, entry.num_examples)
 
 
@@ -264,6 +288,12 @@ def split_counts(role: str, kind: str, num_instances: int, held_out_per_task: in
   num_eval = 0 if kind == records.LANGUAGE_MODELING else min(held_out_per_task, num_instances // 2)
   repeated = sum(1 for k, j in repeats if j < num_eval <= k)
   return min(num_instances - num_eval - repeated, max_examples), num_eval
+
+
+def template_groups(entries: Mapping[str, CatalogEntry]) -> dict[str, str]:
+  """name -> "benchmark:dataset" for the tasks that are one template of a dataset (P3, FLAN): the sampling cap's
+  groups (`rates.examples_proportional`), since OPT-IML counts such a dataset, all its prompts, as one task."""
+  return {name: f"{e.benchmark}:{e.dataset}" for name, e in entries.items() if e.template and e.dataset}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -548,6 +578,7 @@ def build(config: bench_config.BenchConfig, sources: Iterable[records.TaskSource
                                       template=task.template, kind=task.kind, num_instances=counts[task.name],
                                       raw_categories=tuple(task.categories))
 
+  entries = _exclude_held_out_elsewhere(tasks, entries, config, progress)
   leakage_report, drop = _audit(tasks, entries, config, progress)
   for name in sorted(drop):
     entry = entries.pop(name)
@@ -565,11 +596,12 @@ def build(config: bench_config.BenchConfig, sources: Iterable[records.TaskSource
     fixed = [b for b, c in config.benchmarks.items() if c.fixed_share]
     counts_train = {n: e.num_examples for n, e in train.items()}
     benchmark_of = {n: e.benchmark for n, e in train.items()}
+    groups = template_groups(train)
     if config.rates.method == "uniform":
-      task_rates = rates.uniform(counts_train, benchmark_of, shares, fixed)
+      task_rates = rates.uniform(counts_train, benchmark_of, shares, fixed, groups=groups)
     else:
       task_rates = rates.examples_proportional(counts_train, benchmark_of, shares, config.rates.cap,
-                                               config.rates.temperature, fixed, caps=config.rates.caps)
+                                               config.rates.temperature, fixed, caps=config.rates.caps, groups=groups)
   final = [dataclasses.replace(e, rate=task_rates.get(n, 0.0)) for n, e in entries.items()]
   return Catalog(
       tasks=final,
@@ -585,6 +617,51 @@ def build(config: bench_config.BenchConfig, sources: Iterable[records.TaskSource
       } for k, v in sorted(unmapped.items())],
       config=config.echo(),
   )
+
+
+def held_out_elsewhere(tasks: Sequence[records.TaskSource], entries: Mapping[str, CatalogEntry],
+                       config: bench_config.BenchConfig, progress: bool = False) -> dict[str, tuple[int, ...]]:
+  """Per training task, the source indices of its training instances that share a 13-gram (the audit's n-grams,
+  template grams of either task ignored) with a held-out instance of another training task of the same dataset.
+
+  The third generalization level holds out a task's first instances, but tasks of one dataset (P3's templates of
+  it, SNI's tasks of one source) render the same underlying examples, not always in the same order (a template
+  that keeps only the positive pairs of glue_mrpc shifts every line after the first negative one): another
+  task's training stream would then teach a held-out answer. Datasets compare by their canonical key; a dataset
+  with one task has nothing to compare. Instances shorter than 13 words are never hit (as in the audit)."""
+  by_name = {t.name: t for t in tasks}
+  groups: dict[str, list[str]] = {}
+  for name, entry in entries.items():
+    if entry.role == TRAIN and entry.dataset:
+      groups.setdefault(config.canonical(entry.dataset), []).append(name)
+  groups = {k: names for k, names in groups.items() if len(names) > 1}
+  found: dict[str, tuple[int, ...]] = {}
+  cfg = config.leakage
+  for names in tqdm.tqdm(list(groups.values()), desc="held-out instances across tasks", unit="dataset",
+                         disable=not progress):
+    held = {n: [instance_text(i) for i in eval_instances(entries[n], by_name[n])] for n in names}
+    index = leakage.EvalIndex({
+        n: texts for n, texts in held.items() if texts
+    }, cfg.ngram, cfg.template_fraction, instance_specific=True)
+    for name in names:
+      stream = _indexed_train_instances(entries[name], by_name[name])
+      hit: list[int] = []
+      while chunk := list(itertools.islice(stream, leakage.CHUNK)):
+        lines = index.texts_hit([instance_text(i) for _, i in chunk], own_task=name)
+        hit.extend(chunk[j][0] for j in lines)
+      if hit:
+        found[name] = tuple(hit)
+  return found
+
+
+def _exclude_held_out_elsewhere(tasks: Sequence[records.TaskSource], entries: Mapping[str, CatalogEntry],
+                                config: bench_config.BenchConfig, progress: bool) -> dict[str, CatalogEntry]:
+  """`entries` with `held_out_elsewhere`'s instances left out of their training streams."""
+  excluded = held_out_elsewhere(tasks, entries, config, progress)
+  return {
+      n: dataclasses.replace(e, excluded_instances=excluded[n], num_examples=e.num_examples -
+                             len(excluded[n])) if n in excluded else e for n, e in entries.items()
+  }
 
 
 def _audit(tasks: Sequence[records.TaskSource], entries: Mapping[str, CatalogEntry], config: bench_config.BenchConfig,
@@ -656,6 +733,9 @@ def summary(catalog: Catalog) -> str:
     reasons[reason] = reasons.get(reason, 0) + 1
   out.append(f"dropped tasks: {len(catalog.dropped)}" + "".join(f"\n  {r}: {n}" for r, n in sorted(reasons.items())))
   out.append(f"leakage pairs over threshold: {len(catalog.leakage)}")
+  excluded = [t for t in catalog.tasks if t.excluded_instances]
+  out.append(f"training instances left out as another task's held-out instances: "
+             f"{sum(len(t.excluded_instances) for t in excluded)} in {len(excluded)} task(s)")
   for split, names in sorted(catalog.missing_split_tasks.items()):
     out.append(f"SNI {split} split: {len(names)} listed task(s) absent from the checkout")
   out.append(f"unmapped (fallback category): {sum(u['tasks'] for u in catalog.unmapped)} task(s)")

@@ -17,6 +17,9 @@ Overlap measure (as docs/bench.md states it):
   is reported when overlap(T, E) > threshold (OPT-IML: 1%). Instances shorter than 13 words have no
   13-grams and are never counted as hit.
 
+The catalog uses the same index within each dataset for the third level (`EvalIndex.texts_hit`): a training
+line of one task that shares a gram with a held-out instance of another task of the dataset is left out.
+
 Cost: the evaluation side is indexed once (sorted 64-bit n-gram hashes with their (task, instance)
 postings); each training task is then streamed in chunks, its n-grams hashed with numpy and looked up
 by binary search. Memory grows with the evaluation side only.
@@ -34,7 +37,7 @@ import numpy as np
 NGRAM = 13
 _WORD = re.compile(r"\w+")
 _MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant for the polynomial rolling hash
-_CHUNK = 2048  # training instances hashed per numpy call
+CHUNK = 2048  # training instances hashed per numpy call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,11 +97,14 @@ def _distinct_pairs(hashes: np.ndarray, owner: np.ndarray) -> tuple[np.ndarray, 
 class EvalIndex:
   """N-gram index of the evaluation instances: hash -> (eval task, instance index) postings."""
 
-  def __init__(self, eval_texts: Mapping[str, Sequence[str]], n: int = NGRAM, template_fraction: float = 0.5):
+  def __init__(self, eval_texts: Mapping[str, Sequence[str]], n: int = NGRAM, template_fraction: float = 0.5,
+               instance_specific: bool = False):
+    """`instance_specific`: index only the grams that occur in one instance of their task (`texts_hit`)."""
     self.n = n
     self.tasks = list(eval_texts)
     self.num_instances = np.asarray([len(eval_texts[t]) for t in self.tasks], dtype=np.int64)
     self.template_grams: dict[str, int] = {}
+    self._shared: dict[str, np.ndarray] = {}  # task -> grams in two or more of its instances, sorted
     all_hashes, all_keys = [], []
     self._stride = int(self.num_instances.max(initial=0)) + 1
     for task_id, task in enumerate(self.tasks):
@@ -107,7 +113,8 @@ class EvalIndex:
       grams, counts = np.unique(hashes, return_counts=True)
       template = grams[(counts >= 2) & (counts > template_fraction * len(eval_texts[task]))]
       self.template_grams[task] = int(template.size)
-      keep = ~np.isin(hashes, template)
+      self._shared[task] = grams[counts >= 2]
+      keep = ~np.isin(hashes, self._shared[task] if instance_specific else template)
       all_hashes.append(hashes[keep])
       all_keys.append(task_id * self._stride + owner[keep])
     hashes = np.concatenate(all_hashes) if all_hashes else np.zeros(0, np.uint64)
@@ -130,11 +137,32 @@ class EvalIndex:
     positions = np.repeat(left - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
     return np.unique(self._keys[positions])
 
+  def texts_hit(self, texts: Sequence[str], own_task: str | None = None) -> np.ndarray:
+    """Sorted indices in `texts` of those sharing a gram with an indexed instance of a task other than `own_task`.
+
+    For an index of one dataset's tasks built with `instance_specific` (a gram in two instances of a task is
+    shared text, not one instance's: its template, a passage several questions ask about, or a template's
+    words with a common first word of the field after them). `own_task` names the indexed task that `texts`
+    come from: its own instances are no hit, and the grams in two or more of them are not compared."""
+    grams, owner = ngram_hashes(texts, self.n)
+    if own_task in self._shared:
+      keep = ~np.isin(grams, self._shared[own_task])
+      grams, owner = grams[keep], owner[keep]
+    if not grams.size or not self._hashes.size:
+      return np.zeros(0, np.int64)
+    left = np.searchsorted(self._hashes, grams, side="left")
+    lengths = np.searchsorted(self._hashes, grams, side="right") - left
+    positions = np.repeat(left - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    lines = np.repeat(owner, lengths)
+    if own_task in self.tasks:
+      lines = lines[self._keys[positions] // self._stride != self.tasks.index(own_task)]
+    return np.unique(lines)
+
   def overlaps(self, train_task: str, train_texts: Iterable[str]) -> list[Overlap]:
     """Every eval task's overlap with one training task (pairs with no hit are left out)."""
     hit_keys = np.zeros(0, np.int64)
     texts = iter(train_texts)
-    while chunk := list(itertools.islice(texts, _CHUNK)):
+    while chunk := list(itertools.islice(texts, CHUNK)):
       grams, _ = ngram_hashes(chunk, self.n)
       if grams.size:
         hit_keys = np.union1d(hit_keys, self.hits(grams))

@@ -9,7 +9,11 @@ that every source benchmark contributes a fixed share of the mixture.
 
   1. weight(task) = min(num training examples, cap(b)) ** (1 / temperature)   (cap = 4096, T = 1)
      cap(b) is the task's benchmark's own cap when `caps` names it (metaseq's opt_instruct keeps such a
-     per-benchmark mapping beside the global cap), else the global cap.
+     per-benchmark mapping beside the global cap), else the global cap. Tasks of one `group` (the templates
+     of one dataset: P3 and FLAN render a dataset in several prompts, and OPT-IML counts the dataset as one
+     task, 5.7 and 8.5 prompts each) are one task for the cap: the group weighs min(its examples, cap(b)) **
+     (1 / temperature), split over its tasks in proportion to their examples, so a dataset's share does not
+     grow with its number of templates.
   2. within a benchmark b, rate(task) = share'(b) * weight(task) / sum of weights in b
   3. share'(b): the configured shares of the benchmarks *present* (at least one task with examples),
      renormalised to sum to 1. A benchmark absent from the checkout gives its share to the present
@@ -77,7 +81,8 @@ def _rescale(weights: Mapping[str, float], benchmark_of: Mapping[str, str], shar
 
 def examples_proportional(num_examples: Mapping[str, int], benchmark_of: Mapping[str, str], shares: Mapping[str, float],
                           cap: int = DEFAULT_CAP, temperature: float = 1.0, fixed: Collection[str] = (),
-                          caps: Mapping[str, int] | None = None) -> dict[str, float]:
+                          caps: Mapping[str, int] | None = None,
+                          groups: Mapping[str, str] | None = None) -> dict[str, float]:
   """Examples-proportional rates with a cap and benchmark shares (OPT-IML's mixing).
 
   Args:
@@ -89,6 +94,8 @@ def examples_proportional(num_examples: Mapping[str, int], benchmark_of: Mapping
     temperature: weight = min(n, cap) ** (1 / temperature); T > 1 flattens the mixture towards uniform.
     fixed: benchmarks whose share is an absolute percentage (OPT-IML: reasoning 1, pre-training 5).
     caps: per-benchmark caps that replace `cap` for the tasks of the benchmarks they name.
+    groups: task -> its group (one dataset's templates; the tasks of a group share a benchmark); a task absent
+      is a group of its own.
 
   Returns:
     rate per task, summing to 1; 0 for tasks with no examples.
@@ -101,17 +108,46 @@ def examples_proportional(num_examples: Mapping[str, int], benchmark_of: Mapping
       raise ValueError(f"cap of benchmark {benchmark!r} must be positive, got {benchmark_cap}")
   if temperature <= 0:
     raise ValueError(f"temperature must be positive, got {temperature}")
-  weights = {}
   for task, n in num_examples.items():
     if n < 0:
       raise ValueError(f"task {task!r} has a negative number of examples: {n}")
+  group_of = _groups(num_examples, benchmark_of, groups)
+  in_group: dict[str, int] = {}
+  for task, n in num_examples.items():
+    in_group[group_of[task]] = in_group.get(group_of[task], 0) + n
+  weights = {}
+  for task, n in num_examples.items():
+    total = in_group[group_of[task]]
     task_cap = caps.get(benchmark_of.get(task, ""), cap)
-    weights[task] = float(min(n, task_cap))**(1.0 / temperature) if n > 0 else 0.0
+    weights[task] = float(min(total, task_cap))**(1.0 / temperature) * n / total if n > 0 else 0.0
   return _rescale(weights, benchmark_of, shares, fixed)
 
 
+def _groups(num_examples: Mapping[str, int], benchmark_of: Mapping[str, str],
+            groups: Mapping[str, str] | None) -> dict[str, str]:
+  """Each task's group (`examples_proportional`); a ValueError naming a group whose tasks are of two benchmarks
+  (a benchmark's share would then pay for another's)."""
+  group_of = {task: (" ", task) for task in num_examples}  # a task alone: a key no group name can equal
+  benchmark_of_group: dict[str, str] = {}
+  for task, group in (groups or {}).items():
+    if task not in num_examples:
+      continue
+    benchmark = benchmark_of.get(task, "")
+    if benchmark_of_group.setdefault(group, benchmark) != benchmark:
+      raise ValueError(f"group {group!r} has tasks of benchmarks {benchmark_of_group[group]!r} and {benchmark!r}: "
+                       "a group is one dataset's templates in one benchmark")
+    group_of[task] = ("", group)
+  return {task: repr(key) for task, key in group_of.items()}
+
+
 def uniform(num_examples: Mapping[str, int], benchmark_of: Mapping[str, str], shares: Mapping[str, float],
-            fixed: Collection[str] = ()) -> dict[str, float]:
-  """Every task with examples weighs the same within its benchmark; benchmark shares still apply."""
-  weights = {task: (1.0 if n > 0 else 0.0) for task, n in num_examples.items()}
+            fixed: Collection[str] = (), groups: Mapping[str, str] | None = None) -> dict[str, float]:
+  """Every task with examples weighs the same within its benchmark, a group of tasks (`examples_proportional`)
+  as one, split evenly over its tasks with examples; benchmark shares still apply."""
+  group_of = _groups(num_examples, benchmark_of, groups)
+  sizes: dict[str, int] = {}
+  for task, n in num_examples.items():
+    if n > 0:
+      sizes[group_of[task]] = sizes.get(group_of[task], 0) + 1
+  weights = {task: (1.0 / sizes[group_of[task]] if n > 0 else 0.0) for task, n in num_examples.items()}
   return _rescale(weights, benchmark_of, shares, fixed)

@@ -550,9 +550,10 @@ def mixture_rates(items: Sequence[str], shares: Mapping[str, float] | None = Non
     shares, fixed = {"all": 1.0}, ()
   else:
     benchmark_of = {n: e.benchmark for n, e in chosen.items()}
+  groups = catalog_lib.template_groups(chosen)
   if strategy == "uniform":
-    return rates.uniform(counts, benchmark_of, shares, fixed)
-  return rates.examples_proportional(counts, benchmark_of, shares, cap, temperature, fixed)
+    return rates.uniform(counts, benchmark_of, shares, fixed, groups=groups)
+  return rates.examples_proportional(counts, benchmark_of, shares, cap, temperature, fixed, groups=groups)
 
 
 def add_mixture(name: str, tasks_or_benchmarks: Sequence[str], shares: Mapping[str, float] | None = None,

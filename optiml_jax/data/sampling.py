@@ -67,9 +67,12 @@ def catalog_mixtures(bench: catalog_lib.Catalog) -> dict[str, dict[str, float]]:
   if not train:
     return {}
   shares, fixed = config_shares(bench)
-  entries = [e for e in bench.tasks if e.name in train]
-  uniform = rates.uniform({e.name: e.num_examples for e in entries}, {e.name: e.benchmark for e in entries}, shares,
-                          fixed)
+  entries = {e.name: e for e in bench.tasks if e.name in train}
+  uniform = rates.uniform({
+      n: e.num_examples for n, e in entries.items()
+  }, {
+      n: e.benchmark for n, e in entries.items()
+  }, shares, fixed, groups=catalog_lib.template_groups(entries))
   return {TRAIN_MIXTURE: train, TRAIN_MIXTURE_UNIFORM: uniform}
 
 

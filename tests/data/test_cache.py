@@ -375,3 +375,25 @@ def test_cli_builds_over_local_processes_and_reports(tmp_path, capsys, monkeypat
   assert not prism_starts
   with pytest.raises(SystemExit):  # argparse: a bad --shots is a usage error
     bench_cli.main(["cache", str(root / "catalog"), "--out", str(root / "cache"), "--shots", "x"])
+
+
+def test_left_out_training_instances_reach_the_fingerprint_and_shards_without_any_keep_theirs(built):
+  """`excluded_instances` (a later field) changes what a training shard holds: a shard of an entry that has some
+  is rebuilt, and every other shard a cache holds keeps the fingerprint it was built with."""
+  catalog_dir, cache_dir, _ = built
+  entry = catalog.load(catalog_dir).by_name()["sni:task001_toy_add_small"]
+  manifest = cache.read_manifest(cache_dir)
+  parts = lambda e: cache.fingerprint_parts(
+      e,
+      0,
+      cache.TRAIN_SPLIT,
+      manifest.vocabulary,
+      manifest.seed,  # pylint: disable=unnecessary-lambda-assignment
+      manifest.pool_size)
+  assert cache.incomplete(cache.shard_dir(cache_dir, entry.name, 0, cache.TRAIN_SPLIT), parts(entry)) is None
+  assert "excluded_instances" not in parts(entry)["entry"]
+  left_out = dataclasses.replace(entry, excluded_instances=(5,), num_examples=entry.num_examples - 1)
+  assert parts(left_out)["entry"]["excluded_instances"] == [5]
+  assert cache.fingerprint(left_out, 0, cache.TRAIN_SPLIT, manifest.vocabulary, manifest.seed,
+                           manifest.pool_size) != cache.fingerprint(entry, 0, cache.TRAIN_SPLIT, manifest.vocabulary,
+                                                                    manifest.seed, manifest.pool_size)

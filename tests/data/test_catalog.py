@@ -960,3 +960,66 @@ def test_the_sample_s_repeated_p3_lines_never_train_a_held_out_answer(shared_dir
   assert sum((i.input.strip(), i.targets[0].strip()) in held_out for i in window) == 14
   assert not any((i.input.strip(), i.targets[0].strip()) in held_out for i in trains)
   assert len(trains) == len(window) - 14
+
+
+def test_another_tasks_held_out_instance_is_left_out_of_a_training_stream(tmp_path):
+  """Tasks of one dataset render the same examples, not always in the same order: template B's line 7 is the
+  example template A holds out as its instance 1 (third level), so B does not train on it. B's own held-out
+  instances, and A's other lines, are untouched; the catalog records which line left and counts the rest."""
+  pair = lambda k: _words("pair", k)  # pylint: disable=unnecessary-lambda-assignment
+  a = make_task("promptsource", "mrpc_generate_paraphrase", 12, dataset="glue_mrpc",
+                texts=[f"Paraphrase the following sentence: {pair(k)}" for k in range(12)])
+  b_texts = [f"Are these the same? {_words('other', k)}" for k in range(12)]
+  b_texts[7] = f"Are these the same? {pair(1)}"
+  b = make_task("promptsource", "mrpc_equivalent", 12, dataset="glue_mrpc", texts=b_texts)
+  lone = make_task("sni", "task_lone", 12, categories=["Question Answering"], texts=[pair(k) for k in range(12)])
+  cat = catalog.build(_config(tmp_path), [a, b, lone], {})
+  entries = cat.by_name()
+  entry_a, entry_b = entries["promptsource:mrpc_generate_paraphrase"], entries["promptsource:mrpc_equivalent"]
+  assert (entry_b.role, entry_b.num_eval_instances, entry_b.excluded_instances, entry_b.num_examples) == ("train", 3,
+                                                                                                          (7,), 8)
+  assert [i.id for i in catalog.train_instances(entry_b, b)] == [f"mrpc_equivalent-{k}" for k in range(3, 12) if k != 7]
+  assert entry_a.excluded_instances == () and entry_a.num_examples == 9
+  # Another dataset's task (here one holding the same texts) is the 13-gram audit's business, not this rule's.
+  assert entries["sni:task_lone"].excluded_instances == ()
+  assert "another task's held-out instances: 1 in 1 task(s)" in catalog.summary(cat)
+  cat.save(tmp_path / "cat")
+  assert catalog.load(tmp_path / "cat").by_name()["promptsource:mrpc_equivalent"] == entry_b
+
+
+def test_the_sample_s_mrpc_templates_never_train_on_each_other_s_held_out_pairs(shared_dir):
+  """glue_mrpc_generate_paraphrase keeps only the positive pairs of MRPC, so its first 20 lines (held out) sit
+  further down in its sibling templates, whose own first 20 lines are other pairs: 11 of them were trained on."""
+  config = bench_config.load_config(BENCH_YAML)
+  folder = shared_dir / "data" / "p3" / "data_per_template"
+  tasks = [promptsource.read_task(p) for p in sorted(folder.glob("glue_mrpc_*.jsonl"))]
+  by_name = {t.name: t for t in tasks}
+  entries = catalog.build(config, tasks, {}).by_name()
+  paraphrase = "promptsource:glue_mrpc_generate_paraphrase"
+  held = [(i.input.split(":", 1)[1].strip(), i.targets[0])
+          for i in catalog.eval_instances(entries[paraphrase], by_name[paraphrase])]
+  siblings = [n for n, e in entries.items() if n != paraphrase and e.role == catalog.TRAIN]
+  assert len(held) == 20 and len(siblings) >= 4
+  for name in siblings:
+    window = list(by_name[name].instances())[20:]
+    trained = list(catalog.train_instances(entries[name], by_name[name]))
+    holds = lambda lines: sum(any(s1 in t.input and s2 in t.input for t in lines) for s1, s2 in held)  # pylint: disable=unnecessary-lambda-assignment,cell-var-from-loop
+    assert holds(window) == 11, name
+    assert holds(trained) == 0, name
+    assert len(trained) == len(window) - len(entries[name].excluded_instances)
+  assert catalog.template_groups(entries)[paraphrase] == "promptsource:glue/mrpc"
+
+
+def test_one_datasets_templates_share_the_sampling_cap(tmp_path):
+  """OPT-IML's PromptSource tasks are datasets with 5.7 prompts each: two templates of a dataset weigh one capped
+  task, where before each took the whole cap and the dataset's share grew with its number of templates."""
+  templates = [
+      dataclasses.replace(make_task("promptsource", f"mrpc_t{k}", 23, dataset="glue_mrpc"), template=f"t{k}")
+      for k in range(2)
+  ]
+  lone = make_task("promptsource", "other_t", 23, dataset="glue_mrpc_other")
+  entries = catalog.build(_config(tmp_path, {"rates.cap": 10}), [*templates, lone], {}).by_name()
+  rate = {n: e.rate for n, e in entries.items()}
+  assert entries["promptsource:mrpc_t0"].num_examples == 20  # 23 less 3 held out: each over the cap of 10
+  assert rate["promptsource:mrpc_t0"] == pytest.approx(rate["promptsource:mrpc_t1"])
+  assert rate["promptsource:mrpc_t0"] + rate["promptsource:mrpc_t1"] == pytest.approx(rate["promptsource:other_t"])

@@ -53,7 +53,7 @@ def test_template_grams_of_the_eval_task_are_ignored():
 
 
 def test_train_stream_is_chunked_and_counts_distinct_instances(monkeypatch):
-  monkeypatch.setattr(leakage, "_CHUNK", 3)
+  monkeypatch.setattr(leakage, "CHUNK", 3)
   eval_texts = {"e": [_text(0, 13), _text(500, 13)], "f": [_text(900, 13)]}
   train = [("t", [_text(0, 13)] * 5 + ["x"] * 4 + [_text(500, 13), _text(900, 13)])]
   found = {o.eval_task: o for o in leakage.audit(eval_texts, train, threshold=0.0)}
@@ -73,3 +73,23 @@ def test_resolve_policies(policy, expected):
 def test_unknown_policy():
   with pytest.raises(ValueError, match="unknown leakage policy 'drop_both'"):
     leakage.resolve([], "drop_both")
+
+
+def test_texts_hit_finds_lines_holding_another_tasks_instance_and_ignores_shared_text():
+  # Index: the held-out instances of two templates of one dataset. A line of template "a" that renders
+  # template "b"'s held-out example is a hit; its own held-out instances, text shared by two instances (a
+  # passage several questions ask about, the template) and short texts are not.
+  passage = _text(5000, 20, "p")
+  held = {
+      "a": [f"question one {passage} {_text(0, 15)}", f"question two {passage} {_text(100, 15)}"],
+      "b": [f"is it true {_text(200, 15)}", f"is it true {_text(300, 15)}", f"is it true {_text(400, 15)}"],
+  }
+  index = leakage.EvalIndex(held, instance_specific=True)
+  lines = [
+      f"question three {_text(300, 15)}",  # b's held-out instance 1, in a's wording: a hit
+      f"question four {passage} {_text(900, 15)}",  # a's passage with another question: shared text
+      f"question five {_text(0, 15)}",  # a's own held-out instance: not another task's
+      "question six short",
+  ]
+  assert index.texts_hit(lines, own_task="a").tolist() == [0]
+  assert index.texts_hit(lines).tolist() == [0, 2]  # no own task: every indexed task counts

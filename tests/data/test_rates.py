@@ -144,3 +144,45 @@ def test_per_benchmark_caps_replace_the_global_cap_for_their_tasks():
   assert plain["p_small"] / plain["p_mid"] == pytest.approx(0.1)
   with pytest.raises(ValueError, match="cap of benchmark 'sni' must be positive"):
     rates.examples_proportional(num, benchmark_of, shares, caps={"sni": 0})
+
+
+def test_one_datasets_templates_share_one_cap():
+  # OPT-IML counts a P3 dataset, all its prompts, as one task: 13 templates must not weigh 13 capped tasks.
+  num = {"cosmos_1": 5000, "cosmos_2": 5000, "cosmos_3": 2000, "app_1": 5000, "lone": 1000}
+  benchmark_of = {t: "promptsource" for t in num}
+  groups = {"cosmos_1": "cosmos", "cosmos_2": "cosmos", "cosmos_3": "cosmos", "app_1": "app"}
+  out = rates.examples_proportional(num, benchmark_of, {"promptsource": 1}, cap=4096, groups=groups)
+  assert out["cosmos_1"] + out["cosmos_2"] + out["cosmos_3"] == pytest.approx(out["app_1"])  # 4096 each
+  assert out["cosmos_1"] / out["cosmos_3"] == pytest.approx(5000 / 2000)  # split by examples inside the group
+  assert out["lone"] / out["app_1"] == pytest.approx(1000 / 4096)  # a task outside any group: as before
+  assert sum(out.values()) == pytest.approx(1.0)
+  # Under the cap a group weighs its examples: the same rates as without groups.
+  small = {t: n // 100 for t, n in num.items()}
+  assert rates.examples_proportional(small, benchmark_of, {"promptsource": 1}, groups=groups) == pytest.approx(
+      rates.examples_proportional(small, benchmark_of, {"promptsource": 1}))
+  # Uniform: a group is one task, split evenly over its templates with examples.
+  uniform = rates.uniform({**num, "cosmos_3": 0}, benchmark_of, {"promptsource": 1}, groups=groups)
+  assert uniform == pytest.approx({
+      "cosmos_1": 1 / 6,
+      "cosmos_2": 1 / 6,
+      "cosmos_3": 0.0,
+      "app_1": 1 / 3,
+      "lone": 1 / 3
+  })
+
+
+def test_a_group_across_benchmarks_is_refused():
+  with pytest.raises(ValueError, match="group 'x' has tasks of benchmarks 'sni' and 'flan'"):
+    rates.examples_proportional({
+        "a": 1,
+        "b": 2
+    }, {
+        "a": "sni",
+        "b": "flan"
+    }, {
+        "sni": 1,
+        "flan": 1
+    }, groups={
+        "a": "x",
+        "b": "x"
+    })
