@@ -22,7 +22,9 @@ process (printed before it starts, so any stage can be rerun by hand), with its 
 `--setting gpu` (the default where JAX finds an accelerator) is the measured run, ~10 minutes on one H200;
 `--setting cpu` is the same flow sized to finish in about half an hour on 2 cores, too short a tuning to
 read the claim from. A rerun reuses what is done: the converted model, a base evaluation made with the same
-settings, and a finished training run (the trainer resumes); the tuned evaluation is redone.
+settings, and the training run when it was started with the same command,
+base model files and data (`_train_once`: the trainer resumes it; OUT/model holding another run's steps stops the
+rerun, since the trainer would resume those and ignore the base model); the tuned evaluation is redone.
 
 The same run over two machines (--stage prepare, device, finish) moves files with `reproduction.bundle`; the claim
 table and the choice of tasks are `reproduction.claim`'s pure functions.
@@ -84,6 +86,36 @@ class ReproduceError(RuntimeError):
   """A stage failed; the message names it (exit status 1)."""
 
 
+EVAL_STAMP = "command.json"  # in an evaluation's folder: what it was made from (`_evaluate_once`)
+TRAINING_STAMP = "training.json"  # beside MODEL_DIR (OUT/, OUT/device/): what it was trained from (`_train_once`)
+HASHED_BYTES = 16 * 2**20  # `folder_fingerprint` reads files up to this size; larger ones (weights) by size and time
+# What a training record's fingerprints are of, as `_differences` names them.
+TRAINING_INPUTS = {
+    "base_model": "the base model's files",
+    "catalog_sha256": "the bench (catalog.json)",
+    "cache": "the training cache (the bundle's data)",
+}
+
+
+def folder_fingerprint(folder: pathlib.Path) -> dict[str, Any]:
+  """What `folder` holds, cheaply: {relative path: sha256} for its files up to HASHED_BYTES (a config.json, a
+  tokenizer, a tiny model's weights), {relative path: [size, mtime_ns]} for larger ones (a real model's weights: a
+  file rewritten in place shows without reading gigabytes)."""
+  out: dict[str, Any] = {}
+  for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    stat = path.stat()
+    name = path.relative_to(folder).as_posix()
+    out[name] = bundle_lib.file_sha256(path) if stat.st_size <= HASHED_BYTES else [stat.st_size, stat.st_mtime_ns]
+  return out
+
+
+def _read_stamp(path: pathlib.Path) -> Any:
+  try:
+    return json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, ValueError):
+    return None
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Stages.
 
@@ -142,13 +174,54 @@ def _chat_baseline(args: argparse.Namespace, base_model: pathlib.Path) -> bool:
 
 def _evaluate_once(stage: str, command: Sequence[str], out: pathlib.Path) -> None:
   """Runs the evaluation `command` into `out` unless `out` holds one made by the same command."""
-  stamp = out / "command.json"
+  stamp = out / EVAL_STAMP
   if ((out / report_lib.METRICS_FILE).is_file() and stamp.is_file() and
       json.loads(stamp.read_text(encoding="utf-8")) == list(command[1:])):
     print(f"reusing {out} (same model, tasks and settings)", flush=True)
     return
   _run(stage, command)
   stamp.write_text(json.dumps(list(command[1:])) + "\n", encoding="utf-8")
+
+
+def _train_once(command: Sequence[str], model_dir: pathlib.Path, inputs: Mapping[str, Any]) -> None:
+  """Runs the training `command` into `model_dir`, first recording beside it (TRAINING_STAMP) the command and
+  `inputs`, the fingerprints of what it trains from (the base model's files, the data). A `model_dir` that has step
+  folders already is resumed by the trainer, which then ignores INITIAL_CHECKPOINT_PATH: that is right for the same
+  training cut short (same record), and wrong for any other (another base model, command or data), so those stop here.
+
+  Raises:
+    ReproduceError: `model_dir` has steps and the record differs or is missing, naming what differs.
+  """
+  stamp_path = model_dir.parent / TRAINING_STAMP
+  stamp = {"command": list(command[1:]), **inputs}
+  if model_dir.is_dir() and any(p.is_dir() and p.name.isdigit() for p in model_dir.iterdir()):
+    differs = _differences(_read_stamp(stamp_path), stamp)
+    if differs:
+      raise ReproduceError(
+          f"training: {model_dir} holds the steps of another training run, which the trainer would resume instead "
+          f"of tuning the base model: {'; '.join(differs)}. Use a new --out, or remove {model_dir} to train again")
+    print(f"{model_dir}: the same training ({stamp_path}), resumed", flush=True)
+  model_dir.parent.mkdir(parents=True, exist_ok=True)
+  stamp_path.write_text(json.dumps(stamp) + "\n", encoding="utf-8")
+  _run("training", command)
+
+
+def _differences(before: Any, now: Mapping[str, Any]) -> list[str]:
+  """What differs between a training record and the one of this run, in words (nothing: the same)."""
+  if not isinstance(before, dict):
+    return ["no record of what it was trained from (its " + TRAINING_STAMP + " is missing or unreadable)"]
+  differs = []
+  for key, value in now.items():
+    if before.get(key) == value:
+      continue
+    if key == "command" and isinstance(before.get(key), list):
+      added = [a for a in value if a not in before[key]]
+      removed = [a for a in before[key] if a not in value]
+      differs.append(f"the training command ({', '.join(added) or 'nothing'} now; {', '.join(removed) or 'nothing'} "
+                     "before)")
+    else:
+      differs.append(TRAINING_INPUTS.get(key, key))
+  return differs
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -274,11 +347,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
   print(f"\n[4/5] instruction-tuning ({time.time() - started:.0f} s)", flush=True)
   model_dir = out / "model"
-  _run("training", [
+  train_command = [
       sys.executable, "-m", "optiml_jax.train", f"--gin_file={setting.gin_file}", f"--gin.MODEL_DIR={model_dir}",
       f"--gin.CATALOG_DIR={catalog_dir}", f"--gin.INITIAL_CHECKPOINT_PATH={base_model}",
       f"--gin.RunArgs.compilation_cache_dir={jax_cache}", *args.train_flag
-  ])
+  ]
+  catalog_sha256 = bundle_lib.file_sha256(catalog_dir / catalog_lib.CATALOG_FILE)
+  _train_once(train_command, model_dir, {
+      "base_model": folder_fingerprint(base_model),
+      "catalog_sha256": catalog_sha256
+  })
 
   print(f"\n[5/5] evaluating the tuned model against the base ({time.time() - started:.0f} s)", flush=True)
   report_dir = out / "report"
@@ -527,12 +605,16 @@ def device(args: argparse.Namespace) -> pathlib.Path:
 
   print(f"\n[3/4] instruction-tuning ({time.time() - started:.0f} s)", flush=True)
   model_dir = work / "model"
-  _run("training", [
+  train_command = [
       sys.executable, "-m", "optiml_jax.train", f"--gin_file={SETTINGS[info['setting']].gin_file}",
       f"--gin.MODEL_DIR={model_dir}", "--gin.CATALOG_DIR=None", f"--gin.CACHE_DIR={work / 'cache'}",
       f"--gin.INITIAL_CHECKPOINT_PATH={base_model}", f"--gin.RunArgs.compilation_cache_dir={work / 'jax_cache'}",
       *info["train_flags"], *args.train_flag
-  ])
+  ]
+  _train_once(train_command, model_dir, {
+      "base_model": folder_fingerprint(base_model),
+      "cache": folder_fingerprint(work / "cache")
+  })
   at = mark("training", at)
 
   print(f"\n[4/4] the tuned model's answers ({time.time() - started:.0f} s)", flush=True)

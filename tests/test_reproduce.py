@@ -4,6 +4,7 @@ same flow on the real SmolLM2-135M-Instruct over ../shared (slow)."""
 
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from optiml_jax import bench
 from optiml_jax import convert
 from optiml_jax import reproduce
 from optiml_jax.data import catalog as catalog_lib
+from optiml_jax.evaluation import report as report_lib
 from optiml_jax.models import llama
 from optiml_jax.models import llama_config
 from optiml_jax.reproduction import bundle as bundle_lib
@@ -195,6 +197,101 @@ def test_the_flow_over_two_machines_runs_the_model_without_tensorflow(tiny_base,
   report = json.loads((out / "report" / "metrics.json").read_text())
   assert report["model"]["answers"].endswith("tuned_answers") and report["baseline"]["model"]["label"] == "base"
   assert (out / "report" / "loss.png").is_file()
+
+
+class _FakeStages:
+  """Stands in for the stages' child processes (`reproduce._run`), recording each stage run: an evaluation writes its
+  metrics.json, training saves a step folder (as a run cut short, or finished, leaves), and the tuned evaluation or
+  answers stop the run there (exit status 1), before anything reads a report."""
+
+  def __init__(self, monkeypatch):
+    self.stages = []
+    monkeypatch.setattr(reproduce, "_run", self)
+
+  def __call__(self, stage, command):
+    self.stages.append(stage)
+    flags = dict(a.split("=", 1) for a in command if a.startswith("--gin.") and "=" in a)
+    if stage.startswith("base evaluation"):
+      pathlib.Path(flags["--gin.EVAL_OUTPUT_DIR"]).mkdir(parents=True, exist_ok=True)
+      (pathlib.Path(flags["--gin.EVAL_OUTPUT_DIR"]) / report_lib.METRICS_FILE).write_text("{}")
+    elif stage == "training":
+      (pathlib.Path(flags["--gin.MODEL_DIR"]) / "2").mkdir(parents=True, exist_ok=True)
+    elif stage in ("tuned evaluation", "tuned answers"):
+      raise reproduce.ReproduceError("stopped after training")
+
+  def run(self, argv):
+    """The stages `reproduce.main(argv)` ran, and its exit status."""
+    self.stages = []
+    return reproduce.main(argv), self.stages
+
+
+def test_a_rerun_resumes_its_own_training_and_refuses_another_runs_steps(tiny_base, tmp_path, monkeypatch, capsys):
+  # OUT/model with steps is resumed by the trainer, which then ignores INITIAL_CHECKPOINT_PATH: a rerun with another
+  # base model (or command, or data) would report the new base against a model tuned from the old one.
+  base, _, toy = tiny_base
+  out = tmp_path / "out"
+  other = tmp_path / "other_base"
+  shutil.copytree(base, other)
+  fake = _FakeStages(monkeypatch)
+  assert fake.run(_tiny_flags(
+      out, base, toy)) == (1, ["base evaluation", "base evaluation, chat template", "training", "tuned evaluation"])
+  # The same run again (as after one killed during training) resumes it.
+  assert fake.run(_tiny_flags(out, base, toy))[1] == ["training", "tuned evaluation"]
+  assert "the same training" in capsys.readouterr().out
+  model_dir = out.resolve() / "model"
+  for flags, what in ((_tiny_flags(out, other, toy), f"--gin.INITIAL_CHECKPOINT_PATH={other} now"),
+                      (_tiny_flags(out, base, toy) + ["--train_flag=--gin.TRAIN_STEPS=3"], "--gin.TRAIN_STEPS=3 now")):
+    code, stages = fake.run(flags)
+    error = capsys.readouterr().err
+    assert code == 1 and "training" not in stages, stages
+    assert f"{model_dir} holds the steps of another training run" in error and what in error, error
+    assert "Use a new --out, or remove" in error
+  # The base model rewritten in place: the same command, other weights.
+  config = json.loads((base / "config.json").read_text())
+  (base / "config.json").write_text(json.dumps({**config, "rope_theta": 5000.0}))
+  code, stages = fake.run(_tiny_flags(out, base, toy))
+  assert code == 1 and "training" not in stages and "the base model's files" in capsys.readouterr().err
+  # Steps without a record (an older version's run): refused too, since nothing says what they were trained from.
+  (out / reproduce.TRAINING_STAMP).unlink()
+  code, stages = fake.run(_tiny_flags(out, other, toy))
+  assert code == 1 and "training" not in stages and "no record of what it was trained from" in capsys.readouterr().err
+  # A new --out trains the other base model.
+  assert fake.run(_tiny_flags(tmp_path / "out2", other, toy))[1][-2:] == ["training", "tuned evaluation"]
+
+
+def test_the_device_stage_resumes_its_own_training_and_refuses_another_runs_steps(tiny_base, tmp_path, monkeypatch,
+                                                                                  capsys):
+  base, _, _ = tiny_base
+  other = tmp_path / "other_base"
+  shutil.copytree(base, other)
+
+  def bundle(folder, cache_text):
+    (folder / "cache").mkdir(parents=True)
+    (folder / "cache" / "shard.bin").write_text(cache_text)
+    (folder / "requests").mkdir()
+    bundle_lib.tar(folder / bundle_lib.BUNDLE_DATA, {"cache": folder / "cache", "requests": folder / "requests"})
+    info = {
+        "format_version": bundle_lib.BUNDLE_VERSION,
+        "setting": "cpu",
+        "sizes": reproduce.dataclasses.asdict(reproduce.SETTINGS["cpu"]),
+        "tasks": {},
+        "train_flags": [],
+        "model": None,
+    }
+    (folder / bundle_lib.BUNDLE_FILE).write_text(json.dumps(info))
+    return ["--stage", "device", "--bundle", str(folder), "--out", str(tmp_path / "device_out")]
+
+  first, changed = bundle(tmp_path / "bundle", "rows"), bundle(tmp_path / "bundle2", "other rows")
+  fake = _FakeStages(monkeypatch)
+  assert fake.run(first + ["--base_model", str(base)]) == (1, ["base answers", "training", "tuned answers"])
+  assert fake.run(first + ["--base_model", str(base)])[1] == ["base answers", "training", "tuned answers"]
+  for argv, what in ((first + ["--base_model", str(other)], f"--gin.INITIAL_CHECKPOINT_PATH={other.resolve()} now"),
+                     (changed + ["--base_model", str(base)], "the training cache")):
+    code, stages = fake.run(argv)
+    error = capsys.readouterr().err
+    assert code == 1 and "training" not in stages, stages
+    assert f"{tmp_path / 'device_out' / 'device' / 'model'} holds the steps of another training run" in error, error
+    assert what in error, error
 
 
 def test_the_chat_baseline_runs_only_where_the_base_model_has_a_chat_template(tmp_path, capsys):
