@@ -22,7 +22,7 @@ process (printed before it starts, so any stage can be rerun by hand), with its 
 `--setting gpu` (the default where JAX finds an accelerator) is the measured run, ~10 minutes on one H200;
 `--setting cpu` is the same flow sized to finish in about half an hour on 2 cores, too short a tuning to
 read the claim from. A rerun reuses what is done: the converted model, a base evaluation made with the same
-settings, and the training run when it was started with the same command,
+command, catalog and model files (`_evaluate_once`), and the training run when it was started with the same command,
 base model files and data (`_train_once`: the trainer resumes it; OUT/model holding another run's steps stops the
 rerun, since the trainer would resume those and ignore the base model); the tuned evaluation is redone.
 
@@ -172,15 +172,23 @@ def _chat_baseline(args: argparse.Namespace, base_model: pathlib.Path) -> bool:
   return False
 
 
-def _evaluate_once(stage: str, command: Sequence[str], out: pathlib.Path) -> None:
-  """Runs the evaluation `command` into `out` unless `out` holds one made by the same command."""
-  stamp = out / EVAL_STAMP
-  if ((out / report_lib.METRICS_FILE).is_file() and stamp.is_file() and
-      json.loads(stamp.read_text(encoding="utf-8")) == list(command[1:])):
-    print(f"reusing {out} (same model, tasks and settings)", flush=True)
+def _evaluate_once(stage: str, command: Sequence[str], out: pathlib.Path, catalog_dir: pathlib.Path,
+                   model: pathlib.Path) -> None:
+  """Runs the evaluation `command` into `out` unless `out` holds one made by the same command from the same
+  catalog (catalog.json's sha256) and model files (`folder_fingerprint`): the command names both by path only, and a
+  rebuilt bench or a model rewritten in place keeps the path. A stamp without them (an older version's) is not
+  the same: the evaluation is made again."""
+  stamp_path = out / EVAL_STAMP
+  stamp = {
+      "command": list(command[1:]),
+      "catalog_sha256": bundle_lib.file_sha256(catalog_dir / catalog_lib.CATALOG_FILE),
+      "model": folder_fingerprint(model),
+  }
+  if (out / report_lib.METRICS_FILE).is_file() and _read_stamp(stamp_path) == stamp:
+    print(f"reusing {out} (same model, catalog, tasks and settings)", flush=True)
     return
   _run(stage, command)
-  stamp.write_text(json.dumps(list(command[1:])) + "\n", encoding="utf-8")
+  stamp_path.write_text(json.dumps(stamp) + "\n", encoding="utf-8")
 
 
 def _train_once(command: Sequence[str], model_dir: pathlib.Path, inputs: Mapping[str, Any]) -> None:
@@ -336,14 +344,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   _evaluate_once(
       "base evaluation",
       _eval_command(base_model, out / "base", catalog_dir, names, setting, "base", compilation_cache=jax_cache),
-      out / "base")
+      out / "base", catalog_dir, base_model)
   chat = _chat_baseline(args, base_model)
   if chat:
     print(f"\n[3/5] the base model in its chat template ({time.time() - started:.0f} s)", flush=True)
     _evaluate_once(
         "base evaluation, chat template",
         _eval_command(base_model, out / CHAT_DIR, catalog_dir, names, setting, "base, chat", chat=True,
-                      compilation_cache=jax_cache), out / CHAT_DIR)
+                      compilation_cache=jax_cache), out / CHAT_DIR, catalog_dir, base_model)
 
   print(f"\n[4/5] instruction-tuning ({time.time() - started:.0f} s)", flush=True)
   model_dir = out / "model"

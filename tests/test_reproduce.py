@@ -132,7 +132,7 @@ def test_the_whole_flow_on_a_tiny_llama_writes_a_base_vs_tuned_report(tiny_base)
   _assert_trained(params, out / "model")
   # The base evaluations (and the tuned one, and training) share one compilation cache: compiled once per shape.
   for folder in ("base", reproduce.CHAT_DIR):
-    command = json.loads((out / folder / "command.json").read_text())
+    command = json.loads((out / folder / reproduce.EVAL_STAMP).read_text())["command"]
     assert f"--gin.evaluate.compilation_cache_dir='{out.resolve() / 'jax_cache'}'" in command, command
 
 
@@ -257,6 +257,31 @@ def test_a_rerun_resumes_its_own_training_and_refuses_another_runs_steps(tiny_ba
   assert code == 1 and "training" not in stages and "no record of what it was trained from" in capsys.readouterr().err
   # A new --out trains the other base model.
   assert fake.run(_tiny_flags(tmp_path / "out2", other, toy))[1][-2:] == ["training", "tuned evaluation"]
+
+
+def test_the_base_evaluation_is_reused_only_for_the_same_catalog_and_model_files(tiny_base, tmp_path, monkeypatch):
+  # The evaluation's command names OUT/catalog and the base model by path: a bench rebuilt from other data, or a
+  # model rewritten in place, keeps the command; its scores would be the old data's or the old model's.
+  base, _, toy = tiny_base
+  out = tmp_path / "out"
+  fake = _FakeStages(monkeypatch)
+  evaluations = ["base evaluation", "base evaluation, chat template"]
+  assert fake.run(_tiny_flags(out, base, toy))[1][:2] == evaluations
+  assert fake.run(_tiny_flags(out, base, toy))[1][:2] == ["training", "tuned evaluation"]  # reused
+  # The same tasks from another copy of the sources: the same evaluation command, another catalog.json.
+  shutil.copytree(toy, tmp_path / "toy_copy")
+  assert fake.run(_tiny_flags(out, base, tmp_path / "toy_copy"))[1][:2] == evaluations
+  # The base model's weights rewritten in place (same path, same size).
+  weights = base / "model.safetensors"
+  data = bytearray(weights.read_bytes())
+  data[-1] ^= 1
+  weights.write_bytes(bytes(data))
+  assert fake.run(_tiny_flags(out, base, tmp_path / "toy_copy"))[1][:2] == evaluations
+  # An older version's stamp (the command alone): evaluated again.
+  for folder in ("base", reproduce.CHAT_DIR):
+    stamp = out / folder / reproduce.EVAL_STAMP
+    stamp.write_text(json.dumps(json.loads(stamp.read_text())["command"]))
+  assert fake.run(_tiny_flags(out, base, tmp_path / "toy_copy"))[1][:2] == evaluations
 
 
 def test_the_device_stage_resumes_its_own_training_and_refuses_another_runs_steps(tiny_base, tmp_path, monkeypatch,
