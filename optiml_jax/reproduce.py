@@ -232,6 +232,17 @@ def _differences(before: Any, now: Mapping[str, Any]) -> list[str]:
   return differs
 
 
+def _positive_int(value: str) -> int:
+  """--tasks_per_level, --max_instances: a positive integer (argparse turns the error into a usage error, exit 2)."""
+  try:
+    number = int(value)
+  except ValueError:
+    number = 0
+  if number < 1:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+  return number
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="python -m optiml_jax.reproduce", description=__doc__.splitlines()[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -251,8 +262,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
       "--base_model", type=pathlib.Path,
       help="a Hugging Face folder (weights and tokenizer) to tune instead of SmolLM2; bind its "
       "model with --train_flag=--gin.model_config.preset=... when it is not SmolLM2-135M")
-  parser.add_argument("--tasks_per_level", type=int, help="override the setting's evaluated tasks per level")
-  parser.add_argument("--max_instances", type=int, help="override the setting's instances per task")
+  parser.add_argument("--tasks_per_level", type=_positive_int, help="override the setting's evaluated tasks per level")
+  parser.add_argument("--max_instances", type=_positive_int, help="override the setting's instances per task")
   parser.add_argument(
       "--stage", choices=("all", "prepare", "device", "finish"), default="all",
       help="all: every stage on this machine; prepare (here), device (on an accelerator without TensorFlow) and "
@@ -287,7 +298,9 @@ def _setting(args: argparse.Namespace, default: str | None = None) -> tuple[str,
   name = args.setting if args.setting != "auto" else (default or detect_setting())
   setting = dataclasses.replace(
       SETTINGS[name], **{
-          k: v for k, v in (("tasks_per_level", args.tasks_per_level), ("max_instances", args.max_instances)) if v
+          k: v
+          for k, v in (("tasks_per_level", args.tasks_per_level), ("max_instances", args.max_instances))
+          if v is not None
       })
   print(f"setting: {name} ({setting})", flush=True)
   return name, setting

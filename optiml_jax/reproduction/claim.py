@@ -35,7 +35,7 @@ def pick_tasks(bench_catalog: catalog_lib.Catalog, per_level: int) -> dict[str, 
   category, its benchmarks take turns (sorted), each benchmark's tasks in name order. A level thus covers both
   kinds whenever it has both, and as many categories and benchmarks as it can: with 3 tasks, two generation
   tasks of two categories and one multiple-choice task, rather than the first three categories' BIG-bench tasks.
-  Only tasks with evaluation instances count. Deterministic.
+  Only tasks with evaluation instances count. Deterministic. ValueError when `per_level` is not positive.
 
   Level 2 is held-out tasks of categories that are trained on, so a held-out task counts only when a training
   task of the mixture (rate > 0) has its category: in a sample of the sources, many of SNI's test tasks and
@@ -43,6 +43,8 @@ def pick_tasks(bench_catalog: catalog_lib.Catalog, per_level: int) -> dict[str, 
   Classification in ../shared/data), which would measure level 1 under level 2's name. Likewise level 3 counts
   only training tasks the mixture draws.
   """
+  if per_level < 1:  # a slice [:0] would evaluate nothing, and [:-1] all tasks but one
+    raise ValueError(f"pick_tasks: per_level must be positive, got {per_level}")
   trained = {e.category for e in bench_catalog.tasks if e.role == catalog_lib.TRAIN and e.rate > 0}
   by_level: dict[str, dict[str, dict[str, dict[str, list[str]]]]] = {level: {} for level in LEVELS}
   for entry in bench_catalog.tasks:

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from optiml_jax.data import catalog as catalog_lib
 from optiml_jax.reproduction import claim
 
@@ -31,6 +33,13 @@ def test_pick_tasks_spreads_each_level_over_its_categories():
       "held_out_instances": ["sni:t1"]
   }
   assert claim.task_names(picked) == ["sni:a1", "sni:b1", "sni:a2", "sni:c1", "sni:t1"]  # level by level
+
+
+def test_pick_tasks_refuses_a_count_that_is_not_positive():
+  tasks = [_entry("sni:a1", "A", catalog_lib.HELD_OUT_CATEGORY), _entry("sni:a2", "A", catalog_lib.HELD_OUT_CATEGORY)]
+  for per_level in (0, -1):  # -1 sliced [:-1], every task but the last
+    with pytest.raises(ValueError, match="per_level must be positive"):
+      claim.pick_tasks(catalog_lib.Catalog(tasks=tasks), per_level=per_level)
 
 
 def test_pick_tasks_gives_each_level_both_kinds_and_mixes_benchmarks():
