@@ -132,7 +132,8 @@ def claim_table(report: Mapping[str, Any], without_demonstrations: Collection[st
 
 def claim_markdown(table: Mapping[str, Any], shots: Sequence[str] = ("0", "5")) -> str:
   """The claim table as markdown: one row per level and metric, base / tuned / delta per shots; with the base's
-  chat-template scores (`claim_table`'s "chat"), also "base, chat" and the tuned model's delta against it."""
+  chat-template scores (`claim_table`'s "chat"), also "base, chat" and the tuned model's delta against it. The
+  metric's brackets count the tasks: "(2)", or "(2; 5-shot 1)" when the 5-shot cells cover fewer."""
   with_chat = any("chat" in c for kinds in table.values() for cells in kinds.values() for c in cells.values())
   columns = (("base", "base"), ("chat", "base, chat"), ("tuned", "tuned"), ("delta", "Δ"),
              ("delta_chat", "Δ chat")) if with_chat else (("base", "base"), ("tuned", "tuned"), ("delta", "Δ"))
@@ -143,14 +144,23 @@ def claim_markdown(table: Mapping[str, Any], shots: Sequence[str] = ("0", "5")) 
       cells = table.get(level, {}).get(kind)
       if not cells:
         continue
-      count = max(c["tasks"] for c in cells.values())
-      row = [level, f"{metric} ({count})"]
+      row = [level, f"{metric} ({_task_counts(cells, shots)})"]
       for k in shots:
         c = cells.get(k) or {}
         row += [("-" if c.get(key) is None else f"{c[key]:{'+' if key.startswith('delta') else ''}.1f}")
                 for key, _ in columns]
       lines.append("| " + " | ".join(row) + " |")
   return "\n".join(lines)
+
+
+def _task_counts(cells: Mapping[str, Any], shots: Sequence[str]) -> str:
+  """A row's task counts: "2" when every shots' cell covers as many tasks, else the first shots' count and each
+  other that differs, "2; 5-shot 1" (the 5-shot cells leave out the tasks without demonstrations)."""
+  counts = [(k, cells[k]["tasks"]) for k in shots if k in cells]
+  if not counts:
+    return str(max(c["tasks"] for c in cells.values()))
+  first = counts[0][1]
+  return str(first) + "".join(f"; {k}-shot {n}" for k, n in counts[1:] if n != first)
 
 
 def first_answer(prediction: str) -> str:
