@@ -201,6 +201,19 @@ def _check_layout(config: config_lib.TrainConfig, mesh: jax.sharding.Mesh) -> No
         f"{num_microbatches} microbatches whose rows divide over data x fsdp = {shards} devices")
 
 
+def restore_stream(stream: ResumableStream, state: Mapping[str, Any], step_folder: str) -> None:
+  """Puts `stream` at the data position a checkpoint saved; a ResumeError naming `step_folder` when the saved
+  position is of another stream (another RunArgs.seed, mixture, feature lengths, packing: the stream's `restore`
+  raises ValueError naming the fields that differ)."""
+  try:
+    stream.restore(state)
+  except ValueError as e:
+    raise runtime.ResumeError(
+        f"checkpoint {step_folder}: its data position cannot continue this run's data ({e}); resume with the "
+        "RunArgs.seed and DataArgs (mixture, feature lengths, packing) of the run that wrote it, or start a new "
+        "MODEL_DIR from it with INITIAL_CHECKPOINT_PATH (the data then restarts from the beginning)") from e
+
+
 def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
   """Trains as `config` says on batches from `make_stream(block_rows, block_index, block_count)`: the block of the
   global batch this process's devices hold (`runtime.process_row_block`; processes that share rows get the same
@@ -213,7 +226,8 @@ def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
   `RunArgs.train_steps`. Raises NonFiniteLossError (nan_policy="stop") naming the step, ConfigError when the
   batch cannot be laid out over these devices or when MODEL_DIR or a checkpoint's model does not fit the run
   (`trainer.preflight`, checked before anything is built), `checkpointing.UnrestorableCheckpointError` when the
-  checkpoint to resume from does not restore (see CheckpointArgs.on_bad_checkpoint) and
+  checkpoint to resume from does not restore (see CheckpointArgs.on_bad_checkpoint), `runtime.ResumeError` naming
+  the step folder when its data position is of another stream or process layout (`restore_stream`) and
   `checkpointing.CheckpointSaveError` naming the step and path when a save fails (CheckpointArgs.on_save_error).
   """
   data, ckpt_args, log_args, run_args = config.data, config.checkpoint, config.logging, config.run
@@ -241,7 +255,8 @@ def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
     if restored is not None:
       state, meta = restored
       state = dataclasses.replace(state, step=runtime.replicated_scalar(meta["step"], program.layout.shardings.step))
-      stream.restore(runtime.data_state_of_this_process(meta, model_dir, stream.state()))
+      restore_stream(stream, runtime.data_state_of_this_process(meta, model_dir, stream.state()),
+                     ckpt.step_path(meta["step"]))
       logging.info("resumed from %s at step %d", model_dir, meta["step"])
     else:
       state = state_lib.initial_state(model, program.tx, program.layout, mesh, seed=seed, seq_len=seq_len,

@@ -97,9 +97,10 @@ class SyntheticStream(Iterator[dict[str, np.ndarray]]):
 
   def restore(self, state: Mapping[str, Any]) -> None:
     """Continues after `state["batches_consumed"]` batches; refuses a state of a different stream."""
-    differing = sorted(k for k, v in self._config.items() if state.get(k) != v)
+    differing = sorted((k, v) for k, v in self._config.items() if state.get(k) != v)
     if differing:
-      raise ValueError(f"SyntheticStream.restore: state is from a different stream (fields {differing})")
+      details = ", ".join(f"{k}: saved {state.get(k)!r}, this stream {v!r}" for k, v in differing)
+      raise ValueError(f"synthetic stream state is from a different stream ({details})")
     self._position = int(state["batches_consumed"])
 
 

@@ -109,6 +109,20 @@ def test_a_tiny_llama_trains_resumes_exactly_and_starts_from_its_hugging_face_fo
   jax.tree_util.tree_map(np.testing.assert_array_equal, state.params, trained.params)
 
 
+def test_resuming_with_another_seed_is_a_resume_error_naming_the_step_folder_and_what_to_do(tmp_path):
+  # The stream's own refusal (a ValueError from `restore`) must reach train.py as the ResumeError it reports in one
+  # line with exit 1, not as a traceback.
+  _run_synthetic(tmp_path, save_every=100, stop_at_step=2)
+  config = _train_config(tmp_path, save_every=100)
+  with pytest.raises(runtime.ResumeError) as caught:
+    loop.run(config, synthetic.factory(SEQ_LEN, VOCAB, seed=1))
+  message = str(caught.value)
+  assert "\n" not in message
+  assert f"checkpoint {tmp_path}/2:" in message
+  assert "seed: saved 0, this stream 1" in message
+  assert "RunArgs.seed" in message and "INITIAL_CHECKPOINT_PATH" in message
+
+
 def test_rerunning_a_finished_run_does_nothing(tmp_path):
   _run_synthetic(tmp_path)
   again = _run_synthetic(tmp_path)
