@@ -24,7 +24,8 @@ process (printed before it starts, so any stage can be rerun by hand), with its 
 read the claim from. A rerun reuses what is done: the converted model, a base evaluation made with the same
 command, catalog and model files (`_evaluate_once`), and the training run when it was started with the same command,
 base model files and data (`_train_once`: the trainer resumes it; OUT/model holding another run's steps stops the
-rerun, since the trainer would resume those and ignore the base model); the tuned evaluation is redone.
+rerun after the bench, `_check_training`, since the trainer would resume those and ignore the base model); the
+tuned evaluation is redone.
 
 The same run over two machines (--stage prepare, device, finish) moves files with `reproduction.bundle`; the claim
 table and the choice of tasks are `reproduction.claim`'s pure functions.
@@ -191,11 +192,12 @@ def _evaluate_once(stage: str, command: Sequence[str], out: pathlib.Path, catalo
   stamp_path.write_text(json.dumps(stamp) + "\n", encoding="utf-8")
 
 
-def _train_once(command: Sequence[str], model_dir: pathlib.Path, inputs: Mapping[str, Any]) -> None:
-  """Runs the training `command` into `model_dir`, first recording beside it (TRAINING_STAMP) the command and
-  `inputs`, the fingerprints of what it trains from (the base model's files, the data). A `model_dir` that has step
-  folders already is resumed by the trainer, which then ignores INITIAL_CHECKPOINT_PATH: that is right for the same
-  training cut short (same record), and wrong for any other (another base model, command or data), so those stop here.
+def _check_training(command: Sequence[str], model_dir: pathlib.Path, inputs: Mapping[str, Any]) -> dict[str, Any]:
+  """The training record of `command` and `inputs`, the fingerprints of what it trains from (the base model's files,
+  the data), checked against the one beside `model_dir` (TRAINING_STAMP). A `model_dir` that has step folders
+  already is resumed by the trainer, which then ignores INITIAL_CHECKPOINT_PATH: that is right for the same training
+  cut short (the same record), and wrong for any other (another base model, command or data). Checked before the
+  stages that come first, so that a run refused here costs nothing and leaves the earlier results as they were.
 
   Raises:
     ReproduceError: `model_dir` has steps and the record differs or is missing, naming what differs.
@@ -208,6 +210,15 @@ def _train_once(command: Sequence[str], model_dir: pathlib.Path, inputs: Mapping
       raise ReproduceError(
           f"training: {model_dir} holds the steps of another training run, which the trainer would resume instead "
           f"of tuning the base model: {'; '.join(differs)}. Use a new --out, or remove {model_dir} to train again")
+  return stamp
+
+
+def _train_once(command: Sequence[str], model_dir: pathlib.Path, inputs: Mapping[str, Any]) -> None:
+  """Runs the training `command` into `model_dir` (`_check_training` first), recording beside it (TRAINING_STAMP)
+  what it trains from as it starts, so that a run cut short is resumed by the same command and by no other."""
+  stamp = _check_training(command, model_dir, inputs)
+  stamp_path = model_dir.parent / TRAINING_STAMP
+  if model_dir.is_dir() and any(p.is_dir() and p.name.isdigit() for p in model_dir.iterdir()):
     print(f"{model_dir}: the same training ({stamp_path}), resumed", flush=True)
   model_dir.parent.mkdir(parents=True, exist_ok=True)
   stamp_path.write_text(json.dumps(stamp) + "\n", encoding="utf-8")
@@ -351,8 +362,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   print(f"\n[2/5] the bench ({time.time() - started:.0f} s)", flush=True)
   bench_catalog, tasks, names = _bench(args, out, setting)
   catalog_dir = out / "catalog"
-
   jax_cache = out / "jax_cache"  # JAX's compiled programs, shared by the evaluations and the training run
+  model_dir = out / "model"
+  train_command = [
+      sys.executable, "-m", "optiml_jax.train", f"--gin_file={setting.gin_file}", f"--gin.MODEL_DIR={model_dir}",
+      f"--gin.CATALOG_DIR={catalog_dir}", f"--gin.INITIAL_CHECKPOINT_PATH={base_model}",
+      f"--gin.RunArgs.compilation_cache_dir={jax_cache}", *args.train_flag
+  ]
+  train_inputs = {
+      "base_model": folder_fingerprint(base_model),
+      "catalog_sha256": bundle_lib.file_sha256(catalog_dir / catalog_lib.CATALOG_FILE)
+  }
+  _check_training(train_command, model_dir, train_inputs)  # before the base is evaluated: a refused run costs nothing
+
   print(f"\n[3/5] evaluating the base model ({time.time() - started:.0f} s)", flush=True)
   _evaluate_once(
       "base evaluation",
@@ -367,17 +389,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       compilation_cache=jax_cache), out / CHAT_DIR, catalog_dir, base_model)
 
   print(f"\n[4/5] instruction-tuning ({time.time() - started:.0f} s)", flush=True)
-  model_dir = out / "model"
-  train_command = [
-      sys.executable, "-m", "optiml_jax.train", f"--gin_file={setting.gin_file}", f"--gin.MODEL_DIR={model_dir}",
-      f"--gin.CATALOG_DIR={catalog_dir}", f"--gin.INITIAL_CHECKPOINT_PATH={base_model}",
-      f"--gin.RunArgs.compilation_cache_dir={jax_cache}", *args.train_flag
-  ]
-  catalog_sha256 = bundle_lib.file_sha256(catalog_dir / catalog_lib.CATALOG_FILE)
-  _train_once(train_command, model_dir, {
-      "base_model": folder_fingerprint(base_model),
-      "catalog_sha256": catalog_sha256
-  })
+  _train_once(train_command, model_dir, train_inputs)
 
   print(f"\n[5/5] evaluating the tuned model against the base ({time.time() - started:.0f} s)", flush=True)
   report_dir = out / "report"
@@ -602,6 +614,15 @@ def device(args: argparse.Namespace) -> pathlib.Path:
     raise ReproduceError(f"{bundle}: the bundle carries no model (it was prepared with --base_model): pass "
                          "--base_model, the same model's folder on this machine")
   at = mark("model", started)
+  model_dir = work / "model"
+  train_command = [
+      sys.executable, "-m", "optiml_jax.train", f"--gin_file={SETTINGS[info['setting']].gin_file}",
+      f"--gin.MODEL_DIR={model_dir}", "--gin.CATALOG_DIR=None", f"--gin.CACHE_DIR={work / 'cache'}",
+      f"--gin.INITIAL_CHECKPOINT_PATH={base_model}", f"--gin.RunArgs.compilation_cache_dir={work / 'jax_cache'}",
+      *info["train_flags"], *args.train_flag
+  ]
+  train_inputs = {"base_model": folder_fingerprint(base_model), "cache": folder_fingerprint(work / "cache")}
+  _check_training(train_command, model_dir, train_inputs)  # before the base's answers: a refused run costs nothing
   answer_flags = [
       "--dtype", sizes["dtype"], "--batch_size",
       str(sizes["batch_size"]), f"--compilation_cache_dir={work / 'jax_cache'}"
@@ -625,17 +646,7 @@ def device(args: argparse.Namespace) -> pathlib.Path:
     at = mark(CHAT_ANSWERS, at)
 
   print(f"\n[3/4] instruction-tuning ({time.time() - started:.0f} s)", flush=True)
-  model_dir = work / "model"
-  train_command = [
-      sys.executable, "-m", "optiml_jax.train", f"--gin_file={SETTINGS[info['setting']].gin_file}",
-      f"--gin.MODEL_DIR={model_dir}", "--gin.CATALOG_DIR=None", f"--gin.CACHE_DIR={work / 'cache'}",
-      f"--gin.INITIAL_CHECKPOINT_PATH={base_model}", f"--gin.RunArgs.compilation_cache_dir={work / 'jax_cache'}",
-      *info["train_flags"], *args.train_flag
-  ]
-  _train_once(train_command, model_dir, {
-      "base_model": folder_fingerprint(base_model),
-      "cache": folder_fingerprint(work / "cache")
-  })
+  _train_once(train_command, model_dir, train_inputs)
   at = mark("training", at)
 
   print(f"\n[4/4] the tuned model's answers ({time.time() - started:.0f} s)", flush=True)

@@ -201,11 +201,12 @@ def test_the_flow_over_two_machines_runs_the_model_without_tensorflow(tiny_base,
 
 class _FakeStages:
   """Stands in for the stages' child processes (`reproduce._run`), recording each stage run: an evaluation writes its
-  metrics.json, training saves a step folder (as a run cut short, or finished, leaves), and the tuned evaluation or
-  answers stop the run there (exit status 1), before anything reads a report."""
+  metrics.json, training saves a step folder (as a run cut short, or finished, leaves; with `steps`), and the tuned
+  evaluation or answers stop the run there (exit status 1), before anything reads a report."""
 
-  def __init__(self, monkeypatch):
+  def __init__(self, monkeypatch, steps=True):
     self.stages = []
+    self.steps = steps
     monkeypatch.setattr(reproduce, "_run", self)
 
   def __call__(self, stage, command):
@@ -214,7 +215,7 @@ class _FakeStages:
     if stage.startswith("base evaluation"):
       pathlib.Path(flags["--gin.EVAL_OUTPUT_DIR"]).mkdir(parents=True, exist_ok=True)
       (pathlib.Path(flags["--gin.EVAL_OUTPUT_DIR"]) / report_lib.METRICS_FILE).write_text("{}")
-    elif stage == "training":
+    elif stage == "training" and self.steps:
       (pathlib.Path(flags["--gin.MODEL_DIR"]) / "2").mkdir(parents=True, exist_ok=True)
     elif stage in ("tuned evaluation", "tuned answers"):
       raise reproduce.ReproduceError("stopped after training")
@@ -243,18 +244,18 @@ def test_a_rerun_resumes_its_own_training_and_refuses_another_runs_steps(tiny_ba
                       (_tiny_flags(out, base, toy) + ["--train_flag=--gin.TRAIN_STEPS=3"], "--gin.TRAIN_STEPS=3 now")):
     code, stages = fake.run(flags)
     error = capsys.readouterr().err
-    assert code == 1 and "training" not in stages, stages
+    assert code == 1 and not stages, stages  # stopped before the base evaluation: OUT/base is left as it was
     assert f"{model_dir} holds the steps of another training run" in error and what in error, error
     assert "Use a new --out, or remove" in error
   # The base model rewritten in place: the same command, other weights.
   config = json.loads((base / "config.json").read_text())
   (base / "config.json").write_text(json.dumps({**config, "rope_theta": 5000.0}))
   code, stages = fake.run(_tiny_flags(out, base, toy))
-  assert code == 1 and "training" not in stages and "the base model's files" in capsys.readouterr().err
+  assert code == 1 and not stages and "the base model's files" in capsys.readouterr().err
   # Steps without a record (an older version's run): refused too, since nothing says what they were trained from.
   (out / reproduce.TRAINING_STAMP).unlink()
   code, stages = fake.run(_tiny_flags(out, other, toy))
-  assert code == 1 and "training" not in stages and "no record of what it was trained from" in capsys.readouterr().err
+  assert code == 1 and not stages and "no record of what it was trained from" in capsys.readouterr().err
   # A new --out trains the other base model.
   assert fake.run(_tiny_flags(tmp_path / "out2", other, toy))[1][-2:] == ["training", "tuned evaluation"]
 
@@ -264,7 +265,7 @@ def test_the_base_evaluation_is_reused_only_for_the_same_catalog_and_model_files
   # model rewritten in place, keeps the command; its scores would be the old data's or the old model's.
   base, _, toy = tiny_base
   out = tmp_path / "out"
-  fake = _FakeStages(monkeypatch)
+  fake = _FakeStages(monkeypatch, steps=False)  # no training steps, which would stop a run with another catalog
   evaluations = ["base evaluation", "base evaluation, chat template"]
   assert fake.run(_tiny_flags(out, base, toy))[1][:2] == evaluations
   assert fake.run(_tiny_flags(out, base, toy))[1][:2] == ["training", "tuned evaluation"]  # reused
@@ -314,7 +315,7 @@ def test_the_device_stage_resumes_its_own_training_and_refuses_another_runs_step
                      (changed + ["--base_model", str(base)], "the training cache")):
     code, stages = fake.run(argv)
     error = capsys.readouterr().err
-    assert code == 1 and "training" not in stages, stages
+    assert code == 1 and not stages, stages  # stopped before the base's answers
     assert f"{tmp_path / 'device_out' / 'device' / 'model'} holds the steps of another training run" in error, error
     assert what in error, error
 
