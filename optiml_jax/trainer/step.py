@@ -6,7 +6,9 @@ decoder-only call signature, the optimizer any optax transformation.
 
 Loss = (sum over tokens of cross-entropy x decoder_loss_weights) / (sum of decoder_loss_weights), over the
 whole global batch: with `num_microbatches > 1` the sums are accumulated over microbatches and divided once,
-so the update equals the one a single large batch would give.
+so the update equals the one a single large batch would give. Microbatch m takes rows m, m + M, m + 2M, ...
+(`_split_microbatches`), so each stays spread over every device that holds the batch: no activations move
+between devices inside the accumulation loop.
 
 Instruction tuning puts loss on target tokens only, a small share of a packed row. With `lm_head_positions=k`
 the LM head (the float32 logits over 50272 ids) runs only at the first k weighted positions of each row,
@@ -103,11 +105,19 @@ def loss_sums(params: Any, batch: Batch, model: nn.Module, dropout_rng: jax.Arra
 
 
 def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
+  """[B, ...] -> [M, B / M, ...], strided: microbatch m holds rows m, m + M, m + 2M, ...
+
+  The global batch is laid out over data x fsdp in contiguous blocks of rows, so a strided microbatch takes the
+  same number of rows from every device's block and stays on all of them: the scan slices each device's own rows.
+  A contiguous split (rows m*B/M .. (m+1)*B/M) would put each microbatch on a subset of the devices and make XLA
+  move activations and logits between them in every scan iteration. The loss and gradients are sums over all
+  rows either way; only which rows share a pass (and so a dropout key) differs.
+  """
 
   def split(x):
     if x.shape[0] % num_microbatches:
       raise ValueError(f"batch size {x.shape[0]} is not divisible by num_microbatches={num_microbatches}")
-    return x.reshape((num_microbatches, x.shape[0] // num_microbatches) + x.shape[1:])
+    return x.reshape((x.shape[0] // num_microbatches, num_microbatches) + x.shape[1:]).swapaxes(0, 1)
 
   return {k: split(v) for k, v in batch.items()}
 
