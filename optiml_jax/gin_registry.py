@@ -6,13 +6,16 @@ registers each configurable once; library modules never import gin. Registered h
   model_config          a model config of any family from a preset with fields replaced (`ModelArgs.config`,
                         `evaluate.model`; bound in gin/models/*.gin): `model_config.preset = 'smollm2-135m'`;
   opt_model             the same for OPT presets with OPT's field names listed (gin files written before the
-                        Llama family came; `model_config` takes them too);
+                        Llama family came, with `ModelArgs.config = @opt_model()`; `model_config` takes the
+                        same fields, and is what every shipped gin file refers to);
   DataArgs, ModelArgs, OptimizerArgs, PartitioningArgs, CheckpointArgs, LoggingArgs, RunArgs
                         the groups of `trainer.config.TrainConfig`, under their class names.
 
 `configure_training(gin_files, bindings)` parses the files, checks that every required value is bound (every
 missing macro or field in one message, before anything is built), then builds each group (each checks its own
-fields) and the TrainConfig (which checks what spans groups). Every failure is a GinConfigError whose message
+fields) and the TrainConfig (which checks what spans groups), then checks that every configurable bound was called
+while building it (`check_bindings_are_read`: gin drops the bindings of a configurable nothing refers to, such as
+`opt_model.*` when ModelArgs.config is `@model_config()`). Every failure is a GinConfigError whose message
 names the binding, and the macro behind it when there is one.
 """
 
@@ -114,6 +117,66 @@ def train_config() -> config_lib.TrainConfig:
     raise gin_utils.GinConfigError(f"gin configuration: {e}") from e
 
 
+# Configurables of the model config: a binding of the one ModelArgs.config does not refer to is named with the other.
+MODEL_CONFIGURABLES = ("model_config", "opt_model")
+
+
+def _short(selector: str) -> str:
+  return selector.rsplit(".", 1)[-1]
+
+
+def _reads(binding_scope: str, call_scope: str) -> bool:
+  """Whether a call under `call_scope` reads bindings made under `binding_scope` (gin: the call's scope prefixes)."""
+  return not binding_scope or call_scope == binding_scope or call_scope.startswith(binding_scope + "/")
+
+
+def unread_bindings() -> dict[str, list[str]] | None:
+  """The bound parameters (`scope/name.param`) of every configurable that the calls made so far never read, by
+  configurable name; macros are left to `gin_utils.check_macros_are_used`. None when this gin release keeps its
+  bindings or its record of calls elsewhere (then nothing can be said)."""
+  bound, called = getattr(gin.config, "_CONFIG", None), getattr(gin.config, "_OPERATIVE_CONFIG", None)
+  if not isinstance(bound, dict) or not isinstance(called, dict):
+    return None
+  calls = [key for key in called if isinstance(key, tuple) and len(key) == 2]
+  unread: dict[str, list[str]] = {}
+  for key, params in bound.items():
+    if not isinstance(key, tuple) or len(key) != 2 or key[1] in ("gin.macro", "gin.constant"):
+      continue
+    scope, selector = key
+    if any(sel == selector and _reads(scope, call_scope) for call_scope, sel in calls):
+      continue
+    name = (f"{scope}/" if scope else "") + _short(selector)
+    unread.setdefault(name, []).extend(f"{name}.{param}" for param in params)
+  return unread
+
+
+def check_bindings_are_read() -> None:
+  """Raises GinConfigError when a binding was made of a configurable that building the TrainConfig never called:
+  gin would drop it silently (e.g. `opt_model.dropout` while ModelArgs.config is `@model_config()`). Call after
+  `train_config()`: a training run calls every configurable it uses while its config is built (the library
+  itself never reads gin)."""
+  unread = unread_bindings()
+  if not unread:
+    return
+  try:
+    model_ref = gin.query_parameter("ModelArgs.config")
+  except ValueError:
+    model_ref = None
+  used_model = (model_ref.configurable.name if isinstance(model_ref, gin.config.ConfigurableReference) else None)
+  problems = []
+  for name, params in unread.items():
+    shown = ", ".join(params)
+    if name in MODEL_CONFIGURABLES and used_model in MODEL_CONFIGURABLES:
+      instead = ", ".join(f"{used_model}.{p.split('.', 1)[1]}" for p in params)
+      problems.append(f"{shown}: this run never calls {name} (ModelArgs.config = @{used_model}()), so the "
+                      f"binding would be ignored; bind {instead} instead (or set ModelArgs.config = @{name}())")
+    else:
+      problems.append(f"{shown}: this run never calls {name} (no binding it reads refers to @{name}), so the "
+                      f"binding would be ignored; remove it, or bind what the run reads (the groups "
+                      f"{', '.join(cls.__name__ for _, cls in config_lib.GROUPS)} and what they refer to)")
+  raise gin_utils.GinConfigError("gin configuration: " + "; ".join(problems))
+
+
 def _moved_from_train(message: str) -> str:
   """For a binding of the former `train` configurable: 'train.X is now Group.X' (else '')."""
   match = re.search(r"\btrain\.(\w+)\s*=", message)
@@ -140,4 +203,6 @@ def configure_training(gin_files: Sequence[str], bindings: Sequence[str] = (), s
       raise gin_utils.GinConfigError(f"{e}\n  {hint}") from e
     raise
   check_training_bindings(required_macros)
-  return train_config()
+  config = train_config()
+  check_bindings_are_read()
+  return config

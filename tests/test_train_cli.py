@@ -174,11 +174,30 @@ def test_unknown_binding_exits_2_naming_it_before_anything_is_built(tmp_path):
         (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.BATCHSIZE=2"], "did you mean BATCH_SIZE?"),
         (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin_bindings=NOT_A_MACRO = 3"
          ], "macro NOT_A_MACRO is set by a binding"),
+        # A binding of a configurable the run never calls would be dropped by gin: named, with what to bind.
+        (["--gin.MODEL_DIR=/runs/x", "--gin.CATALOG_DIR=/c", "--gin.opt_model.dropout=0.3"
+         ], "opt_model.dropout: this run never calls opt_model (ModelArgs.config = @model_config()), so the binding "
+         "would be ignored; bind model_config.dropout instead"),
     ])
 def test_configuration_errors_exit_2_naming_the_binding(flags, message, capsys):
   assert train_entry.main(["--gin_file=quickstart.gin", *flags]) == 2
   err = capsys.readouterr().err
   assert message in err, err
+
+
+def test_opt_model_bindings_reach_the_model_of_a_file_that_refers_to_it_and_model_config_ones_are_refused(tmp_path):
+  # A run file written before the Llama family: the model from `@opt_model()`, bound under opt_model.
+  text = (GIN_DIR / "quickstart.gin").read_text(encoding="utf-8")
+  text = text.replace("include 'models/opt_tiny.gin'", "opt_model.preset = 'tiny'\nopt_model.dropout = 0.3")
+  old_style = tmp_path / "old_style.gin"
+  old_style.write_text(text.replace("@model_config()", "@opt_model()"), encoding="utf-8")
+  config = _configure([str(old_style)], PATHS[:2])
+  assert (config.model.config.num_hidden_layers, config.model.config.dropout) == (2, 0.3)
+  gin.clear_config()
+  with pytest.raises(
+      gin_utils.GinConfigError, match=r"model_config.dropout: this run never calls model_config "
+      r"\(ModelArgs.config = @opt_model\(\)\).*bind opt_model.dropout instead"):
+    _configure([str(old_style)], PATHS[:2] + ["--gin.model_config.dropout=0.1"])
 
 
 def test_a_gin_file_with_an_unclosed_bracket_exits_2_naming_it(tmp_path, capsys):
