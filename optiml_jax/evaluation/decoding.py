@@ -23,6 +23,10 @@ A worked example, two right-padded prompts (0 = padding), `max_new_tokens` 3, ca
   tokens   [[a0, a1, a2], [b0, b1, b2]]; an example stops at an EOS (later entries are the first EOS id),
            and the loop ends as soon as every example has stopped. Padding is known from `lengths`, never
            from its id (0 is a real token in some vocabularies).
+
+A partial batch is filled up to its bucket's row count with padding rows of length 0: they start stopped, so the
+loop ends when the real prompts have, not when a padding row happens to emit an EOS (up to `max_new_tokens`
+wasted steps otherwise).
 """
 
 from __future__ import annotations
@@ -64,7 +68,8 @@ def greedy_generate(model: nn.Module, params: Any, prompts: Array, lengths: Arra
     params: its parameters.
     prompts: [batch, prompt_length] int32, each prompt left-aligned and padded with anything after
       `lengths[b]` tokens (padding is never attended by the real tokens: attention is causal).
-    lengths: [batch] int32 prompt lengths, each >= 1.
+    lengths: [batch] int32 prompt lengths, each >= 1 for a real prompt; 0 marks a padding row, which is done
+      from the start (its tokens are all the first EOS id, and it never keeps the loop running).
     cache_length: cache slots; at least prompt_length and max(lengths) + max_new_tokens - 1, and at most
       the model's context (positions beyond it have no embedding).
     max_new_tokens: tokens to generate at most (>= 1).
@@ -81,10 +86,12 @@ def greedy_generate(model: nn.Module, params: Any, prompts: Array, lengths: Arra
     return jnp.any(token[..., None] == eos, axis=-1)
 
   batch = prompts.shape[0]
+  padding = lengths < 1
+  lengths = jnp.maximum(lengths, 1)  # a padding row is run as a 1-token prompt and ignored
   logits, variables = model.apply({"params": params}, prompts, enable_dropout=False, prefill=True,
                                   max_decode_length=cache_length, prefill_lengths=lengths, mutable=["cache"])
   first = jnp.argmax(logits[jnp.arange(batch), lengths - 1], axis=-1).astype(jnp.int32)
-  first = jnp.where(is_eos(first), fill, first)
+  first = jnp.where(padding | is_eos(first), fill, first)
   tokens = jnp.full((batch, max_new_tokens), fill, jnp.int32).at[:, 0].set(first)
   done = first == fill
 
@@ -175,7 +182,8 @@ def greedy_decode(model: nn.Module, params: Any, prompt_tokens: Sequence[batchin
     length = batching.bucket_for(max(p.size for p in members), buckets)
     size = batching.padded_batch_rows(len(batch), batch_size, multiple)
     tokens = batching.pad_rows(members, size, length, np.int32)
-    lengths = batching.pad_rows([[p.size] for p in members], size, 1, np.int32, fill=1)[:, 0]
+    # Padding rows have length 0: greedy_generate starts them done.
+    lengths = batching.pad_rows([[p.size] for p in members], size, 1, np.int32, fill=0)[:, 0]
     # Slots: the longest prompt (<= limit) plus every new token but the last, which is never fed back.
     return step(params, batching.to_device(tokens, mesh), batching.to_device(lengths, mesh),
                 cache_length=length + max_new_tokens - 1, max_new_tokens=max_new_tokens, eos_id=eos)

@@ -130,6 +130,42 @@ def test_greedy_decode_equals_transformers_generate(hf_and_flax):
   assert (stats.examples, stats.truncated) == (5, 0)
 
 
+class _CountingDecodeSteps:
+  """The model, counting the decode steps (calls with decode=True) that a jitted greedy decoding runs."""
+
+  def __init__(self, model):
+    self.model, self.config, self.steps = model, model.config, []
+
+  def apply(self, *args, **kwargs):
+    if kwargs.get("decode"):
+      jax.debug.callback(lambda: self.steps.append(1))
+    return self.model.apply(*args, **kwargs)
+
+
+def test_padding_rows_of_a_partial_batch_do_not_keep_decoding_running(hf_and_flax):
+  """5 prompts in a batch of 8 rows: the 3 padding rows start done, so a batch whose prompts all stop at their
+  first token runs no decode step (it ran until a padding row emitted an EOS, up to max_new_tokens)."""
+  _, model, params = hf_and_flax
+  prompts, _ = _random_examples(5, [3, 11, 6, 8, 2, 5, 7, 4], [[]] * 8)
+  firsts = [t[0] for t in inference.greedy_decode(model, params, prompts, max_new_tokens=1, eos_id=-1)]
+  # What a padding row (token 0, run as a 1-token prompt) would emit first: never an EOS here.
+  padding_first = int(
+      np.argmax(model.apply({"params": params}, np.zeros((1, 1), np.int32), enable_dropout=False)[0, -1]))
+  eos = tuple(sorted(set(firsts) - {padding_first}))
+  assert eos, "the random prompts all start like a padding row; pick another seed"
+  stopping = [p for p, first in zip(prompts, firsts) if first in eos]
+  counting = _CountingDecodeSteps(model)
+  batch = (stopping * 5)[:5]
+  assert batching.padded_batch_rows(len(batch), 8) == 8
+  outputs = inference.greedy_decode(counting, params, batch, max_new_tokens=30, eos_id=eos, batch_size=8)
+  jax.effects_barrier()
+  assert outputs == [[]] * 5
+  assert len(counting.steps) == 0
+  # Real rows' outputs do not depend on the padding rows beside them.
+  alone = [inference.greedy_decode(model, params, [p], max_new_tokens=7, batch_size=1)[0] for p in prompts[:5]]
+  assert inference.greedy_decode(model, params, prompts[:5], max_new_tokens=7, batch_size=8) == alone
+
+
 @pytest.mark.parametrize("share_prompts", [True, False])
 def test_long_prompts_are_left_truncated_and_counted(hf_and_flax, share_prompts):
   hf_model, model, params = hf_and_flax
