@@ -17,7 +17,8 @@ folder records each as it is written: rerunning the command after an interruptio
 
 Exit status: 0 when every request is answered; 1 when the checkpoint cannot be read; 2 when the requests folder,
 the answers folder or a setting cannot be used (the message names it; --out is checked before any model is read:
-a file, the requests folder itself, or a folder holding another model's answers is refused).
+a file, the requests folder itself, or a folder holding another model's answers is refused; and so, before its
+params are read, is a model whose config's vocab_size cannot embed the requests' token ids).
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ def run(args: argparse.Namespace) -> dict:
   if args.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", args.compilation_cache_dir)
   overrides = {"dtype": args.dtype} if args.dtype else {}
+  # A model that cannot embed the requests' ids would answer with NaN scores: refused before its params are read.
+  config = loading.load_config(checkpoint, overrides=overrides, missing_config_hint=MISSING_CONFIG_HINT)
+  requests.check_vocab_covers(args.requests_dir, config.vocab_size, f"--checkpoint {checkpoint.path} (its config)")
   config, params = loading.load_checkpoint(checkpoint, overrides=overrides, missing_config_hint=MISSING_CONFIG_HINT)
   mesh = partitioning.make_mesh(*_mesh_shape(args.mesh_shape))
   scorer = inference.Scorer(config, params, mesh=mesh, batch_size=args.batch_size, max_length=args.max_length,

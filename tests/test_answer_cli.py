@@ -222,6 +222,35 @@ def test_unusable_out_folders_exit_2_before_any_model_is_read(setup, tmp_path, c
   assert sorted(p.name for p in recorded.iterdir()) == [requests.REQUESTS_FILE]
 
 
+def test_a_model_that_cannot_embed_the_requests_ids_exits_2_before_its_params_are_read(
+    setup, tmp_path, capsys, monkeypatch):
+  """Requests of OPT's tokenizer (ids up to 50k) answered by a 512-row model gave NaN scores and exit 0."""
+  recorded = tmp_path / "recorded"
+  assert _eval(setup, recorded, setup / "base", "--gin.TASKS=['sni:task031_toy_entail_place']", "--gin.SHOTS=[0]",
+               "--gin.evaluate.record_requests=True") == 0
+  small = opt.OPTConfig.preset("tiny", dropout=0.0, vocab_size=512)
+  params = jax.device_get(opt.OPT(small).init(jax.random.PRNGKey(3), jnp.ones((1, 4), jnp.int32))["params"])
+  convert.save_hf(small, params, tmp_path / "small_vocab")
+  largest, _ = requests.largest_token_id(recorded / "requests")
+  assert largest >= 512
+  from optiml_jax.checkpoints import loading  # pylint: disable=g-import-not-at-top
+
+  def no_params(*args, **kwargs):
+    raise AssertionError("the params were read")
+
+  monkeypatch.setattr(loading, "load_checkpoint", no_params)
+  out = tmp_path / "answers"
+  code = answer.main(
+      [str(recorded / "requests"), "--checkpoint",
+       str(tmp_path / "small_vocab"), "--out",
+       str(out), "--no_progress"])
+  err = capsys.readouterr().err
+  assert code == 2, err
+  assert f"--checkpoint {tmp_path / 'small_vocab'}" in err and str(recorded / "requests") in err, err
+  assert "vocab_size 512 cannot embed" in err and f"go up to {largest}" in err, err
+  assert not (out / requests.ANSWERS_FILE).exists()
+
+
 def test_a_checkpoint_without_config_json_is_told_what_to_do_on_this_command_line(setup, tmp_path, capsys):
   step = tmp_path / "run" / "7"
   _, params = convert.load_hf(setup / "base")

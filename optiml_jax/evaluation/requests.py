@@ -191,6 +191,7 @@ def _read_npz(path: pathlib.Path, names: Sequence[str]) -> dict[str, np.ndarray]
 
 
 REQUEST_ARRAYS = {SCORE: ("inputs", "targets", "weights", "lengths", "groups"), PREDICT: ("prompts", "lengths")}
+TOKEN_ARRAYS = ("inputs", "targets", "prompts")  # the arrays of token ids a model embeds or scores
 
 
 def copy_tokenizer(source: Path | None, target: Path) -> list[str]:
@@ -295,6 +296,34 @@ def load_request(requests_dir: Path, key: str, entry: Mapping[str, Any]) -> Requ
   return request
 
 
+def largest_token_id(requests_dir: Path) -> tuple[int, str] | None:
+  """(the largest token id the recorded requests feed or score, the digest of a request holding it); None when
+  they hold no token. Reads every request's token arrays (not its digest: `load_request` checks that)."""
+  index = _read_json(pathlib.Path(requests_dir) / REQUESTS_FILE, "a requests folder")["requests"]
+  largest: tuple[int, str] | None = None
+  for key in sorted(index):
+    kind = index[key].get("kind")
+    if kind not in REQUEST_ARRAYS:
+      raise RequestsError(f"{requests_dir}/{REQUESTS_FILE}: request {key} has kind {kind!r}, expected {SCORE!r} or "
+                          f"{PREDICT!r}")
+    names = [n for n in REQUEST_ARRAYS[kind] if n in TOKEN_ARRAYS]
+    for array in _read_npz(pathlib.Path(requests_dir) / f"{key}.npz", names).values():
+      if array.size and (largest is None or int(array.max()) > largest[0]):
+        largest = (int(array.max()), key)
+  return largest
+
+
+def check_vocab_covers(requests_dir: Path, vocab_size: int, model: str) -> None:
+  """Raises RequestsError when a model of `vocab_size` embedding rows cannot embed every token id of the recorded
+  requests (it would answer with NaN scores and garbage tokens). `model` names the model in the message."""
+  largest = largest_token_id(requests_dir)
+  if largest is None or largest[0] < int(vocab_size):
+    return
+  raise RequestsError(f"{model}: vocab_size {int(vocab_size)} cannot embed the requests in {requests_dir}, whose token "
+                      f"ids go up to {largest[0]} (request {largest[1]}): they were recorded with another tokenizer; "
+                      "answer them with the model they were recorded for, or record them again with this model")
+
+
 def answer_request(request: Request, scorer: inference.Scorer) -> dict[str, np.ndarray]:
   """The model's answer to one request: {"scores"} or {"tokens"} (int32 [n, max_new_tokens])."""
   bos_id = request.settings.get("bos_id")
@@ -345,13 +374,15 @@ def answer(requests_dir: Path, scorer: inference.Scorer, out_dir: Path, model: M
 
   `model`: what answers.json records of the model ({"checkpoint", "step", "format", "config"}: the Hugging Face
   config dict, from which the replaying evaluator rebuilds the model's config). Requests already answered in
-  `out_dir` by the same model are skipped (an interrupted run resumes); another model's answers there are refused.
+  `out_dir` by the same model are skipped (an interrupted run resumes); another model's answers there are refused,
+  and so is a model whose vocabulary cannot embed the requests' token ids (`check_vocab_covers`).
   """
   requests_dir, out_dir = pathlib.Path(requests_dir), pathlib.Path(out_dir)
   check_answers_folder(requests_dir, out_dir)
   index = _read_json(
       requests_dir / REQUESTS_FILE, "a requests folder (record one with `python -m optiml_jax.eval "
       "... --gin.evaluate.record_requests=True`)")["requests"]
+  check_vocab_covers(requests_dir, scorer.model.config.vocab_size, f"the model ({model.get('checkpoint')})")
   out_dir.mkdir(parents=True, exist_ok=True)
   settings = {"batch_size": scorer.batch_size, "max_length": scorer.max_length, "share_prompts": scorer.share_prompts}
   answered: dict[str, Any] = {}
