@@ -292,14 +292,18 @@ def _carried_tokenizer(path: str | pathlib.Path) -> pathlib.Path | None:
   return evaluator.tokenizer_folder(path)
 
 
-def _baseline_report(baseline_path: str, evaluate_one, out_dir: pathlib.Path, shown: pathlib.Path) -> report_lib.Report:
-  """An earlier evaluation's metrics.json, or a fresh evaluation of the baseline checkpoint (or answers)."""
+def _baseline_report(baseline_path: str, evaluate_one, out_dir: pathlib.Path, shown: pathlib.Path,
+                     label: str) -> report_lib.Report:
+  """An earlier evaluation's metrics.json, or a fresh evaluation of the baseline checkpoint (or answers); either way
+  labelled `label` (`evaluate.baseline_label`: an earlier report's own label, "model" by default, would name both
+  column sets alike)."""
   path = pathlib.Path(baseline_path)
   if (path / report_lib.METRICS_FILE).is_file() or path.name == report_lib.METRICS_FILE:
     try:
-      return report_lib.load(path)
+      earlier = report_lib.load(path)
     except (OSError, ValueError) as e:  # not JSON, not a report
       raise ConfigError(f"BASELINE_PATH {baseline_path}: {e}") from e
+    return {**earlier, "model": {**(earlier.get("model") or {}), "label": label}}
   checkpoints, _ = _find_checkpoints(path, "latest")
   report = evaluate_one(checkpoints[0], out_dir)
   _write(report, out_dir, shown)
@@ -508,7 +512,7 @@ def _evaluate_all(checkpoint_path: str, checkpoints: list[evaluator.Checkpoint],
   baseline = None
   if baseline_path:
     baseline = _baseline_report(baseline_path, lambda c, t: evaluate_one(c, t, baseline_label), work / BASELINE_DIR,
-                                out / BASELINE_DIR)
+                                out / BASELINE_DIR, baseline_label)
 
   reports: dict[int | None, report_lib.Report] = {}
   outputs: list[str] = []

@@ -93,6 +93,9 @@ def test_every_step_of_a_model_dir_and_an_earlier_report_as_baseline(setup, tmp_
   assert code == 0
   report = json.loads((again / "metrics.json").read_text())
   assert report["model"]["step"] == 100 and report["baseline"]["model"]["step"] == 200
+  # The earlier report is labelled as the baseline (evaluate.baseline_label), not by its own label ("model").
+  assert report["model"]["label"] == "model" and report["baseline"]["model"]["label"] == "baseline"
+  assert "| model 0-shot | baseline 0-shot | Δ |" in (again / "report.md").read_text()
 
 
 def test_bad_input_gives_clear_messages_and_exit_codes(setup, tmp_path, capsys):
