@@ -114,6 +114,65 @@ def is_scanned(params: Mapping[str, Any]) -> bool | None:
   return None
 
 
+def _layer_index(key: Any) -> int | None:
+  match = re.fullmatch(r"layers_(\d+)", str(key))
+  return int(match.group(1)) if match else None
+
+
+def relayout(tree: Any, scan_layers: bool, stack: Any = np.stack, unstack: Any = None,
+             num_layers: int | None = None) -> Any:
+  """`tree` with every layer container in the layout `scan_layers` asks for: stacked `layers/...` (one leading
+  axis) or one `layers_{i}/...` subtree a layer. Any pytree: a params tree, or an optimizer state whose moments are
+  params trees; a mapping counts as a container when it holds `layers` or `layers_{i}` keys, and other nodes
+  (tuples, named tuples, leaves) are rebuilt around them, mappings as dicts. A container already in that layout is
+  left as it is.
+
+  `stack(list of leaves)` joins one tensor of every layer (np.stack; jnp.stack under jit); `unstack(leaf)` splits
+  one into its layers (by default `leaf[i]` for each i). A checkpoint stored in one layout restores into a run
+  that computes in the other (`scan_layers` is how a model is computed, not what it computes). `num_layers`: the
+  stacked axis' length, for leaves without a shape (shardings); by default the leaves' leading dimension."""
+  if isinstance(tree, Mapping):
+    keys = list(tree.keys())
+    if scan_layers and any(_layer_index(k) is not None for k in keys) and "layers" not in tree:
+      layers = sorted((_layer_index(k), k) for k in keys if _layer_index(k) is not None)
+      if [i for i, _ in layers] != list(range(len(layers))):
+        raise ConversionError(f"layers {[i for i, _ in layers]} are not 0..{len(layers) - 1}: cannot stack them")
+      first = layers[0][1]
+      joined = _map_leaves(lambda *xs: stack(list(xs)), *[tree[k] for _, k in layers], like=tree[first])
+      rest = {
+          k: relayout(v, scan_layers, stack, unstack, num_layers) for k, v in tree.items() if _layer_index(k) is None
+      }
+      return {**rest, "layers": joined}
+    if not scan_layers and "layers" in tree and isinstance(tree["layers"], Mapping):
+      num = num_layers or _num_layers(tree["layers"])
+      split = unstack or (lambda x: [x[i] for i in range(num)])
+      parts = _map_leaves(lambda x: list(split(x)), tree["layers"], like=tree["layers"])
+      out = {k: relayout(v, scan_layers, stack, unstack, num_layers) for k, v in tree.items() if k != "layers"}
+      for i in range(num):
+        out[f"layers_{i}"] = _map_leaves(lambda x, i=i: x[i], parts, like=tree["layers"])
+      return out
+    return {k: relayout(v, scan_layers, stack, unstack, num_layers) for k, v in tree.items()}
+  if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # a named tuple (optax states)
+    return type(tree)(*(relayout(v, scan_layers, stack, unstack, num_layers) for v in tree))
+  if isinstance(tree, (tuple, list)):
+    return type(tree)(relayout(v, scan_layers, stack, unstack, num_layers) for v in tree)
+  return tree
+
+
+def _map_leaves(fn: Any, *trees: Any, like: Any) -> Any:
+  """`fn` over the leaves of mappings shaped like `like` (nested mappings down to leaves)."""
+  if isinstance(like, Mapping):
+    return {k: _map_leaves(fn, *(t[k] for t in trees), like=like[k]) for k in like}
+  return fn(*trees)
+
+
+def _num_layers(stacked: Mapping[str, Any]) -> int:
+  leaf: Any = stacked
+  while isinstance(leaf, Mapping):
+    leaf = next(iter(leaf.values()))
+  return int(np.shape(leaf)[0])
+
+
 def validate_params(config: ModelConfig, params: Mapping[str, Any], source: str = "params") -> bool:
   """Checks that `params` has exactly the paths and shapes `config` implies; returns whether it is scanned.
 

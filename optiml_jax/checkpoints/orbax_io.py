@@ -158,6 +158,34 @@ def _sharding_of(spec: Any) -> Any:
   return getattr(spec, "sharding", spec)
 
 
+def relayout_abstract(tree: Any, scan_layers: bool, num_layers: int | None = None) -> Any:
+  """`layout.relayout` for a tree of `jax.ShapeDtypeStruct`s or shardings: the stacked layout's leaves gain a
+  leading layers axis, replicated (a NamedSharding's spec gains a leading None), and lose it when unstacked. So a
+  restore reads a checkpoint of the other layout straight into shards. `num_layers`: needed for shardings alone."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  def spec(sharding: Any, add: bool) -> Any:
+    if isinstance(sharding, jax.sharding.NamedSharding):
+      parts = tuple(sharding.spec)
+      return jax.sharding.NamedSharding(sharding.mesh,
+                                        jax.sharding.PartitionSpec(*((None,) + parts if add else parts[1:])))
+    return sharding
+
+  def stack(leaves: list[Any]) -> Any:
+    first = leaves[0]
+    if isinstance(first, jax.ShapeDtypeStruct):
+      return jax.ShapeDtypeStruct((len(leaves),) + tuple(first.shape), first.dtype, sharding=spec(first.sharding, True))
+    return spec(first, True)
+
+  def unstack(leaf: Any) -> list[Any]:
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+      one = jax.ShapeDtypeStruct(tuple(leaf.shape[1:]), leaf.dtype, sharding=spec(leaf.sharding, False))
+      return [one] * leaf.shape[0]
+    return [spec(leaf, False)] * int(num_layers or 0)
+
+  return layout.relayout(tree, scan_layers, stack=stack, unstack=unstack, num_layers=num_layers)
+
+
 def restore_orbax(path: Path, shardings: Any = None,
                   config: layout.ModelConfig | None = None) -> tuple[layout.ModelConfig, layout.Params]:
   """Reads params written by `save_orbax` or a CheckpointManager; returns (config, params).
@@ -171,7 +199,8 @@ def restore_orbax(path: Path, shardings: Any = None,
     config: the model config; by default read from config.json beside the item (its `model_type` picks
       the family); an item without one is an error saying where to copy it.
 
-  The returned config's `scan_layers` follows the stored tree (stacked `layers/` or `layers_{i}/`).
+  The returned config's `scan_layers` follows the stored tree (stacked `layers/` or `layers_{i}/`), and so do the
+  params, whichever layout `shardings` is in (`layout.relayout` turns them into the other).
   """
   import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
@@ -200,6 +229,8 @@ def restore_orbax(path: Path, shardings: Any = None,
       sharding_tree = jax.tree.map(lambda _: shardings, metadata)
     else:
       sharding_tree = dict(layout.unwrap(shardings))
+      if layout.is_scanned(sharding_tree) not in (None, scanned):  # read in the stored layout; the caller relayouts
+        sharding_tree = relayout_abstract(sharding_tree, scanned, config.num_hidden_layers)
     try:
       target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=_sharding_of(s)), metadata,
                             sharding_tree)

@@ -50,6 +50,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from optiml_jax.checkpoints import discovery
+from optiml_jax.checkpoints import layout as layout_lib
 from optiml_jax.checkpoints import orbax_io
 
 ITEMS = ("params", "opt_state", "meta")
@@ -377,15 +378,32 @@ class Checkpointer:
       raise _BadItem(f"meta: {self.step_path(step)}/meta: expected a JSON object with \"step\": {step}, "
                      f"found {found!r}")
     items = {}
+    stored_scan, run_scan = self._stored_layout(step), layout_lib.is_scanned(abstract_state.params)
     for name in ("params", "opt_state"):
       abstract = _abstract(getattr(abstract_state, name))
-      restored = self._restore_item(step, name, ocp.args.StandardRestore(abstract))
-      problem = _tree_problem(restored, abstract)
+      # Stored in the other layer layout (the run flipped scan_layers): read it as stored, then relayout.
+      target = abstract if stored_scan in (None, run_scan) else orbax_io.relayout_abstract(abstract, stored_scan)
+      restored = self._restore_item(step, name, ocp.args.StandardRestore(target))
+      problem = _tree_problem(restored, target)
       if problem:
         raise _BadItem(f"{name}: {self.step_path(step)}/{name}: {problem}")
+      if target is not abstract:
+        restored = jax.jit(lambda tree: layout_lib.relayout(tree, bool(run_scan), stack=jnp.stack),
+                           out_shardings=jax.tree_util.tree_map(lambda a: a.sharding, abstract))(restored)
       items[name] = restored
     state = TrainState(step=np.int32(step), params=items["params"], opt_state=items["opt_state"])
     return state, dict(meta)
+
+  def _stored_layout(self, step: int) -> bool | None:
+    """Whether `step`'s params are stored stacked (`layout.is_scanned`); None when unknown (the restore says why)."""
+    try:
+      metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(self.step_path(step)) / "params")
+    except orbax_io.PROGRAMMING_ERRORS:
+      raise
+    except Exception:  # pylint: disable=broad-except  a damaged item: restoring it names the problem
+      return None
+    metadata = getattr(metadata, "tree", metadata)
+    return layout_lib.is_scanned(metadata) if isinstance(metadata, Mapping) else None
 
   def wait_until_finished(self) -> None:
     """Waits for an asynchronous save; raises CheckpointSaveError naming its step if it failed."""

@@ -128,6 +128,7 @@ def load_initial_params(path: str, config: Any, layout: StateLayout) -> Any:
       _, params = hf_lib.load_hf(path, config_overrides={"scan_layers": config.scan_layers})
     else:
       _, params = orbax_io.restore_orbax(path, shardings=layout.abstract.params, config=config)
+    params = layout_lib.relayout(dict(params), config.scan_layers, stack=jnp.stack)  # stored in the other layout
   except layout_lib.ConversionError as e:
     raise InitialCheckpointError(f"initial checkpoint {path}: {e}") from e
   expected = jax.tree_util.tree_map(lambda a: tuple(a.shape), layout.abstract.params)

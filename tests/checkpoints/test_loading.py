@@ -7,6 +7,7 @@ import pytest
 
 from optiml_jax import convert
 from optiml_jax.checkpoints import discovery
+from optiml_jax.checkpoints import layout
 from optiml_jax.checkpoints import loading
 from optiml_jax.models import opt
 
@@ -52,3 +53,17 @@ def test_load_config_reads_no_params_and_names_a_bad_config(model, tmp_path):
   (tmp_path / "run" / "config.json").write_text('{"model_type": "gpt9"}')
   with pytest.raises(discovery.CheckpointError, match="cannot read the checkpoint.*gpt9"):
     loading.load_config(step, model=config)
+
+
+def test_relayout_stacks_and_unstacks_layers_anywhere_in_a_tree():
+  stacked = {"embed": np.ones(3), "layers": {"fc1": {"kernel": np.arange(12.0).reshape(3, 2, 2)}}}
+  state = ({"mu": stacked, "nu": stacked}, 7)  # an optimizer state of params-shaped moments, beside a count
+  flat = layout.relayout(state, scan_layers=False)
+  assert sorted(flat[0]["mu"]) == ["embed", "layers_0", "layers_1", "layers_2"] and flat[1] == 7
+  np.testing.assert_array_equal(flat[0]["nu"]["layers_2"]["fc1"]["kernel"], stacked["layers"]["fc1"]["kernel"][2])
+  again = layout.relayout(flat, scan_layers=True)
+  np.testing.assert_array_equal(again[0]["mu"]["layers"]["fc1"]["kernel"], stacked["layers"]["fc1"]["kernel"])
+  same = layout.relayout(stacked, scan_layers=True)  # already in that layout
+  assert same["layers"]["fc1"]["kernel"] is stacked["layers"]["fc1"]["kernel"]
+  with pytest.raises(layout.ConversionError, match=r"layers \[0, 2\] are not 0..1"):
+    layout.relayout({"layers_0": {"k": np.ones(1)}, "layers_2": {"k": np.ones(1)}}, scan_layers=True)

@@ -367,3 +367,32 @@ def test_xla_flags_reach_xla_only_before_its_backend_starts(monkeypatch):
   runtime.apply_xla_flags(("--xla_cpu_enable_fast_math=false",))  # already there: nothing to do
   assert config_lib.RunArgs(train_steps=1,
                             xla_flags=["--xla_dump_hlo_as_text"]).xla_flags == ("--xla_dump_hlo_as_text",)
+
+
+def test_a_run_may_flip_scan_layers_against_its_checkpoint(tmp_path):
+  """`scan_layers` is how the layers are computed, not what: preflight lets it change, so a run resumes, or starts
+  from another run's MODEL_DIR, whichever layout the checkpoint stored (stacked `layers/` or `layers_{i}/`), the
+  optimizer's moments included."""
+  scanned = dataclasses.replace(TINY, dropout=0.0)
+  unscanned = dataclasses.replace(scanned, scan_layers=False)
+  _run_synthetic(tmp_path / "run", scanned, save_every=100, stop_at_step=3)
+  stored, _ = _restore(tmp_path / "run", scanned, 3)
+  flipped, _ = _restore(tmp_path / "run", unscanned, 3)
+  assert "layers" in stored.params and "layers_1" in flipped.params
+  assert int(np.asarray(flipped.step)) == 3
+  for i in range(unscanned.num_hidden_layers):
+    for want, got in zip(jax.tree_util.tree_leaves(stored.params["layers"]),
+                         jax.tree_util.tree_leaves(flipped.params[f"layers_{i}"])):
+      np.testing.assert_array_equal(np.asarray(want)[i], np.asarray(got))
+  moments = lambda s: [np.asarray(x) for x in jax.tree_util.tree_leaves(s.opt_state) if np.ndim(x) > 0]  # pylint: disable=unnecessary-lambda-assignment
+  assert sum(x.size for x in moments(stored)) == sum(x.size for x in moments(flipped))
+  assert sum(np.abs(x).sum() for x in moments(flipped)) == pytest.approx(sum(np.abs(x).sum() for x in moments(stored)))
+  assert sum(np.abs(x).sum() for x in moments(stored)) > 0
+  resumed = _run_synthetic(tmp_path / "run", unscanned, save_every=100)
+  assert (resumed.first_step, resumed.last_step) == (3, 6)
+  started = _run_synthetic(tmp_path / "from_scanned", unscanned, train_steps=2, save_every=100,
+                           initial_checkpoint=str(tmp_path / "run"))
+  assert (started.first_step, started.last_step) == (0, 2)
+  back = _run_synthetic(tmp_path / "back", scanned, train_steps=2, save_every=100,
+                        initial_checkpoint=str(tmp_path / "from_scanned"))  # unstacked layers into a scanned run
+  assert back.last_step == 2
