@@ -43,7 +43,11 @@ class NonFiniteLossError(RuntimeError):
 
 
 def count_tokens(batch: Mapping[str, np.ndarray]) -> int:
-  """Non-padding tokens of a batch (t5x convention: target id 0 is padding)."""
+  """Non-padding tokens of a batch: positions of a segment (`decoder_segment_ids` > 0) where the batch has segment
+  ids, else non-zero targets (t5x's convention). A Llama-family vocabulary's id 0 is a real token (SmolLM2's
+  `<|endoftext|>`), so in packed rows the segment ids tell padding, not the token."""
+  if "decoder_segment_ids" in batch:
+    return int(np.count_nonzero(np.asarray(batch["decoder_segment_ids"])))
   return int(np.count_nonzero(np.asarray(batch["decoder_target_tokens"])))
 
 
