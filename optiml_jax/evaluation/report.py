@@ -20,11 +20,19 @@ metrics.json (`build_report`), with `shots` keys as strings ("0", "5"):
                aggregated)
    "notes":    [{"task", "shots", "note"}],  (caveats, e.g. a k-shot variant with fewer demonstrations)
    "baseline": <the baseline's report, same layout>  (only with a baseline)
-   "deltas":   {"levels": ..., "benchmarks": ..., "categories": ...}  (model - baseline, same nesting)}
+   "deltas":   {"levels": ..., "benchmarks": ..., "categories": ...,  (model - baseline, same nesting; see below)
+                "num_tasks": {"levels": ..., "benchmarks": ..., "categories": ...},  (tasks each delta is over)
+                "metric_mismatches": [{"task", "shots", "metric", "baseline_metric"}]}}
 
   AGG = {"score": mean of the tasks' headline scores, "num_tasks": tasks with a score,
          "num_failed": tasks that failed, "num_truncated": prompts cut, "metrics": {name: mean over tasks},
          "chance": mean of the tasks' chance scores (`task_chance`), None when one is unknown}
+
+A group's delta is the mean, over the (task, shots) results both sides scored with the same headline metric, of
+model score - baseline score: a task failed or missing on one side, or judged by another metric there (a baseline
+evaluated with another `length_normalize`: accuracy against accuracy_norm), is left out, and `num_tasks` says how
+many tasks remain. A group with no such task has delta None: "n/a" in report.md. The summary shows the count beside
+a delta over fewer tasks than one side scored, and report.md lists the tasks whose headline metrics differ.
 
 report.md ends with "Checkpoints skipped" (`problems_section`) when steps of the evaluated MODEL_DIR could not
 be used (partial, not committed, unreadable), one line each; `python -m optiml_jax.eval` adds the same section to
@@ -211,28 +219,79 @@ def _delta(a: float | None, b: float | None) -> float | None:
   return None if a is None or b is None else a - b
 
 
+def _counted_score(result: Mapping[str, Any] | None) -> float | None:
+  """The headline score of a task result that counts in the aggregates (scored, no error, aggregated), else None."""
+  if not result or result.get("error") or not result.get("aggregated", True):
+    return None
+  score = result.get("score")
+  return None if score is None or math.isnan(score) else float(score)
+
+
+def _set_nested(tree: dict[str, Any], keys: Sequence[str], value: Any) -> None:
+  for key in keys[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[keys[-1]] = value
+
+
 def with_baseline(report: Report, baseline: Report) -> Report:
-  """`report` plus "baseline" and "deltas" (report score - baseline score for every aggregate both have)."""
-
-  def diff(mine: Mapping[str, Any], theirs: Mapping[str, Any], depth: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in mine.items():
-      if key not in theirs:
+  """`report` plus "baseline" and "deltas": for every aggregate both have, the mean of model - baseline over the
+  (task, shots) results both scored with the same headline metric, with how many tasks that is (module docstring).
+  """
+  base_tasks = baseline.get("tasks", {})
+  diffs: dict[str, list[tuple[Mapping[str, Any], float]]] = {}  # shots -> [(task, model - baseline)]
+  mismatches = []
+  for name, task in report["tasks"].items():
+    if task.get("level") == UNKNOWN_LEVEL:
+      continue
+    for shots, mine in task["shots"].items():
+      theirs = base_tasks.get(name, {}).get("shots", {}).get(shots)
+      a, b = _counted_score(mine), _counted_score(theirs)
+      if a is None or b is None:
         continue
-      if depth == 0:
-        out[key] = _delta(value.get("score"), theirs[key].get("score"))
+      if mine.get("metric") != theirs.get("metric"):
+        mismatches.append({
+            "task": name,
+            "shots": int(shots),
+            "metric": mine.get("metric"),
+            "baseline_metric": theirs.get("metric")
+        })
       else:
-        out[key] = diff(value, theirs[key], depth - 1)
-    return out
+        diffs.setdefault(shots, []).append((task, a - b))
 
-  out = dict(report)
-  out["baseline"] = {k: v for k, v in baseline.items() if k not in ("baseline", "deltas")}
-  out["deltas"] = {
-      "levels": diff(report["levels"], baseline["levels"], 1),
-      "benchmarks": diff(report["benchmarks"], baseline["benchmarks"], 2),
-      "categories": diff(report["categories"], baseline["categories"], 2)
+  def paired(shots: str, level: str, label: str | None, name: str | None) -> list[float]:
+    return [d for task, d in diffs.get(shots, []) if task["level"] == level and (label is None or task[label] == name)]
+
+  deltas: dict[str, Any] = {}
+  counts: dict[str, Any] = {}
+  for key, label in (("levels", None), ("benchmarks", "benchmark"), ("categories", "category")):
+    deltas[key], counts[key] = {}, {}
+    for level, by_level in report[key].items():
+      theirs_level = baseline[key].get(level)
+      if theirs_level is None:
+        continue
+      groups: list[tuple[tuple[str, ...], str | None, Mapping[str, Any], Mapping[str, Any]]]
+      if label is None:
+        groups = [((level,), None, by_level, theirs_level)]
+      else:
+        groups = [
+            ((level, name), name, aggs, theirs_level[name]) for name, aggs in by_level.items() if name in theirs_level
+        ]
+      for path, name, mine_aggs, theirs_aggs in groups:
+        for shots in mine_aggs:
+          if shots in theirs_aggs:
+            values = paired(shots, level, label, name)
+            _set_nested(deltas[key], (*path, shots), _mean(values))
+            _set_nested(counts[key], (*path, shots), len(values))
+  return {
+      **report,
+      "baseline": {
+          k: v for k, v in baseline.items() if k not in ("baseline", "deltas")
+      },
+      "deltas": {
+          **deltas, "num_tasks": counts,
+          "metric_mismatches": mismatches
+      },
   }
-  return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -260,15 +319,50 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def _score_cells(mine: Mapping[str, Any] | None, theirs: Mapping[str, Any] | None, shots: Sequence[str],
                  with_base: bool) -> list[str]:
+  """A task's cells per shots: its score; with a baseline, the baseline's and the delta ("n/a" where the two
+  were judged by different headline metrics)."""
   cells = []
   for s in shots:
     a = (mine or {}).get(s, {}).get("score")
     if with_base:
       b = (theirs or {}).get(s, {}).get("score")
-      cells += [_fmt(a), _fmt(b), _fmt_delta(_delta(a, b))]
+      differ = a is not None and b is not None and _metric_differs((mine or {}).get(s), (theirs or {}).get(s))
+      cells += [_fmt(a), _fmt(b), "n/a" if differ else _fmt_delta(_delta(a, b))]
     else:
       cells.append(_fmt(a))
   return cells
+
+
+def _metric_differs(mine: Mapping[str, Any] | None, theirs: Mapping[str, Any] | None) -> bool:
+  return bool(mine and theirs and mine.get("metric") and theirs.get("metric") and mine["metric"] != theirs["metric"])
+
+
+def _nested(tree: Mapping[str, Any] | None, *keys: str) -> Any:
+  for key in keys:
+    if not isinstance(tree, Mapping):
+      return None
+    tree = tree.get(key)
+  return tree
+
+
+def _num_tasks(aggs: Mapping[str, Any] | None, shots: str) -> int:
+  return int(((aggs or {}).get(shots) or {}).get("num_tasks") or 0)
+
+
+def _group_delta_cell(report: Report, path: Sequence[str], mine: Mapping[str, Any] | None,
+                      theirs: Mapping[str, Any] | None, shots: str) -> tuple[str, bool]:
+  """(a group's delta cell, whether it is partial): "n/a" when no task was scored by both sides with the same
+  headline metric although both have a score; "+1.0 (over 2)" when the delta is over fewer tasks than a side has."""
+  deltas = report.get("deltas") or {}
+  delta = _nested(deltas, *path, shots)
+  paired = _nested(deltas.get("num_tasks"), *path, shots)
+  a, b = ((g or {}).get(shots, {}).get("score") for g in (mine, theirs))
+  if delta is None:
+    both = a is not None and b is not None
+    return ("n/a" if both else "-"), both
+  if paired is not None and paired < max(_num_tasks(mine, shots), _num_tasks(theirs, shots)):
+    return f"{_fmt_delta(delta)} (over {paired})", True
+  return _fmt_delta(delta), False
 
 
 def shows_chance(report: Report) -> bool:
@@ -294,7 +388,12 @@ def _score_header(shots: Sequence[str], with_base: bool, label: str, base_label:
 
 def summary_table(report: Report) -> str:
   """Markdown: one row per level, per benchmark within it and per category within it; a column per shots
-  (three per shots with a baseline: model, baseline, delta)."""
+  (three per shots with a baseline: model, baseline, delta over the tasks both scored alike)."""
+  return _summary(report)[0]
+
+
+def _summary(report: Report) -> tuple[str, bool]:
+  """(summary_table's table, whether a delta in it is over fewer tasks than a side scored, or "n/a")."""
   base = report.get("baseline")
   shots = _shots(report)
   label = report.get("model", {}).get("label") or "model"
@@ -303,19 +402,36 @@ def summary_table(report: Report) -> str:
   header = (["level", "group", "tasks"] + (["chance"] if chance else []) +
             _score_header(shots, base is not None, label, base_label))
   rows = []
+  partial = False
 
-  def first_cells(level: str, group: str, aggs: Mapping[str, Any]) -> list[str]:
-    cells = [level, group, str(max((a["num_tasks"] for a in aggs.values()), default=0))]
-    return cells + ([_fmt(_group_chance(aggs, shots))] if chance else [])
+  def first_cells(level: str, group: str, aggs: Mapping[str, Any], theirs: Mapping[str, Any] | None) -> list[str]:
+    count = max((a["num_tasks"] for a in aggs.values()), default=0)
+    cell = str(count)
+    if base is not None:
+      their_count = max((a["num_tasks"] for a in (theirs or {}).values()), default=0)
+      cell += f" (baseline {their_count})" if their_count != count else ""
+    return [level, group, cell] + ([_fmt(_group_chance(aggs, shots))] if chance else [])
+
+  def score_cells(path: Sequence[str], mine: Mapping[str, Any], theirs: Mapping[str, Any] | None) -> list[str]:
+    nonlocal partial
+    if base is None:
+      return [_fmt(mine.get(s, {}).get("score")) for s in shots]
+    cells = []
+    for s in shots:
+      delta, short = _group_delta_cell(report, path, mine, theirs, s)
+      partial |= short
+      cells += [_fmt(mine.get(s, {}).get("score")), _fmt((theirs or {}).get(s, {}).get("score")), delta]
+    return cells
 
   for level, aggs in report["levels"].items():
     theirs = (base or {}).get("levels", {}).get(level)
-    rows.append(first_cells(level, "**all**", aggs) + _score_cells(aggs, theirs, shots, base is not None))
+    rows.append(first_cells(level, "**all**", aggs, theirs) + score_cells(("levels", level), aggs, theirs))
     for kind, key in (("benchmark", "benchmarks"), ("category", "categories")):
       for name, group in report[key].get(level, {}).items():
         theirs = (base or {}).get(key, {}).get(level, {}).get(name)
-        rows.append(first_cells(level, f"{kind}: {name}", group) + _score_cells(group, theirs, shots, base is not None))
-  return _table(header, rows)
+        rows.append(
+            first_cells(level, f"{kind}: {name}", group, theirs) + score_cells((key, level, name), group, theirs))
+  return _table(header, rows), partial
 
 
 def task_table(report: Report) -> str:
@@ -331,6 +447,8 @@ def task_table(report: Report) -> str:
   for name, task in report["tasks"].items():
     theirs = (base or {}).get("tasks", {}).get(name, {}).get("shots")
     metric = next((r["metric"] for r in task["shots"].values() if r.get("metric")), "")
+    other = next((t["metric"] for s, t in (theirs or {}).items() if _metric_differs(task["shots"].get(s), t)), None)
+    metric += f" (baseline: {other})" if other else ""
     truncated = sum(r["num_truncated"] for r in task["shots"].values())
     errors = "; ".join(f"{s}-shot: {r.get('error') or r.get('note')}" for s, r in task["shots"].items()
                        if r.get("error") or r.get("note"))
@@ -355,7 +473,14 @@ def markdown(report: Report) -> str:
                  f"{base.get('model', {}).get('checkpoint', '')}")
     if (base.get("settings") or {}).get("chat_template") and not chat:
       lines.append(f"baseline prompts: in the chat template of {base['settings']['chat_template']}")
-  lines += ["", "## Summary (mean headline score per group)", "", summary_table(report), ""]
+  summary, partial = _summary(report)
+  lines += ["", "## Summary (mean headline score per group)", "", summary, ""]
+  if partial:
+    lines += [
+        "Δ: the mean of model - baseline over the tasks both scored with the same headline metric; \"(over n)\": over "
+        "n tasks only, fewer than a side scored (a task failed or missing on the other side, or judged there by "
+        "another metric); n/a: no such task. The scores beside it are each side's mean over all its tasks.", ""
+    ]
   if shows_chance(report):
     lines += [
         "chance: what guessing scores, to read each score against: on a rank-classification task the mean "
@@ -366,6 +491,12 @@ def markdown(report: Report) -> str:
   lines += ["## Tasks", "", task_table(report), ""]
   truncated = sum(r["num_truncated"] for t in report["tasks"].values() for r in t["shots"].values())
   lines.append(f"Prompts longer than the context, cut from the left: {truncated}.")
+  mismatches = (report.get("deltas") or {}).get("metric_mismatches") or []
+  if mismatches:
+    lines += ["", "## Headline metrics that differ from the baseline's (not compared)", ""] + [
+        f"- {m['task']} ({m['shots']}-shot): {m['metric']} here, {m['baseline_metric']} in the baseline (evaluated "
+        "with other settings, e.g. length_normalize)" for m in mismatches
+    ]
   if report.get("notes"):
     lines += ["", "## Notes", ""] + [f"- {n['task']} ({n['shots']}-shot): {n['note']}" for n in report["notes"]]
   if report["errors"]:

@@ -93,6 +93,57 @@ def test_baseline_deltas_and_side_by_side_tables():
   assert "ValueError" in tasks and "truncated" in tasks.splitlines()[0]
 
 
+def test_group_deltas_pair_the_tasks_both_sides_scored_with_the_same_metric():
+  tuned = _results(offset=5.0)  # every task 5 points above the baseline
+  base = _results()
+  # The baseline failed bigbench:cr, and was judged by accuracy_norm on bigbench:te2 at 5 shots (another
+  # length_normalize); the tuned model failed sni:qa at 5 shots: held_out_task has no 5-shot task both scored.
+  for r in base:
+    if r.task == "bigbench:cr":
+      r.score, r.metrics, r.error = None, {}, "RuntimeError: RESOURCE_EXHAUSTED"
+    if r.task == "bigbench:te2" and r.shots == 5:
+      r.metric, r.score = "accuracy_norm", r.metrics["accuracy_norm"]
+  qa5 = next(r for r in tuned if r.task == "sni:qa" and r.shots == 5)
+  qa5.score, qa5.metrics, qa5.error = None, {}, "RuntimeError: RESOURCE_EXHAUSTED"
+  rep = report.with_baseline(report.build_report(tuned, {"label": "tuned"}), report.build_report(base))
+  deltas, paired = rep["deltas"], rep["deltas"]["num_tasks"]
+  # Level 1, 0 shots: te1 and te2, +5 each; the means over each side's tasks differ by -1.7 (cr only in the tuned).
+  assert deltas["levels"]["held_out_category"]["0"] == pytest.approx(5.0)
+  assert paired["levels"]["held_out_category"]["0"] == 2
+  assert rep["levels"]["held_out_category"]["0"]["score"] - rep["baseline"]["levels"]["held_out_category"]["0"][
+      "score"] == pytest.approx(-5 / 3)
+  # 5 shots: te1 only (te2 compares accuracy with accuracy_norm); bigbench has no task both scored alike.
+  assert deltas["levels"]["held_out_category"]["5"] == pytest.approx(5.0)
+  assert paired["levels"]["held_out_category"]["5"] == 1
+  assert deltas["benchmarks"]["held_out_category"]["bigbench"]["5"] is None
+  assert paired["benchmarks"]["held_out_category"]["bigbench"]["5"] == 0
+  assert deltas["levels"]["held_out_task"]["5"] is None
+  assert deltas["categories"]["held_out_instances"]["Mathematics"] == {"0": 5.0, "5": 5.0}
+  assert deltas["metric_mismatches"] == [{
+      "task": "bigbench:te2",
+      "shots": 5,
+      "metric": "accuracy",
+      "baseline_metric": "accuracy_norm"
+  }]
+  text = report.markdown(rep)
+  level1 = "| held_out_category |"
+  for row in (f"{level1} **all** | 3 (baseline 2) | 48.3 | 50.0 | +5.0 (over 2) | 55.0 | 52.5 | +5.0 (over 1) |",
+              f"{level1} benchmark: bigbench | 2 (baseline 1) | 50.0 | 60.0 | +5.0 (over 1) | 55.0 | 55.0 | n/a |",
+              f"{level1} category: Coreference Resolution | 1 (baseline 0) | 35.0 | - | - | 35.0 | - | - |",
+              "| held_out_task | **all** | 1 | 75.0 | 70.0 | +5.0 | - | 70.0 | - |",
+              "| held_out_instances | **all** | 1 | 95.0 | 90.0 | +5.0 | 95.0 | 90.0 | +5.0 |"):
+    assert row in text, text
+  assert "(over n)" in text and "n/a: no such task" in text
+  row = next(line for line in text.splitlines() if line.startswith("| bigbench:te2 "))
+  assert row.startswith(
+      "| bigbench:te2 | held_out_category | Textual Entailment | accuracy (baseline: accuracy_norm) |")
+  assert "| 65.0 | 60.0 | +5.0 | 75.0 | 55.0 | n/a | 0 |" in row
+  assert "- bigbench:te2 (5-shot): accuracy here, accuracy_norm in the baseline" in text
+  # Without such differences, no count and no legend.
+  plain = report.markdown(report.with_baseline(report.build_report(_results(5.0)), report.build_report(_results())))
+  assert "(over" not in plain and "n/a" not in plain and "(baseline " not in plain
+
+
 def test_write_load_round_trip_markdown_and_one_png_per_level(tmp_path):
   results = _results()
   results[0].metrics["broken_metric"] = float("nan")
