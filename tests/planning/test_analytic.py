@@ -173,15 +173,18 @@ def test_analytic_figures_agree_with_the_compiled_step_on_8_devices():
   for report in reports:
     est, xla, flops = report["analytic"], report["compiled"], report["flops_per_device"]
     where = f"{report['model']['shape']} {report['plan']}"
-    # The README's figures ("Will it fit?"); measured on JAX 0.10.2: arguments +0.0002%, temporaries -0.9% to
-    # -9.8% since the one-pass update (11% leaves room for XLA:CPU's buffer assignment between versions), FLOPs
-    # +1.3% to +2.3%.
+    # The README's figures ("Will it fit?"); measured on JAX 0.10.2: arguments +0.0002%, temporaries -9.8% without
+    # microbatches (11% leaves room for XLA:CPU's buffer assignment between versions) and -32% to -46% with them,
+    # FLOPs +1.3% to +2.3%.
     # State + batch: the analytic bytes are what jit allocates; XLA adds nothing but the rng key.
     assert math.isclose(xla["argument_bytes"], est["arguments"], rel_tol=1e-3), (where, xla, est)
     # The state is donated: XLA aliases exactly the parameters and optimizer state.
     assert math.isclose(xla["alias_bytes"], est["params"] + est["opt_state"], rel_tol=1e-3), (where, xla, est)
-    assert math.isclose(xla["temp_bytes"], est["temporaries"],
-                        rel_tol=0.11), (where, xla["temp_bytes"], est["temporaries"])
+    if report["plan"]["num_microbatches"] == 1:
+      assert math.isclose(xla["temp_bytes"], est["temporaries"],
+                          rel_tol=0.11), (where, xla["temp_bytes"], est["temporaries"])
+    else:  # 32% to 46% below since the strided split (docs/planning.md): the analytic figure is an upper bound
+      assert 0.5 * est["temporaries"] <= xla["temp_bytes"] <= 1.11 * est["temporaries"], (where, xla, est)
     if flops["compiled_probe"] is not None:
       assert math.isclose(flops["compiled_probe"], flops["hardware_analytic"], rel_tol=0.025), (where, flops)
   assert reports[1]["flops_per_device"]["compiled_probe"] > reports[1]["flops_per_device"]["model_analytic"]
