@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import string
 from typing import Any, Sequence
 
@@ -141,7 +142,8 @@ def rank_classification(targets: Sequence[RankTarget], scores: Sequence[float],
     reader's options are already in a seeded random order). Without normalisation also "chance": 100 * the
     weighted mean over instances of the mean option score (correct options / options when ungraded), the
     expected score of a uniform guess (the report's chance baseline); only once, as seqio refuses a key that two
-    metric functions of a Task both return.
+    metric functions of a Task both return. A NaN log-likelihood is refused (ValueError naming the row): argmax
+    would pick it, and a diverged model would score as its first options do. -inf ranks last, as it should.
   """
   if len(targets) != len(scores):
     raise ValueError(f"rank_classification: {len(targets)} targets but {len(scores)} scores")
@@ -157,6 +159,9 @@ def rank_classification(targets: Sequence[RankTarget], scores: Sequence[float],
     idx, is_correct, weight, length = target[:4]
     credit = float(target[4]) if len(target) == 5 else float(bool(is_correct))
     score = float(np.asarray(score))
+    if math.isnan(score):  # np.argmax would pick it: a diverged model would score as its first options
+      raise ValueError(f"rank_classification: row {tuple(idx)} has a NaN log-likelihood; the model's scores are "
+                       "not numbers (diverged weights, or a dtype that overflows)")
     if normalize_by_target_length:
       if length <= 0:
         raise ValueError(f"rank_classification: row {tuple(idx)} has {length} target tokens; expected > 0")

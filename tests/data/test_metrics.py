@@ -87,6 +87,16 @@ def test_rank_classification_argmax_ties_multiple_answers_weights_and_normalizat
   assert metrics.rank_classification_length_normalized(ungraded, scores) == {"accuracy_norm": pytest.approx(100.0)}
 
 
+def test_rank_classification_refuses_nan_scores_and_ranks_minus_inf_last():
+  """A diverged model's NaN log-likelihoods must not read as a score (argmax would pick the first NaN)."""
+  targets = [((0, 0), True, 1.0, 2), ((0, 1), False, 1.0, 2), ((1, 0), False, 1.0, 2), ((1, 1), True, 1.0, 2)]
+  for scores in ([float("nan")] * 4, [-1.0, -2.0, float("nan"), -1.0]):
+    with pytest.raises(ValueError, match=r"row \(\d, \d\) has a NaN log-likelihood"):
+      metrics.rank_classification(targets, scores)
+  inf = float("inf")
+  assert metrics.rank_classification(targets, [-1.0, -inf, -inf, -5.0])["accuracy"] == pytest.approx(100.0)
+
+
 def test_rank_classification_credits_the_picked_option_s_graded_score():
   # BIG-bench's multiple_choice_grade: the picked choice's target score. emojis_emotion_prediction's rainbow:
   # "joy" 0.69 (the top choice), "anticipation" 0.28, "anger" 0. Instance 1 (swedish_to_german_proverbs-like):
