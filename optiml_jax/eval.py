@@ -52,7 +52,7 @@ import gin
 import jax
 
 from optiml_jax import cli_logging
-from optiml_jax import gin_registry  # noqa: F401  (registers the configurables, @model_config, for gin)
+from optiml_jax import gin_registry  # registers the configurables (@model_config) for gin; checks bindings
 from optiml_jax import gin_utils
 from optiml_jax import tempfiles
 from optiml_jax.checkpoints import discovery
@@ -419,6 +419,9 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
   from optiml_jax.data import catalog as catalog_lib  # pylint: disable=g-import-not-at-top
   from optiml_jax.data import registry  # pylint: disable=g-import-not-at-top
 
+  # gin has called this function and its model config by now: a binding of anything else would be dropped.
+  gin_registry.check_bindings_are_read("evaluate.model", "evaluate.* and the model configurable evaluate.model "
+                                       "refers to")
   levels, tasks, benchmarks = _as_list(levels), _as_list(tasks), _as_list(benchmarks)
   if isinstance(shots, int):
     shots = [shots]
@@ -597,7 +600,7 @@ def _main(args: argparse.Namespace, log: cli_logging.Session) -> int:
     return 2
   try:
     summary = evaluate()
-  except (ConfigError, FileNotFoundError) as e:
+  except (ConfigError, gin_utils.GinConfigError, FileNotFoundError) as e:
     print(f"error: {cli_logging.message(e)}", file=sys.stderr)
     return 2
   except evaluator.CheckpointError as e:

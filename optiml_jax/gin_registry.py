@@ -150,30 +150,36 @@ def unread_bindings() -> dict[str, list[str]] | None:
   return unread
 
 
-def check_bindings_are_read() -> None:
-  """Raises GinConfigError when a binding was made of a configurable that building the TrainConfig never called:
-  gin would drop it silently (e.g. `opt_model.dropout` while ModelArgs.config is `@model_config()`). Call after
-  `train_config()`: a training run calls every configurable it uses while its config is built (the library
-  itself never reads gin)."""
+def check_bindings_are_read(model_binding: str = "ModelArgs.config", reads: str = "") -> None:
+  """Raises GinConfigError when a binding was made of a configurable that the entry point never called: gin
+  would drop it silently (e.g. `opt_model.dropout` while ModelArgs.config is `@model_config()`). Call once the
+  entry point's configurables have been called: after `train_config()` for a training run (which calls every
+  configurable it uses while its config is built), at the top of `evaluate` for an evaluation (the library
+  itself never reads gin).
+
+  Args:
+    model_binding: the binding that names the model configurable (`ModelArgs.config`, `evaluate.model`).
+    reads: what the entry point reads, for the message; default: the TrainConfig's groups.
+  """
   unread = unread_bindings()
   if not unread:
     return
   try:
-    model_ref = gin.query_parameter("ModelArgs.config")
+    model_ref = gin.query_parameter(model_binding)
   except ValueError:
     model_ref = None
   used_model = (model_ref.configurable.name if isinstance(model_ref, gin.config.ConfigurableReference) else None)
+  reads = reads or f"the groups {', '.join(cls.__name__ for _, cls in config_lib.GROUPS)} and what they refer to"
   problems = []
   for name, params in unread.items():
     shown = ", ".join(params)
     if name in MODEL_CONFIGURABLES and used_model in MODEL_CONFIGURABLES:
       instead = ", ".join(f"{used_model}.{p.split('.', 1)[1]}" for p in params)
-      problems.append(f"{shown}: this run never calls {name} (ModelArgs.config = @{used_model}()), so the "
-                      f"binding would be ignored; bind {instead} instead (or set ModelArgs.config = @{name}())")
+      problems.append(f"{shown}: this run never calls {name} ({model_binding} = @{used_model}()), so the "
+                      f"binding would be ignored; bind {instead} instead (or set {model_binding} = @{name}())")
     else:
       problems.append(f"{shown}: this run never calls {name} (no binding it reads refers to @{name}), so the "
-                      f"binding would be ignored; remove it, or bind what the run reads (the groups "
-                      f"{', '.join(cls.__name__ for _, cls in config_lib.GROUPS)} and what they refer to)")
+                      f"binding would be ignored; remove it, or bind what the run reads ({reads})")
   raise gin_utils.GinConfigError("gin configuration: " + "; ".join(problems))
 
 

@@ -110,6 +110,12 @@ def test_bad_input_gives_clear_messages_and_exit_codes(setup, tmp_path, capsys):
   assert code == 2 and "no catalog here" in capsys.readouterr().err
   assert _run(setup, tmp_path / "o", f"--gin.CHECKPOINT_PATH={setup / 'hf_base'}", "--gin.TASKS=['sni:nope']") == 2
   assert "absent from the catalog" in capsys.readouterr().err
+  # A binding gin would drop (eval.gin's evaluate.model is @model_config()): named with what to bind, nothing written.
+  out = tmp_path / "unread"
+  assert _run(setup, out, f"--gin.CHECKPOINT_PATH={setup / 'hf_base'}", "--gin.opt_model.dropout=0.3") == 2
+  assert ("opt_model.dropout: this run never calls opt_model (evaluate.model = @model_config()), so the binding would "
+          "be ignored; bind model_config.dropout instead") in capsys.readouterr().err
+  assert not out.exists()
 
 
 def test_tokenizer_settings_that_cannot_work_exit_2_before_any_model_runs(setup, tmp_path, tiny_tokenizer, capsys):
