@@ -24,7 +24,8 @@ chosen by including one of gin/models/opt_<size>.gin (or `--gin.model_config.pre
 Multi-host: run the same command on every host; with `--multihost` (or `--coordinator_address`) it calls
 `jax.distributed.initialize()` first (on a Cloud TPU pod the coordinator comes from the environment). Each
 process then feeds its own share of every batch. Restarting the same command resumes from the newest
-checkpoint in MODEL_DIR; SIGTERM saves one at the current step and exits with code 0.
+checkpoint in MODEL_DIR; SIGTERM saves one at the current step and exits with code 0, a first Ctrl-C (SIGINT)
+the same with code 130 (a second one stops at once, without a checkpoint).
 
 Storage faults (docs/training.md): a damaged or uncommitted newest checkpoint is reported in a few lines and
 set aside, and the run resumes from the newest step that restores (`CheckpointArgs.on_bad_checkpoint='stop'`
@@ -35,7 +36,7 @@ screen; `--debug` shows them there too (`cli_logging`). An unexpected error stil
 
 Exit codes: 0 done (or preempted: checkpointed, or during start-up with nothing to save), 1 training stopped
 (non-finite loss with nan_policy='stop', an unusable initial checkpoint or checkpoint to resume, a failed save), 2
-configuration or usage error.
+configuration or usage error, 130 stopped by Ctrl-C after its checkpoint.
 """
 
 from __future__ import annotations
@@ -230,7 +231,7 @@ def _main(args: argparse.Namespace, log: cli_logging.Session) -> int:
   if jax.process_index() == 0:
     print(summary.describe())
     print(json.dumps(dataclasses.asdict(summary)))
-  return 0
+  return 130 if summary.interrupted else 0  # Ctrl-C: checkpointed, but what follows `&&` should not run
 
 
 if __name__ == "__main__":

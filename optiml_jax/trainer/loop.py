@@ -23,8 +23,8 @@ the run resumes from the newest step that does (CheckpointArgs.on_bad_checkpoint
 ('stop'); a save that fails stops the run naming step and path (CheckpointArgs.on_save_error='stop'), or is
 reported and tried again at the next save step ('retry'; a failed last save still raises).
 
-Preemption: SIGTERM sets a flag; after the current step the loop saves a checkpoint at that step and returns
-with `preempted=True` (every process agrees through an all-gather of the flag). Restarting the same command
+Preemption: SIGTERM (or a first Ctrl-C: `interrupted=True` too) sets a flag; after the current step the loop saves a
+checkpoint at that step and returns with `preempted=True` (every process agrees through an all-gather of the flag). Restarting the same command
 resumes from it and sees exactly the batches it would have seen.
 """
 
@@ -90,6 +90,7 @@ class Summary:
   loss_plot: str | None
   bad_checkpoints: list[str] = dataclasses.field(default_factory=list)  # skipped at resume, newest first
   failed_saves: list[int] = dataclasses.field(default_factory=list)  # steps whose save failed (on_save_error='retry')
+  interrupted: bool = False  # stopped by Ctrl-C (SIGINT) in this process, not by SIGTERM: the command exits 130
 
   def describe(self) -> str:
     """A few human-readable lines."""
@@ -346,4 +347,5 @@ def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
                  last_loss=tracker.losses[-1] if tracker.losses else None, seconds=seconds,
                  tokens_per_second=tracker.total_tokens / seconds if tracker.total_tokens else None,
                  checkpoint_steps=checkpoint_steps, loss_plot=plot, bad_checkpoints=[str(b) for b in ckpt.bad_steps
-                                                                                    ], failed_saves=failed_saves)
+                                                                                    ], failed_saves=failed_saves,
+                 interrupted=preemption.interrupted)

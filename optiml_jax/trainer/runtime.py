@@ -3,7 +3,7 @@
 Sits beside `trainer.loop`, which owns the order of a run; everything here is one small job:
   StepTracker     fetches each step's metrics one step late, applies the NaN policy, writes metrics.jsonl
                   lines (via `trainer.metrics.MetricsWriter`) and drives the progress bar;
-  Preemption      turns SIGTERM into a flag that every process agrees on;
+  Preemption      turns SIGTERM (and a first Ctrl-C) into a flag that every process agrees on;
   gather_json     collects one JSON-able value per process (the data positions a checkpoint records);
   data_state_of_this_process
                   picks this process's data position from a checkpoint, resharding the positions when
@@ -158,24 +158,36 @@ def _finite_or_none(value: Any) -> float | None:
 
 
 class Preemption:
-  """Turns SIGTERM into a flag the loop polls after each step (installed only in the main thread)."""
+  """Turns SIGTERM (preemption) and a first SIGINT (Ctrl-C) into a flag the loop polls after each step, so the run
+  checkpoints at that step and stops (installed only in the main thread). After the first Ctrl-C the previous SIGINT
+  handler is back: a second one stops at once, without a checkpoint."""
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self.interrupted = False  # the request came from SIGINT: the command exits 130 once checkpointed
+    self._previous: dict[int, Any] = {}
 
   def __enter__(self) -> Preemption:
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._handle)
     return self
 
   def _handle(self, signum, frame) -> None:  # pylint: disable=unused-argument
-    logging.warning("SIGTERM received: saving a checkpoint after the current step, then exiting")
+    if signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, self._previous.pop(signal.SIGINT))
+      logging.warning("Ctrl-C (SIGINT): saving a checkpoint after the current step, then exiting; Ctrl-C again "
+                      "stops at once, without one")
+      self.interrupted = True
+    else:
+      logging.warning("SIGTERM received: saving a checkpoint after the current step, then exiting")
     self.requested = True
 
   def __exit__(self, *exc) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      if previous is not None:
+        signal.signal(signum, previous)
+    self._previous = {}
 
   def agreed(self) -> bool:
     """Whether any process was asked to stop (a collective: every process must call it each step)."""

@@ -150,6 +150,29 @@ def test_sigterm_during_start_up_says_nothing_was_trained_or_checkpointed(tmp_pa
   assert head.startswith("preempted during start-up: nothing trained") and "nothing to do" not in head, head
 
 
+def test_ctrl_c_checkpoints_the_current_step_and_a_second_one_is_left_to_python(tmp_path, caplog):
+  caplog.set_level("WARNING")
+  original = signal.getsignal(signal.SIGINT)
+
+  class CtrlCAtBatch8(synthetic.SyntheticStream):  # the prefetcher reads <= 3 batches ahead of the steps
+
+    def __next__(self):
+      if self._position == 8:
+        os.kill(os.getpid(), signal.SIGINT)
+        # The run's handler has stepped aside: a second Ctrl-C would raise KeyboardInterrupt at once.
+        assert signal.getsignal(signal.SIGINT) is original
+      return super().__next__()
+
+  summary = loop.run(_train_config(tmp_path, train_steps=20, save_every=100),
+                     lambda rows, index, count: CtrlCAtBatch8(rows, SEQ_LEN, TINY.vocab_size, 0, index, count))
+  assert summary.preempted and summary.interrupted and 1 <= summary.last_step <= 8, summary
+  assert summary.checkpoint_steps == [summary.last_step]
+  assert signal.getsignal(signal.SIGINT) is original
+  assert any("Ctrl-C (SIGINT): saving a checkpoint" in r.getMessage() for r in caplog.records)
+  resumed = _run_synthetic(tmp_path, train_steps=20, save_every=100)  # the same command goes on from that step
+  assert (resumed.first_step, resumed.last_step, resumed.interrupted) == (summary.last_step, 20, False)
+
+
 def test_nan_skip_goes_on_and_never_checkpoints_nan(tmp_path):
   huge = config_lib.OptimizerArgs(learning_rate=1e30, warmup_steps=1)
   summary = _run_synthetic(tmp_path, optimizer=huge, nan_policy="skip", save_every=1)
