@@ -24,8 +24,8 @@ the run resumes from the newest step that does (CheckpointArgs.on_bad_checkpoint
 reported and tried again at the next save step ('retry'; a failed last save still raises).
 
 Preemption: SIGTERM (or a first Ctrl-C: `interrupted=True` too) sets a flag; after the current step the loop saves a
-checkpoint at that step and returns with `preempted=True` (every process agrees through an all-gather of the flag). Restarting the same command
-resumes from it and sees exactly the batches it would have seen.
+checkpoint at that step and returns with `preempted=True` (every process agrees through an all-gather of the flag).
+Restarting the same command resumes from it and sees exactly the batches it would have seen.
 """
 
 from __future__ import annotations
@@ -346,6 +346,5 @@ def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
                  first_loss=tracker.losses[0] if tracker.losses else None,
                  last_loss=tracker.losses[-1] if tracker.losses else None, seconds=seconds,
                  tokens_per_second=tracker.total_tokens / seconds if tracker.total_tokens else None,
-                 checkpoint_steps=checkpoint_steps, loss_plot=plot, bad_checkpoints=[str(b) for b in ckpt.bad_steps
-                                                                                    ], failed_saves=failed_saves,
-                 interrupted=preemption.interrupted)
+                 checkpoint_steps=checkpoint_steps, loss_plot=plot, bad_checkpoints=[str(b) for b in ckpt.bad_steps],
+                 failed_saves=failed_saves, interrupted=preemption.interrupted)
