@@ -152,6 +152,36 @@ def test_composite_task_names(tmp_path):
         "input": "a",
         "target": [" ", ""]
     }]), "no example has a non-empty target"),
+    # Python's json reads NaN and Infinity: max() over a NaN score found no best choice and the build died with
+    # "generator raised StopIteration"; a NaN after a number was kept as the option's graded score.
+    (_toy(examples=[{
+        "input": "a",
+        "target_scores": {
+            "x": float("nan"),
+            "y": 1
+        }
+    }]), "examples[0].target_scores['x']: expected a finite number, got nan"),
+    (_toy(examples=[{
+        "input": "a",
+        "target_scores": {
+            "y": 1,
+            "x": float("nan")
+        }
+    }]), "examples[0].target_scores['x']: expected a finite number, got nan"),
+    (_toy(examples=[{
+        "input": "a",
+        "target_scores": {
+            "y": 0,
+            "x": float("-inf")
+        }
+    }]), "examples[0].target_scores['x']: expected a finite number, got -inf"),
+    (_toy(examples=[{
+        "input": "a",
+        "target_scores": {
+            "y": 0,
+            "x": 10**400
+        }
+    }]), "examples[0].target_scores['x']: expected a finite number, got 1000"),
 ])
 def test_bad_tasks_are_skipped_with_the_field(tmp_path, task, expected):
   _write_task(tmp_path / "a_good", _toy())

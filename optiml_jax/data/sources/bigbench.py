@@ -4,7 +4,7 @@ Where it sits: first stage of the data flow, beside the other readers; the catal
 
 Task fields read (BIG-bench 1.0 JSON task format; defaults are BIG-bench's own):
   examples                 required, non-empty. Each has "input" and either "target_scores" (multiple
-                           choice: {choice: score}) or "target" (generation: a string or a list of
+                           choice: {choice: finite score}) or "target" (generation: a string or a list of
                            references). A per-example "task_prefix" is put before that example's input.
   task_prefix              -> `definition` (text shown before the examples); without it the task's
                            "description" is the definition.
@@ -42,6 +42,7 @@ One task.json is parsed and validated by `read_task` (errors name the field and 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pathlib
 import random
@@ -89,8 +90,14 @@ def _scores(value: Any, path: str, where: str) -> dict[str, float]:
   for choice, score in value.items():
     if isinstance(score, bool) or not isinstance(score, (int, float)):
       raise records.SourceError(path, f"{where}.target_scores[{choice!r}]: expected a number, got {score!r}")
+    try:
+      number = float(score)
+    except OverflowError:  # an integer too large for a float
+      number = math.inf
+    if not math.isfinite(number):  # json reads NaN and Infinity: no best choice, or a NaN graded credit
+      raise records.SourceError(path, f"{where}.target_scores[{choice!r}]: expected a finite number, got {score!r:.40}")
     text = choice.strip()
-    scores[text] = max(float(score), scores.get(text, float(score)))
+    scores[text] = max(number, scores.get(text, number))
   return scores
 
 
