@@ -260,6 +260,47 @@ def test_example_without_a_reference_is_dropped(shared_dir):
   assert [i.id for i in instances] == [f"physics_questions-{k}" for k in range(len(examples)) if k != empty[0]]
 
 
+def test_an_empty_top_choice_is_no_reference(tmp_path):
+  # As an empty target: a whitespace-only choice is no reference (docs/bench.md), and an example whose top score
+  # only such a choice holds is dropped, the others keeping their ids; it stays an answer candidate.
+  path = _write_task(
+      tmp_path / "blank",
+      _toy(examples=[{
+          "input": "x",
+          "target_scores": {
+              " ": 1,
+              "b": 0
+          }
+      }, {
+          "input": "y",
+          "target_scores": {
+              "": 1,
+              "c": 1,
+              "d": 0
+          },
+          "target": ""
+      }, {
+          "input": "z",
+          "target_scores": {
+              "\t": 0,
+              "e": 1
+          }
+      }]))
+  tied, plain = bigbench.read_task(path).instances()
+  assert tied.id == "blank-1" and tied.targets == ("c",) and sorted(tied.options) == ["", "c", "d"]
+  assert plain.id == "blank-2" and plain.targets == ("e",) and sorted(plain.options) == ["", "e"]
+  only_blank = _write_task(tmp_path / "root" / "only_blank",
+                           _toy(examples=[{
+                               "input": "x",
+                               "target_scores": {
+                                   " ": 1,
+                                   "b": 0
+                               }
+                           }]))
+  (skipped,) = bigbench.iter_tasks(tmp_path / "root")
+  assert skipped == records.Skipped(str(only_blank), "field 'examples': no example has a non-empty target")
+
+
 def test_graded_scores_are_kept_in_option_order(tmp_path):
   # BIG-bench's multiple_choice_grade credits the picked choice with its score: the reader keeps every score.
   scores = {"joy": 0.69, "anticipation": 0.28, "anger": 0.0, "trust": 0.33}

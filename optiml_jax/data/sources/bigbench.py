@@ -24,8 +24,10 @@ emojis_emotion_prediction, 0.5 / 0.9 in swedish_to_german_proverbs), so that ran
 picked choice with its score as BIG-bench's multiple_choice_grade does (`data/metrics.rank_classification`).
 Choices and references lose their surrounding whitespace (the formatter joins the target with one space of
 its own; gre_reading_comprehension has choices that start with a space); choices equal after that are one
-choice with the higher score. A generation example whose every reference is empty (physics_questions has an
-example with an empty input and target) is dropped; ids of the others do not change. The task's kind is
+choice with the higher score. An empty reference is dropped, and so is an empty choice as a reference (it stays
+an option). An example left with no reference is dropped: a generation example whose every reference is empty
+(physics_questions has an example with an empty input and target), a multiple-choice one whose top score only
+empty choices hold; ids of the others do not change. The task's kind is
 "multiple_choice" when every example has "target_scores", else "generation". Instance id: the example's
 "_id" if any, else `<task>-<index>`.
 
@@ -128,16 +130,18 @@ def prompt_format(task: dict[str, Any], path: str) -> PromptFormat:
 
 
 def _best_choices(scores: dict[str, float], options: tuple[str, ...], own_targets: tuple[str, ...]) -> tuple[str, ...]:
-  """The choices with the highest score, BIG-bench's own target first (see the module docstring)."""
+  """The non-empty choices with the highest score, BIG-bench's own target first (see the module docstring); ()
+  when only empty choices hold it."""
   best = max(scores.values())
-  first = next((t for t in own_targets if scores.get(t) == best), None)
-  if first is None:
-    first = next(c for c, s in scores.items() if s == best)
-  return (first,) + tuple(o for o in options if scores[o] == best and o != first)
+  top = [c for c, s in scores.items() if s == best and c]
+  if not top:
+    return ()
+  first = next((t for t in own_targets if t in top), top[0])
+  return (first,) + tuple(o for o in options if o in top and o != first)
 
 
 def _instance(example: Any, index: int, fmt: PromptFormat, path: str, local_name: str) -> records.Instance | None:
-  """One example -> Instance; None for a generation example without a non-empty reference."""
+  """One example -> Instance; None for an example without a non-empty reference."""
   where = f"examples[{index}]"
   if not isinstance(example, dict):
     raise records.SourceError(path, f"{where}: expected an object, got {type(example).__name__}")
@@ -151,6 +155,8 @@ def _instance(example: Any, index: int, fmt: PromptFormat, path: str, local_name
     own_targets = () if own is None else tuple(
         t.strip() for t in jsonl.as_text_list(own, path, f"{where}.target", allow_empty=True))
     targets = _best_choices(scores, options, own_targets)
+    if not targets:
+      return None
     option_scores = tuple(scores[o] for o in options)
   elif "target" in example:
     targets = tuple(t.strip() for t in jsonl.as_text_list(example["target"], path, f"{where}.target"))
