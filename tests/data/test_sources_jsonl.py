@@ -272,6 +272,15 @@ def test_text_paragraphs_and_jsonl(tmp_path):
                                                                    ("doc-b", "Another.", ())]
 
 
+def test_text_jsonl_drops_empty_documents_as_txt_does(tmp_path):
+  # A `.txt` drops blank paragraphs; `{"text": ""}` trained an empty document (a row of EOS alone).
+  _write_lines(tmp_path / "a_web.jsonl", [{"text": ""}, {"text": "A page.\n"}, {"text": " \n\t"}, {"text": "B."}])
+  _write_lines(tmp_path / "b_blank.jsonl", [{"text": " "}, {"text": ""}])
+  web, blank = text.iter_tasks(tmp_path)
+  assert [(i.id, i.input) for i in web.instances()] == [("a_web-2", "A page.\n"), ("a_web-4", "B.")]
+  assert blank == records.Skipped(str(tmp_path / "b_blank.jsonl"), "no instances: every 'text' is empty")
+
+
 def test_text_bad_files_are_skipped(tmp_path):
   (tmp_path / "a_blank.txt").write_text("\n \n\n", encoding="utf-8")
   (tmp_path / "b_bytes.txt").write_bytes(b"ok line\n\nbad \xff byte\n")

@@ -10,11 +10,13 @@ Each file directly inside the folder is one task (its stem is the local name and
 
   *.txt     one document per paragraph: documents are separated by one or more blank lines (lines holding
             only whitespace); a document keeps its inner newlines. Instance id: `<stem>-<first line number>`.
-  *.jsonl   one document per line, `{"text": str}` (optional "id"); blank lines are ignored.
+  *.jsonl   one document per line, `{"text": str}` (optional "id"); blank lines are ignored, and so is a
+            line whose text is empty or only whitespace (as a `.txt` drops blank paragraphs).
 
 Files are streamed line by line on every `open_instances()` call. `read_task` reads up to the first document
-eagerly, so an empty file or undecodable bytes there become a `records.SourceError` (and `iter_tasks` yields
-`records.Skipped`); a later bad line raises `records.SourceError` naming its line number while streaming.
+eagerly, so an empty file (or one whose every document is empty) or undecodable bytes there become a
+`records.SourceError` (and `iter_tasks` yields `records.Skipped`); a later bad line raises `records.SourceError`
+naming its line number while streaming.
 """
 
 from __future__ import annotations
@@ -52,10 +54,13 @@ def _txt_instances(path: str, local_name: str) -> Iterator[records.Instance]:
     yield records.Instance(id=f"{local_name}-{start}", input=document)
 
 
-def instance_from_record(obj: Mapping[str, Any], path: str, line_number: int, local_name: str) -> records.Instance:
-  """One `{"text": ...}` line -> an `lm` instance."""
+def instance_from_record(obj: Mapping[str, Any], path: str, line_number: int,
+                         local_name: str) -> records.Instance | None:
+  """One `{"text": ...}` line -> an `lm` instance; None when the text is empty or only whitespace."""
   where = f"line {line_number}"
   text = jsonl.as_text(jsonl.required(obj, "text", path, where), path, f"{where}: field 'text'")
+  if not text.strip():
+    return None
   return records.Instance(id=jsonl.instance_id(obj, path, line_number, local_name), input=text)
 
 
@@ -63,7 +68,7 @@ def read_task(path: str | os.PathLike, benchmark: str = BENCHMARK) -> records.Ta
   """Reads one pre-training text file (`.txt` or `.jsonl`).
 
   Raises:
-    records.SourceError: unknown suffix, an empty file, bytes that are not UTF-8 before the first document,
+    records.SourceError: unknown suffix, no non-empty document, bytes that are not UTF-8 before the first document,
       or a malformed first JSONL line.
   """
   path = str(path)
@@ -73,7 +78,7 @@ def read_task(path: str | os.PathLike, benchmark: str = BENCHMARK) -> records.Ta
       raise records.SourceError(path, "no documents: the file is empty or holds only blank lines")
     open_instances = lambda: _txt_instances(path, local_name)
   elif path.endswith(".jsonl"):
-    jsonl.first_record(path, local_name, instance_from_record)
+    jsonl.first_record(path, local_name, instance_from_record, dropped="every 'text' is empty")
     open_instances = lambda: jsonl.stream(path, local_name, instance_from_record)
   else:
     raise records.SourceError(path, f"unknown text file type: expected one of {SUFFIXES}")
