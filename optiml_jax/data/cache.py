@@ -25,8 +25,9 @@ Layout:
                                             was made from (made_from), file sizes
 
 A shard is written into a staging folder (`<shard>.tmp-<random>`) and renamed into place once `stats.json` is in
-it, so a reader never sees a half-written shard; `read_shard` also checks every file's size against
-`stats.json` and names the file that differs. A shard's fingerprint covers its catalog entry, the tokenizer
+it, so a reader never sees a half-written shard (the staging folder of a writer killed before that is removed when
+the shard is written again); `read_shard` also checks every file's size against `stats.json` and names the file
+that differs. A shard's fingerprint covers its catalog entry, the tokenizer
 files, the formatting seed, the demonstration pool, this format's version and the rules below: a rebuild skips
 shards whose fingerprint matches and rewrites the others, and a run that reads a shard of another fingerprint is
 refused with what differs named (`mismatch`).
@@ -35,6 +36,7 @@ refused with what differs named (`mismatch`).
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import os
@@ -174,9 +176,13 @@ def write_shard(out: pathlib.Path, examples: Iterable[Mapping[str, Any]], *, tas
   the shard's `fingerprint_parts`, when given).
 
   The files go to a staging folder beside `out`, `stats.json` last, and the folder is then renamed to `out`
-  (replacing an older shard). Nothing is left behind if an example fails.
+  (replacing an older shard). Nothing is left behind if an example fails, and the staging folders of earlier
+  writers of this shard that were killed before they finished (`<shard>.tmp-*`) are removed first: a shard has one
+  writer at a time (one Beam element per task variant).
   """
   out.parent.mkdir(parents=True, exist_ok=True)
+  for leftover in out.parent.glob(f"{glob.escape(out.name)}.tmp-*"):
+    shutil.rmtree(leftover, ignore_errors=True)
   staging = pathlib.Path(tempfiles.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
   try:
     chunks: list[np.ndarray] = []

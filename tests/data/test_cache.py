@@ -305,6 +305,26 @@ def test_a_corrupt_or_partial_shard_is_named_in_a_clear_error(built, tmp_path, d
     registry.register_catalog(catalog_dir, cache_dir=copy)
 
 
+def _example(i):
+  """One example as `registry.iter_examples` yields it (token ids and text fields)."""
+  return dict(inputs=np.arange(3) + i, targets=np.arange(2), instance_id=str(i), inputs_pretokenized=f"q{i}",
+              targets_pretokenized="a", references=["a"], options_pretokenized=[])
+
+
+def test_writing_a_shard_again_removes_the_staging_folders_of_killed_writers(tmp_path):
+  """A worker killed while it writes a shard (out of memory, preempted, Ctrl-C) leaves its staging folder with the
+  partial files; the next write of that shard removes them, and leaves other shards' staging folders alone."""
+  shards = tmp_path / cache.SHARDS_DIR
+  out = shards / "t.0shot.train"
+  for killed in ("t.0shot.train.tmp-a1b2", "t.0shot.train.tmp-c3d4"):
+    (shards / killed).mkdir(parents=True)
+    (shards / killed / cache.EXAMPLES_FILE).write_text("{partial", encoding="utf-8")
+  (shards / "t.0shot.validation.tmp-e5f6").mkdir()  # another shard's writer, maybe still at work
+  cache.write_shard(out, iter([_example(0), _example(1)]), task="t", shots=0, split="train", shard_fingerprint="f")
+  assert sorted(p.name for p in shards.iterdir()) == ["t.0shot.train", "t.0shot.validation.tmp-e5f6"]
+  assert cache.read_stats(out)["examples"] == 2
+
+
 def test_a_cache_of_another_tokenizer_is_refused(built, tiny_tokenizer):
   catalog_dir, cache_dir, _ = built
   other = registry.default_vocabulary(tiny_tokenizer("smollm2"))
