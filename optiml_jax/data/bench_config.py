@@ -6,7 +6,8 @@ Where it sits: at the start of the bench build, before the catalog.
 
 `load_config` checks every key, type and cross-reference (benchmarks, taxonomy categories, held-out
 categories, de-duplication order, leakage and rate settings) and raises `ConfigError` naming the file and
-the dotted key. The result is immutable; `BenchConfig.echo()` is what the catalog records of it.
+the dotted key. A section is a mapping (null or absent: empty), and a key given twice in one mapping is an
+error naming both lines (PyYAML alone keeps the last). The result is immutable; `BenchConfig.echo()` is what the catalog records of it.
 `normalize` is the key form of datasets and keywords: the taxonomy and held-out maps are stored normalized,
 and the catalog normalizes a task's dataset / raw categories the same way before looking them up.
 `BenchConfig.canonical` goes one step further: it turns every spelling listed under `aliases` (CrossFit's
@@ -174,7 +175,10 @@ class _Reader:
     return v
 
   def sub(self, name: str, allowed: Sequence[str]) -> _Reader:
-    return _Reader(self.path, self.where(name), self.value.get(name) or {}, allowed)
+    """The section `name`: absent or null (`held_out:` with nothing under it) is empty; any other value that is
+    not a mapping is refused, falsy ones too (`held_out: []` held out no category)."""
+    value = self.value.get(name)
+    return _Reader(self.path, self.where(name), {} if value is None else value, allowed)
 
 
 def _check_categories(path: str, key: str, values: Iterable[str], categories: Sequence[str]) -> None:
@@ -226,11 +230,50 @@ def _aliases(path: str, table: Mapping[str, Any]) -> dict[str, str]:
   return out
 
 
+class _DuplicateKey(Exception):
+  """A key given twice in one YAML mapping: `key` dotted, with the lines (from 1) of its two occurrences."""
+
+  def __init__(self, key: str, line: int, first_line: int):
+    super().__init__(key)
+    self.key, self.line, self.first_line = key, line, first_line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):  # pylint: disable=too-many-ancestors
+  """`yaml.SafeLoader` that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+  def construct_document(self, node: yaml.Node) -> Any:
+    self._check_unique_keys(node, "", set())
+    return super().construct_document(node)
+
+  def _check_unique_keys(self, node: yaml.Node, key: str, seen: set[int]) -> None:
+    if id(node) in seen:  # an alias of a node already checked
+      return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+      for index, item in enumerate(node.value):
+        self._check_unique_keys(item, f"{key}[{index}]", seen)
+    elif isinstance(node, yaml.MappingNode):
+      first_lines: dict[Any, int] = {}
+      for key_node, value_node in node.value:
+        child = key
+        if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+          name = self.construct_object(key_node)  # as the mapping will hold it: `1` and `1.0` are one key
+          child = _Reader._join(key, str(name))  # pylint: disable=protected-access
+          line = key_node.start_mark.line + 1
+          if name in first_lines:
+            raise _DuplicateKey(child, line, first_lines[name])
+          first_lines[name] = line
+        self._check_unique_keys(value_node, child, seen)
+
+
 def _read_yaml(path: str) -> tuple[Any, bytes]:
   with open(path, "rb") as f:
     raw_bytes = f.read()
   try:
-    return yaml.safe_load(raw_bytes.decode("utf-8")), raw_bytes
+    return yaml.load(raw_bytes.decode("utf-8"), Loader=_UniqueKeyLoader), raw_bytes  # a SafeLoader: no objects
+  except _DuplicateKey as e:
+    raise ConfigError(path, e.key,
+                      f"duplicate key (line {e.line}; first on line {e.first_line}): YAML keeps only the last") from e
   except (yaml.YAMLError, UnicodeDecodeError) as e:
     raise ConfigError(path, "(file)", f"not valid YAML: {e}") from e
   except RecursionError as e:  # e.g. "[[[[...]]]]" deeper than the interpreter's recursion limit

@@ -884,6 +884,60 @@ def test_config_nested_too_deeply_is_a_config_error(tmp_path):
     bench_config.load_config(tmp_path / "deep.yaml")
 
 
+@pytest.mark.parametrize("section, value, got", [
+    ("held_out", [], "list"),
+    ("leakage", False, "bool"),
+    ("limits", 0, "int"),
+    ("dedup", "", "str"),
+])
+def test_config_a_falsy_section_of_the_wrong_type_is_refused(tmp_path, section, value, got):
+  """`held_out: []` was read as an empty section: no category held out, and the zero-shot numbers contaminated."""
+  with pytest.raises(bench_config.ConfigError) as error:
+    _config(tmp_path, {section: value})
+  assert str(error.value) == f"{tmp_path / 'bench.yaml'}: {section}: expected a mapping, got {got}"
+
+
+def test_config_a_wrong_section_in_an_extending_file_is_refused(tmp_path):
+  # The review's case: a file extending the paper's bench held out no category at all.
+  assert _config(tmp_path, {"dedup": None}).dedup_secondary == ()  # null (`dedup:`) is still an empty section
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copy(resources.find_task_file("optiml_bench.yaml"), tmp_path / "optiml_bench.yaml")
+  (tmp_path / "falsy.yaml").write_text("extends: optiml_bench.yaml\nheld_out: []\n", encoding="utf-8")
+  with pytest.raises(bench_config.ConfigError) as error:
+    bench_config.load_config(tmp_path / "falsy.yaml")
+  assert str(error.value) == f"{tmp_path / 'falsy.yaml'}: held_out: expected a mapping, got list"
+
+
+def test_config_duplicate_keys_are_refused_with_their_lines(tmp_path):
+  """YAML keeps the last of two equal keys: a first `held_out:` adding a category was dropped silently."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copy(resources.find_task_file("optiml_bench.yaml"), tmp_path / "optiml_bench.yaml")
+  path = tmp_path / "dup.yaml"
+  path.write_text(
+      "extends: optiml_bench.yaml\nheld_out:\n  categories: [Question Answering]\nheld_out:\n"
+      "  sni_test_split: true\n", encoding="utf-8")
+  with pytest.raises(bench_config.ConfigError) as error:
+    bench_config.load_config(path)
+  assert str(error.value) == f"{path}: held_out: duplicate key (line 4; first on line 2): YAML keeps only the last"
+  path.write_text("extends: optiml_bench.yaml\nrates: {cap: 10, temperature: 2, cap: 20}\n", encoding="utf-8")
+  with pytest.raises(bench_config.ConfigError) as error:
+    bench_config.load_config(path)
+  assert str(error.value) == f"{path}: rates.cap: duplicate key (line 2; first on line 2): YAML keeps only the last"
+  # In the file that is extended: that file and its line are named.
+  (tmp_path / "base.yaml").write_text("name: a\nname: b\n", encoding="utf-8")
+  path.write_text("extends: base.yaml\n", encoding="utf-8")
+  with pytest.raises(bench_config.ConfigError) as error:
+    bench_config.load_config(path)
+  assert str(error.value) == (f"{tmp_path / 'base.yaml'}: name: duplicate key (line 2; first on line 1): YAML keeps "
+                              "only the last")
+  # The same key in two mappings, and a YAML merge key, are no duplicates.
+  path.write_text(
+      "extends: optiml_bench.yaml\nx: &defaults {cap: 10}\nrates:\n  <<: *defaults\n  cap: 20\n"
+      "leakage: {ngram: 13}\n", encoding="utf-8")
+  with pytest.raises(bench_config.ConfigError, match=r": x: unknown key"):  # parsed: the checks go on
+    bench_config.load_config(path)
+
+
 def _jsonl_lines(path, rows):
   path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
