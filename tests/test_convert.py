@@ -314,6 +314,10 @@ def test_cli_usage_errors_exit_2_before_reading_and_never_delete_the_source(tmp_
       (["orbax-to-hf", run / "20", run, "--overwrite"], f"{run}: holds the source {run / '20'}"),
       (["orbax-to-hf", run / "20", run / "20", "--overwrite"], f"{run / '20'}: is the source {run / '20'}"),
       (["orbax-to-hf", run, tmp_path, "--overwrite"], f"{tmp_path}: holds the source {run}"),
+      # RUN resolves to its latest step RUN/20/params, which replacing RUN/20 would delete once read.
+      (["orbax-to-hf", run, run / "20", "--overwrite"], f"{run / '20'}: holds the source {run / '20' / 'params'}"),
+      (["orbax-to-hf", run / "20", tmp_path / "out", "--tokenizer_dir", tmp_path / "out" / "tok", "--overwrite"],
+       f"{tmp_path / 'out'}: holds the source {tmp_path / 'out' / 'tok'}"),
       (["hf-to-orbax", tmp_path / "hf", tmp_path / "hf", "--overwrite"], f"{tmp_path / 'hf'}: is the source"),
       (["gguf-to-hf", gguf, gguf.parent, "--overwrite"], f"{gguf.parent}: holds the source {gguf}"),
   ]

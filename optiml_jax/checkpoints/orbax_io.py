@@ -25,7 +25,7 @@ import logging
 import pathlib
 import re
 import shutil
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -129,12 +129,14 @@ def _unreadable(item: pathlib.Path, error: Exception) -> UnreadableCheckpointErr
 
 
 def save_orbax(params: Mapping[str, Any], path: Path, config: layout.ModelConfig | None = None, overwrite: bool = False,
-               tokenizer_dir: Path | None = None) -> pathlib.Path:
+               tokenizer_dir: Path | None = None, sources: Sequence[Path] = ()) -> pathlib.Path:
   """Writes `path/params` (an Orbax PyTree item), given `config` `path/config.json`, and given `tokenizer_dir` the
   tokenizer files found there (`hf.TOKENIZER_FILES`: the folder then serves as its own TOKENIZER_DIR); returns
   `path`.
 
-  Single-process: it stages into a temporary sibling of `path` and renames it into place when complete.
+  Single-process: it stages into a temporary sibling of `path` and renames it into place when complete. `sources`:
+  what `params` were read from; a `path` that is or holds one is refused (`fileio.OutDirError`), even with
+  `overwrite`.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
@@ -144,7 +146,7 @@ def save_orbax(params: Mapping[str, Any], path: Path, config: layout.ModelConfig
   tokenizer_files = [] if tokenizer_dir is None else [
       pathlib.Path(tokenizer_dir) / n for n in hf.TOKENIZER_FILES if (pathlib.Path(tokenizer_dir) / n).is_file()
   ]
-  with fileio.staged_dir(path, overwrite) as tmp:
+  with fileio.staged_dir(path, overwrite, sources) as tmp:
     for source in tokenizer_files:
       shutil.copyfile(source, tmp / source.name)
     if config is not None:

@@ -40,6 +40,7 @@ import jax
 import numpy as np
 
 from optiml_jax.checkpoints import discovery
+from optiml_jax.checkpoints import fileio
 from optiml_jax.checkpoints import hf
 from optiml_jax.checkpoints import layout
 from optiml_jax.checkpoints import orbax_io
@@ -119,12 +120,18 @@ def import_t5x(path: str | pathlib.Path, out: str | pathlib.Path, config: regist
   `config` is the model's config, of any family (`registry.preset`, or read from a Hugging Face config.json).
 
   Raises:
+    fileio.OutDirError: before anything is read, an `out` that cannot be written as asked: a file, a non-empty
+      folder without `overwrite`, or a folder that is or holds the t5x checkpoint (`path` or the `state` item it
+      resolves to: replacing it would delete the checkpoint), with or without `overwrite`.
     layout.ConversionError: the checkpoint's parameters do not match `config` (names the parameter).
   """
-  params, _ = read_t5x_params(path)
-  scanned = layout.validate_params(config, params, source=str(find_state_item(path)))
+  item = find_state_item(path)
+  sources = [path, item]
+  fileio.check_out_dir(out, overwrite, sources)
+  params, _ = read_t5x_params(item)
+  scanned = layout.validate_params(config, params, source=str(item))
   config = dataclasses.replace(config, scan_layers=scanned)
-  return orbax_io.save_orbax(params, out, config, overwrite=overwrite)
+  return orbax_io.save_orbax(params, out, config, overwrite=overwrite, sources=sources)
 
 
 def stack_layers(params: Mapping[str, Any]) -> dict[str, Any]:

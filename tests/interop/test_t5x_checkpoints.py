@@ -109,6 +109,35 @@ def test_import_refuses_a_config_that_does_not_match(tmp_path, params):
   assert not (tmp_path / "ours").exists()
 
 
+def test_import_refuses_an_out_that_is_or_holds_the_t5x_checkpoint_before_reading_it(tmp_path, params, capsys,
+                                                                                     monkeypatch):
+  """`import T5X/checkpoint_7 T5X --overwrite` would replace the t5x MODEL_DIR, checkpoint included, with our folder;
+  `import T5X T5X/checkpoint_7` would replace the latest step it read. Refused (exit 2), with or without
+  --overwrite, before anything is read."""
+  checkpoint = _write_t5x_layout(tmp_path / "t5x", 7, params)
+
+  def listing():
+    return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+
+  before = listing()
+  monkeypatch.setattr(t5x_checkpoints, "read_t5x_params", lambda *_: pytest.fail("read before the usage check"))
+  overrides = json.dumps({"vocab_size": 128, "max_position_embeddings": 32})
+  cases = [
+      (checkpoint, tmp_path / "t5x", f"{tmp_path / 't5x'}: holds the source {checkpoint}"),
+      (tmp_path / "t5x", checkpoint, f"{checkpoint}: holds the source {checkpoint / 'state'}"),
+      (checkpoint / "state", checkpoint / "state", f"{checkpoint / 'state'}: is the source"),
+  ]
+  for source, out, message in cases:
+    for overwrite in ([], ["--overwrite"]):
+      argv = ["import", str(source), str(out), "--preset", "tiny", "--overrides", overrides] + overwrite
+      capsys.readouterr()
+      assert t5x_checkpoints.main(argv) == 2, argv
+      assert capsys.readouterr().err.startswith(f"error: {message}")
+      assert listing() == before
+  with pytest.raises(layout.ConversionError, match="holds the source"):  # the library refuses it too
+    t5x_checkpoints.import_t5x(checkpoint, tmp_path / "t5x", CONFIG, overwrite=True)
+
+
 def test_export_then_import_is_bitwise_and_export_keeps_no_optimizer_state(tmp_path, params):
   ours = orbax_io.save_orbax(params, tmp_path / "ours", CONFIG)
   written = t5x_checkpoints.export_t5x(ours, tmp_path / "t5x", step=4)
