@@ -121,6 +121,9 @@ def test_composite_task_names(tmp_path):
   assert bigbench.read_task(root / "arith" / "add" / "task.json").name == "bigbench:arith:add"
 
 
+# The last four: Python's json reads NaN and Infinity; max() over a NaN score found no best choice and the build
+# died with "generator raised StopIteration", a NaN after a number was kept as the option's graded score, and an
+# integer too large for a float raised OverflowError.
 @pytest.mark.parametrize("task, expected", [
     ({
         "name": "x",
@@ -152,8 +155,6 @@ def test_composite_task_names(tmp_path):
         "input": "a",
         "target": [" ", ""]
     }]), "no example has a non-empty target"),
-    # Python's json reads NaN and Infinity: max() over a NaN score found no best choice and the build died with
-    # "generator raised StopIteration"; a NaN after a number was kept as the option's graded score.
     (_toy(examples=[{
         "input": "a",
         "target_scores": {
