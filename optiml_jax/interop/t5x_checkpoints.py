@@ -154,8 +154,11 @@ def export_t5x(path: str | pathlib.Path, out_dir: str | pathlib.Path, step: int 
   in host memory as numpy (2 bytes a parameter for bfloat16/float16 files, 4 for float32). Returns the
   `checkpoint_<step>` folder.
 
+  `step` may be below a step `OUT_DIR` already holds (exporting into a t5x MODEL_DIR): it is written all the same.
+
   Raises:
-    layout.ConversionError: `path` is unreadable, or `OUT_DIR` already holds that step.
+    layout.ConversionError: `path` is unreadable, `OUT_DIR` already holds that step, or the step folder is not
+      there once written.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
@@ -167,8 +170,12 @@ def export_t5x(path: str | pathlib.Path, out_dir: str | pathlib.Path, step: int 
   options = ocp.CheckpointManagerOptions(step_prefix=STEP_PREFIX, create=True, enable_async_checkpointing=False)
   with ocp.CheckpointManager(out_dir, options=options, item_names=(STATE_ITEM,)) as manager:
     state = {TARGET_KEY: stack_layers(params), "state": {"step": np.asarray(step, np.int32)}}
-    manager.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.PyTreeSave(state)}))
+    # force: Orbax skips (returns False for) a step not above the latest one the folder holds.
+    saved = manager.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.PyTreeSave(state)}), force=True)
     manager.wait_until_finished()
+  if not saved or not (target / STATE_ITEM).is_dir():
+    raise layout.ConversionError(f"{target}: Orbax's CheckpointManager did not write this step (save returned "
+                                 f"{saved}); nothing was exported")
   return target
 
 

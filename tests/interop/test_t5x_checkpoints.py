@@ -152,6 +152,28 @@ def test_export_then_import_is_bitwise_and_export_keeps_no_optimizer_state(tmp_p
     t5x_checkpoints.export_t5x(ours, tmp_path / "t5x", step=4)
 
 
+def test_export_writes_a_step_below_the_latest_one_in_out_dir_or_says_it_did_not(tmp_path, params, capsys,
+                                                                                  monkeypatch):
+  """Exporting `--step 0` into a t5x MODEL_DIR that holds checkpoint_4000: Orbax's CheckpointManager skips a step not
+  above its latest, which printed 'wrote .../checkpoint_0' for a folder that was never made."""
+  ours = orbax_io.save_orbax(params, tmp_path / "ours", CONFIG)
+  t5x_checkpoints.export_t5x(ours, tmp_path / "t5x", step=4000)
+  capsys.readouterr()
+  assert t5x_checkpoints.main(["export", str(ours), str(tmp_path / "t5x"), "--step", "0"]) == 0
+  assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 't5x' / 'checkpoint_0'}"
+  assert sorted(p.name for p in (tmp_path / "t5x").iterdir()) == ["checkpoint_0", "checkpoint_4000"]
+  read, step = t5x_checkpoints.read_t5x_params(tmp_path / "t5x" / "checkpoint_0")
+  assert step == 0
+  _assert_same(read, params)
+
+  # Should Orbax still write nothing, the command says so instead of "wrote".
+  monkeypatch.setattr(ocp.CheckpointManager, "save", lambda *args, **kwargs: False)
+  assert t5x_checkpoints.main(["export", str(ours), str(tmp_path / "t5x"), "--step", "7"]) == 2
+  captured = capsys.readouterr()
+  assert "wrote" not in captured.out
+  assert captured.err.startswith(f"error: {tmp_path / 't5x' / 'checkpoint_7'}: Orbax's CheckpointManager did not")
+
+
 def test_export_stacks_unscanned_layers_in_layer_order(tmp_path):
   config = registry.preset("tiny", vocab_size=128, max_position_embeddings=32, num_hidden_layers=11, scan_layers=False)
   unscanned = _init(config, 2)
