@@ -235,6 +235,10 @@ def params_from_hf_state_dict(config: ModelConfig, state_dict: Mapping[str, np.n
     source: where the tensors come from, for error messages: one name, or HF name -> file name (a missing
       tensor then names every file).
 
+  Buffers that are no parameter and that transformers skips on loading (`FamilyLayout.ignored_buffers`: the
+  per-layer `rotary_emb.inv_freq` of Llama files saved by transformers < 4.31) are skipped; any other tensor the
+  config has no parameter for is an error.
+
   Raises:
     ConversionError: a missing, unexpected or misshapen tensor, or a `lm_head.weight` that differs from the
       embedding it is tied to.
@@ -249,6 +253,8 @@ def params_from_hf_state_dict(config: ModelConfig, state_dict: Mapping[str, np.n
 
   tensors: dict[str, tuple[str, np.ndarray]] = {}  # full canonical name -> (name as given, array)
   for key, value in state_dict.items():
+    if family.ignored_buffers is not None and family.ignored_buffers.search(key):
+      continue  # a buffer older files carry (Llama's rotary inv_freq), no parameter: transformers skips it too
     name = key if key in head_names else family.prefix + strip_hf_prefix(key, config)
     if name in tensors:
       raise ConversionError(f"{where(key)}: tensor {key} given twice (also as {tensors[name][0]})")

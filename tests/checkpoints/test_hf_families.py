@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import re
 
 import jax
 import numpy as np
@@ -176,6 +177,36 @@ def test_wrong_shape_names_file_and_key(tmp_path):
   with pytest.raises(convert.ConversionError,
                      match=rf"{shard.name}: tensor {key}: expected shape \(16, 32\), got \(15, 32\)"):
     convert.load_hf(tmp_path)
+
+
+def test_old_per_layer_rotary_inv_freq_buffers_are_skipped_as_transformers_skips_them(tmp_path):
+  """transformers < 4.31 saved each layer's rotary `inv_freq` buffer; from_pretrained ignores those keys, and so does
+  load_hf. Any other stray tensor is still refused, and OPT (no rotary embedding) keeps refusing the key."""
+  model = _hf_model("llama", tie_word_embeddings=False)
+  model.config.save_pretrained(tmp_path)
+  state = {k: v.clone() for k, v in model.state_dict().items()}
+  inv_freq = 1.0 / (10000**(torch.arange(0, 8, 2).float() / 8))
+  for i in range(TINY["num_hidden_layers"]):
+    state[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = inv_freq  # as transformers 4.30 wrote them
+  torch.save(state, tmp_path / hf_lib.TORCH_WEIGHTS_NAME)
+  assert transformers.LlamaForCausalLM.from_pretrained(tmp_path) is not None
+  config, params = convert.load_hf(tmp_path)
+  expected = convert.params_from_hf_state_dict(config, {k: v.numpy() for k, v in model.state_dict().items()})
+  for path, value in layout.flatten(expected).items():
+    np.testing.assert_array_equal(layout.flatten(params)[path], value, err_msg="/".join(path))
+
+  for stray in ("model.layers.0.self_attn.rotary_emb.inv_freq_scaled", "model.layers.0.self_attn.position_ids"):
+    with pytest.raises(convert.ConversionError, match=rf"x\.bin: unexpected tensor {re.escape(stray)} for this "
+                       "config; 1 unexpected in all"):
+      convert.params_from_hf_state_dict(config, {**{k: v.numpy() for k, v in state.items()}, stray: inv_freq.numpy()},
+                                        "x.bin")
+  opt_config = registry.preset("tiny", num_hidden_layers=1)
+  opt_params = layout._unflatten({path: np.zeros(shape, np.float32) for path, shape in
+                                  layout.param_shapes(opt_config).items()})  # pylint: disable=protected-access
+  opt_state = convert.hf_state_dict_from_params(opt_config, opt_params)
+  key = "model.decoder.layers.0.self_attn.rotary_emb.inv_freq"
+  with pytest.raises(convert.ConversionError, match=rf"unexpected tensor {re.escape(key)}"):
+    convert.params_from_hf_state_dict(opt_config, {**opt_state, key: inv_freq.numpy()})
 
 
 def test_unsupported_model_type_names_the_supported_ones(tmp_path):

@@ -16,6 +16,7 @@ here and one entry in `_LAYOUTS`; `models/registry.py` names the same families.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable
 
 from optiml_jax.checkpoints.layouts import llama
@@ -33,6 +34,8 @@ class FamilyLayout:
     prefix: the Hugging Face prefix of every tensor but the head, as `*ForCausalLM` writes it.
     read_prefixes: other prefixes accepted on reading (e.g. OPTModel's "decoder."); bare names always are.
     top, layer, head, ties_head: the family's tables (module docstring).
+    ignored_buffers: tensor names (searched) that files may carry and that are no parameter: skipped on reading,
+      as transformers skips them (Llama's old per-layer `rotary_emb.inv_freq`); None when there are none.
   """
 
   family: str
@@ -42,11 +45,13 @@ class FamilyLayout:
   layer: Callable[[Any], Table]
   head: Callable[[Any], Table]
   ties_head: Callable[[Any], bool]
+  ignored_buffers: re.Pattern[str] | None = None
 
 
 _LAYOUTS = {
     module.FAMILY: FamilyLayout(module.FAMILY, module.PREFIX, module.READ_PREFIXES, module.top_table,
-                                module.layer_table, module.head_table, module.ties_head) for module in (opt, llama)
+                                module.layer_table, module.head_table, module.ties_head, module.IGNORED_BUFFERS)
+    for module in (opt, llama)
 }
 FAMILIES = tuple(_LAYOUTS)
 

@@ -11,16 +11,23 @@ Where it sits: one family of `checkpoints/layouts/` (the package says how a fami
   norm/scale                              model.norm.weight                        [hidden]
   lm_head/kernel [hidden, vocab]          lm_head.weight [vocab, hidden]  (untied heads only)
 A tied head (`tie_word_embeddings`) has no parameter: `lm_head.weight`, where a file has it, is checked against
-the embedding on reading and never written. `LlamaModel` state dicts (bare names) read as well.
+the embedding on reading and never written. `LlamaModel` state dicts (bare names) read as well. The rotary
+embedding's `inv_freq` buffer, which older files carry, is skipped on reading (`IGNORED_BUFFERS`).
 """
 
 from __future__ import annotations
+
+import re
 
 from optiml_jax.models import llama_config
 
 FAMILY = "llama"
 PREFIX = "model."
 READ_PREFIXES: tuple[str, ...] = ()
+# Buffers, not parameters, that older files carry and transformers skips on loading: transformers < 4.31 saved the
+# rotary embedding's persistent `inv_freq` in every layer (`model.layers.{i}.self_attn.rotary_emb.inv_freq`);
+# `from_pretrained` drops any `rotary_emb.inv_freq` key of a model that has such a buffer, as these models do.
+IGNORED_BUFFERS = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
 
 Table = dict[tuple[str, ...], tuple[str, tuple[int, ...]]]
 

@@ -20,6 +20,7 @@ from optiml_jax.models import opt_config
 FAMILY = "opt"
 PREFIX = "model.decoder."  # OPTForCausalLM
 READ_PREFIXES = ("decoder.",)  # OPTModel
+IGNORED_BUFFERS = None  # OPT's files hold parameters only (transformers ignores no key of OPTForCausalLM)
 
 Table = dict[tuple[str, ...], tuple[str, tuple[int, ...]]]
 
