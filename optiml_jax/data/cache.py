@@ -27,10 +27,13 @@ Layout:
 A shard is written into a staging folder (`<shard>.tmp-<random>`) and renamed into place once `stats.json` is in
 it, so a reader never sees a half-written shard (the staging folder of a writer killed before that is removed when
 the shard is written again); `read_shard` also checks every file's size against `stats.json` and names the file
-that differs. A shard's fingerprint covers its catalog entry, the tokenizer
-files, the formatting seed, the demonstration pool, this format's version and the rules below: a rebuild skips
-shards whose fingerprint matches and rewrites the others, and a run that reads a shard of another fingerprint is
-refused with what differs named (`mismatch`).
+that differs. A shard's fingerprint covers its catalog entry (but its sampling rate, which no example depends on),
+the content of the entry's source files (`source_identity`: their sha256; TFDS data by the dataset version the
+entry names), the tokenizer files, the formatting seed, the demonstration pool, this format's version and the rules
+below: a rebuild skips shards whose fingerprint matches and rewrites the others, and a run that reads a shard built
+from anything else is refused with what differs named (`mismatch`). A run that reads the cache needs no source
+file, so it checks every part but the source's content (`built_from`); a build hashes a source file again only
+when its size or modification time differ from those its shards recorded.
 """
 
 from __future__ import annotations
@@ -93,10 +96,18 @@ def shard_dir(cache_dir: str | os.PathLike, task_name: str, shots: int, split: s
 
 
 def fingerprint_parts(entry: catalog_lib.CatalogEntry, shots: int, split: str, vocabulary_fingerprint: str, seed: int,
-                      pool_size: int) -> dict[str, Any]:
+                      pool_size: int, source: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """What a shard's content depends on (see the module docstring): a shard records them (`made_from` in its
-  statistics), so that a shard of another fingerprint is refused with the part that differs named."""
+  statistics), so that a shard of another fingerprint is refused with the part that differs named.
+
+  `source` is the content of the entry's source files (`source_identity`), which the build knows; a run that
+  reads a cache (without the source files, maybe on another host) leaves it out, and `incomplete` and
+  `read_shard` then compare every other part with what the shard recorded. The entry's sampling `rate` is left
+  out: a shard holds the same examples at any rate (the catalog copy in CACHE_DIR carries it).
+  """
   entry_parts = dataclasses.asdict(entry)
+  for field in _NOT_CONTENT:
+    del entry_parts[field]
   if not entry.excluded_instances:  # a field added later: a shard of an entry without any keeps its fingerprint
     del entry_parts["excluded_instances"]
   parts = {
@@ -108,6 +119,8 @@ def fingerprint_parts(entry: catalog_lib.CatalogEntry, shots: int, split: str, v
       "seed": seed,
       "pool_size": pool_size,
   }
+  if source is not None:
+    parts["source"] = dict(source)
   if shots > 0:  # k-shot shards built before the rule changed hold other demonstrations: rebuilt, not read
     parts["demonstrations_rule"] = DEMONSTRATIONS_RULE
   if split == TRAIN_SPLIT:  # training shards built before the stream's rule changed may hold held-out repeats
@@ -117,15 +130,100 @@ def fingerprint_parts(entry: catalog_lib.CatalogEntry, shots: int, split: str, v
   return json.loads(json.dumps(parts, sort_keys=True, default=list))  # as a shard's stats.json reads it back
 
 
+# Catalog entry fields that a shard's examples do not depend on: not part of its fingerprint (shards built before
+# recorded them: `_content` drops them from what those shards recorded).
+_NOT_CONTENT = ("rate",)
+
+
+def source_files(entry: catalog_lib.CatalogEntry) -> tuple[str, ...]:
+  """The files a catalog entry's task is read from (`sources.reopen`), whose content a shard's fingerprint covers:
+  the entry's own file for the file formats (an SNI task, a P3 template, a BIG-bench task.json, a JSONL or text
+  file); for TFDS, whose prepared data a dataset version names (in the entry's path, so in its fingerprint), the
+  FLAN templates file its path names, if any."""
+  if entry.format != "tfds":
+    return (entry.path,)
+  from optiml_jax.data.sources import flan_templates  # pylint: disable=g-import-not-at-top
+  from optiml_jax.data.sources import tfds  # pylint: disable=g-import-not-at-top  (TensorFlow: TFDS entries only)
+  flan = tfds.path_options(entry.path).get("flan")
+  return (flan_templates.flan_templates_path(flan),) if flan else ()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    while chunk := f.read(1 << 20):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def source_identity(
+    entry: catalog_lib.CatalogEntry,
+    known: Mapping[str, tuple[int, int, str]] | None = None) -> tuple[dict[str, Any] | None, dict[str, list[int]]]:
+  """(the `source` part of the entry's shards' fingerprint, its files' [size, mtime_ns]) or (None, {}) when a file
+  cannot be read here (missing, unreadable): such shards cannot be checked against their source.
+
+  The part is {"files": {path: sha256 of its bytes}}. A file whose size and modification time are the ones `known`
+  holds for it ({path: (size, mtime_ns, sha256)}, what a shard built from it recorded: `recorded_sources`) is not
+  read again: its recorded sha256 is taken (so a rebuild reads only the sources that changed since).
+  """
+  files, stat = {}, {}
+  try:
+    for path in source_files(entry):
+      st = os.stat(path)
+      key = [st.st_size, st.st_mtime_ns]
+      prior = (known or {}).get(path)
+      files[path] = prior[2] if prior is not None and list(prior[:2]) == key else file_sha256(path)
+      stat[path] = key
+  except (OSError, ValueError):
+    return None, {}
+  return {"files": files}, stat
+
+
+def recorded_sources(stats: Mapping[str, Any] | None) -> dict[str, tuple[int, int, str]]:
+  """{path: (size, mtime_ns, sha256)} of the source files a committed shard (its `stats`) was built from."""
+  if not stats:
+    return {}
+  stat = stats.get("source_stat")
+  source = (stats.get("made_from") or {}).get("source")
+  if not isinstance(stat, dict) or not isinstance(source, dict) or not isinstance(source.get("files"), dict):
+    return {}
+  known = {}
+  for path, sha in source["files"].items():
+    key = stat.get(path)
+    if isinstance(key, list) and len(key) == 2 and isinstance(sha, str):
+      known[path] = (int(key[0]), int(key[1]), sha)
+  return known
+
+
+def _content(parts: Mapping[str, Any]) -> dict[str, Any]:
+  """The parts a reader can check (everything but the source's content), without the entry's fields that no
+  shard's content depends on (which shards built before they were left out recorded)."""
+  content = {k: v for k, v in parts.items() if k != "source"}
+  if isinstance(content.get("entry"), dict):
+    content["entry"] = {k: v for k, v in content["entry"].items() if k not in _NOT_CONTENT}
+  return content
+
+
+def built_from(stats: Mapping[str, Any], parts: Mapping[str, Any]) -> bool:
+  """Whether a committed shard (its `stats`) was built from `parts` (`fingerprint_parts`). With the `source` part
+  (a build), its fingerprint must be theirs; without (a run that reads the cache), what it recorded (`made_from`,
+  consistent with its fingerprint) must be `parts` but for the source and the fields no content depends on."""
+  fp = stats.get("fingerprint")
+  made_from = stats.get("made_from")
+  if "source" in parts or not isinstance(made_from, dict):
+    return fp == hash_parts(parts)
+  return fp == hash_parts(made_from) and _content(made_from) == _content(parts)
+
+
 def hash_parts(parts: Mapping[str, Any]) -> str:
   """A shard's fingerprint: `fingerprint_parts`, hashed."""
   return hashlib.sha256(json.dumps(parts, sort_keys=True, default=list).encode("utf-8")).hexdigest()
 
 
 def fingerprint(entry: catalog_lib.CatalogEntry, shots: int, split: str, vocabulary_fingerprint: str, seed: int,
-                pool_size: int) -> str:
+                pool_size: int, source: Mapping[str, Any] | None = None) -> str:
   """What a shard's content depends on, hashed."""
-  return hash_parts(fingerprint_parts(entry, shots, split, vocabulary_fingerprint, seed, pool_size))
+  return hash_parts(fingerprint_parts(entry, shots, split, vocabulary_fingerprint, seed, pool_size, source))
 
 
 _RULES = {
@@ -146,7 +244,9 @@ def mismatch(stats: Mapping[str, Any], parts: Mapping[str, Any]) -> str:
   reasons = []
   for key in sorted(set(parts) | set(made_from)):
     have, want = made_from.get(key), parts.get(key)
-    if have == want:
+    if key == "entry":
+      have, want = _content({key: have})[key], _content({key: want})[key]
+    if have == want or (key == "source" and key not in parts):  # a reader cannot check the source
       continue
     if key in _RULES:
       reasons.append(f"{_RULES[key]} changed (rule {'none' if have is None else have} when it was built, "
@@ -154,6 +254,14 @@ def mismatch(stats: Mapping[str, Any], parts: Mapping[str, Any]) -> str:
     elif key == "entry":
       fields = sorted(f for f in set(have or {}) | set(want or {}) if (have or {}).get(f) != (want or {}).get(f))
       reasons.append(f"its catalog entry differs in {', '.join(fields)}")
+    elif key == "source":
+      if not isinstance(have, dict):
+        reasons.append("no content of its source was recorded when it was built (by an older optiml_jax, or where "
+                       "its source files could not be read)")
+      else:
+        files = (have.get("files") or {}, (want or {}).get("files") or {})
+        changed = sorted(p for p in set(files[0]) | set(files[1]) if files[0].get(p) != files[1].get(p))
+        reasons.append(f"its source changed ({', '.join(changed) or 'its files'})")
     elif key == "vocabulary":
       reasons.append("another tokenizer built it")
     else:
@@ -171,9 +279,11 @@ def _row_length(example: Mapping[str, Any], bos: int) -> int:
 
 def write_shard(out: pathlib.Path, examples: Iterable[Mapping[str, Any]], *, task: str, shots: int, split: str,
                 shard_fingerprint: str, stats_length: int = DEFAULT_STATS_LENGTH, bos: int = 1,
-                made_from: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                made_from: Mapping[str, Any] | None = None,
+                source_stat: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
   """Writes one shard from `registry.iter_examples`-style examples and returns its statistics (with `made_from`,
-  the shard's `fingerprint_parts`, when given).
+  the shard's `fingerprint_parts`, and `source_stat`, its source files' [size, mtime_ns] (`source_identity`),
+  when given).
 
   The files go to a staging folder beside `out`, `stats.json` last, and the folder is then renamed to `out`
   (replacing an older shard). Nothing is left behind if an example fails, and the staging folders of earlier
@@ -223,6 +333,8 @@ def write_shard(out: pathlib.Path, examples: Iterable[Mapping[str, Any]], *, tas
     }
     if made_from is not None:
       stats["made_from"] = dict(made_from)
+    if source_stat:
+      stats["source_stat"] = {path: [int(v) for v in key] for path, key in source_stat.items()}
     with open(staging / STATS_FILE, "w", encoding="utf-8") as f:
       json.dump(stats, f, indent=1)
     if out.exists():
@@ -282,11 +394,36 @@ def incomplete(out: pathlib.Path, parts: Mapping[str, Any]) -> str | None:
   stats = read_stats(out)
   if stats is None:
     return "was never committed" if out.is_dir() else "is missing"
-  if stats.get("fingerprint") != hash_parts(parts):
+  if not built_from(stats, parts):
     return f"is out of date: {mismatch(stats, parts)}"
   if not is_complete(out, stats["fingerprint"]):
     return f"is damaged (a file's size differs from its {STATS_FILE})"
   return None
+
+
+def record_source(out: pathlib.Path, parts: Mapping[str, Any], source_stat: Mapping[str, Sequence[int]]) -> bool:
+  """Records the source's content (`parts["source"]`) in a complete shard built before shards recorded it, when
+  it matches `parts` otherwise and was committed after every source file last changed ([size, mtime_ns] in
+  `source_stat`): it was built from their current content, so it is kept (its stats.json replaced atomically),
+  not rebuilt. Returns whether it did. A file changed later, or at the same time (a coarse clock), is no match."""
+  stats = read_stats(out)
+  made_from = None if stats is None else stats.get("made_from")
+  if (stats is None or not isinstance(made_from, dict) or "source" in made_from or "source" not in parts or
+      not built_from(stats, {
+          k: v for k, v in parts.items() if k != "source"
+      })):
+    return False
+  committed = (out / STATS_FILE).stat().st_mtime_ns
+  if set(source_stat) != set(parts["source"].get("files", ())) or any(
+      int(key[1]) >= committed for key in source_stat.values()) or not is_complete(out, stats["fingerprint"]):
+    return False
+  stats = {**stats, "made_from": dict(parts), "fingerprint": hash_parts(parts)}
+  stats["source_stat"] = {path: [int(v) for v in key] for path, key in source_stat.items()}
+  fd, tmp = tempfiles.mkstemp(prefix=f".{STATS_FILE}.tmp-", dir=out)
+  with os.fdopen(fd, "w", encoding="utf-8") as f:
+    json.dump(stats, f, indent=1)
+  os.replace(tmp, out / STATS_FILE)
+  return True
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -343,7 +480,7 @@ def read_shard(cache_dir: str | os.PathLike, task_name: str, shots: int, split: 
   if stats.get("format_version") != FORMAT_VERSION:
     raise CacheError(f"{path}: cache format {stats.get('format_version')!r}, this version reads {FORMAT_VERSION}; "
                      f"{rebuild}")
-  if expected is not None and stats.get("fingerprint") != hash_parts(expected):
+  if expected is not None and not built_from(stats, expected):
     raise CacheError(f"{path}: the shard of task {task_name!r} ({shots}-shot, split {split!r}) "
                      f"is out of date: {mismatch(stats, expected)}; {rebuild}")
   for name in SHARD_FILES:

@@ -19,6 +19,7 @@ partly failed build is finished by running the same command again.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -26,7 +27,7 @@ import os
 import pathlib
 import shutil
 import traceback
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from optiml_jax import tempfiles
 from optiml_jax.data import cache
@@ -42,6 +43,11 @@ class WorkItem:
 
   entry: dict[str, Any]  # `dataclasses.asdict(CatalogEntry)`: plain values, pickles and serialises anywhere
   shots: int
+  # The content of the entry's source files (`cache.source_identity`, hashed once by the driver), None where the
+  # driver could not read them; and their [size, mtime_ns], recorded in each shard so a rebuild rehashes only
+  # files that changed.
+  source: dict[str, Any] | None = None
+  source_stat: dict[str, list[int]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +59,8 @@ class BuildResult:
   failed: dict[str, str]
   manifest: pathlib.Path
   outdated: dict[str, str] = dataclasses.field(default_factory=dict)  # shard found out of date -> why (rewritten)
+  unchecked: tuple[str, ...] = ()  # listed shards whose source files could not be read here: not checked
+  recorded: tuple[str, ...] = ()  # shards of an older version whose source's content was recorded (`record_source`)
 
   def describe(self) -> str:
     lines = [
@@ -66,6 +74,14 @@ class BuildResult:
         f"  out of date, rebuilt: {len(names)} shard(s) ({names[0]}{', ...' if len(names) > 1 else ''}): {reason}"
         for reason, names in by_reason.items()
     ]
+    if self.recorded:
+      lines.append(
+          f"  {len(self.recorded)} shard(s) ({self.recorded[0]}{', ...' if len(self.recorded) > 1 else ''}) built "
+          "before shards recorded their source's content, after it last changed: recorded, kept")
+    if self.unchecked:
+      lines.append(
+          f"  {len(self.unchecked)} shard(s) ({self.unchecked[0]}{', ...' if len(self.unchecked) > 1 else ''}) "
+          "listed without checking their source: its files cannot be read here")
     lines += [f"  failed: {name}: {reason}" for name, reason in sorted(self.failed.items())]
     return "\n".join(lines)
 
@@ -104,15 +120,15 @@ def write_task(item: WorkItem, cache_dir: str, vocabulary: Any, seed: int, pool_
     task = None
     for split in splits_of(entry):
       out = cache.shard_dir(cache_dir, entry.name, item.shots, split)
-      parts = cache.fingerprint_parts(entry, item.shots, split, vocabulary.fingerprint, seed, pool_size)
-      fp = cache.hash_parts(parts)
-      if cache.is_complete(out, fp):
+      parts = cache.fingerprint_parts(entry, item.shots, split, vocabulary.fingerprint, seed, pool_size, item.source)
+      if cache.incomplete(out, parts) is None:
         continue
       task = task or registry.reopen_task(entry)
       examples = registry.iter_examples(entry, task, split, item.shots, vocabulary, seed, pool_size)
       bos = 0 if vocabulary.bos_id is None else 1
-      cache.write_shard(out, examples, task=entry.name, shots=item.shots, split=split, shard_fingerprint=fp,
-                        stats_length=stats_length, bos=bos, made_from=parts)
+      cache.write_shard(out, examples, task=entry.name, shots=item.shots, split=split,
+                        shard_fingerprint=cache.hash_parts(parts), stats_length=stats_length, bos=bos, made_from=parts,
+                        source_stat=item.source_stat)
       written.append(out.name)
   except Exception as e:  # pylint: disable=broad-except  (reported per task; the other tasks go on)
     error_file.parent.mkdir(parents=True, exist_ok=True)
@@ -224,30 +240,48 @@ def build(catalog_dir: str | os.PathLike, cache_dir: str | os.PathLike, tokenize
     if unknown:
       raise ValueError(f"{catalog_dir}: no task(s) with examples named {unknown}")
     entries = [e for e in entries if e.name in set(tasks)]
-  expected = {}  # shard name -> (entry, shots, split, fingerprint)
+  names = [cache.shard_name(e.name, k, split) for e in entries for k in variants for split in splits_of(e)]
+  found = {name: cache.read_stats(out / cache.SHARDS_DIR / name) for name in names}
+  sources = _source_identities(entries, found)
+  expected = {}  # shard name -> (entry, shots, split, fingerprint parts)
   outdated = {}  # shard name -> why the shard there is not this one
+  recorded = []  # shards built before shards recorded their source, after it last changed: recorded, kept
   for entry in entries:
     for k in variants:
       for split in splits_of(entry):
-        parts = cache.fingerprint_parts(entry, k, split, vocabulary.fingerprint, seed, pool_size)
+        source, source_stat = sources[entry.name]
+        parts = cache.fingerprint_parts(entry, k, split, vocabulary.fingerprint, seed, pool_size, source)
         name = cache.shard_name(entry.name, k, split)
-        expected[name] = (entry, k, split, cache.hash_parts(parts))
-        stats = cache.read_stats(out / cache.SHARDS_DIR / name)
-        if stats is not None and stats.get("fingerprint") != expected[name][3]:
+        expected[name] = (entry, k, split, parts)
+        if found[name] is not None and cache.record_source(out / cache.SHARDS_DIR / name, parts, source_stat):
+          recorded.append(name)
+          found[name] = cache.read_stats(out / cache.SHARDS_DIR / name)
+        stats = found[name]
+        if stats is not None and not cache.built_from(stats, parts):
           outdated[name] = cache.mismatch(stats, parts)
-  complete = {n for n, (e, k, s, fp) in expected.items() if cache.is_complete(out / cache.SHARDS_DIR / n, fp)}
+  complete = {
+      n for n, (_, _, _, parts) in expected.items() if cache.incomplete(out / cache.SHARDS_DIR / n, parts) is None
+  }
   todo = sorted({(e.name, k) for n, (e, k, _, _) in expected.items() if n not in complete})
   by_name = {e.name: e for e in entries}
-  items = [WorkItem(dataclasses.asdict(by_name[name]), k) for name, k in todo]
+  items = [WorkItem(dataclasses.asdict(by_name[name]), k, *sources[name]) for name, k in todo]
   if items:
     _beam_pipeline(items, str(out), tokenizer_dir, seed, pool_size, stats_length, pipeline_args)
-  shards, failed, written = {}, {}, []
-  for name, (entry, k, split, fp) in sorted(expected.items()):
+  shards, failed, written, unchecked = {}, {}, [], []
+  for name, (entry, k, split, parts) in sorted(expected.items()):
     stats = cache.read_stats(out / cache.SHARDS_DIR / name)
-    if cache.is_complete(out / cache.SHARDS_DIR / name, fp) and stats is not None:
-      shards[name] = {"task": entry.name, "shots": k, "split": split, "fingerprint": fp, "examples": stats["examples"]}
+    if stats is not None and cache.incomplete(out / cache.SHARDS_DIR / name, parts) is None:
+      shards[name] = {
+          "task": entry.name,
+          "shots": k,
+          "split": split,
+          "fingerprint": stats["fingerprint"],
+          "examples": stats["examples"]
+      }
       if name not in complete:
         written.append(name)
+      if "source" not in parts:
+        unchecked.append(name)
       continue
     error = _error_path(str(out), entry.name, k)
     reason = "the worker wrote nothing (killed?)"
@@ -258,7 +292,19 @@ def build(catalog_dir: str | os.PathLike, cache_dir: str | os.PathLike, tokenize
                             pool_size=pool_size, shots=variants, shards=shards, failed=failed,
                             tokenizer=cache.TokenizerInfo.of(vocabulary))
   path = cache.write_manifest(out, manifest)
-  return BuildResult(tuple(written), tuple(sorted(complete)), failed, path, outdated)
+  return BuildResult(tuple(written), tuple(sorted(complete)), failed, path, outdated, tuple(unchecked), tuple(recorded))
+
+
+def _source_identities(entries: Sequence[catalog_lib.CatalogEntry],
+                       found: Mapping[str, Mapping[str, Any] | None]) -> dict[str, tuple[dict[str, Any] | None, dict]]:
+  """Task name -> `cache.source_identity` of its entry: the files whose size and modification time a shard there
+  (`found`, shard name -> its statistics) recorded are not read again; the others are hashed, a few at a time."""
+  known: dict[str, tuple[int, int, str]] = {}
+  for stats in found.values():
+    known.update(cache.recorded_sources(stats))
+  with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    identities = pool.map(lambda e: cache.source_identity(e, known), entries)
+    return {entry.name: identity for entry, identity in zip(entries, identities)}
 
 
 def _copy_catalog(catalog_dir: str | os.PathLike, out: pathlib.Path) -> None:

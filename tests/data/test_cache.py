@@ -305,6 +305,120 @@ def test_a_corrupt_or_partial_shard_is_named_in_a_clear_error(built, tmp_path, d
     registry.register_catalog(catalog_dir, cache_dir=copy)
 
 
+def _jsonl_catalog(root: pathlib.Path, out: str, answers: dict[str, list[str]], benchmark: str = "crossfit",
+                   extra: tuple = ()) -> catalog.CatalogEntry:
+  """A catalog (`root/out`) of JSONL tasks whose i-th question has answers[task][i]; returns the first task's entry
+  (the other folders of `extra` are (benchmark, folder) pairs, which change the rates)."""
+  folder = root / benchmark
+  folder.mkdir(exist_ok=True)
+  for task, targets in answers.items():
+    _write_jsonl(folder / f"{task}.jsonl", [{
+        "src": f"Which city is the capital of country number {i} in the list we study?",
+        "tgt": target
+    } for i, target in enumerate(targets)])
+  config = bench_config.load_config(REPO / "tasks" / "optiml_bench.yaml")
+  built = catalog.build(config, sources.iter_all(jsonl_dirs=[(benchmark, folder), *extra]), None)
+  if (root / out).exists():
+    shutil.rmtree(root / out)
+  built.save(root / out)
+  return next(e for e in built.tasks if e.benchmark == benchmark)
+
+
+def test_an_edited_source_file_rebuilds_its_shards_and_an_unchanged_one_is_not_read_again(tmp_path, monkeypatch):
+  """A wrong answer fixed in a source file (same number of lines: the catalog entry is the same) rebuilds the
+  task's shards, which then hold the fixed answer; a rebuild reads again only the sources whose size or
+  modification time changed."""
+  cities = [f"City{i}" for i in range(30)]
+  entry = _jsonl_catalog(tmp_path, "catalog", {"capitals": cities})
+  first = cache_beam.build(tmp_path / "catalog", tmp_path / "cache", pipeline_args=IN_PROCESS)
+  assert len(first.written) == 2 and not first.failed
+  fixed = cities[:25] + ["Fixed answer"] + cities[26:]
+  assert _jsonl_catalog(tmp_path, "catalog", {"capitals": fixed}) == entry
+  rebuilt = cache_beam.build(tmp_path / "catalog", tmp_path / "cache", pipeline_args=IN_PROCESS)
+  assert len(rebuilt.written) == 2 and rebuilt.skipped == ()
+  assert set(rebuilt.outdated.values()) == {f"its source changed ({entry.path})"}
+  assert f"its source changed ({entry.path})" in rebuilt.describe()
+  shard = cache.read_shard(tmp_path / "cache", entry.name, 0, cache.TRAIN_SPLIT)
+  assert "Fixed answer" in [t["targets_pretokenized"] for t in shard.texts()]
+  # Registering from the cache (no source needed) accepts the rebuilt shards.
+  registry.register_catalog(None, cache_dir=tmp_path / "cache", mixtures=False)
+  hashed = []
+  monkeypatch.setattr(cache, "file_sha256", lambda path: hashed.append(path) or "not read")
+  again = cache_beam.build(tmp_path / "catalog", tmp_path / "cache", pipeline_args=IN_PROCESS)
+  assert again.written == () and len(again.skipped) == 2 and hashed == []
+
+
+def test_a_shard_built_before_shards_recorded_their_source_is_kept_if_newer_than_it_and_read(tmp_path):
+  """An older version's shard recorded no source content (and recorded the rate). A run that reads the cache reads
+  it; a build keeps it, recording the source's sha256, when it was committed after the source file last changed,
+  and rebuilds it, saying why, when the file changed later."""
+  entry = _jsonl_catalog(tmp_path, "catalog", {"capitals": [f"City{i}" for i in range(30)]})
+  cache_beam.build(tmp_path / "catalog", tmp_path / "cache", pipeline_args=IN_PROCESS)
+  manifest = cache.read_manifest(tmp_path / "cache")
+  shards = {split: cache.shard_dir(tmp_path / "cache", entry.name, 0, split) for split in cache_beam.splits_of(entry)}
+
+  def make_older(shard):
+    stats = json.loads((shard / cache.STATS_FILE).read_text())
+    older = {**stats["made_from"], "entry": {**stats["made_from"]["entry"], "rate": entry.rate}}
+    del older["source"], stats["source_stat"]
+    (shard / cache.STATS_FILE).write_text(
+        json.dumps({
+            **stats, "made_from": older,
+            "fingerprint": cache.hash_parts(older)
+        }))
+    return stats["fingerprint"]
+
+  fingerprints = {split: make_older(shard) for split, shard in shards.items()}
+  parts = cache.fingerprint_parts(entry, 0, cache.TRAIN_SPLIT, manifest.vocabulary, manifest.seed, manifest.pool_size)
+  assert len(cache.read_shard(tmp_path / "cache", entry.name, 0, cache.TRAIN_SPLIT, parts)) == entry.num_examples
+  kept = cache_beam.build(tmp_path / "catalog", tmp_path / "cache", pipeline_args=IN_PROCESS)
+  assert kept.written == () and sorted(kept.recorded) == sorted(s.name for s in shards.values())
+  assert {s: cache.read_stats(shard)["fingerprint"] for s, shard in shards.items()} == fingerprints
+  # The same shards, the source file touched after they were built (its content may have changed): rebuilt.
+  make_older(shards[cache.TRAIN_SPLIT])
+  later = (shards[cache.TRAIN_SPLIT] / cache.STATS_FILE).stat().st_mtime_ns + 10**9
+  os.utime(entry.path, ns=(later, later))
+  rebuilt = cache_beam.build(tmp_path / "catalog", tmp_path / "cache", pipeline_args=IN_PROCESS)
+  assert rebuilt.written == (shards[cache.TRAIN_SPLIT].name,) and rebuilt.recorded == ()
+  assert rebuilt.outdated == {
+      shards[cache.TRAIN_SPLIT].name: "no content of its source was recorded when it was built (by an older "
+                                      "optiml_jax, or where its source files could not be read)"
+  }
+
+
+def test_shards_whose_source_cannot_be_read_here_are_kept_and_reported(tmp_path):
+  """`bench cache CACHE_DIR/catalog.json --out CACHE_DIR` on a host without the source files (to add what a newer
+  version records): the shards cannot be checked against their source, so they are kept and the report says so."""
+  entry = _jsonl_catalog(tmp_path, "catalog", {"capitals": [f"City{i}" for i in range(30)]})
+  cache_beam.build(tmp_path / "catalog", tmp_path / "cache", pipeline_args=IN_PROCESS)
+  pathlib.Path(entry.path).unlink()
+  again = cache_beam.build(tmp_path / "cache" / cache.CATALOG_FILE, tmp_path / "cache", pipeline_args=IN_PROCESS)
+  assert again.written == () and not again.failed and len(again.unchecked) == 2
+  assert "2 shard(s) (crossfit__capitals.0shot.train, ...) listed without checking their source" in again.describe()
+  assert set(cache.read_manifest(tmp_path / "cache").shards) == set(again.unchecked)
+
+
+def test_a_change_of_the_sampling_rate_alone_keeps_every_shard(tmp_path):
+  """Another benchmark's folder added to the catalog changes every rate and nothing else: a shard holds the same
+  examples at any rate, so the build keeps them, and a run reads them with the new catalog's entries."""
+  entry = _jsonl_catalog(tmp_path, "catalog", {"capitals": [f"City{i}" for i in range(30)]})
+  cache_beam.build(tmp_path / "catalog", tmp_path / "cache", pipeline_args=IN_PROCESS)
+  other = tmp_path / "exmix"
+  other.mkdir()
+  _write_jsonl(other / "colours.jsonl", [{
+      "src": f"Which colour is item {i} painted in?",
+      "tgt": "red"
+  } for i in range(30)])
+  moved = _jsonl_catalog(tmp_path, "catalog2", {"capitals": [f"City{i}" for i in range(30)]}, extra=(("exmix", other),))
+  assert moved.rate != entry.rate and dataclasses.replace(moved, rate=entry.rate) == entry
+  again = cache_beam.build(tmp_path / "catalog2", tmp_path / "cache", pipeline_args=IN_PROCESS, tasks=[entry.name])
+  assert again.written == () and len(again.skipped) == 2 and not again.outdated
+  manifest = cache.read_manifest(tmp_path / "cache")
+  for split in (cache.TRAIN_SPLIT, cache.EVAL_SPLIT):
+    parts = cache.fingerprint_parts(moved, 0, split, manifest.vocabulary, manifest.seed, manifest.pool_size)
+    assert cache.incomplete(cache.shard_dir(tmp_path / "cache", entry.name, 0, split), parts) is None
+
+
 def _example(i):
   """One example as `registry.iter_examples` yields it (token ids and text fields)."""
   return dict(inputs=np.arange(3) + i, targets=np.arange(2), instance_id=str(i), inputs_pretokenized=f"q{i}",
