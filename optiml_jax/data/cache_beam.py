@@ -4,8 +4,12 @@ Where it sits: after `bench build` (the catalog) and before training or evaluati
 element per (task, number of demonstrations); each worker formats and tokenizes the task's splits exactly as the
 uncached Tasks do (`registry.iter_examples`, same seed) and commits one shard per split (`cache.write_shard`).
 The driver then writes CACHE_DIR/cache.json listing every committed shard and every task that failed, with its
-reason. Nothing is collected through Beam itself: workers write shards (or a small error file) into CACHE_DIR,
-so any runner whose workers can read the catalog's source files and write CACHE_DIR works:
+reason: this run's, and those of earlier runs (other `--tasks` or `--shots`) still complete for this catalog
+(`--tasks` and `--shots` say what to build, not what the cache holds), with the catalog's copy beside it. Both are
+replaced at the end only, after every argument was checked and the pipeline ran, so a usage error, a crash or
+Ctrl-C leaves the cache as it was listed. Nothing is collected through Beam itself: workers write shards (or a
+small error file) into CACHE_DIR, so any runner whose workers can read the catalog's source files and write
+CACHE_DIR works:
 
     local (default): Beam's FnApiRunner over local processes (`--direct_num_workers`, default every core,
                      `--direct_running_mode multi_processing`). Not Beam's DirectRunner default: that one first
@@ -13,8 +17,10 @@ so any runner whose workers can read the catalog's source files and write CACHE_
                      `--runner=DirectRunner` still asks for it;
     DataflowRunner, FlinkRunner, SparkRunner, PortableRunner: pass Beam's own options after the command's.
 
-Re-running skips shards already committed with the same fingerprint (`cache.is_complete`), so an interrupted or
-partly failed build is finished by running the same command again.
+Re-running skips shards already committed with the same fingerprint (`cache.incomplete`: the catalog entry, the
+source files' content, the tokenizer...), so an interrupted or partly failed build is finished by running the same
+command again. The driver hashes each task's source files once (`cache.source_identity`; a file whose size and
+modification time its shards recorded is not read again) and hands the result to the workers.
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ class BuildResult:
   outdated: dict[str, str] = dataclasses.field(default_factory=dict)  # shard found out of date -> why (rewritten)
   unchecked: tuple[str, ...] = ()  # listed shards whose source files could not be read here: not checked
   recorded: tuple[str, ...] = ()  # shards of an older version whose source's content was recorded (`record_source`)
+  kept: tuple[str, ...] = ()  # shards earlier runs listed (other --tasks or --shots), still complete: still listed
+  dropped: dict[str, str] = dataclasses.field(default_factory=dict)  # earlier runs' shards no longer listed -> why
 
   def describe(self) -> str:
     lines = [
@@ -82,6 +90,15 @@ class BuildResult:
       lines.append(
           f"  {len(self.unchecked)} shard(s) ({self.unchecked[0]}{', ...' if len(self.unchecked) > 1 else ''}) "
           "listed without checking their source: its files cannot be read here")
+    if self.kept:
+      lines.append(f"  {len(self.kept)} shard(s) of earlier runs (other --tasks or --shots) still complete: listed")
+    dropped: dict[str, list[str]] = {}
+    for name, reason in sorted(self.dropped.items()):
+      dropped.setdefault(reason, []).append(name)
+    lines += [
+        f"  no longer listed: {len(names)} shard(s) of earlier runs ({names[0]}{', ...' if len(names) > 1 else ''}) "
+        f"{reason}; rebuild them with their --tasks / --shots" for reason, names in dropped.items()
+    ]
     lines += [f"  failed: {name}: {reason}" for name, reason in sorted(self.failed.items())]
     return "\n".join(lines)
 
@@ -205,13 +222,14 @@ def build(catalog_dir: str | os.PathLike, cache_dir: str | os.PathLike, tokenize
 
   Args:
     catalog_dir: the catalog folder (`bench build --out`).
-    cache_dir: where the cache goes (created; an existing cache of the same tokenizer is completed).
+    cache_dir: where the cache goes (created; an existing cache of the same tokenizer is completed: the shards it
+      lists that are still complete for this catalog stay listed).
     tokenizer_dir: the Hugging Face tokenizer folder to tokenize with; None: OPT's (shipped).
     shots: numbers of demonstrations to cache (the Tasks `<name>` and `<name>.<k>shot`).
     seed, pool_size: the registry's formatting seed and demonstration pool (defaults: the registry's).
     stats_length: row length the per-shard `truncations` statistic counts against.
     pipeline_args: Beam pipeline options (`--runner=...` and the runner's own).
-    tasks: only these catalog task names (default: every task with examples).
+    tasks: build only these catalog task names (default: every task with examples).
 
   Raises:
     cache.CacheError: CACHE_DIR holds a cache of another tokenizer, formatting seed or pool.
@@ -223,54 +241,56 @@ def build(catalog_dir: str | os.PathLike, cache_dir: str | os.PathLike, tokenize
   seed = registry.DEFAULT_SEED if seed is None else seed
   pool_size = registry.DEMONSTRATION_POOL_SIZE if pool_size is None else pool_size
   variants = cache.variants(shots)
+  # Everything is checked before CACHE_DIR is touched: a usage error leaves a cache as it was (and no folder).
   bench = catalog_lib.load(catalog_dir)
+  by_name = {e.name: e for e in bench.tasks if splits_of(e)}
+  entries = list(by_name.values())
+  if tasks is not None:
+    unknown = sorted(set(tasks) - set(by_name))
+    if unknown:
+      raise ValueError(f"{catalog_dir}: no task(s) with examples named {unknown}")
+    entries = [e for e in entries if e.name in set(tasks)]
   vocabulary = vocab.load(tokenizer_dir)
   out = pathlib.Path(cache_dir)
-  out.mkdir(parents=True, exist_ok=True)
+  old = None
   if (out / cache.MANIFEST_FILE).is_file():
     old = cache.read_manifest(out)
     cache.check_vocabulary(old, vocabulary.fingerprint, out)
     if (old.seed, old.pool_size) != (seed, pool_size):
       raise cache.CacheError(f"{out}: built with formatting seed {old.seed} and pool {old.pool_size}, not {seed} and "
                              f"{pool_size}; use another CACHE_DIR")
-  _copy_catalog(catalog_dir, out)
-  entries = [e for e in bench.tasks if splits_of(e)]
-  if tasks is not None:
-    unknown = sorted(set(tasks) - {e.name for e in entries})
-    if unknown:
-      raise ValueError(f"{catalog_dir}: no task(s) with examples named {unknown}")
-    entries = [e for e in entries if e.name in set(tasks)]
-  names = [cache.shard_name(e.name, k, split) for e in entries for k in variants for split in splits_of(e)]
-  found = {name: cache.read_stats(out / cache.SHARDS_DIR / name) for name in names}
-  sources = _source_identities(entries, found)
-  expected = {}  # shard name -> (entry, shots, split, fingerprint parts)
+  shards_dir = out / cache.SHARDS_DIR
+  # This run's shards (--tasks x --shots), and the shards earlier runs listed (other tasks or shots): those stay
+  # listed while they are complete for this catalog's entries.
+  wanted = {
+      cache.shard_name(e.name, k, split): (e, k, split) for e in entries for k in variants for split in splits_of(e)
+  }
+  earlier = {name: variant for name, variant in _listed(old, by_name).items() if name not in wanted}
+  found = {name: cache.read_stats(shards_dir / name) for name in (*wanted, *earlier)}
+  sources = _source_identities(list({e.name: e for e, _, _ in (*wanted.values(), *earlier.values())}.values()), found)
+  parts_of = {}  # shard name -> fingerprint parts
   outdated = {}  # shard name -> why the shard there is not this one
   recorded = []  # shards built before shards recorded their source, after it last changed: recorded, kept
-  for entry in entries:
-    for k in variants:
-      for split in splits_of(entry):
-        source, source_stat = sources[entry.name]
-        parts = cache.fingerprint_parts(entry, k, split, vocabulary.fingerprint, seed, pool_size, source)
-        name = cache.shard_name(entry.name, k, split)
-        expected[name] = (entry, k, split, parts)
-        if found[name] is not None and cache.record_source(out / cache.SHARDS_DIR / name, parts, source_stat):
-          recorded.append(name)
-          found[name] = cache.read_stats(out / cache.SHARDS_DIR / name)
-        stats = found[name]
-        if stats is not None and not cache.built_from(stats, parts):
-          outdated[name] = cache.mismatch(stats, parts)
-  complete = {
-      n for n, (_, _, _, parts) in expected.items() if cache.incomplete(out / cache.SHARDS_DIR / n, parts) is None
-  }
-  todo = sorted({(e.name, k) for n, (e, k, _, _) in expected.items() if n not in complete})
-  by_name = {e.name: e for e in entries}
+  for name, (entry, k, split) in {**wanted, **earlier}.items():
+    source, source_stat = sources[entry.name]
+    parts = parts_of[name] = cache.fingerprint_parts(entry, k, split, vocabulary.fingerprint, seed, pool_size, source)
+    if found[name] is not None and cache.record_source(shards_dir / name, parts, source_stat):
+      recorded.append(name)
+      found[name] = cache.read_stats(shards_dir / name)
+    stats = found[name]
+    if name in wanted and stats is not None and not cache.built_from(stats, parts):
+      outdated[name] = cache.mismatch(stats, parts)
+  complete = {name for name in wanted if cache.incomplete(shards_dir / name, parts_of[name]) is None}
+  todo = sorted({(e.name, k) for name, (e, k, _) in wanted.items() if name not in complete})
   items = [WorkItem(dataclasses.asdict(by_name[name]), k, *sources[name]) for name, k in todo]
   if items:
+    out.mkdir(parents=True, exist_ok=True)
     _beam_pipeline(items, str(out), tokenizer_dir, seed, pool_size, stats_length, pipeline_args)
-  shards, failed, written, unchecked = {}, {}, [], []
-  for name, (entry, k, split, parts) in sorted(expected.items()):
-    stats = cache.read_stats(out / cache.SHARDS_DIR / name)
-    if stats is not None and cache.incomplete(out / cache.SHARDS_DIR / name, parts) is None:
+  shards, failed, written, unchecked, kept, dropped = {}, {}, [], [], [], {}
+  for name, (entry, k, split) in sorted({**wanted, **earlier}.items()):
+    state = cache.incomplete(shards_dir / name, parts_of[name])
+    stats = cache.read_stats(shards_dir / name)
+    if state is None and stats is not None:
       shards[name] = {
           "task": entry.name,
           "shots": k,
@@ -278,21 +298,50 @@ def build(catalog_dir: str | os.PathLike, cache_dir: str | os.PathLike, tokenize
           "fingerprint": stats["fingerprint"],
           "examples": stats["examples"]
       }
-      if name not in complete:
-        written.append(name)
-      if "source" not in parts:
-        unchecked.append(name)
-      continue
-    error = _error_path(str(out), entry.name, k)
-    reason = "the worker wrote nothing (killed?)"
-    if error.is_file():
-      reason = json.loads(error.read_text(encoding="utf-8")).get("reason", reason)
-    failed[f"{entry.name} ({k}-shot)"] = reason
+      written += [name] if name in wanted and name not in complete else []
+      kept += [name] if name in earlier else []
+      unchecked += [name] if "source" not in parts_of[name] else []
+    elif name in earlier:
+      dropped[name] = state or "is missing"
+    else:
+      error = _error_path(str(out), entry.name, k)
+      reason = "the worker wrote nothing (killed?)"
+      if error.is_file():
+        reason = json.loads(error.read_text(encoding="utf-8")).get("reason", reason)
+      failed[f"{entry.name} ({k}-shot)"] = reason
+  # Earlier runs' failures of task variants this run did not build still stand (their task is in this catalog).
+  this_run = {f"{e.name} ({k}-shot)" for e in entries for k in variants}
+  still_failed = {
+      variant: reason
+      for variant, reason in (old.failed if old else {}).items()
+      if variant not in this_run and variant.rpartition(" (")[0] in by_name
+  }
   manifest = cache.Manifest(vocabulary=vocabulary.fingerprint, tokenizer_dir=tokenizer_dir, seed=seed,
-                            pool_size=pool_size, shots=variants, shards=shards, failed=failed,
-                            tokenizer=cache.TokenizerInfo.of(vocabulary))
+                            pool_size=pool_size, shots=tuple(sorted({*variants, *(old.shots if old else ())})),
+                            shards=shards, failed={
+                                **still_failed,
+                                **failed
+                            }, tokenizer=cache.TokenizerInfo.of(vocabulary))
+  # The catalog copy and the manifest change together, at the end: a build that fails or is interrupted before
+  # leaves the cache as it was listed (its shards rewritten in place are checked when read).
+  out.mkdir(parents=True, exist_ok=True)
+  _copy_catalog(catalog_dir, out)
   path = cache.write_manifest(out, manifest)
-  return BuildResult(tuple(written), tuple(sorted(complete)), failed, path, outdated, tuple(unchecked), tuple(recorded))
+  return BuildResult(tuple(written), tuple(sorted(complete)), failed, path, outdated, tuple(unchecked), tuple(recorded),
+                     tuple(kept), dropped)
+
+
+def _listed(manifest: cache.Manifest | None,
+            by_name: Mapping[str, catalog_lib.CatalogEntry]) -> dict[str, tuple[catalog_lib.CatalogEntry, int, str]]:
+  """The shards a manifest lists whose task has that split in this catalog: name -> (entry, shots, split)."""
+  listed = {}
+  for name, info in (manifest.shards if manifest else {}).items():
+    entry = by_name.get(str(info.get("task"))) if isinstance(info, dict) else None
+    if entry is None or not isinstance(info.get("shots"), int) or info.get("split") not in splits_of(entry):
+      continue
+    if name == cache.shard_name(entry.name, info["shots"], info["split"]):
+      listed[name] = (entry, info["shots"], info["split"])
+  return listed
 
 
 def _source_identities(entries: Sequence[catalog_lib.CatalogEntry],

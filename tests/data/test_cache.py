@@ -18,6 +18,7 @@ from optiml_jax import tempfiles
 from optiml_jax.data import bench_config
 from optiml_jax.data import cache
 from optiml_jax.data import cache_beam
+from optiml_jax.data import cached_stream
 from optiml_jax.data import catalog
 from optiml_jax.data import pipeline
 from optiml_jax.data import registry
@@ -417,6 +418,57 @@ def test_a_change_of_the_sampling_rate_alone_keeps_every_shard(tmp_path):
   for split in (cache.TRAIN_SPLIT, cache.EVAL_SPLIT):
     parts = cache.fingerprint_parts(moved, 0, split, manifest.vocabulary, manifest.seed, manifest.pool_size)
     assert cache.incomplete(cache.shard_dir(tmp_path / "cache", entry.name, 0, split), parts) is None
+
+
+def test_a_run_with_other_shots_or_tasks_keeps_listing_the_shards_of_earlier_runs(tmp_path):
+  """`--shots 0`, then `--shots 2` to add the 2-shot variants, then `--tasks` of one task: cache.json lists every
+  shard still complete for the catalog (--tasks and --shots say what to build, not what the cache holds), and
+  drops, saying why, an earlier shard that no longer is."""
+  answers = {name: [f"{name}{i}" for i in range(30)] for name in ("a", "b")}
+  entry = _jsonl_catalog(tmp_path, "catalog", answers)
+
+  def build(**kwargs):
+    return cache_beam.build(tmp_path / "catalog", tmp_path / "cache", pipeline_args=IN_PROCESS, **kwargs)
+
+  build(shots=(0,))
+  second = build(shots=(2,))
+  manifest = cache.read_manifest(tmp_path / "cache")
+  every = {cache.shard_name(f"crossfit:{t}", k, s) for t in "ab" for k in (0, 2) for s in ("train", "validation")}
+  assert set(manifest.shards) == every and manifest.shots == (0, 2)
+  assert len(second.written) == 4 and len(second.kept) == 4
+  assert cached_stream.cache_tasks(tmp_path / "cache", "crossfit:a").rates == (("crossfit:a", 1.0),)
+  third = build(tasks=["crossfit:b"])
+  assert third.written == () and len(third.skipped) == 2 and len(third.kept) == 6
+  assert set(cache.read_manifest(tmp_path / "cache").shards) == every
+  # Task a's source edited: a run for task b no longer lists a's shards (they would be refused when read).
+  _write_jsonl(pathlib.Path(entry.path), [{"src": "Another question entirely?", "tgt": f"x{i}"} for i in range(30)])
+  fourth = build(tasks=["crossfit:b"], shots=(0, 2))
+  assert set(cache.read_manifest(tmp_path / "cache").shards) == {n for n in every if n.startswith("crossfit__b.")}
+  assert set(fourth.dropped) == every - set(cache.read_manifest(tmp_path / "cache").shards)
+  assert set(fourth.dropped.values()) == {f"is out of date: its source changed ({entry.path})"}
+  assert "no longer listed: 4 shard(s) of earlier runs (crossfit__a.0shot.train, ...)" in fourth.describe()
+
+
+def test_a_failed_or_interrupted_build_leaves_a_working_cache_working(tmp_path, monkeypatch, capsys):
+  """A usage error (a misspelt --tasks) or a build interrupted while its pipeline runs changes neither the cache's
+  catalog copy nor its manifest, which change together at the end; a usage error creates no new folder."""
+  _jsonl_catalog(tmp_path, "catalog", {"a": [f"a{i}" for i in range(30)]})
+  assert bench_cli.main(["cache", str(tmp_path / "catalog"), "--out", str(tmp_path / "cache"), *IN_PROCESS]) == 0
+  before = {name: (tmp_path / "cache" / name).read_bytes() for name in (cache.CATALOG_FILE, cache.MANIFEST_FILE)}
+  _jsonl_catalog(tmp_path, "catalog2", {"a": [f"a{i}" for i in range(30)], "b": [f"b{i}" for i in range(40)]})
+  for out in ("cache", "new_cache"):
+    code = bench_cli.main(["cache", str(tmp_path / "catalog2"), "--out", str(tmp_path / out), "--tasks", "crossfit:bb"])
+    assert code == 2 and "no task(s) with examples named ['crossfit:bb']" in capsys.readouterr().err
+  assert not (tmp_path / "new_cache").exists()
+
+  def interrupted(*args):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(cache_beam, "_beam_pipeline", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    cache_beam.build(tmp_path / "catalog2", tmp_path / "cache", pipeline_args=IN_PROCESS)
+  assert {name: (tmp_path / "cache" / name).read_bytes() for name in before} == before
+  assert cached_stream.cache_tasks(tmp_path / "cache", "optiml_bench_train").rates == (("crossfit:a", 1.0),)
 
 
 def _example(i):
