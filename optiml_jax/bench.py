@@ -25,10 +25,11 @@ task in it, an output folder holding anything but an earlier catalog; nothing is
 from __future__ import annotations
 
 import argparse
+import difflib
 import itertools
 import os
 import sys
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from optiml_jax import resources
 from optiml_jax.data import bench_config
@@ -105,8 +106,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
   pre = commands.add_parser(
       "cache", help="pre-tokenize a catalog into CACHE_DIR with Apache Beam",
-      epilog="Other options are Apache Beam's (--runner=DataflowRunner --project=... etc.); "
-      "the local default (Beam's FnApiRunner) uses every core (--direct_num_workers).")
+      epilog="Other options are Apache Beam's (--runner=DataflowRunner --project=... etc.; one that resembles an "
+      "option of this command, e.g. --tokenizer-dir, is refused); the local default (Beam's FnApiRunner) uses every "
+      "core (--direct_num_workers).")
   pre.add_argument("catalog_dir", help="the catalog folder (bench build --out)")
   pre.add_argument("--out", required=True, help="the cache folder (created, or completed when it exists)")
   pre.add_argument("--tokenizer_dir", help="Hugging Face tokenizer folder (default: OPT's, shipped)")
@@ -123,7 +125,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   if extra and args.command != "cache":
     parser.error(f"unrecognized arguments: {' '.join(extra)}")
   args.pipeline_args = extra
+  if args.command == "cache":
+    own = [name for name in vars(args) if name not in ("command", "catalog_dir", "pipeline_args")]
+    args.unknown_pipeline_args = _unknown_pipeline_args(extra, own, pre.error)
   return args
+
+
+def _unknown_pipeline_args(extra: Sequence[str], own: Sequence[str], error: Callable[[str], Any]) -> list[str]:
+  """The flags among the arguments `bench cache` hands to Apache Beam (those its parser left) that Beam's Python SDK
+  does not know either, after refusing (`error`: exit 2) one that resembles the command's own options (`own`,
+  without dashes), such as `--tokenizer-dir` for `--tokenizer_dir`: Beam would drop it with a warning, and the
+  build would go on without it (with OPT's tokenizer, say)."""
+  from optiml_jax.data import cache_beam  # pylint: disable=g-import-not-at-top  (Beam: only when there are extras)
+
+  flags = [arg.split("=", 1)[0] for arg in extra if arg.startswith("-") and arg.strip("-")]
+  beam = cache_beam.beam_option_flags() if flags else None
+  unknown = []
+  for flag in flags:
+    if beam is not None and flag in beam:
+      continue
+    close = difflib.get_close_matches(flag.lstrip("-").replace("-", "_").lower(), own, n=1, cutoff=0.75)
+    if close:
+      error(f"unrecognized argument {flag}: did you mean --{close[0]}? (the other arguments are Apache Beam's "
+            "pipeline options)")
+    unknown.append(flag)
+  return unknown
 
 
 def _shots(value: str) -> tuple[int, ...]:
@@ -318,6 +344,11 @@ def run_cache(args: argparse.Namespace) -> int:
   from optiml_jax.data import cache_beam  # pylint: disable=g-import-not-at-top
 
   logging.getLogger("apache_beam").setLevel(logging.ERROR)  # our report names failed tasks; Beam's chatter is noise
+  unknown = getattr(args, "unknown_pipeline_args", ())
+  if unknown:
+    print(
+        f"warning: {', '.join(unknown)}: neither an option of `bench cache` nor a pipeline option Apache Beam "
+        "knows; passed to the runner as given (Beam's local runner ignores it)", file=sys.stderr)
   try:
     result = cache_beam.build(args.catalog_dir, args.out, tokenizer_dir=args.tokenizer_dir, shots=args.shots,
                               stats_length=args.stats_length, pipeline_args=args.pipeline_args, tasks=args.tasks)

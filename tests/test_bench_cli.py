@@ -130,6 +130,13 @@ def test_missing_source_folder_and_no_source(tmp_path):
   assert result.returncode == 2 and "no catalog here" in result.stderr
 
 
+def test_cache_refuses_a_misspelling_of_its_own_option_instead_of_handing_it_to_beam(tmp_path):
+  result = bench("cache", tmp_path / "catalog", "--out", tmp_path / "cache", "--tokenizer-dir", tmp_path / "tok")
+  assert result.returncode == 2
+  assert "unrecognized argument --tokenizer-dir: did you mean --tokenizer_dir?" in result.stderr
+  assert not (tmp_path / "cache").exists()
+
+
 def test_toy_command_writes_bench_and_catalog(tmp_path):
   result = bench("toy", "--out", tmp_path / "toy", "--catalog", tmp_path / "catalog")
   assert result.returncode == 0, result.stderr

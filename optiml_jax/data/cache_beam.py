@@ -25,6 +25,7 @@ modification time its shards recorded is not read again) and hands the result to
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
 import dataclasses
 import json
@@ -187,6 +188,23 @@ def _beam_pipeline(items: Sequence[WorkItem], cache_dir: str, tokenizer_dir: str
   with beam.Pipeline(options=options) as pipeline:
     _ = (pipeline | "Tasks" >> beam.Create(list(items)) | "Spread" >> beam.Reshuffle() |
          "WriteShards" >> beam.ParDo(WriteShards()))
+
+
+def beam_option_flags() -> frozenset[str] | None:
+  """Every flag of the pipeline options Apache Beam's Python SDK defines (`--runner`, `--project`,
+  `--direct_num_workers`, ...); None without Beam. A runner's job server may take flags besides these (Beam hands
+  unknown ones to portable runners)."""
+  try:
+    from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  flags: set[str] = set()
+
+  def record(parser: argparse.ArgumentParser) -> None:  # called with every options class's arguments added
+    flags.update(parser._option_string_actions)  # pylint: disable=protected-access
+
+  pipeline_options.PipelineOptions([]).get_all_options(add_extra_args_fn=record)
+  return frozenset(flags)
 
 
 def default_direct_options(pipeline_args: Sequence[str]) -> list[str]:

@@ -471,6 +471,25 @@ def test_a_failed_or_interrupted_build_leaves_a_working_cache_working(tmp_path, 
   assert cached_stream.cache_tasks(tmp_path / "cache", "optiml_bench_train").rates == (("crossfit:a", 1.0),)
 
 
+def test_a_misspelt_option_of_the_cache_command_is_refused_and_beams_own_options_pass(tmp_path, capsys):
+  """Arguments `bench cache` does not take go to Apache Beam, which drops those it does not know with a warning:
+  a misspelling of the command's own option (`--tokenizer-dir`) built with OPT's tokenizer. It is refused (exit 2,
+  the option it resembles named) before anything is written; Beam's options still pass, and a flag neither knows
+  goes to the runner with a warning."""
+  catalog_dir, out = tmp_path / "catalog", tmp_path / "cache"
+  _jsonl_catalog(tmp_path, "catalog", {"a": [f"a{i}" for i in range(30)]})
+  for typo, meant in (("--tokenizer-dir", "--tokenizer_dir"), ("--tokeniser_dir=/x", "--tokenizer_dir"),
+                      ("--stats-length", "--stats_length"), ("-tokenizer_dir", "--tokenizer_dir")):
+    with pytest.raises(SystemExit) as exit_:
+      bench_cli.main(["cache", str(catalog_dir), "--out", str(out), *typo.split(" "), "/x", *IN_PROCESS])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"unrecognized argument {typo.split('=')[0]}: did you mean {meant}?" in err
+  assert not out.exists()
+  assert bench_cli.main(["cache", str(catalog_dir), "--out", str(out), "--job_server_flag=1", *IN_PROCESS]) == 0
+  assert "warning: --job_server_flag: neither an option of `bench cache`" in capsys.readouterr().err
+  assert len(cache.read_manifest(out).shards) == 2
+
+
 def _example(i):
   """One example as `registry.iter_examples` yields it (token ids and text fields)."""
   return dict(inputs=np.arange(3) + i, targets=np.arange(2), instance_id=str(i), inputs_pretokenized=f"q{i}",
