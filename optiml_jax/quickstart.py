@@ -9,8 +9,11 @@
 
 Everything goes under `--workdir` (default `quickstart_out/`): toybench/, catalog/, model/, eval/ and
 jax_cache/ (compiled programs, so a second run starts faster). Safe to run twice: the toy bench is rebuilt
-identically and the previous run's model and eval folders are replaced. About 100 s on two idle CPU cores.
-The evaluation runs in a fresh process, so its gin configuration starts clean.
+identically, the previous run's model/ is deleted and its eval/ outputs replaced (`evaluate` keeps other files
+there). A model/ that holds anything a quickstart does not write there (`is_quickstart_model`: step folders,
+config.json, tokenizer files, metrics.jsonl, tensorboard/, loss.png) is refused before anything is written (exit
+2), as is a --workdir that cannot be a folder. About 100 s on two idle CPU cores. The evaluation runs in a fresh
+process, so its gin configuration starts clean.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -25,11 +29,48 @@ import time
 from typing import Sequence
 
 from optiml_jax import bench
+from optiml_jax import tempfiles
 from optiml_jax import train as train_entry
+from optiml_jax.checkpoints import hf as hf_lib
 
 EVAL_INSTANCES = 20  # evaluation instances per task (the toy catalog holds 20 to 50)
 EVAL_NEW_TOKENS = 16  # toy answers are a few tokens long
 WARMUP_STEPS = 10  # quickstart.gin's OptimizerArgs.warmup_steps: a --train_steps run warms up at most half its steps
+# What a quickstart's training writes into model/ (its MODEL_DIR), each also as the `.tmp` file a killed write leaves.
+MODEL_FILES = frozenset({"config.json", "metrics.jsonl", "loss.png", "tensorboard", *hf_lib.TOKENIZER_FILES})
+# Step folders, and what Orbax and the trainer make of them: `<step>.orbax-checkpoint-tmp...`, `<step>.unrestorable`.
+_STEP_ENTRY = re.compile(r"\d+(\..+)?")
+
+
+class UsageError(ValueError):
+  """--workdir cannot be used: exit status 2, before anything is written."""
+
+
+def is_quickstart_model(model_dir: pathlib.Path) -> bool:
+  """Whether `model_dir` holds only what a quickstart's training writes there (`MODEL_FILES`, step folders), so that
+  deleting it loses nothing of the user's. An empty folder is one."""
+  for entry in model_dir.iterdir():
+    name = entry.name[:-len(".tmp")] if entry.name.endswith(".tmp") else entry.name
+    if name not in MODEL_FILES and not (entry.is_dir() and _STEP_ENTRY.fullmatch(name)):
+      return False
+  return True
+
+
+def check_workdir(workdir: pathlib.Path) -> None:
+  """Raises UsageError naming --workdir when it cannot hold the quickstart's folders, or when its model/ is not a
+  quickstart's (`is_quickstart_model`): a rerun deletes model/, which must not take the user's files with it."""
+  if workdir.exists() and not workdir.is_dir():
+    raise UsageError(f"--workdir: {workdir} is a file; the quickstart needs a folder (a new one, or an earlier "
+                     "quickstart's)")
+  blocking = tempfiles.file_in_the_way(workdir)
+  if blocking is not None:
+    raise UsageError(f"--workdir: {workdir}: cannot be a folder: {blocking} is a file")
+  model_dir = workdir / "model"
+  if model_dir.exists() and not model_dir.is_dir():
+    raise UsageError(f"--workdir: {model_dir} is a file; the quickstart trains into a folder of that name")
+  if model_dir.is_dir() and not is_quickstart_model(model_dir):
+    raise UsageError(f"--workdir: {model_dir} holds files a quickstart does not write (a quickstart run replaces "
+                     "model/ as a whole); move them away, or pass another --workdir")
 
 
 def warmup_steps(train_steps: int) -> int:
@@ -58,6 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   started = time.time()
   workdir = pathlib.Path(args.workdir).resolve()
+  try:
+    check_workdir(workdir)
+  except UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   toy_dir, catalog_dir, model_dir = workdir / "toybench", workdir / "catalog", workdir / "model"
   print(f"[1/3] toy bench -> {toy_dir}, catalog -> {catalog_dir}", flush=True)
   code = bench.main(["toy", "--out", str(toy_dir), "--catalog", str(catalog_dir)])
@@ -77,9 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   code = train_entry.main(flags)
   if code:
     return code
-  eval_dir = workdir / "eval"
-  if eval_dir.exists():
-    shutil.rmtree(eval_dir)
+  eval_dir = workdir / "eval"  # the evaluation replaces an earlier one's outputs there and keeps other files
   print(f"[3/3] evaluating the last checkpoint -> {eval_dir}", flush=True)
   command = [
       sys.executable, "-m", "optiml_jax.eval", "--gin_file=eval.gin", f"--gin.CHECKPOINT_PATH={model_dir}",
