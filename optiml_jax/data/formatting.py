@@ -22,7 +22,8 @@ The recipe (OPT-IML, Iyer et al. 2022, "Formatting and tokens"):
 * Demonstrations come from the task's own `demonstrations` (SNI positive examples), topped up from its
   training instances when it has fewer than k, never from its evaluation instances: the caller passes both
   pools (see `registry.py`). A candidate with the example's own input text is never drawn (sources repeat
-  instances under other ids).
+  instances under other ids), and one prompt never shows the same worked example twice (input and answer
+  compared, `demonstration_content`).
 * `lm` tasks (pre-training text) have no source: the whole text is the target and is trained on.
 * Token ids are split into `inputs` = BPE(source) and `targets` = the target's tokens as they follow the
   source + [EOS]; the BOS is the packer's to add (`packing.py`). The target's tokens are the tail of
@@ -90,6 +91,12 @@ def choose_delimiter(seed: int, task_name: str, instance_id: str, delimiters: Se
   return delimiters[stable_hash("delimiter", seed, task_name, instance_id) % len(delimiters)]
 
 
+def demonstration_content(demo: records.Instance) -> tuple[str, str]:
+  """What a demonstration shows: its input and first reference output, surrounding whitespace aside (the ids of
+  two records of one worked example differ; their blocks in a prompt do not)."""
+  return demo.input.strip(), demo.targets[0].strip() if demo.targets else ""
+
+
 def choose_demonstrations(seed: int, task_name: str, instance_id: str, pool: Sequence[records.Instance], k: int,
                           fallback: Sequence[records.Instance] = (),
                           instance_input: str | None = None) -> tuple[records.Instance, ...]:
@@ -100,21 +107,30 @@ def choose_demonstrations(seed: int, task_name: str, instance_id: str, pool: Seq
   passed over: the instance by its id and, given `instance_input`, by its text too (leading and trailing
   whitespace aside), since sources repeat instances under other ids (an SNI positive example that is also one
   of the task's instances, a P3 prompt on two lines), and such a demonstration would show the example's
-  own answer in its prompt. Returns fewer than k when both pools together are smaller (an empty tuple for k=0).
+  own answer in its prompt. The demonstrations are distinct worked examples (`demonstration_content`): a drawn
+  candidate that repeats one already chosen (such a repeat in either pool) is dropped and another drawn from the
+  candidates left, so a draw without repeats is the plain draw of k. Returns fewer than k when the pools together
+  hold fewer distinct ones (an empty tuple for k=0).
   """
   if k < 0:
     raise ValueError(f"task {task_name}: number of demonstrations must be >= 0, got {k}")
   rng = np.random.default_rng(stable_hash("demonstrations", seed, task_name, instance_id))
   same_text = None if instance_input is None else instance_input.strip()
   chosen: list[records.Instance] = []
+  shown: set[tuple[str, str]] = set()
   for candidates in (pool, fallback):
     candidates = [
         d for d in candidates
-        if d.id != instance_id and d.targets and d not in chosen and (same_text is None or d.input.strip() != same_text)
+        if d.id != instance_id and d.targets and (same_text is None or d.input.strip() != same_text)
     ]
-    want = min(k - len(chosen), len(candidates))
-    if want > 0:
-      chosen += [candidates[i] for i in rng.choice(len(candidates), size=want, replace=False)]
+    while (want := min(k - len(chosen), len(candidates))) > 0:
+      picks = rng.choice(len(candidates), size=want, replace=False)
+      for i in picks:
+        if demonstration_content(candidates[i]) not in shown:
+          shown.add(demonstration_content(candidates[i]))
+          chosen.append(candidates[i])
+      drawn = set(picks.tolist())
+      candidates = [d for j, d in enumerate(candidates) if j not in drawn and demonstration_content(d) not in shown]
   return tuple(chosen)
 
 

@@ -132,6 +132,31 @@ def test_demonstrations_never_repeat_the_instance_under_another_id():
   assert any(p.id == "p3" for p in formatting.choose_demonstrations(0, "sni:t1", copy.id, pool, 6))
 
 
+def test_demonstrations_of_one_prompt_are_distinct_worked_examples():
+  """Sources repeat a worked example under other ids (an SNI positive example that is also one of the task's
+  instances, a P3 line repeated): one k-shot prompt shows each worked example once, input and first answer
+  compared with surrounding whitespace aside, and still k of them where the pools hold k distinct ones."""
+  own = [records.Instance(f"pos-{i}", f"in {i}", (f"out {i}",)) for i in range(3)]
+  fallback = [
+      records.Instance("task-a", " in 0\n", ("out 0 ",)),  # own pos-0 as an instance
+      records.Instance("line-1", "train 1", ("t 1",)),
+      records.Instance("line-1b", "train 1", ("t 1",)),
+      records.Instance("line-2", "train 2", ("t 2",)),
+      records.Instance("line-3", "train 3", ("t 3",)),
+      records.Instance("line-4", "train 3", ("another answer",)),  # same input, other answer: another example
+  ]
+  contents = {(d.input.strip(), d.targets[0].strip()) for d in own + fallback}
+  for instance_id in (f"q{j}" for j in range(60)):
+    for k in (4, 5, 7, 8):
+      picks = formatting.choose_demonstrations(3, "sni:t1", instance_id, own, k, fallback)
+      shown = [(d.input.strip(), d.targets[0].strip()) for d in picks]
+      assert len(set(shown)) == len(shown) == min(k, len(contents)), (instance_id, k, [d.id for d in picks])
+      assert set(own) <= set(picks)  # the task's own first
+    # Repeats within one pool too: three distinct examples among four candidates give all three.
+    picks = formatting.choose_demonstrations(3, "p3:t1", instance_id, fallback[1:5], 3)
+    assert sorted(d.input for d in picks) == ["train 1", "train 2", "train 3"], instance_id
+
+
 def test_real_sni_demonstration_equal_to_an_eval_instance_is_not_drawn(shared_dir):
   """task697 of the sample: its positive example 1 is also its instance task697-454de825... (one of the first 20,
   held out for evaluation): its 5-shot prompt must not hold its own answer."""
