@@ -22,7 +22,8 @@ Layout:
                                             targets_pretokenized, references, options_pretokenized, options,
                                             and options_scores when the options are graded (BIG-bench)
         stats.json                          the commit marker, written last: counts, fingerprint and what it
-                                            was made from (made_from), file sizes
+                                            was made from (made_from), file sizes, and the size and mtime of
+                                            the source files it was read from (source_stat)
 
 A shard is written into a staging folder (`<shard>.tmp-<random>`) and renamed into place once `stats.json` is in
 it, so a reader never sees a half-written shard (the staging folder of a writer killed before that is removed when

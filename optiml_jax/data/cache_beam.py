@@ -334,12 +334,10 @@ def build(catalog_dir: str | os.PathLike, cache_dir: str | os.PathLike, tokenize
       for variant, reason in (old.failed if old else {}).items()
       if variant not in this_run and variant.rpartition(" (")[0] in by_name
   }
+  still_failed.update(failed)
   manifest = cache.Manifest(vocabulary=vocabulary.fingerprint, tokenizer_dir=tokenizer_dir, seed=seed,
                             pool_size=pool_size, shots=tuple(sorted({*variants, *(old.shots if old else ())})),
-                            shards=shards, failed={
-                                **still_failed,
-                                **failed
-                            }, tokenizer=cache.TokenizerInfo.of(vocabulary))
+                            shards=shards, failed=still_failed, tokenizer=cache.TokenizerInfo.of(vocabulary))
   # The catalog copy and the manifest change together, at the end: a build that fails or is interrupted before
   # leaves the cache as it was listed (its shards rewritten in place are checked when read).
   out.mkdir(parents=True, exist_ok=True)
