@@ -125,16 +125,24 @@ def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
 def demonstration_pools(entry: catalog_lib.CatalogEntry, task: records.TaskSource, size: int = DEMONSTRATION_POOL_SIZE,
                         fallback: bool = True) -> tuple[tuple[records.Instance, ...], tuple[records.Instance, ...]]:
   """(own, fallback): the demonstrations a k-shot example of the task may draw. `own` are the task's own
-  (SNI positive examples); `fallback`, which tops them up when k is larger, the first `size` instances after its
-  evaluation instances (training instances of a train-role task, unused instances of a held-out one; empty when
-  `fallback` is False). Never an evaluation instance, nor, for a train-role task, a repeat of one of its held-out
-  instances (`catalog.repeats_held_out`): sources repeat instances (SNI positive examples that are also instances
-  of their task, e.g. task697's), and a k-shot training prompt would train on that held-out answer."""
+  (SNI positive examples); `fallback`, which tops them up when k is larger, the instances among the first `size`
+  after its evaluation instances (training instances of a train-role task, unused instances of a held-out one;
+  empty when `fallback` is False). Never an evaluation instance; for a train-role task, never a repeat (same input
+  and answer, `catalog.repeats_held_out`) of one of its held-out instances, nor a line the catalog left out of its
+  training stream as a copy of another task's held-out instance (`entry.excluded_instances`, source indices), nor a
+  repeat of such a line: a k-shot training prompt would train on that held-out answer. Sources repeat instances
+  (SNI positive examples that are also instances of their task, e.g. task697's)."""
   start = entry.num_eval_instances
   own: tuple[records.Instance, ...] = tuple(task.demonstrations)
-  rest: tuple[records.Instance,
-              ...] = tuple(itertools.islice(task.instances(), start, start + size)) if fallback else ()
+  excluded = frozenset(entry.excluded_instances)
+  rest: tuple[records.Instance, ...] = ()
+  if fallback:
+    window = itertools.islice(enumerate(task.instances()), start, start + size)
+    rest = tuple(instance for k, instance in window if k not in excluded)
   held_out = catalog_lib.held_out_answers(entry, task)
+  if excluded and own:  # the lines themselves may lie past the window
+    lines = itertools.islice(enumerate(task.instances()), max(excluded) + 1)
+    held_out |= {(i.input.strip(), t.strip()) for k, i in lines if k in excluded for t in i.targets}
   if held_out:
     own = tuple(d for d in own if not catalog_lib.repeats_held_out(d, held_out))
     rest = tuple(d for d in rest if not catalog_lib.repeats_held_out(d, held_out))

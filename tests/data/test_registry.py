@@ -476,3 +476,35 @@ def test_k_shot_training_prompts_never_hold_a_held_out_instance(shared_dir):
   # A held-out task keeps its own demonstrations (SNI's protocol); only the example itself is passed over.
   held = dataclasses.replace(entry, role=catalog.HELD_OUT_TASK, num_examples=0, num_eval_instances=num)
   assert registry.demonstration_pools(held, task, fallback=False) == (task.demonstrations, ())
+
+
+def test_k_shot_prompts_never_show_a_line_the_catalog_excluded_from_training(tmp_path):
+  """`excluded_instances` are lines of a training task that copy another task's held-out instance (the catalog's
+  `held_out_elsewhere`, by their index in the source): left out of the training stream, and never shown as a
+  k-shot demonstration either, where the model would train on that held-out answer just as well; nor is a
+  positive example of the task that repeats such a line."""
+  path = tmp_path / "siblings.jsonl"
+  _write_jsonl(path, [{"src": f"Question {i}: what is in box {i}?", "tgt": f"thing {i}"} for i in range(30)])
+  task = sources.reopen("jsonl", str(path), "crossfit")
+  positive = (records.Instance("positive-0", "Question 25: what is in box 25? ", ("thing 25",)),
+              records.Instance("positive-1", "Question 99: what is in box 99?", ("thing 99",)))
+  task = dataclasses.replace(task, demonstrations=positive)
+  excluded = (12, 15, 25)
+  entry = catalog.CatalogEntry(name=task.name, benchmark="crossfit", category="Misc.", role=catalog.TRAIN,
+                               num_examples=20 - len(excluded), num_eval_instances=10, rate=1.0, format="jsonl",
+                               path=str(path), dataset=task.dataset, template="", kind=task.kind, num_instances=30,
+                               excluded_instances=excluded)
+  lines = list(task.instances())
+  own, fallback = registry.demonstration_pools(entry, task)
+  assert own == positive[1:]  # positive-0 repeats line 25, past the pool's window
+  assert fallback == tuple(lines[k] for k in range(10, 30) if k not in excluded)
+  _, window = registry.demonstration_pools(entry, task, size=5)  # the first 5 lines after the held-out ones
+  assert window == (lines[10], lines[11], lines[13], lines[14])
+  copies = [lines[k].input for k in excluded]
+  vocabulary = vocab_lib.OPTVocabulary()
+  for split in (registry.TRAIN_SPLIT, registry.EVAL_SPLIT):
+    examples = list(registry.iter_examples(entry, task, split, 5, vocabulary))
+    assert len(examples) == {registry.TRAIN_SPLIT: 17, registry.EVAL_SPLIT: 10}[split]
+    for example in examples:
+      assert example["inputs_pretokenized"].count("\n\n") == 5  # five demonstrations still
+      assert not [c for c in copies if c in example["inputs_pretokenized"]], (split, example["instance_id"])
