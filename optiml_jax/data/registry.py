@@ -45,6 +45,7 @@ Mixtures (their rates computed by `sampling.catalog_mixtures`, which the TF-free
   `optiml_bench_train`          train-role tasks (0-shot) at the catalog's rates: min(examples, 4096)
                                 rescaled to the benchmark shares (`rates.examples_proportional`).
   `optiml_bench_train_uniform`  the same tasks, uniform within each benchmark, same shares.
+  Both need the 0-shot Tasks: `register_catalog` registers them only when its `shots` hold 0.
   Your own: `add_mixture(name, ["sni", "flan:some_task"], shares=..., temperature=2.0)`.
 
 Registering from a gin file, as in t5x: put the calls in a module of your own,
@@ -461,7 +462,8 @@ def register_catalog(catalog_dir: str | os.PathLike | None, vocabulary: seqio.Vo
     seed: formatting seed (delimiter and demonstrations of each example).
     pool_size: fallback demonstrations of tasks with fewer own ones than shots (see `demonstration_pool`).
     shuffle_buffer_size: each Task's shuffle buffer.
-    mixtures: also register `optiml_bench_train` and `optiml_bench_train_uniform`.
+    mixtures: also register `optiml_bench_train` and `optiml_bench_train_uniform`, which mix 0-shot Tasks: only
+      when `shots` holds 0 (else they are left out with a logged warning, and `Registered.mixtures` is empty).
     cache_dir: a bench cache (`python -m optiml_jax.bench cache`): every Task whose shards its manifest lists
       reads them there (the others, e.g. a number of shots not cached, read their source files, with a warning);
       with `catalog_dir` None, the catalog is the copy inside the cache.
@@ -505,7 +507,12 @@ def register_catalog(catalog_dir: str | os.PathLike | None, vocabulary: seqio.Vo
         "with `python -m optiml_jax.bench cache`, --shots for k-shot variants)", cache_dir, len(uncached),
         ", ".join(uncached[:5]), " ..." if len(uncached) > 5 else "")
   mixture_names: list[str] = []
-  if mixtures:
+  if mixtures and 0 not in shots:
+    logging.warning(
+        "%s: the training mixtures (%s, %s) mix 0-shot Tasks and shots=%s registers none: mixtures not registered "
+        "(add 0 to shots to register them; mixtures=False silences this)", catalog_dir, TRAIN_MIXTURE,
+        TRAIN_MIXTURE_UNIFORM, tuple(shots))
+  elif mixtures:
     catalog_mixtures = sampling.catalog_mixtures(bench)
     for name, task_rates in catalog_mixtures.items():
       _replace_mixture(name, task_rates)
@@ -535,15 +542,19 @@ def mixture_rates(items: Sequence[str], shares: Mapping[str, float] | None = Non
   if not items:
     raise ValueError("a mixture needs at least one task or benchmark name")
   benchmarks = {e.benchmark for e in _ENTRIES.values()}
+  registered = set(seqio.TaskRegistry.names())
   chosen: dict[str, catalog_lib.CatalogEntry] = {}
   for item in items:
     if item in benchmarks:
       for entry in _ENTRIES.values():
         if entry.benchmark == item and entry.role == catalog_lib.TRAIN and entry.num_examples > 0:
+          if entry.name not in registered:
+            raise ValueError(f"benchmark {item!r} mixes its training tasks 0-shot, and {entry.name!r} is not "
+                             "registered (register_catalog with 0 in shots)")
           chosen[entry.name] = entry
       continue
     base, suffix = _base_name(item)
-    if item not in seqio.TaskRegistry.names() or base not in _ENTRIES:
+    if item not in registered or base not in _ENTRIES:
       raise ValueError(f"{item!r} is neither a registered catalog task nor a benchmark of one "
                        f"(benchmarks: {sorted(benchmarks)}; register the catalog first)")
     entry = _ENTRIES[base]

@@ -508,3 +508,26 @@ def test_k_shot_prompts_never_show_a_line_the_catalog_excluded_from_training(tmp
     for example in examples:
       assert example["inputs_pretokenized"].count("\n\n") == 5  # five demonstrations still
       assert not [c for c in copies if c in example["inputs_pretokenized"]], (split, example["instance_id"])
+
+
+def test_registering_k_shot_variants_alone_leaves_the_0_shot_mixtures_out(bench, caplog):
+  """`register_catalog(shots=(2,))` (e.g. a few-shot evaluation) registers the 2-shot Tasks it was asked for; the
+  training mixtures mix 0-shot Tasks it did not register, so they are left out with a warning saying how to get
+  them (it failed with seqio's "Provider name not registered"); a mixture of a benchmark's 0-shot Tasks says
+  what is missing."""
+  for name in (registry.TRAIN_MIXTURE, registry.TRAIN_MIXTURE_UNIFORM):
+    seqio.MixtureRegistry.remove(name)
+  one = "sni:task001_toy_add_small"
+  try:
+    with caplog.at_level("WARNING"):
+      registered = registry.register_catalog(bench["dir"], bench["vocab"], shots=(2,))
+    assert registered.mixtures == ()
+    assert set(registered.tasks) == {n for n in bench["registered"].tasks if n.endswith(".2shot")}
+    assert registry.TRAIN_MIXTURE not in seqio.MixtureRegistry.names()
+    assert "mixtures not registered (add 0 to shots" in caplog.text
+    seqio.TaskRegistry.remove(one)  # as if only k-shot variants had been registered
+    with pytest.raises(ValueError, match=f"benchmark 'sni' mixes .* 0-shot, and '{one}' is not registered"):
+      registry.add_mixture("e_sni_only", ["sni"])
+  finally:
+    assert registry.register_catalog(bench["dir"], bench["vocab"], shots=(0, 2)) == bench["registered"]
+  assert registry.TRAIN_MIXTURE in seqio.MixtureRegistry.names()
