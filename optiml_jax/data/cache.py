@@ -57,9 +57,10 @@ from optiml_jax.data import records
 FORMAT_VERSION = 1
 # Which rule drew the demonstrations of k-shot shards (`formatting.choose_demonstrations`,
 # `registry.demonstration_pools`): 2 passes over a candidate with the example's own input text and, in a training
-# task, over copies of its held-out instances (1 compared ids only). Part of a k-shot shard's fingerprint only, so a
-# rule change rebuilds the k-shot shards and leaves the 0-shot ones.
-DEMONSTRATIONS_RULE = 2
+# task, over copies of its held-out instances (1 compared ids only); 3 also passes over a repeat of a demonstration
+# already drawn (same input and answer) and over the lines the catalog left out of training (`excluded_instances`).
+# Part of a k-shot shard's fingerprint only, so a rule change rebuilds the k-shot shards and leaves the 0-shot ones.
+DEMONSTRATIONS_RULE = 3
 # Which instances a training shard holds (`catalog.train_instances`): 2 passes over repeats of a held-out instance,
 # same input and answer (1 took every instance after the held-out ones). Part of a training shard's fingerprint only.
 TRAIN_STREAM_RULE = 2
