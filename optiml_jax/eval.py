@@ -30,8 +30,9 @@ newest one that can. Tracebacks of the libraries behind such faults go to a log 
 under $TMPDIR/optiml_jax/), or with `--debug` to the screen too (`cli_logging`).
 
 Exit status: 0 when the report was written (tasks that failed are listed in it and on stderr); 1 when no
-checkpoint could be read; 2 on a configuration error (gin, unknown level, no tasks, an unreadable CATALOG_DIR, an
-EVAL_OUTPUT_DIR that cannot be a folder), printed as one line naming the macro.
+checkpoint could be read; 2 on a configuration error (gin, a setting `check_settings` refuses, a mesh_shape that does
+not fit the devices, unknown level, no tasks, an unreadable CATALOG_DIR, an EVAL_OUTPUT_DIR that cannot be a
+folder), printed as one line naming the macro or binding, before anything is written.
 """
 
 from __future__ import annotations
@@ -395,6 +396,53 @@ def _as_list(value: str | Sequence[str] | None) -> list[str] | None:
   return [value] if isinstance(value, str) else list(value)
 
 
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_list_of_counts(value: Any) -> bool:
+  """Whether `value` is a non-empty list (or tuple) of ints >= 0."""
+  return (isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0 and
+          all(_is_int(k) and k >= 0 for k in value))
+
+
+def check_settings(*, shots: Any, checkpoint_steps: Any, batch_size: Any, dtype: Any) -> list[int]:
+  """Raises ConfigError naming the macro or binding of the first setting `evaluate` cannot use, before anything is
+  read or written; returns SHOTS as a list (one number is one shot count)."""
+  shots = [shots] if _is_int(shots) else shots
+  if not _is_list_of_counts(shots):
+    raise ConfigError(f"SHOTS (evaluate.shots): expected a list of numbers of demonstrations >= 0, e.g. [0, 5]; got "
+                      f"{shots!r}")
+  steps = [checkpoint_steps] if _is_int(checkpoint_steps) else checkpoint_steps
+  if steps not in ("latest", "all") and not _is_list_of_counts(steps):
+    raise ConfigError(f"CHECKPOINT_STEPS (evaluate.checkpoint_steps): expected 'latest', 'all' or a list of steps "
+                      f"(e.g. [100, 200]); got {checkpoint_steps!r}")
+  if not _is_int(batch_size) or batch_size < 1:
+    raise ConfigError(f"evaluate.batch_size: expected a positive number of rows per batch, got {batch_size!r}")
+  if dtype is not None:
+    try:
+      floating = jax.numpy.issubdtype(jax.numpy.dtype(dtype), jax.numpy.floating)
+    except TypeError:
+      floating = False
+    if not floating:
+      raise ConfigError(f"evaluate.dtype: expected a floating-point compute dtype (e.g. 'bfloat16', 'float32') or "
+                        f"None (the checkpoint's), got {dtype!r}")
+  return list(shots)
+
+
+def _make_mesh(mesh_shape: Any) -> jax.sharding.Mesh:
+  """The (data, fsdp, tensor) mesh of `evaluate.mesh_shape` over the local devices; ConfigError naming the binding
+  when it cannot be made (`partitioning.make_mesh`'s reason: e.g. sizes that do not multiply to the device count)."""
+  if isinstance(mesh_shape, str) or not isinstance(mesh_shape, Sequence) or len(mesh_shape) != 3 or not all(
+      _is_int(size) for size in mesh_shape):
+    raise ConfigError(f"evaluate.mesh_shape: expected (data, fsdp, tensor), got {mesh_shape!r}")
+  data, fsdp, tensor = mesh_shape
+  try:
+    return partitioning.make_mesh(data, fsdp, tensor)
+  except ValueError as e:
+    raise ConfigError(f"evaluate.mesh_shape: {e}") from e
+
+
 @gin.configurable
 def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.REQUIRED,
              catalog_dir: str | None = None, levels: Sequence[str] = evaluator.LEVELS, shots: Sequence[int] = (0,),
@@ -423,8 +471,6 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
   gin_registry.check_bindings_are_read("evaluate.model", "evaluate.* and the model configurable evaluate.model "
                                        "refers to")
   levels, tasks, benchmarks = _as_list(levels), _as_list(tasks), _as_list(benchmarks)
-  if isinstance(shots, int):
-    shots = [shots]
   catalog_macro = "CATALOG_DIR" if catalog_dir is not None else "CACHE_DIR"
   catalog_dir = catalog_dir if catalog_dir is not None else cache_dir  # a cache holds a copy of its catalog
   if catalog_dir is None and tasks is None:
@@ -432,10 +478,14 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
   if record_requests and baseline_path:
     raise ConfigError("evaluate.record_requests: the requests serve every model of the tokenizer; unset "
                       "BASELINE_PATH and answer them once per model")
+  shots = check_settings(shots=shots, checkpoint_steps=checkpoint_steps, batch_size=batch_size, dtype=dtype)
+  if isinstance(checkpoint_steps, int):
+    checkpoint_steps = [checkpoint_steps]
   out = pathlib.Path(eval_output_dir)
   check_output_dir(out)
   if compilation_cache_dir:  # before anything compiles: JAX reads the setting at its first compilation with a cache
     jax.config.update("jax_compilation_cache_dir", str(compilation_cache_dir))
+  mesh = _make_mesh(mesh_shape)
   bench = _load_catalog(catalog_dir, catalog_macro) if catalog_dir is not None else catalog_lib.Catalog(tasks=[])
   checkpoints, problems = _find_checkpoints(checkpoint_path, checkpoint_steps)
   if record_requests:
@@ -448,7 +498,6 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
     older = [c for c in reversed(every) if c.step != checkpoints[0].step]
   for problem in problems:
     _LOG.warning("%s", problem)
-  shots = [int(k) for k in shots]
   tokenizer_dir = _tokenizer_dir(tokenizer_dir, checkpoint_path, baseline_path)
   try:
     vocabulary = registry.default_vocabulary(tokenizer_dir)
@@ -488,10 +537,6 @@ def evaluate(*, checkpoint_path: str = gin.REQUIRED, eval_output_dir: str = gin.
       "chat_template": chat.source if chat else None,
       "checkpoint_problems": problems
   }
-  if len(mesh_shape) != 3:
-    raise ConfigError(f"evaluate.mesh_shape: expected (data, fsdp, tensor), got {mesh_shape!r}")
-  data, fsdp, tensor = mesh_shape
-  mesh = partitioning.make_mesh(data, fsdp, tensor)
   overrides = {"dtype": dtype} if dtype else {}
 
   def evaluate_one(checkpoint: evaluator.Checkpoint, target: pathlib.Path, name: str = label) -> report_lib.Report:

@@ -2,6 +2,7 @@
 
 import json
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +22,15 @@ COMMON = [
 
 CONFIG = opt.OPTConfig.preset("tiny", dropout=0.0)  # what gin/models/opt_tiny.gin configures
 _INIT = jax.jit(lambda key: opt.OPT(CONFIG).init(key, jnp.ones((1, 4), jnp.int32))["params"])
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  """Each run starts from a clean gin configuration, as a new process would (a binding of one test, such as
+  opt_model.dropout, would otherwise be refused again in the next)."""
+  gin.clear_config()
+  yield
+  gin.clear_config()
 
 
 def _params(seed):
@@ -315,6 +325,43 @@ def test_an_output_path_through_a_file_exits_2_before_any_model_is_read(setup, t
     assert code == 2 and err.splitlines()[-1] == f"error: EVAL_OUTPUT_DIR {out}: {reason}" + (
         "; name a new or existing folder" if out == afile else ""), err
   assert afile.read_text() == "mine"
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--gin.evaluate.batch_size=0", "evaluate.batch_size: expected a positive number of rows per batch, got 0"),
+    ("--gin.evaluate.dtype='float17'", "evaluate.dtype: expected a floating-point compute dtype"),
+    ("--gin.evaluate.dtype='int32'", "evaluate.dtype: expected a floating-point compute dtype"),
+    ("--gin.SHOTS=[-1]", "SHOTS (evaluate.shots): expected a list of numbers of demonstrations >= 0"),
+    ("--gin.CHECKPOINT_STEPS='lastest'", "CHECKPOINT_STEPS (evaluate.checkpoint_steps): expected 'latest', 'all' or "
+     "a list of steps (e.g. [100, 200]); got 'lastest'"),
+    (f"--gin.evaluate.mesh_shape=({jax.device_count() + 1}, 1, 1)",
+     f"evaluate.mesh_shape: make_mesh: data*fsdp*tensor = {jax.device_count() + 1}"),
+])
+def test_a_setting_evaluate_cannot_use_exits_2_naming_it_and_leaves_the_earlier_report(
+    setup, tmp_path, capsys, monkeypatch, flag, message):
+  from optiml_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
+
+  def no_model(*args, **kwargs):
+    raise AssertionError("a model was read")
+
+  monkeypatch.setattr(evaluator, "load_checkpoint", no_model)
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "metrics.json").write_text("{}")  # an earlier evaluation's report
+  (out / "report.md").write_text("earlier")
+  code = _run(setup, out, f"--gin.CHECKPOINT_PATH={setup / 'run'}", "--gin.TASKS=sni:task030_toy_entail_color", flag)
+  err = capsys.readouterr().err
+  assert code == 2 and err.splitlines()[-1].startswith(f"error: {message}"), err
+  assert "Traceback" not in err
+  assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "report.md"]
+  assert (out / "report.md").read_text() == "earlier"
+
+
+def test_a_single_step_number_is_a_list_of_one_step(setup, tmp_path):
+  out = tmp_path / "one"
+  code = _run(setup, out, f"--gin.CHECKPOINT_PATH={setup / 'run'}", "--gin.CHECKPOINT_STEPS=100",
+              "--gin.TASKS=sni:task030_toy_entail_color")
+  assert code == 0 and json.loads((out / "metrics.json").read_text())["model"]["step"] == 100
 
 
 def test_evaluating_into_an_earlier_evaluation_s_folder_replaces_it_as_a_whole(setup, tmp_path, capsys):
