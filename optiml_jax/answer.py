@@ -16,9 +16,11 @@ trainer's MODEL_DIR: its latest step, or a step folder). One request is answered
 folder records each as it is written: rerunning the command after an interruption answers the rest.
 
 Exit status: 0 when every request is answered; 1 when the checkpoint cannot be read; 2 when the requests folder,
-the answers folder or a setting cannot be used (the message names it; --out is checked before any model is read:
-a file, the requests folder itself, or a folder holding another model's answers is refused; and so, before its
-params are read, is a model whose config's vocab_size cannot embed the requests' token ids).
+the answers folder or a setting cannot be used (the message names it; a --batch_size below 1 and a --dtype that is
+no floating-point dtype are usage errors; --out and --mesh_shape are checked before any model is read: a file, the
+requests folder itself, or a folder holding another model's answers is refused, as is a mesh that does not fit the
+devices; and so, before its params are read, is a model whose config's vocab_size cannot embed the requests' token
+ids).
 """
 
 from __future__ import annotations
@@ -40,15 +42,37 @@ from optiml_jax.models import partitioning
 MISSING_CONFIG_HINT = "copy that model's config.json there (e.g. from the Hugging Face folder it was trained from)"
 
 
+def _positive_int(value: str) -> int:
+  """`--batch_size`: a positive integer (argparse turns the error into a usage error naming the flag, exit 2)."""
+  try:
+    number = int(value)
+  except ValueError:
+    number = 0
+  if number < 1:
+    raise argparse.ArgumentTypeError(f"expected a positive number of rows per batch, got {value!r}")
+  return number
+
+
+def _compute_dtype(value: str) -> str:
+  """`--dtype`: a floating-point dtype jax knows (a usage error naming the flag, not a checkpoint error later)."""
+  try:
+    floating = jax.numpy.issubdtype(jax.numpy.dtype(value), jax.numpy.floating)
+  except TypeError:
+    floating = False
+  if not floating:
+    raise argparse.ArgumentTypeError(f"expected a floating-point compute dtype (e.g. bfloat16, float32), got {value!r}")
+  return value
+
+
 def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="python -m optiml_jax.answer", description=__doc__.splitlines()[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("requests_dir", help="a requests folder (`python -m optiml_jax.eval ... record_requests=True`)")
   parser.add_argument("--checkpoint", required=True, help="the model: a checkpoint path as CHECKPOINT_PATH takes")
   parser.add_argument("--out", required=True, help="the answers folder (created; an interrupted run's is resumed)")
-  parser.add_argument("--dtype", default=None, help="compute dtype, e.g. bfloat16 on accelerators (default: the "
-                      "checkpoint's)")
-  parser.add_argument("--batch_size", type=int, default=inference.DEFAULT_BATCH_SIZE,
+  parser.add_argument("--dtype", type=_compute_dtype, default=None, help="compute dtype, e.g. bfloat16 on "
+                      "accelerators (default: the checkpoint's)")
+  parser.add_argument("--batch_size", type=_positive_int, default=inference.DEFAULT_BATCH_SIZE,
                       help="rows per batch (scoring: prompt + one option; decoding: one prompt)")
   parser.add_argument("--max_length", type=int, default=None, help="context in tokens (default: the model's)")
   parser.add_argument("--mesh_shape", default="-1,1,1", help="data,fsdp,tensor sizes of the device mesh")
@@ -65,12 +89,16 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-def _mesh_shape(text: str) -> tuple[int, int, int]:
+def _make_mesh(text: str) -> jax.sharding.Mesh:
+  """The mesh of `--mesh_shape` over the local devices; ValueError naming the flag when it cannot be made."""
   try:
     data, fsdp, tensor = (int(x) for x in text.split(","))
   except ValueError as e:
     raise ValueError(f"--mesh_shape: expected three integers data,fsdp,tensor, got {text!r}") from e
-  return data, fsdp, tensor
+  try:
+    return partitioning.make_mesh(data, fsdp, tensor)
+  except ValueError as e:  # sizes that do not multiply to the device count
+    raise ValueError(f"--mesh_shape: {e}") from e
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -91,12 +119,12 @@ def run(args: argparse.Namespace) -> dict:
   }, name="--out")
   if args.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", args.compilation_cache_dir)
+  mesh = _make_mesh(args.mesh_shape)  # before the model is read
   overrides = {"dtype": args.dtype} if args.dtype else {}
   # A model that cannot embed the requests' ids would answer with NaN scores: refused before its params are read.
   config = loading.load_config(checkpoint, overrides=overrides, missing_config_hint=MISSING_CONFIG_HINT)
   requests.check_vocab_covers(args.requests_dir, config.vocab_size, f"--checkpoint {checkpoint.path} (its config)")
   config, params = loading.load_checkpoint(checkpoint, overrides=overrides, missing_config_hint=MISSING_CONFIG_HINT)
-  mesh = partitioning.make_mesh(*_mesh_shape(args.mesh_shape))
   scorer = inference.Scorer(config, params, mesh=mesh, batch_size=args.batch_size, max_length=args.max_length,
                             progress=not args.no_progress, share_prompts=not args.no_share_prompts)
   del params

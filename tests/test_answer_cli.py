@@ -222,6 +222,40 @@ def test_unusable_out_folders_exit_2_before_any_model_is_read(setup, tmp_path, c
   assert sorted(p.name for p in recorded.iterdir()) == [requests.REQUESTS_FILE]
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--batch_size", "0"], "argument --batch_size: expected a positive number of rows per batch, got '0'"),
+    (["--dtype", "float17"], "argument --dtype: expected a floating-point compute dtype"),
+    (["--dtype", "int8"], "argument --dtype: expected a floating-point compute dtype"),
+])
+def test_an_unusable_batch_size_or_dtype_is_a_usage_error_before_anything_is_read_or_written(
+    setup, tmp_path, capsys, flags, message):
+  recorded = _fake_requests(tmp_path / "rec")
+  out = tmp_path / "answers"
+  with pytest.raises(SystemExit) as exit_info:
+    answer.main([str(recorded), "--checkpoint", str(setup / "base"), "--out", str(out), "--no_progress", *flags])
+  assert exit_info.value.code == 2 and message in capsys.readouterr().err
+  assert not out.exists()
+
+
+def test_a_mesh_that_does_not_fit_the_devices_exits_2_naming_mesh_shape_before_the_model_is_read(
+    setup, tmp_path, capsys, monkeypatch):
+  from optiml_jax.checkpoints import loading  # pylint: disable=g-import-not-at-top
+
+  def no_model(*args, **kwargs):
+    raise AssertionError("a model was read")
+
+  monkeypatch.setattr(loading, "load_checkpoint", no_model)
+  recorded = _fake_requests(tmp_path / "rec")
+  code = answer.main([
+      str(recorded), "--checkpoint",
+      str(setup / "base"), "--out",
+      str(tmp_path / "answers"), "--no_progress", "--mesh_shape", f"{jax.device_count() + 1},1,1"
+  ])
+  err = capsys.readouterr().err
+  assert code == 2 and err.splitlines()[-1].startswith(
+      f"error: --mesh_shape: make_mesh: data*fsdp*tensor = {jax.device_count() + 1}"), err
+
+
 def test_a_model_that_cannot_embed_the_requests_ids_exits_2_before_its_params_are_read(
     setup, tmp_path, capsys, monkeypatch):
   """Requests of OPT's tokenizer (ids up to 50k) answered by a 512-row model gave NaN scores and exit 0."""
