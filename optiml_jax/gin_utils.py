@@ -10,7 +10,8 @@ the result before anything is built or compiled:
   - anything a configurable needs that is unbound, `%gin.REQUIRED`, or a macro that no file defines:
     `check_bindings(name, fn)` walks the configurable and every configurable it references.
 A value given as `--gin.MODEL_DIR=/tmp/run` that is not a gin literal is taken as a string, so paths need no
-quoting.
+quoting; so is a number given to a path (a macro or parameter whose name ends in _DIR or _PATH, any case:
+`--gin.CHECKPOINT_PATH=5` names the step folder ./5, not the int 5). Other numbers stay numbers.
 
 Where gin files are found (`--gin_file` values and `include` lines inside gin files alike), first match wins:
   1. the path as given (absolute, or relative to the working directory): `--gin_file=gin/optiml_30b.gin`
@@ -52,24 +53,39 @@ def add_gin_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--gin_search_paths", default="", help="comma-separated folders searched for gin files")
 
 
+# The name (last part of a `--gin.` key: `CHECKPOINT_PATH`, `evaluate.tokenizer_dir`, `scope/MODEL_DIR`) of a path.
+_PATH_NAME = re.compile(r".*_(dir|path)", re.IGNORECASE)
+
+
 def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
-  """`--gin.KEY=VALUE` -> `--gin_bindings=KEY = VALUE` (values that are not gin literals become strings)."""
+  """`--gin.KEY=VALUE` -> `--gin_bindings=KEY = VALUE` (values that are not gin literals become strings, and so do
+  numbers given to a path: `is_path_key`)."""
   out = []
   for arg in argv:
     if arg.startswith("--gin.") and "=" in arg:
       key, value = arg[len("--gin."):].split("=", 1)
-      out.append(f"--gin_bindings={key} = {_as_gin_value(value)}")
+      out.append(f"--gin_bindings={key} = {_as_gin_value(value, is_path_key(key))}")
     else:
       out.append(arg)
   return out
 
 
-def _as_gin_value(value: str) -> str:
+def is_path_key(key: str) -> bool:
+  """Whether the macro or parameter `key` of a `--gin.KEY=VALUE` flag names a path: its name ends in _DIR or _PATH
+  (any case), as MODEL_DIR, CHECKPOINT_PATH and RunArgs.compilation_cache_dir do."""
+  return _PATH_NAME.fullmatch(re.split(r"[./]", key.strip())[-1]) is not None
+
+
+def _as_gin_value(value: str, path: bool = False) -> str:
+  """`value` as gin text: itself when it is a gin literal, else quoted; a number quoted too when it is a `path`
+  (a relative folder whose name is a number, such as a step folder). None, booleans and lists stay as given."""
   try:
-    gin.config.parse_value(value)
-    return value
+    parsed = gin.config.parse_value(value)
   except Exception:  # pylint: disable=broad-except
     return repr(value)
+  if path and isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
+    return repr(value.strip())
+  return value
 
 
 class _DropGinPathNoise(logging.Filter):

@@ -239,3 +239,39 @@ def test_every_macro_the_documented_commands_set_is_used_by_their_gin_files(else
     gin_utils.parse(["quickstart.gin"], ["TOKENIZER_DIR = '/t'"])
   gin.clear_config()
   gin_utils.parse(["recipe.gin", "models/llama3_8b.gin"], ["TOKENIZER_DIR = '/t'"])
+
+
+def test_a_number_given_to_a_path_flag_stays_a_string_and_other_numbers_stay_numbers():
+  # From inside a MODEL_DIR, --gin.CHECKPOINT_PATH=5 names the step folder ./5 (docs/training.md: paths need no quotes).
+  flags = [
+      "--gin.CHECKPOINT_PATH=5", "--gin.EVAL_OUTPUT_DIR=1e3", "--gin.CATALOG_DIR=None", "--gin.MODEL_DIR=/runs/7",
+      "--gin.TRAIN_STEPS=5", "--gin.LEARNING_RATE=1e-3", "--gin.SHOTS=[0, 5]"
+  ]
+  bindings = [arg[len("--gin_bindings="):] for arg in gin_utils.rewrite_gin_args(flags)]
+  gin.clear_config()
+  try:
+    gin.parse_config(bindings)
+    values = {
+        name: gin.query_parameter(f"%{name}") for name in ("CHECKPOINT_PATH", "EVAL_OUTPUT_DIR", "CATALOG_DIR",
+                                                          "MODEL_DIR", "TRAIN_STEPS", "LEARNING_RATE", "SHOTS")
+    }
+  finally:
+    gin.clear_config()
+  assert values == {
+      "CHECKPOINT_PATH": "5",
+      "EVAL_OUTPUT_DIR": "1e3",
+      "CATALOG_DIR": None,
+      "MODEL_DIR": "/runs/7",
+      "TRAIN_STEPS": 5,
+      "LEARNING_RATE": 1e-3,
+      "SHOTS": [0, 5]
+  }
+  [binding] = gin_utils.rewrite_gin_args(["--gin.evaluate.tokenizer_dir=12"])  # a parameter's name counts too
+  assert binding == "--gin_bindings=evaluate.tokenizer_dir = '12'"
+
+
+@pytest.mark.parametrize("key,is_path", [("CHECKPOINT_PATH", True), ("scope/MODEL_DIR", True),
+                                         ("RunArgs.compilation_cache_dir", True), ("TRAIN_STEPS", False),
+                                         ("DIR_COUNT", False), ("evaluate.batch_size", False)])
+def test_path_keys_are_the_names_ending_in_dir_or_path(key, is_path):
+  assert gin_utils.is_path_key(key) is is_path
