@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import jax
+import ml_dtypes
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -142,6 +143,61 @@ def test_kernels_are_transposed_and_layers_stacked(tmp_path):
                                 hf["model.decoder.layers.1.final_layer_norm.weight"])
   assert "final_layer_norm" not in params  # post-LN (350m): no final layer norm.
   assert {path: value.shape for path, value in layout.flatten(params).items()} == layout.param_shapes(config)
+
+
+_PEAK_PROBE = """
+import pathlib, resource, sys
+import safetensors  # imported before the baseline, as jax is: load_hf imports it when it reads
+from optiml_jax.checkpoints import hf
+def rss():
+  return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
+before = rss()
+config, params = hf.load_hf(sys.argv[1], {"scan_layers": sys.argv[2] == "scan"})
+peak = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) * 1024
+print((peak - before) / (pathlib.Path(sys.argv[1]) / "model.safetensors").stat().st_size)
+"""
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/status").is_file(), reason="measures memory through Linux's /proc")
+def test_load_hf_holds_about_one_copy_of_the_checkpoint_at_its_peak(tmp_path):
+  """docs/t5x.md sizes the host for a 175B conversion from this: an fp16 OPT whose layers are most of its size (as
+  175B's are, 97%) peaked at 3x the checkpoint with stacked layers (the file's tensors, their transposes and
+  np.stack's copy, on top of the memory-mapped file's pages) and 2x without. Now about 1x plus one tensor."""
+  config = opt_lib.OPTConfig(vocab_size=256, hidden_size=512, num_hidden_layers=8, ffn_dim=2048, num_attention_heads=8,
+                             max_position_embeddings=32)
+  params = layout._unflatten({  # pylint: disable=protected-access
+      path: np.full(shape, 0.5, np.float16) for path, shape in layout.param_shapes(config, scan_layers=False).items()
+  })
+  hf_dir = tmp_path / "hf"
+  hf_dir.mkdir()
+  (hf_dir / "config.json").write_text(json.dumps(config.to_hf()))
+  safetensors.numpy.save_file(convert.hf_state_dict_from_params(config, params), str(hf_dir / "model.safetensors"))
+  del params
+  assert (hf_dir / "model.safetensors").stat().st_size > 32 * 2**20
+  # glibc's malloc serves every tensor with its own memory map, as it does a 175B model's (hundreds of MB each; the
+  # threshold otherwise rises to a freed block's size, up to 32 MB, and this model's freed tensors stay in its heap).
+  env = dict(os.environ, JAX_PLATFORMS="cpu", MALLOC_MMAP_THRESHOLD_="131072")
+  for layers in ("scan", "noscan"):
+    done = subprocess.run([sys.executable, "-c", _PEAK_PROBE, str(hf_dir), layers], capture_output=True, text=True,
+                          timeout=120, check=False, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ratio = float(done.stdout.split()[-1])
+    assert ratio < 1.3, f"{layers}: load_hf peaked at {ratio:.2f}x the checkpoint"
+
+  # Read without the safetensors library's memory map, every dtype comes back as the library reads it.
+  arrays = {
+      str(dtype): np.arange(-3, 9).astype(dtype).reshape(3, 4)
+      for dtype in (np.bool_, np.uint8, np.int8, np.int16, np.uint16, np.int32, np.int64, np.float16, np.float32,
+                    np.float64, ml_dtypes.bfloat16)
+  }
+  arrays.update(scalar=np.asarray(2.5, np.float32), empty=np.zeros((0, 3), np.float16))
+  safetensors.numpy.save_file(arrays, str(tmp_path / "dtypes.safetensors"))
+  read = hf_lib._read_weight_file(tmp_path / "dtypes.safetensors")  # pylint: disable=protected-access
+  expected = safetensors.numpy.load_file(str(tmp_path / "dtypes.safetensors"))
+  assert read.keys() == expected.keys() == arrays.keys()
+  for key, value in expected.items():
+    assert read[key].dtype == value.dtype and read[key].shape == value.shape, key
+    assert read[key].tobytes() == value.tobytes() == arrays[key].tobytes(), key
 
 
 def test_param_shapes_match_the_flax_model():
@@ -316,8 +372,8 @@ def test_cli_usage_errors_exit_2_before_reading_and_never_delete_the_source(tmp_
       (["orbax-to-hf", run, tmp_path, "--overwrite"], f"{tmp_path}: holds the source {run}"),
       # RUN resolves to its latest step RUN/20/params, which replacing RUN/20 would delete once read.
       (["orbax-to-hf", run, run / "20", "--overwrite"], f"{run / '20'}: holds the source {run / '20' / 'params'}"),
-      (["orbax-to-hf", run / "20", tmp_path / "out", "--tokenizer_dir", tmp_path / "out" / "tok", "--overwrite"],
-       f"{tmp_path / 'out'}: holds the source {tmp_path / 'out' / 'tok'}"),
+      (["orbax-to-hf", run / "20", tmp_path / "out", "--tokenizer_dir", tmp_path / "out" / "tok",
+        "--overwrite"], f"{tmp_path / 'out'}: holds the source {tmp_path / 'out' / 'tok'}"),
       (["hf-to-orbax", tmp_path / "hf", tmp_path / "hf", "--overwrite"], f"{tmp_path / 'hf'}: is the source"),
       (["gguf-to-hf", gguf, gguf.parent, "--overwrite"], f"{gguf.parent}: holds the source {gguf}"),
   ]

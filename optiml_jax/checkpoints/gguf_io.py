@@ -161,8 +161,7 @@ def gguf_to_hf(gguf_path: Path, out_dir: Path, overwrite: bool = False,
   _, first_of_type = check_gguf(gguf_path)
   hf_config, state, tokenizer = _load_with_transformers(gguf_path, first_of_type)
   config = hf.config_from_hf_dict(hf_config, f"{gguf_path} (config read by transformers)")
-  params = layout.params_from_hf_state_dict(config, state, str(gguf_path))
-  del state
+  params = layout.params_from_hf_state_dict(config, state, str(gguf_path), consume=True)
   with tempfile.TemporaryDirectory(prefix="optiml-gguf-tokenizer-") as tokenizer_dir:
     _save_tokenizer(tokenizer, pathlib.Path(tokenizer_dir))
     return hf.save_hf(config, params, out_dir, tokenizer_dir=tokenizer_dir, max_shard_size=max_shard_size,

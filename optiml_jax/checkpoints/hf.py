@@ -66,18 +66,73 @@ def _torch_to_numpy(tensor: Any) -> np.ndarray:
   return tensor.numpy()
 
 
+# safetensors' dtype names -> numpy dtypes (the format is little-endian); others are read by the safetensors library.
+_SAFETENSORS_DTYPES = {
+    "BOOL": np.dtype(np.bool_),
+    "U8": np.dtype(np.uint8),
+    "I8": np.dtype(np.int8),
+    "U16": np.dtype("<u2"),
+    "I16": np.dtype("<i2"),
+    "U32": np.dtype("<u4"),
+    "I32": np.dtype("<i4"),
+    "U64": np.dtype("<u8"),
+    "I64": np.dtype("<i8"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F32": np.dtype("<f4"),
+    "F64": np.dtype("<f8")
+}
+_READ_CHUNK = 1 << 28  # bytes per read() call (a single read of 2 GiB or more may be cut short)
+
+
+def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+  """All tensors of a safetensors file, each read into an array of its own.
+
+  No memory map: the safetensors library maps the file, and the mapped pages it touches count toward the process'
+  memory until the file is closed, so reading a file that way peaks at twice its size. Here each tensor is read
+  straight into its array (the library still checks the file first, and reads dtypes numpy lacks here).
+  """
+  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+
+  try:
+    with safe_open(str(path), framework="np") as f:  # checks the header against the file's size
+      keys = list(f.keys())
+    tensors: dict[str, np.ndarray] = {}
+    with path.open("rb") as file:
+      header_size = int.from_bytes(file.read(8), "little")
+      header = json.loads(file.read(header_size))
+      for key in keys:
+        info = header[key]
+        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
+        if dtype is None:
+          with safe_open(str(path), framework="np") as f:
+            tensors[key] = f.get_tensor(key)
+          continue
+        begin, end = info["data_offsets"]
+        array = np.empty(tuple(info["shape"]), dtype)
+        if array.nbytes != end - begin:
+          raise layout.ConversionError(f"{path}: cannot read safetensors: tensor {key} has {end - begin} bytes for "
+                                       f"shape {tuple(info['shape'])} of {info['dtype']}")
+        buffer = array.reshape(-1).view(np.uint8)
+        file.seek(8 + header_size + begin)
+        for start in range(0, buffer.size, _READ_CHUNK):
+          want = min(_READ_CHUNK, buffer.size - start)
+          if file.readinto(buffer[start:start + want].data) != want:
+            raise layout.ConversionError(f"{path}: cannot read safetensors: tensor {key} is cut short")
+        tensors[key] = array
+    return tensors
+  except layout.ConversionError:
+    raise
+  except Exception as e:  # safetensors raises its own error types for corrupt files.
+    raise layout.ConversionError(f"{path}: cannot read safetensors: {e}") from e
+
+
 def _read_weight_file(path: pathlib.Path) -> dict[str, np.ndarray]:
   """All tensors of one safetensors or torch pickle file, as numpy arrays of the stored dtype."""
   if not path.is_file():
     raise layout.ConversionError(f"{path}: weight file not found")
   if path.suffix == ".safetensors":
-    from safetensors import safe_open  # pylint: disable=g-import-not-at-top
-
-    try:
-      with safe_open(str(path), framework="np") as f:
-        return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118  (safe_open is not a dict)
-    except Exception as e:  # safetensors raises its own error types for corrupt files.
-      raise layout.ConversionError(f"{path}: cannot read safetensors: {e}") from e
+    return _read_safetensors(path)
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -144,7 +199,7 @@ def load_hf(path: Path, config_overrides: Mapping[str, Any] | None = None) -> tu
   untied = hf_config.get("tie_word_embeddings", True) is False
   if untied and layout.family_layout(config).ties_head(config) and layout.LM_HEAD not in state:
     raise layout.ConversionError(f"{path / CONFIG_NAME}: tie_word_embeddings is false but there is no {layout.LM_HEAD}")
-  return config, layout.params_from_hf_state_dict(config, state, origin)
+  return config, layout.params_from_hf_state_dict(config, state, origin, consume=True)  # frees `state` as it goes
 
 
 def parse_size(size: int | str) -> int:

@@ -217,15 +217,18 @@ def strip_hf_prefix(key: str, config: ModelConfig) -> str:
   return key
 
 
-def _same_tensor(a: np.ndarray, b: np.ndarray) -> bool:
-  """Bitwise equality, dtype and shape included."""
+def _same_tensor(a: np.ndarray, b: np.ndarray, chunk: int = 1 << 22) -> bool:
+  """Bitwise equality, dtype and shape included; compared `chunk` elements at a time (no copy of a whole tensor)."""
   if a.shape != b.shape or a.dtype != b.dtype:
     return False
-  return np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+  a, b = np.ascontiguousarray(a).reshape(-1), np.ascontiguousarray(b).reshape(-1)
+  bits = np.dtype(f"u{a.dtype.itemsize}") if a.dtype.itemsize in (1, 2, 4, 8) else np.dtype(np.uint8)
+  a, b = a.view(bits), b.view(bits)
+  return all(np.array_equal(a[i:i + chunk], b[i:i + chunk]) for i in range(0, a.size, chunk))
 
 
 def params_from_hf_state_dict(config: ModelConfig, state_dict: Mapping[str, np.ndarray],
-                              source: str | Mapping[str, str] = "state dict") -> Params:
+                              source: str | Mapping[str, str] = "state dict", *, consume: bool = False) -> Params:
   """Hugging Face tensors -> the nested `params` dict of the model of `config` (numpy, dtypes kept).
 
   Args:
@@ -234,10 +237,13 @@ def params_from_hf_state_dict(config: ModelConfig, state_dict: Mapping[str, np.n
       `model.` for Llama), as its bare model does (`decoder.` for OPTModel, none for LlamaModel), or bare.
     source: where the tensors come from, for error messages: one name, or HF name -> file name (a missing
       tensor then names every file).
+    consume: empty `state_dict` (a dict) once its tensors are taken, so that each file tensor is freed as soon as
+      its parameter is made: the peak is then about the checkpoint's size plus one tensor, instead of twice the
+      checkpoint (three times with stacked layers) while the caller still holds the file's tensors.
 
   Buffers that are no parameter and that transformers skips on loading (`FamilyLayout.ignored_buffers`: the
   per-layer `rotary_emb.inv_freq` of Llama files saved by transformers < 4.31) are skipped; any other tensor the
-  config has no parameter for is an error.
+  config has no parameter for is an error. Every check is made before anything is copied.
 
   Raises:
     ConversionError: a missing, unexpected or misshapen tensor, or a `lm_head.weight` that differs from the
@@ -259,37 +265,56 @@ def params_from_hf_state_dict(config: ModelConfig, state_dict: Mapping[str, np.n
     if name in tensors:
       raise ConversionError(f"{where(key)}: tensor {key} given twice (also as {tensors[name][0]})")
     tensors[name] = (key, value)
+  if consume:
+    state_dict.clear()  # type: ignore[attr-defined]  # `tensors` holds the only references now
 
-  def take(name: str, path: tuple[str, ...], shape: tuple[int, ...]) -> np.ndarray:
+  outside = _outside_layers(config)
+  layer_table = family.layer(config)
+  layer_names = {
+      path: [f"{family.prefix}layers.{i}.{name}" for i in range(config.num_hidden_layers)]
+      for path, (name, _) in layer_table.items()
+  }
+  # Checks first (names and shapes only), in the order of the parameters, layer by layer.
+  wanted = [(name, path, shape) for path, (name, shape) in outside.items()]
+  wanted += [(layer_names[path][i], path, shape)
+             for i in range(config.num_hidden_layers)
+             for path, (_, shape) in layer_table.items()]
+  for name, path, shape in wanted:
     hf_shape = _to_hf_shape(path, shape)
     if name not in tensors:
       raise ConversionError(f"{where(name)}: missing tensor {name} (expected shape {hf_shape})")
-    key, value = tensors.pop(name)
+    key, value = tensors[name]
     if tuple(value.shape) != hf_shape:
       raise ConversionError(f"{where(key)}: tensor {key}: expected shape {hf_shape}, got {tuple(value.shape)}")
-    return np.ascontiguousarray(value.T) if path[-1] == "kernel" else np.asarray(value)
-
-  flat = {path: take(name, path, shape) for path, (name, shape) in _outside_layers(config).items()}
-  layer_table = family.layer(config)
-  layers = [{
-      path: take(f"{family.prefix}layers.{i}.{name}", path, shape) for path, (name, shape) in layer_table.items()
-  } for i in range(config.num_hidden_layers)]
-  if config.scan_layers:
-    for path in layer_table:
-      flat[("layers",) + path] = np.stack([layer[path] for layer in layers])
-  else:
-    for i, layer in enumerate(layers):
-      flat.update({(f"layers_{i}",) + path: value for path, value in layer.items()})
-
   if LM_HEAD in tensors and family.ties_head(config):
     key, head = tensors.pop(LM_HEAD)
-    if not _same_tensor(np.asarray(head), flat[EMBEDDING]):
+    if not _same_tensor(np.asarray(head), np.asarray(tensors[outside[EMBEDDING][0]][1])):
       raise ConversionError(f"{where(key)}: tensor {key} differs from {family.prefix}embed_tokens.weight; "
                             f"this {family.family} config ties the LM head to the token embedding")
-  if tensors:
-    key = next(iter(tensors.values()))[0]
-    raise ConversionError(f"{where(key)}: unexpected tensor {key} for this config; "
-                          f"{len(tensors)} unexpected in all")
+    del head
+  unexpected = [key for name, (key, _) in tensors.items() if name not in {n for n, _, _ in wanted}]
+  if unexpected:
+    raise ConversionError(f"{where(unexpected[0])}: unexpected tensor {unexpected[0]} for this config; "
+                          f"{len(unexpected)} unexpected in all")
+
+  # Each tensor leaves `tensors` as its parameter is made, so that (consumed) it is freed at once.
+  def take(name: str, path: tuple[str, ...]) -> np.ndarray:
+    value = tensors.pop(name)[1]
+    return np.ascontiguousarray(value.T) if path[-1] == "kernel" else np.asarray(value)
+
+  flat = {path: take(name, path) for path, (name, _) in outside.items()}
+  for path, names in layer_names.items():
+    if not config.scan_layers:
+      flat.update({(f"layers_{i}",) + path: take(name, path) for i, name in enumerate(names)})
+      continue
+    # Stacked: filled layer by layer (np.stack of a list would hold every layer twice).
+    shape = layer_table[path][1]
+    stacked = np.empty((len(names),) + shape, np.result_type(*(tensors[name][1].dtype for name in names)))
+    for i, name in enumerate(names):
+      value = tensors.pop(name)[1]
+      stacked[i] = value.T if path[-1] == "kernel" else value
+      del value
+    flat[("layers",) + path] = stacked
   return _unflatten(flat)
 
 
