@@ -38,6 +38,7 @@ CACHE_DIR or --wheel has the wheel; cached).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import pathlib
 import sys
 
@@ -103,20 +104,19 @@ def main(argv: list[str] | None = None) -> int:
     return _main(args, log)
 
 
+_SOURCE_ARGUMENT = {"hf-to-orbax": "hf_dir", "orbax-to-hf": "ckpt_dir", "gguf-to-hf": "gguf_file"}
+
+
 def _sources(args: argparse.Namespace) -> list[str | pathlib.Path]:
   """What a conversion reads: OUT_DIR may neither be nor hold it (with --overwrite it would be deleted).
 
   For orbax-to-hf that is also the `params` item CKPT_DIR resolves to (a MODEL_DIR's latest step: `orbax-to-hf RUN
   RUN/30` reads RUN/30/params) and the --tokenizer_dir copied from.
   """
-  sources: list[str | pathlib.Path] = [
-      getattr(args, {"hf-to-orbax": "hf_dir", "orbax-to-hf": "ckpt_dir", "gguf-to-hf": "gguf_file"}[args.command])
-  ]
+  sources: list[str | pathlib.Path] = [getattr(args, _SOURCE_ARGUMENT[args.command])]
   if args.command == "orbax-to-hf":
-    try:
+    with contextlib.suppress(discovery.CheckpointError):  # not a checkpoint: reading it says so, after these checks
       sources.append(discovery.find_params_item(args.ckpt_dir)[0])
-    except discovery.CheckpointError:
-      pass  # not a checkpoint: reading it says so, after the usage checks
     if args.tokenizer_dir is not None:
       sources.append(args.tokenizer_dir)
   return sources

@@ -195,14 +195,14 @@ def test_old_per_layer_rotary_inv_freq_buffers_are_skipped_as_transformers_skips
   for path, value in layout.flatten(expected).items():
     np.testing.assert_array_equal(layout.flatten(params)[path], value, err_msg="/".join(path))
 
+  numpy_state = {k: v.numpy() for k, v in state.items()}
   for stray in ("model.layers.0.self_attn.rotary_emb.inv_freq_scaled", "model.layers.0.self_attn.position_ids"):
     with pytest.raises(convert.ConversionError, match=rf"x\.bin: unexpected tensor {re.escape(stray)} for this "
                        "config; 1 unexpected in all"):
-      convert.params_from_hf_state_dict(config, {**{k: v.numpy() for k, v in state.items()}, stray: inv_freq.numpy()},
-                                        "x.bin")
+      convert.params_from_hf_state_dict(config, {**numpy_state, stray: inv_freq.numpy()}, "x.bin")
   opt_config = registry.preset("tiny", num_hidden_layers=1)
-  opt_params = layout._unflatten({path: np.zeros(shape, np.float32) for path, shape in
-                                  layout.param_shapes(opt_config).items()})  # pylint: disable=protected-access
+  shapes = layout.param_shapes(opt_config)
+  opt_params = layout._unflatten({path: np.zeros(shape, np.float32) for path, shape in shapes.items()})  # pylint: disable=protected-access
   opt_state = convert.hf_state_dict_from_params(opt_config, opt_params)
   key = "model.decoder.layers.0.self_attn.rotary_emb.inv_freq"
   with pytest.raises(convert.ConversionError, match=rf"unexpected tensor {re.escape(key)}"):

@@ -109,8 +109,8 @@ def test_import_refuses_a_config_that_does_not_match(tmp_path, params):
   assert not (tmp_path / "ours").exists()
 
 
-def test_import_refuses_an_out_that_is_or_holds_the_t5x_checkpoint_before_reading_it(tmp_path, params, capsys,
-                                                                                     monkeypatch):
+def test_import_refuses_an_out_that_is_or_holds_the_t5x_checkpoint_before_reading_it(
+    tmp_path, params, capsys, monkeypatch):
   """`import T5X/checkpoint_7 T5X --overwrite` would replace the t5x MODEL_DIR, checkpoint included, with our folder;
   `import T5X T5X/checkpoint_7` would replace the latest step it read. Refused (exit 2), with or without
   --overwrite, before anything is read."""
@@ -152,8 +152,7 @@ def test_export_then_import_is_bitwise_and_export_keeps_no_optimizer_state(tmp_p
     t5x_checkpoints.export_t5x(ours, tmp_path / "t5x", step=4)
 
 
-def test_export_writes_a_step_below_the_latest_one_in_out_dir_or_says_it_did_not(tmp_path, params, capsys,
-                                                                                  monkeypatch):
+def test_export_writes_a_step_below_the_latest_one_in_out_dir_or_says_it_did_not(tmp_path, params, capsys, monkeypatch):
   """Exporting `--step 0` into a t5x MODEL_DIR that holds checkpoint_4000: Orbax's CheckpointManager skips a step not
   above its latest, which printed 'wrote .../checkpoint_0' for a folder that was never made."""
   ours = orbax_io.save_orbax(params, tmp_path / "ours", CONFIG)

@@ -50,8 +50,8 @@ class FamilyLayout:
 
 _LAYOUTS = {
     module.FAMILY: FamilyLayout(module.FAMILY, module.PREFIX, module.READ_PREFIXES, module.top_table,
-                                module.layer_table, module.head_table, module.ties_head, module.IGNORED_BUFFERS)
-    for module in (opt, llama)
+                                module.layer_table, module.head_table, module.ties_head,
+                                module.IGNORED_BUFFERS) for module in (opt, llama)
 }
 FAMILIES = tuple(_LAYOUTS)
 
