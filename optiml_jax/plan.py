@@ -27,8 +27,9 @@ The verdict uses the compiled peak by default (`--fit_by=analytic` for the model
 bfloat16 buffers in float32, so for bfloat16 models its figure is an upper bound of a TPU's or GPU's.
 Usable memory is `--hbm_fraction` (0.95) of the chip's HBM.
 
-Exit codes: 0 fits, 1 does not fit, 2 configuration error (topology, gin, mesh, batch that cannot be laid out),
-3 anything else that went wrong (the traceback is printed).
+Exit codes: 0 fits, 1 does not fit, 2 configuration error (topology, gin, mesh, batch that cannot be laid out, a
+--json_out in a folder that does not exist, checked before planning, or that cannot be written: named, without a
+traceback), 3 anything else that went wrong (the traceback is printed).
 """
 
 from __future__ import annotations
@@ -383,9 +384,27 @@ def _run(args: argparse.Namespace, topo: topology_lib.Topology) -> int:
   else:
     print(format_report(report))
     if args.json_out:
-      with open(args.json_out, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1)
+      try:
+        with open(args.json_out, "w", encoding="utf-8") as f:
+          json.dump(report, f, indent=1)
+      except OSError as e:  # a full disk, a folder removed meanwhile: the verdict above stands, the file does not
+        print(f"error: --json_out {args.json_out}: cannot write the report ({e.strerror or e})", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
   return EXIT_FITS if report["fits"] else EXIT_DOES_NOT_FIT
+
+
+def check_json_out(path: str | None) -> None:
+  """Raises PlanError naming --json_out when the report could not be written to `path` (a folder, or a file in a
+  folder that does not exist or cannot be written): said before the plan is made, not after minutes of it."""
+  if not path or path == "-":
+    return
+  if os.path.isdir(path):
+    raise PlanError(f"--json_out {path}: is a folder; name the file to write the JSON report to")
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):
+    raise PlanError(f"--json_out {path}: the folder {folder} does not exist (or is not a folder); create it first")
+  if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+    raise PlanError(f"--json_out {path}: cannot write there (permission denied)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -395,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     topo = topology_lib.parse_topology(args.topology)
     if not 0 < args.hbm_fraction <= 1 or not 0 < args.mfu <= 1:
       raise PlanError(f"--hbm_fraction and --mfu must be in (0, 1], got {args.hbm_fraction} and {args.mfu}")
+    check_json_out(args.json_out)
   except (topology_lib.TopologyError, PlanError) as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_CONFIG_ERROR

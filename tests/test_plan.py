@@ -98,6 +98,30 @@ def test_configuration_errors_exit_2(capfd):
   assert "does not divide over data x fsdp = 4" in capfd.readouterr().err
 
 
+def test_a_json_out_that_cannot_be_written_exits_2_naming_it_before_planning(tmp_path, capfd, monkeypatch):
+  # Checked in this process, before the plan re-runs itself with the topology's devices.
+  monkeypatch.setattr(plan.subprocess, "call", lambda *a, **k: pytest.fail("the plan was made"))
+  afile = tmp_path / "afile"
+  afile.write_text("x")
+  cases = [(tmp_path / "nodir" / "plan.json", f"the folder {tmp_path / 'nodir'} does not exist"),
+           (afile / "plan.json", f"the folder {afile} does not exist (or is not a folder)"), (tmp_path, "is a folder")]
+  for out, reason in cases:
+    code = plan.main([f"--gin_file={QUICKSTART}", "--topology=v5e-8", "--no_compile", f"--json_out={out}"])
+    err = capfd.readouterr().err
+    assert code == 2 and err.startswith(f"error: --json_out {out}: {reason}"), err
+  assert not (tmp_path / "nodir").exists()
+
+
+@pytest.mark.skipif(not pathlib.Path("/dev/full").exists(), reason="needs /dev/full, where every write fails")
+def test_a_report_that_fails_to_write_is_an_error_naming_the_file_not_a_traceback(capfd):
+  code = plan.main([f"--gin_file={QUICKSTART}", "--topology=v5e-4", "--no_compile", "--json_out=/dev/full"])
+  captured = capfd.readouterr()
+  assert "FITS" in captured.out
+  assert code == 2 and captured.err.splitlines()[-1].startswith(
+      "error: --json_out /dev/full: cannot write the report (No space left on device)"), captured.err
+  assert "Traceback" not in captured.err
+
+
 def _plan_json(capfd, *flags):
   code = plan.main(list(flags) + ["--no_flops_probe", "--json_out=-"])
   return code, json.loads(capfd.readouterr().out)
