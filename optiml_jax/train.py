@@ -6,11 +6,11 @@ class name, e.g. `DataArgs.batch_size`, `PartitioningArgs.mesh_shape`, `Optimize
 batch stream (the catalog's seqio Tasks; or, with CACHE_DIR, the pre-tokenized cache alone, which needs neither
 seqio nor TensorFlow) and hand both to `trainer.loop.run`. A configuration error (an
 unknown binding, a gin file that does not parse, a macro set by a flag that no gin file uses, a macro left unset,
-a value a group refuses, a feature length longer than the model's positions, a MODEL_DIR that is a file or another
-model's checkpoint, a model that is not the one MODEL_DIR or the initial checkpoint holds (`trainer.preflight`), a
-catalog that is missing or lists a source file that is gone, `--multihost` without its coordinator) ends the
-command with exit code 2 before anything is compiled, naming the binding or flag. A relative MODEL_DIR is made
-absolute against the working directory.
+a value a group refuses, a feature length longer than the model's positions, a PartitioningArgs.mesh_shape that
+does not fit the devices, a MODEL_DIR that is a file or another model's checkpoint, a model that is not the one
+MODEL_DIR or the initial checkpoint holds (`trainer.preflight`), a catalog that is missing or lists a source file
+that is gone, `--multihost` without its coordinator) ends the command with exit code 2 before anything is
+compiled, naming the binding or flag. A relative MODEL_DIR is made absolute against the working directory.
 
 Macros, with t5x's names: MODEL_DIR, TRAIN_STEPS, MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, BATCH_SIZE,
 INITIAL_CHECKPOINT_PATH, CATALOG_DIR (the bench catalog whose tasks to register) and CACHE_DIR (its pre-tokenized
@@ -71,8 +71,10 @@ def run(config: config_lib.TrainConfig) -> loop.Summary:
   TensorFlow is imported. Otherwise the catalog is registered as seqio Tasks with the tokenizer of
   `config.data.tokenizer_dir` (OPT's when unset) and the batches come from `pipeline.BatchStream`
   (`registered_streams`). Either way the model's embedding must cover the tokenizer's ids (a `ConfigError` says so
-  before anything compiles). MODEL_DIR and the checkpoints' models are checked first (`trainer.preflight`)."""
+  before anything compiles). MODEL_DIR and the checkpoints' models are checked first (`trainer.preflight`), then the
+  mesh of PartitioningArgs.mesh_shape and the batch over it (`loop.check_devices`)."""
   preflight.check(config)  # cheap (a few file reads): before the catalog is registered
+  loop.check_devices(config)  # the mesh and the batch over it, also before the catalog is registered
   cache_dir = config.data.cache_dir
   make_stream = cached_streams(config, cache_dir) if cache_dir else registered_streams(config)
   return loop.run(config, make_stream)

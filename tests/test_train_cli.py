@@ -633,6 +633,22 @@ def test_a_model_dir_that_is_a_file_or_a_model_folder_exits_2_before_compiling(t
       ["config.json", "merges.txt", "model.safetensors", "vocab.json"])
 
 
+def test_a_mesh_that_does_not_fit_the_devices_exits_2_naming_the_binding_before_the_catalog_is_registered(
+    tmp_path, monkeypatch, capsys):
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from optiml_jax.data import registry as data_registry  # pylint: disable=g-import-not-at-top
+  flags = _toy_flags(tmp_path, tmp_path / "run")
+  _never_build(monkeypatch)
+  monkeypatch.setattr(data_registry, "register_catalog", lambda *a, **k: pytest.fail("the catalog was registered"))
+  devices = jax.device_count()
+  assert train_entry.main([*flags, f"--gin.PartitioningArgs.mesh_shape=({devices + 1}, 1, 1)"]) == 2
+  err = capsys.readouterr().err
+  assert err.splitlines()[-1] == (f"error: PartitioningArgs.mesh_shape: make_mesh: data*fsdp*tensor = {devices + 1} "
+                                  f"(data={devices + 1}, fsdp=1, tensor=1) but there are {devices} devices"), err
+  assert not (tmp_path / "run").exists()
+
+
 def test_a_missing_or_broken_catalog_or_task_file_exits_2_naming_catalog_dir_before_compiling(
     tmp_path, monkeypatch, capsys):
   _toy_flags(tmp_path, "unused")  # the toy catalog

@@ -170,7 +170,7 @@ def build_program(model_config: config_lib.ModelConfig, optimizer: config_lib.Op
   the step over; None makes one of `partitioning_args.mesh_shape` from all devices.
   """
   if mesh is None:
-    mesh = partitioning.make_mesh(*partitioning_args.mesh_shape)
+    mesh = make_mesh(partitioning_args)
   rules = rules_for(partitioning_args)
   model = make_model(model_config)
   tx, schedule = optimizer_lib.make_optimizer(total_steps=train_steps, **dataclasses.asdict(optimizer))
@@ -190,6 +190,21 @@ def build_program(model_config: config_lib.ModelConfig, optimizer: config_lib.Op
       donate_argnums=(0,))
   init_fn = state_lib.make_init_fn(model, tx, layout, seq_len)
   return Program(model, layout, tx, schedule, train_fn, init_fn, batch_sharding, mesh, rules)
+
+
+def make_mesh(partitioning_args: config_lib.PartitioningArgs) -> jax.sharding.Mesh:
+  """The mesh of `PartitioningArgs.mesh_shape` over all devices; ConfigError naming the binding, with
+  `partitioning.make_mesh`'s reason, when the sizes do not fit the devices."""
+  try:
+    return partitioning.make_mesh(*partitioning_args.mesh_shape)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"PartitioningArgs.mesh_shape: {e}") from e
+
+
+def check_devices(config: config_lib.TrainConfig) -> None:
+  """The checks `run` makes of the devices before anything is built (the mesh, the batch over it), for an entry
+  point to make before it registers the catalog; raises ConfigError naming the binding."""
+  _check_layout(config, make_mesh(config.partitioning))
 
 
 def _check_layout(config: config_lib.TrainConfig, mesh: jax.sharding.Mesh) -> None:
@@ -225,7 +240,7 @@ def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
   stream, not the loop, reads `config.data`'s mixture, catalog and packing). `RunArgs.stop_at_step` ends
   this invocation early (checkpointing there) without changing the schedule, which is always laid out over
   `RunArgs.train_steps`. Raises NonFiniteLossError (nan_policy="stop") naming the step, ConfigError when the
-  batch cannot be laid out over these devices or when MODEL_DIR or a checkpoint's model does not fit the run
+  mesh or the batch cannot be laid out over these devices or when MODEL_DIR or a checkpoint's model does not fit the run
   (`trainer.preflight`, checked before anything is built), `checkpointing.UnrestorableCheckpointError` when the
   checkpoint to resume from does not restore (see CheckpointArgs.on_bad_checkpoint), `runtime.ResumeError` naming
   the step folder when its data position is of another stream or process layout (`restore_stream`) and
@@ -239,7 +254,7 @@ def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
   if run_args.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", run_args.compilation_cache_dir)
   started = time.time()
-  mesh = partitioning.make_mesh(*config.partitioning.mesh_shape)
+  mesh = make_mesh(config.partitioning)
   _check_layout(config, mesh)
   program = build_program(model_config, config.optimizer, config.partitioning, train_steps, seq_len, mesh)
   model, rules = program.model, program.rules
