@@ -27,6 +27,10 @@ base model files and data (`_train_once`: the trainer resumes it; OUT/model hold
 rerun after the bench, `_check_training`, since the trainer would resume those and ignore the base model); the
 tuned evaluation is redone.
 
+Before any stage, the training command's flags (--train_flag with the setting's gin file) are read as the trainer
+reads them (`check_train_flags`): one it would refuse is exit status 2 with its message. Another stage that fails
+is exit status 1, naming it (an --out that cannot be a folder too).
+
 The same run over two machines (--stage prepare, device, finish) moves files with `reproduction.bundle`; the claim
 table and the choice of tasks are `reproduction.claim`'s pure functions.
 """
@@ -46,6 +50,7 @@ import time
 from typing import Any, Mapping, Sequence
 
 from optiml_jax import bench
+from optiml_jax import tempfiles
 from optiml_jax.data import catalog as catalog_lib
 from optiml_jax.evaluation import report as report_lib
 from optiml_jax.reproduction import bundle as bundle_lib
@@ -85,6 +90,11 @@ SETTINGS = {
 
 class ReproduceError(RuntimeError):
   """A stage failed; the message names it (exit status 1)."""
+
+
+class TrainFlagError(ValueError):
+  """The training command's flags (--train_flag, with the setting's gin file) are refused by gin or by the
+  TrainConfig's checks, before any stage runs; the message is train's own (exit status 2)."""
 
 
 EVAL_STAMP = "command.json"  # in an evaluation's folder: what it was made from (`_evaluate_once`)
@@ -243,6 +253,64 @@ def _differences(before: Any, now: Mapping[str, Any]) -> list[str]:
   return differs
 
 
+def _train_command(gin_file: str, model_dir: pathlib.Path, base_model: pathlib.Path, jax_cache: pathlib.Path,
+                   flags: Sequence[str], *, catalog_dir: pathlib.Path | None = None,
+                   cache_dir: pathlib.Path | None = None) -> list[str]:
+  """The training stage's command: from OUT/catalog's sources (`run`), or from the bundle's cache alone (`device`:
+  `cache_dir` set, no catalog)."""
+  if cache_dir is None:
+    data = [f"--gin.CATALOG_DIR={catalog_dir}"]
+  else:
+    data = ["--gin.CATALOG_DIR=None", f"--gin.CACHE_DIR={cache_dir}"]
+  return [
+      sys.executable, "-m", "optiml_jax.train", f"--gin_file={gin_file}", f"--gin.MODEL_DIR={model_dir}", *data,
+      f"--gin.INITIAL_CHECKPOINT_PATH={base_model}", f"--gin.RunArgs.compilation_cache_dir={jax_cache}", *flags
+  ]
+
+
+def check_train_flags(command: Sequence[str]) -> None:
+  """Reads the training `command`'s flags as `python -m optiml_jax.train` does first (the gin files and bindings,
+  the TrainConfig's checks), in this process and without building or running anything: a typo in --train_flag is
+  said at once, not after the bench and the base evaluation. Its paths need not exist yet (nothing reads them).
+
+  Raises:
+    TrainFlagError: with train's own message. (A flag train's argument parser does not know ends the command there,
+      exit status 2, with that parser's message.)
+  """
+  import gin  # pylint: disable=g-import-not-at-top
+
+  from optiml_jax import gin_registry  # pylint: disable=g-import-not-at-top
+  from optiml_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  from optiml_jax import train as train_entry  # pylint: disable=g-import-not-at-top
+
+  args = train_entry.parse_flags(list(command[3:]))  # after `python -m optiml_jax.train`
+  gin.clear_config()
+  try:
+    gin_registry.configure_training(args.gin_file, args.gin_bindings, args.gin_search_paths)
+  except gin_utils.GinConfigError as e:
+    raise TrainFlagError(f"--train_flag: the training command would stop at once: {e}") from e
+  finally:
+    gin.clear_config()
+
+
+def _out_dir(args: argparse.Namespace) -> pathlib.Path:
+  """--out, absolute; a ReproduceError naming it when no folder can be made there (a file, or a file above it)."""
+  out = pathlib.Path(args.out).resolve()
+  if out.exists() and not out.is_dir():
+    raise ReproduceError(f"--out {args.out}: is a file; name a folder for the run (a new one, or an earlier run's)")
+  blocking = tempfiles.file_in_the_way(out)
+  if blocking is not None:
+    raise ReproduceError(f"--out {args.out}: cannot be a folder: {blocking} is a file")
+  return out
+
+
+def _make_out(out: pathlib.Path, args: argparse.Namespace) -> None:
+  try:
+    out.mkdir(parents=True, exist_ok=True)
+  except OSError as e:  # permission denied, a read-only file system
+    raise ReproduceError(f"--out {args.out}: cannot make the folder ({e.strerror or e})") from e
+
+
 def _positive_int(value: str) -> int:
   """--tasks_per_level, --max_instances: a positive integer (argparse turns the error into a usage error, exit 2)."""
   try:
@@ -352,23 +420,24 @@ def _bench(args: argparse.Namespace, out: pathlib.Path,
 def run(args: argparse.Namespace) -> dict[str, Any]:
   """The five stages on this machine; returns the claim table."""
   started = time.time()
-  out = pathlib.Path(args.out).resolve()
-  out.mkdir(parents=True, exist_ok=True)
+  out = _out_dir(args)
   setting_name, setting = _setting(args)
+  catalog_dir = out / "catalog"
+  jax_cache = out / "jax_cache"  # JAX's compiled programs, shared by the evaluations and the training run
+  model_dir = out / "model"
+  # The base model's path is known after stage 1; the flags are checked now, with where it will be (or be taken from).
+  check_train_flags(
+      _train_command(setting.gin_file, model_dir, (args.base_model or args.cache_dir).resolve(), jax_cache,
+                     args.train_flag, catalog_dir=catalog_dir))
+  _make_out(out, args)
 
   print(f"\n[1/5] the base model ({time.time() - started:.0f} s)", flush=True)
   base_model = _base_model(args)
 
   print(f"\n[2/5] the bench ({time.time() - started:.0f} s)", flush=True)
   bench_catalog, tasks, names = _bench(args, out, setting)
-  catalog_dir = out / "catalog"
-  jax_cache = out / "jax_cache"  # JAX's compiled programs, shared by the evaluations and the training run
-  model_dir = out / "model"
-  train_command = [
-      sys.executable, "-m", "optiml_jax.train", f"--gin_file={setting.gin_file}", f"--gin.MODEL_DIR={model_dir}",
-      f"--gin.CATALOG_DIR={catalog_dir}", f"--gin.INITIAL_CHECKPOINT_PATH={base_model}",
-      f"--gin.RunArgs.compilation_cache_dir={jax_cache}", *args.train_flag
-  ]
+  train_command = _train_command(setting.gin_file, model_dir, base_model, jax_cache, args.train_flag,
+                                 catalog_dir=catalog_dir)
   train_inputs = {
       "base_model": folder_fingerprint(base_model),
       "catalog_sha256": bundle_lib.file_sha256(catalog_dir / catalog_lib.CATALOG_FILE)
@@ -483,9 +552,14 @@ def prepare(args: argparse.Namespace) -> pathlib.Path:
   """Here, with TensorFlow: the base model, the bench, the training cache and the recorded evaluation requests,
   into the bundle (OUT/bundle: bundle.json, data.tar.gz, the model's wheel in parts). Returns the bundle folder."""
   started = time.time()
-  out = pathlib.Path(args.out).resolve()
-  out.mkdir(parents=True, exist_ok=True)
+  out = _out_dir(args)
   setting_name, setting = _setting(args, default="gpu")
+  # The flags travel in the bundle: checked here, in the command the device stage will run (from the cache).
+  device_work = pathlib.Path("device")
+  check_train_flags(
+      _train_command(setting.gin_file, device_work / "model", device_work / "base_model", device_work / "jax_cache",
+                     args.train_flag, cache_dir=device_work / "cache"))
+  _make_out(out, args)
   bundle = (args.bundle or out / "bundle").resolve()
   if bundle.exists():
     shutil.rmtree(bundle)
@@ -579,12 +653,16 @@ def device(args: argparse.Namespace) -> pathlib.Path:
   """On the accelerator, without TensorFlow or seqio: base answers, training from the cache, tuned answers, into
   the results archive (default OUT/device_results.tar.gz). Returns its path."""
   started = time.time()
-  out = pathlib.Path(args.out).resolve()
+  out = _out_dir(args)
   bundle = (args.bundle or out / "bundle").resolve()
   info = bundle_lib.read_bundle(bundle)
   check_modules(DEVICE_MODULES + (MODEL_MODULES if info.get("model") and not args.base_model else ()))
   sizes = info["sizes"]
   work = out / "device"
+  gin_file, train_flags = SETTINGS[info["setting"]].gin_file, [*info["train_flags"], *args.train_flag]
+  check_train_flags(
+      _train_command(gin_file, work / "model", (args.base_model or work / "smollm2").resolve(), work / "jax_cache",
+                     train_flags, cache_dir=work / "cache"))
   # A stage cut short (a call's time limit, preemption) is finished by the same command: the model, the answers and
   # the training resume from what the last attempt left. Its seconds then count this attempt only.
   resumed = any((work / name).exists() for name in ("base_answers", "model"))
@@ -615,12 +693,8 @@ def device(args: argparse.Namespace) -> pathlib.Path:
                          "--base_model, the same model's folder on this machine")
   at = mark("model", started)
   model_dir = work / "model"
-  train_command = [
-      sys.executable, "-m", "optiml_jax.train", f"--gin_file={SETTINGS[info['setting']].gin_file}",
-      f"--gin.MODEL_DIR={model_dir}", "--gin.CATALOG_DIR=None", f"--gin.CACHE_DIR={work / 'cache'}",
-      f"--gin.INITIAL_CHECKPOINT_PATH={base_model}", f"--gin.RunArgs.compilation_cache_dir={work / 'jax_cache'}",
-      *info["train_flags"], *args.train_flag
-  ]
+  train_command = _train_command(gin_file, model_dir, base_model, work / "jax_cache", train_flags,
+                                 cache_dir=work / "cache")
   train_inputs = {"base_model": folder_fingerprint(base_model), "cache": folder_fingerprint(work / "cache")}
   _check_training(train_command, model_dir, train_inputs)  # before the base's answers: a refused run costs nothing
   answer_flags = [
@@ -731,6 +805,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   try:
     STAGES[args.stage](args)
+  except TrainFlagError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   except (ReproduceError, bundle_lib.BundleError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

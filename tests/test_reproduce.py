@@ -320,6 +320,50 @@ def test_the_device_stage_resumes_its_own_training_and_refuses_another_runs_step
     assert what in error, error
 
 
+def test_a_train_flag_train_would_refuse_exits_2_before_any_stage_runs(tiny_base, tmp_path, monkeypatch, capsys):
+  # A typo in --train_flag was found by train itself, after the bench and the base evaluation (minutes).
+  base, _, toy = tiny_base
+  fake = _FakeStages(monkeypatch)
+  monkeypatch.setattr(reproduce.bench, "main", lambda argv: pytest.fail("the bench was built"))
+  out = tmp_path / "out"
+  refused = [
+      ("--gin.TRAIN_STEP=3", "did you mean TRAIN_STEPS?"),  # a mistyped macro
+      ("--gin.OptimizerArgs.learning_rat=0.1", "learning_rat"),  # an unknown binding
+      ("--gin.OptimizerArgs.warmup_steps=5", "OptimizerArgs.warmup_steps"),  # past the 2 steps: TrainConfig's check
+  ]
+  for flag, message in refused:
+    code, stages = fake.run(_tiny_flags(out, base, toy) + [f"--train_flag={flag}"])
+    err = capsys.readouterr().err
+    assert code == 2 and not stages, stages
+    assert err.startswith("error: --train_flag: the training command would stop at once: ") and message in err, err
+    assert not out.exists()
+  # The same flags for the device stage are checked by prepare, before the bundle carries them.
+  code, stages = fake.run(_tiny_flags(out, base, toy) + ["--stage", "prepare", "--train_flag=--gin.TRAIN_STEP=3"])
+  assert code == 2 and "did you mean TRAIN_STEPS?" in capsys.readouterr().err and not out.exists()
+
+
+def test_the_flags_of_the_tiny_runs_pass_the_train_flag_check(tiny_base, tmp_path):
+  base, _, toy = tiny_base
+  args = reproduce.parse_args(_tiny_flags(tmp_path / "out", base, toy))
+  setting = reproduce.SETTINGS["cpu"]
+  for data in ({"catalog_dir": tmp_path / "catalog"}, {"cache_dir": tmp_path / "cache"}):
+    reproduce.check_train_flags(
+        reproduce._train_command(  # pylint: disable=protected-access
+            setting.gin_file, tmp_path / "model", base, tmp_path / "jax_cache", args.train_flag, **data))
+
+
+@pytest.mark.parametrize("stage", ["all", "prepare", "device"])
+def test_an_out_that_is_a_file_is_an_error_naming_it(tmp_path, monkeypatch, capsys, stage):
+  _FakeStages(monkeypatch)
+  afile = tmp_path / "afile"
+  afile.write_text("mine")
+  for out, reason in ((afile, "is a file; name a folder"), (afile / "sub", f"cannot be a folder: {afile} is a file")):
+    code = reproduce.main(["--out", str(out), "--setting", "cpu", "--stage", stage])
+    err = capsys.readouterr().err
+    assert code == 1 and err.splitlines()[-1].startswith(f"error: --out {out}: {reason}"), err
+  assert afile.read_text() == "mine"
+
+
 def test_the_size_overrides_take_positive_numbers_only(capsys):
   args = reproduce.parse_args(["--setting", "cpu", "--tasks_per_level", "1", "--max_instances", "7"])
   _, setting = reproduce._setting(args)  # pylint: disable=protected-access
