@@ -292,7 +292,8 @@ def params_from_hf_state_dict(config: ModelConfig, state_dict: Mapping[str, np.n
       raise ConversionError(f"{where(key)}: tensor {key} differs from {family.prefix}embed_tokens.weight; "
                             f"this {family.family} config ties the LM head to the token embedding")
     del head
-  unexpected = [key for name, (key, _) in tensors.items() if name not in {n for n, _, _ in wanted}]
+  known = {name for name, _, _ in wanted}
+  unexpected = [key for name, (key, _) in tensors.items() if name not in known]
   if unexpected:
     raise ConversionError(f"{where(unexpected[0])}: unexpected tensor {unexpected[0]} for this config; "
                           f"{len(unexpected)} unexpected in all")
