@@ -18,6 +18,7 @@ import pytest
 import safetensors.numpy
 
 from optiml_jax import convert
+from optiml_jax import tempfiles
 from optiml_jax.checkpoints import hf as hf_lib
 from optiml_jax.checkpoints import layout
 from optiml_jax.models import opt as opt_lib
@@ -333,6 +334,13 @@ def test_save_hf_is_atomic_and_refuses_to_overwrite(tmp_path, monkeypatch):
   convert.save_hf(config, params, existing, tokenizer_dir=tokenizer, overwrite=True)
   assert sorted(p.name for p in existing.iterdir()) == ["config.json", "model.safetensors", "vocab.json"]
   assert sorted(p.name for p in tmp_path.iterdir()) == ["existing", "hf", "tok"]  # No temporary leftovers.
+  # Every file as `open(path, "w")` makes it under this umask (safetensors alone made the weights 0600), in one
+  # shard and in several, so another account or a serving process can read the export.
+  expected = 0o666 & ~tempfiles.umask()
+  convert.save_hf(config, params, tmp_path / "sharded", max_shard_size="1KB")
+  for folder in (existing, tmp_path / "sharded"):
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in folder.iterdir()}
+    assert set(modes.values()) == {oct(expected)}, modes
 
 
 def test_parse_size():

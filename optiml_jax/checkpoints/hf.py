@@ -15,6 +15,7 @@ the tokenizer files, into a temporary sibling of the destination renamed into pl
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -23,6 +24,7 @@ from typing import Any, Mapping
 import ml_dtypes
 import numpy as np
 
+from optiml_jax import tempfiles
 from optiml_jax.checkpoints import fileio
 from optiml_jax.checkpoints import layout
 from optiml_jax.models import registry
@@ -260,7 +262,11 @@ def save_hf(config: layout.ModelConfig, params: Mapping[str, Any], path: Path, t
     if not tokenizer_files:
       raise layout.ConversionError(
           f"{tokenizer_dir}: no tokenizer files (expected some of {', '.join(TOKENIZER_FILES)})")
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import save_file as save_0600  # pylint: disable=g-import-not-at-top
+
+  def save_file(tensors: dict[str, np.ndarray], file: str, metadata: dict[str, str]) -> None:
+    save_0600(tensors, file, metadata=metadata)  # safetensors creates its file 0600 whatever the umask
+    os.chmod(file, 0o666 & ~tempfiles.umask())  # as config.json beside it: readable by whoever serves the folder
 
   shards = _shards(state, parse_size(max_shard_size))
   with fileio.staged_dir(path, overwrite) as tmp:
