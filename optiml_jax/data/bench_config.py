@@ -7,7 +7,8 @@ Where it sits: at the start of the bench build, before the catalog.
 `load_config` checks every key, type and cross-reference (benchmarks, taxonomy categories, held-out
 categories, de-duplication order, leakage and rate settings) and raises `ConfigError` naming the file and
 the dotted key. A section is a mapping (null or absent: empty), and a key given twice in one mapping is an
-error naming both lines (PyYAML alone keeps the last). The result is immutable; `BenchConfig.echo()` is what the catalog records of it.
+error naming both lines (PyYAML alone keeps the last). The result is immutable; `BenchConfig.echo()` is what
+the catalog records of it.
 `normalize` is the key form of datasets and keywords: the taxonomy and held-out maps are stored normalized,
 and the catalog normalizes a task's dataset / raw categories the same way before looking them up.
 `BenchConfig.canonical` goes one step further: it turns every spelling listed under `aliases` (CrossFit's

@@ -162,7 +162,7 @@ class Preemption:
   checkpoints at that step and stops (installed only in the main thread). After the first Ctrl-C the previous SIGINT
   handler is back: a second one stops at once, without a checkpoint."""
 
-  def __init__(self):
+  def __init__(self) -> None:
     self.requested = False
     self.interrupted = False  # the request came from SIGINT: the command exits 130 once checkpointed
     self._previous: dict[int, Any] = {}
