@@ -31,6 +31,7 @@ from typing import Sequence
 
 import jax
 
+from optiml_jax import cli_flags
 from optiml_jax import cli_logging
 from optiml_jax.checkpoints import discovery
 from optiml_jax.checkpoints import loading
@@ -40,17 +41,6 @@ from optiml_jax.models import partitioning
 
 # A checkpoint without config.json: what to do on this command line (it has no gin to configure a model with).
 MISSING_CONFIG_HINT = "copy that model's config.json there (e.g. from the Hugging Face folder it was trained from)"
-
-
-def _positive_int(value: str) -> int:
-  """`--batch_size`: a positive integer (argparse turns the error into a usage error naming the flag, exit 2)."""
-  try:
-    number = int(value)
-  except ValueError:
-    number = 0
-  if number < 1:
-    raise argparse.ArgumentTypeError(f"expected a positive number of rows per batch, got {value!r}")
-  return number
 
 
 def _compute_dtype(value: str) -> str:
@@ -72,7 +62,8 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--out", required=True, help="the answers folder (created; an interrupted run's is resumed)")
   parser.add_argument("--dtype", type=_compute_dtype, default=None, help="compute dtype, e.g. bfloat16 on "
                       "accelerators (default: the checkpoint's)")
-  parser.add_argument("--batch_size", type=_positive_int, default=inference.DEFAULT_BATCH_SIZE,
+  parser.add_argument("--batch_size", type=cli_flags.positive_int("rows per batch"),
+                      default=inference.DEFAULT_BATCH_SIZE,
                       help="rows per batch (scoring: prompt + one option; decoding: one prompt)")
   parser.add_argument("--max_length", type=int, default=None, help="context in tokens (default: the model's)")
   parser.add_argument("--mesh_shape", default="-1,1,1", help="data,fsdp,tensor sizes of the device mesh")

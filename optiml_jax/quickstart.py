@@ -29,6 +29,7 @@ import time
 from typing import Sequence
 
 from optiml_jax import bench
+from optiml_jax import cli_flags
 from optiml_jax import tempfiles
 from optiml_jax import train as train_entry
 from optiml_jax.checkpoints import hf as hf_lib
@@ -79,21 +80,10 @@ def warmup_steps(train_steps: int) -> int:
   return min(WARMUP_STEPS, train_steps // 2)
 
 
-def _positive_int(value: str) -> int:
-  """`--train_steps`: a positive integer (argparse turns the error into a usage error, exit 2)."""
-  try:
-    number = int(value)
-  except ValueError:
-    number = 0
-  if number < 1:
-    raise argparse.ArgumentTypeError(f"expected a positive number of steps, got {value!r}")
-  return number
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m optiml_jax.quickstart", description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", default="quickstart_out", help="folder for everything this writes")
-  parser.add_argument("--train_steps", type=_positive_int, default=None,
+  parser.add_argument("--train_steps", type=cli_flags.positive_int("steps"), default=None,
                       help="override TRAIN_STEPS of quickstart.gin (the warmup is then at most half of them)")
   args = parser.parse_args(argv)
 

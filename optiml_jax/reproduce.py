@@ -50,6 +50,7 @@ import time
 from typing import Any, Mapping, Sequence
 
 from optiml_jax import bench
+from optiml_jax import cli_flags
 from optiml_jax import tempfiles
 from optiml_jax.data import catalog as catalog_lib
 from optiml_jax.evaluation import report as report_lib
@@ -311,17 +312,6 @@ def _make_out(out: pathlib.Path, args: argparse.Namespace) -> None:
     raise ReproduceError(f"--out {args.out}: cannot make the folder ({e.strerror or e})") from e
 
 
-def _positive_int(value: str) -> int:
-  """--tasks_per_level, --max_instances: a positive integer (argparse turns the error into a usage error, exit 2)."""
-  try:
-    number = int(value)
-  except ValueError:
-    number = 0
-  if number < 1:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-  return number
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="python -m optiml_jax.reproduce", description=__doc__.splitlines()[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -341,8 +331,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
       "--base_model", type=pathlib.Path,
       help="a Hugging Face folder (weights and tokenizer) to tune instead of SmolLM2; bind its "
       "model with --train_flag=--gin.model_config.preset=... when it is not SmolLM2-135M")
-  parser.add_argument("--tasks_per_level", type=_positive_int, help="override the setting's evaluated tasks per level")
-  parser.add_argument("--max_instances", type=_positive_int, help="override the setting's instances per task")
+  parser.add_argument("--tasks_per_level", type=cli_flags.positive_int("tasks"),
+                      help="override the setting's evaluated tasks per level")
+  parser.add_argument("--max_instances", type=cli_flags.positive_int("instances"),
+                      help="override the setting's instances per task")
   parser.add_argument(
       "--stage", choices=("all", "prepare", "device", "finish"), default="all",
       help="all: every stage on this machine; prepare (here), device (on an accelerator without TensorFlow) and "

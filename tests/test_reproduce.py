@@ -369,11 +369,12 @@ def test_the_size_overrides_take_positive_numbers_only(capsys):
   _, setting = reproduce._setting(args)  # pylint: disable=protected-access
   assert (setting.tasks_per_level, setting.max_instances) == (1, 7)
   # 0 fell back to the setting's default, and -1 was passed on (pick_tasks' slice [:-1]: all tasks but one).
-  for flag in ("--tasks_per_level", "--max_instances"):
+  for flag, counted in (("--tasks_per_level", "tasks"), ("--max_instances", "instances")):
     for value in ("0", "-1", "two"):
       with pytest.raises(SystemExit) as stopped:
         reproduce.parse_args([flag, value])
-      assert stopped.value.code == 2 and f"expected a positive integer, got '{value}'" in capsys.readouterr().err
+      message = f"{flag}: expected a positive number of {counted}, got '{value}'"
+      assert stopped.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_the_chat_baseline_runs_only_where_the_base_model_has_a_chat_template(tmp_path, capsys):
