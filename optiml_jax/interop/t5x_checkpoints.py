@@ -23,7 +23,8 @@ creates a fresh optimizer state (gin/t5x/optiml_*.gin set that for INITIAL_CHECK
   python -m optiml_jax.interop.t5x_checkpoints export ORBAX_DIR T5X_DIR [--step 0]
 
 `--preset` takes any preset of `models/registry.py` (the MODEL_PRESET the t5x gin file sets), `--overrides`
-the fields of that preset's config class; `--config` any Hugging Face config.json of a supported model_type.
+the fields of that preset's config class; `--config` any Hugging Face config.json of a supported model_type (with
+`--overrides`: exit 2, as they would be dropped).
 """
 
 from __future__ import annotations
@@ -189,6 +190,9 @@ def _config_from_args(args: argparse.Namespace) -> registry.ModelConfig:
   if not isinstance(overrides, Mapping):
     raise layout.ConversionError(f"--overrides: expected a JSON object, got {args.overrides!r}")
   if args.config:
+    if overrides:  # they would be dropped: the config.json says every field
+      raise layout.ConversionError(f"--overrides: replaces fields of a --preset's config; with --config "
+                                   f"{args.config}, give a config.json with those fields instead")
     config_path = pathlib.Path(args.config)
     if config_path.is_dir():
       config_path = config_path / hf.CONFIG_NAME

@@ -136,6 +136,14 @@ def test_import_refuses_an_out_that_is_or_holds_the_t5x_checkpoint_before_readin
       assert listing() == before
   with pytest.raises(layout.ConversionError, match="holds the source"):  # the library refuses it too
     t5x_checkpoints.import_t5x(checkpoint, tmp_path / "t5x", CONFIG, overwrite=True)
+  # --overrides with --config would be dropped (the config.json gives every field): refused, nothing written.
+  config_json = tmp_path / "config.json"
+  config_json.write_text("{}")
+  capsys.readouterr()
+  assert t5x_checkpoints.main(["import", str(checkpoint), str(tmp_path / "new"), "--config", str(config_json),
+                               "--overrides", overrides]) == 2
+  assert capsys.readouterr().err.startswith("error: --overrides: replaces fields of a --preset's config")
+  assert listing() == sorted(before + ["config.json"])
 
 
 def test_export_then_import_is_bitwise_and_export_keeps_no_optimizer_state(tmp_path, params):
