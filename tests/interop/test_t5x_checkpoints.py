@@ -140,8 +140,8 @@ def test_import_refuses_an_out_that_is_or_holds_the_t5x_checkpoint_before_readin
   config_json = tmp_path / "config.json"
   config_json.write_text("{}")
   capsys.readouterr()
-  assert t5x_checkpoints.main(["import", str(checkpoint), str(tmp_path / "new"), "--config", str(config_json),
-                               "--overrides", overrides]) == 2
+  argv = ["import", str(checkpoint), str(tmp_path / "new"), "--config", str(config_json), "--overrides", overrides]
+  assert t5x_checkpoints.main(argv) == 2
   assert capsys.readouterr().err.startswith("error: --overrides: replaces fields of a --preset's config")
   assert listing() == sorted(before + ["config.json"])
 
