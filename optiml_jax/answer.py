@@ -45,11 +45,7 @@ MISSING_CONFIG_HINT = "copy that model's config.json there (e.g. from the Huggin
 
 def _compute_dtype(value: str) -> str:
   """`--dtype`: a floating-point dtype jax knows (a usage error naming the flag, not a checkpoint error later)."""
-  try:
-    floating = jax.numpy.issubdtype(jax.numpy.dtype(value), jax.numpy.floating)
-  except TypeError:
-    floating = False
-  if not floating:
+  if not loading.is_compute_dtype(value):
     raise argparse.ArgumentTypeError(f"expected a floating-point compute dtype (e.g. bfloat16, float32), got {value!r}")
   return value
 

@@ -419,14 +419,9 @@ def check_settings(*, shots: Any, checkpoint_steps: Any, batch_size: Any, dtype:
                       f"(e.g. [100, 200]); got {checkpoint_steps!r}")
   if not _is_int(batch_size) or batch_size < 1:
     raise ConfigError(f"evaluate.batch_size: expected a positive number of rows per batch, got {batch_size!r}")
-  if dtype is not None:
-    try:
-      floating = jax.numpy.issubdtype(jax.numpy.dtype(dtype), jax.numpy.floating)
-    except TypeError:
-      floating = False
-    if not floating:
-      raise ConfigError(f"evaluate.dtype: expected a floating-point compute dtype (e.g. 'bfloat16', 'float32') or "
-                        f"None (the checkpoint's), got {dtype!r}")
+  if dtype is not None and not loading.is_compute_dtype(dtype):
+    raise ConfigError(f"evaluate.dtype: expected a floating-point compute dtype (e.g. 'bfloat16', 'float32') or "
+                      f"None (the checkpoint's), got {dtype!r}")
   return list(shots)
 
 

@@ -12,6 +12,8 @@ import dataclasses
 import pathlib
 from typing import Any, Mapping
 
+import jax.numpy as jnp
+
 from optiml_jax.checkpoints import discovery
 from optiml_jax.checkpoints import fileio
 from optiml_jax.checkpoints import hf
@@ -51,6 +53,17 @@ def load_config(checkpoint: discovery.Checkpoint, model: registry.ModelConfig | 
     raise discovery.CheckpointError(f"{checkpoint.path}: no config.json beside the checkpoint to say which model it "
                                     f"holds; {missing_config_hint}")
   return dataclasses.replace(model, **overrides)
+
+
+def is_compute_dtype(value: Any) -> bool:
+  """Whether `value` names a floating-point dtype, as the `{"dtype": ...}` override of a model's compute dtype
+  (eval's evaluate.dtype, answer's --dtype) must: 'bfloat16', 'float32'; not 'int8' nor 'float17'."""
+  if value is None:  # jnp.dtype(None) is the default float: not a name
+    return False
+  try:
+    return bool(jnp.issubdtype(jnp.dtype(value), jnp.floating))
+  except TypeError:
+    return False
 
 
 def load_checkpoint(checkpoint: discovery.Checkpoint, model: registry.ModelConfig | None = None,

@@ -67,3 +67,9 @@ def test_relayout_stacks_and_unstacks_layers_anywhere_in_a_tree():
   assert same["layers"]["fc1"]["kernel"] is stacked["layers"]["fc1"]["kernel"]
   with pytest.raises(layout.ConversionError, match=r"layers \[0, 2\] are not 0..1"):
     layout.relayout({"layers_0": {"k": np.ones(1)}, "layers_2": {"k": np.ones(1)}}, scan_layers=True)
+
+
+def test_a_compute_dtype_override_must_name_a_floating_point_dtype():
+  # What eval's evaluate.dtype and answer's --dtype accept (both refuse the rest before a model is read).
+  assert all(loading.is_compute_dtype(name) for name in ("bfloat16", "float16", "float32"))
+  assert not any(loading.is_compute_dtype(name) for name in ("int8", "float17", "", None))
