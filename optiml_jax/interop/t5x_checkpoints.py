@@ -10,6 +10,8 @@ Layouts (both Orbax; the parameter trees are the same, since t5x's module is our
   t5x   MODEL_DIR/checkpoint_<step>/state   one PyTree item {"target": params,
                                             "state": {"step": int32, "param_states": t5x's optimizer state}}
   ours  OUT/config.json + OUT/params        `save_orbax` (the trainer writes MODEL_DIR/<step>/params)
+The t5x side may be a bucket (`gs://BUCKET/...`: the checkpoint `import` reads, the T5X_DIR `export` writes),
+opened through `etils.epath` as Orbax and t5x do; our side is a local folder.
 
 What carries over: the parameters, bit for bit, and the step. What does not: optimizer state (t5x stores
 optax's state flattened as `param_states/<index>/...` without its empty members; our trainer stores optax's
@@ -32,11 +34,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import pathlib
 import re
 import sys
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+from etils import epath
 import jax
 import numpy as np
 
@@ -46,6 +50,7 @@ from optiml_jax.checkpoints import hf
 from optiml_jax.checkpoints import layout
 from optiml_jax.checkpoints import orbax_io
 from optiml_jax.models import registry
+from optiml_jax.trainer import preflight
 
 STATE_ITEM = "state"  # t5x's Orbax item name
 TARGET_KEY = "target"  # the parameters inside it
@@ -54,30 +59,49 @@ _STEP_DIR = re.compile(rf"{STEP_PREFIX}_(\d+)")
 _LAYER = re.compile(r"layers_(\d+)")
 
 
-def find_state_item(path: str | pathlib.Path) -> pathlib.Path:
-  """The `state` item of a t5x checkpoint: `path` may be the item, a `checkpoint_<step>` folder or a t5x
-  MODEL_DIR (its highest step).
+def t5x_path(path: str | os.PathLike[str]) -> epath.Path:
+  """A t5x folder as `etils.epath.Path`, the way Orbax and t5x open it: a bucket or other URL (`gs://...`) as it
+  is, a local path made absolute (`pathlib` would make `gs://b/x` the local folder `<cwd>/gs:/b/x`)."""
+  text = os.fspath(path)
+  return epath.Path(text) if preflight.is_remote(text) else epath.Path(text).absolute()
+
+
+def _ask(question: Callable[[], bool], path: epath.Path) -> bool:
+  """`question()` (an `exists` or `is_dir` of `path`); ConversionError naming `path` when it cannot be answered:
+  epath's backend for buckets (TensorFlow's gfile) raises its own errors, not OSError, e.g. for a bucket that
+  cannot be reached or without credentials."""
+  try:
+    return question()
+  except orbax_io.PROGRAMMING_ERRORS:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise layout.ConversionError(f"{path}: cannot be reached: {e}") from e
+
+
+def find_state_item(path: str | os.PathLike[str]) -> epath.Path:
+  """The `state` item of a t5x checkpoint: `path` (local or a bucket URL, `t5x_path`) may be the item, a
+  `checkpoint_<step>` folder or a t5x MODEL_DIR (its highest step).
 
   Raises:
-    layout.ConversionError: naming `path`, when none of these is found.
+    layout.ConversionError: naming `path`, when none of these is found or `path` cannot be reached.
   """
-  path = pathlib.Path(path).absolute()
-  if not path.is_dir():
-    raise layout.ConversionError(f"{path}: t5x checkpoint folder not found")
-  if path.name == STATE_ITEM and discovery.is_orbax_item(path):
-    return path
-  if (path / STATE_ITEM).is_dir():
-    return path / STATE_ITEM
-  steps = [
-      (int(m.group(1)), p) for p in path.iterdir() if (m := _STEP_DIR.fullmatch(p.name)) and (p / STATE_ITEM).is_dir()
-  ]
+  folder = t5x_path(path)
+  if not _ask(folder.is_dir, folder):
+    raise layout.ConversionError(f"{folder}: t5x checkpoint folder not found")
+  if folder.name == STATE_ITEM and any((folder / name).is_file() for name in discovery.ORBAX_ITEM_FILES):
+    return folder
+  if (folder / STATE_ITEM).is_dir():
+    return folder / STATE_ITEM
+  steps = [(int(m.group(1)), p)
+           for p in folder.iterdir()
+           if (m := _STEP_DIR.fullmatch(p.name)) and (p / STATE_ITEM).is_dir()]
   if steps:
     return max(steps, key=lambda step: step[0])[1] / STATE_ITEM
-  raise layout.ConversionError(f"{path}: not a t5x checkpoint (expected {STATE_ITEM}/, "
+  raise layout.ConversionError(f"{folder}: not a t5x checkpoint (expected {STATE_ITEM}/, "
                                f"{STEP_PREFIX}_<step>/{STATE_ITEM}/ or a MODEL_DIR holding them)")
 
 
-def _tree_metadata(item: pathlib.Path) -> Any:
+def _tree_metadata(item: epath.Path) -> Any:
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   try:
     metadata = ocp.PyTreeCheckpointHandler().metadata(item)
@@ -86,7 +110,7 @@ def _tree_metadata(item: pathlib.Path) -> Any:
   return getattr(metadata, "tree", metadata)
 
 
-def read_t5x_params(path: str | pathlib.Path) -> tuple[layout.Params, int]:
+def read_t5x_params(path: str | os.PathLike[str]) -> tuple[layout.Params, int]:
   """(params as numpy arrays, step) of a t5x checkpoint; the optimizer state is not read.
 
   Raises:
@@ -109,12 +133,12 @@ def read_t5x_params(path: str | pathlib.Path) -> tuple[layout.Params, int]:
   return dict(restored[TARGET_KEY]), step
 
 
-def _step_of(item: pathlib.Path) -> int:
+def _step_of(item: epath.Path) -> int:
   match = _STEP_DIR.fullmatch(item.parent.name)
   return int(match.group(1)) if match else 0
 
 
-def import_t5x(path: str | pathlib.Path, out: str | pathlib.Path, config: registry.ModelConfig,
+def import_t5x(path: str | os.PathLike[str], out: str | pathlib.Path, config: registry.ModelConfig,
                overwrite: bool = False) -> pathlib.Path:
   """Writes the parameters of a t5x checkpoint as our Orbax folder (`OUT/config.json` + `OUT/params`).
 
@@ -147,29 +171,29 @@ def stack_layers(params: Mapping[str, Any]) -> dict[str, Any]:
   return {**params, "layers": stacked}
 
 
-def export_t5x(path: str | pathlib.Path, out_dir: str | pathlib.Path, step: int = 0) -> pathlib.Path:
+def export_t5x(path: str | pathlib.Path, out_dir: str | os.PathLike[str], step: int = 0) -> epath.Path:
   """Writes our checkpoint's parameters as t5x's `OUT_DIR/checkpoint_<step>/state` (no optimizer state).
 
   `path` is anything `orbax_io.restore_orbax` reads (a `save_orbax` folder, a trainer step folder or
-  MODEL_DIR). Unscanned parameters (`layers_{i}`) are stacked first (`stack_layers`). The whole tree is held
-  in host memory as numpy (2 bytes a parameter for bfloat16/float16 files, 4 for float32). Returns the
-  `checkpoint_<step>` folder.
+  MODEL_DIR). `out_dir` may be a bucket URL (`gs://...`, `t5x_path`). Unscanned parameters (`layers_{i}`) are
+  stacked first (`stack_layers`). The whole tree is held in host memory as numpy (2 bytes a parameter for
+  bfloat16/float16 files, 4 for float32). Returns the `checkpoint_<step>` folder.
 
   `step` may be below a step `OUT_DIR` already holds (exporting into a t5x MODEL_DIR): it is written all the same.
 
   Raises:
-    layout.ConversionError: `path` is unreadable, `OUT_DIR` already holds that step, or the step folder is not
-      there once written.
+    layout.ConversionError: `path` is unreadable, `OUT_DIR` cannot be reached or already holds that step, or the
+      step folder is not there once written.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
   _, params = orbax_io.restore_orbax(path)
-  out_dir = pathlib.Path(out_dir).absolute()
-  target = out_dir / f"{STEP_PREFIX}_{step}"
-  if target.exists():
+  t5x_dir = t5x_path(out_dir)
+  target = t5x_dir / f"{STEP_PREFIX}_{step}"
+  if _ask(target.exists, target):
     raise layout.ConversionError(f"{target}: already exists; choose another --step or folder")
   options = ocp.CheckpointManagerOptions(step_prefix=STEP_PREFIX, create=True, enable_async_checkpointing=False)
-  with ocp.CheckpointManager(out_dir, options=options, item_names=(STATE_ITEM,)) as manager:
+  with ocp.CheckpointManager(t5x_dir, options=options, item_names=(STATE_ITEM,)) as manager:
     state = {TARGET_KEY: stack_layers(params), "state": {"step": np.asarray(step, np.int32)}}
     # force: Orbax skips (returns False for) a step not above the latest one the folder holds.
     saved = manager.save(step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.PyTreeSave(state)}), force=True)

@@ -11,6 +11,7 @@ import pathlib
 import subprocess
 import sys
 
+from etils.epath import gpath
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -179,6 +180,74 @@ def test_export_writes_a_step_below_the_latest_one_in_out_dir_or_says_it_did_not
   captured = capsys.readouterr()
   assert "wrote" not in captured.out
   assert captured.err.startswith(f"error: {tmp_path / 't5x' / 'checkpoint_7'}: Orbax's CheckpointManager did not")
+
+
+def test_t5x_path_keeps_a_bucket_url_and_makes_a_local_path_absolute(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert str(t5x_checkpoints.t5x_path("gs://my-bucket/opt-t5x")) == "gs://my-bucket/opt-t5x"
+  assert str(t5x_checkpoints.t5x_path("s3://b/x/checkpoint_3")) == "s3://b/x/checkpoint_3"
+  assert t5x_checkpoints.t5x_path("t5x/checkpoint_3") == tmp_path / "t5x" / "checkpoint_3"
+  assert t5x_checkpoints.t5x_path(tmp_path / "t5x") == tmp_path / "t5x"
+
+
+def test_a_bucket_url_goes_to_orbax_as_it_is_never_to_a_local_gs_folder(tmp_path, params, capsys, monkeypatch):
+  """docs/t5x.md's `export ORBAX gs://BUCKET/...`: pathlib made the URL the local folder `<cwd>/gs:/BUCKET/...`,
+  which Orbax began to fill before failing (exit 1, a traceback). No bucket is reached here: epath's `exists` and
+  `is_dir` of gs:// paths are replaced, first by a bucket that cannot be reached, then by an empty one."""
+  ours = orbax_io.save_orbax(params, tmp_path / "ours", CONFIG)
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+  url = "gs://my-bucket/opt-t5x"
+  local_exists, local_is_dir = gpath.PosixGPath.exists, gpath.PosixGPath.is_dir
+
+  def on_gs(local, answer):
+
+    def method(path):
+      return answer(path) if str(path).startswith("gs://") else local(path)
+
+    return method
+
+  def unreachable(path):
+    raise RuntimeError(f"Could not resolve host: www.googleapis.com when reading metadata of {path}")  # not OSError
+
+  monkeypatch.setattr(gpath.PosixGPath, "exists", on_gs(local_exists, unreachable))
+  monkeypatch.setattr(gpath.PosixGPath, "is_dir", on_gs(local_is_dir, unreachable))
+  capsys.readouterr()
+  assert t5x_checkpoints.main(["export", str(ours), url]) == 2
+  assert capsys.readouterr().err.startswith(f"error: {url}/checkpoint_0: cannot be reached: Could not resolve host")
+  assert t5x_checkpoints.main(["import", f"{url}/checkpoint_0", str(tmp_path / "back"), "--preset", "tiny"]) == 2
+  assert capsys.readouterr().err.startswith(f"error: {url}/checkpoint_0: cannot be reached: Could not resolve host")
+  assert not any(cwd.iterdir()) and not (tmp_path / "back").exists()
+
+  # A reachable, empty bucket: Orbax's CheckpointManager is given the URL itself.
+  monkeypatch.setattr(gpath.PosixGPath, "exists", on_gs(local_exists, lambda path: False))
+  given = []
+
+  class Manager:  # records its folder; writes nothing, so export says so
+
+    def __init__(self, directory, **kwargs):
+      del kwargs
+      given.append(directory)
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc_info):
+      return False
+
+    def save(self, *args, **kwargs):
+      del args, kwargs
+      return False
+
+    def wait_until_finished(self):
+      pass
+
+  monkeypatch.setattr(ocp, "CheckpointManager", Manager)
+  assert t5x_checkpoints.main(["export", str(ours), url, "--step", "5"]) == 2
+  assert capsys.readouterr().err.startswith(f"error: {url}/checkpoint_5: Orbax's CheckpointManager did not write")
+  assert [str(d) for d in given] == [url]
+  assert not any(cwd.iterdir())
 
 
 def test_export_stacks_unscanned_layers_in_layer_order(tmp_path):
