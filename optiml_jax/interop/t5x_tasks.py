@@ -104,16 +104,19 @@ def generation_task(task_name: str) -> str:
   batches every feature with `padded_batch`, which takes no ragged tensors), with the generation metrics
   ("rougeL" and "exact_match" on t5x's greedy `predict_batch`, best over the references). Returns its name.
   Its prompts keep their last TASK_FEATURE_LENGTHS["inputs"] tokens, so the "targets" length stays free for
-  decoding (`eval_tasks.truncate_for_decoding`; the row's split matters here, not in training).
+  decoding (`eval_tasks.truncate_for_decoding`; the row's split matters here, not in training). The base Task's
+  row fit (`registry.truncate`) is left out: it would cut the prompt further for a reference longer than the
+  "targets" length, so the model's input would depend on the answer.
 
   Raises:
     ValueError: the task is not registered or has no evaluation split.
   """
   task = _base_task(task_name)
   name = task_name + GENERATION_SUFFIX
+  preprocessors = [p for p in task.preprocessors if p is not registry.truncate]
   seqio.TaskRegistry.remove(name)
   seqio.TaskRegistry.add(name, source=task.source, output_features=task.output_features,
-                         preprocessors=[*task.preprocessors, drop_ragged_options,
+                         preprocessors=[*preprocessors, drop_ragged_options,
                                         eval_tasks.truncate_for_decoding], shuffle_buffer_size=task.shuffle_buffer_size,
                          **eval_tasks.task_metric_args(records.GENERATION))
   return name

@@ -99,6 +99,22 @@ def test_generation_task_leaves_the_targets_length_free_for_decoding(catalog_dir
     np.testing.assert_array_equal(r["inputs"].numpy(), f_inputs[-(16 - f_targets.size):])  # BOS + 16 - 1 tokens
 
 
+def test_a_decoded_prompt_does_not_depend_on_the_length_of_its_reference(catalog_dir):
+  """A reference longer than the "targets" length (an SNI answer of 300 tokens under t5x/eval.gin's 256) still
+  leaves the prompt its last "inputs" tokens, as `python -m optiml_jax.eval` gives it: the base Task's row fit,
+  run first, cut the prompt by as many tokens as the reference has beyond the "targets" length."""
+  t5x_tasks.registered(catalog_dir)
+  name = t5x_tasks.generation_task(GEN_TASK)
+  lengths = {"inputs": 6, "targets": 1}  # the toy references are 2 tokens
+  full = list(seqio.get_mixture_or_task(GEN_TASK).get_dataset(None, split="validation", shuffle=False).take(8))
+  decoded = list(seqio.TaskRegistry.get(name).get_dataset(lengths, split="validation", shuffle=False).take(8))
+  assert len(full) == len(decoded) == 8
+  for f, d in zip(full, decoded):
+    assert f["targets"].numpy().size == 2 and f["inputs"].numpy().size > 6
+    np.testing.assert_array_equal(d["inputs"].numpy(), f["inputs"].numpy()[-6:])
+    np.testing.assert_array_equal(d["targets"].numpy(), [2])  # the reference cut to its EOS (OPT's </s>)
+
+
 def test_rank_classification_task_needs_answer_candidates(catalog_dir):
   t5x_tasks.registered(catalog_dir)
   name = t5x_tasks.rank_classification_task(MC_TASK)
