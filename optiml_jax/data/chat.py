@@ -11,6 +11,7 @@ around markers with the generation prompt, and keeps the tokens between them. An
 from `formatting.chat_turns`; few-shot as a conversation, as lm-evaluation-harness's `--fewshot_as_multiturn`):
 
   inputs   head + BPE(user_1) + tail + BPE(answer_1) + between + ... + BPE(query) + tail
+                                          each message's text stripped at both ends (`message_tokens`)
                                           each demonstration a user turn (the definition opens the first)
                                           answered by an assistant turn, the example's input the last user
                                           turn, `tail` ending with the assistant's header; 0-shot: the whole
@@ -43,9 +44,21 @@ import pathlib
 from typing import Any, Sequence
 
 _MARK = "\u2063OPTIML_MESSAGE\u2063"  # a marker no template writes (around it: the user message's place)
-# The conversation the check renders: two demonstrations (user, assistant), then a question and its answer.
-_PROBE = ("Which is larger, 7 or 12?\nAnswer:", "12", "Which is larger, 30 or 4?\nAnswer:", "30",
-          "Which is larger, 5 or 9?\nAnswer:", "9")
+# The conversation the check renders: two demonstrations (user, assistant), then a question and its answer. Two
+# user texts start with whitespace, as real inputs do (SNI task1518's start with two spaces): their messages are
+# the stripped texts (`message_tokens`), which a message encoded with its whitespace would not rebuild.
+_PROBE = ("Which is larger, 7 or 12?\nAnswer:", "12", "  Which is larger, 30 or 4?\nAnswer:", "30",
+          "\n\nWhich is larger, 5 or 9?\nAnswer:", "9")
+
+
+def message_tokens(vocabulary: Any, text: str) -> list[int]:
+  """A message's token ids (a user turn's or an answer's): BPE of its text stripped at both ends, the message's
+  content. transformers tokenizes the rendered conversation in one pass, so byte-level BPE would read whitespace at
+  a message's edge together with the template's newline beside it ("\\n" + "  The": "\\n ", " The"), where the
+  message encoded alone gives "\\n", " ", " The"; a stripped message has no such edge (Llama 3's templates trim
+  each message too)."""
+  text = text.strip()
+  return list(vocabulary.encode(text)) if text else []
 
 
 class ChatTemplateError(ValueError):
@@ -71,7 +84,7 @@ class ChatFormat:
     return ids + [*message_ids, *self.tail]
 
   def answer(self, answer_ids: Sequence[int]) -> list[int]:
-    """An answer's token ids as the assistant's turn: `answer_ids` (BPE of the stripped text) + end of turn."""
+    """An answer's token ids as the assistant's turn: `answer_ids` (`message_tokens`) + end of turn."""
     return [*answer_ids, self.end_of_turn]
 
   @classmethod
@@ -117,15 +130,16 @@ class ChatFormat:
     return chat
 
   def _check(self, tokenizer: Any, vocabulary: Any, bos: int | None) -> None:
-    """Ours == transformers' tokens of the probe conversation (two demonstrations, a question and its answer), up
-    to the end of the last assistant turn; else ChatTemplateError naming both."""
-    expected = tokenizer.apply_chat_template(_messages(*_PROBE), tokenize=True)
+    """Ours == transformers' tokens of the probe conversation (two demonstrations, a question and its answer; the
+    messages their stripped texts, as `message_tokens` encodes them), up to the end of the last assistant turn;
+    else ChatTemplateError naming both."""
+    expected = tokenizer.apply_chat_template(_messages(*(text.strip() for text in _PROBE)), tokenize=True)
     if isinstance(expected, dict) or hasattr(expected, "keys"):  # transformers 5 may return a BatchEncoding
       expected = expected["input_ids"]
     expected = [int(i) for i in expected]
     if expected and bos is not None and expected[0] == bos:  # the converter's BOS, which `head` leaves out
       expected = expected[1:]
-    ids = [list(vocabulary.encode(text)) for text in _PROBE]
+    ids = [message_tokens(vocabulary, text) for text in _PROBE]
     ours = self.inputs(ids[4], [(ids[0], ids[1]), (ids[2], ids[3])]) + self.answer(ids[5])
     if expected[:len(ours)] != ours:
       raise ChatTemplateError(

@@ -179,12 +179,13 @@ def example_tokens(
   """(inputs, targets, one id list per option) of a formatted example: the paper's plain text, the target and
   each option as they continue the source + [EOS] (`formatting`); with `chat`, `source` as the model's last user
   turn after `turns` (the demonstrations as (user, answer) texts, `formatting.chat_turns`), and the target and
-  options as its answer, each closed by the end of the turn (`chat.py`)."""
+  options as its answer, each closed by the end of the turn (`chat.py`); every message's text is stripped
+  (`chat.message_tokens`)."""
   if chat is not None and source:
-    answers = [_tokens(vocabulary, a.strip()) for a in (target, *options)]
-    demonstrations = [(_tokens(vocabulary, u), _tokens(vocabulary, a)) for u, a in turns]
-    return (chat.inputs(_tokens(vocabulary, source.strip()),
-                        demonstrations), chat.answer(answers[0]), [chat.answer(a) for a in answers[1:]])
+    message = functools.partial(chat_lib.message_tokens, vocabulary)
+    answers = [message(a) for a in (target, *options)]
+    demonstrations = [(message(u), message(a)) for u, a in turns]
+    return chat.inputs(message(source), demonstrations), chat.answer(answers[0]), [chat.answer(a) for a in answers[1:]]
   eos = vocabulary.eos_id
   input_text, target_text = formatting.token_texts(source, target)
   inputs = _tokens(vocabulary, input_text)

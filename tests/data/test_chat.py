@@ -99,3 +99,29 @@ def test_chat_prompts_are_not_read_from_a_cache(tmp_path):
   fmt = chat.ChatFormat((1,), (2,), (2, 1), 2, "x")
   with pytest.raises(ValueError, match="a bench cache holds plain prompts"):
     registry.register_catalog(tmp_path, chat=fmt, cache_dir=tmp_path)
+
+
+def test_a_message_that_starts_with_whitespace_is_its_stripped_text_as_transformers_tokenizes_it(chat_tokenizer):
+  # SNI task1518's inputs start with two spaces. Encoded alone, "  the" after the header's "\n" gives other tokens
+  # than transformers' one pass over the rendered conversation ("\n " + " the"): every message is its stripped
+  # text, the demonstrations' as the query's.
+  vocabulary = vocab.load(chat_tokenizer)
+  fmt = chat.ChatFormat.from_tokenizer(chat_tokenizer, vocabulary)
+  hf = transformers.AutoTokenizer.from_pretrained(str(chat_tokenizer))
+  turns = [("  the cat sat on the mat?\nAnswer:", "yes"), ("\n\nthe mat sat?\nA:", "no")]
+  inputs, _, _ = registry.example_tokens(vocabulary, "  Hello, world?\nAnswer:", "yes", [], fmt, turns)
+  messages = [{"role": r, "content": c.strip()} for u, a in turns for r, c in (("user", u), ("assistant", a))]
+  ids = hf.apply_chat_template(messages + [{
+      "role": "user",
+      "content": "Hello, world?\nAnswer:"
+  }], tokenize=True, add_generation_prompt=True)
+  assert inputs == list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def test_the_template_check_refuses_messages_encoded_with_the_whitespace_at_their_edges(chat_tokenizer, monkeypatch):
+  # The check's conversation has user texts that start with spaces and newlines, so an encoding that kept them
+  # (the tokens transformers never writes there) is caught when the format is built, not in the scores.
+  vocabulary = vocab.load(chat_tokenizer)
+  monkeypatch.setattr(chat, "message_tokens", lambda v, text: list(v.encode(text)) if text else [])
+  with pytest.raises(chat.ChatTemplateError, match="cannot be rebuilt from its parts"):
+    chat.ChatFormat.from_tokenizer(chat_tokenizer, vocabulary)
