@@ -202,19 +202,28 @@ def make_mesh(partitioning_args: config_lib.PartitioningArgs) -> jax.sharding.Me
 
 
 def check_devices(config: config_lib.TrainConfig) -> None:
-  """The checks `run` makes of the devices before anything is built (the mesh, the batch over it), for an entry
-  point to make before it registers the catalog; raises ConfigError naming the binding."""
+  """The checks `run` makes of the devices before anything is built (the mesh, the batch and the parameters over
+  it), for an entry point to make before it registers the catalog; raises ConfigError naming the binding."""
   _check_layout(config, make_mesh(config.partitioning))
 
 
 def _check_layout(config: config_lib.TrainConfig, mesh: jax.sharding.Mesh) -> None:
-  """What the config alone cannot check: the batch over data x fsdp (over the processes: `process_row_block`)."""
+  """What the config alone cannot check: the batch over data x fsdp (over the processes: `process_row_block`),
+  and every parameter dimension over the mesh axes the rule table gives it (`state.uneven_param_dims`)."""
   batch_size, num_microbatches = config.data.batch_size, config.partitioning.num_microbatches
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if (batch_size // num_microbatches) % shards:
     raise config_lib.ConfigError(
         f"DataArgs.batch_size: {batch_size} rows must split into PartitioningArgs.num_microbatches="
         f"{num_microbatches} microbatches whose rows divide over data x fsdp = {shards} devices")
+  uneven = state_lib.uneven_param_dims(make_model(config.model.config), mesh.shape, config.seq_len,
+                                       rules_for(config.partitioning))
+  if uneven:
+    shown = "; ".join(uneven[:3]) + (f"; and {len(uneven) - 3} more" if len(uneven) > 3 else "")
+    sizes = ", ".join(f"{axis}={mesh.shape[axis]}" for axis in partitioning.MESH_AXES)
+    raise config_lib.ConfigError(
+        f"PartitioningArgs.mesh_shape: the mesh ({sizes}) cannot split every parameter evenly: {shown}; choose "
+        "fsdp and tensor sizes that divide the model's dimensions")
 
 
 def restore_stream(stream: ResumableStream, state: Mapping[str, Any], step_folder: str) -> None:

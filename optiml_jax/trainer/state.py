@@ -13,8 +13,9 @@ weights to `config.dtype` (e.g. bfloat16) as it computes.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -72,6 +73,34 @@ def state_layout(model: nn.Module, tx: optax.GradientTransformation, mesh: jax.s
   abstract = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
                                     shardings)
   return StateLayout(abstract=abstract, shardings=shardings, param_axes=axes)
+
+
+def uneven_param_dims(model: nn.Module, mesh_shape: Mapping[str, int], seq_len: int,
+                      rules: partitioning.LogicalRules = partitioning.LOGICAL_AXIS_RULES) -> list[str]:
+  """The parameter dimensions that the mesh axes the rule table gives them do not divide, as
+  "path: dimension i (logical) of size n is not divisible by axis=k" lines; empty when every one divides.
+
+  Traces `model.init` as `state_layout` does (allocating nothing) and needs only the mesh's axis sizes, so the
+  loop checks a mesh before it lays anything out: an uneven parameter would otherwise stop the jitted init with
+  JAX's IndivisibleError, which names neither the parameter nor the mesh. Activations may split unevenly (3 heads
+  over tensor = 2); their shardings are not checked.
+  """
+  dummy = jnp.ones((1, seq_len), jnp.int32)
+  abstract_params, axes = partitioning.abstract_variables(model, dummy, enable_dropout=False)
+  is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)
+  mesh_axes = nn.logical_to_mesh(axes, tuple(rules))
+  uneven = []
+  for (path, logical), spec, param in zip(jax.tree_util.tree_leaves_with_path(axes, is_leaf=is_spec),
+                                          jax.tree_util.tree_leaves(mesh_axes, is_leaf=is_spec),
+                                          jax.tree_util.tree_leaves(abstract_params)):
+    for dim, (name, axis) in enumerate(zip(logical, spec)):
+      names = () if axis is None else (axis,) if isinstance(axis, str) else tuple(axis)
+      split = math.prod(mesh_shape[a] for a in names)
+      if param.shape[dim] % split:
+        where = "/".join(str(getattr(k, "key", k)) for k in path)
+        over = " x ".join(f"{a}={mesh_shape[a]}" for a in names)
+        uneven.append(f"{where}: dimension {dim} ({name}) of size {param.shape[dim]} is not divisible by {over}")
+  return uneven
 
 
 def make_init_fn(model: nn.Module, tx: optax.GradientTransformation, layout: StateLayout,

@@ -325,6 +325,30 @@ def test_a_batch_that_cannot_be_laid_out_on_the_mesh_is_named_before_anything_is
   loop._check_layout(config, types.SimpleNamespace(shape={"data": 2, "fsdp": 1, "tensor": 2}))
 
 
+def test_a_parameter_the_mesh_cannot_split_evenly_is_named_before_anything_is_built(tmp_path):
+  # optiml_1.3b.gin's mesh (1, -1, 1) on a 6-GPU host puts hidden 2048 over fsdp = 6; the tiny model's hidden 64
+  # over fsdp = 3 is the same mistake. It used to surface as JAX's IndivisibleError from the jitted init, after
+  # the catalog was registered, naming neither the parameter nor the binding.
+  mesh = lambda data, fsdp, tensor: types.SimpleNamespace(shape=dict(data=data, fsdp=fsdp, tensor=tensor))
+  config = _train_config(tmp_path, batch_size=12)
+  with pytest.raises(config_lib.ConfigError) as error:
+    loop._check_layout(config, mesh(1, 3, 1))
+  message = str(error.value)
+  assert message.startswith("PartitioningArgs.mesh_shape: ")
+  assert "embed_positions/embedding: dimension 1 (embed) of size 64 is not divisible by fsdp=3" in message
+  big = dataclasses.replace(config, model=config_lib.ModelArgs(opt_lib.OPTConfig.preset("opt-1.3b")))
+  with pytest.raises(config_lib.ConfigError, match=r"dimension \d \(embed\) of size 2048 is not divisible by fsdp=6"):
+    loop._check_layout(big, mesh(1, 6, 1))
+  vocab_over_tensor = r"embed_tokens/embedding: dimension 0 \(vocab\) of size 512 is not divisible by tensor=3"
+  with pytest.raises(config_lib.ConfigError, match=vocab_over_tensor):
+    loop._check_layout(config, mesh(2, 1, 3))
+  loop._check_layout(config, mesh(2, 2, 2))
+  # Only parameters must divide: 3 heads over tensor = 2 split the attention's activations unevenly, which
+  # computes the same losses, while every parameter (48 = 3 x 16 wide projections) divides.
+  three_heads = dataclasses.replace(TINY, hidden_size=48, num_attention_heads=3)
+  loop._check_layout(dataclasses.replace(config, model=config_lib.ModelArgs(three_heads)), mesh(2, 1, 2))
+
+
 def test_make_model_builds_every_family_and_names_them_for_anything_else():
 
   @dataclasses.dataclass(frozen=True)
