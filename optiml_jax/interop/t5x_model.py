@@ -31,9 +31,9 @@ What each piece adapts:
                     `learning_rate_fn` is the same schedule, for t5x's learning-rate summaries.
   logical_axis_rules  our one rule table (`models.partitioning`) with its mesh axes renamed to t5x's
                     ("data", "model"): data and fsdp -> "data", tensor -> "model".
-  decode            t5x's sampler (greedy by default) with `max_decode_steps` counted as new tokens, and the
-                    scanned decode cache made batch-major when t5x must expand it for several decodes per
-                    example.
+  decode            t5x's sampler (greedy by default) with `max_decode_steps` (and its
+                    `max_decode_steps_hard_limit`) counted as new tokens, and the scanned decode cache made
+                    batch-major when t5x must expand it for several decodes per example.
 
 `OPTForT5x` and `opt_config_for_t5x` are the names gin files written for OPT alone bind; they are the same as
 `DecoderForT5x` and `model_config_for_t5x`.
@@ -41,9 +41,11 @@ What each piece adapts:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 import seqio
@@ -62,6 +64,7 @@ from optiml_jax.trainer import optimizer as optimizer_lib
 # Our mesh axes -> t5x's mesh axes (t5x builds a ("data", "model") mesh).
 T5X_MESH_AXES = {"data": "data", "fsdp": "data", "tensor": "model"}
 CAUSAL_ATTENTION = "decoder_causal_attention"
+HARD_LIMIT = "max_decode_steps_hard_limit"  # t5x's sampler argument that clips max_decode_steps
 
 # ----------------------------------------------------------------------------------------------------------
 # The module.
@@ -304,6 +307,19 @@ def sampler_decode_steps(inputs: jax.Array, initial_index: jax.Array | None, new
   return t5x_decoding.flat_batch_beam_expand(steps, num_decodes) if num_decodes > 1 else steps
 
 
+def _sampler_hard_limit(sampler: Callable[..., Any]) -> Any:
+  """The `max_decode_steps_hard_limit` bound on the sampler itself (a `functools.partial` keyword, or a gin binding
+  such as `decoding.temperature_sample.max_decode_steps_hard_limit`), or None."""
+  if isinstance(sampler, functools.partial):
+    if HARD_LIMIT in sampler.keywords:
+      return sampler.keywords[HARD_LIMIT]
+    sampler = sampler.func
+  try:
+    return gin.get_bindings(sampler).get(HARD_LIMIT)
+  except ValueError:  # not a gin configurable
+    return None
+
+
 def decode(*, inputs: jax.Array, cache: Any, tokens_to_logits: Callable[..., Any], eos_id: int, num_decodes: int = 1,
            cache_offset: int = 0, initial_index: jax.Array | None = None, max_decode_steps: int | None = None,
            sampler: Callable[..., Any] = t5x_decoding.temperature_sample, **kwargs: Any) -> Any:
@@ -311,7 +327,11 @@ def decode(*, inputs: jax.Array, cache: Any, tokens_to_logits: Callable[..., Any
 
   `max_decode_steps` (bound here in gin, or passed in t5x's `decoder_params`) is the number of new tokens
   per example, at most what the row (inputs + targets) holds; None decodes until the row is full.
-  `initial_index` (t5x's `predict_batch` passes it) is each example's last prompt position.
+  `max_decode_steps_hard_limit` (in `kwargs`: bound here or passed in `decoder_params`; or bound on the sampler)
+  caps it as in t5x: min(max_decode_steps, limit) new tokens when both are set and the limit is > 0. It is applied
+  here, and the sampler is given none, since the sampler would clip its own count of steps (rewritten here by
+  `sampler_decode_steps`), not the new tokens. `initial_index` (t5x's `predict_batch` passes it) is each
+  example's last prompt position.
 
   t5x expands the cache along axis `cache_offset` to make several decodes per example; our scanned cache
   holds stacked layers [layers, batch, ...] beside an unstacked `cache_index` [batch], so for
@@ -320,9 +340,16 @@ def decode(*, inputs: jax.Array, cache: Any, tokens_to_logits: Callable[..., Any
   """
   if initial_index is not None:
     kwargs["initial_index"] = initial_index
+  hard_limit = kwargs.pop(HARD_LIMIT, None)
+  bound_on_sampler = _sampler_hard_limit(sampler)
+  if bound_on_sampler is not None:
+    kwargs[HARD_LIMIT] = None  # applied below, in new tokens
+    hard_limit = bound_on_sampler if hard_limit is None else hard_limit  # decoder_params win, as in t5x
   if max_decode_steps is not None:
     if max_decode_steps < 1:
       raise ValueError(f"decode: max_decode_steps must be >= 1, got {max_decode_steps}")
+    if hard_limit is not None and hard_limit > 0:
+      max_decode_steps = min(max_decode_steps, hard_limit)
     kwargs["max_decode_steps"] = sampler_decode_steps(inputs, initial_index, max_decode_steps, num_decodes)
   if num_decodes == 1 or cache_offset == 0:
     return sampler(inputs=inputs, cache=cache, tokens_to_logits=tokens_to_logits, eos_id=eos_id,

@@ -13,6 +13,7 @@ import types
 
 import flax
 from flax import traverse_util
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,16 +65,16 @@ EXAMPLES = {
 }
 
 
-def _greedy_decode_fn(**decode_kwargs):
-  sampler = functools.partial(decoding.temperature_sample, temperature=0.0)
+def _greedy_decode_fn(sampler=None, **decode_kwargs):
+  sampler = sampler or functools.partial(decoding.temperature_sample, temperature=0.0)
   return functools.partial(t5x_model.decode, sampler=sampler, **decode_kwargs)
 
 
-def _model(config, model_cls=t5x_model.DecoderOnlyModel, **decode_kwargs):
+def _model(config, model_cls=t5x_model.DecoderOnlyModel, sampler=None, **decode_kwargs):
   vocabulary = seqio.PassThroughVocabulary(size=config.vocab_size, eos_id=EOS)
   return model_cls(module=t5x_model.DecoderForT5x(config), vocabulary=vocabulary, optimizer_def=None,
-                   decode_fn=_greedy_decode_fn(**decode_kwargs), feature_converter_cls=t5x_model.FeatureConverter,
-                   loss_normalizing_factor="NUM_REAL_TARGET_TOKENS")
+                   decode_fn=_greedy_decode_fn(sampler, **decode_kwargs),
+                   feature_converter_cls=t5x_model.FeatureConverter, loss_normalizing_factor="NUM_REAL_TARGET_TOKENS")
 
 
 def _dataset(examples):
@@ -250,6 +251,46 @@ def test_max_decode_steps_counts_new_tokens(config, params, batch, greedy, examp
 def test_max_decode_steps_must_be_positive(config, params, batch):
   with pytest.raises(ValueError, match="max_decode_steps must be >= 1"):
     _model(config, max_decode_steps=0).predict_batch(params, batch)
+
+
+@pytest.fixture
+def gin_sampler():
+  """`decoding.temperature_sample` as gin/t5x/models/decoder_base.gin hands it to `t5x_model.decode`, greedy and with
+  `max_decode_steps_hard_limit = 4` bound on it."""
+  gin.parse_config("""
+      from __gin__ import dynamic_registration
+      from t5x import decoding
+      from optiml_jax.interop import t5x_model
+      t5x_model.decode.sampler = @decoding.temperature_sample
+      decoding.temperature_sample.temperature = 0.0
+      decoding.temperature_sample.max_decode_steps_hard_limit = 4
+  """)
+  try:
+    yield gin.get_bindings(t5x_model.decode)["sampler"]
+  finally:
+    gin.clear_config()
+
+
+@pytest.mark.parametrize("family", ["llama"], indirect=True)  # its third prompt holds id 0
+def test_the_hard_limit_caps_the_new_tokens_as_in_t5x(config, params, batch, greedy, gin_sampler):
+  """t5x's `max_decode_steps_hard_limit` (its guard on a `max_decode_steps` passed in `decoder_params`) caps the new
+  tokens at min(max_decode_steps, limit), wherever it is given: bound on the sampler in gin (or a partial's keyword),
+  or in `decoder_params` (or bound on decode: both reach its keyword arguments), which wins as in t5x. The sampler
+  clipped its own, rewritten count: one token more, and fewer after a prompt holding id 0 (none at all with limit
+  1)."""
+
+  def predict(sampler, **decoder_params):
+    model = _model(config, sampler=sampler, max_decode_steps=5)
+    return jax.jit(functools.partial(model.predict_batch_with_aux, decoder_params=decoder_params or None))
+
+  runs = [("bound in gin", 4, predict(gin_sampler)),
+          ("in decoder_params", 1, predict(gin_sampler, **{t5x_model.HARD_LIMIT: 1})),
+          ("a partial's keyword", 2,
+           predict(functools.partial(decoding.temperature_sample, temperature=0.0, **{t5x_model.HARD_LIMIT: 2})))]
+  for where, steps, run in runs:
+    decoded = np.asarray(run(params, batch)[0])
+    np.testing.assert_array_equal(decoded[:, :steps], greedy[:, :steps], err_msg=where)
+    assert not np.any(decoded[:, steps:]), where
 
 
 def test_several_decodes_per_example_with_the_scanned_cache(config, params, batch, greedy):
