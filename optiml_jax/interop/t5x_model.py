@@ -15,7 +15,8 @@ What each piece adapts:
                     cache index) are the module's own.
   DecoderOnlyModel  t5x's `DecoderOnlyModel`, except that a prompt's length is read from
                     `decoder_causal_attention` instead of counted as its non-zero ids: id 0 is a real token in
-                    Llama-family vocabularies (Llama 3's "!", SmolLM2's <|endoftext|>).
+                    Llama-family vocabularies (Llama 3's "!", SmolLM2's <|endoftext|>). Causal only: it refuses
+                    `inputs_bidirectional_attention=True` (t5x's prefix LM).
   FeatureConverter  `data.packing.OptimlFeatureConverter` (rows that start with the tokenizer's BOS, or with
                     the prompt when it adds none; target-only loss; whole-example packing) with the constructor
                     arguments t5x passes and, unpacked, the `decoder_causal_attention` feature `predict_batch`
@@ -42,6 +43,7 @@ What each piece adapts:
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -130,14 +132,24 @@ class DecoderOnlyModel(t5x_models.DecoderOnlyModel):
   one) and the prompt plus the position that predicts the first target: its last 1 is the last prompt token,
   the index decoding starts from, whatever the ids are.
 
-  It also refuses, before anything compiles, a vocabulary with ids beyond the model's embedding rows.
+  It also refuses, before anything compiles, a vocabulary with ids beyond the model's embedding rows, and t5x's
+  prefix LM (`inputs_bidirectional_attention=True`): every family here is a causal LM, whose modules take
+  `decoder_causal_attention` and ignore it, so the flag would change nothing.
 
   Raises:
-    ValueError: the module's `config.vocab_size` does not cover `vocabulary` (naming both sizes).
+    ValueError: the module's `config.vocab_size` does not cover `vocabulary` (naming both sizes), or
+      `inputs_bidirectional_attention` is True.
   """
 
   def __init__(self, module: nn.Module, vocabulary: seqio.Vocabulary, *args: Any, **kwargs: Any):
     config = getattr(module, "config", None)
+    arguments = inspect.signature(t5x_models.DecoderOnlyModel.__init__).bind(self, module, vocabulary, *args,
+                                                                             **kwargs).arguments
+    if arguments.get("inputs_bidirectional_attention"):
+      family = getattr(config, "family", type(module).__name__)
+      raise ValueError(f"DecoderOnlyModel: inputs_bidirectional_attention=True (t5x's prefix LM) is not supported: "
+                       f"{family} models are causal only, every position attending to the positions before it, "
+                       "prompt included (decoder_causal_attention only marks the prompt here); bind it to False")
     if config is not None:
       vocab_lib.check_vocab_covers(config.vocab_size, vocabulary,
                                    source=f"t5x model {type(module).__name__} (preset config)")

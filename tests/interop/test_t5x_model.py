@@ -342,6 +342,18 @@ def test_a_vocabulary_beyond_the_embedding_is_refused(config):
                                optimizer_def=None)
 
 
+def test_a_prefix_lm_is_refused_as_the_models_are_causal_only(family, config):
+  """t5x's `inputs_bidirectional_attention=True` (prefix LM) was accepted and changed nothing: our modules ignore
+  `decoder_causal_attention`, so a gin file asking for a prefix LM trained and scored a causal one."""
+  module, vocabulary = t5x_model.DecoderForT5x(config), seqio.PassThroughVocabulary(size=config.vocab_size, eos_id=EOS)
+  refused = f"inputs_bidirectional_attention=True .*: {family} models are causal only"
+  with pytest.raises(ValueError, match=refused):
+    t5x_model.DecoderOnlyModel(module, vocabulary, optimizer_def=None, inputs_bidirectional_attention=True)
+  with pytest.raises(ValueError, match=refused):  # positionally, as t5x's signature allows
+    t5x_model.DecoderOnlyModel(module, vocabulary, None, t5x_model.decode, True)
+  t5x_model.DecoderOnlyModel(module, vocabulary, optimizer_def=None, inputs_bidirectional_attention=False)
+
+
 def test_model_config_for_t5x_takes_any_family_and_names_bad_fields():
   assert isinstance(t5x_model.model_config_for_t5x("smollm2-135m", dtype="bfloat16"), type(CONFIGS["llama"]))
   assert t5x_model.model_config_for_t5x("smollm2-135m").hidden_size == 576
