@@ -210,7 +210,10 @@ def export_t5x(path: str | pathlib.Path, out_dir: str | os.PathLike[str], step: 
 
 
 def _config_from_args(args: argparse.Namespace) -> registry.ModelConfig:
-  overrides: dict[str, Any] = json.loads(args.overrides) if args.overrides else {}
+  try:
+    overrides: dict[str, Any] = json.loads(args.overrides) if args.overrides else {}
+  except json.JSONDecodeError as e:
+    raise layout.ConversionError(f"--overrides: not JSON ({e}): {args.overrides!r}") from e
   if not isinstance(overrides, Mapping):
     raise layout.ConversionError(f"--overrides: expected a JSON object, got {args.overrides!r}")
   if args.config:
@@ -220,7 +223,7 @@ def _config_from_args(args: argparse.Namespace) -> registry.ModelConfig:
     config_path = pathlib.Path(args.config)
     if config_path.is_dir():
       config_path = config_path / hf.CONFIG_NAME
-    return hf.config_from_hf_dict(json.loads(config_path.read_text(encoding="utf-8")), str(config_path))
+    return hf.config_from_hf_dict(fileio.read_json(config_path), str(config_path))
   try:
     return registry.preset(args.preset, **overrides)
   except (TypeError, ValueError) as e:

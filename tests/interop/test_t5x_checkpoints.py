@@ -280,6 +280,22 @@ def test_command_line(tmp_path, params, capsys):
   assert "expected shape" in capsys.readouterr().err
 
 
+def test_bad_json_is_an_error_naming_the_config_file_or_the_flag(tmp_path, params, capsys):
+  checkpoint = _write_t5x_layout(tmp_path / "t5x", 2, params)
+  broken = tmp_path / "hf" / "config.json"
+  broken.parent.mkdir()
+  broken.write_text('{"model_type": "opt", \n', encoding="utf-8")
+  capsys.readouterr()
+  for config in (broken, broken.parent):  # the file, or the folder holding it
+    assert t5x_checkpoints.main(["import", str(checkpoint), str(tmp_path / "out"), "--config", str(config)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {broken}: cannot read JSON: Expecting property name")
+  argv = ["import", str(checkpoint), str(tmp_path / "out"), "--preset", "tiny", "--overrides", "{vocab_size: 128}"]
+  assert t5x_checkpoints.main(argv) == 2
+  assert capsys.readouterr().err.startswith("error: --overrides: not JSON (Expecting property name enclosed in double "
+                                            "quotes: line 1 column 2 (char 1)): '{vocab_size: 128}'")
+  assert not (tmp_path / "out").exists()
+
+
 def test_a_llama_goes_both_ways_bitwise_and_its_unscanned_layers_stack(tmp_path, llama_params):
   checkpoint = _write_t5x_layout(tmp_path / "t5x", 3, llama_params)
   out = t5x_checkpoints.import_t5x(checkpoint, tmp_path / "ours", LLAMA)
