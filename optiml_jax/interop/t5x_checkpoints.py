@@ -13,10 +13,11 @@ Layouts (both Orbax; the parameter trees are the same, since t5x's module is our
 The t5x side may be a bucket (`gs://BUCKET/...`: the checkpoint `import` reads, the T5X_DIR `export` writes),
 opened through `etils.epath` as Orbax and t5x do; our side is a local folder.
 
-What carries over: the parameters, bit for bit, and the step. What does not: optimizer state (t5x stores
-optax's state flattened as `param_states/<index>/...` without its empty members; our trainer stores optax's
-own tree) and the data-stream position. `import` reads `target` only; `export` writes `target` and
-`state/step` only, so t5x must restore it with `RestoreCheckpointConfig.fallback_to_scratch = True`, which
+What carries over: the parameters, bit for bit. `export` writes `--step` as t5x's `state/step`; `import` reads
+`target` only and leaves the step behind, since our folder has no place for one (`read_t5x_params` returns it).
+What does not: optimizer state (t5x stores optax's state flattened as `param_states/<index>/...` without its
+empty members; our trainer stores optax's own tree) and the data-stream position. `export` writes `target`
+and `state/step` only, so t5x must restore it with `RestoreCheckpointConfig.fallback_to_scratch = True`, which
 creates a fresh optimizer state (gin/t5x/optiml_*.gin set that for INITIAL_CHECKPOINT_PATH).
 
   python -m optiml_jax.interop.t5x_checkpoints import MODEL_DIR/checkpoint_8000 OUT --preset opt-30b
@@ -140,7 +141,8 @@ def _step_of(item: epath.Path) -> int:
 
 def import_t5x(path: str | os.PathLike[str], out: str | pathlib.Path, config: registry.ModelConfig,
                overwrite: bool = False) -> pathlib.Path:
-  """Writes the parameters of a t5x checkpoint as our Orbax folder (`OUT/config.json` + `OUT/params`).
+  """Writes the parameters of a t5x checkpoint as our Orbax folder (`OUT/config.json` + `OUT/params`); its step
+  is not kept (the folder records none).
 
   `config` is the model's config, of any family (`registry.preset`, or read from a Hugging Face config.json).
 
