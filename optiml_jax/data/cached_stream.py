@@ -23,8 +23,9 @@ The global stream, a pure function of (mixture, seed, sequence length, global ba
                 pre-training chunks), then first-fit packing over `max_open_rows` open rows, as `packing.Packer`
                 does (with `max_segments_per_row`, a row is complete once it holds that many examples); the plan
                 uses only lengths, so every process plans the same global rows cheaply;
-  batch p       the next `batch_size * shard_count` completed rows; process i materialises (reads the tokens of)
-                only its block of `batch_size` rows.
+  batch p       the next `batch_size * shard_count` completed rows; stream shard i materialises (reads the tokens
+                of) only its block i of `batch_size` rows, which the trainer puts where its process's devices hold
+                rows (`trainer.runtime.process_row_block`).
 So the examples, and their distribution over tasks, follow the mixture's rates as seqio's sampling does (not the
 same draws: seqio samples inside tf.data), and the global batches do not depend on the number of processes: the
 state is the same on every process (draw counter, per-task counters, open rows) and declares
@@ -50,7 +51,7 @@ from optiml_jax.data import sampling
 
 STATE_VERSION = 1
 STATE_KIND = "cached"
-# The contract `trainer.runtime.data_state_of_this_process` reads: process i of n takes row block i of global
+# The contract `trainer.runtime.data_state_of_this_process` reads: stream shard i of n is row block i of global
 # batch p, itself independent of n (the same value as `trainer.synthetic.ROW_BLOCKS_OF_GLOBAL_BATCH`).
 ROW_BLOCKS_OF_GLOBAL_BATCH = "row_blocks_of_global_batch"
 DRAW_CHUNK = 4096  # draws computed per generator seed
@@ -234,7 +235,7 @@ class CachedBatchStream(Iterator[dict[str, np.ndarray]]):
     feature_lengths: {"inputs": Li, "targets": Lt}: rows of Li + Lt positions (only the sum matters).
     batch_size: rows per batch of this process; the global batch is batch_size * shard_count.
     seed: the draws' and shuffling seed.
-    shard_index, shard_count: this process's row block.
+    shard_index, shard_count: this process's stream shard (`trainer.runtime.process_row_block`).
     cache_dir: the bench cache.
     pack: pack several examples per row (else one per row, padded).
     max_open_rows: the packer's open rows.

@@ -9,8 +9,9 @@ logical axis names and the one rule table (`trainer.state`); restore the latest 
 (state and every process's data position; with another number of processes Orbax reshards the state onto
 this mesh and `runtime.data_state_of_this_process` says where each new process's data continues) or else
 initialise (from the initial checkpoint if given) directly in the sharded layout; then step. Each process
-feeds the block of rows its devices hold (`runtime.process_row_block`: `batch_size / process_count` rows of its
-own shard, or, where a tensor axis spans processes, the same block as the processes it shares rows with),
+feeds the rows its devices hold (`runtime.process_row_block`: `batch_size / process_count` rows of its own stream
+shard, or, where a tensor axis spans processes, the same shard as the processes it shares rows with; on a TPU
+slice those rows are often no one block of the batch, and `jax.make_array_from_process_local_data` puts them in place),
 prepared by a background thread (`trainer.prefetch`) while the device runs the previous step.
 
 Metrics are fetched one step late, so the host never waits for the device between steps; a non-finite loss
@@ -240,9 +241,10 @@ def restore_stream(stream: ResumableStream, state: Mapping[str, Any], step_folde
 
 
 def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
-  """Trains as `config` says on batches from `make_stream(block_rows, block_index, block_count)`: the block of the
-  global batch this process's devices hold (`runtime.process_row_block`; processes that share rows get the same
-  block, so their deterministic streams feed the same rows).
+  """Trains as `config` says on batches from `make_stream(block_rows, block_index, block_count)`: stream shard
+  `block_index` of `block_count`, the rows of the global batch this process's devices hold
+  (`runtime.process_row_block`; processes that share rows get the same shard, so their deterministic streams feed
+  the same rows).
 
   The stream must have `state()` and `restore(state)` (see `data.pipeline.BatchStream`) for exact resume;
   its batches are numpy dicts of [block_rows, seq_len] arrays with the `decoder_*` features (the

@@ -5,6 +5,8 @@ Sits beside `trainer.loop`, which owns the order of a run; everything here is on
                   lines (via `trainer.metrics.MetricsWriter`) and drives the progress bar;
   Preemption      turns SIGTERM (and a first Ctrl-C) into a flag that every process agrees on;
   gather_json     collects one JSON-able value per process (the data positions a checkpoint records);
+  process_row_block
+                  the rows of the global batch a process feeds, and the stream shard that feeds them;
   data_state_of_this_process
                   picks this process's data position from a checkpoint, resharding the positions when
                   the run has another number of processes than the one that wrote it;
@@ -211,53 +213,82 @@ def gather_json(value: Any) -> list[Any]:
 
 @dataclasses.dataclass(frozen=True)
 class RowBlock:
-  """The rows of the global batch one process feeds: block `index` of `count` blocks of `rows` rows each."""
+  """The rows of the global batch one process feeds.
+
+  Attributes:
+    rows: how many rows it feeds (the local batch of `jax.make_array_from_process_local_data`).
+    index, count: its stream shard: shard `index` of the `count` distinct row sets of the processes (ranked by
+      first row; processes that hold the same rows share an index and feed the same data).
+    ranges: where those rows sit in the global batch, as ascending (start, stop) row ranges; the local batch
+      fills them in that order.
+  """
 
   rows: int
   index: int
   count: int
+  ranges: tuple[tuple[int, int], ...] = ()
 
 
 def process_row_block(batch_sharding: jax.sharding.Sharding, batch_size: int, seq_len: int,
-                      devices: Sequence[jax.Device] | None = None) -> RowBlock:
-  """The block of global-batch rows that this process's devices (or `devices`: one host's, when planning) hold
-  under `batch_sharding`.
+                      process_of: Mapping[jax.Device, int] | None = None, process: int | None = None) -> RowBlock:
+  """The rows of the global batch that process `process` (this one when None) feeds under `batch_sharding`,
+  with the processes of `process_of` (each device's `process_index` when None; the planner passes hypothetical
+  hosts of simulated devices).
 
-  A process must feed exactly the rows its devices hold (`jax.make_array_from_process_local_data`). That is
-  `batch_size / process_count` rows only when the batch axes (data x fsdp) split the processes apart. When a
-  mesh axis that does not shard the batch spans processes (tensor = 8 over hosts of 4 chips, as 175B on a
-  v4-512 has it, or a mesh with fewer data x fsdp shards than processes), several processes hold the same
-  rows: they must each feed that same block (same `index`, so their streams produce the same rows), and the
-  global batch has `count` < process_count distinct blocks. Feeding `batch_size / process_count` rows of
-  distinct shards instead gives the devices of one tensor group different inputs, which trains on nonsense
-  without an error.
+  A process must feed exactly the rows its devices hold, in ascending order: for the devices of one process,
+  `jax.make_array_from_process_local_data` maps the distinct row slices they hold, sorted by start, onto
+  consecutive slices of the local batch. Those rows need not be one contiguous block: on a TPU slice
+  `jax.make_mesh` orders the chips by physical topology, so a host's chips hold rows such as 0-15 and 64-79 of
+  a 256-row batch. Where a mesh axis that does not shard the batch spans processes (tensor = 8 over hosts of
+  4 chips, or fewer data x fsdp shards than processes), several processes hold the same rows: they get the same
+  stream shard `index`, so their deterministic streams feed the same data; feeding different data there would
+  give the devices of one tensor group different inputs, which trains on nonsense without an error.
+
+  The stream shard of a process is the rank of its row set among the distinct row sets of all processes, ranked
+  by first row, and `count` is their number. So shard i of a stream that splits each global batch into `count`
+  blocks (`trainer.synthetic`, `data.cached_stream`) lands on the rows of the i-th set: the global batch on the
+  devices holds each shard's rows exactly once (in the order of the stream's global batch where every set is one
+  contiguous block, as with CPU and GPU device order).
 
   Raises:
-    ConfigError: the process's rows are not one contiguous block of the global batch (a device order
-      that interleaves processes along the batch), so no stream shard can feed them.
+    ConfigError: the distinct row sets of the processes overlap, differ in size or leave rows of the batch to no
+      process (a device order that no stream sharding can feed), or the sharding strides the rows.
   """
-  mine = set(batch_sharding.addressable_devices if devices is None else devices)
-  starts_stops = set()
+  if process_of is None:  # (jaxlib's Device stub lacks the attribute every device has)
+    process_of = {d: d.process_index for d in batch_sharding.device_set}  # type: ignore[attr-defined]
+  process = jax.process_index() if process is None else process
+  rows_of: dict[int, np.ndarray] = {}
   for device, index in batch_sharding.devices_indices_map((batch_size, seq_len)).items():
-    if device not in mine:
-      continue
     rows = index[0] if index else slice(None)
     start, stop, step = rows.indices(batch_size)
     if step != 1:
       raise config_lib.ConfigError(f"the batch sharding {batch_sharding} strides the batch rows ({rows})")
-    starts_stops.add((start, stop))
-  start, stop = min(s for s, _ in starts_stops), max(e for _, e in starts_stops)
-  covered = np.zeros((batch_size,), bool)
-  for s, e in starts_stops:
-    covered[s:e] = True
-  size = stop - start
-  if not covered[start:stop].all() or size < 1 or batch_size % size or start % size:
+    held = rows_of.setdefault(process_of[device], np.zeros((batch_size,), bool))
+    held[start:stop] = True
+  if process not in rows_of:
+    raise config_lib.ConfigError(f"process {process} holds no device of the batch sharding {batch_sharding}")
+  sets = sorted({_ranges(held) for held in rows_of.values()})
+  sizes = sorted({sum(stop - start for start, stop in s) for s in sets})
+  covered = np.zeros((batch_size,), int)
+  for s in sets:
+    for start, stop in s:
+      covered[start:stop] += 1
+  if len(sizes) != 1 or not (covered == 1).all():
+    held_by = {p: list(_ranges(held)) for p, held in sorted(rows_of.items())}
     raise config_lib.ConfigError(
-        f"devices {sorted(d.id for d in mine)} (one process's) hold rows {sorted(starts_stops)} of the "
-        f"{batch_size}-row batch, "
-        f"not one contiguous block of it; order the mesh's devices so that each process holds a block of the "
-        f"batch axes (data x fsdp)")
-  return RowBlock(rows=size, index=start // size, count=batch_size // size)
+        f"the processes hold row sets {held_by} of the {batch_size}-row batch, which "
+        f"{'differ in size' if len(sizes) != 1 else 'overlap or leave rows out'}: no sharding of the data streams "
+        "feeds that; each process must hold rows that no other process holds, or exactly the rows of the "
+        "processes it shares them with, and as many as every other process (choose PartitioningArgs.mesh_shape "
+        "so that the processes split the batch axes, data x fsdp, evenly)")
+  mine = _ranges(rows_of[process])
+  return RowBlock(rows=sizes[0], index=sets.index(mine), count=len(sets), ranges=mine)
+
+
+def _ranges(held: np.ndarray) -> tuple[tuple[int, int], ...]:
+  """The (start, stop) ranges of the True entries of a boolean row mask, ascending."""
+  edges = np.flatnonzero(np.diff(np.concatenate([[0], held.astype(np.int8), [0]])))
+  return tuple((int(a), int(b)) for a, b in zip(edges[::2], edges[1::2]))
 
 
 class ResumeError(ValueError):
@@ -275,10 +306,12 @@ def data_state_of_this_process(meta: Mapping[str, Any], model_dir: str,
                                fresh_state: Mapping[str, Any] | None = None) -> Any:
   """This process's stream state from a checkpoint's metadata (one state per process, see `gather_json`).
 
-  Same number of processes as the checkpoint, each on the same row block (`process_row_block`) as when it
+  Same number of processes as the checkpoint, each on the same stream shard (`process_row_block`) as when it
   saved: the state this process saved (the stream's `restore` then checks that its arguments did not change).
+  Nothing here depends on where a shard's rows sit in the global batch (one block, or the scattered rows a
+  TPU slice's device order gives a host): a state records the shard, and the mesh puts its rows in place.
 
-  Another number of processes (another slice size), or another row block for this process (another mesh): the
+  Another number of processes (another slice size), or another stream shard for this process (another mesh): the
   states are resharded, which needs `fresh_state`, the `state()` of this process's newly built stream, and
   states that record `batches_consumed`, `batch_size`, `shard_index` and `shard_count`
   (`data.pipeline.BatchStream` and `trainer.synthetic` do). The saved states must cover shards 0..n-1 of n
@@ -288,9 +321,10 @@ def data_state_of_this_process(meta: Mapping[str, Any], model_dir: str,
   is `fresh_state` with `batches_consumed = B`: each new process continues its own shard after B of its
   batches, i.e. at global batch B.
     * A stream whose state says `"sharding": "row_blocks_of_global_batch"` (`trainer.synthetic`: global
-      batch p is a pure function of the seed and p, process i takes row block i; `data.cached_stream`: its
-      global position, GLOBAL_POSITION_FIELDS, is carried over as saved) continues exactly: the batches, and so
-      the losses, are those of an uninterrupted run.
+      batch p is a pure function of the seed and p, stream shard i is its row block i; `data.cached_stream`:
+      its global position, GLOBAL_POSITION_FIELDS, is carried over as saved) continues exactly: the batches, and
+      so the losses, are those of an uninterrupted run (the rows may sit in another order on the devices when
+      the new mesh orders the processes otherwise, which changes the losses only by rounding, and dropout masks).
     * Any other stream (`BatchStream` shards examples per process, so another process count is another
       set of streams) skips B batches of each new per-process stream: as many global batches as were
       consumed, but not the same examples; a warning says the example order differs from an uninterrupted
@@ -358,7 +392,7 @@ def data_state_of_this_process(meta: Mapping[str, Any], model_dir: str,
 
 
 def _is_other_block(saved: Any, fresh: Mapping[str, Any]) -> bool:
-  """Whether a saved stream state is of another row block (or block size) than this run's fresh one: the mesh put
+  """Whether a saved stream state is of another stream shard (or shard size) than this run's fresh one: the mesh put
   this process on other rows (states without the sharding fields are never)."""
   if not isinstance(saved, Mapping) or not all(f in saved and f in fresh for f in SHARDING_FIELDS[1:]):
     return False

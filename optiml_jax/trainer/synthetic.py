@@ -2,12 +2,13 @@
 
 Sits where `data.pipeline.BatchStream` sits (a `make_stream` factory for `trainer.loop.run`), with the same
 `state()` / `restore()` contract, but needs no catalog, seqio or TensorFlow: batch `p` of the GLOBAL batch is
-a pure function of (seed, p), and process `shard_index` of `shard_count` takes its contiguous block of rows.
+a pure function of (seed, p), and shard `shard_index` of `shard_count` is its contiguous block of rows (which the
+loop puts where the process's devices hold rows: `trainer.runtime.process_row_block`).
 So runs on 1 device, 8 devices or 2 processes see exactly the same global batches, which is what the
 multi-device and multi-process tests compare, and what tools/benchmarks/train.py feeds. For the same reason a
 checkpoint written by N processes resumes exactly with M processes: the state declares
 `"sharding": ROW_BLOCKS_OF_GLOBAL_BATCH`, and `trainer.runtime.data_state_of_this_process` then hands each
-new process its new row block of global batch `batches_consumed`.
+new process its new shard of global batch `batches_consumed`.
 
 Each row holds two packed examples (segment ids 1 and 2, positions restarting at 0), each a prompt followed
 by a target; only target tokens carry loss weight. Token ids are drawn from [3, vocab_size).
@@ -20,7 +21,7 @@ from typing import Any, Iterator, Mapping, TypedDict
 import numpy as np
 
 STATE_KIND = "synthetic"
-# A stream state's "sharding": process i of n takes row block i of global batch p, itself a pure function of
+# A stream state's "sharding": stream shard i of n is row block i of global batch p, itself a pure function of
 # the stream's arguments and p (not of n), so the position carries over to any number of processes.
 ROW_BLOCKS_OF_GLOBAL_BATCH = "row_blocks_of_global_batch"
 
@@ -65,7 +66,7 @@ class SyntheticStream(Iterator[dict[str, np.ndarray]]):
     seq_len: tokens per row.
     vocab_size: token ids are drawn below it.
     seed: the stream's seed.
-    shard_index, shard_count: this process's block of rows.
+    shard_index, shard_count: this process's stream shard (`trainer.runtime.process_row_block`).
     target_fraction: share of each example that is target (carries loss weight).
   """
 
@@ -105,7 +106,7 @@ class SyntheticStream(Iterator[dict[str, np.ndarray]]):
 
 
 def factory(seq_len: int, vocab_size: int, seed: int = 0, target_fraction: float = 0.5):
-  """A `make_stream(block_rows, block_index, block_count)` for `trainer.loop.run` (this process's row block)."""
+  """A `make_stream(block_rows, block_index, block_count)` for `trainer.loop.run` (this process's stream shard)."""
 
   def make_stream(block_rows: int, index: int, count: int) -> SyntheticStream:
     return SyntheticStream(block_rows, seq_len, vocab_size, seed, index, count, target_fraction)

@@ -33,14 +33,23 @@ STEPS, HALF = 4, 2  # the 4-process run stops (and checkpoints) after HALF steps
 OPTIMIZER = config_lib.OptimizerArgs(learning_rate=1e-2, warmup_steps=1)
 PROCESS_TIMEOUT_S = 420
 
-# Runs in a fresh interpreter: argv = model_dir, mesh "d,f,t", stop_at_step, num_processes, process_id, port.
+# Runs in a fresh interpreter: argv = model_dir, mesh "d,f,t", stop_at_step, num_processes, process_id, port. A mesh
+# "interleaved:d,f,t" orders the devices local device first, then process (p0d0, p1d0, ..., p0d1, ...), so that
+# the processes interleave along the batch as a TPU slice's hosts do.
 SCRIPT = f"""
 import sys
-model_dir, mesh, stop_at_step = sys.argv[1], tuple(int(x) for x in sys.argv[2].split(",")), int(sys.argv[3])
-count, index, port = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+interleave = sys.argv[2].startswith("interleaved:")
+model_dir, mesh = sys.argv[1], tuple(int(x) for x in sys.argv[2].split(":")[-1].split(","))
+stop_at_step, count, index, port = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 from optiml_jax.trainer import runtime
 runtime.initialize_distributed(f"127.0.0.1:{{port}}", count, index)
 import jax
+if interleave:
+  from optiml_jax.models import partitioning
+  make_mesh = partitioning.make_mesh
+  rank = {{d: sorted(jax.local_devices(d.process_index), key=lambda e: e.id).index(d) for d in jax.devices()}}
+  partitioning.make_mesh = lambda *sizes: make_mesh(
+      *sizes, devices=sorted(jax.devices(), key=lambda d: (rank[d], d.process_index)))
 from optiml_jax.models import opt as opt_lib
 from optiml_jax.trainer import config as c, loop, synthetic
 model = opt_lib.OPTConfig.preset("tiny", vocab_size={VOCAB}, max_position_embeddings={SEQ_LEN}, dropout=0.0)
@@ -55,8 +64,9 @@ print("DEVICES", jax.device_count(), "LOCAL", jax.local_device_count(), "PROCESS
       "FIRST", summary.first_step, "LAST", summary.last_step, flush=True)
 """
 
-# Each process's block of rows (`runtime.process_row_block`) on meshes whose tensor axis spans processes, and the
-# global batch that feeding those blocks builds; argv as SCRIPT's (model_dir and stop_at_step unused).
+# Each process's rows (`runtime.process_row_block`) on meshes whose tensor axis spans processes or whose device
+# order interleaves the processes (as `jax.make_mesh` orders a TPU slice's chips), and the global batch that feeding
+# them builds (`jax.make_array_from_process_local_data`); argv as SCRIPT's (model_dir and stop_at_step unused).
 BLOCKS_SCRIPT = f"""
 import json, sys
 count, index, port = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
@@ -66,20 +76,26 @@ import jax, numpy as np
 from jax.experimental import multihost_utils
 from optiml_jax.models import partitioning
 from optiml_jax.trainer import synthetic
-for mesh in [(2, 2, 2), (1, 2, 4), (1, 1, 8), (1, 4, 2)]:
-  sharding = partitioning.logical_to_mesh_sharding(jax.sharding.PartitionSpec("batch", "length"),
-                                                   partitioning.make_mesh(*mesh))
+rank = {{d: sorted(jax.local_devices(d.process_index), key=lambda e: e.id).index(d) for d in jax.devices()}}
+interleaved = sorted(jax.devices(), key=lambda d: (rank[d], d.process_index))  # process p: mesh positions p, p + 4
+full = synthetic.global_batch(3, 0, {BATCH}, {SEQ_LEN}, {VOCAB})["decoder_input_tokens"]
+meshes = [(str(shape), partitioning.make_mesh(*shape)) for shape in [(2, 2, 2), (1, 2, 4), (1, 1, 8), (1, 4, 2)]]
+for shape in [(8, 1, 1), (4, 1, 2)]:
+  mesh = jax.sharding.Mesh(np.reshape(interleaved, shape), partitioning.MESH_AXES)
+  meshes.append(("interleaved " + str(shape), mesh))
+for name, mesh in meshes:
+  sharding = partitioning.logical_to_mesh_sharding(jax.sharding.PartitionSpec("batch", "length"), mesh)
   block = runtime.process_row_block(sharding, {BATCH}, {SEQ_LEN})
   local = next(synthetic.SyntheticStream(block.rows, {SEQ_LEN}, {VOCAB}, 3, block.index, block.count))
   tokens = jax.make_array_from_process_local_data(sharding, local["decoder_input_tokens"], ({BATCH}, {SEQ_LEN}))
   whole = np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
-  same = bool((whole == synthetic.global_batch(3, 0, {BATCH}, {SEQ_LEN}, {VOCAB})["decoder_input_tokens"]).all())
-  print("BLOCK", json.dumps([list(mesh), block.rows, block.index, block.count, same]), flush=True)
-from optiml_jax.trainer import config
-try:  # devices holding rows 0-1 and 4-5 of (1, 4, 2): no stream shard feeds those
-  runtime.process_row_block(sharding, {BATCH}, {SEQ_LEN}, list(sharding.mesh.devices.flat[[0, 4]]))
-except config.ConfigError as e:
-  print("REFUSED", e, flush=True)
+  expected = np.zeros_like(full)  # stream shard b.index of every process p, in its ranges in order
+  for p in range(count):
+    b = runtime.process_row_block(sharding, {BATCH}, {SEQ_LEN}, process=p)
+    expected[np.concatenate([np.arange(*r) for r in b.ranges])] = full[b.index * b.rows:(b.index + 1) * b.rows]
+  once = sorted(map(tuple, whole.tolist())) == sorted(map(tuple, full.tolist()))  # every row of the batch, once
+  print("BLOCK", json.dumps([name, block.rows, block.index, block.count, block.ranges, bool((whole == expected).all()),
+                             once, bool((whole == full).all())]), flush=True)
 """
 
 
@@ -208,20 +224,27 @@ def test_four_processes_match_one_and_two_processes_resume_their_checkpoint(tmp_
 def test_each_process_feeds_the_rows_its_devices_hold(tmp_path):
   # 4 processes of 2 devices. With tensor = 4 or 8 the tensor axis spans processes (as tensor = 8 spans two
   # 4-chip hosts on a v4-512), so processes share rows: each must feed its group's whole block, not
-  # batch / 4 rows of its own; the blocks fed make exactly the global batch.
+  # batch / 4 rows of its own; the blocks fed make exactly the global batch. With the processes interleaved along
+  # the batch (a TPU slice's order), a process's rows are no one block: it feeds its stream shard into them in
+  # order, which JAX maps there, and the batch on the devices holds every row of the global batch once.
   outs = _run_processes(tmp_path, "blocks", count=4, devices_each=2, mesh="-", stop_at_step=0, source=BLOCKS_SCRIPT)
   got = [[json.loads(line[len("BLOCK "):]) for line in out.splitlines() if line.startswith("BLOCK ")] for out in outs]
+  rows_of = lambda rows, index: [[rows * index, rows * (index + 1)]]
   expected = {
-      (2, 2, 2): [(2, i, 4) for i in range(4)],
-      (1, 2, 4): [(4, 0, 2), (4, 0, 2), (4, 1, 2), (4, 1, 2)],
-      (1, 1, 8): [(8, 0, 1)] * 4,
-      (1, 4, 2): [(2, i, 4) for i in range(4)],
+      "(2, 2, 2)": [(2, i, 4, rows_of(2, i)) for i in range(4)],
+      "(1, 2, 4)": [(4, 0, 2, rows_of(4, 0))] * 2 + [(4, 1, 2, rows_of(4, 1))] * 2,
+      "(1, 1, 8)": [(8, 0, 1, rows_of(8, 0))] * 4,
+      "(1, 4, 2)": [(2, i, 4, rows_of(2, i)) for i in range(4)],
+      "interleaved (8, 1, 1)": [(2, i, 4, [[i, i + 1], [i + 4, i + 5]]) for i in range(4)],
+      "interleaved (4, 1, 2)": [(4, 0, 2, [[0, 2], [4, 6]])] * 2 + [(4, 1, 2, [[2, 4], [6, 8]])] * 2,
   }
   for m, (mesh, blocks) in enumerate(expected.items()):
-    assert [tuple(g[m][0]) for g in got] == [mesh] * 4
-    assert [tuple(g[m][1:4]) for g in got] == blocks, mesh
-    assert all(g[m][4] for g in got), f"{mesh}: the blocks fed do not make the global batch"
-  assert all("REFUSED" in out and "hold rows [(0, 2), (4, 6)] of the 8-row batch" in out for out in outs), outs
+    assert [g[m][0] for g in got] == [mesh] * 4
+    assert [tuple(g[m][1:5]) for g in got] == blocks, mesh
+    assert all(g[m][5] for g in got), f"{mesh}: the rows fed are not where JAX put them"
+    assert all(g[m][6] for g in got), f"{mesh}: the batch on the devices does not hold each row of the batch once"
+    # Where every process's rows are one block, the batch on the devices is the stream's global batch itself.
+    assert all(g[m][7] for g in got) == (not mesh.startswith("interleaved")), mesh
 
 
 @pytest.mark.slow
@@ -240,6 +263,24 @@ def test_a_tensor_axis_across_processes_trains_as_one_process_and_resumes(tmp_pa
                                                                                            (1, 2, BATCH // 2)]
   outs = _run_processes(tmp_path, "two", count=2, devices_each=4, mesh="1,2,4", stop_at_step=STEPS)
   assert all(f"DEVICES 8 LOCAL 4 PROCESSES 2 FIRST {HALF} LAST {STEPS}" in out for out in outs), outs
+  np.testing.assert_allclose(_losses(tmp_path / "run"), reference_losses, rtol=2e-5)
+
+
+@pytest.mark.slow
+def test_processes_interleaved_along_the_batch_train_as_one_process_and_resume(tmp_path, reference):
+  # Mesh (4, 1, 2) over 4 processes of 2 devices ordered as a TPU slice's hosts interleave: processes 0 and 1 hold
+  # rows 0-1 and 4-5, processes 2 and 3 rows 2-3 and 6-7 (no one block each), which the loop used to refuse. They
+  # feed stream shards 0 and 1, the run gives one process's losses, and its checkpoint resumes in 2 processes of
+  # 2 devices on mesh (1, 2, 2), where each process's rows are one block again.
+  _, reference_losses = reference
+  outs = _run_processes(tmp_path, "four", count=4, devices_each=2, mesh="interleaved:4,1,2", stop_at_step=HALF)
+  assert all(f"DEVICES 8 LOCAL 2 PROCESSES 4 FIRST 0 LAST {HALF}" in out for out in outs), outs
+  np.testing.assert_allclose(_losses(tmp_path / "run"), reference_losses[:HALF], rtol=2e-5)
+  _, _, meta = _restore(tmp_path / "run", HALF)
+  assert [(s["shard_index"], s["shard_count"], s["batch_size"]) for s in meta["data"]
+         ] == [(0, 2, BATCH // 2)] * 2 + [(1, 2, BATCH // 2)] * 2
+  outs = _run_processes(tmp_path, "two", count=2, devices_each=2, mesh="1,2,2", stop_at_step=STEPS)
+  assert all(f"DEVICES 4 LOCAL 2 PROCESSES 2 FIRST {HALF} LAST {STEPS}" in out for out in outs), outs
   np.testing.assert_allclose(_losses(tmp_path / "run"), reference_losses, rtol=2e-5)
 
 
