@@ -193,7 +193,12 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
   elif host_rows["row_blocks"] < topo.hosts:
     notes.append(f"the batch axes (data x fsdp) split each batch into {host_rows['row_blocks']} blocks of "
                  f"{host_rows['rows_per_host']} rows over {topo.hosts} hosts: {topo.hosts // host_rows['row_blocks']} "
-                 "hosts hold each block and must each feed it whole (trainer.runtime.process_row_block)")
+                 "hosts hold each block and feed it alike, the same shard of the data "
+                 "(trainer.runtime.process_row_block)")
+  if topo.kind == "tpu" and topo.hosts > 1:
+    notes.append("the data line lays the chips out host by host; on the slice jax.make_mesh orders them by their "
+                 "place in the torus, so a host may hold several blocks, shared with other hosts, and feed more "
+                 "rows: the trainer feeds whatever rows a host's chips hold (trainer.runtime.process_row_block)")
   state = program.layout.abstract
   estimate = analytic.estimate_memory(cfg, shape, params_bytes=analytic.sharded_bytes(state.params),
                                       opt_state_bytes=analytic.sharded_bytes((state.opt_state, state.step)))
@@ -263,23 +268,21 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
 def host_row_blocks(batch_sharding: Any, topo: topology_lib.Topology, batch_size: int,
                     seq_len: int) -> dict[str, int] | str:
   """The rows of each batch one host feeds, with the simulated devices laid out host by host (device i on host
-  i // chips_per_host, as `jax.make_mesh` orders CPU devices): {"rows_per_host", "row_blocks"}, the rows and the
-  number of distinct blocks (fewer than the hosts when a mesh axis that does not shard the batch, such as
-  tensor, spans hosts); or a note when a host's devices hold no single block of rows."""
+  i // chips_per_host, as `jax.make_mesh` orders CPU devices; a TPU slice orders its chips by torus position):
+  {"rows_per_host", "row_blocks"}, the rows and the number of distinct sets of rows the hosts hold (fewer than
+  the hosts when a mesh axis that does not shard the batch, such as tensor, spans hosts); or a note when the
+  hosts' rows are sets that no sharding of the data can feed (`trainer.runtime.process_row_block`)."""
   import jax  # pylint: disable=g-import-not-at-top
 
   from optiml_jax.trainer import runtime  # pylint: disable=g-import-not-at-top
 
   devices = sorted(jax.devices(), key=lambda d: d.id)
-  per_host = topo.chips_per_host
+  hosts = {device: i // topo.chips_per_host for i, device in enumerate(devices)}
   try:
-    blocks = [
-        runtime.process_row_block(batch_sharding, batch_size, seq_len, devices[h * per_host:(h + 1) * per_host])
-        for h in range(topo.hosts)
-    ]
+    block = runtime.process_row_block(batch_sharding, batch_size, seq_len, process_of=hosts, process=0)
   except config_lib.ConfigError as e:
-    return f"a host's chips hold no single block of the batch: {e}"
-  return {"rows_per_host": blocks[0].rows, "row_blocks": blocks[0].count}
+    return f"the hosts' chips hold rows that no sharding of the data can feed: {e}"
+  return {"rows_per_host": block.rows, "row_blocks": block.count}
 
 
 def describe_model(cfg: Any) -> str:
