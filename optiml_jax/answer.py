@@ -15,12 +15,18 @@ CHECKPOINT_PATH is any checkpoint `python -m optiml_jax.eval` reads (a Hugging F
 trainer's MODEL_DIR: its latest step, or a step folder). One request is answered after another and the answers
 folder records each as it is written: rerunning the command after an interruption answers the rest.
 
+The context the prompts are cut to is the one the requests were recorded for (requests.json's `max_length`: the
+recording's `evaluate.max_length`, or its model's whole context), so that the replayed report is the direct
+evaluation's; --max_length may only repeat it (requests recorded before the context was written down, format 1,
+are answered with --max_length, or the model's whole context).
+
 Exit status: 0 when every request is answered; 1 when the checkpoint cannot be read; 2 when the requests folder,
 the answers folder or a setting cannot be used (the message names it; a --batch_size below 1 and a --dtype that is
 no floating-point dtype are usage errors; --out and --mesh_shape are checked before any model is read: a file, the
 requests folder itself, or a folder holding another model's answers is refused, as is a mesh that does not fit the
-devices; and so, before its params are read, is a model whose config's vocab_size cannot embed the requests' token
-ids).
+devices; and so, before its params are read, are a model whose config's vocab_size cannot embed the requests' token
+ids, a --max_length other than the recorded context or beyond the model's, a context too short for a predict
+request's new tokens, and an --out holding answers made with another context or --no_share_prompts setting).
 """
 
 from __future__ import annotations
@@ -35,9 +41,11 @@ from optiml_jax import cli_flags
 from optiml_jax import cli_logging
 from optiml_jax.checkpoints import discovery
 from optiml_jax.checkpoints import loading
+from optiml_jax.evaluation import batching
 from optiml_jax.evaluation import inference
 from optiml_jax.evaluation import requests
 from optiml_jax.models import partitioning
+from optiml_jax.models import registry as model_registry
 
 # A checkpoint without config.json: what to do on this command line (it has no gin to configure a model with).
 MISSING_CONFIG_HINT = "copy that model's config.json there (e.g. from the Hugging Face folder it was trained from)"
@@ -61,7 +69,8 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--batch_size", type=cli_flags.positive_int("rows per batch"),
                       default=inference.DEFAULT_BATCH_SIZE,
                       help="rows per batch (scoring: prompt + one option; decoding: one prompt)")
-  parser.add_argument("--max_length", type=int, default=None, help="context in tokens (default: the model's)")
+  parser.add_argument("--max_length", type=int, default=None,
+                      help="context in tokens (default: the one the requests were recorded for; only it is accepted)")
   parser.add_argument("--mesh_shape", default="-1,1,1", help="data,fsdp,tensor sizes of the device mesh")
   parser.add_argument("--no_share_prompts", action="store_true",
                       help="score each option as a full row instead of sharing its prompt's computation")
@@ -88,6 +97,29 @@ def _make_mesh(text: str) -> jax.sharding.Mesh:
     raise ValueError(f"--mesh_shape: {e}") from e
 
 
+def _context(args: argparse.Namespace, config: model_registry.ModelConfig) -> int:
+  """The context to answer with: the one the requests were recorded for (--max_length may only repeat it), checked
+  against the model's context and every predict request's new tokens; ValueError naming where it came from."""
+  recorded = requests.recorded_max_length(args.requests_dir)
+  if args.max_length is not None and recorded is not None and args.max_length != recorded:
+    raise ValueError(f"--max_length {args.max_length}: the requests in {args.requests_dir} were recorded for a context "
+                     f"of {recorded} tokens (the recording's evaluate.max_length), and the replayed report is that of "
+                     f"an evaluation at {recorded}: leave --max_length out, or record them again with "
+                     f"--gin.evaluate.max_length={args.max_length}")
+  if args.max_length is not None:
+    asked, name = args.max_length, "--max_length"
+  elif recorded is not None:
+    asked, name = recorded, f"the recorded context (max_length in {args.requests_dir}/{requests.REQUESTS_FILE})"
+  else:  # requests.json of format 1: the model's whole context
+    asked, name = None, "the model's context"
+  try:
+    context = batching.context_length(model_registry.make_model(config), asked)
+  except ValueError as e:  # beyond the model's context
+    raise ValueError(f"{name}: {e}") from e
+  requests.check_requests_fit(args.requests_dir, context, name)
+  return context
+
+
 def run(args: argparse.Namespace) -> dict:
   """Loads the model and answers every request; returns answers.json's content."""
   requests.check_answers_folder(args.requests_dir, args.out, name="--out")  # said before anything is read
@@ -110,9 +142,15 @@ def run(args: argparse.Namespace) -> dict:
   overrides = {"dtype": args.dtype} if args.dtype else {}
   # A model that cannot embed the requests' ids would answer with NaN scores: refused before its params are read.
   config = loading.load_config(checkpoint, overrides=overrides, missing_config_hint=MISSING_CONFIG_HINT)
+  context = _context(args, config)
+  # Earlier answers in --out made with another context or prompt sharing: refused, not listed under these settings.
+  requests.check_answers_folder(args.requests_dir, args.out, name="--out", settings={
+      "max_length": context,
+      "share_prompts": not args.no_share_prompts
+  })
   requests.check_vocab_covers(args.requests_dir, config.vocab_size, f"--checkpoint {checkpoint.path} (its config)")
   config, params = loading.load_checkpoint(checkpoint, overrides=overrides, missing_config_hint=MISSING_CONFIG_HINT)
-  scorer = inference.Scorer(config, params, mesh=mesh, batch_size=args.batch_size, max_length=args.max_length,
+  scorer = inference.Scorer(config, params, mesh=mesh, batch_size=args.batch_size, max_length=context,
                             progress=not args.no_progress, share_prompts=not args.no_share_prompts)
   del params
   model = {

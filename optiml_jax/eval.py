@@ -161,6 +161,13 @@ def _evaluate_checkpoint(checkpoint: evaluator.Checkpoint, specs: Sequence[evalu
   try:
     if checkpoint.format == ANSWERS:
       scorer = requests.Replayer(checkpoint.path, eos_ids)
+      # A direct evaluation cuts prompts to evaluate.max_length (unset: the model's context); answers made with
+      # another context would be reported as its results.
+      try:
+        context = batching.context_length(model_registry.make_model(config), max_length)
+        requests.check_replay_context(scorer, context, "evaluate.max_length", unset=max_length is None)
+      except ValueError as e:
+        raise ConfigError(str(e) if isinstance(e, requests.RequestsError) else f"evaluate.max_length: {e}") from e
     elif record_requests:
       context = batching.context_length(model_registry.make_model(config), max_length)
       try:

@@ -170,20 +170,17 @@ def test_bad_folders_and_changed_requests_give_clear_errors(setup, tmp_path, cap
   assert "no answer to this score request" in err and str(tmp_path / "b") in err
 
 
-def _fake_requests(folder):
-  """A requests folder's index (what is checked before a model is read); its requests are never answered here."""
+def _fake_requests(folder, max_length=None, max_new_tokens=None):
+  """A requests folder's index (what is checked before a model is read); its requests are never answered here.
+  Format 1 (no context) unless `max_length`; a predict request of `max_new_tokens` beside the score request."""
   folder.mkdir(parents=True)
-  (folder / requests.REQUESTS_FILE).write_text(
-      json.dumps({
-          "format_version": requests.FORMAT_VERSION,
-          "requests": {
-              "0" * 32: {
-                  "kind": "score",
-                  "examples": 1,
-                  "settings": {}
-              }
-          }
-      }))
+  index = {"0" * 32: {"kind": "score", "examples": 1, "settings": {}}}
+  if max_new_tokens is not None:
+    index["1" * 32] = {"kind": "predict", "examples": 1, "settings": {"max_new_tokens": max_new_tokens, "eos_ids": [2]}}
+  written = {"format_version": 1, "requests": index}
+  if max_length is not None:
+    written.update(format_version=requests.REQUESTS_FORMAT_VERSION, max_length=max_length)
+  (folder / requests.REQUESTS_FILE).write_text(json.dumps(written))
   return folder
 
 
@@ -307,3 +304,91 @@ def test_recording_into_requests_of_another_tokenizer_exits_2(setup, tmp_path, c
   err = capsys.readouterr().err
   assert "EVAL_OUTPUT_DIR" in err and "recorded with another tokenizer" in err, err
   assert sorted(p.name for p in (recorded / "requests").iterdir()) == listing
+
+
+@pytest.mark.parametrize(
+    "recorded,flags,message",
+    [
+        # The requests were recorded for a context of 24: answering at another gave a report of another evaluation.
+        (dict(max_length=24), ["--max_length", "16"], "--max_length 16: the requests in {rec} were recorded for a "
+         "context of 24 tokens"),
+        # A context too short for a predict request stopped after the model was read, and after answering others.
+        (dict(max_new_tokens=3), ["--max_length", "3"], "--max_length 3: the predict request 1111"),
+        (dict(max_length=24, max_new_tokens=24), [], "the recorded context (max_length in {rec}/requests.json) 24: the "
+         "predict request 1111"),
+        (dict(), ["--max_length", "4096"], "--max_length: max_length must be in [1, 2048] (the model's context)"),
+    ])
+def test_a_context_other_than_the_recorded_one_or_too_short_exits_2_before_the_params_are_read(
+    setup, tmp_path, capsys, monkeypatch, recorded, flags, message):
+  from optiml_jax.checkpoints import loading  # pylint: disable=g-import-not-at-top
+
+  def no_params(*args, **kwargs):
+    raise AssertionError("the params were read")
+
+  monkeypatch.setattr(loading, "load_checkpoint", no_params)
+  rec = _fake_requests(tmp_path / "rec", **recorded)
+  out = tmp_path / "answers"
+  code = answer.main([str(rec), "--checkpoint", str(setup / "base"), "--out", str(out), "--no_progress", *flags])
+  err = capsys.readouterr().err
+  assert code == 2 and err.splitlines()[-1].startswith(f"error: {message.format(rec=rec)}"), err
+  assert not out.exists()
+
+
+def test_resuming_into_answers_made_with_another_context_exits_2_naming_out(setup, tmp_path, capsys, monkeypatch):
+  """A run stopped at --max_length 3, then resumed without it, listed its earlier answers under the new context."""
+  from optiml_jax.checkpoints import discovery  # pylint: disable=g-import-not-at-top
+  from optiml_jax.checkpoints import loading  # pylint: disable=g-import-not-at-top
+
+  def no_params(*args, **kwargs):
+    raise AssertionError("the params were read")
+
+  monkeypatch.setattr(loading, "load_checkpoint", no_params)
+  (checkpoint,), _ = discovery.find_checkpoints(str(setup / "base"), "latest")
+  out = tmp_path / "answers"
+  out.mkdir()
+  (out / requests.ANSWERS_FILE).write_text(
+      json.dumps({
+          "format_version": requests.FORMAT_VERSION,
+          "model": {
+              "checkpoint": checkpoint.path,
+              "step": checkpoint.step,
+              "format": checkpoint.format,
+              "config": {}
+          },
+          "settings": {
+              "batch_size": 32,
+              "max_length": 3,
+              "share_prompts": True
+          },
+          "answers": {}
+      }))
+  rec = _fake_requests(tmp_path / "rec")
+  code = answer.main([str(rec), "--checkpoint", str(setup / "base"), "--out", str(out), "--no_progress"])
+  err = capsys.readouterr().err
+  assert code == 2 and err.splitlines()[-1].startswith(
+      f"error: --out {out}: holds answers made with other settings: max_length 3 (this run: 2048)"), err
+
+
+def test_a_recording_s_max_length_is_answered_and_replayed_at_it(setup, tmp_path, capsys):
+  """Recorded with evaluate.max_length=24, the requests were answered with the model's whole context and replayed as
+  the results of an evaluation at 24 (nothing cut), with no word said."""
+  flags = ["--gin.TASKS=['sni:task031_toy_entail_place']", "--gin.SHOTS=[0]", "--gin.evaluate.max_length=24"]
+  recorded = tmp_path / "recorded"
+  assert _eval(setup, recorded, setup / "base", *flags, "--gin.evaluate.record_requests=True") == 0
+  assert requests.recorded_max_length(recorded / "requests") == 24
+  out = tmp_path / "answers"
+  assert answer.main(
+      [str(recorded / "requests"), "--checkpoint",
+       str(setup / "base"), "--out",
+       str(out), "--no_progress"]) == 0
+  state = json.loads((out / requests.ANSWERS_FILE).read_text())
+  assert state["settings"]["max_length"] == 24
+  assert sum(a["stats"]["truncated"] for a in state["answers"].values()) > 0  # the toy prompts are longer than 24
+  capsys.readouterr()
+  assert _eval(setup, tmp_path / "unset", out, *flags[:2]) == 2  # evaluate.max_length unset: the model's 2048
+  err = capsys.readouterr().err
+  assert "evaluate.max_length: unset, the model's whole context of 2048 tokens, but the answers in" in err, err
+  assert "set evaluate.max_length=24" in err
+  assert _eval(setup, tmp_path / "replayed", out, *flags) == 0
+  report = json.loads((tmp_path / "replayed" / "metrics.json").read_text())
+  assert report["settings"]["max_length"] == 24 and report["settings"]["inference"]["truncated"] > 0

@@ -16,19 +16,27 @@ evaluator hands a scorer's `score_fn` / `predict_fn` the enumerated model datase
 A request is found again by its digest (`digest`): sha256 of its kind, its settings (length_normalize; or
 max_new_tokens and the EOS ids; and the BOS a prompt cut to fit keeps, when the tokenizer has one) and its tokens.
 The replaying evaluator (same catalog, tokenizer, shots and instances) thus asks exactly what was recorded; a
-request that changed finds no answer and its task fails with a message naming the answers folder.
+request that changed finds no answer and its task fails with a message naming the answers folder. The context
+the prompts are cut to is not part of a request, since it does not change what seqio asks, but of the folder: the
+recording writes it (`max_length`, the evaluation's context), `answer` answers with it and refuses another, and the
+replaying evaluator refuses answers made with another context than its own (`check_replay_context`).
 
-  REQUESTS_DIR/requests.json      {"format_version", "requests": {digest: {"kind", "examples", "settings"}}}
+  REQUESTS_DIR/requests.json      {"format_version": 2, "max_length", "requests": {digest: {"kind", "examples",
+                                   "settings"}}}; format 1, written before the context was recorded, has no
+                                   "max_length" and is still read (answered with the model's context, or
+                                   `answer`'s --max_length)
   REQUESTS_DIR/<digest>.npz       score: inputs, targets, weights (concatenated rows), lengths, groups;
                                   predict: prompts (concatenated), lengths
   REQUESTS_DIR/<tokenizer files>  the tokenizer the Tasks were tokenized with (none: OPT's, shipped)
-  ANSWERS_DIR/answers.json        {"format_version", "model": {checkpoint, step, format, config}, "settings",
-                                   "answers": {digest: {"kind", "stats"}}}, rewritten after every request
+  ANSWERS_DIR/answers.json        {"format_version": 1, "model": {checkpoint, step, format, config}, "settings":
+                                   {batch_size, max_length, share_prompts}, "answers": {digest: {"kind",
+                                   "stats"}}}, rewritten after every request
   ANSWERS_DIR/<digest>.npz        score: scores float64 [n]; predict: tokens int32 [n, max_new_tokens]
   ANSWERS_DIR/<tokenizer files>   copied from REQUESTS_DIR, so the folder names its tokenizer as a checkpoint does
 
 Every file is written under a temporary name and renamed into place; an interrupted `answer` resumes at the
-first request that answers.json does not list.
+first request that answers.json does not list, if the same model answers with the same settings (those that change
+an answer: `ANSWER_SETTINGS`).
 """
 
 from __future__ import annotations
@@ -51,7 +59,12 @@ from optiml_jax.data import special_tokens
 from optiml_jax.evaluation import decoding
 from optiml_jax.evaluation import inference
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # answers.json's
+# requests.json's: 2 records the context (`max_length`); 1, without it, is still read.
+REQUESTS_FORMAT_VERSION = 2
+REQUESTS_FORMATS = (1, REQUESTS_FORMAT_VERSION)
+# The settings of `answer` that change an answer: answers.json's must match them for a run to resume into it.
+ANSWER_SETTINGS = ("max_length", "share_prompts")
 REQUESTS_FILE = "requests.json"
 ANSWERS_FILE = "answers.json"
 SCORE, PREDICT = "score", "predict"
@@ -164,17 +177,22 @@ def _write_json(path: pathlib.Path, value: Any) -> None:
   os.replace(tmp, path)
 
 
-def _read_json(path: pathlib.Path, what: str) -> dict[str, Any]:
+def _read_json(path: pathlib.Path, what: str, versions: Sequence[int] = (FORMAT_VERSION,)) -> dict[str, Any]:
   try:
     value = json.loads(path.read_text(encoding="utf-8"))
   except FileNotFoundError as e:
     raise RequestsError(f"{path.parent}: not {what} (no {path.name})") from e
   except (OSError, ValueError) as e:
     raise RequestsError(f"{path}: unreadable ({e})") from e
-  if not isinstance(value, dict) or value.get("format_version") != FORMAT_VERSION:
+  if not isinstance(value, dict) or value.get("format_version") not in versions:
     raise RequestsError(f"{path}: format {value.get('format_version') if isinstance(value, dict) else None!r}, this "
-                        f"version reads {FORMAT_VERSION}")
+                        f"version reads {' or '.join(map(str, versions))}")
   return value
+
+
+def _read_requests(requests_dir: Path, what: str = "a requests folder") -> dict[str, Any]:
+  """requests.json of `requests_dir` (either format: `REQUESTS_FORMATS`)."""
+  return _read_json(pathlib.Path(requests_dir) / REQUESTS_FILE, what, REQUESTS_FORMATS)
 
 
 def _read_npz(path: pathlib.Path, names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -225,16 +243,17 @@ class Recorder:
   """A scorer for `evaluator.evaluate_tasks` that records each call as a request in `out_dir` and answers with
   placeholders (scores 0, predictions of EOS only), so the seqio evaluation runs through without a model.
 
-  `max_length` is the context the answering model will have (the recording side's checks use it); `eos_ids` end
-  a greedy decoding (recorded in each predict request). The evaluator reports no score for a task it runs
-  with a scorer whose `placeholder_outputs` is true.
+  `max_length` is the context the answering model will have: the recording side's checks use it, and requests.json
+  records it for `answer`; a folder recorded with another context is refused. `eos_ids` end a greedy decoding
+  (recorded in each predict request). The evaluator reports no score for a task it runs with a scorer whose
+  `placeholder_outputs` is true.
   """
 
   placeholder_outputs = True
 
   def __init__(self, out_dir: Path, max_length: int, eos_ids: Sequence[int], tokenizer_folder: Path | None = None):
     self.out_dir = pathlib.Path(out_dir)
-    self.max_length = max_length
+    self.max_length = int(max_length)
     self.eos_ids = tuple(int(i) for i in eos_ids)
     self.stats = inference.InferenceStats()
     self.index = recorded(self.out_dir)
@@ -242,6 +261,11 @@ class Recorder:
       ours = tokenizer_folder if tokenizer_folder is not None else "OPT's (shipped)"
       raise RequestsError(f"{self.out_dir}: holds requests recorded with another tokenizer than this run's ({ours}); "
                           "record into a new folder")
+    earlier = recorded_max_length(self.out_dir) if self.index else None  # format 1 recorded none: adopts ours
+    if earlier is not None and earlier != self.max_length:
+      raise RequestsError(f"{self.out_dir}: holds requests recorded for a context of {earlier} tokens, this run's is "
+                          f"{self.max_length} (evaluate.max_length): record into a new folder, or with the same "
+                          "evaluate.max_length")
     self.out_dir.mkdir(parents=True, exist_ok=True)
     copy_tokenizer(tokenizer_folder, self.out_dir)
 
@@ -251,7 +275,11 @@ class Recorder:
     if key not in self.index:
       _write_npz(self.out_dir / f"{key}.npz", request.arrays)
       self.index[key] = {"kind": request.kind, "examples": request.examples, "settings": dict(request.settings)}
-      _write_json(self.out_dir / REQUESTS_FILE, {"format_version": FORMAT_VERSION, "requests": self.index})
+      _write_json(self.out_dir / REQUESTS_FILE, {
+          "format_version": REQUESTS_FORMAT_VERSION,
+          "max_length": self.max_length,
+          "requests": self.index
+      })
     return key
 
   def score_fn(self, length_normalize: bool = False,
@@ -299,7 +327,7 @@ def load_request(requests_dir: Path, key: str, entry: Mapping[str, Any]) -> Requ
 def largest_token_id(requests_dir: Path) -> tuple[int, str] | None:
   """(the largest token id the recorded requests feed or score, the digest of a request holding it); None when
   they hold no token. Reads every request's token arrays (not its digest: `load_request` checks that)."""
-  index = _read_json(pathlib.Path(requests_dir) / REQUESTS_FILE, "a requests folder")["requests"]
+  index = _read_requests(requests_dir)["requests"]
   largest: tuple[int, str] | None = None
   for key in sorted(index):
     kind = index[key].get("kind")
@@ -346,12 +374,14 @@ def _settings(scorer: inference.Scorer) -> dict[str, Any]:
 
 
 def check_answers_folder(requests_dir: Path, out_dir: Path, model: Mapping[str, Any] | None = None,
-                         name: str = "answers folder") -> None:
+                         name: str = "answers folder", settings: Mapping[str, Any] | None = None) -> None:
   """Raises RequestsError unless `out_dir` can receive `model`'s answers to the requests of `requests_dir`.
 
   Refused: a file, a path under a file, the requests folder itself (an answer is stored under its request's
-  name), and a folder holding answers of another model (those of `model`'s fields that answers.json records
-  differently). `name` says what `out_dir` is in the message (e.g. the flag `--out`).
+  name), a folder holding answers of another model (those of `model`'s fields that answers.json records
+  differently), and one holding answers made with other `settings` (those of `ANSWER_SETTINGS` it gives that
+  answers.json records differently: the earlier answers would be listed under settings they were not made with).
+  `name` says what `out_dir` is in the message (e.g. the flag `--out`).
   """
   out = pathlib.Path(out_dir)
   if out.exists() and not out.is_dir():
@@ -366,6 +396,40 @@ def check_answers_folder(requests_dir: Path, out_dir: Path, model: Mapping[str, 
     if any(earlier.get(key) != value for key, value in model.items()):
       raise RequestsError(f"{name} {out}: holds the answers of another model ({earlier.get('checkpoint')}); answer "
                           "into an empty folder")
+  if settings is not None and (out / ANSWERS_FILE).is_file():
+    made = _read_json(out / ANSWERS_FILE, "an answers folder").get("settings") or {}
+    changed = [
+        f"{key} {made.get(key)!r} (this run: {settings[key]!r})" for key in ANSWER_SETTINGS
+        if key in settings and made.get(key) != settings[key]
+    ]
+    if changed:
+      raise RequestsError(f"{name} {out}: holds answers made with other settings: {', '.join(changed)}; answer into "
+                          "an empty folder, or resume with the same settings")
+
+
+def recorded_max_length(requests_dir: Path) -> int | None:
+  """The context requests.json says the requests were recorded for; None for format 1, which has none."""
+  value = _read_requests(requests_dir).get("max_length")
+  if value is None:
+    return None
+  if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+    raise RequestsError(f"{requests_dir}/{REQUESTS_FILE}: 'max_length' is {value!r}, expected a context of at least 2 "
+                        "tokens")
+  return value
+
+
+def check_requests_fit(requests_dir: Path, max_length: int, name: str = "max_length") -> None:
+  """Raises RequestsError unless every predict request of `requests_dir` decodes fewer new tokens than
+  `max_length` (the prompt keeps at least one token). Reads requests.json only, so it is said before a model is read;
+  `name` says where `max_length` came from in the message (e.g. the flag `--max_length`)."""
+  index = _read_requests(requests_dir)["requests"]
+  for key in sorted(index):
+    if index[key].get("kind") != PREDICT:
+      continue
+    wanted = int((index[key].get("settings") or {}).get("max_new_tokens", 0))
+    if not 1 <= wanted < max_length:
+      raise RequestsError(f"{name} {max_length}: the predict request {key} in {requests_dir} decodes {wanted} new "
+                          f"token(s), which needs a context of at least {wanted + 1} tokens")
 
 
 def answer(requests_dir: Path, scorer: inference.Scorer, out_dir: Path, model: Mapping[str, Any],
@@ -374,17 +438,26 @@ def answer(requests_dir: Path, scorer: inference.Scorer, out_dir: Path, model: M
 
   `model`: what answers.json records of the model ({"checkpoint", "step", "format", "config"}: the Hugging Face
   config dict, from which the replaying evaluator rebuilds the model's config). Requests already answered in
-  `out_dir` by the same model are skipped (an interrupted run resumes); another model's answers there are refused,
-  and so is a model whose vocabulary cannot embed the requests' token ids (`check_vocab_covers`).
+  `out_dir` by the same model with the same settings are skipped (an interrupted run resumes); another model's
+  answers there are refused, as are answers made with other settings (`ANSWER_SETTINGS`), a scorer whose context is
+  not the one the requests were recorded for, a predict request that the context cannot hold
+  (`check_requests_fit`), and a model whose vocabulary cannot embed the requests' token ids
+  (`check_vocab_covers`), each before any request is answered.
   """
   requests_dir, out_dir = pathlib.Path(requests_dir), pathlib.Path(out_dir)
   check_answers_folder(requests_dir, out_dir)
-  index = _read_json(
-      requests_dir / REQUESTS_FILE, "a requests folder (record one with `python -m optiml_jax.eval "
+  index = _read_requests(
+      requests_dir, "a requests folder (record one with `python -m optiml_jax.eval "
       "... --gin.evaluate.record_requests=True`)")["requests"]
+  settings = {"batch_size": scorer.batch_size, "max_length": scorer.max_length, "share_prompts": scorer.share_prompts}
+  check_answers_folder(requests_dir, out_dir, settings=settings)
+  context = recorded_max_length(requests_dir)
+  if context is not None and context != scorer.max_length:
+    raise RequestsError(f"{requests_dir}: the requests were recorded for a context of {context} tokens, the scorer's "
+                        f"is {scorer.max_length}")
+  check_requests_fit(requests_dir, scorer.max_length)
   check_vocab_covers(requests_dir, scorer.model.config.vocab_size, f"the model ({model.get('checkpoint')})")
   out_dir.mkdir(parents=True, exist_ok=True)
-  settings = {"batch_size": scorer.batch_size, "max_length": scorer.max_length, "share_prompts": scorer.share_prompts}
   answered: dict[str, Any] = {}
   state = {"format_version": FORMAT_VERSION, "model": dict(model), "settings": settings, "answers": answered}
   if (out_dir / ANSWERS_FILE).is_file():
@@ -429,14 +502,16 @@ def answered_model(answers_dir: Path) -> dict[str, Any]:
 def recorded(requests_dir: Path) -> dict[str, Any]:
   """requests.json's requests: {digest: {"kind", "examples", "settings"}} ({} for a folder without requests)."""
   path = pathlib.Path(requests_dir) / REQUESTS_FILE
-  return _read_json(path, "a requests folder")["requests"] if path.is_file() else {}
+  return _read_requests(requests_dir)["requests"] if path.is_file() else {}
 
 
 class Replayer:
   """A scorer for `evaluator.evaluate_tasks` that answers each call from an answers folder (`answer`'s).
 
   `eos_ids`: as the Recorder's (a predict request's digest covers them). Its `stats` add up the answering run's
-  counters of the requests it replays (truncated prompts, tokens, seconds, ...).
+  counters of the requests it replays (truncated prompts, tokens, seconds, ...). `max_length` is the context the
+  answers were made with (answers.json's settings): the replaying evaluation's must be the same
+  (`check_replay_context`).
   """
 
   def __init__(self, answers_dir: Path, eos_ids: Sequence[int]):
@@ -481,3 +556,15 @@ class Replayer:
       return list(zip(indices, tokens))
 
     return predict_fn
+
+
+def check_replay_context(replayer: Replayer, max_length: int, name: str = "max_length", unset: bool = False) -> None:
+  """Raises RequestsError unless `max_length`, the context the replaying evaluation asks for, is the one the
+  answers were made with: a direct evaluation with that setting cuts prompts to it, so answers made with another
+  context would be reported as its results. `name` names the setting in the message; `unset`: it was not set, and
+  `max_length` is the model's whole context."""
+  if max_length != replayer.max_length:
+    asked = f"unset, the model's whole context of {max_length} tokens" if unset else f"{max_length}"
+    raise RequestsError(f"{name}: {asked}, but the answers in {replayer.answers_dir} were made with a context of "
+                        f"{replayer.max_length} tokens: set {name}={replayer.max_length} to replay them (as they were "
+                        "recorded), or record and answer the requests again")

@@ -4,6 +4,8 @@ The whole two-machine flow (record with seqio, answer without TensorFlow, replay
 tests/test_answer_cli.py; here, the pieces it relies on.
 """
 
+import json
+
 import numpy as np
 import pytest
 
@@ -111,3 +113,71 @@ def test_an_edited_request_file_and_a_missing_answer_are_named(tmp_path):
     requests.answer(tmp_path / "nothing", None, tmp_path / "ans", {})
   with pytest.raises(requests.RequestsError, match="not an answers folder"):
     requests.Replayer(tmp_path / "nothing", [2])
+
+
+def test_the_recorder_writes_its_context_and_refuses_a_folder_recorded_for_another(tmp_path):
+  recorder = requests.Recorder(tmp_path / "req", max_length=64, eos_ids=[2])
+  key = recorder.record(requests.score_request(_rows(), False))
+  written = json.loads((tmp_path / "req" / requests.REQUESTS_FILE).read_text())
+  assert written["format_version"] == requests.REQUESTS_FORMAT_VERSION and written["max_length"] == 64
+  assert requests.recorded_max_length(tmp_path / "req") == 64
+  assert list(requests.Recorder(tmp_path / "req", 64, [2]).index) == [key]  # the same context: extended
+  with pytest.raises(requests.RequestsError, match="recorded for a context of 64 tokens, this run's is 32"):
+    requests.Recorder(tmp_path / "req", 32, [2])
+
+
+def test_requests_recorded_before_the_context_was_written_down_are_still_read(tmp_path):
+  key = requests.Recorder(tmp_path / "req", 64, [2]).record(requests.score_request(_rows(), False))
+  path = tmp_path / "req" / requests.REQUESTS_FILE
+  old = json.loads(path.read_text())
+  del old["max_length"]
+  path.write_text(json.dumps(dict(old, format_version=1)))  # format 1: no context
+  assert list(requests.recorded(tmp_path / "req")) == [key] and requests.recorded_max_length(tmp_path / "req") is None
+  recorder = requests.Recorder(tmp_path / "req", 32, [2])  # extending it writes this run's context down
+  recorder.record(requests.predict_request([np.array([1, 2, 3], np.int32)], 4, [2]))
+  assert requests.recorded_max_length(tmp_path / "req") == 32 and len(requests.recorded(tmp_path / "req")) == 2
+
+
+def test_answers_are_made_with_the_recorded_context_and_replayed_only_at_it(tmp_path, random_hf_opt):
+  """Requests recorded at evaluate.max_length=16 were answered with the model's whole context, and the replay then
+  reported those answers for an evaluation at 16."""
+  from optiml_jax import convert  # pylint: disable=g-import-not-at-top
+  from optiml_jax.models import opt_config  # pylint: disable=g-import-not-at-top
+  config = opt_config.OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=32,
+                                max_position_embeddings=24, init_std=0.3)
+  random_hf_opt(config).save_pretrained(tmp_path / "hf")
+  loaded, params = convert.load_hf(tmp_path / "hf")
+  recorder = requests.Recorder(tmp_path / "req", max_length=16, eos_ids=[2])
+  recorder.record(requests.predict_request([np.arange(3, 23, dtype=np.int32)], 4, [2]))  # 20 tokens: cut to fit 16
+  model = {"checkpoint": str(tmp_path / "hf"), "step": None, "format": "hf", "config": {}}
+  quiet = lambda line: None  # pylint: disable=unnecessary-lambda-assignment
+  whole = inference.Scorer(loaded, params, batch_size=2, progress=False)  # the model's context, 24
+  with pytest.raises(requests.RequestsError, match="recorded for a context of 16 tokens, the scorer's is 24"):
+    requests.answer(tmp_path / "req", whole, tmp_path / "ans", model, log=quiet)
+  assert not (tmp_path / "ans" / requests.ANSWERS_FILE).exists()
+  scorer = inference.Scorer(loaded, params, batch_size=2, max_length=16, progress=False)
+  state = requests.answer(tmp_path / "req", scorer, tmp_path / "ans", model, log=quiet)
+  assert state["settings"]["max_length"] == 16 and scorer.stats.truncated == 1
+
+  replayer = requests.Replayer(tmp_path / "ans", [2])
+  requests.check_replay_context(replayer, 16, "evaluate.max_length")
+  with pytest.raises(
+      requests.RequestsError, match=r"evaluate.max_length: unset, the model's whole context of 24 "
+      r"tokens, but the answers in .* were made with a context of 16 tokens: set "
+      r"evaluate.max_length=16"):
+    requests.check_replay_context(replayer, 24, "evaluate.max_length", unset=True)
+  # A resumed run with another setting would list the earlier answers under settings they were not made with.
+  unshared = inference.Scorer(loaded, params, batch_size=2, max_length=16, progress=False, share_prompts=False)
+  with pytest.raises(requests.RequestsError, match=r"answers made with other settings: share_prompts True \(this "
+                     r"run: False\)"):
+    requests.answer(tmp_path / "req", unshared, tmp_path / "ans", model, log=quiet)
+
+
+def test_a_predict_request_the_context_cannot_hold_is_named(tmp_path):
+  recorder = requests.Recorder(tmp_path / "req", max_length=64, eos_ids=[2])
+  key = recorder.record(requests.predict_request([np.array([1, 2, 3], np.int32)], 8, [2]))
+  requests.check_requests_fit(tmp_path / "req", 9, "--max_length")
+  with pytest.raises(
+      requests.RequestsError, match=f"--max_length 8: the predict request {key} in .* decodes 8 new "
+      r"token\(s\), which needs a context of at least 9 tokens"):
+    requests.check_requests_fit(tmp_path / "req", 8, "--max_length")
