@@ -24,7 +24,8 @@ INITIAL_CHECKPOINT_PATH) may stay unset. `--no_compile` gives the analytic
 figures alone in seconds; `--no_flops_probe` skips the two small extra compiles that count FLOPs.
 
 The verdict uses the compiled peak by default (`--fit_by=analytic` for the model's): XLA:CPU keeps some
-bfloat16 buffers in float32, so for bfloat16 models its figure is an upper bound of a TPU's or GPU's.
+bfloat16 buffers in float32, so for bfloat16 models its figure is an upper bound of a TPU's or GPU's. The analytic
+model counts the gin's `lm_head_positions` (both branches of its `lax.cond`) and `loss_chunk_size`.
 Usable memory is `--hbm_fraction` (0.95) of the chip's HBM.
 
 Exit codes: 0 fits, 1 does not fit, 2 configuration error (topology, gin, mesh, batch that cannot be laid out, a
@@ -168,7 +169,8 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
                     "through `python -m optiml_jax.plan` (which sets XLA_FLAGS) or `main()`")
   cfg = inputs.model
   shape = analytic.StepShape(inputs.batch_size, inputs.seq_len, inputs.num_microbatches, *inputs.mesh,
-                             sequence_parallel=inputs.sequence_parallel)
+                             sequence_parallel=inputs.sequence_parallel, lm_head_positions=inputs.lm_head_positions,
+                             loss_chunk_size=inputs.loss_chunk_size)
   try:
     analytic.check_step_shape(shape)
   except ValueError as e:
@@ -297,6 +299,21 @@ def _gib(value: float | None) -> str:
   return "-" if value is None else f"{value / GIB:.2f} GiB"
 
 
+def lm_head_line(plan: dict[str, Any]) -> str:
+  """How the step runs its LM head, for the report: 'at 128 gathered positions of 2048 or at all of them (a
+  lax.cond, both branches counted); the loss 256 positions at a time'."""
+  parts = []
+  k, chunk = plan.get("lm_head_positions"), plan.get("loss_chunk_size")
+  if k is not None and k < plan["seq_len"]:
+    parts.append(f"at {k} gathered positions of {plan['seq_len']} or at all of them (a lax.cond, both branches "
+                 "counted)")
+  elif k is not None:
+    parts.append(f"at every position (lm_head_positions {k} >= the length)")
+  if chunk is not None:
+    parts.append(f"the loss {min(chunk, plan['seq_len'])} positions at a time")
+  return "; ".join(parts)
+
+
 def format_report(report: dict[str, Any]) -> str:
   """The human-readable report of `make_plan`'s dict."""
   topo, plan, est, xla = report["topology"], report["plan"], report["analytic"], report["compiled"]
@@ -309,6 +326,7 @@ def format_report(report: dict[str, Any]) -> str:
       f"step       batch {plan['batch_size']} x {plan['seq_len']}, {plan['num_microbatches']} microbatch(es) "
       f"-> {plan['rows_per_device']} row(s) per device per pass; mesh data={mesh['data']} fsdp={mesh['fsdp']} "
       f"tensor={mesh['tensor']}; sequence parallel {'on' if plan['sequence_parallel'] else 'off'}",
+      *([f"lm head    {lm_head_line(plan)}"] if plan.get("lm_head_positions") or plan.get("loss_chunk_size") else []),
       *([
           f"data       each of {topo['hosts']} host(s) feeds {plan['host_rows']['rows_per_host']} rows per step, "
           f"{plan['host_rows']['row_blocks']} distinct block(s) of the batch"

@@ -90,6 +90,29 @@ def test_plan_that_does_not_fit_exits_1(capfd):
   assert report["plan"]["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}  # quickstart's (-1, 1, 1)
 
 
+def test_no_compile_plan_models_the_gin_lm_head_positions_and_loss_chunk_size(capfd):
+  # quickstart.gin: lm_head_positions = 32, rows of 128, 1 row per device on v5e-4. --no_compile judges by the
+  # analytic figure alone, so it must see the two settings the trainer compiles with.
+  from optiml_jax.models import opt_config  # pylint: disable=g-import-not-at-top
+  from optiml_jax.planning import analytic  # pylint: disable=g-import-not-at-top
+
+  code = plan.main([
+      f"--gin_file={QUICKSTART}", "--topology=v5e-4", "--no_compile", "--json_out=-",
+      "--gin.PartitioningArgs.loss_chunk_size=64"
+  ])
+  report = json.loads(capfd.readouterr().out)
+  assert code == 0 and report["plan"]["lm_head_positions"] == 32 and report["plan"]["loss_chunk_size"] == 64
+  cfg = opt_config.OPTConfig.preset("tiny")
+  shape = analytic.StepShape(4, 128, 1, 4, 1, 1)
+  assert report["analytic"]["logits_working"] == analytic.lm_head_working(
+      cfg, analytic.StepShape(4, 128, 1, 4, 1, 1, lm_head_positions=32, loss_chunk_size=64))
+  assert report["analytic"]["logits_working"] not in (analytic.lm_head_working(cfg, shape),
+                                                      analytic.estimate_memory(cfg, shape, params_bytes=0,
+                                                                               opt_state_bytes=0).logits_working)
+  assert "\nlm head    at 32 gathered positions of 128 or at all of them (a lax.cond, both branches counted); " \
+      "the loss 64 positions at a time\n" in plan.format_report(report)
+
+
 def test_configuration_errors_exit_2(capfd):
   assert plan.main([f"--gin_file={QUICKSTART}", "--topology=v4-12"]) == 2
   assert "multiples of 8" in capfd.readouterr().err
@@ -147,3 +170,18 @@ def test_opt_175b_on_128_chips_needs_microbatches_and_sequence_parallelism(capfd
 def test_opt_30b_shipped_config_fits_v4_128(capfd):
   code, report = _plan_json(capfd, f"--gin_file={REPO_ROOT / 'gin' / 'optiml_30b.gin'}", "--topology=v4-128")
   assert code == 0 and report["plan"]["mesh"] == {"data": 1, "fsdp": 16, "tensor": 4}, report
+
+
+# 30 s on 2 cores (it compiles opt-125m's step for 8 devices): slow.
+@pytest.mark.slow
+def test_analytic_verdict_counts_both_branches_of_lm_head_positions(capfd):
+  # opt-125m in bfloat16, 2 rows of 2048 per device: the lax.cond of lm_head_positions keeps each branch's
+  # softmax from the forward to the backward pass, so the compiled step needs more than without it. The analytic
+  # figure (what --no_compile and --fit_by=analytic judge by) said 4.46 GiB and "FITS" in 4.8 GiB; it counts
+  # both branches now and stays above XLA's.
+  code, report = _plan_json(capfd, f"--gin_file={REPO_ROOT / 'gin' / 'optiml_1.3b.gin'}", "--topology=v4-16",
+                            "--gin.model_config.preset='opt-125m'", "--batch=16", "--microbatches=1",
+                            "--gin.PartitioningArgs.lm_head_positions=128", "--hbm_fraction=0.15", "--fit_by=analytic")
+  assert report["plan"]["lm_head_positions"] == 128 and report["plan"]["rows_per_device"] == 2
+  assert report["analytic"]["peak"] >= report["compiled"]["peak"], (report["analytic"], report["compiled"])
+  assert code == 1 and not report["fits_analytic"] and not report["fits_compiled"]

@@ -17,6 +17,13 @@ Memory at the peak of a step (per device):
                               gradients and its all-gathered weights and weight gradients) and (the LM head:
                               float32 logits, softmax and logit gradients over the local vocabulary slice,
                               and the tied embedding's gradients before their reduce-scatter).
+The LM head's logits are over every position of a row, or over `loss_chunk_size` positions at a time (the
+chunked loss, trainer/chunked_loss.py). With `lm_head_positions = k` the step runs the head at k gathered
+positions or at every position (a `lax.cond`, both branches compiled): the head's working set is the full
+branch's, and the cond also keeps each branch's residuals from the forward pass to the backward pass (one
+float32 logits tensor per branch; with a chunked loss, each branch's hidden-state gradients and one
+output-matrix gradient), which the plain step's compiler fuses away; all of these are counted, so the figure
+stays on the safe side of the compiled step's (tests/planning/test_analytic.py).
 `rows` is the rows of one microbatch on one device: batch / microbatches / (data x fsdp). Tensors of the
 residual stream [rows, seq, hidden] are replicated over the tensor axis unless sequence parallelism shards
 them over it; the attention scores [rows, heads, seq, seq] (float32) exist unless the attention is fused
@@ -24,7 +31,9 @@ them over it; the attention scores [rows, heads, seq, seq] (float32) exist unles
 
 FLOPs per step: model FLOPs 6N + 12·L·d·S per token (PaLM; the config's `flops_per_token`) times the tokens of
 the global batch, and hardware FLOPs, which add what rematerialization recomputes (one more forward pass of
-the layers but the last projection (fc2, down_proj) under "full").
+the layers but the last projection (fc2, down_proj) under "full") and, with `lm_head_positions = k`, take
+off the LM head's work at the positions past k (6 x vocab x width per token), which the step skips whenever
+every row's targets fit in k.
 """
 
 from __future__ import annotations
@@ -52,6 +61,8 @@ class StepShape:
     num_microbatches: gradient-accumulation passes per step.
     data, fsdp, tensor: mesh axis sizes.
     sequence_parallel: residual-stream activations sharded over the tensor axis too.
+    lm_head_positions: `PartitioningArgs.lm_head_positions` (None: the LM head at every position).
+    loss_chunk_size: `PartitioningArgs.loss_chunk_size` (None: the LM head and loss in one pass).
   """
 
   batch_size: int
@@ -61,6 +72,13 @@ class StepShape:
   fsdp: int
   tensor: int
   sequence_parallel: bool = False
+  lm_head_positions: int | None = None
+  loss_chunk_size: int | None = None
+
+  @property
+  def gathers_head_positions(self) -> bool:
+    """Whether the step has the `lax.cond` of `lm_head_positions` (a k of at least the length does not)."""
+    return self.lm_head_positions is not None and self.lm_head_positions < self.seq_len
 
   @property
   def devices(self) -> int:
@@ -216,6 +234,37 @@ class MemoryEstimate:
     return self.arguments + self.temporaries
 
 
+def lm_head_working(config: ModelConfig, shape: StepShape) -> int:
+  """Per-device bytes of the LM head's working set at its peak (see the module docstring).
+
+  One pass over `positions` per row holds float32 logits, their log-softmax, its exponent and their gradient
+  over `loss_chunk_size` of them at a time (all of them without chunks) and the final hidden state and its
+  gradient over all of them; add the tied embedding's [vocab / tensor, width] gradients (from the LM head,
+  from the lookup, and their sum) before they are reduce-scattered over fsdp. With `lm_head_positions` the full
+  branch's pass is the larger, and both branches' residuals are held across the cond.
+  """
+  rows, seq = shape.rows_per_device, shape.seq_len
+  local_vocab = -(-config.vocab_size // shape.tensor)
+  embed_width = config.layer_shapes().embed_width
+  embed_grads = local_vocab * embed_width * FLOAT32_BYTES
+
+  def logits(positions: int) -> int:
+    return rows * positions * local_vocab * FLOAT32_BYTES
+
+  def one_pass(positions: int) -> int:
+    at_once = min(positions, shape.loss_chunk_size or positions)
+    return 4 * logits(at_once) + 2 * rows * positions * config.hidden_size * FLOAT32_BYTES
+
+  working = one_pass(seq) + 3 * embed_grads
+  if shape.gathers_head_positions:
+    k = int(shape.lm_head_positions or 0)
+    if shape.loss_chunk_size is None:  # each branch's softmax, [rows, positions, vocab / tensor] float32
+      working += logits(seq) + logits(k)
+    else:  # each branch's hidden-state gradients (compute dtype); the output matrix's (float32) share a buffer
+      working += embed_grads + rows * (seq + k) * embed_width * np.dtype(config.dtype).itemsize
+  return working
+
+
 def estimate_memory(config: ModelConfig, shape: StepShape, *, params_bytes: int, opt_state_bytes: int,
                     num_features: int = 5) -> MemoryEstimate:
   """The per-device memory model of one step.
@@ -236,14 +285,7 @@ def estimate_memory(config: ModelConfig, shape: StepShape, *, params_bytes: int,
   # about as large again at the layer's widest point.
   layer_working = layer.everything() + 2 * layer.largest()
   gathered = 2 * layer_param_count(config) * FLOAT32_BYTES // shape.tensor  # weights + weight gradients
-  tokens = rows * shape.seq_len
-  local_vocab = -(-config.vocab_size // shape.tensor)
-  # float32 logits, their log-softmax, its exponent and their gradient; the tied embedding's
-  # [vocab / tensor, width] gradients (from the LM head, from the lookup, and their sum) before they are
-  # reduce-scattered over fsdp; the final hidden state and its gradient.
-  embed_width = config.layer_shapes().embed_width
-  logits_working = (4 * tokens * local_vocab * FLOAT32_BYTES + 3 * local_vocab * embed_width * FLOAT32_BYTES +
-                    2 * tokens * config.hidden_size * FLOAT32_BYTES)
+  logits_working = lm_head_working(config, shape)
   grads = params_bytes * (2 if shape.num_microbatches > 1 else 1)
   # Batches are laid out as ("batch", "length"): over data x fsdp, and along the sequence over tensor too
   # under sequence parallelism.
@@ -292,4 +334,7 @@ def estimate_flops(config: ModelConfig, shape: StepShape) -> FlopEstimate:
   tokens = shape.batch_size * shape.seq_len
   model = float(config.flops_per_token(shape.seq_len)) * tokens
   hardware = model + recompute_flops_per_token(config, shape.seq_len) * tokens
+  if shape.gathers_head_positions:  # the head's matmul, forward and backward, at the positions past k
+    skipped = shape.batch_size * (shape.seq_len - int(shape.lm_head_positions or 0))
+    hardware -= 6.0 * config.vocab_size * config.layer_shapes().embed_width * skipped
   return FlopEstimate(model_total=model, hardware_total=hardware, devices=shape.devices)
