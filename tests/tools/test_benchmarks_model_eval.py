@@ -1,6 +1,7 @@
 """tools/benchmarks/model.py and eval.py on a tiny model of each family: our model and its transformers peer
 (built from the config's `to_hf()`) compute the same logits and scores, and every part reports a figure."""
 
+import importlib.util
 import json
 import pathlib
 import re
@@ -43,3 +44,33 @@ def test_bench_eval_scores_and_decodes_as_the_transformers_peer(preset):
   for what in ("jax_score", "torch_score", "jax_score_options_end_to_end"):
     assert rows[what]["tokens_per_s"] > 0, what
   assert rows["jax_greedy_decode"]["new_tokens_per_s"] > 0 and rows["torch_greedy_decode"]["new_tokens_per_s"] > 0
+
+
+def _tool(monkeypatch, name):
+  monkeypatch.syspath_prepend(str(REPO / "tools" / "benchmarks"))  # the tools import their siblings
+  spec = importlib.util.spec_from_file_location(f"bench_{name}_tool", REPO / "tools" / "benchmarks" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  monkeypatch.setitem(sys.modules, spec.name, module)  # model.py's dataclass looks its module up there
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_bench_eval_runs_every_part_and_exits_1_when_one_failed(monkeypatch, capsys):
+  # gpu.sh repeats a run with XLA attention only when the cuDNN run exits non-zero: a part that fails (cuDNN
+  # missing) must say so in the exit status, after the other parts have run.
+  tool = _tool(monkeypatch, "eval")
+  ran = []
+  monkeypatch.setattr(tool, "build", lambda *args: (None, None, None, "cpu"))
+
+  def score(*args):
+    raise RuntimeError("cuDNN is not detected.")
+
+  monkeypatch.setattr(tool, "bench_score", score)
+  monkeypatch.setattr(tool, "bench_pipeline", lambda *args: ran.append("pipeline"))
+  assert tool.main(["--preset", "tiny", "--parts", "score,pipeline"]) == 1
+  captured = capsys.readouterr()
+  assert ran == ["pipeline"]
+  rows = [json.loads(line) for line in captured.out.strip().splitlines()]
+  assert dict(what="score", error="RuntimeError('cuDNN is not detected.')") in rows
+  assert "error: parts failed: score" in captured.err
+  assert tool.main(["--preset", "tiny", "--parts", "pipeline"]) == 0

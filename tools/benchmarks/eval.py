@@ -35,6 +35,7 @@ import argparse
 import functools
 import json
 import os
+import sys
 from typing import Any
 
 # JAX and PyTorch share the accelerator: keep JAX from taking 75% of its memory up front.
@@ -168,7 +169,7 @@ def bench_decode(model, params, hf_model, device, batch: int, prompt_length: int
          seconds=round(s, 3), new_tokens_per_s=round(batch * new_tokens / s))
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument(
       "--preset", "--size", dest="preset", default="opt-125m", choices=registry.PRESETS,
@@ -194,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
        torch=torch.__version__, torch_threads=torch.get_num_threads(), preset=args.preset, dtype=args.dtype,
        attention_impl=args.attention_impl)
   model, params, hf_model, device = build(args.preset, args.dtype, args.attention_impl)
+  failed = []
   for part in parts:
     try:
       if part == "score":
@@ -207,7 +209,13 @@ def main(argv: list[str] | None = None) -> None:
                      args.warmup)
     except Exception as e:  # pylint: disable=broad-except  (one failing part must not cost the others)
       emit(what=part, error=repr(e)[:400])
+      failed.append(part)
+  # A failed part is exit 1 once the others have run: gpu.sh repeats a cuDNN run that fails with XLA attention.
+  if failed:
+    print(f"error: parts failed: {', '.join(failed)}", file=sys.stderr)
+    return 1
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())
