@@ -60,6 +60,19 @@ def _tool():
   return module
 
 
+def test_steps_and_warmup_are_checked_and_warmup_0_times_the_first_step_too(capsys):
+  tool = _tool()
+  for flags, named in ((["--steps", "0"], "--steps"), (["--warmup", "-1"], "--warmup")):
+    with pytest.raises(SystemExit) as e:
+      tool.parse_args(flags)
+    assert e.value.code == 2 and named in capsys.readouterr().err, flags
+  # --warmup 0: no untimed step (it raised UnboundLocalError; --steps 0 raised ZeroDivisionError).
+  args = tool.parse_args(
+      ["--preset", "tiny", "--layers", "1", "--batch", "1", "--seq", "16", "--steps", "1", "--warmup", "0"])
+  result = tool.bench_ours(args, "float32")
+  assert result["tokens_per_s"] > 0 and 10 < result["loss"] < 11.5 and result["warmup_s"] >= 0
+
+
 def test_packed_rows_get_equal_segments_and_loss_at_each_segments_end():
   tool = _tool()
   args = tool.parse_args(["--seq", "10", "--packed", "3", "--target_fraction", "0.5"])

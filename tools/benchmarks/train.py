@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from optiml_jax import cli_flags  # imports no JAX
+
 if TYPE_CHECKING:  # imported where used: JAX must not start before the memory fraction below is set
   from optiml_jax.models import registry
 
@@ -53,8 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="number of layers; 0: the preset's (default: 2 on a CPU, the preset's on a GPU)")
   parser.add_argument("--batch", type=int, default=1, help="sequences per step")
   parser.add_argument("--seq", type=int, default=256, help="tokens per sequence")
-  parser.add_argument("--steps", type=int, default=3, help="timed steps")
-  parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation included)")
+  parser.add_argument("--steps", type=cli_flags.positive_int("timed steps"), default=3, help="timed steps")
+  parser.add_argument("--warmup", type=int, default=2,
+                      help="untimed steps first (compilation included; 0: none)")
   parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                       help="compute dtype (default: bfloat16 on a GPU, float32 on a CPU)")
   parser.add_argument(
@@ -91,6 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       "preallocates GPU memory when it starts)")
   parser.add_argument("--hf_compile", action="store_true", help="torch.compile the Hugging Face model")
   args = parser.parse_args(argv)
+  if args.warmup < 0:
+    parser.error(f"--warmup: expected 0 or more untimed steps, got {args.warmup}")
   if args.packed_attention and not args.packed:
     parser.error("--packed_attention needs --packed K (unpacked rows have no segments)")
   return args
@@ -220,7 +225,7 @@ def bench_ours(args: argparse.Namespace, dtype: str) -> dict[str, Any]:
     started = time.perf_counter()
     for _ in range(args.warmup):
       state, out = program.train_fn(state, batch, rng)
-    jax.block_until_ready(out)
+    jax.block_until_ready(state)  # (with --warmup 0, the initial state)
     warmup_s = time.perf_counter() - started
     started = time.perf_counter()
     for _ in range(args.steps):
