@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -71,6 +72,37 @@ def test_steps_and_warmup_are_checked_and_warmup_0_times_the_first_step_too(caps
       ["--preset", "tiny", "--layers", "1", "--batch", "1", "--seq", "16", "--steps", "1", "--warmup", "0"])
   result = tool.bench_ours(args, "float32")
   assert result["tokens_per_s"] > 0 and 10 < result["loss"] < 11.5 and result["warmup_s"] >= 0
+
+
+def _import_fresh(monkeypatch, name):
+  monkeypatch.syspath_prepend(str(REPO / "tools" / "benchmarks"))  # the tools import their siblings
+  spec = importlib.util.spec_from_file_location(f"bench_{name}_fresh", REPO / "tools" / "benchmarks" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  monkeypatch.setitem(sys.modules, spec.name, module)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize("name, default", [("train", "0.9"), ("eval", "0.45")])
+def test_a_memory_fraction_the_caller_set_under_either_name_is_kept(monkeypatch, name, default):
+  from jaxlib import xla_client  # pylint: disable=g-import-not-at-top
+
+  # Under the current name: the tool must not add the deprecated one (jaxlib refuses to start a GPU with both).
+  monkeypatch.setenv("XLA_CLIENT_MEM_FRACTION", "0.5")
+  monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+  _import_fresh(monkeypatch, name)
+  assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in os.environ
+  assert xla_client.generate_pjrt_gpu_plugin_options()["memory_fraction"] == 0.5
+  # Under the old name: kept as it is, and still nothing added.
+  monkeypatch.delenv("XLA_CLIENT_MEM_FRACTION")
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.6")
+  _import_fresh(monkeypatch, name)
+  assert "XLA_CLIENT_MEM_FRACTION" not in os.environ
+  assert xla_client.generate_pjrt_gpu_plugin_options()["memory_fraction"] == 0.6
+  # Neither: the tool's own default.
+  monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION")
+  _import_fresh(monkeypatch, name)
+  assert xla_client.generate_pjrt_gpu_plugin_options()["memory_fraction"] == float(default)
 
 
 def test_packed_rows_get_equal_segments_and_loss_at_each_segments_end():

@@ -38,8 +38,10 @@ import os
 import sys
 from typing import Any
 
-# JAX and PyTorch share the accelerator: keep JAX from taking 75% of its memory up front.
-os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")
+# JAX and PyTorch share the accelerator: keep JAX from taking 75% of its memory up front, unless the caller chose
+# a fraction under either name (jaxlib refuses to start a GPU with both set).
+if not {"XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_MEM_FRACTION"} & os.environ.keys():
+  os.environ["XLA_CLIENT_MEM_FRACTION"] = "0.45"  # the current name (jax 0.6 on); the old one is deprecated
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position

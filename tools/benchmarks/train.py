@@ -40,8 +40,10 @@ if TYPE_CHECKING:  # imported where used: JAX must not start before the memory f
   from optiml_jax.models import registry
 
 # On a GPU, JAX's pool takes 75% of memory by default; HF's run (first) hands its memory back before JAX
-# starts, so let JAX have what transformers may use.
-os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.9")
+# starts, so let JAX have what transformers may use, unless the caller chose a fraction under either name
+# (jaxlib refuses to start a GPU with both set).
+if not {"XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_MEM_FRACTION"} & os.environ.keys():
+  os.environ["XLA_CLIENT_MEM_FRACTION"] = "0.9"  # the current name (jax 0.6 on); the old one is deprecated
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,8 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   parser.add_argument("--batch", type=int, default=1, help="sequences per step")
   parser.add_argument("--seq", type=int, default=256, help="tokens per sequence")
   parser.add_argument("--steps", type=cli_flags.positive_int("timed steps"), default=3, help="timed steps")
-  parser.add_argument("--warmup", type=int, default=2,
-                      help="untimed steps first (compilation included; 0: none)")
+  parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation included; 0: none)")
   parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                       help="compute dtype (default: bfloat16 on a GPU, float32 on a CPU)")
   parser.add_argument(
