@@ -74,3 +74,17 @@ def test_bench_eval_runs_every_part_and_exits_1_when_one_failed(monkeypatch, cap
   assert dict(what="score", error="RuntimeError('cuDNN is not detected.')") in rows
   assert "error: parts failed: score" in captured.err
   assert tool.main(["--preset", "tiny", "--parts", "pipeline"]) == 0
+
+
+def test_bench_model_puts_the_transformers_peer_and_its_tokens_on_cuda_when_torch_sees_a_gpu(monkeypatch):
+  torch = pytest.importorskip("torch")
+  tool = _tool(monkeypatch, "model")
+  if torch.cuda.is_available():
+    _, peer, _ = tool.bench("tiny", 1, 8, "float32", steps=1, warmup=0, scan_layers=True)
+    assert peer.device.startswith("cuda"), peer
+    return
+  # On this machine PyTorch has no GPU: told it has one, the peer must be moved there (and fail to), before any
+  # timing; it used to stay on the CPU and time torch-on-CPU against JAX on the GPU.
+  monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+  with pytest.raises((AssertionError, RuntimeError), match="CUDA|NVIDIA"):
+    tool.bench("tiny", 1, 8, "float32", steps=1, warmup=0, scan_layers=True)

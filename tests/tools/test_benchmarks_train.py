@@ -78,12 +78,12 @@ def _import_fresh(monkeypatch, name):
   monkeypatch.syspath_prepend(str(REPO / "tools" / "benchmarks"))  # the tools import their siblings
   spec = importlib.util.spec_from_file_location(f"bench_{name}_fresh", REPO / "tools" / "benchmarks" / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
-  monkeypatch.setitem(sys.modules, spec.name, module)
+  monkeypatch.setitem(sys.modules, spec.name, module)  # model.py's dataclass looks its module up there
   spec.loader.exec_module(module)
   return module
 
 
-@pytest.mark.parametrize("name, default", [("train", "0.9"), ("eval", "0.45")])
+@pytest.mark.parametrize("name, default", [("train", "0.9"), ("eval", "0.45"), ("model", "0.45")])
 def test_a_memory_fraction_the_caller_set_under_either_name_is_kept(monkeypatch, name, default):
   from jaxlib import xla_client  # pylint: disable=g-import-not-at-top
 
