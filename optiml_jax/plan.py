@@ -26,7 +26,10 @@ figures alone in seconds; `--no_flops_probe` skips the two small extra compiles 
 The verdict uses the compiled peak by default (`--fit_by=analytic` for the model's): XLA:CPU keeps some
 bfloat16 buffers in float32, so for bfloat16 models its figure is an upper bound of a TPU's or GPU's. The analytic
 model counts the gin's `lm_head_positions` (both branches of its `lax.cond`) and `loss_chunk_size`.
-Usable memory is `--hbm_fraction` (0.95) of the chip's HBM.
+Usable memory is a share of each chip's memory: `--hbm_fraction` when given; else 0.95 on TPUs, and on GPUs what
+JAX's allocator lets a run have (`gpu_memory_fraction`): the fraction in XLA_CLIENT_MEM_FRACTION (or the deprecated
+XLA_PYTHON_CLIENT_MEM_FRACTION) of the environment the planner runs in, as the run's would be, else JAX's default
+pool of 75% (jax 0.6-0.11; the trainer sets none). The report says which.
 
 Exit codes: 0 fits, 1 does not fit, 2 configuration error (topology, gin, mesh, batch that cannot be laid out, a
 --json_out in a folder that does not exist, checked before planning, or that cannot be written: named, without a
@@ -50,6 +53,10 @@ from optiml_jax.planning import topology as topology_lib
 from optiml_jax.trainer import config as config_lib
 
 EXIT_FITS, EXIT_DOES_NOT_FIT, EXIT_CONFIG_ERROR, EXIT_INTERNAL_ERROR = 0, 1, 2, 3
+TPU_HBM_FRACTION = 0.95  # usable share of a TPU chip's HBM by default
+# JAX's GPU pool when no memory fraction is set: 75% of the card (JAX's "GPU memory allocation" page, 0.6 to 0.11).
+JAX_GPU_MEM_FRACTION = 0.75
+GPU_MEM_FRACTION_VARS = ("XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_MEM_FRACTION")  # current, deprecated
 # Macros a real run needs that planning does not read; bound to a placeholder unless given.
 UNUSED_MACROS = ("MODEL_DIR", "CATALOG_DIR", "INITIAL_CHECKPOINT_PATH")
 GIB = 2**30
@@ -67,6 +74,56 @@ def plan_environment(chips: int, environ: dict[str, str] | None = None) -> dict[
   env["JAX_PLATFORMS"] = "cpu"
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # XLA's C++ warnings (SPMD notes) would bury the report
   return env
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryShare:
+  """The share of each chip's memory a run can use, and where that figure comes from (for the report)."""
+
+  fraction: float
+  source: str
+  note: str | None = None  # a step the run must take for the share to hold
+
+
+def gpu_memory_fraction(environ: dict[str, str] | None = None) -> tuple[float, str]:
+  """(the share of each GPU's memory JAX's allocator gives a run with `environ` (default os.environ), where it
+  comes from). Raises PlanError naming the variable for a value jaxlib would refuse (both names set, not a number
+  in (0, 1])."""
+  env = os.environ if environ is None else environ
+  given = [name for name in GPU_MEM_FRACTION_VARS if env.get(name)]
+  if len(given) > 1:
+    raise PlanError(f"{' and '.join(given)} are both set: jaxlib refuses to start a GPU with both (the second is "
+                    "the deprecated name); keep one")
+  if not given:
+    return JAX_GPU_MEM_FRACTION, "JAX's default GPU pool, no XLA_CLIENT_MEM_FRACTION set"
+  name = given[0]
+  try:
+    fraction = float(env[name])
+  except ValueError:
+    fraction = 0.0
+  if not 0 < fraction <= 1:
+    raise PlanError(f"{name}={env[name]!r}: expected the share of each GPU's memory JAX may use, in (0, 1]")
+  return fraction, name
+
+
+def memory_share(topo: topology_lib.Topology, hbm_fraction: float | None,
+                 environ: dict[str, str] | None = None) -> MemoryShare:
+  """The usable share of each chip's memory: `hbm_fraction` when given, else 0.95 of a TPU's HBM, and of a GPU's
+  what JAX's allocator gives a run (`gpu_memory_fraction`). A given share above what a GPU run would get comes with
+  a note saying how to raise the allocator's."""
+  if topo.kind != "gpu":
+    if hbm_fraction is None:
+      return MemoryShare(TPU_HBM_FRACTION, "default for TPUs")
+    return MemoryShare(hbm_fraction, "--hbm_fraction")
+  allocator, source = gpu_memory_fraction(environ)
+  if hbm_fraction is None:
+    return MemoryShare(allocator, source)
+  note = None
+  if hbm_fraction > allocator:
+    name = source if source in GPU_MEM_FRACTION_VARS else GPU_MEM_FRACTION_VARS[0]  # one name only, as jaxlib wants
+    note = (f"--hbm_fraction {hbm_fraction:g} is more than the {allocator:.0%} of each GPU a run gets ({source}): "
+            f"run it with {name}={hbm_fraction:g} in its environment")
+  return MemoryShare(hbm_fraction, "--hbm_fraction", note)
 
 
 def parse_mesh(text: str) -> tuple[int, int, int]:
@@ -155,8 +212,13 @@ def load_inputs(args: argparse.Namespace, topo: topology_lib.Topology) -> PlanIn
 
 
 def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: bool = True, probe_flops: bool = True,
-              hbm_fraction: float = 0.95, fit_by: str = "compiled", mfu: float = 0.4) -> dict[str, Any]:
-  """Builds, lowers and (optionally) compiles the step for `inputs` on `topo`; returns the report dict."""
+              hbm_fraction: float | None = None, fit_by: str = "compiled", mfu: float = 0.4,
+              environ: dict[str, str] | None = None) -> dict[str, Any]:
+  """Builds, lowers and (optionally) compiles the step for `inputs` on `topo`; returns the report dict.
+
+  `hbm_fraction`: the usable share of each chip's memory; None: as a run would get it (`memory_share`, which reads
+  a GPU's from `environ`, default os.environ).
+  """
   import jax  # pylint: disable=g-import-not-at-top
 
   from optiml_jax.models import partitioning  # pylint: disable=g-import-not-at-top
@@ -164,6 +226,7 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
   from optiml_jax.planning import compiled as compiled_lib  # pylint: disable=g-import-not-at-top
   from optiml_jax.trainer import step as step_lib  # pylint: disable=g-import-not-at-top
 
+  share = memory_share(topo, hbm_fraction, environ)
   if jax.device_count() != topo.chips:
     raise PlanError(f"{jax.device_count()} devices visible but {topo.name} has {topo.chips} chips: run "
                     "through `python -m optiml_jax.plan` (which sets XLA_FLAGS) or `main()`")
@@ -188,7 +251,7 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
                                                      batch_size=inputs.batch_size, seq_len=inputs.seq_len, mesh=mesh)
   except ValueError as e:  # e.g. a dimension the mesh axis does not divide
     raise PlanError(f"cannot build the step of {describe_model(cfg)} on mesh {inputs.mesh}: {e}") from e
-  notes = list(inputs.notes)
+  notes = list(inputs.notes) + ([share.note] if share.note else [])
   host_rows = host_row_blocks(program.batch_sharding, topo, inputs.batch_size, inputs.seq_len)
   if isinstance(host_rows, str):
     notes.append(host_rows)
@@ -211,7 +274,7 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
     probed = compiled_lib.probe_step_flops(cfg, inputs.optimizer, layout, train_steps=inputs.train_steps,
                                            batch_size=inputs.batch_size, seq_len=inputs.seq_len, mesh=mesh)
 
-  usable = int(topo.hbm_bytes * hbm_fraction)
+  usable = int(topo.hbm_bytes * share.fraction)
   compiled_peak = xla.peak_bytes if xla else None
   verdict_bytes = compiled_peak if fit_by == "compiled" and compiled_peak is not None else estimate.total
   seconds_per_step = flops.model_per_device / (mfu * topo.peak_flops)
@@ -256,7 +319,8 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
       },
       "hbm_bytes": topo.hbm_bytes,
       "usable_bytes": usable,
-      "hbm_fraction": hbm_fraction,
+      "hbm_fraction": share.fraction,
+      "hbm_fraction_source": share.source,
       "fit_by": fit_by if compiled_peak is not None else "analytic",
       "fits_analytic": estimate.total <= usable,
       "fits_compiled": None if compiled_peak is None else compiled_peak <= usable,
@@ -345,7 +409,7 @@ def format_report(report: dict[str, Any]) -> str:
           ("generated code", None, get("generated_code_bytes")), ("peak", est["peak"], get("peak"))]
   lines += [f"  {name:<32}{_gib(a):>14}{_gib(c):>22}" for name, a, c in rows]
   lines.append(f"  {'usable HBM':<32}{_gib(report['usable_bytes']):>14}  "
-               f"({report['hbm_fraction']:.0%} of {topo['hbm_bytes'] / GIB:g} GiB)")
+               f"({report['hbm_fraction']:.0%} of {topo['hbm_bytes'] / GIB:g} GiB: {report['hbm_fraction_source']})")
   flops = report["flops_per_device"]
   probe = flops["compiled_probe"]
   lines += [
@@ -383,7 +447,10 @@ def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
                       help="skip the two small compiles that count FLOPs per layer")
   parser.add_argument("--fit_by", choices=("compiled", "analytic"), default="compiled",
                       help="which peak decides the verdict and exit code (default compiled)")
-  parser.add_argument("--hbm_fraction", type=float, default=0.95, help="usable share of each chip's HBM")
+  parser.add_argument(
+      "--hbm_fraction", type=float, default=None,
+      help="usable share of each chip's memory (default: 0.95 on TPUs; on GPUs what JAX's allocator "
+      "gives a run: XLA_CLIENT_MEM_FRACTION if set, else 0.75)")
   parser.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilization for the time estimate")
   parser.add_argument("--json_out", help="also write the report as JSON to this path ('-': stdout only)")
   return parser.parse_args(gin_utils.rewrite_gin_args(argv))
@@ -433,8 +500,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parse_flags(argv)
   try:
     topo = topology_lib.parse_topology(args.topology)
-    if not 0 < args.hbm_fraction <= 1 or not 0 < args.mfu <= 1:
+    if (args.hbm_fraction is not None and not 0 < args.hbm_fraction <= 1) or not 0 < args.mfu <= 1:
       raise PlanError(f"--hbm_fraction and --mfu must be in (0, 1], got {args.hbm_fraction} and {args.mfu}")
+    memory_share(topo, args.hbm_fraction)  # a GPU memory fraction jaxlib would refuse: said before planning
     check_json_out(args.json_out)
   except (topology_lib.TopologyError, PlanError) as e:
     print(f"error: {e}", file=sys.stderr)

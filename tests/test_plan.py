@@ -113,6 +113,48 @@ def test_no_compile_plan_models_the_gin_lm_head_positions_and_loss_chunk_size(ca
       "the loss 64 positions at a time\n" in plan.format_report(report)
 
 
+def test_gpu_usable_memory_is_what_jaxs_allocator_gives_a_run():
+  h100, v4 = (plan.topology_lib.parse_topology(name) for name in ("h100:1x8", "v4-16"))
+  # No fraction set: JAX's GPU pool is 75% of the card (the trainer sets none); a TPU keeps 95%.
+  share = plan.memory_share(h100, None, {})
+  assert (share.fraction, share.note) == (0.75, None) and "JAX's default" in share.source
+  assert plan.memory_share(v4, None, {"XLA_CLIENT_MEM_FRACTION": "0.5"}).fraction == 0.95
+  # Either name of the fraction, as jaxlib reads it.
+  assert plan.memory_share(h100, None,
+                           {"XLA_CLIENT_MEM_FRACTION": "0.9"}) == plan.MemoryShare(0.9, "XLA_CLIENT_MEM_FRACTION")
+  assert plan.memory_share(h100, None, {"XLA_PYTHON_CLIENT_MEM_FRACTION": ".6"}).fraction == 0.6
+  # --hbm_fraction above the run's pool is planned as asked, with a note saying how to give the run that much.
+  share = plan.memory_share(h100, 0.95, {})
+  assert share.fraction == 0.95 and "XLA_CLIENT_MEM_FRACTION=0.95" in share.note
+  assert plan.memory_share(h100, 0.7, {}).note is None
+  assert "XLA_PYTHON_CLIENT_MEM_FRACTION=0.9 " in plan.memory_share(h100, 0.9, {
+      "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.8"
+  }).note
+  for environ, message in (({
+      "XLA_CLIENT_MEM_FRACTION": "0.9",
+      "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.9"
+  }, "both set"), ({
+      "XLA_CLIENT_MEM_FRACTION": "1.5"
+  }, "XLA_CLIENT_MEM_FRACTION='1.5'"), ({
+      "XLA_PYTHON_CLIENT_MEM_FRACTION": "most"
+  }, "XLA_PYTHON_CLIENT_MEM_FRACTION='most'")):
+    with pytest.raises(plan.PlanError, match=message):
+      plan.memory_share(h100, None, environ)
+
+
+def test_gpu_plan_judges_by_the_memory_fraction_of_its_environment(capfd, monkeypatch):
+  monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+  monkeypatch.setenv("XLA_CLIENT_MEM_FRACTION", "0.6")
+  code = plan.main([f"--gin_file={QUICKSTART}", "--topology=a100-40gb:1x4", "--no_compile", "--json_out=-"])
+  report = json.loads(capfd.readouterr().out)
+  assert code == 0 and report["hbm_fraction"] == 0.6 and report["hbm_fraction_source"] == "XLA_CLIENT_MEM_FRACTION"
+  assert report["usable_bytes"] == int(0.6 * 40 * 2**30)
+  assert "(60% of 40 GiB: XLA_CLIENT_MEM_FRACTION)" in plan.format_report(report)
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.6")  # jaxlib would refuse to start: so does the plan
+  assert plan.main([f"--gin_file={QUICKSTART}", "--topology=a100-40gb:1x4", "--no_compile"]) == 2
+  assert "both set" in capfd.readouterr().err
+
+
 def test_configuration_errors_exit_2(capfd):
   assert plan.main([f"--gin_file={QUICKSTART}", "--topology=v4-12"]) == 2
   assert "multiples of 8" in capfd.readouterr().err
