@@ -129,7 +129,8 @@ def score_step(model: nn.Module, mesh: jax.sharding.Mesh | None = None) -> Calla
   def step(params, inputs, targets, weights):
     # Right padding only: causal attention keeps it away from the real tokens, so no mask is needed (and
     # none keeps fused attention kernels usable).
-    logits = model.apply({"params": params}, inputs, enable_dropout=False)
+    # float32_logits: log-probabilities from the LM head's float32 sums, not from logits rounded to bfloat16.
+    logits = model.apply({"params": params}, inputs, enable_dropout=False, float32_logits=True)
     log_z = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     return jnp.sum((picked - log_z) * weights, axis=-1), jnp.sum(weights, axis=-1)

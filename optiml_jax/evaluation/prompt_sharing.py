@@ -110,12 +110,12 @@ def shared_score_step(model: nn.Module, mesh: jax.sharding.Mesh | None = None) -
         "params": params,
         "cache": cache
     }, prefixes, enable_dropout=False, prefill=True, prefill_lengths=prefix_lengths, mutable=["cache"],
-                               logit_positions=jnp.zeros((prefixes.shape[0], 1), jnp.int32))
+                               logit_positions=jnp.zeros((prefixes.shape[0], 1), jnp.int32), float32_logits=True)
     cache = select_cache_rows(variables["cache"], row_group, config.scan_layers)
     logits, _ = model.apply({
         "params": params,
         "cache": cache
-    }, inputs, enable_dropout=False, decode=True, mutable=["cache"])
+    }, inputs, enable_dropout=False, decode=True, mutable=["cache"], float32_logits=True)  # as `score_step`
     log_z = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     return jnp.sum((picked - log_z) * weights, axis=-1), jnp.sum(weights, axis=-1)

@@ -192,10 +192,12 @@ class Llama(nn.Module):
                decoder_segment_ids: Array | None = None, decoder_positions: Array | None = None,
                decoder_causal_attention: Array | None = None, *, enable_dropout: bool = True, decode: bool = False,
                max_decode_length: int | None = None, prefill: bool = False, prefill_lengths: Array | None = None,
-               logit_positions: Array | None = None, return_hidden: bool = False) -> Any:
+               logit_positions: Array | None = None, return_hidden: bool = False, float32_logits: bool = False) -> Any:
     """Float32 logits [batch, length, vocab_size]; [batch, k, vocab_size] at `logit_positions` ([batch, k]
     int32 indices along length) when given (the LM head then runs only there). `return_hidden=True`: (the
-    final hidden states, the LM head's matrix [vocab_size, hidden_size]) instead, as models/opt.py does."""
+    final hidden states, the LM head's matrix [vocab_size, hidden_size]) instead, as models/opt.py does.
+    `float32_logits`: the LM head returns float32 sums, not logits rounded to the compute dtype (inference; as
+    models/opt.py)."""
     del decoder_target_tokens  # Not a padding signal: token 0 is real here (module docstring).
     del decoder_causal_attention  # Causal language models (module docstring).
     cfg = self.config
@@ -226,13 +228,13 @@ class Llama(nn.Module):
     if cfg.tie_word_embeddings:
       if return_hidden:
         return x, embed_tokens.embedding
-      logits = embed_tokens.attend(x)
+      logits = embed_tokens.attend(x, float32_logits)
     else:
       lm_head = layers.OutputLayer(cfg.vocab_size, cfg.hidden_size, cfg.dtype, cfg.param_dtype, cfg.initializer_range,
                                    name="lm_head")
       if return_hidden:
         return x, lm_head.kernel.T
-      logits = lm_head(x)
+      logits = lm_head(x, float32_logits)
 
     layers.write_cache_index(cache_index, decode_index, prefill, prefill_lengths, length, batch)
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))

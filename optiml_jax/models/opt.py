@@ -181,12 +181,15 @@ class OPT(nn.Module):
                decoder_segment_ids: Array | None = None, decoder_positions: Array | None = None,
                decoder_causal_attention: Array | None = None, *, enable_dropout: bool = True, decode: bool = False,
                max_decode_length: int | None = None, prefill: bool = False, prefill_lengths: Array | None = None,
-               logit_positions: Array | None = None, return_hidden: bool = False) -> Any:
+               logit_positions: Array | None = None, return_hidden: bool = False, float32_logits: bool = False) -> Any:
     """Float32 logits [batch, length, vocab_size]; [batch, k, vocab_size] at `logit_positions` ([batch, k]
     int32 indices along length) when given: the LM head, which dominates small models, then runs only where
     the trainer needs a loss (trainer/step.py). `return_hidden=True`: (the final hidden states [batch, length
     or k, width] in the compute dtype, the LM head's matrix [vocab_size, width]) instead of logits, for a loss
-    that runs the head itself (trainer/chunked_loss.py)."""
+    that runs the head itself (trainer/chunked_loss.py). `float32_logits`: the LM head's matmul returns its float32
+    sums rather than logits rounded to the compute dtype (`layers.Embed.attend`): for inference, whose greedy
+    argmax and log-probabilities a bfloat16 rounding changes; training leaves it off (its backward stays in the
+    compute dtype)."""
     del decoder_causal_attention  # OPT is purely causal (module docstring).
     cfg = self.config
     if decode and prefill:
@@ -228,7 +231,7 @@ class OPT(nn.Module):
       x = jnp.take_along_axis(x, logit_positions[:, :, None], axis=1)
     if return_hidden:
       return x, embed_tokens.embedding
-    logits = embed_tokens.attend(x).astype(jnp.float32)
+    logits = embed_tokens.attend(x, float32_logits)
 
     layers.write_cache_index(cache_index, decode_index, prefill, prefill_lengths, length, batch)
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))

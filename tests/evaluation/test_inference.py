@@ -166,6 +166,31 @@ def test_padding_rows_of_a_partial_batch_do_not_keep_decoding_running(hf_and_fla
   assert inference.greedy_decode(model, params, prompts[:5], max_new_tokens=7, batch_size=8) == alone
 
 
+class _RecordingCalls:
+  """The model, recording the keyword arguments of each call (once per traced program)."""
+
+  def __init__(self, model):
+    self.model, self.config, self.calls = model, model.config, []
+
+  def apply(self, *args, **kwargs):
+    self.calls.append(kwargs)
+    return self.model.apply(*args, **kwargs)
+
+
+def test_scoring_and_greedy_decoding_ask_the_model_for_float32_sums_of_the_lm_head(hf_and_flax):
+  # In bfloat16 the head's logits were rounded to bfloat16 before the float32 cast: exact ties at the top made
+  # SmolLM2's greedy decodes depend on the batch (models/test_registry.py checks the float32 sums themselves).
+  _, model, params = hf_and_flax
+  recording = _RecordingCalls(model)
+  prompts, options = _random_examples(6, [4, 9], [[1, 3], [2]])
+  inference.score_options(recording, params, prompts, options, batch_size=4)
+  inference.score_options(recording, params, prompts, options, batch_size=4, share_prompts=False)
+  inference.greedy_decode(recording, params, prompts, max_new_tokens=3, batch_size=2)
+  calls = {"prefill" if c.get("prefill") else "decode" if c.get("decode") else "whole" for c in recording.calls}
+  assert calls == {"prefill", "decode", "whole"}  # shared prompts, their continuations, rows; and decoding
+  assert all(c.get("float32_logits") is True for c in recording.calls), recording.calls
+
+
 @pytest.mark.parametrize("share_prompts", [True, False])
 def test_long_prompts_are_left_truncated_and_counted(hf_and_flax, share_prompts):
   hf_model, model, params = hf_and_flax
