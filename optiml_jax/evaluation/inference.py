@@ -309,14 +309,26 @@ def row_from_features(index: int, features: Mapping[str, np.ndarray], group: Has
 
 def score_rows_of(dataset: Any) -> tuple[list[int], list[ScoreRow]]:
   """(indices, rows) of a seqio `score_fn`'s enumerated model dataset: one ScoreRow per example, padding
-  removed; consecutive examples with the same prompt (rank classification's one row per option) share a group."""
-  indices, rows, previous, group = [], [], None, -1
+  removed; consecutive examples with the same prompt (rank classification's one row per option) share a group.
+
+  A row that repeats one of its group's rows starts a new group: the model dataset does not say which instance a
+  row belongs to, and two instances next to each other may have the same prompt (duplicate inputs, as BIG-bench's
+  winowhy or causal_judgment have), whose options would otherwise be counted as one example (in `stats.examples`
+  and `stats.truncated`) and, more options than a batch holds, lose prompt sharing. An instance that lists an
+  option twice counts as two examples (its scores are the same either way)."""
+  indices: list[int] = []
+  rows: list[ScoreRow] = []
+  previous, group = None, -1
+  seen: set[bytes] = set()  # the rows of the current group
   for index, features in _examples(dataset):
     key = np.asarray(features["decoder_input_tokens"][:prompt_length(index, features)]).tobytes()
-    if key != previous:
-      group, previous = group + 1, key
+    row = row_from_features(index, features, group)
+    whole = row.inputs.tobytes() + b"|" + row.targets.tobytes() + b"|" + row.weights.tobytes()
+    if key != previous or whole in seen:
+      group, previous, seen = group + 1, key, set()
+    seen.add(whole)
     indices.append(index)
-    rows.append(row_from_features(index, features, group))
+    rows.append(row._replace(group=group))
   return indices, rows
 
 
@@ -337,7 +349,8 @@ def make_score_fn(model: nn.Module, params: Any, *, length_normalize: bool = Fal
   """seqio `score_fn`: (enumerated model dataset) -> [(index, score)], t5x's sequence score.
 
   Consecutive examples with the same prompt (rank classification's one row per option) count as one
-  example, share a batch and, with `share_prompts`, one computation of the prompt (see `score_rows`).
+  example, share a batch and, with `share_prompts`, one computation of the prompt (see `score_rows`); a row
+  that repeats one of them starts the next example (`score_rows_of`).
   `bos_id`: the BOS the feature converter put in front (`feature_converter(...).bos_id`), kept when a row is cut.
   """
   params = place_params(model, params, mesh)

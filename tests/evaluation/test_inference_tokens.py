@@ -94,6 +94,23 @@ def test_seqio_scores_read_the_prompt_each_tokenizer_feeds(opt_pair, bos_id):
   np.testing.assert_allclose(direct[0], [scores[0], scores[1]], rtol=1e-6)
 
 
+def test_two_examples_with_the_same_prompt_next_to_each_other_count_as_two(opt_pair):
+  # BIG-bench's winowhy, causal_judgment, ... list some inputs twice in a row: at 0-shot their prompts are the same,
+  # and their option rows were one group (one example, one cut prompt) in the report's counts.
+  _, model, params = opt_pair
+  prompt = np.arange(3, 15, dtype=np.int32)
+  options = [np.asarray([20, 21, EOS], np.int32), np.asarray([22, EOS], np.int32)]
+  rows = [(prompt, o) for o in options] * 2 + [(prompt[:4], options[0])]
+  features = _converted(rows, bos_id=2)
+  indices, score_rows = inference.score_rows_of(features)
+  assert indices == [0, 1, 2, 3, 4] and [r.group for r in score_rows] == [0, 0, 1, 1, 2]
+  stats = inference.InferenceStats()
+  scores = dict(
+      inference.make_score_fn(model, params, batch_size=4, max_length=10, stats=stats, progress=False)(features))
+  assert (stats.examples, stats.truncated) == (3, 2)  # the two long prompts are cut, each once
+  assert scores[0] == pytest.approx(scores[2], rel=1e-6) and scores[1] == pytest.approx(scores[3], rel=1e-6)
+
+
 def test_an_eos_of_id_0_ends_a_row_and_padding_is_not_read_from_tokens(opt_pair):
   _, model, params = opt_pair
   rows = [(np.asarray([7, 0, 9], np.int32), np.asarray([0, 3, 0], np.int32)),
