@@ -9,7 +9,8 @@ What each piece adapts:
   model_config_for_t5x  `registry.preset(preset, **overrides)`: a config of any family ("opt-1.3b",
                     "smollm2-135m", "llama-3.1-8b"); gin binds the overrides (dtype, dropout, scan_layers, ...).
   DecoderForT5x     the family's module (`registry.make_model(config)`) with the same parameter tree and decode
-                    cache (it shares the wrapper's scope), token ids cast to int32, and the `scan_layers`
+                    cache (it shares the wrapper's scope), token ids cast to int32, float32 logits when called
+                    without dropout (scoring, decoding, evaluation: as `evaluation/` scores), and the `scan_layers`
                     attribute t5x reads to find the layer axis of the decode cache (`cache_offset`). The call
                     signature and the decoding contract (`decode`, `prefill`, `prefill_lengths`, per-example
                     cache index) are the module's own.
@@ -112,6 +113,9 @@ class DecoderForT5x(nn.Module):
                **kwargs: Any) -> jax.Array:
     tokens = jnp.asarray(decoder_input_tokens).astype(jnp.int32)
     targets = None if decoder_target_tokens is None else jnp.asarray(decoder_target_tokens).astype(jnp.int32)
+    # t5x calls without dropout only to score, decode or evaluate: the LM head then returns its float32 sums,
+    # as our own inference does (a bfloat16 rounding makes ties for greedy's argmax); training keeps its head.
+    kwargs.setdefault("float32_logits", not kwargs.get("enable_dropout", True))
     return self.decoder(tokens, targets, *args, **kwargs)
 
   @property

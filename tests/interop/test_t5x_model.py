@@ -6,6 +6,7 @@ Needs t5x: importable already, or checkouts of t5x, airio and jestimator under $
 "Installing t5x from source"); skipped otherwise.
 """
 
+import dataclasses
 import functools
 import os
 import sys
@@ -391,3 +392,20 @@ def test_optimizer_is_the_recipe_chain_wrapped_for_t5x():
   assert int(state.step) == 2
   schedule = t5x_model.learning_rate_fn(total_steps=100, learning_rate=1e-3, warmup_steps=10)
   np.testing.assert_allclose([schedule(0), schedule(10), schedule(55), schedule(100)], [0, 1e-3, 5e-4, 0], atol=1e-9)
+
+
+def test_scoring_and_decoding_read_float32_logits_as_our_inference_does(family, params):
+  """Called without dropout (score_batch, predict_batch, evaluation), the wrapper asks the family's LM head for its
+  float32 sums; training (enable_dropout=True) keeps the head rounded to the compute dtype."""
+  config = dataclasses.replace(CONFIGS[family], dtype="bfloat16")
+  wrapper, module = t5x_model.DecoderForT5x(config), registry.make_model(config)
+  tokens = jnp.asarray([[2, 11, 12, 13, 21, 22, 2, 0]], jnp.int32)
+  for enable_dropout in (False, True):
+    ours = wrapper.apply({"params": params}, tokens, tokens, enable_dropout=enable_dropout,
+                         rngs={"dropout": jax.random.PRNGKey(0)})
+    module_logits = module.apply({"params": params}, tokens, enable_dropout=enable_dropout,
+                                 float32_logits=not enable_dropout, rngs={"dropout": jax.random.PRNGKey(0)})
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(module_logits))
+  rounded = module.apply({"params": params}, tokens, enable_dropout=False)
+  scored = wrapper.apply({"params": params}, tokens, tokens, enable_dropout=False)
+  assert not np.array_equal(np.asarray(scored), np.asarray(rounded)), "float32 sums should differ from bf16 logits"
