@@ -7,7 +7,9 @@ from the same gin files `python -m optiml_jax.train` reads, lowers and compiles 
 abstract inputs (nothing is allocated) and prints, per device: parameter, optimizer-state, gradient and
 activation bytes from the analytic model (`planning.analytic`) beside XLA's own memory analysis (argument,
 output, temporary and generated-code bytes), FLOPs per step (analytic 6N + 12·L·d·S, and XLA's count with
-the layers probed, see `planning.compiled`), and whether the step fits the chip's HBM.
+the layers probed, see `planning.compiled`), and whether the step fits the chip's HBM. Its `data` line says
+which rows of each batch a host feeds, with the mesh laid over a TPU slice's chips by `jax.make_mesh` itself, as
+the trainer lays it (`slice_hosts`).
 
     python -m optiml_jax.plan --gin_file=gin/optiml_175b.gin --topology=v4-256 --mesh=1,8,16 \
         --microbatches=16 --sequence_parallel
@@ -32,8 +34,9 @@ XLA_PYTHON_CLIENT_MEM_FRACTION) of the environment the planner runs in, as the r
 pool of 75% (jax 0.6-0.11; the trainer sets none). The report says which.
 
 Exit codes: 0 fits, 1 does not fit, 2 configuration error (topology, gin, mesh, batch that cannot be laid out, a
---json_out in a folder that does not exist, checked before planning, or that cannot be written: named, without a
-traceback), 3 anything else that went wrong (the traceback is printed).
+mesh `jax.make_mesh` cannot lay over the slice's chips, a --json_out in a folder that does not exist, checked before
+planning, or that cannot be written: named, without a traceback), 3 anything else that went wrong (the traceback is
+printed).
 """
 
 from __future__ import annotations
@@ -246,24 +249,26 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
                                        loss_chunk_size=inputs.loss_chunk_size, padding_mask=inputs.padding_mask,
                                        nonfinite_guard=guard)
   mesh = partitioning.make_mesh(*inputs.mesh)
+  hosts = slice_hosts(topo, inputs.mesh, mesh)  # the hosts of the slice's chips, as the trainer's mesh has them
   try:
     lowered, program = compiled_lib.lower_train_step(cfg, inputs.optimizer, layout, train_steps=inputs.train_steps,
                                                      batch_size=inputs.batch_size, seq_len=inputs.seq_len, mesh=mesh)
   except ValueError as e:  # e.g. a dimension the mesh axis does not divide
     raise PlanError(f"cannot build the step of {describe_model(cfg)} on mesh {inputs.mesh}: {e}") from e
   notes = list(inputs.notes) + ([share.note] if share.note else [])
-  host_rows = host_row_blocks(program.batch_sharding, topo, inputs.batch_size, inputs.seq_len)
+  host_rows = host_row_blocks(program.batch_sharding, hosts, inputs.batch_size, inputs.seq_len)
   if isinstance(host_rows, str):
     notes.append(host_rows)
   elif host_rows["row_blocks"] < topo.hosts:
-    notes.append(f"the batch axes (data x fsdp) split each batch into {host_rows['row_blocks']} blocks of "
-                 f"{host_rows['rows_per_host']} rows over {topo.hosts} hosts: {topo.hosts // host_rows['row_blocks']} "
-                 "hosts hold each block and feed it alike, the same shard of the data "
+    sets, rows = host_rows["row_blocks"], host_rows["rows_per_host"]
+    split = (f"split each batch into {sets} sets of {rows} rows over {topo.hosts} hosts: {topo.hosts // sets} hosts "
+             "hold each set" if sets > 1 else f"do not split the batch over the {topo.hosts} hosts: each holds it all")
+    notes.append(f"the batch axes (data x fsdp) {split} and feed it alike, the same shard of the data "
                  "(trainer.runtime.process_row_block)")
-  if topo.kind == "tpu" and topo.hosts > 1:
-    notes.append("the data line lays the chips out host by host; on the slice jax.make_mesh orders them by their "
-                 "place in the torus, so a host may hold several blocks, shared with other hosts, and feed more "
-                 "rows: the trainer feeds whatever rows a host's chips hold (trainer.runtime.process_row_block)")
+  if topo.kind == "tpu" and topo.hosts > 1 and topo.physical_shape is None:
+    notes.append(f"the physical shape of {topo.name} is not known here, so the data line lays its chips out host by "
+                 "host; on the slice jax.make_mesh orders them by their place in the torus, and a host's rows can "
+                 "differ (the trainer feeds whatever rows a host's chips hold: trainer.runtime.process_row_block)")
   state = program.layout.abstract
   estimate = analytic.estimate_memory(cfg, shape, params_bytes=analytic.sharded_bytes(state.params),
                                       opt_state_bytes=analytic.sharded_bytes((state.opt_state, state.step)))
@@ -331,24 +336,65 @@ def make_plan(inputs: PlanInputs, topo: topology_lib.Topology, *, compile_step: 
   }
 
 
-def host_row_blocks(batch_sharding: Any, topo: topology_lib.Topology, batch_size: int,
-                    seq_len: int) -> dict[str, int] | str:
-  """The rows of each batch one host feeds, with the simulated devices laid out host by host (device i on host
-  i // chips_per_host, as `jax.make_mesh` orders CPU devices; a TPU slice orders its chips by torus position):
-  {"rows_per_host", "row_blocks"}, the rows and the number of distinct sets of rows the hosts hold (fewer than
-  the hosts when a mesh axis that does not shard the batch, such as tensor, spans hosts); or a note when the
-  hosts' rows are sets that no sharding of the data can feed (`trainer.runtime.process_row_block`)."""
-  import jax  # pylint: disable=g-import-not-at-top
+@dataclasses.dataclass(frozen=True)
+class SliceHosts:
+  """Which host holds each simulated device, and how that was worked out (for the report's data line)."""
 
+  process_of: dict[Any, int]
+  layout: str
+
+
+def slice_hosts(topo: topology_lib.Topology, mesh_shape: Sequence[int], mesh: Any) -> SliceHosts:
+  """The host of each device of `mesh` (the planner's mesh of simulated CPU devices, `mesh_shape`) when the run
+  builds that mesh on `topo`.
+
+  On a TPU slice whose physical shape is known (`Topology.physical_shape`) the trainer's own
+  `models.partitioning.make_mesh` (that is, `jax.make_mesh`) orders the slice's chips, described as the slice
+  reports them (`topology.slice_devices`), and each mesh position gets the host of the chip placed there: on a
+  multi-host slice that is by the chips' place in the torus, not host by host. Elsewhere device i is on host
+  i // chips_per_host: GPU clusters (`jax.make_mesh` orders GPUs by device id) and TPU sizes of unknown shape
+  (a note says so).
+
+  Raises:
+    PlanError: `jax.make_mesh` cannot lay `mesh_shape` over the slice's chips (e.g. an axis of 8 on a 4x4x4 v4
+      slice, which it does not split): the trainer would stop there too.
+  """
+  from optiml_jax.models import partitioning  # pylint: disable=g-import-not-at-top
+
+  devices = list(mesh.devices.flat)
+  chips = topology_lib.slice_devices(topo)
+  if chips is None:
+    layout = "host by host" + (", GPUs in device id order" if topo.kind == "gpu" else "")
+    return SliceHosts({device: i // topo.chips_per_host for i, device in enumerate(devices)}, layout)
+  shape = topo.physical_name
+  data, fsdp, tensor = mesh_shape
+  try:
+    placed = partitioning.make_mesh(data, fsdp, tensor, devices=chips)
+  except (NotImplementedError, ValueError) as e:
+    raise PlanError(f"mesh {tuple(mesh_shape)} cannot be laid over the {shape} chips of {topo.name}: "
+                    f"jax.make_mesh, which the trainer builds its mesh with, refuses it ({e})") from e
+  layout = f"jax.make_mesh's order of the {shape} chips" + (", 2x2x1 per host" if topo.hosts > 1 else "")
+  return SliceHosts({device: chip.process_index for device, chip in zip(devices, placed.devices.flat)}, layout)
+
+
+def host_row_blocks(batch_sharding: Any, hosts: SliceHosts, batch_size: int, seq_len: int) -> dict[str, Any] | str:
+  """The rows of each batch one host feeds, with the simulated devices on the hosts of `hosts` (`slice_hosts`):
+  {"rows_per_host", "row_blocks", "host_0_rows", "layout"}: the rows of each host, the number of distinct sets of
+  rows the hosts hold (fewer than the hosts when a mesh axis that does not shard the batch, such as tensor, spans
+  hosts), host 0's rows as [start, stop) ranges and how the devices were put on hosts; or a note when the hosts'
+  rows are sets that no sharding of the data can feed (`trainer.runtime.process_row_block`)."""
   from optiml_jax.trainer import runtime  # pylint: disable=g-import-not-at-top
 
-  devices = sorted(jax.devices(), key=lambda d: d.id)
-  hosts = {device: i // topo.chips_per_host for i, device in enumerate(devices)}
   try:
-    block = runtime.process_row_block(batch_sharding, batch_size, seq_len, process_of=hosts, process=0)
+    block = runtime.process_row_block(batch_sharding, batch_size, seq_len, process_of=hosts.process_of, process=0)
   except config_lib.ConfigError as e:
     return f"the hosts' chips hold rows that no sharding of the data can feed: {e}"
-  return {"rows_per_host": block.rows, "row_blocks": block.count}
+  return {
+      "rows_per_host": block.rows,
+      "row_blocks": block.count,
+      "host_0_rows": [list(r) for r in block.ranges],
+      "layout": hosts.layout
+  }
 
 
 def describe_model(cfg: Any) -> str:
@@ -378,6 +424,14 @@ def lm_head_line(plan: dict[str, Any]) -> str:
   return "; ".join(parts)
 
 
+def data_line(hosts: int, host_rows: dict[str, Any]) -> str:
+  """The report's data line: 'each of 64 host(s) feeds 8 rows per step, 16 distinct set(s) of rows (host 0: rows
+  0-3, 32-35; layout: jax.make_mesh's order of the 4x8x8 chips, 2x2x1 per host)'."""
+  rows = ", ".join(f"{a}-{b - 1}" if b - a > 1 else f"{a}" for a, b in host_rows["host_0_rows"])
+  return (f"data       each of {hosts} host(s) feeds {host_rows['rows_per_host']} rows per step, "
+          f"{host_rows['row_blocks']} distinct set(s) of rows (host 0: rows {rows}; layout: {host_rows['layout']})")
+
+
 def format_report(report: dict[str, Any]) -> str:
   """The human-readable report of `make_plan`'s dict."""
   topo, plan, est, xla = report["topology"], report["plan"], report["analytic"], report["compiled"]
@@ -391,10 +445,7 @@ def format_report(report: dict[str, Any]) -> str:
       f"-> {plan['rows_per_device']} row(s) per device per pass; mesh data={mesh['data']} fsdp={mesh['fsdp']} "
       f"tensor={mesh['tensor']}; sequence parallel {'on' if plan['sequence_parallel'] else 'off'}",
       *([f"lm head    {lm_head_line(plan)}"] if plan.get("lm_head_positions") or plan.get("loss_chunk_size") else []),
-      *([
-          f"data       each of {topo['hosts']} host(s) feeds {plan['host_rows']['rows_per_host']} rows per step, "
-          f"{plan['host_rows']['row_blocks']} distinct block(s) of the batch"
-      ] if plan.get("host_rows") else []),
+      *([data_line(topo["hosts"], plan["host_rows"])] if plan.get("host_rows") else []),
       *[f"note       {note}" for note in plan["notes"]],
       "",
       f"{'per device':<34}{'analytic':>14}{'compiled (XLA:CPU)':>22}",

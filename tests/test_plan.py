@@ -64,19 +64,66 @@ def test_fitting_plan_exits_0_and_writes_json(tmp_path, capfd):
   assert report["flops_per_device"]["compiled_probe"] is None  # --no_flops_probe
 
 
-def test_plan_says_which_rows_each_host_feeds(capfd):
-  # v4-32: 4 hosts of 4 chips. Tensor = 8 spans two hosts, so the 2 batch shards are held by 2 hosts each: both
-  # feed the same 8 rows (not 16 / 4 = 4 rows each). Tensor = 4 stays within a host: 4 blocks of 4 rows.
-  for mesh, rows, blocks, shared in [("1,2,8", 8, 2, True), ("1,4,4", 4, 4, False)]:
-    code = plan.main([
-        f"--gin_file={QUICKSTART}", "--topology=v4-32", f"--mesh={mesh}", "--batch=16", "--no_compile", "--json_out=-"
-    ])
-    report = json.loads(capfd.readouterr().out)
-    assert code == 0
-    assert report["plan"]["host_rows"] == {"rows_per_host": rows, "row_blocks": blocks}, mesh
-    assert any("2 hosts hold each block" in note for note in report["plan"]["notes"]) == shared, report["plan"]
-    # The layout is host by host; the slice's own order (by torus position) may give a host other rows.
-    assert any("jax.make_mesh orders them by their place in the torus" in note for note in report["plan"]["notes"])
+def _host_rows(capfd, *flags):
+  code = plan.main([*flags, "--no_compile", "--json_out=-"])
+  report = json.loads(capfd.readouterr().out)
+  assert code == 0, report
+  return report["plan"]["host_rows"], report["plan"]["notes"]
+
+
+def test_data_line_gives_each_host_the_rows_its_chips_hold_on_the_slice(capfd):
+  # jax.make_mesh places the mesh over a TPU slice's chips by their place in the torus, not host by host (hosts
+  # hold 2x2x1 blocks of chips). The figures below are those of a simulation of the slices' jax.devices() fed to
+  # JAX's mesh code, independent of the planner: 175B's (1, 32, 8) on v4-512's 4x8x8 chips gives each of the 64
+  # hosts 8 rows, 0-3 and 32-35 on host 0, in 16 distinct sets (laid out host by host: 4 rows, 32 blocks).
+  host_rows, notes = _host_rows(capfd, f"--gin_file={REPO_ROOT / 'gin' / 'optiml_175b.gin'}", "--topology=v4-512")
+  assert host_rows == {
+      "rows_per_host": 8,
+      "row_blocks": 16,
+      "host_0_rows": [[0, 4], [32, 36]],
+      "layout": "jax.make_mesh's order of the 4x8x8 chips, 2x2x1 per host"
+  }
+  assert any("16 sets of 8 rows over 64 hosts: 4 hosts hold each set" in note for note in notes), notes
+  assert "host 0: rows 0-3, 32-35;" in plan.data_line(64, host_rows)
+  # 30B's (1, 16, 4) on v4-128's 4x4x4: 32 rows per host in 8 sets (host by host: 16 rows, 16 blocks).
+  host_rows, _ = _host_rows(capfd, f"--gin_file={REPO_ROOT / 'gin' / 'optiml_30b.gin'}", "--topology=v4-128")
+  assert (host_rows["rows_per_host"], host_rows["row_blocks"], host_rows["host_0_rows"]) == (32, 8, [[0, 16], [64, 80]])
+  # v4-32 (2x2x4: 4 hosts, one per z): tensor 8 takes x and z, so each host's chips span both fsdp shards and
+  # every host feeds the whole batch. Tensor 4 takes z alone: each host one fsdp shard of its own.
+  host_rows, notes = _host_rows(capfd, f"--gin_file={QUICKSTART}", "--topology=v4-32", "--mesh=1,2,8", "--batch=16")
+  assert (host_rows["rows_per_host"], host_rows["row_blocks"]) == (16, 1)
+  assert any("do not split the batch over the 4 hosts: each holds it all" in note for note in notes), notes
+  host_rows, notes = _host_rows(capfd, f"--gin_file={QUICKSTART}", "--topology=v4-32", "--mesh=1,4,4", "--batch=16")
+  assert (host_rows["rows_per_host"], host_rows["row_blocks"], host_rows["host_0_rows"]) == (4, 4, [[0, 4]])
+  assert not any("hosts hold each set" in note or "torus" in note for note in notes), notes
+
+
+def test_data_line_is_host_by_host_on_gpus_and_tpu_slices_of_unknown_shape(capfd):
+  # GPUs: jax.make_mesh orders them by device id, host after host. Tensor 4 within a host of 4, fsdp 2 across.
+  host_rows, notes = _host_rows(capfd, f"--gin_file={QUICKSTART}", "--topology=h100:2x4", "--mesh=1,2,4", "--batch=16")
+  assert host_rows == {
+      "rows_per_host": 8,
+      "row_blocks": 2,
+      "host_0_rows": [[0, 8]],
+      "layout": "host by host, GPUs in device id order"
+  }
+  assert not any("torus" in note for note in notes), notes
+  # v4-24: 12 chips on 3 hosts, a shape this planner does not know: host by host, and a note says the slice's
+  # own order can give a host other rows.
+  host_rows, notes = _host_rows(capfd, f"--gin_file={QUICKSTART}", "--topology=v4-24", "--mesh=3,1,4", "--batch=12")
+  assert (host_rows["rows_per_host"], host_rows["row_blocks"], host_rows["layout"]) == (4, 3, "host by host")
+  assert any("physical shape of v4-24 is not known here" in note for note in notes), notes
+
+
+def test_a_mesh_jax_make_mesh_cannot_lay_over_the_slice_exits_2(capfd):
+  # v6e-64 is 8x8 chips and jax.make_mesh splits no side of a v6e slice: an axis of 4 (optiml_30b.gin's tensor)
+  # has nowhere to go, and the trainer's partitioning.make_mesh would stop there. v5e slices it does split.
+  args = [f"--gin_file={QUICKSTART}", "--mesh=1,16,4", "--batch=64", "--no_compile"]
+  assert plan.main([*args, "--topology=v6e-64"]) == 2
+  err = capfd.readouterr().err
+  assert "mesh (1, 16, 4) cannot be laid over the 8x8 chips of v6e-64: jax.make_mesh" in err and "Traceback" not in err
+  assert plan.main([*args, "--topology=v5e-64"]) == 0
+  capfd.readouterr()
 
 
 def test_plan_that_does_not_fit_exits_1(capfd):
