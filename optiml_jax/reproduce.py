@@ -783,6 +783,10 @@ def finish(args: argparse.Namespace) -> dict[str, Any]:
   _run("tuned evaluation",
        _eval_command(results / "tuned_answers", report_dir, catalog_dir, names, setting, "tuned", base_dir))
   device_info = json.loads((results / DEVICE_FILE).read_text(encoding="utf-8"))
+  if not (results / "loss.png").is_file() and (results / "metrics.jsonl").is_file():
+    # The device image may lack matplotlib (the training then draws no curve): drawn here from its metrics.
+    from optiml_jax.trainer import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+    metrics_lib.plot_loss_curve(str(results / "metrics.jsonl"), str(results / "loss.png"))
   print(
       f"prepare {info['prepare_seconds'] / 60:.1f} min, device {device_info['total_seconds'] / 60:.1f} min "
       f"({', '.join(device_info['devices'])}), finish {(time.time() - started) / 60:.1f} min", flush=True)

@@ -23,9 +23,9 @@ import pytest
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED_DIR = REPO_ROOT.parent / "shared"
 # What an accelerator image without TensorFlow lacks of our dependencies: the data pipeline's TensorFlow packages,
-# Apache Beam, and the metrics' rouge_score and nltk.
+# Apache Beam, the metrics' rouge_score and nltk, and matplotlib (the loss curve).
 ABSENT_WITHOUT_TENSORFLOW = ("tensorflow", "seqio", "tensorflow_text", "tensorflow_datasets", "apache_beam",
-                             "rouge_score", "nltk")
+                             "rouge_score", "nltk", "matplotlib")
 
 
 def pytest_addoption(parser):

@@ -520,6 +520,9 @@ def test_a_run_from_the_bench_cache_needs_neither_tensorflow_nor_seqio(tmp_path,
   summary = json.loads(result.stdout.strip().splitlines()[-1])
   assert (summary["first_step"], summary["last_step"], summary["checkpoint_steps"]) == (0, 3, [3])
   assert (tmp_path / "run" / "3").is_dir() and (tmp_path / "run" / "config.json").is_file()
+  # Nor matplotlib (GPU images lack it too): the run ends well, without its loss curve, and says so.
+  assert not (tmp_path / "run" / "loss.png").exists() and "no loss.png" in result.stderr, result.stderr[-2000:]
+  assert summary["loss_plot"] is None
 
   # A cache built before cache.json recorded the tokenizer: exit 2, naming it and the command that records it.
   old = tmp_path / "old_cache"

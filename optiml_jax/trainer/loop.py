@@ -365,7 +365,12 @@ def run(config: config_lib.TrainConfig, make_stream: StreamFactory) -> Summary:
     checkpoint_steps = ckpt.all_steps()
   plot = None
   if jax.process_index() == 0 and tracker.losses:
-    plot = metrics_lib.plot_loss_curve(writer.path, os.path.join(model_dir, "loss.png"))
+    try:
+      plot = metrics_lib.plot_loss_curve(writer.path, os.path.join(model_dir, "loss.png"))
+    except ImportError as e:  # an accelerator image without matplotlib: the run is done, the curve is optional
+      logging.warning(
+          "no loss.png (%s): %s holds the losses; optiml_jax.trainer.metrics.plot_loss_curve draws "
+          "them where matplotlib is installed", e, writer.path)
   seconds = time.time() - started
   return Summary(model_dir=model_dir, first_step=first_step, last_step=step, train_steps=train_steps,
                  preempted=preempted, skipped_steps=tracker.skipped,
