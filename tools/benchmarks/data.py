@@ -39,10 +39,13 @@ import pathlib
 import re
 import resource
 import shutil
+import sys
 import tempfile
 import time
 
 import transformers
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the repository: optiml_jax uninstalled
 
 from optiml_jax.data import bench_config
 from optiml_jax.data import cache_beam

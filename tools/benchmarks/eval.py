@@ -35,8 +35,11 @@ import argparse
 import functools
 import json
 import os
+import pathlib
 import sys
 from typing import Any
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the repository: optiml_jax uninstalled
 
 # JAX and PyTorch share the accelerator: keep JAX from taking 75% of its memory up front, unless the caller chose
 # a fraction under either name (jaxlib refuses to start a GPU with both set).

@@ -28,11 +28,14 @@ import argparse
 import gc
 import json
 import os
+import pathlib
 import sys
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the repository: optiml_jax uninstalled
 
 from optiml_jax import cli_flags  # imports no JAX
 
