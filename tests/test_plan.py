@@ -88,6 +88,9 @@ def test_data_line_gives_each_host_the_rows_its_chips_hold_on_the_slice(capfd):
   # 30B's (1, 16, 4) on v4-128's 4x4x4: 32 rows per host in 8 sets (host by host: 16 rows, 16 blocks).
   host_rows, _ = _host_rows(capfd, f"--gin_file={REPO_ROOT / 'gin' / 'optiml_30b.gin'}", "--topology=v4-128")
   assert (host_rows["rows_per_host"], host_rows["row_blocks"], host_rows["host_0_rows"]) == (32, 8, [[0, 16], [64, 80]])
+
+
+def test_data_line_on_a_small_slice_follows_the_axes_jax_make_mesh_gives_each_side(capfd):
   # v4-32 (2x2x4: 4 hosts, one per z): tensor 8 takes x and z, so each host's chips span both fsdp shards and
   # every host feeds the whole batch. Tensor 4 takes z alone: each host one fsdp shard of its own.
   host_rows, notes = _host_rows(capfd, f"--gin_file={QUICKSTART}", "--topology=v4-32", "--mesh=1,2,8", "--batch=16")
