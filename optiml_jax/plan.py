@@ -34,7 +34,7 @@ XLA_PYTHON_CLIENT_MEM_FRACTION) of the environment the planner runs in, as the r
 pool of 75% (jax 0.6-0.11; the trainer sets none). The report says which.
 
 Exit codes: 0 fits, 1 does not fit, 2 configuration error (topology, gin, mesh, batch that cannot be laid out, a
-mesh `jax.make_mesh` cannot lay over the slice's chips, a --json_out in a folder that does not exist, checked before
+mesh the trainer cannot lay over the slice's chips, a --json_out in a folder that does not exist, checked before
 planning, or that cannot be written: named, without a traceback), 3 anything else that went wrong (the traceback is
 printed).
 """
@@ -349,15 +349,15 @@ def slice_hosts(topo: topology_lib.Topology, mesh_shape: Sequence[int], mesh: An
   builds that mesh on `topo`.
 
   On a TPU slice whose physical shape is known (`Topology.physical_shape`) the trainer's own
-  `models.partitioning.make_mesh` (that is, `jax.make_mesh`) orders the slice's chips, described as the slice
-  reports them (`topology.slice_devices`), and each mesh position gets the host of the chip placed there: on a
-  multi-host slice that is by the chips' place in the torus, not host by host. Elsewhere device i is on host
-  i // chips_per_host: GPU clusters (`jax.make_mesh` orders GPUs by device id) and TPU sizes of unknown shape
-  (a note says so).
+  `models.partitioning.make_mesh` (`jax.make_mesh`, splitting a side of the torus where it must) orders the
+  chips, described as the slice reports them (`topology.slice_devices`), and each mesh position gets the host of
+  the chip placed there: on a multi-host slice that is by the chips' place in the torus, not host by host.
+  Elsewhere device i is on host i // chips_per_host: GPU clusters (`jax.make_mesh` orders GPUs by device id) and
+  TPU sizes of unknown shape (a note says so).
 
   Raises:
-    PlanError: `jax.make_mesh` cannot lay `mesh_shape` over the slice's chips (e.g. an axis of 8 on a 4x4x4 v4
-      slice, which it does not split): the trainer would stop there too.
+    PlanError: `partitioning.make_mesh` cannot lay `mesh_shape` over the slice's chips: the trainer would stop
+      there too.
   """
   from optiml_jax.models import partitioning  # pylint: disable=g-import-not-at-top
 
@@ -372,7 +372,7 @@ def slice_hosts(topo: topology_lib.Topology, mesh_shape: Sequence[int], mesh: An
     placed = partitioning.make_mesh(data, fsdp, tensor, devices=chips)
   except (NotImplementedError, ValueError) as e:
     raise PlanError(f"mesh {tuple(mesh_shape)} cannot be laid over the {shape} chips of {topo.name}: "
-                    f"jax.make_mesh, which the trainer builds its mesh with, refuses it ({e})") from e
+                    f"the trainer's partitioning.make_mesh refuses it ({e})") from e
   layout = f"jax.make_mesh's order of the {shape} chips" + (", 2x2x1 per host" if topo.hosts > 1 else "")
   return SliceHosts({device: chip.process_index for device, chip in zip(devices, placed.devices.flat)}, layout)
 

@@ -24,6 +24,7 @@ import flax
 import flax.linen as nn
 from flax.linen import partitioning as nn_partitioning
 import jax
+from jax.experimental import mesh_utils
 import numpy as np
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -87,7 +88,10 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1,
               devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
   """A ("data", "fsdp", "tensor") mesh over `devices` (default: all); one size may be -1 (the rest).
 
-  Axes are of type Auto (shardings propagate as in pjit / t5x), on jax 0.10 and 0.11 alike.
+  Axes are of type Auto (shardings propagate as in pjit / t5x), on jax 0.10 and 0.11 alike. The devices are
+  ordered by `jax.make_mesh` (on a TPU slice, by their place in the torus). It splits no side of a TPU v4, v5p or
+  v6e torus, so a mesh axis that is no product of whole sides (tensor = 4 on v6e-64's 8x8 chips) is laid out by
+  JAX's mesh utilities splitting one, as `jax.make_mesh` itself does on v5e.
   """
   devices = list(jax.devices() if devices is None else devices)
   sizes = [data, fsdp, tensor]
@@ -104,7 +108,11 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1,
     raise ValueError(f"make_mesh: data*fsdp*tensor = {math.prod(sizes)} (data={sizes[0]}, fsdp={sizes[1]}, "
                      f"tensor={sizes[2]}) but there are {len(devices)} devices")
   auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=auto, devices=devices)
+  try:
+    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=auto, devices=devices)
+  except NotImplementedError:  # JAX's "failed to find assignment": an axis needs a side of the torus split
+    grid = mesh_utils.create_device_mesh(tuple(sizes), devices, allow_split_physical_axes=True)
+    return jax.sharding.Mesh(grid, MESH_AXES, axis_types=auto)
 
 
 def _is_spec(x: Any) -> bool:

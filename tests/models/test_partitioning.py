@@ -23,6 +23,7 @@ from optiml_jax.models import llama
 from optiml_jax.models import llama_config
 from optiml_jax.models import opt
 from optiml_jax.models import partitioning
+from optiml_jax.planning import topology
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 SMALL = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
@@ -317,6 +318,20 @@ def test_make_mesh_sizes():
     partitioning.make_mesh(len(jax.devices()) + 1, 1, 1)
   with pytest.raises(ValueError, match="at most one -1"):
     partitioning.make_mesh(-1, -1, 1)
+
+
+def test_make_mesh_splits_a_side_of_the_torus_where_jax_make_mesh_places_none():
+  # v6e-64's 8x8 chips, described as the slice reports them: jax.make_mesh splits no side of a v6e torus, so an
+  # axis of 4 (optiml_30b.gin's tensor) has nowhere to go; the trainer's mesh splits one, as JAX does on v5e.
+  chips = topology.slice_devices(topology.parse_topology("v6e-64"))
+  with pytest.raises(NotImplementedError):
+    jax.make_mesh((1, 16, 4), partitioning.MESH_AXES, devices=chips)
+  mesh = partitioning.make_mesh(1, 16, 4, devices=chips)
+  assert mesh.devices.shape == (1, 16, 4) and sorted(d.id for d in mesh.devices.flat) == list(range(64))
+  # Each tensor group is 4 chips in a line along x, half of that side of the torus (neighbours for its all-reduces).
+  for group in mesh.devices.reshape(16, 4):
+    xs, ys = sorted(d.coords[0] for d in group), {d.coords[1] for d in group}
+    assert len(ys) == 1 and xs in ([0, 1, 2, 3], [4, 5, 6, 7]), [d.coords for d in group]
 
 
 _EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
