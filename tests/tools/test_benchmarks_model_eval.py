@@ -1,7 +1,6 @@
 """tools/benchmarks/model.py and eval.py on a tiny model of each family: our model and its transformers peer
 (built from the config's `to_hf()`) compute the same logits and scores, and every part reports a figure."""
 
-import importlib.util
 import json
 import pathlib
 import re
@@ -46,19 +45,10 @@ def test_bench_eval_scores_and_decodes_as_the_transformers_peer(preset):
   assert rows["jax_greedy_decode"]["new_tokens_per_s"] > 0 and rows["torch_greedy_decode"]["new_tokens_per_s"] > 0
 
 
-def _tool(monkeypatch, name):
-  monkeypatch.syspath_prepend(str(REPO / "tools" / "benchmarks"))  # the tools import their siblings
-  spec = importlib.util.spec_from_file_location(f"bench_{name}_tool", REPO / "tools" / "benchmarks" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  monkeypatch.setitem(sys.modules, spec.name, module)  # model.py's dataclass looks its module up there
-  spec.loader.exec_module(module)
-  return module
-
-
-def test_bench_eval_runs_every_part_and_exits_1_when_one_failed(monkeypatch, capsys):
+def test_bench_eval_runs_every_part_and_exits_1_when_one_failed(monkeypatch, capsys, load_tool):
   # gpu.sh repeats a run with XLA attention only when the cuDNN run exits non-zero: a part that fails (cuDNN
   # missing) must say so in the exit status, after the other parts have run.
-  tool = _tool(monkeypatch, "eval")
+  tool = load_tool("eval")
   ran = []
   monkeypatch.setattr(tool, "build", lambda *args: (None, None, None, "cpu"))
 
@@ -76,9 +66,9 @@ def test_bench_eval_runs_every_part_and_exits_1_when_one_failed(monkeypatch, cap
   assert tool.main(["--preset", "tiny", "--parts", "pipeline"]) == 0
 
 
-def test_bench_model_puts_the_transformers_peer_and_its_tokens_on_cuda_when_torch_sees_a_gpu(monkeypatch):
+def test_bench_model_puts_the_transformers_peer_and_its_tokens_on_cuda_when_torch_sees_a_gpu(monkeypatch, load_tool):
   torch = pytest.importorskip("torch")
-  tool = _tool(monkeypatch, "model")
+  tool = load_tool("model")
   if torch.cuda.is_available():
     _, peer, _ = tool.bench("tiny", 1, 8, "float32", steps=1, warmup=0, scan_layers=True)
     assert peer.device.startswith("cuda"), peer

@@ -1,6 +1,5 @@
 """tools/benchmarks/train.py runs both parts on a tiny model of each family and reports comparable figures."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -54,15 +53,8 @@ def test_bench_train_reports_the_compiled_steps_memory_which_a_chunked_loss_lowe
   assert 0 < chunked["temp_mib"] < plain["temp_mib"] - 70
 
 
-def _tool():
-  spec = importlib.util.spec_from_file_location("bench_train_tool", REPO / "tools" / "benchmarks" / "train.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def test_steps_and_warmup_are_checked_and_warmup_0_times_the_first_step_too(capsys):
-  tool = _tool()
+def test_steps_and_warmup_are_checked_and_warmup_0_times_the_first_step_too(capsys, load_tool):
+  tool = load_tool("train")
   for flags, named in ((["--steps", "0"], "--steps"), (["--warmup", "-1"], "--warmup")):
     with pytest.raises(SystemExit) as e:
       tool.parse_args(flags)
@@ -74,39 +66,30 @@ def test_steps_and_warmup_are_checked_and_warmup_0_times_the_first_step_too(caps
   assert result["tokens_per_s"] > 0 and 10 < result["loss"] < 11.5 and result["warmup_s"] >= 0
 
 
-def _import_fresh(monkeypatch, name):
-  monkeypatch.syspath_prepend(str(REPO / "tools" / "benchmarks"))  # the tools import their siblings
-  spec = importlib.util.spec_from_file_location(f"bench_{name}_fresh", REPO / "tools" / "benchmarks" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  monkeypatch.setitem(sys.modules, spec.name, module)  # model.py's dataclass looks its module up there
-  spec.loader.exec_module(module)
-  return module
-
-
 @pytest.mark.parametrize("name, default", [("train", "0.9"), ("eval", "0.45"), ("model", "0.45")])
-def test_a_memory_fraction_the_caller_set_under_either_name_is_kept(monkeypatch, name, default):
+def test_a_memory_fraction_the_caller_set_under_either_name_is_kept(monkeypatch, load_tool, name, default):
   from jaxlib import xla_client  # pylint: disable=g-import-not-at-top
 
   # Under the current name: the tool must not add the deprecated one (jaxlib refuses to start a GPU with both).
   monkeypatch.setenv("XLA_CLIENT_MEM_FRACTION", "0.5")
   monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
-  _import_fresh(monkeypatch, name)
+  load_tool(name)
   assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in os.environ
   assert xla_client.generate_pjrt_gpu_plugin_options()["memory_fraction"] == 0.5
   # Under the old name: kept as it is, and still nothing added.
   monkeypatch.delenv("XLA_CLIENT_MEM_FRACTION")
   monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.6")
-  _import_fresh(monkeypatch, name)
+  load_tool(name)
   assert "XLA_CLIENT_MEM_FRACTION" not in os.environ
   assert xla_client.generate_pjrt_gpu_plugin_options()["memory_fraction"] == 0.6
   # Neither: the tool's own default.
   monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION")
-  _import_fresh(monkeypatch, name)
+  load_tool(name)
   assert xla_client.generate_pjrt_gpu_plugin_options()["memory_fraction"] == float(default)
 
 
-def test_packed_rows_get_equal_segments_and_loss_at_each_segments_end():
-  tool = _tool()
+def test_packed_rows_get_equal_segments_and_loss_at_each_segments_end(load_tool):
+  tool = load_tool("train")
   args = tool.parse_args(["--seq", "10", "--packed", "3", "--target_fraction", "0.5"])
   np.testing.assert_array_equal(tool.segment_ids(args), [1, 1, 1, 2, 2, 2, 3, 3, 3, 3])
   np.testing.assert_array_equal(tool.loss_weights(args)[0], [0, 1, 1, 0, 1, 1, 0, 0, 1, 1])
@@ -115,14 +98,14 @@ def test_packed_rows_get_equal_segments_and_loss_at_each_segments_end():
 
 
 @pytest.mark.parametrize("preset", ["tiny", "llama-tiny"])
-def test_hugging_face_packed_rows_attend_within_their_segments(preset, monkeypatch):
+def test_hugging_face_packed_rows_attend_within_their_segments(preset, monkeypatch, load_tool):
   # The peer of `--packed K` is only fair if transformers really isolates the segments: each segment's logits
   # in the packed row must be those of the segment run alone (positions from 0, nothing before it).
   torch = pytest.importorskip("torch")
   monkeypatch.syspath_prepend(str(REPO / "tools" / "benchmarks"))  # the tool imports its sibling hf_peer
   import hf_peer  # pylint: disable=g-import-not-at-top
 
-  tool = _tool()
+  tool = load_tool("train")
   args = tool.parse_args(["--preset", preset, "--layers", "0", "--batch", "2", "--seq", "24", "--packed", "3"])
   config = tool.model_config(args, "float32")
   torch.manual_seed(0)
@@ -144,15 +127,15 @@ def test_hugging_face_packed_rows_attend_within_their_segments(preset, monkeypat
   assert set(tool.hf_inputs(tool.parse_args(["--seq", "24"]), ids)) == {"input_ids"}
 
 
-def test_no_scan_unrolls_the_layers_of_either_family():
-  tool = _tool()
+def test_no_scan_unrolls_the_layers_of_either_family(load_tool):
+  tool = load_tool("train")
   for preset in ("tiny", "llama-tiny"):
     assert tool.model_config(tool.parse_args(["--preset", preset]), "float32").scan_layers
     assert not tool.model_config(tool.parse_args(["--preset", preset, "--no_scan"]), "float32").scan_layers
 
 
-def test_packed_attention_bounds_the_models_segments_by_the_packed_rows():
-  tool = _tool()
+def test_packed_attention_bounds_the_models_segments_by_the_packed_rows(load_tool):
+  tool = load_tool("train")
   for preset in ("opt-125m", "llama-tiny"):
     args = tool.parse_args(["--preset", preset, "--packed", "8", "--packed_attention"])
     assert tool.model_config(args, "bfloat16").packed_attention_segments == 8
